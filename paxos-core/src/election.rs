@@ -1,0 +1,86 @@
+//! The election seam: how a replica learns who leads.
+//!
+//! `paxos-core` does not elect. An [`Elector`] (for example
+//! `paxos-election`'s fast leader election) runs beside the replica; the
+//! caller forwards its messages and timers, and hands each [`Decision`] to the
+//! replica. The replica, in turn, tells the caller when it has lost its
+//! leader, and the caller calls [`Elector::start_looking`] with the
+//! replica's [`VoteInfo`]. Nothing here depends on any particular election
+//! algorithm, so the dependency graph stays acyclic: `paxos-election`
+//! depends on `paxos-core`, never the other way round.
+
+use crate::{Epoch, NodeId, Time, Zxid};
+
+/// What a replica offers when it stands for election: its history's recency.
+///
+/// Votes are ordered by `(current_epoch, last_zxid, node id)`, highest wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VoteInfo {
+    /// The epoch whose leader's history the replica has taken (ZAB NEWLEADER).
+    pub current_epoch: Epoch,
+    /// The last zxid in the replica's log.
+    pub last_zxid: Zxid,
+}
+
+/// A node's participation state, as an election announces it to its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerState {
+    /// Looking for a leader.
+    Looking,
+    /// Following an established leader.
+    Following,
+    /// Leading.
+    Leading,
+    /// A non-voting learner.
+    Observing,
+}
+
+/// The outcome of an election round: who should lead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The elected node.
+    pub leader: NodeId,
+    /// The election round that decided.
+    pub round: u64,
+    /// The epoch the winner's vote carried; the leader's new epoch will be
+    /// higher than every accepted epoch of its quorum, not this one.
+    pub epoch_hint: Epoch,
+}
+
+/// A sans-IO leader election component.
+///
+/// The caller owns the clock and the network: it feeds messages and
+/// timeouts in, drains [`poll_transmit`](Elector::poll_transmit) and
+/// [`poll_decision`](Elector::poll_decision) after every input, and arms a
+/// timer for [`poll_timeout`](Elector::poll_timeout).
+pub trait Elector {
+    /// The election's own message type (it travels in its own codec).
+    type Message: Clone + std::fmt::Debug;
+
+    /// This node's id.
+    fn id(&self) -> NodeId;
+
+    /// Start (or restart) looking for a leader, voting first for ourselves
+    /// with `me`.
+    fn start_looking(&mut self, now: Time, me: VoteInfo);
+
+    /// The replica has settled: it follows or leads `leader` in `epoch`.
+    /// From now on the elector answers LOOKING peers with that leader.
+    fn settle(&mut self, now: Time, state: PeerState, leader: NodeId, epoch: Epoch);
+
+    /// A message from a peer.
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Self::Message);
+
+    /// The deadline of [`poll_timeout`](Elector::poll_timeout) has passed.
+    fn handle_timeout(&mut self, now: Time);
+
+    /// The next deadline at which [`handle_timeout`](Elector::handle_timeout)
+    /// must be called. Changes after any input.
+    fn poll_timeout(&self) -> Option<Time>;
+
+    /// The next message to send.
+    fn poll_transmit(&mut self) -> Option<(NodeId, Self::Message)>;
+
+    /// A decision, once per decided round.
+    fn poll_decision(&mut self) -> Option<Decision>;
+}

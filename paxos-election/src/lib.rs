@@ -1,0 +1,1 @@
+//! paxos-election (being built).

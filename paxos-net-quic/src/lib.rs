@@ -1,0 +1,1 @@
+//! paxos-net-quic (being built).

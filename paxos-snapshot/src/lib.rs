@@ -1,0 +1,1 @@
+//! paxos-snapshot (being built).

@@ -1,0 +1,1 @@
+//! paxos-wal (being built).
