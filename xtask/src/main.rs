@@ -1,2 +1,84 @@
-//! Project automation (being built).
-fn main() {}
+//! Project automation for the paxos toolkit, in the xtask pattern: plain Rust
+//! instead of shell scripts, run as `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`).
+//!
+//! Commands:
+//! - `bench`: every benchmark of the workspace, then one table of headline figures.
+//! - `sim`: the deterministic simulator over as many seeds as asked.
+//! - `ci`: what `.ci/run` checks (format, lints, tests).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "paxos toolkit automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmarks of every crate and print the headline figures.
+    Bench(bench::BenchArgs),
+    /// Run the deterministic simulator of paxos-core over many seeds.
+    Sim {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// Steps per seed.
+        #[arg(long, default_value_t = 20_000)]
+        steps: u64,
+        /// Run only this seed (replays a failure exactly).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the checks CI runs: fmt, clippy, tests.
+    Ci,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(args) => bench::run(args),
+        Command::Sim { seeds, steps, seed } => {
+            let mut args = vec![
+                "run".to_string(),
+                "--release".into(),
+                "-p".into(),
+                "paxos-core".into(),
+                "--example".into(),
+                "simulate".into(),
+                "--".into(),
+                "--seeds".into(),
+                seeds.to_string(),
+                "--steps".into(),
+                steps.to_string(),
+            ];
+            if let Some(s) = seed {
+                args.push("--seed".into());
+                args.push(s.to_string());
+            }
+            util::cargo(&args, &[])
+        }
+        Command::Ci => {
+            util::cargo(&["fmt", "--all", "--check"], &[])?;
+            util::cargo(
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[],
+            )?;
+            util::cargo(&["test", "--workspace"], &[])
+        }
+    }
+}
