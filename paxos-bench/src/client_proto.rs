@@ -1,0 +1,311 @@
+//! The client protocol of the reference node: length-prefixed frames over TCP.
+//!
+//! A frame is `u32 length (LE) | body`; a body is a [`Request`] or a
+//! [`Response`]. Requests carry an id chosen by the client, so one connection
+//! can have many requests in flight (pipelining); responses may come back in
+//! any order and name the request they answer.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::kv::{KvCodecError, KvCommand, MAX_KEY_BYTES};
+
+/// Largest client frame accepted, in bytes.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 2 * 1024 * 1024;
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Linearizable: confirmed with a quorum (read-index), then served.
+    Linearizable,
+    /// Served from the local state, possibly stale.
+    Stale,
+}
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A replicated write (put, delete or compare-and-set).
+    Write(KvCommand),
+    /// A read of one key.
+    Get {
+        /// The key.
+        key: Bytes,
+        /// Linearizable or stale.
+        mode: ReadMode,
+    },
+    /// The node's view of the cluster.
+    Status,
+}
+
+/// A response body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// A write was committed and applied; the encoded `KvResult`.
+    Written(Bytes),
+    /// The value read (`None` if absent).
+    Value(Option<Bytes>),
+    /// This node does not lead; ask the node given, if known.
+    NotLeader {
+        /// The leader's node id, if known.
+        leader: Option<u64>,
+        /// The leader's client address, if known.
+        addr: Option<String>,
+    },
+    /// The node's status, as JSON.
+    Status(String),
+    /// The request failed; the text says why.
+    Error(String),
+}
+
+/// A request or response frame that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// A field ran past the end of the frame.
+    #[error("client frame truncated")]
+    Truncated,
+    /// An unknown tag.
+    #[error("unknown client frame tag {0}")]
+    UnknownTag(u8),
+    /// A text field is not UTF-8.
+    #[error("client frame text is not UTF-8")]
+    Utf8,
+    /// A field is longer than allowed.
+    #[error("client frame field of {0} bytes is too long")]
+    TooLong(usize),
+    /// The embedded command is malformed.
+    #[error(transparent)]
+    Command(#[from] KvCodecError),
+}
+
+fn take(src: &mut Bytes, max: usize) -> Result<Bytes, ProtoError> {
+    if src.remaining() < 4 {
+        return Err(ProtoError::Truncated);
+    }
+    let len = src.get_u32_le() as usize;
+    if len > max {
+        return Err(ProtoError::TooLong(len));
+    }
+    if src.remaining() < len {
+        return Err(ProtoError::Truncated);
+    }
+    Ok(src.split_to(len))
+}
+
+fn put(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_u32_le(b.len() as u32);
+    buf.put_slice(b);
+}
+
+fn text(src: &mut Bytes) -> Result<String, ProtoError> {
+    let b = take(src, MAX_CLIENT_FRAME_BYTES)?;
+    String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Utf8)
+}
+
+impl Request {
+    /// Appends `u32 len | id | body` to `buf`.
+    pub fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u32_le(0);
+        buf.put_u64_le(id);
+        match self {
+            Request::Write(cmd) => {
+                buf.put_u8(1);
+                cmd.encode(buf);
+            }
+            Request::Get { key, mode } => {
+                buf.put_u8(2);
+                buf.put_u8(match mode {
+                    ReadMode::Linearizable => 0,
+                    ReadMode::Stale => 1,
+                });
+                put(buf, key);
+            }
+            Request::Status => buf.put_u8(3),
+        }
+        let len = (buf.len() - start - 4) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Decodes a frame body (without its length prefix) into `(id, request)`.
+    pub fn decode(mut src: Bytes) -> Result<(u64, Request), ProtoError> {
+        if src.remaining() < 9 {
+            return Err(ProtoError::Truncated);
+        }
+        let id = src.get_u64_le();
+        let req = match src.get_u8() {
+            1 => Request::Write(KvCommand::decode(src)?),
+            2 => {
+                if src.remaining() < 1 {
+                    return Err(ProtoError::Truncated);
+                }
+                let mode = match src.get_u8() {
+                    0 => ReadMode::Linearizable,
+                    1 => ReadMode::Stale,
+                    t => return Err(ProtoError::UnknownTag(t)),
+                };
+                Request::Get {
+                    key: take(&mut src, MAX_KEY_BYTES)?,
+                    mode,
+                }
+            }
+            3 => Request::Status,
+            t => return Err(ProtoError::UnknownTag(t)),
+        };
+        Ok((id, req))
+    }
+}
+
+impl Response {
+    /// Appends `u32 len | id | body` to `buf`.
+    pub fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u32_le(0);
+        buf.put_u64_le(id);
+        match self {
+            Response::Written(r) => {
+                buf.put_u8(1);
+                put(buf, r);
+            }
+            Response::Value(v) => {
+                buf.put_u8(2);
+                match v {
+                    None => buf.put_u8(0),
+                    Some(v) => {
+                        buf.put_u8(1);
+                        put(buf, v);
+                    }
+                }
+            }
+            Response::NotLeader { leader, addr } => {
+                buf.put_u8(3);
+                buf.put_u64_le(leader.map_or(0, |l| l + 1));
+                put(buf, addr.as_deref().unwrap_or("").as_bytes());
+            }
+            Response::Status(s) => {
+                buf.put_u8(4);
+                put(buf, s.as_bytes());
+            }
+            Response::Error(e) => {
+                buf.put_u8(5);
+                put(buf, e.as_bytes());
+            }
+        }
+        let len = (buf.len() - start - 4) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Decodes a frame body (without its length prefix) into `(id, response)`.
+    pub fn decode(mut src: Bytes) -> Result<(u64, Response), ProtoError> {
+        if src.remaining() < 9 {
+            return Err(ProtoError::Truncated);
+        }
+        let id = src.get_u64_le();
+        let resp = match src.get_u8() {
+            1 => Response::Written(take(&mut src, MAX_CLIENT_FRAME_BYTES)?),
+            2 => {
+                if src.remaining() < 1 {
+                    return Err(ProtoError::Truncated);
+                }
+                match src.get_u8() {
+                    0 => Response::Value(None),
+                    1 => Response::Value(Some(take(&mut src, MAX_CLIENT_FRAME_BYTES)?)),
+                    t => return Err(ProtoError::UnknownTag(t)),
+                }
+            }
+            3 => {
+                if src.remaining() < 8 {
+                    return Err(ProtoError::Truncated);
+                }
+                let l = src.get_u64_le();
+                let addr = text(&mut src)?;
+                Response::NotLeader {
+                    leader: l.checked_sub(1),
+                    addr: (!addr.is_empty()).then_some(addr),
+                }
+            }
+            4 => Response::Status(text(&mut src)?),
+            5 => Response::Error(text(&mut src)?),
+            t => return Err(ProtoError::UnknownTag(t)),
+        };
+        Ok((id, resp))
+    }
+}
+
+/// Splits complete frames off the front of `buf`; `Err` on a frame over
+/// [`MAX_CLIENT_FRAME_BYTES`] (the connection should then be closed).
+pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_CLIENT_FRAME_BYTES {
+        return Err(ProtoError::TooLong(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvOp;
+
+    #[test]
+    fn frames_round_trip_and_split() {
+        let mut buf = BytesMut::new();
+        let w = Request::Write(KvCommand {
+            client: 3,
+            seq: 9,
+            op: KvOp::Delete {
+                key: Bytes::from_static(b"k"),
+            },
+        });
+        w.encode_frame(1, &mut buf);
+        Request::Get {
+            key: Bytes::from_static(b"k"),
+            mode: ReadMode::Stale,
+        }
+        .encode_frame(2, &mut buf);
+        Response::NotLeader {
+            leader: Some(0),
+            addr: Some("127.0.0.1:1".into()),
+        }
+        .encode_frame(3, &mut buf);
+        let f1 = next_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(Request::decode(f1).unwrap(), (1, w));
+        let f2 = next_frame(&mut buf).unwrap().unwrap();
+        assert!(matches!(
+            Request::decode(f2).unwrap(),
+            (
+                2,
+                Request::Get {
+                    mode: ReadMode::Stale,
+                    ..
+                }
+            )
+        ));
+        let f3 = next_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            Response::decode(f3).unwrap(),
+            (
+                3,
+                Response::NotLeader {
+                    leader: Some(0),
+                    addr: Some("127.0.0.1:1".into())
+                }
+            )
+        );
+        assert!(next_frame(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(u32::MAX);
+        assert!(matches!(next_frame(&mut buf), Err(ProtoError::TooLong(_))));
+    }
+}
