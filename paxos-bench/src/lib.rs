@@ -17,5 +17,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod client_proto;
 pub mod kv;
+pub mod loadgen;

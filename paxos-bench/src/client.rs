@@ -1,0 +1,281 @@
+//! An asynchronous client of the reference key-value node.
+//!
+//! One [`Client`] holds one TCP connection at a time and pipelines every call
+//! made through it (calls from many tasks share it). A write that reaches a
+//! follower is answered with the leader's address; the client reconnects there
+//! and retries the same command (same session and sequence number, so the
+//! store applies it once). Every call is bounded by a timeout.
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client_proto::{next_frame, ReadMode, Request, Response};
+use crate::kv::{KvCommand, KvOp, KvResult};
+
+/// A failed client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No node of the cluster could be reached.
+    #[error("no node reachable (tried {tried} addresses): {last}")]
+    Unreachable {
+        /// How many addresses were tried.
+        tried: usize,
+        /// The last error seen.
+        last: String,
+    },
+    /// The call did not complete in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The node answered with an error.
+    #[error("node error: {0}")]
+    Node(String),
+    /// The node's answer did not fit the request.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    addr: SocketAddr,
+    tx: mpsc::Sender<(u64, Request)>,
+    pending: Pending,
+}
+
+/// A pipelined client; cheap to share behind an `Arc`.
+pub struct Client {
+    addrs: Vec<SocketAddr>,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+    session: u64,
+    next_seq: AtomicU64,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of the cluster whose client addresses are `addrs`, with its own
+    /// session id (use a distinct one per logical client).
+    pub fn new(addrs: Vec<SocketAddr>, session: u64, timeout: Duration) -> Client {
+        Client {
+            addrs,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            session,
+            next_seq: AtomicU64::new(1),
+            timeout,
+        }
+    }
+
+    /// The session id this client writes under.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    async fn connect(&self, prefer: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if prefer.is_none_or(|p| p == c.addr) && !c.tx.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let mut order: Vec<SocketAddr> = prefer.into_iter().collect();
+        order.extend(self.addrs.iter().copied().filter(|a| Some(*a) != prefer));
+        let mut last = String::from("no address");
+        for addr in &order {
+            match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Arc::new(spawn_conn(*addr, stream));
+                    *guard = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: connect timed out"),
+            }
+        }
+        *guard = None;
+        Err(ClientError::Unreachable {
+            tried: order.len(),
+            last,
+        })
+    }
+
+    async fn call_once(&self, conn: &Conn, req: Request) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(id, tx);
+        if conn.tx.send((id, req)).await.is_err() {
+            conn.pending.lock().remove(&id);
+            return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(ClientError::Io(std::io::ErrorKind::ConnectionReset.into())),
+            Err(_) => {
+                conn.pending.lock().remove(&id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Sends `req`, following leader redirects and retrying on a broken
+    /// connection, for at most `attempts` tries.
+    async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        let attempts = 2 * self.addrs.len() + 8;
+        let mut prefer = None;
+        let mut last: Option<ClientError> = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20 * attempt.min(10) as u64)).await;
+            }
+            let conn = match self.connect(prefer.take()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match self.call_once(&conn, req.clone()).await {
+                Ok(Response::NotLeader { addr, .. }) => {
+                    prefer = addr.and_then(|a| a.parse().ok());
+                    self.drop_conn(&conn).await;
+                    last = Some(ClientError::Node("no leader yet".into()));
+                }
+                Ok(Response::Error(e)) if e.starts_with("retry:") => {
+                    last = Some(ClientError::Node(e));
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    self.drop_conn(&conn).await;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ClientError::Timeout(self.timeout)))
+    }
+
+    async fn drop_conn(&self, conn: &Arc<Conn>) {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *guard = None;
+        }
+    }
+
+    /// Runs one replicated write and returns its result.
+    pub async fn write(&self, op: KvOp) -> Result<KvResult, ClientError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let cmd = KvCommand {
+            client: self.session,
+            seq,
+            op,
+        };
+        match self.call(Request::Write(cmd)).await? {
+            Response::Written(r) => {
+                KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))
+            }
+            Response::Error(e) => Err(ClientError::Node(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: Bytes, value: Bytes) -> Result<KvResult, ClientError> {
+        self.write(KvOp::Put { key, value }).await
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: Bytes) -> Result<KvResult, ClientError> {
+        self.write(KvOp::Delete { key }).await
+    }
+
+    /// Compare-and-set.
+    pub async fn cas(
+        &self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> Result<KvResult, ClientError> {
+        self.write(KvOp::Cas { key, expected, new }).await
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: Bytes, mode: ReadMode) -> Result<Option<Bytes>, ClientError> {
+        match self.call(Request::Get { key, mode }).await? {
+            Response::Value(v) => Ok(v),
+            Response::Error(e) => Err(ClientError::Node(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The status JSON of the node at `addr` (no redirect).
+    pub async fn status_of(addr: SocketAddr, timeout: Duration) -> Result<String, ClientError> {
+        let c = Client::new(vec![addr], 0, timeout);
+        let conn = c.connect(Some(addr)).await?;
+        match c.call_once(&conn, Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Starts the writer and reader tasks of one connection.
+fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<(u64, Request)>(4096);
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        while let Some((id, req)) = rx.recv().await {
+            req.encode_frame(id, &mut buf);
+            // Batch whatever else is already queued into the same write.
+            while buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok((id, req)) => req.encode_frame(id, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let reader_pending = pending.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        'read: loop {
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => loop {
+                    match next_frame(&mut buf) {
+                        Ok(Some(frame)) => {
+                            if let Ok((id, resp)) = Response::decode(frame) {
+                                if let Some(tx) = reader_pending.lock().remove(&id) {
+                                    let _ = tx.send(resp);
+                                }
+                            } else {
+                                break 'read;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'read,
+                    }
+                },
+            }
+        }
+        // Fail every call still waiting on this connection.
+        reader_pending.lock().clear();
+    });
+    Conn { addr, tx, pending }
+}

@@ -1,0 +1,154 @@
+//! A closed-loop load generator: `concurrency` logical clients, each with one
+//! request outstanding at a time, sharing a few pipelined connections.
+//!
+//! Every acknowledged write is recorded (key and value) so that a caller can
+//! check afterwards that nothing acknowledged was lost.
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::client_proto::ReadMode;
+
+/// What the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Puts only.
+    Writes,
+    /// Linearizable gets only (of keys written by a short preload).
+    Reads,
+}
+
+/// One load run's parameters.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// The cluster's client addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// Logical clients, each with one request in flight.
+    pub concurrency: usize,
+    /// TCP connections the clients share.
+    pub connections: usize,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// How long to run.
+    pub duration: Duration,
+    /// Writes or reads.
+    pub workload: Workload,
+    /// Distinguishes runs so that keys and sessions do not collide.
+    pub run_id: u64,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug, Default)]
+pub struct LoadResult {
+    /// Requests acknowledged.
+    pub ok: u64,
+    /// Requests that failed (timeouts, unreachable cluster).
+    pub errors: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Every latency in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    /// Acknowledged writes: (key, value) pairs, for loss checks.
+    pub acked: Vec<(Bytes, Bytes)>,
+}
+
+impl LoadResult {
+    /// Acknowledged requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The latency at quantile `q` (0..=1), in microseconds.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies_us[idx])
+    }
+}
+
+/// The key a logical client writes at its n-th request.
+pub fn key_for(run_id: u64, client: usize, n: u64) -> Bytes {
+    Bytes::from(format!("r{run_id}/c{client}/{n}"))
+}
+
+/// Runs one closed-loop load and returns its figures.
+pub async fn run(spec: LoadSpec) -> LoadResult {
+    let conns = spec.connections.clamp(1, spec.concurrency.max(1));
+    let clients: Vec<Arc<Client>> = (0..conns)
+        .map(|c| {
+            Arc::new(Client::new(
+                spec.addrs.clone(),
+                (spec.run_id << 20) | c as u64,
+                spec.timeout,
+            ))
+        })
+        .collect();
+    let value = Bytes::from(vec![b'x'; spec.value_bytes]);
+    if spec.workload == Workload::Reads {
+        // Preload one key per logical client.
+        for i in 0..spec.concurrency {
+            let c = &clients[i % conns];
+            let _ = c.put(key_for(spec.run_id, i, 0), value.clone()).await;
+        }
+    }
+    let start = Instant::now();
+    let deadline = start + spec.duration;
+    let mut tasks = Vec::with_capacity(spec.concurrency);
+    for i in 0..spec.concurrency {
+        let client = clients[i % conns].clone();
+        let value = value.clone();
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut acked = Vec::new();
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let t0 = Instant::now();
+                let ok = match spec.workload {
+                    Workload::Writes => {
+                        let key = key_for(spec.run_id, i, n);
+                        let r = client.put(key.clone(), value.clone()).await;
+                        if r.is_ok() {
+                            acked.push((key, value.clone()));
+                        }
+                        r.is_ok()
+                    }
+                    Workload::Reads => client
+                        .get(key_for(spec.run_id, i, 0), ReadMode::Linearizable)
+                        .await
+                        .is_ok(),
+                };
+                let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                if ok {
+                    lat.push(us);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, acked, errors)
+        }));
+    }
+    let mut result = LoadResult::default();
+    for t in tasks {
+        if let Ok((lat, acked, errors)) = t.await {
+            result.ok += lat.len() as u64;
+            result.latencies_us.extend(lat);
+            result.acked.extend(acked);
+            result.errors += errors;
+        } else {
+            result.errors += 1;
+        }
+    }
+    result.elapsed = start.elapsed();
+    result.latencies_us.sort_unstable();
+    result
+}
