@@ -78,7 +78,7 @@ pub fn key_for(run_id: u64, client: usize, n: u64) -> Bytes {
     Bytes::from(format!("r{run_id}/c{client}/{n}"))
 }
 
-/// Runs one closed-loop load and returns its figures.
+/// Runs one closed-loop load against the reference node and returns its figures.
 pub async fn run(spec: LoadSpec) -> LoadResult {
     let conns = spec.connections.clamp(1, spec.concurrency.max(1));
     let clients: Vec<Arc<Client>> = (0..conns)
@@ -98,13 +98,47 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
             let _ = c.put(key_for(spec.run_id, i, 0), value.clone()).await;
         }
     }
-    let start = Instant::now();
-    let deadline = start + spec.duration;
-    let mut tasks = Vec::with_capacity(spec.concurrency);
-    for i in 0..spec.concurrency {
+    let run_id = spec.run_id;
+    let workload = spec.workload;
+    closed_loop(spec.concurrency, spec.duration, move |i, n| {
         let client = clients[i % conns].clone();
         let value = value.clone();
-        let spec = spec.clone();
+        async move {
+            match workload {
+                Workload::Writes => {
+                    let key = key_for(run_id, i, n);
+                    client
+                        .put(key.clone(), value.clone())
+                        .await
+                        .map(|_| Some((key, value)))
+                        .map_err(|e| e.to_string())
+                }
+                Workload::Reads => client
+                    .get(key_for(run_id, i, 0), ReadMode::Linearizable)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// The closed loop itself, for any system: `concurrency` tasks, each calling
+/// `op(client index, request number)` one request at a time until `duration`
+/// has passed. `op` returns the acknowledged write, if it was one, so that a
+/// loss check can follow; an `Err` counts as an error, not a latency.
+pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> LoadResult
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<(Bytes, Bytes)>, String>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut acked = Vec::new();
@@ -113,25 +147,14 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
             while Instant::now() < deadline {
                 n += 1;
                 let t0 = Instant::now();
-                let ok = match spec.workload {
-                    Workload::Writes => {
-                        let key = key_for(spec.run_id, i, n);
-                        let r = client.put(key.clone(), value.clone()).await;
-                        if r.is_ok() {
-                            acked.push((key, value.clone()));
-                        }
-                        r.is_ok()
-                    }
-                    Workload::Reads => client
-                        .get(key_for(spec.run_id, i, 0), ReadMode::Linearizable)
-                        .await
-                        .is_ok(),
-                };
+                let r = op(i, n).await;
                 let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                if ok {
-                    lat.push(us);
-                } else {
-                    errors += 1;
+                match r {
+                    Ok(w) => {
+                        lat.push(us);
+                        acked.extend(w);
+                    }
+                    Err(_) => errors += 1,
                 }
             }
             (lat, acked, errors)
