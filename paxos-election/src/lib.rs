@@ -1,1 +1,139 @@
-//! paxos-election (being built).
+//! `paxos-election`: sans-IO, ZooKeeper-style fast leader election by
+//! `(current_epoch, last_zxid, node id)`.
+//!
+//! [`FastElection`] implements `paxos-core`'s [`Elector`] seam. It performs
+//! no IO and reads no clock: the caller feeds it messages and timeouts with
+//! the current [`Time`], and drains the messages it wants sent and the
+//! [`Decision`] it reaches. Use it alone whenever a group of nodes must agree
+//! on the one with the most recent history (any replicated log: ZAB,
+//! Multi-Paxos, primary-backup), with whatever transport and timer you have.
+//!
+//! # Protocol
+//!
+//! A [`Vote`] names a proposed leader with its `(epoch, zxid)`; votes are
+//! ordered by `(epoch, zxid, id)`. Every message is a [`Notification`]: the
+//! sender's vote, its election round, its [`PeerState`] and a *locked* flag.
+//!
+//! - A LOOKING node enters a new round, votes for itself and sends its vote to
+//!   all members. It adopts any better vote of its round and re-sends, jumps
+//!   to a newer round when it sees one (voting for the better of itself and
+//!   the sender's vote), and answers a peer of an older round with its vote.
+//! - When a quorum of voters holds our proposal and no better vote arrives
+//!   for [`ElectionConfig::settle_wait`] (ZooKeeper's finalize wait), we
+//!   *lock* it: we will not change our vote in this round any more, and we
+//!   tell everyone. A node decides when a quorum has locked the same vote.
+//!   Because a node locks at most one vote per round and quorums intersect,
+//!   **no two nodes ever decide different leaders in one round**, whatever
+//!   the message delays (plain ZooKeeper relies on the finalize wait
+//!   outlasting the delays). Each locker's proposal is at least its own vote,
+//!   so the winner holds the highest `(epoch, zxid)` of the quorum that
+//!   elected it.
+//! - A FOLLOWING or LEADING node answers every LOOKING peer with its leader
+//!   and the round that elected it. A LOOKING node that hears a quorum of
+//!   settled voters name the same leader, that leader itself reporting that
+//!   it leads, joins it without a new round (ZooKeeper's out-of-election
+//!   votes): a restarted node joins the running leader.
+//! - With no decision, the vote is re-sent after a randomised timeout that
+//!   doubles up to [`ElectionConfig::max_timeout`] (seeded: simulations
+//!   replay). A locked node still undecided after
+//!   [`ElectionConfig::stuck_retries`] retries starts the next round (locks
+//!   split between candidates with some voters down would otherwise stall).
+//! - Quorums are a [`QuorumSystem`]: [`Majority`] by default, [`Weighted`]
+//!   as in ZooKeeper's hierarchical quorums. Observers never vote and are
+//!   never elected; they ask the voters and follow their rounds.
+//! - Bad input is dropped with a `tracing` warning and changes nothing:
+//!   messages from ourselves or unknown ids, votes for nodes that may not lead,
+//!   states that contradict the sender's role, and *impossible rounds*: a
+//!   round at or beyond [`MAX_ROUND`] (2^48, never reached by a real
+//!   cluster), or more than [`ElectionConfig::max_round_lead`] ahead of ours.
+//!   Malformed bytes never reach the elector: [`Notification::decode`]
+//!   returns a [`CodecError`].
+//!
+//! # Driving loop
+//!
+//! After every input (`start_looking`, `handle_message`, `handle_timeout`,
+//! `settle`), drain [`Elector::poll_transmit`] and [`Elector::poll_decision`]
+//! and re-arm a timer at [`Elector::poll_timeout`]. Persist
+//! [`FastElection::round`] if the node may restart (see there). Three
+//! electors on a perfect in-memory network:
+//!
+//! ```
+//! use paxos_core::{Elector, Epoch, NodeId, PeerState, Time, VoteInfo, Zxid};
+//! use paxos_election::{ElectionConfig, FastElection, Notification};
+//! use std::time::Duration;
+//!
+//! let ids = [NodeId(1), NodeId(2), NodeId(3)];
+//! let mut nodes: Vec<FastElection> = ids
+//!     .iter()
+//!     .map(|&id| {
+//!         FastElection::new(ElectionConfig {
+//!             id,
+//!             voters: ids.to_vec(),
+//!             seed: id.0,
+//!             ..ElectionConfig::default()
+//!         })
+//!         .expect("valid config")
+//!     })
+//!     .collect();
+//! // Node 2 has the most recent history.
+//! let info = |i: usize| VoteInfo {
+//!     current_epoch: Epoch(1),
+//!     last_zxid: Zxid::new(Epoch(1), [5, 9, 7][i]),
+//! };
+//! let mut now = Time::ZERO;
+//! for (i, n) in nodes.iter_mut().enumerate() {
+//!     n.start_looking(now, info(i));
+//! }
+//! let mut decided = vec![None; 3];
+//! for _step in 0..1_000 {
+//!     // Deliver every queued message, through the codec as a network would.
+//!     let mut wire = Vec::new();
+//!     for n in nodes.iter_mut() {
+//!         while let Some((to, msg)) = n.poll_transmit() {
+//!             wire.push((n.id(), to, msg.to_bytes()));
+//!         }
+//!     }
+//!     for (from, to, bytes) in wire {
+//!         let msg = Notification::decode(&bytes).expect("well-formed");
+//!         let i = ids.iter().position(|&id| id == to).expect("a member");
+//!         nodes[i].handle_message(now, from, msg);
+//!     }
+//!     for (i, n) in nodes.iter_mut().enumerate() {
+//!         if let Some(d) = n.poll_decision() {
+//!             let state = if d.leader == n.id() { PeerState::Leading } else { PeerState::Following };
+//!             n.settle(now, state, d.leader, d.epoch_hint);
+//!             decided[i] = Some(d.leader);
+//!         }
+//!     }
+//!     if decided.iter().all(|d| d.is_some()) {
+//!         break;
+//!     }
+//!     // Nothing in flight: advance the clock to the earliest deadline.
+//!     let next = nodes.iter().filter_map(|n| n.poll_timeout()).min();
+//!     if let Some(t) = next {
+//!         now = now.max(t);
+//!         for n in nodes.iter_mut() {
+//!             if n.poll_timeout().is_some_and(|d| d <= now) {
+//!                 n.handle_timeout(now);
+//!             }
+//!         }
+//!     }
+//! }
+//! assert_eq!(decided, vec![Some(NodeId(2)); 3]);
+//! ```
+
+mod codec;
+mod config;
+mod fle;
+mod quorum;
+mod rng;
+mod vote;
+
+pub use codec::{
+    CodecError, KIND_NOTIFICATION, MAX_MESSAGE_BYTES, NOTIFICATION_BYTES, WIRE_VERSION,
+};
+pub use config::{ConfigError, ElectionConfig, MAX_ROUND};
+pub use fle::FastElection;
+pub use paxos_core::{Decision, Elector, PeerState, Time, VoteInfo};
+pub use quorum::{Majority, QuorumSystem, Weighted};
+pub use vote::{Notification, Vote};

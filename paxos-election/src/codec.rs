@@ -1,0 +1,308 @@
+//! The election's own wire codec.
+//!
+//! Every message is one fixed-size frame, big-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | wire version, [`WIRE_VERSION`] |
+//! | 1 | 1 | kind: 1 = notification (others reserved) |
+//! | 2 | 1 | sender state: 0 LOOKING, 1 FOLLOWING, 2 LEADING, 3 OBSERVING |
+//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked; other bits must be 0 |
+//! | 4 | 8 | round |
+//! | 12 | 8 | vote: leader node id (0 when there is no vote) |
+//! | 20 | 4 | vote: leader's current epoch (0 when there is no vote) |
+//! | 24 | 8 | vote: leader's last zxid (0 when there is no vote) |
+//!
+//! Decoding checks the length before reading anything, rejects anything
+//! over [`MAX_MESSAGE_BYTES`] up front, accepts exactly one encoding per
+//! message (reserved bits and absent-vote fields must be zero) and never
+//! panics. Semantic checks (unknown node ids, impossible rounds) belong to
+//! the elector, which drops such messages.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::{Epoch, NodeId, PeerState, Zxid};
+
+use crate::{Notification, Vote};
+
+/// The wire version this build writes and reads.
+pub const WIRE_VERSION: u8 = 1;
+/// The kind byte of a [`Notification`].
+pub const KIND_NOTIFICATION: u8 = 1;
+/// The encoded size of a [`Notification`].
+pub const NOTIFICATION_BYTES: usize = 32;
+/// No election message is longer; longer input is rejected before parsing.
+pub const MAX_MESSAGE_BYTES: usize = 64;
+
+const FLAG_HAS_VOTE: u8 = 0b01;
+const FLAG_LOCKED: u8 = 0b10;
+const HEADER_BYTES: usize = 2;
+
+/// Why bytes could not be decoded as an election message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Fewer bytes than the header or the body needs.
+    #[error("election message truncated: {len} bytes, {need} needed")]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+        /// Bytes the header or body needs.
+        need: usize,
+    },
+    /// More bytes than any election message may have.
+    #[error("election message of {len} bytes exceeds the {max_bytes}-byte bound")]
+    TooLong {
+        /// Bytes received.
+        len: usize,
+        /// [`MAX_MESSAGE_BYTES`].
+        max_bytes: usize,
+    },
+    /// Bytes after the end of a complete message.
+    #[error("election message of kind {kind} has {extra} trailing bytes")]
+    TrailingBytes {
+        /// The message kind.
+        kind: u8,
+        /// Bytes past the message's end.
+        extra: usize,
+    },
+    /// A wire version this build does not speak.
+    #[error("unsupported election wire version {found} (this build speaks {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte received.
+        found: u8,
+    },
+    /// A message kind this version does not define.
+    #[error("unknown election message kind {kind}")]
+    UnknownKind {
+        /// The kind byte received.
+        kind: u8,
+    },
+    /// A state byte outside 0..=3.
+    #[error("invalid peer state byte {state}")]
+    InvalidState {
+        /// The state byte received.
+        state: u8,
+    },
+    /// Reserved flag bits set, or flags contradicting the body.
+    #[error("invalid flags {flags:#04x}: {reason}")]
+    InvalidFlags {
+        /// The flags byte received.
+        flags: u8,
+        /// What is wrong with them.
+        reason: &'static str,
+    },
+}
+
+fn state_byte(state: PeerState) -> u8 {
+    match state {
+        PeerState::Looking => 0,
+        PeerState::Following => 1,
+        PeerState::Leading => 2,
+        PeerState::Observing => 3,
+    }
+}
+
+fn state_from_byte(state: u8) -> Result<PeerState, CodecError> {
+    match state {
+        0 => Ok(PeerState::Looking),
+        1 => Ok(PeerState::Following),
+        2 => Ok(PeerState::Leading),
+        3 => Ok(PeerState::Observing),
+        _ => Err(CodecError::InvalidState { state }),
+    }
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(a)
+}
+
+impl Notification {
+    /// Appends the encoding ([`NOTIFICATION_BYTES`] bytes) to `buf`.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        let mut flags = 0;
+        if self.vote.is_some() {
+            flags |= FLAG_HAS_VOTE;
+        }
+        if self.locked {
+            flags |= FLAG_LOCKED;
+        }
+        let (leader, epoch, zxid) = match self.vote {
+            Some(v) => (v.leader.0, v.epoch.0, v.zxid.as_u64()),
+            None => (0, 0, 0),
+        };
+        buf.put_u8(WIRE_VERSION);
+        buf.put_u8(KIND_NOTIFICATION);
+        buf.put_u8(state_byte(self.state));
+        buf.put_u8(flags);
+        buf.put_u64(self.round);
+        buf.put_u64(leader);
+        buf.put_u32(epoch);
+        buf.put_u64(zxid);
+    }
+
+    /// The encoding as a fresh buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(NOTIFICATION_BYTES);
+        self.encode(&mut buf);
+        debug_assert_eq!(buf.len(), NOTIFICATION_BYTES, "notification size is fixed");
+        buf.freeze()
+    }
+
+    /// Decodes one message; the whole of `bytes` must be that message.
+    pub fn decode(bytes: &[u8]) -> Result<Notification, CodecError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(CodecError::TooLong {
+                len: bytes.len(),
+                max_bytes: MAX_MESSAGE_BYTES,
+            });
+        }
+        if bytes.len() < HEADER_BYTES {
+            return Err(CodecError::Truncated {
+                len: bytes.len(),
+                need: HEADER_BYTES,
+            });
+        }
+        if bytes[0] != WIRE_VERSION {
+            return Err(CodecError::UnsupportedVersion { found: bytes[0] });
+        }
+        let kind = bytes[1];
+        if kind != KIND_NOTIFICATION {
+            return Err(CodecError::UnknownKind { kind });
+        }
+        if bytes.len() < NOTIFICATION_BYTES {
+            return Err(CodecError::Truncated {
+                len: bytes.len(),
+                need: NOTIFICATION_BYTES,
+            });
+        }
+        if bytes.len() > NOTIFICATION_BYTES {
+            return Err(CodecError::TrailingBytes {
+                kind,
+                extra: bytes.len() - NOTIFICATION_BYTES,
+            });
+        }
+        let state = state_from_byte(bytes[2])?;
+        let flags = bytes[3];
+        if flags & !(FLAG_HAS_VOTE | FLAG_LOCKED) != 0 {
+            return Err(CodecError::InvalidFlags {
+                flags,
+                reason: "reserved bits set",
+            });
+        }
+        let round = be_u64(bytes, 4);
+        let leader = be_u64(bytes, 12);
+        let epoch = be_u32(bytes, 20);
+        let zxid = be_u64(bytes, 24);
+        let vote = if flags & FLAG_HAS_VOTE != 0 {
+            Some(Vote {
+                leader: NodeId(leader),
+                epoch: Epoch(epoch),
+                zxid: Zxid(zxid),
+            })
+        } else {
+            if leader != 0 || epoch != 0 || zxid != 0 {
+                return Err(CodecError::InvalidFlags {
+                    flags,
+                    reason: "no vote flagged but vote fields are not zero",
+                });
+            }
+            None
+        };
+        let locked = flags & FLAG_LOCKED != 0;
+        if locked && vote.is_none() {
+            return Err(CodecError::InvalidFlags {
+                flags,
+                reason: "locked without a vote",
+            });
+        }
+        Ok(Notification {
+            vote,
+            round,
+            state,
+            locked,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Notification {
+        Notification {
+            vote: Some(Vote {
+                leader: NodeId(3),
+                epoch: Epoch(2),
+                zxid: Zxid::new(Epoch(2), 9),
+            }),
+            round: 41,
+            state: PeerState::Following,
+            locked: true,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_has_fixed_size() {
+        let n = sample();
+        let b = n.to_bytes();
+        assert_eq!(b.len(), NOTIFICATION_BYTES);
+        assert_eq!(Notification::decode(&b), Ok(n));
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_an_error() {
+        let b = sample().to_bytes();
+        for len in 0..b.len() {
+            assert!(Notification::decode(&b[..len]).is_err(), "len {len}");
+        }
+        let mut long = b.to_vec();
+        long.push(0);
+        assert_eq!(
+            Notification::decode(&long),
+            Err(CodecError::TrailingBytes {
+                kind: KIND_NOTIFICATION,
+                extra: 1
+            })
+        );
+        let huge = vec![WIRE_VERSION; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            Notification::decode(&huge),
+            Err(CodecError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_header_fields_and_flags() {
+        let good = sample().to_bytes().to_vec();
+        let with = |at: usize, v: u8| {
+            let mut b = good.clone();
+            b[at] = v;
+            Notification::decode(&b)
+        };
+        assert_eq!(with(0, 2), Err(CodecError::UnsupportedVersion { found: 2 }));
+        assert_eq!(with(1, 9), Err(CodecError::UnknownKind { kind: 9 }));
+        assert_eq!(with(2, 4), Err(CodecError::InvalidState { state: 4 }));
+        assert!(matches!(with(3, 0b100), Err(CodecError::InvalidFlags { .. })));
+        // Locked without a vote.
+        assert!(matches!(
+            with(3, FLAG_LOCKED),
+            Err(CodecError::InvalidFlags { .. })
+        ));
+        // No vote but non-zero vote fields.
+        assert!(matches!(with(3, 0), Err(CodecError::InvalidFlags { .. })));
+        let none = Notification {
+            vote: None,
+            round: 1,
+            state: PeerState::Looking,
+            locked: false,
+        };
+        assert_eq!(Notification::decode(&none.to_bytes()), Ok(none));
+    }
+}

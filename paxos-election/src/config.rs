@@ -1,0 +1,108 @@
+//! Configuration of a [`FastElection`](crate::FastElection).
+
+use std::time::Duration;
+
+use paxos_core::NodeId;
+
+/// Rounds at or beyond this are impossible: no cluster produces them in its
+/// lifetime (2^48 elections at one per microsecond take nine years), so a
+/// notification carrying one is corrupt or hostile and is dropped. Keeping
+/// far from `u64::MAX` also means our own round can never overflow.
+pub const MAX_ROUND: u64 = 1 << 48;
+
+/// Everything a [`FastElection`](crate::FastElection) needs to start.
+///
+/// Fill the ids and keep the defaults for the rest:
+/// `ElectionConfig { id, voters, ..ElectionConfig::default() }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionConfig {
+    /// This node.
+    pub id: NodeId,
+    /// The voting members (this node among them unless it observes).
+    pub voters: Vec<NodeId>,
+    /// Non-voting members: they learn the leader but never vote and are
+    /// never elected.
+    pub observers: Vec<NodeId>,
+    /// How long a quorum must hold our proposal, with no better vote
+    /// arriving, before we lock it (ZooKeeper's finalize wait).
+    pub settle_wait: Duration,
+    /// The first retry timeout: with no decision by then, re-send our vote.
+    /// Each retry doubles it up to `max_timeout`, and every deadline adds a
+    /// uniformly random extra of up to the timeout itself.
+    pub base_timeout: Duration,
+    /// The cap of the exponential backoff.
+    pub max_timeout: Duration,
+    /// Retries without a decision after locking before we give the round up
+    /// and start the next one (locks split between candidates can stall a
+    /// round when nodes are down).
+    pub stuck_retries: u32,
+    /// A notification whose round is more than this ahead of ours is
+    /// impossible and dropped. A freshly restarted node starts at round 0,
+    /// so this must exceed the number of elections a cluster will ever run.
+    pub max_round_lead: u64,
+    /// The round to resume from after a restart (see
+    /// [`FastElection::round`](crate::FastElection::round)); 0 for a new node.
+    pub initial_round: u64,
+    /// Seed of the retry-timeout randomness (use a different one per node).
+    pub seed: u64,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            id: NodeId(0),
+            voters: Vec::new(),
+            observers: Vec::new(),
+            settle_wait: Duration::from_millis(50),
+            base_timeout: Duration::from_millis(200),
+            max_timeout: Duration::from_secs(5),
+            stuck_retries: 2,
+            max_round_lead: 1 << 32,
+            initial_round: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The voter set is empty.
+    #[error("the election has no voters")]
+    NoVoters,
+    /// A node is listed twice (among voters, observers or weights).
+    #[error("node {id} is listed twice")]
+    DuplicateNode {
+        /// The repeated id.
+        id: NodeId,
+    },
+    /// This node is neither a voter nor an observer.
+    #[error("this node {id} is neither a voter nor an observer")]
+    NotAMember {
+        /// This node's id.
+        id: NodeId,
+    },
+    /// The quorum system's voters differ from `ElectionConfig::voters`.
+    #[error("the quorum system's voters differ from the configured voters")]
+    QuorumMismatch,
+    /// Weights sum to zero: no set is a quorum.
+    #[error("the voters' weights sum to zero")]
+    ZeroTotalWeight,
+    /// Weights sum beyond `u64::MAX`.
+    #[error("the voters' weights overflow a u64")]
+    WeightOverflow,
+    /// `base_timeout` is zero or exceeds `max_timeout`.
+    #[error("base_timeout {base_timeout:?} must be positive and at most max_timeout {max_timeout:?}")]
+    BadTimeouts {
+        /// The configured base.
+        base_timeout: Duration,
+        /// The configured cap.
+        max_timeout: Duration,
+    },
+    /// `initial_round` is at or beyond [`MAX_ROUND`].
+    #[error("initial round {round} is beyond the round space ({MAX_ROUND})")]
+    RoundOutOfRange {
+        /// The configured round.
+        round: u64,
+    },
+}

@@ -1,0 +1,654 @@
+//! The fast leader election state machine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use paxos_core::{Decision, Elector, Epoch, NodeId, PeerState, Time, VoteInfo, Zxid};
+
+use crate::config::MAX_ROUND;
+use crate::rng::SplitMix64;
+use crate::{ConfigError, ElectionConfig, Majority, Notification, QuorumSystem, Vote};
+
+/// Where the elector is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Built, `start_looking` not called yet: incoming messages are dropped.
+    Idle,
+    /// Looking for a leader.
+    Looking,
+    /// Settled on a leader: answers LOOKING peers with it.
+    Settled,
+}
+
+/// What a settled peer last told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Report {
+    vote: Vote,
+    round: u64,
+    state: PeerState,
+    locked: bool,
+}
+
+/// The leader we settled on, as we announce it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settled {
+    vote: Vote,
+    round: u64,
+    /// The vote was elected in `round` (a decision, not a bare `settle`).
+    elected: bool,
+}
+
+/// ZooKeeper-style fast leader election, sans-IO, with a lock step that
+/// makes every round's decision unique.
+///
+/// See the crate documentation for the protocol and the driving loop.
+#[derive(Clone, Debug)]
+pub struct FastElection<Q: QuorumSystem = Majority> {
+    id: NodeId,
+    quorum: Q,
+    /// Sorted, distinct, disjoint from the voters.
+    observers: Vec<NodeId>,
+    voter: bool,
+    settle_wait: Duration,
+    base_timeout: Duration,
+    max_timeout: Duration,
+    stuck_retries: u32,
+    max_round_lead: u64,
+    rng: SplitMix64,
+
+    phase: Phase,
+    state: PeerState,
+    /// Our logical clock; never decreases.
+    round: u64,
+    me: Option<VoteInfo>,
+    proposal: Option<Vote>,
+    /// We locked `proposal` in `round`.
+    locked: bool,
+    /// Latest LOOKING vote of each other voter in `round`.
+    views: BTreeMap<NodeId, Option<Vote>>,
+    /// Lock claims of other voters in `round`.
+    locks: BTreeMap<NodeId, Vote>,
+    /// Latest report of each settled voter, whatever its round.
+    reports: BTreeMap<NodeId, Report>,
+    settle_deadline: Option<Time>,
+    retry_deadline: Option<Time>,
+    retry_backoff: Duration,
+    retries_since_lock: u32,
+    settled: Option<Settled>,
+    /// At most one queued notification per peer (a newer one replaces it).
+    outbox: VecDeque<(NodeId, Notification)>,
+    decision: Option<Decision>,
+}
+
+impl FastElection<Majority> {
+    /// An elector deciding by simple majority of `config.voters`.
+    pub fn new(config: ElectionConfig) -> Result<Self, ConfigError> {
+        let quorum = Majority::new(config.voters.iter().copied())?;
+        Self::with_quorum(config, quorum)
+    }
+}
+
+impl<Q: QuorumSystem> FastElection<Q> {
+    /// An elector deciding with `quorum`, whose voters must be
+    /// `config.voters`.
+    pub fn with_quorum(config: ElectionConfig, quorum: Q) -> Result<Self, ConfigError> {
+        let mut voters = config.voters.clone();
+        voters.sort_unstable();
+        if voters.is_empty() {
+            return Err(ConfigError::NoVoters);
+        }
+        if let Some(w) = voters.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateNode { id: w[0] });
+        }
+        if voters != quorum.voters() {
+            return Err(ConfigError::QuorumMismatch);
+        }
+        let mut observers = config.observers.clone();
+        observers.sort_unstable();
+        if let Some(w) = observers.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateNode { id: w[0] });
+        }
+        if let Some(o) = observers.iter().find(|o| quorum.is_voter(**o)) {
+            return Err(ConfigError::DuplicateNode { id: *o });
+        }
+        let voter = quorum.is_voter(config.id);
+        if !voter && observers.binary_search(&config.id).is_err() {
+            return Err(ConfigError::NotAMember { id: config.id });
+        }
+        if config.base_timeout.is_zero() || config.base_timeout > config.max_timeout {
+            return Err(ConfigError::BadTimeouts {
+                base_timeout: config.base_timeout,
+                max_timeout: config.max_timeout,
+            });
+        }
+        if config.initial_round >= MAX_ROUND {
+            return Err(ConfigError::RoundOutOfRange {
+                round: config.initial_round,
+            });
+        }
+        Ok(FastElection {
+            id: config.id,
+            quorum,
+            observers,
+            voter,
+            settle_wait: config.settle_wait,
+            base_timeout: config.base_timeout,
+            max_timeout: config.max_timeout,
+            stuck_retries: config.stuck_retries.max(1),
+            max_round_lead: config.max_round_lead,
+            rng: SplitMix64::new(config.seed),
+            phase: Phase::Idle,
+            state: PeerState::Looking,
+            round: config.initial_round,
+            me: None,
+            proposal: None,
+            locked: false,
+            views: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            settle_deadline: None,
+            retry_deadline: None,
+            retry_backoff: config.base_timeout,
+            retries_since_lock: 0,
+            settled: None,
+            outbox: VecDeque::new(),
+            decision: None,
+        })
+    }
+
+    /// Our state as we announce it (LOOKING until the first decision).
+    pub fn state(&self) -> PeerState {
+        self.state
+    }
+
+    /// Our election round (logical clock). It never decreases; persist it
+    /// after each input, before sending that input's messages, and pass it
+    /// back as [`ElectionConfig::initial_round`] after a restart, or a
+    /// restarted node may lock two different votes in one round.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Our current proposal while LOOKING.
+    pub fn proposal(&self) -> Option<Vote> {
+        self.proposal
+    }
+
+    /// The vote we locked, with its round, if we locked one in our current
+    /// round. A node locks at most one vote per round.
+    pub fn lock(&self) -> Option<(u64, Vote)> {
+        match (self.locked, self.proposal) {
+            (true, Some(v)) => Some((self.round, v)),
+            _ => None,
+        }
+    }
+
+    /// The leader we settled on, if not LOOKING.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.phase {
+            Phase::Settled => self.settled.map(|s| s.vote.leader),
+            _ => None,
+        }
+    }
+
+    /// The quorum system in use.
+    pub fn quorum(&self) -> &Q {
+        &self.quorum
+    }
+
+    fn self_vote(&self) -> Option<Vote> {
+        match self.me {
+            Some(info) if self.quorum.can_lead(self.id) => Some(Vote::new(self.id, info)),
+            _ => None,
+        }
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.quorum.is_voter(id) || self.observers.binary_search(&id).is_ok()
+    }
+
+    fn notification(&self) -> Notification {
+        match (self.phase, self.settled) {
+            (Phase::Settled, Some(s)) => Notification {
+                vote: Some(s.vote),
+                round: s.round,
+                state: self.state,
+                locked: s.elected,
+            },
+            _ => Notification {
+                vote: self.proposal,
+                round: self.round,
+                state: PeerState::Looking,
+                locked: self.locked,
+            },
+        }
+    }
+
+    fn send(&mut self, to: NodeId, n: Notification) {
+        debug_assert!(to != self.id, "never send to ourselves");
+        if let Some(slot) = self.outbox.iter_mut().find(|(p, _)| *p == to) {
+            slot.1 = n;
+        } else {
+            self.outbox.push_back((to, n));
+        }
+        debug_assert!(
+            self.outbox.len() <= self.quorum.voters().len() + self.observers.len(),
+            "the outbox holds at most one message per peer"
+        );
+    }
+
+    fn reply(&mut self, to: NodeId) {
+        let n = self.notification();
+        self.send(to, n);
+    }
+
+    /// Sends our notification to every voter and, if we vote, to every
+    /// observer (observers only ask the voters).
+    fn broadcast(&mut self) {
+        let n = self.notification();
+        let peers: Vec<NodeId> = if self.voter {
+            self.quorum
+                .voters()
+                .iter()
+                .chain(self.observers.iter())
+                .copied()
+                .filter(|p| *p != self.id)
+                .collect()
+        } else {
+            self.quorum.voters().to_vec()
+        };
+        for p in peers {
+            self.send(p, n);
+        }
+    }
+
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let base_nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        base + Duration::from_nanos(self.rng.below(base_nanos))
+    }
+
+    fn enter_round(&mut self, round: u64) {
+        assert!(round > self.round, "rounds only move forward");
+        debug_assert!(round < MAX_ROUND, "rounds stay inside the round space");
+        self.round = round;
+        self.views.clear();
+        self.locks.clear();
+        self.locked = false;
+        self.settle_deadline = None;
+        self.retries_since_lock = 0;
+    }
+
+    /// Why `msg` from `from` must be dropped, if it must.
+    fn reject_reason(&self, from: NodeId, msg: &Notification) -> Option<&'static str> {
+        if from == self.id {
+            return Some("message claims to come from ourselves");
+        }
+        if !self.is_member(from) {
+            return Some("sender is neither a voter nor an observer");
+        }
+        if msg.round >= MAX_ROUND {
+            return Some("round beyond the round space");
+        }
+        if msg.round > self.round.saturating_add(self.max_round_lead) {
+            return Some("round impossibly far ahead of ours");
+        }
+        if let Some(v) = msg.vote {
+            if !self.quorum.can_lead(v.leader) {
+                return Some("vote for a node that may not lead");
+            }
+        }
+        if msg.locked && msg.vote.is_none() {
+            return Some("lock without a vote");
+        }
+        let from_voter = self.quorum.is_voter(from);
+        match msg.state {
+            PeerState::Looking => None,
+            PeerState::Observing if from_voter => Some("a voter claims to observe"),
+            PeerState::Following | PeerState::Leading if !from_voter => {
+                Some("an observer claims to follow or lead")
+            }
+            _ if msg.vote.is_none() => Some("a settled peer names no leader"),
+            PeerState::Leading if msg.vote.map(|v| v.leader) != Some(from) => {
+                Some("a peer claims to lead for another node")
+            }
+            PeerState::Following if msg.vote.map(|v| v.leader) == Some(from) => {
+                Some("a peer claims to follow itself")
+            }
+            _ => None,
+        }
+    }
+
+    fn on_looking(&mut self, from: NodeId, msg: Notification) {
+        self.reports.remove(&from);
+        if msg.round > self.round {
+            tracing::debug!(node = %self.id, from = %from, round = msg.round, "joining newer election round");
+            self.enter_round(msg.round);
+            self.proposal = self.self_vote().max(msg.vote);
+            self.record(from, msg);
+            self.broadcast();
+        } else if msg.round < self.round {
+            // It is behind: our vote makes it jump to our round.
+            if self.voter {
+                self.reply(from);
+            }
+        } else {
+            if msg.vote > self.proposal {
+                if self.locked {
+                    // Locked: we keep our vote for this round; say so.
+                    self.reply(from);
+                } else {
+                    tracing::debug!(node = %self.id, from = %from, vote = ?msg.vote, "adopting a better vote");
+                    self.proposal = msg.vote;
+                    self.settle_deadline = None;
+                    self.broadcast();
+                }
+            }
+            self.record(from, msg);
+        }
+    }
+
+    fn record(&mut self, from: NodeId, msg: Notification) {
+        debug_assert_eq!(msg.round, self.round, "views hold the current round only");
+        self.views.insert(from, msg.vote);
+        if let (true, Some(v)) = (msg.locked, msg.vote) {
+            self.locks.insert(from, v);
+        }
+    }
+
+    fn on_report(&mut self, from: NodeId, msg: Notification) {
+        let Some(vote) = msg.vote else {
+            debug_assert!(false, "validated: settled reports name a leader");
+            return;
+        };
+        self.views.remove(&from);
+        if msg.round == self.round && msg.locked {
+            self.locks.insert(from, vote);
+        }
+        self.reports.insert(
+            from,
+            Report {
+                vote,
+                round: msg.round,
+                state: msg.state,
+                locked: msg.locked,
+            },
+        );
+    }
+
+    /// A vote a quorum has locked in our round, counting our own lock.
+    fn lock_quorum(&self) -> Option<Vote> {
+        let own = self.lock().map(|(_, v)| v);
+        let candidates = self.locks.values().copied().chain(own);
+        for c in candidates {
+            let mut ids = self
+                .locks
+                .iter()
+                .filter(|(_, v)| **v == c)
+                .map(|(id, _)| *id)
+                .chain((own == Some(c) && self.voter).then_some(self.id));
+            if self.quorum.is_quorum(&mut ids) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// A running leader a quorum of settled voters follows, the leader
+    /// itself reporting that it leads by election (ZooKeeper's out-of-election
+    /// votes).
+    fn running_leader(&self) -> Option<(Vote, u64)> {
+        for (id, r) in &self.reports {
+            if r.state != PeerState::Leading || !r.locked || r.vote.leader != *id {
+                continue;
+            }
+            let mut ids = self
+                .reports
+                .iter()
+                .filter(|(_, o)| o.vote.leader == *id)
+                .map(|(i, _)| *i);
+            if self.quorum.is_quorum(&mut ids) {
+                return Some((r.vote, r.round));
+            }
+        }
+        None
+    }
+
+    fn quorum_holds(&self, v: Vote) -> bool {
+        let mut ids = self
+            .views
+            .iter()
+            .filter(|(_, p)| **p == Some(v))
+            .map(|(id, _)| *id)
+            .chain((self.voter && self.proposal == Some(v)).then_some(self.id));
+        self.quorum.is_quorum(&mut ids)
+    }
+
+    /// Re-examines what we know after any change while LOOKING.
+    fn evaluate(&mut self, now: Time) {
+        if self.phase != Phase::Looking {
+            return;
+        }
+        if let Some(v) = self.lock_quorum() {
+            self.decide(v, self.round, "a quorum locked the vote");
+            return;
+        }
+        if let Some((v, r)) = self.running_leader() {
+            self.decide(v, r, "a quorum follows a running leader");
+            return;
+        }
+        if self.locked || !self.voter {
+            return;
+        }
+        match self.proposal {
+            Some(p) if self.quorum_holds(p) => {
+                if self.settle_wait.is_zero() {
+                    self.lock_proposal();
+                    self.evaluate(now);
+                } else if self.settle_deadline.is_none() {
+                    self.settle_deadline = Some(now + self.settle_wait);
+                }
+            }
+            _ => self.settle_deadline = None,
+        }
+    }
+
+    fn lock_proposal(&mut self) {
+        assert!(!self.locked, "a node locks at most one vote per round");
+        assert!(self.proposal.is_some(), "only a proposal can be locked");
+        self.locked = true;
+        self.retries_since_lock = 0;
+        self.settle_deadline = None;
+        tracing::debug!(node = %self.id, round = self.round, vote = ?self.proposal, "locked vote");
+        self.broadcast();
+    }
+
+    fn decide(&mut self, vote: Vote, round: u64, why: &'static str) {
+        assert!(
+            self.quorum.can_lead(vote.leader),
+            "only a node that may lead is elected"
+        );
+        self.round = self.round.max(round);
+        self.state = if vote.leader == self.id {
+            PeerState::Leading
+        } else if self.voter {
+            PeerState::Following
+        } else {
+            PeerState::Observing
+        };
+        self.phase = Phase::Settled;
+        self.settled = Some(Settled {
+            vote,
+            round,
+            elected: true,
+        });
+        self.settle_deadline = None;
+        self.retry_deadline = None;
+        self.decision = Some(Decision {
+            leader: vote.leader,
+            round,
+            epoch_hint: vote.epoch,
+        });
+        tracing::info!(node = %self.id, leader = %vote.leader, round, state = ?self.state, why, "election decided");
+        self.broadcast();
+    }
+
+    fn retry(&mut self, now: Time) {
+        if self.locked {
+            self.retries_since_lock += 1;
+        }
+        if self.locked && self.retries_since_lock >= self.stuck_retries {
+            if self.round + 1 < MAX_ROUND {
+                tracing::info!(node = %self.id, round = self.round, "round stalled after locking; starting the next");
+                self.enter_round(self.round + 1);
+                self.proposal = self.self_vote();
+            } else {
+                tracing::error!(node = %self.id, "round space exhausted; cannot start another round");
+            }
+        }
+        self.broadcast();
+        self.retry_backoff = (self.retry_backoff * 2).min(self.max_timeout);
+        let wait = self.jittered(self.retry_backoff);
+        self.retry_deadline = Some(now + wait);
+    }
+}
+
+impl<Q: QuorumSystem> Elector for FastElection<Q> {
+    type Message = Notification;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn start_looking(&mut self, now: Time, me: VoteInfo) {
+        self.me = Some(me);
+        self.phase = Phase::Looking;
+        self.state = PeerState::Looking;
+        self.settled = None;
+        self.decision = None;
+        self.reports.clear();
+        if self.voter {
+            if self.round + 1 < MAX_ROUND {
+                self.enter_round(self.round + 1);
+            } else {
+                tracing::error!(node = %self.id, "round space exhausted; looking in the last round");
+                self.views.clear();
+                self.locks.clear();
+                self.locked = false;
+            }
+        } else {
+            // Observers follow the voters' rounds and never start one.
+            self.views.clear();
+            self.locks.clear();
+            self.settle_deadline = None;
+        }
+        self.proposal = self.self_vote();
+        self.retry_backoff = self.base_timeout;
+        let wait = self.jittered(self.base_timeout);
+        self.retry_deadline = Some(now + wait);
+        tracing::info!(node = %self.id, round = self.round, ?me, "looking for a leader");
+        self.broadcast();
+        self.evaluate(now);
+    }
+
+    fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {
+        let consistent = match state {
+            PeerState::Looking => false,
+            PeerState::Leading => leader == self.id,
+            PeerState::Following => self.voter && leader != self.id,
+            PeerState::Observing => !self.voter,
+        };
+        if !consistent || !self.quorum.can_lead(leader) {
+            tracing::warn!(node = %self.id, ?state, leader = %leader, "ignoring an inconsistent settle");
+            return;
+        }
+        let settled = match self.settled {
+            Some(s) if s.vote.leader == leader => s,
+            _ => {
+                tracing::warn!(node = %self.id, leader = %leader, "settling on a leader this elector did not elect");
+                Settled {
+                    vote: Vote {
+                        leader,
+                        epoch,
+                        zxid: Zxid::ZERO,
+                    },
+                    round: self.round,
+                    elected: false,
+                }
+            }
+        };
+        self.settled = Some(settled);
+        self.phase = Phase::Settled;
+        self.state = state;
+        self.settle_deadline = None;
+        self.retry_deadline = None;
+    }
+
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Notification) {
+        if let Some(reason) = self.reject_reason(from, &msg) {
+            tracing::warn!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
+            return;
+        }
+        match self.phase {
+            Phase::Idle => {
+                tracing::debug!(node = %self.id, from = %from, "not started; dropping election message");
+                return;
+            }
+            Phase::Settled => {
+                if msg.state == PeerState::Looking {
+                    self.reply(from);
+                }
+                return;
+            }
+            Phase::Looking => {}
+        }
+        if !self.quorum.is_voter(from) {
+            // An observer asking: tell it what we know; it never counts.
+            if msg.state == PeerState::Looking && self.voter {
+                self.reply(from);
+            }
+            return;
+        }
+        match msg.state {
+            PeerState::Looking => self.on_looking(from, msg),
+            PeerState::Following | PeerState::Leading => self.on_report(from, msg),
+            PeerState::Observing => return,
+        }
+        self.evaluate(now);
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        if self.phase != Phase::Looking {
+            return;
+        }
+        if self.settle_deadline.is_some_and(|d| d <= now) {
+            self.settle_deadline = None;
+            let holds = self.proposal.is_some_and(|p| self.quorum_holds(p));
+            if !self.locked && self.voter && holds {
+                self.lock_proposal();
+            }
+            self.evaluate(now);
+        }
+        if self.phase == Phase::Looking && self.retry_deadline.is_some_and(|d| d <= now) {
+            self.retry(now);
+            self.evaluate(now);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        if self.phase != Phase::Looking {
+            return None;
+        }
+        match (self.settle_deadline, self.retry_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<(NodeId, Notification)> {
+        self.outbox.pop_front()
+    }
+
+    fn poll_decision(&mut self) -> Option<Decision> {
+        self.decision.take()
+    }
+}
