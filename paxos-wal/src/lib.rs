@@ -1,1 +1,112 @@
-//! paxos-wal (being built).
+//! `paxos-wal`: an mmap-backed, CRC-checked, segmented write-ahead redo log
+//! keyed by a strictly increasing `u64`, with group commit, prefix and suffix
+//! truncation, torn-write recovery, and a small hard-state file.
+//!
+//! It is the storage half of the paxos toolkit, but it knows nothing about
+//! consensus: use it alone wherever you need an append-only log of byte
+//! records that must survive crashes (a replication log, a state machine's
+//! redo log, a queue). The keys are the caller's (for Paxos, the zxid).
+//!
+//! ```
+//! use paxos_wal::{Wal, WalOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let opts = WalOptions { segment_bytes: 64 << 10, ..WalOptions::default() };
+//! let (wal, report) = Wal::open(dir.path(), opts.clone())?;
+//! assert_eq!(report.last_key, None);
+//!
+//! // Group commit: many appends, one flush.
+//! wal.append(1, b"first")?;
+//! wal.append_batch([(2, &b"second"[..]), (3, &b"third"[..])])?;
+//! assert_eq!(wal.sync()?, Some(3));
+//!
+//! // Reads borrow from the map.
+//! {
+//!     let reader = wal.reader();
+//!     let keys: Vec<u64> = reader.iter_from(2).map(|r| r.map(|r| r.key)).collect::<Result<_, _>>()?;
+//!     assert_eq!(keys, [2, 3]);
+//!     assert_eq!(reader.get(1)?, Some(&b"first"[..]));
+//! }
+//!
+//! // TRUNC: drop an uncommitted suffix durably.
+//! wal.truncate_suffix(2)?;
+//! wal.close()?;
+//!
+//! let (wal, report) = Wal::open(dir.path(), opts)?;
+//! assert_eq!((report.first_key, report.last_key), (Some(1), Some(2)));
+//! assert!(report.torn_tail.is_none() && report.damaged.is_none());
+//! assert_eq!(wal.get(3)?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout and durability
+//!
+//! The log is a directory of fixed-size segment files (`<id as 16 hex>.wal`,
+//! default 64 MiB), each preallocated, zero-filled ahead of need by a
+//! background thread (or recycled from a segment freed by
+//! [`Wal::truncate_prefix`]), and mapped with `memmap2`. Zero-filled or
+//! recycled blocks are already written, so a sync flushes data pages only,
+//! with no extent conversion in the file system journal. Files are never
+//! shrunk. The byte format is in [`format`].
+//!
+//! [`Wal::append`] copies into the map; [`Wal::sync`] flushes the dirty byte
+//! range once (`msync`) and returns the highest durable key. A record is
+//! durable only after the `sync` covering it returns. Any flush error is
+//! fatal for the handle (the kernel may have dropped the dirty pages, so a
+//! retry would prove nothing): later calls fail with [`WalError::Poisoned`],
+//! and reopening recovers the last durable state. ENOSPC or EIO when creating
+//! a segment comes back as an error and leaves the log as it was.
+//!
+//! # Recovery
+//!
+//! Mapped pages reach the disk in any order, so after a crash the unsynced
+//! tail may hold garbage with valid-looking records after it. Each record
+//! therefore carries the *proven-durable watermark* (`synced_through`: the
+//! highest key whose sync had returned when it was written), and the end
+//! marker after the last record carries the latest one. On open, every
+//! segment is scanned to the first zero length or bad record, and also
+//! beyond it, for any valid record or marker and its watermark. Then:
+//!
+//! - nothing proves a record past the end of the valid prefix durable: it is
+//!   a **torn tail**, cut off (zeroed and synced; later segments removed) and
+//!   reported in [`OpenReport::torn_tail`] and a `tracing` warning;
+//! - a watermark proves keys past the valid prefix durable: data that may
+//!   have been acknowledged is damaged. With [`RecoveryMode::Strict`] (the
+//!   default) `open` fails with [`WalError::Corrupted`] naming file and
+//!   offset, changing nothing; with [`RecoveryMode::KeepValidPrefix`] it
+//!   copies the affected files to `*.damaged`, keeps the valid prefix, and
+//!   reports the lost key range in [`OpenReport::damaged`] so the replica
+//!   can refetch it from its peers.
+//!
+//! A synced record is never dropped silently. One limit: damage to the very
+//! last synced batch *before* its watermark reached the disk (the next
+//! `sync`, or [`Wal::close`]) cannot be told apart from a torn write; it is
+//! reported as a torn tail.
+//!
+//! # Hard state
+//!
+//! [`HardStateStore`] keeps `accepted_epoch`, `current_epoch` and
+//! [`HARD_STATE_EXTRA_FIELDS`] more `u64`s in two CRC-checked slots written
+//! alternately; each update is durable on return and a torn update leaves
+//! the previous value.
+//!
+//! # Threads
+//!
+//! One writer at a time and any number of concurrent readers; see [`Wal`].
+#![warn(missing_docs)]
+
+mod error;
+mod faults;
+pub mod format;
+mod hard_state;
+mod wal;
+
+pub use error::WalError;
+#[doc(hidden)]
+pub use faults::{FaultPlan, FaultPoint};
+pub use format::{scan_segment, SegmentScan};
+pub use hard_state::{HardState, HardStateStore, HARD_STATE_EXTRA_FIELDS};
+pub use wal::{
+    DamagedRange, OpenReport, Record, RecoveryMode, SyncMethod, TornTail, Wal, WalIter, WalOptions, WalReader,
+    DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+};
