@@ -366,7 +366,9 @@ impl View<'_, '_> {
         if !snapshot {
             let fraction = self.config.snapshot_size_fraction;
             if let Some(snap_bytes) = leader.snapshot.and_then(|s| s.bytes) {
-                if fraction >= 0.0 && (disk.bytes as f64) > fraction * snap_bytes as f64 {
+                // Floor of the product: exact integer comparison at the limit.
+                let limit_bytes = (fraction * snap_bytes as f64) as u64;
+                if fraction >= 0.0 && disk.bytes > limit_bytes {
                     return None;
                 }
             }
