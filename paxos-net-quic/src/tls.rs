@@ -1,0 +1,218 @@
+//! rustls configuration for mutual TLS between cluster members.
+//!
+//! - Server side (accepting): the client must present a certificate chaining
+//!   to the cluster CA, with the `clientAuth` usage, that names exactly one
+//!   cluster member other than ourselves (`node-<id>`). This is checked inside
+//!   the TLS handshake, so a stranger never gets a stream opened.
+//! - Client side (dialling): the server must present a certificate chaining
+//!   to the cluster CA, with the `serverAuth` usage, valid for the DNS name
+//!   `node-<dialled id>` (rustls's standard server-name check).
+//! - TLS 1.3 only (QUIC requires it), ring as the crypto provider, no 0-RTT.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+use crate::certs::{ClusterTrust, NodeIdentity};
+use crate::error::NetError;
+use crate::PeerId;
+
+/// The ALPN protocol id both sides require.
+pub const ALPN: &[u8] = b"paxos-net/1";
+
+/// The crypto provider used everywhere in this crate: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// True if the certificate `leaf` is valid for the DNS name `node-<id>`.
+pub(crate) fn cert_names(leaf: &CertificateDer<'_>, id: PeerId) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(id.dns_name()) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The single member among `members` the certificate names, or `None` if it
+/// names none or more than one.
+pub(crate) fn cert_member(leaf: &CertificateDer<'_>, members: &[PeerId]) -> Option<PeerId> {
+    let mut found = None;
+    for &m in members {
+        if cert_names(leaf, m) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(m);
+        }
+    }
+    found
+}
+
+/// The cluster member named by the peer certificate of an established connection.
+pub(crate) fn connection_peer(conn: &quinn::Connection, members: &[PeerId]) -> Option<PeerId> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    cert_member(certs.first()?, members)
+}
+
+/// Client-certificate verifier: the cluster CA chain (delegated to rustls's
+/// WebPKI verifier) plus "names exactly one member".
+#[derive(Debug)]
+struct MemberClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    /// Members allowed to connect to us (everyone but ourselves).
+    members: Arc<[PeerId]>,
+    own_id: PeerId,
+}
+
+impl ClientCertVerifier for MemberClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
+            tracing::warn!(node = %self.own_id, error = %e, "refused peer: client certificate does not verify");
+        })?;
+        match cert_member(end_entity, &self.members) {
+            Some(_) => Ok(verified),
+            None => {
+                tracing::warn!(node = %self.own_id, "refused peer: client certificate names no single cluster member");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn root_store(trust: &ClusterTrust) -> Result<Arc<RootCertStore>, NetError> {
+    let mut roots = RootCertStore::empty();
+    for ca in trust.roots() {
+        roots.add(ca.clone()).map_err(|e| NetError::Tls {
+            context: "adding cluster CA to the root store",
+            source: e,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The rustls server configuration of a node accepting connections from `members`.
+pub fn server_crypto(
+    identity: &NodeIdentity,
+    trust: &ClusterTrust,
+    members: &[PeerId],
+) -> Result<rustls::ServerConfig, NetError> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(root_store(trust)?, provider.clone())
+        .build()
+        .map_err(|e| NetError::Config {
+            problem: format!("client verifier: {e}"),
+        })?;
+    let verifier = MemberClientVerifier {
+        inner,
+        members: members
+            .iter()
+            .copied()
+            .filter(|&m| m != identity.id())
+            .collect(),
+        own_id: identity.id(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls {
+            context: "server protocol versions",
+            source: e,
+        })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(identity.chain().to_vec(), identity.key().clone_key())
+        .map_err(|e| NetError::Tls {
+            context: "server certificate",
+            source: e,
+        })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// The rustls client configuration of a node dialling cluster members.
+pub fn client_crypto(
+    identity: &NodeIdentity,
+    trust: &ClusterTrust,
+) -> Result<rustls::ClientConfig, NetError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls {
+            context: "client protocol versions",
+            source: e,
+        })?
+        .with_root_certificates(root_store(trust)?)
+        .with_client_auth_cert(identity.chain().to_vec(), identity.key().clone_key())
+        .map_err(|e| NetError::Tls {
+            context: "client certificate",
+            source: e,
+        })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// Wraps [`client_crypto`] as a quinn client configuration with `transport`.
+pub fn quinn_client_config(
+    identity: &NodeIdentity,
+    trust: &ClusterTrust,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, NetError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto(identity, trust)?)
+        .map_err(|e| NetError::Config {
+            problem: format!("client TLS config unusable for QUIC: {e}"),
+        })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
