@@ -289,7 +289,10 @@ mod tests {
         assert_eq!(with(0, 2), Err(CodecError::UnsupportedVersion { found: 2 }));
         assert_eq!(with(1, 9), Err(CodecError::UnknownKind { kind: 9 }));
         assert_eq!(with(2, 4), Err(CodecError::InvalidState { state: 4 }));
-        assert!(matches!(with(3, 0b100), Err(CodecError::InvalidFlags { .. })));
+        assert!(matches!(
+            with(3, 0b100),
+            Err(CodecError::InvalidFlags { .. })
+        ));
         // Locked without a vote.
         assert!(matches!(
             with(3, FLAG_LOCKED),

@@ -92,7 +92,9 @@ pub enum ConfigError {
     #[error("the voters' weights overflow a u64")]
     WeightOverflow,
     /// `base_timeout` is zero or exceeds `max_timeout`.
-    #[error("base_timeout {base_timeout:?} must be positive and at most max_timeout {max_timeout:?}")]
+    #[error(
+        "base_timeout {base_timeout:?} must be positive and at most max_timeout {max_timeout:?}"
+    )]
     BadTimeouts {
         /// The configured base.
         base_timeout: Duration,

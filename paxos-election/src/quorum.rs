@@ -153,8 +153,13 @@ mod tests {
 
     #[test]
     fn weighted_counts_weight_and_zero_weight_never_leads() {
-        let q = Weighted::new([(NodeId(1), 3), (NodeId(2), 1), (NodeId(3), 1), (NodeId(4), 0)])
-            .unwrap();
+        let q = Weighted::new([
+            (NodeId(1), 3),
+            (NodeId(2), 1),
+            (NodeId(3), 1),
+            (NodeId(4), 0),
+        ])
+        .unwrap();
         assert!(q.is_quorum(&mut ids(&[1]).into_iter()));
         assert!(!q.is_quorum(&mut ids(&[2, 3, 4]).into_iter()));
         assert!(q.is_voter(NodeId(4)) && !q.can_lead(NodeId(4)));

@@ -1,6 +1,11 @@
 //! Integration tests of `paxos-election`: codec properties, elector unit
 //! behaviour, and a deterministic simulation of the election alone.
-#![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub, missing_docs)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub,
+    missing_docs
+)]
 
 mod elector;
 mod properties;

@@ -1,1 +1,186 @@
+//! Property tests: vote order, codec round trip, arbitrary bytes (the CI
+//! twin of the `election_codec` fuzz target), and an elector fed arbitrary
+//! input keeping its invariants.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use paxos_core::{Elector, Epoch, NodeId, PeerState, Time, VoteInfo, Zxid};
+use paxos_election::{
+    ElectionConfig, FastElection, Notification, Vote, MAX_MESSAGE_BYTES, NOTIFICATION_BYTES,
+};
+use proptest::prelude::*;
+
+fn any_state() -> impl Strategy<Value = PeerState> {
+    prop_oneof![
+        Just(PeerState::Looking),
+        Just(PeerState::Following),
+        Just(PeerState::Leading),
+        Just(PeerState::Observing),
+    ]
+}
+
+fn any_vote(max_id: u64) -> impl Strategy<Value = Vote> {
+    (0..=max_id, 0u32..4, 0u32..4).prop_map(|(id, e, c)| Vote {
+        leader: NodeId(id),
+        epoch: Epoch(e),
+        zxid: Zxid::new(Epoch(e), c),
+    })
+}
+
+fn any_notification(max_id: u64, max_round: u64) -> impl Strategy<Value = Notification> {
+    (
+        proptest::option::of(any_vote(max_id)),
+        0..=max_round,
+        any_state(),
+        any::<bool>(),
+    )
+        .prop_map(|(vote, round, state, locked)| Notification {
+            vote,
+            round,
+            state,
+            // A lock needs a vote to be encodable.
+            locked: locked && vote.is_some(),
+        })
+}
+
+fn wide_notification() -> impl Strategy<Value = Notification> {
+    (
+        proptest::option::of((any::<u64>(), any::<u32>(), any::<u64>())),
+        any::<u64>(),
+        any_state(),
+        any::<bool>(),
+    )
+        .prop_map(|(v, round, state, locked)| Notification {
+            vote: v.map(|(l, e, z)| Vote {
+                leader: NodeId(l),
+                epoch: Epoch(e),
+                zxid: Zxid(z),
+            }),
+            round,
+            state,
+            locked: locked && v.is_some(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn votes_are_ordered_by_epoch_then_zxid_then_id(a in any_vote(9), b in any_vote(9)) {
+        let key = |v: &Vote| (v.epoch, v.zxid, v.leader);
+        prop_assert_eq!(a.cmp(&b), key(&a).cmp(&key(&b)));
+        prop_assert_eq!(a == b, key(&a) == key(&b));
+    }
+
+    #[test]
+    fn codec_round_trips(n in wide_notification()) {
+        let bytes = n.to_bytes();
+        prop_assert_eq!(bytes.len(), NOTIFICATION_BYTES);
+        prop_assert_eq!(Notification::decode(&bytes), Ok(n));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_decode_canonically(
+        bytes in proptest::collection::vec(any::<u8>(), 0..=MAX_MESSAGE_BYTES + 8)
+    ) {
+        if let Ok(n) = Notification::decode(&bytes) {
+            prop_assert_eq!(n.to_bytes().to_vec(), bytes);
+        }
+    }
+
+    #[test]
+    fn corrupted_encodings_never_panic_and_decode_canonically(
+        n in wide_notification(),
+        flips in proptest::collection::vec((0..NOTIFICATION_BYTES, any::<u8>()), 1..4),
+        cut in 0..=NOTIFICATION_BYTES,
+    ) {
+        let mut bytes = n.to_bytes().to_vec();
+        for (at, x) in flips {
+            bytes[at] ^= x;
+        }
+        bytes.truncate(cut.max(1));
+        if let Ok(m) = Notification::decode(&bytes) {
+            prop_assert_eq!(m.to_bytes().to_vec(), bytes);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Input {
+    Message { from: u64, msg: Notification },
+    Timeout { advance_ms: u64 },
+    StartLooking { epoch: u32, counter: u32 },
+    Settle { state: PeerState, leader: u64 },
+}
+
+fn any_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        6 => (0u64..8, any_notification(7, 12)).prop_map(|(from, msg)| Input::Message { from, msg }),
+        3 => (0u64..400).prop_map(|advance_ms| Input::Timeout { advance_ms }),
+        1 => (0u32..4, 0u32..4).prop_map(|(epoch, counter)| Input::StartLooking { epoch, counter }),
+        1 => (any_state(), 0u64..7).prop_map(|(state, leader)| Input::Settle { state, leader }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever arrives, in any order: the round never goes back, a node
+    /// locks at most one vote per round, only voters are elected, timers
+    /// are in the future, and the outbox stays bounded.
+    #[test]
+    fn elector_keeps_its_invariants_under_arbitrary_input(
+        me in 1u64..=5,
+        inputs in proptest::collection::vec(any_input(), 1..120),
+    ) {
+        // Voters 1..=5, observer 6; ids 0 and 7 are strangers.
+        let voters: Vec<NodeId> = (1..=5).map(NodeId).collect();
+        let mut e = FastElection::new(ElectionConfig {
+            id: NodeId(me),
+            voters: voters.clone(),
+            observers: vec![NodeId(6)],
+            seed: me,
+            ..ElectionConfig::default()
+        }).expect("valid");
+        let mut now = Time::ZERO;
+        e.start_looking(now, VoteInfo { current_epoch: Epoch(1), last_zxid: Zxid::new(Epoch(1), 1) });
+        let mut locks: BTreeMap<u64, Vote> = BTreeMap::new();
+        let mut last_round = e.round();
+        for input in inputs {
+            match input {
+                Input::Message { from, msg } => e.handle_message(now, NodeId(from), msg),
+                Input::Timeout { advance_ms } => {
+                    now += Duration::from_millis(advance_ms);
+                    if e.poll_timeout().is_some_and(|t| t <= now) {
+                        e.handle_timeout(now);
+                    }
+                }
+                Input::StartLooking { epoch, counter } => e.start_looking(now, VoteInfo {
+                    current_epoch: Epoch(epoch),
+                    last_zxid: Zxid::new(Epoch(epoch), counter),
+                }),
+                Input::Settle { state, leader } => e.settle(now, state, NodeId(leader), Epoch(1)),
+            }
+            prop_assert!(e.round() >= last_round, "round went back");
+            last_round = e.round();
+            if let Some((r, v)) = e.lock() {
+                let prev = *locks.entry(r).or_insert(v);
+                prop_assert_eq!(prev, v, "two locks in round {}", r);
+                prop_assert!(voters.contains(&v.leader));
+            }
+            if let Some(d) = e.poll_decision() {
+                prop_assert!(voters.contains(&d.leader), "elected a non-voter {:?}", d.leader);
+            }
+            if let Some(t) = e.poll_timeout() {
+                prop_assert!(t >= now, "a deadline in the past stays pending");
+            }
+            let out: Vec<_> = std::iter::from_fn(|| e.poll_transmit()).collect();
+            prop_assert!(out.len() <= 5, "one message per peer at most");
+            for (to, n) in out {
+                prop_assert!(to != NodeId(me) && (1..=6).contains(&to.0));
+                prop_assert_eq!(Notification::decode(&n.to_bytes()), Ok(n));
+            }
+        }
+    }
+}

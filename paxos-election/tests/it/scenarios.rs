@@ -10,7 +10,10 @@ use crate::sim::{Faults, Sim, SimConfig};
 /// Seeds to run: `ELECTION_SEED` alone if set, else `0..count`
 /// (`ELECTION_SEEDS` overrides the count, for long runs).
 fn seeds(count: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("ELECTION_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(s) = std::env::var("ELECTION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![s];
     }
     let n = std::env::var("ELECTION_SEEDS")
@@ -70,37 +73,43 @@ fn run_many(name: &str, count: u64, make: impl Fn(u64) -> SimConfig) {
         "{name}: worst time to a stable leader {worst:?}; {rounds} decided rounds, \
          {msgs} messages delivered, {dropped} dropped, {crashes} crashes, {partitions} partitions"
     );
-    assert!(failures.is_empty(), "{name} failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name} failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn three_nodes_under_chaos() {
-    run_many("3 nodes", 60, |seed| SimConfig::new(3, seed));
+    run_many("3 nodes", 400, |seed| SimConfig::new(3, seed));
 }
 
 #[test]
 fn five_nodes_under_chaos() {
-    run_many("5 nodes", 40, |seed| SimConfig::new(5, seed));
+    run_many("5 nodes", 300, |seed| SimConfig::new(5, seed));
 }
 
 #[test]
 fn seven_nodes_under_chaos() {
-    run_many("7 nodes", 30, |seed| SimConfig::new(7, seed));
+    run_many("7 nodes", 200, |seed| SimConfig::new(7, seed));
 }
 
 #[test]
 fn only_a_majority_connected_after_chaos() {
     for n in [3, 5, 7] {
-        run_many(&format!("{n} nodes, majority only"), 20, |seed| SimConfig {
-            majority_only: true,
-            ..SimConfig::new(n, seed)
+        run_many(&format!("{n} nodes, majority only"), 150, |seed| {
+            SimConfig {
+                majority_only: true,
+                ..SimConfig::new(n, seed)
+            }
         });
     }
 }
 
 #[test]
 fn observers_learn_the_leader_and_are_never_elected() {
-    run_many("5 voters + 2 observers", 25, |seed| SimConfig {
+    run_many("5 voters + 2 observers", 150, |seed| SimConfig {
         observers: 2,
         ..SimConfig::new(5, seed)
     });
@@ -110,7 +119,7 @@ fn observers_learn_the_leader_and_are_never_elected() {
 fn zero_settle_wait_stays_safe() {
     // Without a settle wait, nodes lock on whatever quorum they see first:
     // more split locks, still one leader per round.
-    run_many("5 nodes, no settle wait", 25, |seed| {
+    run_many("5 nodes, no settle wait", 150, |seed| {
         let mut cfg = SimConfig::new(5, seed);
         cfg.election.settle_wait = Duration::ZERO;
         cfg
@@ -119,7 +128,7 @@ fn zero_settle_wait_stays_safe() {
 
 #[test]
 fn bad_input_never_changes_the_outcome() {
-    for seed in seeds(15) {
+    for seed in seeds(60) {
         let clean = chaos_then_stable(SimConfig::new(5, seed));
         let dirty = chaos_then_stable(SimConfig {
             inject_bad_input: true,
@@ -182,13 +191,19 @@ fn restarted_node_joins(n: usize, seed: u64, persisted: bool) -> Result<(), Stri
         s.nodes[f].elector.leader() == Some(leader)
     });
     if let Some(d) = disturbed {
-        return Err(format!("seed {seed}: the restart disturbed the cluster: {d}"));
+        return Err(format!(
+            "seed {seed}: the restart disturbed the cluster: {d}"
+        ));
     }
     if !joined {
         return Err(format!("seed {seed}: {fid:?} did not join {leader:?}"));
     }
     let new: Vec<_> = sim.decisions[decisions_before..].to_vec();
-    if new.len() != 1 || new[0].1 != fid || new[0].2.leader != leader || new[0].2.round != leader_round {
+    if new.len() != 1
+        || new[0].1 != fid
+        || new[0].2.leader != leader
+        || new[0].2.round != leader_round
+    {
         return Err(format!(
             "seed {seed}: expected one decision by {fid:?} for {leader:?} in round {leader_round}, got {new:?}"
         ));
@@ -204,7 +219,7 @@ fn restarted_node_joins(n: usize, seed: u64, persisted: bool) -> Result<(), Stri
 fn restarted_node_joins_the_running_leader_without_a_new_round() {
     let mut failures = Vec::new();
     for n in [3, 5, 7] {
-        for seed in seeds(15) {
+        for seed in seeds(40) {
             for persisted in [true, false] {
                 if let Err(e) = restarted_node_joins(n, seed, persisted) {
                     failures.push(format!("{n} nodes, persisted round {persisted}: {e}"));

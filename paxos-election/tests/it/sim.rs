@@ -154,7 +154,11 @@ pub struct SimNode {
 }
 
 enum Event {
-    Deliver { from: NodeId, to: NodeId, bytes: Bytes },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        bytes: Bytes,
+    },
     Tick,
 }
 
@@ -333,10 +337,7 @@ impl Sim {
             }
             n.unhealthy_since = None;
             n.elector.settle(now, state, d.leader, d.epoch_hint);
-            assert!(
-                n.elector.poll_transmit().is_none(),
-                "settle sends nothing"
-            );
+            assert!(n.elector.poll_transmit().is_none(), "settle sends nothing");
         }
     }
 
@@ -348,20 +349,29 @@ impl Sim {
             self.dropped += 1;
             return;
         }
-        let copies = if self.rng.per_mille(self.faults.dup_per_mille) { 2 } else { 1 };
+        let copies = if self.rng.per_mille(self.faults.dup_per_mille) {
+            2
+        } else {
+            1
+        };
         let bytes = msg.to_bytes();
         for _ in 0..copies {
             let delay = if self.rng.per_mille(self.faults.slow_per_mille) {
-                self.rng.between(self.faults.delay_max, self.faults.slow_max)
+                self.rng
+                    .between(self.faults.delay_max, self.faults.slow_max)
             } else {
-                self.rng.between(self.faults.delay_min, self.faults.delay_max)
+                self.rng
+                    .between(self.faults.delay_min, self.faults.delay_max)
             };
             let at = self.now + delay;
-            self.schedule(at, Event::Deliver {
-                from,
-                to,
-                bytes: bytes.clone(),
-            });
+            self.schedule(
+                at,
+                Event::Deliver {
+                    from,
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -387,37 +397,98 @@ impl Sim {
         let (from, msg) = match r.below(7) {
             0 => {
                 // Unknown sender.
-                let v = { let l = 1 + r.below(members); some_vote(r, l) };
+                let v = {
+                    let l = 1 + r.below(members);
+                    some_vote(r, l)
+                };
                 (
                     NodeId(members + 1 + r.below(1000)),
-                    Notification { vote: Some(v), round: target_round, state: PeerState::Looking, locked: r.below(2) == 0 },
+                    Notification {
+                        vote: Some(v),
+                        round: target_round,
+                        state: PeerState::Looking,
+                        locked: r.below(2) == 0,
+                    },
                 )
             }
             1 => {
                 // Impossibly far ahead.
-                let v = { let l = 1 + r.below(self.cfg.voters as u64); some_vote(r, l) };
+                let v = {
+                    let l = 1 + r.below(self.cfg.voters as u64);
+                    some_vote(r, l)
+                };
                 let round = target_round + self.cfg.election.max_round_lead + 1 + r.below(1000);
-                (known, Notification { vote: Some(v), round, state: PeerState::Looking, locked: false })
+                (
+                    known,
+                    Notification {
+                        vote: Some(v),
+                        round,
+                        state: PeerState::Looking,
+                        locked: false,
+                    },
+                )
             }
             2 => {
                 // Beyond the round space.
-                let v = { let l = 1 + r.below(self.cfg.voters as u64); some_vote(r, l) };
-                (known, Notification { vote: Some(v), round: MAX_ROUND + r.below(1 << 20), state: PeerState::Leading, locked: true })
+                let v = {
+                    let l = 1 + r.below(self.cfg.voters as u64);
+                    some_vote(r, l)
+                };
+                (
+                    known,
+                    Notification {
+                        vote: Some(v),
+                        round: MAX_ROUND + r.below(1 << 20),
+                        state: PeerState::Leading,
+                        locked: true,
+                    },
+                )
             }
             3 => {
                 // A vote for a non-voter.
-                let v = { let l = self.cfg.voters as u64 + 1 + r.below(100); some_vote(r, l) };
-                (known, Notification { vote: Some(v), round: target_round, state: PeerState::Looking, locked: true })
+                let v = {
+                    let l = self.cfg.voters as u64 + 1 + r.below(100);
+                    some_vote(r, l)
+                };
+                (
+                    known,
+                    Notification {
+                        vote: Some(v),
+                        round: target_round,
+                        state: PeerState::Looking,
+                        locked: true,
+                    },
+                )
             }
             4 => {
                 // Claims to lead for another node.
                 let leader = 1 + r.below(self.cfg.voters as u64);
-                let from = NodeId(if leader == known.0 { leader % (self.cfg.voters as u64) + 1 } else { known.0 });
-                (from, Notification { vote: Some(some_vote(r, leader)), round: target_round, state: PeerState::Leading, locked: true })
+                let from = NodeId(if leader == known.0 {
+                    leader % (self.cfg.voters as u64) + 1
+                } else {
+                    known.0
+                });
+                (
+                    from,
+                    Notification {
+                        vote: Some(some_vote(r, leader)),
+                        round: target_round,
+                        state: PeerState::Leading,
+                        locked: true,
+                    },
+                )
             }
             5 => {
                 // From ourselves.
-                (me, Notification { vote: Some(some_vote(r, me.0.min(self.cfg.voters as u64))), round: target_round, state: PeerState::Looking, locked: true })
+                (
+                    me,
+                    Notification {
+                        vote: Some(some_vote(r, me.0.min(self.cfg.voters as u64))),
+                        round: target_round,
+                        state: PeerState::Looking,
+                        locked: true,
+                    },
+                )
             }
             _ => {
                 // Malformed bytes: never reach the elector.
@@ -434,9 +505,8 @@ impl Sim {
         n.elector.handle_message(now, from, msg);
         let after = format!("{:?}", n.elector);
         if before != after {
-            self.violations.push(format!(
-                "bad input from {from:?} changed {me:?}: {msg:?}"
-            ));
+            self.violations
+                .push(format!("bad input from {from:?} changed {me:?}: {msg:?}"));
         }
     }
 
@@ -451,7 +521,8 @@ impl Sim {
         let msg = match Notification::decode(&bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.violations.push(format!("our own encoding failed to decode: {e}"));
+                self.violations
+                    .push(format!("our own encoding failed to decode: {e}"));
                 return;
             }
         };
@@ -593,8 +664,17 @@ impl Sim {
 
     /// Runs until `until` or until `stop` says so (checked every tick).
     /// Returns whether `stop` fired.
-    pub fn run_until(&mut self, until: Time, chaos: bool, mut stop: impl FnMut(&Sim) -> bool) -> bool {
-        self.faults = if chaos { self.cfg.chaos.clone() } else { Faults::stable() };
+    pub fn run_until(
+        &mut self,
+        until: Time,
+        chaos: bool,
+        mut stop: impl FnMut(&Sim) -> bool,
+    ) -> bool {
+        self.faults = if chaos {
+            self.cfg.chaos.clone()
+        } else {
+            Faults::stable()
+        };
         // Bound the number of steps: ~ messages per tick times ticks.
         let ticks = (until - self.now).as_nanos() / TICK.as_nanos() + 2;
         let max_steps = (ticks as u64) * 2_000;
@@ -621,7 +701,10 @@ impl Sim {
             if next_timer.is_some_and(|nt| nt <= t) {
                 for i in 0..self.nodes.len() {
                     let due = self.nodes[i].up
-                        && self.nodes[i].elector.poll_timeout().is_some_and(|d| d <= self.now);
+                        && self.nodes[i]
+                            .elector
+                            .poll_timeout()
+                            .is_some_and(|d| d <= self.now);
                     if due {
                         let now = self.now;
                         self.nodes[i].elector.handle_timeout(now);
@@ -712,7 +795,11 @@ impl Sim {
                 .get(&round)
                 .map(|s| s.iter().filter(|(_, v, _)| v.leader == leader).collect())
                 .unwrap_or_default();
-            let mut ids = lockers.iter().map(|(id, _, _)| *id).collect::<BTreeSet<_>>().into_iter();
+            let mut ids = lockers
+                .iter()
+                .map(|(id, _, _)| *id)
+                .collect::<BTreeSet<_>>()
+                .into_iter();
             if !self.quorum.is_quorum(&mut ids) {
                 self.violations.push(format!(
                     "round {round}: {leader:?} decided without a quorum of locks ({lockers:?})"
