@@ -37,6 +37,7 @@
 //! use paxos_core::{Epoch, NodeId, StateMachine, Zxid};
 //! use paxos_snapshot::{plan_sync, LeaderLog, Plan, PlannerConfig, SnapshotStore};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Plan a sync: the leader holds epoch 1 entries 1..=10 in memory; the
 //! // follower stopped at 1.7, so it gets a DIFF of what follows.
 //! let ends = [Zxid::new(Epoch(1), 10)];
@@ -75,7 +76,6 @@
 //!     }
 //! }
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
 //! let store = SnapshotStore::open(dir.path())?;
 //! let mut sm = Counter::default();

@@ -16,7 +16,7 @@ pub(crate) struct Blob {
 impl Blob {
     /// A blob of `len` pseudo-random bytes, applied up to `zxid`.
     pub(crate) fn filled(len: usize, seed: u64, zxid: Zxid) -> Blob {
-        let mut x = seed | 1;
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let data = (0..len)
             .map(|_| {
                 x ^= x << 13;
@@ -25,7 +25,10 @@ impl Blob {
                 x as u8
             })
             .collect();
-        Blob { data, applied: zxid }
+        Blob {
+            data,
+            applied: zxid,
+        }
     }
 }
 
@@ -56,7 +59,10 @@ impl StateMachine for Blob {
         let mut data = Vec::new();
         input.take(len).read_to_end(&mut data)?;
         if data.len() as u64 != len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its length"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob shorter than its length",
+            ));
         }
         self.data = data;
         self.applied = zxid;

@@ -161,60 +161,84 @@ prop_compose! {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    leader_log().prop_flat_map(|leader| {
-        let n = leader.len();
-        (
-            Just(leader),
-            0..=n,            // fork point
-            0u32..3,          // entries continuing the fork point's epoch
-            proptest::collection::vec((1u32..12, 1u32..4), 0..3), // new-epoch runs
-            0..=n,            // memory first (n: none)
-            (0..=n, 0..=n, 0u64..200), // disk first, last (first > last: none), bytes
-            (0..=n, proptest::option::of(50u64..400)), // snapshot index (n: none), bytes
-            any::<bool>(),    // disk diff
-            prop_oneof![Just(0.33f64), Just(-1.0), Just(1.0)],
-        )
-    })
-    .prop_map(|(leader, fork, extend, runs, mem, (d0, d1, dbytes), (si, sbytes), disk_diff, fraction)| {
-        let n = leader.len();
-        let epochs: BTreeSet<u32> = leader.iter().map(|e| e.epoch().0).collect();
-        let mut follower = leader[..fork].to_vec();
-        // Continue the epoch of the fork point only where the leader has no
-        // next counter (else the zxids would collide).
-        if let Some(&last) = follower.last() {
-            let leader_continues = leader.get(fork).is_some_and(|next| next.epoch() == last.epoch());
-            if !leader_continues {
-                for k in 1..=extend {
-                    follower.push(z(last.epoch().0, last.counter() + k));
+    leader_log()
+        .prop_flat_map(|leader| {
+            let n = leader.len();
+            (
+                Just(leader),
+                0..=n,                                                // fork point
+                0u32..3, // entries continuing the fork point's epoch
+                proptest::collection::vec((1u32..12, 1u32..4), 0..3), // new-epoch runs
+                0..=n,   // memory first (n: none)
+                (0..=n, 0..=n, 0u64..200), // disk first, last (first > last: none), bytes
+                (0..=n, proptest::option::of(50u64..400)), // snapshot index (n: none), bytes
+                any::<bool>(), // disk diff
+                prop_oneof![Just(0.33f64), Just(-1.0), Just(1.0)],
+            )
+        })
+        .prop_map(
+            |(
+                leader,
+                fork,
+                extend,
+                runs,
+                mem,
+                (d0, d1, dbytes),
+                (si, sbytes),
+                disk_diff,
+                fraction,
+            )| {
+                let n = leader.len();
+                let epochs: BTreeSet<u32> = leader.iter().map(|e| e.epoch().0).collect();
+                let mut follower = leader[..fork].to_vec();
+                // Continue the epoch of the fork point only where the leader has no
+                // next counter (else the zxids would collide).
+                if let Some(&last) = follower.last() {
+                    let leader_continues = leader
+                        .get(fork)
+                        .is_some_and(|next| next.epoch() == last.epoch());
+                    if !leader_continues {
+                        for k in 1..=extend {
+                            follower.push(z(last.epoch().0, last.counter() + k));
+                        }
+                    }
                 }
-            }
-        }
-        for (epoch, count) in runs {
-            let after = last_of(&follower).epoch().0;
-            if epoch > after && !epochs.contains(&epoch) {
-                follower.extend((1..=count).map(|c| z(epoch, c)));
-            }
-        }
-        let memory = (mem < n).then_some(mem);
-        let disk = (d0 <= d1 && d1 < n).then_some((d0, d1, dbytes));
-        let mut hist = Hist { entries: leader, memory, disk, snapshot: None };
-        let r = hist.retained();
-        // The leader never cuts its log above its newest snapshot: a
-        // snapshot sits at or after the entry before the first retained
-        // one; with nothing compacted it is optional.
-        hist.snapshot = if n == 0 {
-            None
-        } else if r == 0 {
-            (si < n).then_some((si, sbytes))
-        } else {
-            Some((si.clamp(r - 1, n - 1), sbytes))
-        };
-        Case {
-            hist,
-            follower,
-            config: PlannerConfig { disk_diff, snapshot_size_fraction: fraction, memory_window_entries: 0 },
-        }
-    })
+                for (epoch, count) in runs {
+                    let after = last_of(&follower).epoch().0;
+                    if epoch > after && !epochs.contains(&epoch) {
+                        follower.extend((1..=count).map(|c| z(epoch, c)));
+                    }
+                }
+                let memory = (mem < n).then_some(mem);
+                let disk = (d0 <= d1 && d1 < n).then_some((d0, d1, dbytes));
+                let mut hist = Hist {
+                    entries: leader,
+                    memory,
+                    disk,
+                    snapshot: None,
+                };
+                let r = hist.retained();
+                // The leader never cuts its log above its newest snapshot: a
+                // snapshot sits at or after the entry before the first retained
+                // one; with nothing compacted it is optional.
+                hist.snapshot = if n == 0 {
+                    None
+                } else if r == 0 {
+                    (si < n).then_some((si, sbytes))
+                } else {
+                    Some((si.clamp(r - 1, n - 1), sbytes))
+                };
+                Case {
+                    hist,
+                    follower,
+                    config: PlannerConfig {
+                        disk_diff,
+                        snapshot_size_fraction: fraction,
+                        memory_window_entries: 0,
+                    },
+                }
+            },
+        )
 }
 
 proptest! {

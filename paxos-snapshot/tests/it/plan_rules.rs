@@ -38,7 +38,10 @@ fn r1_equal_zxids_level_even_with_empty_log() {
     assert_eq!(h.plan(z(1, 3), &cfg()).plan, Plan::UpToDate);
     // A follower behind an empty log can only get the snapshot.
     let d = h.plan(z(1, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
+    );
 }
 
 #[test]
@@ -58,8 +61,17 @@ fn r2_diff_from_window_edge_across_epoch_boundary() {
         disk: Some((0, 7, 1_000_000)),
         snapshot: None,
     };
-    let d = h.plan(z(1, 5), &PlannerConfig { disk_diff: false, ..cfg() });
-    assert_eq!((d.plan, d.rule), (Plan::Diff { after: z(1, 5) }, Rule::Behind(Source::Memory)));
+    let d = h.plan(
+        z(1, 5),
+        &PlannerConfig {
+            disk_diff: false,
+            ..cfg()
+        },
+    );
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Diff { after: z(1, 5) }, Rule::Behind(Source::Memory))
+    );
 }
 
 #[test]
@@ -73,7 +85,10 @@ fn epoch_boundary_at_window_edge_without_older_log_is_snap() {
         snapshot: Some((4, Some(10))),
     };
     let d = h.plan(z(1, 5), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 5) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 5) }, Rule::Snapshot)
+    );
     // A diverged follower in epoch 1 too: no TRUNC across the boundary.
     let d = h.plan(z(1, 7), &cfg());
     assert_eq!(d.plan, Plan::Snap { snapshot: z(1, 5) });
@@ -90,7 +105,10 @@ fn window_edge_inside_an_epoch_is_known_by_counter() {
     };
     assert_eq!(h.plan(z(1, 2), &cfg()).plan, Plan::Diff { after: z(1, 2) });
     let d = h.plan(z(1, 1), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
+    );
 }
 
 #[test]
@@ -102,8 +120,17 @@ fn r5_diff_from_disk_when_behind_window() {
         snapshot: None,
     };
     let d = h.plan(z(1, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Diff { after: z(1, 2) }, Rule::Behind(Source::Disk)));
-    let d = h.plan(z(1, 2), &PlannerConfig { disk_diff: false, ..cfg() });
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Diff { after: z(1, 2) }, Rule::Behind(Source::Disk))
+    );
+    let d = h.plan(
+        z(1, 2),
+        &PlannerConfig {
+            disk_diff: false,
+            ..cfg()
+        },
+    );
     assert_eq!(d.rule, Rule::FreshSnapshot);
 }
 
@@ -117,11 +144,23 @@ fn r5_disk_diff_size_limit_boundaries() {
     };
     let f = z(1, 3);
     // 0.33 * 1000 = 330: at the limit DIFF, one byte over SNAP.
-    assert_eq!(with_disk_bytes(330).plan(f, &cfg()).rule, Rule::Behind(Source::Disk));
+    assert_eq!(
+        with_disk_bytes(330).plan(f, &cfg()).rule,
+        Rule::Behind(Source::Disk)
+    );
     let d = with_disk_bytes(331).plan(f, &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 1) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 1) }, Rule::Snapshot)
+    );
     // A negative fraction disables the limit.
-    let d = with_disk_bytes(u64::MAX).plan(f, &PlannerConfig { snapshot_size_fraction: -1.0, ..cfg() });
+    let d = with_disk_bytes(u64::MAX).plan(
+        f,
+        &PlannerConfig {
+            snapshot_size_fraction: -1.0,
+            ..cfg()
+        },
+    );
     assert_eq!(d.rule, Rule::Behind(Source::Disk));
     // An unknown snapshot size disables it too.
     let mut h = with_disk_bytes(u64::MAX);
@@ -139,14 +178,20 @@ fn r5_gap_between_disk_and_window_falls_back_to_snap() {
         snapshot: None,
     };
     let d = h.plan(z(1, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(2, 3) }, Rule::FreshSnapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(2, 3) }, Rule::FreshSnapshot)
+    );
     // A snapshot at 1.5 does not connect to the window either.
     h.snapshot = Some((4, Some(10)));
     assert_eq!(h.plan(z(1, 2), &cfg()).rule, Rule::FreshSnapshot);
     // A snapshot at 2.1 does.
     h.snapshot = Some((5, Some(10)));
     let d = h.plan(z(1, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(2, 1) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(2, 1) }, Rule::Snapshot)
+    );
     // Disk touching the window (ends at 2.1, window from 2.2) is no gap.
     h.disk = Some((0, 5, 1));
     assert_eq!(h.plan(z(1, 2), &cfg()).rule, Rule::Behind(Source::Disk));
@@ -161,7 +206,10 @@ fn r3_follower_ahead_within_same_epoch_truncated_to_leader_last() {
 #[test]
 fn r3_empty_leader_truncates_follower_to_zero() {
     let d = Hist::memory_only(vec![]).plan(z(1, 3), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Trunc { to: Zxid::ZERO }, Rule::Ahead));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Trunc { to: Zxid::ZERO }, Rule::Ahead)
+    );
 }
 
 #[test]
@@ -170,7 +218,13 @@ fn follower_ahead_in_later_epoch_is_never_truncated_across_epochs() {
     // unknown, so everything is resent (whole log available) or SNAP.
     let h = Hist::memory_only(two_epochs());
     let d = h.plan(z(3, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::TruncDiff { to: Zxid::ZERO }, Rule::Diverged(Source::Memory)));
+    assert_eq!(
+        (d.plan, d.rule),
+        (
+            Plan::TruncDiff { to: Zxid::ZERO },
+            Rule::Diverged(Source::Memory)
+        )
+    );
     let compacted = Hist {
         entries: two_epochs(),
         memory: Some(2),
@@ -178,7 +232,10 @@ fn follower_ahead_in_later_epoch_is_never_truncated_across_epochs() {
         snapshot: Some((1, Some(10))),
     };
     let d = compacted.plan(z(3, 2), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
+    );
 }
 
 #[test]
@@ -187,7 +244,13 @@ fn r4_follower_below_leader_max_not_in_history_truncates_within_epoch() {
     // suffix). They share 1.3.
     let h = Hist::memory_only(log_of(&[(1, 3), (2, 3)]));
     let d = h.plan(z(1, 5), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::TruncDiff { to: z(1, 3) }, Rule::Diverged(Source::Memory)));
+    assert_eq!(
+        (d.plan, d.rule),
+        (
+            Plan::TruncDiff { to: z(1, 3) },
+            Rule::Diverged(Source::Memory)
+        )
+    );
 }
 
 #[test]
@@ -199,8 +262,20 @@ fn r4_truncation_point_at_window_edge() {
         disk: Some((0, 5, 10)),
         snapshot: None,
     };
-    let d = h.plan(z(1, 5), &PlannerConfig { disk_diff: false, ..cfg() });
-    assert_eq!((d.plan, d.rule), (Plan::TruncDiff { to: z(1, 3) }, Rule::Diverged(Source::Memory)));
+    let d = h.plan(
+        z(1, 5),
+        &PlannerConfig {
+            disk_diff: false,
+            ..cfg()
+        },
+    );
+    assert_eq!(
+        (d.plan, d.rule),
+        (
+            Plan::TruncDiff { to: z(1, 3) },
+            Rule::Diverged(Source::Memory)
+        )
+    );
 }
 
 #[test]
@@ -215,14 +290,23 @@ fn r4_follower_epoch_absent_from_leader_history() {
         disk: None,
         snapshot: Some((0, None)),
     };
-    assert_eq!(compacted.plan(z(2, 4), &cfg()).plan, Plan::Snap { snapshot: z(1, 1) });
+    assert_eq!(
+        compacted.plan(z(2, 4), &cfg()).plan,
+        Plan::Snap { snapshot: z(1, 1) }
+    );
 }
 
 #[test]
 fn zxid_with_zero_counter_names_no_entry() {
     let h = Hist::memory_only(two_epochs());
-    assert_eq!(h.plan(z(2, 0), &cfg()).plan, Plan::TruncDiff { to: Zxid::ZERO });
-    assert_eq!(h.plan(z(3, 0), &cfg()).plan, Plan::TruncDiff { to: Zxid::ZERO });
+    assert_eq!(
+        h.plan(z(2, 0), &cfg()).plan,
+        Plan::TruncDiff { to: Zxid::ZERO }
+    );
+    assert_eq!(
+        h.plan(z(3, 0), &cfg()).plan,
+        Plan::TruncDiff { to: Zxid::ZERO }
+    );
 }
 
 #[test]
@@ -238,17 +322,29 @@ fn empty_follower() {
         snapshot: Some((2, Some(50))),
     };
     let d = h.plan(Zxid::ZERO, &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot));
+    assert_eq!(
+        (d.plan, d.rule),
+        (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
+    );
 }
 
 #[test]
 fn plan_converts_to_core_sync_plan() {
     let cases = [
         (Plan::UpToDate, SyncPlan::UpToDate),
-        (Plan::Diff { after: z(1, 1) }, SyncPlan::Diff { after: z(1, 1) }),
+        (
+            Plan::Diff { after: z(1, 1) },
+            SyncPlan::Diff { after: z(1, 1) },
+        ),
         (Plan::Trunc { to: z(1, 2) }, SyncPlan::Trunc { to: z(1, 2) }),
-        (Plan::TruncDiff { to: z(1, 3) }, SyncPlan::TruncDiff { to: z(1, 3) }),
-        (Plan::Snap { snapshot: z(1, 4) }, SyncPlan::Snap { snapshot: z(1, 4) }),
+        (
+            Plan::TruncDiff { to: z(1, 3) },
+            SyncPlan::TruncDiff { to: z(1, 3) },
+        ),
+        (
+            Plan::Snap { snapshot: z(1, 4) },
+            SyncPlan::Snap { snapshot: z(1, 4) },
+        ),
     ];
     for (ours, core) in cases {
         assert_eq!(SyncPlan::from(ours), core);
@@ -283,26 +379,56 @@ fn seam_translates_leader_history() {
         ..PlannerConfig::default()
     });
     // In the window (its edge 1.4 included).
-    assert_eq!(planner.plan(follower(z(1, 4)), &history), SyncPlan::Diff { after: z(1, 4) });
-    assert_eq!(planner.decide(follower(z(1, 4)), &history).rule, Rule::Behind(Source::Memory));
+    assert_eq!(
+        planner.plan(follower(z(1, 4)), &history),
+        SyncPlan::Diff { after: z(1, 4) }
+    );
+    assert_eq!(
+        planner.decide(follower(z(1, 4)), &history).rule,
+        Rule::Behind(Source::Memory)
+    );
     // Behind the window: the disk log (500 bytes) is over 0.33 x 1000.
-    assert_eq!(planner.plan(follower(z(1, 3)), &history), SyncPlan::Snap { snapshot: z(1, 2) });
+    assert_eq!(
+        planner.plan(follower(z(1, 3)), &history),
+        SyncPlan::Snap { snapshot: z(1, 2) }
+    );
     let lenient = ZabPlanner::new(PlannerConfig {
         memory_window_entries: 3,
         snapshot_size_fraction: 0.6,
         ..PlannerConfig::default()
     });
-    assert_eq!(lenient.plan(follower(z(1, 3)), &history), SyncPlan::Diff { after: z(1, 3) });
-    assert_eq!(lenient.decide(follower(z(1, 3)), &history).rule, Rule::Behind(Source::Disk));
+    assert_eq!(
+        lenient.plan(follower(z(1, 3)), &history),
+        SyncPlan::Diff { after: z(1, 3) }
+    );
+    assert_eq!(
+        lenient.decide(follower(z(1, 3)), &history).rule,
+        Rule::Behind(Source::Disk)
+    );
     // 1.2 is known by counter and the disk log starts right after it.
-    assert_eq!(lenient.plan(follower(z(1, 2)), &history), SyncPlan::Diff { after: z(1, 2) });
+    assert_eq!(
+        lenient.plan(follower(z(1, 2)), &history),
+        SyncPlan::Diff { after: z(1, 2) }
+    );
     // Ahead in the same epoch; diverged within epoch 1.
-    assert_eq!(planner.plan(follower(z(2, 9)), &history), SyncPlan::Trunc { to: z(2, 2) });
-    assert_eq!(planner.plan(follower(z(1, 8)), &history), SyncPlan::TruncDiff { to: z(1, 5) });
+    assert_eq!(
+        planner.plan(follower(z(2, 9)), &history),
+        SyncPlan::Trunc { to: z(2, 2) }
+    );
+    assert_eq!(
+        planner.plan(follower(z(1, 8)), &history),
+        SyncPlan::TruncDiff { to: z(1, 5) }
+    );
     // Level.
-    assert_eq!(planner.plan(follower(z(2, 2)), &history), SyncPlan::UpToDate);
+    assert_eq!(
+        planner.plan(follower(z(2, 2)), &history),
+        SyncPlan::UpToDate
+    );
     // Empty follower, history compacted: SNAP.
-    assert_eq!(planner.plan(follower(Zxid::ZERO), &history), SyncPlan::Snap { snapshot: z(1, 2) });
+    assert_eq!(
+        planner.plan(follower(Zxid::ZERO), &history),
+        SyncPlan::Snap { snapshot: z(1, 2) }
+    );
 }
 
 #[test]
@@ -318,13 +444,19 @@ fn seam_window_larger_than_log_and_zero_window() {
         log_bytes: None,
     };
     let big = ZabPlanner::default();
-    assert_eq!(big.plan(follower(Zxid::ZERO), &history), SyncPlan::Diff { after: Zxid::ZERO });
+    assert_eq!(
+        big.plan(follower(Zxid::ZERO), &history),
+        SyncPlan::Diff { after: Zxid::ZERO }
+    );
     let none = ZabPlanner::new(PlannerConfig {
         memory_window_entries: 0,
         ..PlannerConfig::default()
     });
     // No window: the disk log (unknown size, no snapshot to compare) serves.
-    assert_eq!(none.decide(follower(z(4, 1)), &history).rule, Rule::Behind(Source::Disk));
+    assert_eq!(
+        none.decide(follower(z(4, 1)), &history).rule,
+        Rule::Behind(Source::Disk)
+    );
     assert_eq!(
         none.plan(
             FollowerPosition {
