@@ -21,3 +21,5 @@ pub mod client;
 pub mod client_proto;
 pub mod kv;
 pub mod loadgen;
+#[cfg(feature = "compare")]
+pub mod compare;
