@@ -488,6 +488,9 @@ struct Break {
     reason: String,
     /// The segment at `idx` contributes nothing and is removed entirely.
     whole: bool,
+    /// Damage no crash can cause (a segment file shorter than it was
+    /// created): corruption whatever the watermarks say.
+    external: bool,
 }
 
 impl Wal {
@@ -585,7 +588,10 @@ impl Wal {
                             ScanStop::BadHeader(e) => format!("bad segment header: {e}"),
                             _ => "bad segment header".to_string(),
                         };
-                        brk = Some(Break { idx: i, offset: 0, reason, whole: true });
+                        // Segments are renamed into place fully sized, so a
+                        // short or odd-sized file is outside damage.
+                        let external = len < MIN_SEGMENT_BYTES || len % SEGMENT_ALIGN_BYTES != 0;
+                        brk = Some(Break { idx: i, offset: 0, reason, whole: true, external });
                     }
                     (_, Some(h)) if i > 0 && h.prev_last_crc != prev_crc => {
                         brk = Some(Break {
@@ -593,12 +599,19 @@ impl Wal {
                             offset: 0,
                             reason: "segment does not chain to the previous segment's last record".to_string(),
                             whole: true,
+                            external: false,
                         });
                     }
                     (stop, Some(h)) => {
                         last_key = scan.last_key.or(last_key);
                         if let ScanStop::BadRecord(b) = stop {
-                            brk = Some(Break { idx: i, offset: scan.end_offset, reason: b.to_string(), whole: false });
+                            brk = Some(Break {
+                                idx: i,
+                                offset: scan.end_offset,
+                                reason: b.to_string(),
+                                whole: false,
+                                external: false,
+                            });
                         } else if (bytes.len() as u64) < h.segment_bytes
                             && scan.end_offset + RECORD_HEADER_BYTES > bytes.len()
                         {
@@ -611,6 +624,7 @@ impl Wal {
                                     h.segment_bytes
                                 ),
                                 whole: false,
+                                external: true,
                             });
                         } else if scan.beyond_end_offset > scan.end_offset + RECORD_HEADER_BYTES
                             || scan.records_beyond > 0
@@ -620,6 +634,7 @@ impl Wal {
                                 offset: scan.end_offset,
                                 reason: "valid records after the end of data".to_string(),
                                 whole: false,
+                                external: false,
                             });
                         }
                     }
@@ -632,7 +647,7 @@ impl Wal {
         let keep_prefix = options.recovery == RecoveryMode::KeepValidPrefix;
         let mut removed: Vec<Found> = Vec::new();
         if let Some(b) = brk {
-            let lost_durable = evidence > last_key.unwrap_or(0);
+            let lost_durable = b.external || evidence > last_key.unwrap_or(0);
             let bpath = found[b.idx].path.clone();
             if lost_durable && !keep_prefix {
                 tracing::error!(path = %bpath.display(), offset = b.offset, reason = %b.reason,
@@ -898,7 +913,15 @@ impl Wal {
             last_indexed: None,
         };
         seg.write_header();
-        seg.write_marker(g.durable_key.unwrap_or(0));
+        let wm = g.durable_key.unwrap_or(0);
+        seg.write_marker(wm);
+        // End the previous segment's data explicitly: a recycled file holds
+        // old bytes after it.
+        if let Some(prev) = g.segments.last_mut() {
+            let (pid, pos) = (prev.id, prev.write_pos);
+            prev.write_marker(wm);
+            g.mark_dirty(pid, pos);
+        }
         g.mark_dirty(id, 0);
         tracing::info!(segment = id, first_key, path = %seg.path.display(), "segment rolled");
         g.segments.push(seg);
