@@ -69,6 +69,17 @@ pub enum SnapshotError {
         /// The header's chunk size.
         max_bytes: u32,
     },
+    /// A chunk shorter than the header's chunk size is followed by another
+    /// (only the last chunk may be short).
+    #[error("{}: chunk {index} is short but not last (next frame at offset {offset})", file.display())]
+    ShortChunk {
+        /// The file.
+        file: PathBuf,
+        /// Offset of the frame that follows the short chunk.
+        offset: u64,
+        /// Number of the short chunk.
+        index: u64,
+    },
     /// A chunk's checksum does not match its contents.
     #[error("{}: checksum mismatch in chunk {index} at offset {offset}", file.display())]
     ChunkChecksum {

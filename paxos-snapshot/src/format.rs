@@ -269,6 +269,8 @@ pub struct SnapshotReader<R: Read> {
     data_bytes: u64,
     data_hasher: Hasher,
     summary: Option<SnapshotSummary>,
+    /// A chunk shorter than `chunk_bytes` was read: it must be the last.
+    short_seen: bool,
     /// Offset of an error already returned: the stream is unusable after it.
     failed_at: Option<u64>,
 }
@@ -359,6 +361,7 @@ impl<R: Read> SnapshotReader<R> {
             data_bytes: 0,
             data_hasher: Hasher::new(),
             summary: None,
+            short_seen: false,
             failed_at: None,
         })
     }
@@ -460,6 +463,15 @@ impl<R: Read> SnapshotReader<R> {
                 max_bytes: self.chunk_bytes,
             });
         }
+        if self.short_seen {
+            // The encoder cuts every chunk full but the last: one encoding
+            // per content, and a short chunk in the middle means damage.
+            return Err(SnapshotError::ShortChunk {
+                file: self.file.clone(),
+                offset: frame_at,
+                index: self.chunk_count - 1,
+            });
+        }
         let stored_crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
         self.buf.resize(len as usize, 0);
         read_full(
@@ -478,6 +490,7 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         self.data_hasher.combine(&data_hasher);
+        self.short_seen = len < self.chunk_bytes;
         self.chunk_count += 1;
         self.data_bytes += u64::from(len);
         self.offset = frame_at + 8 + u64::from(len);

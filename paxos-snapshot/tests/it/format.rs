@@ -135,6 +135,7 @@ fn every_single_bit_flip_is_detected_and_located() {
                         SnapshotError::ChunkChecksum { .. }
                             | SnapshotError::ChunkTooLarge { .. }
                             | SnapshotError::Truncated { .. }
+                            | SnapshotError::ShortChunk { .. }
                             // A length flipped to 0 reads as the trailer marker.
                             | SnapshotError::BadTrailer { .. }
                     ),
@@ -145,6 +146,8 @@ fn every_single_bit_flip_is_detected_and_located() {
                     matches!(
                         err,
                         SnapshotError::BadTrailer { .. }
+                            // A flipped trailer marker reads as another chunk.
+                            | SnapshotError::ShortChunk { .. }
                             | SnapshotError::ChunkTooLarge { .. }
                             | SnapshotError::ChunkChecksum { .. }
                             | SnapshotError::Truncated { .. }

@@ -9,11 +9,23 @@ use proptest::prelude::*;
 use crate::common::{meta, z};
 
 /// What the fuzz target does: read everything, return the data if valid.
+/// An accepted input must be exactly what the encoder writes for it.
 fn read_all(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut reader = SnapshotReader::new(bytes, "<fuzz>").ok()?;
+    let meta = reader.meta().clone();
+    let chunk_bytes = reader.chunk_bytes();
     let mut out = Vec::new();
     reader.read_to_end(&mut out).ok()?;
-    reader.finish().ok()?;
+    let (summary, unread) = reader.finish().ok()?;
+    assert_eq!(unread, 0);
+    assert_eq!(summary.file_bytes, bytes.len() as u64);
+    let mut enc = SnapshotEncoder::new(Vec::new(), &meta, chunk_bytes).expect("vec");
+    std::io::Write::write_all(&mut enc, &out).expect("vec");
+    assert_eq!(
+        enc.finish().expect("vec").0,
+        bytes,
+        "one encoding per content"
+    );
     Some(out)
 }
 
