@@ -1,0 +1,692 @@
+//! The wire codec of [`Envelope`]s.
+//!
+//! Layout (all integers little-endian, explicitly sized):
+//!
+//! ```text
+//! version u8 | tag u8 | group u64 | from u64 | to u64 | fields...
+//! entries:   count u32 | (zxid u64 | len u32 | bytes)*
+//! bytes:     len u32 | bytes
+//! option:    flag u8 (0 or 1) | value
+//! ```
+//!
+//! Decoding checks every length against the remaining input and the
+//! configured maximum *before* allocating, and hands entry payloads out as
+//! zero-copy [`Bytes::slice`]s of the input.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::message::{Entry, Envelope, Message, SnapChunk};
+use crate::{Epoch, GroupId, NodeId, Zxid};
+
+/// The wire format version written by this codec.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Fixed size of an envelope header: version, tag, group, from, to.
+const HEADER_BYTES: usize = 1 + 1 + 8 + 8 + 8;
+/// Fixed size of one entry's header: zxid and length.
+const ENTRY_HEADER_BYTES: usize = 8 + 4;
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The message is larger than the configured maximum.
+    #[error("message of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The message's size.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The input ended before a field did.
+    #[error("truncated input: need {needed} bytes at offset {offset}, {remaining} remain")]
+    Truncated {
+        /// Bytes the field needs.
+        needed: usize,
+        /// Where the field starts.
+        offset: usize,
+        /// Bytes left in the input.
+        remaining: usize,
+    },
+    /// The version byte is not one this codec reads.
+    #[error("unknown wire version {0}")]
+    UnknownVersion(u8),
+    /// The message tag is unknown.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// A boolean or option flag is neither 0 nor 1.
+    #[error("invalid flag byte {value} at offset {offset}")]
+    InvalidFlag {
+        /// The byte read.
+        value: u8,
+        /// Its offset.
+        offset: usize,
+    },
+    /// An entry count cannot fit in the remaining input.
+    #[error("entry count {count} at offset {offset} cannot fit in {remaining} remaining bytes")]
+    BadCount {
+        /// The count read.
+        count: u32,
+        /// Its offset.
+        offset: usize,
+        /// Bytes left after it.
+        remaining: usize,
+    },
+    /// Bytes remain after the message ended.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// A length does not fit this platform's `usize` or the u32 wire field.
+    #[error("length {0} does not fit its wire field")]
+    LengthOverflow(u64),
+}
+
+/// Encoder and decoder of [`Envelope`]s with a maximum message size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    max_message_bytes: usize,
+}
+
+impl Codec {
+    /// A codec refusing messages larger than `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Codec {
+        assert!(
+            max_message_bytes >= HEADER_BYTES,
+            "max_message_bytes must hold a header"
+        );
+        Codec { max_message_bytes }
+    }
+
+    /// The configured maximum.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The exact encoded size of `env`.
+    pub fn encoded_len(env: &Envelope) -> usize {
+        fn entries_len(e: &[Entry]) -> usize {
+            4 + e
+                .iter()
+                .map(|e| ENTRY_HEADER_BYTES + e.data.len())
+                .sum::<usize>()
+        }
+        HEADER_BYTES
+            + match &env.msg {
+                Message::FollowerInfo { .. } => 4 + 4 + 8,
+                Message::NewEpoch { .. } => 4 + 4 + 1,
+                Message::AckEpoch { .. } => 4 + 4 + 4 + 8,
+                Message::EpochRefused { .. } => 4 + 4,
+                Message::Trunc { .. } => 4 + 4 + 8,
+                Message::Diff { entries, .. } => 4 + 8 + entries_len(entries),
+                Message::Snap { chunk, .. } => 4 + 4 + 8 + 8 + 8 + 4 + 4 + chunk.data.len() + 1,
+                Message::SnapInstalled { .. } => 4 + 8,
+                Message::NewLeader { .. } => 4 + 8,
+                Message::AckNewLeader { .. } => 4 + 8,
+                Message::UpToDate { .. } => 4 + 8,
+                Message::Accept { entries, .. } => 4 + 8 + 8 + entries_len(entries),
+                Message::Accepted { .. } => 4 + 8,
+                Message::AcceptNack { .. } => 4 + 8,
+                Message::Commit { .. } => 4 + 8,
+                Message::Applied { .. } => 4 + 8,
+                Message::Heartbeat { .. } => 4 + 8 + 8,
+                Message::HeartbeatAck { .. } => 4 + 8,
+                Message::ReadIndexRequest { ctx, .. } => 4 + 4 + ctx.len(),
+                Message::ReadIndexResponse { ctx, zxid, .. } => {
+                    4 + 4 + ctx.len() + 1 + if zxid.is_some() { 8 } else { 0 }
+                }
+                Message::FetchHistory { .. } => 4 + 4 + 8,
+                Message::FetchReply {
+                    trunc_to, entries, ..
+                } => {
+                    4 + 1
+                        + if trunc_to.is_some() { 8 } else { 0 }
+                        + 8
+                        + entries_len(entries)
+                        + 8
+                        + 1
+                }
+            }
+    }
+
+    /// Appends the encoding of `env` to `out` (a reusable buffer).
+    pub fn encode(&self, env: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
+        let len = Codec::encoded_len(env);
+        if len > self.max_message_bytes {
+            return Err(CodecError::TooLarge {
+                len,
+                max: self.max_message_bytes,
+            });
+        }
+        let start = out.len();
+        out.reserve(len);
+        out.put_u8(WIRE_VERSION);
+        out.put_u8(tag(&env.msg));
+        out.put_u64_le(env.group.0);
+        out.put_u64_le(env.from.0);
+        out.put_u64_le(env.to.0);
+        match &env.msg {
+            Message::FollowerInfo {
+                accepted_epoch,
+                current_epoch,
+                last_zxid,
+            } => {
+                out.put_u32_le(accepted_epoch.0);
+                out.put_u32_le(current_epoch.0);
+                out.put_u64_le(last_zxid.0);
+            }
+            Message::NewEpoch {
+                epoch,
+                round,
+                established,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(*round);
+                out.put_u8(u8::from(*established));
+            }
+            Message::AckEpoch {
+                epoch,
+                round,
+                current_epoch,
+                last_zxid,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(*round);
+                out.put_u32_le(current_epoch.0);
+                out.put_u64_le(last_zxid.0);
+            }
+            Message::EpochRefused {
+                epoch,
+                accepted_epoch,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(accepted_epoch.0);
+            }
+            Message::Trunc { epoch, round, to } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(*round);
+                out.put_u64_le(to.0);
+            }
+            Message::Diff {
+                epoch,
+                prev,
+                entries,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(prev.0);
+                put_entries(out, entries)?;
+            }
+            Message::Snap {
+                epoch,
+                round,
+                chunk,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(*round);
+                out.put_u64_le(chunk.snapshot_zxid.0);
+                out.put_u64_le(chunk.offset);
+                out.put_u64_le(chunk.total_len);
+                out.put_u32_le(chunk.crc32);
+                put_bytes(out, &chunk.data)?;
+                out.put_u8(u8::from(chunk.last));
+            }
+            Message::SnapInstalled { epoch, zxid: z }
+            | Message::NewLeader {
+                epoch,
+                last_zxid: z,
+            }
+            | Message::AckNewLeader {
+                epoch,
+                last_zxid: z,
+            }
+            | Message::UpToDate { epoch, commit: z }
+            | Message::Accepted { epoch, durable: z }
+            | Message::AcceptNack {
+                epoch,
+                last_zxid: z,
+            }
+            | Message::Commit { epoch, commit: z }
+            | Message::Applied { epoch, zxid: z } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(z.0);
+            }
+            Message::Accept {
+                epoch,
+                prev,
+                commit,
+                entries,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(prev.0);
+                out.put_u64_le(commit.0);
+                put_entries(out, entries)?;
+            }
+            Message::Heartbeat {
+                epoch,
+                commit,
+                round,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(commit.0);
+                out.put_u64_le(*round);
+            }
+            Message::HeartbeatAck { epoch, round } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(*round);
+            }
+            Message::ReadIndexRequest { epoch, ctx } => {
+                out.put_u32_le(epoch.0);
+                put_bytes(out, ctx)?;
+            }
+            Message::ReadIndexResponse { epoch, ctx, zxid } => {
+                out.put_u32_le(epoch.0);
+                put_bytes(out, ctx)?;
+                put_opt(out, *zxid);
+            }
+            Message::FetchHistory {
+                epoch,
+                current_epoch,
+                last_zxid,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(current_epoch.0);
+                out.put_u64_le(last_zxid.0);
+            }
+            Message::FetchReply {
+                epoch,
+                trunc_to,
+                prev,
+                entries,
+                last_zxid,
+                unable,
+            } => {
+                out.put_u32_le(epoch.0);
+                put_opt(out, *trunc_to);
+                out.put_u64_le(prev.0);
+                put_entries(out, entries)?;
+                out.put_u64_le(last_zxid.0);
+                out.put_u8(u8::from(*unable));
+            }
+        }
+        debug_assert_eq!(
+            out.len() - start,
+            len,
+            "encoded_len must match the encoding"
+        );
+        Ok(())
+    }
+
+    /// Encodes `env` into a fresh buffer.
+    pub fn encode_to_bytes(&self, env: &Envelope) -> Result<Bytes, CodecError> {
+        let mut out = BytesMut::with_capacity(Codec::encoded_len(env));
+        self.encode(env, &mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Decodes one message that spans all of `input`. Payloads are slices of
+    /// `input` (no copy).
+    pub fn decode(&self, input: Bytes) -> Result<Envelope, CodecError> {
+        if input.len() > self.max_message_bytes {
+            return Err(CodecError::TooLarge {
+                len: input.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        let mut r = Reader { buf: input, pos: 0 };
+        let version = r.u8()?;
+        if version != WIRE_VERSION {
+            return Err(CodecError::UnknownVersion(version));
+        }
+        let tag = r.u8()?;
+        let group = GroupId(r.u64()?);
+        let from = NodeId(r.u64()?);
+        let to = NodeId(r.u64()?);
+        let msg = match tag {
+            1 => Message::FollowerInfo {
+                accepted_epoch: r.epoch()?,
+                current_epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            2 => Message::NewEpoch {
+                epoch: r.epoch()?,
+                round: r.u32()?,
+                established: r.flag()?,
+            },
+            3 => Message::AckEpoch {
+                epoch: r.epoch()?,
+                round: r.u32()?,
+                current_epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            4 => Message::EpochRefused {
+                epoch: r.epoch()?,
+                accepted_epoch: r.epoch()?,
+            },
+            5 => Message::Trunc {
+                epoch: r.epoch()?,
+                round: r.u32()?,
+                to: r.zxid()?,
+            },
+            6 => Message::Diff {
+                epoch: r.epoch()?,
+                prev: r.zxid()?,
+                entries: r.entries()?,
+            },
+            7 => Message::Snap {
+                epoch: r.epoch()?,
+                round: r.u32()?,
+                chunk: SnapChunk {
+                    snapshot_zxid: r.zxid()?,
+                    offset: r.u64()?,
+                    total_len: r.u64()?,
+                    crc32: r.u32()?,
+                    data: r.bytes()?,
+                    last: r.flag()?,
+                },
+            },
+            8 => Message::SnapInstalled {
+                epoch: r.epoch()?,
+                zxid: r.zxid()?,
+            },
+            9 => Message::NewLeader {
+                epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            10 => Message::AckNewLeader {
+                epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            11 => Message::UpToDate {
+                epoch: r.epoch()?,
+                commit: r.zxid()?,
+            },
+            12 => Message::Accept {
+                epoch: r.epoch()?,
+                prev: r.zxid()?,
+                commit: r.zxid()?,
+                entries: r.entries()?,
+            },
+            13 => Message::Accepted {
+                epoch: r.epoch()?,
+                durable: r.zxid()?,
+            },
+            14 => Message::AcceptNack {
+                epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            15 => Message::Commit {
+                epoch: r.epoch()?,
+                commit: r.zxid()?,
+            },
+            16 => Message::Applied {
+                epoch: r.epoch()?,
+                zxid: r.zxid()?,
+            },
+            17 => Message::Heartbeat {
+                epoch: r.epoch()?,
+                commit: r.zxid()?,
+                round: r.u64()?,
+            },
+            18 => Message::HeartbeatAck {
+                epoch: r.epoch()?,
+                round: r.u64()?,
+            },
+            19 => Message::ReadIndexRequest {
+                epoch: r.epoch()?,
+                ctx: r.bytes()?,
+            },
+            20 => Message::ReadIndexResponse {
+                epoch: r.epoch()?,
+                ctx: r.bytes()?,
+                zxid: r.opt_zxid()?,
+            },
+            21 => Message::FetchHistory {
+                epoch: r.epoch()?,
+                current_epoch: r.epoch()?,
+                last_zxid: r.zxid()?,
+            },
+            22 => Message::FetchReply {
+                epoch: r.epoch()?,
+                trunc_to: r.opt_zxid()?,
+                prev: r.zxid()?,
+                entries: r.entries()?,
+                last_zxid: r.zxid()?,
+                unable: r.flag()?,
+            },
+            t => return Err(CodecError::UnknownTag(t)),
+        };
+        let rest = r.buf.len() - r.pos;
+        if rest != 0 {
+            return Err(CodecError::TrailingBytes(rest));
+        }
+        Ok(Envelope {
+            group,
+            from,
+            to,
+            msg,
+        })
+    }
+}
+
+fn tag(msg: &Message) -> u8 {
+    match msg {
+        Message::FollowerInfo { .. } => 1,
+        Message::NewEpoch { .. } => 2,
+        Message::AckEpoch { .. } => 3,
+        Message::EpochRefused { .. } => 4,
+        Message::Trunc { .. } => 5,
+        Message::Diff { .. } => 6,
+        Message::Snap { .. } => 7,
+        Message::SnapInstalled { .. } => 8,
+        Message::NewLeader { .. } => 9,
+        Message::AckNewLeader { .. } => 10,
+        Message::UpToDate { .. } => 11,
+        Message::Accept { .. } => 12,
+        Message::Accepted { .. } => 13,
+        Message::AcceptNack { .. } => 14,
+        Message::Commit { .. } => 15,
+        Message::Applied { .. } => 16,
+        Message::Heartbeat { .. } => 17,
+        Message::HeartbeatAck { .. } => 18,
+        Message::ReadIndexRequest { .. } => 19,
+        Message::ReadIndexResponse { .. } => 20,
+        Message::FetchHistory { .. } => 21,
+        Message::FetchReply { .. } => 22,
+    }
+}
+
+fn put_len(out: &mut BytesMut, len: usize) -> Result<(), CodecError> {
+    let len32 = u32::try_from(len).map_err(|_| CodecError::LengthOverflow(len as u64))?;
+    out.put_u32_le(len32);
+    Ok(())
+}
+
+fn put_bytes(out: &mut BytesMut, b: &Bytes) -> Result<(), CodecError> {
+    put_len(out, b.len())?;
+    out.put_slice(b);
+    Ok(())
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[Entry]) -> Result<(), CodecError> {
+    put_len(out, entries.len())?;
+    for e in entries {
+        out.put_u64_le(e.zxid.0);
+        put_bytes(out, &e.data)?;
+    }
+    Ok(())
+}
+
+fn put_opt(out: &mut BytesMut, z: Option<Zxid>) {
+    match z {
+        Some(z) => {
+            out.put_u8(1);
+            out.put_u64_le(z.0);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<&[u8], CodecError> {
+        let remaining = self.buf.len() - self.pos;
+        if n > remaining {
+            return Err(CodecError::Truncated {
+                needed: n,
+                offset: self.pos,
+                remaining,
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn epoch(&mut self) -> Result<Epoch, CodecError> {
+        self.u32().map(Epoch)
+    }
+    fn zxid(&mut self) -> Result<Zxid, CodecError> {
+        self.u64().map(Zxid)
+    }
+    fn flag(&mut self) -> Result<bool, CodecError> {
+        let offset = self.pos;
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(CodecError::InvalidFlag { value, offset }),
+        }
+    }
+    fn opt_zxid(&mut self) -> Result<Option<Zxid>, CodecError> {
+        if self.flag()? {
+            Ok(Some(self.zxid()?))
+        } else {
+            Ok(None)
+        }
+    }
+    /// A length-prefixed byte string, as a zero-copy slice of the input.
+    fn bytes(&mut self) -> Result<Bytes, CodecError> {
+        let len = self.u32()? as usize;
+        let remaining = self.buf.len() - self.pos;
+        if len > remaining {
+            return Err(CodecError::Truncated {
+                needed: len,
+                offset: self.pos,
+                remaining,
+            });
+        }
+        let b = self.buf.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(b)
+    }
+    fn entries(&mut self) -> Result<Vec<Entry>, CodecError> {
+        let offset = self.pos;
+        let count = self.u32()?;
+        let remaining = self.buf.len() - self.pos;
+        // Every entry takes at least its header: refuse counts the input
+        // cannot hold before reserving anything.
+        if (count as usize).saturating_mul(ENTRY_HEADER_BYTES) > remaining {
+            return Err(CodecError::BadCount {
+                count,
+                offset,
+                remaining,
+            });
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let zxid = self.zxid()?;
+            let data = self.bytes()?;
+            entries.push(Entry { zxid, data });
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(msg: Message) -> Envelope {
+        Envelope {
+            group: GroupId(7),
+            from: NodeId(1),
+            to: NodeId(2),
+            msg,
+        }
+    }
+
+    #[test]
+    fn accept_round_trips_with_zero_copy_payloads() {
+        let codec = Codec::new(1 << 20);
+        let e = env(Message::Accept {
+            epoch: Epoch(3),
+            prev: Zxid::new(Epoch(3), 4),
+            commit: Zxid::new(Epoch(3), 2),
+            entries: vec![Entry {
+                zxid: Zxid::new(Epoch(3), 5),
+                data: Bytes::from_static(b"hello"),
+            }],
+        });
+        let wire = codec.encode_to_bytes(&e).unwrap();
+        assert_eq!(wire.len(), Codec::encoded_len(&e));
+        let back = codec.decode(wire.clone()).unwrap();
+        assert_eq!(back, e);
+        if let Message::Accept { entries, .. } = back.msg {
+            let p = entries[0].data.as_ptr() as usize;
+            let base = wire.as_ptr() as usize;
+            assert!(
+                p >= base && p < base + wire.len(),
+                "payload must alias the input"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let codec = Codec::new(64);
+        assert!(matches!(
+            codec.decode(Bytes::new()),
+            Err(CodecError::Truncated { .. })
+        ));
+        assert_eq!(
+            codec.decode(Bytes::from_static(&[9, 1])),
+            Err(CodecError::UnknownVersion(9))
+        );
+        let mut huge = vec![1u8, 6];
+        huge.extend_from_slice(&[0; 24]);
+        huge.extend_from_slice(&[0; 4 + 8]);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            codec.decode(Bytes::from(huge)),
+            Err(CodecError::BadCount { .. })
+        ));
+        assert!(matches!(
+            codec.decode(Bytes::from(vec![1u8; 65])),
+            Err(CodecError::TooLarge { len: 65, max: 64 })
+        ));
+        let big = env(Message::Diff {
+            epoch: Epoch(1),
+            prev: Zxid::ZERO,
+            entries: vec![Entry {
+                zxid: Zxid::new(Epoch(1), 1),
+                data: Bytes::from(vec![0u8; 100]),
+            }],
+        });
+        assert!(matches!(
+            codec.encode(&big, &mut BytesMut::new()),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}

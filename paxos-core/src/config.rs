@@ -1,0 +1,183 @@
+//! Replica configuration: membership, timeouts and limits.
+//!
+//! The voters and observers are a [`Config`] value that the replica reads at
+//! every quorum decision; nothing in the kernel assumes the set is fixed.
+
+use std::time::Duration;
+
+use crate::{GroupId, NodeId};
+
+/// Why a [`Config`] was refused by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration names no voter.
+    #[error("configuration has no voter")]
+    NoVoters,
+    /// A node is listed twice (as voter and observer, or twice in one list).
+    #[error("node {0} is listed twice in the configuration")]
+    Duplicate(NodeId),
+    /// A limit that must be positive is zero.
+    #[error("configuration field `{0}` must be positive")]
+    ZeroLimit(&'static str),
+    /// The heartbeat interval is not shorter than the election timeout.
+    #[error(
+        "heartbeat interval {heartbeat:?} must be shorter than the election timeout {election:?}"
+    )]
+    HeartbeatTooSlow {
+        /// The heartbeat interval.
+        heartbeat: Duration,
+        /// The election timeout.
+        election: Duration,
+    },
+}
+
+/// Membership, timeouts and limits of one replica of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The replication group every message names.
+    pub group: GroupId,
+    /// The voting members; quorums are majorities of this list.
+    pub voters: Vec<NodeId>,
+    /// Non-voting learners: they receive committed entries, never count.
+    pub observers: Vec<NodeId>,
+    /// How often a leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that has not heard its leader for this long looks for a
+    /// new one; a leader that has not heard a quorum for this long steps
+    /// down (check-quorum).
+    pub election_timeout: Duration,
+    /// How long the leader waits for one follower's sync step (ack of
+    /// NEWEPOCH, NEWLEADER, snapshot install) before restarting that
+    /// follower's sync.
+    pub sync_timeout: Duration,
+    /// Maximum ACCEPT (or sync DIFF) messages in flight per follower.
+    pub pipeline_window: usize,
+    /// Maximum entries in one ACCEPT or DIFF.
+    pub max_batch_entries: usize,
+    /// Maximum payload bytes in one ACCEPT or DIFF (one entry larger than
+    /// this still travels alone).
+    pub max_batch_bytes: usize,
+    /// Maximum payload bytes of committed entries handed out in one `Ready`.
+    pub max_apply_bytes: usize,
+    /// Entries kept below the cleanup point so that a briefly lagging
+    /// follower still gets DIFF rather than SNAP.
+    pub retention_entries: u64,
+    /// A follower not heard from for this long no longer pins the log: the
+    /// log may be cleaned past its applied point, and it gets SNAP on return.
+    pub follower_pin_timeout: Duration,
+    /// Largest encoded message, in bytes; larger proposals are refused.
+    pub max_message_bytes: usize,
+    /// Serve reads from a leader lease instead of a quorum round. Off by
+    /// default; see [`Replica::read_index`](crate::Replica::read_index).
+    pub lease_reads: bool,
+    /// The bound on clock drift between replicas assumed by lease reads:
+    /// the lease lasts `election_timeout - lease_clock_drift` after a
+    /// quorum's acknowledgement.
+    pub lease_clock_drift: Duration,
+}
+
+impl Config {
+    /// A configuration with the given voters and sensible defaults
+    /// (heartbeat 50 ms, election timeout 500 ms, window 64, batches of
+    /// 1024 entries or 1 MiB, messages up to 16 MiB).
+    pub fn new(group: GroupId, voters: Vec<NodeId>) -> Config {
+        Config {
+            group,
+            voters,
+            observers: Vec::new(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(500),
+            sync_timeout: Duration::from_millis(500),
+            pipeline_window: 64,
+            max_batch_entries: 1024,
+            max_batch_bytes: 1 << 20,
+            max_apply_bytes: 4 << 20,
+            retention_entries: 10_000,
+            follower_pin_timeout: Duration::from_secs(60),
+            max_message_bytes: 16 << 20,
+            lease_reads: false,
+            lease_clock_drift: Duration::from_millis(50),
+        }
+    }
+
+    /// Checks the configuration's internal consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.voters.is_empty() {
+            return Err(ConfigError::NoVoters);
+        }
+        let mut all: Vec<NodeId> = self.voters.iter().chain(&self.observers).copied().collect();
+        all.sort();
+        if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Duplicate(w[0]));
+        }
+        for (name, v) in [
+            ("pipeline_window", self.pipeline_window),
+            ("max_batch_entries", self.max_batch_entries),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_apply_bytes", self.max_apply_bytes),
+            ("max_message_bytes", self.max_message_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        if self.heartbeat_interval >= self.election_timeout {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_interval,
+                election: self.election_timeout,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Whether `id` is an observer.
+    pub fn is_observer(&self, id: NodeId) -> bool {
+        self.observers.contains(&id)
+    }
+
+    /// Whether `id` is a member at all.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.is_observer(id)
+    }
+
+    /// The size of a quorum of voters (a strict majority).
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Whether the voters for which `acked` holds form a quorum.
+    pub fn is_quorum(&self, mut acked: impl FnMut(NodeId) -> bool) -> bool {
+        self.voters.iter().filter(|v| acked(**v)).count() >= self.quorum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_inconsistent_configs() {
+        let ok = Config::new(GroupId(0), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.quorum(), 2);
+        assert!(ok.is_quorum(|n| n != NodeId(1)));
+        assert!(!ok.is_quorum(|n| n == NodeId(1)));
+        let mut dup = ok.clone();
+        dup.observers.push(NodeId(2));
+        assert_eq!(dup.validate(), Err(ConfigError::Duplicate(NodeId(2))));
+        let mut empty = ok.clone();
+        empty.voters.clear();
+        assert_eq!(empty.validate(), Err(ConfigError::NoVoters));
+        let mut slow = ok;
+        slow.heartbeat_interval = slow.election_timeout;
+        assert!(matches!(
+            slow.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+    }
+}

@@ -1,0 +1,456 @@
+//! The replica's view of its log: an in-memory index of which zxids are
+//! held (runs of consecutive counters, one per epoch), the entries not yet
+//! durable, and the storage writes pending for the next `Ready`.
+
+use std::collections::VecDeque;
+
+use crate::message::Entry;
+use crate::storage::{Storage, StorageError};
+use crate::{Epoch, Zxid};
+
+/// A run of consecutive counters within one epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    epoch: u32,
+    first: u32,
+    last: u32,
+}
+
+/// Which zxids the log holds, as runs; O(epochs) memory.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogIndex {
+    runs: VecDeque<Run>,
+}
+
+impl LogIndex {
+    fn find(&self, epoch: u32) -> Result<usize, usize> {
+        self.runs.binary_search_by_key(&epoch, |r| r.epoch)
+    }
+
+    pub(crate) fn first(&self) -> Option<Zxid> {
+        self.runs
+            .front()
+            .map(|r| Zxid::new(Epoch(r.epoch), r.first))
+    }
+
+    pub(crate) fn last(&self) -> Option<Zxid> {
+        self.runs.back().map(|r| Zxid::new(Epoch(r.epoch), r.last))
+    }
+
+    pub(crate) fn holds(&self, z: Zxid) -> bool {
+        match self.find(z.epoch().0) {
+            Ok(i) => {
+                let r = self.runs[i];
+                r.first <= z.counter() && z.counter() <= r.last
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The first held zxid strictly greater than `z`.
+    pub(crate) fn next_after(&self, z: Zxid) -> Option<Zxid> {
+        let i = match self.find(z.epoch().0) {
+            Ok(i) => {
+                let r = self.runs[i];
+                if z.counter() < r.last {
+                    return Some(Zxid::new(Epoch(r.epoch), z.counter().max(r.first - 1) + 1));
+                }
+                i + 1
+            }
+            Err(i) => i,
+        };
+        self.runs.get(i).map(|r| Zxid::new(Epoch(r.epoch), r.first))
+    }
+
+    /// The highest held zxid less than or equal to `z`.
+    pub(crate) fn at_or_before(&self, z: Zxid) -> Option<Zxid> {
+        let i = match self.find(z.epoch().0) {
+            Ok(i) => {
+                let r = self.runs[i];
+                if z.counter() >= r.first {
+                    return Some(Zxid::new(Epoch(r.epoch), z.counter().min(r.last)));
+                }
+                i
+            }
+            Err(i) => i,
+        };
+        if i == 0 {
+            return None;
+        }
+        let r = self.runs[i - 1];
+        Some(Zxid::new(Epoch(r.epoch), r.last))
+    }
+
+    /// The held zxid immediately before held `z`, if held.
+    pub(crate) fn prev_of(&self, z: Zxid) -> Option<Zxid> {
+        if z.counter() == 0 {
+            return self.at_or_before(Zxid(z.0.saturating_sub(1)));
+        }
+        self.at_or_before(Zxid(z.0 - 1))
+    }
+
+    /// Whether appending `z` keeps the log gapless: the same epoch's next
+    /// counter, or counter 1 of a later epoch; anything on an empty index.
+    pub(crate) fn continues(&self, z: Zxid) -> bool {
+        match self.runs.back() {
+            None => z.counter() >= 1,
+            Some(r) if r.epoch == z.epoch().0 => Some(z.counter()) == r.last.checked_add(1),
+            Some(r) => z.epoch().0 > r.epoch && z.counter() == 1,
+        }
+    }
+
+    pub(crate) fn push(&mut self, z: Zxid) {
+        assert!(
+            self.continues(z),
+            "log continuity: {z:?} cannot follow {:?}",
+            self.last()
+        );
+        match self.runs.back_mut() {
+            Some(r) if r.epoch == z.epoch().0 => r.last = z.counter(),
+            _ => self.runs.push_back(Run {
+                epoch: z.epoch().0,
+                first: z.counter(),
+                last: z.counter(),
+            }),
+        }
+    }
+
+    /// Drops every zxid greater than `z`.
+    pub(crate) fn truncate_after(&mut self, z: Zxid) {
+        while let Some(r) = self.runs.back_mut() {
+            if r.epoch > z.epoch().0 {
+                self.runs.pop_back();
+            } else if r.epoch == z.epoch().0 {
+                r.last = r.last.min(z.counter());
+                if r.last < r.first {
+                    self.runs.pop_back();
+                }
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Drops every zxid less than or equal to `z`.
+    pub(crate) fn truncate_prefix(&mut self, z: Zxid) {
+        while let Some(r) = self.runs.front_mut() {
+            if r.epoch < z.epoch().0 {
+                self.runs.pop_front();
+            } else if r.epoch == z.epoch().0 {
+                r.first = r.first.max(z.counter().saturating_add(1));
+                if r.first > r.last || z.counter() == u32::MAX {
+                    self.runs.pop_front();
+                }
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.runs.clear();
+    }
+
+    /// The held zxid `n` entries before held `z` (`z` itself for 0), or
+    /// `None` if fewer than `n` entries precede it.
+    pub(crate) fn back_n(&self, z: Zxid, mut n: u64) -> Option<Zxid> {
+        let i = self.find(z.epoch().0).ok()?;
+        let mut counter = z.counter();
+        let mut idx = i;
+        loop {
+            let r = self.runs[idx];
+            let avail = u64::from(counter - r.first);
+            if n <= avail {
+                return Some(Zxid::new(Epoch(r.epoch), counter - n as u32));
+            }
+            n -= avail + 1;
+            if idx == 0 {
+                return None;
+            }
+            idx -= 1;
+            counter = self.runs[idx].last;
+        }
+    }
+
+    pub(crate) fn epoch_ends(&self) -> Vec<Zxid> {
+        self.runs
+            .iter()
+            .map(|r| Zxid::new(Epoch(r.epoch), r.last))
+            .collect()
+    }
+
+    pub(crate) fn from_storage<S: Storage>(s: &S) -> Result<LogIndex, StorageError> {
+        let mut idx = LogIndex::default();
+        let Some(first) = s.first_zxid() else {
+            return Ok(idx);
+        };
+        for (k, end) in s.epoch_ends()?.into_iter().enumerate() {
+            let start = if k == 0 { first.counter() } else { 1 };
+            assert!(
+                start <= end.counter(),
+                "storage epoch_ends inconsistent with first_zxid"
+            );
+            idx.runs.push_back(Run {
+                epoch: end.epoch().0,
+                first: start,
+                last: end.counter(),
+            });
+        }
+        Ok(idx)
+    }
+}
+
+const UNSENT: u64 = u64::MAX;
+
+/// The log as the replica sees it.
+pub(crate) struct Log<S> {
+    pub(crate) storage: S,
+    pub(crate) index: LogIndex,
+    /// The known predecessor of the first held entry (or the history's end
+    /// when no entry is held): `Zxid::ZERO` for a log never compacted,
+    /// the snapshot's zxid after an install. `None` when unknown.
+    pub(crate) base: Option<Zxid>,
+    /// Entries not yet durable, each with the number of the `Ready` that
+    /// handed it out (`UNSENT` if none yet).
+    unstable: VecDeque<(Entry, u64)>,
+    pending_truncate: Option<Zxid>,
+    pending_compact: Option<Zxid>,
+}
+
+/// Why entries could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// `after` is not a position the log can continue from.
+    NotHeld,
+    /// The storage failed.
+    Storage(StorageError),
+}
+
+impl<S: Storage> Log<S> {
+    pub(crate) fn new(storage: S, snapshot: Option<Zxid>) -> Result<Log<S>, StorageError> {
+        let index = LogIndex::from_storage(&storage)?;
+        let mut log = Log {
+            storage,
+            index,
+            base: None,
+            unstable: VecDeque::new(),
+            pending_truncate: None,
+            pending_compact: None,
+        };
+        match snapshot {
+            None => log.base = Some(Zxid::ZERO),
+            Some(s) => match log.index.first() {
+                None => log.base = Some(s),
+                Some(f) if f > s => log.base = Some(s),
+                Some(_) if log.index.holds(s) => {}
+                Some(_) => {
+                    tracing::warn!(snapshot = ?s, "log inconsistent with snapshot; dropping the log");
+                    log.reset_to(s);
+                }
+            },
+        }
+        Ok(log)
+    }
+
+    /// The last zxid of the history: last entry, else the base.
+    pub(crate) fn last(&self) -> Zxid {
+        self.index.last().or(self.base).unwrap_or(Zxid::ZERO)
+    }
+
+    /// Whether the log can continue after `z`.
+    pub(crate) fn is_position(&self, z: Zxid) -> bool {
+        self.index.holds(z) || self.base == Some(z)
+    }
+
+    /// Highest position (held zxid or base) at or before `z`.
+    pub(crate) fn position_at_or_before(&self, z: Zxid) -> Option<Zxid> {
+        self.index.at_or_before(z).or(self.base.filter(|b| *b <= z))
+    }
+
+    pub(crate) fn append(&mut self, e: Entry) {
+        self.index.push(e.zxid);
+        self.unstable.push_back((e, UNSENT));
+    }
+
+    /// Drops every entry after `to` (which must be a position).
+    pub(crate) fn truncate_after(&mut self, to: Zxid) {
+        self.index.truncate_after(to);
+        while self.unstable.back().is_some_and(|(e, _)| e.zxid > to) {
+            self.unstable.pop_back();
+        }
+        self.pending_truncate = Some(self.pending_truncate.map_or(to, |t| t.min(to)));
+    }
+
+    /// Drops the whole log; the history now ends at the snapshot `s`.
+    pub(crate) fn reset_to(&mut self, s: Zxid) {
+        self.index.clear();
+        self.unstable.clear();
+        self.base = Some(s);
+        self.pending_truncate = Some(Zxid::ZERO);
+        self.pending_compact = None;
+    }
+
+    /// Drops entries up to `upto` (held, durable).
+    pub(crate) fn compact(&mut self, upto: Zxid) {
+        debug_assert!(self.index.holds(upto), "compaction point must be held");
+        self.index.truncate_prefix(upto);
+        self.base = Some(upto);
+        self.pending_compact = Some(upto);
+    }
+
+    /// The last zxid whose entry (and every earlier one) is durable.
+    pub(crate) fn durable_last(&self) -> Zxid {
+        match self.unstable.front() {
+            None => self.last(),
+            Some((e, _)) => self
+                .index
+                .prev_of(e.zxid)
+                .or(self.base)
+                .unwrap_or(Zxid::ZERO),
+        }
+    }
+
+    /// Hands out the pending writes as part of `Ready` number `seq`.
+    pub(crate) fn take_writes(
+        &mut self,
+        seq: u64,
+        entries: &mut Vec<Entry>,
+    ) -> (Option<Zxid>, Option<Zxid>) {
+        for (_, s) in self.unstable.iter_mut().rev() {
+            if *s != UNSENT {
+                break;
+            }
+            *s = seq;
+        }
+        // Clone in order: find the first entry tagged `seq`.
+        let start = self
+            .unstable
+            .iter()
+            .position(|(_, s)| *s == seq)
+            .unwrap_or(self.unstable.len());
+        entries.extend(self.unstable.range(start..).map(|(e, _)| e.clone()));
+        (self.pending_truncate.take(), self.pending_compact.take())
+    }
+
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.pending_truncate.is_some()
+            || self.pending_compact.is_some()
+            || self.unstable.back().is_some_and(|(_, s)| *s == UNSENT)
+    }
+
+    /// The writes of every `Ready` up to `seq` are durable.
+    pub(crate) fn persisted(&mut self, seq: u64) {
+        while self.unstable.front().is_some_and(|(_, s)| *s <= seq) {
+            self.unstable.pop_front();
+        }
+    }
+
+    /// Reads the entries following position `after`, up to `upto`
+    /// inclusive, within the limits, into `out`.
+    pub(crate) fn read(
+        &self,
+        after: Zxid,
+        upto: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), ReadError> {
+        if !self.is_position(after) {
+            return Err(ReadError::NotHeld);
+        }
+        let Some(start) = self.index.next_after(after) else {
+            return Ok(());
+        };
+        if start > upto {
+            return Ok(());
+        }
+        let out_start = out.len();
+        let unstable_from = self.unstable.front().map(|(e, _)| e.zxid);
+        let mut bytes = 0usize;
+        if unstable_from.is_none_or(|u| start < u) {
+            let n0 = out.len();
+            self.storage
+                .entries(start, max_entries, max_bytes, out)
+                .map_err(ReadError::Storage)?;
+            // Keep only what the index says is held and stable (the storage
+            // may still hold a suffix whose truncation is pending).
+            let mut keep = n0;
+            let mut expect = Some(start);
+            for i in n0..out.len() {
+                let z = out[i].zxid;
+                if Some(z) != expect || z > upto || unstable_from.is_some_and(|u| z >= u) {
+                    break;
+                }
+                bytes += out[i].data.len();
+                keep = i + 1;
+                expect = self.index.next_after(z);
+            }
+            out.truncate(keep);
+        }
+        let got = out.len() - out_start;
+        if got < max_entries && (got == 0 || bytes < max_bytes) {
+            let next = match out.last() {
+                Some(e) if out.len() > out_start => self.index.next_after(e.zxid),
+                _ => Some(start),
+            };
+            if let (Some(next), Some(u)) = (next, unstable_from) {
+                if next >= u {
+                    let skip = self
+                        .unstable
+                        .iter()
+                        .position(|(e, _)| e.zxid >= next)
+                        .unwrap_or(self.unstable.len());
+                    for (e, _) in self.unstable.range(skip..) {
+                        let n = out.len() - out_start;
+                        if n >= max_entries
+                            || e.zxid > upto
+                            || (n > 0 && bytes + e.data.len() > max_bytes)
+                        {
+                            break;
+                        }
+                        bytes += e.data.len();
+                        out.push(e.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn z(e: u32, c: u32) -> Zxid {
+        Zxid::new(Epoch(e), c)
+    }
+
+    #[test]
+    fn index_navigates_runs() {
+        let mut idx = LogIndex::default();
+        for c in 1..=3 {
+            idx.push(z(1, c));
+        }
+        for c in 1..=2 {
+            idx.push(z(3, c));
+        }
+        assert!(idx.holds(z(1, 2)) && !idx.holds(z(2, 1)) && !idx.holds(z(1, 4)));
+        assert_eq!(idx.next_after(Zxid::ZERO), Some(z(1, 1)));
+        assert_eq!(idx.next_after(z(1, 3)), Some(z(3, 1)));
+        assert_eq!(idx.next_after(z(2, 7)), Some(z(3, 1)));
+        assert_eq!(idx.next_after(z(3, 2)), None);
+        assert_eq!(idx.at_or_before(z(2, 9)), Some(z(1, 3)));
+        assert_eq!(idx.prev_of(z(3, 1)), Some(z(1, 3)));
+        assert_eq!(idx.back_n(z(3, 2), 2), Some(z(1, 3)));
+        assert_eq!(idx.back_n(z(3, 2), 5), None);
+        assert!(!idx.continues(z(3, 4)) && idx.continues(z(4, 1)) && !idx.continues(z(4, 2)));
+        idx.truncate_after(z(1, 2));
+        assert_eq!(idx.last(), Some(z(1, 2)));
+        idx.truncate_prefix(z(1, 1));
+        assert_eq!(idx.first(), Some(z(1, 2)));
+        assert_eq!(idx.epoch_ends(), vec![z(1, 2)]);
+    }
+}

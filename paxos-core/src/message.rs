@@ -1,0 +1,279 @@
+//! The protocol's messages: one enum for discovery, sync, broadcast,
+//! heartbeats and reads, carried in an [`Envelope`] that names the group.
+
+use bytes::Bytes;
+
+use crate::{Epoch, GroupId, NodeId, Zxid};
+
+/// One log entry: its position and its opaque payload.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The entry's position in the log.
+    pub zxid: Zxid,
+    /// The client command; opaque to the kernel.
+    pub data: Bytes,
+}
+
+/// The state a replica must persist (and sync) before sending the message
+/// that depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HardState {
+    /// The highest epoch promised (Paxos promise, ZAB NEWEPOCH).
+    pub accepted_epoch: Epoch,
+    /// The epoch whose leader's history this replica has taken (ZAB NEWLEADER).
+    pub current_epoch: Epoch,
+}
+
+/// One chunk of a snapshot streamed from the leader to a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapChunk {
+    /// The zxid the snapshot includes up to.
+    pub snapshot_zxid: Zxid,
+    /// Byte offset of `data` in the whole snapshot.
+    pub offset: u64,
+    /// Length of the whole snapshot in bytes.
+    pub total_len: u64,
+    /// CRC-32 of `data`, computed by the sender's snapshot reader.
+    pub crc32: u32,
+    /// The chunk's bytes.
+    pub data: Bytes,
+    /// Whether this is the final chunk.
+    pub last: bool,
+}
+
+/// A protocol message. Every message after discovery names the leader's
+/// epoch; a replica drops messages of an epoch it did not promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Follower to leader, first message after an election: its state.
+    FollowerInfo {
+        /// The follower's promised epoch.
+        accepted_epoch: Epoch,
+        /// The follower's current epoch.
+        current_epoch: Epoch,
+        /// The follower's last zxid.
+        last_zxid: Zxid,
+    },
+    /// Leader to follower: promise not to accept anything below `epoch`.
+    NewEpoch {
+        /// The new epoch e'.
+        epoch: Epoch,
+        /// Sync round: increases each time the leader restarts this follower's sync.
+        round: u32,
+        /// Set once the leader holds a quorum of promises for `epoch`; a
+        /// follower that already promised `epoch` may then rejoin without a
+        /// new promise.
+        established: bool,
+    },
+    /// Follower to leader: promise made (after persisting it).
+    AckEpoch {
+        /// The promised epoch.
+        epoch: Epoch,
+        /// The round of the NEWEPOCH answered.
+        round: u32,
+        /// The follower's current epoch.
+        current_epoch: Epoch,
+        /// The follower's last zxid.
+        last_zxid: Zxid,
+    },
+    /// Follower to leader: NEWEPOCH refused, the follower promised higher.
+    EpochRefused {
+        /// The refused epoch.
+        epoch: Epoch,
+        /// The follower's promised epoch.
+        accepted_epoch: Epoch,
+    },
+    /// Sync: drop every entry after `to`.
+    Trunc {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The sync round this belongs to (applied at most once per round).
+        round: u32,
+        /// The last zxid kept.
+        to: Zxid,
+    },
+    /// Sync: entries of the leader's history following `prev`.
+    Diff {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The zxid preceding the first entry.
+        prev: Zxid,
+        /// The entries, in zxid order.
+        entries: Vec<Entry>,
+    },
+    /// Sync: one snapshot chunk.
+    Snap {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The sync round this belongs to.
+        round: u32,
+        /// The chunk.
+        chunk: SnapChunk,
+    },
+    /// Follower to leader: the snapshot at `zxid` is installed and durable.
+    SnapInstalled {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The installed snapshot's zxid.
+        zxid: Zxid,
+    },
+    /// Sync complete: the leader's history ends at `last_zxid`.
+    NewLeader {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The last zxid of the history the follower must now hold.
+        last_zxid: Zxid,
+    },
+    /// Follower to leader: history and `current_epoch` persisted.
+    AckNewLeader {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The last zxid of the synced history.
+        last_zxid: Zxid,
+    },
+    /// Leader to follower: the synced history is committed; broadcast starts.
+    UpToDate {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The leader's commit point.
+        commit: Zxid,
+    },
+    /// Phase 2: a batch of proposals following `prev`.
+    Accept {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The zxid preceding the first entry.
+        prev: Zxid,
+        /// The leader's commit point.
+        commit: Zxid,
+        /// The entries, in zxid order.
+        entries: Vec<Entry>,
+    },
+    /// Follower to leader: every entry up to `durable` is synced.
+    Accepted {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The follower's durable zxid.
+        durable: Zxid,
+    },
+    /// Follower to leader: an ACCEPT or DIFF did not follow the log.
+    AcceptNack {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The follower's last zxid.
+        last_zxid: Zxid,
+    },
+    /// Leader to follower: the commit point advanced (sent when idle).
+    Commit {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The commit point.
+        commit: Zxid,
+    },
+    /// Follower to leader: applied up to `zxid` (drives log cleanup).
+    Applied {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The follower's applied zxid.
+        zxid: Zxid,
+    },
+    /// Leader to follower: liveness, commit point, read-index round.
+    Heartbeat {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The leader's commit point.
+        commit: Zxid,
+        /// The heartbeat round (read-index confirmation).
+        round: u64,
+    },
+    /// Follower to leader: answer to a heartbeat.
+    HeartbeatAck {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The round answered.
+        round: u64,
+    },
+    /// Follower to leader: please confirm a read.
+    ReadIndexRequest {
+        /// The leader's epoch as the follower knows it.
+        epoch: Epoch,
+        /// The caller's context, returned unchanged.
+        ctx: Bytes,
+    },
+    /// Leader to follower: the read may be served once applied up to `zxid`.
+    ReadIndexResponse {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The caller's context.
+        ctx: Bytes,
+        /// The read point, or `None` if the leader could not confirm.
+        zxid: Option<Zxid>,
+    },
+    /// Leader to a follower ahead of it in discovery: send me what I miss.
+    FetchHistory {
+        /// The leader's new epoch.
+        epoch: Epoch,
+        /// The leader's current epoch.
+        current_epoch: Epoch,
+        /// The leader's last zxid.
+        last_zxid: Zxid,
+    },
+    /// Follower to leader: part of its history.
+    FetchReply {
+        /// The leader's new epoch.
+        epoch: Epoch,
+        /// If set, the leader must drop every entry after this first.
+        trunc_to: Option<Zxid>,
+        /// The zxid preceding the first entry.
+        prev: Zxid,
+        /// The entries.
+        entries: Vec<Entry>,
+        /// The follower's last zxid (the fetch is done when the leader reaches it).
+        last_zxid: Zxid,
+        /// The follower cannot serve the fetch (its log no longer covers it).
+        unable: bool,
+    },
+}
+
+impl Message {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::FollowerInfo { .. } => "FOLLOWERINFO",
+            Message::NewEpoch { .. } => "NEWEPOCH",
+            Message::AckEpoch { .. } => "ACKEPOCH",
+            Message::EpochRefused { .. } => "EPOCHREFUSED",
+            Message::Trunc { .. } => "TRUNC",
+            Message::Diff { .. } => "DIFF",
+            Message::Snap { .. } => "SNAP",
+            Message::SnapInstalled { .. } => "SNAPINSTALLED",
+            Message::NewLeader { .. } => "NEWLEADER",
+            Message::AckNewLeader { .. } => "ACKNEWLEADER",
+            Message::UpToDate { .. } => "UPTODATE",
+            Message::Accept { .. } => "ACCEPT",
+            Message::Accepted { .. } => "ACCEPTED",
+            Message::AcceptNack { .. } => "ACCEPTNACK",
+            Message::Commit { .. } => "COMMIT",
+            Message::Applied { .. } => "APPLIED",
+            Message::Heartbeat { .. } => "HEARTBEAT",
+            Message::HeartbeatAck { .. } => "HEARTBEATACK",
+            Message::ReadIndexRequest { .. } => "READINDEX",
+            Message::ReadIndexResponse { .. } => "READINDEXRESP",
+            Message::FetchHistory { .. } => "FETCH",
+            Message::FetchReply { .. } => "FETCHREPLY",
+        }
+    }
+}
+
+/// A message with its routing: group, sender and receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The replication group.
+    pub group: GroupId,
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The message.
+    pub msg: Message,
+}

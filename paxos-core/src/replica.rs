@@ -1,0 +1,2205 @@
+//! The replica: a sans-IO state machine running discovery, sync and
+//! broadcast (ZAB-shaped Multi-Paxos) for one group.
+//!
+//! See the crate documentation for the caller's contract.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::election::{Decision, PeerState, VoteInfo};
+use crate::log::{Log, ReadError};
+use crate::message::{Entry, Envelope, HardState, Message, SnapChunk};
+use crate::storage::{Storage, StorageError};
+use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
+use crate::{plan, Epoch, NodeId, Time, Zxid};
+
+/// Bytes an ACCEPT adds around one entry (header, fields, entry header).
+const ACCEPT_OVERHEAD_BYTES: usize = 26 + 4 + 8 + 8 + 4 + 12;
+/// Heartbeat send times kept for lease reads.
+const HEARTBEAT_HISTORY: usize = 64;
+/// Pending read-index requests kept at most.
+const MAX_PENDING_READS: usize = 4096;
+
+/// What a replica recovered at start, besides its storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The state machine's applied zxid (`StateMachine::applied`).
+    pub applied: Zxid,
+    /// The zxid of the newest durable local snapshot, if any.
+    pub snapshot: Option<Zxid>,
+}
+
+/// Why a proposal was refused; the command is handed back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica is not an established leader.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The leader this replica follows, if any.
+        leader: Option<NodeId>,
+        /// The refused command.
+        data: Bytes,
+    },
+    /// The command cannot fit in one message.
+    #[error("command of {} bytes exceeds the limit of {max_bytes} bytes", data.len())]
+    TooLarge {
+        /// The largest command accepted.
+        max_bytes: usize,
+        /// The refused command.
+        data: Bytes,
+    },
+    /// The epoch's 32-bit counter is exhausted; a new election is needed.
+    #[error("zxid counter exhausted in epoch {epoch:?}")]
+    EpochExhausted {
+        /// The exhausted epoch.
+        epoch: Epoch,
+        /// The refused command.
+        data: Bytes,
+    },
+}
+
+impl ProposeError {
+    /// The refused command.
+    pub fn into_data(self) -> Bytes {
+        match self {
+            ProposeError::NotLeader { data, .. }
+            | ProposeError::TooLarge { data, .. }
+            | ProposeError::EpochExhausted { data, .. } => data,
+        }
+    }
+}
+
+/// Why a read could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadIndexError {
+    /// No established leader is known.
+    #[error("no established leader to confirm the read")]
+    NoLeader,
+    /// Too many reads are pending.
+    #[error("too many pending reads")]
+    Busy,
+}
+
+/// A confirmed linearizable read: serve it once applied up to `zxid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The caller's context from [`Replica::read_index`].
+    pub ctx: Bytes,
+    /// The read point.
+    pub zxid: Zxid,
+}
+
+/// Snapshot work for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRequest {
+    /// Leader: stream the local snapshot taken at `snapshot` to `to`,
+    /// starting at byte `offset`, through [`Replica::send_snapshot_chunk`].
+    Send {
+        /// The follower.
+        to: NodeId,
+        /// The snapshot's zxid.
+        snapshot: Zxid,
+        /// First byte to send.
+        offset: u64,
+    },
+    /// Follower: write this chunk; after the last one, restore the state
+    /// machine from the snapshot, make it durable, and call
+    /// [`Replica::snapshot_installed`].
+    Write {
+        /// The leader that sent it.
+        from: NodeId,
+        /// The chunk.
+        chunk: SnapChunk,
+    },
+}
+
+/// Things the caller must act on besides messages and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The replica has no leader: call `Elector::start_looking(now, vote)`.
+    LostLeader(VoteInfo),
+    /// The replica is established: call `Elector::settle(now, state, leader, epoch)`.
+    Settled {
+        /// Leading, Following or Observing.
+        state: PeerState,
+        /// The leader.
+        leader: NodeId,
+        /// The leader's epoch.
+        epoch: Epoch,
+    },
+    /// A read could not be confirmed (leadership lost); retry elsewhere.
+    ReadAborted {
+        /// The caller's context.
+        ctx: Bytes,
+    },
+    /// A storage read failed; the replica skipped the work and will retry.
+    StorageFailed(StorageError),
+}
+
+/// Identifies a [`Ready`] for [`Replica::persisted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Persisted {
+    seq: u64,
+}
+
+/// Everything the replica wants done, polled in one batch by
+/// [`Replica::ready`]. Act on it in this order:
+///
+/// 1. send [`messages`](Ready::messages) (they need nothing persisted);
+/// 2. apply the writes to storage ([`Storage::write_ready`]): truncate after
+///    `truncate_after`, append `entries`, save `hard_state`, drop the prefix
+///    up to `compact_to`; then sync;
+/// 3. send [`persisted_messages`](Ready::persisted_messages) (only once the
+///    writes of this and every earlier `Ready` are durable), then call
+///    [`Replica::persisted`] with [`persist_marker`](Ready::persist_marker);
+/// 4. apply [`committed`](Ready::committed) to the state machine in order
+///    and report with [`Replica::applied`];
+/// 5. serve [`read_states`](Ready::read_states) once applied up to their zxid;
+/// 6. handle [`snapshot_requests`](Ready::snapshot_requests) and
+///    [`events`](Ready::events).
+#[derive(Debug, Default)]
+#[must_use = "a Ready carries messages and writes that must be acted on"]
+pub struct Ready {
+    /// Messages that may be sent now.
+    pub messages: Vec<Envelope>,
+    /// Drop every log entry after this zxid (before appending).
+    pub truncate_after: Option<Zxid>,
+    /// Entries to append.
+    pub entries: Vec<Entry>,
+    /// Hard state to save.
+    pub hard_state: Option<HardState>,
+    /// The storage may drop entries up to this zxid (after appending).
+    pub compact_to: Option<Zxid>,
+    /// Messages to send only after this `Ready`'s writes are synced.
+    pub persisted_messages: Vec<Envelope>,
+    /// Committed entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// Confirmed reads.
+    pub read_states: Vec<ReadState>,
+    /// Snapshot work.
+    pub snapshot_requests: Vec<SnapshotRequest>,
+    /// Events for the caller (election, aborted reads).
+    pub events: Vec<Event>,
+    seq: u64,
+}
+
+impl Ready {
+    /// Whether the writes need a sync before `persisted_messages` go out.
+    pub fn needs_sync(&self) -> bool {
+        self.truncate_after.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+
+    /// The marker to pass to [`Replica::persisted`] once this `Ready`'s
+    /// writes are durable.
+    pub fn persist_marker(&self) -> Persisted {
+        Persisted { seq: self.seq }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && !self.needs_sync()
+            && self.compact_to.is_none()
+            && self.persisted_messages.is_empty()
+            && self.committed.is_empty()
+            && self.read_states.is_empty()
+            && self.snapshot_requests.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FPhase {
+    /// Sent FOLLOWERINFO, waiting for NEWEPOCH.
+    Discovery,
+    /// Promised the leader's epoch; receiving TRUNC/DIFF/SNAP and NEWLEADER.
+    Sync,
+    /// Got UPTODATE.
+    Broadcast,
+}
+
+#[derive(Debug)]
+struct Follower {
+    leader: NodeId,
+    phase: FPhase,
+    epoch: Epoch,
+    round: u32,
+    trunc_done: bool,
+    newleader_seen: bool,
+    installing: Option<Zxid>,
+    last_heard: Time,
+    info_sent_at: Time,
+    applied_reported: Zxid,
+    applied_reported_at: Time,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LPhase {
+    /// Collecting FOLLOWERINFO (accepted epochs) from a quorum.
+    CollectInfo,
+    /// NEWEPOCH sent; collecting ACKEPOCH from a quorum.
+    CollectAcks,
+    /// Fetching the missing suffix from the follower with the most recent history.
+    Fetching,
+    /// Syncing followers; waiting for a quorum of NEWLEADER acks.
+    Sync,
+    /// Established.
+    Broadcast,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PPhase {
+    /// NEWEPOCH sent (or about to be), waiting for ACKEPOCH.
+    Promising,
+    /// ACKEPOCH received during discovery; sync starts with the leader's.
+    Acked,
+    /// Streaming a snapshot; waiting for SNAPINSTALLED.
+    Snap(Zxid),
+    /// Streaming DIFFs up to the sync target.
+    Syncing,
+    /// NEWLEADER sent for a history ending at the zxid.
+    NewLeaderSent(Zxid),
+    /// NEWLEADER acknowledged; waiting for the leader's quorum.
+    Synced,
+    /// Receiving ACCEPTs.
+    Broadcast,
+}
+
+#[derive(Debug)]
+struct Peer {
+    phase: PPhase,
+    since: Time,
+    round: u32,
+    observer: bool,
+    position: FollowerPosition,
+    next_prev: Zxid,
+    match_zxid: Zxid,
+    inflight: VecDeque<(Zxid, Time)>,
+    commit_sent: Zxid,
+    applied: Zxid,
+    last_heard: Time,
+    hb_acked: u64,
+    lease_from: Time,
+    sync_failures: u32,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    ctx: Bytes,
+    zxid: Zxid,
+    round: u64,
+    from: Option<NodeId>,
+}
+
+#[derive(Debug)]
+struct Leader {
+    phase: LPhase,
+    epoch: Epoch,
+    infos: BTreeMap<NodeId, Epoch>,
+    peers: BTreeMap<NodeId, Peer>,
+    history_end: Zxid,
+    started: Time,
+    fetch_from: Option<NodeId>,
+    fetch_sent_at: Time,
+    counter: u32,
+    hb_round: u64,
+    hb_due: Time,
+    hb_sent: VecDeque<(u64, Time)>,
+    reads: VecDeque<PendingRead>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Looking,
+    Following(Follower),
+    Leading(Box<Leader>),
+}
+
+/// One replica of one group: a sans-IO Multi-Paxos state machine.
+///
+/// Inputs are the `handle_*` methods, [`propose`](Replica::propose),
+/// [`read_index`](Replica::read_index) and the completions
+/// ([`persisted`](Replica::persisted), [`applied`](Replica::applied),
+/// [`snapshot_installed`](Replica::snapshot_installed),
+/// [`snapshot_taken`](Replica::snapshot_taken)); outputs are polled with
+/// [`ready`](Replica::ready) and [`poll_timeout`](Replica::poll_timeout).
+pub struct Replica<S: Storage> {
+    id: NodeId,
+    config: Config,
+    planner: Box<dyn SyncPlanner + Send>,
+    log: Log<S>,
+    hs: HardState,
+    hs_dirty: bool,
+    durable_hs: HardState,
+    hs_pending: VecDeque<(u64, HardState)>,
+    promised_to: Option<(NodeId, Epoch)>,
+    snapshot: Option<Zxid>,
+    commit: Zxid,
+    applied: Zxid,
+    apply_sent: Zxid,
+    role: Role,
+    now: Time,
+    seq: u64,
+    out: Ready,
+    scratch: Vec<Entry>,
+}
+
+impl<S: Storage> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("hs", &self.hs)
+            .field("last", &self.log.last())
+            .field("commit", &self.commit)
+            .field("applied", &self.applied)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl<S: Storage> Replica<S> {
+    /// A replica over `storage`, looking for a leader. The first
+    /// [`ready`](Replica::ready) carries [`Event::LostLeader`] so the caller
+    /// starts its elector.
+    pub fn new(
+        id: NodeId,
+        config: Config,
+        storage: S,
+        planner: Box<dyn SyncPlanner + Send>,
+        recovered: Recovered,
+        now: Time,
+    ) -> Result<Replica<S>, StorageError> {
+        if let Err(e) = config.validate() {
+            return Err(StorageError::Io(format!("invalid configuration: {e}")));
+        }
+        let hs = storage.hard_state();
+        assert!(
+            hs.current_epoch <= hs.accepted_epoch,
+            "hard state: current epoch {:?} above accepted epoch {:?}",
+            hs.current_epoch,
+            hs.accepted_epoch
+        );
+        let log = Log::new(storage, recovered.snapshot)?;
+        let applied = recovered
+            .applied
+            .max(recovered.snapshot.unwrap_or(Zxid::ZERO));
+        let mut r = Replica {
+            id,
+            config,
+            planner,
+            log,
+            hs,
+            hs_dirty: false,
+            durable_hs: hs,
+            hs_pending: VecDeque::new(),
+            promised_to: None,
+            snapshot: recovered.snapshot,
+            commit: applied,
+            applied,
+            apply_sent: applied,
+            role: Role::Looking,
+            now,
+            seq: 0,
+            out: Ready::default(),
+            scratch: Vec::new(),
+        };
+        tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, "replica started");
+        r.out.events.push(Event::LostLeader(r.vote_info()));
+        Ok(r)
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Replaces the configuration (membership change applied by the caller).
+    pub fn set_config(&mut self, config: Config) {
+        self.config = config;
+    }
+    /// The storage (reads).
+    pub fn storage(&self) -> &S {
+        &self.log.storage
+    }
+    /// The storage, to apply the writes of a [`Ready`].
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.log.storage
+    }
+    /// The hard state, including changes not yet persisted.
+    pub fn hard_state(&self) -> HardState {
+        self.hs
+    }
+    /// The last zxid of this replica's history.
+    pub fn last_zxid(&self) -> Zxid {
+        self.log.last()
+    }
+    /// The highest zxid known committed.
+    pub fn commit_zxid(&self) -> Zxid {
+        self.commit
+    }
+    /// The applied zxid as last reported.
+    pub fn applied_zxid(&self) -> Zxid {
+        self.applied
+    }
+    /// Whether the history holds `z` (in the log, or covered by the snapshot).
+    pub fn holds(&self, z: Zxid) -> bool {
+        self.log.index.holds(z) || self.snapshot.is_some_and(|s| z <= s)
+    }
+    /// What this replica would vote with.
+    pub fn vote_info(&self) -> VoteInfo {
+        VoteInfo {
+            current_epoch: self.hs.current_epoch,
+            last_zxid: self.log.last(),
+        }
+    }
+    /// The leader this replica follows or is, once known.
+    pub fn leader(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Looking => None,
+            Role::Following(f) => Some(f.leader),
+            Role::Leading(_) => Some(self.id),
+        }
+    }
+    /// Whether this replica is an established leader (accepting proposals).
+    pub fn is_leader(&self) -> bool {
+        matches!(&self.role, Role::Leading(l) if l.phase == LPhase::Broadcast)
+    }
+    /// The epoch this replica leads or follows in, once established.
+    pub fn established_epoch(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Leading(l) if l.phase == LPhase::Broadcast => Some(l.epoch),
+            Role::Following(f) if f.phase == FPhase::Broadcast => Some(f.epoch),
+            _ => None,
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// The elector decided who leads.
+    pub fn handle_leader_decision(&mut self, now: Time, d: Decision) {
+        self.now = now;
+        if d.leader == self.id {
+            if !self.config.is_voter(self.id) {
+                tracing::warn!(id = %self.id, "elected but not a voter; ignoring");
+                return;
+            }
+            if matches!(self.role, Role::Leading(_)) {
+                return;
+            }
+            self.become_leader(now);
+        } else {
+            if let Role::Following(f) = &self.role {
+                if f.leader == d.leader {
+                    return;
+                }
+            }
+            self.become_follower(now, d.leader);
+        }
+        self.advance_leader();
+    }
+
+    /// A message from a peer. Messages for another group or node are dropped.
+    pub fn handle_message(&mut self, now: Time, env: Envelope) {
+        self.now = now;
+        if env.group != self.config.group || env.to != self.id || env.from == self.id {
+            tracing::debug!(?env.group, ?env.to, "dropping misrouted message");
+            return;
+        }
+        if !self.config.is_member(env.from) {
+            tracing::debug!(from = %env.from, "dropping message from non-member");
+            return;
+        }
+        let from = env.from;
+        match &mut self.role {
+            Role::Leading(l) => {
+                if let Some(p) = l.peers.get_mut(&from) {
+                    p.last_heard = now;
+                }
+                self.leader_step(from, env.msg);
+            }
+            Role::Following(f) => {
+                if f.leader == from {
+                    f.last_heard = now;
+                }
+                self.follower_step(from, env.msg);
+            }
+            Role::Looking => {}
+        }
+        self.advance_leader();
+    }
+
+    /// Time has passed the deadline of [`poll_timeout`](Replica::poll_timeout)
+    /// (calling it early or late is harmless).
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        let timeout = self.config.election_timeout;
+        let hb = self.config.heartbeat_interval;
+        let mut lose = None;
+        let mut send_info = false;
+        let mut send_applied = None;
+        match &mut self.role {
+            Role::Looking => {}
+            Role::Following(f) => {
+                if now.saturating_since(f.last_heard) > timeout {
+                    lose = Some("leader silent");
+                } else {
+                    if f.phase == FPhase::Discovery && now.saturating_since(f.info_sent_at) >= hb {
+                        f.info_sent_at = now;
+                        send_info = true;
+                    }
+                    if f.phase == FPhase::Broadcast
+                        && self.applied > f.applied_reported
+                        && now.saturating_since(f.applied_reported_at) >= hb
+                    {
+                        f.applied_reported = self.applied;
+                        f.applied_reported_at = now;
+                        send_applied = Some((f.leader, f.epoch));
+                    }
+                }
+            }
+            Role::Leading(_) => {
+                self.leader_tick(now);
+            }
+        }
+        if send_info {
+            if let Some(leader) = self.leader() {
+                self.send_follower_info(leader);
+            }
+        }
+        if let Some((leader, epoch)) = send_applied {
+            let zxid = self.applied;
+            self.send(leader, Message::Applied { epoch, zxid });
+        }
+        if let Some(why) = lose {
+            self.lose_leader(why);
+        }
+        self.advance_leader();
+    }
+
+    /// Same as [`handle_timeout`](Replica::handle_timeout), for callers that
+    /// tick on a fixed period.
+    pub fn tick(&mut self, now: Time) {
+        self.handle_timeout(now);
+    }
+
+    /// The next time [`handle_timeout`](Replica::handle_timeout) must be
+    /// called, if any. Changes after any input.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let hb = self.config.heartbeat_interval;
+        match &self.role {
+            Role::Looking => None,
+            Role::Following(f) => {
+                let mut t = f.last_heard
+                    + self.config.election_timeout
+                    + std::time::Duration::from_nanos(1);
+                if f.phase == FPhase::Discovery {
+                    t = t.min(f.info_sent_at + hb);
+                }
+                if f.phase == FPhase::Broadcast && self.applied > f.applied_reported {
+                    t = t.min(f.applied_reported_at + hb);
+                }
+                Some(t)
+            }
+            Role::Leading(l) => Some(l.hb_due),
+        }
+    }
+
+    /// Proposes a command. Only an established leader accepts; the command
+    /// is handed back otherwise. Returns the zxid it will commit at (if the
+    /// leader stays in office).
+    pub fn propose(&mut self, data: Bytes) -> Result<Zxid, ProposeError> {
+        let max_bytes = self
+            .config
+            .max_message_bytes
+            .saturating_sub(ACCEPT_OVERHEAD_BYTES);
+        let leader_hint = self.leader();
+        let Role::Leading(l) = &mut self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: leader_hint,
+                data,
+            });
+        };
+        if l.phase != LPhase::Broadcast {
+            return Err(ProposeError::NotLeader { leader: None, data });
+        }
+        if data.len() > max_bytes {
+            return Err(ProposeError::TooLarge { max_bytes, data });
+        }
+        let Some(counter) = l.counter.checked_add(1) else {
+            return Err(ProposeError::EpochExhausted {
+                epoch: l.epoch,
+                data,
+            });
+        };
+        l.counter = counter;
+        let zxid = Zxid::new(l.epoch, counter);
+        self.log.append(Entry { zxid, data });
+        Ok(zxid)
+    }
+
+    /// Starts a linearizable read. The answer comes as a [`ReadState`] in
+    /// a later [`Ready`] (serve it once applied up to its zxid), or as
+    /// [`Event::ReadAborted`].
+    ///
+    /// By default the leader confirms its leadership with a heartbeat round
+    /// acknowledged by a quorum. With [`Config::lease_reads`] it answers at
+    /// once while a quorum acknowledged a heartbeat sent less than
+    /// `election_timeout - lease_clock_drift` ago. That is safe only if
+    /// clocks drift apart by less than `lease_clock_drift` over an election
+    /// timeout *and* the elector never lets a follower follow another
+    /// leader within the election timeout of hearing from this one.
+    pub fn read_index(&mut self, ctx: Bytes) -> Result<(), ReadIndexError> {
+        match &self.role {
+            Role::Leading(l) if l.phase == LPhase::Broadcast => self.leader_read(ctx, None),
+            Role::Following(f) if f.phase == FPhase::Broadcast => {
+                let (leader, epoch) = (f.leader, f.epoch);
+                self.send(leader, Message::ReadIndexRequest { epoch, ctx });
+                Ok(())
+            }
+            _ => Err(ReadIndexError::NoLeader),
+        }
+    }
+
+    // ----- completions -----------------------------------------------------
+
+    /// The writes of the `Ready` marked `marker` (and of every earlier one)
+    /// are durable.
+    pub fn persisted(&mut self, now: Time, marker: Persisted) {
+        self.now = now;
+        self.log.persisted(marker.seq);
+        while let Some(&(seq, hs)) = self.hs_pending.front() {
+            if seq > marker.seq {
+                break;
+            }
+            assert!(
+                hs.accepted_epoch >= self.durable_hs.accepted_epoch
+                    && hs.current_epoch >= self.durable_hs.current_epoch,
+                "epoch monotonicity: durable hard state must never decrease"
+            );
+            self.durable_hs = hs;
+            self.hs_pending.pop_front();
+        }
+        self.advance_leader();
+    }
+
+    /// The state machine has applied every committed entry up to `zxid`.
+    pub fn applied(&mut self, zxid: Zxid) {
+        debug_assert!(
+            zxid <= self.commit,
+            "applied {zxid:?} beyond commit {:?}",
+            self.commit
+        );
+        self.applied = self.applied.max(zxid);
+    }
+
+    /// The caller took a durable local snapshot of the state machine at
+    /// `zxid` (at most the applied zxid). Enables log cleanup up to it and
+    /// SNAP sync of lagging followers.
+    pub fn snapshot_taken(&mut self, zxid: Zxid) {
+        assert!(
+            zxid <= self.applied,
+            "snapshot {zxid:?} beyond applied {:?}",
+            self.applied
+        );
+        self.snapshot = Some(self.snapshot.map_or(zxid, |s| s.max(zxid)));
+    }
+
+    /// Follower: the snapshot at `zxid` received from the leader is
+    /// restored into the state machine and durable. The replica drops its
+    /// log (a truncation in the next `Ready`) and continues after `zxid`.
+    pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid) {
+        self.now = now;
+        let Role::Following(f) = &mut self.role else {
+            return;
+        };
+        if f.installing != Some(zxid) {
+            tracing::warn!(?zxid, installing = ?f.installing, "unexpected snapshot install; ignoring");
+            return;
+        }
+        f.installing = None;
+        let (leader, epoch) = (f.leader, f.epoch);
+        tracing::info!(id = %self.id, ?zxid, "snapshot installed; log reset");
+        self.log.reset_to(zxid);
+        self.snapshot = Some(zxid);
+        self.commit = self.commit.max(zxid);
+        self.applied = self.applied.max(zxid);
+        self.apply_sent = self.apply_sent.max(zxid);
+        self.send_persisted(leader, Message::SnapInstalled { epoch, zxid });
+    }
+
+    /// Leader: one chunk of the snapshot a [`SnapshotRequest::Send`] asked
+    /// for. Returns `false` (and sends nothing) if that follower no longer
+    /// waits for this snapshot.
+    pub fn send_snapshot_chunk(&mut self, to: NodeId, chunk: SnapChunk) -> bool {
+        let Role::Leading(l) = &mut self.role else {
+            return false;
+        };
+        let epoch = l.epoch;
+        let Some(p) = l.peers.get_mut(&to) else {
+            return false;
+        };
+        if p.phase != PPhase::Snap(chunk.snapshot_zxid) {
+            return false;
+        }
+        p.since = self.now;
+        let round = p.round;
+        self.send(
+            to,
+            Message::Snap {
+                epoch,
+                round,
+                chunk,
+            },
+        );
+        true
+    }
+
+    // ----- output ----------------------------------------------------------
+
+    /// Whether [`ready`](Replica::ready) has anything to hand out. A cheap
+    /// check; `ready` may still return an empty batch.
+    pub fn has_ready(&self) -> bool {
+        !self.out.is_empty()
+            || self.hs_dirty
+            || self.log.has_unsent()
+            || self.apply_sent < self.commit
+            || self.is_leader()
+    }
+
+    /// Takes everything the replica wants done. See [`Ready`].
+    pub fn ready(&mut self) -> Ready {
+        self.flush_peers();
+        self.maybe_compact();
+        self.seq += 1;
+        let seq = self.seq;
+        let mut r = std::mem::take(&mut self.out);
+        r.seq = seq;
+        let (trunc, compact) = self.log.take_writes(seq, &mut r.entries);
+        r.truncate_after = trunc;
+        r.compact_to = compact;
+        if self.hs_dirty {
+            self.hs_dirty = false;
+            r.hard_state = Some(self.hs);
+            self.hs_pending.push_back((seq, self.hs));
+        }
+        // Committed entries to apply, bounded in bytes.
+        let target = self.commit.min(self.log.last());
+        if self.apply_sent < target {
+            let mut buf = std::mem::take(&mut self.scratch);
+            buf.clear();
+            match self.log.read(
+                self.apply_sent,
+                target,
+                usize::MAX,
+                self.config.max_apply_bytes,
+                &mut buf,
+            ) {
+                Ok(()) => {
+                    if let Some(last) = buf.last() {
+                        self.apply_sent = last.zxid;
+                    }
+                    r.committed.append(&mut buf);
+                }
+                Err(ReadError::Storage(e)) => r.events.push(Event::StorageFailed(e)),
+                Err(ReadError::NotHeld) => {
+                    tracing::error!(apply_sent = ?self.apply_sent, "apply point not in the log");
+                }
+            }
+            self.scratch = buf;
+        }
+        r
+    }
+
+    // ----- internals: sending --------------------------------------------
+
+    fn envelope(&self, to: NodeId, msg: Message) -> Envelope {
+        Envelope {
+            group: self.config.group,
+            from: self.id,
+            to,
+            msg,
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        let env = self.envelope(to, msg);
+        self.out.messages.push(env);
+    }
+
+    fn send_persisted(&mut self, to: NodeId, msg: Message) {
+        let env = self.envelope(to, msg);
+        self.out.persisted_messages.push(env);
+    }
+
+    fn set_hs(&mut self, hs: HardState) {
+        assert!(
+            hs.accepted_epoch >= self.hs.accepted_epoch
+                && hs.current_epoch >= self.hs.current_epoch,
+            "epoch monotonicity: {hs:?} would lower {:?}",
+            self.hs
+        );
+        assert!(
+            hs.current_epoch <= hs.accepted_epoch,
+            "current epoch above accepted epoch"
+        );
+        if hs != self.hs {
+            self.hs = hs;
+            self.hs_dirty = true;
+        }
+    }
+
+    fn history(&self) -> (Option<Zxid>, Vec<Zxid>) {
+        (self.log.index.first(), self.log.index.epoch_ends())
+    }
+
+    fn plan_for(&self, pos: FollowerPosition, force_snap: bool) -> SyncPlan {
+        let (first, ends) = self.history();
+        let h = LeaderHistory {
+            first_retained: first,
+            last: self.log.last(),
+            committed: self.commit,
+            epoch_ends: &ends,
+            snapshot: self.snapshot,
+            snapshot_bytes: None,
+            log_bytes: None,
+        };
+        let base = self.log.base;
+        if !force_snap {
+            let p = self.planner.plan(pos, &h);
+            if plan::valid(pos, &h, base, p) {
+                return p;
+            }
+            tracing::warn!(?pos, plan = ?p, "planner's plan is not executable; using the kernel's");
+        }
+        plan::builtin(pos, &h, base, force_snap)
+    }
+
+    // ----- role changes ----------------------------------------------------
+
+    fn lose_leader(&mut self, why: &'static str) {
+        let old = std::mem::replace(&mut self.role, Role::Looking);
+        if let Role::Leading(l) = old {
+            tracing::info!(id = %self.id, epoch = ?l.epoch, why, "leader steps down");
+            for r in l.reads {
+                if let Some(from) = r.from {
+                    self.send(
+                        from,
+                        Message::ReadIndexResponse {
+                            epoch: l.epoch,
+                            ctx: r.ctx,
+                            zxid: None,
+                        },
+                    );
+                } else {
+                    self.out.events.push(Event::ReadAborted { ctx: r.ctx });
+                }
+            }
+        } else {
+            tracing::info!(id = %self.id, why, "lost leader; looking");
+        }
+        self.out.events.push(Event::LostLeader(self.vote_info()));
+    }
+
+    fn become_follower(&mut self, now: Time, leader: NodeId) {
+        if matches!(self.role, Role::Leading(_)) {
+            self.lose_leader("another leader decided");
+        }
+        tracing::info!(id = %self.id, %leader, "following");
+        self.role = Role::Following(Follower {
+            leader,
+            phase: FPhase::Discovery,
+            epoch: Epoch::ZERO,
+            round: 0,
+            trunc_done: false,
+            newleader_seen: false,
+            installing: None,
+            last_heard: now,
+            info_sent_at: now,
+            applied_reported: Zxid::ZERO,
+            applied_reported_at: now,
+        });
+        self.send_follower_info(leader);
+    }
+
+    fn send_follower_info(&mut self, leader: NodeId) {
+        let msg = Message::FollowerInfo {
+            accepted_epoch: self.hs.accepted_epoch,
+            current_epoch: self.hs.current_epoch,
+            last_zxid: self.log.last(),
+        };
+        self.send(leader, msg);
+    }
+
+    fn become_leader(&mut self, now: Time) {
+        tracing::info!(id = %self.id, accepted = ?self.hs.accepted_epoch, "elected; discovery starts");
+        let mut infos = BTreeMap::new();
+        infos.insert(self.id, self.hs.accepted_epoch);
+        self.role = Role::Leading(Box::new(Leader {
+            phase: LPhase::CollectInfo,
+            epoch: Epoch::ZERO,
+            infos,
+            peers: BTreeMap::new(),
+            history_end: Zxid::ZERO,
+            started: now,
+            fetch_from: None,
+            fetch_sent_at: now,
+            counter: 0,
+            hb_round: 0,
+            hb_due: now + self.config.heartbeat_interval,
+            hb_sent: VecDeque::new(),
+            reads: VecDeque::new(),
+        }));
+    }
+
+    // ----- follower --------------------------------------------------------
+
+    fn follower_step(&mut self, from: NodeId, msg: Message) {
+        let Role::Following(f) = &mut self.role else {
+            return;
+        };
+        if f.leader != from {
+            tracing::debug!(id = %self.id, %from, msg = msg.name(), "message from a node we do not follow");
+            return;
+        }
+        match msg {
+            Message::NewEpoch {
+                epoch,
+                round,
+                established,
+            } => {
+                let ok = if self.hs.accepted_epoch < epoch {
+                    true
+                } else if self.hs.accepted_epoch == epoch {
+                    self.promised_to == Some((from, epoch)) || established
+                } else {
+                    false
+                };
+                if !ok {
+                    tracing::info!(id = %self.id, ?epoch, accepted = ?self.hs.accepted_epoch, "NEWEPOCH refused");
+                    let accepted_epoch = self.hs.accepted_epoch;
+                    self.send(
+                        from,
+                        Message::EpochRefused {
+                            epoch,
+                            accepted_epoch,
+                        },
+                    );
+                    self.lose_leader("refused NEWEPOCH");
+                    return;
+                }
+                if round < f.round && f.epoch == epoch {
+                    return; // a stale round
+                }
+                f.phase = FPhase::Sync;
+                f.epoch = epoch;
+                f.round = round;
+                f.trunc_done = false;
+                f.newleader_seen = false;
+                f.installing = None;
+                self.promised_to = Some((from, epoch));
+                let hs = HardState {
+                    accepted_epoch: epoch,
+                    ..self.hs
+                };
+                self.set_hs(hs);
+                tracing::debug!(id = %self.id, ?epoch, round, "promised epoch");
+                let msg = Message::AckEpoch {
+                    epoch,
+                    round,
+                    current_epoch: self.hs.current_epoch,
+                    last_zxid: self.log.last(),
+                };
+                self.send_persisted(from, msg);
+            }
+            Message::Trunc { epoch, round, to } => {
+                if f.phase != FPhase::Sync
+                    || f.epoch != epoch
+                    || f.round != round
+                    || f.trunc_done
+                    || f.newleader_seen
+                    || f.installing.is_some()
+                {
+                    return;
+                }
+                f.trunc_done = true;
+                if to >= self.log.last() {
+                    return;
+                }
+                assert!(
+                    to >= self.commit,
+                    "TRUNC to {to:?} would drop committed entries (commit {:?})",
+                    self.commit
+                );
+                tracing::info!(id = %self.id, ?to, last = ?self.log.last(), "TRUNC: dropping uncommitted suffix");
+                let to = self.log.position_at_or_before(to).unwrap_or(Zxid::ZERO);
+                self.log.truncate_after(to);
+            }
+            Message::Diff {
+                epoch,
+                prev,
+                entries,
+            } => {
+                if f.phase != FPhase::Sync || f.epoch != epoch || f.installing.is_some() {
+                    return;
+                }
+                self.follower_append(from, epoch, prev, entries, None);
+            }
+            Message::Accept {
+                epoch,
+                prev,
+                commit,
+                entries,
+            } => {
+                let accepting = f.epoch == epoch
+                    && (f.phase == FPhase::Broadcast
+                        || (f.phase == FPhase::Sync && f.newleader_seen));
+                if !accepting {
+                    return;
+                }
+                self.follower_append(from, epoch, prev, entries, Some(commit));
+            }
+            Message::Snap {
+                epoch,
+                round,
+                chunk,
+            } => {
+                if f.phase != FPhase::Sync
+                    || f.epoch != epoch
+                    || f.round != round
+                    || f.newleader_seen
+                {
+                    return;
+                }
+                if f.installing.is_some_and(|s| s != chunk.snapshot_zxid) {
+                    return;
+                }
+                f.installing = Some(chunk.snapshot_zxid);
+                self.out
+                    .snapshot_requests
+                    .push(SnapshotRequest::Write { from, chunk });
+            }
+            Message::NewLeader { epoch, last_zxid } => {
+                if f.phase != FPhase::Sync || f.epoch != epoch || f.installing.is_some() {
+                    return;
+                }
+                if self.log.last() != last_zxid {
+                    tracing::debug!(id = %self.id, ours = ?self.log.last(), theirs = ?last_zxid, "NEWLEADER history mismatch");
+                    return;
+                }
+                f.newleader_seen = true;
+                let hs = HardState {
+                    current_epoch: epoch,
+                    ..self.hs
+                };
+                self.set_hs(hs);
+                self.send_persisted(from, Message::AckNewLeader { epoch, last_zxid });
+            }
+            Message::UpToDate { epoch, commit } => {
+                if f.epoch != epoch || !f.newleader_seen || f.phase == FPhase::Broadcast {
+                    return;
+                }
+                f.phase = FPhase::Broadcast;
+                let state = if self.config.is_observer(self.id) {
+                    PeerState::Observing
+                } else {
+                    PeerState::Following
+                };
+                tracing::info!(id = %self.id, leader = %from, ?epoch, "synced; broadcast");
+                self.out.events.push(Event::Settled {
+                    state,
+                    leader: from,
+                    epoch,
+                });
+                self.learn_commit(commit);
+            }
+            Message::Commit { epoch, commit } => {
+                if f.epoch == epoch && f.newleader_seen {
+                    self.learn_commit(commit);
+                }
+            }
+            Message::Heartbeat {
+                epoch,
+                commit,
+                round,
+            } => {
+                if f.epoch != epoch || f.phase == FPhase::Discovery {
+                    return;
+                }
+                if f.newleader_seen {
+                    self.learn_commit(commit);
+                }
+                self.send(from, Message::HeartbeatAck { epoch, round });
+            }
+            Message::ReadIndexResponse { ctx, zxid, .. } => match zxid {
+                Some(zxid) => self.out.read_states.push(ReadState { ctx, zxid }),
+                None => self.out.events.push(Event::ReadAborted { ctx }),
+            },
+            Message::FetchHistory {
+                epoch,
+                current_epoch,
+                last_zxid,
+            } => {
+                if f.epoch != epoch || f.phase != FPhase::Sync {
+                    return;
+                }
+                self.serve_fetch(
+                    from,
+                    epoch,
+                    FollowerPosition {
+                        current_epoch,
+                        last_zxid,
+                    },
+                );
+            }
+            other => {
+                tracing::debug!(id = %self.id, msg = other.name(), "follower ignores message");
+            }
+        }
+    }
+
+    fn learn_commit(&mut self, commit: Zxid) {
+        let c = commit.min(self.log.last());
+        if c > self.commit {
+            self.commit = c;
+        }
+    }
+
+    /// Appends a DIFF or ACCEPT batch if it continues the log.
+    fn follower_append(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        prev: Zxid,
+        entries: Vec<Entry>,
+        commit: Option<Zxid>,
+    ) {
+        let last = self.log.last();
+        // Well-formedness: strictly increasing after prev.
+        let mut p = prev;
+        for e in &entries {
+            if e.zxid <= p {
+                tracing::warn!(%from, "malformed batch: zxids not increasing");
+                return;
+            }
+            p = e.zxid;
+        }
+        let batch_last = entries.last().map_or(prev, |e| e.zxid);
+        if prev > last || !self.log.is_position(prev) {
+            self.send(
+                from,
+                Message::AcceptNack {
+                    epoch,
+                    last_zxid: last,
+                },
+            );
+            return;
+        }
+        if prev < last {
+            // Overlap (a duplicate or a rewind): our log is a prefix of the
+            // leader's history here, so skip what we hold.
+            if batch_last <= last {
+                if let Some(c) = commit {
+                    self.learn_commit(c);
+                }
+                self.send_persisted(
+                    from,
+                    Message::Accepted {
+                        epoch,
+                        durable: last,
+                    },
+                );
+                return;
+            }
+            if !entries.iter().any(|e| e.zxid == last) {
+                self.send(
+                    from,
+                    Message::AcceptNack {
+                        epoch,
+                        last_zxid: last,
+                    },
+                );
+                return;
+            }
+        }
+        for e in entries {
+            if e.zxid <= last {
+                continue;
+            }
+            if !self.log.index.continues(e.zxid) {
+                tracing::warn!(%from, zxid = ?e.zxid, "batch breaks log continuity");
+                self.send(
+                    from,
+                    Message::AcceptNack {
+                        epoch,
+                        last_zxid: self.log.last(),
+                    },
+                );
+                return;
+            }
+            self.log.append(e);
+        }
+        if let Some(c) = commit {
+            self.learn_commit(c);
+        }
+        let durable = self.log.last();
+        self.send_persisted(from, Message::Accepted { epoch, durable });
+    }
+
+    fn serve_fetch(&mut self, to: NodeId, epoch: Epoch, pos: FollowerPosition) {
+        let (first, ends) = self.history();
+        let h = LeaderHistory {
+            first_retained: first,
+            last: self.log.last(),
+            committed: self.commit,
+            epoch_ends: &ends,
+            snapshot: self.snapshot,
+            snapshot_bytes: None,
+            log_bytes: None,
+        };
+        let last_zxid = self.log.last();
+        let (trunc_to, prev) = match plan::builtin(pos, &h, self.log.base, false) {
+            SyncPlan::UpToDate => (None, last_zxid),
+            SyncPlan::Diff { after } => (None, after),
+            SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to } => (Some(to), to),
+            SyncPlan::Snap { .. } => {
+                self.send(
+                    to,
+                    Message::FetchReply {
+                        epoch,
+                        trunc_to: None,
+                        prev: Zxid::ZERO,
+                        entries: Vec::new(),
+                        last_zxid,
+                        unable: true,
+                    },
+                );
+                return;
+            }
+        };
+        let mut entries = Vec::new();
+        if let Err(e) = self.log.read(
+            prev,
+            last_zxid,
+            self.config.max_batch_entries,
+            self.config.max_batch_bytes,
+            &mut entries,
+        ) {
+            tracing::warn!(?e, "cannot serve fetch");
+            return;
+        }
+        self.send(
+            to,
+            Message::FetchReply {
+                epoch,
+                trunc_to,
+                prev,
+                entries,
+                last_zxid,
+                unable: false,
+            },
+        );
+    }
+
+    // ----- leader ----------------------------------------------------------
+
+    fn leader_step(&mut self, from: NodeId, msg: Message) {
+        let observer = self.config.is_observer(from);
+        let now = self.now;
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let epoch = l.epoch;
+        match msg {
+            Message::FollowerInfo { accepted_epoch, .. } => {
+                if l.phase == LPhase::CollectInfo {
+                    l.infos.insert(from, accepted_epoch);
+                    return;
+                }
+                if accepted_epoch > epoch {
+                    self.lose_leader("a follower promised a higher epoch");
+                    return;
+                }
+                let established = l.phase >= LPhase::Fetching;
+                let p = l
+                    .peers
+                    .entry(from)
+                    .or_insert_with(|| Peer::new(now, observer));
+                p.last_heard = now;
+                p.restart(now);
+                let round = p.round;
+                self.send(
+                    from,
+                    Message::NewEpoch {
+                        epoch,
+                        round,
+                        established,
+                    },
+                );
+            }
+            Message::EpochRefused { accepted_epoch, .. } => {
+                if accepted_epoch > epoch {
+                    self.lose_leader("a follower refused our epoch");
+                }
+            }
+            Message::AckEpoch {
+                epoch: e,
+                round,
+                current_epoch,
+                last_zxid,
+            } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch || p.round != round || p.phase != PPhase::Promising {
+                    return;
+                }
+                p.position = FollowerPosition {
+                    current_epoch,
+                    last_zxid,
+                };
+                p.phase = PPhase::Acked;
+                p.since = now;
+                if l.phase >= LPhase::Sync {
+                    self.start_sync(from);
+                }
+            }
+            Message::FetchReply {
+                epoch: e,
+                trunc_to,
+                prev,
+                entries,
+                last_zxid,
+                unable,
+            } => {
+                if e != epoch || l.phase != LPhase::Fetching || l.fetch_from != Some(from) {
+                    return;
+                }
+                if unable {
+                    self.lose_leader("cannot fetch the most recent history");
+                    return;
+                }
+                if let Some(t) = trunc_to {
+                    assert!(t >= self.commit, "fetch TRUNC below commit");
+                    if t < self.log.last() {
+                        tracing::info!(id = %self.id, to = ?t, "leader truncates to adopt the quorum's history");
+                        let t = self.log.position_at_or_before(t).unwrap_or(Zxid::ZERO);
+                        self.log.truncate_after(t);
+                    }
+                }
+                if prev == self.log.last() {
+                    for e in entries {
+                        if !self.log.index.continues(e.zxid) {
+                            break;
+                        }
+                        self.log.append(e);
+                    }
+                }
+                let Role::Leading(l) = &mut self.role else {
+                    return;
+                };
+                if self.log.last() == last_zxid {
+                    tracing::info!(id = %self.id, last = ?last_zxid, "fetched the most recent history");
+                    l.fetch_from = None;
+                    self.begin_sync();
+                } else {
+                    l.fetch_sent_at = now;
+                    self.send_fetch(from);
+                }
+            }
+            Message::SnapInstalled { epoch: e, zxid } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch || p.phase != PPhase::Snap(zxid) {
+                    return;
+                }
+                p.phase = PPhase::Syncing;
+                p.since = now;
+                p.next_prev = zxid;
+                p.inflight.clear();
+            }
+            Message::Accepted { epoch: e, durable } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch {
+                    return;
+                }
+                match p.phase {
+                    PPhase::Syncing
+                    | PPhase::NewLeaderSent(_)
+                    | PPhase::Synced
+                    | PPhase::Broadcast => {}
+                    _ => return,
+                }
+                p.since = now;
+                if matches!(p.phase, PPhase::Synced | PPhase::Broadcast) {
+                    p.match_zxid = p.match_zxid.max(durable);
+                }
+                while p.inflight.front().is_some_and(|(z, _)| *z <= durable) {
+                    p.inflight.pop_front();
+                }
+            }
+            Message::AcceptNack {
+                epoch: e,
+                last_zxid,
+            } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch {
+                    return;
+                }
+                match p.phase {
+                    PPhase::Broadcast
+                        if self.log.is_position(last_zxid) && last_zxid <= self.log.last() =>
+                    {
+                        p.next_prev = last_zxid;
+                        p.inflight.clear();
+                    }
+                    PPhase::Broadcast | PPhase::Syncing | PPhase::NewLeaderSent(_) => {
+                        p.sync_failures += 1;
+                        p.restart(now);
+                        let round = p.round;
+                        self.send(
+                            from,
+                            Message::NewEpoch {
+                                epoch,
+                                round,
+                                established: true,
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            Message::AckNewLeader {
+                epoch: e,
+                last_zxid,
+            } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch || p.phase != PPhase::NewLeaderSent(last_zxid) {
+                    return;
+                }
+                p.match_zxid = p.match_zxid.max(last_zxid);
+                p.sync_failures = 0;
+                if l.phase == LPhase::Broadcast {
+                    p.phase = PPhase::Broadcast;
+                    let commit = self.commit;
+                    p.commit_sent = commit;
+                    self.send(from, Message::UpToDate { epoch, commit });
+                } else {
+                    p.phase = PPhase::Synced;
+                }
+            }
+            Message::Applied { epoch: e, zxid } => {
+                if let Some(p) = l.peers.get_mut(&from) {
+                    if e == epoch {
+                        p.applied = p.applied.max(zxid);
+                    }
+                }
+            }
+            Message::HeartbeatAck { epoch: e, round } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch {
+                    return;
+                }
+                if round > p.hb_acked {
+                    p.hb_acked = round;
+                    if let Some(&(_, sent)) = l.hb_sent.iter().find(|(r, _)| *r == round) {
+                        p.lease_from = p.lease_from.max(sent);
+                    }
+                }
+                self.resolve_reads();
+            }
+            Message::ReadIndexRequest { ctx, .. } => {
+                if l.phase == LPhase::Broadcast {
+                    if self.leader_read(ctx.clone(), Some(from)).is_err() {
+                        self.send(
+                            from,
+                            Message::ReadIndexResponse {
+                                epoch,
+                                ctx,
+                                zxid: None,
+                            },
+                        );
+                    }
+                } else {
+                    self.send(
+                        from,
+                        Message::ReadIndexResponse {
+                            epoch,
+                            ctx,
+                            zxid: None,
+                        },
+                    );
+                }
+            }
+            other => {
+                tracing::debug!(id = %self.id, msg = other.name(), "leader ignores message");
+            }
+        }
+    }
+
+    fn send_fetch(&mut self, to: NodeId) {
+        let Role::Leading(l) = &self.role else { return };
+        let msg = Message::FetchHistory {
+            epoch: l.epoch,
+            current_epoch: self.hs.current_epoch,
+            last_zxid: self.log.last(),
+        };
+        self.send(to, msg);
+    }
+
+    /// Runs the leader's phase transitions that depend on quorums.
+    fn advance_leader(&mut self) {
+        for _ in 0..4 {
+            let Role::Leading(l) = &mut self.role else {
+                return;
+            };
+            let before = l.phase;
+            match l.phase {
+                LPhase::CollectInfo => {
+                    if !self.config.is_quorum(|n| l.infos.contains_key(&n)) {
+                        return;
+                    }
+                    let max = l.infos.values().copied().max().unwrap_or(Epoch::ZERO);
+                    let Some(e) = max.max(self.hs.accepted_epoch).next() else {
+                        self.lose_leader("epoch space exhausted");
+                        return;
+                    };
+                    l.epoch = e;
+                    l.phase = LPhase::CollectAcks;
+                    tracing::info!(id = %self.id, epoch = ?e, "discovery: proposing new epoch");
+                    let now = self.now;
+                    let infos: Vec<(NodeId, Epoch)> =
+                        l.infos.iter().map(|(n, e)| (*n, *e)).collect();
+                    let mut sends = Vec::new();
+                    for (n, acc) in infos {
+                        if n == self.id || acc >= e {
+                            continue;
+                        }
+                        let observer = self.config.is_observer(n);
+                        let p = l.peers.entry(n).or_insert_with(|| Peer::new(now, observer));
+                        p.restart(now);
+                        sends.push((n, p.round));
+                    }
+                    for (n, round) in sends {
+                        self.send(
+                            n,
+                            Message::NewEpoch {
+                                epoch: e,
+                                round,
+                                established: false,
+                            },
+                        );
+                    }
+                    let hs = HardState {
+                        accepted_epoch: e,
+                        ..self.hs
+                    };
+                    self.set_hs(hs);
+                    self.promised_to = Some((self.id, e));
+                }
+                LPhase::CollectAcks => {
+                    let me = self.id;
+                    let self_ok = self.durable_hs.accepted_epoch == l.epoch;
+                    let acked = |n: NodeId| {
+                        if n == me {
+                            self_ok
+                        } else {
+                            l.peers.get(&n).is_some_and(|p| p.phase == PPhase::Acked)
+                        }
+                    };
+                    if !self.config.is_quorum(acked) {
+                        return;
+                    }
+                    // The most recent history among the quorum's voters.
+                    let mine = (self.hs.current_epoch, self.log.last());
+                    let best = l
+                        .peers
+                        .iter()
+                        .filter(|(n, p)| p.phase == PPhase::Acked && self.config.is_voter(**n))
+                        .map(|(n, p)| ((p.position.current_epoch, p.position.last_zxid), *n))
+                        .max();
+                    match best {
+                        Some((pos, n)) if pos > mine => {
+                            tracing::info!(id = %self.id, from = %n, ?pos, ?mine, "discovery: fetching the quorum's most recent history");
+                            l.phase = LPhase::Fetching;
+                            l.fetch_from = Some(n);
+                            l.fetch_sent_at = self.now;
+                            self.send_fetch(n);
+                        }
+                        _ => self.begin_sync(),
+                    }
+                }
+                LPhase::Fetching => return,
+                LPhase::Sync => {
+                    let me = self.id;
+                    let self_ok = self.durable_hs.current_epoch == l.epoch
+                        && self.log.durable_last() >= l.history_end;
+                    let synced = |n: NodeId| {
+                        if n == me {
+                            self_ok
+                        } else {
+                            l.peers.get(&n).is_some_and(|p| p.phase == PPhase::Synced)
+                        }
+                    };
+                    if !self.config.is_quorum(synced) {
+                        return;
+                    }
+                    l.phase = LPhase::Broadcast;
+                    let epoch = l.epoch;
+                    let commit = l.history_end;
+                    assert!(commit >= self.commit, "commit point must not go back");
+                    self.commit = commit;
+                    tracing::info!(id = %self.id, ?epoch, ?commit, "established; broadcast starts");
+                    let mut ups = Vec::new();
+                    for (n, p) in l.peers.iter_mut() {
+                        if p.phase == PPhase::Synced {
+                            p.phase = PPhase::Broadcast;
+                            p.commit_sent = commit;
+                            ups.push(*n);
+                        }
+                    }
+                    for n in ups {
+                        self.send(n, Message::UpToDate { epoch, commit });
+                    }
+                    self.out.events.push(Event::Settled {
+                        state: PeerState::Leading,
+                        leader: self.id,
+                        epoch,
+                    });
+                }
+                LPhase::Broadcast => {
+                    self.advance_commit();
+                    return;
+                }
+            }
+            let Role::Leading(l) = &self.role else { return };
+            if l.phase == before {
+                return;
+            }
+        }
+    }
+
+    fn begin_sync(&mut self) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        l.phase = LPhase::Sync;
+        l.history_end = self.log.last();
+        l.started = self.now;
+        let epoch = l.epoch;
+        tracing::info!(id = %self.id, ?epoch, history_end = ?l.history_end, "discovery done; syncing followers");
+        let acked: Vec<NodeId> = l
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == PPhase::Acked)
+            .map(|(n, _)| *n)
+            .collect();
+        let hs = HardState {
+            current_epoch: epoch,
+            ..self.hs
+        };
+        self.set_hs(hs);
+        for n in acked {
+            self.start_sync(n);
+        }
+    }
+
+    fn start_sync(&mut self, n: NodeId) {
+        let Role::Leading(l) = &self.role else { return };
+        let Some(p) = l.peers.get(&n) else { return };
+        let force = p.sync_failures >= 2 && self.snapshot.is_some();
+        let pos = p.position;
+        let plan = self.plan_for(pos, force);
+        let now = self.now;
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let epoch = l.epoch;
+        let Some(p) = l.peers.get_mut(&n) else { return };
+        tracing::info!(leader = %self.id, follower = %n, ?pos, ?plan, "sync mode chosen");
+        p.since = now;
+        p.inflight.clear();
+        let round = p.round;
+        match plan {
+            SyncPlan::UpToDate => {
+                p.next_prev = pos.last_zxid;
+                p.phase = PPhase::Syncing;
+            }
+            SyncPlan::Diff { after } => {
+                p.next_prev = after;
+                p.phase = PPhase::Syncing;
+            }
+            SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to } => {
+                p.next_prev = to;
+                p.phase = PPhase::Syncing;
+                self.send(n, Message::Trunc { epoch, round, to });
+            }
+            SyncPlan::Snap { snapshot } => {
+                p.next_prev = snapshot;
+                p.phase = PPhase::Snap(snapshot);
+                self.out.snapshot_requests.push(SnapshotRequest::Send {
+                    to: n,
+                    snapshot,
+                    offset: 0,
+                });
+            }
+        }
+    }
+
+    fn advance_commit(&mut self) {
+        let Role::Leading(l) = &self.role else { return };
+        let me = self.id;
+        let mut acks: Vec<Zxid> = Vec::with_capacity(self.config.voters.len());
+        for v in &self.config.voters {
+            let z = if *v == me {
+                if self.durable_hs.current_epoch == l.epoch {
+                    self.log.durable_last()
+                } else {
+                    Zxid::ZERO
+                }
+            } else {
+                match l.peers.get(v) {
+                    Some(p) if matches!(p.phase, PPhase::Synced | PPhase::Broadcast) => {
+                        p.match_zxid
+                    }
+                    _ => Zxid::ZERO,
+                }
+            };
+            acks.push(z);
+        }
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let q = self.config.quorum();
+        let c = acks[q - 1].min(self.log.last());
+        if c > self.commit {
+            debug_assert!(self.log.index.holds(c), "commit point must be held");
+            self.commit = c;
+        }
+    }
+
+    fn leader_tick(&mut self, now: Time) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let timeout = self.config.election_timeout;
+        let sync_timeout = self.config.sync_timeout;
+        match l.phase {
+            LPhase::CollectInfo | LPhase::CollectAcks | LPhase::Fetching => {
+                if now.saturating_since(l.started) > timeout * 2 {
+                    self.lose_leader("discovery timed out");
+                    return;
+                }
+                if l.phase == LPhase::Fetching
+                    && now.saturating_since(l.fetch_sent_at) > sync_timeout
+                {
+                    if let Some(n) = l.fetch_from {
+                        l.fetch_sent_at = now;
+                        self.send_fetch(n);
+                    }
+                }
+            }
+            LPhase::Sync | LPhase::Broadcast => {
+                let me = self.id;
+                let heard = |n: NodeId| {
+                    n == me
+                        || l.peers
+                            .get(&n)
+                            .is_some_and(|p| now.saturating_since(p.last_heard) <= timeout)
+                };
+                if now.saturating_since(l.started) > timeout && !self.config.is_quorum(heard) {
+                    self.lose_leader("check-quorum: no quorum heard");
+                    return;
+                }
+            }
+        }
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        // Per-follower retries.
+        let epoch = l.epoch;
+        let established = l.phase >= LPhase::Fetching;
+        let mut resend = Vec::new();
+        for (n, p) in l.peers.iter_mut() {
+            let stale = now.saturating_since(p.since) > sync_timeout;
+            match p.phase {
+                PPhase::Promising
+                | PPhase::Snap(_)
+                | PPhase::Syncing
+                | PPhase::NewLeaderSent(_)
+                    if stale =>
+                {
+                    if matches!(
+                        p.phase,
+                        PPhase::Snap(_) | PPhase::Syncing | PPhase::NewLeaderSent(_)
+                    ) {
+                        p.sync_failures += 1;
+                    }
+                    p.restart(now);
+                    resend.push((*n, p.round));
+                }
+                PPhase::Broadcast => {
+                    if p.inflight
+                        .front()
+                        .is_some_and(|(_, t)| now.saturating_since(*t) > sync_timeout)
+                    {
+                        // Lost ACCEPTs: go back to what the follower holds.
+                        p.inflight.clear();
+                        p.next_prev = p.match_zxid.max(p.next_prev.min(p.match_zxid));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (n, round) in resend {
+            self.send(
+                n,
+                Message::NewEpoch {
+                    epoch,
+                    round,
+                    established,
+                },
+            );
+        }
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if now >= l.hb_due {
+            l.hb_due = now + self.config.heartbeat_interval;
+            self.send_heartbeats(now);
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: Time) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        l.hb_round += 1;
+        let round = l.hb_round;
+        l.hb_sent.push_back((round, now));
+        while l.hb_sent.len() > HEARTBEAT_HISTORY {
+            l.hb_sent.pop_front();
+        }
+        let epoch = l.epoch;
+        let commit = self.commit;
+        let targets: Vec<(NodeId, Zxid)> = l
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase != PPhase::Promising)
+            .map(|(n, p)| {
+                let c = if matches!(p.phase, PPhase::Synced | PPhase::Broadcast) {
+                    commit
+                } else {
+                    Zxid::ZERO
+                };
+                (*n, c)
+            })
+            .collect();
+        for (n, commit) in targets {
+            self.send(
+                n,
+                Message::Heartbeat {
+                    epoch,
+                    commit,
+                    round,
+                },
+            );
+        }
+    }
+
+    fn leader_read(&mut self, ctx: Bytes, from: Option<NodeId>) -> Result<(), ReadIndexError> {
+        let now = self.now;
+        let me = self.id;
+        let lease_for = self
+            .config
+            .election_timeout
+            .saturating_sub(self.config.lease_clock_drift);
+        let lease = self.config.lease_reads;
+        let Role::Leading(l) = &mut self.role else {
+            return Err(ReadIndexError::NoLeader);
+        };
+        let zxid = self.commit;
+        let single = self.config.voters.len() == 1;
+        let lease_ok = lease
+            && self.config.is_quorum(|n| {
+                n == me
+                    || l.peers
+                        .get(&n)
+                        .is_some_and(|p| p.lease_from + lease_for > now && p.lease_from > l.started)
+            });
+        if single || lease_ok {
+            let epoch = l.epoch;
+            match from {
+                None => self.out.read_states.push(ReadState { ctx, zxid }),
+                Some(f) => self.send(
+                    f,
+                    Message::ReadIndexResponse {
+                        epoch,
+                        ctx,
+                        zxid: Some(zxid),
+                    },
+                ),
+            }
+            return Ok(());
+        }
+        if l.reads.len() >= MAX_PENDING_READS {
+            return Err(ReadIndexError::Busy);
+        }
+        l.reads.push_back(PendingRead {
+            ctx,
+            zxid,
+            round: l.hb_round + 1,
+            from,
+        });
+        self.send_heartbeats(now);
+        Ok(())
+    }
+
+    fn resolve_reads(&mut self) {
+        let me = self.id;
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let epoch = l.epoch;
+        let mut done = Vec::new();
+        while let Some(r) = l.reads.front() {
+            let round = r.round;
+            let ok = self
+                .config
+                .is_quorum(|n| n == me || l.peers.get(&n).is_some_and(|p| p.hb_acked >= round));
+            if !ok {
+                break;
+            }
+            if let Some(r) = l.reads.pop_front() {
+                done.push(r);
+            }
+        }
+        for r in done {
+            match r.from {
+                None => self.out.read_states.push(ReadState {
+                    ctx: r.ctx,
+                    zxid: r.zxid,
+                }),
+                Some(f) => self.send(
+                    f,
+                    Message::ReadIndexResponse {
+                        epoch,
+                        ctx: r.ctx,
+                        zxid: Some(r.zxid),
+                    },
+                ),
+            }
+        }
+    }
+
+    /// Sends DIFF/NEWLEADER to syncing followers and ACCEPT/COMMIT to the
+    /// others, within each follower's pipeline window.
+    fn flush_peers(&mut self) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if l.phase < LPhase::Sync {
+            return;
+        }
+        let epoch = l.epoch;
+        let commit = self.commit;
+        let last = self.log.last();
+        let sync_target = if l.phase == LPhase::Sync {
+            l.history_end
+        } else {
+            last
+        };
+        let window = self.config.pipeline_window;
+        let (max_e, max_b) = (self.config.max_batch_entries, self.config.max_batch_bytes);
+        let now = self.now;
+        let mut restarts = Vec::new();
+        let broadcast = l.phase == LPhase::Broadcast;
+        for (n, p) in l.peers.iter_mut() {
+            let (target, syncing) = match p.phase {
+                PPhase::Syncing => (sync_target, true),
+                PPhase::Broadcast if broadcast => (if p.observer { commit } else { last }, false),
+                _ => continue,
+            };
+            let mut sent_commit = false;
+            let mut guard = 0usize;
+            while p.inflight.len() < window && p.next_prev < target && guard < window {
+                guard += 1;
+                let mut batch = Vec::new();
+                match self.log.read(p.next_prev, target, max_e, max_b, &mut batch) {
+                    Ok(()) => {}
+                    Err(ReadError::NotHeld) => {
+                        restarts.push(*n);
+                        break;
+                    }
+                    Err(ReadError::Storage(e)) => {
+                        self.out.events.push(Event::StorageFailed(e));
+                        break;
+                    }
+                }
+                let Some(bl) = batch.last().map(|e| e.zxid) else {
+                    break;
+                };
+                let prev = p.next_prev;
+                p.next_prev = bl;
+                p.inflight.push_back((bl, now));
+                let msg = if syncing {
+                    Message::Diff {
+                        epoch,
+                        prev,
+                        entries: batch,
+                    }
+                } else {
+                    sent_commit = true;
+                    p.commit_sent = commit;
+                    Message::Accept {
+                        epoch,
+                        prev,
+                        commit,
+                        entries: batch,
+                    }
+                };
+                self.out.messages.push(Envelope {
+                    group: self.config.group,
+                    from: self.id,
+                    to: *n,
+                    msg,
+                });
+            }
+            if syncing && p.next_prev == target && !restarts.contains(n) {
+                p.phase = PPhase::NewLeaderSent(target);
+                p.since = now;
+                self.out.messages.push(Envelope {
+                    group: self.config.group,
+                    from: self.id,
+                    to: *n,
+                    msg: Message::NewLeader {
+                        epoch,
+                        last_zxid: target,
+                    },
+                });
+            } else if !syncing && !sent_commit && p.commit_sent < commit {
+                p.commit_sent = commit;
+                self.out.messages.push(Envelope {
+                    group: self.config.group,
+                    from: self.id,
+                    to: *n,
+                    msg: Message::Commit { epoch, commit },
+                });
+            }
+        }
+        for n in restarts {
+            if let Some(p) = l.peers.get_mut(&n) {
+                tracing::info!(leader = %self.id, follower = %n, "follower fell behind the log; resyncing");
+                p.sync_failures = p.sync_failures.max(2);
+                p.restart(now);
+                let round = p.round;
+                self.out.messages.push(Envelope {
+                    group: self.config.group,
+                    from: self.id,
+                    to: n,
+                    msg: Message::NewEpoch {
+                        epoch,
+                        round,
+                        established: true,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Emits the log prefix the storage may drop.
+    fn maybe_compact(&mut self) {
+        let Some(snap) = self.snapshot else { return };
+        let mut pin = self.applied.min(snap).min(self.log.durable_last());
+        if let Role::Leading(l) = &self.role {
+            let now = self.now;
+            let pin_timeout = self.config.follower_pin_timeout;
+            for v in &self.config.voters {
+                if *v == self.id {
+                    continue;
+                }
+                match l.peers.get(v) {
+                    Some(p) if now.saturating_since(p.last_heard) <= pin_timeout => {
+                        pin = pin.min(p.applied)
+                    }
+                    None if now.saturating_since(l.started) <= pin_timeout => pin = Zxid::ZERO,
+                    _ => {}
+                }
+            }
+        }
+        let Some(pin) = self.log.index.at_or_before(pin) else {
+            return;
+        };
+        let Some(c) = self.log.index.back_n(pin, self.config.retention_entries) else {
+            return;
+        };
+        if self.log.index.first().is_some_and(|f| c >= f) && c <= snap {
+            tracing::debug!(id = %self.id, upto = ?c, "log cleanup");
+            self.log.compact(c);
+        }
+    }
+}
+
+impl Peer {
+    fn new(now: Time, observer: bool) -> Peer {
+        Peer {
+            phase: PPhase::Promising,
+            since: now,
+            round: 0,
+            observer,
+            position: FollowerPosition {
+                current_epoch: Epoch::ZERO,
+                last_zxid: Zxid::ZERO,
+            },
+            next_prev: Zxid::ZERO,
+            match_zxid: Zxid::ZERO,
+            inflight: VecDeque::new(),
+            commit_sent: Zxid::ZERO,
+            applied: Zxid::ZERO,
+            last_heard: now,
+            hb_acked: 0,
+            lease_from: Time::ZERO,
+            sync_failures: 0,
+        }
+    }
+
+    /// Restarts this follower's sync from NEWEPOCH: forget what it holds.
+    fn restart(&mut self, now: Time) {
+        self.round += 1;
+        self.phase = PPhase::Promising;
+        self.since = now;
+        self.match_zxid = Zxid::ZERO;
+        self.inflight.clear();
+    }
+}
+
+impl PartialOrd for LPhase {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for LPhase {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |p: &LPhase| match p {
+            LPhase::CollectInfo => 0,
+            LPhase::CollectAcks => 1,
+            LPhase::Fetching => 2,
+            LPhase::Sync => 3,
+            LPhase::Broadcast => 4,
+        };
+        rank(self).cmp(&rank(other))
+    }
+}

@@ -1,0 +1,274 @@
+//! A deterministic elector for tests and simulations only.
+//!
+//! It is a stripped-down fast leader election: a looking node votes for
+//! itself, adopts any better vote `(current_epoch, last_zxid, id)` of the
+//! same round, re-broadcasts, and decides when a quorum of voters holds its
+//! vote. A settled node answers looking peers with its leader, and a leader
+//! announcing itself is followed at once. No settle wait and no randomised
+//! timeouts: production code should use `paxos-election`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::election::{Decision, Elector, PeerState, VoteInfo};
+use crate::{Epoch, NodeId, Time};
+
+/// A vote: the candidate and its history's recency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TestVote {
+    /// The candidate's recency (compared first).
+    pub info: VoteInfo,
+    /// The candidate (breaks ties).
+    pub candidate: NodeId,
+}
+
+/// A message of the test elector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestElectionMsg {
+    /// A looking node's current vote in `round`.
+    Vote {
+        /// The sender's election round.
+        round: u64,
+        /// The sender's vote.
+        vote: TestVote,
+    },
+    /// A settled node's leader.
+    Settled {
+        /// The sender's state.
+        state: PeerState,
+        /// Its leader.
+        leader: NodeId,
+        /// The leader's epoch.
+        epoch: Epoch,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    Looking,
+    Decided,
+    Settled {
+        state: PeerState,
+        leader: NodeId,
+        epoch: Epoch,
+    },
+}
+
+/// The test-only elector (see the module docs).
+#[derive(Debug)]
+pub struct TestElector {
+    id: NodeId,
+    voters: Vec<NodeId>,
+    peers: Vec<NodeId>,
+    state: State,
+    round: u64,
+    vote: TestVote,
+    own: TestVote,
+    votes: BTreeMap<NodeId, TestVote>,
+    out: VecDeque<(NodeId, TestElectionMsg)>,
+    decision: Option<Decision>,
+    next_timeout: Option<Time>,
+    resend: Duration,
+}
+
+impl TestElector {
+    /// An elector for `id` among `voters` (observers are `peers` too).
+    pub fn new(id: NodeId, voters: Vec<NodeId>, peers: Vec<NodeId>) -> TestElector {
+        TestElector {
+            id,
+            voters,
+            peers,
+            state: State::Idle,
+            round: 0,
+            vote: TestVote {
+                info: VoteInfo {
+                    current_epoch: Epoch::ZERO,
+                    last_zxid: crate::Zxid::ZERO,
+                },
+                candidate: id,
+            },
+            own: TestVote {
+                info: VoteInfo {
+                    current_epoch: Epoch::ZERO,
+                    last_zxid: crate::Zxid::ZERO,
+                },
+                candidate: id,
+            },
+            votes: BTreeMap::new(),
+            out: VecDeque::new(),
+            decision: None,
+            next_timeout: None,
+            resend: Duration::from_millis(40),
+        }
+    }
+
+    fn is_voter(&self, n: NodeId) -> bool {
+        self.voters.contains(&n)
+    }
+
+    fn broadcast_vote(&mut self) {
+        let msg = TestElectionMsg::Vote {
+            round: self.round,
+            vote: self.vote,
+        };
+        for p in &self.peers {
+            if *p != self.id {
+                self.out.push_back((*p, msg.clone()));
+            }
+        }
+    }
+
+    fn try_decide(&mut self) {
+        let quorum = self.voters.len() / 2 + 1;
+        let n = self
+            .voters
+            .iter()
+            .filter(|v| self.votes.get(v) == Some(&self.vote))
+            .count();
+        if n >= quorum {
+            self.state = State::Decided;
+            self.decision = Some(Decision {
+                leader: self.vote.candidate,
+                round: self.round,
+                epoch_hint: self.vote.info.current_epoch,
+            });
+        }
+    }
+}
+
+impl Elector for TestElector {
+    type Message = TestElectionMsg;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn start_looking(&mut self, now: Time, me: VoteInfo) {
+        self.round += 1;
+        self.state = State::Looking;
+        self.decision = None;
+        self.vote = TestVote {
+            info: me,
+            candidate: self.id,
+        };
+        self.own = self.vote;
+        self.votes.clear();
+        if self.is_voter(self.id) {
+            self.votes.insert(self.id, self.vote);
+        } else {
+            // An observer never stands: it waits for a settled leader.
+            self.vote.info = VoteInfo {
+                current_epoch: Epoch::ZERO,
+                last_zxid: crate::Zxid::ZERO,
+            };
+        }
+        self.broadcast_vote();
+        self.next_timeout = Some(now + self.resend);
+    }
+
+    fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {
+        self.state = State::Settled {
+            state,
+            leader,
+            epoch,
+        };
+        self.next_timeout = None;
+    }
+
+    fn handle_message(&mut self, _now: Time, from: NodeId, msg: TestElectionMsg) {
+        match msg {
+            TestElectionMsg::Vote { round, vote } => match self.state {
+                State::Settled {
+                    state,
+                    leader,
+                    epoch,
+                } => {
+                    self.out.push_back((
+                        from,
+                        TestElectionMsg::Settled {
+                            state,
+                            leader,
+                            epoch,
+                        },
+                    ));
+                }
+                State::Idle => {}
+                State::Looking | State::Decided => {
+                    if !self.is_voter(from) {
+                        return;
+                    }
+                    if round > self.round {
+                        self.round = round;
+                        self.votes.clear();
+                        self.vote = if self.is_voter(self.id) {
+                            self.own.max(vote)
+                        } else {
+                            vote
+                        };
+                        if self.is_voter(self.id) {
+                            self.votes.insert(self.id, self.vote);
+                        }
+                        self.broadcast_vote();
+                    } else if round == self.round {
+                        if vote > self.vote && self.state == State::Looking {
+                            self.vote = vote;
+                            if self.is_voter(self.id) {
+                                self.votes.insert(self.id, self.vote);
+                            }
+                            self.broadcast_vote();
+                        }
+                    } else {
+                        self.out.push_back((
+                            from,
+                            TestElectionMsg::Vote {
+                                round: self.round,
+                                vote: self.vote,
+                            },
+                        ));
+                        return;
+                    }
+                    self.votes.insert(from, vote);
+                    if self.state == State::Looking {
+                        self.try_decide();
+                    }
+                }
+            },
+            TestElectionMsg::Settled {
+                state,
+                leader,
+                epoch,
+            } => {
+                if self.state == State::Looking && state == PeerState::Leading && leader == from {
+                    self.state = State::Decided;
+                    self.decision = Some(Decision {
+                        leader,
+                        round: self.round,
+                        epoch_hint: epoch,
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        if matches!(self.state, State::Looking | State::Decided) {
+            self.broadcast_vote();
+            self.next_timeout = Some(now + self.resend);
+        } else {
+            self.next_timeout = None;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.next_timeout
+    }
+
+    fn poll_transmit(&mut self) -> Option<(NodeId, TestElectionMsg)> {
+        self.out.pop_front()
+    }
+
+    fn poll_decision(&mut self) -> Option<Decision> {
+        self.decision.take()
+    }
+}

@@ -1,0 +1,1237 @@
+//! A deterministic simulator of a whole group: replicas, electors, a
+//! faulty network, crashing disks and a client, all driven by one seed.
+//!
+//! The simulator owns the clock (simulated), the network (drops,
+//! duplicates, delays, reorders, partitions) and every replica's disk (a
+//! durable image plus the writes not yet synced, lost on crash). It is
+//! generic over the [`Elector`] and the [`SyncPlanner`], so a user can
+//! simulate their own stack; [`TestElector`] and [`TestPlanner`] are
+//! test-only stand-ins.
+//!
+//! After every step it checks the safety invariants:
+//! agreement and prefix order (every replica's applied sequence is a prefix
+//! of one canonical sequence), durability (every entry acknowledged to the
+//! client is durably held by a quorum of voters), epoch monotonicity of the
+//! durable hard state, and leader completeness (an established leader holds
+//! every acknowledged entry of earlier epochs). A violation carries the
+//! seed; the same seed replays the same run exactly.
+//!
+//! ```
+//! use paxos_core::sim::{Sim, SimConfig};
+//! let mut sim = Sim::with_test_components(SimConfig { seed: 7, ..SimConfig::default() });
+//! sim.run_for(std::time::Duration::from_secs(3)).unwrap();
+//! assert!(sim.stats().acked > 0);
+//! ```
+
+mod elector;
+mod rng;
+
+pub use elector::{TestElectionMsg, TestElector, TestVote};
+pub use rng::SimRng;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::election::{Elector, PeerState};
+use crate::message::{Entry, Envelope, HardState, Message, SnapChunk};
+use crate::replica::{Event, Persisted, Recovered, Replica, SnapshotRequest};
+use crate::storage::{MemStorage, Storage, StorageError};
+use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
+use crate::{plan, Config, GroupId, NodeId, Time, Zxid};
+
+/// Test-only sync planner: the kernel's built-in rules (DIFF when the
+/// follower's last zxid is held, TRUNC/TRUNC+DIFF to the last common zxid,
+/// SNAP when nothing common is retained). Production code should use
+/// `paxos-snapshot`'s planner.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestPlanner;
+
+impl SyncPlanner for TestPlanner {
+    fn plan(&self, follower: FollowerPosition, history: &LeaderHistory<'_>) -> SyncPlan {
+        // Without the base the planner cannot know whether the log starts
+        // at the beginning of time; the log starts at ZERO unless a
+        // snapshot exists.
+        let base = if history.snapshot.is_none() {
+            Some(Zxid::ZERO)
+        } else {
+            None
+        };
+        plan::builtin(follower, history, base, false)
+    }
+}
+
+/// Parameters of a simulation run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the same seed replays the same run.
+    pub seed: u64,
+    /// Number of voters.
+    pub voters: usize,
+    /// Number of observers.
+    pub observers: usize,
+    /// Probability a message is dropped.
+    pub drop_prob: f64,
+    /// Probability a message is delivered twice.
+    pub dup_prob: f64,
+    /// Network delay range (reordering comes from the spread).
+    pub min_delay: Duration,
+    /// Upper end of the delay range.
+    pub max_delay: Duration,
+    /// Delay before a disk sync completes (upper bound).
+    pub max_sync_delay: Duration,
+    /// Mean time between random faults (crash, restart, partition, heal);
+    /// `None` for no random faults.
+    pub fault_interval: Option<Duration>,
+    /// How long a crashed node stays down at most.
+    pub max_down: Duration,
+    /// Client proposal interval (one command per tick to the leader).
+    pub propose_interval: Duration,
+    /// Commands per client tick.
+    pub batch: usize,
+    /// Take a local snapshot every this many applied entries (0: never).
+    pub snapshot_every: u64,
+    /// The replicas' configuration template (voters are filled in).
+    pub replica: Config,
+    /// A run fails liveness if no command commits within this simulated
+    /// time after faults stop.
+    pub liveness_bound: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        let mut replica = Config::new(GroupId(0), Vec::new());
+        replica.heartbeat_interval = Duration::from_millis(20);
+        replica.election_timeout = Duration::from_millis(200);
+        replica.sync_timeout = Duration::from_millis(150);
+        replica.pipeline_window = 4;
+        replica.max_batch_entries = 8;
+        replica.max_batch_bytes = 256;
+        replica.retention_entries = 20;
+        replica.follower_pin_timeout = Duration::from_secs(2);
+        SimConfig {
+            seed: 0,
+            voters: 3,
+            observers: 0,
+            drop_prob: 0.0,
+            dup_prob: 0.0,
+            min_delay: Duration::from_micros(200),
+            max_delay: Duration::from_millis(2),
+            max_sync_delay: Duration::from_millis(1),
+            fault_interval: None,
+            max_down: Duration::from_millis(800),
+            propose_interval: Duration::from_millis(5),
+            batch: 2,
+            snapshot_every: 50,
+            replica,
+            liveness_bound: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SimConfig {
+    /// A random-fault configuration derived from `seed`: drops, duplicates,
+    /// wide delays and crashes/partitions every few hundred milliseconds.
+    pub fn chaos(seed: u64) -> SimConfig {
+        let mut rng = SimRng::new(seed ^ 0xC4A0_5EED);
+        let mut c = SimConfig {
+            seed,
+            voters: if rng.chance(0.3) { 5 } else { 3 },
+            observers: usize::from(rng.chance(0.2)),
+            drop_prob: 0.02 * rng.range(0, 3) as f64,
+            dup_prob: 0.02 * rng.range(0, 3) as f64,
+            max_delay: Duration::from_millis(rng.range(1, 10)),
+            fault_interval: Some(Duration::from_millis(rng.range(150, 600))),
+            ..SimConfig::default()
+        };
+        c.replica.retention_entries = rng.range(5, 40);
+        c.snapshot_every = rng.range(10, 60);
+        c
+    }
+}
+
+/// A safety or liveness violation, with the seed that replays it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The run's seed.
+    pub seed: u64,
+    /// The simulated time of the violation.
+    pub at: Time,
+    /// The step number.
+    pub step: u64,
+    /// What was violated.
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} step {} at {:?}: {} (replay with the same seed)",
+            self.seed,
+            self.step,
+            Duration::from_nanos(self.at.as_nanos()),
+            self.what
+        )
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Counters of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Steps (events) processed.
+    pub steps: u64,
+    /// Commands acknowledged to the client (applied by their leader).
+    pub acked: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages dropped (loss or partition).
+    pub dropped: u64,
+    /// Leaderships established.
+    pub leaders: u64,
+    /// Leader step-downs and followers losing their leader.
+    pub lost_leader: u64,
+    /// TRUNC messages delivered.
+    pub truncs: u64,
+    /// Snapshots installed by followers.
+    pub snap_installs: u64,
+    /// History fetches by a new leader.
+    pub fetches: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Reads confirmed.
+    pub reads: u64,
+    /// Log cleanups applied.
+    pub compactions: u64,
+    /// After faults stopped: simulated time until a command committed again.
+    pub recovery: Option<Duration>,
+}
+
+/// One pending disk operation (not yet synced).
+#[derive(Clone, Debug)]
+enum DiskOp {
+    Trunc(Zxid),
+    Append(Vec<Entry>),
+    Hs(HardState),
+    Compact(Zxid),
+}
+
+/// A simulated disk: reads see every write; only synced writes survive a crash.
+#[derive(Clone, Debug, Default)]
+pub struct SimStorage {
+    volatile: MemStorage,
+    durable: MemStorage,
+    pending: Vec<DiskOp>,
+}
+
+impl SimStorage {
+    fn from_durable(durable: MemStorage) -> SimStorage {
+        SimStorage {
+            volatile: durable.clone(),
+            durable,
+            pending: Vec::new(),
+        }
+    }
+    /// The durable image.
+    pub fn durable(&self) -> &MemStorage {
+        &self.durable
+    }
+}
+
+impl Storage for SimStorage {
+    fn hard_state(&self) -> HardState {
+        self.volatile.hard_state()
+    }
+    fn first_zxid(&self) -> Option<Zxid> {
+        self.volatile.first_zxid()
+    }
+    fn last_zxid(&self) -> Option<Zxid> {
+        self.volatile.last_zxid()
+    }
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        self.volatile.epoch_ends()
+    }
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        self.volatile.entries(from, max_entries, max_bytes, out)
+    }
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.volatile.append(entries)?;
+        self.pending.push(DiskOp::Append(entries.to_vec()));
+        Ok(())
+    }
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        self.volatile.truncate_suffix(after)?;
+        self.pending.push(DiskOp::Trunc(after));
+        Ok(())
+    }
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        self.volatile.truncate_prefix(upto)?;
+        self.pending.push(DiskOp::Compact(upto));
+        Ok(())
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.volatile.save_hard_state(hs)?;
+        self.pending.push(DiskOp::Hs(hs));
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        for op in self.pending.drain(..) {
+            match op {
+                DiskOp::Trunc(z) => self.durable.truncate_suffix(z)?,
+                DiskOp::Append(e) => self.durable.append(&e)?,
+                DiskOp::Hs(hs) => self.durable.save_hard_state(hs)?,
+                DiskOp::Compact(z) => self.durable.truncate_prefix(z)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A network message: the kernel's or the elector's.
+#[derive(Clone, Debug)]
+enum Packet<M> {
+    Core(Envelope),
+    Elect { from: NodeId, to: NodeId, msg: M },
+}
+
+impl<M> Packet<M> {
+    fn ends(&self) -> (NodeId, NodeId) {
+        match self {
+            Packet::Core(e) => (e.from, e.to),
+            Packet::Elect { from, to, .. } => (*from, *to),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ev<M> {
+    Deliver(Packet<M>),
+    Timer { node: usize, gen: u64 },
+    Sync { node: usize, gen: u64 },
+    Client,
+    Fault,
+    Restart { node: usize },
+    Heal,
+}
+
+/// The simulated state machine's snapshot: how many canonical entries it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SmSnapshot {
+    zxid: Zxid,
+    len: usize,
+}
+
+struct Node<E: Elector> {
+    id: NodeId,
+    replica: Option<Replica<SimStorage>>,
+    elector: E,
+    /// The disk image surviving crashes (when the replica is down).
+    disk: MemStorage,
+    snapshot: Option<SmSnapshot>,
+    /// Number of canonical entries applied.
+    sm_len: usize,
+    sm_last: Zxid,
+    pending_msgs: Vec<Envelope>,
+    pending_marker: Option<Persisted>,
+    sync_gen: u64,
+    sync_scheduled: bool,
+    timer_gen: u64,
+    timer_at: Option<Time>,
+    incoming: Vec<u8>,
+    durable_hs: HardState,
+}
+
+/// The simulator. See the module documentation.
+pub struct Sim<E: Elector> {
+    cfg: SimConfig,
+    rng: SimRng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64)>>,
+    events: BTreeMap<u64, Ev<E::Message>>,
+    nodes: Vec<Node<E>>,
+    config: Config,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    make_elector: Box<dyn Fn(NodeId, &Config) -> E>,
+    make_planner: Box<dyn Fn() -> Box<dyn SyncPlanner + Send>>,
+    canonical: Vec<(Zxid, u64)>,
+    acked: BTreeMap<Zxid, u64>,
+    proposed: BTreeMap<Zxid, u64>,
+    client_counter: u64,
+    faults: bool,
+    faults_stopped_at: Option<Time>,
+    stats: SimStats,
+    deferred: Option<Violation>,
+}
+
+fn hash(data: &[u8]) -> u64 {
+    // FNV-1a: stable across platforms and runs.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// CRC-32 (IEEE) of `data`, bitwise: the simulator's snapshot chunks carry it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+impl Sim<TestElector> {
+    /// A simulation with the test-only elector and planner.
+    pub fn with_test_components(cfg: SimConfig) -> Sim<TestElector> {
+        Sim::new(
+            cfg,
+            Box::new(|id, c: &Config| {
+                let peers = c.voters.iter().chain(&c.observers).copied().collect();
+                TestElector::new(id, c.voters.clone(), peers)
+            }),
+            Box::new(|| Box::new(TestPlanner)),
+        )
+    }
+}
+
+impl<E: Elector> Sim<E> {
+    /// A simulation whose nodes use the electors and planners the factories make.
+    pub fn new(
+        cfg: SimConfig,
+        make_elector: Box<dyn Fn(NodeId, &Config) -> E>,
+        make_planner: Box<dyn Fn() -> Box<dyn SyncPlanner + Send>>,
+    ) -> Sim<E> {
+        assert!(cfg.voters >= 1, "a group needs a voter");
+        let voters: Vec<NodeId> = (1..=cfg.voters as u64).map(NodeId).collect();
+        let observers: Vec<NodeId> = (0..cfg.observers as u64).map(|i| NodeId(100 + i)).collect();
+        let mut config = cfg.replica.clone();
+        config.voters = voters.clone();
+        config.observers = observers.clone();
+        let mut sim = Sim {
+            rng: SimRng::new(cfg.seed),
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes: Vec::new(),
+            config: config.clone(),
+            blocked: BTreeSet::new(),
+            make_elector,
+            make_planner,
+            canonical: Vec::new(),
+            acked: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            client_counter: 0,
+            faults: cfg.fault_interval.is_some(),
+            faults_stopped_at: None,
+            stats: SimStats::default(),
+            deferred: None,
+            cfg,
+        };
+        for id in voters.into_iter().chain(observers) {
+            let elector = (sim.make_elector)(id, &config);
+            sim.nodes.push(Node {
+                id,
+                replica: None,
+                elector,
+                disk: MemStorage::new(),
+                snapshot: None,
+                sm_len: 0,
+                sm_last: Zxid::ZERO,
+                pending_msgs: Vec::new(),
+                pending_marker: None,
+                sync_gen: 0,
+                sync_scheduled: false,
+                timer_gen: 0,
+                timer_at: None,
+                incoming: Vec::new(),
+                durable_hs: HardState::default(),
+            });
+        }
+        for i in 0..sim.nodes.len() {
+            sim.start_node(i);
+        }
+        let pi = sim.cfg.propose_interval;
+        sim.schedule(pi, Ev::Client);
+        if let Some(fi) = sim.cfg.fault_interval {
+            let d = Duration::from_nanos(sim.rng.range(1, fi.as_nanos() as u64 * 2));
+            sim.schedule(d, Ev::Fault);
+        }
+        sim
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// The simulated time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The established leader, if exactly one node claims it.
+    pub fn leader(&self) -> Option<NodeId> {
+        let mut ls = self
+            .nodes
+            .iter()
+            .filter(|n| n.replica.as_ref().is_some_and(|r| r.is_leader()))
+            .map(|n| (n.replica.as_ref().and_then(|r| r.established_epoch()), n.id))
+            .collect::<Vec<_>>();
+        ls.sort();
+        ls.last().map(|(_, id)| *id)
+    }
+
+    /// The replica of `id`, when up.
+    pub fn replica(&self, id: NodeId) -> Option<&Replica<SimStorage>> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.replica.as_ref())
+    }
+
+    /// Every node id (voters first).
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Number of canonical (agreed, applied somewhere) entries.
+    pub fn canonical_len(&self) -> usize {
+        self.canonical.len()
+    }
+
+    fn idx(&self, id: NodeId) -> usize {
+        match self.nodes.iter().position(|n| n.id == id) {
+            Some(i) => i,
+            None => panic!("no node {id:?} in the simulation"),
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, ev: Ev<E::Message>) {
+        self.seq += 1;
+        let at = self.now + after;
+        self.queue.push(Reverse((at, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            seed: self.cfg.seed,
+            at: self.now,
+            step: self.stats.steps,
+            what,
+        }
+    }
+
+    // ----- faults (also usable by scripted scenarios) ---------------------
+
+    /// Crashes `id`: every write it had not synced is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        if let Some(r) = n.replica.take() {
+            n.disk = r.storage().durable().clone();
+            self.stats.crashes += 1;
+            tracing::info!(node = %id, "sim: crash");
+        }
+        n.pending_msgs.clear();
+        n.pending_marker = None;
+        n.sync_scheduled = false;
+        n.sync_gen += 1;
+        n.timer_gen += 1;
+        n.timer_at = None;
+        n.incoming.clear();
+        n.sm_len = 0;
+        n.sm_last = Zxid::ZERO;
+    }
+
+    /// Restarts `id` from its durable disk and snapshot.
+    pub fn restart(&mut self, id: NodeId) {
+        let i = self.idx(id);
+        if self.nodes[i].replica.is_none() {
+            tracing::info!(node = %id, "sim: restart");
+            self.start_node(i);
+        }
+    }
+
+    /// Whether `id` is up.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[self.idx(id)].replica.is_some()
+    }
+
+    /// Cuts `id` off from every other node (both directions).
+    pub fn isolate(&mut self, id: NodeId) {
+        for n in self.node_ids() {
+            if n != id {
+                self.blocked.insert((id, n));
+                self.blocked.insert((n, id));
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Stops random faults: heals the network, restarts every node, and
+    /// starts measuring how long the cluster takes to commit again.
+    pub fn stop_faults(&mut self) {
+        self.faults = false;
+        self.cfg.drop_prob = 0.0;
+        self.cfg.dup_prob = 0.0;
+        self.heal();
+        for id in self.node_ids() {
+            self.restart(id);
+        }
+        self.faults_stopped_at = Some(self.now);
+        self.stats.recovery = None;
+    }
+
+    /// Sets the network's loss and duplication rates.
+    pub fn set_network(&mut self, drop_prob: f64, dup_prob: f64) {
+        self.cfg.drop_prob = drop_prob;
+        self.cfg.dup_prob = dup_prob;
+    }
+
+    /// Pauses or resumes the background client.
+    pub fn set_client_batch(&mut self, batch: usize) {
+        self.cfg.batch = batch;
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let planner = (self.make_planner)();
+        let n = &mut self.nodes[i];
+        let storage = SimStorage::from_durable(n.disk.clone());
+        n.durable_hs = storage.durable().hard_state();
+        let snapshot = n.snapshot;
+        // The state machine restarts from the durable snapshot.
+        n.sm_len = snapshot.map_or(0, |s| s.len);
+        n.sm_last = snapshot.map_or(Zxid::ZERO, |s| s.zxid);
+        let recovered = Recovered {
+            applied: n.sm_last,
+            snapshot: snapshot.map(|s| s.zxid),
+        };
+        match Replica::new(
+            n.id,
+            self.config.clone(),
+            storage,
+            planner,
+            recovered,
+            self.now,
+        ) {
+            Ok(r) => n.replica = Some(r),
+            Err(e) => panic!("sim: replica {} failed to start: {e}", n.id),
+        }
+        n.elector = (self.make_elector)(n.id, &self.config);
+        n.timer_gen += 1;
+        n.timer_at = None;
+        if let Err(v) = self.drive(i) {
+            self.deferred.get_or_insert(v);
+        }
+    }
+
+    // ----- the run loop ----------------------------------------------------
+
+    /// Runs for `d` of simulated time, checking invariants after every step.
+    pub fn run_for(&mut self, d: Duration) -> Result<(), Violation> {
+        let end = self.now + d;
+        self.run_until_time(end)
+    }
+
+    fn run_until_time(&mut self, end: Time) -> Result<(), Violation> {
+        while let Some(Reverse((at, _))) = self.queue.peek() {
+            if *at > end {
+                break;
+            }
+            self.step()?;
+        }
+        self.now = self.now.max(end);
+        Ok(())
+    }
+
+    /// Runs until `pred` holds (checked after every step) or `timeout` of
+    /// simulated time passes. Returns whether `pred` held.
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Sim<E>) -> bool,
+    ) -> Result<bool, Violation> {
+        let end = self.now + timeout;
+        while let Some(Reverse((at, _))) = self.queue.peek() {
+            if pred(self) {
+                return Ok(true);
+            }
+            if *at > end {
+                break;
+            }
+            self.step()?;
+        }
+        Ok(pred(self))
+    }
+
+    /// Runs `steps` events, then stops faults and measures recovery; the
+    /// run fails if the cluster does not commit again within the liveness
+    /// bound.
+    pub fn run_steps_then_recover(&mut self, steps: u64) -> Result<Duration, Violation> {
+        for _ in 0..steps {
+            if self.queue.is_empty() {
+                break;
+            }
+            self.step()?;
+        }
+        self.stop_faults();
+        let bound = self.cfg.liveness_bound;
+        let ok = self.run_until(bound, |s| s.stats.recovery.is_some())?;
+        match self.stats.recovery {
+            Some(d) if ok => Ok(d),
+            _ => Err(self.violation(format!(
+                "liveness: no command committed within {bound:?} after faults stopped"
+            ))),
+        }
+    }
+
+    /// Processes one event and checks the invariants.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        let Some(Reverse((at, seq))) = self.queue.pop() else {
+            return Ok(());
+        };
+        let Some(ev) = self.events.remove(&seq) else {
+            return Ok(());
+        };
+        self.now = self.now.max(at);
+        self.stats.steps += 1;
+        match ev {
+            Ev::Deliver(p) => self.deliver(p)?,
+            Ev::Timer { node, gen } => {
+                if self.nodes[node].timer_gen == gen && self.nodes[node].replica.is_some() {
+                    self.nodes[node].timer_at = None;
+                    let now = self.now;
+                    let n = &mut self.nodes[node];
+                    if n.elector.poll_timeout().is_some_and(|t| t <= now) {
+                        n.elector.handle_timeout(now);
+                    }
+                    if let Some(r) = n.replica.as_mut() {
+                        if r.poll_timeout().is_some_and(|t| t <= now) {
+                            r.handle_timeout(now);
+                        }
+                    }
+                    self.drive(node)?;
+                }
+            }
+            Ev::Sync { node, gen } => {
+                if self.nodes[node].sync_gen == gen {
+                    self.do_sync(node)?;
+                }
+            }
+            Ev::Client => {
+                self.client()?;
+                let pi = self.cfg.propose_interval;
+                self.schedule(pi, Ev::Client);
+            }
+            Ev::Fault => {
+                if self.faults {
+                    self.random_fault();
+                    if let Some(fi) = self.cfg.fault_interval {
+                        let d = Duration::from_nanos(self.rng.range(1, fi.as_nanos() as u64 * 2));
+                        self.schedule(d, Ev::Fault);
+                    }
+                }
+            }
+            Ev::Restart { node } => {
+                if self.faults || self.faults_stopped_at.is_some() {
+                    let id = self.nodes[node].id;
+                    self.restart(id);
+                }
+            }
+            Ev::Heal => self.heal(),
+        }
+        if let Some(v) = self.deferred.take() {
+            return Err(v);
+        }
+        self.check()
+    }
+
+    fn random_fault(&mut self) {
+        let n = self.nodes.len();
+        let i = self.rng.index(n);
+        let id = self.nodes[i].id;
+        match self.rng.range(0, 9) {
+            0..=3 => {
+                // Crash at most a minority of voters at once.
+                let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+                if down < self.cfg.voters - (self.cfg.voters / 2 + 1) {
+                    self.crash(id);
+                    let d = Duration::from_nanos(
+                        self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                    );
+                    self.schedule(d, Ev::Restart { node: i });
+                }
+            }
+            4..=5 => {
+                if let Some(l) = self.leader() {
+                    if self.rng.chance(0.5) {
+                        self.crash(l);
+                        let li = self.idx(l);
+                        let d = Duration::from_nanos(
+                            self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                        );
+                        self.schedule(d, Ev::Restart { node: li });
+                        return;
+                    }
+                    self.isolate(l);
+                } else {
+                    self.isolate(id);
+                }
+                let d =
+                    Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
+                self.schedule(d, Ev::Heal);
+            }
+            6 => {
+                // A one-way cut between two nodes.
+                let j = self.rng.index(n);
+                if j != i {
+                    let other = self.nodes[j].id;
+                    self.blocked.insert((id, other));
+                }
+            }
+            _ => self.heal(),
+        }
+    }
+
+    fn send_packet(&mut self, p: Packet<E::Message>) {
+        let (from, to) = p.ends();
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.cfg.drop_prob) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.cfg.dup_prob) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let lo = self.cfg.min_delay.as_nanos() as u64;
+            let hi = self.cfg.max_delay.as_nanos() as u64;
+            let d = Duration::from_nanos(self.rng.range(lo, hi.max(lo)));
+            self.schedule(d, Ev::Deliver(p.clone()));
+        }
+    }
+
+    fn deliver(&mut self, p: Packet<E::Message>) -> Result<(), Violation> {
+        let (from, to) = p.ends();
+        if self.blocked.contains(&(from, to)) {
+            self.stats.dropped += 1;
+            return Ok(());
+        }
+        let i = self.idx(to);
+        if self.nodes[i].replica.is_none() {
+            self.stats.dropped += 1;
+            return Ok(());
+        }
+        self.stats.delivered += 1;
+        let now = self.now;
+        match p {
+            Packet::Core(env) => {
+                if matches!(env.msg, Message::Trunc { .. }) {
+                    self.stats.truncs += 1;
+                }
+                if matches!(env.msg, Message::FetchHistory { .. }) {
+                    self.stats.fetches += 1;
+                }
+                if let Some(r) = self.nodes[i].replica.as_mut() {
+                    r.handle_message(now, env);
+                }
+            }
+            Packet::Elect { from, msg, .. } => self.nodes[i].elector.handle_message(now, from, msg),
+        }
+        self.drive(i)
+    }
+
+    fn client(&mut self) -> Result<(), Violation> {
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
+        let i = self.idx(l);
+        for _ in 0..self.cfg.batch {
+            self.client_counter += 1;
+            let mut data = self.client_counter.to_le_bytes().to_vec();
+            let extra = self.rng.range(0, 24) as usize;
+            data.extend((0..extra).map(|k| (k as u8).wrapping_mul(31)));
+            let h = hash(&data);
+            let Some(r) = self.nodes[i].replica.as_mut() else {
+                break;
+            };
+            match r.propose(Bytes::from(data)) {
+                Ok(z) => {
+                    self.proposed.insert(z, h);
+                }
+                Err(e) => {
+                    return Err(
+                        self.violation(format!("established leader {l:?} refused a proposal: {e}"))
+                    );
+                }
+            }
+        }
+        self.drive(i)
+    }
+
+    fn do_sync(&mut self, i: usize) -> Result<(), Violation> {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        n.sync_scheduled = false;
+        let Some(r) = n.replica.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = r.storage_mut().sync() {
+            panic!("sim storage cannot fail: {e}");
+        }
+        let hs = r.storage().durable().hard_state();
+        if hs.accepted_epoch < n.durable_hs.accepted_epoch
+            || hs.current_epoch < n.durable_hs.current_epoch
+        {
+            let what = format!(
+                "epoch monotonicity: node {} durable {:?} after {:?}",
+                n.id, hs, n.durable_hs
+            );
+            return Err(self.violation(what));
+        }
+        n.durable_hs = hs;
+        let msgs = std::mem::take(&mut n.pending_msgs);
+        if let Some(m) = n.pending_marker.take() {
+            r.persisted(now, m);
+        }
+        for m in msgs {
+            self.send_packet(Packet::Core(m));
+        }
+        self.drive(i)
+    }
+
+    /// Drives node `i` until it has nothing more to say, like a real
+    /// caller's loop: elector output, replica `Ready`, timers.
+    fn drive(&mut self, i: usize) -> Result<(), Violation> {
+        for _ in 0..64 {
+            let now = self.now;
+            let mut progress = false;
+            // Elector output.
+            loop {
+                let n = &mut self.nodes[i];
+                let Some((to, msg)) = n.elector.poll_transmit() else {
+                    break;
+                };
+                let from = n.id;
+                self.send_packet(Packet::Elect { from, to, msg });
+                progress = true;
+            }
+            let n = &mut self.nodes[i];
+            while let Some(d) = n.elector.poll_decision() {
+                if let Some(r) = n.replica.as_mut() {
+                    r.handle_leader_decision(now, d);
+                }
+                progress = true;
+            }
+            let Some(r) = n.replica.as_mut() else {
+                return Ok(());
+            };
+            let rd = r.ready();
+            if !rd.is_empty() {
+                progress = true;
+                self.handle_ready(i, rd)?;
+            }
+            if !progress {
+                break;
+            }
+        }
+        // Re-arm the timer.
+        let n = &mut self.nodes[i];
+        let Some(r) = n.replica.as_ref() else {
+            return Ok(());
+        };
+        let t = match (r.poll_timeout(), n.elector.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = t {
+            if n.timer_at != Some(t) {
+                n.timer_gen += 1;
+                n.timer_at = Some(t);
+                let gen = n.timer_gen;
+                let after = t.saturating_since(self.now);
+                self.schedule(after, Ev::Timer { node: i, gen });
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, i: usize, rd: crate::Ready) -> Result<(), Violation> {
+        let now = self.now;
+        let marker = rd.persist_marker();
+        for m in rd.messages.iter().cloned() {
+            self.send_packet(Packet::Core(m));
+        }
+        let n = &mut self.nodes[i];
+        let id = n.id;
+        let Some(r) = n.replica.as_mut() else {
+            return Ok(());
+        };
+        if rd.compact_to.is_some() {
+            self.stats.compactions += 1;
+        }
+        if let Err(e) = r.storage_mut().write_ready(&rd) {
+            return Err(self.violation(format!("node {id}: storage refused the writes: {e}")));
+        }
+        n.pending_msgs.extend(rd.persisted_messages);
+        n.pending_marker = Some(marker);
+        if !n.sync_scheduled {
+            n.sync_scheduled = true;
+            n.sync_gen += 1;
+            let gen = n.sync_gen;
+            let d =
+                Duration::from_nanos(self.rng.range(0, self.cfg.max_sync_delay.as_nanos() as u64));
+            self.schedule(d, Ev::Sync { node: i, gen });
+        }
+        // Apply.
+        let mut last_applied = None;
+        for e in &rd.committed {
+            self.apply(i, e)?;
+            last_applied = Some(e.zxid);
+        }
+        let n = &mut self.nodes[i];
+        if let (Some(z), Some(r)) = (last_applied, n.replica.as_mut()) {
+            r.applied(z);
+            // Client acknowledgement: the leader applied its own proposal.
+            if r.is_leader() {
+                for e in &rd.committed {
+                    if let Some(h) = self.proposed.remove(&e.zxid) {
+                        self.acked.insert(e.zxid, h);
+                        self.stats.acked += 1;
+                        if let (Some(stop), None) = (self.faults_stopped_at, self.stats.recovery) {
+                            self.stats.recovery = Some(now.saturating_since(stop));
+                        }
+                    }
+                }
+            }
+            let every = self.cfg.snapshot_every;
+            let n = &mut self.nodes[i];
+            let since = n
+                .snapshot
+                .map_or(n.sm_len, |s| n.sm_len - s.len.min(n.sm_len));
+            if every > 0 && since as u64 >= every {
+                n.snapshot = Some(SmSnapshot {
+                    zxid: n.sm_last,
+                    len: n.sm_len,
+                });
+                if let Some(r) = n.replica.as_mut() {
+                    r.snapshot_taken(n.sm_last);
+                }
+            }
+        }
+        self.stats.reads += rd.read_states.len() as u64;
+        for req in rd.snapshot_requests {
+            self.snapshot_request(i, req)?;
+        }
+        for ev in rd.events {
+            let n = &mut self.nodes[i];
+            match ev {
+                Event::LostLeader(v) => {
+                    self.stats.lost_leader += 1;
+                    n.elector.start_looking(now, v);
+                }
+                Event::Settled {
+                    state,
+                    leader,
+                    epoch,
+                } => {
+                    if state == PeerState::Leading {
+                        self.stats.leaders += 1;
+                    }
+                    n.elector.settle(now, state, leader, epoch);
+                }
+                Event::ReadAborted { .. } => {}
+                Event::StorageFailed(e) => {
+                    return Err(self.violation(format!("node {id}: storage read failed: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, i: usize, e: &Entry) -> Result<(), Violation> {
+        let h = hash(&e.data);
+        let n = &mut self.nodes[i];
+        if e.zxid <= n.sm_last {
+            let what = format!("node {}: applied {:?} after {:?}", n.id, e.zxid, n.sm_last);
+            return Err(self.violation(what));
+        }
+        let k = n.sm_len;
+        if k < self.canonical.len() {
+            if self.canonical[k] != (e.zxid, h) {
+                let what = format!(
+                    "agreement/prefix: node {} applied {:?} at position {k}, canonical has {:?}",
+                    n.id, e.zxid, self.canonical[k].0
+                );
+                return Err(self.violation(what));
+            }
+        } else {
+            self.canonical.push((e.zxid, h));
+        }
+        n.sm_len += 1;
+        n.sm_last = e.zxid;
+        Ok(())
+    }
+
+    fn encode_snapshot(&self, s: SmSnapshot) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + s.len * 16);
+        out.extend_from_slice(&s.zxid.0.to_le_bytes());
+        out.extend_from_slice(&(s.len as u64).to_le_bytes());
+        for (z, h) in &self.canonical[..s.len] {
+            out.extend_from_slice(&z.0.to_le_bytes());
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out
+    }
+
+    fn snapshot_request(&mut self, i: usize, req: SnapshotRequest) -> Result<(), Violation> {
+        let now = self.now;
+        match req {
+            SnapshotRequest::Send {
+                to,
+                snapshot,
+                offset,
+            } => {
+                let Some(s) = self.nodes[i].snapshot.filter(|s| s.zxid == snapshot) else {
+                    return Ok(()); // superseded; the leader will retry
+                };
+                let bytes = self.encode_snapshot(s);
+                let total = bytes.len() as u64;
+                let mut off = offset as usize;
+                let bytes = Bytes::from(bytes);
+                while off < bytes.len() {
+                    let end = (off + 1024).min(bytes.len());
+                    let data = bytes.slice(off..end);
+                    let chunk = SnapChunk {
+                        snapshot_zxid: snapshot,
+                        offset: off as u64,
+                        total_len: total,
+                        crc32: crc32(&data),
+                        data,
+                        last: end == bytes.len(),
+                    };
+                    let Some(r) = self.nodes[i].replica.as_mut() else {
+                        break;
+                    };
+                    if !r.send_snapshot_chunk(to, chunk) {
+                        break;
+                    }
+                    off = end;
+                }
+            }
+            SnapshotRequest::Write { chunk, .. } => {
+                let n = &mut self.nodes[i];
+                if crc32(&chunk.data) != chunk.crc32 {
+                    let what = format!("node {}: snapshot chunk crc mismatch", n.id);
+                    return Err(self.violation(what));
+                }
+                if chunk.offset == 0 {
+                    n.incoming.clear();
+                }
+                if chunk.offset as usize != n.incoming.len() {
+                    return Ok(()); // out of order; the leader retries
+                }
+                n.incoming.extend_from_slice(&chunk.data);
+                if !chunk.last {
+                    return Ok(());
+                }
+                let buf = std::mem::take(&mut n.incoming);
+                if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
+                    return Err(self.violation("snapshot of wrong length".into()));
+                }
+                let zxid = Zxid(u64::from_le_bytes(buf[0..8].try_into().unwrap_or_default()));
+                let len = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) as usize;
+                if zxid != chunk.snapshot_zxid || buf.len() != 16 + len * 16 {
+                    return Err(self.violation("snapshot header mismatch".into()));
+                }
+                for k in 0..len {
+                    let o = 16 + k * 16;
+                    let z = Zxid(u64::from_le_bytes(
+                        buf[o..o + 8].try_into().unwrap_or_default(),
+                    ));
+                    let h = u64::from_le_bytes(buf[o + 8..o + 16].try_into().unwrap_or_default());
+                    if self.canonical.get(k) != Some(&(z, h)) {
+                        let what =
+                            format!("snapshot content diverges from the canonical sequence at {k}");
+                        return Err(self.violation(what));
+                    }
+                }
+                let n = &mut self.nodes[i];
+                n.snapshot = Some(SmSnapshot { zxid, len });
+                n.sm_len = len;
+                n.sm_last = zxid;
+                self.stats.snap_installs += 1;
+                if let Some(r) = n.replica.as_mut() {
+                    r.snapshot_installed(now, zxid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the safety invariants that are not checked as events happen.
+    fn check(&self) -> Result<(), Violation> {
+        // Durability: the newest acknowledged entry is durably held by a quorum.
+        if let Some((&z, &h)) = self.acked.iter().next_back() {
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| self.config.is_voter(n.id))
+                .filter(|n| {
+                    let disk = match &n.replica {
+                        Some(r) => r.storage().durable(),
+                        None => &n.disk,
+                    };
+                    n.snapshot.is_some_and(|s| s.zxid >= z)
+                        || disk.get(z).is_some_and(|e| hash(&e.data) == h)
+                })
+                .count();
+            if holders < self.config.quorum() {
+                return Err(self.violation(format!(
+                    "durability: acknowledged {z:?} durably held by {holders} voters only"
+                )));
+            }
+        }
+        // Leader completeness.
+        for n in &self.nodes {
+            let Some(r) = &n.replica else { continue };
+            let Some(epoch) = r.established_epoch().filter(|_| r.is_leader()) else {
+                continue;
+            };
+            if let Some((&z, _)) = self.acked.range(..Zxid::new(epoch, 0)).next_back() {
+                if !r.holds(z) {
+                    return Err(self.violation(format!(
+                        "leader completeness: leader {} of epoch {epoch:?} lacks committed {z:?}",
+                        n.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

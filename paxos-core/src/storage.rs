@@ -1,0 +1,263 @@
+//! The storage seam: what the kernel reads, and the writes the caller
+//! applies from each [`Ready`](crate::Ready).
+//!
+//! The kernel never writes: it *reads* through [`Storage`] (hard state, log
+//! bounds, entries, epoch boundaries) and *asks* for writes in each `Ready`.
+//! The caller performs them with the write half of the trait, syncs, and
+//! reports completion with [`Replica::persisted`](crate::Replica::persisted).
+//! `paxos-wal` (a `u64`-keyed byte log plus a two-slot hard-state file)
+//! implements this trait; [`MemStorage`] is the in-memory version.
+
+use std::collections::VecDeque;
+
+use crate::message::{Entry, HardState};
+use crate::replica::Ready;
+use crate::Zxid;
+
+/// A storage failure, as reported by an implementation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// An entry was appended out of order.
+    #[error("append of {zxid:?} does not follow the last zxid {last:?}")]
+    OutOfOrder {
+        /// The appended entry.
+        zxid: Zxid,
+        /// The log's last zxid.
+        last: Option<Zxid>,
+    },
+    /// The requested entry is no longer held (below the retained prefix).
+    #[error("entry {0:?} is compacted away")]
+    Compacted(Zxid),
+    /// An IO error of the underlying medium, with its context.
+    #[error("storage io error: {0}")]
+    Io(String),
+}
+
+/// The persistent state of one replica: hard state and the log.
+///
+/// Reads must reflect every write applied so far, synced or not. Writes are
+/// applied by the caller, in the order the `Ready`s were returned, and
+/// become durable at the next [`sync`](Storage::sync).
+pub trait Storage {
+    /// The hard state as last saved.
+    fn hard_state(&self) -> HardState;
+
+    /// The first zxid held in the log, `None` when it holds no entry.
+    fn first_zxid(&self) -> Option<Zxid>;
+
+    /// The last zxid held in the log, `None` when it holds no entry.
+    fn last_zxid(&self) -> Option<Zxid>;
+
+    /// For each epoch with entries in the log, the last zxid of that epoch,
+    /// ascending. Read once when a replica starts.
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError>;
+
+    /// Appends to `out` the consecutive entries starting at `from`
+    /// (inclusive), stopping after `max_entries` entries or once
+    /// `max_bytes` of payload is reached; the first entry is always
+    /// returned whole even if larger. Appends nothing if `from` is past
+    /// the last entry.
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError>;
+
+    /// Appends entries (strictly increasing, after the last one).
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// Drops every entry with zxid greater than `after` (TRUNC sync).
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError>;
+
+    /// Drops every entry with zxid less than or equal to `upto` (cleanup
+    /// after apply and snapshot). An implementation may keep more, never less.
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError>;
+
+    /// Saves the hard state (durable at the next sync).
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError>;
+
+    /// Makes every previous write durable.
+    fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// Applies the writes of `ready` in the required order: suffix
+    /// truncation, append, hard state, prefix cleanup. Does not sync.
+    fn write_ready(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        if let Some(after) = ready.truncate_after {
+            self.truncate_suffix(after)?;
+        }
+        if !ready.entries.is_empty() {
+            self.append(&ready.entries)?;
+        }
+        if let Some(hs) = ready.hard_state {
+            self.save_hard_state(hs)?;
+        }
+        if let Some(upto) = ready.compact_to {
+            self.truncate_prefix(upto)?;
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory [`Storage`] for tests, simulations and users who persist
+/// elsewhere. `sync` does nothing: everything is "durable" at once.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    hs: HardState,
+    entries: VecDeque<Entry>,
+}
+
+impl MemStorage {
+    /// An empty storage.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry at `zxid`, if held.
+    pub fn get(&self, zxid: Zxid) -> Option<&Entry> {
+        self.position(zxid).ok().map(|i| &self.entries[i])
+    }
+
+    fn position(&self, zxid: Zxid) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&zxid, |e| e.zxid)
+    }
+}
+
+impl Storage for MemStorage {
+    fn hard_state(&self) -> HardState {
+        self.hs
+    }
+
+    fn first_zxid(&self) -> Option<Zxid> {
+        self.entries.front().map(|e| e.zxid)
+    }
+
+    fn last_zxid(&self) -> Option<Zxid> {
+        self.entries.back().map(|e| e.zxid)
+    }
+
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        let mut ends: Vec<Zxid> = Vec::new();
+        for e in &self.entries {
+            match ends.last_mut() {
+                Some(last) if last.epoch() == e.zxid.epoch() => *last = e.zxid,
+                _ => ends.push(e.zxid),
+            }
+        }
+        Ok(ends)
+    }
+
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        let start = match self.position(from) {
+            Ok(i) => i,
+            Err(i) if i == 0 && !self.entries.is_empty() => {
+                return Err(StorageError::Compacted(from))
+            }
+            Err(i) => i,
+        };
+        let mut bytes = 0usize;
+        for (n, e) in self.entries.range(start..).enumerate() {
+            if n >= max_entries || (n > 0 && bytes + e.data.len() > max_bytes) {
+                break;
+            }
+            bytes += e.data.len();
+            out.push(e.clone());
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        for e in entries {
+            let last = self.last_zxid();
+            if last.is_some_and(|l| l >= e.zxid) {
+                return Err(StorageError::OutOfOrder { zxid: e.zxid, last });
+            }
+            self.entries.push_back(e.clone());
+        }
+        Ok(())
+    }
+
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        let keep = match self.position(after) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        self.entries.truncate(keep);
+        Ok(())
+    }
+
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        let drop = match self.position(upto) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        self.entries.drain(..drop);
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.hs = hs;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Epoch;
+    use bytes::Bytes;
+
+    fn e(ep: u32, c: u32) -> Entry {
+        Entry {
+            zxid: Zxid::new(Epoch(ep), c),
+            data: Bytes::from(vec![c as u8; 4]),
+        }
+    }
+
+    #[test]
+    fn mem_storage_reads_truncates_and_refuses_disorder() {
+        let mut s = MemStorage::new();
+        s.append(&[e(1, 1), e(1, 2), e(1, 3), e(2, 1), e(2, 2)])
+            .unwrap();
+        assert_eq!(
+            s.epoch_ends().unwrap(),
+            vec![Zxid::new(Epoch(1), 3), Zxid::new(Epoch(2), 2)]
+        );
+        let mut out = Vec::new();
+        s.entries(Zxid::new(Epoch(1), 2), 10, 8, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|e| e.zxid).collect::<Vec<_>>(),
+            vec![Zxid::new(Epoch(1), 2), Zxid::new(Epoch(1), 3)]
+        );
+        assert!(s.append(&[e(1, 9)]).is_err());
+        s.truncate_suffix(Zxid::new(Epoch(1), 3)).unwrap();
+        assert_eq!(s.last_zxid(), Some(Zxid::new(Epoch(1), 3)));
+        s.truncate_prefix(Zxid::new(Epoch(1), 1)).unwrap();
+        assert_eq!(s.first_zxid(), Some(Zxid::new(Epoch(1), 2)));
+        assert_eq!(
+            s.entries(Zxid::new(Epoch(1), 1), 1, 1, &mut out),
+            Err(StorageError::Compacted(Zxid::new(Epoch(1), 1)))
+        );
+    }
+}
