@@ -332,10 +332,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 self.reply(from);
             }
         } else {
-            if msg.vote > self.proposal {
+            // Replies go only to unlocked senders, which then either adopt
+            // our vote or have a better one: two nodes never ping-pong.
+            if msg.vote < self.proposal {
+                if self.voter && !msg.locked {
+                    // It has not seen our better vote (it may have been
+                    // settled when we broadcast it): tell it now rather
+                    // than at our next retry.
+                    self.reply(from);
+                }
+            } else if msg.vote > self.proposal {
                 if self.locked {
                     // Locked: we keep our vote for this round; say so.
-                    self.reply(from);
+                    if !msg.locked {
+                        self.reply(from);
+                    }
                 } else {
                     tracing::debug!(node = %self.id, from = %from, vote = ?msg.vote, "adopting a better vote");
                     self.proposal = msg.vote;

@@ -85,7 +85,7 @@ fn looking_node_votes_for_itself_and_broadcasts() {
 }
 
 #[test]
-fn better_vote_is_adopted_and_rebroadcast_worse_is_not() {
+fn better_vote_is_adopted_and_rebroadcast_worse_is_answered() {
     let mut e = elector(1, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 4));
     drain(&mut e);
@@ -95,6 +95,13 @@ fn better_vote_is_adopted_and_rebroadcast_worse_is_not() {
         Some(vote(1, 1, 4)),
         "a worse vote is not adopted"
     );
+    assert_eq!(
+        drain(&mut e),
+        vec![(NodeId(2), looking(Some(vote(1, 1, 4)), 1, false))],
+        "only the sender of the worse vote is told ours"
+    );
+    // A locked sender is not answered (it cannot adopt).
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(2, 1, 2)), 1, true));
     assert!(drain(&mut e).is_empty());
     e.handle_message(at(2), NodeId(3), looking(Some(vote(3, 1, 9)), 1, false));
     assert_eq!(e.proposal(), Some(vote(3, 1, 9)));
