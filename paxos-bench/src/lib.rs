@@ -19,7 +19,21 @@
 
 pub mod client;
 pub mod client_proto;
-pub mod kv;
-pub mod loadgen;
+#[cfg(all(
+    feature = "wal",
+    feature = "net",
+    feature = "election",
+    feature = "snapshot"
+))]
+pub mod cluster;
 #[cfg(feature = "compare")]
 pub mod compare;
+pub mod kv;
+pub mod loadgen;
+#[cfg(all(
+    feature = "wal",
+    feature = "net",
+    feature = "election",
+    feature = "snapshot"
+))]
+pub mod node;

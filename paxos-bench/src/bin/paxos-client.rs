@@ -1,0 +1,143 @@
+//! A command-line client of the reference key-value store.
+//!
+//! ```text
+//! paxos-client --cluster 127.0.0.1:8001,127.0.0.1:8002 put k v
+//! paxos-client --cluster 127.0.0.1:8001 get k [--stale]
+//! paxos-client --cluster 127.0.0.1:8001 status
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use paxos_bench::client::Client;
+use paxos_bench::client_proto::ReadMode;
+use paxos_bench::kv::KvResult;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "paxos-client",
+    about = "Talk to a paxos toolkit key-value cluster"
+)]
+struct Cli {
+    /// Client addresses of the cluster's nodes, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    cluster: Vec<SocketAddr>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read a key (linearizable unless --stale).
+    Get {
+        /// The key.
+        key: String,
+        /// Serve from the contacted node's state, possibly stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Compare-and-set: set KEY to NEW if it holds EXPECTED (without --expected: if absent).
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value.
+        new: String,
+        /// The value the key must hold.
+        #[arg(long)]
+        expected: Option<String>,
+    },
+    /// Every node's view: role, leader, epoch, commit point, peers.
+    Status,
+}
+
+fn show(v: Option<Bytes>) -> String {
+    match v {
+        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+        None => "(absent)".into(),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    // A fresh session per invocation: the store deduplicates within it.
+    let session = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1 << 63;
+    let client = Client::new(cli.cluster.clone(), session, timeout);
+    match cli.command {
+        Command::Put { key, value } => {
+            let r = client.put(Bytes::from(key), Bytes::from(value)).await?;
+            if let KvResult::Done(prev) = r {
+                println!("ok (previous: {})", show(prev));
+            }
+        }
+        Command::Get { key, stale } => {
+            let mode = if stale {
+                ReadMode::Stale
+            } else {
+                ReadMode::Linearizable
+            };
+            println!("{}", show(client.get(Bytes::from(key), mode).await?));
+        }
+        Command::Delete { key } => {
+            let r = client.delete(Bytes::from(key)).await?;
+            if let KvResult::Done(prev) = r {
+                println!("deleted (previous: {})", show(prev));
+            }
+        }
+        Command::Cas { key, new, expected } => {
+            match client
+                .cas(
+                    Bytes::from(key),
+                    expected.map(Bytes::from),
+                    Bytes::from(new),
+                )
+                .await?
+            {
+                KvResult::Cas { swapped: true, .. } => println!("swapped"),
+                KvResult::Cas {
+                    swapped: false,
+                    current,
+                } => {
+                    println!("not swapped (current: {})", show(current))
+                }
+                other => bail!("unexpected result {other:?}"),
+            }
+        }
+        Command::Status => {
+            for addr in &cli.cluster {
+                match Client::status_of(*addr, timeout).await {
+                    Ok(s) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&s).context("node sent bad status JSON")?;
+                        println!("{addr}: {}", serde_json::to_string_pretty(&v)?);
+                    }
+                    Err(e) => println!("{addr}: unreachable ({e})"),
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,683 @@
+//! The end-to-end benchmark: local clusters of `paxos-node` processes on
+//! loopback, each node with its WAL on disk and fsync on, driven by the
+//! closed-loop load generator; then a failover under load (the leader killed
+//! with SIGKILL) with a check that no acknowledged write was lost.
+//!
+//! Results go to `<results>/e2e.json` (headline figures for `cargo xtask
+//! bench`), `<results>/e2e-full.json` (every run) and `<results>/e2e-report.html`
+//! (a self-contained page with SVG plots). `--quick` is the CI smoke run: one
+//! 3-node cluster, short runs, the same correctness checks.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use paxos_bench::client::Client;
+use paxos_bench::client_proto::ReadMode;
+use paxos_bench::cluster::{ClusterSpec, LocalCluster};
+use paxos_bench::loadgen::{self, LoadResult, LoadSpec, Workload};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "paxos-e2e",
+    about = "End-to-end benchmark of the reference key-value cluster"
+)]
+struct Args {
+    /// CI smoke run: 3 nodes, short runs, same checks.
+    #[arg(long)]
+    quick: bool,
+    /// Also measure etcd and ZooKeeper (needs the `compare` feature and their binaries).
+    #[arg(long)]
+    compare: bool,
+    /// Cluster sizes.
+    #[arg(long, value_delimiter = ',', default_value = "3,5")]
+    nodes: Vec<u64>,
+    /// Client concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Value sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+    values: Vec<usize>,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    nodes: u64,
+    workload: &'static str,
+    value_bytes: usize,
+    concurrency: usize,
+    result: LoadResult,
+}
+
+impl Run {
+    fn to_json(&self) -> Value {
+        json!({
+            "nodes": self.nodes,
+            "workload": self.workload,
+            "value_bytes": self.value_bytes,
+            "concurrency": self.concurrency,
+            "ops": self.result.ok,
+            "errors": self.result.errors,
+            "seconds": self.result.elapsed.as_secs_f64(),
+            "ops_per_sec": self.result.throughput(),
+            "p50_us": self.result.quantile_us(0.5),
+            "p99_us": self.result.quantile_us(0.99),
+            "p999_us": self.result.quantile_us(0.999),
+        })
+    }
+}
+
+fn node_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let bin = dir.join("paxos-node");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p paxos-bench --bins`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn results_dir(args: &Args) -> PathBuf {
+    if let Some(r) = &args.results {
+        return r.clone();
+    }
+    if let Ok(r) = std::env::var("PAXOS_BENCH_RESULTS") {
+        return PathBuf::from(r);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results")
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.nodes = vec![3];
+        args.concurrency = vec![16, 128];
+        args.values = vec![100];
+        args.seconds = 2.0;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let results = results_dir(&args);
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("paxos-e2e-")
+        .tempdir_in(std::env::temp_dir())
+        .context("creating a work directory")?;
+    let bin = node_binary()?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut runs: Vec<Run> = Vec::new();
+    let mut failovers: Vec<Value> = Vec::new();
+    let mut run_id = 1u64;
+
+    for &n in &args.nodes {
+        println!("== {n} nodes");
+        let spec = ClusterSpec::new(n, work.path().join(format!("cluster-{n}")), bin.clone());
+        let cluster = LocalCluster::start(spec)?;
+        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+        println!("leader: node {leader}");
+        // Warm the WAL files and the connections before measuring.
+        warm_up(&cluster, run_id).await;
+        run_id += 1;
+        for &value_bytes in &args.values {
+            for &concurrency in &args.concurrency {
+                let r = loadgen::run(LoadSpec {
+                    addrs: cluster.client_addrs(),
+                    concurrency,
+                    connections: concurrency.clamp(1, 8),
+                    value_bytes,
+                    duration,
+                    workload: Workload::Writes,
+                    run_id,
+                    timeout: Duration::from_secs(5),
+                })
+                .await;
+                run_id += 1;
+                print_run("writes", n, value_bytes, concurrency, &r);
+                check_sample(&cluster, &r).await?;
+                runs.push(Run {
+                    nodes: n,
+                    workload: "writes",
+                    value_bytes,
+                    concurrency,
+                    result: r,
+                });
+            }
+            let concurrency = *args.concurrency.last().unwrap_or(&16);
+            let r = loadgen::run(LoadSpec {
+                addrs: cluster.client_addrs(),
+                concurrency,
+                connections: concurrency.clamp(1, 8),
+                value_bytes,
+                duration,
+                workload: Workload::Reads,
+                run_id,
+                timeout: Duration::from_secs(5),
+            })
+            .await;
+            run_id += 1;
+            print_run("reads", n, value_bytes, concurrency, &r);
+            runs.push(Run {
+                nodes: n,
+                workload: "reads",
+                value_bytes,
+                concurrency,
+                result: r,
+            });
+        }
+        if n == 3 {
+            let f = failover(
+                cluster,
+                run_id,
+                duration,
+                *args.values.first().unwrap_or(&100),
+            )
+            .await?;
+            run_id += 1;
+            failovers.push(f);
+        }
+    }
+
+    let mut compare_rows: Vec<Value> = Vec::new();
+    if args.compare {
+        compare_rows = compare(&args, work.path()).await;
+    }
+
+    write_results(&results, &runs, &failovers, &compare_rows)?;
+    let lost: u64 = failovers
+        .iter()
+        .map(|f| f["lost_writes"].as_u64().unwrap_or(0))
+        .sum();
+    if lost > 0 {
+        bail!("{lost} acknowledged writes were lost");
+    }
+    Ok(())
+}
+
+fn print_run(kind: &str, n: u64, value_bytes: usize, concurrency: usize, r: &LoadResult) {
+    println!(
+        "{kind:>6} nodes={n} value={value_bytes}B clients={concurrency:>4}: {:>9.0} ops/s  p50 {:>7.0} us  p99 {:>7.0} us  p99.9 {:>7.0} us  errors {}",
+        r.throughput(),
+        r.quantile_us(0.5),
+        r.quantile_us(0.99),
+        r.quantile_us(0.999),
+        r.errors
+    );
+}
+
+async fn warm_up(cluster: &LocalCluster, run_id: u64) {
+    let _ = loadgen::run(LoadSpec {
+        addrs: cluster.client_addrs(),
+        concurrency: 64,
+        connections: 8,
+        value_bytes: 1024,
+        duration: Duration::from_secs(1),
+        workload: Workload::Writes,
+        run_id,
+        timeout: Duration::from_secs(5),
+    })
+    .await;
+}
+
+/// Reads back a sample of a run's acknowledged writes (linearizable reads).
+async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
+    let client = Client::new(cluster.client_addrs(), u64::MAX - 1, Duration::from_secs(5));
+    let step = (r.acked.len() / 50).max(1);
+    for (key, value) in r.acked.iter().step_by(step) {
+        let got = client.get(key.clone(), ReadMode::Linearizable).await?;
+        if got.as_ref() != Some(value) {
+            bail!("acknowledged write of {key:?} reads back as {got:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Kills the leader under load and measures the time until a write commits
+/// again; then checks every acknowledged write.
+async fn failover(
+    mut cluster: LocalCluster,
+    run_id: u64,
+    duration: Duration,
+    value_bytes: usize,
+) -> Result<Value> {
+    println!("== failover: 3 nodes, leader killed with SIGKILL under load");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let addrs = cluster.client_addrs();
+    let load = tokio::spawn(loadgen::run(LoadSpec {
+        addrs: addrs.clone(),
+        concurrency: 32,
+        connections: 8,
+        value_bytes,
+        duration: duration.max(Duration::from_secs(3)),
+        workload: Workload::Writes,
+        run_id,
+        timeout: Duration::from_secs(10),
+    }));
+    tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
+    cluster.kill(leader)?;
+    let killed_at = Instant::now();
+    // A probe writes with a short timeout until a write commits again.
+    let probe = Arc::new(Client::new(
+        addrs
+            .iter()
+            .copied()
+            .filter(|a| *a != cluster.members()[&leader].client)
+            .collect(),
+        (run_id << 20) | 0xFFFFF,
+        Duration::from_millis(200),
+    ));
+    let mut recovered = None;
+    for n in 0..200u64 {
+        let key = Bytes::from(format!("failover-probe/{run_id}/{n}"));
+        if probe.put(key, Bytes::from_static(b"p")).await.is_ok() {
+            recovered = Some(killed_at.elapsed());
+            break;
+        }
+    }
+    let load = load.await.context("load task")?;
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let failover_ms = recovered.map(|d| d.as_secs_f64() * 1e3);
+    println!(
+        "leader {leader} killed; new leader {new_leader}; first commit after {:?} ms; {} writes acknowledged during the run",
+        failover_ms, load.ok
+    );
+    // Every acknowledged write must be readable from the new leader.
+    let checker = Arc::new(Client::new(
+        addrs.clone(),
+        u64::MAX - 2,
+        Duration::from_secs(5),
+    ));
+    let acked = Arc::new(load.acked.clone());
+    let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let workers = 32usize;
+    for w in 0..workers {
+        let (checker, acked, lost) = (checker.clone(), acked.clone(), lost.clone());
+        tasks.push(tokio::spawn(async move {
+            for (key, value) in acked.iter().skip(w).step_by(workers) {
+                match checker.get(key.clone(), ReadMode::Linearizable).await {
+                    Ok(Some(v)) if v == *value => {}
+                    _ => {
+                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("check task")?;
+    }
+    let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
+    println!("checked {} acknowledged writes: {lost} lost", acked.len());
+    // Bring the killed node back and let it catch up.
+    cluster.start_node(leader)?;
+    Ok(json!({
+        "nodes": 3,
+        "killed_leader": leader,
+        "new_leader": new_leader,
+        "failover_ms": failover_ms,
+        "acked_writes": acked.len(),
+        "lost_writes": lost,
+        "election_timeout_ms": 300,
+        "heartbeat_ms": 50,
+    }))
+}
+
+#[cfg(feature = "compare")]
+async fn compare(args: &Args, work: &Path) -> Vec<Value> {
+    use paxos_bench::compare::{run_comparison, CompareOptions};
+    let mut opts = CompareOptions::new(work.join("compare"));
+    opts.concurrency = args.concurrency.clone();
+    opts.value_bytes = args.values.clone();
+    opts.duration = Duration::from_secs_f64(args.seconds);
+    match run_comparison(opts).await {
+        Ok(report) => {
+            for s in &report.skipped {
+                println!("{} skipped: {}", s.system.name(), s.reason);
+            }
+            report
+                .rows
+                .iter()
+                .map(|row| {
+                    print_run(
+                        row.system.name(),
+                        3,
+                        row.value_bytes,
+                        row.concurrency,
+                        &row.result,
+                    );
+                    json!({
+                        "system": row.system.name(),
+                        "nodes": 3,
+                        "value_bytes": row.value_bytes,
+                        "concurrency": row.concurrency,
+                        "ops_per_sec": row.result.throughput(),
+                        "p50_us": row.result.quantile_us(0.5),
+                        "p99_us": row.result.quantile_us(0.99),
+                        "p999_us": row.result.quantile_us(0.999),
+                        "lost_writes": row.lost,
+                    })
+                })
+                .collect()
+        }
+        Err(e) => {
+            println!("comparison failed: {e:#}");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(not(feature = "compare"))]
+async fn compare(_args: &Args, _work: &Path) -> Vec<Value> {
+    println!(
+        "--compare needs the `compare` feature: `cargo xtask bench --compare` builds it \
+         (it needs protoc: apt-get install protobuf-compiler; and the servers: \
+         apt-get install etcd-server zookeeper)"
+    );
+    Vec::new()
+}
+
+fn write_results(
+    results: &Path,
+    runs: &[Run],
+    failovers: &[Value],
+    compare: &[Value],
+) -> Result<()> {
+    // Headline figures for the xtask table: peak writes/s per cluster size and
+    // value size, with p99 at the peak, and the failover.
+    let mut figures = Vec::new();
+    let mut keys: Vec<(u64, usize)> = runs
+        .iter()
+        .filter(|r| r.workload == "writes")
+        .map(|r| (r.nodes, r.value_bytes))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for (nodes, value_bytes) in keys {
+        let best = runs
+            .iter()
+            .filter(|r| r.workload == "writes" && r.nodes == nodes && r.value_bytes == value_bytes)
+            .max_by(|a, b| a.result.throughput().total_cmp(&b.result.throughput()));
+        if let Some(best) = best {
+            let mut fig = json!({
+                "name": format!("{nodes} nodes, {value_bytes} B writes, {} clients", best.concurrency),
+                "value": best.result.throughput(),
+                "unit": "writes/s",
+            });
+            if let Some(base) = compare.iter().find(|c| {
+                c["system"] == "etcd"
+                    && c["value_bytes"] == value_bytes
+                    && c["concurrency"] == best.concurrency
+            }) {
+                fig["baseline_name"] = json!("etcd");
+                fig["baseline"] = base["ops_per_sec"].clone();
+            }
+            figures.push(fig);
+            figures.push(json!({
+                "name": format!("{nodes} nodes, {value_bytes} B writes p99 at peak"),
+                "value": best.result.quantile_us(0.99) / 1e3,
+                "unit": "ms",
+            }));
+        }
+    }
+    for r in runs.iter().filter(|r| r.workload == "reads") {
+        figures.push(json!({
+            "name": format!("{} nodes, linearizable reads, {} clients", r.nodes, r.concurrency),
+            "value": r.result.throughput(),
+            "unit": "reads/s",
+        }));
+    }
+    for c in compare {
+        figures.push(json!({
+            "name": format!("{} 3 nodes, {} B writes, {} clients", c["system"].as_str().unwrap_or("?"), c["value_bytes"], c["concurrency"]),
+            "value": c["ops_per_sec"],
+            "unit": "writes/s",
+        }));
+    }
+    for f in failovers {
+        figures.push(json!({
+            "name": "failover: kill -9 leader to first commit",
+            "value": f["failover_ms"],
+            "unit": "ms",
+        }));
+        figures.push(json!({
+            "name": "failover: acknowledged writes lost",
+            "value": f["lost_writes"],
+            "unit": "writes",
+        }));
+    }
+    let headline = json!({ "bench": "e2e", "figures": figures });
+    std::fs::write(
+        results.join("e2e.json"),
+        serde_json::to_string_pretty(&headline)?,
+    )?;
+    let full = json!({
+        "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "failovers": failovers,
+        "compare": compare,
+    });
+    std::fs::write(
+        results.join("e2e-full.json"),
+        serde_json::to_string_pretty(&full)?,
+    )?;
+    let html = report_html(runs, failovers, compare);
+    let path = results.join("e2e-report.html");
+    std::fs::write(&path, html)?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// A polyline chart as inline SVG: one series per (label, points).
+fn svg_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> String {
+    let (w, h, m) = (640.0, 360.0, 60.0);
+    let tx = |x: f64| if log_x { x.max(1.0).log2() } else { x };
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    let x_min = all.iter().map(|p| tx(p.0)).fold(f64::INFINITY, f64::min);
+    let x_max = all
+        .iter()
+        .map(|p| tx(p.0))
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(x_min + 1e-9);
+    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let sx = |x: f64| m + (tx(x) - x_min) / (x_max - x_min) * (w - 2.0 * m);
+    let sy = |y: f64| h - m - y / y_max * (h - 2.0 * m);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' style='background:#fff;border:1px solid #ccc'>\
+         <text x='{}' y='20' text-anchor='middle' font-size='14'>{title}</text>\
+         <line x1='{m}' y1='{}' x2='{}' y2='{}' stroke='#000'/><line x1='{m}' y1='{m}' x2='{m}' y2='{}' stroke='#000'/>\
+         <text x='{}' y='{}' text-anchor='middle' font-size='12'>{x_label}</text>\
+         <text x='14' y='{}' font-size='12' transform='rotate(-90 14 {})' text-anchor='middle'>{y_label}</text>\
+         <text x='{}' y='{}' font-size='10' text-anchor='end'>{:.0}</text>",
+        w / 2.0,
+        h - m,
+        w - m,
+        h - m,
+        h - m,
+        w / 2.0,
+        h - 15.0,
+        h / 2.0,
+        h / 2.0,
+        m - 4.0,
+        m + 4.0,
+        y_max
+    );
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>",
+            path.join(" ")
+        ));
+        for &(x, y) in pts {
+            s.push_str(&format!(
+                "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{c}'/>",
+                sx(x),
+                sy(y)
+            ));
+            if series.len() < 4 && pts.len() < 10 {
+                s.push_str(&format!(
+                    "<text x='{:.1}' y='{:.1}' font-size='9' text-anchor='middle'>{x:.0}</text>",
+                    sx(x),
+                    h - m + 12.0
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "<text x='{}' y='{}' font-size='11' fill='{c}'>{label}</text>",
+            w - m - 150.0,
+            m + 14.0 * i as f64
+        ));
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn report_html(runs: &[Run], failovers: &[Value], compare: &[Value]) -> String {
+    let mut throughput_series = Vec::new();
+    let mut groups: Vec<(u64, usize)> = runs
+        .iter()
+        .filter(|r| r.workload == "writes")
+        .map(|r| (r.nodes, r.value_bytes))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for &(n, v) in &groups {
+        let pts: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|r| r.workload == "writes" && r.nodes == n && r.value_bytes == v)
+            .map(|r| (r.concurrency as f64, r.result.throughput()))
+            .collect();
+        throughput_series.push((format!("paxos {n} nodes {v} B"), pts));
+    }
+    let mut systems: Vec<(String, u64)> = compare
+        .iter()
+        .map(|c| {
+            (
+                c["system"].as_str().unwrap_or("?").to_string(),
+                c["value_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    systems.sort();
+    systems.dedup();
+    for (sys, v) in systems {
+        let pts: Vec<(f64, f64)> = compare
+            .iter()
+            .filter(|c| c["system"] == sys.as_str() && c["value_bytes"] == v)
+            .map(|c| {
+                (
+                    c["concurrency"].as_f64().unwrap_or(0.0),
+                    c["ops_per_sec"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        throughput_series.push((format!("{sys} 3 nodes {v} B"), pts));
+    }
+    // Latency distribution (CDF) of each write run of the first group.
+    let mut cdf_series = Vec::new();
+    if let Some(&(n, v)) = groups.first() {
+        for r in runs
+            .iter()
+            .filter(|r| r.workload == "writes" && r.nodes == n && r.value_bytes == v)
+        {
+            let l = &r.result.latencies_us;
+            if l.is_empty() {
+                continue;
+            }
+            let pts: Vec<(f64, f64)> = (0..=100)
+                .map(|i| {
+                    let q = f64::from(i) / 100.0;
+                    let idx = ((l.len() - 1) as f64 * q) as usize;
+                    (f64::from(l[idx]) / 1e3, q * 100.0)
+                })
+                .collect();
+            cdf_series.push((format!("{} clients", r.concurrency), pts));
+        }
+    }
+    let mut table = String::from(
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>system</th><th>nodes</th><th>workload</th><th>value B</th><th>clients</th><th>ops/s</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>errors</th></tr>",
+    );
+    for r in runs {
+        table.push_str(&format!(
+            "<tr><td>paxos</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+            r.nodes,
+            r.workload,
+            r.value_bytes,
+            r.concurrency,
+            r.result.throughput(),
+            r.result.quantile_us(0.5) / 1e3,
+            r.result.quantile_us(0.99) / 1e3,
+            r.result.quantile_us(0.999) / 1e3,
+            r.result.errors
+        ));
+    }
+    for c in compare {
+        table.push_str(&format!(
+            "<tr><td>{}</td><td>3</td><td>writes</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td></td></tr>",
+            c["system"].as_str().unwrap_or("?"),
+            c["value_bytes"],
+            c["concurrency"],
+            c["ops_per_sec"].as_f64().unwrap_or(0.0),
+            c["p50_us"].as_f64().unwrap_or(0.0) / 1e3,
+            c["p99_us"].as_f64().unwrap_or(0.0) / 1e3,
+            c["p999_us"].as_f64().unwrap_or(0.0) / 1e3,
+        ));
+    }
+    table.push_str("</table>");
+    let failover_text: Vec<String> = failovers
+        .iter()
+        .map(|f| format!("<pre>{}</pre>", f))
+        .collect();
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>paxos toolkit end-to-end benchmark</title></head>\
+         <body style='font-family:sans-serif'><h1>End-to-end benchmark</h1>\
+         <p>Nodes are separate processes on loopback, WAL on disk with fsync, QUIC with mutual TLS between nodes; \
+         closed-loop clients over TCP.</p>{}<h2>Throughput against concurrency</h2>{}\
+         <h2>Write latency distribution</h2>{}<h2>Failover</h2>{}</body></html>",
+        table,
+        svg_chart("writes/s against clients", "clients (log scale)", "ops/s", &throughput_series, true),
+        svg_chart("write latency CDF", "latency (ms)", "percentile", &cdf_series, false),
+        failover_text.join("")
+    )
+}

@@ -1,0 +1,153 @@
+//! Runs one node of the reference replicated key-value store, or writes the
+//! certificates of a cluster.
+//!
+//! ```text
+//! paxos-node certs --dir certs --nodes 1,2,3
+//! paxos-node run --id 1 --members 1=127.0.0.1:7001/127.0.0.1:8001,2=...,3=... \
+//!     --data-dir data/1 --certs certs
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use paxos_bench::node::{parse_members, run_node, NodeOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "paxos-node",
+    about = "A node of the paxos toolkit's replicated key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT or SIGTERM.
+    Run {
+        /// This node's id (must appear in --members).
+        #[arg(long)]
+        id: u64,
+        /// Every member: ID=PEER_ADDR/CLIENT_ADDR, comma separated (this node too).
+        #[arg(long)]
+        members: String,
+        /// Directory for the WAL, hard state and snapshots.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Directory holding ca.pem, node-<id>.pem and node-<id>.key.pem.
+        #[arg(long)]
+        certs: Option<PathBuf>,
+        /// Cluster CA certificate (overrides --certs).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// This node's certificate (overrides --certs).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// This node's private key (overrides --certs).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Leader heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        heartbeat_ms: u64,
+        /// Follower timeout before a new election, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        election_timeout_ms: u64,
+        /// WAL segment size in MiB.
+        #[arg(long, default_value_t = 64)]
+        segment_mib: u64,
+        /// Applied entries between local snapshots (0: never).
+        #[arg(long, default_value_t = 1_000_000)]
+        snapshot_every: u64,
+        /// Tune the transport for nodes on one machine.
+        #[arg(long)]
+        loopback: bool,
+    },
+    /// Generate a cluster CA and node certificates as PEM files.
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Certs { dir, nodes } => {
+            let ids: Vec<_> = nodes.into_iter().map(paxos_net_quic::PeerId).collect();
+            let (_, files) = paxos_net_quic::certs::generate_cluster(&dir, &ids)
+                .with_context(|| format!("writing certificates into {}", dir.display()))?;
+            println!("CA: {}", files.ca_cert.display());
+            for (id, cert, key) in files.nodes {
+                println!("node {}: {} {}", id.0, cert.display(), key.display());
+            }
+            Ok(())
+        }
+        Command::Run {
+            id,
+            members,
+            data_dir,
+            certs,
+            ca,
+            cert,
+            key,
+            heartbeat_ms,
+            election_timeout_ms,
+            segment_mib,
+            snapshot_every,
+            loopback,
+        } => {
+            let members = parse_members(&members)?;
+            let certs = certs.unwrap_or_else(|| PathBuf::from("."));
+            let mut opts = NodeOptions::new(id, members, data_dir, certs);
+            if let Some(ca) = ca {
+                opts.ca_cert = ca;
+            }
+            if let Some(cert) = cert {
+                opts.cert = cert;
+            }
+            if let Some(key) = key {
+                opts.key = key;
+            }
+            opts.heartbeat = Duration::from_millis(heartbeat_ms);
+            opts.election_timeout = Duration::from_millis(election_timeout_ms);
+            opts.segment_bytes = segment_mib << 20;
+            opts.snapshot_every = snapshot_every;
+            opts.loopback = loopback;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(run_node(opts, shutdown_signal()))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

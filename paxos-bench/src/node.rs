@@ -1,0 +1,894 @@
+//! The reference node: paxos-core's replica driven by tokio, with
+//! paxos-election electing, paxos-wal persisting (one sync per batch of
+//! appends: group commit), paxos-net-quic carrying the peer traffic,
+//! paxos-snapshot planning catch-up and shipping snapshots, and the
+//! key-value store of [`crate::kv`] as the state machine.
+//!
+//! One task owns every piece of consensus state and runs the driving loop
+//! the kernel documents: take inputs (peer frames, client requests, timers),
+//! then drain the kernel's `Ready` until nothing moves: send, persist and
+//! sync, send what waited for the sync, apply, answer clients. Client
+//! connections and the transport run in their own tasks and talk to the
+//! loop through bounded channels, so memory stays bounded under overload.
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::{
+    Codec, Config, Elector, Envelope, GroupId, NodeId, ReadIndexError, Recovered, Replica,
+    SnapChunk, SnapshotRequest, StateMachine, Storage, Time, Zxid,
+};
+use paxos_election::{ElectionConfig, FastElection, Notification};
+use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
+use paxos_snapshot::{
+    write_state_machine, PlannerConfig, Progress, SnapshotChunk, SnapshotId, SnapshotMeta,
+    SnapshotReceiver, SnapshotSender, SnapshotStore, ZabPlanner,
+};
+use paxos_wal::{WalOptions, WalStorage};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::client_proto::{next_frame, ReadMode, Request, Response};
+use crate::kv::{KvCommand, KvStore};
+
+/// Tag of a peer frame that carries a paxos-core envelope.
+const TAG_CORE: u8 = 0;
+/// Tag of a peer frame that carries an election notification.
+const TAG_ELECTION: u8 = 1;
+/// Inputs taken from one source before the loop drains the kernel.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+/// Rounds of kernel draining per turn (each round makes progress or stops).
+const MAX_DRAIN_ROUNDS: usize = 64;
+/// Snapshot chunk size on the wire.
+const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
+/// A peer's control queue above this many frames gets no more snapshot chunks
+/// this turn (keeps heartbeats from queueing behind a snapshot).
+const SNAPSHOT_PACING_FRAMES: u64 = 8;
+
+/// A member of the cluster: where its peers and its clients reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// QUIC address for peer traffic.
+    pub peer: SocketAddr,
+    /// TCP address for clients.
+    pub client: SocketAddr,
+}
+
+/// Everything a node needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id.
+    pub id: u64,
+    /// Every voter, this node included.
+    pub members: BTreeMap<u64, Member>,
+    /// Where the WAL, hard state and snapshots live.
+    pub data_dir: PathBuf,
+    /// Cluster CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Follower timeout before it looks for a new leader; also the leader's
+    /// check-quorum period.
+    pub election_timeout: Duration,
+    /// WAL segment size.
+    pub segment_bytes: u64,
+    /// Applied entries between two local snapshots (0: never).
+    pub snapshot_every: u64,
+    /// Use transport settings tuned for loopback (large MTU, short timers).
+    pub loopback: bool,
+}
+
+impl NodeOptions {
+    /// Defaults for everything but identity, membership and paths.
+    pub fn new(id: u64, members: BTreeMap<u64, Member>, data_dir: PathBuf, certs: PathBuf) -> Self {
+        NodeOptions {
+            id,
+            members,
+            data_dir,
+            ca_cert: certs.join("ca.pem"),
+            cert: certs.join(format!("node-{id}.pem")),
+            key: certs.join(format!("node-{id}.key.pem")),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
+            segment_bytes: 64 << 20,
+            snapshot_every: 1_000_000,
+            loopback: false,
+        }
+    }
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR[,ID=...]` into a member table.
+pub fn parse_members(spec: &str) -> Result<BTreeMap<u64, Member>> {
+    let mut members = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addrs) = item
+            .split_once('=')
+            .with_context(|| format!("member {item:?}: expected ID=PEER_ADDR/CLIENT_ADDR"))?;
+        let (peer, client) = addrs
+            .split_once('/')
+            .with_context(|| format!("member {item:?}: expected PEER_ADDR/CLIENT_ADDR"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("member {item:?}: bad id"))?;
+        let member = Member {
+            peer: peer
+                .parse()
+                .with_context(|| format!("member {item:?}: bad peer address"))?,
+            client: client
+                .parse()
+                .with_context(|| format!("member {item:?}: bad client address"))?,
+        };
+        if members.insert(id, member).is_some() {
+            bail!("member {id} is listed twice");
+        }
+    }
+    if members.is_empty() {
+        bail!("no members given");
+    }
+    Ok(members)
+}
+
+/// Formats a member table as [`parse_members`] reads it.
+pub fn format_members(members: &BTreeMap<u64, Member>) -> String {
+    members
+        .iter()
+        .map(|(id, m)| format!("{id}={}/{}", m.peer, m.client))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Where a client's answer goes: its connection's writer, and the request id.
+struct Reply {
+    tx: mpsc::Sender<(u64, Response)>,
+    id: u64,
+}
+
+impl Reply {
+    fn send(self, resp: Response) {
+        // Never block the loop on a slow client: a full writer queue drops
+        // the answer and the client times out and retries.
+        let _ = self.tx.try_send((self.id, resp));
+    }
+}
+
+/// A request from a client connection.
+struct ClientMsg {
+    req: Request,
+    reply: Reply,
+}
+
+/// A snapshot being streamed to a follower.
+struct OutgoingSnapshot {
+    to: NodeId,
+    sender: SnapshotSender,
+}
+
+/// The single owner of a node's consensus state.
+struct Driver {
+    id: NodeId,
+    members: BTreeMap<u64, Member>,
+    origin: Instant,
+    replica: Replica<WalStorage>,
+    elector: FastElection,
+    kv: KvStore,
+    codec: Codec,
+    transport: Transport,
+    snapshots: SnapshotStore,
+    receiver: SnapshotReceiver,
+    outgoing: Vec<OutgoingSnapshot>,
+    /// Proposed writes by zxid: the command and who waits for it.
+    pending_writes: HashMap<Zxid, (Bytes, Reply)>,
+    /// Reads waiting for their read-index round, by read id.
+    pending_reads: HashMap<u64, (Bytes, Reply)>,
+    /// Confirmed reads waiting for apply to reach their zxid.
+    waiting_reads: VecDeque<(Zxid, Bytes, Reply)>,
+    next_read: u64,
+    snapshot_every: u64,
+    applied_since_snapshot: u64,
+    buf: BytesMut,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    proposals: u64,
+    applied: u64,
+    syncs: u64,
+    elections: u64,
+}
+
+/// Runs a node until `shutdown` resolves. Returns an error if the node
+/// cannot start, or stops on a fatal storage error (after which the process
+/// must restart and recover from disk).
+pub async fn run_node(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let id = NodeId(opts.id);
+    let me = *opts
+        .members
+        .get(&opts.id)
+        .with_context(|| format!("node {} is not in the member list", opts.id))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+
+    // Storage and the state machine, recovered from disk.
+    let wal_options = WalOptions {
+        segment_bytes: opts.segment_bytes,
+        ..WalOptions::default()
+    };
+    let (storage, report) = WalStorage::open(opts.data_dir.join("wal"), wal_options)
+        .with_context(|| format!("opening the WAL in {}", opts.data_dir.display()))?;
+    tracing::info!(?report, "wal opened");
+    let snapshots = SnapshotStore::open(opts.data_dir.join("snapshots"))
+        .context("opening the snapshot store")?
+        .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
+    let mut kv = KvStore::new();
+    let mut recovered = Recovered::default();
+    if let Some(latest) = snapshots.latest().context("listing snapshots")? {
+        let meta = snapshots
+            .restore(latest.zxid, &mut kv)
+            .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
+        tracing::info!(zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
+        recovered = Recovered {
+            applied: kv.applied(),
+            snapshot: Some(meta.zxid),
+        };
+    }
+    let receiver = SnapshotReceiver::open(
+        SnapshotStore::open(opts.data_dir.join("snapshots"))
+            .context("opening the snapshot store")?,
+    )
+    .context("opening the snapshot receiver")?;
+
+    let voters: Vec<NodeId> = opts.members.keys().map(|&i| NodeId(i)).collect();
+    let mut config = Config::new(GroupId(0), voters.clone());
+    config.heartbeat_interval = opts.heartbeat;
+    config.election_timeout = opts.election_timeout;
+    config.sync_timeout = opts.election_timeout;
+    let origin = Instant::now();
+    let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
+    let replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
+        .map_err(|e| anyhow::anyhow!("starting the replica: {e}"))?;
+    let elector = FastElection::new(ElectionConfig {
+        id,
+        voters,
+        seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
+        ..ElectionConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
+
+    // The transport.
+    let identity = NodeIdentity::from_pem_files(PeerId(opts.id), &opts.cert, &opts.key)
+        .with_context(|| format!("loading {} and {}", opts.cert.display(), opts.key.display()))?;
+    let trust = ClusterTrust::from_pem_file(&opts.ca_cert)
+        .with_context(|| format!("loading {}", opts.ca_cert.display()))?;
+    let peers: BTreeMap<PeerId, SocketAddr> = opts
+        .members
+        .iter()
+        .filter(|(&i, _)| i != opts.id)
+        .map(|(&i, m)| (PeerId(i), m.peer))
+        .collect();
+    let net = if opts.loopback {
+        NetConfig::loopback(identity, trust, me.peer, peers)
+    } else {
+        NetConfig::new(identity, trust, me.peer, peers)
+    };
+    let (transport, mut inbox) = Transport::bind(net)
+        .await
+        .context("binding the QUIC endpoint")?;
+
+    // Clients.
+    let listener = TcpListener::bind(me.client)
+        .await
+        .with_context(|| format!("binding the client port {}", me.client))?;
+    let (client_tx, mut client_rx) = mpsc::channel::<ClientMsg>(16 * 1024);
+    let accept_task = tokio::spawn(accept_clients(listener, client_tx));
+    tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
+
+    let mut d = Driver {
+        id,
+        members: opts.members.clone(),
+        origin,
+        replica,
+        elector,
+        kv,
+        codec: Codec::new(16 << 20),
+        transport,
+        snapshots,
+        receiver,
+        outgoing: Vec::new(),
+        pending_writes: HashMap::new(),
+        pending_reads: HashMap::new(),
+        waiting_reads: VecDeque::new(),
+        next_read: 1,
+        snapshot_every: opts.snapshot_every,
+        applied_since_snapshot: 0,
+        buf: BytesMut::with_capacity(1 << 20),
+        stats: Stats::default(),
+    };
+
+    tokio::pin!(shutdown);
+    let result = loop {
+        if let Err(e) = d.drain() {
+            break Err(e);
+        }
+        let deadline = d.deadline();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break Ok(()),
+            frame = inbox.frames.recv() => {
+                let Some((peer, frame)) = frame else { break Err(anyhow::anyhow!("transport closed")) };
+                d.on_frame(peer, frame);
+                for _ in 0..MAX_INPUTS_PER_TURN {
+                    match inbox.frames.try_recv() {
+                        Ok((peer, frame)) => d.on_frame(peer, frame),
+                        Err(_) => break,
+                    }
+                }
+            }
+            msg = client_rx.recv() => {
+                let Some(msg) = msg else { break Err(anyhow::anyhow!("client listener stopped")) };
+                d.on_client(msg);
+                for _ in 0..MAX_INPUTS_PER_TURN {
+                    match client_rx.try_recv() {
+                        Ok(msg) => d.on_client(msg),
+                        Err(_) => break,
+                    }
+                }
+            }
+            bulk = inbox.bulk.recv() => {
+                if let Some((peer, payload)) = bulk {
+                    tracing::debug!(%peer, bytes = payload.len(), "unexpected bulk payload dropped");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => d.on_timeout(),
+        }
+    };
+    accept_task.abort();
+    let metrics = d.transport.shutdown().await;
+    tracing::info!(id = %d.id, ?metrics, "node stopped");
+    result
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time::from_std(self.origin, Instant::now())
+    }
+
+    fn to_instant(&self, t: Time) -> Instant {
+        self.origin + Duration::from_nanos(t.as_nanos())
+    }
+
+    /// When the loop must wake up even without input.
+    fn deadline(&self) -> Instant {
+        let mut next = Instant::now() + Duration::from_millis(100);
+        for t in [self.replica.poll_timeout(), self.elector.poll_timeout()]
+            .into_iter()
+            .flatten()
+        {
+            next = next.min(self.to_instant(t));
+        }
+        if !self.outgoing.is_empty() {
+            next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        next
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now();
+        if self.replica.poll_timeout().is_some_and(|t| t <= now) {
+            self.replica.handle_timeout(now);
+        }
+        if self.elector.poll_timeout().is_some_and(|t| t <= now) {
+            self.elector.handle_timeout(now);
+        }
+    }
+
+    fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
+        let now = self.now();
+        match frame.first() {
+            Some(&TAG_CORE) => match self.codec.decode(frame.slice(1..)) {
+                Ok(env) if env.from.0 == peer.0 => self.replica.handle_message(now, env),
+                Ok(env) => {
+                    tracing::warn!(%peer, claimed = %env.from, "envelope names another sender; dropped")
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
+            },
+            Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
+                Ok(n) => self.elector.handle_message(now, NodeId(peer.0), n),
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed election frame dropped"),
+            },
+            _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
+        }
+    }
+
+    fn leader_hint(&self) -> Response {
+        let leader = self.replica.leader().filter(|&l| l != self.id);
+        Response::NotLeader {
+            leader: leader.map(|l| l.0),
+            addr: leader
+                .and_then(|l| self.members.get(&l.0))
+                .map(|m| m.client.to_string()),
+        }
+    }
+
+    fn on_client(&mut self, msg: ClientMsg) {
+        let ClientMsg { req, reply } = msg;
+        match req {
+            Request::Write(cmd) => self.propose(cmd, reply),
+            Request::Get {
+                key,
+                mode: ReadMode::Stale,
+            } => {
+                let v = self.kv.get(&key).cloned();
+                reply.send(Response::Value(v));
+            }
+            Request::Get {
+                key,
+                mode: ReadMode::Linearizable,
+            } => {
+                let rid = self.next_read;
+                self.next_read += 1;
+                let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
+                match self.replica.read_index(ctx) {
+                    Ok(()) => {
+                        self.pending_reads.insert(rid, (key, reply));
+                    }
+                    Err(ReadIndexError::NoLeader) => reply.send(self.leader_hint()),
+                    Err(ReadIndexError::Busy) => {
+                        reply.send(Response::Error("retry: too many reads".into()))
+                    }
+                }
+            }
+            Request::Status => reply.send(Response::Status(self.status_json())),
+        }
+    }
+
+    fn propose(&mut self, cmd: KvCommand, reply: Reply) {
+        let data = cmd.to_bytes();
+        match self.replica.propose(data.clone()) {
+            Ok(zxid) => {
+                self.stats.proposals += 1;
+                self.pending_writes.insert(zxid, (data, reply));
+            }
+            Err(paxos_core::ProposeError::NotLeader { .. }) => reply.send(self.leader_hint()),
+            Err(e) => reply.send(Response::Error(e.to_string())),
+        }
+    }
+
+    fn send_envelope(&mut self, env: Envelope) {
+        self.buf.clear();
+        self.buf.put_u8(TAG_CORE);
+        if let Err(e) = self.codec.encode(&env, &mut self.buf) {
+            tracing::error!(error = %e, msg = env.msg.name(), "could not encode a message; dropped");
+            return;
+        }
+        let frame = self.buf.split().freeze();
+        if let Err(e) = self.transport.send(PeerId(env.to.0), frame) {
+            // The kernel retransmits what matters (heartbeats, pipeline
+            // timeouts, sync retries); a full queue is a slow peer.
+            tracing::debug!(to = %env.to, error = %e, "frame not queued");
+        }
+    }
+
+    fn send_election(&mut self, to: NodeId, n: Notification) {
+        self.buf.clear();
+        self.buf.put_u8(TAG_ELECTION);
+        n.encode(&mut self.buf);
+        let frame = self.buf.split().freeze();
+        if let Err(e) = self.transport.send(PeerId(to.0), frame) {
+            tracing::debug!(%to, error = %e, "election frame not queued");
+        }
+    }
+
+    /// Drains the elector and the kernel until neither has anything to do.
+    fn drain(&mut self) -> Result<()> {
+        for _ in 0..MAX_DRAIN_ROUNDS {
+            let mut moved = false;
+            while let Some((to, n)) = self.elector.poll_transmit() {
+                self.send_election(to, n);
+            }
+            while let Some(decision) = self.elector.poll_decision() {
+                self.stats.elections += 1;
+                tracing::info!(id = %self.id, leader = %decision.leader, round = decision.round, "election decided");
+                let now = self.now();
+                self.replica.handle_leader_decision(now, decision);
+                moved = true;
+            }
+            self.pump_snapshots();
+            if self.replica.has_ready() {
+                let ready = self.replica.ready();
+                if !ready.is_empty() {
+                    self.handle_ready(ready)?;
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, ready: paxos_core::Ready) -> Result<()> {
+        let now = self.now();
+        let marker = ready.persist_marker();
+        let paxos_core::Ready {
+            messages,
+            persisted_messages,
+            committed,
+            read_states,
+            snapshot_requests,
+            events,
+            ..
+        } = &ready;
+        for env in messages.iter().cloned() {
+            self.send_envelope(env);
+        }
+        // Persist, then sync once for the whole batch (group commit). A
+        // storage error is fatal: the process restarts and recovers.
+        self.replica
+            .storage_mut()
+            .write_ready(&ready)
+            .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))?;
+        if ready.needs_sync() {
+            self.replica
+                .storage_mut()
+                .sync()
+                .map_err(|e| anyhow::anyhow!("storage sync failed: {e}"))?;
+            self.stats.syncs += 1;
+        }
+        for env in persisted_messages.iter().cloned() {
+            self.send_envelope(env);
+        }
+        self.replica.persisted(now, marker);
+
+        let mut last_applied = None;
+        for e in committed {
+            let result = self.kv.apply(e.zxid, &e.data);
+            last_applied = Some(e.zxid);
+            self.stats.applied += 1;
+            self.applied_since_snapshot += 1;
+            if let Some((data, reply)) = self.pending_writes.remove(&e.zxid) {
+                if data == e.data {
+                    reply.send(Response::Written(result));
+                } else {
+                    reply.send(Response::Error(
+                        "retry: superseded by another leader".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(z) = last_applied {
+            self.replica.applied(z);
+        }
+        for rs in read_states {
+            let rid = read_id(&rs.ctx);
+            if let Some((key, reply)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
+                self.waiting_reads.push_back((rs.zxid, key, reply));
+            }
+        }
+        self.serve_reads();
+        for req in snapshot_requests.iter().cloned() {
+            self.on_snapshot_request(req);
+        }
+        for ev in events.iter().cloned() {
+            self.on_event(ev);
+        }
+        if last_applied.is_some() {
+            self.maybe_snapshot();
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.kv.applied();
+        let mut keep = VecDeque::new();
+        while let Some((z, key, reply)) = self.waiting_reads.pop_front() {
+            if z <= applied {
+                reply.send(Response::Value(self.kv.get(&key).cloned()));
+            } else {
+                keep.push_back((z, key, reply));
+            }
+        }
+        self.waiting_reads = keep;
+    }
+
+    fn on_event(&mut self, ev: paxos_core::Event) {
+        let now = self.now();
+        match ev {
+            paxos_core::Event::LostLeader(vote) => {
+                tracing::info!(id = %self.id, ?vote, "lost the leader; looking");
+                self.elector.start_looking(now, vote);
+                // Proposals in flight may or may not commit; the client
+                // retries with the same session and sequence, and the store
+                // applies the command once either way.
+                for (_, (_, reply)) in self.pending_writes.drain() {
+                    reply.send(Response::Error("retry: leadership changed".into()));
+                }
+                for (_, (_, reply)) in self.pending_reads.drain() {
+                    reply.send(Response::Error("retry: leadership changed".into()));
+                }
+                self.outgoing.clear();
+            }
+            paxos_core::Event::Settled {
+                state,
+                leader,
+                epoch,
+            } => {
+                tracing::info!(id = %self.id, ?state, %leader, ?epoch, "settled");
+                self.elector.settle(now, state, leader, epoch);
+            }
+            paxos_core::Event::ReadAborted { ctx } => {
+                if let Some((_, reply)) = read_id(&ctx).and_then(|r| self.pending_reads.remove(&r))
+                {
+                    reply.send(Response::Error("retry: read aborted".into()));
+                }
+            }
+            paxos_core::Event::StorageFailed(e) => {
+                tracing::error!(id = %self.id, error = %e, "storage read failed");
+            }
+        }
+    }
+
+    fn on_snapshot_request(&mut self, req: SnapshotRequest) {
+        match req {
+            SnapshotRequest::Send {
+                to,
+                snapshot,
+                offset,
+            } => {
+                let path = self.snapshots.path_of(snapshot);
+                match SnapshotSender::open(&path, SNAPSHOT_CHUNK_BYTES) {
+                    Ok(mut sender) => {
+                        sender.resume_from(offset);
+                        tracing::info!(%to, ?snapshot, offset, bytes = sender.total_bytes(), "streaming snapshot");
+                        self.outgoing.retain(|o| o.to != to);
+                        self.outgoing.push(OutgoingSnapshot { to, sender });
+                    }
+                    Err(e) => {
+                        tracing::error!(%to, ?snapshot, error = %e, "cannot open snapshot to send")
+                    }
+                }
+            }
+            SnapshotRequest::Write { from, chunk } => self.receive_chunk(from, chunk),
+        }
+    }
+
+    /// Feeds a few chunks of every outgoing snapshot to the kernel, as long
+    /// as the peer's queue is short.
+    fn pump_snapshots(&mut self) {
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        outgoing.retain_mut(|o| {
+            for _ in 0..4 {
+                let depth = self
+                    .transport
+                    .peer_metrics(PeerId(o.to.0))
+                    .map_or(0, |m| m.queue_depth);
+                if depth > SNAPSHOT_PACING_FRAMES {
+                    return true;
+                }
+                match o.sender.next_chunk() {
+                    Ok(Some(c)) => {
+                        let chunk = SnapChunk {
+                            snapshot_zxid: c.snapshot.zxid,
+                            fingerprint: c.snapshot.fingerprint,
+                            offset: c.offset,
+                            total_len: c.total_bytes,
+                            crc32: c.crc,
+                            data: c.data,
+                            last: c.last,
+                        };
+                        if !self.replica.send_snapshot_chunk(o.to, chunk) {
+                            return false;
+                        }
+                        if c.last {
+                            return false;
+                        }
+                    }
+                    Ok(None) => return false,
+                    Err(e) => {
+                        tracing::error!(to = %o.to, error = %e, "reading the snapshot to send failed");
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        self.outgoing.extend(outgoing);
+    }
+
+    fn receive_chunk(&mut self, from: NodeId, chunk: SnapChunk) {
+        let c = SnapshotChunk {
+            snapshot: SnapshotId {
+                zxid: chunk.snapshot_zxid,
+                fingerprint: chunk.fingerprint,
+            },
+            offset: chunk.offset,
+            data: chunk.data,
+            crc: chunk.crc32,
+            total_bytes: chunk.total_len,
+            last: chunk.last,
+        };
+        let mut progress = self.receiver.accept(&c);
+        if progress.is_err() && c.offset == 0 {
+            // The leader restarted the transfer: drop what we had.
+            let _ = self.receiver.abort();
+            progress = self.receiver.accept(&c);
+        }
+        match progress {
+            Ok(Progress::Complete) => match self.receiver.install(&mut self.kv) {
+                Ok(stored) => {
+                    tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), "snapshot installed");
+                    self.applied_since_snapshot = 0;
+                    let now = self.now();
+                    self.replica.snapshot_installed(now, stored.zxid);
+                    let _ = self.snapshots.retain(2);
+                }
+                Err(e) => tracing::error!(%from, error = %e, "snapshot install failed; state kept"),
+            },
+            Ok(Progress::NeedMore { .. }) => {}
+            Err(e) => tracing::warn!(%from, error = %e, "snapshot chunk refused"),
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_every == 0 || self.applied_since_snapshot < self.snapshot_every {
+            return;
+        }
+        let zxid = self.kv.applied();
+        let meta = SnapshotMeta {
+            zxid,
+            epoch: self.replica.hard_state().current_epoch,
+            voters: self.replica.config().voters.clone(),
+        };
+        let started = Instant::now();
+        let result = self
+            .snapshots
+            .create(&meta)
+            .and_then(|w| write_state_machine(&self.kv, w));
+        match result {
+            Ok(stored) => {
+                self.applied_since_snapshot = 0;
+                self.replica.snapshot_taken(zxid);
+                tracing::info!(?zxid, bytes = stored.file_bytes, elapsed = ?started.elapsed(), "snapshot taken");
+                if let Err(e) = self.snapshots.retain(2) {
+                    tracing::warn!(error = %e, "old snapshots not removed");
+                }
+            }
+            Err(e) => tracing::error!(?zxid, error = %e, "snapshot failed"),
+        }
+    }
+
+    fn status_json(&self) -> String {
+        let hs = self.replica.hard_state();
+        let role = if self.replica.is_leader() {
+            "leader"
+        } else if self.replica.leader().is_some() {
+            "follower"
+        } else {
+            "looking"
+        };
+        let peers: Vec<serde_json::Value> = self
+            .transport
+            .metrics()
+            .into_iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.peer.0,
+                    "connected": m.connected,
+                    "frames_sent": m.frames_sent,
+                    "frames_received": m.frames_received,
+                    "queue_depth": m.queue_depth,
+                    "reconnects": m.reconnects,
+                    "dropped_full": m.dropped_full,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id.0,
+            "role": role,
+            "leader": self.replica.leader().map(|l| l.0),
+            "epoch": self.replica.established_epoch().map(|e| e.0),
+            "accepted_epoch": hs.accepted_epoch.0,
+            "current_epoch": hs.current_epoch.0,
+            "last_zxid": format!("{:?}", self.replica.last_zxid()),
+            "commit_zxid": format!("{:?}", self.replica.commit_zxid()),
+            "commit": self.replica.commit_zxid().as_u64(),
+            "applied": self.kv.applied().as_u64(),
+            "keys": self.kv.len(),
+            "proposals": self.stats.proposals,
+            "applied_entries": self.stats.applied,
+            "syncs": self.stats.syncs,
+            "elections": self.stats.elections,
+            "peers": peers,
+        })
+        .to_string()
+    }
+}
+
+fn read_id(ctx: &Bytes) -> Option<u64> {
+    let b: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// Accepts client connections and serves each in its own task.
+async fn accept_clients(listener: TcpListener, to_driver: mpsc::Sender<ClientMsg>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::debug!(%peer, "client connected");
+                tokio::spawn(serve_client(stream, to_driver.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: frames in, requests to the driver, answers out.
+async fn serve_client(stream: TcpStream, to_driver: mpsc::Sender<ClientMsg>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<(u64, Response)>(8192);
+    let writer = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        while let Some((id, resp)) = rx.recv().await {
+            resp.encode_frame(id, &mut buf);
+            while buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok((id, resp)) => resp.encode_frame(id, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'conn: loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => loop {
+                match next_frame(&mut buf) {
+                    Ok(Some(frame)) => match Request::decode(frame) {
+                        Ok((id, req)) => {
+                            let reply = Reply { tx: tx.clone(), id };
+                            if to_driver.send(ClientMsg { req, reply }).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send((0, Response::Error(format!("bad request: {e}"))))
+                                .await;
+                            break 'conn;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send((0, Response::Error(format!("bad frame: {e}"))))
+                            .await;
+                        break 'conn;
+                    }
+                }
+            },
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
