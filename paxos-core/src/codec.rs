@@ -116,7 +116,7 @@ impl Codec {
                 Message::EpochRefused { .. } => 4 + 4,
                 Message::Trunc { .. } => 4 + 4 + 8,
                 Message::Diff { entries, .. } => 4 + 8 + entries_len(entries),
-                Message::Snap { chunk, .. } => 4 + 4 + 8 + 8 + 8 + 4 + 4 + chunk.data.len() + 1,
+                Message::Snap { chunk, .. } => 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + chunk.data.len() + 1,
                 Message::SnapInstalled { .. } => 4 + 8,
                 Message::NewLeader { .. } => 4 + 8,
                 Message::AckNewLeader { .. } => 4 + 8,
@@ -224,6 +224,7 @@ impl Codec {
                 out.put_u64_le(chunk.offset);
                 out.put_u64_le(chunk.total_len);
                 out.put_u32_le(chunk.crc32);
+                out.put_u32_le(chunk.fingerprint);
                 put_bytes(out, &chunk.data)?;
                 out.put_u8(u8::from(chunk.last));
             }
@@ -377,6 +378,7 @@ impl Codec {
                     offset: r.u64()?,
                     total_len: r.u64()?,
                     crc32: r.u32()?,
+                    fingerprint: r.u32()?,
                     data: r.bytes()?,
                     last: r.flag()?,
                 },

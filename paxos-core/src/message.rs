@@ -33,8 +33,13 @@ pub struct SnapChunk {
     pub offset: u64,
     /// Length of the whole snapshot in bytes.
     pub total_len: u64,
-    /// CRC-32 of `data`, computed by the sender's snapshot reader.
+    /// The chunk's checksum as the sender's snapshot transfer computed it
+    /// (`paxos-snapshot` covers the snapshot id, offset, length, last flag
+    /// and data); the receiver verifies it before writing.
     pub crc32: u32,
+    /// Identifies the snapshot file among files of the same zxid
+    /// (`paxos-snapshot`'s trailer checksum); 0 when unused.
+    pub fingerprint: u32,
     /// The chunk's bytes.
     pub data: Bytes,
     /// Whether this is the final chunk.

@@ -59,7 +59,10 @@ pub(crate) fn builtin(
 ) -> SyncPlan {
     if force_snap {
         if let Some(s) = h.snapshot {
-            return SyncPlan::Snap { snapshot: s };
+            let snap = SyncPlan::Snap { snapshot: s };
+            if valid(f, h, base, snap) {
+                return snap;
+            }
         }
     }
     let fl = f.last_zxid;

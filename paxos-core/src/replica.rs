@@ -229,6 +229,7 @@ struct Follower {
     trunc_done: bool,
     newleader_seen: bool,
     installing: Option<Zxid>,
+    snap_done: bool,
     last_heard: Time,
     info_sent_at: Time,
     applied_reported: Zxid,
@@ -724,6 +725,7 @@ impl<S: Storage> Replica<S> {
             return;
         }
         f.installing = None;
+        f.snap_done = true;
         let (leader, epoch) = (f.leader, f.epoch);
         tracing::info!(id = %self.id, ?zxid, "snapshot installed; log reset");
         self.log.reset_to(zxid);
@@ -920,6 +922,7 @@ impl<S: Storage> Replica<S> {
             trunc_done: false,
             newleader_seen: false,
             installing: None,
+            snap_done: false,
             last_heard: now,
             info_sent_at: now,
             applied_reported: Zxid::ZERO,
@@ -1003,6 +1006,7 @@ impl<S: Storage> Replica<S> {
                 f.trunc_done = false;
                 f.newleader_seen = false;
                 f.installing = None;
+                f.snap_done = false;
                 self.promised_to = Some((from, epoch));
                 let hs = HardState {
                     accepted_epoch: epoch,
@@ -1077,7 +1081,7 @@ impl<S: Storage> Replica<S> {
                 {
                     return;
                 }
-                if f.installing.is_some_and(|s| s != chunk.snapshot_zxid) {
+                if f.snap_done || f.installing.is_some_and(|s| s != chunk.snapshot_zxid) {
                     return;
                 }
                 f.installing = Some(chunk.snapshot_zxid);

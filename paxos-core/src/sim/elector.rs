@@ -66,6 +66,7 @@ pub struct TestElector {
     vote: TestVote,
     own: TestVote,
     votes: BTreeMap<NodeId, TestVote>,
+    claims: BTreeMap<NodeId, NodeId>,
     out: VecDeque<(NodeId, TestElectionMsg)>,
     decision: Option<Decision>,
     next_timeout: Option<Time>,
@@ -96,6 +97,7 @@ impl TestElector {
                 candidate: id,
             },
             votes: BTreeMap::new(),
+            claims: BTreeMap::new(),
             out: VecDeque::new(),
             decision: None,
             next_timeout: None,
@@ -154,6 +156,7 @@ impl Elector for TestElector {
         };
         self.own = self.vote;
         self.votes.clear();
+        self.claims.clear();
         if self.is_voter(self.id) {
             self.votes.insert(self.id, self.vote);
         } else {

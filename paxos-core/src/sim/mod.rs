@@ -348,7 +348,8 @@ struct Node<E: Elector> {
     sync_scheduled: bool,
     timer_gen: u64,
     timer_at: Option<Time>,
-    incoming: Vec<u8>,
+    incoming: BTreeMap<u64, Bytes>,
+    incoming_zxid: Zxid,
     durable_hs: HardState,
 }
 
@@ -462,7 +463,8 @@ impl<E: Elector> Sim<E> {
                 sync_scheduled: false,
                 timer_gen: 0,
                 timer_at: None,
-                incoming: Vec::new(),
+                incoming: BTreeMap::new(),
+                incoming_zxid: Zxid::ZERO,
                 durable_hs: HardState::default(),
             });
         }
@@ -511,6 +513,21 @@ impl<E: Elector> Sim<E> {
     /// Every node id (voters first).
     pub fn node_ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// A one-line-per-node description of the cluster's state (for failure reports).
+    pub fn describe(&self) -> String
+    where
+        E: fmt::Debug,
+    {
+        let mut out = String::new();
+        for n in &self.nodes {
+            match &n.replica {
+                Some(r) => out.push_str(&format!("{r:?}\n  elector: {:?}\n", n.elector)),
+                None => out.push_str(&format!("node {} down\n", n.id)),
+            }
+        }
+        out
     }
 
     /// Number of canonical (agreed, applied somewhere) entries.
@@ -1118,6 +1135,7 @@ impl<E: Elector> Sim<E> {
                 offset,
             } => {
                 let Some(s) = self.nodes[i].snapshot.filter(|s| s.zxid == snapshot) else {
+                    tracing::debug!(have = ?self.nodes[i].snapshot, want = ?snapshot, "sim: snapshot superseded");
                     return Ok(()); // superseded; the leader will retry
                 };
                 let bytes = self.encode_snapshot(s);
@@ -1132,6 +1150,7 @@ impl<E: Elector> Sim<E> {
                         offset: off as u64,
                         total_len: total,
                         crc32: crc32(&data),
+                        fingerprint: 0,
                         data,
                         last: end == bytes.len(),
                     };
@@ -1150,17 +1169,25 @@ impl<E: Elector> Sim<E> {
                     let what = format!("node {}: snapshot chunk crc mismatch", n.id);
                     return Err(self.violation(what));
                 }
-                if chunk.offset == 0 {
+                if n.incoming_zxid != chunk.snapshot_zxid {
                     n.incoming.clear();
+                    n.incoming_zxid = chunk.snapshot_zxid;
                 }
-                if chunk.offset as usize != n.incoming.len() {
-                    return Ok(()); // out of order; the leader retries
+                // Chunks may arrive in any order: keep them by offset.
+                n.incoming.insert(chunk.offset, chunk.data.clone());
+                let mut assembled = Vec::new();
+                for (off, data) in &n.incoming {
+                    if *off as usize != assembled.len() {
+                        break;
+                    }
+                    assembled.extend_from_slice(data);
                 }
-                n.incoming.extend_from_slice(&chunk.data);
-                if !chunk.last {
+                if assembled.len() as u64 != chunk.total_len {
                     return Ok(());
                 }
-                let buf = std::mem::take(&mut n.incoming);
+                n.incoming.clear();
+                n.incoming_zxid = Zxid::ZERO;
+                let buf = assembled;
                 if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
                     return Err(self.violation("snapshot of wrong length".into()));
                 }
