@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let (mut failed, mut worst, mut total_acked, mut total_steps) = (Vec::new(), Duration::ZERO, 0u64, 0u64);
+    let (mut failed, mut worst, mut total_acked, mut total_steps) =
+        (Vec::new(), Duration::ZERO, 0u64, 0u64);
     let (mut truncs, mut snaps, mut fetches, mut crashes) = (0u64, 0u64, 0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let mut sim = Sim::with_test_components(SimConfig::chaos(seed));

@@ -25,6 +25,7 @@
 
 mod elector;
 mod rng;
+pub mod scenarios;
 
 pub use elector::{TestElectionMsg, TestElector, TestVote};
 pub use rng::SimRng;
@@ -881,6 +882,29 @@ impl<E: Elector> Sim<E> {
             Packet::Elect { from, msg, .. } => self.nodes[i].elector.handle_message(now, from, msg),
         }
         self.drive(i)
+    }
+
+    /// Proposes `count` commands directly on `id` (whatever its role);
+    /// returns how many it accepted. Acknowledged only if they commit.
+    pub fn propose_on(&mut self, id: NodeId, count: usize) -> usize {
+        let i = self.idx(id);
+        let mut accepted = 0;
+        for _ in 0..count {
+            self.client_counter += 1;
+            let data = self.client_counter.to_le_bytes().to_vec();
+            let h = hash(&data);
+            let Some(r) = self.nodes[i].replica.as_mut() else {
+                break;
+            };
+            if let Ok(z) = r.propose(Bytes::from(data)) {
+                self.proposed.insert(z, h);
+                accepted += 1;
+            }
+        }
+        if let Err(v) = self.drive(i) {
+            self.deferred.get_or_insert(v);
+        }
+        accepted
     }
 
     fn client(&mut self) -> Result<(), Violation> {
