@@ -247,6 +247,21 @@ pub struct KvStore {
     /// Per client: the highest sequence applied and the encoded result it gave.
     sessions: HashMap<u64, (u64, Bytes)>,
     applied: Zxid,
+    /// Order-independent digest of the map: the XOR of a hash of every pair,
+    /// kept up to date on every change so replicas can be compared cheaply.
+    digest: u64,
+}
+
+/// FNV-1a over a key and a value, with the key's length mixed in so that
+/// `("ab", "c")` and `("a", "bc")` differ.
+fn pair_hash(key: &[u8], value: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let len = (key.len() as u64).to_le_bytes();
+    for b in len.iter().chain(key).chain(value) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl KvStore {
@@ -270,6 +285,28 @@ impl KvStore {
         self.map.is_empty()
     }
 
+    /// A digest of the whole map, equal on two replicas holding equal maps.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        self.digest ^= pair_hash(&key, &value);
+        let prev = self.map.insert(key.clone(), value);
+        if let Some(p) = &prev {
+            self.digest ^= pair_hash(&key, p);
+        }
+        prev
+    }
+
+    fn remove(&mut self, key: &Bytes) -> Option<Bytes> {
+        let prev = self.map.remove(key);
+        if let Some(p) = &prev {
+            self.digest ^= pair_hash(key, p);
+        }
+        prev
+    }
+
     /// Iterates over all pairs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         self.map.iter()
@@ -277,12 +314,12 @@ impl KvStore {
 
     fn execute(&mut self, op: KvOp) -> KvResult {
         match op {
-            KvOp::Put { key, value } => KvResult::Done(self.map.insert(key, value)),
-            KvOp::Delete { key } => KvResult::Done(self.map.remove(&key)),
+            KvOp::Put { key, value } => KvResult::Done(self.insert(key, value)),
+            KvOp::Delete { key } => KvResult::Done(self.remove(&key)),
             KvOp::Cas { key, expected, new } => {
                 let current = self.map.get(&key).cloned();
                 if current == expected {
-                    self.map.insert(key, new);
+                    self.insert(key, new);
                     KvResult::Cas {
                         swapped: true,
                         current,
@@ -394,6 +431,7 @@ impl StateMachine for KvStore {
             sessions.insert(client, (seq, result));
         }
         // Only a fully read snapshot replaces the state.
+        self.digest = map.iter().fold(0, |d, (k, v)| d ^ pair_hash(k, v));
         self.map = map;
         self.sessions = sessions;
         self.applied = applied;
@@ -481,6 +519,8 @@ mod tests {
         assert_eq!(t.len(), 100);
         assert_eq!(t.applied(), s.applied());
         assert_eq!(t.sessions, s.sessions);
+        assert_eq!(t.digest(), s.digest());
+        assert_ne!(s.digest(), 0);
         let mut u = KvStore::new();
         assert!(u
             .restore(s.applied(), &mut &image[..image.len() - 3])

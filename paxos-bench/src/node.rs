@@ -806,6 +806,7 @@ impl Driver {
             "commit": self.replica.commit_zxid().as_u64(),
             "applied": self.kv.applied().as_u64(),
             "keys": self.kv.len(),
+            "digest": self.kv.digest(),
             "proposals": self.stats.proposals,
             "applied_entries": self.stats.applied,
             "syncs": self.stats.syncs,

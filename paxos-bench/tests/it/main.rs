@@ -1,0 +1,5 @@
+//! Integration tests of the reference node: real processes, real QUIC, real
+//! WAL on disk.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cluster;
