@@ -1,0 +1,415 @@
+//! Replica behaviour on a hand-driven cluster (no faults, messages handed
+//! over directly): discovery, fetch, TRUNC, broadcast, reads, step-down,
+//! observers, persistence gating.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use paxos_core::sim::TestPlanner;
+use paxos_core::{
+    Config, Decision, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage, Message,
+    NodeId, ProposeError, Ready, Recovered, Replica, Storage, Time, Zxid,
+};
+
+fn z(e: u32, c: u32) -> Zxid {
+    Zxid::new(Epoch(e), c)
+}
+
+fn entry(zx: Zxid) -> Entry {
+    Entry {
+        zxid: zx,
+        data: Bytes::from(format!("cmd-{zx:?}")),
+    }
+}
+
+fn storage_with(hs: HardState, zxids: &[Zxid]) -> MemStorage {
+    let mut s = MemStorage::new();
+    s.save_hard_state(hs).unwrap();
+    s.append(&zxids.iter().map(|z| entry(*z)).collect::<Vec<_>>())
+        .unwrap();
+    s
+}
+
+struct Cluster {
+    now: Time,
+    reps: Vec<Replica<MemStorage>>,
+    applied: Vec<Vec<Zxid>>,
+    queue: VecDeque<Envelope>,
+    cut: Vec<NodeId>,
+    events: Vec<(NodeId, Event)>,
+    sent: Vec<Envelope>,
+}
+
+impl Cluster {
+    fn new(config: Config, storages: Vec<MemStorage>) -> Cluster {
+        let ids: Vec<NodeId> = config
+            .voters
+            .iter()
+            .chain(&config.observers)
+            .copied()
+            .collect();
+        let reps = ids
+            .iter()
+            .zip(storages)
+            .map(|(id, s)| {
+                Replica::new(
+                    *id,
+                    config.clone(),
+                    s,
+                    Box::new(TestPlanner),
+                    Recovered::default(),
+                    Time::ZERO,
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>();
+        let n = reps.len();
+        Cluster {
+            now: Time::ZERO,
+            reps,
+            applied: vec![Vec::new(); n],
+            queue: VecDeque::new(),
+            cut: Vec::new(),
+            events: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn idx(&self, id: NodeId) -> usize {
+        self.reps.iter().position(|r| r.id() == id).unwrap()
+    }
+
+    fn decide(&mut self, leader: NodeId) {
+        for r in &mut self.reps {
+            if !self.cut.contains(&r.id()) {
+                r.handle_leader_decision(
+                    self.now,
+                    Decision {
+                        leader,
+                        round: 1,
+                        epoch_hint: Epoch::ZERO,
+                    },
+                );
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, i: usize, rd: Ready) {
+        let id = self.reps[i].id();
+        self.sent.extend(rd.messages.iter().cloned());
+        self.queue.extend(rd.messages.iter().cloned());
+        let r = &mut self.reps[i];
+        r.storage_mut().write_ready(&rd).unwrap();
+        r.storage_mut().sync().unwrap();
+        self.sent.extend(rd.persisted_messages.iter().cloned());
+        self.queue.extend(rd.persisted_messages.iter().cloned());
+        r.persisted(self.now, rd.persist_marker());
+        if let Some(last) = rd.committed.last() {
+            self.applied[i].extend(rd.committed.iter().map(|e| e.zxid));
+            r.applied(last.zxid);
+        }
+        self.events.extend(rd.events.into_iter().map(|e| (id, e)));
+    }
+
+    /// Delivers until quiet (bounded).
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            for i in 0..self.reps.len() {
+                let rd = self.reps[i].ready();
+                if !rd.is_empty() {
+                    self.handle_ready(i, rd);
+                }
+            }
+            let Some(env) = self.queue.pop_front() else {
+                return;
+            };
+            if self.cut.contains(&env.to) || self.cut.contains(&env.from) {
+                continue;
+            }
+            let i = self.idx(env.to);
+            let now = self.now;
+            self.reps[i].handle_message(now, env);
+        }
+        panic!("cluster did not quiesce");
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for i in 0..self.reps.len() {
+            if !self.cut.contains(&self.reps[i].id()) {
+                let now = self.now;
+                self.reps[i].handle_timeout(now);
+            }
+        }
+        self.pump();
+    }
+}
+
+fn three() -> Config {
+    Config::new(GroupId(0), vec![NodeId(1), NodeId(2), NodeId(3)])
+}
+
+#[test]
+fn elect_sync_and_commit_in_order_everywhere() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.reps[0].is_leader());
+    let mut zs = Vec::new();
+    for k in 0..10u8 {
+        zs.push(c.reps[0].propose(Bytes::from(vec![k])).unwrap());
+    }
+    c.pump();
+    c.advance(Duration::from_millis(60)); // heartbeat carries the commit point
+    for a in &c.applied {
+        assert_eq!(a, &zs, "every replica applies the same sequence");
+    }
+    assert_eq!(zs[0], z(1, 1));
+    for r in &c.reps {
+        assert_eq!(
+            r.hard_state(),
+            HardState {
+                accepted_epoch: Epoch(1),
+                current_epoch: Epoch(1)
+            }
+        );
+    }
+}
+
+#[test]
+fn a_follower_refuses_proposals_and_hands_the_command_back() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    let err = c.reps[1].propose(Bytes::from_static(b"x")).unwrap_err();
+    assert!(matches!(
+        err,
+        ProposeError::NotLeader {
+            leader: Some(NodeId(1)),
+            ..
+        }
+    ));
+    assert_eq!(err.into_data(), Bytes::from_static(b"x"));
+}
+
+#[test]
+fn leader_fetches_the_quorums_most_recent_history_first() {
+    let hs1 = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    // n2 holds more of epoch 1 than n1; n1 is elected anyway.
+    let s1 = storage_with(hs1, &[z(1, 1), z(1, 2), z(1, 3)]);
+    let s2 = storage_with(hs1, &[z(1, 1), z(1, 2), z(1, 3), z(1, 4), z(1, 5)]);
+    let mut c = Cluster::new(three(), vec![s1, s2, MemStorage::new()]);
+    c.cut.push(NodeId(3)); // the quorum is {n1, n2}
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c
+        .sent
+        .iter()
+        .any(|e| matches!(e.msg, Message::FetchHistory { .. })));
+    assert!(c.reps[0].is_leader());
+    assert_eq!(
+        c.reps[0].last_zxid(),
+        z(1, 5),
+        "the leader adopted n2's suffix"
+    );
+    assert_eq!(
+        c.reps[0].commit_zxid(),
+        z(1, 5),
+        "the synced history is committed"
+    );
+    assert!(c.reps[0].storage().get(z(1, 5)).is_some());
+}
+
+#[test]
+fn uncommitted_old_suffix_is_truncated() {
+    let hs2 = HardState {
+        accepted_epoch: Epoch(2),
+        current_epoch: Epoch(2),
+    };
+    let hs1 = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    let s1 = storage_with(hs2, &[z(1, 1), z(1, 2), z(2, 1)]);
+    let s2 = storage_with(hs2, &[z(1, 1), z(1, 2), z(2, 1)]);
+    // n3 kept an epoch-1 suffix that never committed.
+    let s3 = storage_with(hs1, &[z(1, 1), z(1, 2), z(1, 3), z(1, 4)]);
+    let mut c = Cluster::new(three(), vec![s1, s2, s3]);
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c
+        .sent
+        .iter()
+        .any(|e| matches!(e.msg, Message::Trunc { to, .. } if to == z(1, 2))));
+    let log3: Vec<Zxid> = {
+        let mut out = Vec::new();
+        c.reps[2]
+            .storage()
+            .entries(z(1, 1), 100, usize::MAX, &mut out)
+            .unwrap();
+        out.into_iter().map(|e| e.zxid).collect()
+    };
+    assert_eq!(log3, vec![z(1, 1), z(1, 2), z(2, 1)]);
+}
+
+#[test]
+fn acks_wait_for_persistence() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    // n2 gets NEWEPOCH: its ACKEPOCH must come only as a persisted message.
+    c.pump();
+    let r2 = &mut c.reps[1];
+    r2.handle_message(
+        c.now,
+        Envelope {
+            group: GroupId(0),
+            from: NodeId(1),
+            to: NodeId(2),
+            msg: Message::Accept {
+                epoch: Epoch(1),
+                prev: Zxid::ZERO,
+                commit: Zxid::ZERO,
+                entries: vec![entry(z(1, 1))],
+            },
+        },
+    );
+    let rd = r2.ready();
+    assert_eq!(rd.entries.len(), 1);
+    assert!(rd.needs_sync());
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| !matches!(m.msg, Message::Accepted { .. })));
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| matches!(m.msg, Message::Accepted { durable, .. } if durable == z(1, 1))));
+    drop(rd);
+}
+
+#[test]
+fn leader_without_a_quorum_steps_down() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.reps[0].is_leader());
+    c.cut = vec![NodeId(2), NodeId(3)];
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(50));
+    }
+    assert!(!c.reps[0].is_leader());
+    assert!(c
+        .events
+        .iter()
+        .any(|(id, e)| *id == NodeId(1) && matches!(e, Event::LostLeader(_))));
+    assert!(c.reps[0].propose(Bytes::from_static(b"late")).is_err());
+}
+
+#[test]
+fn read_index_confirms_with_a_quorum_round() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    let zx = c.reps[0].propose(Bytes::from_static(b"w")).unwrap();
+    c.pump();
+    c.reps[0].read_index(Bytes::from_static(b"r1")).unwrap();
+    let rd = c.reps[0].ready();
+    assert!(rd.read_states.is_empty(), "not before a quorum answered");
+    c.handle_ready(0, rd);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let Some(env) = c.queue.pop_front() else {
+            break;
+        };
+        let i = c.idx(env.to);
+        let now = c.now;
+        c.reps[i].handle_message(now, env);
+        for j in 0..3 {
+            let rd = c.reps[j].ready();
+            got.extend(rd.read_states.iter().cloned());
+            c.handle_ready(j, rd);
+        }
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ctx, Bytes::from_static(b"r1"));
+    assert!(got[0].zxid >= zx);
+    // A follower's read goes through the leader.
+    c.reps[1].read_index(Bytes::from_static(b"r2")).unwrap();
+    assert!(c.reps[2].read_index(Bytes::new()).is_ok());
+}
+
+#[test]
+fn lease_reads_answer_at_once_while_the_lease_holds() {
+    let mut cfg = three();
+    cfg.lease_reads = true;
+    let mut c = Cluster::new(
+        cfg,
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    c.advance(Duration::from_millis(60)); // a heartbeat round acknowledged
+    c.reps[0].read_index(Bytes::from_static(b"lease")).unwrap();
+    let rd = c.reps[0].ready();
+    assert_eq!(rd.read_states.len(), 1, "served from the lease");
+    c.handle_ready(0, rd);
+}
+
+#[test]
+fn observers_learn_committed_entries_but_never_count() {
+    let mut cfg = three();
+    cfg.observers = vec![NodeId(9)];
+    let mut c = Cluster::new(
+        cfg,
+        vec![
+            MemStorage::new(),
+            MemStorage::new(),
+            MemStorage::new(),
+            MemStorage::new(),
+        ],
+    );
+    c.cut = vec![NodeId(3)];
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.reps[0].is_leader());
+    // With n2 also gone, leader + observer are not a quorum.
+    c.cut = vec![NodeId(2), NodeId(3)];
+    let zx = c.reps[0].propose(Bytes::from_static(b"o")).unwrap();
+    c.pump();
+    assert!(
+        c.reps[0].commit_zxid() < zx,
+        "an observer's ack must not commit"
+    );
+    c.cut = vec![NodeId(3)];
+    for _ in 0..20 {
+        if c.applied[c.idx(NodeId(9))].contains(&zx) {
+            break;
+        }
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(c.reps[0].commit_zxid() >= zx);
+    let obs = c.idx(NodeId(9));
+    assert!(
+        c.applied[obs].contains(&zx),
+        "the observer applies committed entries"
+    );
+}
