@@ -71,7 +71,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     bar.enable_steady_tick(Duration::from_millis(500));
     let mut failed = Vec::new();
     for name in &benches {
-        bar.set_message(format!("running {name} (log: {})", logs.join(format!("{name}.log")).display()));
+        bar.set_message(format!(
+            "running {name} (log: {})",
+            logs.join(format!("{name}.log")).display()
+        ));
         let ok = run_one(&root, &results, &logs, name, &args)?;
         if !ok {
             failed.push(name.clone());
@@ -96,8 +99,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 
 /// The `[[bench]]` names declared in paxos-bench's manifest, in order.
 fn bench_targets(manifest: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(manifest)
-        .with_context(|| format!("reading {}", manifest.display()))?;
+    let text =
+        fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let mut names = Vec::new();
     let mut in_bench = false;
     for line in text.lines() {
@@ -118,8 +121,8 @@ fn bench_targets(manifest: &Path) -> Result<Vec<String>> {
 
 fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArgs) -> Result<bool> {
     let log_path = logs.join(format!("{name}.log"));
-    let log = fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let log_err = log.try_clone()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
@@ -132,7 +135,32 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         cmd.env("PAXOS_BENCH_QUICK", "1");
     }
     if name == "e2e" {
-        cmd.args(["run", "--release", "-p", "paxos-bench", "--bin", "paxos-e2e", "--"]);
+        // The end-to-end bench starts `paxos-node` processes: build every
+        // binary of paxos-bench first, then run the bench's own binary.
+        let mut build =
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+        build
+            .current_dir(root)
+            .args(["build", "--release", "-p", "paxos-bench", "--bins"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::options().append(true).open(&log_path)?)
+            .stderr(fs::File::options().append(true).open(&log_path)?);
+        if args.compare {
+            build.args(["--features", "compare"]);
+        }
+        if !build
+            .status()
+            .context("could not start cargo build")?
+            .success()
+        {
+            return Ok(false);
+        }
+        cmd = Command::new(target_dir().join("release").join("paxos-e2e"));
+        cmd.current_dir(root)
+            .env("PAXOS_BENCH_RESULTS", results)
+            .stdin(Stdio::null())
+            .stdout(fs::File::options().append(true).open(&log_path)?)
+            .stderr(fs::File::options().append(true).open(&log_path)?);
         if args.quick {
             cmd.arg("--quick");
         }
@@ -141,10 +169,8 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         }
     } else {
         cmd.args(["bench", "-p", "paxos-bench", "--bench", name, "--"]);
-        // Criterion's own flags; a self-timed bench ignores what it does not know.
-        if args.quick {
-            cmd.args(["--warm-up-time", "0.3", "--measurement-time", "0.7"]);
-        }
+        // Quick mode reaches every bench through PAXOS_BENCH_QUICK (set above);
+        // criterion's plots are not needed for the table.
         cmd.arg("--noplot");
     }
     let status = cmd
@@ -217,7 +243,9 @@ fn collect_new_dirs(dir: &Path, since: SystemTime, out: &mut Vec<PathBuf>, depth
     if depth > 6 {
         return;
     }
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {

@@ -6,9 +6,11 @@
 //! - `bench`: every benchmark of the workspace, then one table of headline figures.
 //! - `sim`: the deterministic simulator over as many seeds as asked.
 //! - `ci`: what `.ci/run` checks (format, lints, tests).
+//! - `cluster`: a local 3-node key-value cluster to try by hand.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod cluster;
 mod util;
 
 use anyhow::Result;
@@ -39,6 +41,15 @@ enum Command {
     },
     /// Run the checks CI runs: fmt, clippy, tests.
     Ci,
+    /// Start a local cluster of reference nodes on loopback to try by hand.
+    Cluster {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Peer ports are BASE+id, client ports BASE+1000+id.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -65,6 +76,7 @@ fn main() -> Result<()> {
             }
             util::cargo(&args, &[])
         }
+        Command::Cluster { nodes, base_port } => cluster::run(nodes, base_port),
         Command::Ci => {
             util::cargo(&["fmt", "--all", "--check"], &[])?;
             util::cargo(
