@@ -110,3 +110,8 @@ pub use wal::{
     DamagedRange, OpenReport, Record, RecoveryMode, SyncMethod, TornTail, Wal, WalIter, WalOptions, WalReader,
     DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
+
+#[cfg(feature = "paxos-core")]
+mod core_storage;
+#[cfg(feature = "paxos-core")]
+pub use core_storage::{WalStorage, HARD_STATE_FILE, LOG_DIR};

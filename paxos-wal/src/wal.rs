@@ -27,6 +27,8 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 pub const MIN_SEGMENT_BYTES: u64 = 8 << 10;
 const SEGMENT_ALIGN_BYTES: u64 = 4096;
 const LOCK_FILE: &str = "LOCK";
+const LOCK_ATTEMPTS: u32 = 25;
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(20);
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// How long a roll waits for the background preparer before zero-filling a
 /// segment itself.
@@ -127,7 +129,9 @@ pub struct DamagedRange {
     pub after_key: Option<u64>,
     /// The log proved every key up to this one durable: keys in
     /// `(after_key, through_key]` that the replica held are lost and must be
-    /// refetched.
+    /// refetched. Not above `after_key` when the damage is outside damage
+    /// (a segment file shorter than created) whose extent nothing records:
+    /// then everything after `after_key` must be treated as lost.
     pub through_key: u64,
     /// Copies of the affected segment files, kept for inspection.
     pub preserved_copies: Vec<PathBuf>,
@@ -454,16 +458,23 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err("open lock file", &path))?;
-    // SAFETY: plain syscall on an open descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(WalError::Locked { path });
+    // A process forked by another thread holds a copy of a just-closed
+    // handle's descriptor until it execs: retry briefly before refusing.
+    for attempt in 0..LOCK_ATTEMPTS {
+        // SAFETY: plain syscall on an open descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
         }
-        return Err(WalError::Io { op: "lock", path, source: e });
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(WalError::Io { op: "lock", path, source: e });
+        }
+        if attempt + 1 < LOCK_ATTEMPTS {
+            std::thread::sleep(LOCK_RETRY_PAUSE);
+        }
     }
-    Ok(f)
+    Err(WalError::Locked { path })
 }
 
 /// A segment file found on open, with its scan.
@@ -541,6 +552,7 @@ impl Wal {
             }
         }
         seg_ids.sort_unstable();
+        spares.sort();
         // Keep only spares of the configured size, at most max_spare_segments.
         let mut ready = Vec::new();
         for p in spares {
@@ -604,17 +616,18 @@ impl Wal {
                     }
                     (stop, Some(h)) => {
                         last_key = scan.last_key.or(last_key);
+                        // No crash shortens a segment file: damage in a short
+                        // one is outside damage.
+                        let short = (bytes.len() as u64) < h.segment_bytes;
                         if let ScanStop::BadRecord(b) = stop {
                             brk = Some(Break {
                                 idx: i,
                                 offset: scan.end_offset,
                                 reason: b.to_string(),
                                 whole: false,
-                                external: false,
+                                external: short,
                             });
-                        } else if (bytes.len() as u64) < h.segment_bytes
-                            && scan.end_offset + RECORD_HEADER_BYTES > bytes.len()
-                        {
+                        } else if short && scan.end_offset + RECORD_HEADER_BYTES > bytes.len() {
                             brk = Some(Break {
                                 idx: i,
                                 offset: scan.end_offset,
@@ -634,7 +647,7 @@ impl Wal {
                                 offset: scan.end_offset,
                                 reason: "valid records after the end of data".to_string(),
                                 whole: false,
-                                external: false,
+                                external: short,
                             });
                         }
                     }
@@ -1063,6 +1076,11 @@ impl Wal {
     /// [`first_key`](Self::first_key) tells what is left. Freed files are
     /// recycled as spare segments (up to `max_spare_segments`) or deleted.
     /// Returns the number of segments removed.
+    ///
+    /// The removal is made durable by the next segment roll (or by
+    /// [`close`](Self::close)), not by a directory fsync of its own: a crash
+    /// before that brings the removed segments back as an older prefix, which
+    /// is harmless, and keeps this call off the disk's critical path.
     pub fn truncate_prefix(&self, key: u64) -> Result<usize, WalError> {
         let mut g = self.inner.write();
         g.check_poison()?;
@@ -1075,10 +1093,11 @@ impl Wal {
             removed += 1;
         }
         if removed > 0 {
-            if let Err(e) = fsync_dir(&self.dir_file, &self.dir, self.faults.as_deref()) {
-                g.poisoned = Some(e.to_string());
-                return Err(e);
-            }
+            // No directory fsync here: if the renames or unlinks are lost in
+            // a crash, the old segments come back as a longer (still
+            // chained, still valid) prefix, which is harmless. A recycled
+            // file is only written after the next roll's directory fsync,
+            // which makes these removals durable first.
             tracing::info!(key, removed, first_key = ?g.first_key(), "prefix truncated");
         }
         Ok(removed)
@@ -1212,7 +1231,10 @@ impl Wal {
     /// Sync, flush the end marker, and close. Dropping a `Wal` does the same
     /// on a best-effort basis, without reporting errors.
     pub fn close(mut self) -> Result<(), WalError> {
-        let r = self.sync().and_then(|_| self.flush_marker());
+        let r = self
+            .sync()
+            .and_then(|_| self.flush_marker())
+            .and_then(|()| fsync_dir(&self.dir_file, &self.dir, self.faults.as_deref()));
         self.shutdown_preparer();
         r
     }

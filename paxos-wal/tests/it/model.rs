@@ -96,7 +96,11 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(wal);
-                    let (w, report) = Wal::open(dir.path(), opts.clone()).unwrap();
+                    let opened = Wal::open(dir.path(), opts.clone());
+                    let (w, report) = match opened {
+                        Ok(x) => x,
+                        Err(e) => return Err(TestCaseError::fail(format!("reopen failed: {e}"))),
+                    };
                     prop_assert!(report.torn_tail.is_none() && report.damaged.is_none(), "{:?}", report);
                     wal = w;
                 }

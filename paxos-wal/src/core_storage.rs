@@ -1,0 +1,298 @@
+//! `paxos-core`'s [`Storage`] over the WAL and the hard-state file
+//! (feature `paxos-core`, on by default).
+//!
+//! Log keys are zxids (`Zxid::as_u64`), payloads are entry data. The kernel's
+//! hard state (accepted and current epoch) lives in a [`HardStateStore`]
+//! beside the log. Writes follow the kernel's `Ready` order; a `sync` makes
+//! the log durable (group commit: every append since the last sync shares one
+//! flush), and the hard state is durable as soon as it is saved.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use paxos_core::{Entry, Epoch, HardState as CoreHardState, Storage, StorageError, Zxid};
+
+use crate::{HardState, HardStateStore, OpenReport, Wal, WalError, WalOptions};
+
+/// File name of the hard state inside a [`WalStorage`] directory.
+pub const HARD_STATE_FILE: &str = "hardstate";
+/// Subdirectory holding the log segments inside a [`WalStorage`] directory.
+pub const LOG_DIR: &str = "log";
+
+/// A replica's durable state: the WAL for entries and a two-slot file for
+/// the hard state. Implements [`paxos_core::Storage`].
+///
+/// ```
+/// use bytes::Bytes;
+/// use paxos_core::{Entry, Epoch, Storage, Zxid};
+/// use paxos_wal::{WalOptions, WalStorage};
+///
+/// let dir = std::env::temp_dir().join(format!("wal-storage-doc-{}", std::process::id()));
+/// let options = WalOptions { segment_bytes: 1 << 20, ..WalOptions::default() };
+/// let (mut storage, _report) = WalStorage::open(&dir, options.clone()).unwrap();
+/// let z = Zxid::new(Epoch(1), 1);
+/// storage.append(&[Entry { zxid: z, data: Bytes::from_static(b"put k v") }]).unwrap();
+/// storage.sync().unwrap();
+/// drop(storage);
+/// let (storage, _) = WalStorage::open(&dir, options).unwrap();
+/// assert_eq!(storage.last_zxid(), Some(z));
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct WalStorage {
+    wal: Wal,
+    hard: HardStateStore,
+    dir: PathBuf,
+}
+
+fn io(e: WalError) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+fn to_core(hs: HardState) -> Result<CoreHardState, StorageError> {
+    let epoch = |v: u64, what: &str| {
+        u32::try_from(v)
+            .map(Epoch)
+            .map_err(|_| StorageError::Io(format!("hard state: {what} {v} does not fit an epoch")))
+    };
+    Ok(CoreHardState {
+        accepted_epoch: epoch(hs.accepted_epoch, "accepted epoch")?,
+        current_epoch: epoch(hs.current_epoch, "current epoch")?,
+    })
+}
+
+impl WalStorage {
+    /// Opens (or creates) the storage in `dir`: the log under `dir/log`, the
+    /// hard state in `dir/hardstate`. The report says what recovery found.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(WalStorage, OpenReport), WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(crate::error::io_err("create storage dir", &dir))?;
+        let (wal, report) = Wal::open(dir.join(LOG_DIR), options)?;
+        let hard = HardStateStore::open(dir.join(HARD_STATE_FILE))?;
+        Ok((WalStorage { wal, hard, dir }, report))
+    }
+
+    /// The underlying log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The directory this storage lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last zxid of an epoch, searched by the gapless counter: the
+    /// entries of `epoch` from `first` on are consecutive, so the last one is
+    /// the largest counter `c` whose zxid the log holds.
+    fn epoch_end(&self, first: Zxid) -> Result<Zxid, StorageError> {
+        let reader = self.wal.reader();
+        let holds = |c: u32| -> Result<bool, StorageError> {
+            reader
+                .get(Zxid::new(first.epoch(), c).as_u64())
+                .map(|r| r.is_some())
+                .map_err(io)
+        };
+        let (mut lo, mut hi) = (first.counter(), u32::MAX);
+        // Invariant: `lo` is held; every counter above `hi` is not.
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if holds(mid)? {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(Zxid::new(first.epoch(), lo))
+    }
+}
+
+impl Storage for WalStorage {
+    fn hard_state(&self) -> CoreHardState {
+        // A hard state that does not fit the kernel's epoch type cannot have
+        // been written by it; start from the default rather than fail reads.
+        to_core(self.hard.get()).unwrap_or_default()
+    }
+
+    fn first_zxid(&self) -> Option<Zxid> {
+        self.wal.first_key().map(Zxid)
+    }
+
+    fn last_zxid(&self) -> Option<Zxid> {
+        self.wal.last_key().map(Zxid)
+    }
+
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        let mut ends = Vec::new();
+        let Some(mut first) = self.first_zxid() else {
+            return Ok(ends);
+        };
+        let last = self.last_zxid().unwrap_or(first);
+        // One iteration per epoch present in the log (at most 2^32).
+        loop {
+            let end = self.epoch_end(first)?;
+            ends.push(end);
+            if end >= last {
+                break;
+            }
+            let Some(next_epoch) = end.epoch().next() else { break };
+            let reader = self.wal.reader();
+            let next = reader.iter_from(Zxid::new(next_epoch, 0).as_u64()).next();
+            match next {
+                Some(Ok(rec)) => first = Zxid(rec.key),
+                Some(Err(e)) => return Err(io(e)),
+                None => break,
+            }
+        }
+        Ok(ends)
+    }
+
+    fn entries(&self, from: Zxid, max_entries: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<(), StorageError> {
+        if let Some(first) = self.first_zxid() {
+            if from < first {
+                return Err(StorageError::Compacted(from));
+            }
+        }
+        let reader = self.wal.reader();
+        let mut bytes = 0usize;
+        for (n, rec) in reader.iter_from(from.as_u64()).enumerate() {
+            if n >= max_entries {
+                break;
+            }
+            let rec = rec.map_err(io)?;
+            if n > 0 && bytes + rec.payload.len() > max_bytes {
+                break;
+            }
+            bytes += rec.payload.len();
+            out.push(Entry {
+                zxid: Zxid(rec.key),
+                data: Bytes::copy_from_slice(rec.payload),
+            });
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        if let (Some(first), Some(last)) = (entries.first(), self.last_zxid()) {
+            if first.zxid <= last {
+                return Err(StorageError::OutOfOrder {
+                    zxid: first.zxid,
+                    last: Some(last),
+                });
+            }
+        }
+        self.wal
+            .append_batch(entries.iter().map(|e| (e.zxid.as_u64(), &e.data[..])))
+            .map(|_| ())
+            .map_err(io)
+    }
+
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        tracing::info!(dir = %self.dir.display(), ?after, "truncating log suffix");
+        self.wal.truncate_suffix(after.as_u64()).map_err(io)
+    }
+
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        // The WAL drops whole segments below its argument, so entries up to
+        // `upto` (and possibly fewer) go.
+        let removed = self.wal.truncate_prefix(upto.as_u64().saturating_add(1)).map_err(io)?;
+        if removed > 0 {
+            tracing::debug!(?upto, removed, "log prefix truncated");
+        }
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hs: CoreHardState) -> Result<(), StorageError> {
+        let mut stored = self.hard.get();
+        stored.accepted_epoch = u64::from(hs.accepted_epoch.0);
+        stored.current_epoch = u64::from(hs.current_epoch.0);
+        self.hard.set(&stored).map_err(io)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.wal.sync().map(|_| ()).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(e: u32, c: u32) -> Entry {
+        Entry {
+            zxid: Zxid::new(Epoch(e), c),
+            data: Bytes::from(format!("{e}.{c}")),
+        }
+    }
+
+    fn options() -> WalOptions {
+        WalOptions {
+            segment_bytes: 64 << 10,
+            prepare_in_background: false,
+            ..WalOptions::default()
+        }
+    }
+
+    #[test]
+    fn storage_survives_reopen_with_epoch_ends_and_hard_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            let batch: Vec<Entry> = (1..=50)
+                .map(|c| entry(1, c))
+                .chain((1..=7).map(|c| entry(3, c)))
+                .chain((1..=300).map(|c| entry(4, c)))
+                .collect();
+            s.append(&batch).unwrap();
+            s.save_hard_state(CoreHardState {
+                accepted_epoch: Epoch(5),
+                current_epoch: Epoch(4),
+            })
+            .unwrap();
+            s.sync().unwrap();
+        }
+        let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert_eq!(s.hard_state().accepted_epoch, Epoch(5));
+        assert_eq!(s.hard_state().current_epoch, Epoch(4));
+        assert_eq!(
+            s.epoch_ends().unwrap(),
+            vec![Zxid::new(Epoch(1), 50), Zxid::new(Epoch(3), 7), Zxid::new(Epoch(4), 300)]
+        );
+        let mut out = Vec::new();
+        s.entries(Zxid::new(Epoch(3), 6), 4, usize::MAX, &mut out).unwrap();
+        let got: Vec<Zxid> = out.iter().map(|e| e.zxid).collect();
+        assert_eq!(
+            got,
+            vec![
+                Zxid::new(Epoch(3), 6),
+                Zxid::new(Epoch(3), 7),
+                Zxid::new(Epoch(4), 1),
+                Zxid::new(Epoch(4), 2)
+            ]
+        );
+        assert_eq!(&out[0].data[..], b"3.6");
+        // TRUNC: drop the epoch-4 suffix and continue the log in epoch 5.
+        s.truncate_suffix(Zxid::new(Epoch(3), 7)).unwrap();
+        s.append(&[entry(5, 1)]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert_eq!(
+            s.epoch_ends().unwrap(),
+            vec![Zxid::new(Epoch(1), 50), Zxid::new(Epoch(3), 7), Zxid::new(Epoch(5), 1)]
+        );
+    }
+
+    #[test]
+    fn out_of_order_append_is_refused_and_byte_limit_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        s.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]).unwrap();
+        assert!(matches!(s.append(&[entry(1, 2)]), Err(StorageError::OutOfOrder { .. })));
+        let mut out = Vec::new();
+        // The first entry always comes whole; the byte limit stops the rest.
+        s.entries(Zxid::new(Epoch(1), 1), 10, 1, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(s.epoch_ends().unwrap() == vec![Zxid::new(Epoch(1), 3)]);
+    }
+}
