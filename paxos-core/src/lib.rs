@@ -9,6 +9,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod basic;
 mod codec;
 mod config;
 pub mod election;
