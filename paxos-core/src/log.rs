@@ -378,12 +378,12 @@ impl<S: Storage> Log<S> {
             // may still hold a suffix whose truncation is pending).
             let mut keep = n0;
             let mut expect = Some(start);
-            for i in n0..out.len() {
-                let z = out[i].zxid;
+            for (i, e) in out.iter().enumerate().skip(n0) {
+                let z = e.zxid;
                 if Some(z) != expect || z > upto || unstable_from.is_some_and(|u| z >= u) {
                     break;
                 }
-                bytes += out[i].data.len();
+                bytes += e.data.len();
                 keep = i + 1;
                 expect = self.index.next_after(z);
             }

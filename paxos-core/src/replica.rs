@@ -1855,15 +1855,14 @@ impl<S: Storage> Replica<S> {
                     p.restart(now);
                     resend.push((*n, p.round));
                 }
-                PPhase::Broadcast => {
+                PPhase::Broadcast
                     if p.inflight
                         .front()
-                        .is_some_and(|(_, t)| now.saturating_since(*t) > sync_timeout)
-                    {
-                        // Lost ACCEPTs: go back to what the follower holds.
-                        p.inflight.clear();
-                        p.next_prev = p.match_zxid.max(p.next_prev.min(p.match_zxid));
-                    }
+                        .is_some_and(|(_, t)| now.saturating_since(*t) > sync_timeout) =>
+                {
+                    // Lost ACCEPTs: go back to what the follower holds.
+                    p.inflight.clear();
+                    p.next_prev = p.match_zxid;
                 }
                 _ => {}
             }

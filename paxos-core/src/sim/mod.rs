@@ -65,6 +65,11 @@ impl SyncPlanner for TestPlanner {
     }
 }
 
+/// Makes the elector of a node (given its id and the group's configuration).
+pub type ElectorFactory<E> = Box<dyn Fn(NodeId, &Config) -> E>;
+/// Makes a node's sync planner.
+pub type PlannerFactory = Box<dyn Fn() -> Box<dyn SyncPlanner + Send>>;
+
 /// Parameters of a simulation run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -365,8 +370,8 @@ pub struct Sim<E: Elector> {
     nodes: Vec<Node<E>>,
     config: Config,
     blocked: BTreeSet<(NodeId, NodeId)>,
-    make_elector: Box<dyn Fn(NodeId, &Config) -> E>,
-    make_planner: Box<dyn Fn() -> Box<dyn SyncPlanner + Send>>,
+    make_elector: ElectorFactory<E>,
+    make_planner: PlannerFactory,
     canonical: Vec<(Zxid, u64)>,
     acked: BTreeMap<Zxid, u64>,
     proposed: BTreeMap<Zxid, u64>,
@@ -418,8 +423,8 @@ impl<E: Elector> Sim<E> {
     /// A simulation whose nodes use the electors and planners the factories make.
     pub fn new(
         cfg: SimConfig,
-        make_elector: Box<dyn Fn(NodeId, &Config) -> E>,
-        make_planner: Box<dyn Fn() -> Box<dyn SyncPlanner + Send>>,
+        make_elector: ElectorFactory<E>,
+        make_planner: PlannerFactory,
     ) -> Sim<E> {
         assert!(cfg.voters >= 1, "a group needs a voter");
         let voters: Vec<NodeId> = (1..=cfg.voters as u64).map(NodeId).collect();

@@ -8,8 +8,11 @@ use std::time::Duration;
 use super::{Sim, SimConfig, SimStats, TestElector, Violation};
 use crate::NodeId;
 
+/// A scenario: runs with a seed, returns the run's counters or the violation.
+pub type Scenario = fn(u64) -> Result<SimStats, Violation>;
+
 /// The scenarios, by name.
-pub const SCENARIOS: &[(&str, fn(u64) -> Result<SimStats, Violation>)] = &[
+pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("leader_crash_mid_broadcast", leader_crash_mid_broadcast),
     (
         "old_epoch_suffix_forces_trunc",
