@@ -360,7 +360,14 @@ impl<Q: QuorumSystem> FastElection<Q> {
 
     fn record(&mut self, from: NodeId, msg: Notification) {
         debug_assert_eq!(msg.round, self.round, "views hold the current round only");
-        self.views.insert(from, msg.vote);
+        // Within a round a node's vote only ever improves, so a worse vote
+        // than the one we hold for it is a reordered old message: keep ours
+        // (otherwise a stale message breaks a quorum and restarts the
+        // settle wait).
+        let seen = self.views.entry(from).or_insert(None);
+        if msg.vote > *seen {
+            *seen = msg.vote;
+        }
         if let (true, Some(v)) = (msg.locked, msg.vote) {
             self.locks.insert(from, v);
         }
@@ -371,7 +378,13 @@ impl<Q: QuorumSystem> FastElection<Q> {
             debug_assert!(false, "validated: settled reports name a leader");
             return;
         };
-        self.views.remove(&from);
+        // It no longer looks in our round, unless this report is older
+        // than our round: then it may be a reordered message from before
+        // the sender started looking, and dropping its vote would break a
+        // quorum we see and restart the settle wait.
+        if msg.round >= self.round {
+            self.views.remove(&from);
+        }
         if msg.round == self.round && msg.locked {
             self.locks.insert(from, vote);
         }

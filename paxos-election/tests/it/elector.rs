@@ -377,3 +377,23 @@ fn bad_configs_are_refused() {
         Some(ConfigError::QuorumMismatch)
     );
 }
+
+#[test]
+fn reordered_old_messages_do_not_restart_the_settle_wait() {
+    let mut e = elector(2, &[1, 2, 3]);
+    e.start_looking(at(0), info(1, 1));
+    // Node 3 has the better vote; we adopt it and {2, 3} hold it.
+    e.handle_message(at(1), NodeId(3), looking(Some(vote(3, 1, 9)), 1, false));
+    assert_eq!(e.poll_timeout(), Some(at(1) + SETTLE));
+    // Late copies of node 3's older messages: a worse vote of this round
+    // and its report from before it started looking.
+    e.handle_message(at(2), NodeId(3), looking(Some(vote(1, 1, 1)), 1, false));
+    e.handle_message(at(3), NodeId(3), report(PeerState::Following, 1, 0, true));
+    assert_eq!(
+        e.poll_timeout(),
+        Some(at(1) + SETTLE),
+        "the settle wait runs on"
+    );
+    e.handle_timeout(at(51));
+    assert_eq!(e.lock(), Some((1, vote(3, 1, 9))));
+}
