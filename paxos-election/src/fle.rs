@@ -618,7 +618,10 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 return;
             }
             Phase::Settled => {
-                if msg.state == PeerState::Looking {
+                // Voters never count an observer's answer, so an observer
+                // answers only observers.
+                let useful = self.voter || !self.quorum.is_voter(from);
+                if msg.state == PeerState::Looking && useful {
                     self.reply(from);
                 }
                 return;

@@ -256,6 +256,12 @@ fn observers_ask_the_voters_and_never_vote_or_lead() {
     o.handle_message(at(4), NodeId(1), report(PeerState::Leading, 1, 2, true));
     assert_eq!(o.poll_decision().map(|d| d.leader), Some(NodeId(1)));
     assert_eq!(o.state(), PeerState::Observing);
+    drain(&mut o);
+    o.handle_message(at(5), NodeId(3), looking(Some(vote(3, 1, 1)), 3, false));
+    assert!(
+        drain(&mut o).is_empty(),
+        "voters never count an observer's answer"
+    );
 }
 
 #[test]
