@@ -473,14 +473,21 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         let stored_crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        self.buf.resize(len as usize, 0);
-        read_full(
-            &mut self.inner,
-            &mut self.buf,
-            &self.file,
-            frame_at + 8,
-            "chunk",
-        )?;
+        // Grow the buffer only as bytes arrive: a frame that declares a large
+        // chunk in a short (damaged) stream allocates no more than it holds.
+        self.buf.clear();
+        // (`read_to_end` retries `Interrupted` itself.)
+        let got = (&mut self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut self.buf)
+            .map_err(|e| SnapshotError::io("read", self.file.clone(), e))?;
+        if got != len as usize {
+            return Err(SnapshotError::Truncated {
+                file: self.file.clone(),
+                offset: frame_at + 8 + got as u64,
+                inside: "chunk",
+            });
+        }
         let (crc, data_hasher) = chunk_crc(self.chunk_count, &self.buf);
         if crc != stored_crc {
             return Err(SnapshotError::ChunkChecksum {

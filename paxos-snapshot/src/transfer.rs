@@ -181,10 +181,14 @@ impl SnapshotSender {
 
     /// The chunk starting at `offset`.
     pub fn chunk_at(&self, offset: u64) -> Result<SnapshotChunk> {
-        assert!(
-            offset < self.total_bytes,
-            "chunk offset must be inside the file"
-        );
+        if offset >= self.total_bytes {
+            return Err(SnapshotError::BadChunkBounds {
+                snapshot: self.id,
+                offset,
+                len_bytes: 0,
+                what: "starts past the end of the snapshot",
+            });
+        }
         let len = (self.total_bytes - offset).min(u64::from(self.max_chunk_bytes));
         let mut data = vec![0u8; len as usize];
         self.file

@@ -180,3 +180,94 @@ fn state_machine_error_is_reported() {
     ));
     assert!(names(&store).is_empty(), "no file left behind");
 }
+
+const CRASH_CHILD_ENV: &str = "PAXOS_SNAPSHOT_CRASH_CHILD_DIR";
+const CRASH_STATE_BYTES: usize = 3 << 20;
+
+/// Child half of the crash test: writes snapshots (and prunes) until killed.
+/// Does nothing unless started by the parent with the environment variable.
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) else {
+        return;
+    };
+    let store = SnapshotStore::open(dir)
+        .expect("open")
+        .with_chunk_bytes(64 << 10);
+    // Bounded: the parent kills it long before this ends.
+    for c in 1..=10_000u32 {
+        let sm = Blob::filled(CRASH_STATE_BYTES, u64::from(c), z(1, c));
+        store.save(&sm, Epoch(1), &[NodeId(1)]).expect("save");
+        store.retain(2).expect("retain");
+    }
+}
+
+#[test]
+fn killed_writer_leaves_old_or_new_snapshot_never_torn() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    for round in 0..4u64 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "store::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        // Let it get a few snapshots in (bounded wait), then kill it at an
+        // arbitrary point of its write loop.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let want = (round as usize % 2) + 1; // at most 2 kept + 1 temporary
+        loop {
+            let n = fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0);
+            if n > want || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(3 + round * 7));
+        child.kill().expect("kill child");
+        child.wait().expect("reap child");
+
+        let store = SnapshotStore::open(dir.path()).expect("reopen after crash");
+        let listed = store.list().expect("list");
+        assert!(
+            !listed.is_empty(),
+            "round {round}: the child wrote at least one snapshot"
+        );
+        for s in &listed {
+            // Every file under a snapshot name is complete and verifies...
+            store
+                .verify(s.zxid)
+                .unwrap_or_else(|e| panic!("round {round}: torn snapshot: {e}"));
+        }
+        // ...and holds exactly the state it names.
+        let latest = listed.last().expect("non-empty");
+        let mut sm = Blob::default();
+        store.restore(latest.zxid, &mut sm).expect("restore");
+        assert_eq!(
+            sm,
+            Blob::filled(
+                CRASH_STATE_BYTES,
+                u64::from(latest.zxid.counter()),
+                latest.zxid
+            )
+        );
+        let temps = fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .count();
+        assert_eq!(temps, 0, "open removed the crashed write's temporary file");
+    }
+}
