@@ -9,6 +9,12 @@ use crate::certs::{ClusterTrust, NodeIdentity};
 use crate::error::NetError;
 use crate::PeerId;
 
+/// UDP payload size used by [`NetConfig::loopback`]. quinn hands the kernel
+/// up to 10 datagrams per segmentation-offload (GSO) send and Linux refuses a
+/// GSO send over 64 KiB, so 10 × 6000 bytes is about the largest packet that
+/// keeps batching working; bigger packets are silently lost.
+pub const LOOPBACK_MTU_BYTES: u16 = 6000;
+
 /// Configuration of one node's [`Transport`](crate::Transport).
 ///
 /// Every field is public; start from [`NetConfig::new`] (production
@@ -65,11 +71,20 @@ pub struct NetConfig {
     pub max_bulk_streams: u32,
     /// Per-stream receive window (bytes of flow-control credit per stream).
     pub stream_window_bytes: u64,
+    /// UDP payload size the network is known to carry (quinn's `min_mtu`):
+    /// path MTU never drops below it, even when losses look like a black hole.
+    /// 1200 (QUIC's minimum) is safe everywhere; raise it only when every path
+    /// is known to carry more (loopback, jumbo frames).
+    pub min_mtu_bytes: u16,
     /// Initial UDP payload size. 1200 is safe on every path; on loopback or
     /// jumbo-frame networks a larger value cuts per-packet costs.
     pub initial_mtu_bytes: u16,
     /// Upper bound for path MTU discovery.
     pub max_mtu_bytes: u16,
+    /// Requested UDP socket send and receive buffer size (the kernel caps it
+    /// at `net.core.rmem_max` / `wmem_max`). Bigger buffers avoid drops when
+    /// a window of bulk data arrives in one burst.
+    pub socket_buffer_bytes: usize,
     /// Control frames are coalesced into writes of up to this many bytes.
     pub write_batch_bytes: usize,
     /// Time graceful shutdown waits for queued frames to be delivered.
@@ -105,15 +120,19 @@ impl NetConfig {
             max_handshakes_per_ip: 8,
             max_bulk_streams: 4,
             stream_window_bytes: 8 * 1024 * 1024,
+            min_mtu_bytes: 1200,
             initial_mtu_bytes: 1200,
             max_mtu_bytes: 1452,
+            socket_buffer_bytes: 4 * 1024 * 1024,
             write_batch_bytes: 64 * 1024,
             shutdown_flush_ms: 3_000,
         }
     }
 
     /// Defaults for nodes on one machine (tests, benches): loopback's 64 KiB
-    /// MTU lets QUIC use large packets, and timers are short.
+    /// MTU lets QUIC use [`LOOPBACK_MTU_BYTES`] packets from the first one
+    /// (and never fall back to 1200 when a loaded machine drops packets), and
+    /// timers are short.
     pub fn loopback(
         identity: NodeIdentity,
         trust: ClusterTrust,
@@ -121,8 +140,14 @@ impl NetConfig {
         peers: BTreeMap<PeerId, SocketAddr>,
     ) -> NetConfig {
         NetConfig {
-            initial_mtu_bytes: 8192,
-            max_mtu_bytes: 16384,
+            min_mtu_bytes: LOOPBACK_MTU_BYTES,
+            initial_mtu_bytes: LOOPBACK_MTU_BYTES,
+            max_mtu_bytes: LOOPBACK_MTU_BYTES,
+            // Sub-millisecond RTT: 2 MiB of credit per stream still allows
+            // several GB/s, and keeps a burst well inside the UDP socket
+            // buffer, so the receiver does not drop packets when it is
+            // descheduled for a moment.
+            stream_window_bytes: 2 * 1024 * 1024,
             backoff_initial_ms: 20,
             backoff_max_ms: 500,
             keep_alive_ms: 500,
@@ -169,8 +194,14 @@ impl NetConfig {
         if self.stream_window_bytes < 64 * 1024 {
             return bad("stream_window_bytes must be >= 64 KiB".into());
         }
-        if self.initial_mtu_bytes < 1200 || self.max_mtu_bytes < self.initial_mtu_bytes {
-            return bad("need 1200 <= initial_mtu_bytes <= max_mtu_bytes".into());
+        if self.min_mtu_bytes < 1200
+            || self.initial_mtu_bytes < self.min_mtu_bytes
+            || self.max_mtu_bytes < self.initial_mtu_bytes
+            || self.max_mtu_bytes > 65_527
+        {
+            return bad(
+                "need 1200 <= min_mtu_bytes <= initial_mtu_bytes <= max_mtu_bytes <= 65527".into(),
+            );
         }
         if self.write_batch_bytes == 0 {
             return bad("write_batch_bytes must be > 0".into());
@@ -196,9 +227,10 @@ impl NetConfig {
     ///   is what turns a dead peer into a reconnect.
     /// - **Initial RTT** 100 ms instead of 333 ms: cluster links are LAN/WAN,
     ///   not the open internet, so early loss recovery is quicker.
-    /// - **MTU**: `initial_mtu_bytes`, with path MTU discovery up to
-    ///   `max_mtu_bytes` (on loopback large packets cut per-packet crypto and
-    ///   syscall costs several fold).
+    /// - **MTU**: at least `min_mtu_bytes`, starting at `initial_mtu_bytes`, with path MTU discovery up to
+    ///   `max_mtu_bytes`, which also bounds the UDP payload size the endpoint
+    ///   accepts (on loopback large packets cut per-packet crypto and syscall
+    ///   costs several fold).
     /// - **Congestion control**: Cubic (quinn's default, loss-based, fair with
     ///   TCP on shared links), initial window 10 packets of the initial MTU so
     ///   a large MTU also means a larger first flight.
@@ -217,6 +249,7 @@ impl NetConfig {
                 quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms)).ok(),
             )
             .initial_rtt(Duration::from_millis(100))
+            .min_mtu(self.min_mtu_bytes)
             .initial_mtu(self.initial_mtu_bytes)
             .datagram_receive_buffer_size(None);
         let mut mtu = quinn::MtuDiscoveryConfig::default();

@@ -82,8 +82,8 @@ pub mod tls;
 mod transport;
 
 pub use certs::{ClusterTrust, NodeIdentity};
-pub use config::NetConfig;
+pub use config::{NetConfig, LOOPBACK_MTU_BYTES};
 pub use error::{CloseCode, NetError, SendError};
 pub use id::PeerId;
-pub use metrics::{EndpointMetrics, PeerMetrics};
+pub use metrics::{EndpointMetrics, PathMetrics, PeerMetrics};
 pub use transport::{Inbox, Transport};

@@ -68,6 +68,36 @@ pub struct PeerMetrics {
     pub bulk_queue_depth: u64,
     /// Whether a connection is up now.
     pub connected: bool,
+    /// Live path figures of the current connection (`None` when disconnected).
+    pub path: Option<PathMetrics>,
+}
+
+/// Figures of the current QUIC path to a peer (from quinn's statistics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMetrics {
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Current path MTU (largest UDP payload in use), bytes.
+    pub mtu_bytes: u16,
+    /// Congestion window, bytes.
+    pub congestion_window_bytes: u64,
+    /// Packets declared lost on this connection.
+    pub lost_packets: u64,
+    /// UDP datagrams sent on this connection.
+    pub sent_datagrams: u64,
+}
+
+impl PathMetrics {
+    pub(crate) fn of(conn: &quinn::Connection) -> PathMetrics {
+        let stats = conn.stats();
+        PathMetrics {
+            rtt_us: stats.path.rtt.as_micros() as u64,
+            mtu_bytes: stats.path.current_mtu,
+            congestion_window_bytes: stats.path.cwnd,
+            lost_packets: stats.path.lost_packets,
+            sent_datagrams: stats.udp_tx.datagrams,
+        }
+    }
 }
 
 impl PeerCounters {
@@ -76,6 +106,7 @@ impl PeerCounters {
         peer: PeerId,
         queue_depth: u64,
         bulk_queue_depth: u64,
+        path: Option<PathMetrics>,
     ) -> PeerMetrics {
         PeerMetrics {
             peer,
@@ -96,6 +127,7 @@ impl PeerCounters {
             queue_depth,
             bulk_queue_depth,
             connected: self.connected.load(Relaxed),
+            path,
         }
     }
 }

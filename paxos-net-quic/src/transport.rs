@@ -36,7 +36,9 @@ use crate::certs::CertError;
 use crate::config::NetConfig;
 use crate::error::{CloseCode, NetError, SendError};
 use crate::frame::{FrameDecoder, StreamHeader, StreamKind, BULK_PREFIX_BYTES, HEADER_BYTES};
-use crate::metrics::{add, EndpointCounters, EndpointMetrics, PeerCounters, PeerMetrics};
+use crate::metrics::{
+    add, EndpointCounters, EndpointMetrics, PathMetrics, PeerCounters, PeerMetrics,
+};
 use crate::{tls, PeerId};
 
 /// Send priority of the control stream: quinn sends higher priorities first,
@@ -75,13 +77,16 @@ struct PeerSlot {
     bulk_tx: mpsc::Sender<Bytes>,
     inbound_tx: mpsc::Sender<Accepted>,
     counters: PeerCounters,
+    /// The live connection, for path statistics.
+    current: Mutex<Option<Connection>>,
 }
 
 impl PeerSlot {
     fn snapshot(&self) -> PeerMetrics {
         let depth = |tx: &mpsc::Sender<Bytes>| (tx.max_capacity() - tx.capacity()) as u64;
+        let path = self.current.lock().as_ref().map(PathMetrics::of);
         self.counters
-            .snapshot(self.id, depth(&self.frames_tx), depth(&self.bulk_tx))
+            .snapshot(self.id, depth(&self.frames_tx), depth(&self.bulk_tx), path)
     }
 }
 
@@ -176,8 +181,28 @@ impl Transport {
                 addr: cfg.listen_addr,
                 source,
             })?;
+        // Larger kernel buffers absorb bursts (a window of bulk data arrives
+        // faster than one task drains it); the kernel caps them at
+        // net.core.{r,w}mem_max, so failures are only logged.
+        let udp_state =
+            quinn::udp::UdpSocketState::new((&socket).into()).map_err(|source| NetError::Bind {
+                addr: cfg.listen_addr,
+                source,
+            })?;
+        if let Err(e) = udp_state.set_recv_buffer_size((&socket).into(), cfg.socket_buffer_bytes) {
+            debug!(node = %id, error = %e, "could not set UDP receive buffer size");
+        }
+        if let Err(e) = udp_state.set_send_buffer_size((&socket).into(), cfg.socket_buffer_bytes) {
+            debug!(node = %id, error = %e, "could not set UDP send buffer size");
+        }
+        let mut endpoint_cfg = quinn::EndpointConfig::default();
+        endpoint_cfg
+            .max_udp_payload_size(cfg.max_mtu_bytes)
+            .map_err(|e| NetError::Config {
+                problem: format!("max_mtu_bytes {}: {e}", cfg.max_mtu_bytes),
+            })?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_cfg,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -205,6 +230,7 @@ impl Transport {
                     bulk_tx,
                     inbound_tx,
                     counters: PeerCounters::default(),
+                    current: Mutex::new(None),
                 },
             );
             driver_inputs.push((peer, frames_q, bulk_q, inbound_rx));
@@ -653,6 +679,7 @@ async fn run_peer(
         }
         established_before = true;
         slot.counters.connected.store(true, Ordering::Relaxed);
+        *slot.current.lock() = Some(session.conn.clone());
         let end = run_session(
             &shared,
             slot,
@@ -664,6 +691,7 @@ async fn run_peer(
         )
         .await;
         slot.counters.connected.store(false, Ordering::Relaxed);
+        *slot.current.lock() = None;
         add(&slot.counters.disconnects, 1);
         match end {
             SessionEnd::Shutdown => break 'outer,
@@ -813,7 +841,16 @@ async fn run_session(
                 Err(e) => return SessionEnd::Lost(e),
             },
             e = &mut bulk_reader => return SessionEnd::Lost(e),
-            reason = conn.closed() => return SessionEnd::Lost(reason.to_string()),
+            reason = conn.closed() => {
+                // quinn still hands out data that arrived before the close
+                // (a peer that shut down after its last frames were
+                // acknowledged): deliver it before giving up the session.
+                if !reader_done {
+                    let drain = Duration::from_millis(shared.cfg.shutdown_flush_ms);
+                    let _ = timeout(drain, &mut reader).await;
+                }
+                return SessionEnd::Lost(reason.to_string());
+            }
             accepted = inbound_rx.recv() => if let Some(a) = accepted {
                 conn.close(CloseCode::Replaced.varint(), b"replaced by a newer connection");
                 return SessionEnd::Replaced(a);
