@@ -319,7 +319,11 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     fn on_looking(&mut self, from: NodeId, msg: Notification) {
-        self.reports.remove(&from);
+        // It looks again, unless this is a reordered message from before
+        // its report (a node looks in a later round than it settled in).
+        if self.reports.get(&from).is_some_and(|r| r.round < msg.round) {
+            self.reports.remove(&from);
+        }
         if msg.round > self.round {
             tracing::debug!(node = %self.id, from = %from, round = msg.round, "joining newer election round");
             self.enter_round(msg.round);

@@ -17,7 +17,10 @@
 //! - A LOOKING node enters a new round, votes for itself and sends its vote to
 //!   all members. It adopts any better vote of its round and re-sends, jumps
 //!   to a newer round when it sees one (voting for the better of itself and
-//!   the sender's vote), and answers a peer of an older round with its vote.
+//!   the sender's vote), and answers a peer of an older round, or an
+//!   unlocked peer of its round holding a worse vote, with its own vote.
+//!   Within a round a node's vote only improves, so a worse vote from a peer
+//!   than the one already seen is a reordered old message and is ignored.
 //! - When a quorum of voters holds our proposal and no better vote arrives
 //!   for [`ElectionConfig::settle_wait`] (ZooKeeper's finalize wait), we
 //!   *lock* it: we will not change our vote in this round any more, and we
