@@ -10,8 +10,9 @@
 //! and `protobuf-compiler` to build. `RUST_LOG=paxos_bench=debug` shows progress.
 #![allow(clippy::print_stdout)]
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -30,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     duration_s: f64,
     /// Seconds of unmeasured warm-up per system.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 5.0)]
     warmup_s: f64,
     /// Client connections shared by the logical clients.
     #[arg(long, default_value_t = 8)]
@@ -79,6 +80,20 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
+    // The baseline: one writer overwriting `value_bytes` in a preallocated file
+    // and calling fdatasync, on the disk that holds the clusters' data (what
+    // one sync costs here: the ceiling of a system that syncs every write).
+    let mut baselines = Vec::new();
+    for &value_bytes in &opts.value_bytes {
+        let dir = opts.base_dir.clone();
+        let duration = opts.duration.min(Duration::from_secs(2));
+        let per_s =
+            tokio::task::spawn_blocking(move || fdatasync_rate(&dir, value_bytes, duration))
+                .await
+                .context("baseline task")??;
+        baselines.push((value_bytes, per_s));
+    }
+
     let report = run_comparison(opts).await?;
 
     println!(
@@ -102,13 +117,26 @@ async fn main() -> anyhow::Result<()> {
             s.verified
         );
         let label = format!("{} c={} {}B", s.system, s.concurrency, s.value_bytes);
-        figures.push(serde_json::json!({"name": format!("{label} writes"), "value": s.writes_per_s, "unit": "writes/s"}));
+        let baseline = baselines
+            .iter()
+            .find(|(v, _)| *v == s.value_bytes)
+            .map_or(f64::NAN, |(_, per_s)| *per_s);
+        figures.push(serde_json::json!({
+            "name": format!("{label} writes"),
+            "value": s.writes_per_s,
+            "unit": "writes/s",
+            "baseline_name": format!("fdatasync {}B", s.value_bytes),
+            "baseline": baseline,
+        }));
         figures.push(
             serde_json::json!({"name": format!("{label} p50"), "value": s.p50_us, "unit": "us"}),
         );
         figures.push(
             serde_json::json!({"name": format!("{label} p99"), "value": s.p99_us, "unit": "us"}),
         );
+    }
+    for (value_bytes, per_s) in &baselines {
+        println!("baseline: one writer, {value_bytes}B write + fdatasync (preallocated file): {per_s:.0} syncs/s");
     }
     for skipped in &report.skipped {
         println!("{} skipped: {}", skipped.system, skipped.reason);
@@ -135,4 +163,54 @@ async fn main() -> anyhow::Result<()> {
     let lost: usize = report.rows.iter().map(|r| r.lost).sum();
     anyhow::ensure!(lost == 0, "{lost} acknowledged writes were not read back");
     Ok(())
+}
+
+/// Bytes written ahead into the baseline's scratch file, which is then
+/// overwritten in place (wrapping around), as etcd and ZooKeeper preallocate
+/// their logs so that a sync flushes data, not file-size metadata.
+const BASELINE_FILE_BYTES: usize = 32 << 20;
+
+/// Writes `value_bytes` and calls fdatasync in a loop for `duration` (at most
+/// a million times) in a preallocated scratch file under `dir`; returns syncs
+/// per second.
+fn fdatasync_rate(dir: &Path, value_bytes: usize, duration: Duration) -> anyhow::Result<f64> {
+    use std::io::{Seek, SeekFrom};
+    anyhow::ensure!(
+        value_bytes > 0 && value_bytes <= BASELINE_FILE_BYTES,
+        "baseline value size {value_bytes} out of range"
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("fdatasync-baseline-{value_bytes}"));
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..BASELINE_FILE_BYTES / zeros.len() {
+        file.write_all(&zeros)
+            .with_context(|| format!("preallocating {}", path.display()))?;
+    }
+    file.sync_all()
+        .with_context(|| format!("fsync of {}", path.display()))?;
+    file.seek(SeekFrom::Start(0))
+        .with_context(|| format!("seeking in {}", path.display()))?;
+    let value = vec![b'x'; value_bytes];
+    let mut offset = 0usize;
+    let start = Instant::now();
+    let mut syncs = 0u64;
+    while start.elapsed() < duration && syncs < 1_000_000 {
+        if offset + value_bytes > BASELINE_FILE_BYTES {
+            file.seek(SeekFrom::Start(0))
+                .with_context(|| format!("seeking in {}", path.display()))?;
+            offset = 0;
+        }
+        file.write_all(&value)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.sync_data()
+            .with_context(|| format!("fdatasync of {}", path.display()))?;
+        offset += value_bytes;
+        syncs += 1;
+    }
+    let per_s = syncs as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(per_s)
 }

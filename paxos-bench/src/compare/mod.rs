@@ -341,7 +341,7 @@ pub struct CompareOptions {
 
 impl CompareOptions {
     /// The grid: 3 members, etcd then ZooKeeper, concurrency 1, 16 and
-    /// 64, values of 100 B and 1 KiB, 5 s runs after a 2 s warm-up.
+    /// 64, values of 100 B and 1 KiB, 5 s runs after a 5 s warm-up.
     pub fn new(base_dir: PathBuf) -> CompareOptions {
         CompareOptions {
             base_dir,
@@ -350,7 +350,7 @@ impl CompareOptions {
             concurrency: vec![1, 16, 64],
             value_bytes: vec![100, 1024],
             duration: Duration::from_secs(5),
-            warmup: Duration::from_secs(2),
+            warmup: Duration::from_secs(5),
             connections: DEFAULT_CONNECTIONS,
             op_timeout: Duration::from_secs(10),
             verify_sample: 100,
