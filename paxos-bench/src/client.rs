@@ -1,7 +1,9 @@
 //! An asynchronous client of the reference key-value node.
 //!
 //! One [`Client`] holds one TCP connection at a time and pipelines every call
-//! made through it (calls from many tasks share it). A write that reaches a
+//! made through it (calls from many tasks share it). Writes belong to a
+//! [`Session`], which has at most one write in flight (the `&mut` borrow
+//! enforces it); many sessions share one client. A write that reaches a
 //! follower is answered with the leader's address; the client reconnects there
 //! and retries the same command (same session and sequence number, so the
 //! store applies it once). Every call is bounded by a timeout.
@@ -53,33 +55,57 @@ struct Conn {
     pending: Pending,
 }
 
+/// A write session: an id unique in the cluster and the sequence of its
+/// writes. The store applies each of its writes at most once, and a retry of
+/// the last one returns the same result.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    next_seq: u64,
+}
+
+impl Session {
+    /// A new session; `id` must not be used by any other writer.
+    pub fn new(id: u64) -> Session {
+        Session { id, next_seq: 1 }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// A pipelined client; cheap to share behind an `Arc`.
 pub struct Client {
     addrs: Vec<SocketAddr>,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
-    session: u64,
-    next_seq: AtomicU64,
+    session: tokio::sync::Mutex<Session>,
+    session_id: u64,
     timeout: Duration,
 }
 
 impl Client {
-    /// A client of the cluster whose client addresses are `addrs`, with its own
-    /// session id (use a distinct one per logical client).
+    /// A client of the cluster whose client addresses are `addrs`. Its
+    /// default session (for [`put`](Client::put), [`delete`](Client::delete)
+    /// and [`cas`](Client::cas)) has the id `session`; concurrent calls on the
+    /// default session are serialised. Use [`write_in`](Client::write_in)
+    /// with a [`Session`] per task for concurrent writes.
     pub fn new(addrs: Vec<SocketAddr>, session: u64, timeout: Duration) -> Client {
         Client {
             addrs,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
-            session,
-            next_seq: AtomicU64::new(1),
+            session: tokio::sync::Mutex::new(Session::new(session)),
+            session_id: session,
             timeout,
         }
     }
 
-    /// The session id this client writes under.
+    /// The id of the default session.
     pub fn session(&self) -> u64 {
-        self.session
+        self.session_id
     }
 
     async fn connect(&self, prefer: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
@@ -172,21 +198,46 @@ impl Client {
         }
     }
 
-    /// Runs one replicated write and returns its result.
-    pub async fn write(&self, op: KvOp) -> Result<KvResult, ClientError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+    /// Runs one replicated write in `session` and returns its result.
+    pub async fn write_in(&self, session: &mut Session, op: KvOp) -> Result<KvResult, ClientError> {
+        // The sequence advances even if this call fails: a late copy of it
+        // is then refused by the store instead of being applied out of order.
+        let seq = session.next_seq;
+        session.next_seq += 1;
         let cmd = KvCommand {
-            client: self.session,
+            client: session.id,
             seq,
             op,
         };
         match self.call(Request::Write(cmd)).await? {
             Response::Written(r) => {
-                KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))
+                match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
+                    KvResult::StaleSequence { last } => Err(ClientError::Node(format!(
+                        "sequence {seq} of session {} is stale (last applied {last})",
+                        session.id
+                    ))),
+                    result => Ok(result),
+                }
             }
             Response::Error(e) => Err(ClientError::Node(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Runs one replicated write in the default session.
+    pub async fn write(&self, op: KvOp) -> Result<KvResult, ClientError> {
+        let mut session = self.session.lock().await;
+        self.write_in(&mut session, op).await
+    }
+
+    /// Sets `key` to `value` in `session`.
+    pub async fn put_in(
+        &self,
+        session: &mut Session,
+        key: Bytes,
+        value: Bytes,
+    ) -> Result<KvResult, ClientError> {
+        self.write_in(session, KvOp::Put { key, value }).await
     }
 
     /// Sets `key` to `value`.

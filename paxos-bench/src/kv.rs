@@ -2,9 +2,13 @@
 //! compare-and-set, deduplicated per client session so that a retried command
 //! (after a failover, say) takes effect once.
 //!
-//! A command is `client id | sequence | op`; the store remembers the highest
-//! sequence applied for every client and the result it gave, and answers a
-//! replay with that result instead of applying it again.
+//! A command is `client id | sequence | op`. A session (client id) has at most
+//! one write outstanding at a time and numbers its writes 1, 2, 3, ...; the
+//! store remembers the highest sequence applied for every session and the
+//! result it gave. A command with that same sequence is a retry: it is
+//! answered with the remembered result and not applied again. A lower
+//! sequence is a late duplicate of a write the session has moved past: it is
+//! refused ([`KvResult::StaleSequence`]) and not applied.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use paxos_core::{StateMachine, Zxid};
@@ -59,6 +63,12 @@ pub struct KvCommand {
 pub enum KvResult {
     /// Put or delete done; carries the previous value, if any.
     Done(Option<Bytes>),
+    /// The command's sequence is below the session's last applied one: a
+    /// late duplicate, or a session with two writes in flight. Not applied.
+    StaleSequence {
+        /// The session's last applied sequence.
+        last: u64,
+    },
     /// Compare-and-set: whether it swapped, and the value found.
     Cas {
         /// True if the value was replaced.
@@ -209,6 +219,10 @@ impl KvResult {
                 buf.put_u8(u8::from(*swapped));
                 put_opt_bytes(&mut buf, current.as_ref());
             }
+            KvResult::StaleSequence { last } => {
+                buf.put_u8(3);
+                buf.put_u64_le(*last);
+            }
         }
         buf.freeze()
     }
@@ -233,6 +247,14 @@ impl KvResult {
                 Ok(KvResult::Cas {
                     swapped,
                     current: get_opt_bytes(&mut src, MAX_VALUE_BYTES, total)?,
+                })
+            }
+            3 => {
+                if src.remaining() < 8 {
+                    return Err(KvCodecError::Truncated(1));
+                }
+                Ok(KvResult::StaleSequence {
+                    last: src.get_u64_le(),
                 })
             }
             t => Err(KvCodecError::UnknownTag(t)),
@@ -349,9 +371,12 @@ impl StateMachine for KvStore {
             Err(_) => return Bytes::from_static(&[MALFORMED]),
         };
         if let Some((seq, result)) = self.sessions.get(&cmd.client) {
-            if cmd.seq <= *seq {
-                // A replay of a command already applied: same answer, no effect.
+            if cmd.seq == *seq {
+                // A retry of the command applied last: same answer, no effect.
                 return result.clone();
+            }
+            if cmd.seq < *seq {
+                return KvResult::StaleSequence { last: *seq }.to_bytes();
             }
         }
         let result = self.execute(cmd.op).to_bytes();
@@ -466,6 +491,12 @@ mod tests {
         let r = s.apply(z(3), &put(7, 1, "a", "1"));
         assert_eq!(KvResult::decode(r), Ok(KvResult::Done(None)));
         assert_eq!(s.get(b"a").map(|v| &v[..]), Some(&b"2"[..]));
+        // Client 7 moves on; a late duplicate of an older write is refused.
+        s.apply(z(4), &put(7, 2, "b", "1"));
+        s.apply(z(5), &put(7, 3, "c", "1"));
+        let r = s.apply(z(6), &put(7, 2, "b", "late"));
+        assert_eq!(KvResult::decode(r), Ok(KvResult::StaleSequence { last: 3 }));
+        assert_eq!(s.get(b"b").map(|v| &v[..]), Some(&b"1"[..]));
     }
 
     #[test]

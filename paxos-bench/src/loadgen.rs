@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
+use crate::client::{Client, Session};
 use crate::client_proto::ReadMode;
 
 /// What the generator sends.
@@ -85,7 +85,7 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
         .map(|c| {
             Arc::new(Client::new(
                 spec.addrs.clone(),
-                (spec.run_id << 20) | c as u64,
+                (spec.run_id << 24) | c as u64,
                 spec.timeout,
             ))
         })
@@ -100,15 +100,23 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
     }
     let run_id = spec.run_id;
     let workload = spec.workload;
+    // One write session per logical client: a session has one write in flight.
+    let sessions: Arc<Vec<tokio::sync::Mutex<Session>>> = Arc::new(
+        (0..spec.concurrency)
+            .map(|i| tokio::sync::Mutex::new(Session::new((run_id << 24) | (1 << 23) | i as u64)))
+            .collect(),
+    );
     closed_loop(spec.concurrency, spec.duration, move |i, n| {
         let client = clients[i % conns].clone();
         let value = value.clone();
+        let sessions = sessions.clone();
         async move {
             match workload {
                 Workload::Writes => {
                     let key = key_for(run_id, i, n);
+                    let mut session = sessions[i].lock().await;
                     client
-                        .put(key.clone(), value.clone())
+                        .put_in(&mut session, key.clone(), value.clone())
                         .await
                         .map(|_| Some((key, value)))
                         .map_err(|e| e.to_string())

@@ -252,7 +252,18 @@ async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
     for (key, value) in r.acked.iter().step_by(step) {
         let got = client.get(key.clone(), ReadMode::Linearizable).await?;
         if got.as_ref() != Some(value) {
-            bail!("acknowledged write of {key:?} reads back as {got:?}");
+            // Say where the value is (and is not) before failing.
+            let mut seen = Vec::new();
+            for (id, m) in cluster.members() {
+                let c = Client::new(vec![m.client], u64::MAX - 3, Duration::from_secs(2));
+                let stale = c.get(key.clone(), ReadMode::Stale).await;
+                seen.push(format!("node {id}: {stale:?}"));
+            }
+            bail!(
+                "acknowledged write of {key:?} reads back as {got:?} (stale reads: {}; statuses: {:?})",
+                seen.join("; "),
+                cluster.statuses().await
+            );
         }
     }
     Ok(())
