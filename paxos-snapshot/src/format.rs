@@ -41,6 +41,8 @@ pub const TRAILER_BYTES: u64 = 32;
 const TRAILER_MAGIC: u32 = u32::from_le_bytes(*b"SNTR");
 const FIXED_HEADER_BYTES: usize = 32;
 const FRAME_BYTES: usize = 8;
+/// Largest single read into the reader's chunk buffer.
+const READ_STEP_BYTES: usize = 1 << 20;
 
 /// What a snapshot is of: the header's contents.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -263,7 +265,9 @@ pub struct SnapshotReader<R: Read> {
     header_crc: u32,
     /// Offset in the file of the next byte to read from `inner`.
     offset: u64,
+    /// Holds the current chunk in `buf[..chunk_len]` (the rest is stale).
     buf: Vec<u8>,
+    chunk_len: usize,
     pos: usize,
     chunk_count: u64,
     data_bytes: u64,
@@ -356,6 +360,7 @@ impl<R: Read> SnapshotReader<R> {
             header_crc: stored_crc,
             offset: header_bytes,
             buf: Vec::new(),
+            chunk_len: 0,
             pos: 0,
             chunk_count: 0,
             data_bytes: 0,
@@ -388,7 +393,7 @@ impl<R: Read> SnapshotReader<R> {
 
     /// Verifies and skips the next chunk; false at the trailer (verified).
     pub(crate) fn skip_chunk(&mut self) -> Result<bool> {
-        self.pos = self.buf.len();
+        self.pos = self.chunk_len;
         self.next_chunk()
     }
 
@@ -450,7 +455,7 @@ impl<R: Read> SnapshotReader<R> {
             summary.file_bytes = end;
             self.offset = end;
             self.summary = Some(summary);
-            self.buf.clear();
+            self.chunk_len = 0;
             self.pos = 0;
             return Ok(false);
         }
@@ -473,22 +478,27 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         let stored_crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        // Grow the buffer only as bytes arrive: a frame that declares a large
-        // chunk in a short (damaged) stream allocates no more than it holds.
-        self.buf.clear();
-        // (`read_to_end` retries `Interrupted` itself.)
-        let got = (&mut self.inner)
-            .take(u64::from(len))
-            .read_to_end(&mut self.buf)
-            .map_err(|e| SnapshotError::io("read", self.file.clone(), e))?;
-        if got != len as usize {
-            return Err(SnapshotError::Truncated {
-                file: self.file.clone(),
-                offset: frame_at + 8 + got as u64,
-                inside: "chunk",
-            });
+        // Read in steps of at most READ_STEP_BYTES, growing the buffer only
+        // as needed: a damaged frame declaring a large chunk in a short
+        // stream costs at most one step, and a valid chunk is one large read.
+        let len = len as usize;
+        let mut filled = 0usize;
+        while filled < len {
+            let step = (len - filled).min(READ_STEP_BYTES);
+            if self.buf.len() < filled + step {
+                self.buf.resize(filled + step, 0);
+            }
+            read_full(
+                &mut self.inner,
+                &mut self.buf[filled..filled + step],
+                &self.file,
+                frame_at + 8 + filled as u64,
+                "chunk",
+            )?;
+            filled += step;
         }
-        let (crc, data_hasher) = chunk_crc(self.chunk_count, &self.buf);
+        self.chunk_len = len;
+        let (crc, data_hasher) = chunk_crc(self.chunk_count, &self.buf[..len]);
         if crc != stored_crc {
             return Err(SnapshotError::ChunkChecksum {
                 file: self.file.clone(),
@@ -497,10 +507,10 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         self.data_hasher.combine(&data_hasher);
-        self.short_seen = len < self.chunk_bytes;
+        self.short_seen = len < self.chunk_bytes as usize;
         self.chunk_count += 1;
-        self.data_bytes += u64::from(len);
-        self.offset = frame_at + 8 + u64::from(len);
+        self.data_bytes += len as u64;
+        self.offset = frame_at + 8 + len as u64;
         self.pos = 0;
         Ok(true)
     }
@@ -515,9 +525,9 @@ impl<R: Read> SnapshotReader<R> {
                 offset,
             });
         }
-        let mut unread = (self.buf.len() - self.pos) as u64;
+        let mut unread = (self.chunk_len - self.pos) as u64;
         while self.next_chunk()? {
-            unread += self.buf.len() as u64;
+            unread += self.chunk_len as u64;
         }
         match self.summary {
             Some(summary) => Ok((summary, unread)),
@@ -547,7 +557,7 @@ impl<R: Read> Read for SnapshotReader<R> {
         if out.is_empty() {
             return Ok(0);
         }
-        while self.pos == self.buf.len() {
+        while self.pos == self.chunk_len {
             match self.next_chunk() {
                 Ok(true) => {}
                 Ok(false) => return Ok(0),
@@ -557,7 +567,7 @@ impl<R: Read> Read for SnapshotReader<R> {
                 }
             }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
+        let n = out.len().min(self.chunk_len - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
