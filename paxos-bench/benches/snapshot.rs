@@ -12,7 +12,7 @@
 //!
 //! Size: 1 GiB (64 MiB with `PAXOS_BENCH_QUICK=1`, or `PAXOS_SNAPSHOT_BENCH_MIB`).
 //! Each operation runs after one warm-up round; the figure is the median of
-//! the rounds. Peak memory is VmHWM (reset through `/proc/self/clear_refs`)
+//! the rounds, which alternate which write goes first. Peak memory is VmHWM (reset through `/proc/self/clear_refs`)
 //! minus VmRSS before the operation. Writes `snapshot.json` into
 //! `PAXOS_BENCH_RESULTS` (default `<workspace>/target/bench-results`).
 #![allow(clippy::print_stdout, missing_docs)]
@@ -35,6 +35,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// snapshot streams them in 64 KiB writes, its restore reads and counts them.
 struct Synthetic {
     len: u64,
+    applied: Zxid,
     pattern: Vec<u8>,
     restored: u64,
     checksum: u64,
@@ -45,7 +46,7 @@ impl StateMachine for Synthetic {
         Bytes::new()
     }
     fn applied(&self) -> Zxid {
-        Zxid::new(Epoch(1), 1)
+        self.applied
     }
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
         let mut left = self.len;
@@ -149,61 +150,64 @@ fn main() -> Result<()> {
         Err(_) if quick => 64,
         Err(_) => 1024,
     };
-    let rounds = if quick { 2 } else { 4 };
+    let rounds: u32 = if quick { 2 } else { 5 };
     let len = mib << 20;
     let dir = tempfile::tempdir()?;
-    let plain_path = dir.path().join("plain.bin");
+    let plain_path = |round: u32| dir.path().join(format!("plain-{round}.bin"));
     let store = SnapshotStore::open(dir.path().join("snapshots"))?;
     let pattern: Vec<u8> = (0..IO_BYTES).map(|i| (i * 131 % 251) as u8).collect();
     let mut sm = Synthetic {
         len,
+        applied: Zxid::new(Epoch(1), 1),
         pattern: pattern.clone(),
         restored: 0,
         checksum: 0,
     };
     let voters = [NodeId(1), NodeId(2), NodeId(3)];
 
-    // Warm-up: both files written once, so every measured round replaces
-    // an existing file the same way.
-    plain_write(&plain_path, len, &pattern)?;
-    let snap = store.save(&sm, Epoch(1), &voters)?;
-
+    // Both sides have the same file life cycle: every round writes a new
+    // file (a new snapshot has a new zxid), and the previous round's file
+    // is deleted between rounds, outside the measured operations (for the
+    // store, that is `retain`). Round 0 is the warm-up and is not counted.
     let mut samples: [Vec<(f64, f64)>; 4] = Default::default();
-    for round in 0..rounds {
-        // Alternate which write goes first: each one follows the other's
-        // freed blocks and writeback equally often.
-        let write_plain = |samples: &mut [Vec<(f64, f64)>; 4]| -> Result<()> {
-            samples[0].push(measured(|| plain_write(&plain_path, len, &pattern))?);
-            Ok(())
+    for round in 0..=rounds {
+        sm.applied = Zxid::new(Epoch(1), round + 1);
+        let path = plain_path(round);
+        let save = || {
+            store
+                .save(&sm, Epoch(1), &voters)
+                .map(|_| ())
+                .map_err(Into::into)
         };
-        let write_snapshot = |samples: &mut [Vec<(f64, f64)>; 4]| -> Result<()> {
-            samples[1].push(measured(|| {
-                store
-                    .save(&sm, Epoch(1), &voters)
-                    .map(|_| ())
-                    .map_err(Into::into)
-            })?);
-            Ok(())
-        };
-        if round % 2 == 0 {
-            write_plain(&mut samples)?;
-            write_snapshot(&mut samples)?;
+        // Alternate which write goes first.
+        let (plain_w, snap_w) = if round % 2 == 0 {
+            let plain_w = measured(|| plain_write(&path, len, &pattern))?;
+            (plain_w, measured(save)?)
         } else {
-            write_snapshot(&mut samples)?;
-            write_plain(&mut samples)?;
-        }
-        drop_cache(&plain_path)?;
-        samples[2].push(measured(|| {
-            let n = plain_read(&plain_path)?;
+            let snap_w = measured(save)?;
+            (measured(|| plain_write(&path, len, &pattern))?, snap_w)
+        };
+        drop_cache(&path)?;
+        let plain_r = measured(|| {
+            let n = plain_read(&path)?;
             anyhow::ensure!(n == len, "short plain read");
             Ok(())
-        })?);
-        drop_cache(&snap.path)?;
-        samples[3].push(measured(|| {
-            store.restore(snap.zxid, &mut sm)?;
+        })?;
+        drop_cache(&store.path_of(sm.applied))?;
+        let snap_r = measured(|| {
+            let zxid = sm.applied;
+            store.restore(zxid, &mut sm)?;
             anyhow::ensure!(sm.restored == len, "short restore");
             Ok(())
-        })?);
+        })?;
+        if round > 0 {
+            for (i, sample) in [plain_w, snap_w, plain_r, snap_r].into_iter().enumerate() {
+                samples[i].push(sample);
+            }
+            fs::remove_file(plain_path(round - 1))?;
+        }
+        store.retain(1)?;
+        File::open(dir.path())?.sync_all()?;
     }
     // CPU cost of the format alone (chunking + crc32 into io::sink), to
     // tell IO from CPU when reading the figures above.
