@@ -197,7 +197,8 @@ mod tests {
         f.write_all_at(&[0xAB; 40], SLOT_STRIDE_BYTES).unwrap();
         drop(f);
         assert_eq!(HardStateStore::open(&p).unwrap().get(), b, "valid slot survives a torn write of the other");
-        // Tear the slot holding b instead: a (seq 1) is gone too (overwritten by seq 3? no: slot 1 held seq 1).
+        // Now also tear the slot holding b: no valid slot is left, and the
+        // store refuses to invent a value.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(&[0xCD; 8], 16).unwrap();
         drop(f);

@@ -78,8 +78,9 @@ pub struct WalOptions {
     /// one inline.
     pub prepare_in_background: bool,
     /// Spare segment files kept ready (recycled by `truncate_prefix` or
-    /// zero-filled ahead); default 2. The background preparer keeps at least
-    /// one ready.
+    /// zero-filled ahead); default 4. The background preparer zero-fills a
+    /// new one only when none is ready, so a log whose prefix is truncated
+    /// runs on recycled files and writes no zeros.
     pub max_spare_segments: usize,
     /// Fault injection for tests.
     #[doc(hidden)]
@@ -94,7 +95,7 @@ impl Default for WalOptions {
             recovery: RecoveryMode::Strict,
             sync_method: SyncMethod::MsyncRange,
             prepare_in_background: true,
-            max_spare_segments: 2,
+            max_spare_segments: 4,
             fault_plan: None,
         }
     }
