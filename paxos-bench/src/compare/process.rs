@@ -54,6 +54,7 @@ impl Member {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        kill_with_parent(&mut command);
         let program = PathBuf::from(command.get_program());
         let child = command.spawn().map_err(|source| CompareError::Spawn {
             system,
@@ -167,6 +168,29 @@ impl Drop for Member {
         }
     }
 }
+
+/// Asks the kernel to SIGKILL the child when the thread that spawned it
+/// exits (Linux `PR_SET_PDEATHSIG`), so that servers do not outlive a harness
+/// that is itself killed with SIGKILL and never runs `Drop`. Clusters are
+/// started from async code on runtime threads, which live as long as the
+/// runtime does.
+#[cfg(target_os = "linux")]
+fn kill_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe, and reads errno.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kill_with_parent(_command: &mut Command) {}
 
 /// SIGKILL and wait; the wait cannot block long after SIGKILL.
 fn kill_and_reap(child: &mut Child) -> Option<ExitStatus> {
