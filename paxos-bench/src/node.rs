@@ -45,6 +45,8 @@ const MAX_INPUTS_PER_TURN: usize = 4096;
 const MAX_DRAIN_ROUNDS: usize = 64;
 /// Snapshot chunk size on the wire.
 const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
+/// The hard-state spare field holding the election round.
+const ELECTION_ROUND_FIELD: usize = 0;
 /// A peer's control queue above this many frames gets no more snapshot chunks
 /// this turn (keeps heartbeats from queueing behind a snapshot).
 const SNAPSHOT_PACING_FRAMES: u64 = 8;
@@ -191,6 +193,8 @@ struct Driver {
     /// Confirmed reads waiting for apply to reach their zxid.
     waiting_reads: VecDeque<(Zxid, Bytes, Reply)>,
     next_read: u64,
+    /// The election round last made durable.
+    election_round: u64,
     snapshot_every: u64,
     applied_since_snapshot: u64,
     buf: BytesMut,
@@ -258,9 +262,13 @@ pub async fn run_node(
     let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
     let replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
         .map_err(|e| anyhow::anyhow!("starting the replica: {e}"))?;
+    // The election round is persisted so that a restarted node never votes
+    // twice in one round (paxos-election's contract).
+    let initial_round = replica.storage().extra(ELECTION_ROUND_FIELD).unwrap_or(0);
     let elector = FastElection::new(ElectionConfig {
         id,
         voters,
+        initial_round,
         seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
         ..ElectionConfig::default()
     })
@@ -310,6 +318,7 @@ pub async fn run_node(
         pending_reads: HashMap::new(),
         waiting_reads: VecDeque::new(),
         next_read: 1,
+        election_round: initial_round,
         snapshot_every: opts.snapshot_every,
         applied_since_snapshot: 0,
         buf: BytesMut::with_capacity(1 << 20),
@@ -494,6 +503,15 @@ impl Driver {
     fn drain(&mut self) -> Result<()> {
         for _ in 0..MAX_DRAIN_ROUNDS {
             let mut moved = false;
+            let round = self.elector.round();
+            if round != self.election_round {
+                // Durable before any vote of the new round leaves.
+                self.replica
+                    .storage_mut()
+                    .set_extra(ELECTION_ROUND_FIELD, round)
+                    .map_err(|e| anyhow::anyhow!("persisting the election round: {e}"))?;
+                self.election_round = round;
+            }
             while let Some((to, n)) = self.elector.poll_transmit() {
                 self.send_election(to, n);
             }

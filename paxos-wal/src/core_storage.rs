@@ -64,7 +64,10 @@ fn to_core(hs: HardState) -> Result<CoreHardState, StorageError> {
 impl WalStorage {
     /// Opens (or creates) the storage in `dir`: the log under `dir/log`, the
     /// hard state in `dir/hardstate`. The report says what recovery found.
-    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(WalStorage, OpenReport), WalError> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<(WalStorage, OpenReport), WalError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(crate::error::io_err("create storage dir", &dir))?;
         let (wal, report) = Wal::open(dir.join(LOG_DIR), options)?;
@@ -80,6 +83,26 @@ impl WalStorage {
     /// The directory this storage lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// One of the hard-state file's spare `u64` fields (index below
+    /// [`HARD_STATE_EXTRA_FIELDS`](crate::HARD_STATE_EXTRA_FIELDS)), 0 when
+    /// never written. The reference node keeps its election round there.
+    pub fn extra(&self, index: usize) -> Option<u64> {
+        self.hard.get().extra.get(index).copied()
+    }
+
+    /// Durably sets a spare field of the hard-state file (synced on return),
+    /// keeping the epochs as they are.
+    pub fn set_extra(&mut self, index: usize, value: u64) -> Result<(), StorageError> {
+        let mut stored = self.hard.get();
+        let Some(slot) = stored.extra.get_mut(index) else {
+            return Err(StorageError::Io(format!(
+                "hard state has no extra field {index}"
+            )));
+        };
+        *slot = value;
+        self.hard.set(&stored).map_err(io)
     }
 
     /// The last zxid of an epoch, searched by the gapless counter: the
@@ -135,7 +158,9 @@ impl Storage for WalStorage {
             if end >= last {
                 break;
             }
-            let Some(next_epoch) = end.epoch().next() else { break };
+            let Some(next_epoch) = end.epoch().next() else {
+                break;
+            };
             let reader = self.wal.reader();
             let next = reader.iter_from(Zxid::new(next_epoch, 0).as_u64()).next();
             match next {
@@ -147,7 +172,13 @@ impl Storage for WalStorage {
         Ok(ends)
     }
 
-    fn entries(&self, from: Zxid, max_entries: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<(), StorageError> {
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
         if let Some(first) = self.first_zxid() {
             if from < first {
                 return Err(StorageError::Compacted(from));
@@ -195,7 +226,10 @@ impl Storage for WalStorage {
     fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
         // The WAL drops whole segments below its argument, so entries up to
         // `upto` (and possibly fewer) go.
-        let removed = self.wal.truncate_prefix(upto.as_u64().saturating_add(1)).map_err(io)?;
+        let removed = self
+            .wal
+            .truncate_prefix(upto.as_u64().saturating_add(1))
+            .map_err(io)?;
         if removed > 0 {
             tracing::debug!(?upto, removed, "log prefix truncated");
         }
@@ -256,10 +290,15 @@ mod tests {
         assert_eq!(s.hard_state().current_epoch, Epoch(4));
         assert_eq!(
             s.epoch_ends().unwrap(),
-            vec![Zxid::new(Epoch(1), 50), Zxid::new(Epoch(3), 7), Zxid::new(Epoch(4), 300)]
+            vec![
+                Zxid::new(Epoch(1), 50),
+                Zxid::new(Epoch(3), 7),
+                Zxid::new(Epoch(4), 300)
+            ]
         );
         let mut out = Vec::new();
-        s.entries(Zxid::new(Epoch(3), 6), 4, usize::MAX, &mut out).unwrap();
+        s.entries(Zxid::new(Epoch(3), 6), 4, usize::MAX, &mut out)
+            .unwrap();
         let got: Vec<Zxid> = out.iter().map(|e| e.zxid).collect();
         assert_eq!(
             got,
@@ -279,7 +318,11 @@ mod tests {
         let (s, _) = WalStorage::open(dir.path(), options()).unwrap();
         assert_eq!(
             s.epoch_ends().unwrap(),
-            vec![Zxid::new(Epoch(1), 50), Zxid::new(Epoch(3), 7), Zxid::new(Epoch(5), 1)]
+            vec![
+                Zxid::new(Epoch(1), 50),
+                Zxid::new(Epoch(3), 7),
+                Zxid::new(Epoch(5), 1)
+            ]
         );
     }
 
@@ -288,11 +331,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
         s.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]).unwrap();
-        assert!(matches!(s.append(&[entry(1, 2)]), Err(StorageError::OutOfOrder { .. })));
+        assert!(matches!(
+            s.append(&[entry(1, 2)]),
+            Err(StorageError::OutOfOrder { .. })
+        ));
         let mut out = Vec::new();
         // The first entry always comes whole; the byte limit stops the rest.
         s.entries(Zxid::new(Epoch(1), 1), 10, 1, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(s.epoch_ends().unwrap() == vec![Zxid::new(Epoch(1), 3)]);
+    }
+
+    #[test]
+    fn extra_fields_persist_beside_the_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            s.save_hard_state(CoreHardState {
+                accepted_epoch: Epoch(2),
+                current_epoch: Epoch(1),
+            })
+            .unwrap();
+            s.set_extra(0, 77).unwrap();
+            assert!(s.set_extra(usize::MAX, 1).is_err());
+        }
+        let (s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert_eq!(s.extra(0), Some(77));
+        assert_eq!(s.hard_state().accepted_epoch, Epoch(2));
+        assert_eq!(s.extra(usize::MAX), None);
     }
 }
