@@ -130,9 +130,11 @@ impl StreamHeader {
 /// If the frame is longer than `u32::MAX` bytes (callers check the configured
 /// maximum, which is at most `u32::MAX`, before queueing).
 pub fn encode_frame(frame: &[u8], out: &mut BytesMut) {
-    let len = u32::try_from(frame.len()).expect(
-        "invariant: frames are checked against max_frame_bytes (<= u32::MAX) before encoding",
+    assert!(
+        frame.len() <= u32::MAX as usize,
+        "invariant: frames are checked against max_frame_bytes (<= u32::MAX) before encoding"
     );
+    let len = frame.len() as u32;
     out.reserve(FRAME_PREFIX_BYTES + frame.len());
     out.put_u32(len);
     out.put_slice(frame);

@@ -1,15 +1,8 @@
 //! The per-node endpoint: dials, accepts, keeps one connection per peer and
 //! moves frames.
 //!
-//! # Connection rule
-//! The node with the **lower id dials**; the higher id only accepts. A
-//! connection dialled by the higher id (both sides dialling at once, or a
-//! misconfigured peer) is closed by the acceptor with
-//! [`CloseCode::WrongDirection`] right after the handshake, so the pair always
-//! ends with the connection dialled by the lower id, decided the same way on
-//! both sides. When a new connection from the same (lower) peer arrives while
-//! one is live (the peer restarted and the old one is not yet timed out), the
-//! **newest wins**: the old one is closed with [`CloseCode::Replaced`].
+//! The connection rule, reconnects and the handshake are documented on
+//! [`Transport`].
 //!
 //! # Tasks
 //! One accept task for the endpoint, one driver task per peer. A driver owns
@@ -53,9 +46,8 @@ const COALESCE_MAX_FRAME_BYTES: usize = 1024;
 const BATCH_MAX_FRAMES: usize = 1024;
 /// Upper bound on one read from the control stream.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Bulk payload buffers start at most this big and grow as data arrives, so a
-/// large announced length costs memory only once its bytes are actually sent.
-const BULK_INITIAL_RESERVE_BYTES: u64 = 1024 * 1024;
+/// Upper bound on one read from a bulk stream.
+const BULK_READ_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Accepted connections waiting for their driver (per peer).
 const INBOUND_HANDOFF_SLOTS: usize = 4;
 
@@ -123,6 +115,37 @@ struct Session {
 ///
 /// Create it inside a tokio runtime with [`Transport::bind`]; stop it with
 /// [`Transport::shutdown`] to flush queued frames (dropping it aborts at once).
+///
+/// # One connection per pair
+/// The node with the **lower id dials**; the higher id only accepts. A
+/// connection dialled by the higher id (both sides dialling at once, or a
+/// misconfigured peer) is closed by the acceptor with
+/// [`CloseCode::WrongDirection`] right after the handshake, so every pair ends
+/// with the connection dialled by the lower id, decided the same way on both
+/// sides. When a new connection from the same (lower) peer arrives while one
+/// is live (the peer restarted before the old connection timed out), the
+/// **newest wins**: the old one is closed with [`CloseCode::Replaced`].
+///
+/// # Reconnects
+/// The dialling side redials a lost connection after an exponentially growing
+/// delay ([`NetConfig::backoff_initial_ms`] doubling up to
+/// [`NetConfig::backoff_max_ms`], each drawn from `[d/2, d]`), reset after a
+/// success. Keep-alives every [`NetConfig::keep_alive_ms`] and the idle
+/// timeout [`NetConfig::idle_timeout_ms`] turn a silent peer into a reconnect.
+///
+/// # Handshake
+/// 1. QUIC + TLS 1.3 with client certificates: each side verifies the other's
+///    chain to the cluster CA; the acceptor requires the client certificate to
+///    name exactly one member; the dialler requires `node-<dialled id>`.
+/// 2. Each side opens its control stream with a [`StreamHeader`] claiming its
+///    id; the acceptor refuses ([`CloseCode::IdMismatch`]) a claim that differs
+///    from the certificate, before reading any frame.
+///
+/// # Delivery
+/// Frames to one peer arrive in order and intact while a connection lasts.
+/// Frames queued while disconnected are sent after the reconnect. Frames
+/// already handed to a connection that dies are lost and counted
+/// ([`PeerMetrics::lost_in_flight`]); a consensus protocol resends.
 pub struct Transport {
     shared: Arc<Shared>,
     drivers: Vec<JoinHandle<()>>,
@@ -457,7 +480,17 @@ impl Drop for IpSlot {
 }
 
 async fn accept_loop(shared: Arc<Shared>) {
-    while let Some(incoming) = shared.endpoint.accept().await {
+    while let Some(mut incoming) = shared.endpoint.accept().await {
+        // Under pressure (half the handshake slots taken), make clients prove
+        // their address with a QUIC Retry first, so spoofed source addresses
+        // cannot take slots or dodge the per-address bound.
+        let busy = shared.handshakes.available_permits() * 2 < shared.cfg.max_incoming_handshakes;
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            match incoming.retry() {
+                Ok(()) => continue,
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
         let remote = incoming.remote_address();
         let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
             add(&shared.counters.refused_flood, 1);
@@ -1145,15 +1178,21 @@ async fn read_bulk(
             ),
         ));
     }
-    let mut body = BytesMut::with_capacity(len.min(BULK_INITIAL_RESERVE_BYTES) as usize);
-    while (body.len() as u64) < len {
-        let want = (len - body.len() as u64).min(READ_CHUNK_BYTES as u64 * 4) as usize;
+    // Keep the chunks quinn hands out (no copy, and memory grows only with
+    // bytes actually received), then join them once at the end.
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut received = 0u64;
+    while received < len {
+        let want = (len - received).min(BULK_READ_CHUNK_BYTES) as usize;
         match recv.read_chunk(want, true).await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                received += chunk.bytes.len() as u64;
+                parts.push(chunk.bytes);
+            }
             Ok(None) => {
                 return Err((
                     CloseCode::Protocol,
-                    format!("bulk stream ended after {} of {len} bytes", body.len()),
+                    format!("bulk stream ended after {received} of {len} bytes"),
                 ))
             }
             Err(e) => {
@@ -1162,6 +1201,16 @@ async fn read_bulk(
             }
         }
     }
+    let body = if parts.len() == 1 {
+        parts.pop().unwrap_or_default()
+    } else {
+        let mut joined = BytesMut::with_capacity(len as usize);
+        for p in &parts {
+            joined.extend_from_slice(p);
+        }
+        drop(parts);
+        joined.freeze()
+    };
     match recv.read_chunk(1, true).await {
         Ok(None) => {}
         Ok(Some(_)) => {
@@ -1177,6 +1226,6 @@ async fn read_bulk(
         add(&slot.counters.bulk_received, 1);
         add(&slot.counters.bulk_bytes_received, len);
     }
-    let _ = shared.bulk_in.send((peer, body.freeze())).await;
+    let _ = shared.bulk_in.send((peer, body)).await;
     Ok(())
 }

@@ -6,6 +6,7 @@
     unreachable_pub
 )]
 
+mod certs;
 mod common;
 mod decoder;
 mod delivery;
