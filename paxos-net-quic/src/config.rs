@@ -265,3 +265,63 @@ impl NetConfig {
 fn varint(v: u64) -> quinn::VarInt {
     quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::generate_cluster_in_memory;
+
+    fn base() -> NetConfig {
+        let cluster = generate_cluster_in_memory(&[PeerId(1), PeerId(2)]).expect("certificates");
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        NetConfig::new(
+            cluster.nodes[0].clone(),
+            cluster.trust(),
+            addr,
+            BTreeMap::from([(PeerId(2), addr)]),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        base().validate().expect("production defaults");
+        let b = base();
+        let lo = NetConfig::loopback(b.identity, b.trust, b.listen_addr, b.peers);
+        lo.validate().expect("loopback defaults");
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        type Tweak = Box<dyn Fn(&mut NetConfig)>;
+        let cases: Vec<(&str, Tweak)> = vec![
+            (
+                "self in peers",
+                Box::new(|c| {
+                    c.peers.insert(PeerId(1), c.listen_addr);
+                }),
+            ),
+            (
+                "idle <= keep-alive",
+                Box::new(|c| c.idle_timeout_ms = c.keep_alive_ms),
+            ),
+            ("zero queue", Box::new(|c| c.send_queue_frames = 0)),
+            (
+                "backoff max < initial",
+                Box::new(|c| c.backoff_max_ms = c.backoff_initial_ms - 1),
+            ),
+            (
+                "mtu order",
+                Box::new(|c| c.max_mtu_bytes = c.initial_mtu_bytes - 1),
+            ),
+            ("tiny window", Box::new(|c| c.stream_window_bytes = 1024)),
+        ];
+        for (what, tweak) in cases {
+            let mut c = base();
+            tweak(&mut c);
+            assert!(
+                matches!(c.validate(), Err(NetError::Config { .. })),
+                "{what} accepted"
+            );
+        }
+    }
+}

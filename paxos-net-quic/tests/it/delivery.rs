@@ -361,6 +361,8 @@ async fn full_queue_refuses_and_hands_the_frame_back() {
         &BTreeMap::from([(PeerId(2), placeholder())]),
     );
     cfg.send_queue_frames = 8;
+    cfg.max_frame_bytes = 32;
+    cfg.max_bulk_bytes = 128;
     let (t, _inbox) = Transport::bind(cfg).await.expect("bind");
     for i in 0..8u8 {
         t.send(PeerId(2), Bytes::from(vec![i]))
@@ -380,6 +382,23 @@ async fn full_queue_refuses_and_hands_the_frame_back() {
     assert!(matches!(
         t.send(PeerId(7), Bytes::new()),
         Err(paxos_net_quic::SendError::UnknownPeer { .. })
+    ));
+    // Over the configured maxima: refused at the API, before queueing.
+    let big = Bytes::from(vec![0u8; 64]);
+    match t.send(PeerId(2), big.clone()) {
+        Err(paxos_net_quic::SendError::TooLarge {
+            len_bytes: 64,
+            max_bytes: 32,
+            payload,
+            ..
+        }) => {
+            assert_eq!(payload, big)
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(matches!(
+        t.send_bulk(PeerId(2), Bytes::from(vec![0u8; 129])),
+        Err(paxos_net_quic::SendError::TooLarge { max_bytes: 128, .. })
     ));
     let report = t.shutdown().await;
     assert_eq!(
