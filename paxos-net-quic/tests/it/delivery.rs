@@ -406,3 +406,91 @@ async fn full_queue_refuses_and_hands_the_frame_back() {
         "unsendable frames are counted at shutdown"
     );
 }
+
+/// A UDP relay on loopback that can silently stop forwarding (a peer that
+/// vanishes without a close: power loss, partition).
+async fn relay(
+    target: std::net::SocketAddr,
+    pass: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::Ordering;
+    let sock = tokio::net::UdpSocket::bind(any_port())
+        .await
+        .expect("relay socket");
+    let addr = sock.local_addr().expect("relay address");
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        let mut client = None;
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        for _ in 0..2_000_000u32 {
+            let Ok(Ok((n, from))) =
+                tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await
+            else {
+                return;
+            };
+            if !pass.load(Ordering::Relaxed) {
+                continue;
+            }
+            let to = if from == target {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                target
+            };
+            let _ = sock.send_to(&buf[..n], to).await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_times_out_and_is_redialled() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init_tracing();
+    let all = ids(&[1, 2]);
+    let (a, b) = (PeerId(1), PeerId(2));
+    let cluster = paxos_net_quic::certs::generate_cluster_in_memory(&all).expect("certs");
+    let short = |cfg: &mut paxos_net_quic::NetConfig| {
+        cfg.keep_alive_ms = 100;
+        cfg.idle_timeout_ms = 600;
+    };
+    let mut cfg_b = config(&cluster, b, &all, &BTreeMap::new());
+    short(&mut cfg_b);
+    let (tb, mut inbox_b) = Transport::bind(cfg_b).await.expect("node 2");
+    let pass = std::sync::Arc::new(AtomicBool::new(true));
+    let (relay_addr, relay_task) = relay(tb.local_addr().expect("addr"), pass.clone()).await;
+    let mut cfg_a = config(&cluster, a, &all, &BTreeMap::from([(b, relay_addr)]));
+    short(&mut cfg_a);
+    let (ta, _inbox_a) = Transport::bind(cfg_a).await.expect("node 1");
+
+    ta.send(b, Bytes::from_static(b"before")).expect("queue");
+    let (_, f) = tokio::time::timeout(WAIT, inbox_b.frames.recv())
+        .await
+        .expect("frame")
+        .expect("open");
+    assert_eq!(&f[..], b"before");
+
+    // The path goes silent: no close frame, only missing packets. Keep-alives
+    // go unanswered and the idle timeout ends the connection on both sides.
+    pass.store(false, Ordering::Relaxed);
+    wait_for("node 1 notices the silent peer", || !ta.is_connected(b)).await;
+    wait_for("node 2 notices the silent peer", || !tb.is_connected(a)).await;
+
+    // The path heals: node 1 redials with backoff and traffic resumes.
+    pass.store(true, Ordering::Relaxed);
+    ta.send(b, Bytes::from_static(b"after")).expect("queue");
+    let (_, f) = tokio::time::timeout(WAIT, inbox_b.frames.recv())
+        .await
+        .expect("frame after heal")
+        .expect("open");
+    assert_eq!(&f[..], b"after");
+    let m = ta.peer_metrics(b).expect("metrics");
+    println!("silent peer: {m:?}");
+    assert!(m.disconnects >= 1 && m.reconnects >= 1, "{m:?}");
+    relay_task.abort();
+    ta.shutdown().await;
+    tb.shutdown().await;
+}
