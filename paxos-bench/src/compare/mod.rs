@@ -21,6 +21,13 @@
 //! `k % members`, so the load is spread evenly and followers forward writes to
 //! their leader, as they do for the reference node.
 //!
+//! # Processes
+//! Every member's stdout and stderr go to a log file next to its data
+//! (`<dir>/m<i>.log`, `<dir>/server<id>.log`), quoted in start-up errors.
+//! Every wait is bounded in attempts and time. Dropping a cluster kills and
+//! reaps its members, also when a panic unwinds; on Linux they are also
+//! killed by the kernel if the harness itself dies (`PR_SET_PDEATHSIG`).
+//!
 //! # Installing the servers
 //! They come from Debian: `apt-get install etcd-server zookeeper` (the latter
 //! pulls in a Java runtime). Building this feature needs `protoc` for the etcd
