@@ -35,6 +35,8 @@ const B: PeerId = PeerId(2);
 const WAIT: Duration = Duration::from_secs(120);
 
 struct Sizes {
+    /// Runs of each throughput measurement; the median is reported.
+    repeats: usize,
     one_way_frames: u64,
     pings: usize,
     bulk_bytes: u64,
@@ -51,15 +53,17 @@ fn main() -> Result<()> {
     let quick = std::env::var("PAXOS_BENCH_QUICK").is_ok_and(|v| v == "1");
     let sizes = if quick {
         Sizes {
+            repeats: 1,
             one_way_frames: 100_000,
             pings: 500,
             bulk_bytes: 128 * 1024 * 1024,
         }
     } else {
         Sizes {
+            repeats: 3,
             one_way_frames: 1_000_000,
             pings: 5_000,
-            bulk_bytes: 1024 * 1024 * 1024,
+            bulk_bytes: 512 * 1024 * 1024,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -77,13 +81,17 @@ async fn run(sizes: &Sizes) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
 
     // QUIC: a fresh pair per measurement, so one does not warm the next.
-    let quic_one_way = {
+    // Throughput runs are repeated (QUIC and TCP alternating) and the median
+    // kept: the machine is shared, so single runs are noisy.
+    let mut quic_rates = Vec::new();
+    let mut tcp_rates = Vec::new();
+    for _ in 0..sizes.repeats {
         let mut p = quic_pair().await?;
-        let r = quic_one_way(&mut p, sizes.one_way_frames).await?;
+        quic_rates.push(quic_one_way(&mut p, sizes.one_way_frames).await?);
         p.shutdown().await;
-        r
-    };
-    let tcp_one_way = tcp_one_way(sizes.one_way_frames).await?;
+        tcp_rates.push(tcp_one_way(sizes.one_way_frames).await?);
+    }
+    let (quic_one_way, tcp_one_way) = (median(&mut quic_rates), median(&mut tcp_rates));
     figures.push(Figure {
         name: "small_frames_one_way_100B",
         value: quic_one_way,
@@ -111,13 +119,15 @@ async fn run(sizes: &Sizes) -> Result<Vec<Figure>> {
         baseline: Some(tcp_p99),
     });
 
-    let quic_bulk = {
+    let mut quic_rates = Vec::new();
+    let mut tcp_rates = Vec::new();
+    for _ in 0..sizes.repeats {
         let mut p = quic_pair().await?;
-        let r = quic_bulk(&mut p, sizes.bulk_bytes).await?;
+        quic_rates.push(quic_bulk(&mut p, sizes.bulk_bytes).await?);
         p.shutdown().await;
-        r
-    };
-    let tcp_bulk = tcp_bulk(sizes.bulk_bytes).await?;
+        tcp_rates.push(tcp_bulk(sizes.bulk_bytes).await?);
+    }
+    let (quic_bulk, tcp_bulk) = (median(&mut quic_rates), median(&mut tcp_rates));
     figures.push(Figure {
         name: "bulk_one_stream",
         value: quic_bulk,
@@ -358,7 +368,10 @@ async fn quic_bulk(p: &mut Pair, total: u64) -> Result<f64> {
     let bytes = r?;
     let rate = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
     if let Some(path) = p.ta.peer_metrics(B).and_then(|m| m.path) {
-        println!("quic bulk sender path after the run: {path:?}");
+        println!(
+            "quic bulk: {rate:.0} MB/s; sender path after the run: rtt {} us, mtu {} B, cwnd {} B, lost {} of {} datagrams",
+            path.rtt_us, path.mtu_bytes, path.congestion_window_bytes, path.lost_packets, path.sent_datagrams
+        );
     }
     Ok(rate)
 }
@@ -508,6 +521,10 @@ async fn tcp_bulk(total: u64) -> Result<f64> {
 
 // ---------------------------------------------------------------------------
 // Reporting
+
+fn median(samples: &mut [f64]) -> f64 {
+    percentiles(samples).0
+}
 
 fn percentiles(samples: &mut [f64]) -> (f64, f64) {
     if samples.is_empty() {
