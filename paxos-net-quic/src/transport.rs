@@ -856,34 +856,28 @@ async fn run_session(
     let bulk_reader = bulk_acceptor(shared, slot, &conn);
     tokio::pin!(writer, bulk_writer, reader, bulk_reader);
     let (mut writer_done, mut bulk_done, mut reader_done) = (false, false, false);
-    loop {
+    let lost = loop {
         tokio::select! {
             end = &mut writer, if !writer_done => match end {
                 WriterEnd::Flushed => writer_done = true,
-                WriterEnd::Failed(e) => return SessionEnd::Lost(format!("control stream: {e}")),
+                WriterEnd::Failed(e) => break format!("control stream: {e}"),
             },
             end = &mut bulk_writer, if !bulk_done => match end {
                 WriterEnd::Flushed => bulk_done = true,
-                WriterEnd::Failed(e) => return SessionEnd::Lost(format!("bulk stream: {e}")),
+                WriterEnd::Failed(e) => break format!("bulk stream: {e}"),
             },
             end = &mut reader, if !reader_done => match end {
                 Ok(()) => {
                     debug!(node = %shared.id, peer = %slot.id, "peer finished its control stream");
                     reader_done = true;
                 }
-                Err(e) => return SessionEnd::Lost(e),
-            },
-            e = &mut bulk_reader => return SessionEnd::Lost(e),
-            reason = conn.closed() => {
-                // quinn still hands out data that arrived before the close
-                // (a peer that shut down after its last frames were
-                // acknowledged): deliver it before giving up the session.
-                if !reader_done {
-                    let drain = Duration::from_millis(shared.cfg.shutdown_flush_ms);
-                    let _ = timeout(drain, &mut reader).await;
+                Err(e) => {
+                    reader_done = true;
+                    break e;
                 }
-                return SessionEnd::Lost(reason.to_string());
-            }
+            },
+            e = &mut bulk_reader => break e,
+            reason = conn.closed() => break reason.to_string(),
             accepted = inbound_rx.recv() => if let Some(a) = accepted {
                 conn.close(CloseCode::Replaced.varint(), b"replaced by a newer connection");
                 return SessionEnd::Replaced(a);
@@ -893,7 +887,18 @@ async fn run_session(
             conn.close(CloseCode::Shutdown.varint(), b"shutdown");
             return SessionEnd::Shutdown;
         }
+    };
+    // The connection is gone, but quinn still hands out control data that
+    // arrived before the close (a peer that shut down right after its last
+    // frames were acknowledged): deliver it before giving up the session.
+    if !reader_done {
+        let drain = Duration::from_millis(shared.cfg.shutdown_flush_ms);
+        let _ = timeout(drain, &mut reader).await;
     }
+    // No-op if the connection is already closed; otherwise the session ended
+    // on a local stream failure and the peer should redial or be redialled.
+    conn.close(CloseCode::Protocol.varint(), lost.as_bytes());
+    SessionEnd::Lost(lost)
 }
 
 /// Writes queued control frames in batches until shutdown, then drains the
@@ -991,7 +996,13 @@ async fn bulk_writer(
                     Some(p) => p,
                     None => return WriterEnd::Flushed,
                 },
-                _ = shutdown.changed() => continue,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The transport is gone (dropped): nothing to flush for.
+                        return WriterEnd::Flushed;
+                    }
+                    continue;
+                }
             }
         };
         let len = payload.len() as u64;
