@@ -22,7 +22,11 @@ fuzz_target!(|bytes: &[u8]| {
     };
     assert_eq!(unread, 0, "read_to_end leaves nothing unread");
     assert_eq!(summary.data_bytes, data.len() as u64);
-    assert_eq!(summary.file_bytes, bytes.len() as u64, "a valid file is read whole");
+    assert_eq!(
+        summary.file_bytes,
+        bytes.len() as u64,
+        "a valid file is read whole"
+    );
     // Accepted input is exactly what the encoder writes for it.
     let Ok(mut enc) = SnapshotEncoder::new(Vec::new(), &meta, chunk_bytes) else {
         return;
