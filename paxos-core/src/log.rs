@@ -318,18 +318,16 @@ impl<S: Storage> Log<S> {
         seq: u64,
         entries: &mut Vec<Entry>,
     ) -> (Option<Zxid>, Option<Zxid>) {
+        let mut fresh = 0usize;
         for (_, s) in self.unstable.iter_mut().rev() {
             if *s != UNSENT {
                 break;
             }
             *s = seq;
+            fresh += 1;
         }
-        // Clone in order: find the first entry tagged `seq`.
-        let start = self
-            .unstable
-            .iter()
-            .position(|(_, s)| *s == seq)
-            .unwrap_or(self.unstable.len());
+        let start = self.unstable.len() - fresh;
+        entries.reserve(fresh);
         entries.extend(self.unstable.range(start..).map(|(e, _)| e.clone()));
         (self.pending_truncate.take(), self.pending_compact.take())
     }
@@ -374,18 +372,23 @@ impl<S: Storage> Log<S> {
             self.storage
                 .entries(start, max_entries, max_bytes, out)
                 .map_err(ReadError::Storage)?;
-            // Keep only what the index says is held and stable (the storage
-            // may still hold a suffix whose truncation is pending).
+            // Keep only what is held and stable: the storage may still hold
+            // a suffix whose truncation is pending (above `upto`, or at or
+            // above the first unstable entry).
             let mut keep = n0;
-            let mut expect = Some(start);
+            let mut prev = after;
             for (i, e) in out.iter().enumerate().skip(n0) {
                 let z = e.zxid;
-                if Some(z) != expect || z > upto || unstable_from.is_some_and(|u| z >= u) {
+                if z <= prev || z > upto || unstable_from.is_some_and(|u| z >= u) {
                     break;
                 }
+                debug_assert!(
+                    self.index.holds(z),
+                    "storage returned {z:?} the index does not hold"
+                );
                 bytes += e.data.len();
                 keep = i + 1;
-                expect = self.index.next_after(z);
+                prev = z;
             }
             out.truncate(keep);
         }

@@ -184,13 +184,14 @@ impl Storage for MemStorage {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut last = self.last_zxid();
         for e in entries {
-            let last = self.last_zxid();
             if last.is_some_and(|l| l >= e.zxid) {
                 return Err(StorageError::OutOfOrder { zxid: e.zxid, last });
             }
-            self.entries.push_back(e.clone());
+            last = Some(e.zxid);
         }
+        self.entries.extend(entries.iter().cloned());
         Ok(())
     }
 
