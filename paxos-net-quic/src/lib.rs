@@ -38,6 +38,21 @@
 //! deployments load theirs with [`NodeIdentity::from_pem_files`] and
 //! [`ClusterTrust::from_pem_file`].
 //!
+//! # Tuning and limits
+//!
+//! [`NetConfig::new`] holds production defaults (1200-byte initial packets
+//! with path MTU discovery, 8 MiB stream windows, 1 s keep-alive, 10 s idle
+//! timeout); [`NetConfig::loopback`] suits nodes on one machine (6000-byte
+//! packets, 2 MiB windows, short timers). [`NetConfig::quinn_transport`]
+//! documents every QUIC setting and why. Membership is fixed for a
+//! transport's lifetime; frames already handed to a connection that dies are
+//! lost (counted), as are frames sent to a node while it shuts down.
+//! Small frames share the connection with bulk payloads: they are sent first
+//! (stream priority) and have flow-control credit of their own, but on the
+//! wire they can still queue behind bulk packets already in flight, so their
+//! latency tail grows with the bulk window (the `transport` bench in
+//! `paxos-bench` measures it).
+//!
 //! # Example: two nodes on loopback
 //!
 //! ```
