@@ -241,7 +241,9 @@ fn nosync(c: &mut Criterion) {
                 for i in 0..iters {
                     let first = wal.next_key;
                     let t = Instant::now();
-                    wal.wal.append_batch((0..records as u64).map(|k| (first + k, &data[..]))).expect("append_batch");
+                    wal.wal
+                        .append_batch((0..records as u64).map(|k| (first + k, &data[..])))
+                        .expect("append_batch");
                     timed += t.elapsed();
                     wal.next_key += records as u64;
                     if i % 16 == 15 {

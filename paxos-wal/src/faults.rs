@@ -40,7 +40,13 @@ impl FaultPlan {
             FaultPoint::Create => (&self.create_countdown, libc::ENOSPC),
         };
         let fire = counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| if n == 0 { None } else { Some(n - 1) })
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                if n == 0 {
+                    None
+                } else {
+                    Some(n - 1)
+                }
+            })
             .is_ok_and(|prev| prev == 1);
         if fire {
             Err(io::Error::from_raw_os_error(errno))

@@ -122,7 +122,11 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let flags = if self.prev_last_crc.is_some() { FLAG_HAS_PREV } else { 0 };
+        let flags = if self.prev_last_crc.is_some() {
+            FLAG_HAS_PREV
+        } else {
+            0
+        };
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.first_key.to_le_bytes());
@@ -171,7 +175,13 @@ impl SegmentHeader {
 }
 
 /// CRC of a record (or, with `len == 0`, `key == 0` and no payload, of a marker).
-pub(crate) fn record_crc(segment_id: u64, len: u32, key: u64, watermark: u64, payload: &[u8]) -> u32 {
+pub(crate) fn record_crc(
+    segment_id: u64,
+    len: u32,
+    key: u64,
+    watermark: u64,
+    payload: &[u8],
+) -> u32 {
     let mut fixed = [0u8; 28];
     fixed[0..8].copy_from_slice(&segment_id.to_le_bytes());
     fixed[8..12].copy_from_slice(&len.to_le_bytes());
@@ -193,7 +203,11 @@ pub(crate) fn encode_record_header(dst: &mut [u8], len: u32, crc: u32, key: u64,
 
 /// Encode an end marker carrying `watermark` into `dst`.
 pub(crate) fn encode_marker(dst: &mut [u8], segment_id: u64, watermark: u64) {
-    let crc = if watermark == 0 { 0 } else { record_crc(segment_id, 0, 0, watermark, &[]) };
+    let crc = if watermark == 0 {
+        0
+    } else {
+        record_crc(segment_id, 0, 0, watermark, &[])
+    };
     encode_record_header(dst, 0, crc, 0, watermark);
 }
 
@@ -209,7 +223,12 @@ pub(crate) struct RawHeader {
 
 pub(crate) fn raw_header(b: &[u8], off: usize) -> Option<RawHeader> {
     let h = b.get(off..off.checked_add(RECORD_HEADER_BYTES)?)?;
-    Some(RawHeader { len: u32_at(h, 0), crc: u32_at(h, 4), key: u64_at(h, 8), watermark: u64_at(h, 16) })
+    Some(RawHeader {
+        len: u32_at(h, 0),
+        crc: u32_at(h, 4),
+        key: u64_at(h, 8),
+        watermark: u64_at(h, 16),
+    })
 }
 
 /// What a slot of a segment holds.
@@ -218,7 +237,12 @@ pub(crate) enum Slot {
     /// End of data; `marker_watermark` is set when a valid marker sits there.
     End { marker_watermark: Option<u64> },
     /// A valid record.
-    Record { key: u64, watermark: u64, crc: u32, size: usize },
+    Record {
+        key: u64,
+        watermark: u64,
+        crc: u32,
+        size: usize,
+    },
     /// Something that is neither zero nor a valid record.
     Bad(BadRecord),
 }
@@ -265,14 +289,18 @@ pub enum BadRecord {
 pub(crate) fn read_slot(b: &[u8], off: usize, segment_id: u64) -> Slot {
     let Some(h) = raw_header(b, off) else {
         // Less room than a header: no record can start here.
-        return Slot::End { marker_watermark: None };
+        return Slot::End {
+            marker_watermark: None,
+        };
     };
     if h.len == 0 {
         let valid_marker = h.key == 0
             && h.watermark != 0
             && h.crc != 0
             && h.crc == record_crc(segment_id, 0, 0, h.watermark, &[]);
-        return Slot::End { marker_watermark: valid_marker.then_some(h.watermark) };
+        return Slot::End {
+            marker_watermark: valid_marker.then_some(h.watermark),
+        };
     }
     let len = h.len as usize;
     if len < RECORD_HEADER_BYTES || len > b.len() - off {
@@ -283,9 +311,17 @@ pub(crate) fn read_slot(b: &[u8], off: usize, segment_id: u64) -> Slot {
         return Slot::Bad(BadRecord::BadCrc);
     }
     if h.key == 0 || h.watermark >= h.key {
-        return Slot::Bad(BadRecord::BadFields { key: h.key, watermark: h.watermark });
+        return Slot::Bad(BadRecord::BadFields {
+            key: h.key,
+            watermark: h.watermark,
+        });
     }
-    Slot::Record { key: h.key, watermark: h.watermark, crc: h.crc, size: align_up(len).min(b.len() - off) }
+    Slot::Record {
+        key: h.key,
+        watermark: h.watermark,
+        crc: h.crc,
+        size: align_up(len).min(b.len() - off),
+    }
 }
 
 /// Why the valid prefix of a segment ended.
@@ -358,7 +394,10 @@ pub fn scan_segment(bytes: &[u8], segment_id: u64, prev_key: Option<u64>) -> Seg
     };
     let header = SegmentHeader::decode(bytes).and_then(|h| {
         if h.segment_id != segment_id {
-            Err(HeaderError::WrongSegmentId { expected: segment_id, found: h.segment_id })
+            Err(HeaderError::WrongSegmentId {
+                expected: segment_id,
+                found: h.segment_id,
+            })
         } else {
             Ok(h)
         }
@@ -384,14 +423,23 @@ pub fn scan_segment(bytes: &[u8], segment_id: u64, prev_key: Option<u64>) -> Seg
                         scan.stop = ScanStop::BadRecord(b);
                         break;
                     }
-                    Slot::Record { key, watermark, crc, size } => {
+                    Slot::Record {
+                        key,
+                        watermark,
+                        crc,
+                        size,
+                    } => {
                         if scan.records == 0 && key != h.first_key {
-                            scan.stop = ScanStop::BadRecord(BadRecord::FirstKeyMismatch { key, header: h.first_key });
+                            scan.stop = ScanStop::BadRecord(BadRecord::FirstKeyMismatch {
+                                key,
+                                header: h.first_key,
+                            });
                             break;
                         }
                         if let Some(p) = prev {
                             if key <= p {
-                                scan.stop = ScanStop::BadRecord(BadRecord::KeyOrder { key, prev: p });
+                                scan.stop =
+                                    ScanStop::BadRecord(BadRecord::KeyOrder { key, prev: p });
                                 break;
                             }
                         }
@@ -438,20 +486,25 @@ fn scan_beyond(bytes: &[u8], segment_id: u64, scan: &mut SegmentScan) {
             off += RECORD_ALIGN_BYTES;
             continue;
         }
-        let plausible = len == 0 || (len as usize >= RECORD_HEADER_BYTES && len as usize <= bytes.len() - off);
+        let plausible =
+            len == 0 || (len as usize >= RECORD_HEADER_BYTES && len as usize <= bytes.len() - off);
         if !plausible || budget < u64::from(len) + RECORD_HEADER_BYTES as u64 {
             off += RECORD_ALIGN_BYTES;
             continue;
         }
         budget -= u64::from(len) + RECORD_HEADER_BYTES as u64;
         match read_slot(bytes, off, segment_id) {
-            Slot::Record { watermark, size, .. } => {
+            Slot::Record {
+                watermark, size, ..
+            } => {
                 scan.records_beyond += 1;
                 scan.max_watermark = scan.max_watermark.max(watermark);
                 scan.beyond_end_offset = scan.beyond_end_offset.max(off + size);
                 off += size;
             }
-            Slot::End { marker_watermark: Some(w) } => {
+            Slot::End {
+                marker_watermark: Some(w),
+            } => {
                 scan.max_watermark = scan.max_watermark.max(w);
                 scan.beyond_end_offset = scan.beyond_end_offset.max(off + RECORD_HEADER_BYTES);
                 off += RECORD_HEADER_BYTES;
@@ -459,7 +512,10 @@ fn scan_beyond(bytes: &[u8], segment_id: u64, scan: &mut SegmentScan) {
             _ => off += RECORD_ALIGN_BYTES,
         }
     }
-    debug_assert!(scan.beyond_end_offset <= bytes.len().max(SEGMENT_HEADER_BYTES), "beyond end within segment");
+    debug_assert!(
+        scan.beyond_end_offset <= bytes.len().max(SEGMENT_HEADER_BYTES),
+        "beyond end within segment"
+    );
 }
 
 #[cfg(test)]
@@ -469,7 +525,12 @@ mod tests {
     fn segment_with(keys: &[(u64, u64, &[u8])], size: usize) -> Vec<u8> {
         let mut b = vec![0u8; size];
         let first = keys.first().map_or(1, |k| k.0);
-        let h = SegmentHeader { segment_id: 7, first_key: first, segment_bytes: size as u64, prev_last_crc: None };
+        let h = SegmentHeader {
+            segment_id: 7,
+            first_key: first,
+            segment_bytes: size as u64,
+            prev_last_crc: None,
+        };
         b[..SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
         let mut off = SEGMENT_HEADER_BYTES;
         for &(key, wm, payload) in keys {
@@ -484,9 +545,17 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = SegmentHeader { segment_id: 3, first_key: 99, segment_bytes: 1 << 20, prev_last_crc: Some(0xdead) };
+        let h = SegmentHeader {
+            segment_id: 3,
+            first_key: 99,
+            segment_bytes: 1 << 20,
+            prev_last_crc: Some(0xdead),
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
-        let h2 = SegmentHeader { prev_last_crc: None, ..h };
+        let h2 = SegmentHeader {
+            prev_last_crc: None,
+            ..h
+        };
         assert_eq!(SegmentHeader::decode(&h2.encode()), Ok(h2));
     }
 
@@ -505,9 +574,15 @@ mod tests {
     fn wrong_segment_id_fails_crc_of_records() {
         let b = segment_with(&[(1, 0, b"a")], 4096);
         let s = scan_segment(&b, 8, None);
-        assert!(matches!(s.stop, ScanStop::BadHeader(HeaderError::WrongSegmentId { .. })));
+        assert!(matches!(
+            s.stop,
+            ScanStop::BadHeader(HeaderError::WrongSegmentId { .. })
+        ));
         assert_eq!(s.records, 0);
-        assert_eq!(s.records_beyond, 0, "a record seeded with another segment id never validates");
+        assert_eq!(
+            s.records_beyond, 0,
+            "a record seeded with another segment id never validates"
+        );
     }
 
     #[test]
@@ -536,7 +611,10 @@ mod tests {
         let b = segment_with(&[(5, 0, b"a"), (4, 0, b"b")], 4096);
         let s = scan_segment(&b, 7, None);
         assert_eq!(s.records, 1);
-        assert_eq!(s.stop, ScanStop::BadRecord(BadRecord::KeyOrder { key: 4, prev: 5 }));
+        assert_eq!(
+            s.stop,
+            ScanStop::BadRecord(BadRecord::KeyOrder { key: 4, prev: 5 })
+        );
         let s = scan_segment(&b, 7, Some(9));
         assert_eq!(s.records, 0);
     }

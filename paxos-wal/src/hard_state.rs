@@ -59,7 +59,14 @@ impl HardState {
         for (i, v) in extra.iter_mut().enumerate() {
             *v = u64_at(32 + 8 * i);
         }
-        Some((u64_at(8), HardState { accepted_epoch: u64_at(16), current_epoch: u64_at(24), extra }))
+        Some((
+            u64_at(8),
+            HardState {
+                accepted_epoch: u64_at(16),
+                current_epoch: u64_at(24),
+                extra,
+            },
+        ))
     }
 }
 
@@ -100,7 +107,10 @@ impl HardStateStore {
 
     /// [`open`](Self::open) with a fault-injection plan (tests only).
     #[doc(hidden)]
-    pub fn open_with_faults(path: impl AsRef<Path>, faults: Option<Arc<FaultPlan>>) -> Result<Self, WalError> {
+    pub fn open_with_faults(
+        path: impl AsRef<Path>,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> Result<Self, WalError> {
         let path = path.as_ref().to_path_buf();
         let existed = path.exists();
         let file = OpenOptions::new()
@@ -110,7 +120,10 @@ impl HardStateStore {
             .truncate(false)
             .open(&path)
             .map_err(io_err("open hard-state file", &path))?;
-        let len = file.metadata().map_err(io_err("stat hard-state file", &path))?.len();
+        let len = file
+            .metadata()
+            .map_err(io_err("stat hard-state file", &path))?
+            .len();
         let mut best: Option<(u64, HardState)> = None;
         let mut any_nonzero = false;
         for slot in 0..2u64 {
@@ -118,7 +131,8 @@ impl HardStateStore {
             let off = slot * SLOT_STRIDE_BYTES;
             if off < len {
                 let avail = ((len - off) as usize).min(SLOT_BYTES);
-                file.read_exact_at(&mut b[..avail], off).map_err(io_err("read hard-state file", &path))?;
+                file.read_exact_at(&mut b[..avail], off)
+                    .map_err(io_err("read hard-state file", &path))?;
             }
             any_nonzero |= b.iter().any(|&x| x != 0);
             if let Some((seq, st)) = HardState::decode(&b) {
@@ -133,16 +147,34 @@ impl HardStateStore {
             None => return Err(WalError::HardStateCorrupted { path }),
         };
         if len < FILE_BYTES || !existed {
-            file.set_len(FILE_BYTES).map_err(io_err("size hard-state file", &path))?;
-            file.sync_all().map_err(|source| WalError::SyncFailed { path: path.clone(), source })?;
+            file.set_len(FILE_BYTES)
+                .map_err(io_err("size hard-state file", &path))?;
+            file.sync_all().map_err(|source| WalError::SyncFailed {
+                path: path.clone(),
+                source,
+            })?;
             if let Some(parent) = path.parent() {
-                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 let d = File::open(parent).map_err(io_err("open directory", parent))?;
-                d.sync_all().map_err(|source| WalError::SyncFailed { path: parent.to_path_buf(), source })?;
+                d.sync_all().map_err(|source| WalError::SyncFailed {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
             }
         }
         tracing::debug!(path = %path.display(), seq, ?state, "hard state opened");
-        Ok(HardStateStore { path, file, state, seq, poisoned: None, faults })
+        Ok(HardStateStore {
+            path,
+            file,
+            state,
+            seq,
+            poisoned: None,
+            faults,
+        })
     }
 
     /// The current (durable) value.
@@ -153,16 +185,27 @@ impl HardStateStore {
     /// Replace the value; durable when this returns `Ok`.
     pub fn set(&mut self, state: &HardState) -> Result<(), WalError> {
         if let Some(reason) = &self.poisoned {
-            return Err(WalError::Poisoned { reason: reason.clone() });
+            return Err(WalError::Poisoned {
+                reason: reason.clone(),
+            });
         }
         let seq = self.seq + 1;
         let off = (seq % 2) * SLOT_STRIDE_BYTES;
-        self.file.write_all_at(&state.encode(seq), off).map_err(io_err("write hard-state slot", &self.path))?;
-        let flushed = faults::check(self.faults.as_deref(), FaultPoint::Flush).and_then(|()| self.file.sync_data());
+        self.file
+            .write_all_at(&state.encode(seq), off)
+            .map_err(io_err("write hard-state slot", &self.path))?;
+        let flushed = faults::check(self.faults.as_deref(), FaultPoint::Flush)
+            .and_then(|()| self.file.sync_data());
         if let Err(source) = flushed {
-            self.poisoned = Some(format!("fdatasync of {} failed: {source}", self.path.display()));
+            self.poisoned = Some(format!(
+                "fdatasync of {} failed: {source}",
+                self.path.display()
+            ));
             tracing::error!(path = %self.path.display(), error = %source, "hard-state flush failed; store is fatal");
-            return Err(WalError::SyncFailed { path: self.path.clone(), source });
+            return Err(WalError::SyncFailed {
+                path: self.path.clone(),
+                source,
+            });
         }
         self.seq = seq;
         self.state = *state;
@@ -185,7 +228,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hs");
         let mut s = HardStateStore::open(&p).unwrap();
-        let a = HardState { accepted_epoch: 1, current_epoch: 1, ..HardState::default() };
+        let a = HardState {
+            accepted_epoch: 1,
+            current_epoch: 1,
+            ..HardState::default()
+        };
         let mut b = a;
         b.accepted_epoch = 2;
         b.extra[3] = 77;
@@ -196,13 +243,20 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(&[0xAB; 40], SLOT_STRIDE_BYTES).unwrap();
         drop(f);
-        assert_eq!(HardStateStore::open(&p).unwrap().get(), b, "valid slot survives a torn write of the other");
+        assert_eq!(
+            HardStateStore::open(&p).unwrap().get(),
+            b,
+            "valid slot survives a torn write of the other"
+        );
         // Now also tear the slot holding b: no valid slot is left, and the
         // store refuses to invent a value.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(&[0xCD; 8], 16).unwrap();
         drop(f);
-        assert!(matches!(HardStateStore::open(&p), Err(WalError::HardStateCorrupted { .. })));
+        assert!(matches!(
+            HardStateStore::open(&p),
+            Err(WalError::HardStateCorrupted { .. })
+        ));
     }
 
     #[test]
@@ -211,12 +265,22 @@ mod tests {
         let p = dir.path().join("hs");
         let plan = Arc::new(FaultPlan::default());
         let mut s = HardStateStore::open_with_faults(&p, Some(plan.clone())).unwrap();
-        let a = HardState { accepted_epoch: 5, ..HardState::default() };
+        let a = HardState {
+            accepted_epoch: 5,
+            ..HardState::default()
+        };
         s.set(&a).unwrap();
         plan.fail_flush_in(1);
-        let b = HardState { accepted_epoch: 6, ..HardState::default() };
+        let b = HardState {
+            accepted_epoch: 6,
+            ..HardState::default()
+        };
         assert!(matches!(s.set(&b), Err(WalError::SyncFailed { .. })));
-        assert_eq!(s.get(), a, "a failed set does not change the in-memory value");
+        assert_eq!(
+            s.get(),
+            a,
+            "a failed set does not change the in-memory value"
+        );
         assert!(matches!(s.set(&b), Err(WalError::Poisoned { .. })));
     }
 }

@@ -107,8 +107,8 @@ pub use faults::{FaultPlan, FaultPoint};
 pub use format::{scan_segment, SegmentScan};
 pub use hard_state::{HardState, HardStateStore, HARD_STATE_EXTRA_FIELDS};
 pub use wal::{
-    DamagedRange, OpenReport, Record, RecoveryMode, SyncMethod, TornTail, Wal, WalIter, WalOptions, WalReader,
-    DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    DamagedRange, OpenReport, Record, RecoveryMode, SyncMethod, TornTail, Wal, WalIter, WalOptions,
+    WalReader, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 
 #[cfg(feature = "paxos-core")]

@@ -193,7 +193,11 @@ impl Segment {
             return None;
         }
         let i = self.index.partition_point(|&(k, _)| k <= key);
-        let mut off = if i == 0 { SEGMENT_HEADER_BYTES } else { self.index[i - 1].1 as usize };
+        let mut off = if i == 0 {
+            SEGMENT_HEADER_BYTES
+        } else {
+            self.index[i - 1].1 as usize
+        };
         // Bounded: every step advances by at least a record header.
         while off < self.write_pos {
             let h = raw_header(&self.map, off)?;
@@ -211,7 +215,10 @@ impl Segment {
 
     /// Read and verify the record at `off`; returns it and its aligned size.
     fn record_at(&self, off: usize) -> Result<(Record<'_>, usize), WalError> {
-        let bad = || WalError::ReadCorruption { path: self.path.clone(), offset: off as u64 };
+        let bad = || WalError::ReadCorruption {
+            path: self.path.clone(),
+            offset: off as u64,
+        };
         let h = raw_header(&self.map, off).ok_or_else(bad)?;
         let len = h.len as usize;
         if len < RECORD_HEADER_BYTES || off + len > self.write_pos {
@@ -221,7 +228,13 @@ impl Segment {
         if record_crc(self.id, h.len, h.key, h.watermark, payload) != h.crc {
             return Err(bad());
         }
-        Ok((Record { key: h.key, payload }, align_up(len)))
+        Ok((
+            Record {
+                key: h.key,
+                payload,
+            },
+            align_up(len),
+        ))
     }
 
     fn write_header(&mut self) {
@@ -231,12 +244,22 @@ impl Segment {
     fn write_marker(&mut self, watermark: u64) {
         let pos = self.write_pos;
         if pos + RECORD_HEADER_BYTES <= self.len() {
-            encode_marker(&mut self.map[pos..pos + RECORD_HEADER_BYTES], self.id, watermark);
+            encode_marker(
+                &mut self.map[pos..pos + RECORD_HEADER_BYTES],
+                self.id,
+                watermark,
+            );
             self.high_water = self.high_water.max(pos + RECORD_HEADER_BYTES);
         }
     }
 
-    fn flush(&self, start: usize, end: usize, method: SyncMethod, faults: Option<&FaultPlan>) -> Result<(), WalError> {
+    fn flush(
+        &self,
+        start: usize,
+        end: usize,
+        method: SyncMethod,
+        faults: Option<&FaultPlan>,
+    ) -> Result<(), WalError> {
         let end = end.min(self.len());
         if end <= start {
             return Ok(());
@@ -245,7 +268,10 @@ impl Segment {
             SyncMethod::MsyncRange => self.map.flush_range(start, end - start),
             SyncMethod::Fdatasync => self.file.sync_data(),
         });
-        r.map_err(|source| WalError::SyncFailed { path: self.path.clone(), source })
+        r.map_err(|source| WalError::SyncFailed {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -264,7 +290,9 @@ struct Inner {
 impl Inner {
     fn check_poison(&self) -> Result<(), WalError> {
         match &self.poisoned {
-            Some(reason) => Err(WalError::Poisoned { reason: reason.clone() }),
+            Some(reason) => Err(WalError::Poisoned {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -329,7 +357,8 @@ impl SpareCtx {
         let r = (|| -> io::Result<()> {
             faults::check(self.faults.as_deref(), FaultPoint::Create)?;
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            let len = i64::try_from(self.segment_bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let len = i64::try_from(self.segment_bytes)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             // SAFETY: plain syscall on an open descriptor we own.
             let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
             if rc != 0 {
@@ -357,7 +386,11 @@ impl SpareCtx {
             }
             Err(source) => {
                 let _ = fs::remove_file(&tmp);
-                Err(WalError::Io { op: "create segment", path: tmp, source })
+                Err(WalError::Io {
+                    op: "create segment",
+                    path: tmp,
+                    source,
+                })
             }
         }
     }
@@ -404,7 +437,8 @@ impl SpareCtx {
 ///   readers keep reading during the flush and only writers wait;
 /// - readers ([`reader`](Self::reader), [`get`](Self::get), the key getters)
 ///   share the lock. A [`WalReader`] borrows records straight from the map,
-///   so keep it short-lived on a busy log.
+///   so keep it short-lived on a busy log, and never call a writer method or
+///   `sync` on a thread that holds one (that waits for itself forever).
 pub struct Wal {
     dir: PathBuf,
     dir_file: File,
@@ -447,7 +481,10 @@ fn parse_hex(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
 fn fsync_dir(dir_file: &File, dir: &Path, faults: Option<&FaultPlan>) -> Result<(), WalError> {
     faults::check(faults, FaultPoint::Flush)
         .and_then(|()| dir_file.sync_all())
-        .map_err(|source| WalError::SyncFailed { path: dir.to_path_buf(), source })
+        .map_err(|source| WalError::SyncFailed {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn lock_dir(dir: &Path) -> Result<File, WalError> {
@@ -469,7 +506,11 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(WalError::Io { op: "lock", path, source: e });
+            return Err(WalError::Io {
+                op: "lock",
+                path,
+                source: e,
+            });
         }
         if attempt + 1 < LOCK_ATTEMPTS {
             std::thread::sleep(LOCK_RETRY_PAUSE);
@@ -511,7 +552,9 @@ impl Wal {
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, OpenReport), WalError> {
         let dir = dir.as_ref().to_path_buf();
         let seg_bytes = options.segment_bytes;
-        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&seg_bytes) || seg_bytes % SEGMENT_ALIGN_BYTES != 0 {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&seg_bytes)
+            || seg_bytes % SEGMENT_ALIGN_BYTES != 0
+        {
             return Err(WalError::InvalidOptions(format!(
                 "segment_bytes {seg_bytes} must be a multiple of 4096 in {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}"
             )));
@@ -572,8 +615,15 @@ impl Wal {
         let mut evidence = 0u64;
         for (i, &id) in seg_ids.iter().enumerate() {
             let path = segment_path(&dir, id);
-            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open segment", &path))?;
-            let len = file.metadata().map_err(io_err("stat segment", &path))?.len();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open segment", &path))?;
+            let len = file
+                .metadata()
+                .map_err(io_err("stat segment", &path))?
+                .len();
             if len > MAX_SEGMENT_BYTES {
                 return Err(WalError::Corrupted {
                     path,
@@ -604,13 +654,20 @@ impl Wal {
                         // Segments are renamed into place fully sized, so a
                         // short or odd-sized file is outside damage.
                         let external = len < MIN_SEGMENT_BYTES || len % SEGMENT_ALIGN_BYTES != 0;
-                        brk = Some(Break { idx: i, offset: 0, reason, whole: true, external });
+                        brk = Some(Break {
+                            idx: i,
+                            offset: 0,
+                            reason,
+                            whole: true,
+                            external,
+                        });
                     }
                     (_, Some(h)) if i > 0 && h.prev_last_crc != prev_crc => {
                         brk = Some(Break {
                             idx: i,
                             offset: 0,
-                            reason: "segment does not chain to the previous segment's last record".to_string(),
+                            reason: "segment does not chain to the previous segment's last record"
+                                .to_string(),
                             whole: true,
                             external: false,
                         });
@@ -654,7 +711,13 @@ impl Wal {
                     }
                 }
             }
-            found.push(Found { id, path, file, map, scan });
+            found.push(Found {
+                id,
+                path,
+                file,
+                map,
+                scan,
+            });
         }
 
         let mut report = OpenReport::default();
@@ -683,7 +746,10 @@ impl Wal {
                     fs::copy(&f.path, &copy).map_err(io_err("preserve damaged segment", &copy))?;
                     File::open(&copy)
                         .and_then(|c| c.sync_all())
-                        .map_err(|source| WalError::SyncFailed { path: copy.clone(), source })?;
+                        .map_err(|source| WalError::SyncFailed {
+                            path: copy.clone(),
+                            source,
+                        })?;
                     preserved.push(copy);
                 }
             }
@@ -695,14 +761,19 @@ impl Wal {
             if !b.whole {
                 let f = &mut found[b.idx];
                 let len = f.len();
-                let end = (b.offset + RECORD_HEADER_BYTES).max(f.scan.beyond_end_offset).min(len);
+                let end = (b.offset + RECORD_HEADER_BYTES)
+                    .max(f.scan.beyond_end_offset)
+                    .min(len);
                 if let Some(map) = f.map.as_mut() {
                     if end > b.offset {
                         map[b.offset..end].fill(0);
                         bytes_zeroed = (end - b.offset) as u64;
                         faults::check(faults.as_deref(), FaultPoint::Flush)
                             .and_then(|()| map.flush_range(b.offset, end - b.offset))
-                            .map_err(|source| WalError::SyncFailed { path: f.path.clone(), source })?;
+                            .map_err(|source| WalError::SyncFailed {
+                                path: f.path.clone(),
+                                source,
+                            })?;
                     }
                 }
                 f.scan.end_offset = b.offset;
@@ -737,7 +808,13 @@ impl Wal {
             segment_bytes: seg_bytes,
             want_ready: 1,
             faults: faults.clone(),
-            state: Mutex::new(SpareState { ready, busy: false, shutdown: false, failed: false, next_spare_no }),
+            state: Mutex::new(SpareState {
+                ready,
+                busy: false,
+                shutdown: false,
+                failed: false,
+                next_spare_no,
+            }),
             cv: Condvar::new(),
         });
         let mut wal = Wal {
@@ -763,7 +840,13 @@ impl Wal {
         };
         let had_removals = !removed.is_empty();
         for f in removed.into_iter().rev() {
-            let Found { id, path, file, map, .. } = f;
+            let Found {
+                id,
+                path,
+                file,
+                map,
+                ..
+            } = f;
             drop(map);
             drop(file);
             wal.retire_file(id, &path)?;
@@ -777,14 +860,23 @@ impl Wal {
         // before treating it as such.
         let mut segments = Vec::with_capacity(found.len());
         for f in found {
-            let Found { id, path, file, map, scan } = f;
+            let Found {
+                id,
+                path,
+                file,
+                map,
+                scan,
+            } = f;
             let (Some(map), Some(header)) = (map, scan.header) else {
                 debug_assert!(false, "kept segments have a valid header and a map");
                 continue;
             };
             faults::check(wal.faults.as_deref(), FaultPoint::Flush)
                 .and_then(|()| file.sync_data())
-                .map_err(|source| WalError::SyncFailed { path: path.clone(), source })?;
+                .map_err(|source| WalError::SyncFailed {
+                    path: path.clone(),
+                    source,
+                })?;
             let write_pos = scan.end_offset.max(SEGMENT_HEADER_BYTES);
             let high_water = (write_pos + RECORD_HEADER_BYTES).min(map.len());
             report.records += scan.records;
@@ -816,7 +908,12 @@ impl Wal {
             if let Some(seg) = g.segments.last_mut() {
                 let pos = seg.write_pos;
                 seg.write_marker(wm);
-                seg.flush(pos, pos + RECORD_HEADER_BYTES, SyncMethod::MsyncRange, wal.faults.as_deref())?;
+                seg.flush(
+                    pos,
+                    pos + RECORD_HEADER_BYTES,
+                    SyncMethod::MsyncRange,
+                    wal.faults.as_deref(),
+                )?;
             }
         }
         if options.prepare_in_background {
@@ -836,7 +933,9 @@ impl Wal {
     /// Recycle a segment file as a spare (if the pool has room and the size
     /// is right) or delete it. The caller syncs the directory.
     fn retire_file(&self, id: u64, path: &Path) -> Result<(), WalError> {
-        let len = fs::metadata(path).map_err(io_err("stat segment", path))?.len();
+        let len = fs::metadata(path)
+            .map_err(io_err("stat segment", path))?
+            .len();
         let mut st = self.spares.state.lock();
         if len == self.segment_bytes && st.ready.len() < self.max_spares {
             let to = self.dir.join(format!("recycled-{id:016x}.seg"));
@@ -886,20 +985,42 @@ impl Wal {
         let path = segment_path(&self.dir, id);
         if let Err(source) = fs::rename(&spare, &path) {
             let _ = fs::remove_file(&spare);
-            return Err(WalError::Io { op: "install segment", path, source });
+            return Err(WalError::Io {
+                op: "install segment",
+                path,
+                source,
+            });
         }
         g.next_segment_id = id + 1;
-        let opened = OpenOptions::new().read(true).write(true).open(&path).and_then(|file| {
-            // SAFETY: the directory is locked, and segment files are never shrunk.
-            let map = unsafe { MmapMut::map_mut(&file) }?;
-            Ok((file, map))
-        });
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .and_then(|file| {
+                // SAFETY: the directory is locked, and segment files are never shrunk.
+                let map = unsafe { MmapMut::map_mut(&file) }?;
+                if map.len() as u64 != self.segment_bytes {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "spare segment is {} bytes, expected {}",
+                            map.len(),
+                            self.segment_bytes
+                        ),
+                    ));
+                }
+                Ok((file, map))
+            });
         let (file, map) = match opened {
             Ok(fm) => fm,
             Err(source) => {
                 // Not part of the log yet: remove it so recovery never sees it.
                 let _ = fs::remove_file(&path);
-                return Err(WalError::Io { op: "open new segment", path, source });
+                return Err(WalError::Io {
+                    op: "open new segment",
+                    path,
+                    source,
+                });
             }
         };
         if let Err(e) = fsync_dir(&self.dir_file, &self.dir, self.faults.as_deref()) {
@@ -945,21 +1066,33 @@ impl Wal {
 
     fn append_locked(&self, g: &mut Inner, key: u64, payload: &[u8]) -> Result<(), WalError> {
         if key == 0 || g.last_key.is_some_and(|l| key <= l) {
-            return Err(WalError::KeyNotIncreasing { key, last_key: g.last_key });
+            return Err(WalError::KeyNotIncreasing {
+                key,
+                last_key: g.last_key,
+            });
         }
         if payload.len() > self.max_payload {
-            return Err(WalError::PayloadTooLarge { len: payload.len(), max: self.max_payload });
+            return Err(WalError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
         }
         let len = RECORD_HEADER_BYTES + payload.len();
         let size = align_up(len);
-        let fits = g.segments.last().is_some_and(|s| s.write_pos + size <= s.len());
+        let fits = g
+            .segments
+            .last()
+            .is_some_and(|s| s.write_pos + size <= s.len());
         if !fits {
             self.roll(g, key)?;
         }
         let wm = g.durable_key.unwrap_or(0);
         let last = g.segments.len() - 1;
         let seg = &mut g.segments[last];
-        assert!(seg.write_pos + size <= seg.len(), "a record of at most max_payload fits an empty segment");
+        assert!(
+            seg.write_pos + size <= seg.len(),
+            "a record of at most max_payload fits an empty segment"
+        );
         let mut dirty_off = seg.write_pos;
         if seg.first_key.is_none() && seg.header.first_key != key {
             // An emptied segment gets the header for its new first record.
@@ -973,7 +1106,10 @@ impl Wal {
         encode_record_header(&mut dst[..RECORD_HEADER_BYTES], len as u32, crc, key, wm);
         dst[RECORD_HEADER_BYTES..len].copy_from_slice(payload);
         dst[len..].fill(0);
-        if seg.last_indexed.is_none_or(|l| off >= l + INDEX_STRIDE_BYTES) {
+        if seg
+            .last_indexed
+            .is_none_or(|l| off >= l + INDEX_STRIDE_BYTES)
+        {
             seg.index.push((key, off as u32));
             seg.last_indexed = Some(off);
         }
@@ -1034,7 +1170,12 @@ impl Wal {
     fn flush_dirty(&self, g: &Inner, from: (u64, usize)) -> Result<(), WalError> {
         for seg in g.segments.iter().filter(|s| s.id >= from.0) {
             let start = if seg.id == from.0 { from.1 } else { 0 };
-            seg.flush(start, seg.high_water, self.sync_method, self.faults.as_deref())?;
+            seg.flush(
+                start,
+                seg.high_water,
+                self.sync_method,
+                self.faults.as_deref(),
+            )?;
         }
         Ok(())
     }
@@ -1127,7 +1268,11 @@ impl Wal {
         let mut removed = 0;
         // Bounded by the number of segments.
         while g.segments.len() > 1 && g.segments.last().is_some_and(|s| s.header.first_key > key) {
-            let (id, path) = g.segments.last().map(|s| (s.id, s.path.clone())).unwrap_or_default();
+            let (id, path) = g
+                .segments
+                .last()
+                .map(|s| (s.id, s.path.clone()))
+                .unwrap_or_default();
             self.retire_file(id, &path)?;
             g.segments.pop();
             removed += 1;
@@ -1137,7 +1282,9 @@ impl Wal {
         }
         let last = g.segments.len() - 1;
         let seg = &mut g.segments[last];
-        let cut = seg.find_at_or_after(key.saturating_add(1)).unwrap_or(seg.write_pos);
+        let cut = seg
+            .find_at_or_after(key.saturating_add(1))
+            .unwrap_or(seg.write_pos);
         // Find the last record before the cut (for the CRC chain and keys).
         let mut prev: Option<(usize, u64, u32)> = None;
         let mut off = SEGMENT_HEADER_BYTES;
@@ -1146,7 +1293,9 @@ impl Wal {
             off = seg.index[i - 1].1 as usize;
         }
         while off < cut {
-            let Some(h) = raw_header(&seg.map, off) else { break };
+            let Some(h) = raw_header(&seg.map, off) else {
+                break;
+            };
             if (h.len as usize) < RECORD_HEADER_BYTES {
                 debug_assert!(false, "record chain below write_pos is intact");
                 break;
@@ -1191,7 +1340,9 @@ impl Wal {
     /// A read guard: records borrowed from the map, without copies. Writers
     /// wait while it is alive.
     pub fn reader(&self) -> WalReader<'_> {
-        WalReader { guard: self.inner.read() }
+        WalReader {
+            guard: self.inner.read(),
+        }
     }
 
     /// Copy out the payload of `key`, if present (checksum verified).
@@ -1248,7 +1399,12 @@ impl Wal {
         }
         if let Some(seg) = g.segments.last() {
             let pos = seg.write_pos;
-            seg.flush(pos, pos + RECORD_HEADER_BYTES, self.sync_method, self.faults.as_deref())?;
+            seg.flush(
+                pos,
+                pos + RECORD_HEADER_BYTES,
+                self.sync_method,
+                self.faults.as_deref(),
+            )?;
         }
         g.marker_unflushed = false;
         Ok(())
@@ -1303,7 +1459,9 @@ pub struct WalReader<'a> {
 
 impl std::fmt::Debug for WalReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalReader").field("last_key", &self.guard.last_key).finish()
+        f.debug_struct("WalReader")
+            .field("last_key", &self.guard.last_key)
+            .finish()
     }
 }
 
@@ -1318,7 +1476,11 @@ impl<'a> WalReader<'a> {
     /// error and ends the iteration.
     pub fn iter_from(&self, key: u64) -> WalIter<'_> {
         let pos = self.guard.locate(key);
-        WalIter { inner: &self.guard, pos, done: pos.is_none() }
+        WalIter {
+            inner: &self.guard,
+            pos,
+            done: pos.is_none(),
+        }
     }
 
     /// First key in the log.

@@ -14,21 +14,48 @@ fn append_read_across_segments_and_reopen() {
     let keys: Vec<u64> = (1..=400).map(|i| i * 3).collect();
     for chunk in keys.chunks(7) {
         let payloads: Vec<Vec<u8>> = chunk.iter().map(|&k| payload_for(k)).collect();
-        wal.append_batch(chunk.iter().copied().zip(payloads.iter().map(Vec::as_slice))).unwrap();
-        assert_eq!(wal.durable_key(), if chunk[0] == 3 { None } else { Some(chunk[0] - 3) });
+        wal.append_batch(
+            chunk
+                .iter()
+                .copied()
+                .zip(payloads.iter().map(Vec::as_slice)),
+        )
+        .unwrap();
+        assert_eq!(
+            wal.durable_key(),
+            if chunk[0] == 3 {
+                None
+            } else {
+                Some(chunk[0] - 3)
+            }
+        );
         assert_eq!(wal.sync().unwrap(), Some(*chunk.last().unwrap()));
     }
-    assert!(wal.segment_count() > 5, "small segments roll: {}", wal.segment_count());
+    assert!(
+        wal.segment_count() > 5,
+        "small segments roll: {}",
+        wal.segment_count()
+    );
     let check = |wal: &Wal| {
         assert_eq!((wal.first_key(), wal.last_key()), (Some(3), Some(1200)));
         for &k in &keys {
-            assert_eq!(wal.get(k).unwrap().as_deref(), Some(&payload_for(k)[..]), "key {k}");
+            assert_eq!(
+                wal.get(k).unwrap().as_deref(),
+                Some(&payload_for(k)[..]),
+                "key {k}"
+            );
             assert_eq!(wal.get(k + 1).unwrap(), None);
         }
         let r = wal.reader();
         // From an absent key: starts at the next present one.
         let got: Vec<u64> = r.iter_from(601).map(|x| x.unwrap().key).collect();
-        assert_eq!(got, keys.iter().copied().filter(|&k| k >= 601).collect::<Vec<_>>());
+        assert_eq!(
+            got,
+            keys.iter()
+                .copied()
+                .filter(|&k| k >= 601)
+                .collect::<Vec<_>>()
+        );
         assert_eq!(r.iter_from(1201).count(), 0);
         assert_eq!(dump(wal).len(), keys.len());
     };
@@ -36,7 +63,10 @@ fn append_read_across_segments_and_reopen() {
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), small_opts(16 << 10)).unwrap();
     assert_eq!(report.records, 400);
-    assert!(report.torn_tail.is_none() && report.damaged.is_none(), "{report:?}");
+    assert!(
+        report.torn_tail.is_none() && report.damaged.is_none(),
+        "{report:?}"
+    );
     assert_eq!(wal.durable_key(), Some(1200));
     check(&wal);
 }
@@ -44,13 +74,34 @@ fn append_read_across_segments_and_reopen() {
 #[test]
 fn rejects_bad_keys_and_sizes_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions { max_payload_bytes: Some(1000), ..small_opts(16 << 10) };
+    let opts = WalOptions {
+        max_payload_bytes: Some(1000),
+        ..small_opts(16 << 10)
+    };
     let (wal, _) = Wal::open(dir.path(), opts).unwrap();
-    assert!(matches!(wal.append(0, b"x"), Err(WalError::KeyNotIncreasing { key: 0, .. })));
+    assert!(matches!(
+        wal.append(0, b"x"),
+        Err(WalError::KeyNotIncreasing { key: 0, .. })
+    ));
     wal.append(10, b"x").unwrap();
-    assert!(matches!(wal.append(10, b"x"), Err(WalError::KeyNotIncreasing { key: 10, last_key: Some(10) })));
-    assert!(matches!(wal.append(9, b"x"), Err(WalError::KeyNotIncreasing { .. })));
-    assert!(matches!(wal.append(11, &[0; 1001]), Err(WalError::PayloadTooLarge { len: 1001, max: 1000 })));
+    assert!(matches!(
+        wal.append(10, b"x"),
+        Err(WalError::KeyNotIncreasing {
+            key: 10,
+            last_key: Some(10)
+        })
+    ));
+    assert!(matches!(
+        wal.append(9, b"x"),
+        Err(WalError::KeyNotIncreasing { .. })
+    ));
+    assert!(matches!(
+        wal.append(11, &[0; 1001]),
+        Err(WalError::PayloadTooLarge {
+            len: 1001,
+            max: 1000
+        })
+    ));
     wal.append(11, &[7; 1000]).unwrap();
     // A failed record inside a batch keeps the ones before it.
     let r = wal.append_batch([(12, &b"a"[..]), (12, &b"b"[..]), (13, &b"c"[..])]);
@@ -60,11 +111,29 @@ fn rejects_bad_keys_and_sizes_without_panicking() {
 
     let d2 = tempfile::tempdir().unwrap();
     for bad in [1000, 4096, 16 << 10 | 1, 2 << 30] {
-        let r = Wal::open(d2.path(), WalOptions { segment_bytes: bad, ..WalOptions::default() });
-        assert!(matches!(r, Err(WalError::InvalidOptions(_))), "segment_bytes {bad}");
+        let r = Wal::open(
+            d2.path(),
+            WalOptions {
+                segment_bytes: bad,
+                ..WalOptions::default()
+            },
+        );
+        assert!(
+            matches!(r, Err(WalError::InvalidOptions(_))),
+            "segment_bytes {bad}"
+        );
     }
-    let r = Wal::open(d2.path(), WalOptions { max_payload_bytes: Some(20 << 10), ..small_opts(16 << 10) });
-    assert!(matches!(r, Err(WalError::InvalidOptions(_))), "payload larger than a segment");
+    let r = Wal::open(
+        d2.path(),
+        WalOptions {
+            max_payload_bytes: Some(20 << 10),
+            ..small_opts(16 << 10)
+        },
+    );
+    assert!(
+        matches!(r, Err(WalError::InvalidOptions(_))),
+        "payload larger than a segment"
+    );
     // The largest payload that fits is accepted.
     let (wal, _) = Wal::open(d2.path(), small_opts(16 << 10)).unwrap();
     wal.append(1, &vec![1; (16 << 10) - 64 - 24]).unwrap();
@@ -77,13 +146,19 @@ fn rejects_bad_keys_and_sizes_without_panicking() {
 fn second_handle_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_wal, _) = Wal::open(dir.path(), small_opts(16 << 10)).unwrap();
-    assert!(matches!(Wal::open(dir.path(), small_opts(16 << 10)), Err(WalError::Locked { .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), small_opts(16 << 10)),
+        Err(WalError::Locked { .. })
+    ));
 }
 
 #[test]
 fn truncate_prefix_recycles_whole_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions { max_spare_segments: 3, ..small_opts(8 << 10) };
+    let opts = WalOptions {
+        max_spare_segments: 3,
+        ..small_opts(8 << 10)
+    };
     let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
     for k in 1..=300 {
         wal.append(k, &payload_for(k)).unwrap();
@@ -91,13 +166,24 @@ fn truncate_prefix_recycles_whole_segments() {
     wal.sync().unwrap();
     let before = wal.segment_count();
     assert!(before > 10);
-    assert_eq!(wal.truncate_prefix(1).unwrap(), 0, "nothing is entirely below key 1");
+    assert_eq!(
+        wal.truncate_prefix(1).unwrap(),
+        0,
+        "nothing is entirely below key 1"
+    );
     let removed = wal.truncate_prefix(150).unwrap();
     assert!(removed > 0);
     assert_eq!(wal.segment_count(), before - removed);
     let first = wal.first_key().unwrap();
-    assert!(first <= 150, "the segment holding 150 is kept (first {first})");
-    assert_eq!(wal.spare_segments(), 3, "freed segments are recycled up to the limit");
+    assert!(
+        first <= 150,
+        "the segment holding 150 is kept (first {first})"
+    );
+    assert_eq!(
+        wal.spare_segments(),
+        3,
+        "freed segments are recycled up to the limit"
+    );
     // Truncating past the end keeps the last segment.
     wal.truncate_prefix(u64::MAX).unwrap();
     assert_eq!(wal.segment_count(), 1);
@@ -113,7 +199,10 @@ fn truncate_prefix_recycles_whole_segments() {
     assert_eq!(dump(&wal), expect);
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), opts).unwrap();
-    assert!(report.torn_tail.is_none() && report.damaged.is_none(), "{report:?}");
+    assert!(
+        report.torn_tail.is_none() && report.damaged.is_none(),
+        "{report:?}"
+    );
     assert_eq!(dump(&wal), expect);
 }
 
@@ -144,7 +233,12 @@ fn truncate_suffix_is_durable_and_log_continues() {
         let got = dump(&wal);
         let upto37: Vec<(u64, Vec<u8>)> = (1..=37).map(|k| (k, payload_for(k))).collect();
         assert_eq!(&got[..37], &upto37[..]);
-        assert!(got[37..].iter().all(|(k, p)| p == format!("new {k}").as_bytes()), "old 38.. never come back");
+        assert!(
+            got[37..]
+                .iter()
+                .all(|(k, p)| p == format!("new {k}").as_bytes()),
+            "old 38.. never come back"
+        );
     }
     // Truncate everything: the log is empty but keeps working.
     let (wal, _) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
@@ -154,7 +248,10 @@ fn truncate_suffix_is_durable_and_log_continues() {
     wal.sync().unwrap();
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
-    assert!(report.torn_tail.is_none() && report.damaged.is_none(), "{report:?}");
+    assert!(
+        report.torn_tail.is_none() && report.damaged.is_none(),
+        "{report:?}"
+    );
     assert_eq!(dump(&wal), vec![(5, b"five".to_vec())]);
 }
 
@@ -197,7 +294,10 @@ fn concurrent_readers_with_one_writer() {
 #[test]
 fn background_preparer_keeps_a_spare_and_files_are_fully_sized() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions { segment_bytes: 64 << 10, ..WalOptions::default() };
+    let opts = WalOptions {
+        segment_bytes: 64 << 10,
+        ..WalOptions::default()
+    };
     let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
     for k in 1..=600 {
         wal.append(k, &payload_for(k)).unwrap();
@@ -215,7 +315,10 @@ fn background_preparer_keeps_a_spare_and_files_are_fully_sized() {
 #[test]
 fn fdatasync_method_is_equivalent() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions { sync_method: paxos_wal::SyncMethod::Fdatasync, ..small_opts(16 << 10) };
+    let opts = WalOptions {
+        sync_method: paxos_wal::SyncMethod::Fdatasync,
+        ..small_opts(16 << 10)
+    };
     let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
     for k in 1..=100 {
         wal.append(k, &payload_for(k)).unwrap();
@@ -223,5 +326,8 @@ fn fdatasync_method_is_equivalent() {
     }
     drop(wal);
     let (wal, _) = Wal::open(dir.path(), opts).unwrap();
-    assert_eq!(dump(&wal), (1..=100).map(|k| (k, payload_for(k))).collect::<Vec<_>>());
+    assert_eq!(
+        dump(&wal),
+        (1..=100).map(|k| (k, payload_for(k))).collect::<Vec<_>>()
+    );
 }

@@ -25,7 +25,10 @@ fn opts() -> WalOptions {
 }
 
 fn keep() -> WalOptions {
-    WalOptions { recovery: RecoveryMode::KeepValidPrefix, ..opts() }
+    WalOptions {
+        recovery: RecoveryMode::KeepValidPrefix,
+        ..opts()
+    }
 }
 
 /// 120 records synced in batches of 5, closed cleanly: several segments.
@@ -58,7 +61,11 @@ fn records_of(path: &Path) -> Vec<(u64, u32)> {
 }
 
 fn flip(path: &Path, offset: u64, bit: u8) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 1 << bit;
@@ -68,7 +75,12 @@ fn flip(path: &Path, offset: u64, bit: u8) {
 fn expect_corrupted(dir: &Path, path: &Path, offset: u64) -> WalError {
     match Wal::open(dir, opts()) {
         Err(e @ WalError::Corrupted { .. }) => {
-            let WalError::Corrupted { path: p, offset: o, .. } = &e else { unreachable!() };
+            let WalError::Corrupted {
+                path: p, offset: o, ..
+            } = &e
+            else {
+                unreachable!()
+            };
             assert_eq!((p.as_path(), *o), (path, offset), "{e}");
             e
         }
@@ -96,15 +108,23 @@ fn header_bit_flips_in_every_field_are_detected() {
             flip(&seg, off, 3);
             let e = expect_corrupted(d.path(), &seg, 0);
             // Strict mode changed nothing: the same error again.
-            assert_eq!(expect_corrupted(d.path(), &seg, 0).to_string(), e.to_string());
+            assert_eq!(
+                expect_corrupted(d.path(), &seg, 0).to_string(),
+                e.to_string()
+            );
             let (wal, report) = Wal::open(d.path(), keep()).unwrap();
             let dmg = report.damaged.expect("damage reported");
             assert_eq!((dmg.path.as_path(), dmg.offset), (seg.as_path(), 0));
             let kept = dump(&wal);
-            assert!(kept.iter().enumerate().all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+            assert!(kept
+                .iter()
+                .enumerate()
+                .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
             assert_eq!(dmg.after_key, kept.last().map(|r| r.0));
             assert!(dmg.through_key > dmg.after_key.unwrap_or(0), "{dmg:?}");
-            assert!(dmg.preserved_copies.iter().all(|p| p.exists()) && !dmg.preserved_copies.is_empty());
+            assert!(
+                dmg.preserved_copies.iter().all(|p| p.exists()) && !dmg.preserved_copies.is_empty()
+            );
             if seg_idx == 0 {
                 assert!(kept.is_empty());
             }
@@ -115,7 +135,10 @@ fn header_bit_flips_in_every_field_are_detected() {
             drop(wal);
             let (wal, r) = Wal::open(d.path(), opts()).unwrap();
             assert!(r.damaged.is_none() && r.torn_tail.is_none(), "{r:?}");
-            assert_eq!(wal.get(next).unwrap().as_deref(), Some(&b"after repair"[..]));
+            assert_eq!(
+                wal.get(next).unwrap().as_deref(),
+                Some(&b"after repair"[..])
+            );
         }
     }
 }
@@ -127,7 +150,10 @@ fn record_bit_flips_in_every_field() {
     let seg = segment_files(base.path())[1].clone();
     let recs = records_of(&seg);
     // A record with padding, in the middle of the segment.
-    let &(roff, len) = recs[1..recs.len() - 1].iter().find(|(_, l)| l % 8 != 0 && *l > 30).expect("a padded record");
+    let &(roff, len) = recs[1..recs.len() - 1]
+        .iter()
+        .find(|(_, l)| l % 8 != 0 && *l > 30)
+        .expect("a padded record");
     let payload_off = roff + 24;
     let padding_off = roff + u64::from(len);
     // len, crc, key, watermark, payload start, payload end.
@@ -145,12 +171,20 @@ fn record_bit_flips_in_every_field() {
             flip(&seg, off, bit);
             expect_corrupted(d.path(), &seg, roff);
             let (wal, report) = Wal::open(d.path(), keep()).unwrap();
-            let dmg = report.damaged.unwrap_or_else(|| panic!("{field}: damage reported"));
+            let dmg = report
+                .damaged
+                .unwrap_or_else(|| panic!("{field}: damage reported"));
             assert_eq!(dmg.offset, roff, "{field}");
             let kept = dump(&wal);
             assert_eq!(dmg.after_key, kept.last().map(|r| r.0));
-            assert!(kept.iter().enumerate().all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
-            assert!(dmg.through_key >= 115, "{field}: the close marker proves everything: {dmg:?}");
+            assert!(kept
+                .iter()
+                .enumerate()
+                .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+            assert!(
+                dmg.through_key >= 115,
+                "{field}: the close marker proves everything: {dmg:?}"
+            );
         }
     }
     // Padding is outside the checksum: a flip there is harmless.
@@ -191,11 +225,22 @@ fn damage_in_unsynced_tail_is_a_torn_tail() {
     // the image itself must stay unopened).
     let copy = fresh_copy(img.path());
     let (wal, _) = Wal::open(copy.path(), opts()).unwrap();
-    assert_eq!(dump(&wal).len(), 70, "unsynced records are in the page cache");
+    assert_eq!(
+        dump(&wal).len(),
+        70,
+        "unsynced records are in the page cache"
+    );
     drop(wal);
     // Once opened, the same damage is inside the proven-durable part.
-    flip(&segment_files(copy.path()).last().unwrap().clone(), roff + 26, 0);
-    assert!(matches!(Wal::open(copy.path(), opts()), Err(WalError::Corrupted { .. })));
+    flip(
+        &segment_files(copy.path()).last().unwrap().clone(),
+        roff + 26,
+        0,
+    );
+    assert!(matches!(
+        Wal::open(copy.path(), opts()),
+        Err(WalError::Corrupted { .. })
+    ));
     let damaged_key = 70 - 3;
     flip(&last, roff + 26, 0);
     let (wal, report) = Wal::open(img.path(), opts()).unwrap();
@@ -203,7 +248,12 @@ fn damage_in_unsynced_tail_is_a_torn_tail() {
     assert_eq!((torn.path.as_path(), torn.offset), (last.as_path(), roff));
     assert!(torn.bytes_zeroed >= 24);
     let got = dump(&wal);
-    assert_eq!(got, (1..damaged_key).map(|k| (k, payload_for(k))).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (1..damaged_key)
+            .map(|k| (k, payload_for(k)))
+            .collect::<Vec<_>>()
+    );
     // The valid records after the damage were erased: they never come back.
     wal.append(damaged_key, b"replacement").unwrap();
     let img2 = fresh_copy(img.path());
@@ -211,7 +261,10 @@ fn damage_in_unsynced_tail_is_a_torn_tail() {
     let (wal, r) = Wal::open(img2.path(), opts()).unwrap();
     assert!(r.torn_tail.is_none() && r.damaged.is_none(), "{r:?}");
     assert_eq!(wal.last_key(), Some(damaged_key));
-    assert_eq!(wal.get(damaged_key).unwrap().as_deref(), Some(&b"replacement"[..]));
+    assert_eq!(
+        wal.get(damaged_key).unwrap().as_deref(),
+        Some(&b"replacement"[..])
+    );
 }
 
 #[test]
@@ -229,7 +282,10 @@ fn garbage_after_last_record_is_cut_once() {
     assert_eq!(dump(&wal).len(), 70);
     drop(wal);
     let (_, report) = Wal::open(img.path(), opts()).unwrap();
-    assert!(report.torn_tail.is_none(), "cut once, clean after: {report:?}");
+    assert!(
+        report.torn_tail.is_none(),
+        "cut once, clean after: {report:?}"
+    );
 }
 
 #[test]
@@ -273,19 +329,35 @@ fn cut_files_at_every_offset_class() {
         ] {
             let d = fresh_copy(base.path());
             let seg = segment_files(d.path())[seg_idx].clone();
-            OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+            OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
             let e = match Wal::open(d.path(), opts()) {
                 Err(e @ WalError::Corrupted { .. }) => e,
                 other => panic!("{class}: expected Corrupted, got {other:?}"),
             };
-            assert!(e.to_string().contains(&*seg.to_string_lossy()), "{class}: {e}");
+            assert!(
+                e.to_string().contains(&*seg.to_string_lossy()),
+                "{class}: {e}"
+            );
             let (wal, report) = Wal::open(d.path(), keep()).unwrap();
-            let dmg = report.damaged.unwrap_or_else(|| panic!("{class}: damage reported"));
+            let dmg = report
+                .damaged
+                .unwrap_or_else(|| panic!("{class}: damage reported"));
             let kept = dump(&wal);
             assert_eq!(dmg.after_key, kept.last().map(|r| r.0), "{class}");
-            assert!(kept.iter().enumerate().all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+            assert!(kept
+                .iter()
+                .enumerate()
+                .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
             if cut >= r2 {
-                assert!(kept.len() >= 2 + records_of(&segment_files(base.path())[0]).len(), "{class}: prefix kept");
+                assert!(
+                    kept.len() >= 2 + records_of(&segment_files(base.path())[0]).len(),
+                    "{class}: prefix kept"
+                );
             }
         }
     }
@@ -310,9 +382,17 @@ fn cut_files_at_every_offset_class() {
     }
     let last = segment_files(d.path()).last().unwrap().clone();
     assert!(cut < SEG);
-    OpenOptions::new().write(true).open(&last).unwrap().set_len(cut).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
     let (wal, report) = Wal::open(d.path(), opts()).unwrap();
-    assert!(report.damaged.is_none() && report.torn_tail.is_none(), "{report:?}");
+    assert!(
+        report.damaged.is_none() && report.torn_tail.is_none(),
+        "{report:?}"
+    );
     let n = dump(&wal).len() as u64;
     assert!(n == 120 || n == 121);
     // And it keeps working: the short segment is full, the next append rolls.

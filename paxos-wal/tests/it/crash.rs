@@ -15,14 +15,20 @@ const ROUNDS: usize = 24;
 
 fn opts() -> WalOptions {
     // Small segments: rolls, recycling and the background preparer all run.
-    WalOptions { segment_bytes: 64 << 10, max_spare_segments: 2, ..WalOptions::default() }
+    WalOptions {
+        segment_bytes: 64 << 10,
+        max_spare_segments: 2,
+        ..WalOptions::default()
+    }
 }
 
 /// The child's body; only runs when the parent sets the environment variable.
 #[test]
 #[ignore = "run by crash::sigkill_at_random_moments as a child process"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (wal, _) = Wal::open(&dir, opts()).unwrap();
     let mut next = wal.last_key().unwrap_or(0) + 1;
     let mut rng = next.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -58,13 +64,23 @@ fn xorshift(s: &mut u64) -> u64 {
 fn sigkill_at_random_moments() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     println!("crash test seed {seed}");
     let mut max_durable = 0u64;
     let mut kills_mid_run = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["crash::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash::crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -75,7 +91,10 @@ fn sigkill_at_random_moments() {
             let mut last = 0u64;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(k) = line.strip_prefix("D ").and_then(|k| k.trim().parse::<u64>().ok()) {
+                if let Some(k) = line
+                    .strip_prefix("D ")
+                    .and_then(|k| k.trim().parse::<u64>().ok())
+                {
                     last = last.max(k);
                 }
             }
@@ -88,28 +107,45 @@ fn sigkill_at_random_moments() {
         let status = child.wait().unwrap();
         kills_mid_run += usize::from(still_running);
         let reported = reader.join().unwrap();
-        assert!(still_running || status.success(), "child failed on its own in round {round}: {status}");
+        assert!(
+            still_running || status.success(),
+            "child failed on its own in round {round}: {status}"
+        );
         max_durable = max_durable.max(reported);
 
         let (wal, report) = Wal::open(dir.path(), opts()).unwrap();
         assert!(report.damaged.is_none(), "round {round}: {report:?}");
         let last = wal.last_key().unwrap_or(0);
-        assert!(last >= max_durable, "round {round}: durable key {max_durable} lost (last {last})");
+        assert!(
+            last >= max_durable,
+            "round {round}: durable key {max_durable} lost (last {last})"
+        );
         let r = wal.reader();
         let first = r.first_key().unwrap_or(1);
         let mut expect = first;
         for rec in r.iter_from(0) {
             let rec = rec.unwrap();
             assert_eq!(rec.key, expect, "round {round}: keys are contiguous");
-            assert_eq!(rec.payload, &payload_for(rec.key)[..], "round {round}: key {} payload", rec.key);
+            assert_eq!(
+                rec.payload,
+                &payload_for(rec.key)[..],
+                "round {round}: key {} payload",
+                rec.key
+            );
             expect += 1;
         }
         assert_eq!(expect - 1, last);
-        assert!(first <= max_durable.saturating_sub(400).max(1), "prefix truncation keeps the recent part");
+        assert!(
+            first <= max_durable.saturating_sub(400).max(1),
+            "prefix truncation keeps the recent part"
+        );
         drop(r);
         drop(wal);
     }
     println!("{ROUNDS} rounds, {kills_mid_run} killed mid-run, max durable key {max_durable}");
-    assert!(kills_mid_run > ROUNDS / 2, "the child was mostly killed while running");
+    assert!(
+        kills_mid_run > ROUNDS / 2,
+        "the child was mostly killed while running"
+    );
     assert!(max_durable > 0);
 }

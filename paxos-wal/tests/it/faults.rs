@@ -7,7 +7,10 @@ use paxos_wal::{FaultPlan, Wal, WalError, WalOptions};
 use crate::{dump, payload_for, small_opts};
 
 fn opts_with(plan: &Arc<FaultPlan>) -> WalOptions {
-    WalOptions { fault_plan: Some(Arc::clone(plan)), ..small_opts(8 << 10) }
+    WalOptions {
+        fault_plan: Some(Arc::clone(plan)),
+        ..small_opts(8 << 10)
+    }
 }
 
 #[test]
@@ -29,14 +32,26 @@ fn failed_sync_makes_handle_fatal_and_reopen_keeps_durable_state() {
     assert_eq!(wal.durable_key(), Some(50), "a failed sync proves nothing");
     // No retry pretends success.
     assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
-    assert!(matches!(wal.append(61, b"x"), Err(WalError::Poisoned { .. })));
-    assert!(matches!(wal.truncate_suffix(10), Err(WalError::Poisoned { .. })));
-    assert!(matches!(wal.truncate_prefix(10), Err(WalError::Poisoned { .. })));
+    assert!(matches!(
+        wal.append(61, b"x"),
+        Err(WalError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        wal.truncate_suffix(10),
+        Err(WalError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        wal.truncate_prefix(10),
+        Err(WalError::Poisoned { .. })
+    ));
     drop(wal);
     let (wal, _) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
     let got = dump(&wal);
     assert!(got.len() >= 50, "every durable record survives");
-    assert!(got.iter().enumerate().all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
 }
 
 #[test]
@@ -64,7 +79,11 @@ fn enospc_on_segment_creation_leaves_log_usable() {
     assert!(!wal.is_poisoned());
     assert_eq!(wal.sync().unwrap(), Some(k));
     assert_eq!(wal.get(k).unwrap(), Some(payload_for(k)));
-    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().path().to_string_lossy().ends_with(".tmp")));
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .path()
+        .to_string_lossy()
+        .ends_with(".tmp")));
     // Space is back: the same append works.
     wal.append(k + 1, &payload_for(k + 1)).unwrap();
     assert_eq!(wal.segment_count(), 2);
@@ -72,7 +91,10 @@ fn enospc_on_segment_creation_leaves_log_usable() {
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
     assert!(report.torn_tail.is_none(), "{report:?}");
-    assert_eq!(dump(&wal), (1..=k + 1).map(|k| (k, payload_for(k))).collect::<Vec<_>>());
+    assert_eq!(
+        dump(&wal),
+        (1..=k + 1).map(|k| (k, payload_for(k))).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -85,13 +107,22 @@ fn failed_flush_in_truncate_suffix_is_fatal_and_reopen_is_consistent() {
     }
     wal.sync().unwrap();
     plan.fail_flush_in(1);
-    assert!(matches!(wal.truncate_suffix(40), Err(WalError::SyncFailed { .. })));
-    assert!(matches!(wal.append(101, b"x"), Err(WalError::Poisoned { .. })));
+    assert!(matches!(
+        wal.truncate_suffix(40),
+        Err(WalError::SyncFailed { .. })
+    ));
+    assert!(matches!(
+        wal.append(101, b"x"),
+        Err(WalError::Poisoned { .. })
+    ));
     drop(wal);
     let (wal, _) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
     let got = dump(&wal);
     assert!(got.len() >= 40);
-    assert!(got.iter().enumerate().all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod faults;
 mod model;
+mod powerloss;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -14,19 +15,28 @@ use paxos_wal::{Wal, WalOptions};
 
 /// Small segments so tests roll often.
 pub fn small_opts(segment_bytes: u64) -> WalOptions {
-    WalOptions { segment_bytes, prepare_in_background: false, ..WalOptions::default() }
+    WalOptions {
+        segment_bytes,
+        prepare_in_background: false,
+        ..WalOptions::default()
+    }
 }
 
 /// A deterministic payload for `key` (length 0..700).
 pub fn payload_for(key: u64) -> Vec<u8> {
     let len = (key.wrapping_mul(7919) % 700) as usize;
-    (0..len).map(|i| (key as u8).wrapping_mul(31).wrapping_add(i as u8)).collect()
+    (0..len)
+        .map(|i| (key as u8).wrapping_mul(31).wrapping_add(i as u8))
+        .collect()
 }
 
 /// All (key, payload) pairs of the log, in order.
 pub fn dump(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
     let r = wal.reader();
-    r.iter_from(0).map(|rec| rec.map(|rec| (rec.key, rec.payload.to_vec()))).collect::<Result<_, _>>().unwrap()
+    r.iter_from(0)
+        .map(|rec| rec.map(|rec| (rec.key, rec.payload.to_vec())))
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// Segment files of a log directory, in id order.
