@@ -5,33 +5,51 @@
 
 use std::time::Duration;
 
-use super::{Sim, SimConfig, SimStats, TestElector, Violation};
+use super::{Sim, SimConfig, SimStats, Violation};
+use crate::election::Elector;
 use crate::NodeId;
 
-/// A scenario: runs with a seed, returns the run's counters or the violation.
-pub type Scenario = fn(u64) -> Result<SimStats, Violation>;
+/// Builds a simulation from its parameters (chooses the elector and planner).
+pub type MakeSim<'a, E> = &'a dyn Fn(SimConfig) -> Sim<E>;
 
-/// The scenarios, by name.
-pub const SCENARIOS: &[(&str, Scenario)] = &[
-    ("leader_crash_mid_broadcast", leader_crash_mid_broadcast),
-    (
-        "old_epoch_suffix_forces_trunc",
-        old_epoch_suffix_forces_trunc,
-    ),
-    (
-        "follower_behind_retention_forces_snap",
-        follower_behind_retention_forces_snap,
-    ),
-    ("partitioned_old_leader", partitioned_old_leader),
-    ("duplicated_reordered_accepts", duplicated_reordered_accepts),
-    ("full_cluster_restart", full_cluster_restart),
+/// The scenario names, in the order [`run`] knows them.
+pub const NAMES: &[&str] = &[
+    "leader_crash_mid_broadcast",
+    "old_epoch_suffix_forces_trunc",
+    "follower_behind_retention_forces_snap",
+    "partitioned_old_leader",
+    "duplicated_reordered_accepts",
+    "full_cluster_restart",
 ];
 
-fn fail(sim: &Sim<TestElector>, what: &str) -> Violation {
+/// Runs the scenario `name` with `seed` on simulations built by `mk`;
+/// `None` if no scenario has that name.
+pub fn run<E: Elector>(
+    name: &str,
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Option<Result<SimStats, Violation>> {
+    Some(match name {
+        "leader_crash_mid_broadcast" => leader_crash_mid_broadcast(mk, seed),
+        "old_epoch_suffix_forces_trunc" => old_epoch_suffix_forces_trunc(mk, seed),
+        "follower_behind_retention_forces_snap" => follower_behind_retention_forces_snap(mk, seed),
+        "partitioned_old_leader" => partitioned_old_leader(mk, seed),
+        "duplicated_reordered_accepts" => duplicated_reordered_accepts(mk, seed),
+        "full_cluster_restart" => full_cluster_restart(mk, seed),
+        _ => return None,
+    })
+}
+
+/// Runs the scenario `name` with the test-only elector and planner.
+pub fn run_with_test_components(name: &str, seed: u64) -> Option<Result<SimStats, Violation>> {
+    run(name, &Sim::with_test_components, seed)
+}
+
+fn fail<E: Elector>(sim: &Sim<E>, what: &str) -> Violation {
     sim.violation(format!("scenario: {what}"))
 }
 
-fn wait_leader(sim: &mut Sim<TestElector>, not: Option<NodeId>) -> Result<NodeId, Violation> {
+fn wait_leader<E: Elector>(sim: &mut Sim<E>, not: Option<NodeId>) -> Result<NodeId, Violation> {
     let ok = sim.run_until(Duration::from_secs(20), |s| {
         s.leader().is_some_and(|l| Some(l) != not)
     })?;
@@ -41,7 +59,7 @@ fn wait_leader(sim: &mut Sim<TestElector>, not: Option<NodeId>) -> Result<NodeId
     }
 }
 
-fn wait_acked(sim: &mut Sim<TestElector>, more_than: u64) -> Result<(), Violation> {
+fn wait_acked<E: Elector>(sim: &mut Sim<E>, more_than: u64) -> Result<(), Violation> {
     if sim.run_until(Duration::from_secs(20), |s| s.stats().acked > more_than)? {
         Ok(())
     } else {
@@ -49,7 +67,7 @@ fn wait_acked(sim: &mut Sim<TestElector>, more_than: u64) -> Result<(), Violatio
     }
 }
 
-fn finish(mut sim: Sim<TestElector>) -> Result<SimStats, Violation> {
+fn finish<E: Elector>(mut sim: Sim<E>) -> Result<SimStats, Violation> {
     sim.stop_faults();
     let bound = sim.cfg.liveness_bound;
     if !sim.run_until(bound, |s| s.stats().recovery.is_some())? {
@@ -60,8 +78,11 @@ fn finish(mut sim: Sim<TestElector>) -> Result<SimStats, Violation> {
 
 /// The leader crashes with ACCEPTs in flight; a new leader takes over and
 /// every acknowledged entry survives.
-pub fn leader_crash_mid_broadcast(seed: u64) -> Result<SimStats, Violation> {
-    let mut sim = Sim::with_test_components(SimConfig {
+pub fn leader_crash_mid_broadcast<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
         seed,
         ..SimConfig::default()
     });
@@ -80,13 +101,16 @@ pub fn leader_crash_mid_broadcast(seed: u64) -> Result<SimStats, Violation> {
 
 /// An isolated leader appends entries that never commit; the majority
 /// moves on; on return the old leader's suffix is truncated (TRUNC).
-pub fn old_epoch_suffix_forces_trunc(seed: u64) -> Result<SimStats, Violation> {
+pub fn old_epoch_suffix_forces_trunc<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         ..SimConfig::default()
     };
     cfg.snapshot_every = 0; // keep the whole log so TRUNC, not SNAP, applies
-    let mut sim = Sim::with_test_components(cfg);
+    let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 30)?;
     sim.isolate(l);
@@ -104,7 +128,10 @@ pub fn old_epoch_suffix_forces_trunc(seed: u64) -> Result<SimStats, Violation> {
 
 /// A follower is down while the log is cleaned past its position; on
 /// return it is brought level with a snapshot (SNAP).
-pub fn follower_behind_retention_forces_snap(seed: u64) -> Result<SimStats, Violation> {
+pub fn follower_behind_retention_forces_snap<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         ..SimConfig::default()
@@ -112,7 +139,7 @@ pub fn follower_behind_retention_forces_snap(seed: u64) -> Result<SimStats, Viol
     cfg.snapshot_every = 10;
     cfg.replica.retention_entries = 5;
     cfg.replica.follower_pin_timeout = Duration::from_millis(300);
-    let mut sim = Sim::with_test_components(cfg);
+    let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let f = sim
@@ -138,8 +165,11 @@ pub fn follower_behind_retention_forces_snap(seed: u64) -> Result<SimStats, Viol
 
 /// The leader is cut off: check-quorum makes it step down, the majority
 /// elects another, and the old leader rejoins as a follower.
-pub fn partitioned_old_leader(seed: u64) -> Result<SimStats, Violation> {
-    let mut sim = Sim::with_test_components(SimConfig {
+pub fn partitioned_old_leader<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
         seed,
         ..SimConfig::default()
     });
@@ -162,7 +192,10 @@ pub fn partitioned_old_leader(seed: u64) -> Result<SimStats, Violation> {
 
 /// A network that duplicates, reorders and drops messages (ACCEPTs
 /// included); entries still commit in order, exactly once.
-pub fn duplicated_reordered_accepts(seed: u64) -> Result<SimStats, Violation> {
+pub fn duplicated_reordered_accepts<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         ..SimConfig::default()
@@ -171,7 +204,7 @@ pub fn duplicated_reordered_accepts(seed: u64) -> Result<SimStats, Violation> {
     cfg.drop_prob = 0.05;
     cfg.min_delay = Duration::from_micros(50);
     cfg.max_delay = Duration::from_millis(15);
-    let mut sim = Sim::with_test_components(cfg);
+    let mut sim = mk(cfg);
     wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 200)?;
     finish(sim)
@@ -179,8 +212,11 @@ pub fn duplicated_reordered_accepts(seed: u64) -> Result<SimStats, Violation> {
 
 /// Every node crashes at once, losing unsynced writes, and restarts: the
 /// acknowledged history survives and the cluster commits again.
-pub fn full_cluster_restart(seed: u64) -> Result<SimStats, Violation> {
-    let mut sim = Sim::with_test_components(SimConfig {
+pub fn full_cluster_restart<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
         seed,
         ..SimConfig::default()
     });

@@ -30,12 +30,10 @@ fn same_seed_replays_exactly() {
 }
 
 fn scenario(name: &str) {
-    let (_, f) = scenarios::SCENARIOS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("no scenario {name}"));
     for seed in 0..3 {
-        match f(seed) {
+        match scenarios::run_with_test_components(name, seed)
+            .unwrap_or_else(|| panic!("no scenario {name}"))
+        {
             Ok(st) => println!("{name} seed {seed}: {st:?}"),
             Err(v) => panic!("{name}: {v}"),
         }

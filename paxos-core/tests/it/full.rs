@@ -1,0 +1,52 @@
+//! The full protocol: the kernel with `paxos-election`'s fast leader
+//! election and `paxos-snapshot`'s sync planner, under the simulator's
+//! scenarios and random fault schedules.
+
+use paxos_core::sim::{scenarios, Sim, SimConfig};
+use paxos_election::{ElectionConfig, FastElection};
+use paxos_snapshot::{PlannerConfig, ZabPlanner};
+
+fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
+    let seed = cfg.seed;
+    Sim::new(
+        cfg,
+        Box::new(move |id, c| {
+            FastElection::new(ElectionConfig {
+                id,
+                voters: c.voters.clone(),
+                observers: c.observers.clone(),
+                seed: seed.wrapping_mul(1_000_003) ^ id.0,
+                ..ElectionConfig::default()
+            })
+            .expect("valid election config")
+        }),
+        Box::new(|| Box::new(ZabPlanner::new(PlannerConfig::default()))),
+    )
+}
+
+#[test]
+fn full_stack_scenarios() {
+    for name in scenarios::NAMES {
+        for seed in 0..2 {
+            match scenarios::run(name, &full_sim, seed).expect("known scenario") {
+                Ok(st) => println!("full {name} seed {seed}: {st:?}"),
+                Err(v) => panic!("full stack {name}: {v}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn full_stack_random_schedules() {
+    let seeds: u64 = std::env::var("PAXOS_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    for seed in 0..seeds {
+        let mut sim = full_sim(SimConfig::chaos(1_000 + seed));
+        if let Err(v) = sim.run_steps_then_recover(6_000) {
+            panic!("full stack: {v}");
+        }
+        assert!(sim.stats().leaders > 0);
+    }
+}
