@@ -6,16 +6,23 @@
 //!
 //! One task owns every piece of consensus state and runs the driving loop
 //! the kernel documents: take inputs (peer frames, client requests, timers),
-//! then drain the kernel's `Ready` until nothing moves: send, persist and
-//! sync, send what waited for the sync, apply, answer clients. Client
+//! then drain the kernel's `Ready` until nothing moves: send, persist, send
+//! what waited for the persistence, apply, answer clients. Client
 //! connections and the transport run in their own tasks and talk to the
 //! loop through bounded channels, so memory stays bounded under overload.
+//!
+//! Group commit without stalls: the WAL's `sync` runs on a thread of its own.
+//! While one sync is in flight the loop keeps taking input and `Ready`s, and
+//! queues their writes; when the sync returns, the loop releases the messages
+//! that waited for it, writes everything queued in one go and starts the next
+//! sync. So there is at most one sync in flight and every sync covers all the
+//! appends made while the previous one ran.
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{
-    Codec, Config, Elector, Envelope, GroupId, NodeId, ReadIndexError, Recovered, Replica,
-    SnapChunk, SnapshotRequest, StateMachine, Storage, Time, Zxid,
+    Codec, Config, Elector, Envelope, GroupId, NodeId, Persisted, ReadIndexError, Ready, Recovered,
+    Replica, SnapChunk, SnapshotRequest, StateMachine, Storage, Time, Zxid,
 };
 use paxos_election::{ElectionConfig, FastElection, Notification};
 use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
@@ -199,6 +206,12 @@ struct Driver {
     applied_since_snapshot: u64,
     buf: BytesMut,
     stats: Stats,
+    /// Asks the sync thread for one `Wal::sync`.
+    sync_requests: std::sync::mpsc::Sender<()>,
+    /// Markers and messages waiting for the sync in flight (`None`: idle).
+    syncing: Option<Vec<(Persisted, Vec<Envelope>)>>,
+    /// Writes taken while a sync was in flight, for the next one.
+    queued: Vec<(Ready, Persisted, Vec<Envelope>)>,
 }
 
 #[derive(Default)]
@@ -294,6 +307,22 @@ pub async fn run_node(
         .await
         .context("binding the QUIC endpoint")?;
 
+    // The sync thread: one `Wal::sync` per request, the result sent back.
+    let wal = replica.storage().wal_handle();
+    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<()>();
+    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name(format!("wal-sync-{}", opts.id))
+        .spawn(move || {
+            while sync_rx.recv().is_ok() {
+                let r = wal.sync().map(|_| ()).map_err(|e| e.to_string());
+                if sync_done_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the WAL sync thread")?;
+
     // Clients.
     let listener = TcpListener::bind(me.client)
         .await
@@ -323,6 +352,9 @@ pub async fn run_node(
         applied_since_snapshot: 0,
         buf: BytesMut::with_capacity(1 << 20),
         stats: Stats::default(),
+        sync_requests,
+        syncing: None,
+        queued: Vec::new(),
     };
 
     tokio::pin!(shutdown);
@@ -334,25 +366,21 @@ pub async fn run_node(
         tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
+            // First: a finished sync releases commits and acknowledgements;
+            // under load the other sources are always ready and would starve it.
+            done = sync_done.recv() => {
+                let Some(done) = done else { break Err(anyhow::anyhow!("WAL sync thread stopped")) };
+                if let Err(e) = d.on_synced(done) {
+                    break Err(e);
+                }
+            }
             frame = inbox.frames.recv() => {
                 let Some((peer, frame)) = frame else { break Err(anyhow::anyhow!("transport closed")) };
                 d.on_frame(peer, frame);
-                for _ in 0..MAX_INPUTS_PER_TURN {
-                    match inbox.frames.try_recv() {
-                        Ok((peer, frame)) => d.on_frame(peer, frame),
-                        Err(_) => break,
-                    }
-                }
             }
             msg = client_rx.recv() => {
                 let Some(msg) = msg else { break Err(anyhow::anyhow!("client listener stopped")) };
                 d.on_client(msg);
-                for _ in 0..MAX_INPUTS_PER_TURN {
-                    match client_rx.try_recv() {
-                        Ok(msg) => d.on_client(msg),
-                        Err(_) => break,
-                    }
-                }
             }
             bulk = inbox.bulk.recv() => {
                 if let Some((peer, payload)) = bulk {
@@ -360,6 +388,26 @@ pub async fn run_node(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timeout(),
+        }
+        // Whatever woke us, take what else is ready from every source (a
+        // bounded amount), so that no source starves another and one turn of
+        // the kernel covers a whole batch.
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match inbox.frames.try_recv() {
+                Ok((peer, frame)) => d.on_frame(peer, frame),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match client_rx.try_recv() {
+                Ok(msg) => d.on_client(msg),
+                Err(_) => break,
+            }
+        }
+        if let Ok(done) = sync_done.try_recv() {
+            if let Err(e) = d.on_synced(done) {
+                break Err(e);
+            }
         }
     };
     accept_task.abort();
@@ -537,41 +585,34 @@ impl Driver {
         Ok(())
     }
 
-    fn handle_ready(&mut self, ready: paxos_core::Ready) -> Result<()> {
-        let now = self.now();
+    fn handle_ready(&mut self, mut ready: Ready) -> Result<()> {
         let marker = ready.persist_marker();
-        let paxos_core::Ready {
-            messages,
-            persisted_messages,
-            committed,
-            read_states,
-            snapshot_requests,
-            events,
-            ..
-        } = &ready;
-        for env in messages.iter().cloned() {
+        for env in std::mem::take(&mut ready.messages) {
             self.send_envelope(env);
         }
-        // Persist, then sync once for the whole batch (group commit). A
-        // storage error is fatal: the process restarts and recovers.
-        self.replica
-            .storage_mut()
-            .write_ready(&ready)
-            .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))?;
-        if ready.needs_sync() {
-            self.replica
-                .storage_mut()
-                .sync()
-                .map_err(|e| anyhow::anyhow!("storage sync failed: {e}"))?;
-            self.stats.syncs += 1;
+        let waiting = std::mem::take(&mut ready.persisted_messages);
+        let committed = std::mem::take(&mut ready.committed);
+        let read_states = std::mem::take(&mut ready.read_states);
+        let snapshot_requests = std::mem::take(&mut ready.snapshot_requests);
+        let events = std::mem::take(&mut ready.events);
+        let writes = ready.needs_sync() || ready.compact_to.is_some();
+        if self.syncing.is_some() {
+            // A sync is in flight: these writes (and the messages that wait
+            // for them) go with the next one, in order.
+            self.queued.push((ready, marker, waiting));
+        } else if writes {
+            self.write(&ready)?;
+            if ready.needs_sync() {
+                self.start_sync(vec![(marker, waiting)])?;
+            } else {
+                self.release(vec![(marker, waiting)]);
+            }
+        } else {
+            self.release(vec![(marker, waiting)]);
         }
-        for env in persisted_messages.iter().cloned() {
-            self.send_envelope(env);
-        }
-        self.replica.persisted(now, marker);
 
         let mut last_applied = None;
-        for e in committed {
+        for e in &committed {
             let result = self.kv.apply(e.zxid, &e.data);
             last_applied = Some(e.zxid);
             self.stats.applied += 1;
@@ -589,23 +630,83 @@ impl Driver {
         if let Some(z) = last_applied {
             self.replica.applied(z);
         }
-        for rs in read_states {
+        for rs in &read_states {
             let rid = read_id(&rs.ctx);
             if let Some((key, reply)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
                 self.waiting_reads.push_back((rs.zxid, key, reply));
             }
         }
         self.serve_reads();
-        for req in snapshot_requests.iter().cloned() {
+        for req in snapshot_requests {
             self.on_snapshot_request(req);
         }
-        for ev in events.iter().cloned() {
+        for ev in events {
             self.on_event(ev);
         }
         if last_applied.is_some() {
             self.maybe_snapshot();
         }
         Ok(())
+    }
+
+    /// Applies a `Ready`'s writes to storage (no sync). A storage error is
+    /// fatal: the process restarts and recovers from disk.
+    fn write(&mut self, ready: &Ready) -> Result<()> {
+        self.replica
+            .storage_mut()
+            .write_ready(ready)
+            .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))
+    }
+
+    fn start_sync(&mut self, group: Vec<(Persisted, Vec<Envelope>)>) -> Result<()> {
+        debug_assert!(self.syncing.is_none(), "one sync in flight at most");
+        self.syncing = Some(group);
+        self.sync_requests
+            .send(())
+            .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))
+    }
+
+    /// The writes of `group` are durable: send what waited and tell the kernel.
+    fn release(&mut self, group: Vec<(Persisted, Vec<Envelope>)>) {
+        let mut last = None;
+        for (marker, msgs) in group {
+            for env in msgs {
+                self.send_envelope(env);
+            }
+            last = Some(marker);
+        }
+        if let Some(marker) = last {
+            let now = self.now();
+            self.replica.persisted(now, marker);
+        }
+    }
+
+    /// The sync in flight returned: release its group, then write and sync
+    /// everything queued meanwhile.
+    fn on_synced(&mut self, result: Result<(), String>) -> Result<()> {
+        result.map_err(|e| {
+            anyhow::anyhow!("WAL sync failed (the log handle is now unusable): {e}")
+        })?;
+        self.stats.syncs += 1;
+        let group = self.syncing.take().unwrap_or_default();
+        self.release(group);
+        let queued = std::mem::take(&mut self.queued);
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let mut needs_sync = false;
+        let mut group = Vec::with_capacity(queued.len());
+        for (ready, marker, msgs) in queued {
+            self.write(&ready)?;
+            needs_sync |= ready.needs_sync();
+            group.push((marker, msgs));
+        }
+        if needs_sync {
+            self.start_sync(group)
+        } else {
+            self.release(group);
+            Ok(())
+        }
     }
 
     fn serve_reads(&mut self) {

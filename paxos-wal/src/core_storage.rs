@@ -8,6 +8,7 @@
 //! flush), and the hard state is durable as soon as it is saved.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use paxos_core::{Entry, Epoch, HardState as CoreHardState, Storage, StorageError, Zxid};
@@ -40,7 +41,7 @@ pub const LOG_DIR: &str = "log";
 /// ```
 #[derive(Debug)]
 pub struct WalStorage {
-    wal: Wal,
+    wal: Arc<Wal>,
     hard: HardStateStore,
     dir: PathBuf,
 }
@@ -72,12 +73,27 @@ impl WalStorage {
         std::fs::create_dir_all(&dir).map_err(crate::error::io_err("create storage dir", &dir))?;
         let (wal, report) = Wal::open(dir.join(LOG_DIR), options)?;
         let hard = HardStateStore::open(dir.join(HARD_STATE_FILE))?;
-        Ok((WalStorage { wal, hard, dir }, report))
+        Ok((
+            WalStorage {
+                wal: Arc::new(wal),
+                hard,
+                dir,
+            },
+            report,
+        ))
     }
 
     /// The underlying log.
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// A shared handle on the log, so that another thread can run
+    /// [`Wal::sync`] while this storage keeps serving reads. A caller that
+    /// syncs elsewhere must not report entries persisted before that sync
+    /// returns.
+    pub fn wal_handle(&self) -> Arc<Wal> {
+        Arc::clone(&self.wal)
     }
 
     /// The directory this storage lives in.
