@@ -145,7 +145,15 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
             .stdin(Stdio::null())
             .stdout(fs::File::options().append(true).open(&log_path)?)
             .stderr(fs::File::options().append(true).open(&log_path)?);
-        if args.compare {
+        // The etcd client needs protoc to build; without it, measure the rest.
+        let compare = args.compare && protoc_available();
+        if args.compare && !compare {
+            println!(
+                "--compare: protoc not found (apt-get install protobuf-compiler); \
+                 etcd and ZooKeeper are not measured"
+            );
+        }
+        if compare {
             build.args(["--features", "compare"]);
         }
         if !build
@@ -164,7 +172,7 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         if args.quick {
             cmd.arg("--quick");
         }
-        if args.compare {
+        if compare {
             cmd.arg("--compare");
         }
     } else {
@@ -177,6 +185,15 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         .status()
         .with_context(|| format!("could not start the {name} benchmark"))?;
     Ok(status.success())
+}
+
+fn protoc_available() -> bool {
+    Command::new("protoc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn tail(path: &Path, lines: usize) -> String {
