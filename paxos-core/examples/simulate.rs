@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release -p paxos-core --example simulate -- --seeds 100 --steps 20000
 //! cargo run --release -p paxos-core --example simulate -- --seed 42 --steps 20000
+//! cargo run --release -p paxos-core --example simulate -- --full --seeds 100
 //! ```
+//!
+//! By default the nodes use the simulator's test-only elector and planner;
+//! `--full` runs the toolkit's own `paxos-election` and `paxos-snapshot`.
 //!
 //! Each seed runs `steps` events under random faults (drops, duplicates,
 //! delays, partitions, crashes), then stops the faults and measures how
@@ -14,7 +18,60 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use paxos_core::sim::{Sim, SimConfig};
+use paxos_core::sim::{Sim, SimConfig, SimStats, Violation};
+use paxos_election::{ElectionConfig, FastElection};
+use paxos_snapshot::{PlannerConfig, ZabPlanner};
+
+fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
+    let seed = cfg.seed;
+    Sim::new(
+        cfg,
+        Box::new(move |id, c| {
+            FastElection::new(ElectionConfig {
+                id,
+                voters: c.voters.clone(),
+                observers: c.observers.clone(),
+                seed: seed.wrapping_mul(1_000_003) ^ id.0,
+                ..ElectionConfig::default()
+            })
+            .expect("valid election config")
+        }),
+        Box::new(|| Box::new(ZabPlanner::new(PlannerConfig::default()))),
+    )
+}
+
+/// Runs one seed; returns the recovery time or the violation (with the
+/// cluster's state when `describe`), and the run's counters.
+fn run_one(
+    full: bool,
+    seed: u64,
+    steps: u64,
+    describe: bool,
+) -> (Result<Duration, String>, SimStats) {
+    fn go<E: paxos_core::Elector + std::fmt::Debug>(
+        mut sim: Sim<E>,
+        steps: u64,
+        describe: bool,
+    ) -> (Result<Duration, String>, SimStats) {
+        let r = sim.run_steps_then_recover(steps).map_err(|v: Violation| {
+            if describe {
+                format!("{v}\n{}", sim.describe())
+            } else {
+                v.to_string()
+            }
+        });
+        (r, sim.stats().clone())
+    }
+    if full {
+        go(full_sim(SimConfig::chaos(seed)), steps, describe)
+    } else {
+        go(
+            Sim::with_test_components(SimConfig::chaos(seed)),
+            steps,
+            describe,
+        )
+    }
+}
 
 fn parse(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;
@@ -31,10 +88,11 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: simulate [--seeds N] [--steps M] [--seed S] [--first F]");
+        println!("usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full]");
         return ExitCode::SUCCESS;
     }
     let steps = parse(&args, "--steps").unwrap_or(20_000);
+    let full = args.iter().any(|a| a == "--full");
     let seeds: Vec<u64> = match parse(&args, "--seed") {
         Some(s) => vec![s],
         None => {
@@ -48,18 +106,14 @@ fn main() -> ExitCode {
         (Vec::new(), Duration::ZERO, 0u64, 0u64);
     let (mut truncs, mut snaps, mut fetches, mut crashes) = (0u64, 0u64, 0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
-        let mut sim = Sim::with_test_components(SimConfig::chaos(seed));
-        match sim.run_steps_then_recover(steps) {
+        let (r, st) = run_one(full, seed, steps, seeds.len() == 1);
+        match r {
             Ok(d) => worst = worst.max(d),
             Err(v) => {
                 println!("FAIL {v}");
-                if seeds.len() == 1 {
-                    println!("{}", sim.describe());
-                }
                 failed.push(seed);
             }
         }
-        let st = sim.stats();
         total_acked += st.acked;
         total_steps += st.steps;
         truncs += st.truncs;
