@@ -185,6 +185,12 @@ impl NetConfig {
         if self.keep_alive_ms == 0 || self.idle_timeout_ms <= self.keep_alive_ms {
             return bad("need 0 < keep_alive_ms < idle_timeout_ms".into());
         }
+        if self.connect_timeout_ms == 0 || self.hello_timeout_ms == 0 || self.shutdown_flush_ms == 0
+        {
+            return bad(
+                "connect_timeout_ms, hello_timeout_ms and shutdown_flush_ms must be > 0".into(),
+            );
+        }
         if self.max_incoming_handshakes == 0 || self.max_handshakes_per_ip == 0 {
             return bad("handshake bounds must be > 0".into());
         }
@@ -305,6 +311,7 @@ mod tests {
                 Box::new(|c| c.idle_timeout_ms = c.keep_alive_ms),
             ),
             ("zero queue", Box::new(|c| c.send_queue_frames = 0)),
+            ("zero hello timeout", Box::new(|c| c.hello_timeout_ms = 0)),
             (
                 "backoff max < initial",
                 Box::new(|c| c.backoff_max_ms = c.backoff_initial_ms - 1),
