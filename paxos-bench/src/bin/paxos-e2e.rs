@@ -511,6 +511,7 @@ fn svg_chart(
     y_label: &str,
     series: &[(String, Vec<(f64, f64)>)],
     log_x: bool,
+    fixed_y_max: Option<f64>,
 ) -> String {
     let (w, h, m) = (640.0, 360.0, 60.0);
     let tx = |x: f64| if log_x { x.max(1.0).log2() } else { x };
@@ -524,7 +525,10 @@ fn svg_chart(
         .map(|p| tx(p.0))
         .fold(f64::NEG_INFINITY, f64::max)
         .max(x_min + 1e-9);
-    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let y_max =
+        fixed_y_max.unwrap_or_else(|| all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1);
+    let x_lo = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let x_hi = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let sx = |x: f64| m + (tx(x) - x_min) / (x_max - x_min) * (w - 2.0 * m);
     let sy = |y: f64| h - m - y / y_max * (h - 2.0 * m);
     let colors = [
@@ -550,6 +554,16 @@ fn svg_chart(
         m + 4.0,
         y_max
     );
+    s.push_str(&format!(
+        "<text x='{m}' y='{}' font-size='10' text-anchor='middle'>{x_lo:.1}</text>\
+         <text x='{}' y='{}' font-size='10' text-anchor='middle'>{x_hi:.1}</text>\
+         <text x='{}' y='{}' font-size='10' text-anchor='end'>0</text>",
+        h - m + 12.0,
+        w - m,
+        h - m + 12.0,
+        m - 4.0,
+        h - m
+    ));
     for (i, (label, pts)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         let path: Vec<String> = pts
@@ -687,8 +701,8 @@ fn report_html(runs: &[Run], failovers: &[Value], compare: &[Value]) -> String {
          closed-loop clients over TCP.</p>{}<h2>Throughput against concurrency</h2>{}\
          <h2>Write latency distribution</h2>{}<h2>Failover</h2>{}</body></html>",
         table,
-        svg_chart("writes/s against clients", "clients (log scale)", "ops/s", &throughput_series, true),
-        svg_chart("write latency CDF", "latency (ms)", "percentile", &cdf_series, false),
+        svg_chart("writes/s against clients", "clients (log scale)", "ops/s", &throughput_series, true, None),
+        svg_chart("write latency CDF", "latency (ms)", "percentile", &cdf_series, false, Some(100.0)),
         failover_text.join("")
     )
 }
