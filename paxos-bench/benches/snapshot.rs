@@ -189,19 +189,31 @@ fn main() -> Result<()> {
             let snap_w = measured(save)?;
             (measured(|| plain_write(&path, len, &pattern))?, snap_w)
         };
-        drop_cache(&path)?;
-        let plain_r = measured(|| {
-            let n = plain_read(&path)?;
-            anyhow::ensure!(n == len, "short plain read");
-            Ok(())
-        })?;
-        drop_cache(&store.path_of(sm.applied))?;
-        let snap_r = measured(|| {
-            let zxid = sm.applied;
-            store.restore(zxid, &mut sm)?;
-            anyhow::ensure!(sm.restored == len, "short restore");
-            Ok(())
-        })?;
+        // Reads alternate too, each from disk (the file's cache dropped).
+        let read_plain = || -> Result<(f64, f64)> {
+            drop_cache(&path)?;
+            measured(|| {
+                let n = plain_read(&path)?;
+                anyhow::ensure!(n == len, "short plain read");
+                Ok(())
+            })
+        };
+        let zxid = sm.applied;
+        let mut read_snapshot = || -> Result<(f64, f64)> {
+            drop_cache(&store.path_of(zxid))?;
+            measured(|| {
+                store.restore(zxid, &mut sm)?;
+                anyhow::ensure!(sm.restored == len, "short restore");
+                Ok(())
+            })
+        };
+        let (plain_r, snap_r) = if round % 2 == 0 {
+            let plain_r = read_plain()?;
+            (plain_r, read_snapshot()?)
+        } else {
+            let snap_r = read_snapshot()?;
+            (read_plain()?, snap_r)
+        };
         if round > 0 {
             for (i, sample) in [plain_w, snap_w, plain_r, snap_r].into_iter().enumerate() {
                 samples[i].push(sample);
