@@ -30,6 +30,11 @@ const LOCK_FILE: &str = "LOCK";
 const LOCK_ATTEMPTS: u32 = 25;
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(20);
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Pre-fault this much of a segment ahead of the writer, in one job.
+const POPULATE_CHUNK_BYTES: usize = 4 << 20;
+/// Post the next job when the writer gets this close to the pre-faulted end.
+const POPULATE_LOW_WATER_BYTES: usize = 2 << 20;
+const POPULATE_QUEUE_MAX: usize = 4;
 /// How long a roll waits for the background preparer before zero-filling a
 /// segment itself.
 const SPARE_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -180,6 +185,8 @@ struct Segment {
     high_water: usize,
     index: Vec<(u64, u32)>,
     last_indexed: Option<usize>,
+    /// Pages below this offset were handed to the preparer for pre-faulting.
+    populated_to: usize,
 }
 
 impl Segment {
@@ -340,13 +347,54 @@ struct SpareCtx {
     cv: Condvar,
 }
 
+/// A range of a segment mapping to pre-fault for writing, ahead of the
+/// writer (as plain addresses: the preparer never touches the bytes).
+#[derive(Debug, Clone, Copy)]
+struct PopulateJob {
+    addr: usize,
+    len: usize,
+}
+
 struct SpareState {
     ready: Vec<PathBuf>,
+    /// Pending pre-fault jobs, oldest first (bounded by POPULATE_QUEUE_MAX).
+    populate: std::collections::VecDeque<PopulateJob>,
+    /// MADV_POPULATE_WRITE is unsupported here: stop asking.
+    populate_unsupported: bool,
     busy: bool,
     shutdown: bool,
     /// The last background attempt failed; wait for the next roll to retry.
     failed: bool,
     next_spare_no: u64,
+}
+
+/// Fault the pages of `job` in for writing (`MADV_POPULATE_WRITE`), so the
+/// writer's copies into them take no page faults. This only installs page
+/// table entries and marks the pages dirty with their current contents (the
+/// kernel may write those unchanged bytes back early, which is harmless);
+/// it never changes memory contents.
+fn populate_write(job: PopulateJob) -> io::Result<()> {
+    // SAFETY: madvise does not read or write the bytes of the range; if the
+    // range was unmapped meanwhile the call fails (EFAULT/ENOMEM) or, were
+    // the addresses reused, faults in pages of another mapping without
+    // changing their contents.
+    let rc = unsafe {
+        libc::madvise(
+            job.addr as *mut libc::c_void,
+            job.len,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Unsupported kernel or mapping: give up on pre-faulting.
+        Some(libc::EINVAL) | Some(libc::EPERM) => Err(e),
+        // Unmapped meanwhile, out of memory, or a signal: skip this job.
+        _ => Ok(()),
+    }
 }
 
 impl SpareCtx {
@@ -401,6 +449,14 @@ impl SpareCtx {
         loop {
             if st.shutdown {
                 return;
+            }
+            if let Some(job) = st.populate.pop_front() {
+                let r = parking_lot::MutexGuard::unlocked(&mut st, || populate_write(job));
+                if r.is_err() {
+                    st.populate_unsupported = true;
+                    st.populate.clear();
+                }
+                continue;
             }
             if st.failed || st.ready.len() >= self.want_ready {
                 self.cv.wait(&mut st);
@@ -810,6 +866,8 @@ impl Wal {
             faults: faults.clone(),
             state: Mutex::new(SpareState {
                 ready,
+                populate: std::collections::VecDeque::new(),
+                populate_unsupported: false,
                 busy: false,
                 shutdown: false,
                 failed: false,
@@ -892,6 +950,7 @@ impl Wal {
                 write_pos,
                 high_water,
                 last_indexed: scan.index.last().map(|&(_, o)| o as usize),
+                populated_to: 0,
                 index: scan.index,
             });
         }
@@ -1046,6 +1105,7 @@ impl Wal {
             high_water: SEGMENT_HEADER_BYTES,
             index: Vec::new(),
             last_indexed: None,
+            populated_to: 0,
         };
         seg.write_header();
         let wm = g.durable_key.unwrap_or(0);
@@ -1060,6 +1120,9 @@ impl Wal {
         g.mark_dirty(id, 0);
         tracing::info!(segment = id, first_key, path = %seg.path.display(), "segment rolled");
         g.segments.push(seg);
+        if let Some(seg) = g.segments.last_mut() {
+            self.maybe_populate(seg);
+        }
         self.kick_preparer();
         Ok(())
     }
@@ -1124,10 +1187,40 @@ impl Wal {
         Ok(())
     }
 
+    /// Hand the next stretch of the active segment to the preparer thread
+    /// for pre-faulting, when the writer gets close to its end.
+    fn maybe_populate(&self, seg: &mut Segment) {
+        if self.preparer.is_none()
+            || seg.populated_to >= seg.len()
+            || seg.write_pos + POPULATE_LOW_WATER_BYTES <= seg.populated_to
+        {
+            return;
+        }
+        let start = seg
+            .populated_to
+            .max(seg.write_pos & !(SEGMENT_ALIGN_BYTES as usize - 1));
+        let end = (start + POPULATE_CHUNK_BYTES).min(seg.len());
+        seg.populated_to = end;
+        let mut st = self.spares.state.lock();
+        if st.populate_unsupported || end <= start {
+            return;
+        }
+        if st.populate.len() >= POPULATE_QUEUE_MAX {
+            st.populate.pop_front();
+        }
+        let addr = seg.map.as_ptr() as usize + start;
+        st.populate.push_back(PopulateJob {
+            addr,
+            len: end - start,
+        });
+        self.spares.cv.notify_all();
+    }
+
     fn finish_append(&self, g: &mut Inner) {
         let wm = g.durable_key.unwrap_or(0);
         if let Some(seg) = g.segments.last_mut() {
             seg.write_marker(wm);
+            self.maybe_populate(seg);
         }
     }
 
