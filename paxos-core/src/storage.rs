@@ -130,6 +130,24 @@ impl MemStorage {
     }
 
     fn position(&self, zxid: Zxid) -> Result<usize, usize> {
+        // Counters are gapless within an epoch, so a zxid of the same epoch
+        // as the last (or first) entry is found by arithmetic: O(1) for the
+        // reads near the tail and cleanups near the head that dominate.
+        let n = self.entries.len();
+        if let (Some(first), Some(last)) = (self.entries.front(), self.entries.back()) {
+            if zxid.epoch() == last.zxid.epoch() && zxid <= last.zxid {
+                let back = (last.zxid.counter() - zxid.counter()) as usize;
+                if back < n && self.entries[n - 1 - back].zxid == zxid {
+                    return Ok(n - 1 - back);
+                }
+            }
+            if zxid.epoch() == first.zxid.epoch() && zxid >= first.zxid {
+                let fwd = (zxid.counter() - first.zxid.counter()) as usize;
+                if fwd < n && self.entries[fwd].zxid == zxid {
+                    return Ok(fwd);
+                }
+            }
+        }
         self.entries.binary_search_by_key(&zxid, |e| e.zxid)
     }
 }
