@@ -98,7 +98,6 @@
 mod error;
 mod format;
 mod plan;
-mod prefetch;
 mod store;
 mod transfer;
 
@@ -111,7 +110,6 @@ pub use plan::{
     plan_sync, Decision, DiskLog, LeaderLog, Plan, PlannerConfig, Rule, SnapshotRef, Source,
     ZabPlanner,
 };
-pub use prefetch::{PrefetchReader, PREFETCH_BLOCKS, PREFETCH_BLOCK_BYTES};
 pub use store::{
     restore_state_machine, snapshot_file_name, write_state_machine, SnapshotStore, SnapshotWriter,
     StoredSnapshot,

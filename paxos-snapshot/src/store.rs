@@ -1,7 +1,7 @@
 //! Snapshot files on disk: crash-safe creation and a store over a directory.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,7 +11,10 @@ use crate::error::{Result, SnapshotError};
 use crate::format::{
     SnapshotEncoder, SnapshotMeta, SnapshotReader, SnapshotSummary, DEFAULT_CHUNK_BYTES,
 };
-use crate::prefetch::PrefetchReader;
+
+/// Read buffer for snapshot files: frames are small reads served from it;
+/// most of each data chunk bypasses it.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -311,9 +314,7 @@ impl SnapshotStore {
     }
 
     /// Opens the snapshot at `zxid` for streaming (header verified).
-    /// The file is read ahead by a background thread
-    /// ([`PrefetchReader`]), so disk reads overlap verification.
-    pub fn open_reader(&self, zxid: Zxid) -> Result<SnapshotReader<PrefetchReader>> {
+    pub fn open_reader(&self, zxid: Zxid) -> Result<SnapshotReader<BufReader<File>>> {
         let path = self.path_of(zxid);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -325,9 +326,7 @@ impl SnapshotStore {
             }
             Err(e) => return Err(SnapshotError::io("open", &path, e)),
         };
-        let prefetch = PrefetchReader::new(file)
-            .map_err(|e| SnapshotError::io("start read-ahead", &path, e))?;
-        let reader = SnapshotReader::new(prefetch, &path)?;
+        let reader = SnapshotReader::new(BufReader::with_capacity(READ_BUFFER_BYTES, file), &path)?;
         if reader.meta().zxid != zxid {
             return Err(SnapshotError::BadHeader {
                 file: path,

@@ -271,36 +271,3 @@ fn killed_writer_leaves_old_or_new_snapshot_never_torn() {
         assert_eq!(temps, 0, "open removed the crashed write's temporary file");
     }
 }
-
-#[test]
-fn prefetch_reader_returns_the_file_exactly_and_stops_when_dropped() {
-    use paxos_snapshot::{PrefetchReader, PREFETCH_BLOCK_BYTES};
-    use std::io::Read;
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let b = PREFETCH_BLOCK_BYTES;
-    for len in [0, 1, b - 1, b, b + 1, 3 * b + b / 2, 6 * b] {
-        let path = dir.path().join(format!("f{len}"));
-        let data = Blob::filled(len, len as u64, Zxid::ZERO).data;
-        fs::write(&path, &data).expect("write");
-        let mut reader = PrefetchReader::new(fs::File::open(&path).expect("open")).expect("start");
-        let mut got = Vec::new();
-        let mut piece = vec![0u8; 7777];
-        loop {
-            let n = reader.read(&mut piece).expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&piece[..n]);
-        }
-        assert_eq!(got.len(), data.len());
-        assert!(got == data, "content of a {len}-byte file");
-        assert_eq!(reader.read(&mut piece).expect("read at EOF"), 0);
-    }
-    // Dropped after one read of a large file: the thread is joined, no hang.
-    let path = dir.path().join(format!("f{}", 6 * b));
-    let mut reader = PrefetchReader::new(fs::File::open(&path).expect("open")).expect("start");
-    let mut one = [0u8; 1];
-    assert_eq!(reader.read(&mut one).expect("read"), 1);
-    drop(reader);
-}
