@@ -7,7 +7,7 @@
 //!   decide for each follower the cheapest correct way to bring it level
 //!   with the leader: nothing, DIFF, TRUNC, TRUNC+DIFF or SNAP, following
 //!   ZooKeeper's `LearnerHandler.syncFollower` rules (documented rule by
-//!   rule in [`plan`](crate::plan_sync)'s module). [`plan_sync`] is a pure
+//!   rule on [`plan_sync`]). [`plan_sync`] is a pure
 //!   function over this crate's own types; [`ZabPlanner`] implements
 //!   `paxos-core`'s [`SyncPlanner`](paxos_core::SyncPlanner) seam.
 //! - **Snapshot files** ([`SnapshotStore`], [`SnapshotWriter`],

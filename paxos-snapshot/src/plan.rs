@@ -1,58 +1,4 @@
-//! The sync planner: how a leader brings one follower level.
-//!
-//! [`plan_sync`] is a pure function over its own types ([`LeaderLog`],
-//! [`PlannerConfig`], [`Decision`]); it needs nothing else from the toolkit.
-//! [`ZabPlanner`] wraps it behind `paxos-core`'s [`SyncPlanner`] seam.
-//!
-//! # What the planner knows
-//!
-//! The follower reports only its last zxid `F`. The leader knows its own
-//! history: its last zxid `L`, and for the part still held in its log
-//! (`[retained_first, L]`) the last zxid of every epoch, which together with
-//! gapless counters says exactly which zxids it holds. Below
-//! `retained_first` the history lives only in the snapshot and the planner
-//! does not know which zxids it contains (unless the log starts at the very
-//! beginning of history, [`LeaderLog::log_from_start`]).
-//!
-//! Two protocol facts make the plan safe without seeing the follower's log:
-//! 1. *Log matching*: if two logs hold the same zxid, they are identical up
-//!    to it (one leader per epoch, and an entry is accepted only after its
-//!    predecessor).
-//! 2. *Gapless counters*: a log holding `(e, c)` holds `(e, 1..c)`.
-//!
-//! So if the follower's last zxid is `(e, c)` and the leader holds `(e, k)`
-//! with `k < c`, the follower holds `(e, k)` too and both logs agree up to
-//! it. Nothing of the kind is known across an epoch boundary: the leader's
-//! last entry of epoch `e - 1` may or may not be the follower's. Hence
-//! ZooKeeper's rule, kept here: **TRUNC only to a zxid of the follower's own
-//! epoch, never across an epoch boundary** (the empty log, `Zxid::ZERO`, is
-//! the one exception: it is a prefix of every log).
-//!
-//! # The rules, in the order they are tried
-//!
-//! | # | condition | plan | ZooKeeper `syncFollower` |
-//! |---|---|---|---|
-//! | R1 | `F == L` (includes two empty logs) | `UpToDate` | "already in sync, empty DIFF" |
-//! | R2 | `F` is in the leader's history (known), `F < L` | `Diff { after: F }` if servable (R5), else SNAP (R6) | "within committedLog range" / "use txnlog" |
-//! | R3 | `F > L` and `L` is in `F`'s epoch, or `L` is `ZERO` | `Trunc { to: L }` | "newer than committedLog, send TRUNC to maxCommittedLog" |
-//! | R4 | otherwise (`F` unknown to the leader): `T` = the leader's last zxid of `F`'s epoch below `F`, or `ZERO` if it holds none | `TruncDiff { to: T }` if servable (R5), else SNAP (R6) | "TRUNC to the previous proposal"; "cannot TRUNC across an epoch" |
-//! | R5 | serving the entries after `X`: from the in-memory committed window if it holds every entry after `X`; else from the on-disk log if disk sync is enabled, the disk log holds every entry after `X`, reaches the window (or `L`) without a gap, and its size is at most `snapshot_size_fraction` x the snapshot's size | (source of the DIFF) | committedLog, then `getProposalsFromTxnLog(peer, sizeLimit)` and the `currentZxid < minCommittedLog` gap check |
-//! | R6 | no DIFF is servable | `Snap { snapshot: S }` with the newest snapshot `S` if the log holds every entry after it, else a fresh snapshot at the committed zxid | "fall back to snapshot" |
-//!
-//! Differences from ZooKeeper, all on the side of a cheaper plan that is
-//! still correct by the two facts above:
-//! - The window serves a DIFF starting right at its edge (the follower's
-//!   last zxid is the entry just before the window's first), where
-//!   ZooKeeper requires the follower's zxid inside the window.
-//! - ZooKeeper refuses TRUNC when the *next* leader proposal after the
-//!   follower's zxid is of a later epoch (a limit of its learner's log
-//!   truncation); here the truncation point must be in the follower's
-//!   epoch, which is what correctness needs.
-//! - A follower whose last zxid names no entry (a counter of 0 in a non-zero
-//!   epoch) is treated as unknown (R4), where ZooKeeper assumes it holds the
-//!   whole history before that epoch.
-//! - An empty follower gets a DIFF from `ZERO` when the leader's log still
-//!   starts at the beginning of history and can serve it whole.
+//! The sync planner (rules documented on [`plan_sync`]).
 
 use paxos_core::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner, Zxid};
 
@@ -195,7 +141,7 @@ pub enum Source {
     Disk,
 }
 
-/// Which rule chose the plan (see the module documentation).
+/// Which rule chose the plan (see [`plan_sync`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// R1: the follower's last zxid is the leader's last.
@@ -226,8 +172,60 @@ pub struct Decision {
 
 /// Plans the sync of a follower whose last zxid is `follower_last`.
 ///
-/// Pure and total: every input gets exactly one plan, chosen by the rules in
-/// the [module documentation](self).
+/// Pure and total: every input gets exactly one plan, chosen by the rules
+/// below, over this crate's own types ([`LeaderLog`], [`PlannerConfig`],
+/// [`Decision`]): it needs nothing else from the toolkit. [`ZabPlanner`]
+/// wraps it behind `paxos-core`'s [`SyncPlanner`] seam.
+///
+/// # What the planner knows
+///
+/// The follower reports only its last zxid `F`. The leader knows its own
+/// history: its last zxid `L`, and for the part still held in its log
+/// (`[retained_first, L]`) the last zxid of every epoch, which together with
+/// gapless counters says exactly which zxids it holds. Below
+/// `retained_first` the history lives only in the snapshot and the planner
+/// does not know which zxids it contains (unless the log starts at the very
+/// beginning of history, [`LeaderLog::log_from_start`]).
+///
+/// Two protocol facts make the plan safe without seeing the follower's log:
+/// 1. *Log matching*: if two logs hold the same zxid, they are identical up
+///    to it (one leader per epoch, and an entry is accepted only after its
+///    predecessor).
+/// 2. *Gapless counters*: a log holding `(e, c)` holds `(e, 1..c)`.
+///
+/// So if the follower's last zxid is `(e, c)` and the leader holds `(e, k)`
+/// with `k < c`, the follower holds `(e, k)` too and both logs agree up to
+/// it. Nothing of the kind is known across an epoch boundary: the leader's
+/// last entry of epoch `e - 1` may or may not be the follower's. Hence
+/// ZooKeeper's rule, kept here: **TRUNC only to a zxid of the follower's own
+/// epoch, never across an epoch boundary** (the empty log, `Zxid::ZERO`, is
+/// the one exception: it is a prefix of every log).
+///
+/// # The rules, in the order they are tried
+///
+/// | # | condition | plan | ZooKeeper `syncFollower` |
+/// |---|---|---|---|
+/// | R1 | `F == L` (includes two empty logs) | `UpToDate` | "already in sync, empty DIFF" |
+/// | R2 | `F` is in the leader's history (known), `F < L` | `Diff { after: F }` if servable (R5), else SNAP (R6) | "within committedLog range" / "use txnlog" |
+/// | R3 | `F > L` and `L` is in `F`'s epoch, or `L` is `ZERO` | `Trunc { to: L }` | "newer than committedLog, send TRUNC to maxCommittedLog" |
+/// | R4 | otherwise (`F` unknown to the leader): `T` = the leader's last zxid of `F`'s epoch below `F`, or `ZERO` if it holds none | `TruncDiff { to: T }` if servable (R5), else SNAP (R6) | "TRUNC to the previous proposal"; "cannot TRUNC across an epoch" |
+/// | R5 | serving the entries after `X`: from the in-memory committed window if it holds every entry after `X`; else from the on-disk log if disk sync is enabled, the disk log holds every entry after `X`, reaches the window (or `L`) without a gap, and its size is at most `snapshot_size_fraction` x the snapshot's size | (source of the DIFF) | committedLog, then `getProposalsFromTxnLog(peer, sizeLimit)` and the `currentZxid < minCommittedLog` gap check |
+/// | R6 | no DIFF is servable | `Snap { snapshot: S }` with the newest snapshot `S` if the log holds every entry after it, else a fresh snapshot at the committed zxid | "fall back to snapshot" |
+///
+/// Differences from ZooKeeper, all on the side of a cheaper plan that is
+/// still correct by the two facts above:
+/// - The window serves a DIFF starting right at its edge (the follower's
+///   last zxid is the entry just before the window's first), where
+///   ZooKeeper requires the follower's zxid inside the window.
+/// - ZooKeeper refuses TRUNC when the *next* leader proposal after the
+///   follower's zxid is of a later epoch (a limit of its learner's log
+///   truncation); here the truncation point must be in the follower's
+///   epoch, which is what correctness needs.
+/// - A follower whose last zxid names no entry (a counter of 0 in a non-zero
+///   epoch) is treated as unknown (R4), where ZooKeeper assumes it holds the
+///   whole history before that epoch.
+/// - An empty follower gets a DIFF from `ZERO` when the leader's log still
+///   starts at the beginning of history and can serve it whole.
 pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerConfig) -> Decision {
     debug_assert!(
         leader.epoch_ends.windows(2).all(|w| w[0] < w[1]),
