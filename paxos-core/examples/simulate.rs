@@ -104,7 +104,8 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut worst, mut total_acked, mut total_steps) =
         (Vec::new(), Duration::ZERO, 0u64, 0u64);
-    let (mut truncs, mut snaps, mut fetches, mut crashes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut truncs, mut snaps, mut fetches, mut crashes, mut reads) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let (r, st) = run_one(full, seed, steps, seeds.len() == 1);
         match r {
@@ -120,6 +121,7 @@ fn main() -> ExitCode {
         snaps += st.snap_installs;
         fetches += st.fetches;
         crashes += st.crashes;
+        reads += st.reads;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -128,12 +130,13 @@ fn main() -> ExitCode {
         eprintln!();
     }
     println!(
-        "{} seeds x {} steps: {} failed; {} steps, {} commands acknowledged, {} crashes, {} TRUNC, {} SNAP installs, {} fetches; worst recovery after faults stopped: {:?} (simulated); wall time {:.1?}",
+        "{} seeds x {} steps: {} failed; {} steps, {} commands acknowledged, {} linearizable reads checked, {} crashes, {} TRUNC, {} SNAP installs, {} fetches; worst recovery after faults stopped: {:?} (simulated); wall time {:.1?}",
         seeds.len(),
         steps,
         failed.len(),
         total_steps,
         total_acked,
+        reads,
         crashes,
         truncs,
         snaps,

@@ -376,6 +376,8 @@ pub struct Sim<E: Elector> {
     acked: BTreeMap<Zxid, u64>,
     proposed: BTreeMap<Zxid, u64>,
     client_counter: u64,
+    read_counter: u64,
+    reads_pending: BTreeMap<u64, Zxid>,
     faults: bool,
     faults_stopped_at: Option<Time>,
     stats: SimStats,
@@ -447,6 +449,8 @@ impl<E: Elector> Sim<E> {
             acked: BTreeMap::new(),
             proposed: BTreeMap::new(),
             client_counter: 0,
+            read_counter: 0,
+            reads_pending: BTreeMap::new(),
             faults: cfg.fault_interval.is_some(),
             faults_stopped_at: None,
             stats: SimStats::default(),
@@ -937,7 +941,41 @@ impl<E: Elector> Sim<E> {
                 }
             }
         }
-        self.drive(i)
+        self.drive(i)?;
+        // A linearizable read on a random node: it must observe every
+        // entry acknowledged before it started.
+        if self.rng.chance(0.3) {
+            let j = self.rng.index(self.nodes.len());
+            self.read_counter += 1;
+            let id = self.read_counter;
+            let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
+            if let Some(r) = self.nodes[j].replica.as_mut() {
+                if r.read_index(Bytes::copy_from_slice(&id.to_le_bytes()))
+                    .is_ok()
+                {
+                    self.reads_pending.insert(id, floor);
+                }
+            }
+            self.drive(j)?;
+        }
+        Ok(())
+    }
+
+    fn check_read(&mut self, rs: &crate::ReadState) -> Result<(), Violation> {
+        let Ok(raw) = <[u8; 8]>::try_from(rs.ctx.as_ref()) else {
+            return Err(self.violation("read state with a foreign context".into()));
+        };
+        let id = u64::from_le_bytes(raw);
+        if let Some(floor) = self.reads_pending.remove(&id) {
+            if rs.zxid < floor {
+                return Err(self.violation(format!(
+                    "linearizability: read {id} confirmed at {:?} below acknowledged {floor:?}",
+                    rs.zxid
+                )));
+            }
+            self.stats.reads += 1;
+        }
+        Ok(())
     }
 
     fn do_sync(&mut self, i: usize) -> Result<(), Violation> {
@@ -1090,7 +1128,9 @@ impl<E: Elector> Sim<E> {
                 }
             }
         }
-        self.stats.reads += rd.read_states.len() as u64;
+        for rs in &rd.read_states {
+            self.check_read(rs)?;
+        }
         for req in rd.snapshot_requests {
             self.snapshot_request(i, req)?;
         }
