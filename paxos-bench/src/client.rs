@@ -53,6 +53,14 @@ struct Conn {
     addr: SocketAddr,
     tx: mpsc::Sender<(u64, Request)>,
     pending: Pending,
+    /// Set by the reader when the server closed the connection.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Conn {
+    fn is_usable(&self) -> bool {
+        !self.tx.is_closed() && !self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// A write session: an id unique in the cluster and the sequence of its
@@ -111,7 +119,7 @@ impl Client {
     async fn connect(&self, prefer: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
-            if prefer.is_none_or(|p| p == c.addr) && !c.tx.is_closed() {
+            if prefer.is_none_or(|p| p == c.addr) && c.is_usable() {
                 return Ok(c.clone());
             }
         }
@@ -303,6 +311,8 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
         }
     });
     let reader_pending = pending.clone();
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_closed = closed.clone();
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         'read: loop {
@@ -325,8 +335,15 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
                 },
             }
         }
-        // Fail every call still waiting on this connection.
+        // Fail every call still waiting on this connection, and make sure the
+        // next call does not pick this connection again.
+        reader_closed.store(true, Ordering::Release);
         reader_pending.lock().clear();
     });
-    Conn { addr, tx, pending }
+    Conn {
+        addr,
+        tx,
+        pending,
+        closed,
+    }
 }

@@ -50,6 +50,13 @@ const TAG_ELECTION: u8 = 1;
 const MAX_INPUTS_PER_TURN: usize = 4096;
 /// Rounds of kernel draining per turn (each round makes progress or stops).
 const MAX_DRAIN_ROUNDS: usize = 64;
+/// Client writes proposed and not yet answered, at most; over it a write is
+/// answered "retry: busy" (admission control: memory stays bounded).
+const MAX_PENDING_WRITES: usize = 64 * 1024;
+/// Linearizable reads waiting for their read-index round, at most.
+const MAX_PENDING_READS: usize = 16 * 1024;
+/// A read whose round has not come back by then is answered "retry".
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Snapshot chunk size on the wire.
 const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
 /// The hard-state spare field holding the election round.
@@ -174,6 +181,9 @@ struct ClientMsg {
     reply: Reply,
 }
 
+/// Persist markers with the messages that wait for them, in order.
+type SyncGroup = Vec<(Persisted, Vec<Envelope>)>;
+
 /// A snapshot being streamed to a follower.
 struct OutgoingSnapshot {
     to: NodeId,
@@ -195,8 +205,11 @@ struct Driver {
     outgoing: Vec<OutgoingSnapshot>,
     /// Proposed writes by zxid: the command and who waits for it.
     pending_writes: HashMap<Zxid, (Bytes, Reply)>,
-    /// Reads waiting for their read-index round, by read id.
-    pending_reads: HashMap<u64, (Bytes, Reply)>,
+    /// Reads waiting for their read-index round, by read id, with the time
+    /// they give up.
+    pending_reads: HashMap<u64, (Bytes, Reply, Instant)>,
+    /// When expired reads are next looked for.
+    next_read_sweep: Instant,
     /// Confirmed reads waiting for apply to reach their zxid.
     waiting_reads: VecDeque<(Zxid, Bytes, Reply)>,
     next_read: u64,
@@ -206,10 +219,13 @@ struct Driver {
     applied_since_snapshot: u64,
     buf: BytesMut,
     stats: Stats,
-    /// Asks the sync thread for one `Wal::sync`.
-    sync_requests: std::sync::mpsc::Sender<()>,
-    /// Markers and messages waiting for the sync in flight (`None`: idle).
-    syncing: Option<Vec<(Persisted, Vec<Envelope>)>>,
+    /// Asks the sync thread for one `Wal::sync`, tagged with its number.
+    sync_requests: std::sync::mpsc::Sender<u64>,
+    /// The number of the last sync asked for.
+    sync_gen: u64,
+    /// The sync in flight (its number) and the markers and messages waiting
+    /// for it; `None` when idle.
+    syncing: Option<(u64, SyncGroup)>,
     /// Writes taken while a sync was in flight, for the next one.
     queued: Vec<(Ready, Persisted, Vec<Envelope>)>,
 }
@@ -271,6 +287,10 @@ pub async fn run_node(
     config.heartbeat_interval = opts.heartbeat;
     config.election_timeout = opts.election_timeout;
     config.sync_timeout = opts.election_timeout;
+    // A command must fit one WAL record (a segment) with room to spare, or
+    // every replica would fail to log it; the kernel refuses larger ones.
+    let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
+    config.max_message_bytes = config.max_message_bytes.min(segment_limit);
     let origin = Instant::now();
     let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
     let replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
@@ -309,14 +329,14 @@ pub async fn run_node(
 
     // The sync thread: one `Wal::sync` per request, the result sent back.
     let wal = replica.storage().wal_handle();
-    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<()>();
-    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<Result<(), String>>();
+    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<u64>();
+    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
-            while sync_rx.recv().is_ok() {
+            while let Ok(generation) = sync_rx.recv() {
                 let r = wal.sync().map(|_| ()).map_err(|e| e.to_string());
-                if sync_done_tx.send(r).is_err() {
+                if sync_done_tx.send((generation, r)).is_err() {
                     break;
                 }
             }
@@ -347,12 +367,14 @@ pub async fn run_node(
         pending_reads: HashMap::new(),
         waiting_reads: VecDeque::new(),
         next_read: 1,
+        next_read_sweep: Instant::now() + READ_TIMEOUT,
         election_round: initial_round,
         snapshot_every: opts.snapshot_every,
         applied_since_snapshot: 0,
         buf: BytesMut::with_capacity(1 << 20),
         stats: Stats::default(),
         sync_requests,
+        sync_gen: 0,
         syncing: None,
         queued: Vec::new(),
     };
@@ -409,6 +431,9 @@ pub async fn run_node(
                 break Err(e);
             }
         }
+        // Timers too: under load some input is always ready, and the sleep
+        // branch alone would never fire (heartbeats, check-quorum).
+        d.on_timeout();
     };
     accept_task.abort();
     let metrics = d.transport.shutdown().await;
@@ -441,6 +466,7 @@ impl Driver {
     }
 
     fn on_timeout(&mut self) {
+        self.expire_reads();
         let now = self.now();
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
             self.replica.handle_timeout(now);
@@ -493,12 +519,17 @@ impl Driver {
                 key,
                 mode: ReadMode::Linearizable,
             } => {
+                if self.pending_reads.len() >= MAX_PENDING_READS {
+                    reply.send(Response::Error("retry: too many reads".into()));
+                    return;
+                }
                 let rid = self.next_read;
                 self.next_read += 1;
                 let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
                 match self.replica.read_index(ctx) {
                     Ok(()) => {
-                        self.pending_reads.insert(rid, (key, reply));
+                        self.pending_reads
+                            .insert(rid, (key, reply, Instant::now() + READ_TIMEOUT));
                     }
                     Err(ReadIndexError::NoLeader) => reply.send(self.leader_hint()),
                     Err(ReadIndexError::Busy) => {
@@ -511,6 +542,10 @@ impl Driver {
     }
 
     fn propose(&mut self, cmd: KvCommand, reply: Reply) {
+        if self.pending_writes.len() >= MAX_PENDING_WRITES {
+            reply.send(Response::Error("retry: busy".into()));
+            return;
+        }
         let data = cmd.to_bytes();
         match self.replica.propose(data.clone()) {
             Ok(zxid) => {
@@ -596,7 +631,14 @@ impl Driver {
         let snapshot_requests = std::mem::take(&mut ready.snapshot_requests);
         let events = std::mem::take(&mut ready.events);
         let writes = ready.needs_sync() || ready.compact_to.is_some();
-        if self.syncing.is_some() {
+        if ready.hard_state.is_some() || ready.truncate_after.is_some() {
+            // Epoch changes and truncations are rare: write and sync them
+            // here, after everything before them, so that a hard state never
+            // reaches the disk before the log it vouches for, and no read of
+            // the log sees an entry whose truncation is still queued.
+            self.queued.push((ready, marker, waiting));
+            self.flush_now()?;
+        } else if self.syncing.is_some() {
             // A sync is in flight: these writes (and the messages that wait
             // for them) go with the next one, in order.
             self.queued.push((ready, marker, waiting));
@@ -632,7 +674,7 @@ impl Driver {
         }
         for rs in &read_states {
             let rid = read_id(&rs.ctx);
-            if let Some((key, reply)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
+            if let Some((key, reply, _)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
                 self.waiting_reads.push_back((rs.zxid, key, reply));
             }
         }
@@ -658,16 +700,35 @@ impl Driver {
             .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))
     }
 
-    fn start_sync(&mut self, group: Vec<(Persisted, Vec<Envelope>)>) -> Result<()> {
+    fn start_sync(&mut self, group: SyncGroup) -> Result<()> {
         debug_assert!(self.syncing.is_none(), "one sync in flight at most");
-        self.syncing = Some(group);
+        self.sync_gen += 1;
+        self.syncing = Some((self.sync_gen, group));
         self.sync_requests
-            .send(())
+            .send(self.sync_gen)
             .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))
     }
 
+    /// Writes everything queued and syncs on this thread (log first, then
+    /// the hard state), releasing the sync in flight too: this sync covers
+    /// its writes. The in-flight sync's own completion is then ignored.
+    fn flush_now(&mut self) -> Result<()> {
+        let mut groups = self.syncing.take().map(|(_, g)| g).unwrap_or_default();
+        for (ready, marker, msgs) in std::mem::take(&mut self.queued) {
+            self.write(&ready)?;
+            groups.push((marker, msgs));
+        }
+        self.replica
+            .storage_mut()
+            .sync()
+            .map_err(|e| anyhow::anyhow!("storage sync failed: {e}"))?;
+        self.stats.syncs += 1;
+        self.release(groups);
+        Ok(())
+    }
+
     /// The writes of `group` are durable: send what waited and tell the kernel.
-    fn release(&mut self, group: Vec<(Persisted, Vec<Envelope>)>) {
+    fn release(&mut self, group: SyncGroup) {
         let mut last = None;
         for (marker, msgs) in group {
             for env in msgs {
@@ -683,13 +744,21 @@ impl Driver {
 
     /// The sync in flight returned: release its group, then write and sync
     /// everything queued meanwhile.
-    fn on_synced(&mut self, result: Result<(), String>) -> Result<()> {
+    fn on_synced(&mut self, (generation, result): (u64, Result<(), String>)) -> Result<()> {
         result.map_err(|e| {
             anyhow::anyhow!("WAL sync failed (the log handle is now unusable): {e}")
         })?;
-        self.stats.syncs += 1;
-        let group = self.syncing.take().unwrap_or_default();
-        self.release(group);
+        match self.syncing.take() {
+            Some((g, group)) if g == generation => {
+                self.stats.syncs += 1;
+                self.release(group);
+            }
+            other => {
+                // A sync that `flush_now` already covered and released.
+                self.syncing = other;
+                return Ok(());
+            }
+        }
         let queued = std::mem::take(&mut self.queued);
         if queued.is_empty() {
             return Ok(());
@@ -709,17 +778,40 @@ impl Driver {
         }
     }
 
+    /// Answers confirmed reads whose zxid is applied. Read points come back
+    /// in increasing order, so only the front of the queue is looked at.
     fn serve_reads(&mut self) {
         let applied = self.kv.applied();
-        let mut keep = VecDeque::new();
-        while let Some((z, key, reply)) = self.waiting_reads.pop_front() {
-            if z <= applied {
+        while self
+            .waiting_reads
+            .front()
+            .is_some_and(|(z, _, _)| *z <= applied)
+        {
+            if let Some((_, key, reply)) = self.waiting_reads.pop_front() {
                 reply.send(Response::Value(self.kv.get(&key).cloned()));
-            } else {
-                keep.push_back((z, key, reply));
             }
         }
-        self.waiting_reads = keep;
+    }
+
+    /// Answers "retry" to reads whose round never came back (a request or
+    /// answer dropped on a full queue), so the map cannot grow for ever.
+    fn expire_reads(&mut self) {
+        let now = Instant::now();
+        if now < self.next_read_sweep {
+            return;
+        }
+        self.next_read_sweep = now + READ_TIMEOUT / 4;
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, (_, _, deadline))| *deadline <= now)
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in expired {
+            if let Some((_, reply, _)) = self.pending_reads.remove(&rid) {
+                reply.send(Response::Error("retry: read timed out".into()));
+            }
+        }
     }
 
     fn on_event(&mut self, ev: paxos_core::Event) {
@@ -734,7 +826,7 @@ impl Driver {
                 for (_, (_, reply)) in self.pending_writes.drain() {
                     reply.send(Response::Error("retry: leadership changed".into()));
                 }
-                for (_, (_, reply)) in self.pending_reads.drain() {
+                for (_, (_, reply, _)) in self.pending_reads.drain() {
                     reply.send(Response::Error("retry: leadership changed".into()));
                 }
                 self.outgoing.clear();
@@ -748,7 +840,8 @@ impl Driver {
                 self.elector.settle(now, state, leader, epoch);
             }
             paxos_core::Event::ReadAborted { ctx } => {
-                if let Some((_, reply)) = read_id(&ctx).and_then(|r| self.pending_reads.remove(&r))
+                if let Some((_, reply, _)) =
+                    read_id(&ctx).and_then(|r| self.pending_reads.remove(&r))
                 {
                     reply.send(Response::Error("retry: read aborted".into()));
                 }
@@ -845,16 +938,32 @@ impl Driver {
             progress = self.receiver.accept(&c);
         }
         match progress {
-            Ok(Progress::Complete) => match self.receiver.install(&mut self.kv) {
-                Ok(stored) => {
-                    tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), "snapshot installed");
-                    self.applied_since_snapshot = 0;
-                    let now = self.now();
-                    self.replica.snapshot_installed(now, stored.zxid);
-                    let _ = self.snapshots.retain(2);
+            Ok(Progress::Complete) => {
+                // Restore into a staging store and keep it only if the
+                // kernel still expects this snapshot (it may have changed
+                // leader meanwhile); the live store is never half-replaced.
+                let mut staged = KvStore::new();
+                match self.receiver.install(&mut staged) {
+                    Ok(stored) => {
+                        let before = self.replica.applied_zxid();
+                        let now = self.now();
+                        self.replica.snapshot_installed(now, stored.zxid);
+                        if before < stored.zxid && self.replica.applied_zxid() >= stored.zxid {
+                            self.kv = staged;
+                            self.applied_since_snapshot = 0;
+                            tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), "snapshot installed");
+                        } else {
+                            tracing::warn!(%from, zxid = ?stored.zxid, "snapshot no longer expected; state kept");
+                        }
+                        if let Err(e) = self.snapshots.retain(2) {
+                            tracing::warn!(error = %e, "old snapshots not removed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%from, error = %e, "snapshot install failed; state kept")
+                    }
                 }
-                Err(e) => tracing::error!(%from, error = %e, "snapshot install failed; state kept"),
-            },
+            }
             Ok(Progress::NeedMore { .. }) => {}
             Err(e) => tracing::warn!(%from, error = %e, "snapshot chunk refused"),
         }

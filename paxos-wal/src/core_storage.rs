@@ -5,7 +5,10 @@
 //! hard state (accepted and current epoch) lives in a [`HardStateStore`]
 //! beside the log. Writes follow the kernel's `Ready` order; a `sync` makes
 //! the log durable (group commit: every append since the last sync shares one
-//! flush), and the hard state is durable as soon as it is saved.
+//! flush) and *then* writes a saved hard state. That order matters: a
+//! `current_epoch` that reached the disk before the entries it vouches for
+//! would let a replica that crashed in between win an election with a
+//! history it does not hold.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,8 @@ pub const LOG_DIR: &str = "log";
 pub struct WalStorage {
     wal: Arc<Wal>,
     hard: HardStateStore,
+    /// A hard state saved since the last sync; written after the log flush.
+    pending_hard: Option<CoreHardState>,
     dir: PathBuf,
 }
 
@@ -73,10 +78,18 @@ impl WalStorage {
         std::fs::create_dir_all(&dir).map_err(crate::error::io_err("create storage dir", &dir))?;
         let (wal, report) = Wal::open(dir.join(LOG_DIR), options)?;
         let hard = HardStateStore::open(dir.join(HARD_STATE_FILE))?;
+        if to_core(hard.get()).is_err() {
+            // Epochs above u32 cannot have been written by the kernel: the
+            // file is not ours, or damaged in a way its CRC did not catch.
+            return Err(WalError::HardStateCorrupted {
+                path: dir.join(HARD_STATE_FILE),
+            });
+        }
         Ok((
             WalStorage {
                 wal: Arc::new(wal),
                 hard,
+                pending_hard: None,
                 dir,
             },
             report,
@@ -91,7 +104,9 @@ impl WalStorage {
     /// A shared handle on the log, so that another thread can run
     /// [`Wal::sync`] while this storage keeps serving reads. A caller that
     /// syncs elsewhere must not report entries persisted before that sync
-    /// returns.
+    /// returns, and must call [`Storage::sync`] itself for a batch that saved
+    /// a hard state ([`has_pending_hard_state`](Self::has_pending_hard_state)):
+    /// only that writes it.
     pub fn wal_handle(&self) -> Arc<Wal> {
         Arc::clone(&self.wal)
     }
@@ -99,6 +114,11 @@ impl WalStorage {
     /// The directory this storage lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether a saved hard state waits for the next [`Storage::sync`].
+    pub fn has_pending_hard_state(&self) -> bool {
+        self.pending_hard.is_some()
     }
 
     /// One of the hard-state file's spare `u64` fields (index below
@@ -148,8 +168,11 @@ impl WalStorage {
 
 impl Storage for WalStorage {
     fn hard_state(&self) -> CoreHardState {
-        // A hard state that does not fit the kernel's epoch type cannot have
-        // been written by it; start from the default rather than fail reads.
+        if let Some(hs) = self.pending_hard {
+            return hs;
+        }
+        // `open` refused a file whose epochs do not fit, and `sync` writes
+        // only kernel epochs, so the conversion cannot fail here.
         to_core(self.hard.get()).unwrap_or_default()
     }
 
@@ -253,14 +276,21 @@ impl Storage for WalStorage {
     }
 
     fn save_hard_state(&mut self, hs: CoreHardState) -> Result<(), StorageError> {
-        let mut stored = self.hard.get();
-        stored.accepted_epoch = u64::from(hs.accepted_epoch.0);
-        stored.current_epoch = u64::from(hs.current_epoch.0);
-        self.hard.set(&stored).map_err(io)
+        // Durable at the next sync, after the log it vouches for.
+        self.pending_hard = Some(hs);
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
-        self.wal.sync().map(|_| ()).map_err(io)
+        self.wal.sync().map_err(io)?;
+        if let Some(hs) = self.pending_hard {
+            let mut stored = self.hard.get();
+            stored.accepted_epoch = u64::from(hs.accepted_epoch.0);
+            stored.current_epoch = u64::from(hs.current_epoch.0);
+            self.hard.set(&stored).map_err(io)?;
+            self.pending_hard = None;
+        }
+        Ok(())
     }
 }
 
@@ -300,6 +330,7 @@ mod tests {
             })
             .unwrap();
             s.sync().unwrap();
+            assert!(!s.has_pending_hard_state());
         }
         let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
         assert_eq!(s.hard_state().accepted_epoch, Epoch(5));
@@ -359,6 +390,33 @@ mod tests {
     }
 
     #[test]
+    fn hard_state_reaches_the_disk_only_with_the_sync_after_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = CoreHardState {
+            accepted_epoch: Epoch(3),
+            current_epoch: Epoch(3),
+        };
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            s.append(&[entry(3, 1)]).unwrap();
+            s.save_hard_state(hs).unwrap();
+            // Reads see the write at once...
+            assert_eq!(s.hard_state(), hs);
+            assert!(s.has_pending_hard_state());
+            // ...but a crash before the sync loses it (the handle is dropped
+            // without syncing; the file keeps the old value).
+        }
+        let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert_eq!(s.hard_state(), CoreHardState::default());
+        s.save_hard_state(hs).unwrap();
+        s.sync().unwrap();
+        assert!(!s.has_pending_hard_state());
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert_eq!(s.hard_state(), hs);
+    }
+
+    #[test]
     fn extra_fields_persist_beside_the_epochs() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -368,6 +426,7 @@ mod tests {
                 current_epoch: Epoch(1),
             })
             .unwrap();
+            s.sync().unwrap();
             s.set_extra(0, 77).unwrap();
             assert!(s.set_extra(usize::MAX, 1).is_err());
         }

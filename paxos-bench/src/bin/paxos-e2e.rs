@@ -326,18 +326,33 @@ async fn failover(
     ));
     let acked = Arc::new(load.acked.clone());
     let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let unverified = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     let workers = 32usize;
     for w in 0..workers {
-        let (checker, acked, lost) = (checker.clone(), acked.clone(), lost.clone());
+        let (checker, acked, lost, unverified) = (
+            checker.clone(),
+            acked.clone(),
+            lost.clone(),
+            unverified.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for (key, value) in acked.iter().skip(w).step_by(workers) {
-                match checker.get(key.clone(), ReadMode::Linearizable).await {
-                    Ok(Some(v)) if v == *value => {}
-                    _ => {
-                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A read error is not a loss: retry, and count what never
+                // answered separately.
+                let mut outcome = None;
+                for _ in 0..3 {
+                    if let Ok(v) = checker.get(key.clone(), ReadMode::Linearizable).await {
+                        outcome = Some(v);
+                        break;
                     }
                 }
+                let counter = match outcome {
+                    Some(Some(v)) if v == *value => continue,
+                    Some(_) => &lost,
+                    None => &unverified,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
@@ -345,7 +360,14 @@ async fn failover(
         t.await.context("check task")?;
     }
     let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
-    println!("checked {} acknowledged writes: {lost} lost", acked.len());
+    let unverified = unverified.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "checked {} acknowledged writes: {lost} lost, {unverified} could not be read",
+        acked.len()
+    );
+    if unverified > 0 {
+        bail!("{unverified} acknowledged writes could not be read back after the failover");
+    }
     // Bring the killed node back and let it catch up.
     cluster.start_node(leader)?;
     Ok(json!({
