@@ -13,8 +13,18 @@
 //! of one canonical sequence), durability (every entry acknowledged to the
 //! client is durably held by a quorum of voters), epoch monotonicity of the
 //! durable hard state, and leader completeness (an established leader holds
-//! every acknowledged entry of earlier epochs). A violation carries the
-//! seed; the same seed replays the same run exactly.
+//! every acknowledged entry of earlier epochs); and every confirmed
+//! read-index read covers every entry acknowledged before it started. A
+//! violation carries the seed; the same seed replays the same run exactly.
+//!
+//! [`scenarios`] scripts the named fault scenarios (leader crash
+//! mid-broadcast, TRUNC of an old-epoch suffix, SNAP of a follower behind
+//! the retention window, partitioned old leader, duplicated and reordered
+//! ACCEPTs, full-cluster restart) over any elector;
+//! [`Sim::run_steps_then_recover`] runs a random schedule, stops the faults
+//! and reports how long the cluster took to commit again
+//! ([`SimStats::recovery`]), failing if it exceeds
+//! [`SimConfig::liveness_bound`].
 //!
 //! ```
 //! use paxos_core::sim::{Sim, SimConfig};
