@@ -11,6 +11,7 @@
 
 mod bench;
 mod cluster;
+mod sim;
 mod util;
 
 use anyhow::Result;
@@ -38,6 +39,10 @@ enum Command {
         /// Run only this seed (replays a failure exactly).
         #[arg(long)]
         seed: Option<u64>,
+        /// Simulate the full stack: paxos-election and paxos-snapshot instead
+        /// of the simulator's test elector and planner.
+        #[arg(long)]
+        full: bool,
     },
     /// Run the checks CI runs: fmt, clippy, tests.
     Ci,
@@ -56,26 +61,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench::run(args),
-        Command::Sim { seeds, steps, seed } => {
-            let mut args = vec![
-                "run".to_string(),
-                "--release".into(),
-                "-p".into(),
-                "paxos-core".into(),
-                "--example".into(),
-                "simulate".into(),
-                "--".into(),
-                "--seeds".into(),
-                seeds.to_string(),
-                "--steps".into(),
-                steps.to_string(),
-            ];
-            if let Some(s) = seed {
-                args.push("--seed".into());
-                args.push(s.to_string());
-            }
-            util::cargo(&args, &[])
-        }
+        Command::Sim {
+            seeds,
+            steps,
+            seed,
+            full,
+        } => sim::run(seeds, steps, seed, full),
         Command::Cluster { nodes, base_port } => cluster::run(nodes, base_port),
         Command::Ci => {
             util::cargo(&["fmt", "--all", "--check"], &[])?;

@@ -1,0 +1,88 @@
+//! `cargo xtask sim`: the deterministic simulator of paxos-core over as many
+//! seeds as asked, with a progress bar. Seeds run in chunks through the
+//! `simulate` example (built once, in release); a failing seed is printed
+//! with the command that replays it exactly.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::Command;
+
+use crate::util::{cargo, target_dir, workspace_root};
+
+/// Runs `seeds` seeds of `steps` steps (or the single `seed`).
+pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Result<()> {
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "paxos-core",
+            "--example",
+            "simulate",
+        ],
+        &[],
+    )?;
+    let bin = target_dir()
+        .join("release")
+        .join("examples")
+        .join("simulate");
+    let mut base = vec!["--steps".to_string(), steps.to_string()];
+    if full {
+        base.push("--full".into());
+    }
+    if let Some(s) = seed {
+        let status = Command::new(&bin)
+            .current_dir(workspace_root())
+            .args(&base)
+            .args(["--seed", &s.to_string()])
+            .status()
+            .context("running the simulator")?;
+        if !status.success() {
+            bail!("seed {s} failed");
+        }
+        return Ok(());
+    }
+    let chunk = (seeds / 100).clamp(1, 50);
+    let bar = ProgressBar::new(seeds);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} seeds {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut failed: Vec<String> = Vec::new();
+    let mut first = 0u64;
+    while first < seeds {
+        let n = chunk.min(seeds - first);
+        let out = Command::new(&bin)
+            .current_dir(workspace_root())
+            .args(&base)
+            .args(["--first", &first.to_string(), "--seeds", &n.to_string()])
+            .output()
+            .context("running the simulator")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines().filter(|l| l.starts_with("FAIL")) {
+            bar.println(line);
+            failed.push(line.to_string());
+        }
+        if !out.status.success() && failed.is_empty() {
+            bail!(
+                "the simulator failed without naming a seed:\n{}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        first += n;
+        bar.inc(n);
+        bar.set_message(format!("{} failed", failed.len()));
+    }
+    bar.finish();
+    println!("{seeds} seeds x {steps} steps: {} failed", failed.len());
+    if !failed.is_empty() {
+        println!(
+            "replay one with: cargo xtask sim --steps {steps} --seed <SEED>{}",
+            if full { " --full" } else { "" }
+        );
+        bail!("{} seeds failed", failed.len());
+    }
+    Ok(())
+}
