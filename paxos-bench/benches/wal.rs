@@ -70,9 +70,16 @@ impl WarmWal {
             .prefix("paxos-wal-bench")
             .tempdir_in(scratch_root())
             .expect("tempdir");
+        // PAXOS_WAL_BENCH_PREFAULT_BYTES overrides the pre-fault window (0 = off),
+        // to compare both settings on one machine.
+        let prefault = std::env::var("PAXOS_WAL_BENCH_PREFAULT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(WalOptions::default().prefault_ahead_bytes);
         let opts = WalOptions {
             segment_bytes: segment_bytes(),
             sync_method: method,
+            prefault_ahead_bytes: prefault,
             ..WalOptions::default()
         };
         let (wal, _) = Wal::open(dir.path(), opts).expect("open wal");

@@ -5,7 +5,9 @@
 //! It is the storage half of the paxos toolkit, but it knows nothing about
 //! consensus: use it alone wherever you need an append-only log of byte
 //! records that must survive crashes (a replication log, a state machine's
-//! redo log, a queue). The keys are the caller's (for Paxos, the zxid).
+//! redo log, a queue). The keys are the caller's (for Paxos, the zxid):
+//! strictly increasing, never 0. Memory use is the mapped segments (page
+//! cache, reclaimable) plus a sparse index of 16 bytes per 4 KiB of log.
 //!
 //! ```
 //! use paxos_wal::{Wal, WalOptions};
@@ -46,8 +48,10 @@
 //! background thread (or recycled from a segment freed by
 //! [`Wal::truncate_prefix`]), and mapped with `memmap2`. Zero-filled or
 //! recycled blocks are already written, so a sync flushes data pages only,
-//! with no extent conversion in the file system journal. Files are never
-//! shrunk. The byte format is in [`format`].
+//! with no extent conversion in the file system journal. The same thread
+//! pre-faults the active segment a few MiB ahead of the writer
+//! (`MADV_POPULATE_WRITE`), so appends copy into mapped pages without page
+//! faults. Files are never shrunk. The byte format is in [`format`].
 //!
 //! [`Wal::append`] copies into the map; [`Wal::sync`] flushes the dirty byte
 //! range once (`msync`) and returns the highest durable key. A record is
