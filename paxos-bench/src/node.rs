@@ -1006,12 +1006,28 @@ impl Driver {
         } else {
             "looking"
         };
+        let progress = self.replica.peer_progress();
+        let last = self.replica.last_zxid();
         let peers: Vec<serde_json::Value> = self
             .transport
             .metrics()
             .into_iter()
             .map(|m| {
+                // Lag as the leader sees it: entries the peer does not hold
+                // yet (counted within the current epoch).
+                let p = progress.iter().find(|p| p.id.0 == m.peer.0);
+                let lag = p.map(|p| {
+                    if p.matched.epoch() == last.epoch() {
+                        u64::from(last.counter() - p.matched.counter().min(last.counter()))
+                    } else {
+                        u64::from(last.counter())
+                    }
+                });
                 serde_json::json!({
+                    "matched": p.map(|p| format!("{:?}", p.matched)),
+                    "applied": p.map(|p| format!("{:?}", p.applied)),
+                    "in_broadcast": p.map(|p| p.in_broadcast),
+                    "lag_entries": lag,
                     "id": m.peer.0,
                     "connected": m.connected,
                     "frames_sent": m.frames_sent,

@@ -148,8 +148,8 @@ pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};
 pub use message::{Entry, Envelope, HardState, Message, SnapChunk};
 pub use replica::{
-    Event, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered, Replica,
-    SnapshotRequest,
+    Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,
+    Replica, SnapshotRequest,
 };
 pub use state_machine::StateMachine;
 pub use storage::{MemStorage, Storage, StorageError};

@@ -138,6 +138,21 @@ pub enum Event {
     StorageFailed(StorageError),
 }
 
+/// A follower's progress as its leader sees it ([`Replica::peer_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The follower or observer.
+    pub id: NodeId,
+    /// The highest zxid it holds durable, as far as the leader knows.
+    pub matched: Zxid,
+    /// The highest zxid it reported applied.
+    pub applied: Zxid,
+    /// Whether it is an observer (never counted in quorums).
+    pub observer: bool,
+    /// Whether it is synced and receiving ACCEPTs (not in discovery or sync).
+    pub in_broadcast: bool,
+}
+
 /// Identifies a [`Ready`] for [`Replica::persisted`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Persisted {
@@ -472,6 +487,24 @@ impl<S: Storage> Replica<S> {
     pub fn is_leader(&self) -> bool {
         matches!(&self.role, Role::Leading(l) if l.phase == LPhase::Broadcast)
     }
+    /// Leader: where each follower and observer stands (for status pages
+    /// and lag monitoring); empty unless this replica leads.
+    pub fn peer_progress(&self) -> Vec<PeerProgress> {
+        let Role::Leading(l) = &self.role else {
+            return Vec::new();
+        };
+        l.peers
+            .iter()
+            .map(|(&id, p)| PeerProgress {
+                id,
+                matched: p.match_zxid,
+                applied: p.applied,
+                observer: p.observer,
+                in_broadcast: p.phase == PPhase::Broadcast,
+            })
+            .collect()
+    }
+
     /// The epoch this replica leads or follows in, once established.
     pub fn established_epoch(&self) -> Option<Epoch> {
         match &self.role {

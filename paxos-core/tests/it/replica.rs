@@ -181,6 +181,33 @@ fn elect_sync_and_commit_in_order_everywhere() {
 }
 
 #[test]
+fn leader_reports_each_followers_progress() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(
+        c.reps[1].peer_progress().is_empty(),
+        "only a leader reports progress"
+    );
+    let mut last = Zxid::ZERO;
+    for k in 0..5u8 {
+        last = c.reps[0].propose(Bytes::from(vec![k])).unwrap();
+    }
+    c.pump();
+    c.advance(Duration::from_millis(60));
+    let progress = c.reps[0].peer_progress();
+    let ids: Vec<NodeId> = progress.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![NodeId(2), NodeId(3)]);
+    for p in &progress {
+        assert_eq!(p.matched, last, "{p:?} holds every entry");
+        assert!(p.in_broadcast && !p.observer, "{p:?}");
+    }
+}
+
+#[test]
 fn a_follower_refuses_proposals_and_hands_the_command_back() {
     let mut c = Cluster::new(
         three(),
