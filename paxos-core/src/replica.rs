@@ -1069,11 +1069,20 @@ impl<S: Storage> Replica<S> {
                 if to >= self.log.last() {
                     return;
                 }
-                assert!(
-                    to >= self.commit,
-                    "TRUNC to {to:?} would drop committed entries (commit {:?})",
-                    self.commit
-                );
+                if to < self.commit {
+                    // Only a faulty leader asks for this: a TRUNC never goes
+                    // below a commit point. Refuse it rather than lose
+                    // committed entries, and look for another leader.
+                    tracing::error!(
+                        id = %self.id,
+                        %from,
+                        ?to,
+                        commit = ?self.commit,
+                        "TRUNC below the commit point refused"
+                    );
+                    self.lose_leader("leader asked to drop committed entries");
+                    return;
+                }
                 tracing::info!(id = %self.id, ?to, last = ?self.log.last(), "TRUNC: dropping uncommitted suffix");
                 let to = self.log.position_at_or_before(to).unwrap_or(Zxid::ZERO);
                 self.log.truncate_after(to);
@@ -1423,7 +1432,19 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
                 if let Some(t) = trunc_to {
-                    assert!(t >= self.commit, "fetch TRUNC below commit");
+                    if t < self.commit {
+                        // A correct peer never answers this; refuse rather
+                        // than drop committed entries.
+                        tracing::error!(
+                            id = %self.id,
+                            %from,
+                            to = ?t,
+                            commit = ?self.commit,
+                            "fetched history would drop committed entries; refused"
+                        );
+                        self.lose_leader("fetched history conflicts with the commit point");
+                        return;
+                    }
                     if t < self.log.last() {
                         tracing::info!(id = %self.id, to = ?t, "leader truncates to adopt the quorum's history");
                         let t = self.log.position_at_or_before(t).unwrap_or(Zxid::ZERO);
