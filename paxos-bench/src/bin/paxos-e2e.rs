@@ -146,50 +146,42 @@ async fn run(args: Args) -> Result<()> {
         warm_up(&cluster, run_id).await;
         run_id += 1;
         for &value_bytes in &args.values {
-            for &concurrency in &args.concurrency {
+            // Every write level, then reads at the highest concurrency.
+            let reads_at = *args.concurrency.last().unwrap_or(&16);
+            let points = args
+                .concurrency
+                .iter()
+                .map(|&c| (Workload::Writes, c))
+                .chain(std::iter::once((Workload::Reads, reads_at)));
+            for (workload, concurrency) in points {
                 let r = loadgen::run(LoadSpec {
                     addrs: cluster.client_addrs(),
                     concurrency,
                     connections: concurrency.clamp(1, 8),
                     value_bytes,
                     duration,
-                    workload: Workload::Writes,
+                    workload,
                     run_id,
                     timeout: Duration::from_secs(5),
                 })
                 .await;
                 run_id += 1;
-                print_run("writes", n, value_bytes, concurrency, &r);
-                check_sample(&cluster, &r).await?;
+                let kind = match workload {
+                    Workload::Writes => "writes",
+                    Workload::Reads => "reads",
+                };
+                print_run(kind, n, value_bytes, concurrency, &r);
+                if workload == Workload::Writes {
+                    check_sample(&cluster, &r).await?;
+                }
                 runs.push(Run {
                     nodes: n,
-                    workload: "writes",
+                    workload: kind,
                     value_bytes,
                     concurrency,
                     result: r,
                 });
             }
-            let concurrency = *args.concurrency.last().unwrap_or(&16);
-            let r = loadgen::run(LoadSpec {
-                addrs: cluster.client_addrs(),
-                concurrency,
-                connections: concurrency.clamp(1, 8),
-                value_bytes,
-                duration,
-                workload: Workload::Reads,
-                run_id,
-                timeout: Duration::from_secs(5),
-            })
-            .await;
-            run_id += 1;
-            print_run("reads", n, value_bytes, concurrency, &r);
-            runs.push(Run {
-                nodes: n,
-                workload: "reads",
-                value_bytes,
-                concurrency,
-                result: r,
-            });
         }
         if n == 3 {
             let f = failover(
