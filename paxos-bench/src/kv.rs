@@ -262,8 +262,10 @@ impl KvResult {
     }
 }
 
-/// The replicated key-value map.
-#[derive(Default, Debug)]
+/// The replicated key-value map. Cloning it is cheap per entry (keys and
+/// values are reference-counted `Bytes`); the node clones it to write a
+/// snapshot off its loop.
+#[derive(Default, Debug, Clone)]
 pub struct KvStore {
     map: BTreeMap<Bytes, Bytes>,
     /// Per client: the highest sequence applied and the encoded result it gave.

@@ -28,7 +28,7 @@ use paxos_election::{ElectionConfig, FastElection, Notification};
 use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
 use paxos_snapshot::{
     write_state_machine, PlannerConfig, Progress, SnapshotChunk, SnapshotId, SnapshotMeta,
-    SnapshotReceiver, SnapshotSender, SnapshotStore, ZabPlanner,
+    SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
 };
 use paxos_wal::{WalOptions, WalStorage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -181,6 +181,9 @@ struct ClientMsg {
     reply: Reply,
 }
 
+/// A finished snapshot thread's report: the zxid, and the file and time taken.
+type SnapshotDone = (Zxid, Result<(StoredSnapshot, Duration), String>);
+
 /// Persist markers with the messages that wait for them, in order.
 type SyncGroup = Vec<(Persisted, Vec<Envelope>)>;
 
@@ -217,6 +220,10 @@ struct Driver {
     election_round: u64,
     snapshot_every: u64,
     applied_since_snapshot: u64,
+    /// Whether a snapshot thread is running.
+    snapshot_running: bool,
+    /// Where snapshot threads report.
+    snapshot_done_tx: mpsc::UnboundedSender<SnapshotDone>,
     buf: BytesMut,
     stats: Stats,
     /// Asks the sync thread for one `Wal::sync`, tagged with its number.
@@ -351,6 +358,7 @@ pub async fn run_node(
     let accept_task = tokio::spawn(accept_clients(listener, client_tx));
     tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
 
+    let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
     let mut d = Driver {
         id,
         members: opts.members.clone(),
@@ -371,6 +379,8 @@ pub async fn run_node(
         election_round: initial_round,
         snapshot_every: opts.snapshot_every,
         applied_since_snapshot: 0,
+        snapshot_running: false,
+        snapshot_done_tx,
         buf: BytesMut::with_capacity(1 << 20),
         stats: Stats::default(),
         sync_requests,
@@ -430,6 +440,9 @@ pub async fn run_node(
             if let Err(e) = d.on_synced(done) {
                 break Err(e);
             }
+        }
+        if let Ok((zxid, result)) = snapshot_done.try_recv() {
+            d.on_snapshot_done(zxid, result);
         }
         // Timers too: under load some input is always ready, and the sleep
         // branch alone would never fire (heartbeats, check-quorum).
@@ -969,8 +982,15 @@ impl Driver {
         }
     }
 
+    /// Starts a local snapshot once enough entries were applied. The state
+    /// is cloned on the loop (keys and values are reference-counted `Bytes`,
+    /// so this copies the map's structure, not the data) and written and
+    /// synced on a thread of its own, so the loop keeps serving heartbeats.
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_every == 0 || self.applied_since_snapshot < self.snapshot_every {
+        if self.snapshot_every == 0
+            || self.applied_since_snapshot < self.snapshot_every
+            || self.snapshot_running
+        {
             return;
         }
         let zxid = self.kv.applied();
@@ -979,16 +999,29 @@ impl Driver {
             epoch: self.replica.hard_state().current_epoch,
             voters: self.replica.config().voters.clone(),
         };
-        let started = Instant::now();
-        let result = self
-            .snapshots
-            .create(&meta)
-            .and_then(|w| write_state_machine(&self.kv, w));
+        let copy = self.kv.clone();
+        let store = self.snapshots.clone();
+        let done = self.snapshot_done_tx.clone();
+        self.snapshot_running = true;
+        self.applied_since_snapshot = 0;
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = store
+                .create(&meta)
+                .and_then(|w| write_state_machine(&copy, w))
+                .map(|stored| (stored, started.elapsed()))
+                .map_err(|e| e.to_string());
+            let _ = done.send((zxid, result));
+        });
+    }
+
+    /// A snapshot thread finished: the log may now be cut up to its zxid.
+    fn on_snapshot_done(&mut self, zxid: Zxid, result: Result<(StoredSnapshot, Duration), String>) {
+        self.snapshot_running = false;
         match result {
-            Ok(stored) => {
-                self.applied_since_snapshot = 0;
+            Ok((stored, elapsed)) => {
                 self.replica.snapshot_taken(zxid);
-                tracing::info!(?zxid, bytes = stored.file_bytes, elapsed = ?started.elapsed(), "snapshot taken");
+                tracing::info!(?zxid, bytes = stored.file_bytes, ?elapsed, "snapshot taken");
                 if let Err(e) = self.snapshots.retain(2) {
                     tracing::warn!(error = %e, "old snapshots not removed");
                 }
