@@ -890,21 +890,24 @@ impl<S: Storage> Replica<S> {
         }
     }
 
-    fn history(&self) -> (Option<Zxid>, Vec<Zxid>) {
-        (self.log.index.first(), self.log.index.epoch_ends())
-    }
-
-    fn plan_for(&self, pos: FollowerPosition, force_snap: bool) -> SyncPlan {
-        let (first, ends) = self.history();
-        let h = LeaderHistory {
-            first_retained: first,
+    /// The leader's history as the planner sees it; `ends` must be
+    /// `self.log.index.epoch_ends()` (the caller owns the vector the view
+    /// borrows).
+    fn history<'a>(&self, ends: &'a [Zxid]) -> LeaderHistory<'a> {
+        LeaderHistory {
+            first_retained: self.log.index.first(),
             last: self.log.last(),
             committed: self.commit,
-            epoch_ends: &ends,
+            epoch_ends: ends,
             snapshot: self.snapshot,
             snapshot_bytes: None,
             log_bytes: None,
-        };
+        }
+    }
+
+    fn plan_for(&self, pos: FollowerPosition, force_snap: bool) -> SyncPlan {
+        let ends = self.log.index.epoch_ends();
+        let h = self.history(&ends);
         let base = self.log.base;
         if !force_snap {
             let p = self.planner.plan(pos, &h);
@@ -1299,16 +1302,8 @@ impl<S: Storage> Replica<S> {
     }
 
     fn serve_fetch(&mut self, to: NodeId, epoch: Epoch, pos: FollowerPosition) {
-        let (first, ends) = self.history();
-        let h = LeaderHistory {
-            first_retained: first,
-            last: self.log.last(),
-            committed: self.commit,
-            epoch_ends: &ends,
-            snapshot: self.snapshot,
-            snapshot_bytes: None,
-            log_bytes: None,
-        };
+        let ends = self.log.index.epoch_ends();
+        let h = self.history(&ends);
         let last_zxid = self.log.last();
         let (trunc_to, prev) = match plan::builtin(pos, &h, self.log.base, false) {
             SyncPlan::UpToDate => (None, last_zxid),
