@@ -200,6 +200,29 @@ fn kill_and_reap(child: &mut Child) -> Option<ExitStatus> {
 }
 
 /// The last bytes of a log file, for error messages (empty if unreadable).
+/// Stops every member of a cluster (SIGTERM, then SIGKILL) and reaps it;
+/// returns the first error after trying them all.
+pub(crate) fn stop_all(system: System, members: &mut [Member]) -> Result<(), CompareError> {
+    let mut first_error = None;
+    for member in members.iter_mut() {
+        if let Err(e) = member.stop() {
+            tracing::warn!(?system, member = member.name(), error = %e, "member did not stop cleanly");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The process ids of the running members.
+pub(crate) fn pids(members: &[Member]) -> Vec<u32> {
+    members.iter().filter_map(Member::pid).collect()
+}
+
+/// Each member's log file.
+pub(crate) fn logs(members: &[Member]) -> Vec<PathBuf> {
+    members.iter().map(|m| m.log_path().to_path_buf()).collect()
+}
+
 pub(crate) fn log_tail(path: &Path) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();

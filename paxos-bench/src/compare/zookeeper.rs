@@ -355,28 +355,19 @@ impl ZkEnsemble {
 
     /// Stops every server (SIGTERM, then SIGKILL after 5 s) and reaps it.
     pub fn stop(&mut self) -> Result<(), CompareError> {
-        let mut first_error = None;
-        for member in &mut self.members {
-            if let Err(e) = member.stop() {
-                tracing::warn!(member = member.name(), error = %e, "zookeeper server did not stop cleanly");
-                first_error.get_or_insert(e);
-            }
-        }
+        let result = process::stop_all(System::ZooKeeper, &mut self.members);
         tracing::info!(dir = %self.dir.display(), "zookeeper ensemble stopped");
-        first_error.map_or(Ok(()), Err)
+        result
     }
 
     /// The process ids of the running servers.
     pub fn pids(&self) -> Vec<u32> {
-        self.members.iter().filter_map(Member::pid).collect()
+        process::pids(&self.members)
     }
 
     /// Each server's log file.
     pub fn logs(&self) -> Vec<PathBuf> {
-        self.members
-            .iter()
-            .map(|m| m.log_path().to_path_buf())
-            .collect()
+        process::logs(&self.members)
     }
 }
 
