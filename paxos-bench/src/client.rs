@@ -217,7 +217,7 @@ impl Client {
             seq,
             op,
         };
-        match self.call(Request::Write(cmd)).await? {
+        match self.call(Request::Write(cmd.to_bytes())).await? {
             Response::Written(r) => {
                 match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
                     KvResult::StaleSequence { last } => Err(ClientError::Node(format!(

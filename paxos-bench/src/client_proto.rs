@@ -25,7 +25,10 @@ pub enum ReadMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// A replicated write (put, delete or compare-and-set).
-    Write(KvCommand),
+    ///
+    /// Carried as the encoded [`KvCommand`] (checked when decoded), so the
+    /// node proposes the very bytes it received, without re-encoding.
+    Write(Bytes),
     /// A read of one key.
     Get {
         /// The key.
@@ -110,7 +113,7 @@ impl Request {
         match self {
             Request::Write(cmd) => {
                 buf.put_u8(1);
-                cmd.encode(buf);
+                buf.put_slice(cmd);
             }
             Request::Get { key, mode } => {
                 buf.put_u8(2);
@@ -133,7 +136,11 @@ impl Request {
         }
         let id = src.get_u64_le();
         let req = match src.get_u8() {
-            1 => Request::Write(KvCommand::decode(src)?),
+            1 => {
+                // Validate; keep the zero-copy slice for the replicated log.
+                KvCommand::decode(src.clone())?;
+                Request::Write(src)
+            }
             2 => {
                 if src.remaining() < 1 {
                     return Err(ProtoError::Truncated);
@@ -257,13 +264,16 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split() {
         let mut buf = BytesMut::new();
-        let w = Request::Write(KvCommand {
-            client: 3,
-            seq: 9,
-            op: KvOp::Delete {
-                key: Bytes::from_static(b"k"),
-            },
-        });
+        let w = Request::Write(
+            KvCommand {
+                client: 3,
+                seq: 9,
+                op: KvOp::Delete {
+                    key: Bytes::from_static(b"k"),
+                },
+            }
+            .to_bytes(),
+        );
         w.encode_frame(1, &mut buf);
         Request::Get {
             key: Bytes::from_static(b"k"),
@@ -300,6 +310,17 @@ mod tests {
             )
         );
         assert!(next_frame(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_malformed_write_is_refused_at_decode() {
+        let mut buf = BytesMut::new();
+        Request::Write(Bytes::from_static(b"not a command")).encode_frame(7, &mut buf);
+        let frame = next_frame(&mut buf).unwrap().unwrap();
+        assert!(matches!(
+            Request::decode(frame),
+            Err(ProtoError::Command(_))
+        ));
     }
 
     #[test]

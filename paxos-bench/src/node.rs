@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::client_proto::{next_frame, ReadMode, Request, Response};
-use crate::kv::{KvCommand, KvStore};
+use crate::kv::KvStore;
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -554,12 +554,12 @@ impl Driver {
         }
     }
 
-    fn propose(&mut self, cmd: KvCommand, reply: Reply) {
+    /// Proposes an encoded command (checked by the client protocol decoder).
+    fn propose(&mut self, data: Bytes, reply: Reply) {
         if self.pending_writes.len() >= MAX_PENDING_WRITES {
             reply.send(Response::Error("retry: busy".into()));
             return;
         }
-        let data = cmd.to_bytes();
         match self.replica.propose(data.clone()) {
             Ok(zxid) => {
                 self.stats.proposals += 1;
