@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client_proto::{next_frame, ReadMode, Request, Response};
+use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
 use crate::kv::{KvCommand, KvOp, KvResult};
 
 /// A failed client call.
@@ -290,26 +290,10 @@ impl Client {
 
 /// Starts the writer and reader tasks of one connection.
 fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<(u64, Request)>(4096);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<(u64, Request)>(4096);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-    tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        while let Some((id, req)) = rx.recv().await {
-            req.encode_frame(id, &mut buf);
-            // Batch whatever else is already queued into the same write.
-            while buf.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok((id, req)) => req.encode_frame(id, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                break;
-            }
-            buf.clear();
-        }
-    });
+    tokio::spawn(write_frames(wr, rx));
     let reader_pending = pending.clone();
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_closed = closed.clone();

@@ -238,6 +238,48 @@ impl Response {
     }
 }
 
+/// A message that can be framed: [`Request`] or [`Response`].
+pub trait Frame {
+    /// Appends `u32 len | id | body` to `buf`.
+    fn encode_frame(&self, id: u64, buf: &mut BytesMut);
+}
+
+impl Frame for Request {
+    fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
+        Request::encode_frame(self, id, buf)
+    }
+}
+
+impl Frame for Response {
+    fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
+        Response::encode_frame(self, id, buf)
+    }
+}
+
+/// Writes the frames queued on `rx` to `wr` until either side closes,
+/// coalescing whatever is already queued (up to 256 KiB) into one write.
+pub async fn write_frames<F, W>(mut wr: W, mut rx: tokio::sync::mpsc::Receiver<(u64, F)>)
+where
+    F: Frame,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some((id, frame)) = rx.recv().await {
+        frame.encode_frame(id, &mut buf);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok((id, frame)) => frame.encode_frame(id, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+}
+
 /// Splits complete frames off the front of `buf`; `Err` on a frame over
 /// [`MAX_CLIENT_FRAME_BYTES`] (the connection should then be closed).
 pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {

@@ -35,11 +35,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::client_proto::{next_frame, ReadMode, Request, Response};
+use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
 use crate::kv::KvStore;
 
 /// Tag of a peer frame that carries a paxos-core envelope.
@@ -1118,24 +1118,9 @@ async fn accept_clients(listener: TcpListener, to_driver: mpsc::Sender<ClientMsg
 
 /// One client connection: frames in, requests to the driver, answers out.
 async fn serve_client(stream: TcpStream, to_driver: mpsc::Sender<ClientMsg>) {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<(u64, Response)>(8192);
-    let writer = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        while let Some((id, resp)) = rx.recv().await {
-            resp.encode_frame(id, &mut buf);
-            while buf.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok((id, resp)) => resp.encode_frame(id, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                break;
-            }
-            buf.clear();
-        }
-    });
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<(u64, Response)>(8192);
+    let writer = tokio::spawn(write_frames(wr, rx));
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'conn: loop {
         match rd.read_buf(&mut buf).await {
