@@ -56,6 +56,7 @@ mod etcd;
 mod process;
 mod zookeeper;
 
+use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -549,24 +550,73 @@ async fn run_etcd(opts: &CompareOptions, rows: &mut Vec<CompareRow>) -> Result<(
         base_port,
     )
     .await?;
-    let measured = async {
-        if !opts.warmup.is_zero() {
-            let load = load_for(opts, warmup_concurrency(opts), warmup_value(opts), opts.warmup);
-            let warm = bench_etcd(&cluster, &load).await?;
-            tracing::info!(system = %System::Etcd, writes = warm.ok, errors = warm.errors, "warm-up done");
-        }
-        for (value_bytes, concurrency) in grid(opts) {
-            let load = load_for(opts, concurrency, value_bytes, opts.duration);
-            let result = bench_etcd(&cluster, &load).await?;
-            let (verified, lost) = cluster.verify(sample(&result.acked, opts.verify_sample)).await?;
-            rows.push(row(System::Etcd, &load, result, verified, lost));
-        }
-        Ok::<(), CompareError>(())
-    }
-    .await;
+    let measured = measure(System::Etcd, opts, &cluster, rows).await;
     let stopped = cluster.stop();
     measured?;
     stopped
+}
+
+/// A running cluster of a system under comparison.
+trait Target {
+    /// Runs one write load.
+    async fn bench(&self, load: &WriteLoad) -> Result<LoadResult, CompareError>;
+    /// Reads back acknowledged writes: (checked, lost).
+    async fn verify_writes(
+        &self,
+        writes: Vec<&(Bytes, Bytes)>,
+    ) -> Result<(usize, usize), CompareError>;
+}
+
+impl Target for EtcdCluster {
+    async fn bench(&self, load: &WriteLoad) -> Result<LoadResult, CompareError> {
+        bench_etcd(self, load).await
+    }
+    async fn verify_writes(
+        &self,
+        writes: Vec<&(Bytes, Bytes)>,
+    ) -> Result<(usize, usize), CompareError> {
+        self.verify(writes.into_iter()).await
+    }
+}
+
+impl Target for ZkEnsemble {
+    async fn bench(&self, load: &WriteLoad) -> Result<LoadResult, CompareError> {
+        bench_zookeeper(self, load).await
+    }
+    async fn verify_writes(
+        &self,
+        writes: Vec<&(Bytes, Bytes)>,
+    ) -> Result<(usize, usize), CompareError> {
+        self.verify(writes.into_iter()).await
+    }
+}
+
+/// The warm-up, then every point of the grid with a read-back of a sample of
+/// its acknowledged writes; the same for every system.
+async fn measure<T: Target>(
+    system: System,
+    opts: &CompareOptions,
+    target: &T,
+    rows: &mut Vec<CompareRow>,
+) -> Result<(), CompareError> {
+    if !opts.warmup.is_zero() {
+        let load = load_for(
+            opts,
+            warmup_concurrency(opts),
+            warmup_value(opts),
+            opts.warmup,
+        );
+        let warm = target.bench(&load).await?;
+        tracing::info!(%system, writes = warm.ok, errors = warm.errors, "warm-up done");
+    }
+    for (value_bytes, concurrency) in grid(opts) {
+        let load = load_for(opts, concurrency, value_bytes, opts.duration);
+        let result = target.bench(&load).await?;
+        let writes: Vec<_> = sample(&result.acked, opts.verify_sample).collect();
+        let (verified, lost) = target.verify_writes(writes).await?;
+        rows.push(row(system, &load, result, verified, lost));
+    }
+    Ok(())
 }
 
 async fn run_zookeeper(
@@ -586,21 +636,7 @@ async fn run_zookeeper(
         base_port,
     )
     .await?;
-    let measured = async {
-        if !opts.warmup.is_zero() {
-            let load = load_for(opts, warmup_concurrency(opts), warmup_value(opts), opts.warmup);
-            let warm = bench_zookeeper(&ensemble, &load).await?;
-            tracing::info!(system = %System::ZooKeeper, writes = warm.ok, errors = warm.errors, "warm-up done");
-        }
-        for (value_bytes, concurrency) in grid(opts) {
-            let load = load_for(opts, concurrency, value_bytes, opts.duration);
-            let result = bench_zookeeper(&ensemble, &load).await?;
-            let (verified, lost) = ensemble.verify(sample(&result.acked, opts.verify_sample)).await?;
-            rows.push(row(System::ZooKeeper, &load, result, verified, lost));
-        }
-        Ok::<(), CompareError>(())
-    }
-    .await;
+    let measured = measure(System::ZooKeeper, opts, &ensemble, rows).await;
     let stopped = ensemble.stop();
     measured?;
     stopped
