@@ -31,6 +31,21 @@ pub enum WalError {
         #[source]
         source: io::Error,
     },
+    /// A positioned write into a segment file failed (EIO...). An append
+    /// that fails this way appends none of the records of that write and
+    /// leaves the log usable; a failed write while rolling to a new segment,
+    /// truncating or updating the end marker makes the handle fatal (as
+    /// [`WalError::SyncFailed`] does).
+    #[error("writing {path} at offset {offset} failed: {source}")]
+    WriteFailed {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the write started.
+        offset: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// An earlier flush failed; this handle refuses every further operation.
     #[error("log handle is fatal after an earlier flush failure ({reason}); reopen the log")]
     Poisoned {

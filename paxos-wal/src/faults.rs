@@ -1,4 +1,5 @@
-//! Fault injection for tests: make the Nth flush or segment creation fail.
+//! Fault injection for tests: make the Nth flush, write or segment creation
+//! fail.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,9 @@ pub enum FaultPoint {
     Flush,
     /// Creating or zero-filling a segment file (fails with ENOSPC).
     Create,
+    /// A positioned write of records, a header, a marker or zeros into a
+    /// segment file (fails with EIO).
+    Write,
 }
 
 /// A test seam: counts calls per [`FaultPoint`] and fails the chosen one.
@@ -21,6 +25,7 @@ pub enum FaultPoint {
 pub struct FaultPlan {
     flush_countdown: AtomicU64,
     create_countdown: AtomicU64,
+    write_countdown: AtomicU64,
 }
 
 impl FaultPlan {
@@ -34,10 +39,16 @@ impl FaultPlan {
         self.create_countdown.store(n, Ordering::SeqCst);
     }
 
+    /// Make the `n`th segment write from now fail with EIO. 0 disarms.
+    pub fn fail_write_in(&self, n: u64) {
+        self.write_countdown.store(n, Ordering::SeqCst);
+    }
+
     pub(crate) fn check(&self, point: FaultPoint) -> io::Result<()> {
         let (counter, errno) = match point {
             FaultPoint::Flush => (&self.flush_countdown, libc::EIO),
             FaultPoint::Create => (&self.create_countdown, libc::ENOSPC),
+            FaultPoint::Write => (&self.write_countdown, libc::EIO),
         };
         let fire = counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {

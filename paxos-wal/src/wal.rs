@@ -2,15 +2,16 @@
 //! recovery.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use memmap2::MmapMut;
-use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard};
+use memmap2::Mmap;
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::{io_err, WalError};
 use crate::faults::{self, FaultPlan, FaultPoint};
@@ -31,6 +32,14 @@ const LOCK_ATTEMPTS: u32 = 25;
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(20);
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 const POPULATE_QUEUE_MAX: usize = 4;
+/// Payloads up to this size are copied next to their record headers into
+/// one staging buffer; larger ones are written straight from the caller's
+/// slice (one `pwritev` either way).
+const INLINE_PAYLOAD_MAX: usize = 1024;
+/// Slices per `pwritev` call (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+/// Zeros for record padding and for zeroing ranges.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// How long a roll waits for the background preparer before zero-filling a
 /// segment itself.
 const SPARE_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -83,11 +92,11 @@ pub struct WalOptions {
     /// new one only when none is ready, so a log whose prefix is truncated
     /// runs on recycled files and writes no zeros.
     pub max_spare_segments: usize,
-    /// How far ahead of the writer the background thread pre-faults the
-    /// active segment for writing (`MADV_POPULATE_WRITE`), so appends take
-    /// no page faults; default 8 MiB, 0 disables. Needs
-    /// `prepare_in_background`. Pre-faulted pages count as dirty (with their
-    /// old contents) until written.
+    /// How far ahead of the writer the background thread reads the active
+    /// segment's pages into the page cache and maps them
+    /// (`MADV_POPULATE_READ`), so appends never wait for a read of a partly
+    /// written page and readers take no page faults; default 8 MiB, 0
+    /// disables. Needs `prepare_in_background`.
     pub prefault_ahead_bytes: usize,
     /// Fault injection for tests.
     #[doc(hidden)]
@@ -175,8 +184,12 @@ pub struct Record<'a> {
 struct Segment {
     id: u64,
     path: PathBuf,
-    file: File,
-    map: MmapMut,
+    /// Shared with an in-flight [`Wal::sync`], which flushes without the
+    /// log's lock.
+    file: Arc<File>,
+    /// Read-only: every byte is written with `pwrite` (see the crate docs on
+    /// the write path) and read back through this map. Shared like `file`.
+    map: Arc<Mmap>,
     header: SegmentHeader,
     first_key: Option<u64>,
     last_key: Option<u64>,
@@ -247,20 +260,46 @@ impl Segment {
         ))
     }
 
-    fn write_header(&mut self) {
-        self.map[..SEGMENT_HEADER_BYTES].copy_from_slice(&self.header.encode());
+    /// Write `bytes` at `off` through the file. The page cache is shared
+    /// with the map, so readers see the bytes at once.
+    fn write_at(
+        &self,
+        off: usize,
+        bytes: &[u8],
+        faults: Option<&FaultPlan>,
+    ) -> Result<(), WalError> {
+        debug_assert!(
+            off + bytes.len() <= self.len(),
+            "writes stay inside the segment"
+        );
+        faults::check(faults, FaultPoint::Write)
+            .and_then(|()| self.file.write_all_at(bytes, off as u64))
+            .map_err(|source| WalError::WriteFailed {
+                path: self.path.clone(),
+                offset: off as u64,
+                source,
+            })
     }
 
-    fn write_marker(&mut self, watermark: u64) {
+    fn write_header(&self, faults: Option<&FaultPlan>) -> Result<(), WalError> {
+        self.write_at(0, &self.header.encode(), faults)
+    }
+
+    /// Write the end marker (carrying `watermark`) at the write position.
+    fn write_marker(&mut self, watermark: u64, faults: Option<&FaultPlan>) -> Result<(), WalError> {
         let pos = self.write_pos;
         if pos + RECORD_HEADER_BYTES <= self.len() {
-            encode_marker(
-                &mut self.map[pos..pos + RECORD_HEADER_BYTES],
-                self.id,
-                watermark,
-            );
+            let mut marker = [0u8; RECORD_HEADER_BYTES];
+            encode_marker(&mut marker, self.id, watermark);
+            self.write_at(pos, &marker, faults)?;
             self.high_water = self.high_water.max(pos + RECORD_HEADER_BYTES);
         }
+        Ok(())
+    }
+
+    /// Zero `from..to` through the file.
+    fn zero(&self, from: usize, to: usize, faults: Option<&FaultPlan>) -> Result<(), WalError> {
+        zero_file_range(&self.file, &self.path, from, to, faults)
     }
 
     fn flush(
@@ -270,12 +309,39 @@ impl Segment {
         method: SyncMethod,
         faults: Option<&FaultPlan>,
     ) -> Result<(), WalError> {
-        let end = end.min(self.len());
-        if end <= start {
+        self.flush_job(start, end).run(method, faults)
+    }
+
+    /// What flushing `start..end` of this segment needs, detached from the
+    /// log's lock.
+    fn flush_job(&self, start: usize, end: usize) -> FlushJob {
+        FlushJob {
+            file: Arc::clone(&self.file),
+            map: Arc::clone(&self.map),
+            path: self.path.clone(),
+            start,
+            end: end.min(self.len()),
+        }
+    }
+}
+
+/// A flush of one segment's dirty range, run by [`Wal::sync`] without the
+/// log's lock.
+struct FlushJob {
+    file: Arc<File>,
+    map: Arc<Mmap>,
+    path: PathBuf,
+    start: usize,
+    end: usize,
+}
+
+impl FlushJob {
+    fn run(&self, method: SyncMethod, faults: Option<&FaultPlan>) -> Result<(), WalError> {
+        if self.end <= self.start {
             return Ok(());
         }
         let r = faults::check(faults, FaultPoint::Flush).and_then(|()| match method {
-            SyncMethod::MsyncRange => self.map.flush_range(start, end - start),
+            SyncMethod::MsyncRange => msync_range(&self.map, self.start, self.end),
             SyncMethod::Fdatasync => self.file.sync_data(),
         });
         r.map_err(|source| WalError::SyncFailed {
@@ -295,6 +361,8 @@ struct Inner {
     /// The end marker holds a watermark newer than what is on disk.
     marker_unflushed: bool,
     poisoned: Option<String>,
+    /// Staging buffers of the last batch, kept for reuse.
+    scratch: (Vec<u8>, Vec<(u64, usize, u32)>),
 }
 
 impl Inner {
@@ -362,7 +430,7 @@ struct SpareState {
     ready: Vec<PathBuf>,
     /// Pending pre-fault jobs, oldest first (bounded by POPULATE_QUEUE_MAX).
     populate: std::collections::VecDeque<PopulateJob>,
-    /// MADV_POPULATE_WRITE is unsupported here: stop asking.
+    /// MADV_POPULATE_READ is unsupported here: stop asking.
     populate_unsupported: bool,
     busy: bool,
     shutdown: bool,
@@ -371,21 +439,20 @@ struct SpareState {
     next_spare_no: u64,
 }
 
-/// Fault the pages of `job` in for writing (`MADV_POPULATE_WRITE`), so the
-/// writer's copies into them take no page faults. This only installs page
-/// table entries and marks the pages dirty with their current contents (the
-/// kernel may write those unchanged bytes back early, which is harmless);
-/// it never changes memory contents.
-fn populate_write(job: PopulateJob) -> io::Result<()> {
-    // SAFETY: madvise does not read or write the bytes of the range; if the
-    // range was unmapped meanwhile the call fails (EFAULT/ENOMEM) or, were
-    // the addresses reused, faults in pages of another mapping without
-    // changing their contents.
+/// Bring the pages of `job` into the page cache and map them
+/// (`MADV_POPULATE_READ`) ahead of the writer, so that its positioned writes
+/// of partial pages never wait for a read from disk, and readers of fresh
+/// records take no page faults. It never changes file or memory contents.
+fn populate_read(job: PopulateJob) -> io::Result<()> {
+    // SAFETY: madvise does not write the bytes of the range; if the range was
+    // unmapped meanwhile the call fails (EFAULT/ENOMEM) or, were the
+    // addresses reused, faults in pages of another mapping without changing
+    // their contents.
     let rc = unsafe {
         libc::madvise(
             job.addr as *mut libc::c_void,
             job.len,
-            libc::MADV_POPULATE_WRITE,
+            libc::MADV_POPULATE_READ,
         )
     };
     if rc == 0 {
@@ -397,6 +464,193 @@ fn populate_write(job: PopulateJob) -> io::Result<()> {
         Some(libc::EINVAL) | Some(libc::EPERM) => Err(e),
         // Unmapped meanwhile, out of memory, or a signal: skip this job.
         _ => Ok(()),
+    }
+}
+
+/// `msync(MS_SYNC)` of the pages holding `start..end` of a mapped segment.
+/// The map is read-only, but `msync` of a shared mapping writes back the
+/// file's dirty pages in the range however they were dirtied.
+/// Flush jobs for every dirty byte from `from` (segment id, offset) on.
+fn flush_jobs(g: &Inner, from: (u64, usize)) -> Vec<FlushJob> {
+    g.segments
+        .iter()
+        .filter(|s| s.id >= from.0)
+        .map(|s| {
+            let start = if s.id == from.0 { from.1 } else { 0 };
+            s.flush_job(start, s.high_water)
+        })
+        .collect()
+}
+
+fn msync_range(map: &Mmap, start: usize, end: usize) -> io::Result<()> {
+    debug_assert!(
+        start < end && end <= map.len(),
+        "msync range inside the map"
+    );
+    // The map starts on a page boundary; 4 KiB divides every page size.
+    let page = page_size();
+    let from = start - start % page;
+    // SAFETY: `from..end` lies inside the live mapping, and `from` is page
+    // aligned as msync requires; msync reads no memory of ours.
+    let rc = unsafe {
+        libc::msync(
+            map.as_ptr().add(from) as *mut libc::c_void,
+            end - from,
+            libc::MS_SYNC,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// Zero `from..to` of a segment file with positioned writes.
+fn zero_file_range(
+    file: &File,
+    path: &Path,
+    from: usize,
+    to: usize,
+    faults: Option<&FaultPlan>,
+) -> Result<(), WalError> {
+    let mut off = from;
+    // Bounded: each step zeroes up to ZEROS.len() bytes of a finite range.
+    while off < to {
+        let n = (to - off).min(ZEROS.len());
+        faults::check(faults, FaultPoint::Write)
+            .and_then(|()| file.write_all_at(&ZEROS[..n], off as u64))
+            .map_err(|source| WalError::WriteFailed {
+                path: path.to_path_buf(),
+                offset: off as u64,
+                source,
+            })?;
+        off += n;
+    }
+    Ok(())
+}
+
+/// `pwritev` all of `slices` at `offset`, resuming after short writes.
+fn pwritev_all(file: &File, mut slices: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    // Bounded: every pass writes at least one byte of a finite total.
+    while !slices.is_empty() {
+        let n = slices.len().min(MAX_IOVECS);
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix, the slices
+        // borrow live memory for the duration of the call, and `n` is at
+        // most their count.
+        let rc = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                slices.as_ptr().cast::<libc::iovec>(),
+                n as libc::c_int,
+                off,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        offset += rc as u64;
+        IoSlice::advance_slices(&mut slices, rc as usize);
+    }
+    Ok(())
+}
+
+/// One piece of a batch write: a stretch of the staging buffer, or a
+/// payload borrowed from the caller.
+enum Part<'p> {
+    Staged(usize, usize),
+    Borrowed(&'p [u8]),
+}
+
+/// Records encoded for one positioned write at the end of the active
+/// segment: headers (and small payloads, padding and the end marker) in a
+/// staging buffer, large payloads borrowed, so no payload is copied twice.
+struct Batch<'p> {
+    buf: Vec<u8>,
+    parts: Vec<Part<'p>>,
+    /// Per record: key, offset in the segment, CRC.
+    records: Vec<(u64, usize, u32)>,
+    /// Offset of the batch in the segment (the segment's write position).
+    start: usize,
+    /// Aligned bytes of the records (not counting the marker).
+    len: usize,
+    /// The segment was emptied and gets a header for this first key.
+    header_first_key: Option<u64>,
+}
+
+impl<'p> Batch<'p> {
+    fn new(scratch: (Vec<u8>, Vec<(u64, usize, u32)>), start: usize) -> Batch<'p> {
+        let (mut buf, mut records) = scratch;
+        buf.clear();
+        records.clear();
+        Batch {
+            buf,
+            parts: Vec::new(),
+            records,
+            start,
+            len: 0,
+            header_first_key: None,
+        }
+    }
+
+    fn restart(&mut self, start: usize) {
+        self.buf.clear();
+        self.parts.clear();
+        self.records.clear();
+        self.start = start;
+        self.len = 0;
+        self.header_first_key = None;
+    }
+
+    fn push_staged(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let s = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        let e = self.buf.len();
+        match self.parts.last_mut() {
+            Some(Part::Staged(_, end)) if *end == s => *end = e,
+            _ => self.parts.push(Part::Staged(s, e)),
+        }
+    }
+
+    /// Encode one record after the ones already staged.
+    fn stage(&mut self, segment_id: u64, key: u64, watermark: u64, payload: &'p [u8]) {
+        let len = RECORD_HEADER_BYTES + payload.len();
+        let size = align_up(len);
+        let off = self.start + self.len;
+        let crc = record_crc(segment_id, len as u32, key, watermark, payload);
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        encode_record_header(&mut header, len as u32, crc, key, watermark);
+        self.push_staged(&header);
+        if payload.len() <= INLINE_PAYLOAD_MAX {
+            self.push_staged(payload);
+        } else {
+            self.parts.push(Part::Borrowed(payload));
+        }
+        self.push_staged(&ZEROS[..size - len]);
+        self.records.push((key, off, crc));
+        self.len += size;
+    }
+
+    fn into_scratch(self) -> (Vec<u8>, Vec<(u64, usize, u32)>) {
+        (self.buf, self.records)
     }
 }
 
@@ -454,7 +708,7 @@ impl SpareCtx {
                 return;
             }
             if let Some(job) = st.populate.pop_front() {
-                let r = parking_lot::MutexGuard::unlocked(&mut st, || populate_write(job));
+                let r = parking_lot::MutexGuard::unlocked(&mut st, || populate_read(job));
                 if r.is_err() {
                     st.populate_unsupported = true;
                     st.populate.clear();
@@ -510,6 +764,10 @@ pub struct Wal {
     faults: Option<Arc<FaultPlan>>,
     spares: Arc<SpareCtx>,
     preparer: Option<JoinHandle<()>>,
+    /// Serializes flushes: [`Wal::sync`] flushes outside `inner`, and the
+    /// durable key may only advance over a range no other flush still owns.
+    /// Lock order: `sync_lock`, then `inner`.
+    sync_lock: Mutex<()>,
     inner: RwLock<Inner>,
 }
 
@@ -584,7 +842,7 @@ struct Found {
     id: u64,
     path: PathBuf,
     file: File,
-    map: Option<MmapMut>,
+    map: Option<Mmap>,
     scan: SegmentScan,
 }
 
@@ -696,7 +954,7 @@ impl Wal {
             let map = if len as usize >= SEGMENT_HEADER_BYTES {
                 // SAFETY: the directory is locked, so no other handle of this
                 // crate changes the file, and it is never shrunk while mapped.
-                Some(unsafe { MmapMut::map_mut(&file) }.map_err(io_err("map segment", &path))?)
+                Some(unsafe { Mmap::map(&file) }.map_err(io_err("map segment", &path))?)
             } else {
                 None
             };
@@ -824,12 +1082,12 @@ impl Wal {
                 let end = (b.offset + RECORD_HEADER_BYTES)
                     .max(f.scan.beyond_end_offset)
                     .min(len);
-                if let Some(map) = f.map.as_mut() {
+                if let Some(map) = f.map.as_ref() {
                     if end > b.offset {
-                        map[b.offset..end].fill(0);
+                        zero_file_range(&f.file, &f.path, b.offset, end, faults.as_deref())?;
                         bytes_zeroed = (end - b.offset) as u64;
                         faults::check(faults.as_deref(), FaultPoint::Flush)
-                            .and_then(|()| map.flush_range(b.offset, end - b.offset))
+                            .and_then(|()| msync_range(map, b.offset, end))
                             .map_err(|source| WalError::SyncFailed {
                                 path: f.path.clone(),
                                 source,
@@ -891,6 +1149,7 @@ impl Wal {
             faults,
             spares,
             preparer: None,
+            sync_lock: Mutex::new(()),
             inner: RwLock::new(Inner {
                 segments: Vec::new(),
                 next_segment_id: max_id_seen.map_or(0, |m| m + 1),
@@ -899,6 +1158,7 @@ impl Wal {
                 dirty_from: None,
                 marker_unflushed: false,
                 poisoned: None,
+                scratch: (Vec::new(), Vec::new()),
             }),
         };
         let had_removals = !removed.is_empty();
@@ -946,8 +1206,8 @@ impl Wal {
             segments.push(Segment {
                 id,
                 path,
-                file,
-                map,
+                file: Arc::new(file),
+                map: Arc::new(map),
                 header,
                 first_key: scan.first_key,
                 last_key: scan.last_key,
@@ -971,7 +1231,7 @@ impl Wal {
             let wm = g.durable_key.unwrap_or(0);
             if let Some(seg) = g.segments.last_mut() {
                 let pos = seg.write_pos;
-                seg.write_marker(wm);
+                seg.write_marker(wm, wal.faults.as_deref())?;
                 seg.flush(
                     pos,
                     pos + RECORD_HEADER_BYTES,
@@ -1062,7 +1322,7 @@ impl Wal {
             .open(&path)
             .and_then(|file| {
                 // SAFETY: the directory is locked, and segment files are never shrunk.
-                let map = unsafe { MmapMut::map_mut(&file) }?;
+                let map = unsafe { Mmap::map(&file) }?;
                 if map.len() as u64 != self.segment_bytes {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -1100,8 +1360,8 @@ impl Wal {
         let mut seg = Segment {
             id,
             path,
-            file,
-            map,
+            file: Arc::new(file),
+            map: Arc::new(map),
             header,
             first_key: None,
             last_key: None,
@@ -1112,15 +1372,24 @@ impl Wal {
             last_indexed: None,
             populated_to: 0,
         };
-        seg.write_header();
+        let faults = self.faults.as_deref();
         let wm = g.durable_key.unwrap_or(0);
-        seg.write_marker(wm);
+        let mut written = seg
+            .write_header(faults)
+            .and_then(|()| seg.write_marker(wm, faults));
         // End the previous segment's data explicitly: a recycled file holds
         // old bytes after it.
-        if let Some(prev) = g.segments.last_mut() {
+        if let (Ok(()), Some(prev)) = (&written, g.segments.last_mut()) {
             let (pid, pos) = (prev.id, prev.write_pos);
-            prev.write_marker(wm);
+            written = prev.write_marker(wm, faults);
             g.mark_dirty(pid, pos);
+        }
+        if let Err(e) = written {
+            // The new file is in the directory with a partial start; a reopen
+            // cuts it as a torn tail.
+            tracing::error!(error = %e, segment = id, "writing a new segment's start failed; handle is fatal");
+            g.poisoned = Some(e.to_string());
+            return Err(e);
         }
         g.mark_dirty(id, 0);
         tracing::info!(segment = id, first_key, path = %seg.path.display(), "segment rolled");
@@ -1132,12 +1401,15 @@ impl Wal {
         Ok(())
     }
 
-    fn append_locked(&self, g: &mut Inner, key: u64, payload: &[u8]) -> Result<(), WalError> {
-        if key == 0 || g.last_key.is_some_and(|l| key <= l) {
-            return Err(WalError::KeyNotIncreasing {
-                key,
-                last_key: g.last_key,
-            });
+    /// Check one record against the log's rules before staging it.
+    fn check_record(
+        &self,
+        last_key: Option<u64>,
+        key: u64,
+        payload: &[u8],
+    ) -> Result<(), WalError> {
+        if key == 0 || last_key.is_some_and(|l| key <= l) {
+            return Err(WalError::KeyNotIncreasing { key, last_key });
         }
         if payload.len() > self.max_payload {
             return Err(WalError::PayloadTooLarge {
@@ -1145,49 +1417,101 @@ impl Wal {
                 max: self.max_payload,
             });
         }
-        let len = RECORD_HEADER_BYTES + payload.len();
-        let size = align_up(len);
-        let fits = g
-            .segments
-            .last()
-            .is_some_and(|s| s.write_pos + size <= s.len());
-        if !fits {
-            self.roll(g, key)?;
-        }
+        Ok(())
+    }
+
+    /// Write a staged batch (its records and a fresh end marker, in one
+    /// `pwritev`) at the write position of the active segment and, once it is
+    /// written, make its records part of the log. On a failed write nothing
+    /// of the batch is appended.
+    fn write_batch(&self, g: &mut Inner, batch: &mut Batch<'_>) -> Result<(), WalError> {
+        let (Some(&(first_key, _, _)), Some(&(last_key, _, last_crc))) =
+            (batch.records.first(), batch.records.last())
+        else {
+            return Ok(());
+        };
+        let faults = self.faults.as_deref();
         let wm = g.durable_key.unwrap_or(0);
         let last = g.segments.len() - 1;
         let seg = &mut g.segments[last];
-        assert!(
-            seg.write_pos + size <= seg.len(),
-            "a record of at most max_payload fits an empty segment"
+        assert_eq!(
+            seg.write_pos, batch.start,
+            "a batch is staged at the active segment's write position"
         );
-        let mut dirty_off = seg.write_pos;
-        if seg.first_key.is_none() && seg.header.first_key != key {
-            // An emptied segment gets the header for its new first record.
-            seg.header.first_key = key;
-            seg.write_header();
-            dirty_off = 0;
-        }
-        let off = seg.write_pos;
-        let crc = record_crc(seg.id, len as u32, key, wm, payload);
-        let dst = &mut seg.map[off..off + size];
-        encode_record_header(&mut dst[..RECORD_HEADER_BYTES], len as u32, crc, key, wm);
-        dst[RECORD_HEADER_BYTES..len].copy_from_slice(payload);
-        dst[len..].fill(0);
-        if seg
-            .last_indexed
-            .is_none_or(|l| off >= l + INDEX_STRIDE_BYTES)
-        {
-            seg.index.push((key, off as u32));
-            seg.last_indexed = Some(off);
-        }
-        seg.first_key.get_or_insert(key);
-        seg.last_key = Some(key);
-        seg.last_crc = Some(crc);
-        seg.write_pos = off + size;
-        seg.high_water = seg.high_water.max(seg.write_pos);
+        let mut dirty_off = batch.start;
+        let mut fatal = None;
+        let written = (|| {
+            if let Some(first) = batch.header_first_key {
+                // An emptied segment gets the header for its new first record.
+                seg.header.first_key = first;
+                if let Err(e) = seg.write_header(faults) {
+                    fatal = Some(e.to_string());
+                    return Err(e);
+                }
+                dirty_off = 0;
+            }
+            let end = batch.start + batch.len;
+            if end + RECORD_HEADER_BYTES <= seg.len() {
+                let mut marker = [0u8; RECORD_HEADER_BYTES];
+                encode_marker(&mut marker, seg.id, wm);
+                batch.push_staged(&marker);
+            }
+            let mut slices: Vec<IoSlice<'_>> = batch
+                .parts
+                .iter()
+                .map(|p| match *p {
+                    Part::Staged(s, e) => IoSlice::new(&batch.buf[s..e]),
+                    Part::Borrowed(b) => IoSlice::new(b),
+                })
+                .collect();
+            let r = faults::check(faults, FaultPoint::Write)
+                .and_then(|()| pwritev_all(&seg.file, &mut slices, batch.start as u64));
+            if let Err(source) = r {
+                // The write may have overwritten the end marker: put it back,
+                // so the log in the file still ends at the write position.
+                if let Err(e) = seg.write_marker(wm, faults) {
+                    fatal = Some(e.to_string());
+                }
+                return Err(WalError::WriteFailed {
+                    path: seg.path.clone(),
+                    offset: batch.start as u64,
+                    source,
+                });
+            }
+            Ok(())
+        })();
         let id = seg.id;
-        g.last_key = Some(key);
+        if dirty_off == 0 {
+            g.mark_dirty(id, 0);
+        }
+        if let Err(e) = written {
+            if let Some(reason) = fatal {
+                tracing::error!(error = %reason, "wal write failed; handle is fatal");
+                g.poisoned = Some(reason);
+            }
+            batch.restart(batch.start);
+            return Err(e);
+        }
+        let seg = &mut g.segments[last];
+        for &(key, off, _) in &batch.records {
+            if seg
+                .last_indexed
+                .is_none_or(|l| off >= l + INDEX_STRIDE_BYTES)
+            {
+                // Offsets fit u32: segment sizes are capped well below 4 GiB.
+                seg.index.push((key, off as u32));
+                seg.last_indexed = Some(off);
+            }
+        }
+        seg.first_key.get_or_insert(first_key);
+        seg.last_key = Some(last_key);
+        seg.last_crc = Some(last_crc);
+        seg.write_pos = batch.start + batch.len;
+        let marker_end = (seg.write_pos + RECORD_HEADER_BYTES).min(seg.len());
+        seg.high_water = seg.high_water.max(marker_end);
+        self.maybe_populate(seg);
+        batch.restart(seg.write_pos);
+        g.last_key = Some(last_key);
         g.mark_dirty(id, dirty_off);
         Ok(())
     }
@@ -1225,59 +1549,80 @@ impl Wal {
         self.spares.cv.notify_all();
     }
 
-    fn finish_append(&self, g: &mut Inner) {
-        let wm = g.durable_key.unwrap_or(0);
-        if let Some(seg) = g.segments.last_mut() {
-            seg.write_marker(wm);
-            self.maybe_populate(seg);
-        }
-    }
-
-    /// Append one record. Copies into the mapped segment; durable only after
-    /// the next [`sync`](Self::sync) returns.
+    /// Append one record, written into the segment file's page cache; durable
+    /// only after the next [`sync`](Self::sync) returns.
     ///
     /// Errors: the key is 0 or not above [`last_key`](Self::last_key), the
     /// payload is over the maximum, a new segment cannot be created (e.g.
-    /// ENOSPC: the log is unchanged), or the handle is fatal.
+    /// ENOSPC: the log is unchanged), a write fails, or the handle is fatal.
     pub fn append(&self, key: u64, payload: &[u8]) -> Result<(), WalError> {
-        let mut g = self.inner.write();
-        g.check_poison()?;
-        let r = self.append_locked(&mut g, key, payload);
-        self.finish_append(&mut g);
-        r
+        self.append_batch(std::iter::once((key, payload)))
+            .map(|_| ())
     }
 
-    /// Append records in order, under one lock acquisition. On error, the
-    /// records before the failing one stay appended; the count appended is
-    /// returned on success.
+    /// Append records in order, under one lock acquisition and with one
+    /// positioned write per segment touched (group the records of a batch
+    /// here rather than appending them one by one). On error, the records
+    /// before the failing one may stay appended ([`last_key`](Self::last_key)
+    /// tells); the count appended is returned on success.
     pub fn append_batch<'p, I>(&self, records: I) -> Result<usize, WalError>
     where
         I: IntoIterator<Item = (u64, &'p [u8])>,
     {
         let mut g = self.inner.write();
         g.check_poison()?;
+        let start = g.segments.last().map_or(0, |s| s.write_pos);
+        let scratch = std::mem::take(&mut g.scratch);
+        let mut batch = Batch::new(scratch, start);
+        let wm = g.durable_key.unwrap_or(0);
+        let mut last_key = g.last_key;
         let mut n = 0;
         let mut result = Ok(());
         for (key, payload) in records {
-            if let Err(e) = self.append_locked(&mut g, key, payload) {
+            if let Err(e) = self.check_record(last_key, key, payload) {
                 result = Err(e);
                 break;
             }
+            let size = align_up(RECORD_HEADER_BYTES + payload.len());
+            let fits = g
+                .segments
+                .last()
+                .is_some_and(|s| batch.start + batch.len + size <= s.len());
+            if !fits {
+                // Finish the active segment with what is staged, then roll.
+                if let Err(e) = self.write_batch(&mut g, &mut batch) {
+                    result = Err(e);
+                    break;
+                }
+                if let Err(e) = self.roll(&mut g, key) {
+                    result = Err(e);
+                    break;
+                }
+                let start = g.segments.last().map_or(0, |s| s.write_pos);
+                batch.restart(start);
+            }
+            let last = g.segments.len() - 1;
+            let seg = &g.segments[last];
+            assert!(
+                batch.start + batch.len + size <= seg.len(),
+                "a record of at most max_payload fits an empty segment"
+            );
+            if batch.records.is_empty() && seg.first_key.is_none() && seg.header.first_key != key {
+                batch.header_first_key = Some(key);
+            }
+            batch.stage(seg.id, key, wm, payload);
+            last_key = Some(key);
             n += 1;
         }
-        self.finish_append(&mut g);
+        let written = self.write_batch(&mut g, &mut batch);
+        g.scratch = batch.into_scratch();
+        written?;
         result.map(|()| n)
     }
 
     fn flush_dirty(&self, g: &Inner, from: (u64, usize)) -> Result<(), WalError> {
-        for seg in g.segments.iter().filter(|s| s.id >= from.0) {
-            let start = if seg.id == from.0 { from.1 } else { 0 };
-            seg.flush(
-                start,
-                seg.high_water,
-                self.sync_method,
-                self.faults.as_deref(),
-            )?;
+        for job in flush_jobs(g, from) {
+            job.run(self.sync_method, self.faults.as_deref())?;
         }
         Ok(())
     }
@@ -1285,31 +1630,43 @@ impl Wal {
     /// Make everything appended so far durable with one flush of the dirty
     /// range (group commit), and return the highest durable key.
     ///
+    /// The flush runs without the log's lock: appends (and readers) go on
+    /// while it waits for the disk, and land in the next sync's range. Syncs
+    /// are serialized with each other (and with
+    /// [`truncate_suffix`](Self::truncate_suffix)).
+    ///
     /// A flush error is fatal for this handle ([`WalError::SyncFailed`], then
     /// [`WalError::Poisoned`]): reopen the log, which recovers its last
     /// durable state.
     pub fn sync(&self) -> Result<Option<u64>, WalError> {
-        let g = self.inner.upgradable_read();
-        g.check_poison()?;
-        let Some(from) = g.dirty_from else {
-            return Ok(g.durable_key);
+        let _serial = self.sync_lock.lock();
+        let (jobs, target) = {
+            let mut g = self.inner.write();
+            g.check_poison()?;
+            let Some(from) = g.dirty_from.take() else {
+                return Ok(g.durable_key);
+            };
+            (flush_jobs(&g, from), g.last_key)
         };
-        let target = g.last_key;
-        let r = self.flush_dirty(&g, from);
-        let mut g = RwLockUpgradableReadGuard::upgrade(g);
+        let r = jobs
+            .iter()
+            .try_for_each(|j| j.run(self.sync_method, self.faults.as_deref()));
+        let mut g = self.inner.write();
         if let Err(e) = r {
             tracing::error!(error = %e, "wal flush failed; handle is fatal");
             g.poisoned = Some(e.to_string());
             return Err(e);
         }
-        g.dirty_from = None;
+        debug_assert!(
+            g.durable_key <= target,
+            "only syncs advance durable_key, and they are serialized"
+        );
         g.durable_key = target;
-        // Record the new watermark in the end marker; it reaches the disk
-        // with the next flush (or at close), proving this batch durable.
-        let wm = target.unwrap_or(0);
-        if let Some(seg) = g.segments.last_mut() {
-            seg.write_marker(wm);
-        }
+        // The new watermark reaches the file with the next batch (its records
+        // and end marker carry it) and the disk with the next flush, or with
+        // the end marker written at close; either proves this batch durable
+        // to a later recovery. Writing the marker here would cost a write
+        // per sync for nothing: the next batch overwrites it.
         g.marker_unflushed = true;
         Ok(target)
     }
@@ -1352,6 +1709,7 @@ impl Wal {
     /// everything is flushed, so no crash can bring a removed record back.
     /// On return everything left in the log is durable.
     pub fn truncate_suffix(&self, key: u64) -> Result<(), WalError> {
+        let _serial = self.sync_lock.lock();
         let mut g = self.inner.write();
         g.check_poison()?;
         if g.last_key.is_none_or(|l| l <= key) {
@@ -1359,7 +1717,10 @@ impl Wal {
         }
         let r = self.truncate_suffix_locked(&mut g, key);
         if let Err(e) = &r {
-            if matches!(e, WalError::SyncFailed { .. }) {
+            if matches!(
+                e,
+                WalError::SyncFailed { .. } | WalError::WriteFailed { .. }
+            ) {
                 g.poisoned = Some(e.to_string());
             }
         }
@@ -1406,7 +1767,7 @@ impl Wal {
             off += align_up(h.len as usize);
         }
         let zero_end = seg.high_water.max(cut + RECORD_HEADER_BYTES).min(seg.len());
-        seg.map[cut..zero_end].fill(0);
+        seg.zero(cut, zero_end, self.faults.as_deref())?;
         seg.index.truncate(i);
         seg.last_indexed = seg.index.last().map(|&(_, o)| o as usize);
         seg.write_pos = cut;
@@ -1430,10 +1791,6 @@ impl Wal {
         seg.high_water = cut;
         g.dirty_from = None;
         g.durable_key = new_last;
-        let wm = new_last.unwrap_or(0);
-        if let Some(seg) = g.segments.last_mut() {
-            seg.write_marker(wm);
-        }
         g.marker_unflushed = true;
         tracing::info!(key, removed_segments = removed, last_key = ?new_last, "suffix truncated");
         Ok(())
@@ -1494,13 +1851,16 @@ impl Wal {
     }
 
     fn flush_marker(&self) -> Result<(), WalError> {
+        let _serial = self.sync_lock.lock();
         let mut g = self.inner.write();
         g.check_poison()?;
         if !g.marker_unflushed {
             return Ok(());
         }
-        if let Some(seg) = g.segments.last() {
+        let wm = g.durable_key.unwrap_or(0);
+        if let Some(seg) = g.segments.last_mut() {
             let pos = seg.write_pos;
+            seg.write_marker(wm, self.faults.as_deref())?;
             seg.flush(
                 pos,
                 pos + RECORD_HEADER_BYTES,

@@ -1,6 +1,9 @@
 //! Crash test: a child process (this test binary, re-run with an environment
 //! variable) appends and syncs in a loop, printing each durable key; the
 //! parent kills it with SIGKILL at random moments and checks every reopen.
+//! Every other round the child appends on one thread while another syncs,
+//! so flushes run concurrently with appends (sync releases the log's lock
+//! while it waits for the disk).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -11,6 +14,7 @@ use paxos_wal::{Wal, WalOptions};
 use crate::payload_for;
 
 const CHILD_ENV: &str = "PAXOS_WAL_CRASH_CHILD_DIR";
+const CONCURRENT_ENV: &str = "PAXOS_WAL_CRASH_CHILD_CONCURRENT";
 const ROUNDS: usize = 24;
 
 fn opts() -> WalOptions {
@@ -30,6 +34,10 @@ fn crash_child() {
         return;
     };
     let (wal, _) = Wal::open(&dir, opts()).unwrap();
+    if std::env::var_os(CONCURRENT_ENV).is_some() {
+        concurrent_child(wal);
+        return;
+    }
     let mut next = wal.last_key().unwrap_or(0) + 1;
     let mut rng = next.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let stdout = std::io::stdout();
@@ -51,6 +59,49 @@ fn crash_child() {
             wal.truncate_prefix(durable.saturating_sub(500)).unwrap();
         }
     }
+}
+
+/// One thread appends batches, the other syncs and reports; both stop at a
+/// deadline (the parent normally kills them long before).
+fn concurrent_child(wal: Wal) {
+    let wal = std::sync::Arc::new(wal);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (wal, stop) = (std::sync::Arc::clone(&wal), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut next = wal.last_key().unwrap_or(0) + 1;
+            let mut rng = next.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch = 1 + xorshift(&mut rng) % 24;
+                let payloads: Vec<(u64, Vec<u8>)> =
+                    (next..next + batch).map(|k| (k, payload_for(k))).collect();
+                wal.append_batch(payloads.iter().map(|(k, p)| (*k, &p[..])))
+                    .unwrap();
+                next += batch;
+                std::thread::yield_now();
+            }
+        })
+    };
+    let stdout = std::io::stdout();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rounds = 0u64;
+    let mut last_durable = None;
+    while Instant::now() < deadline {
+        let durable = wal.sync().unwrap();
+        assert!(durable >= last_durable, "the durable key never goes back");
+        last_durable = durable;
+        if let Some(d) = durable {
+            let mut out = stdout.lock();
+            writeln!(out, "D {d}").unwrap();
+            out.flush().unwrap();
+            rounds += 1;
+            if rounds % 16 == 0 {
+                wal.truncate_prefix(d.saturating_sub(500)).unwrap();
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.join().unwrap();
 }
 
 fn xorshift(s: &mut u64) -> u64 {
@@ -82,6 +133,7 @@ fn sigkill_at_random_moments() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, dir.path())
+            .envs((round % 2 == 1).then_some((CONCURRENT_ENV, "1")))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -149,3 +149,93 @@ fn failed_directory_sync_on_roll_is_fatal() {
     let (wal, _) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
     assert_eq!(wal.get(1).unwrap().as_deref(), Some(&b"one"[..]));
 }
+
+#[test]
+fn failed_record_write_appends_nothing_and_leaves_log_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(FaultPlan::default());
+    let (wal, _) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    for k in 1..=20 {
+        wal.append(k, &payload_for(k)).unwrap();
+    }
+    assert_eq!(wal.sync().unwrap(), Some(20));
+    plan.fail_write_in(1);
+    let batch: Vec<(u64, Vec<u8>)> = (21..=25).map(|k| (k, payload_for(k))).collect();
+    let e = wal
+        .append_batch(batch.iter().map(|(k, p)| (*k, &p[..])))
+        .unwrap_err();
+    assert!(matches!(e, WalError::WriteFailed { .. }), "{e}");
+    assert!(!wal.is_poisoned(), "a failed record write is not fatal");
+    assert_eq!(
+        wal.last_key(),
+        Some(20),
+        "none of the failed batch appended"
+    );
+    assert_eq!(wal.get(21).unwrap(), None);
+    // The same keys go in on the next try, and everything syncs.
+    assert_eq!(
+        wal.append_batch(batch.iter().map(|(k, p)| (*k, &p[..])))
+            .unwrap(),
+        5
+    );
+    assert_eq!(wal.sync().unwrap(), Some(25));
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
+    assert!(report.damaged.is_none(), "{report:?}");
+    let got = dump(&wal);
+    assert_eq!(got.len(), 25);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (k, p))| *k == i as u64 + 1 && *p == payload_for(*k)));
+}
+
+#[test]
+fn failed_write_while_rolling_is_fatal_and_reopen_keeps_durable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(FaultPlan::default());
+    let (wal, _) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    let segments = wal.segment_count();
+    let mut k = 1;
+    // Fill the first 8 KiB segment, syncing as we go.
+    while wal.segment_count() == segments {
+        wal.append(k, &payload_for(k)).unwrap();
+        wal.sync().unwrap();
+        k += 1;
+    }
+    let durable = wal.durable_key();
+    // Arm the second write from now: an append that fits takes only the
+    // first (and the fault is disarmed); one that rolls writes the new
+    // segment's header, then its end marker, which fails.
+    let before = wal.segment_count();
+    let mut failed = None;
+    for _ in 0..200 {
+        plan.fail_write_in(2);
+        match wal.append(k, &vec![7u8; 1500]) {
+            Ok(()) => {
+                plan.fail_write_in(0);
+                wal.sync().unwrap();
+                k += 1;
+                if wal.segment_count() > before {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("some append had to roll and hit the armed write");
+    assert!(matches!(e, WalError::WriteFailed { .. }), "{e}");
+    assert!(wal.is_poisoned(), "a failed write while rolling is fatal");
+    let durable_now = wal.durable_key();
+    assert!(durable_now >= durable);
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small_opts(8 << 10)).unwrap();
+    assert!(report.damaged.is_none(), "{report:?}");
+    assert!(
+        wal.last_key() >= durable_now,
+        "every durable record survives"
+    );
+}
