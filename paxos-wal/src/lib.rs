@@ -49,7 +49,7 @@
 //! [`Wal::truncate_prefix`]), and mapped read-only with `memmap2`.
 //! Zero-filled or recycled blocks are already written, so a sync flushes
 //! data pages only, with no extent conversion in the file system journal.
-//! Files are never shrunk. The byte format is in [`format`].
+//! Files are never shrunk. The byte format is in [`format`](mod@format).
 //!
 //! Records are written with positioned writes (`pwritev`: one call per
 //! batch, headers staged, large payloads straight from the caller's slices)
