@@ -6,7 +6,13 @@
 //! enforces it); many sessions share one client. A write that reaches a
 //! follower is answered with the leader's address; the client reconnects there
 //! and retries the same command (same session and sequence number, so the
-//! store applies it once). Every call is bounded by a timeout.
+//! store applies it at most once). Every call is bounded by a timeout.
+//!
+//! The store keeps a bounded table of sessions and evicts the least recently
+//! used (see [`crate::kv`]). A write of an evicted session fails with
+//! [`ClientError::SessionExpired`] (its outcome is unknown, like a timeout's:
+//! an earlier attempt may have been applied); the session then opens a fresh
+//! cluster-assigned session for its next write, never reusing the old id.
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -45,6 +51,21 @@ pub enum ClientError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster no longer knows the session (it was evicted from the
+    /// bounded session table): this attempt was not applied, but an earlier
+    /// attempt of the same write may have been. The [`Session`] opens a new
+    /// cluster-assigned session for its next write.
+    #[error(
+        "session {session:#x} expired before write {seq} (evicted from the cluster's session \
+         table); the write may or may not have been applied by an earlier attempt; the next \
+         write opens a new session"
+    )]
+    SessionExpired {
+        /// The expired session.
+        session: u64,
+        /// The sequence number of the refused write.
+        seq: u64,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
@@ -66,20 +87,43 @@ impl Conn {
 /// A write session: an id unique in the cluster and the sequence of its
 /// writes. The store applies each of its writes at most once, and a retry of
 /// the last one returns the same result.
+///
+/// A session is client-named ([`Session::new`]: the caller picks the id) or
+/// cluster-assigned ([`Session::assigned`]: opened by one extra replicated
+/// command before the first write). A cluster-assigned session is
+/// at-most-once unconditionally; a client-named one as long as its id is
+/// unique and a copy of its first write does not outlive the session (see
+/// [`crate::kv`]). After [`ClientError::SessionExpired`] either kind
+/// continues as a fresh cluster-assigned session.
 #[derive(Debug)]
 pub struct Session {
-    id: u64,
+    /// `None` until the cluster assigned an id (or after expiry).
+    id: Option<u64>,
     next_seq: u64,
 }
 
 impl Session {
-    /// A new session; `id` must not be used by any other writer.
+    /// A client-named session; `id` must not be used by any other writer,
+    /// now or later, and should be below 2^63 (the upper half is where the
+    /// cluster assigns ids).
     pub fn new(id: u64) -> Session {
-        Session { id, next_seq: 1 }
+        Session {
+            id: Some(id),
+            next_seq: 1,
+        }
     }
 
-    /// The session id.
-    pub fn id(&self) -> u64 {
+    /// A session whose id the cluster assigns when its first write is made.
+    pub fn assigned() -> Session {
+        Session {
+            id: None,
+            next_seq: 1,
+        }
+    }
+
+    /// The session id, once known (`None` for an assigned session not yet
+    /// opened, or one that expired).
+    pub fn id(&self) -> Option<u64> {
         self.id
     }
 }
@@ -90,7 +134,6 @@ pub struct Client {
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
     session: tokio::sync::Mutex<Session>,
-    session_id: u64,
     timeout: Duration,
 }
 
@@ -101,19 +144,24 @@ impl Client {
     /// default session are serialised. Use [`write_in`](Client::write_in)
     /// with a [`Session`] per task for concurrent writes.
     pub fn new(addrs: Vec<SocketAddr>, session: u64, timeout: Duration) -> Client {
+        Client::with_session(addrs, Session::new(session), timeout)
+    }
+
+    /// A client whose default session is `session` (for example
+    /// [`Session::assigned`]).
+    pub fn with_session(addrs: Vec<SocketAddr>, session: Session, timeout: Duration) -> Client {
         Client {
             addrs,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
-            session: tokio::sync::Mutex::new(Session::new(session)),
-            session_id: session,
+            session: tokio::sync::Mutex::new(session),
             timeout,
         }
     }
 
-    /// The id of the default session.
-    pub fn session(&self) -> u64 {
-        self.session_id
+    /// The id of the default session, once known.
+    pub async fn session_id(&self) -> Option<u64> {
+        self.session.lock().await.id()
     }
 
     async fn connect(&self, prefer: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
@@ -206,14 +254,46 @@ impl Client {
         }
     }
 
-    /// Runs one replicated write in `session` and returns its result.
+    /// Opens a cluster-assigned session and returns its id.
+    async fn open_session(&self) -> Result<u64, ClientError> {
+        let cmd = KvCommand {
+            client: 0,
+            seq: 0,
+            op: KvOp::OpenSession,
+        };
+        match self.call(Request::Write(cmd.to_bytes())).await? {
+            Response::Written(r) => {
+                match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
+                    KvResult::SessionOpened { session } => Ok(session),
+                    other => Err(ClientError::Unexpected(format!(
+                        "opening a session answered {other:?}"
+                    ))),
+                }
+            }
+            Response::Error(e) => Err(ClientError::Node(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs one replicated write in `session` and returns its result. An
+    /// assigned session not yet opened is opened first.
     pub async fn write_in(&self, session: &mut Session, op: KvOp) -> Result<KvResult, ClientError> {
+        let id = match session.id {
+            Some(id) => id,
+            None => {
+                let id = self.open_session().await?;
+                session.id = Some(id);
+                // The open was the session's sequence 1.
+                session.next_seq = 2;
+                id
+            }
+        };
         // The sequence advances even if this call fails: a late copy of it
         // is then refused by the store instead of being applied out of order.
         let seq = session.next_seq;
         session.next_seq += 1;
         let cmd = KvCommand {
-            client: session.id,
+            client: id,
             seq,
             op,
         };
@@ -221,9 +301,18 @@ impl Client {
             Response::Written(r) => {
                 match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
                     KvResult::StaleSequence { last } => Err(ClientError::Node(format!(
-                        "sequence {seq} of session {} is stale (last applied {last})",
-                        session.id
+                        "sequence {seq} of session {id:#x} is stale (last applied {last})"
                     ))),
+                    KvResult::SessionExpired { session: expired } => {
+                        // Never reuse the id: the next write opens a new one.
+                        session.id = None;
+                        session.next_seq = 1;
+                        tracing::info!(session = expired, seq, "session expired");
+                        Err(ClientError::SessionExpired {
+                            session: expired,
+                            seq,
+                        })
+                    }
                     result => Ok(result),
                 }
             }

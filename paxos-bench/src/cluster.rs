@@ -32,6 +32,8 @@ pub struct ClusterSpec {
     pub segment_mib: u64,
     /// Applied entries between snapshots.
     pub snapshot_every: u64,
+    /// Client sessions each node's store keeps (`--max-sessions`).
+    pub max_sessions: usize,
 }
 
 impl ClusterSpec {
@@ -45,6 +47,7 @@ impl ClusterSpec {
             election_timeout_ms: 300,
             segment_mib: 64,
             snapshot_every: 1_000_000,
+            max_sessions: crate::kv::DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -137,6 +140,7 @@ impl LocalCluster {
             ])
             .args(["--segment-mib", &self.spec.segment_mib.to_string()])
             .args(["--snapshot-every", &self.spec.snapshot_every.to_string()])
+            .args(["--max-sessions", &self.spec.max_sessions.to_string()])
             .arg("--loopback")
             .env(
                 "RUST_LOG",

@@ -1,24 +1,85 @@
 //! The reference state machine: a key-value map with put, delete and
 //! compare-and-set, deduplicated per client session so that a retried command
-//! (after a failover, say) takes effect once.
+//! (after a failover, say) takes effect at most once, with a bounded session
+//! table.
 //!
-//! A command is `client id | sequence | op`. A session (client id) has at most
-//! one write outstanding at a time and numbers its writes 1, 2, 3, ...; the
-//! store remembers the highest sequence applied for every session and the
-//! result it gave. A command with that same sequence is a retry: it is
-//! answered with the remembered result and not applied again. A lower
-//! sequence is a late duplicate of a write the session has moved past: it is
-//! refused ([`KvResult::StaleSequence`]) and not applied.
+//! # Commands and sessions
+//!
+//! A command is `session id | sequence | op`. A session has at most one write
+//! outstanding at a time and numbers its writes with increasing sequence
+//! numbers (gaps allowed: a write that failed on the client side is skipped).
+//! For every session in its table the store remembers the highest sequence
+//! applied, the result it gave, and the log position (zxid) of the last
+//! command that named the session. For a session **in the table**:
+//!
+//! - the same sequence as the last applied one is a retry: it is answered
+//!   with the remembered result and not applied again;
+//! - a lower sequence is a late duplicate of a write the session has moved
+//!   past: refused with [`KvResult::StaleSequence`], not applied;
+//! - a higher sequence is applied and becomes the session's last.
+//!
+//! # Session expiry (deterministic)
+//!
+//! The table holds at most `max_sessions` sessions (default
+//! [`DEFAULT_MAX_SESSIONS`]). Opening a session when it is full evicts the
+//! least recently used one: the session whose last command has the lowest
+//! zxid. Expiry depends only on the replicated log, never on a clock, so
+//! every replica evicts the same sessions at the same log positions (which
+//! is why `max_sessions` must be the same on every node of a cluster; a
+//! snapshot records it and a node configured differently refuses to restore
+//! it). Snapshots keep the table in recency order, so a restored store
+//! evicts exactly as the original would have.
+//!
+//! A session is opened in one of two ways:
+//!
+//! - **Client-named**: the client picks the id; the session's first command
+//!   has sequence 1 and opens it. Use ids below 2^63.
+//! - **Cluster-assigned**: the client sends [`KvOp::OpenSession`]; the store
+//!   answers [`KvResult::SessionOpened`] with a fresh id (`2^63 | n`, `n`
+//!   counting up from 1 in the replicated state, so an id is never handed
+//!   out twice). The open counts as the session's sequence 1, so its first
+//!   write has sequence 2. A retried open that commits twice opens two
+//!   sessions; the unused one is simply evicted in time.
+//!
+//! A command for a session **not in the table** (never opened, or evicted)
+//! is applied only if its sequence is 1 (it opens a client-named session);
+//! any other sequence is refused with [`KvResult::SessionExpired`] and not
+//! applied. The writer must then open a new session with a fresh id
+//! ([`crate::client::Client`] switches to a cluster-assigned one); the write
+//! that was refused may or may not have been applied by an earlier attempt,
+//! exactly like a write that timed out.
+//!
+//! # The at-most-once rule
+//!
+//! Every `(session, sequence)` takes effect at most once:
+//!
+//! - **Cluster-assigned sessions, unconditionally**: their writes all have
+//!   sequences of 2 or more, so once such a session is evicted every later
+//!   copy of any of its writes is refused, and its id is never reused.
+//! - **Client-named sessions, with two conditions**: a copy of the session's
+//!   first command (sequence 1) must not commit after the session was
+//!   evicted, which needs `max_sessions` other sessions to become active in
+//!   between (it would then open the session afresh and apply again); and
+//!   the writer must never reuse an id after [`KvResult::SessionExpired`].
+//!
+//! Commands that do not decode are applied as no-ops on every replica alike.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use paxos_core::{StateMachine, Zxid};
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::io::{self, Read};
 
 /// Largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Sessions a store keeps by default before it evicts the least recently
+/// used one.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+/// Largest session table a store accepts (the table indexes with `u32`).
+pub const MAX_SESSIONS_LIMIT: usize = 1 << 28;
+/// The bit set in every cluster-assigned session id (see the module docs).
+pub const ASSIGNED_SESSION_BIT: u64 = 1 << 63;
 
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +106,10 @@ pub enum KvOp {
         /// The value to set.
         new: Bytes,
     },
+    /// Open a cluster-assigned session: answered with
+    /// [`KvResult::SessionOpened`]. The command's `client` and `seq` are
+    /// ignored (send 0). Not deduplicated: each commit opens a new session.
+    OpenSession,
 }
 
 /// A command as it is replicated: an operation inside a client session.
@@ -52,7 +117,8 @@ pub enum KvOp {
 pub struct KvCommand {
     /// The session (client) that issued it.
     pub client: u64,
-    /// The client's sequence number; strictly increasing per client.
+    /// The session's sequence number; increasing per session, 1 for the
+    /// first command of a client-named session.
     pub seq: u64,
     /// The operation.
     pub op: KvOp,
@@ -76,12 +142,26 @@ pub enum KvResult {
         /// The value found before the operation.
         current: Option<Bytes>,
     },
+    /// [`KvOp::OpenSession`] opened this session; its first write uses
+    /// sequence 2.
+    SessionOpened {
+        /// The new session's id (has [`ASSIGNED_SESSION_BIT`] set).
+        session: u64,
+    },
+    /// The command names a session that is not in the table (evicted, or
+    /// never opened) with a sequence other than 1. Not applied: the writer
+    /// must open a new session. An earlier attempt of the same write may
+    /// have been applied before the session was evicted.
+    SessionExpired {
+        /// The session named by the command.
+        session: u64,
+    },
 }
 
 /// A malformed command or result encoding.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvCodecError {
-    /// The input ended inside a field.
+    /// The input ended inside a field (at the byte offset given).
     #[error("kv encoding truncated at byte {0}")]
     Truncated(usize),
     /// An unknown operation or result tag.
@@ -93,6 +173,20 @@ pub enum KvCodecError {
         /// Length found.
         len: usize,
         /// Maximum allowed.
+        max: usize,
+    },
+}
+
+/// A store configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KvConfigError {
+    /// The session table must hold between 1 and [`MAX_SESSIONS_LIMIT`]
+    /// sessions.
+    #[error("max_sessions {given} is out of range (1..={max})")]
+    MaxSessions {
+        /// The value given.
+        given: usize,
+        /// The largest value accepted.
         max: usize,
     },
 }
@@ -158,6 +252,7 @@ impl KvCommand {
                 put_opt_bytes(buf, expected.as_ref());
                 put_bytes(buf, new);
             }
+            KvOp::OpenSession => buf.put_u8(4),
         }
     }
 
@@ -175,6 +270,7 @@ impl KvCommand {
             KvOp::Cas { key, expected, new } => {
                 key.len() + new.len() + expected.as_ref().map_or(0, |e| e.len()) + 13
             }
+            KvOp::OpenSession => 0,
         }
     }
 
@@ -199,6 +295,7 @@ impl KvCommand {
                 expected: get_opt_bytes(&mut src, MAX_VALUE_BYTES, total)?,
                 new: get_bytes(&mut src, MAX_VALUE_BYTES, total)?,
             },
+            4 => KvOp::OpenSession,
             t => return Err(KvCodecError::UnknownTag(t)),
         };
         Ok(KvCommand { client, seq, op })
@@ -223,6 +320,14 @@ impl KvResult {
                 buf.put_u8(3);
                 buf.put_u64_le(*last);
             }
+            KvResult::SessionOpened { session } => {
+                buf.put_u8(4);
+                buf.put_u64_le(*session);
+            }
+            KvResult::SessionExpired { session } => {
+                buf.put_u8(5);
+                buf.put_u64_le(*session);
+            }
         }
         buf.freeze()
     }
@@ -233,7 +338,8 @@ impl KvResult {
         if src.remaining() < 1 {
             return Err(KvCodecError::Truncated(0));
         }
-        match src.get_u8() {
+        let tag = src.get_u8();
+        match tag {
             1 => Ok(KvResult::Done(get_opt_bytes(
                 &mut src,
                 MAX_VALUE_BYTES,
@@ -249,12 +355,15 @@ impl KvResult {
                     current: get_opt_bytes(&mut src, MAX_VALUE_BYTES, total)?,
                 })
             }
-            3 => {
+            3..=5 => {
                 if src.remaining() < 8 {
                     return Err(KvCodecError::Truncated(1));
                 }
-                Ok(KvResult::StaleSequence {
-                    last: src.get_u64_le(),
+                let n = src.get_u64_le();
+                Ok(match tag {
+                    3 => KvResult::StaleSequence { last: n },
+                    4 => KvResult::SessionOpened { session: n },
+                    _ => KvResult::SessionExpired { session: n },
                 })
             }
             t => Err(KvCodecError::UnknownTag(t)),
@@ -262,18 +371,200 @@ impl KvResult {
     }
 }
 
+/// "No slot" in the session list.
+const NIL: u32 = u32::MAX;
+
+/// One session in the table, linked into the recency list.
+#[derive(Clone, Debug)]
+struct SessionSlot {
+    id: u64,
+    /// The highest sequence applied.
+    seq: u64,
+    /// The zxid of the last command that named the session.
+    touched: Zxid,
+    /// The encoded result of `seq`.
+    result: Bytes,
+    /// Neighbour towards the least recently used end.
+    prev: u32,
+    /// Neighbour towards the most recently used end.
+    next: u32,
+}
+
+/// The session table: a map from session id to slot plus a doubly linked
+/// list of the slots in recency order (by zxid of the last command that
+/// named the session), so that lookup, touch and eviction are O(1) and, once
+/// the table is full, allocation-free (an evicted slot is reused).
+#[derive(Clone, Debug)]
+struct SessionTable {
+    max: usize,
+    index: HashMap<u64, u32>,
+    slots: Vec<SessionSlot>,
+    /// Least recently used: evicted next (`NIL` when empty).
+    head: u32,
+    /// Most recently used (`NIL` when empty).
+    tail: u32,
+    /// The counter of cluster-assigned ids: the next one is
+    /// `ASSIGNED_SESSION_BIT | next_assigned`.
+    next_assigned: u64,
+    /// Sessions evicted since this store was created or restored (local
+    /// statistic, not part of the replicated state).
+    evicted: u64,
+}
+
+impl SessionTable {
+    fn new(max: usize) -> SessionTable {
+        assert!(
+            (1..=MAX_SESSIONS_LIMIT).contains(&max),
+            "invariant: max_sessions was checked when the store was configured"
+        );
+        SessionTable {
+            max,
+            index: HashMap::new(),
+            slots: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            next_assigned: 1,
+            evicted: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn slot(&self, i: u32) -> &SessionSlot {
+        &self.slots[i as usize]
+    }
+
+    fn slot_mut(&mut self, i: u32) -> &mut SessionSlot {
+        &mut self.slots[i as usize]
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = (self.slot(i).prev, self.slot(i).next);
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slot_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slot_mut(next).prev = prev;
+        }
+    }
+
+    fn push_back(&mut self, i: u32) {
+        let tail = self.tail;
+        {
+            let s = self.slot_mut(i);
+            s.prev = tail;
+            s.next = NIL;
+        }
+        if tail == NIL {
+            self.head = i;
+        } else {
+            self.slot_mut(tail).next = i;
+        }
+        self.tail = i;
+    }
+
+    /// Looks `id` up and, if present, makes it the most recently used as of
+    /// `zxid`.
+    fn touch(&mut self, id: u64, zxid: Zxid) -> Option<u32> {
+        let i = *self.index.get(&id)?;
+        debug_assert!(
+            self.slot(i).touched < zxid,
+            "sessions are touched in log order"
+        );
+        if self.tail != i {
+            self.unlink(i);
+            self.push_back(i);
+        }
+        self.slot_mut(i).touched = zxid;
+        Some(i)
+    }
+
+    /// Adds a session that is not in the table as the most recently used,
+    /// evicting the least recently used one if the table is full.
+    fn open(&mut self, id: u64, seq: u64, zxid: Zxid, result: Bytes) -> u32 {
+        assert!(
+            !self.index.contains_key(&id),
+            "invariant: only a session absent from the table is opened"
+        );
+        let slot = SessionSlot {
+            id,
+            seq,
+            touched: zxid,
+            result,
+            prev: NIL,
+            next: NIL,
+        };
+        let i = if self.len() >= self.max {
+            let victim = self.head;
+            assert!(victim != NIL, "invariant: a full table has a head");
+            self.unlink(victim);
+            let old = std::mem::replace(self.slot_mut(victim), slot);
+            self.index.remove(&old.id);
+            self.evicted += 1;
+            tracing::debug!(
+                session = old.id,
+                last_seq = old.seq,
+                ?zxid,
+                "session evicted"
+            );
+            victim
+        } else {
+            let i = u32::try_from(self.slots.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .unwrap_or_else(|| panic!("invariant: at most MAX_SESSIONS_LIMIT slots"));
+            self.slots.push(slot);
+            i
+        };
+        self.index.insert(id, i);
+        self.push_back(i);
+        debug_assert!(self.len() <= self.max, "the table stays within its bound");
+        i
+    }
+
+    /// Slots from the least to the most recently used.
+    fn iter_oldest_first(&self) -> impl Iterator<Item = &SessionSlot> {
+        let mut i = self.head;
+        std::iter::from_fn(move || {
+            if i == NIL {
+                return None;
+            }
+            let s = self.slot(i);
+            i = s.next;
+            Some(s)
+        })
+    }
+}
+
 /// The replicated key-value map. Cloning it is cheap per entry (keys and
 /// values are reference-counted `Bytes`); the node clones it to write a
 /// snapshot off its loop.
-#[derive(Default, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct KvStore {
     map: BTreeMap<Bytes, Bytes>,
-    /// Per client: the highest sequence applied and the encoded result it gave.
-    sessions: HashMap<u64, (u64, Bytes)>,
+    /// Per session: the highest sequence applied, its result, and recency.
+    sessions: SessionTable,
     applied: Zxid,
     /// Order-independent digest of the map: the XOR of a hash of every pair,
     /// kept up to date on every change so replicas can be compared cheaply.
     digest: u64,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore {
+            map: BTreeMap::new(),
+            sessions: SessionTable::new(DEFAULT_MAX_SESSIONS),
+            applied: Zxid::ZERO,
+            digest: 0,
+        }
+    }
 }
 
 /// FNV-1a over a key and a value, with the key's length mixed in so that
@@ -289,9 +580,33 @@ fn pair_hash(key: &[u8], value: &[u8]) -> u64 {
 }
 
 impl KvStore {
-    /// An empty store.
+    /// An empty store with a table of [`DEFAULT_MAX_SESSIONS`] sessions.
     pub fn new() -> KvStore {
         KvStore::default()
+    }
+
+    /// An empty store whose session table holds at most `max_sessions`
+    /// sessions. Every replica of a cluster must use the same value.
+    pub fn with_max_sessions(max_sessions: usize) -> Result<KvStore, KvConfigError> {
+        if !(1..=MAX_SESSIONS_LIMIT).contains(&max_sessions) {
+            return Err(KvConfigError::MaxSessions {
+                given: max_sessions,
+                max: MAX_SESSIONS_LIMIT,
+            });
+        }
+        Ok(KvStore {
+            sessions: SessionTable::new(max_sessions),
+            ..KvStore::default()
+        })
+    }
+
+    /// An empty store configured like this one (same session bound): where
+    /// a snapshot is restored before it replaces the live state.
+    pub fn emptied(&self) -> KvStore {
+        KvStore {
+            sessions: SessionTable::new(self.sessions.max),
+            ..KvStore::default()
+        }
     }
 
     /// Reads a key (served by the node after a read-index round, or stale).
@@ -312,6 +627,36 @@ impl KvStore {
     /// A digest of the whole map, equal on two replicas holding equal maps.
     pub fn digest(&self) -> u64 {
         self.digest
+    }
+
+    /// Sessions in the table now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The bound of the session table.
+    pub fn max_sessions(&self) -> usize {
+        self.sessions.max
+    }
+
+    /// Sessions evicted since this store was created or last restored (a
+    /// local statistic, not part of the snapshot).
+    pub fn sessions_evicted(&self) -> u64 {
+        self.sessions.evicted
+    }
+
+    /// A session's last applied sequence, if the session is in the table.
+    pub fn session_seq(&self, session: u64) -> Option<u64> {
+        self.sessions
+            .index
+            .get(&session)
+            .map(|&i| self.sessions.slot(i).seq)
+    }
+
+    /// The sessions in the table from the next to be evicted to the most
+    /// recently used, each with the zxid of the last command naming it.
+    pub fn sessions_by_recency(&self) -> impl Iterator<Item = (u64, Zxid)> + '_ {
+        self.sessions.iter_oldest_first().map(|s| (s.id, s.touched))
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
@@ -355,12 +700,39 @@ impl KvStore {
                     }
                 }
             }
+            KvOp::OpenSession => {
+                unreachable!("invariant: apply opens sessions before it executes operations")
+            }
         }
+    }
+
+    /// Opens a cluster-assigned session (the open counts as its sequence 1).
+    fn open_assigned(&mut self, zxid: Zxid) -> Bytes {
+        let n = self.sessions.next_assigned;
+        assert!(
+            n < ASSIGNED_SESSION_BIT,
+            "invariant: fewer than 2^63 sessions are ever opened"
+        );
+        self.sessions.next_assigned = n + 1;
+        let session = ASSIGNED_SESSION_BIT | n;
+        let result = KvResult::SessionOpened { session }.to_bytes();
+        self.sessions.open(session, 1, zxid, result.clone());
+        result
     }
 }
 
 /// Tag of a result that reports a command the store could not decode.
 const MALFORMED: u8 = 0xff;
+
+/// First bytes of a kv snapshot (format 2 onwards). Format 1 had no header
+/// and began with the applied zxid.
+const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
+/// The snapshot layout written and read by this build:
+/// `magic | version u32 | applied u64 | max_sessions u64 | next_assigned u64
+/// | pairs u64 | (key, value)* | sessions u64 | (id u64, seq u64, touched u64,
+/// result)*` with sessions from least to most recently used, and byte
+/// strings as `u32 length | bytes`, all integers little-endian.
+const SNAPSHOT_VERSION: u32 = 2;
 
 impl StateMachine for KvStore {
     fn apply(&mut self, zxid: Zxid, command: &Bytes) -> Bytes {
@@ -372,17 +744,36 @@ impl StateMachine for KvStore {
             // replica alike (determinism), and the client is told.
             Err(_) => return Bytes::from_static(&[MALFORMED]),
         };
-        if let Some((seq, result)) = self.sessions.get(&cmd.client) {
-            if cmd.seq == *seq {
-                // A retry of the command applied last: same answer, no effect.
-                return result.clone();
-            }
-            if cmd.seq < *seq {
-                return KvResult::StaleSequence { last: *seq }.to_bytes();
-            }
+        if cmd.op == KvOp::OpenSession {
+            return self.open_assigned(zxid);
         }
+        let slot = match self.sessions.touch(cmd.client, zxid) {
+            Some(i) => {
+                let last = self.sessions.slot(i).seq;
+                if cmd.seq == last {
+                    // A retry of the command applied last: same answer, no effect.
+                    return self.sessions.slot(i).result.clone();
+                }
+                if cmd.seq < last {
+                    return KvResult::StaleSequence { last }.to_bytes();
+                }
+                i
+            }
+            // The first command of a client-named session opens it.
+            None if cmd.seq == 1 => self.sessions.open(cmd.client, 0, zxid, Bytes::new()),
+            // Unknown and not a first command: evicted (or never opened).
+            // Applying it could apply a write twice; refuse.
+            None => {
+                return KvResult::SessionExpired {
+                    session: cmd.client,
+                }
+                .to_bytes()
+            }
+        };
         let result = self.execute(cmd.op).to_bytes();
-        self.sessions.insert(cmd.client, (cmd.seq, result.clone()));
+        let s = self.sessions.slot_mut(slot);
+        s.seq = cmd.seq;
+        s.result = result.clone();
         result
     }
 
@@ -392,7 +783,11 @@ impl StateMachine for KvStore {
 
     fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()> {
         let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.put_slice(&SNAPSHOT_MAGIC);
+        buf.put_u32_le(SNAPSHOT_VERSION);
         buf.put_u64_le(self.applied.as_u64());
+        buf.put_u64_le(self.sessions.max as u64);
+        buf.put_u64_le(self.sessions.next_assigned);
         buf.put_u64_le(self.map.len() as u64);
         for (k, v) in &self.map {
             put_bytes(&mut buf, k);
@@ -403,10 +798,13 @@ impl StateMachine for KvStore {
             }
         }
         buf.put_u64_le(self.sessions.len() as u64);
-        for (client, (seq, result)) in &self.sessions {
-            buf.put_u64_le(*client);
-            buf.put_u64_le(*seq);
-            put_bytes(&mut buf, result);
+        // Least recently used first: restoring in this order rebuilds the
+        // same recency list, hence the same future evictions.
+        for s in self.sessions.iter_oldest_first() {
+            buf.put_u64_le(s.id);
+            buf.put_u64_le(s.seq);
+            buf.put_u64_le(s.touched.as_u64());
+            put_bytes(&mut buf, &s.result);
             if buf.len() >= 64 * 1024 {
                 out.write_all(&buf)?;
                 buf.clear();
@@ -416,8 +814,9 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, zxid: Zxid, input: &mut dyn io::Read) -> io::Result<()> {
-        let bad =
-            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("kv snapshot: {what}"));
+        let bad = |what: String| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("kv snapshot: {what}"))
+        };
         let mut r = io::BufReader::with_capacity(64 * 1024, input);
         let read_u64 = |r: &mut dyn io::Read| -> io::Result<u64> {
             let mut b = [0u8; 8];
@@ -431,31 +830,92 @@ impl StateMachine for KvStore {
             if len > max {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "kv snapshot: field too long",
+                    format!("kv snapshot: field of {len} bytes exceeds the maximum {max}"),
                 ));
             }
             let mut v = vec![0u8; len];
             r.read_exact(&mut v)?;
             Ok(Bytes::from(v))
         };
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if magic != SNAPSHOT_MAGIC {
+            return Err(bad(format!(
+                "no format header: written by an older build (format 1), and this build reads \
+                 format {SNAPSHOT_VERSION} only; rebuild this node's state from its peers"
+            )));
+        }
+        let mut version = [0u8; 4];
+        r.read_exact(&mut version)?;
+        let version = u32::from_le_bytes(version);
+        if version != SNAPSHOT_VERSION {
+            return Err(bad(format!(
+                "format {version} is not supported (this build reads format {SNAPSHOT_VERSION})"
+            )));
+        }
         let applied = Zxid(read_u64(&mut r)?);
         if applied != zxid {
-            return Err(bad("zxid in the data differs from the snapshot's"));
+            return Err(bad(format!(
+                "zxid {applied:?} in the data differs from the snapshot's {zxid:?}"
+            )));
+        }
+        let max = read_u64(&mut r)?;
+        if max != self.sessions.max as u64 {
+            return Err(bad(format!(
+                "written with max_sessions = {max}, but this store is configured with {}; \
+                 every node of a cluster must use the same max_sessions",
+                self.sessions.max
+            )));
+        }
+        let next_assigned = read_u64(&mut r)?;
+        if next_assigned == 0 || next_assigned > ASSIGNED_SESSION_BIT {
+            return Err(bad(format!(
+                "assigned-session counter {next_assigned} out of range"
+            )));
         }
         let mut map = BTreeMap::new();
         let pairs = read_u64(&mut r)?;
         for _ in 0..pairs {
             let k = read_field(&mut r, MAX_KEY_BYTES)?;
             let v = read_field(&mut r, MAX_VALUE_BYTES)?;
-            map.insert(k, v);
+            if map.insert(k, v).is_some() {
+                return Err(bad("a key appears twice".into()));
+            }
         }
-        let mut sessions = HashMap::new();
+        let mut sessions = SessionTable::new(self.sessions.max);
+        sessions.next_assigned = next_assigned;
         let n = read_u64(&mut r)?;
+        if n > self.sessions.max as u64 {
+            return Err(bad(format!(
+                "{n} sessions exceed max_sessions = {}",
+                self.sessions.max
+            )));
+        }
+        let mut previous = Zxid::ZERO;
         for _ in 0..n {
-            let client = read_u64(&mut r)?;
+            let id = read_u64(&mut r)?;
             let seq = read_u64(&mut r)?;
+            let touched = Zxid(read_u64(&mut r)?);
             let result = read_field(&mut r, MAX_VALUE_BYTES + 16)?;
-            sessions.insert(client, (seq, result));
+            // Check what recency order and determinism rest on.
+            if touched <= previous || touched > applied {
+                return Err(bad(format!(
+                    "session {id}: last use {touched:?} is out of order (previous {previous:?}, \
+                     applied {applied:?})"
+                )));
+            }
+            if seq == 0 {
+                return Err(bad(format!("session {id}: sequence 0")));
+            }
+            if sessions.index.contains_key(&id) {
+                return Err(bad(format!("session {id} appears twice")));
+            }
+            previous = touched;
+            sessions.open(id, seq, touched, result);
+        }
+        let mut extra = [0u8; 1];
+        if r.read(&mut extra)? != 0 {
+            return Err(bad("trailing bytes after the session table".into()));
         }
         // Only a fully read snapshot replaces the state.
         self.digest = map.iter().fold(0, |d, (k, v)| d ^ pair_hash(k, v));
@@ -471,53 +931,72 @@ mod tests {
     use super::*;
     use paxos_core::Epoch;
 
+    fn z(n: u32) -> Zxid {
+        Zxid::new(Epoch(1), n)
+    }
+
+    fn cmd(client: u64, seq: u64, op: KvOp) -> Bytes {
+        KvCommand { client, seq, op }.to_bytes()
+    }
+
     fn put(client: u64, seq: u64, k: &str, v: &str) -> Bytes {
-        KvCommand {
+        cmd(
             client,
             seq,
-            op: KvOp::Put {
+            KvOp::Put {
                 key: Bytes::copy_from_slice(k.as_bytes()),
                 value: Bytes::copy_from_slice(v.as_bytes()),
             },
-        }
-        .to_bytes()
+        )
+    }
+
+    fn result(b: Bytes) -> KvResult {
+        KvResult::decode(b).expect("the store returns decodable results")
+    }
+
+    fn value(s: &KvStore, k: &str) -> Option<String> {
+        s.get(k.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn image(s: &KvStore) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.snapshot(&mut out).expect("snapshot to memory");
+        out
     }
 
     #[test]
     fn replayed_command_is_answered_but_not_reapplied() {
         let mut s = KvStore::new();
-        let z = |n| Zxid::new(Epoch(1), n);
         s.apply(z(1), &put(7, 1, "a", "1"));
         s.apply(z(2), &put(8, 1, "a", "2"));
         // Client 7 retries its first put after a failover: no effect.
         let r = s.apply(z(3), &put(7, 1, "a", "1"));
-        assert_eq!(KvResult::decode(r), Ok(KvResult::Done(None)));
-        assert_eq!(s.get(b"a").map(|v| &v[..]), Some(&b"2"[..]));
+        assert_eq!(result(r), KvResult::Done(None));
+        assert_eq!(value(&s, "a").as_deref(), Some("2"));
         // Client 7 moves on; a late duplicate of an older write is refused.
         s.apply(z(4), &put(7, 2, "b", "1"));
         s.apply(z(5), &put(7, 3, "c", "1"));
         let r = s.apply(z(6), &put(7, 2, "b", "late"));
-        assert_eq!(KvResult::decode(r), Ok(KvResult::StaleSequence { last: 3 }));
-        assert_eq!(s.get(b"b").map(|v| &v[..]), Some(&b"1"[..]));
+        assert_eq!(result(r), KvResult::StaleSequence { last: 3 });
+        assert_eq!(value(&s, "b").as_deref(), Some("1"));
     }
 
     #[test]
     fn cas_swaps_only_on_match() {
         let mut s = KvStore::new();
-        let z = |n| Zxid::new(Epoch(1), n);
         let cas = |seq, expected: Option<&str>, new: &str| {
-            KvCommand {
-                client: 1,
+            cmd(
+                1,
                 seq,
-                op: KvOp::Cas {
+                KvOp::Cas {
                     key: Bytes::from_static(b"k"),
                     expected: expected.map(|e| Bytes::copy_from_slice(e.as_bytes())),
                     new: Bytes::copy_from_slice(new.as_bytes()),
                 },
-            }
-            .to_bytes()
+            )
         };
-        let r1 = KvResult::decode(s.apply(z(1), &cas(1, None, "x"))).unwrap();
+        let r1 = result(s.apply(z(1), &cas(1, None, "x")));
         assert_eq!(
             r1,
             KvResult::Cas {
@@ -525,7 +1004,7 @@ mod tests {
                 current: None
             }
         );
-        let r2 = KvResult::decode(s.apply(z(2), &cas(2, Some("y"), "z"))).unwrap();
+        let r2 = result(s.apply(z(2), &cas(2, Some("y"), "z")));
         assert_eq!(
             r2,
             KvResult::Cas {
@@ -533,7 +1012,7 @@ mod tests {
                 current: Some(Bytes::from_static(b"x"))
             }
         );
-        assert_eq!(s.get(b"k").map(|v| &v[..]), Some(&b"x"[..]));
+        assert_eq!(value(&s, "k").as_deref(), Some("x"));
     }
 
     #[test]
@@ -541,17 +1020,25 @@ mod tests {
         let mut s = KvStore::new();
         for i in 1..=100u32 {
             s.apply(
-                Zxid::new(Epoch(1), i),
-                &put(u64::from(i % 3), u64::from(i), &format!("k{i}"), "v"),
+                z(i),
+                &put(
+                    u64::from(i % 3),
+                    u64::from((i - 1) / 3 + 1),
+                    &format!("k{i}"),
+                    "v",
+                ),
             );
         }
-        let mut image = Vec::new();
-        s.snapshot(&mut image).unwrap();
+        let image = image(&s);
         let mut t = KvStore::new();
         t.restore(s.applied(), &mut &image[..]).unwrap();
         assert_eq!(t.len(), 100);
+        assert_eq!(t.session_count(), 3);
         assert_eq!(t.applied(), s.applied());
-        assert_eq!(t.sessions, s.sessions);
+        assert_eq!(
+            t.sessions_by_recency().collect::<Vec<_>>(),
+            s.sessions_by_recency().collect::<Vec<_>>()
+        );
         assert_eq!(t.digest(), s.digest());
         assert_ne!(s.digest(), 0);
         let mut u = KvStore::new();
@@ -564,8 +1051,189 @@ mod tests {
     #[test]
     fn malformed_commands_are_deterministic_noops() {
         let mut s = KvStore::new();
-        let r = s.apply(Zxid::new(Epoch(1), 1), &Bytes::from_static(b"\x01\x02"));
+        let r = s.apply(z(1), &Bytes::from_static(b"\x01\x02"));
         assert_eq!(&r[..], &[MALFORMED]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn session_table_stays_within_its_bound_evicting_the_least_recently_used() {
+        let mut s = KvStore::with_max_sessions(3).unwrap();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            z(n)
+        };
+        for client in 1..=3 {
+            s.apply(next(), &put(client, 1, "k", "v"));
+        }
+        // Session 1 writes again: session 2 is now the least recently used.
+        s.apply(next(), &put(1, 2, "k", "v"));
+        s.apply(next(), &put(4, 1, "k", "v"));
+        assert_eq!(s.session_count(), 3);
+        assert_eq!(s.session_seq(2), None, "the least recently used is evicted");
+        assert_eq!(s.session_seq(1), Some(2));
+        assert_eq!(s.session_seq(3), Some(1));
+        assert_eq!(s.session_seq(4), Some(1));
+        assert_eq!(s.sessions_evicted(), 1);
+        // Many more sessions: the bound holds throughout.
+        for client in 100..1100 {
+            s.apply(next(), &put(client, 1, "k", "v"));
+            assert!(s.session_count() <= 3);
+        }
+        assert_eq!(
+            s.sessions_by_recency()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>(),
+            vec![1097, 1098, 1099]
+        );
+        assert!(KvStore::with_max_sessions(0).is_err());
+        assert!(KvStore::with_max_sessions(MAX_SESSIONS_LIMIT + 1).is_err());
+    }
+
+    #[test]
+    fn evicted_sessions_late_duplicate_is_refused_not_reapplied() {
+        let mut s = KvStore::with_max_sessions(2).unwrap();
+        s.apply(z(1), &put(7, 1, "a", "first"));
+        s.apply(z(2), &put(7, 2, "a", "second"));
+        // Two other sessions push session 7 out; one overwrites its key.
+        s.apply(z(3), &put(8, 1, "a", "other"));
+        s.apply(z(4), &put(9, 1, "x", "2"));
+        assert_eq!(s.session_seq(7), None);
+        // A late copy of session 7's write 2 (a client retry that took a
+        // slow path) commits now: refused, not applied again.
+        let r = result(s.apply(z(5), &put(7, 2, "a", "second")));
+        assert_eq!(r, KvResult::SessionExpired { session: 7 });
+        // And a new write of session 7 is refused too (its outcome would be
+        // indistinguishable from a duplicate's).
+        let r = result(s.apply(z(6), &put(7, 3, "b", "new")));
+        assert_eq!(r, KvResult::SessionExpired { session: 7 });
+        assert_eq!(value(&s, "a").as_deref(), Some("other"), "not re-applied");
+        assert_eq!(value(&s, "b"), None);
+        assert_eq!(s.session_seq(7), None, "a refused command opens nothing");
+    }
+
+    #[test]
+    fn cluster_assigned_sessions_never_resurrect() {
+        let mut s = KvStore::with_max_sessions(2).unwrap();
+        let open = cmd(0, 0, KvOp::OpenSession);
+        let KvResult::SessionOpened { session: a } = result(s.apply(z(1), &open)) else {
+            panic!("open answers SessionOpened");
+        };
+        assert_ne!(a & ASSIGNED_SESSION_BIT, 0);
+        // Its first write is sequence 2 (the open was 1).
+        assert_eq!(
+            result(s.apply(z(2), &put(a, 2, "k", "1"))),
+            KvResult::Done(None)
+        );
+        // A retried open that commits twice opens a second, distinct session.
+        let KvResult::SessionOpened { session: b } = result(s.apply(z(3), &open)) else {
+            panic!("open answers SessionOpened");
+        };
+        let KvResult::SessionOpened { session: c } = result(s.apply(z(4), &open)) else {
+            panic!("open answers SessionOpened");
+        };
+        assert!(a != b && b != c && a != c, "ids are never reused");
+        assert_eq!(s.session_seq(a), None, "a was the least recently used");
+        // Every later copy of any of a's writes is refused.
+        for seq in [2, 3] {
+            assert_eq!(
+                result(s.apply(z(4 + seq as u32), &put(a, seq, "k", "dup"))),
+                KvResult::SessionExpired { session: a }
+            );
+        }
+        assert_eq!(value(&s, "k").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn restored_store_evicts_exactly_like_the_original() {
+        let mut s = KvStore::with_max_sessions(4).unwrap();
+        let mut n = 0u32;
+        let mut apply_both = Vec::new();
+        // A history with interleaved sessions, assigned opens and retries.
+        for i in 0..40u64 {
+            n += 1;
+            let c = match i % 5 {
+                0 => cmd(0, 0, KvOp::OpenSession),
+                k => put(10 + k, 1 + i / 5, &format!("k{i}"), "v"),
+            };
+            s.apply(z(n), &c);
+        }
+        let img = image(&s);
+        let mut t = KvStore::with_max_sessions(4).unwrap();
+        t.restore(s.applied(), &mut &img[..]).unwrap();
+        assert_eq!(image(&t), img, "a restored store snapshots identically");
+        // The same continuation on both: every result and eviction agrees.
+        for i in 0..60u64 {
+            n += 1;
+            let c = match i % 4 {
+                0 => cmd(0, 0, KvOp::OpenSession),
+                1 => put(100 + i, 1, "x", "v"),
+                2 => put(11 + (i % 3), 9 + i, "y", "v"),
+                _ => put(10 + (i % 7), 3, "z", "late"),
+            };
+            let (rs, rt) = (s.apply(z(n), &c), t.apply(z(n), &c));
+            assert_eq!(rs, rt, "command {i} answered alike");
+            apply_both.push(result(rs));
+            assert_eq!(
+                s.sessions_by_recency().collect::<Vec<_>>(),
+                t.sessions_by_recency().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(s.digest(), t.digest());
+        assert_eq!(image(&s), image(&t));
+        // The continuation did exercise eviction and expiry.
+        assert!(s.sessions_evicted() > 0);
+        assert!(apply_both
+            .iter()
+            .any(|r| matches!(r, KvResult::SessionExpired { .. })));
+    }
+
+    #[test]
+    fn restore_refuses_an_old_format_a_new_version_and_another_bound() {
+        let mut s = KvStore::with_max_sessions(8).unwrap();
+        s.apply(z(1), &put(1, 1, "k", "v"));
+        let img = image(&s);
+        // Format 1 began with the applied zxid, no header.
+        let mut old = Vec::new();
+        old.extend_from_slice(&z(1).as_u64().to_le_bytes());
+        old.extend_from_slice(&0u64.to_le_bytes());
+        old.extend_from_slice(&0u64.to_le_bytes());
+        let mut t = KvStore::with_max_sessions(8).unwrap();
+        let e = t.restore(z(1), &mut &old[..]).unwrap_err();
+        assert!(e.to_string().contains("format 1"), "{e}");
+        let mut future = img.clone();
+        future[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = t.restore(z(1), &mut &future[..]).unwrap_err();
+        assert!(e.to_string().contains("format 3"), "{e}");
+        let mut other = KvStore::with_max_sessions(9).unwrap();
+        let e = other.restore(z(1), &mut &img[..]).unwrap_err();
+        assert!(e.to_string().contains("max_sessions"), "{e}");
+        let mut trailing = img.clone();
+        trailing.push(0);
+        let e = t.restore(z(1), &mut &trailing[..]).unwrap_err();
+        assert!(e.to_string().contains("trailing"), "{e}");
+        assert!(t.is_empty() && other.is_empty());
+        t.restore(z(1), &mut &img[..]).unwrap();
+        assert_eq!(value(&t, "k").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn new_result_variants_round_trip() {
+        for r in [
+            KvResult::SessionOpened {
+                session: ASSIGNED_SESSION_BIT | 5,
+            },
+            KvResult::SessionExpired { session: 42 },
+            KvResult::StaleSequence { last: 9 },
+        ] {
+            assert_eq!(KvResult::decode(r.to_bytes()), Ok(r));
+        }
+        let c = KvCommand {
+            client: 0,
+            seq: 0,
+            op: KvOp::OpenSession,
+        };
+        assert_eq!(KvCommand::decode(c.to_bytes()), Ok(c));
     }
 }

@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
-use crate::kv::KvStore;
+use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -100,6 +100,10 @@ pub struct NodeOptions {
     pub snapshot_every: u64,
     /// Use transport settings tuned for loopback (large MTU, short timers).
     pub loopback: bool,
+    /// Client sessions the store keeps before evicting the least recently
+    /// used (see [`crate::kv`]). Part of the state machine's definition:
+    /// every node of a cluster must use the same value.
+    pub max_sessions: usize,
 }
 
 impl NodeOptions {
@@ -117,6 +121,7 @@ impl NodeOptions {
             segment_bytes: 64 << 20,
             snapshot_every: 1_000_000,
             loopback: false,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -271,7 +276,7 @@ pub async fn run_node(
     let snapshots = SnapshotStore::open(opts.data_dir.join("snapshots"))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
-    let mut kv = KvStore::new();
+    let mut kv = KvStore::with_max_sessions(opts.max_sessions).context("--max-sessions")?;
     let mut recovered = Recovered::default();
     if let Some(latest) = snapshots.latest().context("listing snapshots")? {
         let meta = snapshots
@@ -955,7 +960,7 @@ impl Driver {
                 // Restore into a staging store and keep it only if the
                 // kernel still expects this snapshot (it may have changed
                 // leader meanwhile); the live store is never half-replaced.
-                let mut staged = KvStore::new();
+                let mut staged = self.kv.emptied();
                 match self.receiver.install(&mut staged) {
                     Ok(stored) => {
                         let before = self.replica.applied_zxid();
@@ -1083,6 +1088,8 @@ impl Driver {
             "commit": self.replica.commit_zxid().as_u64(),
             "applied": self.kv.applied().as_u64(),
             "keys": self.kv.len(),
+            "sessions": self.kv.session_count(),
+            "sessions_evicted": self.kv.sessions_evicted(),
             "digest": self.kv.digest(),
             "proposals": self.stats.proposals,
             "applied_entries": self.stats.applied,

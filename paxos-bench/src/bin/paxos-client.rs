@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use paxos_bench::client::Client;
+use paxos_bench::client::{Client, Session};
 use paxos_bench::client_proto::ReadMode;
 use paxos_bench::kv::KvResult;
 use std::net::SocketAddr;
@@ -79,18 +79,16 @@ fn show(v: Option<Bytes>) -> String {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let timeout = Duration::from_millis(cli.timeout_ms);
-    // A fresh session per invocation: the store deduplicates within it.
-    let session = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1 << 63;
-    let client = Client::new(cli.cluster.clone(), session, timeout);
+    // A fresh cluster-assigned session per invocation (one extra replicated
+    // command before a write): its id is unique by construction, and the
+    // store deduplicates the write's retries within it.
+    let client = Client::with_session(cli.cluster.clone(), Session::assigned(), timeout);
     match cli.command {
         Command::Put { key, value } => {
             let r = client.put(Bytes::from(key), Bytes::from(value)).await?;
-            if let KvResult::Done(prev) = r {
-                println!("ok (previous: {})", show(prev));
+            match r {
+                KvResult::Done(prev) => println!("ok (previous: {})", show(prev)),
+                other => bail!("unexpected result {other:?}"),
             }
         }
         Command::Get { key, stale } => {
@@ -103,8 +101,9 @@ async fn main() -> Result<()> {
         }
         Command::Delete { key } => {
             let r = client.delete(Bytes::from(key)).await?;
-            if let KvResult::Done(prev) = r {
-                println!("deleted (previous: {})", show(prev));
+            match r {
+                KvResult::Done(prev) => println!("deleted (previous: {})", show(prev)),
+                other => bail!("unexpected result {other:?}"),
             }
         }
         Command::Cas { key, new, expected } => {

@@ -64,6 +64,11 @@ enum Command {
         /// Tune the transport for nodes on one machine.
         #[arg(long)]
         loopback: bool,
+        /// Client sessions the store keeps; opening one more evicts the
+        /// least recently used. Must be the same on every node of a cluster
+        /// (a snapshot taken with another value is refused).
+        #[arg(long, default_value_t = paxos_bench::kv::DEFAULT_MAX_SESSIONS)]
+        max_sessions: usize,
     },
     /// Generate a cluster CA and node certificates as PEM files.
     Certs {
@@ -109,6 +114,7 @@ fn main() -> Result<()> {
             segment_mib,
             snapshot_every,
             loopback,
+            max_sessions,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -127,6 +133,7 @@ fn main() -> Result<()> {
             opts.segment_bytes = segment_mib << 20;
             opts.snapshot_every = snapshot_every;
             opts.loopback = loopback;
+            opts.max_sessions = max_sessions;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
