@@ -76,11 +76,22 @@ struct Conn {
     pending: Pending,
     /// Set by the reader when the server closed the connection.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the node closed the connection, if it said (an error frame with
+    /// id 0: over its connection limit, idle, a bad frame).
+    reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Conn {
     fn is_usable(&self) -> bool {
         !self.tx.is_closed() && !self.closed.load(Ordering::Acquire)
+    }
+
+    /// The error for a call that the connection's end cut short.
+    fn closed_error(&self) -> ClientError {
+        match self.reason.lock().clone() {
+            Some(reason) => ClientError::Node(reason),
+            None => ClientError::Io(std::io::ErrorKind::ConnectionReset.into()),
+        }
     }
 }
 
@@ -197,13 +208,19 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
+        // The reader marks the connection closed and then fails every call
+        // in `pending`; a call inserted after that must not wait for ever.
+        if conn.closed.load(Ordering::Acquire) {
+            conn.pending.lock().remove(&id);
+            return Err(conn.closed_error());
+        }
         if conn.tx.send((id, req)).await.is_err() {
             conn.pending.lock().remove(&id);
             return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(ClientError::Io(std::io::ErrorKind::ConnectionReset.into())),
+            Ok(Err(_)) => Err(conn.closed_error()),
             Err(_) => {
                 conn.pending.lock().remove(&id);
                 Err(ClientError::Timeout(self.timeout))
@@ -386,6 +403,8 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
     let reader_pending = pending.clone();
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_closed = closed.clone();
+    let reason: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let reader_reason = reason.clone();
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         'read: loop {
@@ -393,15 +412,20 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
                 Ok(0) | Err(_) => break,
                 Ok(_) => loop {
                     match next_frame(&mut buf) {
-                        Ok(Some(frame)) => {
-                            if let Ok((id, resp)) = Response::decode(frame) {
+                        Ok(Some(frame)) => match Response::decode(frame) {
+                            // Id 0 is never a call's: the node says why it
+                            // is closing this connection.
+                            Ok((0, Response::Error(why))) => {
+                                tracing::debug!(%addr, reason = %why, "node is closing the connection");
+                                *reader_reason.lock() = Some(why);
+                            }
+                            Ok((id, resp)) => {
                                 if let Some(tx) = reader_pending.lock().remove(&id) {
                                     let _ = tx.send(resp);
                                 }
-                            } else {
-                                break 'read;
                             }
-                        }
+                            Err(_) => break 'read,
+                        },
                         Ok(None) => break,
                         Err(_) => break 'read,
                     }
@@ -418,5 +442,6 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
         tx,
         pending,
         closed,
+        reason,
     }
 }

@@ -34,6 +34,12 @@ pub struct ClusterSpec {
     pub snapshot_every: u64,
     /// Client sessions each node's store keeps (`--max-sessions`).
     pub max_sessions: usize,
+    /// Client connections each node serves at once
+    /// (`--max-client-connections`).
+    pub max_client_connections: usize,
+    /// Idle client connections are closed after this many milliseconds
+    /// (`--client-idle-timeout-ms`, 0: never).
+    pub client_idle_timeout_ms: u64,
 }
 
 impl ClusterSpec {
@@ -48,6 +54,11 @@ impl ClusterSpec {
             segment_mib: 64,
             snapshot_every: 1_000_000,
             max_sessions: crate::kv::DEFAULT_MAX_SESSIONS,
+            max_client_connections: crate::node::DEFAULT_MAX_CLIENT_CONNECTIONS,
+            client_idle_timeout_ms: u64::try_from(
+                crate::node::DEFAULT_CLIENT_IDLE_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         }
     }
 }
@@ -141,6 +152,14 @@ impl LocalCluster {
             .args(["--segment-mib", &self.spec.segment_mib.to_string()])
             .args(["--snapshot-every", &self.spec.snapshot_every.to_string()])
             .args(["--max-sessions", &self.spec.max_sessions.to_string()])
+            .args([
+                "--max-client-connections",
+                &self.spec.max_client_connections.to_string(),
+            ])
+            .args([
+                "--client-idle-timeout-ms",
+                &self.spec.client_idle_timeout_ms.to_string(),
+            ])
             .arg("--loopback")
             .env(
                 "RUST_LOG",

@@ -34,10 +34,11 @@ use paxos_wal::{WalOptions, WalStorage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
 use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS};
@@ -104,7 +105,20 @@ pub struct NodeOptions {
     /// used (see [`crate::kv`]). Part of the state machine's definition:
     /// every node of a cluster must use the same value.
     pub max_sessions: usize,
+    /// Client connections served at once, at most; one more is answered
+    /// with an error frame (id 0, "busy: too many client connections") and
+    /// closed. Default [`DEFAULT_MAX_CLIENT_CONNECTIONS`].
+    pub max_client_connections: usize,
+    /// A client connection that sends no request for this long is closed
+    /// (after an error frame with id 0 saying so); `None`: never. Default
+    /// [`DEFAULT_CLIENT_IDLE_TIMEOUT`].
+    pub client_idle_timeout: Option<Duration>,
 }
+
+/// Default of [`NodeOptions::max_client_connections`].
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Default of [`NodeOptions::client_idle_timeout`].
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl NodeOptions {
     /// Defaults for everything but identity, membership and paths.
@@ -122,6 +136,8 @@ impl NodeOptions {
             snapshot_every: 1_000_000,
             loopback: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
         }
     }
 }
@@ -360,7 +376,14 @@ pub async fn run_node(
         .await
         .with_context(|| format!("binding the client port {}", me.client))?;
     let (client_tx, mut client_rx) = mpsc::channel::<ClientMsg>(16 * 1024);
-    let accept_task = tokio::spawn(accept_clients(listener, client_tx));
+    if opts.max_client_connections == 0 {
+        bail!("max_client_connections must be at least 1");
+    }
+    let limits = ClientLimits {
+        max_connections: opts.max_client_connections,
+        idle_timeout: opts.client_idle_timeout.filter(|d| !d.is_zero()),
+    };
+    let accept_task = tokio::spawn(accept_clients(listener, client_tx, limits));
     tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
 
     let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
@@ -1106,16 +1129,43 @@ fn read_id(ctx: &Bytes) -> Option<u64> {
     Some(u64::from_le_bytes(b))
 }
 
-/// Accepts client connections and serves each in its own task.
-async fn accept_clients(listener: TcpListener, to_driver: mpsc::Sender<ClientMsg>) {
+/// How the client listener bounds its connections.
+#[derive(Clone, Copy, Debug)]
+struct ClientLimits {
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+}
+
+/// Accepts client connections and serves each in its own task, at most
+/// `limits.max_connections` at once.
+async fn accept_clients(
+    listener: TcpListener,
+    to_driver: mpsc::Sender<ClientMsg>,
+    limits: ClientLimits,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tracing::debug!(%peer, "client connected");
-                tokio::spawn(serve_client(stream, to_driver.clone()));
-            }
+            Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(%peer, "client connected");
+                    tokio::spawn(serve_client(
+                        stream,
+                        peer,
+                        to_driver.clone(),
+                        limits.idle_timeout,
+                        permit,
+                    ));
+                }
+                Err(_) => {
+                    refused += 1;
+                    refuse_client(stream, peer, limits.max_connections, refused);
+                }
+            },
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -1123,40 +1173,92 @@ async fn accept_clients(listener: TcpListener, to_driver: mpsc::Sender<ClientMsg
     }
 }
 
+/// Answers a connection over the limit with one error frame (id 0) and
+/// closes it, without blocking the accept loop: the frame goes out with one
+/// non-blocking write into the fresh socket's empty send buffer.
+fn refuse_client(stream: TcpStream, peer: SocketAddr, limit: usize, refused: u64) {
+    let mut frame = BytesMut::new();
+    Response::Error(format!(
+        "busy: too many client connections (limit {limit}); try again later"
+    ))
+    .encode_frame(0, &mut frame);
+    let sent = stream.try_write(&frame).is_ok_and(|n| n == frame.len());
+    // One event per refusal at debug; a warning for the first and then
+    // every 1024th, so that a connection storm cannot flood the log.
+    tracing::debug!(%peer, limit, sent, "client connection refused: too many connections");
+    if refused == 1 || refused % 1024 == 0 {
+        tracing::warn!(%peer, limit, refused_total = refused, "client connections refused: at the connection limit");
+    }
+    drop(stream);
+}
+
 /// One client connection: frames in, requests to the driver, answers out.
-async fn serve_client(stream: TcpStream, to_driver: mpsc::Sender<ClientMsg>) {
+/// Holds `_permit` (its place under the connection limit) until it ends.
+/// With an idle timeout, a connection that sends nothing for that long is
+/// told so (an error frame with id 0) and closed.
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    to_driver: mpsc::Sender<ClientMsg>,
+    idle_timeout: Option<Duration>,
+    _permit: OwnedSemaphorePermit,
+) {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Response)>(8192);
     let writer = tokio::spawn(write_frames(wr, rx));
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // One timer per connection, moved only when it fires (not on every
+    // read): it then sleeps again until `idle_timeout` after the last input.
+    let mut last_input = tokio::time::Instant::now();
+    let idle = tokio::time::sleep_until(last_input + idle_timeout.unwrap_or_default());
+    tokio::pin!(idle);
     'conn: loop {
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => loop {
-                match next_frame(&mut buf) {
-                    Ok(Some(frame)) => match Request::decode(frame) {
-                        Ok((id, req)) => {
-                            let reply = Reply { tx: tx.clone(), id };
-                            if to_driver.send(ClientMsg { req, reply }).await.is_err() {
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    last_input = tokio::time::Instant::now();
+                    loop {
+                        match next_frame(&mut buf) {
+                            Ok(Some(frame)) => match Request::decode(frame) {
+                                Ok((id, req)) => {
+                                    let reply = Reply { tx: tx.clone(), id };
+                                    if to_driver.send(ClientMsg { req, reply }).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                Err(e) => {
+                                    let _ = tx
+                                        .send((0, Response::Error(format!("bad request: {e}"))))
+                                        .await;
+                                    break 'conn;
+                                }
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx
+                                    .send((0, Response::Error(format!("bad frame: {e}"))))
+                                    .await;
                                 break 'conn;
                             }
                         }
-                        Err(e) => {
-                            let _ = tx
-                                .send((0, Response::Error(format!("bad request: {e}"))))
-                                .await;
-                            break 'conn;
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx
-                            .send((0, Response::Error(format!("bad frame: {e}"))))
-                            .await;
-                        break 'conn;
                     }
                 }
             },
+            () = &mut idle, if idle_timeout.is_some() => {
+                let timeout = idle_timeout.unwrap_or_default();
+                let deadline = last_input + timeout;
+                if tokio::time::Instant::now() >= deadline {
+                    let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                    tracing::info!(%peer, idle_ms, "client connection idle; closed");
+                    let _ = tx.try_send((
+                        0,
+                        Response::Error(format!("closed: no request for {idle_ms} ms")),
+                    ));
+                    break;
+                }
+                idle.as_mut().reset(deadline);
+            }
         }
     }
     drop(tx);

@@ -69,6 +69,14 @@ enum Command {
         /// (a snapshot taken with another value is refused).
         #[arg(long, default_value_t = paxos_bench::kv::DEFAULT_MAX_SESSIONS)]
         max_sessions: usize,
+        /// Client connections served at once; one more gets an error frame
+        /// ("busy: too many client connections") and is closed.
+        #[arg(long, default_value_t = paxos_bench::node::DEFAULT_MAX_CLIENT_CONNECTIONS)]
+        max_client_connections: usize,
+        /// Close a client connection that sends no request for this many
+        /// milliseconds (0: never).
+        #[arg(long, default_value_t = 60_000)]
+        client_idle_timeout_ms: u64,
     },
     /// Generate a cluster CA and node certificates as PEM files.
     Certs {
@@ -115,6 +123,8 @@ fn main() -> Result<()> {
             snapshot_every,
             loopback,
             max_sessions,
+            max_client_connections,
+            client_idle_timeout_ms,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -134,6 +144,9 @@ fn main() -> Result<()> {
             opts.snapshot_every = snapshot_every;
             opts.loopback = loopback;
             opts.max_sessions = max_sessions;
+            opts.max_client_connections = max_client_connections;
+            opts.client_idle_timeout =
+                (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

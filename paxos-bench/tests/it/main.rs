@@ -2,5 +2,6 @@
 //! WAL on disk.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod client_limits;
 mod cluster;
 mod sessions;
