@@ -29,6 +29,7 @@ pub mod cluster;
 #[cfg(feature = "compare")]
 pub mod compare;
 pub mod kv;
+pub mod linearizability;
 pub mod loadgen;
 #[cfg(all(
     feature = "wal",
