@@ -4,16 +4,37 @@
 //!
 //! Processes are killed (SIGKILL) when the cluster is dropped, so a failing
 //! test or benchmark never leaves nodes behind.
+//!
+//! Ports: the members table must be fixed before any node starts, so ports
+//! are chosen up front: probed free for both TCP and UDP, at a random place
+//! below the kernel's ephemeral range (where the ports of outgoing
+//! connections and `bind(0)` come from, so few other processes take them).
+//! A port can still be taken between the probe and the node's bind; such a
+//! node exits with [`EXIT_ADDR_IN_USE`], and [`LocalCluster::start`] then
+//! stops every node and starts the whole cluster again on fresh ports (at
+//! most [`START_ATTEMPTS`] times). `start` returns once every node answers
+//! a status request on its client port from its own process id.
 
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use bytes::BytesMut;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::node::{format_members, Member};
+use crate::client_proto::{next_frame, Request, Response};
+use crate::node::{format_members, Member, EXIT_ADDR_IN_USE};
+
+/// Whole-cluster start attempts before [`LocalCluster::start`] gives up on
+/// port clashes.
+pub const START_ATTEMPTS: usize = 5;
+/// How long every node of one attempt has to answer its first status.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of a local cluster.
 #[derive(Clone, Debug)]
@@ -40,6 +61,10 @@ pub struct ClusterSpec {
     /// Idle client connections are closed after this many milliseconds
     /// (`--client-idle-timeout-ms`, 0: never).
     pub client_idle_timeout_ms: u64,
+    /// Ports for the first start attempt, two per node in id order (peer,
+    /// then client); empty: picked like every later attempt's. For tests
+    /// that reproduce a port taken by another process.
+    pub first_attempt_ports: Vec<u16>,
 }
 
 impl ClusterSpec {
@@ -59,6 +84,7 @@ impl ClusterSpec {
                 crate::node::DEFAULT_CLIENT_IDLE_TIMEOUT.as_millis(),
             )
             .unwrap_or(u64::MAX),
+            first_attempt_ports: Vec::new(),
         }
     }
 }
@@ -70,21 +96,98 @@ pub struct LocalCluster {
     children: BTreeMap<u64, Child>,
 }
 
-/// Finds a free loopback port usable for both TCP and UDP.
-fn free_port() -> Result<u16> {
-    // Bounded: a few attempts at an ephemeral port free for both protocols.
-    for _ in 0..64 {
-        let tcp = TcpListener::bind("127.0.0.1:0").context("binding a probe TCP port")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A random number from the standard library's per-process hash keys.
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Whether `port` can be bound on loopback for both TCP and UDP right now.
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Picks `count` distinct loopback ports free for both TCP and UDP, from a
+/// random place in the range below the ephemeral ports (or above it, or any
+/// ephemeral port from the kernel when neither is large enough).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    const LOW: u16 = 10_000;
+    const MIN_SPAN: u16 = 2_000;
+    let (eph_lo, eph_hi) = ephemeral_range();
+    let span = if eph_lo > LOW && eph_lo - LOW >= MIN_SPAN {
+        Some((LOW, eph_lo - 1))
+    } else if eph_hi < u16::MAX && u16::MAX - eph_hi >= MIN_SPAN {
+        Some((eph_hi + 1, u16::MAX))
+    } else {
+        None
+    };
+    let mut ports = BTreeSet::new();
+    match span {
+        Some((lo, hi)) => {
+            let width = u64::from(hi - lo) + 1;
+            let start = random_u64() % width;
+            // Bounded: one pass over the range at most.
+            for k in 0..width {
+                if ports.len() == count {
+                    break;
+                }
+                let port = lo + ((start + k) % width) as u16;
+                if port_is_free(port) {
+                    ports.insert(port);
+                }
+            }
+        }
+        None => {
+            for _ in 0..64 * count {
+                if ports.len() == count {
+                    break;
+                }
+                let tcp = TcpListener::bind("127.0.0.1:0").context("binding a probe TCP port")?;
+                let port = tcp.local_addr()?.port();
+                if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                    ports.insert(port);
+                }
+            }
         }
     }
-    bail!("no free loopback port found")
+    if ports.len() < count {
+        bail!(
+            "only {} free loopback ports found, {count} needed",
+            ports.len()
+        );
+    }
+    Ok(ports.into_iter().collect())
+}
+
+/// How one start attempt ended.
+enum StartOutcome {
+    /// Every node answered.
+    Ready,
+    /// A node found a port taken: try again on other ports.
+    PortTaken(u64),
 }
 
 impl LocalCluster {
-    /// Writes certificates and starts every node.
+    /// Writes certificates, starts every node and waits until each one
+    /// answers on its client port (retrying on fresh ports if one was taken
+    /// meanwhile; see the module docs). Blocks the calling thread.
     pub fn start(spec: ClusterSpec) -> Result<LocalCluster> {
         std::fs::create_dir_all(&spec.base_dir)
             .with_context(|| format!("creating {}", spec.base_dir.display()))?;
@@ -98,21 +201,104 @@ impl LocalCluster {
         let peer_ids: Vec<_> = ids.iter().map(|&i| paxos_net_quic::PeerId(i)).collect();
         paxos_net_quic::certs::generate_cluster(&spec.base_dir.join("certs"), &peer_ids)
             .context("generating certificates")?;
-        let mut members = BTreeMap::new();
-        for &id in &ids {
-            let peer = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let client = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            members.insert(id, Member { peer, client });
-        }
         let mut cluster = LocalCluster {
             spec,
-            members,
+            members: BTreeMap::new(),
             children: BTreeMap::new(),
         };
-        for id in ids {
-            cluster.start_node(id)?;
+        for attempt in 1..=START_ATTEMPTS {
+            let given = &cluster.spec.first_attempt_ports;
+            let ports = if attempt == 1 && !given.is_empty() {
+                if given.len() != 2 * ids.len() {
+                    bail!(
+                        "first_attempt_ports has {} ports; {} nodes need {}",
+                        given.len(),
+                        ids.len(),
+                        2 * ids.len()
+                    );
+                }
+                given.clone()
+            } else {
+                free_ports(2 * ids.len())?
+            };
+            cluster.members = ids
+                .iter()
+                .zip(ports.chunks(2))
+                .map(|(&id, p)| {
+                    let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+                    (
+                        id,
+                        Member {
+                            peer: addr(p[0]),
+                            client: addr(p[1]),
+                        },
+                    )
+                })
+                .collect();
+            // Data directories are kept across attempts: a node's data does
+            // not depend on its addresses, so a retry is a restart.
+            for &id in &ids {
+                cluster.start_node(id)?;
+            }
+            match cluster.wait_started(START_TIMEOUT)? {
+                StartOutcome::Ready => return Ok(cluster),
+                StartOutcome::PortTaken(id) => {
+                    tracing::warn!(
+                        node = id,
+                        attempt,
+                        "a node's port was taken before it could bind; restarting the cluster on other ports"
+                    );
+                    cluster.stop();
+                }
+            }
         }
-        Ok(cluster)
+        bail!(
+            "every one of {START_ATTEMPTS} attempts lost a port to another process; see the node logs under {}",
+            cluster.spec.base_dir.display()
+        )
+    }
+
+    /// Waits until every node answers a status request from its own process
+    /// (not some other process that took its port), or one exits.
+    fn wait_started(&mut self, timeout: Duration) -> Result<StartOutcome> {
+        let deadline = Instant::now() + timeout;
+        let mut ready = BTreeSet::new();
+        while Instant::now() < deadline {
+            for (&id, child) in &mut self.children {
+                if let Some(status) = child.try_wait().context("polling a node process")? {
+                    if status.code() == Some(EXIT_ADDR_IN_USE) {
+                        return Ok(StartOutcome::PortTaken(id));
+                    }
+                    bail!(
+                        "node {id} exited during start-up ({}); its log {}:\n{}",
+                        describe(status),
+                        self.log_path(id).display(),
+                        log_tail(&self.log_path(id))
+                    );
+                }
+            }
+            for (&id, child) in &self.children {
+                if ready.contains(&id) {
+                    continue;
+                }
+                let addr = self.members[&id].client;
+                if status_pid(addr, Duration::from_millis(500)) == Some(child.id()) {
+                    ready.insert(id);
+                }
+            }
+            if ready.len() == self.children.len() {
+                return Ok(StartOutcome::Ready);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!(
+            "nodes {:?} did not answer within {timeout:?}; see the node logs under {}",
+            self.ids()
+                .into_iter()
+                .filter(|id| !ready.contains(id))
+                .collect::<Vec<_>>(),
+            self.spec.base_dir.display()
+        )
     }
 
     /// The data directory of node `id`.
@@ -279,6 +465,65 @@ impl LocalCluster {
     pub fn base_dir(&self) -> &Path {
         &self.spec.base_dir
     }
+}
+
+/// A child's exit status in words.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// The end of a log file for an error message: from the last `Error:`
+/// line (what `paxos-node` prints when it fails, before any backtrace), or
+/// else the last lines; 20 lines at most.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|l| l.starts_with("Error:"))
+        .unwrap_or(lines.len().saturating_sub(20));
+    lines[from..]
+        .iter()
+        .take(20)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asks the node at `addr` for its status (blocking, bounded by `timeout`
+/// per step) and returns the process id it reports.
+fn status_pid(addr: SocketAddr, timeout: Duration) -> Option<u32> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut buf = BytesMut::new();
+    Request::Status.encode_frame(1, &mut buf);
+    stream.write_all(&buf).ok()?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    // Bounded: a status is one frame of a few KiB.
+    for _ in 0..64 {
+        if let Ok(Some(frame)) = next_frame(&mut buf) {
+            return match Response::decode(frame).ok()? {
+                (1, Response::Status(s)) => serde_json::from_str::<serde_json::Value>(&s)
+                    .ok()?
+                    .get("pid")?
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok()),
+                _ => None,
+            };
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    None
 }
 
 impl Drop for LocalCluster {

@@ -115,6 +115,10 @@ pub struct NodeOptions {
     pub client_idle_timeout: Option<Duration>,
 }
 
+/// The exit status of `paxos-node run` when an address it must bind (peer
+/// or client port) is already in use.
+pub const EXIT_ADDR_IN_USE: i32 = 98;
+
 /// Default of [`NodeOptions::max_client_connections`].
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// Default of [`NodeOptions::client_idle_timeout`].
@@ -1101,6 +1105,7 @@ impl Driver {
             .collect();
         serde_json::json!({
             "id": self.id.0,
+            "pid": std::process::id(),
             "role": role,
             "leader": self.replica.leader().map(|l| l.0),
             "epoch": self.replica.established_epoch().map(|e| e.0),

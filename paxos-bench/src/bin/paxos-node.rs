@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use paxos_bench::node::{parse_members, run_node, NodeOptions};
+use paxos_bench::node::{parse_members, run_node, NodeOptions, EXIT_ADDR_IN_USE};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -152,7 +152,20 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(run_node(opts, shutdown_signal()))
+            let result = rt.block_on(run_node(opts, shutdown_signal()));
+            if let Err(e) = &result {
+                // A distinct exit status for a port taken by another process,
+                // so that a launcher (`LocalCluster`) can retry elsewhere.
+                let in_use = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+                });
+                if in_use {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(EXIT_ADDR_IN_USE);
+                }
+            }
+            result
         }
     }
 }

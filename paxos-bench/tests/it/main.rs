@@ -4,4 +4,6 @@
 
 mod client_limits;
 mod cluster;
+mod cluster_start;
+mod linearizable;
 mod sessions;
