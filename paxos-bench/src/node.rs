@@ -209,6 +209,20 @@ struct ClientMsg {
 /// A finished snapshot thread's report: the zxid, and the file and time taken.
 type SnapshotDone = (Zxid, Result<(StoredSnapshot, Duration), String>);
 
+/// A finished snapshot install (verify, move into the store, restore into a
+/// staging store), run off the loop: the receiver comes back with it.
+struct InstallDone {
+    from: NodeId,
+    receiver: SnapshotReceiver,
+    staged: KvStore,
+    result: Result<StoredSnapshot, paxos_snapshot::SnapshotError>,
+    elapsed: Duration,
+}
+
+/// Snapshot chunks kept while an install runs, at most (the leader paces
+/// its chunks, so only a restarted transfer sends any meanwhile).
+const MAX_DEFERRED_CHUNKS: usize = 64;
+
 /// Persist markers with the messages that wait for them, in order.
 type SyncGroup = Vec<(Persisted, Vec<Envelope>)>;
 
@@ -229,7 +243,12 @@ struct Driver {
     codec: Codec,
     transport: Transport,
     snapshots: SnapshotStore,
-    receiver: SnapshotReceiver,
+    /// Assembles snapshot chunks; `None` while an install runs off the loop.
+    receiver: Option<SnapshotReceiver>,
+    /// Chunks that arrived while an install ran, for after it.
+    deferred_chunks: VecDeque<(NodeId, SnapChunk)>,
+    /// Where install tasks report.
+    install_done_tx: mpsc::UnboundedSender<InstallDone>,
     outgoing: Vec<OutgoingSnapshot>,
     /// Proposed writes by zxid: the command and who waits for it.
     pending_writes: HashMap<Zxid, (Bytes, Reply)>,
@@ -391,6 +410,7 @@ pub async fn run_node(
     tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
 
     let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
+    let (install_done_tx, mut install_done) = mpsc::unbounded_channel::<InstallDone>();
     let mut d = Driver {
         id,
         members: opts.members.clone(),
@@ -401,7 +421,9 @@ pub async fn run_node(
         codec: Codec::new(16 << 20),
         transport,
         snapshots,
-        receiver,
+        receiver: Some(receiver),
+        deferred_chunks: VecDeque::new(),
+        install_done_tx,
         outgoing: Vec::new(),
         pending_writes: HashMap::new(),
         pending_reads: HashMap::new(),
@@ -445,6 +467,11 @@ pub async fn run_node(
             msg = client_rx.recv() => {
                 let Some(msg) = msg else { break Err(anyhow::anyhow!("client listener stopped")) };
                 d.on_client(msg);
+            }
+            done = install_done.recv() => {
+                if let Some(done) = done {
+                    d.on_install_done(done);
+                }
             }
             bulk = inbox.bulk.recv() => {
                 if let Some((peer, payload)) = bulk {
@@ -965,6 +992,15 @@ impl Driver {
     }
 
     fn receive_chunk(&mut self, from: NodeId, chunk: SnapChunk) {
+        let Some(receiver) = self.receiver.as_mut() else {
+            // An install runs off the loop; its receiver comes back with it.
+            if self.deferred_chunks.len() < MAX_DEFERRED_CHUNKS {
+                self.deferred_chunks.push_back((from, chunk));
+            } else {
+                tracing::warn!(%from, offset = chunk.offset, "snapshot chunk dropped while an install runs");
+            }
+            return;
+        };
         let c = SnapshotChunk {
             snapshot: SnapshotId {
                 zxid: chunk.snapshot_zxid,
@@ -976,41 +1012,82 @@ impl Driver {
             total_bytes: chunk.total_len,
             last: chunk.last,
         };
-        let mut progress = self.receiver.accept(&c);
+        let mut progress = receiver.accept(&c);
         if progress.is_err() && c.offset == 0 {
             // The leader restarted the transfer: drop what we had.
-            let _ = self.receiver.abort();
-            progress = self.receiver.accept(&c);
+            let _ = receiver.abort();
+            progress = receiver.accept(&c);
         }
         match progress {
-            Ok(Progress::Complete) => {
-                // Restore into a staging store and keep it only if the
-                // kernel still expects this snapshot (it may have changed
-                // leader meanwhile); the live store is never half-replaced.
-                let mut staged = self.kv.emptied();
-                match self.receiver.install(&mut staged) {
-                    Ok(stored) => {
-                        let before = self.replica.applied_zxid();
-                        let now = self.now();
-                        self.replica.snapshot_installed(now, stored.zxid);
-                        if before < stored.zxid && self.replica.applied_zxid() >= stored.zxid {
-                            self.kv = staged;
-                            self.applied_since_snapshot = 0;
-                            tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), "snapshot installed");
-                        } else {
-                            tracing::warn!(%from, zxid = ?stored.zxid, "snapshot no longer expected; state kept");
-                        }
-                        if let Err(e) = self.snapshots.retain(2) {
-                            tracing::warn!(error = %e, "old snapshots not removed");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(%from, error = %e, "snapshot install failed; state kept")
-                    }
-                }
-            }
+            Ok(Progress::Complete) => self.start_install(from),
             Ok(Progress::NeedMore { .. }) => {}
             Err(e) => tracing::warn!(%from, error = %e, "snapshot chunk refused"),
+        }
+    }
+
+    /// The last chunk is in: verify the file, move it into the store and
+    /// restore it into a staging store on a blocking thread (each step reads
+    /// the whole snapshot), so the loop keeps serving heartbeats and clients
+    /// meanwhile. [`on_install_done`](Self::on_install_done) finishes.
+    fn start_install(&mut self, from: NodeId) {
+        let Some(mut receiver) = self.receiver.take() else {
+            panic!("invariant: an install starts only from a chunk the receiver took");
+        };
+        let mut staged = self.kv.emptied();
+        let store = self.snapshots.clone();
+        let done = self.install_done_tx.clone();
+        tracing::info!(%from, "snapshot received; installing off the loop");
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = receiver.install(&mut staged);
+            if result.is_ok() {
+                if let Err(e) = store.retain(2) {
+                    tracing::warn!(error = %e, "old snapshots not removed");
+                }
+            }
+            let _ = done.send(InstallDone {
+                from,
+                receiver,
+                staged,
+                result,
+                elapsed: started.elapsed(),
+            });
+        });
+    }
+
+    /// An install finished. The staging store replaces the live one only if
+    /// the kernel still expects this snapshot (it may have changed leader
+    /// meanwhile); the live store is never half-replaced.
+    fn on_install_done(&mut self, done: InstallDone) {
+        let InstallDone {
+            from,
+            receiver,
+            staged,
+            result,
+            elapsed,
+        } = done;
+        self.receiver = Some(receiver);
+        match result {
+            Ok(stored) => {
+                let before = self.replica.applied_zxid();
+                let now = self.now();
+                self.replica.snapshot_installed(now, stored.zxid);
+                if before < stored.zxid && self.replica.applied_zxid() >= stored.zxid {
+                    self.kv = staged;
+                    self.applied_since_snapshot = 0;
+                    tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), ?elapsed, "snapshot installed; state replaced");
+                } else {
+                    tracing::warn!(%from, zxid = ?stored.zxid, "snapshot no longer expected; state kept");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%from, error = %e, "snapshot install failed; state kept")
+            }
+        }
+        // Chunks that came meanwhile, in order (one may start another
+        // install, which defers the rest again).
+        for (from, chunk) in std::mem::take(&mut self.deferred_chunks) {
+            self.receive_chunk(from, chunk);
         }
     }
 

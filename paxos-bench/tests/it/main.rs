@@ -7,3 +7,4 @@ mod cluster;
 mod cluster_start;
 mod linearizable;
 mod sessions;
+mod snapshot_install;
