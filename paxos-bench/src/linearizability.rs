@@ -65,22 +65,30 @@
 //! # The witness
 //!
 //! When a key is not linearizable, [`Violation`] explains why with a small
-//! set of operations, found by:
+//! set of operations. Releasing an operation makes it less constraining: a
+//! completed write released from its result takes effect within its interval
+//! whatever it returned, released further it may take effect at any instant
+//! after its invocation or never, and a released read is dropped. A history
+//! that fails with some operations released fails as recorded too. The
+//! witness is found by:
 //!
 //! 1. cutting the key's history at the earliest completion instant `T` at
-//!    which it already fails, where operations completed by `T` keep their
-//!    results, operations invoked by `T` but not completed by then become
-//!    writes of unknown outcome (reads are dropped), and later ones are
-//!    dropped (a failure of that cut implies a failure of the whole);
-//! 2. shrinking the set of operations that keep their recorded results (the
-//!    *core*) by delta debugging: an operation is released (a write becomes of
-//!    unknown outcome, a read is dropped) whenever the rest still fails.
+//!    which it already fails: operations completed by `T` keep their
+//!    results, operations invoked by `T` but not completed by then become of
+//!    unknown outcome, later ones are dropped (a failure of that cut implies
+//!    a failure of the whole);
+//! 2. releasing operations from their results by delta debugging (a chunk at
+//!    a time, keeping each release after which the cut still fails): what
+//!    keeps its result is the *core* ([`Violation::core`]);
+//! 3. releasing the released writes from their intervals the same way: those
+//!    that must keep theirs are [`Violation::writes_in_interval`], and the
+//!    writes of unknown outcome that could produce a value the core depends
+//!    on are [`Violation::writes_anytime`] (the others cannot matter).
 //!
-//! The core stays not linearizable even if every other write on the key
-//! could take effect at any time after its invocation, or never; the
-//! *context* lists those other writes that could produce a value the core
-//! depends on. When [`Violation::minimal`] is true, releasing any single core
-//! operation makes the core with its context linearizable.
+//! When [`Violation::minimal`] is true, releasing any one operation of the
+//! core, or any one write from its interval, makes the witness linearizable.
+//! A stale read, for example, is explained by the read alone (core) and the
+//! write it missed (within its interval).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -93,7 +101,9 @@
 //! h.push(Operation::completed(2, key.clone(), Command::Get, 20, 30, Output::Read(None))).unwrap();
 //! let report = check(&h, &CheckConfig::default());
 //! match &report.verdict {
-//!     Verdict::NotLinearizable(v) => assert_eq!(v.core.len(), 2, "{v}"),
+//!     Verdict::NotLinearizable(v) => {
+//!         assert_eq!((v.core.len(), v.writes_in_interval.len()), (1, 1), "{v}");
+//!     }
 //!     other => panic!("a stale read must be caught: {other:?}"),
 //! }
 //! ```
@@ -588,54 +598,71 @@ impl Default for CheckConfig {
     }
 }
 
-/// Why a key's history is not linearizable.
+/// Why a key's history is not linearizable: a small set of operations that
+/// cannot all have returned what they did (the [witness](self#the-witness)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// The key.
     pub key: Bytes,
-    /// Operations whose recorded results cannot all hold together, in order
-    /// of invocation: not linearizable even with the context below.
+    /// The operations whose recorded results cannot all hold together, in
+    /// order of invocation.
     pub core: Vec<(OpId, Operation)>,
+    /// Other completed writes on the key that the core depends on, each taken
+    /// to take effect between its invocation and its completion, whatever it
+    /// returned.
+    pub writes_in_interval: Vec<(OpId, Operation)>,
     /// Other writes on the key that could produce a value the core depends
     /// on, each allowed to take effect at any instant after its invocation,
     /// or never, whatever it returned.
-    pub context: Vec<(OpId, Operation)>,
-    /// Whether releasing any one core operation (a write to unknown outcome,
-    /// a read dropped) was shown to make the witness linearizable; false if
-    /// minimization was off or ran out of steps.
+    pub writes_anytime: Vec<(OpId, Operation)>,
+    /// Whether the witness was shown minimal: releasing any one core
+    /// operation from its result (a read dropped), or any one write of
+    /// [`writes_in_interval`](Violation::writes_in_interval) from its
+    /// interval, makes it linearizable. False if minimization was off or ran
+    /// out of steps.
     pub minimal: bool,
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
-            "key {} is not linearizable; these {} operations cannot all have returned what they did:",
+            "key {} is not linearizable; {} cannot have returned what {}:",
             ShowValue(Some(&self.key)),
-            self.core.len()
+            if self.core.len() == 1 {
+                "this operation".to_string()
+            } else {
+                format!("these {} operations", self.core.len())
+            },
+            if self.core.len() == 1 {
+                "it did"
+            } else {
+                "they did"
+            }
         )?;
         for (id, op) in &self.core {
-            writeln!(f, "  {id} {op}")?;
+            write!(f, "\n  {id} {op}")?;
         }
-        if self.context.is_empty() {
+        if !self.writes_in_interval.is_empty() {
             write!(
                 f,
-                "  (no other write on the key could produce a value they depend on)"
+                "\ngiven that these writes took effect within their intervals (whatever they returned):"
             )?;
-        } else {
-            writeln!(
+            for (id, op) in &self.writes_in_interval {
+                write!(f, "\n  {id} {op}")?;
+            }
+        }
+        if !self.writes_anytime.is_empty() {
+            write!(
                 f,
-                "  even if these other writes took effect at any time after their invocation, or never:"
+                "\neven if these writes took effect at any time after their invocation, or never:"
             )?;
-            for (i, (id, op)) in self.context.iter().enumerate() {
-                if i > 0 {
-                    writeln!(f)?;
-                }
-                write!(f, "  {id} {op}")?;
+            for (id, op) in &self.writes_anytime {
+                write!(f, "\n  {id} {op}")?;
             }
         }
         if !self.minimal {
-            write!(f, "\n  (the witness may not be minimal)")?;
+            write!(f, "\n(the witness may not be minimal)")?;
         }
         Ok(())
     }
@@ -818,12 +845,17 @@ impl SearchOp {
     }
 }
 
-/// How an operation enters one search (a "view" of the key's history).
+/// How an operation enters one search (a "view" of the key's history), from
+/// the most to the least constrained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     /// As recorded.
     Full,
-    /// Released: a write of unknown outcome; a read is left out.
+    /// A completed write that takes effect within its interval, whatever it
+    /// returned; a read is left out. (An operation of unknown outcome is
+    /// [`Role::Weak`] instead.)
+    Loose,
+    /// A write of unknown outcome; a read is left out.
     Weak,
     /// Left out.
     Drop,
@@ -835,7 +867,9 @@ struct KeyOps {
     indices: Vec<usize>,
     /// The operation as recorded (`None`: constrains nothing, an unknown get).
     full: Vec<Option<SearchOp>>,
-    /// The operation released (`None` for a read).
+    /// The operation as a [`Role::Loose`] write (`None` for a read).
+    loose: Vec<Option<SearchOp>>,
+    /// The operation as a write of unknown outcome (`None` for a read).
     weak: Vec<Option<SearchOp>>,
 }
 
@@ -852,6 +886,7 @@ impl KeyOps {
             }
         };
         let mut full = Vec::with_capacity(indices.len());
+        let mut loose = Vec::with_capacity(indices.len());
         let mut weak = Vec::with_capacity(indices.len());
         for &i in &indices {
             let op = &history.ops[i];
@@ -873,6 +908,14 @@ impl KeyOps {
             };
             let released = (eff != Eff::Keep).then_some(released);
             weak.push(released);
+            loose.push(match &op.outcome {
+                Outcome::Completed { completed_ns, .. } => released.map(|o| SearchOp {
+                    completed_ns: *completed_ns,
+                    known: true,
+                    ..o
+                }),
+                Outcome::Unknown => released,
+            });
             let recorded = match &op.outcome {
                 Outcome::Unknown => released,
                 Outcome::Completed {
@@ -918,6 +961,7 @@ impl KeyOps {
         KeyOps {
             indices,
             full,
+            loose,
             weak,
         }
     }
@@ -929,6 +973,7 @@ impl KeyOps {
         let mut ops: Vec<(usize, SearchOp)> = (0..self.indices.len())
             .filter_map(|p| match role(p) {
                 Role::Full => self.full[p].map(|o| (p, o)),
+                Role::Loose => self.loose[p].map(|o| (p, o)),
                 Role::Weak => self.weak[p].map(|o| (p, o)),
                 Role::Drop => None,
             })
@@ -940,15 +985,11 @@ impl KeyOps {
     /// Builds the witness of a key found not linearizable; returns it and the
     /// steps spent.
     fn witness(&self, history: &History, key: &Bytes, config: &CheckConfig) -> (Violation, u64) {
-        let mut budget = config.max_witness_steps;
-        let spend = |view: &[(usize, SearchOp)], budget: &mut u64| -> SearchResult {
-            let out = search(
-                view,
-                config.max_steps_per_key.min(*budget),
-                config.max_cache_bytes,
-            );
-            *budget = budget.saturating_sub(out.steps);
-            out.result
+        let mut shrink = Shrink {
+            ops: self,
+            budget: config.max_witness_steps,
+            max_steps: config.max_steps_per_key,
+            max_cache_bytes: config.max_cache_bytes,
         };
         let n = self.indices.len();
         let invoked = |p: usize| history.ops[self.indices[p]].invoked_ns;
@@ -973,8 +1014,7 @@ impl KeyOps {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let t = instants[mid];
-            let view = self.view(|p| cut_role(p, t));
-            if spend(&view, &mut budget) == SearchResult::NotLinearizable {
+            if shrink.fails(&(0..n).map(|p| cut_role(p, t)).collect::<Vec<_>>()) == Some(true) {
                 cut = t;
                 hi = mid;
             } else {
@@ -983,122 +1023,159 @@ impl KeyOps {
         }
         let mut roles: Vec<Role> = (0..n).map(|p| cut_role(p, cut)).collect();
 
-        // 2. Delta debugging over the operations kept as recorded.
         let mut minimal = false;
         if config.minimize_witness {
-            let mut core: Vec<usize> = (0..n)
+            // 2. Release operations from their recorded results: completed
+            // writes then only take effect within their intervals.
+            let core: Vec<usize> = (0..n)
                 .filter(|&p| roles[p] == Role::Full && self.full[p].is_some_and(|o| o.known))
                 .collect();
-            let mut chunk = core.len().div_ceil(2).max(1);
-            let mut undecided = false;
-            // Each pass either shrinks the core or halves the chunk, so the
-            // loop ends; the bound guards the argument.
-            for _ in 0..=(4 * n + 64) {
-                if budget == 0 {
-                    // Out of steps: `minimal` stays false.
-                    break;
-                }
-                let mut removed = false;
-                let mut start = 0;
-                while start < core.len() && budget > 0 {
-                    let end = (start + chunk).min(core.len());
-                    if end - start == core.len() {
-                        // Never release everything: an empty core explains
-                        // nothing (and cannot fail).
-                        start = end;
-                        continue;
-                    }
-                    let trial: Vec<Role> = roles
-                        .iter()
-                        .enumerate()
-                        .map(|(p, &r)| {
-                            if core[start..end].contains(&p) {
-                                Role::Weak
-                            } else {
-                                r
-                            }
-                        })
-                        .collect();
-                    match spend(&self.view(|p| trial[p]), &mut budget) {
-                        SearchResult::NotLinearizable => {
-                            roles = trial;
-                            core.drain(start..end);
-                            removed = true;
-                        }
-                        SearchResult::Linearizable => start = end,
-                        SearchResult::OutOfBudget => {
-                            undecided = true;
-                            start = end;
-                        }
-                    }
-                }
-                if budget == 0 && start < core.len() {
-                    undecided = true;
-                }
-                if chunk == 1 && !removed {
-                    minimal = !undecided;
-                    break;
-                }
-                if !removed {
-                    chunk = chunk.div_ceil(2);
-                } else {
-                    chunk = chunk.min(core.len().div_ceil(2)).max(1);
-                }
-                if undecided {
-                    break;
-                }
-            }
+            let core_minimal = shrink.release(&mut roles, core, Role::Loose, false);
+            // 3. Release those writes from their intervals too: they may
+            // then take effect at any time after their invocation, or never.
+            let bounded: Vec<usize> = (0..n).filter(|&p| roles[p] == Role::Loose).collect();
+            let bounded_minimal = shrink.release(&mut roles, bounded, Role::Weak, true);
+            minimal = core_minimal && bounded_minimal;
         }
 
-        // The witness: the core and the writes of the (pruned) released
-        // context that it depends on.
         let view = self.view(|p| roles[p]);
-        let mut core = Vec::new();
-        let mut context = Vec::new();
+        let mut witness = Violation {
+            key: key.clone(),
+            core: Vec::new(),
+            writes_in_interval: Vec::new(),
+            writes_anytime: Vec::new(),
+            minimal,
+        };
         for (p, op) in &view {
             let id = self.indices[*p];
             let entry = (OpId(id), history.ops[id].clone());
-            if op.known {
-                core.push(entry);
-            } else {
-                context.push(entry);
+            match (roles[*p], op.known) {
+                (Role::Full, true) => witness.core.push(entry),
+                (_, true) => witness.writes_in_interval.push(entry),
+                (_, false) => witness.writes_anytime.push(entry),
             }
         }
-        core.sort_by_key(|(id, op)| (op.invoked_ns, *id));
-        context.sort_by_key(|(id, op)| (op.invoked_ns, *id));
-        let violation = Violation {
-            key: key.clone(),
-            core,
-            context,
-            minimal,
-        };
-        (violation, config.max_witness_steps - budget)
+        for list in [
+            &mut witness.core,
+            &mut witness.writes_in_interval,
+            &mut witness.writes_anytime,
+        ] {
+            list.sort_by_key(|(id, op)| (op.invoked_ns, *id));
+        }
+        (witness, config.max_witness_steps - shrink.budget)
     }
 }
 
-/// Removes the operations of unknown outcome that no completed operation of
-/// `ops` could observe: a write whose resulting value is never required by
-/// the precondition of a completed operation, directly or through a chain of
-/// compare-and-sets of unknown outcome. Any linearization that used such a
-/// write stays one without it (until the next unconditional write, the value
-/// stays outside the required set, so no completed operation runs there), so
-/// the verdict does not change.
+/// The searches of a witness, sharing one step budget.
+struct Shrink<'a> {
+    ops: &'a KeyOps,
+    /// Steps left.
+    budget: u64,
+    max_steps: u64,
+    max_cache_bytes: usize,
+}
+
+impl Shrink<'_> {
+    /// Whether the view with these roles fails: `None` if undecided.
+    fn fails(&mut self, roles: &[Role]) -> Option<bool> {
+        if self.budget == 0 {
+            return None;
+        }
+        let view = self.ops.view(|p| roles[p]);
+        let out = search(&view, self.max_steps.min(self.budget), self.max_cache_bytes);
+        self.budget = self.budget.saturating_sub(out.steps);
+        match out.result {
+            SearchResult::NotLinearizable => Some(true),
+            SearchResult::Linearizable => Some(false),
+            SearchResult::OutOfBudget => None,
+        }
+    }
+
+    /// Delta debugging: gives the positions of `set` the role `to`, a chunk
+    /// at a time, keeping each change after which the view still fails
+    /// (`roles` must fail on entry). Returns whether it ended with every
+    /// single remaining position shown necessary (1-minimal). Releasing the
+    /// whole set is tried only if `allow_empty`.
+    fn release(
+        &mut self,
+        roles: &mut [Role],
+        mut set: Vec<usize>,
+        to: Role,
+        allow_empty: bool,
+    ) -> bool {
+        let mut chunk = set.len().div_ceil(2).max(1);
+        // Each pass shrinks the set or halves the chunk, and a pass with
+        // chunks of one that shrinks nothing ends: the bound only guards it.
+        for _ in 0..=(4 * roles.len() + 64) {
+            if set.is_empty() {
+                return true;
+            }
+            let mut shrunk = false;
+            let mut undecided = false;
+            let mut start = 0;
+            while start < set.len() {
+                let end = (start + chunk).min(set.len());
+                if end - start == set.len() && !allow_empty {
+                    start = end;
+                    continue;
+                }
+                let mut trial = roles.to_vec();
+                for &p in &set[start..end] {
+                    trial[p] = to;
+                }
+                match self.fails(&trial) {
+                    Some(true) => {
+                        roles.copy_from_slice(&trial);
+                        set.drain(start..end);
+                        shrunk = true;
+                    }
+                    Some(false) => start = end,
+                    None => {
+                        undecided = true;
+                        start = end;
+                    }
+                }
+            }
+            if undecided {
+                return false;
+            }
+            if chunk == 1 && !shrunk {
+                return true;
+            }
+            chunk = if shrunk {
+                chunk.min(set.len().div_ceil(2)).max(1)
+            } else {
+                chunk.div_ceil(2)
+            };
+        }
+        false
+    }
+}
+
+/// Removes the operations of unknown outcome that no operation of `ops`
+/// could observe: a write whose resulting value is never required by the
+/// precondition of a completed operation, directly or through a chain of
+/// compare-and-sets whose result is not constrained (of unknown outcome, or
+/// released). Any linearization that used such a write stays one without
+/// it: until the next unconditional write the value stays outside the
+/// required set (a compare-and-set can only move it to another value outside
+/// it), so no operation with a precondition runs there, and that write
+/// erases the difference. The verdict does not change.
 fn prune_unobservable(ops: &mut Vec<(usize, SearchOp)>) {
     let mut needed: HashSet<Val> = ops
         .iter()
-        .filter(|(_, o)| o.known)
         .filter_map(|(_, o)| match o.pre {
             Pre::Equals(v) => Some(v),
             Pre::Any | Pre::Never => None,
         })
         .collect();
-    // Fixed point: a compare-and-set of unknown outcome that may produce a
-    // needed value makes its expected value needed too. Each round adds a
-    // value or stops, so at most one round per operation.
+    // Fixed point: a compare-and-set that may produce a needed value makes
+    // its expected value needed too. Each round adds a value or stops, so at
+    // most one round per operation.
     for _ in 0..=ops.len() {
         let mut grew = false;
         for (_, o) in ops.iter() {
-            if let (false, Eff::CasSet { expected, new }) = (o.known, o.eff) {
+            if let Eff::CasSet { expected, new } = o.eff {
                 if needed.contains(&new) && needed.insert(expected) {
                     grew = true;
                 }
@@ -1438,8 +1515,9 @@ mod tests {
         let r = h.ok(2, "k", Command::Get, 20, 30, read(None));
         let v = h.violation();
         assert_eq!(v.key, b("k"));
-        assert_eq!(ids(&v.core), vec![w, r]);
-        assert!(v.context.is_empty());
+        assert_eq!(ids(&v.core), vec![r]);
+        assert_eq!(ids(&v.writes_in_interval), vec![w]);
+        assert!(v.writes_anytime.is_empty());
         assert!(v.minimal);
     }
 
@@ -1450,7 +1528,8 @@ mod tests {
         let bw = h.ok(1, "k", put("b"), 20, 30, Output::Acknowledged);
         let r = h.ok(2, "k", Command::Get, 40, 50, read(Some("a")));
         let v = h.violation();
-        assert_eq!(ids(&v.core), vec![a, bw, r], "{v}");
+        assert_eq!(ids(&v.core), vec![r], "{v}");
+        assert_eq!(ids(&v.writes_in_interval), vec![a, bw], "{v}");
         assert!(v.minimal);
     }
 
@@ -1461,7 +1540,9 @@ mod tests {
         let mut h = Builder::default();
         let c1 = h.ok(1, "k", cas(None, "a"), 0, 10, swapped(None, true));
         let c2 = h.ok(2, "k", cas(None, "b"), 20, 30, swapped(None, true));
-        assert_eq!(ids(&h.violation().core), vec![c1, c2]);
+        let v = h.violation();
+        assert_eq!(ids(&v.core), vec![c2], "{v}");
+        assert_eq!(ids(&v.writes_in_interval), vec![c1], "{v}");
         // Concurrent: both claim to have swapped from absent.
         let mut h = Builder::default();
         let c1 = h.ok(1, "k", cas(None, "a"), 0, 30, Output::Acknowledged);
@@ -1477,7 +1558,7 @@ mod tests {
         h.ok(1, "k", put("b"), 40, 50, written(Some("a")));
         let v = h.violation();
         assert_eq!(ids(&v.core), vec![r]);
-        assert!(v.context.is_empty());
+        assert!(v.writes_in_interval.is_empty() && v.writes_anytime.is_empty());
         assert!(v.to_string().contains("zzz"), "{v}");
     }
 
@@ -1491,14 +1572,16 @@ mod tests {
         let r2 = h.ok(2, "k", Command::Get, 30, 40, read(None));
         let v = h.violation();
         assert_eq!(ids(&v.core), vec![r1, r2]);
-        assert_eq!(ids(&v.context), vec![w]);
+        assert_eq!(ids(&v.writes_anytime), vec![w]);
         // The same with a completed write still in flight.
         let mut h = Builder::default();
-        h.ok(1, "k", put("a"), 0, 100, Output::Acknowledged);
+        let w = h.ok(1, "k", put("a"), 0, 100, Output::Acknowledged);
         let r1 = h.ok(2, "k", Command::Get, 10, 20, read(Some("a")));
         let r2 = h.ok(2, "k", Command::Get, 30, 40, read(None));
         let v = h.violation();
         assert_eq!(ids(&v.core), vec![r1, r2], "{v}");
+        // Cut at the second read, the write is still in flight.
+        assert_eq!(ids(&v.writes_anytime), vec![w], "{v}");
     }
 
     #[test]
@@ -1517,10 +1600,11 @@ mod tests {
         // one stale read on the same key and unrelated traffic on another.
         let mut h = Builder::default();
         let mut last = None;
+        let mut puts = Vec::new();
         for i in 0..60u64 {
             let t = 100 * i;
             let value = format!("v{i}");
-            h.ok(1, "k", put(&value), t, t + 150, Output::Acknowledged);
+            puts.push(h.ok(1, "k", put(&value), t, t + 150, Output::Acknowledged));
             h.ok(2, "k", Command::Get, t + 60, t + 70, read(last.as_deref()));
             h.ok(3, "other", put(&value), t, t + 10, Output::Acknowledged);
             last = Some(value);
@@ -1529,8 +1613,14 @@ mod tests {
         let v = h.violation();
         assert_eq!(v.key, b("k"));
         assert!(v.minimal, "{v}");
-        assert!(v.core.len() <= 3, "{v}");
-        assert!(ids(&v.core).contains(&bad), "{v}");
+        // The read, the write of "v3", and one write that follows it in
+        // real time (v4 overlaps it; v5 and later do not).
+        assert_eq!(ids(&v.core), vec![bad], "{v}");
+        let bounded = ids(&v.writes_in_interval);
+        assert_eq!(bounded.len(), 2, "{v}");
+        assert_eq!(bounded[0], puts[3], "{v}");
+        assert!(puts[5..].contains(&bounded[1]), "{v}");
+        assert!(v.writes_anytime.is_empty(), "{v}");
         assert!(v.to_string().contains("\"v3\""), "{v}");
     }
 
@@ -1642,6 +1732,12 @@ mod tests {
     /// once), written directly from the model's definition: an independent
     /// reference for small histories.
     fn brute_force(ops: &[Operation]) -> bool {
+        brute_force_loose(ops, &vec![false; ops.len()])
+    }
+
+    /// [`brute_force`] where `loose[i]` makes operation `i`'s result free (it
+    /// still takes effect within its interval).
+    fn brute_force_loose(ops: &[Operation], loose: &[bool]) -> bool {
         fn completion(op: &Operation) -> Option<u64> {
             match op.outcome {
                 Outcome::Completed { completed_ns, .. } => Some(completed_ns),
@@ -1649,8 +1745,9 @@ mod tests {
             }
         }
         /// The key's value after `op` from `state`, if the result fits.
-        fn step(op: &Operation, state: Option<&Bytes>) -> Option<Option<Bytes>> {
+        fn step(op: &Operation, loose: bool, state: Option<&Bytes>) -> Option<Option<Bytes>> {
             let output = match &op.outcome {
+                _ if loose => None,
                 Outcome::Unknown => None,
                 Outcome::Completed { output, .. } => Some(output),
             };
@@ -1694,7 +1791,12 @@ mod tests {
                 _ => None,
             }
         }
-        fn dfs(ops: &[Operation], placed: &mut [bool], state: &mut BTreeMap<Bytes, Bytes>) -> bool {
+        fn dfs(
+            ops: &[Operation],
+            loose: &[bool],
+            placed: &mut [bool],
+            state: &mut BTreeMap<Bytes, Bytes>,
+        ) -> bool {
             let done = ops
                 .iter()
                 .zip(placed.iter())
@@ -1717,7 +1819,7 @@ mod tests {
                     continue;
                 }
                 let key = &ops[i].key;
-                let Some(after) = step(&ops[i], state.get(key)) else {
+                let Some(after) = step(&ops[i], loose[i], state.get(key)) else {
                     continue;
                 };
                 let before = match after {
@@ -1725,7 +1827,7 @@ mod tests {
                     None => state.remove(key),
                 };
                 placed[i] = true;
-                let ok = dfs(ops, placed, state);
+                let ok = dfs(ops, loose, placed, state);
                 placed[i] = false;
                 match before {
                     Some(v) => state.insert(key.clone(), v),
@@ -1737,7 +1839,12 @@ mod tests {
             }
             false
         }
-        dfs(ops, &mut vec![false; ops.len()], &mut BTreeMap::new())
+        dfs(
+            ops,
+            loose,
+            &mut vec![false; ops.len()],
+            &mut BTreeMap::new(),
+        )
     }
 
     /// One generated operation: what it does, and how it overlaps.
@@ -1910,27 +2017,37 @@ mod tests {
         }
     }
 
-    /// `ops` with everything on `key` except `keep` released: writes of
-    /// unknown outcome, reads dropped.
-    fn released_except(all: &[Operation], key: &Bytes, keep: &[OpId]) -> Vec<Operation> {
-        all.iter()
-            .enumerate()
-            .filter(|(_, o)| o.key == *key)
-            .filter_map(|(i, o)| {
-                if keep.contains(&OpId(i)) {
-                    Some(o.clone())
-                } else if o.command == Command::Get {
-                    None
-                } else {
-                    Some(Operation::unknown(
-                        o.client,
-                        o.key.clone(),
-                        o.command.clone(),
-                        o.invoked_ns,
-                    ))
-                }
-            })
-            .collect()
+    /// The operations of `all` on `key`, for [`brute_force_loose`]: those in
+    /// `core` as recorded, those in `bounded` released from their results
+    /// (reads dropped), every other one of unknown outcome (reads dropped).
+    fn judged(
+        all: &[Operation],
+        key: &Bytes,
+        core: &[OpId],
+        bounded: &[OpId],
+    ) -> (Vec<Operation>, Vec<bool>) {
+        let mut ops = Vec::new();
+        let mut loose = Vec::new();
+        for (i, o) in all.iter().enumerate().filter(|(_, o)| o.key == *key) {
+            if core.contains(&OpId(i)) {
+                ops.push(o.clone());
+                loose.push(false);
+            } else if o.command == Command::Get {
+                continue;
+            } else if bounded.contains(&OpId(i)) {
+                ops.push(o.clone());
+                loose.push(true);
+            } else {
+                ops.push(Operation::unknown(
+                    o.client,
+                    o.key.clone(),
+                    o.command.clone(),
+                    o.invoked_ns,
+                ));
+                loose.push(false);
+            }
+        }
+        (ops, loose)
     }
 
     proptest! {
@@ -1961,30 +2078,41 @@ mod tests {
                 Verdict::Unknown { .. } => prop_assert!(false, "undecided on {} operations", ops.len()),
                 Verdict::NotLinearizable(v) => {
                     prop_assert!(!expected, "checker rejects {:#?}\n{}", ops, v);
-                    let core = ids(&v.core);
-                    prop_assert!(!core.is_empty());
-                    for (id, op) in v.core.iter().chain(&v.context) {
+                    prop_assert!(!v.core.is_empty());
+                    for (id, op) in v.core.iter().chain(&v.writes_in_interval).chain(&v.writes_anytime) {
                         prop_assert_eq!(&op.key, &v.key);
                         prop_assert_eq!(Some(op), history.get(*id));
                     }
-                    // The core fails alone, with its context released, and
-                    // with every other write on the key released.
-                    let alone: Vec<Operation> = v.core.iter().map(|(_, o)| o.clone()).collect();
-                    prop_assert!(!brute_force(&alone), "{}", v);
-                    let mut with_context = alone.clone();
-                    with_context.extend(v.context.iter().map(|(_, o)| {
+                    let core = ids(&v.core);
+                    let bounded = ids(&v.writes_in_interval);
+                    // The witness fails as stated...
+                    let mut stated: Vec<Operation> = v.core.iter().map(|(_, o)| o.clone()).collect();
+                    let mut loose = vec![false; stated.len()];
+                    stated.extend(v.writes_in_interval.iter().map(|(_, o)| o.clone()));
+                    loose.resize(stated.len(), true);
+                    stated.extend(v.writes_anytime.iter().map(|(_, o)| {
                         Operation::unknown(o.client, o.key.clone(), o.command.clone(), o.invoked_ns)
                     }));
-                    prop_assert!(!brute_force(&with_context), "{}", v);
-                    prop_assert!(!brute_force(&released_except(&ops, &v.key, &core)), "{}", v);
-                    // Minimal: releasing any one core operation is enough.
+                    loose.resize(stated.len(), false);
+                    prop_assert!(!brute_force_loose(&stated, &loose), "{}", v);
+                    // ...and with every other operation on the key released.
+                    let (all, loose) = judged(&ops, &v.key, &core, &bounded);
+                    prop_assert!(!brute_force_loose(&all, &loose), "{}", v);
+                    // Minimal: releasing any one core operation from its
+                    // result, or any one bounded write from its interval,
+                    // makes it linearizable.
                     prop_assert!(v.minimal, "{}", v);
-                    for drop in &core {
-                        let rest: Vec<OpId> = core.iter().copied().filter(|c| c != drop).collect();
-                        prop_assert!(
-                            brute_force(&released_except(&ops, &v.key, &rest)),
-                            "releasing {} leaves a failure: {}", drop, v
-                        );
+                    for c in &core {
+                        let rest: Vec<OpId> = core.iter().copied().filter(|x| x != c).collect();
+                        let mut more = bounded.clone();
+                        more.push(*c);
+                        let (all, loose) = judged(&ops, &v.key, &rest, &more);
+                        prop_assert!(brute_force_loose(&all, &loose), "releasing {} leaves a failure: {}", c, v);
+                    }
+                    for w in &bounded {
+                        let rest: Vec<OpId> = bounded.iter().copied().filter(|x| x != w).collect();
+                        let (all, loose) = judged(&ops, &v.key, &core, &rest);
+                        prop_assert!(brute_force_loose(&all, &loose), "releasing {} leaves a failure: {}", w, v);
                     }
                 }
             }
