@@ -314,7 +314,21 @@ impl Client {
             seq,
             op,
         };
-        match self.call(Request::Write(cmd.to_bytes())).await? {
+        let response = match self.call(Request::Write(cmd.to_bytes())).await {
+            Ok(r) => r,
+            Err(e) => {
+                if seq == 1 {
+                    // A client-named session's first write has an unknown
+                    // outcome: if it never commits, the cluster does not know
+                    // the session and would refuse its next write as expired.
+                    // Go on in a cluster-assigned session instead.
+                    session.id = None;
+                    session.next_seq = 1;
+                }
+                return Err(e);
+            }
+        };
+        match response {
             Response::Written(r) => {
                 match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
                     KvResult::StaleSequence { last } => Err(ClientError::Node(format!(

@@ -283,9 +283,9 @@ async fn failover(
         timeout: Duration::from_secs(10),
     }));
     tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
-    cluster.kill(leader)?;
-    let killed_at = Instant::now();
-    // A probe writes with a short timeout until a write commits again.
+    // A probe writes with a short timeout until a write commits again. Its
+    // session is opened before the kill, so that writes it loses during the
+    // failover are mere gaps in a session the cluster knows.
     let probe = Arc::new(Client::new(
         addrs
             .iter()
@@ -295,6 +295,15 @@ async fn failover(
         (run_id << 20) | 0xFFFFF,
         Duration::from_millis(200),
     ));
+    probe
+        .put(
+            Bytes::from(format!("failover-probe/{run_id}/open")),
+            Bytes::from_static(b"p"),
+        )
+        .await
+        .context("opening the failover probe's session")?;
+    cluster.kill(leader)?;
+    let killed_at = Instant::now();
     let mut recovered = None;
     for n in 0..200u64 {
         let key = Bytes::from(format!("failover-probe/{run_id}/{n}"));

@@ -89,3 +89,25 @@ async fn an_evicted_session_fails_its_write_then_continues_in_a_new_session() {
     let node = status.values().next().expect("the node answers status");
     assert_eq!(node["sessions"].as_u64(), Some(2), "{node:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_session_whose_first_write_failed_moves_to_an_assigned_one() {
+    // A loopback port nobody listens on: every attempt is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port");
+    let client = Client::new(vec![dead], 1, Duration::from_millis(500));
+    let mut s = Session::new(77);
+    let err = client
+        .write_in(&mut s, put("k", "v"))
+        .await
+        .expect_err("no node to write to");
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    // The first write's fate is unknown: if it never commits the cluster
+    // does not know session 77, so the session does not send write 2 there.
+    assert_eq!(
+        s.id(),
+        None,
+        "the next write opens a cluster-assigned session"
+    );
+}
