@@ -4,6 +4,11 @@
 //! [`Response`]. Requests carry an id chosen by the client, so one connection
 //! can have many requests in flight (pipelining); responses may come back in
 //! any order and name the request they answer.
+//!
+//! Request ids start at 1: a [`Response::Error`] with id 0 answers no
+//! request. It is the node's last word on a connection it is about to close:
+//! over its connection limit ("busy: too many client connections"), idle for
+//! too long ("closed: no request for N ms"), or a malformed frame.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

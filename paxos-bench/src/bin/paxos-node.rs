@@ -37,7 +37,7 @@ enum Command {
         /// Directory for the WAL, hard state and snapshots.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Directory holding ca.pem, node-<id>.pem and node-<id>.key.pem.
+        /// Directory holding ca.pem, node-ID.pem and node-ID.key.pem (ID: this node's id).
         #[arg(long)]
         certs: Option<PathBuf>,
         /// Cluster CA certificate (overrides --certs).
