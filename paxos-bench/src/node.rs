@@ -11,12 +11,14 @@
 //! connections and the transport run in their own tasks and talk to the
 //! loop through bounded channels, so memory stays bounded under overload.
 //!
-//! Group commit without stalls: the WAL's `sync` runs on a thread of its own.
-//! While one sync is in flight the loop keeps taking input and `Ready`s, and
-//! queues their writes; when the sync returns, the loop releases the messages
-//! that waited for it, writes everything queued in one go and starts the next
-//! sync. So there is at most one sync in flight and every sync covers all the
-//! appends made while the previous one ran.
+//! Group commit without stalls: the WAL's `sync` runs on a thread of its own
+//! and flushes without holding the log's lock. While one sync is in flight
+//! the loop keeps taking input and `Ready`s and appends their writes at once
+//! (the WAL takes appends during a flush); what waits for durability (the
+//! acknowledgements, the kernel's `persisted`) is queued for the next sync,
+//! which starts when the one in flight returns. So there is at most one sync
+//! in flight and every sync covers all the appends made while the previous
+//! one ran.
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -277,8 +279,11 @@ struct Driver {
     /// The sync in flight (its number) and the markers and messages waiting
     /// for it; `None` when idle.
     syncing: Option<(u64, SyncGroup)>,
-    /// Writes taken while a sync was in flight, for the next one.
-    queued: Vec<(Ready, Persisted, Vec<Envelope>)>,
+    /// What waits for the next sync: markers and messages of `Ready`s
+    /// written while a sync was in flight, and whether any of them needs a
+    /// sync at all.
+    queued: SyncGroup,
+    queued_needs_sync: bool,
 }
 
 #[derive(Default)]
@@ -441,6 +446,7 @@ pub async fn run_node(
         sync_gen: 0,
         syncing: None,
         queued: Vec::new(),
+        queued_needs_sync: false,
     };
 
     tokio::pin!(shutdown);
@@ -708,12 +714,17 @@ impl Driver {
             // here, after everything before them, so that a hard state never
             // reaches the disk before the log it vouches for, and no read of
             // the log sees an entry whose truncation is still queued.
-            self.queued.push((ready, marker, waiting));
+            self.write(&ready)?;
+            self.queued.push((marker, waiting));
             self.flush_now()?;
         } else if self.syncing.is_some() {
-            // A sync is in flight: these writes (and the messages that wait
-            // for them) go with the next one, in order.
-            self.queued.push((ready, marker, waiting));
+            // A sync is in flight: write now (the WAL takes appends during a
+            // flush); what waits for these writes goes with the next sync.
+            if writes {
+                self.write(&ready)?;
+            }
+            self.queued_needs_sync |= ready.needs_sync();
+            self.queued.push((marker, waiting));
         } else if writes {
             self.write(&ready)?;
             if ready.needs_sync() {
@@ -781,15 +792,13 @@ impl Driver {
             .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))
     }
 
-    /// Writes everything queued and syncs on this thread (log first, then
-    /// the hard state), releasing the sync in flight too: this sync covers
-    /// its writes. The in-flight sync's own completion is then ignored.
+    /// Syncs on this thread (log first, then the hard state), releasing the
+    /// sync in flight and everything queued too: this sync covers their
+    /// writes. The in-flight sync's own completion is then ignored.
     fn flush_now(&mut self) -> Result<()> {
         let mut groups = self.syncing.take().map(|(_, g)| g).unwrap_or_default();
-        for (ready, marker, msgs) in std::mem::take(&mut self.queued) {
-            self.write(&ready)?;
-            groups.push((marker, msgs));
-        }
+        groups.append(&mut self.queued);
+        self.queued_needs_sync = false;
         self.replica
             .storage_mut()
             .sync()
@@ -814,8 +823,8 @@ impl Driver {
         }
     }
 
-    /// The sync in flight returned: release its group, then write and sync
-    /// everything queued meanwhile.
+    /// The sync in flight returned: release its group, then sync everything
+    /// written meanwhile.
     fn on_synced(&mut self, (generation, result): (u64, Result<(), String>)) -> Result<()> {
         result.map_err(|e| {
             anyhow::anyhow!("WAL sync failed (the log handle is now unusable): {e}")
@@ -831,18 +840,11 @@ impl Driver {
                 return Ok(());
             }
         }
-        let queued = std::mem::take(&mut self.queued);
-        if queued.is_empty() {
+        let group = std::mem::take(&mut self.queued);
+        if group.is_empty() {
             return Ok(());
         }
-        let mut needs_sync = false;
-        let mut group = Vec::with_capacity(queued.len());
-        for (ready, marker, msgs) in queued {
-            self.write(&ready)?;
-            needs_sync |= ready.needs_sync();
-            group.push((marker, msgs));
-        }
-        if needs_sync {
+        if std::mem::take(&mut self.queued_needs_sync) {
             self.start_sync(group)
         } else {
             self.release(group);

@@ -77,6 +77,11 @@ enum Command {
         /// milliseconds (0: never).
         #[arg(long, default_value_t = 60_000)]
         client_idle_timeout_ms: u64,
+        /// Tokio worker threads; 0 runs the node on one thread (the event
+        /// loop, the transport and the client connections share it; the WAL
+        /// sync and snapshot work have threads of their own either way).
+        #[arg(long, default_value_t = 2, env = "PAXOS_NODE_THREADS")]
+        threads: usize,
     },
     /// Generate a cluster CA and node certificates as PEM files.
     Certs {
@@ -125,6 +130,7 @@ fn main() -> Result<()> {
             max_sessions,
             max_client_connections,
             client_idle_timeout_ms,
+            threads,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -147,11 +153,17 @@ fn main() -> Result<()> {
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
                 (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
+            let rt = if threads == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()
+            }
+            .context("starting the tokio runtime")?;
             let result = rt.block_on(run_node(opts, shutdown_signal()));
             if let Err(e) = &result {
                 // A distinct exit status for a port taken by another process,
