@@ -598,8 +598,9 @@ impl Recorder {
 pub struct CheckConfig {
     /// Search steps allowed per key before giving up ([`Verdict::Unknown`]).
     pub max_steps_per_key: u64,
-    /// Memory allowed per key for memoized configurations, in bytes (an
-    /// estimate: the linearized-set bitsets plus a fixed overhead each).
+    /// Memory allowed per search for memoized configurations, in bytes (an
+    /// estimate: each configuration's compacted linearized set plus a fixed
+    /// overhead).
     pub max_cache_bytes: usize,
     /// Whether to shrink the witness of a violation (steps 2 and 3 of the
     /// [witness](self#the-witness) search; the window of step 1 is always
@@ -727,7 +728,7 @@ impl fmt::Display for Verdict {
                 steps,
             } => write!(
                 f,
-                "undecided: key {} ({operations} operations) not decided within {steps} steps",
+                "undecided: key {} ({operations} operations) not decided within the bounds ({steps} steps spent)",
                 ShowValue(Some(key))
             ),
         }
