@@ -80,8 +80,12 @@ enum Command {
         /// Tokio worker threads; 0 runs the node on one thread (the event
         /// loop, the transport and the client connections share it; the WAL
         /// sync and snapshot work have threads of their own either way).
-        #[arg(long, default_value_t = 2, env = "PAXOS_NODE_THREADS")]
-        threads: usize,
+        /// Default: 0 with `--loopback` (several nodes share the machine's
+        /// cores, and one thread saves the cross-thread wake-ups on every
+        /// message: 1 client measured about 2 000 writes/s against 1 700
+        /// with 2 workers), else 2.
+        #[arg(long, env = "PAXOS_NODE_THREADS")]
+        threads: Option<usize>,
     },
     /// Generate a cluster CA and node certificates as PEM files.
     Certs {
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
                 (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));
+            let threads = threads.unwrap_or(if loopback { 0 } else { 2 });
             let rt = if threads == 0 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
