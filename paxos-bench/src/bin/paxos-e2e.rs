@@ -510,9 +510,10 @@ fn write_results(
         .iter()
         .filter(|r| r.workload == "writes" && r.nodes == 3)
     {
-        for c in compare.iter().filter(|c| {
-            c["value_bytes"] == r.value_bytes && c["concurrency"] == r.concurrency
-        }) {
+        for c in compare
+            .iter()
+            .filter(|c| c["value_bytes"] == r.value_bytes && c["concurrency"] == r.concurrency)
+        {
             figures.push(json!({
                 "name": format!(
                     "3 nodes, {} B writes, {} clients, vs {}",
