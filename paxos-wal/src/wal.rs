@@ -35,6 +35,9 @@ const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// of the disk goes to preparing segments, and a sync waits for one chunk
 /// at most.
 const ZERO_FILL_PAUSE: Duration = Duration::from_micros(1000);
+/// How long the background preparer waits for a segment recycled by
+/// `truncate_prefix` before it zero-fills a new one.
+const RECYCLE_GRACE: Duration = Duration::from_millis(100);
 /// Buffer alignment for direct IO (the largest logical block size in use).
 const DIRECT_ALIGN_BYTES: usize = 4096;
 const POPULATE_QUEUE_MAX: usize = 4;
@@ -682,13 +685,16 @@ impl<'p> Batch<'p> {
 impl SpareCtx {
     /// Zero-fill a fresh spare segment file (preallocated, written, synced).
     ///
-    /// `pace`: pause after every chunk, so that a background fill never
-    /// occupies the disk for long stretches (a 64 MiB write in one go
-    /// delayed the appender's syncs by tens of milliseconds).
-    fn create_spare(&self, no: u64, pace: bool) -> Result<PathBuf, WalError> {
+    /// `pace`: the background fill. It pauses after every chunk, so that it
+    /// never occupies the disk for long stretches (a 64 MiB write in one go
+    /// delayed the appender's syncs by tens of milliseconds), and gives up
+    /// (`Ok(None)`, the partial file removed) as soon as a spare is ready
+    /// without it (a segment recycled by `truncate_prefix`) or the log
+    /// closes.
+    fn create_spare(&self, no: u64, pace: bool) -> Result<Option<PathBuf>, WalError> {
         let tmp = self.dir.join(format!("spare-{no:016x}.tmp"));
         let done = self.dir.join(format!("spare-{no:016x}.seg"));
-        let r = (|| -> io::Result<()> {
+        let r = (|| -> io::Result<bool> {
             faults::check(self.faults.as_deref(), FaultPoint::Create)?;
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             // Zeros go around the page cache where the file system allows:
@@ -722,6 +728,10 @@ impl SpareCtx {
                         left -= n;
                         if pace && left > 0 {
                             std::thread::sleep(ZERO_FILL_PAUSE);
+                            let st = self.state.lock();
+                            if st.shutdown || st.ready.len() >= self.want_ready {
+                                return Ok(false);
+                            }
                         }
                     }
                     // A file system that takes O_DIRECT at open but refuses
@@ -735,12 +745,18 @@ impl SpareCtx {
                 }
             }
             f.sync_all()?;
-            fs::rename(&tmp, &done)
+            fs::rename(&tmp, &done)?;
+            Ok(true)
         })();
         match r {
-            Ok(()) => {
+            Ok(true) => {
                 tracing::debug!(path = %done.display(), "spare segment zero-filled");
-                Ok(done)
+                Ok(Some(done))
+            }
+            Ok(false) => {
+                let _ = fs::remove_file(&tmp);
+                tracing::debug!("background zero-fill given up: a spare is ready");
+                Ok(None)
             }
             Err(source) => {
                 let _ = fs::remove_file(&tmp);
@@ -755,6 +771,8 @@ impl SpareCtx {
 
     fn preparer_loop(self: Arc<Self>) {
         let mut st = self.state.lock();
+        // When the current wait for a recycled segment ends.
+        let mut grace: Option<std::time::Instant> = None;
         // Bounded by the shutdown flag; each iteration either waits or creates one file.
         loop {
             if st.shutdown {
@@ -769,16 +787,27 @@ impl SpareCtx {
                 continue;
             }
             if st.failed || st.ready.len() >= self.want_ready {
+                grace = None;
                 self.cv.wait(&mut st);
                 continue;
             }
+            // A log whose prefix is truncated frees a segment soon after it
+            // rolls: give that a moment before writing 64 MiB of zeros.
+            let now = std::time::Instant::now();
+            let until = *grace.get_or_insert(now + RECYCLE_GRACE);
+            if now < until {
+                self.cv.wait_for(&mut st, until - now);
+                continue;
+            }
+            grace = None;
             st.busy = true;
             let no = st.next_spare_no;
             st.next_spare_no += 1;
             let r = parking_lot::MutexGuard::unlocked(&mut st, || self.create_spare(no, true));
             st.busy = false;
             match r {
-                Ok(p) => st.ready.push(p),
+                Ok(Some(p)) => st.ready.push(p),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "background segment preparation failed");
                     st.failed = true;
@@ -1344,7 +1373,11 @@ impl Wal {
         let no = st.next_spare_no;
         st.next_spare_no += 1;
         drop(st);
-        ctx.create_spare(no, false)
+        ctx.create_spare(no, false)?.ok_or_else(|| WalError::Io {
+            op: "create segment",
+            path: ctx.dir.clone(),
+            source: io::Error::other("an unpaced zero-fill never gives up"),
+        })
     }
 
     fn kick_preparer(&self) {
@@ -1945,7 +1978,9 @@ impl Wal {
             st.next_spare_no += 1;
             no
         };
-        let p = self.spares.create_spare(no, false)?;
+        let Some(p) = self.spares.create_spare(no, false)? else {
+            return Ok(());
+        };
         self.spares.state.lock().ready.push(p);
         Ok(())
     }
