@@ -115,7 +115,20 @@ pub struct NodeOptions {
     /// (after an error frame with id 0 saying so); `None`: never. Default
     /// [`DEFAULT_CLIENT_IDLE_TIMEOUT`].
     pub client_idle_timeout: Option<Duration>,
+    /// A follower syncs a batch of at most this many bytes of entries on
+    /// its event loop instead of handing it to the sync thread, when no
+    /// sync is in flight: at low load that saves the two cross-thread
+    /// wake-ups (to the sync thread and back) on the commit path. Larger
+    /// batches, and the leader's own (which must not hold up its ACCEPTs),
+    /// always go to the sync thread. 0 turns it off. Default
+    /// [`DEFAULT_INLINE_SYNC_BYTES`].
+    pub inline_sync_bytes: usize,
 }
+
+/// Default of [`NodeOptions::inline_sync_bytes`]: with 3 nodes on loopback,
+/// 1 client wrote about 12% more per second (100 B values) than with every
+/// sync on the sync thread, and 256 clients as many.
+pub const DEFAULT_INLINE_SYNC_BYTES: usize = 2048;
 
 /// The exit status of `paxos-node run` when an address it must bind (peer
 /// or client port) is already in use.
@@ -144,6 +157,7 @@ impl NodeOptions {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
+            inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
         }
     }
 }
@@ -276,6 +290,8 @@ struct Driver {
     sync_requests: std::sync::mpsc::Sender<u64>,
     /// The number of the last sync asked for.
     sync_gen: u64,
+    /// See [`NodeOptions::inline_sync_bytes`].
+    inline_sync_bytes: usize,
     /// The sync in flight (its number) and the markers and messages waiting
     /// for it; `None` when idle.
     syncing: Option<(u64, SyncGroup)>,
@@ -444,6 +460,7 @@ pub async fn run_node(
         stats: Stats::default(),
         sync_requests,
         sync_gen: 0,
+        inline_sync_bytes: opts.inline_sync_bytes,
         syncing: None,
         queued: Vec::new(),
         queued_needs_sync: false,
@@ -727,7 +744,10 @@ impl Driver {
             self.queued.push((marker, waiting));
         } else if writes {
             self.write(&ready)?;
-            if ready.needs_sync() {
+            if ready.needs_sync() && self.sync_inline(&ready) {
+                self.queued.push((marker, waiting));
+                self.flush_now()?;
+            } else if ready.needs_sync() {
                 self.start_sync(vec![(marker, waiting)])?;
             } else {
                 self.release(vec![(marker, waiting)]);
@@ -781,6 +801,22 @@ impl Driver {
             .storage_mut()
             .write_ready(ready)
             .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))
+    }
+
+    /// Whether to sync `ready` (written, none in flight) on the loop; see
+    /// [`NodeOptions::inline_sync_bytes`].
+    fn sync_inline(&self, ready: &Ready) -> bool {
+        if self.inline_sync_bytes == 0 || self.replica.is_leader() {
+            return false;
+        }
+        let mut bytes = 0usize;
+        for e in &ready.entries {
+            bytes += e.data.len();
+            if bytes > self.inline_sync_bytes {
+                return false;
+            }
+        }
+        true
     }
 
     fn start_sync(&mut self, group: SyncGroup) -> Result<()> {

@@ -86,6 +86,10 @@ enum Command {
         /// with 2 workers), else 2.
         #[arg(long, env = "PAXOS_NODE_THREADS")]
         threads: Option<usize>,
+        /// A follower syncs batches of at most this many entry bytes on its
+        /// event loop rather than on the sync thread (0: never).
+        #[arg(long, default_value_t = paxos_bench::node::DEFAULT_INLINE_SYNC_BYTES)]
+        inline_sync_bytes: usize,
     },
     /// Generate a cluster CA and node certificates as PEM files.
     Certs {
@@ -135,6 +139,7 @@ fn main() -> Result<()> {
             max_client_connections,
             client_idle_timeout_ms,
             threads,
+            inline_sync_bytes,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -153,6 +158,7 @@ fn main() -> Result<()> {
             opts.segment_bytes = segment_mib << 20;
             opts.snapshot_every = snapshot_every;
             opts.loopback = loopback;
+            opts.inline_sync_bytes = inline_sync_bytes;
             opts.max_sessions = max_sessions;
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
