@@ -12,14 +12,32 @@
 //! Decoding checks every length against the remaining input and the
 //! configured maximum *before* allocating, and hands entry payloads out as
 //! zero-copy [`Bytes::slice`]s of the input.
+//!
+//! # Versions
+//!
+//! Version 2 ([`WIRE_VERSION`]) adds what recovering replicas need:
+//! FOLLOWERINFO gains a trailing `flags u8` (bit 0: the sender is
+//! recovering; other bits must be 0), and tag 23 is READMIT
+//! (`epoch u32`). The encoder writes the *lowest* version that can express
+//! a message ([`Codec::version_of`]): everything but a recovering
+//! FOLLOWERINFO and READMIT still goes out as version 1, byte for byte as
+//! before, so a mixed cluster keeps working. The decoder reads versions
+//! [`MIN_WIRE_VERSION`] to [`WIRE_VERSION`]. An older build drops a version
+//! 2 frame as an unknown version, which is safe: a leader that cannot read a
+//! recovering follower's FOLLOWERINFO never syncs it, so never counts it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{Entry, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
-/// The wire format version written by this codec.
-pub const WIRE_VERSION: u8 = 1;
+/// The newest wire format version this codec writes and reads.
+pub const WIRE_VERSION: u8 = 2;
+/// The oldest wire format version this codec reads (and writes, for every
+/// message that version can express).
+pub const MIN_WIRE_VERSION: u8 = 1;
+/// FOLLOWERINFO flags (version 2): the sender is recovering.
+const FLAG_RECOVERING: u8 = 0b1;
 
 /// Fixed size of an envelope header: version, tag, group, from, to.
 const HEADER_BYTES: usize = 1 + 1 + 8 + 8 + 8;
@@ -100,6 +118,18 @@ impl Codec {
         self.max_message_bytes
     }
 
+    /// The wire version `msg` is written in: the lowest that can express
+    /// it (see the module documentation).
+    pub fn version_of(msg: &Message) -> u8 {
+        match msg {
+            Message::FollowerInfo {
+                recovering: true, ..
+            }
+            | Message::Readmit { .. } => 2,
+            _ => MIN_WIRE_VERSION,
+        }
+    }
+
     /// The exact encoded size of `env`.
     pub fn encoded_len(env: &Envelope) -> usize {
         fn entries_len(e: &[Entry]) -> usize {
@@ -110,7 +140,9 @@ impl Codec {
         }
         HEADER_BYTES
             + match &env.msg {
-                Message::FollowerInfo { .. } => 4 + 4 + 8,
+                Message::FollowerInfo { recovering, .. } => {
+                    4 + 4 + 8 + if *recovering { 1 } else { 0 }
+                }
                 Message::NewEpoch { .. } => 4 + 4 + 1,
                 Message::AckEpoch { .. } => 4 + 4 + 4 + 8,
                 Message::EpochRefused { .. } => 4 + 4,
@@ -143,6 +175,7 @@ impl Codec {
                         + 8
                         + 1
                 }
+                Message::Readmit { .. } => 4,
             }
     }
 
@@ -157,7 +190,8 @@ impl Codec {
         }
         let start = out.len();
         out.reserve(len);
-        out.put_u8(WIRE_VERSION);
+        let version = Codec::version_of(&env.msg);
+        out.put_u8(version);
         out.put_u8(tag(&env.msg));
         out.put_u64_le(env.group.0);
         out.put_u64_le(env.from.0);
@@ -167,10 +201,14 @@ impl Codec {
                 accepted_epoch,
                 current_epoch,
                 last_zxid,
+                recovering,
             } => {
                 out.put_u32_le(accepted_epoch.0);
                 out.put_u32_le(current_epoch.0);
                 out.put_u64_le(last_zxid.0);
+                if version >= 2 {
+                    out.put_u8(if *recovering { FLAG_RECOVERING } else { 0 });
+                }
             }
             Message::NewEpoch {
                 epoch,
@@ -305,6 +343,7 @@ impl Codec {
                 out.put_u64_le(last_zxid.0);
                 out.put_u8(u8::from(*unable));
             }
+            Message::Readmit { epoch } => out.put_u32_le(epoch.0),
         }
         debug_assert_eq!(
             out.len() - start,
@@ -332,7 +371,7 @@ impl Codec {
         }
         let mut r = Reader { buf: input, pos: 0 };
         let version = r.u8()?;
-        if version != WIRE_VERSION {
+        if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
             return Err(CodecError::UnknownVersion(version));
         }
         let tag = r.u8()?;
@@ -344,6 +383,19 @@ impl Codec {
                 accepted_epoch: r.epoch()?,
                 current_epoch: r.epoch()?,
                 last_zxid: r.zxid()?,
+                recovering: if version >= 2 {
+                    let offset = r.pos;
+                    let flags = r.u8()?;
+                    if flags & !FLAG_RECOVERING != 0 {
+                        return Err(CodecError::InvalidFlag {
+                            value: flags,
+                            offset,
+                        });
+                    }
+                    flags & FLAG_RECOVERING != 0
+                } else {
+                    false
+                },
             },
             2 => Message::NewEpoch {
                 epoch: r.epoch()?,
@@ -452,6 +504,7 @@ impl Codec {
                 last_zxid: r.zxid()?,
                 unable: r.flag()?,
             },
+            23 if version >= 2 => Message::Readmit { epoch: r.epoch()? },
             t => return Err(CodecError::UnknownTag(t)),
         };
         let rest = r.buf.len() - r.pos;
@@ -491,6 +544,7 @@ fn tag(msg: &Message) -> u8 {
         Message::ReadIndexResponse { .. } => 20,
         Message::FetchHistory { .. } => 21,
         Message::FetchReply { .. } => 22,
+        Message::Readmit { .. } => 23,
     }
 }
 
@@ -653,6 +707,56 @@ mod tests {
                 "payload must alias the input"
             );
         }
+    }
+
+    #[test]
+    fn version_2_only_when_needed_and_flags_checked() {
+        let codec = Codec::new(1 << 10);
+        let info = |recovering| {
+            env(Message::FollowerInfo {
+                accepted_epoch: Epoch(4),
+                current_epoch: Epoch(3),
+                last_zxid: Zxid::new(Epoch(3), 9),
+                recovering,
+            })
+        };
+        // A voter's FOLLOWERINFO is still the version 1 frame, byte for byte.
+        let v1 = codec.encode_to_bytes(&info(false)).unwrap();
+        assert_eq!(v1[0], 1);
+        assert_eq!(v1.len(), HEADER_BYTES + 16);
+        assert_eq!(codec.decode(v1.clone()).unwrap(), info(false));
+        // A recovering one needs version 2 and its flags byte.
+        let v2 = codec.encode_to_bytes(&info(true)).unwrap();
+        assert_eq!(v2[0], 2);
+        assert_eq!(v2.len(), HEADER_BYTES + 17);
+        assert_eq!(codec.decode(v2.clone()).unwrap(), info(true));
+        // Version 2 without the flags byte is truncated; reserved bits refused.
+        assert!(matches!(
+            codec.decode(v2.slice(..v2.len() - 1)),
+            Err(CodecError::Truncated { .. })
+        ));
+        let mut bad = v2.to_vec();
+        let last = bad.len() - 1;
+        bad[last] = 0b11;
+        assert!(matches!(
+            codec.decode(Bytes::from(bad)),
+            Err(CodecError::InvalidFlag { value: 0b11, .. })
+        ));
+        // READMIT exists in version 2 only.
+        let readmit = env(Message::Readmit { epoch: Epoch(5) });
+        let w = codec.encode_to_bytes(&readmit).unwrap();
+        assert_eq!(w[0], 2);
+        assert_eq!(codec.decode(w.clone()).unwrap(), readmit);
+        let mut as_v1 = w.to_vec();
+        as_v1[0] = 1;
+        assert_eq!(
+            codec.decode(Bytes::from(as_v1)),
+            Err(CodecError::UnknownTag(23))
+        );
+        assert_eq!(
+            codec.decode(Bytes::from_static(&[3, 1])),
+            Err(CodecError::UnknownVersion(3))
+        );
     }
 
     #[test]

@@ -83,4 +83,19 @@ pub trait Elector {
 
     /// A decision, once per decided round.
     fn poll_decision(&mut self) -> Option<Decision>;
+
+    /// Whether this node's votes may count. A voter whose replica is
+    /// *recovering* ([`Event::RecoveryStarted`](crate::Event::RecoveryStarted))
+    /// must abstain: it still learns who leads, like an observer, but it
+    /// neither stands nor lets peers count its vote, until
+    /// [`Event::RecoveryComplete`](crate::Event::RecoveryComplete).
+    ///
+    /// The default does nothing. That stays safe, because the kernel never
+    /// counts a recovering replica in any quorum (discovery, sync, commit,
+    /// check-quorum, reads), so an elector that ignores this can only elect
+    /// leaders that then fail to establish; implement it to spare those
+    /// elections.
+    fn set_voting(&mut self, now: Time, voting: bool) {
+        let _ = (now, voting);
+    }
 }

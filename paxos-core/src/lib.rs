@@ -142,7 +142,7 @@ mod storage;
 pub mod sync;
 mod time;
 
-pub use codec::{Codec, CodecError, WIRE_VERSION};
+pub use codec::{Codec, CodecError, MIN_WIRE_VERSION, WIRE_VERSION};
 pub use config::{Config, ConfigError};
 pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};

@@ -58,6 +58,11 @@ pub enum Message {
         current_epoch: Epoch,
         /// The follower's last zxid.
         last_zxid: Zxid,
+        /// The follower is *recovering*: it restarted with lost or damaged
+        /// durable state, so its promises and acknowledgements must not be
+        /// counted in any quorum until this leader readmits it
+        /// ([`Message::Readmit`]). Travels in wire version 2 only.
+        recovering: bool,
     },
     /// Leader to follower: promise not to accept anything below `epoch`.
     NewEpoch {
@@ -238,6 +243,14 @@ pub enum Message {
         /// The follower cannot serve the fetch (its log no longer covers it).
         unable: bool,
     },
+    /// Leader to a recovering follower: you are synced to my history in
+    /// `epoch` (your ACKNEWLEADER for it was durable) and a quorum of other
+    /// voters confirmed my leadership after that; you may vote again once
+    /// you have durably cleared your recovering flag. Wire version 2 only.
+    Readmit {
+        /// The leader's epoch.
+        epoch: Epoch,
+    },
 }
 
 impl Message {
@@ -266,6 +279,7 @@ impl Message {
             Message::ReadIndexResponse { .. } => "READINDEXRESP",
             Message::FetchHistory { .. } => "FETCH",
             Message::FetchReply { .. } => "FETCHREPLY",
+            Message::Readmit { .. } => "READMIT",
         }
     }
 }

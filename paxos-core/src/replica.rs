@@ -3,7 +3,7 @@
 //!
 //! See the crate documentation for the caller's contract.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -136,6 +136,20 @@ pub enum Event {
     },
     /// A storage read failed; the replica skipped the work and will retry.
     StorageFailed(StorageError),
+    /// The replica is *recovering* (started so by
+    /// [`Replica::mark_recovering`] or by a recovering flag found in
+    /// storage): call `Elector::set_voting(now, false)` before acting on a
+    /// following [`Event::LostLeader`]. Comes before that event in the same
+    /// `Ready`.
+    RecoveryStarted,
+    /// Recovery is complete and the cleared flag is durable: the replica
+    /// counts again. Call `Elector::set_voting(now, true)`.
+    RecoveryComplete {
+        /// The leader that readmitted this replica.
+        leader: NodeId,
+        /// That leader's epoch, in which this replica holds its history.
+        epoch: Epoch,
+    },
 }
 
 /// A follower's progress as its leader sees it ([`Replica::peer_progress`]).
@@ -185,6 +199,11 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     /// Hard state to save.
     pub hard_state: Option<HardState>,
+    /// The recovering flag to save ([`Storage::save_recovering`]), with
+    /// the hard state: `Some(true)` when the replica starts recovering,
+    /// `Some(false)` when it is readmitted (recovery completes once this is
+    /// durable, see [`Event::RecoveryComplete`]).
+    pub recovering: Option<bool>,
     /// The storage may drop entries up to this zxid (after appending).
     pub compact_to: Option<Zxid>,
     /// Messages to send only after this `Ready`'s writes are synced.
@@ -203,7 +222,10 @@ pub struct Ready {
 impl Ready {
     /// Whether the writes need a sync before `persisted_messages` go out.
     pub fn needs_sync(&self) -> bool {
-        self.truncate_after.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+        self.truncate_after.is_some()
+            || !self.entries.is_empty()
+            || self.hard_state.is_some()
+            || self.recovering.is_some()
     }
 
     /// The marker to pass to [`Replica::persisted`] once this `Ready`'s
@@ -299,6 +321,15 @@ struct Peer {
     hb_acked: u64,
     lease_from: Time,
     sync_failures: u32,
+    /// The follower said it is recovering: none of its promises or acks
+    /// count until it is readmitted.
+    recovering: bool,
+    /// Recovering and durably synced in this epoch: readmit it once a
+    /// quorum of counted voters acked a heartbeat of this round or later.
+    readmit_round: Option<u64>,
+    /// Readmitted in this epoch: READMIT rides along every heartbeat (the
+    /// message is idempotent and may be lost).
+    readmitted: bool,
 }
 
 #[derive(Debug)]
@@ -314,6 +345,13 @@ struct Leader {
     phase: LPhase,
     epoch: Epoch,
     infos: BTreeMap<NodeId, Epoch>,
+    /// Senders of `infos` that said they are recovering (not counted).
+    info_recovering: BTreeSet<NodeId>,
+    /// Every peer counted in a quorum that established this epoch
+    /// (FOLLOWERINFO, ACKEPOCH, ACKNEWLEADER). Such a peer cannot be
+    /// readmitted by this leader: its forgotten promise helped build the
+    /// epoch, so it must be synced by an epoch established without it.
+    helped: BTreeSet<NodeId>,
     peers: BTreeMap<NodeId, Peer>,
     history_end: Zxid,
     started: Time,
@@ -360,6 +398,16 @@ pub struct Replica<S: Storage> {
     seq: u64,
     out: Ready,
     scratch: Vec<Entry>,
+    /// See [`Replica::is_recovering`]. True until the cleared flag is durable.
+    recovering: bool,
+    /// A recovering-flag write for the next `Ready`.
+    recovering_write: Option<bool>,
+    /// The leader and epoch that readmitted us, and the `Ready` whose
+    /// persistence (the cleared flag) completes the recovery.
+    readmit: Option<(NodeId, Epoch, Option<u64>)>,
+    /// Lease reads: until this time the replica neither votes (the elector
+    /// is not started), nor leads, nor promises a new epoch.
+    hold_until: Option<Time>,
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -391,6 +439,7 @@ impl<S: Storage> Replica<S> {
             return Err(StorageError::Io(format!("invalid configuration: {e}")));
         }
         let hs = storage.hard_state();
+        let recovering = storage.recovering();
         assert!(
             hs.current_epoch <= hs.accepted_epoch,
             "hard state: current epoch {:?} above accepted epoch {:?}",
@@ -420,10 +469,97 @@ impl<S: Storage> Replica<S> {
             seq: 0,
             out: Ready::default(),
             scratch: Vec::new(),
+            recovering,
+            recovering_write: None,
+            readmit: None,
+            hold_until: None,
         };
-        tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, "replica started");
-        r.out.events.push(Event::LostLeader(r.vote_info()));
+        tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
+        if recovering {
+            tracing::warn!(id = %id, "entering recovering: state was lost; not counted until readmitted");
+            r.out.events.push(Event::RecoveryStarted);
+        }
+        // Lease reads: a leader may hold a lease granted partly on this
+        // replica's acknowledgements from before the restart, which the
+        // restart made us forget. Stay out of elections and refuse new
+        // epochs for one lease period (the election timeout bounds it) so
+        // that lease has expired before any new leader can count us. A
+        // replica that never promised an epoch never acknowledged a
+        // heartbeat, so a fresh cluster starts at once.
+        if r.config.lease_reads && hs.accepted_epoch > Epoch::ZERO {
+            let until = now + r.config.election_timeout;
+            tracing::info!(id = %id, ?until, "lease reads: holding off elections and new epochs after restart");
+            r.hold_until = Some(until);
+        } else {
+            r.out.events.push(Event::LostLeader(r.vote_info()));
+        }
         Ok(r)
+    }
+
+    /// Marks this replica *recovering*: its durable state (log, hard state
+    /// or both) was lost or damaged, so it may have forgotten promises and
+    /// acknowledgements that other replicas counted. Call it right after
+    /// [`Replica::new`], before the first [`ready`](Replica::ready), when
+    /// the node is a member of an existing cluster and its data directory
+    /// is empty or damaged (calling it later, or twice, is safe and only
+    /// more conservative).
+    ///
+    /// A recovering replica:
+    /// - never leads, and its elector must abstain
+    ///   ([`Event::RecoveryStarted`], `Elector::set_voting(now, false)`);
+    /// - follows a leader like any follower, but says so in FOLLOWERINFO,
+    ///   and leaders count none of its promises or acknowledgements
+    ///   (epoch establishment, NEWLEADER sync, commit, check-quorum, reads);
+    /// - keeps the flag durably (the next `Ready`'s
+    ///   [`recovering`](Ready::recovering)), so a restart mid-recovery
+    ///   restarts it recovering;
+    /// - is readmitted by an established leader that counted no
+    ///   incarnation of it in establishing its epoch, once it durably holds
+    ///   that leader's history (ACKNEWLEADER) and a quorum of the *other*
+    ///   voters has since confirmed the leader; it then durably clears the
+    ///   flag and reports [`Event::RecoveryComplete`].
+    pub fn mark_recovering(&mut self) {
+        if self.recovering && self.readmit.is_none() {
+            return;
+        }
+        tracing::warn!(id = %self.id, "entering recovering: state was lost; not counted until readmitted");
+        self.recovering = true;
+        self.readmit = None;
+        self.recovering_write = Some(true);
+        // Before any LostLeader of the same batch: the elector must
+        // abstain before it starts looking.
+        self.out.events.insert(0, Event::RecoveryStarted);
+        if !matches!(self.role, Role::Looking) {
+            self.lose_leader("entering recovering");
+        }
+    }
+
+    /// Whether this replica is recovering (see
+    /// [`mark_recovering`](Replica::mark_recovering)); false again once the
+    /// cleared flag is durable.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// Lease reads: the end of the hold-off after a restart, while it lasts
+    /// (the replica neither votes, leads nor promises a new epoch before).
+    pub fn hold_off_until(&self) -> Option<Time> {
+        self.hold_until
+    }
+
+    /// Test-only: drops the lease hold-off after a restart (see
+    /// [`hold_off_until`](Replica::hold_off_until)), which makes lease
+    /// reads unsafe. Exists so the simulator can show the stale read the
+    /// hold-off prevents.
+    #[doc(hidden)]
+    pub fn unsafe_skip_lease_hold_off(&mut self) {
+        if self.hold_until.take().is_some() && matches!(self.role, Role::Looking) {
+            self.out.events.push(Event::LostLeader(self.vote_info()));
+        }
+    }
+
+    fn held_off(&self, now: Time) -> bool {
+        self.hold_until.is_some_and(|t| now < t)
     }
 
     // ----- accessors -------------------------------------------------------
@@ -519,9 +655,22 @@ impl<S: Storage> Replica<S> {
     /// The elector decided who leads.
     pub fn handle_leader_decision(&mut self, now: Time, d: Decision) {
         self.now = now;
+        if self.held_off(now) {
+            tracing::warn!(id = %self.id, leader = %d.leader, "decision during the lease hold-off after restart; ignoring");
+            return;
+        }
         if d.leader == self.id {
             if !self.config.is_voter(self.id) {
                 tracing::warn!(id = %self.id, "elected but not a voter; ignoring");
+                return;
+            }
+            if self.recovering {
+                tracing::warn!(id = %self.id, "elected while recovering; refusing to lead");
+                if !matches!(self.role, Role::Looking) {
+                    self.lose_leader("a recovering replica never leads");
+                } else {
+                    self.out.events.push(Event::LostLeader(self.vote_info()));
+                }
                 return;
             }
             if matches!(self.role, Role::Leading(_)) {
@@ -578,6 +727,15 @@ impl<S: Storage> Replica<S> {
         let mut lose = None;
         let mut send_info = false;
         let mut send_applied = None;
+        if let Some(until) = self.hold_until {
+            if now >= until {
+                self.hold_until = None;
+                tracing::info!(id = %self.id, "lease hold-off over; looking for a leader");
+                if matches!(self.role, Role::Looking) {
+                    self.out.events.push(Event::LostLeader(self.vote_info()));
+                }
+            }
+        }
         match &mut self.role {
             Role::Looking => {}
             Role::Following(f) => {
@@ -628,7 +786,7 @@ impl<S: Storage> Replica<S> {
     pub fn poll_timeout(&self) -> Option<Time> {
         let hb = self.config.heartbeat_interval;
         match &self.role {
-            Role::Looking => None,
+            Role::Looking => self.hold_until,
             Role::Following(f) => {
                 let mut t = f.last_heard
                     + self.config.election_timeout
@@ -720,6 +878,20 @@ impl<S: Storage> Replica<S> {
             self.durable_hs = hs;
             self.hs_pending.pop_front();
         }
+        if let Some((leader, epoch, Some(seq))) = self.readmit {
+            if seq <= marker.seq {
+                assert!(
+                    self.durable_hs.current_epoch >= epoch,
+                    "readmission: the cleared flag is durable before the history of epoch {epoch:?}"
+                );
+                self.readmit = None;
+                self.recovering = false;
+                tracing::info!(id = %self.id, %leader, ?epoch, "leaving recovering: readmitted, counts again");
+                self.out
+                    .events
+                    .push(Event::RecoveryComplete { leader, epoch });
+            }
+        }
         self.advance_leader();
     }
 
@@ -803,6 +975,7 @@ impl<S: Storage> Replica<S> {
     pub fn has_ready(&self) -> bool {
         !self.out.is_empty()
             || self.hs_dirty
+            || self.recovering_write.is_some()
             || self.log.has_unsent()
             || self.apply_sent < self.commit
             || self.is_leader()
@@ -823,6 +996,14 @@ impl<S: Storage> Replica<S> {
             self.hs_dirty = false;
             r.hard_state = Some(self.hs);
             self.hs_pending.push_back((seq, self.hs));
+        }
+        if let Some(flag) = self.recovering_write.take() {
+            r.recovering = Some(flag);
+            if !flag {
+                if let Some((_, _, at)) = &mut self.readmit {
+                    *at = Some(seq);
+                }
+            }
         }
         // Committed entries to apply, bounded in bytes.
         let target = self.commit.min(self.log.last());
@@ -972,11 +1153,13 @@ impl<S: Storage> Replica<S> {
             accepted_epoch: self.hs.accepted_epoch,
             current_epoch: self.hs.current_epoch,
             last_zxid: self.log.last(),
+            recovering: self.recovering,
         };
         self.send(leader, msg);
     }
 
     fn become_leader(&mut self, now: Time) {
+        assert!(!self.recovering, "a recovering replica never leads");
         tracing::info!(id = %self.id, accepted = ?self.hs.accepted_epoch, "elected; discovery starts");
         let mut infos = BTreeMap::new();
         infos.insert(self.id, self.hs.accepted_epoch);
@@ -984,6 +1167,8 @@ impl<S: Storage> Replica<S> {
             phase: LPhase::CollectInfo,
             epoch: Epoch::ZERO,
             infos,
+            info_recovering: BTreeSet::new(),
+            helped: BTreeSet::new(),
             peers: BTreeMap::new(),
             history_end: Zxid::ZERO,
             started: now,
@@ -1020,6 +1205,15 @@ impl<S: Storage> Replica<S> {
                 } else {
                     false
                 };
+                if ok
+                    && epoch > self.hs.accepted_epoch
+                    && self.hold_until.is_some_and(|t| self.now < t)
+                {
+                    // Lease hold-off after a restart: no new promise yet.
+                    // Not a refusal; the leader retries after its sync timeout.
+                    tracing::debug!(id = %self.id, ?epoch, "NEWEPOCH during the lease hold-off; ignored");
+                    return;
+                }
                 if !ok {
                     tracing::info!(id = %self.id, ?epoch, accepted = ?self.hs.accepted_epoch, "NEWEPOCH refused");
                     let accepted_epoch = self.hs.accepted_epoch;
@@ -1190,6 +1384,22 @@ impl<S: Storage> Replica<S> {
                 Some(zxid) => self.out.read_states.push(ReadState { ctx, zxid }),
                 None => self.out.events.push(Event::ReadAborted { ctx }),
             },
+            Message::Readmit { epoch } => {
+                // Honoured only from the leader we follow, in its epoch,
+                // once our copy of its history and current epoch are
+                // durable (our ACKNEWLEADER said so; check our own view).
+                if !self.recovering
+                    || self.readmit.is_some()
+                    || f.epoch != epoch
+                    || f.phase != FPhase::Broadcast
+                    || self.durable_hs.current_epoch != epoch
+                {
+                    return;
+                }
+                tracing::info!(id = %self.id, leader = %from, ?epoch, "readmitted by the leader; clearing the recovering flag");
+                self.readmit = Some((from, epoch, None));
+                self.recovering_write = Some(false);
+            }
             Message::FetchHistory {
                 epoch,
                 current_epoch,
@@ -1358,9 +1568,21 @@ impl<S: Storage> Replica<S> {
         };
         let epoch = l.epoch;
         match msg {
-            Message::FollowerInfo { accepted_epoch, .. } => {
+            Message::FollowerInfo {
+                accepted_epoch,
+                recovering,
+                ..
+            } => {
+                if recovering {
+                    tracing::info!(leader = %self.id, follower = %from, "follower is recovering; not counted until readmitted");
+                }
                 if l.phase == LPhase::CollectInfo {
                     l.infos.insert(from, accepted_epoch);
+                    if recovering {
+                        l.info_recovering.insert(from);
+                    } else {
+                        l.info_recovering.remove(&from);
+                    }
                     return;
                 }
                 if accepted_epoch > epoch {
@@ -1374,6 +1596,8 @@ impl<S: Storage> Replica<S> {
                     .or_insert_with(|| Peer::new(now, observer));
                 p.last_heard = now;
                 p.restart(now);
+                p.recovering = recovering;
+                p.readmitted = false;
                 let round = p.round;
                 self.send(
                     from,
@@ -1550,6 +1774,7 @@ impl<S: Storage> Replica<S> {
                     let commit = self.commit;
                     p.commit_sent = commit;
                     self.send(from, Message::UpToDate { epoch, commit });
+                    self.arm_readmissions(now);
                 } else {
                     p.phase = PPhase::Synced;
                 }
@@ -1575,6 +1800,7 @@ impl<S: Storage> Replica<S> {
                     }
                 }
                 self.resolve_reads();
+                self.try_readmit();
             }
             Message::ReadIndexRequest { ctx, .. } => {
                 if l.phase == LPhase::Broadcast {
@@ -1624,9 +1850,18 @@ impl<S: Storage> Replica<S> {
             let before = l.phase;
             match l.phase {
                 LPhase::CollectInfo => {
-                    if !self.config.is_quorum(|n| l.infos.contains_key(&n)) {
+                    let counted =
+                        |n: NodeId| l.infos.contains_key(&n) && !l.info_recovering.contains(&n);
+                    if !self.config.is_quorum(counted) {
                         return;
                     }
+                    let helped: Vec<NodeId> = l
+                        .infos
+                        .keys()
+                        .filter(|n| **n != self.id && !l.info_recovering.contains(n))
+                        .copied()
+                        .collect();
+                    l.helped.extend(helped);
                     let max = l.infos.values().copied().max().unwrap_or(Epoch::ZERO);
                     let Some(e) = max.max(self.hs.accepted_epoch).next() else {
                         self.lose_leader("epoch space exhausted");
@@ -1644,8 +1879,10 @@ impl<S: Storage> Replica<S> {
                             continue;
                         }
                         let observer = self.config.is_observer(n);
+                        let recovering = l.info_recovering.contains(&n);
                         let p = l.peers.entry(n).or_insert_with(|| Peer::new(now, observer));
                         p.restart(now);
+                        p.recovering = recovering;
                         sends.push((n, p.round));
                     }
                     for (n, round) in sends {
@@ -1672,18 +1909,29 @@ impl<S: Storage> Replica<S> {
                         if n == me {
                             self_ok
                         } else {
-                            l.peers.get(&n).is_some_and(|p| p.phase == PPhase::Acked)
+                            l.peers
+                                .get(&n)
+                                .is_some_and(|p| p.phase == PPhase::Acked && !p.recovering)
                         }
                     };
                     if !self.config.is_quorum(acked) {
                         return;
                     }
+                    let helped: Vec<NodeId> = l
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.phase == PPhase::Acked && !p.recovering)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    l.helped.extend(helped);
                     // The most recent history among the quorum's voters.
                     let mine = (self.hs.current_epoch, self.log.last());
                     let best = l
                         .peers
                         .iter()
-                        .filter(|(n, p)| p.phase == PPhase::Acked && self.config.is_voter(**n))
+                        .filter(|(n, p)| {
+                            p.phase == PPhase::Acked && !p.recovering && self.config.is_voter(**n)
+                        })
                         .map(|(n, p)| ((p.position.current_epoch, p.position.last_zxid), *n))
                         .max();
                     match best {
@@ -1706,12 +1954,21 @@ impl<S: Storage> Replica<S> {
                         if n == me {
                             self_ok
                         } else {
-                            l.peers.get(&n).is_some_and(|p| p.phase == PPhase::Synced)
+                            l.peers
+                                .get(&n)
+                                .is_some_and(|p| p.phase == PPhase::Synced && !p.recovering)
                         }
                     };
                     if !self.config.is_quorum(synced) {
                         return;
                     }
+                    let helped: Vec<NodeId> = l
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.phase == PPhase::Synced && !p.recovering)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    l.helped.extend(helped);
                     l.phase = LPhase::Broadcast;
                     let epoch = l.epoch;
                     let commit = l.history_end;
@@ -1734,6 +1991,8 @@ impl<S: Storage> Replica<S> {
                         leader: self.id,
                         epoch,
                     });
+                    let now = self.now;
+                    self.arm_readmissions(now);
                 }
                 LPhase::Broadcast => {
                     self.advance_commit();
@@ -1827,7 +2086,10 @@ impl<S: Storage> Replica<S> {
                 }
             } else {
                 match l.peers.get(v) {
-                    Some(p) if matches!(p.phase, PPhase::Synced | PPhase::Broadcast) => {
+                    Some(p)
+                        if matches!(p.phase, PPhase::Synced | PPhase::Broadcast)
+                            && !p.recovering =>
+                    {
                         p.match_zxid
                     }
                     _ => Zxid::ZERO,
@@ -1869,9 +2131,9 @@ impl<S: Storage> Replica<S> {
                 let me = self.id;
                 let heard = |n: NodeId| {
                     n == me
-                        || l.peers
-                            .get(&n)
-                            .is_some_and(|p| now.saturating_since(p.last_heard) <= timeout)
+                        || l.peers.get(&n).is_some_and(|p| {
+                            !p.recovering && now.saturating_since(p.last_heard) <= timeout
+                        })
                 };
                 if now.saturating_since(l.started) > timeout && !self.config.is_quorum(heard) {
                     self.lose_leader("check-quorum: no quorum heard");
@@ -1960,6 +2222,12 @@ impl<S: Storage> Replica<S> {
                 (*n, c)
             })
             .collect();
+        let readmitted: Vec<NodeId> = l
+            .peers
+            .iter()
+            .filter(|(_, p)| p.readmitted && p.phase == PPhase::Broadcast)
+            .map(|(n, _)| *n)
+            .collect();
         for (n, commit) in targets {
             self.send(
                 n,
@@ -1969,6 +2237,108 @@ impl<S: Storage> Replica<S> {
                     round,
                 },
             );
+        }
+        for n in readmitted {
+            self.send(n, Message::Readmit { epoch });
+        }
+    }
+
+    /// Established leader: every recovering follower that is durably
+    /// synced in this epoch (ACKNEWLEADER received) and that no quorum of
+    /// this epoch counted gets a readmission round: the next heartbeat
+    /// round, sent after its acknowledgement arrived. Sends that round now.
+    fn arm_readmissions(&mut self, now: Time) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if l.phase != LPhase::Broadcast {
+            return;
+        }
+        let next = l.hb_round + 1;
+        let mut armed = false;
+        for (n, p) in l.peers.iter_mut() {
+            if p.recovering
+                && p.readmit_round.is_none()
+                && p.phase == PPhase::Broadcast
+                && !l.helped.contains(n)
+                && self.config.is_voter(*n)
+            {
+                tracing::info!(leader = %self.id, follower = %n, round = next, "recovering follower synced; confirming leadership before readmission");
+                p.readmit_round = Some(next);
+                armed = true;
+            }
+        }
+        if armed {
+            self.send_heartbeats(now);
+        }
+    }
+
+    /// Readmits the recovering followers whose readmission round a quorum
+    /// of counted voters (this leader and non-recovering followers in this
+    /// epoch) has acknowledged.
+    ///
+    /// Invariant (why readmission is safe): a recovering follower `r`
+    /// becomes counted only when
+    /// 1. this leader's epoch `e` was established by quorums that counted
+    ///    no incarnation of `r` (`helped`), so every decision of an earlier
+    ///    epoch, including those `r` helped make before it lost its state,
+    ///    is in this leader's history (those quorums intersect every earlier
+    ///    decision's quorum in a replica that remembers it);
+    /// 2. `r` durably holds that history and `current_epoch = e`
+    ///    (ACKNEWLEADER is sent only after those writes are synced); and
+    /// 3. a quorum of voters other than `r` acknowledged a heartbeat of `e`
+    ///    sent after that ACKNEWLEADER arrived, so `e` was still the epoch
+    ///    of a quorum then: a leader that lost its quorum to a newer epoch
+    ///    (possibly one `r` promised before losing its state) readmits no one.
+    ///
+    /// From then on `r` is as good as a follower that never lost anything
+    /// and joined epoch `e` at that point. The residual gap: a promise `r`
+    /// made before losing its state to a leader of a *higher* epoch whose
+    /// discovery is still running, outside every quorum this leader
+    /// heard (possible with five or more voters).
+    fn try_readmit(&mut self) {
+        let me = self.id;
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if l.phase != LPhase::Broadcast {
+            return;
+        }
+        let epoch = l.epoch;
+        let ready: Vec<NodeId> = l
+            .peers
+            .iter()
+            .filter_map(|(n, p)| {
+                let r = p.readmit_round?;
+                let confirmed = self.config.is_quorum(|v| {
+                    v == me
+                        || l.peers.get(&v).is_some_and(|q| {
+                            !q.recovering
+                                && matches!(q.phase, PPhase::Synced | PPhase::Broadcast)
+                                && q.hb_acked >= r
+                        })
+                });
+                (p.recovering && p.phase == PPhase::Broadcast && confirmed).then_some(*n)
+            })
+            .collect();
+        for n in ready {
+            assert!(
+                !l.helped.contains(&n),
+                "readmission: {n} helped establish epoch {epoch:?} and cannot be readmitted in it"
+            );
+            let Some(p) = l.peers.get_mut(&n) else {
+                continue;
+            };
+            tracing::info!(leader = %me, follower = %n, ?epoch, "readmitting recovering follower: it counts again");
+            p.recovering = false;
+            p.readmit_round = None;
+            p.readmitted = true;
+            self.out.messages.push(Envelope {
+                group: self.config.group,
+                from: me,
+                to: n,
+                msg: Message::Readmit { epoch },
+            });
         }
     }
 
@@ -1988,9 +2358,9 @@ impl<S: Storage> Replica<S> {
         let lease_ok = lease
             && self.config.is_quorum(|n| {
                 n == me
-                    || l.peers
-                        .get(&n)
-                        .is_some_and(|p| p.lease_from + lease_for > now && p.lease_from > l.started)
+                    || l.peers.get(&n).is_some_and(|p| {
+                        !p.recovering && p.lease_from + lease_for > now && p.lease_from > l.started
+                    })
             });
         if single || lease_ok {
             let epoch = l.epoch;
@@ -2029,9 +2399,12 @@ impl<S: Storage> Replica<S> {
         let mut done = Vec::new();
         while let Some(r) = l.reads.front() {
             let round = r.round;
-            let ok = self
-                .config
-                .is_quorum(|n| n == me || l.peers.get(&n).is_some_and(|p| p.hb_acked >= round));
+            let ok = self.config.is_quorum(|n| {
+                n == me
+                    || l.peers
+                        .get(&n)
+                        .is_some_and(|p| !p.recovering && p.hb_acked >= round)
+            });
             if !ok {
                 break;
             }
@@ -2225,6 +2598,9 @@ impl Peer {
             hb_acked: 0,
             lease_from: Time::ZERO,
             sync_failures: 0,
+            recovering: false,
+            readmit_round: None,
+            readmitted: false,
         }
     }
 
@@ -2235,6 +2611,7 @@ impl Peer {
         self.since = now;
         self.match_zxid = Zxid::ZERO;
         self.inflight.clear();
+        self.readmit_round = None;
     }
 }
 

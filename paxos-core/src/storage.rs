@@ -78,11 +78,32 @@ pub trait Storage {
     /// Saves the hard state (durable at the next sync).
     fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError>;
 
+    /// Whether the replica was marked *recovering* (its durable state was
+    /// lost or damaged; see [`Replica::mark_recovering`](crate::Replica::mark_recovering))
+    /// and has not been readmitted since, as last saved. Read once when a
+    /// replica starts. The default, for storages that cannot keep the flag,
+    /// is `false`.
+    fn recovering(&self) -> bool {
+        false
+    }
+
+    /// Saves the recovering flag (durable at the next sync, like the hard
+    /// state, and never before the log writes of the same `Ready`). The
+    /// default refuses: a storage that cannot keep the flag cannot host a
+    /// recovering replica, because a restart would silently turn it back
+    /// into a voter.
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        Err(StorageError::Io(format!(
+            "this storage cannot persist the recovering flag (wanted {recovering})"
+        )))
+    }
+
     /// Makes every previous write durable.
     fn sync(&mut self) -> Result<(), StorageError>;
 
     /// Applies the writes of `ready` in the required order: suffix
-    /// truncation, append, hard state, prefix cleanup. Does not sync.
+    /// truncation, append, hard state, recovering flag, prefix cleanup.
+    /// Does not sync.
     fn write_ready(&mut self, ready: &Ready) -> Result<(), StorageError> {
         if let Some(after) = ready.truncate_after {
             self.truncate_suffix(after)?;
@@ -92,6 +113,9 @@ pub trait Storage {
         }
         if let Some(hs) = ready.hard_state {
             self.save_hard_state(hs)?;
+        }
+        if let Some(recovering) = ready.recovering {
+            self.save_recovering(recovering)?;
         }
         if let Some(upto) = ready.compact_to {
             self.truncate_prefix(upto)?;
@@ -105,6 +129,7 @@ pub trait Storage {
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hs: HardState,
+    recovering: bool,
     entries: VecDeque<Entry>,
 }
 
@@ -233,6 +258,15 @@ impl Storage for MemStorage {
 
     fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
         self.hs = hs;
+        Ok(())
+    }
+
+    fn recovering(&self) -> bool {
+        self.recovering
+    }
+
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        self.recovering = recovering;
         Ok(())
     }
 

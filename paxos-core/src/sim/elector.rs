@@ -31,6 +31,9 @@ pub enum TestElectionMsg {
         round: u64,
         /// The sender's vote.
         vote: TestVote,
+        /// The sender abstains (a recovering replica): never count or
+        /// adopt this vote, only answer it.
+        abstain: bool,
     },
     /// A settled node's leader.
     Settled {
@@ -71,6 +74,7 @@ pub struct TestElector {
     decision: Option<Decision>,
     next_timeout: Option<Time>,
     resend: Duration,
+    abstain: bool,
 }
 
 impl TestElector {
@@ -102,6 +106,7 @@ impl TestElector {
             decision: None,
             next_timeout: None,
             resend: Duration::from_millis(40),
+            abstain: false,
         }
     }
 
@@ -109,10 +114,16 @@ impl TestElector {
         self.voters.contains(&n)
     }
 
+    /// Whether our own vote counts: a voter that does not abstain.
+    fn counts(&self) -> bool {
+        self.is_voter(self.id) && !self.abstain
+    }
+
     fn broadcast_vote(&mut self) {
         let msg = TestElectionMsg::Vote {
             round: self.round,
             vote: self.vote,
+            abstain: !self.counts(),
         };
         for p in &self.peers {
             if *p != self.id {
@@ -157,10 +168,11 @@ impl Elector for TestElector {
         self.own = self.vote;
         self.votes.clear();
         self.claims.clear();
-        if self.is_voter(self.id) {
+        if self.counts() {
             self.votes.insert(self.id, self.vote);
         } else {
-            // An observer never stands: it waits for a settled leader.
+            // An observer (or an abstaining voter) never stands: it waits
+            // for a settled leader.
             self.vote.info = VoteInfo {
                 current_epoch: Epoch::ZERO,
                 last_zxid: crate::Zxid::ZERO,
@@ -181,7 +193,11 @@ impl Elector for TestElector {
 
     fn handle_message(&mut self, _now: Time, from: NodeId, msg: TestElectionMsg) {
         match msg {
-            TestElectionMsg::Vote { round, vote } => match self.state {
+            TestElectionMsg::Vote {
+                round,
+                vote,
+                abstain,
+            } => match self.state {
                 State::Settled {
                     state,
                     leader,
@@ -198,25 +214,25 @@ impl Elector for TestElector {
                 }
                 State::Idle => {}
                 State::Looking | State::Decided => {
-                    if !self.is_voter(from) {
+                    if !self.is_voter(from) || abstain {
                         return;
                     }
                     if round > self.round {
                         self.round = round;
                         self.votes.clear();
-                        self.vote = if self.is_voter(self.id) {
+                        self.vote = if self.counts() {
                             self.own.max(vote)
                         } else {
                             vote
                         };
-                        if self.is_voter(self.id) {
+                        if self.counts() {
                             self.votes.insert(self.id, self.vote);
                         }
                         self.broadcast_vote();
                     } else if round == self.round {
                         if vote > self.vote && self.state == State::Looking {
                             self.vote = vote;
-                            if self.is_voter(self.id) {
+                            if self.counts() {
                                 self.votes.insert(self.id, self.vote);
                             }
                             self.broadcast_vote();
@@ -227,6 +243,7 @@ impl Elector for TestElector {
                             TestElectionMsg::Vote {
                                 round: self.round,
                                 vote: self.vote,
+                                abstain: !self.counts(),
                             },
                         ));
                         return;
@@ -273,5 +290,12 @@ impl Elector for TestElector {
 
     fn poll_decision(&mut self) -> Option<Decision> {
         self.decision.take()
+    }
+
+    fn set_voting(&mut self, _now: Time, voting: bool) {
+        self.abstain = !voting;
+        if !voting {
+            self.votes.remove(&self.id);
+        }
     }
 }

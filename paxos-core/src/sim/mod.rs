@@ -115,6 +115,15 @@ pub struct SimConfig {
     /// A run fails liveness if no command commits within this simulated
     /// time after faults stop.
     pub liveness_bound: Duration,
+    /// Random faults may also *wipe* a voter: crash it, lose its whole disk
+    /// and snapshot, and restart it recovering
+    /// ([`Replica::mark_recovering`]). At most a minority of voters is down
+    /// or recovering at once.
+    pub wipes: bool,
+    /// Test-only: skip the lease-read hold-off after a restart, to show
+    /// the stale read it prevents. Never set outside such a test.
+    #[doc(hidden)]
+    pub unsafe_skip_lease_hold_off: bool,
 }
 
 impl Default for SimConfig {
@@ -144,6 +153,8 @@ impl Default for SimConfig {
             snapshot_every: 50,
             replica,
             liveness_bound: Duration::from_secs(30),
+            wipes: false,
+            unsafe_skip_lease_hold_off: false,
         }
     }
 }
@@ -226,6 +237,10 @@ pub struct SimStats {
     pub compactions: u64,
     /// After faults stopped: simulated time until a command committed again.
     pub recovery: Option<Duration>,
+    /// Voters wiped (disk and snapshot lost).
+    pub wipes: u64,
+    /// Recovering replicas readmitted (their cleared flag durable).
+    pub readmissions: u64,
 }
 
 /// One pending disk operation (not yet synced).
@@ -234,6 +249,7 @@ enum DiskOp {
     Trunc(Zxid),
     Append(Vec<Entry>),
     Hs(HardState),
+    Recovering(bool),
     Compact(Zxid),
 }
 
@@ -301,12 +317,21 @@ impl Storage for SimStorage {
         self.pending.push(DiskOp::Hs(hs));
         Ok(())
     }
+    fn recovering(&self) -> bool {
+        self.volatile.recovering()
+    }
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        self.volatile.save_recovering(recovering)?;
+        self.pending.push(DiskOp::Recovering(recovering));
+        Ok(())
+    }
     fn sync(&mut self) -> Result<(), StorageError> {
         for op in self.pending.drain(..) {
             match op {
                 DiskOp::Trunc(z) => self.durable.truncate_suffix(z)?,
                 DiskOp::Append(e) => self.durable.append(&e)?,
                 DiskOp::Hs(hs) => self.durable.save_hard_state(hs)?,
+                DiskOp::Recovering(r) => self.durable.save_recovering(r)?,
                 DiskOp::Compact(z) => self.durable.truncate_prefix(z)?,
             }
         }
@@ -367,6 +392,9 @@ struct Node<E: Elector> {
     incoming: BTreeMap<u64, Bytes>,
     incoming_zxid: Zxid,
     durable_hs: HardState,
+    /// The driver's view: the node's data directory was lost, so it starts
+    /// recovering; stays set until the flag is on its durable disk.
+    start_recovering: bool,
 }
 
 /// The simulator. See the module documentation.
@@ -486,6 +514,7 @@ impl<E: Elector> Sim<E> {
                 incoming: BTreeMap::new(),
                 incoming_zxid: Zxid::ZERO,
                 durable_hs: HardState::default(),
+                start_recovering: false,
             });
         }
         for i in 0..sim.nodes.len() {
@@ -609,6 +638,60 @@ impl<E: Elector> Sim<E> {
         }
     }
 
+    /// Wipes `id`: crashes it and loses its whole disk and snapshot (a lost
+    /// data directory). It stays down; on [`restart`](Sim::restart) it
+    /// starts empty, and, if `recovering`, marked recovering
+    /// ([`Replica::mark_recovering`]) as a driver that noticed the loss
+    /// would. Without `recovering` it comes back as if it were new, which is
+    /// unsafe (see the `wiped_voter_without_recovering_loses_a_write` test).
+    pub fn wipe(&mut self, id: NodeId, recovering: bool) {
+        self.crash(id);
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        n.disk = MemStorage::new();
+        n.snapshot = None;
+        n.durable_hs = HardState::default();
+        n.start_recovering = recovering;
+        self.stats.wipes += 1;
+        tracing::info!(node = %id, recovering, "sim: wipe (disk lost)");
+    }
+
+    /// Whether `id` is recovering: up and [`Replica::is_recovering`], or
+    /// down with the flag on its durable disk or about to be set.
+    pub fn is_recovering(&self, id: NodeId) -> bool {
+        let n = &self.nodes[self.idx(id)];
+        match &n.replica {
+            Some(r) => r.is_recovering(),
+            None => n.start_recovering || n.disk.recovering(),
+        }
+    }
+
+    /// Starts a linearizable read on `id` (whatever its role), checked like
+    /// the client's: it must observe every entry acknowledged before now.
+    /// Returns whether the replica accepted it.
+    pub fn read_on(&mut self, id: NodeId) -> bool {
+        let i = self.idx(id);
+        self.read_counter += 1;
+        let rid = self.read_counter;
+        let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
+        let accepted = self.nodes[i].replica.as_mut().is_some_and(|r| {
+            r.read_index(Bytes::copy_from_slice(&rid.to_le_bytes()))
+                .is_ok()
+        });
+        if accepted {
+            self.reads_pending.insert(rid, floor);
+        }
+        if let Err(v) = self.drive(i) {
+            self.deferred.get_or_insert(v);
+        }
+        accepted
+    }
+
+    /// The newest acknowledged (committed and applied by its leader) zxid.
+    pub fn last_acked(&self) -> Option<Zxid> {
+        self.acked.keys().next_back().copied()
+    }
+
     /// Whether `id` is up.
     pub fn is_up(&self, id: NodeId) -> bool {
         self.nodes[self.idx(id)].replica.is_some()
@@ -622,6 +705,12 @@ impl<E: Elector> Sim<E> {
                 self.blocked.insert((n, id));
             }
         }
+    }
+
+    /// Cuts the link between `a` and `b` (both directions).
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.blocked.insert((a, b));
+        self.blocked.insert((b, a));
     }
 
     /// Removes every partition.
@@ -675,7 +764,15 @@ impl<E: Elector> Sim<E> {
             recovered,
             self.now,
         ) {
-            Ok(r) => n.replica = Some(r),
+            Ok(mut r) => {
+                if n.start_recovering && !r.is_recovering() {
+                    r.mark_recovering();
+                }
+                if self.cfg.unsafe_skip_lease_hold_off {
+                    r.unsafe_skip_lease_hold_off();
+                }
+                n.replica = Some(r)
+            }
             Err(e) => panic!("sim: replica {} failed to start: {e}", n.id),
         }
         n.elector = (self.make_elector)(n.id, &self.config);
@@ -811,12 +908,22 @@ impl<E: Elector> Sim<E> {
         let n = self.nodes.len();
         let i = self.rng.index(n);
         let id = self.nodes[i].id;
+        let wipe = self.cfg.wipes && self.config.is_voter(id) && self.rng.chance(0.25);
         match self.rng.range(0, 9) {
             0..=3 => {
-                // Crash at most a minority of voters at once.
-                let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+                // Crash at most a minority of voters at once; a recovering
+                // voter counts as down (it cannot help any quorum).
+                let ids = self.node_ids();
+                let down = ids
+                    .iter()
+                    .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
+                    .count();
                 if down < self.cfg.voters - (self.cfg.voters / 2 + 1) {
-                    self.crash(id);
+                    if wipe && !self.is_recovering(id) {
+                        self.wipe(id, true);
+                    } else {
+                        self.crash(id);
+                    }
                     let d = Duration::from_nanos(
                         self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
                     );
@@ -1009,6 +1116,9 @@ impl<E: Elector> Sim<E> {
             return Err(self.violation(what));
         }
         n.durable_hs = hs;
+        if n.start_recovering && r.storage().durable().recovering() {
+            n.start_recovering = false;
+        }
         let msgs = std::mem::take(&mut n.pending_msgs);
         if let Some(m) = n.pending_marker.take() {
             r.persisted(now, m);
@@ -1162,6 +1272,11 @@ impl<E: Elector> Sim<E> {
                     n.elector.settle(now, state, leader, epoch);
                 }
                 Event::ReadAborted { .. } => {}
+                Event::RecoveryStarted => n.elector.set_voting(now, false),
+                Event::RecoveryComplete { .. } => {
+                    self.stats.readmissions += 1;
+                    n.elector.set_voting(now, true);
+                }
                 Event::StorageFailed(e) => {
                     return Err(self.violation(format!("node {id}: storage read failed: {e}")));
                 }
@@ -1302,22 +1417,29 @@ impl<E: Elector> Sim<E> {
 
     /// Checks the safety invariants that are not checked as events happen.
     fn check(&self) -> Result<(), Violation> {
-        // Durability: the newest acknowledged entry is durably held by a quorum.
+        // Durability: the newest acknowledged entry is durably held by a
+        // quorum. After a wipe no quorum may hold it any more; what must
+        // still hold is that every quorum that can act, i.e. one made of
+        // voters that are not recovering, contains a holder.
         if let Some((&z, &h)) = self.acked.iter().next_back() {
-            let holders = self
-                .nodes
-                .iter()
-                .filter(|n| self.config.is_voter(n.id))
-                .filter(|n| {
-                    let disk = match &n.replica {
-                        Some(r) => r.storage().durable(),
-                        None => &n.disk,
-                    };
-                    n.snapshot.is_some_and(|s| s.zxid >= z)
-                        || disk.get(z).is_some_and(|e| hash(&e.data) == h)
-                })
-                .count();
-            if holders < self.config.quorum() {
+            let mut holders = 0;
+            let mut counted_non_holders = 0;
+            for n in self.nodes.iter().filter(|n| self.config.is_voter(n.id)) {
+                let disk = match &n.replica {
+                    Some(r) => r.storage().durable(),
+                    None => &n.disk,
+                };
+                let holds = n.snapshot.is_some_and(|s| s.zxid >= z)
+                    || disk.get(z).is_some_and(|e| hash(&e.data) == h);
+                if holds {
+                    holders += 1;
+                } else if !self.is_recovering(n.id) {
+                    counted_non_holders += 1;
+                }
+            }
+            let ok = holders >= self.config.quorum()
+                || (self.stats.wipes > 0 && counted_non_holders < self.config.quorum());
+            if !ok {
                 return Err(self.violation(format!(
                     "durability: acknowledged {z:?} durably held by {holders} voters only"
                 )));

@@ -23,11 +23,15 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (epoch(), epoch(), zxid()).prop_map(|(a, c, l)| Message::FollowerInfo {
-            accepted_epoch: a,
-            current_epoch: c,
-            last_zxid: l
+        (epoch(), epoch(), zxid(), any::<bool>()).prop_map(|(a, c, l, r)| {
+            Message::FollowerInfo {
+                accepted_epoch: a,
+                current_epoch: c,
+                last_zxid: l,
+                recovering: r,
+            }
         }),
+        epoch().prop_map(|epoch| Message::Readmit { epoch }),
         (epoch(), any::<u32>(), any::<bool>()).prop_map(|(epoch, round, established)| {
             Message::NewEpoch {
                 epoch,
