@@ -1417,6 +1417,21 @@ impl<E: Elector> Sim<E> {
 
     /// Checks the safety invariants that are not checked as events happen.
     fn check(&self) -> Result<(), Violation> {
+        // Leader completeness.
+        for n in &self.nodes {
+            let Some(r) = &n.replica else { continue };
+            let Some(epoch) = r.established_epoch().filter(|_| r.is_leader()) else {
+                continue;
+            };
+            if let Some((&z, _)) = self.acked.range(..Zxid::new(epoch, 0)).next_back() {
+                if !r.holds(z) {
+                    return Err(self.violation(format!(
+                        "leader completeness: leader {} of epoch {epoch:?} lacks committed {z:?}",
+                        n.id
+                    )));
+                }
+            }
+        }
         // Durability: the newest acknowledged entry is durably held by a
         // quorum. After a wipe no quorum may hold it any more; what must
         // still hold is that every quorum that can act, i.e. one made of
@@ -1443,21 +1458,6 @@ impl<E: Elector> Sim<E> {
                 return Err(self.violation(format!(
                     "durability: acknowledged {z:?} durably held by {holders} voters only"
                 )));
-            }
-        }
-        // Leader completeness.
-        for n in &self.nodes {
-            let Some(r) = &n.replica else { continue };
-            let Some(epoch) = r.established_epoch().filter(|_| r.is_leader()) else {
-                continue;
-            };
-            if let Some((&z, _)) = self.acked.range(..Zxid::new(epoch, 0)).next_back() {
-                if !r.holds(z) {
-                    return Err(self.violation(format!(
-                        "leader completeness: leader {} of epoch {epoch:?} lacks committed {z:?}",
-                        n.id
-                    )));
-                }
             }
         }
         Ok(())

@@ -375,6 +375,14 @@ pub fn lease_hold_off_after_restart<E: Elector>(
         ..SimConfig::default()
     };
     cfg.replica.lease_reads = true;
+    // G falls behind while cut off: keep the log so that it syncs by DIFF
+    // at once (a SNAP could outlast the lease and hide the stale read).
+    cfg.snapshot_every = 0;
+    cfg.replica.retention_entries = 1 << 20;
+    // An ordered network: a reordered NEWLEADER costs a sync timeout, which
+    // could also outlast the lease.
+    cfg.min_delay = Duration::from_micros(500);
+    cfg.max_delay = cfg.min_delay;
     let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
@@ -382,9 +390,13 @@ pub fn lease_hold_off_after_restart<E: Elector>(
     let [f, g] = others[..] else {
         return Err(fail(&sim, "needs exactly three voters"));
     };
-    // G loses L and keeps looking; L leads on F's acknowledgements.
+    // G loses L and keeps looking; L leads on F's acknowledgements. The
+    // client pauses so that G does not fall behind (a long sync could
+    // outlast the lease and hide the stale read).
+    sim.set_client_batch(0);
+    sim.run_for(Duration::from_millis(20))?;
     sim.cut(l, g);
-    sim.run_for(Duration::from_millis(400))?;
+    sim.run_for(Duration::from_millis(300))?;
     if sim.leader() != Some(l) {
         return Err(fail(&sim, "the leader did not keep its quorum with F"));
     }
@@ -392,6 +404,7 @@ pub fn lease_hold_off_after_restart<E: Elector>(
     sim.crash(f);
     sim.restart(f);
     sim.isolate(l);
+    sim.set_client_batch(2);
     // Lease reads on L for longer than its lease lasts, while F and G may
     // elect a leader and commit.
     let mut served_on_lease = 0u64;
