@@ -7,11 +7,17 @@
 //! | 0 | 1 | wire version, [`WIRE_VERSION`] |
 //! | 1 | 1 | kind: 1 = notification (others reserved) |
 //! | 2 | 1 | sender state: 0 LOOKING, 1 FOLLOWING, 2 LEADING, 3 OBSERVING |
-//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked; other bits must be 0 |
+//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked, bit 2 abstain; other bits must be 0 |
 //! | 4 | 8 | round |
 //! | 12 | 8 | vote: leader node id (0 when there is no vote) |
 //! | 20 | 4 | vote: leader's current epoch (0 when there is no vote) |
 //! | 24 | 8 | vote: leader's last zxid (0 when there is no vote) |
+//!
+//! Bit 2 (*abstain*, a recovering voter whose notification must not be
+//! counted) is a compatible extension of version 1: an older build refuses
+//! the reserved bit and drops the whole notification, which is exactly
+//! what it must do with an abstaining one (never count it); everything a
+//! voting node sends is unchanged, byte for byte.
 //!
 //! Decoding checks the length before reading anything, rejects anything
 //! over [`MAX_MESSAGE_BYTES`] up front, accepts exactly one encoding per
@@ -35,6 +41,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64;
 
 const FLAG_HAS_VOTE: u8 = 0b01;
 const FLAG_LOCKED: u8 = 0b10;
+const FLAG_ABSTAIN: u8 = 0b100;
 const HEADER_BYTES: usize = 2;
 
 /// Why bytes could not be decoded as an election message.
@@ -133,6 +140,9 @@ impl Notification {
         if self.locked {
             flags |= FLAG_LOCKED;
         }
+        if self.abstain {
+            flags |= FLAG_ABSTAIN;
+        }
         let (leader, epoch, zxid) = match self.vote {
             Some(v) => (v.leader.0, v.epoch.0, v.zxid.as_u64()),
             None => (0, 0, 0),
@@ -190,7 +200,7 @@ impl Notification {
         }
         let state = state_from_byte(bytes[2])?;
         let flags = bytes[3];
-        if flags & !(FLAG_HAS_VOTE | FLAG_LOCKED) != 0 {
+        if flags & !(FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN) != 0 {
             return Err(CodecError::InvalidFlags {
                 flags,
                 reason: "reserved bits set",
@@ -227,6 +237,7 @@ impl Notification {
             round,
             state,
             locked,
+            abstain: flags & FLAG_ABSTAIN != 0,
         })
     }
 }
@@ -245,6 +256,7 @@ mod tests {
             round: 41,
             state: PeerState::Following,
             locked: true,
+            abstain: false,
         }
     }
 
@@ -290,9 +302,18 @@ mod tests {
         assert_eq!(with(1, 9), Err(CodecError::UnknownKind { kind: 9 }));
         assert_eq!(with(2, 4), Err(CodecError::InvalidState { state: 4 }));
         assert!(matches!(
-            with(3, 0b100),
+            with(3, 0b1000),
             Err(CodecError::InvalidFlags { .. })
         ));
+        // The abstain bit round-trips and changes nothing else.
+        let abstaining = Notification {
+            abstain: true,
+            ..sample()
+        };
+        let b = abstaining.to_bytes();
+        assert_eq!(b[3], FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN);
+        assert_eq!(b[4..], sample().to_bytes()[4..]);
+        assert_eq!(Notification::decode(&b), Ok(abstaining));
         // Locked without a vote.
         assert!(matches!(
             with(3, FLAG_LOCKED),
@@ -305,6 +326,7 @@ mod tests {
             round: 1,
             state: PeerState::Looking,
             locked: false,
+            abstain: false,
         };
         assert_eq!(Notification::decode(&none.to_bytes()), Ok(none));
     }

@@ -45,6 +45,13 @@ pub struct ElectionConfig {
     pub initial_round: u64,
     /// Seed of the retry-timeout randomness (use a different one per node).
     pub seed: u64,
+    /// Whether this voter's votes count. `false` for a voter whose replica
+    /// is recovering (it lost its durable state): it then abstains, i.e.
+    /// never stands, never locks, and flags every notification so that
+    /// peers never count it, but still learns who leads like an observer.
+    /// Switch with [`FastElection::set_voting`](crate::FastElection) (the
+    /// `Elector::set_voting` of `paxos-core`). Ignored for observers.
+    pub voting: bool,
 }
 
 impl Default for ElectionConfig {
@@ -60,6 +67,7 @@ impl Default for ElectionConfig {
             max_round_lead: 1 << 32,
             initial_round: 0,
             seed: 0,
+            voting: true,
         }
     }
 }

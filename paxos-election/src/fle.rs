@@ -49,6 +49,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     /// Sorted, distinct, disjoint from the voters.
     observers: Vec<NodeId>,
     voter: bool,
+    /// A voter that abstains (recovering): behaves like an observer and
+    /// flags its notifications so that nobody counts them.
+    abstain: bool,
     settle_wait: Duration,
     base_timeout: Duration,
     max_timeout: Duration,
@@ -131,6 +134,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             quorum,
             observers,
             voter,
+            abstain: voter && !config.voting,
             settle_wait: config.settle_wait,
             base_timeout: config.base_timeout,
             max_timeout: config.max_timeout,
@@ -196,9 +200,22 @@ impl<Q: QuorumSystem> FastElection<Q> {
         &self.quorum
     }
 
+    /// Whether this node abstains (a recovering voter; see
+    /// [`ElectionConfig::voting`]).
+    pub fn is_abstaining(&self) -> bool {
+        self.abstain
+    }
+
+    /// Whether our own vote counts: a voter that does not abstain.
+    fn counts(&self) -> bool {
+        self.voter && !self.abstain
+    }
+
     fn self_vote(&self) -> Option<Vote> {
         match self.me {
-            Some(info) if self.quorum.can_lead(self.id) => Some(Vote::new(self.id, info)),
+            Some(info) if self.counts() && self.quorum.can_lead(self.id) => {
+                Some(Vote::new(self.id, info))
+            }
             _ => None,
         }
     }
@@ -214,12 +231,14 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 round: s.round,
                 state: self.state,
                 locked: s.elected,
+                abstain: self.abstain,
             },
             _ => Notification {
                 vote: self.proposal,
                 round: self.round,
                 state: PeerState::Looking,
                 locked: self.locked,
+                abstain: self.abstain,
             },
         }
     }
@@ -243,10 +262,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     /// Sends our notification to every voter and, if we vote, to every
-    /// observer (observers only ask the voters).
+    /// observer (observers and abstaining voters only ask the voters).
     fn broadcast(&mut self) {
         let n = self.notification();
-        let peers: Vec<NodeId> = if self.voter {
+        let peers: Vec<NodeId> = if self.counts() {
             self.quorum
                 .voters()
                 .iter()
@@ -255,7 +274,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 .filter(|p| *p != self.id)
                 .collect()
         } else {
-            self.quorum.voters().to_vec()
+            self.quorum
+                .voters()
+                .iter()
+                .copied()
+                .filter(|p| *p != self.id)
+                .collect()
         };
         for p in peers {
             self.send(p, n);
@@ -301,6 +325,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
             return Some("lock without a vote");
         }
         let from_voter = self.quorum.is_voter(from);
+        if msg.abstain && !from_voter {
+            return Some("an observer claims to abstain");
+        }
+        if msg.abstain && msg.state == PeerState::Leading {
+            return Some("an abstaining voter claims to lead");
+        }
         match msg.state {
             PeerState::Looking => None,
             PeerState::Observing if from_voter => Some("a voter claims to observe"),
@@ -332,14 +362,14 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.broadcast();
         } else if msg.round < self.round {
             // It is behind: our vote makes it jump to our round.
-            if self.voter {
+            if self.counts() {
                 self.reply(from);
             }
         } else {
             // Replies go only to unlocked senders, which then either adopt
             // our vote or have a better one: two nodes never ping-pong.
             if msg.vote < self.proposal {
-                if self.voter && !msg.locked {
+                if self.counts() && !msg.locked {
                     // It has not seen our better vote (it may have been
                     // settled when we broadcast it): tell it now rather
                     // than at our next retry.
@@ -413,7 +443,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 .iter()
                 .filter(|(_, v)| **v == c)
                 .map(|(id, _)| *id)
-                .chain((own == Some(c) && self.voter).then_some(self.id));
+                .chain((own == Some(c) && self.counts()).then_some(self.id));
             if self.quorum.is_quorum(&mut ids) {
                 return Some(c);
             }
@@ -447,7 +477,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             .iter()
             .filter(|(_, p)| **p == Some(v))
             .map(|(id, _)| *id)
-            .chain((self.voter && self.proposal == Some(v)).then_some(self.id));
+            .chain((self.counts() && self.proposal == Some(v)).then_some(self.id));
         self.quorum.is_quorum(&mut ids)
     }
 
@@ -464,7 +494,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.decide(v, r, "a quorum follows a running leader");
             return;
         }
-        if self.locked || !self.voter {
+        if self.locked || !self.counts() {
             return;
         }
         match self.proposal {
@@ -554,7 +584,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.settled = None;
         self.decision = None;
         self.reports.clear();
-        if self.voter {
+        if self.counts() {
             if self.round + 1 < MAX_ROUND {
                 self.enter_round(self.round + 1);
             } else {
@@ -564,7 +594,8 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 self.locked = false;
             }
         } else {
-            // Observers follow the voters' rounds and never start one.
+            // Observers and abstaining voters follow the voters' rounds and
+            // never start one.
             self.views.clear();
             self.locks.clear();
             self.settle_deadline = None;
@@ -622,9 +653,11 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 return;
             }
             Phase::Settled => {
-                // Voters never count an observer's answer, so an observer
-                // answers only observers.
-                let useful = self.voter || !self.quorum.is_voter(from);
+                // Voters never count an observer's (or an abstaining
+                // voter's) answer, so such a node answers only those that
+                // do not count either.
+                let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
+                let useful = self.counts() || !asker_counts;
                 if msg.state == PeerState::Looking && useful {
                     self.reply(from);
                 }
@@ -632,9 +665,10 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             }
             Phase::Looking => {}
         }
-        if !self.quorum.is_voter(from) {
-            // An observer asking: tell it what we know; it never counts.
-            if msg.state == PeerState::Looking && self.voter {
+        if !self.quorum.is_voter(from) || msg.abstain {
+            // An observer or an abstaining voter asking: tell it what we
+            // know; it never counts.
+            if msg.state == PeerState::Looking && self.counts() {
                 self.reply(from);
             }
             return;
@@ -654,7 +688,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         if self.settle_deadline.is_some_and(|d| d <= now) {
             self.settle_deadline = None;
             let holds = self.proposal.is_some_and(|p| self.quorum_holds(p));
-            if !self.locked && self.voter && holds {
+            if !self.locked && self.counts() && holds {
                 self.lock_proposal();
             }
             self.evaluate(now);
@@ -681,5 +715,31 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
 
     fn poll_decision(&mut self) -> Option<Decision> {
         self.decision.take()
+    }
+
+    /// Abstains (`false`) or votes again (`true`); see
+    /// [`ElectionConfig::voting`]. Observers ignore it. Abstaining drops our
+    /// own proposal and lock for the current round (peers never counted
+    /// them once flagged); voting again while LOOKING starts a new round,
+    /// standing for ourselves, so that our vote is heard at once.
+    fn set_voting(&mut self, now: Time, voting: bool) {
+        if !self.voter || self.abstain != voting {
+            return;
+        }
+        self.abstain = !voting;
+        tracing::info!(node = %self.id, voting, "election participation changed");
+        if self.abstain {
+            self.locked = false;
+            self.settle_deadline = None;
+            self.proposal = self.proposal.filter(|v| v.leader != self.id);
+        }
+        if self.phase == Phase::Looking {
+            if let Some(me) = self.me {
+                self.start_looking(now, me);
+            }
+        } else {
+            // Settled: peers learn our new status with our next answer.
+            self.broadcast();
+        }
     }
 }

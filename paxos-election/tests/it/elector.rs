@@ -36,6 +36,7 @@ fn looking(v: Option<Vote>, round: u64, locked: bool) -> Notification {
         round,
         state: PeerState::Looking,
         locked,
+        abstain: false,
     }
 }
 
@@ -180,6 +181,7 @@ fn report(state: PeerState, leader: u64, round: u64, locked: bool) -> Notificati
         round,
         state,
         locked,
+        abstain: false,
     }
 }
 

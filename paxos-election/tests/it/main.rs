@@ -7,6 +7,7 @@
     missing_docs
 )]
 
+mod abstain;
 mod elector;
 mod properties;
 mod scenarios;

@@ -34,13 +34,15 @@ fn any_notification(max_id: u64, max_round: u64) -> impl Strategy<Value = Notifi
         0..=max_round,
         any_state(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(vote, round, state, locked)| Notification {
+        .prop_map(|(vote, round, state, locked, abstain)| Notification {
             vote,
             round,
             state,
             // A lock needs a vote to be encodable.
             locked: locked && vote.is_some(),
+            abstain,
         })
 }
 
@@ -50,8 +52,9 @@ fn wide_notification() -> impl Strategy<Value = Notification> {
         any::<u64>(),
         any_state(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(v, round, state, locked)| Notification {
+        .prop_map(|(v, round, state, locked, abstain)| Notification {
             vote: v.map(|(l, e, z)| Vote {
                 leader: NodeId(l),
                 epoch: Epoch(e),
@@ -60,6 +63,7 @@ fn wide_notification() -> impl Strategy<Value = Notification> {
             round,
             state,
             locked: locked && v.is_some(),
+            abstain,
         })
 }
 

@@ -408,6 +408,7 @@ impl Sim {
                         round: target_round,
                         state: PeerState::Looking,
                         locked: r.below(2) == 0,
+                        abstain: false,
                     },
                 )
             }
@@ -425,6 +426,7 @@ impl Sim {
                         round,
                         state: PeerState::Looking,
                         locked: false,
+                        abstain: false,
                     },
                 )
             }
@@ -441,6 +443,7 @@ impl Sim {
                         round: MAX_ROUND + r.below(1 << 20),
                         state: PeerState::Leading,
                         locked: true,
+                        abstain: false,
                     },
                 )
             }
@@ -457,6 +460,7 @@ impl Sim {
                         round: target_round,
                         state: PeerState::Looking,
                         locked: true,
+                        abstain: false,
                     },
                 )
             }
@@ -475,6 +479,7 @@ impl Sim {
                         round: target_round,
                         state: PeerState::Leading,
                         locked: true,
+                        abstain: false,
                     },
                 )
             }
@@ -487,6 +492,7 @@ impl Sim {
                         round: target_round,
                         state: PeerState::Looking,
                         locked: true,
+                        abstain: false,
                     },
                 )
             }
