@@ -50,3 +50,32 @@ fn full_stack_random_schedules() {
         assert!(sim.stats().leaders > 0);
     }
 }
+
+#[test]
+fn full_stack_random_schedules_with_wipes() {
+    let seeds: u64 = std::env::var("PAXOS_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let mut wipes = 0;
+    for seed in 0..seeds {
+        let mut cfg = SimConfig::chaos(2_000 + seed);
+        cfg.wipes = true;
+        let mut sim = full_sim(cfg);
+        if let Err(v) = sim.run_steps_then_recover(6_000) {
+            panic!("full stack with wipes: {v}");
+        }
+        wipes += sim.stats().wipes;
+    }
+    assert!(wipes > 0, "no schedule wiped a voter");
+}
+
+#[test]
+fn full_stack_wiped_voter_without_recovering_loses_a_write() {
+    let seen = scenarios::wiped_voter_without_recovering(&full_sim, 0)
+        .unwrap_or_else(|v| panic!("the attack did not show: {v}"));
+    assert!(
+        seen.iter().any(|v| v.what.contains("leader completeness")),
+        "{seen:?}"
+    );
+}
