@@ -4,6 +4,8 @@
 //! cargo run --release -p paxos-core --example simulate -- --seeds 100 --steps 20000
 //! cargo run --release -p paxos-core --example simulate -- --seed 42 --steps 20000
 //! cargo run --release -p paxos-core --example simulate -- --full --seeds 100
+//! cargo run --release -p paxos-core --example simulate -- --wipes --seeds 100
+//! PAXOS_SIM_WIPES=1 cargo xtask sim
 //! ```
 //!
 //! By default the nodes use the simulator's test-only elector and planner;
@@ -12,7 +14,9 @@
 //! Each seed runs `steps` events under random faults (drops, duplicates,
 //! delays, partitions, crashes), then stops the faults and measures how
 //! long the cluster takes to commit again. A failure prints its seed, and
-//! `--seed S` replays it exactly.
+//! `--seed S` replays it exactly. `--wipes` (or `PAXOS_SIM_WIPES=1` in the
+//! environment) adds wiping crashes to the mix: a voter loses its whole
+//! disk and restarts recovering.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
@@ -44,6 +48,7 @@ fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
 /// cluster's state when `describe`), and the run's counters.
 fn run_one(
     full: bool,
+    wipes: bool,
     seed: u64,
     steps: u64,
     describe: bool,
@@ -62,14 +67,12 @@ fn run_one(
         });
         (r, sim.stats().clone())
     }
+    let mut cfg = SimConfig::chaos(seed);
+    cfg.wipes = wipes;
     if full {
-        go(full_sim(SimConfig::chaos(seed)), steps, describe)
+        go(full_sim(cfg), steps, describe)
     } else {
-        go(
-            Sim::with_test_components(SimConfig::chaos(seed)),
-            steps,
-            describe,
-        )
+        go(Sim::with_test_components(cfg), steps, describe)
     }
 }
 
@@ -88,11 +91,15 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full]");
+        println!(
+            "usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full] [--wipes]"
+        );
         return ExitCode::SUCCESS;
     }
     let steps = parse(&args, "--steps").unwrap_or(20_000);
     let full = args.iter().any(|a| a == "--full");
+    let wipes = args.iter().any(|a| a == "--wipes")
+        || std::env::var("PAXOS_SIM_WIPES").is_ok_and(|v| v == "1");
     let seeds: Vec<u64> = match parse(&args, "--seed") {
         Some(s) => vec![s],
         None => {
@@ -107,7 +114,7 @@ fn main() -> ExitCode {
     let (mut truncs, mut snaps, mut fetches, mut crashes, mut reads) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
-        let (r, st) = run_one(full, seed, steps, seeds.len() == 1);
+        let (r, st) = run_one(full, wipes, seed, steps, seeds.len() == 1);
         match r {
             Ok(d) => worst = worst.max(d),
             Err(v) => {

@@ -22,6 +22,10 @@ use crate::{HardState, HardStateStore, OpenReport, Wal, WalError, WalOptions};
 pub const HARD_STATE_FILE: &str = "hardstate";
 /// Subdirectory holding the log segments inside a [`WalStorage`] directory.
 pub const LOG_DIR: &str = "log";
+/// The hard-state file's spare field that keeps the kernel's *recovering*
+/// flag (`Storage::recovering`, non-zero when set); reserved:
+/// [`WalStorage::set_extra`] refuses it.
+pub const RECOVERING_FIELD: usize = crate::HARD_STATE_EXTRA_FIELDS - 1;
 
 /// A replica's durable state: the WAL for entries and a two-slot file for
 /// the hard state. Implements [`paxos_core::Storage`].
@@ -48,6 +52,10 @@ pub struct WalStorage {
     hard: HardStateStore,
     /// A hard state saved since the last sync; written after the log flush.
     pending_hard: Option<CoreHardState>,
+    /// A recovering flag saved since the last sync; written with the hard state.
+    pending_recovering: Option<bool>,
+    /// The hard-state file did not exist when this storage was opened.
+    hard_state_created: bool,
     dir: PathBuf,
 }
 
@@ -77,6 +85,7 @@ impl WalStorage {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(crate::error::io_err("create storage dir", &dir))?;
         let (wal, report) = Wal::open(dir.join(LOG_DIR), options)?;
+        let hard_state_created = !dir.join(HARD_STATE_FILE).exists();
         let hard = HardStateStore::open(dir.join(HARD_STATE_FILE))?;
         if to_core(hard.get()).is_err() {
             // Epochs above u32 cannot have been written by the kernel: the
@@ -90,6 +99,8 @@ impl WalStorage {
                 wal: Arc::new(wal),
                 hard,
                 pending_hard: None,
+                pending_recovering: None,
+                hard_state_created,
                 dir,
             },
             report,
@@ -116,9 +127,20 @@ impl WalStorage {
         &self.dir
     }
 
-    /// Whether a saved hard state waits for the next [`Storage::sync`].
+    /// Whether a saved hard state (or recovering flag) waits for the next
+    /// [`Storage::sync`].
     pub fn has_pending_hard_state(&self) -> bool {
-        self.pending_hard.is_some()
+        self.pending_hard.is_some() || self.pending_recovering.is_some()
+    }
+
+    /// Whether the hard-state file did not exist when this storage was
+    /// opened: a new node, or a node whose data directory (or just its
+    /// hard-state file) was lost. A driver that knows the node belongs to an
+    /// existing cluster should then start the replica recovering
+    /// (`Replica::mark_recovering`), unless the flag is already set
+    /// ([`Storage::recovering`]).
+    pub fn hard_state_created(&self) -> bool {
+        self.hard_state_created
     }
 
     /// One of the hard-state file's spare `u64` fields (index below
@@ -131,6 +153,11 @@ impl WalStorage {
     /// Durably sets a spare field of the hard-state file (synced on return),
     /// keeping the epochs as they are.
     pub fn set_extra(&mut self, index: usize, value: u64) -> Result<(), StorageError> {
+        if index == RECOVERING_FIELD {
+            return Err(StorageError::Io(format!(
+                "hard state extra field {index} is reserved for the recovering flag"
+            )));
+        }
         let mut stored = self.hard.get();
         let Some(slot) = stored.extra.get_mut(index) else {
             return Err(StorageError::Io(format!(
@@ -281,14 +308,42 @@ impl Storage for WalStorage {
         Ok(())
     }
 
+    fn recovering(&self) -> bool {
+        match self.pending_recovering {
+            Some(r) => r,
+            None => self
+                .hard
+                .get()
+                .extra
+                .get(RECOVERING_FIELD)
+                .is_some_and(|v| *v != 0),
+        }
+    }
+
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        // Like the hard state: durable at the next sync, after the log (a
+        // cleared flag vouches for the history synced from the leader).
+        self.pending_recovering = Some(recovering);
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         self.wal.sync().map_err(io)?;
-        if let Some(hs) = self.pending_hard {
+        if self.pending_hard.is_some() || self.pending_recovering.is_some() {
             let mut stored = self.hard.get();
-            stored.accepted_epoch = u64::from(hs.accepted_epoch.0);
-            stored.current_epoch = u64::from(hs.current_epoch.0);
+            if let Some(hs) = self.pending_hard {
+                stored.accepted_epoch = u64::from(hs.accepted_epoch.0);
+                stored.current_epoch = u64::from(hs.current_epoch.0);
+            }
+            if let (Some(r), Some(slot)) = (
+                self.pending_recovering,
+                stored.extra.get_mut(RECOVERING_FIELD),
+            ) {
+                *slot = u64::from(r);
+            }
             self.hard.set(&stored).map_err(io)?;
             self.pending_hard = None;
+            self.pending_recovering = None;
         }
         Ok(())
     }
@@ -434,5 +489,45 @@ mod tests {
         assert_eq!(s.extra(0), Some(77));
         assert_eq!(s.hard_state().accepted_epoch, Epoch(2));
         assert_eq!(s.extra(usize::MAX), None);
+    }
+
+    #[test]
+    fn recovering_flag_is_durable_only_after_sync_and_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            assert!(s.hard_state_created());
+            assert!(!s.recovering());
+            s.save_recovering(true).unwrap();
+            assert!(s.recovering());
+            assert!(s.has_pending_hard_state());
+            // Dropped without a sync: the flag is lost with the crash.
+        }
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            assert!(!s.hard_state_created());
+            assert!(!s.recovering());
+            s.save_recovering(true).unwrap();
+            s.sync().unwrap();
+            assert!(s.set_extra(RECOVERING_FIELD, 0).is_err());
+            s.set_extra(0, 9).unwrap();
+        }
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            assert!(s.recovering(), "the flag survives a restart");
+            assert_eq!(s.extra(0), Some(9));
+            s.append(&[entry(2, 1)]).unwrap();
+            s.save_hard_state(CoreHardState {
+                accepted_epoch: Epoch(2),
+                current_epoch: Epoch(2),
+            })
+            .unwrap();
+            s.save_recovering(false).unwrap();
+            s.sync().unwrap();
+        }
+        let (s, _) = WalStorage::open(dir.path(), options()).unwrap();
+        assert!(!s.recovering());
+        assert_eq!(s.hard_state().current_epoch, Epoch(2));
+        assert_eq!(s.last_zxid(), Some(Zxid::new(Epoch(2), 1)));
     }
 }

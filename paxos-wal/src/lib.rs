@@ -130,4 +130,4 @@ pub use wal::{
 #[cfg(feature = "paxos-core")]
 mod core_storage;
 #[cfg(feature = "paxos-core")]
-pub use core_storage::{WalStorage, HARD_STATE_FILE, LOG_DIR};
+pub use core_storage::{WalStorage, HARD_STATE_FILE, LOG_DIR, RECOVERING_FIELD};

@@ -301,6 +301,16 @@ pub fn recovering_voter_blocks_stale_leader<E: Elector>(
     if !sim.is_recovering(b) {
         return Err(fail(&sim, "the wiped voter is not recovering"));
     }
+    // B restarts mid-recovery: the flag is on its disk now, so it comes
+    // back recovering without being told again.
+    sim.crash(b);
+    sim.restart(b);
+    if !sim.replica(b).is_some_and(|r| r.is_recovering()) {
+        return Err(fail(&sim, "the recovering flag did not survive a restart"));
+    }
+    if sim.run_until(Duration::from_millis(500), |s| s.leader().is_some())? {
+        return Err(fail(&sim, "a leader was established after B restarted"));
+    }
     sim.restart(a);
     let l = wait_leader(&mut sim, None)?;
     if !sim.replica(l).is_some_and(|r| r.holds(x)) {
