@@ -113,6 +113,7 @@ fn main() -> ExitCode {
         (Vec::new(), Duration::ZERO, 0u64, 0u64);
     let (mut truncs, mut snaps, mut fetches, mut crashes, mut reads) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut wiped, mut readmitted) = (0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let (r, st) = run_one(full, wipes, seed, steps, seeds.len() == 1);
         match r {
@@ -129,6 +130,8 @@ fn main() -> ExitCode {
         fetches += st.fetches;
         crashes += st.crashes;
         reads += st.reads;
+        wiped += st.wipes;
+        readmitted += st.readmissions;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -151,6 +154,9 @@ fn main() -> ExitCode {
         worst,
         started.elapsed()
     );
+    if wipes {
+        println!("{wiped} voters wiped and restarted recovering, {readmitted} readmissions");
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -440,3 +440,138 @@ fn observers_learn_committed_entries_but_never_count() {
         "the observer applies committed entries"
     );
 }
+
+#[test]
+fn a_recovering_follower_is_not_counted_until_readmitted() {
+    let mut c = Cluster::new(
+        three(),
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    let n3 = c.idx(NodeId(3));
+    c.reps[n3].mark_recovering();
+    assert!(c.reps[n3].is_recovering());
+    let rd = c.reps[n3].ready();
+    assert_eq!(rd.recovering, Some(true), "the flag is persisted");
+    assert!(
+        matches!(
+            rd.events[..],
+            [Event::RecoveryStarted, Event::LostLeader(_)]
+        ),
+        "abstain before looking: {:?}",
+        rd.events
+    );
+    c.handle_ready(n3, rd);
+    assert!(c.reps[n3].storage().recovering());
+    // Leader 1 with node 2 cut off: node 3 alone must not make a quorum.
+    c.cut = vec![NodeId(2)];
+    c.decide(NodeId(1));
+    c.pump();
+    c.advance(Duration::from_millis(60));
+    assert!(
+        !c.reps[0].is_leader(),
+        "a recovering follower completed the leader's quorum"
+    );
+    // Node 2 joins: established without node 3, which is then synced and
+    // readmitted once node 2 confirms a later heartbeat.
+    c.cut.clear();
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.reps[0].is_leader());
+    for _ in 0..5 {
+        c.advance(Duration::from_millis(60));
+    }
+    assert!(!c.reps[n3].is_recovering(), "node 3 was never readmitted");
+    assert!(
+        !c.reps[n3].storage().recovering(),
+        "the cleared flag is durable"
+    );
+    assert!(c.events.iter().any(|(id, e)| *id == NodeId(3)
+        && matches!(e, Event::RecoveryComplete { leader, .. } if *leader == NodeId(1))));
+    // Node 3 counts again: with node 2 gone, 1 and 3 commit.
+    c.cut = vec![NodeId(2)];
+    let zx = c.reps[0].propose(Bytes::from_static(b"after")).unwrap();
+    c.pump();
+    assert!(c.reps[0].commit_zxid() >= zx);
+}
+
+#[test]
+fn the_recovering_flag_in_storage_survives_a_restart() {
+    let mut s = MemStorage::new();
+    s.save_recovering(true).unwrap();
+    let mut r = Replica::new(
+        NodeId(2),
+        three(),
+        s,
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    assert!(r.is_recovering());
+    let rd = r.ready();
+    assert!(matches!(
+        rd.events[..],
+        [Event::RecoveryStarted, Event::LostLeader(_)]
+    ));
+    // Told it leads, it refuses and looks again.
+    r.handle_leader_decision(
+        Time::ZERO,
+        Decision {
+            leader: NodeId(2),
+            round: 1,
+            epoch_hint: Epoch::ZERO,
+        },
+    );
+    assert!(!r.is_leader() && r.leader().is_none());
+    assert!(matches!(r.ready().events[..], [Event::LostLeader(_)]));
+}
+
+#[test]
+fn with_lease_reads_a_restarted_voter_holds_off_one_election_timeout() {
+    let mut cfg = three();
+    cfg.lease_reads = true;
+    let hs = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    let start = Time::ZERO + Duration::from_secs(5);
+    let mut r = Replica::new(
+        NodeId(2),
+        cfg.clone(),
+        storage_with(hs, &[z(1, 1)]),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        start,
+    )
+    .unwrap();
+    let until = start + cfg.election_timeout;
+    assert_eq!(r.hold_off_until(), Some(until));
+    assert!(
+        r.ready().events.is_empty(),
+        "no election before the hold-off ends"
+    );
+    assert_eq!(r.poll_timeout(), Some(until));
+    // A decision meanwhile is ignored, and so is a NEWEPOCH.
+    let d = Decision {
+        leader: NodeId(1),
+        round: 1,
+        epoch_hint: Epoch(1),
+    };
+    r.handle_leader_decision(start, d);
+    assert_eq!(r.leader(), None);
+    r.handle_timeout(until);
+    assert!(matches!(r.ready().events[..], [Event::LostLeader(_)]));
+    assert_eq!(r.hold_off_until(), None);
+    // A replica that never promised an epoch starts at once.
+    let mut fresh = Replica::new(
+        NodeId(3),
+        cfg,
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        start,
+    )
+    .unwrap();
+    assert_eq!(fresh.hold_off_until(), None);
+    assert!(matches!(fresh.ready().events[..], [Event::LostLeader(_)]));
+}
