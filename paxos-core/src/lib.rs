@@ -27,6 +27,16 @@
 //! 1. **Create** the replica with [`Replica::new`] over a [`Storage`] that
 //!    holds the durable log and hard state, a [`SyncPlanner`], and what the
 //!    state machine recovered ([`Recovered`]: applied zxid, newest snapshot).
+//!    If the node is a member of an existing cluster but its durable state
+//!    is gone or damaged (empty data directory, missing hard-state file),
+//!    call [`Replica::mark_recovering`] before the first `ready`: the
+//!    replica then counts in no quorum until an established leader
+//!    readmits it (the flag is persisted through [`Ready::recovering`], so
+//!    a restart mid-recovery needs no second call). With
+//!    [`Config::lease_reads`], a replica that had promised an epoch waits
+//!    one election timeout after `new` before it looks for a leader (its
+//!    first [`Event::LostLeader`] comes from
+//!    [`handle_timeout`](Replica::handle_timeout) then).
 //! 2. **Feed inputs**, each with the current time:
 //!    [`handle_message`](Replica::handle_message) for every message from a
 //!    peer; [`handle_timeout`](Replica::handle_timeout) when the deadline of
@@ -52,9 +62,11 @@
 //!       follower with [`Replica::send_snapshot_chunk`]; as follower, write
 //!       the chunk and, after the last, restore the state machine, make it
 //!       durable and call [`Replica::snapshot_installed`];
-//!    7. `events`: on [`Event::LostLeader`] call
+//!    7. `events`, in order: on [`Event::LostLeader`] call
 //!       [`Elector::start_looking`]; on [`Event::Settled`] call
-//!       [`Elector::settle`].
+//!       [`Elector::settle`]; on [`Event::RecoveryStarted`] call
+//!       [`Elector::set_voting`]`(now, false)`; on
+//!       [`Event::RecoveryComplete`] call [`Elector::set_voting`]`(now, true)`.
 //!
 //!    Persisting may be asynchronous (group commit over many `Ready`s), as
 //!    long as `Ready`s are written in the order they were returned.
@@ -125,6 +137,9 @@
 //! - A message that depends on a write is only ever in `persisted_messages`.
 //! - The durable hard state never decreases (asserted).
 //! - No entry at or below the commit point is ever truncated (asserted).
+//! - A recovering replica never leads, and no quorum counts it until a
+//!   leader that established its epoch without it readmits it (asserted at
+//!   readmission); see `Replica::mark_recovering`.
 #![warn(missing_docs)]
 
 pub mod basic;

@@ -2261,7 +2261,6 @@ impl<S: Storage> Replica<S> {
                 && p.readmit_round.is_none()
                 && p.phase == PPhase::Broadcast
                 && !l.helped.contains(n)
-                && self.config.is_voter(*n)
             {
                 tracing::info!(leader = %self.id, follower = %n, round = next, "recovering follower synced; confirming leadership before readmission");
                 p.readmit_round = Some(next);
