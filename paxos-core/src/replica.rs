@@ -165,6 +165,8 @@ pub struct PeerProgress {
     pub observer: bool,
     /// Whether it is synced and receiving ACCEPTs (not in discovery or sync).
     pub in_broadcast: bool,
+    /// Whether it is recovering (not counted in any quorum until readmitted).
+    pub recovering: bool,
 }
 
 /// Identifies a [`Ready`] for [`Replica::persisted`].
@@ -637,6 +639,7 @@ impl<S: Storage> Replica<S> {
                 applied: p.applied,
                 observer: p.observer,
                 in_broadcast: p.phase == PPhase::Broadcast,
+                recovering: p.recovering,
             })
             .collect()
     }
