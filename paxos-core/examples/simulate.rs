@@ -16,7 +16,8 @@
 //! long the cluster takes to commit again. A failure prints its seed, and
 //! `--seed S` replays it exactly. `--wipes` (or `PAXOS_SIM_WIPES=1` in the
 //! environment) adds wiping crashes to the mix: a voter loses its whole
-//! disk and restarts recovering.
+//! disk and restarts recovering. `--lease-reads` serves reads from leader
+//! leases (the read check then also covers the lease rules).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
 fn run_one(
     full: bool,
     wipes: bool,
+    lease: bool,
     seed: u64,
     steps: u64,
     describe: bool,
@@ -69,6 +71,7 @@ fn run_one(
     }
     let mut cfg = SimConfig::chaos(seed);
     cfg.wipes = wipes;
+    cfg.replica.lease_reads = lease;
     if full {
         go(full_sim(cfg), steps, describe)
     } else {
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full] [--wipes]"
+            "usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full] [--wipes] [--lease-reads]"
         );
         return ExitCode::SUCCESS;
     }
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
     let full = args.iter().any(|a| a == "--full");
     let wipes = args.iter().any(|a| a == "--wipes")
         || std::env::var("PAXOS_SIM_WIPES").is_ok_and(|v| v == "1");
+    let lease = args.iter().any(|a| a == "--lease-reads");
     let seeds: Vec<u64> = match parse(&args, "--seed") {
         Some(s) => vec![s],
         None => {
@@ -115,7 +119,7 @@ fn main() -> ExitCode {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut wiped, mut readmitted) = (0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
-        let (r, st) = run_one(full, wipes, seed, steps, seeds.len() == 1);
+        let (r, st) = run_one(full, wipes, lease, seed, steps, seeds.len() == 1);
         match r {
             Ok(d) => worst = worst.max(d),
             Err(v) => {
