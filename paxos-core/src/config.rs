@@ -74,6 +74,16 @@ pub struct Config {
     /// the lease lasts `election_timeout - lease_clock_drift` after a
     /// quorum's acknowledgement.
     pub lease_clock_drift: Duration,
+    /// Readmit a recovering follower only once *every* voter that the
+    /// leader does not know to be recovering (not just a quorum) confirmed
+    /// the leader after the follower was synced. Off by default. It closes
+    /// the one gap of the quorum rule (a promise the follower made, before
+    /// losing its state, to a leader of a higher epoch that is still in
+    /// discovery outside this leader's quorums; possible with five or more
+    /// voters), at the cost of leaving the follower recovering while any
+    /// voter is unreachable. See
+    /// [`Replica::mark_recovering`](crate::Replica::mark_recovering).
+    pub strict_readmission: bool,
 }
 
 impl Config {
@@ -97,6 +107,7 @@ impl Config {
             max_message_bytes: 16 << 20,
             lease_reads: false,
             lease_clock_drift: Duration::from_millis(50),
+            strict_readmission: false,
         }
     }
 

@@ -2297,7 +2297,11 @@ impl<S: Storage> Replica<S> {
     /// and joined epoch `e` at that point. The residual gap: a promise `r`
     /// made before losing its state to a leader of a *higher* epoch whose
     /// discovery is still running, outside every quorum this leader
-    /// heard (possible with five or more voters).
+    /// heard (possible with five or more voters). With
+    /// [`Config::strict_readmission`] step 3 needs every voter not known to
+    /// be recovering, which includes that other leader (it holds its higher
+    /// epoch durably, so it never acknowledges this one): no gap, but no
+    /// readmission while a voter is unreachable.
     fn try_readmit(&mut self) {
         let me = self.id;
         let Role::Leading(l) = &mut self.role else {
@@ -2312,14 +2316,24 @@ impl<S: Storage> Replica<S> {
             .iter()
             .filter_map(|(n, p)| {
                 let r = p.readmit_round?;
-                let confirmed = self.config.is_quorum(|v| {
+                let acked = |v: NodeId| {
                     v == me
                         || l.peers.get(&v).is_some_and(|q| {
                             !q.recovering
                                 && matches!(q.phase, PPhase::Synced | PPhase::Broadcast)
                                 && q.hb_acked >= r
                         })
-                });
+                };
+                let confirmed = if self.config.strict_readmission {
+                    // Every voter not known to be recovering.
+                    self.config
+                        .voters
+                        .iter()
+                        .all(|v| acked(*v) || l.peers.get(v).is_some_and(|q| q.recovering))
+                        && self.config.is_quorum(acked)
+                } else {
+                    self.config.is_quorum(acked)
+                };
                 (p.recovering && p.phase == PPhase::Broadcast && confirmed).then_some(*n)
             })
             .collect();

@@ -575,3 +575,36 @@ fn with_lease_reads_a_restarted_voter_holds_off_one_election_timeout() {
     assert_eq!(fresh.hold_off_until(), None);
     assert!(matches!(fresh.ready().events[..], [Event::LostLeader(_)]));
 }
+
+#[test]
+fn strict_readmission_waits_for_every_voter() {
+    for strict in [false, true] {
+        let mut cfg = Config::new(GroupId(0), (1..=5).map(NodeId).collect());
+        cfg.strict_readmission = strict;
+        let storages = (0..5).map(|_| MemStorage::new()).collect();
+        let mut c = Cluster::new(cfg, storages);
+        let n5 = c.idx(NodeId(5));
+        c.reps[n5].mark_recovering();
+        c.cut = vec![NodeId(4)];
+        c.decide(NodeId(1));
+        c.pump();
+        assert!(c.reps[0].is_leader());
+        for _ in 0..5 {
+            c.advance(Duration::from_millis(60));
+        }
+        assert_eq!(
+            c.reps[n5].is_recovering(),
+            strict,
+            "strict {strict}: readmitted without node 4?"
+        );
+        c.cut.clear();
+        c.decide(NodeId(1));
+        for _ in 0..5 {
+            c.advance(Duration::from_millis(60));
+        }
+        assert!(
+            !c.reps[n5].is_recovering(),
+            "strict {strict}: never readmitted"
+        );
+    }
+}
