@@ -733,13 +733,16 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             self.settle_deadline = None;
             self.proposal = self.proposal.filter(|v| v.leader != self.id);
         }
-        if self.phase == Phase::Looking {
-            if let Some(me) = self.me {
-                self.start_looking(now, me);
+        match self.phase {
+            Phase::Looking => {
+                if let Some(me) = self.me {
+                    self.start_looking(now, me);
+                }
             }
-        } else {
-            // Settled: peers learn our new status with our next answer.
-            self.broadcast();
+            // Peers learn our new status now rather than at our next answer.
+            Phase::Settled => self.broadcast(),
+            // Not started: nothing said yet, nothing to correct.
+            Phase::Idle => {}
         }
     }
 }
