@@ -378,6 +378,12 @@ impl LocalCluster {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The process id of node `id`, if it was started and not killed
+    /// (for tests that pause a node with SIGSTOP).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(|c| c.id())
+    }
+
     /// Every node's client address.
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
         self.members.values().map(|m| m.client).collect()
