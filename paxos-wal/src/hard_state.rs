@@ -191,11 +191,14 @@ impl HardStateStore {
         }
         let seq = self.seq + 1;
         let off = (seq % 2) * SLOT_STRIDE_BYTES;
+        let slot = state.encode(seq);
+        faults::will_write(self.faults.as_deref(), &self.file, off, slot.len());
         self.file
-            .write_all_at(&state.encode(seq), off)
+            .write_all_at(&slot, off)
             .map_err(io_err("write hard-state slot", &self.path))?;
         let flushed = faults::check(self.faults.as_deref(), FaultPoint::Flush)
             .and_then(|()| self.file.sync_data());
+        let flushed = faults::flushed(self.faults.as_deref(), &self.file, None, flushed);
         if let Err(source) = flushed {
             self.poisoned = Some(format!(
                 "fdatasync of {} failed: {source}",

@@ -282,7 +282,10 @@ impl Segment {
             "writes stay inside the segment"
         );
         faults::check(faults, FaultPoint::Write)
-            .and_then(|()| self.file.write_all_at(bytes, off as u64))
+            .and_then(|()| {
+                faults::will_write(faults, &self.file, off as u64, bytes.len());
+                self.file.write_all_at(bytes, off as u64)
+            })
             .map_err(|source| WalError::WriteFailed {
                 path: self.path.clone(),
                 offset: off as u64,
@@ -349,10 +352,18 @@ impl FlushJob {
         if self.end <= self.start {
             return Ok(());
         }
-        let r = faults::check(faults, FaultPoint::Flush).and_then(|()| match method {
-            SyncMethod::MsyncRange => msync_range(&self.map, self.start, self.end),
-            SyncMethod::Fdatasync => self.file.sync_data(),
-        });
+        let (r, range) = match method {
+            SyncMethod::MsyncRange => (
+                faults::check(faults, FaultPoint::Flush)
+                    .and_then(|()| msync_range(&self.map, self.start, self.end)),
+                Some((self.start as u64, self.end as u64)),
+            ),
+            SyncMethod::Fdatasync => (
+                faults::check(faults, FaultPoint::Flush).and_then(|()| self.file.sync_data()),
+                None,
+            ),
+        };
+        let r = faults::flushed(faults, &self.file, range, r);
         r.map_err(|source| WalError::SyncFailed {
             path: self.path.clone(),
             source,
@@ -553,7 +564,10 @@ fn zero_file_range(
     while off < to {
         let n = (to - off).min(ZEROS.len());
         faults::check(faults, FaultPoint::Write)
-            .and_then(|()| file.write_all_at(&ZEROS[..n], off as u64))
+            .and_then(|()| {
+                faults::will_write(faults, file, off as u64, n);
+                file.write_all_at(&ZEROS[..n], off as u64)
+            })
             .map_err(|source| WalError::WriteFailed {
                 path: path.to_path_buf(),
                 offset: off as u64,
@@ -1168,12 +1182,15 @@ impl Wal {
                     if end > b.offset {
                         zero_file_range(&f.file, &f.path, b.offset, end, faults.as_deref())?;
                         bytes_zeroed = (end - b.offset) as u64;
-                        faults::check(faults.as_deref(), FaultPoint::Flush)
-                            .and_then(|()| msync_range(map, b.offset, end))
-                            .map_err(|source| WalError::SyncFailed {
+                        let r = faults::check(faults.as_deref(), FaultPoint::Flush)
+                            .and_then(|()| msync_range(map, b.offset, end));
+                        let range = Some((b.offset as u64, end as u64));
+                        faults::flushed(faults.as_deref(), &f.file, range, r).map_err(
+                            |source| WalError::SyncFailed {
                                 path: f.path.clone(),
                                 source,
-                            })?;
+                            },
+                        )?;
                     }
                 }
                 f.scan.end_offset = b.offset;
@@ -1276,12 +1293,14 @@ impl Wal {
                 debug_assert!(false, "kept segments have a valid header and a map");
                 continue;
             };
-            faults::check(wal.faults.as_deref(), FaultPoint::Flush)
-                .and_then(|()| file.sync_data())
-                .map_err(|source| WalError::SyncFailed {
+            let r = faults::check(wal.faults.as_deref(), FaultPoint::Flush)
+                .and_then(|()| file.sync_data());
+            faults::flushed(wal.faults.as_deref(), &file, None, r).map_err(|source| {
+                WalError::SyncFailed {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             let write_pos = scan.end_offset.max(SEGMENT_HEADER_BYTES);
             let high_water = (write_pos + RECORD_HEADER_BYTES).min(map.len());
             report.records += scan.records;
@@ -1550,8 +1569,11 @@ impl Wal {
                     Part::Borrowed(b) => IoSlice::new(b),
                 })
                 .collect();
-            let r = faults::check(faults, FaultPoint::Write)
-                .and_then(|()| pwritev_all(&seg.file, &mut slices, batch.start as u64));
+            let r = faults::check(faults, FaultPoint::Write).and_then(|()| {
+                let total = slices.iter().map(|s| s.len()).sum();
+                faults::will_write(faults, &seg.file, batch.start as u64, total);
+                pwritev_all(&seg.file, &mut slices, batch.start as u64)
+            });
             if let Err(source) = r {
                 // The write may have overwritten the end marker: put it back,
                 // so the log in the file still ends at the write position.
