@@ -119,3 +119,92 @@ fn hard_state_reopen_after_failed_flush_does_not_trust_the_unwritten_slot() {
         "the value a reopen reported survives a power cut"
     );
 }
+
+#[test]
+fn reopen_rewrites_the_unproven_tail_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = modelled();
+    let (wal, _) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    for k in 1..=5 {
+        wal.append(k, &payload_for(k)).unwrap();
+    }
+    wal.sync().unwrap();
+    for k in 6..=8 {
+        wal.append(k, &big(k)).unwrap();
+    }
+    plan.fail_flush_in(1);
+    assert!(wal.sync().is_err());
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    let t = report
+        .rewritten
+        .expect("keys 6..=8 were past every watermark");
+    assert_eq!((t.proven_through, t.first_key, t.last_key), (5, 6, 8));
+    assert!(t.bytes >= 3 * 6000, "{t:?}");
+    assert_eq!(wal.durable_key(), Some(8));
+    wal.close().unwrap();
+    // A clean close leaves a marker proving everything: nothing to rewrite.
+    let (wal, report) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    assert_eq!(report.rewritten, None);
+    assert_eq!(wal.last_key(), Some(8));
+}
+
+#[test]
+fn reopen_refuses_when_the_unproven_tail_cannot_be_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = modelled();
+    let (wal, _) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    for k in 1..=5 {
+        wal.append(k, &payload_for(k)).unwrap();
+    }
+    wal.sync().unwrap();
+    for k in 6..=8 {
+        wal.append(k, &big(k)).unwrap();
+    }
+    plan.fail_flush_in(1);
+    assert!(wal.sync().is_err());
+    drop(wal);
+
+    // The disk still fails: the flush after the rewrite is the first flush
+    // of the open (one segment, no torn tail).
+    plan.fail_flush_in(1);
+    let e = Wal::open(dir.path(), opts_with(&plan)).unwrap_err();
+    match &e {
+        WalError::UnprovenData { what, op, .. } => {
+            assert_eq!(*op, "flush");
+            assert!(what.contains("keys 6..=8"), "{what}");
+        }
+        other => panic!("expected UnprovenData, got {other}"),
+    }
+    // Nothing claimed keys 6..=8 durable: a power cut now loses them, and
+    // the log is still sound.
+    plan.power_cut(&[dir.path()]).unwrap();
+    let (wal, report) = Wal::open(dir.path(), opts_with(&plan)).unwrap();
+    assert!(report.damaged.is_none(), "{report:?}");
+    let got = dump(&wal);
+    assert!(got.len() >= 5);
+    for k in 1..=5 {
+        assert_eq!(wal.get(k).unwrap(), Some(payload_for(k)));
+    }
+}
+
+#[test]
+fn hard_state_reopen_refuses_when_the_rewrite_cannot_be_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hardstate");
+    let plan = modelled();
+    let mut store = HardStateStore::open_with_faults(&path, Some(Arc::clone(&plan))).unwrap();
+    let a = HardState {
+        accepted_epoch: 2,
+        ..HardState::default()
+    };
+    store.set(&a).unwrap();
+    drop(store);
+    plan.fail_flush_in(1);
+    let e = HardStateStore::open_with_faults(&path, Some(Arc::clone(&plan))).unwrap_err();
+    assert!(
+        matches!(e, WalError::UnprovenData { op: "flush", .. }),
+        "{e}"
+    );
+    assert_eq!(HardStateStore::open(&path).unwrap().get(), a);
+}
