@@ -64,6 +64,17 @@ impl Default for ElectionConfig {
     }
 }
 
+impl ElectionConfig {
+    /// The longest a LOOKING node stays silent before it re-sends its vote
+    /// (`2 * max_timeout`: the backoff is capped at `max_timeout` and each
+    /// deadline adds a random extra below the backoff). After a partition
+    /// heals, nobody sends to a node that is still looking (settled nodes
+    /// only answer), so this bounds how long it takes to rejoin.
+    pub fn max_resend_interval(&self) -> Duration {
+        self.max_timeout.saturating_mul(2)
+    }
+}
+
 /// A configuration that cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
