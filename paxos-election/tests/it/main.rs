@@ -8,6 +8,7 @@
 )]
 
 mod elector;
+mod heal;
 mod properties;
 mod scenarios;
 mod sim;
