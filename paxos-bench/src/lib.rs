@@ -28,6 +28,8 @@ pub mod client_proto;
 pub mod cluster;
 #[cfg(feature = "compare")]
 pub mod compare;
+#[cfg(feature = "wal")]
+pub mod identity;
 pub mod kv;
 pub mod linearizability;
 pub mod loadgen;

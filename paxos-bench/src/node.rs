@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
+use crate::identity::{self, EmptyStart};
 use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
@@ -75,6 +76,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
 /// The hard-state spare field holding the election round.
 const ELECTION_ROUND_FIELD: usize = 0;
+/// The hard-state spare field holding the zxid up to which the log's prefix
+/// was compacted away (0: never): a log compacted without the snapshot that
+/// covers it is refused at start.
+const COMPACTED_FIELD: usize = 1;
 /// A peer's control queue above this many frames gets no more snapshot chunks
 /// this turn (keeps heartbeats from queueing behind a snapshot).
 const SNAPSHOT_PACING_FRAMES: u64 = 8;
@@ -127,6 +132,14 @@ pub struct NodeOptions {
     /// panicked on (see [`POISONED_FILE`]). Every node must be given the
     /// same list, so that they all keep the same state.
     pub skip_entries: Vec<Zxid>,
+    /// The cluster's id, recorded in the data directory's identity file at
+    /// the first start and checked at every start; `None`: derived from the
+    /// cluster CA certificate (see [`crate::identity`]).
+    pub cluster_id: Option<String>,
+    /// What to do with an empty data directory: refuse (the default),
+    /// bootstrap a new cluster, or rejoin a running one as a recovering
+    /// replica (see [`crate::identity`]).
+    pub empty_start: EmptyStart,
     /// Client connections served at once, at most; one more is answered
     /// with an error frame (id 0, "busy: too many client connections") and
     /// closed. Default [`DEFAULT_MAX_CLIENT_CONNECTIONS`].
@@ -177,6 +190,8 @@ impl NodeOptions {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
             skip_entries: Vec::new(),
+            cluster_id: None,
+            empty_start: EmptyStart::Refuse,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
             inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
@@ -296,6 +311,8 @@ struct Driver {
     pending_read_bytes: usize,
     /// See [`NodeOptions::skip_entries`].
     skip_entries: Vec<Zxid>,
+    /// The compaction point recorded in the hard state ([`COMPACTED_FIELD`]).
+    compacted_mark: u64,
     /// Where [`POISONED_FILE`] is written.
     data_dir: PathBuf,
     /// Reads waiting for their read-index round, by read id, with the time
@@ -355,6 +372,12 @@ pub async fn run_node(
         .with_context(|| format!("node {} is not in the member list", opts.id))?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let cluster_id = match &opts.cluster_id {
+        Some(c) => c.clone(),
+        None => identity::cluster_id_from_ca(&opts.ca_cert)?,
+    };
+    let identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    tracing::info!(cluster = %identity.cluster, standing = ?identity.standing, "identity checked");
 
     // Storage and the state machine, recovered from disk.
     let wal_options = WalOptions {
@@ -371,7 +394,19 @@ pub async fn run_node(
     let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
         .context("--max-sessions / --max-session-mib")?;
     let mut recovered = Recovered::default();
-    if let Some(latest) = snapshots.latest().context("listing snapshots")? {
+    let latest = snapshots.latest().context("listing snapshots")?;
+    let compacted = storage.extra(COMPACTED_FIELD).unwrap_or(0);
+    if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
+        bail!(
+            "the log in {} was compacted up to {} but no snapshot covers it (latest: {:?}): \
+             the state before the log's first entry is lost. If the snapshots are gone, empty \
+             the data directory and start the node with --rejoin",
+            opts.data_dir.display(),
+            Zxid(compacted),
+            latest.as_ref().map(|s| s.zxid)
+        );
+    }
+    if let Some(latest) = latest {
         let meta = snapshots
             .restore(latest.zxid, &mut kv)
             .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
@@ -483,6 +518,7 @@ pub async fn run_node(
         pending_write_bytes: 0,
         pending_read_bytes: 0,
         skip_entries: opts.skip_entries.clone(),
+        compacted_mark: compacted,
         data_dir: opts.data_dir.clone(),
         pending_reads: HashMap::new(),
         waiting_reads: VecDeque::new(),
@@ -858,6 +894,22 @@ impl Driver {
     /// Applies a `Ready`'s writes to storage (no sync). A storage error is
     /// fatal: the process restarts and recovers from disk.
     fn write(&mut self, ready: &Ready) -> Result<()> {
+        if let Some(c) = ready
+            .compact_to
+            .filter(|c| c.as_u64() > self.compacted_mark)
+        {
+            // Before the prefix goes: record that a snapshot at or above
+            // `c` is needed to start from this log. The latest snapshot
+            // covers every compaction until the next snapshot, so this
+            // costs one hard-state write per snapshot, not per batch.
+            let latest = self.snapshots.latest().ok().flatten().map(|s| s.zxid);
+            let mark = latest.map_or(c, |z| z.max(c)).as_u64();
+            self.replica
+                .storage_mut()
+                .set_extra(COMPACTED_FIELD, mark)
+                .map_err(|e| anyhow::anyhow!("recording the compaction point: {e}"))?;
+            self.compacted_mark = mark;
+        }
         self.replica
             .storage_mut()
             .write_ready(ready)

@@ -83,6 +83,21 @@ enum Command {
         /// same list. Repeatable.
         #[arg(long = "skip-entry", value_parser = parse_zxid_arg)]
         skip_entries: Vec<paxos_core::Zxid>,
+        /// This is the first start of a new cluster: the empty data directory
+        /// becomes a member's. Refused on a directory that has state; without
+        /// it (or --rejoin) an empty data directory is refused.
+        #[arg(long, conflicts_with = "rejoin")]
+        bootstrap: bool,
+        /// This node is a member of a running cluster that lost its data
+        /// directory: it starts empty as a recovering replica, catches up
+        /// from an established leader, and neither votes nor counts towards
+        /// any quorum until then.
+        #[arg(long)]
+        rejoin: bool,
+        /// The cluster's id, recorded at the first start and checked at every
+        /// start (default: derived from the cluster CA certificate).
+        #[arg(long)]
+        cluster_id: Option<String>,
         /// Client connections served at once; one more gets an error frame
         /// ("busy: too many client connections") and is closed.
         #[arg(long, default_value_t = paxos_bench::node::DEFAULT_MAX_CLIENT_CONNECTIONS)]
@@ -157,6 +172,9 @@ fn main() -> Result<()> {
             max_sessions,
             max_session_mib,
             skip_entries,
+            bootstrap,
+            rejoin,
+            cluster_id,
             max_client_connections,
             client_idle_timeout_ms,
             threads,
@@ -183,6 +201,12 @@ fn main() -> Result<()> {
             opts.max_sessions = max_sessions;
             opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
             opts.skip_entries = skip_entries;
+            opts.cluster_id = cluster_id;
+            opts.empty_start = match (bootstrap, rejoin) {
+                (true, _) => paxos_bench::identity::EmptyStart::Bootstrap,
+                (_, true) => paxos_bench::identity::EmptyStart::Rejoin,
+                _ => paxos_bench::identity::EmptyStart::Refuse,
+            };
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
                 (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));
