@@ -125,6 +125,7 @@ fn main() {
         if !proposed {
             if let Some(leader) = nodes.iter_mut().find(|n| n.replica.is_leader()) {
                 let cmd = KvCommand {
+                    principal: Bytes::new(),
                     client: 1,
                     seq: 1,
                     op: KvOp::Put {

@@ -8,6 +8,23 @@
 //! and retries the same command (same session and sequence number, so the
 //! store applies it at most once). Every call is bounded by a timeout.
 //!
+//! # What a failed write means
+//!
+//! A write ends in one of three ways, and the result says which:
+//!
+//! - **Applied**: `Ok` with the store's result.
+//! - **Outcome unknown**: [`ClientError::OutcomeUnknown`] or
+//!   [`ClientError::SessionExpired`] (see
+//!   [`ClientError::is_outcome_unknown`]): some attempt may have been
+//!   proposed (it timed out, its connection broke after it was sent, or the
+//!   leader that proposed it lost its leadership), so the write may still
+//!   commit, or may never. Read the key back, or retry in the same
+//!   [`Session`] (the store applies one sequence number at most once).
+//! - **Not applied**: every other error. No attempt reached a leader that
+//!   proposed it: refused before proposing (not the leader, no leader,
+//!   admission control, a malformed or forbidden command), or superseded at
+//!   its log position by another leader's entry.
+//!
 //! The store keeps a bounded table of sessions and evicts the least recently
 //! used (see [`crate::kv`]). A write of an evicted session fails with
 //! [`ClientError::SessionExpired`] (its outcome is unknown, like a timeout's:
@@ -51,14 +68,23 @@ pub enum ClientError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The write may or may not have been applied: an attempt was sent and
+    /// then timed out, lost its connection, or was proposed by a leader
+    /// that lost its leadership before the write committed. It may still
+    /// commit later. Retrying in the same session is safe.
+    #[error("outcome unknown: the write may or may not have been applied ({detail})")]
+    OutcomeUnknown {
+        /// The last thing that went wrong.
+        detail: String,
+    },
     /// The cluster no longer knows the session (it was evicted from the
     /// bounded session table): this attempt was not applied, but an earlier
     /// attempt of the same write may have been. The [`Session`] opens a new
     /// cluster-assigned session for its next write.
     #[error(
-        "session {session:#x} expired before write {seq} (evicted from the cluster's session \
-         table); the write may or may not have been applied by an earlier attempt; the next \
-         write opens a new session"
+        "outcome unknown: session {session:#x} expired before write {seq} (evicted from the \
+         cluster's session table); the write may or may not have been applied by an earlier \
+         attempt; the next write opens a new session"
     )]
     SessionExpired {
         /// The expired session.
@@ -66,6 +92,26 @@ pub enum ClientError {
         /// The sequence number of the refused write.
         seq: u64,
     },
+}
+
+impl ClientError {
+    /// True if the call was a write that may have been applied
+    /// ([`ClientError::OutcomeUnknown`], [`ClientError::SessionExpired`]);
+    /// false if it certainly was not (or the call was a read).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::OutcomeUnknown { .. } | ClientError::SessionExpired { .. }
+        )
+    }
+}
+
+/// A failed attempt of one request, and whether the request may have
+/// reached the node (it was handed to the connection and then got no
+/// answer): for a write, whether it may have been proposed.
+struct AttemptError {
+    error: ClientError,
+    in_doubt: bool,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
@@ -146,6 +192,9 @@ pub struct Client {
     next_id: AtomicU64,
     session: tokio::sync::Mutex<Session>,
     timeout: Duration,
+    /// The principal this client authenticates as, named in every command
+    /// (sessions belong to principals, see [`crate::kv`]).
+    principal: Bytes,
 }
 
 impl Client {
@@ -167,6 +216,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             session: tokio::sync::Mutex::new(session),
             timeout,
+            principal: Bytes::new(),
         }
     }
 
@@ -204,34 +254,51 @@ impl Client {
         })
     }
 
-    async fn call_once(&self, conn: &Conn, req: Request) -> Result<Response, ClientError> {
+    async fn call_once(&self, conn: &Conn, req: Request) -> Result<Response, AttemptError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
+        let not_sent = |error| AttemptError {
+            error,
+            in_doubt: false,
+        };
         // The reader marks the connection closed and then fails every call
         // in `pending`; a call inserted after that must not wait for ever.
         if conn.closed.load(Ordering::Acquire) {
             conn.pending.lock().remove(&id);
-            return Err(conn.closed_error());
+            return Err(not_sent(conn.closed_error()));
         }
         if conn.tx.send((id, req)).await.is_err() {
             conn.pending.lock().remove(&id);
-            return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            return Err(not_sent(ClientError::Io(
+                std::io::ErrorKind::BrokenPipe.into(),
+            )));
         }
+        // From here on the request may have reached the node.
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(conn.closed_error()),
+            Ok(Err(_)) => Err(AttemptError {
+                error: conn.closed_error(),
+                in_doubt: true,
+            }),
             Err(_) => {
                 conn.pending.lock().remove(&id);
-                Err(ClientError::Timeout(self.timeout))
+                Err(AttemptError {
+                    error: ClientError::Timeout(self.timeout),
+                    in_doubt: true,
+                })
             }
         }
     }
 
     /// Sends `req`, following leader redirects and retrying on a broken
-    /// connection, for at most `attempts` tries.
+    /// connection, for at most `attempts` tries. A write that fails after
+    /// any attempt that may have been proposed fails with
+    /// [`ClientError::OutcomeUnknown`], never with a definite error.
     async fn call(&self, req: Request) -> Result<Response, ClientError> {
         let attempts = 2 * self.addrs.len() + 8;
+        let is_write = matches!(req, Request::Write(_));
+        let mut in_doubt = false;
         let mut prefer = None;
         let mut last: Option<ClientError> = None;
         for attempt in 0..attempts {
@@ -254,14 +321,39 @@ impl Client {
                 Ok(Response::Error(e)) if e.starts_with("retry:") => {
                     last = Some(ClientError::Node(e));
                 }
+                Ok(Response::OutcomeUnknown(detail)) => {
+                    // Proposed by a leader that lost its leadership: retry in
+                    // the same session (applied at most once).
+                    in_doubt = true;
+                    last = Some(ClientError::OutcomeUnknown { detail });
+                }
+                Ok(Response::Error(e)) if is_write && in_doubt => {
+                    return Err(ClientError::OutcomeUnknown {
+                        detail: format!(
+                            "an earlier attempt may have been proposed; last attempt: {e}"
+                        ),
+                    })
+                }
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
+                    in_doubt |= e.in_doubt;
                     self.drop_conn(&conn).await;
-                    last = Some(e);
+                    last = Some(e.error);
                 }
             }
         }
-        Err(last.unwrap_or(ClientError::Timeout(self.timeout)))
+        let last = last.unwrap_or(ClientError::Timeout(self.timeout));
+        if is_write && in_doubt {
+            return Err(match last {
+                e @ ClientError::OutcomeUnknown { .. } => e,
+                other => ClientError::OutcomeUnknown {
+                    detail: format!(
+                        "an earlier attempt may have been proposed; last attempt: {other}"
+                    ),
+                },
+            });
+        }
+        Err(last)
     }
 
     async fn drop_conn(&self, conn: &Arc<Conn>) {
@@ -274,6 +366,7 @@ impl Client {
     /// Opens a cluster-assigned session and returns its id.
     async fn open_session(&self) -> Result<u64, ClientError> {
         let cmd = KvCommand {
+            principal: self.principal.clone(),
             client: 0,
             seq: 0,
             op: KvOp::OpenSession,
@@ -310,6 +403,7 @@ impl Client {
         let seq = session.next_seq;
         session.next_seq += 1;
         let cmd = KvCommand {
+            principal: self.principal.clone(),
             client: id,
             seq,
             op,
@@ -401,7 +495,11 @@ impl Client {
     pub async fn status_of(addr: SocketAddr, timeout: Duration) -> Result<String, ClientError> {
         let c = Client::new(vec![addr], 0, timeout);
         let conn = c.connect(Some(addr)).await?;
-        match c.call_once(&conn, Request::Status).await? {
+        match c
+            .call_once(&conn, Request::Status)
+            .await
+            .map_err(|e| e.error)?
+        {
             Response::Status(s) => Ok(s),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }

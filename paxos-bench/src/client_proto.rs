@@ -16,6 +16,8 @@ use crate::kv::{KvCodecError, KvCommand, MAX_KEY_BYTES};
 
 /// Largest client frame accepted, in bytes.
 pub const MAX_CLIENT_FRAME_BYTES: usize = 2 * 1024 * 1024;
+/// How much a partial frame's buffer grows at a time, at most.
+const FRAME_GROWTH_BYTES: usize = 64 * 1024;
 
 /// How a read is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +63,16 @@ pub enum Response {
     },
     /// The node's status, as JSON.
     Status(String),
-    /// The request failed; the text says why.
+    /// The request failed; the text says why. For a write: the node did
+    /// not propose it (refused before proposing, or its proposal was
+    /// superseded at its log position), so this attempt was not applied.
+    /// A text starting with `retry:` is transient.
     Error(String),
+    /// A write that the node proposed but can no longer follow (its
+    /// leadership ended before the write committed): it may still commit
+    /// under the next leader, or never. Retrying the same command in the
+    /// same session is safe; the store applies it at most once.
+    OutcomeUnknown(String),
 }
 
 /// A request or response frame that could not be decoded.
@@ -201,6 +211,10 @@ impl Response {
                 buf.put_u8(5);
                 put(buf, e.as_bytes());
             }
+            Response::OutcomeUnknown(e) => {
+                buf.put_u8(6);
+                put(buf, e.as_bytes());
+            }
         }
         let len = (buf.len() - start - 4) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -237,6 +251,7 @@ impl Response {
             }
             4 => Response::Status(text(&mut src)?),
             5 => Response::Error(text(&mut src)?),
+            6 => Response::OutcomeUnknown(text(&mut src)?),
             t => return Err(ProtoError::UnknownTag(t)),
         };
         Ok((id, resp))
@@ -296,7 +311,10 @@ pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {
         return Err(ProtoError::TooLong(len));
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // Grow with what arrives, not with what the length claims: a
+        // connection that announces 2 MiB and trickles bytes must not get
+        // 2 MiB of buffer up front.
+        buf.reserve((4 + len - buf.len()).min(FRAME_GROWTH_BYTES));
         return Ok(None);
     }
     buf.advance(4);
@@ -313,6 +331,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let w = Request::Write(
             KvCommand {
+                principal: Bytes::new(),
                 client: 3,
                 seq: 9,
                 op: KvOp::Delete {

@@ -313,6 +313,33 @@ impl LocalCluster {
 
     /// (Re)starts node `id` with its existing data directory.
     pub fn start_node(&mut self, id: u64) -> Result<()> {
+        // A node's first start bootstraps the new cluster; a restart finds
+        // its identity in its data directory.
+        let first = !self
+            .data_dir(id)
+            .join(crate::identity::IDENTITY_FILE)
+            .exists();
+        self.start_node_with(id, if first { &["--bootstrap"] } else { &[] })
+    }
+
+    /// Starts node `id` with its data directory emptied, as a member that
+    /// lost its state: `paxos-node run --rejoin`. It catches up from the
+    /// leader before it votes again.
+    pub fn rejoin_node(&mut self, id: u64) -> Result<()> {
+        if let Some(mut old) = self.children.remove(&id) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let dir = self.data_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        self.start_node_with(id, &["--rejoin"])
+    }
+
+    /// Starts (or restarts) node `id` with `extra` arguments after `run`'s
+    /// usual ones.
+    pub fn start_node_with(&mut self, id: u64, extra: &[&str]) -> Result<()> {
         if let Some(mut old) = self.children.remove(&id) {
             let _ = old.kill();
             let _ = old.wait();
@@ -347,6 +374,7 @@ impl LocalCluster {
                 &self.spec.client_idle_timeout_ms.to_string(),
             ])
             .arg("--loopback")
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("PAXOS_NODE_LOG").unwrap_or_else(|_| "info".into()),
@@ -376,6 +404,12 @@ impl LocalCluster {
         self.children
             .get_mut(&id)
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process id of node `id`, if it was started and not killed
+    /// (for tests that pause a node with SIGSTOP).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(|c| c.id())
     }
 
     /// Every node's client address.

@@ -79,7 +79,24 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// Largest session table a store accepts (the table indexes with `u32`).
 pub const MAX_SESSIONS_LIMIT: usize = 1 << 28;
 /// The bit set in every cluster-assigned session id (see the module docs).
+/// A client-named session id never has it: a command that would open one
+/// is refused when decoded ([`KvCodecError::ReservedSessionId`]).
 pub const ASSIGNED_SESSION_BIT: u64 = 1 << 63;
+/// Longest principal name a command carries, in bytes.
+pub const MAX_PRINCIPAL_BYTES: usize = 128;
+/// Bytes the session table may hold by default (remembered results,
+/// principal names and a fixed cost per session, see
+/// [`KvStore::session_bytes`]) before it evicts the least recently used
+/// session.
+pub const DEFAULT_MAX_SESSION_BYTES: usize = 64 << 20;
+/// The smallest byte bound a session table accepts: one session with the
+/// largest result fits, with room to spare.
+pub const MIN_MAX_SESSION_BYTES: usize = 4 << 20;
+/// The fixed cost charged per session in the byte count (slot, index
+/// entry, list links), an estimate of what a slot really takes.
+pub const SESSION_OVERHEAD_BYTES: usize = 96;
+/// First byte of every encoded command: the command format.
+pub const COMMAND_FORMAT: u8 = 2;
 
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +130,17 @@ pub enum KvOp {
 }
 
 /// A command as it is replicated: an operation inside a client session.
+///
+/// Sessions belong to principals: the store keys its session table by
+/// `(principal, client)`, so one principal can neither use nor disturb
+/// another's sessions. The node checks that `principal` is the name the
+/// connection authenticated as before it proposes the command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvCommand {
+    /// The authenticated principal that issued the command (empty for an
+    /// anonymous client of a node that serves plaintext clients), at most
+    /// [`MAX_PRINCIPAL_BYTES`].
+    pub principal: Bytes,
     /// The session (client) that issued it.
     pub client: u64,
     /// The session's sequence number; increasing per session, 1 for the
@@ -175,6 +201,21 @@ pub enum KvCodecError {
         /// Maximum allowed.
         max: usize,
     },
+    /// The command was encoded in another command format.
+    #[error(
+        "kv command format {found} is not supported (this build reads format {COMMAND_FORMAT})"
+    )]
+    Format {
+        /// The format byte found.
+        found: u8,
+    },
+    /// A command would open a client-named session whose id has
+    /// [`ASSIGNED_SESSION_BIT`] set: those ids are the cluster's to assign.
+    #[error("session id {0:#x} is reserved for cluster-assigned sessions; client-named ids must be below 2^63")]
+    ReservedSessionId(u64),
+    /// Bytes follow the command.
+    #[error("{0} bytes after the end of the kv command")]
+    Trailing(usize),
 }
 
 /// A store configuration that cannot work.
@@ -188,6 +229,15 @@ pub enum KvConfigError {
         given: usize,
         /// The largest value accepted.
         max: usize,
+    },
+    /// The session table's byte bound must leave room for the largest
+    /// result.
+    #[error("max_session_bytes {given} is below the minimum {min}")]
+    MaxSessionBytes {
+        /// The value given.
+        given: usize,
+        /// The smallest value accepted.
+        min: usize,
     },
 }
 
@@ -232,8 +282,20 @@ fn put_opt_bytes(buf: &mut BytesMut, b: Option<&Bytes>) {
 }
 
 impl KvCommand {
-    /// Encodes the command into `buf`.
+    /// Encodes the command into `buf`: `format u8 | principal (u8 length |
+    /// bytes) | client u64 | seq u64 | op`.
+    ///
+    /// # Panics
+    /// If `principal` is longer than [`MAX_PRINCIPAL_BYTES`] (a caller's
+    /// bug: principal names are checked where they are configured).
     pub fn encode(&self, buf: &mut BytesMut) {
+        assert!(
+            self.principal.len() <= MAX_PRINCIPAL_BYTES,
+            "invariant: principal names are at most MAX_PRINCIPAL_BYTES"
+        );
+        buf.put_u8(COMMAND_FORMAT);
+        buf.put_u8(self.principal.len() as u8);
+        buf.put_slice(&self.principal);
         buf.put_u64_le(self.client);
         buf.put_u64_le(self.seq);
         match &self.op {
@@ -258,7 +320,7 @@ impl KvCommand {
 
     /// Encodes the command into a fresh buffer.
     pub fn to_bytes(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(32 + self.size_hint());
+        let mut buf = BytesMut::with_capacity(32 + self.principal.len() + self.size_hint());
         self.encode(&mut buf);
         buf.freeze()
     }
@@ -274,11 +336,34 @@ impl KvCommand {
         }
     }
 
+    /// The principal named by an encoded command, without decoding the
+    /// rest (the node's check against the connection's identity).
+    pub fn peek_principal(src: &[u8]) -> Result<&[u8], KvCodecError> {
+        match src {
+            [] => Err(KvCodecError::Truncated(0)),
+            [f, ..] if *f != COMMAND_FORMAT => Err(KvCodecError::Format { found: *f }),
+            [_, len, rest @ ..] => {
+                let len = usize::from(*len);
+                if len > MAX_PRINCIPAL_BYTES {
+                    return Err(KvCodecError::TooLong {
+                        len,
+                        max: MAX_PRINCIPAL_BYTES,
+                    });
+                }
+                rest.get(..len).ok_or(KvCodecError::Truncated(2))
+            }
+            [_] => Err(KvCodecError::Truncated(1)),
+        }
+    }
+
     /// Decodes a command; keys and values are zero-copy slices of `src`.
     pub fn decode(mut src: Bytes) -> Result<KvCommand, KvCodecError> {
         let total = src.len();
+        let principal_len = Self::peek_principal(&src)?.len();
+        src.advance(2);
+        let principal = src.split_to(principal_len);
         if src.remaining() < 17 {
-            return Err(KvCodecError::Truncated(0));
+            return Err(KvCodecError::Truncated(total - src.remaining()));
         }
         let client = src.get_u64_le();
         let seq = src.get_u64_le();
@@ -298,7 +383,20 @@ impl KvCommand {
             4 => KvOp::OpenSession,
             t => return Err(KvCodecError::UnknownTag(t)),
         };
-        Ok(KvCommand { client, seq, op })
+        if src.has_remaining() {
+            return Err(KvCodecError::Trailing(src.remaining()));
+        }
+        // Sequence 1 opens a client-named session (see the module docs);
+        // an id with the top bit would collide with an assigned one.
+        if seq == 1 && client & ASSIGNED_SESSION_BIT != 0 && op != KvOp::OpenSession {
+            return Err(KvCodecError::ReservedSessionId(client));
+        }
+        Ok(KvCommand {
+            principal,
+            client,
+            seq,
+            op,
+        })
     }
 }
 
@@ -377,6 +475,8 @@ const NIL: u32 = u32::MAX;
 /// One session in the table, linked into the recency list.
 #[derive(Clone, Debug)]
 struct SessionSlot {
+    /// The principal owning the session (a copy: it pins no frame).
+    principal: Bytes,
     id: u64,
     /// The highest sequence applied.
     seq: u64,
@@ -397,7 +497,11 @@ struct SessionSlot {
 #[derive(Clone, Debug)]
 struct SessionTable {
     max: usize,
-    index: HashMap<u64, u32>,
+    /// The bound on `bytes`.
+    max_bytes: usize,
+    /// What the table holds, as [`KvStore::session_bytes`] counts it.
+    bytes: usize,
+    index: HashMap<(Bytes, u64), u32, foldhash::fast::FixedState>,
     slots: Vec<SessionSlot>,
     /// Least recently used: evicted next (`NIL` when empty).
     head: u32,
@@ -409,22 +513,32 @@ struct SessionTable {
     /// Sessions evicted since this store was created or restored (local
     /// statistic, not part of the replicated state).
     evicted: u64,
+    /// Slots emptied by eviction, reused before the vector grows.
+    free: Vec<u32>,
+}
+
+/// What one session counts against the table's byte bound.
+fn slot_bytes(principal: &[u8], result: &[u8]) -> usize {
+    SESSION_OVERHEAD_BYTES + principal.len() + result.len()
 }
 
 impl SessionTable {
-    fn new(max: usize) -> SessionTable {
+    fn new(max: usize, max_bytes: usize) -> SessionTable {
         assert!(
-            (1..=MAX_SESSIONS_LIMIT).contains(&max),
-            "invariant: max_sessions was checked when the store was configured"
+            (1..=MAX_SESSIONS_LIMIT).contains(&max) && max_bytes >= MIN_MAX_SESSION_BYTES,
+            "invariant: the session bounds were checked when the store was configured"
         );
         SessionTable {
             max,
-            index: HashMap::new(),
+            max_bytes,
+            bytes: 0,
+            index: HashMap::default(),
             slots: Vec::new(),
             head: NIL,
             tail: NIL,
             next_assigned: 1,
             evicted: 0,
+            free: Vec::new(),
         }
     }
 
@@ -469,10 +583,10 @@ impl SessionTable {
         self.tail = i;
     }
 
-    /// Looks `id` up and, if present, makes it the most recently used as of
-    /// `zxid`.
-    fn touch(&mut self, id: u64, zxid: Zxid) -> Option<u32> {
-        let i = *self.index.get(&id)?;
+    /// Looks `(principal, id)` up and, if present, makes it the most
+    /// recently used as of `zxid`.
+    fn touch(&mut self, principal: &Bytes, id: u64, zxid: Zxid) -> Option<u32> {
+        let i = *self.index.get(&(principal.clone(), id))?;
         debug_assert!(
             self.slot(i).touched < zxid,
             "sessions are touched in log order"
@@ -485,14 +599,74 @@ impl SessionTable {
         Some(i)
     }
 
-    /// Adds a session that is not in the table as the most recently used,
-    /// evicting the least recently used one if the table is full.
-    fn open(&mut self, id: u64, seq: u64, zxid: Zxid, result: Bytes) -> u32 {
-        assert!(
-            !self.index.contains_key(&id),
-            "invariant: only a session absent from the table is opened"
-        );
+    /// Removes the least recently used session (not `keep`); false if
+    /// there is none to remove.
+    fn evict_one(&mut self, keep: u32, zxid: Zxid) -> bool {
+        let victim = self.head;
+        if victim == NIL || victim == keep {
+            return false;
+        }
+        self.unlink(victim);
+        let slot = self.slot_mut(victim);
+        let principal = std::mem::take(&mut slot.principal);
+        let result = std::mem::take(&mut slot.result);
+        let (id, seq) = (slot.id, slot.seq);
+        self.bytes -= slot_bytes(&principal, &result);
+        self.index.remove(&(principal, id));
+        self.free.push(victim);
+        self.evicted += 1;
+        tracing::debug!(session = id, last_seq = seq, ?zxid, "session evicted");
+        true
+    }
+
+    /// Evicts the least recently used sessions, never `keep`, until the
+    /// table is within its byte bound. Bounded by the table's length.
+    fn shrink_to_bytes(&mut self, keep: u32, zxid: Zxid) {
+        for _ in 0..=self.len() {
+            if self.bytes <= self.max_bytes || !self.evict_one(keep, zxid) {
+                break;
+            }
+        }
+    }
+
+    /// Replaces a session's remembered sequence and result, then evicts
+    /// others if the table is over its byte bound.
+    fn record(&mut self, i: u32, seq: u64, result: Bytes, zxid: Zxid) {
+        let s = self.slot_mut(i);
+        let before = slot_bytes(&s.principal, &s.result);
+        let after = slot_bytes(&s.principal, &result);
+        s.seq = seq;
+        s.result = result;
+        self.bytes = self.bytes - before + after;
+        self.shrink_to_bytes(i, zxid);
+    }
+
+    /// Adds a session as the most recently used, evicting the least
+    /// recently used ones while the table is full (in count or in bytes).
+    /// `None` if `(principal, id)` is already in the table (the caller
+    /// refuses the command: no state changes).
+    fn open(
+        &mut self,
+        principal: Bytes,
+        id: u64,
+        seq: u64,
+        zxid: Zxid,
+        result: Bytes,
+    ) -> Option<u32> {
+        let key = (principal, id);
+        if self.index.contains_key(&key) {
+            return None;
+        }
+        let cost = slot_bytes(&key.0, &result);
+        for _ in 0..=self.len() {
+            let full = self.len() >= self.max || self.bytes + cost > self.max_bytes;
+            if !full || !self.evict_one(NIL, zxid) {
+                break;
+            }
+        }
+        self.bytes += cost;
         let slot = SessionSlot {
+            principal: key.0.clone(),
             id,
             seq,
             touched: zxid,
@@ -500,20 +674,9 @@ impl SessionTable {
             prev: NIL,
             next: NIL,
         };
-        let i = if self.len() >= self.max {
-            let victim = self.head;
-            assert!(victim != NIL, "invariant: a full table has a head");
-            self.unlink(victim);
-            let old = std::mem::replace(self.slot_mut(victim), slot);
-            self.index.remove(&old.id);
-            self.evicted += 1;
-            tracing::debug!(
-                session = old.id,
-                last_seq = old.seq,
-                ?zxid,
-                "session evicted"
-            );
-            victim
+        let i = if let Some(i) = self.free.pop() {
+            *self.slot_mut(i) = slot;
+            i
         } else {
             let i = u32::try_from(self.slots.len())
                 .ok()
@@ -522,10 +685,10 @@ impl SessionTable {
             self.slots.push(slot);
             i
         };
-        self.index.insert(id, i);
+        self.index.insert(key, i);
         self.push_back(i);
         debug_assert!(self.len() <= self.max, "the table stays within its bound");
-        i
+        Some(i)
     }
 
     /// Slots from the least to the most recently used.
@@ -638,7 +801,7 @@ impl Default for KvStore {
     fn default() -> Self {
         KvStore {
             map: ShardedMap::default(),
-            sessions: SessionTable::new(DEFAULT_MAX_SESSIONS),
+            sessions: SessionTable::new(DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES),
             applied: Zxid::ZERO,
             digest: 0,
         }
@@ -664,25 +827,43 @@ impl KvStore {
     }
 
     /// An empty store whose session table holds at most `max_sessions`
-    /// sessions. Every replica of a cluster must use the same value.
+    /// sessions (and [`DEFAULT_MAX_SESSION_BYTES`]). Every replica of a
+    /// cluster must use the same value.
     pub fn with_max_sessions(max_sessions: usize) -> Result<KvStore, KvConfigError> {
+        KvStore::with_session_limits(max_sessions, DEFAULT_MAX_SESSION_BYTES)
+    }
+
+    /// An empty store whose session table holds at most `max_sessions`
+    /// sessions and `max_session_bytes` bytes (see
+    /// [`KvStore::session_bytes`]). Both are part of the state machine's
+    /// definition: every replica of a cluster must use the same values.
+    pub fn with_session_limits(
+        max_sessions: usize,
+        max_session_bytes: usize,
+    ) -> Result<KvStore, KvConfigError> {
         if !(1..=MAX_SESSIONS_LIMIT).contains(&max_sessions) {
             return Err(KvConfigError::MaxSessions {
                 given: max_sessions,
                 max: MAX_SESSIONS_LIMIT,
             });
         }
+        if max_session_bytes < MIN_MAX_SESSION_BYTES {
+            return Err(KvConfigError::MaxSessionBytes {
+                given: max_session_bytes,
+                min: MIN_MAX_SESSION_BYTES,
+            });
+        }
         Ok(KvStore {
-            sessions: SessionTable::new(max_sessions),
+            sessions: SessionTable::new(max_sessions, max_session_bytes),
             ..KvStore::default()
         })
     }
 
-    /// An empty store configured like this one (same session bound): where
+    /// An empty store configured like this one (same session bounds): where
     /// a snapshot is restored before it replaces the live state.
     pub fn emptied(&self) -> KvStore {
         KvStore {
-            sessions: SessionTable::new(self.sessions.max),
+            sessions: SessionTable::new(self.sessions.max, self.sessions.max_bytes),
             ..KvStore::default()
         }
     }
@@ -723,11 +904,24 @@ impl KvStore {
         self.sessions.evicted
     }
 
-    /// A session's last applied sequence, if the session is in the table.
-    pub fn session_seq(&self, session: u64) -> Option<u64> {
+    /// What the session table holds, in bytes: for every session its
+    /// remembered result, its principal's name and
+    /// [`SESSION_OVERHEAD_BYTES`]. Never above the configured bound.
+    pub fn session_bytes(&self) -> usize {
+        self.sessions.bytes
+    }
+
+    /// The byte bound of the session table.
+    pub fn max_session_bytes(&self) -> usize {
+        self.sessions.max_bytes
+    }
+
+    /// A session's last applied sequence, if the session of `principal` is
+    /// in the table.
+    pub fn session_seq(&self, principal: &[u8], session: u64) -> Option<u64> {
         self.sessions
             .index
-            .get(&session)
+            .get(&(Bytes::copy_from_slice(principal), session))
             .map(|&i| self.sessions.slot(i).seq)
     }
 
@@ -754,19 +948,35 @@ impl KvStore {
         prev
     }
 
+    /// Records `zxid` as applied without looking at its command: the
+    /// operator's way past a committed entry that made `apply` panic (every
+    /// replica must skip the same entries). Answers as for a command that
+    /// does not decode.
+    pub fn skip(&mut self, zxid: Zxid) -> Bytes {
+        assert!(zxid > self.applied, "entries are applied in zxid order");
+        self.applied = zxid;
+        Bytes::from_static(&[MALFORMED])
+    }
+
     /// Iterates over all pairs, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         self.map.iter()
     }
 
     fn execute(&mut self, op: KvOp) -> KvResult {
+        // Keys and values are copied out of the command: the command's bytes
+        // are a slice of a network frame (a client read buffer or a batch of
+        // entries from the leader), and a stored slice would keep the whole
+        // frame alive for as long as the key lives.
         match op {
-            KvOp::Put { key, value } => KvResult::Done(self.insert(key, value)),
+            KvOp::Put { key, value } => KvResult::Done(
+                self.insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&value)),
+            ),
             KvOp::Delete { key } => KvResult::Done(self.remove(&key)),
             KvOp::Cas { key, expected, new } => {
                 let current = self.map.get(&key).cloned();
                 if current == expected {
-                    self.insert(key, new);
+                    self.insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&new));
                     KvResult::Cas {
                         swapped: true,
                         current,
@@ -784,17 +994,35 @@ impl KvStore {
         }
     }
 
-    /// Opens a cluster-assigned session (the open counts as its sequence 1).
-    fn open_assigned(&mut self, zxid: Zxid) -> Bytes {
+    /// Opens a cluster-assigned session for `principal` (the open counts
+    /// as its sequence 1). Deterministic on every replica, and it cannot
+    /// fail on anything a client sent: ids are counted, never reused, and
+    /// no client-named session holds one (decode refuses them).
+    fn open_assigned(&mut self, principal: &Bytes, zxid: Zxid) -> Bytes {
         let n = self.sessions.next_assigned;
-        assert!(
-            n < ASSIGNED_SESSION_BIT,
-            "invariant: fewer than 2^63 sessions are ever opened"
-        );
+        if n >= ASSIGNED_SESSION_BIT {
+            // 2^63 opens: unreachable in practice, refused rather than wrapped.
+            tracing::error!(?zxid, "every cluster-assigned session id has been used");
+            return Bytes::from_static(&[MALFORMED]);
+        }
         self.sessions.next_assigned = n + 1;
         let session = ASSIGNED_SESSION_BIT | n;
         let result = KvResult::SessionOpened { session }.to_bytes();
-        self.sessions.open(session, 1, zxid, result.clone());
+        let owner = Bytes::copy_from_slice(principal);
+        if self
+            .sessions
+            .open(owner, session, 1, zxid, result.clone())
+            .is_none()
+        {
+            // Only a corrupt snapshot could hold an id not yet handed out
+            // (restore refuses those); refuse the open, identically everywhere.
+            tracing::error!(
+                session,
+                ?zxid,
+                "assigned session id already in the table; open refused"
+            );
+            return Bytes::from_static(&[MALFORMED]);
+        }
         result
     }
 }
@@ -806,11 +1034,13 @@ const MALFORMED: u8 = 0xff;
 /// and began with the applied zxid.
 const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 /// The snapshot layout written and read by this build:
-/// `magic | version u32 | applied u64 | max_sessions u64 | next_assigned u64
-/// | pairs u64 | (key, value)* | sessions u64 | (id u64, seq u64, touched u64,
-/// result)*` with sessions from least to most recently used, and byte
-/// strings as `u32 length | bytes`, all integers little-endian.
-const SNAPSHOT_VERSION: u32 = 2;
+/// `magic | version u32 | applied u64 | max_sessions u64 | max_session_bytes
+/// u64 | next_assigned u64 | pairs u64 | (key, value)* | sessions u64 |
+/// (principal, id u64, seq u64, touched u64, result)*` with sessions from
+/// least to most recently used, and byte strings as `u32 length | bytes`,
+/// all integers little-endian. Format 3 added the byte bound and the
+/// sessions' principals.
+const SNAPSHOT_VERSION: u32 = 3;
 
 impl StateMachine for KvStore {
     fn apply(&mut self, zxid: Zxid, command: &Bytes) -> Bytes {
@@ -823,9 +1053,9 @@ impl StateMachine for KvStore {
             Err(_) => return Bytes::from_static(&[MALFORMED]),
         };
         if cmd.op == KvOp::OpenSession {
-            return self.open_assigned(zxid);
+            return self.open_assigned(&cmd.principal, zxid);
         }
-        let slot = match self.sessions.touch(cmd.client, zxid) {
+        let slot = match self.sessions.touch(&cmd.principal, cmd.client, zxid) {
             Some(i) => {
                 let last = self.sessions.slot(i).seq;
                 if cmd.seq == last {
@@ -837,8 +1067,15 @@ impl StateMachine for KvStore {
                 }
                 i
             }
-            // The first command of a client-named session opens it.
-            None if cmd.seq == 1 => self.sessions.open(cmd.client, 0, zxid, Bytes::new()),
+            // The first command of a client-named session opens it (decode
+            // refused ids in the assigned range, so this cannot collide).
+            None if cmd.seq == 1 => {
+                let owner = Bytes::copy_from_slice(&cmd.principal);
+                match self.sessions.open(owner, cmd.client, 0, zxid, Bytes::new()) {
+                    Some(i) => i,
+                    None => return Bytes::from_static(&[MALFORMED]),
+                }
+            }
             // Unknown and not a first command: evicted (or never opened).
             // Applying it could apply a write twice; refuse.
             None => {
@@ -849,9 +1086,7 @@ impl StateMachine for KvStore {
             }
         };
         let result = self.execute(cmd.op).to_bytes();
-        let s = self.sessions.slot_mut(slot);
-        s.seq = cmd.seq;
-        s.result = result.clone();
+        self.sessions.record(slot, cmd.seq, result.clone(), zxid);
         result
     }
 
@@ -865,6 +1100,7 @@ impl StateMachine for KvStore {
         buf.put_u32_le(SNAPSHOT_VERSION);
         buf.put_u64_le(self.applied.as_u64());
         buf.put_u64_le(self.sessions.max as u64);
+        buf.put_u64_le(self.sessions.max_bytes as u64);
         buf.put_u64_le(self.sessions.next_assigned);
         buf.put_u64_le(self.map.len() as u64);
         let mut pairs: Vec<(&Bytes, &Bytes)> = self.map.iter().collect();
@@ -881,6 +1117,7 @@ impl StateMachine for KvStore {
         // Least recently used first: restoring in this order rebuilds the
         // same recency list, hence the same future evictions.
         for s in self.sessions.iter_oldest_first() {
+            put_bytes(&mut buf, &s.principal);
             buf.put_u64_le(s.id);
             buf.put_u64_le(s.seq);
             buf.put_u64_le(s.touched.as_u64());
@@ -947,6 +1184,14 @@ impl StateMachine for KvStore {
                 self.sessions.max
             )));
         }
+        let max_bytes = read_u64(&mut r)?;
+        if max_bytes != self.sessions.max_bytes as u64 {
+            return Err(bad(format!(
+                "written with max_session_bytes = {max_bytes}, but this store is configured \
+                 with {}; every node of a cluster must use the same max_session_bytes",
+                self.sessions.max_bytes
+            )));
+        }
         let next_assigned = read_u64(&mut r)?;
         if next_assigned == 0 || next_assigned > ASSIGNED_SESSION_BIT {
             return Err(bad(format!(
@@ -962,7 +1207,7 @@ impl StateMachine for KvStore {
                 return Err(bad("a key appears twice".into()));
             }
         }
-        let mut sessions = SessionTable::new(self.sessions.max);
+        let mut sessions = SessionTable::new(self.sessions.max, self.sessions.max_bytes);
         sessions.next_assigned = next_assigned;
         let n = read_u64(&mut r)?;
         if n > self.sessions.max as u64 {
@@ -973,6 +1218,7 @@ impl StateMachine for KvStore {
         }
         let mut previous = Zxid::ZERO;
         for _ in 0..n {
+            let principal = read_field(&mut r, MAX_PRINCIPAL_BYTES)?;
             let id = read_u64(&mut r)?;
             let seq = read_u64(&mut r)?;
             let touched = Zxid(read_u64(&mut r)?);
@@ -987,11 +1233,24 @@ impl StateMachine for KvStore {
             if seq == 0 {
                 return Err(bad(format!("session {id}: sequence 0")));
             }
-            if sessions.index.contains_key(&id) {
-                return Err(bad(format!("session {id} appears twice")));
+            // An assigned id the counter has not reached would collide with
+            // a later open.
+            if id & ASSIGNED_SESSION_BIT != 0 && id & !ASSIGNED_SESSION_BIT >= next_assigned {
+                return Err(bad(format!(
+                    "session {id:#x} is beyond the assigned-session counter {next_assigned}"
+                )));
             }
             previous = touched;
-            sessions.open(id, seq, touched, result);
+            let cost = slot_bytes(&principal, &result);
+            if sessions.bytes + cost > sessions.max_bytes {
+                return Err(bad(format!(
+                    "the session table exceeds max_session_bytes = {}",
+                    sessions.max_bytes
+                )));
+            }
+            if sessions.open(principal, id, seq, touched, result).is_none() {
+                return Err(bad(format!("session {id} appears twice")));
+            }
         }
         let mut extra = [0u8; 1];
         if r.read(&mut extra)? != 0 {
@@ -1016,7 +1275,13 @@ mod tests {
     }
 
     fn cmd(client: u64, seq: u64, op: KvOp) -> Bytes {
-        KvCommand { client, seq, op }.to_bytes()
+        KvCommand {
+            principal: Bytes::new(),
+            client,
+            seq,
+            op,
+        }
+        .to_bytes()
     }
 
     fn put(client: u64, seq: u64, k: &str, v: &str) -> Bytes {
@@ -1200,10 +1465,14 @@ mod tests {
         s.apply(next(), &put(1, 2, "k", "v"));
         s.apply(next(), &put(4, 1, "k", "v"));
         assert_eq!(s.session_count(), 3);
-        assert_eq!(s.session_seq(2), None, "the least recently used is evicted");
-        assert_eq!(s.session_seq(1), Some(2));
-        assert_eq!(s.session_seq(3), Some(1));
-        assert_eq!(s.session_seq(4), Some(1));
+        assert_eq!(
+            s.session_seq(b"", 2),
+            None,
+            "the least recently used is evicted"
+        );
+        assert_eq!(s.session_seq(b"", 1), Some(2));
+        assert_eq!(s.session_seq(b"", 3), Some(1));
+        assert_eq!(s.session_seq(b"", 4), Some(1));
         assert_eq!(s.sessions_evicted(), 1);
         // Many more sessions: the bound holds throughout.
         for client in 100..1100 {
@@ -1228,7 +1497,7 @@ mod tests {
         // Two other sessions push session 7 out; one overwrites its key.
         s.apply(z(3), &put(8, 1, "a", "other"));
         s.apply(z(4), &put(9, 1, "x", "2"));
-        assert_eq!(s.session_seq(7), None);
+        assert_eq!(s.session_seq(b"", 7), None);
         // A late copy of session 7's write 2 (a client retry that took a
         // slow path) commits now: refused, not applied again.
         let r = result(s.apply(z(5), &put(7, 2, "a", "second")));
@@ -1239,7 +1508,11 @@ mod tests {
         assert_eq!(r, KvResult::SessionExpired { session: 7 });
         assert_eq!(value(&s, "a").as_deref(), Some("other"), "not re-applied");
         assert_eq!(value(&s, "b"), None);
-        assert_eq!(s.session_seq(7), None, "a refused command opens nothing");
+        assert_eq!(
+            s.session_seq(b"", 7),
+            None,
+            "a refused command opens nothing"
+        );
     }
 
     #[test]
@@ -1263,7 +1536,7 @@ mod tests {
             panic!("open answers SessionOpened");
         };
         assert!(a != b && b != c && a != c, "ids are never reused");
-        assert_eq!(s.session_seq(a), None, "a was the least recently used");
+        assert_eq!(s.session_seq(b"", a), None, "a was the least recently used");
         // Every later copy of any of a's writes is refused.
         for seq in [2, 3] {
             assert_eq!(
@@ -1332,9 +1605,13 @@ mod tests {
         let e = t.restore(z(1), &mut &old[..]).unwrap_err();
         assert!(e.to_string().contains("format 1"), "{e}");
         let mut future = img.clone();
-        future[8..12].copy_from_slice(&3u32.to_le_bytes());
+        future[8..12].copy_from_slice(&4u32.to_le_bytes());
         let e = t.restore(z(1), &mut &future[..]).unwrap_err();
-        assert!(e.to_string().contains("format 3"), "{e}");
+        assert!(e.to_string().contains("format 4"), "{e}");
+        let mut previous = img.clone();
+        previous[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let e = t.restore(z(1), &mut &previous[..]).unwrap_err();
+        assert!(e.to_string().contains("format 2"), "{e}");
         let mut other = KvStore::with_max_sessions(9).unwrap();
         let e = other.restore(z(1), &mut &img[..]).unwrap_err();
         assert!(e.to_string().contains("max_sessions"), "{e}");
@@ -1345,6 +1622,285 @@ mod tests {
         assert!(t.is_empty() && other.is_empty());
         t.restore(z(1), &mut &img[..]).unwrap();
         assert_eq!(value(&t, "k").as_deref(), Some("v"));
+    }
+
+    /// The attack of issue 12: a client names a session with the top bit
+    /// set, the id the cluster will assign next; the next `OpenSession`
+    /// then found the id taken and asserted inside `apply`, on every
+    /// replica, and again on every replay of the committed entry.
+    #[test]
+    fn a_client_named_id_in_the_assigned_range_cannot_crash_apply() {
+        let mut s = KvStore::new();
+        let KvResult::SessionOpened { session: n } =
+            result(s.apply(z(1), &cmd(0, 0, KvOp::OpenSession)))
+        else {
+            panic!("open answers SessionOpened");
+        };
+        let forged = n + 1;
+        assert_ne!(forged & ASSIGNED_SESSION_BIT, 0);
+        let r = s.apply(z(2), &put(forged, 1, "k", "v"));
+        assert_eq!(
+            &r[..],
+            &[MALFORMED],
+            "a client-named id with the top bit is refused"
+        );
+        assert_eq!(value(&s, "k"), None);
+        let KvResult::SessionOpened { session: next } =
+            result(s.apply(z(3), &cmd(0, 0, KvOp::OpenSession)))
+        else {
+            panic!("open answers SessionOpened");
+        };
+        assert_eq!(next, forged, "the next assigned id is handed out normally");
+    }
+
+    fn cmd_as(principal: &'static [u8], client: u64, seq: u64, op: KvOp) -> Bytes {
+        KvCommand {
+            principal: Bytes::from_static(principal),
+            client,
+            seq,
+            op,
+        }
+        .to_bytes()
+    }
+
+    fn put_op(k: &str, v: &str) -> KvOp {
+        KvOp::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+    }
+
+    /// One principal can neither use nor poison another's sessions: the
+    /// same id names two sessions, and an assigned id used by another
+    /// principal is unknown to it.
+    #[test]
+    fn sessions_belong_to_their_principal() {
+        let mut s = KvStore::new();
+        assert_eq!(
+            result(s.apply(z(1), &cmd_as(b"alice", 7, 1, put_op("a", "1")))),
+            KvResult::Done(None)
+        );
+        // Mallory names alice's session with a high sequence: in alice's
+        // table it would poison her next write; here it is mallory's own,
+        // unknown session.
+        assert_eq!(
+            result(s.apply(z(2), &cmd_as(b"mallory", 7, 99, put_op("a", "x")))),
+            KvResult::SessionExpired { session: 7 }
+        );
+        // Alice's retry of sequence 1 is still answered from her session.
+        assert_eq!(
+            result(s.apply(z(3), &cmd_as(b"alice", 7, 1, put_op("a", "1")))),
+            KvResult::Done(None)
+        );
+        assert_eq!(s.session_seq(b"alice", 7), Some(1));
+        assert_eq!(s.session_seq(b"mallory", 7), None);
+        let KvResult::SessionOpened { session } =
+            result(s.apply(z(4), &cmd_as(b"alice", 0, 0, KvOp::OpenSession)))
+        else {
+            panic!("open answers SessionOpened");
+        };
+        assert_eq!(
+            result(s.apply(z(5), &cmd_as(b"mallory", session, 2, put_op("b", "x")))),
+            KvResult::SessionExpired { session },
+            "an assigned session is its opener's only"
+        );
+        assert_eq!(
+            result(s.apply(z(6), &cmd_as(b"alice", session, 2, put_op("b", "1")))),
+            KvResult::Done(None)
+        );
+        assert_eq!(value(&s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&s, "b").as_deref(), Some("1"));
+    }
+
+    /// Issue 12's flood: one large value, then many sessions each failing a
+    /// compare-and-set, whose result holds the value. The table's bytes stay
+    /// within the bound, evicting the least recently used sessions.
+    #[test]
+    fn the_session_table_is_bounded_in_bytes() {
+        let bound = MIN_MAX_SESSION_BYTES;
+        let mut s = KvStore::with_session_limits(100_000, bound).unwrap();
+        let big = Bytes::from(vec![7u8; MAX_VALUE_BYTES]);
+        let mut n = 1;
+        s.apply(
+            z(n),
+            &cmd_as(
+                b"a",
+                1,
+                1,
+                KvOp::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: big.clone(),
+                },
+            ),
+        );
+        for client in 2..200u64 {
+            n += 1;
+            let r = result(s.apply(
+                z(n),
+                &cmd_as(
+                    b"a",
+                    client,
+                    1,
+                    KvOp::Cas {
+                        key: Bytes::from_static(b"k"),
+                        expected: None,
+                        new: Bytes::from_static(b"x"),
+                    },
+                ),
+            ));
+            assert!(matches!(r, KvResult::Cas { swapped: false, .. }));
+            assert!(
+                s.session_bytes() <= bound,
+                "{} > {bound}",
+                s.session_bytes()
+            );
+        }
+        assert!(
+            s.session_count() < 10,
+            "{} sessions kept",
+            s.session_count()
+        );
+        assert!(s.sessions_evicted() > 190);
+        // The most recent session is still answered from the table.
+        assert_eq!(s.session_seq(b"a", 199), Some(1));
+        // A restored copy counts the same bytes and evicts alike.
+        let img = image(&s);
+        let mut t = KvStore::with_session_limits(100_000, bound).unwrap();
+        t.restore(s.applied(), &mut &img[..]).unwrap();
+        assert_eq!(t.session_bytes(), s.session_bytes());
+        assert_eq!(image(&t), img);
+        let mut other = KvStore::with_session_limits(100_000, bound + 1).unwrap();
+        let e = other.restore(s.applied(), &mut &img[..]).unwrap_err();
+        assert!(e.to_string().contains("max_session_bytes"), "{e}");
+        assert!(KvStore::with_session_limits(10, MIN_MAX_SESSION_BYTES - 1).is_err());
+    }
+
+    #[test]
+    fn stored_keys_and_values_do_not_share_the_commands_buffer() {
+        let mut s = KvStore::new();
+        let c = cmd_as(b"a", 1, 1, put_op("key", "value"));
+        s.apply(z(1), &c);
+        let stored = s.get(b"key").unwrap();
+        let frame = c.as_ptr_range();
+        assert!(
+            !frame.contains(&stored.as_ptr()),
+            "the value was copied out"
+        );
+    }
+
+    #[test]
+    fn commands_with_trailing_bytes_or_another_format_are_refused() {
+        let mut c = BytesMut::from(&cmd_as(b"a", 1, 1, put_op("k", "v"))[..]);
+        c.put_u8(0);
+        assert_eq!(
+            KvCommand::decode(c.freeze()),
+            Err(KvCodecError::Trailing(1))
+        );
+        let mut c = BytesMut::from(&cmd_as(b"a", 1, 1, put_op("k", "v"))[..]);
+        c[0] = 1;
+        assert_eq!(
+            KvCommand::decode(c.freeze()),
+            Err(KvCodecError::Format { found: 1 })
+        );
+        assert_eq!(
+            KvCommand::peek_principal(&cmd_as(b"alice", 1, 1, put_op("k", "v"))),
+            Ok(&b"alice"[..])
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any bytes at all, or a well-formed command with arbitrary ids,
+        /// sequences, principals, keys and values.
+        fn command() -> impl Strategy<Value = Bytes> {
+            let principal = prop_oneof![Just(&b""[..]), Just(&b"alice"[..]), Just(&b"bob"[..])];
+            let client = prop_oneof![
+                0..4u64,
+                Just(ASSIGNED_SESSION_BIT | 1),
+                Just(ASSIGNED_SESSION_BIT | 2),
+                Just(ASSIGNED_SESSION_BIT | 3),
+                any::<u64>(),
+            ];
+            let seq = prop_oneof![0..5u64, any::<u64>()];
+            let key = prop::collection::vec(any::<u8>(), 0..3).prop_map(Bytes::from);
+            let value = prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from),
+                (0..MAX_VALUE_BYTES).prop_map(|n| Bytes::from(vec![1u8; n % 300_000])),
+            ];
+            let op = prop_oneof![
+                (key.clone(), value.clone()).prop_map(|(key, value)| KvOp::Put { key, value }),
+                key.clone().prop_map(|key| KvOp::Delete { key }),
+                (key, prop::option::of(value.clone()), value)
+                    .prop_map(|(key, expected, new)| KvOp::Cas { key, expected, new }),
+                Just(KvOp::OpenSession),
+            ];
+            let well_formed = (principal, client, seq, op).prop_map(|(p, client, seq, op)| {
+                let mut b = BytesMut::new();
+                b.put_u8(COMMAND_FORMAT);
+                b.put_u8(p.len() as u8);
+                b.put_slice(p);
+                b.put_u64_le(client);
+                b.put_u64_le(seq);
+                // Encode without the decoder's checks (ids in the assigned
+                // range with sequence 1 included).
+                let c = KvCommand {
+                    principal: Bytes::new(),
+                    client: 0,
+                    seq: 0,
+                    op,
+                }
+                .to_bytes();
+                b.put_slice(&c[18..]);
+                b.freeze()
+            });
+            prop_oneof![
+                6 => well_formed.clone(),
+                1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+                1 => (well_formed, any::<prop::sample::Index>(), any::<u8>()).prop_map(
+                    |(c, i, b)| {
+                        let mut v = c.to_vec();
+                        let i = i.index(v.len());
+                        v[i] = b;
+                        Bytes::from(v)
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            /// `apply` never panics on any command, and two replicas that
+            /// apply the same commands (one restored from the other's
+            /// snapshot midway) end with equal state and answers.
+            #[test]
+            fn apply_never_panics_and_replicas_agree(
+                cmds in prop::collection::vec(command(), 1..60),
+                max_sessions in 1usize..6,
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let bound = MIN_MAX_SESSION_BYTES;
+                let mut a = KvStore::with_session_limits(max_sessions, bound).unwrap();
+                let mut b = KvStore::with_session_limits(max_sessions, bound).unwrap();
+                let cut = cut.index(cmds.len());
+                for (i, c) in cmds.iter().enumerate() {
+                    let zx = z(i as u32 + 1);
+                    if i == cut {
+                        let img = image(&a);
+                        b = a.emptied();
+                        b.restore(a.applied(), &mut &img[..]).unwrap();
+                    }
+                    let ra = a.apply(zx, c);
+                    let rb = b.apply(zx, c);
+                    prop_assert_eq!(&ra, &rb);
+                    prop_assert!(a.session_count() <= max_sessions);
+                    prop_assert!(a.session_bytes() <= bound);
+                }
+                prop_assert_eq!(a.digest(), b.digest());
+                prop_assert_eq!(image(&a), image(&b));
+            }
+        }
     }
 
     #[test]
@@ -1359,6 +1915,7 @@ mod tests {
             assert_eq!(KvResult::decode(r.to_bytes()), Ok(r));
         }
         let c = KvCommand {
+            principal: Bytes::from_static(b"alice"),
             client: 0,
             seq: 0,
             op: KvOp::OpenSession,

@@ -11,7 +11,7 @@
 //! use paxos_core::{Epoch, StateMachine, Zxid};
 //!
 //! let mut store = KvStore::new();
-//! let cmd = KvCommand { client: 1, seq: 1, op: KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") } };
+//! let cmd = KvCommand { principal: Bytes::from_static(b"alice"), client: 1, seq: 1, op: KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") } };
 //! store.apply(Zxid::new(Epoch(1), 1), &cmd.to_bytes());
 //! assert_eq!(store.get(b"k").map(|v| &v[..]), Some(&b"v"[..]));
 //! ```
@@ -28,6 +28,8 @@ pub mod client_proto;
 pub mod cluster;
 #[cfg(feature = "compare")]
 pub mod compare;
+#[cfg(feature = "wal")]
+pub mod identity;
 pub mod kv;
 pub mod linearizability;
 pub mod loadgen;

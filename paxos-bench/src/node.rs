@@ -43,7 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
-use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS};
+use crate::identity::{self, EmptyStart};
+use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -56,6 +57,17 @@ const MAX_DRAIN_ROUNDS: usize = 64;
 /// Client writes proposed and not yet answered, at most; over it a write is
 /// answered "retry: busy" (admission control: memory stays bounded).
 const MAX_PENDING_WRITES: usize = 64 * 1024;
+/// Bytes of client writes proposed and not yet answered, at most; over it a
+/// write is answered "retry: busy" without being proposed.
+const MAX_PENDING_WRITE_BYTES: usize = 256 << 20;
+/// Bytes of keys of linearizable reads in flight (waiting for their
+/// read-index round or for apply), at most; over it a read is answered
+/// "retry: too many reads".
+const MAX_PENDING_READ_BYTES: usize = 16 << 20;
+/// The file in the data directory that names a committed entry the state
+/// machine panicked on; while it exists the node refuses to start unless
+/// told to skip that entry (see the README, "A poisoned entry").
+pub const POISONED_FILE: &str = "POISONED";
 /// Linearizable reads waiting for their read-index round, at most.
 const MAX_PENDING_READS: usize = 16 * 1024;
 /// A read whose round has not come back by then is answered "retry".
@@ -64,6 +76,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
 /// The hard-state spare field holding the election round.
 const ELECTION_ROUND_FIELD: usize = 0;
+/// The hard-state spare field holding the zxid up to which the log's prefix
+/// was compacted away (0: never): a log compacted without the snapshot that
+/// covers it is refused at start.
+const COMPACTED_FIELD: usize = 1;
 /// A peer's control queue above this many frames gets no more snapshot chunks
 /// this turn (keeps heartbeats from queueing behind a snapshot).
 const SNAPSHOT_PACING_FRAMES: u64 = 8;
@@ -107,6 +123,23 @@ pub struct NodeOptions {
     /// used (see [`crate::kv`]). Part of the state machine's definition:
     /// every node of a cluster must use the same value.
     pub max_sessions: usize,
+    /// Bytes the store's session table holds at most (remembered results
+    /// and principals, see [`KvStore::session_bytes`]); like
+    /// `max_sessions`, every node of a cluster must use the same value.
+    pub max_session_bytes: usize,
+    /// Committed entries to apply as no-ops instead of handing them to the
+    /// state machine: the operator's way past an entry the state machine
+    /// panicked on (see [`POISONED_FILE`]). Every node must be given the
+    /// same list, so that they all keep the same state.
+    pub skip_entries: Vec<Zxid>,
+    /// The cluster's id, recorded in the data directory's identity file at
+    /// the first start and checked at every start; `None`: derived from the
+    /// cluster CA certificate (see [`crate::identity`]).
+    pub cluster_id: Option<String>,
+    /// What to do with an empty data directory: refuse (the default),
+    /// bootstrap a new cluster, or rejoin a running one as a recovering
+    /// replica (see [`crate::identity`]).
+    pub empty_start: EmptyStart,
     /// Client connections served at once, at most; one more is answered
     /// with an error frame (id 0, "busy: too many client connections") and
     /// closed. Default [`DEFAULT_MAX_CLIENT_CONNECTIONS`].
@@ -155,6 +188,10 @@ impl NodeOptions {
             snapshot_every: 1_000_000,
             loopback: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
+            skip_entries: Vec::new(),
+            cluster_id: None,
+            empty_start: EmptyStart::Refuse,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
             inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
@@ -268,13 +305,24 @@ struct Driver {
     outgoing: Vec<OutgoingSnapshot>,
     /// Proposed writes by zxid: the command and who waits for it.
     pending_writes: HashMap<Zxid, (Bytes, Reply)>,
+    /// The bytes of the commands in `pending_writes`.
+    pending_write_bytes: usize,
+    /// The bytes of the keys in `pending_reads` and `waiting_reads`.
+    pending_read_bytes: usize,
+    /// See [`NodeOptions::skip_entries`].
+    skip_entries: Vec<Zxid>,
+    /// The compaction point recorded in the hard state ([`COMPACTED_FIELD`]).
+    compacted_mark: u64,
+    /// Where [`POISONED_FILE`] is written.
+    data_dir: PathBuf,
     /// Reads waiting for their read-index round, by read id, with the time
     /// they give up.
     pending_reads: HashMap<u64, (Bytes, Reply, Instant)>,
     /// When expired reads are next looked for.
     next_read_sweep: Instant,
-    /// Confirmed reads waiting for apply to reach their zxid.
-    waiting_reads: VecDeque<(Zxid, Bytes, Reply)>,
+    /// Confirmed reads waiting for apply to reach their zxid, with the time
+    /// they give up.
+    waiting_reads: VecDeque<(Zxid, Bytes, Reply, Instant)>,
     next_read: u64,
     /// The election round last made durable.
     election_round: u64,
@@ -324,6 +372,12 @@ pub async fn run_node(
         .with_context(|| format!("node {} is not in the member list", opts.id))?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let cluster_id = match &opts.cluster_id {
+        Some(c) => c.clone(),
+        None => identity::cluster_id_from_ca(&opts.ca_cert)?,
+    };
+    let identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    tracing::info!(cluster = %identity.cluster, standing = ?identity.standing, "identity checked");
 
     // Storage and the state machine, recovered from disk.
     let wal_options = WalOptions {
@@ -336,9 +390,23 @@ pub async fn run_node(
     let snapshots = SnapshotStore::open(opts.data_dir.join("snapshots"))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
-    let mut kv = KvStore::with_max_sessions(opts.max_sessions).context("--max-sessions")?;
+    check_poisoned(&opts)?;
+    let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
+        .context("--max-sessions / --max-session-mib")?;
     let mut recovered = Recovered::default();
-    if let Some(latest) = snapshots.latest().context("listing snapshots")? {
+    let latest = snapshots.latest().context("listing snapshots")?;
+    let compacted = storage.extra(COMPACTED_FIELD).unwrap_or(0);
+    if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
+        bail!(
+            "the log in {} was compacted up to {} but no snapshot covers it (latest: {:?}): \
+             the state before the log's first entry is lost. If the snapshots are gone, empty \
+             the data directory and start the node with --rejoin",
+            opts.data_dir.display(),
+            Zxid(compacted),
+            latest.as_ref().map(|s| s.zxid)
+        );
+    }
+    if let Some(latest) = latest {
         let meta = snapshots
             .restore(latest.zxid, &mut kv)
             .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
@@ -447,6 +515,11 @@ pub async fn run_node(
         install_done_tx,
         outgoing: Vec::new(),
         pending_writes: HashMap::new(),
+        pending_write_bytes: 0,
+        pending_read_bytes: 0,
+        skip_entries: opts.skip_entries.clone(),
+        compacted_mark: compacted,
+        data_dir: opts.data_dir.clone(),
         pending_reads: HashMap::new(),
         waiting_reads: VecDeque::new(),
         next_read: 1,
@@ -614,7 +687,9 @@ impl Driver {
                 key,
                 mode: ReadMode::Linearizable,
             } => {
-                if self.pending_reads.len() >= MAX_PENDING_READS {
+                if self.pending_reads.len() + self.waiting_reads.len() >= MAX_PENDING_READS
+                    || self.pending_read_bytes + key.len() > MAX_PENDING_READ_BYTES
+                {
                     reply.send(Response::Error("retry: too many reads".into()));
                     return;
                 }
@@ -623,6 +698,7 @@ impl Driver {
                 let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
                 match self.replica.read_index(ctx) {
                     Ok(()) => {
+                        self.pending_read_bytes += key.len();
                         self.pending_reads
                             .insert(rid, (key, reply, Instant::now() + READ_TIMEOUT));
                     }
@@ -638,13 +714,16 @@ impl Driver {
 
     /// Proposes an encoded command (checked by the client protocol decoder).
     fn propose(&mut self, data: Bytes, reply: Reply) {
-        if self.pending_writes.len() >= MAX_PENDING_WRITES {
+        if self.pending_writes.len() >= MAX_PENDING_WRITES
+            || self.pending_write_bytes + data.len() > MAX_PENDING_WRITE_BYTES
+        {
             reply.send(Response::Error("retry: busy".into()));
             return;
         }
         match self.replica.propose(data.clone()) {
             Ok(zxid) => {
                 self.stats.proposals += 1;
+                self.pending_write_bytes += data.len();
                 self.pending_writes.insert(zxid, (data, reply));
             }
             Err(paxos_core::ProposeError::NotLeader { .. }) => reply.send(self.leader_hint()),
@@ -758,11 +837,12 @@ impl Driver {
 
         let mut last_applied = None;
         for e in &committed {
-            let result = self.kv.apply(e.zxid, &e.data);
+            let result = self.apply_entry(e.zxid, &e.data)?;
             last_applied = Some(e.zxid);
             self.stats.applied += 1;
             self.applied_since_snapshot += 1;
             if let Some((data, reply)) = self.pending_writes.remove(&e.zxid) {
+                self.pending_write_bytes -= data.len();
                 if data == e.data {
                     reply.send(Response::Written(result));
                 } else {
@@ -777,8 +857,9 @@ impl Driver {
         }
         for rs in &read_states {
             let rid = read_id(&rs.ctx);
-            if let Some((key, reply, _)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
-                self.waiting_reads.push_back((rs.zxid, key, reply));
+            if let Some((key, reply, deadline)) = rid.and_then(|r| self.pending_reads.remove(&r)) {
+                self.waiting_reads
+                    .push_back((rs.zxid, key, reply, deadline));
             }
         }
         self.serve_reads();
@@ -794,9 +875,41 @@ impl Driver {
         Ok(())
     }
 
+    /// Applies one committed entry, or skips it if the operator said so. A
+    /// panic of the state machine stops the node with an error naming the
+    /// entry, after recording it in [`POISONED_FILE`]: the entry is
+    /// committed, so every restart would replay it and panic again.
+    fn apply_entry(&mut self, zxid: Zxid, data: &Bytes) -> Result<Bytes> {
+        if self.skip_entries.contains(&zxid) {
+            tracing::warn!(%zxid, bytes = data.len(), "committed entry skipped as the operator asked (--skip-entry)");
+            let poisoned = self.data_dir.join(POISONED_FILE);
+            if read_poisoned(&poisoned).is_some_and(|z| z == zxid) {
+                let _ = std::fs::remove_file(&poisoned);
+            }
+            return Ok(self.kv.skip(zxid));
+        }
+        apply_guarded(&mut self.kv, zxid, data, &self.data_dir)
+    }
+
     /// Applies a `Ready`'s writes to storage (no sync). A storage error is
     /// fatal: the process restarts and recovers from disk.
     fn write(&mut self, ready: &Ready) -> Result<()> {
+        if let Some(c) = ready
+            .compact_to
+            .filter(|c| c.as_u64() > self.compacted_mark)
+        {
+            // Before the prefix goes: record that a snapshot at or above
+            // `c` is needed to start from this log. The latest snapshot
+            // covers every compaction until the next snapshot, so this
+            // costs one hard-state write per snapshot, not per batch.
+            let latest = self.snapshots.latest().ok().flatten().map(|s| s.zxid);
+            let mark = latest.map_or(c, |z| z.max(c)).as_u64();
+            self.replica
+                .storage_mut()
+                .set_extra(COMPACTED_FIELD, mark)
+                .map_err(|e| anyhow::anyhow!("recording the compaction point: {e}"))?;
+            self.compacted_mark = mark;
+        }
         self.replica
             .storage_mut()
             .write_ready(ready)
@@ -895,9 +1008,10 @@ impl Driver {
         while self
             .waiting_reads
             .front()
-            .is_some_and(|(z, _, _)| *z <= applied)
+            .is_some_and(|(z, _, _, _)| *z <= applied)
         {
-            if let Some((_, key, reply)) = self.waiting_reads.pop_front() {
+            if let Some((_, key, reply, _)) = self.waiting_reads.pop_front() {
+                self.pending_read_bytes -= key.len();
                 reply.send(Response::Value(self.kv.get(&key).cloned()));
             }
         }
@@ -918,10 +1032,26 @@ impl Driver {
             .map(|(&rid, _)| rid)
             .collect();
         for rid in expired {
-            if let Some((_, reply, _)) = self.pending_reads.remove(&rid) {
+            if let Some((key, reply, _)) = self.pending_reads.remove(&rid) {
+                self.pending_read_bytes -= key.len();
                 reply.send(Response::Error("retry: read timed out".into()));
             }
         }
+        // Confirmed reads whose apply point is not reached in time (a
+        // follower far behind, say) give up too: the queue stays bounded in
+        // time as well as in size.
+        let mut freed = 0;
+        self.waiting_reads.retain(|(_, key, reply, deadline)| {
+            if *deadline > now {
+                return true;
+            }
+            freed += key.len();
+            let _ = reply
+                .tx
+                .try_send((reply.id, Response::Error("retry: read timed out".into())));
+            false
+        });
+        self.pending_read_bytes -= freed;
     }
 
     fn on_event(&mut self, ev: paxos_core::Event) {
@@ -930,13 +1060,18 @@ impl Driver {
             paxos_core::Event::LostLeader(vote) => {
                 tracing::info!(id = %self.id, ?vote, "lost the leader; looking");
                 self.elector.start_looking(now, vote);
-                // Proposals in flight may or may not commit; the client
-                // retries with the same session and sequence, and the store
-                // applies the command once either way.
+                // Proposals in flight may or may not commit (a new leader
+                // may carry them on): their outcome is unknown, and the
+                // client must not report them as failed. A retry with the
+                // same session and sequence is applied at most once.
                 for (_, (_, reply)) in self.pending_writes.drain() {
-                    reply.send(Response::Error("retry: leadership changed".into()));
+                    reply.send(Response::OutcomeUnknown(
+                        "proposed, but leadership changed before it committed".into(),
+                    ));
                 }
-                for (_, (_, reply, _)) in self.pending_reads.drain() {
+                self.pending_write_bytes = 0;
+                for (_, (key, reply, _)) in self.pending_reads.drain() {
+                    self.pending_read_bytes -= key.len();
                     reply.send(Response::Error("retry: leadership changed".into()));
                 }
                 self.outgoing.clear();
@@ -950,9 +1085,10 @@ impl Driver {
                 self.elector.settle(now, state, leader, epoch);
             }
             paxos_core::Event::ReadAborted { ctx } => {
-                if let Some((_, reply, _)) =
+                if let Some((key, reply, _)) =
                     read_id(&ctx).and_then(|r| self.pending_reads.remove(&r))
                 {
+                    self.pending_read_bytes -= key.len();
                     reply.send(Response::Error("retry: read aborted".into()));
                 }
             }
@@ -1262,6 +1398,79 @@ fn lower_thread_priority() {
     }
 }
 
+/// Applies a committed entry to `sm`; if `sm` panics, records the entry in
+/// `data_dir`'s [`POISONED_FILE`] and returns an error naming it.
+fn apply_guarded<M: StateMachine>(
+    sm: &mut M,
+    zxid: Zxid,
+    data: &Bytes,
+    data_dir: &std::path::Path,
+) -> Result<Bytes> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sm.apply(zxid, data))) {
+        Ok(result) => Ok(result),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let path = data_dir.join(POISONED_FILE);
+            let note = format!("{zxid}\n{what}\n");
+            if let Err(e) = std::fs::write(&path, note) {
+                tracing::error!(path = %path.display(), error = %e, "could not record the poisoned entry");
+            }
+            tracing::error!(%zxid, panic = %what, "the state machine panicked on a committed entry; stopping");
+            bail!(
+                "the state machine panicked applying committed entry {zxid} ({what}); the entry \
+                 is committed and would be replayed on every restart. Recorded in {}; see the \
+                 README, \"A poisoned entry\"",
+                path.display()
+            )
+        }
+    }
+}
+
+/// The zxid recorded in a [`POISONED_FILE`], if it holds one.
+fn read_poisoned(path: &std::path::Path) -> Option<Zxid> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_zxid(text.lines().next()?)
+}
+
+/// Parses a zxid as `0x`-prefixed hex (as logs print it) or decimal.
+pub fn parse_zxid(s: &str) -> Option<Zxid> {
+    let s = s.trim();
+    let v = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => s.parse().ok()?,
+    };
+    Some(Zxid(v))
+}
+
+/// Refuses to start while the data directory records a poisoned entry that
+/// the operator has not said to skip.
+fn check_poisoned(opts: &NodeOptions) -> Result<()> {
+    let path = opts.data_dir.join(POISONED_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let Some(zxid) = read_poisoned(&path) else {
+        bail!(
+            "{} exists but names no entry; inspect it, then remove it to start",
+            path.display()
+        );
+    };
+    if opts.skip_entries.contains(&zxid) {
+        tracing::warn!(%zxid, "starting past a poisoned entry: it will be applied as a no-op");
+        return Ok(());
+    }
+    bail!(
+        "the state machine panicked on committed entry {zxid} (recorded in {}); this node \
+         will not start until every node is restarted with --skip-entry {zxid} (the entry is \
+         then applied as a no-op everywhere), or with a build that applies it",
+        path.display()
+    )
+}
+
 fn read_id(ctx: &Bytes) -> Option<u64> {
     let b: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(b))
@@ -1401,4 +1610,70 @@ async fn serve_client(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::Epoch;
+
+    /// A state machine that panics on one command, as a buggy one would.
+    #[derive(Default)]
+    struct Fragile {
+        applied: Zxid,
+    }
+
+    impl StateMachine for Fragile {
+        fn apply(&mut self, zxid: Zxid, command: &Bytes) -> Bytes {
+            assert!(&command[..] != b"poison", "cannot apply poison");
+            self.applied = zxid;
+            Bytes::new()
+        }
+        fn applied(&self) -> Zxid {
+            self.applied
+        }
+        fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, zxid: Zxid, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+            self.applied = zxid;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_apply_stops_the_node_naming_the_entry_until_it_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = Fragile::default();
+        let z1 = Zxid::new(Epoch(3), 1);
+        let z2 = Zxid::new(Epoch(3), 2);
+        apply_guarded(&mut sm, z1, &Bytes::from_static(b"fine"), dir.path()).unwrap();
+        let e = apply_guarded(&mut sm, z2, &Bytes::from_static(b"poison"), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&z2.to_string()), "{e}");
+        assert!(e.contains("cannot apply poison"), "{e}");
+        let mut members = BTreeMap::new();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        members.insert(
+            1,
+            Member {
+                peer: addr,
+                client: addr,
+            },
+        );
+        let mut opts = NodeOptions::new(1, members, dir.path().into(), dir.path().into());
+        let refused = check_poisoned(&opts).unwrap_err().to_string();
+        assert!(refused.contains(&format!("--skip-entry {z2}")), "{refused}");
+        opts.skip_entries = vec![Zxid::new(Epoch(3), 9)];
+        assert!(
+            check_poisoned(&opts).is_err(),
+            "another entry's skip does not do"
+        );
+        opts.skip_entries = vec![z2];
+        check_poisoned(&opts).unwrap();
+        assert_eq!(parse_zxid(&z2.to_string()), Some(z2));
+        assert_eq!(parse_zxid(&z2.as_u64().to_string()), Some(z2));
+        assert_eq!(parse_zxid("zz"), None);
+    }
 }

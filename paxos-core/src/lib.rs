@@ -158,7 +158,7 @@ pub mod sync;
 mod time;
 
 pub use codec::{Codec, CodecError, MIN_WIRE_VERSION, WIRE_VERSION};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, DEFAULT_MAX_EPOCH_COUNTER};
 pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};
 pub use message::{Entry, Envelope, HardState, Message, SnapChunk};

@@ -827,11 +827,18 @@ impl<S: Storage> Replica<S> {
         if data.len() > max_bytes {
             return Err(ProposeError::TooLarge { max_bytes, data });
         }
-        let Some(counter) = l.counter.checked_add(1) else {
-            return Err(ProposeError::EpochExhausted {
-                epoch: l.epoch,
-                data,
-            });
+        let epoch = l.epoch;
+        let Some(counter) = l
+            .counter
+            .checked_add(1)
+            .filter(|&c| c <= self.config.max_epoch_counter)
+        else {
+            // Step down with the counter spent: the next election starts a
+            // new epoch. This leader holds the most recent history, so it is
+            // likely elected again; nothing proposed so far is lost either
+            // way (it is in this leader's log, and a quorum's if committed).
+            self.lose_leader("zxid counter reached max_epoch_counter; moving to a new epoch");
+            return Err(ProposeError::EpochExhausted { epoch, data });
         };
         l.counter = counter;
         let zxid = Zxid::new(l.epoch, counter);

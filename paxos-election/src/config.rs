@@ -30,7 +30,12 @@ pub struct ElectionConfig {
     /// Each retry doubles it up to `max_timeout`, and every deadline adds a
     /// uniformly random extra of up to the timeout itself.
     pub base_timeout: Duration,
-    /// The cap of the exponential backoff.
+    /// The cap of the exponential backoff; default 400 ms, so that a LOOKING
+    /// node re-sends its vote at least every
+    /// [`max_resend_interval`](Self::max_resend_interval) (800 ms). Keep it
+    /// small: after a partition heals nobody sends to a node that is still
+    /// looking (settled nodes only answer), so this gap is how long it may
+    /// stay out of service. The cost is a few small messages per gap.
     pub max_timeout: Duration,
     /// Retries without a decision after locking before we give the round up
     /// and start the next one (locks split between candidates can stall a
@@ -62,13 +67,24 @@ impl Default for ElectionConfig {
             observers: Vec::new(),
             settle_wait: Duration::from_millis(50),
             base_timeout: Duration::from_millis(200),
-            max_timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_millis(400),
             stuck_retries: 2,
             max_round_lead: 1 << 32,
             initial_round: 0,
             seed: 0,
             voting: true,
         }
+    }
+}
+
+impl ElectionConfig {
+    /// The longest a LOOKING node stays silent before it re-sends its vote
+    /// (`2 * max_timeout`: the backoff is capped at `max_timeout` and each
+    /// deadline adds a random extra below the backoff). After a partition
+    /// heals, nobody sends to a node that is still looking (settled nodes
+    /// only answer), so this bounds how long it takes to rejoin.
+    pub fn max_resend_interval(&self) -> Duration {
+        self.max_timeout.saturating_mul(2)
     }
 }
 

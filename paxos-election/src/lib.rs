@@ -38,7 +38,9 @@
 //!   votes): a restarted node joins the running leader.
 //! - With no decision, the vote is re-sent after a randomised timeout that
 //!   doubles up to [`ElectionConfig::max_timeout`] (seeded: simulations
-//!   replay). A locked node still undecided after
+//!   replay), so a LOOKING node is never silent for longer than
+//!   [`ElectionConfig::max_resend_interval`]: after a partition heals, only
+//!   its own retry brings it back. A locked node still undecided after
 //!   [`ElectionConfig::stuck_retries`] retries starts the next round (locks
 //!   split between candidates with some voters down would otherwise stall).
 //! - Quorums are a [`QuorumSystem`]: [`Majority`] by default, [`Weighted`]

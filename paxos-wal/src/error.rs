@@ -94,6 +94,25 @@ pub enum WalError {
         /// Highest key the log proves was durable.
         proven_durable_key: u64,
     },
+    /// Recovery found data that nothing on disk proves durable (log records
+    /// past the last proven-durable watermark, or the hard-state file) and
+    /// could not make it durable: writing it again or flushing that write
+    /// failed. Reading it proves nothing (after a failed flush the kernel
+    /// may have marked its pages clean without writing them), so the open is
+    /// refused and nothing claiming it durable was written. Retry once the
+    /// disk is healthy, or move the directory aside and refetch from peers.
+    #[error("cannot prove {what} in {path} durable: {op} failed: {source}")]
+    UnprovenData {
+        /// The file concerned.
+        path: PathBuf,
+        /// Which data (key range, or the hard state).
+        what: String,
+        /// The call that failed (`rewrite` or `flush`).
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A record read back from the map failed its checksum (damage after open).
     #[error("record at {path} offset {offset} fails its checksum")]
     ReadCorruption {

@@ -76,7 +76,10 @@ impl HardState {
 /// with a sequence number one higher, and `fdatasync`s before returning; on
 /// open the valid slot with the highest sequence number wins. A crash during
 /// `set` therefore leaves either the old or the new value, never garbage.
-/// A failed flush makes the store fatal (like the log): reopen it.
+/// A failed flush makes the store fatal (like the log): reopen it. `open`
+/// writes both slots again and flushes them before trusting what it read
+/// (after a failed flush the page cache may show a slot the disk does not
+/// hold), and refuses with [`WalError::UnprovenData`] if that fails.
 ///
 /// ```
 /// use paxos_wal::{HardState, HardStateStore};
@@ -124,16 +127,17 @@ impl HardStateStore {
             .metadata()
             .map_err(io_err("stat hard-state file", &path))?
             .len();
+        // Both slots as the page cache shows them (zeros past the end).
+        let mut image = [0u8; FILE_BYTES as usize];
+        let shown = len.min(FILE_BYTES) as usize;
+        file.read_exact_at(&mut image[..shown], 0)
+            .map_err(io_err("read hard-state file", &path))?;
         let mut best: Option<(u64, HardState)> = None;
         let mut any_nonzero = false;
-        for slot in 0..2u64 {
+        for slot in 0..2usize {
             let mut b = [0u8; SLOT_BYTES];
-            let off = slot * SLOT_STRIDE_BYTES;
-            if off < len {
-                let avail = ((len - off) as usize).min(SLOT_BYTES);
-                file.read_exact_at(&mut b[..avail], off)
-                    .map_err(io_err("read hard-state file", &path))?;
-            }
+            let off = slot * SLOT_STRIDE_BYTES as usize;
+            b.copy_from_slice(&image[off..off + SLOT_BYTES]);
             any_nonzero |= b.iter().any(|&x| x != 0);
             if let Some((seq, st)) = HardState::decode(&b) {
                 if best.is_none_or(|(s, _)| seq > s) {
@@ -146,6 +150,33 @@ impl HardStateStore {
             None if !any_nonzero => (0, HardState::default()),
             None => return Err(WalError::HardStateCorrupted { path }),
         };
+        // What the page cache shows is not proven to be on disk: after a
+        // failed flush (of this process or of one before it, without a
+        // reboot) the kernel may have marked the page clean without writing
+        // it, and a flush would then write nothing and succeed. So the slots
+        // are written again over themselves and flushed before the value is
+        // trusted; if that fails, the open is refused.
+        if any_nonzero {
+            let refuse = |op: &'static str, source: std::io::Error| {
+                tracing::error!(path = %path.display(), op, error = %source,
+                    "cannot prove the hard state durable; refusing to open");
+                WalError::UnprovenData {
+                    path: path.clone(),
+                    what: format!("the hard state (slot sequence {seq})"),
+                    op,
+                    source,
+                }
+            };
+            faults::check(faults.as_deref(), FaultPoint::Write)
+                .and_then(|()| {
+                    faults::will_write(faults.as_deref(), &file, 0, shown);
+                    file.write_all_at(&image[..shown], 0)
+                })
+                .map_err(|e| refuse("rewrite", e))?;
+            let r =
+                faults::check(faults.as_deref(), FaultPoint::Flush).and_then(|()| file.sync_data());
+            faults::flushed(faults.as_deref(), &file, None, r).map_err(|e| refuse("flush", e))?;
+        }
         if len < FILE_BYTES || !existed {
             file.set_len(FILE_BYTES)
                 .map_err(io_err("size hard-state file", &path))?;
@@ -191,11 +222,14 @@ impl HardStateStore {
         }
         let seq = self.seq + 1;
         let off = (seq % 2) * SLOT_STRIDE_BYTES;
+        let slot = state.encode(seq);
+        faults::will_write(self.faults.as_deref(), &self.file, off, slot.len());
         self.file
-            .write_all_at(&state.encode(seq), off)
+            .write_all_at(&slot, off)
             .map_err(io_err("write hard-state slot", &self.path))?;
         let flushed = faults::check(self.faults.as_deref(), FaultPoint::Flush)
             .and_then(|()| self.file.sync_data());
+        let flushed = faults::flushed(self.faults.as_deref(), &self.file, None, flushed);
         if let Err(source) = flushed {
             self.poisoned = Some(format!(
                 "fdatasync of {} failed: {source}",

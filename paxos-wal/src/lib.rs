@@ -66,12 +66,44 @@
 //! [`Wal::append`] and [`Wal::append_batch`] write into the page cache;
 //! [`Wal::sync`] flushes the dirty byte range once (`msync`, outside the
 //! log's lock, so appends go on meanwhile) and returns the highest durable
-//! key. A record is durable only after the `sync` covering it returns. Any
-//! flush error is fatal for the handle (the kernel may have dropped the
-//! dirty pages, so a retry would prove nothing): later calls fail with
-//! [`WalError::Poisoned`], and reopening recovers the last durable state.
+//! key. A record is durable only after the `sync` covering it returns.
 //! ENOSPC or EIO when creating a segment, or EIO writing an append, comes
 //! back as an error and leaves the log as it was.
+//!
+//! # After a failed flush
+//!
+//! When `msync`/`fdatasync` fails, Linux may mark the dirty pages clean
+//! without having written them (the problem PostgreSQL met in 2018,
+//! "fsyncgate"): a retried flush then has nothing to write and succeeds,
+//! and reads through the page cache, even by a process started later
+//! without a reboot, still show data the disk does not hold. The rule here:
+//! **nothing is treated as durable, or written down as durable, unless a
+//! flush that covered it *after it was last written* succeeded.** Hence:
+//!
+//! - any flush error (a sync, the end marker, a truncation, a roll's
+//!   directory sync) is fatal for the handle: later calls fail with
+//!   [`WalError::Poisoned`], so no retry on it can report success; the
+//!   durable key stays at the last successful sync, and every watermark the
+//!   handle wrote is at most that key;
+//! - on open, the records past the highest watermark found on disk (the
+//!   *unproven tail*) are not trusted because they are readable. Their bytes,
+//!   as the scan verified them, are written again over themselves, which
+//!   makes their pages dirty, and only the flush after that (and a
+//!   directory sync) proves them; [`OpenReport::rewritten`] and a `tracing`
+//!   event say what was rewritten. If the rewrite or its flush fails,
+//!   `open` refuses with [`WalError::UnprovenData`], naming the file and
+//!   the key range, and writes no marker, so nothing claims them durable;
+//! - the same holds for the hard-state file: [`HardStateStore::open`]
+//!   writes both slots again and flushes them before trusting the value,
+//!   or refuses.
+//!
+//! Rewriting rather than cutting the unproven tail is deliberate: a sync's
+//! watermark reaches the disk only with the next batch or marker, so the
+//! last acknowledged batch is always past the on-disk watermark, and cutting
+//! there would drop records the caller was told were durable. Keeping the
+//! records past the last successful sync once they are truly on disk is
+//! safe for a consensus log: they were never acknowledged, as after any
+//! crash in which they happened to reach the disk.
 //!
 //! # Recovery
 //!
@@ -123,8 +155,8 @@ pub use faults::{FaultPlan, FaultPoint};
 pub use format::{scan_segment, SegmentScan};
 pub use hard_state::{HardState, HardStateStore, HARD_STATE_EXTRA_FIELDS};
 pub use wal::{
-    DamagedRange, OpenReport, Record, RecoveryMode, SyncMethod, TornTail, Wal, WalIter, WalOptions,
-    WalReader, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    DamagedRange, OpenReport, Record, RecoveryMode, RewrittenTail, SyncMethod, TornTail, Wal,
+    WalIter, WalOptions, WalReader, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 
 #[cfg(feature = "paxos-core")]

@@ -179,6 +179,25 @@ pub struct OpenReport {
     pub torn_tail: Option<TornTail>,
     /// Damage kept open under [`RecoveryMode::KeepValidPrefix`], if any.
     pub damaged: Option<DamagedRange>,
+    /// Records past the proven-durable watermark that recovery kept: it
+    /// wrote them again and flushed them before trusting them (see the
+    /// crate docs on failed flushes). `None` when everything was proven.
+    pub rewritten: Option<RewrittenTail>,
+}
+
+/// Records that nothing on disk proved durable when the log was opened (no
+/// watermark covered them), which recovery wrote again over themselves and
+/// flushed before treating them as durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenTail {
+    /// The highest key a watermark on disk proved durable (0: none).
+    pub proven_through: u64,
+    /// First key rewritten.
+    pub first_key: u64,
+    /// Last key rewritten (the log's last key).
+    pub last_key: u64,
+    /// Bytes written again (whole pages from the first rewritten record).
+    pub bytes: u64,
 }
 
 /// A record borrowed from the map.
@@ -282,7 +301,10 @@ impl Segment {
             "writes stay inside the segment"
         );
         faults::check(faults, FaultPoint::Write)
-            .and_then(|()| self.file.write_all_at(bytes, off as u64))
+            .and_then(|()| {
+                faults::will_write(faults, &self.file, off as u64, bytes.len());
+                self.file.write_all_at(bytes, off as u64)
+            })
             .map_err(|source| WalError::WriteFailed {
                 path: self.path.clone(),
                 offset: off as u64,
@@ -349,10 +371,18 @@ impl FlushJob {
         if self.end <= self.start {
             return Ok(());
         }
-        let r = faults::check(faults, FaultPoint::Flush).and_then(|()| match method {
-            SyncMethod::MsyncRange => msync_range(&self.map, self.start, self.end),
-            SyncMethod::Fdatasync => self.file.sync_data(),
-        });
+        let (r, range) = match method {
+            SyncMethod::MsyncRange => (
+                faults::check(faults, FaultPoint::Flush)
+                    .and_then(|()| msync_range(&self.map, self.start, self.end)),
+                Some((self.start as u64, self.end as u64)),
+            ),
+            SyncMethod::Fdatasync => (
+                faults::check(faults, FaultPoint::Flush).and_then(|()| self.file.sync_data()),
+                None,
+            ),
+        };
+        let r = faults::flushed(faults, &self.file, range, r);
         r.map_err(|source| WalError::SyncFailed {
             path: self.path.clone(),
             source,
@@ -553,12 +583,42 @@ fn zero_file_range(
     while off < to {
         let n = (to - off).min(ZEROS.len());
         faults::check(faults, FaultPoint::Write)
-            .and_then(|()| file.write_all_at(&ZEROS[..n], off as u64))
+            .and_then(|()| {
+                faults::will_write(faults, file, off as u64, n);
+                file.write_all_at(&ZEROS[..n], off as u64)
+            })
             .map_err(|source| WalError::WriteFailed {
                 path: path.to_path_buf(),
                 offset: off as u64,
                 source,
             })?;
+        off += n;
+    }
+    Ok(())
+}
+
+/// Write `from..to` of a mapped segment file again with the bytes the map
+/// shows, so that those pages are dirty and the next flush really writes
+/// them (a page the kernel marked clean after a failed writeback would
+/// otherwise be skipped by the flush).
+fn rewrite_in_place(
+    file: &File,
+    map: &Mmap,
+    from: usize,
+    to: usize,
+    faults: Option<&FaultPlan>,
+) -> io::Result<()> {
+    let to = to.min(map.len());
+    let mut buf = Vec::with_capacity(ZERO_CHUNK_BYTES.min(to.saturating_sub(from)));
+    let mut off = from;
+    // Bounded: each pass rewrites up to a chunk of a finite range.
+    while off < to {
+        let n = (to - off).min(ZERO_CHUNK_BYTES);
+        buf.clear();
+        buf.extend_from_slice(&map[off..off + n]);
+        faults::check(faults, FaultPoint::Write)?;
+        faults::will_write(faults, file, off as u64, n);
+        file.write_all_at(&buf, off as u64)?;
         off += n;
     }
     Ok(())
@@ -1168,12 +1228,15 @@ impl Wal {
                     if end > b.offset {
                         zero_file_range(&f.file, &f.path, b.offset, end, faults.as_deref())?;
                         bytes_zeroed = (end - b.offset) as u64;
-                        faults::check(faults.as_deref(), FaultPoint::Flush)
-                            .and_then(|()| msync_range(map, b.offset, end))
-                            .map_err(|source| WalError::SyncFailed {
+                        let r = faults::check(faults.as_deref(), FaultPoint::Flush)
+                            .and_then(|()| msync_range(map, b.offset, end));
+                        let range = Some((b.offset as u64, end as u64));
+                        faults::flushed(faults.as_deref(), &f.file, range, r).map_err(
+                            |source| WalError::SyncFailed {
                                 path: f.path.clone(),
                                 source,
-                            })?;
+                            },
+                        )?;
                     }
                 }
                 f.scan.end_offset = b.offset;
@@ -1243,7 +1306,6 @@ impl Wal {
                 scratch: (Vec::new(), Vec::new()),
             }),
         };
-        let had_removals = !removed.is_empty();
         for f in removed.into_iter().rev() {
             let Found {
                 id,
@@ -1256,14 +1318,19 @@ impl Wal {
             drop(file);
             wal.retire_file(id, &path)?;
         }
-        if had_removals {
-            fsync_dir(&wal.dir_file, &dir, wal.faults.as_deref())?;
-        }
 
         // Everything recovered may still sit only in the page cache (the
         // previous process was killed before its sync): make it durable
-        // before treating it as such.
+        // before treating it as such. Records past the proven-durable
+        // watermark (`evidence`) are not trusted merely because they are
+        // readable: after a failed flush the kernel may have marked their
+        // pages clean without writing them, and a flush of clean pages
+        // writes nothing and succeeds. So their bytes, as the scan verified
+        // them, are written again over themselves first (the pages become
+        // dirty), and only a flush after that proves them; if either fails,
+        // `open` refuses (`WalError::UnprovenData`) and writes no marker.
         let mut segments = Vec::with_capacity(found.len());
+        let mut rewritten: Option<RewrittenTail> = None;
         for f in found {
             let Found {
                 id,
@@ -1276,16 +1343,10 @@ impl Wal {
                 debug_assert!(false, "kept segments have a valid header and a map");
                 continue;
             };
-            faults::check(wal.faults.as_deref(), FaultPoint::Flush)
-                .and_then(|()| file.sync_data())
-                .map_err(|source| WalError::SyncFailed {
-                    path: path.clone(),
-                    source,
-                })?;
             let write_pos = scan.end_offset.max(SEGMENT_HEADER_BYTES);
             let high_water = (write_pos + RECORD_HEADER_BYTES).min(map.len());
             report.records += scan.records;
-            segments.push(Segment {
+            let seg = Segment {
                 id,
                 path,
                 file: Arc::new(file),
@@ -1299,8 +1360,68 @@ impl Wal {
                 last_indexed: scan.index.last().map(|&(_, o)| o as usize),
                 populated_to: 0,
                 index: scan.index,
+            };
+            let faults = wal.faults.as_deref();
+            // The scan verified the records below `write_pos`, so the header
+            // is there; were it not, the rewrite still happens.
+            let unproven = seg.find_at_or_after(evidence.saturating_add(1)).map(|off| {
+                let key = raw_header(&seg.map, off).map_or(evidence.saturating_add(1), |h| h.key);
+                (off, key)
             });
+            if let Some((off, first_unproven)) = unproven {
+                let what = || {
+                    format!(
+                        "keys {first_unproven}..={} (proven durable through {evidence})",
+                        seg.last_key.unwrap_or(first_unproven)
+                    )
+                };
+                let refuse = |op: &'static str, source: io::Error| {
+                    let what = what();
+                    tracing::error!(path = %seg.path.display(), %what, op, error = %source,
+                        "cannot prove records past the durable watermark durable; refusing to open");
+                    WalError::UnprovenData {
+                        path: seg.path.clone(),
+                        what,
+                        op,
+                        source,
+                    }
+                };
+                // Whole pages, from the one holding the first unproven record
+                // (the header too, when that is the segment's first page).
+                let from = off - off % page_size();
+                rewrite_in_place(&seg.file, &seg.map, from, seg.write_pos, faults)
+                    .map_err(|e| refuse("rewrite", e))?;
+                let r =
+                    faults::check(faults, FaultPoint::Flush).and_then(|()| seg.file.sync_data());
+                faults::flushed(faults, &seg.file, None, r).map_err(|e| refuse("flush", e))?;
+                let bytes = (seg.write_pos - from) as u64;
+                tracing::info!(path = %seg.path.display(), first_key = first_unproven,
+                    last_key = ?seg.last_key, proven_through = evidence, bytes,
+                    "records past the proven-durable watermark rewritten and flushed before being trusted");
+                let t = rewritten.get_or_insert(RewrittenTail {
+                    proven_through: evidence,
+                    first_key: first_unproven,
+                    last_key: first_unproven,
+                    bytes: 0,
+                });
+                t.last_key = seg.last_key.unwrap_or(first_unproven);
+                t.bytes += bytes;
+            } else {
+                let r =
+                    faults::check(faults, FaultPoint::Flush).and_then(|()| seg.file.sync_data());
+                faults::flushed(faults, &seg.file, None, r).map_err(|source| {
+                    WalError::SyncFailed {
+                        path: seg.path.clone(),
+                        source,
+                    }
+                })?;
+            }
+            segments.push(seg);
         }
+        report.rewritten = rewritten;
+        // The directory entries of the kept segments (a roll whose directory
+        // sync failed left one unproven) and the removals above.
+        fsync_dir(&wal.dir_file, &dir, wal.faults.as_deref())?;
         {
             let g = wal.inner.get_mut();
             g.last_key = segments.iter().rev().find_map(|s| s.last_key);
@@ -1550,8 +1671,11 @@ impl Wal {
                     Part::Borrowed(b) => IoSlice::new(b),
                 })
                 .collect();
-            let r = faults::check(faults, FaultPoint::Write)
-                .and_then(|()| pwritev_all(&seg.file, &mut slices, batch.start as u64));
+            let r = faults::check(faults, FaultPoint::Write).and_then(|()| {
+                let total = slices.iter().map(|s| s.len()).sum();
+                faults::will_write(faults, &seg.file, batch.start as u64, total);
+                pwritev_all(&seg.file, &mut slices, batch.start as u64)
+            });
             if let Err(source) = r {
                 // The write may have overwritten the end marker: put it back,
                 // so the log in the file still ends at the write position.
@@ -1944,15 +2068,18 @@ impl Wal {
             return Ok(());
         }
         let wm = g.durable_key.unwrap_or(0);
-        if let Some(seg) = g.segments.last_mut() {
+        let faults = self.faults.as_deref();
+        let written = g.segments.last_mut().map_or(Ok(()), |seg| {
             let pos = seg.write_pos;
-            seg.write_marker(wm, self.faults.as_deref())?;
-            seg.flush(
-                pos,
-                pos + RECORD_HEADER_BYTES,
-                self.sync_method,
-                self.faults.as_deref(),
-            )?;
+            seg.write_marker(wm, faults)
+                .and_then(|()| seg.flush(pos, pos + RECORD_HEADER_BYTES, self.sync_method, faults))
+        });
+        if let Err(e) = written {
+            // Like a failed sync: a retry (by `Drop`, say) could report
+            // success for pages the kernel left clean without writing.
+            tracing::error!(error = %e, "flushing the end marker failed; handle is fatal");
+            g.poisoned = Some(e.to_string());
+            return Err(e);
         }
         g.marker_unflushed = false;
         Ok(())
@@ -2090,5 +2217,36 @@ impl<'a> Iterator for WalIter<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_end_marker_flush_poisons_the_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Arc::new(FaultPlan::default());
+        let opts = WalOptions {
+            segment_bytes: 64 << 10,
+            prepare_in_background: false,
+            fault_plan: Some(Arc::clone(&plan)),
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), opts).unwrap();
+        wal.append(1, b"one").unwrap();
+        assert_eq!(wal.sync().unwrap(), Some(1));
+        plan.fail_flush_in(1);
+        assert!(matches!(
+            wal.flush_marker(),
+            Err(WalError::SyncFailed { .. })
+        ));
+        assert!(
+            wal.is_poisoned(),
+            "a failed flush of the end marker is fatal"
+        );
+        assert!(matches!(wal.flush_marker(), Err(WalError::Poisoned { .. })));
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
     }
 }

@@ -145,16 +145,11 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
             .stdin(Stdio::null())
             .stdout(fs::File::options().append(true).open(&log_path)?)
             .stderr(fs::File::options().append(true).open(&log_path)?);
-        // The etcd client needs protoc to build; without it, measure the rest.
-        let compare = args.compare && protoc_available();
-        if args.compare && !compare {
-            println!(
-                "--compare: protoc not found (apt-get install protobuf-compiler); \
-                 etcd and ZooKeeper are not measured"
-            );
-        }
-        if compare {
-            build.args(["--features", "compare"]);
+        if args.compare {
+            // The etcd client's build needs protoc.
+            build
+                .args(["--features", "compare"])
+                .env("PROTOC", protoc()?);
         }
         if !build
             .status()
@@ -172,11 +167,17 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         if args.quick {
             cmd.arg("--quick");
         }
-        if compare {
+        if args.compare {
             cmd.arg("--compare");
         }
     } else {
-        cmd.args(["bench", "-p", "paxos-bench", "--bench", name, "--"]);
+        cmd.args(["bench", "-p", "paxos-bench", "--bench", name]);
+        if RAFT_BASELINE_BENCHES.contains(&name) {
+            // raft-rs's build (raft-proto's build script) needs protoc.
+            cmd.args(["--features", "raft-baseline"])
+                .env("PROTOC", protoc()?);
+        }
+        cmd.arg("--");
         // Quick mode reaches every bench through PAXOS_BENCH_QUICK (set above);
         // criterion's plots are not needed for the table.
         cmd.arg("--noplot");
@@ -187,13 +188,18 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
     Ok(status.success())
 }
 
-fn protoc_available() -> bool {
-    Command::new("protoc")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The benches built with paxos-bench's feature `raft-baseline` (raft-rs as
+/// their baseline).
+const RAFT_BASELINE_BENCHES: &[&str] = &["kernel"];
+
+/// The `protoc` handed to the cargo builds that need one: `$PROTOC` when it is
+/// set, else the binary that ships inside the `protoc-bin-vendored` crate, so
+/// that a fresh machine needs no system package.
+pub(crate) fn protoc() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PROTOC").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    protoc_bin_vendored::protoc_bin_path().context("no vendored protoc for this platform")
 }
 
 fn tail(path: &Path, lines: usize) -> String {

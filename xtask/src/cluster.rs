@@ -49,6 +49,10 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
             ])
             .arg("--data-dir")
             .arg(dir.join(format!("node-{i}")))
+            // A new cluster's first start (a restart finds its identity).
+            .args(
+                (!dir.join(format!("node-{i}")).join("IDENTITY").exists()).then_some("--bootstrap"),
+            )
             .arg("--certs")
             .arg(dir.join("certs"))
             .stdout(log.try_clone()?)

@@ -7,6 +7,7 @@
 //! - `sim`: the deterministic simulator over as many seeds as asked.
 //! - `ci`: what `.ci/run` checks (format, lints, tests).
 //! - `cluster`: a local 3-node key-value cluster to try by hand.
+//! - `protoc`: the path of the protoc that `bench` hands to cargo.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
@@ -44,8 +45,12 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Run the checks CI runs: fmt, clippy, tests.
+    /// Run the checks CI runs: fmt, clippy (also with the kernel bench's
+    /// raft-rs baseline), tests.
     Ci,
+    /// Print the path of the protoc that `bench` hands to cargo: `$PROTOC`
+    /// when set, else the one shipped in the `protoc-bin-vendored` crate.
+    Protoc,
     /// Start a local cluster of reference nodes on loopback to try by hand.
     Cluster {
         /// Number of nodes.
@@ -68,6 +73,10 @@ fn main() -> Result<()> {
             full,
         } => sim::run(seeds, steps, seed, full),
         Command::Cluster { nodes, base_port } => cluster::run(nodes, base_port),
+        Command::Protoc => {
+            println!("{}", bench::protoc()?.display());
+            Ok(())
+        }
         Command::Ci => {
             util::cargo(&["fmt", "--all", "--check"], &[])?;
             util::cargo(
@@ -80,6 +89,21 @@ fn main() -> Result<()> {
                     "warnings",
                 ],
                 &[],
+            )?;
+            let protoc = bench::protoc()?.display().to_string();
+            util::cargo(
+                &[
+                    "clippy",
+                    "-p",
+                    "paxos-bench",
+                    "--all-targets",
+                    "--features",
+                    "raft-baseline",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[("PROTOC", protoc)],
             )?;
             util::cargo(&["test", "--workspace"], &[])
         }

@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use paxos_bench::client::{Client, Session};
+use paxos_bench::client::{Client, ClientError, Session};
 use paxos_bench::client_proto::ReadMode;
 use paxos_bench::kv::KvResult;
 use std::net::SocketAddr;
@@ -68,6 +68,22 @@ enum Command {
     Status,
 }
 
+/// The exit status when a write's outcome is unknown (it may or may not
+/// have been applied), distinct from a plain failure (1).
+const EXIT_OUTCOME_UNKNOWN: i32 = 3;
+
+/// A write's result, or: "outcome unknown" and exit status 3, so that a
+/// script can tell "may have been applied" from "was not applied".
+fn written(r: Result<KvResult, ClientError>) -> Result<KvResult> {
+    match r {
+        Err(e) if e.is_outcome_unknown() => {
+            eprintln!("outcome unknown: the write may or may not have been applied ({e})");
+            std::process::exit(EXIT_OUTCOME_UNKNOWN);
+        }
+        r => Ok(r?),
+    }
+}
+
 fn show(v: Option<Bytes>) -> String {
     match v {
         Some(v) => String::from_utf8_lossy(&v).into_owned(),
@@ -85,7 +101,7 @@ async fn main() -> Result<()> {
     let client = Client::with_session(cli.cluster.clone(), Session::assigned(), timeout);
     match cli.command {
         Command::Put { key, value } => {
-            let r = client.put(Bytes::from(key), Bytes::from(value)).await?;
+            let r = written(client.put(Bytes::from(key), Bytes::from(value)).await)?;
             match r {
                 KvResult::Done(prev) => println!("ok (previous: {})", show(prev)),
                 other => bail!("unexpected result {other:?}"),
@@ -100,21 +116,22 @@ async fn main() -> Result<()> {
             println!("{}", show(client.get(Bytes::from(key), mode).await?));
         }
         Command::Delete { key } => {
-            let r = client.delete(Bytes::from(key)).await?;
+            let r = written(client.delete(Bytes::from(key)).await)?;
             match r {
                 KvResult::Done(prev) => println!("deleted (previous: {})", show(prev)),
                 other => bail!("unexpected result {other:?}"),
             }
         }
         Command::Cas { key, new, expected } => {
-            match client
-                .cas(
-                    Bytes::from(key),
-                    expected.map(Bytes::from),
-                    Bytes::from(new),
-                )
-                .await?
-            {
+            match written(
+                client
+                    .cas(
+                        Bytes::from(key),
+                        expected.map(Bytes::from),
+                        Bytes::from(new),
+                    )
+                    .await,
+            )? {
                 KvResult::Cas { swapped: true, .. } => println!("swapped"),
                 KvResult::Cas {
                     swapped: false,

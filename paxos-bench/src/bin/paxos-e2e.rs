@@ -444,8 +444,7 @@ async fn compare(args: &Args, work: &Path) -> Vec<Value> {
 async fn compare(_args: &Args, _work: &Path) -> Vec<Value> {
     println!(
         "--compare needs the `compare` feature: `cargo xtask bench --compare` builds it \
-         (it needs protoc: apt-get install protobuf-compiler; and the servers: \
-         apt-get install etcd-server zookeeper)"
+         (with a vendored protoc; the servers: apt-get install etcd-server zookeeper)"
     );
     Vec::new()
 }

@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a node until SIGINT or SIGTERM.
@@ -69,6 +71,33 @@ enum Command {
         /// (a snapshot taken with another value is refused).
         #[arg(long, default_value_t = paxos_bench::kv::DEFAULT_MAX_SESSIONS)]
         max_sessions: usize,
+        /// MiB the session table holds at most (remembered results,
+        /// principals, a fixed cost per session); over it the least
+        /// recently used sessions are evicted. Must be the same on every
+        /// node of a cluster. At least 4.
+        #[arg(long, default_value_t = paxos_bench::kv::DEFAULT_MAX_SESSION_BYTES >> 20)]
+        max_session_mib: usize,
+        /// Apply this committed entry (zxid, as `0x...` hex or decimal) as a
+        /// no-op: the way past an entry the state machine panicked on (the
+        /// node then names it and refuses to start). Give every node the
+        /// same list. Repeatable.
+        #[arg(long = "skip-entry", value_parser = parse_zxid_arg)]
+        skip_entries: Vec<paxos_core::Zxid>,
+        /// This is the first start of a new cluster: the empty data directory
+        /// becomes a member's. Refused on a directory that has state; without
+        /// it (or --rejoin) an empty data directory is refused.
+        #[arg(long, conflicts_with = "rejoin")]
+        bootstrap: bool,
+        /// This node is a member of a running cluster that lost its data
+        /// directory: it starts empty as a recovering replica, catches up
+        /// from an established leader, and neither votes nor counts towards
+        /// any quorum until then.
+        #[arg(long)]
+        rejoin: bool,
+        /// The cluster's id, recorded at the first start and checked at every
+        /// start (default: derived from the cluster CA certificate).
+        #[arg(long)]
+        cluster_id: Option<String>,
         /// Client connections served at once; one more gets an error frame
         /// ("busy: too many client connections") and is closed.
         #[arg(long, default_value_t = paxos_bench::node::DEFAULT_MAX_CLIENT_CONNECTIONS)]
@@ -100,6 +129,11 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<u64>,
     },
+}
+
+fn parse_zxid_arg(s: &str) -> std::result::Result<paxos_core::Zxid, String> {
+    paxos_bench::node::parse_zxid(s)
+        .ok_or_else(|| format!("{s:?} is not a zxid (0x... or decimal)"))
 }
 
 fn main() -> Result<()> {
@@ -136,6 +170,11 @@ fn main() -> Result<()> {
             snapshot_every,
             loopback,
             max_sessions,
+            max_session_mib,
+            skip_entries,
+            bootstrap,
+            rejoin,
+            cluster_id,
             max_client_connections,
             client_idle_timeout_ms,
             threads,
@@ -160,6 +199,14 @@ fn main() -> Result<()> {
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;
             opts.max_sessions = max_sessions;
+            opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
+            opts.skip_entries = skip_entries;
+            opts.cluster_id = cluster_id;
+            opts.empty_start = match (bootstrap, rejoin) {
+                (true, _) => paxos_bench::identity::EmptyStart::Bootstrap,
+                (_, true) => paxos_bench::identity::EmptyStart::Rejoin,
+                _ => paxos_bench::identity::EmptyStart::Refuse,
+            };
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
                 (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));

@@ -31,7 +31,8 @@
 //! # Installing the servers
 //! They come from Debian: `apt-get install etcd-server zookeeper` (the latter
 //! pulls in a Java runtime). Building this feature needs `protoc` for the etcd
-//! client: `apt-get install protobuf-compiler`. Where a server is missing,
+//! client; `cargo xtask bench --compare` sets `PROTOC` to a vendored one (see
+//! `cargo xtask protoc`). Where a server is missing,
 //! [`run_comparison`] skips it and says how to install it; it never fails the
 //! whole run for that. Paths can be overridden with `PAXOS_COMPARE_ETCD`,
 //! `PAXOS_COMPARE_JAVA` and `PAXOS_COMPARE_ZK_JAR`.

@@ -6,5 +6,6 @@ mod client_limits;
 mod cluster;
 mod cluster_start;
 mod linearizable;
+mod outcome;
 mod sessions;
 mod snapshot_install;

@@ -235,6 +235,8 @@ pub struct SimStats {
     pub reads: u64,
     /// Log cleanups applied.
     pub compactions: u64,
+    /// Leaders that spent their epoch's zxid counter and stepped down.
+    pub epoch_rollovers: u64,
     /// After faults stopped: simulated time until a command committed again.
     pub recovery: Option<Duration>,
     /// Voters wiped (disk and snapshot lost).
@@ -1050,6 +1052,21 @@ impl<E: Elector> Sim<E> {
             match r.propose(Bytes::from(data)) {
                 Ok(z) => {
                     self.proposed.insert(z, h);
+                }
+                Err(crate::ProposeError::EpochExhausted { epoch, .. }) => {
+                    // The leader spent its epoch's counter and stepped down
+                    // (Config::max_epoch_counter): only then may it refuse.
+                    if self.nodes[i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.is_leader())
+                    {
+                        return Err(self.violation(format!(
+                            "leader {l:?} refused a proposal as exhausted in {epoch:?} but still leads"
+                        )));
+                    }
+                    self.stats.epoch_rollovers += 1;
+                    break;
                 }
                 Err(e) => {
                     return Err(

@@ -20,6 +20,7 @@ pub const NAMES: &[&str] = &[
     "partitioned_old_leader",
     "duplicated_reordered_accepts",
     "full_cluster_restart",
+    "epoch_counter_rollover",
     "recovering_voter_blocks_stale_leader",
     "lease_hold_off_after_restart",
 ];
@@ -38,6 +39,7 @@ pub fn run<E: Elector>(
         "partitioned_old_leader" => partitioned_old_leader(mk, seed),
         "duplicated_reordered_accepts" => duplicated_reordered_accepts(mk, seed),
         "full_cluster_restart" => full_cluster_restart(mk, seed),
+        "epoch_counter_rollover" => epoch_counter_rollover(mk, seed),
         "recovering_voter_blocks_stale_leader" => recovering_voter_blocks_stale_leader(mk, seed),
         "lease_hold_off_after_restart" => lease_hold_off_after_restart(mk, seed, false),
         _ => return None,
@@ -100,6 +102,40 @@ pub fn leader_crash_mid_broadcast<E: Elector>(
     wait_acked(&mut sim, acked + 20)?;
     sim.restart(l);
     sim.run_for(Duration::from_millis(500))?;
+    finish(sim)
+}
+
+/// The zxid counter limit is set low: a leader that reaches it steps down,
+/// a new epoch starts, and commands keep committing through several such
+/// moves with every acknowledged entry kept.
+pub fn epoch_counter_rollover<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut cfg = SimConfig {
+        seed,
+        ..SimConfig::default()
+    };
+    cfg.replica.max_epoch_counter = 40;
+    let mut sim = mk(cfg);
+    let l = wait_leader(&mut sim, None)?;
+    let first_epoch = sim
+        .replica(l)
+        .map(|r| r.hard_state().current_epoch)
+        .ok_or_else(|| fail(&sim, "no leader replica"))?;
+    // 200 commands need at least five epochs of 40.
+    wait_acked(&mut sim, 200)?;
+    let l = wait_leader(&mut sim, None)?;
+    let epoch = sim
+        .replica(l)
+        .map(|r| r.hard_state().current_epoch)
+        .ok_or_else(|| fail(&sim, "no leader replica"))?;
+    if epoch.0 < first_epoch.0 + 4 || sim.stats().epoch_rollovers < 4 {
+        return Err(fail(
+            &sim,
+            &format!("epochs moved from {first_epoch:?} only to {epoch:?}"),
+        ));
+    }
     finish(sim)
 }
 

@@ -9,6 +9,7 @@
 
 mod abstain;
 mod elector;
+mod heal;
 mod properties;
 mod scenarios;
 mod sim;

@@ -8,6 +8,7 @@ mod faults;
 mod model;
 mod powerloss;
 mod scan;
+mod unproven;
 
 use std::path::{Path, PathBuf};
 
