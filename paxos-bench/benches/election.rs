@@ -323,6 +323,7 @@ fn per_message(c: &mut Criterion, quick: bool) {
         round: e.round(),
         state: PeerState::Looking,
         locked: false,
+        abstain: false,
     };
     let bytes = msg.to_bytes();
     let mut g = c.benchmark_group("election_message");

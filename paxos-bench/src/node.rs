@@ -43,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
-use crate::identity::{self, EmptyStart};
+use crate::identity::{self, EmptyStart, Identity, Standing};
 use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
@@ -315,6 +315,8 @@ struct Driver {
     compacted_mark: u64,
     /// Where [`POISONED_FILE`] is written.
     data_dir: PathBuf,
+    /// The identity recorded in the data directory.
+    identity: Identity,
     /// Reads waiting for their read-index round, by read id, with the time
     /// they give up.
     pending_reads: HashMap<u64, (Bytes, Reply, Instant)>,
@@ -376,8 +378,8 @@ pub async fn run_node(
         Some(c) => c.clone(),
         None => identity::cluster_id_from_ca(&opts.ca_cert)?,
     };
-    let identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
-    tracing::info!(cluster = %identity.cluster, standing = ?identity.standing, "identity checked");
+    let disk_identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, "identity checked");
 
     // Storage and the state machine, recovered from disk.
     let wal_options = WalOptions {
@@ -433,8 +435,15 @@ pub async fn run_node(
     config.max_message_bytes = config.max_message_bytes.min(segment_limit);
     let origin = Instant::now();
     let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
-    let replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
+    let mut replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
         .map_err(|e| anyhow::anyhow!("starting the replica: {e}"))?;
+    // A member that lost its disk (--rejoin) neither votes nor counts until
+    // an established leader has readmitted it; the kernel keeps the flag in
+    // the hard state, so a restart mid-recovery stays recovering.
+    if disk_identity.standing == Standing::Recovering && !replica.is_recovering() {
+        tracing::warn!(id = %id, "rejoining with an empty data directory: recovering until an established leader readmits this node");
+        replica.mark_recovering();
+    }
     // The election round is persisted so that a restarted node never votes
     // twice in one round (paxos-election's contract).
     let initial_round = replica.storage().extra(ELECTION_ROUND_FIELD).unwrap_or(0);
@@ -442,6 +451,7 @@ pub async fn run_node(
         id,
         voters,
         initial_round,
+        voting: !replica.is_recovering(),
         seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
         ..ElectionConfig::default()
     })
@@ -520,6 +530,7 @@ pub async fn run_node(
         skip_entries: opts.skip_entries.clone(),
         compacted_mark: compacted,
         data_dir: opts.data_dir.clone(),
+        identity: disk_identity,
         pending_reads: HashMap::new(),
         waiting_reads: VecDeque::new(),
         next_read: 1,
@@ -1092,6 +1103,26 @@ impl Driver {
                     reply.send(Response::Error("retry: read aborted".into()));
                 }
             }
+            paxos_core::Event::RecoveryStarted => {
+                tracing::warn!(id = %self.id, "recovering: not voting until an established leader readmits this node");
+                self.elector.set_voting(now, false);
+            }
+            paxos_core::Event::RecoveryComplete { leader, epoch } => {
+                tracing::info!(id = %self.id, %leader, ?epoch, "readmitted: voting again");
+                self.elector.set_voting(now, true);
+                // The kernel's flag is cleared durably; the identity follows
+                // (a crash in between only makes the next start recover again).
+                let id = Identity {
+                    standing: Standing::Member,
+                    ..self.identity.clone()
+                };
+                match identity::write(&self.data_dir, &id) {
+                    Ok(()) => self.identity = id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "identity not updated; the next start recovers again")
+                    }
+                }
+            }
             paxos_core::Event::StorageFailed(e) => {
                 tracing::error!(id = %self.id, error = %e, "storage read failed");
             }
@@ -1349,6 +1380,7 @@ impl Driver {
                     "matched": p.map(|p| format!("{:?}", p.matched)),
                     "applied": p.map(|p| format!("{:?}", p.applied)),
                     "in_broadcast": p.map(|p| p.in_broadcast),
+                    "recovering": p.map(|p| p.recovering),
                     "lag_entries": lag,
                     "id": m.peer.0,
                     "connected": m.connected,
@@ -1364,6 +1396,8 @@ impl Driver {
             "id": self.id.0,
             "pid": std::process::id(),
             "role": role,
+            "recovering": self.replica.is_recovering(),
+            "cluster": self.identity.cluster,
             "leader": self.replica.leader().map(|l| l.0),
             "epoch": self.replica.established_epoch().map(|e| e.0),
             "accepted_epoch": hs.accepted_epoch.0,
@@ -1375,6 +1409,7 @@ impl Driver {
             "keys": self.kv.len(),
             "sessions": self.kv.session_count(),
             "sessions_evicted": self.kv.sessions_evicted(),
+            "session_bytes": self.kv.session_bytes(),
             "digest": self.kv.digest(),
             "proposals": self.stats.proposals,
             "applied_entries": self.stats.applied,

@@ -7,5 +7,6 @@ mod cluster;
 mod cluster_start;
 mod linearizable;
 mod outcome;
+mod rejoin;
 mod sessions;
 mod snapshot_install;
