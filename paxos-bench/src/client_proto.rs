@@ -1,4 +1,5 @@
-//! The client protocol of the reference node: length-prefixed frames over TCP.
+//! The client protocol of the reference node: length-prefixed frames over TLS
+//! (or plain TCP with `--insecure-plaintext-clients`).
 //!
 //! A frame is `u32 length (LE) | body`; a body is a [`Request`] or a
 //! [`Response`]. Requests carry an id chosen by the client, so one connection
@@ -278,7 +279,9 @@ where
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // The flush hands TLS records still buffered in the TLS layer to the
+        // socket (a no-op on plain TCP).
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;
         }
         buf.clear();

@@ -7,6 +7,12 @@
 //! bench`), `<results>/e2e-full.json` (every run) and `<results>/e2e-report.html`
 //! (a self-contained page with SVG plots). `--quick` is the CI smoke run: one
 //! 3-node cluster, short runs, the same correctness checks.
+//!
+//! Clients speak TLS with a client certificate, as any client must.
+//! `--plaintext-baseline` also starts a cluster of the same size with
+//! `--insecure-plaintext-clients` and runs every write point on it right
+//! after the same point over TLS (the idle cluster only heartbeats
+//! meanwhile): the figures "TLS cost" put the two side by side.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +58,10 @@ struct Args {
     /// thread against 80k from two workers.
     #[arg(long, default_value_t = 0)]
     client_threads: usize,
+    /// Also measure every write point against a cluster whose client ports
+    /// speak plain TCP (`--insecure-plaintext-clients`), beside TLS.
+    #[arg(long)]
+    plaintext_baseline: bool,
     /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -146,6 +156,7 @@ async fn run(args: Args) -> Result<()> {
     let bin = node_binary()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut runs: Vec<Run> = Vec::new();
+    let mut plaintext_runs: Vec<Run> = Vec::new();
     let mut failovers: Vec<Value> = Vec::new();
     let mut run_id = 1u64;
 
@@ -158,6 +169,22 @@ async fn run(args: Args) -> Result<()> {
         // Warm the WAL files and the connections before measuring.
         warm_up(&cluster, run_id).await;
         run_id += 1;
+        let plain = if args.plaintext_baseline {
+            let mut spec = ClusterSpec::new(
+                n,
+                work.path().join(format!("cluster-{n}-plaintext")),
+                bin.clone(),
+            );
+            spec.insecure_plaintext_clients = true;
+            let plain = LocalCluster::start(spec)?;
+            let leader = plain.wait_for_leader(Duration::from_secs(20)).await?;
+            println!("plaintext baseline cluster: leader node {leader}");
+            warm_up(&plain, run_id).await;
+            run_id += 1;
+            Some(plain)
+        } else {
+            None
+        };
         for &value_bytes in &args.values {
             // Every write level, then reads at the highest concurrency.
             let reads_at = *args.concurrency.last().unwrap_or(&16);
@@ -176,6 +203,7 @@ async fn run(args: Args) -> Result<()> {
                     workload,
                     run_id,
                     timeout: Duration::from_secs(5),
+                    security: cluster.client_security(),
                 })
                 .await;
                 run_id += 1;
@@ -194,8 +222,34 @@ async fn run(args: Args) -> Result<()> {
                     concurrency,
                     result: r,
                 });
+                // The same point without TLS, right after.
+                if let (Some(plain), Workload::Writes) = (&plain, workload) {
+                    let r = loadgen::run(LoadSpec {
+                        addrs: plain.client_addrs(),
+                        concurrency,
+                        connections: concurrency.clamp(1, 8),
+                        value_bytes,
+                        duration,
+                        workload,
+                        run_id,
+                        timeout: Duration::from_secs(5),
+                        security: plain.client_security(),
+                    })
+                    .await;
+                    run_id += 1;
+                    print_run("plain", n, value_bytes, concurrency, &r);
+                    check_sample(plain, &r).await?;
+                    plaintext_runs.push(Run {
+                        nodes: n,
+                        workload: kind,
+                        value_bytes,
+                        concurrency,
+                        result: r,
+                    });
+                }
             }
         }
+        drop(plain);
         if n == 3 {
             let f = failover(
                 cluster,
@@ -214,7 +268,7 @@ async fn run(args: Args) -> Result<()> {
         compare_rows = compare(&args, work.path()).await;
     }
 
-    write_results(&results, &runs, &failovers, &compare_rows)?;
+    write_results(&results, &runs, &plaintext_runs, &failovers, &compare_rows)?;
     let lost: u64 = failovers
         .iter()
         .map(|f| f["lost_writes"].as_u64().unwrap_or(0))
@@ -246,13 +300,19 @@ async fn warm_up(cluster: &LocalCluster, run_id: u64) {
         workload: Workload::Writes,
         run_id,
         timeout: Duration::from_secs(5),
+        security: cluster.client_security(),
     })
     .await;
 }
 
 /// Reads back a sample of a run's acknowledged writes (linearizable reads).
 async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
-    let client = Client::new(cluster.client_addrs(), u64::MAX - 1, Duration::from_secs(5));
+    let client = Client::new(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        u64::MAX - 1,
+        Duration::from_secs(5),
+    );
     let step = (r.acked.len() / 50).max(1);
     for (key, value) in r.acked.iter().step_by(step) {
         let got = client.get(key.clone(), ReadMode::Linearizable).await?;
@@ -260,7 +320,12 @@ async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
             // Say where the value is (and is not) before failing.
             let mut seen = Vec::new();
             for (id, m) in cluster.members() {
-                let c = Client::new(vec![m.client], u64::MAX - 3, Duration::from_secs(2));
+                let c = Client::new(
+                    vec![m.client],
+                    cluster.client_security(),
+                    u64::MAX - 3,
+                    Duration::from_secs(2),
+                );
                 let stale = c.get(key.clone(), ReadMode::Stale).await;
                 seen.push(format!("node {id}: {stale:?}"));
             }
@@ -294,6 +359,7 @@ async fn failover(
         workload: Workload::Writes,
         run_id,
         timeout: Duration::from_secs(10),
+        security: cluster.client_security(),
     }));
     tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
     // A probe writes with a short timeout until a write commits again. Its
@@ -305,6 +371,7 @@ async fn failover(
             .copied()
             .filter(|a| *a != cluster.members()[&leader].client)
             .collect(),
+        cluster.client_security(),
         (run_id << 20) | 0xFFFFF,
         Duration::from_millis(200),
     ));
@@ -335,6 +402,7 @@ async fn failover(
     // Every acknowledged write must be readable from the new leader.
     let checker = Arc::new(Client::new(
         addrs.clone(),
+        cluster.client_security(),
         u64::MAX - 2,
         Duration::from_secs(5),
     ));
@@ -453,6 +521,7 @@ async fn compare(_args: &Args, _work: &Path) -> Vec<Value> {
 fn write_results(
     results: &Path,
     runs: &[Run],
+    plaintext_runs: &[Run],
     failovers: &[Value],
     compare: &[Value],
 ) -> Result<()> {
@@ -541,6 +610,26 @@ fn write_results(
             }));
         }
     }
+    // TLS beside plaintext at the same point.
+    for p in plaintext_runs {
+        if let Some(r) = runs.iter().find(|r| {
+            r.workload == p.workload
+                && r.nodes == p.nodes
+                && r.value_bytes == p.value_bytes
+                && r.concurrency == p.concurrency
+        }) {
+            figures.push(json!({
+                "name": format!(
+                    "TLS cost: {} nodes, {} B writes, {} clients, TLS vs plaintext",
+                    r.nodes, r.value_bytes, r.concurrency
+                ),
+                "value": r.result.throughput(),
+                "unit": "writes/s",
+                "baseline_name": "plaintext",
+                "baseline": p.result.throughput(),
+            }));
+        }
+    }
     for r in runs.iter().filter(|r| r.workload == "reads") {
         figures.push(json!({
             "name": format!("{} nodes, linearizable reads, {} clients", r.nodes, r.concurrency),
@@ -574,6 +663,7 @@ fn write_results(
     )?;
     let full = json!({
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "plaintext_runs": plaintext_runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "failovers": failovers,
         "compare": compare,
     });
