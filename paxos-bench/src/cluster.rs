@@ -86,6 +86,9 @@ pub struct ClusterSpec {
     /// Run the nodes with `--insecure-plaintext-clients` (plain TCP client
     /// ports, no authentication). Default `false`.
     pub insecure_plaintext_clients: bool,
+    /// Client TLS handshakes must complete within this many milliseconds
+    /// (`--client-handshake-timeout-ms`).
+    pub client_handshake_timeout_ms: u64,
 }
 
 impl ClusterSpec {
@@ -111,6 +114,10 @@ impl ClusterSpec {
                 (READER_CLIENT.to_string(), Role::ReadOnly),
             ],
             insecure_plaintext_clients: false,
+            client_handshake_timeout_ms: u64::try_from(
+                crate::node::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         }
     }
 }
@@ -405,6 +412,10 @@ impl LocalCluster {
                     .insecure_plaintext_clients
                     .then_some("--insecure-plaintext-clients"),
             )
+            .args([
+                "--client-handshake-timeout-ms",
+                &self.spec.client_handshake_timeout_ms.to_string(),
+            ])
             .env(
                 "RUST_LOG",
                 std::env::var("PAXOS_NODE_LOG").unwrap_or_else(|_| "info".into()),

@@ -96,6 +96,10 @@ enum Command {
         /// Only for tests and benchmarks on a trusted network.
         #[arg(long)]
         insecure_plaintext_clients: bool,
+        /// Close a client connection whose TLS handshake has not completed
+        /// within this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        client_handshake_timeout_ms: u64,
     },
     /// Write node and client certificates as PEM files, signed by the
     /// directory's CA (ca.pem and ca.key.pem, created on the first run and
@@ -193,6 +197,7 @@ fn main() -> Result<()> {
             threads,
             inline_sync_bytes,
             insecure_plaintext_clients,
+            client_handshake_timeout_ms,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -213,6 +218,8 @@ fn main() -> Result<()> {
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;
             opts.insecure_plaintext_clients = insecure_plaintext_clients;
+            opts.client_handshake_timeout =
+                Duration::from_millis(client_handshake_timeout_ms.max(1));
             opts.max_sessions = max_sessions;
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =

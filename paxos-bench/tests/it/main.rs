@@ -8,3 +8,4 @@ mod cluster_start;
 mod linearizable;
 mod sessions;
 mod snapshot_install;
+mod tls;
