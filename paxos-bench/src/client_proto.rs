@@ -263,7 +263,8 @@ impl Frame for Response {
 }
 
 /// Writes the frames queued on `rx` to `wr` until either side closes,
-/// coalescing whatever is already queued (up to 256 KiB) into one write.
+/// coalescing whatever is already queued (up to 256 KiB) into one write,
+/// then shuts `wr` down.
 pub async fn write_frames<F, W>(mut wr: W, mut rx: tokio::sync::mpsc::Receiver<(u64, F)>)
 where
     F: Frame,
@@ -286,7 +287,15 @@ where
         }
         buf.clear();
     }
+    // Tell the peer that nothing more comes (a TLS close_notify, then the
+    // TCP FIN), so that it ends its side even while the read half of this
+    // connection is still held; bounded, since a peer that reads nothing
+    // would hold it for ever.
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, wr.shutdown()).await;
 }
+
+/// How long [`write_frames`] waits for its stream's shutdown.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Splits complete frames off the front of `buf`; `Err` on a frame over
 /// [`MAX_CLIENT_FRAME_BYTES`] (the connection should then be closed).

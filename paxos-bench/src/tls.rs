@@ -196,6 +196,27 @@ impl ClientTlsConfig {
         Ok(Self::finish(config, principal))
     }
 
+    /// Like [`from_pem`](Self::from_pem) but without requiring the
+    /// certificate to name a principal (a node's certificate, say). Nodes
+    /// refuse such a certificate; this exists to test and diagnose that
+    /// refusal. Its principal is [`Principal::anonymous`].
+    pub fn from_pem_any_certificate(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, TlsError> {
+        let roots = parse_certs(ca_pem.as_bytes(), "CA certificate")?;
+        let chain = parse_certs(cert_pem.as_bytes(), "client certificate")?;
+        let key = parse_key(key_pem.as_bytes(), "client key")?;
+        let config = client_builder(&roots)?
+            .with_client_auth_cert(chain, key)
+            .map_err(|source| TlsError::Rustls {
+                context: "client certificate and key",
+                source,
+            })?;
+        Ok(Self::finish(config, Principal::anonymous()))
+    }
+
     /// A configuration that presents no client certificate. Every node
     /// refuses it (client authentication is mandatory); it exists to test
     /// and diagnose that refusal. Its principal is [`Principal::anonymous`].

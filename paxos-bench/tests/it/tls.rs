@@ -129,6 +129,16 @@ async fn only_clients_with_a_valid_certificate_from_the_cluster_ca_are_served() 
     refused(addrs.clone(), expired.into(), "expired").await;
     legit_put_get(&cluster, "after-expired").await;
 
+    // A node's certificate (right CA, valid, but no principal).
+    let node = ClientTlsConfig::from_pem_any_certificate(
+        &ca_pem,
+        &read_pem(&certs, "node-1.pem"),
+        &read_pem(&certs, "node-1.key.pem"),
+    )
+    .expect("config");
+    refused(addrs.clone(), node.into(), "names no client principal").await;
+    legit_put_get(&cluster, "after-node-certificate").await;
+
     // A client added later with the same CA is served.
     let late = ca
         .issue_client("carol", ClientRole::ReadWrite)
@@ -281,4 +291,36 @@ async fn a_plaintext_cluster_serves_anonymous_clients_and_warns() {
     }
     let log = std::fs::read_to_string(cluster.log_path(1)).expect("node log");
     assert!(log.contains("--insecure-plaintext-clients"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_over_the_limit_is_told_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = one_node(dir.path());
+    spec.max_client_connections = 2;
+    let cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_for_leader(WAIT)
+        .await
+        .expect("a leader is elected");
+    let addrs = cluster.client_addrs();
+    // Two clients hold a connection each (a read opens it).
+    let first = Client::new(addrs.clone(), cluster.client_security(), 31, WAIT);
+    let second = Client::new(addrs.clone(), cluster.client_security(), 32, WAIT);
+    for c in [&first, &second] {
+        c.get(Bytes::from_static(b"k"), ReadMode::Stale)
+            .await
+            .expect("served");
+    }
+    // The third is told why, over TLS.
+    match Client::status_of(addrs[0], &cluster.client_security(), WAIT).await {
+        Err(ClientError::Node(e)) => assert!(e.contains("too many client connections"), "{e}"),
+        other => panic!("expected the limit's error, got {other:?}"),
+    }
+    // The two connections in keep working.
+    for c in [&first, &second] {
+        c.get(Bytes::from_static(b"k"), ReadMode::Stale)
+            .await
+            .expect("still served");
+    }
 }
