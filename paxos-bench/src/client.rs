@@ -309,6 +309,8 @@ impl Client {
             }
             let conn = match self.connect(prefer.take()).await {
                 Ok(c) => c,
+                // Every node refused TLS: asking again changes nothing.
+                Err(e @ ClientError::Tls(_)) => return Err(e),
                 Err(e) => {
                     last = Some(e);
                     continue;

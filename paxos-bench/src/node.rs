@@ -1472,10 +1472,26 @@ async fn tls_handshake(
         let _ = stream.shutdown().await;
         return Err("not TLS (a plaintext client?); told so and closed".to_string());
     }
-    let tls = acceptor
-        .accept(stream)
-        .await
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let tls = acceptor.accept(stream).await.map_err(|e| {
+        let no_principal = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| {
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure
+                    )
+                )
+            });
+        if no_principal {
+            "TLS handshake failed: the client certificate names no principal \
+             (paxos-client://<rw|ro>/<name>; a node certificate?)"
+                .to_string()
+        } else {
+            format!("TLS handshake failed: {e}")
+        }
+    })?;
     let principal = crate::tls::peer_principal(tls.get_ref().1).map_err(|e| e.to_string())?;
     Ok((tls, principal))
 }
