@@ -1452,15 +1452,27 @@ async fn tls_handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Principal), String> {
-    let mut first = [0u8; 1];
-    let n = stream
-        .peek(&mut first)
-        .await
-        .map_err(|e| format!("reading the first byte: {e}"))?;
-    if n == 0 {
-        return Err("closed before the TLS handshake".to_string());
+    // A TLS record header starts with the handshake type and a 3.x
+    // version; a plaintext frame starts with its length (little-endian),
+    // which only rarely looks like that. A peer that sent fewer bytes yet is
+    // asked again shortly (the handshake timeout bounds the wait).
+    let mut head = [0u8; 3];
+    loop {
+        let n = stream
+            .peek(&mut head)
+            .await
+            .map_err(|e| format!("reading the first bytes: {e}"))?;
+        if n == 0 {
+            return Err("closed before the TLS handshake".to_string());
+        }
+        if n == head.len() || head[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if first[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+    let looks_like_tls =
+        head[0] == crate::tls::TLS_HANDSHAKE_RECORD && head[1] == 0x03 && head[2] <= 0x04;
+    if !looks_like_tls {
         let mut frame = BytesMut::new();
         Response::Error(format!(
             "{TLS_REQUIRED_PREFIX} this port speaks TLS; connect with a client certificate \

@@ -237,6 +237,16 @@ async fn plaintext_and_silent_connections_are_refused_cleanly() {
         "this port speaks TLS",
     )
     .await;
+    // Even a request whose first byte (its length, 22) is the TLS handshake
+    // record type.
+    let plain = Client::new(vec![addr], ClientSecurity::InsecurePlaintext, 3, WAIT);
+    match plain
+        .get(Bytes::from_static(b"greeting"), ReadMode::Stale)
+        .await
+    {
+        Err(ClientError::Tls(e)) => assert!(e.contains("this port speaks TLS"), "{e}"),
+        other => panic!("expected the node to ask for TLS, got {other:?}"),
+    }
     legit_put_get(&cluster, "after-plaintext").await;
 
     // A connection that never starts its handshake is closed after the
