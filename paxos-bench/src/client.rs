@@ -508,6 +508,10 @@ async fn open(addr: SocketAddr, security: &ClientSecurity) -> Result<Conn, Clien
             Ok(spawn_conn(addr, rd, wr))
         }
         ClientSecurity::Tls(tls) => {
+            // rustls reads at most 4 KiB per call; the buffer below it lets
+            // one system call take a whole burst of pipelined answers.
+            let stream =
+                tokio::io::BufReader::with_capacity(crate::tls::TLS_READ_BUFFER_BYTES, stream);
             let stream = tls
                 .connector()
                 .connect(ClientTlsConfig::server_name(), stream)

@@ -1445,13 +1445,16 @@ fn refuse_client(
     }
 }
 
+/// A client connection after its TLS handshake.
+type ClientTlsStream = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
+
 /// The TLS handshake of a client connection, and the principal its
 /// certificate names. A connection whose first byte is not a TLS handshake
 /// record (a plaintext client) is told so in a plaintext error frame.
 async fn tls_handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Principal), String> {
+) -> Result<(ClientTlsStream, Principal), String> {
     // A TLS record header starts with the handshake type and a 3.x
     // version; a plaintext frame starts with its length (little-endian),
     // which only rarely looks like that. A peer that sent fewer bytes yet is
@@ -1484,7 +1487,10 @@ async fn tls_handshake(
         let _ = stream.shutdown().await;
         return Err("not TLS (a plaintext client?); told so and closed".to_string());
     }
-    let tls = acceptor.accept(stream).await.map_err(|e| {
+    // rustls reads at most 4 KiB per call; the buffer below it lets one
+    // system call take a whole burst of pipelined requests.
+    let buffered = tokio::io::BufReader::with_capacity(crate::tls::TLS_READ_BUFFER_BYTES, stream);
+    let tls = acceptor.accept(buffered).await.map_err(|e| {
         let no_principal = e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -39,6 +39,11 @@ use crate::auth::{AuthError, Principal, Role};
 /// The ALPN protocol id of the client port.
 pub const ALPN: &[u8] = b"paxos-kv/1";
 
+/// The read buffer under a TLS stream (node and client): rustls itself
+/// reads at most 4 KiB per call, so without it a burst of pipelined frames
+/// costs one system call per 4 KiB.
+pub const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The TLS record type of a handshake message: the first byte a TLS client
 /// sends.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;

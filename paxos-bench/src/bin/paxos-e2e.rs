@@ -75,6 +75,9 @@ struct Run {
     value_bytes: usize,
     concurrency: usize,
     result: LoadResult,
+    /// CPU microseconds per acknowledged operation: (the cluster's node
+    /// processes, this load generator).
+    cpu_us_per_op: (f64, f64),
 }
 
 impl Run {
@@ -91,6 +94,8 @@ impl Run {
             "p50_us": self.result.quantile_us(0.5),
             "p99_us": self.result.quantile_us(0.99),
             "p999_us": self.result.quantile_us(0.999),
+            "node_cpu_us_per_op": self.cpu_us_per_op.0,
+            "client_cpu_us_per_op": self.cpu_us_per_op.1,
         })
     }
 }
@@ -209,6 +214,7 @@ async fn run(args: Args) -> Result<()> {
                     order.insert(usize::from(!plain_first), (p, true));
                 }
                 for (target, is_plain) in order {
+                    let cpu_before = (target.cpu_time(), own_cpu_time());
                     let r = loadgen::run(LoadSpec {
                         addrs: target.client_addrs(),
                         concurrency,
@@ -222,12 +228,21 @@ async fn run(args: Args) -> Result<()> {
                     })
                     .await;
                     run_id += 1;
+                    let ops = r.ok.max(1) as f64;
+                    let cpu_us_per_op = (
+                        target.cpu_time().saturating_sub(cpu_before.0).as_secs_f64() * 1e6 / ops,
+                        own_cpu_time().saturating_sub(cpu_before.1).as_secs_f64() * 1e6 / ops,
+                    );
                     print_run(
                         if is_plain { "plain" } else { kind },
                         n,
                         value_bytes,
                         concurrency,
                         &r,
+                    );
+                    println!(
+                        "        CPU per op: nodes {:.1} us, load generator {:.1} us",
+                        cpu_us_per_op.0, cpu_us_per_op.1
                     );
                     if workload == Workload::Writes {
                         check_sample(target, &r).await?;
@@ -238,6 +253,7 @@ async fn run(args: Args) -> Result<()> {
                         value_bytes,
                         concurrency,
                         result: r,
+                        cpu_us_per_op,
                     };
                     if is_plain {
                         plaintext_runs.push(run);
@@ -275,6 +291,11 @@ async fn run(args: Args) -> Result<()> {
         bail!("{lost} acknowledged writes were lost");
     }
     Ok(())
+}
+
+/// CPU time this process (the load generator) has used so far.
+fn own_cpu_time() -> Duration {
+    paxos_bench::cluster::process_cpu_time(std::process::id()).unwrap_or_default()
 }
 
 fn print_run(kind: &str, n: u64, value_bytes: usize, concurrency: usize, r: &LoadResult) {
@@ -625,6 +646,16 @@ fn write_results(
                 "unit": "writes/s",
                 "baseline_name": "plaintext",
                 "baseline": p.result.throughput(),
+            }));
+            figures.push(json!({
+                "name": format!(
+                    "TLS cost: {} nodes, {} B writes, {} clients, node CPU per write",
+                    r.nodes, r.value_bytes, r.concurrency
+                ),
+                "value": r.cpu_us_per_op.0,
+                "unit": "us",
+                "baseline_name": "plaintext",
+                "baseline": p.cpu_us_per_op.0,
             }));
         }
     }
