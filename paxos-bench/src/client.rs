@@ -30,6 +30,14 @@
 //! [`ClientError::SessionExpired`] (its outcome is unknown, like a timeout's:
 //! an earlier attempt may have been applied); the session then opens a fresh
 //! cluster-assigned session for its next write, never reusing the old id.
+//!
+//! Connections use TLS with a client certificate ([`ClientSecurity::Tls`],
+//! see [`crate::tls`]); the handshake happens once per connection, when it
+//! is opened. A node that refuses the certificate fails the call with
+//! [`ClientError::Tls`] (not retried: it would be refused again); a write
+//! by a read-only principal fails with [`ClientError::Forbidden`].
+//! [`ClientSecurity::InsecurePlaintext`] speaks plain TCP to nodes run with
+//! `--insecure-plaintext-clients`.
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -38,12 +46,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
 use crate::kv::{KvCommand, KvOp, KvResult};
+use crate::tls::{describe_tls_error, ClientSecurity, ClientTlsConfig};
 
 /// A failed client call.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,15 @@ pub enum ClientError {
         /// The last thing that went wrong.
         detail: String,
     },
+    /// TLS failed: the node refused this client's certificate (none, another
+    /// CA's, expired, not a client's), the node's certificate is not
+    /// trusted, or the node does not speak TLS (or only TLS). Not retried.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The node refused the request for this client's role (a write by a
+    /// read-only principal); nothing was proposed.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The cluster no longer knows the session (it was evicted from the
     /// bounded session table): this attempt was not applied, but an earlier
     /// attempt of the same write may have been. The [`Session`] opens a new
@@ -122,10 +140,24 @@ struct Conn {
     pending: Pending,
     /// Set by the reader when the server closed the connection.
     closed: Arc<std::sync::atomic::AtomicBool>,
-    /// Why the node closed the connection, if it said (an error frame with
-    /// id 0: over its connection limit, idle, a bad frame).
-    reason: Arc<Mutex<Option<String>>>,
+    /// Why the connection ended, if known: the node said so (an error
+    /// frame with id 0: over its connection limit, idle, a bad frame), or
+    /// TLS failed.
+    reason: Arc<Mutex<Option<Closed>>>,
 }
+
+/// Why a connection ended.
+#[derive(Clone, Debug)]
+enum Closed {
+    /// The node's last word (an error frame with id 0).
+    Said(String),
+    /// A TLS failure, in words.
+    Tls(String),
+}
+
+/// The prefix of the error text with which a node answers a connection that
+/// does not speak TLS to its TLS port.
+pub const TLS_REQUIRED_PREFIX: &str = "tls required:";
 
 impl Conn {
     fn is_usable(&self) -> bool {
@@ -135,7 +167,8 @@ impl Conn {
     /// The error for a call that the connection's end cut short.
     fn closed_error(&self) -> ClientError {
         match self.reason.lock().clone() {
-            Some(reason) => ClientError::Node(reason),
+            Some(Closed::Said(reason)) => ClientError::Node(reason),
+            Some(Closed::Tls(reason)) => ClientError::Tls(reason),
             None => ClientError::Io(std::io::ErrorKind::ConnectionReset.into()),
         }
     }
@@ -188,6 +221,7 @@ impl Session {
 /// A pipelined client; cheap to share behind an `Arc`.
 pub struct Client {
     addrs: Vec<SocketAddr>,
+    security: ClientSecurity,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
     session: tokio::sync::Mutex<Session>,
@@ -198,26 +232,54 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the cluster whose client addresses are `addrs`. Its
+    /// A client of the cluster whose client addresses are `addrs`, connecting
+    /// with `security` (TLS and a client certificate, normally). Its
     /// default session (for [`put`](Client::put), [`delete`](Client::delete)
     /// and [`cas`](Client::cas)) has the id `session`; concurrent calls on the
     /// default session are serialised. Use [`write_in`](Client::write_in)
     /// with a [`Session`] per task for concurrent writes.
-    pub fn new(addrs: Vec<SocketAddr>, session: u64, timeout: Duration) -> Client {
-        Client::with_session(addrs, Session::new(session), timeout)
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        security: impl Into<ClientSecurity>,
+        session: u64,
+        timeout: Duration,
+    ) -> Client {
+        Client::with_session(addrs, security, Session::new(session), timeout)
     }
 
     /// A client whose default session is `session` (for example
     /// [`Session::assigned`]).
-    pub fn with_session(addrs: Vec<SocketAddr>, session: Session, timeout: Duration) -> Client {
+    pub fn with_session(
+        addrs: Vec<SocketAddr>,
+        security: impl Into<ClientSecurity>,
+        session: Session,
+        timeout: Duration,
+    ) -> Client {
+        let security = security.into();
         Client {
+            principal: Bytes::copy_from_slice(security.principal().as_bytes()),
             addrs,
+            security,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
             session: tokio::sync::Mutex::new(session),
             timeout,
-            principal: Bytes::new(),
         }
+    }
+
+    /// Makes this client name `principal` in its commands instead of the
+    /// one its certificate proves: only for tests of the node's check,
+    /// which refuses such commands as forbidden.
+    #[doc(hidden)]
+    pub fn claiming_principal(mut self, principal: &str) -> Client {
+        self.principal = Bytes::copy_from_slice(principal.as_bytes());
+        self
+    }
+
+    /// The name of this client's principal (from its certificate;
+    /// [`crate::auth::ANONYMOUS`] without TLS).
+    pub fn principal(&self) -> &str {
+        self.security.principal()
     }
 
     /// The id of the default session, once known.
@@ -235,19 +297,36 @@ impl Client {
         let mut order: Vec<SocketAddr> = prefer.into_iter().collect();
         order.extend(self.addrs.iter().copied().filter(|a| Some(*a) != prefer));
         let mut last = String::from("no address");
+        let mut tls_failure = None;
         for addr in &order {
-            match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = Arc::new(spawn_conn(*addr, stream));
+            match tokio::time::timeout(self.timeout, open(*addr, &self.security)).await {
+                Ok(Ok(conn)) => {
+                    let conn = Arc::new(conn);
                     *guard = Some(conn.clone());
                     return Ok(conn);
                 }
+                Ok(Err(ClientError::Tls(e))) => {
+                    last = format!("{addr}: {e}");
+                    tls_failure = Some(last.clone());
+                }
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: connect timed out"),
+                Err(_) => {
+                    last = match self.security {
+                        ClientSecurity::Tls(_) => format!(
+                            "{addr}: connect and TLS handshake timed out (is the node running \
+                             with --insecure-plaintext-clients?)"
+                        ),
+                        ClientSecurity::InsecurePlaintext => format!("{addr}: connect timed out"),
+                    }
+                }
             }
         }
         *guard = None;
+        // A node that answered and refused TLS says more than one that did
+        // not answer.
+        if let Some(tls) = tls_failure {
+            return Err(ClientError::Tls(tls));
+        }
         Err(ClientError::Unreachable {
             tried: order.len(),
             last,
@@ -277,10 +356,18 @@ impl Client {
         // From here on the request may have reached the node.
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(AttemptError {
-                error: conn.closed_error(),
-                in_doubt: true,
-            }),
+            Ok(Err(_)) => {
+                let error = conn.closed_error();
+                // A node that refused the connection itself (TLS refused or
+                // required, over its connection limit) read no request on
+                // it; any other close may follow a proposal.
+                let refused = matches!(&error, ClientError::Tls(_))
+                    || matches!(&error, ClientError::Node(m) if m.starts_with("busy:"));
+                Err(AttemptError {
+                    error,
+                    in_doubt: !refused,
+                })
+            }
             Err(_) => {
                 conn.pending.lock().remove(&id);
                 Err(AttemptError {
@@ -307,6 +394,8 @@ impl Client {
             }
             let conn = match self.connect(prefer.take()).await {
                 Ok(c) => c,
+                // Every node refused TLS: asking again changes nothing.
+                Err(e @ ClientError::Tls(_)) => return Err(e),
                 Err(e) => {
                     last = Some(e);
                     continue;
@@ -327,6 +416,13 @@ impl Client {
                     in_doubt = true;
                     last = Some(ClientError::OutcomeUnknown { detail });
                 }
+                // The role does not change between attempts: no attempt of
+                // this request was proposed.
+                Ok(Response::Error(e)) if e.starts_with(FORBIDDEN_PREFIX) => {
+                    return Err(ClientError::Forbidden(
+                        e[FORBIDDEN_PREFIX.len()..].trim_start().to_string(),
+                    ));
+                }
                 Ok(Response::Error(e)) if is_write && in_doubt => {
                     return Err(ClientError::OutcomeUnknown {
                         detail: format!(
@@ -335,6 +431,14 @@ impl Client {
                     })
                 }
                 Ok(resp) => return Ok(resp),
+                // The same certificate would be refused again.
+                Err(AttemptError {
+                    error: e @ ClientError::Tls(_),
+                    in_doubt: false,
+                }) => {
+                    self.drop_conn(&conn).await;
+                    return Err(e);
+                }
                 Err(e) => {
                     in_doubt |= e.in_doubt;
                     self.drop_conn(&conn).await;
@@ -492,8 +596,12 @@ impl Client {
     }
 
     /// The status JSON of the node at `addr` (no redirect).
-    pub async fn status_of(addr: SocketAddr, timeout: Duration) -> Result<String, ClientError> {
-        let c = Client::new(vec![addr], 0, timeout);
+    pub async fn status_of(
+        addr: SocketAddr,
+        security: &ClientSecurity,
+        timeout: Duration,
+    ) -> Result<String, ClientError> {
+        let c = Client::new(vec![addr], security.clone(), 0, timeout);
         let conn = c.connect(Some(addr)).await?;
         match c
             .call_once(&conn, Request::Status)
@@ -501,27 +609,73 @@ impl Client {
             .map_err(|e| e.error)?
         {
             Response::Status(s) => Ok(s),
+            Response::Error(e) => Err(ClientError::Node(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
 }
 
+/// The prefix of the error text with which a node refuses a request for the
+/// connection's role.
+pub const FORBIDDEN_PREFIX: &str = "forbidden:";
+
+/// Opens a connection to `addr`: TCP, then the TLS handshake if configured.
+async fn open(addr: SocketAddr, security: &ClientSecurity) -> Result<Conn, ClientError> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    match security {
+        ClientSecurity::InsecurePlaintext => {
+            let (rd, wr) = stream.into_split();
+            Ok(spawn_conn(addr, rd, wr))
+        }
+        ClientSecurity::Tls(tls) => {
+            // rustls reads at most 4 KiB per call; the buffer below it lets
+            // one system call take a whole burst of pipelined answers.
+            let stream =
+                tokio::io::BufReader::with_capacity(crate::tls::TLS_READ_BUFFER_BYTES, stream);
+            let stream = tls
+                .connector()
+                .connect(ClientTlsConfig::server_name(), stream)
+                .await
+                .map_err(|e| match describe_tls_error(&e) {
+                    Some(why) => ClientError::Tls(why),
+                    None => ClientError::Io(e),
+                })?;
+            let (rd, wr) = tokio::io::split(stream);
+            Ok(spawn_conn(addr, rd, wr))
+        }
+    }
+}
+
 /// Starts the writer and reader tasks of one connection.
-fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
-    let (mut rd, wr) = stream.into_split();
+fn spawn_conn<R, W>(addr: SocketAddr, mut rd: R, wr: W) -> Conn
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<(u64, Request)>(4096);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     tokio::spawn(write_frames(wr, rx));
     let reader_pending = pending.clone();
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_closed = closed.clone();
-    let reason: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let reason: Arc<Mutex<Option<Closed>>> = Arc::new(Mutex::new(None));
     let reader_reason = reason.clone();
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         'read: loop {
             match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    // A node that refuses the client's certificate says so
+                    // with an alert, after the client's side of the
+                    // handshake completed: it shows up here.
+                    if let Some(why) = describe_tls_error(&e) {
+                        tracing::debug!(%addr, reason = %why, "TLS connection failed");
+                        *reader_reason.lock() = Some(Closed::Tls(why));
+                    }
+                    break;
+                }
                 Ok(_) => loop {
                     match next_frame(&mut buf) {
                         Ok(Some(frame)) => match Response::decode(frame) {
@@ -529,7 +683,12 @@ fn spawn_conn(addr: SocketAddr, stream: TcpStream) -> Conn {
                             // is closing this connection.
                             Ok((0, Response::Error(why))) => {
                                 tracing::debug!(%addr, reason = %why, "node is closing the connection");
-                                *reader_reason.lock() = Some(why);
+                                *reader_reason.lock() =
+                                    Some(if why.starts_with(TLS_REQUIRED_PREFIX) {
+                                        Closed::Tls(why)
+                                    } else {
+                                        Closed::Said(why)
+                                    });
                             }
                             Ok((id, resp)) => {
                                 if let Some(tx) = reader_pending.lock().remove(&id) {

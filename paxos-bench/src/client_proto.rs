@@ -1,4 +1,5 @@
-//! The client protocol of the reference node: length-prefixed frames over TCP.
+//! The client protocol of the reference node: length-prefixed frames over TLS
+//! (or plain TCP with `--insecure-plaintext-clients`).
 //!
 //! A frame is `u32 length (LE) | body`; a body is a [`Request`] or a
 //! [`Response`]. Requests carry an id chosen by the client, so one connection
@@ -90,9 +91,15 @@ pub enum ProtoError {
     /// A field is longer than allowed.
     #[error("client frame field of {0} bytes is too long")]
     TooLong(usize),
-    /// The embedded command is malformed.
-    #[error(transparent)]
-    Command(#[from] KvCodecError),
+    /// The embedded command of request `id` is malformed; the frame itself
+    /// is sound, so the request can be answered and the connection kept.
+    #[error("request {id}: invalid command: {source}")]
+    Command {
+        /// The request's id.
+        id: u64,
+        /// What is wrong with the command.
+        source: KvCodecError,
+    },
 }
 
 fn take(src: &mut Bytes, max: usize) -> Result<Bytes, ProtoError> {
@@ -153,7 +160,8 @@ impl Request {
         let req = match src.get_u8() {
             1 => {
                 // Validate; keep the zero-copy slice for the replicated log.
-                KvCommand::decode(src.clone())?;
+                KvCommand::decode(src.clone())
+                    .map_err(|source| ProtoError::Command { id, source })?;
                 Request::Write(src)
             }
             2 => {
@@ -277,7 +285,8 @@ impl Frame for Response {
 }
 
 /// Writes the frames queued on `rx` to `wr` until either side closes,
-/// coalescing whatever is already queued (up to 256 KiB) into one write.
+/// coalescing whatever is already queued (up to 256 KiB) into one write,
+/// then shuts `wr` down.
 pub async fn write_frames<F, W>(mut wr: W, mut rx: tokio::sync::mpsc::Receiver<(u64, F)>)
 where
     F: Frame,
@@ -293,12 +302,22 @@ where
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // The flush hands TLS records still buffered in the TLS layer to the
+        // socket (a no-op on plain TCP).
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;
         }
         buf.clear();
     }
+    // Tell the peer that nothing more comes (a TLS close_notify, then the
+    // TCP FIN), so that it ends its side even while the read half of this
+    // connection is still held; bounded, since a peer that reads nothing
+    // would hold it for ever.
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, wr.shutdown()).await;
 }
+
+/// How long [`write_frames`] waits for its stream's shutdown.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Splits complete frames off the front of `buf`; `Err` on a frame over
 /// [`MAX_CLIENT_FRAME_BYTES`] (the connection should then be closed).
@@ -385,7 +404,7 @@ mod tests {
         let frame = next_frame(&mut buf).unwrap().unwrap();
         assert!(matches!(
             Request::decode(frame),
-            Err(ProtoError::Command(_))
+            Err(ProtoError::Command { id: 7, .. })
         ));
     }
 

@@ -14,6 +14,13 @@
 //! stops every node and starts the whole cluster again on fresh ports (at
 //! most [`START_ATTEMPTS`] times). `start` returns once every node answers
 //! a status request on its client port from its own process id.
+//!
+//! Client ports speak TLS: the cluster's certificate directory also holds
+//! client certificates ([`ClusterSpec::clients`]: by default [`BENCH_CLIENT`],
+//! read-write, and [`READER_CLIENT`], read-only), and
+//! [`LocalCluster::client_security`] hands out the configuration a client
+//! needs. [`ClusterSpec::insecure_plaintext_clients`] runs the nodes with
+//! `--insecure-plaintext-clients` instead.
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
@@ -26,9 +33,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::auth::Role;
 use crate::client::Client;
 use crate::client_proto::{next_frame, Request, Response};
 use crate::node::{format_members, Member, EXIT_ADDR_IN_USE};
+use crate::tls::{ClientSecurity, ClientTlsConfig};
+
+/// The read-write client every local cluster has a certificate for.
+pub const BENCH_CLIENT: &str = "bench";
+/// The read-only client every local cluster has a certificate for.
+pub const READER_CLIENT: &str = "reader";
 
 /// Whole-cluster start attempts before [`LocalCluster::start`] gives up on
 /// port clashes.
@@ -65,6 +79,16 @@ pub struct ClusterSpec {
     /// then client); empty: picked like every later attempt's. For tests
     /// that reproduce a port taken by another process.
     pub first_attempt_ports: Vec<u16>,
+    /// Client certificates to issue (name and role), in `certs/` under
+    /// `base_dir`. Default: [`BENCH_CLIENT`] (read-write) and
+    /// [`READER_CLIENT`] (read-only).
+    pub clients: Vec<(String, Role)>,
+    /// Run the nodes with `--insecure-plaintext-clients` (plain TCP client
+    /// ports, no authentication). Default `false`.
+    pub insecure_plaintext_clients: bool,
+    /// Client TLS handshakes must complete within this many milliseconds
+    /// (`--client-handshake-timeout-ms`).
+    pub client_handshake_timeout_ms: u64,
 }
 
 impl ClusterSpec {
@@ -85,6 +109,15 @@ impl ClusterSpec {
             )
             .unwrap_or(u64::MAX),
             first_attempt_ports: Vec::new(),
+            clients: vec![
+                (BENCH_CLIENT.to_string(), Role::ReadWrite),
+                (READER_CLIENT.to_string(), Role::ReadOnly),
+            ],
+            insecure_plaintext_clients: false,
+            client_handshake_timeout_ms: u64::try_from(
+                crate::node::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         }
     }
 }
@@ -94,6 +127,9 @@ pub struct LocalCluster {
     spec: ClusterSpec,
     members: BTreeMap<u64, Member>,
     children: BTreeMap<u64, Child>,
+    /// How this process's own requests (start-up probes, statuses) reach
+    /// the nodes: as [`BENCH_CLIENT`], or plaintext.
+    security: ClientSecurity,
 }
 
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
@@ -199,12 +235,35 @@ impl LocalCluster {
         }
         let ids: Vec<u64> = (1..=spec.nodes).collect();
         let peer_ids: Vec<_> = ids.iter().map(|&i| paxos_net_quic::PeerId(i)).collect();
-        paxos_net_quic::certs::generate_cluster(&spec.base_dir.join("certs"), &peer_ids)
+        let clients: Vec<_> = spec
+            .clients
+            .iter()
+            .map(|(name, role)| {
+                let role = match role {
+                    Role::ReadWrite => paxos_net_quic::certs::ClientRole::ReadWrite,
+                    Role::ReadOnly => paxos_net_quic::certs::ClientRole::ReadOnly,
+                };
+                (name.clone(), role)
+            })
+            .collect();
+        let certs = spec.base_dir.join("certs");
+        paxos_net_quic::certs::write_certs(&certs, &peer_ids, &clients)
             .context("generating certificates")?;
+        let security = if spec.insecure_plaintext_clients {
+            ClientSecurity::InsecurePlaintext
+        } else if spec.clients.iter().any(|(n, _)| n == BENCH_CLIENT) {
+            ClientSecurity::Tls(
+                ClientTlsConfig::from_dir(&certs, BENCH_CLIENT)
+                    .context("loading the bench client's certificate")?,
+            )
+        } else {
+            bail!("ClusterSpec::clients must include {BENCH_CLIENT:?} (the cluster's own probes use it)");
+        };
         let mut cluster = LocalCluster {
             spec,
             members: BTreeMap::new(),
             children: BTreeMap::new(),
+            security,
         };
         for attempt in 1..=START_ATTEMPTS {
             let given = &cluster.spec.first_attempt_ports;
@@ -282,7 +341,8 @@ impl LocalCluster {
                     continue;
                 }
                 let addr = self.members[&id].client;
-                if status_pid(addr, Duration::from_millis(500)) == Some(child.id()) {
+                if status_pid(addr, &self.security, Duration::from_millis(500)) == Some(child.id())
+                {
                     ready.insert(id);
                 }
             }
@@ -375,6 +435,15 @@ impl LocalCluster {
             ])
             .arg("--loopback")
             .args(extra)
+            .args(
+                self.spec
+                    .insecure_plaintext_clients
+                    .then_some("--insecure-plaintext-clients"),
+            )
+            .args([
+                "--client-handshake-timeout-ms",
+                &self.spec.client_handshake_timeout_ms.to_string(),
+            ])
             .env(
                 "RUST_LOG",
                 std::env::var("PAXOS_NODE_LOG").unwrap_or_else(|_| "info".into()),
@@ -417,6 +486,41 @@ impl LocalCluster {
         self.members.values().map(|m| m.client).collect()
     }
 
+    /// How a client reaches this cluster's client ports as [`BENCH_CLIENT`]
+    /// (read-write), or in plaintext if the cluster runs without TLS.
+    pub fn client_security(&self) -> ClientSecurity {
+        self.security.clone()
+    }
+
+    /// The TLS configuration of client `name` (one of
+    /// [`ClusterSpec::clients`]), or plaintext if the cluster runs without
+    /// TLS.
+    pub fn client_security_for(&self, name: &str) -> Result<ClientSecurity> {
+        if self.spec.insecure_plaintext_clients {
+            return Ok(ClientSecurity::InsecurePlaintext);
+        }
+        Ok(ClientSecurity::Tls(
+            ClientTlsConfig::from_dir(&self.certs_dir(), name)
+                .with_context(|| format!("loading client {name:?}'s certificate"))?,
+        ))
+    }
+
+    /// The directory of the cluster's certificates (`ca.pem`, `ca.key.pem`,
+    /// node and client certificates).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.spec.base_dir.join("certs")
+    }
+
+    /// CPU time (user and system) the running nodes' processes have used so
+    /// far, summed; for cost-per-operation figures that are less sensitive to
+    /// other load on the machine than throughput.
+    pub fn cpu_time(&self) -> Duration {
+        self.children
+            .values()
+            .filter_map(|c| process_cpu_time(c.id()))
+            .sum()
+    }
+
     /// The members table.
     pub fn members(&self) -> &BTreeMap<u64, Member> {
         &self.members
@@ -434,7 +538,9 @@ impl LocalCluster {
             if !self.children.contains_key(&id) {
                 continue;
             }
-            if let Ok(s) = Client::status_of(m.client, Duration::from_millis(500)).await {
+            if let Ok(s) =
+                Client::status_of(m.client, &self.security, Duration::from_millis(500)).await
+            {
                 if let Ok(v) = serde_json::from_str(&s) {
                     out.insert(id, v);
                 }
@@ -501,6 +607,22 @@ impl LocalCluster {
     }
 }
 
+/// The CPU time (user and system) process `pid` has used so far, from
+/// `/proc/<pid>/stat`; `None` if it cannot be read.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is the first,
+    // utime the 12th and stime the 13th (fields 14 and 15 of proc(5)).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
+}
+
 /// A child's exit status in words.
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -530,10 +652,23 @@ fn log_tail(path: &Path) -> String {
 
 /// Asks the node at `addr` for its status (blocking, bounded by `timeout`
 /// per step) and returns the process id it reports.
-fn status_pid(addr: SocketAddr, timeout: Duration) -> Option<u32> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+fn status_pid(addr: SocketAddr, security: &ClientSecurity, timeout: Duration) -> Option<u32> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
+    match security {
+        ClientSecurity::InsecurePlaintext => status_pid_over(stream),
+        ClientSecurity::Tls(tls) => {
+            let conn =
+                rustls::ClientConnection::new(tls.rustls_config(), ClientTlsConfig::server_name())
+                    .ok()?;
+            status_pid_over(rustls::StreamOwned::new(conn, stream))
+        }
+    }
+}
+
+/// [`status_pid`] over a connected (blocking) stream.
+fn status_pid_over(mut stream: impl Read + Write) -> Option<u32> {
     let mut buf = BytesMut::new();
     Request::Status.encode_frame(1, &mut buf);
     stream.write_all(&buf).ok()?;

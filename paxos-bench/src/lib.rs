@@ -4,6 +4,8 @@
 //! - [`kv`]: the key-value state machine (put, delete, compare-and-set, with
 //!   per-client sessions so that retried commands apply once).
 //! - [`client_proto`]: the client protocol (pipelined, length-prefixed frames).
+//! - [`auth`], [`tls`]: client principals and roles, and TLS on the client
+//!   port.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -17,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod client_proto;
 #[cfg(all(
@@ -40,3 +43,4 @@ pub mod loadgen;
     feature = "snapshot"
 ))]
 pub mod node;
+pub mod tls;

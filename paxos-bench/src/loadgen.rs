@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Client, Session};
 use crate::client_proto::ReadMode;
+use crate::tls::ClientSecurity;
 
 /// What the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct LoadSpec {
     pub run_id: u64,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// TLS (a client certificate) or plaintext; the TLS handshake happens
+    /// once per connection, when it opens (not per request).
+    pub security: ClientSecurity,
 }
 
 /// The outcome of one run.
@@ -85,6 +89,7 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
         .map(|c| {
             Arc::new(Client::new(
                 spec.addrs.clone(),
+                spec.security.clone(),
                 (spec.run_id << 24) | c as u64,
                 spec.timeout,
             ))

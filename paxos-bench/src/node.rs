@@ -38,13 +38,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
+use crate::auth::Principal;
+use crate::client::{FORBIDDEN_PREFIX, TLS_REQUIRED_PREFIX};
+use crate::client_proto::{next_frame, write_frames, ProtoError, ReadMode, Request, Response};
 use crate::identity::{self, EmptyStart, Identity, Standing};
-use crate::kv::{KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
+use crate::kv::{KvCommand, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -156,7 +158,19 @@ pub struct NodeOptions {
     /// always go to the sync thread. 0 turns it off. Default
     /// [`DEFAULT_INLINE_SYNC_BYTES`].
     pub inline_sync_bytes: usize,
+    /// Serve clients over plain TCP, without TLS or authentication: every
+    /// connection is [`Principal::anonymous`] (read-write). For tests and
+    /// trusted networks only; the node warns at start. Default `false`: the
+    /// client port speaks TLS and requires a client certificate signed by
+    /// the cluster CA ([`crate::tls`]).
+    pub insecure_plaintext_clients: bool,
+    /// A client connection that has not completed its TLS handshake by then
+    /// is closed. Default [`DEFAULT_CLIENT_HANDSHAKE_TIMEOUT`].
+    pub client_handshake_timeout: Duration,
 }
+
+/// Default of [`NodeOptions::client_handshake_timeout`].
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default of [`NodeOptions::inline_sync_bytes`]: with 3 nodes on loopback,
 /// 1 client wrote about 12% more per second (100 B values) than with every
@@ -195,6 +209,8 @@ impl NodeOptions {
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
             inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
+            insecure_plaintext_clients: false,
+            client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -257,6 +273,51 @@ impl Reply {
 struct ClientMsg {
     req: Request,
     reply: Reply,
+    /// The request's share of [`MAX_CLIENT_QUEUE_BYTES`], given back when
+    /// the driver has taken the request.
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Room made in a client connection's read buffer before each read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Bytes of client requests queued for the driver (all connections
+/// together), at most: a connection whose request does not fit waits, so
+/// the queue is bounded in bytes as well as in count.
+const MAX_CLIENT_QUEUE_BYTES: usize = 64 << 20;
+
+/// The connections' way to the driver: the bounded channel and its byte
+/// budget.
+#[derive(Clone)]
+struct ToDriver {
+    tx: mpsc::Sender<ClientMsg>,
+    budget: Arc<Semaphore>,
+}
+
+impl ToDriver {
+    /// Queues a request for the driver, waiting for room (in count and in
+    /// bytes). `Err` once the driver is gone.
+    async fn send(&self, req: Request, reply: Reply) -> Result<(), ()> {
+        let bytes = match &req {
+            Request::Write(cmd) => cmd.len(),
+            Request::Get { key, .. } => key.len(),
+            Request::Status => 0,
+        };
+        // A frame is at most MAX_CLIENT_FRAME_BYTES, well below the budget.
+        let permits = u32::try_from(bytes.clamp(1, MAX_CLIENT_QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| ())?;
+        let msg = ClientMsg {
+            req,
+            reply,
+            _budget: budget,
+        };
+        self.tx.send(msg).await.map_err(|_| ())
+    }
 }
 
 /// A finished snapshot thread's report: the zxid, and the file and time taken.
@@ -462,6 +523,27 @@ pub async fn run_node(
         .with_context(|| format!("loading {} and {}", opts.cert.display(), opts.key.display()))?;
     let trust = ClusterTrust::from_pem_file(&opts.ca_cert)
         .with_context(|| format!("loading {}", opts.ca_cert.display()))?;
+    // The client port: TLS with the node's certificate, client certificates
+    // checked against the same CA.
+    let client_auth = if opts.insecure_plaintext_clients {
+        tracing::warn!(
+            client = %me.client,
+            "--insecure-plaintext-clients: the client port speaks plain TCP without \
+             authentication; anyone who reaches it can read and write every key"
+        );
+        ClientAuth::InsecurePlaintext
+    } else {
+        let config = crate::tls::client_port_server_config(
+            identity.chain().to_vec(),
+            identity.key().clone_key(),
+            trust.roots(),
+        )
+        .context("the client port's TLS configuration")?;
+        ClientAuth::Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            handshake_timeout: opts.client_handshake_timeout,
+        }
+    };
     let peers: BTreeMap<PeerId, SocketAddr> = opts
         .members
         .iter()
@@ -498,6 +580,10 @@ pub async fn run_node(
         .await
         .with_context(|| format!("binding the client port {}", me.client))?;
     let (client_tx, mut client_rx) = mpsc::channel::<ClientMsg>(16 * 1024);
+    let client_tx = ToDriver {
+        tx: client_tx,
+        budget: Arc::new(Semaphore::new(MAX_CLIENT_QUEUE_BYTES)),
+    };
     if opts.max_client_connections == 0 {
         bail!("max_client_connections must be at least 1");
     }
@@ -505,7 +591,12 @@ pub async fn run_node(
         max_connections: opts.max_client_connections,
         idle_timeout: opts.client_idle_timeout.filter(|d| !d.is_zero()),
     };
-    let accept_task = tokio::spawn(accept_clients(listener, client_tx, limits));
+    let accept_task = tokio::spawn(accept_clients(
+        listener,
+        client_tx,
+        limits,
+        Arc::new(client_auth),
+    ));
     tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
 
     let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
@@ -684,7 +775,13 @@ impl Driver {
     }
 
     fn on_client(&mut self, msg: ClientMsg) {
-        let ClientMsg { req, reply } = msg;
+        // The principal is checked where the connection is served (roles)
+        // and is the requester of every write (session ownership).
+        let ClientMsg {
+            req,
+            reply,
+            _budget,
+        } = msg;
         match req {
             Request::Write(cmd) => self.propose(cmd, reply),
             Request::Get {
@@ -1518,14 +1615,37 @@ struct ClientLimits {
     idle_timeout: Option<Duration>,
 }
 
-/// Accepts client connections and serves each in its own task, at most
-/// `limits.max_connections` at once.
+/// How the client port authenticates its connections.
+enum ClientAuth {
+    /// TLS, a client certificate required (see [`crate::tls`]).
+    Tls {
+        acceptor: tokio_rustls::TlsAcceptor,
+        handshake_timeout: Duration,
+    },
+    /// Plain TCP; every connection is [`Principal::anonymous`].
+    InsecurePlaintext,
+}
+
+/// TLS handshakes with connections over the limit at once, at most (each
+/// is then told "busy"); past it, such a connection is closed unanswered.
+const MAX_REFUSAL_HANDSHAKES: usize = 16;
+/// Time given to the handshake of a connection over the limit.
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed client handshakes logged at info level, before only every 1024th
+/// is (the others at debug), so that a storm cannot flood the log.
+const LOGGED_HANDSHAKE_FAILURES: u64 = 100;
+
+/// Accepts client connections and serves each in its own task (the TLS
+/// handshake included), at most `limits.max_connections` at once.
 async fn accept_clients(
     listener: TcpListener,
-    to_driver: mpsc::Sender<ClientMsg>,
+    to_driver: ToDriver,
     limits: ClientLimits,
+    auth: Arc<ClientAuth>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSAL_HANDSHAKES));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
@@ -1533,17 +1653,26 @@ async fn accept_clients(
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
                     tracing::debug!(%peer, "client connected");
-                    tokio::spawn(serve_client(
+                    tokio::spawn(open_client(
                         stream,
                         peer,
                         to_driver.clone(),
                         limits.idle_timeout,
+                        auth.clone(),
+                        failures.clone(),
                         permit,
                     ));
                 }
                 Err(_) => {
                     refused += 1;
-                    refuse_client(stream, peer, limits.max_connections, refused);
+                    refuse_client(
+                        stream,
+                        peer,
+                        limits.max_connections,
+                        refused,
+                        &auth,
+                        &refusals,
+                    );
                 }
             },
             Err(e) => {
@@ -1556,45 +1685,200 @@ async fn accept_clients(
 }
 
 /// Answers a connection over the limit with one error frame (id 0) and
-/// closes it, without blocking the accept loop: the frame goes out with one
-/// non-blocking write into the fresh socket's empty send buffer.
-fn refuse_client(stream: TcpStream, peer: SocketAddr, limit: usize, refused: u64) {
+/// closes it, without blocking the accept loop. On plain TCP the frame goes
+/// out with one non-blocking write into the fresh socket's empty send
+/// buffer; with TLS a task does the handshake first (at most
+/// [`MAX_REFUSAL_HANDSHAKES`] at once, each bounded in time; beyond that the
+/// connection is closed unanswered).
+fn refuse_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limit: usize,
+    refused: u64,
+    auth: &Arc<ClientAuth>,
+    refusals: &Arc<Semaphore>,
+) {
     let mut frame = BytesMut::new();
     Response::Error(format!(
         "busy: too many client connections (limit {limit}); try again later"
     ))
     .encode_frame(0, &mut frame);
-    let sent = stream.try_write(&frame).is_ok_and(|n| n == frame.len());
     // One event per refusal at debug; a warning for the first and then
     // every 1024th, so that a connection storm cannot flood the log.
-    tracing::debug!(%peer, limit, sent, "client connection refused: too many connections");
+    tracing::debug!(%peer, limit, "client connection refused: too many connections");
     if refused == 1 || refused % 1024 == 0 {
         tracing::warn!(%peer, limit, refused_total = refused, "client connections refused: at the connection limit");
     }
-    drop(stream);
+    match &**auth {
+        ClientAuth::InsecurePlaintext => {
+            let _ = stream.try_write(&frame);
+            drop(stream);
+        }
+        ClientAuth::Tls { acceptor, .. } => {
+            let Ok(permit) = refusals.clone().try_acquire_owned() else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let handshake = tls_handshake(&acceptor, stream);
+                if let Ok(Ok((mut tls, _))) =
+                    tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, handshake).await
+                {
+                    let _ = tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, async {
+                        let _ = tls.write_all(&frame).await;
+                        let _ = tls.shutdown().await;
+                    })
+                    .await;
+                }
+            });
+        }
+    }
+}
+
+/// A client connection after its TLS handshake.
+type ClientTlsStream = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
+
+/// The TLS handshake of a client connection, and the principal its
+/// certificate names. A connection whose first byte is not a TLS handshake
+/// record (a plaintext client) is told so in a plaintext error frame.
+async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+) -> Result<(ClientTlsStream, Principal), String> {
+    // A TLS record header starts with the handshake type and a 3.x
+    // version; a plaintext frame starts with its length (little-endian),
+    // which only rarely looks like that. A peer that sent fewer bytes yet is
+    // asked again shortly (the handshake timeout bounds the wait).
+    let mut head = [0u8; 3];
+    loop {
+        let n = stream
+            .peek(&mut head)
+            .await
+            .map_err(|e| format!("reading the first bytes: {e}"))?;
+        if n == 0 {
+            return Err("closed before the TLS handshake".to_string());
+        }
+        if n == head.len() || head[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let looks_like_tls =
+        head[0] == crate::tls::TLS_HANDSHAKE_RECORD && head[1] == 0x03 && head[2] <= 0x04;
+    if !looks_like_tls {
+        let mut frame = BytesMut::new();
+        Response::Error(format!(
+            "{TLS_REQUIRED_PREFIX} this port speaks TLS; connect with a client certificate \
+             signed by the cluster CA (paxos-client --certs DIR --name NAME)"
+        ))
+        .encode_frame(0, &mut frame);
+        let mut stream = stream;
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.shutdown().await;
+        return Err("not TLS (a plaintext client?); told so and closed".to_string());
+    }
+    // rustls reads at most 4 KiB per call; the buffer below it lets one
+    // system call take a whole burst of pipelined requests.
+    let buffered = tokio::io::BufReader::with_capacity(crate::tls::TLS_READ_BUFFER_BYTES, stream);
+    let tls = acceptor.accept(buffered).await.map_err(|e| {
+        let no_principal = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| {
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure
+                    )
+                )
+            });
+        if no_principal {
+            "TLS handshake failed: the client certificate names no principal \
+             (paxos-client://<rw|ro>/<name>; a node certificate?)"
+                .to_string()
+        } else {
+            format!("TLS handshake failed: {e}")
+        }
+    })?;
+    let principal = crate::tls::peer_principal(tls.get_ref().1).map_err(|e| e.to_string())?;
+    Ok((tls, principal))
+}
+
+/// Authenticates a new client connection (TLS handshake, bounded by the
+/// handshake timeout), then serves it. A failed handshake is logged with the
+/// peer's address and touches no other connection.
+async fn open_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    to_driver: ToDriver,
+    idle_timeout: Option<Duration>,
+    auth: Arc<ClientAuth>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
+    permit: OwnedSemaphorePermit,
+) {
+    match &*auth {
+        ClientAuth::InsecurePlaintext => {
+            let (rd, wr) = stream.into_split();
+            let principal = Arc::new(Principal::anonymous());
+            serve_client(rd, wr, peer, principal, to_driver, idle_timeout, permit).await;
+        }
+        ClientAuth::Tls {
+            acceptor,
+            handshake_timeout,
+        } => {
+            let handshake = tls_handshake(acceptor, stream);
+            let why = match tokio::time::timeout(*handshake_timeout, handshake).await {
+                Ok(Ok((tls, principal))) => {
+                    tracing::debug!(%peer, %principal, "client authenticated");
+                    let (rd, wr) = tokio::io::split(tls);
+                    let principal = Arc::new(principal);
+                    serve_client(rd, wr, peer, principal, to_driver, idle_timeout, permit).await;
+                    return;
+                }
+                Ok(Err(why)) => why,
+                Err(_) => format!("no TLS handshake within {handshake_timeout:?}"),
+            };
+            let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n <= LOGGED_HANDSHAKE_FAILURES || n % 1024 == 0 {
+                tracing::info!(%peer, error = %why, failed_total = n, "client connection refused");
+            } else {
+                tracing::debug!(%peer, error = %why, "client connection refused");
+            }
+        }
+    }
 }
 
 /// One client connection: frames in, requests to the driver, answers out.
+/// Every request carries the connection's `principal`; a write from a
+/// read-only principal is refused here, before it reaches the driver.
 /// Holds `_permit` (its place under the connection limit) until it ends.
 /// With an idle timeout, a connection that sends nothing for that long is
 /// told so (an error frame with id 0) and closed.
-async fn serve_client(
-    stream: TcpStream,
+async fn serve_client<R, W>(
+    mut rd: R,
+    wr: W,
     peer: SocketAddr,
-    to_driver: mpsc::Sender<ClientMsg>,
+    principal: Arc<Principal>,
+    to_driver: ToDriver,
     idle_timeout: Option<Duration>,
     _permit: OwnedSemaphorePermit,
-) {
-    let (mut rd, wr) = stream.into_split();
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<(u64, Response)>(8192);
     let writer = tokio::spawn(write_frames(wr, rx));
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Small to start (thousands of idle connections cost little), grown
+    // before each read and by next_frame as frames need it.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // One timer per connection, moved only when it fires (not on every
     // read): it then sleeps again until `idle_timeout` after the last input.
     let mut last_input = tokio::time::Instant::now();
     let idle = tokio::time::sleep_until(last_input + idle_timeout.unwrap_or_default());
     tokio::pin!(idle);
     'conn: loop {
+        buf.reserve(READ_CHUNK_BYTES);
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
@@ -1603,9 +1887,44 @@ async fn serve_client(
                     loop {
                         match next_frame(&mut buf) {
                             Ok(Some(frame)) => match Request::decode(frame) {
+                                Ok((id, Request::Write(_))) if !principal.role().may_write() => {
+                                    let why = format!(
+                                        "{FORBIDDEN_PREFIX} principal {} has role {}; writes need role rw",
+                                        principal.name(),
+                                        principal.role()
+                                    );
+                                    if tx.send((id, Response::Error(why))).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                // Sessions belong to principals: a command
+                                // must name the one this connection proved.
+                                Ok((id, Request::Write(cmd)))
+                                    if KvCommand::peek_principal(&cmd).ok()
+                                        != Some(principal.name().as_bytes()) =>
+                                {
+                                    let named = KvCommand::peek_principal(&cmd)
+                                        .map(|p| String::from_utf8_lossy(p).into_owned());
+                                    let why = format!(
+                                        "{FORBIDDEN_PREFIX} the command names principal {named:?} \
+                                         but this connection is authenticated as {}",
+                                        principal.name()
+                                    );
+                                    if tx.send((id, Response::Error(why))).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
                                 Ok((id, req)) => {
                                     let reply = Reply { tx: tx.clone(), id };
-                                    if to_driver.send(ClientMsg { req, reply }).await.is_err() {
+                                    if to_driver.send(req, reply).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                // A well-framed request with a bad command:
+                                // refused (not proposed), the connection kept.
+                                Err(ProtoError::Command { id, source }) => {
+                                    let why = format!("invalid command: {source}");
+                                    if tx.send((id, Response::Error(why))).await.is_err() {
                                         break 'conn;
                                     }
                                 }

@@ -1,7 +1,9 @@
 //! `cargo xtask cluster`: a 3-node cluster on loopback, for a person to try
 //! at once. Certificates and data live in a fresh temporary directory; the
 //! nodes stop when this command is interrupted (Ctrl-C reaches the whole
-//! process group) or when Enter is pressed.
+//! process group) or when Enter is pressed. Client ports speak TLS: the
+//! certificate directory holds client certificates for `admin` (read-write)
+//! and `viewer` (read-only), and the printed commands use them.
 
 use anyhow::{bail, Context, Result};
 use std::io::BufRead;
@@ -22,6 +24,7 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
         .args(["certs", "--dir"])
         .arg(dir.join("certs"))
         .args(["--nodes", &ids.join(",")])
+        .args(["--clients", "admin,viewer:ro"])
         .stdout(Stdio::null())
         .status()
         .context("running paxos-node certs")?;
@@ -65,18 +68,23 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
         .map(|i| format!("127.0.0.1:{}", base_port + i as u16 + 1000))
         .collect();
     let clients = clients.join(",");
+    let certs = dir.join("certs");
+    let certs = certs.display();
     println!(
         "{nodes} nodes running; data, certificates and logs in {}",
         dir.display()
     );
     println!();
-    println!("try:");
+    println!("try (admin may write; viewer only reads):");
+    let client = client.display();
+    println!("  {client} --cluster {clients} --certs {certs} --name admin put greeting hello");
+    println!("  {client} --cluster {clients} --certs {certs} --name viewer get greeting");
+    println!("  {client} --cluster {clients} --certs {certs} --name viewer put greeting nope");
+    println!("  {client} --cluster {clients} --certs {certs} --name admin status");
     println!(
-        "  {} --cluster {clients} put greeting hello",
-        client.display()
+        "add a client later: {} certs --dir {certs} --clients NAME[:ro]",
+        node.display()
     );
-    println!("  {} --cluster {clients} get greeting", client.display());
-    println!("  {} --cluster {clients} status", client.display());
     println!();
     println!("press Enter (or Ctrl-C) to stop the cluster");
     let mut line = String::new();

@@ -1,10 +1,15 @@
 //! A command-line client of the reference key-value store.
 //!
 //! ```text
-//! paxos-client --cluster 127.0.0.1:8001,127.0.0.1:8002 put k v
-//! paxos-client --cluster 127.0.0.1:8001 get k [--stale]
-//! paxos-client --cluster 127.0.0.1:8001 status
+//! paxos-client --cluster 127.0.0.1:8001,127.0.0.1:8002 --certs certs --name alice put k v
+//! paxos-client --cluster 127.0.0.1:8001 --ca ca.pem --cert alice.pem --key alice.key.pem get k [--stale]
+//! paxos-client --cluster 127.0.0.1:8001 --insecure-plaintext status
 //! ```
+//!
+//! TLS with a client certificate is the default: `--certs DIR --name NAME`
+//! reads `DIR/ca.pem`, `DIR/client-NAME.pem` and `DIR/client-NAME.key.pem`
+//! (`paxos-node certs --clients NAME` writes them); `--ca`, `--cert` and
+//! `--key` name the files one by one (and override `--certs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +18,9 @@ use clap::{Parser, Subcommand};
 use paxos_bench::client::{Client, ClientError, Session};
 use paxos_bench::client_proto::ReadMode;
 use paxos_bench::kv::KvResult;
+use paxos_bench::tls::{ClientSecurity, ClientTlsConfig};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -28,6 +35,25 @@ struct Cli {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    /// Directory holding ca.pem, client-NAME.pem and client-NAME.key.pem.
+    #[arg(long, env = "PAXOS_CLIENT_CERTS")]
+    certs: Option<PathBuf>,
+    /// This client's name in --certs (its certificate names its principal).
+    #[arg(long, env = "PAXOS_CLIENT_NAME")]
+    name: Option<String>,
+    /// Cluster CA certificate (overrides --certs).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This client's certificate (overrides --certs/--name).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This client's private key (overrides --certs/--name).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// INSECURE: plain TCP without TLS or a certificate, for nodes run with
+    /// --insecure-plaintext-clients.
+    #[arg(long, conflicts_with_all = ["certs", "name", "ca", "cert", "key"])]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,14 +117,48 @@ fn show(v: Option<Bytes>) -> String {
     }
 }
 
+/// The TLS settings the flags name.
+fn security(cli: &Cli) -> Result<ClientSecurity> {
+    if cli.insecure_plaintext {
+        return Ok(ClientSecurity::InsecurePlaintext);
+    }
+    let from_dir = |file: String| cli.certs.as_ref().map(|d| d.join(file));
+    let ca = cli
+        .ca
+        .clone()
+        .or_else(|| from_dir("ca.pem".into()))
+        .context(
+            "TLS needs the cluster CA: give --certs DIR (or --ca FILE), or --insecure-plaintext",
+        )?;
+    let name = cli.name.as_deref();
+    let cert = cli
+        .cert
+        .clone()
+        .or_else(|| name.and_then(|n| from_dir(format!("client-{n}.pem"))))
+        .context("TLS needs a client certificate: give --certs DIR --name NAME (or --cert FILE --key FILE)")?;
+    let key = cli
+        .key
+        .clone()
+        .or_else(|| name.and_then(|n| from_dir(format!("client-{n}.key.pem"))))
+        .context("TLS needs the client's key: give --certs DIR --name NAME (or --key FILE)")?;
+    let tls = ClientTlsConfig::from_files(&ca, &cert, &key)?;
+    Ok(ClientSecurity::Tls(tls))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let timeout = Duration::from_millis(cli.timeout_ms);
+    let security = security(&cli)?;
     // A fresh cluster-assigned session per invocation (one extra replicated
     // command before a write): its id is unique by construction, and the
     // store deduplicates the write's retries within it.
-    let client = Client::with_session(cli.cluster.clone(), Session::assigned(), timeout);
+    let client = Client::with_session(
+        cli.cluster.clone(),
+        security.clone(),
+        Session::assigned(),
+        timeout,
+    );
     match cli.command {
         Command::Put { key, value } => {
             let r = written(client.put(Bytes::from(key), Bytes::from(value)).await)?;
@@ -144,7 +204,7 @@ async fn main() -> Result<()> {
         }
         Command::Status => {
             for addr in &cli.cluster {
-                match Client::status_of(*addr, timeout).await {
+                match Client::status_of(*addr, &security, timeout).await {
                     Ok(s) => {
                         let v: serde_json::Value =
                             serde_json::from_str(&s).context("node sent bad status JSON")?;

@@ -7,6 +7,13 @@
 //! bench`), `<results>/e2e-full.json` (every run) and `<results>/e2e-report.html`
 //! (a self-contained page with SVG plots). `--quick` is the CI smoke run: one
 //! 3-node cluster, short runs, the same correctness checks.
+//!
+//! Clients speak TLS with a client certificate, as any client must.
+//! `--plaintext-baseline` also starts a cluster of the same size with
+//! `--insecure-plaintext-clients` and runs every write point on it right
+//! beside the same point over TLS, each going first in turn (the idle
+//! cluster only heartbeats meanwhile): the figures "TLS cost" put the two
+//! side by side.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +59,10 @@ struct Args {
     /// thread against 80k from two workers.
     #[arg(long, default_value_t = 0)]
     client_threads: usize,
+    /// Also measure every write point against a cluster whose client ports
+    /// speak plain TCP (`--insecure-plaintext-clients`), beside TLS.
+    #[arg(long)]
+    plaintext_baseline: bool,
     /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -64,6 +75,9 @@ struct Run {
     value_bytes: usize,
     concurrency: usize,
     result: LoadResult,
+    /// CPU microseconds per acknowledged operation: (the cluster's node
+    /// processes, this load generator).
+    cpu_us_per_op: (f64, f64),
 }
 
 impl Run {
@@ -80,6 +94,8 @@ impl Run {
             "p50_us": self.result.quantile_us(0.5),
             "p99_us": self.result.quantile_us(0.99),
             "p999_us": self.result.quantile_us(0.999),
+            "node_cpu_us_per_op": self.cpu_us_per_op.0,
+            "client_cpu_us_per_op": self.cpu_us_per_op.1,
         })
     }
 }
@@ -146,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
     let bin = node_binary()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut runs: Vec<Run> = Vec::new();
+    let mut plaintext_runs: Vec<Run> = Vec::new();
     let mut failovers: Vec<Value> = Vec::new();
     let mut run_id = 1u64;
 
@@ -158,6 +175,22 @@ async fn run(args: Args) -> Result<()> {
         // Warm the WAL files and the connections before measuring.
         warm_up(&cluster, run_id).await;
         run_id += 1;
+        let plain = if args.plaintext_baseline {
+            let mut spec = ClusterSpec::new(
+                n,
+                work.path().join(format!("cluster-{n}-plaintext")),
+                bin.clone(),
+            );
+            spec.insecure_plaintext_clients = true;
+            let plain = LocalCluster::start(spec)?;
+            let leader = plain.wait_for_leader(Duration::from_secs(20)).await?;
+            println!("plaintext baseline cluster: leader node {leader}");
+            warm_up(&plain, run_id).await;
+            run_id += 1;
+            Some(plain)
+        } else {
+            None
+        };
         for &value_bytes in &args.values {
             // Every write level, then reads at the highest concurrency.
             let reads_at = *args.concurrency.last().unwrap_or(&16);
@@ -166,36 +199,71 @@ async fn run(args: Args) -> Result<()> {
                 .iter()
                 .map(|&c| (Workload::Writes, c))
                 .chain(std::iter::once((Workload::Reads, reads_at)));
-            for (workload, concurrency) in points {
-                let r = loadgen::run(LoadSpec {
-                    addrs: cluster.client_addrs(),
-                    concurrency,
-                    connections: concurrency.clamp(1, 8),
-                    value_bytes,
-                    duration,
-                    workload,
-                    run_id,
-                    timeout: Duration::from_secs(5),
-                })
-                .await;
-                run_id += 1;
+            for (index, (workload, concurrency)) in points.enumerate() {
                 let kind = match workload {
                     Workload::Writes => "writes",
                     Workload::Reads => "reads",
                 };
-                print_run(kind, n, value_bytes, concurrency, &r);
-                if workload == Workload::Writes {
-                    check_sample(&cluster, &r).await?;
+                // With the plaintext baseline, the two runs of a write point
+                // take turns going first: a run leaves write-back work on the
+                // shared disk that slows the run after it.
+                let baseline = plain.as_ref().filter(|_| workload == Workload::Writes);
+                let plain_first = baseline.is_some() && index % 2 == 1;
+                let mut order = vec![(&cluster, false)];
+                if let Some(p) = baseline {
+                    order.insert(usize::from(!plain_first), (p, true));
                 }
-                runs.push(Run {
-                    nodes: n,
-                    workload: kind,
-                    value_bytes,
-                    concurrency,
-                    result: r,
-                });
+                for (target, is_plain) in order {
+                    let cpu_before = (target.cpu_time(), own_cpu_time());
+                    let r = loadgen::run(LoadSpec {
+                        addrs: target.client_addrs(),
+                        concurrency,
+                        connections: concurrency.clamp(1, 8),
+                        value_bytes,
+                        duration,
+                        workload,
+                        run_id,
+                        timeout: Duration::from_secs(5),
+                        security: target.client_security(),
+                    })
+                    .await;
+                    run_id += 1;
+                    let ops = r.ok.max(1) as f64;
+                    let cpu_us_per_op = (
+                        target.cpu_time().saturating_sub(cpu_before.0).as_secs_f64() * 1e6 / ops,
+                        own_cpu_time().saturating_sub(cpu_before.1).as_secs_f64() * 1e6 / ops,
+                    );
+                    print_run(
+                        if is_plain { "plain" } else { kind },
+                        n,
+                        value_bytes,
+                        concurrency,
+                        &r,
+                    );
+                    println!(
+                        "        CPU per op: nodes {:.1} us, load generator {:.1} us",
+                        cpu_us_per_op.0, cpu_us_per_op.1
+                    );
+                    if workload == Workload::Writes {
+                        check_sample(target, &r).await?;
+                    }
+                    let run = Run {
+                        nodes: n,
+                        workload: kind,
+                        value_bytes,
+                        concurrency,
+                        result: r,
+                        cpu_us_per_op,
+                    };
+                    if is_plain {
+                        plaintext_runs.push(run);
+                    } else {
+                        runs.push(run);
+                    }
+                }
             }
         }
+        drop(plain);
         if n == 3 {
             let f = failover(
                 cluster,
@@ -214,7 +282,7 @@ async fn run(args: Args) -> Result<()> {
         compare_rows = compare(&args, work.path()).await;
     }
 
-    write_results(&results, &runs, &failovers, &compare_rows)?;
+    write_results(&results, &runs, &plaintext_runs, &failovers, &compare_rows)?;
     let lost: u64 = failovers
         .iter()
         .map(|f| f["lost_writes"].as_u64().unwrap_or(0))
@@ -223,6 +291,11 @@ async fn run(args: Args) -> Result<()> {
         bail!("{lost} acknowledged writes were lost");
     }
     Ok(())
+}
+
+/// CPU time this process (the load generator) has used so far.
+fn own_cpu_time() -> Duration {
+    paxos_bench::cluster::process_cpu_time(std::process::id()).unwrap_or_default()
 }
 
 fn print_run(kind: &str, n: u64, value_bytes: usize, concurrency: usize, r: &LoadResult) {
@@ -246,13 +319,19 @@ async fn warm_up(cluster: &LocalCluster, run_id: u64) {
         workload: Workload::Writes,
         run_id,
         timeout: Duration::from_secs(5),
+        security: cluster.client_security(),
     })
     .await;
 }
 
 /// Reads back a sample of a run's acknowledged writes (linearizable reads).
 async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
-    let client = Client::new(cluster.client_addrs(), u64::MAX - 1, Duration::from_secs(5));
+    let client = Client::new(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        u64::MAX - 1,
+        Duration::from_secs(5),
+    );
     let step = (r.acked.len() / 50).max(1);
     for (key, value) in r.acked.iter().step_by(step) {
         let got = client.get(key.clone(), ReadMode::Linearizable).await?;
@@ -260,7 +339,12 @@ async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
             // Say where the value is (and is not) before failing.
             let mut seen = Vec::new();
             for (id, m) in cluster.members() {
-                let c = Client::new(vec![m.client], u64::MAX - 3, Duration::from_secs(2));
+                let c = Client::new(
+                    vec![m.client],
+                    cluster.client_security(),
+                    u64::MAX - 3,
+                    Duration::from_secs(2),
+                );
                 let stale = c.get(key.clone(), ReadMode::Stale).await;
                 seen.push(format!("node {id}: {stale:?}"));
             }
@@ -294,6 +378,7 @@ async fn failover(
         workload: Workload::Writes,
         run_id,
         timeout: Duration::from_secs(10),
+        security: cluster.client_security(),
     }));
     tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
     // A probe writes with a short timeout until a write commits again. Its
@@ -305,6 +390,7 @@ async fn failover(
             .copied()
             .filter(|a| *a != cluster.members()[&leader].client)
             .collect(),
+        cluster.client_security(),
         (run_id << 20) | 0xFFFFF,
         Duration::from_millis(200),
     ));
@@ -335,6 +421,7 @@ async fn failover(
     // Every acknowledged write must be readable from the new leader.
     let checker = Arc::new(Client::new(
         addrs.clone(),
+        cluster.client_security(),
         u64::MAX - 2,
         Duration::from_secs(5),
     ));
@@ -452,6 +539,7 @@ async fn compare(_args: &Args, _work: &Path) -> Vec<Value> {
 fn write_results(
     results: &Path,
     runs: &[Run],
+    plaintext_runs: &[Run],
     failovers: &[Value],
     compare: &[Value],
 ) -> Result<()> {
@@ -540,6 +628,36 @@ fn write_results(
             }));
         }
     }
+    // TLS beside plaintext at the same point.
+    for p in plaintext_runs {
+        if let Some(r) = runs.iter().find(|r| {
+            r.workload == p.workload
+                && r.nodes == p.nodes
+                && r.value_bytes == p.value_bytes
+                && r.concurrency == p.concurrency
+        }) {
+            figures.push(json!({
+                "name": format!(
+                    "TLS cost: {} nodes, {} B writes, {} clients, TLS vs plaintext",
+                    r.nodes, r.value_bytes, r.concurrency
+                ),
+                "value": r.result.throughput(),
+                "unit": "writes/s",
+                "baseline_name": "plaintext",
+                "baseline": p.result.throughput(),
+            }));
+            figures.push(json!({
+                "name": format!(
+                    "TLS cost: {} nodes, {} B writes, {} clients, node CPU per write",
+                    r.nodes, r.value_bytes, r.concurrency
+                ),
+                "value": r.cpu_us_per_op.0,
+                "unit": "us",
+                "baseline_name": "plaintext",
+                "baseline": p.cpu_us_per_op.0,
+            }));
+        }
+    }
     for r in runs.iter().filter(|r| r.workload == "reads") {
         figures.push(json!({
             "name": format!("{} nodes, linearizable reads, {} clients", r.nodes, r.concurrency),
@@ -573,6 +691,7 @@ fn write_results(
     )?;
     let full = json!({
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "plaintext_runs": plaintext_runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "failovers": failovers,
         "compare": compare,
     });

@@ -2,7 +2,8 @@
 //! certificates of a cluster.
 //!
 //! ```text
-//! paxos-node certs --dir certs --nodes 1,2,3
+//! paxos-node certs --dir certs --nodes 1,2,3 --clients admin,dashboard:ro
+//! paxos-node certs --dir certs --clients carol      # later: same CA, one more client
 //! paxos-node run --id 1 --members 1=127.0.0.1:7001/127.0.0.1:8001,2=...,3=... \
 //!     --data-dir data/1 --certs certs
 //! ```
@@ -119,8 +120,19 @@ enum Command {
         /// event loop rather than on the sync thread (0: never).
         #[arg(long, default_value_t = paxos_bench::node::DEFAULT_INLINE_SYNC_BYTES)]
         inline_sync_bytes: usize,
+        /// INSECURE: serve clients over plain TCP without TLS or
+        /// authentication (every connection may read and write every key).
+        /// Only for tests and benchmarks on a trusted network.
+        #[arg(long)]
+        insecure_plaintext_clients: bool,
+        /// Close a client connection whose TLS handshake has not completed
+        /// within this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        client_handshake_timeout_ms: u64,
     },
-    /// Generate a cluster CA and node certificates as PEM files.
+    /// Write node and client certificates as PEM files, signed by the
+    /// directory's CA (ca.pem and ca.key.pem, created on the first run and
+    /// reused after, so that nodes and clients can be added later).
     Certs {
         /// Output directory.
         #[arg(long)]
@@ -128,6 +140,11 @@ enum Command {
         /// Node ids, comma separated.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<u64>,
+        /// Clients, comma separated: NAME (read-write) or NAME:ro
+        /// (read-only; NAME:rw is read-write). Writes client-NAME.pem and
+        /// client-NAME.key.pem.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
     },
 }
 
@@ -146,13 +163,52 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Certs { dir, nodes } => {
+        Command::Certs {
+            dir,
+            nodes,
+            clients,
+        } => {
+            use paxos_net_quic::certs::ClientRole;
             let ids: Vec<_> = nodes.into_iter().map(paxos_net_quic::PeerId).collect();
-            let (_, files) = paxos_net_quic::certs::generate_cluster(&dir, &ids)
+            let clients = clients
+                .iter()
+                .map(|spec| {
+                    let (name, role) = match spec.split_once(':') {
+                        Some((name, role)) => (
+                            name,
+                            ClientRole::parse(role).with_context(|| {
+                                format!("client {spec:?}: role must be rw or ro")
+                            })?,
+                        ),
+                        None => (spec.as_str(), ClientRole::ReadWrite),
+                    };
+                    Ok((name.to_string(), role))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if ids.is_empty() && clients.is_empty() {
+                anyhow::bail!("nothing to write: give --nodes and/or --clients");
+            }
+            let (_, files) = paxos_net_quic::certs::write_certs(&dir, &ids, &clients)
                 .with_context(|| format!("writing certificates into {}", dir.display()))?;
-            println!("CA: {}", files.ca_cert.display());
+            println!(
+                "CA: {} ({}); its key {} stays here, never on a node",
+                files.ca_cert.display(),
+                if files.ca_created {
+                    "new"
+                } else {
+                    "existing, reused"
+                },
+                files.ca_key.display()
+            );
             for (id, cert, key) in files.nodes {
                 println!("node {}: {} {}", id.0, cert.display(), key.display());
+            }
+            for (name, role, cert, key) in files.clients {
+                println!(
+                    "client {name} ({role}): {} {}",
+                    cert.display(),
+                    key.display()
+                );
             }
             Ok(())
         }
@@ -179,6 +235,8 @@ fn main() -> Result<()> {
             client_idle_timeout_ms,
             threads,
             inline_sync_bytes,
+            insecure_plaintext_clients,
+            client_handshake_timeout_ms,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -198,6 +256,9 @@ fn main() -> Result<()> {
             opts.snapshot_every = snapshot_every;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;
+            opts.insecure_plaintext_clients = insecure_plaintext_clients;
+            opts.client_handshake_timeout =
+                Duration::from_millis(client_handshake_timeout_ms.max(1));
             opts.max_sessions = max_sessions;
             opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
             opts.skip_entries = skip_entries;

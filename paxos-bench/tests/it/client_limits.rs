@@ -2,7 +2,9 @@
 //! refused with an error frame while the others keep working, and a
 //! connection that sends nothing for the idle timeout is closed while an
 //! active one is not. Raw sockets speak the client protocol, as any client
-//! would; every wait is bounded.
+//! would, so the node runs with `--insecure-plaintext-clients` (the limits
+//! are the same with TLS; `tls.rs` covers the TLS refusal); every wait is
+//! bounded.
 
 use bytes::BytesMut;
 use paxos_bench::client::{Client, ClientError};
@@ -19,11 +21,13 @@ use tokio::time::{timeout, Instant};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn one_node(dir: &Path) -> ClusterSpec {
-    ClusterSpec::new(
+    let mut spec = ClusterSpec::new(
         1,
         dir.to_path_buf(),
         PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
-    )
+    );
+    spec.insecure_plaintext_clients = true;
+    spec
 }
 
 /// A raw client connection.
@@ -133,7 +137,7 @@ async fn a_connection_over_the_limit_is_refused_while_others_keep_working() {
         "the refused connection gets one error frame, then EOF: {frames:?}"
     );
     // The client library surfaces the same error.
-    match Client::status_of(addr, Duration::from_secs(5)).await {
+    match Client::status_of(addr, &cluster.client_security(), Duration::from_secs(5)).await {
         Err(ClientError::Node(e)) => assert!(e.contains("too many client connections"), "{e}"),
         other => panic!("expected the limit's error, got {other:?}"),
     }

@@ -72,7 +72,12 @@ async fn three_processes_survive_a_killed_leader_and_converge() {
 
     // Write through one node only: followers redirect to the leader.
     let first = cluster.members()[&1].client;
-    let client = Client::new(vec![first], 1, Duration::from_secs(5));
+    let client = Client::new(
+        vec![first],
+        cluster.client_security(),
+        1,
+        Duration::from_secs(5),
+    );
     let mut acked = write_keys(&client, "before", 200).await;
 
     // Kill the leader without warning; the others elect and go on.
@@ -83,7 +88,12 @@ async fn three_processes_survive_a_killed_leader_and_converge() {
         .filter(|(&id, _)| id != leader)
         .map(|(_, m)| m.client)
         .collect();
-    let client = Client::new(survivors, 2, Duration::from_secs(5));
+    let client = Client::new(
+        survivors,
+        cluster.client_security(),
+        2,
+        Duration::from_secs(5),
+    );
     acked.extend(write_keys(&client, "after", 300).await);
     let new_leader = cluster
         .wait_for_leader(Duration::from_secs(30))
@@ -102,7 +112,12 @@ async fn three_processes_survive_a_killed_leader_and_converge() {
 
     // Every acknowledged write is on every node, with its exact value.
     for (&id, m) in cluster.members() {
-        let c = Client::new(vec![m.client], 100 + id, Duration::from_secs(5));
+        let c = Client::new(
+            vec![m.client],
+            cluster.client_security(),
+            100 + id,
+            Duration::from_secs(5),
+        );
         for (key, value) in &acked {
             let got = c
                 .get(key.clone(), ReadMode::Stale)
@@ -114,6 +129,7 @@ async fn three_processes_survive_a_killed_leader_and_converge() {
     // And a linearizable read through the restarted node sees the last write.
     let c = Client::new(
         vec![cluster.members()[&leader].client],
+        cluster.client_security(),
         999,
         Duration::from_secs(5),
     );

@@ -35,7 +35,7 @@ async fn a_taken_port_restarts_the_cluster_on_fresh_ports() {
 
     let addr = cluster.client_addrs()[0];
     assert_ne!(addr.port(), port, "the taken port is not used");
-    let status = Client::status_of(addr, Duration::from_secs(5))
+    let status = Client::status_of(addr, &cluster.client_security(), Duration::from_secs(5))
         .await
         .expect("the node answers");
     assert!(status.contains("\"pid\""), "{status}");

@@ -194,7 +194,12 @@ async fn concurrent_history_across_a_leader_failure_is_linearizable() {
     let addrs = cluster.client_addrs();
     let mut tasks = Vec::new();
     for id in 1..=CLIENTS {
-        let client = Client::new(addrs.clone(), 1000 + id, Duration::from_secs(2));
+        let client = Client::new(
+            addrs.clone(),
+            cluster.client_security(),
+            1000 + id,
+            Duration::from_secs(2),
+        );
         tasks.push(tokio::spawn(run_client(
             id,
             client,
@@ -226,7 +231,12 @@ async fn concurrent_history_across_a_leader_failure_is_linearizable() {
             .expect("client task");
     }
     // A last linearizable read of every key, recorded like any other call.
-    let reader = Client::new(addrs.clone(), 2000, Duration::from_secs(2));
+    let reader = Client::new(
+        addrs.clone(),
+        cluster.client_security(),
+        2000,
+        Duration::from_secs(2),
+    );
     let mut finals = Vec::new();
     for k in 0..KEYS {
         let key = key(k);

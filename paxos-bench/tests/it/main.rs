@@ -8,6 +8,8 @@ mod cluster_start;
 mod heal;
 mod linearizable;
 mod outcome;
+mod principals;
 mod rejoin;
 mod sessions;
 mod snapshot_install;
+mod tls;

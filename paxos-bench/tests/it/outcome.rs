@@ -45,6 +45,7 @@ async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_c
         PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
     );
     let cluster = LocalCluster::start(spec).expect("cluster starts");
+    let security = cluster.client_security();
     let leader = cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
@@ -52,7 +53,12 @@ async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_c
     let leader_addr = cluster.members()[&leader].client;
     // A client that knows only the leader: it sees the leader's answer to
     // the write, then the leader's redirects while no leader exists.
-    let client = Client::new(vec![leader_addr], 1, Duration::from_secs(5));
+    let client = Client::new(
+        vec![leader_addr],
+        security.clone(),
+        1,
+        Duration::from_secs(5),
+    );
     let mut session = Session::new(77);
     let put = |v: &str| KvOp::Put {
         key: Bytes::from_static(b"x"),
@@ -90,7 +96,12 @@ async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_c
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader is elected after the followers resume");
-    let reader = Client::new(cluster.client_addrs(), 2, Duration::from_secs(5));
+    let reader = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        2,
+        Duration::from_secs(5),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let value = loop {
         match reader

@@ -37,6 +37,7 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
         PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
     );
     let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let security = cluster.client_security();
     let a = cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
@@ -49,7 +50,7 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
     // C is cut off; x commits on A and B.
     let paused = Paused(cluster.pid(c).expect("C runs"));
     signal(paused.0, libc::SIGSTOP);
-    let writer = Client::new(vec![addr(a)], 1, Duration::from_secs(5));
+    let writer = Client::new(vec![addr(a)], security.clone(), 1, Duration::from_secs(5));
     let mut session = Session::new(5);
     writer
         .write_in(
@@ -69,7 +70,12 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
     cluster.rejoin_node(b).expect("B rejoins");
 
     // For a while, nobody may lead: C lacks x, and B may not count.
-    let reader = Client::new(vec![addr(b), addr(c)], 2, Duration::from_millis(500));
+    let reader = Client::new(
+        vec![addr(b), addr(c)],
+        security.clone(),
+        2,
+        Duration::from_millis(500),
+    );
     let watch_until = Instant::now() + Duration::from_secs(4);
     let mut saw_recovering = false;
     while Instant::now() < watch_until {
@@ -98,7 +104,12 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader is elected once A is back");
-    let reader = Client::new(cluster.client_addrs(), 3, Duration::from_secs(5));
+    let reader = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        3,
+        Duration::from_secs(5),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let value = loop {
         match reader
@@ -130,7 +141,12 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .unwrap_or(a);
-    let w = Client::new(vec![addr(a), addr(b)], 4, Duration::from_secs(5));
+    let w = Client::new(
+        vec![addr(a), addr(b)],
+        security.clone(),
+        4,
+        Duration::from_secs(5),
+    );
     let mut s = Session::new(9);
     w.write_in(
         &mut s,

@@ -8,6 +8,7 @@ use paxos_bench::client::{Client, ClientError, Session};
 use paxos_bench::client_proto::ReadMode;
 use paxos_bench::cluster::{ClusterSpec, LocalCluster};
 use paxos_bench::kv::{KvOp, ASSIGNED_SESSION_BIT};
+use paxos_bench::tls::ClientSecurity;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +33,12 @@ async fn an_evicted_session_fails_its_write_then_continues_in_a_new_session() {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader is elected");
-    let client = Client::new(cluster.client_addrs(), 1, Duration::from_secs(5));
+    let client = Client::new(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        1,
+        Duration::from_secs(5),
+    );
 
     let mut a = Session::new(10);
     client
@@ -96,7 +102,12 @@ async fn a_named_session_whose_first_write_failed_moves_to_an_assigned_one() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a loopback port");
-    let client = Client::new(vec![dead], 1, Duration::from_millis(500));
+    let client = Client::new(
+        vec![dead],
+        ClientSecurity::InsecurePlaintext,
+        1,
+        Duration::from_millis(500),
+    );
     let mut s = Session::new(77);
     let err = client
         .write_in(&mut s, put("k", "v"))

@@ -39,7 +39,7 @@ async fn a_lagging_follower_installs_a_snapshot_and_converges() {
         .filter(|(&id, _)| id != follower)
         .map(|(_, m)| m.client)
         .collect();
-    let client = Client::new(live, 1, Duration::from_secs(10));
+    let client = Client::new(live, cluster.client_security(), 1, Duration::from_secs(10));
     let value = Bytes::from(vec![b'v'; 2048]);
     let keys = 1_200;
     for i in 0..keys {
@@ -76,6 +76,7 @@ async fn a_lagging_follower_installs_a_snapshot_and_converges() {
     );
     let c = Client::new(
         vec![cluster.members()[&follower].client],
+        cluster.client_security(),
         2,
         Duration::from_secs(5),
     );
