@@ -17,8 +17,6 @@ use crate::kv::{KvCodecError, KvCommand, MAX_KEY_BYTES};
 
 /// Largest client frame accepted, in bytes.
 pub const MAX_CLIENT_FRAME_BYTES: usize = 2 * 1024 * 1024;
-/// How much a partial frame's buffer grows at a time, at most.
-const FRAME_GROWTH_BYTES: usize = 64 * 1024;
 
 /// How a read is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,10 +328,9 @@ pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {
         return Err(ProtoError::TooLong(len));
     }
     if buf.len() < 4 + len {
-        // Grow with what arrives, not with what the length claims: a
-        // connection that announces 2 MiB and trickles bytes must not get
-        // 2 MiB of buffer up front.
-        buf.reserve((4 + len - buf.len()).min(FRAME_GROWTH_BYTES));
+        // No room is reserved for what the length claims: the reader grows
+        // the buffer as bytes arrive, so a connection that announces 2 MiB
+        // and trickles bytes holds only what it sent.
         return Ok(None);
     }
     buf.advance(4);

@@ -69,6 +69,8 @@ pub struct ClusterSpec {
     pub snapshot_every: u64,
     /// Client sessions each node's store keeps (`--max-sessions`).
     pub max_sessions: usize,
+    /// `--max-session-mib` of every node.
+    pub max_session_mib: usize,
     /// Client connections each node serves at once
     /// (`--max-client-connections`).
     pub max_client_connections: usize,
@@ -103,6 +105,7 @@ impl ClusterSpec {
             segment_mib: 64,
             snapshot_every: 1_000_000,
             max_sessions: crate::kv::DEFAULT_MAX_SESSIONS,
+            max_session_mib: crate::kv::DEFAULT_MAX_SESSION_BYTES >> 20,
             max_client_connections: crate::node::DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout_ms: u64::try_from(
                 crate::node::DEFAULT_CLIENT_IDLE_TIMEOUT.as_millis(),
@@ -425,6 +428,7 @@ impl LocalCluster {
             .args(["--segment-mib", &self.spec.segment_mib.to_string()])
             .args(["--snapshot-every", &self.spec.snapshot_every.to_string()])
             .args(["--max-sessions", &self.spec.max_sessions.to_string()])
+            .args(["--max-session-mib", &self.spec.max_session_mib.to_string()])
             .args([
                 "--max-client-connections",
                 &self.spec.max_client_connections.to_string(),

@@ -1878,7 +1878,9 @@ async fn serve_client<R, W>(
     let idle = tokio::time::sleep_until(last_input + idle_timeout.unwrap_or_default());
     tokio::pin!(idle);
     'conn: loop {
-        buf.reserve(READ_CHUNK_BYTES);
+        // Room in proportion to what arrived (a frame's buffer doubles as
+        // its bytes come in), never in proportion to a length claim.
+        buf.reserve(READ_CHUNK_BYTES.max(buf.len()));
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,

@@ -5,6 +5,7 @@
 mod client_limits;
 mod cluster;
 mod cluster_start;
+mod flood;
 mod heal;
 mod linearizable;
 mod outcome;
