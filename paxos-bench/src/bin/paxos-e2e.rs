@@ -207,7 +207,7 @@ async fn run(args: Args) -> Result<()> {
                 // With the plaintext baseline, the two runs of a write point
                 // take turns going first: a run leaves write-back work on the
                 // shared disk that slows the run after it.
-                let baseline = plain.as_ref().filter(|_| workload == Workload::Writes);
+                let baseline = plain.as_ref();
                 let plain_first = baseline.is_some() && index % 2 == 1;
                 let mut order = vec![(&cluster, false)];
                 if let Some(p) = baseline {
@@ -234,7 +234,11 @@ async fn run(args: Args) -> Result<()> {
                         own_cpu_time().saturating_sub(cpu_before.1).as_secs_f64() * 1e6 / ops,
                     );
                     print_run(
-                        if is_plain { "plain" } else { kind },
+                        match (is_plain, workload) {
+                            (false, _) => kind,
+                            (true, Workload::Writes) => "plain",
+                            (true, Workload::Reads) => "plain reads",
+                        },
                         n,
                         value_bytes,
                         concurrency,
@@ -638,18 +642,18 @@ fn write_results(
         }) {
             figures.push(json!({
                 "name": format!(
-                    "TLS cost: {} nodes, {} B writes, {} clients, TLS vs plaintext",
-                    r.nodes, r.value_bytes, r.concurrency
+                    "TLS cost: {} nodes, {} B {}, {} clients, TLS vs plaintext",
+                    r.nodes, r.value_bytes, r.workload, r.concurrency
                 ),
                 "value": r.result.throughput(),
-                "unit": "writes/s",
+                "unit": "ops/s",
                 "baseline_name": "plaintext",
                 "baseline": p.result.throughput(),
             }));
             figures.push(json!({
                 "name": format!(
-                    "TLS cost: {} nodes, {} B writes, {} clients, node CPU per write",
-                    r.nodes, r.value_bytes, r.concurrency
+                    "TLS cost: {} nodes, {} B {}, {} clients, node CPU per operation",
+                    r.nodes, r.value_bytes, r.workload, r.concurrency
                 ),
                 "value": r.cpu_us_per_op.0,
                 "unit": "us",
