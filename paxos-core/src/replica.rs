@@ -269,6 +269,12 @@ struct Follower {
     newleader_seen: bool,
     installing: Option<Zxid>,
     snap_done: bool,
+    /// When the last SNAPPROGRESS left (rate limit: one per heartbeat).
+    progress_sent_at: Option<Time>,
+    /// The history NEWLEADER named, once taken; ACKNEWLEADER is sent again
+    /// every heartbeat interval until UPTODATE comes (it may be lost).
+    newleader_last: Zxid,
+    ack_resent_at: Time,
     last_heard: Time,
     info_sent_at: Time,
     applied_reported: Zxid,
@@ -323,6 +329,14 @@ struct Peer {
     hb_acked: u64,
     lease_from: Time,
     sync_failures: u32,
+    /// A SNAPPROGRESS arrived for the transfer in flight: from then on only
+    /// the follower's progress (not our sending) keeps it alive.
+    snap_heard: bool,
+    /// The bytes the follower last reported for the transfer in flight.
+    snap_received: u64,
+    /// Where a restarted transfer of that snapshot resumes: the follower's
+    /// last report of its receiver (none while it installs).
+    snap_resume: Option<(Zxid, u64)>,
     /// The follower said it is recovering: none of its promises or acks
     /// count until it is readmitted.
     recovering: bool,
@@ -410,6 +424,8 @@ pub struct Replica<S: Storage> {
     /// Lease reads: until this time the replica neither votes (the elector
     /// is not started), nor leads, nor promises a new epoch.
     hold_until: Option<Time>,
+    /// See [`Replica::snapshot_transfer_restarts`].
+    snap_restarts: u64,
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -475,6 +491,7 @@ impl<S: Storage> Replica<S> {
             recovering_write: None,
             readmit: None,
             hold_until: None,
+            snap_restarts: 0,
         };
         tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
         if recovering {
@@ -644,6 +661,13 @@ impl<S: Storage> Replica<S> {
             .collect()
     }
 
+    /// Leader: how many times a follower's snapshot transfer (or install)
+    /// went a whole [`Config::snapshot_progress_timeout`] without progress
+    /// and its sync was restarted, over this replica's lifetime.
+    pub fn snapshot_transfer_restarts(&self) -> u64 {
+        self.snap_restarts
+    }
+
     /// The epoch this replica leads or follows in, once established.
     pub fn established_epoch(&self) -> Option<Epoch> {
         match &self.role {
@@ -730,6 +754,7 @@ impl<S: Storage> Replica<S> {
         let mut lose = None;
         let mut send_info = false;
         let mut send_applied = None;
+        let mut resend_ack = None;
         if let Some(until) = self.hold_until {
             if now >= until {
                 self.hold_until = None;
@@ -757,6 +782,17 @@ impl<S: Storage> Replica<S> {
                         f.applied_reported_at = now;
                         send_applied = Some((f.leader, f.epoch));
                     }
+                    // Synced but no UPTODATE yet: it may be lost, and
+                    // nothing else would bring it again. Acknowledge
+                    // NEWLEADER again (durable since: the epoch is).
+                    if f.phase == FPhase::Sync
+                        && f.newleader_seen
+                        && self.durable_hs.current_epoch == f.epoch
+                        && now.saturating_since(f.ack_resent_at) >= hb
+                    {
+                        f.ack_resent_at = now;
+                        resend_ack = Some((f.leader, f.epoch, f.newleader_last));
+                    }
                 }
             }
             Role::Leading(_) => {
@@ -771,6 +807,10 @@ impl<S: Storage> Replica<S> {
         if let Some((leader, epoch)) = send_applied {
             let zxid = self.applied;
             self.send(leader, Message::Applied { epoch, zxid });
+        }
+        if let Some((leader, epoch, last_zxid)) = resend_ack {
+            tracing::debug!(id = %self.id, %leader, ?epoch, "no UPTODATE yet; acknowledging NEWLEADER again");
+            self.send(leader, Message::AckNewLeader { epoch, last_zxid });
         }
         if let Some(why) = lose {
             self.lose_leader(why);
@@ -799,6 +839,9 @@ impl<S: Storage> Replica<S> {
                 }
                 if f.phase == FPhase::Broadcast && self.applied > f.applied_reported {
                     t = t.min(f.applied_reported_at + hb);
+                }
+                if f.phase == FPhase::Sync && f.newleader_seen {
+                    t = t.min(f.ack_resent_at + hb);
                 }
                 Some(t)
             }
@@ -951,6 +994,49 @@ impl<S: Storage> Replica<S> {
         self.send_persisted(leader, Message::SnapInstalled { epoch, zxid });
     }
 
+    /// Follower: the snapshot `snapshot` being received from the leader
+    /// (through [`SnapshotRequest::Write`]) has its first `received` bytes
+    /// in place, and, if `installing`, is complete and being installed.
+    /// Call it as chunks are taken (or refused: `received` is then what the
+    /// receiver holds, which is where the leader resumes) and every
+    /// heartbeat interval or so while the install runs. The leader keeps
+    /// the transfer alive on these reports
+    /// ([`Config::snapshot_progress_timeout`]); at most one report per
+    /// heartbeat interval leaves, the others are dropped.
+    pub fn snapshot_progress(
+        &mut self,
+        now: Time,
+        snapshot: Zxid,
+        received: u64,
+        installing: bool,
+    ) {
+        self.now = now;
+        let hb = self.config.heartbeat_interval;
+        let Role::Following(f) = &mut self.role else {
+            return;
+        };
+        if f.phase != FPhase::Sync || f.snap_done || f.installing != Some(snapshot) {
+            return;
+        }
+        if f.progress_sent_at
+            .is_some_and(|t| now.saturating_since(t) < hb)
+        {
+            return;
+        }
+        f.progress_sent_at = Some(now);
+        let (leader, epoch, round) = (f.leader, f.epoch, f.round);
+        self.send(
+            leader,
+            Message::SnapProgress {
+                epoch,
+                round,
+                snapshot,
+                received,
+                installing,
+            },
+        );
+    }
+
     /// Leader: one chunk of the snapshot a [`SnapshotRequest::Send`] asked
     /// for. Returns `false` (and sends nothing) if that follower no longer
     /// waits for this snapshot.
@@ -965,7 +1051,11 @@ impl<S: Storage> Replica<S> {
         if p.phase != PPhase::Snap(chunk.snapshot_zxid) {
             return false;
         }
-        p.since = self.now;
+        if !p.snap_heard {
+            // A follower that never reported (an older build) is kept
+            // alive by our sending, as before progress reports existed.
+            p.since = self.now;
+        }
         let round = p.round;
         self.send(
             to,
@@ -1150,6 +1240,9 @@ impl<S: Storage> Replica<S> {
             newleader_seen: false,
             installing: None,
             snap_done: false,
+            progress_sent_at: None,
+            newleader_last: Zxid::ZERO,
+            ack_resent_at: now,
             last_heard: now,
             info_sent_at: now,
             applied_reported: Zxid::ZERO,
@@ -1247,6 +1340,7 @@ impl<S: Storage> Replica<S> {
                 f.newleader_seen = false;
                 f.installing = None;
                 f.snap_done = false;
+                f.progress_sent_at = None;
                 self.promised_to = Some((from, epoch));
                 let hs = HardState {
                     accepted_epoch: epoch,
@@ -1347,6 +1441,8 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
                 f.newleader_seen = true;
+                f.newleader_last = last_zxid;
+                f.ack_resent_at = self.now;
                 let hs = HardState {
                     current_epoch: epoch,
                     ..self.hs
@@ -1700,6 +1796,31 @@ impl<S: Storage> Replica<S> {
                     self.send_fetch(from);
                 }
             }
+            Message::SnapProgress {
+                epoch: e,
+                round,
+                snapshot,
+                received,
+                installing,
+            } => {
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch {
+                    return;
+                }
+                // Where a restart resumes; an install in progress has
+                // handed its partial file on, so that would start over.
+                p.snap_resume = (!installing).then_some((snapshot, received));
+                if p.round != round || p.phase != PPhase::Snap(snapshot) {
+                    return;
+                }
+                if installing || received > p.snap_received || !p.snap_heard {
+                    p.since = now;
+                }
+                p.snap_heard = true;
+                p.snap_received = received;
+            }
             Message::SnapInstalled { epoch: e, zxid } => {
                 let Some(p) = l.peers.get_mut(&from) else {
                     return;
@@ -1774,6 +1895,13 @@ impl<S: Storage> Replica<S> {
                 let Some(p) = l.peers.get_mut(&from) else {
                     return;
                 };
+                if e == epoch && p.phase == PPhase::Broadcast && l.phase == LPhase::Broadcast {
+                    // Acknowledged again: our UPTODATE was lost.
+                    let commit = self.commit;
+                    tracing::debug!(leader = %self.id, follower = %from, "ACKNEWLEADER again; sending UPTODATE again");
+                    self.send(from, Message::UpToDate { epoch, commit });
+                    return;
+                }
                 if e != epoch || p.phase != PPhase::NewLeaderSent(last_zxid) {
                     return;
                 }
@@ -2074,10 +2202,19 @@ impl<S: Storage> Replica<S> {
             SyncPlan::Snap { snapshot } => {
                 p.next_prev = snapshot;
                 p.phase = PPhase::Snap(snapshot);
+                let offset = match p.snap_resume {
+                    Some((z, off)) if z == snapshot => off,
+                    _ => 0,
+                };
+                p.snap_heard = false;
+                p.snap_received = offset;
+                if offset > 0 {
+                    tracing::info!(leader = %self.id, follower = %n, ?snapshot, offset, "snapshot transfer resumed at the follower's offset");
+                }
                 self.out.snapshot_requests.push(SnapshotRequest::Send {
                     to: n,
                     snapshot,
-                    offset: 0,
+                    offset,
                 });
             }
         }
@@ -2157,9 +2294,27 @@ impl<S: Storage> Replica<S> {
         // Per-follower retries.
         let epoch = l.epoch;
         let established = l.phase >= LPhase::Fetching;
+        let progress_timeout = self.config.snapshot_progress_timeout;
         let mut resend = Vec::new();
+        let mut snap_restarts = 0;
         for (n, p) in l.peers.iter_mut() {
-            let stale = now.saturating_since(p.since) > sync_timeout;
+            let stale = if let PPhase::Snap(snapshot) = p.phase {
+                let stale = now.saturating_since(p.since) > progress_timeout;
+                if stale {
+                    snap_restarts += 1;
+                    tracing::warn!(
+                        leader = %self.id,
+                        follower = %n,
+                        ?snapshot,
+                        received = p.snap_received,
+                        timeout = ?progress_timeout,
+                        "snapshot transfer: no progress within the timeout; restarting the follower's sync"
+                    );
+                }
+                stale
+            } else {
+                now.saturating_since(p.since) > sync_timeout
+            };
             match p.phase {
                 PPhase::Promising
                 | PPhase::Snap(_)
@@ -2188,6 +2343,7 @@ impl<S: Storage> Replica<S> {
                 _ => {}
             }
         }
+        self.snap_restarts += snap_restarts;
         for (n, round) in resend {
             self.send(
                 n,
@@ -2238,6 +2394,19 @@ impl<S: Storage> Replica<S> {
             .filter(|(_, p)| p.readmitted && p.phase == PPhase::Broadcast)
             .map(|(n, _)| *n)
             .collect();
+        // NEWLEADER not acknowledged yet: it may be lost; the follower
+        // takes it again idempotently (same history, same epoch).
+        let newleader: Vec<(NodeId, Zxid)> = l
+            .peers
+            .iter()
+            .filter_map(|(n, p)| match p.phase {
+                PPhase::NewLeaderSent(z) if p.since < now => Some((*n, z)),
+                _ => None,
+            })
+            .collect();
+        for (n, last_zxid) in newleader {
+            self.send(n, Message::NewLeader { epoch, last_zxid });
+        }
         for (n, commit) in targets {
             self.send(
                 n,
@@ -2581,7 +2750,13 @@ impl<S: Storage> Replica<S> {
                 }
                 match l.peers.get(v) {
                     Some(p) if now.saturating_since(p.last_heard) <= pin_timeout => {
-                        pin = pin.min(p.applied)
+                        pin = pin.min(p.applied);
+                        // A follower receiving a snapshot continues with
+                        // DIFF from it: keep that part of the log, however
+                        // long the transfer takes.
+                        if let PPhase::Snap(z) = p.phase {
+                            pin = pin.min(z);
+                        }
                     }
                     None if now.saturating_since(l.started) <= pin_timeout => pin = Zxid::ZERO,
                     _ => {}
@@ -2621,6 +2796,9 @@ impl Peer {
             hb_acked: 0,
             lease_from: Time::ZERO,
             sync_failures: 0,
+            snap_heard: false,
+            snap_received: 0,
+            snap_resume: None,
             recovering: false,
             readmit_round: None,
             readmitted: false,
