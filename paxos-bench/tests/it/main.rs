@@ -9,4 +9,5 @@ mod linearizable;
 mod outcome;
 mod rejoin;
 mod sessions;
+mod snapshot_catchup;
 mod snapshot_install;
