@@ -274,6 +274,9 @@ struct Follower {
     /// The history NEWLEADER named, once taken; ACKNEWLEADER is sent again
     /// every heartbeat interval until UPTODATE comes (it may be lost).
     newleader_last: Zxid,
+    /// The `Ready` carrying the first ACKNEWLEADER: once it is persisted
+    /// (that acknowledgement left), sending it again says nothing new.
+    ack_ready_seq: u64,
     ack_resent_at: Time,
     last_heard: Time,
     info_sent_at: Time,
@@ -426,6 +429,8 @@ pub struct Replica<S: Storage> {
     hold_until: Option<Time>,
     /// See [`Replica::snapshot_transfer_restarts`].
     snap_restarts: u64,
+    /// The newest `Ready` reported persisted.
+    persisted_seq: u64,
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -492,6 +497,7 @@ impl<S: Storage> Replica<S> {
             readmit: None,
             hold_until: None,
             snap_restarts: 0,
+            persisted_seq: 0,
         };
         tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
         if recovering {
@@ -784,10 +790,11 @@ impl<S: Storage> Replica<S> {
                     }
                     // Synced but no UPTODATE yet: it may be lost, and
                     // nothing else would bring it again. Acknowledge
-                    // NEWLEADER again (durable since: the epoch is).
+                    // NEWLEADER again, once the first acknowledgement's
+                    // writes are durable (it has left).
                     if f.phase == FPhase::Sync
                         && f.newleader_seen
-                        && self.durable_hs.current_epoch == f.epoch
+                        && self.persisted_seq >= f.ack_ready_seq
                         && now.saturating_since(f.ack_resent_at) >= hb
                     {
                         f.ack_resent_at = now;
@@ -918,6 +925,7 @@ impl<S: Storage> Replica<S> {
     /// are durable.
     pub fn persisted(&mut self, now: Time, marker: Persisted) {
         self.now = now;
+        self.persisted_seq = self.persisted_seq.max(marker.seq);
         self.log.persisted(marker.seq);
         while let Some(&(seq, hs)) = self.hs_pending.front() {
             if seq > marker.seq {
@@ -1242,6 +1250,7 @@ impl<S: Storage> Replica<S> {
             snap_done: false,
             progress_sent_at: None,
             newleader_last: Zxid::ZERO,
+            ack_ready_seq: u64::MAX,
             ack_resent_at: now,
             last_heard: now,
             info_sent_at: now,
@@ -1442,6 +1451,7 @@ impl<S: Storage> Replica<S> {
                 }
                 f.newleader_seen = true;
                 f.newleader_last = last_zxid;
+                f.ack_ready_seq = self.seq + 1;
                 f.ack_resent_at = self.now;
                 let hs = HardState {
                     current_epoch: epoch,

@@ -107,6 +107,20 @@ fn log_lines(cluster: &LocalCluster, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// The log lines that tell how the snapshot catch-up went, for failures.
+fn snapshot_story(cluster: &LocalCluster) -> Vec<String> {
+    [
+        "snapshot",
+        "lost the leader",
+        "leader steps down",
+        "lost leader",
+        "sync mode",
+    ]
+    .iter()
+    .flat_map(|w| log_lines(cluster, w))
+    .collect()
+}
+
 fn sum(st: &BTreeMap<u64, serde_json::Value>, field: &str) -> u64 {
     st.values().filter_map(|v| v[field].as_u64()).sum()
 }
@@ -220,7 +234,8 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
     assert_eq!(
         streams.len(),
         1,
-        "one snapshot transfer, never restarted: {streams:#?}"
+        "one snapshot transfer, never restarted: {:#?}",
+        snapshot_story(&cluster)
     );
     assert_eq!(sum(&st, "snapshot_transfer_restarts"), 0, "{st:#?}");
     assert_eq!(sum(&st, "snapshot_resumes"), 0, "{st:#?}");
@@ -290,7 +305,8 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
     assert_eq!(
         streams.len(),
         1,
-        "one snapshot transfer, never restarted: {streams:#?}"
+        "one snapshot transfer, never restarted: {:#?}",
+        snapshot_story(&cluster)
     );
     assert_eq!(sum(&st, "snapshot_transfer_restarts"), 0, "{st:#?}");
 }
