@@ -225,8 +225,9 @@ pub enum Progress {
         /// The offset to ask the leader for.
         next_offset: u64,
     },
-    /// The file is complete and synced: call
-    /// [`install`](SnapshotReceiver::install).
+    /// Every byte of the file is in (written, not yet synced: a GiB takes
+    /// seconds, so the sync is left to [`install`](SnapshotReceiver::install),
+    /// which callers run off their event loop): call `install`.
     Complete,
 }
 
@@ -429,11 +430,6 @@ impl SnapshotReceiver {
         p.file
             .write_all_at(&chunk.data[skip..], expected)
             .map_err(|e| SnapshotError::io("write", &p.path, e))?;
-        if chunk.last {
-            p.file
-                .sync_all()
-                .map_err(|e| SnapshotError::io("fsync", &p.path, e))?;
-        }
         p.received = end;
         if chunk.last {
             Ok(Progress::Complete)
@@ -452,9 +448,10 @@ impl SnapshotReceiver {
         Ok(())
     }
 
-    /// Verifies the complete file (every checksum, and that it is the
-    /// announced snapshot), moves it into the store under its final name,
-    /// fsyncs the directory, and restores `sm` from it.
+    /// Syncs the complete file, verifies it (every checksum, and that it is
+    /// the announced snapshot), moves it into the store under its final
+    /// name, fsyncs the directory, and restores `sm` from it. Each step
+    /// reads or writes the whole file: run it off any event loop.
     ///
     /// If verification fails the partial file is deleted, nothing is
     /// installed and `sm` is untouched: the follower keeps its previous
@@ -472,6 +469,9 @@ impl SnapshotReceiver {
                 total_bytes: p.total_bytes,
             });
         }
+        p.file
+            .sync_all()
+            .map_err(|e| SnapshotError::io("fsync", &p.path, e))?;
         if let Err(err) = self.verify_partial() {
             tracing::warn!(error = %err, "received snapshot failed verification; discarded");
             self.abort()?;
