@@ -225,10 +225,15 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let streams = log_lines(&cluster, "streaming snapshot");
+    let install = [
+        log_lines(&cluster, "installing off the loop"),
+        log_lines(&cluster, "state replaced"),
+    ]
+    .concat();
     println!(
         "state {CATCH_UP_STATE_MIB} MiB in {keys} values: loaded in {loaded:?}; the wiped follower \
          installed its snapshot {installed_after:?} after rejoining; {} writes during the \
-         catch-up; transfers: {streams:#?}",
+         catch-up; transfers: {streams:#?}; install: {install:#?}",
         written.load(Ordering::Relaxed)
     );
     assert_eq!(
