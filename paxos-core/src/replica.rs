@@ -1714,11 +1714,6 @@ impl<S: Storage> Replica<S> {
                 p.restart(now);
                 p.recovering = recovering;
                 p.readmitted = false;
-                if recovering {
-                    // It lost its disk, partial snapshot included: a
-                    // transfer starts over rather than resume into a gap.
-                    p.snap_resume = None;
-                }
                 let round = p.round;
                 self.send(
                     from,
