@@ -91,6 +91,28 @@ async fn wait_snapshot_taken(cluster: &LocalCluster, id: u64, timeout: Duration)
     }
 }
 
+/// Checks the transfers the leaders' logs announce: exactly one started at
+/// offset 0, and any other resumed past it. A leader never restarts a
+/// transfer that makes progress; a follower that missed heartbeats for an
+/// election timeout (a starved test machine) restarts its own sync, and its
+/// transfer then resumes where its receiver stands.
+fn assert_one_transfer(cluster: &LocalCluster, streams: &[String]) {
+    let from_zero = streams.iter().filter(|l| l.contains(" offset=0 ")).count();
+    assert_eq!(
+        (from_zero, streams.is_empty()),
+        (1, false),
+        "one snapshot transfer from offset 0, never restarted from 0: {:#?}",
+        snapshot_story(cluster)
+    );
+    if streams.len() > 1 {
+        println!(
+            "the transfer was resumed {} times: {:#?}",
+            streams.len() - 1,
+            snapshot_story(cluster)
+        );
+    }
+}
+
 /// Lines of every node's log that contain `what`.
 fn log_lines(cluster: &LocalCluster, what: &str) -> Vec<String> {
     cluster
@@ -236,14 +258,13 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
          catch-up; transfers: {streams:#?}; install: {install:#?}",
         written.load(Ordering::Relaxed)
     );
-    assert_eq!(
-        streams.len(),
-        1,
-        "one snapshot transfer, never restarted: {:#?}",
-        snapshot_story(&cluster)
-    );
+    assert_one_transfer(&cluster, &streams);
     assert_eq!(sum(&st, "snapshot_transfer_restarts"), 0, "{st:#?}");
-    assert_eq!(sum(&st, "snapshot_resumes"), 0, "{st:#?}");
+    assert_eq!(
+        sum(&st, "snapshot_sends"),
+        1 + sum(&st, "snapshot_resumes"),
+        "{st:#?}"
+    );
     assert_eq!(sum(&st, "snapshot_chunks_dropped"), 0, "{st:#?}");
     assert_eq!(st[&follower]["snapshot_installs"].as_u64(), Some(1));
 }
@@ -307,11 +328,6 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
         Some(1),
         "the write needed the follower's install: {st:#?}"
     );
-    assert_eq!(
-        streams.len(),
-        1,
-        "one snapshot transfer, never restarted: {:#?}",
-        snapshot_story(&cluster)
-    );
+    assert_one_transfer(&cluster, &streams);
     assert_eq!(sum(&st, "snapshot_transfer_restarts"), 0, "{st:#?}");
 }
