@@ -337,9 +337,6 @@ struct Peer {
     snap_heard: bool,
     /// The bytes the follower last reported for the transfer in flight.
     snap_received: u64,
-    /// Where a restarted transfer of that snapshot resumes: the follower's
-    /// last report of its receiver (none while it installs).
-    snap_resume: Option<(Zxid, u64)>,
     /// The follower said it is recovering: none of its promises or acks
     /// count until it is readmitted.
     recovering: bool,
@@ -429,6 +426,12 @@ pub struct Replica<S: Storage> {
     hold_until: Option<Time>,
     /// See [`Replica::snapshot_transfer_restarts`].
     snap_restarts: u64,
+    /// Leader: where a transfer to each follower resumes, by the
+    /// follower's last progress report (snapshot, bytes its receiver
+    /// holds; no entry while it installs). Kept across this replica's
+    /// epochs: a leader re-elected after losing its quorum resumes too.
+    /// One entry per member at most.
+    snap_resume: BTreeMap<NodeId, (Zxid, u64)>,
     /// The newest `Ready` reported persisted.
     persisted_seq: u64,
 }
@@ -497,6 +500,7 @@ impl<S: Storage> Replica<S> {
             readmit: None,
             hold_until: None,
             snap_restarts: 0,
+            snap_resume: BTreeMap::new(),
             persisted_seq: 0,
         };
         tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
@@ -1813,15 +1817,20 @@ impl<S: Storage> Replica<S> {
                 received,
                 installing,
             } => {
+                // Where a restart resumes (whatever the epoch: it is what
+                // the follower's receiver holds); an install in progress
+                // has handed its partial file on, so that starts over.
+                if installing {
+                    self.snap_resume.remove(&from);
+                } else {
+                    self.snap_resume.insert(from, (snapshot, received));
+                }
                 let Some(p) = l.peers.get_mut(&from) else {
                     return;
                 };
                 if e != epoch {
                     return;
                 }
-                // Where a restart resumes; an install in progress has
-                // handed its partial file on, so that would start over.
-                p.snap_resume = (!installing).then_some((snapshot, received));
                 if p.round != round || p.phase != PPhase::Snap(snapshot) {
                     return;
                 }
@@ -2212,8 +2221,8 @@ impl<S: Storage> Replica<S> {
             SyncPlan::Snap { snapshot } => {
                 p.next_prev = snapshot;
                 p.phase = PPhase::Snap(snapshot);
-                let offset = match p.snap_resume {
-                    Some((z, off)) if z == snapshot => off,
+                let offset = match self.snap_resume.get(&n) {
+                    Some(&(z, off)) if z == snapshot => off,
                     _ => 0,
                 };
                 p.snap_heard = false;
@@ -2808,7 +2817,6 @@ impl Peer {
             sync_failures: 0,
             snap_heard: false,
             snap_received: 0,
-            snap_resume: None,
             recovering: false,
             readmit_round: None,
             readmitted: false,
