@@ -334,7 +334,10 @@ struct InstallDone {
 }
 
 /// Snapshot chunks kept while an install runs, at most (the leader paces
-/// its chunks, so only a restarted transfer sends any meanwhile).
+/// its chunks and stops after the last one, so only a transfer restarted
+/// meanwhile sends any). One dropped beyond this is not lost for good: the
+/// receiver then refuses the gap, reports its offset, and the leader
+/// resumes there after its progress timeout.
 const MAX_DEFERRED_CHUNKS: usize = 64;
 
 /// Persist markers with the messages that wait for them, in order.
@@ -361,6 +364,9 @@ struct Driver {
     receiver: Option<SnapshotReceiver>,
     /// Chunks that arrived while an install ran, for after it.
     deferred_chunks: VecDeque<(NodeId, SnapChunk)>,
+    /// The snapshot being installed off the loop and its length: its
+    /// progress is reported to the leader on every timer turn.
+    installing: Option<(Zxid, u64)>,
     /// Where install tasks report.
     install_done_tx: mpsc::UnboundedSender<InstallDone>,
     outgoing: Vec<OutgoingSnapshot>,
@@ -419,6 +425,16 @@ struct Stats {
     applied: u64,
     syncs: u64,
     elections: u64,
+    /// Snapshot transfers this node started as leader (resumed included).
+    snapshot_sends: u64,
+    /// Of those, the ones that resumed past offset 0.
+    snapshot_resumes: u64,
+    /// Snapshots received and installed into the live state.
+    snapshot_installs: u64,
+    /// Snapshot chunks the receiver refused (gap, foreign, corrupt).
+    snapshot_chunks_refused: u64,
+    /// Snapshot chunks dropped because the install's queue was full.
+    snapshot_chunks_dropped: u64,
 }
 
 /// Runs a node until `shutdown` resolves. Returns an error if the node
@@ -613,6 +629,7 @@ pub async fn run_node(
         snapshots,
         receiver: Some(receiver),
         deferred_chunks: VecDeque::new(),
+        installing: None,
         install_done_tx,
         outgoing: Vec::new(),
         pending_writes: HashMap::new(),
@@ -738,6 +755,11 @@ impl Driver {
     fn on_timeout(&mut self) {
         self.expire_reads();
         let now = self.now();
+        if let Some((zxid, total)) = self.installing {
+            // The install is alive: tell the leader (the kernel sends at
+            // most one report per heartbeat interval).
+            self.replica.snapshot_progress(now, zxid, total, true);
+        }
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
             self.replica.handle_timeout(now);
         }
@@ -1237,6 +1259,11 @@ impl Driver {
                 match SnapshotSender::open(&path, SNAPSHOT_CHUNK_BYTES) {
                     Ok(mut sender) => {
                         sender.resume_from(offset);
+                        self.stats.snapshot_sends += 1;
+                        if offset > 0 {
+                            self.stats.snapshot_resumes += 1;
+                            tracing::info!(%to, ?snapshot, offset, bytes = sender.total_bytes(), "snapshot transfer resumed");
+                        }
                         tracing::info!(%to, ?snapshot, offset, bytes = sender.total_bytes(), "streaming snapshot");
                         self.outgoing.retain(|o| o.to != to);
                         self.outgoing.push(OutgoingSnapshot { to, sender });
@@ -1296,13 +1323,22 @@ impl Driver {
     fn receive_chunk(&mut self, from: NodeId, chunk: SnapChunk) {
         let Some(receiver) = self.receiver.as_mut() else {
             // An install runs off the loop; its receiver comes back with it.
+            if self
+                .installing
+                .is_some_and(|(z, _)| z == chunk.snapshot_zxid)
+            {
+                // A chunk of the snapshot being installed: held already.
+                return;
+            }
             if self.deferred_chunks.len() < MAX_DEFERRED_CHUNKS {
                 self.deferred_chunks.push_back((from, chunk));
             } else {
-                tracing::warn!(%from, offset = chunk.offset, "snapshot chunk dropped while an install runs");
+                self.stats.snapshot_chunks_dropped += 1;
+                tracing::warn!(%from, offset = chunk.offset, "snapshot chunk dropped while an install runs; the leader resumes from our offset");
             }
             return;
         };
+        let snapshot = chunk.snapshot_zxid;
         let c = SnapshotChunk {
             snapshot: SnapshotId {
                 zxid: chunk.snapshot_zxid,
@@ -1315,15 +1351,36 @@ impl Driver {
             last: chunk.last,
         };
         let mut progress = receiver.accept(&c);
-        if progress.is_err() && c.offset == 0 {
-            // The leader restarted the transfer: drop what we had.
-            let _ = receiver.abort();
+        if matches!(
+            progress,
+            Err(paxos_snapshot::SnapshotError::ForeignChunk { .. })
+        ) && c.offset == 0
+        {
+            // The leader started another snapshot: drop what we had.
+            tracing::info!(%from, ?snapshot, "a new snapshot transfer replaces the partial one");
+            if let Err(e) = receiver.abort() {
+                tracing::warn!(error = %e, "partial snapshot not removed");
+            }
             progress = receiver.accept(&c);
         }
+        // What the receiver holds of this snapshot: where the leader
+        // resumes if it must restart the transfer.
+        let received = receiver
+            .in_progress()
+            .filter(|(id, _)| id.zxid == snapshot)
+            .map_or(0, |_| receiver.next_offset());
+        let now = self.now();
         match progress {
             Ok(Progress::Complete) => self.start_install(from),
-            Ok(Progress::NeedMore { .. }) => {}
-            Err(e) => tracing::warn!(%from, error = %e, "snapshot chunk refused"),
+            Ok(Progress::NeedMore { .. }) => self
+                .replica
+                .snapshot_progress(now, snapshot, received, false),
+            Err(e) => {
+                self.stats.snapshot_chunks_refused += 1;
+                tracing::warn!(%from, error = %e, received, "snapshot chunk refused");
+                self.replica
+                    .snapshot_progress(now, snapshot, received, false);
+            }
         }
     }
 
@@ -1335,6 +1392,11 @@ impl Driver {
         let Some(mut receiver) = self.receiver.take() else {
             panic!("invariant: an install starts only from a chunk the receiver took");
         };
+        if let Some((id, total)) = receiver.in_progress() {
+            self.installing = Some((id.zxid, total));
+            let now = self.now();
+            self.replica.snapshot_progress(now, id.zxid, total, true);
+        }
         let mut staged = self.kv.emptied();
         let store = self.snapshots.clone();
         let done = self.install_done_tx.clone();
@@ -1369,6 +1431,7 @@ impl Driver {
             elapsed,
         } = done;
         self.receiver = Some(receiver);
+        self.installing = None;
         match result {
             Ok(stored) => {
                 let before = self.replica.applied_zxid();
@@ -1377,6 +1440,7 @@ impl Driver {
                 if before < stored.zxid && self.replica.applied_zxid() >= stored.zxid {
                     self.kv = staged;
                     self.applied_since_snapshot = 0;
+                    self.stats.snapshot_installs += 1;
                     tracing::info!(%from, zxid = ?stored.zxid, keys = self.kv.len(), ?elapsed, "snapshot installed; state replaced");
                 } else {
                     tracing::warn!(%from, zxid = ?stored.zxid, "snapshot no longer expected; state kept");
@@ -1512,6 +1576,12 @@ impl Driver {
             "applied_entries": self.stats.applied,
             "syncs": self.stats.syncs,
             "elections": self.stats.elections,
+            "snapshot_sends": self.stats.snapshot_sends,
+            "snapshot_resumes": self.stats.snapshot_resumes,
+            "snapshot_transfer_restarts": self.replica.snapshot_transfer_restarts(),
+            "snapshot_installs": self.stats.snapshot_installs,
+            "snapshot_chunks_refused": self.stats.snapshot_chunks_refused,
+            "snapshot_chunks_dropped": self.stats.snapshot_chunks_dropped,
             "peers": peers,
         })
         .to_string()

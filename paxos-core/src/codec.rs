@@ -18,13 +18,19 @@
 //! Version 2 ([`WIRE_VERSION`]) adds what recovering replicas need:
 //! FOLLOWERINFO gains a trailing `flags u8` (bit 0: the sender is
 //! recovering; other bits must be 0), and tag 23 is READMIT
-//! (`epoch u32`). The encoder writes the *lowest* version that can express
-//! a message ([`Codec::version_of`]): everything but a recovering
-//! FOLLOWERINFO and READMIT still goes out as version 1, byte for byte as
+//! (`epoch u32`). Version 3 ([`WIRE_VERSION`]) adds tag 24, SNAPPROGRESS
+//! (`epoch u32 | round u32 | snapshot u64 | received u64 | flags u8`, flags
+//! bit 0: installing; other bits must be 0).
+//!
+//! The encoder writes the *lowest* version that can express a message
+//! ([`Codec::version_of`]): everything but a recovering FOLLOWERINFO,
+//! READMIT and SNAPPROGRESS still goes out as version 1, byte for byte as
 //! before, so a mixed cluster keeps working. The decoder reads versions
-//! [`MIN_WIRE_VERSION`] to [`WIRE_VERSION`]. An older build drops a version
-//! 2 frame as an unknown version, which is safe: a leader that cannot read a
-//! recovering follower's FOLLOWERINFO never syncs it, so never counts it.
+//! [`MIN_WIRE_VERSION`] to [`WIRE_VERSION`], and a tag only in the versions
+//! that define it. An older build drops a newer frame as an unknown
+//! version, which is safe: a leader that cannot read a recovering
+//! follower's FOLLOWERINFO never syncs it, so never counts it, and one that
+//! cannot read SNAPPROGRESS times a snapshot transfer out as before.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -32,12 +38,14 @@ use crate::message::{Entry, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
 /// The newest wire format version this codec writes and reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// The oldest wire format version this codec reads (and writes, for every
 /// message that version can express).
 pub const MIN_WIRE_VERSION: u8 = 1;
 /// FOLLOWERINFO flags (version 2): the sender is recovering.
 const FLAG_RECOVERING: u8 = 0b1;
+/// SNAPPROGRESS flags (version 3): the install is running.
+const FLAG_INSTALLING: u8 = 0b1;
 
 /// Fixed size of an envelope header: version, tag, group, from, to.
 const HEADER_BYTES: usize = 1 + 1 + 8 + 8 + 8;
@@ -126,6 +134,7 @@ impl Codec {
                 recovering: true, ..
             }
             | Message::Readmit { .. } => 2,
+            Message::SnapProgress { .. } => 3,
             _ => MIN_WIRE_VERSION,
         }
     }
@@ -149,6 +158,7 @@ impl Codec {
                 Message::Trunc { .. } => 4 + 4 + 8,
                 Message::Diff { entries, .. } => 4 + 8 + entries_len(entries),
                 Message::Snap { chunk, .. } => 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + chunk.data.len() + 1,
+                Message::SnapProgress { .. } => 4 + 4 + 8 + 8 + 1,
                 Message::SnapInstalled { .. } => 4 + 8,
                 Message::NewLeader { .. } => 4 + 8,
                 Message::AckNewLeader { .. } => 4 + 8,
@@ -265,6 +275,19 @@ impl Codec {
                 out.put_u32_le(chunk.fingerprint);
                 put_bytes(out, &chunk.data)?;
                 out.put_u8(u8::from(chunk.last));
+            }
+            Message::SnapProgress {
+                epoch,
+                round,
+                snapshot,
+                received,
+                installing,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u32_le(*round);
+                out.put_u64_le(snapshot.0);
+                out.put_u64_le(*received);
+                out.put_u8(if *installing { FLAG_INSTALLING } else { 0 });
             }
             Message::SnapInstalled { epoch, zxid: z }
             | Message::NewLeader {
@@ -505,6 +528,23 @@ impl Codec {
                 unable: r.flag()?,
             },
             23 if version >= 2 => Message::Readmit { epoch: r.epoch()? },
+            24 if version >= 3 => Message::SnapProgress {
+                epoch: r.epoch()?,
+                round: r.u32()?,
+                snapshot: r.zxid()?,
+                received: r.u64()?,
+                installing: {
+                    let offset = r.pos;
+                    let flags = r.u8()?;
+                    if flags & !FLAG_INSTALLING != 0 {
+                        return Err(CodecError::InvalidFlag {
+                            value: flags,
+                            offset,
+                        });
+                    }
+                    flags & FLAG_INSTALLING != 0
+                },
+            },
             t => return Err(CodecError::UnknownTag(t)),
         };
         let rest = r.buf.len() - r.pos;
@@ -545,6 +585,7 @@ fn tag(msg: &Message) -> u8 {
         Message::FetchHistory { .. } => 21,
         Message::FetchReply { .. } => 22,
         Message::Readmit { .. } => 23,
+        Message::SnapProgress { .. } => 24,
     }
 }
 
@@ -754,9 +795,52 @@ mod tests {
             Err(CodecError::UnknownTag(23))
         );
         assert_eq!(
-            codec.decode(Bytes::from_static(&[3, 1])),
-            Err(CodecError::UnknownVersion(3))
+            codec.decode(Bytes::from_static(&[4, 1])),
+            Err(CodecError::UnknownVersion(4))
         );
+    }
+
+    #[test]
+    fn snap_progress_is_version_3_with_checked_flags() {
+        let codec = Codec::new(1 << 10);
+        let msg = |installing| {
+            env(Message::SnapProgress {
+                epoch: Epoch(4),
+                round: 7,
+                snapshot: Zxid::new(Epoch(3), 9),
+                received: 5 << 30,
+                installing,
+            })
+        };
+        for installing in [false, true] {
+            let w = codec.encode_to_bytes(&msg(installing)).unwrap();
+            assert_eq!(w[0], 3);
+            assert_eq!(w.len(), HEADER_BYTES + 25);
+            assert_eq!(codec.decode(w.clone()).unwrap(), msg(installing));
+            // Every proper prefix is truncated.
+            for cut in 0..w.len() {
+                assert!(matches!(
+                    codec.decode(w.slice(..cut)),
+                    Err(CodecError::Truncated { .. })
+                ));
+            }
+            // Tag 24 does not exist before version 3.
+            for v in [1u8, 2] {
+                let mut old = w.to_vec();
+                old[0] = v;
+                assert_eq!(
+                    codec.decode(Bytes::from(old)),
+                    Err(CodecError::UnknownTag(24))
+                );
+            }
+        }
+        let mut bad = codec.encode_to_bytes(&msg(true)).unwrap().to_vec();
+        let last = bad.len() - 1;
+        bad[last] = 0b10;
+        assert!(matches!(
+            codec.decode(Bytes::from(bad)),
+            Err(CodecError::InvalidFlag { value: 0b10, .. })
+        ));
     }
 
     #[test]

@@ -52,9 +52,18 @@ pub struct Config {
     /// down (check-quorum).
     pub election_timeout: Duration,
     /// How long the leader waits for one follower's sync step (ack of
-    /// NEWEPOCH, NEWLEADER, snapshot install) before restarting that
-    /// follower's sync.
+    /// NEWEPOCH, DIFF, NEWLEADER) before restarting that follower's sync.
+    /// A snapshot transfer and install is timed by
+    /// [`snapshot_progress_timeout`](Config::snapshot_progress_timeout)
+    /// instead.
     pub sync_timeout: Duration,
+    /// How long the leader lets a follower's snapshot transfer and install
+    /// go without a progress report (SNAPPROGRESS: more bytes received, or
+    /// the install still running) before restarting that follower's sync;
+    /// the restarted transfer resumes at the follower's last reported
+    /// offset. Independent of the election and sync timeouts, so a
+    /// snapshot larger than a link carries in one timeout still completes.
+    pub snapshot_progress_timeout: Duration,
     /// Maximum ACCEPT (or sync DIFF) messages in flight per follower.
     pub pipeline_window: usize,
     /// Maximum entries in one ACCEPT or DIFF.
@@ -101,8 +110,9 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the given voters and sensible defaults
-    /// (heartbeat 50 ms, election timeout 500 ms, window 64, batches of
-    /// 1024 entries or 1 MiB, messages up to 16 MiB).
+    /// (heartbeat 50 ms, election timeout 500 ms, snapshot progress
+    /// timeout 5 s, window 64, batches of 1024 entries or 1 MiB, messages
+    /// up to 16 MiB).
     pub fn new(group: GroupId, voters: Vec<NodeId>) -> Config {
         Config {
             group,
@@ -111,6 +121,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(500),
             sync_timeout: Duration::from_millis(500),
+            snapshot_progress_timeout: Duration::from_secs(5),
             pipeline_window: 64,
             max_batch_entries: 1024,
             max_batch_bytes: 1 << 20,
@@ -146,6 +157,9 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));
             }
+        }
+        if self.snapshot_progress_timeout.is_zero() {
+            return Err(ConfigError::ZeroLimit("snapshot_progress_timeout"));
         }
         if self.heartbeat_interval >= self.election_timeout {
             return Err(ConfigError::HeartbeatTooSlow {

@@ -120,6 +120,23 @@ pub enum Message {
         /// The chunk.
         chunk: SnapChunk,
     },
+    /// Follower to leader: how far the snapshot transfer of this sync round
+    /// got. Sent as chunks are taken and, while the install runs (verify,
+    /// store, restore), periodically. The leader keeps the transfer alive
+    /// while reports show progress and, if it must restart the sync,
+    /// resumes the transfer at `received`. Wire version 3 only.
+    SnapProgress {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The sync round of the SNAP chunks.
+        round: u32,
+        /// The snapshot being received.
+        snapshot: Zxid,
+        /// Bytes of the snapshot the follower holds from offset 0 on.
+        received: u64,
+        /// The whole snapshot is in and its install is running.
+        installing: bool,
+    },
     /// Follower to leader: the snapshot at `zxid` is installed and durable.
     SnapInstalled {
         /// The leader's epoch.
@@ -264,6 +281,7 @@ impl Message {
             Message::Trunc { .. } => "TRUNC",
             Message::Diff { .. } => "DIFF",
             Message::Snap { .. } => "SNAP",
+            Message::SnapProgress { .. } => "SNAPPROGRESS",
             Message::SnapInstalled { .. } => "SNAPINSTALLED",
             Message::NewLeader { .. } => "NEWLEADER",
             Message::AckNewLeader { .. } => "ACKNEWLEADER",

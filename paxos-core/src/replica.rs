@@ -269,6 +269,15 @@ struct Follower {
     newleader_seen: bool,
     installing: Option<Zxid>,
     snap_done: bool,
+    /// When the last SNAPPROGRESS left (rate limit: one per heartbeat).
+    progress_sent_at: Option<Time>,
+    /// The history NEWLEADER named, once taken; ACKNEWLEADER is sent again
+    /// every heartbeat interval until UPTODATE comes (it may be lost).
+    newleader_last: Zxid,
+    /// The `Ready` carrying the first ACKNEWLEADER: once it is persisted
+    /// (that acknowledgement left), sending it again says nothing new.
+    ack_ready_seq: u64,
+    ack_resent_at: Time,
     last_heard: Time,
     info_sent_at: Time,
     applied_reported: Zxid,
@@ -323,6 +332,11 @@ struct Peer {
     hb_acked: u64,
     lease_from: Time,
     sync_failures: u32,
+    /// A SNAPPROGRESS arrived for the transfer in flight: from then on only
+    /// the follower's progress (not our sending) keeps it alive.
+    snap_heard: bool,
+    /// The bytes the follower last reported for the transfer in flight.
+    snap_received: u64,
     /// The follower said it is recovering: none of its promises or acks
     /// count until it is readmitted.
     recovering: bool,
@@ -410,6 +424,16 @@ pub struct Replica<S: Storage> {
     /// Lease reads: until this time the replica neither votes (the elector
     /// is not started), nor leads, nor promises a new epoch.
     hold_until: Option<Time>,
+    /// See [`Replica::snapshot_transfer_restarts`].
+    snap_restarts: u64,
+    /// Leader: where a transfer to each follower resumes, by the
+    /// follower's last progress report (snapshot, bytes its receiver
+    /// holds; no entry while it installs). Kept across this replica's
+    /// epochs: a leader re-elected after losing its quorum resumes too.
+    /// One entry per member at most.
+    snap_resume: BTreeMap<NodeId, (Zxid, u64)>,
+    /// The newest `Ready` reported persisted.
+    persisted_seq: u64,
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -475,6 +499,9 @@ impl<S: Storage> Replica<S> {
             recovering_write: None,
             readmit: None,
             hold_until: None,
+            snap_restarts: 0,
+            snap_resume: BTreeMap::new(),
+            persisted_seq: 0,
         };
         tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
         if recovering {
@@ -644,6 +671,13 @@ impl<S: Storage> Replica<S> {
             .collect()
     }
 
+    /// Leader: how many times a follower's snapshot transfer (or install)
+    /// went a whole [`Config::snapshot_progress_timeout`] without progress
+    /// and its sync was restarted, over this replica's lifetime.
+    pub fn snapshot_transfer_restarts(&self) -> u64 {
+        self.snap_restarts
+    }
+
     /// The epoch this replica leads or follows in, once established.
     pub fn established_epoch(&self) -> Option<Epoch> {
         match &self.role {
@@ -730,6 +764,7 @@ impl<S: Storage> Replica<S> {
         let mut lose = None;
         let mut send_info = false;
         let mut send_applied = None;
+        let mut resend_ack = None;
         if let Some(until) = self.hold_until {
             if now >= until {
                 self.hold_until = None;
@@ -757,6 +792,18 @@ impl<S: Storage> Replica<S> {
                         f.applied_reported_at = now;
                         send_applied = Some((f.leader, f.epoch));
                     }
+                    // Synced but no UPTODATE yet: it may be lost, and
+                    // nothing else would bring it again. Acknowledge
+                    // NEWLEADER again, once the first acknowledgement's
+                    // writes are durable (it has left).
+                    if f.phase == FPhase::Sync
+                        && f.newleader_seen
+                        && self.persisted_seq >= f.ack_ready_seq
+                        && now.saturating_since(f.ack_resent_at) >= hb
+                    {
+                        f.ack_resent_at = now;
+                        resend_ack = Some((f.leader, f.epoch, f.newleader_last));
+                    }
                 }
             }
             Role::Leading(_) => {
@@ -771,6 +818,10 @@ impl<S: Storage> Replica<S> {
         if let Some((leader, epoch)) = send_applied {
             let zxid = self.applied;
             self.send(leader, Message::Applied { epoch, zxid });
+        }
+        if let Some((leader, epoch, last_zxid)) = resend_ack {
+            tracing::debug!(id = %self.id, %leader, ?epoch, "no UPTODATE yet; acknowledging NEWLEADER again");
+            self.send(leader, Message::AckNewLeader { epoch, last_zxid });
         }
         if let Some(why) = lose {
             self.lose_leader(why);
@@ -799,6 +850,9 @@ impl<S: Storage> Replica<S> {
                 }
                 if f.phase == FPhase::Broadcast && self.applied > f.applied_reported {
                     t = t.min(f.applied_reported_at + hb);
+                }
+                if f.phase == FPhase::Sync && f.newleader_seen {
+                    t = t.min(f.ack_resent_at + hb);
                 }
                 Some(t)
             }
@@ -875,6 +929,7 @@ impl<S: Storage> Replica<S> {
     /// are durable.
     pub fn persisted(&mut self, now: Time, marker: Persisted) {
         self.now = now;
+        self.persisted_seq = self.persisted_seq.max(marker.seq);
         self.log.persisted(marker.seq);
         while let Some(&(seq, hs)) = self.hs_pending.front() {
             if seq > marker.seq {
@@ -951,6 +1006,49 @@ impl<S: Storage> Replica<S> {
         self.send_persisted(leader, Message::SnapInstalled { epoch, zxid });
     }
 
+    /// Follower: the snapshot `snapshot` being received from the leader
+    /// (through [`SnapshotRequest::Write`]) has its first `received` bytes
+    /// in place, and, if `installing`, is complete and being installed.
+    /// Call it as chunks are taken (or refused: `received` is then what the
+    /// receiver holds, which is where the leader resumes) and every
+    /// heartbeat interval or so while the install runs. The leader keeps
+    /// the transfer alive on these reports
+    /// ([`Config::snapshot_progress_timeout`]); at most one report per
+    /// heartbeat interval leaves, the others are dropped.
+    pub fn snapshot_progress(
+        &mut self,
+        now: Time,
+        snapshot: Zxid,
+        received: u64,
+        installing: bool,
+    ) {
+        self.now = now;
+        let hb = self.config.heartbeat_interval;
+        let Role::Following(f) = &mut self.role else {
+            return;
+        };
+        if f.phase != FPhase::Sync || f.snap_done || f.installing != Some(snapshot) {
+            return;
+        }
+        if f.progress_sent_at
+            .is_some_and(|t| now.saturating_since(t) < hb)
+        {
+            return;
+        }
+        f.progress_sent_at = Some(now);
+        let (leader, epoch, round) = (f.leader, f.epoch, f.round);
+        self.send(
+            leader,
+            Message::SnapProgress {
+                epoch,
+                round,
+                snapshot,
+                received,
+                installing,
+            },
+        );
+    }
+
     /// Leader: one chunk of the snapshot a [`SnapshotRequest::Send`] asked
     /// for. Returns `false` (and sends nothing) if that follower no longer
     /// waits for this snapshot.
@@ -965,7 +1063,11 @@ impl<S: Storage> Replica<S> {
         if p.phase != PPhase::Snap(chunk.snapshot_zxid) {
             return false;
         }
-        p.since = self.now;
+        if !p.snap_heard {
+            // A follower that never reported (an older build) is kept
+            // alive by our sending, as before progress reports existed.
+            p.since = self.now;
+        }
         let round = p.round;
         self.send(
             to,
@@ -1150,6 +1252,10 @@ impl<S: Storage> Replica<S> {
             newleader_seen: false,
             installing: None,
             snap_done: false,
+            progress_sent_at: None,
+            newleader_last: Zxid::ZERO,
+            ack_ready_seq: u64::MAX,
+            ack_resent_at: now,
             last_heard: now,
             info_sent_at: now,
             applied_reported: Zxid::ZERO,
@@ -1247,6 +1353,7 @@ impl<S: Storage> Replica<S> {
                 f.newleader_seen = false;
                 f.installing = None;
                 f.snap_done = false;
+                f.progress_sent_at = None;
                 self.promised_to = Some((from, epoch));
                 let hs = HardState {
                     accepted_epoch: epoch,
@@ -1347,6 +1454,9 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
                 f.newleader_seen = true;
+                f.newleader_last = last_zxid;
+                f.ack_ready_seq = self.seq + 1;
+                f.ack_resent_at = self.now;
                 let hs = HardState {
                     current_epoch: epoch,
                     ..self.hs
@@ -1700,6 +1810,36 @@ impl<S: Storage> Replica<S> {
                     self.send_fetch(from);
                 }
             }
+            Message::SnapProgress {
+                epoch: e,
+                round,
+                snapshot,
+                received,
+                installing,
+            } => {
+                // Where a restart resumes (whatever the epoch: it is what
+                // the follower's receiver holds); an install in progress
+                // has handed its partial file on, so that starts over.
+                if installing {
+                    self.snap_resume.remove(&from);
+                } else {
+                    self.snap_resume.insert(from, (snapshot, received));
+                }
+                let Some(p) = l.peers.get_mut(&from) else {
+                    return;
+                };
+                if e != epoch {
+                    return;
+                }
+                if p.round != round || p.phase != PPhase::Snap(snapshot) {
+                    return;
+                }
+                if installing || received > p.snap_received || !p.snap_heard {
+                    p.since = now;
+                }
+                p.snap_heard = true;
+                p.snap_received = received;
+            }
             Message::SnapInstalled { epoch: e, zxid } => {
                 let Some(p) = l.peers.get_mut(&from) else {
                     return;
@@ -1774,6 +1914,13 @@ impl<S: Storage> Replica<S> {
                 let Some(p) = l.peers.get_mut(&from) else {
                     return;
                 };
+                if e == epoch && p.phase == PPhase::Broadcast && l.phase == LPhase::Broadcast {
+                    // Acknowledged again: our UPTODATE was lost.
+                    let commit = self.commit;
+                    tracing::debug!(leader = %self.id, follower = %from, "ACKNEWLEADER again; sending UPTODATE again");
+                    self.send(from, Message::UpToDate { epoch, commit });
+                    return;
+                }
                 if e != epoch || p.phase != PPhase::NewLeaderSent(last_zxid) {
                     return;
                 }
@@ -2074,10 +2221,19 @@ impl<S: Storage> Replica<S> {
             SyncPlan::Snap { snapshot } => {
                 p.next_prev = snapshot;
                 p.phase = PPhase::Snap(snapshot);
+                let offset = match self.snap_resume.get(&n) {
+                    Some(&(z, off)) if z == snapshot => off,
+                    _ => 0,
+                };
+                p.snap_heard = false;
+                p.snap_received = offset;
+                if offset > 0 {
+                    tracing::info!(leader = %self.id, follower = %n, ?snapshot, offset, "snapshot transfer resumed at the follower's offset");
+                }
                 self.out.snapshot_requests.push(SnapshotRequest::Send {
                     to: n,
                     snapshot,
-                    offset: 0,
+                    offset,
                 });
             }
         }
@@ -2157,9 +2313,27 @@ impl<S: Storage> Replica<S> {
         // Per-follower retries.
         let epoch = l.epoch;
         let established = l.phase >= LPhase::Fetching;
+        let progress_timeout = self.config.snapshot_progress_timeout;
         let mut resend = Vec::new();
+        let mut snap_restarts = 0;
         for (n, p) in l.peers.iter_mut() {
-            let stale = now.saturating_since(p.since) > sync_timeout;
+            let stale = if let PPhase::Snap(snapshot) = p.phase {
+                let stale = now.saturating_since(p.since) > progress_timeout;
+                if stale {
+                    snap_restarts += 1;
+                    tracing::warn!(
+                        leader = %self.id,
+                        follower = %n,
+                        ?snapshot,
+                        received = p.snap_received,
+                        timeout = ?progress_timeout,
+                        "snapshot transfer: no progress within the timeout; restarting the follower's sync"
+                    );
+                }
+                stale
+            } else {
+                now.saturating_since(p.since) > sync_timeout
+            };
             match p.phase {
                 PPhase::Promising
                 | PPhase::Snap(_)
@@ -2188,6 +2362,7 @@ impl<S: Storage> Replica<S> {
                 _ => {}
             }
         }
+        self.snap_restarts += snap_restarts;
         for (n, round) in resend {
             self.send(
                 n,
@@ -2238,6 +2413,19 @@ impl<S: Storage> Replica<S> {
             .filter(|(_, p)| p.readmitted && p.phase == PPhase::Broadcast)
             .map(|(n, _)| *n)
             .collect();
+        // NEWLEADER not acknowledged yet: it may be lost; the follower
+        // takes it again idempotently (same history, same epoch).
+        let newleader: Vec<(NodeId, Zxid)> = l
+            .peers
+            .iter()
+            .filter_map(|(n, p)| match p.phase {
+                PPhase::NewLeaderSent(z) if p.since < now => Some((*n, z)),
+                _ => None,
+            })
+            .collect();
+        for (n, last_zxid) in newleader {
+            self.send(n, Message::NewLeader { epoch, last_zxid });
+        }
         for (n, commit) in targets {
             self.send(
                 n,
@@ -2581,7 +2769,13 @@ impl<S: Storage> Replica<S> {
                 }
                 match l.peers.get(v) {
                     Some(p) if now.saturating_since(p.last_heard) <= pin_timeout => {
-                        pin = pin.min(p.applied)
+                        pin = pin.min(p.applied);
+                        // A follower receiving a snapshot continues with
+                        // DIFF from it: keep that part of the log, however
+                        // long the transfer takes.
+                        if let PPhase::Snap(z) = p.phase {
+                            pin = pin.min(z);
+                        }
                     }
                     None if now.saturating_since(l.started) <= pin_timeout => pin = Zxid::ZERO,
                     _ => {}
@@ -2621,6 +2815,8 @@ impl Peer {
             hb_acked: 0,
             lease_from: Time::ZERO,
             sync_failures: 0,
+            snap_heard: false,
+            snap_received: 0,
             recovering: false,
             readmit_round: None,
             readmitted: false,

@@ -4,9 +4,11 @@
 //! [`SnapshotChunk`]s of at most `max_chunk_bytes`; the transport carries
 //! them (paxos-core's SNAP messages carry the same fields). The follower's
 //! [`SnapshotReceiver`] appends them to a partial file, refusing any chunk
-//! that is corrupt, out of order or from another snapshot, reports the
+//! that is corrupt, leaves a gap or is from another snapshot, reports the
 //! offset to resume from after a reconnect (or a restart: the partial file
-//! is re-verified chunk by chunk), and installs the finished file
+//! is re-verified chunk by chunk), takes a resumed stream that starts at or
+//! before that offset (bytes it already holds are skipped), and installs
+//! the finished file
 //! atomically: whole-file verification, rename, directory fsync, then
 //! restore into the state machine. A refused chunk changes nothing.
 
@@ -223,8 +225,9 @@ pub enum Progress {
         /// The offset to ask the leader for.
         next_offset: u64,
     },
-    /// The file is complete and synced: call
-    /// [`install`](SnapshotReceiver::install).
+    /// Every byte of the file is in (written, not yet synced: a GiB takes
+    /// seconds, so the sync is left to [`install`](SnapshotReceiver::install),
+    /// which callers run off their event loop): call `install`.
     Complete,
 }
 
@@ -341,6 +344,12 @@ impl SnapshotReceiver {
 
     /// Takes one chunk. A refused chunk (error) leaves the receiver and the
     /// partial file as they were.
+    ///
+    /// A chunk must start at or before [`next_offset`](Self::next_offset)
+    /// (a later start would leave a gap: [`SnapshotError::OutOfOrder`]). One
+    /// that starts before it is part of a resumed or repeated stream of the
+    /// same snapshot: the bytes already held are skipped, the rest
+    /// appended, and a chunk wholly held changes nothing.
     pub fn accept(&mut self, chunk: &SnapshotChunk) -> Result<Progress> {
         if !chunk.crc_ok() {
             return Err(SnapshotError::TransferChecksum {
@@ -358,7 +367,7 @@ impl SnapshotReceiver {
             }
         }
         let expected = self.next_offset();
-        if chunk.offset != expected {
+        if chunk.offset > expected {
             return Err(SnapshotError::OutOfOrder {
                 snapshot: chunk.snapshot,
                 expected,
@@ -382,6 +391,18 @@ impl SnapshotReceiver {
         if chunk.last != (end == chunk.total_bytes) {
             return Err(bounds("disagrees with its last flag"));
         }
+        if end <= expected {
+            // Wholly held already (a repeated chunk of a resumed stream).
+            return Ok(if expected == chunk.total_bytes {
+                Progress::Complete
+            } else {
+                Progress::NeedMore {
+                    next_offset: expected,
+                }
+            });
+        }
+        // Bytes before `expected` are held: write only the rest.
+        let skip = (expected - chunk.offset) as usize;
         if self.partial.is_none() {
             let path = self
                 .store
@@ -407,13 +428,8 @@ impl SnapshotReceiver {
             unreachable_partial()
         };
         p.file
-            .write_all_at(&chunk.data, chunk.offset)
+            .write_all_at(&chunk.data[skip..], expected)
             .map_err(|e| SnapshotError::io("write", &p.path, e))?;
-        if chunk.last {
-            p.file
-                .sync_all()
-                .map_err(|e| SnapshotError::io("fsync", &p.path, e))?;
-        }
         p.received = end;
         if chunk.last {
             Ok(Progress::Complete)
@@ -432,9 +448,10 @@ impl SnapshotReceiver {
         Ok(())
     }
 
-    /// Verifies the complete file (every checksum, and that it is the
-    /// announced snapshot), moves it into the store under its final name,
-    /// fsyncs the directory, and restores `sm` from it.
+    /// Syncs the complete file, verifies it (every checksum, and that it is
+    /// the announced snapshot), moves it into the store under its final
+    /// name, fsyncs the directory, and restores `sm` from it. Each step
+    /// reads or writes the whole file: run it off any event loop.
     ///
     /// If verification fails the partial file is deleted, nothing is
     /// installed and `sm` is untouched: the follower keeps its previous
@@ -452,6 +469,9 @@ impl SnapshotReceiver {
                 total_bytes: p.total_bytes,
             });
         }
+        p.file
+            .sync_all()
+            .map_err(|e| SnapshotError::io("fsync", &p.path, e))?;
         if let Err(err) = self.verify_partial() {
             tracing::warn!(error = %err, "received snapshot failed verification; discarded");
             self.abort()?;

@@ -12,5 +12,6 @@ mod outcome;
 mod principals;
 mod rejoin;
 mod sessions;
+mod snapshot_catchup;
 mod snapshot_install;
 mod tls;

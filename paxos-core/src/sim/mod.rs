@@ -20,7 +20,9 @@
 //! [`scenarios`] scripts the named fault scenarios (leader crash
 //! mid-broadcast, TRUNC of an old-epoch suffix, SNAP of a follower behind
 //! the retention window, partitioned old leader, duplicated and reordered
-//! ACCEPTs, full-cluster restart) over any elector;
+//! ACCEPTs, full-cluster restart, slow snapshot transfer and install, a
+//! lost snapshot chunk, a lost NEWLEADER and UPTODATE after SNAP) over any
+//! elector;
 //! [`Sim::run_steps_then_recover`] runs a random schedule, stops the faults
 //! and reports how long the cluster took to commit again
 //! ([`SimStats::recovery`]), failing if it exceeds
@@ -120,6 +122,16 @@ pub struct SimConfig {
     /// ([`Replica::mark_recovering`]). At most a minority of voters is down
     /// or recovering at once.
     pub wipes: bool,
+    /// Simulated link speed for snapshot transfer: the leader's driver
+    /// hands the kernel one chunk every this long (zero: the whole
+    /// snapshot at once).
+    pub snap_chunk_interval: Duration,
+    /// How long a follower's driver takes to install a complete snapshot
+    /// (verify, store, restore), during which it reports progress every
+    /// heartbeat interval (zero: at once).
+    pub snap_install_time: Duration,
+    /// Bytes per snapshot chunk.
+    pub snap_chunk_bytes: usize,
     /// Test-only: skip the lease-read hold-off after a restart, to show
     /// the stale read it prevents. Never set outside such a test.
     #[doc(hidden)]
@@ -132,6 +144,7 @@ impl Default for SimConfig {
         replica.heartbeat_interval = Duration::from_millis(20);
         replica.election_timeout = Duration::from_millis(200);
         replica.sync_timeout = Duration::from_millis(150);
+        replica.snapshot_progress_timeout = Duration::from_secs(1);
         replica.pipeline_window = 4;
         replica.max_batch_entries = 8;
         replica.max_batch_bytes = 256;
@@ -154,6 +167,9 @@ impl Default for SimConfig {
             replica,
             liveness_bound: Duration::from_secs(30),
             wipes: false,
+            snap_chunk_interval: Duration::ZERO,
+            snap_install_time: Duration::ZERO,
+            snap_chunk_bytes: 1024,
             unsafe_skip_lease_hold_off: false,
         }
     }
@@ -243,6 +259,14 @@ pub struct SimStats {
     pub wipes: u64,
     /// Recovering replicas readmitted (their cleared flag durable).
     pub readmissions: u64,
+    /// Snapshot transfers started again by the same leader to the same
+    /// follower before the follower installed the one in flight (a
+    /// restart, from offset 0 or resumed).
+    pub snap_restarts: u64,
+    /// Snapshot transfers that started past offset 0 (resumed).
+    pub snap_resumes: u64,
+    /// Messages dropped by [`Sim::drop_next`].
+    pub dropped_on_purpose: u64,
 }
 
 /// One pending disk operation (not yet synced).
@@ -360,11 +384,29 @@ impl<M> Packet<M> {
 #[derive(Clone, Debug)]
 enum Ev<M> {
     Deliver(Packet<M>),
-    Timer { node: usize, gen: u64 },
-    Sync { node: usize, gen: u64 },
+    Timer {
+        node: usize,
+        gen: u64,
+    },
+    /// The leader's driver hands the kernel the next snapshot chunks.
+    SnapPump {
+        node: usize,
+        gen: u64,
+    },
+    /// A follower's install runs: report progress, finish when due.
+    InstallTick {
+        node: usize,
+        gen: u64,
+    },
+    Sync {
+        node: usize,
+        gen: u64,
+    },
     Client,
     Fault,
-    Restart { node: usize },
+    Restart {
+        node: usize,
+    },
     Heal,
 }
 
@@ -393,10 +435,38 @@ struct Node<E: Elector> {
     timer_at: Option<Time>,
     incoming: BTreeMap<u64, Bytes>,
     incoming_zxid: Zxid,
+    /// Leader's driver: snapshots being streamed, paced by
+    /// [`SimConfig::snap_chunk_interval`].
+    outgoing: Vec<SimOutgoing>,
+    /// Follower's driver: the complete snapshot being installed and when
+    /// the install finishes.
+    installing: Option<(SmSnapshot, Time)>,
+    /// Invalidates pump and install events of an earlier incarnation.
+    snap_gen: u64,
+    pump_scheduled: bool,
     durable_hs: HardState,
     /// The driver's view: the node's data directory was lost, so it starts
     /// recovering; stays set until the flag is on its durable disk.
     start_recovering: bool,
+}
+
+/// A scripted loss: of the kernel messages named `name` sent to `to`,
+/// let `pass` through, then drop `count`.
+#[derive(Clone, Debug)]
+struct ScriptedDrop {
+    name: &'static str,
+    to: NodeId,
+    pass: u32,
+    count: u32,
+}
+
+/// A snapshot a leader's simulated driver is streaming.
+#[derive(Clone, Debug)]
+struct SimOutgoing {
+    to: NodeId,
+    snapshot: Zxid,
+    bytes: Bytes,
+    offset: usize,
 }
 
 /// The simulator. See the module documentation.
@@ -422,6 +492,10 @@ pub struct Sim<E: Elector> {
     faults_stopped_at: Option<Time>,
     stats: SimStats,
     deferred: Option<Violation>,
+    /// Snapshot transfers (leader, follower) started and not yet installed.
+    snap_open: BTreeSet<(NodeId, NodeId)>,
+    /// Scripted losses.
+    drops: Vec<ScriptedDrop>,
 }
 
 fn hash(data: &[u8]) -> u64 {
@@ -495,6 +569,8 @@ impl<E: Elector> Sim<E> {
             faults_stopped_at: None,
             stats: SimStats::default(),
             deferred: None,
+            snap_open: BTreeSet::new(),
+            drops: Vec::new(),
             cfg,
         };
         for id in voters.into_iter().chain(observers) {
@@ -515,6 +591,10 @@ impl<E: Elector> Sim<E> {
                 timer_at: None,
                 incoming: BTreeMap::new(),
                 incoming_zxid: Zxid::ZERO,
+                outgoing: Vec::new(),
+                installing: None,
+                snap_gen: 0,
+                pump_scheduled: false,
                 durable_hs: HardState::default(),
                 start_recovering: false,
             });
@@ -627,8 +707,25 @@ impl<E: Elector> Sim<E> {
         n.timer_gen += 1;
         n.timer_at = None;
         n.incoming.clear();
+        n.outgoing.clear();
+        n.installing = None;
+        n.snap_gen += 1;
+        n.pump_scheduled = false;
         n.sm_len = 0;
         n.sm_last = Zxid::ZERO;
+        self.snap_open.retain(|(l, f)| *l != id && *f != id);
+    }
+
+    /// Of the next kernel messages named `name` ([`Message::name`], e.g.
+    /// `"UPTODATE"`) sent to `to`, lets `pass` through and then drops
+    /// `count`.
+    pub fn drop_next(&mut self, name: &'static str, to: NodeId, pass: u32, count: u32) {
+        self.drops.push(ScriptedDrop {
+            name,
+            to,
+            pass,
+            count,
+        });
     }
 
     /// Restarts `id` from its durable disk and snapshot.
@@ -738,6 +835,11 @@ impl<E: Elector> Sim<E> {
     pub fn set_network(&mut self, drop_prob: f64, dup_prob: f64) {
         self.cfg.drop_prob = drop_prob;
         self.cfg.dup_prob = dup_prob;
+    }
+
+    /// Sets how often nodes take a local snapshot (0: never again).
+    pub fn set_snapshot_every(&mut self, every: u64) {
+        self.cfg.snapshot_every = every;
     }
 
     /// Pauses or resumes the background client.
@@ -878,6 +980,16 @@ impl<E: Elector> Sim<E> {
                     self.do_sync(node)?;
                 }
             }
+            Ev::SnapPump { node, gen } => {
+                if self.nodes[node].snap_gen == gen {
+                    self.pump_snapshots(node)?;
+                }
+            }
+            Ev::InstallTick { node, gen } => {
+                if self.nodes[node].snap_gen == gen {
+                    self.install_tick(node)?;
+                }
+            }
             Ev::Client => {
                 self.client()?;
                 let pi = self.cfg.propose_interval;
@@ -965,6 +1077,24 @@ impl<E: Elector> Sim<E> {
 
     fn send_packet(&mut self, p: Packet<E::Message>) {
         let (from, to) = p.ends();
+        if let Packet::Core(env) = &p {
+            let name = env.msg.name();
+            if let Some(d) = self
+                .drops
+                .iter_mut()
+                .find(|d| d.name == name && d.to == to && d.pass + d.count > 0)
+            {
+                if d.pass > 0 {
+                    d.pass -= 1;
+                } else {
+                    d.count -= 1;
+                    self.stats.dropped += 1;
+                    self.stats.dropped_on_purpose += 1;
+                    tracing::info!(%from, %to, name, "sim: scripted drop");
+                    return;
+                }
+            }
+        }
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.cfg.drop_prob) {
             self.stats.dropped += 1;
             return;
@@ -1338,7 +1468,6 @@ impl<E: Elector> Sim<E> {
     }
 
     fn snapshot_request(&mut self, i: usize, req: SnapshotRequest) -> Result<(), Violation> {
-        let now = self.now;
         match req {
             SnapshotRequest::Send {
                 to,
@@ -1349,87 +1478,206 @@ impl<E: Elector> Sim<E> {
                     tracing::debug!(have = ?self.nodes[i].snapshot, want = ?snapshot, "sim: snapshot superseded");
                     return Ok(()); // superseded; the leader will retry
                 };
-                let bytes = self.encode_snapshot(s);
-                let total = bytes.len() as u64;
-                let mut off = offset as usize;
-                let bytes = Bytes::from(bytes);
-                while off < bytes.len() {
-                    let end = (off + 1024).min(bytes.len());
-                    let data = bytes.slice(off..end);
-                    let chunk = SnapChunk {
-                        snapshot_zxid: snapshot,
-                        offset: off as u64,
-                        total_len: total,
-                        crc32: crc32(&data),
-                        fingerprint: 0,
-                        data,
-                        last: end == bytes.len(),
-                    };
-                    let Some(r) = self.nodes[i].replica.as_mut() else {
-                        break;
-                    };
-                    if !r.send_snapshot_chunk(to, chunk) {
-                        break;
+                let leader = self.nodes[i].id;
+                if !self.snap_open.insert((leader, to)) {
+                    self.stats.snap_restarts += 1;
+                }
+                if offset > 0 {
+                    self.stats.snap_resumes += 1;
+                }
+                let bytes = Bytes::from(self.encode_snapshot(s));
+                let out = SimOutgoing {
+                    to,
+                    snapshot,
+                    offset: (offset as usize).min(bytes.len()),
+                    bytes,
+                };
+                let n = &mut self.nodes[i];
+                n.outgoing.retain(|o| o.to != to);
+                n.outgoing.push(out);
+                if self.cfg.snap_chunk_interval.is_zero() {
+                    // The whole snapshot at once.
+                    while !self.nodes[i].outgoing.is_empty() {
+                        self.pump_once(i);
                     }
-                    off = end;
+                } else if !self.nodes[i].pump_scheduled {
+                    let n = &mut self.nodes[i];
+                    n.pump_scheduled = true;
+                    let gen = n.snap_gen;
+                    let d = self.cfg.snap_chunk_interval;
+                    self.schedule(d, Ev::SnapPump { node: i, gen });
                 }
             }
-            SnapshotRequest::Write { chunk, .. } => {
-                let n = &mut self.nodes[i];
-                if crc32(&chunk.data) != chunk.crc32 {
-                    let what = format!("node {}: snapshot chunk crc mismatch", n.id);
-                    return Err(self.violation(what));
-                }
-                if n.incoming_zxid != chunk.snapshot_zxid {
-                    n.incoming.clear();
-                    n.incoming_zxid = chunk.snapshot_zxid;
-                }
-                // Chunks may arrive in any order: keep them by offset.
-                n.incoming.insert(chunk.offset, chunk.data.clone());
-                let mut assembled = Vec::new();
-                for (off, data) in &n.incoming {
-                    if *off as usize != assembled.len() {
-                        break;
-                    }
-                    assembled.extend_from_slice(data);
-                }
-                if assembled.len() as u64 != chunk.total_len {
-                    return Ok(());
-                }
-                n.incoming.clear();
-                n.incoming_zxid = Zxid::ZERO;
-                let buf = assembled;
-                if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
-                    return Err(self.violation("snapshot of wrong length".into()));
-                }
-                let zxid = Zxid(u64::from_le_bytes(buf[0..8].try_into().unwrap_or_default()));
-                let len = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) as usize;
-                if zxid != chunk.snapshot_zxid || buf.len() != 16 + len * 16 {
-                    return Err(self.violation("snapshot header mismatch".into()));
-                }
-                for k in 0..len {
-                    let o = 16 + k * 16;
-                    let z = Zxid(u64::from_le_bytes(
-                        buf[o..o + 8].try_into().unwrap_or_default(),
-                    ));
-                    let h = u64::from_le_bytes(buf[o + 8..o + 16].try_into().unwrap_or_default());
-                    if self.canonical.get(k) != Some(&(z, h)) {
-                        let what =
-                            format!("snapshot content diverges from the canonical sequence at {k}");
-                        return Err(self.violation(what));
-                    }
-                }
-                let n = &mut self.nodes[i];
-                n.snapshot = Some(SmSnapshot { zxid, len });
-                n.sm_len = len;
-                n.sm_last = zxid;
-                self.stats.snap_installs += 1;
-                if let Some(r) = n.replica.as_mut() {
-                    r.snapshot_installed(now, zxid);
-                }
-            }
+            SnapshotRequest::Write { chunk, .. } => self.receive_chunk(i, chunk)?,
         }
         Ok(())
+    }
+
+    /// Hands the kernel one chunk of every outgoing snapshot; drops the
+    /// transfers that ended or that the kernel no longer wants.
+    fn pump_once(&mut self, i: usize) {
+        let chunk_bytes = self.cfg.snap_chunk_bytes.max(1);
+        let n = &mut self.nodes[i];
+        let Some(r) = n.replica.as_mut() else {
+            n.outgoing.clear();
+            return;
+        };
+        n.outgoing.retain_mut(|o| {
+            if o.offset >= o.bytes.len() {
+                return false;
+            }
+            let end = (o.offset + chunk_bytes).min(o.bytes.len());
+            let data = o.bytes.slice(o.offset..end);
+            let chunk = SnapChunk {
+                snapshot_zxid: o.snapshot,
+                offset: o.offset as u64,
+                total_len: o.bytes.len() as u64,
+                crc32: crc32(&data),
+                fingerprint: 0,
+                data,
+                last: end == o.bytes.len(),
+            };
+            if !r.send_snapshot_chunk(o.to, chunk) {
+                return false;
+            }
+            o.offset = end;
+            end < o.bytes.len()
+        });
+    }
+
+    fn pump_snapshots(&mut self, i: usize) -> Result<(), Violation> {
+        self.nodes[i].pump_scheduled = false;
+        self.pump_once(i);
+        let n = &mut self.nodes[i];
+        if !n.outgoing.is_empty() {
+            n.pump_scheduled = true;
+            let gen = n.snap_gen;
+            let d = self.cfg.snap_chunk_interval;
+            self.schedule(d, Ev::SnapPump { node: i, gen });
+        }
+        self.drive(i)
+    }
+
+    /// The follower's driver takes one chunk (in any order: they are kept
+    /// by offset) and starts the install once the snapshot is complete.
+    fn receive_chunk(&mut self, i: usize, chunk: SnapChunk) -> Result<(), Violation> {
+        let n = &mut self.nodes[i];
+        if crc32(&chunk.data) != chunk.crc32 {
+            let what = format!("node {}: snapshot chunk crc mismatch", n.id);
+            return Err(self.violation(what));
+        }
+        if n.installing.is_some() {
+            // The whole snapshot is in; a chunk now is a late duplicate.
+            return Ok(());
+        }
+        if n.incoming_zxid != chunk.snapshot_zxid {
+            n.incoming.clear();
+            n.incoming_zxid = chunk.snapshot_zxid;
+        }
+        n.incoming.insert(chunk.offset, chunk.data.clone());
+        let mut assembled = Vec::new();
+        for (off, data) in &n.incoming {
+            let off = *off as usize;
+            if off > assembled.len() {
+                break;
+            }
+            // A resumed stream may overlap what is held: same bytes.
+            let skip = assembled.len() - off;
+            if skip < data.len() {
+                assembled.extend_from_slice(&data[skip..]);
+            }
+        }
+        if assembled.len() as u64 != chunk.total_len {
+            self.report_progress(i, chunk.snapshot_zxid, assembled.len() as u64, false);
+            return Ok(());
+        }
+        let n = &mut self.nodes[i];
+        n.incoming.clear();
+        n.incoming_zxid = Zxid::ZERO;
+        let buf = assembled;
+        if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
+            return Err(self.violation("snapshot of wrong length".into()));
+        }
+        let zxid = Zxid(u64::from_le_bytes(buf[0..8].try_into().unwrap_or_default()));
+        let len = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) as usize;
+        if zxid != chunk.snapshot_zxid || buf.len() != 16 + len * 16 {
+            return Err(self.violation("snapshot header mismatch".into()));
+        }
+        for k in 0..len {
+            let o = 16 + k * 16;
+            let z = Zxid(u64::from_le_bytes(
+                buf[o..o + 8].try_into().unwrap_or_default(),
+            ));
+            let h = u64::from_le_bytes(buf[o + 8..o + 16].try_into().unwrap_or_default());
+            if self.canonical.get(k) != Some(&(z, h)) {
+                let what = format!("snapshot content diverges from the canonical sequence at {k}");
+                return Err(self.violation(what));
+            }
+        }
+        let snap = SmSnapshot { zxid, len };
+        let install = self.cfg.snap_install_time;
+        if install.is_zero() {
+            self.finish_install(i, snap);
+            return Ok(());
+        }
+        let n = &mut self.nodes[i];
+        n.installing = Some((snap, self.now + install));
+        let gen = n.snap_gen;
+        self.report_progress(i, zxid, chunk.total_len, true);
+        let tick = self.config.heartbeat_interval.min(install);
+        self.schedule(tick, Ev::InstallTick { node: i, gen });
+        Ok(())
+    }
+
+    /// An install in progress: finish it when due, else report progress.
+    fn install_tick(&mut self, i: usize) -> Result<(), Violation> {
+        let Some((snap, done_at)) = self.nodes[i].installing else {
+            return Ok(());
+        };
+        if self.now >= done_at {
+            self.nodes[i].installing = None;
+            self.finish_install(i, snap);
+        } else {
+            let total = 16 + snap.len as u64 * 16;
+            self.report_progress(i, snap.zxid, total, true);
+            let gen = self.nodes[i].snap_gen;
+            let tick = self
+                .config
+                .heartbeat_interval
+                .min(done_at.saturating_since(self.now));
+            self.schedule(tick, Ev::InstallTick { node: i, gen });
+        }
+        self.drive(i)
+    }
+
+    /// The install is durable: the state machine takes the snapshot if the
+    /// kernel still expects it (it may have moved on meanwhile).
+    fn finish_install(&mut self, i: usize, snap: SmSnapshot) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let Some(r) = n.replica.as_mut() else {
+            return;
+        };
+        let before = r.applied_zxid();
+        r.snapshot_installed(now, snap.zxid);
+        if before < snap.zxid && r.applied_zxid() >= snap.zxid {
+            n.snapshot = Some(snap);
+            n.sm_len = snap.len;
+            n.sm_last = snap.zxid;
+            self.stats.snap_installs += 1;
+            let id = n.id;
+            self.snap_open.retain(|(_, f)| *f != id);
+        } else {
+            tracing::info!(node = %n.id, zxid = ?snap.zxid, "sim: installed snapshot no longer expected");
+        }
+    }
+
+    /// The follower's driver reports how far the transfer got.
+    fn report_progress(&mut self, i: usize, snapshot: Zxid, received: u64, installing: bool) {
+        let now = self.now;
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            r.snapshot_progress(now, snapshot, received, installing);
+        }
     }
 
     /// Checks the safety invariants that are not checked as events happen.

@@ -23,6 +23,9 @@ pub const NAMES: &[&str] = &[
     "epoch_counter_rollover",
     "recovering_voter_blocks_stale_leader",
     "lease_hold_off_after_restart",
+    "slow_snapshot_transfer_and_install",
+    "lost_snapshot_chunk_resumes",
+    "snapshot_sync_end_lost",
 ];
 
 /// Runs the scenario `name` with `seed` on simulations built by `mk`;
@@ -42,6 +45,9 @@ pub fn run<E: Elector>(
         "epoch_counter_rollover" => epoch_counter_rollover(mk, seed),
         "recovering_voter_blocks_stale_leader" => recovering_voter_blocks_stale_leader(mk, seed),
         "lease_hold_off_after_restart" => lease_hold_off_after_restart(mk, seed, false),
+        "slow_snapshot_transfer_and_install" => slow_snapshot_transfer_and_install(mk, seed),
+        "lost_snapshot_chunk_resumes" => lost_snapshot_chunk_resumes(mk, seed),
+        "snapshot_sync_end_lost" => snapshot_sync_end_lost(mk, seed),
         _ => return None,
     })
 }
@@ -466,5 +472,152 @@ pub fn lease_hold_off_after_restart<E: Elector>(
     let acked = sim.stats().acked;
     sim.heal();
     wait_acked(&mut sim, acked + 10)?;
+    finish(sim)
+}
+
+/// A configuration where a follower that was down comes back behind the
+/// retention window (so it needs SNAP), with a paced snapshot transfer.
+fn snap_config(seed: u64, chunk_interval: Duration, install: Duration) -> SimConfig {
+    let mut cfg = SimConfig {
+        seed,
+        ..SimConfig::default()
+    };
+    cfg.snapshot_every = 10;
+    cfg.replica.retention_entries = 5;
+    cfg.replica.follower_pin_timeout = Duration::from_millis(300);
+    cfg.snap_chunk_interval = chunk_interval;
+    cfg.snap_install_time = install;
+    // Ordered links, like the node's control stream that carries the
+    // chunks: a DIFF overtaking another restarts a sync (ACCEPTNACK), which
+    // would blur what these scenarios count.
+    cfg.min_delay = Duration::from_millis(1);
+    cfg.max_delay = cfg.min_delay;
+    cfg
+}
+
+/// Takes a follower down while `entries` commit, so that it needs SNAP.
+fn lag_a_follower<E: Elector>(
+    sim: &mut Sim<E>,
+    entries: u64,
+    wipe: bool,
+) -> Result<NodeId, Violation> {
+    let l = wait_leader(sim, None)?;
+    wait_acked(sim, 20)?;
+    let f = sim
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != l)
+        .ok_or_else(|| fail(sim, "no follower"))?;
+    if wipe {
+        sim.wipe(f, true);
+    } else {
+        sim.crash(f);
+    }
+    let acked = sim.stats().acked;
+    wait_acked(sim, acked + entries)?;
+    Ok(f)
+}
+
+/// Waits until `f` installed a snapshot and follows in broadcast.
+fn wait_snap_synced<E: Elector>(
+    sim: &mut Sim<E>,
+    f: NodeId,
+    installs: u64,
+    within: Duration,
+) -> Result<(), Violation> {
+    let ok = sim.run_until(within, |s| {
+        s.stats().snap_installs > installs
+            && s.replica(f)
+                .is_some_and(|r| r.established_epoch().is_some())
+    })?;
+    if ok {
+        Ok(())
+    } else {
+        Err(fail(
+            sim,
+            &format!(
+                "follower {f} not synced by snapshot within {within:?}: {:?}",
+                sim.stats()
+            ),
+        ))
+    }
+}
+
+/// A slow link (each snapshot chunk takes longer than the sync and
+/// election timeouts) and a slow install (several election timeouts): the
+/// follower's progress reports keep the transfer alive, so the leader
+/// never restarts it, and the follower is synced.
+pub fn slow_snapshot_transfer_and_install<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let cfg = snap_config(seed, Duration::from_millis(250), Duration::from_secs(1));
+    let mut sim = mk(cfg);
+    let f = lag_a_follower(&mut sim, 400, false)?;
+    let installs = sim.stats().snap_installs;
+    sim.restart(f);
+    wait_snap_synced(&mut sim, f, installs, Duration::from_secs(20))?;
+    if sim.stats().snap_restarts != 0 {
+        return Err(fail(
+            &sim,
+            &format!(
+                "snapshot transfer restarted {} times",
+                sim.stats().snap_restarts
+            ),
+        ));
+    }
+    finish(sim)
+}
+
+/// One snapshot chunk is lost mid-transfer: the follower's progress stops
+/// at the gap, the leader times the transfer out after the progress
+/// timeout and resumes it from the follower's offset, not from 0.
+pub fn lost_snapshot_chunk_resumes<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let cfg = snap_config(seed, Duration::from_millis(20), Duration::ZERO);
+    let mut sim = mk(cfg);
+    let f = lag_a_follower(&mut sim, 400, false)?;
+    // A transfer resumes only with the same snapshot: keep the leader's
+    // (writes go on; the log just is not compacted meanwhile).
+    sim.set_snapshot_every(0);
+    let installs = sim.stats().snap_installs;
+    sim.drop_next("SNAP", f, 3, 1);
+    sim.restart(f);
+    wait_snap_synced(&mut sim, f, installs, Duration::from_secs(20))?;
+    let st = sim.stats();
+    if st.dropped_on_purpose != 1 || st.snap_resumes == 0 {
+        return Err(fail(
+            &sim,
+            &format!("the lost chunk was not resumed past offset 0: {st:?}"),
+        ));
+    }
+    finish(sim)
+}
+
+/// A wiped, recovering follower is synced by SNAP, and both messages that
+/// end its sync after SNAPINSTALLED (NEWLEADER, then UPTODATE) are lost
+/// once: each is sent again, and the follower reaches broadcast (where a
+/// recovering follower can be readmitted) without a second snapshot.
+pub fn snapshot_sync_end_lost<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let cfg = snap_config(seed, Duration::from_millis(20), Duration::from_millis(300));
+    let mut sim = mk(cfg);
+    let f = lag_a_follower(&mut sim, 400, true)?;
+    let installs = sim.stats().snap_installs;
+    sim.drop_next("NEWLEADER", f, 0, 1);
+    sim.drop_next("UPTODATE", f, 0, 1);
+    sim.restart(f);
+    wait_snap_synced(&mut sim, f, installs, Duration::from_secs(10))?;
+    let st = sim.stats().clone();
+    if st.dropped_on_purpose != 2 || st.snap_restarts != 0 || st.snap_installs != installs + 1 {
+        return Err(fail(
+            &sim,
+            &format!("sync end not recovered without a new snapshot: {st:?}"),
+        ));
+    }
     finish(sim)
 }

@@ -91,6 +91,15 @@ fn message() -> impl Strategy<Value = Message> {
                     }
                 }
             ),
+        (epoch(), any::<u32>(), zxid(), any::<u64>(), any::<bool>()).prop_map(
+            |(epoch, round, snapshot, received, installing)| Message::SnapProgress {
+                epoch,
+                round,
+                snapshot,
+                received,
+                installing,
+            }
+        ),
         (epoch(), zxid()).prop_map(|(epoch, zxid)| Message::SnapInstalled { epoch, zxid }),
         (epoch(), zxid()).prop_map(|(epoch, last_zxid)| Message::NewLeader { epoch, last_zxid }),
         (epoch(), zxid()).prop_map(|(epoch, last_zxid)| Message::AckNewLeader { epoch, last_zxid }),

@@ -76,6 +76,21 @@ fn scenario_recovering_voter_blocks_stale_leader() {
 }
 
 #[test]
+fn scenario_slow_snapshot_transfer_and_install() {
+    scenario("slow_snapshot_transfer_and_install");
+}
+
+#[test]
+fn scenario_lost_snapshot_chunk_resumes() {
+    scenario("lost_snapshot_chunk_resumes");
+}
+
+#[test]
+fn scenario_snapshot_sync_end_lost() {
+    scenario("snapshot_sync_end_lost");
+}
+
+#[test]
 fn scenario_lease_hold_off_after_restart() {
     scenario("lease_hold_off_after_restart");
 }

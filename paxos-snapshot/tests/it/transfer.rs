@@ -125,7 +125,7 @@ fn bit_flipped_chunk_is_refused_then_good_copy_accepted() {
 }
 
 #[test]
-fn reordered_duplicated_and_out_of_bounds_chunks_are_refused() {
+fn gaps_and_out_of_bounds_chunks_are_refused_duplicates_ignored() {
     let s = setup(20_000, 3);
     let chunks = all_chunks(&s);
     let mut rx = receiver(&s);
@@ -134,10 +134,13 @@ fn reordered_duplicated_and_out_of_bounds_chunks_are_refused() {
         Err(SnapshotError::OutOfOrder { expected: 0, .. })
     ));
     rx.accept(&chunks[0]).expect("first");
-    assert!(
-        matches!(rx.accept(&chunks[0]), Err(SnapshotError::OutOfOrder { .. })),
-        "duplicate"
+    assert_eq!(
+        rx.accept(&chunks[0]).expect("a duplicate is held already"),
+        Progress::NeedMore {
+            next_offset: chunks[1].offset
+        }
     );
+    assert_eq!(rx.next_offset(), chunks[1].offset);
     assert!(
         matches!(rx.accept(&chunks[2]), Err(SnapshotError::OutOfOrder { .. })),
         "skip"
@@ -328,6 +331,54 @@ fn restart_after_complete_transfer_installs() {
     }
     let mut rx = receiver(&s);
     assert_eq!(rx.next_offset(), s.snapshot.file_bytes);
+    let mut sm = old_state();
+    rx.install(&mut sm).expect("install");
+    assert_eq!(sm, s.leader_state);
+}
+
+#[test]
+fn resumed_stream_overlapping_what_is_held_completes() {
+    let s = setup(50_000, 6);
+    let chunks = all_chunks(&s);
+    let mut rx = receiver(&s);
+    for c in &chunks[..5] {
+        rx.accept(c).expect("good chunk");
+    }
+    let held = rx.next_offset();
+    // The leader resumes from an older report, not on a chunk boundary.
+    let mut sender = SnapshotSender::open(&s.snapshot.path, MAX_CHUNK).expect("sender");
+    sender.resume_from(held - 1234);
+    let mut last = None;
+    while let Some(c) = sender.next_chunk().expect("read") {
+        last = Some(rx.accept(&c).expect("a resumed chunk"));
+    }
+    assert_eq!(last, Some(Progress::Complete));
+    let mut sm = old_state();
+    rx.install(&mut sm).expect("install");
+    assert_eq!(sm, s.leader_state);
+}
+
+#[test]
+fn reopened_receiver_takes_a_stream_resumed_at_its_offset() {
+    let s = setup(50_000, 7);
+    let chunks = all_chunks(&s);
+    let mut rx = receiver(&s);
+    for c in &chunks[..4] {
+        rx.accept(c).expect("good chunk");
+    }
+    drop(rx);
+    // A restart: the partial file is verified again; the stream resumes
+    // at whatever offset the receiver now reports.
+    let mut rx = receiver(&s);
+    let at = rx.next_offset();
+    assert!(at > 0 && at <= chunks[4].offset);
+    let mut sender = SnapshotSender::open(&s.snapshot.path, MAX_CHUNK).expect("sender");
+    sender.resume_from(at);
+    let mut last = None;
+    while let Some(c) = sender.next_chunk().expect("read") {
+        last = Some(rx.accept(&c).expect("a resumed chunk"));
+    }
+    assert_eq!(last, Some(Progress::Complete));
     let mut sm = old_state();
     rx.install(&mut sm).expect("install");
     assert_eq!(sm, s.leader_state);
