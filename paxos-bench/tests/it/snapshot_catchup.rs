@@ -13,6 +13,7 @@ use bytes::Bytes;
 use paxos_bench::client::{Client, Session};
 use paxos_bench::cluster::{ClusterSpec, LocalCluster};
 use paxos_bench::kv::KvOp;
+use paxos_bench::tls::ClientSecurity;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,13 +45,14 @@ fn spec(dir: &std::path::Path, keys: u64) -> ClusterSpec {
 
 /// Writes `keys` values of [`VALUE_BYTES`] under `prefix` through the
 /// nodes at `addrs`, with [`WRITERS`] sessions in parallel.
-async fn load(addrs: &[std::net::SocketAddr], prefix: &str, keys: u64) {
+async fn load(addrs: &[std::net::SocketAddr], security: &ClientSecurity, prefix: &str, keys: u64) {
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let addrs = addrs.to_vec();
+        let security = security.clone();
         let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
-            let client = Client::new(addrs, 1_000 + w, Duration::from_secs(30));
+            let client = Client::new(addrs, security, 1_000 + w, Duration::from_secs(30));
             let mut session = Session::new(1_000 + w);
             let mut i = w;
             while i < keys {
@@ -173,7 +175,7 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
         .map(|(_, m)| m.client)
         .collect();
     let started = Instant::now();
-    load(&live, "big", keys).await;
+    load(&live, &cluster.client_security(), "big", keys).await;
     let loaded = started.elapsed();
     wait_snapshot_taken(&cluster, leader, Duration::from_secs(120)).await;
 
@@ -182,8 +184,9 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
         let (stop, written, live) = (stop.clone(), written.clone(), live.clone());
+        let security = cluster.client_security();
         tokio::spawn(async move {
-            let client = Client::new(live, 7, Duration::from_secs(30));
+            let client = Client::new(live, security, 7, Duration::from_secs(30));
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 client
@@ -281,7 +284,13 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
     let (down, lagging) = (others[0], others[1]);
     cluster.kill(lagging).expect("kill the lagging follower");
     let members = cluster.members().clone();
-    load(&[members[&leader].client], "big", keys).await;
+    load(
+        &[members[&leader].client],
+        &cluster.client_security(),
+        "big",
+        keys,
+    )
+    .await;
     wait_snapshot_taken(&cluster, leader, Duration::from_secs(120)).await;
 
     // The other follower goes; the lagging one comes back with its old
@@ -296,6 +305,7 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
     let restarted = Instant::now();
     let client = Client::new(
         vec![members[&leader].client, members[&lagging].client],
+        cluster.client_security(),
         9,
         Duration::from_secs(2),
     );
