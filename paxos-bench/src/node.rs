@@ -44,7 +44,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Principal;
 use crate::client::{FORBIDDEN_PREFIX, TLS_REQUIRED_PREFIX};
-use crate::client_proto::{next_frame, write_frames, ProtoError, ReadMode, Request, Response};
+use crate::client_proto::{
+    next_frame, write_frames, Frame, ProtoError, ReadMode, Request, Response,
+};
 use crate::identity::{self, EmptyStart, Identity, Standing};
 use crate::kv::{KvCommand, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
@@ -255,17 +257,91 @@ pub fn format_members(members: &BTreeMap<u64, Member>) -> String {
         .join(",")
 }
 
-/// Where a client's answer goes: its connection's writer, and the request id.
+/// Bytes of answers queued for one client connection's writer, at most: a
+/// client that sends requests and does not read the answers loses answers
+/// (it times out, as on a lost connection) instead of growing the node.
+const MAX_CONNECTION_REPLY_BYTES: usize = 8 << 20;
+/// Bytes of answers queued for all client connections together, at most.
+const MAX_REPLY_BYTES: usize = 512 << 20;
+
+/// An answer on its way to a connection's writer, holding its share of the
+/// answer budgets until the writer has encoded it.
+struct Outgoing {
+    resp: Response,
+    _budget: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl From<Response> for Outgoing {
+    /// A small answer the connection task sends itself (refusals, its last
+    /// word); bounded by the queue's count.
+    fn from(resp: Response) -> Outgoing {
+        Outgoing {
+            resp,
+            _budget: None,
+        }
+    }
+}
+
+impl Frame for Outgoing {
+    fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
+        self.resp.encode_frame(id, buf)
+    }
+}
+
+/// Roughly the bytes an answer keeps alive while it waits in a queue.
+fn reply_bytes(resp: &Response) -> usize {
+    let payload = match resp {
+        Response::Written(b) => b.len(),
+        Response::Value(v) => v.as_ref().map_or(0, |v| v.len()),
+        Response::Status(t) | Response::Error(t) | Response::OutcomeUnknown(t) => t.len(),
+        Response::NotLeader { addr, .. } => addr.as_ref().map_or(0, |a| a.len()),
+    };
+    payload + 32
+}
+
+/// Where a client's answer goes: its connection's writer, the request id,
+/// and the answer budgets (the connection's, everyone's).
 struct Reply {
-    tx: mpsc::Sender<(u64, Response)>,
+    tx: mpsc::Sender<(u64, Outgoing)>,
     id: u64,
+    connection_budget: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
 }
 
 impl Reply {
     fn send(self, resp: Response) {
-        // Never block the loop on a slow client: a full writer queue drops
-        // the answer and the client times out and retries.
-        let _ = self.tx.try_send((self.id, resp));
+        self.send_ref(resp)
+    }
+
+    /// Never blocks the loop on a slow client: an answer that does not fit
+    /// the writer's queue or the budgets is dropped, and the client times
+    /// out and retries.
+    fn send_ref(&self, resp: Response) {
+        let n =
+            u32::try_from(reply_bytes(&resp).min(MAX_CONNECTION_REPLY_BYTES)).unwrap_or(u32::MAX);
+        let permits = self
+            .connection_budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .and_then(|c| Ok((c, self.budget.clone().try_acquire_many_owned(n)?)));
+        match permits {
+            Ok(permits) => {
+                let out = Outgoing {
+                    resp,
+                    _budget: Some(permits),
+                };
+                if self.tx.try_send((self.id, out)).is_err() {
+                    tracing::debug!(id = self.id, "client's answer queue full; answer dropped");
+                }
+            }
+            Err(_) => {
+                tracing::debug!(
+                    id = self.id,
+                    bytes = n,
+                    "client not reading its answers; answer dropped"
+                )
+            }
+        }
     }
 }
 
@@ -292,6 +368,8 @@ const MAX_CLIENT_QUEUE_BYTES: usize = 64 << 20;
 struct ToDriver {
     tx: mpsc::Sender<ClientMsg>,
     budget: Arc<Semaphore>,
+    /// [`MAX_REPLY_BYTES`], shared by every connection's answers.
+    reply_budget: Arc<Semaphore>,
 }
 
 impl ToDriver {
@@ -599,6 +677,7 @@ pub async fn run_node(
     let client_tx = ToDriver {
         tx: client_tx,
         budget: Arc::new(Semaphore::new(MAX_CLIENT_QUEUE_BYTES)),
+        reply_budget: Arc::new(Semaphore::new(MAX_REPLY_BYTES)),
     };
     if opts.max_client_connections == 0 {
         bail!("max_client_connections must be at least 1");
@@ -1176,9 +1255,7 @@ impl Driver {
                 return true;
             }
             freed += key.len();
-            let _ = reply
-                .tx
-                .try_send((reply.id, Response::Error("retry: read timed out".into())));
+            reply.send_ref(Response::Error("retry: read timed out".into()));
             false
         });
         self.pending_read_bytes -= freed;
@@ -1937,7 +2014,8 @@ async fn serve_client<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<(u64, Response)>(8192);
+    let (tx, rx) = mpsc::channel::<(u64, Outgoing)>(8192);
+    let connection_budget = Arc::new(Semaphore::new(MAX_CONNECTION_REPLY_BYTES));
     let writer = tokio::spawn(write_frames(wr, rx));
     // Small to start (thousands of idle connections cost little), grown
     // before each read and by next_frame as frames need it.
@@ -1965,7 +2043,7 @@ async fn serve_client<R, W>(
                                         principal.name(),
                                         principal.role()
                                     );
-                                    if tx.send((id, Response::Error(why))).await.is_err() {
+                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
                                         break 'conn;
                                     }
                                 }
@@ -1982,12 +2060,17 @@ async fn serve_client<R, W>(
                                          but this connection is authenticated as {}",
                                         principal.name()
                                     );
-                                    if tx.send((id, Response::Error(why))).await.is_err() {
+                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
                                         break 'conn;
                                     }
                                 }
                                 Ok((id, req)) => {
-                                    let reply = Reply { tx: tx.clone(), id };
+                                    let reply = Reply {
+                                        tx: tx.clone(),
+                                        id,
+                                        connection_budget: connection_budget.clone(),
+                                        budget: to_driver.reply_budget.clone(),
+                                    };
                                     if to_driver.send(req, reply).await.is_err() {
                                         break 'conn;
                                     }
@@ -1996,13 +2079,13 @@ async fn serve_client<R, W>(
                                 // refused (not proposed), the connection kept.
                                 Err(ProtoError::Command { id, source }) => {
                                     let why = format!("invalid command: {source}");
-                                    if tx.send((id, Response::Error(why))).await.is_err() {
+                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
                                         break 'conn;
                                     }
                                 }
                                 Err(e) => {
                                     let _ = tx
-                                        .send((0, Response::Error(format!("bad request: {e}"))))
+                                        .send((0, Response::Error(format!("bad request: {e}")).into()))
                                         .await;
                                     break 'conn;
                                 }
@@ -2010,7 +2093,7 @@ async fn serve_client<R, W>(
                             Ok(None) => break,
                             Err(e) => {
                                 let _ = tx
-                                    .send((0, Response::Error(format!("bad frame: {e}"))))
+                                    .send((0, Response::Error(format!("bad frame: {e}")).into()))
                                     .await;
                                 break 'conn;
                             }
@@ -2026,7 +2109,7 @@ async fn serve_client<R, W>(
                     tracing::info!(%peer, idle_ms, "client connection idle; closed");
                     let _ = tx.try_send((
                         0,
-                        Response::Error(format!("closed: no request for {idle_ms} ms")),
+                        Response::Error(format!("closed: no request for {idle_ms} ms")).into(),
                     ));
                     break;
                 }

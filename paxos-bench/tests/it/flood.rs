@@ -9,13 +9,16 @@
 //!   2 MiB frame and send a few bytes of it. A connection's buffer grows
 //!   with what arrived, not with the claim.
 //! - An oversize length prefix: refused and closed at once.
+//! - A client that asks and never reads: answers to it are bounded in bytes
+//!   per connection, so answers holding since-overwritten 1 MiB values do
+//!   not pile up (the excess is dropped; that client times out).
 //!
 //! Memory is the node's `RssAnon` (heap and anonymous maps; the WAL's
 //! file-backed pages are left out).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_bench::client::{Client, Session};
-use paxos_bench::client_proto::ReadMode;
+use paxos_bench::client_proto::{ReadMode, Request};
 use paxos_bench::cluster::{ClusterSpec, LocalCluster};
 use paxos_bench::kv::KvOp;
 use paxos_bench::tls::{ClientSecurity, ClientTlsConfig};
@@ -169,4 +172,53 @@ async fn floods_keep_the_node_within_its_memory_bound() {
         "the node says why: {reply:?}"
     );
     served(&client, "after-oversize").await;
+
+    // A client that asks for a large value again and again and never reads
+    // the answers, while the value is overwritten each time: every queued
+    // answer would keep its own 1 MiB value alive.
+    let before_deaf = rss_anon(pid);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut deaf = tls
+        .connector()
+        .connect(ClientTlsConfig::server_name(), tcp)
+        .await
+        .expect("TLS handshake");
+    // (The default session was evicted by the session flood.)
+    let mut overwriter = Session::assigned();
+    for i in 0..DEAF_ROUNDS {
+        client
+            .write_in(
+                &mut overwriter,
+                KvOp::Put {
+                    key: Bytes::from_static(b"big"),
+                    value: Bytes::from(vec![b'a' + (i % 26) as u8; MIB as usize]),
+                },
+            )
+            .await
+            .expect("overwrite");
+        let mut frame = BytesMut::new();
+        Request::Get {
+            key: Bytes::from_static(b"big"),
+            mode: ReadMode::Stale,
+        }
+        .encode_frame(i + 1, &mut frame);
+        deaf.write_all(&frame).await.expect("ask");
+        deaf.flush().await.expect("flush");
+    }
+    served(&client, "with-a-deaf-client").await;
+    let with_deaf = rss_anon(pid);
+    eprintln!(
+        "deaf client: {DEAF_ROUNDS} answers of distinct 1 MiB values never read: RssAnon {} -> {} MiB",
+        before_deaf / MIB,
+        with_deaf / MIB
+    );
+    assert!(
+        with_deaf.saturating_sub(before_deaf) < 48 * MIB,
+        "the node grew by {} MiB",
+        with_deaf.saturating_sub(before_deaf) / MIB
+    );
+    drop(deaf);
 }
+
+/// Requests of the client that never reads.
+const DEAF_ROUNDS: u64 = 150;
