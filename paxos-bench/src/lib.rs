@@ -20,6 +20,13 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(all(
+    feature = "wal",
+    feature = "net",
+    feature = "election",
+    feature = "snapshot"
+))]
+mod budget;
 pub mod client;
 pub mod client_proto;
 #[cfg(all(

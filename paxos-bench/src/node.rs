@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Principal;
+use crate::budget::{ByteBudget, Share};
 use crate::client::{FORBIDDEN_PREFIX, TLS_REQUIRED_PREFIX};
 use crate::client_proto::{
     next_frame, write_frames, Frame, ProtoError, ReadMode, Request, Response,
@@ -268,7 +269,7 @@ const MAX_REPLY_BYTES: usize = 512 << 20;
 /// answer budgets until the writer has encoded it.
 struct Outgoing {
     resp: Response,
-    _budget: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    _budget: Option<(Share, Share)>,
 }
 
 impl From<Response> for Outgoing {
@@ -304,8 +305,8 @@ fn reply_bytes(resp: &Response) -> usize {
 struct Reply {
     tx: mpsc::Sender<(u64, Outgoing)>,
     id: u64,
-    connection_budget: Arc<Semaphore>,
-    budget: Arc<Semaphore>,
+    connection_budget: Arc<ByteBudget>,
+    budget: Arc<ByteBudget>,
 }
 
 impl Reply {
@@ -317,15 +318,13 @@ impl Reply {
     /// the writer's queue or the budgets is dropped, and the client times
     /// out and retries.
     fn send_ref(&self, resp: Response) {
-        let n =
-            u32::try_from(reply_bytes(&resp).min(MAX_CONNECTION_REPLY_BYTES)).unwrap_or(u32::MAX);
+        let n = reply_bytes(&resp);
         let permits = self
             .connection_budget
-            .clone()
-            .try_acquire_many_owned(n)
-            .and_then(|c| Ok((c, self.budget.clone().try_acquire_many_owned(n)?)));
+            .try_take(n)
+            .and_then(|c| Some((c, self.budget.try_take(n)?)));
         match permits {
-            Ok(permits) => {
+            Some(permits) => {
                 let out = Outgoing {
                     resp,
                     _budget: Some(permits),
@@ -334,7 +333,7 @@ impl Reply {
                     tracing::debug!(id = self.id, "client's answer queue full; answer dropped");
                 }
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(
                     id = self.id,
                     bytes = n,
@@ -351,7 +350,7 @@ struct ClientMsg {
     reply: Reply,
     /// The request's share of [`MAX_CLIENT_QUEUE_BYTES`], given back when
     /// the driver has taken the request.
-    _budget: OwnedSemaphorePermit,
+    _budget: Share,
 }
 
 /// Room made in a client connection's read buffer before each read.
@@ -367,9 +366,9 @@ const MAX_CLIENT_QUEUE_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 struct ToDriver {
     tx: mpsc::Sender<ClientMsg>,
-    budget: Arc<Semaphore>,
+    budget: Arc<ByteBudget>,
     /// [`MAX_REPLY_BYTES`], shared by every connection's answers.
-    reply_budget: Arc<Semaphore>,
+    reply_budget: Arc<ByteBudget>,
 }
 
 impl ToDriver {
@@ -382,13 +381,7 @@ impl ToDriver {
             Request::Status => 0,
         };
         // A frame is at most MAX_CLIENT_FRAME_BYTES, well below the budget.
-        let permits = u32::try_from(bytes.clamp(1, MAX_CLIENT_QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let budget = self
-            .budget
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| ())?;
+        let budget = self.budget.take(bytes.max(1)).await;
         let msg = ClientMsg {
             req,
             reply,
@@ -676,8 +669,8 @@ pub async fn run_node(
     let (client_tx, mut client_rx) = mpsc::channel::<ClientMsg>(16 * 1024);
     let client_tx = ToDriver {
         tx: client_tx,
-        budget: Arc::new(Semaphore::new(MAX_CLIENT_QUEUE_BYTES)),
-        reply_budget: Arc::new(Semaphore::new(MAX_REPLY_BYTES)),
+        budget: ByteBudget::new(MAX_CLIENT_QUEUE_BYTES),
+        reply_budget: ByteBudget::new(MAX_REPLY_BYTES),
     };
     if opts.max_client_connections == 0 {
         bail!("max_client_connections must be at least 1");
@@ -2015,7 +2008,7 @@ async fn serve_client<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<(u64, Outgoing)>(8192);
-    let connection_budget = Arc::new(Semaphore::new(MAX_CONNECTION_REPLY_BYTES));
+    let connection_budget = ByteBudget::new(MAX_CONNECTION_REPLY_BYTES);
     let writer = tokio::spawn(write_frames(wr, rx));
     // Small to start (thousands of idle connections cost little), grown
     // before each read and by next_frame as frames need it.
