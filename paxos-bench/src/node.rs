@@ -353,8 +353,10 @@ struct ClientMsg {
     _budget: Share,
 }
 
-/// Room made in a client connection's read buffer before each read.
+/// Room made in a client connection's read buffer when it runs short.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// A read buffer with less room than this is grown before the next read.
+const MIN_READ_ROOM_BYTES: usize = 4 * 1024;
 
 /// Bytes of client requests queued for the driver (all connections
 /// together), at most: a connection whose request does not fit waits, so
@@ -2020,8 +2022,12 @@ async fn serve_client<R, W>(
     tokio::pin!(idle);
     'conn: loop {
         // Room in proportion to what arrived (a frame's buffer doubles as
-        // its bytes come in), never in proportion to a length claim.
-        buf.reserve(READ_CHUNK_BYTES.max(buf.len()));
+        // its bytes come in), never in proportion to a length claim; and
+        // only when the buffer is nearly full, so that a busy connection
+        // allocates once per READ_CHUNK_BYTES or more, not once per read.
+        if buf.capacity() - buf.len() < MIN_READ_ROOM_BYTES {
+            buf.reserve(READ_CHUNK_BYTES.max(buf.len()));
+        }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
