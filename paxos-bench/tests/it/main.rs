@@ -15,3 +15,4 @@ mod sessions;
 mod snapshot_catchup;
 mod snapshot_install;
 mod tls;
+mod util;

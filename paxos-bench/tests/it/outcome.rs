@@ -8,11 +8,10 @@
 
 use bytes::Bytes;
 use paxos_bench::client::{Client, ClientError, Session};
-use paxos_bench::client_proto::ReadMode;
 use paxos_bench::cluster::{ClusterSpec, LocalCluster};
 use paxos_bench::kv::KvOp;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Resumes the paused processes when dropped, whatever the test did.
 struct Paused(Vec<u32>);
@@ -102,20 +101,7 @@ async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_c
         2,
         Duration::from_secs(5),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let value = loop {
-        match reader
-            .get(Bytes::from_static(b"x"), ReadMode::Linearizable)
-            .await
-        {
-            Ok(v) => break v,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "read retried");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("no linearizable read within 30 s: {e}"),
-        }
-    };
+    let value = crate::util::read_eventually(&reader, b"x", Duration::from_secs(30)).await;
     assert_eq!(
         value.as_deref(),
         Some(&b"in-doubt"[..]),

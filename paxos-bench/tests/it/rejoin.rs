@@ -110,20 +110,7 @@ async fn a_wiped_member_rejoins_without_voting_away_an_acknowledged_write() {
         3,
         Duration::from_secs(5),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let value = loop {
-        match reader
-            .get(Bytes::from_static(b"x"), ReadMode::Linearizable)
-            .await
-        {
-            Ok(v) => break v,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "read retried");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("no linearizable read within 30 s: {e}"),
-        }
-    };
+    let value = crate::util::read_eventually(&reader, b"x", Duration::from_secs(30)).await;
     assert_eq!(value.as_deref(), Some(&b"acknowledged"[..]), "x survived");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
