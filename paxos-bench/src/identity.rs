@@ -26,6 +26,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The directory of the node's write-ahead log in its data directory.
+pub const WAL_DIR: &str = "wal";
+/// The directory of the node's snapshots in its data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// The first line of an identity file.
@@ -246,11 +250,11 @@ struct Found {
 }
 
 fn look(dir: &Path) -> Found {
-    let wal = dir.join("wal");
+    let wal = dir.join(WAL_DIR);
     Found {
         log: non_empty_dir(&wal.join(paxos_wal::LOG_DIR)),
         hard_state: wal.join(paxos_wal::HARD_STATE_FILE).exists(),
-        snapshots: non_empty_dir(&dir.join("snapshots")),
+        snapshots: non_empty_dir(&dir.join(SNAPSHOT_DIR)),
     }
 }
 

@@ -536,10 +536,10 @@ pub async fn run_node(
         segment_bytes: opts.segment_bytes,
         ..WalOptions::default()
     };
-    let (storage, report) = WalStorage::open(opts.data_dir.join("wal"), wal_options)
+    let (storage, report) = WalStorage::open(opts.data_dir.join(identity::WAL_DIR), wal_options)
         .with_context(|| format!("opening the WAL in {}", opts.data_dir.display()))?;
     tracing::info!(?report, "wal opened");
-    let snapshots = SnapshotStore::open(opts.data_dir.join("snapshots"))
+    let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
     check_poisoned(&opts)?;
@@ -569,7 +569,7 @@ pub async fn run_node(
         };
     }
     let receiver = SnapshotReceiver::open(
-        SnapshotStore::open(opts.data_dir.join("snapshots"))
+        SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
             .context("opening the snapshot store")?,
     )
     .context("opening the snapshot receiver")?;
