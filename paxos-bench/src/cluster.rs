@@ -27,10 +27,12 @@ use bytes::BytesMut;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Role;
@@ -43,6 +45,23 @@ use crate::tls::{ClientSecurity, ClientTlsConfig};
 pub const BENCH_CLIENT: &str = "bench";
 /// The read-only client every local cluster has a certificate for.
 pub const READER_CLIENT: &str = "reader";
+
+/// The peer port of a node with a [`Placement`] (its address is its own).
+pub const PLACED_PEER_PORT: u16 = 7100;
+/// The client port of a node with a [`Placement`].
+pub const PLACED_CLIENT_PORT: u16 = 7101;
+
+/// Where the nodes of a [`LocalCluster`] run, when not all on loopback: each
+/// node's own address, and how its process is started there.
+pub trait Placement: Send + Sync + std::fmt::Debug {
+    /// The address node `id` binds its peer and client ports on.
+    fn address(&self, id: u64) -> IpAddr;
+    /// A command that runs `program` where node `id` lives; the spawned
+    /// child's process id must be the program's own (signals sent to it
+    /// reach the node), as with `ip netns exec`, which executes the program
+    /// in its own place.
+    fn command(&self, id: u64, program: &Path) -> Command;
+}
 
 /// Whole-cluster start attempts before [`LocalCluster::start`] gives up on
 /// port clashes.
@@ -91,6 +110,11 @@ pub struct ClusterSpec {
     /// Client TLS handshakes must complete within this many milliseconds
     /// (`--client-handshake-timeout-ms`).
     pub client_handshake_timeout_ms: u64,
+    /// Where the nodes run; `None`: all on loopback (the default).
+    pub placement: Option<Arc<dyn Placement>>,
+    /// Extra arguments given to every node's `run` (after the usual ones);
+    /// `{id}` in an argument becomes the node's id.
+    pub extra_node_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -121,6 +145,8 @@ impl ClusterSpec {
                 crate::node::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT.as_millis(),
             )
             .unwrap_or(u64::MAX),
+            placement: None,
+            extra_node_args: Vec::new(),
         }
     }
 }
@@ -269,6 +295,31 @@ impl LocalCluster {
             security,
         };
         for attempt in 1..=START_ATTEMPTS {
+            if let Some(placement) = cluster.spec.placement.clone() {
+                cluster.members = ids
+                    .iter()
+                    .map(|&id| {
+                        let ip = placement.address(id);
+                        let member = Member {
+                            peer: SocketAddr::new(ip, PLACED_PEER_PORT),
+                            client: SocketAddr::new(ip, PLACED_CLIENT_PORT),
+                        };
+                        (id, member)
+                    })
+                    .collect();
+                for &id in &ids {
+                    cluster.start_node(id)?;
+                }
+                // A placed node's address is its own: no other process can
+                // hold its ports, so there is nothing to retry.
+                return match cluster.wait_started(START_TIMEOUT)? {
+                    StartOutcome::Ready => Ok(cluster),
+                    StartOutcome::PortTaken(id) => bail!(
+                        "node {id} found its port taken at its own address; see {}",
+                        cluster.log_path(id).display()
+                    ),
+                };
+            }
             let given = &cluster.spec.first_attempt_ports;
             let ports = if attempt == 1 && !given.is_empty() {
                 if given.len() != 2 * ids.len() {
@@ -412,7 +463,11 @@ impl LocalCluster {
             .append(true)
             .open(self.log_path(id))
             .with_context(|| format!("opening {}", self.log_path(id).display()))?;
-        let child = Command::new(&self.spec.node_binary)
+        let mut command = match &self.spec.placement {
+            Some(p) => p.command(id, &self.spec.node_binary),
+            None => Command::new(&self.spec.node_binary),
+        };
+        let child = command
             .arg("run")
             .args(["--id", &id.to_string()])
             .args(["--members", &format_members(&self.members)])
@@ -437,7 +492,13 @@ impl LocalCluster {
                 "--client-idle-timeout-ms",
                 &self.spec.client_idle_timeout_ms.to_string(),
             ])
-            .arg("--loopback")
+            .args(self.spec.placement.is_none().then_some("--loopback"))
+            .args(
+                self.spec
+                    .extra_node_args
+                    .iter()
+                    .map(|a| a.replace("{id}", &id.to_string())),
+            )
             .args(extra)
             .args(
                 self.spec
@@ -469,6 +530,25 @@ impl LocalCluster {
             .with_context(|| format!("node {id} is not running"))?;
         child.kill().with_context(|| format!("killing node {id}"))?;
         let _ = child.wait();
+        Ok(())
+    }
+
+    /// Sends `signal` (for example `libc::SIGSTOP` or `libc::SIGCONT`) to
+    /// node `id`'s process.
+    pub fn signal(&self, id: u64, signal: i32) -> Result<()> {
+        let pid = self
+            .pid(id)
+            .with_context(|| format!("node {id} is not running"))?;
+        let pid = libc::pid_t::try_from(pid).context("process id out of range")?;
+        // SAFETY: kill(2) takes plain integers; `pid` is our own live child
+        // (not reaped: it is still in `children`), so it names that process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            bail!(
+                "signal {signal} to node {id}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         Ok(())
     }
 

@@ -7,10 +7,13 @@
 //! - `sim`: the deterministic simulator over as many seeds as asked.
 //! - `ci`: what `.ci/run` checks (format, lints, tests).
 //! - `cluster`: a local 3-node key-value cluster to try by hand.
+//! - `chaos`: random fault schedules on real node processes, networks and
+//!   disks (the paxos-chaos crate), with a summary table.
 //! - `protoc`: the path of the protoc that `bench` hands to cargo.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod chaos;
 mod cluster;
 mod sim;
 mod util;
@@ -48,6 +51,15 @@ enum Command {
     /// Run the checks CI runs: fmt, clippy (also with the kernel bench's
     /// raft-rs baseline), tests.
     Ci,
+    /// Run random fault schedules on real node processes (kills, pauses,
+    /// partitions, lossy links, disk faults, clock jumps) and print a
+    /// table; a failure prints its replay command. Arguments go to
+    /// `paxos-chaos` (`--minutes N --seed S --scenario NAME --list`).
+    Chaos {
+        /// Arguments for paxos-chaos.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the path of the protoc that `bench` hands to cargo: `$PROTOC`
     /// when set, else the one shipped in the `protoc-bin-vendored` crate.
     Protoc,
@@ -73,6 +85,7 @@ fn main() -> Result<()> {
             full,
         } => sim::run(seeds, steps, seed, full),
         Command::Cluster { nodes, base_port } => cluster::run(nodes, base_port),
+        Command::Chaos { args } => chaos::run(&args),
         Command::Protoc => {
             println!("{}", bench::protoc()?.display());
             Ok(())

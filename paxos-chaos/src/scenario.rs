@@ -1,0 +1,896 @@
+//! The scenarios: each starts a cluster, runs the workload, injects its
+//! faults, heals them, and checks the run:
+//!
+//! - the recorded history is linearizable (the project's checker);
+//! - every acknowledged ledger write reads back with its value (no search);
+//! - every replica converges on the same applied position and state digest;
+//! - after each fault heals (or, for faults the cluster must ride through,
+//!   while it lasts) a write commits within [`RECOVERY_LIMIT`].
+//!
+//! A scenario's choices (which node, how long) come from its seed, so a
+//! failing run replays with `cargo xtask chaos --scenario NAME --seed S`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use paxos_bench::linearizability::{check, CheckConfig, Verdict};
+
+use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode};
+use crate::net::{self, LinkFault};
+use crate::rng::Rng;
+use crate::workload::{OpCounts, Workload, WorkloadConfig};
+
+/// A write must commit within this long after a fault heals (or, for a
+/// fault the cluster must ride through, after it starts). Generous: it
+/// covers the transport's reconnect backoff (at most 5 s), an election, and
+/// debug builds on a loaded two-core machine.
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+/// Replicas must agree on one state within this long after the workload
+/// stops.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// One kind of fault schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    /// SIGKILL of the leader, later restarted.
+    KillLeader,
+    /// SIGKILL of a follower, later restarted.
+    KillFollower,
+    /// SIGKILL of a majority (the leader among them), later restarted.
+    KillMajority,
+    /// SIGKILL of every node at once, then all restarted.
+    KillAll,
+    /// SIGSTOP of the leader past the election timeout, then SIGCONT, with
+    /// a client reading from the old leader.
+    PauseLeader,
+    /// The same with lease reads on.
+    PauseLeaderLease,
+    /// The leader cut off from every peer (clients still reach it).
+    IsolateLeader,
+    /// Two followers of five cut off from the rest.
+    PartitionMinority,
+    /// The leader and one follower of five cut off from the other three.
+    PartitionMajority,
+    /// Five nodes in two pairs that cannot reach each other, and a bridge
+    /// node that reaches both.
+    Bridge,
+    /// One-way loss: a follower stops hearing the leader, which still
+    /// hears it.
+    OneWay,
+    /// Random partitions, healed and repeated.
+    Flapping,
+    /// Every link delayed with jitter (reordering), lossy and duplicating.
+    LossyLinks,
+    /// Five nodes: the leader and three followers reach only one hub
+    /// follower, which reaches everyone.
+    QuorumLoss,
+    /// Five nodes: the only quorum-connected node has an older log than
+    /// nodes that are not.
+    ConstrainedElection,
+    /// Three nodes, one link down (chained): leadership must settle.
+    Chained,
+    /// A follower's data directory deleted while it is down; it rejoins.
+    WipeFollower,
+    /// Bytes flipped in the middle of a stopped follower's WAL segment.
+    CorruptFollower,
+    /// A node's disk fills up, then space returns.
+    DiskFull,
+    /// The leader's syncs become slow.
+    SlowDiskLeader,
+    /// Lease reads on; the leader is cut off while a follower's clock jumps
+    /// forward, with a client reading from the old leader.
+    ClockJump,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 21] = [
+        Scenario::KillLeader,
+        Scenario::KillFollower,
+        Scenario::KillMajority,
+        Scenario::KillAll,
+        Scenario::PauseLeader,
+        Scenario::PauseLeaderLease,
+        Scenario::IsolateLeader,
+        Scenario::PartitionMinority,
+        Scenario::PartitionMajority,
+        Scenario::Bridge,
+        Scenario::OneWay,
+        Scenario::Flapping,
+        Scenario::LossyLinks,
+        Scenario::QuorumLoss,
+        Scenario::ConstrainedElection,
+        Scenario::Chained,
+        Scenario::WipeFollower,
+        Scenario::CorruptFollower,
+        Scenario::DiskFull,
+        Scenario::SlowDiskLeader,
+        Scenario::ClockJump,
+    ];
+
+    /// The scenario's name on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::KillLeader => "kill-leader",
+            Scenario::KillFollower => "kill-follower",
+            Scenario::KillMajority => "kill-majority",
+            Scenario::KillAll => "kill-all",
+            Scenario::PauseLeader => "pause-leader",
+            Scenario::PauseLeaderLease => "pause-leader-lease",
+            Scenario::IsolateLeader => "isolate-leader",
+            Scenario::PartitionMinority => "partition-minority",
+            Scenario::PartitionMajority => "partition-majority",
+            Scenario::Bridge => "bridge",
+            Scenario::OneWay => "one-way",
+            Scenario::Flapping => "flapping",
+            Scenario::LossyLinks => "lossy-links",
+            Scenario::QuorumLoss => "quorum-loss",
+            Scenario::ConstrainedElection => "constrained-election",
+            Scenario::Chained => "chained",
+            Scenario::WipeFollower => "wipe-follower",
+            Scenario::CorruptFollower => "corrupt-follower",
+            Scenario::DiskFull => "disk-full",
+            Scenario::SlowDiskLeader => "slow-disk-leader",
+            Scenario::ClockJump => "clock-jump",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// How many nodes it runs.
+    pub fn nodes(self) -> u64 {
+        match self {
+            Scenario::PartitionMinority
+            | Scenario::PartitionMajority
+            | Scenario::Bridge
+            | Scenario::QuorumLoss
+            | Scenario::ConstrainedElection
+            | Scenario::Flapping => 5,
+            _ => 3,
+        }
+    }
+
+    /// Whether it needs per-node network namespaces (network faults).
+    pub fn needs_namespaces(self) -> bool {
+        matches!(
+            self,
+            Scenario::IsolateLeader
+                | Scenario::PartitionMinority
+                | Scenario::PartitionMajority
+                | Scenario::Bridge
+                | Scenario::OneWay
+                | Scenario::Flapping
+                | Scenario::LossyLinks
+                | Scenario::QuorumLoss
+                | Scenario::ConstrainedElection
+                | Scenario::Chained
+                | Scenario::ClockJump
+        )
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How to run scenarios.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The `paxos-node` binary.
+    pub node_binary: PathBuf,
+    /// Run every scenario on loopback (the ones that need namespaces are
+    /// skipped).
+    pub loopback_only: bool,
+    /// Keep a failed run's directory (logs and data) and name it.
+    pub keep_failed: bool,
+}
+
+/// What one scenario run found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// Its seed.
+    pub seed: u64,
+    /// Why it did not run (the machine cannot make what it needs).
+    pub skipped: Option<String>,
+    /// Workload calls by outcome.
+    pub counts: OpCounts,
+    /// Faults injected.
+    pub faults: u32,
+    /// Safety violations: non-linearizable history, diverging replicas,
+    /// values nobody wrote.
+    pub violations: Vec<String>,
+    /// Acknowledged writes not found at the end.
+    pub lost: Vec<String>,
+    /// Liveness failures: no progress within [`RECOVERY_LIMIT`], no
+    /// convergence within [`SETTLE_LIMIT`].
+    pub stalls: Vec<String>,
+    /// The harness itself failed (could not start a node, ...).
+    pub error: Option<String>,
+    /// Times from a fault (or its healing) to the next committed write.
+    pub recoveries: Vec<Duration>,
+    /// What the scenario observed (leader changes, measurements).
+    pub notes: Vec<String>,
+    /// The run's directory, kept because it failed.
+    pub kept: Option<PathBuf>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    fn new(scenario: Scenario, seed: u64) -> Report {
+        Report {
+            scenario,
+            seed,
+            skipped: None,
+            counts: OpCounts::default(),
+            faults: 0,
+            violations: Vec::new(),
+            lost: Vec::new(),
+            stalls: Vec::new(),
+            error: None,
+            recoveries: Vec::new(),
+            notes: Vec::new(),
+            kept: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Whether it ran and found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.skipped.is_none()
+            && self.violations.is_empty()
+            && self.lost.is_empty()
+            && self.stalls.is_empty()
+            && self.error.is_none()
+    }
+
+    /// Whether it ran and found something wrong.
+    pub fn failed(&self) -> bool {
+        self.skipped.is_none() && !self.passed()
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo xtask chaos --scenario {} --seed {}",
+            self.scenario, self.seed
+        )
+    }
+
+    /// A multi-line account of what went wrong (empty if nothing did).
+    pub fn problems(&self) -> String {
+        let mut out = String::new();
+        for (what, items) in [
+            ("violation", &self.violations),
+            ("lost", &self.lost),
+            ("stall", &self.stalls),
+        ] {
+            for i in items.iter().take(20) {
+                out.push_str(&format!("  {what}: {i}\n"));
+            }
+        }
+        if let Some(e) = &self.error {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+        if let Some(k) = &self.kept {
+            out.push_str(&format!("  logs and data kept in {}\n", k.display()));
+        }
+        out
+    }
+}
+
+/// Why `scenario` cannot run on this machine, if it cannot.
+pub fn skip_reason(scenario: Scenario, options: &RunOptions) -> Option<String> {
+    if scenario.needs_namespaces() {
+        if options.loopback_only {
+            return Some(format!(
+                "{scenario} needs network namespaces; this run is loopback-only"
+            ));
+        }
+        if let Err(why) = net::probe() {
+            return Some(format!(
+                "{scenario} needs network namespaces, which this machine cannot make: {why}"
+            ));
+        }
+    }
+    if scenario == Scenario::DiskFull {
+        if let Err(why) = probe_tmpfs() {
+            return Some(format!(
+                "{scenario} needs a small tmpfs, which this machine cannot mount: {why}"
+            ));
+        }
+    }
+    None
+}
+
+/// Runs `scenario` with `seed`. Never panics on what the cluster does: every
+/// finding is in the report.
+pub async fn run(scenario: Scenario, seed: u64, options: &RunOptions) -> Report {
+    let started = Instant::now();
+    let mut report = Report::new(scenario, seed);
+    if let Some(why) = skip_reason(scenario, options) {
+        tracing::warn!(%scenario, "skipped: {why}");
+        report.skipped = Some(why);
+        return report;
+    }
+    tracing::info!(%scenario, seed, "scenario starts");
+    let mut cluster = None;
+    if let Err(e) = run_inner(scenario, seed, options, &mut report, &mut cluster).await {
+        report.error = Some(format!("{e:#}"));
+    }
+    if report.failed() && options.keep_failed {
+        if let Some(c) = cluster.as_mut() {
+            report.kept = Some(c.keep_dir());
+        }
+    }
+    // Dropping the cluster kills the nodes, unmounts, deletes namespaces.
+    drop(cluster);
+    report.elapsed = started.elapsed();
+    tracing::info!(%scenario, seed, passed = report.passed(), "scenario ends");
+    report
+}
+
+/// A scenario's running state.
+struct Ctx<'a> {
+    c: &'a mut ChaosCluster,
+    w: Workload,
+    rng: Rng,
+    report: &'a mut Report,
+}
+
+impl Ctx<'_> {
+    async fn hold(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    fn fault(&mut self, what: String) {
+        tracing::info!(scenario = %self.report.scenario, "fault: {what}");
+        self.report.faults += 1;
+        self.report.notes.push(what);
+    }
+
+    /// A write must commit within [`RECOVERY_LIMIT`]; records the time.
+    async fn progress(&mut self, tag: &str) {
+        match self.c.wait_progress(RECOVERY_LIMIT, tag).await {
+            Ok(d) => self.report.recoveries.push(d),
+            Err(e) => self.report.stalls.push(format!("{e:#}")),
+        }
+    }
+
+    async fn leader(&self) -> Result<u64> {
+        self.c.leader(RECOVERY_LIMIT).await
+    }
+
+    fn followers(&self, leader: u64) -> Vec<u64> {
+        self.c.ids().into_iter().filter(|&i| i != leader).collect()
+    }
+
+    fn pick(&mut self, from: &[u64]) -> Result<u64> {
+        self.rng.pick(from).copied().context("no node to pick from")
+    }
+
+    fn heal(&mut self) -> Result<()> {
+        if let Some(n) = self.c.net() {
+            n.heal()?;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, id: u64) -> Result<()> {
+        self.fault(format!("SIGKILL node {id}"));
+        self.c.cluster().kill(id)
+    }
+
+    fn restart(&mut self, id: u64) -> Result<()> {
+        self.c.cluster().start_node(id)
+    }
+
+    /// Cuts every link between `a` and `b`, both ways.
+    fn cut(&mut self, a: u64, b: u64) -> Result<()> {
+        let n = self.c.net_for("a partition")?;
+        n.block(a, b)?;
+        n.block(b, a)?;
+        Ok(())
+    }
+}
+
+fn cluster_options(scenario: Scenario, seed: u64, options: &RunOptions) -> ClusterOptions {
+    let mut o = ClusterOptions::new(scenario.nodes(), options.node_binary.clone());
+    o.seed = seed;
+    o.net = if scenario.needs_namespaces() {
+        NetMode::Namespaces
+    } else {
+        NetMode::Loopback
+    };
+    match scenario {
+        Scenario::PauseLeaderLease | Scenario::ClockJump => o.lease_reads = true,
+        Scenario::DiskFull => {
+            o.segment_mib = 1;
+            o.tmpfs = (1..=o.nodes).map(|id| (id, 48)).collect();
+        }
+        _ => {}
+    }
+    o
+}
+
+async fn run_inner(
+    scenario: Scenario,
+    seed: u64,
+    options: &RunOptions,
+    report: &mut Report,
+    slot: &mut Option<ChaosCluster>,
+) -> Result<()> {
+    let opts = cluster_options(scenario, seed, options);
+    let c = tokio::task::block_in_place(|| ChaosCluster::start(opts))?;
+    let c = slot.insert(c);
+    c.leader(RECOVERY_LIMIT).await?;
+    let w = Workload::start(
+        c.client_addrs(),
+        c.security(),
+        WorkloadConfig {
+            seed,
+            ..WorkloadConfig::default()
+        },
+    );
+    let mut ctx = Ctx {
+        c,
+        w,
+        rng: Rng::new(seed),
+        report,
+    };
+    ctx.hold(Duration::from_secs(2)).await;
+    let scripted = script(scenario, &mut ctx).await;
+    // Whatever the script did, end healed and with every node running.
+    ctx.heal()?;
+    for id in ctx.c.ids() {
+        let _ = ctx.c.cluster().signal(id, libc::SIGCONT);
+        if !ctx.c.cluster().is_running(id) {
+            ctx.c.cluster().start_node(id)?;
+        }
+    }
+    scripted?;
+    ctx.hold(Duration::from_secs(1)).await;
+    let Ctx { c, w, report, .. } = ctx;
+    let recorded = w.stop().await;
+    report.counts = recorded.counts;
+    if recorded.counts.ok == 0 {
+        report
+            .stalls
+            .push("the workload completed no call at all".into());
+    }
+    if let Err(e) = c.settle(SETTLE_LIMIT).await {
+        report.stalls.push(format!("{e:#}"));
+    }
+    match c.read_back(&recorded.ledger).await {
+        Ok(problems) => {
+            for p in problems {
+                if p.contains("is gone") {
+                    report.lost.push(p);
+                } else {
+                    report.violations.push(p);
+                }
+            }
+        }
+        Err(e) => report.stalls.push(format!("read-back: {e:#}")),
+    }
+    // Digests compared once more, now that the read-back is done.
+    let st = c.statuses().await;
+    let digests: std::collections::BTreeSet<String> =
+        st.values().map(|v| v["digest"].to_string()).collect();
+    let applied: std::collections::BTreeSet<u64> = st
+        .values()
+        .map(|v| v["applied"].as_u64().unwrap_or(0))
+        .collect();
+    if applied.len() == 1 && digests.len() > 1 {
+        report.violations.push(format!(
+            "replicas applied the same log but hold different states: {digests:?}"
+        ));
+    }
+    let history = recorded.history;
+    let verdict = tokio::task::spawn_blocking(move || check(&history, &CheckConfig::default()))
+        .await
+        .context("the checker's thread")?;
+    match verdict.verdict {
+        Verdict::Linearizable => {}
+        Verdict::NotLinearizable(v) => report
+            .violations
+            .push(format!("the history is not linearizable:\n{v}")),
+        other => report
+            .stalls
+            .push(format!("the checker could not decide the history: {other}")),
+    }
+    Ok(())
+}
+
+/// The scenario's fault schedule.
+async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
+    let hold = |x: &mut Ctx<'_>| Duration::from_millis(x.rng.range(1_500, 3_000));
+    match scenario {
+        Scenario::KillLeader => {
+            let l = x.leader().await?;
+            x.kill(l)?;
+            x.progress("after killing the leader").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.restart(l)?;
+            x.progress("after restarting the old leader").await;
+        }
+        Scenario::KillFollower => {
+            let l = x.leader().await?;
+            let f = x.pick(&x.followers(l))?;
+            x.kill(f)?;
+            x.progress("with a follower down").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.restart(f)?;
+            x.progress("after restarting the follower").await;
+        }
+        Scenario::KillMajority => {
+            let l = x.leader().await?;
+            let f = x.pick(&x.followers(l))?;
+            x.kill(l)?;
+            x.kill(f)?;
+            let d = hold(x);
+            x.hold(d).await;
+            x.restart(f)?;
+            x.restart(l)?;
+            x.progress("after restarting the majority").await;
+        }
+        Scenario::KillAll => {
+            for id in x.c.ids() {
+                x.kill(id)?;
+            }
+            x.hold(Duration::from_millis(500)).await;
+            for id in x.c.ids() {
+                x.restart(id)?;
+            }
+            x.progress("after restarting every node").await;
+        }
+        Scenario::PauseLeader | Scenario::PauseLeaderLease => {
+            let l = x.leader().await?;
+            let addr = x.c.client_addr(l).context("the leader's address")?;
+            x.w.add_pinned_reader(addr, x.c.security());
+            x.fault(format!("SIGSTOP node {l} (the leader)"));
+            x.c.cluster().signal(l, libc::SIGSTOP)?;
+            // Well past the election timeout: the others elect a leader and
+            // commit while the old one sleeps.
+            x.progress("with the old leader paused").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.c.cluster().signal(l, libc::SIGCONT)?;
+            x.report.notes.push(format!("SIGCONT node {l}"));
+            x.hold(Duration::from_secs(2)).await;
+            x.progress("after the old leader resumed").await;
+        }
+        Scenario::IsolateLeader => {
+            let l = x.leader().await?;
+            x.fault(format!("isolate node {l} (the leader) from its peers"));
+            x.c.net_for("isolation")?.isolate(l)?;
+            x.progress("with the old leader cut off").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::PartitionMinority | Scenario::PartitionMajority => {
+            let l = x.leader().await?;
+            let mut followers = x.followers(l);
+            let a = x.pick(&followers)?;
+            followers.retain(|&f| f != a);
+            let b = x.pick(&followers)?;
+            let side: Vec<u64> = if scenario == Scenario::PartitionMinority {
+                vec![a, b]
+            } else {
+                vec![l, a]
+            };
+            let rest: Vec<u64> =
+                x.c.ids()
+                    .into_iter()
+                    .filter(|i| !side.contains(i))
+                    .collect();
+            x.fault(format!("partition {side:?} | {rest:?}"));
+            x.c.net_for("a partition")?.partition(&[&side, &rest])?;
+            x.progress("during the partition").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::Bridge => {
+            let ids = x.c.ids();
+            let bridge = x.pick(&ids)?;
+            let others: Vec<u64> = ids.into_iter().filter(|&i| i != bridge).collect();
+            let (left, right) = others.split_at(others.len() / 2);
+            x.fault(format!(
+                "{left:?} and {right:?} cannot reach each other; node {bridge} reaches both"
+            ));
+            for &a in left {
+                for &b in right {
+                    x.cut(a, b)?;
+                }
+            }
+            x.progress("across the bridge").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::OneWay => {
+            let l = x.leader().await?;
+            let f = x.pick(&x.followers(l))?;
+            x.fault(format!(
+                "node {f} no longer hears node {l} (the leader); {l} still hears {f}"
+            ));
+            x.c.net_for("one-way loss")?.block(l, f)?;
+            x.progress("with one-way loss").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::Flapping => {
+            for round in 0..4 {
+                let ids = x.c.ids();
+                let k = x.rng.range(1, 2) as usize;
+                let mut side = Vec::new();
+                while side.len() < k {
+                    let id = x.pick(&ids)?;
+                    if !side.contains(&id) {
+                        side.push(id);
+                    }
+                }
+                let rest: Vec<u64> = ids.into_iter().filter(|i| !side.contains(i)).collect();
+                x.fault(format!("round {round}: partition {side:?} | {rest:?}"));
+                x.c.net_for("a partition")?.partition(&[&side, &rest])?;
+                let d = Duration::from_millis(x.rng.range(500, 2_000));
+                x.hold(d).await;
+                x.heal()?;
+                let d = Duration::from_millis(x.rng.range(200, 1_000));
+                x.hold(d).await;
+            }
+            x.progress("after the last heal").await;
+        }
+        Scenario::LossyLinks => {
+            let fault = LinkFault {
+                delay: Duration::from_millis(x.rng.range(5, 30)),
+                jitter: Duration::from_millis(x.rng.range(5, 20)),
+                loss: 0.05,
+                duplicate: 0.02,
+                ..LinkFault::default()
+            };
+            x.fault(format!("every link: {fault:?}"));
+            for id in x.c.ids() {
+                x.c.net_for("link faults")?
+                    .set_node_links(id, fault.clone())?;
+            }
+            x.progress("over lossy links").await;
+            x.hold(Duration::from_secs(4)).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::QuorumLoss => {
+            let l = x.leader().await?;
+            let hub = x.pick(&x.followers(l))?;
+            let spokes: Vec<u64> = x.c.ids().into_iter().filter(|&i| i != hub).collect();
+            x.fault(format!(
+                "quorum loss: {spokes:?} (leader {l} among them) reach only node {hub}, which reaches all"
+            ));
+            for (i, &a) in spokes.iter().enumerate() {
+                for &b in &spokes[i + 1..] {
+                    x.cut(a, b)?;
+                }
+            }
+            x.progress("during quorum loss").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::ConstrainedElection => {
+            let l = x.leader().await?;
+            let hub = x.pick(&x.followers(l))?;
+            // First the hub falls behind: cut off while the others commit.
+            x.fault(format!("node {hub} cut off, falls behind"));
+            x.c.net_for("isolation")?.isolate(hub)?;
+            x.hold(Duration::from_secs(2)).await;
+            x.progress("while the future hub is cut off").await;
+            // Then only the hub is connected to a quorum, and its log is
+            // the oldest.
+            x.heal()?;
+            let spokes: Vec<u64> = x.c.ids().into_iter().filter(|&i| i != hub).collect();
+            x.fault(format!(
+                "constrained election: {spokes:?} reach only node {hub}, whose log is older"
+            ));
+            for (i, &a) in spokes.iter().enumerate() {
+                for &b in &spokes[i + 1..] {
+                    x.cut(a, b)?;
+                }
+            }
+            x.progress("during the constrained election").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::Chained => {
+            let l = x.leader().await?;
+            let f = x.followers(l);
+            // Either the two followers lose their link, or the leader and
+            // one follower do.
+            let (a, b) = if x.rng.below(2) == 0 {
+                (f[0], f[1])
+            } else {
+                (l, x.pick(&f)?)
+            };
+            x.fault(format!("chained: link {a}-{b} down"));
+            x.cut(a, b)?;
+            x.progress("with one link down").await;
+            let before = elections(x).await;
+            x.hold(Duration::from_secs(4)).await;
+            x.progress("with one link down, later").await;
+            let after = elections(x).await;
+            x.report.notes.push(format!(
+                "elections counted by the nodes over 4 s with the link down: {}",
+                after.saturating_sub(before)
+            ));
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+        Scenario::WipeFollower => {
+            let l = x.leader().await?;
+            let f = x.pick(&x.followers(l))?;
+            x.kill(f)?;
+            x.hold(Duration::from_secs(1)).await;
+            x.fault(format!("node {f}'s data directory deleted; it rejoins"));
+            x.c.cluster().rejoin_node(f)?;
+            x.progress("after the wiped follower rejoined").await;
+            x.hold(Duration::from_secs(3)).await;
+        }
+        Scenario::CorruptFollower => {
+            let l = x.leader().await?;
+            let f = x.pick(&x.followers(l))?;
+            x.hold(Duration::from_secs(1)).await;
+            x.kill(f)?;
+            let dir = x.c.cluster().data_dir(f).join("wal").join("log");
+            let flipped = flip_middle_of_a_segment(&dir, &mut x.rng)?;
+            x.fault(format!("flipped bytes in {flipped}"));
+            x.restart(f)?;
+            x.progress("after restarting the damaged follower").await;
+            x.hold(Duration::from_secs(3)).await;
+            let running = x.c.cluster().is_running(f);
+            x.report.notes.push(format!(
+                "damaged follower {}",
+                if running {
+                    "is running"
+                } else {
+                    "refused to start"
+                }
+            ));
+            if !running {
+                // It refused: the operator's remedy is a rejoin.
+                x.c.cluster().rejoin_node(f)?;
+                x.progress("after the damaged follower rejoined").await;
+            }
+        }
+        Scenario::DiskFull => {
+            let l = x.leader().await?;
+            let target = if x.rng.below(2) == 0 {
+                l
+            } else {
+                x.pick(&x.followers(l))?
+            };
+            let filler = x.c.cluster().data_dir(target).join("filler");
+            x.fault(format!("node {target}'s disk fills up"));
+            fill(&filler)?;
+            x.progress("with one disk full").await;
+            let d = hold(x);
+            x.hold(d).await;
+            std::fs::remove_file(&filler).context("removing the filler")?;
+            x.report
+                .notes
+                .push(format!("space returns on node {target}"));
+            x.progress("after space returned").await;
+            x.hold(Duration::from_secs(2)).await;
+        }
+        Scenario::SlowDiskLeader => {
+            let l = x.leader().await?;
+            let before = x.w.counts();
+            x.hold(Duration::from_secs(3)).await;
+            let base = x.w.counts().ok - before.ok;
+            x.fault(format!("node {l}'s (the leader's) syncs take 300 ms more"));
+            x.c.set_faults(l, "sync_delay_ms=300\n")?;
+            let mid = x.w.counts();
+            x.hold(Duration::from_secs(3)).await;
+            let slow = x.w.counts().ok - mid.ok;
+            let now = x.leader().await?;
+            x.report.notes.push(format!(
+                "calls completed in 3 s: {base} before, {slow} with the slow disk; leader {}",
+                if now == l {
+                    format!("stayed node {l}")
+                } else {
+                    format!("moved from {l} to {now}")
+                }
+            ));
+            x.c.set_faults(l, "")?;
+            x.progress("after the disk recovered").await;
+        }
+        Scenario::ClockJump => {
+            let l = x.leader().await?;
+            let addr = x.c.client_addr(l).context("the leader's address")?;
+            x.w.add_pinned_reader(addr, x.c.security());
+            let f = x.pick(&x.followers(l))?;
+            x.fault(format!(
+                "node {l} (the leader) cut off from its peers; node {f}'s clock jumps 10 s ahead"
+            ));
+            x.c.set_faults(f, "clock_offset_ms=10000\n")?;
+            x.c.net_for("isolation")?.isolate(l)?;
+            x.progress("with the old leader cut off").await;
+            let d = hold(x);
+            x.hold(d).await;
+            x.heal()?;
+            x.progress("after healing").await;
+        }
+    }
+    Ok(())
+}
+
+/// Elections counted by every node, summed.
+async fn elections(x: &Ctx<'_>) -> u64 {
+    x.c.statuses()
+        .await
+        .values()
+        .map(|v| v["elections"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Fills the file system of `path` with one file.
+fn fill(path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let block = vec![0xa5u8; 1 << 20];
+    // Bounded: at most 64 GiB, far more than the small tmpfs.
+    for _ in 0..65_536 {
+        if f.write_all(&block).is_err() {
+            break;
+        }
+    }
+    let _ = f.sync_all();
+    Ok(())
+}
+
+/// Flips a few bytes in the middle of the largest WAL segment in `dir`;
+/// returns a description.
+fn flip_middle_of_a_segment(dir: &std::path::Path, rng: &mut Rng) -> Result<String> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let len = e.metadata()?.len();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".wal") && best.as_ref().is_none_or(|(l, _)| len > *l) {
+            best = Some((len, e.path()));
+        }
+    }
+    let (_, path) = best.with_context(|| format!("no segment in {}", dir.display()))?;
+    let data = std::fs::read(&path)?;
+    // The written part ends where the zero fill starts.
+    let end = data.iter().rposition(|&b| b != 0).unwrap_or(0);
+    if end < 4096 {
+        bail!("{} holds too little to damage its middle", path.display());
+    }
+    let at = end / 4 + rng.below((end / 2) as u64) as usize;
+    let mut data = data;
+    for b in &mut data[at..at + 8] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &data)?;
+    Ok(format!("{} at offset {at}", path.display()))
+}
