@@ -95,9 +95,7 @@ impl LinkFault {
 
     /// The extra hold of a frame picked for reordering.
     pub(crate) fn reorder_hold(&self) -> Duration {
-        self.delay
-            .saturating_add(self.jitter)
-            .max(REORDER_HOLD_MIN)
+        self.delay.saturating_add(self.jitter).max(REORDER_HOLD_MIN)
     }
 }
 
@@ -192,9 +190,13 @@ mod tests {
         assert!(LinkFault::default().validate().is_ok());
         assert!(LinkFault::lossy(1.5).validate().is_err());
         assert!(LinkFault::lossy(f64::NAN).validate().is_err());
-        assert!(LinkFault::delayed(Duration::from_secs(61)).validate().is_err());
-        let mut f = LinkFault::default();
-        f.reorder = -0.1;
+        assert!(LinkFault::delayed(Duration::from_secs(61))
+            .validate()
+            .is_err());
+        let f = LinkFault {
+            reorder: -0.1,
+            ..LinkFault::default()
+        };
         assert!(f.validate().is_err());
     }
 }

@@ -61,7 +61,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use fault::{DELAY_MAX, LinkFault, REORDER_HOLD_MIN};
+pub use fault::{LinkFault, DELAY_MAX, REORDER_HOLD_MIN};
 pub use switch::QueueLimits;
 
 use switch::Switch;
@@ -246,7 +246,10 @@ impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Network")
             .field("tag", &self.tag)
-            .field("subnet", &format_args!("10.{}.{}.0/24", self.subnet[0], self.subnet[1]))
+            .field(
+                "subnet",
+                &format_args!("10.{}.{}.0/24", self.subnet[0], self.subnet[1]),
+            )
             .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
             .field("host_tap", &self.host_tap)
             .finish()
@@ -258,7 +261,9 @@ impl fmt::Debug for Network {
 pub fn probe() -> Result<(), Unsupported> {
     let unsupported = |reason: String| Unsupported { reason };
     if sys::euid() != 0 {
-        return Err(unsupported("not root (namespaces and TAP devices need root)".into()));
+        return Err(unsupported(
+            "not root (namespaces and TAP devices need root)".into(),
+        ));
     }
     sys::ip(&["-V"], None).map_err(|e| unsupported(format!("the ip command does not run: {e}")))?;
     let name = format!("{NETNS_PREFIX}{}t{}probe", std::process::id(), next_tag());
@@ -328,7 +333,10 @@ fn mac_of(subnet: [u8; 2], octet: u8) -> [u8; 6] {
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Picks a /24 that overlaps no route of this namespace, starting from a
@@ -533,7 +541,8 @@ impl Network {
     /// namespace. Deleting the network does not kill it.
     pub fn command(&self, id: u64, program: impl AsRef<OsStr>) -> Result<Command, NetError> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node(id)?.netns]).arg(program);
+        cmd.args(["netns", "exec", &self.node(id)?.netns])
+            .arg(program);
         Ok(cmd)
     }
 

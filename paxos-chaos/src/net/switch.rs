@@ -172,13 +172,21 @@ impl Switch {
 
     /// The fault of the link from port `from` to port `to`.
     pub(crate) fn link(&self, from: usize, to: usize) -> LinkFault {
-        let faults = self.shared.faults.read().unwrap_or_else(PoisonError::into_inner);
+        let faults = self
+            .shared
+            .faults
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.get(&(from, to)).copied().unwrap_or_default()
     }
 
     /// Sets the fault of the link from port `from` to port `to`.
     pub(crate) fn set_link(&self, from: usize, to: usize, fault: LinkFault) {
-        let mut faults = self.shared.faults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut faults = self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if fault.is_clean() {
             faults.remove(&(from, to));
         } else {
@@ -188,7 +196,11 @@ impl Switch {
 
     /// Makes every link clean. Frames already in the queue keep their times.
     pub(crate) fn clear(&self) {
-        let mut faults = self.shared.faults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut faults = self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.clear();
     }
 
@@ -276,14 +288,11 @@ impl Shared {
     /// Forwards one frame that arrived on `from`.
     fn switch_frame(&self, from: usize, frame: &[u8], rng: &mut Rng) {
         // Destination MAC (6), source MAC (6), EtherType (2).
-        let (Some(dst), Some(src)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
+        let (true, Some(dst), Some(src)) = (frame.len() >= 14, mac_at(frame, 0), mac_at(frame, 6))
+        else {
             bump(&self.counters.malformed);
             return;
         };
-        if frame.len() < 14 {
-            bump(&self.counters.malformed);
-            return;
-        }
         let known = {
             let mut macs = lock(&self.macs);
             if !is_group(src) && macs.len() < MAC_TABLE_MAX {
@@ -347,7 +356,16 @@ impl Shared {
         // A TAP write hands the whole frame to the kernel or fails; it
         // never blocks and never writes part of a frame.
         match (&*self.ports[to]).write(frame) {
-            Ok(_) => bump(&self.counters.forwarded),
+            Ok(n) if n == frame.len() => bump(&self.counters.forwarded),
+            Ok(n) => {
+                bump(&self.counters.write_failed);
+                tracing::trace!(
+                    port = to,
+                    n,
+                    len = frame.len(),
+                    "a TAP took part of a frame"
+                );
+            }
             Err(err) => {
                 bump(&self.counters.write_failed);
                 tracing::trace!(port = to, %err, "writing a frame failed");
@@ -398,7 +416,9 @@ impl Shared {
                     let wait = queue
                         .heap
                         .peek()
-                        .map_or(WAKE_INTERVAL, |first| first.at.saturating_duration_since(now))
+                        .map_or(WAKE_INTERVAL, |first| {
+                            first.at.saturating_duration_since(now)
+                        })
                         .min(WAKE_INTERVAL);
                     let (guard, _) = self
                         .wake

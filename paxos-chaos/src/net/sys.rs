@@ -296,7 +296,8 @@ impl SubnetLock {
                 return Ok(SubnetLock { _file: file });
             }
             let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                && err.kind() != io::ErrorKind::Interrupted
             {
                 return Err(lock_err(err));
             }
@@ -314,13 +315,18 @@ impl SubnetLock {
 /// The IPv4 routes of this thread's namespace as (destination, prefix mask),
 /// from `/proc/net/route`. Lines that do not parse are skipped.
 pub(crate) fn ipv4_routes() -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, NetError> {
-    let text = std::fs::read_to_string("/proc/net/route").map_err(|source| NetError::CommandIo {
-        command: "read /proc/net/route".to_string(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string("/proc/net/route").map_err(|source| NetError::CommandIo {
+            command: "read /proc/net/route".to_string(),
+            source,
+        })?;
     // The kernel prints each address as the hex of its in-memory
     // (network-order) word, so the native byte order gives the octets back.
-    let parse = |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
+    let parse = |hex: &str| {
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    };
     Ok(text
         .lines()
         .skip(1)
