@@ -274,8 +274,11 @@ fn two_processes_exchange_udp_and_tcp() {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe of the child");
     assert_eq!(exe, std::env::current_exe().expect("current exe"));
     let child_ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("child netns");
-    let node_ns = std::fs::metadata(format!("/run/netns/{}", net.netns_name(1).expect("name")))
-        .expect("node netns");
+    let node_ns = std::fs::metadata(format!(
+        "/var/run/netns/{}",
+        net.netns_name(1).expect("name")
+    ))
+    .expect("node netns");
     assert_eq!(child_ns.ino(), node_ns.ino());
 
     let mut client = helper(&net, 2, &format!("client {server_addr}"));

@@ -254,35 +254,38 @@ impl Shared {
         let mut buf = vec![0u8; FRAME_MAX];
         let mut errors = 0u32;
         while !self.stopping() {
-            match super::sys::wait_readable(file, WAKE_INTERVAL) {
+            let failure = match super::sys::wait_readable(file, WAKE_INTERVAL) {
                 Ok(false) => continue,
-                Ok(true) => {}
-                Err(err) => {
-                    errors += 1;
-                    if errors >= READ_ERRORS_MAX {
-                        tracing::error!(port, %err, "switch port fails; its reader stops");
-                        return;
-                    }
-                    thread::sleep(WAKE_INTERVAL);
-                    continue;
-                }
+                Ok(true) => self.read_burst(port, &mut buf, &mut rng).err(),
+                Err(err) => Some(err),
+            };
+            let Some(err) = failure else {
+                errors = 0;
+                continue;
+            };
+            errors += 1;
+            if errors >= READ_ERRORS_MAX {
+                tracing::error!(port, %err, errors, "switch port keeps failing; its reader stops");
+                return;
             }
-            for _ in 0..READ_BURST_MAX {
-                match (&**file).read(&mut buf) {
-                    Ok(n) => {
-                        errors = 0;
-                        self.switch_frame(port, &buf[..n], &mut rng);
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(err) => {
-                        errors += 1;
-                        tracing::warn!(port, %err, "reading a frame failed");
-                        break;
-                    }
-                }
+            tracing::warn!(port, %err, "reading from a switch port failed");
+            // Keeps a lasting failure from spinning.
+            thread::sleep(WAKE_INTERVAL);
+        }
+    }
+
+    /// Reads and switches the frames waiting on `port`, at most
+    /// [`READ_BURST_MAX`].
+    fn read_burst(&self, port: usize, buf: &mut [u8], rng: &mut Rng) -> io::Result<()> {
+        for _ in 0..READ_BURST_MAX {
+            match (&*self.ports[port]).read(buf) {
+                Ok(n) => self.switch_frame(port, &buf[..n], rng),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
             }
         }
+        Ok(())
     }
 
     /// Forwards one frame that arrived on `from`.

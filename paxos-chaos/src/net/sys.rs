@@ -107,9 +107,10 @@ pub(crate) fn wait_readable(file: &File, timeout: Duration) -> io::Result<bool> 
     Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
-/// The path `ip netns add NAME` binds the namespace to.
+/// The path `ip netns add NAME` binds the namespace to (iproute2's
+/// `NETNS_RUN_DIR`).
 pub(crate) fn netns_path(name: &str) -> String {
-    format!("/run/netns/{name}")
+    format!("/var/run/netns/{name}")
 }
 
 /// Runs `f` on a fresh thread that has entered the named network namespace,
@@ -191,14 +192,22 @@ pub(crate) fn run(mut cmd: Command, stdin: Option<&str>) -> Result<String, NetEr
         source,
     };
     let mut child = cmd.spawn().map_err(io_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The child may exit early on a bad line; its status tells why.
-        if let Err(err) = pipe.write_all(text.as_bytes()) {
-            tracing::debug!(command = %shown, %err, "writing the command's stdin failed");
-        }
-    }
+    // Pipes are served on threads so that a full pipe never stalls the
+    // deadline below.
     let out = child.stdout.take().map(spawn_reader);
     let err = child.stderr.take().map(spawn_reader);
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(text), Some(mut pipe)) => {
+            let text = text.to_string();
+            Some(thread::spawn(move || {
+                // The child may exit early on a bad line; its status says why.
+                if let Err(err) = pipe.write_all(text.as_bytes()) {
+                    tracing::debug!(%err, "writing a command's stdin failed");
+                }
+            }))
+        }
+        _ => None,
+    };
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let status = loop {
         match child.try_wait().map_err(io_err)? {
@@ -214,6 +223,10 @@ pub(crate) fn run(mut cmd: Command, stdin: Option<&str>) -> Result<String, NetEr
             None => thread::sleep(Duration::from_millis(2)),
         }
     };
+    if let Some(writer) = writer {
+        // The child has exited, so the pipe is closed and the write is over.
+        let _ = writer.join();
+    }
     let stdout = out.map(join_reader).unwrap_or_default();
     let stderr = err.map(join_reader).unwrap_or_default();
     let Some(status) = status else {
