@@ -212,13 +212,13 @@ impl ChaosCluster {
             spec.extra_node_args.push("--lease-reads".into());
         }
         if let Some(n) = &net {
-            spec.placement = Some(Arc::new(NetPlacement {
-                addrs: ids.iter().map(|&id| (id, n.node_ip(id))).collect(),
-                namespaces: ids
-                    .iter()
-                    .map(|&id| (id, n.netns_name(id).to_string()))
-                    .collect(),
-            }));
+            let mut addrs = BTreeMap::new();
+            let mut namespaces = BTreeMap::new();
+            for &id in &ids {
+                addrs.insert(id, n.node_ip(id)?);
+                namespaces.insert(id, n.netns_name(id)?.to_string());
+            }
+            spec.placement = Some(Arc::new(NetPlacement { addrs, namespaces }));
         }
         let cluster = LocalCluster::start(spec)?;
         Ok(ChaosCluster {
@@ -236,14 +236,14 @@ impl ChaosCluster {
     }
 
     /// The network (`None` on loopback).
-    pub fn net(&mut self) -> Option<&mut Network> {
-        self.net.as_mut()
+    pub fn net(&self) -> Option<&Network> {
+        self.net.as_ref()
     }
 
     /// The network, or an error naming `what` needs it.
-    pub fn net_for(&mut self, what: &str) -> Result<&mut Network> {
+    pub fn net_for(&self, what: &str) -> Result<&Network> {
         self.net
-            .as_mut()
+            .as_ref()
             .with_context(|| format!("{what} needs network namespaces"))
     }
 

@@ -379,7 +379,7 @@ impl Ctx<'_> {
 
     fn heal(&mut self) -> Result<()> {
         if let Some(n) = self.c.net() {
-            n.heal()?;
+            n.heal();
         }
         Ok(())
     }
