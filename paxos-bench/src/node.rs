@@ -32,7 +32,7 @@ use paxos_snapshot::{
     write_state_machine, PlannerConfig, Progress, SnapshotChunk, SnapshotId, SnapshotMeta,
     SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
 };
-use paxos_wal::{WalOptions, WalStorage};
+use paxos_wal::{RecoveryMode, WalError, WalOptions, WalStorage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -528,17 +528,12 @@ pub async fn run_node(
         Some(c) => c.clone(),
         None => identity::cluster_id_from_ca(&opts.ca_cert)?,
     };
-    let disk_identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    let mut disk_identity =
+        identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
     tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, "identity checked");
 
     // Storage and the state machine, recovered from disk.
-    let wal_options = WalOptions {
-        segment_bytes: opts.segment_bytes,
-        ..WalOptions::default()
-    };
-    let (storage, report) = WalStorage::open(opts.data_dir.join(identity::WAL_DIR), wal_options)
-        .with_context(|| format!("opening the WAL in {}", opts.data_dir.display()))?;
-    tracing::info!(?report, "wal opened");
+    let storage = open_storage(&opts, &mut disk_identity)?;
     let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
@@ -591,7 +586,7 @@ pub async fn run_node(
     // an established leader has readmitted it; the kernel keeps the flag in
     // the hard state, so a restart mid-recovery stays recovering.
     if disk_identity.standing == Standing::Recovering && !replica.is_recovering() {
-        tracing::warn!(id = %id, "rejoining with an empty data directory: recovering until an established leader readmits this node");
+        tracing::warn!(id = %id, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
         replica.mark_recovering();
     }
     // The election round is persisted so that a restarted node never votes
@@ -800,6 +795,94 @@ pub async fn run_node(
     let metrics = d.transport.shutdown().await;
     tracing::info!(id = %d.id, ?metrics, "node stopped");
     result
+}
+
+/// Opens the node's WAL and hard state. Damage inside the part of the log
+/// that was synced (records this node may have acknowledged) is not cut
+/// like a torn tail: the node records in its identity that it is
+/// recovering (durably, before the log is changed), then keeps the log's
+/// valid prefix and starts as a recovering replica, which neither votes
+/// nor counts until a leader has brought it up to date (see
+/// ARCHITECTURE.md, "Recovering replicas").
+///
+/// The valid prefix is kept rather than the whole log discarded: it is
+/// intact (every record checked), the leader's sync repairs the rest
+/// (DIFF, TRUNC or SNAP) as for any follower behind, and the hard state
+/// (the promises this node made) stays, which is safer than a wiped node's
+/// start. The damaged segment files are copied aside (`*.damaged`).
+fn open_storage(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<WalStorage> {
+    let dir = opts.data_dir.join(identity::WAL_DIR);
+    let wal_options = WalOptions {
+        segment_bytes: opts.segment_bytes,
+        ..WalOptions::default()
+    };
+    let remedy = format!(
+        "if the node cannot recover by itself, move {} aside (or empty it) and start the node \
+         with `paxos-node run --rejoin`: it then catches up from its peers before it votes",
+        opts.data_dir.display()
+    );
+    let (path, offset, reason, last_good, proven) =
+        match WalStorage::open(&dir, wal_options.clone()) {
+            Ok((storage, report)) => {
+                tracing::info!(?report, "wal opened");
+                return Ok(storage);
+            }
+            Err(WalError::Corrupted {
+                path,
+                offset,
+                reason,
+                last_good_key,
+                proven_durable_key,
+            }) => (path, offset, reason, last_good_key, proven_durable_key),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("opening the WAL in {}; {remedy}", opts.data_dir.display())
+                })
+            }
+        };
+    tracing::error!(
+        file = %path.display(),
+        offset,
+        %reason,
+        last_good = ?last_good.map(Zxid),
+        proven_durable = ?Zxid(proven),
+        "the log is damaged where it was synced: entries this node may have acknowledged \
+         are lost; keeping the valid prefix and recovering from the peers without voting"
+    );
+    let recovering = Identity {
+        standing: Standing::Recovering,
+        ..disk_identity.clone()
+    };
+    identity::write(&opts.data_dir, &recovering).with_context(|| {
+        format!(
+            "the log is damaged in {} at offset {offset} ({reason}), and this node could not \
+             record that it must recover; {remedy}",
+            path.display()
+        )
+    })?;
+    *disk_identity = recovering;
+    let keep = WalOptions {
+        recovery: RecoveryMode::KeepValidPrefix,
+        ..wal_options
+    };
+    let (storage, report) = WalStorage::open(&dir, keep).with_context(|| {
+        format!(
+            "the log is damaged in {} at offset {offset} ({reason}) and its valid prefix \
+             could not be kept; {remedy}",
+            path.display()
+        )
+    })?;
+    if let Some(d) = &report.damaged {
+        tracing::warn!(
+            file = %d.path.display(),
+            offset = d.offset,
+            kept_through = ?d.after_key.map(Zxid),
+            lost_through = ?Zxid(d.through_key),
+            copies = ?d.preserved_copies,
+            "damaged log cut to its valid prefix; the rest is refetched from the leader"
+        );
+    }
+    Ok(storage)
 }
 
 impl Driver {

@@ -5,6 +5,7 @@
 mod client_limits;
 mod cluster;
 mod cluster_start;
+mod disk_faults;
 mod flood;
 mod heal;
 mod linearizable;
