@@ -51,6 +51,9 @@ use crate::client_proto::{
 use crate::identity::{self, EmptyStart, Identity, Standing};
 use crate::kv::{KvCommand, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
 
+mod fault_file;
+use fault_file::{Faults, MonotonicClock};
+
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
 /// Tag of a peer frame that carries an election notification.
@@ -170,7 +173,23 @@ pub struct NodeOptions {
     /// A client connection that has not completed its TLS handshake by then
     /// is closed. Default [`DEFAULT_CLIENT_HANDSHAKE_TIMEOUT`].
     pub client_handshake_timeout: Duration,
+    /// Serve linearizable reads on the leader from its lease, without a
+    /// quorum round per read (`paxos_core::Config::lease_reads`). Safe only
+    /// while the clocks of the nodes drift apart by less than
+    /// `lease_clock_drift` per election timeout. Default `false`.
+    pub lease_reads: bool,
+    /// The clock drift lease reads allow for: a lease lasts the election
+    /// timeout minus this after a quorum's acknowledgement. Must be below
+    /// the election timeout. Default [`DEFAULT_LEASE_CLOCK_DRIFT`].
+    pub lease_clock_drift: Duration,
+    /// Test hooks for the chaos suite: a file read every 50 ms for
+    /// `sync_delay_ms=N` and `clock_offset_ms=N` lines (see the `fault_file`
+    /// module). `None` (the default): no hooks.
+    pub fault_file: Option<PathBuf>,
 }
+
+/// Default of [`NodeOptions::lease_clock_drift`] (the kernel's default).
+pub const DEFAULT_LEASE_CLOCK_DRIFT: Duration = Duration::from_millis(50);
 
 /// Default of [`NodeOptions::client_handshake_timeout`].
 pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,6 +233,9 @@ impl NodeOptions {
             inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
             insecure_plaintext_clients: false,
             client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            lease_reads: false,
+            lease_clock_drift: DEFAULT_LEASE_CLOCK_DRIFT,
+            fault_file: None,
         }
     }
 }
@@ -426,7 +448,11 @@ struct OutgoingSnapshot {
 struct Driver {
     id: NodeId,
     members: BTreeMap<u64, Member>,
-    origin: Instant,
+    /// The clock handed to the kernel and the elector (real time, shifted
+    /// by the fault hooks' offset, never going backwards).
+    clock: MonotonicClock,
+    /// The fault hooks' settings (none unless `--fault-file`).
+    faults: Arc<Faults>,
     replica: Replica<WalStorage>,
     elector: FastElection,
     kv: KvStore,
@@ -574,6 +600,8 @@ pub async fn run_node(
     config.heartbeat_interval = opts.heartbeat;
     config.election_timeout = opts.election_timeout;
     config.sync_timeout = opts.election_timeout;
+    config.lease_reads = opts.lease_reads;
+    config.lease_clock_drift = opts.lease_clock_drift;
     // A command must fit one WAL record (a segment) with room to spare, or
     // every replica would fail to log it; the kernel refuses larger ones.
     let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
@@ -643,14 +671,23 @@ pub async fn run_node(
         .await
         .context("binding the QUIC endpoint")?;
 
+    // Test hooks (--fault-file): read by a task of their own.
+    let faults = Arc::new(Faults::default());
+    let fault_task = opts
+        .fault_file
+        .clone()
+        .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
+
     // The sync thread: one `Wal::sync` per request, the result sent back.
     let wal = replica.storage().wal_handle();
+    let sync_faults = faults.clone();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<u64>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
             while let Ok(generation) = sync_rx.recv() {
+                sync_faults.delay_sync();
                 let r = wal.sync().map(|_| ()).map_err(|e| e.to_string());
                 if sync_done_tx.send((generation, r)).is_err() {
                     break;
@@ -689,7 +726,8 @@ pub async fn run_node(
     let mut d = Driver {
         id,
         members: opts.members.clone(),
-        origin,
+        clock: MonotonicClock::new(origin),
+        faults,
         replica,
         elector,
         kv,
@@ -792,6 +830,9 @@ pub async fn run_node(
         d.on_timeout();
     };
     accept_task.abort();
+    if let Some(t) = fault_task {
+        t.abort();
+    }
     let metrics = d.transport.shutdown().await;
     tracing::info!(id = %d.id, ?metrics, "node stopped");
     result
@@ -887,11 +928,11 @@ fn open_storage(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<WalS
 
 impl Driver {
     fn now(&self) -> Time {
-        Time::from_std(self.origin, Instant::now())
+        self.clock.now(self.faults.clock_offset_ms())
     }
 
     fn to_instant(&self, t: Time) -> Instant {
-        self.origin + Duration::from_nanos(t.as_nanos())
+        self.clock.instant_of(t, self.faults.clock_offset_ms())
     }
 
     /// When the loop must wake up even without input.
@@ -1235,6 +1276,7 @@ impl Driver {
         let mut groups = self.syncing.take().map(|(_, g)| g).unwrap_or_default();
         groups.append(&mut self.queued);
         self.queued_needs_sync = false;
+        self.faults.delay_sync();
         self.replica
             .storage_mut()
             .sync()

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod client_limits;
+mod clock_faults;
 mod cluster;
 mod cluster_start;
 mod disk_faults;
