@@ -438,6 +438,25 @@ const MAX_DEFERRED_CHUNKS: usize = 64;
 /// Persist markers with the messages that wait for them, in order.
 type SyncGroup = Vec<(Persisted, Vec<Envelope>)>;
 
+/// First pause before a refused storage write is tried again.
+const STALL_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between two tries of a refused storage write.
+const STALL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The disk refused a write (ENOSPC, say) and the log is intact: the node
+/// keeps running, withholds everything that waits for that write (its
+/// acknowledgements, its own vote in commits) and tries again with
+/// backoff. Nothing is acknowledged that is not durable.
+struct Stall {
+    /// `Ready`s not yet written, in order, with their markers and the
+    /// messages waiting for them.
+    held: VecDeque<(Ready, Persisted, Vec<Envelope>)>,
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    attempts: u64,
+}
+
 /// A snapshot being streamed to a follower.
 struct OutgoingSnapshot {
     to: NodeId,
@@ -516,6 +535,8 @@ struct Driver {
     /// sync at all.
     queued: SyncGroup,
     queued_needs_sync: bool,
+    /// Set while the disk refuses writes.
+    stall: Option<Stall>,
 }
 
 #[derive(Default)]
@@ -534,6 +555,8 @@ struct Stats {
     snapshot_chunks_refused: u64,
     /// Snapshot chunks dropped because the install's queue was full.
     snapshot_chunks_dropped: u64,
+    /// Times a storage write was refused and the node stalled.
+    storage_stalls: u64,
 }
 
 /// Runs a node until `shutdown` resolves. Returns an error if the node
@@ -763,6 +786,7 @@ pub async fn run_node(
         syncing: None,
         queued: Vec::new(),
         queued_needs_sync: false,
+        stall: None,
     };
 
     tokio::pin!(shutdown);
@@ -801,6 +825,9 @@ pub async fn run_node(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timeout(),
+        }
+        if let Err(e) = d.retry_stalled() {
+            break Err(e);
         }
         // Whatever woke us, take what else is ready from every source (a
         // bounded amount), so that no source starves another and one turn of
@@ -946,6 +973,9 @@ impl Driver {
         }
         if !self.outgoing.is_empty() {
             next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        if let Some(stall) = &self.stall {
+            next = next.min(stall.retry_at);
         }
         next
     }
@@ -1133,24 +1163,33 @@ impl Driver {
         let snapshot_requests = std::mem::take(&mut ready.snapshot_requests);
         let events = std::mem::take(&mut ready.events);
         let writes = ready.needs_sync() || ready.compact_to.is_some();
-        if ready.hard_state.is_some() || ready.truncate_after.is_some() {
+        if self.stall.is_some() {
+            // The disk refused an earlier write: this one waits behind it
+            // (in order), and so does everything waiting for it.
+            self.hold(ready, marker, waiting);
+        } else if ready.hard_state.is_some() || ready.truncate_after.is_some() {
             // Epoch changes and truncations are rare: write and sync them
             // here, after everything before them, so that a hard state never
             // reaches the disk before the log it vouches for, and no read of
             // the log sees an entry whose truncation is still queued.
-            self.write(&ready)?;
-            self.queued.push((marker, waiting));
-            self.flush_now()?;
+            if self.write_or_stall(&ready)? {
+                self.queued.push((marker, waiting));
+                self.flush_now()?;
+            } else {
+                self.hold(ready, marker, waiting);
+            }
         } else if self.syncing.is_some() {
             // A sync is in flight: write now (the WAL takes appends during a
             // flush); what waits for these writes goes with the next sync.
-            if writes {
-                self.write(&ready)?;
+            if writes && !self.write_or_stall(&ready)? {
+                self.hold(ready, marker, waiting);
+            } else {
+                self.queued_needs_sync |= ready.needs_sync();
+                self.queued.push((marker, waiting));
             }
-            self.queued_needs_sync |= ready.needs_sync();
-            self.queued.push((marker, waiting));
+        } else if writes && !self.write_or_stall(&ready)? {
+            self.hold(ready, marker, waiting);
         } else if writes {
-            self.write(&ready)?;
             if ready.needs_sync() && self.sync_inline(&ready) {
                 self.queued.push((marker, waiting));
                 self.flush_now()?;
@@ -1242,6 +1281,94 @@ impl Driver {
             .storage_mut()
             .write_ready(ready)
             .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))
+    }
+
+    /// Writes `ready`'s changes; `Ok(false)` if the disk refused them but
+    /// the log is intact (ENOSPC, say): the node then stalls (see
+    /// [`Stall`]) instead of stopping. An error only if the log handle is
+    /// unusable (a failed flush poisons it: the process must restart and
+    /// recover from disk).
+    fn write_or_stall(&mut self, ready: &Ready) -> Result<bool> {
+        match self.write(ready) {
+            Ok(()) => Ok(true),
+            Err(e) if self.replica.storage().wal().is_poisoned() => Err(e),
+            Err(e) => {
+                tracing::error!(id = %self.id, error = %e,
+                    "storage write refused (disk full?): not acknowledging anything written from now on; retrying with backoff");
+                let now = Instant::now();
+                self.stall = Some(Stall {
+                    held: VecDeque::new(),
+                    since: now,
+                    retry_at: now + STALL_BACKOFF_MIN,
+                    backoff: STALL_BACKOFF_MIN,
+                    attempts: 1,
+                });
+                self.stats.storage_stalls += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Queues a `Ready` whose writes wait for the disk, with its marker and
+    /// the messages that wait for them.
+    fn hold(&mut self, ready: Ready, marker: Persisted, waiting: Vec<Envelope>) {
+        if let Some(stall) = self.stall.as_mut() {
+            stall.held.push_back((ready, marker, waiting));
+        } else {
+            debug_assert!(false, "hold only while stalled");
+        }
+    }
+
+    /// While stalled, retries the held writes in order once the backoff
+    /// has passed; when all went in, syncs them and releases what waited.
+    fn retry_stalled(&mut self) -> Result<()> {
+        let Some(stall) = self.stall.as_ref() else {
+            return Ok(());
+        };
+        if Instant::now() < stall.retry_at {
+            return Ok(());
+        }
+        // Bounded by the held queue, which the kernel's windows bound.
+        loop {
+            let Some(stall) = self.stall.as_mut() else {
+                return Ok(());
+            };
+            let Some((mut ready, marker, waiting)) = stall.held.pop_front() else {
+                break;
+            };
+            // A failed batch may have gone in partly (up to a segment roll
+            // that failed): without a truncation first, append only the rest.
+            if ready.truncate_after.is_none() {
+                let last = self.replica.storage().last_zxid();
+                ready.entries.retain(|e| Some(e.zxid) > last);
+            }
+            match self.write(&ready) {
+                Ok(()) => self.queued.push((marker, waiting)),
+                Err(e) if self.replica.storage().wal().is_poisoned() => return Err(e),
+                Err(e) => {
+                    let Some(stall) = self.stall.as_mut() else {
+                        return Ok(());
+                    };
+                    stall.held.push_front((ready, marker, waiting));
+                    stall.attempts += 1;
+                    stall.backoff = (stall.backoff * 2).min(STALL_BACKOFF_MAX);
+                    stall.retry_at = Instant::now() + stall.backoff;
+                    if stall.attempts % 20 == 0 {
+                        tracing::warn!(id = %self.id, error = %e, attempts = stall.attempts,
+                            stalled_ms = stall.since.elapsed().as_millis() as u64,
+                            "storage still refuses writes; retrying");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(stall) = self.stall.take() {
+            tracing::info!(id = %self.id, attempts = stall.attempts,
+                stalled_ms = stall.since.elapsed().as_millis() as u64,
+                "storage takes writes again; syncing what waited");
+        }
+        self.queued_needs_sync = true;
+        self.flush_now()
     }
 
     /// Whether to sync `ready` (written, none in flight) on the loop; see
@@ -1779,6 +1906,8 @@ impl Driver {
             "snapshot_installs": self.stats.snapshot_installs,
             "snapshot_chunks_refused": self.stats.snapshot_chunks_refused,
             "snapshot_chunks_dropped": self.stats.snapshot_chunks_dropped,
+            "storage_stalled": self.stall.is_some(),
+            "storage_stalls": self.stats.storage_stalls,
             "peers": peers,
         })
         .to_string()

@@ -233,3 +233,219 @@ async fn a_follower_with_bytes_flipped_in_its_synced_log_recovers_without_losing
         assert_eq!(got, Some(value(i)), "linearizable read of key {i}");
     }
 }
+
+/// A tmpfs mounted for a test, unmounted (lazily, so even with files open)
+/// when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB on `dir`; `None` (with a message) when
+    /// this machine does not let the test mount one.
+    fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs on {} ({}); the disk-full test needs root",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e}); the disk-full test needs it");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Copies the files of `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// Fills the file system of `path`'s directory with one file until it
+/// refuses more; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0x5Au8; 64 << 10];
+    let mut n = 0u64;
+    // Bounded by the tmpfs's size.
+    while f.write_all(&chunk).is_ok() {
+        n += chunk.len() as u64;
+    }
+    let _ = f.sync_all();
+    n
+}
+
+fn big_value(i: usize) -> Bytes {
+    Bytes::from(format!("{i:08}").repeat(1024))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_up_stalls_and_recovers_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.segment_mib = 1;
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let security = cluster.client_security();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader is elected");
+    let f = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
+    // The follower's data directory moves onto a small tmpfs.
+    cluster.kill(f).expect("stop the follower");
+    let data = cluster.data_dir(f);
+    let aside = dir.path().join("aside");
+    copy_tree(&data, &aside);
+    std::fs::remove_dir_all(&data).expect("empty");
+    std::fs::create_dir_all(&data).expect("mount point");
+    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+        return;
+    };
+    copy_tree(&aside, &data);
+    cluster.start_node(f).expect("restart on the tmpfs");
+    let pid = cluster.pid(f).expect("runs");
+    let client = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        1,
+        Duration::from_secs(5),
+    );
+    // Let the node prepare its spare segment, then take every free byte.
+    write_keys(&client, 0..10).await;
+    settled(&cluster, Duration::from_secs(30))
+        .await
+        .expect("the follower catches up on the tmpfs");
+    let filler = data.join("filler");
+    let filled = fill(&filler);
+    eprintln!("filler: {filled} bytes");
+
+    // Writes go on (the other two nodes are a quorum) until the follower's
+    // disk refuses a new segment; it stalls instead of exiting.
+    let mut acked: Vec<usize> = Vec::new();
+    let mut stalled = false;
+    let mut i = 10;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stalled && Instant::now() < deadline && i < 2000 {
+        client
+            .put(key(i), big_value(i))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} with a quorum up: {e}"));
+        acked.push(i);
+        i += 1;
+        if i % 20 == 0 {
+            stalled = cluster
+                .statuses()
+                .await
+                .get(&f)
+                .is_some_and(|v| v["storage_stalled"] == true);
+        }
+    }
+    assert!(
+        cluster.is_running(f),
+        "the follower exited on a full disk; its log:\n{}",
+        std::fs::read_to_string(cluster.log_path(f)).unwrap_or_default()
+    );
+    assert!(stalled, "the follower's disk never filled ({i} writes)");
+    // Still stalled while the disk is full, and the cluster still writes.
+    for j in i..i + 20 {
+        client
+            .put(key(j), big_value(j))
+            .await
+            .unwrap_or_else(|e| panic!("write {j} with a quorum up: {e}"));
+        acked.push(j);
+    }
+    let st = cluster.statuses().await;
+    assert_eq!(st[&f]["storage_stalled"], true, "{}", st[&f]);
+    let i = i + 20;
+
+    // Space returns: the node catches up without a restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = cluster.statuses().await;
+        if st.get(&f).is_some_and(|v| v["storage_stalled"] == false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never resumed: {:?}",
+            st.get(&f)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for j in i..i + 20 {
+        client
+            .put(key(j), big_value(j))
+            .await
+            .unwrap_or_else(|e| panic!("write {j}: {e}"));
+        acked.push(j);
+    }
+    let st = settled(&cluster, Duration::from_secs(60))
+        .await
+        .expect("the follower catches up once space returns");
+    assert_eq!(cluster.pid(f), Some(pid), "no restart");
+    assert_eq!(st[&f]["pid"], pid, "the same process answers");
+    assert!(st[&f]["storage_stalls"].as_u64().unwrap_or(0) >= 1);
+    let local = Client::new(
+        vec![cluster.members()[&f].client],
+        security.clone(),
+        7,
+        Duration::from_secs(5),
+    );
+    for &j in &acked {
+        let got = local
+            .get(key(j), ReadMode::Stale)
+            .await
+            .expect("stale read");
+        assert_eq!(got, Some(big_value(j)), "key {j} on the follower");
+    }
+    cluster.stop();
+    // Its log is intact: it opens cleanly.
+    let (_, report) = paxos_wal::WalStorage::open(
+        data.join(paxos_bench::identity::WAL_DIR),
+        paxos_wal::WalOptions {
+            segment_bytes: 1 << 20,
+            ..paxos_wal::WalOptions::default()
+        },
+    )
+    .expect("the follower's log opens");
+    assert!(
+        report.damaged.is_none() && report.torn_tail.is_none(),
+        "{report:?}"
+    );
+}
