@@ -19,6 +19,22 @@
 //! which starts when the one in flight returns. So there is at most one sync
 //! in flight and every sync covers all the appends made while the previous
 //! one ran.
+//!
+//! A faulty disk:
+//! - damage found at start inside the synced part of the log (entries this
+//!   node may have acknowledged) makes the node record that it is
+//!   recovering, keep the log's valid prefix and start as a recovering
+//!   replica, which neither votes nor counts until a leader readmits it;
+//! - a write the disk refuses while the log stays intact (ENOSPC when a
+//!   segment is created, say) stalls the node instead of stopping it: that
+//!   write and every later one are held in order and retried with backoff
+//!   (10 ms doubling to 1 s), nothing waiting for them is acknowledged
+//!   (a stalled leader's own acknowledgement is withheld too, so it commits
+//!   only with a quorum of followers), and once the disk takes them they
+//!   are synced and released, without a restart. A failed flush is still
+//!   fatal: the log handle is poisoned, and the process must restart and
+//!   recover from disk. The status JSON says `storage_stalled`.
+//! - a failed local snapshot is logged and the node goes on.
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -560,8 +576,9 @@ struct Stats {
 }
 
 /// Runs a node until `shutdown` resolves. Returns an error if the node
-/// cannot start, or stops on a fatal storage error (after which the process
-/// must restart and recover from disk).
+/// cannot start, or stops on a fatal storage error (a failed flush, after
+/// which the process must restart and recover from disk); a write the disk
+/// refuses (disk full) stalls the node instead (see the module docs).
 pub async fn run_node(
     opts: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
