@@ -19,6 +19,22 @@
 //! which starts when the one in flight returns. So there is at most one sync
 //! in flight and every sync covers all the appends made while the previous
 //! one ran.
+//!
+//! A faulty disk:
+//! - damage found at start inside the synced part of the log (entries this
+//!   node may have acknowledged) makes the node record that it is
+//!   recovering, keep the log's valid prefix and start as a recovering
+//!   replica, which neither votes nor counts until a leader readmits it;
+//! - a write the disk refuses while the log stays intact (ENOSPC when a
+//!   segment is created, say) stalls the node instead of stopping it: that
+//!   write and every later one are held in order and retried with backoff
+//!   (10 ms doubling to 1 s), nothing waiting for them is acknowledged
+//!   (a stalled leader's own acknowledgement is withheld too, so it commits
+//!   only with a quorum of followers), and once the disk takes them they
+//!   are synced and released, without a restart. A failed flush is still
+//!   fatal: the log handle is poisoned, and the process must restart and
+//!   recover from disk. The status JSON says `storage_stalled`.
+//! - a failed local snapshot is logged and the node goes on.
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -32,7 +48,7 @@ use paxos_snapshot::{
     write_state_machine, PlannerConfig, Progress, SnapshotChunk, SnapshotId, SnapshotMeta,
     SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
 };
-use paxos_wal::{WalOptions, WalStorage};
+use paxos_wal::{RecoveryMode, WalError, WalOptions, WalStorage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +66,9 @@ use crate::client_proto::{
 };
 use crate::identity::{self, EmptyStart, Identity, Standing};
 use crate::kv::{KvCommand, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES};
+
+mod fault_file;
+use fault_file::{Faults, MonotonicClock};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -170,7 +189,23 @@ pub struct NodeOptions {
     /// A client connection that has not completed its TLS handshake by then
     /// is closed. Default [`DEFAULT_CLIENT_HANDSHAKE_TIMEOUT`].
     pub client_handshake_timeout: Duration,
+    /// Serve linearizable reads on the leader from its lease, without a
+    /// quorum round per read (`paxos_core::Config::lease_reads`). Safe only
+    /// while the clocks of the nodes drift apart by less than
+    /// `lease_clock_drift` per election timeout. Default `false`.
+    pub lease_reads: bool,
+    /// The clock drift lease reads allow for: a lease lasts the election
+    /// timeout minus this after a quorum's acknowledgement. Must be below
+    /// the election timeout. Default [`DEFAULT_LEASE_CLOCK_DRIFT`].
+    pub lease_clock_drift: Duration,
+    /// Test hooks for the chaos suite: a file read every 50 ms for
+    /// `sync_delay_ms=N` and `clock_offset_ms=N` lines (see the `fault_file`
+    /// module). `None` (the default): no hooks.
+    pub fault_file: Option<PathBuf>,
 }
+
+/// Default of [`NodeOptions::lease_clock_drift`] (the kernel's default).
+pub const DEFAULT_LEASE_CLOCK_DRIFT: Duration = Duration::from_millis(50);
 
 /// Default of [`NodeOptions::client_handshake_timeout`].
 pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,6 +249,9 @@ impl NodeOptions {
             inline_sync_bytes: DEFAULT_INLINE_SYNC_BYTES,
             insecure_plaintext_clients: false,
             client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            lease_reads: false,
+            lease_clock_drift: DEFAULT_LEASE_CLOCK_DRIFT,
+            fault_file: None,
         }
     }
 }
@@ -416,6 +454,25 @@ const MAX_DEFERRED_CHUNKS: usize = 64;
 /// Persist markers with the messages that wait for them, in order.
 type SyncGroup = Vec<(Persisted, Vec<Envelope>)>;
 
+/// First pause before a refused storage write is tried again.
+const STALL_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between two tries of a refused storage write.
+const STALL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The disk refused a write (ENOSPC, say) and the log is intact: the node
+/// keeps running, withholds everything that waits for that write (its
+/// acknowledgements, its own vote in commits) and tries again with
+/// backoff. Nothing is acknowledged that is not durable.
+struct Stall {
+    /// `Ready`s not yet written, in order, with their markers and the
+    /// messages waiting for them.
+    held: VecDeque<(Ready, Persisted, Vec<Envelope>)>,
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    attempts: u64,
+}
+
 /// A snapshot being streamed to a follower.
 struct OutgoingSnapshot {
     to: NodeId,
@@ -426,7 +483,11 @@ struct OutgoingSnapshot {
 struct Driver {
     id: NodeId,
     members: BTreeMap<u64, Member>,
-    origin: Instant,
+    /// The clock handed to the kernel and the elector (real time, shifted
+    /// by the fault hooks' offset, never going backwards).
+    clock: MonotonicClock,
+    /// The fault hooks' settings (none unless `--fault-file`).
+    faults: Arc<Faults>,
     replica: Replica<WalStorage>,
     elector: FastElection,
     kv: KvStore,
@@ -490,6 +551,8 @@ struct Driver {
     /// sync at all.
     queued: SyncGroup,
     queued_needs_sync: bool,
+    /// Set while the disk refuses writes.
+    stall: Option<Stall>,
 }
 
 #[derive(Default)]
@@ -508,11 +571,14 @@ struct Stats {
     snapshot_chunks_refused: u64,
     /// Snapshot chunks dropped because the install's queue was full.
     snapshot_chunks_dropped: u64,
+    /// Times a storage write was refused and the node stalled.
+    storage_stalls: u64,
 }
 
 /// Runs a node until `shutdown` resolves. Returns an error if the node
-/// cannot start, or stops on a fatal storage error (after which the process
-/// must restart and recover from disk).
+/// cannot start, or stops on a fatal storage error (a failed flush, after
+/// which the process must restart and recover from disk); a write the disk
+/// refuses (disk full) stalls the node instead (see the module docs).
 pub async fn run_node(
     opts: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -528,17 +594,12 @@ pub async fn run_node(
         Some(c) => c.clone(),
         None => identity::cluster_id_from_ca(&opts.ca_cert)?,
     };
-    let disk_identity = identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    let mut disk_identity =
+        identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
     tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, "identity checked");
 
     // Storage and the state machine, recovered from disk.
-    let wal_options = WalOptions {
-        segment_bytes: opts.segment_bytes,
-        ..WalOptions::default()
-    };
-    let (storage, report) = WalStorage::open(opts.data_dir.join(identity::WAL_DIR), wal_options)
-        .with_context(|| format!("opening the WAL in {}", opts.data_dir.display()))?;
-    tracing::info!(?report, "wal opened");
+    let storage = open_storage(&opts, &mut disk_identity)?;
     let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
@@ -579,6 +640,8 @@ pub async fn run_node(
     config.heartbeat_interval = opts.heartbeat;
     config.election_timeout = opts.election_timeout;
     config.sync_timeout = opts.election_timeout;
+    config.lease_reads = opts.lease_reads;
+    config.lease_clock_drift = opts.lease_clock_drift;
     // A command must fit one WAL record (a segment) with room to spare, or
     // every replica would fail to log it; the kernel refuses larger ones.
     let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
@@ -591,7 +654,7 @@ pub async fn run_node(
     // an established leader has readmitted it; the kernel keeps the flag in
     // the hard state, so a restart mid-recovery stays recovering.
     if disk_identity.standing == Standing::Recovering && !replica.is_recovering() {
-        tracing::warn!(id = %id, "rejoining with an empty data directory: recovering until an established leader readmits this node");
+        tracing::warn!(id = %id, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
         replica.mark_recovering();
     }
     // The election round is persisted so that a restarted node never votes
@@ -648,14 +711,23 @@ pub async fn run_node(
         .await
         .context("binding the QUIC endpoint")?;
 
+    // Test hooks (--fault-file): read by a task of their own.
+    let faults = Arc::new(Faults::default());
+    let fault_task = opts
+        .fault_file
+        .clone()
+        .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
+
     // The sync thread: one `Wal::sync` per request, the result sent back.
     let wal = replica.storage().wal_handle();
+    let sync_faults = faults.clone();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<u64>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
             while let Ok(generation) = sync_rx.recv() {
+                sync_faults.delay_sync();
                 let r = wal.sync().map(|_| ()).map_err(|e| e.to_string());
                 if sync_done_tx.send((generation, r)).is_err() {
                     break;
@@ -694,7 +766,8 @@ pub async fn run_node(
     let mut d = Driver {
         id,
         members: opts.members.clone(),
-        origin,
+        clock: MonotonicClock::new(origin),
+        faults,
         replica,
         elector,
         kv,
@@ -730,6 +803,7 @@ pub async fn run_node(
         syncing: None,
         queued: Vec::new(),
         queued_needs_sync: false,
+        stall: None,
     };
 
     tokio::pin!(shutdown);
@@ -769,6 +843,9 @@ pub async fn run_node(
             }
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timeout(),
         }
+        if let Err(e) = d.retry_stalled() {
+            break Err(e);
+        }
         // Whatever woke us, take what else is ready from every source (a
         // bounded amount), so that no source starves another and one turn of
         // the kernel covers a whole batch.
@@ -797,18 +874,109 @@ pub async fn run_node(
         d.on_timeout();
     };
     accept_task.abort();
+    if let Some(t) = fault_task {
+        t.abort();
+    }
     let metrics = d.transport.shutdown().await;
     tracing::info!(id = %d.id, ?metrics, "node stopped");
     result
 }
 
+/// Opens the node's WAL and hard state. Damage inside the part of the log
+/// that was synced (records this node may have acknowledged) is not cut
+/// like a torn tail: the node records in its identity that it is
+/// recovering (durably, before the log is changed), then keeps the log's
+/// valid prefix and starts as a recovering replica, which neither votes
+/// nor counts until a leader has brought it up to date (see
+/// ARCHITECTURE.md, "Recovering replicas").
+///
+/// The valid prefix is kept rather than the whole log discarded: it is
+/// intact (every record checked), the leader's sync repairs the rest
+/// (DIFF, TRUNC or SNAP) as for any follower behind, and the hard state
+/// (the promises this node made) stays, which is safer than a wiped node's
+/// start. The damaged segment files are copied aside (`*.damaged`).
+fn open_storage(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<WalStorage> {
+    let dir = opts.data_dir.join(identity::WAL_DIR);
+    let wal_options = WalOptions {
+        segment_bytes: opts.segment_bytes,
+        ..WalOptions::default()
+    };
+    let remedy = format!(
+        "if the node cannot recover by itself, move {} aside (or empty it) and start the node \
+         with `paxos-node run --rejoin`: it then catches up from its peers before it votes",
+        opts.data_dir.display()
+    );
+    let (path, offset, reason, last_good, proven) =
+        match WalStorage::open(&dir, wal_options.clone()) {
+            Ok((storage, report)) => {
+                tracing::info!(?report, "wal opened");
+                return Ok(storage);
+            }
+            Err(WalError::Corrupted {
+                path,
+                offset,
+                reason,
+                last_good_key,
+                proven_durable_key,
+            }) => (path, offset, reason, last_good_key, proven_durable_key),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("opening the WAL in {}; {remedy}", opts.data_dir.display())
+                })
+            }
+        };
+    tracing::error!(
+        file = %path.display(),
+        offset,
+        %reason,
+        last_good = ?last_good.map(Zxid),
+        proven_durable = ?Zxid(proven),
+        "the log is damaged where it was synced: entries this node may have acknowledged \
+         are lost; keeping the valid prefix and recovering from the peers without voting"
+    );
+    let recovering = Identity {
+        standing: Standing::Recovering,
+        ..disk_identity.clone()
+    };
+    identity::write(&opts.data_dir, &recovering).with_context(|| {
+        format!(
+            "the log is damaged in {} at offset {offset} ({reason}), and this node could not \
+             record that it must recover; {remedy}",
+            path.display()
+        )
+    })?;
+    *disk_identity = recovering;
+    let keep = WalOptions {
+        recovery: RecoveryMode::KeepValidPrefix,
+        ..wal_options
+    };
+    let (storage, report) = WalStorage::open(&dir, keep).with_context(|| {
+        format!(
+            "the log is damaged in {} at offset {offset} ({reason}) and its valid prefix \
+             could not be kept; {remedy}",
+            path.display()
+        )
+    })?;
+    if let Some(d) = &report.damaged {
+        tracing::warn!(
+            file = %d.path.display(),
+            offset = d.offset,
+            kept_through = ?d.after_key.map(Zxid),
+            lost_through = ?Zxid(d.through_key),
+            copies = ?d.preserved_copies,
+            "damaged log cut to its valid prefix; the rest is refetched from the leader"
+        );
+    }
+    Ok(storage)
+}
+
 impl Driver {
     fn now(&self) -> Time {
-        Time::from_std(self.origin, Instant::now())
+        self.clock.now(self.faults.clock_offset_ms())
     }
 
     fn to_instant(&self, t: Time) -> Instant {
-        self.origin + Duration::from_nanos(t.as_nanos())
+        self.clock.instant_of(t, self.faults.clock_offset_ms())
     }
 
     /// When the loop must wake up even without input.
@@ -822,6 +990,9 @@ impl Driver {
         }
         if !self.outgoing.is_empty() {
             next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        if let Some(stall) = &self.stall {
+            next = next.min(stall.retry_at);
         }
         next
     }
@@ -1009,24 +1180,33 @@ impl Driver {
         let snapshot_requests = std::mem::take(&mut ready.snapshot_requests);
         let events = std::mem::take(&mut ready.events);
         let writes = ready.needs_sync() || ready.compact_to.is_some();
-        if ready.hard_state.is_some() || ready.truncate_after.is_some() {
+        if self.stall.is_some() {
+            // The disk refused an earlier write: this one waits behind it
+            // (in order), and so does everything waiting for it.
+            self.hold(ready, marker, waiting);
+        } else if ready.hard_state.is_some() || ready.truncate_after.is_some() {
             // Epoch changes and truncations are rare: write and sync them
             // here, after everything before them, so that a hard state never
             // reaches the disk before the log it vouches for, and no read of
             // the log sees an entry whose truncation is still queued.
-            self.write(&ready)?;
-            self.queued.push((marker, waiting));
-            self.flush_now()?;
+            if self.write_or_stall(&ready)? {
+                self.queued.push((marker, waiting));
+                self.flush_now()?;
+            } else {
+                self.hold(ready, marker, waiting);
+            }
         } else if self.syncing.is_some() {
             // A sync is in flight: write now (the WAL takes appends during a
             // flush); what waits for these writes goes with the next sync.
-            if writes {
-                self.write(&ready)?;
+            if writes && !self.write_or_stall(&ready)? {
+                self.hold(ready, marker, waiting);
+            } else {
+                self.queued_needs_sync |= ready.needs_sync();
+                self.queued.push((marker, waiting));
             }
-            self.queued_needs_sync |= ready.needs_sync();
-            self.queued.push((marker, waiting));
+        } else if writes && !self.write_or_stall(&ready)? {
+            self.hold(ready, marker, waiting);
         } else if writes {
-            self.write(&ready)?;
             if ready.needs_sync() && self.sync_inline(&ready) {
                 self.queued.push((marker, waiting));
                 self.flush_now()?;
@@ -1120,6 +1300,94 @@ impl Driver {
             .map_err(|e| anyhow::anyhow!("storage write failed: {e}"))
     }
 
+    /// Writes `ready`'s changes; `Ok(false)` if the disk refused them but
+    /// the log is intact (ENOSPC, say): the node then stalls (see
+    /// [`Stall`]) instead of stopping. An error only if the log handle is
+    /// unusable (a failed flush poisons it: the process must restart and
+    /// recover from disk).
+    fn write_or_stall(&mut self, ready: &Ready) -> Result<bool> {
+        match self.write(ready) {
+            Ok(()) => Ok(true),
+            Err(e) if self.replica.storage().wal().is_poisoned() => Err(e),
+            Err(e) => {
+                tracing::error!(id = %self.id, error = %e,
+                    "storage write refused (disk full?): not acknowledging anything written from now on; retrying with backoff");
+                let now = Instant::now();
+                self.stall = Some(Stall {
+                    held: VecDeque::new(),
+                    since: now,
+                    retry_at: now + STALL_BACKOFF_MIN,
+                    backoff: STALL_BACKOFF_MIN,
+                    attempts: 1,
+                });
+                self.stats.storage_stalls += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Queues a `Ready` whose writes wait for the disk, with its marker and
+    /// the messages that wait for them.
+    fn hold(&mut self, ready: Ready, marker: Persisted, waiting: Vec<Envelope>) {
+        if let Some(stall) = self.stall.as_mut() {
+            stall.held.push_back((ready, marker, waiting));
+        } else {
+            debug_assert!(false, "hold only while stalled");
+        }
+    }
+
+    /// While stalled, retries the held writes in order once the backoff
+    /// has passed; when all went in, syncs them and releases what waited.
+    fn retry_stalled(&mut self) -> Result<()> {
+        let Some(stall) = self.stall.as_ref() else {
+            return Ok(());
+        };
+        if Instant::now() < stall.retry_at {
+            return Ok(());
+        }
+        // Bounded by the held queue, which the kernel's windows bound.
+        loop {
+            let Some(stall) = self.stall.as_mut() else {
+                return Ok(());
+            };
+            let Some((mut ready, marker, waiting)) = stall.held.pop_front() else {
+                break;
+            };
+            // A failed batch may have gone in partly (up to a segment roll
+            // that failed): without a truncation first, append only the rest.
+            if ready.truncate_after.is_none() {
+                let last = self.replica.storage().last_zxid();
+                ready.entries.retain(|e| Some(e.zxid) > last);
+            }
+            match self.write(&ready) {
+                Ok(()) => self.queued.push((marker, waiting)),
+                Err(e) if self.replica.storage().wal().is_poisoned() => return Err(e),
+                Err(e) => {
+                    let Some(stall) = self.stall.as_mut() else {
+                        return Ok(());
+                    };
+                    stall.held.push_front((ready, marker, waiting));
+                    stall.attempts += 1;
+                    stall.backoff = (stall.backoff * 2).min(STALL_BACKOFF_MAX);
+                    stall.retry_at = Instant::now() + stall.backoff;
+                    if stall.attempts % 20 == 0 {
+                        tracing::warn!(id = %self.id, error = %e, attempts = stall.attempts,
+                            stalled_ms = stall.since.elapsed().as_millis() as u64,
+                            "storage still refuses writes; retrying");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(stall) = self.stall.take() {
+            tracing::info!(id = %self.id, attempts = stall.attempts,
+                stalled_ms = stall.since.elapsed().as_millis() as u64,
+                "storage takes writes again; syncing what waited");
+        }
+        self.queued_needs_sync = true;
+        self.flush_now()
+    }
+
     /// Whether to sync `ready` (written, none in flight) on the loop; see
     /// [`NodeOptions::inline_sync_bytes`].
     fn sync_inline(&self, ready: &Ready) -> bool {
@@ -1152,6 +1420,7 @@ impl Driver {
         let mut groups = self.syncing.take().map(|(_, g)| g).unwrap_or_default();
         groups.append(&mut self.queued);
         self.queued_needs_sync = false;
+        self.faults.delay_sync();
         self.replica
             .storage_mut()
             .sync()
@@ -1654,6 +1923,8 @@ impl Driver {
             "snapshot_installs": self.stats.snapshot_installs,
             "snapshot_chunks_refused": self.stats.snapshot_chunks_refused,
             "snapshot_chunks_dropped": self.stats.snapshot_chunks_dropped,
+            "storage_stalled": self.stall.is_some(),
+            "storage_stalls": self.stats.storage_stalls,
             "peers": peers,
         })
         .to_string()

@@ -126,10 +126,14 @@
 //!   reports the lost key range in [`OpenReport::damaged`] so the replica
 //!   can refetch it from its peers.
 //!
-//! A synced record is never dropped silently. One limit: damage to the very
-//! last synced batch *before* its watermark reached the disk (the next
-//! `sync`, or [`Wal::close`]) cannot be told apart from a torn write; it is
-//! reported as a torn tail.
+//! A synced record is never dropped silently. A successful [`Wal::sync`]
+//! writes its watermark into an end marker in the page cache at once (not
+//! flushed), so a process killed right after a sync still leaves the proof
+//! that its last batch was synced, and damage found there later is
+//! corruption, not a torn tail. One limit remains: after a *power cut*
+//! that lost that marker (before the next `sync` or [`Wal::close`] flushed
+//! it), damage to the very last synced batch cannot be told apart from a
+//! torn write; it is reported as a torn tail.
 //!
 //! # Hard state
 //!

@@ -1872,12 +1872,27 @@ impl Wal {
             "only syncs advance durable_key, and they are serialized"
         );
         g.durable_key = target;
-        // The new watermark reaches the file with the next batch (its records
-        // and end marker carry it) and the disk with the next flush, or with
-        // the end marker written at close; either proves this batch durable
-        // to a later recovery. Writing the marker here would cost a write
-        // per sync for nothing: the next batch overwrites it.
+        // The new watermark goes into the file at once, in an end marker
+        // written into the page cache (not flushed: the next batch
+        // overwrites it, and the next flush or `close` takes it to the
+        // disk). Without it, a process killed now (SIGKILL: the page cache
+        // survives) left no proof that this batch was synced, and damage
+        // found in it later read as a torn tail and was cut silently,
+        // though the batch may have been acknowledged. One small write
+        // into a page this flush just wrote.
         g.marker_unflushed = true;
+        let faults = self.faults.as_deref();
+        let wm = target.unwrap_or(0);
+        if let Some(seg) = g.segments.last_mut() {
+            if let Err(e) = seg.write_marker(wm, faults) {
+                // As for any failed marker write: the handle is fatal. The
+                // flush above succeeded, but the caller is told it did not
+                // (conservative: nothing is acknowledged on a failed call).
+                tracing::error!(error = %e, "writing the end marker after a sync failed; handle is fatal");
+                g.poisoned = Some(e.to_string());
+                return Err(e);
+            }
+        }
         Ok(target)
     }
 

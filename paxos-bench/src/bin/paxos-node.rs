@@ -129,6 +129,23 @@ enum Command {
         /// within this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         client_handshake_timeout_ms: u64,
+        /// Serve linearizable reads on the leader from its lease (no quorum
+        /// round per read). Safe only while every node's clock runs at real
+        /// speed within --lease-clock-drift-ms per election timeout: a
+        /// leader whose clock stalls or runs slow (a paused virtual machine
+        /// whose monotonic clock stopped, say) can serve a stale read. Give
+        /// every node the same setting.
+        #[arg(long)]
+        lease_reads: bool,
+        /// The clock drift lease reads allow for, in milliseconds: a lease
+        /// lasts the election timeout minus this after a quorum's
+        /// acknowledgement. Must be below --election-timeout-ms.
+        #[arg(long, default_value_t = 50)]
+        lease_clock_drift_ms: u64,
+        /// Test hook (chaos suite): read this file every 50 ms for
+        /// `sync_delay_ms=N` and `clock_offset_ms=N` lines.
+        #[arg(long, hide = true)]
+        fault_file: Option<PathBuf>,
     },
     /// Write node and client certificates as PEM files, signed by the
     /// directory's CA (ca.pem and ca.key.pem, created on the first run and
@@ -237,6 +254,9 @@ fn main() -> Result<()> {
             inline_sync_bytes,
             insecure_plaintext_clients,
             client_handshake_timeout_ms,
+            lease_reads,
+            lease_clock_drift_ms,
+            fault_file,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -259,6 +279,15 @@ fn main() -> Result<()> {
             opts.insecure_plaintext_clients = insecure_plaintext_clients;
             opts.client_handshake_timeout =
                 Duration::from_millis(client_handshake_timeout_ms.max(1));
+            opts.lease_reads = lease_reads;
+            opts.lease_clock_drift = Duration::from_millis(lease_clock_drift_ms);
+            if lease_reads && lease_clock_drift_ms >= election_timeout_ms {
+                anyhow::bail!(
+                    "--lease-clock-drift-ms ({lease_clock_drift_ms}) must be below \
+                     --election-timeout-ms ({election_timeout_ms})"
+                );
+            }
+            opts.fault_file = fault_file;
             opts.max_sessions = max_sessions;
             opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
             opts.skip_entries = skip_entries;

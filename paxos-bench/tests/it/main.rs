@@ -3,8 +3,10 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod client_limits;
+mod clock_faults;
 mod cluster;
 mod cluster_start;
+mod disk_faults;
 mod flood;
 mod heal;
 mod linearizable;

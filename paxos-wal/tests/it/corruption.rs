@@ -400,3 +400,57 @@ fn cut_files_at_every_offset_class() {
     wal.sync().unwrap();
     assert_eq!(wal.get(n + 1).unwrap().map(|p| p.len()), Some(6000));
 }
+
+/// What a follower's process killed right after its last sync leaves: every
+/// batch synced (and acknowledged), no clean close. Damage in the middle
+/// of its data, and damage in its very last synced batch, are corruption
+/// of acknowledged records, never a torn tail to cut silently.
+#[test]
+fn damage_to_synced_records_of_a_killed_process_is_corruption() {
+    let live = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(live.path(), opts()).unwrap();
+    let mut last_batch_first = 0;
+    for k in 1..=60 {
+        if k % 6 == 1 {
+            last_batch_first = k;
+        }
+        wal.append(k, &payload_for(k)).unwrap();
+        if k % 6 == 0 {
+            assert_eq!(wal.sync().unwrap(), Some(k));
+        }
+    }
+    let img = fresh_copy(live.path());
+    drop(wal);
+    let segs = segment_files(img.path());
+    let last = segs.last().unwrap().clone();
+    let recs = records_of(&last);
+    let keys_in_last = recs.len() as u64;
+    // The first record of the last synced batch, and a record in the middle
+    // of the last segment's data.
+    let batch_idx = (last_batch_first - (60 - keys_in_last + 1)) as usize;
+    for (what, (roff, _)) in [
+        ("last synced batch", recs[batch_idx]),
+        ("middle of the data", recs[recs.len() / 2]),
+    ] {
+        let d = fresh_copy(img.path());
+        let seg = segment_files(d.path()).last().unwrap().clone();
+        flip(&seg, roff + 26, 0);
+        let e = expect_corrupted(d.path(), &seg, roff);
+        let WalError::Corrupted {
+            proven_durable_key, ..
+        } = e
+        else {
+            unreachable!()
+        };
+        assert_eq!(proven_durable_key, 60, "{what}: every synced key is proven");
+        let (wal, report) = Wal::open(d.path(), keep()).unwrap();
+        let dmg = report
+            .damaged
+            .clone()
+            .unwrap_or_else(|| panic!("{what}: damage reported, not cut as torn: {report:?}"));
+        assert_eq!((dmg.path.as_path(), dmg.offset), (seg.as_path(), roff));
+        assert_eq!(dmg.through_key, 60, "{what}");
+        assert_eq!(dmg.after_key, wal.last_key(), "{what}");
+        assert!(report.torn_tail.is_none(), "{what}: {report:?}");
+    }
+}
