@@ -1071,7 +1071,8 @@ impl Driver {
                 let rid = self.next_read;
                 self.next_read += 1;
                 let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
-                match self.replica.read_index(ctx) {
+                let now = self.now();
+                match self.replica.read_index(now, ctx) {
                     Ok(()) => {
                         self.pending_read_bytes += key.len();
                         self.pending_reads

@@ -911,7 +911,12 @@ impl<S: Storage> Replica<S> {
     /// clocks drift apart by less than `lease_clock_drift` over an election
     /// timeout *and* the elector never lets a follower follow another
     /// leader within the election timeout of hearing from this one.
-    pub fn read_index(&mut self, ctx: Bytes) -> Result<(), ReadIndexError> {
+    ///
+    /// `now` is the time of the read: a lease is judged then, not at the
+    /// last input (a leader paused for longer than its lease may get a read
+    /// as its first input after the pause).
+    pub fn read_index(&mut self, now: Time, ctx: Bytes) -> Result<(), ReadIndexError> {
+        self.now = now;
         match &self.role {
             Role::Leading(l) if l.phase == LPhase::Broadcast => self.leader_read(ctx, None),
             Role::Following(f) if f.phase == FPhase::Broadcast => {

@@ -773,8 +773,9 @@ impl<E: Elector> Sim<E> {
         self.read_counter += 1;
         let rid = self.read_counter;
         let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
+        let now = self.now;
         let accepted = self.nodes[i].replica.as_mut().is_some_and(|r| {
-            r.read_index(Bytes::copy_from_slice(&rid.to_le_bytes()))
+            r.read_index(now, Bytes::copy_from_slice(&rid.to_le_bytes()))
                 .is_ok()
         });
         if accepted {
@@ -1213,8 +1214,9 @@ impl<E: Elector> Sim<E> {
             self.read_counter += 1;
             let id = self.read_counter;
             let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
+            let now = self.now;
             if let Some(r) = self.nodes[j].replica.as_mut() {
-                if r.read_index(Bytes::copy_from_slice(&id.to_le_bytes()))
+                if r.read_index(now, Bytes::copy_from_slice(&id.to_le_bytes()))
                     .is_ok()
                 {
                     self.reads_pending.insert(id, floor);

@@ -358,7 +358,10 @@ fn read_index_confirms_with_a_quorum_round() {
     c.pump();
     let zx = c.reps[0].propose(Bytes::from_static(b"w")).unwrap();
     c.pump();
-    c.reps[0].read_index(Bytes::from_static(b"r1")).unwrap();
+    let now = c.now;
+    c.reps[0]
+        .read_index(now, Bytes::from_static(b"r1"))
+        .unwrap();
     let rd = c.reps[0].ready();
     assert!(rd.read_states.is_empty(), "not before a quorum answered");
     c.handle_ready(0, rd);
@@ -380,8 +383,11 @@ fn read_index_confirms_with_a_quorum_round() {
     assert_eq!(got[0].ctx, Bytes::from_static(b"r1"));
     assert!(got[0].zxid >= zx);
     // A follower's read goes through the leader.
-    c.reps[1].read_index(Bytes::from_static(b"r2")).unwrap();
-    assert!(c.reps[2].read_index(Bytes::new()).is_ok());
+    let now = c.now;
+    c.reps[1]
+        .read_index(now, Bytes::from_static(b"r2"))
+        .unwrap();
+    assert!(c.reps[2].read_index(now, Bytes::new()).is_ok());
 }
 
 #[test]
@@ -395,9 +401,40 @@ fn lease_reads_answer_at_once_while_the_lease_holds() {
     c.decide(NodeId(1));
     c.pump();
     c.advance(Duration::from_millis(60)); // a heartbeat round acknowledged
-    c.reps[0].read_index(Bytes::from_static(b"lease")).unwrap();
+    let now = c.now;
+    c.reps[0]
+        .read_index(now, Bytes::from_static(b"lease"))
+        .unwrap();
     let rd = c.reps[0].ready();
     assert_eq!(rd.read_states.len(), 1, "served from the lease");
+    c.handle_ready(0, rd);
+}
+
+/// A leader paused (SIGSTOP, a long GC, a stalled VM) gets a read as its
+/// first input after the pause: the lease must be judged at the read's
+/// time, not at the time of the last input before the pause, or the old
+/// leader serves a value the next leader has overwritten meanwhile.
+#[test]
+fn a_lease_is_judged_at_the_time_of_the_read() {
+    let mut cfg = three();
+    cfg.lease_reads = true;
+    let mut c = Cluster::new(
+        cfg,
+        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+    );
+    c.decide(NodeId(1));
+    c.pump();
+    c.advance(Duration::from_millis(60)); // a heartbeat round acknowledged
+                                          // Ten seconds later, with nothing in between, a read arrives.
+    let later = c.now + Duration::from_secs(10);
+    c.reps[0]
+        .read_index(later, Bytes::from_static(b"after a pause"))
+        .unwrap();
+    let rd = c.reps[0].ready();
+    assert!(
+        rd.read_states.is_empty(),
+        "a lease acknowledged ten seconds ago must not serve a read"
+    );
     c.handle_ready(0, rd);
 }
 
