@@ -36,6 +36,28 @@ fn full_stack_scenarios() {
     }
 }
 
+/// The partial-connectivity cases of OmniPaxos (EuroSys'23): quorum loss
+/// (five and three voters), constrained election and chained. Every seed
+/// runs; the failures are reported together.
+#[test]
+fn full_stack_partial_connectivity() {
+    let mut failures = Vec::new();
+    for name in [
+        "quorum_loss_5",
+        "quorum_loss_3",
+        "constrained_election",
+        "chained",
+    ] {
+        for seed in 0..6 {
+            match scenarios::run(name, &full_sim, seed).expect("known scenario") {
+                Ok(st) => println!("full {name} seed {seed}: {st:?}"),
+                Err(v) => failures.push(format!("{name}: {v}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn full_stack_random_schedules() {
     let seeds: u64 = std::env::var("PAXOS_SIM_SEEDS")
