@@ -758,20 +758,16 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             // than at our next re-send, so both sides learn the link.
             self.reply(from);
         }
-        match self.phase {
-            Phase::Idle => return,
-            Phase::Settled => {
-                // Voters never count an observer's (or an abstaining
-                // voter's) answer, so such a node answers only those that
-                // do not count either.
-                let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
-                let useful = self.counts() || !asker_counts;
-                if msg.state == PeerState::Looking && useful {
-                    self.reply(from);
-                }
-                return;
+        if self.phase == Phase::Settled {
+            // Voters never count an observer's (or an abstaining voter's)
+            // answer, so such a node answers only those that do not count
+            // either.
+            let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
+            let useful = self.counts() || !asker_counts;
+            if msg.state == PeerState::Looking && useful {
+                self.reply(from);
             }
-            Phase::Looking => {}
+            return;
         }
         if !self.quorum.is_voter(from) || msg.abstain {
             // An observer or an abstaining voter asking: tell it what we

@@ -683,8 +683,9 @@ fn other_voter<E: Elector>(sim: &Sim<E>, not: NodeId) -> Result<NodeId, Violatio
 /// Quorum loss: the leader and every follower but one (the hub) reach
 /// only the hub, which reaches everyone. The leader loses its quorum; the
 /// hub is the only node connected to a quorum, so (with five voters) it
-/// must be elected and commit. With three voters the leader keeps its
-/// quorum through the hub, and writes must simply go on.
+/// must be elected and commit, and, isolated in turn, step down by
+/// check-quorum. With three voters the leader keeps its quorum through the
+/// hub, and writes must simply go on.
 pub fn quorum_loss<E: Elector>(
     mk: MakeSim<'_, E>,
     seed: u64,
@@ -701,14 +702,25 @@ pub fn quorum_loss<E: Elector>(
     hub_only(&mut sim, hub);
     let acked = sim.stats().acked;
     commits_under_fault(&mut sim, acked + 20, "quorum loss")?;
-    if voters >= 5 && sim.leader() != Some(hub) {
-        return Err(fail(
-            &sim,
-            &format!(
-                "the leader is {:?}, not the only quorum-connected node {hub}",
-                sim.leader()
-            ),
-        ));
+    if voters >= 5 {
+        if sim.leader() != Some(hub) {
+            return Err(fail(
+                &sim,
+                &format!(
+                    "the leader is {:?}, not the only quorum-connected node {hub}",
+                    sim.leader()
+                ),
+            ));
+        }
+        // The hub, followed on its own word by nodes that reach only it,
+        // still steps down by check-quorum once it loses its quorum.
+        sim.isolate(hub);
+        let stepped = sim.run_until(Duration::from_secs(5), |s| {
+            s.replica(hub).is_some_and(|r| !r.is_leader())
+        })?;
+        if !stepped {
+            return Err(fail(&sim, "the isolated hub did not step down"));
+        }
     }
     sim.heal();
     finish(sim)

@@ -251,7 +251,7 @@ fn hub_election(rule: bool) -> [Option<NodeId>; 5] {
                 }
             }
         }
-        now = now + Duration::from_millis(1);
+        now += Duration::from_millis(1);
         for (from, to, bytes) in wire {
             let m = Notification::decode(&bytes).expect("well-formed");
             nodes[(to.0 - 1) as usize].handle_message(now, from, m);
