@@ -1,5 +1,6 @@
-//! Fuzzes the election codec: arbitrary bytes must decode to an error or to
-//! the one message whose encoding they are, and a decoded message fed to an
+//! Fuzzes the election codec (wire versions 1 and 2): arbitrary bytes must
+//! decode to an error or to the one message whose encoding they are (a
+//! message is written in the lowest version that carries it), and a decoded message fed to an
 //! elector must never panic it. CI twin: the `arbitrary_bytes_*` and
 //! `corrupted_encodings_*` proptests in paxos-election's tests/it/properties.rs.
 #![no_main]

@@ -4,10 +4,10 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | wire version, [`WIRE_VERSION`] |
+//! | 0 | 1 | wire version: 1, or [`WIRE_VERSION`] (2) |
 //! | 1 | 1 | kind: 1 = notification (others reserved) |
 //! | 2 | 1 | sender state: 0 LOOKING, 1 FOLLOWING, 2 LEADING, 3 OBSERVING |
-//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked, bit 2 abstain; other bits must be 0 |
+//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked, bit 2 abstain, bit 3 connected (version 2 only); other bits must be 0 |
 //! | 4 | 8 | round |
 //! | 12 | 8 | vote: leader node id (0 when there is no vote) |
 //! | 20 | 4 | vote: leader's current epoch (0 when there is no vote) |
@@ -18,6 +18,16 @@
 //! the reserved bit and drops the whole notification, which is exactly
 //! what it must do with an abstaining one (never count it); everything a
 //! voting node sends is unchanged, byte for byte.
+//!
+//! Version 2 adds bit 3, *connected*: the vote's candidate heard from a
+//! quorum when it stood ([`Vote::connected`]). A notification is written
+//! in the lowest version that carries it: version 2 exactly when bit 3 is
+//! set, so a vote without the claim is byte for byte what version 1
+//! wrote, and a version 2 frame without bit 3 (or a version 1 frame with
+//! it) is refused as non-canonical. An older build refuses version 2 with
+//! its unsupported-version error and drops the notification; see
+//! [`ElectionConfig::connectivity_rule`](crate::ElectionConfig) for
+//! upgrading.
 //!
 //! Decoding checks the length before reading anything, rejects anything
 //! over [`MAX_MESSAGE_BYTES`] up front, accepts exactly one encoding per
@@ -30,8 +40,10 @@ use paxos_core::{Epoch, NodeId, PeerState, Zxid};
 
 use crate::{Notification, Vote};
 
-/// The wire version this build writes and reads.
-pub const WIRE_VERSION: u8 = 1;
+/// The newest wire version this build writes and reads (it reads 1 and 2).
+pub const WIRE_VERSION: u8 = 2;
+/// The oldest wire version this build reads.
+pub const MIN_WIRE_VERSION: u8 = 1;
 /// The kind byte of a [`Notification`].
 pub const KIND_NOTIFICATION: u8 = 1;
 /// The encoded size of a [`Notification`].
@@ -42,6 +54,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64;
 const FLAG_HAS_VOTE: u8 = 0b01;
 const FLAG_LOCKED: u8 = 0b10;
 const FLAG_ABSTAIN: u8 = 0b100;
+const FLAG_CONNECTED: u8 = 0b1000;
 const HEADER_BYTES: usize = 2;
 
 /// Why bytes could not be decoded as an election message.
@@ -72,7 +85,9 @@ pub enum CodecError {
         extra: usize,
     },
     /// A wire version this build does not speak.
-    #[error("unsupported election wire version {found} (this build speaks {WIRE_VERSION})")]
+    #[error(
+        "unsupported election wire version {found} (this build speaks {MIN_WIRE_VERSION} to {WIRE_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version byte received.
         found: u8,
@@ -143,11 +158,20 @@ impl Notification {
         if self.abstain {
             flags |= FLAG_ABSTAIN;
         }
+        if self.vote.is_some_and(|v| v.connected) {
+            flags |= FLAG_CONNECTED;
+        }
         let (leader, epoch, zxid) = match self.vote {
             Some(v) => (v.leader.0, v.epoch.0, v.zxid.as_u64()),
             None => (0, 0, 0),
         };
-        buf.put_u8(WIRE_VERSION);
+        // The lowest version that carries the message.
+        let version = if flags & FLAG_CONNECTED != 0 {
+            WIRE_VERSION
+        } else {
+            MIN_WIRE_VERSION
+        };
+        buf.put_u8(version);
         buf.put_u8(KIND_NOTIFICATION);
         buf.put_u8(state_byte(self.state));
         buf.put_u8(flags);
@@ -179,8 +203,9 @@ impl Notification {
                 need: HEADER_BYTES,
             });
         }
-        if bytes[0] != WIRE_VERSION {
-            return Err(CodecError::UnsupportedVersion { found: bytes[0] });
+        let version = bytes[0];
+        if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
+            return Err(CodecError::UnsupportedVersion { found: version });
         }
         let kind = bytes[1];
         if kind != KIND_NOTIFICATION {
@@ -200,10 +225,21 @@ impl Notification {
         }
         let state = state_from_byte(bytes[2])?;
         let flags = bytes[3];
-        if flags & !(FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN) != 0 {
+        let known = match version {
+            1 => FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN,
+            _ => FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN | FLAG_CONNECTED,
+        };
+        if flags & !known != 0 {
             return Err(CodecError::InvalidFlags {
                 flags,
                 reason: "reserved bits set",
+            });
+        }
+        let connected = flags & FLAG_CONNECTED != 0;
+        if version >= 2 && !connected {
+            return Err(CodecError::InvalidFlags {
+                flags,
+                reason: "version 2 without the connected flag (version 1 carries it)",
             });
         }
         let round = be_u64(bytes, 4);
@@ -215,8 +251,15 @@ impl Notification {
                 leader: NodeId(leader),
                 epoch: Epoch(epoch),
                 zxid: Zxid(zxid),
+                connected,
             })
         } else {
+            if connected {
+                return Err(CodecError::InvalidFlags {
+                    flags,
+                    reason: "connected without a vote",
+                });
+            }
             if leader != 0 || epoch != 0 || zxid != 0 {
                 return Err(CodecError::InvalidFlags {
                     flags,
@@ -252,6 +295,7 @@ mod tests {
                 leader: NodeId(3),
                 epoch: Epoch(2),
                 zxid: Zxid::new(Epoch(2), 9),
+                connected: false,
             }),
             round: 41,
             state: PeerState::Following,
@@ -283,7 +327,7 @@ mod tests {
                 extra: 1
             })
         );
-        let huge = vec![WIRE_VERSION; MAX_MESSAGE_BYTES + 1];
+        let huge = vec![MIN_WIRE_VERSION; MAX_MESSAGE_BYTES + 1];
         assert!(matches!(
             Notification::decode(&huge),
             Err(CodecError::TooLong { .. })
@@ -298,11 +342,17 @@ mod tests {
             b[at] = v;
             Notification::decode(&b)
         };
-        assert_eq!(with(0, 2), Err(CodecError::UnsupportedVersion { found: 2 }));
+        assert_eq!(with(0, 3), Err(CodecError::UnsupportedVersion { found: 3 }));
+        assert_eq!(with(0, 0), Err(CodecError::UnsupportedVersion { found: 0 }));
         assert_eq!(with(1, 9), Err(CodecError::UnknownKind { kind: 9 }));
         assert_eq!(with(2, 4), Err(CodecError::InvalidState { state: 4 }));
         assert!(matches!(
-            with(3, 0b1000),
+            with(3, 0b1_0000),
+            Err(CodecError::InvalidFlags { .. })
+        ));
+        // The connected bit is reserved in version 1.
+        assert!(matches!(
+            with(3, FLAG_HAS_VOTE | FLAG_CONNECTED),
             Err(CodecError::InvalidFlags { .. })
         ));
         // The abstain bit round-trips and changes nothing else.
@@ -329,5 +379,58 @@ mod tests {
             abstain: false,
         };
         assert_eq!(Notification::decode(&none.to_bytes()), Ok(none));
+    }
+
+    #[test]
+    fn a_connected_vote_is_written_in_version_2_and_only_there() {
+        let mut n = sample();
+        let v1 = n.to_bytes();
+        assert_eq!(v1[0], 1, "a vote without the claim stays version 1");
+        n.vote = n.vote.map(|v| v.with_connected(true));
+        let v2 = n.to_bytes();
+        assert_eq!(v2.len(), NOTIFICATION_BYTES);
+        assert_eq!(v2[0], 2);
+        assert_eq!(v2[3], FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_CONNECTED);
+        assert_eq!(v2[4..], v1[4..], "the body is unchanged");
+        assert_eq!(Notification::decode(&v2), Ok(n));
+        // Version 2 without the flag is not canonical.
+        let mut b = v1.to_vec();
+        b[0] = 2;
+        assert!(matches!(
+            Notification::decode(&b),
+            Err(CodecError::InvalidFlags { .. })
+        ));
+        // The flag without a vote.
+        let mut b = v2.to_vec();
+        b[3] = FLAG_CONNECTED;
+        b[12..].fill(0);
+        assert!(matches!(
+            Notification::decode(&b),
+            Err(CodecError::InvalidFlags { .. })
+        ));
+    }
+
+    /// A version 1 frame as an older build wrote it (bytes spelled out,
+    /// not produced by this encoder) still decodes.
+    #[test]
+    fn an_older_builds_frame_still_decodes() {
+        let mut b = vec![1, KIND_NOTIFICATION, 0, FLAG_HAS_VOTE];
+        b.extend_from_slice(&7u64.to_be_bytes());
+        b.extend_from_slice(&3u64.to_be_bytes());
+        b.extend_from_slice(&2u32.to_be_bytes());
+        b.extend_from_slice(&Zxid::new(Epoch(2), 5).as_u64().to_be_bytes());
+        let n = Notification::decode(&b).expect("a version 1 frame decodes");
+        assert_eq!(n.round, 7);
+        assert_eq!(n.state, PeerState::Looking);
+        let v = n.vote.expect("has a vote");
+        assert_eq!(
+            (v.leader, v.epoch, v.connected),
+            (NodeId(3), Epoch(2), false)
+        );
+        assert_eq!(
+            n.to_bytes().as_ref(),
+            &b[..],
+            "and is written back unchanged"
+        );
     }
 }

@@ -57,6 +57,20 @@ pub struct ElectionConfig {
     /// Switch with [`FastElection::set_voting`](crate::FastElection) (the
     /// `Elector::set_voting` of `paxos-core`). Ignored for observers.
     pub voting: bool,
+    /// The connectivity rule (on by default): a candidate says in its vote
+    /// whether it heard from a quorum of voters within
+    /// `connectivity_window`; connected candidates rank first, only their
+    /// votes are locked, a node locks the vote its candidate locked, and a
+    /// node follows a connected leader that reports its own election. Off,
+    /// the election behaves and encodes exactly as wire version 1 did: turn
+    /// it off on every node first when upgrading a cluster of older builds
+    /// (they cannot read version 2 notifications), then on again.
+    pub connectivity_rule: bool,
+    /// How recently a peer must have been heard from to count as
+    /// connected. At least [`max_resend_interval`](Self::max_resend_interval),
+    /// or a looking peer's silence between two re-sends would look like a
+    /// lost link.
+    pub connectivity_window: Duration,
 }
 
 impl Default for ElectionConfig {
@@ -73,6 +87,8 @@ impl Default for ElectionConfig {
             initial_round: 0,
             seed: 0,
             voting: true,
+            connectivity_rule: true,
+            connectivity_window: Duration::from_millis(1600),
         }
     }
 }
@@ -124,6 +140,15 @@ pub enum ConfigError {
         base_timeout: Duration,
         /// The configured cap.
         max_timeout: Duration,
+    },
+    /// `connectivity_window` is shorter than the longest gap between two
+    /// re-sends of a looking peer.
+    #[error("connectivity window {window:?} is shorter than the re-send interval {min:?}")]
+    ConnectivityWindowTooShort {
+        /// The configured window.
+        window: Duration,
+        /// [`ElectionConfig::max_resend_interval`].
+        min: Duration,
     },
     /// `initial_round` is at or beyond [`MAX_ROUND`].
     #[error("initial round {round} is beyond the round space ({MAX_ROUND})")]

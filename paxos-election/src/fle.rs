@@ -58,6 +58,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     stuck_retries: u32,
     max_round_lead: u64,
     rng: SplitMix64,
+    /// See [`ElectionConfig::connectivity_rule`].
+    connectivity_rule: bool,
+    connectivity_window: Duration,
 
     phase: Phase,
     state: PeerState,
@@ -81,6 +84,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     /// At most one queued notification per peer (a newer one replaces it).
     outbox: VecDeque<(NodeId, Notification)>,
     decision: Option<Decision>,
+    /// When each peer was last heard from since we last started looking,
+    /// and whether it then abstained.
+    heard: BTreeMap<NodeId, (Time, bool)>,
 }
 
 impl FastElection<Majority> {
@@ -124,6 +130,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 max_timeout: config.max_timeout,
             });
         }
+        if config.connectivity_rule && config.connectivity_window < config.max_resend_interval() {
+            return Err(ConfigError::ConnectivityWindowTooShort {
+                window: config.connectivity_window,
+                min: config.max_resend_interval(),
+            });
+        }
         if config.initial_round >= MAX_ROUND {
             return Err(ConfigError::RoundOutOfRange {
                 round: config.initial_round,
@@ -141,6 +153,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
             stuck_retries: config.stuck_retries.max(1),
             max_round_lead: config.max_round_lead,
             rng: SplitMix64::new(config.seed),
+            connectivity_rule: config.connectivity_rule,
+            connectivity_window: config.connectivity_window,
             phase: Phase::Idle,
             state: PeerState::Looking,
             round: config.initial_round,
@@ -157,6 +171,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             settled: None,
             outbox: VecDeque::new(),
             decision: None,
+            heard: BTreeMap::new(),
         })
     }
 
@@ -211,13 +226,77 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.voter && !self.abstain
     }
 
-    fn self_vote(&self) -> Option<Vote> {
+    fn self_vote(&self, now: Time) -> Option<Vote> {
         match self.me {
-            Some(info) if self.counts() && self.quorum.can_lead(self.id) => {
-                Some(Vote::new(self.id, info))
-            }
+            Some(info) if self.counts() && self.quorum.can_lead(self.id) => Some(
+                Vote::new(self.id, info)
+                    .with_connected(self.connectivity_rule && self.quorum_connected(now)),
+            ),
             _ => None,
         }
+    }
+
+    /// Whether we heard from `peer` within the connectivity window.
+    fn heard_recently(&self, peer: NodeId, now: Time) -> bool {
+        self.heard
+            .get(&peer)
+            .is_some_and(|(at, _)| now.saturating_since(*at) <= self.connectivity_window)
+    }
+
+    /// Whether we count and heard, within the connectivity window and since
+    /// we started looking, from enough voting voters to form a quorum with
+    /// us. Abstaining voters do not count: no quorum of the kernel counts
+    /// a recovering replica.
+    pub fn quorum_connected(&self, now: Time) -> bool {
+        if !self.counts() {
+            return false;
+        }
+        let mut ids = self
+            .heard
+            .iter()
+            .filter(|(p, (_, abstains))| !*abstains && self.heard_recently(**p, now))
+            .map(|(p, _)| *p)
+            .chain(std::iter::once(self.id));
+        self.quorum.is_quorum(&mut ids)
+    }
+
+    /// Records that `from` was heard; true if it had not been heard within
+    /// the window before (a link that just came up, as far as we know).
+    fn note_heard(&mut self, from: NodeId, now: Time, abstains: bool) -> bool {
+        let new = !self.heard_recently(from, now);
+        self.heard.insert(from, (now, abstains));
+        new
+    }
+
+    /// Whether `v` may be locked: under the connectivity rule only a vote
+    /// whose candidate heard from a quorum when it stood.
+    fn lockable(&self, v: Vote) -> bool {
+        !self.connectivity_rule || v.connected
+    }
+
+    /// The candidate of our proposal has itself locked it in our round:
+    /// it saw a quorum hold it for the settle wait, which we may not see
+    /// (we may reach only some of that quorum).
+    fn candidate_vouches(&self, p: Vote) -> bool {
+        self.connectivity_rule && p.leader != self.id && self.locks.get(&p.leader) == Some(&p)
+    }
+
+    /// A connected leader that reports, itself and recently, that it was
+    /// elected: followed even if we cannot see a quorum of its voters (we
+    /// may reach only the leader). Stale claims cost liveness only: the
+    /// kernel's discovery and check-quorum decide whether it really leads.
+    fn vouched_leader(&self, now: Time) -> Option<(Vote, u64)> {
+        if !self.connectivity_rule {
+            return None;
+        }
+        self.reports.iter().find_map(|(id, r)| {
+            let vouches = r.state == PeerState::Leading
+                && r.locked
+                && r.vote.leader == *id
+                && r.vote.connected
+                && self.heard_recently(*id, now);
+            vouches.then_some((r.vote, r.round))
+        })
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -348,7 +427,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         }
     }
 
-    fn on_looking(&mut self, from: NodeId, msg: Notification) {
+    fn on_looking(&mut self, now: Time, from: NodeId, msg: Notification) {
         // It looks again, unless this is a reordered message from before
         // its report (a node looks in a later round than it settled in).
         if self.reports.get(&from).is_some_and(|r| r.round < msg.round) {
@@ -357,7 +436,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round > self.round {
             tracing::debug!(node = %self.id, from = %from, round = msg.round, "joining newer election round");
             self.enter_round(msg.round);
-            self.proposal = self.self_vote().max(msg.vote);
+            self.proposal = self.self_vote(now).max(msg.vote);
             self.record(from, msg);
             self.broadcast();
         } else if msg.round < self.round {
@@ -494,11 +573,29 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.decide(v, r, "a quorum follows a running leader");
             return;
         }
+        if let Some((v, r)) = self.vouched_leader(now) {
+            self.decide(v, r, "a connected leader reports its election");
+            return;
+        }
         if self.locked || !self.counts() {
             return;
         }
+        // We may have become connected since we stood: say so (a vote only
+        // improves within a round).
+        if let Some(me) = self.self_vote(now) {
+            if Some(me) > self.proposal {
+                tracing::debug!(node = %self.id, vote = ?me, "standing with a better vote of our own");
+                self.proposal = Some(me);
+                self.settle_deadline = None;
+                self.broadcast();
+            }
+        }
         match self.proposal {
-            Some(p) if self.quorum_holds(p) => {
+            Some(p) if self.lockable(p) && self.candidate_vouches(p) => {
+                self.lock_proposal();
+                self.evaluate(now);
+            }
+            Some(p) if self.lockable(p) && self.quorum_holds(p) => {
                 if self.settle_wait.is_zero() {
                     self.lock_proposal();
                     self.evaluate(now);
@@ -558,7 +655,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             if self.round + 1 < MAX_ROUND {
                 tracing::info!(node = %self.id, round = self.round, "round stalled after locking; starting the next");
                 self.enter_round(self.round + 1);
-                self.proposal = self.self_vote();
+                self.proposal = self.self_vote(now);
             } else {
                 tracing::error!(node = %self.id, "round space exhausted; cannot start another round");
             }
@@ -584,6 +681,9 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.settled = None;
         self.decision = None;
         self.reports.clear();
+        // Connectivity is measured afresh in every looking period: what we
+        // heard while settled says nothing about the links that failed.
+        self.heard.clear();
         if self.counts() {
             if self.round + 1 < MAX_ROUND {
                 self.enter_round(self.round + 1);
@@ -600,7 +700,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             self.locks.clear();
             self.settle_deadline = None;
         }
-        self.proposal = self.self_vote();
+        self.proposal = self.self_vote(now);
         self.retry_backoff = self.base_timeout;
         let wait = self.jittered(self.base_timeout);
         self.retry_deadline = Some(now + wait);
@@ -629,6 +729,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                         leader,
                         epoch,
                         zxid: Zxid::ZERO,
+                        connected: false,
                     },
                     round: self.round,
                     elected: false,
@@ -647,23 +748,26 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             tracing::warn!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
             return;
         }
-        match self.phase {
-            Phase::Idle => {
-                tracing::debug!(node = %self.id, from = %from, "not started; dropping election message");
-                return;
+        if self.phase == Phase::Idle {
+            tracing::debug!(node = %self.id, from = %from, "not started; dropping election message");
+            return;
+        }
+        let new_link = self.note_heard(from, now, msg.abstain);
+        if new_link && self.connectivity_rule && self.phase == Phase::Looking && self.counts() {
+            // It may not have heard from us either: tell it at once rather
+            // than at our next re-send, so both sides learn the link.
+            self.reply(from);
+        }
+        if self.phase == Phase::Settled {
+            // Voters never count an observer's (or an abstaining voter's)
+            // answer, so such a node answers only those that do not count
+            // either.
+            let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
+            let useful = self.counts() || !asker_counts;
+            if msg.state == PeerState::Looking && useful {
+                self.reply(from);
             }
-            Phase::Settled => {
-                // Voters never count an observer's (or an abstaining
-                // voter's) answer, so such a node answers only those that
-                // do not count either.
-                let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
-                let useful = self.counts() || !asker_counts;
-                if msg.state == PeerState::Looking && useful {
-                    self.reply(from);
-                }
-                return;
-            }
-            Phase::Looking => {}
+            return;
         }
         if !self.quorum.is_voter(from) || msg.abstain {
             // An observer or an abstaining voter asking: tell it what we
@@ -674,7 +778,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             return;
         }
         match msg.state {
-            PeerState::Looking => self.on_looking(from, msg),
+            PeerState::Looking => self.on_looking(now, from, msg),
             PeerState::Following | PeerState::Leading => self.on_report(from, msg),
             PeerState::Observing => return,
         }
@@ -687,7 +791,9 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         }
         if self.settle_deadline.is_some_and(|d| d <= now) {
             self.settle_deadline = None;
-            let holds = self.proposal.is_some_and(|p| self.quorum_holds(p));
+            let holds = self
+                .proposal
+                .is_some_and(|p| self.lockable(p) && self.quorum_holds(p));
             if !self.locked && self.counts() && holds {
                 self.lock_proposal();
             }

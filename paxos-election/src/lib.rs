@@ -10,8 +10,9 @@
 //!
 //! # Protocol
 //!
-//! A [`Vote`] names a proposed leader with its `(epoch, zxid)`; votes are
-//! ordered by `(epoch, zxid, id)`. Every message is a [`Notification`]: the
+//! A [`Vote`] names a proposed leader with its `(epoch, zxid)` and whether
+//! it was *connected* (see below); votes are ordered by
+//! `(connected, epoch, zxid, id)`. Every message is a [`Notification`]: the
 //! sender's vote, its election round, its [`PeerState`] and a *locked* flag.
 //!
 //! - A LOOKING node enters a new round, votes for itself and sends its vote to
@@ -29,8 +30,24 @@
 //!   **no two nodes ever decide different leaders in one round**, whatever
 //!   the message delays (plain ZooKeeper relies on the finalize wait
 //!   outlasting the delays). Each locker's proposal is at least its own vote,
-//!   so the winner holds the highest `(epoch, zxid)` of the quorum that
-//!   elected it.
+//!   so the winner holds the highest `(epoch, zxid)` of the lockers that
+//!   were themselves connected (a connected winner may be behind an
+//!   unconnected locker; the replica's discovery fetches the quorum's most
+//!   recent history, so no committed entry depends on the vote order).
+//! - *Connectivity rule* ([`ElectionConfig::connectivity_rule`], on by
+//!   default). A LOOKING voter counts the voters it heard from within
+//!   [`ElectionConfig::connectivity_window`] since it started looking
+//!   (abstaining ones excepted); with them it is *quorum-connected* and its
+//!   own vote says so. It answers a peer it had not heard from at once, so
+//!   both ends learn a link within a round trip, and stands again as soon
+//!   as it becomes connected. Only a connected vote may be locked, so a
+//!   node that cannot reach a quorum never wins. Two additions let a node
+//!   that reaches only part of a quorum (say one *hub*) finish: it locks
+//!   its proposal when the proposal's candidate itself locked it in the
+//!   round (the candidate saw the quorum), and it follows a connected
+//!   leader that itself reports having been elected. Both stay within one
+//!   lock per node per round, so decisions stay unique; a stale claim costs
+//!   a retry, never safety.
 //! - A FOLLOWING or LEADING node answers every LOOKING peer with its leader
 //!   and the round that elected it. A LOOKING node that hears a quorum of
 //!   settled voters name the same leader, that leader itself reporting that
@@ -135,7 +152,8 @@ mod rng;
 mod vote;
 
 pub use codec::{
-    CodecError, KIND_NOTIFICATION, MAX_MESSAGE_BYTES, NOTIFICATION_BYTES, WIRE_VERSION,
+    CodecError, KIND_NOTIFICATION, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION, NOTIFICATION_BYTES,
+    WIRE_VERSION,
 };
 pub use config::{ConfigError, ElectionConfig, MAX_ROUND};
 pub use fle::FastElection;

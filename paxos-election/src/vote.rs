@@ -6,9 +6,9 @@ use paxos_core::{Epoch, NodeId, PeerState, VoteInfo, Zxid};
 
 /// A vote: a proposed leader with the recency of its history.
 ///
-/// Votes are totally ordered by `(epoch, zxid, leader)`, highest wins: the
-/// node with the most recent history is preferred, and the node id breaks
-/// ties.
+/// Votes are totally ordered by `(connected, epoch, zxid, leader)`, highest
+/// wins: a candidate connected to a quorum is preferred to any other, then
+/// the node with the most recent history, and the node id breaks ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Vote {
     /// The proposed leader.
@@ -17,16 +17,28 @@ pub struct Vote {
     pub epoch: Epoch,
     /// The proposed leader's last zxid.
     pub zxid: Zxid,
+    /// The proposed leader said, when it stood in this round, that it had
+    /// recently heard from a quorum of voting voters (itself included).
+    /// Under the connectivity rule only such a vote can be locked, so a
+    /// node that cannot reach a quorum never wins (see the crate docs).
+    pub connected: bool,
 }
 
 impl Vote {
-    /// A vote for `leader`, whose history is described by `info`.
+    /// A vote for `leader`, whose history is described by `info`, not
+    /// claiming connectivity (see [`with_connected`](Self::with_connected)).
     pub const fn new(leader: NodeId, info: VoteInfo) -> Vote {
         Vote {
             leader,
             epoch: info.current_epoch,
             zxid: info.last_zxid,
+            connected: false,
         }
+    }
+
+    /// The same vote with the connectivity claim set to `connected`.
+    pub const fn with_connected(self, connected: bool) -> Vote {
+        Vote { connected, ..self }
     }
 
     /// The recency part of the vote.
@@ -37,8 +49,8 @@ impl Vote {
         }
     }
 
-    fn key(&self) -> (Epoch, Zxid, NodeId) {
-        (self.epoch, self.zxid, self.leader)
+    fn key(&self) -> (bool, Epoch, Zxid, NodeId) {
+        (self.connected, self.epoch, self.zxid, self.leader)
     }
 }
 

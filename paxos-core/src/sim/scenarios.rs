@@ -26,6 +26,10 @@ pub const NAMES: &[&str] = &[
     "slow_snapshot_transfer_and_install",
     "lost_snapshot_chunk_resumes",
     "snapshot_sync_end_lost",
+    "quorum_loss_5",
+    "quorum_loss_3",
+    "constrained_election",
+    "chained",
 ];
 
 /// Runs the scenario `name` with `seed` on simulations built by `mk`;
@@ -48,6 +52,10 @@ pub fn run<E: Elector>(
         "slow_snapshot_transfer_and_install" => slow_snapshot_transfer_and_install(mk, seed),
         "lost_snapshot_chunk_resumes" => lost_snapshot_chunk_resumes(mk, seed),
         "snapshot_sync_end_lost" => snapshot_sync_end_lost(mk, seed),
+        "quorum_loss_5" => quorum_loss(mk, seed, 5),
+        "quorum_loss_3" => quorum_loss(mk, seed, 3),
+        "constrained_election" => constrained_election(mk, seed),
+        "chained" => chained(mk, seed),
         _ => return None,
     })
 }
@@ -619,5 +627,188 @@ pub fn snapshot_sync_end_lost<E: Elector>(
             &format!("sync end not recovered without a new snapshot: {st:?}"),
         ));
     }
+    finish(sim)
+}
+
+// ----- partial connectivity (OmniPaxos, EuroSys'23) -------------------------
+
+/// How long after a partial-connectivity fault starts the cluster must
+/// commit new proposals again. The failure these scenarios were written
+/// for took no write for the whole fault (12 s on real processes).
+pub const PARTIAL_FAULT_BOUND: Duration = Duration::from_secs(10);
+
+/// Cuts every link that does not touch `hub` (both directions): `hub`
+/// reaches every node, every other node reaches only `hub`.
+fn hub_only<E: Elector>(sim: &mut Sim<E>, hub: NodeId) {
+    let ids = sim.node_ids();
+    for (k, a) in ids.iter().enumerate() {
+        for b in &ids[k + 1..] {
+            if *a != hub && *b != hub {
+                sim.cut(*a, *b);
+            }
+        }
+    }
+}
+
+/// Runs until more than `more_than` commands are acknowledged, failing
+/// with `what` if that takes longer than [`PARTIAL_FAULT_BOUND`].
+fn commits_under_fault<E: Elector>(
+    sim: &mut Sim<E>,
+    more_than: u64,
+    what: &str,
+) -> Result<(), Violation> {
+    if sim.run_until(PARTIAL_FAULT_BOUND, |s| s.stats().acked > more_than)? {
+        Ok(())
+    } else {
+        Err(fail(
+            sim,
+            &format!(
+                "{what}: no write committed within {PARTIAL_FAULT_BOUND:?} of the fault \
+                 (leader {:?}, {:?})",
+                sim.leader(),
+                sim.stats()
+            ),
+        ))
+    }
+}
+
+/// The first voter other than `not`.
+fn other_voter<E: Elector>(sim: &Sim<E>, not: NodeId) -> Result<NodeId, Violation> {
+    sim.node_ids()
+        .into_iter()
+        .find(|n| *n != not)
+        .ok_or_else(|| fail(sim, "no second voter"))
+}
+
+/// Quorum loss: the leader and every follower but one (the hub) reach
+/// only the hub, which reaches everyone. The leader loses its quorum; the
+/// hub is the only node connected to a quorum, so (with five voters) it
+/// must be elected and commit, and, isolated in turn, step down by
+/// check-quorum. With three voters the leader keeps its quorum through the
+/// hub, and writes must simply go on.
+pub fn quorum_loss<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+    voters: usize,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters,
+        ..SimConfig::default()
+    });
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let hub = other_voter(&sim, l)?;
+    hub_only(&mut sim, hub);
+    let acked = sim.stats().acked;
+    commits_under_fault(&mut sim, acked + 20, "quorum loss")?;
+    if voters >= 5 {
+        if sim.leader() != Some(hub) {
+            return Err(fail(
+                &sim,
+                &format!(
+                    "the leader is {:?}, not the only quorum-connected node {hub}",
+                    sim.leader()
+                ),
+            ));
+        }
+        // The hub, followed on its own word by nodes that reach only it,
+        // still steps down by check-quorum once it loses its quorum.
+        sim.isolate(hub);
+        let stepped = sim.run_until(Duration::from_secs(5), |s| {
+            s.replica(hub).is_some_and(|r| !r.is_leader())
+        })?;
+        if !stepped {
+            return Err(fail(&sim, "the isolated hub did not step down"));
+        }
+    }
+    sim.heal();
+    finish(sim)
+}
+
+/// Constrained election: the hub falls behind while cut off, then the
+/// up-to-date nodes lose every link but the one to the hub, and the old
+/// leader is cut off entirely. The only quorum-connected node (the hub)
+/// has an older log than the others; it must be elected anyway, fetch the
+/// newer history in discovery, and commit.
+pub fn constrained_election<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut cfg = SimConfig {
+        seed,
+        voters: 5,
+        ..SimConfig::default()
+    };
+    // The hub's fetch of the newer history works by DIFF only: a follower
+    // that compacted past the hub's position answers that it cannot serve
+    // it and the hub steps down. Keep the logs.
+    cfg.snapshot_every = 0;
+    cfg.replica.retention_entries = 1 << 20;
+    let mut sim = mk(cfg);
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let hub = other_voter(&sim, l)?;
+    sim.isolate(hub);
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 30)?;
+    let x = sim
+        .last_acked()
+        .ok_or_else(|| fail(&sim, "nothing acknowledged"))?;
+    if sim.replica(hub).is_some_and(|r| r.holds(x)) {
+        return Err(fail(&sim, "the cut-off hub holds the newest entry"));
+    }
+    // One step: the new topology replaces the old one before any event.
+    sim.heal();
+    hub_only(&mut sim, hub);
+    sim.isolate(l);
+    let acked = sim.stats().acked;
+    commits_under_fault(&mut sim, acked + 20, "constrained election")?;
+    if sim.leader() != Some(hub) {
+        return Err(fail(
+            &sim,
+            &format!(
+                "the leader is {:?}, not the only quorum-connected node {hub}",
+                sim.leader()
+            ),
+        ));
+    }
+    if !sim.replica(hub).is_some_and(|r| r.holds(x)) {
+        return Err(fail(&sim, "the hub leads without the newest entry"));
+    }
+    sim.heal();
+    finish(sim)
+}
+
+/// Chained: three voters, only the link between the leader and one
+/// follower is down (the other follower reaches both). Writes must go on
+/// and leadership must not flip-flop: once the cluster commits again, at
+/// most one more leadership is established while the fault holds.
+pub fn chained<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters: 3,
+        ..SimConfig::default()
+    });
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let f = other_voter(&sim, l)?;
+    sim.cut(l, f);
+    let acked = sim.stats().acked;
+    commits_under_fault(&mut sim, acked + 20, "chained")?;
+    let leaders = sim.stats().leaders;
+    let acked = sim.stats().acked;
+    sim.run_for(Duration::from_secs(5))?;
+    let changes = sim.stats().leaders - leaders;
+    if changes > 1 {
+        return Err(fail(
+            &sim,
+            &format!("leadership changed {changes} times while the chained fault held"),
+        ));
+    }
+    if sim.stats().acked <= acked {
+        return Err(fail(&sim, "writes stopped while the chained fault held"));
+    }
+    sim.heal();
     finish(sim)
 }

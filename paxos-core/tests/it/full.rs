@@ -7,6 +7,12 @@ use paxos_election::{ElectionConfig, FastElection};
 use paxos_snapshot::{PlannerConfig, ZabPlanner};
 
 fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
+    full_sim_with(cfg, true)
+}
+
+/// The full stack, with the election's connectivity rule on or off (off:
+/// the election of wire version 1).
+fn full_sim_with(cfg: SimConfig, connectivity_rule: bool) -> Sim<FastElection> {
     let seed = cfg.seed;
     Sim::new(
         cfg,
@@ -16,6 +22,7 @@ fn full_sim(cfg: SimConfig) -> Sim<FastElection> {
                 voters: c.voters.clone(),
                 observers: c.observers.clone(),
                 seed: seed.wrapping_mul(1_000_003) ^ id.0,
+                connectivity_rule,
                 ..ElectionConfig::default()
             })
             .expect("valid election config")
@@ -32,6 +39,42 @@ fn full_stack_scenarios() {
                 Ok(st) => println!("full {name} seed {seed}: {st:?}"),
                 Err(v) => panic!("full stack {name}: {v}"),
             }
+        }
+    }
+}
+
+/// The partial-connectivity cases of OmniPaxos (EuroSys'23): quorum loss
+/// (five and three voters), constrained election and chained. Every seed
+/// runs; the failures are reported together.
+#[test]
+fn full_stack_partial_connectivity() {
+    let mut failures = Vec::new();
+    for name in [
+        "quorum_loss_5",
+        "quorum_loss_3",
+        "constrained_election",
+        "chained",
+    ] {
+        for seed in 0..6 {
+            match scenarios::run(name, &full_sim, seed).expect("known scenario") {
+                Ok(st) => println!("full {name} seed {seed}: {st:?}"),
+                Err(v) => failures.push(format!("{name}: {v}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Without the connectivity rule the quorum-loss and constrained cases
+/// stall: the best vote belongs to a node that cannot reach a quorum, only
+/// the hub sees a quorum hold it, and no round ever decides.
+#[test]
+fn full_stack_partial_connectivity_stalls_without_the_rule() {
+    let off = |cfg: SimConfig| full_sim_with(cfg, false);
+    for name in ["quorum_loss_5", "constrained_election"] {
+        match scenarios::run(name, &off, 0).expect("known scenario") {
+            Ok(st) => panic!("{name} committed without the rule: {st:?}"),
+            Err(v) => assert!(v.what.contains("no write committed"), "{name}: {v}"),
         }
     }
 }

@@ -30,6 +30,21 @@ fn elector(id: u64, voters: &[u64]) -> FastElection {
     .expect("valid config")
 }
 
+/// An elector with the connectivity rule off: the base protocol's
+/// mechanics exactly as wire version 1 ran them (the rule changes who may
+/// be locked, not how votes, rounds and locks move; `connectivity.rs`
+/// tests the rule itself).
+fn legacy(id: u64, voters: &[u64]) -> FastElection {
+    FastElection::new(ElectionConfig {
+        id: NodeId(id),
+        voters: ids(voters),
+        seed: id,
+        connectivity_rule: false,
+        ..ElectionConfig::default()
+    })
+    .expect("valid config")
+}
+
 fn looking(v: Option<Vote>, round: u64, locked: bool) -> Notification {
     Notification {
         vote: v,
@@ -87,7 +102,7 @@ fn looking_node_votes_for_itself_and_broadcasts() {
 
 #[test]
 fn better_vote_is_adopted_and_rebroadcast_worse_is_answered() {
-    let mut e = elector(1, &[1, 2, 3]);
+    let mut e = legacy(1, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 4));
     drain(&mut e);
     e.handle_message(at(1), NodeId(2), looking(Some(vote(2, 1, 2)), 1, false));
@@ -113,7 +128,7 @@ fn better_vote_is_adopted_and_rebroadcast_worse_is_answered() {
 
 #[test]
 fn a_better_vote_during_the_settle_wait_cancels_the_lock() {
-    let mut e = elector(1, &[1, 2, 3]);
+    let mut e = legacy(1, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 4));
     e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
     assert_eq!(
@@ -130,7 +145,7 @@ fn a_better_vote_during_the_settle_wait_cancels_the_lock() {
 
 #[test]
 fn a_locked_node_keeps_its_vote_and_decides_on_a_quorum_of_locks() {
-    let mut e = elector(1, &[1, 2, 3]);
+    let mut e = legacy(1, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 4));
     e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
     e.handle_timeout(at(51));
@@ -154,7 +169,7 @@ fn a_locked_node_keeps_its_vote_and_decides_on_a_quorum_of_locks() {
 
 #[test]
 fn newer_rounds_are_joined_and_older_ones_answered() {
-    let mut e = elector(1, &[1, 2, 3]);
+    let mut e = legacy(1, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 4));
     drain(&mut e);
     e.handle_message(at(1), NodeId(2), looking(Some(vote(2, 1, 2)), 7, false));
@@ -313,6 +328,7 @@ fn a_stalled_lock_moves_to_the_next_round_with_backoff() {
         id: NodeId(1),
         voters: ids(&[1, 2, 3, 4]),
         stuck_retries: 2,
+        connectivity_rule: false,
         ..ElectionConfig::default()
     })
     .expect("valid");
@@ -379,6 +395,20 @@ fn bad_configs_are_refused() {
         }),
         Some(ConfigError::RoundOutOfRange { .. })
     ));
+    assert!(matches!(
+        bad(ElectionConfig {
+            connectivity_window: Duration::from_millis(100),
+            ..base.clone()
+        }),
+        Some(ConfigError::ConnectivityWindowTooShort { .. })
+    ));
+    // Off, the window is not used.
+    assert!(FastElection::new(ElectionConfig {
+        connectivity_window: Duration::ZERO,
+        connectivity_rule: false,
+        ..base.clone()
+    })
+    .is_ok());
     let w = Weighted::new([(NodeId(1), 1)]).expect("valid");
     assert_eq!(
         FastElection::with_quorum(base, w).err(),
@@ -388,7 +418,7 @@ fn bad_configs_are_refused() {
 
 #[test]
 fn reordered_old_messages_do_not_restart_the_settle_wait() {
-    let mut e = elector(2, &[1, 2, 3]);
+    let mut e = legacy(2, &[1, 2, 3]);
     e.start_looking(at(0), info(1, 1));
     // Node 3 has the better vote; we adopt it and {2, 3} hold it.
     e.handle_message(at(1), NodeId(3), looking(Some(vote(3, 1, 9)), 1, false));

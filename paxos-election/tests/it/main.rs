@@ -8,6 +8,7 @@
 )]
 
 mod abstain;
+mod connectivity;
 mod elector;
 mod heal;
 mod properties;

@@ -21,10 +21,11 @@ fn any_state() -> impl Strategy<Value = PeerState> {
 }
 
 fn any_vote(max_id: u64) -> impl Strategy<Value = Vote> {
-    (0..=max_id, 0u32..4, 0u32..4).prop_map(|(id, e, c)| Vote {
+    (0..=max_id, 0u32..4, 0u32..4, any::<bool>()).prop_map(|(id, e, c, connected)| Vote {
         leader: NodeId(id),
         epoch: Epoch(e),
         zxid: Zxid::new(Epoch(e), c),
+        connected,
     })
 }
 
@@ -48,17 +49,18 @@ fn any_notification(max_id: u64, max_round: u64) -> impl Strategy<Value = Notifi
 
 fn wide_notification() -> impl Strategy<Value = Notification> {
     (
-        proptest::option::of((any::<u64>(), any::<u32>(), any::<u64>())),
+        proptest::option::of((any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>())),
         any::<u64>(),
         any_state(),
         any::<bool>(),
         any::<bool>(),
     )
         .prop_map(|(v, round, state, locked, abstain)| Notification {
-            vote: v.map(|(l, e, z)| Vote {
+            vote: v.map(|(l, e, z, connected)| Vote {
                 leader: NodeId(l),
                 epoch: Epoch(e),
                 zxid: Zxid(z),
+                connected,
             }),
             round,
             state,
@@ -71,8 +73,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn votes_are_ordered_by_epoch_then_zxid_then_id(a in any_vote(9), b in any_vote(9)) {
-        let key = |v: &Vote| (v.epoch, v.zxid, v.leader);
+    fn votes_are_ordered_by_connectivity_then_epoch_then_zxid_then_id(
+        a in any_vote(9),
+        b in any_vote(9),
+    ) {
+        let key = |v: &Vote| (v.connected, v.epoch, v.zxid, v.leader);
         prop_assert_eq!(a.cmp(&b), key(&a).cmp(&key(&b)));
         prop_assert_eq!(a == b, key(&a) == key(&b));
     }
@@ -81,6 +86,9 @@ proptest! {
     fn codec_round_trips(n in wide_notification()) {
         let bytes = n.to_bytes();
         prop_assert_eq!(bytes.len(), NOTIFICATION_BYTES);
+        // The lowest version that carries it: 2 only for a connected vote.
+        let connected = n.vote.is_some_and(|v| v.connected);
+        prop_assert_eq!(bytes[0], if connected { 2 } else { 1 });
         prop_assert_eq!(Notification::decode(&bytes), Ok(n));
     }
 

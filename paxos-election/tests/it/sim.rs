@@ -181,8 +181,9 @@ pub struct Sim {
     pub decisions: Vec<(Time, NodeId, Decision)>,
     /// Round -> the leader decided in it.
     pub decided: BTreeMap<u64, NodeId>,
-    /// Round -> genuine locks seen: (node, vote, the node's looking info).
-    pub locks: BTreeMap<u64, BTreeSet<(NodeId, Vote, VoteInfo)>>,
+    /// Round -> genuine locks seen: (node, vote, the node's looking info,
+    /// whether the node was connected to a quorum when it locked).
+    pub locks: BTreeMap<u64, BTreeSet<(NodeId, Vote, VoteInfo, bool)>>,
     pub violations: Vec<String>,
     pub delivered: u64,
     pub dropped: u64,
@@ -300,8 +301,14 @@ impl Sim {
         let now = self.now;
         self.nodes[i].persisted_round = self.nodes[i].elector.round();
         if let Some((round, vote)) = self.nodes[i].elector.lock() {
-            let entry = (self.nodes[i].id, vote, self.nodes[i].looking_info);
-            self.locks.entry(round).or_default().insert(entry);
+            let id = self.nodes[i].id;
+            // Whether the locker was connected is read when the lock is
+            // first seen, i.e. in the input that made it.
+            let connected = self.nodes[i].elector.quorum_connected(now);
+            let set = self.locks.entry(round).or_default();
+            if !set.iter().any(|(l, v, _, _)| *l == id && *v == vote) {
+                set.insert((id, vote, self.nodes[i].looking_info, connected));
+            }
         }
         while let Some((to, msg)) = self.nodes[i].elector.poll_transmit() {
             let from = self.nodes[i].id;
@@ -392,6 +399,7 @@ impl Sim {
             leader: NodeId(leader),
             epoch: Epoch(r.below(5) as u32),
             zxid: Zxid(r.next_u64()),
+            connected: r.below(2) == 0,
         };
         let known = NodeId(1 + r.below(members));
         let (from, msg) = match r.below(7) {
@@ -796,14 +804,14 @@ impl Sim {
     /// at least each of theirs.
     pub fn check_final(&mut self) {
         for (&round, &leader) in &self.decided {
-            let lockers: Vec<&(NodeId, Vote, VoteInfo)> = self
+            let lockers: Vec<&(NodeId, Vote, VoteInfo, bool)> = self
                 .locks
                 .get(&round)
-                .map(|s| s.iter().filter(|(_, v, _)| v.leader == leader).collect())
+                .map(|s| s.iter().filter(|(_, v, _, _)| v.leader == leader).collect())
                 .unwrap_or_default();
             let mut ids = lockers
                 .iter()
-                .map(|(id, _, _)| *id)
+                .map(|(id, _, _, _)| *id)
                 .collect::<BTreeSet<_>>()
                 .into_iter();
             if !self.quorum.is_quorum(&mut ids) {
@@ -811,8 +819,11 @@ impl Sim {
                     "round {round}: {leader:?} decided without a quorum of locks ({lockers:?})"
                 ));
             }
-            for (id, vote, info) in &lockers {
-                if vote.info() < *info {
+            // The vote order ranks a connected candidate first: a locker
+            // that was not connected may lock a connected winner with an
+            // older history (discovery brings the winner up to date).
+            for (id, vote, info, connected) in &lockers {
+                if vote.info() < *info && (*connected || !vote.connected) {
                     self.violations.push(format!(
                         "round {round}: leader {leader:?} with {vote:?} is behind locker {id:?} with {info:?}"
                     ));
@@ -822,7 +833,7 @@ impl Sim {
         // A node locks at most one vote per round.
         for (round, set) in &self.locks {
             let mut by_node: BTreeMap<NodeId, Vote> = BTreeMap::new();
-            for (id, v, _) in set {
+            for (id, v, _, _) in set {
                 if let Some(prev) = by_node.insert(*id, *v) {
                     if prev != *v {
                         self.violations.push(format!(
