@@ -668,8 +668,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             };
             x.fault(format!("every link: {fault:?}"));
             for id in x.c.ids() {
-                x.c.net_for("link faults")?
-                    .set_node_links(id, fault.clone())?;
+                x.c.net_for("link faults")?.set_node_links(id, fault)?;
             }
             x.progress("over lossy links").await;
             x.hold(Duration::from_secs(4)).await;

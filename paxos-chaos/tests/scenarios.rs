@@ -7,6 +7,8 @@
 //!
 //! The scenarios run one at a time (each starts three or five nodes).
 
+#![allow(clippy::print_stdout)]
+
 use paxos_chaos::scenario::{run, RunOptions, Scenario};
 use std::sync::Mutex;
 
