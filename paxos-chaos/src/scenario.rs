@@ -78,8 +78,9 @@ pub enum Scenario {
     DiskFull,
     /// The leader's syncs become slow.
     SlowDiskLeader,
-    /// Lease reads on; the leader is cut off while a follower's clock jumps
-    /// forward, with a client reading from the old leader.
+    /// Lease reads on; the leader is cut off while a node's clock (a
+    /// follower's or the leader's) jumps forward, with a client reading
+    /// from the old leader.
     ClockJump,
 }
 
@@ -825,7 +826,10 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             let l = x.leader().await?;
             let addr = x.c.client_addr(l).context("the leader's address")?;
             x.w.add_pinned_reader(addr, x.c.security());
-            let f = x.pick(&x.followers(l))?;
+            // The clock that jumps: a follower's (its timers fire at once,
+            // it may lead the next epoch while the old leader thinks its
+            // lease holds) or the old leader's own (its lease ends early).
+            let f = x.pick(&x.c.ids())?;
             x.fault(format!(
                 "node {l} (the leader) cut off from its peers; node {f}'s clock jumps 10 s ahead"
             ));
