@@ -633,6 +633,12 @@ impl<S: Storage> Replica<S> {
     pub fn holds(&self, z: Zxid) -> bool {
         self.log.index.holds(z) || self.snapshot.is_some_and(|s| z <= s)
     }
+    /// The first zxid the log still holds, or `None` for an empty log
+    /// (everything compacted into the snapshot, or nothing yet). A peer
+    /// behind it cannot be brought level by DIFF from this replica.
+    pub fn first_retained(&self) -> Option<Zxid> {
+        self.log.index.first()
+    }
     /// What this replica would vote with.
     pub fn vote_info(&self) -> VoteInfo {
         VoteInfo {

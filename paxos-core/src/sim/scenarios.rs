@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "quorum_loss_5",
     "quorum_loss_3",
     "constrained_election",
+    "constrained_election_compacted",
     "chained",
 ];
 
@@ -54,7 +55,8 @@ pub fn run<E: Elector>(
         "snapshot_sync_end_lost" => snapshot_sync_end_lost(mk, seed),
         "quorum_loss_5" => quorum_loss(mk, seed, 5),
         "quorum_loss_3" => quorum_loss(mk, seed, 3),
-        "constrained_election" => constrained_election(mk, seed),
+        "constrained_election" => constrained_election(mk, seed, false),
+        "constrained_election_compacted" => constrained_election(mk, seed, true),
         "chained" => chained(mk, seed),
         _ => return None,
     })
@@ -731,38 +733,68 @@ pub fn quorum_loss<E: Elector>(
 /// leader is cut off entirely. The only quorum-connected node (the hub)
 /// has an older log than the others; it must be elected anyway, fetch the
 /// newer history in discovery, and commit.
+///
+/// With `compacted`, the nodes take snapshots and keep a short log, so
+/// while the hub is cut off every up-to-date node compacts its log past
+/// the hub's position: no DIFF can bring the hub level, and it must fetch
+/// a follower's snapshot (then the suffix after it) before it leads.
+/// Without `compacted` the logs are kept and the fetch is by DIFF.
 pub fn constrained_election<E: Elector>(
     mk: MakeSim<'_, E>,
     seed: u64,
+    compacted: bool,
 ) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         voters: 5,
         ..SimConfig::default()
     };
-    // The hub's fetch of the newer history works by DIFF only: a follower
-    // that compacted past the hub's position answers that it cannot serve
-    // it and the hub steps down. Keep the logs.
-    cfg.snapshot_every = 0;
-    cfg.replica.retention_entries = 1 << 20;
+    if compacted {
+        cfg.snapshot_every = 10;
+        cfg.replica.retention_entries = 5;
+    } else {
+        cfg.snapshot_every = 0;
+        cfg.replica.retention_entries = 1 << 20;
+    }
     let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let hub = other_voter(&sim, l)?;
     sim.isolate(hub);
+    let hub_last = sim
+        .replica(hub)
+        .map(|r| r.last_zxid())
+        .ok_or_else(|| fail(&sim, "the hub is down"))?;
     let acked = sim.stats().acked;
-    wait_acked(&mut sim, acked + 30)?;
+    wait_acked(&mut sim, acked + if compacted { 60 } else { 30 })?;
     let x = sim
         .last_acked()
         .ok_or_else(|| fail(&sim, "nothing acknowledged"))?;
     if sim.replica(hub).is_some_and(|r| r.holds(x)) {
         return Err(fail(&sim, "the cut-off hub holds the newest entry"));
     }
+    if compacted {
+        // Every node the hub can fetch from has compacted its log past
+        // the hub's position.
+        for n in sim.node_ids() {
+            let first = sim.replica(n).and_then(|r| r.first_retained());
+            if n != hub && n != l && first.is_none_or(|f| f <= hub_last) {
+                return Err(fail(
+                    &sim,
+                    &format!(
+                        "node {n}'s log (from {first:?}) still covers the hub's last entry \
+                         {hub_last:?}"
+                    ),
+                ));
+            }
+        }
+    }
     // One step: the new topology replaces the old one before any event.
     sim.heal();
     hub_only(&mut sim, hub);
     sim.isolate(l);
     let acked = sim.stats().acked;
+    let installs = sim.stats().snap_installs;
     commits_under_fault(&mut sim, acked + 20, "constrained election")?;
     if sim.leader() != Some(hub) {
         return Err(fail(
@@ -775,6 +807,12 @@ pub fn constrained_election<E: Elector>(
     }
     if !sim.replica(hub).is_some_and(|r| r.holds(x)) {
         return Err(fail(&sim, "the hub leads without the newest entry"));
+    }
+    if compacted && sim.stats().snap_installs == installs {
+        return Err(fail(
+            &sim,
+            "the hub caught up without installing a snapshot",
+        ));
     }
     sim.heal();
     finish(sim)
