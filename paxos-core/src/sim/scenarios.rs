@@ -30,6 +30,7 @@ pub const NAMES: &[&str] = &[
     "quorum_loss_3",
     "constrained_election",
     "constrained_election_compacted",
+    "constrained_election_slow_snapshot",
     "chained",
 ];
 
@@ -55,8 +56,11 @@ pub fn run<E: Elector>(
         "snapshot_sync_end_lost" => snapshot_sync_end_lost(mk, seed),
         "quorum_loss_5" => quorum_loss(mk, seed, 5),
         "quorum_loss_3" => quorum_loss(mk, seed, 3),
-        "constrained_election" => constrained_election(mk, seed, false),
-        "constrained_election_compacted" => constrained_election(mk, seed, true),
+        "constrained_election" => constrained_election(mk, seed, HubCatchUp::Diff),
+        "constrained_election_compacted" => constrained_election(mk, seed, HubCatchUp::Snapshot),
+        "constrained_election_slow_snapshot" => {
+            constrained_election(mk, seed, HubCatchUp::SlowLossySnapshot)
+        }
         "chained" => chained(mk, seed),
         _ => return None,
     })
@@ -728,33 +732,54 @@ pub fn quorum_loss<E: Elector>(
     finish(sim)
 }
 
+/// How the hub of [`constrained_election`] gets the newer history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubCatchUp {
+    /// The nodes keep their logs: the hub fetches the newer entries by DIFF.
+    Diff,
+    /// The nodes take snapshots and keep a short log, so while the hub is
+    /// cut off every up-to-date node compacts its log past the hub's
+    /// position: no DIFF can bring the hub level, and it must fetch a
+    /// follower's snapshot (then the entries after it) before it leads.
+    Snapshot,
+    /// As `Snapshot`, over a paced link with a slow install (together
+    /// longer than discovery's timeout), and one chunk to the hub lost:
+    /// progress keeps the hub's discovery alive, and the lost chunk is
+    /// asked for again from the offset the hub holds.
+    SlowLossySnapshot,
+}
+
 /// Constrained election: the hub falls behind while cut off, then the
 /// up-to-date nodes lose every link but the one to the hub, and the old
 /// leader is cut off entirely. The only quorum-connected node (the hub)
 /// has an older log than the others; it must be elected anyway, fetch the
 /// newer history in discovery, and commit.
 ///
-/// With `compacted`, the nodes take snapshots and keep a short log, so
-/// while the hub is cut off every up-to-date node compacts its log past
-/// the hub's position: no DIFF can bring the hub level, and it must fetch
-/// a follower's snapshot (then the suffix after it) before it leads.
-/// Without `compacted` the logs are kept and the fetch is by DIFF.
+/// See [`HubCatchUp`] for how the hub gets the newer history.
 pub fn constrained_election<E: Elector>(
     mk: MakeSim<'_, E>,
     seed: u64,
-    compacted: bool,
+    catch_up: HubCatchUp,
 ) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         voters: 5,
         ..SimConfig::default()
     };
+    let compacted = catch_up != HubCatchUp::Diff;
     if compacted {
         cfg.snapshot_every = 10;
         cfg.replica.retention_entries = 5;
     } else {
         cfg.snapshot_every = 0;
         cfg.replica.retention_entries = 1 << 20;
+    }
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        // About 7 chunks, 100 ms apart, and a 600 ms install: together
+        // longer than discovery's timeout (two election timeouts).
+        cfg.snap_chunk_bytes = 256;
+        cfg.snap_chunk_interval = Duration::from_millis(100);
+        cfg.snap_install_time = Duration::from_millis(600);
     }
     let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
@@ -795,6 +820,9 @@ pub fn constrained_election<E: Elector>(
     sim.isolate(l);
     let acked = sim.stats().acked;
     let installs = sim.stats().snap_installs;
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        sim.drop_next("SNAP", hub, 2, 1);
+    }
     commits_under_fault(&mut sim, acked + 20, "constrained election")?;
     if sim.leader() != Some(hub) {
         return Err(fail(
@@ -813,6 +841,15 @@ pub fn constrained_election<E: Elector>(
             &sim,
             "the hub caught up without installing a snapshot",
         ));
+    }
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        let st = sim.stats();
+        if st.dropped_on_purpose != 1 || st.snap_resumes == 0 {
+            return Err(fail(
+                &sim,
+                &format!("the hub's lost snapshot chunk was not resumed: {st:?}"),
+            ));
+        }
     }
     sim.heal();
     finish(sim)

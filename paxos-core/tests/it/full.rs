@@ -54,6 +54,7 @@ fn full_stack_partial_connectivity() {
         "quorum_loss_3",
         "constrained_election",
         "constrained_election_compacted",
+        "constrained_election_slow_snapshot",
         "chained",
     ] {
         for seed in 0..6 {
