@@ -94,8 +94,10 @@ pub struct ReadState {
 /// Snapshot work for the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotRequest {
-    /// Leader: stream the local snapshot taken at `snapshot` to `to`,
-    /// starting at byte `offset`, through [`Replica::send_snapshot_chunk`].
+    /// Stream the local snapshot taken at `snapshot` to `to`, starting at
+    /// byte `offset`, through [`Replica::send_snapshot_chunk`]. Asked of a
+    /// leader for a lagging follower, and of a follower for its
+    /// leader-elect, whose fetch in discovery its log no longer covers.
     Send {
         /// The follower.
         to: NodeId,
@@ -104,9 +106,12 @@ pub enum SnapshotRequest {
         /// First byte to send.
         offset: u64,
     },
-    /// Follower: write this chunk; after the last one, restore the state
-    /// machine from the snapshot, make it durable, and call
-    /// [`Replica::snapshot_installed`].
+    /// Write this chunk; after the last one, restore the state machine
+    /// from the snapshot, make it durable, and call
+    /// [`Replica::snapshot_installed`] (report progress meanwhile with
+    /// [`Replica::snapshot_progress`]). Asked of a follower synced by
+    /// snapshot, and of a leader-elect fetching a follower's snapshot in
+    /// discovery.
     Write {
         /// The leader that sent it.
         from: NodeId,
@@ -293,7 +298,9 @@ enum LPhase {
     CollectInfo,
     /// NEWEPOCH sent; collecting ACKEPOCH from a quorum.
     CollectAcks,
-    /// Fetching the missing suffix from the follower with the most recent history.
+    /// Fetching the missing suffix from the follower with the most recent
+    /// history: by DIFF, or, when that follower's log no longer covers our
+    /// position, its snapshot and then the entries after it.
     Fetching,
     /// Syncing followers; waiting for a quorum of NEWLEADER acks.
     Sync,
@@ -1092,6 +1099,12 @@ impl<S: Storage> Replica<S> {
     /// the transfer alive on these reports
     /// ([`Config::snapshot_progress_timeout`]); at most one report per
     /// heartbeat interval leaves, the others are dropped.
+    ///
+    /// Leader-elect fetching a follower's snapshot in discovery: the same
+    /// calls; nothing is sent, but progress keeps discovery from timing
+    /// out (for [`Config::snapshot_progress_timeout`] after each report)
+    /// and `received` is where the transfer resumes if it must be asked
+    /// for again.
     pub fn snapshot_progress(
         &mut self,
         now: Time,
