@@ -2503,9 +2503,21 @@ impl<S: Storage> Replica<S> {
         let sync_timeout = self.config.sync_timeout;
         match l.phase {
             LPhase::CollectInfo | LPhase::CollectAcks | LPhase::Fetching => {
+                // A fetch by snapshot may outlast discovery's timeout while
+                // it progresses, as long as a quorum still answers us.
                 let progress_timeout = self.config.snapshot_progress_timeout;
+                let me = self.id;
+                let heard = |n: NodeId| {
+                    n == me
+                        || l.peers.get(&n).is_some_and(|p| {
+                            p.phase == PPhase::Acked
+                                && !p.recovering
+                                && now.saturating_since(p.last_heard) <= timeout
+                        })
+                };
                 let snap_alive = l.fetch_snap.is_some()
-                    && now.saturating_since(l.fetch_progress_at) <= progress_timeout;
+                    && now.saturating_since(l.fetch_progress_at) <= progress_timeout
+                    && self.config.is_quorum(heard);
                 if now.saturating_since(l.started) > timeout * 2 && !snap_alive {
                     self.lose_leader("discovery timed out");
                     return;
