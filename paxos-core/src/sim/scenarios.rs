@@ -819,7 +819,7 @@ pub fn constrained_election<E: Elector>(
     hub_only(&mut sim, hub);
     sim.isolate(l);
     let acked = sim.stats().acked;
-    let installs = sim.stats().snap_installs;
+    let fetched = sim.stats().snap_fetches;
     if catch_up == HubCatchUp::SlowLossySnapshot {
         sim.drop_next("SNAP", hub, 2, 1);
     }
@@ -836,7 +836,7 @@ pub fn constrained_election<E: Elector>(
     if !sim.replica(hub).is_some_and(|r| r.holds(x)) {
         return Err(fail(&sim, "the hub leads without the newest entry"));
     }
-    if compacted && sim.stats().snap_installs == installs {
+    if compacted && sim.stats().snap_fetches == fetched {
         return Err(fail(
             &sim,
             "the hub caught up without installing a snapshot",
