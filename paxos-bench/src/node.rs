@@ -1590,6 +1590,11 @@ impl Driver {
         }
     }
 
+    /// Snapshot work, whatever this node's role: a leader streams to a
+    /// lagging follower and the follower installs; in discovery a follower
+    /// streams to its leader-elect (FETCHSNAP) and the leader-elect
+    /// installs. The kernel says which transfer it still wants through
+    /// `send_snapshot_chunk` and `snapshot_installed`.
     fn on_snapshot_request(&mut self, req: SnapshotRequest) {
         match req {
             SnapshotRequest::Send {

@@ -20,17 +20,21 @@
 //! recovering; other bits must be 0), and tag 23 is READMIT
 //! (`epoch u32`). Version 3 ([`WIRE_VERSION`]) adds tag 24, SNAPPROGRESS
 //! (`epoch u32 | round u32 | snapshot u64 | received u64 | flags u8`, flags
-//! bit 0: installing; other bits must be 0).
+//! bit 0: installing; other bits must be 0). Version 4 adds tag 25,
+//! FETCHSNAP (`epoch u32 | snapshot u64 | offset u64`): a leader-elect
+//! asks the follower whose log no longer covers its fetch for a snapshot.
 //!
 //! The encoder writes the *lowest* version that can express a message
 //! ([`Codec::version_of`]): everything but a recovering FOLLOWERINFO,
-//! READMIT and SNAPPROGRESS still goes out as version 1, byte for byte as
+//! READMIT, SNAPPROGRESS and FETCHSNAP still goes out as version 1, byte for byte as
 //! before, so a mixed cluster keeps working. The decoder reads versions
 //! [`MIN_WIRE_VERSION`] to [`WIRE_VERSION`], and a tag only in the versions
 //! that define it. An older build drops a newer frame as an unknown
 //! version, which is safe: a leader that cannot read a recovering
 //! follower's FOLLOWERINFO never syncs it, so never counts it, and one that
-//! cannot read SNAPPROGRESS times a snapshot transfer out as before.
+//! cannot read SNAPPROGRESS times a snapshot transfer out as before; a
+//! follower that cannot read FETCHSNAP sends nothing, and the leader-elect
+//! gives up its discovery after the timeout, as it gave up at once before.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -38,7 +42,7 @@ use crate::message::{Entry, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
 /// The newest wire format version this codec writes and reads.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// The oldest wire format version this codec reads (and writes, for every
 /// message that version can express).
 pub const MIN_WIRE_VERSION: u8 = 1;
@@ -135,6 +139,7 @@ impl Codec {
             }
             | Message::Readmit { .. } => 2,
             Message::SnapProgress { .. } => 3,
+            Message::FetchSnapshot { .. } => 4,
             _ => MIN_WIRE_VERSION,
         }
     }
@@ -186,6 +191,7 @@ impl Codec {
                         + 1
                 }
                 Message::Readmit { .. } => 4,
+                Message::FetchSnapshot { .. } => 4 + 8 + 8,
             }
     }
 
@@ -367,6 +373,15 @@ impl Codec {
                 out.put_u8(u8::from(*unable));
             }
             Message::Readmit { epoch } => out.put_u32_le(epoch.0),
+            Message::FetchSnapshot {
+                epoch,
+                snapshot,
+                offset,
+            } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(snapshot.0);
+                out.put_u64_le(*offset);
+            }
         }
         debug_assert_eq!(
             out.len() - start,
@@ -545,6 +560,11 @@ impl Codec {
                     flags & FLAG_INSTALLING != 0
                 },
             },
+            25 if version >= 4 => Message::FetchSnapshot {
+                epoch: r.epoch()?,
+                snapshot: r.zxid()?,
+                offset: r.u64()?,
+            },
             t => return Err(CodecError::UnknownTag(t)),
         };
         let rest = r.buf.len() - r.pos;
@@ -586,6 +606,7 @@ fn tag(msg: &Message) -> u8 {
         Message::FetchReply { .. } => 22,
         Message::Readmit { .. } => 23,
         Message::SnapProgress { .. } => 24,
+        Message::FetchSnapshot { .. } => 25,
     }
 }
 
@@ -795,8 +816,8 @@ mod tests {
             Err(CodecError::UnknownTag(23))
         );
         assert_eq!(
-            codec.decode(Bytes::from_static(&[4, 1])),
-            Err(CodecError::UnknownVersion(4))
+            codec.decode(Bytes::from_static(&[WIRE_VERSION + 1, 1])),
+            Err(CodecError::UnknownVersion(WIRE_VERSION + 1))
         );
     }
 
@@ -841,6 +862,42 @@ mod tests {
             codec.decode(Bytes::from(bad)),
             Err(CodecError::InvalidFlag { value: 0b10, .. })
         ));
+    }
+
+    #[test]
+    fn fetch_snapshot_is_version_4() {
+        let codec = Codec::new(1 << 10);
+        let msg = env(Message::FetchSnapshot {
+            epoch: Epoch(6),
+            snapshot: Zxid::new(Epoch(5), 40),
+            offset: 3 << 20,
+        });
+        let w = codec.encode_to_bytes(&msg).unwrap();
+        assert_eq!(w[0], 4);
+        assert_eq!(w.len(), HEADER_BYTES + 20);
+        assert_eq!(codec.decode(w.clone()).unwrap(), msg);
+        for cut in 0..w.len() {
+            assert!(matches!(
+                codec.decode(w.slice(..cut)),
+                Err(CodecError::Truncated { .. })
+            ));
+        }
+        // Tag 25 does not exist before version 4.
+        for v in [1u8, 2, 3] {
+            let mut old = w.to_vec();
+            old[0] = v;
+            assert_eq!(
+                codec.decode(Bytes::from(old)),
+                Err(CodecError::UnknownTag(25))
+            );
+        }
+        // Every other message keeps its version.
+        let fetch = env(Message::FetchHistory {
+            epoch: Epoch(6),
+            current_epoch: Epoch(4),
+            last_zxid: Zxid::new(Epoch(4), 2),
+        });
+        assert_eq!(codec.encode_to_bytes(&fetch).unwrap()[0], 1);
     }
 
     #[test]

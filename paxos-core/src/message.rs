@@ -260,6 +260,21 @@ pub enum Message {
         /// The follower cannot serve the fetch (its log no longer covers it).
         unable: bool,
     },
+    /// Leader-elect in discovery to the follower it fetches from, after
+    /// that follower answered a FETCH with `unable` (its log was compacted
+    /// past the leader's position): stream me your newest snapshot as SNAP
+    /// chunks of this epoch; once I installed it I fetch the entries after
+    /// it. The transfer resumes at `offset` when the follower's newest
+    /// snapshot is still `snapshot`, else starts at 0. Wire version 4 only.
+    FetchSnapshot {
+        /// The leader's new epoch.
+        epoch: Epoch,
+        /// The snapshot the leader already holds part of (`Zxid::ZERO`
+        /// when it holds none).
+        snapshot: Zxid,
+        /// Bytes of `snapshot` the leader's receiver holds from offset 0.
+        offset: u64,
+    },
     /// Leader to a recovering follower: you are synced to my history in
     /// `epoch` (your ACKNEWLEADER for it was durable) and a quorum of other
     /// voters confirmed my leadership after that; you may vote again once
@@ -297,6 +312,7 @@ impl Message {
             Message::ReadIndexResponse { .. } => "READINDEXRESP",
             Message::FetchHistory { .. } => "FETCH",
             Message::FetchReply { .. } => "FETCHREPLY",
+            Message::FetchSnapshot { .. } => "FETCHSNAP",
             Message::Readmit { .. } => "READMIT",
         }
     }

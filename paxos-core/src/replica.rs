@@ -94,8 +94,10 @@ pub struct ReadState {
 /// Snapshot work for the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotRequest {
-    /// Leader: stream the local snapshot taken at `snapshot` to `to`,
-    /// starting at byte `offset`, through [`Replica::send_snapshot_chunk`].
+    /// Stream the local snapshot taken at `snapshot` to `to`, starting at
+    /// byte `offset`, through [`Replica::send_snapshot_chunk`]. Asked of a
+    /// leader for a lagging follower, and of a follower for its
+    /// leader-elect, whose fetch in discovery its log no longer covers.
     Send {
         /// The follower.
         to: NodeId,
@@ -104,9 +106,12 @@ pub enum SnapshotRequest {
         /// First byte to send.
         offset: u64,
     },
-    /// Follower: write this chunk; after the last one, restore the state
-    /// machine from the snapshot, make it durable, and call
-    /// [`Replica::snapshot_installed`].
+    /// Write this chunk; after the last one, restore the state machine
+    /// from the snapshot, make it durable, and call
+    /// [`Replica::snapshot_installed`] (report progress meanwhile with
+    /// [`Replica::snapshot_progress`]). Asked of a follower synced by
+    /// snapshot, and of a leader-elect fetching a follower's snapshot in
+    /// discovery.
     Write {
         /// The leader that sent it.
         from: NodeId,
@@ -269,6 +274,9 @@ struct Follower {
     newleader_seen: bool,
     installing: Option<Zxid>,
     snap_done: bool,
+    /// The local snapshot this follower streams to its leader-elect, which
+    /// asked for it (FETCHSNAP) because our log no longer covers its fetch.
+    serving_snap: Option<Zxid>,
     /// When the last SNAPPROGRESS left (rate limit: one per heartbeat).
     progress_sent_at: Option<Time>,
     /// The history NEWLEADER named, once taken; ACKNEWLEADER is sent again
@@ -290,7 +298,9 @@ enum LPhase {
     CollectInfo,
     /// NEWEPOCH sent; collecting ACKEPOCH from a quorum.
     CollectAcks,
-    /// Fetching the missing suffix from the follower with the most recent history.
+    /// Fetching the missing suffix from the follower with the most recent
+    /// history: by DIFF, or, when that follower's log no longer covers our
+    /// position, its snapshot and then the entries after it.
     Fetching,
     /// Syncing followers; waiting for a quorum of NEWLEADER acks.
     Sync,
@@ -348,6 +358,18 @@ struct Peer {
     readmitted: bool,
 }
 
+/// The leader-elect's fetch of a follower's snapshot in discovery.
+#[derive(Clone, Copy, Debug)]
+struct FetchSnap {
+    /// The snapshot being received; `Zxid::ZERO` until its first chunk.
+    snapshot: Zxid,
+    /// Bytes of it our receiver holds from offset 0 (where a restarted
+    /// transfer resumes).
+    received: u64,
+    /// The whole snapshot is in and our driver installs it.
+    installing: bool,
+}
+
 #[derive(Debug)]
 struct PendingRead {
     ctx: Bytes,
@@ -373,6 +395,13 @@ struct Leader {
     started: Time,
     fetch_from: Option<NodeId>,
     fetch_sent_at: Time,
+    /// Fetching by snapshot: `fetch_from`'s log no longer covers our
+    /// position, so we take its snapshot, then the entries after it.
+    fetch_snap: Option<FetchSnap>,
+    /// When the fetch by snapshot last progressed (a chunk, a progress
+    /// report of our own driver): discovery does not time out while it
+    /// progresses, however long the transfer and the install take.
+    fetch_progress_at: Time,
     counter: u32,
     hb_round: u64,
     hb_due: Time,
@@ -632,6 +661,12 @@ impl<S: Storage> Replica<S> {
     /// Whether the history holds `z` (in the log, or covered by the snapshot).
     pub fn holds(&self, z: Zxid) -> bool {
         self.log.index.holds(z) || self.snapshot.is_some_and(|s| z <= s)
+    }
+    /// The first zxid the log still holds, or `None` for an empty log
+    /// (everything compacted into the snapshot, or nothing yet). A peer
+    /// behind it cannot be brought level by DIFF from this replica.
+    pub fn first_retained(&self) -> Option<Zxid> {
+        self.log.index.first()
     }
     /// What this replica would vote with.
     pub fn vote_info(&self) -> VoteInfo {
@@ -990,8 +1025,17 @@ impl<S: Storage> Replica<S> {
     /// Follower: the snapshot at `zxid` received from the leader is
     /// restored into the state machine and durable. The replica drops its
     /// log (a truncation in the next `Ready`) and continues after `zxid`.
+    ///
+    /// Leader-elect in discovery: the snapshot fetched from the follower
+    /// whose log no longer covered our position is installed; the log is
+    /// reset likewise and the fetch goes on with the entries after it.
     pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid) {
         self.now = now;
+        if matches!(self.role, Role::Leading(_)) {
+            self.fetched_snapshot_installed(zxid);
+            self.advance_leader();
+            return;
+        }
         let Role::Following(f) = &mut self.role else {
             return;
         };
@@ -1011,6 +1055,41 @@ impl<S: Storage> Replica<S> {
         self.send_persisted(leader, Message::SnapInstalled { epoch, zxid });
     }
 
+    /// Leader-elect: a fetched snapshot is installed (see
+    /// [`Replica::snapshot_installed`]).
+    fn fetched_snapshot_installed(&mut self, zxid: Zxid) {
+        let now = self.now;
+        let last = self.log.last();
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let expected = l.phase == LPhase::Fetching
+            && l.fetch_snap
+                .is_some_and(|fs| fs.snapshot == zxid && zxid != Zxid::ZERO);
+        let Some(from) = l.fetch_from.filter(|_| expected) else {
+            tracing::warn!(id = %self.id, ?zxid, "unexpected snapshot install on a leader; ignoring");
+            return;
+        };
+        if zxid <= last {
+            // Checked on the first chunk; the log does not grow meanwhile.
+            tracing::warn!(id = %self.id, ?zxid, ?last, "fetched snapshot does not cover our log; ignoring");
+            return;
+        }
+        l.fetch_snap = None;
+        l.fetch_sent_at = now;
+        l.fetch_progress_at = now;
+        // The snapshot holds only committed entries (a follower snapshots
+        // what it applied), and everything we held is below it: what we
+        // drop is either inside it or was never committed.
+        tracing::info!(id = %self.id, ?zxid, %from, "fetched snapshot installed; log reset, fetching the entries after it");
+        self.log.reset_to(zxid);
+        self.snapshot = Some(zxid);
+        self.commit = self.commit.max(zxid);
+        self.applied = self.applied.max(zxid);
+        self.apply_sent = self.apply_sent.max(zxid);
+        self.send_fetch(from);
+    }
+
     /// Follower: the snapshot `snapshot` being received from the leader
     /// (through [`SnapshotRequest::Write`]) has its first `received` bytes
     /// in place, and, if `installing`, is complete and being installed.
@@ -1020,6 +1099,12 @@ impl<S: Storage> Replica<S> {
     /// the transfer alive on these reports
     /// ([`Config::snapshot_progress_timeout`]); at most one report per
     /// heartbeat interval leaves, the others are dropped.
+    ///
+    /// Leader-elect fetching a follower's snapshot in discovery: the same
+    /// calls; nothing is sent, but progress keeps discovery from timing
+    /// out (for [`Config::snapshot_progress_timeout`] after each report)
+    /// and `received` is where the transfer resumes if it must be asked
+    /// for again.
     pub fn snapshot_progress(
         &mut self,
         now: Time,
@@ -1029,6 +1114,21 @@ impl<S: Storage> Replica<S> {
     ) {
         self.now = now;
         let hb = self.config.heartbeat_interval;
+        if let Role::Leading(l) = &mut self.role {
+            // Our own fetch of a follower's snapshot: progress keeps
+            // discovery alive and says where a restart resumes.
+            if let Some(fs) = l.fetch_snap.as_mut().filter(|fs| {
+                l.phase == LPhase::Fetching && fs.snapshot == snapshot && snapshot != Zxid::ZERO
+            }) {
+                if installing || received > fs.received {
+                    l.fetch_progress_at = now;
+                    l.fetch_sent_at = now;
+                }
+                fs.received = received;
+                fs.installing = installing;
+            }
+            return;
+        }
         let Role::Following(f) = &mut self.role else {
             return;
         };
@@ -1057,7 +1157,28 @@ impl<S: Storage> Replica<S> {
     /// Leader: one chunk of the snapshot a [`SnapshotRequest::Send`] asked
     /// for. Returns `false` (and sends nothing) if that follower no longer
     /// waits for this snapshot.
+    ///
+    /// Follower: the same for a snapshot its leader-elect asked for in
+    /// discovery ([`Message::FetchSnapshot`]).
     pub fn send_snapshot_chunk(&mut self, to: NodeId, chunk: SnapChunk) -> bool {
+        if let Role::Following(f) = &self.role {
+            if f.leader != to
+                || f.phase != FPhase::Sync
+                || f.serving_snap != Some(chunk.snapshot_zxid)
+            {
+                return false;
+            }
+            let (epoch, round) = (f.epoch, f.round);
+            self.send(
+                to,
+                Message::Snap {
+                    epoch,
+                    round,
+                    chunk,
+                },
+            );
+            return true;
+        }
         let Role::Leading(l) = &mut self.role else {
             return false;
         };
@@ -1257,6 +1378,7 @@ impl<S: Storage> Replica<S> {
             newleader_seen: false,
             installing: None,
             snap_done: false,
+            serving_snap: None,
             progress_sent_at: None,
             newleader_last: Zxid::ZERO,
             ack_ready_seq: u64::MAX,
@@ -1295,6 +1417,8 @@ impl<S: Storage> Replica<S> {
             started: now,
             fetch_from: None,
             fetch_sent_at: now,
+            fetch_snap: None,
+            fetch_progress_at: now,
             counter: 0,
             hb_round: 0,
             hb_due: now + self.config.heartbeat_interval,
@@ -1358,6 +1482,7 @@ impl<S: Storage> Replica<S> {
                 f.newleader_seen = false;
                 f.installing = None;
                 f.snap_done = false;
+                f.serving_snap = None;
                 f.progress_sent_at = None;
                 self.promised_to = Some((from, epoch));
                 let hs = HardState {
@@ -1541,6 +1666,27 @@ impl<S: Storage> Replica<S> {
                         last_zxid,
                     },
                 );
+            }
+            Message::FetchSnapshot {
+                epoch,
+                snapshot,
+                offset,
+            } => {
+                if f.epoch != epoch || f.phase != FPhase::Sync {
+                    return;
+                }
+                let Some(s) = self.snapshot else {
+                    tracing::warn!(id = %self.id, leader = %from, "snapshot fetch asked but no local snapshot; ignoring");
+                    return;
+                };
+                let offset = if s == snapshot { offset } else { 0 };
+                f.serving_snap = Some(s);
+                tracing::info!(id = %self.id, leader = %from, snapshot = ?s, offset, "streaming our snapshot to the leader-elect");
+                self.out.snapshot_requests.push(SnapshotRequest::Send {
+                    to: from,
+                    snapshot: s,
+                    offset,
+                });
             }
             other => {
                 tracing::debug!(id = %self.id, msg = other.name(), "follower ignores message");
@@ -1772,7 +1918,27 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
                 if unable {
-                    self.lose_leader("cannot fetch the most recent history");
+                    if l.fetch_snap.is_some() {
+                        // A reply to a FETCH sent before we asked for the
+                        // snapshot: the transfer answers that.
+                        return;
+                    }
+                    // The follower compacted its log past our position:
+                    // take its snapshot, then the entries after it.
+                    tracing::info!(id = %self.id, %from, last = ?self.log.last(), "discovery: the follower's log no longer covers our position; fetching its snapshot");
+                    l.fetch_snap = Some(FetchSnap {
+                        snapshot: Zxid::ZERO,
+                        received: 0,
+                        installing: false,
+                    });
+                    l.fetch_sent_at = now;
+                    l.fetch_progress_at = now;
+                    self.send_fetch_snapshot(from);
+                    return;
+                }
+                if l.fetch_snap.is_some() {
+                    // A late reply to a FETCH sent before the snapshot was
+                    // asked for; the snapshot replaces our log anyway.
                     return;
                 }
                 if let Some(t) = trunc_to {
@@ -1844,6 +2010,42 @@ impl<S: Storage> Replica<S> {
                 }
                 p.snap_heard = true;
                 p.snap_received = received;
+            }
+            Message::Snap {
+                epoch: e, chunk, ..
+            } => {
+                if e != epoch || l.phase != LPhase::Fetching || l.fetch_from != Some(from) {
+                    return;
+                }
+                let Some(fs) = l.fetch_snap.as_mut() else {
+                    return;
+                };
+                let z = chunk.snapshot_zxid;
+                if fs.installing {
+                    return; // held already; the install runs
+                }
+                if fs.snapshot != z {
+                    if fs.snapshot != Zxid::ZERO && chunk.offset != 0 {
+                        return; // the rest of a transfer we no longer take
+                    }
+                    if z <= self.log.last() {
+                        // Installing drops our log: only a snapshot past
+                        // everything we hold keeps every entry we may
+                        // have acknowledged (those are in the follower's
+                        // history, so below its snapshot). Not the case:
+                        // give up as before.
+                        tracing::warn!(id = %self.id, %from, snapshot = ?z, last = ?self.log.last(), "the follower's snapshot does not cover our log");
+                        self.lose_leader("cannot fetch the most recent history");
+                        return;
+                    }
+                    fs.snapshot = z;
+                    fs.received = 0;
+                }
+                l.fetch_progress_at = now;
+                l.fetch_sent_at = now;
+                self.out
+                    .snapshot_requests
+                    .push(SnapshotRequest::Write { from, chunk });
             }
             Message::SnapInstalled { epoch: e, zxid } => {
                 let Some(p) = l.peers.get_mut(&from) else {
@@ -1999,6 +2201,22 @@ impl<S: Storage> Replica<S> {
             epoch: l.epoch,
             current_epoch: self.hs.current_epoch,
             last_zxid: self.log.last(),
+        };
+        self.send(to, msg);
+    }
+
+    fn send_fetch_snapshot(&mut self, to: NodeId) {
+        let Role::Leading(l) = &self.role else { return };
+        let Some(fs) = l.fetch_snap else { return };
+        let (snapshot, offset) = if fs.installing {
+            (Zxid::ZERO, 0)
+        } else {
+            (fs.snapshot, fs.received)
+        };
+        let msg = Message::FetchSnapshot {
+            epoch: l.epoch,
+            snapshot,
+            offset,
         };
         self.send(to, msg);
     }
@@ -2285,16 +2503,50 @@ impl<S: Storage> Replica<S> {
         let sync_timeout = self.config.sync_timeout;
         match l.phase {
             LPhase::CollectInfo | LPhase::CollectAcks | LPhase::Fetching => {
-                if now.saturating_since(l.started) > timeout * 2 {
+                // A fetch by snapshot may outlast discovery's timeout while
+                // it progresses, as long as a quorum still answers us.
+                let progress_timeout = self.config.snapshot_progress_timeout;
+                let me = self.id;
+                let heard = |n: NodeId| {
+                    n == me
+                        || l.peers.get(&n).is_some_and(|p| {
+                            p.phase == PPhase::Acked
+                                && !p.recovering
+                                && now.saturating_since(p.last_heard) <= timeout
+                        })
+                };
+                let snap_alive = l.fetch_snap.is_some()
+                    && now.saturating_since(l.fetch_progress_at) <= progress_timeout
+                    && self.config.is_quorum(heard);
+                if now.saturating_since(l.started) > timeout * 2 && !snap_alive {
                     self.lose_leader("discovery timed out");
                     return;
                 }
-                if l.phase == LPhase::Fetching
-                    && now.saturating_since(l.fetch_sent_at) > sync_timeout
-                {
-                    if let Some(n) = l.fetch_from {
-                        l.fetch_sent_at = now;
-                        self.send_fetch(n);
+                if l.phase == LPhase::Fetching {
+                    match l.fetch_snap {
+                        None if now.saturating_since(l.fetch_sent_at) > sync_timeout => {
+                            if let Some(n) = l.fetch_from {
+                                l.fetch_sent_at = now;
+                                self.send_fetch(n);
+                            }
+                        }
+                        // No chunk nor progress for a while (a lost request
+                        // or chunk): ask again, resuming at what we hold.
+                        // An install of our own runs off the loop and
+                        // reports progress, which is not the follower's to
+                        // resend.
+                        Some(fs)
+                            if !fs.installing
+                                && now.saturating_since(l.fetch_sent_at) > sync_timeout
+                                && now.saturating_since(l.fetch_progress_at) > sync_timeout =>
+                        {
+                            if let Some(n) = l.fetch_from {
+                                l.fetch_sent_at = now;
+                                tracing::info!(id = %self.id, from = %n, snapshot = ?fs.snapshot, offset = fs.received, "snapshot fetch stalled; asking again");
+                                self.send_fetch_snapshot(n);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

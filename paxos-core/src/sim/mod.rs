@@ -245,6 +245,9 @@ pub struct SimStats {
     pub snap_installs: u64,
     /// History fetches by a new leader.
     pub fetches: u64,
+    /// Snapshots a leader-elect fetched from a follower in discovery (the
+    /// follower's log no longer covered its position) and installed.
+    pub snap_fetches: u64,
     /// Crashes.
     pub crashes: u64,
     /// Reads confirmed.
@@ -1667,6 +1670,10 @@ impl<E: Elector> Sim<E> {
             n.sm_len = snap.len;
             n.sm_last = snap.zxid;
             self.stats.snap_installs += 1;
+            if r.leader() == Some(r.id()) {
+                // Only a leader-elect in discovery installs while leading.
+                self.stats.snap_fetches += 1;
+            }
             let id = n.id;
             self.snap_open.retain(|(_, f)| *f != id);
         } else {

@@ -29,6 +29,8 @@ pub const NAMES: &[&str] = &[
     "quorum_loss_5",
     "quorum_loss_3",
     "constrained_election",
+    "constrained_election_compacted",
+    "constrained_election_slow_snapshot",
     "chained",
 ];
 
@@ -54,7 +56,11 @@ pub fn run<E: Elector>(
         "snapshot_sync_end_lost" => snapshot_sync_end_lost(mk, seed),
         "quorum_loss_5" => quorum_loss(mk, seed, 5),
         "quorum_loss_3" => quorum_loss(mk, seed, 3),
-        "constrained_election" => constrained_election(mk, seed),
+        "constrained_election" => constrained_election(mk, seed, HubCatchUp::Diff),
+        "constrained_election_compacted" => constrained_election(mk, seed, HubCatchUp::Snapshot),
+        "constrained_election_slow_snapshot" => {
+            constrained_election(mk, seed, HubCatchUp::SlowLossySnapshot)
+        }
         "chained" => chained(mk, seed),
         _ => return None,
     })
@@ -726,43 +732,97 @@ pub fn quorum_loss<E: Elector>(
     finish(sim)
 }
 
+/// How the hub of [`constrained_election`] gets the newer history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubCatchUp {
+    /// The nodes keep their logs: the hub fetches the newer entries by DIFF.
+    Diff,
+    /// The nodes take snapshots and keep a short log, so while the hub is
+    /// cut off every up-to-date node compacts its log past the hub's
+    /// position: no DIFF can bring the hub level, and it must fetch a
+    /// follower's snapshot (then the entries after it) before it leads.
+    Snapshot,
+    /// As `Snapshot`, over a paced link with a slow install (together
+    /// longer than discovery's timeout), and one chunk to the hub lost:
+    /// progress keeps the hub's discovery alive, and the lost chunk is
+    /// asked for again from the offset the hub holds.
+    SlowLossySnapshot,
+}
+
 /// Constrained election: the hub falls behind while cut off, then the
 /// up-to-date nodes lose every link but the one to the hub, and the old
 /// leader is cut off entirely. The only quorum-connected node (the hub)
 /// has an older log than the others; it must be elected anyway, fetch the
 /// newer history in discovery, and commit.
+///
+/// See [`HubCatchUp`] for how the hub gets the newer history.
 pub fn constrained_election<E: Elector>(
     mk: MakeSim<'_, E>,
     seed: u64,
+    catch_up: HubCatchUp,
 ) -> Result<SimStats, Violation> {
     let mut cfg = SimConfig {
         seed,
         voters: 5,
         ..SimConfig::default()
     };
-    // The hub's fetch of the newer history works by DIFF only: a follower
-    // that compacted past the hub's position answers that it cannot serve
-    // it and the hub steps down. Keep the logs.
-    cfg.snapshot_every = 0;
-    cfg.replica.retention_entries = 1 << 20;
+    let compacted = catch_up != HubCatchUp::Diff;
+    if compacted {
+        cfg.snapshot_every = 10;
+        cfg.replica.retention_entries = 5;
+    } else {
+        cfg.snapshot_every = 0;
+        cfg.replica.retention_entries = 1 << 20;
+    }
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        // About 7 chunks, 100 ms apart, and a 600 ms install: together
+        // longer than discovery's timeout (two election timeouts).
+        cfg.snap_chunk_bytes = 256;
+        cfg.snap_chunk_interval = Duration::from_millis(100);
+        cfg.snap_install_time = Duration::from_millis(600);
+    }
     let mut sim = mk(cfg);
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let hub = other_voter(&sim, l)?;
     sim.isolate(hub);
+    let hub_last = sim
+        .replica(hub)
+        .map(|r| r.last_zxid())
+        .ok_or_else(|| fail(&sim, "the hub is down"))?;
     let acked = sim.stats().acked;
-    wait_acked(&mut sim, acked + 30)?;
+    wait_acked(&mut sim, acked + if compacted { 60 } else { 30 })?;
     let x = sim
         .last_acked()
         .ok_or_else(|| fail(&sim, "nothing acknowledged"))?;
     if sim.replica(hub).is_some_and(|r| r.holds(x)) {
         return Err(fail(&sim, "the cut-off hub holds the newest entry"));
     }
+    if compacted {
+        // Every node the hub can fetch from has compacted its log past
+        // the hub's position.
+        for n in sim.node_ids() {
+            let first = sim.replica(n).and_then(|r| r.first_retained());
+            if n != hub && n != l && first.is_none_or(|f| f <= hub_last) {
+                return Err(fail(
+                    &sim,
+                    &format!(
+                        "node {n}'s log (from {first:?}) still covers the hub's last entry \
+                         {hub_last:?}"
+                    ),
+                ));
+            }
+        }
+    }
     // One step: the new topology replaces the old one before any event.
     sim.heal();
     hub_only(&mut sim, hub);
     sim.isolate(l);
     let acked = sim.stats().acked;
+    let fetched = sim.stats().snap_fetches;
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        sim.drop_next("SNAP", hub, 2, 1);
+    }
     commits_under_fault(&mut sim, acked + 20, "constrained election")?;
     if sim.leader() != Some(hub) {
         return Err(fail(
@@ -775,6 +835,21 @@ pub fn constrained_election<E: Elector>(
     }
     if !sim.replica(hub).is_some_and(|r| r.holds(x)) {
         return Err(fail(&sim, "the hub leads without the newest entry"));
+    }
+    if compacted && sim.stats().snap_fetches == fetched {
+        return Err(fail(
+            &sim,
+            "the hub caught up without installing a snapshot",
+        ));
+    }
+    if catch_up == HubCatchUp::SlowLossySnapshot {
+        let st = sim.stats();
+        if st.dropped_on_purpose != 1 || st.snap_resumes == 0 {
+            return Err(fail(
+                &sim,
+                &format!("the hub's lost snapshot chunk was not resumed: {st:?}"),
+            ));
+        }
     }
     sim.heal();
     finish(sim)

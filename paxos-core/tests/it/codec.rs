@@ -150,6 +150,13 @@ fn message() -> impl Strategy<Value = Message> {
                     unable,
                 }
             }),
+        (epoch(), zxid(), any::<u64>()).prop_map(|(epoch, snapshot, offset)| {
+            Message::FetchSnapshot {
+                epoch,
+                snapshot,
+                offset,
+            }
+        }),
     ]
 }
 

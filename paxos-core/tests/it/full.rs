@@ -53,6 +53,8 @@ fn full_stack_partial_connectivity() {
         "quorum_loss_5",
         "quorum_loss_3",
         "constrained_election",
+        "constrained_election_compacted",
+        "constrained_election_slow_snapshot",
         "chained",
     ] {
         for seed in 0..6 {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
     Config, Decision, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage, Message,
-    NodeId, ProposeError, Ready, Recovered, Replica, Storage, Time, Zxid,
+    NodeId, ProposeError, Ready, Recovered, Replica, SnapChunk, SnapshotRequest, Storage, Time,
+    Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -39,10 +40,20 @@ struct Cluster {
     cut: Vec<NodeId>,
     events: Vec<(NodeId, Event)>,
     sent: Vec<Envelope>,
+    snapshot_requests: Vec<(NodeId, SnapshotRequest)>,
 }
 
 impl Cluster {
     fn new(config: Config, storages: Vec<MemStorage>) -> Cluster {
+        let n = storages.len();
+        Cluster::with_recovered(config, storages, vec![Recovered::default(); n])
+    }
+
+    fn with_recovered(
+        config: Config,
+        storages: Vec<MemStorage>,
+        recovered: Vec<Recovered>,
+    ) -> Cluster {
         let ids: Vec<NodeId> = config
             .voters
             .iter()
@@ -51,14 +62,14 @@ impl Cluster {
             .collect();
         let reps = ids
             .iter()
-            .zip(storages)
-            .map(|(id, s)| {
+            .zip(storages.into_iter().zip(recovered))
+            .map(|(id, (s, rec))| {
                 Replica::new(
                     *id,
                     config.clone(),
                     s,
                     Box::new(TestPlanner),
-                    Recovered::default(),
+                    rec,
                     Time::ZERO,
                 )
                 .unwrap()
@@ -73,6 +84,7 @@ impl Cluster {
             cut: Vec::new(),
             events: Vec::new(),
             sent: Vec::new(),
+            snapshot_requests: Vec::new(),
         }
     }
 
@@ -110,6 +122,8 @@ impl Cluster {
             r.applied(last.zxid);
         }
         self.events.extend(rd.events.into_iter().map(|e| (id, e)));
+        self.snapshot_requests
+            .extend(rd.snapshot_requests.into_iter().map(|q| (id, q)));
     }
 
     /// Delivers until quiet (bounded).
@@ -255,6 +269,128 @@ fn leader_fetches_the_quorums_most_recent_history_first() {
         "the synced history is committed"
     );
     assert!(c.reps[0].storage().get(z(1, 5)).is_some());
+}
+
+/// n1 is elected with (1,1)..(1,3); n2 holds up to (1,7) but compacted its
+/// log into a snapshot at (1,5). n2 cannot serve the fetch by DIFF, so n1
+/// asks for its snapshot.
+fn leader_elect_behind_a_compacted_follower() -> Cluster {
+    let hs1 = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    let s1 = storage_with(hs1, &[z(1, 1), z(1, 2), z(1, 3)]);
+    let s2 = storage_with(hs1, &[z(1, 6), z(1, 7)]);
+    let snap = Recovered {
+        applied: z(1, 5),
+        snapshot: Some(z(1, 5)),
+    };
+    let mut c = Cluster::with_recovered(
+        three(),
+        vec![s1, s2, MemStorage::new()],
+        vec![Recovered::default(), snap, Recovered::default()],
+    );
+    c.cut.push(NodeId(3)); // the quorum is {n1, n2}
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c
+        .sent
+        .iter()
+        .any(|e| matches!(e.msg, Message::FetchReply { unable: true, .. })));
+    assert!(c.sent.iter().any(|e| e.to == NodeId(2)
+        && matches!(
+            e.msg,
+            Message::FetchSnapshot {
+                snapshot: Zxid::ZERO,
+                offset: 0,
+                ..
+            }
+        )));
+    c
+}
+
+fn chunk(snapshot: Zxid) -> SnapChunk {
+    let data = Bytes::from_static(b"state");
+    SnapChunk {
+        snapshot_zxid: snapshot,
+        offset: 0,
+        total_len: data.len() as u64,
+        crc32: 0,
+        fingerprint: 0,
+        data,
+        last: true,
+    }
+}
+
+#[test]
+fn a_leader_elect_takes_a_compacted_followers_snapshot_then_its_suffix() {
+    let mut c = leader_elect_behind_a_compacted_follower();
+    // n2's driver is asked to stream its snapshot to n1.
+    let req = c.snapshot_requests.iter().find(|(n, _)| *n == NodeId(2));
+    assert_eq!(
+        req.map(|(_, q)| q),
+        Some(&SnapshotRequest::Send {
+            to: NodeId(1),
+            snapshot: z(1, 5),
+            offset: 0
+        })
+    );
+    assert!(
+        !c.reps[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 4))),
+        "only the snapshot asked for is sent"
+    );
+    assert!(c.reps[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 5))));
+    c.pump();
+    // n1's driver writes it; nothing is proposed before it is installed.
+    assert!(c.snapshot_requests.iter().any(|(n, q)| *n == NodeId(1)
+        && matches!(q, SnapshotRequest::Write { from: NodeId(2), chunk } if chunk.snapshot_zxid == z(1, 5))));
+    assert!(!c.reps[0].is_leader());
+    assert!(!c
+        .sent
+        .iter()
+        .any(|e| matches!(e.msg, Message::NewLeader { .. })));
+    let now = c.now;
+    c.reps[0].snapshot_progress(now, z(1, 5), 5, true);
+    c.reps[0].snapshot_installed(now, z(1, 5));
+    c.pump();
+    // Then the entries after the snapshot, by DIFF, and n1 leads.
+    assert!(c.reps[0].is_leader());
+    assert_eq!(c.reps[0].last_zxid(), z(1, 7));
+    assert_eq!(c.reps[0].commit_zxid(), z(1, 7));
+    assert!(c.reps[0].storage().get(z(1, 7)).is_some());
+    assert!(c.reps[0].storage().get(z(1, 3)).is_none(), "log reset");
+    assert_eq!(c.reps[0].hard_state().current_epoch, Epoch(2));
+    // The state machine continues after the snapshot.
+    c.advance(Duration::from_millis(60));
+    assert_eq!(c.applied[0], vec![z(1, 6), z(1, 7)]);
+}
+
+#[test]
+fn a_leader_elect_refuses_a_snapshot_that_does_not_cover_its_log() {
+    let mut c = leader_elect_behind_a_compacted_follower();
+    let now = c.now;
+    // A faulty peer streams a snapshot below n1's last zxid: installing it
+    // would drop (1,3), so n1 gives up its discovery instead.
+    c.reps[0].handle_message(
+        now,
+        Envelope {
+            group: GroupId(0),
+            from: NodeId(2),
+            to: NodeId(1),
+            msg: Message::Snap {
+                epoch: Epoch(2),
+                round: 0,
+                chunk: chunk(z(1, 2)),
+            },
+        },
+    );
+    c.pump();
+    assert!(c.reps[0].leader().is_none(), "n1 stepped down");
+    assert!(!c
+        .snapshot_requests
+        .iter()
+        .any(|(n, q)| *n == NodeId(1) && matches!(q, SnapshotRequest::Write { .. })));
+    assert_eq!(c.reps[0].last_zxid(), z(1, 3), "n1's log is intact");
 }
 
 #[test]
