@@ -43,7 +43,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -224,6 +224,11 @@ pub struct Client {
     security: ClientSecurity,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
+    /// Where in `addrs` the next connection without a preferred address
+    /// starts: past the last node that could not serve (down, or without
+    /// a leader), so that retries go round the cluster instead of asking
+    /// the first node again and again.
+    start: AtomicUsize,
     session: tokio::sync::Mutex<Session>,
     timeout: Duration,
     /// The principal this client authenticates as, named in every command
@@ -262,6 +267,7 @@ impl Client {
             security,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            start: AtomicUsize::new(0),
             session: tokio::sync::Mutex::new(session),
             timeout,
         }
@@ -295,7 +301,14 @@ impl Client {
             }
         }
         let mut order: Vec<SocketAddr> = prefer.into_iter().collect();
-        order.extend(self.addrs.iter().copied().filter(|a| Some(*a) != prefer));
+        let start = self.start.load(Ordering::Relaxed) % self.addrs.len().max(1);
+        let (tail, head) = self.addrs.split_at(start.min(self.addrs.len()));
+        order.extend(
+            head.iter()
+                .chain(tail)
+                .copied()
+                .filter(|a| Some(*a) != prefer),
+        );
         let mut last = String::from("no address");
         let mut tls_failure = None;
         for addr in &order {
@@ -388,6 +401,9 @@ impl Client {
         let mut in_doubt = false;
         let mut prefer = None;
         let mut last: Option<ClientError> = None;
+        // Nodes that answered "not the leader" during this call (bounded
+        // by the attempts).
+        let mut no_leader_at: Vec<SocketAddr> = Vec::new();
         for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(20 * attempt.min(10) as u64)).await;
@@ -403,7 +419,14 @@ impl Client {
             };
             match self.call_once(&conn, req.clone()).await {
                 Ok(Response::NotLeader { addr, .. }) => {
-                    prefer = addr.and_then(|a| a.parse().ok());
+                    // Follow a hint to a node not yet found leaderless in
+                    // this call; otherwise (no hint, a hint to itself, or a
+                    // cycle of stale hints) go on round the cluster.
+                    no_leader_at.push(conn.addr);
+                    prefer = addr
+                        .and_then(|a| a.parse().ok())
+                        .filter(|a| !no_leader_at.contains(a));
+                    self.skip_past(conn.addr);
                     self.drop_conn(&conn).await;
                     last = Some(ClientError::Node("no leader yet".into()));
                 }
@@ -441,6 +464,7 @@ impl Client {
                 }
                 Err(e) => {
                     in_doubt |= e.in_doubt;
+                    self.skip_past(conn.addr);
                     self.drop_conn(&conn).await;
                     last = Some(e.error);
                 }
@@ -458,6 +482,14 @@ impl Client {
             });
         }
         Err(last)
+    }
+
+    /// The next connection without a preferred address starts after
+    /// `addr`.
+    fn skip_past(&self, addr: SocketAddr) {
+        if let Some(i) = self.addrs.iter().position(|a| *a == addr) {
+            self.start.store(i + 1, Ordering::Relaxed);
+        }
     }
 
     async fn drop_conn(&self, conn: &Arc<Conn>) {

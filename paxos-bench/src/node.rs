@@ -141,6 +141,10 @@ pub struct NodeOptions {
     pub segment_bytes: u64,
     /// Applied entries between two local snapshots (0: never).
     pub snapshot_every: u64,
+    /// Log entries kept below the cleanup point, so that a briefly lagging
+    /// follower still gets DIFF rather than SNAP
+    /// (`paxos_core::Config::retention_entries`).
+    pub retention_entries: u64,
     /// Use transport settings tuned for loopback (large MTU, short timers).
     pub loopback: bool,
     /// Client sessions the store keeps before evicting the least recently
@@ -224,6 +228,11 @@ pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// Default of [`NodeOptions::client_idle_timeout`].
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default of [`NodeOptions::retention_entries`]: the kernel's own.
+pub fn default_retention_entries() -> u64 {
+    Config::new(GroupId(0), vec![NodeId(1)]).retention_entries
+}
+
 impl NodeOptions {
     /// Defaults for everything but identity, membership and paths.
     pub fn new(id: u64, members: BTreeMap<u64, Member>, data_dir: PathBuf, certs: PathBuf) -> Self {
@@ -238,6 +247,7 @@ impl NodeOptions {
             election_timeout: Duration::from_millis(300),
             segment_bytes: 64 << 20,
             snapshot_every: 1_000_000,
+            retention_entries: default_retention_entries(),
             loopback: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
@@ -641,6 +651,7 @@ pub async fn run_node(
     config.election_timeout = opts.election_timeout;
     config.sync_timeout = opts.election_timeout;
     config.lease_reads = opts.lease_reads;
+    config.retention_entries = opts.retention_entries;
     config.lease_clock_drift = opts.lease_clock_drift;
     // A command must fit one WAL record (a segment) with room to spare, or
     // every replica would fail to log it; the kernel refuses larger ones.

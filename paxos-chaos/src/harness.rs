@@ -56,6 +56,8 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// Nodes whose data directory is a tmpfs of this many MiB.
     pub tmpfs: Vec<(u64, u64)>,
+    /// `--retention-entries` of every node (`None`: the node's default).
+    pub retention_entries: Option<u64>,
 }
 
 impl ClusterOptions {
@@ -72,6 +74,7 @@ impl ClusterOptions {
             segment_mib: 8,
             snapshot_every: 2_000,
             tmpfs: Vec::new(),
+            retention_entries: None,
         }
     }
 }
@@ -210,6 +213,10 @@ impl ChaosCluster {
         ];
         if options.lease_reads {
             spec.extra_node_args.push("--lease-reads".into());
+        }
+        if let Some(n) = options.retention_entries {
+            spec.extra_node_args.push("--retention-entries".into());
+            spec.extra_node_args.push(n.to_string());
         }
         if let Some(n) = &net {
             let mut addrs = BTreeMap::new();

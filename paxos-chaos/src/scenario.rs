@@ -68,6 +68,9 @@ pub enum Scenario {
     /// Five nodes: the only quorum-connected node has an older log than
     /// nodes that are not.
     ConstrainedElection,
+    /// The constrained election after the up-to-date nodes compacted
+    /// their logs past the hub's position: the hub must fetch a snapshot.
+    ConstrainedCompacted,
     /// Three nodes, one link down (chained): leadership must settle.
     Chained,
     /// A follower's data directory deleted while it is down; it rejoins.
@@ -86,7 +89,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -102,6 +105,7 @@ impl Scenario {
         Scenario::LossyLinks,
         Scenario::QuorumLoss,
         Scenario::ConstrainedElection,
+        Scenario::ConstrainedCompacted,
         Scenario::Chained,
         Scenario::WipeFollower,
         Scenario::CorruptFollower,
@@ -128,6 +132,7 @@ impl Scenario {
             Scenario::LossyLinks => "lossy-links",
             Scenario::QuorumLoss => "quorum-loss",
             Scenario::ConstrainedElection => "constrained-election",
+            Scenario::ConstrainedCompacted => "constrained-compacted",
             Scenario::Chained => "chained",
             Scenario::WipeFollower => "wipe-follower",
             Scenario::CorruptFollower => "corrupt-follower",
@@ -150,6 +155,7 @@ impl Scenario {
             | Scenario::Bridge
             | Scenario::QuorumLoss
             | Scenario::ConstrainedElection
+            | Scenario::ConstrainedCompacted
             | Scenario::Flapping => 5,
             _ => 3,
         }
@@ -168,6 +174,7 @@ impl Scenario {
                 | Scenario::LossyLinks
                 | Scenario::QuorumLoss
                 | Scenario::ConstrainedElection
+                | Scenario::ConstrainedCompacted
                 | Scenario::Chained
                 | Scenario::ClockJump
         )
@@ -413,6 +420,12 @@ fn cluster_options(scenario: Scenario, seed: u64, options: &RunOptions) -> Clust
     };
     match scenario {
         Scenario::PauseLeaderLease | Scenario::ClockJump => o.lease_reads = true,
+        Scenario::ConstrainedCompacted => {
+            // Snapshots every few hundred entries and a short tail kept:
+            // the hub falls behind past what the others keep.
+            o.snapshot_every = 200;
+            o.retention_entries = Some(50);
+        }
         Scenario::DiskFull => {
             o.segment_mib = 1;
             o.tmpfs = (1..=o.nodes).map(|id| (id, 48)).collect();
@@ -694,13 +707,19 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             x.heal()?;
             x.progress("after healing").await;
         }
-        Scenario::ConstrainedElection => {
+        Scenario::ConstrainedElection | Scenario::ConstrainedCompacted => {
             let l = x.leader().await?;
             let hub = x.pick(&x.followers(l))?;
-            // First the hub falls behind: cut off while the others commit.
+            // First the hub falls behind: cut off while the others commit
+            // (and, compacted, snapshot and clean their logs past it).
             x.fault(format!("node {hub} cut off, falls behind"));
             x.c.net_for("isolation")?.isolate(hub)?;
-            x.hold(Duration::from_secs(2)).await;
+            let behind = if scenario == Scenario::ConstrainedCompacted {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(2)
+            };
+            x.hold(behind).await;
             x.progress("while the future hub is cut off").await;
             // Then only the hub is connected to a quorum, and its log is
             // the oldest.
@@ -714,7 +733,14 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     x.cut(a, b)?;
                 }
             }
+            let installs_before = snapshot_installs(x, hub).await;
             x.progress("during the constrained election").await;
+            let installs = snapshot_installs(x, hub)
+                .await
+                .saturating_sub(installs_before);
+            x.report.notes.push(format!(
+                "node {hub} installed {installs} snapshot(s) while it was the only connected node"
+            ));
             let d = hold(x);
             x.hold(d).await;
             x.heal()?;
@@ -843,6 +869,15 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Snapshots node `id` installed so far (its status counter).
+async fn snapshot_installs(x: &Ctx<'_>, id: u64) -> u64 {
+    x.c.statuses()
+        .await
+        .get(&id)
+        .and_then(|v| v["snapshot_installs"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Elections counted by every node, summed.

@@ -75,6 +75,7 @@ scenario_tests! {
     lossy_links => Scenario::LossyLinks,
     quorum_loss => Scenario::QuorumLoss,
     constrained_election => Scenario::ConstrainedElection,
+    constrained_election_after_compaction => Scenario::ConstrainedCompacted,
     chained => Scenario::Chained,
     wipe_follower => Scenario::WipeFollower,
     corrupt_follower => Scenario::CorruptFollower,

@@ -58,10 +58,13 @@
 //!    4. apply `committed` entries to the state machine in order, then call
 //!       [`Replica::applied`] with the last one's zxid;
 //!    5. serve each of `read_states` once applied up to its zxid;
-//!    6. `snapshot_requests`: as leader, stream the named snapshot to the
-//!       follower with [`Replica::send_snapshot_chunk`]; as follower, write
-//!       the chunk and, after the last, restore the state machine, make it
-//!       durable and call [`Replica::snapshot_installed`];
+//!    6. `snapshot_requests`: a send request (a leader catching a follower
+//!       up, or a follower asked by a leader-elect whose needed history it
+//!       has compacted): stream the named snapshot to the peer with
+//!       [`Replica::send_snapshot_chunk`]; a write request (a follower, or a
+//!       leader-elect fetching the quorum's history): write the chunk and,
+//!       after the last, restore the state machine, make it durable and
+//!       call [`Replica::snapshot_installed`];
 //!    7. `events`, in order: on [`Event::LostLeader`] call
 //!       [`Elector::start_looking`]; on [`Event::Settled`] call
 //!       [`Elector::settle`]; on [`Event::RecoveryStarted`] call

@@ -64,6 +64,11 @@ enum Command {
         /// Applied entries between local snapshots (0: never).
         #[arg(long, default_value_t = 1_000_000)]
         snapshot_every: u64,
+        /// Log entries kept below the cleanup point after a snapshot, so
+        /// that a briefly lagging follower still catches up by DIFF rather
+        /// than by a whole snapshot.
+        #[arg(long, default_value_t = paxos_bench::node::default_retention_entries())]
+        retention_entries: u64,
         /// Tune the transport for nodes on one machine.
         #[arg(long)]
         loopback: bool,
@@ -241,6 +246,7 @@ fn main() -> Result<()> {
             election_timeout_ms,
             segment_mib,
             snapshot_every,
+            retention_entries,
             loopback,
             max_sessions,
             max_session_mib,
@@ -274,6 +280,7 @@ fn main() -> Result<()> {
             opts.election_timeout = Duration::from_millis(election_timeout_ms);
             opts.segment_bytes = segment_mib << 20;
             opts.snapshot_every = snapshot_every;
+            opts.retention_entries = retention_entries;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;
             opts.insecure_plaintext_clients = insecure_plaintext_clients;
