@@ -4,6 +4,8 @@
 //! constrained-election and chained runs stalled for 30 s whenever node 1
 //! was on the wrong side, because every retry began again at node 1.
 
+#![allow(clippy::print_stderr)]
+
 use bytes::Bytes;
 use paxos_bench::client::Client;
 use paxos_chaos::harness::{node_binary, ChaosCluster, ClusterOptions};
