@@ -373,6 +373,23 @@ impl Ctx<'_> {
         }
     }
 
+    /// With a fault in place that the cluster must ride out: a write must
+    /// commit during it (`during` names when), it lasts a little longer,
+    /// then it heals and a write must commit again.
+    async fn ride_out_and_heal(&mut self, during: &str) -> Result<()> {
+        self.progress(during).await;
+        self.hold_and_heal().await
+    }
+
+    /// Keeps the fault for 1.5 to 3 s, heals it, and waits for a write.
+    async fn hold_and_heal(&mut self) -> Result<()> {
+        let d = Duration::from_millis(self.rng.range(1_500, 3_000));
+        self.hold(d).await;
+        self.heal()?;
+        self.progress("after healing").await;
+        Ok(())
+    }
+
     async fn leader(&self) -> Result<u64> {
         self.c.leader(RECOVERY_LIMIT).await
     }
@@ -588,11 +605,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             let l = x.leader().await?;
             x.fault(format!("isolate node {l} (the leader) from its peers"));
             x.c.net_for("isolation")?.isolate(l)?;
-            x.progress("with the old leader cut off").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("with the old leader cut off").await?;
         }
         Scenario::PartitionMinority | Scenario::PartitionMajority => {
             let l = x.leader().await?;
@@ -612,11 +625,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     .collect();
             x.fault(format!("partition {side:?} | {rest:?}"));
             x.c.net_for("a partition")?.partition(&[&side, &rest])?;
-            x.progress("during the partition").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("during the partition").await?;
         }
         Scenario::Bridge => {
             let ids = x.c.ids();
@@ -631,11 +640,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     x.cut(a, b)?;
                 }
             }
-            x.progress("across the bridge").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("across the bridge").await?;
         }
         Scenario::OneWay => {
             let l = x.leader().await?;
@@ -644,11 +649,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                 "node {f} no longer hears node {l} (the leader); {l} still hears {f}"
             ));
             x.c.net_for("one-way loss")?.block(l, f)?;
-            x.progress("with one-way loss").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("with one-way loss").await?;
         }
         Scenario::Flapping => {
             for round in 0..4 {
@@ -701,11 +702,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     x.cut(a, b)?;
                 }
             }
-            x.progress("during quorum loss").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("during quorum loss").await?;
         }
         Scenario::ConstrainedElection | Scenario::ConstrainedCompacted => {
             let l = x.leader().await?;
@@ -741,10 +738,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             x.report.notes.push(format!(
                 "node {hub} installed {installs} snapshot(s) while it was the only connected node"
             ));
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.hold_and_heal().await?;
         }
         Scenario::Chained => {
             let l = x.leader().await?;
@@ -861,11 +855,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             ));
             x.c.set_faults(f, "clock_offset_ms=10000\n")?;
             x.c.net_for("isolation")?.isolate(l)?;
-            x.progress("with the old leader cut off").await;
-            let d = hold(x);
-            x.hold(d).await;
-            x.heal()?;
-            x.progress("after healing").await;
+            x.ride_out_and_heal("with the old leader cut off").await?;
         }
     }
     Ok(())
