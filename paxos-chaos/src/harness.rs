@@ -393,10 +393,9 @@ impl ChaosCluster {
         )
     }
 
-    /// Reads back every acknowledged ledger write; returns the ones that are
-    /// missing or wrong, and the unacknowledged ones that hold another
-    /// value than the one written.
-    pub async fn read_back(&self, ledger: &[LedgerWrite]) -> Result<Vec<String>> {
+    /// Reads back every ledger write; returns the acknowledged ones that
+    /// are gone, and the keys that hold a value nobody wrote.
+    pub async fn read_back(&self, ledger: &[LedgerWrite]) -> Result<Vec<ReadBackProblem>> {
         let client = Arc::new(Client::new(
             self.client_addrs(),
             self.security(),
@@ -432,20 +431,38 @@ impl ChaosCluster {
                         match (&v, w.acknowledged) {
                             (Some(v), _) if *v == w.value => {}
                             (None, false) => {}
-                            (None, true) => {
-                                problems.push(format!("acknowledged write of {key} is gone"))
-                            }
-                            (Some(other), _) => problems.push(format!(
+                            (None, true) => problems.push(ReadBackProblem::Lost(format!(
+                                "acknowledged write of {key} is gone"
+                            ))),
+                            (Some(other), _) => problems.push(ReadBackProblem::Foreign(format!(
                                 "{key} holds {:?}, but only {:?} was written",
                                 String::from_utf8_lossy(other),
                                 String::from_utf8_lossy(&w.value)
-                            )),
+                            ))),
                         }
                     }
                 }
             }
         }
         Ok(problems)
+    }
+}
+
+/// What the read-back found wrong with one ledger key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadBackProblem {
+    /// An acknowledged write is not there.
+    Lost(String),
+    /// The key holds a value its only write did not put (a safety
+    /// violation, whether or not the write was acknowledged).
+    Foreign(String),
+}
+
+impl std::fmt::Display for ReadBackProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadBackProblem::Lost(s) | ReadBackProblem::Foreign(s) => f.write_str(s),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use paxos_bench::linearizability::{check, CheckConfig, Verdict};
 
-use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode};
+use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode, ReadBackProblem};
 use crate::net::{self, LinkFault};
 use crate::rng::Rng;
 use crate::workload::{OpCounts, Workload, WorkloadConfig};
@@ -381,10 +381,15 @@ impl Ctx<'_> {
         self.hold_and_heal().await
     }
 
-    /// Keeps the fault for 1.5 to 3 s, heals it, and waits for a write.
-    async fn hold_and_heal(&mut self) -> Result<()> {
+    /// Lets the workload run for 1.5 to 3 s (drawn from the seed).
+    async fn hold_random(&mut self) {
         let d = Duration::from_millis(self.rng.range(1_500, 3_000));
         self.hold(d).await;
+    }
+
+    /// Keeps the fault for 1.5 to 3 s, heals it, and waits for a write.
+    async fn hold_and_heal(&mut self) -> Result<()> {
+        self.hold_random().await;
         self.heal()?;
         self.progress("after healing").await;
         Ok(())
@@ -503,10 +508,9 @@ async fn run_inner(
     match c.read_back(&recorded.ledger).await {
         Ok(problems) => {
             for p in problems {
-                if p.contains("is gone") {
-                    report.lost.push(p);
-                } else {
-                    report.violations.push(p);
+                match p {
+                    ReadBackProblem::Lost(p) => report.lost.push(p),
+                    ReadBackProblem::Foreign(p) => report.violations.push(p),
                 }
             }
         }
@@ -543,14 +547,12 @@ async fn run_inner(
 
 /// The scenario's fault schedule.
 async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
-    let hold = |x: &mut Ctx<'_>| Duration::from_millis(x.rng.range(1_500, 3_000));
     match scenario {
         Scenario::KillLeader => {
             let l = x.leader().await?;
             x.kill(l)?;
             x.progress("after killing the leader").await;
-            let d = hold(x);
-            x.hold(d).await;
+            x.hold_random().await;
             x.restart(l)?;
             x.progress("after restarting the old leader").await;
         }
@@ -559,8 +561,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             let f = x.pick(&x.followers(l))?;
             x.kill(f)?;
             x.progress("with a follower down").await;
-            let d = hold(x);
-            x.hold(d).await;
+            x.hold_random().await;
             x.restart(f)?;
             x.progress("after restarting the follower").await;
         }
@@ -569,8 +570,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             let f = x.pick(&x.followers(l))?;
             x.kill(l)?;
             x.kill(f)?;
-            let d = hold(x);
-            x.hold(d).await;
+            x.hold_random().await;
             x.restart(f)?;
             x.restart(l)?;
             x.progress("after restarting the majority").await;
@@ -594,8 +594,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             // Well past the election timeout: the others elect a leader and
             // commit while the old one sleeps.
             x.progress("with the old leader paused").await;
-            let d = hold(x);
-            x.hold(d).await;
+            x.hold_random().await;
             x.c.cluster().signal(l, libc::SIGCONT)?;
             x.report.notes.push(format!("SIGCONT node {l}"));
             x.hold(Duration::from_secs(2)).await;
@@ -811,8 +810,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             x.fault(format!("node {target}'s disk fills up"));
             fill(&filler)?;
             x.progress("with one disk full").await;
-            let d = hold(x);
-            x.hold(d).await;
+            x.hold_random().await;
             std::fs::remove_file(&filler).context("removing the filler")?;
             x.report
                 .notes

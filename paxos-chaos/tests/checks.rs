@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use paxos_bench::client::Client;
-use paxos_chaos::harness::{node_binary, ChaosCluster, ClusterOptions, NetMode};
+use paxos_chaos::harness::{node_binary, ChaosCluster, ClusterOptions, NetMode, ReadBackProblem};
 use paxos_chaos::workload::LedgerWrite;
 use std::time::Duration;
 
@@ -52,8 +52,15 @@ fn read_back_reports_lost_and_foreign_values() {
         ];
         let problems = c.read_back(&ledger).await.expect("read back");
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("ledger/x/3") && problems[0].contains("is gone"));
-        assert!(problems[1].contains("ledger/x/2") && problems[1].contains("other"));
+        assert!(
+            matches!(&problems[0], ReadBackProblem::Lost(p) if p.contains("ledger/x/3")),
+            "{problems:?}"
+        );
+        assert!(
+            matches!(&problems[1], ReadBackProblem::Foreign(p)
+                if p.contains("ledger/x/2") && p.contains("other")),
+            "{problems:?}"
+        );
         // One state everywhere once the writes are applied.
         let digest = c.settle(Duration::from_secs(30)).await.expect("settles");
         assert!(!digest.is_empty());

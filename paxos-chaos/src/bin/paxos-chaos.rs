@@ -15,8 +15,9 @@ use paxos_chaos::schedule::{run_schedule, ScheduleOptions};
 #[command(version, about)]
 struct Args {
     /// Run for this many minutes (a run that has started is finished).
-    #[arg(long, default_value_t = 5.0)]
-    minutes: f64,
+    /// Default 5; with exactly one --scenario and no --minutes, one run.
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Seed of the schedule; with one --scenario, the seed of that run
     /// (what a failure report prints).
     #[arg(long, default_value_t = 1)]
@@ -79,7 +80,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     // One named scenario and an explicit seed: replay exactly that run.
-    let replay = only.len() == 1 && !std::env::args().any(|a| a.starts_with("--minutes"));
+    let replay = only.len() == 1 && args.minutes.is_none();
     let summary = if replay {
         let report = rt.block_on(paxos_chaos::scenario::run(only[0], args.seed, &run_options));
         let mut s = paxos_chaos::schedule::Summary::default();
@@ -104,7 +105,7 @@ fn main() -> Result<()> {
         )?;
         s
     } else {
-        let duration = Duration::from_secs_f64((args.minutes * 60.0).max(0.0));
+        let duration = Duration::from_secs_f64((args.minutes.unwrap_or(5.0) * 60.0).max(0.0));
         let bar = indicatif::ProgressBar::new(duration.as_secs());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
