@@ -153,6 +153,7 @@ mod ids;
 mod log;
 mod message;
 mod plan;
+mod ready;
 mod replica;
 pub mod sim;
 pub mod state_machine;
@@ -165,11 +166,12 @@ pub use config::{Config, ConfigError, DEFAULT_MAX_EPOCH_COUNTER};
 pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};
 pub use message::{Entry, Envelope, HardState, Message, SnapChunk};
-pub use replica::{
+pub use ready::{
     Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,
-    Replica, SnapshotRequest,
+    SnapshotRequest,
 };
+pub use replica::{Replica, StartError};
 pub use state_machine::StateMachine;
-pub use storage::{MemStorage, Storage, StorageError};
+pub use storage::{MemStorage, Storage, StorageError, StorageSource};
 pub use sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 pub use time::Time;

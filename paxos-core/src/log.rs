@@ -188,10 +188,14 @@ impl LogIndex {
         };
         for (k, end) in s.epoch_ends()?.into_iter().enumerate() {
             let start = if k == 0 { first.counter() } else { 1 };
-            assert!(
-                start <= end.counter(),
-                "storage epoch_ends inconsistent with first_zxid"
-            );
+            // Read from disk: a log whose epoch boundaries contradict its
+            // first entry is damaged, and is reported rather than trusted.
+            if start > end.counter() {
+                return Err(StorageError::Corrupt(format!(
+                    "the log's epoch {} ends at {end:?}, before its first entry {first:?}",
+                    end.epoch().0
+                )));
+            }
             idx.runs.push_back(Run {
                 epoch: end.epoch().0,
                 first: start,

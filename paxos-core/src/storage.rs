@@ -9,16 +9,27 @@
 //! implements this trait; [`MemStorage`] is the in-memory version.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use crate::message::{Entry, HardState};
-use crate::replica::Ready;
+use crate::ready::Ready;
 use crate::Zxid;
 
+/// The error an implementation reports underneath a [`StorageError`]: an
+/// `std::io::Error`, or the implementation's own error type.
+pub type StorageSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A storage failure, as reported by an implementation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// The three IO kinds tell a caller what it may do next: after
+/// [`Refused`](StorageError::Refused) the storage is intact and the same
+/// write may be retried later (a full disk); after
+/// [`Io`](StorageError::Io) the handle may be unusable and the process
+/// should restart and recover from disk; [`Corrupt`](StorageError::Corrupt)
+/// means what was read back cannot be trusted.
+#[derive(Debug, Clone)]
 pub enum StorageError {
     /// An entry was appended out of order.
-    #[error("append of {zxid:?} does not follow the last zxid {last:?}")]
     OutOfOrder {
         /// The appended entry.
         zxid: Zxid,
@@ -26,12 +37,105 @@ pub enum StorageError {
         last: Option<Zxid>,
     },
     /// The requested entry is no longer held (below the retained prefix).
-    #[error("entry {0:?} is compacted away")]
     Compacted(Zxid),
-    /// An IO error of the underlying medium, with its context.
-    #[error("storage io error: {0}")]
-    Io(String),
+    /// The medium refused a write but nothing held was damaged (ENOSPC
+    /// when a segment is created, say): the write may be retried.
+    Refused {
+        /// What was being written.
+        context: String,
+        /// The underlying error.
+        source: StorageSource,
+    },
+    /// An IO error of the underlying medium; the handle may be unusable.
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: StorageSource,
+    },
+    /// State read back from the medium is inconsistent (a damaged or
+    /// foreign file), so it cannot be used as it is.
+    Corrupt(String),
+    /// The implementation cannot do what was asked (a feature it lacks).
+    Unsupported(String),
 }
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::OutOfOrder { zxid, last } => {
+                write!(
+                    f,
+                    "append of {zxid:?} does not follow the last zxid {last:?}"
+                )
+            }
+            StorageError::Compacted(z) => write!(f, "entry {z:?} is compacted away"),
+            StorageError::Refused { context, source } => {
+                write!(f, "storage refused a write ({context}): {source}")
+            }
+            StorageError::Io { context, source } => {
+                write!(f, "storage io error ({context}): {source}")
+            }
+            StorageError::Corrupt(what) => write!(f, "stored state is inconsistent: {what}"),
+            StorageError::Unsupported(what) => write!(f, "storage cannot do this: {what}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived: the source is shared (so the error
+/// stays `Clone`), and `source()` hands out the underlying error itself, so
+/// a caller can downcast it (to `std::io::Error`, say).
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Refused { source, .. } | StorageError::Io { source, .. } => {
+                Some(&**source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl StorageError {
+    /// An [`Io`](StorageError::Io) error with its context and source.
+    pub fn io(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageError {
+        StorageError::Io {
+            context: context.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+
+    /// A [`Refused`](StorageError::Refused) error with its context and source.
+    pub fn refused(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageError {
+        StorageError::Refused {
+            context: context.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+
+    /// Whether the storage is intact and the failed write may be retried
+    /// later ([`Refused`](StorageError::Refused)).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Refused { .. })
+    }
+}
+
+/// Two storage errors are equal when they are of the same kind and say the
+/// same thing (sources are compared by their message).
+impl PartialEq for StorageError {
+    fn eq(&self, other: &StorageError) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for StorageError {}
 
 /// The persistent state of one replica: hard state and the log.
 ///
@@ -93,7 +197,7 @@ pub trait Storage {
     /// recovering replica, because a restart would silently turn it back
     /// into a voter.
     fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
-        Err(StorageError::Io(format!(
+        Err(StorageError::Unsupported(format!(
             "this storage cannot persist the recovering flag (wanted {recovering})"
         )))
     }

@@ -59,15 +59,27 @@ pub struct WalStorage {
     dir: PathBuf,
 }
 
+/// A WAL error as a storage error, keeping it as the source.
 fn io(e: WalError) -> StorageError {
-    StorageError::Io(e.to_string())
+    StorageError::io("write-ahead log", e)
+}
+
+/// A failed write: [`Refused`](StorageError::Refused) when the log handle is
+/// still usable (the disk refused, nothing held was damaged: a full disk),
+/// [`Io`](StorageError::Io) once the handle is poisoned (a failed flush).
+fn write_error(wal: &Wal, what: &str, e: WalError) -> StorageError {
+    if wal.is_poisoned() {
+        StorageError::io(format!("{what} (log handle poisoned)"), e)
+    } else {
+        StorageError::refused(what.to_string(), e)
+    }
 }
 
 fn to_core(hs: HardState) -> Result<CoreHardState, StorageError> {
     let epoch = |v: u64, what: &str| {
-        u32::try_from(v)
-            .map(Epoch)
-            .map_err(|_| StorageError::Io(format!("hard state: {what} {v} does not fit an epoch")))
+        u32::try_from(v).map(Epoch).map_err(|_| {
+            StorageError::Corrupt(format!("hard state: {what} {v} does not fit an epoch"))
+        })
     };
     Ok(CoreHardState {
         accepted_epoch: epoch(hs.accepted_epoch, "accepted epoch")?,
@@ -154,13 +166,13 @@ impl WalStorage {
     /// keeping the epochs as they are.
     pub fn set_extra(&mut self, index: usize, value: u64) -> Result<(), StorageError> {
         if index == RECOVERING_FIELD {
-            return Err(StorageError::Io(format!(
+            return Err(StorageError::Unsupported(format!(
                 "hard state extra field {index} is reserved for the recovering flag"
             )));
         }
         let mut stored = self.hard.get();
         let Some(slot) = stored.extra.get_mut(index) else {
-            return Err(StorageError::Io(format!(
+            return Err(StorageError::Unsupported(format!(
                 "hard state has no extra field {index}"
             )));
         };
@@ -281,12 +293,14 @@ impl Storage for WalStorage {
         self.wal
             .append_batch(entries.iter().map(|e| (e.zxid.as_u64(), &e.data[..])))
             .map(|_| ())
-            .map_err(io)
+            .map_err(|e| write_error(&self.wal, "appending entries", e))
     }
 
     fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
         tracing::info!(dir = %self.dir.display(), ?after, "truncating log suffix");
-        self.wal.truncate_suffix(after.as_u64()).map_err(io)
+        self.wal
+            .truncate_suffix(after.as_u64())
+            .map_err(|e| write_error(&self.wal, "truncating the log's suffix", e))
     }
 
     fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
@@ -295,7 +309,7 @@ impl Storage for WalStorage {
         let removed = self
             .wal
             .truncate_prefix(upto.as_u64().saturating_add(1))
-            .map_err(io)?;
+            .map_err(|e| write_error(&self.wal, "dropping the log's prefix", e))?;
         if removed > 0 {
             tracing::debug!(?upto, removed, "log prefix truncated");
         }

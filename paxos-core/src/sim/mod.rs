@@ -51,7 +51,8 @@ use bytes::Bytes;
 
 use crate::election::{Elector, PeerState};
 use crate::message::{Entry, Envelope, HardState, Message, SnapChunk};
-use crate::replica::{Event, Persisted, Recovered, Replica, SnapshotRequest};
+use crate::ready::{Event, Persisted, Recovered, SnapshotRequest};
+use crate::replica::Replica;
 use crate::storage::{MemStorage, Storage, StorageError};
 use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 use crate::{plan, Config, GroupId, NodeId, Time, Zxid};

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
     Config, Decision, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage, Message,
-    NodeId, ProposeError, Ready, Recovered, Replica, SnapChunk, SnapshotRequest, Storage, Time,
-    Zxid,
+    NodeId, ProposeError, Ready, Recovered, Replica, SnapChunk, SnapshotRequest, StartError,
+    Storage, StorageError, Time, Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -780,4 +780,120 @@ fn strict_readmission_waits_for_every_voter() {
             "strict {strict}: never readmitted"
         );
     }
+}
+
+/// A storage whose answers a damaged disk could have shaped.
+struct Damaged {
+    inner: MemStorage,
+    hard_state: HardState,
+    epoch_ends: Vec<Zxid>,
+}
+
+impl Storage for Damaged {
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+    fn first_zxid(&self) -> Option<Zxid> {
+        self.inner.first_zxid()
+    }
+    fn last_zxid(&self) -> Option<Zxid> {
+        self.inner.last_zxid()
+    }
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        Ok(self.epoch_ends.clone())
+    }
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        self.inner.entries(from, max_entries, max_bytes, out)
+    }
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.inner.append(entries)
+    }
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        self.inner.truncate_suffix(after)
+    }
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        self.inner.truncate_prefix(upto)
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+}
+
+fn start(s: Damaged) -> Result<Replica<Damaged>, StartError> {
+    Replica::new(
+        NodeId(1),
+        three(),
+        s,
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+}
+
+#[test]
+fn a_hard_state_read_from_disk_with_current_above_accepted_is_an_error_not_a_panic() {
+    let s = Damaged {
+        inner: MemStorage::new(),
+        hard_state: HardState {
+            accepted_epoch: Epoch(2),
+            current_epoch: Epoch(5),
+        },
+        epoch_ends: Vec::new(),
+    };
+    let err = start(s).expect_err("an impossible hard state must not start a replica");
+    assert!(
+        matches!(err, StartError::Storage(StorageError::Corrupt(ref m)) if m.contains("current epoch")),
+        "{err}"
+    );
+}
+
+#[test]
+fn epoch_ends_that_contradict_the_first_entry_are_an_error_not_a_panic() {
+    let mut inner = MemStorage::new();
+    inner
+        .append(&[Entry {
+            zxid: Zxid::new(Epoch(1), 5),
+            data: Bytes::from_static(b"x"),
+        }])
+        .unwrap();
+    // The log starts at counter 5 of epoch 1 but claims epoch 1 ended at 3.
+    let s = Damaged {
+        inner,
+        hard_state: HardState {
+            accepted_epoch: Epoch(1),
+            current_epoch: Epoch(1),
+        },
+        epoch_ends: vec![Zxid::new(Epoch(1), 3)],
+    };
+    let err = start(s).expect_err("inconsistent epoch boundaries must not start a replica");
+    assert!(
+        matches!(err, StartError::Storage(StorageError::Corrupt(_))),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_io_errors_keep_their_source() {
+    use std::error::Error as _;
+    let e = StorageError::io(
+        "appending",
+        std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left"),
+    );
+    let source = e.source().expect("the io error is kept as the source");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
+    assert!(!e.is_retryable());
+    let r = StorageError::refused(
+        "appending",
+        std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left"),
+    );
+    assert!(r.is_retryable() && r.source().is_some());
 }
