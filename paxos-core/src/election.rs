@@ -84,6 +84,14 @@ pub trait Elector {
     /// A decision, once per decided round.
     fn poll_decision(&mut self) -> Option<Decision>;
 
+    /// The election round this elector is in, for electors whose rounds
+    /// must survive a restart (one vote per round): the node layer makes a
+    /// new round durable before any message of it is sent. `None` (the
+    /// default) for electors without such rounds.
+    fn round(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether this node's votes may count. A voter whose replica is
     /// *recovering* ([`Event::RecoveryStarted`](crate::Event::RecoveryStarted))
     /// must abstain: it still learns who leads, like an observer, but it

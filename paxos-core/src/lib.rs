@@ -152,6 +152,7 @@ pub mod election;
 mod ids;
 mod log;
 mod message;
+pub mod node;
 mod plan;
 mod ready;
 mod replica;
@@ -172,6 +173,6 @@ pub use ready::{
 };
 pub use replica::{Replica, StartError};
 pub use state_machine::StateMachine;
-pub use storage::{MemStorage, Storage, StorageError, StorageSource};
+pub use storage::{MemStorage, MetaKey, Storage, StorageError, StorageSource};
 pub use sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 pub use time::Time;

@@ -16,6 +16,17 @@ pub trait StateMachine {
     /// Called exactly once per committed entry, in zxid order.
     fn apply(&mut self, zxid: Zxid, command: &Bytes) -> Bytes;
 
+    /// Passes over a committed entry without applying it: the operator's
+    /// way past an entry that makes [`apply`](StateMachine::apply) panic
+    /// (every replica must skip the same entries). Must advance
+    /// [`applied`](StateMachine::applied) to `zxid`. The default applies an
+    /// empty command, which a state machine must already take (commands
+    /// come from clients and are never trusted); override it to answer
+    /// differently.
+    fn skip(&mut self, zxid: Zxid) -> Bytes {
+        self.apply(zxid, &Bytes::new())
+    }
+
     /// The zxid of the last applied entry (`Zxid::ZERO` if none).
     fn applied(&self) -> Zxid;
 

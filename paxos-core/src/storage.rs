@@ -202,6 +202,24 @@ pub trait Storage {
         )))
     }
 
+    /// A small durable value kept beside the hard state (see [`MetaKey`]),
+    /// 0 when never saved. The default, for storages that cannot keep
+    /// them, is 0.
+    fn meta(&self, key: MetaKey) -> u64 {
+        let _ = key;
+        0
+    }
+
+    /// Saves a [`MetaKey`] value durably: it is on the medium when this
+    /// returns (these change rarely: once per election round or per
+    /// snapshot). The default refuses, so a node over a storage that cannot
+    /// keep them stops with a clear error rather than forgetting a vote.
+    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(format!(
+            "this storage cannot persist {key:?} (wanted {value})"
+        )))
+    }
+
     /// Makes every previous write durable.
     fn sync(&mut self) -> Result<(), StorageError>;
 
@@ -228,12 +246,40 @@ pub trait Storage {
     }
 }
 
+/// The small durable values the node layer ([`crate::node`]) keeps beside
+/// the hard state through [`Storage::meta`] and [`Storage::save_meta`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetaKey {
+    /// The election round last entered: a restarted node must never vote
+    /// twice in one round (the elector's contract), so the round is durable
+    /// before any vote of it leaves.
+    ElectionRound,
+    /// The log was compacted up to here: starting from this log needs a
+    /// snapshot at or above it. Recorded before the prefix goes.
+    CompactionMark,
+}
+
+impl MetaKey {
+    /// Every key, in a fixed order (the index of a key in this array is the
+    /// slot an implementation may store it in).
+    pub const ALL: [MetaKey; 2] = [MetaKey::ElectionRound, MetaKey::CompactionMark];
+
+    /// The key's slot: its index in [`MetaKey::ALL`].
+    pub fn slot(self) -> usize {
+        match self {
+            MetaKey::ElectionRound => 0,
+            MetaKey::CompactionMark => 1,
+        }
+    }
+}
+
 /// An in-memory [`Storage`] for tests, simulations and users who persist
 /// elsewhere. `sync` does nothing: everything is "durable" at once.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hs: HardState,
     recovering: bool,
+    meta: [u64; MetaKey::ALL.len()],
     entries: VecDeque<Entry>,
 }
 
@@ -371,6 +417,15 @@ impl Storage for MemStorage {
 
     fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
         self.recovering = recovering;
+        Ok(())
+    }
+
+    fn meta(&self, key: MetaKey) -> u64 {
+        self.meta[key.slot()]
+    }
+
+    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.meta[key.slot()] = value;
         Ok(())
     }
 

@@ -670,6 +670,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
 impl<Q: QuorumSystem> Elector for FastElection<Q> {
     type Message = Notification;
 
+    fn round(&self) -> Option<u64> {
+        Some(self.round)
+    }
+
     fn id(&self) -> NodeId {
         self.id
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use paxos_core::{Entry, Epoch, HardState as CoreHardState, Storage, StorageError, Zxid};
+use paxos_core::{Entry, Epoch, HardState as CoreHardState, MetaKey, Storage, StorageError, Zxid};
 
 use crate::{HardState, HardStateStore, OpenReport, Wal, WalError, WalOptions};
 
@@ -57,6 +57,14 @@ pub struct WalStorage {
     /// The hard-state file did not exist when this storage was opened.
     hard_state_created: bool,
     dir: PathBuf,
+}
+
+/// The hard-state file's spare field that holds a [`MetaKey`]: the election
+/// round in field 0 and the compaction mark in field 1, where the reference
+/// node kept them before the node layer existed (so data directories stay
+/// readable).
+fn meta_field(key: MetaKey) -> usize {
+    key.slot()
 }
 
 /// A WAL error as a storage error, keeping it as the source.
@@ -339,6 +347,14 @@ impl Storage for WalStorage {
         // cleared flag vouches for the history synced from the leader).
         self.pending_recovering = Some(recovering);
         Ok(())
+    }
+
+    fn meta(&self, key: MetaKey) -> u64 {
+        self.extra(meta_field(key)).unwrap_or(0)
+    }
+
+    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.set_extra(meta_field(key), value)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

@@ -1,0 +1,1216 @@
+//! The node layer: a [`Replica`], an [`Elector`] and a [`StateMachine`]
+//! composed into one sans-IO node that owns the persistence pipeline.
+//!
+//! The kernel's [`Ready`] says what must be done and in which order; this
+//! layer decides *when*: it writes each `Ready` to [`Storage`] at once,
+//! batches the syncs (one background sync in flight, covering every write
+//! made before it was asked for: group commit), syncs a hard state or a
+//! truncation inline after everything before it, holds back and retries
+//! writes a full disk refuses, persists the election round before any vote
+//! of it leaves, applies committed entries, answers proposals and
+//! linearizable reads, and says when a local snapshot is due. The reference
+//! node (`paxos-kv`) runs it under tokio; the simulator ([`crate::sim`])
+//! runs the same code under simulated time, network and disks, so every
+//! simulated seed exercises the production pipeline.
+//!
+//! Like `quinn-proto`, the layer does no IO of its own apart from the
+//! narrow [`Storage`] trait (writes, inline syncs and [`MetaKey`] values),
+//! reads no clock (time is an argument) and never blocks:
+//!
+//! - inputs: [`Node::handle_message`], [`Node::handle_election_message`],
+//!   [`Node::handle_timeout`], [`Node::propose`], [`Node::read`],
+//!   [`Node::handle_sync_done`], and the snapshot calls;
+//! - then [`Node::process`], which drains the elector and the kernel
+//!   until neither moves;
+//! - outputs: [`Node::poll_transmit`] (frames to send),
+//!   [`Node::poll_sync`] (a background sync to run; report it with
+//!   `handle_sync_done`), [`Node::poll_event`] (answers and work for the
+//!   caller) and [`Node::poll_timeout`] (when to call `handle_timeout`).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use paxos_core::node::{Node, NodeConfig, NodeEvent, Transmit};
+//! use paxos_core::sim::{TestElector, TestPlanner};
+//! use paxos_core::*;
+//!
+//! /// A state machine that counts the commands applied.
+//! #[derive(Default)]
+//! struct Counter(Zxid, u64);
+//! impl StateMachine for Counter {
+//!     fn apply(&mut self, zxid: Zxid, _command: &Bytes) -> Bytes {
+//!         (self.0, self.1) = (zxid, self.1 + 1);
+//!         Bytes::from(self.1.to_string())
+//!     }
+//!     fn applied(&self) -> Zxid { self.0 }
+//!     fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> { Ok(()) }
+//!     fn restore(&mut self, _: Zxid, _: &mut dyn std::io::Read) -> std::io::Result<()> { Ok(()) }
+//! }
+//!
+//! // Three nodes in one process; frames are handed over directly.
+//! let ids = vec![NodeId(1), NodeId(2), NodeId(3)];
+//! let config = Config::new(GroupId(0), ids.clone());
+//! let mut nodes: Vec<Node<MemStorage, TestElector, Counter, &str>> = ids
+//!     .iter()
+//!     .map(|&id| {
+//!         let replica = Replica::new(id, config.clone(), MemStorage::new(),
+//!             Box::new(TestPlanner), Recovered::default(), Time::ZERO).unwrap();
+//!         let elector = TestElector::new(id, ids.clone(), ids.clone());
+//!         Node::new(replica, elector, Counter::default(), NodeConfig::default()).unwrap()
+//!     })
+//!     .collect();
+//! let mut now = Time::ZERO;
+//! let mut answer = None;
+//! let mut proposed = false;
+//! for _ in 0..10_000 {
+//!     let mut frames = Vec::new();
+//!     for n in nodes.iter_mut() {
+//!         n.handle_timeout(now);
+//!         n.process(now).unwrap();
+//!         // A real caller syncs on a thread of its own and reports later.
+//!         if let Some(sync) = n.poll_sync() {
+//!             n.storage_mut().sync().unwrap();
+//!             n.handle_sync_done(now, sync, Ok(())).unwrap();
+//!             n.process(now).unwrap();
+//!         }
+//!         let from = n.replica().id();
+//!         while let Some(t) = n.poll_transmit() {
+//!             frames.push((from, t));
+//!         }
+//!         while let Some(ev) = n.poll_event() {
+//!             if let NodeEvent::Written { token, result } = ev {
+//!                 answer = Some((token, result));
+//!             }
+//!         }
+//!     }
+//!     for (from, t) in frames {
+//!         match t {
+//!             Transmit::Core(env) => {
+//!                 let to = ids.iter().position(|id| *id == env.to).unwrap();
+//!                 nodes[to].handle_message(now, env);
+//!             }
+//!             Transmit::Election(to, msg) => {
+//!                 let to = ids.iter().position(|id| *id == to).unwrap();
+//!                 nodes[to].handle_election_message(now, from, msg);
+//!             }
+//!         }
+//!     }
+//!     if let Some(leader) = nodes.iter_mut().find(|n| n.is_leader()) {
+//!         if !proposed {
+//!             leader.propose(now, Bytes::from_static(b"incr"), "client-1").unwrap();
+//!             proposed = true;
+//!         }
+//!     }
+//!     if answer.is_some() {
+//!         break;
+//!     }
+//!     now = now + std::time::Duration::from_millis(1);
+//! }
+//! assert_eq!(answer, Some(("client-1", Bytes::from_static(b"1"))));
+//! ```
+
+mod pipeline;
+
+pub use pipeline::SyncId;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::election::{Decision, Elector};
+use crate::message::Envelope;
+use crate::ready::{Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest};
+use crate::replica::Replica;
+use crate::state_machine::StateMachine;
+use crate::storage::{MetaKey, Storage, StorageError};
+use crate::{Epoch, NodeId, SnapChunk, Time, Zxid};
+use pipeline::{Pipeline, Route, SyncGroup};
+
+/// Rounds of [`Node::process`] at most per call (each drains the elector
+/// and one `Ready`); the kernel's windows bound the work of each.
+const MAX_PROCESS_ROUNDS: usize = 64;
+
+/// The node layer's settings. The defaults suit the reference node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// A follower whose batch holds at most this many payload bytes syncs
+    /// inline instead of on the background sync (a short round trip beats
+    /// a thread hop when the batch is small); 0 never does.
+    pub inline_sync_bytes: usize,
+    /// Ask for a local snapshot every this many applied entries (0: never).
+    pub snapshot_every: u64,
+    /// Proposals waiting for their commit, at most.
+    pub max_pending_writes: usize,
+    /// Bytes of the commands waiting for their commit, at most.
+    pub max_pending_write_bytes: usize,
+    /// Linearizable reads waiting, at most.
+    pub max_pending_reads: usize,
+    /// Bytes the caller declared for waiting reads, at most.
+    pub max_pending_read_bytes: usize,
+    /// A read not served within this time is failed ([`ReadFailure::TimedOut`]).
+    pub read_timeout: Duration,
+    /// Committed entries not to apply (the operator's way past an entry
+    /// that makes the state machine panic); [`StateMachine::skip`] is
+    /// called instead.
+    pub skip_entries: Vec<Zxid>,
+    /// First pause before a refused storage write is tried again.
+    pub stall_backoff_min: Duration,
+    /// Longest pause between two tries of a refused storage write.
+    pub stall_backoff_max: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            inline_sync_bytes: 2048,
+            snapshot_every: 0,
+            max_pending_writes: 64 * 1024,
+            max_pending_write_bytes: 256 << 20,
+            max_pending_reads: 16 * 1024,
+            max_pending_read_bytes: 16 << 20,
+            read_timeout: Duration::from_secs(2),
+            skip_entries: Vec::new(),
+            stall_backoff_min: Duration::from_millis(10),
+            stall_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A frame for the caller to send.
+#[derive(Clone, Debug)]
+pub enum Transmit<M> {
+    /// A kernel message (its envelope names the receiver).
+    Core(Envelope),
+    /// An elector message for a peer.
+    Election(NodeId, M),
+}
+
+/// Why a linearizable read failed; the client should retry (elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadFailure {
+    /// Not served within [`NodeConfig::read_timeout`].
+    #[error("read timed out")]
+    TimedOut,
+    /// Leadership changed before the read was confirmed.
+    #[error("leadership changed")]
+    LeadershipChanged,
+    /// The kernel could not confirm the read.
+    #[error("read aborted")]
+    Aborted,
+}
+
+/// An answer or a piece of work for the caller, from [`Node::poll_event`].
+#[derive(Debug)]
+pub enum NodeEvent<C> {
+    /// A proposal committed and was applied: the state machine's answer.
+    Written {
+        /// The caller's token given to [`Node::propose`].
+        token: C,
+        /// What [`StateMachine::apply`] returned.
+        result: Bytes,
+    },
+    /// Another leader's command committed where this proposal stood: it
+    /// did not happen (retrying is safe).
+    Superseded {
+        /// The proposal's token.
+        token: C,
+    },
+    /// Leadership changed before this proposal committed: it may or may not
+    /// commit later (a retry with the same session and sequence is applied
+    /// at most once).
+    OutcomeUnknown {
+        /// The proposal's token.
+        token: C,
+    },
+    /// A linearizable read may be served now from [`Node::state_machine`].
+    ReadReady {
+        /// The token given to [`Node::read`].
+        token: C,
+    },
+    /// A linearizable read failed.
+    ReadFailed {
+        /// The read's token.
+        token: C,
+        /// Why.
+        reason: ReadFailure,
+    },
+    /// Stream the local snapshot `snapshot` to `to` from byte `offset`:
+    /// hand its chunks to [`Node::send_snapshot_chunk`], paced.
+    SendSnapshot {
+        /// The receiver.
+        to: NodeId,
+        /// The snapshot (its zxid).
+        snapshot: Zxid,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A snapshot chunk arrived: store it, report with
+    /// [`Node::snapshot_progress`], and install the snapshot once whole
+    /// ([`Node::install_snapshot`]).
+    SnapshotChunk {
+        /// The sender.
+        from: NodeId,
+        /// The chunk.
+        chunk: SnapChunk,
+    },
+    /// Enough entries were applied: take a local snapshot of
+    /// [`Node::state_machine`] (at its applied zxid) and report it with
+    /// [`Node::snapshot_taken`] or [`Node::snapshot_failed`].
+    SnapshotDue {
+        /// The state machine's applied zxid now.
+        zxid: Zxid,
+    },
+    /// This node lost its leader: outgoing snapshot streams can stop.
+    LostLeader,
+    /// Readmitted after recovering: the caller may record that it is a
+    /// member again (the kernel's flag is durable already).
+    RecoveryComplete {
+        /// The leader that readmitted this node.
+        leader: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// An election decided (for statistics; the layer has acted on it).
+    ElectionDecided(Decision),
+}
+
+/// Why [`Node::propose`] refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeRejected {
+    /// The kernel refused it (not the leader, too large, epoch exhausted).
+    #[error(transparent)]
+    Kernel(#[from] ProposeError),
+    /// Too many proposals wait for their commit ([`NodeConfig::max_pending_writes`]
+    /// or its byte bound); retry later.
+    #[error("busy: {pending} proposals ({bytes} bytes) waiting")]
+    Busy {
+        /// Proposals waiting.
+        pending: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
+}
+
+/// Why [`Node::read`] refused a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadRejected {
+    /// No leader to confirm it with; `leader` is a hint.
+    #[error("no leader here (hint: {leader:?})")]
+    NotLeader {
+        /// The leader this node follows, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many reads wait; retry later.
+    #[error("busy: too many reads waiting")]
+    Busy,
+}
+
+/// A refused request: the reason and the caller's token, handed back.
+#[derive(Debug)]
+pub struct Rejection<E, C> {
+    /// Why.
+    pub error: E,
+    /// The token the caller gave.
+    pub token: C,
+}
+
+/// A failure that stops the node: the process should restart and recover
+/// from disk (a failed flush may leave the medium in any state).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// A storage operation failed in a way that leaves the handle unusable.
+    #[error("{what} failed; the node must restart and recover from disk: {source}")]
+    Storage {
+        /// What was being done.
+        what: &'static str,
+        /// The storage's error.
+        #[source]
+        source: StorageError,
+    },
+    /// The state machine panicked on a committed entry: every restart
+    /// would replay it. Skip it with [`NodeConfig::skip_entries`] after
+    /// looking at it.
+    #[error("the state machine panicked applying committed entry {zxid} ({message})")]
+    ApplyPanicked {
+        /// The entry.
+        zxid: Zxid,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// What the node layer counted, for status pages and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Proposals accepted by the kernel.
+    pub proposals: u64,
+    /// Committed entries applied (or skipped).
+    pub applied: u64,
+    /// Syncs completed (inline and background).
+    pub syncs: u64,
+    /// Inline syncs among them.
+    pub inline_syncs: u64,
+    /// Election decisions acted on.
+    pub elections: u64,
+    /// Times the storage refused a write and the node stalled.
+    pub storage_stalls: u64,
+    /// Snapshots installed into the live state.
+    pub snapshot_installs: u64,
+}
+
+/// A read waiting for its confirmation.
+struct PendingRead<C> {
+    token: C,
+    bytes: usize,
+    deadline: Time,
+}
+
+/// One node: replica, elector and state machine, with the persistence
+/// pipeline and the bookkeeping of proposals and reads. `C` is the
+/// caller's token for a request (a reply channel, a request id).
+pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
+    replica: Replica<S>,
+    elector: E,
+    sm: M,
+    cfg: NodeConfig,
+    pipeline: Pipeline,
+    /// The election round last made durable.
+    election_round: u64,
+    /// The compaction mark last made durable.
+    compaction_mark: u64,
+    /// The newest local snapshot (taken or installed).
+    latest_snapshot: Option<Zxid>,
+    applied_since_snapshot: u64,
+    snapshot_due: bool,
+    transmits: VecDeque<Transmit<E::Message>>,
+    events: VecDeque<NodeEvent<C>>,
+    /// Proposed commands by zxid, with their tokens.
+    pending_writes: HashMap<Zxid, (Bytes, C)>,
+    pending_write_bytes: usize,
+    /// Reads waiting for their read-index round, by read id.
+    pending_reads: HashMap<u64, PendingRead<C>>,
+    /// Confirmed reads waiting for apply to reach their zxid.
+    waiting_reads: VecDeque<(Zxid, PendingRead<C>)>,
+    pending_read_bytes: usize,
+    next_read: u64,
+    next_read_sweep: Time,
+    stats: NodeStats,
+    /// Set by a fatal error: the node takes no more input.
+    failed: Option<NodeError>,
+}
+
+impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
+    /// Composes a node. The elector must be fresh (its round is taken from
+    /// storage's [`MetaKey::ElectionRound`] by the caller when it is
+    /// built); the state machine holds what the replica was told it
+    /// recovered ([`crate::Recovered`]).
+    pub fn new(replica: Replica<S>, elector: E, sm: M, cfg: NodeConfig) -> Result<Self, NodeError> {
+        let election_round = replica.storage().meta(MetaKey::ElectionRound);
+        let compaction_mark = replica.storage().meta(MetaKey::CompactionMark);
+        // A state machine that starts past zero was restored from a snapshot.
+        let latest_snapshot = Some(sm.applied()).filter(|&z| z > Zxid::ZERO);
+        Ok(Node {
+            replica,
+            elector,
+            sm,
+            cfg,
+            pipeline: Pipeline::default(),
+            election_round,
+            compaction_mark,
+            latest_snapshot,
+            applied_since_snapshot: 0,
+            snapshot_due: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            pending_writes: HashMap::new(),
+            pending_write_bytes: 0,
+            pending_reads: HashMap::new(),
+            waiting_reads: VecDeque::new(),
+            pending_read_bytes: 0,
+            next_read: 1,
+            next_read_sweep: Time::ZERO,
+            stats: NodeStats::default(),
+            failed: None,
+        })
+    }
+
+    // ----- accessors -----
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica<S> {
+        &self.replica
+    }
+
+    /// The elector.
+    pub fn elector(&self) -> &E {
+        &self.elector
+    }
+
+    /// The state machine (serve stale reads and [`NodeEvent::ReadReady`] from it).
+    pub fn state_machine(&self) -> &M {
+        &self.sm
+    }
+
+    /// The storage (reads).
+    pub fn storage(&self) -> &S {
+        self.replica.storage()
+    }
+
+    /// The storage, mutably: for a caller's background sync of a storage
+    /// it cannot share across threads (the simulator, tests). Writing
+    /// through it bypasses the pipeline.
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.replica.storage_mut()
+    }
+
+    /// Whether this node is the established leader.
+    pub fn is_leader(&self) -> bool {
+        self.replica.is_leader()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Whether the storage refuses writes and the node is stalled.
+    pub fn is_stalled(&self) -> bool {
+        self.pipeline.stall.is_some()
+    }
+
+    /// Proposals waiting for their commit.
+    pub fn pending_writes(&self) -> usize {
+        self.pending_writes.len()
+    }
+
+    /// Reads waiting (for confirmation or apply).
+    pub fn pending_reads(&self) -> usize {
+        self.pending_reads.len() + self.waiting_reads.len()
+    }
+
+    /// Whether a background sync is in flight.
+    pub fn is_syncing(&self) -> bool {
+        self.pipeline.syncing.is_some()
+    }
+
+    // ----- inputs -----
+
+    /// A kernel message from a peer (the caller checked the sender).
+    pub fn handle_message(&mut self, now: Time, env: Envelope) {
+        self.replica.handle_message(now, env);
+    }
+
+    /// An elector message from `from`.
+    pub fn handle_election_message(&mut self, now: Time, from: NodeId, msg: E::Message) {
+        self.elector.handle_message(now, from, msg);
+    }
+
+    /// Timers: the kernel's, the elector's, the stall's retry and the read
+    /// sweep. Call at [`poll_timeout`](Self::poll_timeout) (calling early
+    /// is harmless).
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.replica.poll_timeout().is_some_and(|t| t <= now) {
+            self.replica.handle_timeout(now);
+        }
+        if self.elector.poll_timeout().is_some_and(|t| t <= now) {
+            self.elector.handle_timeout(now);
+        }
+        self.expire_reads(now);
+        if let Err(e) = self.retry_stalled(now) {
+            self.fail(e);
+        }
+    }
+
+    /// Proposes a command; `token` comes back in a [`NodeEvent`] once its
+    /// fate is known, or at once with the refusal.
+    pub fn propose(
+        &mut self,
+        now: Time,
+        data: Bytes,
+        token: C,
+    ) -> Result<Zxid, Rejection<ProposeRejected, C>> {
+        let _ = now;
+        if self.pending_writes.len() >= self.cfg.max_pending_writes
+            || self.pending_write_bytes + data.len() > self.cfg.max_pending_write_bytes
+        {
+            return Err(Rejection {
+                error: ProposeRejected::Busy {
+                    pending: self.pending_writes.len(),
+                    bytes: self.pending_write_bytes,
+                },
+                token,
+            });
+        }
+        match self.replica.propose(data.clone()) {
+            Ok(zxid) => {
+                self.stats.proposals += 1;
+                self.pending_write_bytes += data.len();
+                self.pending_writes.insert(zxid, (data, token));
+                Ok(zxid)
+            }
+            Err(e) => Err(Rejection {
+                error: e.into(),
+                token,
+            }),
+        }
+    }
+
+    /// Starts a linearizable read; [`NodeEvent::ReadReady`] says when the
+    /// state machine may answer it. `bytes` is what the caller holds for it
+    /// (the key), counted against [`NodeConfig::max_pending_read_bytes`].
+    pub fn read(
+        &mut self,
+        now: Time,
+        bytes: usize,
+        token: C,
+    ) -> Result<(), Rejection<ReadRejected, C>> {
+        if self.pending_reads() >= self.cfg.max_pending_reads
+            || self.pending_read_bytes + bytes > self.cfg.max_pending_read_bytes
+        {
+            return Err(Rejection {
+                error: ReadRejected::Busy,
+                token,
+            });
+        }
+        let rid = self.next_read;
+        let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
+        match self.replica.read_index(now, ctx) {
+            Ok(()) => {
+                self.next_read += 1;
+                self.pending_read_bytes += bytes;
+                let deadline = now + self.cfg.read_timeout;
+                self.pending_reads.insert(
+                    rid,
+                    PendingRead {
+                        token,
+                        bytes,
+                        deadline,
+                    },
+                );
+                Ok(())
+            }
+            Err(ReadIndexError::NoLeader) => Err(Rejection {
+                error: ReadRejected::NotLeader {
+                    leader: self.replica.leader(),
+                },
+                token,
+            }),
+            Err(ReadIndexError::Busy) => Err(Rejection {
+                error: ReadRejected::Busy,
+                token,
+            }),
+        }
+    }
+
+    /// The background sync `id` (from [`poll_sync`](Self::poll_sync))
+    /// returned. An error is fatal: after a failed flush the medium may
+    /// hold anything, and only a restart's recovery can tell.
+    pub fn handle_sync_done(
+        &mut self,
+        now: Time,
+        id: SyncId,
+        result: Result<(), StorageError>,
+    ) -> Result<(), NodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if let Err(source) = result {
+            return Err(self.fail(NodeError::Storage {
+                what: "the background sync",
+                source,
+            }));
+        }
+        match self.pipeline.syncing.take() {
+            Some((g, group)) if g == id => {
+                self.stats.syncs += 1;
+                self.release(now, group);
+            }
+            other => {
+                // An inline flush already covered and released this one.
+                self.pipeline.syncing = other;
+                return Ok(());
+            }
+        }
+        let group = std::mem::take(&mut self.pipeline.queued);
+        if group.is_empty() {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.pipeline.queued_needs_sync) {
+            self.pipeline.start(group);
+        } else {
+            self.release(now, group);
+        }
+        Ok(())
+    }
+
+    /// Hands the kernel the next chunk of an outgoing snapshot; `false`
+    /// when the kernel no longer wants this transfer (stop it).
+    pub fn send_snapshot_chunk(&mut self, to: NodeId, chunk: SnapChunk) -> bool {
+        self.replica.send_snapshot_chunk(to, chunk)
+    }
+
+    /// Reports how much of the snapshot being received is held, and
+    /// whether it is being installed (the leader then waits).
+    pub fn snapshot_progress(
+        &mut self,
+        now: Time,
+        snapshot: Zxid,
+        received: u64,
+        installing: bool,
+    ) {
+        self.replica
+            .snapshot_progress(now, snapshot, received, installing);
+    }
+
+    /// A received snapshot is durable and `staged` holds its state: it
+    /// replaces the live state machine if the kernel still expects this
+    /// snapshot (leadership may have moved meanwhile). Returns whether it did.
+    pub fn install_snapshot(&mut self, now: Time, zxid: Zxid, staged: M) -> bool {
+        let before = self.replica.applied_zxid();
+        self.replica.snapshot_installed(now, zxid);
+        if before < zxid && self.replica.applied_zxid() >= zxid {
+            self.sm = staged;
+            self.applied_since_snapshot = 0;
+            self.latest_snapshot = Some(zxid);
+            self.stats.snapshot_installs += 1;
+            tracing::info!(id = %self.replica.id(), ?zxid, "snapshot installed; state replaced");
+            self.serve_reads();
+            true
+        } else {
+            tracing::warn!(id = %self.replica.id(), ?zxid, "snapshot no longer expected; state kept");
+            false
+        }
+    }
+
+    /// The local snapshot asked for by [`NodeEvent::SnapshotDue`] is
+    /// durable: the log may be cut up to `zxid`.
+    pub fn snapshot_taken(&mut self, zxid: Zxid) {
+        self.snapshot_due = false;
+        self.latest_snapshot = Some(self.latest_snapshot.map_or(zxid, |z| z.max(zxid)));
+        self.replica.snapshot_taken(zxid);
+    }
+
+    /// The local snapshot failed; another is asked for after as many
+    /// entries again.
+    pub fn snapshot_failed(&mut self) {
+        self.snapshot_due = false;
+    }
+
+    // ----- the driving loop -----
+
+    /// Drains the elector and the kernel until neither has anything to do,
+    /// running the persistence pipeline on each `Ready`. Call after inputs,
+    /// then poll the outputs.
+    pub fn process(&mut self, now: Time) -> Result<(), NodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        for _ in 0..MAX_PROCESS_ROUNDS {
+            let mut moved = false;
+            if let Some(round) = self.elector.round().filter(|&r| r != self.election_round) {
+                // Durable before any vote of the new round leaves.
+                if let Err(source) = self
+                    .replica
+                    .storage_mut()
+                    .save_meta(MetaKey::ElectionRound, round)
+                {
+                    return Err(self.fail(NodeError::Storage {
+                        what: "persisting the election round",
+                        source,
+                    }));
+                }
+                self.election_round = round;
+            }
+            while let Some((to, msg)) = self.elector.poll_transmit() {
+                self.transmits.push_back(Transmit::Election(to, msg));
+            }
+            while let Some(decision) = self.elector.poll_decision() {
+                self.stats.elections += 1;
+                tracing::info!(id = %self.replica.id(), leader = %decision.leader, round = decision.round, "election decided");
+                self.replica.handle_leader_decision(now, decision);
+                self.events.push_back(NodeEvent::ElectionDecided(decision));
+                moved = true;
+            }
+            if self.replica.has_ready() {
+                let ready = self.replica.ready();
+                if !ready.is_empty() {
+                    self.handle_ready(now, ready)?;
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- outputs -----
+
+    /// The next frame to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit<E::Message>> {
+        self.transmits.pop_front()
+    }
+
+    /// A background sync to run: make every write so far durable (the log;
+    /// hard states are synced inline), then report with
+    /// [`handle_sync_done`](Self::handle_sync_done). At most one is in
+    /// flight; writes go on meanwhile.
+    #[must_use]
+    pub fn poll_sync(&mut self) -> Option<SyncId> {
+        self.pipeline.requested.take()
+    }
+
+    /// The next answer or piece of work.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent<C>> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next needed.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut next: Option<Time> = None;
+        let mut take = |t: Option<Time>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        take(self.replica.poll_timeout());
+        take(self.elector.poll_timeout());
+        take(self.pipeline.poll_timeout());
+        if !self.pending_reads.is_empty() || !self.waiting_reads.is_empty() {
+            take(Some(self.next_read_sweep));
+        }
+        next
+    }
+
+    // ----- internals -----
+
+    fn fail(&mut self, e: NodeError) -> NodeError {
+        tracing::error!(id = %self.replica.id(), error = %e, "node stopped");
+        self.failed = Some(e.clone());
+        e
+    }
+
+    fn handle_ready(&mut self, now: Time, mut ready: Ready) -> Result<(), NodeError> {
+        let marker = ready.persist_marker();
+        for env in std::mem::take(&mut ready.messages) {
+            self.transmits.push_back(Transmit::Core(env));
+        }
+        let waiting = std::mem::take(&mut ready.persisted_messages);
+        let committed = std::mem::take(&mut ready.committed);
+        let read_states = std::mem::take(&mut ready.read_states);
+        let snapshot_requests = std::mem::take(&mut ready.snapshot_requests);
+        let events = std::mem::take(&mut ready.events);
+        self.persist(now, ready, marker, waiting)?;
+
+        let mut last_applied = None;
+        for e in &committed {
+            let result = self.apply(e.zxid, &e.data)?;
+            last_applied = Some(e.zxid);
+            if let Some((data, token)) = self.pending_writes.remove(&e.zxid) {
+                self.pending_write_bytes -= data.len();
+                if data == e.data {
+                    self.events.push_back(NodeEvent::Written { token, result });
+                } else {
+                    self.events.push_back(NodeEvent::Superseded { token });
+                }
+            }
+        }
+        if let Some(z) = last_applied {
+            self.replica.applied(z);
+        }
+        for rs in read_states {
+            let rid = read_id(&rs.ctx);
+            if let Some(read) = rid.and_then(|r| self.pending_reads.remove(&r)) {
+                self.waiting_reads.push_back((rs.zxid, read));
+            }
+        }
+        self.serve_reads();
+        for req in snapshot_requests {
+            match req {
+                SnapshotRequest::Send {
+                    to,
+                    snapshot,
+                    offset,
+                } => self.events.push_back(NodeEvent::SendSnapshot {
+                    to,
+                    snapshot,
+                    offset,
+                }),
+                SnapshotRequest::Write { from, chunk } => self
+                    .events
+                    .push_back(NodeEvent::SnapshotChunk { from, chunk }),
+            }
+        }
+        for ev in events {
+            self.on_event(now, ev);
+        }
+        if last_applied.is_some() {
+            self.maybe_snapshot();
+        }
+        Ok(())
+    }
+
+    /// Writes `ready` and routes it through the pipeline.
+    fn persist(
+        &mut self,
+        now: Time,
+        ready: Ready,
+        marker: Persisted,
+        waiting: Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        let writes = ready.needs_sync() || ready.compact_to.is_some();
+        if self.pipeline.stall.is_some() {
+            // The disk refused an earlier write: this one waits behind it
+            // (in order), and so does everything waiting for it.
+            self.hold(ready, marker, waiting);
+            return Ok(());
+        }
+        if writes && !self.write_or_stall(now, &ready)? {
+            self.hold(ready, marker, waiting);
+            return Ok(());
+        }
+        let small = self.small_follower_batch(&ready);
+        match self.pipeline.route(&ready, small) {
+            Route::Inline => {
+                self.pipeline.queued.push((marker, waiting));
+                self.pipeline.queued_needs_sync = true;
+                self.flush_now(now)?;
+            }
+            Route::Queue => {
+                self.pipeline.queued_needs_sync |= ready.needs_sync();
+                self.pipeline.queued.push((marker, waiting));
+            }
+            Route::Background => {
+                self.pipeline.start(vec![(marker, waiting)]);
+            }
+            Route::Release => {
+                // Behind whatever is queued (nothing is in flight here).
+                let mut group = std::mem::take(&mut self.pipeline.queued);
+                group.push((marker, waiting));
+                self.release(now, group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `ready` is a small follower batch worth syncing inline.
+    fn small_follower_batch(&self, ready: &Ready) -> bool {
+        if self.cfg.inline_sync_bytes == 0 || self.replica.is_leader() {
+            return false;
+        }
+        let mut bytes = 0usize;
+        for e in &ready.entries {
+            bytes += e.data.len();
+            if bytes > self.cfg.inline_sync_bytes {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies `ready`'s writes (no sync). `Ok(false)` if the storage
+    /// refused them but is intact: the node stalls.
+    fn write_or_stall(&mut self, now: Time, ready: &Ready) -> Result<bool, NodeError> {
+        match self.write(ready) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_retryable() => {
+                tracing::error!(id = %self.replica.id(), error = %e,
+                    "storage write refused (disk full?): not acknowledging anything written from now on; retrying with backoff");
+                self.pipeline.stall(now, self.cfg.stall_backoff_min);
+                self.stats.storage_stalls += 1;
+                Ok(false)
+            }
+            Err(source) => Err(self.fail(NodeError::Storage {
+                what: "a storage write",
+                source,
+            })),
+        }
+    }
+
+    /// Applies a `Ready`'s writes to storage, recording the compaction mark
+    /// first when the prefix is to go past it.
+    fn write(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        if let Some(c) = ready
+            .compact_to
+            .filter(|c| c.as_u64() > self.compaction_mark)
+        {
+            // Before the prefix goes: starting from this log will need a
+            // snapshot at or above `c`. The newest snapshot covers every
+            // compaction until the next one, so this is one durable write
+            // per snapshot, not per batch.
+            let mark = self.latest_snapshot.map_or(c, |z| z.max(c)).as_u64();
+            self.replica
+                .storage_mut()
+                .save_meta(MetaKey::CompactionMark, mark)?;
+            self.compaction_mark = mark;
+        }
+        self.replica.storage_mut().write_ready(ready)
+    }
+
+    fn hold(&mut self, ready: Ready, marker: Persisted, waiting: Vec<Envelope>) {
+        let Some(stall) = self.pipeline.stall.as_mut() else {
+            panic!("invariant: a Ready is held only while the pipeline is stalled");
+        };
+        stall.held.push_back((ready, marker, waiting));
+    }
+
+    /// While stalled, retries the held writes in order once the backoff
+    /// has passed; when all went in, syncs them and releases what waited.
+    fn retry_stalled(&mut self, now: Time) -> Result<(), NodeError> {
+        match &self.pipeline.stall {
+            Some(stall) if now >= stall.retry_at => {}
+            _ => return Ok(()),
+        }
+        // Bounded by the held queue, which the kernel's windows bound.
+        loop {
+            let Some(stall) = self.pipeline.stall.as_mut() else {
+                return Ok(());
+            };
+            let Some((mut ready, marker, waiting)) = stall.held.pop_front() else {
+                break;
+            };
+            // A failed batch may have gone in partly (up to a segment roll
+            // that failed): without a truncation first, append only the rest.
+            if ready.truncate_after.is_none() {
+                let last = self.replica.storage().last_zxid();
+                ready.entries.retain(|e| Some(e.zxid) > last);
+            }
+            match self.write(&ready) {
+                Ok(()) => self.pipeline.queued.push((marker, waiting)),
+                Err(e) if e.is_retryable() => {
+                    let max = self.cfg.stall_backoff_max;
+                    let id = self.replica.id();
+                    let Some(stall) = self.pipeline.stall.as_mut() else {
+                        return Ok(());
+                    };
+                    stall.held.push_front((ready, marker, waiting));
+                    stall.attempts += 1;
+                    stall.backoff = (stall.backoff * 2).min(max);
+                    stall.retry_at = now + stall.backoff;
+                    if stall.attempts % 20 == 0 {
+                        tracing::warn!(%id, error = %e, attempts = stall.attempts,
+                            stalled_ms = now.saturating_since(stall.since).as_millis() as u64,
+                            "storage still refuses writes; retrying");
+                    }
+                    return Ok(());
+                }
+                Err(source) => {
+                    return Err(self.fail(NodeError::Storage {
+                        what: "a held storage write",
+                        source,
+                    }))
+                }
+            }
+        }
+        if let Some(stall) = self.pipeline.stall.take() {
+            tracing::info!(id = %self.replica.id(), attempts = stall.attempts,
+                stalled_ms = now.saturating_since(stall.since).as_millis() as u64,
+                "storage takes writes again; syncing what waited");
+        }
+        self.pipeline.queued_needs_sync = true;
+        self.flush_now(now)
+    }
+
+    /// Syncs inline (log first, then the hard state), releasing the sync in
+    /// flight and everything queued too: this sync covers their writes. The
+    /// in-flight sync's own completion is then ignored.
+    fn flush_now(&mut self, now: Time) -> Result<(), NodeError> {
+        let mut group = self
+            .pipeline
+            .syncing
+            .take()
+            .map(|(_, g)| g)
+            .unwrap_or_default();
+        // A sync asked for but not yet taken by the caller is covered too.
+        self.pipeline.requested = None;
+        group.append(&mut self.pipeline.queued);
+        self.pipeline.queued_needs_sync = false;
+        if let Err(source) = self.replica.storage_mut().sync() {
+            return Err(self.fail(NodeError::Storage {
+                what: "an inline sync",
+                source,
+            }));
+        }
+        self.stats.syncs += 1;
+        self.stats.inline_syncs += 1;
+        self.release(now, group);
+        Ok(())
+    }
+
+    /// The writes of `group` are durable: send what waited, tell the kernel.
+    fn release(&mut self, now: Time, group: SyncGroup) {
+        let mut last = None;
+        for (marker, msgs) in group {
+            self.transmits.extend(msgs.into_iter().map(Transmit::Core));
+            last = Some(marker);
+        }
+        if let Some(marker) = last {
+            self.replica.persisted(now, marker);
+        }
+    }
+
+    /// Applies one committed entry (or skips it as the operator asked). A
+    /// panic of the state machine stops the node with an error naming the
+    /// entry: it is committed, so a restart would replay it.
+    fn apply(&mut self, zxid: Zxid, data: &Bytes) -> Result<Bytes, NodeError> {
+        self.stats.applied += 1;
+        self.applied_since_snapshot += 1;
+        if self.cfg.skip_entries.contains(&zxid) {
+            tracing::warn!(%zxid, bytes = data.len(), "committed entry skipped as the operator asked");
+            return Ok(self.sm.skip(zxid));
+        }
+        let sm = &mut self.sm;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sm.apply(zxid, data))) {
+            Ok(result) => Ok(result),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                Err(self.fail(NodeError::ApplyPanicked { zxid, message }))
+            }
+        }
+    }
+
+    /// Answers confirmed reads whose zxid is applied. Read points come back
+    /// in increasing order, so only the front is looked at.
+    fn serve_reads(&mut self) {
+        let applied = self.replica.applied_zxid();
+        while self
+            .waiting_reads
+            .front()
+            .is_some_and(|(z, _)| *z <= applied)
+        {
+            if let Some((_, read)) = self.waiting_reads.pop_front() {
+                self.pending_read_bytes -= read.bytes;
+                self.events
+                    .push_back(NodeEvent::ReadReady { token: read.token });
+            }
+        }
+    }
+
+    /// Fails reads whose round never came back or whose apply point is not
+    /// reached in time, so both queues stay bounded in time as in size.
+    fn expire_reads(&mut self, now: Time) {
+        if now < self.next_read_sweep {
+            return;
+        }
+        self.next_read_sweep = now + self.cfg.read_timeout / 4;
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in expired {
+            if let Some(read) = self.pending_reads.remove(&rid) {
+                self.fail_read(read, ReadFailure::TimedOut);
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.waiting_reads.len());
+        for (z, read) in std::mem::take(&mut self.waiting_reads) {
+            if read.deadline > now {
+                kept.push_back((z, read));
+            } else {
+                self.fail_read(read, ReadFailure::TimedOut);
+            }
+        }
+        self.waiting_reads = kept;
+    }
+
+    fn fail_read(&mut self, read: PendingRead<C>, reason: ReadFailure) {
+        self.pending_read_bytes -= read.bytes;
+        self.events.push_back(NodeEvent::ReadFailed {
+            token: read.token,
+            reason,
+        });
+    }
+
+    fn maybe_snapshot(&mut self) {
+        // Replicas apply the same entries at about the same time: a
+        // per-node offset (up to 7/16 of the interval) keeps them from all
+        // pausing for a snapshot at once.
+        let every = self.cfg.snapshot_every;
+        let offset = self.replica.id().0 % 8 * (every / 16);
+        if every == 0 || self.applied_since_snapshot < every + offset || self.snapshot_due {
+            return;
+        }
+        self.snapshot_due = true;
+        self.applied_since_snapshot = 0;
+        self.events.push_back(NodeEvent::SnapshotDue {
+            zxid: self.sm.applied(),
+        });
+    }
+
+    fn on_event(&mut self, now: Time, ev: Event) {
+        let id = self.replica.id();
+        match ev {
+            Event::LostLeader(vote) => {
+                tracing::info!(%id, ?vote, "lost the leader; looking");
+                self.elector.start_looking(now, vote);
+                // Proposals in flight may or may not commit (a new leader
+                // may carry them on): their outcome is unknown.
+                for (_, (_, token)) in self.pending_writes.drain() {
+                    self.events.push_back(NodeEvent::OutcomeUnknown { token });
+                }
+                self.pending_write_bytes = 0;
+                let reads: Vec<PendingRead<C>> =
+                    self.pending_reads.drain().map(|(_, r)| r).collect();
+                for read in reads {
+                    self.fail_read(read, ReadFailure::LeadershipChanged);
+                }
+                self.events.push_back(NodeEvent::LostLeader);
+            }
+            Event::Settled {
+                state,
+                leader,
+                epoch,
+            } => {
+                tracing::info!(%id, ?state, %leader, ?epoch, "settled");
+                self.elector.settle(now, state, leader, epoch);
+            }
+            Event::ReadAborted { ctx } => {
+                if let Some(read) = read_id(&ctx).and_then(|r| self.pending_reads.remove(&r)) {
+                    self.fail_read(read, ReadFailure::Aborted);
+                }
+            }
+            Event::RecoveryStarted => {
+                tracing::warn!(%id, "recovering: not voting until an established leader readmits this node");
+                self.elector.set_voting(now, false);
+            }
+            Event::RecoveryComplete { leader, epoch } => {
+                tracing::info!(%id, %leader, ?epoch, "readmitted: voting again");
+                self.elector.set_voting(now, true);
+                self.events
+                    .push_back(NodeEvent::RecoveryComplete { leader, epoch });
+            }
+            Event::StorageFailed(e) => {
+                tracing::error!(%id, error = %e, "storage read failed; the kernel retries");
+            }
+        }
+    }
+}
+
+impl<S: Storage, E: Elector, M: StateMachine, C> std::fmt::Debug for Node<S, E, M, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("replica", &self.replica)
+            .field("stalled", &self.pipeline.stall.is_some())
+            .field(
+                "syncing",
+                &self.pipeline.syncing.as_ref().map(|(id, _)| *id),
+            )
+            .field("pending_writes", &self.pending_writes.len())
+            .field("pending_reads", &self.pending_reads())
+            .finish()
+    }
+}
+
+fn read_id(ctx: &Bytes) -> Option<u64> {
+    let b: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
