@@ -77,7 +77,7 @@
 //!             frames.push((from, t));
 //!         }
 //!         while let Some(ev) = n.poll_event() {
-//!             if let NodeEvent::Written { token, result } = ev {
+//!             if let NodeEvent::Written { token, result, .. } = ev {
 //!                 answer = Some((token, result));
 //!             }
 //!         }
@@ -117,7 +117,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::election::{Decision, Elector};
+use crate::election::{Decision, Elector, PeerState};
 use crate::message::Envelope;
 use crate::ready::{Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest};
 use crate::replica::Replica;
@@ -206,6 +206,8 @@ pub enum NodeEvent<C> {
     Written {
         /// The caller's token given to [`Node::propose`].
         token: C,
+        /// Where it committed.
+        zxid: Zxid,
         /// What [`StateMachine::apply`] returned.
         result: Bytes,
     },
@@ -272,6 +274,18 @@ pub enum NodeEvent<C> {
     },
     /// An election decided (for statistics; the layer has acted on it).
     ElectionDecided(Decision),
+    /// The replica established itself under a leader (or as one); the
+    /// layer has told the elector.
+    Settled {
+        /// Leading, following or observing.
+        state: PeerState,
+        /// The leader.
+        leader: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A storage read failed; the kernel skipped the work and retries.
+    StorageReadFailed(StorageError),
 }
 
 /// Why [`Node::propose`] refused a command.
@@ -356,6 +370,8 @@ pub struct NodeStats {
     pub storage_stalls: u64,
     /// Snapshots installed into the live state.
     pub snapshot_installs: u64,
+    /// `Ready`s that dropped a log prefix.
+    pub compactions: u64,
 }
 
 /// A read waiting for its confirmation.
@@ -690,6 +706,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.replica.snapshot_taken(zxid);
     }
 
+    /// Changes how often a local snapshot is asked for (0: never).
+    pub fn set_snapshot_every(&mut self, every: u64) {
+        self.cfg.snapshot_every = every;
+    }
+
     /// The local snapshot failed; another is asked for after as many
     /// entries again.
     pub fn snapshot_failed(&mut self) {
@@ -812,7 +833,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             if let Some((data, token)) = self.pending_writes.remove(&e.zxid) {
                 self.pending_write_bytes -= data.len();
                 if data == e.data {
-                    self.events.push_back(NodeEvent::Written { token, result });
+                    self.events.push_back(NodeEvent::Written {
+                        token,
+                        zxid: e.zxid,
+                        result,
+                    });
                 } else {
                     self.events.push_back(NodeEvent::Superseded { token });
                 }
@@ -862,6 +887,9 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         waiting: Vec<Envelope>,
     ) -> Result<(), NodeError> {
         let writes = ready.needs_sync() || ready.compact_to.is_some();
+        if ready.compact_to.is_some() {
+            self.stats.compactions += 1;
+        }
         if self.pipeline.stall.is_some() {
             // The disk refused an earlier write: this one waits behind it
             // (in order), and so does everything waiting for it.
@@ -1172,6 +1200,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             } => {
                 tracing::info!(%id, ?state, %leader, ?epoch, "settled");
                 self.elector.settle(now, state, leader, epoch);
+                self.events.push_back(NodeEvent::Settled {
+                    state,
+                    leader,
+                    epoch,
+                });
             }
             Event::ReadAborted { ctx } => {
                 if let Some(read) = read_id(&ctx).and_then(|r| self.pending_reads.remove(&r)) {
@@ -1190,6 +1223,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             }
             Event::StorageFailed(e) => {
                 tracing::error!(%id, error = %e, "storage read failed; the kernel retries");
+                self.events.push_back(NodeEvent::StorageReadFailed(e));
             }
         }
     }

@@ -36,26 +36,34 @@
 //! ```
 
 mod elector;
+mod machine;
 mod rng;
 pub mod scenarios;
+mod snapshot;
+mod storage;
 
 pub use elector::{TestElectionMsg, TestElector, TestVote};
 pub use rng::SimRng;
+pub use storage::SimStorage;
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::election::{Elector, PeerState};
-use crate::message::{Entry, Envelope, HardState, Message, SnapChunk};
-use crate::ready::{Event, Persisted, Recovered, SnapshotRequest};
+use crate::message::{Envelope, HardState, Message};
+use crate::node::{Node, NodeConfig, NodeError, NodeEvent, SyncId, Transmit};
+use crate::ready::Recovered;
 use crate::replica::Replica;
-use crate::storage::{MemStorage, Storage, StorageError};
+use crate::storage::{MemStorage, Storage};
 use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 use crate::{plan, Config, GroupId, NodeId, Time, Zxid};
+use machine::{hash, Canonical, SimMachine};
 
 /// Test-only sync planner: the kernel's built-in rules (DIFF when the
 /// follower's last zxid is held, TRUNC/TRUNC+DIFF to the last common zxid,
@@ -137,6 +145,13 @@ pub struct SimConfig {
     /// the stale read it prevents. Never set outside such a test.
     #[doc(hidden)]
     pub unsafe_skip_lease_hold_off: bool,
+    /// Random faults may also hit disks: a disk that refuses writes for a
+    /// while (full), damage in the synced part of a voter's log (the node
+    /// restarts recovering, as the reference node does when its WAL check
+    /// fails), and failed background syncs (the node stops and restarts).
+    pub disk_faults: bool,
+    /// Probability that a background sync fails (with `disk_faults`).
+    pub sync_fail_prob: f64,
 }
 
 impl Default for SimConfig {
@@ -172,6 +187,8 @@ impl Default for SimConfig {
             snap_install_time: Duration::ZERO,
             snap_chunk_bytes: 1024,
             unsafe_skip_lease_hold_off: false,
+            disk_faults: false,
+            sync_fail_prob: 0.0,
         }
     }
 }
@@ -193,6 +210,11 @@ impl SimConfig {
         };
         c.replica.retention_entries = rng.range(5, 40);
         c.snapshot_every = rng.range(10, 60);
+        c.max_sync_delay = Duration::from_micros(rng.range(100, 3000));
+        if rng.chance(0.5) {
+            c.disk_faults = true;
+            c.sync_fail_prob = 0.002;
+        }
         c
     }
 }
@@ -271,102 +293,16 @@ pub struct SimStats {
     pub snap_resumes: u64,
     /// Messages dropped by [`Sim::drop_next`].
     pub dropped_on_purpose: u64,
-}
-
-/// One pending disk operation (not yet synced).
-#[derive(Clone, Debug)]
-enum DiskOp {
-    Trunc(Zxid),
-    Append(Vec<Entry>),
-    Hs(HardState),
-    Recovering(bool),
-    Compact(Zxid),
-}
-
-/// A simulated disk: reads see every write; only synced writes survive a crash.
-#[derive(Clone, Debug, Default)]
-pub struct SimStorage {
-    volatile: MemStorage,
-    durable: MemStorage,
-    pending: Vec<DiskOp>,
-}
-
-impl SimStorage {
-    fn from_durable(durable: MemStorage) -> SimStorage {
-        SimStorage {
-            volatile: durable.clone(),
-            durable,
-            pending: Vec::new(),
-        }
-    }
-    /// The durable image.
-    pub fn durable(&self) -> &MemStorage {
-        &self.durable
-    }
-}
-
-impl Storage for SimStorage {
-    fn hard_state(&self) -> HardState {
-        self.volatile.hard_state()
-    }
-    fn first_zxid(&self) -> Option<Zxid> {
-        self.volatile.first_zxid()
-    }
-    fn last_zxid(&self) -> Option<Zxid> {
-        self.volatile.last_zxid()
-    }
-    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
-        self.volatile.epoch_ends()
-    }
-    fn entries(
-        &self,
-        from: Zxid,
-        max_entries: usize,
-        max_bytes: usize,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        self.volatile.entries(from, max_entries, max_bytes, out)
-    }
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.volatile.append(entries)?;
-        self.pending.push(DiskOp::Append(entries.to_vec()));
-        Ok(())
-    }
-    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
-        self.volatile.truncate_suffix(after)?;
-        self.pending.push(DiskOp::Trunc(after));
-        Ok(())
-    }
-    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
-        self.volatile.truncate_prefix(upto)?;
-        self.pending.push(DiskOp::Compact(upto));
-        Ok(())
-    }
-    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.volatile.save_hard_state(hs)?;
-        self.pending.push(DiskOp::Hs(hs));
-        Ok(())
-    }
-    fn recovering(&self) -> bool {
-        self.volatile.recovering()
-    }
-    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
-        self.volatile.save_recovering(recovering)?;
-        self.pending.push(DiskOp::Recovering(recovering));
-        Ok(())
-    }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        for op in self.pending.drain(..) {
-            match op {
-                DiskOp::Trunc(z) => self.durable.truncate_suffix(z)?,
-                DiskOp::Append(e) => self.durable.append(&e)?,
-                DiskOp::Hs(hs) => self.durable.save_hard_state(hs)?,
-                DiskOp::Recovering(r) => self.durable.save_recovering(r)?,
-                DiskOp::Compact(z) => self.durable.truncate_prefix(z)?,
-            }
-        }
-        Ok(())
-    }
+    /// Syncs the node layer asked for in the background (completed or not).
+    pub background_syncs: u64,
+    /// Syncs the node layer ran inline (hard state, truncation, small batch).
+    pub inline_syncs: u64,
+    /// Background syncs that failed on purpose (the node restarted).
+    pub sync_failures: u64,
+    /// Times a node's disk refused writes (full) and its pipeline stalled.
+    pub storage_stalls: u64,
+    /// Voters whose synced log was damaged (restarted recovering).
+    pub corruptions: u64,
 }
 
 /// A network message: the kernel's or the elector's.
@@ -402,9 +338,16 @@ enum Ev<M> {
         node: usize,
         gen: u64,
     },
+    /// A background sync the node layer asked for completes.
     Sync {
         node: usize,
         gen: u64,
+        id: SyncId,
+        point: u64,
+    },
+    /// A full disk has room again.
+    DiskFree {
+        node: usize,
     },
     Client,
     Fault,
@@ -421,20 +364,29 @@ struct SmSnapshot {
     len: usize,
 }
 
-struct Node<E: Elector> {
+/// The node layer as the simulator runs it: simulated disk, checking state
+/// machine, and the client's tokens.
+type SimCore<E> = Node<SimStorage, E, SimMachine, Token>;
+
+/// What the simulated client waits for.
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    /// A write (its zxid is known from `propose`).
+    Write,
+    /// A linearizable read that must observe every entry acknowledged
+    /// before it started (`floor`).
+    Read { floor: Zxid },
+}
+
+struct SimNode<E: Elector> {
     id: NodeId,
-    replica: Option<Replica<SimStorage>>,
-    elector: E,
-    /// The disk image surviving crashes (when the replica is down).
+    /// The node layer, when up.
+    node: Option<SimCore<E>>,
+    /// The disk image surviving crashes (when the node is down).
     disk: MemStorage,
     snapshot: Option<SmSnapshot>,
-    /// Number of canonical entries applied.
-    sm_len: usize,
-    sm_last: Zxid,
-    pending_msgs: Vec<Envelope>,
-    pending_marker: Option<Persisted>,
+    /// Invalidates sync events of an earlier incarnation.
     sync_gen: u64,
-    sync_scheduled: bool,
     timer_gen: u64,
     timer_at: Option<Time>,
     incoming: BTreeMap<u64, Bytes>,
@@ -452,6 +404,18 @@ struct Node<E: Elector> {
     /// The driver's view: the node's data directory was lost, so it starts
     /// recovering; stays set until the flag is on its durable disk.
     start_recovering: bool,
+    /// The disk refuses writes (full) until the matching `DiskFree`.
+    disk_full: bool,
+    /// The background sync in flight is to fail (injected).
+    fail_sync: bool,
+    /// The node layer's counters already added to the run's.
+    counted: crate::node::NodeStats,
+}
+
+impl<E: Elector> SimNode<E> {
+    fn replica(&self) -> Option<&Replica<SimStorage>> {
+        self.node.as_ref().map(|n| n.replica())
+    }
 }
 
 /// A scripted loss: of the kernel messages named `name` sent to `to`,
@@ -481,17 +445,15 @@ pub struct Sim<E: Elector> {
     seq: u64,
     queue: BinaryHeap<Reverse<(Time, u64)>>,
     events: BTreeMap<u64, Ev<E::Message>>,
-    nodes: Vec<Node<E>>,
+    nodes: Vec<SimNode<E>>,
     config: Config,
     blocked: BTreeSet<(NodeId, NodeId)>,
     make_elector: ElectorFactory<E>,
     make_planner: PlannerFactory,
-    canonical: Vec<(Zxid, u64)>,
+    canonical: Canonical,
     acked: BTreeMap<Zxid, u64>,
     proposed: BTreeMap<Zxid, u64>,
     client_counter: u64,
-    read_counter: u64,
-    reads_pending: BTreeMap<u64, Zxid>,
     faults: bool,
     faults_stopped_at: Option<Time>,
     stats: SimStats,
@@ -500,16 +462,6 @@ pub struct Sim<E: Elector> {
     snap_open: BTreeSet<(NodeId, NodeId)>,
     /// Scripted losses.
     drops: Vec<ScriptedDrop>,
-}
-
-fn hash(data: &[u8]) -> u64 {
-    // FNV-1a: stable across platforms and runs.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// CRC-32 (IEEE) of `data`, bitwise: the simulator's snapshot chunks carry it.
@@ -563,12 +515,10 @@ impl<E: Elector> Sim<E> {
             blocked: BTreeSet::new(),
             make_elector,
             make_planner,
-            canonical: Vec::new(),
+            canonical: Rc::new(RefCell::new(Vec::new())),
             acked: BTreeMap::new(),
             proposed: BTreeMap::new(),
             client_counter: 0,
-            read_counter: 0,
-            reads_pending: BTreeMap::new(),
             faults: cfg.fault_interval.is_some(),
             faults_stopped_at: None,
             stats: SimStats::default(),
@@ -578,19 +528,12 @@ impl<E: Elector> Sim<E> {
             cfg,
         };
         for id in voters.into_iter().chain(observers) {
-            let elector = (sim.make_elector)(id, &config);
-            sim.nodes.push(Node {
+            sim.nodes.push(SimNode {
                 id,
-                replica: None,
-                elector,
+                node: None,
                 disk: MemStorage::new(),
                 snapshot: None,
-                sm_len: 0,
-                sm_last: Zxid::ZERO,
-                pending_msgs: Vec::new(),
-                pending_marker: None,
                 sync_gen: 0,
-                sync_scheduled: false,
                 timer_gen: 0,
                 timer_at: None,
                 incoming: BTreeMap::new(),
@@ -601,6 +544,9 @@ impl<E: Elector> Sim<E> {
                 pump_scheduled: false,
                 durable_hs: HardState::default(),
                 start_recovering: false,
+                disk_full: false,
+                fail_sync: false,
+                counted: Default::default(),
             });
         }
         for i in 0..sim.nodes.len() {
@@ -630,8 +576,8 @@ impl<E: Elector> Sim<E> {
         let mut ls = self
             .nodes
             .iter()
-            .filter(|n| n.replica.as_ref().is_some_and(|r| r.is_leader()))
-            .map(|n| (n.replica.as_ref().and_then(|r| r.established_epoch()), n.id))
+            .filter_map(|n| n.replica().filter(|r| r.is_leader()))
+            .map(|r| (r.established_epoch(), r.id()))
             .collect::<Vec<_>>();
         ls.sort();
         ls.last().map(|(_, id)| *id)
@@ -642,7 +588,7 @@ impl<E: Elector> Sim<E> {
         self.nodes
             .iter()
             .find(|n| n.id == id)
-            .and_then(|n| n.replica.as_ref())
+            .and_then(|n| n.replica())
     }
 
     /// Every node id (voters first).
@@ -657,8 +603,12 @@ impl<E: Elector> Sim<E> {
     {
         let mut out = String::new();
         for n in &self.nodes {
-            match &n.replica {
-                Some(r) => out.push_str(&format!("{r:?}\n  elector: {:?}\n", n.elector)),
+            match &n.node {
+                Some(node) => out.push_str(&format!(
+                    "{:?}\n  elector: {:?}\n",
+                    node.replica(),
+                    node.elector()
+                )),
                 None => out.push_str(&format!("node {} down\n", n.id)),
             }
         }
@@ -667,7 +617,7 @@ impl<E: Elector> Sim<E> {
 
     /// Number of canonical (agreed, applied somewhere) entries.
     pub fn canonical_len(&self) -> usize {
-        self.canonical.len()
+        self.canonical.borrow().len()
     }
 
     fn idx(&self, id: NodeId) -> usize {
@@ -699,15 +649,13 @@ impl<E: Elector> Sim<E> {
     pub fn crash(&mut self, id: NodeId) {
         let i = self.idx(id);
         let n = &mut self.nodes[i];
-        if let Some(r) = n.replica.take() {
-            n.disk = r.storage().durable().clone();
+        if let Some(node) = n.node.take() {
+            n.disk = node.storage().durable().clone();
             self.stats.crashes += 1;
             tracing::info!(node = %id, "sim: crash");
         }
-        n.pending_msgs.clear();
-        n.pending_marker = None;
-        n.sync_scheduled = false;
         n.sync_gen += 1;
+        n.fail_sync = false;
         n.timer_gen += 1;
         n.timer_at = None;
         n.incoming.clear();
@@ -715,8 +663,6 @@ impl<E: Elector> Sim<E> {
         n.installing = None;
         n.snap_gen += 1;
         n.pump_scheduled = false;
-        n.sm_len = 0;
-        n.sm_last = Zxid::ZERO;
         self.snap_open.retain(|(l, f)| *l != id && *f != id);
     }
 
@@ -735,7 +681,7 @@ impl<E: Elector> Sim<E> {
     /// Restarts `id` from its durable disk and snapshot.
     pub fn restart(&mut self, id: NodeId) {
         let i = self.idx(id);
-        if self.nodes[i].replica.is_none() {
+        if self.nodes[i].node.is_none() {
             tracing::info!(node = %id, "sim: restart");
             self.start_node(i);
         }
@@ -759,11 +705,38 @@ impl<E: Elector> Sim<E> {
         tracing::info!(node = %id, recovering, "sim: wipe (disk lost)");
     }
 
+    /// Damages `id`'s log where it was synced: crashes it and cuts its
+    /// durable log at a random entry (what survives is the valid prefix a
+    /// checksummed log keeps). It restarts recovering, as the reference
+    /// node does when its WAL check finds damage in the synced part.
+    pub fn corrupt(&mut self, id: NodeId) {
+        self.crash(id);
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        let (Some(first), Some(last)) = (n.disk.first_zxid(), n.disk.last_zxid()) else {
+            return;
+        };
+        let mut held = Vec::new();
+        let _ = n.disk.entries(first, usize::MAX, usize::MAX, &mut held);
+        let keep = self.rng.index(held.len() + 1);
+        let after = if keep == 0 {
+            Zxid::ZERO
+        } else {
+            held[keep - 1].zxid
+        };
+        if after < last {
+            let _ = n.disk.truncate_suffix(after);
+        }
+        n.start_recovering = true;
+        self.stats.corruptions += 1;
+        tracing::info!(node = %id, ?after, "sim: log damaged where it was synced; restarts recovering");
+    }
+
     /// Whether `id` is recovering: up and [`Replica::is_recovering`], or
     /// down with the flag on its durable disk or about to be set.
     pub fn is_recovering(&self, id: NodeId) -> bool {
         let n = &self.nodes[self.idx(id)];
-        match &n.replica {
+        match n.replica() {
             Some(r) => r.is_recovering(),
             None => n.start_recovering || n.disk.recovering(),
         }
@@ -771,24 +744,24 @@ impl<E: Elector> Sim<E> {
 
     /// Starts a linearizable read on `id` (whatever its role), checked like
     /// the client's: it must observe every entry acknowledged before now.
-    /// Returns whether the replica accepted it.
+    /// Returns whether the node accepted it.
     pub fn read_on(&mut self, id: NodeId) -> bool {
         let i = self.idx(id);
-        self.read_counter += 1;
-        let rid = self.read_counter;
-        let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
-        let now = self.now;
-        let accepted = self.nodes[i].replica.as_mut().is_some_and(|r| {
-            r.read_index(now, Bytes::copy_from_slice(&rid.to_le_bytes()))
-                .is_ok()
-        });
-        if accepted {
-            self.reads_pending.insert(rid, floor);
-        }
+        let accepted = self.start_read(i);
         if let Err(v) = self.drive(i) {
             self.deferred.get_or_insert(v);
         }
         accepted
+    }
+
+    /// Starts a read on node `i`; whether it was accepted.
+    fn start_read(&mut self, i: usize) -> bool {
+        let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
+        let now = self.now;
+        self.nodes[i]
+            .node
+            .as_mut()
+            .is_some_and(|n| n.read(now, 0, Token::Read { floor }).is_ok())
     }
 
     /// The newest acknowledged (committed and applied by its leader) zxid.
@@ -798,7 +771,7 @@ impl<E: Elector> Sim<E> {
 
     /// Whether `id` is up.
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.nodes[self.idx(id)].replica.is_some()
+        self.nodes[self.idx(id)].node.is_some()
     }
 
     /// Cuts `id` off from every other node (both directions).
@@ -854,18 +827,25 @@ impl<E: Elector> Sim<E> {
 
     fn start_node(&mut self, i: usize) {
         let planner = (self.make_planner)();
+        let elector = (self.make_elector)(self.nodes[i].id, &self.config);
+        let canonical = self.canonical.clone();
         let n = &mut self.nodes[i];
-        let storage = SimStorage::from_durable(n.disk.clone());
+        let mut storage = SimStorage::from_durable(n.disk.clone());
+        storage.set_refuse_writes(n.disk_full);
         n.durable_hs = storage.durable().hard_state();
         let snapshot = n.snapshot;
         // The state machine restarts from the durable snapshot.
-        n.sm_len = snapshot.map_or(0, |s| s.len);
-        n.sm_last = snapshot.map_or(Zxid::ZERO, |s| s.zxid);
+        let machine = SimMachine::new(
+            n.id,
+            canonical,
+            snapshot.map_or(0, |s| s.len),
+            snapshot.map_or(Zxid::ZERO, |s| s.zxid),
+        );
         let recovered = Recovered {
-            applied: n.sm_last,
+            applied: machine.last,
             snapshot: snapshot.map(|s| s.zxid),
         };
-        match Replica::new(
+        let mut r = match Replica::new(
             n.id,
             self.config.clone(),
             storage,
@@ -873,18 +853,24 @@ impl<E: Elector> Sim<E> {
             recovered,
             self.now,
         ) {
-            Ok(mut r) => {
-                if n.start_recovering && !r.is_recovering() {
-                    r.mark_recovering();
-                }
-                if self.cfg.unsafe_skip_lease_hold_off {
-                    r.unsafe_skip_lease_hold_off();
-                }
-                n.replica = Some(r)
-            }
+            Ok(r) => r,
             Err(e) => panic!("sim: replica {} failed to start: {e}", n.id),
+        };
+        if n.start_recovering && !r.is_recovering() {
+            r.mark_recovering();
         }
-        n.elector = (self.make_elector)(n.id, &self.config);
+        if self.cfg.unsafe_skip_lease_hold_off {
+            r.unsafe_skip_lease_hold_off();
+        }
+        let cfg = NodeConfig {
+            snapshot_every: self.cfg.snapshot_every,
+            ..NodeConfig::default()
+        };
+        match Node::new(r, elector, machine, cfg) {
+            Ok(node) => n.node = Some(node),
+            Err(e) => panic!("sim: node {} failed to start: {e}", n.id),
+        }
+        n.counted = Default::default();
         n.timer_gen += 1;
         n.timer_at = None;
         if let Err(v) = self.drive(i) {
@@ -965,24 +951,30 @@ impl<E: Elector> Sim<E> {
         match ev {
             Ev::Deliver(p) => self.deliver(p)?,
             Ev::Timer { node, gen } => {
-                if self.nodes[node].timer_gen == gen && self.nodes[node].replica.is_some() {
+                if self.nodes[node].timer_gen == gen {
                     self.nodes[node].timer_at = None;
                     let now = self.now;
-                    let n = &mut self.nodes[node];
-                    if n.elector.poll_timeout().is_some_and(|t| t <= now) {
-                        n.elector.handle_timeout(now);
+                    if let Some(n) = self.nodes[node].node.as_mut() {
+                        n.handle_timeout(now);
+                        self.drive(node)?;
                     }
-                    if let Some(r) = n.replica.as_mut() {
-                        if r.poll_timeout().is_some_and(|t| t <= now) {
-                            r.handle_timeout(now);
-                        }
-                    }
-                    self.drive(node)?;
                 }
             }
-            Ev::Sync { node, gen } => {
+            Ev::Sync {
+                node,
+                gen,
+                id,
+                point,
+            } => {
                 if self.nodes[node].sync_gen == gen {
-                    self.do_sync(node)?;
+                    self.sync_done(node, id, point)?;
+                }
+            }
+            Ev::DiskFree { node } => {
+                let n = &mut self.nodes[node];
+                n.disk_full = false;
+                if let Some(core) = n.node.as_mut() {
+                    core.storage_mut().set_refuse_writes(false);
                 }
             }
             Ev::SnapPump { node, gen } => {
@@ -1068,6 +1060,37 @@ impl<E: Elector> Sim<E> {
                     Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
                 self.schedule(d, Ev::Heal);
             }
+            6 if self.cfg.disk_faults && self.rng.chance(0.5) => {
+                if self.config.is_voter(id) && self.rng.chance(0.3) {
+                    // Damage in the synced part of the log: the node
+                    // restarts recovering, as the reference node does.
+                    let ids = self.node_ids();
+                    let down = ids
+                        .iter()
+                        .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
+                        .count();
+                    if down < self.cfg.voters - (self.cfg.voters / 2 + 1)
+                        && !self.is_recovering(id)
+                    {
+                        self.corrupt(id);
+                        let d = Duration::from_nanos(
+                            self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                        );
+                        self.schedule(d, Ev::Restart { node: i });
+                    }
+                } else {
+                    // A full disk for a while.
+                    let n = &mut self.nodes[i];
+                    n.disk_full = true;
+                    if let Some(core) = n.node.as_mut() {
+                        core.storage_mut().set_refuse_writes(true);
+                    }
+                    let d = Duration::from_nanos(
+                        self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                    );
+                    self.schedule(d, Ev::DiskFree { node: i });
+                }
+            }
             6 => {
                 // A one-way cut between two nodes.
                 let j = self.rng.index(n);
@@ -1124,7 +1147,7 @@ impl<E: Elector> Sim<E> {
             return Ok(());
         }
         let i = self.idx(to);
-        if self.nodes[i].replica.is_none() {
+        if self.nodes[i].node.is_none() {
             self.stats.dropped += 1;
             return Ok(());
         }
@@ -1138,11 +1161,15 @@ impl<E: Elector> Sim<E> {
                 if matches!(env.msg, Message::FetchHistory { .. }) {
                     self.stats.fetches += 1;
                 }
-                if let Some(r) = self.nodes[i].replica.as_mut() {
-                    r.handle_message(now, env);
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    n.handle_message(now, env);
                 }
             }
-            Packet::Elect { from, msg, .. } => self.nodes[i].elector.handle_message(now, from, msg),
+            Packet::Elect { from, msg, .. } => {
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    n.handle_election_message(now, from, msg);
+                }
+            }
         }
         self.drive(i)
     }
@@ -1151,15 +1178,16 @@ impl<E: Elector> Sim<E> {
     /// returns how many it accepted. Acknowledged only if they commit.
     pub fn propose_on(&mut self, id: NodeId, count: usize) -> usize {
         let i = self.idx(id);
+        let now = self.now;
         let mut accepted = 0;
         for _ in 0..count {
             self.client_counter += 1;
             let data = self.client_counter.to_le_bytes().to_vec();
             let h = hash(&data);
-            let Some(r) = self.nodes[i].replica.as_mut() else {
+            let Some(n) = self.nodes[i].node.as_mut() else {
                 break;
             };
-            if let Ok(z) = r.propose(Bytes::from(data)) {
+            if let Ok(z) = n.propose(now, Bytes::from(data), Token::Write) {
                 self.proposed.insert(z, h);
                 accepted += 1;
             }
@@ -1181,19 +1209,21 @@ impl<E: Elector> Sim<E> {
             let extra = self.rng.range(0, 24) as usize;
             data.extend((0..extra).map(|k| (k as u8).wrapping_mul(31)));
             let h = hash(&data);
-            let Some(r) = self.nodes[i].replica.as_mut() else {
+            let now = self.now;
+            let Some(n) = self.nodes[i].node.as_mut() else {
                 break;
             };
-            match r.propose(Bytes::from(data)) {
+            match n.propose(now, Bytes::from(data), Token::Write).map_err(|r| r.error) {
                 Ok(z) => {
                     self.proposed.insert(z, h);
                 }
-                Err(crate::ProposeError::EpochExhausted { epoch, .. }) => {
+                Err(crate::node::ProposeRejected::Kernel(
+                    crate::ProposeError::EpochExhausted { epoch, .. },
+                )) => {
                     // The leader spent its epoch's counter and stepped down
                     // (Config::max_epoch_counter): only then may it refuse.
                     if self.nodes[i]
-                        .replica
-                        .as_ref()
+                        .replica()
                         .is_some_and(|r| r.is_leader())
                     {
                         return Err(self.violation(format!(
@@ -1215,118 +1245,159 @@ impl<E: Elector> Sim<E> {
         // entry acknowledged before it started.
         if self.rng.chance(0.3) {
             let j = self.rng.index(self.nodes.len());
-            self.read_counter += 1;
-            let id = self.read_counter;
-            let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
-            let now = self.now;
-            if let Some(r) = self.nodes[j].replica.as_mut() {
-                if r.read_index(now, Bytes::copy_from_slice(&id.to_le_bytes()))
-                    .is_ok()
-                {
-                    self.reads_pending.insert(id, floor);
-                }
-            }
+            self.start_read(j);
             self.drive(j)?;
         }
         Ok(())
     }
 
-    fn check_read(&mut self, rs: &crate::ReadState) -> Result<(), Violation> {
-        let Ok(raw) = <[u8; 8]>::try_from(rs.ctx.as_ref()) else {
-            return Err(self.violation("read state with a foreign context".into()));
-        };
-        let id = u64::from_le_bytes(raw);
-        if let Some(floor) = self.reads_pending.remove(&id) {
-            if rs.zxid < floor {
-                return Err(self.violation(format!(
-                    "linearizability: read {id} confirmed at {:?} below acknowledged {floor:?}",
-                    rs.zxid
-                )));
-            }
-            self.stats.reads += 1;
+    /// A read was served: the state it saw must include every entry
+    /// acknowledged before it started.
+    fn check_read(&mut self, i: usize, floor: Zxid) -> Result<(), Violation> {
+        let applied = self.nodes[i]
+            .node
+            .as_ref()
+            .map_or(Zxid::ZERO, |n| n.state_machine().last);
+        if applied < floor {
+            let id = self.nodes[i].id;
+            return Err(self.violation(format!(
+                "linearizability: read on node {id} served at {applied:?} below acknowledged {floor:?}"
+            )));
         }
+        self.stats.reads += 1;
         Ok(())
     }
 
-    fn do_sync(&mut self, i: usize) -> Result<(), Violation> {
+    /// A background sync completes: the writes made before it started are
+    /// durable (unless the sync is made to fail), and the node layer hears.
+    fn sync_done(&mut self, i: usize, id: SyncId, point: u64) -> Result<(), Violation> {
         let now = self.now;
         let n = &mut self.nodes[i];
-        n.sync_scheduled = false;
-        let Some(r) = n.replica.as_mut() else {
+        let Some(node) = n.node.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = r.storage_mut().sync() {
-            panic!("sim storage cannot fail: {e}");
-        }
-        let hs = r.storage().durable().hard_state();
-        if hs.accepted_epoch < n.durable_hs.accepted_epoch
-            || hs.current_epoch < n.durable_hs.current_epoch
-        {
-            let what = format!(
-                "epoch monotonicity: node {} durable {:?} after {:?}",
-                n.id, hs, n.durable_hs
-            );
-            return Err(self.violation(what));
-        }
-        n.durable_hs = hs;
-        if n.start_recovering && r.storage().durable().recovering() {
-            n.start_recovering = false;
-        }
-        let msgs = std::mem::take(&mut n.pending_msgs);
-        if let Some(m) = n.pending_marker.take() {
-            r.persisted(now, m);
-        }
-        for m in msgs {
-            self.send_packet(Packet::Core(m));
+        let result = if std::mem::take(&mut n.fail_sync) {
+            self.stats.sync_failures += 1;
+            Err(crate::StorageError::io(
+                "simulated flush",
+                std::io::Error::other("injected fsync failure"),
+            ))
+        } else {
+            node.storage_mut().sync_upto(point).map_err(|e| {
+                crate::StorageError::io("simulated flush", std::io::Error::other(e.to_string()))
+            })
+        };
+        if let Err(e) = node.handle_sync_done(now, id, result) {
+            return self.node_failed(i, e);
         }
         self.drive(i)
     }
 
-    /// Drives node `i` until it has nothing more to say, like a real
-    /// caller's loop: elector output, replica `Ready`, timers.
+    /// The node layer stopped with `e`. An injected sync failure is the
+    /// one expected cause: the process restarts and recovers from its disk.
+    /// Anything else is a violation.
+    fn node_failed(&mut self, i: usize, e: NodeError) -> Result<(), Violation> {
+        let id = self.nodes[i].id;
+        match &e {
+            NodeError::Storage { what, .. } if *what == "the background sync" => {
+                tracing::info!(node = %id, error = %e, "sim: node stopped on a failed sync; restarting");
+                self.crash(id);
+                let d = Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
+                self.schedule(d, Ev::Restart { node: i });
+                Ok(())
+            }
+            _ => Err(self.violation(format!("node {id} stopped: {e}"))),
+        }
+    }
+
+    /// Drives node `i` until it has nothing more to say, like the reference
+    /// node's loop: the node layer processes, its frames go on the network,
+    /// a background sync is scheduled, events are handled, the timer is
+    /// re-armed.
     fn drive(&mut self, i: usize) -> Result<(), Violation> {
         for _ in 0..64 {
             let now = self.now;
-            let mut progress = false;
-            // Elector output.
-            loop {
-                let n = &mut self.nodes[i];
-                let Some((to, msg)) = n.elector.poll_transmit() else {
-                    break;
-                };
-                let from = n.id;
-                self.send_packet(Packet::Elect { from, to, msg });
-                progress = true;
-            }
             let n = &mut self.nodes[i];
-            while let Some(d) = n.elector.poll_decision() {
-                if let Some(r) = n.replica.as_mut() {
-                    r.handle_leader_decision(now, d);
-                }
-                progress = true;
-            }
-            let Some(r) = n.replica.as_mut() else {
+            let Some(node) = n.node.as_mut() else {
                 return Ok(());
             };
-            let rd = r.ready();
-            if !rd.is_empty() {
-                progress = true;
-                self.handle_ready(i, rd)?;
+            if let Err(e) = node.process(now) {
+                return self.node_failed(i, e);
             }
-            if !progress {
+            let from = n.id;
+            let mut frames = Vec::new();
+            while let Some(t) = node.poll_transmit() {
+                frames.push(t);
+            }
+            let sync = node.poll_sync().map(|id| (id, node.storage().sync_point()));
+            let mut events = Vec::new();
+            while let Some(ev) = node.poll_event() {
+                events.push(ev);
+            }
+            // The durable hard state never goes back.
+            let hs = node.storage().durable().hard_state();
+            if hs.accepted_epoch < n.durable_hs.accepted_epoch
+                || hs.current_epoch < n.durable_hs.current_epoch
+            {
+                let what = format!(
+                    "epoch monotonicity: node {} durable {:?} after {:?}",
+                    n.id, hs, n.durable_hs
+                );
+                return Err(self.violation(what));
+            }
+            n.durable_hs = hs;
+            if n.start_recovering && node.storage().durable().recovering() {
+                n.start_recovering = false;
+            }
+            if let Some(what) = node.state_machine().violation.clone() {
+                return Err(self.violation(what));
+            }
+            let counts = node.stats();
+            self.stats.compactions += counts.compactions - n.counted.compactions;
+            self.stats.inline_syncs += counts.inline_syncs - n.counted.inline_syncs;
+            self.stats.storage_stalls += counts.storage_stalls - n.counted.storage_stalls;
+            n.counted = counts;
+            let idle = frames.is_empty() && sync.is_none() && events.is_empty();
+            if let Some((id, point)) = sync {
+                self.stats.background_syncs += 1;
+                let gen = n.sync_gen;
+                if self.cfg.disk_faults && self.rng.chance(self.cfg.sync_fail_prob) {
+                    self.nodes[i].fail_sync = true;
+                }
+                let d = Duration::from_nanos(
+                    self.rng.range(0, self.cfg.max_sync_delay.as_nanos() as u64),
+                );
+                self.schedule(
+                    d,
+                    Ev::Sync {
+                        node: i,
+                        gen,
+                        id,
+                        point,
+                    },
+                );
+            }
+            for t in frames {
+                match t {
+                    Transmit::Core(env) => self.send_packet(Packet::Core(env)),
+                    Transmit::Election(to, msg) => {
+                        self.send_packet(Packet::Elect { from, to, msg })
+                    }
+                }
+            }
+            for ev in events {
+                self.on_node_event(i, ev)?;
+            }
+            if idle {
                 break;
             }
         }
         // Re-arm the timer.
         let n = &mut self.nodes[i];
-        let Some(r) = n.replica.as_ref() else {
+        let Some(node) = n.node.as_ref() else {
             return Ok(());
         };
-        let t = match (r.poll_timeout(), n.elector.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(t) = t {
+        if let Some(t) = node.poll_timeout() {
             if n.timer_at != Some(t) {
                 n.timer_gen += 1;
                 n.timer_at = Some(t);
@@ -1338,363 +1409,72 @@ impl<E: Elector> Sim<E> {
         Ok(())
     }
 
-    fn handle_ready(&mut self, i: usize, rd: crate::Ready) -> Result<(), Violation> {
+    /// Acts on one of node `i`'s events, as the reference node does.
+    fn on_node_event(&mut self, i: usize, ev: NodeEvent<Token>) -> Result<(), Violation> {
         let now = self.now;
-        let marker = rd.persist_marker();
-        for m in rd.messages.iter().cloned() {
-            self.send_packet(Packet::Core(m));
-        }
-        let n = &mut self.nodes[i];
-        let id = n.id;
-        let Some(r) = n.replica.as_mut() else {
-            return Ok(());
-        };
-        if rd.compact_to.is_some() {
-            self.stats.compactions += 1;
-        }
-        if let Err(e) = r.storage_mut().write_ready(&rd) {
-            return Err(self.violation(format!("node {id}: storage refused the writes: {e}")));
-        }
-        n.pending_msgs.extend(rd.persisted_messages);
-        n.pending_marker = Some(marker);
-        if !n.sync_scheduled {
-            n.sync_scheduled = true;
-            n.sync_gen += 1;
-            let gen = n.sync_gen;
-            let d =
-                Duration::from_nanos(self.rng.range(0, self.cfg.max_sync_delay.as_nanos() as u64));
-            self.schedule(d, Ev::Sync { node: i, gen });
-        }
-        // Apply.
-        let mut last_applied = None;
-        for e in &rd.committed {
-            self.apply(i, e)?;
-            last_applied = Some(e.zxid);
-        }
-        let n = &mut self.nodes[i];
-        if let (Some(z), Some(r)) = (last_applied, n.replica.as_mut()) {
-            r.applied(z);
-            // Client acknowledgement: the leader applied its own proposal.
-            if r.is_leader() {
-                for e in &rd.committed {
-                    if let Some(h) = self.proposed.remove(&e.zxid) {
-                        self.acked.insert(e.zxid, h);
-                        self.stats.acked += 1;
-                        if let (Some(stop), None) = (self.faults_stopped_at, self.stats.recovery) {
-                            self.stats.recovery = Some(now.saturating_since(stop));
-                        }
+        match ev {
+            NodeEvent::Written { zxid, .. } => {
+                // Client acknowledgement: the proposer applied its command.
+                if let Some(h) = self.proposed.remove(&zxid) {
+                    self.acked.insert(zxid, h);
+                    self.stats.acked += 1;
+                    if let (Some(stop), None) = (self.faults_stopped_at, self.stats.recovery) {
+                        self.stats.recovery = Some(now.saturating_since(stop));
                     }
                 }
             }
-            let every = self.cfg.snapshot_every;
-            let n = &mut self.nodes[i];
-            let since = n
-                .snapshot
-                .map_or(n.sm_len, |s| n.sm_len - s.len.min(n.sm_len));
-            if every > 0 && since as u64 >= every {
-                n.snapshot = Some(SmSnapshot {
-                    zxid: n.sm_last,
-                    len: n.sm_len,
-                });
-                if let Some(r) = n.replica.as_mut() {
-                    r.snapshot_taken(n.sm_last);
-                }
-            }
-        }
-        for rs in &rd.read_states {
-            self.check_read(rs)?;
-        }
-        for req in rd.snapshot_requests {
-            self.snapshot_request(i, req)?;
-        }
-        for ev in rd.events {
-            let n = &mut self.nodes[i];
-            match ev {
-                Event::LostLeader(v) => {
-                    self.stats.lost_leader += 1;
-                    n.elector.start_looking(now, v);
-                }
-                Event::Settled {
-                    state,
-                    leader,
-                    epoch,
-                } => {
-                    if state == PeerState::Leading {
-                        self.stats.leaders += 1;
-                    }
-                    n.elector.settle(now, state, leader, epoch);
-                }
-                Event::ReadAborted { .. } => {}
-                Event::RecoveryStarted => n.elector.set_voting(now, false),
-                Event::RecoveryComplete { .. } => {
-                    self.stats.readmissions += 1;
-                    n.elector.set_voting(now, true);
-                }
-                Event::StorageFailed(e) => {
-                    return Err(self.violation(format!("node {id}: storage read failed: {e}")));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, i: usize, e: &Entry) -> Result<(), Violation> {
-        let h = hash(&e.data);
-        let n = &mut self.nodes[i];
-        if e.zxid <= n.sm_last {
-            let what = format!("node {}: applied {:?} after {:?}", n.id, e.zxid, n.sm_last);
-            return Err(self.violation(what));
-        }
-        let k = n.sm_len;
-        if k < self.canonical.len() {
-            if self.canonical[k] != (e.zxid, h) {
-                let what = format!(
-                    "agreement/prefix: node {} applied {:?} at position {k}, canonical has {:?}",
-                    n.id, e.zxid, self.canonical[k].0
-                );
-                return Err(self.violation(what));
-            }
-        } else {
-            self.canonical.push((e.zxid, h));
-        }
-        n.sm_len += 1;
-        n.sm_last = e.zxid;
-        Ok(())
-    }
-
-    fn encode_snapshot(&self, s: SmSnapshot) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + s.len * 16);
-        out.extend_from_slice(&s.zxid.0.to_le_bytes());
-        out.extend_from_slice(&(s.len as u64).to_le_bytes());
-        for (z, h) in &self.canonical[..s.len] {
-            out.extend_from_slice(&z.0.to_le_bytes());
-            out.extend_from_slice(&h.to_le_bytes());
-        }
-        out
-    }
-
-    fn snapshot_request(&mut self, i: usize, req: SnapshotRequest) -> Result<(), Violation> {
-        match req {
-            SnapshotRequest::Send {
+            NodeEvent::Superseded { .. } | NodeEvent::OutcomeUnknown { .. } => {}
+            NodeEvent::ReadReady {
+                token: Token::Read { floor },
+            } => self.check_read(i, floor)?,
+            NodeEvent::ReadReady { .. } | NodeEvent::ReadFailed { .. } => {}
+            NodeEvent::SendSnapshot {
                 to,
                 snapshot,
                 offset,
-            } => {
-                let Some(s) = self.nodes[i].snapshot.filter(|s| s.zxid == snapshot) else {
-                    tracing::debug!(have = ?self.nodes[i].snapshot, want = ?snapshot, "sim: snapshot superseded");
-                    return Ok(()); // superseded; the leader will retry
-                };
-                let leader = self.nodes[i].id;
-                if !self.snap_open.insert((leader, to)) {
-                    self.stats.snap_restarts += 1;
-                }
-                if offset > 0 {
-                    self.stats.snap_resumes += 1;
-                }
-                let bytes = Bytes::from(self.encode_snapshot(s));
-                let out = SimOutgoing {
-                    to,
-                    snapshot,
-                    offset: (offset as usize).min(bytes.len()),
-                    bytes,
-                };
+            } => self.send_snapshot(i, to, snapshot, offset),
+            NodeEvent::SnapshotChunk { chunk, .. } => self.receive_chunk(i, chunk)?,
+            NodeEvent::SnapshotDue { zxid } => {
                 let n = &mut self.nodes[i];
-                n.outgoing.retain(|o| o.to != to);
-                n.outgoing.push(out);
-                if self.cfg.snap_chunk_interval.is_zero() {
-                    // The whole snapshot at once.
-                    while !self.nodes[i].outgoing.is_empty() {
-                        self.pump_once(i);
-                    }
-                } else if !self.nodes[i].pump_scheduled {
-                    let n = &mut self.nodes[i];
-                    n.pump_scheduled = true;
-                    let gen = n.snap_gen;
-                    let d = self.cfg.snap_chunk_interval;
-                    self.schedule(d, Ev::SnapPump { node: i, gen });
+                if let Some(node) = n.node.as_mut() {
+                    let len = node.state_machine().len;
+                    n.snapshot = Some(SmSnapshot { zxid, len });
+                    node.snapshot_taken(zxid);
                 }
             }
-            SnapshotRequest::Write { chunk, .. } => self.receive_chunk(i, chunk)?,
+            NodeEvent::LostLeader => {
+                self.stats.lost_leader += 1;
+                self.nodes[i].outgoing.clear();
+            }
+            NodeEvent::Settled { state, .. } => {
+                if state == PeerState::Leading {
+                    self.stats.leaders += 1;
+                }
+            }
+            NodeEvent::RecoveryComplete { .. } => self.stats.readmissions += 1,
+            NodeEvent::ElectionDecided(_) => {}
+            NodeEvent::StorageReadFailed(e) => {
+                let id = self.nodes[i].id;
+                return Err(self.violation(format!("node {id}: storage read failed: {e}")));
+            }
         }
         Ok(())
     }
 
-    /// Hands the kernel one chunk of every outgoing snapshot; drops the
-    /// transfers that ended or that the kernel no longer wants.
-    fn pump_once(&mut self, i: usize) {
-        let chunk_bytes = self.cfg.snap_chunk_bytes.max(1);
-        let n = &mut self.nodes[i];
-        let Some(r) = n.replica.as_mut() else {
-            n.outgoing.clear();
-            return;
-        };
-        n.outgoing.retain_mut(|o| {
-            if o.offset >= o.bytes.len() {
-                return false;
-            }
-            let end = (o.offset + chunk_bytes).min(o.bytes.len());
-            let data = o.bytes.slice(o.offset..end);
-            let chunk = SnapChunk {
-                snapshot_zxid: o.snapshot,
-                offset: o.offset as u64,
-                total_len: o.bytes.len() as u64,
-                crc32: crc32(&data),
-                fingerprint: 0,
-                data,
-                last: end == o.bytes.len(),
-            };
-            if !r.send_snapshot_chunk(o.to, chunk) {
-                return false;
-            }
-            o.offset = end;
-            end < o.bytes.len()
-        });
-    }
 
-    fn pump_snapshots(&mut self, i: usize) -> Result<(), Violation> {
-        self.nodes[i].pump_scheduled = false;
-        self.pump_once(i);
-        let n = &mut self.nodes[i];
-        if !n.outgoing.is_empty() {
-            n.pump_scheduled = true;
-            let gen = n.snap_gen;
-            let d = self.cfg.snap_chunk_interval;
-            self.schedule(d, Ev::SnapPump { node: i, gen });
-        }
-        self.drive(i)
-    }
 
-    /// The follower's driver takes one chunk (in any order: they are kept
-    /// by offset) and starts the install once the snapshot is complete.
-    fn receive_chunk(&mut self, i: usize, chunk: SnapChunk) -> Result<(), Violation> {
-        let n = &mut self.nodes[i];
-        if crc32(&chunk.data) != chunk.crc32 {
-            let what = format!("node {}: snapshot chunk crc mismatch", n.id);
-            return Err(self.violation(what));
-        }
-        if n.installing.is_some() {
-            // The whole snapshot is in; a chunk now is a late duplicate.
-            return Ok(());
-        }
-        if n.incoming_zxid != chunk.snapshot_zxid {
-            n.incoming.clear();
-            n.incoming_zxid = chunk.snapshot_zxid;
-        }
-        n.incoming.insert(chunk.offset, chunk.data.clone());
-        let mut assembled = Vec::new();
-        for (off, data) in &n.incoming {
-            let off = *off as usize;
-            if off > assembled.len() {
-                break;
-            }
-            // A resumed stream may overlap what is held: same bytes.
-            let skip = assembled.len() - off;
-            if skip < data.len() {
-                assembled.extend_from_slice(&data[skip..]);
-            }
-        }
-        if assembled.len() as u64 != chunk.total_len {
-            self.report_progress(i, chunk.snapshot_zxid, assembled.len() as u64, false);
-            return Ok(());
-        }
-        let n = &mut self.nodes[i];
-        n.incoming.clear();
-        n.incoming_zxid = Zxid::ZERO;
-        let buf = assembled;
-        if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
-            return Err(self.violation("snapshot of wrong length".into()));
-        }
-        let zxid = Zxid(u64::from_le_bytes(buf[0..8].try_into().unwrap_or_default()));
-        let len = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) as usize;
-        if zxid != chunk.snapshot_zxid || buf.len() != 16 + len * 16 {
-            return Err(self.violation("snapshot header mismatch".into()));
-        }
-        for k in 0..len {
-            let o = 16 + k * 16;
-            let z = Zxid(u64::from_le_bytes(
-                buf[o..o + 8].try_into().unwrap_or_default(),
-            ));
-            let h = u64::from_le_bytes(buf[o + 8..o + 16].try_into().unwrap_or_default());
-            if self.canonical.get(k) != Some(&(z, h)) {
-                let what = format!("snapshot content diverges from the canonical sequence at {k}");
-                return Err(self.violation(what));
-            }
-        }
-        let snap = SmSnapshot { zxid, len };
-        let install = self.cfg.snap_install_time;
-        if install.is_zero() {
-            self.finish_install(i, snap);
-            return Ok(());
-        }
-        let n = &mut self.nodes[i];
-        n.installing = Some((snap, self.now + install));
-        let gen = n.snap_gen;
-        self.report_progress(i, zxid, chunk.total_len, true);
-        let tick = self.config.heartbeat_interval.min(install);
-        self.schedule(tick, Ev::InstallTick { node: i, gen });
-        Ok(())
-    }
 
-    /// An install in progress: finish it when due, else report progress.
-    fn install_tick(&mut self, i: usize) -> Result<(), Violation> {
-        let Some((snap, done_at)) = self.nodes[i].installing else {
-            return Ok(());
-        };
-        if self.now >= done_at {
-            self.nodes[i].installing = None;
-            self.finish_install(i, snap);
-        } else {
-            let total = 16 + snap.len as u64 * 16;
-            self.report_progress(i, snap.zxid, total, true);
-            let gen = self.nodes[i].snap_gen;
-            let tick = self
-                .config
-                .heartbeat_interval
-                .min(done_at.saturating_since(self.now));
-            self.schedule(tick, Ev::InstallTick { node: i, gen });
-        }
-        self.drive(i)
-    }
 
-    /// The install is durable: the state machine takes the snapshot if the
-    /// kernel still expects it (it may have moved on meanwhile).
-    fn finish_install(&mut self, i: usize, snap: SmSnapshot) {
-        let now = self.now;
-        let n = &mut self.nodes[i];
-        let Some(r) = n.replica.as_mut() else {
-            return;
-        };
-        let before = r.applied_zxid();
-        r.snapshot_installed(now, snap.zxid);
-        if before < snap.zxid && r.applied_zxid() >= snap.zxid {
-            n.snapshot = Some(snap);
-            n.sm_len = snap.len;
-            n.sm_last = snap.zxid;
-            self.stats.snap_installs += 1;
-            if r.leader() == Some(r.id()) {
-                // Only a leader-elect in discovery installs while leading.
-                self.stats.snap_fetches += 1;
-            }
-            let id = n.id;
-            self.snap_open.retain(|(_, f)| *f != id);
-        } else {
-            tracing::info!(node = %n.id, zxid = ?snap.zxid, "sim: installed snapshot no longer expected");
-        }
-    }
 
-    /// The follower's driver reports how far the transfer got.
-    fn report_progress(&mut self, i: usize, snapshot: Zxid, received: u64, installing: bool) {
-        let now = self.now;
-        if let Some(r) = self.nodes[i].replica.as_mut() {
-            r.snapshot_progress(now, snapshot, received, installing);
-        }
-    }
+
+
+
 
     /// Checks the safety invariants that are not checked as events happen.
     fn check(&self) -> Result<(), Violation> {
         // Leader completeness.
         for n in &self.nodes {
-            let Some(r) = &n.replica else { continue };
+            let Some(r) = n.replica() else { continue };
             let Some(epoch) = r.established_epoch().filter(|_| r.is_leader()) else {
                 continue;
             };
@@ -1715,7 +1495,7 @@ impl<E: Elector> Sim<E> {
             let mut holders = 0;
             let mut counted_non_holders = 0;
             for n in self.nodes.iter().filter(|n| self.config.is_voter(n.id)) {
-                let disk = match &n.replica {
+                let disk = match n.replica() {
                     Some(r) => r.storage().durable(),
                     None => &n.disk,
                 };
@@ -1727,8 +1507,9 @@ impl<E: Elector> Sim<E> {
                     counted_non_holders += 1;
                 }
             }
+            let lost_disks = self.stats.wipes + self.stats.corruptions;
             let ok = holders >= self.config.quorum()
-                || (self.stats.wipes > 0 && counted_non_holders < self.config.quorum());
+                || (lost_disks > 0 && counted_non_holders < self.config.quorum());
             if !ok {
                 return Err(self.violation(format!(
                     "durability: acknowledged {z:?} durably held by {holders} voters only"
