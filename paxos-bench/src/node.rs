@@ -45,8 +45,8 @@ use paxos_core::{
 use paxos_election::{ElectionConfig, FastElection, Notification};
 use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
 use paxos_snapshot::{
-    write_state_machine, PlannerConfig, Progress, SnapshotChunk, SnapshotId, SnapshotMeta,
-    SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
+    write_state_machine, PlannerConfig, Progress, SnapshotMeta, SnapshotReceiver, SnapshotSender,
+    SnapshotStore, StoredSnapshot, ZabPlanner,
 };
 use paxos_wal::{RecoveryMode, WalError, WalOptions, WalStorage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -1649,20 +1649,12 @@ impl Driver {
                     return true;
                 }
                 match o.sender.next_chunk() {
-                    Ok(Some(c)) => {
-                        let chunk = SnapChunk {
-                            snapshot_zxid: c.snapshot.zxid,
-                            fingerprint: c.snapshot.fingerprint,
-                            offset: c.offset,
-                            total_len: c.total_bytes,
-                            crc32: c.crc,
-                            data: c.data,
-                            last: c.last,
-                        };
+                    Ok(Some(chunk)) => {
+                        let last = chunk.last;
                         if !self.replica.send_snapshot_chunk(o.to, chunk) {
                             return false;
                         }
-                        if c.last {
+                        if last {
                             return false;
                         }
                     }
@@ -1697,29 +1689,18 @@ impl Driver {
             return;
         };
         let snapshot = chunk.snapshot_zxid;
-        let c = SnapshotChunk {
-            snapshot: SnapshotId {
-                zxid: chunk.snapshot_zxid,
-                fingerprint: chunk.fingerprint,
-            },
-            offset: chunk.offset,
-            data: chunk.data,
-            crc: chunk.crc32,
-            total_bytes: chunk.total_len,
-            last: chunk.last,
-        };
-        let mut progress = receiver.accept(&c);
+        let mut progress = receiver.accept(&chunk);
         if matches!(
             progress,
             Err(paxos_snapshot::SnapshotError::ForeignChunk { .. })
-        ) && c.offset == 0
+        ) && chunk.offset == 0
         {
             // The leader started another snapshot: drop what we had.
             tracing::info!(%from, ?snapshot, "a new snapshot transfer replaces the partial one");
             if let Err(e) = receiver.abort() {
                 tracing::warn!(error = %e, "partial snapshot not removed");
             }
-            progress = receiver.accept(&c);
+            progress = receiver.accept(&chunk);
         }
         // What the receiver holds of this snapshot: where the leader
         // resumes if it must restart the transfer.

@@ -26,7 +26,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
 use crate::PeerId;
 
@@ -140,7 +140,7 @@ impl NodeIdentity {
                 problem: "no certificate".to_string(),
             });
         };
-        if !crate::tls::cert_names(leaf, id) {
+        if !cert_names(leaf, id) {
             return Err(CertError::WrongName {
                 origin: origin.to_string(),
                 expected: id,
@@ -736,6 +736,32 @@ pub fn write_certs(
     Ok((ca, written))
 }
 
+/// True if the certificate `leaf` is valid for the DNS name `node-<id>`.
+pub(crate) fn cert_names(leaf: &CertificateDer<'_>, id: PeerId) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(id.dns_name()) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The single member among `members` the certificate names, or `None` if it
+/// names none or more than one.
+pub(crate) fn cert_member(leaf: &CertificateDer<'_>, members: &[PeerId]) -> Option<PeerId> {
+    let mut found = None;
+    for &m in members {
+        if cert_names(leaf, m) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(m);
+        }
+    }
+    found
+}
+
 fn set_validity(params: &mut CertificateParams, validity: Validity) {
     params.not_before = time::OffsetDateTime::from(validity.not_before);
     params.not_after = time::OffsetDateTime::from(validity.not_after);
@@ -815,10 +841,10 @@ mod tests {
         for ca in parse_certs(ca_pem.as_bytes(), "ca").unwrap() {
             roots.add(ca).unwrap();
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
-                .build()
-                .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
         verifier
             .verify_client_cert(leaf, &[], rustls::pki_types::UnixTime::now())
             .map(|_| ())
@@ -838,10 +864,7 @@ mod tests {
         );
         assert!(client_verifies(&ca.cert_pem(), &leaf).is_ok());
         // Not usable as a node certificate: it names no member.
-        assert_eq!(
-            crate::tls::cert_member(&leaf, &[PeerId(1), PeerId(2), PeerId(3)]),
-            None
-        );
+        assert_eq!(cert_member(&leaf, &[PeerId(1), PeerId(2), PeerId(3)]), None);
         // And a node certificate carries no client URI.
         let node = ca.issue(PeerId(1)).unwrap();
         let node_params = CertificateParams::from_ca_cert_der(&der(&node.cert_pem)).unwrap();

@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use crate::certs::{ClusterTrust, NodeIdentity};
+use crate::certs::{cert_member, ClusterTrust, NodeIdentity};
 use crate::error::NetError;
 use crate::PeerId;
 
@@ -30,32 +30,6 @@ pub const ALPN: &[u8] = b"paxos-net/1";
 /// The crypto provider used everywhere in this crate: ring.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// True if the certificate `leaf` is valid for the DNS name `node-<id>`.
-pub(crate) fn cert_names(leaf: &CertificateDer<'_>, id: PeerId) -> bool {
-    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
-        return false;
-    };
-    let Ok(name) = ServerName::try_from(id.dns_name()) else {
-        return false;
-    };
-    cert.verify_is_valid_for_subject_name(&name).is_ok()
-}
-
-/// The single member among `members` the certificate names, or `None` if it
-/// names none or more than one.
-pub(crate) fn cert_member(leaf: &CertificateDer<'_>, members: &[PeerId]) -> Option<PeerId> {
-    let mut found = None;
-    for &m in members {
-        if cert_names(leaf, m) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(m);
-        }
-    }
-    found
 }
 
 /// The cluster member named by the peer certificate of an established connection.

@@ -25,7 +25,7 @@ use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::certs::CertError;
+use crate::certs::{self, CertError};
 use crate::config::NetConfig;
 use crate::error::{CloseCode, NetError, SendError};
 use crate::frame::{FrameDecoder, StreamHeader, StreamKind, BULK_PREFIX_BYTES, HEADER_BYTES};
@@ -175,7 +175,7 @@ impl Transport {
             .ok_or_else(|| NetError::Config {
                 problem: "identity has no certificate".into(),
             })?;
-        if !tls::cert_names(own_leaf, id) {
+        if !certs::cert_names(own_leaf, id) {
             return Err(NetError::Cert(CertError::WrongName {
                 origin: "NetConfig::identity".into(),
                 expected: id,

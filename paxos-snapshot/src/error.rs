@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use paxos_core::Zxid;
 
-use crate::transfer::SnapshotId;
+use crate::chunk::SnapshotId;
 
 /// Everything that can go wrong reading, writing, storing or transferring a
 /// snapshot. `file` names the file (or `<stream>` for an in-memory stream)

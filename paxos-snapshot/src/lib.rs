@@ -7,8 +7,9 @@
 //!   decide for each follower the cheapest correct way to bring it level
 //!   with the leader: nothing, DIFF, TRUNC, TRUNC+DIFF or SNAP, following
 //!   ZooKeeper's `LearnerHandler.syncFollower` rules (documented rule by
-//!   rule on [`plan_sync`]). [`plan_sync`] is a pure
-//!   function over this crate's own types; [`ZabPlanner`] implements
+//!   rule on [`plan_sync`]). [`plan_sync`] is a pure function of this
+//!   crate's summary of the leader's log that returns `paxos-core`'s
+//!   [`SyncPlan`](paxos_core::SyncPlan); [`ZabPlanner`] implements
 //!   `paxos-core`'s [`SyncPlanner`](paxos_core::SyncPlanner) seam.
 //! - **Snapshot files** ([`SnapshotStore`], [`SnapshotWriter`],
 //!   [`SnapshotReader`]): a header (magic, version, zxid, epoch, voters),
@@ -19,9 +20,10 @@
 //!   fsynced, so a crash never leaves a torn snapshot. The store lists,
 //!   verifies, restores, keeps the last K and says how far the log may be
 //!   cut ([`SnapshotStore::log_cut_point`]).
-//! - **Transfer** ([`SnapshotSender`], [`SnapshotReceiver`],
-//!   [`SnapshotChunk`]): bounded chunks with their own checksum and
-//!   identity; the receiver refuses corrupt, reordered or foreign chunks,
+//! - **Transfer** ([`SnapshotSender`], [`SnapshotReceiver`]): bounded
+//!   chunks of `paxos-core`'s wire type [`SnapChunk`] (re-exported here),
+//!   sealed with their own checksum and identity ([`seal_chunk`],
+//!   [`SnapshotId`]); the receiver refuses corrupt, reordered or foreign chunks,
 //!   resumes after a reconnect or restart, and installs atomically.
 //!
 //! Use it alone when you run your own replication and need ZooKeeper-style
@@ -34,8 +36,8 @@
 //! ```
 //! use std::io::{self, Read, Write};
 //! use bytes::Bytes;
-//! use paxos_core::{Epoch, NodeId, StateMachine, Zxid};
-//! use paxos_snapshot::{plan_sync, LeaderLog, Plan, PlannerConfig, SnapshotStore};
+//! use paxos_core::{Epoch, NodeId, StateMachine, SyncPlan, Zxid};
+//! use paxos_snapshot::{plan_sync, LeaderLog, PlannerConfig, SnapshotStore};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Plan a sync: the leader holds epoch 1 entries 1..=10 in memory; the
@@ -52,7 +54,7 @@
 //!     snapshot: None,
 //! };
 //! let decision = plan_sync(Zxid::new(Epoch(1), 7), &leader, &PlannerConfig::default());
-//! assert_eq!(decision.plan, Plan::Diff { after: Zxid::new(Epoch(1), 7) });
+//! assert_eq!(decision.plan, SyncPlan::Diff { after: Zxid::new(Epoch(1), 7) });
 //!
 //! // A tiny state machine: a counter.
 //! #[derive(Default)]
@@ -95,25 +97,26 @@
 //! ```
 #![warn(missing_docs)]
 
+mod chunk;
 mod error;
 mod format;
 mod plan;
 mod store;
 mod transfer;
 
+pub use chunk::{chunk_crc, seal_chunk, SnapshotId};
 pub use error::{Result, SnapshotError};
 pub use format::{
     SnapshotEncoder, SnapshotMeta, SnapshotReader, SnapshotSummary, DEFAULT_CHUNK_BYTES,
     FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_VOTERS, TRAILER_BYTES,
 };
+pub use paxos_core::SnapChunk;
 pub use plan::{
-    plan_sync, Decision, DiskLog, LeaderLog, Plan, PlannerConfig, Rule, SnapshotRef, Source,
+    cost_rank, plan_sync, Decision, DiskLog, LeaderLog, PlannerConfig, Rule, SnapshotRef, Source,
     ZabPlanner,
 };
 pub use store::{
     restore_state_machine, snapshot_file_name, write_state_machine, SnapshotStore, SnapshotWriter,
     StoredSnapshot,
 };
-pub use transfer::{
-    snapshot_identity, Progress, SnapshotChunk, SnapshotId, SnapshotReceiver, SnapshotSender,
-};
+pub use transfer::{snapshot_identity, Progress, SnapshotReceiver, SnapshotSender};

@@ -78,57 +78,15 @@ impl Default for PlannerConfig {
     }
 }
 
-/// The plan for one follower (this crate's own type; converts into
-/// `paxos-core`'s [`SyncPlan`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Plan {
-    /// Already level.
-    UpToDate,
-    /// Send every entry after `after`.
-    Diff {
-        /// The follower's last zxid, shared with the leader.
-        after: Zxid,
-    },
-    /// The follower drops every entry after `to`; nothing is missing then.
-    Trunc {
-        /// The last zxid the follower keeps.
-        to: Zxid,
-    },
-    /// The follower drops every entry after `to`, then gets every entry after it.
-    TruncDiff {
-        /// The last zxid the follower keeps.
-        to: Zxid,
-    },
-    /// Send the snapshot taken at `snapshot`, then every entry after it.
-    Snap {
-        /// The zxid the snapshot includes up to.
-        snapshot: Zxid,
-    },
-}
-
-impl Plan {
-    /// Cost rank of the plan's category: UpToDate 0, Trunc 1, Diff 2,
-    /// TruncDiff 3, Snap 4. Lower is cheaper.
-    pub fn cost_rank(&self) -> u8 {
-        match self {
-            Plan::UpToDate => 0,
-            Plan::Trunc { .. } => 1,
-            Plan::Diff { .. } => 2,
-            Plan::TruncDiff { .. } => 3,
-            Plan::Snap { .. } => 4,
-        }
-    }
-}
-
-impl From<Plan> for SyncPlan {
-    fn from(plan: Plan) -> SyncPlan {
-        match plan {
-            Plan::UpToDate => SyncPlan::UpToDate,
-            Plan::Diff { after } => SyncPlan::Diff { after },
-            Plan::Trunc { to } => SyncPlan::Trunc { to },
-            Plan::TruncDiff { to } => SyncPlan::TruncDiff { to },
-            Plan::Snap { snapshot } => SyncPlan::Snap { snapshot },
-        }
+/// Cost rank of a plan's category: UpToDate 0, Trunc 1, Diff 2,
+/// TruncDiff 3, Snap 4. Lower is cheaper.
+pub fn cost_rank(plan: &SyncPlan) -> u8 {
+    match plan {
+        SyncPlan::UpToDate => 0,
+        SyncPlan::Trunc { .. } => 1,
+        SyncPlan::Diff { .. } => 2,
+        SyncPlan::TruncDiff { .. } => 3,
+        SyncPlan::Snap { .. } => 4,
     }
 }
 
@@ -165,7 +123,7 @@ pub enum Rule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Decision {
     /// What to send.
-    pub plan: Plan,
+    pub plan: SyncPlan,
     /// Why.
     pub rule: Rule,
 }
@@ -173,9 +131,10 @@ pub struct Decision {
 /// Plans the sync of a follower whose last zxid is `follower_last`.
 ///
 /// Pure and total: every input gets exactly one plan, chosen by the rules
-/// below, over this crate's own types ([`LeaderLog`], [`PlannerConfig`],
-/// [`Decision`]): it needs nothing else from the toolkit. [`ZabPlanner`]
-/// wraps it behind `paxos-core`'s [`SyncPlanner`] seam.
+/// below, over this crate's own summary of the leader ([`LeaderLog`],
+/// [`PlannerConfig`]). The plan in the [`Decision`] is `paxos-core`'s
+/// [`SyncPlan`], the very value the kernel executes. [`ZabPlanner`] wraps
+/// it behind `paxos-core`'s [`SyncPlanner`] seam.
 ///
 /// # What the planner knows
 ///
@@ -238,7 +197,7 @@ pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerCo
     // R1.
     if f == l {
         return Decision {
-            plan: Plan::UpToDate,
+            plan: SyncPlan::UpToDate,
             rule: Rule::Level,
         };
     }
@@ -246,7 +205,7 @@ pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerCo
     if f < l && view.known_in_history(f) {
         return match view.serve_after(f, false) {
             Some(source) => Decision {
-                plan: Plan::Diff { after: f },
+                plan: SyncPlan::Diff { after: f },
                 rule: Rule::Behind(source),
             },
             None => view.snap(),
@@ -255,7 +214,7 @@ pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerCo
     // R3.
     if f > l && (l == Zxid::ZERO || l.epoch() == f.epoch()) {
         return Decision {
-            plan: Plan::Trunc { to: l },
+            plan: SyncPlan::Trunc { to: l },
             rule: Rule::Ahead,
         };
     }
@@ -272,7 +231,7 @@ pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerCo
     );
     match view.serve_after(to, false) {
         Some(source) => Decision {
-            plan: Plan::TruncDiff { to },
+            plan: SyncPlan::TruncDiff { to },
             rule: Rule::Diverged(source),
         },
         None => view.snap(),
@@ -382,13 +341,13 @@ impl View<'_, '_> {
                 || (s < self.leader.last && self.serve_after(s, true).is_some())
             {
                 return Decision {
-                    plan: Plan::Snap { snapshot: s },
+                    plan: SyncPlan::Snap { snapshot: s },
                     rule: Rule::Snapshot,
                 };
             }
         }
         Decision {
-            plan: Plan::Snap {
+            plan: SyncPlan::Snap {
                 snapshot: self.leader.committed,
             },
             rule: Rule::FreshSnapshot,
@@ -450,7 +409,7 @@ impl ZabPlanner {
 
 impl SyncPlanner for ZabPlanner {
     fn plan(&self, follower: FollowerPosition, history: &LeaderHistory<'_>) -> SyncPlan {
-        self.decide(follower, history).plan.into()
+        self.decide(follower, history).plan
     }
 }
 

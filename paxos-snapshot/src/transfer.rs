@@ -1,8 +1,9 @@
 //! Shipping a snapshot file from the leader to a follower in bounded chunks.
 //!
 //! The leader's [`SnapshotSender`] cuts a stored snapshot file into
-//! [`SnapshotChunk`]s of at most `max_chunk_bytes`; the transport carries
-//! them (paxos-core's SNAP messages carry the same fields). The follower's
+//! `paxos-core`'s wire chunks ([`SnapChunk`], sealed by [`seal_chunk`])
+//! of at most `max_chunk_bytes`, which its SNAP messages carry as they
+//! are. The follower's
 //! [`SnapshotReceiver`] appends them to a partial file, refusing any chunk
 //! that is corrupt, leaves a gap or is from another snapshot, reports the
 //! offset to resume from after a reconnect (or a restart: the partial file
@@ -18,88 +19,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use crc32fast::Hasher;
-use paxos_core::{StateMachine, Zxid};
+use paxos_core::{SnapChunk, StateMachine, Zxid};
 
+use crate::chunk::{chunk_crc, seal_chunk, SnapshotId};
 use crate::error::{Result, SnapshotError};
 use crate::format::{parse_trailer, SnapshotMeta, SnapshotReader, TRAILER_BYTES};
 use crate::store::{sync_dir, SnapshotStore, StoredSnapshot};
-
-/// Which snapshot a chunk belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SnapshotId {
-    /// The zxid the snapshot includes up to.
-    pub zxid: Zxid,
-    /// The file's trailer checksum (covers header and data checksums): two
-    /// different files at the same zxid have different fingerprints.
-    pub fingerprint: u32,
-}
-
-/// One piece of a snapshot file in transit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotChunk {
-    /// The snapshot it belongs to.
-    pub snapshot: SnapshotId,
-    /// Offset of `data` in the file.
-    pub offset: u64,
-    /// The bytes (never empty).
-    pub data: Bytes,
-    /// crc32 over the id, offset, total length, last flag and data.
-    pub crc: u32,
-    /// Length of the whole file.
-    pub total_bytes: u64,
-    /// True on the chunk that ends the file.
-    pub last: bool,
-}
-
-impl SnapshotChunk {
-    /// Builds a chunk and computes its checksum.
-    pub fn new(
-        snapshot: SnapshotId,
-        offset: u64,
-        data: Bytes,
-        total_bytes: u64,
-        last: bool,
-    ) -> Self {
-        let crc = Self::compute_crc(&snapshot, offset, &data, total_bytes, last);
-        SnapshotChunk {
-            snapshot,
-            offset,
-            data,
-            crc,
-            total_bytes,
-            last,
-        }
-    }
-
-    fn compute_crc(
-        snapshot: &SnapshotId,
-        offset: u64,
-        data: &[u8],
-        total_bytes: u64,
-        last: bool,
-    ) -> u32 {
-        let mut hasher = Hasher::new();
-        hasher.update(&snapshot.zxid.as_u64().to_le_bytes());
-        hasher.update(&snapshot.fingerprint.to_le_bytes());
-        hasher.update(&offset.to_le_bytes());
-        hasher.update(&total_bytes.to_le_bytes());
-        hasher.update(&[u8::from(last)]);
-        hasher.update(data);
-        hasher.finalize()
-    }
-
-    /// Whether the checksum matches the other fields.
-    pub fn crc_ok(&self) -> bool {
-        Self::compute_crc(
-            &self.snapshot,
-            self.offset,
-            &self.data,
-            self.total_bytes,
-            self.last,
-        ) == self.crc
-    }
-}
 
 /// Reads the identity of a snapshot file: its header (verified) and trailer
 /// (checked against the header).
@@ -182,7 +107,7 @@ impl SnapshotSender {
     }
 
     /// The chunk starting at `offset`.
-    pub fn chunk_at(&self, offset: u64) -> Result<SnapshotChunk> {
+    pub fn chunk_at(&self, offset: u64) -> Result<SnapChunk> {
         if offset >= self.total_bytes {
             return Err(SnapshotError::BadChunkBounds {
                 snapshot: self.id,
@@ -197,7 +122,7 @@ impl SnapshotSender {
             .read_exact_at(&mut data, offset)
             .map_err(|e| SnapshotError::io("read", &self.path, e))?;
         let last = offset + len == self.total_bytes;
-        Ok(SnapshotChunk::new(
+        Ok(seal_chunk(
             self.id,
             offset,
             Bytes::from(data),
@@ -207,7 +132,7 @@ impl SnapshotSender {
     }
 
     /// The next chunk, or `None` when the whole file has been produced.
-    pub fn next_chunk(&mut self) -> Result<Option<SnapshotChunk>> {
+    pub fn next_chunk(&mut self) -> Result<Option<SnapChunk>> {
         if self.next_offset >= self.total_bytes {
             return Ok(None);
         }
@@ -350,18 +275,19 @@ impl SnapshotReceiver {
     /// that starts before it is part of a resumed or repeated stream of the
     /// same snapshot: the bytes already held are skipped, the rest
     /// appended, and a chunk wholly held changes nothing.
-    pub fn accept(&mut self, chunk: &SnapshotChunk) -> Result<Progress> {
-        if !chunk.crc_ok() {
+    pub fn accept(&mut self, chunk: &SnapChunk) -> Result<Progress> {
+        let id = SnapshotId::of(chunk);
+        if chunk_crc(chunk) != chunk.crc32 {
             return Err(SnapshotError::TransferChecksum {
-                snapshot: chunk.snapshot,
+                snapshot: id,
                 offset: chunk.offset,
             });
         }
         if let Some(p) = &self.partial {
-            if p.id != chunk.snapshot || p.total_bytes != chunk.total_bytes {
+            if p.id != id || p.total_bytes != chunk.total_len {
                 return Err(SnapshotError::ForeignChunk {
                     expected: p.id,
-                    got: chunk.snapshot,
+                    got: id,
                     offset: chunk.offset,
                 });
             }
@@ -369,7 +295,7 @@ impl SnapshotReceiver {
         let expected = self.next_offset();
         if chunk.offset > expected {
             return Err(SnapshotError::OutOfOrder {
-                snapshot: chunk.snapshot,
+                snapshot: id,
                 expected,
                 got: chunk.offset,
             });
@@ -377,23 +303,23 @@ impl SnapshotReceiver {
         let len = chunk.data.len() as u64;
         let end = chunk.offset.checked_add(len);
         let bounds = |what| SnapshotError::BadChunkBounds {
-            snapshot: chunk.snapshot,
+            snapshot: id,
             offset: chunk.offset,
             len_bytes: len,
             what,
         };
-        let Some(end) = end.filter(|end| *end <= chunk.total_bytes) else {
+        let Some(end) = end.filter(|end| *end <= chunk.total_len) else {
             return Err(bounds("runs past the end of the snapshot"));
         };
         if len == 0 {
             return Err(bounds("is empty"));
         }
-        if chunk.last != (end == chunk.total_bytes) {
+        if chunk.last != (end == chunk.total_len) {
             return Err(bounds("disagrees with its last flag"));
         }
         if end <= expected {
             // Wholly held already (a repeated chunk of a resumed stream).
-            return Ok(if expected == chunk.total_bytes {
+            return Ok(if expected == chunk.total_len {
                 Progress::Complete
             } else {
                 Progress::NeedMore {
@@ -404,10 +330,7 @@ impl SnapshotReceiver {
         // Bytes before `expected` are held: write only the rest.
         let skip = (expected - chunk.offset) as usize;
         if self.partial.is_none() {
-            let path = self
-                .store
-                .dir()
-                .join(partial_name(&chunk.snapshot, chunk.total_bytes));
+            let path = self.store.dir().join(partial_name(&id, chunk.total_len));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -415,10 +338,10 @@ impl SnapshotReceiver {
                 .truncate(true)
                 .open(&path)
                 .map_err(|e| SnapshotError::io("create", &path, e))?;
-            tracing::info!(snapshot = ?chunk.snapshot, total_bytes = chunk.total_bytes, "snapshot transfer started");
+            tracing::info!(snapshot = ?id, total_bytes = chunk.total_len, "snapshot transfer started");
             self.partial = Some(Partial {
-                id: chunk.snapshot,
-                total_bytes: chunk.total_bytes,
+                id,
+                total_bytes: chunk.total_len,
                 path,
                 file,
                 received: 0,

@@ -1,7 +1,7 @@
 //! Every planner rule and boundary, one case at a time.
 
 use paxos_core::{Epoch, FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner, Zxid};
-use paxos_snapshot::{Plan, PlannerConfig, Rule, Source, ZabPlanner};
+use paxos_snapshot::{cost_rank, PlannerConfig, Rule, Source, ZabPlanner};
 
 use crate::common::{log_of, z, Hist};
 
@@ -17,13 +17,13 @@ fn two_epochs() -> Vec<Zxid> {
 #[test]
 fn r1_empty_logs_are_level() {
     let d = Hist::memory_only(vec![]).plan(Zxid::ZERO, &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::UpToDate, Rule::Level));
+    assert_eq!((d.plan, d.rule), (SyncPlan::UpToDate, Rule::Level));
 }
 
 #[test]
 fn r1_equal_zxids_are_level() {
     let d = Hist::memory_only(two_epochs()).plan(z(2, 3), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::UpToDate, Rule::Level));
+    assert_eq!((d.plan, d.rule), (SyncPlan::UpToDate, Rule::Level));
 }
 
 #[test]
@@ -35,19 +35,19 @@ fn r1_equal_zxids_level_even_with_empty_log() {
         disk: None,
         snapshot: Some((2, Some(100))),
     };
-    assert_eq!(h.plan(z(1, 3), &cfg()).plan, Plan::UpToDate);
+    assert_eq!(h.plan(z(1, 3), &cfg()).plan, SyncPlan::UpToDate);
     // A follower behind an empty log can only get the snapshot.
     let d = h.plan(z(1, 2), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
     );
 }
 
 #[test]
 fn r2_diff_from_memory_window() {
     let d = Hist::memory_only(two_epochs()).plan(z(1, 4), &cfg());
-    assert_eq!(d.plan, Plan::Diff { after: z(1, 4) });
+    assert_eq!(d.plan, SyncPlan::Diff { after: z(1, 4) });
     assert_eq!(d.rule, Rule::Behind(Source::Memory));
 }
 
@@ -70,7 +70,10 @@ fn r2_diff_from_window_edge_across_epoch_boundary() {
     );
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Diff { after: z(1, 5) }, Rule::Behind(Source::Memory))
+        (
+            SyncPlan::Diff { after: z(1, 5) },
+            Rule::Behind(Source::Memory)
+        )
     );
 }
 
@@ -87,11 +90,11 @@ fn epoch_boundary_at_window_edge_without_older_log_is_snap() {
     let d = h.plan(z(1, 5), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 5) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 5) }, Rule::Snapshot)
     );
     // A diverged follower in epoch 1 too: no TRUNC across the boundary.
     let d = h.plan(z(1, 7), &cfg());
-    assert_eq!(d.plan, Plan::Snap { snapshot: z(1, 5) });
+    assert_eq!(d.plan, SyncPlan::Snap { snapshot: z(1, 5) });
 }
 
 #[test]
@@ -103,11 +106,14 @@ fn window_edge_inside_an_epoch_is_known_by_counter() {
         disk: None,
         snapshot: Some((1, Some(10))),
     };
-    assert_eq!(h.plan(z(1, 2), &cfg()).plan, Plan::Diff { after: z(1, 2) });
+    assert_eq!(
+        h.plan(z(1, 2), &cfg()).plan,
+        SyncPlan::Diff { after: z(1, 2) }
+    );
     let d = h.plan(z(1, 1), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
     );
 }
 
@@ -122,7 +128,10 @@ fn r5_diff_from_disk_when_behind_window() {
     let d = h.plan(z(1, 2), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Diff { after: z(1, 2) }, Rule::Behind(Source::Disk))
+        (
+            SyncPlan::Diff { after: z(1, 2) },
+            Rule::Behind(Source::Disk)
+        )
     );
     let d = h.plan(
         z(1, 2),
@@ -151,7 +160,7 @@ fn r5_disk_diff_size_limit_boundaries() {
     let d = with_disk_bytes(331).plan(f, &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 1) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 1) }, Rule::Snapshot)
     );
     // A negative fraction disables the limit.
     let d = with_disk_bytes(u64::MAX).plan(
@@ -180,7 +189,7 @@ fn r5_gap_between_disk_and_window_falls_back_to_snap() {
     let d = h.plan(z(1, 2), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(2, 3) }, Rule::FreshSnapshot)
+        (SyncPlan::Snap { snapshot: z(2, 3) }, Rule::FreshSnapshot)
     );
     // A snapshot at 1.5 does not connect to the window either.
     h.snapshot = Some((4, Some(10)));
@@ -190,7 +199,7 @@ fn r5_gap_between_disk_and_window_falls_back_to_snap() {
     let d = h.plan(z(1, 2), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(2, 1) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(2, 1) }, Rule::Snapshot)
     );
     // Disk touching the window (ends at 2.1, window from 2.2) is no gap.
     h.disk = Some((0, 5, 1));
@@ -200,7 +209,10 @@ fn r5_gap_between_disk_and_window_falls_back_to_snap() {
 #[test]
 fn r3_follower_ahead_within_same_epoch_truncated_to_leader_last() {
     let d = Hist::memory_only(two_epochs()).plan(z(2, 5), &cfg());
-    assert_eq!((d.plan, d.rule), (Plan::Trunc { to: z(2, 3) }, Rule::Ahead));
+    assert_eq!(
+        (d.plan, d.rule),
+        (SyncPlan::Trunc { to: z(2, 3) }, Rule::Ahead)
+    );
 }
 
 #[test]
@@ -208,7 +220,7 @@ fn r3_empty_leader_truncates_follower_to_zero() {
     let d = Hist::memory_only(vec![]).plan(z(1, 3), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Trunc { to: Zxid::ZERO }, Rule::Ahead)
+        (SyncPlan::Trunc { to: Zxid::ZERO }, Rule::Ahead)
     );
 }
 
@@ -221,7 +233,7 @@ fn follower_ahead_in_later_epoch_is_never_truncated_across_epochs() {
     assert_eq!(
         (d.plan, d.rule),
         (
-            Plan::TruncDiff { to: Zxid::ZERO },
+            SyncPlan::TruncDiff { to: Zxid::ZERO },
             Rule::Diverged(Source::Memory)
         )
     );
@@ -234,7 +246,7 @@ fn follower_ahead_in_later_epoch_is_never_truncated_across_epochs() {
     let d = compacted.plan(z(3, 2), &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 2) }, Rule::Snapshot)
     );
 }
 
@@ -247,7 +259,7 @@ fn r4_follower_below_leader_max_not_in_history_truncates_within_epoch() {
     assert_eq!(
         (d.plan, d.rule),
         (
-            Plan::TruncDiff { to: z(1, 3) },
+            SyncPlan::TruncDiff { to: z(1, 3) },
             Rule::Diverged(Source::Memory)
         )
     );
@@ -272,7 +284,7 @@ fn r4_truncation_point_at_window_edge() {
     assert_eq!(
         (d.plan, d.rule),
         (
-            Plan::TruncDiff { to: z(1, 3) },
+            SyncPlan::TruncDiff { to: z(1, 3) },
             Rule::Diverged(Source::Memory)
         )
     );
@@ -283,7 +295,7 @@ fn r4_follower_epoch_absent_from_leader_history() {
     // Leader: epochs 1 and 3; follower ended in epoch 2 (never committed).
     let h = Hist::memory_only(log_of(&[(1, 3), (3, 2)]));
     let d = h.plan(z(2, 4), &cfg());
-    assert_eq!(d.plan, Plan::TruncDiff { to: Zxid::ZERO });
+    assert_eq!(d.plan, SyncPlan::TruncDiff { to: Zxid::ZERO });
     let compacted = Hist {
         entries: log_of(&[(1, 3), (3, 2)]),
         memory: Some(1),
@@ -292,7 +304,7 @@ fn r4_follower_epoch_absent_from_leader_history() {
     };
     assert_eq!(
         compacted.plan(z(2, 4), &cfg()).plan,
-        Plan::Snap { snapshot: z(1, 1) }
+        SyncPlan::Snap { snapshot: z(1, 1) }
     );
 }
 
@@ -301,11 +313,11 @@ fn zxid_with_zero_counter_names_no_entry() {
     let h = Hist::memory_only(two_epochs());
     assert_eq!(
         h.plan(z(2, 0), &cfg()).plan,
-        Plan::TruncDiff { to: Zxid::ZERO }
+        SyncPlan::TruncDiff { to: Zxid::ZERO }
     );
     assert_eq!(
         h.plan(z(3, 0), &cfg()).plan,
-        Plan::TruncDiff { to: Zxid::ZERO }
+        SyncPlan::TruncDiff { to: Zxid::ZERO }
     );
 }
 
@@ -313,7 +325,7 @@ fn zxid_with_zero_counter_names_no_entry() {
 fn empty_follower() {
     // Whole history in the window: DIFF from zero.
     let d = Hist::memory_only(two_epochs()).plan(Zxid::ZERO, &cfg());
-    assert_eq!(d.plan, Plan::Diff { after: Zxid::ZERO });
+    assert_eq!(d.plan, SyncPlan::Diff { after: Zxid::ZERO });
     // Compacted history: SNAP.
     let h = Hist {
         entries: two_epochs(),
@@ -324,32 +336,20 @@ fn empty_follower() {
     let d = h.plan(Zxid::ZERO, &cfg());
     assert_eq!(
         (d.plan, d.rule),
-        (Plan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
+        (SyncPlan::Snap { snapshot: z(1, 3) }, Rule::Snapshot)
     );
 }
 
 #[test]
-fn plan_converts_to_core_sync_plan() {
-    let cases = [
-        (Plan::UpToDate, SyncPlan::UpToDate),
-        (
-            Plan::Diff { after: z(1, 1) },
-            SyncPlan::Diff { after: z(1, 1) },
-        ),
-        (Plan::Trunc { to: z(1, 2) }, SyncPlan::Trunc { to: z(1, 2) }),
-        (
-            Plan::TruncDiff { to: z(1, 3) },
-            SyncPlan::TruncDiff { to: z(1, 3) },
-        ),
-        (
-            Plan::Snap { snapshot: z(1, 4) },
-            SyncPlan::Snap { snapshot: z(1, 4) },
-        ),
+fn cost_rank_orders_the_plan_categories() {
+    let plans = [
+        SyncPlan::UpToDate,
+        SyncPlan::Diff { after: z(1, 1) },
+        SyncPlan::Trunc { to: z(1, 2) },
+        SyncPlan::TruncDiff { to: z(1, 3) },
+        SyncPlan::Snap { snapshot: z(1, 4) },
     ];
-    for (ours, core) in cases {
-        assert_eq!(SyncPlan::from(ours), core);
-    }
-    let ranks: Vec<u8> = cases.iter().map(|(p, _)| p.cost_rank()).collect();
+    let ranks: Vec<u8> = plans.iter().map(cost_rank).collect();
     assert_eq!(ranks, vec![0, 2, 1, 3, 4]);
 }
 

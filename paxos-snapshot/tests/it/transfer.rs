@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use paxos_core::Epoch;
 use paxos_snapshot::{
-    Progress, SnapshotChunk, SnapshotError, SnapshotReceiver, SnapshotSender, SnapshotStore,
-    StoredSnapshot,
+    seal_chunk, Progress, SnapChunk, SnapshotError, SnapshotId, SnapshotReceiver, SnapshotSender,
+    SnapshotStore, StoredSnapshot,
 };
 
 use crate::common::{z, Blob};
@@ -39,7 +39,7 @@ fn receiver(s: &Setup) -> SnapshotReceiver {
         .expect("receiver")
 }
 
-fn all_chunks(s: &Setup) -> Vec<SnapshotChunk> {
+fn all_chunks(s: &Setup) -> Vec<SnapChunk> {
     let mut sender = SnapshotSender::open(&s.snapshot.path, MAX_CHUNK).expect("sender");
     let mut out = Vec::new();
     while let Some(c) = sender.next_chunk().expect("read") {
@@ -96,7 +96,7 @@ fn bit_flipped_chunk_is_refused_then_good_copy_accepted() {
     let mut rx = receiver(&s);
     rx.accept(&chunks[0]).expect("first");
     let good = &chunks[1];
-    for field in 0..5 {
+    for field in 0..6 {
         let mut bad = good.clone();
         match field {
             0 => {
@@ -105,9 +105,10 @@ fn bit_flipped_chunk_is_refused_then_good_copy_accepted() {
                 bad.data = Bytes::from(d);
             }
             1 => bad.offset ^= 1,
-            2 => bad.total_bytes += 1,
+            2 => bad.total_len += 1,
             3 => bad.last = !bad.last,
-            _ => bad.crc ^= 1,
+            4 => bad.fingerprint ^= 1,
+            _ => bad.crc32 ^= 1,
         }
         let err = rx.accept(&bad).expect_err("corrupt chunk");
         assert!(
@@ -148,23 +149,35 @@ fn gaps_and_out_of_bounds_chunks_are_refused_duplicates_ignored() {
     // A chunk that claims to be the last but does not end the file, with a
     // valid checksum (a buggy sender).
     let c = &chunks[1];
-    let early_last = SnapshotChunk::new(c.snapshot, c.offset, c.data.clone(), c.total_bytes, true);
+    let early_last = seal_chunk(
+        SnapshotId::of(c),
+        c.offset,
+        c.data.clone(),
+        c.total_len,
+        true,
+    );
     assert!(matches!(
         rx.accept(&early_last),
         Err(SnapshotError::BadChunkBounds { .. })
     ));
-    let past_end = SnapshotChunk::new(
-        c.snapshot,
+    let past_end = seal_chunk(
+        SnapshotId::of(c),
         c.offset,
         Bytes::from(vec![0u8; 30_000]),
-        c.total_bytes,
+        c.total_len,
         false,
     );
     assert!(matches!(
         rx.accept(&past_end),
         Err(SnapshotError::BadChunkBounds { .. })
     ));
-    let empty = SnapshotChunk::new(c.snapshot, c.offset, Bytes::new(), c.total_bytes, false);
+    let empty = seal_chunk(
+        SnapshotId::of(c),
+        c.offset,
+        Bytes::new(),
+        c.total_len,
+        false,
+    );
     assert!(matches!(
         rx.accept(&empty),
         Err(SnapshotError::BadChunkBounds { .. })
@@ -186,10 +199,11 @@ fn foreign_chunk_is_refused_until_abort() {
     let chunks = all_chunks(&s);
     let foreign = all_chunks(&other);
     assert_ne!(
-        chunks[0].snapshot, foreign[0].snapshot,
+        SnapshotId::of(&chunks[0]),
+        SnapshotId::of(&foreign[0]),
         "same zxid, different content"
     );
-    assert_eq!(chunks[0].snapshot.zxid, foreign[0].snapshot.zxid);
+    assert_eq!(chunks[0].snapshot_zxid, foreign[0].snapshot_zxid);
     let mut rx = receiver(&s);
     rx.accept(&chunks[0]).expect("first");
     let err = rx.accept(&foreign[1]).expect_err("foreign");
@@ -217,7 +231,13 @@ fn tampered_data_with_recomputed_chunk_crc_fails_install_and_keeps_state() {
     let c = &chunks[3];
     let mut d = c.data.to_vec();
     d[100] ^= 0x01;
-    chunks[3] = SnapshotChunk::new(c.snapshot, c.offset, Bytes::from(d), c.total_bytes, c.last);
+    chunks[3] = seal_chunk(
+        SnapshotId::of(c),
+        c.offset,
+        Bytes::from(d),
+        c.total_len,
+        c.last,
+    );
     let mut rx = receiver(&s);
     for c in &chunks {
         rx.accept(c).expect("transport-level valid");
@@ -303,7 +323,10 @@ fn restart_mid_transfer_resumes_from_verified_prefix() {
 
     let mut rx = receiver(&s);
     let (id, total) = rx.in_progress().expect("resumed");
-    assert_eq!((id, total), (chunks[0].snapshot, chunks[0].total_bytes));
+    assert_eq!(
+        (id, total),
+        (SnapshotId::of(&chunks[0]), chunks[0].total_len)
+    );
     let resume = rx.next_offset();
     assert!(resume < received, "the damaged file chunk is dropped");
     assert!(resume > 0, "the verified prefix is kept");
