@@ -818,6 +818,9 @@ impl<E: Elector> Sim<E> {
     /// Sets how often nodes take a local snapshot (0: never again).
     pub fn set_snapshot_every(&mut self, every: u64) {
         self.cfg.snapshot_every = every;
+        for n in self.nodes.iter_mut().filter_map(|n| n.node.as_mut()) {
+            n.set_snapshot_every(every);
+        }
     }
 
     /// Pauses or resumes the background client.
@@ -1069,8 +1072,7 @@ impl<E: Elector> Sim<E> {
                         .iter()
                         .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
                         .count();
-                    if down < self.cfg.voters - (self.cfg.voters / 2 + 1)
-                        && !self.is_recovering(id)
+                    if down < self.cfg.voters - (self.cfg.voters / 2 + 1) && !self.is_recovering(id)
                     {
                         self.corrupt(id);
                         let d = Duration::from_nanos(
@@ -1213,7 +1215,10 @@ impl<E: Elector> Sim<E> {
             let Some(n) = self.nodes[i].node.as_mut() else {
                 break;
             };
-            match n.propose(now, Bytes::from(data), Token::Write).map_err(|r| r.error) {
+            match n
+                .propose(now, Bytes::from(data), Token::Write)
+                .map_err(|r| r.error)
+            {
                 Ok(z) => {
                     self.proposed.insert(z, h);
                 }
@@ -1222,10 +1227,7 @@ impl<E: Elector> Sim<E> {
                 )) => {
                     // The leader spent its epoch's counter and stepped down
                     // (Config::max_epoch_counter): only then may it refuse.
-                    if self.nodes[i]
-                        .replica()
-                        .is_some_and(|r| r.is_leader())
-                    {
+                    if self.nodes[i].replica().is_some_and(|r| r.is_leader()) {
                         return Err(self.violation(format!(
                             "leader {l:?} refused a proposal as exhausted in {epoch:?} but still leads"
                         )));
@@ -1302,7 +1304,8 @@ impl<E: Elector> Sim<E> {
             NodeError::Storage { what, .. } if *what == "the background sync" => {
                 tracing::info!(node = %id, error = %e, "sim: node stopped on a failed sync; restarting");
                 self.crash(id);
-                let d = Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
+                let d =
+                    Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
                 self.schedule(d, Ev::Restart { node: i });
                 Ok(())
             }
@@ -1460,15 +1463,6 @@ impl<E: Elector> Sim<E> {
         }
         Ok(())
     }
-
-
-
-
-
-
-
-
-
 
     /// Checks the safety invariants that are not checked as events happen.
     fn check(&self) -> Result<(), Violation> {
