@@ -15,6 +15,8 @@ use crate::{NodeId, Time, Zxid};
 use super::follower::FPhase;
 use super::leader::LPhase;
 use super::{Replica, Role};
+#[cfg(doc)]
+use crate::{Config, Event, Ready};
 
 /// Pending read-index requests kept at most.
 const MAX_PENDING_READS: usize = 4096;

@@ -13,6 +13,8 @@ use crate::{NodeId, Time};
 use super::leader::LPhase;
 use super::progress::PPhase;
 use super::{Replica, Role};
+#[cfg(doc)]
+use crate::Ready;
 
 impl<S: Storage> Replica<S> {
     /// Marks this replica *recovering*: its durable state (log, hard state

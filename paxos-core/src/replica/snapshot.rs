@@ -14,6 +14,8 @@ use super::follower::FPhase;
 use super::leader::LPhase;
 use super::progress::PPhase;
 use super::{Replica, Role};
+#[cfg(doc)]
+use crate::{Config, SnapshotRequest};
 
 impl<S: Storage> Replica<S> {
     /// Leader: how many times a follower's snapshot transfer (or install)
