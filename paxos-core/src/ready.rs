@@ -11,6 +11,8 @@ use crate::election::{PeerState, VoteInfo};
 use crate::message::{Entry, Envelope, HardState, SnapChunk};
 use crate::storage::StorageError;
 use crate::{Epoch, NodeId, Zxid};
+#[cfg(doc)]
+use crate::{Replica, Storage};
 
 /// What a replica recovered at start, besides its storage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
