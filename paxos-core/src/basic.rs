@@ -265,7 +265,7 @@ impl Proposer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimRng;
+    use crate::rng::Rng as SimRng;
 
     const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 

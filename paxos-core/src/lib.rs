@@ -156,6 +156,7 @@ pub mod node;
 mod plan;
 mod ready;
 mod replica;
+pub mod rng;
 pub mod sim;
 pub mod state_machine;
 mod storage;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use paxos_core::{Decision, Elector, Epoch, NodeId, PeerState, Time, VoteInfo, Zxid};
 
 use crate::config::MAX_ROUND;
-use crate::rng::SplitMix64;
 use crate::{ConfigError, ElectionConfig, Majority, Notification, QuorumSystem, Vote};
+use paxos_core::rng::Rng;
 
 /// Where the elector is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     max_timeout: Duration,
     stuck_retries: u32,
     max_round_lead: u64,
-    rng: SplitMix64,
+    rng: Rng,
     /// See [`ElectionConfig::connectivity_rule`].
     connectivity_rule: bool,
     connectivity_window: Duration,
@@ -152,7 +152,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             max_timeout: config.max_timeout,
             stuck_retries: config.stuck_retries.max(1),
             max_round_lead: config.max_round_lead,
-            rng: SplitMix64::new(config.seed),
+            rng: Rng::new(config.seed),
             connectivity_rule: config.connectivity_rule,
             connectivity_window: config.connectivity_window,
             phase: Phase::Idle,

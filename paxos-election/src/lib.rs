@@ -148,7 +148,6 @@ mod codec;
 mod config;
 mod fle;
 mod quorum;
-mod rng;
 mod vote;
 
 pub use codec::{

@@ -728,22 +728,35 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         }
         for _ in 0..MAX_PROCESS_ROUNDS {
             let mut moved = false;
+            let mut round_durable = true;
             if let Some(round) = self.elector.round().filter(|&r| r != self.election_round) {
                 // Durable before any vote of the new round leaves.
-                if let Err(source) = self
+                match self
                     .replica
                     .storage_mut()
                     .save_meta(MetaKey::ElectionRound, round)
                 {
-                    return Err(self.fail(NodeError::Storage {
-                        what: "persisting the election round",
-                        source,
-                    }));
+                    Ok(()) => self.election_round = round,
+                    Err(e) if e.is_retryable() => {
+                        // A full disk: no vote of this round may leave. They
+                        // are dropped like lost packets (the elector sends
+                        // again on its timer) and the write is retried then.
+                        round_durable = false;
+                        tracing::warn!(id = %self.replica.id(), round, error = %e,
+                            "election round not persisted (disk full?); holding this node's votes back");
+                    }
+                    Err(source) => {
+                        return Err(self.fail(NodeError::Storage {
+                            what: "persisting the election round",
+                            source,
+                        }))
+                    }
                 }
-                self.election_round = round;
             }
             while let Some((to, msg)) = self.elector.poll_transmit() {
-                self.transmits.push_back(Transmit::Election(to, msg));
+                if round_durable {
+                    self.transmits.push_back(Transmit::Election(to, msg));
+                }
             }
             while let Some(decision) = self.elector.poll_decision() {
                 self.stats.elections += 1;

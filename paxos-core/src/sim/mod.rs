@@ -37,13 +37,13 @@
 
 mod elector;
 mod machine;
-mod rng;
 pub mod scenarios;
 mod snapshot;
 mod storage;
 
+/// The simulator's generator: the crate's one PRNG.
+pub use crate::rng::Rng as SimRng;
 pub use elector::{TestElectionMsg, TestElector, TestVote};
-pub use rng::SimRng;
 pub use storage::SimStorage;
 
 use std::cell::RefCell;

@@ -1,9 +1,11 @@
-//! A small seeded PRNG (xoshiro256** seeded by splitmix64): deterministic on
-//! every platform, so a seed replays exactly.
+//! The toolkit's one seeded PRNG (xoshiro256** seeded by splitmix64):
+//! deterministic on every platform, so a seed replays exactly. The
+//! simulator, the elector's timeout jitter and the chaos suite's schedules
+//! all draw from it; it is not for anything secret.
 
 /// A deterministic pseudo-random generator.
 #[derive(Clone, Debug)]
-pub struct SimRng {
+pub struct Rng {
     s: [u64; 4],
 }
 
@@ -15,11 +17,11 @@ fn splitmix64(x: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl SimRng {
+impl Rng {
     /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> SimRng {
+    pub fn new(seed: u64) -> Rng {
         let mut x = seed;
-        SimRng {
+        Rng {
             s: [
                 splitmix64(&mut x),
                 splitmix64(&mut x),
@@ -60,6 +62,15 @@ impl SimRng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
+    /// A number in `0..bound` (0 when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            0
+        } else {
+            self.next_u64() % bound
+        }
+    }
+
     /// A uniform index below `n` (n > 0).
     pub fn index(&mut self, n: usize) -> usize {
         assert!(n > 0, "index of an empty range");
@@ -73,9 +84,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream() {
-        let mut a = SimRng::new(42);
-        let mut b = SimRng::new(42);
-        let mut c = SimRng::new(43);
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        let mut c = Rng::new(43);
         let va: Vec<u64> = (0..8).map(|_| a.next_u64()).collect();
         let vb: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
         let vc: Vec<u64> = (0..8).map(|_| c.next_u64()).collect();
