@@ -7,8 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WalError {
-    /// An IO call failed (ENOSPC, EIO, permissions...). Unless the variant
-    /// below says otherwise, the log is unchanged and still usable.
+    /// An IO call failed (ENOSPC, EIO, permissions...), or a file holds a
+    /// number no further file or update can follow (`InvalidData`: a
+    /// segment id or spare number at the end of the `u64` range, a
+    /// hard-state sequence of `u64::MAX`). Unless the variant below says
+    /// otherwise, the log is unchanged and still usable.
     #[error("{op} failed on {path}: {source}")]
     Io {
         /// What was being done.

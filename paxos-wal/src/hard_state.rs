@@ -150,6 +150,18 @@ impl HardStateStore {
             None if !any_nonzero => (0, HardState::default()),
             None => return Err(WalError::HardStateCorrupted { path }),
         };
+        // `set` numbers the next slot `seq + 1`. No run of updates gets to
+        // u64::MAX; a file that claims it was not written by this store.
+        if seq == u64::MAX {
+            return Err(WalError::Io {
+                op: "read hard-state file",
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "slot sequence number is u64::MAX: no number left for the next update",
+                ),
+            });
+        }
         // What the page cache shows is not proven to be on disk: after a
         // failed flush (of this process or of one before it, without a
         // reboot) the kernel may have marked the page clean without writing
@@ -316,5 +328,41 @@ mod tests {
             "a failed set does not change the in-memory value"
         );
         assert!(matches!(s.set(&b), Err(WalError::Poisoned { .. })));
+    }
+
+    #[test]
+    fn exhausted_sequence_number_is_refused_on_open() {
+        // A slot whose sequence number is u64::MAX (no crash or update makes
+        // one: it takes 2^64 updates) leaves no number for the next update;
+        // a store that wrapped it would write a slot that loses to the old
+        // one on the next open.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hs");
+        let image = HardState {
+            accepted_epoch: 9,
+            ..HardState::default()
+        }
+        .encode(u64::MAX);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .unwrap();
+        f.set_len(FILE_BYTES).unwrap();
+        f.write_all_at(&image, SLOT_STRIDE_BYTES).unwrap();
+        drop(f);
+        let err = HardStateStore::open(&p).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                WalError::Io {
+                    op: "read hard-state file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("sequence"), "{err}");
     }
 }
