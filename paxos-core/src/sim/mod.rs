@@ -152,6 +152,10 @@ pub struct SimConfig {
     pub disk_faults: bool,
     /// Probability that a background sync fails (with `disk_faults`).
     pub sync_fail_prob: f64,
+    /// Each node's clock runs fast or slow by up to this many parts per
+    /// million (drawn per node from the seed): what lease reads must
+    /// tolerate ([`Config::lease_clock_drift`]).
+    pub max_clock_drift_ppm: u64,
 }
 
 impl Default for SimConfig {
@@ -189,6 +193,7 @@ impl Default for SimConfig {
             unsafe_skip_lease_hold_off: false,
             disk_faults: false,
             sync_fail_prob: 0.0,
+            max_clock_drift_ppm: 0,
         }
     }
 }
@@ -214,6 +219,13 @@ impl SimConfig {
         if rng.chance(0.5) {
             c.disk_faults = true;
             c.sync_fail_prob = 0.002;
+        }
+        if rng.chance(0.4) {
+            // Lease reads under drifting clocks: up to 5% fast or slow,
+            // which over the 200 ms election timeout stays well inside the
+            // 50 ms drift allowance.
+            c.replica.lease_reads = true;
+            c.max_clock_drift_ppm = rng.range(0, 50_000);
         }
         c
     }
@@ -410,6 +422,9 @@ struct SimNode<E: Elector> {
     fail_sync: bool,
     /// The node layer's counters already added to the run's.
     counted: crate::node::NodeStats,
+    /// How fast this node's clock runs, in parts per million off true
+    /// time (its local time is the true time scaled by it).
+    clock_ppm: i64,
 }
 
 impl<E: Elector> SimNode<E> {
@@ -547,7 +562,14 @@ impl<E: Elector> Sim<E> {
                 disk_full: false,
                 fail_sync: false,
                 counted: Default::default(),
+                clock_ppm: 0,
             });
+        }
+        let max_ppm = sim.cfg.max_clock_drift_ppm.min(500_000) as i64;
+        for n in &mut sim.nodes {
+            if max_ppm > 0 {
+                n.clock_ppm = sim.rng.range(0, 2 * max_ppm as u64) as i64 - max_ppm;
+            }
         }
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -625,6 +647,24 @@ impl<E: Elector> Sim<E> {
             Some(i) => i,
             None => panic!("no node {id:?} in the simulation"),
         }
+    }
+
+    /// Node `i`'s clock now: true time scaled by its drift.
+    fn local_now(&self, i: usize) -> Time {
+        let ppm = i128::from(self.nodes[i].clock_ppm);
+        let t = i128::from(self.now.as_nanos());
+        let local = t + t * ppm / 1_000_000;
+        Time::from_nanos(u64::try_from(local.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// The true time at which node `i`'s clock reads `local`.
+    fn global_of(&self, i: usize, local: Time) -> Time {
+        let ppm = i128::from(self.nodes[i].clock_ppm);
+        let l = i128::from(local.as_nanos());
+        // Rounded up, so that the node's clock has reached `local` then.
+        let rate = 1_000_000 + ppm;
+        let t = (l * 1_000_000 + rate - 1) / rate;
+        Time::from_nanos(u64::try_from(t.max(0)).unwrap_or(u64::MAX))
     }
 
     fn schedule(&mut self, after: Duration, ev: Ev<E::Message>) {
@@ -757,7 +797,7 @@ impl<E: Elector> Sim<E> {
     /// Starts a read on node `i`; whether it was accepted.
     fn start_read(&mut self, i: usize) -> bool {
         let floor = self.acked.keys().next_back().copied().unwrap_or(Zxid::ZERO);
-        let now = self.now;
+        let now = self.local_now(i);
         self.nodes[i]
             .node
             .as_mut()
@@ -831,6 +871,7 @@ impl<E: Elector> Sim<E> {
     fn start_node(&mut self, i: usize) {
         let planner = (self.make_planner)();
         let elector = (self.make_elector)(self.nodes[i].id, &self.config);
+        let local = self.local_now(i);
         let canonical = self.canonical.clone();
         let n = &mut self.nodes[i];
         let mut storage = SimStorage::from_durable(n.disk.clone());
@@ -854,7 +895,7 @@ impl<E: Elector> Sim<E> {
             storage,
             planner,
             recovered,
-            self.now,
+            local,
         ) {
             Ok(r) => r,
             Err(e) => panic!("sim: replica {} failed to start: {e}", n.id),
@@ -956,7 +997,7 @@ impl<E: Elector> Sim<E> {
             Ev::Timer { node, gen } => {
                 if self.nodes[node].timer_gen == gen {
                     self.nodes[node].timer_at = None;
-                    let now = self.now;
+                    let now = self.local_now(node);
                     if let Some(n) = self.nodes[node].node.as_mut() {
                         n.handle_timeout(now);
                         self.drive(node)?;
@@ -1154,7 +1195,7 @@ impl<E: Elector> Sim<E> {
             return Ok(());
         }
         self.stats.delivered += 1;
-        let now = self.now;
+        let now = self.local_now(i);
         match p {
             Packet::Core(env) => {
                 if matches!(env.msg, Message::Trunc { .. }) {
@@ -1180,7 +1221,7 @@ impl<E: Elector> Sim<E> {
     /// returns how many it accepted. Acknowledged only if they commit.
     pub fn propose_on(&mut self, id: NodeId, count: usize) -> usize {
         let i = self.idx(id);
-        let now = self.now;
+        let now = self.local_now(i);
         let mut accepted = 0;
         for _ in 0..count {
             self.client_counter += 1;
@@ -1211,7 +1252,7 @@ impl<E: Elector> Sim<E> {
             let extra = self.rng.range(0, 24) as usize;
             data.extend((0..extra).map(|k| (k as u8).wrapping_mul(31)));
             let h = hash(&data);
-            let now = self.now;
+            let now = self.local_now(i);
             let Some(n) = self.nodes[i].node.as_mut() else {
                 break;
             };
@@ -1273,7 +1314,7 @@ impl<E: Elector> Sim<E> {
     /// A background sync completes: the writes made before it started are
     /// durable (unless the sync is made to fail), and the node layer hears.
     fn sync_done(&mut self, i: usize, id: SyncId, point: u64) -> Result<(), Violation> {
-        let now = self.now;
+        let now = self.local_now(i);
         let n = &mut self.nodes[i];
         let Some(node) = n.node.as_mut() else {
             return Ok(());
@@ -1319,7 +1360,7 @@ impl<E: Elector> Sim<E> {
     /// re-armed.
     fn drive(&mut self, i: usize) -> Result<(), Violation> {
         for _ in 0..64 {
-            let now = self.now;
+            let now = self.local_now(i);
             let n = &mut self.nodes[i];
             let Some(node) = n.node.as_mut() else {
                 return Ok(());
@@ -1405,7 +1446,11 @@ impl<E: Elector> Sim<E> {
                 n.timer_gen += 1;
                 n.timer_at = Some(t);
                 let gen = n.timer_gen;
-                let after = t.saturating_since(self.now);
+                let mut after = self.global_of(i, t).saturating_since(self.now);
+                if after.is_zero() && self.local_now(i) < t {
+                    // Rounding: never re-arm for a time the clock has not reached.
+                    after = Duration::from_nanos(1);
+                }
                 self.schedule(after, Ev::Timer { node: i, gen });
             }
         }

@@ -204,7 +204,7 @@ impl<E: Elector> Sim<E> {
     /// The install is durable: the state machine takes the snapshot if the
     /// kernel still expects it (it may have moved on meanwhile).
     fn finish_install(&mut self, i: usize, snap: SmSnapshot) {
-        let now = self.now;
+        let now = self.local_now(i);
         let n = &mut self.nodes[i];
         let Some(node) = n.node.as_mut() else {
             return;
@@ -227,7 +227,7 @@ impl<E: Elector> Sim<E> {
 
     /// The follower's driver reports how far the transfer got.
     fn report_progress(&mut self, i: usize, snapshot: Zxid, received: u64, installing: bool) {
-        let now = self.now;
+        let now = self.local_now(i);
         if let Some(n) = self.nodes[i].node.as_mut() {
             n.snapshot_progress(now, snapshot, received, installing);
         }
