@@ -498,7 +498,7 @@ pub fn node_binary() -> Result<PathBuf> {
         }
     }
     bail!(
-        "no paxos-node binary next to {} (build it with `cargo build -p paxos-bench --bins`, \
+        "no paxos-node binary next to {} (build it with `cargo build -p paxos-kv --bins`, \
          or set PAXOS_NODE_BIN)",
         exe.display()
     )

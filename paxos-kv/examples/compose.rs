@@ -5,10 +5,10 @@
 //! handed over directly. Time is simulated: one millisecond per step.
 //!
 //! The same loop, with `WalStorage` and `paxos-net-quic` in place of the
-//! in-memory parts, is what `paxos-bench`'s node runs.
+//! in-memory parts, is what paxos-kv's node (`paxos_kv::node`) runs.
 //!
 //! ```text
-//! cargo run -p paxos-bench --example compose
+//! cargo run -p paxos-kv --example compose
 //! ```
 #![allow(clippy::print_stdout)]
 

@@ -258,7 +258,7 @@ impl LocalCluster {
             .with_context(|| format!("creating {}", spec.base_dir.display()))?;
         if !spec.node_binary.exists() {
             bail!(
-                "node binary {} not found (build paxos-bench's binaries first)",
+                "node binary {} not found (build paxos-kv's binaries first)",
                 spec.node_binary.display()
             );
         }

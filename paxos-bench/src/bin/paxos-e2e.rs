@@ -106,7 +106,7 @@ fn node_binary() -> Result<PathBuf> {
     let bin = dir.join("paxos-node");
     if !bin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p paxos-bench --bins`",
+            "{} not found: build it with `cargo build --release -p paxos-kv --bins`",
             bin.display()
         );
     }
