@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use paxos_bench::kv::{KvCommand, KvOp, KvStore};
 use paxos_core::{Epoch, StateMachine, Zxid};
+use paxos_kv::kv::{KvCommand, KvOp, KvStore};
 
 /// Keys per measured batch (a map of this size is built per iteration).
 const KEYS: usize = 10_000;

@@ -1,53 +1,15 @@
-//! `paxos-bench`: the reference composition of the paxos toolkit, a replicated
-//! key-value store, and the benchmarks that measure it.
+//! `paxos-bench`: the benchmarks of the paxos toolkit.
 //!
-//! - [`kv`]: the key-value state machine (put, delete, compare-and-set, with
-//!   per-client sessions so that retried commands apply once).
-//! - [`client_proto`]: the client protocol (pipelined, length-prefixed frames).
-//! - [`auth`], [`tls`]: client principals and roles, and TLS on the client
-//!   port.
+//! The benches themselves live in `benches/` (one per crate, run together by
+//! `cargo xtask bench`) and in the `paxos-e2e` binary (local clusters of
+//! [`paxos_kv`] nodes under load). This library holds what they share:
 //!
-//! ```
-//! use bytes::Bytes;
-//! use paxos_bench::kv::{KvCommand, KvOp, KvStore};
-//! use paxos_core::{Epoch, StateMachine, Zxid};
-//!
-//! let mut store = KvStore::new();
-//! let cmd = KvCommand { principal: Bytes::from_static(b"alice"), client: 1, seq: 1, op: KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") } };
-//! store.apply(Zxid::new(Epoch(1), 1), &cmd.to_bytes());
-//! assert_eq!(store.get(b"k").map(|v| &v[..]), Some(&b"v"[..]));
-//! ```
+//! - [`loadgen`]: the closed-loop load generator that drives a cluster
+//!   through `paxos_kv`'s client;
+//! - `compare` (feature `compare`): the same load against etcd and
+//!   ZooKeeper, for side-by-side figures.
 #![warn(missing_docs)]
 
-pub mod auth;
-#[cfg(all(
-    feature = "wal",
-    feature = "net",
-    feature = "election",
-    feature = "snapshot"
-))]
-mod budget;
-pub mod client;
-pub mod client_proto;
-#[cfg(all(
-    feature = "wal",
-    feature = "net",
-    feature = "election",
-    feature = "snapshot"
-))]
-pub mod cluster;
 #[cfg(feature = "compare")]
 pub mod compare;
-#[cfg(feature = "wal")]
-pub mod identity;
-pub mod kv;
-pub mod linearizability;
 pub mod loadgen;
-#[cfg(all(
-    feature = "wal",
-    feature = "net",
-    feature = "election",
-    feature = "snapshot"
-))]
-pub mod node;
-pub mod tls;

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{Client, Session};
-use crate::client_proto::ReadMode;
-use crate::tls::ClientSecurity;
+use paxos_kv::client::{Client, Session};
+use paxos_kv::client_proto::ReadMode;
+use paxos_kv::tls::ClientSecurity;
 
 /// What the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

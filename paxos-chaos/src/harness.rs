@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use paxos_bench::client::Client;
-use paxos_bench::client_proto::ReadMode;
-use paxos_bench::cluster::{ClusterSpec, LocalCluster, Placement};
-use paxos_bench::tls::ClientSecurity;
+use paxos_kv::client::Client;
+use paxos_kv::client_proto::ReadMode;
+use paxos_kv::tls::ClientSecurity;
+use paxos_testkit::cluster::{ClusterSpec, LocalCluster, Placement};
 
 use crate::net::Network;
 use crate::workload::LedgerWrite;
@@ -498,7 +498,7 @@ pub fn node_binary() -> Result<PathBuf> {
         }
     }
     bail!(
-        "no paxos-node binary next to {} (build it with `cargo build -p paxos-bench --bins`, \
+        "no paxos-node binary next to {} (build it with `cargo build -p paxos-kv --bins`, \
          or set PAXOS_NODE_BIN)",
         exe.display()
     )

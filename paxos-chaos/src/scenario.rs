@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use paxos_bench::linearizability::{check, CheckConfig, Verdict};
+use paxos_testkit::linearizability::{check, CheckConfig, Verdict};
 
 use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode, ReadBackProblem};
 use crate::net::{self, LinkFault};

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use paxos_bench::client::{Client, ClientError};
-use paxos_bench::client_proto::ReadMode;
-use paxos_bench::kv::KvResult;
-use paxos_bench::linearizability::{Command, History, Output, Recorder};
-use paxos_bench::tls::ClientSecurity;
+use paxos_kv::client::{Client, ClientError};
+use paxos_kv::client_proto::ReadMode;
+use paxos_kv::kv::KvResult;
+use paxos_kv::tls::ClientSecurity;
+use paxos_testkit::linearizability::{Command, History, Output, Recorder};
 use std::net::SocketAddr;
 
 use crate::rng::Rng;

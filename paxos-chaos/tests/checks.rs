@@ -3,9 +3,9 @@
 //! nobody wrote, and accepts what is there.
 
 use bytes::Bytes;
-use paxos_bench::client::Client;
 use paxos_chaos::harness::{node_binary, ChaosCluster, ClusterOptions, NetMode, ReadBackProblem};
 use paxos_chaos::workload::LedgerWrite;
+use paxos_kv::client::Client;
 use std::time::Duration;
 
 #[test]

@@ -7,8 +7,8 @@
 #![allow(clippy::print_stderr)]
 
 use bytes::Bytes;
-use paxos_bench::client::Client;
 use paxos_chaos::harness::{node_binary, ChaosCluster, ClusterOptions};
+use paxos_kv::client::Client;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -135,20 +135,29 @@ fn run_one(root: &Path, results: &Path, logs: &Path, name: &str, args: &BenchArg
         cmd.env("PAXOS_BENCH_QUICK", "1");
     }
     if name == "e2e" {
-        // The end-to-end bench starts `paxos-node` processes: build every
-        // binary of paxos-bench first, then run the bench's own binary.
+        // The end-to-end bench starts `paxos-node` processes: build the
+        // binaries of paxos-kv and paxos-bench first (cargo puts them side by
+        // side, where paxos-e2e looks), then run the bench's own binary.
         let mut build =
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
         build
             .current_dir(root)
-            .args(["build", "--release", "-p", "paxos-bench", "--bins"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "paxos-kv",
+                "-p",
+                "paxos-bench",
+                "--bins",
+            ])
             .stdin(Stdio::null())
             .stdout(fs::File::options().append(true).open(&log_path)?)
             .stderr(fs::File::options().append(true).open(&log_path)?);
         if args.compare {
             // The etcd client's build needs protoc.
             build
-                .args(["--features", "compare"])
+                .args(["--features", "paxos-bench/compare"])
                 .env("PROTOC", protoc()?);
         }
         if !build

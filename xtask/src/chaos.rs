@@ -17,7 +17,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "build",
             "--release",
             "-p",
-            "paxos-bench",
+            "paxos-kv",
             "--bin",
             "paxos-node",
             "-p",

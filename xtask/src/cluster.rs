@@ -13,7 +13,7 @@ use crate::util::{cargo, target_dir};
 
 /// Starts the cluster and waits.
 pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
-    cargo(&["build", "--release", "-p", "paxos-bench", "--bins"], &[])?;
+    cargo(&["build", "--release", "-p", "paxos-kv", "--bins"], &[])?;
     let bin_dir = target_dir().join("release");
     let node = bin_dir.join("paxos-node");
     let client = bin_dir.join("paxos-client");

@@ -16,7 +16,7 @@ pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Resu
             "build",
             "--release",
             "-p",
-            "paxos-core",
+            "paxos-testkit",
             "--example",
             "simulate",
         ],

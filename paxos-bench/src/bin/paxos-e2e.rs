@@ -19,10 +19,10 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use paxos_bench::client::Client;
-use paxos_bench::client_proto::ReadMode;
-use paxos_bench::cluster::{ClusterSpec, LocalCluster};
 use paxos_bench::loadgen::{self, LoadResult, LoadSpec, Workload};
+use paxos_kv::client::Client;
+use paxos_kv::client_proto::ReadMode;
+use paxos_testkit::cluster::{ClusterSpec, LocalCluster};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,7 +106,7 @@ fn node_binary() -> Result<PathBuf> {
     let bin = dir.join("paxos-node");
     if !bin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p paxos-bench --bins`",
+            "{} not found: build it with `cargo build --release -p paxos-kv --bins`",
             bin.display()
         );
     }
@@ -299,7 +299,7 @@ async fn run(args: Args) -> Result<()> {
 
 /// CPU time this process (the load generator) has used so far.
 fn own_cpu_time() -> Duration {
-    paxos_bench::cluster::process_cpu_time(std::process::id()).unwrap_or_default()
+    paxos_testkit::cluster::process_cpu_time(std::process::id()).unwrap_or_default()
 }
 
 fn print_run(kind: &str, n: u64, value_bytes: usize, concurrency: usize, r: &LoadResult) {

@@ -4,6 +4,5 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod codec;
-mod full;
 mod replica;
 mod sim;

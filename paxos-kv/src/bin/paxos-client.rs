@@ -1,0 +1,219 @@
+//! A command-line client of the reference key-value store.
+//!
+//! ```text
+//! paxos-client --cluster 127.0.0.1:8001,127.0.0.1:8002 --certs certs --name alice put k v
+//! paxos-client --cluster 127.0.0.1:8001 --ca ca.pem --cert alice.pem --key alice.key.pem get k [--stale]
+//! paxos-client --cluster 127.0.0.1:8001 --insecure-plaintext status
+//! ```
+//!
+//! TLS with a client certificate is the default: `--certs DIR --name NAME`
+//! reads `DIR/ca.pem`, `DIR/client-NAME.pem` and `DIR/client-NAME.key.pem`
+//! (`paxos-node certs --clients NAME` writes them); `--ca`, `--cert` and
+//! `--key` name the files one by one (and override `--certs`).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use paxos_kv::client::{Client, ClientError, Session};
+use paxos_kv::client_proto::ReadMode;
+use paxos_kv::kv::KvResult;
+use paxos_kv::tls::{ClientSecurity, ClientTlsConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "paxos-client",
+    about = "Talk to a paxos toolkit key-value cluster"
+)]
+struct Cli {
+    /// Client addresses of the cluster's nodes, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    cluster: Vec<SocketAddr>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+    /// Directory holding ca.pem, client-NAME.pem and client-NAME.key.pem.
+    #[arg(long, env = "PAXOS_CLIENT_CERTS")]
+    certs: Option<PathBuf>,
+    /// This client's name in --certs (its certificate names its principal).
+    #[arg(long, env = "PAXOS_CLIENT_NAME")]
+    name: Option<String>,
+    /// Cluster CA certificate (overrides --certs).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This client's certificate (overrides --certs/--name).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This client's private key (overrides --certs/--name).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// INSECURE: plain TCP without TLS or a certificate, for nodes run with
+    /// --insecure-plaintext-clients.
+    #[arg(long, conflicts_with_all = ["certs", "name", "ca", "cert", "key"])]
+    insecure_plaintext: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read a key (linearizable unless --stale).
+    Get {
+        /// The key.
+        key: String,
+        /// Serve from the contacted node's state, possibly stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Compare-and-set: set KEY to NEW if it holds EXPECTED (without --expected: if absent).
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value.
+        new: String,
+        /// The value the key must hold.
+        #[arg(long)]
+        expected: Option<String>,
+    },
+    /// Every node's view: role, leader, epoch, commit point, peers.
+    Status,
+}
+
+/// The exit status when a write's outcome is unknown (it may or may not
+/// have been applied), distinct from a plain failure (1).
+const EXIT_OUTCOME_UNKNOWN: i32 = 3;
+
+/// A write's result, or: "outcome unknown" and exit status 3, so that a
+/// script can tell "may have been applied" from "was not applied".
+fn written(r: Result<KvResult, ClientError>) -> Result<KvResult> {
+    match r {
+        Err(e) if e.is_outcome_unknown() => {
+            eprintln!("outcome unknown: the write may or may not have been applied ({e})");
+            std::process::exit(EXIT_OUTCOME_UNKNOWN);
+        }
+        r => Ok(r?),
+    }
+}
+
+fn show(v: Option<Bytes>) -> String {
+    match v {
+        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+        None => "(absent)".into(),
+    }
+}
+
+/// The TLS settings the flags name.
+fn security(cli: &Cli) -> Result<ClientSecurity> {
+    if cli.insecure_plaintext {
+        return Ok(ClientSecurity::InsecurePlaintext);
+    }
+    let from_dir = |file: String| cli.certs.as_ref().map(|d| d.join(file));
+    let ca = cli
+        .ca
+        .clone()
+        .or_else(|| from_dir("ca.pem".into()))
+        .context(
+            "TLS needs the cluster CA: give --certs DIR (or --ca FILE), or --insecure-plaintext",
+        )?;
+    let name = cli.name.as_deref();
+    let cert = cli
+        .cert
+        .clone()
+        .or_else(|| name.and_then(|n| from_dir(format!("client-{n}.pem"))))
+        .context("TLS needs a client certificate: give --certs DIR --name NAME (or --cert FILE --key FILE)")?;
+    let key = cli
+        .key
+        .clone()
+        .or_else(|| name.and_then(|n| from_dir(format!("client-{n}.key.pem"))))
+        .context("TLS needs the client's key: give --certs DIR --name NAME (or --key FILE)")?;
+    let tls = ClientTlsConfig::from_files(&ca, &cert, &key)?;
+    Ok(ClientSecurity::Tls(tls))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let security = security(&cli)?;
+    // A fresh cluster-assigned session per invocation (one extra replicated
+    // command before a write): its id is unique by construction, and the
+    // store deduplicates the write's retries within it.
+    let client = Client::with_session(
+        cli.cluster.clone(),
+        security.clone(),
+        Session::assigned(),
+        timeout,
+    );
+    match cli.command {
+        Command::Put { key, value } => {
+            let r = written(client.put(Bytes::from(key), Bytes::from(value)).await)?;
+            match r {
+                KvResult::Done(prev) => println!("ok (previous: {})", show(prev)),
+                other => bail!("unexpected result {other:?}"),
+            }
+        }
+        Command::Get { key, stale } => {
+            let mode = if stale {
+                ReadMode::Stale
+            } else {
+                ReadMode::Linearizable
+            };
+            println!("{}", show(client.get(Bytes::from(key), mode).await?));
+        }
+        Command::Delete { key } => {
+            let r = written(client.delete(Bytes::from(key)).await)?;
+            match r {
+                KvResult::Done(prev) => println!("deleted (previous: {})", show(prev)),
+                other => bail!("unexpected result {other:?}"),
+            }
+        }
+        Command::Cas { key, new, expected } => {
+            match written(
+                client
+                    .cas(
+                        Bytes::from(key),
+                        expected.map(Bytes::from),
+                        Bytes::from(new),
+                    )
+                    .await,
+            )? {
+                KvResult::Cas { swapped: true, .. } => println!("swapped"),
+                KvResult::Cas {
+                    swapped: false,
+                    current,
+                } => {
+                    println!("not swapped (current: {})", show(current))
+                }
+                other => bail!("unexpected result {other:?}"),
+            }
+        }
+        Command::Status => {
+            for addr in &cli.cluster {
+                match Client::status_of(*addr, &security, timeout).await {
+                    Ok(s) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&s).context("node sent bad status JSON")?;
+                        println!("{addr}: {}", serde_json::to_string_pretty(&v)?);
+                    }
+                    Err(e) => println!("{addr}: unreachable ({e})"),
+                }
+            }
+        }
+    }
+    Ok(())
+}

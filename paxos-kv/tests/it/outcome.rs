@@ -1,0 +1,115 @@
+//! A write whose outcome the client cannot know is reported as unknown,
+//! never as failed (issue 12, point 3). Reproduction: the leader proposes a
+//! write and then loses its quorum (both followers paused with SIGSTOP),
+//! so it steps down with the write in its log; once the followers resume,
+//! it is elected again (it has the most recent history) and commits the
+//! write. The client, which gave up meanwhile, must have said "outcome
+//! unknown", not "failed".
+
+use bytes::Bytes;
+use paxos_kv::client::{Client, ClientError, Session};
+use paxos_kv::kv::KvOp;
+use paxos_testkit::cluster::{ClusterSpec, LocalCluster};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Resumes the paused processes when dropped, whatever the test did.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn pause(pids: Vec<u32>) -> Paused {
+        for &pid in &pids {
+            // SAFETY: kill(2) with a pid of a child this test started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        }
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    let cluster = LocalCluster::start(spec).expect("cluster starts");
+    let security = cluster.client_security();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader is elected");
+    let leader_addr = cluster.members()[&leader].client;
+    // A client that knows only the leader: it sees the leader's answer to
+    // the write, then the leader's redirects while no leader exists.
+    let client = Client::new(
+        vec![leader_addr],
+        security.clone(),
+        1,
+        Duration::from_secs(5),
+    );
+    let mut session = Session::new(77);
+    let put = |v: &str| KvOp::Put {
+        key: Bytes::from_static(b"x"),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    };
+    client
+        .write_in(&mut session, put("before"))
+        .await
+        .expect("a write with a quorum commits");
+
+    let followers: Vec<u32> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .map(|id| cluster.pid(id).expect("the follower runs"))
+        .collect();
+    let paused = Paused::pause(followers);
+    let err = client
+        .write_in(&mut session, put("in-doubt"))
+        .await
+        .expect_err("no quorum: the write cannot complete while the followers are paused");
+    assert!(
+        err.is_outcome_unknown() && matches!(err, ClientError::OutcomeUnknown { .. }),
+        "the write was proposed, so its outcome is unknown, not failed: {err:?}"
+    );
+    assert!(
+        err.to_string().contains("outcome unknown"),
+        "the message says so: {err}"
+    );
+    drop(paused);
+
+    // The old leader holds the write in its log and the most recent
+    // history: it is elected again and commits the write.
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader is elected after the followers resume");
+    let reader = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        2,
+        Duration::from_secs(5),
+    );
+    let value = crate::util::read_eventually(&reader, b"x", Duration::from_secs(30)).await;
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"in-doubt"[..]),
+        "the write reported unknown did commit"
+    );
+    // The session goes on: the same write retried is answered, not re-applied.
+    client
+        .write_in(&mut session, put("after"))
+        .await
+        .expect("the session continues");
+}

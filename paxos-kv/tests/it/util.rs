@@ -1,0 +1,29 @@
+//! Helpers shared by the integration tests.
+
+use bytes::Bytes;
+use paxos_kv::client::Client;
+use paxos_kv::client_proto::ReadMode;
+use std::time::{Duration, Instant};
+
+/// A linearizable read of `key`, retried (every 100 ms) until the cluster
+/// answers or `within` has passed (then the test fails).
+pub(crate) async fn read_eventually(
+    client: &Client,
+    key: &'static [u8],
+    within: Duration,
+) -> Option<Bytes> {
+    let deadline = Instant::now() + within;
+    loop {
+        match client
+            .get(Bytes::from_static(key), ReadMode::Linearizable)
+            .await
+        {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "read retried");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no linearizable read within {within:?}: {e}"),
+        }
+    }
+}
