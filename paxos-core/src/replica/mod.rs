@@ -451,7 +451,13 @@ impl<S: Storage> Replica<S> {
                 if f.phase == FPhase::Broadcast && self.applied > f.applied_reported {
                     t = t.min(f.applied_reported_at + hb);
                 }
-                if f.phase == FPhase::Sync && f.newleader_seen {
+                // The resend waits for the first acknowledgement's writes
+                // (handle_timeout does nothing before): asking for a timer
+                // before `persisted` says so would spin the caller's loop.
+                if f.phase == FPhase::Sync
+                    && f.newleader_seen
+                    && self.persisted_seq >= f.ack_ready_seq
+                {
                     t = t.min(f.ack_resent_at + hb);
                 }
                 Some(t)

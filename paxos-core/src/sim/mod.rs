@@ -86,6 +86,10 @@ impl SyncPlanner for TestPlanner {
     }
 }
 
+/// A node's timer firing more often than this at one simulated instant is
+/// reported as a busy loop (rounding of a drifting clock needs a few).
+const MAX_TIMER_FIRES_AT_ONE_INSTANT: u32 = 100;
+
 /// Makes the elector of a node (given its id and the group's configuration).
 pub type ElectorFactory<E> = Box<dyn Fn(NodeId, &Config) -> E>;
 /// Makes a node's sync planner.
@@ -422,6 +426,8 @@ struct SimNode<E: Elector> {
     fail_sync: bool,
     /// The node layer's counters already added to the run's.
     counted: crate::node::NodeStats,
+    /// The last instant its timer fired, and how often at that instant.
+    last_timer: (Time, u32),
     /// How fast this node's clock runs, in parts per million off true
     /// time (its local time is the true time scaled by it).
     clock_ppm: i64,
@@ -563,6 +569,7 @@ impl<E: Elector> Sim<E> {
                 fail_sync: false,
                 counted: Default::default(),
                 clock_ppm: 0,
+                last_timer: (Time::ZERO, 0),
             });
         }
         let max_ppm = sim.cfg.max_clock_drift_ppm.min(500_000) as i64;
@@ -997,6 +1004,22 @@ impl<E: Elector> Sim<E> {
             Ev::Timer { node, gen } => {
                 if self.nodes[node].timer_gen == gen {
                     self.nodes[node].timer_at = None;
+                    // A timer that fires again and again at one instant is a
+                    // busy loop: some deadline that handling it does not move.
+                    let n = &mut self.nodes[node];
+                    if n.last_timer.0 == self.now {
+                        n.last_timer.1 += 1;
+                        if n.last_timer.1 > MAX_TIMER_FIRES_AT_ONE_INSTANT {
+                            let id = n.id;
+                            let what = format!(
+                                "busy loop: node {id}'s timer fired {} times at {:?}: a deadline handle_timeout does not move ({:?})",
+                                n.last_timer.1, self.now, n.node
+                            );
+                            return Err(self.violation(what));
+                        }
+                    } else {
+                        n.last_timer = (self.now, 1);
+                    }
                     let now = self.local_now(node);
                     if let Some(n) = self.nodes[node].node.as_mut() {
                         n.handle_timeout(now);

@@ -165,3 +165,15 @@ fn random_schedules_keep_every_invariant() {
     }
     println!("{seeds} random schedules passed; worst recovery {worst:?} simulated");
 }
+
+/// Found by the simulator's full-disk fault: a follower that had acked
+/// NEWLEADER but whose writes were held back by a full disk asked for a
+/// timer at the resend time, and handling the timer did not move it (the
+/// resend waits for the writes), so the caller's loop spun at one instant.
+#[test]
+fn a_follower_waiting_on_a_full_disk_does_not_spin_its_timer() {
+    let mut sim = Sim::with_test_components(SimConfig::chaos(249));
+    if let Err(v) = sim.run_steps_then_recover(6_000) {
+        panic!("{v}");
+    }
+}
