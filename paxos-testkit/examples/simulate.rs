@@ -71,7 +71,7 @@ fn run_one(
     }
     let mut cfg = SimConfig::chaos(seed);
     cfg.wipes = wipes;
-    cfg.replica.lease_reads = lease;
+    cfg.replica.lease_reads |= lease;
     if full {
         go(full_sim(cfg), steps, describe)
     } else {

@@ -4,5 +4,6 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod codec;
+mod node;
 mod replica;
 mod sim;

@@ -1,0 +1,857 @@
+//! The reference node: the node layer of paxos-core
+//! ([`paxos_core::node::Node`]: replica, elector, state machine and the
+//! persistence pipeline) under tokio, with paxos-election electing,
+//! paxos-wal persisting, paxos-net-quic carrying the peer traffic,
+//! paxos-snapshot planning catch-up and shipping snapshots, and the
+//! key-value store of [`crate::kv`] as the state machine.
+//!
+//! This module is the IO around the layer and nothing else: sockets, files,
+//! timers and threads. The layer decides what is sent when, what waits for
+//! which sync, what is applied and answered; the simulator runs the same
+//! layer under simulated time, network and disks. One task owns the layer
+//! and runs its loop: take inputs (peer frames, client requests, the sync
+//! thread's completions, timers), let the layer process them, then carry out
+//! its outputs: frames to the transport, a background sync to the sync
+//! thread (one `Wal::sync` at a time, flushing without holding the log's
+//! lock, so appends go on meanwhile: group commit), answers to clients,
+//! snapshot work to threads. Client connections and the transport run in
+//! tasks of their own and reach the loop through bounded channels, so
+//! memory stays bounded under overload.
+//!
+//! A faulty disk:
+//! - damage found at start inside the synced part of the log (entries this
+//!   node may have acknowledged) makes the node record that it is
+//!   recovering, keep the log's valid prefix and start as a recovering
+//!   replica, which neither votes nor counts until a leader readmits it
+//!   ([`storage`]);
+//! - a write the disk refuses while the log stays intact (ENOSPC when a
+//!   segment is created, say) stalls the node layer instead of stopping the
+//!   node: that write and every later one are held in order and retried
+//!   with backoff (10 ms doubling to 1 s), nothing waiting for them is
+//!   acknowledged, and once the disk takes them they are synced and
+//!   released, without a restart. A failed flush is fatal: the log handle
+//!   is poisoned, and the process must restart and recover from disk. The
+//!   status JSON says `storage_stalled`.
+//! - a failed local snapshot is logged and the node goes on.
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::node::{
+    Node, NodeConfig, NodeError, NodeEvent, ProposeRejected, ReadRejected, SyncId, Transmit,
+};
+use paxos_core::{
+    Codec, Config, Envelope, GroupId, MetaKey, NodeId, ProposeError, Recovered, Replica, SnapChunk,
+    StateMachine, Storage, StorageError, Time, Zxid,
+};
+use paxos_election::{ElectionConfig, FastElection, Notification};
+use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
+use paxos_snapshot::{
+    PlannerConfig, SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::budget::ByteBudget;
+use crate::client_proto::{ReadMode, Request, Response};
+use crate::identity::{self, Identity, Standing};
+use crate::kv::KvStore;
+
+mod client_port;
+mod fault_file;
+mod options;
+mod snapshots;
+mod status;
+mod storage;
+
+use client_port::{
+    accept_clients, ClientAuth, ClientLimits, ClientMsg, Reply, ToDriver, MAX_CLIENT_QUEUE_BYTES,
+    MAX_REPLY_BYTES,
+};
+use fault_file::{Faults, MonotonicClock};
+pub use options::{
+    default_retention_entries, format_members, parse_members, Member, NodeOptions,
+    DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_INLINE_SYNC_BYTES,
+    DEFAULT_LEASE_CLOCK_DRIFT, DEFAULT_MAX_CLIENT_CONNECTIONS, EXIT_ADDR_IN_USE,
+};
+use storage::{open_storage, NodeStorage};
+
+/// Tag of a peer frame that carries a paxos-core envelope.
+const TAG_CORE: u8 = 0;
+/// Tag of a peer frame that carries an election notification.
+const TAG_ELECTION: u8 = 1;
+/// Inputs taken from one source before the loop lets the layer process.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+/// Rounds of processing per turn (each round makes progress or stops).
+const MAX_DRAIN_ROUNDS: usize = 64;
+/// Client writes proposed and not yet answered, at most; over it a write is
+/// answered "retry: busy" (admission control: memory stays bounded).
+const MAX_PENDING_WRITES: usize = 64 * 1024;
+/// Bytes of client writes proposed and not yet answered, at most.
+const MAX_PENDING_WRITE_BYTES: usize = 256 << 20;
+/// Bytes of keys of linearizable reads in flight, at most; over it a read
+/// is answered "retry: too many reads".
+const MAX_PENDING_READ_BYTES: usize = 16 << 20;
+/// Linearizable reads in flight, at most.
+const MAX_PENDING_READS: usize = 16 * 1024;
+/// A read not served by then is answered "retry".
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The file in the data directory that names a committed entry the state
+/// machine panicked on; while it exists the node refuses to start unless
+/// told to skip that entry (see the README, "A poisoned entry").
+pub const POISONED_FILE: &str = "POISONED";
+/// Snapshot chunk size on the wire.
+const SNAPSHOT_CHUNK_BYTES: u32 = 256 * 1024;
+/// A peer's control queue above this many frames gets no more snapshot chunks
+/// this turn (keeps heartbeats from queueing behind a snapshot).
+const SNAPSHOT_PACING_FRAMES: u64 = 8;
+/// Snapshot chunks kept while an install runs, at most (the leader paces
+/// its chunks and stops after the last one, so only a transfer restarted
+/// meanwhile sends any). One dropped beyond this is not lost for good: the
+/// receiver then refuses the gap, reports its offset, and the leader
+/// resumes there after its progress timeout.
+const MAX_DEFERRED_CHUNKS: usize = 64;
+
+/// What a client request waits on in the node layer.
+enum Waiter {
+    /// A write: answered with the state machine's result.
+    Write(Reply),
+    /// A linearizable read of `key`: answered from the store once confirmed.
+    Read { key: Bytes, reply: Reply },
+}
+
+/// The node layer as the reference node runs it.
+type Core = Node<NodeStorage, FastElection, KvStore, Waiter>;
+
+/// A finished snapshot thread's report: the zxid, and the file and time taken.
+type SnapshotDone = (Zxid, Result<(StoredSnapshot, Duration), String>);
+
+/// A finished background sync: which, and how it went.
+type SyncDone = (SyncId, Result<(), StorageError>);
+
+/// A finished snapshot install (verify, move into the store, restore into a
+/// staging store), run off the loop: the receiver comes back with it.
+struct InstallDone {
+    from: NodeId,
+    receiver: SnapshotReceiver,
+    staged: KvStore,
+    result: Result<StoredSnapshot, paxos_snapshot::SnapshotError>,
+    elapsed: Duration,
+}
+
+/// A snapshot being streamed to a follower.
+struct OutgoingSnapshot {
+    to: NodeId,
+    sender: SnapshotSender,
+}
+
+/// The IO around the node layer: one owner of all of it.
+struct Driver {
+    id: NodeId,
+    members: BTreeMap<u64, Member>,
+    /// The clock handed to the layer (real time, shifted by the fault
+    /// hooks' offset, never going backwards).
+    clock: MonotonicClock,
+    /// The fault hooks' settings (none unless `--fault-file`).
+    faults: Arc<Faults>,
+    node: Core,
+    codec: Codec,
+    transport: Transport,
+    snapshots: SnapshotStore,
+    /// Assembles snapshot chunks; `None` while an install runs off the loop.
+    receiver: Option<SnapshotReceiver>,
+    /// Chunks that arrived while an install ran, for after it.
+    deferred_chunks: VecDeque<(NodeId, SnapChunk)>,
+    /// The snapshot being installed off the loop and its length: its
+    /// progress is reported to the leader on every timer turn.
+    installing: Option<(Zxid, u64)>,
+    /// Where install tasks report.
+    install_done_tx: mpsc::UnboundedSender<InstallDone>,
+    outgoing: Vec<OutgoingSnapshot>,
+    /// Where [`POISONED_FILE`] is written.
+    data_dir: PathBuf,
+    /// The identity recorded in the data directory.
+    identity: Identity,
+    /// Where snapshot threads report.
+    snapshot_done_tx: mpsc::UnboundedSender<SnapshotDone>,
+    buf: BytesMut,
+    stats: Stats,
+    /// Asks the sync thread for one `Wal::sync`.
+    sync_requests: std::sync::mpsc::Sender<SyncId>,
+}
+
+/// The snapshot IO's counters (the layer counts the rest).
+#[derive(Default)]
+struct Stats {
+    /// Snapshot transfers this node started as leader (resumed included).
+    snapshot_sends: u64,
+    /// Of those, the ones that resumed past offset 0.
+    snapshot_resumes: u64,
+    /// Snapshots received and installed into the live state.
+    snapshot_installs: u64,
+    /// Snapshot chunks the receiver refused (gap, foreign, corrupt).
+    snapshot_chunks_refused: u64,
+    /// Snapshot chunks dropped because the install's queue was full.
+    snapshot_chunks_dropped: u64,
+}
+
+/// Runs a node until `shutdown` resolves. Returns an error if the node
+/// cannot start, or stops on a fatal storage error (a failed flush, after
+/// which the process must restart and recover from disk); a write the disk
+/// refuses (disk full) stalls the node instead (see the module docs).
+pub async fn run_node(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let id = NodeId(opts.id);
+    let me = *opts
+        .members
+        .get(&opts.id)
+        .with_context(|| format!("node {} is not in the member list", opts.id))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let cluster_id = match &opts.cluster_id {
+        Some(c) => c.clone(),
+        None => identity::cluster_id_from_ca(&opts.ca_cert)?,
+    };
+    let mut disk_identity =
+        identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
+    tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, "identity checked");
+
+    // Storage and the state machine, recovered from disk.
+    let faults = Arc::new(Faults::default());
+    let storage = NodeStorage {
+        wal: open_storage(&opts, &mut disk_identity)?,
+        faults: faults.clone(),
+    };
+    let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
+        .context("opening the snapshot store")?
+        .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
+    check_poisoned(&opts)?;
+    forget_skipped_poison(&opts);
+    let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
+        .context("--max-sessions / --max-session-mib")?;
+    let mut recovered = Recovered::default();
+    let latest = snapshots.latest().context("listing snapshots")?;
+    let compacted = storage.meta(MetaKey::CompactionMark);
+    if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
+        bail!(
+            "the log in {} was compacted up to {} but no snapshot covers it (latest: {:?}): \
+             the state before the log's first entry is lost. If the snapshots are gone, empty \
+             the data directory and start the node with --rejoin",
+            opts.data_dir.display(),
+            Zxid(compacted),
+            latest.as_ref().map(|s| s.zxid)
+        );
+    }
+    if let Some(latest) = latest {
+        let meta = snapshots
+            .restore(latest.zxid, &mut kv)
+            .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
+        tracing::info!(zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
+        recovered = Recovered {
+            applied: kv.applied(),
+            snapshot: Some(meta.zxid),
+        };
+    }
+    let receiver = SnapshotReceiver::open(
+        SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
+            .context("opening the snapshot store")?,
+    )
+    .context("opening the snapshot receiver")?;
+
+    let voters: Vec<NodeId> = opts.members.keys().map(|&i| NodeId(i)).collect();
+    let mut config = Config::new(GroupId(0), voters.clone());
+    config.heartbeat_interval = opts.heartbeat;
+    config.election_timeout = opts.election_timeout;
+    config.sync_timeout = opts.election_timeout;
+    config.lease_reads = opts.lease_reads;
+    config.retention_entries = opts.retention_entries;
+    config.lease_clock_drift = opts.lease_clock_drift;
+    // A command must fit one WAL record (a segment) with room to spare, or
+    // every replica would fail to log it; the kernel refuses larger ones.
+    let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
+    config.max_message_bytes = config.max_message_bytes.min(segment_limit);
+    let origin = Instant::now();
+    let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
+    let mut replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
+        .context("starting the replica")?;
+    // A member that lost its disk (--rejoin) neither votes nor counts until
+    // an established leader has readmitted it; the kernel keeps the flag in
+    // the hard state, so a restart mid-recovery stays recovering.
+    if disk_identity.standing == Standing::Recovering && !replica.is_recovering() {
+        tracing::warn!(id = %id, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
+        replica.mark_recovering();
+    }
+    // The election round is persisted so that a restarted node never votes
+    // twice in one round (paxos-election's contract).
+    let initial_round = replica.storage().meta(MetaKey::ElectionRound);
+    let elector = FastElection::new(ElectionConfig {
+        id,
+        voters,
+        initial_round,
+        voting: !replica.is_recovering(),
+        seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
+        ..ElectionConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
+
+    // The transport.
+    let identity = NodeIdentity::from_pem_files(PeerId(opts.id), &opts.cert, &opts.key)
+        .with_context(|| format!("loading {} and {}", opts.cert.display(), opts.key.display()))?;
+    let trust = ClusterTrust::from_pem_file(&opts.ca_cert)
+        .with_context(|| format!("loading {}", opts.ca_cert.display()))?;
+    // The client port: TLS with the node's certificate, client certificates
+    // checked against the same CA.
+    let client_auth = if opts.insecure_plaintext_clients {
+        tracing::warn!(
+            client = %me.client,
+            "--insecure-plaintext-clients: the client port speaks plain TCP without \
+             authentication; anyone who reaches it can read and write every key"
+        );
+        ClientAuth::InsecurePlaintext
+    } else {
+        let config = crate::tls::client_port_server_config(
+            identity.chain().to_vec(),
+            identity.key().clone_key(),
+            trust.roots(),
+        )
+        .context("the client port's TLS configuration")?;
+        ClientAuth::Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            handshake_timeout: opts.client_handshake_timeout,
+        }
+    };
+    let peers: BTreeMap<PeerId, SocketAddr> = opts
+        .members
+        .iter()
+        .filter(|(&i, _)| i != opts.id)
+        .map(|(&i, m)| (PeerId(i), m.peer))
+        .collect();
+    let net = if opts.loopback {
+        NetConfig::loopback(identity, trust, me.peer, peers)
+    } else {
+        NetConfig::new(identity, trust, me.peer, peers)
+    };
+    let (transport, mut inbox) = Transport::bind(net)
+        .await
+        .context("binding the QUIC endpoint")?;
+
+    // Test hooks (--fault-file): read by a task of their own.
+    let fault_task = opts
+        .fault_file
+        .clone()
+        .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
+
+    // The sync thread: one `Wal::sync` per request, the result sent back.
+    let wal = replica.storage().wal.wal_handle();
+    let sync_faults = faults.clone();
+    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<SyncId>();
+    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<SyncDone>();
+    std::thread::Builder::new()
+        .name(format!("wal-sync-{}", opts.id))
+        .spawn(move || {
+            while let Ok(sync) = sync_rx.recv() {
+                sync_faults.delay_sync();
+                let r = wal
+                    .sync()
+                    .map(|_| ())
+                    .map_err(|e| StorageError::io("the background WAL sync", e));
+                if sync_done_tx.send((sync, r)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the WAL sync thread")?;
+
+    // Clients.
+    let listener = TcpListener::bind(me.client)
+        .await
+        .with_context(|| format!("binding the client port {}", me.client))?;
+    let (client_tx, mut client_rx) = mpsc::channel::<ClientMsg>(16 * 1024);
+    let client_tx = ToDriver {
+        tx: client_tx,
+        budget: ByteBudget::new(MAX_CLIENT_QUEUE_BYTES),
+        reply_budget: ByteBudget::new(MAX_REPLY_BYTES),
+    };
+    if opts.max_client_connections == 0 {
+        bail!("max_client_connections must be at least 1");
+    }
+    let limits = ClientLimits {
+        max_connections: opts.max_client_connections,
+        idle_timeout: opts.client_idle_timeout.filter(|d| !d.is_zero()),
+    };
+    let accept_task = tokio::spawn(accept_clients(
+        listener,
+        client_tx,
+        limits,
+        Arc::new(client_auth),
+    ));
+    tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
+
+    let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
+    let (install_done_tx, mut install_done) = mpsc::unbounded_channel::<InstallDone>();
+    let node_config = NodeConfig {
+        inline_sync_bytes: opts.inline_sync_bytes,
+        snapshot_every: opts.snapshot_every,
+        max_pending_writes: MAX_PENDING_WRITES,
+        max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,
+        max_pending_reads: MAX_PENDING_READS,
+        max_pending_read_bytes: MAX_PENDING_READ_BYTES,
+        read_timeout: READ_TIMEOUT,
+        skip_entries: opts.skip_entries.clone(),
+        ..NodeConfig::default()
+    };
+    let node = Node::new(replica, elector, kv, node_config).context("starting the node layer")?;
+    let mut d = Driver {
+        id,
+        members: opts.members.clone(),
+        clock: MonotonicClock::new(origin),
+        faults,
+        node,
+        codec: Codec::new(16 << 20),
+        transport,
+        snapshots,
+        receiver: Some(receiver),
+        deferred_chunks: VecDeque::new(),
+        installing: None,
+        install_done_tx,
+        outgoing: Vec::new(),
+        data_dir: opts.data_dir.clone(),
+        identity: disk_identity,
+        snapshot_done_tx,
+        buf: BytesMut::with_capacity(1 << 20),
+        stats: Stats::default(),
+        sync_requests,
+    };
+
+    tokio::pin!(shutdown);
+    let result = loop {
+        if let Err(e) = d.turn() {
+            break Err(e);
+        }
+        let deadline = d.deadline();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break Ok(()),
+            // First: a finished sync releases commits and acknowledgements;
+            // under load the other sources are always ready and would starve it.
+            done = sync_done.recv() => {
+                let Some(done) = done else { break Err(anyhow::anyhow!("WAL sync thread stopped")) };
+                if let Err(e) = d.on_synced(done) {
+                    break Err(e);
+                }
+            }
+            frame = inbox.frames.recv() => {
+                let Some((peer, frame)) = frame else { break Err(anyhow::anyhow!("transport closed")) };
+                d.on_frame(peer, frame);
+            }
+            msg = client_rx.recv() => {
+                let Some(msg) = msg else { break Err(anyhow::anyhow!("client listener stopped")) };
+                d.on_client(msg);
+            }
+            done = install_done.recv() => {
+                if let Some(done) = done {
+                    d.on_install_done(done);
+                }
+            }
+            bulk = inbox.bulk.recv() => {
+                if let Some((peer, payload)) = bulk {
+                    tracing::debug!(%peer, bytes = payload.len(), "unexpected bulk payload dropped");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => d.on_timeout(),
+        }
+        // Whatever woke us, take what else is ready from every source (a
+        // bounded amount), so that no source starves another and one turn of
+        // the layer covers a whole batch.
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match inbox.frames.try_recv() {
+                Ok((peer, frame)) => d.on_frame(peer, frame),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match client_rx.try_recv() {
+                Ok(msg) => d.on_client(msg),
+                Err(_) => break,
+            }
+        }
+        if let Ok(done) = sync_done.try_recv() {
+            if let Err(e) = d.on_synced(done) {
+                break Err(e);
+            }
+        }
+        if let Ok((zxid, result)) = snapshot_done.try_recv() {
+            d.on_snapshot_done(zxid, result);
+        }
+        // Timers too: under load some input is always ready, and the sleep
+        // branch alone would never fire (heartbeats, check-quorum, the
+        // stall's retry).
+        d.on_timeout();
+    };
+    accept_task.abort();
+    if let Some(t) = fault_task {
+        t.abort();
+    }
+    let metrics = d.transport.shutdown().await;
+    tracing::info!(id = %d.id, ?metrics, "node stopped");
+    result
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        self.clock.now(self.faults.clock_offset_ms())
+    }
+
+    fn to_instant(&self, t: Time) -> Instant {
+        self.clock.instant_of(t, self.faults.clock_offset_ms())
+    }
+
+    /// When the loop must wake up even without input.
+    fn deadline(&self) -> Instant {
+        let mut next = Instant::now() + Duration::from_millis(100);
+        if let Some(t) = self.node.poll_timeout() {
+            next = next.min(self.to_instant(t));
+        }
+        if !self.outgoing.is_empty() {
+            next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        next
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now();
+        if let Some((zxid, total)) = self.installing {
+            // The install is alive: tell the leader (the kernel sends at
+            // most one report per heartbeat interval).
+            self.node.snapshot_progress(now, zxid, total, true);
+        }
+        self.node.handle_timeout(now);
+    }
+
+    fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
+        let now = self.now();
+        match frame.first() {
+            Some(&TAG_CORE) => match self.codec.decode(frame.slice(1..)) {
+                Ok(env) if env.from.0 == peer.0 => self.node.handle_message(now, env),
+                Ok(env) => {
+                    tracing::warn!(%peer, claimed = %env.from, "envelope names another sender; dropped")
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
+            },
+            Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
+                Ok(n) => self.node.handle_election_message(now, NodeId(peer.0), n),
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed election frame dropped"),
+            },
+            _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
+        }
+    }
+
+    fn leader_hint(&self) -> Response {
+        let leader = self.node.replica().leader().filter(|&l| l != self.id);
+        Response::NotLeader {
+            leader: leader.map(|l| l.0),
+            addr: leader
+                .and_then(|l| self.members.get(&l.0))
+                .map(|m| m.client.to_string()),
+        }
+    }
+
+    fn on_client(&mut self, msg: ClientMsg) {
+        // The principal is checked where the connection is served (roles)
+        // and is the requester of every write (session ownership).
+        let ClientMsg {
+            req,
+            reply,
+            _budget,
+        } = msg;
+        let now = self.now();
+        match req {
+            Request::Write(cmd) => match self.node.propose(now, cmd, Waiter::Write(reply)) {
+                Ok(_) => {}
+                Err(r) => {
+                    let resp = match r.error {
+                        ProposeRejected::Kernel(ProposeError::NotLeader { .. }) => {
+                            self.leader_hint()
+                        }
+                        ProposeRejected::Busy { .. } => Response::Error("retry: busy".into()),
+                        ProposeRejected::Kernel(e) => Response::Error(e.to_string()),
+                    };
+                    r.token.answer(resp);
+                }
+            },
+            Request::Get {
+                key,
+                mode: ReadMode::Stale,
+            } => {
+                let v = self.node.state_machine().get(&key).cloned();
+                reply.send(Response::Value(v));
+            }
+            Request::Get {
+                key,
+                mode: ReadMode::Linearizable,
+            } => {
+                let bytes = key.len();
+                if let Err(r) = self.node.read(now, bytes, Waiter::Read { key, reply }) {
+                    let resp = match r.error {
+                        ReadRejected::NotLeader { .. } => self.leader_hint(),
+                        ReadRejected::Busy => Response::Error("retry: too many reads".into()),
+                    };
+                    r.token.answer(resp);
+                }
+            }
+            Request::Status => reply.send(Response::Status(self.status_json())),
+        }
+    }
+
+    /// Lets the layer process what came in, and carries out what it asks,
+    /// until nothing moves.
+    fn turn(&mut self) -> Result<()> {
+        for _ in 0..MAX_DRAIN_ROUNDS {
+            self.pump_snapshots();
+            let now = self.now();
+            if let Err(e) = self.node.process(now) {
+                return Err(self.stopped(e));
+            }
+            if !self.carry_out()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the layer's outputs; whether any event came (events can
+    /// give the layer more to do).
+    fn carry_out(&mut self) -> Result<bool> {
+        while let Some(t) = self.node.poll_transmit() {
+            match t {
+                Transmit::Core(env) => self.send_envelope(env),
+                Transmit::Election(to, n) => self.send_election(to, n),
+            }
+        }
+        if let Some(sync) = self.node.poll_sync() {
+            self.sync_requests
+                .send(sync)
+                .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))?;
+        }
+        let mut any = false;
+        while let Some(ev) = self.node.poll_event() {
+            any = true;
+            self.on_event(ev);
+        }
+        Ok(any)
+    }
+
+    /// The layer stopped: a fatal storage error, or a state machine that
+    /// panicked on a committed entry (recorded in [`POISONED_FILE`]: every
+    /// restart would replay it).
+    fn stopped(&self, e: NodeError) -> anyhow::Error {
+        if let NodeError::ApplyPanicked { zxid, message } = &e {
+            let path = self.data_dir.join(POISONED_FILE);
+            if let Err(err) = std::fs::write(&path, format!("{zxid}\n{message}\n")) {
+                tracing::error!(path = %path.display(), error = %err, "could not record the poisoned entry");
+            }
+            return anyhow::anyhow!(
+                "the state machine panicked applying committed entry {zxid} ({message}); the \
+                 entry is committed and would be replayed on every restart. Recorded in {}; see \
+                 the README, \"A poisoned entry\"",
+                path.display()
+            );
+        }
+        anyhow::Error::new(e)
+    }
+
+    fn send_envelope(&mut self, env: Envelope) {
+        self.buf.clear();
+        self.buf.put_u8(TAG_CORE);
+        if let Err(e) = self.codec.encode(&env, &mut self.buf) {
+            tracing::error!(error = %e, msg = env.msg.name(), "could not encode a message; dropped");
+            return;
+        }
+        let frame = self.buf.split().freeze();
+        if let Err(e) = self.transport.send(PeerId(env.to.0), frame) {
+            // The kernel retransmits what matters (heartbeats, pipeline
+            // timeouts, sync retries); a full queue is a slow peer.
+            tracing::debug!(to = %env.to, error = %e, "frame not queued");
+        }
+    }
+
+    fn send_election(&mut self, to: NodeId, n: Notification) {
+        self.buf.clear();
+        self.buf.put_u8(TAG_ELECTION);
+        n.encode(&mut self.buf);
+        let frame = self.buf.split().freeze();
+        if let Err(e) = self.transport.send(PeerId(to.0), frame) {
+            tracing::debug!(%to, error = %e, "election frame not queued");
+        }
+    }
+
+    /// The sync thread finished one `Wal::sync`. A failure is fatal: the
+    /// log handle is poisoned and the process must recover from disk.
+    fn on_synced(&mut self, (sync, result): SyncDone) -> Result<()> {
+        let now = self.now();
+        self.node
+            .handle_sync_done(now, sync, result)
+            .map_err(|e| self.stopped(e))
+    }
+
+    fn on_event(&mut self, ev: NodeEvent<Waiter>) {
+        match ev {
+            NodeEvent::Written { token, result, .. } => token.answer(Response::Written(result)),
+            NodeEvent::Superseded { token } => token.answer(Response::Error(
+                "retry: superseded by another leader".into(),
+            )),
+            NodeEvent::OutcomeUnknown { token } => token.answer(Response::OutcomeUnknown(
+                "proposed, but leadership changed before it committed".into(),
+            )),
+            NodeEvent::ReadReady { token } => match token {
+                Waiter::Read { key, reply } => reply.send(Response::Value(
+                    self.node.state_machine().get(&key).cloned(),
+                )),
+                Waiter::Write(reply) => {
+                    tracing::error!("a write's token came back as a read; answering retry");
+                    reply.send(Response::Error("retry: internal".into()))
+                }
+            },
+            NodeEvent::ReadFailed { token, reason } => {
+                token.answer(Response::Error(format!("retry: {reason}")))
+            }
+            NodeEvent::SendSnapshot {
+                to,
+                snapshot,
+                offset,
+            } => self.send_snapshot(to, snapshot, offset),
+            NodeEvent::SnapshotChunk { from, chunk } => self.receive_chunk(from, chunk),
+            NodeEvent::SnapshotDue { zxid } => self.take_snapshot(zxid),
+            NodeEvent::LostLeader => self.outgoing.clear(),
+            NodeEvent::RecoveryComplete { .. } => {
+                // The kernel's flag is cleared durably; the identity follows
+                // (a crash in between only makes the next start recover again).
+                let id = Identity {
+                    standing: Standing::Member,
+                    ..self.identity.clone()
+                };
+                match identity::write(&self.data_dir, &id) {
+                    Ok(()) => self.identity = id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "identity not updated; the next start recovers again")
+                    }
+                }
+            }
+            NodeEvent::ElectionDecided(_)
+            | NodeEvent::Settled { .. }
+            | NodeEvent::StorageReadFailed(_) => {}
+        }
+    }
+}
+
+impl Waiter {
+    /// Answers the client, whatever it asked.
+    fn answer(self, resp: Response) {
+        match self {
+            Waiter::Write(reply) | Waiter::Read { reply, .. } => reply.send(resp),
+        }
+    }
+}
+
+/// The zxid recorded in a [`POISONED_FILE`], if it holds one.
+fn read_poisoned(path: &std::path::Path) -> Option<Zxid> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_zxid(text.lines().next()?)
+}
+
+/// Parses a zxid as `0x`-prefixed hex (as logs print it) or decimal.
+pub fn parse_zxid(s: &str) -> Option<Zxid> {
+    let s = s.trim();
+    let v = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => s.parse().ok()?,
+    };
+    Some(Zxid(v))
+}
+
+/// Refuses to start while the data directory records a poisoned entry that
+/// the operator has not said to skip.
+fn check_poisoned(opts: &NodeOptions) -> Result<()> {
+    let path = opts.data_dir.join(POISONED_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let Some(zxid) = read_poisoned(&path) else {
+        bail!(
+            "{} exists but names no entry; inspect it, then remove it to start",
+            path.display()
+        );
+    };
+    if opts.skip_entries.contains(&zxid) {
+        tracing::warn!(%zxid, "starting past a poisoned entry: it will be applied as a no-op");
+        return Ok(());
+    }
+    bail!(
+        "the state machine panicked on committed entry {zxid} (recorded in {}); this node \
+         will not start until every node is restarted with --skip-entry {zxid} (the entry is \
+         then applied as a no-op everywhere), or with a build that applies it",
+        path.display()
+    )
+}
+
+/// The operator said to skip the entry [`POISONED_FILE`] names: the file
+/// has done its job (the layer applies the entry as a no-op).
+fn forget_skipped_poison(opts: &NodeOptions) {
+    let path = opts.data_dir.join(POISONED_FILE);
+    if read_poisoned(&path).is_some_and(|z| opts.skip_entries.contains(&z)) {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove the poisoned-entry record");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::Epoch;
+
+    /// The start-up half of the poisoned-entry procedure (the layer's half,
+    /// stopping on a panicking apply and skipping, is tested in paxos-core).
+    #[test]
+    fn a_poisoned_entry_blocks_the_start_until_it_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let z2 = Zxid::new(Epoch(3), 2);
+        std::fs::write(
+            dir.path().join(POISONED_FILE),
+            format!("{z2}\ncannot apply poison\n"),
+        )
+        .unwrap();
+        let mut members = BTreeMap::new();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        members.insert(
+            1,
+            Member {
+                peer: addr,
+                client: addr,
+            },
+        );
+        let mut opts = NodeOptions::new(1, members, dir.path().into(), dir.path().into());
+        let refused = check_poisoned(&opts).unwrap_err().to_string();
+        assert!(refused.contains(&format!("--skip-entry {z2}")), "{refused}");
+        opts.skip_entries = vec![Zxid::new(Epoch(3), 9)];
+        assert!(
+            check_poisoned(&opts).is_err(),
+            "another entry's skip does not do"
+        );
+        forget_skipped_poison(&opts);
+        assert!(dir.path().join(POISONED_FILE).exists());
+        opts.skip_entries = vec![z2];
+        check_poisoned(&opts).unwrap();
+        forget_skipped_poison(&opts);
+        assert!(!dir.path().join(POISONED_FILE).exists());
+        assert_eq!(parse_zxid(&z2.to_string()), Some(z2));
+        assert_eq!(parse_zxid(&z2.as_u64().to_string()), Some(z2));
+        assert_eq!(parse_zxid("zz"), None);
+    }
+}
