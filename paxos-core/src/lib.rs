@@ -80,59 +80,92 @@
 //!
 //! # Example
 //!
-//! Three replicas in one process, messages handed over directly, node 1
-//! told it leads (a real caller gets the [`Decision`] from its elector):
+//! Most callers drive the kernel through the node layer ([`node::Node`]),
+//! which composes a replica, an elector and a state machine and runs the
+//! persistence pipeline the rules above describe; the reference node and
+//! the simulator both do. Three nodes in one process, frames handed over
+//! directly, syncs completed at once:
 //!
 //! ```
 //! use bytes::Bytes;
-//! use paxos_core::sim::TestPlanner;
+//! use paxos_core::node::{Node, NodeConfig, NodeEvent, Transmit};
+//! use paxos_core::sim::{TestElector, TestPlanner};
 //! use paxos_core::*;
 //!
-//! let ids = [NodeId(1), NodeId(2), NodeId(3)];
-//! let config = Config::new(GroupId(0), ids.to_vec());
-//! let now = Time::ZERO;
-//! let mut nodes: Vec<Replica<MemStorage>> = ids
+//! /// A state machine that counts the commands applied.
+//! #[derive(Default)]
+//! struct Counter(Zxid, u64);
+//! impl StateMachine for Counter {
+//!     fn apply(&mut self, zxid: Zxid, _command: &Bytes) -> Bytes {
+//!         (self.0, self.1) = (zxid, self.1 + 1);
+//!         Bytes::from(self.1.to_string())
+//!     }
+//!     fn applied(&self) -> Zxid { self.0 }
+//!     fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> { Ok(()) }
+//!     fn restore(&mut self, _: Zxid, _: &mut dyn std::io::Read) -> std::io::Result<()> { Ok(()) }
+//! }
+//!
+//! // Three nodes in one process; frames are handed over directly.
+//! let ids = vec![NodeId(1), NodeId(2), NodeId(3)];
+//! let config = Config::new(GroupId(0), ids.clone());
+//! let mut nodes: Vec<Node<MemStorage, TestElector, Counter, &str>> = ids
 //!     .iter()
-//!     .map(|id| {
-//!         Replica::new(*id, config.clone(), MemStorage::new(), Box::new(TestPlanner), Recovered::default(), now)
-//!             .unwrap()
+//!     .map(|&id| {
+//!         let replica = Replica::new(id, config.clone(), MemStorage::new(),
+//!             Box::new(TestPlanner), Recovered::default(), Time::ZERO).unwrap();
+//!         let elector = TestElector::new(id, ids.clone(), ids.clone());
+//!         Node::new(replica, elector, Counter::default(), NodeConfig::default()).unwrap()
 //!     })
 //!     .collect();
-//! for n in &mut nodes {
-//!     n.handle_leader_decision(now, Decision { leader: NodeId(1), round: 1, epoch_hint: Epoch::ZERO });
-//! }
-//! let mut applied: Vec<Vec<Entry>> = vec![Vec::new(); 3];
+//! let mut now = Time::ZERO;
+//! let mut answer = None;
 //! let mut proposed = false;
-//! for _ in 0..100 {
-//!     let mut inbox = Vec::new();
-//!     for (i, n) in nodes.iter_mut().enumerate() {
-//!         let ready = n.ready();
-//!         inbox.extend(ready.messages.iter().cloned());           // 1. send now
-//!         n.storage_mut().write_ready(&ready).unwrap();          // 2. write...
-//!         n.storage_mut().sync().unwrap();                       //    ...and sync
-//!         inbox.extend(ready.persisted_messages.iter().cloned()); // 3. then these
-//!         n.persisted(now, ready.persist_marker());
-//!         if let Some(last) = ready.committed.last() {            // 4. apply
-//!             n.applied(last.zxid);
+//! for _ in 0..10_000 {
+//!     let mut frames = Vec::new();
+//!     for n in nodes.iter_mut() {
+//!         n.handle_timeout(now);
+//!         n.process(now).unwrap();
+//!         // A real caller syncs on a thread of its own and reports later.
+//!         if let Some(sync) = n.poll_sync() {
+//!             n.storage_mut().sync().unwrap();
+//!             n.handle_sync_done(now, sync, Ok(())).unwrap();
+//!             n.process(now).unwrap();
 //!         }
-//!         applied[i].extend(ready.committed);
+//!         let from = n.replica().id();
+//!         while let Some(t) = n.poll_transmit() {
+//!             frames.push((from, t));
+//!         }
+//!         while let Some(ev) = n.poll_event() {
+//!             if let NodeEvent::Written { token, result, .. } = ev {
+//!                 answer = Some((token, result));
+//!             }
+//!         }
 //!     }
-//!     for env in inbox {
-//!         let to = ids.iter().position(|id| *id == env.to).unwrap();
-//!         nodes[to].handle_message(now, env);
+//!     for (from, t) in frames {
+//!         match t {
+//!             Transmit::Core(env) => {
+//!                 let to = ids.iter().position(|id| *id == env.to).unwrap();
+//!                 nodes[to].handle_message(now, env);
+//!             }
+//!             Transmit::Election(to, msg) => {
+//!                 let to = ids.iter().position(|id| *id == to).unwrap();
+//!                 nodes[to].handle_election_message(now, from, msg);
+//!             }
+//!         }
 //!     }
-//!     if nodes[0].is_leader() && !proposed {
-//!         nodes[0].propose(Bytes::from_static(b"set x = 1")).unwrap();
-//!         proposed = true;
+//!     if let Some(leader) = nodes.iter_mut().find(|n| n.is_leader()) {
+//!         if !proposed {
+//!             leader.propose(now, Bytes::from_static(b"incr"), "client-1").unwrap();
+//!             proposed = true;
+//!         }
 //!     }
+//!     if answer.is_some() {
+//!         break;
+//!     }
+//!     now = now + std::time::Duration::from_millis(1);
 //! }
-//! assert!(nodes[0].is_leader());
-//! assert_eq!(applied[0].len(), 1);
-//! assert_eq!(applied[0][0].data, Bytes::from_static(b"set x = 1"));
+//! assert_eq!(answer, Some(("client-1", Bytes::from_static(b"1"))));
 //! ```
-//!
-//! Followers learn the commit point from the next ACCEPT, COMMIT or
-//! heartbeat; in the example the leader's idle COMMIT carries it.
 //!
 //! # Architecture invariants
 //!

@@ -1,11 +1,12 @@
-//! Composing the toolkit by hand: three replicas in one process, each made of
-//! paxos-core's `Replica` (the kernel), paxos-election's `FastElection` (who
-//! leads), paxos-snapshot's `ZabPlanner` (how to catch followers up) and the
-//! reference key-value state machine, with in-memory storage and messages
+//! Composing the toolkit by hand: three nodes in one process, each the node
+//! layer of paxos-core (`paxos_core::node::Node`: the kernel, the
+//! persistence pipeline) over paxos-election's `FastElection` (who leads),
+//! paxos-snapshot's `ZabPlanner` (how to catch followers up) and the
+//! reference key-value state machine, with in-memory storage and frames
 //! handed over directly. Time is simulated: one millisecond per step.
 //!
-//! The same loop, with `WalStorage` and `paxos-net-quic` in place of the
-//! in-memory parts, is what paxos-kv's node (`paxos_kv::node`) runs.
+//! paxos-kv's node (`paxos_kv::node`) runs the same layer with `WalStorage`
+//! and `paxos-net-quic` in place of the in-memory parts.
 //!
 //! ```text
 //! cargo run -p paxos-kv --example compose
@@ -13,35 +14,24 @@
 #![allow(clippy::print_stdout)]
 
 use bytes::Bytes;
-use paxos_core::{
-    Config, Elector, Envelope, Event, GroupId, MemStorage, NodeId, Recovered, Replica,
-    StateMachine, Storage, Time,
-};
+use paxos_core::node::{Node, NodeConfig, NodeEvent, Transmit};
+use paxos_core::{Config, GroupId, MemStorage, NodeId, Recovered, Replica, Storage, Time};
 use paxos_election::{ElectionConfig, FastElection, Notification};
 use paxos_kv::kv::{KvCommand, KvOp, KvStore};
 use paxos_snapshot::{PlannerConfig, ZabPlanner};
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// One node: the kernel, its elector and its state machine.
-struct Node {
-    replica: Replica<MemStorage>,
-    elector: FastElection,
-    kv: KvStore,
-}
-
-/// Something in flight between two nodes.
-enum Wire {
-    Paxos(Envelope),
-    Vote(NodeId, NodeId, Notification),
-}
+/// The node layer over in-memory storage; a client request is named by a
+/// number.
+type KvNode = Node<MemStorage, FastElection, KvStore, u64>;
 
 fn main() {
     let ids = [NodeId(1), NodeId(2), NodeId(3)];
-    let mut nodes: Vec<Node> = ids
+    let mut nodes: Vec<KvNode> = ids
         .iter()
-        .map(|&id| Node {
-            replica: Replica::new(
+        .map(|&id| {
+            let replica = Replica::new(
                 id,
                 Config::new(GroupId(0), ids.to_vec()),
                 MemStorage::new(),
@@ -49,81 +39,60 @@ fn main() {
                 Recovered::default(),
                 Time::ZERO,
             )
-            .expect("valid configuration"),
-            elector: FastElection::new(ElectionConfig {
+            .expect("valid configuration");
+            let elector = FastElection::new(ElectionConfig {
                 id,
                 voters: ids.to_vec(),
                 seed: id.0,
                 ..ElectionConfig::default()
             })
-            .expect("valid election configuration"),
-            kv: KvStore::new(),
+            .expect("valid election configuration");
+            Node::new(replica, elector, KvStore::new(), NodeConfig::default())
+                .expect("memory storage starts")
         })
         .collect();
     let index = |id: NodeId| ids.iter().position(|&i| i == id).expect("known node");
-    let mut wire: VecDeque<Wire> = VecDeque::new();
+    let mut wire: VecDeque<(NodeId, Transmit<Notification>)> = VecDeque::new();
     let mut now = Time::ZERO;
     let mut proposed = false;
 
     for step in 0..10_000 {
         now += Duration::from_millis(1);
         // 1. Deliver what is in flight.
-        while let Some(w) = wire.pop_front() {
-            match w {
-                Wire::Paxos(env) => {
+        while let Some((from, t)) = wire.pop_front() {
+            match t {
+                Transmit::Core(env) => {
                     let to = index(env.to);
-                    nodes[to].replica.handle_message(now, env);
+                    nodes[to].handle_message(now, env);
                 }
-                Wire::Vote(from, to, n) => nodes[index(to)].elector.handle_message(now, from, n),
+                Transmit::Election(to, n) => nodes[index(to)].handle_election_message(now, from, n),
             }
         }
         for node in &mut nodes {
-            // 2. Timers.
-            if node.replica.poll_timeout().is_some_and(|t| t <= now) {
-                node.replica.handle_timeout(now);
+            // 2. Timers, then let the layer process.
+            node.handle_timeout(now);
+            node.process(now).expect("memory storage does not fail");
+            // 3. A background sync: a real node runs it on a thread of its own.
+            if let Some(sync) = node.poll_sync() {
+                let done = node.storage_mut().sync();
+                node.handle_sync_done(now, sync, done)
+                    .expect("memory storage does not fail");
+                node.process(now).expect("memory storage does not fail");
             }
-            if node.elector.poll_timeout().is_some_and(|t| t <= now) {
-                node.elector.handle_timeout(now);
+            // 4. Frames to send, and answers.
+            let from = node.replica().id();
+            while let Some(t) = node.poll_transmit() {
+                wire.push_back((from, t));
             }
-            // 3. The elector's output: votes to send, a decision for the kernel.
-            while let Some((to, n)) = node.elector.poll_transmit() {
-                wire.push_back(Wire::Vote(node.elector.id(), to, n));
-            }
-            while let Some(d) = node.elector.poll_decision() {
-                node.replica.handle_leader_decision(now, d);
-            }
-            // 4. The kernel's output, in the documented order.
-            let ready = node.replica.ready();
-            wire.extend(ready.messages.iter().cloned().map(Wire::Paxos));
-            node.replica
-                .storage_mut()
-                .write_ready(&ready)
-                .expect("memory storage does not fail");
-            node.replica
-                .storage_mut()
-                .sync()
-                .expect("memory storage does not fail");
-            wire.extend(ready.persisted_messages.iter().cloned().map(Wire::Paxos));
-            node.replica.persisted(now, ready.persist_marker());
-            for e in &ready.committed {
-                node.kv.apply(e.zxid, &e.data);
-                node.replica.applied(e.zxid);
-            }
-            for ev in ready.events {
-                match ev {
-                    Event::LostLeader(vote) => node.elector.start_looking(now, vote),
-                    Event::Settled {
-                        state,
-                        leader,
-                        epoch,
-                    } => node.elector.settle(now, state, leader, epoch),
-                    _ => {}
+            while let Some(ev) = node.poll_event() {
+                if let NodeEvent::Written { token, zxid, .. } = ev {
+                    println!("step {step}: request {token} committed at {zxid:?}");
                 }
             }
         }
         // 5. Once a leader is established, propose one write through it.
         if !proposed {
-            if let Some(leader) = nodes.iter_mut().find(|n| n.replica.is_leader()) {
+            if let Some(leader) = nodes.iter_mut().find(|n| n.is_leader()) {
                 let cmd = KvCommand {
                     principal: Bytes::new(),
                     client: 1,
@@ -134,20 +103,26 @@ fn main() {
                     },
                 };
                 let zxid = leader
-                    .replica
-                    .propose(cmd.to_bytes())
+                    .propose(now, cmd.to_bytes(), 1)
+                    .map_err(|r| r.error)
                     .expect("the leader accepts");
                 println!(
                     "step {step}: node {} leads; proposed at {zxid:?}",
-                    leader.replica.id()
+                    leader.replica().id()
                 );
                 proposed = true;
             }
         }
-        if nodes.iter().all(|n| n.kv.get(b"greeting").is_some()) {
+        if nodes
+            .iter()
+            .all(|n| n.state_machine().get(b"greeting").is_some())
+        {
             println!("step {step}: every replica applied the write");
             for n in &nodes {
-                assert_eq!(n.kv.get(b"greeting").map(|v| &v[..]), Some(&b"hello"[..]));
+                assert_eq!(
+                    n.state_machine().get(b"greeting").map(|v| &v[..]),
+                    Some(&b"hello"[..])
+                );
             }
             return;
         }

@@ -217,7 +217,7 @@ impl Group {
                 }
             }
         }
-        self.now = self.now + std::time::Duration::from_millis(1);
+        self.now += std::time::Duration::from_millis(1);
         Ok(())
     }
 
@@ -393,7 +393,7 @@ fn frames_the_layer_sends_name_their_receiver() {
     g.nodes[l].process(g.now).unwrap();
     let mut saw = false;
     for _ in 0..100 {
-        g.now = g.now + std::time::Duration::from_millis(5);
+        g.now += std::time::Duration::from_millis(5);
         g.nodes[l].handle_timeout(g.now);
         g.nodes[l].process(g.now).unwrap();
         while let Some(t) = g.nodes[l].poll_transmit() {
