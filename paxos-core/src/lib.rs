@@ -207,6 +207,8 @@ pub use ready::{
 };
 pub use replica::{Replica, StartError};
 pub use state_machine::StateMachine;
-pub use storage::{MemStorage, MetaKey, Storage, StorageError, StorageSource};
+pub use storage::{
+    Hooked, MemStorage, MetaKey, Storage, StorageError, StorageHooks, StorageSource,
+};
 pub use sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 pub use time::Time;

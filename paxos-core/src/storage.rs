@@ -246,6 +246,87 @@ pub trait Storage {
     }
 }
 
+/// What a [`Hooked`] storage does around the calls it passes on: fault
+/// injection in tests, a slow disk in a chaos run.
+pub trait StorageHooks {
+    /// Called before every write (append, truncation, hard state, flag,
+    /// meta value); an error refuses the write, which is then not made.
+    fn before_write(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Called before every sync.
+    fn before_sync(&self) {}
+}
+
+/// A storage that passes every call on to `inner`, calling `hooks` around
+/// the writes and syncs.
+#[derive(Debug)]
+pub struct Hooked<S, H> {
+    /// The storage the calls go to.
+    pub inner: S,
+    /// What is done around them.
+    pub hooks: H,
+}
+
+impl<S: Storage, H: StorageHooks> Storage for Hooked<S, H> {
+    fn hard_state(&self) -> HardState {
+        self.inner.hard_state()
+    }
+    fn first_zxid(&self) -> Option<Zxid> {
+        self.inner.first_zxid()
+    }
+    fn last_zxid(&self) -> Option<Zxid> {
+        self.inner.last_zxid()
+    }
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        self.inner.epoch_ends()
+    }
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        self.inner.entries(from, max_entries, max_bytes, out)
+    }
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.append(entries)
+    }
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.truncate_suffix(after)
+    }
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.truncate_prefix(upto)
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.save_hard_state(hs)
+    }
+    fn recovering(&self) -> bool {
+        self.inner.recovering()
+    }
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.save_recovering(recovering)
+    }
+    fn meta(&self, key: MetaKey) -> u64 {
+        self.inner.meta(key)
+    }
+    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.save_meta(key, value)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.hooks.before_sync();
+        self.inner.sync()
+    }
+}
+
 /// The small durable values the node layer ([`crate::node`]) keeps beside
 /// the hard state through [`Storage::meta`] and [`Storage::save_meta`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,84 +10,27 @@ use bytes::Bytes;
 use paxos_core::node::{Node, NodeConfig, NodeError, NodeEvent, SyncId, Transmit};
 use paxos_core::sim::{TestElectionMsg, TestElector, TestPlanner};
 use paxos_core::{
-    Config, Entry, GroupId, HardState, MemStorage, Message, MetaKey, NodeId, Recovered, Replica,
-    StateMachine, Storage, StorageError, Time, Zxid,
+    Config, GroupId, Hooked, MemStorage, Message, NodeId, Recovered, Replica, StateMachine,
+    Storage, StorageError, StorageHooks, Time, Zxid,
 };
 
 /// A disk that can be made full: every write is then refused, intact.
-struct Disk {
-    inner: MemStorage,
-    full: Rc<Cell<bool>>,
-}
+type Disk = Hooked<MemStorage, FullFlag>;
+
+/// While set, the disk is full.
+struct FullFlag(Rc<Cell<bool>>);
 
 #[derive(Debug, thiserror::Error)]
 #[error("disk full (test)")]
 struct Full;
 
-impl Disk {
-    fn check(&self) -> Result<(), StorageError> {
-        if self.full.get() {
+impl StorageHooks for FullFlag {
+    fn before_write(&self) -> Result<(), StorageError> {
+        if self.0.get() {
             Err(StorageError::refused("test write", Full))
         } else {
             Ok(())
         }
-    }
-}
-
-impl Storage for Disk {
-    fn hard_state(&self) -> HardState {
-        self.inner.hard_state()
-    }
-    fn first_zxid(&self) -> Option<Zxid> {
-        self.inner.first_zxid()
-    }
-    fn last_zxid(&self) -> Option<Zxid> {
-        self.inner.last_zxid()
-    }
-    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
-        self.inner.epoch_ends()
-    }
-    fn entries(
-        &self,
-        from: Zxid,
-        max_entries: usize,
-        max_bytes: usize,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        self.inner.entries(from, max_entries, max_bytes, out)
-    }
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.append(entries)
-    }
-    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.truncate_suffix(after)
-    }
-    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.truncate_prefix(upto)
-    }
-    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.save_hard_state(hs)
-    }
-    fn recovering(&self) -> bool {
-        self.inner.recovering()
-    }
-    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.save_recovering(recovering)
-    }
-    fn meta(&self, key: MetaKey) -> u64 {
-        self.inner.meta(key)
-    }
-    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.save_meta(key, value)
-    }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        self.inner.sync()
     }
 }
 
@@ -151,7 +94,7 @@ impl Group {
             let flag = Rc::new(Cell::new(false));
             let disk = Disk {
                 inner: MemStorage::new(),
-                full: flag.clone(),
+                hooks: FullFlag(flag.clone()),
             };
             let replica = Replica::new(
                 id,

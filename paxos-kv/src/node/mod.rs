@@ -78,7 +78,7 @@ pub use options::{
     DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_INLINE_SYNC_BYTES,
     DEFAULT_LEASE_CLOCK_DRIFT, DEFAULT_MAX_CLIENT_CONNECTIONS, EXIT_ADDR_IN_USE,
 };
-use storage::{open_storage, NodeStorage};
+use storage::{open_storage, NodeStorage, SlowDisk};
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
@@ -225,8 +225,8 @@ pub async fn run_node(
     // Storage and the state machine, recovered from disk.
     let faults = Arc::new(Faults::default());
     let storage = NodeStorage {
-        wal: open_storage(&opts, &mut disk_identity)?,
-        faults: faults.clone(),
+        inner: open_storage(&opts, &mut disk_identity)?,
+        hooks: SlowDisk(faults.clone()),
     };
     let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
         .context("opening the snapshot store")?
@@ -348,7 +348,7 @@ pub async fn run_node(
         .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
 
     // The sync thread: one `Wal::sync` per request, the result sent back.
-    let wal = replica.storage().wal.wal_handle();
+    let wal = replica.storage().inner.wal_handle();
     let sync_faults = faults.clone();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<SyncId>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<SyncDone>();

@@ -3,7 +3,7 @@
 //! the fault hooks' slow disk applied to every sync the node layer runs.
 
 use anyhow::{Context, Result};
-use paxos_core::{Entry, HardState, MetaKey, Storage, StorageError, Zxid};
+use paxos_core::{Hooked, StorageHooks, Zxid};
 use paxos_wal::{RecoveryMode, WalError, WalOptions, WalStorage};
 use std::sync::Arc;
 
@@ -11,64 +11,18 @@ use super::fault_file::Faults;
 use super::options::NodeOptions;
 use crate::identity::{self, Identity, Standing};
 
-/// The WAL under the node layer, with the fault hooks' sync delay (none
-/// unless `--fault-file` sets one). Everything else passes straight through.
-pub(super) struct NodeStorage {
-    pub(super) wal: WalStorage,
-    pub(super) faults: Arc<Faults>,
+/// The fault hooks' slow disk: every sync waits `sync_delay_ms` (none
+/// unless `--fault-file` sets it).
+pub(super) struct SlowDisk(pub(super) Arc<Faults>);
+
+impl StorageHooks for SlowDisk {
+    fn before_sync(&self) {
+        self.0.delay_sync();
+    }
 }
 
-impl Storage for NodeStorage {
-    fn hard_state(&self) -> HardState {
-        self.wal.hard_state()
-    }
-    fn first_zxid(&self) -> Option<Zxid> {
-        self.wal.first_zxid()
-    }
-    fn last_zxid(&self) -> Option<Zxid> {
-        self.wal.last_zxid()
-    }
-    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
-        self.wal.epoch_ends()
-    }
-    fn entries(
-        &self,
-        from: Zxid,
-        max_entries: usize,
-        max_bytes: usize,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        self.wal.entries(from, max_entries, max_bytes, out)
-    }
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.wal.append(entries)
-    }
-    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
-        self.wal.truncate_suffix(after)
-    }
-    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
-        self.wal.truncate_prefix(upto)
-    }
-    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.wal.save_hard_state(hs)
-    }
-    fn recovering(&self) -> bool {
-        self.wal.recovering()
-    }
-    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
-        self.wal.save_recovering(recovering)
-    }
-    fn meta(&self, key: MetaKey) -> u64 {
-        self.wal.meta(key)
-    }
-    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
-        self.wal.save_meta(key, value)
-    }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        self.faults.delay_sync();
-        self.wal.sync()
-    }
-}
+/// The WAL under the node layer, with the fault hooks around it.
+pub(super) type NodeStorage = Hooked<WalStorage, SlowDisk>;
 
 /// Opens the node's WAL and hard state. Damage inside the part of the log
 /// that was synced (records this node may have acknowledged) is not cut
