@@ -27,7 +27,6 @@
 
 pub mod harness;
 pub mod net;
-pub mod rng;
 pub mod scenario;
 pub mod schedule;
 pub mod workload;

@@ -18,8 +18,8 @@ use paxos_testkit::linearizability::{check, CheckConfig, Verdict};
 
 use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode, ReadBackProblem};
 use crate::net::{self, LinkFault};
-use crate::rng::Rng;
 use crate::workload::{OpCounts, Workload, WorkloadConfig};
+use paxos_core::rng::Rng;
 
 /// A write must commit within this long after a fault heals (or, for a
 /// fault the cluster must ride through, after it starts). Generous: it

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::rng::Rng;
 use crate::scenario::{run, skip_reason, Report, RunOptions, Scenario};
 use crate::workload::OpCounts;
+use paxos_core::rng::Rng;
 
 /// One row of the summary: every run of one scenario.
 #[derive(Clone, Debug, Default)]

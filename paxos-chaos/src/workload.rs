@@ -24,7 +24,7 @@ use paxos_kv::tls::ClientSecurity;
 use paxos_testkit::linearizability::{Command, History, Output, Recorder};
 use std::net::SocketAddr;
 
-use crate::rng::Rng;
+use paxos_core::rng::Rng;
 
 /// Settings of a [`Workload`].
 #[derive(Clone, Debug)]

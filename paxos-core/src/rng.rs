@@ -71,6 +71,26 @@ impl Rng {
         }
     }
 
+    /// A generator for one of several independent streams of a run (one
+    /// per link, say), all derived from the run's seed.
+    pub fn stream(seed: u64, stream: u64) -> Rng {
+        Rng::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    /// A uniform draw in `[0, max]`.
+    pub fn duration_up_to(&mut self, max: std::time::Duration) -> std::time::Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        std::time::Duration::from_nanos(self.below(nanos.saturating_add(1)))
+    }
+
+    /// One of `items`, uniformly; `None` when there are none.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            return None;
+        }
+        items.get(self.index(items.len()))
+    }
+
     /// A uniform index below `n` (n > 0).
     pub fn index(&mut self, n: usize) -> usize {
         assert!(n > 0, "index of an empty range");

@@ -99,58 +99,8 @@ impl LinkFault {
     }
 }
 
-/// A small seeded generator (SplitMix64): enough for coin flips and delay
-/// draws, and the same seed gives the same sequence.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    /// A generator for one stream, derived from the run's seed.
-    pub(crate) fn new(seed: u64, stream: u64) -> Self {
-        let mut rng = Rng {
-            state: seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
-        };
-        // Mix once so that neighbouring streams do not start alike.
-        rng.next_u64();
-        rng
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform draw in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
-        // 53 random bits fill an f64 mantissa exactly.
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// True with probability `p` (never for `p <= 0`, always for `p >= 1`).
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
-        if p <= 0.0 {
-            return false;
-        }
-        if p >= 1.0 {
-            return true;
-        }
-        self.unit() < p
-    }
-
-    /// A uniform draw in `[0, max]`.
-    pub(crate) fn duration_up_to(&mut self, max: Duration) -> Duration {
-        if max.is_zero() {
-            return Duration::ZERO;
-        }
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(self.next_u64() % nanos.saturating_add(1))
-    }
-}
+/// The toolkit's seeded generator; a link's stream is `Rng::stream(seed, link)`.
+pub(crate) use paxos_core::rng::Rng;
 
 #[cfg(test)]
 mod tests {
@@ -158,9 +108,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_streams_differ() {
-        let mut a = Rng::new(7, 1);
-        let mut b = Rng::new(7, 1);
-        let mut c = Rng::new(7, 2);
+        let mut a = Rng::stream(7, 1);
+        let mut b = Rng::stream(7, 1);
+        let mut c = Rng::stream(7, 2);
         let xs: Vec<u64> = (0..8).map(|_| a.next_u64()).collect();
         let ys: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
         let zs: Vec<u64> = (0..8).map(|_| c.next_u64()).collect();
@@ -170,7 +120,7 @@ mod tests {
 
     #[test]
     fn chance_follows_its_probability() {
-        let mut rng = Rng::new(42, 0);
+        let mut rng = Rng::stream(42, 0);
         let hits = (0..10_000).filter(|_| rng.chance(0.3)).count();
         assert!((2_500..3_500).contains(&hits), "hits {hits}");
         assert!((0..100).all(|_| !rng.chance(0.0)));
@@ -179,7 +129,7 @@ mod tests {
 
     #[test]
     fn duration_draws_stay_in_range() {
-        let mut rng = Rng::new(3, 0);
+        let mut rng = Rng::stream(3, 0);
         let max = Duration::from_millis(5);
         assert!((0..1000).all(|_| rng.duration_up_to(max) <= max));
         assert_eq!(rng.duration_up_to(Duration::ZERO), Duration::ZERO);

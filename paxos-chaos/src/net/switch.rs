@@ -153,7 +153,7 @@ impl Switch {
         // On a spawn failure `switch` is dropped here, stopping what started.
         for port in 0..shared.ports.len() {
             let s = Arc::clone(&shared);
-            let rng = Rng::new(seed, port as u64 + 1);
+            let rng = Rng::stream(seed, port as u64 + 1);
             let handle = thread::Builder::new()
                 .name(format!("pxc-switch-rx{port}"))
                 .spawn(move || s.receive_loop(port, rng))
