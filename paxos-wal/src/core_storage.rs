@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use paxos_core::{Entry, Epoch, HardState as CoreHardState, MetaKey, Storage, StorageError, Zxid};
 
-use crate::{HardState, HardStateStore, OpenReport, Wal, WalError, WalOptions};
+use crate::{HardStateRecord, HardStateStore, OpenReport, Wal, WalError, WalOptions};
 
 /// File name of the hard state inside a [`WalStorage`] directory.
 pub const HARD_STATE_FILE: &str = "hardstate";
@@ -83,7 +83,7 @@ fn write_error(wal: &Wal, what: &str, e: WalError) -> StorageError {
     }
 }
 
-fn to_core(hs: HardState) -> Result<CoreHardState, StorageError> {
+fn to_core(hs: HardStateRecord) -> Result<CoreHardState, StorageError> {
     let epoch = |v: u64, what: &str| {
         u32::try_from(v).map(Epoch).map_err(|_| {
             StorageError::Corrupt(format!("hard state: {what} {v} does not fit an epoch"))

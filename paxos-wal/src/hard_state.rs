@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::error::{io_err, WalError};
 use crate::faults::{self, FaultPlan, FaultPoint};
 
-/// Number of extra `u64` fields a [`HardState`] carries besides the epochs.
+/// Number of extra `u64` fields a [`HardStateRecord`] carries besides the epochs.
 pub const HARD_STATE_EXTRA_FIELDS: usize = 16;
 
 const SLOT_MAGIC: [u8; 8] = *b"PXWALHS1";
@@ -18,9 +18,12 @@ const SLOT_STRIDE_BYTES: u64 = 512;
 const SLOT_BYTES: usize = 8 + 8 + 8 + 8 + 8 * HARD_STATE_EXTRA_FIELDS + 4;
 const FILE_BYTES: u64 = 2 * SLOT_STRIDE_BYTES;
 
-/// The consensus state that must be durable before a replica answers.
+/// One record of the hard-state file: the two epochs as plain `u64`s and
+/// spare fields, as the file stores them. (The kernel's
+/// `paxos_core::HardState` is the typed view; `WalStorage` converts, and
+/// refuses an epoch that does not fit.) Usable without the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HardState {
+pub struct HardStateRecord {
     /// The highest epoch this replica promised (Paxos promise, ZAB NEWEPOCH).
     pub accepted_epoch: u64,
     /// The epoch whose leader's history this replica took (ZAB NEWLEADER).
@@ -29,7 +32,7 @@ pub struct HardState {
     pub extra: [u64; HARD_STATE_EXTRA_FIELDS],
 }
 
-impl HardState {
+impl HardStateRecord {
     fn encode(&self, seq: u64) -> [u8; SLOT_BYTES] {
         let mut b = [0u8; SLOT_BYTES];
         b[0..8].copy_from_slice(&SLOT_MAGIC);
@@ -44,7 +47,7 @@ impl HardState {
         b
     }
 
-    fn decode(b: &[u8; SLOT_BYTES]) -> Option<(u64, HardState)> {
+    fn decode(b: &[u8; SLOT_BYTES]) -> Option<(u64, HardStateRecord)> {
         let u64_at = |o: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[o..o + 8]);
@@ -61,7 +64,7 @@ impl HardState {
         }
         Some((
             u64_at(8),
-            HardState {
+            HardStateRecord {
                 accepted_epoch: u64_at(16),
                 current_epoch: u64_at(24),
                 extra,
@@ -70,7 +73,7 @@ impl HardState {
     }
 }
 
-/// A durable [`HardState`] in one small file.
+/// A durable [`HardStateRecord`] in one small file.
 ///
 /// Each [`set`](Self::set) writes the slot *not* holding the current value,
 /// with a sequence number one higher, and `fdatasync`s before returning; on
@@ -82,12 +85,12 @@ impl HardState {
 /// hold), and refuses with [`WalError::UnprovenData`] if that fails.
 ///
 /// ```
-/// use paxos_wal::{HardState, HardStateStore};
+/// use paxos_wal::{HardStateRecord, HardStateStore};
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("hardstate");
 /// let mut store = HardStateStore::open(&path)?;
-/// assert_eq!(store.get(), HardState::default());
-/// store.set(&HardState { accepted_epoch: 3, current_epoch: 2, ..HardState::default() })?;
+/// assert_eq!(store.get(), HardStateRecord::default());
+/// store.set(&HardStateRecord { accepted_epoch: 3, current_epoch: 2, ..HardStateRecord::default() })?;
 /// drop(store);
 /// assert_eq!(HardStateStore::open(&path)?.get().accepted_epoch, 3);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -96,7 +99,7 @@ impl HardState {
 pub struct HardStateStore {
     path: PathBuf,
     file: File,
-    state: HardState,
+    state: HardStateRecord,
     seq: u64,
     poisoned: Option<String>,
     faults: Option<Arc<FaultPlan>>,
@@ -132,14 +135,14 @@ impl HardStateStore {
         let shown = len.min(FILE_BYTES) as usize;
         file.read_exact_at(&mut image[..shown], 0)
             .map_err(io_err("read hard-state file", &path))?;
-        let mut best: Option<(u64, HardState)> = None;
+        let mut best: Option<(u64, HardStateRecord)> = None;
         let mut any_nonzero = false;
         for slot in 0..2usize {
             let mut b = [0u8; SLOT_BYTES];
             let off = slot * SLOT_STRIDE_BYTES as usize;
             b.copy_from_slice(&image[off..off + SLOT_BYTES]);
             any_nonzero |= b.iter().any(|&x| x != 0);
-            if let Some((seq, st)) = HardState::decode(&b) {
+            if let Some((seq, st)) = HardStateRecord::decode(&b) {
                 if best.is_none_or(|(s, _)| seq > s) {
                     best = Some((seq, st));
                 }
@@ -147,7 +150,7 @@ impl HardStateStore {
         }
         let (seq, state) = match best {
             Some(b) => b,
-            None if !any_nonzero => (0, HardState::default()),
+            None if !any_nonzero => (0, HardStateRecord::default()),
             None => return Err(WalError::HardStateCorrupted { path }),
         };
         // `set` numbers the next slot `seq + 1`. No run of updates gets to
@@ -221,12 +224,12 @@ impl HardStateStore {
     }
 
     /// The current (durable) value.
-    pub fn get(&self) -> HardState {
+    pub fn get(&self) -> HardStateRecord {
         self.state
     }
 
     /// Replace the value; durable when this returns `Ok`.
-    pub fn set(&mut self, state: &HardState) -> Result<(), WalError> {
+    pub fn set(&mut self, state: &HardStateRecord) -> Result<(), WalError> {
         if let Some(reason) = &self.poisoned {
             return Err(WalError::Poisoned {
                 reason: reason.clone(),
@@ -274,10 +277,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hs");
         let mut s = HardStateStore::open(&p).unwrap();
-        let a = HardState {
+        let a = HardStateRecord {
             accepted_epoch: 1,
             current_epoch: 1,
-            ..HardState::default()
+            ..HardStateRecord::default()
         };
         let mut b = a;
         b.accepted_epoch = 2;
@@ -311,15 +314,15 @@ mod tests {
         let p = dir.path().join("hs");
         let plan = Arc::new(FaultPlan::default());
         let mut s = HardStateStore::open_with_faults(&p, Some(plan.clone())).unwrap();
-        let a = HardState {
+        let a = HardStateRecord {
             accepted_epoch: 5,
-            ..HardState::default()
+            ..HardStateRecord::default()
         };
         s.set(&a).unwrap();
         plan.fail_flush_in(1);
-        let b = HardState {
+        let b = HardStateRecord {
             accepted_epoch: 6,
-            ..HardState::default()
+            ..HardStateRecord::default()
         };
         assert!(matches!(s.set(&b), Err(WalError::SyncFailed { .. })));
         assert_eq!(
@@ -338,9 +341,9 @@ mod tests {
         // one on the next open.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hs");
-        let image = HardState {
+        let image = HardStateRecord {
             accepted_epoch: 9,
-            ..HardState::default()
+            ..HardStateRecord::default()
         }
         .encode(u64::MAX);
         let f = OpenOptions::new()

@@ -157,7 +157,7 @@ pub use error::WalError;
 #[doc(hidden)]
 pub use faults::{FaultPlan, FaultPoint};
 pub use format::{scan_segment, SegmentScan};
-pub use hard_state::{HardState, HardStateStore, HARD_STATE_EXTRA_FIELDS};
+pub use hard_state::{HardStateRecord, HardStateStore, HARD_STATE_EXTRA_FIELDS};
 pub use wal::{
     DamagedRange, OpenReport, Record, RecoveryMode, RewrittenTail, SyncMethod, TornTail, Wal,
     WalIter, WalOptions, WalReader, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,

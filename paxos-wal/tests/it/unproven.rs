@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use paxos_wal::{FaultPlan, HardState, HardStateStore, Wal, WalError, WalOptions};
+use paxos_wal::{FaultPlan, HardStateRecord, HardStateStore, Wal, WalError, WalOptions};
 
 use crate::{dump, payload_for, small_opts};
 
@@ -89,17 +89,17 @@ fn hard_state_reopen_after_failed_flush_does_not_trust_the_unwritten_slot() {
     let path = dir.path().join("hardstate");
     let plan = modelled();
     let mut store = HardStateStore::open_with_faults(&path, Some(Arc::clone(&plan))).unwrap();
-    let a = HardState {
+    let a = HardStateRecord {
         accepted_epoch: 5,
         current_epoch: 4,
-        ..HardState::default()
+        ..HardStateRecord::default()
     };
     store.set(&a).unwrap();
     plan.fail_flush_in(1);
-    let b = HardState {
+    let b = HardStateRecord {
         accepted_epoch: 6,
         current_epoch: 5,
-        ..HardState::default()
+        ..HardStateRecord::default()
     };
     assert!(matches!(store.set(&b), Err(WalError::SyncFailed { .. })));
     assert!(matches!(store.set(&b), Err(WalError::Poisoned { .. })));
@@ -194,9 +194,9 @@ fn hard_state_reopen_refuses_when_the_rewrite_cannot_be_flushed() {
     let path = dir.path().join("hardstate");
     let plan = modelled();
     let mut store = HardStateStore::open_with_faults(&path, Some(Arc::clone(&plan))).unwrap();
-    let a = HardState {
+    let a = HardStateRecord {
         accepted_epoch: 2,
-        ..HardState::default()
+        ..HardStateRecord::default()
     };
     store.set(&a).unwrap();
     drop(store);
