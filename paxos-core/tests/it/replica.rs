@@ -1,16 +1,27 @@
 //! Replica behaviour on a hand-driven cluster (no faults, messages handed
 //! over directly): discovery, fetch, TRUNC, broadcast, reads, step-down,
 //! observers, persistence gating.
+//!
+//! The cluster drives each replica through the node layer
+//! ([`paxos_core::node::Node`]), which owns the loop over the kernel's
+//! `Ready` (write, sync, release, apply); the tests read the kernel's state
+//! through `Node::replica`. Tests that look at a raw `Ready` (what the
+//! kernel asks, before any pipeline) drive a lone `Replica` step by step
+//! and say why.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use paxos_core::node::{Node, NodeConfig, NodeEvent, ProposeRejected, Rejection, Transmit};
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
-    Config, Decision, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage, Message,
-    NodeId, ProposeError, Ready, Recovered, Replica, SnapChunk, SnapshotRequest, StartError,
-    Storage, StorageError, Time, Zxid,
+    Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage,
+    Message, NodeId, PeerState, ProposeError, Recovered, Replica, SnapChunk, StartError,
+    StateMachine, Storage, StorageError, Time, VoteInfo, Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -32,15 +43,92 @@ fn storage_with(hs: HardState, zxids: &[Zxid]) -> MemStorage {
     s
 }
 
+/// An elector that decides only when the test appoints a leader
+/// ([`Cluster::decide`]): the tests choose who leads, and a replica that
+/// loses its leader waits for the next appointment.
+struct Appointed {
+    id: NodeId,
+    ballot: Rc<Cell<Option<Decision>>>,
+}
+
+impl Elector for Appointed {
+    type Message = Infallible;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn start_looking(&mut self, _now: Time, _me: VoteInfo) {}
+
+    fn settle(&mut self, _now: Time, _state: PeerState, _leader: NodeId, _epoch: Epoch) {}
+
+    fn handle_message(&mut self, _now: Time, _from: NodeId, msg: Infallible) {
+        match msg {}
+    }
+
+    fn handle_timeout(&mut self, _now: Time) {}
+
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+
+    fn poll_transmit(&mut self) -> Option<(NodeId, Infallible)> {
+        None
+    }
+
+    fn poll_decision(&mut self) -> Option<Decision> {
+        self.ballot.take()
+    }
+}
+
+/// A state machine that records the zxids it applied, in order.
+struct Recorder {
+    applied: Zxid,
+    log: Vec<Zxid>,
+}
+
+impl Recorder {
+    /// A state machine restored (or staged) at `applied`.
+    fn at(applied: Zxid) -> Recorder {
+        Recorder {
+            applied,
+            log: Vec::new(),
+        }
+    }
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, zxid: Zxid, _command: &Bytes) -> Bytes {
+        self.applied = zxid;
+        self.log.push(zxid);
+        Bytes::new()
+    }
+
+    fn applied(&self) -> Zxid {
+        self.applied
+    }
+
+    fn snapshot(&self, _out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn restore(&mut self, zxid: Zxid, _input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.applied = zxid;
+        Ok(())
+    }
+}
+
+type TestNode = Node<MemStorage, Appointed, Recorder, u32>;
+
 struct Cluster {
     now: Time,
-    reps: Vec<Replica<MemStorage>>,
-    applied: Vec<Vec<Zxid>>,
+    nodes: Vec<TestNode>,
+    /// Each node's elector's next decision.
+    ballots: Vec<Rc<Cell<Option<Decision>>>>,
     queue: VecDeque<Envelope>,
     cut: Vec<NodeId>,
-    events: Vec<(NodeId, Event)>,
+    events: Vec<(NodeId, NodeEvent<u32>)>,
     sent: Vec<Envelope>,
-    snapshot_requests: Vec<(NodeId, SnapshotRequest)>,
 }
 
 impl Cluster {
@@ -54,86 +142,116 @@ impl Cluster {
         storages: Vec<MemStorage>,
         recovered: Vec<Recovered>,
     ) -> Cluster {
+        Cluster::build(config, storages, recovered, NodeConfig::default(), |_| {})
+    }
+
+    /// A cluster whose node layers use `node_cfg`; `prepare` sees each
+    /// replica before its node is composed (to mark it recovering, as a
+    /// restart that found a damaged log would).
+    fn build(
+        config: Config,
+        storages: Vec<MemStorage>,
+        recovered: Vec<Recovered>,
+        node_cfg: NodeConfig,
+        mut prepare: impl FnMut(&mut Replica<MemStorage>),
+    ) -> Cluster {
         let ids: Vec<NodeId> = config
             .voters
             .iter()
             .chain(&config.observers)
             .copied()
             .collect();
-        let reps = ids
-            .iter()
-            .zip(storages.into_iter().zip(recovered))
-            .map(|(id, (s, rec))| {
-                Replica::new(
-                    *id,
-                    config.clone(),
-                    s,
-                    Box::new(TestPlanner),
-                    rec,
-                    Time::ZERO,
-                )
-                .unwrap()
-            })
-            .collect::<Vec<_>>();
-        let n = reps.len();
+        let mut nodes = Vec::new();
+        let mut ballots = Vec::new();
+        for (id, (s, rec)) in ids.iter().zip(storages.into_iter().zip(recovered)) {
+            let sm = Recorder::at(rec.applied);
+            let mut replica = Replica::new(
+                *id,
+                config.clone(),
+                s,
+                Box::new(TestPlanner),
+                rec,
+                Time::ZERO,
+            )
+            .unwrap();
+            prepare(&mut replica);
+            let ballot = Rc::new(Cell::new(None));
+            let elector = Appointed {
+                id: *id,
+                ballot: ballot.clone(),
+            };
+            nodes.push(Node::new(replica, elector, sm, node_cfg.clone()).unwrap());
+            ballots.push(ballot);
+        }
         Cluster {
             now: Time::ZERO,
-            reps,
-            applied: vec![Vec::new(); n],
+            nodes,
+            ballots,
             queue: VecDeque::new(),
             cut: Vec::new(),
             events: Vec::new(),
             sent: Vec::new(),
-            snapshot_requests: Vec::new(),
         }
     }
 
     fn idx(&self, id: NodeId) -> usize {
-        self.reps.iter().position(|r| r.id() == id).unwrap()
+        self.nodes
+            .iter()
+            .position(|n| n.replica().id() == id)
+            .unwrap()
     }
 
+    /// The zxids node `id` applied, in order.
+    fn applied(&self, id: NodeId) -> &[Zxid] {
+        &self.nodes[self.idx(id)].state_machine().log
+    }
+
+    /// Appoints `leader` on every node not cut off; the decision is taken
+    /// at the nodes' next turn.
     fn decide(&mut self, leader: NodeId) {
-        for r in &mut self.reps {
-            if !self.cut.contains(&r.id()) {
-                r.handle_leader_decision(
-                    self.now,
-                    Decision {
-                        leader,
-                        round: 1,
-                        epoch_hint: Epoch::ZERO,
-                    },
-                );
+        for (n, ballot) in self.nodes.iter().zip(&self.ballots) {
+            if !self.cut.contains(&n.replica().id()) {
+                ballot.set(Some(Decision {
+                    leader,
+                    round: 1,
+                    epoch_hint: Epoch::ZERO,
+                }));
             }
         }
     }
 
-    fn handle_ready(&mut self, i: usize, rd: Ready) {
-        let id = self.reps[i].id();
-        self.sent.extend(rd.messages.iter().cloned());
-        self.queue.extend(rd.messages.iter().cloned());
-        let r = &mut self.reps[i];
-        r.storage_mut().write_ready(&rd).unwrap();
-        r.storage_mut().sync().unwrap();
-        self.sent.extend(rd.persisted_messages.iter().cloned());
-        self.queue.extend(rd.persisted_messages.iter().cloned());
-        r.persisted(self.now, rd.persist_marker());
-        if let Some(last) = rd.committed.last() {
-            self.applied[i].extend(rd.committed.iter().map(|e| e.zxid));
-            r.applied(last.zxid);
+    /// One turn of node `i`: it processes its inputs, every background
+    /// sync it asks for completes at once, and its frames and events are
+    /// collected (frames are queued, not delivered).
+    fn drive(&mut self, i: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let id = n.replica().id();
+        n.process(now).unwrap();
+        while let Some(sync) = n.poll_sync() {
+            n.storage_mut().sync().unwrap();
+            n.handle_sync_done(now, sync, Ok(())).unwrap();
+            n.process(now).unwrap();
         }
-        self.events.extend(rd.events.into_iter().map(|e| (id, e)));
-        self.snapshot_requests
-            .extend(rd.snapshot_requests.into_iter().map(|q| (id, q)));
+        while let Some(t) = n.poll_transmit() {
+            match t {
+                Transmit::Core(env) => {
+                    self.sent.push(env.clone());
+                    self.queue.push_back(env);
+                }
+                Transmit::Election(_, msg) => match msg {},
+            }
+        }
+        while let Some(ev) = n.poll_event() {
+            self.events.push((id, ev));
+        }
     }
 
     /// Delivers until quiet (bounded).
     fn pump(&mut self) {
         for _ in 0..10_000 {
-            for i in 0..self.reps.len() {
-                let rd = self.reps[i].ready();
-                if !rd.is_empty() {
-                    self.handle_ready(i, rd);
-                }
+            for i in 0..self.nodes.len() {
+                self.drive(i);
             }
             let Some(env) = self.queue.pop_front() else {
                 return;
@@ -143,21 +261,46 @@ impl Cluster {
             }
             let i = self.idx(env.to);
             let now = self.now;
-            self.reps[i].handle_message(now, env);
+            self.nodes[i].handle_message(now, env);
         }
         panic!("cluster did not quiesce");
     }
 
     fn advance(&mut self, d: Duration) {
         self.now += d;
-        for i in 0..self.reps.len() {
-            if !self.cut.contains(&self.reps[i].id()) {
+        for i in 0..self.nodes.len() {
+            if !self.cut.contains(&self.nodes[i].replica().id()) {
                 let now = self.now;
-                self.reps[i].handle_timeout(now);
+                self.nodes[i].handle_timeout(now);
             }
         }
         self.pump();
     }
+
+    /// Proposes `data` at node `i` through its node layer.
+    fn propose(
+        &mut self,
+        i: usize,
+        data: Bytes,
+        token: u32,
+    ) -> Result<Zxid, Rejection<ProposeRejected, u32>> {
+        let now = self.now;
+        self.nodes[i].propose(now, data, token)
+    }
+
+    /// How many times node `id` answered the read `token`.
+    fn read_ready(&self, id: NodeId, token: u32) -> usize {
+        self.events
+            .iter()
+            .filter(|(n, e)| {
+                *n == id && matches!(e, NodeEvent::ReadReady { token: t } if *t == token)
+            })
+            .count()
+    }
+}
+
+fn mem(n: usize) -> Vec<MemStorage> {
+    (0..n).map(|_| MemStorage::new()).collect()
 }
 
 fn three() -> Config {
@@ -166,26 +309,27 @@ fn three() -> Config {
 
 #[test]
 fn elect_sync_and_commit_in_order_everywhere() {
-    let mut c = Cluster::new(
-        three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(three(), mem(3));
     c.decide(NodeId(1));
     c.pump();
-    assert!(c.reps[0].is_leader());
+    assert!(c.nodes[0].is_leader());
     let mut zs = Vec::new();
     for k in 0..10u8 {
-        zs.push(c.reps[0].propose(Bytes::from(vec![k])).unwrap());
+        zs.push(c.propose(0, Bytes::from(vec![k]), k.into()).unwrap());
     }
     c.pump();
     c.advance(Duration::from_millis(60)); // heartbeat carries the commit point
-    for a in &c.applied {
-        assert_eq!(a, &zs, "every replica applies the same sequence");
+    for id in [NodeId(1), NodeId(2), NodeId(3)] {
+        assert_eq!(
+            c.applied(id),
+            &zs[..],
+            "every replica applies the same sequence"
+        );
     }
     assert_eq!(zs[0], z(1, 1));
-    for r in &c.reps {
+    for n in &c.nodes {
         assert_eq!(
-            r.hard_state(),
+            n.replica().hard_state(),
             HardState {
                 accepted_epoch: Epoch(1),
                 current_epoch: Epoch(1)
@@ -196,23 +340,20 @@ fn elect_sync_and_commit_in_order_everywhere() {
 
 #[test]
 fn leader_reports_each_followers_progress() {
-    let mut c = Cluster::new(
-        three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(three(), mem(3));
     c.decide(NodeId(1));
     c.pump();
     assert!(
-        c.reps[1].peer_progress().is_empty(),
+        c.nodes[1].replica().peer_progress().is_empty(),
         "only a leader reports progress"
     );
     let mut last = Zxid::ZERO;
     for k in 0..5u8 {
-        last = c.reps[0].propose(Bytes::from(vec![k])).unwrap();
+        last = c.propose(0, Bytes::from(vec![k]), k.into()).unwrap();
     }
     c.pump();
     c.advance(Duration::from_millis(60));
-    let progress = c.reps[0].peer_progress();
+    let progress = c.nodes[0].replica().peer_progress();
     let ids: Vec<NodeId> = progress.iter().map(|p| p.id).collect();
     assert_eq!(ids, vec![NodeId(2), NodeId(3)]);
     for p in &progress {
@@ -223,13 +364,17 @@ fn leader_reports_each_followers_progress() {
 
 #[test]
 fn a_follower_refuses_proposals_and_hands_the_command_back() {
-    let mut c = Cluster::new(
-        three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(three(), mem(3));
     c.decide(NodeId(1));
     c.pump();
-    let err = c.reps[1].propose(Bytes::from_static(b"x")).unwrap_err();
+    let Err(Rejection {
+        error: ProposeRejected::Kernel(err),
+        token,
+    }) = c.propose(1, Bytes::from_static(b"x"), 4)
+    else {
+        panic!("a follower accepted a proposal");
+    };
+    assert_eq!(token, 4, "the caller's token comes back");
     assert!(matches!(
         err,
         ProposeError::NotLeader {
@@ -257,18 +402,11 @@ fn leader_fetches_the_quorums_most_recent_history_first() {
         .sent
         .iter()
         .any(|e| matches!(e.msg, Message::FetchHistory { .. })));
-    assert!(c.reps[0].is_leader());
-    assert_eq!(
-        c.reps[0].last_zxid(),
-        z(1, 5),
-        "the leader adopted n2's suffix"
-    );
-    assert_eq!(
-        c.reps[0].commit_zxid(),
-        z(1, 5),
-        "the synced history is committed"
-    );
-    assert!(c.reps[0].storage().get(z(1, 5)).is_some());
+    let n1 = c.nodes[0].replica();
+    assert!(n1.is_leader());
+    assert_eq!(n1.last_zxid(), z(1, 5), "the leader adopted n2's suffix");
+    assert_eq!(n1.commit_zxid(), z(1, 5), "the synced history is committed");
+    assert!(n1.storage().get(z(1, 5)).is_some());
 }
 
 /// n1 is elected with (1,1)..(1,3); n2 holds up to (1,7) but compacted its
@@ -322,47 +460,69 @@ fn chunk(snapshot: Zxid) -> SnapChunk {
     }
 }
 
+/// Whether `ev` is work on a snapshot transfer (the kernel's snapshot
+/// requests, as the node layer hands them on).
+fn is_snapshot_work(ev: &NodeEvent<u32>) -> bool {
+    matches!(
+        ev,
+        NodeEvent::SendSnapshot { .. } | NodeEvent::SnapshotChunk { .. }
+    )
+}
+
 #[test]
 fn a_leader_elect_takes_a_compacted_followers_snapshot_then_its_suffix() {
     let mut c = leader_elect_behind_a_compacted_follower();
     // n2's driver is asked to stream its snapshot to n1.
-    let req = c.snapshot_requests.iter().find(|(n, _)| *n == NodeId(2));
-    assert_eq!(
-        req.map(|(_, q)| q),
-        Some(&SnapshotRequest::Send {
-            to: NodeId(1),
-            snapshot: z(1, 5),
-            offset: 0
-        })
+    let req = c
+        .events
+        .iter()
+        .find(|(n, ev)| *n == NodeId(2) && is_snapshot_work(ev));
+    assert!(
+        matches!(
+            req,
+            Some((
+                _,
+                NodeEvent::SendSnapshot {
+                    to: NodeId(1),
+                    snapshot,
+                    offset: 0
+                }
+            )) if *snapshot == z(1, 5)
+        ),
+        "{req:?}"
     );
     assert!(
-        !c.reps[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 4))),
+        !c.nodes[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 4))),
         "only the snapshot asked for is sent"
     );
-    assert!(c.reps[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 5))));
+    assert!(c.nodes[1].send_snapshot_chunk(NodeId(1), chunk(z(1, 5))));
     c.pump();
     // n1's driver writes it; nothing is proposed before it is installed.
-    assert!(c.snapshot_requests.iter().any(|(n, q)| *n == NodeId(1)
-        && matches!(q, SnapshotRequest::Write { from: NodeId(2), chunk } if chunk.snapshot_zxid == z(1, 5))));
-    assert!(!c.reps[0].is_leader());
+    assert!(c.events.iter().any(|(n, ev)| *n == NodeId(1)
+        && matches!(ev, NodeEvent::SnapshotChunk { from: NodeId(2), chunk } if chunk.snapshot_zxid == z(1, 5))));
+    assert!(!c.nodes[0].is_leader());
     assert!(!c
         .sent
         .iter()
         .any(|e| matches!(e.msg, Message::NewLeader { .. })));
     let now = c.now;
-    c.reps[0].snapshot_progress(now, z(1, 5), 5, true);
-    c.reps[0].snapshot_installed(now, z(1, 5));
+    c.nodes[0].snapshot_progress(now, z(1, 5), 5, true);
+    assert!(
+        c.nodes[0].install_snapshot(now, z(1, 5), Recorder::at(z(1, 5))),
+        "the snapshot asked for replaces the state"
+    );
     c.pump();
     // Then the entries after the snapshot, by DIFF, and n1 leads.
-    assert!(c.reps[0].is_leader());
-    assert_eq!(c.reps[0].last_zxid(), z(1, 7));
-    assert_eq!(c.reps[0].commit_zxid(), z(1, 7));
-    assert!(c.reps[0].storage().get(z(1, 7)).is_some());
-    assert!(c.reps[0].storage().get(z(1, 3)).is_none(), "log reset");
-    assert_eq!(c.reps[0].hard_state().current_epoch, Epoch(2));
+    let n1 = c.nodes[0].replica();
+    assert!(n1.is_leader());
+    assert_eq!(n1.last_zxid(), z(1, 7));
+    assert_eq!(n1.commit_zxid(), z(1, 7));
+    assert!(n1.storage().get(z(1, 7)).is_some());
+    assert!(n1.storage().get(z(1, 3)).is_none(), "log reset");
+    assert_eq!(n1.hard_state().current_epoch, Epoch(2));
     // The state machine continues after the snapshot.
     c.advance(Duration::from_millis(60));
-    assert_eq!(c.applied[0], vec![z(1, 6), z(1, 7)]);
+    assert_eq!(c.applied(NodeId(1)), &[z(1, 6), z(1, 7)]);
 }
 
 #[test]
@@ -371,7 +531,7 @@ fn a_leader_elect_refuses_a_snapshot_that_does_not_cover_its_log() {
     let now = c.now;
     // A faulty peer streams a snapshot below n1's last zxid: installing it
     // would drop (1,3), so n1 gives up its discovery instead.
-    c.reps[0].handle_message(
+    c.nodes[0].handle_message(
         now,
         Envelope {
             group: GroupId(0),
@@ -385,12 +545,16 @@ fn a_leader_elect_refuses_a_snapshot_that_does_not_cover_its_log() {
         },
     );
     c.pump();
-    assert!(c.reps[0].leader().is_none(), "n1 stepped down");
+    assert!(c.nodes[0].replica().leader().is_none(), "n1 stepped down");
     assert!(!c
-        .snapshot_requests
+        .events
         .iter()
-        .any(|(n, q)| *n == NodeId(1) && matches!(q, SnapshotRequest::Write { .. })));
-    assert_eq!(c.reps[0].last_zxid(), z(1, 3), "n1's log is intact");
+        .any(|(n, ev)| *n == NodeId(1) && matches!(ev, NodeEvent::SnapshotChunk { .. })));
+    assert_eq!(
+        c.nodes[0].replica().last_zxid(),
+        z(1, 3),
+        "n1's log is intact"
+    );
 }
 
 #[test]
@@ -416,7 +580,7 @@ fn uncommitted_old_suffix_is_truncated() {
         .any(|e| matches!(e.msg, Message::Trunc { to, .. } if to == z(1, 2))));
     let log3: Vec<Zxid> = {
         let mut out = Vec::new();
-        c.reps[2]
+        c.nodes[2]
             .storage()
             .entries(z(1, 1), 100, usize::MAX, &mut out)
             .unwrap();
@@ -425,18 +589,32 @@ fn uncommitted_old_suffix_is_truncated() {
     assert_eq!(log3, vec![z(1, 1), z(1, 2), z(2, 1)]);
 }
 
+/// Whether `t` is a follower's acknowledgement of an accepted entry.
+fn is_accepted(t: &Transmit<Infallible>) -> bool {
+    matches!(t, Transmit::Core(env) if matches!(env.msg, Message::Accepted { .. }))
+}
+
 #[test]
 fn acks_wait_for_persistence() {
-    let mut c = Cluster::new(
+    // Every follower batch goes through the background sync, which this
+    // test completes by hand: what the kernel gave as a persisted message
+    // cannot leave before it.
+    let mut c = Cluster::build(
         three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
+        mem(3),
+        vec![Recovered::default(); 3],
+        NodeConfig {
+            inline_sync_bytes: 0,
+            ..NodeConfig::default()
+        },
+        |_| {},
     );
     c.decide(NodeId(1));
-    // n2 gets NEWEPOCH: its ACKEPOCH must come only as a persisted message.
     c.pump();
-    let r2 = &mut c.reps[1];
-    r2.handle_message(
-        c.now,
+    let now = c.now;
+    let n2 = &mut c.nodes[1];
+    n2.handle_message(
+        now,
         Envelope {
             group: GroupId(0),
             from: NodeId(1),
@@ -449,101 +627,105 @@ fn acks_wait_for_persistence() {
             },
         },
     );
-    let rd = r2.ready();
-    assert_eq!(rd.entries.len(), 1);
-    assert!(rd.needs_sync());
-    assert!(rd
-        .messages
-        .iter()
-        .all(|m| !matches!(m.msg, Message::Accepted { .. })));
-    assert!(rd
-        .persisted_messages
-        .iter()
-        .any(|m| matches!(m.msg, Message::Accepted { durable, .. } if durable == z(1, 1))));
-    drop(rd);
+    n2.process(now).unwrap();
+    assert_eq!(
+        n2.storage().last_zxid(),
+        Some(z(1, 1)),
+        "the entry is written at once"
+    );
+    let sync = n2.poll_sync().expect("the written entry needs a sync");
+    let mut before = Vec::new();
+    while let Some(t) = n2.poll_transmit() {
+        before.push(t);
+    }
+    assert!(
+        !before.iter().any(is_accepted),
+        "acknowledged before the sync: {before:?}"
+    );
+    n2.storage_mut().sync().unwrap();
+    n2.handle_sync_done(now, sync, Ok(())).unwrap();
+    n2.process(now).unwrap();
+    let mut after = Vec::new();
+    while let Some(t) = n2.poll_transmit() {
+        after.push(t);
+    }
+    assert!(
+        after.iter().any(|t| matches!(t, Transmit::Core(env)
+            if matches!(env.msg, Message::Accepted { durable, .. } if durable == z(1, 1)))),
+        "the acknowledgement follows the sync: {after:?}"
+    );
 }
 
 #[test]
 fn leader_without_a_quorum_steps_down() {
-    let mut c = Cluster::new(
-        three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(three(), mem(3));
     c.decide(NodeId(1));
     c.pump();
-    assert!(c.reps[0].is_leader());
+    assert!(c.nodes[0].is_leader());
+    // Every replica starts by looking: only a later loss counts.
+    c.events.clear();
     c.cut = vec![NodeId(2), NodeId(3)];
     for _ in 0..30 {
         c.advance(Duration::from_millis(50));
     }
-    assert!(!c.reps[0].is_leader());
+    assert!(!c.nodes[0].is_leader());
     assert!(c
         .events
         .iter()
-        .any(|(id, e)| *id == NodeId(1) && matches!(e, Event::LostLeader(_))));
-    assert!(c.reps[0].propose(Bytes::from_static(b"late")).is_err());
+        .any(|(id, e)| *id == NodeId(1) && matches!(e, NodeEvent::LostLeader)));
+    assert!(c.propose(0, Bytes::from_static(b"late"), 1).is_err());
 }
 
 #[test]
 fn read_index_confirms_with_a_quorum_round() {
-    let mut c = Cluster::new(
-        three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(three(), mem(3));
     c.decide(NodeId(1));
     c.pump();
-    let zx = c.reps[0].propose(Bytes::from_static(b"w")).unwrap();
+    let zx = c.propose(0, Bytes::from_static(b"w"), 1).unwrap();
     c.pump();
     let now = c.now;
-    c.reps[0]
-        .read_index(now, Bytes::from_static(b"r1"))
-        .unwrap();
-    let rd = c.reps[0].ready();
-    assert!(rd.read_states.is_empty(), "not before a quorum answered");
-    c.handle_ready(0, rd);
-    let mut got = Vec::new();
-    for _ in 0..100 {
-        let Some(env) = c.queue.pop_front() else {
-            break;
-        };
-        let i = c.idx(env.to);
-        let now = c.now;
-        c.reps[i].handle_message(now, env);
-        for j in 0..3 {
-            let rd = c.reps[j].ready();
-            got.extend(rd.read_states.iter().cloned());
-            c.handle_ready(j, rd);
-        }
-    }
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].ctx, Bytes::from_static(b"r1"));
-    assert!(got[0].zxid >= zx);
-    // A follower's read goes through the leader.
+    c.nodes[0].read(now, 0, 10).unwrap();
+    c.drive(0);
+    assert_eq!(
+        c.read_ready(NodeId(1), 10),
+        0,
+        "not before a quorum answered"
+    );
+    assert_eq!(c.nodes[0].pending_reads(), 1);
+    c.pump();
+    assert_eq!(c.read_ready(NodeId(1), 10), 1, "answered once");
+    assert!(c.nodes[0].state_machine().applied() >= zx);
+    // A follower's read goes through the leader, whose read point covers
+    // the committed write.
     let now = c.now;
-    c.reps[1]
-        .read_index(now, Bytes::from_static(b"r2"))
-        .unwrap();
-    assert!(c.reps[2].read_index(now, Bytes::new()).is_ok());
+    c.nodes[1].read(now, 0, 11).unwrap();
+    assert!(c.nodes[2].read(now, 0, 12).is_ok());
+    c.pump();
+    let point = c.sent.iter().find_map(|e| match &e.msg {
+        Message::ReadIndexResponse { zxid, .. } if e.to == NodeId(2) => Some(*zxid),
+        _ => None,
+    });
+    assert!(
+        matches!(point, Some(Some(p)) if p >= zx),
+        "read point {point:?} below the committed write {zx:?}"
+    );
+    assert_eq!(c.read_ready(NodeId(2), 11), 1);
+    assert_eq!(c.read_ready(NodeId(3), 12), 1);
 }
 
 #[test]
 fn lease_reads_answer_at_once_while_the_lease_holds() {
     let mut cfg = three();
     cfg.lease_reads = true;
-    let mut c = Cluster::new(
-        cfg,
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(cfg, mem(3));
     c.decide(NodeId(1));
     c.pump();
     c.advance(Duration::from_millis(60)); // a heartbeat round acknowledged
     let now = c.now;
-    c.reps[0]
-        .read_index(now, Bytes::from_static(b"lease"))
-        .unwrap();
-    let rd = c.reps[0].ready();
-    assert_eq!(rd.read_states.len(), 1, "served from the lease");
-    c.handle_ready(0, rd);
+    c.nodes[0].read(now, 0, 1).unwrap();
+    // One turn of the leader, no frame delivered.
+    c.drive(0);
+    assert_eq!(c.read_ready(NodeId(1), 1), 1, "served from the lease");
 }
 
 /// A leader paused (SIGSTOP, a long GC, a stalled VM) gets a read as its
@@ -554,76 +736,78 @@ fn lease_reads_answer_at_once_while_the_lease_holds() {
 fn a_lease_is_judged_at_the_time_of_the_read() {
     let mut cfg = three();
     cfg.lease_reads = true;
-    let mut c = Cluster::new(
-        cfg,
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
+    let mut c = Cluster::new(cfg, mem(3));
     c.decide(NodeId(1));
     c.pump();
     c.advance(Duration::from_millis(60)); // a heartbeat round acknowledged
-                                          // Ten seconds later, with nothing in between, a read arrives.
-    let later = c.now + Duration::from_secs(10);
-    c.reps[0]
-        .read_index(later, Bytes::from_static(b"after a pause"))
-        .unwrap();
-    let rd = c.reps[0].ready();
-    assert!(
-        rd.read_states.is_empty(),
+    let leader = c.nodes[0].replica();
+    assert_eq!(
+        c.nodes[0].state_machine().applied(),
+        leader.commit_zxid(),
+        "the leader applied all it committed: only the lease can hold a read back"
+    );
+    // Ten seconds later, with nothing in between, a read arrives.
+    c.now += Duration::from_secs(10);
+    let later = c.now;
+    c.nodes[0].read(later, 0, 1).unwrap();
+    // One turn of the leader at that time, no timer fired, no frame delivered.
+    c.drive(0);
+    assert_eq!(
+        c.read_ready(NodeId(1), 1),
+        0,
         "a lease acknowledged ten seconds ago must not serve a read"
     );
-    c.handle_ready(0, rd);
+    assert_eq!(c.nodes[0].pending_reads(), 1);
 }
 
 #[test]
 fn observers_learn_committed_entries_but_never_count() {
     let mut cfg = three();
     cfg.observers = vec![NodeId(9)];
-    let mut c = Cluster::new(
-        cfg,
-        vec![
-            MemStorage::new(),
-            MemStorage::new(),
-            MemStorage::new(),
-            MemStorage::new(),
-        ],
-    );
+    let mut c = Cluster::new(cfg, mem(4));
     c.cut = vec![NodeId(3)];
     c.decide(NodeId(1));
     c.pump();
-    assert!(c.reps[0].is_leader());
+    assert!(c.nodes[0].is_leader());
     // With n2 also gone, leader + observer are not a quorum.
     c.cut = vec![NodeId(2), NodeId(3)];
-    let zx = c.reps[0].propose(Bytes::from_static(b"o")).unwrap();
+    let zx = c.propose(0, Bytes::from_static(b"o"), 1).unwrap();
     c.pump();
     assert!(
-        c.reps[0].commit_zxid() < zx,
+        c.nodes[0].replica().commit_zxid() < zx,
         "an observer's ack must not commit"
     );
     c.cut = vec![NodeId(3)];
     for _ in 0..20 {
-        if c.applied[c.idx(NodeId(9))].contains(&zx) {
+        if c.applied(NodeId(9)).contains(&zx) {
             break;
         }
         c.advance(Duration::from_millis(100));
     }
-    assert!(c.reps[0].commit_zxid() >= zx);
-    let obs = c.idx(NodeId(9));
+    assert!(c.nodes[0].replica().commit_zxid() >= zx);
     assert!(
-        c.applied[obs].contains(&zx),
+        c.applied(NodeId(9)).contains(&zx),
         "the observer applies committed entries"
     );
 }
 
+/// Kernel-level: the assertions are on the raw `Ready` (the flag is among
+/// the writes, and the kernel's events come in the order abstain, then
+/// look), which the node layer consumes.
 #[test]
-fn a_recovering_follower_is_not_counted_until_readmitted() {
-    let mut c = Cluster::new(
+fn a_replica_marked_recovering_persists_the_flag_and_abstains_before_looking() {
+    let mut r = Replica::new(
+        NodeId(3),
         three(),
-        vec![MemStorage::new(), MemStorage::new(), MemStorage::new()],
-    );
-    let n3 = c.idx(NodeId(3));
-    c.reps[n3].mark_recovering();
-    assert!(c.reps[n3].is_recovering());
-    let rd = c.reps[n3].ready();
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    r.mark_recovering();
+    assert!(r.is_recovering());
+    let rd = r.ready();
     assert_eq!(rd.recovering, Some(true), "the flag is persisted");
     assert!(
         matches!(
@@ -633,15 +817,37 @@ fn a_recovering_follower_is_not_counted_until_readmitted() {
         "abstain before looking: {:?}",
         rd.events
     );
-    c.handle_ready(n3, rd);
-    assert!(c.reps[n3].storage().recovering());
+    // The one write this test needs, by hand.
+    r.storage_mut().write_ready(&rd).unwrap();
+    r.storage_mut().sync().unwrap();
+    r.persisted(Time::ZERO, rd.persist_marker());
+    assert!(r.storage().recovering());
+}
+
+#[test]
+fn a_recovering_follower_is_not_counted_until_readmitted() {
+    let n3 = 2;
+    let mut c = Cluster::build(
+        three(),
+        mem(3),
+        vec![Recovered::default(); 3],
+        NodeConfig::default(),
+        |r| {
+            if r.id() == NodeId(3) {
+                r.mark_recovering();
+            }
+        },
+    );
+    assert!(c.nodes[n3].replica().is_recovering());
+    c.drive(n3);
+    assert!(c.nodes[n3].storage().recovering(), "the flag is durable");
     // Leader 1 with node 2 cut off: node 3 alone must not make a quorum.
     c.cut = vec![NodeId(2)];
     c.decide(NodeId(1));
     c.pump();
     c.advance(Duration::from_millis(60));
     assert!(
-        !c.reps[0].is_leader(),
+        !c.nodes[0].is_leader(),
         "a recovering follower completed the leader's quorum"
     );
     // Node 2 joins: established without node 3, which is then synced and
@@ -649,24 +855,29 @@ fn a_recovering_follower_is_not_counted_until_readmitted() {
     c.cut.clear();
     c.decide(NodeId(1));
     c.pump();
-    assert!(c.reps[0].is_leader());
+    assert!(c.nodes[0].is_leader());
     for _ in 0..5 {
         c.advance(Duration::from_millis(60));
     }
-    assert!(!c.reps[n3].is_recovering(), "node 3 was never readmitted");
     assert!(
-        !c.reps[n3].storage().recovering(),
+        !c.nodes[n3].replica().is_recovering(),
+        "node 3 was never readmitted"
+    );
+    assert!(
+        !c.nodes[n3].storage().recovering(),
         "the cleared flag is durable"
     );
     assert!(c.events.iter().any(|(id, e)| *id == NodeId(3)
-        && matches!(e, Event::RecoveryComplete { leader, .. } if *leader == NodeId(1))));
+        && matches!(e, NodeEvent::RecoveryComplete { leader, .. } if *leader == NodeId(1))));
     // Node 3 counts again: with node 2 gone, 1 and 3 commit.
     c.cut = vec![NodeId(2)];
-    let zx = c.reps[0].propose(Bytes::from_static(b"after")).unwrap();
+    let zx = c.propose(0, Bytes::from_static(b"after"), 1).unwrap();
     c.pump();
-    assert!(c.reps[0].commit_zxid() >= zx);
+    assert!(c.nodes[0].replica().commit_zxid() >= zx);
 }
 
+/// Kernel-level: a lone replica restarted from storage; the assertions
+/// are on the events of its raw `Ready`, before any pipeline.
 #[test]
 fn the_recovering_flag_in_storage_survives_a_restart() {
     let mut s = MemStorage::new();
@@ -699,6 +910,8 @@ fn the_recovering_flag_in_storage_survives_a_restart() {
     assert!(matches!(r.ready().events[..], [Event::LostLeader(_)]));
 }
 
+/// Kernel-level: lone replicas; the assertions are on the kernel's timer
+/// and on the events of its raw `Ready`, before any pipeline.
 #[test]
 fn with_lease_reads_a_restarted_voter_holds_off_one_election_timeout() {
     let mut cfg = three();
@@ -754,19 +967,27 @@ fn strict_readmission_waits_for_every_voter() {
     for strict in [false, true] {
         let mut cfg = Config::new(GroupId(0), (1..=5).map(NodeId).collect());
         cfg.strict_readmission = strict;
-        let storages = (0..5).map(|_| MemStorage::new()).collect();
-        let mut c = Cluster::new(cfg, storages);
+        let mut c = Cluster::build(
+            cfg,
+            mem(5),
+            vec![Recovered::default(); 5],
+            NodeConfig::default(),
+            |r| {
+                if r.id() == NodeId(5) {
+                    r.mark_recovering();
+                }
+            },
+        );
         let n5 = c.idx(NodeId(5));
-        c.reps[n5].mark_recovering();
         c.cut = vec![NodeId(4)];
         c.decide(NodeId(1));
         c.pump();
-        assert!(c.reps[0].is_leader());
+        assert!(c.nodes[0].is_leader());
         for _ in 0..5 {
             c.advance(Duration::from_millis(60));
         }
         assert_eq!(
-            c.reps[n5].is_recovering(),
+            c.nodes[n5].replica().is_recovering(),
             strict,
             "strict {strict}: readmitted without node 4?"
         );
@@ -776,7 +997,7 @@ fn strict_readmission_waits_for_every_voter() {
             c.advance(Duration::from_millis(60));
         }
         assert!(
-            !c.reps[n5].is_recovering(),
+            !c.nodes[n5].replica().is_recovering(),
             "strict {strict}: never readmitted"
         );
     }
