@@ -39,7 +39,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::election::{Decision, Elector, PeerState};
-use crate::message::Envelope;
+use crate::message::{Entry, Envelope};
 use crate::ready::{Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest};
 use crate::replica::Replica;
 use crate::state_machine::StateMachine;
@@ -322,8 +322,11 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     transmits: VecDeque<Transmit<E::Message>>,
     events: VecDeque<NodeEvent<C>>,
     /// Proposed commands by zxid, with their tokens.
-    pending_writes: HashMap<Zxid, (Bytes, C)>,
+    /// Proposals in zxid order (commits come in that order too).
+    pending_writes: VecDeque<(Zxid, Bytes, C)>,
     pending_write_bytes: usize,
+    /// The state machine's answers for the batch being applied (reused).
+    apply_results: Vec<Bytes>,
     /// Reads waiting for their read-index round, by read id.
     pending_reads: HashMap<u64, PendingRead<C>>,
     /// Confirmed reads waiting for apply to reach their zxid.
@@ -359,7 +362,8 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             snapshot_due: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            pending_writes: HashMap::new(),
+            pending_writes: VecDeque::new(),
+            apply_results: Vec::new(),
             pending_write_bytes: 0,
             pending_reads: HashMap::new(),
             waiting_reads: VecDeque::new(),
@@ -482,7 +486,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             Ok(zxid) => {
                 self.stats.proposals += 1;
                 self.pending_write_bytes += data.len();
-                self.pending_writes.insert(zxid, (data, token));
+                self.pending_writes.push_back((zxid, data, token));
                 Ok(zxid)
             }
             Err(e) => Err(Rejection {
@@ -760,26 +764,18 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         let events = std::mem::take(&mut ready.events);
         self.persist(now, ready, marker, waiting)?;
 
-        let mut last_applied = None;
-        for e in &committed {
-            let result = self.apply(e.zxid, &e.data)?;
-            last_applied = Some(e.zxid);
-            if let Some((data, token)) = self.pending_writes.remove(&e.zxid) {
-                self.pending_write_bytes -= data.len();
-                if data == e.data {
-                    self.events.push_back(NodeEvent::Written {
-                        token,
-                        zxid: e.zxid,
-                        result,
-                    });
-                } else {
-                    self.events.push_back(NodeEvent::Superseded { token });
-                }
-            }
+        let mut results = std::mem::take(&mut self.apply_results);
+        results.clear();
+        let applied = self.apply_batch(&committed, &mut results);
+        for (e, result) in committed.iter().zip(results.drain(..)) {
+            self.answer_write(e, result);
         }
-        if let Some(z) = last_applied {
-            self.replica.applied(z);
+        self.apply_results = results;
+        applied?;
+        if let Some(last) = committed.last() {
+            self.replica.applied(last.zxid);
         }
+        let last_applied = committed.last().map(|e| e.zxid);
         for rs in read_states {
             let rid = read_id(&rs.ctx);
             if let Some(read) = rid.and_then(|r| self.pending_reads.remove(&r)) {
@@ -1014,26 +1010,66 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         }
     }
 
-    /// Applies one committed entry (or skips it as the operator asked). A
-    /// panic of the state machine stops the node with an error naming the
-    /// entry: it is committed, so a restart would replay it.
-    fn apply(&mut self, zxid: Zxid, data: &Bytes) -> Result<Bytes, NodeError> {
-        self.stats.applied += 1;
-        self.applied_since_snapshot += 1;
-        if self.cfg.skip_entries.contains(&zxid) {
-            tracing::warn!(%zxid, bytes = data.len(), "committed entry skipped as the operator asked");
-            return Ok(self.sm.skip(zxid));
-        }
+    /// Applies a batch of committed entries in order (skipping those the
+    /// operator named), their answers pushed to `results`, under one panic
+    /// guard: a panic of the state machine stops the node with an error
+    /// naming the entry (it is committed, so a restart would replay it);
+    /// the entries before it are applied and answered.
+    fn apply_batch(&mut self, committed: &[Entry], results: &mut Vec<Bytes>) -> Result<(), NodeError> {
         let sm = &mut self.sm;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sm.apply(zxid, data))) {
-            Ok(result) => Ok(result),
+        let skip = &self.cfg.skip_entries;
+        let mut at = Zxid::ZERO;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for e in committed {
+                at = e.zxid;
+                let result = if !skip.is_empty() && skip.contains(&e.zxid) {
+                    tracing::warn!(zxid = %e.zxid, bytes = e.data.len(), "committed entry skipped as the operator asked");
+                    sm.skip(e.zxid)
+                } else {
+                    sm.apply(e.zxid, &e.data)
+                };
+                results.push(result);
+            }
+        }));
+        self.stats.applied += results.len() as u64;
+        self.applied_since_snapshot += results.len() as u64;
+        match outcome {
+            Ok(()) => Ok(()),
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic without a message".into());
-                Err(self.fail(NodeError::ApplyPanicked { zxid, message }))
+                Err(self.fail(NodeError::ApplyPanicked { zxid: at, message }))
+            }
+        }
+    }
+
+    /// Answers the proposal committed as `e`, if this node proposed it.
+    /// Proposals and commits both run in zxid order, so only the front of
+    /// the queue is looked at.
+    fn answer_write(&mut self, e: &Entry, result: Bytes) {
+        while let Some((zxid, _, _)) = self.pending_writes.front() {
+            if *zxid > e.zxid {
+                return;
+            }
+            let Some((zxid, data, token)) = self.pending_writes.pop_front() else {
+                return;
+            };
+            self.pending_write_bytes -= data.len();
+            if zxid == e.zxid && data == e.data {
+                self.events.push_back(NodeEvent::Written {
+                    token,
+                    zxid,
+                    result,
+                });
+                return;
+            }
+            // Another command committed at (or past) this proposal's zxid.
+            self.events.push_back(NodeEvent::Superseded { token });
+            if zxid == e.zxid {
+                return;
             }
         }
     }
@@ -1116,7 +1152,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 self.elector.start_looking(now, vote);
                 // Proposals in flight may or may not commit (a new leader
                 // may carry them on): their outcome is unknown.
-                for (_, (_, token)) in self.pending_writes.drain() {
+                for (_, _, token) in self.pending_writes.drain(..) {
                     self.events.push_back(NodeEvent::OutcomeUnknown { token });
                 }
                 self.pending_write_bytes = 0;
