@@ -1015,7 +1015,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// guard: a panic of the state machine stops the node with an error
     /// naming the entry (it is committed, so a restart would replay it);
     /// the entries before it are applied and answered.
-    fn apply_batch(&mut self, committed: &[Entry], results: &mut Vec<Bytes>) -> Result<(), NodeError> {
+    fn apply_batch(
+        &mut self,
+        committed: &[Entry],
+        results: &mut Vec<Bytes>,
+    ) -> Result<(), NodeError> {
         let sm = &mut self.sm;
         let skip = &self.cfg.skip_entries;
         let mut at = Zxid::ZERO;

@@ -23,7 +23,7 @@
 //!   node may have acknowledged) makes the node record that it is
 //!   recovering, keep the log's valid prefix and start as a recovering
 //!   replica, which neither votes nor counts until a leader readmits it
-//!   ([`storage`]);
+//!   (`storage.rs`);
 //! - a write the disk refuses while the log stays intact (ENOSPC when a
 //!   segment is created, say) stalls the node layer instead of stopping the
 //!   node: that write and every later one are held in order and retried

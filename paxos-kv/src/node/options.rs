@@ -55,12 +55,12 @@ pub struct NodeOptions {
     /// every node of a cluster must use the same value.
     pub max_sessions: usize,
     /// Bytes the store's session table holds at most (remembered results
-    /// and principals, see [`KvStore::session_bytes`]); like
+    /// and principals, see [`KvStore::session_bytes`](crate::kv::KvStore::session_bytes)); like
     /// `max_sessions`, every node of a cluster must use the same value.
     pub max_session_bytes: usize,
     /// Committed entries to apply as no-ops instead of handing them to the
     /// state machine: the operator's way past an entry the state machine
-    /// panicked on (see [`POISONED_FILE`]). Every node must be given the
+    /// panicked on (see [`POISONED_FILE`](super::POISONED_FILE)). Every node must be given the
     /// same list, so that they all keep the same state.
     pub skip_entries: Vec<Zxid>,
     /// The cluster's id, recorded in the data directory's identity file at
@@ -88,7 +88,7 @@ pub struct NodeOptions {
     /// [`DEFAULT_INLINE_SYNC_BYTES`].
     pub inline_sync_bytes: usize,
     /// Serve clients over plain TCP, without TLS or authentication: every
-    /// connection is [`Principal::anonymous`] (read-write). For tests and
+    /// connection is [`Principal::anonymous`](crate::auth::Principal::anonymous) (read-write). For tests and
     /// trusted networks only; the node warns at start. Default `false`: the
     /// client port speaks TLS and requires a client certificate signed by
     /// the cluster CA ([`crate::tls`]).
