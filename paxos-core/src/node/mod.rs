@@ -319,7 +319,10 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     latest_snapshot: Option<Zxid>,
     applied_since_snapshot: u64,
     snapshot_due: bool,
-    transmits: VecDeque<Transmit<E::Message>>,
+    /// Kernel messages to send, in order (moved in whole batches).
+    core_out: VecDeque<Envelope>,
+    /// Elector messages to send, in order.
+    election_out: VecDeque<(NodeId, E::Message)>,
     events: VecDeque<NodeEvent<C>>,
     /// Proposed commands by zxid, with their tokens.
     /// Proposals in zxid order (commits come in that order too).
@@ -360,7 +363,8 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             latest_snapshot,
             applied_since_snapshot: 0,
             snapshot_due: false,
-            transmits: VecDeque::new(),
+            core_out: VecDeque::new(),
+            election_out: VecDeque::new(),
             events: VecDeque::new(),
             pending_writes: VecDeque::new(),
             apply_results: Vec::new(),
@@ -572,8 +576,10 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 return Ok(());
             }
         }
-        let group = std::mem::take(&mut self.pipeline.queued);
+        let fresh = self.pipeline.group();
+        let group = std::mem::replace(&mut self.pipeline.queued, fresh);
         if group.is_empty() {
+            self.pipeline.recycle(group);
             return Ok(());
         }
         if std::mem::take(&mut self.pipeline.queued_needs_sync) {
@@ -680,7 +686,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             }
             while let Some((to, msg)) = self.elector.poll_transmit() {
                 if round_durable {
-                    self.transmits.push_back(Transmit::Election(to, msg));
+                    self.election_out.push_back((to, msg));
                 }
             }
             while let Some(decision) = self.elector.poll_decision() {
@@ -709,7 +715,12 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// The next frame to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit<E::Message>> {
-        self.transmits.pop_front()
+        // The two protocols are independent: their relative order does not
+        // matter, each one's own order is kept.
+        if let Some((to, msg)) = self.election_out.pop_front() {
+            return Some(Transmit::Election(to, msg));
+        }
+        self.core_out.pop_front().map(Transmit::Core)
     }
 
     /// A background sync to run: make every write so far durable (the log;
@@ -754,9 +765,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
 
     fn handle_ready(&mut self, now: Time, mut ready: Ready) -> Result<(), NodeError> {
         let marker = ready.persist_marker();
-        for env in std::mem::take(&mut ready.messages) {
-            self.transmits.push_back(Transmit::Core(env));
-        }
+        self.core_out.extend(ready.messages.drain(..));
         let waiting = std::mem::take(&mut ready.persisted_messages);
         let committed = std::mem::take(&mut ready.committed);
         let read_states = std::mem::take(&mut ready.read_states);
@@ -842,11 +851,14 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 self.pipeline.queued.push((marker, waiting));
             }
             Route::Background => {
-                self.pipeline.start(vec![(marker, waiting)]);
+                let mut group = self.pipeline.group();
+                group.push((marker, waiting));
+                self.pipeline.start(group);
             }
             Route::Release => {
                 // Behind whatever is queued (nothing is in flight here).
-                let mut group = std::mem::take(&mut self.pipeline.queued);
+                let fresh = self.pipeline.group();
+                let mut group = std::mem::replace(&mut self.pipeline.queued, fresh);
                 group.push((marker, waiting));
                 self.release(now, group);
             }
@@ -976,12 +988,10 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// flight and everything queued too: this sync covers their writes. The
     /// in-flight sync's own completion is then ignored.
     fn flush_now(&mut self, now: Time) -> Result<(), NodeError> {
-        let mut group = self
-            .pipeline
-            .syncing
-            .take()
-            .map(|(_, g)| g)
-            .unwrap_or_default();
+        let mut group = match self.pipeline.syncing.take() {
+            Some((_, g)) => g,
+            None => self.pipeline.group(),
+        };
         // A sync asked for but not yet taken by the caller is covered too.
         self.pipeline.requested = None;
         group.append(&mut self.pipeline.queued);
@@ -999,12 +1009,13 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     }
 
     /// The writes of `group` are durable: send what waited, tell the kernel.
-    fn release(&mut self, now: Time, group: SyncGroup) {
+    fn release(&mut self, now: Time, mut group: SyncGroup) {
         let mut last = None;
-        for (marker, msgs) in group {
-            self.transmits.extend(msgs.into_iter().map(Transmit::Core));
+        for (marker, msgs) in group.drain(..) {
+            self.core_out.extend(msgs);
             last = Some(marker);
         }
+        self.pipeline.recycle(group);
         if let Some(marker) = last {
             self.replica.persisted(now, marker);
         }

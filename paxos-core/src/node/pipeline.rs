@@ -57,6 +57,8 @@ pub(crate) struct Pipeline {
     pub(crate) queued_needs_sync: bool,
     /// Set while the storage refuses writes.
     pub(crate) stall: Option<Stall>,
+    /// Emptied groups kept for reuse (a few), so a sync allocates nothing.
+    spare: Vec<SyncGroup>,
 }
 
 /// What to do with a `Ready` whose writes are in storage.
@@ -89,6 +91,20 @@ impl Pipeline {
             Route::Inline
         } else {
             Route::Background
+        }
+    }
+
+    /// An empty group, reused when one is at hand.
+    pub(crate) fn group(&mut self) -> SyncGroup {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps an emptied group for reuse.
+    pub(crate) fn recycle(&mut self, mut group: SyncGroup) {
+        const MAX_SPARE_GROUPS: usize = 4;
+        group.clear();
+        if self.spare.len() < MAX_SPARE_GROUPS {
+            self.spare.push(group);
         }
     }
 
