@@ -1,0 +1,233 @@
+//! The simulator's faults, usable by scripted scenarios as well as drawn
+//! at random: crashes (losing what no sync covered), restarts, wipes (a
+//! lost data directory), damage in a voter's synced log, full disks,
+//! partitions and one-way cuts, scripted message losses.
+
+use std::time::Duration;
+
+use super::{Ev, ScriptedDrop, Sim};
+use crate::election::Elector;
+use crate::message::HardState;
+use crate::storage::{MemStorage, Storage};
+use crate::{NodeId, Zxid};
+
+impl<E: Elector> Sim<E> {
+    /// Crashes `id`: every write it had not synced is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        if let Some(node) = n.node.take() {
+            n.disk = node.storage().durable().clone();
+            self.stats.crashes += 1;
+            tracing::info!(node = %id, "sim: crash");
+        }
+        n.sync_gen += 1;
+        n.fail_sync = false;
+        n.timer_gen += 1;
+        n.timer_at = None;
+        n.incoming.clear();
+        n.outgoing.clear();
+        n.installing = None;
+        n.snap_gen += 1;
+        n.pump_scheduled = false;
+        self.snap_open.retain(|(l, f)| *l != id && *f != id);
+    }
+
+    /// Of the next kernel messages named `name` ([`Message::name`], e.g.
+    /// `"UPTODATE"`) sent to `to`, lets `pass` through and then drops
+    /// `count`.
+    pub fn drop_next(&mut self, name: &'static str, to: NodeId, pass: u32, count: u32) {
+        self.drops.push(ScriptedDrop {
+            name,
+            to,
+            pass,
+            count,
+        });
+    }
+
+    /// Restarts `id` from its durable disk and snapshot.
+    pub fn restart(&mut self, id: NodeId) {
+        let i = self.idx(id);
+        if self.nodes[i].node.is_none() {
+            tracing::info!(node = %id, "sim: restart");
+            self.start_node(i);
+        }
+    }
+
+    /// Wipes `id`: crashes it and loses its whole disk and snapshot (a lost
+    /// data directory). It stays down; on [`restart`](Sim::restart) it
+    /// starts empty, and, if `recovering`, marked recovering
+    /// ([`Replica::mark_recovering`]) as a driver that noticed the loss
+    /// would. Without `recovering` it comes back as if it were new, which is
+    /// unsafe (see the `wiped_voter_without_recovering_loses_a_write` test).
+    pub fn wipe(&mut self, id: NodeId, recovering: bool) {
+        self.crash(id);
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        n.disk = MemStorage::new();
+        n.snapshot = None;
+        n.durable_hs = HardState::default();
+        n.start_recovering = recovering;
+        self.stats.wipes += 1;
+        tracing::info!(node = %id, recovering, "sim: wipe (disk lost)");
+    }
+
+    /// Damages `id`'s log where it was synced: crashes it and cuts its
+    /// durable log at a random entry (what survives is the valid prefix a
+    /// checksummed log keeps). It restarts recovering, as the reference
+    /// node does when its WAL check finds damage in the synced part.
+    pub fn corrupt(&mut self, id: NodeId) {
+        self.crash(id);
+        let i = self.idx(id);
+        let n = &mut self.nodes[i];
+        let (Some(first), Some(last)) = (n.disk.first_zxid(), n.disk.last_zxid()) else {
+            return;
+        };
+        let mut held = Vec::new();
+        let _ = n.disk.entries(first, usize::MAX, usize::MAX, &mut held);
+        let keep = self.rng.index(held.len() + 1);
+        let after = if keep == 0 {
+            Zxid::ZERO
+        } else {
+            held[keep - 1].zxid
+        };
+        if after < last {
+            let _ = n.disk.truncate_suffix(after);
+        }
+        n.start_recovering = true;
+        self.stats.corruptions += 1;
+        tracing::info!(node = %id, ?after, "sim: log damaged where it was synced; restarts recovering");
+    }
+
+    /// Whether `id` is recovering: up and [`Replica::is_recovering`], or
+    /// down with the flag on its durable disk or about to be set.
+    pub fn is_recovering(&self, id: NodeId) -> bool {
+        let n = &self.nodes[self.idx(id)];
+        match n.replica() {
+            Some(r) => r.is_recovering(),
+            None => n.start_recovering || n.disk.recovering(),
+        }
+    }
+
+    /// Cuts `id` off from every other node (both directions).
+    pub fn isolate(&mut self, id: NodeId) {
+        for n in self.node_ids() {
+            if n != id {
+                self.blocked.insert((id, n));
+                self.blocked.insert((n, id));
+            }
+        }
+    }
+
+    /// Cuts the link between `a` and `b` (both directions).
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.blocked.insert((a, b));
+        self.blocked.insert((b, a));
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Stops random faults: heals the network, restarts every node, and
+    /// starts measuring how long the cluster takes to commit again.
+    pub fn stop_faults(&mut self) {
+        self.faults = false;
+        self.cfg.drop_prob = 0.0;
+        self.cfg.dup_prob = 0.0;
+        self.heal();
+        for id in self.node_ids() {
+            self.restart(id);
+        }
+        self.faults_stopped_at = Some(self.now);
+        self.stats.recovery = None;
+    }
+
+    pub(super) fn random_fault(&mut self) {
+        let n = self.nodes.len();
+        let i = self.rng.index(n);
+        let id = self.nodes[i].id;
+        let wipe = self.cfg.wipes && self.config.is_voter(id) && self.rng.chance(0.25);
+        match self.rng.range(0, 9) {
+            0..=3 => {
+                // Crash at most a minority of voters at once; a recovering
+                // voter counts as down (it cannot help any quorum).
+                let ids = self.node_ids();
+                let down = ids
+                    .iter()
+                    .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
+                    .count();
+                if down < self.cfg.voters - (self.cfg.voters / 2 + 1) {
+                    if wipe && !self.is_recovering(id) {
+                        self.wipe(id, true);
+                    } else {
+                        self.crash(id);
+                    }
+                    let d = Duration::from_nanos(
+                        self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                    );
+                    self.schedule(d, Ev::Restart { node: i });
+                }
+            }
+            4..=5 => {
+                if let Some(l) = self.leader() {
+                    if self.rng.chance(0.5) {
+                        self.crash(l);
+                        let li = self.idx(l);
+                        let d = Duration::from_nanos(
+                            self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                        );
+                        self.schedule(d, Ev::Restart { node: li });
+                        return;
+                    }
+                    self.isolate(l);
+                } else {
+                    self.isolate(id);
+                }
+                let d =
+                    Duration::from_nanos(self.rng.range(1, self.cfg.max_down.as_nanos() as u64));
+                self.schedule(d, Ev::Heal);
+            }
+            6 if self.cfg.disk_faults && self.rng.chance(0.5) => {
+                if self.config.is_voter(id) && self.rng.chance(0.3) {
+                    // Damage in the synced part of the log: the node
+                    // restarts recovering, as the reference node does.
+                    let ids = self.node_ids();
+                    let down = ids
+                        .iter()
+                        .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
+                        .count();
+                    if down < self.cfg.voters - (self.cfg.voters / 2 + 1) && !self.is_recovering(id)
+                    {
+                        self.corrupt(id);
+                        let d = Duration::from_nanos(
+                            self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                        );
+                        self.schedule(d, Ev::Restart { node: i });
+                    }
+                } else {
+                    // A full disk for a while.
+                    let n = &mut self.nodes[i];
+                    n.disk_full = true;
+                    if let Some(core) = n.node.as_mut() {
+                        core.storage_mut().set_refuse_writes(true);
+                    }
+                    let d = Duration::from_nanos(
+                        self.rng.range(1, self.cfg.max_down.as_nanos() as u64),
+                    );
+                    self.schedule(d, Ev::DiskFree { node: i });
+                }
+            }
+            6 => {
+                // A one-way cut between two nodes.
+                let j = self.rng.index(n);
+                if j != i {
+                    let other = self.nodes[j].id;
+                    self.blocked.insert((id, other));
+                }
+            }
+            _ => self.heal(),
+        }
+    }
+}
