@@ -33,7 +33,7 @@ impl<E: Elector> Sim<E> {
         self.snap_open.retain(|(l, f)| *l != id && *f != id);
     }
 
-    /// Of the next kernel messages named `name` ([`Message::name`], e.g.
+    /// Of the next kernel messages named `name` ([`Message::name`](crate::Message::name), e.g.
     /// `"UPTODATE"`) sent to `to`, lets `pass` through and then drops
     /// `count`.
     pub fn drop_next(&mut self, name: &'static str, to: NodeId, pass: u32, count: u32) {
@@ -57,7 +57,7 @@ impl<E: Elector> Sim<E> {
     /// Wipes `id`: crashes it and loses its whole disk and snapshot (a lost
     /// data directory). It stays down; on [`restart`](Sim::restart) it
     /// starts empty, and, if `recovering`, marked recovering
-    /// ([`Replica::mark_recovering`]) as a driver that noticed the loss
+    /// ([`Replica::mark_recovering`](crate::Replica::mark_recovering)) as a driver that noticed the loss
     /// would. Without `recovering` it comes back as if it were new, which is
     /// unsafe (see the `wiped_voter_without_recovering_loses_a_write` test).
     pub fn wipe(&mut self, id: NodeId, recovering: bool) {
@@ -99,7 +99,7 @@ impl<E: Elector> Sim<E> {
         tracing::info!(node = %id, ?after, "sim: log damaged where it was synced; restarts recovering");
     }
 
-    /// Whether `id` is recovering: up and [`Replica::is_recovering`], or
+    /// Whether `id` is recovering: up and [`Replica::is_recovering`](crate::Replica::is_recovering), or
     /// down with the flag on its durable disk or about to be set.
     pub fn is_recovering(&self, id: NodeId) -> bool {
         let n = &self.nodes[self.idx(id)];
