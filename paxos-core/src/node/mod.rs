@@ -177,12 +177,11 @@ pub enum NodeEvent<C> {
         chunk: SnapChunk,
     },
     /// Enough entries were applied: take a local snapshot of
-    /// [`Node::state_machine`] (at its applied zxid) and report it with
-    /// [`Node::snapshot_taken`] or [`Node::snapshot_failed`].
-    SnapshotDue {
-        /// The state machine's applied zxid now.
-        zxid: Zxid,
-    },
+    /// [`Node::state_machine`] at its applied zxid *when you take it* (more
+    /// entries may have been applied since this event was queued) and
+    /// report that zxid with [`Node::snapshot_taken`], or
+    /// [`Node::snapshot_failed`].
+    SnapshotDue,
     /// This node lost its leader: outgoing snapshot streams can stop.
     LostLeader,
     /// Readmitted after recovering: the caller may record that it is a
@@ -1154,9 +1153,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         }
         self.snapshot_due = true;
         self.applied_since_snapshot = 0;
-        self.events.push_back(NodeEvent::SnapshotDue {
-            zxid: self.sm.applied(),
-        });
+        self.events.push_back(NodeEvent::SnapshotDue);
     }
 
     fn on_event(&mut self, now: Time, ev: Event) {

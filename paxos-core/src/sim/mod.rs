@@ -1285,10 +1285,12 @@ impl<E: Elector> Sim<E> {
                 offset,
             } => self.send_snapshot(i, to, snapshot, offset),
             NodeEvent::SnapshotChunk { chunk, .. } => self.receive_chunk(i, chunk)?,
-            NodeEvent::SnapshotDue { zxid } => {
+            NodeEvent::SnapshotDue => {
                 let n = &mut self.nodes[i];
                 if let Some(node) = n.node.as_mut() {
-                    let len = node.state_machine().len;
+                    // At the state machine's position now, which may be past
+                    // where it was when the event was queued.
+                    let (zxid, len) = (node.state_machine().last, node.state_machine().len);
                     n.snapshot = Some(SmSnapshot { zxid, len });
                     node.snapshot_taken(zxid);
                 }

@@ -727,7 +727,7 @@ impl Driver {
                 offset,
             } => self.send_snapshot(to, snapshot, offset),
             NodeEvent::SnapshotChunk { from, chunk } => self.receive_chunk(from, chunk),
-            NodeEvent::SnapshotDue { zxid } => self.take_snapshot(zxid),
+            NodeEvent::SnapshotDue => self.take_snapshot(),
             NodeEvent::LostLeader => self.outgoing.clear(),
             NodeEvent::RecoveryComplete { .. } => {
                 // The kernel's flag is cleared durably; the identity follows

@@ -2,7 +2,7 @@
 //! receiving and installing one off the loop, and taking local snapshots
 //! on a thread of their own. The node layer says what to do; this is how.
 
-use paxos_core::{NodeId, SnapChunk, Zxid};
+use paxos_core::{NodeId, SnapChunk, StateMachine, Zxid};
 use paxos_net_quic::PeerId;
 use paxos_snapshot::{write_state_machine, Progress, SnapshotMeta, SnapshotSender, StoredSnapshot};
 use std::time::{Duration, Instant};
@@ -200,7 +200,10 @@ impl Driver {
     /// cloned on the loop (keys and values are reference-counted `Bytes`,
     /// so this copies the map's structure, not the data) and written and
     /// synced on a thread of its own, so the loop keeps serving heartbeats.
-    pub(super) fn take_snapshot(&mut self, zxid: Zxid) {
+    pub(super) fn take_snapshot(&mut self) {
+        // The state as it is now, labelled with its own applied zxid (more
+        // entries may have been applied since the layer asked).
+        let zxid = self.node.state_machine().applied();
         let replica = self.node.replica();
         let meta = SnapshotMeta {
             zxid,
