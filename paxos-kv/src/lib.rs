@@ -40,6 +40,31 @@
 //! assert_eq!(KvResult::decode(retry)?, KvResult::Done(None));
 //! # Ok::<(), paxos_kv::kv::KvCodecError>(())
 //! ```
+//!
+//! A client of a running cluster (`cargo xtask cluster` starts one, and
+//! prints its client addresses and the certificate directory, where
+//! `admin` is the read-write client). Calls go
+//! round the cluster to the leader, retry with the same session (a write
+//! is applied at most once), and say when a write's outcome is unknown:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use paxos_kv::client::Client;
+//! use paxos_kv::client_proto::ReadMode;
+//! use paxos_kv::tls::ClientTlsConfig;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # let certs = std::path::Path::new("/tmp/paxos-cluster-1/certs");
+//! let tls = ClientTlsConfig::from_dir(certs, "admin")?;
+//! let addrs = vec!["127.0.0.1:8101".parse()?, "127.0.0.1:8102".parse()?];
+//! let client = Client::new(addrs, tls, 42, Duration::from_secs(5));
+//! client.put(Bytes::from_static(b"greeting"), Bytes::from_static(b"hello")).await?;
+//! let v = client.get(Bytes::from_static(b"greeting"), ReadMode::Linearizable).await?;
+//! assert_eq!(v.as_deref(), Some(&b"hello"[..]));
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod auth;
