@@ -208,6 +208,32 @@ pub enum NodeEvent<C> {
     StorageReadFailed(StorageError),
 }
 
+/// What [`Node::install_snapshot`] did with a received snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a taken snapshot must stay the caller's durable snapshot"]
+pub enum Installed {
+    /// Taken: the log was reset to the snapshot and its state replaced the
+    /// live state machine.
+    Replaced,
+    /// Taken: the log was reset to the snapshot, but the state machine had
+    /// already applied that far and was kept. The snapshot must still stay
+    /// the caller's newest durable snapshot, because the log entries up to
+    /// it are gone.
+    AlreadyApplied,
+    /// Not taken: the kernel no longer expected this snapshot (leadership
+    /// moved, or another snapshot is awaited). Nothing changed; the staged
+    /// state may be dropped.
+    NotExpected,
+}
+
+impl Installed {
+    /// Whether the kernel took the snapshot (its log now starts after it),
+    /// so the caller must keep it as its durable snapshot.
+    pub fn taken(self) -> bool {
+        !matches!(self, Installed::NotExpected)
+    }
+}
+
 /// Why [`Node::propose`] refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeRejected {
@@ -608,23 +634,28 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             .snapshot_progress(now, snapshot, received, installing);
     }
 
-    /// A received snapshot is durable and `staged` holds its state: it
-    /// replaces the live state machine if the kernel still expects this
-    /// snapshot (leadership may have moved meanwhile). Returns whether it did.
-    pub fn install_snapshot(&mut self, now: Time, zxid: Zxid, staged: M) -> bool {
+    /// A received snapshot is durable and `staged` holds its state. If the
+    /// kernel still expects this snapshot (leadership may have moved
+    /// meanwhile) it takes it: its log now continues after `zxid`, and
+    /// `staged` replaces the live state machine unless that had already
+    /// applied as far. See [`Installed`] for what the caller keeps.
+    pub fn install_snapshot(&mut self, now: Time, zxid: Zxid, staged: M) -> Installed {
         let before = self.replica.applied_zxid();
-        self.replica.snapshot_installed(now, zxid);
-        if before < zxid && self.replica.applied_zxid() >= zxid {
+        if !self.replica.snapshot_installed(now, zxid) {
+            tracing::warn!(id = %self.replica.id(), ?zxid, "snapshot no longer expected; state kept");
+            return Installed::NotExpected;
+        }
+        self.latest_snapshot = Some(self.latest_snapshot.map_or(zxid, |z| z.max(zxid)));
+        if before < zxid {
             self.sm = staged;
             self.applied_since_snapshot = 0;
-            self.latest_snapshot = Some(zxid);
             self.stats.snapshot_installs += 1;
             tracing::info!(id = %self.replica.id(), ?zxid, "snapshot installed; state replaced");
             self.serve_reads();
-            true
+            Installed::Replaced
         } else {
-            tracing::warn!(id = %self.replica.id(), ?zxid, "snapshot no longer expected; state kept");
-            false
+            tracing::info!(id = %self.replica.id(), ?zxid, applied = ?before, "snapshot installed; the state had applied as far and is kept");
+            Installed::AlreadyApplied
         }
     }
 

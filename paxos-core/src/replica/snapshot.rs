@@ -44,19 +44,25 @@ impl<S: Storage> Replica<S> {
     /// Leader-elect in discovery: the snapshot fetched from the follower
     /// whose log no longer covered our position is installed; the log is
     /// reset likewise and the fetch goes on with the entries after it.
-    pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid) {
+    ///
+    /// Returns whether the install was taken (the log was reset to
+    /// `zxid`). When it was, the caller's durable state must now include
+    /// that snapshot, whatever its state machine holds: the log below it
+    /// is gone. When it was not (not expected: leadership moved, or
+    /// another snapshot is awaited), nothing changed.
+    pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid) -> bool {
         self.now = now;
         if matches!(self.role, Role::Leading(_)) {
-            self.fetched_snapshot_installed(zxid);
+            let taken = self.fetched_snapshot_installed(zxid);
             self.advance_leader();
-            return;
+            return taken;
         }
         let Role::Following(f) = &mut self.role else {
-            return;
+            return false;
         };
         if f.installing != Some(zxid) {
             tracing::warn!(?zxid, installing = ?f.installing, "unexpected snapshot install; ignoring");
-            return;
+            return false;
         }
         f.installing = None;
         f.snap_done = true;
@@ -68,27 +74,28 @@ impl<S: Storage> Replica<S> {
         self.applied = self.applied.max(zxid);
         self.apply_sent = self.apply_sent.max(zxid);
         self.send_persisted(leader, Message::SnapInstalled { epoch, zxid });
+        true
     }
 
     /// Leader-elect: a fetched snapshot is installed (see
-    /// [`Replica::snapshot_installed`]).
-    fn fetched_snapshot_installed(&mut self, zxid: Zxid) {
+    /// [`Replica::snapshot_installed`]); returns whether it was taken.
+    fn fetched_snapshot_installed(&mut self, zxid: Zxid) -> bool {
         let now = self.now;
         let last = self.log.last();
         let Role::Leading(l) = &mut self.role else {
-            return;
+            return false;
         };
         let expected = l.phase == LPhase::Fetching
             && l.fetch_snap
                 .is_some_and(|fs| fs.snapshot == zxid && zxid != Zxid::ZERO);
         let Some(from) = l.fetch_from.filter(|_| expected) else {
             tracing::warn!(id = %self.id, ?zxid, "unexpected snapshot install on a leader; ignoring");
-            return;
+            return false;
         };
         if zxid <= last {
             // Checked on the first chunk; the log does not grow meanwhile.
             tracing::warn!(id = %self.id, ?zxid, ?last, "fetched snapshot does not cover our log; ignoring");
-            return;
+            return false;
         }
         l.fetch_snap = None;
         l.fetch_sent_at = now;
@@ -103,6 +110,7 @@ impl<S: Storage> Replica<S> {
         self.applied = self.applied.max(zxid);
         self.apply_sent = self.apply_sent.max(zxid);
         self.send_fetch(from);
+        true
     }
 
     /// Follower: the snapshot `snapshot` being received from the leader

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::machine::SimMachine;
 use super::{crc32, Ev, Sim, SimOutgoing, SmSnapshot, Violation};
 use crate::election::Elector;
+use crate::node::Installed;
 use crate::{NodeId, SnapChunk, Zxid};
 
 impl<E: Elector> Sim<E> {
@@ -202,7 +203,10 @@ impl<E: Elector> Sim<E> {
     }
 
     /// The install is durable: the state machine takes the snapshot if the
-    /// kernel still expects it (it may have moved on meanwhile).
+    /// kernel still expects it (it may have moved on meanwhile). Once the
+    /// kernel took it, it is the node's durable snapshot even when the
+    /// state machine had already applied that far: the log below it is
+    /// gone.
     fn finish_install(&mut self, i: usize, snap: SmSnapshot) {
         let now = self.local_now(i);
         let n = &mut self.nodes[i];
@@ -210,18 +214,21 @@ impl<E: Elector> Sim<E> {
             return;
         };
         let staged = SimMachine::new(n.id, self.canonical.clone(), snap.len, snap.zxid);
-        if node.install_snapshot(now, snap.zxid, staged) {
+        let installed = node.install_snapshot(now, snap.zxid, staged);
+        if installed.taken() {
             n.snapshot = Some(snap);
+            let id = n.id;
+            self.snap_open.retain(|(_, f)| *f != id);
+        }
+        if installed == Installed::Replaced {
             self.stats.snap_installs += 1;
             let r = node.replica();
             if r.leader() == Some(r.id()) {
                 // Only a leader-elect in discovery installs while leading.
                 self.stats.snap_fetches += 1;
             }
-            let id = n.id;
-            self.snap_open.retain(|(_, f)| *f != id);
         } else {
-            tracing::info!(node = %n.id, zxid = ?snap.zxid, "sim: installed snapshot no longer expected");
+            tracing::info!(node = %n.id, zxid = ?snap.zxid, ?installed, "sim: installed snapshot did not replace the state");
         }
     }
 

@@ -16,7 +16,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use paxos_core::node::{Node, NodeConfig, NodeEvent, ProposeRejected, Rejection, Transmit};
+use paxos_core::node::{
+    Installed, Node, NodeConfig, NodeEvent, ProposeRejected, Rejection, Transmit,
+};
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
     Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage,
@@ -507,8 +509,9 @@ fn a_leader_elect_takes_a_compacted_followers_snapshot_then_its_suffix() {
         .any(|e| matches!(e.msg, Message::NewLeader { .. })));
     let now = c.now;
     c.nodes[0].snapshot_progress(now, z(1, 5), 5, true);
-    assert!(
+    assert_eq!(
         c.nodes[0].install_snapshot(now, z(1, 5), Recorder::at(z(1, 5))),
+        Installed::Replaced,
         "the snapshot asked for replaces the state"
     );
     c.pump();

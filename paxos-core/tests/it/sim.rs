@@ -177,3 +177,17 @@ fn a_follower_waiting_on_a_full_disk_does_not_spin_its_timer() {
         panic!("{v}");
     }
 }
+
+/// Found by a 50 000-seed sweep: a new leader whose log had been reset to
+/// its snapshot planned SNAP for followers already at that snapshot's zxid.
+/// The followers' kernels reset their logs to it, but their node layer kept
+/// the state (it had applied that far) and the install was not reported as
+/// durable, so the followers' durable images lost the entries the reset
+/// dropped: an acknowledged write was held by the leader alone.
+#[test]
+fn a_snap_at_the_applied_point_keeps_the_snapshot_durable() {
+    let mut sim = Sim::with_test_components(SimConfig::chaos(31_015));
+    if let Err(v) = sim.run_steps_then_recover(6_000) {
+        panic!("{v}");
+    }
+}

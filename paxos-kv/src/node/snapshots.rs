@@ -2,6 +2,7 @@
 //! receiving and installing one off the loop, and taking local snapshots
 //! on a thread of their own. The node layer says what to do; this is how.
 
+use paxos_core::node::Installed;
 use paxos_core::{NodeId, SnapChunk, StateMachine, Zxid};
 use paxos_net_quic::PeerId;
 use paxos_snapshot::{write_state_machine, Progress, SnapshotMeta, SnapshotSender, StoredSnapshot};
@@ -180,9 +181,17 @@ impl Driver {
         match result {
             Ok(stored) => {
                 let now = self.now();
-                if self.node.install_snapshot(now, stored.zxid, staged) {
-                    self.stats.snapshot_installs += 1;
-                    tracing::info!(%from, zxid = ?stored.zxid, keys = self.node.state_machine().len(), ?elapsed, "snapshot installed; state replaced");
+                // The snapshot is in the store either way: taken, it is
+                // the newest durable snapshot the log now continues from.
+                match self.node.install_snapshot(now, stored.zxid, staged) {
+                    Installed::Replaced => {
+                        self.stats.snapshot_installs += 1;
+                        tracing::info!(%from, zxid = ?stored.zxid, keys = self.node.state_machine().len(), ?elapsed, "snapshot installed; state replaced");
+                    }
+                    Installed::AlreadyApplied => {
+                        tracing::info!(%from, zxid = ?stored.zxid, ?elapsed, "snapshot installed; the state had applied as far and is kept");
+                    }
+                    Installed::NotExpected => {}
                 }
             }
             Err(e) => {
