@@ -316,6 +316,41 @@ impl Message {
             Message::Readmit { .. } => "READMIT",
         }
     }
+
+    /// Whether only a node acting as leader (or leader-elect) sends this
+    /// message. A follower takes only these as signs of its leader's life:
+    /// a node that sends it follower messages is following someone itself.
+    /// SNAP counts: a follower streams one only to a leader-elect that
+    /// fetched it.
+    pub fn is_from_leader(&self) -> bool {
+        match self {
+            Message::NewEpoch { .. }
+            | Message::Trunc { .. }
+            | Message::Diff { .. }
+            | Message::Snap { .. }
+            | Message::NewLeader { .. }
+            | Message::UpToDate { .. }
+            | Message::Accept { .. }
+            | Message::Commit { .. }
+            | Message::Heartbeat { .. }
+            | Message::ReadIndexResponse { .. }
+            | Message::FetchHistory { .. }
+            | Message::FetchSnapshot { .. }
+            | Message::Readmit { .. } => true,
+            Message::FollowerInfo { .. }
+            | Message::AckEpoch { .. }
+            | Message::EpochRefused { .. }
+            | Message::SnapProgress { .. }
+            | Message::SnapInstalled { .. }
+            | Message::AckNewLeader { .. }
+            | Message::Accepted { .. }
+            | Message::AcceptNack { .. }
+            | Message::Applied { .. }
+            | Message::HeartbeatAck { .. }
+            | Message::ReadIndexRequest { .. }
+            | Message::FetchReply { .. } => false,
+        }
+    }
 }
 
 /// A message with its routing: group, sender and receiver.

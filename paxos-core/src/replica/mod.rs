@@ -345,7 +345,10 @@ impl<S: Storage> Replica<S> {
                 self.leader_step(from, env.msg);
             }
             Role::Following(f) => {
-                if f.leader == from {
+                // Follower messages from the node we follow do not count:
+                // it follows someone too (two nodes may each believe the
+                // other leads, and would keep each other waiting).
+                if f.leader == from && env.msg.is_from_leader() {
                     f.last_heard = now;
                 }
                 self.follower_step(from, env.msg);

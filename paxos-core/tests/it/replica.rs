@@ -1121,3 +1121,63 @@ fn storage_io_errors_keep_their_source() {
     );
     assert!(r.is_retryable() && r.source().is_some());
 }
+
+/// Found by the simulator (seed 25903): after a restart, n3's elector
+/// decided for n1 from an old round while n1, recovering, followed n3.
+/// Each sent the other FOLLOWERINFO every heartbeat, and a follower took
+/// any message from the node it follows as a sign of life, so neither ever
+/// timed out and no one led. Only what a leader sends keeps a follower.
+#[test]
+fn two_replicas_following_each_other_both_time_out() {
+    let cfg = three();
+    let mut a = Replica::new(
+        NodeId(1),
+        cfg.clone(),
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let mut b = Replica::new(
+        NodeId(3),
+        cfg.clone(),
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let decide = |leader: u64| Decision {
+        leader: NodeId(leader),
+        round: 1,
+        epoch_hint: Epoch::ZERO,
+    };
+    a.handle_leader_decision(Time::ZERO, decide(3));
+    b.handle_leader_decision(Time::ZERO, decide(1));
+    assert_eq!((a.leader(), b.leader()), (Some(NodeId(3)), Some(NodeId(1))));
+    let step = cfg.heartbeat_interval;
+    let end = Time::ZERO + cfg.election_timeout * 3;
+    let mut now = Time::ZERO;
+    let (mut a_lost, mut b_lost) = (false, false);
+    // Bounded: three election timeouts in heartbeat steps.
+    while now < end && !(a_lost && b_lost) {
+        now = now + step;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        let (ra, rb) = (a.ready(), b.ready());
+        for (rd, to) in [(ra, &mut b), (rb, &mut a)] {
+            for env in rd.messages.into_iter().chain(rd.persisted_messages) {
+                if env.to == to.id() {
+                    to.handle_message(now, env);
+                }
+            }
+        }
+        a_lost |= a.leader().is_none();
+        b_lost |= b.leader().is_none();
+    }
+    assert!(
+        a_lost && b_lost,
+        "a follower kept following a node that only sends it follower messages"
+    );
+}
