@@ -23,10 +23,12 @@
 //! bit 0: installing; other bits must be 0). Version 4 adds tag 25,
 //! FETCHSNAP (`epoch u32 | snapshot u64 | offset u64`): a leader-elect
 //! asks the follower whose log no longer covers its fetch for a snapshot.
+//! Version 5 adds tag 26, TAKEOVER (`epoch u32 | to u64`): a leader hands
+//! its leadership to a caught-up voter.
 //!
 //! The encoder writes the *lowest* version that can express a message
 //! ([`Codec::version_of`]): everything but a recovering FOLLOWERINFO,
-//! READMIT, SNAPPROGRESS and FETCHSNAP still goes out as version 1, byte for byte as
+//! READMIT, SNAPPROGRESS, FETCHSNAP and TAKEOVER still goes out as version 1, byte for byte as
 //! before, so a mixed cluster keeps working. The decoder reads versions
 //! [`MIN_WIRE_VERSION`] to [`WIRE_VERSION`], and a tag only in the versions
 //! that define it. An older build drops a newer frame as an unknown
@@ -34,7 +36,9 @@
 //! follower's FOLLOWERINFO never syncs it, so never counts it, and one that
 //! cannot read SNAPPROGRESS times a snapshot transfer out as before; a
 //! follower that cannot read FETCHSNAP sends nothing, and the leader-elect
-//! gives up its discovery after the timeout, as it gave up at once before.
+//! gives up its discovery after the timeout, as it gave up at once before;
+//! a follower that cannot read TAKEOVER looks for a leader only once the
+//! old leader's heartbeats stop, and then joins the nominee.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -42,7 +46,7 @@ use crate::message::{Entry, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
 /// The newest wire format version this codec writes and reads.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// The oldest wire format version this codec reads (and writes, for every
 /// message that version can express).
 pub const MIN_WIRE_VERSION: u8 = 1;
@@ -140,6 +144,7 @@ impl Codec {
             | Message::Readmit { .. } => 2,
             Message::SnapProgress { .. } => 3,
             Message::FetchSnapshot { .. } => 4,
+            Message::TakeOver { .. } => 5,
             _ => MIN_WIRE_VERSION,
         }
     }
@@ -192,6 +197,7 @@ impl Codec {
                 }
                 Message::Readmit { .. } => 4,
                 Message::FetchSnapshot { .. } => 4 + 8 + 8,
+                Message::TakeOver { .. } => 4 + 8,
             }
     }
 
@@ -373,6 +379,10 @@ impl Codec {
                 out.put_u8(u8::from(*unable));
             }
             Message::Readmit { epoch } => out.put_u32_le(epoch.0),
+            Message::TakeOver { epoch, to } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(to.0);
+            }
             Message::FetchSnapshot {
                 epoch,
                 snapshot,
@@ -565,6 +575,10 @@ impl Codec {
                 snapshot: r.zxid()?,
                 offset: r.u64()?,
             },
+            26 if version >= 5 => Message::TakeOver {
+                epoch: r.epoch()?,
+                to: NodeId(r.u64()?),
+            },
             t => return Err(CodecError::UnknownTag(t)),
         };
         let rest = r.buf.len() - r.pos;
@@ -607,6 +621,7 @@ fn tag(msg: &Message) -> u8 {
         Message::Readmit { .. } => 23,
         Message::SnapProgress { .. } => 24,
         Message::FetchSnapshot { .. } => 25,
+        Message::TakeOver { .. } => 26,
     }
 }
 
@@ -862,6 +877,35 @@ mod tests {
             codec.decode(Bytes::from(bad)),
             Err(CodecError::InvalidFlag { value: 0b10, .. })
         ));
+    }
+
+    #[test]
+    fn take_over_is_version_5() {
+        let codec = Codec::new(1 << 10);
+        let msg = env(Message::TakeOver {
+            epoch: Epoch(7),
+            to: NodeId(3),
+        });
+        let w = codec.encode_to_bytes(&msg).unwrap();
+        assert_eq!(w[0], 5);
+        assert_eq!(w.len(), HEADER_BYTES + 12);
+        assert_eq!(Codec::encoded_len(&msg), w.len());
+        assert_eq!(codec.decode(w.clone()).unwrap(), msg);
+        for cut in 0..w.len() {
+            assert!(matches!(
+                codec.decode(w.slice(..cut)),
+                Err(CodecError::Truncated { .. })
+            ));
+        }
+        // Tag 26 does not exist before version 5.
+        for v in 1u8..5 {
+            let mut old = w.to_vec();
+            old[0] = v;
+            assert_eq!(
+                codec.decode(Bytes::from(old)),
+                Err(CodecError::UnknownTag(26))
+            );
+        }
     }
 
     #[test]

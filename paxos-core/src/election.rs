@@ -64,6 +64,16 @@ pub trait Elector {
     /// with `me`.
     fn start_looking(&mut self, now: Time, me: VoteInfo);
 
+    /// Like [`start_looking`](Elector::start_looking), for a replica whose
+    /// leader handed it the leadership (TAKEOVER): it stands as the
+    /// nominee, and an elector that supports hand-overs prefers its vote to
+    /// any other vote of equal recency, so the hand-over picks it rather
+    /// than another up-to-date voter. The default ignores the nomination
+    /// (the election then picks among the up-to-date voters as usual).
+    fn start_looking_nominated(&mut self, now: Time, me: VoteInfo) {
+        self.start_looking(now, me);
+    }
+
     /// The replica has settled: it follows or leads `leader` in `epoch`.
     /// From now on the elector answers LOOKING peers with that leader.
     fn settle(&mut self, now: Time, state: PeerState, leader: NodeId, epoch: Epoch);

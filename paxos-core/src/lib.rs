@@ -203,7 +203,7 @@ pub use ids::{Epoch, GroupId, NodeId, Zxid};
 pub use message::{Entry, Envelope, HardState, Message, SnapChunk};
 pub use ready::{
     Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,
-    SnapshotRequest,
+    SnapshotRequest, TransferError,
 };
 pub use replica::{Replica, StartError};
 pub use state_machine::StateMachine;

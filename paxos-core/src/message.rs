@@ -283,6 +283,16 @@ pub enum Message {
         /// The leader's epoch.
         epoch: Epoch,
     },
+    /// Leader to every member: it hands the leadership of `epoch` to the
+    /// voter `to`, which holds every entry the leader has, and has stepped
+    /// down. Receivers stop following at once and look for a leader; `to`
+    /// stands as the nominee. Wire version 5 only.
+    TakeOver {
+        /// The epoch the sender led.
+        epoch: Epoch,
+        /// The nominated successor.
+        to: NodeId,
+    },
 }
 
 impl Message {
@@ -314,6 +324,7 @@ impl Message {
             Message::FetchReply { .. } => "FETCHREPLY",
             Message::FetchSnapshot { .. } => "FETCHSNAP",
             Message::Readmit { .. } => "READMIT",
+            Message::TakeOver { .. } => "TAKEOVER",
         }
     }
 
@@ -336,7 +347,8 @@ impl Message {
             | Message::ReadIndexResponse { .. }
             | Message::FetchHistory { .. }
             | Message::FetchSnapshot { .. }
-            | Message::Readmit { .. } => true,
+            | Message::Readmit { .. }
+            | Message::TakeOver { .. } => true,
             Message::FollowerInfo { .. }
             | Message::AckEpoch { .. }
             | Message::EpochRefused { .. }

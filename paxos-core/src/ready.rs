@@ -50,6 +50,15 @@ pub enum ProposeError {
         /// The refused command.
         data: Bytes,
     },
+    /// The leader is handing its leadership to `to` and proposes nothing
+    /// meanwhile; retry on the new leader.
+    #[error("leadership is being handed to {to}")]
+    Transferring {
+        /// The nominated successor.
+        to: NodeId,
+        /// The refused command.
+        data: Bytes,
+    },
 }
 
 impl ProposeError {
@@ -58,9 +67,41 @@ impl ProposeError {
         match self {
             ProposeError::NotLeader { data, .. }
             | ProposeError::TooLarge { data, .. }
-            | ProposeError::EpochExhausted { data, .. } => data,
+            | ProposeError::EpochExhausted { data, .. }
+            | ProposeError::Transferring { data, .. } => data,
         }
     }
+}
+
+/// Why [`Replica::transfer_leadership`](crate::Replica::transfer_leadership)
+/// refused to start a hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This replica is not an established leader.
+    #[error("not an established leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The leader this replica follows, if any.
+        leader: Option<NodeId>,
+    },
+    /// The leader is already the target.
+    #[error("{0} already leads")]
+    AlreadyLeader(NodeId),
+    /// The target is not a voter of the configuration in force.
+    #[error("{0} is not a voter")]
+    NotAVoter(NodeId),
+    /// The target is recovering (it lost its durable state) and may not
+    /// lead until readmitted.
+    #[error("{0} is recovering and may not lead")]
+    TargetRecovering(NodeId),
+    /// The target has not answered within an election timeout.
+    #[error("{0} has not been heard from within the election timeout")]
+    TargetUnreachable(NodeId),
+    /// A hand-over is already in progress.
+    #[error("a hand-over to {to} is already in progress")]
+    InProgress {
+        /// Its target.
+        to: NodeId,
+    },
 }
 
 /// Why a read could not be started.
@@ -117,6 +158,23 @@ pub enum SnapshotRequest {
 pub enum Event {
     /// The replica has no leader: call `Elector::start_looking(now, vote)`.
     LostLeader(VoteInfo),
+    /// The leader handed its leadership to this replica and stepped down
+    /// (TAKEOVER): call `Elector::start_looking_nominated(now, vote)`. In
+    /// every other respect it is [`Event::LostLeader`].
+    HandedOver(VoteInfo),
+    /// This leader handed its leadership to `to` (TAKEOVER sent) and
+    /// stepped down; an [`Event::LostLeader`] follows.
+    HandedOff {
+        /// The nominated successor.
+        to: NodeId,
+    },
+    /// A hand-over this leader started did not complete (the target did
+    /// not catch up within an election timeout, or left); it proposes
+    /// again.
+    TransferAborted {
+        /// The target.
+        to: NodeId,
+    },
     /// The replica is established: call `Elector::settle(now, state, leader, epoch)`.
     Settled {
         /// Leading, Following or Observing.

@@ -118,6 +118,7 @@ fn main() -> ExitCode {
     let (mut truncs, mut snaps, mut fetches, mut crashes, mut reads) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut wiped, mut readmitted) = (0u64, 0u64);
+    let (mut transfers, mut handed_off, mut nominee_won, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let (r, st) = run_one(full, wipes, lease, seed, steps, seeds.len() == 1);
         match r {
@@ -136,6 +137,10 @@ fn main() -> ExitCode {
         reads += st.reads;
         wiped += st.wipes;
         readmitted += st.readmissions;
+        transfers += st.transfers;
+        handed_off += st.handed_off;
+        nominee_won += st.nominee_won;
+        aborted += st.transfers_aborted;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -157,6 +162,9 @@ fn main() -> ExitCode {
         fetches,
         worst,
         started.elapsed()
+    );
+    println!(
+        "leader hand-overs: {transfers} asked, {handed_off} handed off ({nominee_won} won by the nominee), {aborted} aborted"
     );
     if wipes {
         println!("{wiped} voters wiped and restarted recovering, {readmitted} readmissions");

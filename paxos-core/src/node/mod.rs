@@ -40,7 +40,9 @@ use bytes::Bytes;
 
 use crate::election::{Decision, Elector, PeerState};
 use crate::message::{Entry, Envelope};
-use crate::ready::{Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest};
+use crate::ready::{
+    Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest, TransferError,
+};
 use crate::replica::Replica;
 use crate::state_machine::StateMachine;
 use crate::storage::{MetaKey, Storage, StorageError};
@@ -184,6 +186,21 @@ pub enum NodeEvent<C> {
     SnapshotDue,
     /// This node lost its leader: outgoing snapshot streams can stop.
     LostLeader,
+    /// This leader handed its leadership to `to` and stepped down (a
+    /// [`NodeEvent::LostLeader`] follows): the hand-over asked with
+    /// [`Node::transfer_leadership`] took place. Whether `to` then wins the
+    /// election shows in the next [`NodeEvent::Settled`].
+    HandedOff {
+        /// The nominated successor.
+        to: NodeId,
+    },
+    /// The hand-over asked with [`Node::transfer_leadership`] was given up
+    /// (the target did not catch up within an election timeout); this node
+    /// leads and proposes again.
+    TransferAborted {
+        /// The target.
+        to: NodeId,
+    },
     /// Readmitted after recovering: the caller may record that it is a
     /// member again (the kernel's flag is durable already).
     RecoveryComplete {
@@ -523,6 +540,14 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 token,
             }),
         }
+    }
+
+    /// Leader: hands the leadership to the voter `to` (see
+    /// [`Replica::transfer_leadership`]): proposals are refused
+    /// ([`ProposeError::Transferring`]) until [`NodeEvent::HandedOff`] or
+    /// [`NodeEvent::TransferAborted`]. Call [`process`](Node::process) after.
+    pub fn transfer_leadership(&mut self, now: Time, to: NodeId) -> Result<(), TransferError> {
+        self.replica.transfer_leadership(now, to)
     }
 
     /// Starts a linearizable read; [`NodeEvent::ReadReady`] says when the
@@ -1190,9 +1215,20 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     fn on_event(&mut self, now: Time, ev: Event) {
         let id = self.replica.id();
         match ev {
-            Event::LostLeader(vote) => {
-                tracing::info!(%id, ?vote, "lost the leader; looking");
-                self.elector.start_looking(now, vote);
+            Event::HandedOff { to } => {
+                self.events.push_back(NodeEvent::HandedOff { to });
+            }
+            Event::TransferAborted { to } => {
+                self.events.push_back(NodeEvent::TransferAborted { to });
+            }
+            Event::LostLeader(vote) | Event::HandedOver(vote) => {
+                if matches!(ev, Event::HandedOver(_)) {
+                    tracing::info!(%id, ?vote, "the leader handed over to us; looking as the nominee");
+                    self.elector.start_looking_nominated(now, vote);
+                } else {
+                    tracing::info!(%id, ?vote, "lost the leader; looking");
+                    self.elector.start_looking(now, vote);
+                }
                 // Proposals in flight may or may not commit (a new leader
                 // may carry them on): their outcome is unknown.
                 for (_, _, token) in self.pending_writes.drain(..) {

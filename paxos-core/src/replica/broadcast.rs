@@ -42,6 +42,9 @@ impl<S: Storage> Replica<S> {
         if l.phase != LPhase::Broadcast {
             return Err(ProposeError::NotLeader { leader: None, data });
         }
+        if let Some(t) = l.transfer {
+            return Err(ProposeError::Transferring { to: t.to, data });
+        }
         if data.len() > max_bytes {
             return Err(ProposeError::TooLarge { max_bytes, data });
         }

@@ -297,6 +297,18 @@ impl<S: Storage> Replica<S> {
                 Some(zxid) => self.out.read_states.push(ReadState { ctx, zxid }),
                 None => self.out.events.push(Event::ReadAborted { ctx }),
             },
+            Message::TakeOver { epoch, to } => {
+                // Our leader handed over and stepped down: look at once
+                // (its lease ended when it sent this). The nominee stands
+                // as such; a recovering or non-voting nominee cannot lead
+                // and looks like everyone else.
+                if f.epoch != epoch {
+                    return;
+                }
+                let nominated = to == self.id && self.config.is_voter(self.id) && !self.recovering;
+                tracing::info!(id = %self.id, leader = %from, %to, ?epoch, nominated, "leader handed over; looking");
+                self.lose_leader_as("the leader handed over", nominated);
+            }
             Message::Readmit { epoch } => {
                 // Honoured only from the leader we follow, in its epoch,
                 // once our copy of its history and current epoch are

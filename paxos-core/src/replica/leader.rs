@@ -19,6 +19,7 @@ use crate::{plan, Epoch, NodeId, Time, Zxid};
 
 use super::progress::{PPhase, Peer};
 use super::reads::PendingRead;
+use super::transfer::Transfer;
 use super::{Replica, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,8 @@ pub(super) struct Leader {
     pub(super) hb_due: Time,
     pub(super) hb_sent: VecDeque<(u64, Time)>,
     pub(super) reads: VecDeque<PendingRead>,
+    /// A hand-over in progress ([`Replica::transfer_leadership`]).
+    pub(super) transfer: Option<Transfer>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -122,6 +125,7 @@ impl<S: Storage> Replica<S> {
             hb_due: now + self.config.heartbeat_interval,
             hb_sent: VecDeque::new(),
             reads: VecDeque::new(),
+            transfer: None,
         }));
     }
 
@@ -670,6 +674,7 @@ impl<S: Storage> Replica<S> {
                 }
                 LPhase::Broadcast => {
                     self.advance_commit();
+                    self.advance_transfer();
                     return;
                 }
             }

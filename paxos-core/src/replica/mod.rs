@@ -18,6 +18,7 @@ mod progress;
 mod reads;
 mod recovery;
 mod snapshot;
+mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -622,6 +623,12 @@ impl<S: Storage> Replica<S> {
     // ----- role changes ----------------------------------------------------
 
     fn lose_leader(&mut self, why: &'static str) {
+        self.lose_leader_as(why, false);
+    }
+
+    /// Stops leading or following and looks for a leader; `nominated` when
+    /// the leader handed its leadership to us ([`Event::HandedOver`]).
+    fn lose_leader_as(&mut self, why: &'static str, nominated: bool) {
         let old = std::mem::replace(&mut self.role, Role::Looking);
         if let Role::Leading(l) = old {
             tracing::info!(id = %self.id, epoch = ?l.epoch, why, "leader steps down");
@@ -642,6 +649,11 @@ impl<S: Storage> Replica<S> {
         } else {
             tracing::info!(id = %self.id, why, "lost leader; looking");
         }
-        self.out.events.push(Event::LostLeader(self.vote_info()));
+        let vote = self.vote_info();
+        self.out.events.push(if nominated {
+            Event::HandedOver(vote)
+        } else {
+            Event::LostLeader(vote)
+        });
     }
 }

@@ -75,7 +75,9 @@ impl<S: Storage> Replica<S> {
         };
         let zxid = self.commit;
         let single = self.config.voters.len() == 1;
+        // No lease while handing over: the leader may step down any moment.
         let lease_ok = lease
+            && l.transfer.is_none()
             && self.config.is_quorum(|n| {
                 n == me
                     || l.peers.get(&n).is_some_and(|p| {

@@ -4,7 +4,8 @@
 //! itself, adopts any better vote `(current_epoch, last_zxid, id)` of the
 //! same round, re-broadcasts, and decides when a quorum of voters holds its
 //! vote. A settled node answers looking peers with its leader, and a leader
-//! announcing itself is followed at once. No settle wait and no randomised
+//! announcing itself is followed at once. The nominee of a leader's
+//! hand-over wins ties of recency. No settle wait and no randomised
 //! timeouts: production code should use `paxos-election`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -18,6 +19,9 @@ use crate::{Epoch, NodeId, Time};
 pub struct TestVote {
     /// The candidate's recency (compared first).
     pub info: VoteInfo,
+    /// The candidate stands as the nominee of a hand-over (TAKEOVER): it
+    /// wins over other candidates of equal recency.
+    pub nominated: bool,
     /// The candidate (breaks ties).
     pub candidate: NodeId,
 }
@@ -87,6 +91,7 @@ impl TestElector {
             state: State::Idle,
             round: 0,
             vote: TestVote {
+                nominated: false,
                 info: VoteInfo {
                     current_epoch: Epoch::ZERO,
                     last_zxid: crate::Zxid::ZERO,
@@ -94,6 +99,7 @@ impl TestElector {
                 candidate: id,
             },
             own: TestVote {
+                nominated: false,
                 info: VoteInfo {
                     current_epoch: Epoch::ZERO,
                     last_zxid: crate::Zxid::ZERO,
@@ -132,6 +138,33 @@ impl TestElector {
         }
     }
 
+    fn look(&mut self, now: Time, me: VoteInfo, nominated: bool) {
+        self.round += 1;
+        self.state = State::Looking;
+        self.decision = None;
+        self.vote = TestVote {
+            info: me,
+            nominated: nominated && self.counts(),
+            candidate: self.id,
+        };
+        self.own = self.vote;
+        self.votes.clear();
+        self.claims.clear();
+        if self.counts() {
+            self.votes.insert(self.id, self.vote);
+        } else {
+            // An observer (or an abstaining voter) never stands: it waits
+            // for a settled leader.
+            self.vote.info = VoteInfo {
+                current_epoch: Epoch::ZERO,
+                last_zxid: crate::Zxid::ZERO,
+            };
+            self.vote.nominated = false;
+        }
+        self.broadcast_vote();
+        self.next_timeout = Some(now + self.resend);
+    }
+
     fn try_decide(&mut self) {
         let quorum = self.voters.len() / 2 + 1;
         let n = self
@@ -158,28 +191,11 @@ impl Elector for TestElector {
     }
 
     fn start_looking(&mut self, now: Time, me: VoteInfo) {
-        self.round += 1;
-        self.state = State::Looking;
-        self.decision = None;
-        self.vote = TestVote {
-            info: me,
-            candidate: self.id,
-        };
-        self.own = self.vote;
-        self.votes.clear();
-        self.claims.clear();
-        if self.counts() {
-            self.votes.insert(self.id, self.vote);
-        } else {
-            // An observer (or an abstaining voter) never stands: it waits
-            // for a settled leader.
-            self.vote.info = VoteInfo {
-                current_epoch: Epoch::ZERO,
-                last_zxid: crate::Zxid::ZERO,
-            };
-        }
-        self.broadcast_vote();
-        self.next_timeout = Some(now + self.resend);
+        self.look(now, me, false);
+    }
+
+    fn start_looking_nominated(&mut self, now: Time, me: VoteInfo) {
+        self.look(now, me, true);
     }
 
     fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {

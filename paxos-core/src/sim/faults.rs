@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Ev, ScriptedDrop, Sim};
+use super::{Ev, ScriptedDrop, Sim, Violation};
 use crate::election::Elector;
 use crate::message::HardState;
 use crate::storage::{MemStorage, Storage};
@@ -142,6 +142,45 @@ impl<E: Elector> Sim<E> {
         }
         self.faults_stopped_at = Some(self.now);
         self.stats.recovery = None;
+    }
+
+    /// Asks the leader, if any, to hand over to a random other voter that
+    /// is up; refusals (target unreachable, recovering, a hand-over in
+    /// progress) are part of the schedule.
+    pub(super) fn random_transfer(&mut self) -> Result<(), Violation> {
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
+        let candidates: Vec<NodeId> = self
+            .config
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != l && self.is_up(*v))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let to = candidates[self.rng.index(candidates.len())];
+        self.transfer_leadership(l, to)
+    }
+
+    /// Asks node `from` (a leader) to hand its leadership to `to` (a
+    /// refusal is logged and counts nothing), then drives `from`.
+    pub fn transfer_leadership(&mut self, from: NodeId, to: NodeId) -> Result<(), Violation> {
+        let i = self.idx(from);
+        let now = self.local_now(i);
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Ok(());
+        };
+        match node.transfer_leadership(now, to) {
+            Ok(()) => {
+                tracing::info!(%from, %to, "sim: leader hand-over asked");
+                self.stats.transfers += 1;
+            }
+            Err(e) => tracing::debug!(%from, %to, error = %e, "sim: hand-over refused"),
+        }
+        self.drive(i)
     }
 
     pub(super) fn random_fault(&mut self) {

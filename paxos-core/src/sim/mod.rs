@@ -161,6 +161,9 @@ pub struct SimConfig {
     /// million (drawn per node from the seed): what lease reads must
     /// tolerate ([`Config::lease_clock_drift`]).
     pub max_clock_drift_ppm: u64,
+    /// Mean time between leader hand-overs to a random voter
+    /// ([`Node::transfer_leadership`]) while faults run; `None` for none.
+    pub transfer_interval: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -199,6 +202,7 @@ impl Default for SimConfig {
             disk_faults: false,
             sync_fail_prob: 0.0,
             max_clock_drift_ppm: 0,
+            transfer_interval: None,
         }
     }
 }
@@ -231,6 +235,11 @@ impl SimConfig {
             // 50 ms drift allowance.
             c.replica.lease_reads = true;
             c.max_clock_drift_ppm = rng.range(0, 50_000);
+        }
+        // Drawn last, so the draws above (and the seeds found with them)
+        // are what they were before hand-overs existed.
+        if rng.chance(0.3) {
+            c.transfer_interval = Some(Duration::from_millis(rng.range(100, 600)));
         }
         c
     }
@@ -320,6 +329,15 @@ pub struct SimStats {
     pub storage_stalls: u64,
     /// Voters whose synced log was damaged (restarted recovering).
     pub corruptions: u64,
+    /// Leader hand-overs asked for (and accepted by the leader).
+    pub transfers: u64,
+    /// Hand-overs that took place (the leader sent TAKEOVER and stepped
+    /// down).
+    pub handed_off: u64,
+    /// Hand-overs after which the nominee was the next leader.
+    pub nominee_won: u64,
+    /// Hand-overs given up (the target did not catch up in time).
+    pub transfers_aborted: u64,
 }
 
 /// A network message: the kernel's or the elector's.
@@ -368,6 +386,8 @@ enum Ev<M> {
     },
     Client,
     Fault,
+    /// Ask the leader to hand over to a random voter.
+    Transfer,
     Restart {
         node: usize,
     },
@@ -478,6 +498,8 @@ pub struct Sim<E: Elector> {
     client_counter: u64,
     faults: bool,
     faults_stopped_at: Option<Time>,
+    /// The nominee of the last hand-over, until the next leader settles.
+    nominee: Option<NodeId>,
     stats: SimStats,
     deferred: Option<Violation>,
     /// Snapshot transfers (leader, follower) started and not yet installed.
@@ -543,6 +565,7 @@ impl<E: Elector> Sim<E> {
             client_counter: 0,
             faults: cfg.fault_interval.is_some(),
             faults_stopped_at: None,
+            nominee: None,
             stats: SimStats::default(),
             deferred: None,
             snap_open: BTreeSet::new(),
@@ -587,6 +610,10 @@ impl<E: Elector> Sim<E> {
         if let Some(fi) = sim.cfg.fault_interval {
             let d = Duration::from_nanos(sim.rng.range(1, fi.as_nanos() as u64 * 2));
             sim.schedule(d, Ev::Fault);
+        }
+        if let Some(ti) = sim.cfg.transfer_interval {
+            let d = Duration::from_nanos(sim.rng.range(1, ti.as_nanos() as u64 * 2));
+            sim.schedule(d, Ev::Transfer);
         }
         sim
     }
@@ -935,6 +962,15 @@ impl<E: Elector> Sim<E> {
                     }
                 }
             }
+            Ev::Transfer => {
+                if self.faults {
+                    self.random_transfer()?;
+                    if let Some(ti) = self.cfg.transfer_interval {
+                        let d = Duration::from_nanos(self.rng.range(1, ti.as_nanos() as u64 * 2));
+                        self.schedule(d, Ev::Transfer);
+                    }
+                }
+            }
             Ev::Restart { node } => {
                 if self.faults || self.faults_stopped_at.is_some() {
                     let id = self.nodes[node].id;
@@ -1077,6 +1113,24 @@ impl<E: Elector> Sim<E> {
                         )));
                     }
                     self.stats.epoch_rollovers += 1;
+                    break;
+                }
+                Err(crate::node::ProposeRejected::Kernel(crate::ProposeError::Transferring {
+                    to,
+                    ..
+                })) => {
+                    // Handing over: only a leader with a hand-over in
+                    // progress may refuse so.
+                    if self.nodes[i]
+                        .node
+                        .as_ref()
+                        .and_then(|n| n.replica().transferring_to())
+                        != Some(to)
+                    {
+                        return Err(self.violation(format!(
+                            "leader {l:?} refused a proposal as handing over to {to} without a hand-over in progress"
+                        )));
+                    }
                     break;
                 }
                 Err(e) => {
@@ -1299,9 +1353,17 @@ impl<E: Elector> Sim<E> {
                 self.stats.lost_leader += 1;
                 self.nodes[i].outgoing.clear();
             }
-            NodeEvent::Settled { state, .. } => {
+            NodeEvent::HandedOff { to } => {
+                self.stats.handed_off += 1;
+                self.nominee = Some(to);
+            }
+            NodeEvent::TransferAborted { .. } => self.stats.transfers_aborted += 1,
+            NodeEvent::Settled { state, leader, .. } => {
                 if state == PeerState::Leading {
                     self.stats.leaders += 1;
+                    if self.nominee.take() == Some(leader) {
+                        self.stats.nominee_won += 1;
+                    }
                 }
             }
             NodeEvent::RecoveryComplete { .. } => self.stats.readmissions += 1,

@@ -32,6 +32,10 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         epoch().prop_map(|epoch| Message::Readmit { epoch }),
+        (epoch(), any::<u64>()).prop_map(|(epoch, to)| Message::TakeOver {
+            epoch,
+            to: NodeId(to)
+        }),
         (epoch(), any::<u32>(), any::<bool>()).prop_map(|(epoch, round, established)| {
             Message::NewEpoch {
                 epoch,

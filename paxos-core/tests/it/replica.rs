@@ -23,7 +23,7 @@ use paxos_core::sim::TestPlanner;
 use paxos_core::{
     Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage,
     Message, NodeId, PeerState, ProposeError, Recovered, Replica, SnapChunk, StartError,
-    StateMachine, Storage, StorageError, Time, VoteInfo, Zxid,
+    StateMachine, Storage, StorageError, Time, TransferError, VoteInfo, Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -1162,7 +1162,7 @@ fn two_replicas_following_each_other_both_time_out() {
     let (mut a_lost, mut b_lost) = (false, false);
     // Bounded: three election timeouts in heartbeat steps.
     while now < end && !(a_lost && b_lost) {
-        now = now + step;
+        now += step;
         a.handle_timeout(now);
         b.handle_timeout(now);
         let (ra, rb) = (a.ready(), b.ready());
@@ -1180,4 +1180,104 @@ fn two_replicas_following_each_other_both_time_out() {
         a_lost && b_lost,
         "a follower kept following a node that only sends it follower messages"
     );
+}
+
+/// Leader transfer: proposals stop, the target catches up, TAKEOVER goes to
+/// every member and the old leader steps down at once; the target is told
+/// it is the nominee. A hand-over whose target cannot catch up is aborted
+/// after an election timeout and proposals resume.
+#[test]
+fn a_leader_hands_over_to_a_caught_up_voter_or_gives_up() {
+    let mut c = Cluster::new(three(), mem(3));
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.nodes[0].is_leader());
+    for k in 0..5u8 {
+        c.propose(0, Bytes::from(vec![k]), k.into()).unwrap();
+    }
+    c.pump();
+    let now = c.now;
+    assert_eq!(
+        c.nodes[0].transfer_leadership(now, NodeId(1)),
+        Err(TransferError::AlreadyLeader(NodeId(1)))
+    );
+    assert_eq!(
+        c.nodes[0].transfer_leadership(now, NodeId(9)),
+        Err(TransferError::NotAVoter(NodeId(9)))
+    );
+    assert!(matches!(
+        c.nodes[1].transfer_leadership(now, NodeId(3)),
+        Err(TransferError::NotLeader { .. })
+    ));
+    // n2 misses the last entry: the hand-over waits for it.
+    c.cut = vec![NodeId(2)];
+    let last = c.propose(0, Bytes::from_static(b"last"), 99).unwrap();
+    c.pump();
+    let now = c.now;
+    c.nodes[0].transfer_leadership(now, NodeId(2)).unwrap();
+    assert_eq!(
+        c.nodes[0].transfer_leadership(now, NodeId(3)),
+        Err(TransferError::InProgress { to: NodeId(2) })
+    );
+    assert!(matches!(
+        c.propose(0, Bytes::from_static(b"refused"), 100),
+        Err(Rejection {
+            error: ProposeRejected::Kernel(ProposeError::Transferring { to: NodeId(2), .. }),
+            ..
+        })
+    ));
+    c.pump();
+    assert!(
+        c.nodes[0].is_leader(),
+        "no hand-over before the target caught up"
+    );
+    c.cut.clear();
+    for _ in 0..10 {
+        c.advance(Duration::from_millis(20));
+        if !c.nodes[0].is_leader() {
+            break;
+        }
+    }
+    assert!(!c.nodes[0].is_leader(), "the leader stepped down");
+    assert!(c.nodes[1].replica().storage().get(last).is_some());
+    assert!(c
+        .events
+        .iter()
+        .any(|(n, e)| *n == NodeId(1) && matches!(e, NodeEvent::HandedOff { to: NodeId(2) })));
+    assert!(c.sent.iter().any(|e| e.to == NodeId(3)
+        && e.msg
+            == Message::TakeOver {
+                epoch: Epoch(1),
+                to: NodeId(2)
+            }));
+    for n in &c.nodes {
+        assert_eq!(n.replica().leader(), None, "{} looks", n.replica().id());
+    }
+    // The election (appointed here) picks the nominee.
+    c.decide(NodeId(2));
+    c.pump();
+    assert!(c.nodes[1].is_leader());
+    assert_eq!(c.nodes[1].replica().hard_state().current_epoch, Epoch(2));
+    assert!(c.nodes[1].replica().commit_zxid() >= last);
+
+    // A target that cannot catch up: given up after an election timeout.
+    c.cut = vec![NodeId(3)];
+    c.propose(1, Bytes::from_static(b"n3 misses this"), 101)
+        .unwrap();
+    c.pump();
+    let now = c.now;
+    c.nodes[1].transfer_leadership(now, NodeId(3)).unwrap();
+    // Past the election timeout (500 ms by default).
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(20));
+    }
+    assert!(
+        c.events
+            .iter()
+            .any(|(n, e)| *n == NodeId(2)
+                && matches!(e, NodeEvent::TransferAborted { to: NodeId(3) }))
+    );
+    assert!(c.nodes[1].is_leader());
+    assert_eq!(c.nodes[1].replica().transferring_to(), None);
+    c.propose(1, Bytes::from_static(b"again"), 102).unwrap();
 }

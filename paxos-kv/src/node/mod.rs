@@ -744,6 +744,8 @@ impl Driver {
                 }
             }
             NodeEvent::ElectionDecided(_)
+            | NodeEvent::HandedOff { .. }
+            | NodeEvent::TransferAborted { .. }
             | NodeEvent::Settled { .. }
             | NodeEvent::StorageReadFailed(_) => {}
         }
