@@ -6,10 +6,10 @@
 //!
 //! A client certificate is signed by the cluster CA and names its principal
 //! and role with exactly one URI subject alternative name,
-//! `paxos-client://<role>/<name>`: `<role>` is `rw` ([`Role::ReadWrite`]) or
-//! `ro` ([`Role::ReadOnly`]); `<name>` is 1 to 64 ASCII letters, digits,
+//! `paxos-client://<role>/<name>`: `<role>` is `rw` ([`Role::ReadWrite`]),
+//! `ro` ([`Role::ReadOnly`]) or `admin` ([`Role::Admin`]); `<name>` is 1 to 64 ASCII letters, digits,
 //! `.`, `_` or `-`, starting with a letter or digit. `paxos-node certs
-//! --clients alice,bob:ro` issues them (see `paxos_net_quic::certs`).
+//! --clients alice,bob:ro,ops:admin` issues them (see `paxos_net_quic::certs`).
 //! A certificate without such a URI (a node's), with two of them, or with a
 //! malformed one names no principal and is refused.
 
@@ -24,29 +24,39 @@ pub enum Role {
     ReadWrite,
     /// Reads and status; every write is refused before it is proposed.
     ReadOnly,
+    /// Everything [`Role::ReadWrite`] may do, and cluster administration
+    /// (`paxos-client admin ...`: leadership and membership changes).
+    Admin,
 }
 
 impl Role {
-    /// The role's name in a client certificate: `rw` or `ro`.
+    /// The role's name in a client certificate: `rw`, `ro` or `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ReadWrite => "rw",
             Role::ReadOnly => "ro",
+            Role::Admin => "admin",
         }
     }
 
-    /// Parses `rw` or `ro`.
+    /// Parses `rw`, `ro` or `admin`.
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "rw" => Some(Role::ReadWrite),
             "ro" => Some(Role::ReadOnly),
+            "admin" => Some(Role::Admin),
             _ => None,
         }
     }
 
     /// Whether this role may make replicated writes.
     pub fn may_write(self) -> bool {
-        self == Role::ReadWrite
+        matches!(self, Role::ReadWrite | Role::Admin)
+    }
+
+    /// Whether this role may administer the cluster.
+    pub fn may_admin(self) -> bool {
+        self == Role::Admin
     }
 }
 
@@ -79,9 +89,10 @@ pub enum AuthError {
     /// More than one principal URI.
     #[error("certificate names more than one client principal")]
     Ambiguous,
-    /// A principal URI that does not follow `paxos-client://<rw|ro>/<name>`.
+    /// A principal URI that does not follow
+    /// `paxos-client://<rw|ro|admin>/<name>`.
     #[error(
-        "malformed client principal URI {0:?} (expected {PRINCIPAL_URI_SCHEME}://<rw|ro>/<name>)"
+        "malformed client principal URI {0:?} (expected {PRINCIPAL_URI_SCHEME}://<rw|ro|admin>/<name>)"
     )]
     Malformed(String),
 }
@@ -103,11 +114,11 @@ impl Principal {
     }
 
     /// The principal of every connection to a client port without TLS:
-    /// [`ANONYMOUS`], read-write.
+    /// [`ANONYMOUS`], with every right ([`Role::Admin`]).
     pub fn anonymous() -> Principal {
         Principal {
             name: ANONYMOUS.to_string(),
-            role: Role::ReadWrite,
+            role: Role::Admin,
         }
     }
 
@@ -126,7 +137,7 @@ impl Principal {
         format!("{PRINCIPAL_URI_SCHEME}://{}/{}", self.role, self.name)
     }
 
-    /// Parses `paxos-client://<rw|ro>/<name>`; `Ok(None)` if `uri` has
+    /// Parses `paxos-client://<rw|ro|admin>/<name>`; `Ok(None)` if `uri` has
     /// another scheme.
     pub fn from_uri(uri: &str) -> Result<Option<Principal>, AuthError> {
         let Some(rest) = uri

@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client_proto::{next_frame, write_frames, ReadMode, Request, Response};
+use crate::client_proto::{next_frame, write_frames, AdminRequest, ReadMode, Request, Response};
 use crate::kv::{KvCommand, KvOp, KvResult};
 use crate::tls::{describe_tls_error, ClientSecurity, ClientTlsConfig};
 
@@ -622,6 +622,19 @@ impl Client {
     pub async fn get(&self, key: Bytes, mode: ReadMode) -> Result<Option<Bytes>, ClientError> {
         match self.call(Request::Get { key, mode }).await? {
             Response::Value(v) => Ok(v),
+            Response::Error(e) => Err(ClientError::Node(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs a cluster administration command (the connection's principal
+    /// needs role `admin`) and returns the node's JSON answer. A leader
+    /// transfer goes to the leader (redirects are followed) and answers
+    /// once the leader has handed over; `Members` is answered by the first
+    /// node reached (the leader's answer has each member's progress).
+    pub async fn admin(&self, req: AdminRequest) -> Result<String, ClientError> {
+        match self.call(Request::Admin(req)).await? {
+            Response::Admin(json) => Ok(json),
             Response::Error(e) => Err(ClientError::Node(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }

@@ -44,6 +44,22 @@ pub enum Request {
     },
     /// The node's view of the cluster.
     Status,
+    /// A cluster administration command (role `admin` only).
+    Admin(AdminRequest),
+}
+
+/// A cluster administration command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Hand the leadership to voter `to` (the leader answers once it has
+    /// handed over; a follower redirects to the leader).
+    TransferLeader {
+        /// The node id of the voter to lead.
+        to: u64,
+    },
+    /// The configuration and each member's role and progress, as this node
+    /// sees them (the leader knows every member's progress).
+    Members,
 }
 
 /// A response body.
@@ -67,6 +83,8 @@ pub enum Response {
     /// superseded at its log position), so this attempt was not applied.
     /// A text starting with `retry:` is transient.
     Error(String),
+    /// An administration command's result, as JSON.
+    Admin(String),
     /// A write that the node proposed but can no longer follow (its
     /// leadership ended before the write committed): it may still commit
     /// under the next leader, or never. Retrying the same command in the
@@ -89,6 +107,9 @@ pub enum ProtoError {
     /// A field is longer than allowed.
     #[error("client frame field of {0} bytes is too long")]
     TooLong(usize),
+    /// Bytes follow a complete request.
+    #[error("{0} bytes after the end of the client request")]
+    Trailing(usize),
     /// The embedded command of request `id` is malformed; the frame itself
     /// is sound, so the request can be answered and the connection kept.
     #[error("request {id}: invalid command: {source}")]
@@ -144,6 +165,16 @@ impl Request {
                 put(buf, key);
             }
             Request::Status => buf.put_u8(3),
+            Request::Admin(a) => {
+                buf.put_u8(4);
+                match a {
+                    AdminRequest::TransferLeader { to } => {
+                        buf.put_u8(1);
+                        buf.put_u64_le(*to);
+                    }
+                    AdminRequest::Members => buf.put_u8(2),
+                }
+            }
         }
         let len = (buf.len() - start - 4) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -160,7 +191,7 @@ impl Request {
                 // Validate; keep the zero-copy slice for the replicated log.
                 KvCommand::decode(src.clone())
                     .map_err(|source| ProtoError::Command { id, source })?;
-                Request::Write(src)
+                return Ok((id, Request::Write(src)));
             }
             2 => {
                 if src.remaining() < 1 {
@@ -177,8 +208,28 @@ impl Request {
                 }
             }
             3 => Request::Status,
+            4 => {
+                if src.remaining() < 1 {
+                    return Err(ProtoError::Truncated);
+                }
+                Request::Admin(match src.get_u8() {
+                    1 => {
+                        if src.remaining() < 8 {
+                            return Err(ProtoError::Truncated);
+                        }
+                        AdminRequest::TransferLeader {
+                            to: src.get_u64_le(),
+                        }
+                    }
+                    2 => AdminRequest::Members,
+                    t => return Err(ProtoError::UnknownTag(t)),
+                })
+            }
             t => return Err(ProtoError::UnknownTag(t)),
         };
+        if src.has_remaining() {
+            return Err(ProtoError::Trailing(src.remaining()));
+        }
         Ok((id, req))
     }
 }
@@ -221,6 +272,10 @@ impl Response {
                 buf.put_u8(6);
                 put(buf, e.as_bytes());
             }
+            Response::Admin(s) => {
+                buf.put_u8(7);
+                put(buf, s.as_bytes());
+            }
         }
         let len = (buf.len() - start - 4) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -258,6 +313,7 @@ impl Response {
             4 => Response::Status(text(&mut src)?),
             5 => Response::Error(text(&mut src)?),
             6 => Response::OutcomeUnknown(text(&mut src)?),
+            7 => Response::Admin(text(&mut src)?),
             t => return Err(ProtoError::UnknownTag(t)),
         };
         Ok((id, resp))
@@ -403,6 +459,35 @@ mod tests {
             Request::decode(frame),
             Err(ProtoError::Command { id: 7, .. })
         ));
+    }
+
+    #[test]
+    fn admin_requests_round_trip_and_truncations_are_refused() {
+        for (id, req) in [
+            (4, Request::Admin(AdminRequest::TransferLeader { to: 3 })),
+            (5, Request::Admin(AdminRequest::Members)),
+        ] {
+            let mut buf = BytesMut::new();
+            req.encode_frame(id, &mut buf);
+            let frame = next_frame(&mut buf).unwrap().unwrap();
+            assert_eq!(Request::decode(frame.clone()).unwrap(), (id, req));
+            for cut in 0..frame.len() {
+                assert!(Request::decode(frame.slice(..cut)).is_err(), "cut at {cut}");
+            }
+            let mut long = frame.to_vec();
+            long.push(0);
+            assert!(matches!(
+                Request::decode(Bytes::from(long)),
+                Err(ProtoError::Trailing(1))
+            ));
+        }
+        let mut buf = BytesMut::new();
+        Response::Admin("{}".into()).encode_frame(6, &mut buf);
+        let frame = next_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            Response::decode(frame).unwrap(),
+            (6, Response::Admin("{}".into()))
+        );
     }
 
     #[test]

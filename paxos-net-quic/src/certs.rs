@@ -464,22 +464,28 @@ pub enum ClientRole {
     ReadWrite,
     /// Reads only (`ro`).
     ReadOnly,
+    /// Reads, writes and cluster administration (`admin`): membership and
+    /// leadership changes.
+    Admin,
 }
 
 impl ClientRole {
-    /// The role's name in a client certificate's URI: `rw` or `ro`.
+    /// The role's name in a client certificate's URI: `rw`, `ro` or
+    /// `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             ClientRole::ReadWrite => "rw",
             ClientRole::ReadOnly => "ro",
+            ClientRole::Admin => "admin",
         }
     }
 
-    /// Parses `rw` or `ro`.
+    /// Parses `rw`, `ro` or `admin`.
     pub fn parse(s: &str) -> Option<ClientRole> {
         match s {
             "rw" => Some(ClientRole::ReadWrite),
             "ro" => Some(ClientRole::ReadOnly),
+            "admin" => Some(ClientRole::Admin),
             _ => None,
         }
     }
@@ -894,7 +900,8 @@ mod tests {
         }
         assert_eq!(ClientRole::parse("rw"), Some(ClientRole::ReadWrite));
         assert_eq!(ClientRole::parse("ro"), Some(ClientRole::ReadOnly));
-        assert_eq!(ClientRole::parse("admin"), None);
+        assert_eq!(ClientRole::parse("admin"), Some(ClientRole::Admin));
+        assert_eq!(ClientRole::parse("root"), None);
     }
 
     #[test]

@@ -271,6 +271,7 @@ impl LocalCluster {
                 let role = match role {
                     Role::ReadWrite => paxos_net_quic::certs::ClientRole::ReadWrite,
                     Role::ReadOnly => paxos_net_quic::certs::ClientRole::ReadOnly,
+                    Role::Admin => paxos_net_quic::certs::ClientRole::Admin,
                 };
                 (name.clone(), role)
             })

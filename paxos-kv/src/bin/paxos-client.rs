@@ -4,7 +4,12 @@
 //! paxos-client --cluster 127.0.0.1:8001,127.0.0.1:8002 --certs certs --name alice put k v
 //! paxos-client --cluster 127.0.0.1:8001 --ca ca.pem --cert alice.pem --key alice.key.pem get k [--stale]
 //! paxos-client --cluster 127.0.0.1:8001 --insecure-plaintext status
+//! paxos-client --cluster 127.0.0.1:8001 --certs certs --name ops admin transfer-leader 2
+//! paxos-client --cluster 127.0.0.1:8001 --certs certs --name ops admin members
 //! ```
+//!
+//! `admin` commands need a certificate with role `admin`
+//! (`paxos-node certs --clients ops:admin`).
 //!
 //! TLS with a client certificate is the default: `--certs DIR --name NAME`
 //! reads `DIR/ca.pem`, `DIR/client-NAME.pem` and `DIR/client-NAME.key.pem`
@@ -16,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use paxos_kv::client::{Client, ClientError, Session};
-use paxos_kv::client_proto::ReadMode;
+use paxos_kv::client_proto::{AdminRequest, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_kv::tls::{ClientSecurity, ClientTlsConfig};
 use std::net::SocketAddr;
@@ -92,6 +97,24 @@ enum Command {
     },
     /// Every node's view: role, leader, epoch, commit point, peers.
     Status,
+    /// Cluster administration (needs role admin).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Hand the leadership to voter ID: the leader stops proposing, brings
+    /// ID up to date and steps down; ID stands for election as the nominee.
+    TransferLeader {
+        /// The node id of the voter to lead.
+        id: u64,
+    },
+    /// The configuration and each member's role (and, from the leader,
+    /// its progress).
+    Members,
 }
 
 /// The exit status when a write's outcome is unknown (it may or may not
@@ -201,6 +224,16 @@ async fn main() -> Result<()> {
                 }
                 other => bail!("unexpected result {other:?}"),
             }
+        }
+        Command::Admin { command } => {
+            let req = match command {
+                AdminCommand::TransferLeader { id } => AdminRequest::TransferLeader { to: id },
+                AdminCommand::Members => AdminRequest::Members,
+            };
+            let json = client.admin(req).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&json).context("node sent bad admin JSON")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Status => {
             for addr in &cli.cluster {

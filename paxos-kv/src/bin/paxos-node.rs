@@ -163,7 +163,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<u64>,
         /// Clients, comma separated: NAME (read-write) or NAME:ro
-        /// (read-only; NAME:rw is read-write). Writes client-NAME.pem and
+        /// (read-only; NAME:rw is read-write; NAME:admin may also run
+        /// `paxos-client admin`). Writes client-NAME.pem and
         /// client-NAME.key.pem.
         #[arg(long, value_delimiter = ',')]
         clients: Vec<String>,
@@ -198,7 +199,7 @@ fn main() -> Result<()> {
                         Some((name, role)) => (
                             name,
                             ClientRole::parse(role).with_context(|| {
-                                format!("client {spec:?}: role must be rw or ro")
+                                format!("client {spec:?}: role must be rw, ro or admin")
                             })?,
                         ),
                         None => (spec.as_str(), ClientRole::ReadWrite),

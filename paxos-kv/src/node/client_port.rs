@@ -54,7 +54,10 @@ fn reply_bytes(resp: &Response) -> usize {
     let payload = match resp {
         Response::Written(b) => b.len(),
         Response::Value(v) => v.as_ref().map_or(0, |v| v.len()),
-        Response::Status(t) | Response::Error(t) | Response::OutcomeUnknown(t) => t.len(),
+        Response::Status(t)
+        | Response::Error(t)
+        | Response::OutcomeUnknown(t)
+        | Response::Admin(t) => t.len(),
         Response::NotLeader { addr, .. } => addr.as_ref().map_or(0, |a| a.len()),
     };
     payload + 32
@@ -140,7 +143,7 @@ impl ToDriver {
         let bytes = match &req {
             Request::Write(cmd) => cmd.len(),
             Request::Get { key, .. } => key.len(),
-            Request::Status => 0,
+            Request::Status | Request::Admin(_) => 0,
         };
         // A frame is at most MAX_CLIENT_FRAME_BYTES, well below the budget.
         let budget = self.budget.take(bytes.max(1)).await;
@@ -442,6 +445,16 @@ async fn serve_client<R, W>(
                                 Ok((id, Request::Write(_))) if !principal.role().may_write() => {
                                     let why = format!(
                                         "{FORBIDDEN_PREFIX} principal {} has role {}; writes need role rw",
+                                        principal.name(),
+                                        principal.role()
+                                    );
+                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                Ok((id, Request::Admin(_))) if !principal.role().may_admin() => {
+                                    let why = format!(
+                                        "{FORBIDDEN_PREFIX} principal {} has role {}; admin commands need role admin",
                                         principal.name(),
                                         principal.role()
                                     );

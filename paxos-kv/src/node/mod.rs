@@ -61,6 +61,7 @@ use crate::client_proto::{ReadMode, Request, Response};
 use crate::identity::{self, Identity, Standing};
 use crate::kv::KvStore;
 
+mod admin;
 mod client_port;
 mod fault_file;
 mod options;
@@ -182,6 +183,8 @@ struct Driver {
     stats: Stats,
     /// Asks the sync thread for one `Wal::sync`.
     sync_requests: std::sync::mpsc::Sender<SyncId>,
+    /// An administrator's leader transfer waiting for its outcome.
+    pending_transfer: Option<(NodeId, client_port::Reply)>,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -427,6 +430,7 @@ pub async fn run_node(
         buf: BytesMut::with_capacity(1 << 20),
         stats: Stats::default(),
         sync_requests,
+        pending_transfer: None,
     };
 
     tokio::pin!(shutdown);
@@ -606,6 +610,7 @@ impl Driver {
                 }
             }
             Request::Status => reply.send(Response::Status(self.status_json())),
+            Request::Admin(a) => self.on_admin(a, reply),
         }
     }
 
@@ -728,7 +733,16 @@ impl Driver {
             } => self.send_snapshot(to, snapshot, offset),
             NodeEvent::SnapshotChunk { from, chunk } => self.receive_chunk(from, chunk),
             NodeEvent::SnapshotDue => self.take_snapshot(),
-            NodeEvent::LostLeader => self.outgoing.clear(),
+            NodeEvent::LostLeader => {
+                self.outgoing.clear();
+                self.on_transfer_outcome(self.id, admin::TransferOutcome::LeadershipLost);
+            }
+            NodeEvent::HandedOff { to } => {
+                self.on_transfer_outcome(to, admin::TransferOutcome::HandedOff)
+            }
+            NodeEvent::TransferAborted { to } => {
+                self.on_transfer_outcome(to, admin::TransferOutcome::Aborted)
+            }
             NodeEvent::RecoveryComplete { .. } => {
                 // The kernel's flag is cleared durably; the identity follows
                 // (a crash in between only makes the next start recover again).
@@ -744,8 +758,6 @@ impl Driver {
                 }
             }
             NodeEvent::ElectionDecided(_)
-            | NodeEvent::HandedOff { .. }
-            | NodeEvent::TransferAborted { .. }
             | NodeEvent::Settled { .. }
             | NodeEvent::StorageReadFailed(_) => {}
         }

@@ -2,6 +2,7 @@
 //! WAL on disk.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin;
 mod client_limits;
 mod clock_faults;
 mod cluster;
