@@ -63,6 +63,7 @@ use crate::kv::KvStore;
 
 mod client_port;
 mod fault_file;
+mod metrics;
 mod options;
 mod snapshots;
 mod status;
@@ -73,6 +74,7 @@ use client_port::{
     MAX_REPLY_BYTES,
 };
 use fault_file::{Faults, MonotonicClock};
+use metrics::{NodeMetrics, RequestKind, RequestResult, TimedStore};
 pub use options::{
     default_retention_entries, format_members, parse_members, Member, NodeOptions,
     DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_INLINE_SYNC_BYTES,
@@ -118,14 +120,16 @@ const MAX_DEFERRED_CHUNKS: usize = 64;
 
 /// What a client request waits on in the node layer.
 enum Waiter {
-    /// A write: answered with the state machine's result.
-    Write(Reply),
+    /// A write: answered with the state machine's result; `proposed` is
+    /// when it was proposed (for the commit latency).
+    Write { reply: Reply, proposed: Instant },
     /// A linearizable read of `key`: answered from the store once confirmed.
     Read { key: Bytes, reply: Reply },
 }
 
 /// The node layer as the reference node runs it.
-type Core = Node<NodeStorage, FastElection, KvStore, Waiter>;
+/// The store is wrapped to time its applies (see [`metrics`]).
+type Core = Node<NodeStorage, FastElection, TimedStore, Waiter>;
 
 /// A finished snapshot thread's report: the zxid, and the file and time taken.
 type SnapshotDone = (Zxid, Result<(StoredSnapshot, Duration), String>);
@@ -182,6 +186,11 @@ struct Driver {
     stats: Stats,
     /// Asks the sync thread for one `Wal::sync`.
     sync_requests: std::sync::mpsc::Sender<SyncId>,
+    /// The Prometheus metrics (recorded whether or not they are served).
+    metrics: NodeMetrics,
+    /// Whether `/metrics` is served: only then are the state-derived
+    /// gauges refreshed.
+    metrics_served: bool,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -347,19 +356,41 @@ pub async fn run_node(
         .clone()
         .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
 
+    // Metrics, and their listener when asked for (bound before the node
+    // starts, so that a taken port fails the start).
+    let metrics = NodeMetrics::new();
+    let metrics_task = match opts.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics.registry())))
+        }
+        None => None,
+    };
+
     // The sync thread: one `Wal::sync` per request, the result sent back.
     let wal = replica.storage().inner.wal_handle();
     let sync_faults = faults.clone();
+    let sync_metrics = metrics.sync_recorder();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<SyncId>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<SyncDone>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
             while let Ok(sync) = sync_rx.recv() {
+                let started = Instant::now();
+                // Approximate when an inline sync runs meanwhile: its
+                // entries are then counted here too.
+                let before = wal.durable_key();
                 sync_faults.delay_sync();
                 let r = wal
                     .sync()
-                    .map(|_| ())
+                    .map(|after| {
+                        let entries = metrics::entries_between(before, after);
+                        sync_metrics.record(started.elapsed(), entries);
+                    })
                     .map_err(|e| StorageError::io("the background WAL sync", e));
                 if sync_done_tx.send((sync, r)).is_err() {
                     break;
@@ -406,7 +437,8 @@ pub async fn run_node(
         skip_entries: opts.skip_entries.clone(),
         ..NodeConfig::default()
     };
-    let node = Node::new(replica, elector, kv, node_config).context("starting the node layer")?;
+    let node = Node::new(replica, elector, TimedStore::new(kv), node_config)
+        .context("starting the node layer")?;
     let mut d = Driver {
         id,
         members: opts.members.clone(),
@@ -427,6 +459,8 @@ pub async fn run_node(
         buf: BytesMut::with_capacity(1 << 20),
         stats: Stats::default(),
         sync_requests,
+        metrics,
+        metrics_served: metrics_task.is_some(),
     };
 
     tokio::pin!(shutdown);
@@ -498,6 +532,9 @@ pub async fn run_node(
     if let Some(t) = fault_task {
         t.abort();
     }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let metrics = d.transport.shutdown().await;
     tracing::info!(id = %d.id, ?metrics, "node stopped");
     result
@@ -532,6 +569,9 @@ impl Driver {
             self.node.snapshot_progress(now, zxid, total, true);
         }
         self.node.handle_timeout(now);
+        if self.metrics_served && self.metrics.refresh_due(Instant::now()) {
+            self.refresh_metrics();
+        }
     }
 
     fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
@@ -572,24 +612,39 @@ impl Driver {
         } = msg;
         let now = self.now();
         match req {
-            Request::Write(cmd) => match self.node.propose(now, cmd, Waiter::Write(reply)) {
-                Ok(_) => {}
-                Err(r) => {
-                    let resp = match r.error {
-                        ProposeRejected::Kernel(ProposeError::NotLeader { .. }) => {
-                            self.leader_hint()
-                        }
-                        ProposeRejected::Busy { .. } => Response::Error("retry: busy".into()),
-                        ProposeRejected::Kernel(e) => Response::Error(e.to_string()),
-                    };
-                    r.token.answer(resp);
+            Request::Write(cmd) => {
+                let waiter = Waiter::Write {
+                    reply,
+                    proposed: Instant::now(),
+                };
+                match self.node.propose(now, cmd, waiter) {
+                    Ok(_) => self
+                        .metrics
+                        .request(RequestKind::Write, RequestResult::Accepted),
+                    Err(r) => {
+                        let (resp, result) = match r.error {
+                            ProposeRejected::Kernel(ProposeError::NotLeader { .. }) => {
+                                (self.leader_hint(), RequestResult::NotLeader)
+                            }
+                            ProposeRejected::Busy { .. } => {
+                                (Response::Error("retry: busy".into()), RequestResult::Busy)
+                            }
+                            ProposeRejected::Kernel(e) => {
+                                (Response::Error(e.to_string()), RequestResult::Refused)
+                            }
+                        };
+                        self.metrics.request(RequestKind::Write, result);
+                        r.token.answer(resp);
+                    }
                 }
-            },
+            }
             Request::Get {
                 key,
                 mode: ReadMode::Stale,
             } => {
                 let v = self.node.state_machine().get(&key).cloned();
+                self.metrics
+                    .request(RequestKind::StaleRead, RequestResult::Accepted);
                 reply.send(Response::Value(v));
             }
             Request::Get {
@@ -597,12 +652,23 @@ impl Driver {
                 mode: ReadMode::Linearizable,
             } => {
                 let bytes = key.len();
-                if let Err(r) = self.node.read(now, bytes, Waiter::Read { key, reply }) {
-                    let resp = match r.error {
-                        ReadRejected::NotLeader { .. } => self.leader_hint(),
-                        ReadRejected::Busy => Response::Error("retry: too many reads".into()),
-                    };
-                    r.token.answer(resp);
+                match self.node.read(now, bytes, Waiter::Read { key, reply }) {
+                    Ok(()) => self
+                        .metrics
+                        .request(RequestKind::Read, RequestResult::Accepted),
+                    Err(r) => {
+                        let (resp, result) = match r.error {
+                            ReadRejected::NotLeader { .. } => {
+                                (self.leader_hint(), RequestResult::NotLeader)
+                            }
+                            ReadRejected::Busy => (
+                                Response::Error("retry: too many reads".into()),
+                                RequestResult::Busy,
+                            ),
+                        };
+                        self.metrics.request(RequestKind::Read, result);
+                        r.token.answer(resp);
+                    }
                 }
             }
             Request::Status => reply.send(Response::Status(self.status_json())),
@@ -615,7 +681,11 @@ impl Driver {
         for _ in 0..MAX_DRAIN_ROUNDS {
             self.pump_snapshots();
             let now = self.now();
-            if let Err(e) = self.node.process(now) {
+            let processed = self.node.process(now);
+            if let Some((took, entries)) = self.node.state_machine().take_batch() {
+                self.metrics.applied_batch(took, entries);
+            }
+            if let Err(e) = processed {
                 return Err(self.stopped(e));
             }
             if !self.carry_out()? {
@@ -702,7 +772,12 @@ impl Driver {
 
     fn on_event(&mut self, ev: NodeEvent<Waiter>) {
         match ev {
-            NodeEvent::Written { token, result, .. } => token.answer(Response::Written(result)),
+            NodeEvent::Written { token, result, .. } => {
+                if let Waiter::Write { proposed, .. } = &token {
+                    self.metrics.write_committed(*proposed);
+                }
+                token.answer(Response::Written(result))
+            }
             NodeEvent::Superseded { token } => token.answer(Response::Error(
                 "retry: superseded by another leader".into(),
             )),
@@ -713,7 +788,7 @@ impl Driver {
                 Waiter::Read { key, reply } => reply.send(Response::Value(
                     self.node.state_machine().get(&key).cloned(),
                 )),
-                Waiter::Write(reply) => {
+                Waiter::Write { reply, .. } => {
                     tracing::error!("a write's token came back as a read; answering retry");
                     reply.send(Response::Error("retry: internal".into()))
                 }
@@ -743,9 +818,9 @@ impl Driver {
                     }
                 }
             }
-            NodeEvent::ElectionDecided(_)
-            | NodeEvent::Settled { .. }
-            | NodeEvent::StorageReadFailed(_) => {}
+            NodeEvent::ElectionDecided(_) => self.metrics.election_decided(),
+            NodeEvent::Settled { epoch, .. } => self.metrics.settled(epoch),
+            NodeEvent::StorageReadFailed(_) => {}
         }
     }
 }
@@ -754,7 +829,7 @@ impl Waiter {
     /// Answers the client, whatever it asked.
     fn answer(self, resp: Response) {
         match self {
-            Waiter::Write(reply) | Waiter::Read { reply, .. } => reply.send(resp),
+            Waiter::Write { reply, .. } | Waiter::Read { reply, .. } => reply.send(resp),
         }
     }
 }
