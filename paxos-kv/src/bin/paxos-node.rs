@@ -151,6 +151,12 @@ enum Command {
         /// `sync_delay_ms=N` and `clock_offset_ms=N` lines.
         #[arg(long, hide = true)]
         fault_file: Option<PathBuf>,
+        /// Serve Prometheus metrics (OpenMetrics text) at
+        /// http://ADDR/metrics, e.g. 127.0.0.1:9100. Off by default. The
+        /// listener has no authentication: bind it where only the
+        /// monitoring system reaches it.
+        #[arg(long, value_name = "IP:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Write node and client certificates as PEM files, signed by the
     /// directory's CA (ca.pem and ca.key.pem, created on the first run and
@@ -263,6 +269,7 @@ fn main() -> Result<()> {
             lease_reads,
             lease_clock_drift_ms,
             fault_file,
+            metrics_addr,
         } => {
             let members = parse_members(&members)?;
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
@@ -295,6 +302,7 @@ fn main() -> Result<()> {
                 );
             }
             opts.fault_file = fault_file;
+            opts.metrics_addr = metrics_addr;
             opts.max_sessions = max_sessions;
             opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
             opts.skip_entries = skip_entries;

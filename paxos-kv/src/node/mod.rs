@@ -64,6 +64,7 @@ use crate::kv::KvStore;
 mod admin;
 mod client_port;
 mod fault_file;
+mod metrics;
 mod options;
 mod snapshots;
 mod status;
@@ -74,6 +75,7 @@ use client_port::{
     MAX_REPLY_BYTES,
 };
 use fault_file::{Faults, MonotonicClock};
+use metrics::{NodeMetrics, RequestKind, RequestResult, TimedStore};
 pub use options::{
     default_retention_entries, format_members, parse_members, Member, NodeOptions,
     DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_INLINE_SYNC_BYTES,
@@ -119,14 +121,16 @@ const MAX_DEFERRED_CHUNKS: usize = 64;
 
 /// What a client request waits on in the node layer.
 enum Waiter {
-    /// A write: answered with the state machine's result.
-    Write(Reply),
+    /// A write: answered with the state machine's result; `proposed` is
+    /// when it was proposed (for the commit latency).
+    Write { reply: Reply, proposed: Instant },
     /// A linearizable read of `key`: answered from the store once confirmed.
     Read { key: Bytes, reply: Reply },
 }
 
 /// The node layer as the reference node runs it.
-type Core = Node<NodeStorage, FastElection, KvStore, Waiter>;
+/// The store is wrapped to time its applies (see [`metrics`]).
+type Core = Node<NodeStorage, FastElection, TimedStore, Waiter>;
 
 /// A finished snapshot thread's report: the zxid, and the file and time taken.
 type SnapshotDone = (Zxid, Result<(StoredSnapshot, Duration), String>);
@@ -185,6 +189,11 @@ struct Driver {
     sync_requests: std::sync::mpsc::Sender<SyncId>,
     /// An administrator's leader transfer waiting for its outcome.
     pending_transfer: Option<(NodeId, client_port::Reply)>,
+    /// The Prometheus metrics (recorded whether or not they are served).
+    metrics: NodeMetrics,
+    /// Whether `/metrics` is served: only then are the state-derived
+    /// gauges refreshed.
+    metrics_served: bool,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -350,19 +359,41 @@ pub async fn run_node(
         .clone()
         .map(|path| tokio::spawn(fault_file::poll(path, faults.clone())));
 
+    // Metrics, and their listener when asked for (bound before the node
+    // starts, so that a taken port fails the start).
+    let metrics = NodeMetrics::new();
+    let metrics_task = match opts.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics.registry())))
+        }
+        None => None,
+    };
+
     // The sync thread: one `Wal::sync` per request, the result sent back.
     let wal = replica.storage().inner.wal_handle();
     let sync_faults = faults.clone();
+    let sync_metrics = metrics.sync_recorder();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<SyncId>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<SyncDone>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
             while let Ok(sync) = sync_rx.recv() {
+                let started = Instant::now();
+                // Approximate when an inline sync runs meanwhile: its
+                // entries are then counted here too.
+                let before = wal.durable_key();
                 sync_faults.delay_sync();
                 let r = wal
                     .sync()
-                    .map(|_| ())
+                    .map(|after| {
+                        let entries = metrics::entries_between(before, after);
+                        sync_metrics.record(started.elapsed(), entries);
+                    })
                     .map_err(|e| StorageError::io("the background WAL sync", e));
                 if sync_done_tx.send((sync, r)).is_err() {
                     break;
@@ -409,7 +440,8 @@ pub async fn run_node(
         skip_entries: opts.skip_entries.clone(),
         ..NodeConfig::default()
     };
-    let node = Node::new(replica, elector, kv, node_config).context("starting the node layer")?;
+    let node = Node::new(replica, elector, TimedStore::new(kv), node_config)
+        .context("starting the node layer")?;
     let mut d = Driver {
         id,
         members: opts.members.clone(),
@@ -431,6 +463,8 @@ pub async fn run_node(
         stats: Stats::default(),
         sync_requests,
         pending_transfer: None,
+        metrics,
+        metrics_served: metrics_task.is_some(),
     };
 
     tokio::pin!(shutdown);
@@ -502,6 +536,9 @@ pub async fn run_node(
     if let Some(t) = fault_task {
         t.abort();
     }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let metrics = d.transport.shutdown().await;
     tracing::info!(id = %d.id, ?metrics, "node stopped");
     result
@@ -536,6 +573,9 @@ impl Driver {
             self.node.snapshot_progress(now, zxid, total, true);
         }
         self.node.handle_timeout(now);
+        if self.metrics_served && self.metrics.refresh_due(Instant::now()) {
+            self.refresh_metrics();
+        }
     }
 
     fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
@@ -576,24 +616,39 @@ impl Driver {
         } = msg;
         let now = self.now();
         match req {
-            Request::Write(cmd) => match self.node.propose(now, cmd, Waiter::Write(reply)) {
-                Ok(_) => {}
-                Err(r) => {
-                    let resp = match r.error {
-                        ProposeRejected::Kernel(ProposeError::NotLeader { .. }) => {
-                            self.leader_hint()
-                        }
-                        ProposeRejected::Busy { .. } => Response::Error("retry: busy".into()),
-                        ProposeRejected::Kernel(e) => Response::Error(e.to_string()),
-                    };
-                    r.token.answer(resp);
+            Request::Write(cmd) => {
+                let waiter = Waiter::Write {
+                    reply,
+                    proposed: Instant::now(),
+                };
+                match self.node.propose(now, cmd, waiter) {
+                    Ok(_) => self
+                        .metrics
+                        .request(RequestKind::Write, RequestResult::Accepted),
+                    Err(r) => {
+                        let (resp, result) = match r.error {
+                            ProposeRejected::Kernel(ProposeError::NotLeader { .. }) => {
+                                (self.leader_hint(), RequestResult::NotLeader)
+                            }
+                            ProposeRejected::Busy { .. } => {
+                                (Response::Error("retry: busy".into()), RequestResult::Busy)
+                            }
+                            ProposeRejected::Kernel(e) => {
+                                (Response::Error(e.to_string()), RequestResult::Refused)
+                            }
+                        };
+                        self.metrics.request(RequestKind::Write, result);
+                        r.token.answer(resp);
+                    }
                 }
-            },
+            }
             Request::Get {
                 key,
                 mode: ReadMode::Stale,
             } => {
                 let v = self.node.state_machine().get(&key).cloned();
+                self.metrics
+                    .request(RequestKind::StaleRead, RequestResult::Accepted);
                 reply.send(Response::Value(v));
             }
             Request::Get {
@@ -601,12 +656,23 @@ impl Driver {
                 mode: ReadMode::Linearizable,
             } => {
                 let bytes = key.len();
-                if let Err(r) = self.node.read(now, bytes, Waiter::Read { key, reply }) {
-                    let resp = match r.error {
-                        ReadRejected::NotLeader { .. } => self.leader_hint(),
-                        ReadRejected::Busy => Response::Error("retry: too many reads".into()),
-                    };
-                    r.token.answer(resp);
+                match self.node.read(now, bytes, Waiter::Read { key, reply }) {
+                    Ok(()) => self
+                        .metrics
+                        .request(RequestKind::Read, RequestResult::Accepted),
+                    Err(r) => {
+                        let (resp, result) = match r.error {
+                            ReadRejected::NotLeader { .. } => {
+                                (self.leader_hint(), RequestResult::NotLeader)
+                            }
+                            ReadRejected::Busy => (
+                                Response::Error("retry: too many reads".into()),
+                                RequestResult::Busy,
+                            ),
+                        };
+                        self.metrics.request(RequestKind::Read, result);
+                        r.token.answer(resp);
+                    }
                 }
             }
             Request::Status => reply.send(Response::Status(self.status_json())),
@@ -620,7 +686,11 @@ impl Driver {
         for _ in 0..MAX_DRAIN_ROUNDS {
             self.pump_snapshots();
             let now = self.now();
-            if let Err(e) = self.node.process(now) {
+            let processed = self.node.process(now);
+            if let Some((took, entries)) = self.node.state_machine().take_batch() {
+                self.metrics.applied_batch(took, entries);
+            }
+            if let Err(e) = processed {
                 return Err(self.stopped(e));
             }
             if !self.carry_out()? {
@@ -707,7 +777,12 @@ impl Driver {
 
     fn on_event(&mut self, ev: NodeEvent<Waiter>) {
         match ev {
-            NodeEvent::Written { token, result, .. } => token.answer(Response::Written(result)),
+            NodeEvent::Written { token, result, .. } => {
+                if let Waiter::Write { proposed, .. } = &token {
+                    self.metrics.write_committed(*proposed);
+                }
+                token.answer(Response::Written(result))
+            }
             NodeEvent::Superseded { token } => token.answer(Response::Error(
                 "retry: superseded by another leader".into(),
             )),
@@ -718,7 +793,7 @@ impl Driver {
                 Waiter::Read { key, reply } => reply.send(Response::Value(
                     self.node.state_machine().get(&key).cloned(),
                 )),
-                Waiter::Write(reply) => {
+                Waiter::Write { reply, .. } => {
                     tracing::error!("a write's token came back as a read; answering retry");
                     reply.send(Response::Error("retry: internal".into()))
                 }
@@ -757,9 +832,9 @@ impl Driver {
                     }
                 }
             }
-            NodeEvent::ElectionDecided(_)
-            | NodeEvent::Settled { .. }
-            | NodeEvent::StorageReadFailed(_) => {}
+            NodeEvent::ElectionDecided(_) => self.metrics.election_decided(),
+            NodeEvent::Settled { epoch, .. } => self.metrics.settled(epoch),
+            NodeEvent::StorageReadFailed(_) => {}
         }
     }
 }
@@ -768,7 +843,7 @@ impl Waiter {
     /// Answers the client, whatever it asked.
     fn answer(self, resp: Response) {
         match self {
-            Waiter::Write(reply) | Waiter::Read { reply, .. } => reply.send(resp),
+            Waiter::Write { reply, .. } | Waiter::Read { reply, .. } => reply.send(resp),
         }
     }
 }

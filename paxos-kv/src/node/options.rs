@@ -109,6 +109,10 @@ pub struct NodeOptions {
     /// `sync_delay_ms=N` and `clock_offset_ms=N` lines (see the `fault_file`
     /// module). `None` (the default): no hooks.
     pub fault_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (OpenMetrics
+    /// text; see the README, "Monitoring with Prometheus"). `None` (the
+    /// default): no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Default of [`NodeOptions::lease_clock_drift`] (the kernel's default).
@@ -165,6 +169,7 @@ impl NodeOptions {
             lease_reads: false,
             lease_clock_drift: DEFAULT_LEASE_CLOCK_DRIFT,
             fault_file: None,
+            metrics_addr: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use paxos_net_quic::PeerId;
 use paxos_snapshot::{write_state_machine, Progress, SnapshotMeta, SnapshotSender, StoredSnapshot};
 use std::time::{Duration, Instant};
 
+use super::metrics::TimedStore;
 use super::{
     Driver, InstallDone, OutgoingSnapshot, MAX_DEFERRED_CHUNKS, SNAPSHOT_CHUNK_BYTES,
     SNAPSHOT_PACING_FRAMES,
@@ -27,6 +28,7 @@ impl Driver {
                     Ok(mut sender) => {
                         sender.resume_from(offset);
                         self.stats.snapshot_sends += 1;
+                        self.metrics.snapshot_send_started();
                         if offset > 0 {
                             self.stats.snapshot_resumes += 1;
                             tracing::info!(%to, ?snapshot, offset, bytes = sender.total_bytes(), "snapshot transfer resumed");
@@ -59,9 +61,11 @@ impl Driver {
                 match o.sender.next_chunk() {
                     Ok(Some(chunk)) => {
                         let last = chunk.last;
+                        let bytes = chunk.data.len();
                         if !self.node.send_snapshot_chunk(o.to, chunk) {
                             return false;
                         }
+                        self.metrics.snapshot_chunk_sent(bytes);
                         if last {
                             return false;
                         }
@@ -117,6 +121,9 @@ impl Driver {
             .filter(|(id, _)| id.zxid == snapshot)
             .map_or(0, |_| receiver.next_offset());
         let now = self.now();
+        if progress.is_ok() {
+            self.metrics.snapshot_chunk_received(chunk.data.len());
+        }
         match progress {
             Ok(Progress::Complete) => self.start_install(from),
             Ok(Progress::NeedMore { .. }) => {
@@ -183,9 +190,13 @@ impl Driver {
                 let now = self.now();
                 // The snapshot is in the store either way: taken, it is
                 // the newest durable snapshot the log now continues from.
-                match self.node.install_snapshot(now, stored.zxid, staged) {
+                match self
+                    .node
+                    .install_snapshot(now, stored.zxid, TimedStore::new(staged))
+                {
                     Installed::Replaced => {
                         self.stats.snapshot_installs += 1;
+                        self.metrics.snapshot_installed();
                         tracing::info!(%from, zxid = ?stored.zxid, keys = self.node.state_machine().len(), ?elapsed, "snapshot installed; state replaced");
                     }
                     Installed::AlreadyApplied => {
@@ -244,6 +255,7 @@ impl Driver {
         match result {
             Ok((stored, elapsed)) => {
                 self.node.snapshot_taken(zxid);
+                self.metrics.snapshot_taken(stored.file_bytes);
                 tracing::info!(?zxid, bytes = stored.file_bytes, ?elapsed, "snapshot taken");
                 if let Err(e) = self.snapshots.retain(2) {
                     tracing::warn!(error = %e, "old snapshots not removed");

@@ -28,13 +28,7 @@ impl Driver {
                 // Lag as the leader sees it: entries the peer does not hold
                 // yet (counted within the current epoch).
                 let p = progress.iter().find(|p| p.id.0 == m.peer.0);
-                let lag = p.map(|p| {
-                    if p.matched.epoch() == last.epoch() {
-                        u64::from(last.counter() - p.matched.counter().min(last.counter()))
-                    } else {
-                        u64::from(last.counter())
-                    }
-                });
+                let lag = p.map(|p| super::metrics::lag_entries(last, p.matched));
                 serde_json::json!({
                     "matched": p.map(|p| format!("{:?}", p.matched)),
                     "applied": p.map(|p| format!("{:?}", p.applied)),

@@ -11,6 +11,7 @@ mod disk_faults;
 mod flood;
 mod heal;
 mod linearizable;
+mod metrics;
 mod outcome;
 mod principals;
 mod rejoin;
