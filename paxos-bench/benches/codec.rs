@@ -22,6 +22,7 @@ fn accept(entries: u32, payload: usize) -> Envelope {
             commit: Zxid::new(Epoch(3), 9),
             entries: (0..entries)
                 .map(|i| Entry {
+                    kind: Default::default(),
                     zxid: Zxid::new(Epoch(3), 11 + i),
                     data: data.clone(),
                 })

@@ -135,6 +135,7 @@ impl Trio {
                 .unwrap();
                 let entries: Vec<Entry> = (1..=preloaded)
                     .map(|c| Entry {
+                        kind: Default::default(),
                         zxid: Zxid::new(Epoch(1), c),
                         data: cmd.clone(),
                     })

@@ -24,7 +24,11 @@
 //! FETCHSNAP (`epoch u32 | snapshot u64 | offset u64`): a leader-elect
 //! asks the follower whose log no longer covers its fetch for a snapshot.
 //! Version 5 adds tag 26, TAKEOVER (`epoch u32 | to u64`): a leader hands
-//! its leadership to a caught-up voter.
+//! its leadership to a caught-up voter. Version 6 marks membership-change
+//! entries: the top bit of an entry's `len` (bit 31) says the entry is a
+//! [`EntryKind::Config`]; the length is the lower 31 bits. A message is
+//! written in version 6 exactly when it carries such an entry, and the bit
+//! is refused in older versions.
 //!
 //! The encoder writes the *lowest* version that can express a message
 //! ([`Codec::version_of`]): everything but a recovering FOLLOWERINFO,
@@ -42,11 +46,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::message::{Entry, Envelope, Message, SnapChunk};
+use crate::message::{Entry, EntryKind, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
 /// The newest wire format version this codec writes and reads.
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 /// The oldest wire format version this codec reads (and writes, for every
 /// message that version can express).
 pub const MIN_WIRE_VERSION: u8 = 1;
@@ -145,6 +149,13 @@ impl Codec {
             Message::SnapProgress { .. } => 3,
             Message::FetchSnapshot { .. } => 4,
             Message::TakeOver { .. } => 5,
+            Message::Diff { entries, .. }
+            | Message::Accept { entries, .. }
+            | Message::FetchReply { entries, .. }
+                if entries.iter().any(Entry::is_config) =>
+            {
+                6
+            }
             _ => MIN_WIRE_VERSION,
         }
     }
@@ -417,11 +428,16 @@ impl Codec {
                 max: self.max_message_bytes,
             });
         }
-        let mut r = Reader { buf: input, pos: 0 };
+        let mut r = Reader {
+            buf: input,
+            pos: 0,
+            version: 0,
+        };
         let version = r.u8()?;
         if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
             return Err(CodecError::UnknownVersion(version));
         }
+        r.version = version;
         let tag = r.u8()?;
         let group = GroupId(r.u64()?);
         let from = NodeId(r.u64()?);
@@ -637,11 +653,21 @@ fn put_bytes(out: &mut BytesMut, b: &Bytes) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// Bit 31 of an entry's length: the entry is a membership change
+/// (version 6).
+const ENTRY_CONFIG_BIT: u32 = 1 << 31;
+
 fn put_entries(out: &mut BytesMut, entries: &[Entry]) -> Result<(), CodecError> {
     put_len(out, entries.len())?;
     for e in entries {
         out.put_u64_le(e.zxid.0);
-        put_bytes(out, &e.data)?;
+        let len = u32::try_from(e.data.len())
+            .ok()
+            .filter(|l| l & ENTRY_CONFIG_BIT == 0)
+            .ok_or(CodecError::LengthOverflow(e.data.len() as u64))?;
+        let flag = if e.is_config() { ENTRY_CONFIG_BIT } else { 0 };
+        out.put_u32_le(len | flag);
+        out.put_slice(&e.data);
     }
     Ok(())
 }
@@ -659,6 +685,8 @@ fn put_opt(out: &mut BytesMut, z: Option<Zxid>) {
 struct Reader {
     buf: Bytes,
     pos: usize,
+    /// The frame's wire version (what its fields may hold).
+    version: u8,
 }
 
 impl Reader {
@@ -712,6 +740,9 @@ impl Reader {
     /// A length-prefixed byte string, as a zero-copy slice of the input.
     fn bytes(&mut self) -> Result<Bytes, CodecError> {
         let len = self.u32()? as usize;
+        self.slice(len)
+    }
+    fn slice(&mut self, len: usize) -> Result<Bytes, CodecError> {
         let remaining = self.buf.len() - self.pos;
         if len > remaining {
             return Err(CodecError::Truncated {
@@ -740,8 +771,21 @@ impl Reader {
         let mut entries = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let zxid = self.zxid()?;
-            let data = self.bytes()?;
-            entries.push(Entry { zxid, data });
+            let at = self.pos;
+            let raw = self.u32()?;
+            let kind = if raw & ENTRY_CONFIG_BIT != 0 {
+                if self.version < 6 {
+                    return Err(CodecError::InvalidFlag {
+                        value: (raw >> 24) as u8,
+                        offset: at,
+                    });
+                }
+                EntryKind::Config
+            } else {
+                EntryKind::Command
+            };
+            let data = self.slice((raw & !ENTRY_CONFIG_BIT) as usize)?;
+            entries.push(Entry { zxid, kind, data });
         }
         Ok(entries)
     }
@@ -768,6 +812,7 @@ mod tests {
             prev: Zxid::new(Epoch(3), 4),
             commit: Zxid::new(Epoch(3), 2),
             entries: vec![Entry {
+                kind: Default::default(),
                 zxid: Zxid::new(Epoch(3), 5),
                 data: Bytes::from_static(b"hello"),
             }],
@@ -880,6 +925,42 @@ mod tests {
     }
 
     #[test]
+    fn config_entries_are_version_6_and_refused_before() {
+        let codec = Codec::new(1 << 10);
+        let config = Entry {
+            zxid: Zxid::new(Epoch(2), 3),
+            kind: EntryKind::Config,
+            data: Bytes::from_static(b"members"),
+        };
+        let command = Entry::command(Zxid::new(Epoch(2), 2), Bytes::from_static(b"cmd"));
+        let msg = env(Message::Diff {
+            epoch: Epoch(2),
+            prev: Zxid::new(Epoch(2), 1),
+            entries: vec![command.clone(), config],
+        });
+        let w = codec.encode_to_bytes(&msg).unwrap();
+        assert_eq!(w[0], 6);
+        assert_eq!(Codec::encoded_len(&msg), w.len());
+        assert_eq!(codec.decode(w.clone()).unwrap(), msg);
+        // The kind bit does not exist before version 6.
+        for v in 1u8..6 {
+            let mut old = w.to_vec();
+            old[0] = v;
+            assert!(matches!(
+                codec.decode(Bytes::from(old)),
+                Err(CodecError::InvalidFlag { .. })
+            ));
+        }
+        // Commands alone keep version 1, byte for byte.
+        let plain = env(Message::Diff {
+            epoch: Epoch(2),
+            prev: Zxid::new(Epoch(2), 1),
+            entries: vec![command],
+        });
+        assert_eq!(codec.encode_to_bytes(&plain).unwrap()[0], 1);
+    }
+
+    #[test]
     fn take_over_is_version_5() {
         let codec = Codec::new(1 << 10);
         let msg = env(Message::TakeOver {
@@ -971,6 +1052,7 @@ mod tests {
             epoch: Epoch(1),
             prev: Zxid::ZERO,
             entries: vec![Entry {
+                kind: Default::default(),
                 zxid: Zxid::new(Epoch(1), 1),
                 data: Bytes::from(vec![0u8; 100]),
             }],

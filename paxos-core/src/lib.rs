@@ -184,6 +184,7 @@ mod config;
 pub mod election;
 mod ids;
 mod log;
+mod membership;
 mod message;
 pub mod node;
 mod plan;
@@ -200,7 +201,8 @@ pub use codec::{Codec, CodecError, MIN_WIRE_VERSION, WIRE_VERSION};
 pub use config::{Config, ConfigError, DEFAULT_MAX_EPOCH_COUNTER};
 pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};
-pub use message::{Entry, Envelope, HardState, Message, SnapChunk};
+pub use membership::{Membership, MembershipError, MAX_MEMBERS};
+pub use message::{Entry, EntryKind, Envelope, HardState, Message, SnapChunk};
 pub use ready::{
     Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,
     SnapshotRequest, TransferError,

@@ -5,13 +5,45 @@ use bytes::Bytes;
 
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
-/// One log entry: its position and its opaque payload.
+/// What a log entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum EntryKind {
+    /// A client command for the state machine; opaque to the kernel.
+    #[default]
+    Command,
+    /// A membership change: `data` is an encoded
+    /// [`Membership`](crate::Membership), read by the kernel. The state
+    /// machine never sees it (the node layer passes over it with
+    /// [`StateMachine::skip`](crate::StateMachine::skip)).
+    Config,
+}
+
+/// One log entry: its position, its kind and its payload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// The entry's position in the log.
     pub zxid: Zxid,
-    /// The client command; opaque to the kernel.
+    /// A command or a membership change.
+    pub kind: EntryKind,
+    /// The client command (opaque to the kernel), or the encoded
+    /// membership.
     pub data: Bytes,
+}
+
+impl Entry {
+    /// A client command at `zxid`.
+    pub fn command(zxid: Zxid, data: Bytes) -> Entry {
+        Entry {
+            zxid,
+            kind: EntryKind::Command,
+            data,
+        }
+    }
+
+    /// Whether this entry is a membership change.
+    pub fn is_config(&self) -> bool {
+        self.kind == EntryKind::Config
+    }
 }
 
 /// The state a replica must persist (and sync) before sending the message

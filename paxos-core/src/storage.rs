@@ -169,8 +169,40 @@ pub trait Storage {
         out: &mut Vec<Entry>,
     ) -> Result<(), StorageError>;
 
-    /// Appends entries (strictly increasing, after the last one).
+    /// Appends entries (strictly increasing, after the last one), each
+    /// with its [`EntryKind`](crate::EntryKind), which [`entries`] must
+    /// give back.
+    ///
+    /// [`entries`]: Storage::entries
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// The membership-change entries ([`EntryKind::Config`]) held in the
+    /// log, in order. Read once when a replica starts. The default reads
+    /// the whole log through [`entries`](Storage::entries); a storage that
+    /// indexes them as it recovers should answer from that index.
+    ///
+    /// [`EntryKind::Config`]: crate::EntryKind::Config
+    fn config_entries(&self) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let (Some(first), Some(last)) = (self.first_zxid(), self.last_zxid()) else {
+            return Ok(out);
+        };
+        let mut from = first;
+        let mut batch = Vec::new();
+        // Bounded: every round reads at least one entry and moves past it.
+        loop {
+            batch.clear();
+            self.entries(from, 4096, 4 << 20, &mut batch)?;
+            let Some(end) = batch.last().map(|e| e.zxid) else {
+                return Ok(out);
+            };
+            out.extend(batch.drain(..).filter(Entry::is_config));
+            if end >= last {
+                return Ok(out);
+            }
+            from = Zxid(end.0 + 1);
+        }
+    }
 
     /// Drops every entry with zxid greater than `after` (TRUNC sync).
     fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError>;
@@ -523,6 +555,7 @@ mod tests {
 
     fn e(ep: u32, c: u32) -> Entry {
         Entry {
+            kind: Default::default(),
             zxid: Zxid::new(Epoch(ep), c),
             data: Bytes::from(vec![c as u8; 4]),
         }

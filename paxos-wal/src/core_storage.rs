@@ -39,7 +39,7 @@ pub const RECOVERING_FIELD: usize = crate::HARD_STATE_EXTRA_FIELDS - 1;
 /// let options = WalOptions { segment_bytes: 1 << 20, ..WalOptions::default() };
 /// let (mut storage, _report) = WalStorage::open(&dir, options.clone()).unwrap();
 /// let z = Zxid::new(Epoch(1), 1);
-/// storage.append(&[Entry { zxid: z, data: Bytes::from_static(b"put k v") }]).unwrap();
+/// storage.append(&[Entry::command(z, Bytes::from_static(b"put k v"))]).unwrap();
 /// storage.sync().unwrap();
 /// drop(storage);
 /// let (storage, _) = WalStorage::open(&dir, options).unwrap();
@@ -281,10 +281,10 @@ impl Storage for WalStorage {
                 break;
             }
             bytes += rec.payload.len();
-            out.push(Entry {
-                zxid: Zxid(rec.key),
-                data: Bytes::copy_from_slice(rec.payload),
-            });
+            out.push(Entry::command(
+                Zxid(rec.key),
+                Bytes::copy_from_slice(rec.payload),
+            ));
         }
         Ok(())
     }
@@ -385,6 +385,7 @@ mod tests {
 
     fn entry(e: u32, c: u32) -> Entry {
         Entry {
+            kind: Default::default(),
             zxid: Zxid::new(Epoch(e), c),
             data: Bytes::from(format!("{e}.{c}")),
         }

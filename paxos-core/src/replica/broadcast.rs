@@ -63,7 +63,7 @@ impl<S: Storage> Replica<S> {
         };
         l.counter = counter;
         let zxid = Zxid::new(l.epoch, counter);
-        self.log.append(Entry { zxid, data });
+        self.log.append(Entry::command(zxid, data));
         Ok(zxid)
     }
 

@@ -2,7 +2,9 @@
 //! an error or a message, never a panic (CI twin of `fuzz_targets/core_codec.rs`).
 
 use bytes::{Bytes, BytesMut};
-use paxos_core::{Codec, Entry, Envelope, Epoch, GroupId, Message, NodeId, SnapChunk, Zxid};
+use paxos_core::{
+    Codec, Entry, EntryKind, Envelope, Epoch, GroupId, Message, NodeId, SnapChunk, Zxid,
+};
 use proptest::prelude::*;
 
 fn zxid() -> impl Strategy<Value = Zxid> {
@@ -16,7 +18,15 @@ fn bytes() -> impl Strategy<Value = Bytes> {
 }
 fn entries() -> impl Strategy<Value = Vec<Entry>> {
     proptest::collection::vec(
-        (zxid(), bytes()).prop_map(|(zxid, data)| Entry { zxid, data }),
+        (zxid(), bytes(), any::<bool>()).prop_map(|(zxid, data, config)| Entry {
+            zxid,
+            kind: if config {
+                EntryKind::Config
+            } else {
+                EntryKind::Command
+            },
+            data,
+        }),
         0..8,
     )
 }

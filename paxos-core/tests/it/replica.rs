@@ -32,6 +32,7 @@ fn z(e: u32, c: u32) -> Zxid {
 
 fn entry(zx: Zxid) -> Entry {
     Entry {
+        kind: Default::default(),
         zxid: zx,
         data: Bytes::from(format!("cmd-{zx:?}")),
     }
@@ -1085,6 +1086,7 @@ fn epoch_ends_that_contradict_the_first_entry_are_an_error_not_a_panic() {
     let mut inner = MemStorage::new();
     inner
         .append(&[Entry {
+            kind: Default::default(),
             zxid: Zxid::new(Epoch(1), 5),
             data: Bytes::from_static(b"x"),
         }])
