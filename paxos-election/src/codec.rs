@@ -4,10 +4,10 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | wire version: 1, or [`WIRE_VERSION`] (2) |
+//! | 0 | 1 | wire version: 1, 2 or [`WIRE_VERSION`] (3) |
 //! | 1 | 1 | kind: 1 = notification (others reserved) |
 //! | 2 | 1 | sender state: 0 LOOKING, 1 FOLLOWING, 2 LEADING, 3 OBSERVING |
-//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked, bit 2 abstain, bit 3 connected (version 2 only); other bits must be 0 |
+//! | 3 | 1 | flags: bit 0 has a vote, bit 1 locked, bit 2 abstain, bit 3 connected (versions 2 and 3), bit 4 nominated (version 3 only); other bits must be 0 |
 //! | 4 | 8 | round |
 //! | 12 | 8 | vote: leader node id (0 when there is no vote) |
 //! | 20 | 4 | vote: leader's current epoch (0 when there is no vote) |
@@ -29,6 +29,29 @@
 //! [`ElectionConfig::connectivity_rule`](crate::ElectionConfig) for
 //! upgrading.
 //!
+//! Version 3 adds bit 4, *nominated*: the vote's candidate stands as the
+//! nominee of a leader's hand-over ([`Vote::nominated`]). The same rule
+//! applies: version 3 exactly when bit 4 is set (with or without bit 3),
+//! so every notification without a nomination is byte for byte what
+//! versions 1 and 2 wrote; a version 3 frame without bit 4, bit 4 in a
+//! version 1 or 2 frame, and bit 4 without a vote are refused. Only
+//! LOOKING votes carry the bit (a settled node announces its leader
+//! without it), so version 3 frames exist only during an election that
+//! follows a hand-over.
+//!
+//! During a rolling upgrade, an older build refuses a version 3 frame with
+//! its unsupported-version error and drops it: it never sees the nominee's
+//! vote, nor the vote of a newer voter that adopted it, and elects among
+//! the votes it can read as if there had been no hand-over. Since the
+//! nomination ranks below recency, either side only ever proposes (and the
+//! lock quorum only ever elects) a candidate with the most recent history
+//! among the votes it counts, so the hand-over still elects an up-to-date
+//! leader, but maybe not the nominee: the older voters may form a quorum
+//! around another candidate, which the newer ones then join through its
+//! settled announcements (written in version 1 or 2). Once every node runs
+//! this build, hand-overs elect the nominee whenever it is connected and
+//! as recent as any voter.
+//!
 //! Decoding checks the length before reading anything, rejects anything
 //! over [`MAX_MESSAGE_BYTES`] up front, accepts exactly one encoding per
 //! message (reserved bits and absent-vote fields must be zero) and never
@@ -40,8 +63,16 @@ use paxos_core::{Epoch, NodeId, PeerState, Zxid};
 
 use crate::{Notification, Vote};
 
-/// The newest wire version this build writes and reads (it reads 1 and 2).
-pub const WIRE_VERSION: u8 = 2;
+/// The newest wire version this build writes and reads (it reads 1 to 3).
+///
+/// Every notification is written in the lowest version that carries it:
+/// version 2 for a connected vote, version 3 for a nominated one (a leader
+/// hand-over's nominee, see [`Vote::nominated`]). An older build drops a
+/// version 3 frame as an unsupported version: during a rolling upgrade a
+/// hand-over still elects a leader as up to date as the quorum that elects
+/// it, but maybe not the nominee (the nominee gives its claim up after one
+/// retry if its vote is not locked by then).
+pub const WIRE_VERSION: u8 = 3;
 /// The oldest wire version this build reads.
 pub const MIN_WIRE_VERSION: u8 = 1;
 /// The kind byte of a [`Notification`].
@@ -55,6 +86,9 @@ const FLAG_HAS_VOTE: u8 = 0b01;
 const FLAG_LOCKED: u8 = 0b10;
 const FLAG_ABSTAIN: u8 = 0b100;
 const FLAG_CONNECTED: u8 = 0b1000;
+const FLAG_NOMINATED: u8 = 0b1_0000;
+/// The version that carries the connected flag but not the nominated one.
+const CONNECTED_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 2;
 
 /// Why bytes could not be decoded as an election message.
@@ -161,13 +195,18 @@ impl Notification {
         if self.vote.is_some_and(|v| v.connected) {
             flags |= FLAG_CONNECTED;
         }
+        if self.vote.is_some_and(|v| v.nominated) {
+            flags |= FLAG_NOMINATED;
+        }
         let (leader, epoch, zxid) = match self.vote {
             Some(v) => (v.leader.0, v.epoch.0, v.zxid.as_u64()),
             None => (0, 0, 0),
         };
         // The lowest version that carries the message.
-        let version = if flags & FLAG_CONNECTED != 0 {
+        let version = if flags & FLAG_NOMINATED != 0 {
             WIRE_VERSION
+        } else if flags & FLAG_CONNECTED != 0 {
+            CONNECTED_VERSION
         } else {
             MIN_WIRE_VERSION
         };
@@ -225,22 +264,28 @@ impl Notification {
         }
         let state = state_from_byte(bytes[2])?;
         let flags = bytes[3];
-        let known = match version {
-            1 => FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN,
-            _ => FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN | FLAG_CONNECTED,
-        };
-        if flags & !known != 0 {
+        let connected = flags & FLAG_CONNECTED != 0;
+        let nominated = flags & FLAG_NOMINATED != 0;
+        let all = FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_ABSTAIN | FLAG_CONNECTED | FLAG_NOMINATED;
+        if flags & !all != 0 {
             return Err(CodecError::InvalidFlags {
                 flags,
                 reason: "reserved bits set",
             });
         }
-        let connected = flags & FLAG_CONNECTED != 0;
-        if version >= 2 && !connected {
-            return Err(CodecError::InvalidFlags {
-                flags,
-                reason: "version 2 without the connected flag (version 1 carries it)",
-            });
+        // Each version carries exactly the flags that need it: one
+        // encoding per message.
+        let refusal = match version {
+            1 if connected => Some("connected flag in version 1 (version 2 carries it)"),
+            1 | 2 if nominated => Some("nominated flag before version 3 (version 3 carries it)"),
+            2 if !connected => Some("version 2 without the connected flag (version 1 carries it)"),
+            3 if !nominated => {
+                Some("version 3 without the nominated flag (version 1 or 2 carries it)")
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            return Err(CodecError::InvalidFlags { flags, reason });
         }
         let round = be_u64(bytes, 4);
         let leader = be_u64(bytes, 12);
@@ -252,12 +297,19 @@ impl Notification {
                 epoch: Epoch(epoch),
                 zxid: Zxid(zxid),
                 connected,
+                nominated,
             })
         } else {
             if connected {
                 return Err(CodecError::InvalidFlags {
                     flags,
                     reason: "connected without a vote",
+                });
+            }
+            if nominated {
+                return Err(CodecError::InvalidFlags {
+                    flags,
+                    reason: "nominated without a vote",
                 });
             }
             if leader != 0 || epoch != 0 || zxid != 0 {
@@ -296,6 +348,7 @@ mod tests {
                 epoch: Epoch(2),
                 zxid: Zxid::new(Epoch(2), 9),
                 connected: false,
+                nominated: false,
             }),
             round: 41,
             state: PeerState::Following,
@@ -342,12 +395,12 @@ mod tests {
             b[at] = v;
             Notification::decode(&b)
         };
-        assert_eq!(with(0, 3), Err(CodecError::UnsupportedVersion { found: 3 }));
+        assert_eq!(with(0, 4), Err(CodecError::UnsupportedVersion { found: 4 }));
         assert_eq!(with(0, 0), Err(CodecError::UnsupportedVersion { found: 0 }));
         assert_eq!(with(1, 9), Err(CodecError::UnknownKind { kind: 9 }));
         assert_eq!(with(2, 4), Err(CodecError::InvalidState { state: 4 }));
         assert!(matches!(
-            with(3, 0b1_0000),
+            with(3, 0b10_0000),
             Err(CodecError::InvalidFlags { .. })
         ));
         // The connected bit is reserved in version 1.
@@ -408,6 +461,91 @@ mod tests {
             Notification::decode(&b),
             Err(CodecError::InvalidFlags { .. })
         ));
+    }
+
+    fn reason(r: Result<Notification, CodecError>) -> &'static str {
+        match r {
+            Err(CodecError::InvalidFlags { reason, .. }) => reason,
+            other => panic!("expected invalid flags, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nominated_vote_is_written_in_version_3_and_only_there() {
+        let plain = sample();
+        let v1 = plain.to_bytes();
+        for connected in [false, true] {
+            let mut n = plain;
+            n.vote = n
+                .vote
+                .map(|v| v.with_connected(connected).with_nominated(true));
+            let v3 = n.to_bytes();
+            assert_eq!(v3.len(), NOTIFICATION_BYTES);
+            assert_eq!(v3[0], 3);
+            let connected_bit = if connected { FLAG_CONNECTED } else { 0 };
+            assert_eq!(
+                v3[3],
+                FLAG_HAS_VOTE | FLAG_LOCKED | connected_bit | FLAG_NOMINATED
+            );
+            assert_eq!(v3[4..], v1[4..], "the body is unchanged");
+            assert_eq!(Notification::decode(&v3), Ok(n));
+            // The bit in an older version is refused.
+            for older in [1, 2] {
+                let mut b = v3.to_vec();
+                b[0] = older;
+                assert!(Notification::decode(&b).is_err(), "version {older}");
+            }
+        }
+        // Nominated in version 1 or 2 (each otherwise canonical there).
+        let mut b = v1.to_vec();
+        b[3] |= FLAG_NOMINATED;
+        assert_eq!(
+            reason(Notification::decode(&b)),
+            "nominated flag before version 3 (version 3 carries it)"
+        );
+        let mut b = v1.to_vec();
+        b[0] = 2;
+        b[3] |= FLAG_CONNECTED | FLAG_NOMINATED;
+        assert_eq!(
+            reason(Notification::decode(&b)),
+            "nominated flag before version 3 (version 3 carries it)"
+        );
+        // Version 3 without the bit, with or without the connected bit.
+        for extra in [0, FLAG_CONNECTED] {
+            let mut b = v1.to_vec();
+            b[0] = 3;
+            b[3] |= extra;
+            assert_eq!(
+                reason(Notification::decode(&b)),
+                "version 3 without the nominated flag (version 1 or 2 carries it)"
+            );
+        }
+        // The bit without a vote.
+        let mut b = vec![3, KIND_NOTIFICATION, 0, FLAG_NOMINATED];
+        b.resize(NOTIFICATION_BYTES, 0);
+        assert_eq!(reason(Notification::decode(&b)), "nominated without a vote");
+        // A settled or plain vote without the claim never uses version 3.
+        assert_eq!(plain.to_bytes()[0], 1);
+    }
+
+    /// A version 2 frame as an older build wrote it (bytes spelled out)
+    /// still decodes, and is written back byte for byte.
+    #[test]
+    fn an_older_builds_version_2_frame_is_unchanged() {
+        let mut b = vec![
+            2,
+            KIND_NOTIFICATION,
+            2,
+            FLAG_HAS_VOTE | FLAG_LOCKED | FLAG_CONNECTED,
+        ];
+        b.extend_from_slice(&9u64.to_be_bytes());
+        b.extend_from_slice(&4u64.to_be_bytes());
+        b.extend_from_slice(&3u32.to_be_bytes());
+        b.extend_from_slice(&Zxid::new(Epoch(3), 1).as_u64().to_be_bytes());
+        let n = Notification::decode(&b).expect("a version 2 frame decodes");
+        let v = n.vote.expect("has a vote");
+        assert!(v.connected && !v.nominated);
+        assert_eq!(n.to_bytes().as_ref(), &b[..]);
     }
 
     /// A version 1 frame as an older build wrote it (bytes spelled out,

@@ -67,6 +67,12 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     /// Our logical clock; never decreases.
     round: u64,
     me: Option<VoteInfo>,
+    /// We stand as the nominee of a leader's hand-over in this looking
+    /// period (see [`Elector::start_looking_nominated`]): our own vote
+    /// carries [`Vote::nominated`]. Cleared when the period ends (settle,
+    /// decision, a plain `start_looking`), when we abstain, and when a
+    /// retry finds our own nominated vote still unlocked.
+    nominated: bool,
     proposal: Option<Vote>,
     /// We locked `proposal` in `round`.
     locked: bool,
@@ -159,6 +165,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             state: PeerState::Looking,
             round: config.initial_round,
             me: None,
+            nominated: false,
             proposal: None,
             locked: false,
             views: BTreeMap::new(),
@@ -226,11 +233,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.voter && !self.abstain
     }
 
+    /// Whether we stand as the nominee of a leader's hand-over: only a
+    /// voter that counts and may lead ever claims it.
+    pub fn is_nominated(&self) -> bool {
+        self.nominated && self.counts() && self.quorum.can_lead(self.id)
+    }
+
     fn self_vote(&self, now: Time) -> Option<Vote> {
         match self.me {
             Some(info) if self.counts() && self.quorum.can_lead(self.id) => Some(
                 Vote::new(self.id, info)
-                    .with_connected(self.connectivity_rule && self.quorum_connected(now)),
+                    .with_connected(self.connectivity_rule && self.quorum_connected(now))
+                    .with_nominated(self.nominated),
             ),
             _ => None,
         }
@@ -278,7 +292,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// it saw a quorum hold it for the settle wait, which we may not see
     /// (we may reach only some of that quorum).
     fn candidate_vouches(&self, p: Vote) -> bool {
-        self.connectivity_rule && p.leader != self.id && self.locks.get(&p.leader) == Some(&p)
+        self.connectivity_rule
+            && p.leader != self.id
+            && self
+                .locks
+                .get(&p.leader)
+                .is_some_and(|l| l.same_candidate(&p))
     }
 
     /// A connected leader that reports, itself and recently, that it was
@@ -513,16 +532,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     /// A vote a quorum has locked in our round, counting our own lock.
+    /// Locks count together when they name the same candidate, whatever
+    /// they say about a nomination: a node that decided announces the vote
+    /// without it (see [`Vote::nominated`]). Each node still locks one vote
+    /// per round, so two quorums of locks still name one candidate.
     fn lock_quorum(&self) -> Option<Vote> {
         let own = self.lock().map(|(_, v)| v);
         let candidates = self.locks.values().copied().chain(own);
         for c in candidates {
+            let own_counts = own.is_some_and(|o| o.same_candidate(&c)) && self.counts();
             let mut ids = self
                 .locks
                 .iter()
-                .filter(|(_, v)| **v == c)
+                .filter(|(_, v)| v.same_candidate(&c))
                 .map(|(id, _)| *id)
-                .chain((own == Some(c) && self.counts()).then_some(self.id));
+                .chain(own_counts.then_some(self.id));
             if self.quorum.is_quorum(&mut ids) {
                 return Some(c);
             }
@@ -631,8 +655,11 @@ impl<Q: QuorumSystem> FastElection<Q> {
             PeerState::Observing
         };
         self.phase = Phase::Settled;
+        // The looking period ends: so does our nomination, and the leader
+        // is announced without one (older builds can read that, and join).
+        self.nominated = false;
         self.settled = Some(Settled {
-            vote,
+            vote: vote.with_nominated(false),
             round,
             elected: true,
         });
@@ -647,39 +674,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.broadcast();
     }
 
-    fn retry(&mut self, now: Time) {
-        if self.locked {
-            self.retries_since_lock += 1;
-        }
-        if self.locked && self.retries_since_lock >= self.stuck_retries {
-            if self.round + 1 < MAX_ROUND {
-                tracing::info!(node = %self.id, round = self.round, "round stalled after locking; starting the next");
-                self.enter_round(self.round + 1);
-                self.proposal = self.self_vote(now);
-            } else {
-                tracing::error!(node = %self.id, "round space exhausted; cannot start another round");
-            }
-        }
-        self.broadcast();
-        self.retry_backoff = (self.retry_backoff * 2).min(self.max_timeout);
-        let wait = self.jittered(self.retry_backoff);
-        self.retry_deadline = Some(now + wait);
-    }
-}
-
-impl<Q: QuorumSystem> Elector for FastElection<Q> {
-    type Message = Notification;
-
-    fn round(&self) -> Option<u64> {
-        Some(self.round)
-    }
-
-    fn id(&self) -> NodeId {
-        self.id
-    }
-
-    fn start_looking(&mut self, now: Time, me: VoteInfo) {
+    /// Starts a looking period, standing as the nominee if `nominated`.
+    fn look(&mut self, now: Time, me: VoteInfo, nominated: bool) {
         self.me = Some(me);
+        self.nominated = nominated;
         self.phase = Phase::Looking;
         self.state = PeerState::Looking;
         self.settled = None;
@@ -708,9 +706,69 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.retry_backoff = self.base_timeout;
         let wait = self.jittered(self.base_timeout);
         self.retry_deadline = Some(now + wait);
-        tracing::info!(node = %self.id, round = self.round, ?me, "looking for a leader");
+        tracing::info!(node = %self.id, round = self.round, ?me, nominated = self.is_nominated(), "looking for a leader");
         self.broadcast();
         self.evaluate(now);
+    }
+
+    fn retry(&mut self, now: Time) {
+        if self.locked {
+            self.retries_since_lock += 1;
+        }
+        let standing_nominated = self
+            .proposal
+            .is_some_and(|p| p.leader == self.id && p.nominated);
+        if self.is_nominated() && standing_nominated && !self.locked && self.round + 1 < MAX_ROUND {
+            // Our nominated vote has not even been locked by a retry's time.
+            // Voters of an older build cannot read it, and with them no
+            // quorum may ever hold it while the newer voters keep it (it
+            // beats everything the older ones propose): give the claim up
+            // and stand again plainly, in a new round, where every voter
+            // reads every vote.
+            tracing::info!(node = %self.id, round = self.round, "nomination undecided; standing again without it");
+            self.nominated = false;
+            self.enter_round(self.round + 1);
+            self.proposal = self.self_vote(now);
+        } else if self.locked && self.retries_since_lock >= self.stuck_retries {
+            if self.round + 1 < MAX_ROUND {
+                tracing::info!(node = %self.id, round = self.round, "round stalled after locking; starting the next");
+                self.enter_round(self.round + 1);
+                self.proposal = self.self_vote(now);
+            } else {
+                tracing::error!(node = %self.id, "round space exhausted; cannot start another round");
+            }
+        }
+        self.broadcast();
+        self.retry_backoff = (self.retry_backoff * 2).min(self.max_timeout);
+        let wait = self.jittered(self.retry_backoff);
+        self.retry_deadline = Some(now + wait);
+    }
+}
+
+impl<Q: QuorumSystem> Elector for FastElection<Q> {
+    type Message = Notification;
+
+    fn round(&self) -> Option<u64> {
+        Some(self.round)
+    }
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn start_looking(&mut self, now: Time, me: VoteInfo) {
+        self.look(now, me, false);
+    }
+
+    /// Starts looking as the nominee of a leader's hand-over: our own vote
+    /// carries [`Vote::nominated`], so it wins over every vote as connected
+    /// and as recent as ours, never over a more recent one. The claim holds
+    /// until we settle or look again, or until a retry finds our own
+    /// nominated vote still unlocked: then we stand again without it in a
+    /// new round (older builds cannot read it; see [`crate::WIRE_VERSION`]).
+    /// An observer or an abstaining voter never claims it.
+    fn start_looking_nominated(&mut self, now: Time, me: VoteInfo) {
+        self.look(now, me, true);
     }
 
     fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {
@@ -734,6 +792,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                         epoch,
                         zxid: Zxid::ZERO,
                         connected: false,
+                        nominated: false,
                     },
                     round: self.round,
                     elected: false,
@@ -742,6 +801,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         };
         self.settled = Some(settled);
         self.phase = Phase::Settled;
+        self.nominated = false;
         self.state = state;
         self.settle_deadline = None;
         self.retry_deadline = None;
@@ -839,6 +899,8 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.abstain = !voting;
         tracing::info!(node = %self.id, voting, "election participation changed");
         if self.abstain {
+            // A recovering replica lost the history it was nominated for.
+            self.nominated = false;
             self.locked = false;
             self.settle_deadline = None;
             self.proposal = self.proposal.filter(|v| v.leader != self.id);
@@ -846,7 +908,8 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         match self.phase {
             Phase::Looking => {
                 if let Some(me) = self.me {
-                    self.start_looking(now, me);
+                    // The same looking period: a nomination carries over.
+                    self.look(now, me, self.nominated);
                 }
             }
             // Peers learn our new status now rather than at our next answer.

@@ -10,10 +10,11 @@
 //!
 //! # Protocol
 //!
-//! A [`Vote`] names a proposed leader with its `(epoch, zxid)` and whether
-//! it was *connected* (see below); votes are ordered by
-//! `(connected, epoch, zxid, id)`. Every message is a [`Notification`]: the
-//! sender's vote, its election round, its [`PeerState`] and a *locked* flag.
+//! A [`Vote`] names a proposed leader with its `(epoch, zxid)`, whether
+//! it was *connected* and whether it stands *nominated* (see below); votes
+//! are ordered by `(connected, epoch, zxid, nominated, id)`. Every message
+//! is a [`Notification`]: the sender's vote, its election round, its
+//! [`PeerState`] and a *locked* flag.
 //!
 //! - A LOOKING node enters a new round, votes for itself and sends its vote to
 //!   all members. It adopts any better vote of its round and re-sends, jumps
@@ -48,6 +49,20 @@
 //!   leader that itself reports having been elected. Both stay within one
 //!   lock per node per round, so decisions stay unique; a stale claim costs
 //!   a retry, never safety.
+//! - *Nomination* (leader hand-over). A replica its leader handed the
+//!   leadership to starts looking with
+//!   [`Elector::start_looking_nominated`]: its own vote carries
+//!   [`Vote::nominated`] until it settles or looks again. The flag ranks
+//!   after connectivity and recency (see [`Vote`] for why), so the nominee
+//!   beats every voter as connected and as up to date as itself, and never
+//!   one with a more recent history or one that is connected while it is
+//!   not. A vote adopted from a peer keeps the peer's flag; observers and
+//!   abstaining voters never claim it; a settled node announces its leader
+//!   without it (locks are counted by candidate, flag aside). If the
+//!   nominee's own vote is still not locked at its first retry, it gives
+//!   the claim up and stands again plainly in a new round: voters of an
+//!   older build cannot read a nominated vote (see [`WIRE_VERSION`]), and
+//!   without the fallback they could hold the round forever.
 //! - A FOLLOWING or LEADING node answers every LOOKING peer with its leader
 //!   and the round that elected it. A LOOKING node that hears a quorum of
 //!   settled voters name the same leader, that leader itself reporting that
@@ -73,8 +88,8 @@
 //!
 //! # Driving loop
 //!
-//! After every input (`start_looking`, `handle_message`, `handle_timeout`,
-//! `settle`), drain [`Elector::poll_transmit`] and [`Elector::poll_decision`]
+//! After every input (`start_looking`, `start_looking_nominated`,
+//! `handle_message`, `handle_timeout`, `settle`, `set_voting`), drain [`Elector::poll_transmit`] and [`Elector::poll_decision`]
 //! and re-arm a timer at [`Elector::poll_timeout`]. Persist
 //! [`FastElection::round`] if the node may restart (see there). Three
 //! electors on a perfect in-memory network:

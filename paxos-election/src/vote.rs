@@ -6,9 +6,25 @@ use paxos_core::{Epoch, NodeId, PeerState, VoteInfo, Zxid};
 
 /// A vote: a proposed leader with the recency of its history.
 ///
-/// Votes are totally ordered by `(connected, epoch, zxid, leader)`, highest
-/// wins: a candidate connected to a quorum is preferred to any other, then
-/// the node with the most recent history, and the node id breaks ties.
+/// Votes are totally ordered by `(connected, epoch, zxid, nominated,
+/// leader)`, highest wins: a candidate connected to a quorum is preferred
+/// to any other, then the node with the most recent history; among equally
+/// connected and equally recent candidates the nominee of a leader's
+/// hand-over wins, and the node id breaks the remaining ties.
+///
+/// The nomination ranks *after* connectivity and recency on purpose:
+///
+/// - After recency, so that a hand-over never elects a node behind another
+///   voter: the nomination only chooses among the up-to-date candidates,
+///   as the node id would otherwise (the kernel hands over only to a
+///   caught-up voter, so in the normal case the nominee is among them).
+/// - After connectivity, so that the connectivity rule keeps its meaning:
+///   a nominee that cannot reach a quorum stands unconnected, loses to any
+///   connected vote and, being unconnected, is never locked. Ranked before
+///   connectivity, its unlockable vote would beat every lockable one, so
+///   voters that adopted it could lock nothing in the round: a nominee cut
+///   off right after the hand-over would stall the election instead of
+///   losing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Vote {
     /// The proposed leader.
@@ -22,23 +38,36 @@ pub struct Vote {
     /// Under the connectivity rule only such a vote can be locked, so a
     /// node that cannot reach a quorum never wins (see the crate docs).
     pub connected: bool,
+    /// The proposed leader stood as the nominee of a leader's hand-over
+    /// ([`Elector::start_looking_nominated`](paxos_core::Elector::start_looking_nominated)):
+    /// it wins over votes of equal connectivity and recency. Only a
+    /// looking vote carries it; a settled node announces its leader without
+    /// it.
+    pub nominated: bool,
 }
 
 impl Vote {
-    /// A vote for `leader`, whose history is described by `info`, not
-    /// claiming connectivity (see [`with_connected`](Self::with_connected)).
+    /// A vote for `leader`, whose history is described by `info`, claiming
+    /// neither connectivity (see [`with_connected`](Self::with_connected))
+    /// nor a nomination (see [`with_nominated`](Self::with_nominated)).
     pub const fn new(leader: NodeId, info: VoteInfo) -> Vote {
         Vote {
             leader,
             epoch: info.current_epoch,
             zxid: info.last_zxid,
             connected: false,
+            nominated: false,
         }
     }
 
     /// The same vote with the connectivity claim set to `connected`.
     pub const fn with_connected(self, connected: bool) -> Vote {
         Vote { connected, ..self }
+    }
+
+    /// The same vote with the nomination claim set to `nominated`.
+    pub const fn with_nominated(self, nominated: bool) -> Vote {
+        Vote { nominated, ..self }
     }
 
     /// The recency part of the vote.
@@ -49,8 +78,23 @@ impl Vote {
         }
     }
 
-    fn key(&self) -> (bool, Epoch, Zxid, NodeId) {
-        (self.connected, self.epoch, self.zxid, self.leader)
+    /// Whether `other` proposes the same candidate with the same history
+    /// and connectivity, whatever either says about a nomination. Locks
+    /// are counted by this relation: a settled node announces the vote it
+    /// elected without the nomination, and its lock must still count with
+    /// those of the voters that locked the nominated vote.
+    pub(crate) fn same_candidate(&self, other: &Vote) -> bool {
+        self.with_nominated(false) == other.with_nominated(false)
+    }
+
+    fn key(&self) -> (bool, Epoch, Zxid, bool, NodeId) {
+        (
+            self.connected,
+            self.epoch,
+            self.zxid,
+            self.nominated,
+            self.leader,
+        )
     }
 }
 

@@ -21,12 +21,15 @@ fn any_state() -> impl Strategy<Value = PeerState> {
 }
 
 fn any_vote(max_id: u64) -> impl Strategy<Value = Vote> {
-    (0..=max_id, 0u32..4, 0u32..4, any::<bool>()).prop_map(|(id, e, c, connected)| Vote {
-        leader: NodeId(id),
-        epoch: Epoch(e),
-        zxid: Zxid::new(Epoch(e), c),
-        connected,
-    })
+    (0..=max_id, 0u32..4, 0u32..4, any::<bool>(), any::<bool>()).prop_map(
+        |(id, e, c, connected, nominated)| Vote {
+            leader: NodeId(id),
+            epoch: Epoch(e),
+            zxid: Zxid::new(Epoch(e), c),
+            connected,
+            nominated,
+        },
+    )
 }
 
 fn any_notification(max_id: u64, max_round: u64) -> impl Strategy<Value = Notification> {
@@ -49,18 +52,25 @@ fn any_notification(max_id: u64, max_round: u64) -> impl Strategy<Value = Notifi
 
 fn wide_notification() -> impl Strategy<Value = Notification> {
     (
-        proptest::option::of((any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>())),
+        proptest::option::of((
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+        )),
         any::<u64>(),
         any_state(),
         any::<bool>(),
         any::<bool>(),
     )
         .prop_map(|(v, round, state, locked, abstain)| Notification {
-            vote: v.map(|(l, e, z, connected)| Vote {
+            vote: v.map(|(l, e, z, connected, nominated)| Vote {
                 leader: NodeId(l),
                 epoch: Epoch(e),
                 zxid: Zxid(z),
                 connected,
+                nominated,
             }),
             round,
             state,
@@ -73,11 +83,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn votes_are_ordered_by_connectivity_then_epoch_then_zxid_then_id(
+    fn votes_are_ordered_by_connectivity_epoch_zxid_nomination_then_id(
         a in any_vote(9),
         b in any_vote(9),
     ) {
-        let key = |v: &Vote| (v.connected, v.epoch, v.zxid, v.leader);
+        let key = |v: &Vote| (v.connected, v.epoch, v.zxid, v.nominated, v.leader);
         prop_assert_eq!(a.cmp(&b), key(&a).cmp(&key(&b)));
         prop_assert_eq!(a == b, key(&a) == key(&b));
     }
@@ -86,9 +96,16 @@ proptest! {
     fn codec_round_trips(n in wide_notification()) {
         let bytes = n.to_bytes();
         prop_assert_eq!(bytes.len(), NOTIFICATION_BYTES);
-        // The lowest version that carries it: 2 only for a connected vote.
+        // The lowest version that carries it: 3 for a nominated vote, 2
+        // for a connected one, else 1.
         let connected = n.vote.is_some_and(|v| v.connected);
-        prop_assert_eq!(bytes[0], if connected { 2 } else { 1 });
+        let nominated = n.vote.is_some_and(|v| v.nominated);
+        let version = match (nominated, connected) {
+            (true, _) => 3,
+            (false, true) => 2,
+            (false, false) => 1,
+        };
+        prop_assert_eq!(bytes[0], version);
         prop_assert_eq!(Notification::decode(&bytes), Ok(n));
     }
 
@@ -98,6 +115,26 @@ proptest! {
     ) {
         if let Ok(n) = Notification::decode(&bytes) {
             prop_assert_eq!(n.to_bytes().to_vec(), bytes);
+        }
+    }
+
+    /// Every version and flags byte over a valid body: the flag rules of
+    /// each version (connected from 2, nominated only in 3, each version
+    /// only with the flag that needs it) admit one encoding per message.
+    #[test]
+    fn every_version_and_flags_byte_decodes_canonically_or_not_at_all(
+        n in wide_notification(),
+        version in 0u8..=5,
+        flags in any::<u8>(),
+    ) {
+        let mut bytes = n.to_bytes().to_vec();
+        bytes[0] = version;
+        bytes[3] = flags;
+        if let Ok(m) = Notification::decode(&bytes) {
+            prop_assert_eq!(m.to_bytes().to_vec(), bytes);
+            let v = m.vote;
+            prop_assert_eq!(v.is_some_and(|v| v.nominated), version == 3);
+            prop_assert_eq!(v.is_some_and(|v| v.connected) && version != 3, version == 2);
         }
     }
 
@@ -120,17 +157,31 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum Input {
-    Message { from: u64, msg: Notification },
-    Timeout { advance_ms: u64 },
-    StartLooking { epoch: u32, counter: u32 },
-    Settle { state: PeerState, leader: u64 },
+    Message {
+        from: u64,
+        msg: Notification,
+    },
+    Timeout {
+        advance_ms: u64,
+    },
+    StartLooking {
+        epoch: u32,
+        counter: u32,
+        nominated: bool,
+    },
+    Settle {
+        state: PeerState,
+        leader: u64,
+    },
 }
 
 fn any_input() -> impl Strategy<Value = Input> {
     prop_oneof![
         6 => (0u64..8, any_notification(7, 12)).prop_map(|(from, msg)| Input::Message { from, msg }),
         3 => (0u64..400).prop_map(|advance_ms| Input::Timeout { advance_ms }),
-        1 => (0u32..4, 0u32..4).prop_map(|(epoch, counter)| Input::StartLooking { epoch, counter }),
+        1 => (0u32..4, 0u32..4, any::<bool>()).prop_map(|(epoch, counter, nominated)| {
+            Input::StartLooking { epoch, counter, nominated }
+        }),
         1 => (any_state(), 0u64..7).prop_map(|(state, leader)| Input::Settle { state, leader }),
     ]
 }
@@ -168,10 +219,17 @@ proptest! {
                         e.handle_timeout(now);
                     }
                 }
-                Input::StartLooking { epoch, counter } => e.start_looking(now, VoteInfo {
-                    current_epoch: Epoch(epoch),
-                    last_zxid: Zxid::new(Epoch(epoch), counter),
-                }),
+                Input::StartLooking { epoch, counter, nominated } => {
+                    let info = VoteInfo {
+                        current_epoch: Epoch(epoch),
+                        last_zxid: Zxid::new(Epoch(epoch), counter),
+                    };
+                    if nominated {
+                        e.start_looking_nominated(now, info);
+                    } else {
+                        e.start_looking(now, info);
+                    }
+                }
                 Input::Settle { state, leader } => e.settle(now, state, NodeId(leader), Epoch(1)),
             }
             prop_assert!(e.round() >= last_round, "round went back");
@@ -192,6 +250,11 @@ proptest! {
             for (to, n) in out {
                 prop_assert!(to != NodeId(me) && (1..=6).contains(&to.0));
                 prop_assert_eq!(Notification::decode(&n.to_bytes()), Ok(n));
+                // Only a looking vote carries a nomination, and we claim
+                // one only for a looking period that started nominated.
+                if n.state != PeerState::Looking {
+                    prop_assert!(!n.vote.is_some_and(|v| v.nominated), "settled and nominated");
+                }
             }
         }
     }

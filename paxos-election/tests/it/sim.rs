@@ -190,6 +190,11 @@ pub struct Sim {
     pub crashes: u64,
     pub partitions: u64,
     pub bad_inputs: u64,
+    /// Nodes that model an older build: they drop every frame of a wire
+    /// version above 2 (as unsupported) before decoding it.
+    pub older_builds: BTreeSet<NodeId>,
+    /// Frames those nodes dropped so.
+    pub unsupported_dropped: u64,
 }
 
 fn voter_ids(n: usize) -> Vec<NodeId> {
@@ -258,6 +263,8 @@ impl Sim {
             crashes: 0,
             partitions: 0,
             bad_inputs: 0,
+            older_builds: BTreeSet::new(),
+            unsupported_dropped: 0,
         };
         sim.schedule(Time::ZERO + TICK, Event::Tick);
         sim
@@ -294,6 +301,18 @@ impl Sim {
         n.unhealthy_since = None;
         let info = n.info;
         n.elector.start_looking(now, info);
+        self.after_input(i);
+    }
+
+    /// Like [`start_looking`](Self::start_looking), for the nominee of a
+    /// leader's hand-over.
+    pub fn start_looking_nominated(&mut self, i: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        n.looking_info = n.info;
+        n.unhealthy_since = None;
+        let info = n.info;
+        n.elector.start_looking_nominated(now, info);
         self.after_input(i);
     }
 
@@ -400,6 +419,7 @@ impl Sim {
             epoch: Epoch(r.below(5) as u32),
             zxid: Zxid(r.next_u64()),
             connected: r.below(2) == 0,
+            nominated: r.below(4) == 0,
         };
         let known = NodeId(1 + r.below(members));
         let (from, msg) = match r.below(7) {
@@ -531,6 +551,10 @@ impl Sim {
         let i = self.idx(to);
         if self.cfg.inject_bad_input {
             self.inject_bad(i);
+        }
+        if self.older_builds.contains(&to) && bytes.first().is_some_and(|v| *v > 2) {
+            self.unsupported_dropped += 1;
+            return;
         }
         let msg = match Notification::decode(&bytes) {
             Ok(m) => m,
