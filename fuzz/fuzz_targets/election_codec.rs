@@ -1,4 +1,4 @@
-//! Fuzzes the election codec (wire versions 1 and 2): arbitrary bytes must
+//! Fuzzes the election codec (wire versions 1 to 3): arbitrary bytes must
 //! decode to an error or to the one message whose encoding they are (a
 //! message is written in the lowest version that carries it), and a decoded message fed to an
 //! elector must never panic it. CI twin: the `arbitrary_bytes_*` and
