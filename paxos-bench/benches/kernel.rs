@@ -146,6 +146,7 @@ impl Trio {
             let recovered = Recovered {
                 applied: Zxid::ZERO,
                 snapshot,
+                membership: None,
             };
             let replica = Replica::new(
                 id,

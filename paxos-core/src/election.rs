@@ -74,6 +74,20 @@ pub trait Elector {
         self.start_looking(now, me);
     }
 
+    /// The membership in force changed ([`Event::MembershipChanged`]):
+    /// count and answer these voters and observers from now on. A node
+    /// that is not among `voters` no longer stands.
+    ///
+    /// The default does nothing, which stays safe (the kernel counts its
+    /// quorums under the membership in force, whatever the elector
+    /// decides) but may leave the elector waiting for removed voters or
+    /// deaf to new ones: implement it.
+    ///
+    /// [`Event::MembershipChanged`]: crate::Event::MembershipChanged
+    fn reconfigure(&mut self, now: Time, voters: &[NodeId], observers: &[NodeId]) {
+        let _ = (now, voters, observers);
+    }
+
     /// The replica has settled: it follows or leads `leader` in `epoch`.
     /// From now on the elector answers LOOKING peers with that leader.
     fn settle(&mut self, now: Time, state: PeerState, leader: NodeId, epoch: Epoch);

@@ -207,7 +207,7 @@ pub use ready::{
     Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,
     SnapshotRequest, TransferError,
 };
-pub use replica::{Replica, StartError};
+pub use replica::{ChangeError, MembershipChange, Replica, StartError};
 pub use state_machine::StateMachine;
 pub use storage::{
     Hooked, MemStorage, MetaKey, Storage, StorageError, StorageHooks, StorageSource,

@@ -4,9 +4,103 @@
 
 use std::collections::VecDeque;
 
+use crate::membership::Membership;
 use crate::message::Entry;
 use crate::storage::{Storage, StorageError};
 use crate::{Epoch, Zxid};
+
+/// The memberships of the retained log: the one in force at its base, and
+/// each membership-change entry after it. The last one is in force (a
+/// change takes effect when it is appended, committed or not).
+#[derive(Clone, Debug)]
+pub(crate) struct Configs {
+    base: Membership,
+    entries: Vec<(Zxid, Membership)>,
+    /// The membership in force changed since [`take_changed`](Self::take_changed).
+    changed: bool,
+}
+
+impl Configs {
+    fn new(base: Membership) -> Configs {
+        Configs {
+            base,
+            entries: Vec::new(),
+            changed: false,
+        }
+    }
+
+    /// The membership in force and the zxid of the entry that set it
+    /// (`None` for the base's).
+    pub(crate) fn current(&self) -> (&Membership, Option<Zxid>) {
+        match self.entries.last() {
+            Some((z, m)) => (m, Some(*z)),
+            None => (&self.base, None),
+        }
+    }
+
+    /// The membership in force after the entry at `z` (at or after the
+    /// base).
+    pub(crate) fn at(&self, z: Zxid) -> &Membership {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(c, _)| *c <= z)
+            .map_or(&self.base, |(_, m)| m)
+    }
+
+    /// The newest membership-change entry after `commit`, if any: a change
+    /// not yet committed.
+    pub(crate) fn pending_after(&self, commit: Zxid) -> Option<Zxid> {
+        self.entries.last().map(|(z, _)| *z).filter(|z| *z > commit)
+    }
+
+    /// Whether the membership in force changed since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn push(&mut self, z: Zxid, m: Membership) {
+        debug_assert!(
+            self.entries.last().is_none_or(|(l, _)| *l < z),
+            "membership-change entries arrive in zxid order"
+        );
+        self.entries.push((z, m));
+        self.changed = true;
+    }
+
+    fn truncate_after(&mut self, to: Zxid) {
+        let before = self.entries.len();
+        self.entries.retain(|(z, _)| *z <= to);
+        self.changed |= self.entries.len() != before;
+    }
+
+    fn reset(&mut self, base: Membership) {
+        let before = self.current().0.clone();
+        self.entries.clear();
+        self.base = base;
+        self.changed |= self.base != before;
+    }
+
+    fn compact(&mut self, upto: Zxid) {
+        let keep = self.entries.partition_point(|(z, _)| *z <= upto);
+        if keep > 0 {
+            let mut folded: Vec<(Zxid, Membership)> = self.entries.drain(..keep).collect();
+            if let Some((_, m)) = folded.pop() {
+                self.base = m;
+            }
+        }
+    }
+}
+
+/// Decodes a membership-change entry read from storage.
+fn stored_membership(e: &Entry) -> Result<Membership, StorageError> {
+    Membership::decode(&e.data).map_err(|err| {
+        StorageError::Corrupt(format!(
+            "membership-change entry {:?} does not decode: {err}",
+            e.zxid
+        ))
+    })
+}
 
 /// A run of consecutive counters within one epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +315,8 @@ pub(crate) struct Log<S> {
     unstable: VecDeque<(Entry, u64)>,
     pending_truncate: Option<Zxid>,
     pending_compact: Option<Zxid>,
+    /// The memberships of the retained log.
+    pub(crate) configs: Configs,
 }
 
 /// Why entries could not be read.
@@ -233,8 +329,26 @@ pub(crate) enum ReadError {
 }
 
 impl<S: Storage> Log<S> {
-    pub(crate) fn new(storage: S, snapshot: Option<Zxid>) -> Result<Log<S>, StorageError> {
+    /// The log over `storage`; `snapshot` is the newest local snapshot and
+    /// `base` the membership in force at it (or, without one, at the
+    /// beginning of time).
+    pub(crate) fn new(
+        storage: S,
+        snapshot: Option<Zxid>,
+        base: Membership,
+    ) -> Result<Log<S>, StorageError> {
         let index = LogIndex::from_storage(&storage)?;
+        let mut configs = Configs::new(base);
+        for e in storage.config_entries()? {
+            let m = stored_membership(&e)?;
+            if configs.entries.last().is_some_and(|(l, _)| *l >= e.zxid) {
+                return Err(StorageError::Corrupt(format!(
+                    "membership-change entries out of order at {:?}",
+                    e.zxid
+                )));
+            }
+            configs.entries.push((e.zxid, m));
+        }
         let mut log = Log {
             storage,
             index,
@@ -242,6 +356,7 @@ impl<S: Storage> Log<S> {
             unstable: VecDeque::new(),
             pending_truncate: None,
             pending_compact: None,
+            configs,
         };
         match snapshot {
             None => log.base = Some(Zxid::ZERO),
@@ -251,10 +366,17 @@ impl<S: Storage> Log<S> {
                 Some(_) if log.index.holds(s) => {}
                 Some(_) => {
                     tracing::warn!(snapshot = ?s, "log inconsistent with snapshot; dropping the log");
-                    log.reset_to(s);
+                    let base = log.configs.base.clone();
+                    log.reset_to(s, base);
                 }
             },
         }
+        // Entries at or before the snapshot are in the snapshot's
+        // membership already.
+        if let Some(s) = snapshot {
+            log.configs.entries.retain(|(z, _)| *z > s);
+        }
+        log.configs.changed = false;
         Ok(log)
     }
 
@@ -273,13 +395,26 @@ impl<S: Storage> Log<S> {
         self.index.at_or_before(z).or(self.base.filter(|b| *b <= z))
     }
 
+    /// Appends `e`; a membership change takes effect now. Its membership
+    /// must have been validated by the caller (a leader proposes only
+    /// valid ones; a follower checks what a leader sends).
     pub(crate) fn append(&mut self, e: Entry) {
+        if e.is_config() {
+            let m = Membership::decode(&e.data).unwrap_or_else(|err| {
+                panic!(
+                    "invariant: a membership-change entry is validated before it is appended ({:?}: {err})",
+                    e.zxid
+                )
+            });
+            self.configs.push(e.zxid, m);
+        }
         self.index.push(e.zxid);
         self.unstable.push_back((e, UNSENT));
     }
 
     /// Drops every entry after `to` (which must be a position).
     pub(crate) fn truncate_after(&mut self, to: Zxid) {
+        self.configs.truncate_after(to);
         self.index.truncate_after(to);
         while self.unstable.back().is_some_and(|(e, _)| e.zxid > to) {
             self.unstable.pop_back();
@@ -287,8 +422,10 @@ impl<S: Storage> Log<S> {
         self.pending_truncate = Some(self.pending_truncate.map_or(to, |t| t.min(to)));
     }
 
-    /// Drops the whole log; the history now ends at the snapshot `s`.
-    pub(crate) fn reset_to(&mut self, s: Zxid) {
+    /// Drops the whole log; the history now ends at the snapshot `s`,
+    /// whose membership is `membership`.
+    pub(crate) fn reset_to(&mut self, s: Zxid, membership: Membership) {
+        self.configs.reset(membership);
         self.index.clear();
         self.unstable.clear();
         self.base = Some(s);
@@ -299,6 +436,7 @@ impl<S: Storage> Log<S> {
     /// Drops entries up to `upto` (held, durable).
     pub(crate) fn compact(&mut self, upto: Zxid) {
         debug_assert!(self.index.holds(upto), "compaction point must be held");
+        self.configs.compact(upto);
         self.index.truncate_prefix(upto);
         self.base = Some(upto);
         self.pending_compact = Some(upto);

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use crate::election::{PeerState, VoteInfo};
+use crate::membership::Membership;
 use crate::message::{Entry, Envelope, HardState, SnapChunk};
 use crate::storage::StorageError;
 use crate::{Epoch, NodeId, Zxid};
@@ -15,12 +16,17 @@ use crate::{Epoch, NodeId, Zxid};
 use crate::{Replica, Storage};
 
 /// What a replica recovered at start, besides its storage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// The state machine's applied zxid (`StateMachine::applied`).
     pub applied: Zxid,
     /// The zxid of the newest durable local snapshot, if any.
     pub snapshot: Option<Zxid>,
+    /// The membership in force at that snapshot, as recorded with it
+    /// ([`Replica::membership_at`]); `None` when there is no snapshot (or
+    /// it recorded none): the membership of the [`Config`](crate::Config)
+    /// given to [`Replica::new`] is then the one at the beginning of time.
+    pub membership: Option<Membership>,
 }
 
 /// Why a proposal was refused; the command is handed back.
@@ -158,6 +164,16 @@ pub enum SnapshotRequest {
 pub enum Event {
     /// The replica has no leader: call `Elector::start_looking(now, vote)`.
     LostLeader(VoteInfo),
+    /// The membership in force changed (a membership-change entry was
+    /// appended, or dropped by a TRUNC, or a snapshot was installed): call
+    /// `Elector::reconfigure` with it. Quorums use it already.
+    MembershipChanged {
+        /// The membership now in force.
+        membership: Membership,
+        /// The membership-change entry that set it (`None`: the base's,
+        /// from a snapshot or the start-up configuration).
+        zxid: Option<Zxid>,
+    },
     /// The leader handed its leadership to this replica and stepped down
     /// (TAKEOVER): call `Elector::start_looking_nominated(now, vote)`. In
     /// every other respect it is [`Event::LostLeader`].

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut wiped, mut readmitted) = (0u64, 0u64);
     let (mut transfers, mut handed_off, mut nominee_won, mut aborted) = (0u64, 0u64, 0u64, 0u64);
+    let (mut reconfigs, mut reconfigs_committed) = (0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let (r, st) = run_one(full, wipes, lease, seed, steps, seeds.len() == 1);
         match r {
@@ -141,6 +142,8 @@ fn main() -> ExitCode {
         handed_off += st.handed_off;
         nominee_won += st.nominee_won;
         aborted += st.transfers_aborted;
+        reconfigs += st.reconfigs;
+        reconfigs_committed += st.reconfigs_committed;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -165,6 +168,9 @@ fn main() -> ExitCode {
     );
     println!(
         "leader hand-overs: {transfers} asked, {handed_off} handed off ({nominee_won} won by the nominee), {aborted} aborted"
+    );
+    println!(
+        "membership changes: {reconfigs} proposed, {reconfigs_committed} committed and acknowledged"
     );
     if wipes {
         println!("{wiped} voters wiped and restarted recovering, {readmitted} readmissions");

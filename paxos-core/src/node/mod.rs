@@ -39,10 +39,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::election::{Decision, Elector, PeerState};
-use crate::message::{Entry, Envelope};
+use crate::membership::Membership;
+use crate::message::{Entry, EntryKind, Envelope};
 use crate::ready::{
     Event, Persisted, ProposeError, ReadIndexError, Ready, SnapshotRequest, TransferError,
 };
+use crate::replica::ChangeError;
 use crate::replica::Replica;
 use crate::state_machine::StateMachine;
 use crate::storage::{MetaKey, Storage, StorageError};
@@ -186,6 +188,15 @@ pub enum NodeEvent<C> {
     SnapshotDue,
     /// This node lost its leader: outgoing snapshot streams can stop.
     LostLeader,
+    /// The membership in force changed (the layer has told the elector).
+    /// Record [`Node::membership_at`] with every snapshot you take.
+    MembershipChanged {
+        /// The membership now in force.
+        membership: Membership,
+        /// The membership-change entry that set it (`None`: a snapshot's
+        /// or the start-up configuration's).
+        zxid: Option<Zxid>,
+    },
     /// This leader handed its leadership to `to` and stepped down (a
     /// [`NodeEvent::LostLeader`] follows): the hand-over asked with
     /// [`Node::transfer_leadership`] took place. Whether `to` then wins the
@@ -368,7 +379,7 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     events: VecDeque<NodeEvent<C>>,
     /// Proposed commands by zxid, with their tokens.
     /// Proposals in zxid order (commits come in that order too).
-    pending_writes: VecDeque<(Zxid, Bytes, C)>,
+    pending_writes: VecDeque<(Zxid, EntryKind, Bytes, C)>,
     pending_write_bytes: usize,
     /// The state machine's answers for the batch being applied (reused).
     apply_results: Vec<Bytes>,
@@ -532,7 +543,8 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             Ok(zxid) => {
                 self.stats.proposals += 1;
                 self.pending_write_bytes += data.len();
-                self.pending_writes.push_back((zxid, data, token));
+                self.pending_writes
+                    .push_back((zxid, EntryKind::Command, data, token));
                 Ok(zxid)
             }
             Err(e) => Err(Rejection {
@@ -540,6 +552,35 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 token,
             }),
         }
+    }
+
+    /// Leader: proposes the membership `to` (one node's role changed; see
+    /// [`Replica::propose_membership`]). `token` comes back in
+    /// [`NodeEvent::Written`] (with an empty result) once the change
+    /// commits, or as for a command if leadership changes first.
+    pub fn propose_membership(
+        &mut self,
+        now: Time,
+        to: Membership,
+        token: C,
+    ) -> Result<Zxid, Rejection<ChangeError, C>> {
+        let _ = now;
+        let data = to.encode();
+        match self.replica.propose_membership(to) {
+            Ok(zxid) => {
+                self.pending_write_bytes += data.len();
+                self.pending_writes
+                    .push_back((zxid, EntryKind::Config, data, token));
+                Ok(zxid)
+            }
+            Err(error) => Err(Rejection { error, token }),
+        }
+    }
+
+    /// The membership in force after `zxid`: record it with a snapshot
+    /// taken at `zxid`.
+    pub fn membership_at(&self, zxid: Zxid) -> Membership {
+        self.replica.membership_at(zxid)
     }
 
     /// Leader: hands the leadership to the voter `to` (see
@@ -663,10 +704,18 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// kernel still expects this snapshot (leadership may have moved
     /// meanwhile) it takes it: its log now continues after `zxid`, and
     /// `staged` replaces the live state machine unless that had already
-    /// applied as far. See [`Installed`] for what the caller keeps.
-    pub fn install_snapshot(&mut self, now: Time, zxid: Zxid, staged: M) -> Installed {
+    /// applied as far. `membership` is the one recorded with the snapshot
+    /// ([`Node::membership_at`] where it was taken). See [`Installed`] for
+    /// what the caller keeps.
+    pub fn install_snapshot(
+        &mut self,
+        now: Time,
+        zxid: Zxid,
+        staged: M,
+        membership: Membership,
+    ) -> Installed {
         let before = self.replica.applied_zxid();
-        if !self.replica.snapshot_installed(now, zxid) {
+        if !self.replica.snapshot_installed(now, zxid, membership) {
             tracing::warn!(id = %self.replica.id(), ?zxid, "snapshot no longer expected; state kept");
             return Installed::NotExpected;
         }
@@ -1092,7 +1141,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for e in committed {
                 at = e.zxid;
-                let result = if !skip.is_empty() && skip.contains(&e.zxid) {
+                let result = if e.is_config() {
+                    // The kernel acts on membership changes; the state
+                    // machine only moves past them.
+                    sm.skip(e.zxid)
+                } else if !skip.is_empty() && skip.contains(&e.zxid) {
                     tracing::warn!(zxid = %e.zxid, bytes = e.data.len(), "committed entry skipped as the operator asked");
                     sm.skip(e.zxid)
                 } else {
@@ -1120,15 +1173,15 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// Proposals and commits both run in zxid order, so only the front of
     /// the queue is looked at.
     fn answer_write(&mut self, e: &Entry, result: Bytes) {
-        while let Some((zxid, _, _)) = self.pending_writes.front() {
+        while let Some((zxid, _, _, _)) = self.pending_writes.front() {
             if *zxid > e.zxid {
                 return;
             }
-            let Some((zxid, data, token)) = self.pending_writes.pop_front() else {
+            let Some((zxid, kind, data, token)) = self.pending_writes.pop_front() else {
                 return;
             };
             self.pending_write_bytes -= data.len();
-            if zxid == e.zxid && data == e.data {
+            if zxid == e.zxid && kind == e.kind && data == e.data {
                 self.events.push_back(NodeEvent::Written {
                     token,
                     zxid,
@@ -1215,6 +1268,13 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     fn on_event(&mut self, now: Time, ev: Event) {
         let id = self.replica.id();
         match ev {
+            Event::MembershipChanged { membership, zxid } => {
+                tracing::info!(%id, ?zxid, voters = ?membership.voters, observers = ?membership.observers, "membership changed; the elector follows");
+                self.elector
+                    .reconfigure(now, &membership.voters, &membership.observers);
+                self.events
+                    .push_back(NodeEvent::MembershipChanged { membership, zxid });
+            }
             Event::HandedOff { to } => {
                 self.events.push_back(NodeEvent::HandedOff { to });
             }
@@ -1231,7 +1291,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 }
                 // Proposals in flight may or may not commit (a new leader
                 // may carry them on): their outcome is unknown.
-                for (_, _, token) in self.pending_writes.drain(..) {
+                for (_, _, _, token) in self.pending_writes.drain(..) {
                     self.events.push_back(NodeEvent::OutcomeUnknown { token });
                 }
                 self.pending_write_bytes = 0;

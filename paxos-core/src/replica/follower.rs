@@ -433,6 +433,13 @@ impl<S: Storage> Replica<S> {
                 return;
             }
         }
+        if let Err((zxid, err)) = Self::memberships_valid(&entries) {
+            // Only a faulty leader sends this: appending it would split the
+            // group's idea of who votes.
+            tracing::error!(id = %self.id, %from, ?zxid, error = %err, "leader sent a malformed membership change; abandoning it");
+            self.lose_leader("leader sent a malformed membership change");
+            return;
+        }
         for e in entries {
             if e.zxid <= last {
                 continue;

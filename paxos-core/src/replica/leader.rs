@@ -259,6 +259,11 @@ impl<S: Storage> Replica<S> {
                         self.log.truncate_after(t);
                     }
                 }
+                if let Err((zxid, err)) = Self::memberships_valid(&entries) {
+                    tracing::error!(id = %self.id, %from, ?zxid, error = %err, "fetched history holds a malformed membership change; refused");
+                    self.lose_leader("fetched history holds a malformed membership change");
+                    return;
+                }
                 if prev == self.log.last() {
                     for e in entries {
                         if !self.log.index.continues(e.zxid) {
@@ -686,6 +691,26 @@ impl<S: Storage> Replica<S> {
     }
 
     fn begin_sync(&mut self) {
+        // The adopted history may carry another membership than the one
+        // the discovery quorum was counted under: that quorum must be one
+        // of the adopted membership as well, or a later majority of it
+        // could hold entries this history lacks.
+        self.sync_membership();
+        let me = self.id;
+        let Role::Leading(l) = &self.role else {
+            return;
+        };
+        let acked = |n: NodeId| {
+            (n == me && !self.recovering)
+                || l.peers
+                    .get(&n)
+                    .is_some_and(|p| p.phase == PPhase::Acked && !p.recovering)
+        };
+        if !self.config.is_voter(me) || !self.config.is_quorum(acked) {
+            tracing::warn!(id = %me, voters = ?self.config.voters, "discovery quorum is not a quorum of the adopted membership; stepping down");
+            self.lose_leader("discovery quorum does not cover the adopted membership");
+            return;
+        }
         let Role::Leading(l) = &mut self.role else {
             return;
         };

@@ -14,6 +14,8 @@
 mod broadcast;
 mod follower;
 mod leader;
+mod membership;
+pub use membership::{ChangeError, MembershipChange};
 mod progress;
 mod reads;
 mod recovery;
@@ -25,6 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::config::Config;
 use crate::election::{Decision, VoteInfo};
 use crate::log::{Log, ReadError};
+use crate::membership::Membership;
 use crate::message::{Entry, Envelope, HardState, Message};
 use crate::ready::{Event, Persisted, Ready, Recovered};
 use crate::storage::{Storage, StorageError};
@@ -137,7 +140,20 @@ impl<S: Storage> Replica<S> {
             ))
             .into());
         }
-        let log = Log::new(storage, recovered.snapshot)?;
+        let start_membership = Membership {
+            voters: config.voters.clone(),
+            observers: config.observers.clone(),
+        };
+        let base = match recovered.membership.clone() {
+            Some(m) if recovered.snapshot.is_some() => {
+                m.validate().map_err(|e| {
+                    StorageError::Corrupt(format!("the snapshot's membership is invalid: {e}"))
+                })?;
+                m
+            }
+            _ => start_membership.clone(),
+        };
+        let log = Log::new(storage, recovered.snapshot, base)?;
         let applied = recovered
             .applied
             .max(recovered.snapshot.unwrap_or(Zxid::ZERO));
@@ -168,6 +184,19 @@ impl<S: Storage> Replica<S> {
             snap_resume: BTreeMap::new(),
             persisted_seq: 0,
         };
+        // The log's membership (its newest change, or the snapshot's) is
+        // the one in force, whatever the start-up configuration said.
+        let (m, zxid) = r.log.configs.current();
+        if *m != start_membership {
+            let m = m.clone();
+            tracing::info!(id = %id, ?zxid, voters = ?m.voters, observers = ?m.observers, "membership from the log and snapshot");
+            r.config.voters = m.voters.clone();
+            r.config.observers = m.observers.clone();
+            r.out.events.push(Event::MembershipChanged {
+                membership: m,
+                zxid,
+            });
+        }
         tracing::info!(id = %id, ?hs, last = ?r.log.last(), ?applied, recovering, "replica started");
         if recovering {
             tracing::warn!(id = %id, "entering recovering: state was lost; not counted until readmitted");
@@ -356,6 +385,7 @@ impl<S: Storage> Replica<S> {
             }
             Role::Looking => {}
         }
+        self.sync_membership();
         self.advance_leader();
     }
 
@@ -430,6 +460,7 @@ impl<S: Storage> Replica<S> {
         if let Some(why) = lose {
             self.lose_leader(why);
         }
+        self.sync_membership();
         self.advance_leader();
     }
 
@@ -532,6 +563,7 @@ impl<S: Storage> Replica<S> {
 
     /// Takes everything the replica wants done. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
+        self.sync_membership();
         self.flush_peers();
         self.maybe_compact();
         self.seq += 1;

@@ -6,6 +6,7 @@
 //! while the receiver reports progress; compaction keeps what transfers in
 //! flight and recently heard followers still need.
 
+use crate::membership::Membership;
 use crate::message::{Message, SnapChunk};
 use crate::storage::Storage;
 use crate::{NodeId, Time, Zxid};
@@ -50,10 +51,19 @@ impl<S: Storage> Replica<S> {
     /// that snapshot, whatever its state machine holds: the log below it
     /// is gone. When it was not (not expected: leadership moved, or
     /// another snapshot is awaited), nothing changed.
-    pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid) -> bool {
+    ///
+    /// `membership` is the one in force at `zxid`, as recorded with the
+    /// snapshot by the node that took it ([`Replica::membership_at`]); an
+    /// invalid one refuses the install.
+    pub fn snapshot_installed(&mut self, now: Time, zxid: Zxid, membership: Membership) -> bool {
         self.now = now;
+        if let Err(e) = membership.validate() {
+            tracing::error!(id = %self.id, ?zxid, error = %e, "installed snapshot names an invalid membership; ignoring the install");
+            return false;
+        }
         if matches!(self.role, Role::Leading(_)) {
-            let taken = self.fetched_snapshot_installed(zxid);
+            let taken = self.fetched_snapshot_installed(zxid, membership);
+            self.sync_membership();
             self.advance_leader();
             return taken;
         }
@@ -68,7 +78,8 @@ impl<S: Storage> Replica<S> {
         f.snap_done = true;
         let (leader, epoch) = (f.leader, f.epoch);
         tracing::info!(id = %self.id, ?zxid, "snapshot installed; log reset");
-        self.log.reset_to(zxid);
+        self.log.reset_to(zxid, membership);
+        self.sync_membership();
         self.snapshot = Some(zxid);
         self.commit = self.commit.max(zxid);
         self.applied = self.applied.max(zxid);
@@ -79,7 +90,7 @@ impl<S: Storage> Replica<S> {
 
     /// Leader-elect: a fetched snapshot is installed (see
     /// [`Replica::snapshot_installed`]); returns whether it was taken.
-    fn fetched_snapshot_installed(&mut self, zxid: Zxid) -> bool {
+    fn fetched_snapshot_installed(&mut self, zxid: Zxid, membership: Membership) -> bool {
         let now = self.now;
         let last = self.log.last();
         let Role::Leading(l) = &mut self.role else {
@@ -104,7 +115,7 @@ impl<S: Storage> Replica<S> {
         // what it applied), and everything we held is below it: what we
         // drop is either inside it or was never committed.
         tracing::info!(id = %self.id, ?zxid, %from, "fetched snapshot installed; log reset, fetching the entries after it");
-        self.log.reset_to(zxid);
+        self.log.reset_to(zxid, membership);
         self.snapshot = Some(zxid);
         self.commit = self.commit.max(zxid);
         self.applied = self.applied.max(zxid);

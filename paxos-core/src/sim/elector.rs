@@ -308,6 +308,19 @@ impl Elector for TestElector {
         self.decision.take()
     }
 
+    fn reconfigure(&mut self, _now: Time, voters: &[NodeId], observers: &[NodeId]) {
+        self.voters = voters.to_vec();
+        self.peers = voters.iter().chain(observers).copied().collect();
+        if !self.peers.contains(&self.id) {
+            // A removed node still asks the members who leads.
+            self.peers.push(self.id);
+        }
+        self.votes.retain(|n, _| voters.contains(n));
+        if !self.counts() {
+            self.votes.remove(&self.id);
+        }
+    }
+
     fn set_voting(&mut self, _now: Time, voting: bool) {
         self.abstain = !voting;
         if !voting {

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use super::{Ev, ScriptedDrop, Sim, Violation};
+use super::{Ev, ScriptedDrop, Sim, Token, Violation};
 use crate::election::Elector;
 use crate::message::HardState;
 use crate::storage::{MemStorage, Storage};
-use crate::{NodeId, Zxid};
+use crate::{Membership, NodeId, Zxid};
 
 impl<E: Elector> Sim<E> {
     /// Crashes `id`: every write it had not synced is lost.
@@ -183,21 +183,119 @@ impl<E: Elector> Sim<E> {
         self.drive(i)
     }
 
+    /// Asks the leader, if any, for a random single-node membership change
+    /// that keeps 3 to 5 voters: promote or demote, add a non-member as an
+    /// observer or a voter, remove an observer or a voter (never the leader
+    /// itself). Refusals (one change at a time, a hand-over) are part of
+    /// the schedule.
+    pub(super) fn random_reconfig(&mut self) -> Result<(), Violation> {
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
+        let i = self.idx(l);
+        let Some(current) = self.nodes[i].replica().map(|r| r.membership().clone()) else {
+            return Ok(());
+        };
+        let all: Vec<NodeId> = self.node_ids();
+        let voters: Vec<NodeId> = current.voters.iter().copied().filter(|v| *v != l).collect();
+        let observers = current.observers.clone();
+        let outsiders: Vec<NodeId> = all
+            .iter()
+            .copied()
+            .filter(|n| !current.is_member(*n))
+            .collect();
+        let mut next = current.clone();
+        let nv = current.voters.len();
+        match self.rng.range(0, 6) {
+            0 if nv < 5 && !observers.is_empty() => {
+                let n = observers[self.rng.index(observers.len())];
+                next.observers.retain(|o| *o != n);
+                next.voters.push(n);
+            }
+            1 if nv > 3 && !voters.is_empty() => {
+                let n = voters[self.rng.index(voters.len())];
+                next.voters.retain(|v| *v != n);
+                next.observers.push(n);
+            }
+            2 if !outsiders.is_empty() => {
+                let n = outsiders[self.rng.index(outsiders.len())];
+                next.observers.push(n);
+            }
+            3 if nv < 5 && !outsiders.is_empty() => {
+                let n = outsiders[self.rng.index(outsiders.len())];
+                next.voters.push(n);
+            }
+            4 if !observers.is_empty() => {
+                let n = observers[self.rng.index(observers.len())];
+                next.observers.retain(|o| *o != n);
+            }
+            5 if nv > 3 && !voters.is_empty() => {
+                let n = voters[self.rng.index(voters.len())];
+                next.voters.retain(|v| *v != n);
+            }
+            _ => return Ok(()),
+        }
+        self.reconfigure(l, next)
+    }
+
+    /// Asks node `leader` to propose the membership `to` (a refusal is
+    /// logged and counts nothing), then drives it.
+    pub fn reconfigure(&mut self, leader: NodeId, to: Membership) -> Result<(), Violation> {
+        let i = self.idx(leader);
+        let now = self.local_now(i);
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Ok(());
+        };
+        let h = super::machine::hash(&to.encode());
+        match node.propose_membership(now, to.clone(), Token::Config) {
+            Ok(zxid) => {
+                tracing::info!(%leader, ?zxid, voters = ?to.voters, observers = ?to.observers, "sim: membership change proposed");
+                self.stats.reconfigs += 1;
+                self.proposed.insert(zxid, h);
+            }
+            Err(r) => {
+                tracing::debug!(%leader, error = %r.error, "sim: membership change refused")
+            }
+        }
+        self.drive(i)
+    }
+
+    /// Whether one more node may go down (or recover) and every membership
+    /// that can act keeps a quorum: crashes take at most a minority of
+    /// voters at once (a down or recovering node counts as lost, whatever
+    /// it is).
+    fn may_lose_one_more(&self) -> bool {
+        let lost: Vec<NodeId> = self
+            .node_ids()
+            .into_iter()
+            .filter(|n| !self.is_up(*n) || self.is_recovering(*n))
+            .collect();
+        if self.cfg.reconfig_interval.is_none() {
+            // The fixed membership: every lost node counts (as the
+            // schedules of earlier seeds were drawn).
+            return lost.len() < self.cfg.voters - (self.cfg.voters / 2 + 1);
+        }
+        self.acting_memberships().iter().all(|m| {
+            let down = m.voters.iter().filter(|v| lost.contains(v)).count();
+            down < m.voters.len() - (m.voters.len() / 2 + 1)
+        })
+    }
+
     pub(super) fn random_fault(&mut self) {
         let n = self.nodes.len();
         let i = self.rng.index(n);
         let id = self.nodes[i].id;
-        let wipe = self.cfg.wipes && self.config.is_voter(id) && self.rng.chance(0.25);
+        let voter = if self.cfg.reconfig_interval.is_none() {
+            self.config.is_voter(id)
+        } else {
+            self.acting_memberships().iter().any(|m| m.is_voter(id))
+        };
+        let wipe = self.cfg.wipes && voter && self.rng.chance(0.25);
         match self.rng.range(0, 9) {
             0..=3 => {
                 // Crash at most a minority of voters at once; a recovering
                 // voter counts as down (it cannot help any quorum).
-                let ids = self.node_ids();
-                let down = ids
-                    .iter()
-                    .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
-                    .count();
-                if down < self.cfg.voters - (self.cfg.voters / 2 + 1) {
+                if self.may_lose_one_more() {
                     if wipe && !self.is_recovering(id) {
                         self.wipe(id, true);
                     } else {
@@ -229,16 +327,10 @@ impl<E: Elector> Sim<E> {
                 self.schedule(d, Ev::Heal);
             }
             6 if self.cfg.disk_faults && self.rng.chance(0.5) => {
-                if self.config.is_voter(id) && self.rng.chance(0.3) {
+                if voter && self.rng.chance(0.3) {
                     // Damage in the synced part of the log: the node
                     // restarts recovering, as the reference node does.
-                    let ids = self.node_ids();
-                    let down = ids
-                        .iter()
-                        .filter(|n| !self.is_up(**n) || self.is_recovering(**n))
-                        .count();
-                    if down < self.cfg.voters - (self.cfg.voters / 2 + 1) && !self.is_recovering(id)
-                    {
+                    if self.may_lose_one_more() && !self.is_recovering(id) {
                         self.corrupt(id);
                         let d = Duration::from_nanos(
                             self.rng.range(1, self.cfg.max_down.as_nanos() as u64),

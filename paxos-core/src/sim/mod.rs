@@ -63,7 +63,7 @@ use crate::ready::Recovered;
 use crate::replica::Replica;
 use crate::storage::{MemStorage, Storage};
 use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
-use crate::{plan, Config, GroupId, NodeId, Time, Zxid};
+use crate::{plan, Config, GroupId, Membership, NodeId, Time, Zxid};
 use machine::{hash, Canonical, SimMachine};
 
 /// Test-only sync planner: the kernel's built-in rules (DIFF when the
@@ -164,6 +164,10 @@ pub struct SimConfig {
     /// Mean time between leader hand-overs to a random voter
     /// ([`Node::transfer_leadership`]) while faults run; `None` for none.
     pub transfer_interval: Option<Duration>,
+    /// Mean time between random membership changes
+    /// ([`Node::propose_membership`]: add, remove, promote or demote one
+    /// node, keeping 3 to 5 voters) while faults run; `None` for none.
+    pub reconfig_interval: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -203,6 +207,7 @@ impl Default for SimConfig {
             sync_fail_prob: 0.0,
             max_clock_drift_ppm: 0,
             transfer_interval: None,
+            reconfig_interval: None,
         }
     }
 }
@@ -240,6 +245,12 @@ impl SimConfig {
         // are what they were before hand-overs existed.
         if rng.chance(0.3) {
             c.transfer_interval = Some(Duration::from_millis(rng.range(100, 600)));
+        }
+        // Drawn after the hand-overs, for the same reason.
+        if rng.chance(0.3) {
+            c.reconfig_interval = Some(Duration::from_millis(rng.range(100, 600)));
+            // A node outside the voters to promote, add and remove.
+            c.observers = c.observers.max(1);
         }
         c
     }
@@ -338,6 +349,13 @@ pub struct SimStats {
     pub nominee_won: u64,
     /// Hand-overs given up (the target did not catch up in time).
     pub transfers_aborted: u64,
+    /// Membership changes proposed by a leader.
+    pub reconfigs: u64,
+    /// Membership changes committed (acknowledged to the proposer).
+    pub reconfigs_committed: u64,
+    /// Times a node's membership in force changed (appends, TRUNCs,
+    /// installs, on every node).
+    pub membership_changes: u64,
 }
 
 /// A network message: the kernel's or the elector's.
@@ -388,17 +406,21 @@ enum Ev<M> {
     Fault,
     /// Ask the leader to hand over to a random voter.
     Transfer,
+    /// Ask the leader for a random membership change.
+    Reconfig,
     Restart {
         node: usize,
     },
     Heal,
 }
 
-/// The simulated state machine's snapshot: how many canonical entries it covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The simulated state machine's snapshot: how many canonical entries it
+/// covers, and the membership in force at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct SmSnapshot {
     zxid: Zxid,
     len: usize,
+    membership: Membership,
 }
 
 /// The node layer as the simulator runs it: simulated disk, checking state
@@ -410,6 +432,8 @@ type SimCore<E> = Node<SimStorage, E, SimMachine, Token>;
 enum Token {
     /// A write (its zxid is known from `propose`).
     Write,
+    /// A membership change.
+    Config,
     /// A linearizable read that must observe every entry acknowledged
     /// before it started (`floor`).
     Read { floor: Zxid },
@@ -615,6 +639,10 @@ impl<E: Elector> Sim<E> {
             let d = Duration::from_nanos(sim.rng.range(1, ti.as_nanos() as u64 * 2));
             sim.schedule(d, Ev::Transfer);
         }
+        if let Some(ri) = sim.cfg.reconfig_interval {
+            let d = Duration::from_nanos(sim.rng.range(1, ri.as_nanos() as u64 * 2));
+            sim.schedule(d, Ev::Reconfig);
+        }
         sim
     }
 
@@ -778,17 +806,18 @@ impl<E: Elector> Sim<E> {
         let mut storage = SimStorage::from_durable(n.disk.clone());
         storage.set_refuse_writes(n.disk_full);
         n.durable_hs = storage.durable().hard_state();
-        let snapshot = n.snapshot;
+        let snapshot = n.snapshot.clone();
         // The state machine restarts from the durable snapshot.
         let machine = SimMachine::new(
             n.id,
             canonical,
-            snapshot.map_or(0, |s| s.len),
-            snapshot.map_or(Zxid::ZERO, |s| s.zxid),
+            snapshot.as_ref().map_or(0, |s| s.len),
+            snapshot.as_ref().map_or(Zxid::ZERO, |s| s.zxid),
         );
         let recovered = Recovered {
             applied: machine.last,
-            snapshot: snapshot.map(|s| s.zxid),
+            snapshot: snapshot.as_ref().map(|s| s.zxid),
+            membership: snapshot.map(|s| s.membership),
         };
         let mut r = match Replica::new(
             n.id,
@@ -959,6 +988,15 @@ impl<E: Elector> Sim<E> {
                     if let Some(fi) = self.cfg.fault_interval {
                         let d = Duration::from_nanos(self.rng.range(1, fi.as_nanos() as u64 * 2));
                         self.schedule(d, Ev::Fault);
+                    }
+                }
+            }
+            Ev::Reconfig => {
+                if self.faults {
+                    self.random_reconfig()?;
+                    if let Some(ri) = self.cfg.reconfig_interval {
+                        let d = Duration::from_nanos(self.rng.range(1, ri.as_nanos() as u64 * 2));
+                        self.schedule(d, Ev::Reconfig);
                     }
                 }
             }
@@ -1318,6 +1356,16 @@ impl<E: Elector> Sim<E> {
     fn on_node_event(&mut self, i: usize, ev: NodeEvent<Token>) -> Result<(), Violation> {
         let now = self.now;
         match ev {
+            NodeEvent::Written {
+                zxid,
+                token: Token::Config,
+                ..
+            } => {
+                if let Some(h) = self.proposed.remove(&zxid) {
+                    self.acked.insert(zxid, h);
+                    self.stats.reconfigs_committed += 1;
+                }
+            }
             NodeEvent::Written { zxid, .. } => {
                 // Client acknowledgement: the proposer applied its command.
                 if let Some(h) = self.proposed.remove(&zxid) {
@@ -1345,7 +1393,12 @@ impl<E: Elector> Sim<E> {
                     // At the state machine's position now, which may be past
                     // where it was when the event was queued.
                     let (zxid, len) = (node.state_machine().last, node.state_machine().len);
-                    n.snapshot = Some(SmSnapshot { zxid, len });
+                    let membership = node.membership_at(zxid);
+                    n.snapshot = Some(SmSnapshot {
+                        zxid,
+                        len,
+                        membership,
+                    });
                     node.snapshot_taken(zxid);
                 }
             }
@@ -1353,6 +1406,7 @@ impl<E: Elector> Sim<E> {
                 self.stats.lost_leader += 1;
                 self.nodes[i].outgoing.clear();
             }
+            NodeEvent::MembershipChanged { .. } => self.stats.membership_changes += 1,
             NodeEvent::HandedOff { to } => {
                 self.stats.handed_off += 1;
                 self.nominee = Some(to);
@@ -1376,6 +1430,37 @@ impl<E: Elector> Sim<E> {
         Ok(())
     }
 
+    /// The memberships that can act: the one in force at the highest
+    /// commit point of any running node, and each running leader's own
+    /// (which may hold an uncommitted change).
+    pub(super) fn acting_memberships(&self) -> Vec<Membership> {
+        let mut out: Vec<Membership> = Vec::new();
+        let committed = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica())
+            .max_by_key(|r| r.commit_zxid())
+            .map(|r| r.membership_at(r.commit_zxid()));
+        let leaders = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica())
+            .filter(|r| r.is_leader())
+            .map(|r| r.membership().clone());
+        for m in committed.into_iter().chain(leaders) {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            out.push(Membership {
+                voters: self.config.voters.clone(),
+                observers: self.config.observers.clone(),
+            });
+        }
+        out
+    }
+
     /// Checks the safety invariants that are not checked as events happen.
     fn check(&self) -> Result<(), Violation> {
         // Leader completeness.
@@ -1397,29 +1482,40 @@ impl<E: Elector> Sim<E> {
         // quorum. After a wipe no quorum may hold it any more; what must
         // still hold is that every quorum that can act, i.e. one made of
         // voters that are not recovering, contains a holder.
+        // Under membership changes, the memberships that can act are the
+        // committed one and a leader's pending one; checked against each.
         if let Some((&z, &h)) = self.acked.iter().next_back() {
-            let mut holders = 0;
-            let mut counted_non_holders = 0;
-            for n in self.nodes.iter().filter(|n| self.config.is_voter(n.id)) {
-                let disk = match n.replica() {
-                    Some(r) => r.storage().durable(),
-                    None => &n.disk,
-                };
-                let holds = n.snapshot.is_some_and(|s| s.zxid >= z)
-                    || disk.get(z).is_some_and(|e| hash(&e.data) == h);
-                if holds {
-                    holders += 1;
-                } else if !self.is_recovering(n.id) {
-                    counted_non_holders += 1;
-                }
-            }
             let lost_disks = self.stats.wipes + self.stats.corruptions;
-            let ok = holders >= self.config.quorum()
-                || (lost_disks > 0 && counted_non_holders < self.config.quorum());
-            if !ok {
-                return Err(self.violation(format!(
-                    "durability: acknowledged {z:?} durably held by {holders} voters only"
-                )));
+            for m in self.acting_memberships() {
+                let quorum = m.voters.len() / 2 + 1;
+                let mut holders = 0;
+                let mut counted_non_holders = 0;
+                for n in self.nodes.iter().filter(|n| m.is_voter(n.id)) {
+                    let disk = match n.replica() {
+                        Some(r) => r.storage().durable(),
+                        None => &n.disk,
+                    };
+                    let holds = n.snapshot.as_ref().is_some_and(|s| s.zxid >= z)
+                        || disk.get(z).is_some_and(|e| hash(&e.data) == h);
+                    if holds {
+                        holders += 1;
+                    } else if !self.is_recovering(n.id) {
+                        counted_non_holders += 1;
+                    }
+                }
+                // Every quorum that can act holds it. Without reconfigurations
+                // or lost disks: a quorum holds it.
+                let ok = if lost_disks == 0 && self.stats.reconfigs == 0 {
+                    holders >= quorum
+                } else {
+                    counted_non_holders < quorum
+                };
+                if !ok {
+                    return Err(self.violation(format!(
+                        "durability: acknowledged {z:?} durably held by {holders} of voters {:?} only",
+                        m.voters
+                    )));
+                }
             }
         }
         Ok(())

@@ -10,13 +10,17 @@ use super::machine::SimMachine;
 use super::{crc32, Ev, Sim, SimOutgoing, SmSnapshot, Violation};
 use crate::election::Elector;
 use crate::node::Installed;
-use crate::{NodeId, SnapChunk, Zxid};
+use crate::{Membership, NodeId, SnapChunk, Zxid};
 
 impl<E: Elector> Sim<E> {
-    fn encode_snapshot(&self, s: SmSnapshot) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + s.len * 16);
+    /// `zxid u64 | len u64 | membership len u32 | membership | (zxid u64 | hash u64) * len`
+    fn encode_snapshot(&self, s: &SmSnapshot) -> Vec<u8> {
+        let m = s.membership.encode();
+        let mut out = Vec::with_capacity(20 + m.len() + s.len * 16);
         out.extend_from_slice(&s.zxid.0.to_le_bytes());
         out.extend_from_slice(&(s.len as u64).to_le_bytes());
+        out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        out.extend_from_slice(&m);
         for (z, h) in &self.canonical.borrow()[..s.len] {
             out.extend_from_slice(&z.0.to_le_bytes());
             out.extend_from_slice(&h.to_le_bytes());
@@ -28,7 +32,11 @@ impl<E: Elector> Sim<E> {
     pub(super) fn send_snapshot(&mut self, i: usize, to: NodeId, snapshot: Zxid, offset: u64) {
         {
             {
-                let Some(s) = self.nodes[i].snapshot.filter(|s| s.zxid == snapshot) else {
+                let Some(s) = self.nodes[i]
+                    .snapshot
+                    .clone()
+                    .filter(|s| s.zxid == snapshot)
+                else {
                     tracing::debug!(have = ?self.nodes[i].snapshot, want = ?snapshot, "sim: snapshot superseded");
                     return; // superseded; the leader will retry
                 };
@@ -39,7 +47,7 @@ impl<E: Elector> Sim<E> {
                 if offset > 0 {
                     self.stats.snap_resumes += 1;
                 }
-                let bytes = Bytes::from(self.encode_snapshot(s));
+                let bytes = Bytes::from(self.encode_snapshot(&s));
                 let out = SimOutgoing {
                     to,
                     snapshot,
@@ -147,16 +155,22 @@ impl<E: Elector> Sim<E> {
         n.incoming.clear();
         n.incoming_zxid = Zxid::ZERO;
         let buf = assembled;
-        if buf.len() < 16 || buf.len() as u64 != chunk.total_len {
+        if buf.len() < 20 || buf.len() as u64 != chunk.total_len {
             return Err(self.violation("snapshot of wrong length".into()));
         }
         let zxid = Zxid(u64::from_le_bytes(buf[0..8].try_into().unwrap_or_default()));
         let len = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) as usize;
-        if zxid != chunk.snapshot_zxid || buf.len() != 16 + len * 16 {
+        let mlen = u32::from_le_bytes(buf[16..20].try_into().unwrap_or_default()) as usize;
+        let head = 20 + mlen;
+        if zxid != chunk.snapshot_zxid || buf.len() != head + len * 16 {
             return Err(self.violation("snapshot header mismatch".into()));
         }
+        let membership = match Membership::decode(&buf[20..head]) {
+            Ok(m) => m,
+            Err(e) => return Err(self.violation(format!("snapshot membership: {e}"))),
+        };
         for k in 0..len {
-            let o = 16 + k * 16;
+            let o = head + k * 16;
             let z = Zxid(u64::from_le_bytes(
                 buf[o..o + 8].try_into().unwrap_or_default(),
             ));
@@ -166,7 +180,11 @@ impl<E: Elector> Sim<E> {
                 return Err(self.violation(what));
             }
         }
-        let snap = SmSnapshot { zxid, len };
+        let snap = SmSnapshot {
+            zxid,
+            len,
+            membership,
+        };
         let install = self.cfg.snap_install_time;
         if install.is_zero() {
             self.finish_install(i, snap);
@@ -183,14 +201,14 @@ impl<E: Elector> Sim<E> {
 
     /// An install in progress: finish it when due, else report progress.
     pub(super) fn install_tick(&mut self, i: usize) -> Result<(), Violation> {
-        let Some((snap, done_at)) = self.nodes[i].installing else {
+        let Some((snap, done_at)) = self.nodes[i].installing.clone() else {
             return Ok(());
         };
         if self.now >= done_at {
             self.nodes[i].installing = None;
             self.finish_install(i, snap);
         } else {
-            let total = 16 + snap.len as u64 * 16;
+            let total = (20 + snap.membership.encode().len() + snap.len * 16) as u64;
             self.report_progress(i, snap.zxid, total, true);
             let gen = self.nodes[i].snap_gen;
             let tick = self
@@ -214,9 +232,9 @@ impl<E: Elector> Sim<E> {
             return;
         };
         let staged = SimMachine::new(n.id, self.canonical.clone(), snap.len, snap.zxid);
-        let installed = node.install_snapshot(now, snap.zxid, staged);
+        let installed = node.install_snapshot(now, snap.zxid, staged, snap.membership.clone());
         if installed.taken() {
-            n.snapshot = Some(snap);
+            n.snapshot = Some(snap.clone());
             let id = n.id;
             self.snap_open.retain(|(_, f)| *f != id);
         }

@@ -425,6 +425,7 @@ fn leader_elect_behind_a_compacted_follower() -> Cluster {
     let snap = Recovered {
         applied: z(1, 5),
         snapshot: Some(z(1, 5)),
+        membership: None,
     };
     let mut c = Cluster::with_recovered(
         three(),
@@ -510,8 +511,9 @@ fn a_leader_elect_takes_a_compacted_followers_snapshot_then_its_suffix() {
         .any(|e| matches!(e.msg, Message::NewLeader { .. })));
     let now = c.now;
     c.nodes[0].snapshot_progress(now, z(1, 5), 5, true);
+    let membership = c.nodes[1].membership_at(z(1, 5));
     assert_eq!(
-        c.nodes[0].install_snapshot(now, z(1, 5), Recorder::at(z(1, 5))),
+        c.nodes[0].install_snapshot(now, z(1, 5), Recorder::at(z(1, 5)), membership),
         Installed::Replaced,
         "the snapshot asked for replaces the state"
     );

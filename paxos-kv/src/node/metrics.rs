@@ -131,6 +131,8 @@ pub(super) struct NodeMetrics {
     peer_connected: Family<PeerLabels, Gauge>,
     elections: Counter,
     epoch_changes: Counter,
+    membership_changes: Counter,
+    leader_transfers: Counter,
     leader: Gauge,
     epoch: Gauge,
     commit_zxid: Gauge<u64, AtomicU64>,
@@ -222,6 +224,18 @@ impl NodeMetrics {
             "elections",
             "Leader elections this node saw decided",
             elections.clone(),
+        );
+        let membership_changes = Counter::default();
+        r.register(
+            "membership_changes",
+            "Changes of the membership in force on this node (a change appended or undone, or a snapshot's)",
+            membership_changes.clone(),
+        );
+        let leader_transfers = Counter::default();
+        r.register(
+            "leader_transfers",
+            "Leadership hand-overs this node made as leader (TAKEOVER sent)",
+            leader_transfers.clone(),
         );
         let epoch_changes = Counter::default();
         r.register(
@@ -322,6 +336,8 @@ impl NodeMetrics {
             peer_lag,
             peer_connected,
             elections,
+            membership_changes,
+            leader_transfers,
             epoch_changes,
             leader,
             epoch,
@@ -383,6 +399,16 @@ impl NodeMetrics {
     /// An election was decided.
     pub(super) fn election_decided(&self) {
         self.elections.inc();
+    }
+
+    /// The membership in force changed.
+    pub(super) fn membership_changed(&self) {
+        self.membership_changes.inc();
+    }
+
+    /// This node handed its leadership over.
+    pub(super) fn handed_off(&self) {
+        self.leader_transfers.inc();
     }
 
     /// The node settled under a leader (or as one) in `epoch`.

@@ -40,8 +40,8 @@ use paxos_core::node::{
     Node, NodeConfig, NodeError, NodeEvent, ProposeRejected, ReadRejected, SyncId, Transmit,
 };
 use paxos_core::{
-    Codec, Config, Envelope, GroupId, MetaKey, NodeId, ProposeError, Recovered, Replica, SnapChunk,
-    StateMachine, Storage, StorageError, Time, Zxid,
+    Codec, Config, Envelope, GroupId, Membership, MetaKey, NodeId, ProposeError, Recovered,
+    Replica, SnapChunk, StateMachine, Storage, StorageError, Time, Zxid,
 };
 use paxos_election::{ElectionConfig, FastElection, Notification};
 use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
@@ -144,7 +144,7 @@ struct InstallDone {
     from: NodeId,
     receiver: SnapshotReceiver,
     staged: KvStore,
-    result: Result<StoredSnapshot, paxos_snapshot::SnapshotError>,
+    result: Result<(StoredSnapshot, paxos_snapshot::SnapshotMeta), paxos_snapshot::SnapshotError>,
     elapsed: Duration,
 }
 
@@ -268,6 +268,11 @@ pub async fn run_node(
         recovered = Recovered {
             applied: kv.applied(),
             snapshot: Some(meta.zxid),
+            // The snapshot format records the voters only.
+            membership: (!meta.voters.is_empty()).then(|| Membership {
+                voters: meta.voters.clone(),
+                observers: Vec::new(),
+            }),
         };
     }
     let receiver = SnapshotReceiver::open(
@@ -813,6 +818,7 @@ impl Driver {
                 self.on_transfer_outcome(self.id, admin::TransferOutcome::LeadershipLost);
             }
             NodeEvent::HandedOff { to } => {
+                self.metrics.handed_off();
                 self.on_transfer_outcome(to, admin::TransferOutcome::HandedOff)
             }
             NodeEvent::TransferAborted { to } => {
@@ -833,6 +839,7 @@ impl Driver {
                 }
             }
             NodeEvent::ElectionDecided(_) => self.metrics.election_decided(),
+            NodeEvent::MembershipChanged { .. } => self.metrics.membership_changed(),
             NodeEvent::Settled { epoch, .. } => self.metrics.settled(epoch),
             NodeEvent::StorageReadFailed(_) => {}
         }

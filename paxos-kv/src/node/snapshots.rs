@@ -3,7 +3,7 @@
 //! on a thread of their own. The node layer says what to do; this is how.
 
 use paxos_core::node::Installed;
-use paxos_core::{NodeId, SnapChunk, StateMachine, Zxid};
+use paxos_core::{Membership, NodeId, SnapChunk, StateMachine, Zxid};
 use paxos_net_quic::PeerId;
 use paxos_snapshot::{write_state_machine, Progress, SnapshotMeta, SnapshotSender, StoredSnapshot};
 use std::time::{Duration, Instant};
@@ -156,7 +156,13 @@ impl Driver {
         tracing::info!(%from, "snapshot received; installing off the loop");
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = receiver.install(&mut staged);
+            // The membership recorded with the snapshot comes from its
+            // header (read again once installed, the file being the one
+            // the checks passed on).
+            let result = receiver.install(&mut staged).and_then(|stored| {
+                let (_, meta, _) = paxos_snapshot::snapshot_identity(&stored.path)?;
+                Ok((stored, meta))
+            });
             if result.is_ok() {
                 if let Err(e) = store.retain(2) {
                     tracing::warn!(error = %e, "old snapshots not removed");
@@ -186,14 +192,22 @@ impl Driver {
         self.receiver = Some(receiver);
         self.installing = None;
         match result {
-            Ok(stored) => {
+            Ok((stored, meta)) => {
                 let now = self.now();
+                // The snapshot format records the voters only (observers
+                // are not carried yet).
+                let membership = Membership {
+                    voters: meta.voters,
+                    observers: Vec::new(),
+                };
                 // The snapshot is in the store either way: taken, it is
                 // the newest durable snapshot the log now continues from.
-                match self
-                    .node
-                    .install_snapshot(now, stored.zxid, TimedStore::new(staged))
-                {
+                match self.node.install_snapshot(
+                    now,
+                    stored.zxid,
+                    TimedStore::new(staged),
+                    membership,
+                ) {
                     Installed::Replaced => {
                         self.stats.snapshot_installs += 1;
                         self.metrics.snapshot_installed();
@@ -228,7 +242,8 @@ impl Driver {
         let meta = SnapshotMeta {
             zxid,
             epoch: replica.hard_state().current_epoch,
-            voters: replica.config().voters.clone(),
+            // The membership in force at the snapshot's zxid (not now).
+            voters: self.node.membership_at(zxid).voters,
         };
         let copy = self.node.state_machine().clone();
         let store = self.snapshots.clone();
