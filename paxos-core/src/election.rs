@@ -74,9 +74,11 @@ pub trait Elector {
         self.start_looking(now, me);
     }
 
-    /// The membership in force changed ([`Event::MembershipChanged`]):
-    /// count and answer these voters and observers from now on. A node
-    /// that is not among `voters` no longer stands.
+    /// The membership changed: count and answer these voters and
+    /// observers from now on. A node that is not among `voters` no longer
+    /// stands. The node layer passes the membership committed as far as
+    /// this node knows (see [`Event::MembershipChanged`] for the one in
+    /// force, which the kernel's quorums use).
     ///
     /// The default does nothing, which stays safe (the kernel counts its
     /// quorums under the membership in force, whatever the elector

@@ -393,6 +393,8 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     stats: NodeStats,
     /// Set by a fatal error: the node takes no more input.
     failed: Option<NodeError>,
+    /// The membership the elector was last given (the committed one).
+    elector_membership: Option<Membership>,
 }
 
 impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
@@ -429,6 +431,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             next_read_sweep: Time::ZERO,
             stats: NodeStats::default(),
             failed: None,
+            elector_membership: None,
         })
     }
 
@@ -762,6 +765,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             return Err(e.clone());
         }
         for _ in 0..MAX_PROCESS_ROUNDS {
+            self.sync_elector(now);
             let mut moved = false;
             let mut round_durable = true;
             if let Some(round) = self.elector.round().filter(|&r| r != self.election_round) {
@@ -812,6 +816,49 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the elector on the membership committed as far as this node
+    /// knows: its voters count. Not the one in force: an uncommitted change
+    /// a lagging node still holds (to be dropped by the next leader's TRUNC)
+    /// would make it wait for votes the others never give, so it could
+    /// never decide on the leader that would sync it. Every other member of
+    /// the membership in force is given as an observer: the elector talks
+    /// to it (a newcomer must learn who leads, or the kernel's quorum,
+    /// which counts the membership in force, could not form). The kernel
+    /// counts every quorum itself, whatever the elector decides.
+    fn sync_elector(&mut self, now: Time) {
+        let committed = self.replica.committed_membership();
+        let in_force = self.replica.membership();
+        if let Some(given) = &self.elector_membership {
+            let observers_match = in_force
+                .voters
+                .iter()
+                .chain(&in_force.observers)
+                .chain(&committed.observers)
+                .filter(|n| !committed.is_voter(**n))
+                .all(|n| given.is_observer(*n))
+                && given
+                    .observers
+                    .iter()
+                    .all(|o| committed.is_observer(*o) || in_force.is_member(*o));
+            if given.voters == committed.voters && observers_match {
+                return;
+            }
+        }
+        let mut observers: Vec<NodeId> = committed.observers.clone();
+        for n in in_force.voters.iter().chain(&in_force.observers) {
+            if !committed.is_voter(*n) && !observers.contains(n) {
+                observers.push(*n);
+            }
+        }
+        let m = Membership {
+            voters: committed.voters.clone(),
+            observers,
+        };
+        tracing::info!(id = %self.replica.id(), voters = ?m.voters, observers = ?m.observers, "the elector follows the committed membership");
+        self.elector.reconfigure(now, &m.voters, &m.observers);
+        self.elector_membership = Some(m);
     }
 
     // ----- outputs -----
@@ -1269,9 +1316,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         let id = self.replica.id();
         match ev {
             Event::MembershipChanged { membership, zxid } => {
-                tracing::info!(%id, ?zxid, voters = ?membership.voters, observers = ?membership.observers, "membership changed; the elector follows");
-                self.elector
-                    .reconfigure(now, &membership.voters, &membership.observers);
+                tracing::info!(%id, ?zxid, voters = ?membership.voters, observers = ?membership.observers, "membership in force changed");
                 self.events
                     .push_back(NodeEvent::MembershipChanged { membership, zxid });
             }

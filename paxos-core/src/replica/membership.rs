@@ -161,6 +161,12 @@ impl<S: Storage> Replica<S> {
         self.log.configs.at(zxid).clone()
     }
 
+    /// The membership in force at the commit point as this replica knows
+    /// it: what its elector should count (see `Node`'s use of it).
+    pub fn committed_membership(&self) -> &Membership {
+        self.log.configs.at(self.commit)
+    }
+
     /// The uncommitted membership change, if one is in flight.
     pub fn membership_change_pending(&self) -> Option<Zxid> {
         self.log.configs.pending_after(self.commit)

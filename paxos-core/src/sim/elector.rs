@@ -126,10 +126,15 @@ impl TestElector {
     }
 
     fn broadcast_vote(&mut self) {
+        // Only a recovering node abstains. A node that is no voter in its
+        // own view still tells its vote: whether it counts is each
+        // receiver's call, by the receiver's membership (a node that has
+        // not yet learned it was made a voter must be counted by those
+        // that know, or no one could be elected to tell it).
         let msg = TestElectionMsg::Vote {
             round: self.round,
             vote: self.vote,
-            abstain: !self.counts(),
+            abstain: self.abstain,
         };
         for p in &self.peers {
             if *p != self.id {
@@ -233,6 +238,22 @@ impl Elector for TestElector {
                     if !self.is_voter(from) || abstain {
                         return;
                     }
+                    if !self.counts() {
+                        // An observer (in its own view) follows the voters'
+                        // rounds, whichever way, and tallies their votes.
+                        if round != self.round {
+                            self.round = round;
+                            self.votes.clear();
+                            self.vote = vote;
+                        } else if vote > self.vote && self.state == State::Looking {
+                            self.vote = vote;
+                        }
+                        self.votes.insert(from, vote);
+                        if self.state == State::Looking {
+                            self.try_decide();
+                        }
+                        return;
+                    }
                     if round > self.round {
                         self.round = round;
                         self.votes.clear();
@@ -259,7 +280,7 @@ impl Elector for TestElector {
                             TestElectionMsg::Vote {
                                 round: self.round,
                                 vote: self.vote,
-                                abstain: !self.counts(),
+                                abstain: self.abstain,
                             },
                         ));
                         return;
