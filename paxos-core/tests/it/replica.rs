@@ -21,9 +21,10 @@ use paxos_core::node::{
 };
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
-    Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState, MemStorage,
-    Message, NodeId, PeerState, ProposeError, Recovered, Replica, SnapChunk, StartError,
-    StateMachine, Storage, StorageError, Time, TransferError, VoteInfo, Zxid,
+    ChangeError, Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState,
+    MemStorage, Membership, Message, NodeId, PeerState, ProposeError, Recovered, Replica,
+    SnapChunk, StartError, StateMachine, Storage, StorageError, Time, TransferError, VoteInfo,
+    Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -1284,4 +1285,105 @@ fn a_leader_hands_over_to_a_caught_up_voter_or_gives_up() {
     assert!(c.nodes[1].is_leader());
     assert_eq!(c.nodes[1].replica().transferring_to(), None);
     c.propose(1, Bytes::from_static(b"again"), 102).unwrap();
+}
+
+fn members(voters: &[u64], observers: &[u64]) -> Membership {
+    Membership {
+        voters: voters.iter().map(|v| NodeId(*v)).collect(),
+        observers: observers.iter().map(|o| NodeId(*o)).collect(),
+    }
+}
+
+/// A single-server change: refused unless it is one node's role, proposed
+/// by an established leader, alone, and leaves a quorum in sync; once
+/// appended it is in force everywhere and the promoted observer counts.
+#[test]
+fn a_promoted_observer_counts_as_soon_as_the_change_is_appended() {
+    let mut cfg = three();
+    cfg.observers = vec![NodeId(9)];
+    let mut c = Cluster::new(cfg, mem(4));
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.nodes[0].is_leader());
+    c.propose(0, Bytes::from_static(b"a"), 1).unwrap();
+    c.pump();
+    let now = c.now;
+    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
+    assert!(matches!(
+        refused(c.nodes[1].propose_membership(now, members(&[1, 2, 3, 9], &[]), 2)),
+        Err(ChangeError::NotLeader { .. })
+    ));
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3], &[9]), 2)),
+        Err(ChangeError::Unchanged)
+    );
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 9, 10], &[]), 2)),
+        Err(ChangeError::NotSingle(2))
+    );
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[2, 3], &[1, 9]), 2)),
+        Err(ChangeError::RemovesLeader)
+    );
+    assert!(matches!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 9], &[9]), 2)),
+        Err(ChangeError::Invalid(_))
+    ));
+    // n2 unheard for an election timeout: removing n3 would leave {n1, n2}
+    // with only n1 in sync, no quorum.
+    c.cut = vec![NodeId(2)];
+    for _ in 0..6 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(c.nodes[0].is_leader());
+    let now = c.now;
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2], &[9]), 2)),
+        Err(ChangeError::WouldLoseQuorum {
+            healthy: 1,
+            needed: 2
+        })
+    );
+    // n2 lost its leader meanwhile: it follows n1 again.
+    c.cut.clear();
+    c.advance(Duration::from_millis(100));
+    c.decide(NodeId(1));
+    c.pump();
+    let now = c.now;
+    let z = c.nodes[0]
+        .propose_membership(now, members(&[1, 2, 3, 9], &[]), 3)
+        .unwrap();
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3], &[9]), 4)),
+        Err(ChangeError::InProgress(z))
+    );
+    c.pump();
+    c.advance(Duration::from_millis(60));
+    for n in &c.nodes {
+        assert_eq!(
+            n.replica().membership(),
+            &members(&[1, 2, 3, 9], &[]),
+            "{} has the change",
+            n.replica().id()
+        );
+    }
+    assert!(c.events.iter().any(|(n, e)| *n == NodeId(1)
+        && matches!(e, NodeEvent::Written { token: 3, zxid, .. } if *zxid == z)));
+    assert!(c.events.iter().any(|(n, e)| *n == NodeId(9)
+        && matches!(e, NodeEvent::MembershipChanged { zxid: Some(at), .. } if *at == z)));
+    // Four voters: the leader and n9 alone are no quorum; with n3, n9's
+    // acknowledgement makes one (without it, two of four would not).
+    c.cut = vec![NodeId(2), NodeId(3)];
+    let x = c.propose(0, Bytes::from_static(b"x"), 5).unwrap();
+    c.pump();
+    assert!(c.nodes[0].replica().commit_zxid() < x);
+    c.cut = vec![NodeId(2)];
+    for _ in 0..20 {
+        if c.nodes[0].replica().commit_zxid() >= x {
+            break;
+        }
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(c.nodes[0].replica().commit_zxid() >= x, "n9 now counts");
+    assert_eq!(c.nodes[0].replica().membership_change_pending(), None);
 }
