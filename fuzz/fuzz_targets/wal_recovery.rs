@@ -24,4 +24,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(f > p);
         }
     }
+    // Tagged keys are keys of the valid prefix, strictly increasing.
+    assert!(scan.tagged_keys.len() as u64 <= scan.records);
+    assert!(scan.tagged_keys.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        scan.tagged_keys
+            .iter()
+            .all(|k| scan.first_key.is_some_and(|f| f <= *k)
+                && scan.last_key.is_some_and(|l| *k <= l))
+    );
 });

@@ -1,7 +1,8 @@
 //! `paxos-core`'s [`Storage`] over the WAL and the hard-state file
 //! (feature `paxos-core`, on by default).
 //!
-//! Log keys are zxids (`Zxid::as_u64`), payloads are entry data. The kernel's
+//! Log keys are zxids (`Zxid::as_u64`), payloads are entry data, and an
+//! entry's kind is the record's tag (tagged: [`EntryKind::Config`]). The kernel's
 //! hard state (accepted and current epoch) lives in a [`HardStateStore`]
 //! beside the log. Writes follow the kernel's `Ready` order; a `sync` makes
 //! the log durable (group commit: every append since the last sync shares one
@@ -14,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use paxos_core::{Entry, Epoch, HardState as CoreHardState, MetaKey, Storage, StorageError, Zxid};
+use paxos_core::{
+    Entry, EntryKind, Epoch, HardState as CoreHardState, MetaKey, Storage, StorageError, Zxid,
+};
 
 use crate::{HardStateRecord, HardStateStore, OpenReport, Wal, WalError, WalOptions};
 
@@ -65,6 +68,16 @@ pub struct WalStorage {
 /// readable).
 fn meta_field(key: MetaKey) -> usize {
     key.slot()
+}
+
+/// The entry kind a record's tag stands for: tagged records are membership
+/// changes ([`EntryKind::Config`]), the rest commands.
+fn kind_of(tagged: bool) -> EntryKind {
+    if tagged {
+        EntryKind::Config
+    } else {
+        EntryKind::Command
+    }
 }
 
 /// A WAL error as a storage error, keeping it as the source.
@@ -281,12 +294,39 @@ impl Storage for WalStorage {
                 break;
             }
             bytes += rec.payload.len();
-            out.push(Entry::command(
-                Zxid(rec.key),
-                Bytes::copy_from_slice(rec.payload),
-            ));
+            out.push(Entry {
+                zxid: Zxid(rec.key),
+                kind: kind_of(rec.tagged),
+                data: Bytes::copy_from_slice(rec.payload),
+            });
         }
         Ok(())
+    }
+
+    /// Answered from the log's set of tagged keys, which recovery rebuilt in
+    /// its scan and appends and truncations keep: only the config records
+    /// are read, under one read guard (so the set and the records agree).
+    fn config_entries(&self) -> Result<Vec<Entry>, StorageError> {
+        let reader = self.wal.reader();
+        let mut out = Vec::with_capacity(reader.tagged_keys().len());
+        for &key in reader.tagged_keys() {
+            let rec = reader
+                .record(key)
+                .map_err(io)?
+                .filter(|r| r.tagged)
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "config entry {:?} is listed, but the log holds no tagged record there",
+                        Zxid(key)
+                    ))
+                })?;
+            out.push(Entry {
+                zxid: Zxid(rec.key),
+                kind: EntryKind::Config,
+                data: Bytes::copy_from_slice(rec.payload),
+            });
+        }
+        Ok(out)
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
@@ -298,8 +338,13 @@ impl Storage for WalStorage {
                 });
             }
         }
+        // The kind travels as the record's tag: no copy of the payloads.
         self.wal
-            .append_batch(entries.iter().map(|e| (e.zxid.as_u64(), &e.data[..])))
+            .append_batch_tagged(
+                entries
+                    .iter()
+                    .map(|e| (e.zxid.as_u64(), e.is_config(), &e.data[..])),
+            )
             .map(|_| ())
             .map_err(|e| write_error(&self.wal, "appending entries", e))
     }
@@ -560,5 +605,160 @@ mod tests {
         assert!(!s.recovering());
         assert_eq!(s.hard_state().current_epoch, Epoch(2));
         assert_eq!(s.last_zxid(), Some(Zxid::new(Epoch(2), 1)));
+    }
+
+    fn config(e: u32, c: u32) -> Entry {
+        Entry {
+            kind: EntryKind::Config,
+            zxid: Zxid::new(Epoch(e), c),
+            data: Bytes::from(format!("members {e}.{c}")),
+        }
+    }
+
+    /// Every entry of the log, read through `entries` in one call.
+    fn all_entries(s: &WalStorage) -> Vec<Entry> {
+        let mut out = Vec::new();
+        if let Some(first) = s.first_zxid() {
+            s.entries(first, usize::MAX, usize::MAX, &mut out).unwrap();
+        }
+        out
+    }
+
+    /// What the trait's default `config_entries` (a read of the whole log)
+    /// answers for the same storage: `Hooked` does not override it.
+    fn config_entries_by_full_read(s: WalStorage) -> (Vec<Entry>, WalStorage) {
+        struct NoHooks;
+        impl paxos_core::StorageHooks for NoHooks {}
+        let h = paxos_core::Hooked {
+            inner: s,
+            hooks: NoHooks,
+        };
+        let got = h.config_entries().unwrap();
+        (got, h.inner)
+    }
+
+    /// Epoch 1: commands 1..=40 with config entries at counters 5, 17 and 40;
+    /// epoch 2: a config entry first, then commands 2..=30.
+    fn mixed_log() -> Vec<Entry> {
+        let mut v: Vec<Entry> = (1..=40)
+            .map(|c| {
+                if [5, 17, 40].contains(&c) {
+                    config(1, c)
+                } else {
+                    entry(1, c)
+                }
+            })
+            .collect();
+        v.push(config(2, 1));
+        v.extend((2..=30).map(|c| entry(2, c)));
+        v
+    }
+
+    /// `assert_eq!` for entries with large payloads: on a mismatch it shows
+    /// positions and kinds rather than every payload byte.
+    fn same(got: Vec<Entry>, want: Vec<Entry>, what: &str) {
+        let ids = |v: &[Entry]| v.iter().map(|e| (e.zxid, e.kind)).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&want), "{what}");
+        assert!(got == want, "{what}: payloads differ");
+    }
+
+    fn configs_of(v: &[Entry]) -> Vec<Entry> {
+        v.iter().filter(|e| e.is_config()).cloned().collect()
+    }
+
+    #[test]
+    fn entry_kinds_round_trip_through_append_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = mixed_log();
+        {
+            let (mut s, _) = WalStorage::open(dir.path(), options()).unwrap();
+            // One batch, then single entries.
+            s.append(&log[..20]).unwrap();
+            for e in &log[20..] {
+                s.append(std::slice::from_ref(e)).unwrap();
+            }
+            assert_eq!(all_entries(&s), log, "read back before a sync");
+            assert_eq!(s.config_entries().unwrap(), configs_of(&log));
+            s.sync().unwrap();
+        }
+        let (s, report) = WalStorage::open(dir.path(), options()).unwrap();
+        assert!(report.torn_tail.is_none() && report.damaged.is_none());
+        assert_eq!(all_entries(&s), log, "kinds survive a reopen");
+        let got = s.config_entries().unwrap();
+        assert_eq!(got, configs_of(&log));
+        assert_eq!(got.len(), 4);
+        let (full, _) = config_entries_by_full_read(s);
+        assert_eq!(full, got, "the index agrees with a read of the whole log");
+    }
+
+    #[test]
+    fn config_entries_follow_suffix_and_prefix_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments and large payloads: the log spans many segments,
+        // so a prefix truncation drops whole ones.
+        let opts = WalOptions {
+            segment_bytes: crate::MIN_SEGMENT_BYTES,
+            ..options()
+        };
+        let pad = |mut e: Entry| {
+            e.data = Bytes::from(vec![e.zxid.counter() as u8; 1500]);
+            e
+        };
+        let log: Vec<Entry> = mixed_log().into_iter().map(pad).collect();
+        let (mut s, _) = WalStorage::open(dir.path(), opts.clone()).unwrap();
+        s.append(&log).unwrap();
+        s.sync().unwrap();
+        assert!(s.wal().segment_count() > 4);
+        // TRUNC into epoch 1, after the config entry at 17: 40 and 2.1 go.
+        s.truncate_suffix(Zxid::new(Epoch(1), 30)).unwrap();
+        let kept: Vec<Entry> = log[..30].to_vec();
+        same(
+            s.config_entries().unwrap(),
+            configs_of(&kept),
+            "after the suffix cut",
+        );
+        // A new config entry after the cut is listed, the old ones are not.
+        let next = config(3, 1);
+        s.append(std::slice::from_ref(&next)).unwrap();
+        s.sync().unwrap();
+        let mut expect = configs_of(&kept);
+        expect.push(next.clone());
+        same(
+            s.config_entries().unwrap(),
+            expect.clone(),
+            "after an append",
+        );
+        drop(s);
+        let (mut s, _) = WalStorage::open(dir.path(), opts.clone()).unwrap();
+        same(
+            s.config_entries().unwrap(),
+            expect.clone(),
+            "after a reopen",
+        );
+        // Cleanup past the config entry at 5: whatever entries remain, the
+        // listed configs are exactly those still in the log.
+        s.truncate_prefix(Zxid::new(Epoch(1), 12)).unwrap();
+        let first = s.first_zxid().unwrap();
+        assert!(first > Zxid::new(Epoch(1), 5), "the segment with 1.5 went");
+        let remaining: Vec<Entry> = expect.iter().filter(|e| e.zxid >= first).cloned().collect();
+        same(
+            s.config_entries().unwrap(),
+            remaining.clone(),
+            "after the prefix cut",
+        );
+        same(
+            configs_of(&all_entries(&s)),
+            remaining.clone(),
+            "read through entries",
+        );
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), opts).unwrap();
+        same(
+            s.config_entries().unwrap(),
+            remaining.clone(),
+            "after the last reopen",
+        );
+        let (full, _) = config_entries_by_full_read(s);
+        same(full, remaining, "by a full read");
     }
 }

@@ -20,8 +20,8 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 4 | `len`: header + payload bytes (never 0 for a record) |
-//! | 4 | 4 | CRC32 over segment id, `len`, key, watermark and payload |
+//! | 0 | 4 | `len`: bits 0 to 30 hold header + payload bytes (never 0 for a record); bit 31 is the record's *tag* ([`RECORD_TAG_BIT`]) |
+//! | 4 | 4 | CRC32 over segment id, the whole `len` field (tag bit included), key, watermark and payload |
 //! | 8 | 8 | key (strictly increasing, never 0) |
 //! | 16 | 8 | `synced_through`: highest key whose `sync` had returned when this record was written (0: none) |
 //!
@@ -31,6 +31,30 @@
 //!
 //! The CRC covers the segment id, so records left in a recycled segment file by
 //! an earlier incarnation never validate.
+//!
+//! # The record tag
+//!
+//! A record may carry one flag bit for the caller (`paxos-core` marks
+//! membership changes with it): bit 31 of `len`. A record is at most a
+//! segment long and segments are at most 1 GiB, so bits 30 and 31 of a real
+//! length are always zero and the bit costs no byte. An untagged record is
+//! byte for byte what earlier builds wrote (same format version, same CRC),
+//! so existing logs read unchanged. The CRC is computed over the `len` field
+//! as stored, tag bit included: flipping the bit of a written record is a
+//! checksum mismatch like any other damage, never a silent change of kind.
+//! A marker is never tagged: a `len` field of exactly `RECORD_TAG_BIT` (tag
+//! set, length 0) is a bad length, not an end of data.
+//!
+//! A build from before the tag reads the whole field as the length. A tagged
+//! record's length is then 2^31 or more, larger than any segment, so the
+//! older build rejects it as a bad length (`BadRecord::BadLength`); it never
+//! takes it for an untagged record. Its valid prefix ends there: with later
+//! records or a marker proving the log durable past that point (the usual
+//! case once the log was synced), its open fails in strict mode
+//! (`WalError::Corrupted`) or, with `KeepValidPrefix`, cuts the log there and
+//! reports the damaged range; records nothing proves durable are cut as a
+//! torn tail and reported. Downgrading over a log that holds tagged records
+//! therefore refuses or reports, and never misreads one.
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PXWALSEG";
@@ -42,6 +66,11 @@ pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const RECORD_HEADER_BYTES: usize = 24;
 /// Alignment of every record.
 pub const RECORD_ALIGN_BYTES: usize = 8;
+/// The bit of a record's `len` field that carries its tag (see the
+/// [module docs](self)).
+pub const RECORD_TAG_BIT: u32 = 1 << 31;
+/// The bits of a record's `len` field that hold its length.
+pub const RECORD_LEN_MASK: u32 = !RECORD_TAG_BIT;
 
 const FLAG_HAS_PREV: u32 = 1;
 /// Upper bound on bytes checksummed while looking for records beyond a damaged
@@ -174,17 +203,25 @@ impl SegmentHeader {
     }
 }
 
-/// CRC of a record (or, with `len == 0`, `key == 0` and no payload, of a marker).
+/// The `len` field of a record of `len` bytes (header included), with the
+/// tag bit set when `tagged`.
+#[inline]
+pub(crate) const fn len_field(len: u32, tagged: bool) -> u32 {
+    len | ((tagged as u32) << 31)
+}
+
+/// CRC of a record (or, with `len_field == 0`, `key == 0` and no payload, of
+/// a marker). `len_field` is the field as stored, tag bit included.
 pub(crate) fn record_crc(
     segment_id: u64,
-    len: u32,
+    len_field: u32,
     key: u64,
     watermark: u64,
     payload: &[u8],
 ) -> u32 {
     let mut fixed = [0u8; 28];
     fixed[0..8].copy_from_slice(&segment_id.to_le_bytes());
-    fixed[8..12].copy_from_slice(&len.to_le_bytes());
+    fixed[8..12].copy_from_slice(&len_field.to_le_bytes());
     fixed[12..20].copy_from_slice(&key.to_le_bytes());
     fixed[20..28].copy_from_slice(&watermark.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
@@ -193,9 +230,16 @@ pub(crate) fn record_crc(
     h.finalize()
 }
 
-/// Encode a record header into `dst` (at least [`RECORD_HEADER_BYTES`] long).
-pub(crate) fn encode_record_header(dst: &mut [u8], len: u32, crc: u32, key: u64, watermark: u64) {
-    dst[0..4].copy_from_slice(&len.to_le_bytes());
+/// Encode a record header into `dst` (at least [`RECORD_HEADER_BYTES`] long);
+/// `len_field` is the length with the tag bit, as [`len_field`] makes it.
+pub(crate) fn encode_record_header(
+    dst: &mut [u8],
+    len_field: u32,
+    crc: u32,
+    key: u64,
+    watermark: u64,
+) {
+    dst[0..4].copy_from_slice(&len_field.to_le_bytes());
     dst[4..8].copy_from_slice(&crc.to_le_bytes());
     dst[8..16].copy_from_slice(&key.to_le_bytes());
     dst[16..24].copy_from_slice(&watermark.to_le_bytes());
@@ -215,7 +259,12 @@ pub(crate) fn encode_marker(dst: &mut [u8], segment_id: u64, watermark: u64) {
 /// process wrote or already verified).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawHeader {
+    /// The `len` field as stored (tag bit included): what the CRC covers.
+    pub(crate) field: u32,
+    /// The record's length in bytes, header included (the tag bit masked off).
     pub(crate) len: u32,
+    /// The tag bit.
+    pub(crate) tagged: bool,
     pub(crate) crc: u32,
     pub(crate) key: u64,
     pub(crate) watermark: u64,
@@ -223,8 +272,11 @@ pub(crate) struct RawHeader {
 
 pub(crate) fn raw_header(b: &[u8], off: usize) -> Option<RawHeader> {
     let h = b.get(off..off.checked_add(RECORD_HEADER_BYTES)?)?;
+    let field = u32_at(h, 0);
     Some(RawHeader {
-        len: u32_at(h, 0),
+        field,
+        len: field & RECORD_LEN_MASK,
+        tagged: field & RECORD_TAG_BIT != 0,
         crc: u32_at(h, 4),
         key: u64_at(h, 8),
         watermark: u64_at(h, 16),
@@ -242,6 +294,7 @@ pub(crate) enum Slot {
         watermark: u64,
         crc: u32,
         size: usize,
+        tagged: bool,
     },
     /// Something that is neither zero nor a valid record.
     Bad(BadRecord),
@@ -250,10 +303,11 @@ pub(crate) enum Slot {
 /// Why a record was rejected by the scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadRecord {
-    /// The length field is below a header or runs past the end of the segment.
+    /// The length (tag bit masked off) is below a header or runs past the
+    /// end of the segment.
     #[error("record length {len} is impossible here")]
     BadLength {
-        /// The length field.
+        /// The length field as stored, tag bit included.
         len: u32,
     },
     /// The CRC does not match.
@@ -293,7 +347,7 @@ pub(crate) fn read_slot(b: &[u8], off: usize, segment_id: u64) -> Slot {
             marker_watermark: None,
         };
     };
-    if h.len == 0 {
+    if h.field == 0 {
         let valid_marker = h.key == 0
             && h.watermark != 0
             && h.crc != 0
@@ -304,10 +358,11 @@ pub(crate) fn read_slot(b: &[u8], off: usize, segment_id: u64) -> Slot {
     }
     let len = h.len as usize;
     if len < RECORD_HEADER_BYTES || len > b.len() - off {
-        return Slot::Bad(BadRecord::BadLength { len: h.len });
+        return Slot::Bad(BadRecord::BadLength { len: h.field });
     }
     let payload = &b[off + RECORD_HEADER_BYTES..off + len];
-    if record_crc(segment_id, h.len, h.key, h.watermark, payload) != h.crc {
+    // Over the stored field: a flipped tag bit fails here.
+    if record_crc(segment_id, h.field, h.key, h.watermark, payload) != h.crc {
         return Slot::Bad(BadRecord::BadCrc);
     }
     if h.key == 0 || h.watermark >= h.key {
@@ -321,6 +376,7 @@ pub(crate) fn read_slot(b: &[u8], off: usize, segment_id: u64) -> Slot {
         watermark: h.watermark,
         crc: h.crc,
         size: align_up(len).min(b.len() - off),
+        tagged: h.tagged,
     }
 }
 
@@ -364,6 +420,8 @@ pub struct SegmentScan {
     /// Offset just past the last valid record or marker found beyond the
     /// prefix (equal to `end_offset` when none).
     pub beyond_end_offset: usize,
+    /// Keys of the tagged records of the valid prefix, ascending.
+    pub tagged_keys: Vec<u64>,
     /// Sparse (key, offset) index of the valid prefix, first record included.
     pub(crate) index: Vec<(u64, u32)>,
 }
@@ -390,6 +448,7 @@ pub fn scan_segment(bytes: &[u8], segment_id: u64, prev_key: Option<u64>) -> Seg
         max_watermark: 0,
         records_beyond: 0,
         beyond_end_offset: SEGMENT_HEADER_BYTES.min(bytes.len()),
+        tagged_keys: Vec::new(),
         index: Vec::new(),
     };
     let header = SegmentHeader::decode(bytes).and_then(|h| {
@@ -428,6 +487,7 @@ pub fn scan_segment(bytes: &[u8], segment_id: u64, prev_key: Option<u64>) -> Seg
                         watermark,
                         crc,
                         size,
+                        tagged,
                     } => {
                         if scan.records == 0 && key != h.first_key {
                             scan.stop = ScanStop::BadRecord(BadRecord::FirstKeyMismatch {
@@ -447,6 +507,9 @@ pub fn scan_segment(bytes: &[u8], segment_id: u64, prev_key: Option<u64>) -> Seg
                             // Offsets fit u32: segment sizes are capped well below 4 GiB.
                             scan.index.push((key, off as u32));
                             last_indexed = Some(off);
+                        }
+                        if tagged {
+                            scan.tagged_keys.push(key);
                         }
                         scan.records += 1;
                         scan.first_key.get_or_insert(key);
@@ -480,14 +543,15 @@ fn scan_beyond(bytes: &[u8], segment_id: u64, scan: &mut SegmentScan) {
     let mut off = start;
     let mut budget = BEYOND_SCAN_CRC_BUDGET_BYTES;
     while off + RECORD_HEADER_BYTES <= bytes.len() {
-        let len = u32_at(bytes, off);
+        let field = u32_at(bytes, off);
         let crc = u32_at(bytes, off + 4);
-        if len == 0 && crc == 0 {
+        if field == 0 && crc == 0 {
             off += RECORD_ALIGN_BYTES;
             continue;
         }
-        let plausible =
-            len == 0 || (len as usize >= RECORD_HEADER_BYTES && len as usize <= bytes.len() - off);
+        let len = field & RECORD_LEN_MASK;
+        let plausible = field == 0
+            || (len as usize >= RECORD_HEADER_BYTES && len as usize <= bytes.len() - off);
         if !plausible || budget < u64::from(len) + RECORD_HEADER_BYTES as u64 {
             off += RECORD_ALIGN_BYTES;
             continue;
@@ -523,6 +587,12 @@ mod tests {
     use super::*;
 
     fn segment_with(keys: &[(u64, u64, &[u8])], size: usize) -> Vec<u8> {
+        let tagged: Vec<(u64, u64, bool, &[u8])> =
+            keys.iter().map(|&(k, w, p)| (k, w, false, p)).collect();
+        segment_with_tags(&tagged, size)
+    }
+
+    fn segment_with_tags(keys: &[(u64, u64, bool, &[u8])], size: usize) -> Vec<u8> {
         let mut b = vec![0u8; size];
         let first = keys.first().map_or(1, |k| k.0);
         let h = SegmentHeader {
@@ -533,10 +603,11 @@ mod tests {
         };
         b[..SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
         let mut off = SEGMENT_HEADER_BYTES;
-        for &(key, wm, payload) in keys {
+        for &(key, wm, tagged, payload) in keys {
             let len = (RECORD_HEADER_BYTES + payload.len()) as u32;
-            let crc = record_crc(7, len, key, wm, payload);
-            encode_record_header(&mut b[off..], len, crc, key, wm);
+            let field = len_field(len, tagged);
+            let crc = record_crc(7, field, key, wm, payload);
+            encode_record_header(&mut b[off..], field, crc, key, wm);
             b[off + RECORD_HEADER_BYTES..off + len as usize].copy_from_slice(payload);
             off += align_up(len as usize);
         }
@@ -604,6 +675,62 @@ mod tests {
         let s = scan_segment(&b, 7, None);
         assert_eq!(s.marker_watermark, Some(1));
         assert_eq!(s.max_watermark, 1);
+    }
+
+    #[test]
+    fn tagged_records_scan_with_their_keys_and_untagged_bytes_are_unchanged() {
+        let recs: [(u64, u64, bool, &[u8]); 4] = [
+            (1, 0, false, b"a"),
+            (2, 1, true, b"config"),
+            (3, 1, false, b"b"),
+            (4, 2, true, b""),
+        ];
+        let b = segment_with_tags(&recs, 4096);
+        let s = scan_segment(&b, 7, None);
+        assert_eq!((s.records, s.stop), (4, ScanStop::End));
+        assert_eq!(s.tagged_keys, vec![2, 4]);
+        assert_eq!(s.end_offset, 64 + 32 + 32 + 32 + 24);
+        // The tag is bit 31 of the len field and nothing else: the same
+        // records untagged are the bytes an untagged writer produces.
+        assert_eq!(u32_at(&b, 64 + 32), RECORD_TAG_BIT | 30);
+        let plain: Vec<(u64, u64, &[u8])> = recs.iter().map(|&(k, w, _, p)| (k, w, p)).collect();
+        let u = segment_with(&plain, 4096);
+        assert_eq!(scan_segment(&u, 7, None).tagged_keys, Vec::<u64>::new());
+        let differ: Vec<usize> = (0..b.len()).filter(|&i| b[i] != u[i]).collect();
+        // Only the top byte of each tagged len field and the CRCs differ.
+        assert!(differ.contains(&(64 + 32 + 3)) && differ.contains(&(64 + 96 + 3)));
+        assert!(differ.iter().all(|&i| [64 + 32, 64 + 96]
+            .iter()
+            .any(|&r| (r + 3..r + 8).contains(&i))));
+    }
+
+    #[test]
+    fn a_flipped_tag_bit_is_a_checksum_mismatch() {
+        for tagged in [false, true] {
+            let mut b = segment_with_tags(&[(1, 0, false, b"aaaa"), (2, 1, tagged, b"bbbb")], 4096);
+            b[64 + 32 + 3] ^= 0x80;
+            let s = scan_segment(&b, 7, None);
+            assert_eq!(s.records, 1, "tagged {tagged}");
+            assert_eq!(s.stop, ScanStop::BadRecord(BadRecord::BadCrc));
+            assert!(s.tagged_keys.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_tagged_empty_length_is_neither_a_marker_nor_a_record() {
+        let mut b = segment_with(&[(1, 0, b"aaaa")], 4096);
+        encode_marker(&mut b[96..], 7, 1);
+        // Set the tag bit on the marker: no valid end of data remains.
+        b[96 + 3] |= 0x80;
+        let s = scan_segment(&b, 7, None);
+        assert_eq!(s.records, 1);
+        assert_eq!(
+            s.stop,
+            ScanStop::BadRecord(BadRecord::BadLength {
+                len: RECORD_TAG_BIT
+            })
+        );
+        assert_eq!(s.marker_watermark, None);
     }
 
     #[test]

@@ -135,6 +135,18 @@
 //! it), damage to the very last synced batch cannot be told apart from a
 //! torn write; it is reported as a torn tail.
 //!
+//! # Record tags
+//!
+//! A record can carry one flag, its *tag*: [`Wal::append_tagged`] and
+//! [`Wal::append_batch_tagged`] write it, [`Record::tagged`] reads it back,
+//! and [`Wal::tagged_keys`] lists the keys of the tagged records the log
+//! holds (rebuilt by the recovery scan, kept by appends and truncations).
+//! The tag lives in a bit of the record's length field that no length uses,
+//! under the record's CRC; untagged records keep the exact bytes of earlier
+//! builds (details, and what an older build does with a tagged record, in
+//! [`format`](mod@format)). Tags are meant to be rare: `paxos-core`'s
+//! membership changes use them, among a log of commands.
+//!
 //! # Hard state
 //!
 //! [`HardStateStore`] keeps `accepted_epoch`, `current_epoch` and

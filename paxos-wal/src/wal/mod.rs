@@ -19,6 +19,7 @@ mod spare;
 mod truncate;
 mod write;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,11 @@ struct Inner {
     /// The end marker holds a watermark newer than what is on disk.
     marker_unflushed: bool,
     poisoned: Option<String>,
+    /// Keys of the tagged records in `segments`. Filled by the recovery scan
+    /// and kept by appends and truncations; one entry per tagged record
+    /// held, so it is bounded by the log's own size (a record takes at least
+    /// a header on disk) and small when tags are rare, as intended.
+    tagged_keys: BTreeSet<u64>,
     /// Staging buffers of the last batch, kept for reuse.
     scratch: (Vec<u8>, Vec<(u64, usize, u32)>),
 }
@@ -70,6 +76,7 @@ impl Inner {
             dirty_from: None,
             marker_unflushed: false,
             poisoned: None,
+            tagged_keys: BTreeSet::new(),
             scratch: (Vec::new(), Vec::new()),
         }
     }
@@ -105,11 +112,11 @@ impl Inner {
         self.segments.iter().find_map(|s| s.first_key)
     }
 
-    fn get(&self, key: u64) -> Result<Option<&[u8]>, WalError> {
+    fn record(&self, key: u64) -> Result<Option<Record<'_>>, WalError> {
         match self.locate(key) {
             Some((i, off)) => {
                 let (rec, _) = self.segments[i].record_at(off)?;
-                Ok((rec.key == key).then_some(rec.payload))
+                Ok((rec.key == key).then_some(rec))
             }
             None => Ok(None),
         }

@@ -1,6 +1,7 @@
 //! Reads: records borrowed from the map under a read guard, and the
 //! log's key getters.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use parking_lot::RwLockReadGuard;
@@ -14,6 +15,9 @@ use crate::format::SEGMENT_HEADER_BYTES;
 pub struct Record<'a> {
     /// The record's key.
     pub key: u64,
+    /// Whether the record was appended tagged
+    /// ([`Wal::append_batch_tagged`]).
+    pub tagged: bool,
     /// The payload, borrowed from the mapped segment.
     pub payload: &'a [u8],
 }
@@ -27,9 +31,16 @@ impl Wal {
         }
     }
 
-    /// Copy out the payload of `key`, if present (checksum verified).
+    /// Copy out the payload of `key`, if present (checksum verified). Its
+    /// tag is in [`WalReader::record`] and [`tagged_keys`](Self::tagged_keys).
     pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>, WalError> {
-        Ok(self.inner.read().get(key)?.map(<[u8]>::to_vec))
+        Ok(self.inner.read().record(key)?.map(|r| r.payload.to_vec()))
+    }
+
+    /// Keys of the tagged records the log holds, ascending (a copy; see
+    /// [`WalReader::tagged_keys`] to borrow them).
+    pub fn tagged_keys(&self) -> Vec<u64> {
+        self.inner.read().tagged_keys.iter().copied().collect()
     }
 
     /// First key in the log.
@@ -79,7 +90,19 @@ impl std::fmt::Debug for WalReader<'_> {
 impl<'a> WalReader<'a> {
     /// The payload of `key`, borrowed from the map (checksum verified).
     pub fn get(&self, key: u64) -> Result<Option<&[u8]>, WalError> {
-        self.guard.get(key)
+        self.guard.record(key).map(|r| r.map(|r| r.payload))
+    }
+
+    /// The record of `key` (payload borrowed from the map, tag included),
+    /// checksum verified.
+    pub fn record(&self, key: u64) -> Result<Option<Record<'_>>, WalError> {
+        self.guard.record(key)
+    }
+
+    /// Keys of the tagged records the log holds, ascending. Each names a
+    /// record [`record`](Self::record) returns while this reader lives.
+    pub fn tagged_keys(&self) -> &BTreeSet<u64> {
+        &self.guard.tagged_keys
     }
 
     /// Iterate over records with keys >= `key`, in key order, borrowing from

@@ -3,6 +3,7 @@
 //! before the log trusts them. `Wal::open` reads as that procedure; each
 //! step is a function below.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -159,10 +160,15 @@ impl Wal {
         wal.retire_removed(removed)?;
         // Trust nothing recovered until a flush after a write of it proved
         // it, then make the kept segments the log.
-        let (segments, records, rewritten) =
-            prove_durable(scanned.found, scanned.evidence, wal.faults.as_deref())?;
+        let Proven {
+            segments,
+            records,
+            rewritten,
+            tagged_keys,
+        } = prove_durable(scanned.found, scanned.evidence, wal.faults.as_deref())?;
         report.records = records;
         report.rewritten = rewritten;
+        wal.inner.get_mut().tagged_keys = tagged_keys;
         // The directory entries of the kept segments (a roll whose directory
         // sync failed left one unproven) and the removals above.
         fsync_dir(&wal.dir_file, &dir, wal.faults.as_deref())?;
@@ -609,17 +615,22 @@ fn prove_durable(
     found: Vec<Found>,
     evidence: u64,
     faults: Option<&FaultPlan>,
-) -> Result<(Vec<Segment>, u64, Option<RewrittenTail>), WalError> {
+) -> Result<Proven, WalError> {
     let mut segments = Vec::with_capacity(found.len());
     let mut records = 0u64;
     let mut rewritten: Option<RewrittenTail> = None;
-    for f in found {
+    let mut tagged_keys = BTreeSet::new();
+    for mut f in found {
         let scanned_records = f.scan.records;
+        // The scan's tagged keys are those of the valid prefix, which the
+        // cut (if any) left exactly in place: no second read of the log.
+        let scanned_tags = std::mem::take(&mut f.scan.tagged_keys);
         let Some(seg) = recovered_segment(f) else {
             debug_assert!(false, "kept segments have a valid header and a map");
             continue;
         };
         records += scanned_records;
+        tagged_keys.extend(scanned_tags);
         if let Some(t) = prove_segment(&seg, evidence, faults)? {
             // Segments come in key order: the range grows at its end.
             match rewritten.as_mut() {
@@ -632,7 +643,23 @@ fn prove_durable(
         }
         segments.push(seg);
     }
-    Ok((segments, records, rewritten))
+    Ok(Proven {
+        segments,
+        records,
+        rewritten,
+        tagged_keys,
+    })
+}
+
+/// The kept segments, proven durable, and what `open` reports of them.
+struct Proven {
+    segments: Vec<Segment>,
+    /// Records in them.
+    records: u64,
+    /// What was written again to prove it.
+    rewritten: Option<RewrittenTail>,
+    /// Keys of their tagged records.
+    tagged_keys: BTreeSet<u64>,
 }
 
 /// The segment as the log holds it, writing at the end of its valid

@@ -90,12 +90,13 @@ impl Segment {
             return Err(bad());
         }
         let payload = &self.map[off + RECORD_HEADER_BYTES..off + len];
-        if record_crc(self.id, h.len, h.key, h.watermark, payload) != h.crc {
+        if record_crc(self.id, h.field, h.key, h.watermark, payload) != h.crc {
             return Err(bad());
         }
         Ok((
             Record {
                 key: h.key,
+                tagged: h.tagged,
                 payload,
             },
             align_up(len),

@@ -29,6 +29,12 @@ impl Wal {
             removed += 1;
         }
         if removed > 0 {
+            // The tagged keys of the removed segments go with them: every
+            // key below the first one left (none left: no record at all).
+            match g.first_key() {
+                Some(first) => g.tagged_keys = g.tagged_keys.split_off(&first),
+                None => g.tagged_keys.clear(),
+            }
             // No directory fsync here: if the renames or unlinks are lost in
             // a crash, the old segments come back as a longer (still
             // chained, still valid) prefix, which is harmless. A recycled
@@ -72,7 +78,10 @@ impl Wal {
                 .map(|s| (s.id, s.path.clone()))
                 .unwrap_or_default();
             self.retire_file(id, &path)?;
-            g.segments.pop();
+            if let Some(seg) = g.segments.pop() {
+                // Its records are out of the log from here on.
+                g.tagged_keys.split_off(&seg.header.first_key);
+            }
             removed += 1;
         }
         if removed > 0 {
@@ -114,6 +123,8 @@ impl Wal {
         let id = seg.id;
         let new_last = g.segments.iter().rev().find_map(|s| s.last_key);
         g.last_key = new_last;
+        // Keys above `key` are gone (zeroed, flushed below).
+        g.tagged_keys.split_off(&key.saturating_add(1));
         g.mark_dirty(id, cut);
         let from = g.dirty_from.unwrap_or((id, cut));
         // high_water still covers the zeroed range: flush it all.

@@ -13,8 +13,8 @@ use super::{fsync_dir, segment_path, Inner, Wal, ZEROS};
 use crate::error::WalError;
 use crate::faults::{self, FaultPoint};
 use crate::format::{
-    align_up, encode_marker, encode_record_header, record_crc, SegmentHeader, INDEX_STRIDE_BYTES,
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    align_up, encode_marker, encode_record_header, len_field, record_crc, SegmentHeader,
+    INDEX_STRIDE_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 
 /// Payloads up to this size are copied next to their record headers into
@@ -79,6 +79,9 @@ struct Batch<'p> {
     len: usize,
     /// The segment was emptied and gets a header for this first key.
     header_first_key: Option<u64>,
+    /// Keys of the tagged records staged (empty, unallocated, for the
+    /// usual batch without tags).
+    tagged_keys: Vec<u64>,
 }
 
 impl<'p> Batch<'p> {
@@ -93,6 +96,7 @@ impl<'p> Batch<'p> {
             start,
             len: 0,
             header_first_key: None,
+            tagged_keys: Vec::new(),
         }
     }
 
@@ -103,6 +107,7 @@ impl<'p> Batch<'p> {
         self.start = start;
         self.len = 0;
         self.header_first_key = None;
+        self.tagged_keys.clear();
     }
 
     fn push_staged(&mut self, bytes: &[u8]) {
@@ -119,13 +124,25 @@ impl<'p> Batch<'p> {
     }
 
     /// Encode one record after the ones already staged.
-    fn stage(&mut self, segment_id: u64, key: u64, watermark: u64, payload: &'p [u8]) {
+    fn stage(
+        &mut self,
+        segment_id: u64,
+        key: u64,
+        tagged: bool,
+        watermark: u64,
+        payload: &'p [u8],
+    ) {
         let len = RECORD_HEADER_BYTES + payload.len();
         let size = align_up(len);
         let off = self.start + self.len;
-        let crc = record_crc(segment_id, len as u32, key, watermark, payload);
+        // Lengths fit 31 bits: a record fits a segment of at most 1 GiB.
+        let field = len_field(len as u32, tagged);
+        let crc = record_crc(segment_id, field, key, watermark, payload);
         let mut header = [0u8; RECORD_HEADER_BYTES];
-        encode_record_header(&mut header, len as u32, crc, key, watermark);
+        encode_record_header(&mut header, field, crc, key, watermark);
+        if tagged {
+            self.tagged_keys.push(key);
+        }
         self.push_staged(&header);
         if payload.len() <= INLINE_PAYLOAD_MAX {
             self.push_staged(payload);
@@ -366,7 +383,9 @@ impl Wal {
         let marker_end = (seg.write_pos + RECORD_HEADER_BYTES).min(seg.len());
         seg.high_water = seg.high_water.max(marker_end);
         self.maybe_populate(seg);
-        batch.restart(seg.write_pos);
+        let write_pos = seg.write_pos;
+        g.tagged_keys.extend(batch.tagged_keys.iter().copied());
+        batch.restart(write_pos);
         g.last_key = Some(last_key);
         g.mark_dirty(id, dirty_off);
         Ok(())
@@ -379,7 +398,16 @@ impl Wal {
     /// payload is over the maximum, a new segment cannot be created (e.g.
     /// ENOSPC: the log is unchanged), a write fails, or the handle is fatal.
     pub fn append(&self, key: u64, payload: &[u8]) -> Result<(), WalError> {
-        self.append_batch(std::iter::once((key, payload)))
+        self.append_records(std::iter::once((key, false, payload)))
+            .map(|_| ())
+    }
+
+    /// [`append`](Self::append) with the record's tag: a flag stored in the
+    /// record (covered by its checksum, see [`format`](mod@crate::format)),
+    /// read back in [`Record::tagged`](crate::Record::tagged) and listed by
+    /// [`tagged_keys`](Self::tagged_keys).
+    pub fn append_tagged(&self, key: u64, tagged: bool, payload: &[u8]) -> Result<(), WalError> {
+        self.append_records(std::iter::once((key, tagged, payload)))
             .map(|_| ())
     }
 
@@ -392,6 +420,28 @@ impl Wal {
     where
         I: IntoIterator<Item = (u64, &'p [u8])>,
     {
+        self.append_records(
+            records
+                .into_iter()
+                .map(|(key, payload)| (key, false, payload)),
+        )
+    }
+
+    /// [`append_batch`](Self::append_batch) of `(key, tagged, payload)`:
+    /// each record with its tag (see [`append_tagged`](Self::append_tagged)).
+    /// Tags are meant to be rare: the log keeps every tagged key it holds in
+    /// memory ([`tagged_keys`](Self::tagged_keys)).
+    pub fn append_batch_tagged<'p, I>(&self, records: I) -> Result<usize, WalError>
+    where
+        I: IntoIterator<Item = (u64, bool, &'p [u8])>,
+    {
+        self.append_records(records.into_iter())
+    }
+
+    fn append_records<'p, I>(&self, records: I) -> Result<usize, WalError>
+    where
+        I: Iterator<Item = (u64, bool, &'p [u8])>,
+    {
         let mut g = self.inner.write();
         g.check_poison()?;
         let start = g.segments.last().map_or(0, |s| s.write_pos);
@@ -401,7 +451,7 @@ impl Wal {
         let mut last_key = g.last_key;
         let mut n = 0;
         let mut result = Ok(());
-        for (key, payload) in records {
+        for (key, tagged, payload) in records {
             if let Err(e) = self.check_record(last_key, key, payload) {
                 result = Err(e);
                 break;
@@ -433,7 +483,7 @@ impl Wal {
             if batch.records.is_empty() && seg.first_key.is_none() && seg.header.first_key != key {
                 batch.header_first_key = Some(key);
             }
-            batch.stage(seg.id, key, wm, payload);
+            batch.stage(seg.id, key, tagged, wm, payload);
             last_key = Some(key);
             n += 1;
         }

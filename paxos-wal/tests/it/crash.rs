@@ -3,7 +3,8 @@
 //! parent kills it with SIGKILL at random moments and checks every reopen.
 //! Every other round the child appends on one thread while another syncs,
 //! so flushes run concurrently with appends (sync releases the log's lock
-//! while it waits for the disk).
+//! while it waits for the disk). Some records are tagged (`crash_tagged`):
+//! every reopen checks each record's tag and the log's tagged-key set.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -16,6 +17,11 @@ use crate::payload_for;
 const CHILD_ENV: &str = "PAXOS_WAL_CRASH_CHILD_DIR";
 const CONCURRENT_ENV: &str = "PAXOS_WAL_CRASH_CHILD_CONCURRENT";
 const ROUNDS: usize = 24;
+
+/// The keys the child appends tagged.
+fn crash_tagged(key: u64) -> bool {
+    key % 11 == 5
+}
 
 fn opts() -> WalOptions {
     // Small segments: rolls, recycling and the background preparer all run.
@@ -48,7 +54,8 @@ fn crash_child() {
         rng ^= rng << 17;
         let batch = 1 + rng % 24;
         for _ in 0..batch {
-            wal.append(next, &payload_for(next)).unwrap();
+            wal.append_tagged(next, crash_tagged(next), &payload_for(next))
+                .unwrap();
             next += 1;
         }
         let durable = wal.sync().unwrap().unwrap();
@@ -75,8 +82,10 @@ fn concurrent_child(wal: Wal) {
                 let batch = 1 + xorshift(&mut rng) % 24;
                 let payloads: Vec<(u64, Vec<u8>)> =
                     (next..next + batch).map(|k| (k, payload_for(k))).collect();
-                wal.append_batch(payloads.iter().map(|(k, p)| (*k, &p[..])))
-                    .unwrap();
+                wal.append_batch_tagged(
+                    payloads.iter().map(|(k, p)| (*k, crash_tagged(*k), &p[..])),
+                )
+                .unwrap();
                 next += batch;
                 std::thread::yield_now();
             }
@@ -184,9 +193,21 @@ fn sigkill_at_random_moments() {
                 "round {round}: key {} payload",
                 rec.key
             );
+            assert_eq!(
+                rec.tagged,
+                crash_tagged(rec.key),
+                "round {round}: key {} tag",
+                rec.key
+            );
             expect += 1;
         }
         assert_eq!(expect - 1, last);
+        let tagged: Vec<u64> = (first..=last).filter(|&k| crash_tagged(k)).collect();
+        assert_eq!(
+            r.tagged_keys().iter().copied().collect::<Vec<_>>(),
+            tagged,
+            "round {round}: tagged keys rebuilt by recovery"
+        );
         assert!(
             first <= max_durable.saturating_sub(400).max(1),
             "prefix truncation keeps the recent part"

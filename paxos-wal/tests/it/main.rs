@@ -1,13 +1,16 @@
-//! Integration tests of paxos-wal: API, model, crash, corruption, faults, scan.
+//! Integration tests of paxos-wal: API, model, crash, corruption, faults, scan,
+//! record tags.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 mod basic;
 mod corruption;
 mod crash;
 mod faults;
+mod format_v1;
 mod model;
 mod powerloss;
 mod scan;
+mod tagged;
 mod unproven;
 
 use std::path::{Path, PathBuf};

@@ -1,14 +1,23 @@
-//! Model test: random appends, syncs, truncations at both ends, reopens and
-//! crash images, checked against an in-memory model after every step.
+//! Model test: random appends (tagged or not), syncs, truncations at both
+//! ends, reopens and crash images, checked against an in-memory model of
+//! records and tags after every step.
 
 use paxos_wal::Wal;
 use proptest::prelude::*;
 
-use crate::{dump, small_opts, snapshot_dir};
+use crate::{small_opts, snapshot_dir};
+
+/// A record of the model: key, tag, payload.
+type Rec = (u64, bool, Vec<u8>);
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { count: u8, len: u16 },
+    /// Record `i` of the batch is tagged when bit `i` of `tags` is set.
+    Append {
+        count: u8,
+        len: u16,
+        tags: u16,
+    },
     Sync,
     TruncatePrefix(u8),
     TruncateSuffix(u8),
@@ -18,7 +27,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u8..12, 0u16..1500).prop_map(|(count, len)| Op::Append { count, len }),
+        6 => (1u8..12, 0u16..1500, prop_oneof![2 => Just(0u16), 1 => any::<u16>()])
+            .prop_map(|(count, len, tags)| Op::Append { count, len, tags }),
         3 => Just(Op::Sync),
         1 => any::<u8>().prop_map(Op::TruncatePrefix),
         1 => any::<u8>().prop_map(Op::TruncateSuffix),
@@ -31,7 +41,7 @@ fn payload(key: u64, len: u16) -> Vec<u8> {
     (0..len).map(|i| (key as u8) ^ (i as u8)).collect()
 }
 
-fn pick(model: &[(u64, Vec<u8>)], frac: u8) -> u64 {
+fn pick(model: &[Rec], frac: u8) -> u64 {
     if model.is_empty() {
         return u64::from(frac);
     }
@@ -39,16 +49,28 @@ fn pick(model: &[(u64, Vec<u8>)], frac: u8) -> u64 {
     model[i].0
 }
 
-fn check(wal: &Wal, model: &[(u64, Vec<u8>)]) -> Result<(), TestCaseError> {
+fn dump(wal: &Wal) -> Vec<Rec> {
+    let r = wal.reader();
+    r.iter_from(0)
+        .map(|rec| rec.map(|rec| (rec.key, rec.tagged, rec.payload.to_vec())))
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn check(wal: &Wal, model: &[Rec]) -> Result<(), TestCaseError> {
     prop_assert_eq!(dump(wal), model.to_vec());
+    let tagged: Vec<u64> = model.iter().filter(|r| r.1).map(|r| r.0).collect();
+    prop_assert_eq!(wal.tagged_keys(), tagged);
     prop_assert_eq!(wal.first_key(), model.first().map(|r| r.0));
     prop_assert_eq!(wal.last_key(), model.last().map(|r| r.0));
     if let (Some(d), Some(l)) = (wal.durable_key(), wal.last_key()) {
         prop_assert!(d <= l);
     }
-    for (k, p) in model.iter().step_by(7) {
+    for (k, t, p) in model.iter().step_by(7) {
         let got = wal.get(*k).unwrap();
         prop_assert_eq!(got.as_deref(), Some(&p[..]));
+        let r = wal.reader();
+        prop_assert_eq!(r.record(*k).unwrap().map(|r| r.tagged), Some(*t));
     }
     Ok(())
 }
@@ -61,14 +83,21 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let opts = small_opts(8 << 10);
         let (mut wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
-        let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut model: Vec<Rec> = Vec::new();
         let mut next_key = 1u64;
         for op in ops {
             match op {
-                Op::Append { count, len } => {
-                    let recs: Vec<(u64, Vec<u8>)> =
-                        (0..u64::from(count)).map(|i| (next_key + i, payload(next_key + i, len))).collect();
-                    wal.append_batch(recs.iter().map(|(k, p)| (*k, p.as_slice()))).unwrap();
+                Op::Append { count, len, tags } => {
+                    let recs: Vec<Rec> = (0..u64::from(count))
+                        .map(|i| (next_key + i, tags & (1 << i) != 0, payload(next_key + i, len)))
+                        .collect();
+                    if tags == 0 {
+                        // The untagged call must give the same log.
+                        wal.append_batch(recs.iter().map(|(k, _, p)| (*k, p.as_slice()))).unwrap();
+                    } else {
+                        wal.append_batch_tagged(recs.iter().map(|(k, t, p)| (*k, *t, p.as_slice())))
+                            .unwrap();
+                    }
                     next_key += u64::from(count);
                     model.extend(recs);
                 }

@@ -18,8 +18,18 @@ fn check(bytes: &[u8], scan: &SegmentScan) {
         assert!(scan.records <= l - f + 1, "keys strictly increase");
     }
     assert!(scan.end_offset % 8 == 0 || scan.end_offset == bytes.len());
+    // Tagged keys are keys of the valid prefix, strictly increasing.
+    assert!(scan.tagged_keys.len() as u64 <= scan.records);
+    assert!(scan.tagged_keys.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        scan.tagged_keys
+            .iter()
+            .all(|k| scan.first_key.is_some_and(|f| f <= *k)
+                && scan.last_key.is_some_and(|l| *k <= l))
+    );
 }
 
+/// Records whose key is a multiple of 3 are tagged (bit 31 of `len`).
 fn valid_segment(records: &[(u64, Vec<u8>)], id: u64) -> Vec<u8> {
     let size = 16 << 10;
     let mut b = vec![0u8; size];
@@ -37,13 +47,14 @@ fn valid_segment(records: &[(u64, Vec<u8>)], id: u64) -> Vec<u8> {
             break;
         }
         let wm = if i == 0 { 0 } else { records[i - 1].0 };
+        let field = len as u32 | if k % 3 == 0 { 1 << 31 } else { 0 };
         let mut h = crc32fast::Hasher::new();
         h.update(&id.to_le_bytes());
-        h.update(&(len as u32).to_le_bytes());
+        h.update(&field.to_le_bytes());
         h.update(&k.to_le_bytes());
         h.update(&wm.to_le_bytes());
         h.update(p);
-        b[off..off + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        b[off..off + 4].copy_from_slice(&field.to_le_bytes());
         b[off + 4..off + 8].copy_from_slice(&h.finalize().to_le_bytes());
         b[off + 8..off + 16].copy_from_slice(&k.to_le_bytes());
         b[off + 16..off + 24].copy_from_slice(&wm.to_le_bytes());
@@ -73,6 +84,8 @@ proptest! {
         let clean = scan_segment(&b, 9, None);
         prop_assert_eq!(clean.records, n as u64);
         prop_assert_eq!(clean.stop, ScanStop::End);
+        let tagged: Vec<u64> = records.iter().map(|r| r.0).filter(|k| k % 3 == 0).collect();
+        prop_assert_eq!(&clean.tagged_keys, &tagged);
         for (off, x) in &mutations {
             b[*off] ^= x;
         }
@@ -86,5 +99,9 @@ proptest! {
         if let Some(l) = scan.last_key {
             prop_assert!(records.iter().any(|r| r.0 == l));
         }
+        // Damage never makes a record tagged: the prefix's tags are the
+        // tags that were written.
+        let kept: Vec<u64> = tagged.iter().copied().filter(|&k| scan.last_key.is_some_and(|l| k <= l)).collect();
+        prop_assert_eq!(&scan.tagged_keys, &kept);
     }
 }
