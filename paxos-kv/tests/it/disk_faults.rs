@@ -75,7 +75,10 @@ fn record_offsets(path: &Path) -> Vec<u64> {
     let mut out = Vec::new();
     let mut off = paxos_wal::format::SEGMENT_HEADER_BYTES;
     while off < scan.end_offset {
-        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+        // The top bit of the length field tags a record (a membership
+        // change); the length is the rest.
+        let field = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes"));
+        let len = (field & paxos_wal::format::RECORD_LEN_MASK) as usize;
         assert!(len >= paxos_wal::format::RECORD_HEADER_BYTES, "a record");
         out.push(off as u64);
         off += len.next_multiple_of(paxos_wal::format::RECORD_ALIGN_BYTES);
