@@ -60,6 +60,52 @@ pub enum AdminRequest {
     /// The configuration and each member's role and progress, as this node
     /// sees them (the leader knows every member's progress).
     Members,
+    /// Change one node's role (answered once the change commits; a
+    /// follower redirects to the leader).
+    Change {
+        /// What becomes of the node.
+        change: AdminChange,
+        /// The node id.
+        node: u64,
+    },
+}
+
+/// One node's role change asked by an administrator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Add a node as a voter.
+    AddVoter,
+    /// Add a node as an observer.
+    AddObserver,
+    /// Make an observer a voter.
+    Promote,
+    /// Make a voter an observer.
+    Demote,
+    /// Remove a node (voter or observer).
+    Remove,
+}
+
+impl AdminChange {
+    fn tag(self) -> u8 {
+        match self {
+            AdminChange::AddVoter => 1,
+            AdminChange::AddObserver => 2,
+            AdminChange::Promote => 3,
+            AdminChange::Demote => 4,
+            AdminChange::Remove => 5,
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<AdminChange> {
+        Some(match t {
+            1 => AdminChange::AddVoter,
+            2 => AdminChange::AddObserver,
+            3 => AdminChange::Promote,
+            4 => AdminChange::Demote,
+            5 => AdminChange::Remove,
+            _ => return None,
+        })
+    }
 }
 
 /// A response body.
@@ -173,6 +219,11 @@ impl Request {
                         buf.put_u64_le(*to);
                     }
                     AdminRequest::Members => buf.put_u8(2),
+                    AdminRequest::Change { change, node } => {
+                        buf.put_u8(3);
+                        buf.put_u8(change.tag());
+                        buf.put_u64_le(*node);
+                    }
                 }
             }
         }
@@ -222,6 +273,16 @@ impl Request {
                         }
                     }
                     2 => AdminRequest::Members,
+                    3 => {
+                        if src.remaining() < 9 {
+                            return Err(ProtoError::Truncated);
+                        }
+                        let t = src.get_u8();
+                        AdminRequest::Change {
+                            change: AdminChange::from_tag(t).ok_or(ProtoError::UnknownTag(t))?,
+                            node: src.get_u64_le(),
+                        }
+                    }
                     t => return Err(ProtoError::UnknownTag(t)),
                 })
             }
@@ -466,6 +527,13 @@ mod tests {
         for (id, req) in [
             (4, Request::Admin(AdminRequest::TransferLeader { to: 3 })),
             (5, Request::Admin(AdminRequest::Members)),
+            (
+                6,
+                Request::Admin(AdminRequest::Change {
+                    change: AdminChange::Promote,
+                    node: 4,
+                }),
+            ),
         ] {
             let mut buf = BytesMut::new();
             req.encode_frame(id, &mut buf);

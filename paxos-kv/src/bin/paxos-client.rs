@@ -6,6 +6,7 @@
 //! paxos-client --cluster 127.0.0.1:8001 --insecure-plaintext status
 //! paxos-client --cluster 127.0.0.1:8001 --certs certs --name ops admin transfer-leader 2
 //! paxos-client --cluster 127.0.0.1:8001 --certs certs --name ops admin members
+//! paxos-client --cluster 127.0.0.1:8001 --certs certs --name ops admin promote 4
 //! ```
 //!
 //! `admin` commands need a certificate with role `admin`
@@ -21,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use paxos_kv::client::{Client, ClientError, Session};
-use paxos_kv::client_proto::{AdminRequest, ReadMode};
+use paxos_kv::client_proto::{AdminChange, AdminRequest, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_kv::tls::{ClientSecurity, ClientTlsConfig};
 use std::net::SocketAddr;
@@ -115,6 +116,33 @@ enum AdminCommand {
     /// The configuration and each member's role (and, from the leader,
     /// its progress).
     Members,
+    /// Add node ID (from the nodes' --members) as a voter.
+    AddVoter {
+        /// The node id.
+        id: u64,
+    },
+    /// Add node ID (from the nodes' --members) as an observer: it catches
+    /// up without voting; promote it once its lag is small.
+    AddObserver {
+        /// The node id.
+        id: u64,
+    },
+    /// Make observer ID a voter.
+    Promote {
+        /// The node id.
+        id: u64,
+    },
+    /// Make voter ID an observer.
+    Demote {
+        /// The node id.
+        id: u64,
+    },
+    /// Remove node ID from the membership (transfer the leadership first
+    /// if it leads).
+    Remove {
+        /// The node id.
+        id: u64,
+    },
 }
 
 /// The exit status when a write's outcome is unknown (it may or may not
@@ -226,9 +254,15 @@ async fn main() -> Result<()> {
             }
         }
         Command::Admin { command } => {
+            let change = |change, node| AdminRequest::Change { change, node };
             let req = match command {
                 AdminCommand::TransferLeader { id } => AdminRequest::TransferLeader { to: id },
                 AdminCommand::Members => AdminRequest::Members,
+                AdminCommand::AddVoter { id } => change(AdminChange::AddVoter, id),
+                AdminCommand::AddObserver { id } => change(AdminChange::AddObserver, id),
+                AdminCommand::Promote { id } => change(AdminChange::Promote, id),
+                AdminCommand::Demote { id } => change(AdminChange::Demote, id),
+                AdminCommand::Remove { id } => change(AdminChange::Remove, id),
             };
             let json = client.admin(req).await?;
             let v: serde_json::Value =

@@ -37,6 +37,11 @@ enum Command {
         /// Every member: ID=PEER_ADDR/CLIENT_ADDR, comma separated (this node too).
         #[arg(long)]
         members: String,
+        /// Members (ids from --members) that start as observers rather than
+        /// voters; `paxos-client admin promote ID` makes one a voter. A
+        /// membership change in the log overrides this at restart.
+        #[arg(long, value_delimiter = ',')]
+        observers: Vec<u64>,
         /// Directory for the WAL, hard state and snapshots.
         #[arg(long)]
         data_dir: PathBuf,
@@ -270,10 +275,18 @@ fn main() -> Result<()> {
             lease_clock_drift_ms,
             fault_file,
             metrics_addr,
+            observers,
         } => {
             let members = parse_members(&members)?;
+            if let Some(o) = observers.iter().find(|o| !members.contains_key(o)) {
+                anyhow::bail!("--observers names node {o}, which is not in --members");
+            }
+            if members.keys().all(|m| observers.contains(m)) {
+                anyhow::bail!("--observers names every member: at least one must vote");
+            }
             let certs = certs.unwrap_or_else(|| PathBuf::from("."));
             let mut opts = NodeOptions::new(id, members, data_dir, certs);
+            opts.observers = observers;
             if let Some(ca) = ca {
                 opts.ca_cert = ca;
             }

@@ -3,17 +3,99 @@
 //! it is served ([`client_port`](super::client_port)); here the commands
 //! are carried out.
 
-use paxos_core::NodeId;
+use paxos_core::{ChangeError, NodeId};
 
 use super::client_port::Reply;
-use super::Driver;
-use crate::client_proto::{AdminRequest, Response};
+use super::{Driver, Waiter};
+use crate::client_proto::{AdminChange, AdminRequest, Response};
 
 impl Driver {
     pub(super) fn on_admin(&mut self, req: AdminRequest, reply: Reply) {
         match req {
             AdminRequest::Members => reply.send(Response::Admin(self.members_json())),
             AdminRequest::TransferLeader { to } => self.transfer_leader(NodeId(to), reply),
+            AdminRequest::Change { change, node } => {
+                self.change_member(change, NodeId(node), reply)
+            }
+        }
+    }
+
+    /// Proposes one node's role change; the answer waits for its commit.
+    /// A follower redirects to the leader.
+    fn change_member(&mut self, change: AdminChange, node: NodeId, reply: Reply) {
+        let replica = self.node.replica();
+        if !replica.is_leader() {
+            reply.send(self.leader_hint());
+            return;
+        }
+        if !self.members.contains_key(&node.0) && !matches!(change, AdminChange::Remove) {
+            // The transport knows the addresses of --members only.
+            reply.send(Response::Error(format!(
+                "node {node} is not in this node's --members: its addresses are unknown"
+            )));
+            return;
+        }
+        let mut to = replica.membership().clone();
+        let (was_voter, was_observer) = (to.is_voter(node), to.is_observer(node));
+        let ok = match change {
+            AdminChange::AddVoter if !was_voter && !was_observer => {
+                to.voters.push(node);
+                true
+            }
+            AdminChange::AddObserver if !was_voter && !was_observer => {
+                to.observers.push(node);
+                true
+            }
+            AdminChange::Promote if was_observer => {
+                to.observers.retain(|o| *o != node);
+                to.voters.push(node);
+                true
+            }
+            AdminChange::Demote if was_voter => {
+                to.voters.retain(|v| *v != node);
+                to.observers.push(node);
+                true
+            }
+            AdminChange::Remove if was_voter || was_observer => {
+                to.voters.retain(|v| *v != node);
+                to.observers.retain(|o| *o != node);
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            let role = if was_voter {
+                "a voter"
+            } else if was_observer {
+                "an observer"
+            } else {
+                "not a member"
+            };
+            reply.send(Response::Error(format!(
+                "cannot {change:?} node {node}: it is {role}"
+            )));
+            return;
+        }
+        to.voters.sort_unstable();
+        to.observers.sort_unstable();
+        let now = self.now();
+        let waiter = Waiter::Config {
+            reply,
+            to: to.clone(),
+        };
+        match self.node.propose_membership(now, to, waiter) {
+            Ok(zxid) => {
+                tracing::info!(?change, %node, ?zxid, "membership change asked by an administrator")
+            }
+            Err(r) => {
+                let text = match &r.error {
+                    ChangeError::InProgress(_) | ChangeError::Transferring(_) => {
+                        format!("retry: {}", r.error)
+                    }
+                    e => format!("membership change refused: {e}"),
+                };
+                r.token.answer(Response::Error(text));
+            }
         }
     }
 
@@ -111,6 +193,7 @@ impl Driver {
             "voters": config.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
             "observers": config.observers.iter().map(|o| o.0).collect::<Vec<_>>(),
             "transferring_to": replica.transferring_to().map(|t| t.0),
+            "change_pending": replica.membership_change_pending().map(|z| format!("{z:?}")),
             "members": members,
         })
         .to_string()

@@ -126,6 +126,8 @@ enum Waiter {
     Write { reply: Reply, proposed: Instant },
     /// A linearizable read of `key`: answered from the store once confirmed.
     Read { key: Bytes, reply: Reply },
+    /// A membership change: answered once committed.
+    Config { reply: Reply, to: Membership },
 }
 
 /// The node layer as the reference node runs it.
@@ -281,8 +283,15 @@ pub async fn run_node(
     )
     .context("opening the snapshot receiver")?;
 
-    let voters: Vec<NodeId> = opts.members.keys().map(|&i| NodeId(i)).collect();
+    let voters: Vec<NodeId> = opts
+        .members
+        .keys()
+        .filter(|i| !opts.observers.contains(i))
+        .map(|&i| NodeId(i))
+        .collect();
+    let observers: Vec<NodeId> = opts.observers.iter().map(|&i| NodeId(i)).collect();
     let mut config = Config::new(GroupId(0), voters.clone());
+    config.observers = observers.clone();
     config.heartbeat_interval = opts.heartbeat;
     config.election_timeout = opts.election_timeout;
     config.sync_timeout = opts.election_timeout;
@@ -310,6 +319,7 @@ pub async fn run_node(
     let elector = FastElection::new(ElectionConfig {
         id,
         voters,
+        observers,
         initial_round,
         voting: !replica.is_recovering(),
         seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
@@ -782,6 +792,18 @@ impl Driver {
 
     fn on_event(&mut self, ev: NodeEvent<Waiter>) {
         match ev {
+            NodeEvent::Written {
+                token: Waiter::Config { reply, to },
+                zxid,
+                ..
+            } => reply.send(Response::Admin(
+                serde_json::json!({
+                    "committed": format!("{zxid:?}"),
+                    "voters": to.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+                    "observers": to.observers.iter().map(|o| o.0).collect::<Vec<_>>(),
+                })
+                .to_string(),
+            )),
             NodeEvent::Written { token, result, .. } => {
                 if let Waiter::Write { proposed, .. } = &token {
                     self.metrics.write_committed(*proposed);
@@ -798,7 +820,7 @@ impl Driver {
                 Waiter::Read { key, reply } => reply.send(Response::Value(
                     self.node.state_machine().get(&key).cloned(),
                 )),
-                Waiter::Write { reply, .. } => {
+                Waiter::Write { reply, .. } | Waiter::Config { reply, .. } => {
                     tracing::error!("a write's token came back as a read; answering retry");
                     reply.send(Response::Error("retry: internal".into()))
                 }
@@ -850,7 +872,9 @@ impl Waiter {
     /// Answers the client, whatever it asked.
     fn answer(self, resp: Response) {
         match self {
-            Waiter::Write { reply, .. } | Waiter::Read { reply, .. } => reply.send(resp),
+            Waiter::Write { reply, .. }
+            | Waiter::Read { reply, .. }
+            | Waiter::Config { reply, .. } => reply.send(resp),
         }
     }
 }

@@ -25,8 +25,13 @@ pub struct Member {
 pub struct NodeOptions {
     /// This node's id.
     pub id: u64,
-    /// Every voter, this node included.
+    /// Every member, this node included: the addresses of all the nodes
+    /// that may take part, voters and observers.
     pub members: BTreeMap<u64, Member>,
+    /// The members that start as observers (learn committed entries, never
+    /// vote); the others start as voters. Only the start-up membership: a
+    /// membership change in the log (`paxos-client admin`) overrides it.
+    pub observers: Vec<u64>,
     /// Where the WAL, hard state and snapshots live.
     pub data_dir: PathBuf,
     /// Cluster CA certificate (PEM).
@@ -146,6 +151,7 @@ impl NodeOptions {
         NodeOptions {
             id,
             members,
+            observers: Vec::new(),
             data_dir,
             ca_cert: certs.join("ca.pem"),
             cert: certs.join(format!("node-{id}.pem")),

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use paxos_kv::auth::Role;
 use paxos_kv::client::{Client, ClientError};
-use paxos_kv::client_proto::{AdminRequest, ReadMode};
+use paxos_kv::client_proto::{AdminChange, AdminRequest, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster, READER_CLIENT};
 use std::path::PathBuf;
@@ -128,4 +128,124 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
             .expect("read");
         assert_eq!(v.as_deref(), Some(&b"v"[..]), "acknowledged {key:?} lost");
     }
+}
+
+/// Replace two of three voters under a steady writer: an observer started
+/// with `--observers` is promoted, a voter is removed and stopped, then a
+/// second original voter is stopped: the group keeps committing only
+/// because the promoted node counts, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        4,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.clients.push(("ops".into(), Role::Admin));
+    spec.extra_node_args = vec!["--observers".into(), "4".into()];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    assert_ne!(leader, 4, "an observer never leads");
+    let addrs = cluster.client_addrs();
+    let ops = Client::new(
+        addrs.clone(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        1,
+        WAIT,
+    );
+    let admin = |req| {
+        let ops = &ops;
+        async move {
+            let json = ops.admin(req).await.expect("admin command");
+            serde_json::from_str::<serde_json::Value>(&json).expect("JSON")
+        }
+    };
+    let members = admin(AdminRequest::Members).await;
+    assert_eq!(members["voters"], serde_json::json!([1, 2, 3]), "{members}");
+    assert_eq!(members["observers"], serde_json::json!([4]), "{members}");
+    let err = ops
+        .admin(AdminRequest::Change {
+            change: AdminChange::Promote,
+            node: 2,
+        })
+        .await
+        .expect_err("2 is no observer");
+    assert!(err.to_string().contains("it is a voter"), "{err}");
+
+    let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            // Bounded: at most 100 000 writes, and the test stops it.
+            for k in 0..100_000u32 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = Bytes::from(format!("m{k}"));
+                match writer.put(key.clone(), Bytes::from_static(b"v")).await {
+                    Ok(_) => acked.push(key),
+                    Err(e) if e.is_outcome_unknown() => {}
+                    Err(e) => panic!("write failed: {e}"),
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let promoted = admin(AdminRequest::Change {
+        change: AdminChange::Promote,
+        node: 4,
+    })
+    .await;
+    assert_eq!(
+        promoted["voters"],
+        serde_json::json!([1, 2, 3, 4]),
+        "{promoted}"
+    );
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    let removed = admin(AdminRequest::Change {
+        change: AdminChange::Remove,
+        node: others[0],
+    })
+    .await;
+    assert_eq!(removed["observers"], serde_json::json!([]), "{removed}");
+    cluster.kill(others[0]).expect("stop the removed node");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Voters now: the leader, others[1] and 4. Without 4 counting, losing
+    // others[1] would leave no quorum.
+    cluster
+        .kill(others[1])
+        .expect("stop a second original voter");
+    let before = Instant::now();
+    let probe = Client::new(addrs.clone(), cluster.client_security(), 5, WAIT);
+    probe
+        .put(
+            Bytes::from_static(b"after"),
+            Bytes::from_static(b"both gone"),
+        )
+        .await
+        .expect("the leader and the promoted node commit");
+    println!(
+        "committed with two original voters gone after {:?}",
+        before.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acked = task.await.expect("writer");
+    assert!(!acked.is_empty());
+    for key in &acked {
+        let v = probe
+            .get(key.clone(), ReadMode::Linearizable)
+            .await
+            .expect("read");
+        assert_eq!(v.as_deref(), Some(&b"v"[..]), "acknowledged {key:?} lost");
+    }
+    let members = admin(AdminRequest::Members).await;
+    assert_eq!(
+        members["voters"].as_array().map(|v| v.len()),
+        Some(3),
+        "{members}"
+    );
 }
