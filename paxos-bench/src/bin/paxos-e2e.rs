@@ -20,8 +20,9 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use paxos_bench::loadgen::{self, LoadResult, LoadSpec, Workload};
+use paxos_kv::auth::Role;
 use paxos_kv::client::Client;
-use paxos_kv::client_proto::ReadMode;
+use paxos_kv::client_proto::{AdminRequest, ReadMode};
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -168,7 +169,8 @@ async fn run(args: Args) -> Result<()> {
 
     for &n in &args.nodes {
         println!("== {n} nodes");
-        let spec = ClusterSpec::new(n, work.path().join(format!("cluster-{n}")), bin.clone());
+        let mut spec = ClusterSpec::new(n, work.path().join(format!("cluster-{n}")), bin.clone());
+        spec.clients.push((ADMIN_CLIENT.into(), Role::Admin));
         let cluster = LocalCluster::start(spec)?;
         let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
         println!("leader: node {leader}");
@@ -269,6 +271,15 @@ async fn run(args: Args) -> Result<()> {
         }
         drop(plain);
         if n == 3 {
+            let t = transfer(
+                &cluster,
+                run_id,
+                duration,
+                *args.values.first().unwrap_or(&100),
+            )
+            .await?;
+            run_id += 1;
+            failovers.push(t);
             let f = failover(
                 cluster,
                 run_id,
@@ -364,6 +375,100 @@ async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
 
 /// Kills the leader under load and measures the time until a write commits
 /// again; then checks every acknowledged write.
+/// The principal the bench administers its cluster with.
+const ADMIN_CLIENT: &str = "ops";
+
+/// A leader transfer under load: 32 writers run while the leader hands
+/// over to a follower; a probe writing one command at a time records the
+/// longest gap between its acknowledgements around the hand-over.
+async fn transfer(
+    cluster: &LocalCluster,
+    run_id: u64,
+    duration: Duration,
+    value_bytes: usize,
+) -> Result<Value> {
+    println!("== leader transfer: 3 nodes, under load");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let target = cluster
+        .ids()
+        .into_iter()
+        .find(|n| *n != leader)
+        .context("a follower")?;
+    let addrs = cluster.client_addrs();
+    let run_for = duration.max(Duration::from_secs(3));
+    let load = tokio::spawn(loadgen::run(LoadSpec {
+        addrs: addrs.clone(),
+        concurrency: 32,
+        connections: 8,
+        value_bytes,
+        duration: run_for,
+        workload: Workload::Writes,
+        run_id,
+        timeout: Duration::from_secs(10),
+        security: cluster.client_security(),
+    }));
+    let probe = Client::new(
+        addrs.clone(),
+        cluster.client_security(),
+        (run_id << 20) | 0xFFFFE,
+        Duration::from_secs(5),
+    );
+    let admin = Client::new(
+        addrs,
+        cluster.client_security_for(ADMIN_CLIENT)?,
+        (run_id << 20) | 0xFFFFD,
+        Duration::from_secs(5),
+    );
+    let window = run_for / 3;
+    tokio::time::sleep(window).await;
+    // The probe writes from one window before the hand-over to one after.
+    let probing = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let mut longest = Duration::ZERO;
+        let mut acked = 0u64;
+        // Bounded by the count and the time.
+        for n in 0..1_000_000u64 {
+            if started.elapsed() > window * 2 {
+                break;
+            }
+            let key = Bytes::from(format!("transfer-probe/{run_id}/{n}"));
+            if probe.put(key, Bytes::from_static(b"p")).await.is_ok() {
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                acked += 1;
+            }
+        }
+        (longest, acked)
+    });
+    tokio::time::sleep(window / 2).await;
+    let asked = Instant::now();
+    let answer = admin
+        .admin(AdminRequest::TransferLeader { to: target })
+        .await
+        .context("leader transfer")?;
+    let handed_over = asked.elapsed();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let (longest_gap, probe_acks) = probing.await.context("probe task")?;
+    let load = load.await.context("load task")?;
+    println!(
+        "leader {leader} handed over to {target} in {handed_over:?} ({answer}); now leading: {new_leader}; \
+         longest gap between a probe's commits {longest_gap:?} ({probe_acks} probe writes); {} writes acknowledged",
+        load.ok
+    );
+    Ok(json!({
+        "kind": "leader transfer",
+        "nodes": 3,
+        "from": leader,
+        "to": target,
+        "new_leader": new_leader,
+        "hand_over_ms": handed_over.as_secs_f64() * 1e3,
+        "longest_commit_gap_ms": longest_gap.as_secs_f64() * 1e3,
+        "probe_writes": probe_acks,
+        "acked_writes": load.ok,
+    }))
+}
+
 async fn failover(
     mut cluster: LocalCluster,
     run_id: u64,
@@ -676,7 +781,14 @@ fn write_results(
             "unit": "writes/s",
         }));
     }
-    for f in failovers {
+    for f in failovers.iter().filter(|f| f["kind"] == "leader transfer") {
+        figures.push(json!({
+            "name": "leader transfer under load: longest gap between commits",
+            "value": f["longest_commit_gap_ms"],
+            "unit": "ms",
+        }));
+    }
+    for f in failovers.iter().filter(|f| f["kind"] != "leader transfer") {
         figures.push(json!({
             "name": "failover: kill -9 leader to first commit",
             "value": f["failover_ms"],
