@@ -308,6 +308,7 @@ impl<S: Storage> Replica<S> {
                 let nominated = to == self.id && self.config.is_voter(self.id) && !self.recovering;
                 tracing::info!(id = %self.id, leader = %from, %to, ?epoch, nominated, "leader handed over; looking");
                 self.lose_leader_as("the leader handed over", nominated);
+                self.follow_nominee(epoch, to);
             }
             Message::Readmit { epoch } => {
                 // Honoured only from the leader we follow, in its epoch,

@@ -89,6 +89,21 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// After a TAKEOVER for `epoch` (sent or received): take `to` as the
+    /// leader, as if an election had decided it (the elector runs its own
+    /// round meanwhile and, preferring the nominee, normally agrees).
+    pub(super) fn follow_nominee(&mut self, epoch: crate::Epoch, to: NodeId) {
+        let now = self.now;
+        self.handle_leader_decision(
+            now,
+            crate::Decision {
+                leader: to,
+                round: 0,
+                epoch_hint: epoch,
+            },
+        );
+    }
+
     /// Hands over once the target has caught up; aborts past the deadline.
     pub(super) fn advance_transfer(&mut self) {
         let now = self.now;
@@ -139,5 +154,10 @@ impl<S: Storage> Replica<S> {
         }
         self.out.events.push(Event::HandedOff { to: t.to });
         self.lose_leader("handed the leadership over");
+        // Follow the nominee at once rather than wait for an election: the
+        // nominee and every member that got TAKEOVER do likewise, so the
+        // new epoch starts within a round trip. Discovery is safe whoever
+        // leads; if the nominee fails, followers time out and elect.
+        self.follow_nominee(epoch, t.to);
     }
 }
