@@ -50,12 +50,13 @@ pub struct ElectionConfig {
     pub initial_round: u64,
     /// Seed of the retry-timeout randomness (use a different one per node).
     pub seed: u64,
-    /// Whether this voter's votes count. `false` for a voter whose replica
+    /// Whether this node's votes count. `false` for a node whose replica
     /// is recovering (it lost its durable state): it then abstains, i.e.
     /// never stands, never locks, and flags every notification so that
     /// peers never count it, but still learns who leads like an observer.
     /// Switch with [`FastElection::set_voting`](crate::FastElection) (the
-    /// `Elector::set_voting` of `paxos-core`). Ignored for observers.
+    /// `Elector::set_voting` of `paxos-core`). An observer abstains too:
+    /// during a membership change a peer's view may make it a voter.
     pub voting: bool,
     /// The connectivity rule (on by default): a candidate says in its vote
     /// whether it heard from a quorum of voters within
@@ -128,6 +129,13 @@ pub enum ConfigError {
     /// Weights sum to zero: no set is a quorum.
     #[error("the voters' weights sum to zero")]
     ZeroTotalWeight,
+    /// A membership change names a voter the weighted quorum system has no
+    /// weight for (see [`Weighted::with_spare_weights`](crate::Weighted::with_spare_weights)).
+    #[error("voter {id} has no known weight in the weighted quorum system")]
+    NoWeight {
+        /// The voter without a weight.
+        id: NodeId,
+    },
     /// Weights sum beyond `u64::MAX`.
     #[error("the voters' weights overflow a u64")]
     WeightOverflow,

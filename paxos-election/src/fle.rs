@@ -45,12 +45,16 @@ struct Settled {
 #[derive(Clone, Debug)]
 pub struct FastElection<Q: QuorumSystem = Majority> {
     id: NodeId,
+    /// The voters of our current view (see [`Elector::reconfigure`]).
     quorum: Q,
-    /// Sorted, distinct, disjoint from the voters.
+    /// The other members of our view: sorted, distinct, disjoint from the
+    /// voters.
     observers: Vec<NodeId>,
+    /// We are a voter in our own view.
     voter: bool,
-    /// A voter that abstains (recovering): behaves like an observer and
-    /// flags its notifications so that nobody counts them.
+    /// We abstain (our replica is recovering): we never stand nor lock,
+    /// and flag our notifications so that nobody counts them, whatever
+    /// their view of our role.
     abstain: bool,
     settle_wait: Duration,
     base_timeout: Duration,
@@ -76,6 +80,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     proposal: Option<Vote>,
     /// We locked `proposal` in `round`.
     locked: bool,
+    /// A round in which we locked a vote and then let the lock go without
+    /// leaving the round (we abstained): we lock nothing else in it.
+    spent_lock_round: Option<u64>,
     /// Latest LOOKING vote of each other voter in `round`.
     views: BTreeMap<NodeId, Option<Vote>>,
     /// Lock claims of other voters in `round`.
@@ -152,7 +159,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             quorum,
             observers,
             voter,
-            abstain: voter && !config.voting,
+            abstain: !config.voting,
             settle_wait: config.settle_wait,
             base_timeout: config.base_timeout,
             max_timeout: config.max_timeout,
@@ -168,6 +175,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             nominated: false,
             proposal: None,
             locked: false,
+            spent_lock_round: None,
             views: BTreeMap::new(),
             locks: BTreeMap::new(),
             reports: BTreeMap::new(),
@@ -217,12 +225,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
         }
     }
 
-    /// The quorum system in use.
+    /// The quorum system in use (its voters are those of our current view).
     pub fn quorum(&self) -> &Q {
         &self.quorum
     }
 
-    /// Whether this node abstains (a recovering voter; see
+    /// The other members of our current view, sorted: they are talked to
+    /// but never counted.
+    pub fn observers(&self) -> &[NodeId] {
+        &self.observers
+    }
+
+    /// Whether this node abstains (a recovering replica; see
     /// [`ElectionConfig::voting`]).
     pub fn is_abstaining(&self) -> bool {
         self.abstain
@@ -282,10 +296,11 @@ impl<Q: QuorumSystem> FastElection<Q> {
         new
     }
 
-    /// Whether `v` may be locked: under the connectivity rule only a vote
-    /// whose candidate heard from a quorum when it stood.
+    /// Whether `v` may be locked: a vote for a node that may lead in our
+    /// view and, under the connectivity rule, whose candidate heard from a
+    /// quorum when it stood.
     fn lockable(&self, v: Vote) -> bool {
-        !self.connectivity_rule || v.connected
+        self.may_lead(v.leader) && (!self.connectivity_rule || v.connected)
     }
 
     /// The candidate of our proposal has itself locked it in our round:
@@ -312,6 +327,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             let vouches = r.state == PeerState::Leading
                 && r.locked
                 && r.vote.leader == *id
+                && self.may_lead(*id)
                 && r.vote.connected
                 && self.heard_recently(*id, now);
             vouches.then_some((r.vote, r.round))
@@ -320,6 +336,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
 
     fn is_member(&self, id: NodeId) -> bool {
         self.quorum.is_voter(id) || self.observers.binary_search(&id).is_ok()
+    }
+
+    /// Whether a vote for `id` may be adopted, locked and elected here: a
+    /// voter of our view that may lead, or an observer of our view. An
+    /// observer never stands, so within one view no vote ever names one; a
+    /// vote for it comes from a peer whose view makes it a voter (it was
+    /// promoted and we do not know yet), and refusing it could leave the
+    /// voters split between it and a candidate of ours forever. The kernel
+    /// refuses to lead without being a voter of the membership in force.
+    fn may_lead(&self, id: NodeId) -> bool {
+        if self.quorum.is_voter(id) {
+            self.quorum.can_lead(id)
+        } else {
+            self.is_member(id)
+        }
     }
 
     fn notification(&self) -> Notification {
@@ -359,26 +390,20 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.send(to, n);
     }
 
-    /// Sends our notification to every voter and, if we vote, to every
-    /// observer (observers and abstaining voters only ask the voters).
+    /// Sends our notification to every other member of our view, voter or
+    /// observer, whether we count or not: views may differ during a
+    /// membership change, and a peer that counts us by its own view must
+    /// hear our vote (one that does not simply ignores it).
     fn broadcast(&mut self) {
         let n = self.notification();
-        let peers: Vec<NodeId> = if self.counts() {
-            self.quorum
-                .voters()
-                .iter()
-                .chain(self.observers.iter())
-                .copied()
-                .filter(|p| *p != self.id)
-                .collect()
-        } else {
-            self.quorum
-                .voters()
-                .iter()
-                .copied()
-                .filter(|p| *p != self.id)
-                .collect()
-        };
+        let peers: Vec<NodeId> = self
+            .quorum
+            .voters()
+            .iter()
+            .chain(self.observers.iter())
+            .copied()
+            .filter(|p| *p != self.id)
+            .collect();
         for p in peers {
             self.send(p, n);
         }
@@ -414,36 +439,52 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round > self.round.saturating_add(self.max_round_lead) {
             return Some("round impossibly far ahead of ours");
         }
+        // A vote for a member that may not lead in our view (an observer,
+        // a weightless voter) is a view that differs from ours, not bad
+        // input: it is received but never adopted, locked or elected. A
+        // vote for a node we do not know at all is dropped.
         if let Some(v) = msg.vote {
-            if !self.quorum.can_lead(v.leader) {
-                return Some("vote for a node that may not lead");
+            if !self.is_member(v.leader) && v.leader != self.id {
+                return Some("vote for a node that is not a member");
             }
         }
         if msg.locked && msg.vote.is_none() {
             return Some("lock without a vote");
         }
-        let from_voter = self.quorum.is_voter(from);
-        if msg.abstain && !from_voter {
-            return Some("an observer claims to abstain");
-        }
         if msg.abstain && msg.state == PeerState::Leading {
-            return Some("an abstaining voter claims to lead");
+            return Some("an abstaining node claims to lead");
         }
+        // The sender's state is not checked against our view of its role:
+        // during a membership change it may hold another view (a voter of
+        // ours may observe in its own, and the other way round).
         match msg.state {
             PeerState::Looking => None,
-            PeerState::Observing if from_voter => Some("a voter claims to observe"),
-            PeerState::Following | PeerState::Leading if !from_voter => {
-                Some("an observer claims to follow or lead")
-            }
             _ if msg.vote.is_none() => Some("a settled peer names no leader"),
             PeerState::Leading if msg.vote.map(|v| v.leader) != Some(from) => {
                 Some("a peer claims to lead for another node")
             }
-            PeerState::Following if msg.vote.map(|v| v.leader) == Some(from) => {
+            PeerState::Following | PeerState::Observing
+                if msg.vote.map(|v| v.leader) == Some(from) =>
+            {
                 Some("a peer claims to follow itself")
             }
             _ => None,
         }
+    }
+
+    /// Whether to answer a LOOKING notification from a peer we do not count
+    /// (an observer, a non-member voter of another view, an abstaining
+    /// node), while we look ourselves. Such a peer may count us, and may
+    /// answer us in turn, so we answer only what teaches it something and
+    /// cannot come back as the same question: a peer behind our round, or
+    /// an unlocked one of our round whose vote is not better than ours
+    /// unless we are locked (a peer that counts us adopts our vote or
+    /// records our lock, and stops asking).
+    fn answers_uncounted(&self, msg: &Notification) -> bool {
+        msg.round < self.round
+            || (msg.round == self.round
+                && !msg.locked
+                && (msg.vote <= self.proposal || self.locked))
     }
 
     fn on_looking(&mut self, now: Time, from: NodeId, msg: Notification) {
@@ -455,7 +496,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round > self.round {
             tracing::debug!(node = %self.id, from = %from, round = msg.round, "joining newer election round");
             self.enter_round(msg.round);
-            self.proposal = self.self_vote(now).max(msg.vote);
+            let theirs = msg.vote.filter(|v| self.may_lead(v.leader));
+            self.proposal = self.self_vote(now).max(theirs);
             self.record(from, msg);
             self.broadcast();
         } else if msg.round < self.round {
@@ -474,7 +516,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
                     self.reply(from);
                 }
             } else if msg.vote > self.proposal {
-                if self.locked {
+                if !msg.vote.is_some_and(|v| self.may_lead(v.leader)) {
+                    // A vote for a voter of ours that may not lead (a
+                    // weightless one): never adopted.
+                } else if self.locked {
                     // Locked: we keep our vote for this round; say so.
                     if !msg.locked {
                         self.reply(from);
@@ -538,7 +583,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// per round, so two quorums of locks still name one candidate.
     fn lock_quorum(&self) -> Option<Vote> {
         let own = self.lock().map(|(_, v)| v);
-        let candidates = self.locks.values().copied().chain(own);
+        let candidates = self
+            .locks
+            .values()
+            .copied()
+            .chain(own)
+            .filter(|c| self.may_lead(c.leader));
         for c in candidates {
             let own_counts = own.is_some_and(|o| o.same_candidate(&c)) && self.counts();
             let mut ids = self
@@ -559,7 +609,11 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// votes).
     fn running_leader(&self) -> Option<(Vote, u64)> {
         for (id, r) in &self.reports {
-            if r.state != PeerState::Leading || !r.locked || r.vote.leader != *id {
+            if r.state != PeerState::Leading
+                || !r.locked
+                || r.vote.leader != *id
+                || !self.may_lead(*id)
+            {
                 continue;
             }
             let mut ids = self
@@ -601,7 +655,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.decide(v, r, "a connected leader reports its election");
             return;
         }
-        if self.locked || !self.counts() {
+        // A node that is no voter in its own view locks too (it never
+        // stands): its lock counts for the peers whose view makes it a
+        // voter, and for nobody else. Only an abstaining node never locks.
+        if !self.may_lock() {
             return;
         }
         // We may have become connected since we stood: say so (a vote only
@@ -631,8 +688,19 @@ impl<Q: QuorumSystem> FastElection<Q> {
         }
     }
 
+    /// Whether we may lock our proposal now: not abstaining, not locked
+    /// yet, and no lock given up earlier in this round (see
+    /// [`set_voting`](Elector::set_voting)).
+    fn may_lock(&self) -> bool {
+        !self.abstain && !self.locked && self.spent_lock_round != Some(self.round)
+    }
+
     fn lock_proposal(&mut self) {
         assert!(!self.locked, "a node locks at most one vote per round");
+        assert!(
+            self.spent_lock_round != Some(self.round),
+            "a node locks at most one vote per round"
+        );
         assert!(self.proposal.is_some(), "only a proposal can be locked");
         self.locked = true;
         self.retries_since_lock = 0;
@@ -643,7 +711,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
 
     fn decide(&mut self, vote: Vote, round: u64, why: &'static str) {
         assert!(
-            self.quorum.can_lead(vote.leader),
+            self.may_lead(vote.leader),
             "only a node that may lead is elected"
         );
         self.round = self.round.max(round);
@@ -696,13 +764,16 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 self.locked = false;
             }
         } else {
-            // Observers and abstaining voters follow the voters' rounds and
-            // never start one.
+            // Nodes that do not count (observers in their own view,
+            // abstaining ones) follow the voters' rounds and never start
+            // one. A lock taken in this round stays: one vote per round.
             self.views.clear();
             self.locks.clear();
             self.settle_deadline = None;
         }
-        self.proposal = self.self_vote(now);
+        if !self.locked {
+            self.proposal = self.self_vote(now);
+        }
         self.retry_backoff = self.base_timeout;
         let wait = self.jittered(self.base_timeout);
         self.retry_deadline = Some(now + wait);
@@ -729,7 +800,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.nominated = false;
             self.enter_round(self.round + 1);
             self.proposal = self.self_vote(now);
-        } else if self.locked && self.retries_since_lock >= self.stuck_retries {
+        } else if self.locked && self.counts() && self.retries_since_lock >= self.stuck_retries {
             if self.round + 1 < MAX_ROUND {
                 tracing::info!(node = %self.id, round = self.round, "round stalled after locking; starting the next");
                 self.enter_round(self.round + 1);
@@ -772,13 +843,17 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
     }
 
     fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {
+        // Following or observing is the replica's call, by the membership
+        // in force, which may differ from our view while a change commits;
+        // so may whether the leader may lead. We only require a known node.
         let consistent = match state {
             PeerState::Looking => false,
             PeerState::Leading => leader == self.id,
-            PeerState::Following => self.voter && leader != self.id,
-            PeerState::Observing => !self.voter,
+            PeerState::Following | PeerState::Observing => {
+                leader != self.id && self.is_member(leader)
+            }
         };
-        if !consistent || !self.quorum.can_lead(leader) {
+        if !consistent {
             tracing::warn!(node = %self.id, ?state, leader = %leader, "ignoring an inconsistent settle");
             return;
         }
@@ -823,28 +898,34 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             self.reply(from);
         }
         if self.phase == Phase::Settled {
-            // Voters never count an observer's (or an abstaining voter's)
-            // answer, so such a node answers only those that do not count
-            // either.
-            let asker_counts = self.quorum.is_voter(from) && !msg.abstain;
-            let useful = self.counts() || !asker_counts;
-            if msg.state == PeerState::Looking && useful {
+            // Every looking member is told whom we follow, whatever our
+            // role: a peer whose view makes us a voter counts our report
+            // (a looking node never answers a report, so this cannot loop).
+            if msg.state == PeerState::Looking {
                 self.reply(from);
             }
             return;
         }
         if !self.quorum.is_voter(from) || msg.abstain {
-            // An observer or an abstaining voter asking: tell it what we
-            // know; it never counts.
-            if msg.state == PeerState::Looking && self.counts() {
+            // A peer we do not count (an observer in our view, whatever it
+            // holds itself to be, or an abstaining node) asking: tell it
+            // what we know if that helps it; its vote never counts here.
+            if msg.state == PeerState::Looking
+                && (self.counts() || self.locked)
+                && self.answers_uncounted(&msg)
+            {
                 self.reply(from);
             }
             return;
         }
+        // A voter of our view: its vote counts whatever it holds itself to
+        // be. A settled one reports whom it follows (OBSERVING if it is an
+        // observer in its own view, which counts here as following).
         match msg.state {
             PeerState::Looking => self.on_looking(now, from, msg),
-            PeerState::Following | PeerState::Leading => self.on_report(from, msg),
-            PeerState::Observing => return,
+            PeerState::Following | PeerState::Leading | PeerState::Observing => {
+                self.on_report(from, msg)
+            }
         }
         self.evaluate(now);
     }
@@ -858,7 +939,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             let holds = self
                 .proposal
                 .is_some_and(|p| self.lockable(p) && self.quorum_holds(p));
-            if !self.locked && self.counts() && holds {
+            if self.may_lock() && holds {
                 self.lock_proposal();
             }
             self.evaluate(now);
@@ -887,13 +968,111 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.decision.take()
     }
 
+    /// Takes a new view of the membership: from now on only `voters` count
+    /// (quorums, locks, reports, decisions) and we talk to every node of
+    /// `voters` and `observers`. See the crate docs ("Membership changes").
+    ///
+    /// - The quorum system is rebuilt with [`QuorumSystem::with_voters`]. If
+    ///   it refuses (a [`Weighted`](crate::Weighted) system without a
+    ///   weight for a new voter, no voters at all), the error is logged and
+    ///   the previous system stays, its voters still counting; the other
+    ///   named nodes are then talked to as observers. That costs liveness
+    ///   only: the kernel counts its own quorums.
+    /// - The views, locks and reports of nodes that no longer vote are
+    ///   dropped from the current round's tallies. A decision already made
+    ///   (and the leader we settled on) is kept.
+    /// - We stand only if we are a voter (and do not abstain): a node made
+    ///   a voter while looking stands at once in the current round. A
+    ///   proposal for a voter that was demoted or removed is withdrawn
+    ///   unless we locked it: a voter of the new view stands again in a new
+    ///   round (the others join it there), a non-voter waits for the
+    ///   voters' votes.
+    /// - Duplicates are ignored; our own id may be anywhere or nowhere (a
+    ///   removed node still asks the members who leads).
+    fn reconfigure(&mut self, now: Time, voters: &[NodeId], observers: &[NodeId]) {
+        let mut wanted = voters.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let before = self.quorum.voters().to_vec();
+        // Our proposal names a voter of the view we leave.
+        let for_voter = self
+            .proposal
+            .is_some_and(|p| self.quorum.is_voter(p.leader));
+        if wanted != before {
+            match self.quorum.with_voters(&wanted) {
+                Ok(q) => self.quorum = q,
+                Err(error) => {
+                    tracing::error!(node = %self.id, %error, voters = ?wanted,
+                        "cannot rebuild the quorum system for the new voters; keeping the previous one (the kernel still counts its quorums under the membership in force)");
+                }
+            }
+        }
+        let mut others: Vec<NodeId> = voters
+            .iter()
+            .chain(observers)
+            .copied()
+            .filter(|n| !self.quorum.is_voter(*n))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let voter = self.quorum.is_voter(self.id);
+        if others == self.observers && self.quorum.voters() == before.as_slice() {
+            // Nothing we count or talk to changed.
+            return;
+        }
+        self.observers = others;
+        self.voter = voter;
+        tracing::info!(node = %self.id, voters = ?self.quorum.voters(), observers = ?self.observers, voter,
+            "election membership changed");
+        let quorum = &self.quorum;
+        self.views.retain(|n, _| quorum.is_voter(*n));
+        self.locks.retain(|n, _| quorum.is_voter(*n));
+        self.reports.retain(|n, _| quorum.is_voter(*n));
+        let members: Vec<NodeId> = self
+            .quorum
+            .voters()
+            .iter()
+            .chain(&self.observers)
+            .copied()
+            .collect();
+        self.heard.retain(|n, _| members.contains(n));
+        self.outbox.retain(|(to, _)| members.contains(to));
+        if self.phase != Phase::Looking {
+            // Settled (the decision is kept; askers are answered) or not
+            // started yet.
+            return;
+        }
+        // A proposal for a voter that was demoted or removed, or for a node
+        // that may not lead at all any more, is withdrawn (a vote for an
+        // observer of ours adopted from a peer of another view is kept: it
+        // may be a voter there).
+        let stale = self.proposal.is_some_and(|p| {
+            (for_voter && !self.quorum.is_voter(p.leader)) || !self.may_lead(p.leader)
+        });
+        if stale && !self.locked {
+            if self.counts() && self.round + 1 < MAX_ROUND {
+                tracing::info!(node = %self.id, round = self.round, "our proposal may no longer lead; standing again in a new round");
+                self.enter_round(self.round + 1);
+                self.proposal = self.self_vote(now);
+            } else {
+                // A non-voter withdraws; it adopts a voter's vote next.
+                self.proposal = None;
+            }
+        }
+        self.broadcast();
+        self.evaluate(now);
+    }
+
     /// Abstains (`false`) or votes again (`true`); see
-    /// [`ElectionConfig::voting`]. Observers ignore it. Abstaining drops our
-    /// own proposal and lock for the current round (peers never counted
-    /// them once flagged); voting again while LOOKING starts a new round,
-    /// standing for ourselves, so that our vote is heard at once.
+    /// [`ElectionConfig::voting`]. It applies whatever our role in our own
+    /// view: a recovering observer abstains too, so that a peer whose view
+    /// makes it a voter never counts it. Abstaining drops our own proposal
+    /// and lock for the current round (peers never count them once
+    /// flagged), and we lock nothing else in that round; voting again while
+    /// LOOKING starts a new round if we are a voter, standing for
+    /// ourselves, so that our vote is heard at once.
     fn set_voting(&mut self, now: Time, voting: bool) {
-        if !self.voter || self.abstain != voting {
+        if self.abstain != voting {
             return;
         }
         self.abstain = !voting;
@@ -901,6 +1080,9 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         if self.abstain {
             // A recovering replica lost the history it was nominated for.
             self.nominated = false;
+            if self.locked {
+                self.spent_lock_round = Some(self.round);
+            }
             self.locked = false;
             self.settle_deadline = None;
             self.proposal = self.proposal.filter(|v| v.leader != self.id);

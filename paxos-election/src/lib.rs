@@ -28,9 +28,10 @@
 //!   *lock* it: we will not change our vote in this round any more, and we
 //!   tell everyone. A node decides when a quorum has locked the same vote.
 //!   Because a node locks at most one vote per round and quorums intersect,
-//!   **no two nodes ever decide different leaders in one round**, whatever
-//!   the message delays (plain ZooKeeper relies on the finalize wait
-//!   outlasting the delays). Each locker's proposal is at least its own vote,
+//!   **no two nodes that hold one view of the membership ever decide
+//!   different leaders in one round**, whatever the message delays (plain
+//!   ZooKeeper relies on the finalize wait outlasting the delays; for
+//!   differing views see *Membership changes* below). Each locker's proposal is at least its own vote,
 //!   so the winner holds the highest `(epoch, zxid)` of the lockers that
 //!   were themselves connected (a connected winner may be behind an
 //!   unconnected locker; the replica's discovery fetches the quorum's most
@@ -76,20 +77,84 @@
 //!   [`ElectionConfig::stuck_retries`] retries starts the next round (locks
 //!   split between candidates with some voters down would otherwise stall).
 //! - Quorums are a [`QuorumSystem`]: [`Majority`] by default, [`Weighted`]
-//!   as in ZooKeeper's hierarchical quorums. Observers never vote and are
-//!   never elected; they ask the voters and follow their rounds.
+//!   as in ZooKeeper's hierarchical quorums. Observers never stand (so,
+//!   within one view, are never elected) and never start a round; they ask
+//!   the voters, follow their rounds and tell the vote they adopted (which
+//!   counts only for a peer whose view makes them voters, see below).
 //! - Bad input is dropped with a `tracing` warning and changes nothing:
-//!   messages from ourselves or unknown ids, votes for nodes that may not lead,
-//!   states that contradict the sender's role, and *impossible rounds*: a
+//!   messages from ourselves or unknown ids, votes for nodes that are no
+//!   members, self-contradicting states (a lock without a vote, a settled
+//!   node naming no leader, leading for another node, following itself, an
+//!   abstaining node leading), and *impossible rounds*: a
 //!   round at or beyond [`MAX_ROUND`] (2^48, never reached by a real
 //!   cluster), or more than [`ElectionConfig::max_round_lead`] ahead of ours.
-//!   Malformed bytes never reach the elector: [`Notification::decode`]
-//!   returns a [`CodecError`].
+//!   A state that merely contradicts *our* view of the sender's role is
+//!   not bad input (see below). Malformed bytes never reach the elector:
+//!   [`Notification::decode`] returns a [`CodecError`].
+//!
+//! # Membership changes
+//!
+//! [`Elector::reconfigure`] gives the elector a new view of the membership:
+//! its voters and observers. `paxos-core`'s node layer passes the
+//! membership committed as far as this node knows as the voters, and every
+//! other member of the membership in force as an observer.
+//!
+//! - From the call on, only the view's voters count (quorums, locks,
+//!   reports, decisions), and the elector talks to every member of the
+//!   view. The views, locks and reports of nodes that no longer vote are
+//!   dropped from the current round's tallies; a decision already made is
+//!   kept. A node stands only if it is a voter of its own view and does
+//!   not abstain.
+//! - The [`QuorumSystem`] is rebuilt with [`QuorumSystem::with_voters`]:
+//!   [`Majority`] over the new voters; [`Weighted`] with the weights it
+//!   knows (see [`Weighted::with_spare_weights`]). If the system refuses (a
+//!   voter without a known weight), the elector logs an error and keeps the
+//!   previous system, talking to the other nodes as observers. That costs
+//!   liveness, never safety: the kernel counts its own quorums.
+//! - Views differ between nodes while a change spreads: a node may not yet
+//!   know it was made a voter, a lagging node may hold a change that will
+//!   be undone. Each receiver judges a notification by **its own** view: it
+//!   counts the sender's vote, lock or report if it sees the sender as a
+//!   voter (an OBSERVING report counts there as following; an observer
+//!   that has adopted no vote yet counts as nothing), and otherwise only
+//!   answers it, and only with what the sender lacks (an older round, or a
+//!   worse unlocked vote of ours), so that two nodes with crossed views
+//!   never answer each other forever. Only the *abstain* flag (a recovering
+//!   node) makes a vote never count.
+//! - A vote for a node that is an *observer* in the receiver's view is
+//!   adopted, locked and elected like any other: observers never stand, so
+//!   such a vote comes from a peer whose view makes that node a voter (it
+//!   was promoted, and the receiver lags). Refusing it could split the
+//!   voters for good between it and a candidate of the lagging node (found
+//!   by the full-stack simulator). A vote for a voter that may not lead (a
+//!   weightless one) is never adopted, and one for a node that is no
+//!   member at all is dropped. A voter that is demoted or removed while a
+//!   node proposes it has that proposal withdrawn (a voter stands again in
+//!   a new round).
+//! - A node that is no voter in its own view still tells the vote it
+//!   adopted, follows the voters' rounds, and *locks* its vote like a voter
+//!   (when a quorum of its view's voters holds it for the settle wait, or
+//!   its candidate locked it): that lock counts for the peers whose view
+//!   makes it a voter, and for nobody else. It decides when a quorum of
+//!   its own view's voters has locked (or follows) the same leader, as
+//!   observers always did. A settled node answers every looking member,
+//!   whatever its own role.
+//!
+//! The safety argument above holds *within one view*: a node still locks at
+//! most one vote per round (a lock survives a change of view, and one given
+//! up by abstaining is not replaced in that round), so two nodes that
+//! decide in one round under one view decide one leader. Across views it
+//! holds as far as their quorums intersect, which is the case for two
+//! views one single-server change apart under [`Majority`]; otherwise a
+//! decision is a liveness hint only, and the kernel, which counts every
+//! quorum under the membership in force, decides whether the leader ever
+//! establishes.
 //!
 //! # Driving loop
 //!
 //! After every input (`start_looking`, `start_looking_nominated`,
-//! `handle_message`, `handle_timeout`, `settle`, `set_voting`), drain [`Elector::poll_transmit`] and [`Elector::poll_decision`]
+//! `handle_message`, `handle_timeout`, `settle`, `set_voting`,
+//! `reconfigure`), drain [`Elector::poll_transmit`] and [`Elector::poll_decision`]
 //! and re-arm a timer at [`Elector::poll_timeout`]. Persist
 //! [`FastElection::round`] if the node may restart (see there). Three
 //! electors on a perfect in-memory network:

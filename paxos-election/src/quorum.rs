@@ -26,6 +26,17 @@ pub trait QuorumSystem: std::fmt::Debug {
 
     /// Whether `members` (distinct ids; non-voters are ignored) form a quorum.
     fn is_quorum(&self, members: &mut dyn Iterator<Item = NodeId>) -> bool;
+
+    /// The same kind of quorum system over other voters, for a membership
+    /// change ([`Elector::reconfigure`](paxos_core::Elector::reconfigure)).
+    /// `voters` must be non-empty and distinct. A system that cannot place
+    /// one of them (say, a weighted one that knows no weight for it)
+    /// refuses with a [`ConfigError`]; the elector then keeps the previous
+    /// system, which costs liveness only: the kernel counts its own
+    /// quorums under the membership in force.
+    fn with_voters(&self, voters: &[NodeId]) -> Result<Self, ConfigError>
+    where
+        Self: Sized;
 }
 
 fn sorted_unique(ids: impl IntoIterator<Item = NodeId>) -> Result<Vec<NodeId>, ConfigError> {
@@ -64,6 +75,11 @@ impl QuorumSystem for Majority {
         let count = members.filter(|m| self.is_voter(*m)).count();
         count * 2 > self.voters.len()
     }
+
+    /// A majority of the new voters.
+    fn with_voters(&self, voters: &[NodeId]) -> Result<Self, ConfigError> {
+        Majority::new(voters.iter().copied())
+    }
 }
 
 /// A weighted quorum (ZooKeeper's `QuorumHierarchical` with one group):
@@ -72,11 +88,20 @@ impl QuorumSystem for Majority {
 /// A voter of weight zero takes part in the election (it proposes, adopts and
 /// relays votes) but never counts towards a quorum and is never elected, as
 /// in ZooKeeper.
+///
+/// Under membership changes ([`QuorumSystem::with_voters`]) a weight is a
+/// property of the node, not of one membership: the system remembers the
+/// weight of every node it was ever given (voters, former voters, and the
+/// nodes named by [`with_spare_weights`](Weighted::with_spare_weights)), so
+/// a node removed and added again gets its weight back. A new voter whose
+/// weight it does not know is refused ([`ConfigError::NoWeight`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Weighted {
     voters: Vec<NodeId>,
     weights: BTreeMap<NodeId, u64>,
     total_weight: u64,
+    /// Every weight known, voters' or not (a superset of `weights`).
+    known: BTreeMap<NodeId, u64>,
 }
 
 impl Weighted {
@@ -100,9 +125,26 @@ impl Weighted {
         }
         Ok(Weighted {
             voters: weights.keys().copied().collect(),
+            known: weights.clone(),
             weights,
             total_weight,
         })
+    }
+
+    /// The same system, also knowing the weights of nodes that are not
+    /// voters yet, so that a membership change may make them voters. A
+    /// spare weight never changes the current quorums. Naming a current
+    /// voter, or a node twice, is refused as [`ConfigError::DuplicateNode`].
+    pub fn with_spare_weights(
+        mut self,
+        spares: impl IntoIterator<Item = (NodeId, u64)>,
+    ) -> Result<Weighted, ConfigError> {
+        for (id, w) in spares {
+            if self.known.insert(id, w).is_some() {
+                return Err(ConfigError::DuplicateNode { id });
+            }
+        }
+        Ok(self)
     }
 
     /// The weight of `id` (0 for a non-voter).
@@ -125,6 +167,24 @@ impl QuorumSystem for Weighted {
         // the total, which fits.
         let sum: u64 = members.map(|m| self.weight(m)).sum();
         u128::from(sum) * 2 > u128::from(self.total_weight)
+    }
+
+    /// The new voters with the weights known for them; refused if one has
+    /// no known weight ([`ConfigError::NoWeight`]), or if their weights sum
+    /// to zero or overflow. Every known weight stays known.
+    fn with_voters(&self, voters: &[NodeId]) -> Result<Self, ConfigError> {
+        let mut pairs = Vec::with_capacity(voters.len());
+        for id in voters {
+            let w = self
+                .known
+                .get(id)
+                .copied()
+                .ok_or(ConfigError::NoWeight { id: *id })?;
+            pairs.push((*id, w));
+        }
+        let mut next = Weighted::new(pairs)?;
+        next.known = self.known.clone();
+        Ok(next)
     }
 }
 

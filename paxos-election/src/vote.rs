@@ -129,9 +129,9 @@ pub struct Notification {
     /// locked it after a quorum held it for the settle wait, or it knows the
     /// vote was elected in `round`. A decision needs a quorum of locks.
     pub locked: bool,
-    /// The sender abstains: a voter whose replica is recovering (it lost
-    /// its durable state). Nobody counts, adopts or records this
-    /// notification; it only asks for (and may carry) the sender's view,
-    /// like an observer's.
+    /// The sender abstains: its replica is recovering (it lost its
+    /// durable state). Nobody counts, adopts or records this notification,
+    /// whatever the receiver's view of the sender's role; it only asks for
+    /// (and may carry) the sender's view.
     pub abstain: bool,
 }

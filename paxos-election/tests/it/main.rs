@@ -11,6 +11,7 @@ mod abstain;
 mod connectivity;
 mod elector;
 mod heal;
+mod membership;
 mod nominee;
 mod properties;
 mod scenarios;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use paxos_core::{Elector, Epoch, NodeId, PeerState, Time, VoteInfo, Zxid};
 use paxos_election::{
-    ElectionConfig, FastElection, Notification, Vote, MAX_MESSAGE_BYTES, NOTIFICATION_BYTES,
+    ElectionConfig, FastElection, Notification, QuorumSystem, Vote, MAX_MESSAGE_BYTES,
+    NOTIFICATION_BYTES,
 };
 use proptest::prelude::*;
 
@@ -173,6 +174,14 @@ enum Input {
         state: PeerState,
         leader: u64,
     },
+    /// A new view of the membership (possibly empty, possibly without us).
+    Reconfigure {
+        voters: Vec<u64>,
+        observers: Vec<u64>,
+    },
+    SetVoting {
+        voting: bool,
+    },
 }
 
 fn any_input() -> impl Strategy<Value = Input> {
@@ -183,15 +192,23 @@ fn any_input() -> impl Strategy<Value = Input> {
             Input::StartLooking { epoch, counter, nominated }
         }),
         1 => (any_state(), 0u64..7).prop_map(|(state, leader)| Input::Settle { state, leader }),
+        1 => (
+            proptest::collection::vec(0u64..8, 0..6),
+            proptest::collection::vec(0u64..8, 0..4),
+        )
+            .prop_map(|(voters, observers)| Input::Reconfigure { voters, observers }),
+        1 => any::<bool>().prop_map(|voting| Input::SetVoting { voting }),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Whatever arrives, in any order: the round never goes back, a node
-    /// locks at most one vote per round, only voters are elected, timers
-    /// are in the future, and the outbox stays bounded.
+    /// Whatever arrives, in any order, with any reconfigurations: the
+    /// round never goes back, a node locks at most one vote per round, only
+    /// members of its current view are elected (an observer of ours may be
+    /// a voter in a peer's view), timers are in the future, and the outbox
+    /// stays bounded.
     #[test]
     fn elector_keeps_its_invariants_under_arbitrary_input(
         me in 1u64..=5,
@@ -231,24 +248,39 @@ proptest! {
                     }
                 }
                 Input::Settle { state, leader } => e.settle(now, state, NodeId(leader), Epoch(1)),
+                Input::Reconfigure { voters, observers } => {
+                    let v: Vec<NodeId> = voters.into_iter().map(NodeId).collect();
+                    let o: Vec<NodeId> = observers.into_iter().map(NodeId).collect();
+                    e.reconfigure(now, &v, &o);
+                }
+                Input::SetVoting { voting } => e.set_voting(now, voting),
             }
+            let members: Vec<NodeId> = e
+                .quorum()
+                .voters()
+                .iter()
+                .chain(e.observers())
+                .copied()
+                .collect();
             prop_assert!(e.round() >= last_round, "round went back");
             last_round = e.round();
             if let Some((r, v)) = e.lock() {
                 let prev = *locks.entry(r).or_insert(v);
                 prop_assert_eq!(prev, v, "two locks in round {}", r);
-                prop_assert!(voters.contains(&v.leader));
+                prop_assert!((0..8).contains(&v.leader.0));
             }
             if let Some(d) = e.poll_decision() {
-                prop_assert!(voters.contains(&d.leader), "elected a non-voter {:?}", d.leader);
+                prop_assert!(members.contains(&d.leader), "elected a non-member {:?}", d.leader);
             }
             if let Some(t) = e.poll_timeout() {
                 prop_assert!(t >= now, "a deadline in the past stays pending");
             }
             let out: Vec<_> = std::iter::from_fn(|| e.poll_transmit()).collect();
-            prop_assert!(out.len() <= 5, "one message per peer at most");
+            prop_assert!(out.len() <= 7, "one message per peer at most");
+            let mut seen = std::collections::BTreeSet::new();
             for (to, n) in out {
-                prop_assert!(to != NodeId(me) && (1..=6).contains(&to.0));
+                prop_assert!(to != NodeId(me) && (0..8).contains(&to.0));
+                prop_assert!(seen.insert(to), "two messages to {:?}", to);
                 prop_assert_eq!(Notification::decode(&n.to_bytes()), Ok(n));
                 // Only a looking vote carries a nomination, and we claim
                 // one only for a looking period that started nominated.
