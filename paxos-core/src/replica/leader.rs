@@ -607,14 +607,17 @@ impl<S: Storage> Replica<S> {
                         .map(|(n, _)| *n)
                         .collect();
                     l.helped.extend(helped);
-                    // The most recent history among the quorum's voters.
+                    // The most recent history among the quorum's members.
+                    // Observers count here too: one may be a voter in a
+                    // membership this history carries (a promotion our log
+                    // lacks), and the quorum checked once it is adopted
+                    // counts it; an observer holds only committed entries
+                    // otherwise, which adopting never loses.
                     let mine = (self.hs.current_epoch, self.log.last());
                     let best = l
                         .peers
                         .iter()
-                        .filter(|(n, p)| {
-                            p.phase == PPhase::Acked && !p.recovering && self.config.is_voter(**n)
-                        })
+                        .filter(|(_, p)| p.phase == PPhase::Acked && !p.recovering)
                         .map(|(n, p)| ((p.position.current_epoch, p.position.last_zxid), *n))
                         .max();
                     match best {
@@ -709,6 +712,31 @@ impl<S: Storage> Replica<S> {
         if !self.config.is_voter(me) || !self.config.is_quorum(acked) {
             tracing::warn!(id = %me, voters = ?self.config.voters, "discovery quorum is not a quorum of the adopted membership; stepping down");
             self.lose_leader("discovery quorum does not cover the adopted membership");
+            return;
+        }
+        // And no member that quorum counted holds entries past the adopted
+        // history (checked, not assumed: it is what keeps committed
+        // entries).
+        let mine = self.log.last();
+        let behind = l.peers.iter().find(|(n, p)| {
+            p.phase == PPhase::Acked
+                && !p.recovering
+                && self.config.is_voter(**n)
+                && p.position.last_zxid > mine
+        });
+        if let Some((&n, p)) = behind {
+            // A member acknowledged after the fetch began, or one the
+            // pre-fetch membership did not count: fetch from it too (each
+            // round leaves our log longer, so this ends).
+            tracing::info!(id = %me, follower = %n, pos = ?p.position, ?mine, "a counted follower holds more than the adopted history; fetching from it");
+            let now = self.now;
+            let Role::Leading(l) = &mut self.role else {
+                return;
+            };
+            l.phase = LPhase::Fetching;
+            l.fetch_from = Some(n);
+            l.fetch_sent_at = now;
+            self.send_fetch(n);
             return;
         }
         let Role::Leading(l) = &mut self.role else {

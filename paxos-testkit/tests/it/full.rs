@@ -124,3 +124,18 @@ fn full_stack_wiped_voter_without_recovering_loses_a_write() {
         "{seen:?}"
     );
 }
+
+/// Found by the full-stack simulator (seed 2153): a leader-elect whose log
+/// lacked the promotion of n100 chose the most recent history among the
+/// voters of its own membership only, adopted n3's, and passed the
+/// discovery check under the adopted membership, which counted n100,
+/// whose committed entries that history lacked: the followers refused the
+/// TRUNC below their commit point, for ever. The choice now looks at every
+/// acknowledged member, and a counted member holding more is fetched from.
+#[test]
+fn full_stack_leader_elect_adopts_a_promoted_members_history() {
+    let mut sim = full_sim(SimConfig::chaos(2_153));
+    if let Err(v) = sim.run_steps_then_recover(6_000) {
+        panic!("{v}");
+    }
+}
