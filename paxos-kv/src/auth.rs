@@ -212,7 +212,9 @@ mod tests {
         assert_eq!(p.to_uri(), "paxos-client://ro/alice");
         assert_eq!(Principal::from_uri(&p.to_uri()).unwrap(), Some(p));
         assert_eq!(Principal::from_uri("https://ro/alice").unwrap(), None);
-        let admin = Principal::from_uri("paxos-client://admin/ops").unwrap().unwrap();
+        let admin = Principal::from_uri("paxos-client://admin/ops")
+            .unwrap()
+            .unwrap();
         assert_eq!(admin.role(), Role::Admin);
         assert!(admin.role().may_write() && admin.role().may_admin());
         assert!(!Role::ReadWrite.may_admin() && !Role::ReadOnly.may_admin());
