@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Sim, SimConfig, SimStats, Violation};
 use crate::election::Elector;
-use crate::{NodeId, Zxid};
+use crate::{Membership, NodeId, Zxid};
 
 /// Builds a simulation from its parameters (chooses the elector and planner).
 pub type MakeSim<'a, E> = &'a dyn Fn(SimConfig) -> Sim<E>;
@@ -32,6 +32,9 @@ pub const NAMES: &[&str] = &[
     "constrained_election_compacted",
     "constrained_election_slow_snapshot",
     "chained",
+    "replace_a_voter",
+    "leader_hands_over_then_is_removed",
+    "change_during_a_partition",
 ];
 
 /// Runs the scenario `name` with `seed` on simulations built by `mk`;
@@ -62,6 +65,9 @@ pub fn run<E: Elector>(
             constrained_election(mk, seed, HubCatchUp::SlowLossySnapshot)
         }
         "chained" => chained(mk, seed),
+        "replace_a_voter" => replace_a_voter(mk, seed),
+        "leader_hands_over_then_is_removed" => leader_hands_over_then_is_removed(mk, seed),
+        "change_during_a_partition" => change_during_a_partition(mk, seed),
         _ => return None,
     })
 }
@@ -885,5 +891,144 @@ pub fn chained<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimStats, Vi
         return Err(fail(&sim, "writes stopped while the chained fault held"));
     }
     sim.heal();
+    finish(sim)
+}
+
+/// Waits until the leader's membership satisfies `done` and no change is
+/// pending on it (committed).
+fn wait_membership<E: Elector>(
+    sim: &mut Sim<E>,
+    done: impl Fn(&Membership) -> bool,
+) -> Result<(), Violation> {
+    let ok = sim.run_until(Duration::from_secs(20), |s| {
+        s.leader()
+            .and_then(|l| s.replica(l))
+            .is_some_and(|r| done(r.membership()) && r.membership_change_pending().is_none())
+    })?;
+    if ok {
+        Ok(())
+    } else {
+        Err(fail(sim, "the membership change did not commit"))
+    }
+}
+
+fn with(m: &Membership, f: impl FnOnce(&mut Membership)) -> Membership {
+    let mut m = m.clone();
+    f(&mut m);
+    m
+}
+
+/// Replace a voter under load: an observer is promoted, then a follower is
+/// removed and stopped; commands keep committing, and every acknowledged
+/// one survives.
+pub fn replace_a_voter<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        observers: 1,
+        ..SimConfig::default()
+    });
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let newcomer = NodeId(100);
+    let m = sim
+        .replica(l)
+        .map(|r| r.membership().clone())
+        .ok_or_else(|| fail(&sim, "leader down"))?;
+    sim.reconfigure(
+        l,
+        with(&m, |m| {
+            m.observers.retain(|o| *o != newcomer);
+            m.voters.push(newcomer);
+        }),
+    )?;
+    wait_membership(&mut sim, |m| m.is_voter(newcomer))?;
+    let l = wait_leader(&mut sim, None)?;
+    let old = sim
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != l && *n != newcomer)
+        .ok_or_else(|| fail(&sim, "no follower to replace"))?;
+    let m = sim
+        .replica(l)
+        .map(|r| r.membership().clone())
+        .ok_or_else(|| fail(&sim, "leader down"))?;
+    sim.reconfigure(l, with(&m, |m| m.voters.retain(|v| *v != old)))?;
+    wait_membership(&mut sim, |m| !m.is_member(old))?;
+    sim.crash(old);
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// A leader may not remove itself: it hands over, and the new leader
+/// removes it; the group goes on without it.
+pub fn leader_hands_over_then_is_removed<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters: 5,
+        ..SimConfig::default()
+    });
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let m = sim
+        .replica(l)
+        .map(|r| r.membership().clone())
+        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let without_l = with(&m, |m| m.voters.retain(|v| *v != l));
+    sim.reconfigure(l, without_l.clone())?;
+    sim.run_for(Duration::from_millis(50))?;
+    if sim.replica(l).is_some_and(|r| !r.membership().is_voter(l)) {
+        return Err(fail(&sim, "the leader removed itself"));
+    }
+    let to = m
+        .voters
+        .iter()
+        .copied()
+        .find(|v| *v != l)
+        .ok_or_else(|| fail(&sim, "no other voter"))?;
+    sim.transfer_leadership(l, to)?;
+    let t = wait_leader(&mut sim, Some(l))?;
+    sim.reconfigure(t, without_l)?;
+    wait_membership(&mut sim, |m| !m.is_member(l))?;
+    sim.crash(l);
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// The leader proposes a change and is cut off at once: the change commits
+/// or is dropped, but the group agrees on one membership, elects a leader
+/// under it, and loses no acknowledged command.
+pub fn change_during_a_partition<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters: 5,
+        ..SimConfig::default()
+    });
+    let l = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let m = sim
+        .replica(l)
+        .map(|r| r.membership().clone())
+        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let gone = m
+        .voters
+        .iter()
+        .copied()
+        .find(|v| *v != l)
+        .ok_or_else(|| fail(&sim, "no follower"))?;
+    sim.reconfigure(l, with(&m, |m| m.voters.retain(|v| *v != gone)))?;
+    sim.isolate(l);
+    let acked = sim.stats().acked;
+    wait_leader(&mut sim, Some(l))?;
+    wait_acked(&mut sim, acked + 20)?;
+    sim.heal();
+    sim.run_for(Duration::from_millis(500))?;
     finish(sim)
 }

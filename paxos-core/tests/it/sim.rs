@@ -202,3 +202,18 @@ fn nodes_following_each_other_do_not_stall_the_cluster() {
         panic!("{v}");
     }
 }
+
+#[test]
+fn scenario_replace_a_voter() {
+    scenario("replace_a_voter");
+}
+
+#[test]
+fn scenario_leader_hands_over_then_is_removed() {
+    scenario("leader_hands_over_then_is_removed");
+}
+
+#[test]
+fn scenario_change_during_a_partition() {
+    scenario("change_during_a_partition");
+}
