@@ -2,8 +2,9 @@
 //! at once. Certificates and data live in a fresh temporary directory; the
 //! nodes stop when this command is interrupted (Ctrl-C reaches the whole
 //! process group) or when Enter is pressed. Client ports speak TLS: the
-//! certificate directory holds client certificates for `admin` (read-write)
-//! and `viewer` (read-only), and the printed commands use them.
+//! certificate directory holds client certificates for `admin` (role
+//! `admin`: reads, writes and `paxos-client admin ...`) and `viewer`
+//! (read-only), and the printed commands use them.
 
 use anyhow::{bail, Context, Result};
 use std::io::BufRead;
@@ -24,7 +25,7 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
         .args(["certs", "--dir"])
         .arg(dir.join("certs"))
         .args(["--nodes", &ids.join(",")])
-        .args(["--clients", "admin,viewer:ro"])
+        .args(["--clients", "admin:admin,viewer:ro"])
         .stdout(Stdio::null())
         .status()
         .context("running paxos-node certs")?;
@@ -75,14 +76,16 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
         dir.display()
     );
     println!();
-    println!("try (admin may write; viewer only reads):");
+    println!("try (admin may write and administer; viewer only reads):");
     let client = client.display();
     println!("  {client} --cluster {clients} --certs {certs} --name admin put greeting hello");
     println!("  {client} --cluster {clients} --certs {certs} --name viewer get greeting");
     println!("  {client} --cluster {clients} --certs {certs} --name viewer put greeting nope");
     println!("  {client} --cluster {clients} --certs {certs} --name admin status");
+    println!("  {client} --cluster {clients} --certs {certs} --name admin admin members");
+    println!("  {client} --cluster {clients} --certs {certs} --name admin admin transfer-leader 2");
     println!(
-        "add a client later: {} certs --dir {certs} --clients NAME[:ro]",
+        "add a client later: {} certs --dir {certs} --clients NAME[:ro|:admin]",
         node.display()
     );
     println!();
