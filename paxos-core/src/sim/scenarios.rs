@@ -912,6 +912,13 @@ fn wait_membership<E: Elector>(
     }
 }
 
+/// The membership in force on `id` (the leader, when it is up).
+fn membership_on<E: Elector>(sim: &Sim<E>, id: NodeId) -> Result<Membership, Violation> {
+    sim.replica(id)
+        .map(|r| r.membership().clone())
+        .ok_or_else(|| fail(sim, "leader down"))
+}
+
 fn with(m: &Membership, f: impl FnOnce(&mut Membership)) -> Membership {
     let mut m = m.clone();
     f(&mut m);
@@ -930,10 +937,7 @@ pub fn replace_a_voter<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimS
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let newcomer = NodeId(100);
-    let m = sim
-        .replica(l)
-        .map(|r| r.membership().clone())
-        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let m = membership_on(&sim, l)?;
     sim.reconfigure(
         l,
         with(&m, |m| {
@@ -948,10 +952,7 @@ pub fn replace_a_voter<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimS
         .into_iter()
         .find(|n| *n != l && *n != newcomer)
         .ok_or_else(|| fail(&sim, "no follower to replace"))?;
-    let m = sim
-        .replica(l)
-        .map(|r| r.membership().clone())
-        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let m = membership_on(&sim, l)?;
     sim.reconfigure(l, with(&m, |m| m.voters.retain(|v| *v != old)))?;
     wait_membership(&mut sim, |m| !m.is_member(old))?;
     sim.crash(old);
@@ -973,10 +974,7 @@ pub fn leader_hands_over_then_is_removed<E: Elector>(
     });
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
-    let m = sim
-        .replica(l)
-        .map(|r| r.membership().clone())
-        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let m = membership_on(&sim, l)?;
     let without_l = with(&m, |m| m.voters.retain(|v| *v != l));
     sim.reconfigure(l, without_l.clone())?;
     sim.run_for(Duration::from_millis(50))?;
@@ -1013,10 +1011,7 @@ pub fn change_during_a_partition<E: Elector>(
     });
     let l = wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
-    let m = sim
-        .replica(l)
-        .map(|r| r.membership().clone())
-        .ok_or_else(|| fail(&sim, "leader down"))?;
+    let m = membership_on(&sim, l)?;
     let gone = m
         .voters
         .iter()

@@ -16,6 +16,38 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A steady writer of keys `{prefix}{k}` until `stop`: the keys it got
+/// acknowledged, and the longest gap between two acknowledgements.
+fn spawn_writer(
+    writer: Client,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Bytes>, Duration)> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut longest = Duration::ZERO;
+        let mut last = Instant::now();
+        // Bounded: at most 100 000 writes, and the test stops it.
+        for k in 0..100_000u32 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let key = Bytes::from(format!("{prefix}{k}"));
+            match writer.put(key.clone(), Bytes::from_static(b"v")).await {
+                Ok(KvResult::Done(_)) => {
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                    acked.push(key);
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) if e.is_outcome_unknown() => {}
+                Err(e) => panic!("write failed: {e}"),
+            }
+        }
+        (acked, longest)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -63,32 +95,7 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
     // A steady writer while the leadership moves.
     let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
     let stop = Arc::new(AtomicBool::new(false));
-    let task = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut longest = Duration::ZERO;
-            let mut last = Instant::now();
-            // Bounded: at most 100 000 writes, and the test stops it.
-            for k in 0..100_000u32 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let key = Bytes::from(format!("k{k}"));
-                match writer.put(key.clone(), Bytes::from_static(b"v")).await {
-                    Ok(KvResult::Done(_)) => {
-                        longest = longest.max(last.elapsed());
-                        last = Instant::now();
-                        acked.push(key);
-                    }
-                    Ok(other) => panic!("unexpected {other:?}"),
-                    Err(e) if e.is_outcome_unknown() => {}
-                    Err(e) => panic!("write failed: {e}"),
-                }
-            }
-            (acked, longest)
-        })
-    };
+    let task = spawn_writer(writer, "k", stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let target = if leader == 1 { 2 } else { 1 };
@@ -175,25 +182,7 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
 
     let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
     let stop = Arc::new(AtomicBool::new(false));
-    let task = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            // Bounded: at most 100 000 writes, and the test stops it.
-            for k in 0..100_000u32 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let key = Bytes::from(format!("m{k}"));
-                match writer.put(key.clone(), Bytes::from_static(b"v")).await {
-                    Ok(_) => acked.push(key),
-                    Err(e) if e.is_outcome_unknown() => {}
-                    Err(e) => panic!("write failed: {e}"),
-                }
-            }
-            acked
-        })
-    };
+    let task = spawn_writer(writer, "m", stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let promoted = admin(AdminRequest::Change {
         change: AdminChange::Promote,
@@ -233,7 +222,7 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
         before.elapsed()
     );
     stop.store(true, Ordering::Relaxed);
-    let acked = task.await.expect("writer");
+    let (acked, _) = task.await.expect("writer");
     assert!(!acked.is_empty());
     for key in &acked {
         let v = probe
