@@ -217,3 +217,19 @@ fn scenario_leader_hands_over_then_is_removed() {
 fn scenario_change_during_a_partition() {
     scenario("change_during_a_partition");
 }
+
+/// Seeds the simulator found while membership changes were being built:
+/// 78 (a lagging observer promoted while a voter recovered: no quorum could
+/// act; now `WouldLoseQuorum`) and 2333, 3180, 3827, 9194, 9748 (electors
+/// on the membership in force deadlocked when views diverged; now they
+/// count the committed one). Each failed liveness when found; later changes
+/// to the schedules may have moved them off the exact path.
+#[test]
+fn membership_change_seeds_found_by_the_simulator() {
+    for seed in [78, 2_333, 3_180, 3_827, 9_194, 9_748] {
+        let mut sim = Sim::with_test_components(SimConfig::chaos(seed));
+        if let Err(v) = sim.run_steps_then_recover(6_000) {
+            panic!("{v}");
+        }
+    }
+}
