@@ -660,6 +660,29 @@ impl LocalCluster {
         )
     }
 
+    /// Waits until `leader` reports `peer` connected and in its broadcast
+    /// phase (it has joined the leader's epoch and receives the stream), so
+    /// that a hand-over to it or a change counting it can be asked.
+    pub async fn wait_in_sync(&self, leader: u64, peer: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let st = self.statuses().await;
+            let synced = st.get(&leader).is_some_and(|v| {
+                v["role"] == "leader"
+                    && v["peers"].as_array().is_some_and(|peers| {
+                        peers.iter().any(|p| {
+                            p["id"] == peer && p["connected"] == true && p["in_broadcast"] == true
+                        })
+                    })
+            });
+            if synced {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("{leader} did not report {peer} in sync within {timeout:?}")
+    }
+
     /// Waits until every running node has applied at least `zxid`.
     pub async fn wait_applied(&self, zxid: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
