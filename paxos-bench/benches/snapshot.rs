@@ -239,6 +239,7 @@ fn main() -> Result<()> {
             zxid: sm.applied(),
             epoch: Epoch(1),
             voters: voters.to_vec(),
+            membership: None,
         };
         let mut enc = paxos_snapshot::SnapshotEncoder::new(io::sink(), &meta, DEFAULT_CHUNK_BYTES)?;
         sm.snapshot(&mut enc)?;

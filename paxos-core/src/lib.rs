@@ -201,7 +201,9 @@ pub use codec::{Codec, CodecError, MIN_WIRE_VERSION, WIRE_VERSION};
 pub use config::{Config, ConfigError, DEFAULT_MAX_EPOCH_COUNTER};
 pub use election::{Decision, Elector, PeerState, VoteInfo};
 pub use ids::{Epoch, GroupId, NodeId, Zxid};
-pub use membership::{Membership, MembershipError, MAX_MEMBERS};
+pub use membership::{
+    Membership, MembershipError, MAX_CONTEXT_BYTES, MAX_ENCODED_BYTES, MAX_MEMBERS,
+};
 pub use message::{Entry, EntryKind, Envelope, HardState, Message, SnapChunk};
 pub use ready::{
     Event, PeerProgress, Persisted, ProposeError, ReadIndexError, ReadState, Ready, Recovered,

@@ -3,7 +3,8 @@
 //! snapshots' metadata and on the wire; decoded from untrusted bytes with
 //! every length checked first.
 //!
-//! Layout (little-endian): `voters u16 | observers u16 | ids u64 *`.
+//! Layout (little-endian): `voters u16 | observers u16 | ids u64 *`,
+//! then, when the context is not empty, `context_len u32 | context`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -14,6 +15,12 @@ use crate::NodeId;
 /// Most members a configuration may name (voters and observers together).
 pub const MAX_MEMBERS: usize = 1024;
 
+/// Largest [`Membership::context`], in bytes.
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+
+/// Largest encoding of a valid membership, in bytes.
+pub const MAX_ENCODED_BYTES: usize = 4 + 8 * MAX_MEMBERS + 4 + MAX_CONTEXT_BYTES;
+
 /// The members of a group: voters form quorums; observers learn committed
 /// entries and never count.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -22,6 +29,11 @@ pub struct Membership {
     pub voters: Vec<NodeId>,
     /// The non-voting learners.
     pub observers: Vec<NodeId>,
+    /// Bytes the application keeps with the configuration, opaque to the
+    /// kernel and replicated with it (the reference service keeps its
+    /// members' addresses here, so a member added at run time is reachable
+    /// by every node). At most [`MAX_CONTEXT_BYTES`].
+    pub context: Bytes,
 }
 
 /// Why bytes are not a valid [`Membership`], or why a membership is not
@@ -42,6 +54,9 @@ pub enum MembershipError {
     /// More members than [`MAX_MEMBERS`].
     #[error("{0} members exceed the limit of {MAX_MEMBERS}")]
     TooMany(usize),
+    /// A context over [`MAX_CONTEXT_BYTES`].
+    #[error("a context of {0} bytes exceeds the limit of {MAX_CONTEXT_BYTES}")]
+    ContextTooLarge(usize),
     /// A node named twice (or both voter and observer).
     #[error("node {0} is named twice")]
     Duplicate(NodeId),
@@ -63,10 +78,25 @@ impl Membership {
         self.is_voter(id) || self.is_observer(id)
     }
 
+    /// Whether the two name the same voters and observers (in any order),
+    /// whatever their contexts.
+    pub fn same_members(&self, other: &Membership) -> bool {
+        let sorted = |v: &[NodeId]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        sorted(&self.voters) == sorted(&other.voters)
+            && sorted(&self.observers) == sorted(&other.observers)
+    }
+
     /// Checks the membership is a usable configuration.
     pub fn validate(&self) -> Result<(), MembershipError> {
         if self.voters.is_empty() {
             return Err(MembershipError::NoVoters);
+        }
+        if self.context.len() > MAX_CONTEXT_BYTES {
+            return Err(MembershipError::ContextTooLarge(self.context.len()));
         }
         let n = self.voters.len() + self.observers.len();
         if n > MAX_MEMBERS {
@@ -82,7 +112,9 @@ impl Membership {
 
     /// The encoding (see the module docs).
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(4 + 8 * (self.voters.len() + self.observers.len()));
+        let mut b = BytesMut::with_capacity(
+            4 + 8 * (self.voters.len() + self.observers.len()) + 4 + self.context.len(),
+        );
         b.put_u16_le(self.voters.len().min(MAX_MEMBERS) as u16);
         b.put_u16_le(self.observers.len().min(MAX_MEMBERS) as u16);
         for id in self
@@ -92,6 +124,11 @@ impl Membership {
             .chain(self.observers.iter().take(MAX_MEMBERS))
         {
             b.put_u64_le(id.0);
+        }
+        if !self.context.is_empty() {
+            let context = &self.context[..self.context.len().min(MAX_CONTEXT_BYTES)];
+            b.put_u32_le(context.len() as u32);
+            b.put_slice(context);
         }
         b.freeze()
     }
@@ -105,9 +142,26 @@ impl Membership {
         if voters + observers > MAX_MEMBERS {
             return Err(MembershipError::TooMany(voters + observers));
         }
-        if b.len() != 4 + 8 * (voters + observers) {
-            return Err(bad("length does not match the member counts"));
+        let ids_end = 4 + 8 * (voters + observers);
+        if b.len() < ids_end {
+            return Err(bad("shorter than its member counts say"));
         }
+        let context = match b.len() - ids_end {
+            0 => Bytes::new(),
+            1..=3 => return Err(bad("a context length is cut short")),
+            _ => {
+                let mut l = [0u8; 4];
+                l.copy_from_slice(&b[ids_end..ids_end + 4]);
+                let len = u32::from_le_bytes(l) as usize;
+                if len > MAX_CONTEXT_BYTES {
+                    return Err(MembershipError::ContextTooLarge(len));
+                }
+                if len == 0 || b.len() - ids_end - 4 != len {
+                    return Err(bad("the context length does not match the bytes left"));
+                }
+                Bytes::copy_from_slice(&b[ids_end + 4..])
+            }
+        };
         let id = |k: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[4 + 8 * k..12 + 8 * k]);
@@ -116,6 +170,7 @@ impl Membership {
         let m = Membership {
             voters: (0..voters).map(id).collect(),
             observers: (voters..voters + observers).map(id).collect(),
+            context,
         };
         m.validate()?;
         Ok(m)
@@ -128,21 +183,43 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_bad_input() {
-        let m = Membership {
+        let plain = Membership {
             voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             observers: vec![NodeId(9)],
+            ..Membership::default()
         };
-        let b = m.encode();
-        assert_eq!(Membership::decode(&b), Ok(m.clone()));
-        for cut in 0..b.len() {
-            assert!(Membership::decode(&b[..cut]).is_err(), "cut at {cut}");
+        let with_context = Membership {
+            context: Bytes::from_static(b"addresses"),
+            ..plain.clone()
+        };
+        for m in [&plain, &with_context] {
+            let b = m.encode();
+            assert_eq!(Membership::decode(&b), Ok(m.clone()));
+            // Cut anywhere but at the end of the ids, the bytes are refused
+            // (cut there, a context is simply absent).
+            for cut in 0..b.len() {
+                let ids_end = 4 + 8 * 4;
+                if cut != ids_end {
+                    assert!(Membership::decode(&b[..cut]).is_err(), "cut at {cut}");
+                }
+            }
+            let mut long = b.to_vec();
+            long.push(0);
+            assert!(Membership::decode(&long).is_err());
         }
-        let mut long = b.to_vec();
-        long.push(0);
-        assert!(Membership::decode(&long).is_err());
+        assert!(plain.same_members(&with_context));
+        assert_ne!(plain, with_context);
+        // A context length claim over the bound is refused before reading.
+        let mut huge = plain.encode().to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Membership::decode(&huge),
+            Err(MembershipError::ContextTooLarge(u32::MAX as usize))
+        );
         let dup = Membership {
             voters: vec![NodeId(1), NodeId(2)],
             observers: vec![NodeId(2)],
+            ..Membership::default()
         };
         assert_eq!(
             Membership::decode(&dup.encode()),
@@ -151,6 +228,7 @@ mod tests {
         let none = Membership {
             voters: vec![],
             observers: vec![NodeId(1)],
+            ..Membership::default()
         };
         assert_eq!(
             Membership::decode(&none.encode()),

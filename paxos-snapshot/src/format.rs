@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! header   magic "PXSNAP\r\n" (8) | version u32 | chunk_bytes u32 | zxid u64
-//!          | epoch u32 | voter_count u32 | voters u64 x n | header_crc u32
+//!          | epoch u32 | voter_count u32 | voters u64 x n
+//!          | membership_len u32 | membership (version 2 only) | header_crc u32
+//!          membership = paxos_core::Membership::encode (0 bytes: unknown)
 //! chunk    len u32 (1..=chunk_bytes) | crc u32 | data (len bytes)
 //!          crc = crc32(chunk index u64 | len u32 | data)
 //! trailer  0u32 (end of chunks) | "SNTR" u32 | data_bytes u64 | chunk_count u64
@@ -21,14 +23,17 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use crc32fast::Hasher;
-use paxos_core::{Epoch, NodeId, Zxid};
+use paxos_core::{Epoch, Membership, NodeId, Zxid};
 
 use crate::error::{Result, SnapshotError};
 
 /// The first 8 bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"PXSNAP\r\n";
-/// The format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version written by this build (2: the header carries the
+/// whole membership; version 1 files, voters only, are still read).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Default data bytes per chunk (1 MiB): the writer's and reader's buffer.
 pub const DEFAULT_CHUNK_BYTES: u32 = 1 << 20;
 /// Largest chunk size a file may declare (bounds the reader's buffer).
@@ -53,6 +58,10 @@ pub struct SnapshotMeta {
     pub epoch: Epoch,
     /// The voters of the configuration in force at `zxid`.
     pub voters: Vec<NodeId>,
+    /// The whole configuration in force at `zxid` (voters, observers and
+    /// the application's context), when the writer recorded it (files of
+    /// format version 1 do not). Its voters are `voters`.
+    pub membership: Option<Membership>,
 }
 
 /// What the trailer says about a complete snapshot.
@@ -82,6 +91,13 @@ fn encode_header(meta: &SnapshotMeta, chunk_bytes: u32) -> (Vec<u8>, u32) {
     for voter in &meta.voters {
         out.extend_from_slice(&voter.0.to_le_bytes());
     }
+    let membership = meta
+        .membership
+        .as_ref()
+        .map(Membership::encode)
+        .unwrap_or_default();
+    out.extend_from_slice(&(membership.len() as u32).to_le_bytes());
+    out.extend_from_slice(&membership);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     (out, crc)
@@ -136,6 +152,16 @@ impl<W: Write> SnapshotEncoder<W> {
                 io::ErrorKind::InvalidInput,
                 "snapshot voter list exceeds MAX_VOTERS",
             ));
+        }
+        if let Some(m) = &meta.membership {
+            m.validate()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            if m.voters != meta.voters {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "snapshot voters differ from its membership's voters",
+                ));
+            }
         }
         let chunk_bytes = chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
         let (header, header_crc) = encode_header(meta, chunk_bytes);
@@ -292,7 +318,7 @@ impl<R: Read> SnapshotReader<R> {
             u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
         };
         let version = word(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion { file, version });
         }
         let chunk_bytes = word(12);
@@ -315,6 +341,8 @@ impl<R: Read> SnapshotReader<R> {
                 what: "voter count over MAX_VOTERS",
             });
         }
+        // Version 1: voters then the checksum; version 2: voters, the
+        // membership's length, the membership, then the checksum.
         let mut rest = vec![0u8; voter_count as usize * 8 + 4];
         read_full(
             &mut inner,
@@ -323,6 +351,33 @@ impl<R: Read> SnapshotReader<R> {
             FIXED_HEADER_BYTES as u64,
             "header",
         )?;
+        let voters_end = voter_count as usize * 8;
+        let mut membership_bytes = 0;
+        if version >= 2 {
+            let len_at = voters_end;
+            membership_bytes = u32::from_le_bytes([
+                rest[len_at],
+                rest[len_at + 1],
+                rest[len_at + 2],
+                rest[len_at + 3],
+            ]) as usize;
+            if membership_bytes > paxos_core::MAX_ENCODED_BYTES {
+                return Err(SnapshotError::BadHeader {
+                    file,
+                    offset: (FIXED_HEADER_BYTES + len_at) as u64,
+                    what: "membership length over the largest valid membership",
+                });
+            }
+            let read_from = rest.len();
+            rest.resize(read_from + membership_bytes + 4, 0);
+            read_full(
+                &mut inner,
+                &mut rest[read_from..],
+                &file,
+                (FIXED_HEADER_BYTES + read_from) as u64,
+                "header",
+            )?;
+        }
         let crc_at = rest.len() - 4;
         let stored_crc = u32::from_le_bytes([
             rest[crc_at],
@@ -340,7 +395,21 @@ impl<R: Read> SnapshotReader<R> {
                 offset: header_bytes - 4,
             });
         }
-        let voters = rest[..crc_at]
+        let membership = if membership_bytes == 0 {
+            None
+        } else {
+            let at = voters_end + 4;
+            Some(
+                Membership::decode(&rest[at..at + membership_bytes]).map_err(|_| {
+                    SnapshotError::BadHeader {
+                        file: file.clone(),
+                        offset: (FIXED_HEADER_BYTES + at) as u64,
+                        what: "the membership does not decode to a valid configuration",
+                    }
+                })?,
+            )
+        };
+        let voters: Vec<NodeId> = rest[..voters_end]
             .chunks_exact(8)
             .map(|b| {
                 let mut v = [0u8; 8];
@@ -348,6 +417,13 @@ impl<R: Read> SnapshotReader<R> {
                 NodeId(u64::from_le_bytes(v))
             })
             .collect();
+        if membership.as_ref().is_some_and(|m| m.voters != voters) {
+            return Err(SnapshotError::BadHeader {
+                file,
+                offset: FIXED_HEADER_BYTES as u64,
+                what: "the voters differ from the membership's voters",
+            });
+        }
         Ok(SnapshotReader {
             inner,
             file,
@@ -355,6 +431,7 @@ impl<R: Read> SnapshotReader<R> {
                 zxid,
                 epoch,
                 voters,
+                membership,
             },
             chunk_bytes,
             header_crc: stored_crc,

@@ -108,7 +108,7 @@ pub use chunk::{chunk_crc, seal_chunk, SnapshotId};
 pub use error::{Result, SnapshotError};
 pub use format::{
     SnapshotEncoder, SnapshotMeta, SnapshotReader, SnapshotSummary, DEFAULT_CHUNK_BYTES,
-    FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_VOTERS, TRAILER_BYTES,
+    FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_VOTERS, OLDEST_FORMAT_VERSION, TRAILER_BYTES,
 };
 pub use paxos_core::SnapChunk;
 pub use plan::{

@@ -272,6 +272,7 @@ impl SnapshotStore {
             zxid: sm.applied(),
             epoch,
             voters: voters.to_vec(),
+            membership: None,
         };
         write_state_machine(sm, self.create(&meta)?)
     }

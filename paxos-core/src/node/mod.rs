@@ -855,6 +855,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         let m = Membership {
             voters: committed.voters.clone(),
             observers,
+            ..Membership::default()
         };
         tracing::info!(id = %self.replica.id(), voters = ?m.voters, observers = ?m.observers, "the elector follows the committed membership");
         self.elector.reconfigure(now, &m.voters, &m.observers);

@@ -173,7 +173,8 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Leader: proposes the membership `to`, which must differ from the one
-    /// in force by one node's role ([`MembershipChange::between`]). It
+    /// in force by one node's role ([`MembershipChange::between`]), or by
+    /// its [`context`](Membership::context) alone. It
     /// takes effect here at once (quorums count the new voters from now
     /// on) and on each replica as it appends it. Returns the entry's zxid;
     /// the change is done once it commits.
@@ -197,8 +198,18 @@ impl<S: Storage> Replica<S> {
         if let Some(z) = self.log.configs.pending_after(self.commit) {
             return Err(ChangeError::InProgress(z));
         }
-        let change = MembershipChange::between(self.log.configs.current().0, &to)?;
-        if change.node() == me && !to.is_voter(me) {
+        let from = self.log.configs.current().0;
+        // The same members with another context (the application's data,
+        // such as addresses) is a change of its own that moves no quorum.
+        let change = if from.same_members(&to) {
+            if from.context == to.context {
+                return Err(ChangeError::Unchanged);
+            }
+            None
+        } else {
+            Some(MembershipChange::between(from, &to)?)
+        };
+        if change.is_some_and(|c| c.node() == me) && !to.is_voter(me) {
             return Err(ChangeError::RemovesLeader);
         }
         // The new membership takes effect at once: it must have a quorum of
@@ -233,7 +244,7 @@ impl<S: Storage> Replica<S> {
         };
         l.counter = counter;
         let zxid = Zxid::new(epoch, counter);
-        tracing::info!(id = %me, ?zxid, ?change, voters = ?to.voters, observers = ?to.observers, "membership change proposed");
+        tracing::info!(id = %me, ?zxid, ?change, voters = ?to.voters, observers = ?to.observers, context_bytes = to.context.len(), "membership change proposed");
         self.log.append(Entry {
             zxid,
             kind: EntryKind::Config,

@@ -143,6 +143,7 @@ impl<S: Storage> Replica<S> {
         let start_membership = Membership {
             voters: config.voters.clone(),
             observers: config.observers.clone(),
+            ..Membership::default()
         };
         let base = match recovered.membership.clone() {
             Some(m) if recovered.snapshot.is_some() => {

@@ -1456,6 +1456,7 @@ impl<E: Elector> Sim<E> {
             out.push(Membership {
                 voters: self.config.voters.clone(),
                 observers: self.config.observers.clone(),
+                ..Membership::default()
             });
         }
         out

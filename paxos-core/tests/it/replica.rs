@@ -1296,6 +1296,7 @@ fn members(voters: &[u64], observers: &[u64]) -> Membership {
     Membership {
         voters: voters.iter().map(|v| NodeId(*v)).collect(),
         observers: observers.iter().map(|o| NodeId(*o)).collect(),
+        ..Membership::default()
     }
 }
 

@@ -270,10 +270,12 @@ pub async fn run_node(
         recovered = Recovered {
             applied: kv.applied(),
             snapshot: Some(meta.zxid),
-            // The snapshot format records the voters only.
-            membership: (!meta.voters.is_empty()).then(|| Membership {
-                voters: meta.voters.clone(),
-                observers: Vec::new(),
+            // Format version 1 files record the voters only.
+            membership: meta.membership.clone().or_else(|| {
+                (!meta.voters.is_empty()).then(|| Membership {
+                    voters: meta.voters.clone(),
+                    ..Membership::default()
+                })
             }),
         };
     }

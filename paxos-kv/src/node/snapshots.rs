@@ -194,12 +194,11 @@ impl Driver {
         match result {
             Ok((stored, meta)) => {
                 let now = self.now();
-                // The snapshot format records the voters only (observers
-                // are not carried yet).
-                let membership = Membership {
+                // Format version 1 files record the voters only.
+                let membership = meta.membership.unwrap_or(Membership {
                     voters: meta.voters,
-                    observers: Vec::new(),
-                };
+                    ..Membership::default()
+                });
                 // The snapshot is in the store either way: taken, it is
                 // the newest durable snapshot the log now continues from.
                 match self.node.install_snapshot(
@@ -239,11 +238,13 @@ impl Driver {
         // entries may have been applied since the layer asked).
         let zxid = self.node.state_machine().applied();
         let replica = self.node.replica();
+        // The membership in force at the snapshot's zxid (not now).
+        let membership = self.node.membership_at(zxid);
         let meta = SnapshotMeta {
             zxid,
             epoch: replica.hard_state().current_epoch,
-            // The membership in force at the snapshot's zxid (not now).
-            voters: self.node.membership_at(zxid).voters,
+            voters: membership.voters.clone(),
+            membership: Some(membership),
         };
         let copy = self.node.state_machine().clone();
         let store = self.snapshots.clone();

@@ -75,6 +75,12 @@ pub(crate) fn meta(zxid: Zxid) -> SnapshotMeta {
         zxid,
         epoch: zxid.epoch(),
         voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        // A whole membership, so that corruption tests flip its bytes too.
+        membership: Some(paxos_core::Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            observers: vec![NodeId(4)],
+            context: bytes::Bytes::from_static(b"4=127.0.0.1:7004"),
+        }),
     }
 }
 

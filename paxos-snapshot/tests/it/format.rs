@@ -54,7 +54,8 @@ struct Layout {
 }
 
 fn layout(meta: &SnapshotMeta, data_len: usize, file_len: usize) -> Layout {
-    let header_end = 32 + 8 * meta.voters.len() + 4;
+    let membership = meta.membership.as_ref().map_or(0, |m| m.encode().len());
+    let header_end = 32 + 8 * meta.voters.len() + 4 + membership + 4;
     let chunks = data_len.div_ceil(CHUNK as usize);
     let chunk_frames = (0..chunks)
         .map(|i| header_end + i * (CHUNK as usize + 8))
@@ -88,6 +89,7 @@ fn empty_and_large_voter_lists() {
             zxid: z(1, 1),
             epoch: paxos_core::Epoch(5),
             voters,
+            membership: None,
         };
         let bytes = encode(&m, b"abc", CHUNK);
         assert_eq!(decode(&bytes).expect("valid").0, m);
@@ -96,8 +98,70 @@ fn empty_and_large_voter_lists() {
         zxid: z(1, 1),
         epoch: paxos_core::Epoch(1),
         voters: (0..=MAX_VOTERS as u64).map(NodeId).collect(),
+        membership: None,
     };
     assert!(SnapshotEncoder::new(Vec::new(), &too_many, CHUNK).is_err());
+}
+
+/// A version 1 file (voters only, as the previous build wrote it), built
+/// byte by byte from the format's description.
+fn version_1_file(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PXSNAP\r\n");
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&CHUNK.to_le_bytes());
+    out.extend_from_slice(&meta.zxid.as_u64().to_le_bytes());
+    out.extend_from_slice(&meta.epoch.0.to_le_bytes());
+    out.extend_from_slice(&(meta.voters.len() as u32).to_le_bytes());
+    for v in &meta.voters {
+        out.extend_from_slice(&v.0.to_le_bytes());
+    }
+    let header_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    let mut chunks = 0u64;
+    for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&(i as u64).to_le_bytes());
+        h.update(&(chunk.len() as u32).to_le_bytes());
+        h.update(chunk);
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        out.extend_from_slice(&h.finalize().to_le_bytes());
+        out.extend_from_slice(chunk);
+        chunks += 1;
+    }
+    let mut trailer = Vec::new();
+    trailer.extend_from_slice(b"SNTR");
+    trailer.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    trailer.extend_from_slice(&chunks.to_le_bytes());
+    trailer.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header_crc.to_le_bytes());
+    h.update(&trailer);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&trailer);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out
+}
+
+#[test]
+fn the_whole_membership_round_trips_and_version_1_files_still_read() {
+    let m = meta(z(3, 9));
+    assert!(m.membership.is_some());
+    let data = b"the state".repeat(20);
+    assert_eq!(
+        decode(&encode(&m, &data, CHUNK)).expect("valid"),
+        (m.clone(), data.clone())
+    );
+    let old = SnapshotMeta {
+        membership: None,
+        ..m.clone()
+    };
+    let (read, read_data) = decode(&version_1_file(&old, &data)).expect("a version 1 file");
+    assert_eq!((read, read_data), (old, data));
+    // A membership whose voters are not the header's is refused.
+    let mut mismatched = m;
+    mismatched.voters.pop();
+    assert!(SnapshotEncoder::new(Vec::new(), &mismatched, CHUNK).is_err());
 }
 
 #[test]
@@ -242,8 +306,10 @@ fn trailer_from_another_file_is_refused() {
 
 #[test]
 fn reader_errors_surface_through_io_read_and_stay_failed() {
-    let mut bytes = encode(&meta(z(1, 1)), &data(200), CHUNK);
-    let at = 32 + 24 + 4 + 8 + 70; // inside the second chunk's data
+    let m = meta(z(1, 1));
+    let mut bytes = encode(&m, &data(200), CHUNK);
+    // Inside the second chunk's data.
+    let at = layout(&m, 200, bytes.len()).chunk_frames[1] + 8 + 6;
     bytes[at] ^= 0x10;
     let mut reader = SnapshotReader::new(&bytes[..], "<test>").expect("header intact");
     let mut out = Vec::new();
