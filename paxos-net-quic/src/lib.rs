@@ -101,4 +101,4 @@ pub use config::{NetConfig, LOOPBACK_MTU_BYTES};
 pub use error::{CloseCode, NetError, SendError};
 pub use id::PeerId;
 pub use metrics::{EndpointMetrics, PathMetrics, PeerMetrics};
-pub use transport::{Inbox, Transport};
+pub use transport::{Inbox, Transport, MAX_PEERS};

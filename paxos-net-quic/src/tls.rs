@@ -32,6 +32,33 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The ids of the peers that may connect, shared by the transport (which
+/// adds peers at run time) and the TLS verifier (which reads them on every
+/// handshake).
+#[derive(Clone, Debug)]
+pub(crate) struct Members(Arc<parking_lot::RwLock<Arc<[PeerId]>>>);
+
+impl Members {
+    pub(crate) fn new(ids: Vec<PeerId>) -> Members {
+        Members(Arc::new(parking_lot::RwLock::new(ids.into())))
+    }
+
+    /// The ids now (a cheap shared copy).
+    pub(crate) fn get(&self) -> Arc<[PeerId]> {
+        self.0.read().clone()
+    }
+
+    /// Adds `id` (no-op if present).
+    pub(crate) fn add(&self, id: PeerId) {
+        let mut ids = self.0.write();
+        if !ids.contains(&id) {
+            let mut v = ids.to_vec();
+            v.push(id);
+            *ids = v.into();
+        }
+    }
+}
+
 /// The cluster member named by the peer certificate of an established connection.
 pub(crate) fn connection_peer(conn: &quinn::Connection, members: &[PeerId]) -> Option<PeerId> {
     let identity = conn.peer_identity()?;
@@ -44,8 +71,8 @@ pub(crate) fn connection_peer(conn: &quinn::Connection, members: &[PeerId]) -> O
 #[derive(Debug)]
 struct MemberClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    /// Members allowed to connect to us (everyone but ourselves).
-    members: Arc<[PeerId]>,
+    /// Members allowed to connect to us (our own id is never among them).
+    members: Members,
     own_id: PeerId,
 }
 
@@ -71,7 +98,7 @@ impl ClientCertVerifier for MemberClientVerifier {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
             tracing::warn!(node = %self.own_id, error = %e, "refused peer: client certificate does not verify");
         })?;
-        match cert_member(end_entity, &self.members) {
+        match cert_member(end_entity, &self.members.get()).filter(|m| *m != self.own_id) {
             Some(_) => Ok(verified),
             None => {
                 tracing::warn!(node = %self.own_id, "refused peer: client certificate names no single cluster member");
@@ -116,11 +143,12 @@ fn root_store(trust: &ClusterTrust) -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(roots))
 }
 
-/// The rustls server configuration of a node accepting connections from `members`.
-pub fn server_crypto(
+/// The rustls server configuration of a node accepting connections from
+/// `members` (the transport adds to them at run time).
+pub(crate) fn server_crypto(
     identity: &NodeIdentity,
     trust: &ClusterTrust,
-    members: &[PeerId],
+    members: Members,
 ) -> Result<rustls::ServerConfig, NetError> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(root_store(trust)?, provider.clone())
@@ -130,11 +158,7 @@ pub fn server_crypto(
         })?;
     let verifier = MemberClientVerifier {
         inner,
-        members: members
-            .iter()
-            .copied()
-            .filter(|&m| m != identity.id())
-            .collect(),
+        members,
         own_id: identity.id(),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

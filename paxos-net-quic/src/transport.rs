@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -50,6 +50,8 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 const BULK_READ_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Accepted connections waiting for their driver (per peer).
 const INBOUND_HANDOFF_SLOTS: usize = 4;
+/// Most peers one transport holds (configured and added at run time).
+pub const MAX_PEERS: usize = 4096;
 
 /// What the application receives: frames and bulk payloads from peers.
 #[derive(Debug)]
@@ -64,7 +66,8 @@ pub struct Inbox {
 
 struct PeerSlot {
     id: PeerId,
-    addr: SocketAddr,
+    /// Where to dial it (changed by [`Transport::add_peer`]).
+    addr: Mutex<SocketAddr>,
     frames_tx: mpsc::Sender<Bytes>,
     bulk_tx: mpsc::Sender<Bytes>,
     inbound_tx: mpsc::Sender<Accepted>,
@@ -73,7 +76,37 @@ struct PeerSlot {
     current: Mutex<Option<Connection>>,
 }
 
+/// The receiving ends of a peer's queues, owned by its driver task.
+struct PeerQueues {
+    frames_q: mpsc::Receiver<Bytes>,
+    bulk_q: mpsc::Receiver<Bytes>,
+    inbound_rx: mpsc::Receiver<Accepted>,
+}
+
 impl PeerSlot {
+    fn new(cfg: &NetConfig, id: PeerId, addr: SocketAddr) -> (Arc<PeerSlot>, PeerQueues) {
+        let (frames_tx, frames_q) = mpsc::channel(cfg.send_queue_frames);
+        let (bulk_tx, bulk_q) = mpsc::channel(cfg.bulk_queue_payloads);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_HANDOFF_SLOTS);
+        let slot = Arc::new(PeerSlot {
+            id,
+            addr: Mutex::new(addr),
+            frames_tx,
+            bulk_tx,
+            inbound_tx,
+            counters: PeerCounters::default(),
+            current: Mutex::new(None),
+        });
+        (
+            slot,
+            PeerQueues {
+                frames_q,
+                bulk_q,
+                inbound_rx,
+            },
+        )
+    }
+
     fn snapshot(&self) -> PeerMetrics {
         let depth = |tx: &mpsc::Sender<Bytes>| (tx.max_capacity() - tx.capacity()) as u64;
         let path = self.current.lock().as_ref().map(PathMetrics::of);
@@ -86,8 +119,11 @@ struct Shared {
     id: PeerId,
     cfg: NetConfig,
     endpoint: quinn::Endpoint,
-    peers: HashMap<PeerId, PeerSlot>,
-    members: Vec<PeerId>,
+    /// Every peer, by id: those of [`NetConfig::peers`] and those added at
+    /// run time ([`Transport::add_peer`]). Read on every send.
+    peers: RwLock<HashMap<PeerId, Arc<PeerSlot>>>,
+    /// The ids of `peers`, as the TLS verifier checks them.
+    members: tls::Members,
     frames_in: mpsc::Sender<(PeerId, Bytes)>,
     bulk_in: mpsc::Sender<(PeerId, Bytes)>,
     counters: EndpointCounters,
@@ -182,10 +218,10 @@ impl Transport {
                 expected_name: id.dns_name(),
             }));
         }
-        let members: Vec<PeerId> = cfg.peers.keys().copied().collect();
+        let members = tls::Members::new(cfg.peers.keys().copied().collect());
         let transport = Arc::new(cfg.quinn_transport());
 
-        let server_crypto = tls::server_crypto(&cfg.identity, &cfg.trust, &members)?;
+        let server_crypto = tls::server_crypto(&cfg.identity, &cfg.trust, members.clone())?;
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto)
             .map_err(|e| NetError::Config {
                 problem: format!("server TLS config unusable for QUIC: {e}"),
@@ -241,29 +277,16 @@ impl Transport {
         let mut peers = HashMap::new();
         let mut driver_inputs = Vec::new();
         for (&peer, &addr) in &cfg.peers {
-            let (frames_tx, frames_q) = mpsc::channel(cfg.send_queue_frames);
-            let (bulk_tx, bulk_q) = mpsc::channel(cfg.bulk_queue_payloads);
-            let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_HANDOFF_SLOTS);
-            peers.insert(
-                peer,
-                PeerSlot {
-                    id: peer,
-                    addr,
-                    frames_tx,
-                    bulk_tx,
-                    inbound_tx,
-                    counters: PeerCounters::default(),
-                    current: Mutex::new(None),
-                },
-            );
-            driver_inputs.push((peer, frames_q, bulk_q, inbound_rx));
+            let (slot, queues) = PeerSlot::new(&cfg, peer, addr);
+            peers.insert(peer, slot.clone());
+            driver_inputs.push((slot, queues));
         }
         let shared = Arc::new(Shared {
             id,
             handshakes: Arc::new(Semaphore::new(cfg.max_incoming_handshakes)),
             cfg,
             endpoint,
-            peers,
+            peers: RwLock::new(peers),
             members,
             frames_in,
             bulk_in,
@@ -271,23 +294,17 @@ impl Transport {
             closing: AtomicBool::new(false),
             handshakes_per_ip: Mutex::new(HashMap::new()),
         });
+        let cfg_peers = shared.peers.read().len();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let drivers = driver_inputs
             .into_iter()
-            .map(|(peer, frames_q, bulk_q, inbound_rx)| {
-                tokio::spawn(run_peer(
-                    shared.clone(),
-                    peer,
-                    frames_q,
-                    bulk_q,
-                    inbound_rx,
-                    shutdown_rx.clone(),
-                ))
+            .map(|(slot, queues)| {
+                tokio::spawn(run_peer(shared.clone(), slot, queues, shutdown_rx.clone()))
             })
             .collect();
         let accept_task = Some(tokio::spawn(accept_loop(shared.clone())));
         let local = shared.endpoint.local_addr().ok();
-        info!(node = %id, addr = ?local, peers = shared.members.len(), "transport started");
+        info!(node = %id, addr = ?local, peers = cfg_peers, "transport started");
         Ok((
             Transport {
                 shared,
@@ -324,7 +341,8 @@ impl Transport {
     /// [`PeerMetrics::dropped_full`]: drop-and-report, never unbounded memory,
     /// never blocking the caller's state machine.
     pub fn send(&self, peer: PeerId, frame: Bytes) -> Result<(), SendError> {
-        let slot = self.slot_for(peer, &frame)?;
+        let peers = self.shared.peers.read();
+        let slot = self.slot_for(&peers, peer, &frame)?;
         let max = self.shared.cfg.max_frame_bytes;
         if frame.len() as u64 > u64::from(max) {
             return Err(SendError::TooLarge {
@@ -342,7 +360,8 @@ impl Transport {
     /// so it never delays control frames. Same full-queue policy as
     /// [`Transport::send`], with [`NetConfig::bulk_queue_payloads`] as bound.
     pub fn send_bulk(&self, peer: PeerId, payload: Bytes) -> Result<(), SendError> {
-        let slot = self.slot_for(peer, &payload)?;
+        let peers = self.shared.peers.read();
+        let slot = self.slot_for(&peers, peer, &payload)?;
         let max = self.shared.cfg.max_bulk_bytes;
         if payload.len() as u64 > max {
             return Err(SendError::TooLarge {
@@ -355,29 +374,86 @@ impl Transport {
         try_queue(slot, &slot.bulk_tx, payload)
     }
 
-    fn slot_for(&self, peer: PeerId, payload: &Bytes) -> Result<&PeerSlot, SendError> {
+    fn slot_for<'a>(
+        &self,
+        peers: &'a HashMap<PeerId, Arc<PeerSlot>>,
+        peer: PeerId,
+        payload: &Bytes,
+    ) -> Result<&'a PeerSlot, SendError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed {
                 payload: payload.clone(),
             });
         }
-        self.shared
-            .peers
+        peers
             .get(&peer)
+            .map(|s| &**s)
             .ok_or_else(|| SendError::UnknownPeer {
                 peer,
                 payload: payload.clone(),
             })
     }
 
+    /// Adds the peer `id`, reachable at `addr`, at run time (a member added
+    /// to the cluster after this node started), or changes where an
+    /// existing peer is dialled. From now on `id` may connect with a
+    /// certificate naming it, and frames to it are queued and sent like to
+    /// any peer. Returns whether anything changed. Refused for this node's
+    /// own id and past [`MAX_PEERS`] peers.
+    ///
+    /// A peer stays until the transport is dropped: the consensus layer
+    /// ignores the messages of a node that is no longer a member.
+    pub fn add_peer(&mut self, id: PeerId, addr: SocketAddr) -> Result<bool, NetError> {
+        if id == self.shared.id {
+            return Err(NetError::Config {
+                problem: format!("{id} is this node; it cannot be its own peer"),
+            });
+        }
+        let (slot, queues) = {
+            let mut peers = self.shared.peers.write();
+            if let Some(slot) = peers.get(&id) {
+                let mut at = slot.addr.lock();
+                if *at == addr {
+                    return Ok(false);
+                }
+                info!(node = %self.shared.id, peer = %id, old = %*at, new = %addr, "peer address changed");
+                *at = addr;
+                return Ok(true);
+            }
+            if peers.len() >= MAX_PEERS {
+                return Err(NetError::Config {
+                    problem: format!("{} peers already; at most {MAX_PEERS}", peers.len()),
+                });
+            }
+            let (slot, queues) = PeerSlot::new(&self.shared.cfg, id, addr);
+            peers.insert(id, slot.clone());
+            self.shared.members.add(id);
+            (slot, queues)
+        };
+        info!(node = %self.shared.id, peer = %id, %addr, "peer added");
+        self.drivers.push(tokio::spawn(run_peer(
+            self.shared.clone(),
+            slot,
+            queues,
+            self.shutdown_tx.subscribe(),
+        )));
+        Ok(true)
+    }
+
     /// Counters of one peer, or `None` if `peer` is not a member.
     pub fn peer_metrics(&self, peer: PeerId) -> Option<PeerMetrics> {
-        self.shared.peers.get(&peer).map(PeerSlot::snapshot)
+        self.shared.peers.read().get(&peer).map(|s| s.snapshot())
     }
 
     /// Counters of every peer, by id.
     pub fn metrics(&self) -> Vec<PeerMetrics> {
-        let mut all: Vec<_> = self.shared.peers.values().map(PeerSlot::snapshot).collect();
+        let mut all: Vec<_> = self
+            .shared
+            .peers
+            .read()
+            .values()
+            .map(|s| s.snapshot())
+            .collect();
         all.sort_by_key(|m| m.peer);
         all
     }
@@ -391,6 +467,7 @@ impl Transport {
     pub fn is_connected(&self, peer: PeerId) -> bool {
         self.shared
             .peers
+            .read()
             .get(&peer)
             .is_some_and(|s| s.counters.connected.load(Ordering::Relaxed))
     }
@@ -552,7 +629,7 @@ async fn handshake(
         conn.close(code.varint(), reason.as_bytes());
     };
     // The verifier already required exactly one member name; read it back.
-    let Some(peer) = tls::connection_peer(&conn, &shared.members) else {
+    let Some(peer) = tls::connection_peer(&conn, &shared.members.get()) else {
         return refuse_peer(
             CloseCode::NotMember,
             "certificate names no single member".into(),
@@ -606,7 +683,7 @@ async fn handshake(
             ),
         );
     }
-    let Some(slot) = shared.peers.get(&peer) else {
+    let Some(slot) = shared.peers.read().get(&peer).cloned() else {
         return refuse_peer(CloseCode::NotMember, format!("{peer} is not a member"));
     };
     debug!(node = %shared.id, %peer, %remote, "accepted connection");
@@ -632,16 +709,17 @@ enum SessionEnd {
 
 async fn run_peer(
     shared: Arc<Shared>,
-    peer: PeerId,
-    mut frames_q: mpsc::Receiver<Bytes>,
-    mut bulk_q: mpsc::Receiver<Bytes>,
-    mut inbound_rx: mpsc::Receiver<Accepted>,
+    slot: Arc<PeerSlot>,
+    queues: PeerQueues,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(slot) = shared.peers.get(&peer) else {
-        debug_assert!(false, "invariant: a driver exists only for a member");
-        return;
-    };
+    let PeerQueues {
+        mut frames_q,
+        mut bulk_q,
+        mut inbound_rx,
+    } = queues;
+    let slot = &*slot;
+    let peer = slot.id;
     let dialer = shared.id < peer;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -776,9 +854,10 @@ async fn open_control(shared: &Shared, conn: &Connection) -> Result<SendStream, 
 
 async fn dial(shared: &Shared, slot: &PeerSlot) -> Result<Session, String> {
     let peer = slot.id;
+    let addr = *slot.addr.lock();
     let connecting = shared
         .endpoint
-        .connect(slot.addr, &peer.dns_name())
+        .connect(addr, &peer.dns_name())
         .map_err(|e| e.to_string())?;
     let conn = timeout(
         Duration::from_millis(shared.cfg.connect_timeout_ms),
@@ -789,7 +868,7 @@ async fn dial(shared: &Shared, slot: &PeerSlot) -> Result<Session, String> {
     .map_err(|e| e.to_string())?;
     // rustls checked the server certificate against `node-<peer>`; make sure
     // it names no other member too.
-    if tls::connection_peer(&conn, &shared.members) != Some(peer) {
+    if tls::connection_peer(&conn, &shared.members.get()) != Some(peer) {
         add(&shared.counters.refused_peer, 1);
         warn!(node = %shared.id, %peer, "refused peer: its certificate names another member too");
         conn.close(
@@ -1233,7 +1312,7 @@ async fn read_bulk(
             return Ok(());
         }
     }
-    if let Some(slot) = shared.peers.get(&peer) {
+    if let Some(slot) = shared.peers.read().get(&peer) {
         add(&slot.counters.bulk_received, 1);
         add(&slot.counters.bulk_bytes_received, len);
     }

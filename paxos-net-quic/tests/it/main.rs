@@ -10,4 +10,5 @@ mod certs;
 mod common;
 mod decoder;
 mod delivery;
+mod dynamic;
 mod security;
