@@ -11,6 +11,8 @@
 //! over its connection limit ("busy: too many client connections"), idle for
 //! too long ("closed: no request for N ms"), or a malformed frame.
 
+use std::net::SocketAddr;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::kv::{KvCodecError, KvCommand, MAX_KEY_BYTES};
@@ -67,7 +69,45 @@ pub enum AdminRequest {
         change: AdminChange,
         /// The node id.
         node: u64,
+        /// Where a node that joins is reached (required when adding a node
+        /// the cluster has no address for; recorded with the membership,
+        /// so every member can reach it).
+        addrs: Option<NodeAddrs>,
     },
+}
+
+/// A node's two addresses, as `paxos-node run --members` gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// QUIC address for peer traffic.
+    pub peer: SocketAddr,
+    /// TCP address for clients.
+    pub client: SocketAddr,
+}
+
+impl std::fmt::Display for NodeAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.peer, self.client)
+    }
+}
+
+impl std::str::FromStr for NodeAddrs {
+    type Err = String;
+
+    /// Reads `PEER_ADDR/CLIENT_ADDR`.
+    fn from_str(s: &str) -> Result<NodeAddrs, String> {
+        let (peer, client) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected PEER_ADDR/CLIENT_ADDR"))?;
+        Ok(NodeAddrs {
+            peer: peer
+                .parse()
+                .map_err(|e| format!("{s:?}: bad peer address: {e}"))?,
+            client: client
+                .parse()
+                .map_err(|e| format!("{s:?}: bad client address: {e}"))?,
+        })
+    }
 }
 
 /// One node's role change asked by an administrator.
@@ -153,6 +193,9 @@ pub enum ProtoError {
     /// A field is longer than allowed.
     #[error("client frame field of {0} bytes is too long")]
     TooLong(usize),
+    /// A node's addresses do not parse.
+    #[error("bad node addresses: {0}")]
+    BadAddress(String),
     /// Bytes follow a complete request.
     #[error("{0} bytes after the end of the client request")]
     Trailing(usize),
@@ -166,6 +209,9 @@ pub enum ProtoError {
         source: KvCodecError,
     },
 }
+
+/// Longest `PEER_ADDR/CLIENT_ADDR` text accepted.
+const MAX_ADDRS_BYTES: usize = 256;
 
 fn take(src: &mut Bytes, max: usize) -> Result<Bytes, ProtoError> {
     if src.remaining() < 4 {
@@ -219,10 +265,18 @@ impl Request {
                         buf.put_u64_le(*to);
                     }
                     AdminRequest::Members => buf.put_u8(2),
-                    AdminRequest::Change { change, node } => {
+                    AdminRequest::Change {
+                        change,
+                        node,
+                        addrs,
+                    } => {
                         buf.put_u8(3);
                         buf.put_u8(change.tag());
                         buf.put_u64_le(*node);
+                        // Optional, last: absent in the first version.
+                        if let Some(a) = addrs {
+                            put(buf, a.to_string().as_bytes());
+                        }
                     }
                 }
             }
@@ -278,9 +332,19 @@ impl Request {
                             return Err(ProtoError::Truncated);
                         }
                         let t = src.get_u8();
+                        let change = AdminChange::from_tag(t).ok_or(ProtoError::UnknownTag(t))?;
+                        let node = src.get_u64_le();
+                        let addrs = if src.has_remaining() {
+                            let b = take(&mut src, MAX_ADDRS_BYTES)?;
+                            let text = std::str::from_utf8(&b).map_err(|_| ProtoError::Utf8)?;
+                            Some(text.parse().map_err(ProtoError::BadAddress)?)
+                        } else {
+                            None
+                        };
                         AdminRequest::Change {
-                            change: AdminChange::from_tag(t).ok_or(ProtoError::UnknownTag(t))?,
-                            node: src.get_u64_le(),
+                            change,
+                            node,
+                            addrs,
                         }
                     }
                     t => return Err(ProtoError::UnknownTag(t)),
@@ -532,14 +596,45 @@ mod tests {
                 Request::Admin(AdminRequest::Change {
                     change: AdminChange::Promote,
                     node: 4,
+                    addrs: None,
+                }),
+            ),
+            (
+                7,
+                Request::Admin(AdminRequest::Change {
+                    change: AdminChange::AddObserver,
+                    node: 5,
+                    addrs: Some("127.0.0.1:7005/[::1]:8005".parse().unwrap()),
                 }),
             ),
         ] {
             let mut buf = BytesMut::new();
             req.encode_frame(id, &mut buf);
             let frame = next_frame(&mut buf).unwrap().unwrap();
-            assert_eq!(Request::decode(frame.clone()).unwrap(), (id, req));
+            assert_eq!(Request::decode(frame.clone()).unwrap(), (id, req.clone()));
+            // Addresses are optional and last: cut right before them, a
+            // request without them remains.
+            let without_addrs = match req {
+                Request::Admin(AdminRequest::Change {
+                    addrs: Some(_),
+                    change,
+                    node,
+                }) => {
+                    let mut b = BytesMut::new();
+                    Request::Admin(AdminRequest::Change {
+                        change,
+                        node,
+                        addrs: None,
+                    })
+                    .encode_frame(id, &mut b);
+                    Some(b.len() - 4)
+                }
+                _ => None,
+            };
             for cut in 0..frame.len() {
+                if Some(cut) == without_addrs {
+                    continue;
+                }
                 assert!(Request::decode(frame.slice(..cut)).is_err(), "cut at {cut}");
             }
             let mut long = frame.to_vec();

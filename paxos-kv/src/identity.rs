@@ -69,6 +69,12 @@ pub enum EmptyStart {
     Bootstrap,
     /// `--rejoin`: a member of a running cluster that lost its state.
     Rejoin,
+    /// `--join`: a new machine joining a running cluster (added with
+    /// `paxos-client admin add-observer`): it has never promised anything,
+    /// so it starts as a member; its role comes from the leader. Accepted
+    /// on a directory that has state too (the same command line restarts
+    /// it).
+    Join,
 }
 
 /// Why a data directory was refused.
@@ -284,7 +290,7 @@ pub fn check(
                 });
             }
             let flag = match empty {
-                EmptyStart::Refuse => None,
+                EmptyStart::Refuse | EmptyStart::Join => None,
                 EmptyStart::Bootstrap => Some("--bootstrap"),
                 EmptyStart::Rejoin => Some("--rejoin"),
             };
@@ -330,7 +336,7 @@ pub fn check(
                 EmptyStart::Refuse => {
                     return Err(IdentityError::EmptyWithoutFlag { dir: dir.into() })
                 }
-                EmptyStart::Bootstrap => Standing::Member,
+                EmptyStart::Bootstrap | EmptyStart::Join => Standing::Member,
                 EmptyStart::Rejoin => Standing::Recovering,
             };
             let id = Identity {

@@ -452,6 +452,47 @@ impl LocalCluster {
         self.start_node_with(id, &["--rejoin"])
     }
 
+    /// Starts a new machine `id` joining the running cluster, as an
+    /// operator would: a node certificate issued from the cluster's CA, two
+    /// free loopback ports, and `paxos-node run --join` with `--members`
+    /// naming the current members and itself. The running nodes are not
+    /// restarted: they learn its addresses from the membership once an
+    /// administrator adds it (`add-observer ID --addrs`). Returns its
+    /// addresses.
+    pub fn join_node(&mut self, id: u64) -> Result<Member> {
+        if self.members.contains_key(&id) {
+            bail!("node {id} is already a member of this cluster");
+        }
+        if self.spec.placement.is_some() {
+            bail!("join_node runs nodes on loopback only");
+        }
+        paxos_net_quic::certs::write_certs(
+            &self.spec.base_dir.join("certs"),
+            &[paxos_net_quic::PeerId(id)],
+            &[],
+        )
+        .context("issuing the new node's certificate")?;
+        let ports = free_ports(2)?;
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let member = Member {
+            peer: addr(ports[0]),
+            client: addr(ports[1]),
+        };
+        self.members.insert(id, member);
+        self.start_node_with(id, &["--join"])?;
+        Ok(member)
+    }
+
+    /// Restarts node `id` with `--members` naming every member but
+    /// `hidden`, as a node configured before those joined would be.
+    pub fn restart_without(&mut self, id: u64, hidden: &[u64]) -> Result<()> {
+        let all = self.members.clone();
+        self.members.retain(|m, _| !hidden.contains(m));
+        let started = self.start_node_with(id, &[]);
+        self.members = all;
+        started
+    }
+
     /// Starts (or restarts) node `id` with `extra` arguments after `run`'s
     /// usual ones.
     pub fn start_node_with(&mut self, id: u64, extra: &[&str]) -> Result<()> {

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use paxos_kv::client::{Client, ClientError, Session};
-use paxos_kv::client_proto::{AdminChange, AdminRequest, ReadMode};
+use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_kv::tls::{ClientSecurity, ClientTlsConfig};
 use std::net::SocketAddr;
@@ -116,21 +116,35 @@ enum AdminCommand {
     /// The configuration and each member's role (and, from the leader,
     /// its progress).
     Members,
-    /// Add node ID (from the nodes' --members) as a voter.
+    /// Add node ID as a voter: it is added as an observer, and promoted
+    /// once it has caught up (see add-observer and promote).
     AddVoter {
         /// The node id.
         id: u64,
+        /// Where it is reached, unless it is in the nodes' --members.
+        #[arg(long, value_name = "PEER_ADDR/CLIENT_ADDR")]
+        addrs: Option<NodeAddrs>,
+        /// Seconds to wait for it to catch up.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
     },
-    /// Add node ID (from the nodes' --members) as an observer: it catches
-    /// up without voting; promote it once its lag is small.
+    /// Add node ID as an observer: it catches up without voting (start it
+    /// with `paxos-node run --join`). Every member learns its addresses.
     AddObserver {
         /// The node id.
         id: u64,
+        /// Where it is reached, unless it is in the nodes' --members.
+        #[arg(long, value_name = "PEER_ADDR/CLIENT_ADDR")]
+        addrs: Option<NodeAddrs>,
     },
-    /// Make observer ID a voter.
+    /// Make observer ID a voter, once it is at most 10 000 entries behind
+    /// the leader (waits for that).
     Promote {
         /// The node id.
         id: u64,
+        /// Seconds to wait for it to catch up.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
     },
     /// Make voter ID an observer.
     Demote {
@@ -254,17 +268,51 @@ async fn main() -> Result<()> {
             }
         }
         Command::Admin { command } => {
-            let change = |change, node| AdminRequest::Change { change, node };
-            let req = match command {
-                AdminCommand::TransferLeader { id } => AdminRequest::TransferLeader { to: id },
-                AdminCommand::Members => AdminRequest::Members,
-                AdminCommand::AddVoter { id } => change(AdminChange::AddVoter, id),
-                AdminCommand::AddObserver { id } => change(AdminChange::AddObserver, id),
-                AdminCommand::Promote { id } => change(AdminChange::Promote, id),
-                AdminCommand::Demote { id } => change(AdminChange::Demote, id),
-                AdminCommand::Remove { id } => change(AdminChange::Remove, id),
+            let change = |change, node| AdminRequest::Change {
+                change,
+                node,
+                addrs: None,
             };
-            let json = client.admin(req).await?;
+            let json = match command {
+                AdminCommand::TransferLeader { id } => {
+                    client
+                        .admin(AdminRequest::TransferLeader { to: id })
+                        .await?
+                }
+                AdminCommand::Members => client.admin(AdminRequest::Members).await?,
+                AdminCommand::AddVoter {
+                    id,
+                    addrs,
+                    wait_secs,
+                } => {
+                    let add = AdminRequest::Change {
+                        change: AdminChange::AddObserver,
+                        node: id,
+                        addrs,
+                    };
+                    let added = client.admin(add).await?;
+                    eprintln!("added {id} as an observer: {added}");
+                    promote(&client, id, Duration::from_secs(wait_secs)).await?
+                }
+                AdminCommand::AddObserver { id, addrs } => {
+                    client
+                        .admin(AdminRequest::Change {
+                            change: AdminChange::AddObserver,
+                            node: id,
+                            addrs,
+                        })
+                        .await?
+                }
+                AdminCommand::Promote { id, wait_secs } => {
+                    promote(&client, id, Duration::from_secs(wait_secs)).await?
+                }
+                AdminCommand::Demote { id } => {
+                    client.admin(change(AdminChange::Demote, id)).await?
+                }
+                AdminCommand::Remove { id } => {
+                    client.admin(change(AdminChange::Remove, id)).await?
+                }
+            };
             let v: serde_json::Value =
                 serde_json::from_str(&json).context("node sent bad admin JSON")?;
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -283,4 +331,27 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Promotes observer `id`, asking again while the cluster answers that it
+/// has not caught up yet (or that a change is in flight), for up to `wait`.
+async fn promote(client: &Client, id: u64, wait: Duration) -> Result<String> {
+    let started = std::time::Instant::now();
+    let req = AdminRequest::Change {
+        change: AdminChange::Promote,
+        node: id,
+        addrs: None,
+    };
+    loop {
+        match client.admin(req).await {
+            Err(ClientError::Node(msg)) if msg.starts_with("retry:") => {
+                if started.elapsed() >= wait {
+                    bail!("gave up after {wait:?}: {msg}");
+                }
+                eprintln!("{msg}; asking again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
 }

@@ -103,8 +103,17 @@ enum Command {
         /// directory: it starts empty as a recovering replica, catches up
         /// from an established leader, and neither votes nor counts towards
         /// any quorum until then.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "join")]
         rejoin: bool,
+        /// This node is a new machine joining a running cluster: add it
+        /// first with `paxos-client admin add-observer ID --addrs
+        /// PEER/CLIENT`. It starts as an observer (it never votes or stands
+        /// for election until promoted) and learns the membership and every
+        /// member's addresses from the leader. --members must give the
+        /// addresses of at least the current voters and of this node. Keep
+        /// the flag on restarts.
+        #[arg(long, conflicts_with = "bootstrap")]
+        join: bool,
         /// The cluster's id, recorded at the first start and checked at every
         /// start (default: derived from the cluster CA certificate).
         #[arg(long)]
@@ -264,6 +273,7 @@ fn main() -> Result<()> {
             skip_entries,
             bootstrap,
             rejoin,
+            join,
             cluster_id,
             max_client_connections,
             client_idle_timeout_ms,
@@ -320,11 +330,17 @@ fn main() -> Result<()> {
             opts.max_session_bytes = max_session_mib.saturating_mul(1 << 20);
             opts.skip_entries = skip_entries;
             opts.cluster_id = cluster_id;
-            opts.empty_start = match (bootstrap, rejoin) {
-                (true, _) => paxos_kv::identity::EmptyStart::Bootstrap,
-                (_, true) => paxos_kv::identity::EmptyStart::Rejoin,
+            opts.empty_start = match (bootstrap, rejoin, join) {
+                (true, _, _) => paxos_kv::identity::EmptyStart::Bootstrap,
+                (_, true, _) => paxos_kv::identity::EmptyStart::Rejoin,
+                (_, _, true) => paxos_kv::identity::EmptyStart::Join,
                 _ => paxos_kv::identity::EmptyStart::Refuse,
             };
+            if join && !opts.observers.contains(&id) {
+                // Until the leader's membership arrives, this node counts
+                // itself an observer: it never votes on a guess.
+                opts.observers.push(id);
+            }
             opts.max_client_connections = max_client_connections;
             opts.client_idle_timeout =
                 (client_idle_timeout_ms > 0).then(|| Duration::from_millis(client_idle_timeout_ms));

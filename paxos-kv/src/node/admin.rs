@@ -1,41 +1,113 @@
 //! Cluster administration (`paxos-client admin ...`, role `admin`): leader
-//! transfer and the members' view. The connection's role is checked where
-//! it is served ([`client_port`](super::client_port)); here the commands
-//! are carried out.
+//! transfer, membership changes and the members' view. The connection's
+//! role is checked where it is served ([`client_port`](super::client_port));
+//! here the commands are carried out.
+//!
+//! Every member's addresses travel with the membership: a change's
+//! [`Membership::context`](paxos_core::Membership::context) is the address
+//! book of the new membership, in `--members` syntax. Each node learns the
+//! addresses of members it was not started with from it, and adds them to
+//! its transport ([`learn_addresses`](Driver::learn_addresses)).
 
-use paxos_core::{ChangeError, NodeId};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use paxos_core::{ChangeError, Membership, NodeId};
+use paxos_net_quic::PeerId;
 
 use super::client_port::Reply;
+use super::options::{format_members, parse_members, Member};
 use super::{Driver, Waiter};
-use crate::client_proto::{AdminChange, AdminRequest, Response};
+use crate::client_proto::{AdminChange, AdminRequest, NodeAddrs, Response};
+
+/// A promotion waits until the observer is at most this many entries
+/// behind the leader (a node promoted far behind would leave the group a
+/// voter short until it caught up).
+pub(super) const MAX_PROMOTION_LAG_ENTRIES: u64 = 10_000;
 
 impl Driver {
     pub(super) fn on_admin(&mut self, req: AdminRequest, reply: Reply) {
         match req {
             AdminRequest::Members => reply.send(Response::Admin(self.members_json())),
             AdminRequest::TransferLeader { to } => self.transfer_leader(NodeId(to), reply),
-            AdminRequest::Change { change, node } => {
-                self.change_member(change, NodeId(node), reply)
-            }
+            AdminRequest::Change {
+                change,
+                node,
+                addrs,
+            } => self.change_member(change, NodeId(node), addrs, reply),
         }
     }
 
     /// Proposes one node's role change; the answer waits for its commit.
     /// A follower redirects to the leader.
-    fn change_member(&mut self, change: AdminChange, node: NodeId, reply: Reply) {
+    fn change_member(
+        &mut self,
+        change: AdminChange,
+        node: NodeId,
+        addrs: Option<NodeAddrs>,
+        reply: Reply,
+    ) {
         let replica = self.node.replica();
         if !replica.is_leader() {
             reply.send(self.leader_hint());
             return;
         }
-        if !self.members.contains_key(&node.0) && !matches!(change, AdminChange::Remove) {
-            // The transport knows the addresses of --members only.
+        let mut book = self.members.clone();
+        if let Some(a) = addrs {
+            if node == self.id {
+                reply.send(Response::Error(format!(
+                    "node {node} is this node; its addresses are those it was started with"
+                )));
+                return;
+            }
+            book.insert(
+                node.0,
+                Member {
+                    peer: a.peer,
+                    client: a.client,
+                },
+            );
+        }
+        let in_force = replica.membership();
+        let adding = matches!(change, AdminChange::AddVoter | AdminChange::AddObserver);
+        if adding && !in_force.is_member(node) && !book.contains_key(&node.0) {
             reply.send(Response::Error(format!(
-                "node {node} is not in this node's --members: its addresses are unknown"
+                "node {node} has no known addresses: give them (--addrs PEER_ADDR/CLIENT_ADDR)"
             )));
             return;
         }
-        let mut to = replica.membership().clone();
+        if matches!(change, AdminChange::AddVoter) && !in_force.is_member(node) {
+            // A voter must hold the log before it counts: it joins as an
+            // observer, catches up, and is promoted.
+            reply.send(Response::Error(format!(
+                "node {node} must catch up before it votes: add it as an observer, then promote it (`paxos-client admin add-voter` does both)"
+            )));
+            return;
+        }
+        if matches!(change, AdminChange::Promote) && in_force.is_observer(node) {
+            let last = replica.last_zxid();
+            let progress = replica.peer_progress();
+            let p = progress.iter().find(|p| p.id == node);
+            let lag = p
+                .filter(|p| p.in_broadcast && !p.recovering)
+                .map(|p| super::metrics::lag_entries(last, p.matched));
+            match lag {
+                Some(lag) if lag <= MAX_PROMOTION_LAG_ENTRIES => {}
+                Some(lag) => {
+                    reply.send(Response::Error(format!(
+                        "retry: node {node} is {lag} entries behind the leader; it is promoted once at most {MAX_PROMOTION_LAG_ENTRIES} behind"
+                    )));
+                    return;
+                }
+                None => {
+                    reply.send(Response::Error(format!(
+                        "retry: node {node} is not synchronised with the leader yet (is it running, with --join?)"
+                    )));
+                    return;
+                }
+            }
+        }
+        let mut to = in_force.clone();
         let (was_voter, was_observer) = (to.is_voter(node), to.is_observer(node));
         let ok = match change {
             AdminChange::AddVoter if !was_voter && !was_observer => {
@@ -78,6 +150,9 @@ impl Driver {
         }
         to.voters.sort_unstable();
         to.observers.sort_unstable();
+        // The new membership's address book travels with it.
+        book.retain(|id, _| to.is_member(NodeId(*id)));
+        to.context = Bytes::from(format_members(&book));
         let now = self.now();
         let waiter = Waiter::Config {
             reply,
@@ -95,6 +170,44 @@ impl Driver {
                     e => format!("membership change refused: {e}"),
                 };
                 r.token.answer(Response::Error(text));
+            }
+        }
+    }
+
+    /// Learns the addresses of members this node was not started with from
+    /// the memberships it holds (in force and committed), and adds them to
+    /// the transport. Called at start and after every membership change.
+    pub(super) fn learn_addresses(&mut self) {
+        let replica = self.node.replica();
+        let contexts: Vec<Bytes> = [replica.membership(), replica.committed_membership()]
+            .into_iter()
+            .map(|m: &Membership| m.context.clone())
+            .filter(|c| !c.is_empty())
+            .collect();
+        for context in contexts {
+            let book: BTreeMap<u64, Member> = match std::str::from_utf8(&context)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(parse_members)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a membership's address book does not parse; addresses unchanged");
+                    continue;
+                }
+            };
+            for (id, m) in book {
+                if id == self.id.0 || self.members.get(&id) == Some(&m) {
+                    continue;
+                }
+                match self.transport.add_peer(PeerId(id), m.peer) {
+                    Ok(_) => {
+                        tracing::info!(peer = id, addr = %m.peer, client = %m.client, "learned a member's addresses from the membership");
+                        self.members.insert(id, m);
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = id, error = %e, "could not add a member to the transport")
+                    }
+                }
             }
         }
     }

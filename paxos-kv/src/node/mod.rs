@@ -483,6 +483,9 @@ pub async fn run_node(
         metrics,
         metrics_served: metrics_task.is_some(),
     };
+    // Members added at run time are in the recovered membership's address
+    // book, not in --members.
+    d.learn_addresses();
 
     tokio::pin!(shutdown);
     let result = loop {
@@ -649,6 +652,12 @@ impl Driver {
                             }
                             ProposeRejected::Busy { .. } => {
                                 (Response::Error("retry: busy".into()), RequestResult::Busy)
+                            }
+                            // Nothing was proposed, and in a moment the new
+                            // leader (or this one, if the hand-over is
+                            // given up) takes writes: the client asks again.
+                            ProposeRejected::Kernel(e @ ProposeError::Transferring { .. }) => {
+                                (Response::Error(format!("retry: {e}")), RequestResult::Busy)
                             }
                             ProposeRejected::Kernel(e) => {
                                 (Response::Error(e.to_string()), RequestResult::Refused)
@@ -863,7 +872,10 @@ impl Driver {
                 }
             }
             NodeEvent::ElectionDecided(_) => self.metrics.election_decided(),
-            NodeEvent::MembershipChanged { .. } => self.metrics.membership_changed(),
+            NodeEvent::MembershipChanged { .. } => {
+                self.metrics.membership_changed();
+                self.learn_addresses();
+            }
             NodeEvent::Settled { epoch, .. } => self.metrics.settled(epoch),
             NodeEvent::StorageReadFailed(_) => {}
         }

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use paxos_kv::auth::Role;
 use paxos_kv::client::{Client, ClientError};
-use paxos_kv::client_proto::{AdminChange, AdminRequest, ReadMode};
+use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster, READER_CLIENT};
 use std::path::PathBuf;
@@ -92,10 +92,23 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
         .expect_err("not a member");
     assert!(err.to_string().contains("not a member"), "{err}");
 
-    // A steady writer while the leadership moves.
-    let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
+    // Steady writers while the leadership moves: writes that reach the
+    // leader during the hand-over are refused, and must be retried by the
+    // client, never failed (four writers, so that some do).
     let stop = Arc::new(AtomicBool::new(false));
-    let task = spawn_writer(writer, "k", stop.clone());
+    let tasks: Vec<_> = ["k", "l", "m", "n"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, prefix)| {
+            let writer = Client::new(
+                addrs.clone(),
+                cluster.client_security(),
+                10 + i as u64,
+                WAIT,
+            );
+            spawn_writer(writer, prefix, stop.clone())
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let target = if leader == 1 { 2 } else { 1 };
@@ -142,8 +155,14 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let (acked, longest) = task.await.expect("writer");
-    assert!(!acked.is_empty());
+    let mut acked = Vec::new();
+    let mut longest = Duration::ZERO;
+    for task in tasks {
+        let (keys, gap) = task.await.expect("writer");
+        assert!(!keys.is_empty());
+        acked.extend(keys);
+        longest = longest.max(gap);
+    }
     println!(
         "{} writes acknowledged across the hand-over; longest gap between acknowledgements {longest:?}",
         acked.len()
@@ -205,6 +224,7 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
         .admin(AdminRequest::Change {
             change: AdminChange::Promote,
             node: 2,
+            addrs: None,
         })
         .await
         .expect_err("2 is no observer");
@@ -226,6 +246,7 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
     let promoted = admin(AdminRequest::Change {
         change: AdminChange::Promote,
         node: 4,
+        addrs: None,
     })
     .await;
     assert_eq!(
@@ -237,6 +258,7 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
     let removed = admin(AdminRequest::Change {
         change: AdminChange::Remove,
         node: others[0],
+        addrs: None,
     })
     .await;
     assert_eq!(removed["observers"], serde_json::json!([]), "{removed}");
@@ -276,4 +298,160 @@ async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
         Some(3),
         "{members}"
     );
+}
+
+/// Asks `req` until it is not refused with a transient "retry:" answer
+/// (bounded: 120 attempts, 250 ms apart).
+async fn admin_until_done(ops: &Client, req: AdminRequest) -> serde_json::Value {
+    for _ in 0..120 {
+        match ops.admin(req).await {
+            Ok(json) => return serde_json::from_str(&json).expect("JSON"),
+            Err(ClientError::Node(m)) if m.starts_with("retry:") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{req:?}: {e}"),
+        }
+    }
+    panic!("{req:?} still refused after 120 attempts");
+}
+
+/// A new machine replaces a voter, as the README's procedure does it: it
+/// starts with `--join` (the running nodes were never told of it), is
+/// added as an observer with its addresses, promoted once caught up, and a
+/// voter is removed. The newcomer then counts: with a second original
+/// voter down the group still commits. Last, that voter restarts with its
+/// original `--members` (which do not name the newcomer) and the leader is
+/// stopped: the two survivors can only elect a leader and commit if the
+/// restarted node learned the newcomer's address from its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_machine_joins_and_replaces_a_voter_under_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.clients.push(("ops".into(), Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let addrs = cluster.client_addrs();
+    let ops = Client::new(
+        addrs.clone(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        1,
+        WAIT,
+    );
+    let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = spawn_writer(writer, "j", stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A node nobody has addresses for cannot be added.
+    let err = ops
+        .admin(AdminRequest::Change {
+            change: AdminChange::AddObserver,
+            node: 4,
+            addrs: None,
+        })
+        .await
+        .expect_err("no addresses");
+    assert!(err.to_string().contains("no known addresses"), "{err}");
+
+    let joined = cluster.join_node(4).expect("the new machine starts");
+    let added = admin_until_done(
+        &ops,
+        AdminRequest::Change {
+            change: AdminChange::AddObserver,
+            node: 4,
+            addrs: Some(NodeAddrs {
+                peer: joined.peer,
+                client: joined.client,
+            }),
+        },
+    )
+    .await;
+    assert_eq!(added["observers"], serde_json::json!([4]), "{added}");
+    // Promotion waits until 4 has caught up (the answer says "retry" till then).
+    let promoted = admin_until_done(
+        &ops,
+        AdminRequest::Change {
+            change: AdminChange::Promote,
+            node: 4,
+            addrs: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        promoted["voters"],
+        serde_json::json!([1, 2, 3, 4]),
+        "{promoted}"
+    );
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    let removed = admin_until_done(
+        &ops,
+        AdminRequest::Change {
+            change: AdminChange::Remove,
+            node: others[0],
+            addrs: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        removed["voters"].as_array().map(|v| v.len()),
+        Some(3),
+        "{removed}"
+    );
+    cluster.kill(others[0]).expect("stop the replaced node");
+    // Voters: the leader, others[1] and 4. With others[1] down, only the
+    // newcomer makes a quorum.
+    cluster
+        .kill(others[1])
+        .expect("stop a second original voter");
+    let probe = Client::new(addrs.clone(), cluster.client_security(), 5, WAIT);
+    probe
+        .put(Bytes::from_static(b"after"), Bytes::from_static(b"joined"))
+        .await
+        .expect("the leader and the newcomer commit");
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = task.await.expect("writer");
+    assert!(!acked.is_empty());
+
+    // others[1] restarts knowing only the original members; the leader
+    // stops. others[1] (the lower id, so the dialler) must reach 4.
+    cluster
+        .restart_without(others[1], &[4])
+        .expect("restart with the original --members");
+    // It must have heard from the leader since: until then it cannot know
+    // which changes committed (its elector counts the membership it knows
+    // committed).
+    let target = cluster.statuses().await[&leader]["applied"]
+        .as_u64()
+        .expect("the leader's applied zxid");
+    let mut caught_up = false;
+    for _ in 0..1000 {
+        let st = cluster.statuses().await;
+        if st.get(&others[1]).is_some_and(|v| {
+            v["role"] == "follower"
+                && v["leader"] == leader
+                && v["applied"].as_u64().is_some_and(|a| a >= target)
+        }) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the restarted node follows and catches up again");
+    cluster.kill(leader).expect("stop the leader");
+    let probe = Client::new(addrs, cluster.client_security(), 6, WAIT);
+    probe
+        .put(Bytes::from_static(b"last"), Bytes::from_static(b"two left"))
+        .await
+        .expect("the restarted node and the newcomer elect a leader and commit");
+    for key in acked.iter().chain([&Bytes::from_static(b"after")]) {
+        let v = probe
+            .get(key.clone(), ReadMode::Linearizable)
+            .await
+            .expect("read");
+        assert!(v.is_some(), "acknowledged {key:?} lost");
+    }
 }
