@@ -327,7 +327,16 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let writable_after = restarted.elapsed();
-    let st = cluster.statuses().await;
+    // A node busy with a large install may miss one status deadline (CI
+    // saw the lagging node's status missing): ask until it answers.
+    let mut st = cluster.statuses().await;
+    for _ in 0..120 {
+        if st.contains_key(&lagging) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        st = cluster.statuses().await;
+    }
     let streams = log_lines(&cluster, "streaming snapshot");
     println!(
         "state {QUORUM_STATE_MIB} MiB: writable {writable_after:?} after the lagging follower \
