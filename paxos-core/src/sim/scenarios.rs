@@ -35,6 +35,11 @@ pub const NAMES: &[&str] = &[
     "replace_a_voter",
     "leader_hands_over_then_is_removed",
     "change_during_a_partition",
+    "change_across_epochs",
+    "concurrent_add_and_remove_same_node",
+    "remove_from_two_node_cluster_while_other_fails",
+    "member_down_during_change",
+    "change_racing_leader_crash",
 ];
 
 /// Runs the scenario `name` with `seed` on simulations built by `mk`;
@@ -68,6 +73,13 @@ pub fn run<E: Elector>(
         "replace_a_voter" => replace_a_voter(mk, seed),
         "leader_hands_over_then_is_removed" => leader_hands_over_then_is_removed(mk, seed),
         "change_during_a_partition" => change_during_a_partition(mk, seed),
+        "change_across_epochs" => change_across_epochs(mk, seed),
+        "concurrent_add_and_remove_same_node" => concurrent_add_and_remove_same_node(mk, seed),
+        "remove_from_two_node_cluster_while_other_fails" => {
+            remove_from_two_node_cluster_while_other_fails(mk, seed)
+        }
+        "member_down_during_change" => member_down_during_change(mk, seed),
+        "change_racing_leader_crash" => change_racing_leader_crash(mk, seed),
         _ => return None,
     })
 }
@@ -1025,5 +1037,646 @@ pub fn change_during_a_partition<E: Elector>(
     wait_acked(&mut sim, acked + 20)?;
     sim.heal();
     sim.run_for(Duration::from_millis(500))?;
+    finish(sim)
+}
+
+// ----- membership change: the remaining cases of issue 15 -------------------
+
+/// Whether `a` and `b` give every node the same role (the order of the
+/// lists does not matter).
+fn same_roles(a: &Membership, b: &Membership) -> bool {
+    let sorted = |v: &[NodeId]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    sorted(&a.voters) == sorted(&b.voters) && sorted(&a.observers) == sorted(&b.observers)
+}
+
+/// Asks `leader` for the membership `to`; whether the kernel accepted it.
+/// [`Sim::reconfigure`] logs a refusal and counts nothing, so a proposal
+/// was accepted exactly when the count of proposed changes moved.
+fn try_reconfigure<E: Elector>(
+    sim: &mut Sim<E>,
+    leader: NodeId,
+    to: Membership,
+) -> Result<bool, Violation> {
+    let before = sim.stats().reconfigs;
+    sim.reconfigure(leader, to)?;
+    Ok(sim.stats().reconfigs > before)
+}
+
+/// Proposes on the leader `l` the change `edit(l, ..)` makes to its
+/// membership, asking again (up to 50 times, 100 ms apart, following the
+/// leadership) while it is refused: a leader whose starting history is
+/// not committed yet, or a follower not yet in sync. Returns the leader
+/// that proposed it and the membership it changed; no event has run since
+/// the proposal.
+fn propose_change<E: Elector>(
+    sim: &mut Sim<E>,
+    edit: impl Fn(NodeId, &mut Membership),
+) -> Result<(NodeId, Membership), Violation> {
+    for _ in 0..50 {
+        let l = wait_leader(sim, None)?;
+        let m = membership_on(sim, l)?;
+        if try_reconfigure(sim, l, with(&m, |m| edit(l, m)))? {
+            return Ok((l, m));
+        }
+        sim.run_for(Duration::from_millis(100))?;
+    }
+    Err(fail(
+        sim,
+        "the leader refused the membership change every time",
+    ))
+}
+
+/// [`propose_change`] of `edit`, then waits until the leader's membership
+/// satisfies `done` with no change pending. Returns the proposer.
+fn change_and_commit<E: Elector>(
+    sim: &mut Sim<E>,
+    edit: impl Fn(&mut Membership),
+    done: impl Fn(&Membership) -> bool,
+) -> Result<NodeId, Violation> {
+    let (l, _) = propose_change(sim, |_, m| edit(m))?;
+    wait_membership(sim, done)?;
+    Ok(l)
+}
+
+/// Waits until the group settled on one membership: a leader with no
+/// change pending, and every member of its membership up and holding that
+/// membership, committed as far as it knows. Returns the leader and the
+/// membership.
+fn wait_agreed<E: Elector>(sim: &mut Sim<E>) -> Result<(NodeId, Membership), Violation> {
+    let agreed = |s: &Sim<E>| -> Option<(NodeId, Membership)> {
+        let l = s.leader()?;
+        let lr = s.replica(l)?;
+        if lr.membership_change_pending().is_some() {
+            return None;
+        }
+        let m = lr.membership().clone();
+        let all_agree = m.voters.iter().chain(&m.observers).all(|n| {
+            s.replica(*n).is_some_and(|r| {
+                same_roles(r.membership(), &m) && same_roles(r.committed_membership(), &m)
+            })
+        });
+        all_agree.then_some((l, m))
+    };
+    if !sim.run_until(Duration::from_secs(20), |s| agreed(s).is_some())? {
+        let view: Vec<String> = sim
+            .node_ids()
+            .into_iter()
+            .map(|n| match sim.replica(n) {
+                Some(r) => format!(
+                    "{n}: {:?} committed {:?} leader {:?} in epoch {:?}, last {:?}, commit {:?}",
+                    r.membership(),
+                    r.committed_membership(),
+                    r.leader(),
+                    r.established_epoch(),
+                    r.last_zxid(),
+                    r.commit_zxid()
+                ),
+                None => format!("{n}: down"),
+            })
+            .collect();
+        let progress = sim
+            .leader()
+            .and_then(|l| sim.replica(l))
+            .map(|r| r.peer_progress());
+        return Err(fail(
+            sim,
+            &format!(
+                "the members never agreed on one membership: {}; leader's peers: {progress:?}",
+                view.join("; ")
+            ),
+        ));
+    }
+    agreed(sim).ok_or_else(|| fail(sim, "agreement vanished"))
+}
+
+/// Every node that claimed an established leadership, by epoch: two nodes
+/// leading one epoch is a violation.
+#[derive(Default)]
+struct LeadersByEpoch {
+    seen: std::collections::BTreeMap<crate::Epoch, NodeId>,
+    clash: Option<String>,
+}
+
+impl LeadersByEpoch {
+    fn observe<E: Elector>(&mut self, sim: &Sim<E>) {
+        for n in sim.node_ids() {
+            let Some(r) = sim.replica(n) else { continue };
+            let Some(e) = r.established_epoch().filter(|_| r.is_leader()) else {
+                continue;
+            };
+            let first = *self.seen.entry(e).or_insert(n);
+            if first != n && self.clash.is_none() {
+                self.clash = Some(format!("nodes {first} and {n} both led epoch {e:?}"));
+            }
+        }
+    }
+
+    /// Runs until `pred` holds or `timeout` passes, watching every step;
+    /// whether `pred` held.
+    fn run_until<E: Elector>(
+        &mut self,
+        sim: &mut Sim<E>,
+        timeout: Duration,
+        pred: impl Fn(&Sim<E>) -> bool,
+    ) -> Result<bool, Violation> {
+        let held = sim.run_until(timeout, |s| {
+            self.observe(s);
+            self.clash.is_some() || pred(s)
+        })?;
+        match &self.clash {
+            Some(what) => Err(fail(sim, what)),
+            None => Ok(held),
+        }
+    }
+}
+
+/// A change reaches one follower only: the leader `l` appends it and is
+/// cut off from everyone but follower `f`, then both are cut off. The
+/// other three voters elect a leader without the entry and commit a
+/// conflicting change (the observer is promoted, where the stale entry
+/// removed a voter). When `l` and `f` return, the stale entry is
+/// truncated on both, every member holds the new leader's membership, no
+/// acknowledged command is lost, and commands keep committing.
+pub fn change_across_epochs<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut cfg = SimConfig {
+        seed,
+        voters: 5,
+        observers: 1,
+        ..SimConfig::default()
+    };
+    // No snapshots: a truncated entry must be gone from the log, not
+    // hidden under a snapshot that covers its zxid.
+    cfg.snapshot_every = 0;
+    let mut sim = mk(cfg);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let observer = NodeId(100);
+    // The leader may refuse while its starting history or a follower is
+    // not in sync yet: ask again a little later.
+    let mut proposed = None;
+    for _ in 0..50 {
+        let l = wait_leader(&mut sim, None)?;
+        let m = membership_on(&sim, l)?;
+        let others: Vec<NodeId> = m.voters.iter().copied().filter(|v| *v != l).collect();
+        let [f, _, _, gone] = others[..] else {
+            return Err(fail(&sim, "needs exactly five voters"));
+        };
+        if try_reconfigure(&mut sim, l, with(&m, |m| m.voters.retain(|v| *v != gone)))? {
+            proposed = Some((l, f, gone));
+            break;
+        }
+        sim.run_for(Duration::from_millis(100))?;
+    }
+    let (l, f, gone) =
+        proposed.ok_or_else(|| fail(&sim, "the leader refused to remove a voter every time"))?;
+    // Before any message is delivered: only `f` hears from `l`.
+    for n in sim.node_ids() {
+        if n != l && n != f {
+            sim.cut(l, n);
+        }
+    }
+    let stale = sim
+        .replica(l)
+        .and_then(|r| r.membership_change_pending())
+        .ok_or_else(|| fail(&sim, "the change is not pending on the leader"))?;
+    if !sim.run_until(Duration::from_secs(1), |s| {
+        s.replica(f).is_some_and(|r| r.holds(stale))
+    })? {
+        return Err(fail(&sim, "the follower never received the change"));
+    }
+    sim.isolate(l);
+    sim.isolate(f);
+    for n in sim.node_ids() {
+        if n != l && n != f && sim.replica(n).is_some_and(|r| r.holds(stale)) {
+            return Err(fail(&sim, &format!("node {n} received the change too")));
+        }
+    }
+    if sim.stats().reconfigs_committed != 0 {
+        return Err(fail(&sim, "the change committed with two of five voters"));
+    }
+    let acked = sim.stats().acked;
+    let n = wait_leader(&mut sim, Some(l))?;
+    if n == f {
+        return Err(fail(&sim, "the isolated follower was elected"));
+    }
+    wait_acked(&mut sim, acked + 20)?;
+    let leader = change_and_commit(
+        &mut sim,
+        |m| {
+            m.observers.retain(|o| *o != observer);
+            m.voters.push(observer);
+        },
+        |m| m.is_voter(observer) && m.is_voter(gone),
+    )?;
+    if leader == l || leader == f {
+        return Err(fail(&sim, "the conflicting change came from the old side"));
+    }
+    // The two sides hold conflicting memberships now.
+    for side in [l, f] {
+        let r = sim
+            .replica(side)
+            .ok_or_else(|| fail(&sim, "an isolated node is down"))?;
+        if r.membership().is_voter(gone) || !r.holds(stale) {
+            return Err(fail(
+                &sim,
+                &format!("node {side} lost the stale change while cut off"),
+            ));
+        }
+    }
+    let before_heal = sim
+        .last_acked()
+        .ok_or_else(|| fail(&sim, "nothing acknowledged"))?;
+    sim.heal();
+    let (_, agreed) = wait_agreed(&mut sim)?;
+    if !agreed.is_voter(observer) || !agreed.is_voter(gone) || agreed.voters.len() != 6 {
+        return Err(fail(
+            &sim,
+            &format!("the group agreed on {agreed:?}, not the new leader's membership"),
+        ));
+    }
+    for n in sim.node_ids() {
+        let r = sim
+            .replica(n)
+            .ok_or_else(|| fail(&sim, &format!("node {n} is down")))?;
+        if r.holds(stale) {
+            return Err(fail(
+                &sim,
+                &format!("node {n} still holds the stale change {stale:?}"),
+            ));
+        }
+        if !r.holds(before_heal) {
+            return Err(fail(
+                &sim,
+                &format!("node {n} lacks {before_heal:?}, acknowledged before the heal"),
+            ));
+        }
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// Two changes of one node back to back: while the first is pending the
+/// second is refused (one change at a time) and leaves no trace; once the
+/// first committed, the second is accepted and commits. Done twice: the
+/// observer is promoted then removed, then added back as an observer and
+/// removed again.
+pub fn concurrent_add_and_remove_same_node<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        observers: 1,
+        ..SimConfig::default()
+    });
+    let x = NodeId(100);
+    let promote = |m: &mut Membership| {
+        m.observers.retain(|o| *o != x);
+        m.voters.push(x);
+    };
+    let remove = |m: &mut Membership| {
+        m.voters.retain(|v| *v != x);
+        m.observers.retain(|o| *o != x);
+    };
+    let add_observer = |m: &mut Membership| m.observers.push(x);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    for as_observer in [false, true] {
+        let proposals = sim.stats().reconfigs;
+        let (l, _) = propose_change(&mut sim, |_, m| {
+            if as_observer {
+                add_observer(m)
+            } else {
+                promote(m)
+            }
+        })?;
+        let r = sim
+            .replica(l)
+            .ok_or_else(|| fail(&sim, "the leader is down"))?;
+        let pending = r
+            .membership_change_pending()
+            .ok_or_else(|| fail(&sim, "the first change is not pending"))?;
+        if !r.is_leader() || r.transferring_to().is_some() {
+            return Err(fail(&sim, "the proposer lost its leadership at once"));
+        }
+        let in_force = r.membership().clone();
+        // Back to back: no event has run since the first was proposed.
+        if try_reconfigure(&mut sim, l, with(&in_force, remove))? {
+            return Err(fail(
+                &sim,
+                "a second change was accepted while the first was pending",
+            ));
+        }
+        // The refusal was the one-at-a-time rule: the proposer leads, is not
+        // handing over, and the first change is still pending (the kernel
+        // checks that before the change itself).
+        let r = sim
+            .replica(l)
+            .ok_or_else(|| fail(&sim, "the leader is down"))?;
+        if r.membership_change_pending() != Some(pending)
+            || !same_roles(r.membership(), &in_force)
+            || !r.is_leader()
+        {
+            return Err(fail(
+                &sim,
+                "the second change was refused for another reason than the pending first",
+            ));
+        }
+        wait_membership(&mut sim, |m| {
+            if as_observer {
+                m.is_observer(x)
+            } else {
+                m.is_voter(x)
+            }
+        })?;
+        let l = change_and_commit(&mut sim, remove, |m| !m.is_member(x))?;
+        if sim.stats().reconfigs != proposals + 2 {
+            return Err(fail(
+                &sim,
+                &format!(
+                    "{} changes proposed in the round, not the first and the retried second",
+                    sim.stats().reconfigs - proposals
+                ),
+            ));
+        }
+        let (_, m) = wait_agreed(&mut sim)?;
+        if m.is_member(x) {
+            return Err(fail(
+                &sim,
+                &format!("{x} is still a member after {l} removed it"),
+            ));
+        }
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// Two voters: the leader removes the other, which crashes `k` steps into
+/// the change, for several `k` (each its own run from `seed`). The change
+/// takes effect on the leader as it appends it, so the leader alone is a
+/// quorum of the new membership: it commits and the leader keeps
+/// committing alone (if it did not commit, nothing may be acknowledged
+/// until the other returns). No acknowledged command is lost (the
+/// simulator's checks), no two nodes lead one epoch, and once the other
+/// restarts the members agree and commands commit.
+pub fn remove_from_two_node_cluster_while_other_fails<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let run = |k: u64| {
+        remove_from_two_nodes_crashing_at(mk, seed, k).map_err(|mut v| {
+            v.what = format!("crash {k} steps into the change: {}", v.what);
+            v
+        })
+    };
+    let mut last = run(0)?;
+    for k in 1..8 {
+        last = run(k)?;
+    }
+    Ok(last)
+}
+
+fn remove_from_two_nodes_crashing_at<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+    k: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters: 2,
+        ..SimConfig::default()
+    });
+    let mut watch = LeadersByEpoch::default();
+    if !watch.run_until(&mut sim, Duration::from_secs(20), |s| {
+        s.leader().is_some() && s.stats().acked > 20
+    })? {
+        return Err(fail(&sim, "two voters never elected and committed"));
+    }
+    let (l, _) = propose_change(&mut sim, |l, m| m.voters.retain(|v| *v == l))?;
+    let o = other_voter(&sim, l)?;
+    let change = sim
+        .replica(l)
+        .and_then(|r| r.membership_change_pending())
+        .ok_or_else(|| fail(&sim, "the change is not pending"))?;
+    for _ in 0..k {
+        sim.step()?;
+        watch.observe(&sim);
+    }
+    sim.crash(o);
+    let acked = sim.stats().acked;
+    let committed = watch.run_until(&mut sim, Duration::from_secs(5), |s| {
+        s.replica(l).is_some_and(|r| r.commit_zxid() >= change)
+    })?;
+    if committed {
+        // The leader is a quorum of {leader} alone.
+        if !watch.run_until(&mut sim, Duration::from_secs(5), |s| {
+            s.stats().acked > acked + 20
+        })? {
+            return Err(fail(
+                &sim,
+                "the leader alone stopped committing after removing the other voter",
+            ));
+        }
+    } else {
+        // Not committed: the old membership still counts the crashed
+        // voter, so nothing new may have been acknowledged.
+        if sim.stats().acked > acked {
+            return Err(fail(
+                &sim,
+                "commands were acknowledged while the removal was undecided",
+            ));
+        }
+    }
+    let leaderships = sim.stats().leaders;
+    sim.restart(o);
+    let (leader, agreed) = wait_agreed(&mut sim)?;
+    if committed && (agreed.is_member(o) || leader != l) {
+        return Err(fail(
+            &sim,
+            &format!("after the removal committed the group settled on {agreed:?} led by {leader}"),
+        ));
+    }
+    if !agreed.is_member(o) && sim.replica(o).is_some_and(|r| r.is_leader()) {
+        return Err(fail(&sim, "the removed voter leads"));
+    }
+    let acked = sim.stats().acked;
+    if !watch.run_until(&mut sim, Duration::from_secs(20), |s| {
+        s.stats().acked > acked + 20
+    })? {
+        return Err(fail(&sim, "commands stopped committing after the restart"));
+    }
+    // The removed voter, back with its old view, does not disturb the
+    // leader that removed it.
+    if committed && (sim.leader() != Some(l) || sim.stats().leaders != leaderships) {
+        return Err(fail(
+            &sim,
+            &format!(
+                "the removed voter's return moved the leadership: leader {:?}, {} new",
+                sim.leader(),
+                sim.stats().leaders - leaderships
+            ),
+        ));
+    }
+    finish(sim)
+}
+
+/// Five voters, one follower down: an observer is added, then promoted;
+/// both changes commit with the live voters. The crashed follower then
+/// restarts and learns the new membership.
+pub fn member_down_during_change<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        voters: 5,
+        observers: 1,
+        ..SimConfig::default()
+    });
+    let x = NodeId(100);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    // Set-up: the observer leaves, so that it can be added.
+    change_and_commit(
+        &mut sim,
+        |m| m.observers.retain(|o| *o != x),
+        |m| !m.is_member(x),
+    )?;
+    let l = wait_leader(&mut sim, None)?;
+    let down = other_voter(&sim, l)?;
+    sim.crash(down);
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 10)?;
+    change_and_commit(&mut sim, |m| m.observers.push(x), |m| m.is_observer(x))?;
+    let promoted = change_and_commit(
+        &mut sim,
+        |m| {
+            m.observers.retain(|o| *o != x);
+            m.voters.push(x);
+        },
+        |m| m.is_voter(x),
+    )?;
+    if sim.is_up(down) {
+        return Err(fail(&sim, "the crashed follower came back too early"));
+    }
+    let target = membership_on(&sim, promoted)?;
+    if target.voters.len() != 6 {
+        return Err(fail(&sim, &format!("unexpected membership {target:?}")));
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    sim.restart(down);
+    if !sim.run_until(Duration::from_secs(20), |s| {
+        s.replica(down).is_some_and(|r| {
+            same_roles(r.membership(), &target) && same_roles(r.committed_membership(), &target)
+        })
+    })? {
+        return Err(fail(
+            &sim,
+            "the restarted follower never learned the new membership",
+        ));
+    }
+    let (_, agreed) = wait_agreed(&mut sim)?;
+    if !same_roles(&agreed, &target) {
+        return Err(fail(&sim, &format!("the group moved on to {agreed:?}")));
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// The leader proposes a change (promoting the observer of three voters)
+/// and crashes `k` steps later, for `k` from 0 to 12, each its own run
+/// from `seed`; it restarts once the others elected a leader and
+/// committed. The simulator's checks hold after every step, and the group
+/// settles on one membership (with the change or without it) and keeps
+/// committing.
+pub fn change_racing_leader_crash<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let run = |k: u64, lost: bool| {
+        change_then_leader_crash_at(mk, seed, k, lost).map_err(|mut v| {
+            let how = if lost {
+                ", its messages in flight lost"
+            } else {
+                ""
+            };
+            v.what = format!("leader crash {k} steps after the change{how}: {}", v.what);
+            v
+        })
+    };
+    let mut last = run(0, false)?;
+    for k in 0..=12 {
+        for lost in [false, true] {
+            if k > 0 || lost {
+                last = run(k, lost)?;
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// One run of [`change_racing_leader_crash`]: the leader crashes `k`
+/// steps after proposing; if `lost`, the messages it sent that are still
+/// in flight are lost with it (it is cut off as it crashes, and the
+/// network heals as it restarts).
+fn change_then_leader_crash_at<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+    k: u64,
+    lost: bool,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        observers: 1,
+        ..SimConfig::default()
+    });
+    let x = NodeId(100);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let promote = |m: &mut Membership| {
+        m.observers.retain(|o| *o != x);
+        m.voters.push(x);
+    };
+    let (l, m) = propose_change(&mut sim, |_, m| promote(m))?;
+    let promoted = with(&m, promote);
+    for _ in 0..k {
+        sim.step()?;
+    }
+    if lost {
+        sim.isolate(l);
+    }
+    sim.crash(l);
+    let acked = sim.stats().acked;
+    wait_leader(&mut sim, Some(l))?;
+    wait_acked(&mut sim, acked + 20)?;
+    sim.heal();
+    sim.restart(l);
+    let (_, agreed) = wait_agreed(&mut sim)?;
+    if !same_roles(&agreed, &m) && !same_roles(&agreed, &promoted) {
+        return Err(fail(
+            &sim,
+            &format!("the group settled on {agreed:?}, neither before nor after the change"),
+        ));
+    }
+    if k == 0 && lost && !same_roles(&agreed, &m) {
+        // The entry never left the leader: nobody else can have adopted it.
+        return Err(fail(
+            &sim,
+            &format!("a change that reached no one took effect: {agreed:?}"),
+        ));
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
     finish(sim)
 }

@@ -233,3 +233,28 @@ fn membership_change_seeds_found_by_the_simulator() {
         }
     }
 }
+
+#[test]
+fn scenario_change_across_epochs() {
+    scenario("change_across_epochs");
+}
+
+#[test]
+fn scenario_concurrent_add_and_remove_same_node() {
+    scenario("concurrent_add_and_remove_same_node");
+}
+
+#[test]
+fn scenario_remove_from_two_node_cluster_while_other_fails() {
+    scenario("remove_from_two_node_cluster_while_other_fails");
+}
+
+#[test]
+fn scenario_member_down_during_change() {
+    scenario("member_down_during_change");
+}
+
+#[test]
+fn scenario_change_racing_leader_crash() {
+    scenario("change_racing_leader_crash");
+}
