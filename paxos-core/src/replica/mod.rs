@@ -363,7 +363,16 @@ impl<S: Storage> Replica<S> {
             tracing::debug!(?env.group, ?env.to, "dropping misrouted message");
             return;
         }
-        if !self.config.is_member(env.from) {
+        // A member of the membership in force, of the committed one (an
+        // uncommitted change this node holds may remove the very node that
+        // now leads and must truncate it), or the leader this node follows
+        // (one added by changes this node has not received yet). Whoever
+        // else writes is ignored; a leader's quorums are its own to count.
+        let follows = matches!(&self.role, Role::Following(f) if f.leader == env.from);
+        if !self.config.is_member(env.from)
+            && !self.committed_membership().is_member(env.from)
+            && !follows
+        {
             tracing::debug!(from = %env.from, "dropping message from non-member");
             return;
         }

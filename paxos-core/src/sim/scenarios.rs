@@ -946,27 +946,28 @@ pub fn replace_a_voter<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimS
         observers: 1,
         ..SimConfig::default()
     });
-    let l = wait_leader(&mut sim, None)?;
+    wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let newcomer = NodeId(100);
-    let m = membership_on(&sim, l)?;
-    sim.reconfigure(
-        l,
-        with(&m, |m| {
+    change_and_commit(
+        &mut sim,
+        |m| {
             m.observers.retain(|o| *o != newcomer);
             m.voters.push(newcomer);
-        }),
+        },
+        |m| m.is_voter(newcomer),
     )?;
-    wait_membership(&mut sim, |m| m.is_voter(newcomer))?;
     let l = wait_leader(&mut sim, None)?;
     let old = sim
         .node_ids()
         .into_iter()
         .find(|n| *n != l && *n != newcomer)
         .ok_or_else(|| fail(&sim, "no follower to replace"))?;
-    let m = membership_on(&sim, l)?;
-    sim.reconfigure(l, with(&m, |m| m.voters.retain(|v| *v != old)))?;
-    wait_membership(&mut sim, |m| !m.is_member(old))?;
+    change_and_commit(
+        &mut sim,
+        |m| m.voters.retain(|v| *v != old),
+        |m| !m.is_member(old),
+    )?;
     sim.crash(old);
     let acked = sim.stats().acked;
     wait_acked(&mut sim, acked + 20)?;
@@ -988,21 +989,36 @@ pub fn leader_hands_over_then_is_removed<E: Elector>(
     wait_acked(&mut sim, 20)?;
     let m = membership_on(&sim, l)?;
     let without_l = with(&m, |m| m.voters.retain(|v| *v != l));
-    sim.reconfigure(l, without_l.clone())?;
+    sim.reconfigure(l, without_l)?;
     sim.run_for(Duration::from_millis(50))?;
     if sim.replica(l).is_some_and(|r| !r.membership().is_voter(l)) {
         return Err(fail(&sim, "the leader removed itself"));
     }
-    let to = m
-        .voters
-        .iter()
-        .copied()
-        .find(|v| *v != l)
-        .ok_or_else(|| fail(&sim, "no other voter"))?;
-    sim.transfer_leadership(l, to)?;
-    let t = wait_leader(&mut sim, Some(l))?;
-    sim.reconfigure(t, without_l)?;
-    wait_membership(&mut sim, |m| !m.is_member(l))?;
+    // Hand over, asking again (each other voter in turn) while the
+    // hand-over is refused or given up: a target not yet in sync, or one
+    // that did not catch up in time.
+    let others: Vec<NodeId> = m.voters.iter().copied().filter(|v| *v != l).collect();
+    let mut handed = false;
+    for attempt in 0..20 {
+        if sim.leader() != Some(l) {
+            break;
+        }
+        sim.transfer_leadership(l, others[attempt % others.len()])?;
+        if sim.run_until(Duration::from_secs(2), |s| {
+            s.leader().is_some_and(|x| x != l)
+        })? {
+            handed = true;
+            break;
+        }
+    }
+    if !handed && sim.leader().is_none_or(|x| x == l) {
+        return Err(fail(&sim, "the leader never handed over"));
+    }
+    change_and_commit(
+        &mut sim,
+        |m| m.voters.retain(|v| *v != l),
+        |m| !m.is_member(l),
+    )?;
     sim.crash(l);
     let acked = sim.stats().acked;
     wait_acked(&mut sim, acked + 20)?;

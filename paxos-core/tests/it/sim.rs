@@ -258,3 +258,32 @@ fn scenario_member_down_during_change() {
 fn scenario_change_racing_leader_crash() {
     scenario("change_racing_leader_crash");
 }
+
+/// Sweeps the membership scenarios over `PAXOS_SCENARIO_SEEDS` seeds
+/// (default 0: nothing; a manual tool, e.g. `PAXOS_SCENARIO_SEEDS=40`).
+#[test]
+fn membership_scenario_sweep() {
+    let seeds: u64 = std::env::var("PAXOS_SCENARIO_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut failed = Vec::new();
+    for name in [
+        "replace_a_voter",
+        "leader_hands_over_then_is_removed",
+        "change_during_a_partition",
+        "change_across_epochs",
+        "concurrent_add_and_remove_same_node",
+        "remove_from_two_node_cluster_while_other_fails",
+        "member_down_during_change",
+        "change_racing_leader_crash",
+    ] {
+        for seed in 0..seeds {
+            if let Some(Err(v)) = scenarios::run_with_test_components(name, seed) {
+                println!("FAIL {name} seed {seed}: {v}");
+                failed.push((name, seed));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+}
