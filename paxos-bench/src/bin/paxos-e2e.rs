@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../e2e/membership.rs"]
+mod membership;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "paxos-e2e",
@@ -64,6 +67,10 @@ struct Args {
     /// speak plain TCP (`--insecure-plaintext-clients`), beside TLS.
     #[arg(long)]
     plaintext_baseline: bool,
+    /// State loaded before a new member joins, for the catch-up figure
+    /// (MiB; 0 skips it). `--quick` uses 16.
+    #[arg(long, default_value_t = 1024)]
+    catchup_mib: u64,
     /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -131,6 +138,7 @@ fn main() -> Result<()> {
         args.concurrency = vec![16, 128];
         args.values = vec![100];
         args.seconds = 2.0;
+        args.catchup_mib = args.catchup_mib.min(16);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -227,6 +235,8 @@ async fn run(args: Args) -> Result<()> {
                         run_id,
                         timeout: Duration::from_secs(5),
                         security: target.client_security(),
+                        rate: None,
+                        stop: None,
                     })
                     .await;
                     run_id += 1;
@@ -289,6 +299,32 @@ async fn run(args: Args) -> Result<()> {
             .await?;
             run_id += 1;
             failovers.push(f);
+            // Membership changes under half the peak of the first value
+            // size, at the concurrency of that peak.
+            let value_bytes = *args.values.first().unwrap_or(&100);
+            let peak = runs
+                .iter()
+                .filter(|r| r.workload == "writes" && r.nodes == 3 && r.value_bytes == value_bytes)
+                .max_by(|a, b| a.result.throughput().total_cmp(&b.result.throughput()));
+            if let Some(peak) = peak {
+                let m = membership::membership_changes(
+                    work.path(),
+                    &bin,
+                    run_id,
+                    value_bytes,
+                    peak.result.throughput(),
+                    peak.concurrency,
+                    args.quick,
+                )
+                .await?;
+                run_id += 1;
+                failovers.push(m);
+            }
+            if args.catchup_mib > 0 {
+                let c = membership::catch_up(work.path(), &bin, run_id, args.catchup_mib).await?;
+                run_id += 1;
+                failovers.push(c);
+            }
         }
     }
 
@@ -335,6 +371,8 @@ async fn warm_up(cluster: &LocalCluster, run_id: u64) {
         run_id,
         timeout: Duration::from_secs(5),
         security: cluster.client_security(),
+        rate: None,
+        stop: None,
     })
     .await;
 }
@@ -406,6 +444,8 @@ async fn transfer(
         run_id,
         timeout: Duration::from_secs(10),
         security: cluster.client_security(),
+        rate: None,
+        stop: None,
     }));
     let probe = Client::new(
         addrs.clone(),
@@ -488,6 +528,8 @@ async fn failover(
         run_id,
         timeout: Duration::from_secs(10),
         security: cluster.client_security(),
+        rate: None,
+        stop: None,
     }));
     tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
     // A probe writes with a short timeout until a write commits again. Its
@@ -581,6 +623,7 @@ async fn failover(
     // Bring the killed node back and let it catch up.
     cluster.start_node(leader)?;
     Ok(json!({
+        "kind": "failover",
         "nodes": 3,
         "killed_leader": leader,
         "new_leader": new_leader,
@@ -788,7 +831,33 @@ fn write_results(
             "unit": "ms",
         }));
     }
-    for f in failovers.iter().filter(|f| f["kind"] != "leader transfer") {
+    for f in failovers
+        .iter()
+        .filter(|f| f["kind"] == "membership changes")
+    {
+        for c in f["changes"].as_array().into_iter().flatten() {
+            figures.push(json!({
+                "name": format!("{}: lowest one-second writes/s vs steady", c["what"].as_str().unwrap_or("?")),
+                "value": c["lowest_one_second_rate"],
+                "unit": "writes/s",
+                "baseline_name": "steady rate before the changes",
+                "baseline": f["steady_rate"],
+            }));
+            figures.push(json!({
+                "name": format!("{}: longest gap between commits", c["what"].as_str().unwrap_or("?")),
+                "value": c["longest_commit_gap_ms"],
+                "unit": "ms",
+            }));
+        }
+    }
+    for f in failovers.iter().filter(|f| f["kind"] == "catch-up") {
+        figures.push(json!({
+            "name": format!("new member catches up with {} MiB of state", f["state_mib"]),
+            "value": f["catch_up_ms"],
+            "unit": "ms",
+        }));
+    }
+    for f in failovers.iter().filter(|f| f["kind"] == "failover") {
         figures.push(json!({
             "name": "failover: kill -9 leader to first commit",
             "value": f["failover_ms"],
@@ -1010,17 +1079,67 @@ fn report_html(runs: &[Run], failovers: &[Value], compare: &[Value]) -> String {
     table.push_str("</table>");
     let failover_text: Vec<String> = failovers
         .iter()
+        .filter(|f| f["kind"] != "membership changes")
         .map(|f| format!("<pre>{}</pre>", f))
         .collect();
+    // Membership changes: writes/s second by second, each change drawn as
+    // a bar over its duration at the steady rate.
+    let mut membership_html = String::new();
+    for f in failovers
+        .iter()
+        .filter(|f| f["kind"] == "membership changes")
+    {
+        let steady = f["steady_rate"].as_f64().unwrap_or(0.0);
+        let mut series = vec![(
+            "writes/s".to_string(),
+            f["writes_per_second"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, v)| (i as f64 + 0.5, v.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>(),
+        )];
+        let mut rows = String::from(
+            "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>change</th><th>from s</th><th>seconds</th><th>lowest 1-s writes/s</th><th>vs steady</th><th>longest gap between commits ms</th></tr>",
+        );
+        for c in f["changes"].as_array().into_iter().flatten() {
+            let (a, b) = (
+                c["from_s"].as_f64().unwrap_or(0.0),
+                c["to_s"].as_f64().unwrap_or(0.0),
+            );
+            series.push((
+                c["what"].as_str().unwrap_or("?").to_string(),
+                vec![(a, steady * 1.05), (b.max(a + 0.05), steady * 1.05)],
+            ));
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{a:.1}</td><td>{:.2}</td><td>{:.0}</td><td>{:.0}%</td><td>{:.1}</td></tr>",
+                c["what"].as_str().unwrap_or("?"),
+                b - a,
+                c["lowest_one_second_rate"].as_f64().unwrap_or(0.0),
+                c["lowest_vs_steady"].as_f64().unwrap_or(0.0) * 100.0,
+                c["longest_commit_gap_ms"].as_f64().unwrap_or(0.0),
+            ));
+        }
+        rows.push_str("</table>");
+        membership_html.push_str(&format!(
+            "<p>Steady load of {:.0} writes/s asked ({} clients), {steady:.0} measured before the changes.</p>{}{}",
+            f["target_rate"].as_f64().unwrap_or(0.0),
+            f["concurrency"],
+            svg_chart("writes/s during membership changes", "seconds", "writes/s", &series, false, None),
+            rows
+        ));
+    }
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>paxos toolkit end-to-end benchmark</title></head>\
          <body style='font-family:sans-serif'><h1>End-to-end benchmark</h1>\
          <p>Nodes are separate processes on loopback, WAL on disk with fsync, QUIC with mutual TLS between nodes; \
          closed-loop clients over TCP.</p>{}<h2>Throughput against concurrency</h2>{}\
-         <h2>Write latency distribution</h2>{}<h2>Failover</h2>{}</body></html>",
+         <h2>Write latency distribution</h2>{}<h2>Membership changes under load</h2>{}<h2>Failover and catch-up</h2>{}</body></html>",
         table,
         svg_chart("writes/s against clients", "clients (log scale)", "ops/s", &throughput_series, true, None),
         svg_chart("write latency CDF", "latency (ms)", "percentile", &cdf_series, false, Some(100.0)),
+        membership_html,
         failover_text.join("")
     )
 }
