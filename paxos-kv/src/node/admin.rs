@@ -69,6 +69,13 @@ impl Driver {
             );
         }
         let in_force = replica.membership();
+        if node == self.id
+            && matches!(change, AdminChange::Remove | AdminChange::Demote)
+            && in_force.is_voter(node)
+        {
+            self.hand_over_before_own_change(reply);
+            return;
+        }
         let adding = matches!(change, AdminChange::AddVoter | AdminChange::AddObserver);
         if adding && !in_force.is_member(node) && !book.contains_key(&node.0) {
             reply.send(Response::Error(format!(
@@ -212,6 +219,40 @@ impl Driver {
         }
     }
 
+    /// The leader is asked to remove or demote itself: it hands over first,
+    /// to the voter in sync that holds the most, and answers "retry" once it
+    /// has; the client asks again and the new leader makes the change.
+    fn hand_over_before_own_change(&mut self, reply: Reply) {
+        let replica = self.node.replica();
+        let in_force = replica.membership();
+        let target = replica
+            .peer_progress()
+            .into_iter()
+            .filter(|p| in_force.is_voter(p.id) && p.in_broadcast && !p.recovering)
+            .max_by_key(|p| p.matched)
+            .map(|p| p.id);
+        let Some(to) = target else {
+            reply.send(Response::Error(
+                "retry: the leader must hand over before its own role changes, and no other voter is in sync yet".into(),
+            ));
+            return;
+        };
+        let now = self.now();
+        match self.node.transfer_leadership(now, to) {
+            Ok(()) => {
+                tracing::info!(%to, "handing over before this node's own role changes, as an administrator asked");
+                if let Some((_, earlier, _)) = self.pending_transfer.replace((to, reply, true)) {
+                    earlier.send(Response::Error(
+                        "retry: superseded by another transfer".into(),
+                    ));
+                }
+            }
+            Err(e) => reply.send(Response::Error(format!(
+                "retry: the leader must hand over before its own role changes: {e}"
+            ))),
+        }
+    }
+
     /// Starts a hand-over to `to`; the answer waits for its outcome
     /// ([`on_transfer_outcome`](Self::on_transfer_outcome)). A follower
     /// redirects to the leader.
@@ -240,7 +281,7 @@ impl Driver {
                 tracing::info!(%to, "leader transfer asked by an administrator");
                 // The kernel refuses a second hand-over while one runs, so
                 // at most one answer waits.
-                if let Some((_, earlier)) = self.pending_transfer.replace((to, reply)) {
+                if let Some((_, earlier, _)) = self.pending_transfer.replace((to, reply, false)) {
                     earlier.send(Response::Error(
                         "retry: superseded by another transfer".into(),
                     ));
@@ -253,15 +294,23 @@ impl Driver {
     /// The hand-over asked by an administrator took place (`Ok`) or was
     /// given up (`Err`), or leadership was lost meanwhile (`lost`).
     pub(super) fn on_transfer_outcome(&mut self, to: NodeId, outcome: TransferOutcome) {
-        let Some((asked, reply)) = self.pending_transfer.take() else {
+        let Some((asked, reply, for_change)) = self.pending_transfer.take() else {
             return;
         };
         if asked != to && outcome != TransferOutcome::LeadershipLost {
             // Not this request's hand-over: keep waiting.
-            self.pending_transfer = Some((asked, reply));
+            self.pending_transfer = Some((asked, reply, for_change));
             return;
         }
         reply.send(match outcome {
+            // The change of this node's own role is the new leader's to
+            // make: the client asks again and is redirected there.
+            TransferOutcome::HandedOff if for_change => Response::Error(format!(
+                "retry: this node handed the leadership to {asked} so that its own role can change; the new leader makes the change"
+            )),
+            TransferOutcome::Aborted if for_change => Response::Error(format!(
+                "retry: the hand-over to {asked} before changing this node's role was given up"
+            )),
             TransferOutcome::HandedOff => Response::Admin(
                 serde_json::json!({ "from": self.id.0, "to": asked.0, "transferred": true })
                     .to_string(),

@@ -190,7 +190,9 @@ struct Driver {
     /// Asks the sync thread for one `Wal::sync`.
     sync_requests: std::sync::mpsc::Sender<SyncId>,
     /// An administrator's leader transfer waiting for its outcome.
-    pending_transfer: Option<(NodeId, client_port::Reply)>,
+    /// The flag: asked for a change of this node's own role (answered
+    /// "retry" once handed over, for the new leader to make the change).
+    pending_transfer: Option<(NodeId, client_port::Reply, bool)>,
     /// The Prometheus metrics (recorded whether or not they are served).
     metrics: NodeMetrics,
     /// Whether `/metrics` is served: only then are the state-derived

@@ -455,3 +455,56 @@ async fn a_new_machine_joins_and_replaces_a_voter_under_load() {
         assert!(v.is_some(), "acknowledged {key:?} lost");
     }
 }
+
+/// Removing the leader itself: it hands over first (the answer says
+/// "retry", and the client library asks again, now of the new leader,
+/// which makes the change); the group goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_over_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.clients.push(("ops".into(), Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    for peer in [1, 2, 3].into_iter().filter(|p| *p != leader) {
+        cluster
+            .wait_in_sync(leader, peer, WAIT)
+            .await
+            .expect("every node follows the leader");
+    }
+    let addrs = cluster.client_addrs();
+    let ops = Client::new(
+        addrs.clone(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        1,
+        WAIT,
+    );
+    let removed = admin_until_done(
+        &ops,
+        AdminRequest::Change {
+            change: AdminChange::Remove,
+            node: leader,
+            addrs: None,
+        },
+    )
+    .await;
+    let voters: Vec<u64> = removed["voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert_eq!(voters.len(), 2, "{removed}");
+    assert!(!voters.contains(&leader), "{removed}");
+    cluster.kill(leader).expect("stop the removed node");
+    let now_leading = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    assert_ne!(now_leading, leader);
+    let c = Client::new(addrs, cluster.client_security(), 2, WAIT);
+    c.put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
+        .await
+        .expect("the two left commit");
+}
