@@ -3,9 +3,10 @@
 //! machine (`--join`, add-observer, promote, remove), grows to 5 voters and
 //! hands the leadership over, as the README's procedures do. It reports
 //! writes/s second by second, the lowest rate in any one-second window of
-//! each change against the steady rate before them, and the longest gap
-//! between commits; then the time a new member takes to catch up with a
-//! given amount of state.
+//! each change (from its first step to half a second after its last)
+//! against the steady rate before them, and the longest gap between
+//! commits (up to a second after its last step); then the time a new
+//! member takes to catch up with a given amount of state.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,6 +234,12 @@ pub(crate) async fn membership_changes(
     if answer["transferred"] != true {
         bail!("the hand-over to {to} did not happen: {answer}");
     }
+    // The old leader answers once it has handed over; the change ends when
+    // the nominee leads.
+    let now_leading = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    if now_leading != to {
+        bail!("{now_leading} leads after the hand-over to {to}");
+    }
     changes.push(Change {
         what: format!("leader transfer {leader} -> {to}"),
         from_s: at(from),
@@ -262,8 +269,11 @@ pub(crate) async fn membership_changes(
     println!("steady rate {steady_rate:.0} writes/s; writes/s second by second: {per_second:?}");
     let mut rows = Vec::new();
     for c in &changes {
-        let lowest = lowest_one_second_rate(&r, c.from_s, c.to_s);
-        let gap_ms = r.longest_gap_us((c.from_s * 1e6) as u64, (c.to_s * 1e6) as u64) as f64 / 1e3;
+        // A change's effect on commits may show just after its last step
+        // (a killed member's connections, an election): look 1 s past it.
+        let lowest = lowest_one_second_rate(&r, c.from_s, c.to_s + 0.5);
+        let gap_ms =
+            r.longest_gap_us((c.from_s * 1e6) as u64, ((c.to_s + 1.0) * 1e6) as u64) as f64 / 1e3;
         println!(
             "{}: {:.2} s; lowest one-second rate {lowest:.0} writes/s ({:.0}% of steady); longest gap between commits {gap_ms:.1} ms",
             c.what,
@@ -302,6 +312,9 @@ pub(crate) async fn catch_up(work: &Path, bin: &Path, run_id: u64, mib: u64) -> 
     println!("== catch-up: a new member of a 3-node cluster holding {mib} MiB");
     let mut spec = ClusterSpec::new(3, work.join("cluster-catchup"), bin.to_path_buf());
     spec.clients.push((OPS.into(), Role::Admin));
+    // Snapshots every 100 000 entries, as a cluster that has run a while
+    // compacts its log: a newcomer then needs the snapshot, then the log.
+    spec.snapshot_every = 100_000;
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_for_leader(Duration::from_secs(20)).await?;
     let want = mib << 20;
