@@ -7,7 +7,7 @@
 //! Dropping a [`ChaosCluster`] kills its processes, unmounts what it
 //! mounted and deletes its namespaces, also when a scenario fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,13 +16,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use paxos_kv::client::Client;
-use paxos_kv::client_proto::ReadMode;
+use paxos_kv::auth::Role;
+use paxos_kv::client::{Client, ClientError};
+use paxos_kv::client_proto::{AdminRequest, ReadMode};
+use paxos_kv::node::Member;
 use paxos_kv::tls::ClientSecurity;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster, Placement};
 
 use crate::net::Network;
 use crate::workload::LedgerWrite;
+
+/// The client principal with role `admin` that every chaos cluster
+/// certifies: the scenarios that change leadership or membership use it.
+pub const ADMIN_CLIENT: &str = "ops";
 
 /// Where a scenario's nodes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +161,14 @@ pub struct ChaosCluster {
     mounts: Vec<Mount>,
     net: Option<Network>,
     options: ClusterOptions,
+    /// Nodes that left for good (dead and replaced, or removed and
+    /// stopped): never restarted, never asked, not counted.
+    retired: BTreeSet<u64>,
+    /// Nodes started as new machines (`paxos-node run --join`), restarted
+    /// the same way.
+    joined: BTreeSet<u64>,
+    /// How the administrator's client authenticates.
+    admin_security: ClientSecurity,
     dir: tempfile::TempDir,
 }
 
@@ -200,6 +214,7 @@ impl ChaosCluster {
         spec.election_timeout_ms = options.election_timeout_ms;
         spec.segment_mib = options.segment_mib;
         spec.snapshot_every = options.snapshot_every;
+        spec.clients.push((ADMIN_CLIENT.into(), Role::Admin));
         spec.extra_node_args = vec![
             "--fault-file".into(),
             dir.path()
@@ -228,11 +243,15 @@ impl ChaosCluster {
             spec.placement = Some(Arc::new(NetPlacement { addrs, namespaces }));
         }
         let cluster = LocalCluster::start(spec)?;
+        let admin_security = cluster.client_security_for(ADMIN_CLIENT)?;
         Ok(ChaosCluster {
             cluster,
             mounts,
             net,
             options,
+            retired: BTreeSet::new(),
+            joined: BTreeSet::new(),
+            admin_security,
             dir,
         })
     }
@@ -259,9 +278,114 @@ impl ChaosCluster {
         &self.options
     }
 
-    /// Node ids.
+    /// Ids of the nodes that belong to the cluster now: the ones it
+    /// started with and the ones that joined, less the retired ones.
     pub fn ids(&self) -> Vec<u64> {
-        self.cluster.ids()
+        self.cluster
+            .ids()
+            .into_iter()
+            .filter(|id| !self.retired.contains(id))
+            .collect()
+    }
+
+    /// Starts a new machine `id` with `paxos-node run --join` (certificate
+    /// issued, ports picked by the test kit); returns its addresses. It
+    /// is no member until an administrator adds it.
+    pub fn join(&mut self, id: u64) -> Result<Member> {
+        let m = self
+            .cluster
+            .join_node(id)
+            .with_context(|| format!("starting new machine {id} with --join"))?;
+        self.joined.insert(id);
+        Ok(m)
+    }
+
+    /// Node `id` leaves for good: SIGKILL if it runs, and from now on it
+    /// is neither restarted, asked nor counted.
+    pub fn retire(&mut self, id: u64) -> Result<()> {
+        if self.cluster.pid(id).is_some() {
+            self.cluster.kill(id)?;
+        }
+        self.retired.insert(id);
+        Ok(())
+    }
+
+    /// Restarts node `id` with its data: with `--join` if it joined as a
+    /// new machine (as an operator keeps it in its command line).
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        if self.retired.contains(&id) {
+            bail!("node {id} left the cluster; it is not restarted");
+        }
+        if self.joined.contains(&id) {
+            self.cluster.start_node_with(id, &["--join"])
+        } else {
+            self.cluster.start_node(id)
+        }
+    }
+
+    /// Sends one administration command with the admin principal's
+    /// certificate, through every current member (redirects followed);
+    /// the node's JSON answer.
+    pub async fn admin_once(&self, req: AdminRequest) -> Result<serde_json::Value, ClientError> {
+        self.admin_via(self.client_addrs(), req).await
+    }
+
+    /// [`admin_once`](Self::admin_once), asked of node `id` alone (for
+    /// `Members`: that node's own view).
+    pub async fn admin_of(
+        &self,
+        id: u64,
+        req: AdminRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let addr = self
+            .client_addr(id)
+            .ok_or_else(|| ClientError::Node(format!("node {id} has no client address")))?;
+        self.admin_via(vec![addr], req).await
+    }
+
+    async fn admin_via(
+        &self,
+        addrs: Vec<SocketAddr>,
+        req: AdminRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let ops = Client::new(
+            addrs,
+            self.admin_security.clone(),
+            0x00ad_0000,
+            Duration::from_secs(5),
+        );
+        let json = ops.admin(req).await?;
+        serde_json::from_str(&json)
+            .map_err(|e| ClientError::Unexpected(format!("admin answer {json:?} is no JSON: {e}")))
+    }
+
+    /// Asks `req` until it is not refused with a transient answer: one
+    /// that starts with `retry:` (a change in flight, an observer still
+    /// catching up), or, when `transient` says so, another the caller
+    /// knows to pass. Bounded by `limit` and by 1 000 attempts, 100 ms
+    /// apart. Returns the answer and how many refusals came first.
+    pub async fn admin_until_done(
+        &self,
+        req: AdminRequest,
+        limit: Duration,
+        transient: impl Fn(&str) -> bool,
+    ) -> Result<(serde_json::Value, u32)> {
+        let started = Instant::now();
+        let mut last = String::new();
+        for refusals in 0..1_000u32 {
+            if started.elapsed() > limit {
+                break;
+            }
+            match self.admin_once(req).await {
+                Ok(v) => return Ok((v, refusals)),
+                Err(ClientError::Node(m)) if m.starts_with("retry:") || transient(&m) => {
+                    last = m;
+                }
+                Err(e) => bail!("admin {req:?}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("admin {req:?} still refused after {limit:?}; last answer: {last}")
     }
 
     /// Where logs and data live.
@@ -279,9 +403,13 @@ impl ChaosCluster {
         }
     }
 
-    /// Every node's client address.
+    /// The client addresses of the current members (retired nodes left
+    /// out).
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
-        self.cluster.client_addrs()
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.client_addr(id))
+            .collect()
     }
 
     /// The client address of node `id`.

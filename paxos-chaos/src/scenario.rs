@@ -7,6 +7,12 @@
 //! - after each fault heals (or, for faults the cluster must ride through,
 //!   while it lasts) a write commits within [`RECOVERY_LIMIT`].
 //!
+//! The scenarios that change leadership or membership through the admin
+//! commands (a dead follower replaced by a new machine, growing to five
+//! voters and back, repeated hand-overs) check besides that every command
+//! was answered as asked and that every member reports the membership the
+//! changes lead to; a node that left is neither restarted nor counted.
+//!
 //! A scenario's choices (which node, how long) come from its seed, so a
 //! failing run replays with `cargo xtask chaos --scenario NAME --seed S`.
 
@@ -20,6 +26,7 @@ use crate::harness::{probe_tmpfs, ChaosCluster, ClusterOptions, NetMode, ReadBac
 use crate::net::{self, LinkFault};
 use crate::workload::{OpCounts, Workload, WorkloadConfig};
 use paxos_core::rng::Rng;
+use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs};
 
 /// A write must commit within this long after a fault heals (or, for a
 /// fault the cluster must ride through, after it starts). Generous: it
@@ -29,6 +36,11 @@ pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// Replicas must agree on one state within this long after the workload
 /// stops.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// An administration command refused with a transient answer (a change in
+/// flight, an observer catching up) is asked again for this long.
+pub const ADMIN_LIMIT: Duration = Duration::from_secs(60);
+/// Leader hand-overs in [`Scenario::TransferUnderLoad`].
+pub const TRANSFERS: u32 = 5;
 
 /// One kind of fault schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,11 +97,20 @@ pub enum Scenario {
     /// follower's or the leader's) jumps forward, with a client reading
     /// from the old leader.
     ClockJump,
+    /// A follower killed for good; a new machine joins (`--join`), is
+    /// added as an observer, promoted, and the dead node removed.
+    ReplaceKilledFollower,
+    /// Three voters grow to five (two new machines joined and promoted),
+    /// a newcomer is handed the leadership, then the cluster shrinks back
+    /// to the original three.
+    GrowAndShrink,
+    /// The leadership handed from follower to follower several times.
+    TransferUnderLoad,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 25] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -112,6 +133,9 @@ impl Scenario {
         Scenario::DiskFull,
         Scenario::SlowDiskLeader,
         Scenario::ClockJump,
+        Scenario::ReplaceKilledFollower,
+        Scenario::GrowAndShrink,
+        Scenario::TransferUnderLoad,
     ];
 
     /// The scenario's name on the command line and in tables.
@@ -139,6 +163,9 @@ impl Scenario {
             Scenario::DiskFull => "disk-full",
             Scenario::SlowDiskLeader => "slow-disk-leader",
             Scenario::ClockJump => "clock-jump",
+            Scenario::ReplaceKilledFollower => "replace-killed-follower",
+            Scenario::GrowAndShrink => "grow-and-shrink",
+            Scenario::TransferUnderLoad => "transfer-under-load",
         }
     }
 
@@ -420,7 +447,205 @@ impl Ctx<'_> {
     }
 
     fn restart(&mut self, id: u64) -> Result<()> {
-        self.c.cluster().start_node(id)
+        self.c.restart(id)
+    }
+
+    /// A finding that breaks what a membership scenario claims.
+    fn violation(&mut self, what: String) {
+        tracing::error!(scenario = %self.report.scenario, "{what}");
+        self.report.violations.push(what);
+    }
+
+    /// A new machine `id` starts with `--join`, is added as an observer
+    /// with its addresses, and is promoted once it has caught up.
+    async fn join_and_promote(&mut self, id: u64) -> Result<()> {
+        self.fault(format!("new machine {id} starts with --join"));
+        let m = self.c.join(id)?;
+        let (added, waited) = self
+            .c
+            .admin_until_done(
+                AdminRequest::Change {
+                    change: AdminChange::AddObserver,
+                    node: id,
+                    addrs: Some(NodeAddrs {
+                        peer: m.peer,
+                        client: m.client,
+                    }),
+                },
+                ADMIN_LIMIT,
+                |_| false,
+            )
+            .await?;
+        if !json_ids(&added["observers"]).contains(&id) {
+            self.violation(format!(
+                "adding node {id} as an observer answered {added}, which does not list it"
+            ));
+        }
+        self.report.notes.push(format!(
+            "node {id} added as an observer ({waited} refusals first)"
+        ));
+        let started = Instant::now();
+        let (promoted, waited) = self
+            .c
+            .admin_until_done(
+                AdminRequest::Change {
+                    change: AdminChange::Promote,
+                    node: id,
+                    addrs: None,
+                },
+                ADMIN_LIMIT,
+                |_| false,
+            )
+            .await?;
+        if !json_ids(&promoted["voters"]).contains(&id) {
+            self.violation(format!(
+                "promoting node {id} answered {promoted}, which does not list it as a voter"
+            ));
+        }
+        self.report.notes.push(format!(
+            "node {id} promoted {:.1} s after asking ({waited} retry answers got past the client library's own retries)",
+            started.elapsed().as_secs_f64()
+        ));
+        self.progress(&format!("after promoting node {id}")).await;
+        Ok(())
+    }
+
+    /// Removes node `id` (a voter); if it leads, hands the leadership to
+    /// one of `keep` first (asked again if the leadership moved to `id`
+    /// meanwhile; bounded).
+    async fn remove(&mut self, id: u64, keep: &[u64]) -> Result<()> {
+        for _ in 0..10 {
+            let l = self.leader().await?;
+            if l == id {
+                let to = self.pick(keep)?;
+                self.fault(format!(
+                    "node {id} leads: hand the leadership to node {to} before removing it"
+                ));
+                self.transfer(l, to).await?;
+                continue;
+            }
+            self.fault(format!("remove node {id}"));
+            let asked = self
+                .c
+                .admin_until_done(
+                    AdminRequest::Change {
+                        change: AdminChange::Remove,
+                        node: id,
+                        addrs: None,
+                    },
+                    ADMIN_LIMIT,
+                    |_| false,
+                )
+                .await;
+            match asked {
+                Ok((removed, _)) => {
+                    let members = json_ids(&removed["voters"])
+                        .into_iter()
+                        .chain(json_ids(&removed["observers"]));
+                    if members.clone().any(|m| m == id) {
+                        self.violation(format!(
+                            "removing node {id} answered {removed}, which still lists it"
+                        ));
+                    }
+                    return Ok(());
+                }
+                // It was handed the leadership after we looked.
+                Err(e) if format!("{e:#}").contains("transfer the leadership first") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("node {id} could not be removed: it kept leading")
+    }
+
+    /// Hands the leadership from `from` to `to`, and checks the answer
+    /// and that `to` leads afterwards. Refusals the hand-over may meet
+    /// under load (the target not heard from lately, not caught up within
+    /// an election timeout, leadership lost meanwhile) are asked again.
+    /// True if it was answered `"transferred": true`.
+    async fn transfer(&mut self, from: u64, to: u64) -> Result<bool> {
+        if let Err(e) = self
+            .c
+            .cluster()
+            .wait_in_sync(from, to, RECOVERY_LIMIT)
+            .await
+        {
+            self.report
+                .stalls
+                .push(format!("before a hand-over: {e:#}"));
+        }
+        let started = Instant::now();
+        let (answer, refusals) = self
+            .c
+            .admin_until_done(AdminRequest::TransferLeader { to }, ADMIN_LIMIT, |m| {
+                m.contains("has not been heard from") || m.contains("aborted")
+            })
+            .await?;
+        let took = started.elapsed();
+        let answered = answer["transferred"] == true && answer["to"] == to;
+        // A hand-over that took place while its answer was lost (the old
+        // leader answered "retry: ... lost the leadership") is found done
+        // when asked again: accepted, and said so, but not counted as
+        // answered.
+        let found_done = refusals > 0 && answer["transferred"] == false && answer["leader"] == to;
+        if !answered && !found_done {
+            self.violation(format!(
+                "handing the leadership to node {to} answered {answer}"
+            ));
+            return Ok(false);
+        }
+        let now = self.leader().await?;
+        if now != to {
+            self.violation(format!(
+                "node {to} was handed the leadership (answer {answer}) but node {now} leads"
+            ));
+        }
+        self.report.notes.push(format!(
+            "leadership {from} -> {to} {} in {} ms ({refusals} refusals first)",
+            if answered {
+                "answered"
+            } else {
+                "found done when asked again"
+            },
+            took.as_millis()
+        ));
+        Ok(answered)
+    }
+
+    /// Every node in `voters` reports exactly `voters` as voters, no
+    /// observer and no change in flight (asked of each node; bounded by
+    /// [`RECOVERY_LIMIT`] for all of them).
+    async fn expect_members(&mut self, voters: &[u64]) {
+        let mut want = voters.to_vec();
+        want.sort_unstable();
+        let started = Instant::now();
+        for &id in &want {
+            let mut seen = String::from("no answer");
+            let mut ok = false;
+            while started.elapsed() < RECOVERY_LIMIT {
+                match self.c.admin_of(id, AdminRequest::Members).await {
+                    Ok(v) => {
+                        if json_ids(&v["voters"]) == want
+                            && json_ids(&v["observers"]).is_empty()
+                            && v["change_pending"].is_null()
+                        {
+                            ok = true;
+                            break;
+                        }
+                        seen = v.to_string();
+                    }
+                    Err(e) => seen = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !ok {
+                self.violation(format!(
+                    "node {id} does not report voters {want:?} and no observer within {RECOVERY_LIMIT:?}: {seen}"
+                ));
+            }
+        }
+        self.report
+            .notes
+            .push(format!("every member reports voters {want:?}"));
     }
 
     /// Cuts every link between `a` and `b`, both ways.
@@ -489,7 +714,7 @@ async fn run_inner(
     for id in ctx.c.ids() {
         let _ = ctx.c.cluster().signal(id, libc::SIGCONT);
         if !ctx.c.cluster().is_running(id) {
-            ctx.c.cluster().start_node(id)?;
+            ctx.c.restart(id)?;
         }
     }
     scripted?;
@@ -855,8 +1080,85 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             x.c.net_for("isolation")?.isolate(l)?;
             x.ride_out_and_heal("with the old leader cut off").await?;
         }
+        Scenario::ReplaceKilledFollower => {
+            let l = x.leader().await?;
+            let dead = x.pick(&x.followers(l))?;
+            x.fault(format!("SIGKILL node {dead} (a follower); it stays dead"));
+            x.c.retire(dead)?;
+            x.progress("with a follower dead").await;
+            let new = 4;
+            x.join_and_promote(new).await?;
+            x.remove(dead, &[]).await?;
+            x.progress("after removing the dead node").await;
+            x.hold_random().await;
+            x.progress("later").await;
+            let voters = x.c.ids();
+            x.expect_members(&voters).await;
+        }
+        Scenario::GrowAndShrink => {
+            let originals = x.c.ids();
+            for id in [4, 5] {
+                x.join_and_promote(id).await?;
+            }
+            x.expect_members(&[1, 2, 3, 4, 5]).await;
+            x.hold_random().await;
+            // A newcomer leads for a while: it votes and serves as any
+            // voter, and the shrink must hand the leadership back first.
+            let l = x.leader().await?;
+            let to = x.pick(&[4, 5])?;
+            x.fault(format!(
+                "hand the leadership from node {l} to newcomer {to}"
+            ));
+            x.transfer(l, to).await?;
+            x.progress("with a newcomer leading").await;
+            x.hold_random().await;
+            for id in [5, 4] {
+                x.remove(id, &originals).await?;
+                x.c.retire(id)?;
+                x.report.notes.push(format!("node {id} stopped"));
+                x.progress(&format!("after removing node {id}")).await;
+            }
+            x.hold_random().await;
+            x.expect_members(&originals).await;
+        }
+        Scenario::TransferUnderLoad => {
+            let failed_before = x.w.failed_writes();
+            let mut answered = 0;
+            for round in 1..=TRANSFERS {
+                let l = x.leader().await?;
+                let to = x.pick(&x.followers(l))?;
+                x.fault(format!(
+                    "hand-over {round}: the leadership from node {l} to node {to}"
+                ));
+                answered += u32::from(x.transfer(l, to).await?);
+                x.progress(&format!("after hand-over {round}")).await;
+                let d = Duration::from_millis(x.rng.range(300, 1_500));
+                x.hold(d).await;
+            }
+            let failed = x.w.failed_writes() - failed_before;
+            if failed > 0 {
+                x.report.stalls.push(format!(
+                    "{failed} writes failed during the hand-overs (a refusal during a hand-over must be retried, not failed)"
+                ));
+            }
+            if answered < TRANSFERS {
+                x.report.stalls.push(format!(
+                    "only {answered} of {TRANSFERS} hand-overs were answered \"transferred\": true"
+                ));
+            }
+            x.report.notes.push(format!(
+                "{answered} of {TRANSFERS} hand-overs answered \"transferred\": true; {failed} writes failed"
+            ));
+        }
     }
     Ok(())
+}
+
+/// The node ids of a JSON array (empty if it is none).
+fn json_ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default()
 }
 
 /// Snapshots node `id` installed so far (its status counter).

@@ -101,6 +101,8 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     unknown: AtomicU64,
+    /// Writes among `failed` (a definite error: the cluster refused them).
+    failed_writes: AtomicU64,
     ledger: Mutex<Vec<LedgerWrite>>,
 }
 
@@ -232,6 +234,13 @@ impl Workload {
         }
     }
 
+    /// Writes (puts, compare-and-sets, deletes) that failed with a definite
+    /// error so far. Not counted: reads that failed, and writes of unknown
+    /// outcome (a call abandoned at its limit, a leader lost meanwhile).
+    pub fn failed_writes(&self) -> u64 {
+        self.shared.failed_writes.load(Ordering::Relaxed)
+    }
+
     /// Stops issuing calls, waits for the calls in flight (each bounded by
     /// the call limit) and returns the record.
     pub async fn stop(self) -> Recorded {
@@ -291,6 +300,7 @@ async fn recorded<F>(
 where
     F: std::future::Future<Output = Ended>,
 {
+    let is_write = !matches!(command, Command::Get);
     let inv = rec.invoke(client, key.clone(), command);
     let ended = tokio::time::timeout(limit, call)
         .await
@@ -311,6 +321,9 @@ where
         },
         Ended::Failed => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
+            if is_write {
+                shared.failed_writes.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = rec.unknown(inv);
             None
         }

@@ -82,6 +82,9 @@ scenario_tests! {
     disk_full => Scenario::DiskFull,
     slow_disk_leader => Scenario::SlowDiskLeader,
     clock_jump => Scenario::ClockJump,
+    replace_killed_follower => Scenario::ReplaceKilledFollower,
+    grow_and_shrink => Scenario::GrowAndShrink,
+    transfer_under_load => Scenario::TransferUnderLoad,
 }
 
 /// Every scenario has a test above.
