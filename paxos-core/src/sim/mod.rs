@@ -11,8 +11,9 @@
 //! After every step it checks the safety invariants:
 //! agreement and prefix order (every replica's applied sequence is a prefix
 //! of one canonical sequence), durability (every entry acknowledged to the
-//! client is durably held by a quorum of voters), epoch monotonicity of the
-//! durable hard state, and leader completeness (an established leader holds
+//! client is durably held by a quorum of voters, of every membership that
+//! can act), epoch monotonicity of the durable hard state, at most one
+//! established leader per epoch, and leader completeness (an established leader holds
 //! every acknowledged entry of earlier epochs); and every confirmed
 //! read-index read covers every entry acknowledged before it started. A
 //! violation carries the seed; the same seed replays the same run exactly.
@@ -530,7 +531,13 @@ pub struct Sim<E: Elector> {
     snap_open: BTreeSet<(NodeId, NodeId)>,
     /// Scripted losses.
     drops: Vec<ScriptedDrop>,
+    /// The established leader seen in each epoch (the newest
+    /// [`MAX_EPOCHS_TRACKED`] epochs): at most one per epoch.
+    epoch_leaders: BTreeMap<crate::Epoch, NodeId>,
 }
+
+/// Epochs whose leader [`Sim`] remembers for the one-leader-per-epoch check.
+const MAX_EPOCHS_TRACKED: usize = 4096;
 
 /// CRC-32 (IEEE) of `data`, bitwise: the simulator's snapshot chunks carry it.
 pub fn crc32(data: &[u8]) -> u32 {
@@ -585,6 +592,7 @@ impl<E: Elector> Sim<E> {
             make_planner,
             canonical: Rc::new(RefCell::new(Vec::new())),
             acked: BTreeMap::new(),
+            epoch_leaders: BTreeMap::new(),
             proposed: BTreeMap::new(),
             client_counter: 0,
             faults: cfg.fault_interval.is_some(),
@@ -1020,7 +1028,40 @@ impl<E: Elector> Sim<E> {
         if let Some(v) = self.deferred.take() {
             return Err(v);
         }
+        self.check_epoch_leaders()?;
         self.check()
+    }
+
+    /// At most one leader per epoch, whatever the membership: every
+    /// established leader is recorded with its epoch, and a second node
+    /// established in the same epoch is a violation.
+    fn check_epoch_leaders(&mut self) -> Result<(), Violation> {
+        let leading: Vec<(crate::Epoch, NodeId)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let r = n.replica()?;
+                let e = r.established_epoch().filter(|_| r.is_leader())?;
+                Some((e, n.id))
+            })
+            .collect();
+        for (e, id) in leading {
+            match self.epoch_leaders.get(&e) {
+                Some(&other) if other != id => {
+                    return Err(
+                        self.violation(format!("two leaders in epoch {e:?}: {other} and {id}"))
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.epoch_leaders.insert(e, id);
+                    while self.epoch_leaders.len() > MAX_EPOCHS_TRACKED {
+                        self.epoch_leaders.pop_first();
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn send_packet(&mut self, p: Packet<E::Message>) {
