@@ -48,6 +48,11 @@ impl Configs {
             .map_or(&self.base, |(_, m)| m)
     }
 
+    /// The zxid of the newest membership-change entry at or before `z`.
+    pub(crate) fn zxid_at(&self, z: Zxid) -> Option<Zxid> {
+        self.entries.iter().rev().map(|(c, _)| *c).find(|c| *c <= z)
+    }
+
     /// The newest membership-change entry after `commit`, if any: a change
     /// not yet committed.
     pub(crate) fn pending_after(&self, commit: Zxid) -> Option<Zxid> {

@@ -370,18 +370,27 @@ pub enum MetaKey {
     /// The log was compacted up to here: starting from this log needs a
     /// snapshot at or above it. Recorded before the prefix goes.
     CompactionMark,
+    /// The newest membership-change entry this node knew committed: after
+    /// a restart its elector counts that membership, not its log's base
+    /// (a hint for liveness only; losing it costs nothing else).
+    CommittedConfig,
 }
 
 impl MetaKey {
     /// Every key, in a fixed order (the index of a key in this array is the
     /// slot an implementation may store it in).
-    pub const ALL: [MetaKey; 2] = [MetaKey::ElectionRound, MetaKey::CompactionMark];
+    pub const ALL: [MetaKey; 3] = [
+        MetaKey::ElectionRound,
+        MetaKey::CompactionMark,
+        MetaKey::CommittedConfig,
+    ];
 
     /// The key's slot: its index in [`MetaKey::ALL`].
     pub fn slot(self) -> usize {
         match self {
             MetaKey::ElectionRound => 0,
             MetaKey::CompactionMark => 1,
+            MetaKey::CommittedConfig => 2,
         }
     }
 }

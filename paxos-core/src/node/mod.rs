@@ -395,6 +395,9 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     failed: Option<NodeError>,
     /// The membership the elector was last given (the committed one).
     elector_membership: Option<Membership>,
+    /// The newest committed membership change kept in storage
+    /// ([`MetaKey::CommittedConfig`]), as a raw zxid.
+    committed_config: u64,
 }
 
 impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
@@ -403,8 +406,13 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// built); the state machine holds what the replica was told it
     /// recovered ([`crate::Recovered`]).
     pub fn new(replica: Replica<S>, elector: E, sm: M, cfg: NodeConfig) -> Result<Self, NodeError> {
+        let mut replica = replica;
         let election_round = replica.storage().meta(MetaKey::ElectionRound);
         let compaction_mark = replica.storage().meta(MetaKey::CompactionMark);
+        let committed_config = replica.storage().meta(MetaKey::CommittedConfig);
+        if committed_config > 0 {
+            replica.note_committed_config(Zxid(committed_config));
+        }
         // A state machine that starts past zero was restored from a snapshot.
         let latest_snapshot = Some(sm.applied()).filter(|&z| z > Zxid::ZERO);
         Ok(Node {
@@ -415,6 +423,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             pipeline: Pipeline::default(),
             election_round,
             compaction_mark,
+            committed_config,
             latest_snapshot,
             applied_since_snapshot: 0,
             snapshot_due: false,
@@ -765,6 +774,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             return Err(e.clone());
         }
         for _ in 0..MAX_PROCESS_ROUNDS {
+            self.keep_committed_config();
             self.sync_elector(now);
             let mut moved = false;
             let mut round_durable = true;
@@ -816,6 +826,30 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the newest committed membership change in storage (rare: once
+    /// per change), so that a restart counts it before a leader speaks. A
+    /// refused write (a full disk) is only logged: it is a hint for
+    /// liveness, asked again at the next change.
+    fn keep_committed_config(&mut self) {
+        let Some(z) = self
+            .replica
+            .committed_config_zxid()
+            .filter(|z| z.as_u64() > self.committed_config)
+        else {
+            return;
+        };
+        // Asked once per change, whatever the outcome.
+        self.committed_config = z.as_u64();
+        if let Err(error) = self
+            .replica
+            .storage_mut()
+            .save_meta(MetaKey::CommittedConfig, z.as_u64())
+        {
+            tracing::warn!(id = %self.replica.id(), zxid = ?z, %error,
+                "could not keep the committed membership change; a restart counts its log's older membership until a leader speaks");
+        }
     }
 
     /// Keeps the elector on the membership committed as far as this node

@@ -162,9 +162,36 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The membership in force at the commit point as this replica knows
-    /// it: what its elector should count (see `Node`'s use of it).
+    /// it: what its elector should count (see `Node`'s use of it). After a
+    /// restart, before a leader tells it the commit point, that is the
+    /// newest change it knew committed before
+    /// ([`note_committed_config`](Self::note_committed_config)).
     pub fn committed_membership(&self) -> &Membership {
-        self.log.configs.at(self.commit)
+        self.log
+            .configs
+            .at(self.commit.max(self.committed_config_hint))
+    }
+
+    /// The zxid of the newest membership-change entry at or below the
+    /// commit point (`None`: none in the log; the base is in force). Keep
+    /// it durably, and give it back after a restart with
+    /// [`note_committed_config`](Self::note_committed_config).
+    pub fn committed_config_zxid(&self) -> Option<Zxid> {
+        self.log.configs.zxid_at(self.commit)
+    }
+
+    /// At start-up: the membership-change entry at `zxid` was known
+    /// committed before the restart (kept by the caller from
+    /// [`committed_config_zxid`](Self::committed_config_zxid)). The
+    /// replica's elector view counts the membership it names until a
+    /// leader brings the commit point; without it, a restarted node whose
+    /// log holds changes it cannot know committed would count the voters
+    /// of its log's base, who may be gone, and never decide an election.
+    pub fn note_committed_config(&mut self, zxid: Zxid) {
+        if zxid > self.committed_config_hint {
+            tracing::info!(id = %self.id, ?zxid, "membership change known committed before the restart");
+            self.committed_config_hint = zxid;
+        }
     }
 
     /// The uncommitted membership change, if one is in flight.

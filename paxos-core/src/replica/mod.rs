@@ -74,6 +74,9 @@ pub struct Replica<S: Storage> {
     promised_to: Option<(NodeId, Epoch)>,
     snapshot: Option<Zxid>,
     commit: Zxid,
+    /// A membership change known committed before a restart
+    /// ([`Replica::note_committed_config`]).
+    committed_config_hint: Zxid,
     applied: Zxid,
     apply_sent: Zxid,
     role: Role,
@@ -170,6 +173,7 @@ impl<S: Storage> Replica<S> {
             promised_to: None,
             snapshot: recovered.snapshot,
             commit: applied,
+            committed_config_hint: Zxid::ZERO,
             applied,
             apply_sent: applied,
             role: Role::Looking,

@@ -35,6 +35,7 @@ pub const NAMES: &[&str] = &[
     "replace_a_voter",
     "leader_hands_over_then_is_removed",
     "change_during_a_partition",
+    "restart_after_changes_then_leader_lost",
     "change_across_epochs",
     "concurrent_add_and_remove_same_node",
     "remove_from_two_node_cluster_while_other_fails",
@@ -73,6 +74,9 @@ pub fn run<E: Elector>(
         "replace_a_voter" => replace_a_voter(mk, seed),
         "leader_hands_over_then_is_removed" => leader_hands_over_then_is_removed(mk, seed),
         "change_during_a_partition" => change_during_a_partition(mk, seed),
+        "restart_after_changes_then_leader_lost" => {
+            restart_after_changes_then_leader_lost(mk, seed)
+        }
         "change_across_epochs" => change_across_epochs(mk, seed),
         "concurrent_add_and_remove_same_node" => concurrent_add_and_remove_same_node(mk, seed),
         "remove_from_two_node_cluster_while_other_fails" => {
@@ -1694,5 +1698,76 @@ fn change_then_leader_crash_at<E: Elector>(
     }
     let acked = sim.stats().acked;
     wait_acked(&mut sim, acked + 20)?;
+    finish(sim)
+}
+
+/// A voter replaced under a node that then restarts: voters 1, 2, 3 become
+/// the leader, a follower Y and the promoted observer 100 (the third
+/// original voter removed and stopped). Y and the leader go down together,
+/// and Y alone comes back, knowing from its log only that the changes were
+/// appended, not that they committed (no snapshot covers them). Y and 100
+/// are a quorum of the membership in force and must elect a leader and
+/// commit; Y must not count votes under its log's base membership, whose
+/// other voters are gone.
+pub fn restart_after_changes_then_leader_lost<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut cfg = SimConfig {
+        seed,
+        observers: 1,
+        ..SimConfig::default()
+    };
+    // No snapshot may record the committed membership for Y.
+    cfg.snapshot_every = 0;
+    let mut sim = mk(cfg);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let newcomer = NodeId(100);
+    change_and_commit(
+        &mut sim,
+        |m| {
+            m.observers.retain(|o| *o != newcomer);
+            m.voters.push(newcomer);
+        },
+        |m| m.is_voter(newcomer),
+    )?;
+    let l = wait_leader(&mut sim, None)?;
+    let gone = sim
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != l && *n != newcomer)
+        .ok_or_else(|| fail(&sim, "no follower to remove"))?;
+    change_and_commit(
+        &mut sim,
+        |m| m.voters.retain(|v| *v != gone),
+        |m| !m.is_member(gone),
+    )?;
+    sim.crash(gone);
+    let l = wait_leader(&mut sim, None)?;
+    let m = membership_on(&sim, l)?;
+    let y = m
+        .voters
+        .iter()
+        .copied()
+        .find(|v| *v != l && *v != newcomer)
+        .ok_or_else(|| fail(&sim, "no original follower left"))?;
+    // Y has learned that the removal committed.
+    let removed_at = sim
+        .replica(l)
+        .map(|r| r.commit_zxid())
+        .ok_or_else(|| fail(&sim, "leader down"))?;
+    if !sim.run_until(Duration::from_secs(10), |s| {
+        s.replica(y).is_some_and(|r| r.commit_zxid() >= removed_at)
+    })? {
+        return Err(fail(&sim, "the follower never learned the commit point"));
+    }
+    sim.crash(y);
+    sim.crash(l);
+    sim.restart(y);
+    let acked = sim.stats().acked;
+    wait_leader(&mut sim, Some(l))?;
+    wait_acked(&mut sim, acked + 20)?;
+    sim.restart(l);
     finish(sim)
 }

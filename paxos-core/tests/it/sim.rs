@@ -214,6 +214,11 @@ fn scenario_leader_hands_over_then_is_removed() {
 }
 
 #[test]
+fn scenario_restart_after_changes_then_leader_lost() {
+    scenario("restart_after_changes_then_leader_lost");
+}
+
+#[test]
 fn scenario_change_during_a_partition() {
     scenario("change_during_a_partition");
 }
@@ -277,6 +282,7 @@ fn membership_scenario_sweep() {
         "remove_from_two_node_cluster_while_other_fails",
         "member_down_during_change",
         "change_racing_leader_crash",
+        "restart_after_changes_then_leader_lost",
     ] {
         for seed in 0..seeds {
             if let Some(Err(v)) = scenarios::run_with_test_components(name, seed) {
