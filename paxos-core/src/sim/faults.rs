@@ -241,23 +241,36 @@ impl<E: Elector> Sim<E> {
     /// Asks node `leader` to propose the membership `to` (a refusal is
     /// logged and counts nothing), then drives it.
     pub fn reconfigure(&mut self, leader: NodeId, to: Membership) -> Result<(), Violation> {
+        self.try_reconfigure(leader, to).map(|_| ())
+    }
+
+    /// [`reconfigure`](Self::reconfigure), with the kernel's answer: the
+    /// change's zxid, or why it was refused; `None` if `leader` is down.
+    pub fn try_reconfigure(
+        &mut self,
+        leader: NodeId,
+        to: Membership,
+    ) -> Result<Option<Result<crate::Zxid, crate::ChangeError>>, Violation> {
         let i = self.idx(leader);
         let now = self.local_now(i);
         let Some(node) = self.nodes[i].node.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let h = super::machine::hash(&to.encode());
-        match node.propose_membership(now, to.clone(), Token::Config) {
+        let answer = match node.propose_membership(now, to.clone(), Token::Config) {
             Ok(zxid) => {
                 tracing::info!(%leader, ?zxid, voters = ?to.voters, observers = ?to.observers, "sim: membership change proposed");
                 self.stats.reconfigs += 1;
                 self.proposed.insert(zxid, h);
+                Ok(zxid)
             }
             Err(r) => {
-                tracing::debug!(%leader, error = %r.error, "sim: membership change refused")
+                tracing::debug!(%leader, error = %r.error, "sim: membership change refused");
+                Err(r.error)
             }
-        }
-        self.drive(i)
+        };
+        self.drive(i)?;
+        Ok(Some(answer))
     }
 
     /// Whether one more node may go down (or recover) and every membership
