@@ -935,10 +935,36 @@ fn membership_on<E: Elector>(sim: &Sim<E>, id: NodeId) -> Result<Membership, Vio
         .ok_or_else(|| fail(sim, "leader down"))
 }
 
+/// Makes observer `x` a voter.
+fn promote(m: &mut Membership, x: NodeId) {
+    m.observers.retain(|o| *o != x);
+    m.voters.push(x);
+}
+
 fn with(m: &Membership, f: impl FnOnce(&mut Membership)) -> Membership {
     let mut m = m.clone();
     f(&mut m);
     m
+}
+
+/// Promotes the simulation's observer (node 100), then removes a follower
+/// that is not it and stops that follower; returns the removed node.
+fn replace_follower_by_observer<E: Elector>(sim: &mut Sim<E>) -> Result<NodeId, Violation> {
+    let newcomer = NodeId(100);
+    change_and_commit(sim, |m| promote(m, newcomer), |m| m.is_voter(newcomer))?;
+    let l = wait_leader(sim, None)?;
+    let old = sim
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != l && *n != newcomer)
+        .ok_or_else(|| fail(sim, "no follower to replace"))?;
+    change_and_commit(
+        sim,
+        |m| m.voters.retain(|v| *v != old),
+        |m| !m.is_member(old),
+    )?;
+    sim.crash(old);
+    Ok(old)
 }
 
 /// Replace a voter under load: an observer is promoted, then a follower is
@@ -952,27 +978,7 @@ pub fn replace_a_voter<E: Elector>(mk: MakeSim<'_, E>, seed: u64) -> Result<SimS
     });
     wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
-    let newcomer = NodeId(100);
-    change_and_commit(
-        &mut sim,
-        |m| {
-            m.observers.retain(|o| *o != newcomer);
-            m.voters.push(newcomer);
-        },
-        |m| m.is_voter(newcomer),
-    )?;
-    let l = wait_leader(&mut sim, None)?;
-    let old = sim
-        .node_ids()
-        .into_iter()
-        .find(|n| *n != l && *n != newcomer)
-        .ok_or_else(|| fail(&sim, "no follower to replace"))?;
-    change_and_commit(
-        &mut sim,
-        |m| m.voters.retain(|v| *v != old),
-        |m| !m.is_member(old),
-    )?;
-    sim.crash(old);
+    replace_follower_by_observer(&mut sim)?;
     let acked = sim.stats().acked;
     wait_acked(&mut sim, acked + 20)?;
     finish(sim)
@@ -1171,47 +1177,6 @@ fn wait_agreed<E: Elector>(sim: &mut Sim<E>) -> Result<(NodeId, Membership), Vio
     agreed(sim).ok_or_else(|| fail(sim, "agreement vanished"))
 }
 
-/// Every node that claimed an established leadership, by epoch: two nodes
-/// leading one epoch is a violation.
-#[derive(Default)]
-struct LeadersByEpoch {
-    seen: std::collections::BTreeMap<crate::Epoch, NodeId>,
-    clash: Option<String>,
-}
-
-impl LeadersByEpoch {
-    fn observe<E: Elector>(&mut self, sim: &Sim<E>) {
-        for n in sim.node_ids() {
-            let Some(r) = sim.replica(n) else { continue };
-            let Some(e) = r.established_epoch().filter(|_| r.is_leader()) else {
-                continue;
-            };
-            let first = *self.seen.entry(e).or_insert(n);
-            if first != n && self.clash.is_none() {
-                self.clash = Some(format!("nodes {first} and {n} both led epoch {e:?}"));
-            }
-        }
-    }
-
-    /// Runs until `pred` holds or `timeout` passes, watching every step;
-    /// whether `pred` held.
-    fn run_until<E: Elector>(
-        &mut self,
-        sim: &mut Sim<E>,
-        timeout: Duration,
-        pred: impl Fn(&Sim<E>) -> bool,
-    ) -> Result<bool, Violation> {
-        let held = sim.run_until(timeout, |s| {
-            self.observe(s);
-            self.clash.is_some() || pred(s)
-        })?;
-        match &self.clash {
-            Some(what) => Err(fail(sim, what)),
-            None => Ok(held),
-        }
-    }
-}
-
 /// A change reaches one follower only: the leader `l` appends it and is
 /// cut off from everyone but follower `f`, then both are cut off. The
 /// other three voters elect a leader without the entry and commit a
@@ -1287,10 +1252,7 @@ pub fn change_across_epochs<E: Elector>(
     wait_acked(&mut sim, acked + 20)?;
     let leader = change_and_commit(
         &mut sim,
-        |m| {
-            m.observers.retain(|o| *o != observer);
-            m.voters.push(observer);
-        },
+        |m| promote(m, observer),
         |m| m.is_voter(observer) && m.is_voter(gone),
     )?;
     if leader == l || leader == f {
@@ -1356,10 +1318,7 @@ pub fn concurrent_add_and_remove_same_node<E: Elector>(
         ..SimConfig::default()
     });
     let x = NodeId(100);
-    let promote = |m: &mut Membership| {
-        m.observers.retain(|o| *o != x);
-        m.voters.push(x);
-    };
+    let promote = |m: &mut Membership| promote(m, x);
     let remove = |m: &mut Membership| {
         m.voters.retain(|v| *v != x);
         m.observers.retain(|o| *o != x);
@@ -1477,8 +1436,9 @@ fn remove_from_two_nodes_crashing_at<E: Elector>(
         voters: 2,
         ..SimConfig::default()
     });
-    let mut watch = LeadersByEpoch::default();
-    if !watch.run_until(&mut sim, Duration::from_secs(20), |s| {
+    // Two leaders in one epoch fail the run (the simulator checks it
+    // after every step).
+    if !sim.run_until(Duration::from_secs(20), |s| {
         s.leader().is_some() && s.stats().acked > 20
     })? {
         return Err(fail(&sim, "two voters never elected and committed"));
@@ -1491,18 +1451,15 @@ fn remove_from_two_nodes_crashing_at<E: Elector>(
         .ok_or_else(|| fail(&sim, "the change is not pending"))?;
     for _ in 0..k {
         sim.step()?;
-        watch.observe(&sim);
     }
     sim.crash(o);
     let acked = sim.stats().acked;
-    let committed = watch.run_until(&mut sim, Duration::from_secs(5), |s| {
+    let committed = sim.run_until(Duration::from_secs(5), |s| {
         s.replica(l).is_some_and(|r| r.commit_zxid() >= change)
     })?;
     if committed {
         // The leader is a quorum of {leader} alone.
-        if !watch.run_until(&mut sim, Duration::from_secs(5), |s| {
-            s.stats().acked > acked + 20
-        })? {
+        if !sim.run_until(Duration::from_secs(5), |s| s.stats().acked > acked + 20)? {
             return Err(fail(
                 &sim,
                 "the leader alone stopped committing after removing the other voter",
@@ -1531,9 +1488,7 @@ fn remove_from_two_nodes_crashing_at<E: Elector>(
         return Err(fail(&sim, "the removed voter leads"));
     }
     let acked = sim.stats().acked;
-    if !watch.run_until(&mut sim, Duration::from_secs(20), |s| {
-        s.stats().acked > acked + 20
-    })? {
+    if !sim.run_until(Duration::from_secs(20), |s| s.stats().acked > acked + 20)? {
         return Err(fail(&sim, "commands stopped committing after the restart"));
     }
     // The removed voter, back with its old view, does not disturb the
@@ -1579,14 +1534,7 @@ pub fn member_down_during_change<E: Elector>(
     let acked = sim.stats().acked;
     wait_acked(&mut sim, acked + 10)?;
     change_and_commit(&mut sim, |m| m.observers.push(x), |m| m.is_observer(x))?;
-    let promoted = change_and_commit(
-        &mut sim,
-        |m| {
-            m.observers.retain(|o| *o != x);
-            m.voters.push(x);
-        },
-        |m| m.is_voter(x),
-    )?;
+    let promoted = change_and_commit(&mut sim, |m| promote(m, x), |m| m.is_voter(x))?;
     if sim.is_up(down) {
         return Err(fail(&sim, "the crashed follower came back too early"));
     }
@@ -1666,10 +1614,7 @@ fn change_then_leader_crash_at<E: Elector>(
     let x = NodeId(100);
     wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
-    let promote = |m: &mut Membership| {
-        m.observers.retain(|o| *o != x);
-        m.voters.push(x);
-    };
+    let promote = |m: &mut Membership| promote(m, x);
     let (l, m) = propose_change(&mut sim, |_, m| promote(m))?;
     let promoted = with(&m, promote);
     for _ in 0..k {
@@ -1726,26 +1671,7 @@ pub fn restart_after_changes_then_leader_lost<E: Elector>(
     wait_leader(&mut sim, None)?;
     wait_acked(&mut sim, 20)?;
     let newcomer = NodeId(100);
-    change_and_commit(
-        &mut sim,
-        |m| {
-            m.observers.retain(|o| *o != newcomer);
-            m.voters.push(newcomer);
-        },
-        |m| m.is_voter(newcomer),
-    )?;
-    let l = wait_leader(&mut sim, None)?;
-    let gone = sim
-        .node_ids()
-        .into_iter()
-        .find(|n| *n != l && *n != newcomer)
-        .ok_or_else(|| fail(&sim, "no follower to remove"))?;
-    change_and_commit(
-        &mut sim,
-        |m| m.voters.retain(|v| *v != gone),
-        |m| !m.is_member(gone),
-    )?;
-    sim.crash(gone);
+    replace_follower_by_observer(&mut sim)?;
     let l = wait_leader(&mut sim, None)?;
     let m = membership_on(&sim, l)?;
     let y = m
