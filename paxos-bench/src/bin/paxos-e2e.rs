@@ -225,19 +225,15 @@ async fn run(args: Args) -> Result<()> {
                 }
                 for (target, is_plain) in order {
                     let cpu_before = (target.cpu_time(), own_cpu_time());
-                    let r = loadgen::run(LoadSpec {
-                        addrs: target.client_addrs(),
+                    let r = loadgen::run(LoadSpec::new(
+                        target.client_addrs(),
+                        target.client_security(),
+                        workload,
                         concurrency,
-                        connections: concurrency.clamp(1, 8),
                         value_bytes,
                         duration,
-                        workload,
                         run_id,
-                        timeout: Duration::from_secs(5),
-                        security: target.client_security(),
-                        rate: None,
-                        stop: None,
-                    })
+                    ))
                     .await;
                     run_id += 1;
                     let ops = r.ok.max(1) as f64;
@@ -361,19 +357,15 @@ fn print_run(kind: &str, n: u64, value_bytes: usize, concurrency: usize, r: &Loa
 }
 
 async fn warm_up(cluster: &LocalCluster, run_id: u64) {
-    let _ = loadgen::run(LoadSpec {
-        addrs: cluster.client_addrs(),
-        concurrency: 64,
-        connections: 8,
-        value_bytes: 1024,
-        duration: Duration::from_secs(1),
-        workload: Workload::Writes,
+    let _ = loadgen::run(LoadSpec::new(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Workload::Writes,
+        64,
+        1024,
+        Duration::from_secs(1),
         run_id,
-        timeout: Duration::from_secs(5),
-        security: cluster.client_security(),
-        rate: None,
-        stop: None,
-    })
+    ))
     .await;
 }
 
@@ -416,6 +408,27 @@ async fn check_sample(cluster: &LocalCluster, r: &LoadResult) -> Result<()> {
 /// The principal the bench administers its cluster with.
 const ADMIN_CLIENT: &str = "ops";
 
+/// The load of the transfer and failover phases: 32 writers, with a
+/// request timeout that rides through an election.
+fn writers_under_a_fault(
+    cluster: &LocalCluster,
+    value_bytes: usize,
+    duration: Duration,
+    run_id: u64,
+) -> LoadSpec {
+    let mut spec = LoadSpec::new(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Workload::Writes,
+        32,
+        value_bytes,
+        duration,
+        run_id,
+    );
+    spec.timeout = Duration::from_secs(10);
+    spec
+}
+
 /// A leader transfer under load: 32 writers run while the leader hands
 /// over to a follower; a probe writing one command at a time records the
 /// longest gap between its acknowledgements around the hand-over.
@@ -434,19 +447,12 @@ async fn transfer(
         .context("a follower")?;
     let addrs = cluster.client_addrs();
     let run_for = duration.max(Duration::from_secs(3));
-    let load = tokio::spawn(loadgen::run(LoadSpec {
-        addrs: addrs.clone(),
-        concurrency: 32,
-        connections: 8,
+    let load = tokio::spawn(loadgen::run(writers_under_a_fault(
+        cluster,
         value_bytes,
-        duration: run_for,
-        workload: Workload::Writes,
+        run_for,
         run_id,
-        timeout: Duration::from_secs(10),
-        security: cluster.client_security(),
-        rate: None,
-        stop: None,
-    }));
+    )));
     let probe = Client::new(
         addrs.clone(),
         cluster.client_security(),
@@ -518,19 +524,12 @@ async fn failover(
     println!("== failover: 3 nodes, leader killed with SIGKILL under load");
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let addrs = cluster.client_addrs();
-    let load = tokio::spawn(loadgen::run(LoadSpec {
-        addrs: addrs.clone(),
-        concurrency: 32,
-        connections: 8,
+    let load = tokio::spawn(loadgen::run(writers_under_a_fault(
+        &cluster,
         value_bytes,
-        duration: duration.max(Duration::from_secs(3)),
-        workload: Workload::Writes,
+        duration.max(Duration::from_secs(3)),
         run_id,
-        timeout: Duration::from_secs(10),
-        security: cluster.client_security(),
-        rate: None,
-        stop: None,
-    }));
+    )));
     tokio::time::sleep(duration.max(Duration::from_secs(3)) / 3).await;
     // A probe writes with a short timeout until a write commits again. Its
     // session is opened before the kill, so that writes it loses during the
