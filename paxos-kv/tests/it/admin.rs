@@ -48,24 +48,36 @@ fn spawn_writer(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A cluster of `nodes` whose certificates include the admin principal
+/// "ops".
+fn admin_spec(nodes: u64, dir: &std::path::Path) -> ClusterSpec {
     let mut spec = ClusterSpec::new(
-        3,
-        dir.path().to_path_buf(),
+        nodes,
+        dir.to_path_buf(),
         PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
     );
     spec.clients.push(("ops".into(), Role::Admin));
-    let cluster = LocalCluster::start(spec).expect("cluster starts");
-    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
-    let addrs = cluster.client_addrs();
-    let ops = Client::new(
-        addrs.clone(),
+    spec
+}
+
+/// A client of every node with the admin role.
+fn ops_client(cluster: &LocalCluster) -> Client {
+    Client::new(
+        cluster.client_addrs(),
         cluster.client_security_for("ops").expect("ops certificate"),
         1,
         WAIT,
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = admin_spec(3, dir.path());
+    let cluster = LocalCluster::start(spec).expect("cluster starts");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let addrs = cluster.client_addrs();
+    let ops = ops_client(&cluster);
 
     // Neither a read-write nor a read-only principal may administer.
     for security in [
@@ -193,23 +205,13 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_promotes_an_observer_and_removes_a_voter_under_load() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = ClusterSpec::new(
-        4,
-        dir.path().to_path_buf(),
-        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
-    );
-    spec.clients.push(("ops".into(), Role::Admin));
+    let mut spec = admin_spec(4, dir.path());
     spec.extra_node_args = vec!["--observers".into(), "4".into()];
     let mut cluster = LocalCluster::start(spec).expect("cluster starts");
     let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
     assert_ne!(leader, 4, "an observer never leads");
     let addrs = cluster.client_addrs();
-    let ops = Client::new(
-        addrs.clone(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        1,
-        WAIT,
-    );
+    let ops = ops_client(&cluster);
     let admin = |req| {
         let ops = &ops;
         async move {
@@ -326,21 +328,11 @@ async fn admin_until_done(ops: &Client, req: AdminRequest) -> serde_json::Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_machine_joins_and_replaces_a_voter_under_load() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = ClusterSpec::new(
-        3,
-        dir.path().to_path_buf(),
-        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
-    );
-    spec.clients.push(("ops".into(), Role::Admin));
+    let spec = admin_spec(3, dir.path());
     let mut cluster = LocalCluster::start(spec).expect("cluster starts");
     let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let addrs = cluster.client_addrs();
-    let ops = Client::new(
-        addrs.clone(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        1,
-        WAIT,
-    );
+    let ops = ops_client(&cluster);
     let writer = Client::new(addrs.clone(), cluster.client_security(), 3, WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let task = spawn_writer(writer, "j", stop.clone());
@@ -462,12 +454,7 @@ async fn a_new_machine_joins_and_replaces_a_voter_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_hands_over_first() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = ClusterSpec::new(
-        3,
-        dir.path().to_path_buf(),
-        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
-    );
-    spec.clients.push(("ops".into(), Role::Admin));
+    let spec = admin_spec(3, dir.path());
     let mut cluster = LocalCluster::start(spec).expect("cluster starts");
     let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
     for peer in [1, 2, 3].into_iter().filter(|p| *p != leader) {
@@ -477,12 +464,7 @@ async fn removing_the_leader_hands_over_first() {
             .expect("every node follows the leader");
     }
     let addrs = cluster.client_addrs();
-    let ops = Client::new(
-        addrs.clone(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        1,
-        WAIT,
-    );
+    let ops = ops_client(&cluster);
     let removed = admin_until_done(
         &ops,
         AdminRequest::Change {
