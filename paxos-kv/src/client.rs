@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client_proto::{next_frame, write_frames, AdminRequest, ReadMode, Request, Response};
 use crate::kv::{KvCommand, KvOp, KvResult};
+use crate::shard::group_of;
 use crate::tls::{describe_tls_error, ClientSecurity, ClientTlsConfig};
 
 /// A failed client call.
@@ -185,11 +186,22 @@ impl Conn {
 /// unique and a copy of its first write does not outlive the session (see
 /// [`crate::kv`]). After [`ClientError::SessionExpired`] either kind
 /// continues as a fresh cluster-assigned session.
+///
+/// Against a cluster that hosts many groups, a session is one session per
+/// group its writes go to (each group's store deduplicates on its own): a
+/// client-named session uses its id in every group, each with its own
+/// sequence; an assigned one is opened in each group at its first write
+/// there.
 #[derive(Debug)]
 pub struct Session {
-    /// `None` until the cluster assigned an id (or after expiry).
+    /// Group 0's (the only group of a single-group cluster).
     id: Option<u64>,
     next_seq: u64,
+    /// Every other group written to: its id (`None` until assigned) and
+    /// next sequence.
+    others: std::collections::BTreeMap<u32, (Option<u64>, u64)>,
+    /// A client-named session's id, which every group starts with.
+    named: Option<u64>,
 }
 
 impl Session {
@@ -200,6 +212,8 @@ impl Session {
         Session {
             id: Some(id),
             next_seq: 1,
+            others: std::collections::BTreeMap::new(),
+            named: Some(id),
         }
     }
 
@@ -208,11 +222,23 @@ impl Session {
         Session {
             id: None,
             next_seq: 1,
+            others: std::collections::BTreeMap::new(),
+            named: None,
         }
     }
 
-    /// The session id, once known (`None` for an assigned session not yet
-    /// opened, or one that expired).
+    /// The id and next sequence of the session in `group`.
+    fn slot(&mut self, group: u32) -> (&mut Option<u64>, &mut u64) {
+        if group == 0 {
+            return (&mut self.id, &mut self.next_seq);
+        }
+        let named = self.named;
+        let (id, seq) = self.others.entry(group).or_insert((named, 1));
+        (id, seq)
+    }
+
+    /// The session id (in group 0), once known (`None` for an assigned
+    /// session not yet opened, or one that expired).
     pub fn id(&self) -> Option<u64> {
         self.id
     }
@@ -223,6 +249,11 @@ pub struct Client {
     addrs: Vec<SocketAddr>,
     security: ClientSecurity,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// Connections to other nodes, to the leaders of groups that the
+    /// current connection's node does not lead (many groups only).
+    pool: tokio::sync::Mutex<std::collections::BTreeMap<SocketAddr, Arc<Conn>>>,
+    /// The cluster's groups and where each one's leader is, as learned.
+    routing: parking_lot::Mutex<Routing>,
     next_id: AtomicU64,
     /// Where in `addrs` the next connection without a preferred address
     /// starts: past the last node that could not serve (down, or without
@@ -266,6 +297,8 @@ impl Client {
             addrs,
             security,
             conn: tokio::sync::Mutex::new(None),
+            pool: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
+            routing: parking_lot::Mutex::new(Routing::default()),
             next_id: AtomicU64::new(1),
             start: AtomicUsize::new(0),
             session: tokio::sync::Mutex::new(session),
@@ -294,6 +327,13 @@ impl Client {
     }
 
     async fn connect(&self, prefer: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
+        if let Some(p) = prefer {
+            if let Some(c) = self.pool.lock().await.get(&p) {
+                if c.is_usable() {
+                    return Ok(c.clone());
+                }
+            }
+        }
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             if prefer.is_none_or(|p| p == c.addr) && c.is_usable() {
@@ -315,6 +355,17 @@ impl Client {
             match tokio::time::timeout(self.timeout, open(*addr, &self.security)).await {
                 Ok(Ok(conn)) => {
                     let conn = Arc::new(conn);
+                    if self.routing.lock().groups > 1 {
+                        // Kept for the groups this node leads.
+                        let mut pool = self.pool.lock().await;
+                        if pool.len() >= MAX_POOLED_CONNECTIONS {
+                            pool.retain(|_, c| c.is_usable());
+                            if pool.len() >= MAX_POOLED_CONNECTIONS {
+                                pool.clear();
+                            }
+                        }
+                        pool.insert(conn.addr, conn.clone());
+                    }
                     *guard = Some(conn.clone());
                     return Ok(conn);
                 }
@@ -396,10 +447,16 @@ impl Client {
     /// any attempt that may have been proposed fails with
     /// [`ClientError::OutcomeUnknown`], never with a definite error.
     async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        self.call_to(None, req).await
+    }
+
+    /// [`call`](Client::call) for a request of `group`: sent to where its
+    /// leader was last seen, and where it is found is remembered.
+    async fn call_to(&self, group: Option<u32>, req: Request) -> Result<Response, ClientError> {
         let attempts = 2 * self.addrs.len() + 8;
-        let is_write = matches!(req, Request::Write(_));
+        let is_write = matches!(req.innermost(), Request::Write(_));
         let mut in_doubt = false;
-        let mut prefer = None;
+        let mut prefer = group.and_then(|g| self.routing.lock().leader(g));
         let mut last: Option<ClientError> = None;
         // Nodes that answered "not the leader" during this call (bounded
         // by the attempts).
@@ -426,6 +483,9 @@ impl Client {
                     prefer = addr
                         .and_then(|a| a.parse().ok())
                         .filter(|a| !no_leader_at.contains(a));
+                    if let Some(g) = group {
+                        self.routing.lock().set_leader(g, prefer);
+                    }
                     self.skip_past(conn.addr);
                     self.drop_conn(&conn).await;
                     last = Some(ClientError::Node("no leader yet".into()));
@@ -453,7 +513,12 @@ impl Client {
                         ),
                     })
                 }
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    if let Some(g) = group {
+                        self.routing.lock().set_leader(g, Some(conn.addr));
+                    }
+                    return Ok(resp);
+                }
                 // The same certificate would be refused again.
                 Err(AttemptError {
                     error: e @ ClientError::Tls(_),
@@ -493,6 +558,12 @@ impl Client {
     }
 
     async fn drop_conn(&self, conn: &Arc<Conn>) {
+        {
+            let mut pool = self.pool.lock().await;
+            if pool.get(&conn.addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                pool.remove(&conn.addr);
+            }
+        }
         let mut guard = self.conn.lock().await;
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *guard = None;
@@ -500,14 +571,15 @@ impl Client {
     }
 
     /// Opens a cluster-assigned session and returns its id.
-    async fn open_session(&self) -> Result<u64, ClientError> {
+    async fn open_session(&self, group: u32, groups: u32) -> Result<u64, ClientError> {
         let cmd = KvCommand {
             principal: self.principal.clone(),
             client: 0,
             seq: 0,
             op: KvOp::OpenSession,
         };
-        match self.call(Request::Write(cmd.to_bytes())).await? {
+        let req = in_group(group, groups, Request::Write(cmd.to_bytes()));
+        match self.call_to(Some(group), req).await? {
             Response::Written(r) => {
                 match KvResult::decode(r).map_err(|e| ClientError::Unexpected(e.to_string()))? {
                     KvResult::SessionOpened { session } => Ok(session),
@@ -524,27 +596,37 @@ impl Client {
     /// Runs one replicated write in `session` and returns its result. An
     /// assigned session not yet opened is opened first.
     pub async fn write_in(&self, session: &mut Session, op: KvOp) -> Result<KvResult, ClientError> {
-        let id = match session.id {
+        let groups = self.groups().await?;
+        let group = match &op {
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => {
+                group_of(key, groups)
+            }
+            KvOp::OpenSession => 0,
+        };
+        let id = match *session.slot(group).0 {
             Some(id) => id,
             None => {
-                let id = self.open_session().await?;
-                session.id = Some(id);
+                let id = self.open_session(group, groups).await?;
+                let (sid, next_seq) = session.slot(group);
+                *sid = Some(id);
                 // The open was the session's sequence 1.
-                session.next_seq = 2;
+                *next_seq = 2;
                 id
             }
         };
+        let (_, next_seq) = session.slot(group);
         // The sequence advances even if this call fails: a late copy of it
         // is then refused by the store instead of being applied out of order.
-        let seq = session.next_seq;
-        session.next_seq += 1;
+        let seq = *next_seq;
+        *next_seq += 1;
         let cmd = KvCommand {
             principal: self.principal.clone(),
             client: id,
             seq,
             op,
         };
-        let response = match self.call(Request::Write(cmd.to_bytes())).await {
+        let req = in_group(group, groups, Request::Write(cmd.to_bytes()));
+        let response = match self.call_to(Some(group), req).await {
             Ok(r) => r,
             Err(e) => {
                 if seq == 1 {
@@ -552,8 +634,9 @@ impl Client {
                     // outcome: if it never commits, the cluster does not know
                     // the session and would refuse its next write as expired.
                     // Go on in a cluster-assigned session instead.
-                    session.id = None;
-                    session.next_seq = 1;
+                    let (sid, next_seq) = session.slot(group);
+                    *sid = None;
+                    *next_seq = 1;
                 }
                 return Err(e);
             }
@@ -566,8 +649,9 @@ impl Client {
                     ))),
                     KvResult::SessionExpired { session: expired } => {
                         // Never reuse the id: the next write opens a new one.
-                        session.id = None;
-                        session.next_seq = 1;
+                        let (sid, next_seq) = session.slot(group);
+                        *sid = None;
+                        *next_seq = 1;
                         tracing::info!(session = expired, seq, "session expired");
                         Err(ClientError::SessionExpired {
                             session: expired,
@@ -577,9 +661,31 @@ impl Client {
                     result => Ok(result),
                 }
             }
-            Response::Error(e) => Err(ClientError::Node(e)),
+            Response::Error(e) => {
+                if e.starts_with("wrong group") {
+                    self.routing.lock().forget();
+                }
+                Err(ClientError::Node(e))
+            }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The cluster's group count, asked of any node the first time.
+    pub async fn groups(&self) -> Result<u32, ClientError> {
+        let known = self.routing.lock().groups;
+        if known > 0 {
+            return Ok(known);
+        }
+        let status = match self.call(Request::Status).await? {
+            Response::Status(s) => s,
+            Response::Error(e) => return Err(ClientError::Node(e)),
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        let routing = Routing::from_status(&status)?;
+        let groups = routing.groups;
+        *self.routing.lock() = routing;
+        Ok(groups)
     }
 
     /// Runs one replicated write in the default session.
@@ -620,9 +726,17 @@ impl Client {
 
     /// Reads `key`.
     pub async fn get(&self, key: Bytes, mode: ReadMode) -> Result<Option<Bytes>, ClientError> {
-        match self.call(Request::Get { key, mode }).await? {
+        let groups = self.groups().await?;
+        let group = group_of(&key, groups);
+        let req = in_group(group, groups, Request::Get { key, mode });
+        match self.call_to(Some(group), req).await? {
             Response::Value(v) => Ok(v),
-            Response::Error(e) => Err(ClientError::Node(e)),
+            Response::Error(e) => {
+                if e.starts_with("wrong group") {
+                    self.routing.lock().forget();
+                }
+                Err(ClientError::Node(e))
+            }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -640,23 +754,117 @@ impl Client {
         }
     }
 
-    /// The status JSON of the node at `addr` (no redirect).
+    /// The status JSON of the node at `addr` (no redirect). On a node
+    /// hosting many groups it summarises them (see
+    /// [`group_status_of`](Client::group_status_of) for one).
     pub async fn status_of(
         addr: SocketAddr,
         security: &ClientSecurity,
         timeout: Duration,
     ) -> Result<String, ClientError> {
+        Client::ask_status(addr, security, timeout, Request::Status).await
+    }
+
+    /// The status JSON of group `group` at the node at `addr` (a node
+    /// hosting many groups; group 0 is a single-group node's only one).
+    pub async fn group_status_of(
+        addr: SocketAddr,
+        security: &ClientSecurity,
+        timeout: Duration,
+        group: u32,
+    ) -> Result<String, ClientError> {
+        let req = Request::InGroup {
+            group,
+            inner: Box::new(Request::Status),
+        };
+        Client::ask_status(addr, security, timeout, req).await
+    }
+
+    async fn ask_status(
+        addr: SocketAddr,
+        security: &ClientSecurity,
+        timeout: Duration,
+        req: Request,
+    ) -> Result<String, ClientError> {
         let c = Client::new(vec![addr], security.clone(), 0, timeout);
         let conn = c.connect(Some(addr)).await?;
-        match c
-            .call_once(&conn, Request::Status)
-            .await
-            .map_err(|e| e.error)?
-        {
+        match c.call_once(&conn, req).await.map_err(|e| e.error)? {
             Response::Status(s) => Ok(s),
             Response::Error(e) => Err(ClientError::Node(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+}
+
+/// Connections a client keeps to the nodes leading its groups, at most.
+const MAX_POOLED_CONNECTIONS: usize = 64;
+
+/// `req` as sent for `group`: wrapped when the cluster has many groups
+/// (a single-group node is sent the plain request it has always taken).
+fn in_group(group: u32, groups: u32, req: Request) -> Request {
+    if groups > 1 {
+        Request::InGroup {
+            group,
+            inner: Box::new(req),
+        }
+    } else {
+        req
+    }
+}
+
+/// What a client knows of the cluster's groups: how many (0: not asked
+/// yet) and where each one's leader was last seen.
+#[derive(Debug, Default)]
+struct Routing {
+    groups: u32,
+    leaders: Vec<Option<SocketAddr>>,
+}
+
+impl Routing {
+    /// From a node's status JSON: `groups` (absent: one) and, for many,
+    /// each group's leader id and the members' client addresses.
+    fn from_status(status: &str) -> Result<Routing, ClientError> {
+        let v: serde_json::Value = serde_json::from_str(status)
+            .map_err(|e| ClientError::Unexpected(format!("status is not JSON: {e}")))?;
+        let groups = match v.get("groups") {
+            None => 1,
+            Some(g) => g
+                .as_u64()
+                .and_then(|g| u32::try_from(g).ok())
+                .filter(|&g| (1..=crate::node::MAX_GROUPS).contains(&g))
+                .ok_or_else(|| ClientError::Unexpected(format!("status names {g} groups")))?,
+        };
+        let mut leaders = vec![None; if groups > 1 { groups as usize } else { 0 }];
+        if groups > 1 {
+            let addrs = v.get("client_addrs").and_then(|a| a.as_object());
+            if let (Some(ids), Some(addrs)) =
+                (v.get("group_leaders").and_then(|l| l.as_array()), addrs)
+            {
+                for (slot, id) in leaders.iter_mut().zip(ids) {
+                    *slot = id
+                        .as_u64()
+                        .and_then(|id| addrs.get(&id.to_string()))
+                        .and_then(|a| a.as_str())
+                        .and_then(|a| a.parse().ok());
+                }
+            }
+        }
+        Ok(Routing { groups, leaders })
+    }
+
+    fn leader(&self, group: u32) -> Option<SocketAddr> {
+        self.leaders.get(group as usize).copied().flatten()
+    }
+
+    fn set_leader(&mut self, group: u32, addr: Option<SocketAddr>) {
+        if let Some(slot) = self.leaders.get_mut(group as usize) {
+            *slot = addr;
+        }
+    }
+
+    /// Asks again before the next request (a node refused the routing).
+    fn forget(&mut self) {
+        *self = Routing::default();
     }
 }
 

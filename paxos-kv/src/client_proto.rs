@@ -48,6 +48,16 @@ pub enum Request {
     Status,
     /// A cluster administration command (role `admin` only).
     Admin(AdminRequest),
+    /// `inner` for group `group` of a node hosting many: a keyless write
+    /// (opening a session), a group's status or an administration command
+    /// of that group. A keyed request that names a group its key does not
+    /// hash to is refused ([`crate::shard`]). Never nested.
+    InGroup {
+        /// The group.
+        group: u32,
+        /// The request.
+        inner: Box<Request>,
+    },
 }
 
 /// A cluster administration command.
@@ -238,12 +248,31 @@ fn text(src: &mut Bytes) -> Result<String, ProtoError> {
 }
 
 impl Request {
+    /// The request itself, or the one an [`Request::InGroup`] carries.
+    pub fn innermost(&self) -> &Request {
+        match self {
+            Request::InGroup { inner, .. } => inner,
+            other => other,
+        }
+    }
+
     /// Appends `u32 len | id | body` to `buf`.
     pub fn encode_frame(&self, id: u64, buf: &mut BytesMut) {
         let start = buf.len();
         buf.put_u32_le(0);
         buf.put_u64_le(id);
+        self.encode_body(buf);
+        let len = (buf.len() - start - 4) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    fn encode_body(&self, buf: &mut BytesMut) {
         match self {
+            Request::InGroup { group, inner } => {
+                buf.put_u8(5);
+                buf.put_u32_le(*group);
+                inner.encode_body(buf);
+            }
             Request::Write(cmd) => {
                 buf.put_u8(1);
                 buf.put_slice(cmd);
@@ -281,8 +310,6 @@ impl Request {
                 }
             }
         }
-        let len = (buf.len() - start - 4) as u32;
-        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     }
 
     /// Decodes a frame body (without its length prefix) into `(id, request)`.
@@ -291,12 +318,33 @@ impl Request {
             return Err(ProtoError::Truncated);
         }
         let id = src.get_u64_le();
+        let req = Request::decode_body(id, src, true)?;
+        Ok((id, req))
+    }
+
+    /// Decodes a request body (tag and fields); `outer`: an
+    /// [`Request::InGroup`] may wrap it.
+    fn decode_body(id: u64, mut src: Bytes, outer: bool) -> Result<Request, ProtoError> {
+        if src.remaining() < 1 {
+            return Err(ProtoError::Truncated);
+        }
         let req = match src.get_u8() {
+            5 if outer => {
+                if src.remaining() < 4 {
+                    return Err(ProtoError::Truncated);
+                }
+                let group = src.get_u32_le();
+                let inner = Request::decode_body(id, src, false)?;
+                return Ok(Request::InGroup {
+                    group,
+                    inner: Box::new(inner),
+                });
+            }
             1 => {
                 // Validate; keep the zero-copy slice for the replicated log.
                 KvCommand::decode(src.clone())
                     .map_err(|source| ProtoError::Command { id, source })?;
-                return Ok((id, Request::Write(src)));
+                return Ok(Request::Write(src));
             }
             2 => {
                 if src.remaining() < 1 {
@@ -355,7 +403,7 @@ impl Request {
         if src.has_remaining() {
             return Err(ProtoError::Trailing(src.remaining()));
         }
-        Ok((id, req))
+        Ok(req)
     }
 }
 

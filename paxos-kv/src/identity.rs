@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 pub const WAL_DIR: &str = "wal";
 /// The directory of the node's snapshots in its data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
+/// The directory under which a node hosting many groups keeps each one's
+/// files (`groups/<index>/wal`, `groups/<index>/snapshots`).
+pub const GROUPS_DIR: &str = "groups";
 /// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// The first line of an identity file.
@@ -57,6 +60,10 @@ pub struct Identity {
     pub node: u64,
     /// Member or recovering.
     pub standing: Standing,
+    /// The Paxos groups the node hosts (`--groups`), fixed at the first
+    /// start: keys map to groups by it. Written only when above 1, so a
+    /// single-group node's file is as older builds wrote it.
+    pub groups: u32,
 }
 
 /// How a node whose data directory is empty was told to start.
@@ -116,6 +123,16 @@ pub enum IdentityError {
         /// The node configured.
         expected: u64,
     },
+    /// The data directory was made for another group count.
+    #[error("{dir} holds a node of {found} groups, not --groups {expected}: keys map to groups by their count, which is fixed when the cluster is created; start the node with --groups {found}")]
+    OtherGroups {
+        /// The data directory.
+        dir: PathBuf,
+        /// The count recorded.
+        found: u32,
+        /// The count configured.
+        expected: u32,
+    },
     /// State without an identity file.
     #[error("{dir} holds {what} but no {IDENTITY_FILE} file: it was written by an older build or is damaged; this build will not guess whose state it is")]
     NoIdentity {
@@ -156,10 +173,14 @@ impl Identity {
             Standing::Member => "member",
             Standing::Recovering => "recovering",
         };
-        format!(
+        let mut text = format!(
             "{HEADER}\ncluster {}\nnode {}\nstanding {standing}\n",
             self.cluster, self.node
-        )
+        );
+        if self.groups != 1 {
+            text.push_str(&format!("groups {}\n", self.groups));
+        }
+        text
     }
 
     fn decode(path: &Path, text: &str) -> Result<Identity, IdentityError> {
@@ -188,6 +209,14 @@ impl Identity {
             "recovering" => Standing::Recovering,
             _ => return Err(bad("unknown standing")),
         };
+        let groups = match lines.next() {
+            None => 1,
+            Some(l) => l
+                .strip_prefix("groups ")
+                .and_then(|g| g.parse::<u32>().ok())
+                .filter(|&g| g >= 1)
+                .ok_or_else(|| bad("bad groups line"))?,
+        };
         if cluster.is_empty() || cluster.contains(char::is_whitespace) {
             return Err(bad("bad cluster id"));
         }
@@ -195,6 +224,7 @@ impl Identity {
             cluster,
             node,
             standing,
+            groups,
         })
     }
 }
@@ -264,6 +294,27 @@ fn look(dir: &Path) -> Found {
     }
 }
 
+/// [`look`] over a node's groups: a node hosting more than one keeps each
+/// group's files under `groups/<index>`; a part is found if every group
+/// has it (for `log` and `hard_state`) or any has it (`snapshots`).
+fn look_groups(dir: &Path, groups: u32) -> Found {
+    if groups <= 1 {
+        return look(dir);
+    }
+    let each: Vec<Found> = (0..groups)
+        .map(|g| look(&dir.join(GROUPS_DIR).join(g.to_string())))
+        .collect();
+    let any: Vec<Found> = vec![look(dir)];
+    Found {
+        log: each.iter().all(|f| f.log),
+        hard_state: each.iter().all(|f| f.hard_state),
+        snapshots: each
+            .iter()
+            .chain(&any)
+            .any(|f| f.snapshots || f.log || f.hard_state),
+    }
+}
+
 /// Checks `dir` before the node opens its storage, and writes the identity
 /// at a first start. Returns the identity the node runs with.
 pub fn check(
@@ -271,10 +322,18 @@ pub fn check(
     cluster: &str,
     node: u64,
     empty: EmptyStart,
+    groups: u32,
 ) -> Result<Identity, IdentityError> {
-    let found = look(dir);
+    let found = look_groups(dir, groups);
     match read(dir)? {
         Some(id) => {
+            if id.groups != groups {
+                return Err(IdentityError::OtherGroups {
+                    dir: dir.into(),
+                    found: id.groups,
+                    expected: groups,
+                });
+            }
             if id.cluster != cluster {
                 return Err(IdentityError::OtherCluster {
                     dir: dir.into(),
@@ -343,6 +402,7 @@ pub fn check(
                 cluster: cluster.into(),
                 node,
                 standing,
+                groups,
             };
             write(dir, &id)?;
             Ok(id)
@@ -378,43 +438,79 @@ mod tests {
     #[test]
     fn an_empty_directory_needs_a_flag_and_the_flag_decides_the_standing() {
         let d = tempfile::tempdir().unwrap();
-        let e = check(d.path(), "c1", 1, EmptyStart::Refuse).unwrap_err();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 1).unwrap_err();
         assert!(matches!(e, IdentityError::EmptyWithoutFlag { .. }), "{e}");
         assert!(e.to_string().contains("--rejoin") && e.to_string().contains("--bootstrap"));
-        let id = check(d.path(), "c1", 1, EmptyStart::Rejoin).unwrap();
+        let id = check(d.path(), "c1", 1, EmptyStart::Rejoin, 1).unwrap();
         assert_eq!(id.standing, Standing::Recovering);
         assert_eq!(read(d.path()).unwrap(), Some(id));
         let d = tempfile::tempdir().unwrap();
-        let id = check(d.path(), "c1", 1, EmptyStart::Bootstrap).unwrap();
+        let id = check(d.path(), "c1", 1, EmptyStart::Bootstrap, 1).unwrap();
         assert_eq!(id.standing, Standing::Member);
     }
 
     #[test]
     fn a_directory_of_another_cluster_or_node_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        check(d.path(), "c1", 1, EmptyStart::Bootstrap).unwrap();
+        check(d.path(), "c1", 1, EmptyStart::Bootstrap, 1).unwrap();
         populate(d.path());
-        check(d.path(), "c1", 1, EmptyStart::Refuse).unwrap();
-        let e = check(d.path(), "c2", 1, EmptyStart::Refuse).unwrap_err();
+        check(d.path(), "c1", 1, EmptyStart::Refuse, 1).unwrap();
+        let e = check(d.path(), "c2", 1, EmptyStart::Refuse, 1).unwrap_err();
         assert!(matches!(e, IdentityError::OtherCluster { .. }), "{e}");
-        let e = check(d.path(), "c1", 2, EmptyStart::Refuse).unwrap_err();
+        let e = check(d.path(), "c1", 2, EmptyStart::Refuse, 1).unwrap_err();
         assert!(matches!(e, IdentityError::OtherNode { .. }), "{e}");
-        let e = check(d.path(), "c1", 1, EmptyStart::Rejoin).unwrap_err();
+        let e = check(d.path(), "c1", 1, EmptyStart::Rejoin, 1).unwrap_err();
         assert!(matches!(e, IdentityError::FlagOnExisting { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_group_count_is_recorded_and_a_different_one_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let id = check(d.path(), "c1", 1, EmptyStart::Bootstrap, 8).unwrap();
+        assert_eq!(id.groups, 8);
+        assert_eq!(read(d.path()).unwrap(), Some(id));
+        for g in 0..8 {
+            populate(&d.path().join(GROUPS_DIR).join(g.to_string()));
+        }
+        check(d.path(), "c1", 1, EmptyStart::Refuse, 8).unwrap();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IdentityError::OtherGroups {
+                    found: 8,
+                    expected: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // One group's log gone is a damaged node, as for a single group.
+        std::fs::remove_dir_all(d.path().join(GROUPS_DIR).join("3").join("wal")).unwrap();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 8).unwrap_err();
+        assert!(matches!(e, IdentityError::Damaged { .. }), "{e}");
+        // A single-group file reads as one group and is written as before.
+        let one = Identity {
+            cluster: "c1".into(),
+            node: 1,
+            standing: Standing::Member,
+            groups: 1,
+        };
+        assert!(!one.encode().contains("groups"));
     }
 
     #[test]
     fn lost_hard_state_or_log_is_refused_and_names_rejoin() {
         let d = tempfile::tempdir().unwrap();
-        check(d.path(), "c1", 1, EmptyStart::Bootstrap).unwrap();
+        check(d.path(), "c1", 1, EmptyStart::Bootstrap, 1).unwrap();
         populate(d.path());
         std::fs::remove_file(d.path().join("wal/hardstate")).unwrap();
-        let e = check(d.path(), "c1", 1, EmptyStart::Refuse).unwrap_err();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 1).unwrap_err();
         assert!(e.to_string().contains("hard-state"), "{e}");
         assert!(e.to_string().contains("--rejoin"), "{e}");
         populate(d.path());
         std::fs::remove_dir_all(d.path().join("wal/log")).unwrap();
-        let e = check(d.path(), "c1", 1, EmptyStart::Refuse).unwrap_err();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 1).unwrap_err();
         assert!(e.to_string().contains("the log"), "{e}");
     }
 
@@ -427,7 +523,7 @@ mod tests {
             EmptyStart::Bootstrap,
             EmptyStart::Rejoin,
         ] {
-            let e = check(d.path(), "c1", 1, flag).unwrap_err();
+            let e = check(d.path(), "c1", 1, flag, 1).unwrap_err();
             assert!(matches!(e, IdentityError::NoIdentity { .. }), "{e}");
         }
     }
@@ -436,7 +532,7 @@ mod tests {
     fn a_malformed_identity_is_refused() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join(IDENTITY_FILE), "garbage").unwrap();
-        let e = check(d.path(), "c1", 1, EmptyStart::Refuse).unwrap_err();
+        let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 1).unwrap_err();
         assert!(matches!(e, IdentityError::Malformed { .. }), "{e}");
     }
 }

@@ -74,4 +74,5 @@ pub mod client_proto;
 pub mod identity;
 pub mod kv;
 pub mod node;
+pub mod shard;
 pub mod tls;

@@ -701,6 +701,39 @@ impl LocalCluster {
         )
     }
 
+    /// For nodes hosting many groups (`--groups`): waits until every group
+    /// has a leader among the running nodes and no running node is still
+    /// looking for one in any group; returns how many groups each running
+    /// node leads.
+    pub async fn wait_all_groups_led(&self, timeout: Duration) -> Result<BTreeMap<u64, u64>> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no status");
+        while Instant::now() < deadline {
+            let st = self.statuses().await;
+            let groups = st.values().filter_map(|v| v["groups"].as_u64()).max();
+            if let Some(groups) = groups {
+                let led: BTreeMap<u64, u64> = st
+                    .iter()
+                    .map(|(&id, v)| (id, v["led"].as_u64().unwrap_or(0)))
+                    .collect();
+                let looking: u64 = st
+                    .values()
+                    .map(|v| v["looking"].as_u64().unwrap_or(0))
+                    .sum();
+                let total: u64 = led.values().sum();
+                if total == groups && looking == 0 && st.len() == self.children.len() {
+                    return Ok(led);
+                }
+                last = format!("{total} of {groups} groups led, {looking} looking: {led:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "not every group led within {timeout:?} ({last}); see the node logs under {}",
+            self.spec.base_dir.display()
+        )
+    }
+
     /// Waits until `leader` reports `peer` connected and in its broadcast
     /// phase (it has joined the leader's epoch and receives the stream), so
     /// that a hand-over to it or a change counting it can be asked.

@@ -69,6 +69,11 @@ enum Command {
         /// Applied entries between local snapshots (0: never).
         #[arg(long, default_value_t = 1_000_000)]
         snapshot_every: u64,
+        /// Paxos groups this node hosts; keys are spread over them by hash.
+        /// Every node of the cluster must use the same value, and it is
+        /// fixed once the data directory holds data.
+        #[arg(long, default_value_t = 1)]
+        groups: u32,
         /// Log entries kept below the cleanup point after a snapshot, so
         /// that a briefly lagging follower still catches up by DIFF rather
         /// than by a whole snapshot.
@@ -266,6 +271,7 @@ fn main() -> Result<()> {
             election_timeout_ms,
             segment_mib,
             snapshot_every,
+            groups,
             retention_entries,
             loopback,
             max_sessions,
@@ -310,6 +316,7 @@ fn main() -> Result<()> {
             opts.election_timeout = Duration::from_millis(election_timeout_ms);
             opts.segment_bytes = segment_mib << 20;
             opts.snapshot_every = snapshot_every;
+            opts.groups = groups;
             opts.retention_entries = retention_entries;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;

@@ -261,6 +261,16 @@ impl KvCommand {
         }
     }
 
+    /// The key an encoded command writes (`None` for one without a key,
+    /// such as opening a session): what a node hosting many groups routes
+    /// by. Decodes the command (zero-copy), so a malformed one is an error.
+    pub fn key_of(src: &Bytes) -> Result<Option<Bytes>, KvCodecError> {
+        Ok(match KvCommand::decode(src.clone())?.op {
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => Some(key),
+            KvOp::OpenSession => None,
+        })
+    }
+
     /// Decodes a command; keys and values are zero-copy slices of `src`.
     pub fn decode(mut src: Bytes) -> Result<KvCommand, KvCodecError> {
         let total = src.len();

@@ -52,7 +52,7 @@ impl Driver {
             reply.send(self.leader_hint());
             return;
         }
-        let mut book = self.members.clone();
+        let mut book = self.host.members.borrow().clone();
         if let Some(a) = addrs {
             if node == self.id {
                 reply.send(Response::Error(format!(
@@ -203,13 +203,18 @@ impl Driver {
                 }
             };
             for (id, m) in book {
-                if id == self.id.0 || self.members.get(&id) == Some(&m) {
+                if id == self.id.0 || self.host.members.borrow().get(&id) == Some(&m) {
                     continue;
                 }
-                match self.transport.add_peer(PeerId(id), m.peer) {
+                match self
+                    .host
+                    .transport
+                    .borrow_mut()
+                    .add_peer(PeerId(id), m.peer)
+                {
                     Ok(_) => {
                         tracing::info!(peer = id, addr = %m.peer, client = %m.client, "learned a member's addresses from the membership");
-                        self.members.insert(id, m);
+                        self.host.members.borrow_mut().insert(id, m);
                     }
                     Err(e) => {
                         tracing::warn!(peer = id, error = %e, "could not add a member to the transport")
@@ -269,7 +274,7 @@ impl Driver {
             ));
             return;
         }
-        if !self.members.contains_key(&to.0) {
+        if !self.host.members.borrow().contains_key(&to.0) {
             reply.send(Response::Error(format!(
                 "node {to} is not a member of this cluster"
             )));
@@ -341,7 +346,7 @@ impl Driver {
                     "id": id.0,
                     "role": role,
                     "leader": leader == Some(id),
-                    "client_addr": self.members.get(&id.0).map(|m| m.client.to_string()),
+                    "client_addr": self.host.members.borrow().get(&id.0).map(|m| m.client.to_string()),
                     "matched": p.map(|p| format!("{:?}", p.matched)),
                     "in_broadcast": p.map(|p| p.in_broadcast),
                     "recovering": p.map(|p| p.recovering),

@@ -140,11 +140,7 @@ impl ToDriver {
     /// Queues a request for the driver, waiting for room (in count and in
     /// bytes). `Err` once the driver is gone.
     async fn send(&self, req: Request, reply: Reply) -> Result<(), ()> {
-        let bytes = match &req {
-            Request::Write(cmd) => cmd.len(),
-            Request::Get { key, .. } => key.len(),
-            Request::Status | Request::Admin(_) => 0,
-        };
+        let bytes = request_bytes(&req);
         // A frame is at most MAX_CLIENT_FRAME_BYTES, well below the budget.
         let budget = self.budget.take(bytes.max(1)).await;
         let msg = ClientMsg {
@@ -153,6 +149,46 @@ impl ToDriver {
             _budget: budget,
         };
         self.tx.send(msg).await.map_err(|_| ())
+    }
+}
+
+/// Why `principal` may not make `req` (`None`: it may): writes need role
+/// rw, administration role admin, and a command must name the principal
+/// the connection proved (sessions belong to principals).
+fn forbidden(principal: &Principal, req: &Request) -> Option<String> {
+    match req {
+        Request::Write(_) if !principal.role().may_write() => Some(format!(
+            "{FORBIDDEN_PREFIX} principal {} has role {}; writes need role rw",
+            principal.name(),
+            principal.role()
+        )),
+        Request::Admin(_) if !principal.role().may_admin() => Some(format!(
+            "{FORBIDDEN_PREFIX} principal {} has role {}; admin commands need role admin",
+            principal.name(),
+            principal.role()
+        )),
+        Request::Write(cmd)
+            if KvCommand::peek_principal(cmd).ok() != Some(principal.name().as_bytes()) =>
+        {
+            let named =
+                KvCommand::peek_principal(cmd).map(|p| String::from_utf8_lossy(p).into_owned());
+            Some(format!(
+                "{FORBIDDEN_PREFIX} the command names principal {named:?} but this connection \
+                 is authenticated as {}",
+                principal.name()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The bytes a queued request holds (counted against the queue's budget).
+fn request_bytes(req: &Request) -> usize {
+    match req {
+        Request::Write(cmd) => cmd.len(),
+        Request::Get { key, .. } => key.len(),
+        Request::Status | Request::Admin(_) => 0,
+        Request::InGroup { inner, .. } => request_bytes(inner),
     }
 }
 
@@ -442,39 +478,11 @@ async fn serve_client<R, W>(
                     loop {
                         match next_frame(&mut buf) {
                             Ok(Some(frame)) => match Request::decode(frame) {
-                                Ok((id, Request::Write(_))) if !principal.role().may_write() => {
-                                    let why = format!(
-                                        "{FORBIDDEN_PREFIX} principal {} has role {}; writes need role rw",
-                                        principal.name(),
-                                        principal.role()
-                                    );
-                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
-                                        break 'conn;
-                                    }
-                                }
-                                Ok((id, Request::Admin(_))) if !principal.role().may_admin() => {
-                                    let why = format!(
-                                        "{FORBIDDEN_PREFIX} principal {} has role {}; admin commands need role admin",
-                                        principal.name(),
-                                        principal.role()
-                                    );
-                                    if tx.send((id, Response::Error(why).into())).await.is_err() {
-                                        break 'conn;
-                                    }
-                                }
-                                // Sessions belong to principals: a command
-                                // must name the one this connection proved.
-                                Ok((id, Request::Write(cmd)))
-                                    if KvCommand::peek_principal(&cmd).ok()
-                                        != Some(principal.name().as_bytes()) =>
-                                {
-                                    let named = KvCommand::peek_principal(&cmd)
-                                        .map(|p| String::from_utf8_lossy(p).into_owned());
-                                    let why = format!(
-                                        "{FORBIDDEN_PREFIX} the command names principal {named:?} \
-                                         but this connection is authenticated as {}",
-                                        principal.name()
-                                    );
+                                // Checked on the request a group
+                                // wrapper carries: wrapping must not
+                                // get past a check.
+                                Ok((id, req)) if forbidden(&principal, req.innermost()).is_some() => {
+                                    let why = forbidden(&principal, req.innermost()).unwrap_or_default();
                                     if tx.send((id, Response::Error(why).into())).await.is_err() {
                                         break 'conn;
                                     }

@@ -492,23 +492,28 @@ impl super::Driver {
     pub(super) fn refresh_metrics(&self) {
         let replica = self.node.replica();
         let leader = replica.is_leader();
-        self.metrics.set_state(&StateGauges {
+        self.host.metrics.borrow().set_state(&StateGauges {
             leader,
             epoch: replica.hard_state().current_epoch,
             commit: replica.commit_zxid(),
             applied: StateMachine::applied(self.node.state_machine()),
         });
-        for m in self.transport.metrics() {
-            self.metrics.set_peer_connected(m.peer.0, m.connected);
+        for m in self.host.transport.borrow().metrics() {
+            self.host
+                .metrics
+                .borrow()
+                .set_peer_connected(m.peer.0, m.connected);
         }
         if leader {
             let last = replica.last_zxid();
             for p in replica.peer_progress() {
-                self.metrics
+                self.host
+                    .metrics
+                    .borrow()
                     .set_peer_lag(p.id.0, lag_entries(last, p.matched));
             }
         } else {
-            self.metrics.clear_peer_lag();
+            self.host.metrics.borrow().clear_peer_lag();
         }
     }
 }

@@ -48,9 +48,11 @@ use paxos_net_quic::{ClusterTrust, NetConfig, NodeIdentity, PeerId, Transport};
 use paxos_snapshot::{
     PlannerConfig, SnapshotReceiver, SnapshotSender, SnapshotStore, StoredSnapshot, ZabPlanner,
 };
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -64,6 +66,7 @@ use crate::kv::KvStore;
 mod admin;
 mod client_port;
 mod fault_file;
+mod groups;
 mod metrics;
 mod options;
 mod snapshots;
@@ -75,18 +78,28 @@ use client_port::{
     MAX_REPLY_BYTES,
 };
 use fault_file::{Faults, MonotonicClock};
+use groups::Groups;
 use metrics::{NodeMetrics, RequestKind, RequestResult, TimedStore};
 pub use options::{
     default_retention_entries, format_members, parse_members, Member, NodeOptions,
     DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_INLINE_SYNC_BYTES,
     DEFAULT_LEASE_CLOCK_DRIFT, DEFAULT_MAX_CLIENT_CONNECTIONS, EXIT_ADDR_IN_USE,
 };
-use storage::{open_storage, NodeStorage, SlowDisk};
+use storage::NodeStorage;
 
 /// Tag of a peer frame that carries a paxos-core envelope.
 const TAG_CORE: u8 = 0;
-/// Tag of a peer frame that carries an election notification.
+/// Tag of a peer frame that carries an election notification of group 0.
 const TAG_ELECTION: u8 = 1;
+/// Tag of a peer frame that carries an election notification of another
+/// group: `u32 group (LE) | notification`.
+const TAG_ELECTION_IN: u8 = 2;
+/// Tag of a peer frame that carries several frames (of any groups) to one
+/// peer: `(u32 length (LE) | frame)*`, each frame with its own tag (never
+/// another batch). A node hosting many groups sends one per peer per turn.
+const TAG_BATCH: u8 = 3;
+/// A batch is sent once it holds this many bytes, even mid-turn.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Inputs taken from one source before the loop lets the layer process.
 const MAX_INPUTS_PER_TURN: usize = 4096;
 /// Rounds of processing per turn (each round makes progress or stops).
@@ -156,18 +169,56 @@ struct OutgoingSnapshot {
     sender: SnapshotSender,
 }
 
-/// The IO around the node layer: one owner of all of it.
-struct Driver {
+/// What every group of the node shares: the node's identity, clock, fault
+/// hooks, transport, sync thread, metrics and snapshot channels. Owned by
+/// the loop's task (hence `Rc` and cells: nothing here crosses threads).
+struct Host {
     id: NodeId,
-    members: BTreeMap<u64, Member>,
+    /// Every member's addresses, as started and as learned from the
+    /// memberships in the groups' logs.
+    members: RefCell<BTreeMap<u64, Member>>,
     /// The clock handed to the layer (real time, shifted by the fault
     /// hooks' offset, never going backwards).
     clock: MonotonicClock,
     /// The fault hooks' settings (none unless `--fault-file`).
     faults: Arc<Faults>,
-    node: Core,
     codec: Codec,
-    transport: Transport,
+    transport: RefCell<Transport>,
+    /// Where [`POISONED_FILE`] is written (the group's own directory when
+    /// the node hosts more than one group).
+    data_dir: PathBuf,
+    /// The identity recorded in the data directory.
+    identity: RefCell<Identity>,
+    /// Groups still recovering (readmitted by a leader): the identity says
+    /// `member` again once none is.
+    recovering_groups: Cell<usize>,
+    /// The encoding buffer for peer frames.
+    buf: RefCell<BytesMut>,
+    /// Each peer's batch of frames for this turn (many groups only).
+    out: RefCell<BTreeMap<u64, BytesMut>>,
+    /// Asks the sync thread for one sync of the group's log.
+    sync_requests: std::sync::mpsc::Sender<(usize, SyncId)>,
+    /// Where snapshot threads report.
+    snapshot_done_tx: mpsc::UnboundedSender<(usize, SnapshotDone)>,
+    /// Where install tasks report.
+    install_done_tx: mpsc::UnboundedSender<(usize, InstallDone)>,
+    /// The Prometheus metrics (recorded whether or not they are served).
+    metrics: RefCell<NodeMetrics>,
+    /// Whether `/metrics` is served: only then are the state-derived
+    /// gauges refreshed.
+    metrics_served: bool,
+    /// Groups hosted: keys map to them by [`crate::shard::group_of`].
+    groups: u32,
+}
+
+/// The IO around one group's node layer. A node runs one per group it
+/// hosts, all on the loop's task, sharing the [`Host`].
+struct Driver {
+    id: NodeId,
+    /// This group's index (its `GroupId`).
+    index: usize,
+    host: Rc<Host>,
+    node: Core,
     snapshots: SnapshotStore,
     /// Assembles snapshot chunks; `None` while an install runs off the loop.
     receiver: Option<SnapshotReceiver>,
@@ -176,28 +227,14 @@ struct Driver {
     /// The snapshot being installed off the loop and its length: its
     /// progress is reported to the leader on every timer turn.
     installing: Option<(Zxid, u64)>,
-    /// Where install tasks report.
-    install_done_tx: mpsc::UnboundedSender<InstallDone>,
     outgoing: Vec<OutgoingSnapshot>,
-    /// Where [`POISONED_FILE`] is written.
-    data_dir: PathBuf,
-    /// The identity recorded in the data directory.
-    identity: Identity,
-    /// Where snapshot threads report.
-    snapshot_done_tx: mpsc::UnboundedSender<SnapshotDone>,
-    buf: BytesMut,
+    /// The group's directory: [`POISONED_FILE`] and its snapshots.
+    dir: PathBuf,
     stats: Stats,
-    /// Asks the sync thread for one `Wal::sync`.
-    sync_requests: std::sync::mpsc::Sender<SyncId>,
     /// An administrator's leader transfer waiting for its outcome.
     /// The flag: asked for a change of this node's own role (answered
     /// "retry" once handed over, for the new leader to make the change).
     pending_transfer: Option<(NodeId, client_port::Reply, bool)>,
-    /// The Prometheus metrics (recorded whether or not they are served).
-    metrics: NodeMetrics,
-    /// Whether `/metrics` is served: only then are the state-derived
-    /// gauges refreshed.
-    metrics_served: bool,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -215,6 +252,9 @@ struct Stats {
     snapshot_chunks_dropped: u64,
 }
 
+/// Groups a node hosts, at most (`--groups`).
+pub const MAX_GROUPS: u32 = 65_536;
+
 /// Runs a node until `shutdown` resolves. Returns an error if the node
 /// cannot start, or stops on a fatal storage error (a failed flush, after
 /// which the process must restart and recover from disk); a write the disk
@@ -228,108 +268,30 @@ pub async fn run_node(
         .members
         .get(&opts.id)
         .with_context(|| format!("node {} is not in the member list", opts.id))?;
+    if opts.groups == 0 || opts.groups > MAX_GROUPS {
+        bail!(
+            "--groups {}: a node hosts between 1 and {MAX_GROUPS} groups",
+            opts.groups
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let cluster_id = match &opts.cluster_id {
         Some(c) => c.clone(),
         None => identity::cluster_id_from_ca(&opts.ca_cert)?,
     };
-    let mut disk_identity =
-        identity::check(&opts.data_dir, &cluster_id, opts.id, opts.empty_start)?;
-    tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, "identity checked");
-
-    // Storage and the state machine, recovered from disk.
+    let mut disk_identity = identity::check(
+        &opts.data_dir,
+        &cluster_id,
+        opts.id,
+        opts.empty_start,
+        opts.groups,
+    )?;
+    tracing::info!(cluster = %disk_identity.cluster, standing = ?disk_identity.standing, groups = opts.groups, "identity checked");
     let faults = Arc::new(Faults::default());
-    let storage = NodeStorage {
-        inner: open_storage(&opts, &mut disk_identity)?,
-        hooks: SlowDisk(faults.clone()),
-    };
-    let snapshots = SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
-        .context("opening the snapshot store")?
-        .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
-    check_poisoned(&opts)?;
-    forget_skipped_poison(&opts);
-    let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
-        .context("--max-sessions / --max-session-mib")?;
-    let mut recovered = Recovered::default();
-    let latest = snapshots.latest().context("listing snapshots")?;
-    let compacted = storage.meta(MetaKey::CompactionMark);
-    if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
-        bail!(
-            "the log in {} was compacted up to {} but no snapshot covers it (latest: {:?}): \
-             the state before the log's first entry is lost. If the snapshots are gone, empty \
-             the data directory and start the node with --rejoin",
-            opts.data_dir.display(),
-            Zxid(compacted),
-            latest.as_ref().map(|s| s.zxid)
-        );
-    }
-    if let Some(latest) = latest {
-        let meta = snapshots
-            .restore(latest.zxid, &mut kv)
-            .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
-        tracing::info!(zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
-        recovered = Recovered {
-            applied: kv.applied(),
-            snapshot: Some(meta.zxid),
-            // Format version 1 files record the voters only.
-            membership: meta.membership.clone().or_else(|| {
-                (!meta.voters.is_empty()).then(|| Membership {
-                    voters: meta.voters.clone(),
-                    ..Membership::default()
-                })
-            }),
-        };
-    }
-    let receiver = SnapshotReceiver::open(
-        SnapshotStore::open(opts.data_dir.join(identity::SNAPSHOT_DIR))
-            .context("opening the snapshot store")?,
-    )
-    .context("opening the snapshot receiver")?;
-
-    let voters: Vec<NodeId> = opts
-        .members
-        .keys()
-        .filter(|i| !opts.observers.contains(i))
-        .map(|&i| NodeId(i))
-        .collect();
-    let observers: Vec<NodeId> = opts.observers.iter().map(|&i| NodeId(i)).collect();
-    let mut config = Config::new(GroupId(0), voters.clone());
-    config.observers = observers.clone();
-    config.heartbeat_interval = opts.heartbeat;
-    config.election_timeout = opts.election_timeout;
-    config.sync_timeout = opts.election_timeout;
-    config.lease_reads = opts.lease_reads;
-    config.retention_entries = opts.retention_entries;
-    config.lease_clock_drift = opts.lease_clock_drift;
-    // A command must fit one WAL record (a segment) with room to spare, or
-    // every replica would fail to log it; the kernel refuses larger ones.
-    let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
-    config.max_message_bytes = config.max_message_bytes.min(segment_limit);
-    let origin = Instant::now();
-    let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
-    let mut replica = Replica::new(id, config, storage, planner, recovered, Time::ZERO)
-        .context("starting the replica")?;
-    // A member that lost its disk (--rejoin) neither votes nor counts until
-    // an established leader has readmitted it; the kernel keeps the flag in
-    // the hard state, so a restart mid-recovery stays recovering.
-    if disk_identity.standing == Standing::Recovering && !replica.is_recovering() {
-        tracing::warn!(id = %id, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
-        replica.mark_recovering();
-    }
-    // The election round is persisted so that a restarted node never votes
-    // twice in one round (paxos-election's contract).
-    let initial_round = replica.storage().meta(MetaKey::ElectionRound);
-    let elector = FastElection::new(ElectionConfig {
-        id,
-        voters,
-        observers,
-        initial_round,
-        voting: !replica.is_recovering(),
-        seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64,
-        ..ElectionConfig::default()
-    })
-    .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
+    // The logs, opened before anything listens: damage found here may mark
+    // the node recovering (in its identity) before any group starts.
+    let stores = storage::open_stores(&opts, &faults, &mut disk_identity)?;
 
     // The transport.
     let identity = NodeIdentity::from_pem_files(PeerId(opts.id), &opts.cert, &opts.key)
@@ -392,34 +354,54 @@ pub async fn run_node(
         None => None,
     };
 
-    // The sync thread: one `Wal::sync` per request, the result sent back.
-    let wal = replica.storage().inner.wal_handle();
+    // The sync thread: one sync of each log asked for, the results sent
+    // back. Requests that wait together are served by one sync of the
+    // shared log (group commit across groups).
     let sync_faults = faults.clone();
     let sync_metrics = metrics.sync_recorder();
-    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<SyncId>();
-    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<SyncDone>();
+    let syncers = stores.syncers();
+    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<(usize, SyncId)>();
+    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(usize, SyncDone)>();
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
-            while let Ok(sync) = sync_rx.recv() {
-                let started = Instant::now();
-                // Approximate when an inline sync runs meanwhile: its
-                // entries are then counted here too.
-                let before = wal.durable_key();
-                sync_faults.delay_sync();
-                let r = wal
-                    .sync()
-                    .map(|after| {
-                        let entries = metrics::entries_between(before, after);
-                        sync_metrics.record(started.elapsed(), entries);
-                    })
-                    .map_err(|e| StorageError::io("the background WAL sync", e));
-                if sync_done_tx.send((sync, r)).is_err() {
-                    break;
-                }
-            }
+            storage::sync_loop(sync_rx, syncers, sync_faults, sync_metrics, sync_done_tx)
         })
         .context("starting the WAL sync thread")?;
+
+    let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<(usize, SnapshotDone)>();
+    let (install_done_tx, mut install_done) = mpsc::unbounded_channel::<(usize, InstallDone)>();
+    let origin = Instant::now();
+    let host = Rc::new(Host {
+        id,
+        members: RefCell::new(opts.members.clone()),
+        clock: MonotonicClock::new(origin),
+        faults: faults.clone(),
+        codec: Codec::new(16 << 20),
+        transport: RefCell::new(transport),
+        data_dir: opts.data_dir.clone(),
+        identity: RefCell::new(disk_identity),
+        recovering_groups: Cell::new(0),
+        buf: RefCell::new(BytesMut::with_capacity(1 << 20)),
+        out: RefCell::new(BTreeMap::new()),
+        sync_requests,
+        snapshot_done_tx,
+        install_done_tx,
+        metrics: RefCell::new(metrics),
+        metrics_served: metrics_task.is_some(),
+        groups: opts.groups,
+    });
+    let mut groups = Vec::with_capacity(stores.len());
+    for (index, store) in stores.into_iter().enumerate() {
+        let g = open_group(&opts, index, store, host.clone())
+            .with_context(|| format!("starting group {index}"))?;
+        groups.push(g);
+    }
+    // Members added at run time are in the recovered memberships' address
+    // books, not in --members.
+    for g in &mut groups {
+        g.learn_addresses();
+    }
 
     // Clients.
     let listener = TcpListener::bind(me.client)
@@ -444,53 +426,11 @@ pub async fn run_node(
         limits,
         Arc::new(client_auth),
     ));
-    tracing::info!(id = %id, peer = %me.peer, client = %me.client, "node started");
+    tracing::info!(id = %id, peer = %me.peer, client = %me.client, groups = opts.groups, "node started");
 
-    let (snapshot_done_tx, mut snapshot_done) = mpsc::unbounded_channel::<SnapshotDone>();
-    let (install_done_tx, mut install_done) = mpsc::unbounded_channel::<InstallDone>();
-    let node_config = NodeConfig {
-        inline_sync_bytes: opts.inline_sync_bytes,
-        snapshot_every: opts.snapshot_every,
-        max_pending_writes: MAX_PENDING_WRITES,
-        max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,
-        max_pending_reads: MAX_PENDING_READS,
-        max_pending_read_bytes: MAX_PENDING_READ_BYTES,
-        read_timeout: READ_TIMEOUT,
-        skip_entries: opts.skip_entries.clone(),
-        ..NodeConfig::default()
-    };
-    let node = Node::new(replica, elector, TimedStore::new(kv), node_config)
-        .context("starting the node layer")?;
-    let mut d = Driver {
-        id,
-        members: opts.members.clone(),
-        clock: MonotonicClock::new(origin),
-        faults,
-        node,
-        codec: Codec::new(16 << 20),
-        transport,
-        snapshots,
-        receiver: Some(receiver),
-        deferred_chunks: VecDeque::new(),
-        installing: None,
-        install_done_tx,
-        outgoing: Vec::new(),
-        data_dir: opts.data_dir.clone(),
-        identity: disk_identity,
-        snapshot_done_tx,
-        buf: BytesMut::with_capacity(1 << 20),
-        stats: Stats::default(),
-        sync_requests,
-        pending_transfer: None,
-        metrics,
-        metrics_served: metrics_task.is_some(),
-    };
-    // Members added at run time are in the recovered membership's address
-    // book, not in --members.
-    d.learn_addresses();
-
+    let mut d = Groups::new(groups);
     tokio::pin!(shutdown);
-    let result = loop {
+    let result = 'run: loop {
         if let Err(e) = d.turn() {
             break Err(e);
         }
@@ -515,8 +455,8 @@ pub async fn run_node(
                 d.on_client(msg);
             }
             done = install_done.recv() => {
-                if let Some(done) = done {
-                    d.on_install_done(done);
+                if let Some((g, done)) = done {
+                    d.with(g, |g| g.on_install_done(done));
                 }
             }
             bulk = inbox.bulk.recv() => {
@@ -541,13 +481,18 @@ pub async fn run_node(
                 Err(_) => break,
             }
         }
-        if let Ok(done) = sync_done.try_recv() {
-            if let Err(e) = d.on_synced(done) {
-                break Err(e);
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match sync_done.try_recv() {
+                Ok(done) => {
+                    if let Err(e) = d.on_synced(done) {
+                        break 'run Err(e);
+                    }
+                }
+                Err(_) => break,
             }
         }
-        if let Ok((zxid, result)) = snapshot_done.try_recv() {
-            d.on_snapshot_done(zxid, result);
+        if let Ok((g, (zxid, result))) = snapshot_done.try_recv() {
+            d.with(g, |g| g.on_snapshot_done(zxid, result));
         }
         // Timers too: under load some input is always ready, and the sleep
         // branch alone would never fire (heartbeats, check-quorum, the
@@ -561,30 +506,163 @@ pub async fn run_node(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    let metrics = d.transport.shutdown().await;
-    tracing::info!(id = %d.id, ?metrics, "node stopped");
+    drop(d);
+    match Rc::try_unwrap(host) {
+        Ok(host) => {
+            let metrics = host.transport.into_inner().shutdown().await;
+            tracing::info!(id = %id, ?metrics, "node stopped");
+        }
+        Err(_) => {
+            tracing::error!(id = %id, "node stopped with its host still shared (a bug): transport not shut down cleanly")
+        }
+    }
     result
+}
+
+/// Starts group `index` over its opened storage: its state machine
+/// restored from its newest snapshot, its replica, elector and node layer.
+fn open_group(
+    opts: &NodeOptions,
+    index: usize,
+    storage: NodeStorage,
+    host: Rc<Host>,
+) -> Result<Driver> {
+    let id = host.id;
+    let dir = storage::group_dir(opts, index);
+    let snapshots = SnapshotStore::open(dir.join(identity::SNAPSHOT_DIR))
+        .context("opening the snapshot store")?
+        .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
+    check_poisoned(&dir, &opts.skip_entries)?;
+    forget_skipped_poison(&dir, &opts.skip_entries);
+    let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
+        .context("--max-sessions / --max-session-mib")?;
+    let mut recovered = Recovered::default();
+    let latest = snapshots.latest().context("listing snapshots")?;
+    let compacted = storage.meta(MetaKey::CompactionMark);
+    if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
+        bail!(
+            "the log of group {index} in {} was compacted up to {} but no snapshot covers it \
+             (latest: {:?}): the state before the log's first entry is lost. If the snapshots \
+             are gone, empty the data directory and start the node with --rejoin",
+            opts.data_dir.display(),
+            Zxid(compacted),
+            latest.as_ref().map(|s| s.zxid)
+        );
+    }
+    if let Some(latest) = latest {
+        let meta = snapshots
+            .restore(latest.zxid, &mut kv)
+            .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
+        tracing::info!(group = index, zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
+        recovered = Recovered {
+            applied: kv.applied(),
+            snapshot: Some(meta.zxid),
+            // Format version 1 files record the voters only.
+            membership: meta.membership.clone().or_else(|| {
+                (!meta.voters.is_empty()).then(|| Membership {
+                    voters: meta.voters.clone(),
+                    ..Membership::default()
+                })
+            }),
+        };
+    }
+    let receiver = SnapshotReceiver::open(
+        SnapshotStore::open(dir.join(identity::SNAPSHOT_DIR))
+            .context("opening the snapshot store")?,
+    )
+    .context("opening the snapshot receiver")?;
+
+    let voters: Vec<NodeId> = opts
+        .members
+        .keys()
+        .filter(|i| !opts.observers.contains(i))
+        .map(|&i| NodeId(i))
+        .collect();
+    let observers: Vec<NodeId> = opts.observers.iter().map(|&i| NodeId(i)).collect();
+    let mut config = Config::new(GroupId(index as u64), voters.clone());
+    config.observers = observers.clone();
+    config.heartbeat_interval = opts.heartbeat;
+    config.election_timeout = opts.election_timeout;
+    config.sync_timeout = opts.election_timeout;
+    config.lease_reads = opts.lease_reads;
+    config.retention_entries = opts.retention_entries;
+    config.lease_clock_drift = opts.lease_clock_drift;
+    // A command must fit one WAL record (a segment) with room to spare, or
+    // every replica would fail to log it; the kernel refuses larger ones.
+    let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);
+    config.max_message_bytes = config.max_message_bytes.min(segment_limit);
+    let planner = Box::new(ZabPlanner::new(PlannerConfig::default()));
+    let now = host.clock.now(host.faults.clock_offset_ms());
+    let mut replica = Replica::new(id, config, storage, planner, recovered, now)
+        .context("starting the replica")?;
+    // A member that lost its disk (--rejoin) neither votes nor counts until
+    // an established leader has readmitted it; the kernel keeps the flag in
+    // the hard state, so a restart mid-recovery stays recovering.
+    if host.identity.borrow().standing == Standing::Recovering && !replica.is_recovering() {
+        tracing::warn!(id = %id, group = index, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
+        replica.mark_recovering();
+    }
+    if replica.is_recovering() {
+        host.recovering_groups.set(host.recovering_groups.get() + 1);
+    }
+    // The election round is persisted so that a restarted node never votes
+    // twice in one round (paxos-election's contract).
+    let initial_round = replica.storage().meta(MetaKey::ElectionRound);
+    let elector = FastElection::new(ElectionConfig {
+        id,
+        voters,
+        observers,
+        initial_round,
+        voting: !replica.is_recovering(),
+        seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::process::id() as u64
+            ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+        ..ElectionConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
+    let node_config = NodeConfig {
+        inline_sync_bytes: opts.inline_sync_bytes,
+        snapshot_every: opts.snapshot_every,
+        max_pending_writes: MAX_PENDING_WRITES,
+        max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,
+        max_pending_reads: MAX_PENDING_READS,
+        max_pending_read_bytes: MAX_PENDING_READ_BYTES,
+        read_timeout: READ_TIMEOUT,
+        skip_entries: opts.skip_entries.clone(),
+        ..NodeConfig::default()
+    };
+    let node = Node::new(replica, elector, TimedStore::new(kv), node_config)
+        .context("starting the node layer")?;
+    Ok(Driver {
+        id,
+        index,
+        host,
+        node,
+        snapshots,
+        receiver: Some(receiver),
+        deferred_chunks: VecDeque::new(),
+        installing: None,
+        outgoing: Vec::new(),
+        dir,
+        stats: Stats::default(),
+        pending_transfer: None,
+    })
 }
 
 impl Driver {
     fn now(&self) -> Time {
-        self.clock.now(self.faults.clock_offset_ms())
+        self.host.now()
     }
 
-    fn to_instant(&self, t: Time) -> Instant {
-        self.clock.instant_of(t, self.faults.clock_offset_ms())
+    /// When this group must be woken even without input.
+    fn timer(&self) -> Option<Time> {
+        self.node.poll_timeout()
     }
 
-    /// When the loop must wake up even without input.
-    fn deadline(&self) -> Instant {
-        let mut next = Instant::now() + Duration::from_millis(100);
-        if let Some(t) = self.node.poll_timeout() {
-            next = next.min(self.to_instant(t));
-        }
-        if !self.outgoing.is_empty() {
-            next = next.min(Instant::now() + Duration::from_millis(1));
-        }
-        next
+    /// Snapshot work that needs the loop soon (a transfer to pace, an
+    /// install to report).
+    fn busy(&self) -> bool {
+        !self.outgoing.is_empty() || self.installing.is_some()
     }
 
     fn on_timeout(&mut self) {
@@ -595,27 +673,22 @@ impl Driver {
             self.node.snapshot_progress(now, zxid, total, true);
         }
         self.node.handle_timeout(now);
-        if self.metrics_served && self.metrics.refresh_due(Instant::now()) {
-            self.refresh_metrics();
-        }
     }
 
-    fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
-        let now = self.now();
-        match frame.first() {
-            Some(&TAG_CORE) => match self.codec.decode(frame.slice(1..)) {
-                Ok(env) if env.from.0 == peer.0 => self.node.handle_message(now, env),
-                Ok(env) => {
-                    tracing::warn!(%peer, claimed = %env.from, "envelope names another sender; dropped")
-                }
-                Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
-            },
-            Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
-                Ok(n) => self.node.handle_election_message(now, NodeId(peer.0), n),
-                Err(e) => tracing::warn!(%peer, error = %e, "malformed election frame dropped"),
-            },
-            _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
+    /// A consensus message for this group from `peer` (the transport
+    /// authenticated it).
+    fn on_envelope(&mut self, peer: PeerId, env: Envelope) {
+        if env.from.0 != peer.0 {
+            tracing::warn!(%peer, claimed = %env.from, "envelope names another sender; dropped");
+            return;
         }
+        let now = self.now();
+        self.node.handle_message(now, env);
+    }
+
+    fn on_election(&mut self, peer: PeerId, n: Notification) {
+        let now = self.now();
+        self.node.handle_election_message(now, NodeId(peer.0), n);
     }
 
     fn leader_hint(&self) -> Response {
@@ -623,7 +696,7 @@ impl Driver {
         Response::NotLeader {
             leader: leader.map(|l| l.0),
             addr: leader
-                .and_then(|l| self.members.get(&l.0))
+                .and_then(|l| self.host.members.borrow().get(&l.0).copied())
                 .map(|m| m.client.to_string()),
         }
     }
@@ -645,7 +718,9 @@ impl Driver {
                 };
                 match self.node.propose(now, cmd, waiter) {
                     Ok(_) => self
+                        .host
                         .metrics
+                        .borrow()
                         .request(RequestKind::Write, RequestResult::Accepted),
                     Err(r) => {
                         let (resp, result) = match r.error {
@@ -665,7 +740,10 @@ impl Driver {
                                 (Response::Error(e.to_string()), RequestResult::Refused)
                             }
                         };
-                        self.metrics.request(RequestKind::Write, result);
+                        self.host
+                            .metrics
+                            .borrow()
+                            .request(RequestKind::Write, result);
                         r.token.answer(resp);
                     }
                 }
@@ -675,7 +753,9 @@ impl Driver {
                 mode: ReadMode::Stale,
             } => {
                 let v = self.node.state_machine().get(&key).cloned();
-                self.metrics
+                self.host
+                    .metrics
+                    .borrow()
                     .request(RequestKind::StaleRead, RequestResult::Accepted);
                 reply.send(Response::Value(v));
             }
@@ -686,7 +766,9 @@ impl Driver {
                 let bytes = key.len();
                 match self.node.read(now, bytes, Waiter::Read { key, reply }) {
                     Ok(()) => self
+                        .host
                         .metrics
+                        .borrow()
                         .request(RequestKind::Read, RequestResult::Accepted),
                     Err(r) => {
                         let (resp, result) = match r.error {
@@ -698,34 +780,41 @@ impl Driver {
                                 RequestResult::Busy,
                             ),
                         };
-                        self.metrics.request(RequestKind::Read, result);
+                        self.host
+                            .metrics
+                            .borrow()
+                            .request(RequestKind::Read, result);
                         r.token.answer(resp);
                     }
                 }
             }
             Request::Status => reply.send(Response::Status(self.status_json())),
             Request::Admin(a) => self.on_admin(a, reply),
+            // Unwrapped by the router ([`Groups::on_client`]), which
+            // refuses nesting.
+            Request::InGroup { .. } => reply.send(Response::Error("a nested group request".into())),
         }
     }
 
     /// Lets the layer process what came in, and carries out what it asks,
     /// until nothing moves.
-    fn turn(&mut self) -> Result<()> {
+    /// `Ok(true)`: it stopped at the round limit with more to do.
+    fn turn(&mut self) -> Result<bool> {
         for _ in 0..MAX_DRAIN_ROUNDS {
             self.pump_snapshots();
             let now = self.now();
             let processed = self.node.process(now);
             if let Some((took, entries)) = self.node.state_machine().take_batch() {
-                self.metrics.applied_batch(took, entries);
+                self.host.metrics.borrow().applied_batch(took, entries);
             }
             if let Err(e) = processed {
                 return Err(self.stopped(e));
             }
             if !self.carry_out()? {
-                break;
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Carries out the layer's outputs; whether any event came (events can
@@ -738,8 +827,9 @@ impl Driver {
             }
         }
         if let Some(sync) = self.node.poll_sync() {
-            self.sync_requests
-                .send(sync)
+            self.host
+                .sync_requests
+                .send((self.index, sync))
                 .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))?;
         }
         let mut any = false;
@@ -755,7 +845,7 @@ impl Driver {
     /// restart would replay it).
     fn stopped(&self, e: NodeError) -> anyhow::Error {
         if let NodeError::ApplyPanicked { zxid, message } = &e {
-            let path = self.data_dir.join(POISONED_FILE);
+            let path = self.dir.join(POISONED_FILE);
             if let Err(err) = std::fs::write(&path, format!("{zxid}\n{message}\n")) {
                 tracing::error!(path = %path.display(), error = %err, "could not record the poisoned entry");
             }
@@ -770,28 +860,33 @@ impl Driver {
     }
 
     fn send_envelope(&mut self, env: Envelope) {
-        self.buf.clear();
-        self.buf.put_u8(TAG_CORE);
-        if let Err(e) = self.codec.encode(&env, &mut self.buf) {
+        let host = &self.host;
+        let mut buf = host.buf.borrow_mut();
+        buf.clear();
+        buf.put_u8(TAG_CORE);
+        if let Err(e) = host.codec.encode(&env, &mut buf) {
             tracing::error!(error = %e, msg = env.msg.name(), "could not encode a message; dropped");
             return;
         }
-        let frame = self.buf.split().freeze();
-        if let Err(e) = self.transport.send(PeerId(env.to.0), frame) {
-            // The kernel retransmits what matters (heartbeats, pipeline
-            // timeouts, sync retries); a full queue is a slow peer.
-            tracing::debug!(to = %env.to, error = %e, "frame not queued");
-        }
+        let frame = buf.split().freeze();
+        drop(buf);
+        host.send(env.to, frame);
     }
 
     fn send_election(&mut self, to: NodeId, n: Notification) {
-        self.buf.clear();
-        self.buf.put_u8(TAG_ELECTION);
-        n.encode(&mut self.buf);
-        let frame = self.buf.split().freeze();
-        if let Err(e) = self.transport.send(PeerId(to.0), frame) {
-            tracing::debug!(%to, error = %e, "election frame not queued");
+        let host = &self.host;
+        let mut buf = host.buf.borrow_mut();
+        buf.clear();
+        if self.index == 0 {
+            buf.put_u8(TAG_ELECTION);
+        } else {
+            buf.put_u8(TAG_ELECTION_IN);
+            buf.put_u32_le(self.index as u32);
         }
+        n.encode(&mut *buf);
+        let frame = buf.split().freeze();
+        drop(buf);
+        host.send(to, frame);
     }
 
     /// The sync thread finished one `Wal::sync`. A failure is fatal: the
@@ -819,7 +914,7 @@ impl Driver {
             )),
             NodeEvent::Written { token, result, .. } => {
                 if let Waiter::Write { proposed, .. } = &token {
-                    self.metrics.write_committed(*proposed);
+                    self.host.metrics.borrow().write_committed(*proposed);
                 }
                 token.answer(Response::Written(result))
             }
@@ -853,7 +948,7 @@ impl Driver {
                 self.on_transfer_outcome(self.id, admin::TransferOutcome::LeadershipLost);
             }
             NodeEvent::HandedOff { to } => {
-                self.metrics.handed_off();
+                self.host.metrics.borrow().handed_off();
                 self.on_transfer_outcome(to, admin::TransferOutcome::HandedOff)
             }
             NodeEvent::TransferAborted { to } => {
@@ -862,23 +957,30 @@ impl Driver {
             NodeEvent::RecoveryComplete { .. } => {
                 // The kernel's flag is cleared durably; the identity follows
                 // (a crash in between only makes the next start recover again).
-                let id = Identity {
-                    standing: Standing::Member,
-                    ..self.identity.clone()
-                };
-                match identity::write(&self.data_dir, &id) {
-                    Ok(()) => self.identity = id,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "identity not updated; the next start recovers again")
+                // With many groups, the identity says `member` once every
+                // group that recovered has been readmitted.
+                let host = &self.host;
+                let left = host.recovering_groups.get().saturating_sub(1);
+                host.recovering_groups.set(left);
+                if left == 0 {
+                    let id = Identity {
+                        standing: Standing::Member,
+                        ..host.identity.borrow().clone()
+                    };
+                    match identity::write(&host.data_dir, &id) {
+                        Ok(()) => *host.identity.borrow_mut() = id,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "identity not updated; the next start recovers again")
+                        }
                     }
                 }
             }
-            NodeEvent::ElectionDecided(_) => self.metrics.election_decided(),
+            NodeEvent::ElectionDecided(_) => self.host.metrics.borrow().election_decided(),
             NodeEvent::MembershipChanged { .. } => {
-                self.metrics.membership_changed();
+                self.host.metrics.borrow().membership_changed();
                 self.learn_addresses();
             }
-            NodeEvent::Settled { epoch, .. } => self.metrics.settled(epoch),
+            NodeEvent::Settled { epoch, .. } => self.host.metrics.borrow_mut().settled(epoch),
             NodeEvent::StorageReadFailed(_) => {}
         }
     }
@@ -913,8 +1015,8 @@ pub fn parse_zxid(s: &str) -> Option<Zxid> {
 
 /// Refuses to start while the data directory records a poisoned entry that
 /// the operator has not said to skip.
-fn check_poisoned(opts: &NodeOptions) -> Result<()> {
-    let path = opts.data_dir.join(POISONED_FILE);
+fn check_poisoned(dir: &Path, skip_entries: &[Zxid]) -> Result<()> {
+    let path = dir.join(POISONED_FILE);
     if !path.exists() {
         return Ok(());
     }
@@ -924,7 +1026,7 @@ fn check_poisoned(opts: &NodeOptions) -> Result<()> {
             path.display()
         );
     };
-    if opts.skip_entries.contains(&zxid) {
+    if skip_entries.contains(&zxid) {
         tracing::warn!(%zxid, "starting past a poisoned entry: it will be applied as a no-op");
         return Ok(());
     }
@@ -938,9 +1040,9 @@ fn check_poisoned(opts: &NodeOptions) -> Result<()> {
 
 /// The operator said to skip the entry [`POISONED_FILE`] names: the file
 /// has done its job (the layer applies the entry as a no-op).
-fn forget_skipped_poison(opts: &NodeOptions) {
-    let path = opts.data_dir.join(POISONED_FILE);
-    if read_poisoned(&path).is_some_and(|z| opts.skip_entries.contains(&z)) {
+fn forget_skipped_poison(dir: &Path, skip_entries: &[Zxid]) {
+    let path = dir.join(POISONED_FILE);
+    if read_poisoned(&path).is_some_and(|z| skip_entries.contains(&z)) {
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(path = %path.display(), error = %e, "could not remove the poisoned-entry record");
         }
@@ -973,18 +1075,20 @@ mod tests {
             },
         );
         let mut opts = NodeOptions::new(1, members, dir.path().into(), dir.path().into());
-        let refused = check_poisoned(&opts).unwrap_err().to_string();
+        let refused = check_poisoned(&opts.data_dir, &opts.skip_entries)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains(&format!("--skip-entry {z2}")), "{refused}");
         opts.skip_entries = vec![Zxid::new(Epoch(3), 9)];
         assert!(
-            check_poisoned(&opts).is_err(),
+            check_poisoned(&opts.data_dir, &opts.skip_entries).is_err(),
             "another entry's skip does not do"
         );
-        forget_skipped_poison(&opts);
+        forget_skipped_poison(&opts.data_dir, &opts.skip_entries);
         assert!(dir.path().join(POISONED_FILE).exists());
         opts.skip_entries = vec![z2];
-        check_poisoned(&opts).unwrap();
-        forget_skipped_poison(&opts);
+        check_poisoned(&opts.data_dir, &opts.skip_entries).unwrap();
+        forget_skipped_poison(&opts.data_dir, &opts.skip_entries);
         assert!(!dir.path().join(POISONED_FILE).exists());
         assert_eq!(parse_zxid(&z2.to_string()), Some(z2));
         assert_eq!(parse_zxid(&z2.as_u64().to_string()), Some(z2));

@@ -47,6 +47,12 @@ pub struct NodeOptions {
     pub election_timeout: Duration,
     /// WAL segment size.
     pub segment_bytes: u64,
+    /// Paxos groups this node hosts (default 1): the key space is split
+    /// over them by hash ([`crate::shard`]). Part of the cluster's
+    /// definition: every node must be started with the same value, and it
+    /// cannot change once the data directory holds data (the node refuses
+    /// to start with another).
+    pub groups: u32,
     /// Applied entries between two local snapshots (0: never).
     pub snapshot_every: u64,
     /// Log entries kept below the cleanup point, so that a briefly lagging
@@ -159,6 +165,7 @@ impl NodeOptions {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             segment_bytes: 64 << 20,
+            groups: 1,
             snapshot_every: 1_000_000,
             retention_entries: default_retention_entries(),
             loopback: false,

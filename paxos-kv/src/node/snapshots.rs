@@ -28,7 +28,7 @@ impl Driver {
                     Ok(mut sender) => {
                         sender.resume_from(offset);
                         self.stats.snapshot_sends += 1;
-                        self.metrics.snapshot_send_started();
+                        self.host.metrics.borrow().snapshot_send_started();
                         if offset > 0 {
                             self.stats.snapshot_resumes += 1;
                             tracing::info!(%to, ?snapshot, offset, bytes = sender.total_bytes(), "snapshot transfer resumed");
@@ -51,9 +51,7 @@ impl Driver {
         let mut outgoing = std::mem::take(&mut self.outgoing);
         outgoing.retain_mut(|o| {
             for _ in 0..4 {
-                let depth = self
-                    .transport
-                    .peer_metrics(PeerId(o.to.0))
+                let depth = self.host.transport.borrow().peer_metrics(PeerId(o.to.0))
                     .map_or(0, |m| m.queue_depth);
                 if depth > SNAPSHOT_PACING_FRAMES {
                     return true;
@@ -65,7 +63,7 @@ impl Driver {
                         if !self.node.send_snapshot_chunk(o.to, chunk) {
                             return false;
                         }
-                        self.metrics.snapshot_chunk_sent(bytes);
+                        self.host.metrics.borrow().snapshot_chunk_sent(bytes);
                         if last {
                             return false;
                         }
@@ -122,7 +120,10 @@ impl Driver {
             .map_or(0, |_| receiver.next_offset());
         let now = self.now();
         if progress.is_ok() {
-            self.metrics.snapshot_chunk_received(chunk.data.len());
+            self.host
+                .metrics
+                .borrow()
+                .snapshot_chunk_received(chunk.data.len());
         }
         match progress {
             Ok(Progress::Complete) => self.start_install(from),
@@ -152,7 +153,8 @@ impl Driver {
         }
         let mut staged = self.node.state_machine().emptied();
         let store = self.snapshots.clone();
-        let done = self.install_done_tx.clone();
+        let done = self.host.install_done_tx.clone();
+        let group = self.index;
         tracing::info!(%from, "snapshot received; installing off the loop");
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -168,13 +170,16 @@ impl Driver {
                     tracing::warn!(error = %e, "old snapshots not removed");
                 }
             }
-            let _ = done.send(InstallDone {
-                from,
-                receiver,
-                staged,
-                result,
-                elapsed: started.elapsed(),
-            });
+            let _ = done.send((
+                group,
+                InstallDone {
+                    from,
+                    receiver,
+                    staged,
+                    result,
+                    elapsed: started.elapsed(),
+                },
+            ));
         });
     }
 
@@ -209,7 +214,7 @@ impl Driver {
                 ) {
                     Installed::Replaced => {
                         self.stats.snapshot_installs += 1;
-                        self.metrics.snapshot_installed();
+                        self.host.metrics.borrow().snapshot_installed();
                         tracing::info!(%from, zxid = ?stored.zxid, keys = self.node.state_machine().len(), ?elapsed, "snapshot installed; state replaced");
                     }
                     Installed::AlreadyApplied => {
@@ -248,7 +253,8 @@ impl Driver {
         };
         let copy = self.node.state_machine().clone();
         let store = self.snapshots.clone();
-        let done = self.snapshot_done_tx.clone();
+        let done = self.host.snapshot_done_tx.clone();
+        let group = self.index;
         std::thread::spawn(move || {
             // The loop comes first: the snapshot runs on idle time.
             lower_thread_priority();
@@ -258,7 +264,7 @@ impl Driver {
                 .and_then(|w| write_state_machine(&copy, w))
                 .map(|stored| (stored, started.elapsed()))
                 .map_err(|e| e.to_string());
-            let _ = done.send((zxid, result));
+            let _ = done.send((group, (zxid, result)));
         });
     }
 
@@ -271,7 +277,7 @@ impl Driver {
         match result {
             Ok((stored, elapsed)) => {
                 self.node.snapshot_taken(zxid);
-                self.metrics.snapshot_taken(stored.file_bytes);
+                self.host.metrics.borrow().snapshot_taken(stored.file_bytes);
                 tracing::info!(?zxid, bytes = stored.file_bytes, ?elapsed, "snapshot taken");
                 if let Err(e) = self.snapshots.retain(2) {
                     tracing::warn!(error = %e, "old snapshots not removed");

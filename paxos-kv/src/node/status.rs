@@ -21,7 +21,9 @@ impl Driver {
         let progress = replica.peer_progress();
         let last = replica.last_zxid();
         let peers: Vec<serde_json::Value> = self
+            .host
             .transport
+            .borrow()
             .metrics()
             .into_iter()
             .map(|m| {
@@ -50,7 +52,7 @@ impl Driver {
             "pid": std::process::id(),
             "role": role,
             "recovering": replica.is_recovering(),
-            "cluster": self.identity.cluster,
+            "cluster": self.host.identity.borrow().cluster,
             "leader": replica.leader().map(|l| l.0),
             "voters": replica.config().voters.iter().map(|v| v.0).collect::<Vec<_>>(),
             "observers": replica.config().observers.iter().map(|o| o.0).collect::<Vec<_>>(),

@@ -3,12 +3,18 @@
 //! the fault hooks' slow disk applied to every sync the node layer runs.
 
 use anyhow::{Context, Result};
-use paxos_core::{Hooked, StorageHooks, Zxid};
-use paxos_wal::{RecoveryMode, WalError, WalOptions, WalStorage};
+use paxos_core::node::SyncId;
+use paxos_core::{Hooked, StorageError, StorageHooks, Zxid};
+use paxos_wal::{RecoveryMode, Wal, WalError, WalOptions, WalStorage};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
 
 use super::fault_file::Faults;
+use super::metrics::{self, SyncRecorder};
 use super::options::NodeOptions;
+use super::SyncDone;
 use crate::identity::{self, Identity, Standing};
 
 /// The fault hooks' slow disk: every sync waits `sync_delay_ms` (none
@@ -37,8 +43,12 @@ pub(super) type NodeStorage = Hooked<WalStorage, SlowDisk>;
 /// (DIFF, TRUNC or SNAP) as for any follower behind, and the hard state
 /// (the promises this node made) stays, which is safer than a wiped node's
 /// start. The damaged segment files are copied aside (`*.damaged`).
-pub(super) fn open_storage(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<WalStorage> {
-    let dir = opts.data_dir.join(identity::WAL_DIR);
+fn open_storage(
+    opts: &NodeOptions,
+    group_dir: &std::path::Path,
+    disk_identity: &mut Identity,
+) -> Result<WalStorage> {
+    let dir = group_dir.join(identity::WAL_DIR);
     let wal_options = WalOptions {
         segment_bytes: opts.segment_bytes,
         ..WalOptions::default()
@@ -110,4 +120,121 @@ pub(super) fn open_storage(opts: &NodeOptions, disk_identity: &mut Identity) -> 
         );
     }
     Ok(storage)
+}
+
+/// The directory of group `index`'s WAL, snapshots and poisoned-entry
+/// record: the data directory itself when the node hosts one group (the
+/// layout of a single-group node), `groups/<index>` under it otherwise.
+pub(super) fn group_dir(opts: &NodeOptions, index: usize) -> PathBuf {
+    if opts.groups <= 1 {
+        opts.data_dir.clone()
+    } else {
+        opts.data_dir
+            .join(identity::GROUPS_DIR)
+            .join(index.to_string())
+    }
+}
+
+/// Every group's storage, opened, in group order.
+pub(super) struct Stores {
+    stores: Vec<NodeStorage>,
+    syncers: Vec<Arc<Wal>>,
+}
+
+impl Stores {
+    pub(super) fn len(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// What the sync thread flushes for each group.
+    pub(super) fn syncers(&self) -> Vec<Arc<Wal>> {
+        self.syncers.clone()
+    }
+}
+
+impl IntoIterator for Stores {
+    type Item = NodeStorage;
+    type IntoIter = std::vec::IntoIter<NodeStorage>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.stores.into_iter()
+    }
+}
+
+/// Opens every group's storage (see [`open_storage`] for damage).
+pub(super) fn open_stores(
+    opts: &NodeOptions,
+    faults: &Arc<Faults>,
+    disk_identity: &mut Identity,
+) -> Result<Stores> {
+    let mut stores = Vec::with_capacity(opts.groups as usize);
+    let mut syncers = Vec::with_capacity(opts.groups as usize);
+    for index in 0..opts.groups as usize {
+        let dir = group_dir(opts, index);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let inner =
+            open_storage(opts, &dir, disk_identity).with_context(|| format!("group {index}"))?;
+        syncers.push(inner.wal_handle());
+        stores.push(NodeStorage {
+            inner,
+            hooks: SlowDisk(faults.clone()),
+        });
+    }
+    Ok(Stores { stores, syncers })
+}
+
+/// Sync requests served by one pass of the sync thread, at most.
+const MAX_SYNCS_PER_PASS: usize = 64 * 1024;
+
+/// The sync thread's loop: takes every request waiting, syncs each log
+/// they name once (requests of groups sharing a log share its sync), and
+/// answers each. Ends when the node drops its request channel.
+pub(super) fn sync_loop(
+    requests: std::sync::mpsc::Receiver<(usize, SyncId)>,
+    syncers: Vec<Arc<Wal>>,
+    faults: Arc<Faults>,
+    recorder: SyncRecorder,
+    done: mpsc::UnboundedSender<(usize, SyncDone)>,
+) {
+    let mut batch: Vec<(usize, SyncId)> = Vec::new();
+    while let Ok(first) = requests.recv() {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < MAX_SYNCS_PER_PASS {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // Each distinct log once, in the order first asked.
+        let mut synced: Vec<(*const Wal, Result<(), StorageError>)> = Vec::new();
+        for &(group, sync) in &batch {
+            let Some(wal) = syncers.get(group) else {
+                tracing::error!(group, "a sync asked for a group without a log (a bug)");
+                continue;
+            };
+            let key = Arc::as_ptr(wal);
+            let result = match synced.iter().find(|(k, _)| *k == key) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let started = Instant::now();
+                    // Approximate when an inline sync runs meanwhile: its
+                    // entries are then counted here too.
+                    let before = wal.durable_key();
+                    faults.delay_sync();
+                    let r = wal
+                        .sync()
+                        .map(|after| {
+                            let entries = metrics::entries_between(before, after);
+                            recorder.record(started.elapsed(), entries);
+                        })
+                        .map_err(|e| StorageError::io("the background WAL sync", e));
+                    synced.push((key, r.clone()));
+                    r
+                }
+            };
+            if done.send((group, (sync, result))).is_err() {
+                return;
+            }
+        }
+    }
 }

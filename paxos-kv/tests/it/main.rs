@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_start;
 mod disk_faults;
 mod flood;
+mod groups;
 mod heal;
 mod linearizable;
 mod metrics;

@@ -1,0 +1,452 @@
+//! Many groups in one node: the host's shared IO (clock, peer frames
+//! batched per peer) and [`Groups`], which routes every input to the group
+//! it belongs to and runs only the groups that have something to do.
+//!
+//! Routing:
+//! - a peer frame names its group: a consensus envelope carries it, an
+//!   election frame of a group other than 0 is tagged with it, and a batch
+//!   frame carries frames of any groups (one per peer per turn);
+//! - a client's write or read goes to the group its key hashes to
+//!   ([`crate::shard::group_of`]); [`Request::InGroup`] names a group
+//!   (a keyless write such as opening a session, a group's status, an
+//!   administration command); a keyed request named for a group its key
+//!   does not hash to is refused, so a client with a wrong group count
+//!   can never put a key where a reader would not look for it;
+//! - timers: each group's next deadline sits in one heap; a turn wakes the
+//!   groups whose deadline passed, not all of them.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use paxos_core::{NodeId, Time};
+use paxos_election::Notification;
+use paxos_net_quic::PeerId;
+
+use super::client_port::ClientMsg;
+use super::{
+    Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION, TAG_ELECTION_IN,
+};
+use crate::client_proto::{Request, Response};
+use crate::kv::KvCommand;
+use crate::shard::group_of;
+
+/// Frames in one batch frame, at most (a peer's batch of more is refused).
+const MAX_FRAMES_PER_BATCH: usize = 64 * 1024;
+
+impl Host {
+    pub(super) fn now(&self) -> Time {
+        self.clock.now(self.faults.clock_offset_ms())
+    }
+
+    pub(super) fn to_instant(&self, t: Time) -> Instant {
+        self.clock.instant_of(t, self.faults.clock_offset_ms())
+    }
+
+    /// Sends `frame` to `to`: at once when the node hosts one group; else
+    /// into the peer's batch, sent by [`Host::flush`] at the end of the
+    /// turn (or once it is large).
+    pub(super) fn send(&self, to: NodeId, frame: Bytes) {
+        if self.groups == 1 {
+            self.send_now(to, frame);
+            return;
+        }
+        let full = {
+            let mut out = self.out.borrow_mut();
+            let batch = out.entry(to.0).or_insert_with(|| {
+                let mut b = BytesMut::with_capacity(frame.len() + 64);
+                b.put_u8(TAG_BATCH);
+                b
+            });
+            batch.put_u32_le(frame.len() as u32);
+            batch.put_slice(&frame);
+            batch.len() >= MAX_BATCH_BYTES
+        };
+        if full {
+            self.flush_peer(to.0);
+        }
+    }
+
+    fn send_now(&self, to: NodeId, frame: Bytes) {
+        if let Err(e) = self.transport.borrow().send(PeerId(to.0), frame) {
+            // The kernel retransmits what matters (heartbeats, pipeline
+            // timeouts, sync retries); a full queue is a slow peer.
+            tracing::debug!(%to, error = %e, "frame not queued");
+        }
+    }
+
+    fn flush_peer(&self, peer: u64) {
+        let batch = self.out.borrow_mut().remove(&peer);
+        if let Some(b) = batch {
+            self.send_now(NodeId(peer), b.freeze());
+        }
+    }
+
+    /// Sends every peer's batch.
+    pub(super) fn flush(&self) {
+        let out = std::mem::take(&mut *self.out.borrow_mut());
+        for (peer, b) in out {
+            self.send_now(NodeId(peer), b.freeze());
+        }
+    }
+}
+
+/// The groups a node hosts and the bookkeeping that runs them.
+pub(super) struct Groups {
+    pub(super) groups: Vec<Driver>,
+    /// Groups given input since their last turn.
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
+    /// (deadline, group): the groups' timers. An entry is live while it
+    /// equals `armed[group]`; stale ones are skipped when popped.
+    timers: BinaryHeap<Reverse<(Time, usize)>>,
+    armed: Vec<Option<Time>>,
+}
+
+impl Groups {
+    pub(super) fn new(groups: Vec<Driver>) -> Groups {
+        let n = groups.len();
+        let mut g = Groups {
+            groups,
+            dirty: (0..n).collect(),
+            is_dirty: vec![true; n],
+            timers: BinaryHeap::new(),
+            armed: vec![None; n],
+        };
+        for i in 0..n {
+            g.rearm(i);
+        }
+        g
+    }
+
+    fn host(&self) -> &Host {
+        // The node refuses to start without a group.
+        &self.groups[0].host
+    }
+
+    fn mark(&mut self, g: usize) {
+        if !self.is_dirty[g] {
+            self.is_dirty[g] = true;
+            self.dirty.push(g);
+        }
+    }
+
+    /// Runs `f` on group `g` (if it exists) and gives it a turn.
+    pub(super) fn with(&mut self, g: usize, f: impl FnOnce(&mut Driver)) {
+        if let Some(d) = self.groups.get_mut(g) {
+            f(d);
+            self.mark(g);
+        } else {
+            tracing::warn!(
+                group = g,
+                "input for a group this node does not host; dropped"
+            );
+        }
+    }
+
+    fn rearm(&mut self, g: usize) {
+        let t = self.groups[g].timer();
+        if t != self.armed[g] {
+            self.armed[g] = t;
+            if let Some(t) = t {
+                self.timers.push(Reverse((t, g)));
+            }
+        }
+    }
+
+    /// Lets every group with input process it, then sends the batches.
+    pub(super) fn turn(&mut self) -> Result<()> {
+        // Bounded: a group's turn never marks another group dirty.
+        let dirty = std::mem::take(&mut self.dirty);
+        for &g in &dirty {
+            self.is_dirty[g] = false;
+        }
+        let mut result = Ok(());
+        for g in dirty {
+            match self.groups[g].turn() {
+                Ok(more) => {
+                    if more {
+                        // Its next turn comes in the next pass of the loop.
+                        self.mark(g);
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            self.rearm(g);
+        }
+        self.host().flush();
+        result
+    }
+
+    /// When the loop must wake up even without input.
+    pub(super) fn deadline(&self) -> Instant {
+        let mut next = Instant::now() + Duration::from_millis(100);
+        if let Some(Reverse((t, _))) = self.timers.peek() {
+            next = next.min(self.host().to_instant(*t));
+        }
+        if self.groups.iter().any(Driver::busy) {
+            next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        next
+    }
+
+    /// Wakes the groups whose timers are due (and those with snapshot work).
+    pub(super) fn on_timeout(&mut self) {
+        if self.groups.len() == 1 {
+            // One group: woken on every pass, as a single-group node always
+            // was (the layer's own deadlines decide what is due).
+            self.groups[0].on_timeout();
+            self.mark(0);
+            self.refresh_metrics_if_due();
+            return;
+        }
+        let now = self.host().now();
+        // Bounded by the heap's size: each pop removes an entry.
+        while let Some(&Reverse((t, g))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.armed[g] == Some(t) {
+                self.armed[g] = None;
+                self.groups[g].on_timeout();
+                self.mark(g);
+            }
+        }
+        for g in 0..self.groups.len() {
+            if self.groups[g].busy() {
+                self.groups[g].on_timeout();
+                self.mark(g);
+            }
+        }
+        self.refresh_metrics_if_due();
+    }
+
+    /// The state gauges (of group 0 when the node hosts many).
+    fn refresh_metrics_if_due(&self) {
+        let host = &self.groups[0].host;
+        if host.metrics_served && host.metrics.borrow_mut().refresh_due(Instant::now()) {
+            self.groups[0].refresh_metrics();
+        }
+    }
+
+    pub(super) fn on_synced(&mut self, (g, done): (usize, SyncDone)) -> Result<()> {
+        let Some(d) = self.groups.get_mut(g) else {
+            anyhow::bail!("a sync completion for group {g}, which this node does not host (a bug)");
+        };
+        d.on_synced(done)?;
+        self.mark(g);
+        Ok(())
+    }
+
+    /// A frame from `peer`: routed to its group (a batch, to each frame's).
+    pub(super) fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
+        if frame.first() == Some(&TAG_BATCH) {
+            let mut rest = frame.slice(1..);
+            for _ in 0..MAX_FRAMES_PER_BATCH {
+                if rest.is_empty() {
+                    return;
+                }
+                if rest.len() < 4 {
+                    break;
+                }
+                let len = rest.get_u32_le() as usize;
+                if len > rest.len() {
+                    break;
+                }
+                let inner = rest.split_to(len);
+                if inner.first() == Some(&TAG_BATCH) {
+                    tracing::warn!(%peer, "batch frame nested in a batch; rest of the batch dropped");
+                    return;
+                }
+                self.on_single_frame(peer, inner);
+            }
+            tracing::warn!(%peer, left = rest.len(), "malformed batch frame; rest dropped");
+            return;
+        }
+        self.on_single_frame(peer, frame);
+    }
+
+    fn on_single_frame(&mut self, peer: PeerId, frame: Bytes) {
+        match frame.first() {
+            Some(&TAG_CORE) => match self.host().codec.decode(frame.slice(1..)) {
+                Ok(env) => {
+                    let g = usize::try_from(env.group.0).unwrap_or(usize::MAX);
+                    self.with(g, |d| d.on_envelope(peer, env));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
+            },
+            Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
+                Ok(n) => self.with(0, |d| d.on_election(peer, n)),
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed election frame dropped"),
+            },
+            Some(&TAG_ELECTION_IN) if frame.len() >= 5 => {
+                let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+                match Notification::decode(&frame[5..]) {
+                    Ok(n) => self.with(g, |d| d.on_election(peer, n)),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "malformed election frame dropped")
+                    }
+                }
+            }
+            _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
+        }
+    }
+
+    /// A client request: to the group of its key, or the one it names.
+    pub(super) fn on_client(&mut self, msg: ClientMsg) {
+        let groups = self.groups.len() as u32;
+        if groups == 1 {
+            // One group: the request as it came (an InGroup must name 0).
+            let msg = match unwrap_in_group(msg, 0) {
+                Ok(m) => m,
+                Err(()) => return,
+            };
+            if matches!(msg.req, Request::Status) {
+                let status = self.groups[0].status_json();
+                msg.reply.send(Response::Status(status));
+                return;
+            }
+            self.with(0, |d| d.on_client(msg));
+            return;
+        }
+        let (named, inner) = match &msg.req {
+            Request::InGroup { group, inner } => (Some(*group), inner.as_ref()),
+            other => (None, other),
+        };
+        let keyed = match inner {
+            Request::Write(cmd) => KvCommand::key_of(cmd)
+                .ok()
+                .flatten()
+                .map(|k| group_of(&k, groups)),
+            Request::Get { key, .. } => Some(group_of(key, groups)),
+            Request::Status | Request::Admin(_) | Request::InGroup { .. } => None,
+        };
+        let target = match (named, keyed) {
+            (Some(n), Some(k)) if n != k => {
+                msg.reply.send(Response::Error(format!(
+                    "wrong group: the key belongs to group {k} of {groups}, not {n} (is the \
+                     client's group count {groups}?)"
+                )));
+                return;
+            }
+            (Some(n), _) => n,
+            (None, Some(k)) => k,
+            (None, None) => {
+                if matches!(inner, Request::Status) {
+                    let status = self.status_summary();
+                    msg.reply.send(Response::Status(status));
+                    return;
+                }
+                // Keyless and unnamed (a session opened by an older
+                // client, an administration command): group 0.
+                0
+            }
+        };
+        if target >= groups {
+            msg.reply.send(Response::Error(format!(
+                "no group {target}: this node hosts groups 0 to {}",
+                groups - 1
+            )));
+            return;
+        }
+        let msg = match unwrap_in_group(msg, target) {
+            Ok(m) => m,
+            Err(()) => return,
+        };
+        let g = target as usize;
+        if matches!(msg.req, Request::Status) {
+            let status = self.groups[g].status_json();
+            msg.reply.send(Response::Status(status));
+            return;
+        }
+        self.with(g, |d| d.on_client(msg));
+    }
+
+    /// The node's view of all its groups: counts, and each group's leader
+    /// (which is how a client learns where to send each group's requests).
+    fn status_summary(&self) -> String {
+        let host = self.host();
+        let mut led = 0usize;
+        let mut following = 0usize;
+        let mut looking = 0usize;
+        let mut recovering = 0usize;
+        let mut lagging = 0usize;
+        let mut keys = 0usize;
+        let mut leaders: Vec<Option<u64>> = Vec::with_capacity(self.groups.len());
+        for d in &self.groups {
+            let r = d.node.replica();
+            if r.is_leader() {
+                led += 1;
+            } else if r.leader().is_some() {
+                following += 1;
+            } else {
+                looking += 1;
+            }
+            if r.is_recovering() {
+                recovering += 1;
+            }
+            if paxos_core::StateMachine::applied(d.node.state_machine()) < r.commit_zxid() {
+                lagging += 1;
+            }
+            keys += d.node.state_machine().len();
+            leaders.push(r.leader().map(|l| l.0));
+        }
+        let members = host.members.borrow();
+        let addrs: BTreeMap<u64, String> = members
+            .iter()
+            .map(|(id, m)| (*id, m.client.to_string()))
+            .collect();
+        serde_json::json!({
+            "id": host.id.0,
+            "pid": std::process::id(),
+            "cluster": host.identity.borrow().cluster,
+            "groups": self.groups.len(),
+            "led": led,
+            "following": following,
+            "looking": looking,
+            "recovering": recovering,
+            "lagging": lagging,
+            "keys": keys,
+            "group_leaders": leaders,
+            "client_addrs": addrs,
+        })
+        .to_string()
+    }
+}
+
+/// The request inside an [`Request::InGroup`] naming `group` (or the
+/// request itself); `Err` once the client has been answered (a nested or
+/// foreign group).
+fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
+    let ClientMsg {
+        req,
+        reply,
+        _budget,
+    } = msg;
+    match req {
+        Request::InGroup { group: g, inner } => {
+            if g != group || matches!(*inner, Request::InGroup { .. }) {
+                reply.send(Response::Error(format!(
+                    "no group {g} here, or a nested group request"
+                )));
+                return Err(());
+            }
+            Ok(ClientMsg {
+                req: *inner,
+                reply,
+                _budget,
+            })
+        }
+        req => Ok(ClientMsg {
+            req,
+            reply,
+            _budget,
+        }),
+    }
+}
