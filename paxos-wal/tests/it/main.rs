@@ -10,6 +10,7 @@ mod format_v1;
 mod model;
 mod powerloss;
 mod scan;
+mod shared;
 mod tagged;
 mod unproven;
 
