@@ -165,7 +165,7 @@
 //! default) keeps them all in one `Wal` keyed by a global sequence number:
 //! each record names its group and key in a 17-byte header, each group
 //! gets an in-memory index of its keys (16 bytes per entry; an idle group
-//! costs about 130 bytes), and one [`shared::SharedLog::sync`] makes a
+//! costs about 140 bytes), and one [`shared::SharedLog::sync`] makes a
 //! batch of every group's writes durable. Recovery rebuilds all the
 //! indexes in one pass; [`shared::SharedLog::compact`] frees the segments
 //! no group needs and names the groups that hold the rest. With

@@ -41,12 +41,16 @@ impl GroupState {
 
     fn decode(bytes: &[u8]) -> Result<GroupState, String> {
         let Some((head, slots)) = bytes.split_first_chunk::<11>() else {
-            return Err(format!("{} bytes, shorter than its 11-byte start", bytes.len()));
+            return Err(format!(
+                "{} bytes, shorter than its 11-byte start",
+                bytes.len()
+            ));
         };
         if head[0] != STATE_VERSION {
             return Err(format!("unknown state version {}", head[0]));
         }
-        let u32_at = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let u32_at =
+            |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
         let recovering = match head[9] {
             0 => false,
             1 => true,
@@ -267,7 +271,10 @@ impl Storage for GroupStorage {
             let Some(end) = end else { break };
             ends.push(Zxid(end));
             let Some(e) = next_epoch else { break };
-            match self.log.first_key_from(self.group, Zxid::new(e, 0).as_u64()) {
+            match self
+                .log
+                .first_key_from(self.group, Zxid::new(e, 0).as_u64())
+            {
                 Some(k) => first = Zxid(k),
                 None => break,
             }
@@ -326,7 +333,11 @@ impl Storage for GroupStorage {
     }
 
     fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
-        tracing::info!(group = self.group, ?after, "truncating a group's log suffix");
+        tracing::info!(
+            group = self.group,
+            ?after,
+            "truncating a group's log suffix"
+        );
         self.write(
             "truncating the group's suffix",
             &[Op::TruncateSuffix {

@@ -51,7 +51,7 @@
 //! deque has growth room; truncations give most of a much larger capacity
 //! back) and its latest state (its bytes, at most [`MAX_META_BYTES`], and
 //! its LSN). A group with an empty log costs its hash-table slot (72 bytes
-//! plus control bytes) and its state's heap copy: about 130 bytes for
+//! plus control bytes) and its state's heap copy: about 140 bytes with
 //! `GroupStorage`'s 35-byte state (measured by `tests/shared_mem.rs`). At
 //! most [`MAX_GROUPS`] groups share one log; one more is refused with
 //! [`SharedError::TooManyGroups`]. The `Wal` underneath adds its own sparse
@@ -459,7 +459,7 @@ impl State {
     }
 }
 
-/// Many groups' logs in one [`Wal`](crate::Wal); see the [module
+/// Many groups' logs in one [`Wal`]; see the [module
 /// docs](self).
 pub struct SharedLog {
     wal: Wal,
@@ -510,15 +510,13 @@ impl SharedLog {
                     });
                 }
                 let (h, body) = decode_record(lsn, rec.payload)?;
-                state
-                    .apply(lsn, 0, h, body, None)
-                    .map_err(|e| match e {
-                        e @ SharedError::TooManyGroups { .. } => e,
-                        other => SharedError::BadRecord {
-                            lsn,
-                            reason: other.to_string(),
-                        },
-                    })?;
+                state.apply(lsn, 0, h, body, None).map_err(|e| match e {
+                    e @ SharedError::TooManyGroups { .. } => e,
+                    other => SharedError::BadRecord {
+                        lsn,
+                        reason: other.to_string(),
+                    },
+                })?;
                 records += 1;
             }
         }
@@ -576,14 +574,16 @@ impl SharedLog {
                 return Err(e);
             }
         }
-        let written = self.wal.append_prefixed(ops.iter().enumerate().map(|(i, op)| {
-            (
-                first + i as u64,
-                false,
-                RecordPrefix::from_array(op.header().encode()),
-                op.body(),
-            )
-        }));
+        let written = self
+            .wal
+            .append_prefixed(ops.iter().enumerate().map(|(i, op)| {
+                (
+                    first + i as u64,
+                    false,
+                    RecordPrefix::from_array(op.header().encode()),
+                    op.body(),
+                )
+            }));
         let result = match written {
             Ok(n) => {
                 st.next_lsn = first + n as u64;

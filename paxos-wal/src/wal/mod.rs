@@ -38,9 +38,9 @@ pub use options::{
 pub use reader::{Record, WalIter, WalReader};
 pub use report::{DamagedRange, OpenReport, RewrittenTail, TornTail};
 use segment::Segment;
+use spare::SpareCtx;
 #[cfg(feature = "shared")]
 pub(crate) use write::RecordPrefix;
-use spare::SpareCtx;
 
 /// Segment sizes, and the offsets pre-faulting starts from, are multiples
 /// of this.

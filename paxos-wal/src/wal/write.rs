@@ -479,9 +479,9 @@ impl Wal {
     where
         I: Iterator<Item = (u64, bool, &'p [u8])>,
     {
-        self.append_prefixed(records.map(|(key, tagged, payload)| {
-            (key, tagged, RecordPrefix::EMPTY, payload)
-        }))
+        self.append_prefixed(
+            records.map(|(key, tagged, payload)| (key, tagged, RecordPrefix::EMPTY, payload)),
+        )
     }
 
     /// Append records whose payload is a small `prefix` (staged next to the

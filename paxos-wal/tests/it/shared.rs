@@ -88,7 +88,10 @@ fn batches_span_groups_and_survive_reopen() {
             },
         ])
         .unwrap_err();
-    assert!(matches!(err, SharedError::KeyNotIncreasing { group: 1, .. }));
+    assert!(matches!(
+        err,
+        SharedError::KeyNotIncreasing { group: 1, .. }
+    ));
     assert!(!log.contains_group(4), "the batch's new group was undone");
     assert_eq!(log.last_lsn(), Some(4));
     assert_eq!(log.groups(), [1, 2, 3]);
@@ -182,7 +185,10 @@ fn reclaim_rewrites_idle_states_and_reports_holders() {
     assert!(log.segment_count() > 4);
     log.truncate_prefix(3, 55).unwrap();
     let r = log.compact().unwrap();
-    assert_eq!(r.segments_removed, 0, "group 2's entry holds the oldest segment");
+    assert_eq!(
+        r.segments_removed, 0,
+        "group 2's entry holds the oldest segment"
+    );
     assert_eq!(r.holders.len(), 2);
     assert_eq!((r.holders[0].group, r.holders[0].first_key), (2, 1));
     assert_eq!(r.holders[1].group, 3, "then group 3's retained entries");
@@ -264,7 +270,10 @@ fn flipped_byte_in_a_synced_record_is_reported_not_served() {
         Err(SharedError::Wal(WalError::Corrupted { .. }))
     ));
     flip(at - HEADER_BYTES + 1, bytes[at - HEADER_BYTES + 1]);
-    assert_eq!(open(dir.path(), opts).get(2, 1).unwrap(), Some(marker.to_vec()));
+    assert_eq!(
+        open(dir.path(), opts).get(2, 1).unwrap(),
+        Some(marker.to_vec())
+    );
 }
 
 #[test]
@@ -391,7 +400,11 @@ fn group_storage_keeps_each_groups_log_and_state() {
     assert_eq!(a.config_entries().unwrap(), [config(2, 1)]);
     assert_eq!(b.config_entries().unwrap(), [config(2, 2)]);
     assert_eq!(
-        (b.hard_state(), b.recovering(), b.meta(MetaKey::ElectionRound)),
+        (
+            b.hard_state(),
+            b.recovering(),
+            b.meta(MetaKey::ElectionRound)
+        ),
         (hs, true, 77)
     );
     assert_eq!(a.hard_state(), HardState::default());

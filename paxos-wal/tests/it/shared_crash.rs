@@ -42,7 +42,9 @@ enum W {
 
 fn payload(g: u64, k: u64) -> Vec<u8> {
     let len = (k.wrapping_mul(31).wrapping_add(g) % 300) as usize;
-    (0..len).map(|i| (k as u8) ^ (g as u8) ^ (i as u8)).collect()
+    (0..len)
+        .map(|i| (k as u8) ^ (g as u8) ^ (i as u8))
+        .collect()
 }
 
 fn tagged(g: u64, k: u64) -> bool {
@@ -83,7 +85,11 @@ fn shared_crash_child() {
             }
         })
     };
-    let mut rng = log.last_lsn().unwrap_or(0).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = log
+        .last_lsn()
+        .unwrap_or(0)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        | 1;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut batches = 0u64;
     while Instant::now() < deadline {
@@ -214,8 +220,11 @@ fn observed(log: &SharedLog) -> Model {
 
 /// The child's output: batches (their writes, and their last LSN if it got
 /// that far) and the highest durable LSN it reported.
-fn parse(lines: &[String]) -> (Vec<(Vec<W>, Option<u64>)>, u64) {
-    let mut batches: Vec<(Vec<W>, Option<u64>)> = Vec::new();
+/// A batch's writes, and its last LSN once the child printed it.
+type Batch = (Vec<W>, Option<u64>);
+
+fn parse(lines: &[String]) -> (Vec<Batch>, u64) {
+    let mut batches: Vec<Batch> = Vec::new();
     let mut durable = 0;
     for line in lines {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -283,7 +292,10 @@ fn shared_log_survives_sigkill() {
         let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        assert!(running || status.success(), "round {round}: child failed: {status}");
+        assert!(
+            running || status.success(),
+            "round {round}: child failed: {status}"
+        );
         let (batches, durable) = parse(&reader.join().unwrap());
 
         // Writes the last reported sync covered: every batch up to the
@@ -299,7 +311,11 @@ fn shared_log_survives_sigkill() {
         let history: Vec<W> = batches.into_iter().flat_map(|b| b.0).collect();
 
         let (log, report) = SharedLog::open(dir.path(), opts()).unwrap();
-        assert!(report.wal.damaged.is_none(), "round {round}: {:?}", report.wal);
+        assert!(
+            report.wal.damaged.is_none(),
+            "round {round}: {:?}",
+            report.wal
+        );
         let got = observed(&log);
         // The log must be the model after some prefix of this round's
         // writes, at least `must` long; take the longest that matches.

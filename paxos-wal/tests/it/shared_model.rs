@@ -13,15 +13,34 @@ use crate::small_opts;
 #[derive(Debug, Clone)]
 enum Step {
     /// `n` entries for group `g`, keys advancing by `gap` from its last.
-    Append { g: u64, n: u8, gap: u8, len: u16 },
+    Append {
+        g: u64,
+        n: u8,
+        gap: u8,
+        len: u16,
+    },
     /// Entries for several groups in one batch.
-    Mixed { groups: Vec<u64>, len: u16 },
+    Mixed {
+        groups: Vec<u64>,
+        len: u16,
+    },
     /// Keep the first `keep` of the group's entries (by position).
-    TruncSuffix { g: u64, keep: u8 },
+    TruncSuffix {
+        g: u64,
+        keep: u8,
+    },
     /// Drop the first `drop` of the group's entries (by position).
-    TruncPrefix { g: u64, drop: u8 },
-    Meta { g: u64, len: u8 },
-    Remove { g: u64 },
+    TruncPrefix {
+        g: u64,
+        drop: u8,
+    },
+    Meta {
+        g: u64,
+        len: u8,
+    },
+    Remove {
+        g: u64,
+    },
     Sync,
     Compact,
     Reopen,
@@ -69,7 +88,12 @@ fn observed(log: &SharedLog) -> BTreeMap<u64, Group> {
         .unwrap();
         assert_eq!(log.first_key(g), grp.entries.keys().next().copied());
         assert_eq!(log.last_key(g), grp.entries.keys().last().copied());
-        let tagged: Vec<u64> = grp.entries.iter().filter(|e| e.1 .0).map(|e| *e.0).collect();
+        let tagged: Vec<u64> = grp
+            .entries
+            .iter()
+            .filter(|e| e.1 .0)
+            .map(|e| *e.0)
+            .collect();
         assert_eq!(log.tagged_keys(g), tagged);
         if !grp.entries.is_empty() || grp.meta.is_some() {
             out.insert(g, grp);
@@ -106,7 +130,12 @@ fn run(steps: Vec<Step>) {
                 }
                 let ops: Vec<Op<'_>> = owned
                     .iter()
-                    .map(|(key, tagged, p)| Op::Entry { group: g, key: *key, tagged: *tagged, payload: p })
+                    .map(|(key, tagged, p)| Op::Entry {
+                        group: g,
+                        key: *key,
+                        tagged: *tagged,
+                        payload: p,
+                    })
                     .collect();
                 l.write(&ops).unwrap();
                 for (k, t, p) in owned {
@@ -128,7 +157,12 @@ fn run(steps: Vec<Step>) {
                 }
                 let ops: Vec<Op<'_>> = owned
                     .iter()
-                    .map(|(g, k, p)| Op::Entry { group: *g, key: *k, tagged: false, payload: p })
+                    .map(|(g, k, p)| Op::Entry {
+                        group: *g,
+                        key: *k,
+                        tagged: false,
+                        payload: p,
+                    })
                     .collect();
                 l.write(&ops).unwrap();
                 for (g, k, p) in owned {
@@ -149,7 +183,12 @@ fn run(steps: Vec<Step>) {
             }
             Step::TruncPrefix { g, drop } => {
                 let grp = model.entry(g).or_default();
-                let upto = grp.entries.keys().nth(usize::from(drop)).copied().unwrap_or(u64::MAX);
+                let upto = grp
+                    .entries
+                    .keys()
+                    .nth(usize::from(drop))
+                    .copied()
+                    .unwrap_or(u64::MAX);
                 l.truncate_prefix(g, upto).unwrap();
                 grp.entries.retain(|k, _| *k > upto);
             }
