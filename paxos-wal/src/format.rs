@@ -219,6 +219,20 @@ pub(crate) fn record_crc(
     watermark: u64,
     payload: &[u8],
 ) -> u32 {
+    record_crc_parts(segment_id, len_field, key, watermark, &[], payload)
+}
+
+/// [`record_crc`] of a payload given in two pieces (`prefix` then `body`),
+/// as the append path stages them: the same value as over their
+/// concatenation.
+pub(crate) fn record_crc_parts(
+    segment_id: u64,
+    len_field: u32,
+    key: u64,
+    watermark: u64,
+    prefix: &[u8],
+    payload: &[u8],
+) -> u32 {
     let mut fixed = [0u8; 28];
     fixed[0..8].copy_from_slice(&segment_id.to_le_bytes());
     fixed[8..12].copy_from_slice(&len_field.to_le_bytes());
@@ -226,6 +240,7 @@ pub(crate) fn record_crc(
     fixed[20..28].copy_from_slice(&watermark.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
     h.update(&fixed);
+    h.update(prefix);
     h.update(payload);
     h.finalize()
 }

@@ -157,6 +157,19 @@
 //! # Threads
 //!
 //! One writer at a time and any number of concurrent readers; see [`Wal`].
+//!
+//! # Many groups in one log (feature `shared`)
+//!
+//! A node hosting thousands of replication groups should not pay one log
+//! and one flush per group. [`shared::SharedLog`] (feature `shared`, on by
+//! default) keeps them all in one `Wal` keyed by a global sequence number:
+//! each record names its group and key in a 17-byte header, each group
+//! gets an in-memory index of its keys (16 bytes per entry; an idle group
+//! costs about 140 bytes), and one [`shared::SharedLog::sync`] makes a
+//! batch of every group's writes durable. Recovery rebuilds all the
+//! indexes in one pass; [`shared::SharedLog::compact`] frees the segments
+//! no group needs and names the groups that hold the rest. With
+//! `paxos-core`, [`shared::GroupStorage`] is one group's `Storage`.
 #![warn(missing_docs)]
 
 mod error;
@@ -174,6 +187,9 @@ pub use wal::{
     DamagedRange, OpenReport, Record, RecoveryMode, RewrittenTail, SyncMethod, TornTail, Wal,
     WalIter, WalOptions, WalReader, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
+
+#[cfg(feature = "shared")]
+pub mod shared;
 
 #[cfg(feature = "paxos-core")]
 mod core_storage;

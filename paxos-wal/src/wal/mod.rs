@@ -39,6 +39,8 @@ pub use reader::{Record, WalIter, WalReader};
 pub use report::{DamagedRange, OpenReport, RewrittenTail, TornTail};
 use segment::Segment;
 use spare::SpareCtx;
+#[cfg(feature = "shared")]
+pub(crate) use write::RecordPrefix;
 
 /// Segment sizes, and the offsets pre-faulting starts from, are multiples
 /// of this.

@@ -63,6 +63,18 @@ impl Wal {
         self.inner.read().segments.len()
     }
 
+    /// The first key each live segment was started for, oldest first: the
+    /// boundaries [`truncate_prefix`](Self::truncate_prefix) cuts at (a
+    /// segment goes once the next one starts at or below its argument).
+    pub fn segment_first_keys(&self) -> Vec<u64> {
+        self.inner
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.header.first_key)
+            .collect()
+    }
+
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -13,7 +13,7 @@ use super::{fsync_dir, segment_path, Inner, Wal, ZEROS};
 use crate::error::WalError;
 use crate::faults::{self, FaultPoint};
 use crate::format::{
-    align_up, encode_marker, encode_record_header, len_field, record_crc, SegmentHeader,
+    align_up, encode_marker, encode_record_header, len_field, record_crc_parts, SegmentHeader,
     INDEX_STRIDE_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 
@@ -56,6 +56,40 @@ fn pwritev_all(file: &File, mut slices: &mut [IoSlice<'_>], mut offset: u64) -> 
         IoSlice::advance_slices(&mut slices, rc as usize);
     }
     Ok(())
+}
+
+/// Bytes written at the start of a record's payload, ahead of the body the
+/// caller lends: at most [`RecordPrefix::MAX`] bytes, held inline (no
+/// allocation per record).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordPrefix {
+    bytes: [u8; RecordPrefix::MAX],
+    len: u8,
+}
+
+impl RecordPrefix {
+    /// The largest prefix.
+    pub(crate) const MAX: usize = 32;
+    /// No prefix.
+    pub(crate) const EMPTY: RecordPrefix = RecordPrefix {
+        bytes: [0; RecordPrefix::MAX],
+        len: 0,
+    };
+
+    #[cfg_attr(not(feature = "shared"), allow(dead_code))]
+    /// The prefix of exactly these bytes (`N` is checked against
+    /// [`RecordPrefix::MAX`] at compile time).
+    pub(crate) fn from_array<const N: usize>(bytes: [u8; N]) -> RecordPrefix {
+        const { assert!(N <= RecordPrefix::MAX) };
+        let mut p = RecordPrefix::EMPTY;
+        p.bytes[..N].copy_from_slice(&bytes);
+        p.len = N as u8;
+        p
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// One piece of a batch write: a stretch of the staging buffer, or a
@@ -123,27 +157,30 @@ impl<'p> Batch<'p> {
         }
     }
 
-    /// Encode one record after the ones already staged.
+    /// Encode one record after the ones already staged. Its payload is
+    /// `prefix` (copied into the staging buffer) followed by `payload`.
     fn stage(
         &mut self,
         segment_id: u64,
         key: u64,
         tagged: bool,
         watermark: u64,
+        prefix: &[u8],
         payload: &'p [u8],
     ) {
-        let len = RECORD_HEADER_BYTES + payload.len();
+        let len = RECORD_HEADER_BYTES + prefix.len() + payload.len();
         let size = align_up(len);
         let off = self.start + self.len;
         // Lengths fit 31 bits: a record fits a segment of at most 1 GiB.
         let field = len_field(len as u32, tagged);
-        let crc = record_crc(segment_id, field, key, watermark, payload);
+        let crc = record_crc_parts(segment_id, field, key, watermark, prefix, payload);
         let mut header = [0u8; RECORD_HEADER_BYTES];
         encode_record_header(&mut header, field, crc, key, watermark);
         if tagged {
             self.tagged_keys.push(key);
         }
         self.push_staged(&header);
+        self.push_staged(prefix);
         if payload.len() <= INLINE_PAYLOAD_MAX {
             self.push_staged(payload);
         } else {
@@ -276,14 +313,14 @@ impl Wal {
         &self,
         last_key: Option<u64>,
         key: u64,
-        payload: &[u8],
+        payload_len: usize,
     ) -> Result<(), WalError> {
         if key == 0 || last_key.is_some_and(|l| key <= l) {
             return Err(WalError::KeyNotIncreasing { key, last_key });
         }
-        if payload.len() > self.max_payload {
+        if payload_len > self.max_payload {
             return Err(WalError::PayloadTooLarge {
-                len: payload.len(),
+                len: payload_len,
                 max: self.max_payload,
             });
         }
@@ -442,6 +479,21 @@ impl Wal {
     where
         I: Iterator<Item = (u64, bool, &'p [u8])>,
     {
+        self.append_prefixed(
+            records.map(|(key, tagged, payload)| (key, tagged, RecordPrefix::EMPTY, payload)),
+        )
+    }
+
+    /// Append records whose payload is a small `prefix` (staged next to the
+    /// record header, so the caller needs no buffer of its own for it)
+    /// followed by a borrowed body. Same rules and errors as
+    /// [`append_batch_tagged`](Self::append_batch_tagged); the payload limit
+    /// applies to prefix and body together. Used by the shared log, whose
+    /// record headers travel this way.
+    pub(crate) fn append_prefixed<'p, I>(&self, records: I) -> Result<usize, WalError>
+    where
+        I: Iterator<Item = (u64, bool, RecordPrefix, &'p [u8])>,
+    {
         let mut g = self.inner.write();
         g.check_poison()?;
         let start = g.segments.last().map_or(0, |s| s.write_pos);
@@ -451,12 +503,13 @@ impl Wal {
         let mut last_key = g.last_key;
         let mut n = 0;
         let mut result = Ok(());
-        for (key, tagged, payload) in records {
-            if let Err(e) = self.check_record(last_key, key, payload) {
+        for (key, tagged, prefix, payload) in records {
+            let prefix = prefix.as_slice();
+            if let Err(e) = self.check_record(last_key, key, prefix.len() + payload.len()) {
                 result = Err(e);
                 break;
             }
-            let size = align_up(RECORD_HEADER_BYTES + payload.len());
+            let size = align_up(RECORD_HEADER_BYTES + prefix.len() + payload.len());
             let fits = g
                 .segments
                 .last()
@@ -483,7 +536,7 @@ impl Wal {
             if batch.records.is_empty() && seg.first_key.is_none() && seg.header.first_key != key {
                 batch.header_first_key = Some(key);
             }
-            batch.stage(seg.id, key, tagged, wm, payload);
+            batch.stage(seg.id, key, tagged, wm, prefix, payload);
             last_key = Some(key);
             n += 1;
         }

@@ -10,6 +10,9 @@ mod format_v1;
 mod model;
 mod powerloss;
 mod scan;
+mod shared;
+mod shared_crash;
+mod shared_model;
 mod tagged;
 mod unproven;
 
