@@ -294,24 +294,19 @@ fn look(dir: &Path) -> Found {
     }
 }
 
-/// [`look`] over a node's groups: a node hosting more than one keeps each
-/// group's files under `groups/<index>`; a part is found if every group
-/// has it (for `log` and `hard_state`) or any has it (`snapshots`).
+/// [`look`] for a node hosting `groups` groups: more than one keep their
+/// records in one shared log (`wal/log`, which holds their hard states
+/// too) and their snapshots under `groups/<index>`.
 fn look_groups(dir: &Path, groups: u32) -> Found {
     if groups <= 1 {
         return look(dir);
     }
-    let each: Vec<Found> = (0..groups)
-        .map(|g| look(&dir.join(GROUPS_DIR).join(g.to_string())))
-        .collect();
-    let any: Vec<Found> = vec![look(dir)];
+    let log = non_empty_dir(&dir.join(WAL_DIR).join(paxos_wal::LOG_DIR));
     Found {
-        log: each.iter().all(|f| f.log),
-        hard_state: each.iter().all(|f| f.hard_state),
-        snapshots: each
-            .iter()
-            .chain(&any)
-            .any(|f| f.snapshots || f.log || f.hard_state),
+        log,
+        hard_state: log,
+        snapshots: (0..groups)
+            .any(|g| non_empty_dir(&dir.join(GROUPS_DIR).join(g.to_string()).join(SNAPSHOT_DIR))),
     }
 }
 
@@ -469,9 +464,7 @@ mod tests {
         let id = check(d.path(), "c1", 1, EmptyStart::Bootstrap, 8).unwrap();
         assert_eq!(id.groups, 8);
         assert_eq!(read(d.path()).unwrap(), Some(id));
-        for g in 0..8 {
-            populate(&d.path().join(GROUPS_DIR).join(g.to_string()));
-        }
+        populate(d.path());
         check(d.path(), "c1", 1, EmptyStart::Refuse, 8).unwrap();
         let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 4).unwrap_err();
         assert!(
@@ -485,8 +478,8 @@ mod tests {
             ),
             "{e}"
         );
-        // One group's log gone is a damaged node, as for a single group.
-        std::fs::remove_dir_all(d.path().join(GROUPS_DIR).join("3").join("wal")).unwrap();
+        // The shared log gone is a damaged node, as for a single group.
+        std::fs::remove_dir_all(d.path().join("wal").join("log")).unwrap();
         let e = check(d.path(), "c1", 1, EmptyStart::Refuse, 8).unwrap_err();
         assert!(matches!(e, IdentityError::Damaged { .. }), "{e}");
         // A single-group file reads as one group and is written as before.

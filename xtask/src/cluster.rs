@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use crate::util::{cargo, target_dir};
 
 /// Starts the cluster and waits.
-pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
+pub(crate) fn run(nodes: u64, base_port: u16, groups: u32) -> Result<()> {
     cargo(&["build", "--release", "-p", "paxos-kv", "--bins"], &[])?;
     let bin_dir = target_dir().join("release");
     let node = bin_dir.join("paxos-node");
@@ -50,6 +50,8 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
                 "--members",
                 &members,
                 "--loopback",
+                "--groups",
+                &groups.to_string(),
             ])
             .arg("--data-dir")
             .arg(dir.join(format!("node-{i}")))
@@ -72,7 +74,7 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
     let certs = dir.join("certs");
     let certs = certs.display();
     println!(
-        "{nodes} nodes running; data, certificates and logs in {}",
+        "{nodes} nodes running, {groups} group(s) each; data, certificates and logs in {}",
         dir.display()
     );
     println!();
@@ -82,6 +84,12 @@ pub(crate) fn run(nodes: u64, base_port: u16) -> Result<()> {
     println!("  {client} --cluster {clients} --certs {certs} --name viewer get greeting");
     println!("  {client} --cluster {clients} --certs {certs} --name viewer put greeting nope");
     println!("  {client} --cluster {clients} --certs {certs} --name admin status");
+    if groups > 1 {
+        println!("  {client} --cluster {clients} --certs {certs} --name admin status --group 0");
+        println!(
+            "  (kill a node: kill <pid from status>; watch `status` until no group is looking)"
+        );
+    }
     println!("  {client} --cluster {clients} --certs {certs} --name admin admin members");
     println!("  {client} --cluster {clients} --certs {certs} --name admin admin transfer-leader 2");
     println!(

@@ -71,6 +71,9 @@ enum Command {
         /// Peer ports are BASE+id, client ports BASE+1000+id.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
+        /// Paxos groups each node hosts (keys are spread over them).
+        #[arg(long, default_value_t = 1)]
+        groups: u32,
     },
 }
 
@@ -84,7 +87,11 @@ fn main() -> Result<()> {
             seed,
             full,
         } => sim::run(seeds, steps, seed, full),
-        Command::Cluster { nodes, base_port } => cluster::run(nodes, base_port),
+        Command::Cluster {
+            nodes,
+            base_port,
+            groups,
+        } => cluster::run(nodes, base_port, groups),
         Command::Chaos { args } => chaos::run(&args),
         Command::Protoc => {
             println!("{}", bench::protoc()?.display());

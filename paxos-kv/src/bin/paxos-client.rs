@@ -96,8 +96,14 @@ enum Command {
         #[arg(long)]
         expected: Option<String>,
     },
-    /// Every node's view: role, leader, epoch, commit point, peers.
-    Status,
+    /// Every node's view: role, leader, epoch, commit point, peers. Of a
+    /// cluster of many groups: each node's summary (groups hosted, led,
+    /// following, looking, lagging), or one group's view with --group.
+    Status {
+        /// The group to show (a cluster started with --groups).
+        #[arg(long)]
+        group: Option<u32>,
+    },
     /// Cluster administration (needs role admin).
     Admin {
         #[command(subcommand)]
@@ -317,12 +323,20 @@ async fn main() -> Result<()> {
                 serde_json::from_str(&json).context("node sent bad admin JSON")?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Status => {
+        Command::Status { group } => {
             for addr in &cli.cluster {
-                match Client::status_of(*addr, &security, timeout).await {
+                let status = match group {
+                    Some(g) => Client::group_status_of(*addr, &security, timeout, g).await,
+                    None => Client::status_of(*addr, &security, timeout).await,
+                };
+                match status {
                     Ok(s) => {
-                        let v: serde_json::Value =
+                        let mut v: serde_json::Value =
                             serde_json::from_str(&s).context("node sent bad status JSON")?;
+                        // The routing table is for clients (one entry per group).
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("group_leaders");
+                        }
                         println!("{addr}: {}", serde_json::to_string_pretty(&v)?);
                     }
                     Err(e) => println!("{addr}: unreachable ({e})"),

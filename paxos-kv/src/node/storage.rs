@@ -4,7 +4,10 @@
 
 use anyhow::{Context, Result};
 use paxos_core::node::SyncId;
-use paxos_core::{Hooked, StorageError, StorageHooks, Zxid};
+use paxos_core::{
+    Entry, GroupId, HardState, Hooked, MetaKey, Ready, Storage, StorageError, StorageHooks, Zxid,
+};
+use paxos_wal::shared::{GroupStorage, SharedError, SharedLog};
 use paxos_wal::{RecoveryMode, Wal, WalError, WalOptions, WalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +31,126 @@ impl StorageHooks for SlowDisk {
 }
 
 /// The WAL under the node layer, with the fault hooks around it.
-pub(super) type NodeStorage = Hooked<WalStorage, SlowDisk>;
+pub(super) type NodeStorage = Hooked<GroupLog, SlowDisk>;
+
+/// A group's log: its own WAL (a node hosting one group, the layout it has
+/// always had) or its share of the node's one shared log (a node hosting
+/// many: one sync makes a batch of every group durable).
+#[derive(Debug)]
+pub(super) enum GroupLog {
+    /// The group's own WAL and hard-state file.
+    Own(WalStorage),
+    /// The group's records in the node's shared log.
+    Shared(GroupStorage),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            GroupLog::Own($s) => $e,
+            GroupLog::Shared($s) => $e,
+        }
+    };
+}
+
+impl Storage for GroupLog {
+    fn hard_state(&self) -> HardState {
+        each!(self, s => s.hard_state())
+    }
+    fn first_zxid(&self) -> Option<Zxid> {
+        each!(self, s => s.first_zxid())
+    }
+    fn last_zxid(&self) -> Option<Zxid> {
+        each!(self, s => s.last_zxid())
+    }
+    fn epoch_ends(&self) -> Result<Vec<Zxid>, StorageError> {
+        each!(self, s => s.epoch_ends())
+    }
+    fn entries(
+        &self,
+        from: Zxid,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        each!(self, s => s.entries(from, max_entries, max_bytes, out))
+    }
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        each!(self, s => s.append(entries))
+    }
+    fn config_entries(&self) -> Result<Vec<Entry>, StorageError> {
+        each!(self, s => s.config_entries())
+    }
+    fn truncate_suffix(&mut self, after: Zxid) -> Result<(), StorageError> {
+        each!(self, s => s.truncate_suffix(after))
+    }
+    fn truncate_prefix(&mut self, upto: Zxid) -> Result<(), StorageError> {
+        each!(self, s => s.truncate_prefix(upto))
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        each!(self, s => s.save_hard_state(hs))
+    }
+    fn recovering(&self) -> bool {
+        each!(self, s => s.recovering())
+    }
+    fn save_recovering(&mut self, recovering: bool) -> Result<(), StorageError> {
+        each!(self, s => s.save_recovering(recovering))
+    }
+    fn meta(&self, key: MetaKey) -> u64 {
+        each!(self, s => s.meta(key))
+    }
+    fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        each!(self, s => s.save_meta(key, value))
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        each!(self, s => s.sync())
+    }
+    fn write_ready(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        each!(self, s => s.write_ready(ready))
+    }
+}
+
+/// What the sync thread flushes for a group.
+#[derive(Clone)]
+pub(super) enum Syncer {
+    /// A group's own WAL.
+    Own(Arc<Wal>),
+    /// The node's shared log (every group's).
+    Shared(Arc<SharedLog>),
+}
+
+impl Syncer {
+    /// Identifies the log, so that one pass syncs each log once.
+    fn key(&self) -> usize {
+        match self {
+            Syncer::Own(w) => Arc::as_ptr(w) as usize,
+            Syncer::Shared(l) => Arc::as_ptr(l) as usize,
+        }
+    }
+
+    fn durable(&self) -> Option<u64> {
+        match self {
+            Syncer::Own(w) => w.durable_key(),
+            Syncer::Shared(l) => l.durable_lsn(),
+        }
+    }
+
+    /// Entries made durable between two durable points (a shared log's
+    /// points are record numbers: records of every group, states included).
+    fn entries(&self, before: Option<u64>, after: Option<u64>) -> u64 {
+        match self {
+            Syncer::Own(_) => metrics::entries_between(before, after),
+            Syncer::Shared(_) => after.unwrap_or(0).saturating_sub(before.unwrap_or(0)),
+        }
+    }
+
+    fn sync(&self) -> Result<Option<u64>, String> {
+        match self {
+            Syncer::Own(w) => w.sync().map_err(|e| e.to_string()),
+            Syncer::Shared(l) => l.sync().map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Opens the node's WAL and hard state. Damage inside the part of the log
 /// that was synced (records this node may have acknowledged) is not cut
@@ -138,7 +260,7 @@ pub(super) fn group_dir(opts: &NodeOptions, index: usize) -> PathBuf {
 /// Every group's storage, opened, in group order.
 pub(super) struct Stores {
     stores: Vec<NodeStorage>,
-    syncers: Vec<Arc<Wal>>,
+    syncers: Vec<Syncer>,
 }
 
 impl Stores {
@@ -147,7 +269,7 @@ impl Stores {
     }
 
     /// What the sync thread flushes for each group.
-    pub(super) fn syncers(&self) -> Vec<Arc<Wal>> {
+    pub(super) fn syncers(&self) -> Vec<Syncer> {
         self.syncers.clone()
     }
 }
@@ -160,26 +282,133 @@ impl IntoIterator for Stores {
     }
 }
 
-/// Opens every group's storage (see [`open_storage`] for damage).
+/// Opens every group's storage: a node hosting one group its own WAL (see
+/// [`open_storage`] for damage), a node hosting many the shared log under
+/// `wal/log` (see [`open_shared`]) and each group's share of it.
 pub(super) fn open_stores(
     opts: &NodeOptions,
     faults: &Arc<Faults>,
     disk_identity: &mut Identity,
 ) -> Result<Stores> {
+    if opts.groups <= 1 {
+        let inner = open_storage(opts, &opts.data_dir, disk_identity)?;
+        let syncer = Syncer::Own(inner.wal_handle());
+        return Ok(Stores {
+            stores: vec![NodeStorage {
+                inner: GroupLog::Own(inner),
+                hooks: SlowDisk(faults.clone()),
+            }],
+            syncers: vec![syncer],
+        });
+    }
+    let log = Arc::new(open_shared(opts, disk_identity)?);
     let mut stores = Vec::with_capacity(opts.groups as usize);
-    let mut syncers = Vec::with_capacity(opts.groups as usize);
-    for index in 0..opts.groups as usize {
-        let dir = group_dir(opts, index);
+    for index in 0..u64::from(opts.groups) {
+        let dir = group_dir(opts, index as usize);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let inner =
-            open_storage(opts, &dir, disk_identity).with_context(|| format!("group {index}"))?;
-        syncers.push(inner.wal_handle());
+        let inner = log
+            .group(GroupId(index))
+            .with_context(|| format!("opening group {index} in the shared log"))?;
         stores.push(NodeStorage {
-            inner,
+            inner: GroupLog::Shared(inner),
             hooks: SlowDisk(faults.clone()),
         });
     }
-    Ok(Stores { stores, syncers })
+    Ok(Stores {
+        stores,
+        syncers: vec![Syncer::Shared(log); opts.groups as usize],
+    })
+}
+
+/// Opens the shared log of a node hosting many groups, with the damage
+/// rule of [`open_storage`]: damage in its synced part makes the node (all
+/// its groups) recover from its peers, keeping the valid prefix.
+fn open_shared(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<SharedLog> {
+    let dir = opts
+        .data_dir
+        .join(identity::WAL_DIR)
+        .join(paxos_wal::LOG_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let wal_options = WalOptions {
+        segment_bytes: opts.segment_bytes,
+        ..WalOptions::default()
+    };
+    let remedy = format!(
+        "if the node cannot recover by itself, move {} aside (or empty it) and start the node \
+         with `paxos-node run --rejoin`: it then catches up from its peers before it votes",
+        opts.data_dir.display()
+    );
+    let (path, offset, reason) = match SharedLog::open(&dir, wal_options.clone()) {
+        Ok((log, report)) => {
+            tracing::info!(?report, "shared log opened");
+            return Ok(log);
+        }
+        Err(SharedError::Wal(WalError::Corrupted {
+            path,
+            offset,
+            reason,
+            ..
+        })) => (path, offset, reason),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("opening the shared log in {}; {remedy}", dir.display()))
+        }
+    };
+    tracing::error!(
+        file = %path.display(),
+        offset,
+        %reason,
+        "the shared log is damaged where it was synced: entries this node may have \
+         acknowledged are lost; keeping the valid prefix and recovering every group from the \
+         peers without voting"
+    );
+    let recovering = Identity {
+        standing: Standing::Recovering,
+        ..disk_identity.clone()
+    };
+    identity::write(&opts.data_dir, &recovering).with_context(|| {
+        format!(
+            "the shared log is damaged in {} at offset {offset} ({reason}), and this node \
+             could not record that it must recover; {remedy}",
+            path.display()
+        )
+    })?;
+    *disk_identity = recovering;
+    let keep = WalOptions {
+        recovery: RecoveryMode::KeepValidPrefix,
+        ..wal_options
+    };
+    let (log, report) = SharedLog::open(&dir, keep).with_context(|| {
+        format!(
+            "the shared log is damaged in {} at offset {offset} ({reason}) and its valid \
+             prefix could not be kept; {remedy}",
+            path.display()
+        )
+    })?;
+    tracing::warn!(?report, "damaged shared log cut to its valid prefix");
+    Ok(log)
+}
+
+/// How often the sync thread reclaims the shared log's segments that no
+/// group needs any more (it runs between syncs, so never on the loop).
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reclaims what the groups' prefix truncations freed in the shared log.
+/// A failure is logged: the segments stay, and the next pass tries again
+/// (a failed flush poisons the log, which the next sync reports).
+fn compact(log: &SharedLog) {
+    match log.compact() {
+        Ok(report) => {
+            if report.segments_removed > 0 || !report.holders.is_empty() {
+                tracing::info!(
+                    segments_removed = report.segments_removed,
+                    held_by = ?report.holders,
+                    "shared log compacted"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "shared log compaction failed; segments kept"),
+    }
 }
 
 /// Sync requests served by one pass of the sync thread, at most.
@@ -190,12 +419,13 @@ const MAX_SYNCS_PER_PASS: usize = 64 * 1024;
 /// answers each. Ends when the node drops its request channel.
 pub(super) fn sync_loop(
     requests: std::sync::mpsc::Receiver<(usize, SyncId)>,
-    syncers: Vec<Arc<Wal>>,
+    syncers: Vec<Syncer>,
     faults: Arc<Faults>,
     recorder: SyncRecorder,
     done: mpsc::UnboundedSender<(usize, SyncDone)>,
 ) {
     let mut batch: Vec<(usize, SyncId)> = Vec::new();
+    let mut last_compaction = Instant::now();
     while let Ok(first) = requests.recv() {
         batch.clear();
         batch.push(first);
@@ -205,29 +435,39 @@ pub(super) fn sync_loop(
                 Err(_) => break,
             }
         }
+        if last_compaction.elapsed() >= COMPACT_EVERY {
+            last_compaction = Instant::now();
+            for syncer in syncers.iter().take(1) {
+                if let Syncer::Shared(log) = syncer {
+                    compact(log);
+                }
+            }
+        }
         // Each distinct log once, in the order first asked.
-        let mut synced: Vec<(*const Wal, Result<(), StorageError>)> = Vec::new();
+        let mut synced: Vec<(usize, Result<(), StorageError>)> = Vec::new();
         for &(group, sync) in &batch {
             let Some(wal) = syncers.get(group) else {
                 tracing::error!(group, "a sync asked for a group without a log (a bug)");
                 continue;
             };
-            let key = Arc::as_ptr(wal);
+            let key = wal.key();
             let result = match synced.iter().find(|(k, _)| *k == key) {
                 Some((_, r)) => r.clone(),
                 None => {
                     let started = Instant::now();
                     // Approximate when an inline sync runs meanwhile: its
                     // entries are then counted here too.
-                    let before = wal.durable_key();
+                    let before = wal.durable();
                     faults.delay_sync();
                     let r = wal
                         .sync()
                         .map(|after| {
-                            let entries = metrics::entries_between(before, after);
+                            let entries = wal.entries(before, after);
                             recorder.record(started.elapsed(), entries);
                         })
-                        .map_err(|e| StorageError::io("the background WAL sync", e));
+                        .map_err(|e| {
+                            StorageError::io("the background WAL sync", std::io::Error::other(e))
+                        });
                     synced.push((key, r.clone()));
                     r
                 }
