@@ -747,7 +747,26 @@ impl Client {
     /// once the leader has handed over; `Members` is answered by the first
     /// node reached (the leader's answer has each member's progress).
     pub async fn admin(&self, req: AdminRequest) -> Result<String, ClientError> {
-        match self.call(Request::Admin(req)).await? {
+        self.admin_in(0, req).await
+    }
+
+    /// [`admin`](Client::admin) for group `group` of a cluster of many
+    /// groups (sent to that group's leader); group 0 is a single-group
+    /// cluster's only one.
+    pub async fn admin_in(&self, group: u32, req: AdminRequest) -> Result<String, ClientError> {
+        let groups = self.groups().await?;
+        if group >= groups {
+            return Err(ClientError::Node(format!(
+                "no group {group}: the cluster has {groups}"
+            )));
+        }
+        let resp = if groups > 1 {
+            let req = in_group(group, groups, Request::Admin(req));
+            self.call_to(Some(group), req).await?
+        } else {
+            self.call(Request::Admin(req)).await?
+        };
+        match resp {
             Response::Admin(json) => Ok(json),
             Response::Error(e) => Err(ClientError::Node(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),

@@ -106,6 +106,9 @@ enum Command {
     },
     /// Cluster administration (needs role admin).
     Admin {
+        /// The group to administer, in a cluster started with --groups.
+        #[arg(long, default_value_t = 0)]
+        group: u32,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -273,7 +276,7 @@ async fn main() -> Result<()> {
                 other => bail!("unexpected result {other:?}"),
             }
         }
-        Command::Admin { command } => {
+        Command::Admin { group, command } => {
             let change = |change, node| AdminRequest::Change {
                 change,
                 node,
@@ -282,10 +285,10 @@ async fn main() -> Result<()> {
             let json = match command {
                 AdminCommand::TransferLeader { id } => {
                     client
-                        .admin(AdminRequest::TransferLeader { to: id })
+                        .admin_in(group, AdminRequest::TransferLeader { to: id })
                         .await?
                 }
-                AdminCommand::Members => client.admin(AdminRequest::Members).await?,
+                AdminCommand::Members => client.admin_in(group, AdminRequest::Members).await?,
                 AdminCommand::AddVoter {
                     id,
                     addrs,
@@ -296,27 +299,34 @@ async fn main() -> Result<()> {
                         node: id,
                         addrs,
                     };
-                    let added = client.admin(add).await?;
+                    let added = client.admin_in(group, add).await?;
                     eprintln!("added {id} as an observer: {added}");
-                    promote(&client, id, Duration::from_secs(wait_secs)).await?
+                    promote(&client, group, id, Duration::from_secs(wait_secs)).await?
                 }
                 AdminCommand::AddObserver { id, addrs } => {
                     client
-                        .admin(AdminRequest::Change {
-                            change: AdminChange::AddObserver,
-                            node: id,
-                            addrs,
-                        })
+                        .admin_in(
+                            group,
+                            AdminRequest::Change {
+                                change: AdminChange::AddObserver,
+                                node: id,
+                                addrs,
+                            },
+                        )
                         .await?
                 }
                 AdminCommand::Promote { id, wait_secs } => {
-                    promote(&client, id, Duration::from_secs(wait_secs)).await?
+                    promote(&client, group, id, Duration::from_secs(wait_secs)).await?
                 }
                 AdminCommand::Demote { id } => {
-                    client.admin(change(AdminChange::Demote, id)).await?
+                    client
+                        .admin_in(group, change(AdminChange::Demote, id))
+                        .await?
                 }
                 AdminCommand::Remove { id } => {
-                    client.admin(change(AdminChange::Remove, id)).await?
+                    client
+                        .admin_in(group, change(AdminChange::Remove, id))
+                        .await?
                 }
             };
             let v: serde_json::Value =
@@ -349,7 +359,7 @@ async fn main() -> Result<()> {
 
 /// Promotes observer `id`, asking again while the cluster answers that it
 /// has not caught up yet (or that a change is in flight), for up to `wait`.
-async fn promote(client: &Client, id: u64, wait: Duration) -> Result<String> {
+async fn promote(client: &Client, group: u32, id: u64, wait: Duration) -> Result<String> {
     let started = std::time::Instant::now();
     let req = AdminRequest::Change {
         change: AdminChange::Promote,
@@ -357,7 +367,7 @@ async fn promote(client: &Client, id: u64, wait: Duration) -> Result<String> {
         addrs: None,
     };
     loop {
-        match client.admin(req).await {
+        match client.admin_in(group, req).await {
             Err(ClientError::Node(msg)) if msg.starts_with("retry:") => {
                 if started.elapsed() >= wait {
                     bail!("gave up after {wait:?}: {msg}");
