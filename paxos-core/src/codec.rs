@@ -28,7 +28,8 @@
 //! entries: the top bit of an entry's `len` (bit 31) says the entry is a
 //! [`EntryKind::Config`]; the length is the lower 31 bits. A message is
 //! written in version 6 exactly when it carries such an entry, and the bit
-//! is refused in older versions.
+//! is refused in older versions. Version 7 adds tag 27, QUIESCE
+//! (`epoch u32 | commit u64`): an idle group's leader stops heartbeating.
 //!
 //! The encoder writes the *lowest* version that can express a message
 //! ([`Codec::version_of`]): everything but a recovering FOLLOWERINFO,
@@ -50,7 +51,7 @@ use crate::message::{Entry, EntryKind, Envelope, Message, SnapChunk};
 use crate::{Epoch, GroupId, NodeId, Zxid};
 
 /// The newest wire format version this codec writes and reads.
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 /// The oldest wire format version this codec reads (and writes, for every
 /// message that version can express).
 pub const MIN_WIRE_VERSION: u8 = 1;
@@ -149,6 +150,7 @@ impl Codec {
             Message::SnapProgress { .. } => 3,
             Message::FetchSnapshot { .. } => 4,
             Message::TakeOver { .. } => 5,
+            Message::Quiesce { .. } => 7,
             Message::Diff { entries, .. }
             | Message::Accept { entries, .. }
             | Message::FetchReply { entries, .. }
@@ -209,6 +211,7 @@ impl Codec {
                 Message::Readmit { .. } => 4,
                 Message::FetchSnapshot { .. } => 4 + 8 + 8,
                 Message::TakeOver { .. } => 4 + 8,
+                Message::Quiesce { .. } => 4 + 8,
             }
     }
 
@@ -393,6 +396,10 @@ impl Codec {
             Message::TakeOver { epoch, to } => {
                 out.put_u32_le(epoch.0);
                 out.put_u64_le(to.0);
+            }
+            Message::Quiesce { epoch, commit } => {
+                out.put_u32_le(epoch.0);
+                out.put_u64_le(commit.0);
             }
             Message::FetchSnapshot {
                 epoch,
@@ -595,6 +602,10 @@ impl Codec {
                 epoch: r.epoch()?,
                 to: NodeId(r.u64()?),
             },
+            27 if version >= 7 => Message::Quiesce {
+                epoch: r.epoch()?,
+                commit: r.zxid()?,
+            },
             t => return Err(CodecError::UnknownTag(t)),
         };
         let rest = r.buf.len() - r.pos;
@@ -638,6 +649,7 @@ fn tag(msg: &Message) -> u8 {
         Message::SnapProgress { .. } => 24,
         Message::FetchSnapshot { .. } => 25,
         Message::TakeOver { .. } => 26,
+        Message::Quiesce { .. } => 27,
     }
 }
 
@@ -985,6 +997,36 @@ mod tests {
             assert_eq!(
                 codec.decode(Bytes::from(old)),
                 Err(CodecError::UnknownTag(26))
+            );
+        }
+    }
+
+    #[test]
+    fn quiesce_is_version_7() {
+        let codec = Codec::new(1 << 10);
+        let msg = env(Message::Quiesce {
+            epoch: Epoch(4),
+            commit: Zxid::new(Epoch(4), 9),
+        });
+        let w = codec.encode_to_bytes(&msg).unwrap();
+        assert_eq!(w[0], 7);
+        assert_eq!(w.len(), HEADER_BYTES + 12);
+        assert_eq!(Codec::encoded_len(&msg), w.len());
+        assert_eq!(codec.decode(w.clone()).unwrap(), msg);
+        for cut in 0..w.len() {
+            assert!(matches!(
+                codec.decode(w.slice(..cut)),
+                Err(CodecError::Truncated { .. })
+            ));
+        }
+        // Tag 27 does not exist before version 7: an older build drops it,
+        // and its followers keep their election timers (it never quiesces).
+        for v in 1u8..7 {
+            let mut old = w.to_vec();
+            old[0] = v;
+            assert_eq!(
+                codec.decode(Bytes::from(old)),
+                Err(CodecError::UnknownTag(27))
             );
         }
     }

@@ -106,6 +106,18 @@ pub struct Config {
     /// voter is unreachable. See
     /// [`Replica::mark_recovering`](crate::Replica::mark_recovering).
     pub strict_readmission: bool,
+    /// Quiesce the group after it has been idle this long: every live
+    /// member holds the leader's last entry, which is committed and
+    /// applied, and nothing is in flight (no proposal, read, hand-over,
+    /// membership change or catch-up). The leader then sends QUIESCE and
+    /// stops heartbeating and checking its quorum; a follower holding
+    /// the commit point stops its election timer. The next message of the
+    /// leader, a proposal, a read or [`Replica::wake`](crate::Replica::wake)
+    /// ends it. A follower can no longer notice by itself that its leader
+    /// died: its host must call `wake` when it loses the leader's node (the
+    /// reference node does on a lost connection), and a node's election
+    /// messages wake it too. `None` (the default): never.
+    pub quiesce_after: Option<Duration>,
 }
 
 impl Config {
@@ -133,6 +145,7 @@ impl Config {
             lease_reads: false,
             lease_clock_drift: Duration::from_millis(50),
             strict_readmission: false,
+            quiesce_after: None,
         }
     }
 

@@ -325,6 +325,18 @@ pub enum Message {
         /// The nominated successor.
         to: NodeId,
     },
+    /// Leader to follower: the group is idle, every member holds `commit`,
+    /// and no heartbeats follow until something happens. A follower that
+    /// holds `commit` stops its election timer (it is woken by the next
+    /// message of its leader, or by its host when the leader's node is
+    /// lost; see [`Config::quiesce_after`](crate::Config::quiesce_after)).
+    /// Wire version 7 only.
+    Quiesce {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The leader's commit point (its last entry).
+        commit: Zxid,
+    },
 }
 
 impl Message {
@@ -357,6 +369,7 @@ impl Message {
             Message::FetchSnapshot { .. } => "FETCHSNAP",
             Message::Readmit { .. } => "READMIT",
             Message::TakeOver { .. } => "TAKEOVER",
+            Message::Quiesce { .. } => "QUIESCE",
         }
     }
 
@@ -380,7 +393,8 @@ impl Message {
             | Message::FetchHistory { .. }
             | Message::FetchSnapshot { .. }
             | Message::Readmit { .. }
-            | Message::TakeOver { .. } => true,
+            | Message::TakeOver { .. }
+            | Message::Quiesce { .. } => true,
             Message::FollowerInfo { .. }
             | Message::AckEpoch { .. }
             | Message::EpochRefused { .. }

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
     let (mut wiped, mut readmitted) = (0u64, 0u64);
     let (mut transfers, mut handed_off, mut nominee_won, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     let (mut reconfigs, mut reconfigs_committed) = (0u64, 0u64);
+    let (mut quiesces, mut wakes) = (0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
         let (r, st) = run_one(full, wipes, lease, seed, steps, seeds.len() == 1);
         match r {
@@ -144,6 +145,8 @@ fn main() -> ExitCode {
         aborted += st.transfers_aborted;
         reconfigs += st.reconfigs;
         reconfigs_committed += st.reconfigs_committed;
+        quiesces += st.quiesces;
+        wakes += st.wakes;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
     println!(
         "membership changes: {reconfigs} proposed, {reconfigs_committed} committed and acknowledged"
     );
+    println!("quiescence: {quiesces} QUIESCE delivered, {wakes} wakes after a lost node or link");
     if wipes {
         println!("{wiped} voters wiped and restarted recovering, {readmitted} readmissions");
     }

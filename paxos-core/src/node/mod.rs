@@ -510,9 +510,31 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.replica.handle_message(now, env);
     }
 
-    /// An elector message from `from`.
+    /// An elector message from `from`. It also wakes a quiesced group: a
+    /// node looking for a leader may have lost the one this node follows.
     pub fn handle_election_message(&mut self, now: Time, from: NodeId, msg: E::Message) {
+        self.replica.wake(now);
         self.elector.handle_message(now, from, msg);
+    }
+
+    /// Ends the group's quiescence (see
+    /// [`Config::quiesce_after`](crate::Config::quiesce_after)): call it
+    /// when the node of the group's leader, or as leader of any member, is
+    /// lost. Harmless otherwise.
+    pub fn wake(&mut self, now: Time) {
+        self.replica.wake(now);
+    }
+
+    /// Whether the group is quiesced (no timers of its own run).
+    pub fn is_quiesced(&self) -> bool {
+        self.replica.is_quiesced()
+    }
+
+    /// A client's request reaches the leader: it ends quiescence first.
+    fn wake_leader(&mut self, now: Time) {
+        if self.replica.is_leader() {
+            self.replica.wake(now);
+        }
     }
 
     /// Timers: the kernel's, the elector's, the stall's retry and the read
@@ -539,7 +561,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         data: Bytes,
         token: C,
     ) -> Result<Zxid, Rejection<ProposeRejected, C>> {
-        let _ = now;
+        self.wake_leader(now);
         if self.pending_writes.len() >= self.cfg.max_pending_writes
             || self.pending_write_bytes + data.len() > self.cfg.max_pending_write_bytes
         {
@@ -576,7 +598,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         to: Membership,
         token: C,
     ) -> Result<Zxid, Rejection<ChangeError, C>> {
-        let _ = now;
+        self.wake_leader(now);
         let data = to.encode();
         match self.replica.propose_membership(to) {
             Ok(zxid) => {
@@ -600,6 +622,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// ([`ProposeError::Transferring`]) until [`NodeEvent::HandedOff`] or
     /// [`NodeEvent::TransferAborted`]. Call [`process`](Node::process) after.
     pub fn transfer_leadership(&mut self, now: Time, to: NodeId) -> Result<(), TransferError> {
+        self.wake_leader(now);
         self.replica.transfer_leadership(now, to)
     }
 
@@ -620,6 +643,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 token,
             });
         }
+        self.wake_leader(now);
         let rid = self.next_read;
         let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
         match self.replica.read_index(now, ctx) {

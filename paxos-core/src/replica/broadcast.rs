@@ -104,6 +104,11 @@ impl<S: Storage> Replica<S> {
         let Role::Leading(l) = &mut self.role else {
             return;
         };
+        if l.quiesced {
+            // Idle and told so: nothing to retry, no heartbeat, no
+            // check-quorum until woken.
+            return;
+        }
         let timeout = self.config.election_timeout;
         let sync_timeout = self.config.sync_timeout;
         match l.phase {
@@ -157,10 +162,13 @@ impl<S: Storage> Replica<S> {
             }
             LPhase::Sync | LPhase::Broadcast => {
                 let me = self.id;
+                // Counted from the last wake for a peer not heard since.
+                let resumed = l.resumed_at;
                 let heard = |n: NodeId| {
                     n == me
                         || l.peers.get(&n).is_some_and(|p| {
-                            !p.recovering && now.saturating_since(p.last_heard) <= timeout
+                            !p.recovering
+                                && now.saturating_since(p.last_heard.max(resumed)) <= timeout
                         })
                 };
                 if now.saturating_since(l.started) > timeout && !self.config.is_quorum(heard) {
@@ -240,7 +248,9 @@ impl<S: Storage> Replica<S> {
         };
         if now >= l.hb_due {
             l.hb_due = now + self.config.heartbeat_interval;
-            self.send_heartbeats(now);
+            if !self.maybe_quiesce(now) {
+                self.send_heartbeats(now);
+            }
         }
     }
 

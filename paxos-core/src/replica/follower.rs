@@ -52,6 +52,10 @@ pub(super) struct Follower {
     pub(super) info_sent_at: Time,
     pub(super) applied_reported: Zxid,
     pub(super) applied_reported_at: Time,
+    /// The leader said the group is idle (QUIESCE) and this follower holds
+    /// its commit point: no election timer until the leader speaks again
+    /// or the host wakes it.
+    pub(super) quiesced: bool,
 }
 
 impl<S: Storage> Replica<S> {
@@ -78,6 +82,7 @@ impl<S: Storage> Replica<S> {
             info_sent_at: now,
             applied_reported: Zxid::ZERO,
             applied_reported_at: now,
+            quiesced: false,
         });
         self.send_follower_info(leader);
     }

@@ -99,6 +99,13 @@ pub(super) struct Leader {
     pub(super) reads: VecDeque<PendingRead>,
     /// A hand-over in progress ([`Replica::transfer_leadership`]).
     pub(super) transfer: Option<Transfer>,
+    /// Quiesced: no heartbeats, no check-quorum, until woken.
+    pub(super) quiesced: bool,
+    /// Since when the group has been idle (see `Config::quiesce_after`).
+    pub(super) quiet_since: Option<Time>,
+    /// When the leader was last woken from quiescence: the check-quorum
+    /// counts from here for peers not heard since (never for leases).
+    pub(super) resumed_at: Time,
 }
 
 impl<S: Storage> Replica<S> {
@@ -126,6 +133,9 @@ impl<S: Storage> Replica<S> {
             hb_sent: VecDeque::new(),
             reads: VecDeque::new(),
             transfer: None,
+            quiesced: false,
+            quiet_since: None,
+            resumed_at: Time::ZERO,
         }));
     }
 

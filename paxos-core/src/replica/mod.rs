@@ -17,6 +17,7 @@ mod leader;
 mod membership;
 pub use membership::{ChangeError, MembershipChange};
 mod progress;
+mod quiesce;
 mod reads;
 mod recovery;
 mod snapshot;
@@ -386,6 +387,16 @@ impl<S: Storage> Replica<S> {
                 if let Some(p) = l.peers.get_mut(&from) {
                     p.last_heard = now;
                 }
+                // A peer that asks for something wakes a quiesced leader;
+                // the last round's late acknowledgements do not.
+                if l.quiesced
+                    && !matches!(
+                        env.msg,
+                        Message::HeartbeatAck { .. } | Message::Applied { .. }
+                    )
+                {
+                    self.wake(now);
+                }
                 self.leader_step(from, env.msg);
             }
             Role::Following(f) => {
@@ -394,8 +405,13 @@ impl<S: Storage> Replica<S> {
                 // other leads, and would keep each other waiting).
                 if f.leader == from && env.msg.is_from_leader() {
                     f.last_heard = now;
+                    f.quiesced = false;
                 }
-                self.follower_step(from, env.msg);
+                if let Message::Quiesce { epoch, commit } = env.msg {
+                    self.on_quiesce(from, epoch, commit);
+                } else {
+                    self.follower_step(from, env.msg);
+                }
             }
             Role::Looking => {}
         }
@@ -425,7 +441,7 @@ impl<S: Storage> Replica<S> {
         match &mut self.role {
             Role::Looking => {}
             Role::Following(f) => {
-                if now.saturating_since(f.last_heard) > timeout {
+                if !f.quiesced && now.saturating_since(f.last_heard) > timeout {
                     lose = Some("leader silent");
                 } else {
                     if f.phase == FPhase::Discovery && now.saturating_since(f.info_sent_at) >= hb {
@@ -490,6 +506,11 @@ impl<S: Storage> Replica<S> {
         let hb = self.config.heartbeat_interval;
         match &self.role {
             Role::Looking => self.hold_until,
+            Role::Following(f) if f.quiesced => {
+                // Only the applied report can be due: no election timer.
+                (f.phase == FPhase::Broadcast && self.applied > f.applied_reported)
+                    .then(|| f.applied_reported_at + hb)
+            }
             Role::Following(f) => {
                 let mut t = f.last_heard
                     + self.config.election_timeout
@@ -511,6 +532,7 @@ impl<S: Storage> Replica<S> {
                 }
                 Some(t)
             }
+            Role::Leading(l) if l.quiesced => None,
             Role::Leading(l) => Some(l.hb_due),
         }
     }

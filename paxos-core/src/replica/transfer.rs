@@ -69,7 +69,9 @@ impl<S: Storage> Replica<S> {
         if p.recovering {
             return Err(TransferError::TargetRecovering(to));
         }
-        if now.saturating_since(p.last_heard) > timeout {
+        // Counted from the last wake if the group was quiesced (nothing
+        // is heard while quiet); a dead target then times the hand-over out.
+        if now.saturating_since(p.last_heard.max(l.resumed_at)) > timeout {
             return Err(TransferError::TargetUnreachable(to));
         }
         tracing::info!(%id, %to, epoch = ?l.epoch, "leader transfer: proposals stop until the target has caught up");

@@ -31,6 +31,7 @@ impl<E: Elector> Sim<E> {
         n.snap_gen += 1;
         n.pump_scheduled = false;
         self.snap_open.retain(|(l, f)| *l != id && *f != id);
+        self.contact_lost();
     }
 
     /// Of the next kernel messages named `name` ([`Message::name`](crate::Message::name), e.g.
@@ -117,12 +118,25 @@ impl<E: Elector> Sim<E> {
                 self.blocked.insert((n, id));
             }
         }
+        self.contact_lost();
     }
 
     /// Cuts the link between `a` and `b` (both directions).
     pub fn cut(&mut self, a: NodeId, b: NodeId) {
         self.blocked.insert((a, b));
         self.blocked.insert((b, a));
+        self.contact_lost();
+    }
+
+    /// A node or a link was lost: with quiescence on, the hosts notice
+    /// after an election timeout (as a transport's idle timeout would) and
+    /// wake their quiesced groups. Nothing is scheduled otherwise, so runs
+    /// without quiescence keep their schedules.
+    fn contact_lost(&mut self) {
+        if self.cfg.replica.quiesce_after.is_some() {
+            let after = self.cfg.replica.election_timeout;
+            self.schedule(after, Ev::Wake);
+        }
     }
 
     /// Removes every partition.
@@ -369,6 +383,7 @@ impl<E: Elector> Sim<E> {
                 if j != i {
                     let other = self.nodes[j].id;
                     self.blocked.insert((id, other));
+                    self.contact_lost();
                 }
             }
             _ => self.heal(),

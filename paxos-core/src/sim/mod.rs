@@ -253,6 +253,10 @@ impl SimConfig {
             // A node outside the voters to promote, add and remove.
             c.observers = c.observers.max(1);
         }
+        // Drawn after the membership changes, for the same reason.
+        if rng.chance(0.3) {
+            c.replica.quiesce_after = Some(Duration::from_millis(rng.range(100, 500)));
+        }
         c
     }
 }
@@ -357,6 +361,10 @@ pub struct SimStats {
     /// Times a node's membership in force changed (appends, TRUNCs,
     /// installs, on every node).
     pub membership_changes: u64,
+    /// QUIESCE messages delivered (an idle group's leader went quiet).
+    pub quiesces: u64,
+    /// Times the hosts woke their quiesced groups after a lost node or link.
+    pub wakes: u64,
 }
 
 /// A network message: the kernel's or the elector's.
@@ -413,6 +421,9 @@ enum Ev<M> {
         node: usize,
     },
     Heal,
+    /// The hosts noticed a lost connection or node: every live node wakes
+    /// its quiesced group (see `Config::quiesce_after`).
+    Wake,
 }
 
 /// The simulated state machine's snapshot: how many canonical entries it
@@ -521,6 +532,8 @@ pub struct Sim<E: Elector> {
     acked: BTreeMap<Zxid, u64>,
     proposed: BTreeMap<Zxid, u64>,
     client_counter: u64,
+    /// The client sends nothing (no writes, no reads) while set.
+    client_paused: bool,
     faults: bool,
     faults_stopped_at: Option<Time>,
     /// The nominee of the last hand-over, until the next leader settles.
@@ -595,6 +608,7 @@ impl<E: Elector> Sim<E> {
             epoch_leaders: BTreeMap::new(),
             proposed: BTreeMap::new(),
             client_counter: 0,
+            client_paused: false,
             faults: cfg.fault_interval.is_some(),
             faults_stopped_at: None,
             nominee: None,
@@ -803,6 +817,12 @@ impl<E: Elector> Sim<E> {
     /// Pauses or resumes the background client.
     pub fn set_client_batch(&mut self, batch: usize) {
         self.cfg.batch = batch;
+    }
+
+    /// Pauses (or resumes) the client: no writes and no reads while
+    /// paused, so that a group can go idle.
+    pub fn set_client_paused(&mut self, paused: bool) {
+        self.client_paused = paused;
     }
 
     fn start_node(&mut self, i: usize) {
@@ -1024,6 +1044,16 @@ impl<E: Elector> Sim<E> {
                 }
             }
             Ev::Heal => self.heal(),
+            Ev::Wake => {
+                self.stats.wakes += 1;
+                for i in 0..self.nodes.len() {
+                    let now = self.local_now(i);
+                    if let Some(n) = self.nodes[i].node.as_mut() {
+                        n.wake(now);
+                        self.drive(i)?;
+                    }
+                }
+            }
         }
         if let Some(v) = self.deferred.take() {
             return Err(v);
@@ -1122,6 +1152,9 @@ impl<E: Elector> Sim<E> {
                 if matches!(env.msg, Message::FetchHistory { .. }) {
                     self.stats.fetches += 1;
                 }
+                if matches!(env.msg, Message::Quiesce { .. }) {
+                    self.stats.quiesces += 1;
+                }
                 if let Some(n) = self.nodes[i].node.as_mut() {
                     n.handle_message(now, env);
                 }
@@ -1160,6 +1193,17 @@ impl<E: Elector> Sim<E> {
     }
 
     fn client(&mut self) -> Result<(), Violation> {
+        if self.client_paused {
+            return Ok(());
+        }
+        // With quiescence on, the client pauses every other 2 s while the
+        // faults run, so that groups go quiet and faults hit quiet groups.
+        if self.cfg.replica.quiesce_after.is_some()
+            && self.faults
+            && (self.now.as_nanos() / 2_000_000_000) % 2 == 1
+        {
+            return Ok(());
+        }
         let Some(l) = self.leader() else {
             return Ok(());
         };

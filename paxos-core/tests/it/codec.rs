@@ -42,6 +42,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         epoch().prop_map(|epoch| Message::Readmit { epoch }),
+        (epoch(), zxid()).prop_map(|(epoch, commit)| Message::Quiesce { epoch, commit }),
         (epoch(), any::<u64>()).prop_map(|(epoch, to)| Message::TakeOver {
             epoch,
             to: NodeId(to)

@@ -5,5 +5,6 @@
 
 mod codec;
 mod node;
+mod quiesce;
 mod replica;
 mod sim;

@@ -74,6 +74,12 @@ enum Command {
         /// fixed once the data directory holds data.
         #[arg(long, default_value_t = 1)]
         groups: u32,
+        /// Milliseconds a group stays idle before it quiesces (no
+        /// heartbeats, no election timer until a write, a read or a lost
+        /// node wakes it); 0: never. Default: twice the election timeout
+        /// with more than one group, never with one.
+        #[arg(long)]
+        quiesce_ms: Option<u64>,
         /// Log entries kept below the cleanup point after a snapshot, so
         /// that a briefly lagging follower still catches up by DIFF rather
         /// than by a whole snapshot.
@@ -272,6 +278,7 @@ fn main() -> Result<()> {
             segment_mib,
             snapshot_every,
             groups,
+            quiesce_ms,
             retention_entries,
             loopback,
             max_sessions,
@@ -317,6 +324,7 @@ fn main() -> Result<()> {
             opts.segment_bytes = segment_mib << 20;
             opts.snapshot_every = snapshot_every;
             opts.groups = groups;
+            opts.quiesce_after = quiesce_ms.map(Duration::from_millis);
             opts.retention_entries = retention_entries;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;

@@ -28,6 +28,7 @@ use paxos_net_quic::PeerId;
 use super::client_port::ClientMsg;
 use super::{
     Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION, TAG_ELECTION_IN,
+    TAG_HOST_HEARTBEAT,
 };
 use crate::client_proto::{Request, Response};
 use crate::kv::KvCommand;
@@ -69,7 +70,7 @@ impl Host {
         }
     }
 
-    fn send_now(&self, to: NodeId, frame: Bytes) {
+    pub(super) fn send_now(&self, to: NodeId, frame: Bytes) {
         if let Err(e) = self.transport.borrow().send(PeerId(to.0), frame) {
             // The kernel retransmits what matters (heartbeats, pipeline
             // timeouts, sync retries); a full queue is a slow peer.
@@ -103,6 +104,11 @@ pub(super) struct Groups {
     /// equals `armed[group]`; stale ones are skipped when popped.
     timers: BinaryHeap<Reverse<(Time, usize)>>,
     armed: Vec<Option<Time>>,
+    /// With quiescence: when each peer node was last heard from (any
+    /// frame), and whether it counts as lost.
+    peers: BTreeMap<u64, (Instant, bool)>,
+    /// When the host's next heartbeat to its peers is due.
+    next_host_heartbeat: Instant,
 }
 
 impl Groups {
@@ -114,6 +120,8 @@ impl Groups {
             is_dirty: vec![true; n],
             timers: BinaryHeap::new(),
             armed: vec![None; n],
+            peers: BTreeMap::new(),
+            next_host_heartbeat: Instant::now(),
         };
         for i in 0..n {
             g.rearm(i);
@@ -192,11 +200,68 @@ impl Groups {
         if self.groups.iter().any(Driver::busy) {
             next = next.min(Instant::now() + Duration::from_millis(1));
         }
+        if self.host().quiesce {
+            next = next.min(self.next_host_heartbeat);
+        }
         next
+    }
+
+    /// With quiescence: heartbeats every peer node (one frame per peer per
+    /// heartbeat interval, whatever the number of groups), and wakes the
+    /// quiesced groups that a peer node not heard from for an election
+    /// timeout concerns: those it leads, and those this node leads (whose
+    /// quorum it may have been). A woken follower then elects after its
+    /// own timeout if the leader stays silent.
+    fn host_heartbeat(&mut self) {
+        let host = &self.groups[0].host;
+        if !host.quiesce {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next_host_heartbeat {
+            return;
+        }
+        self.next_host_heartbeat = now + host.heartbeat;
+        let peers: Vec<u64> = host
+            .members
+            .borrow()
+            .keys()
+            .copied()
+            .filter(|&p| p != host.id.0)
+            .collect();
+        for &p in &peers {
+            host.send_now(NodeId(p), Bytes::from_static(&[TAG_HOST_HEARTBEAT]));
+        }
+        let timeout = host.election_timeout;
+        let mut lost = Vec::new();
+        for p in peers {
+            let (heard, is_lost) = self.peers.entry(p).or_insert((now, false));
+            if !*is_lost && now.saturating_duration_since(*heard) > timeout {
+                *is_lost = true;
+                lost.push(p);
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let t = self.host().now();
+        let mut woken = 0usize;
+        for g in 0..self.groups.len() {
+            let r = self.groups[g].node.replica();
+            let concerned = r.is_quiesced()
+                && (r.is_leader() || r.leader().is_some_and(|l| lost.contains(&l.0)));
+            if concerned {
+                self.groups[g].node.wake(t);
+                self.mark(g);
+                woken += 1;
+            }
+        }
+        tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout; its quiesced groups woken");
     }
 
     /// Wakes the groups whose timers are due (and those with snapshot work).
     pub(super) fn on_timeout(&mut self) {
+        self.host_heartbeat();
         if self.groups.len() == 1 {
             // One group: woken on every pass, as a single-group node always
             // was (the layer's own deadlines decide what is due).
@@ -246,6 +311,12 @@ impl Groups {
 
     /// A frame from `peer`: routed to its group (a batch, to each frame's).
     pub(super) fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
+        if self.groups[0].host.quiesce {
+            self.peers.insert(peer.0, (Instant::now(), false));
+        }
+        if frame.first() == Some(&TAG_HOST_HEARTBEAT) {
+            return;
+        }
         if frame.first() == Some(&TAG_BATCH) {
             let mut rest = frame.slice(1..);
             for _ in 0..MAX_FRAMES_PER_BATCH {

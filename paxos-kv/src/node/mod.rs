@@ -94,6 +94,9 @@ const TAG_ELECTION: u8 = 1;
 /// Tag of a peer frame that carries an election notification of another
 /// group: `u32 group (LE) | notification`.
 const TAG_ELECTION_IN: u8 = 2;
+/// Tag of the host's own heartbeat to a peer node (no body): with idle
+/// groups quiesced, it is how a node notices a peer node is lost.
+const TAG_HOST_HEARTBEAT: u8 = 4;
 /// Tag of a peer frame that carries several frames (of any groups) to one
 /// peer: `(u32 length (LE) | frame)*`, each frame with its own tag (never
 /// another batch). A node hosting many groups sends one per peer per turn.
@@ -209,6 +212,12 @@ struct Host {
     metrics_served: bool,
     /// Groups hosted: keys map to them by [`crate::shard::group_of`].
     groups: u32,
+    /// Whether idle groups quiesce: the host then heartbeats each peer
+    /// node itself and wakes the groups a lost node concerns.
+    quiesce: bool,
+    /// The node's heartbeat interval and election timeout (every group's).
+    heartbeat: Duration,
+    election_timeout: Duration,
 }
 
 /// The IO around one group's node layer. A node runs one per group it
@@ -390,6 +399,9 @@ pub async fn run_node(
         metrics: RefCell::new(metrics),
         metrics_served: metrics_task.is_some(),
         groups: opts.groups,
+        quiesce: quiesce_after(&opts).is_some(),
+        heartbeat: opts.heartbeat,
+        election_timeout: opts.election_timeout,
     });
     let mut groups = Vec::with_capacity(stores.len());
     for (index, store) in stores.into_iter().enumerate() {
@@ -519,6 +531,18 @@ pub async fn run_node(
     result
 }
 
+/// How long a group stays idle before it quiesces: `--quiesce-ms` if
+/// given (0: never), else twice the election timeout on a node hosting
+/// many groups and never on a single-group node (whose one group costs
+/// little, and whose peers may run a build without QUIESCE).
+fn quiesce_after(opts: &NodeOptions) -> Option<Duration> {
+    match opts.quiesce_after {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => (opts.groups > 1).then(|| opts.election_timeout * 2),
+    }
+}
+
 /// Starts group `index` over its opened storage: its state machine
 /// restored from its newest snapshot, its replica, elector and node layer.
 fn open_group(
@@ -587,6 +611,7 @@ fn open_group(
     config.lease_reads = opts.lease_reads;
     config.retention_entries = opts.retention_entries;
     config.lease_clock_drift = opts.lease_clock_drift;
+    config.quiesce_after = quiesce_after(opts);
     // A command must fit one WAL record (a segment) with room to spare, or
     // every replica would fail to log it; the kernel refuses larger ones.
     let segment_limit = usize::try_from(opts.segment_bytes / 2).unwrap_or(usize::MAX);

@@ -53,6 +53,12 @@ pub struct NodeOptions {
     /// cannot change once the data directory holds data (the node refuses
     /// to start with another).
     pub groups: u32,
+    /// How long a group stays idle before it quiesces (its leader stops
+    /// heartbeating, its followers their election timers; see
+    /// `paxos_core::Config::quiesce_after`). `None` (the default): twice
+    /// the election timeout when the node hosts more than one group, never
+    /// with one; zero: never.
+    pub quiesce_after: Option<Duration>,
     /// Applied entries between two local snapshots (0: never).
     pub snapshot_every: u64,
     /// Log entries kept below the cleanup point, so that a briefly lagging
@@ -166,6 +172,7 @@ impl NodeOptions {
             election_timeout: Duration::from_millis(300),
             segment_bytes: 64 << 20,
             groups: 1,
+            quiesce_after: None,
             snapshot_every: 1_000_000,
             retention_entries: default_retention_entries(),
             loopback: false,

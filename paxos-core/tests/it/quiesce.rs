@@ -1,0 +1,136 @@
+//! Quiescence (`Config::quiesce_after`): an idle group stops its timers and
+//! its traffic, a write or a read wakes it, and a lost leader is still
+//! replaced once the hosts notice the loss. Run in the simulator, with the
+//! real node layer and kernel.
+
+use std::time::Duration;
+
+use paxos_core::sim::{Sim, SimConfig};
+
+fn quiet_config(seed: u64) -> SimConfig {
+    let mut cfg = SimConfig {
+        seed,
+        ..SimConfig::default()
+    };
+    cfg.replica.quiesce_after = Some(Duration::from_millis(300));
+    cfg
+}
+
+/// Runs until every replica is quiesced (at most `bound` of simulated time).
+fn run_until_quiet(sim: &mut Sim<paxos_core::sim::TestElector>, bound: Duration) -> bool {
+    let step = Duration::from_millis(50);
+    for _ in 0..(bound.as_millis() / step.as_millis()) {
+        sim.run_for(step).expect("no violation");
+        let ids = sim.node_ids();
+        if ids
+            .iter()
+            .all(|&id| sim.replica(id).is_some_and(|r| r.is_quiesced()))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn an_idle_group_goes_quiet_and_sends_nothing() {
+    for seed in 0..5 {
+        let mut sim = Sim::with_test_components(quiet_config(seed));
+        sim.run_for(Duration::from_secs(1)).expect("no violation");
+        assert!(sim.stats().acked > 0, "seed {seed}: writes committed");
+        sim.set_client_paused(true);
+        assert!(
+            run_until_quiet(&mut sim, Duration::from_secs(3)),
+            "seed {seed}: the idle group quiesced: {}",
+            sim.describe()
+        );
+        for id in sim.node_ids() {
+            let r = sim.replica(id).expect("up");
+            assert_eq!(r.poll_timeout(), None, "seed {seed}: {id} has no timer");
+        }
+        let delivered = sim.stats().delivered;
+        sim.run_for(Duration::from_secs(5)).expect("no violation");
+        assert_eq!(
+            sim.stats().delivered,
+            delivered,
+            "seed {seed}: a quiet group exchanges no messages"
+        );
+    }
+}
+
+#[test]
+fn a_write_wakes_a_quiet_group_and_commits() {
+    for seed in 0..5 {
+        let mut sim = Sim::with_test_components(quiet_config(seed));
+        sim.run_for(Duration::from_secs(1)).expect("no violation");
+        sim.set_client_paused(true);
+        assert!(
+            run_until_quiet(&mut sim, Duration::from_secs(3)),
+            "seed {seed}"
+        );
+        let leader = sim.leader().expect("a leader");
+        let acked = sim.stats().acked;
+        assert_eq!(sim.propose_on(leader, 3), 3, "seed {seed}: proposed");
+        sim.run_for(Duration::from_millis(300))
+            .expect("no violation");
+        assert_eq!(
+            sim.stats().acked,
+            acked + 3,
+            "seed {seed}: the writes committed"
+        );
+        assert_eq!(
+            sim.leader(),
+            Some(leader),
+            "seed {seed}: no election on waking"
+        );
+        // And it goes quiet again.
+        assert!(
+            run_until_quiet(&mut sim, Duration::from_secs(3)),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn a_quiet_groups_lost_leader_is_replaced() {
+    for seed in 0..5 {
+        let mut sim = Sim::with_test_components(quiet_config(seed));
+        sim.run_for(Duration::from_secs(1)).expect("no violation");
+        sim.set_client_paused(true);
+        assert!(
+            run_until_quiet(&mut sim, Duration::from_secs(3)),
+            "seed {seed}"
+        );
+        let old = sim.leader().expect("a leader");
+        let acked = sim.stats().acked;
+        sim.crash(old);
+        sim.run_for(Duration::from_secs(2)).expect("no violation");
+        let new = sim.leader().expect("a new leader once the hosts noticed");
+        assert_ne!(new, old, "seed {seed}");
+        sim.set_client_paused(false);
+        sim.run_for(Duration::from_secs(1)).expect("no violation");
+        assert!(
+            sim.stats().acked > acked,
+            "seed {seed}: writes commit again"
+        );
+        assert!(
+            sim.stats().wakes > 0,
+            "seed {seed}: the hosts woke the group"
+        );
+    }
+}
+
+#[test]
+fn without_quiescence_an_idle_group_keeps_heartbeating() {
+    let mut sim = Sim::with_test_components(SimConfig::default());
+    sim.run_for(Duration::from_secs(1)).expect("no violation");
+    sim.set_client_paused(true);
+    sim.run_for(Duration::from_secs(2)).expect("no violation");
+    let delivered = sim.stats().delivered;
+    sim.run_for(Duration::from_secs(1)).expect("no violation");
+    assert!(sim.stats().delivered > delivered, "heartbeats flow");
+    assert!(sim
+        .node_ids()
+        .iter()
+        .all(|&id| !sim.replica(id).expect("up").is_quiesced()));
+}
