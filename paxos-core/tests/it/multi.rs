@@ -167,3 +167,21 @@ fn unsupported_options_are_refused() {
     let cfg = three_hosts(0, 0);
     assert!(MultiSim::with_test_components(cfg).is_err());
 }
+
+/// Found by the multi-group simulator (seed 41, 64 groups: group 22). The
+/// leader-elect of epoch 7 held the epoch-6 history (current epoch 6, last
+/// 5.8) and a counted follower held a longer branch of epoch 5 (current
+/// epoch 5, last 5.10); the check before syncing compared last zxids only,
+/// fetched that branch and committed 5.9 and 5.10. The leader-elect of
+/// epoch 8 then saw a follower still on epoch 6's abandoned branch (current
+/// epoch 6, last 6.4), longer than its own (current epoch 7, last 5.10),
+/// fetched it too and truncated the committed 5.9 and 5.10: an agreement
+/// violation. A longer log of an older epoch is no more recent history.
+#[test]
+fn a_leader_elect_does_not_adopt_a_longer_log_of_an_older_epoch() {
+    let mut sim = MultiSim::with_test_components(MultiConfig::chaos(41, 64))
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(v) = sim.run_steps_then_recover(50_000) {
+        panic!("{v}");
+    }
+}
