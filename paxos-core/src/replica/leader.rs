@@ -84,6 +84,10 @@ pub(super) struct Leader {
     pub(super) history_end: Zxid,
     pub(super) started: Time,
     pub(super) fetch_from: Option<NodeId>,
+    /// The current epoch of the member whose history our log holds (ours,
+    /// or the one we fetch from): with our last zxid, the position a
+    /// counted member must exceed to hold more recent history.
+    pub(super) adopted_epoch: Epoch,
     pub(super) fetch_sent_at: Time,
     /// Fetching by snapshot: `fetch_from`'s log no longer covers our
     /// position, so we take its snapshot, then the entries after it.
@@ -124,6 +128,7 @@ impl<S: Storage> Replica<S> {
             history_end: Zxid::ZERO,
             started: now,
             fetch_from: None,
+            adopted_epoch: self.hs.current_epoch,
             fetch_sent_at: now,
             fetch_snap: None,
             fetch_progress_at: now,
@@ -635,6 +640,7 @@ impl<S: Storage> Replica<S> {
                             tracing::info!(id = %self.id, from = %n, ?pos, ?mine, "discovery: fetching the quorum's most recent history");
                             l.phase = LPhase::Fetching;
                             l.fetch_from = Some(n);
+                            l.adopted_epoch = pos.0;
                             l.fetch_sent_at = self.now;
                             self.send_fetch(n);
                         }
@@ -724,27 +730,30 @@ impl<S: Storage> Replica<S> {
             self.lose_leader("discovery quorum does not cover the adopted membership");
             return;
         }
-        // And no member that quorum counted holds entries past the adopted
-        // history (checked, not assumed: it is what keeps committed
-        // entries).
-        let mine = self.log.last();
+        // And no member that quorum counted holds more recent history than
+        // the adopted one (checked, not assumed: it is what keeps committed
+        // entries). More recent is a later (current epoch, last zxid), as
+        // when choosing the history: a longer log of an older epoch is a
+        // branch a later epoch's history superseded, never more recent.
+        let mine = (l.adopted_epoch, self.log.last());
         let behind = l.peers.iter().find(|(n, p)| {
             p.phase == PPhase::Acked
                 && !p.recovering
                 && self.config.is_voter(**n)
-                && p.position.last_zxid > mine
+                && (p.position.current_epoch, p.position.last_zxid) > mine
         });
-        if let Some((&n, p)) = behind {
+        if let Some((n, p)) = behind.map(|(n, p)| (*n, p.position)) {
             // A member acknowledged after the fetch began, or one the
             // pre-fetch membership did not count: fetch from it too (each
             // round leaves our log longer, so this ends).
-            tracing::info!(id = %me, follower = %n, pos = ?p.position, ?mine, "a counted follower holds more than the adopted history; fetching from it");
+            tracing::info!(id = %me, follower = %n, pos = ?p, ?mine, "a counted follower holds more recent history than the adopted one; fetching from it");
             let now = self.now;
             let Role::Leading(l) = &mut self.role else {
                 return;
             };
             l.phase = LPhase::Fetching;
             l.fetch_from = Some(n);
+            l.adopted_epoch = p.current_epoch;
             l.fetch_sent_at = now;
             self.send_fetch(n);
             return;

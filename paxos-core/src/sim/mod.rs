@@ -39,6 +39,7 @@
 mod elector;
 mod faults;
 mod machine;
+pub mod multi;
 pub mod scenarios;
 mod snapshot;
 mod storage;
@@ -46,7 +47,8 @@ mod storage;
 /// The simulator's generator: the crate's one PRNG.
 pub use crate::rng::Rng as SimRng;
 pub use elector::{TestElectionMsg, TestElector, TestVote};
-pub use storage::SimStorage;
+pub use multi::{MultiConfig, MultiSim, MultiStats};
+pub use storage::{SharedLog, SimStorage};
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -488,6 +490,9 @@ struct SimNode<E: Elector> {
     /// How fast this node's clock runs, in parts per million off true
     /// time (its local time is the true time scaled by it).
     clock_ppm: i64,
+    /// In multi-group mode: the host's write-ahead log this node's disk
+    /// writes to (shared with the host's other groups).
+    log: Option<SharedLog>,
 }
 
 impl<E: Elector> SimNode<E> {
@@ -547,6 +552,16 @@ pub struct Sim<E: Elector> {
     /// The established leader seen in each epoch (the newest
     /// [`MAX_EPOCHS_TRACKED`] epochs): at most one per epoch.
     epoch_leaders: BTreeMap<crate::Epoch, NodeId>,
+    /// In multi-group mode: the packets sent, for the shared network to
+    /// carry ([`multi`]); `None` when this simulator owns its network.
+    outbox: Option<Vec<Packet<E::Message>>>,
+}
+
+/// How a group's nodes sit on shared hosts (multi-group mode): node `i`
+/// writes to `logs[i]` and its clock runs `clock_ppm[i]` off true time.
+struct HostSetup {
+    logs: Vec<SharedLog>,
+    clock_ppm: Vec<i64>,
 }
 
 /// Epochs whose leader [`Sim`] remembers for the one-leader-per-epoch check.
@@ -586,6 +601,18 @@ impl<E: Elector> Sim<E> {
         make_elector: ElectorFactory<E>,
         make_planner: PlannerFactory,
     ) -> Sim<E> {
+        Sim::build(cfg, make_elector, make_planner, None)
+    }
+
+    /// [`new`](Self::new), or with `hosts` one group of a multi-group run:
+    /// its disks on the hosts' shared logs, its clocks the hosts', and its
+    /// packets left in the outbox for the shared network.
+    fn build(
+        cfg: SimConfig,
+        make_elector: ElectorFactory<E>,
+        make_planner: PlannerFactory,
+        hosts: Option<HostSetup>,
+    ) -> Sim<E> {
         assert!(cfg.voters >= 1, "a group needs a voter");
         let voters: Vec<NodeId> = (1..=cfg.voters as u64).map(NodeId).collect();
         let observers: Vec<NodeId> = (0..cfg.observers as u64).map(|i| NodeId(100 + i)).collect();
@@ -616,6 +643,7 @@ impl<E: Elector> Sim<E> {
             deferred: None,
             snap_open: BTreeSet::new(),
             drops: Vec::new(),
+            outbox: None,
             cfg,
         };
         for id in voters.into_iter().chain(observers) {
@@ -640,12 +668,24 @@ impl<E: Elector> Sim<E> {
                 counted: Default::default(),
                 clock_ppm: 0,
                 last_timer: (Time::ZERO, 0),
+                log: None,
             });
         }
-        let max_ppm = sim.cfg.max_clock_drift_ppm.min(500_000) as i64;
-        for n in &mut sim.nodes {
-            if max_ppm > 0 {
-                n.clock_ppm = sim.rng.range(0, 2 * max_ppm as u64) as i64 - max_ppm;
+        match hosts {
+            Some(h) => {
+                for (i, n) in sim.nodes.iter_mut().enumerate() {
+                    n.log = h.logs.get(i).cloned();
+                    n.clock_ppm = h.clock_ppm.get(i).copied().unwrap_or(0);
+                }
+                sim.outbox = Some(Vec::new());
+            }
+            None => {
+                let max_ppm = sim.cfg.max_clock_drift_ppm.min(500_000) as i64;
+                for n in &mut sim.nodes {
+                    if max_ppm > 0 {
+                        n.clock_ppm = sim.rng.range(0, 2 * max_ppm as u64) as i64 - max_ppm;
+                    }
+                }
             }
         }
         for i in 0..sim.nodes.len() {
@@ -831,7 +871,10 @@ impl<E: Elector> Sim<E> {
         let local = self.local_now(i);
         let canonical = self.canonical.clone();
         let n = &mut self.nodes[i];
-        let mut storage = SimStorage::from_durable(n.disk.clone());
+        let mut storage = match &n.log {
+            Some(log) => log.open(n.disk.clone()),
+            None => SimStorage::from_durable(n.disk.clone()),
+        };
         storage.set_refuse_writes(n.disk_full);
         n.durable_hs = storage.durable().hard_state();
         let snapshot = n.snapshot.clone();
@@ -1055,6 +1098,12 @@ impl<E: Elector> Sim<E> {
                 }
             }
         }
+        self.after_step()
+    }
+
+    /// The checks closing every step: a violation found along the way,
+    /// one leader per epoch, and the other safety invariants.
+    fn after_step(&mut self) -> Result<(), Violation> {
         if let Some(v) = self.deferred.take() {
             return Err(v);
         }
@@ -1113,6 +1162,11 @@ impl<E: Elector> Sim<E> {
                     return;
                 }
             }
+        }
+        if let Some(out) = self.outbox.as_mut() {
+            // The shared network decides its fate.
+            out.push(p);
+            return;
         }
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.cfg.drop_prob) {
             self.stats.dropped += 1;

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod codec;
+mod multi;
 mod node;
 mod quiesce;
 mod replica;

@@ -2,7 +2,7 @@
 //! election and `paxos-snapshot`'s sync planner, under the simulator's
 //! scenarios and random fault schedules.
 
-use paxos_core::sim::{scenarios, Sim, SimConfig};
+use paxos_core::sim::{scenarios, MultiConfig, MultiSim, Sim, SimConfig};
 use paxos_election::{ElectionConfig, FastElection};
 use paxos_snapshot::{PlannerConfig, ZabPlanner};
 
@@ -136,6 +136,59 @@ fn full_stack_wiped_voter_without_recovering_loses_a_write() {
 fn full_stack_leader_elect_adopts_a_promoted_members_history() {
     let mut sim = full_sim(SimConfig::chaos(2_153));
     if let Err(v) = sim.run_steps_then_recover(6_000) {
+        panic!("{v}");
+    }
+}
+
+/// The multi-group simulator over the full stack: `cfg.groups` groups of
+/// FastElection and ZabPlanner sharing each host's log and the network.
+fn full_multi(cfg: MultiConfig) -> MultiSim<FastElection> {
+    let seed = cfg.seed;
+    MultiSim::new(
+        cfg,
+        Box::new(move |id, c| {
+            FastElection::new(ElectionConfig {
+                id,
+                voters: c.voters.clone(),
+                observers: c.observers.clone(),
+                seed: seed.wrapping_mul(1_000_003) ^ id.0 ^ c.group.0.wrapping_mul(0x9E37_79B9),
+                ..ElectionConfig::default()
+            })
+            .expect("valid election config")
+        }),
+        Box::new(|| Box::new(ZabPlanner::new(PlannerConfig::default()))),
+    )
+    .expect("a configuration the multi-group simulator models")
+}
+
+#[test]
+fn full_stack_many_groups_on_shared_hosts() {
+    for seed in 0..4 {
+        let mut sim = full_multi(MultiConfig::chaos(seed, 16));
+        if let Err(v) = sim.run_steps_then_recover(20_000) {
+            panic!("{v}");
+        }
+        let acked = sim.acked_per_group();
+        assert!(
+            acked.iter().all(|a| *a > 0),
+            "seed {seed}: every group must acknowledge commands: {acked:?}"
+        );
+    }
+}
+
+/// Found by the multi-group simulator (`simulate --full --groups 16 --seed
+/// 250 --steps 30000`, group 14): a read on a node that had just restarted
+/// was served at 4.30, below the acknowledged 4.32. The node layer numbers
+/// its reads from 1 in every incarnation, so a `ReadIndexResponse`
+/// answering the previous incarnation's read of the same number, still in
+/// flight across the restart, completes the new read with an old commit
+/// point (numbering reads uniquely across incarnations makes this seed
+/// pass). Ignored until the node layer is fixed.
+#[test]
+#[ignore = "node layer: read ids restart at 1 per incarnation, so a stale ReadIndexResponse completes a new read"]
+fn full_stack_restarted_node_does_not_take_a_stale_read_response() {
+    let mut sim = full_multi(MultiConfig::chaos(250, 16));
+    if let Err(v) = sim.run_steps_then_recover(30_000) {
         panic!("{v}");
     }
 }
