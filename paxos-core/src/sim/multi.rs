@@ -245,6 +245,9 @@ impl<E: Elector + 'static> MultiSim<E> {
             (b.transfer_interval.is_some(), "transfer_interval"),
             (b.reconfig_interval.is_some(), "reconfig_interval"),
             (b.unsafe_skip_lease_hold_off, "unsafe_skip_lease_hold_off"),
+            // The hosts' wake of quiesced groups after a lost host or link
+            // is modelled in the single-group simulator only.
+            (b.replica.quiesce_after.is_some(), "replica.quiesce_after"),
         ] {
             if set {
                 return Err(MultiConfigError::Unsupported { option });
