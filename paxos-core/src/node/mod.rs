@@ -82,6 +82,14 @@ pub struct NodeConfig {
     pub stall_backoff_min: Duration,
     /// Longest pause between two tries of a refused storage write.
     pub stall_backoff_max: Duration,
+    /// Where this incarnation's read ids start. A read forwarded to the
+    /// leader is matched with its answer by id, and an answer can outlive
+    /// the process that asked (in flight, or queued in a transport while
+    /// the node restarted): ids must not repeat across incarnations, or a
+    /// restarted node's read takes an old answer and may be stale. Give
+    /// each start a different value (a random number; the simulator uses
+    /// the incarnation count shifted into the upper bits).
+    pub read_ids_from: u64,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +105,7 @@ impl Default for NodeConfig {
             skip_entries: Vec::new(),
             stall_backoff_min: Duration::from_millis(10),
             stall_backoff_max: Duration::from_secs(1),
+            read_ids_from: 1,
         }
     }
 }
@@ -415,6 +424,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         }
         // A state machine that starts past zero was restored from a snapshot.
         let latest_snapshot = Some(sm.applied()).filter(|&z| z > Zxid::ZERO);
+        let next_read = cfg.read_ids_from.max(1);
         Ok(Node {
             replica,
             elector,
@@ -436,7 +446,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             pending_reads: HashMap::new(),
             waiting_reads: VecDeque::new(),
             pending_read_bytes: 0,
-            next_read: 1,
+            next_read,
             next_read_sweep: Time::ZERO,
             stats: NodeStats::default(),
             failed: None,
@@ -648,7 +658,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         let ctx = Bytes::copy_from_slice(&rid.to_le_bytes());
         match self.replica.read_index(now, ctx) {
             Ok(()) => {
-                self.next_read += 1;
+                self.next_read = self.next_read.wrapping_add(1).max(1);
                 self.pending_read_bytes += bytes;
                 let deadline = now + self.cfg.read_timeout;
                 self.pending_reads.insert(

@@ -479,6 +479,8 @@ struct SimNode<E: Elector> {
     /// The driver's view: the node's data directory was lost, so it starts
     /// recovering; stays set until the flag is on its durable disk.
     start_recovering: bool,
+    /// Starts so far (read ids are unique per incarnation).
+    incarnations: u64,
     /// The disk refuses writes (full) until the matching `DiskFree`.
     disk_full: bool,
     /// The background sync in flight is to fail (injected).
@@ -663,6 +665,7 @@ impl<E: Elector> Sim<E> {
                 pump_scheduled: false,
                 durable_hs: HardState::default(),
                 start_recovering: false,
+                incarnations: 0,
                 disk_full: false,
                 fail_sync: false,
                 counted: Default::default(),
@@ -907,8 +910,11 @@ impl<E: Elector> Sim<E> {
         if self.cfg.unsafe_skip_lease_hold_off {
             r.unsafe_skip_lease_hold_off();
         }
+        n.incarnations += 1;
         let cfg = NodeConfig {
             snapshot_every: self.cfg.snapshot_every,
+            // Unique per incarnation, as a real node's must be.
+            read_ids_from: (n.incarnations << 32) | 1,
             ..NodeConfig::default()
         };
         match Node::new(r, elector, machine, cfg) {

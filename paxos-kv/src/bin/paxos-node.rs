@@ -80,6 +80,10 @@ enum Command {
         /// with more than one group, never with one.
         #[arg(long)]
         quiesce_ms: Option<u64>,
+        /// Spread group leaders evenly over the nodes (with --groups > 1),
+        /// and again after a failure heals. Experimental, off by default.
+        #[arg(long)]
+        balance_leaders: bool,
         /// Log entries kept below the cleanup point after a snapshot, so
         /// that a briefly lagging follower still catches up by DIFF rather
         /// than by a whole snapshot.
@@ -279,6 +283,7 @@ fn main() -> Result<()> {
             snapshot_every,
             groups,
             quiesce_ms,
+            balance_leaders,
             retention_entries,
             loopback,
             max_sessions,
@@ -325,6 +330,7 @@ fn main() -> Result<()> {
             opts.snapshot_every = snapshot_every;
             opts.groups = groups;
             opts.quiesce_after = quiesce_ms.map(Duration::from_millis);
+            opts.balance_leaders = balance_leaders;
             opts.retention_entries = retention_entries;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;

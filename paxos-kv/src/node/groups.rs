@@ -34,6 +34,13 @@ use crate::client_proto::{Request, Response};
 use crate::kv::KvCommand;
 use crate::shard::group_of;
 
+/// How often the leader balancer looks at the spread of leaders.
+const BALANCE_EVERY: Duration = Duration::from_secs(2);
+/// Hand-overs one node starts per look, at most: a node that leads far
+/// more than its share gives the excess away over a few looks rather
+/// than in one burst of elections.
+const MAX_HANDOVERS_PER_LOOK: usize = 64;
+
 /// Frames in one batch frame, at most (a peer's batch of more is refused).
 const MAX_FRAMES_PER_BATCH: usize = 64 * 1024;
 
@@ -109,6 +116,8 @@ pub(super) struct Groups {
     peers: BTreeMap<u64, (Instant, bool)>,
     /// When the host's next heartbeat to its peers is due.
     next_host_heartbeat: Instant,
+    /// When the leader balancer next looks (see [`Groups::balance`]).
+    next_balance: Instant,
 }
 
 impl Groups {
@@ -122,6 +131,7 @@ impl Groups {
             armed: vec![None; n],
             peers: BTreeMap::new(),
             next_host_heartbeat: Instant::now(),
+            next_balance: Instant::now() + BALANCE_EVERY,
         };
         for i in 0..n {
             g.rearm(i);
@@ -259,9 +269,103 @@ impl Groups {
         tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout; its quiesced groups woken");
     }
 
+    /// Spreads leaders evenly over the voter nodes that are up: every node
+    /// hosts every group, so each sees the whole spread from its own
+    /// replicas. A node leading more than its share (the group count over
+    /// the live voters, rounded up) hands the excess, a few at a time, to
+    /// the live voters leading the fewest; one leading its share or less
+    /// does nothing, so the nodes never hand groups back and forth. After
+    /// a failure heals, the survivors lead too many and give groups back to
+    /// the node that returned. A hand-over the kernel refuses (the target
+    /// not in sync, a change in flight) is simply tried at a later look.
+    fn balance(&mut self) {
+        let host = &self.groups[0].host;
+        if !host.balance || self.groups.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next_balance {
+            return;
+        }
+        self.next_balance = now + BALANCE_EVERY;
+        let me = host.id;
+        let timeout = host.election_timeout;
+        // Live voters: this node and the peers heard within an election
+        // timeout, among group 0's voters (every group starts with the
+        // same members).
+        let voters: Vec<NodeId> = self.groups[0].node.replica().config().voters.clone();
+        let live: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| {
+                *v == me
+                    || self.peers.get(&v.0).is_some_and(|(heard, lost)| {
+                        !lost && now.saturating_duration_since(*heard) <= timeout
+                    })
+            })
+            .collect();
+        if live.len() < 2 || !live.contains(&me) {
+            return;
+        }
+        let mut led: BTreeMap<NodeId, usize> = live.iter().map(|&v| (v, 0)).collect();
+        let mut mine = Vec::new();
+        for (g, d) in self.groups.iter().enumerate() {
+            let r = d.node.replica();
+            if let Some(l) = r.leader() {
+                if let Some(c) = led.get_mut(&l) {
+                    *c += 1;
+                }
+                if r.is_leader() && r.transferring_to().is_none() {
+                    mine.push(g);
+                }
+            }
+        }
+        let share = self.groups.len().div_ceil(live.len());
+        let excess = led[&me].saturating_sub(share);
+        if excess == 0 {
+            return;
+        }
+        let t = self.host().now();
+        let mut started = 0usize;
+        for g in mine.into_iter().take(excess.min(MAX_HANDOVERS_PER_LOOK)) {
+            let Some((&to, _)) = led
+                .iter()
+                .filter(|(v, _)| **v != me)
+                .min_by_key(|(_, c)| **c)
+            else {
+                break;
+            };
+            if led[&to] >= share {
+                break;
+            }
+            match self.groups[g].node.transfer_leadership(t, to) {
+                Ok(()) => {
+                    *led.entry(to).or_insert(0) += 1;
+                    if let Some(c) = led.get_mut(&me) {
+                        *c = c.saturating_sub(1);
+                    }
+                    started += 1;
+                    self.mark(g);
+                }
+                Err(e) => {
+                    tracing::debug!(group = g, %to, error = %e, "leader balance: hand-over not started")
+                }
+            }
+        }
+        if started > 0 {
+            tracing::info!(
+                started,
+                share,
+                live = live.len(),
+                "leader balance: handing groups to the nodes leading the fewest"
+            );
+        }
+    }
+
     /// Wakes the groups whose timers are due (and those with snapshot work).
     pub(super) fn on_timeout(&mut self) {
         self.host_heartbeat();
+        self.balance();
         if self.groups.len() == 1 {
             // One group: woken on every pass, as a single-group node always
             // was (the layer's own deadlines decide what is due).
@@ -311,7 +415,8 @@ impl Groups {
 
     /// A frame from `peer`: routed to its group (a batch, to each frame's).
     pub(super) fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
-        if self.groups[0].host.quiesce {
+        let host = &self.groups[0].host;
+        if host.quiesce || host.balance {
             self.peers.insert(peer.0, (Instant::now(), false));
         }
         if frame.first() == Some(&TAG_HOST_HEARTBEAT) {

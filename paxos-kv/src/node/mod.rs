@@ -215,6 +215,8 @@ struct Host {
     /// Whether idle groups quiesce: the host then heartbeats each peer
     /// node itself and wakes the groups a lost node concerns.
     quiesce: bool,
+    /// Whether the node spreads leaders over the live voters.
+    balance: bool,
     /// The node's heartbeat interval and election timeout (every group's).
     heartbeat: Duration,
     election_timeout: Duration,
@@ -400,6 +402,7 @@ pub async fn run_node(
         metrics_served: metrics_task.is_some(),
         groups: opts.groups,
         quiesce: quiesce_after(&opts).is_some(),
+        balance: opts.balance_leaders && opts.groups > 1,
         heartbeat: opts.heartbeat,
         election_timeout: opts.election_timeout,
     });
@@ -531,6 +534,16 @@ pub async fn run_node(
     result
 }
 
+/// A random number, different in every process (the standard library's
+/// hash keys are drawn from the operating system's randomness): where a
+/// group's read ids start, so that they never repeat across restarts.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
+
 /// How long a group stays idle before it quiesces: `--quiesce-ms` if
 /// given (0: never), else twice the election timeout on a node hosting
 /// many groups and never on a single-group node (whose one group costs
@@ -654,6 +667,7 @@ fn open_group(
         max_pending_read_bytes: MAX_PENDING_READ_BYTES,
         read_timeout: READ_TIMEOUT,
         skip_entries: opts.skip_entries.clone(),
+        read_ids_from: random_u64(),
         ..NodeConfig::default()
     };
     let node = Node::new(replica, elector, TimedStore::new(kv), node_config)

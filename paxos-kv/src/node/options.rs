@@ -59,6 +59,10 @@ pub struct NodeOptions {
     /// the election timeout when the node hosts more than one group, never
     /// with one; zero: never.
     pub quiesce_after: Option<Duration>,
+    /// With more than one group: spread the leaders evenly over the live
+    /// voter nodes, and again after a failure heals (leader transfer).
+    /// Default `false`: experimental (see the README).
+    pub balance_leaders: bool,
     /// Applied entries between two local snapshots (0: never).
     pub snapshot_every: u64,
     /// Log entries kept below the cleanup point, so that a briefly lagging
@@ -173,6 +177,7 @@ impl NodeOptions {
             segment_bytes: 64 << 20,
             groups: 1,
             quiesce_after: None,
+            balance_leaders: false,
             snapshot_every: 1_000_000,
             retention_entries: default_retention_entries(),
             loopback: false,

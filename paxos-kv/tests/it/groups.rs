@@ -91,21 +91,28 @@ async fn read_back(client: &Client, keys: &[u32]) {
     }
 }
 
-/// Group `g`'s status at its leader, if a node says it leads it.
+/// Group `g`'s status at its leader, asking every node until one says it
+/// leads it (bounded: leaders move while the nodes balance them).
 async fn leader_status(
     cluster: &LocalCluster,
     security: &paxos_kv::tls::ClientSecurity,
     g: u32,
 ) -> Option<serde_json::Value> {
-    for m in cluster.members().values() {
-        let Ok(s) = Client::group_status_of(m.client, security, Duration::from_secs(2), g).await
-        else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-        if v["role"] == "leader" {
-            return Some(v);
+    for _ in 0..100 {
+        for m in cluster.members().values() {
+            let Ok(s) =
+                Client::group_status_of(m.client, security, Duration::from_secs(2), g).await
+            else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) else {
+                continue;
+            };
+            if v["role"] == "leader" {
+                return Some(v);
+            }
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
 }
@@ -203,5 +210,47 @@ async fn a_group_request_does_not_get_past_the_role_check() {
         Err(ClientError::Forbidden(why)) => assert!(why.contains("rw"), "{why}"),
         other => panic!("a reader's write in a group was not refused: {other:?}"),
     }
+    cluster.stop();
+}
+
+/// Waits until the running nodes lead `want` groups each (bounded).
+async fn wait_spread(
+    cluster: &LocalCluster,
+    want: u64,
+    timeout: Duration,
+) -> std::collections::BTreeMap<u64, u64> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = Default::default();
+    while std::time::Instant::now() < deadline {
+        if let Ok(led) = cluster.wait_all_groups_led(Duration::from_secs(5)).await {
+            if led.values().all(|&n| n == want) {
+                return led;
+            }
+            last = led;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("leaders not spread {want} per node within {timeout:?}: {last:?}");
+}
+
+/// Leaders spread evenly over the nodes, over the survivors when a node is
+/// lost, and back over all of them once it returns (12 groups, 3 nodes).
+/// Ignored: the balancer is opt-in (`--balance-leaders`) because with it
+/// on, `keys_spread_over_groups_and_survive_a_killed_node` left replicas
+/// looking for a leader for over a minute after the hand-overs that
+/// followed a restart (not understood yet; see the note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the leader balancer is opt-in until a stuck election after its hand-overs is understood"]
+async fn leaders_are_spread_and_spread_again_after_a_failure_heals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.extra_node_args = vec!["--groups".into(), "12".into(), "--balance-leaders".into()];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    wait_spread(&cluster, 4, Duration::from_secs(60)).await;
+    cluster.kill(2).expect("kill");
+    let led = wait_spread(&cluster, 6, Duration::from_secs(60)).await;
+    assert!(!led.contains_key(&2), "{led:?}");
+    cluster.start_node(2).expect("restart");
+    wait_spread(&cluster, 4, Duration::from_secs(60)).await;
     cluster.stop();
 }

@@ -182,10 +182,9 @@ fn full_stack_many_groups_on_shared_hosts() {
 /// its reads from 1 in every incarnation, so a `ReadIndexResponse`
 /// answering the previous incarnation's read of the same number, still in
 /// flight across the restart, completes the new read with an old commit
-/// point (numbering reads uniquely across incarnations makes this seed
-/// pass). Ignored until the node layer is fixed.
+/// point. Fixed by `NodeConfig::read_ids_from`: read ids are unique across
+/// incarnations (this test failed before the fix, as described).
 #[test]
-#[ignore = "node layer: read ids restart at 1 per incarnation, so a stale ReadIndexResponse completes a new read"]
 fn full_stack_restarted_node_does_not_take_a_stale_read_response() {
     let mut sim = full_multi(MultiConfig::chaos(250, 16));
     if let Err(v) = sim.run_steps_then_recover(30_000) {
