@@ -898,30 +898,49 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     fn sync_elector(&mut self, now: Time) {
         let committed = self.replica.committed_membership();
         let in_force = self.replica.membership();
+        let me = self.replica.id();
+        // A change this node holds, not yet committed, that takes away its
+        // vote: it may not stand (its kernel refuses to lead outside the
+        // membership in force, and as the holder of the newest history it
+        // would be elected again and again while everyone waited for it).
+        // It stays an observer in its own view, so it still locks for the
+        // peers that count it, and stands again if the change is dropped.
+        let voters: Vec<NodeId> = committed
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != me || in_force.is_voter(me))
+            .collect();
         if let Some(given) = &self.elector_membership {
             let observers_match = in_force
                 .voters
                 .iter()
                 .chain(&in_force.observers)
                 .chain(&committed.observers)
-                .filter(|n| !committed.is_voter(**n))
+                .filter(|n| !voters.contains(n))
                 .all(|n| given.is_observer(*n))
                 && given
                     .observers
                     .iter()
                     .all(|o| committed.is_observer(*o) || in_force.is_member(*o));
-            if given.voters == committed.voters && observers_match {
+            if given.voters == voters && observers_match {
                 return;
             }
         }
         let mut observers: Vec<NodeId> = committed.observers.clone();
-        for n in in_force.voters.iter().chain(&in_force.observers) {
-            if !committed.is_voter(*n) && !observers.contains(n) {
+        let stood_down = committed.is_voter(me) && !voters.contains(&me);
+        for n in in_force
+            .voters
+            .iter()
+            .chain(&in_force.observers)
+            .chain(stood_down.then_some(&me))
+        {
+            if !voters.contains(n) && !observers.contains(n) {
                 observers.push(*n);
             }
         }
         let m = Membership {
-            voters: committed.voters.clone(),
+            voters,
             observers,
             ..Membership::default()
         };

@@ -334,7 +334,16 @@ impl<S: Storage> Replica<S> {
         }
         if d.leader == self.id {
             if !self.config.is_voter(self.id) {
-                tracing::warn!(id = %self.id, "elected but not a voter; ignoring");
+                // The elector must look again (its view of the voters may
+                // lag the membership in force, which may drop this node):
+                // a decision left standing would keep it, and every node
+                // that follows it, waiting for ever.
+                tracing::warn!(id = %self.id, "elected but not a voter; looking again");
+                if !matches!(self.role, Role::Looking) {
+                    self.lose_leader("elected but not a voter");
+                } else {
+                    self.out.events.push(Event::LostLeader(self.vote_info()));
+                }
                 return;
             }
             if self.recovering {

@@ -140,6 +140,21 @@ fn full_stack_leader_elect_adopts_a_promoted_members_history() {
     }
 }
 
+/// `simulate --full --seed 1903 --steps 6000`: a promoted member (n100)
+/// fetched, as leader-elect, the newest history, which holds an
+/// uncommitted change removing it. Its kernel then refused to lead (not a
+/// voter in the membership in force), but its elector, counting the
+/// committed membership, stood and was elected again and again with that
+/// newest history, and every other node waited for it: no leader for the
+/// rest of the run.
+#[test]
+fn full_stack_member_removed_by_its_newest_history_does_not_stall_the_election() {
+    let mut sim = full_sim(SimConfig::chaos(1903));
+    if let Err(v) = sim.run_steps_then_recover(6_000) {
+        panic!("{v}");
+    }
+}
+
 /// The multi-group simulator over the full stack: `cfg.groups` groups of
 /// FastElection and ZabPlanner sharing each host's log and the network.
 fn full_multi(cfg: MultiConfig) -> MultiSim<FastElection> {
