@@ -226,11 +226,13 @@ async fn place_leaders(
     groups: u32,
     target: impl Fn(u32) -> u64,
     bound: Duration,
-) -> (BTreeMap<u64, u64>, usize, u64, Duration) {
+) -> Placed {
     let started = Instant::now();
+    let last_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let alive = cluster.ids();
     let mut asked = 0u64;
     let mut misplaced = usize::MAX;
+    let mut idle_rounds = 0;
     let mut led = BTreeMap::new();
     for round in 0..=PLACEMENT_ROUNDS {
         let st = summaries(cluster, &alive).await;
@@ -240,8 +242,14 @@ async fn place_leaders(
             .filter(|&g| owner[g as usize] != Some(target(g)))
             .map(|g| (g, target(g)))
             .collect();
-        // Stop once a round moved nothing (leaders are not holding).
-        let stuck = pending.len() >= misplaced;
+        // Stop after two rounds in a row that moved nothing (leaders are
+        // not holding, or a node does not take them).
+        if pending.len() >= misplaced {
+            idle_rounds += 1;
+        } else {
+            idle_rounds = 0;
+        }
+        let stuck = idle_rounds >= 2;
         misplaced = pending.len();
         if pending.is_empty() || stuck || round == PLACEMENT_ROUNDS || started.elapsed() > bound {
             break;
@@ -252,7 +260,12 @@ async fn place_leaders(
         let deadline = started + bound;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..TRANSFERS_IN_FLIGHT.min(pending.len()) {
-            let (pending, next, admin) = (pending.clone(), next.clone(), admin.clone());
+            let (pending, next, admin, last_error) = (
+                pending.clone(),
+                next.clone(),
+                admin.clone(),
+                last_error.clone(),
+            );
             tasks.spawn(async move {
                 // Bounded: each worker takes at most every pending group.
                 for _ in 0..pending.len() {
@@ -264,16 +277,18 @@ async fn place_leaders(
                         if Instant::now() > deadline {
                             return;
                         }
-                        match admin.admin_in(g, AdminRequest::TransferLeader { to }).await {
-                            Ok(_) => break,
-                            Err(e) if transient(&e) => {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(e) => {
-                                tracing::warn!(group = g, to, error = %e, "leader transfer refused");
-                                break;
-                            }
+                        let answer = admin.admin_in(g, AdminRequest::TransferLeader { to }).await;
+                        let Err(e) = answer else {
+                            break;
+                        };
+                        if let Ok(mut last) = last_error.lock() {
+                            *last = Some(format!("group {g} to {to}: {e}"));
                         }
+                        if !transient(&e) {
+                            tracing::warn!(group = g, to, error = %e, "leader transfer refused");
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             });
@@ -282,7 +297,27 @@ async fn place_leaders(
         // Let the last hand-overs show in every node's status.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    (led, misplaced, asked, started.elapsed())
+    let last_error = last_error.lock().ok().and_then(|mut l| l.take());
+    Placed {
+        led,
+        misplaced,
+        asked,
+        took: started.elapsed(),
+        last_error,
+    }
+}
+
+/// The outcome of [`place_leaders`].
+struct Placed {
+    /// Groups led per node at the end.
+    led: BTreeMap<u64, u64>,
+    /// Groups whose leader is not where asked at the end.
+    misplaced: usize,
+    /// Transfers asked.
+    asked: u64,
+    took: Duration,
+    /// The last refusal of a transfer, if any.
+    last_error: Option<String>,
 }
 
 /// Where each group's leader should be.
@@ -834,16 +869,22 @@ async fn one_count(
             ("one node", Box::new(|_| 1)),
         ];
         for (placement, target) in placements {
-            let (led, misplaced, asked, took) =
-                place_leaders(&cluster, &admin, groups, target, opts.elect_bound).await;
+            let p = place_leaders(&cluster, &admin, groups, target, opts.elect_bound).await;
             println!(
-                "  leaders {placement}: {asked} transfers in {:.1} s; leaders per node {led:?}; {misplaced} groups not where asked",
-                took.as_secs_f64()
+                "  leaders {placement}: {} transfers in {:.1} s; leaders per node {:?}; {} groups not where asked{}",
+                p.asked,
+                p.took.as_secs_f64(),
+                p.led,
+                p.misplaced,
+                p.last_error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!(" (last refusal: {e})"))
             );
-            let mut w = measure(&cluster, &writers, opts.window, &led, placement, groups).await;
-            w["transfers"] = json!(asked);
-            w["placement_ms"] = json!(took.as_secs_f64() * 1e3);
-            w["misplaced_groups"] = json!(misplaced);
+            let mut w = measure(&cluster, &writers, opts.window, &p.led, placement, groups).await;
+            w["transfers"] = json!(p.asked);
+            w["placement_ms"] = json!(p.took.as_secs_f64() * 1e3);
+            w["misplaced_groups"] = json!(p.misplaced);
+            w["last_transfer_refusal"] = json!(p.last_error);
             windows.push(w);
         }
     }
@@ -1048,12 +1089,48 @@ pub(crate) fn figures(phase: &Value) -> Vec<Value> {
     let base = summary.iter().find(|s| s["groups"] == 1);
     for s in &summary {
         let g = s["groups"].as_u64().unwrap_or(0);
+        let idle_figures = |out: &mut Vec<Value>, while_electing: bool| {
+            if g <= 1 {
+                return;
+            }
+            let how = if while_electing {
+                " (while electing)"
+            } else {
+                ""
+            };
+            out.push(json!({
+                "name": format!("{g} idle groups per node{how}: CPU per 1000 groups, against 1 group"),
+                "value": s["idle_cpu_pct_per_1000_groups"],
+                "unit": "% of a core",
+            }));
+            out.push(json!({
+                "name": format!("{g} idle groups per node{how}: resident memory per group, against 1 group"),
+                "value": s["idle_rss_kib_per_group"],
+                "unit": "KiB",
+            }));
+            if let Some(small) = s["idle_smallest_many"].as_u64().filter(|&m| m < g) {
+                out.push(json!({
+                    "name": format!("{g} idle groups per node{how}: CPU per 1000 groups, against {small} groups"),
+                    "value": s["idle_cpu_pct_per_1000_groups_vs_smallest"],
+                    "unit": "% of a core",
+                }));
+                out.push(json!({
+                    "name": format!("{g} idle groups per node{how}: resident memory per group, against {small} groups"),
+                    "value": s["idle_rss_kib_per_group_vs_smallest"],
+                    "unit": "KiB",
+                }));
+            }
+        };
         if let Some(e) = s["error"].as_str() {
             out.push(
                 json!({ "name": format!("{g} groups per node: {e}"), "value": null, "unit": "" }),
             );
+            if !s["idle_cpu_pct_avg"].is_null() {
+                idle_figures(&mut out, true);
+            }
             continue;
         }
+        idle_figures(&mut out, false);
         if g > 1 {
             for (p, key) in [
                 ("leaders spread", "spread_writes_per_sec"),
@@ -1081,16 +1158,6 @@ pub(crate) fn figures(phase: &Value) -> Vec<Value> {
                 "baseline_name": "1 group",
                 "baseline": base.map(|b| b["spread_node_cpu_us_per_write"].clone()),
             }));
-            out.push(json!({
-                "name": format!("{g} idle groups per node: CPU per 1000 groups"),
-                "value": s["idle_cpu_pct_per_1000_groups"],
-                "unit": "% of a core",
-            }));
-            out.push(json!({
-                "name": format!("{g} idle groups per node: resident memory per group"),
-                "value": s["idle_rss_kib_per_group"],
-                "unit": "KiB",
-            }));
         }
         if !s["recovery_all_led_ms"].is_null() || !s["recovery_all_written_ms"].is_null() {
             out.push(json!({
@@ -1113,9 +1180,15 @@ pub(crate) fn html(phase: &Value) -> String {
     );
     for s in phase["summary"].as_array().into_iter().flatten() {
         if let Some(e) = s["error"].as_str() {
+            // The idle columns hold what hosting the groups cost while
+            // they tried to elect, when it was measured.
             t.push_str(&format!(
-                "<tr><td>{}</td><td colspan='14'>{e}</td></tr>",
-                s["groups"]
+                "<tr><td>{}</td><td colspan='8'>{e}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td></tr>",
+                s["groups"],
+                fmt(&s["idle_cpu_pct_avg"], 1),
+                fmt(&s["idle_rss_mib_avg"], 1),
+                fmt(&s["idle_cpu_pct_per_1000_groups"], 2),
+                fmt(&s["idle_rss_kib_per_group"], 1),
             ));
             continue;
         }
