@@ -14,6 +14,12 @@
 //! beside the same point over TLS, each going first in turn (the idle
 //! cluster only heartbeats meanwhile): the figures "TLS cost" put the two
 //! side by side.
+//!
+//! The groups phase (`--groups 1,16,...`; `paxos-e2e --only groups` runs it
+//! alone) measures nodes hosting many Paxos groups: writes/s with the
+//! groups' leaders spread over the nodes and all on one node, CPU per
+//! write, the idle cost of a group and the recovery of every group after
+//! a kill; see `e2e/groups.rs`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use anyhow::{bail, Context, Result};
@@ -29,8 +35,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../e2e/groups.rs"]
+mod groups;
 #[path = "../e2e/membership.rs"]
 mod membership;
+
+/// The group counts of the groups phase unless `--groups` says otherwise.
+const DEFAULT_GROUP_COUNTS: &str = "1,16,256,4096,10000";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,9 +82,59 @@ struct Args {
     /// (MiB; 0 skips it). `--quick` uses 16.
     #[arg(long, default_value_t = 1024)]
     catchup_mib: u64,
+    /// Group counts of the groups phase (nodes hosting many Paxos groups,
+    /// `paxos-node run --groups G`), comma-separated; empty or `none`
+    /// skips the phase. `--quick` runs 1 and 16 unless given.
+    #[arg(long, default_value = DEFAULT_GROUP_COUNTS)]
+    groups: String,
+    /// Seconds of the groups phase's idle-cost window.
+    #[arg(long, default_value_t = 10.0)]
+    groups_idle_seconds: f64,
+    /// Longest wait, in seconds, for every group to have a leader (after a
+    /// start or a kill) in the groups phase; a count that takes longer is
+    /// reported as not elected.
+    #[arg(long, default_value_t = 120)]
+    groups_elect_bound: u64,
+    /// More arguments for every node of the groups phase, e.g.
+    /// `--groups-node-arg=--inline-sync-bytes=0` (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    groups_node_arg: Vec<String>,
+    /// Run only this phase: `groups` skips the write points, the transfer,
+    /// failover, membership, catch-up and comparison phases.
+    #[arg(long, value_enum)]
+    only: Option<Phase>,
     /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
     #[arg(long)]
     results: Option<PathBuf>,
+}
+
+/// A phase that can be run alone (`--only`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Many groups per node.
+    Groups,
+}
+
+/// The group counts named by `--groups` (empty: skip the phase).
+fn group_counts(arg: &str) -> Result<Vec<u32>> {
+    let arg = arg.trim();
+    if arg.is_empty() || arg == "none" {
+        return Ok(Vec::new());
+    }
+    arg.split(',')
+        .map(|g| {
+            g.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&g| (1..=paxos_kv::node::MAX_GROUPS).contains(&g))
+                .with_context(|| {
+                    format!(
+                        "--groups: {g:?} is not a group count (1 to {})",
+                        paxos_kv::node::MAX_GROUPS
+                    )
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +200,10 @@ fn main() -> Result<()> {
         args.values = vec![100];
         args.seconds = 2.0;
         args.catchup_mib = args.catchup_mib.min(16);
+        if args.groups == DEFAULT_GROUP_COUNTS {
+            args.groups = "1,16".into();
+        }
+        args.groups_idle_seconds = args.groups_idle_seconds.min(3.0);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -174,8 +239,11 @@ async fn run(args: Args) -> Result<()> {
     let mut plaintext_runs: Vec<Run> = Vec::new();
     let mut failovers: Vec<Value> = Vec::new();
     let mut run_id = 1u64;
+    let group_counts = group_counts(&args.groups)?;
+    let only_groups = args.only == Some(Phase::Groups);
+    let nodes: &[u64] = if only_groups { &[] } else { &args.nodes };
 
-    for &n in &args.nodes {
+    for &n in nodes {
         println!("== {n} nodes");
         let mut spec = ClusterSpec::new(n, work.path().join(format!("cluster-{n}")), bin.clone());
         spec.clients.push((ADMIN_CLIENT.into(), Role::Admin));
@@ -324,12 +392,33 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    let mut groups_result = None;
+    if !group_counts.is_empty() {
+        let opts = groups::GroupsOptions {
+            counts: group_counts,
+            window: duration,
+            idle: Duration::from_secs_f64(args.groups_idle_seconds.max(0.5)),
+            elect_bound: Duration::from_secs(args.groups_elect_bound.max(1)),
+            node_args: args.groups_node_arg.clone(),
+        };
+        groups_result = Some(groups::groups_phase(work.path(), &bin, run_id, &opts).await?);
+    } else if only_groups {
+        bail!("--only groups with no group counts (--groups)");
+    }
+
     let mut compare_rows: Vec<Value> = Vec::new();
-    if args.compare {
+    if args.compare && !only_groups {
         compare_rows = compare(&args, work.path()).await;
     }
 
-    write_results(&results, &runs, &plaintext_runs, &failovers, &compare_rows)?;
+    write_results(
+        &results,
+        &runs,
+        &plaintext_runs,
+        &failovers,
+        &compare_rows,
+        groups_result.as_ref(),
+    )?;
     let lost: u64 = failovers
         .iter()
         .map(|f| f["lost_writes"].as_u64().unwrap_or(0))
@@ -693,6 +782,7 @@ fn write_results(
     plaintext_runs: &[Run],
     failovers: &[Value],
     compare: &[Value],
+    groups_phase: Option<&Value>,
 ) -> Result<()> {
     // Headline figures for the xtask table: peak writes/s per cluster size and
     // value size, with p99 at the peak, and the failover.
@@ -868,6 +958,9 @@ fn write_results(
             "unit": "writes",
         }));
     }
+    if let Some(g) = groups_phase {
+        figures.extend(groups::figures(g));
+    }
     let headline = json!({ "bench": "e2e", "figures": figures });
     std::fs::write(
         results.join("e2e.json"),
@@ -878,12 +971,13 @@ fn write_results(
         "plaintext_runs": plaintext_runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "failovers": failovers,
         "compare": compare,
+        "groups": groups_phase,
     });
     std::fs::write(
         results.join("e2e-full.json"),
         serde_json::to_string_pretty(&full)?,
     )?;
-    let html = report_html(runs, failovers, compare);
+    let html = report_html(runs, failovers, compare, groups_phase);
     let path = results.join("e2e-report.html");
     std::fs::write(&path, html)?;
     println!("report: {}", path.display());
@@ -984,7 +1078,12 @@ fn svg_chart(
     s
 }
 
-fn report_html(runs: &[Run], failovers: &[Value], compare: &[Value]) -> String {
+fn report_html(
+    runs: &[Run],
+    failovers: &[Value],
+    compare: &[Value],
+    groups_phase: Option<&Value>,
+) -> String {
     let mut throughput_series = Vec::new();
     let mut groups: Vec<(u64, usize)> = runs
         .iter()
@@ -1134,11 +1233,18 @@ fn report_html(runs: &[Run], failovers: &[Value], compare: &[Value]) -> String {
          <body style='font-family:sans-serif'><h1>End-to-end benchmark</h1>\
          <p>Nodes are separate processes on loopback, WAL on disk with fsync, QUIC with mutual TLS between nodes; \
          closed-loop clients over TCP.</p>{}<h2>Throughput against concurrency</h2>{}\
-         <h2>Write latency distribution</h2>{}<h2>Membership changes under load</h2>{}<h2>Failover and catch-up</h2>{}</body></html>",
+         <h2>Write latency distribution</h2>{}<h2>Membership changes under load</h2>{}<h2>Failover and catch-up</h2>{}{}</body></html>",
         table,
         svg_chart("writes/s against clients", "clients (log scale)", "ops/s", &throughput_series, true, None),
         svg_chart("write latency CDF", "latency (ms)", "percentile", &cdf_series, false, Some(100.0)),
         membership_html,
-        failover_text.join("")
+        failover_text.join(""),
+        groups_phase.map_or_else(String::new, |g| format!(
+            "<h2>Many groups per node</h2><p>3 nodes, fsync on, {} B writes, {} closed-loop clients; \
+             ratios against one group per node in the same run.</p>{}",
+            g["value_bytes"],
+            g["clients"],
+            groups::html(g)
+        ))
     )
 }
