@@ -659,7 +659,15 @@ fn open_group(
     })
     .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
     let node_config = NodeConfig {
-        inline_sync_bytes: opts.inline_sync_bytes,
+        // With many groups a group's inline sync would flush the shared log
+        // on the loop, once per group per turn; the sync thread's one flush
+        // serves them all (measured: 256 groups wrote 0.03x one group's
+        // rate with inline syncs, 0.35x without).
+        inline_sync_bytes: if opts.groups > 1 {
+            0
+        } else {
+            opts.inline_sync_bytes
+        },
         snapshot_every: opts.snapshot_every,
         max_pending_writes: MAX_PENDING_WRITES,
         max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,

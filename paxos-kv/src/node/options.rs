@@ -106,7 +106,8 @@ pub struct NodeOptions {
     /// wake-ups (to the sync thread and back) on the commit path. Larger
     /// batches, and the leader's own (which must not hold up its ACCEPTs),
     /// always go to the sync thread. 0 turns it off. Default
-    /// [`DEFAULT_INLINE_SYNC_BYTES`].
+    /// [`DEFAULT_INLINE_SYNC_BYTES`]. Ignored (off) when the node hosts
+    /// more than one group: the groups share one log and one sync.
     pub inline_sync_bytes: usize,
     /// Serve clients over plain TCP, without TLS or authentication: every
     /// connection is [`Principal::anonymous`](crate::auth::Principal::anonymous) (read-write). For tests and
