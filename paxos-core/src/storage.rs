@@ -255,6 +255,18 @@ pub trait Storage {
     /// Makes every previous write durable.
     fn sync(&mut self) -> Result<(), StorageError>;
 
+    /// Whether the hard state, the recovering flag and suffix truncations
+    /// are records of the log itself, in the order they were written with
+    /// its entries, so that any sync of the log covers them and a crash
+    /// keeps a prefix of them all (a log shared by many groups). The node
+    /// layer then syncs them with the background sync, like entries,
+    /// instead of inline (what waits for them is still released only after
+    /// a sync that covers them). Default `false`: a separate hard-state
+    /// file written at sync time, which needs the inline sync.
+    fn state_in_log(&self) -> bool {
+        false
+    }
+
     /// Applies the writes of `ready` in the required order: suffix
     /// truncation, append, hard state, recovering flag, prefix cleanup.
     /// Does not sync.
@@ -352,6 +364,9 @@ impl<S: Storage, H: StorageHooks> Storage for Hooked<S, H> {
     fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
         self.hooks.before_write()?;
         self.inner.save_meta(key, value)
+    }
+    fn state_in_log(&self) -> bool {
+        self.inner.state_in_log()
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         self.hooks.before_sync();

@@ -1079,7 +1079,8 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             return Ok(());
         }
         let small = self.small_follower_batch(&ready);
-        match self.pipeline.route(&ready, small) {
+        let state_in_log = self.replica.storage().state_in_log();
+        match self.pipeline.route(&ready, small, state_in_log) {
             Route::Inline => {
                 self.pipeline.queued.push((marker, waiting));
                 self.pipeline.queued_needs_sync = true;

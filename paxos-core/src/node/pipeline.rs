@@ -11,6 +11,11 @@
 //!   after everything before it and synced at once (inline), so a hard
 //!   state never reaches the disk before the log it vouches for, and no
 //!   read of the log sees an entry whose truncation is still queued;
+//!   unless the storage keeps them as records of the log itself
+//!   (`Storage::state_in_log`): then the log's order already keeps them
+//!   behind what was written before, and they take the background sync
+//!   like entries (a node hosting many groups on one shared log would
+//!   otherwise flush it once per group for every election's hard state);
 //! - a write the storage refuses while intact (`StorageError::is_retryable`)
 //!   stalls the pipeline: that `Ready` and every later one are held in
 //!   order and nothing waiting for them is released until they are in.
@@ -77,10 +82,16 @@ pub(crate) enum Route {
 
 impl Pipeline {
     /// Where a written `Ready` goes.
-    pub(crate) fn route(&self, ready: &Ready, small_follower_batch: bool) -> Route {
-        let barrier = ready.hard_state.is_some()
-            || ready.truncate_after.is_some()
-            || ready.recovering.is_some();
+    pub(crate) fn route(
+        &self,
+        ready: &Ready,
+        small_follower_batch: bool,
+        state_in_log: bool,
+    ) -> Route {
+        let barrier = !state_in_log
+            && (ready.hard_state.is_some()
+                || ready.truncate_after.is_some()
+                || ready.recovering.is_some());
         if barrier {
             Route::Inline
         } else if self.syncing.is_some() {
@@ -137,5 +148,47 @@ impl Pipeline {
     /// The next time the pipeline wants a turn (a stall's retry).
     pub(crate) fn poll_timeout(&self) -> Option<Time> {
         self.stall.as_ref().map(|s| s.retry_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::HardState;
+    use crate::Epoch;
+
+    fn hard_state_ready() -> Ready {
+        Ready {
+            hard_state: Some(HardState {
+                accepted_epoch: Epoch(2),
+                current_epoch: Epoch(1),
+            }),
+            ..Ready::default()
+        }
+    }
+
+    #[test]
+    fn a_hard_state_syncs_inline_unless_the_log_holds_it() {
+        let p = Pipeline::default();
+        assert_eq!(p.route(&hard_state_ready(), false, false), Route::Inline);
+        // In a shared log the state is a record ordered with the entries:
+        // the background sync covers it, as for entries.
+        assert_eq!(p.route(&hard_state_ready(), false, true), Route::Background);
+        let truncation = Ready {
+            truncate_after: Some(crate::Zxid::ZERO),
+            ..Ready::default()
+        };
+        assert_eq!(p.route(&truncation, false, false), Route::Inline);
+        assert_eq!(p.route(&truncation, false, true), Route::Background);
+    }
+
+    #[test]
+    fn with_a_sync_in_flight_a_state_in_the_log_waits_for_the_next() {
+        let mut p = Pipeline::default();
+        let group = p.group();
+        p.start(group);
+        assert_eq!(p.route(&hard_state_ready(), false, true), Route::Queue);
+        // A separate hard-state file still syncs at once.
+        assert_eq!(p.route(&hard_state_ready(), false, false), Route::Inline);
     }
 }

@@ -171,6 +171,10 @@ pub struct SimConfig {
     /// ([`Node::propose_membership`]: add, remove, promote or demote one
     /// node, keeping 3 to 5 voters) while faults run; `None` for none.
     pub reconfig_interval: Option<Duration>,
+    /// The disks say their hard state is ordered with the log
+    /// (`Storage::state_in_log`, as a log shared by many groups does), so
+    /// the node layer syncs it in the background like entries.
+    pub state_in_log: bool,
 }
 
 impl Default for SimConfig {
@@ -211,6 +215,7 @@ impl Default for SimConfig {
             max_clock_drift_ppm: 0,
             transfer_interval: None,
             reconfig_interval: None,
+            state_in_log: false,
         }
     }
 }
@@ -259,6 +264,8 @@ impl SimConfig {
         if rng.chance(0.3) {
             c.replica.quiesce_after = Some(Duration::from_millis(rng.range(100, 500)));
         }
+        // Drawn last, for the same reason.
+        c.state_in_log = rng.chance(0.3);
         c
     }
 }
@@ -879,6 +886,7 @@ impl<E: Elector> Sim<E> {
             None => SimStorage::from_durable(n.disk.clone()),
         };
         storage.set_refuse_writes(n.disk_full);
+        storage.set_state_in_log(self.cfg.state_in_log);
         n.durable_hs = storage.durable().hard_state();
         let snapshot = n.snapshot.clone();
         // The state machine restarts from the durable snapshot.
@@ -1152,6 +1160,37 @@ impl<E: Elector> Sim<E> {
     fn send_packet(&mut self, p: Packet<E::Message>) {
         let (from, to) = p.ends();
         if let Packet::Core(env) = &p {
+            // A promise leaves only once it is durable: the sender's disk
+            // holds the epoch it acknowledges (ACKEPOCH: accepted epoch;
+            // ACKNEWLEADER: current epoch), or a crash could let it promise
+            // again, differently.
+            let promised = match env.msg {
+                Message::AckEpoch { epoch, .. } => Some((epoch, false)),
+                Message::AckNewLeader { epoch, .. } => Some((epoch, true)),
+                _ => None,
+            };
+            if let Some((epoch, current)) = promised {
+                let i = self.idx(from);
+                let durable = self.nodes[i]
+                    .node
+                    .as_ref()
+                    .map(|n| n.storage().durable().hard_state());
+                if let Some(hs) = durable {
+                    let held = if current {
+                        hs.current_epoch
+                    } else {
+                        hs.accepted_epoch
+                    };
+                    if held < epoch {
+                        let what = format!(
+                            "{from} sent {} for {epoch:?} while its disk holds only {hs:?}: a promise left before it was durable",
+                            env.msg.name()
+                        );
+                        let v = self.violation(what);
+                        self.deferred.get_or_insert(v);
+                    }
+                }
+            }
             let name = env.msg.name();
             if let Some(d) = self
                 .drops

@@ -38,6 +38,12 @@ pub struct SimStorage {
     /// The host's shared log, when this disk is one group's view of it:
     /// writes are then numbered in the host's order.
     log: Option<SharedLog>,
+    /// Report `Storage::state_in_log`: the hard state, the recovering flag
+    /// and truncations are ordered with the entries here (every write is a
+    /// numbered operation that only a covering sync makes durable), so
+    /// either answer is true to this disk; `true` exercises the node
+    /// layer's background path for them.
+    state_in_log: bool,
 }
 
 /// Where a host's shared log stands: how many writes it has numbered, and
@@ -132,6 +138,11 @@ impl SharedLog {
 struct DiskFull;
 
 impl SimStorage {
+    /// Whether this disk answers `Storage::state_in_log` with `true`.
+    pub fn set_state_in_log(&mut self, on: bool) {
+        self.state_in_log = on;
+    }
+
     pub(crate) fn from_durable(durable: MemStorage) -> SimStorage {
         SimStorage {
             volatile: durable.clone(),
@@ -140,6 +151,7 @@ impl SimStorage {
             next_op: 0,
             refuse_writes: false,
             log: None,
+            state_in_log: false,
         }
     }
 
@@ -284,5 +296,8 @@ impl Storage for SimStorage {
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         self.sync_upto(self.sync_point())
+    }
+    fn state_in_log(&self) -> bool {
+        self.state_in_log
     }
 }

@@ -105,6 +105,9 @@ impl Storage for GroupLog {
     fn sync(&mut self) -> Result<(), StorageError> {
         each!(self, s => s.sync())
     }
+    fn state_in_log(&self) -> bool {
+        each!(self, s => s.state_in_log())
+    }
     fn write_ready(&mut self, ready: &Ready) -> Result<(), StorageError> {
         each!(self, s => s.write_ready(ready))
     }

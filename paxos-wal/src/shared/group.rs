@@ -395,6 +395,12 @@ impl Storage for GroupStorage {
         self.sync()
     }
 
+    /// The group's state and truncations are records of the shared log,
+    /// in order with its entries: any sync of the log covers them.
+    fn state_in_log(&self) -> bool {
+        true
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         self.log
             .sync()
