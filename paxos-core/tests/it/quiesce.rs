@@ -32,18 +32,25 @@ fn run_until_quiet(sim: &mut Sim<paxos_core::sim::TestElector>, bound: Duration)
     false
 }
 
+/// A group that took writes for a second, then went quiet once its client
+/// paused (asserted).
+fn quiet_group(seed: u64) -> Sim<paxos_core::sim::TestElector> {
+    let mut sim = Sim::with_test_components(quiet_config(seed));
+    sim.run_for(Duration::from_secs(1)).expect("no violation");
+    assert!(sim.stats().acked > 0, "seed {seed}: writes committed");
+    sim.set_client_paused(true);
+    assert!(
+        run_until_quiet(&mut sim, Duration::from_secs(3)),
+        "seed {seed}: the idle group quiesced: {}",
+        sim.describe()
+    );
+    sim
+}
+
 #[test]
 fn an_idle_group_goes_quiet_and_sends_nothing() {
     for seed in 0..5 {
-        let mut sim = Sim::with_test_components(quiet_config(seed));
-        sim.run_for(Duration::from_secs(1)).expect("no violation");
-        assert!(sim.stats().acked > 0, "seed {seed}: writes committed");
-        sim.set_client_paused(true);
-        assert!(
-            run_until_quiet(&mut sim, Duration::from_secs(3)),
-            "seed {seed}: the idle group quiesced: {}",
-            sim.describe()
-        );
+        let mut sim = quiet_group(seed);
         for id in sim.node_ids() {
             let r = sim.replica(id).expect("up");
             assert_eq!(r.poll_timeout(), None, "seed {seed}: {id} has no timer");
@@ -61,13 +68,7 @@ fn an_idle_group_goes_quiet_and_sends_nothing() {
 #[test]
 fn a_write_wakes_a_quiet_group_and_commits() {
     for seed in 0..5 {
-        let mut sim = Sim::with_test_components(quiet_config(seed));
-        sim.run_for(Duration::from_secs(1)).expect("no violation");
-        sim.set_client_paused(true);
-        assert!(
-            run_until_quiet(&mut sim, Duration::from_secs(3)),
-            "seed {seed}"
-        );
+        let mut sim = quiet_group(seed);
         let leader = sim.leader().expect("a leader");
         let acked = sim.stats().acked;
         assert_eq!(sim.propose_on(leader, 3), 3, "seed {seed}: proposed");
@@ -94,13 +95,7 @@ fn a_write_wakes_a_quiet_group_and_commits() {
 #[test]
 fn a_quiet_groups_lost_leader_is_replaced() {
     for seed in 0..5 {
-        let mut sim = Sim::with_test_components(quiet_config(seed));
-        sim.run_for(Duration::from_secs(1)).expect("no violation");
-        sim.set_client_paused(true);
-        assert!(
-            run_until_quiet(&mut sim, Duration::from_secs(3)),
-            "seed {seed}"
-        );
+        let mut sim = quiet_group(seed);
         let old = sim.leader().expect("a leader");
         let acked = sim.stats().acked;
         sim.crash(old);
