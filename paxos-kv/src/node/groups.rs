@@ -111,6 +111,9 @@ pub(super) struct Groups {
     /// equals `armed[group]`; stale ones are skipped when popped.
     timers: BinaryHeap<Reverse<(Time, usize)>>,
     armed: Vec<Option<Time>>,
+    /// Groups with snapshot work that needs the loop soon
+    /// ([`Driver::busy`]), as of their last turn (only a turn changes it).
+    busy: std::collections::BTreeSet<usize>,
     /// With quiescence: when each peer node was last heard from (any
     /// frame), and whether it counts as lost.
     peers: BTreeMap<u64, (Instant, bool)>,
@@ -129,6 +132,7 @@ impl Groups {
             is_dirty: vec![true; n],
             timers: BinaryHeap::new(),
             armed: vec![None; n],
+            busy: std::collections::BTreeSet::new(),
             peers: BTreeMap::new(),
             next_host_heartbeat: Instant::now(),
             next_balance: Instant::now() + BALANCE_EVERY,
@@ -195,6 +199,11 @@ impl Groups {
                     break;
                 }
             }
+            if self.groups[g].busy() {
+                self.busy.insert(g);
+            } else {
+                self.busy.remove(&g);
+            }
             self.rearm(g);
         }
         self.host().flush();
@@ -207,7 +216,7 @@ impl Groups {
         if let Some(Reverse((t, _))) = self.timers.peek() {
             next = next.min(self.host().to_instant(*t));
         }
-        if self.groups.iter().any(Driver::busy) {
+        if !self.busy.is_empty() {
             next = next.min(Instant::now() + Duration::from_millis(1));
         }
         if self.host().quiesce {
@@ -387,11 +396,9 @@ impl Groups {
                 self.mark(g);
             }
         }
-        for g in 0..self.groups.len() {
-            if self.groups[g].busy() {
-                self.groups[g].on_timeout();
-                self.mark(g);
-            }
+        for g in self.busy.clone() {
+            self.groups[g].on_timeout();
+            self.mark(g);
         }
         self.refresh_metrics_if_due();
     }
