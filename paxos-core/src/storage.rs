@@ -252,6 +252,20 @@ pub trait Storage {
         )))
     }
 
+    /// Writes a [`MetaKey`] value that need only be durable at the next
+    /// sync, for a storage whose state is in its log
+    /// ([`state_in_log`](Storage::state_in_log)): a record ordered with the
+    /// other writes, which any later sync makes durable (a crash keeps it
+    /// exactly when it keeps the writes before it). The node layer then
+    /// holds back what depends on the value (the votes of a new election
+    /// round) until such a sync, instead of flushing the log once per
+    /// value; a host of thousands of groups enters thousands of rounds at
+    /// once after a failure. The default is [`save_meta`](Storage::save_meta),
+    /// durable at once, which is stronger.
+    fn write_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.save_meta(key, value)
+    }
+
     /// Makes every previous write durable.
     fn sync(&mut self) -> Result<(), StorageError>;
 
@@ -364,6 +378,10 @@ impl<S: Storage, H: StorageHooks> Storage for Hooked<S, H> {
     fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
         self.hooks.before_write()?;
         self.inner.save_meta(key, value)
+    }
+    fn write_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.hooks.before_write()?;
+        self.inner.write_meta(key, value)
     }
     fn state_in_log(&self) -> bool {
         self.inner.state_in_log()

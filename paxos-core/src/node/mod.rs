@@ -55,6 +55,14 @@ use pipeline::{Pipeline, Route, SyncGroup};
 /// and one `Ready`); the kernel's windows bound the work of each.
 const MAX_PROCESS_ROUNDS: usize = 64;
 
+/// An elector message with its receiver.
+type Addressed<M> = (NodeId, M);
+
+/// The most elector messages held while a new election round waits for a
+/// background sync (a round sends a few per peer; more are dropped like
+/// lost packets and sent again on the elector's timer).
+const MAX_HELD_ELECTION_MESSAGES: usize = 256;
+
 /// The node layer's settings. The defaults suit the reference node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -385,6 +393,11 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     core_out: VecDeque<Envelope>,
     /// Elector messages to send, in order.
     election_out: VecDeque<(NodeId, E::Message)>,
+    /// When the election round was written as a record of the log
+    /// (`Storage::state_in_log`) and is not yet durable: the number of the
+    /// background sync that makes it so, and the elector's messages held
+    /// until then, in order (at most [`MAX_HELD_ELECTION_MESSAGES`]).
+    election_held: Option<(u64, Vec<Addressed<E::Message>>)>,
     events: VecDeque<NodeEvent<C>>,
     /// Proposed commands by zxid, with their tokens.
     /// Proposals in zxid order (commits come in that order too).
@@ -439,6 +452,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             snapshot_due: false,
             core_out: VecDeque::new(),
             election_out: VecDeque::new(),
+            election_held: None,
             events: VecDeque::new(),
             pending_writes: VecDeque::new(),
             apply_results: Vec::new(),
@@ -706,6 +720,9 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             Some((g, group)) if g == id => {
                 self.stats.syncs += 1;
                 self.release(now, group);
+                if self.election_held.as_ref().is_some_and(|(n, _)| *n <= id.0) {
+                    self.release_election();
+                }
             }
             other => {
                 // An inline flush already covered and released this one.
@@ -715,7 +732,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         }
         let fresh = self.pipeline.group();
         let group = std::mem::replace(&mut self.pipeline.queued, fresh);
-        if group.is_empty() {
+        if group.is_empty() && !self.pipeline.queued_needs_sync {
             self.pipeline.recycle(group);
             return Ok(());
         }
@@ -813,13 +830,24 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             let mut moved = false;
             let mut round_durable = true;
             if let Some(round) = self.elector.round().filter(|&r| r != self.election_round) {
-                // Durable before any vote of the new round leaves.
-                match self
-                    .replica
-                    .storage_mut()
-                    .save_meta(MetaKey::ElectionRound, round)
-                {
-                    Ok(()) => self.election_round = round,
+                // Durable before any vote of the new round leaves: synced
+                // now, or, when the storage keeps it as a record of its log,
+                // covered by the next background sync with the votes held
+                // until then (one flush for every group entering a round).
+                let deferred = self.replica.storage().state_in_log();
+                let storage = self.replica.storage_mut();
+                let written = if deferred {
+                    storage.write_meta(MetaKey::ElectionRound, round)
+                } else {
+                    storage.save_meta(MetaKey::ElectionRound, round)
+                };
+                match written {
+                    Ok(()) => {
+                        self.election_round = round;
+                        if deferred {
+                            self.hold_election_until_synced();
+                        }
+                    }
                     Err(e) if e.is_retryable() => {
                         // A full disk: no vote of this round may leave. They
                         // are dropped like lost packets (the elector sends
@@ -837,8 +865,15 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 }
             }
             while let Some((to, msg)) = self.elector.poll_transmit() {
-                if round_durable {
-                    self.election_out.push_back((to, msg));
+                if !round_durable {
+                    continue;
+                }
+                match &mut self.election_held {
+                    // Past the bound they are dropped like lost packets:
+                    // the elector sends again on its timer.
+                    Some((_, held)) if held.len() >= MAX_HELD_ELECTION_MESSAGES => {}
+                    Some((_, held)) => held.push((to, msg)),
+                    None => self.election_out.push_back((to, msg)),
                 }
             }
             while let Some(decision) = self.elector.poll_decision() {
@@ -1245,7 +1280,33 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.stats.syncs += 1;
         self.stats.inline_syncs += 1;
         self.release(now, group);
+        // Every write so far is durable, the election round with them.
+        self.release_election();
         Ok(())
+    }
+
+    /// The election round was just written as a record of the log: the
+    /// elector's messages wait for a background sync that covers it (one
+    /// started now if none is in flight, else the next one).
+    fn hold_election_until_synced(&mut self) {
+        let needed = if self.pipeline.syncing.is_none() {
+            let group = self.pipeline.group();
+            self.pipeline.start(group).0
+        } else {
+            self.pipeline.queued_needs_sync = true;
+            self.pipeline.last_sync + 1
+        };
+        match &mut self.election_held {
+            Some((n, _)) => *n = (*n).max(needed),
+            None => self.election_held = Some((needed, Vec::new())),
+        }
+    }
+
+    /// The election round is durable: the held messages leave, in order.
+    fn release_election(&mut self) {
+        if let Some((_, held)) = self.election_held.take() {
+            self.election_out.extend(held);
+        }
     }
 
     /// The writes of `group` are durable: send what waited, tell the kernel.

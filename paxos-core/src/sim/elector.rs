@@ -329,6 +329,13 @@ impl Elector for TestElector {
         self.decision.take()
     }
 
+    /// Reported so that the node layer persists it as it does the real
+    /// elector's (and the simulator exercises that path, held votes
+    /// included); this elector itself does not rely on it.
+    fn round(&self) -> Option<u64> {
+        Some(self.round)
+    }
+
     fn reconfigure(&mut self, _now: Time, voters: &[NodeId], observers: &[NodeId]) {
         self.voters = voters.to_vec();
         self.peers = voters.iter().chain(observers).copied().collect();

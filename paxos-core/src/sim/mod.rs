@@ -64,7 +64,7 @@ use crate::message::{Envelope, HardState, Message};
 use crate::node::{Node, NodeConfig, NodeError, NodeEvent, SyncId, Transmit};
 use crate::ready::Recovered;
 use crate::replica::Replica;
-use crate::storage::{MemStorage, Storage};
+use crate::storage::{MemStorage, MetaKey, Storage};
 use crate::sync::{FollowerPosition, LeaderHistory, SyncPlan, SyncPlanner};
 use crate::{plan, Config, GroupId, Membership, NodeId, Time, Zxid};
 use machine::{hash, Canonical, SimMachine};
@@ -1444,6 +1444,7 @@ impl<E: Elector> Sim<E> {
             let Some(node) = n.node.as_mut() else {
                 return Ok(());
             };
+            let entered_before = node.storage().meta(MetaKey::ElectionRound);
             if let Err(e) = node.process(now) {
                 return self.node_failed(i, e);
             }
@@ -1469,6 +1470,24 @@ impl<E: Elector> Sim<E> {
                 return Err(self.violation(what));
             }
             n.durable_hs = hs;
+            // A vote leaves only once its round is durable, or a restart
+            // could vote again in the same round. (A round entered during
+            // this turn may release the votes of the one before it, whose
+            // sync just completed: the older of the two is the bound.)
+            if frames.iter().any(|t| matches!(t, Transmit::Election(..))) {
+                let entered = node
+                    .storage()
+                    .meta(MetaKey::ElectionRound)
+                    .min(entered_before);
+                let durable = node.storage().durable().meta(MetaKey::ElectionRound);
+                if durable < entered {
+                    let what = format!(
+                        "node {} sent an election message in round {entered} while its disk holds round {durable}",
+                        n.id
+                    );
+                    return Err(self.violation(what));
+                }
+            }
             if n.start_recovering && node.storage().durable().recovering() {
                 n.start_recovering = false;
             }

@@ -24,6 +24,7 @@ enum DiskOp {
     Hs(HardState),
     Recovering(bool),
     Compact(Zxid),
+    Meta(MetaKey, u64),
 }
 
 /// A simulated disk (see the module documentation).
@@ -240,6 +241,7 @@ fn apply(disk: &mut MemStorage, op: DiskOp) -> Result<(), StorageError> {
         DiskOp::Hs(hs) => disk.save_hard_state(hs),
         DiskOp::Recovering(r) => disk.save_recovering(r),
         DiskOp::Compact(z) => disk.truncate_prefix(z),
+        DiskOp::Meta(key, value) => disk.save_meta(key, value),
     }
 }
 
@@ -293,6 +295,13 @@ impl Storage for SimStorage {
         // Durable on return, like the hard-state file's synced write.
         self.volatile.save_meta(key, value)?;
         self.durable.save_meta(key, value)
+    }
+    fn write_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        if !self.state_in_log {
+            return self.save_meta(key, value);
+        }
+        // A record of the log: durable only once a sync covers it.
+        self.write(DiskOp::Meta(key, value))
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         self.sync_upto(self.sync_point())

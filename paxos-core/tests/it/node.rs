@@ -8,10 +8,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use paxos_core::node::{Node, NodeConfig, NodeError, NodeEvent, SyncId, Transmit};
-use paxos_core::sim::{TestElectionMsg, TestElector, TestPlanner};
+use paxos_core::sim::{SimStorage, TestElectionMsg, TestElector, TestPlanner};
 use paxos_core::{
-    Config, GroupId, Hooked, MemStorage, Message, NodeId, Recovered, Replica, StateMachine,
-    Storage, StorageError, StorageHooks, Time, Zxid,
+    Config, GroupId, Hooked, MemStorage, Message, MetaKey, NodeId, Recovered, Replica,
+    StateMachine, Storage, StorageError, StorageHooks, Time, Zxid,
 };
 
 /// A disk that can be made full: every write is then refused, intact.
@@ -350,4 +350,79 @@ fn frames_the_layer_sends_name_their_receiver() {
         }
     }
     assert!(saw, "an established leader sends to its followers");
+}
+
+/// Drains `node`'s frames, checking that no elector message leaves before
+/// the election round it belongs to is on the disk's durable image.
+/// Returns how many elector messages left.
+fn votes_sent(node: &mut Node<SimStorage, TestElector, Counter, u32>) -> usize {
+    let mut sent = 0;
+    while let Some(t) = node.poll_transmit() {
+        if matches!(t, Transmit::Election(..)) {
+            let entered = node.storage().meta(MetaKey::ElectionRound);
+            let durable = node.storage().durable().meta(MetaKey::ElectionRound);
+            assert!(
+                durable >= entered,
+                "a vote left in round {entered} while the disk held round {durable}"
+            );
+            sent += 1;
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_round_kept_in_the_log_is_synced_with_the_log_and_holds_the_votes_until_then() {
+    // A storage whose state is in its log (a shared log of many groups):
+    // the round is a record that the next background sync covers, instead
+    // of one flush per group per round.
+    let mut disk = SimStorage::default();
+    disk.set_state_in_log(true);
+    let replica = Replica::new(
+        NodeId(1),
+        Config::new(GroupId(0), ids()),
+        disk,
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let elector = TestElector::new(NodeId(1), ids(), ids());
+    let mut node: Node<SimStorage, TestElector, Counter, u32> =
+        Node::new(replica, elector, Counter::default(), NodeConfig::default()).unwrap();
+    let mut now = Time::ZERO;
+    let mut sync = None;
+    for _ in 0..10_000 {
+        node.handle_timeout(now);
+        node.process(now).unwrap();
+        sync = sync.or(node.poll_sync());
+        votes_sent(&mut node);
+        if node.storage().meta(MetaKey::ElectionRound) > 0 {
+            break;
+        }
+        now += std::time::Duration::from_millis(1);
+    }
+    let round = node.storage().meta(MetaKey::ElectionRound);
+    assert!(round > 0, "the node never entered an election round");
+    assert_eq!(
+        node.storage().durable().meta(MetaKey::ElectionRound),
+        0,
+        "the round was flushed on its own rather than left to the background sync"
+    );
+    let sync = sync.expect("no background sync was asked for the new round");
+    // The elector's timers fire meanwhile: its votes stay held.
+    for _ in 0..200 {
+        now += std::time::Duration::from_millis(1);
+        node.handle_timeout(now);
+        node.process(now).unwrap();
+        assert_eq!(votes_sent(&mut node), 0, "a vote left before the sync");
+    }
+    node.storage_mut().sync().unwrap();
+    node.handle_sync_done(now, sync, Ok(())).unwrap();
+    node.process(now).unwrap();
+    assert_eq!(node.storage().durable().meta(MetaKey::ElectionRound), round);
+    assert!(
+        votes_sent(&mut node) > 0,
+        "the held votes did not leave once the round was durable"
+    );
 }

@@ -386,13 +386,18 @@ impl Storage for GroupStorage {
     /// Durable on return: the state record is written, then the shared log
     /// synced (which also makes the other groups' writes durable).
     fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        self.write_meta(key, value)?;
+        self.sync()
+    }
+
+    /// A state record, durable at the next sync of the shared log.
+    fn write_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
         let mut state = self.state;
         let Some(slot) = state.meta.get_mut(key.slot()) else {
             return Err(StorageError::Unsupported(format!("no slot for {key:?}")));
         };
         *slot = value;
-        self.save_state(state, "saving a meta value")?;
-        self.sync()
+        self.save_state(state, "writing a meta value")
     }
 
     /// The group's state and truncations are records of the shared log,
