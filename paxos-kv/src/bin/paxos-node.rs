@@ -84,6 +84,11 @@ enum Command {
         /// and again after a failure heals. Experimental, off by default.
         #[arg(long)]
         balance_leaders: bool,
+        /// With --groups > 1: groups at most electing on this node's
+        /// timers at once (the others answer peers but hold their own
+        /// timers until a slot frees); 0: no limit.
+        #[arg(long, default_value_t = 256)]
+        max_elections: usize,
         /// Log entries kept below the cleanup point after a snapshot, so
         /// that a briefly lagging follower still catches up by DIFF rather
         /// than by a whole snapshot.
@@ -211,15 +216,24 @@ fn parse_zxid_arg(s: &str) -> std::result::Result<paxos_core::Zxid, String> {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // A node of many groups logs its kernels' per-group events (elections,
+    // epochs, sync modes) at debug unless RUST_LOG asks for them: thousands
+    // of groups electing would write hundreds of thousands of lines. The
+    // node logs counts of groups led, followed and looking instead.
+    let default_filter = match &cli.command {
+        Command::Run { groups, .. } if *groups > 1 => "info,paxos_core=warn,paxos_election=warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Certs {
             dir,
             nodes,
@@ -284,6 +298,7 @@ fn main() -> Result<()> {
             groups,
             quiesce_ms,
             balance_leaders,
+            max_elections,
             retention_entries,
             loopback,
             max_sessions,
@@ -331,6 +346,7 @@ fn main() -> Result<()> {
             opts.groups = groups;
             opts.quiesce_after = quiesce_ms.map(Duration::from_millis);
             opts.balance_leaders = balance_leaders;
+            opts.max_elections = max_elections;
             opts.retention_entries = retention_entries;
             opts.loopback = loopback;
             opts.inline_sync_bytes = inline_sync_bytes;

@@ -14,9 +14,22 @@
 //!   can never put a key where a reader would not look for it;
 //! - timers: each group's next deadline sits in one heap; a turn wakes the
 //!   groups whose deadline passed, not all of them.
+//!
+//! Election admission ("no storms"): a group without an established
+//! leader runs its timers (vote re-sends, election and establishment
+//! timeouts) only once admitted, and at most `max_elections` groups are
+//! admitted at once; the others wait in order, still answering their
+//! peers' messages, so their elections go on wherever a peer drives them.
+//! They are admitted lowest group first: every node then works on the
+//! same groups at the same time (an election needs a quorum of nodes to
+//! run its timers: a vote waits for its settle timer to be decided).
+//! A slot frees when its group is established or has had two election
+//! timeouts. After a node's failure, thousands of groups then elect a few
+//! hundred at a time instead of all timing out, re-sending and giving up
+//! together on nodes too busy to answer within a timeout.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -40,6 +53,14 @@ const BALANCE_EVERY: Duration = Duration::from_secs(2);
 /// more than its share gives the excess away over a few looks rather
 /// than in one burst of elections.
 const MAX_HANDOVERS_PER_LOOK: usize = 64;
+
+/// How often a node of many groups counts its groups' roles, and logs
+/// them if they changed.
+const ROLES_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// How often, at most, the admission looks for freed slots while groups
+/// wait for one.
+const ADMISSION_EVERY: Duration = Duration::from_millis(5);
 
 /// Frames in one batch frame, at most (a peer's batch of more is refused).
 const MAX_FRAMES_PER_BATCH: usize = 64 * 1024;
@@ -121,6 +142,17 @@ pub(super) struct Groups {
     next_host_heartbeat: Instant,
     /// When the leader balancer next looks (see [`Groups::balance`]).
     next_balance: Instant,
+    /// Election admission (module documentation): the groups admitted,
+    /// with when, at most `Host::max_elections` of them.
+    admitted: BTreeMap<usize, Instant>,
+    /// Groups whose timers wait for a slot (admitted lowest first).
+    waiting: BTreeSet<usize>,
+    /// When the admission next looks for freed slots.
+    next_admission: Instant,
+    /// The roles last logged (led, following, looking) and when they are
+    /// next counted (see [`Groups::log_roles`]).
+    logged_roles: (usize, usize, usize),
+    next_roles_log: Instant,
 }
 
 impl Groups {
@@ -136,6 +168,11 @@ impl Groups {
             peers: BTreeMap::new(),
             next_host_heartbeat: Instant::now(),
             next_balance: Instant::now() + BALANCE_EVERY,
+            admitted: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            next_admission: Instant::now(),
+            logged_roles: (0, 0, 0),
+            next_roles_log: Instant::now() + ROLES_LOG_EVERY,
         };
         for i in 0..n {
             g.rearm(i);
@@ -222,7 +259,72 @@ impl Groups {
         if self.host().quiesce {
             next = next.min(self.next_host_heartbeat);
         }
+        if !self.waiting.is_empty() {
+            next = next.min(self.next_admission);
+        }
         next
+    }
+
+    /// Whether group `g` may run its timers now: it has an established
+    /// leader, or it holds (or just got) an admission slot. Otherwise it
+    /// joins the queue (once) and its timers wait for a slot.
+    fn admit(&mut self, g: usize, now: Instant) -> bool {
+        let limit = self.host().max_elections;
+        if limit == 0
+            || self.admitted.contains_key(&g)
+            || self.groups[g].node.replica().established_epoch().is_some()
+        {
+            return true;
+        }
+        if self.admitted.len() >= limit {
+            self.free_slots(now);
+        }
+        if self.admitted.len() < limit && self.waiting.first().is_none_or(|&w| g < w) {
+            self.admitted.insert(g, now);
+            return true;
+        }
+        if self.waiting.is_empty() {
+            tracing::info!(
+                admitted = self.admitted.len(),
+                "election admission full: groups without a leader now wait for a slot"
+            );
+        }
+        self.waiting.insert(g);
+        false
+    }
+
+    /// Frees the slots of groups now established, or admitted two election
+    /// timeouts ago (whatever became of them, so the queue always moves).
+    fn free_slots(&mut self, now: Instant) {
+        let hold = self.host().election_timeout * 2;
+        let groups = &self.groups;
+        self.admitted.retain(|&g, at| {
+            now.saturating_duration_since(*at) < hold
+                && groups[g].node.replica().established_epoch().is_none()
+        });
+    }
+
+    /// Admits waiting groups into the slots freed since the last look, and
+    /// runs their held timers.
+    fn admit_waiting(&mut self, now: Instant) {
+        if self.waiting.is_empty() || now < self.next_admission {
+            return;
+        }
+        self.next_admission = now + ADMISSION_EVERY;
+        self.free_slots(now);
+        let limit = self.host().max_elections;
+        // Bounded: each pass takes one group off the queue.
+        while self.admitted.len() < limit {
+            let Some(g) = self.waiting.pop_first() else {
+                tracing::info!("election admission: no group waits for a slot any more");
+                break;
+            };
+            if self.groups[g].node.replica().established_epoch().is_none() {
+                self.admitted.insert(g, now);
+            }
+            self.groups[g].on_timeout();
+            self.mark(g);
+        }
     }
 
     /// With quiescence: heartbeats every peer node (one frame per peer per
@@ -384,6 +486,9 @@ impl Groups {
             return;
         }
         let now = self.host().now();
+        let instant = Instant::now();
+        self.admit_waiting(instant);
+        self.log_roles(instant);
         // Bounded by the heap's size: each pop removes an entry.
         while let Some(&Reverse((t, g))) = self.timers.peek() {
             if t > now {
@@ -392,6 +497,10 @@ impl Groups {
             self.timers.pop();
             if self.armed[g] == Some(t) {
                 self.armed[g] = None;
+                if !self.admit(g, instant) {
+                    // Held: the queue runs its timers when a slot frees.
+                    continue;
+                }
                 self.groups[g].on_timeout();
                 self.mark(g);
             }
@@ -401,6 +510,39 @@ impl Groups {
             self.mark(g);
         }
         self.refresh_metrics_if_due();
+    }
+
+    /// With many groups, the kernels' per-group events are at debug level
+    /// by default (thousands of groups electing would log hundreds of
+    /// thousands of lines): this logs the node's counts of groups led,
+    /// followed and looking once a second when they changed.
+    fn log_roles(&mut self, now: Instant) {
+        if now < self.next_roles_log {
+            return;
+        }
+        self.next_roles_log = now + ROLES_LOG_EVERY;
+        let mut roles = (0, 0, 0);
+        for d in &self.groups {
+            let r = d.node.replica();
+            if r.is_leader() {
+                roles.0 += 1;
+            } else if r.leader().is_some() {
+                roles.1 += 1;
+            } else {
+                roles.2 += 1;
+            }
+        }
+        if roles != self.logged_roles {
+            self.logged_roles = roles;
+            tracing::info!(
+                groups = self.groups.len(),
+                led = roles.0,
+                following = roles.1,
+                looking = roles.2,
+                waiting = self.waiting.len(),
+                "group roles changed"
+            );
+        }
     }
 
     /// The state gauges (of group 0 when the node hosts many).
@@ -595,6 +737,7 @@ impl Groups {
             "looking": looking,
             "recovering": recovering,
             "lagging": lagging,
+            "election_queue": self.waiting.len(),
             "keys": keys,
             "group_leaders": leaders,
             "client_addrs": addrs,

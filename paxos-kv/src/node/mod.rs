@@ -217,6 +217,9 @@ struct Host {
     quiesce: bool,
     /// Whether the node spreads leaders over the live voters.
     balance: bool,
+    /// Groups at most electing on this node's timers at once (0: any
+    /// number; see [`groups::Groups`]'s admission).
+    max_elections: usize,
     /// The node's heartbeat interval and election timeout (every group's).
     heartbeat: Duration,
     election_timeout: Duration,
@@ -403,6 +406,11 @@ pub async fn run_node(
         groups: opts.groups,
         quiesce: quiesce_after(&opts).is_some(),
         balance: opts.balance_leaders && opts.groups > 1,
+        max_elections: if opts.groups > 1 {
+            opts.max_elections
+        } else {
+            0
+        },
         heartbeat: opts.heartbeat,
         election_timeout: opts.election_timeout,
     });

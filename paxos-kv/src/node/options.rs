@@ -63,6 +63,13 @@ pub struct NodeOptions {
     /// voter nodes, and again after a failure heals (leader transfer).
     /// Default `false`: experimental (see the README).
     pub balance_leaders: bool,
+    /// With more than one group: how many groups at most may be electing
+    /// or establishing a leader on this node's timers at once (0: no
+    /// limit). The others keep answering their peers but hold their own
+    /// timers (no vote re-sends, no give-ups) until a slot frees, so that
+    /// thousands of groups electing after a failure do not swamp the
+    /// survivors. Default 256.
+    pub max_elections: usize,
     /// Applied entries between two local snapshots (0: never).
     pub snapshot_every: u64,
     /// Log entries kept below the cleanup point, so that a briefly lagging
@@ -179,6 +186,7 @@ impl NodeOptions {
             groups: 1,
             quiesce_after: None,
             balance_leaders: false,
+            max_elections: 256,
             snapshot_every: 1_000_000,
             retention_entries: default_retention_entries(),
             loopback: false,

@@ -102,6 +102,9 @@ impl Storage for GroupLog {
     fn save_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
         each!(self, s => s.save_meta(key, value))
     }
+    fn write_meta(&mut self, key: MetaKey, value: u64) -> Result<(), StorageError> {
+        each!(self, s => s.write_meta(key, value))
+    }
     fn sync(&mut self) -> Result<(), StorageError> {
         each!(self, s => s.sync())
     }

@@ -190,6 +190,52 @@ async fn keys_spread_over_groups_and_survive_a_killed_node() {
     cluster.stop();
 }
 
+/// With the election admission squeezed to two groups at a time, every
+/// group still elects at start, and again after the node leading the most
+/// is killed: slots free as groups establish, and the waiting groups get
+/// their turn (their elections run wherever a peer admitted them too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_election_admission_still_elects_every_group() {
+    const MANY: u32 = 48;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.extra_node_args = vec![
+        "--groups".into(),
+        MANY.to_string(),
+        "--max-elections".into(),
+        "2".into(),
+    ];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let led = cluster
+        .wait_all_groups_led(Duration::from_secs(90))
+        .await
+        .expect("every group elects a leader, two at a time");
+    let (&victim, _) = led.iter().max_by_key(|(_, &n)| n).expect("three nodes");
+    cluster.kill(victim).expect("kill");
+    let led = cluster
+        .wait_all_groups_led(Duration::from_secs(90))
+        .await
+        .expect("every group has a leader again after a node was killed");
+    assert!(!led.contains_key(&victim));
+    for (id, st) in cluster.statuses().await {
+        assert_eq!(
+            st["election_queue"].as_u64(),
+            Some(0),
+            "node {id}: no group waits once all are led: {st}"
+        );
+    }
+    let client = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(5),
+    );
+    let mut session = Session::new(11);
+    let acked = write_all(&client, &mut session, 0..100).await;
+    read_back(&client, &acked).await;
+    cluster.stop();
+}
+
 /// A read-only principal's write wrapped in a group request is refused like
 /// a plain one (the client wraps every request once the cluster has many
 /// groups, so this is what a reader's `put` sends).
