@@ -549,6 +549,13 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.replica.wake(now);
     }
 
+    /// The host heard nothing from `node` for an election timeout: a
+    /// quiesced follower of it looks for a leader at once, any other
+    /// replica is woken ([`Replica::leader_node_lost`]).
+    pub fn leader_node_lost(&mut self, now: Time, node: NodeId) {
+        self.replica.leader_node_lost(now, node);
+    }
+
     /// Whether the group is quiesced (no timers of its own run).
     pub fn is_quiesced(&self) -> bool {
         self.replica.is_quiesced()

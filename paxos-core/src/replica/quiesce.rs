@@ -67,6 +67,23 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// The host lost the node of this replica's leader: nothing at all was
+    /// heard from it for an election timeout, on any group. A quiesced
+    /// follower (whose own election timer is stopped) looks for a leader at
+    /// once rather than waking and waiting out a second timeout; any other
+    /// replica is only woken (a follower still hearing its leader's
+    /// messages keeps it). Safety is untouched: looking is always allowed.
+    pub fn leader_node_lost(&mut self, now: Time, node: NodeId) {
+        let quiet_follower =
+            matches!(&self.role, Role::Following(f) if f.quiesced && f.leader == node);
+        if quiet_follower {
+            self.now = now;
+            self.lose_leader("the leader's node is silent (host heartbeats)");
+        } else {
+            self.wake(now);
+        }
+    }
+
     /// Whether the group is idle now, as the leader sees it: established
     /// and in broadcast, nothing proposed beyond the commit point, nothing
     /// in flight, and every peer heard lately holding, acknowledging and

@@ -1105,8 +1105,23 @@ impl<E: Elector> Sim<E> {
                 self.stats.wakes += 1;
                 for i in 0..self.nodes.len() {
                     let now = self.local_now(i);
+                    let me = self.nodes[i].id;
+                    // The host's view: a leader down or cut off from this
+                    // node is a lost node (nothing heard from it at all).
+                    let lost = self.nodes[i]
+                        .node
+                        .as_ref()
+                        .and_then(|n| n.replica().leader())
+                        .filter(|&l| {
+                            l != me
+                                && (self.blocked.contains(&(l, me))
+                                    || self.nodes.iter().any(|x| x.id == l && x.node.is_none()))
+                        });
                     if let Some(n) = self.nodes[i].node.as_mut() {
-                        n.wake(now);
+                        match lost {
+                            Some(l) => n.leader_node_lost(now, l),
+                            None => n.wake(now),
+                        }
                         self.drive(i)?;
                     }
                 }

@@ -115,6 +115,31 @@ fn a_quiet_groups_lost_leader_is_replaced() {
     }
 }
 
+/// When the hosts notice the leader's node is gone (an election timeout
+/// of silence), its quiesced followers look for a leader at once: they do
+/// not wake and wait out a second timeout first.
+#[test]
+fn the_followers_of_a_lost_quiet_leader_look_as_soon_as_the_host_notices() {
+    for seed in 0..5 {
+        let mut sim = quiet_group(seed);
+        let old = sim.leader().expect("a leader");
+        let followers: Vec<_> = sim.node_ids().into_iter().filter(|&n| n != old).collect();
+        sim.crash(old);
+        // The host notices after one election timeout (200 ms in the
+        // simulator); a woken follower's own timer would need another.
+        sim.run_for(Duration::from_millis(300))
+            .expect("no violation");
+        for f in followers {
+            let leader = sim.replica(f).and_then(|r| r.leader());
+            assert_ne!(
+                leader,
+                Some(old),
+                "seed {seed}: {f} still follows the lost {old} after the host noticed"
+            );
+        }
+    }
+}
+
 #[test]
 fn without_quiescence_an_idle_group_keeps_heartbeating() {
     let mut sim = Sim::with_test_components(SimConfig::default());

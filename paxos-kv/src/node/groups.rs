@@ -369,15 +369,18 @@ impl Groups {
         let mut woken = 0usize;
         for g in 0..self.groups.len() {
             let r = self.groups[g].node.replica();
-            let concerned = r.is_quiesced()
-                && (r.is_leader() || r.leader().is_some_and(|l| lost.contains(&l.0)));
-            if concerned {
-                self.groups[g].node.wake(t);
-                self.mark(g);
-                woken += 1;
+            if !r.is_quiesced() {
+                continue;
             }
+            match r.leader() {
+                Some(l) if lost.contains(&l.0) => self.groups[g].node.leader_node_lost(t, l),
+                _ if r.is_leader() => self.groups[g].node.wake(t),
+                _ => continue,
+            }
+            self.mark(g);
+            woken += 1;
         }
-        tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout; its quiesced groups woken");
+        tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout: the quiesced groups it led look for a leader, those this node leads are woken");
     }
 
     /// Spreads leaders evenly over the voter nodes that are up: every node
