@@ -3,7 +3,10 @@
 //! Invariants: a key always lives in the shard its router picks (the router
 //! is fixed for the life of the map, clones included); `len` is the number
 //! of keys across all shards; a clone shares every shard until one is
-//! written, so a clone is a frozen copy whatever the original does next.
+//! written, so a clone is a frozen copy whatever the original does next;
+//! an empty map holds no shard at all (a node of 10 000 groups has 10 000
+//! maps, most of them small), and its first write makes all of them, every
+//! one sharing a single empty table until written.
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -28,6 +31,7 @@ const SHARDS: usize = 256;
 pub(super) struct ShardedMap {
     /// Picks a key's shard; the same for the life of the map.
     router: foldhash::fast::RandomState,
+    /// Empty until the first write, then `SHARDS` of them.
     shards: Vec<std::sync::Arc<Shard>>,
     len: usize,
 }
@@ -36,9 +40,7 @@ impl Default for ShardedMap {
     fn default() -> Self {
         ShardedMap {
             router: foldhash::fast::RandomState::default(),
-            shards: (0..SHARDS)
-                .map(|_| std::sync::Arc::new(Shard::default()))
-                .collect(),
+            shards: Vec::new(),
             len: 0,
         }
     }
@@ -51,10 +53,16 @@ impl ShardedMap {
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.shards[self.shard_of(key)].get(key)
+        self.shards.get(self.shard_of(key))?.get(key)
     }
 
     pub(super) fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        if self.shards.is_empty() {
+            // One empty table shared by every shard: each is copied (empty,
+            // so cheaply) on its own first write.
+            let empty = std::sync::Arc::new(Shard::default());
+            self.shards = vec![empty; SHARDS];
+        }
         let i = self.shard_of(&key);
         let prev = std::sync::Arc::make_mut(&mut self.shards[i]).insert(key, value);
         if prev.is_none() {
@@ -65,7 +73,7 @@ impl ShardedMap {
 
     pub(super) fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
         let i = self.shard_of(key);
-        if !self.shards[i].contains_key(key) {
+        if !self.shards.get(i)?.contains_key(key) {
             return None;
         }
         let prev = std::sync::Arc::make_mut(&mut self.shards[i]).remove(key);
@@ -90,6 +98,21 @@ mod tests {
     use crate::kv::*;
     use bytes::Bytes;
     use paxos_core::StateMachine;
+
+    #[test]
+    fn an_empty_map_answers_and_its_first_write_makes_the_shards() {
+        let mut m = super::ShardedMap::default();
+        assert_eq!(m.get(b"k"), None);
+        assert_eq!(m.remove(b"k"), None);
+        assert_eq!(m.iter().count(), 0);
+        let frozen = m.clone();
+        assert_eq!(m.insert(Bytes::from("k"), Bytes::from("v")), None);
+        assert_eq!(m.get(b"k").map(|v| &v[..]), Some(&b"v"[..]));
+        assert_eq!(m.len(), 1);
+        assert_eq!(frozen.get(b"k"), None, "a clone taken empty stays empty");
+        assert_eq!(m.remove(b"k").map(|v| v.to_vec()), Some(b"v".to_vec()));
+        assert_eq!(m.len(), 0);
+    }
 
     #[test]
     fn a_clone_is_a_frozen_copy_while_the_original_goes_on() {
