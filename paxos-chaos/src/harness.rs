@@ -11,15 +11,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use paxos_kv::auth::Role;
-use paxos_kv::client::{Client, ClientError};
+use paxos_kv::client::{Client, ClientError, Session};
 use paxos_kv::client_proto::{AdminRequest, ReadMode};
+use paxos_kv::kv::KvOp;
 use paxos_kv::node::Member;
+use paxos_kv::shard::group_of;
 use paxos_kv::tls::ClientSecurity;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster, Placement};
 
@@ -64,6 +67,9 @@ pub struct ClusterOptions {
     pub tmpfs: Vec<(u64, u64)>,
     /// `--retention-entries` of every node (`None`: the node's default).
     pub retention_entries: Option<u64>,
+    /// Paxos groups every node hosts (`paxos-node run --groups`; 1: the
+    /// single-group layout).
+    pub groups: u32,
 }
 
 impl ClusterOptions {
@@ -81,6 +87,7 @@ impl ClusterOptions {
             snapshot_every: 2_000,
             tmpfs: Vec::new(),
             retention_entries: None,
+            groups: 1,
         }
     }
 }
@@ -169,6 +176,12 @@ pub struct ChaosCluster {
     joined: BTreeSet<u64>,
     /// How the administrator's client authenticates.
     admin_security: ClientSecurity,
+    /// One probe key per group (index: group), for the probe writes that
+    /// show every group commits.
+    probe_keys: Vec<Bytes>,
+    /// The next id of a probe session: every probe round writes in fresh
+    /// client-named sessions.
+    next_probe_session: AtomicU64,
     dir: tempfile::TempDir,
 }
 
@@ -233,6 +246,10 @@ impl ChaosCluster {
             spec.extra_node_args.push("--retention-entries".into());
             spec.extra_node_args.push(n.to_string());
         }
+        if options.groups > 1 {
+            spec.extra_node_args.push("--groups".into());
+            spec.extra_node_args.push(options.groups.to_string());
+        }
         if let Some(n) = &net {
             let mut addrs = BTreeMap::new();
             let mut namespaces = BTreeMap::new();
@@ -244,6 +261,7 @@ impl ChaosCluster {
         }
         let cluster = LocalCluster::start(spec)?;
         let admin_security = cluster.client_security_for(ADMIN_CLIENT)?;
+        let probe_keys = probe_keys(options.groups);
         Ok(ChaosCluster {
             cluster,
             mounts,
@@ -252,6 +270,8 @@ impl ChaosCluster {
             retired: BTreeSet::new(),
             joined: BTreeSet::new(),
             admin_security,
+            probe_keys,
+            next_probe_session: AtomicU64::new(PROBE_SESSIONS),
             dir,
         })
     }
@@ -388,6 +408,17 @@ impl ChaosCluster {
         bail!("admin {req:?} still refused after {limit:?}; last answer: {last}")
     }
 
+    /// A client with the admin principal's certificate, for many
+    /// administration commands in a row (one per group, say).
+    pub fn admin_client(&self) -> Client {
+        Client::new(
+            self.client_addrs(),
+            self.admin_security.clone(),
+            0x00ad_0001,
+            Duration::from_secs(5),
+        )
+    }
+
     /// Where logs and data live.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -436,18 +467,349 @@ impl ChaosCluster {
         Ok(())
     }
 
+    /// Paxos groups each node hosts.
+    pub fn groups(&self) -> u32 {
+        self.options.groups.max(1)
+    }
+
+    /// The groups whose replicas the convergence checks compare one by
+    /// one: every group of a single-group or small cluster; of a large
+    /// one, group 0, the groups of the workload's registers and
+    /// [`CHECKED_SPREAD`] groups spread evenly over the rest (asking
+    /// every node for every group's digest would take minutes; the
+    /// per-node summaries cover every group more coarsely).
+    pub fn checked_groups(&self) -> Vec<u32> {
+        let n = self.groups();
+        if n <= CHECKED_SPREAD {
+            return (0..n).collect();
+        }
+        let registers = crate::workload::WorkloadConfig::default().registers;
+        let mut set: BTreeSet<u32> = (0..registers)
+            .map(|i| group_of(&crate::workload::register_key(i), n))
+            .collect();
+        set.insert(0);
+        set.extend(
+            (0..CHECKED_SPREAD)
+                .map(|k| (u64::from(k) * u64::from(n) / u64::from(CHECKED_SPREAD)) as u32),
+        );
+        set.into_iter().collect()
+    }
+
     /// The node that leads now, agreed by a quorum of the running nodes.
+    /// With many groups: once every group has such a leader, the node
+    /// that leads the most groups (the lowest id among equals).
     pub async fn leader(&self, limit: Duration) -> Result<u64> {
-        self.cluster.wait_for_leader(limit).await
+        if self.groups() == 1 {
+            return self.cluster.wait_for_leader(limit).await;
+        }
+        let led = self.wait_all_groups_led(limit).await?;
+        led.iter()
+            .max_by_key(|&(&id, &n)| (n, std::cmp::Reverse(id)))
+            .map(|(&id, _)| id)
+            .context("no node leads a group")
     }
 
-    /// Every running node's status.
+    /// Waits until every group has a leader agreed by a quorum of the
+    /// members (the leader itself among them); returns how many groups
+    /// each running node leads. Bounded by `limit`, one status round
+    /// every 100 ms.
+    pub async fn wait_all_groups_led(&self, limit: Duration) -> Result<BTreeMap<u64, u64>> {
+        let started = Instant::now();
+        let mut last = String::from("no status answered");
+        while started.elapsed() < limit {
+            let st = self.statuses().await;
+            match agreed_group_leaders(&st, self.groups(), self.quorum()) {
+                Ok(leaders) => {
+                    let mut led: BTreeMap<u64, u64> = st.keys().map(|&id| (id, 0)).collect();
+                    for l in leaders {
+                        *led.entry(l).or_default() += 1;
+                    }
+                    return Ok(led);
+                }
+                Err(why) => last = why,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "not every group had an agreed leader within {limit:?}: {last}; node logs under {}",
+            self.dir().display()
+        )
+    }
+
+    /// The leader of group `group`, agreed by a quorum of the members.
+    pub async fn group_leader(&self, group: u32, limit: Duration) -> Result<u64> {
+        if self.groups() == 1 {
+            return self.cluster.wait_for_leader(limit).await;
+        }
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let st = self.statuses().await;
+            if let Some(l) = agreed_leader_of(&st, group as usize, self.quorum()) {
+                return Ok(l);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("group {group} had no agreed leader within {limit:?}")
+    }
+
+    /// A majority of the current members.
+    fn quorum(&self) -> usize {
+        self.ids().len() / 2 + 1
+    }
+
+    /// Every running node's status: with many groups, its summary
+    /// (`groups`, `led`, `following`, `looking`, `group_leaders`, ...).
+    /// Asked of each node with [`status_timeout`](Self::status_timeout)
+    /// (a node of 10 000 groups under load takes more than the test kit's
+    /// 500 ms to summarise them).
     pub async fn statuses(&self) -> BTreeMap<u64, serde_json::Value> {
-        self.cluster.statuses().await
+        if self.groups() == 1 {
+            return self.cluster.statuses().await;
+        }
+        let security = self.security();
+        let timeout = self.status_timeout();
+        let mut out = BTreeMap::new();
+        for id in self.ids() {
+            if self.cluster.pid(id).is_none() {
+                continue;
+            }
+            let Some(addr) = self.client_addr(id) else {
+                continue;
+            };
+            if let Ok(s) = Client::status_of(addr, &security, timeout).await {
+                if let Ok(v) = serde_json::from_str(&s) {
+                    out.insert(id, v);
+                }
+            }
+        }
+        out
     }
 
-    /// Waits until a probe write commits; returns how long that took.
+    /// How long a status request may take: 500 ms, and 0.5 ms more per
+    /// group.
+    pub fn status_timeout(&self) -> Duration {
+        Duration::from_millis(500) + Duration::from_micros(500 * u64::from(self.groups()))
+    }
+
+    /// Every running member's full status of group `group` (on a
+    /// single-group cluster, the plain status).
+    pub async fn group_statuses(&self, group: u32) -> BTreeMap<u64, serde_json::Value> {
+        if self.groups() == 1 {
+            return self.statuses().await;
+        }
+        let security = self.security();
+        let mut out = BTreeMap::new();
+        for id in self.ids() {
+            if self.cluster.pid(id).is_none() {
+                continue;
+            }
+            let Some(addr) = self.client_addr(id) else {
+                continue;
+            };
+            if let Ok(s) =
+                Client::group_status_of(addr, &security, self.status_timeout(), group).await
+            {
+                if let Ok(v) = serde_json::from_str(&s) {
+                    out.insert(id, v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until `leader`, leading group `group`, reports `peer`
+    /// connected and in its broadcast phase there.
+    pub async fn wait_in_sync_in(
+        &self,
+        group: u32,
+        leader: u64,
+        peer: u64,
+        limit: Duration,
+    ) -> Result<()> {
+        if self.groups() == 1 {
+            return self.cluster.wait_in_sync(leader, peer, limit).await;
+        }
+        let addr = self
+            .client_addr(leader)
+            .with_context(|| format!("node {leader} has no client address"))?;
+        let security = self.security();
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let st = Client::group_status_of(addr, &security, Duration::from_millis(500), group)
+                .await
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            let synced = st.is_some_and(|v| {
+                v["role"] == "leader"
+                    && v["peers"].as_array().is_some_and(|peers| {
+                        peers.iter().any(|p| {
+                            p["id"] == peer && p["connected"] == true && p["in_broadcast"] == true
+                        })
+                    })
+            });
+            if synced {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("{leader} did not report {peer} in sync in group {group} within {limit:?}")
+    }
+
+    /// Waits until node `id` runs and follows or leads every group, and
+    /// no member is still looking for a leader in any; returns how long
+    /// that took. Bounded by `limit`, one status round every 100 ms.
+    pub async fn wait_rejoined(&self, id: u64, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let n = u64::from(self.groups());
+        let mut last = String::from("no status answered");
+        while started.elapsed() < limit {
+            let st = self.statuses().await;
+            if let Some(v) = st.get(&id) {
+                let held = if n == 1 {
+                    u64::from(v["role"] == "leader" || v["role"] == "follower")
+                } else {
+                    v["led"].as_u64().unwrap_or(0) + v["following"].as_u64().unwrap_or(0)
+                };
+                let looking: u64 = if n == 1 {
+                    st.values().filter(|v| v["role"] == "looking").count() as u64
+                } else {
+                    st.values()
+                        .map(|v| v["looking"].as_u64().unwrap_or(0))
+                        .sum()
+                };
+                if held == n && looking == 0 {
+                    return Ok(started.elapsed());
+                }
+                last = format!(
+                    "node {id} leads or follows {held} of {n} groups; {looking} replicas looking"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{last} after {limit:?}; node logs under {}",
+            self.dir().display()
+        )
+    }
+
+    /// Waits until a probe write commits in every group; returns how
+    /// long that took. Each group's probe is retried until it commits
+    /// or `limit` has passed; at most [`PROBES_IN_FLIGHT`] at a time.
     pub async fn wait_progress(&self, limit: Duration, tag: &str) -> Result<Duration> {
+        let started = Instant::now();
+        if self.groups() == 1 {
+            return self.wait_progress_one(limit, tag).await;
+        }
+        let first = self
+            .next_probe_session
+            .fetch_add(u64::from(self.groups()), Ordering::Relaxed);
+        let writes = self
+            .probe_keys
+            .iter()
+            .enumerate()
+            .map(|(g, key)| (key.clone(), Bytes::from(tag.to_string()), first + g as u64))
+            .collect();
+        let done = self.run_probes(writes, started + limit).await;
+        let stuck: Vec<usize> = (0..done.len()).filter(|&g| !done[g]).collect();
+        if stuck.is_empty() {
+            return Ok(started.elapsed());
+        }
+        let shown: Vec<_> = stuck.iter().take(20).collect();
+        bail!(
+            "{} of {} groups committed no write within {limit:?} ({tag}), among them {shown:?}; node logs under {}",
+            stuck.len(),
+            self.groups(),
+            self.dir().display()
+        )
+    }
+
+    /// Writes every (key, value, session) of `writes`, each until
+    /// acknowledged or `deadline`, by [`PROBES_IN_FLIGHT`] workers that
+    /// each have a client of their own (replaced after a failed attempt,
+    /// so that it learns the groups' leaders afresh: a client's routing,
+    /// learned once, can name a dead or paused node for every group, and
+    /// it corrects one group per redirect, each after a connect timeout
+    /// taken under its one connection lock; found by `pause-leader` with
+    /// 1 000 groups). Returns whether each was acknowledged.
+    async fn run_probes(&self, writes: Vec<(Bytes, Bytes, u64)>, deadline: Instant) -> Vec<bool> {
+        let n = writes.len();
+        let queue = Arc::new(parking_lot::Mutex::new(
+            writes
+                .into_iter()
+                .enumerate()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
+        let workers: Vec<_> = (0..PROBES_IN_FLIGHT.min(n))
+            .map(|_| {
+                let queue = queue.clone();
+                let fresh = self.client_maker();
+                tokio::spawn(async move {
+                    let mut client = fresh();
+                    let mut acked = Vec::new();
+                    // Bounded by the queue's length.
+                    for _ in 0..n {
+                        let Some((i, (key, value, session))) = queue.lock().pop_front() else {
+                            break;
+                        };
+                        if probe_group(&mut client, &fresh, session, key, value, deadline).await {
+                            acked.push(i);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut done = vec![false; n];
+        for w in workers {
+            for i in w.await.unwrap_or_default() {
+                done[i] = true;
+            }
+        }
+        done
+    }
+
+    /// Writes `count` fresh keys `{prefix}/{i}` (value: the key), each in
+    /// a session of its own and retried until acknowledged or `limit` has
+    /// passed, [`PROBES_IN_FLIGHT`] at a time; returns every write and
+    /// whether it was acknowledged, for [`read_back`](Self::read_back).
+    pub async fn write_keys(&self, prefix: &str, count: u64, limit: Duration) -> Vec<LedgerWrite> {
+        let first = self.next_probe_session.fetch_add(count, Ordering::Relaxed);
+        let writes: Vec<(Bytes, Bytes, u64)> = (0..count)
+            .map(|i| {
+                let key = Bytes::from(format!("{prefix}/{i}"));
+                (key.clone(), key, first + i)
+            })
+            .collect();
+        let done = self
+            .run_probes(writes.clone(), Instant::now() + limit)
+            .await;
+        writes
+            .into_iter()
+            .zip(done)
+            .map(|((key, value, _), acknowledged)| LedgerWrite {
+                key,
+                value,
+                acknowledged,
+            })
+            .collect()
+    }
+
+    /// Makes new clients of the current members (for probes that need a
+    /// routing of their own).
+    fn client_maker(&self) -> impl Fn() -> Client + Send + 'static {
+        let (addrs, security) = (self.client_addrs(), self.security());
+        move || {
+            Client::new(
+                addrs.clone(),
+                security.clone(),
+                0x00c0_ffee,
+                Duration::from_millis(700),
+            )
+        }
+    }
+
+    /// [`wait_progress`](Self::wait_progress) of a single-group cluster.
+    async fn wait_progress_one(&self, limit: Duration, tag: &str) -> Result<Duration> {
         let started = Instant::now();
         let client = Client::new(
             self.client_addrs(),
@@ -475,50 +837,117 @@ impl ChaosCluster {
         )
     }
 
+    /// Each checked group's (applied position, digest) as each running
+    /// member reports it (see [`checked_groups`](Self::checked_groups)).
+    pub async fn state_views(&self) -> BTreeMap<u32, BTreeMap<u64, (u64, String)>> {
+        let mut out = BTreeMap::new();
+        for g in self.checked_groups() {
+            let views = self
+                .group_statuses(g)
+                .await
+                .into_iter()
+                .map(|(id, v)| {
+                    (
+                        id,
+                        (v["applied"].as_u64().unwrap_or(0), v["digest"].to_string()),
+                    )
+                })
+                .collect();
+            out.insert(g, views);
+        }
+        out
+    }
+
     /// Waits until every running node reports the same applied position
-    /// and state digest, twice in a row; returns the digest.
+    /// and state digest in every checked group, twice in a row, and (many
+    /// groups) every running node follows or leads every group, none is
+    /// lagging or recovering in any, and all hold the same number of keys.
+    /// Returns the digests.
     pub async fn settle(&self, limit: Duration) -> Result<String> {
         let started = Instant::now();
-        let mut last: Option<(u64, String)> = None;
-        let mut seen = BTreeMap::new();
+        let mut last: Option<Vec<(u32, (u64, String))>> = None;
+        let mut seen = String::from("no status answered");
         while started.elapsed() < limit {
             let running = self
                 .ids()
                 .into_iter()
                 .filter(|&id| self.cluster.pid(id).is_some())
                 .count();
-            let st = self.statuses().await;
-            if st.len() == running && running > 0 {
-                let views: Vec<(u64, String)> = st
-                    .values()
-                    .map(|v| (v["applied"].as_u64().unwrap_or(0), v["digest"].to_string()))
-                    .collect();
-                let same = views.windows(2).all(|w| w[0] == w[1]);
-                if same {
-                    if last.as_ref() == views.first() {
-                        return Ok(views[0].1.clone());
-                    }
-                    last = views.first().cloned();
+            if let Err(why) = self.summaries_agree(running).await {
+                seen = why;
+                last = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let views = self.state_views().await;
+            let mut agreed = Vec::new();
+            let mut differ = None;
+            for (g, v) in &views {
+                let distinct: BTreeSet<&(u64, String)> = v.values().collect();
+                if v.len() == running && running > 0 && distinct.len() == 1 {
+                    agreed.extend(distinct.into_iter().map(|d| (*g, d.clone())));
                 } else {
+                    differ = Some(format!("group {g}: {v:?}"));
+                    break;
+                }
+            }
+            match differ {
+                None => {
+                    if last.as_ref() == Some(&agreed) {
+                        let digests: Vec<String> =
+                            agreed.iter().map(|(_, (_, d))| d.clone()).collect();
+                        return Ok(digests.join(","));
+                    }
+                    last = Some(agreed);
+                }
+                Some(d) => {
+                    seen = d;
                     last = None;
                 }
             }
-            seen = st;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let summary: Vec<String> = seen
-            .iter()
-            .map(|(id, v)| {
-                format!(
-                    "node {id}: role {} applied {} digest {}",
-                    v["role"], v["applied"], v["digest"]
-                )
-            })
+        bail!("replicas did not converge on one state within {limit:?}: {seen}")
+    }
+
+    /// With many groups: every one of the `running` nodes answers, follows
+    /// or leads every group, lags and recovers in none, and all hold the
+    /// same number of keys (`Err`: what differs). Always true of a
+    /// single-group cluster (its one group is compared by digest).
+    async fn summaries_agree(&self, running: usize) -> Result<(), String> {
+        let n = u64::from(self.groups());
+        if n == 1 {
+            return Ok(());
+        }
+        let st = self.statuses().await;
+        if st.len() != running {
+            return Err(format!("{} of {running} running nodes answered", st.len()));
+        }
+        let brief = |v: &serde_json::Value| {
+            format!(
+                "led {} following {} looking {} lagging {} recovering {} keys {}",
+                v["led"], v["following"], v["looking"], v["lagging"], v["recovering"], v["keys"]
+            )
+        };
+        let keys: BTreeSet<u64> = st
+            .values()
+            .map(|v| v["keys"].as_u64().unwrap_or(0))
             .collect();
-        bail!(
-            "replicas did not converge on one state within {limit:?}: {}",
-            summary.join("; ")
-        )
+        for (id, v) in &st {
+            let held = v["led"].as_u64().unwrap_or(0) + v["following"].as_u64().unwrap_or(0);
+            let busy = v["lagging"].as_u64().unwrap_or(0) + v["recovering"].as_u64().unwrap_or(0);
+            if held != n || busy != 0 || keys.len() != 1 {
+                let all: Vec<String> = st
+                    .iter()
+                    .map(|(id, v)| format!("node {id}: {}", brief(v)))
+                    .collect();
+                return Err(format!(
+                    "node {id} is not settled in every group: {}",
+                    all.join("; ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Reads back every ledger write; returns the acknowledged ones that
@@ -574,6 +1003,156 @@ impl ChaosCluster {
         }
         Ok(problems)
     }
+}
+
+/// Groups of a large cluster whose replicas are compared one by one,
+/// besides group 0 and the registers' groups.
+pub const CHECKED_SPREAD: u32 = 24;
+
+/// Probe writes in flight at a time, over all groups.
+pub const PROBES_IN_FLIGHT: usize = 256;
+
+/// The first id of the probe writes' client-named sessions (far from the
+/// workload's ids and from the cluster-assigned upper half).
+const PROBE_SESSIONS: u64 = 0x0000_c0ff_0000_0000;
+
+/// One key per group of `groups` (index: the group), found by hashing
+/// numbered candidates; bounded: a group still without a key after 64
+/// candidates per group gets none and its probe uses a numbered key of
+/// its own search (never observed with FNV-1a; the bound ends the loop).
+fn probe_keys(groups: u32) -> Vec<Bytes> {
+    let n = groups.max(1);
+    let mut keys: Vec<Option<Bytes>> = vec![None; n as usize];
+    let mut missing = n as usize;
+    for i in 0..u64::from(n) * 64 {
+        if missing == 0 {
+            break;
+        }
+        let key = Bytes::from(format!("probe/{i}"));
+        let slot = &mut keys[group_of(&key, n) as usize];
+        if slot.is_none() {
+            *slot = Some(key);
+            missing -= 1;
+        }
+    }
+    keys.into_iter()
+        .enumerate()
+        .map(|(g, k)| k.unwrap_or_else(|| Bytes::from(format!("probe/unmatched/{g}"))))
+        .collect()
+}
+
+/// Writes `value` to `key` in a fresh client-named session until one
+/// attempt is acknowledged (true) or `deadline` passes (false); after a
+/// failed attempt `client` is replaced by a `fresh` one.
+async fn probe_group(
+    client: &mut Client,
+    fresh: &impl Fn() -> Client,
+    session: u64,
+    key: Bytes,
+    value: Bytes,
+    deadline: Instant,
+) -> bool {
+    let mut session = Session::new(session);
+    // Bounded by the deadline; each attempt by the client's own timeout
+    // and by 2 s.
+    while Instant::now() < deadline {
+        let op = KvOp::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), client.write_in(&mut session, op)).await
+        {
+            return true;
+        }
+        *client = fresh();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The leader of group `g` (index into `group_leaders`; 0 of a
+/// single-group node, whose status has `leader` and `role`) that a
+/// quorum of the answering nodes name, the leader itself among them.
+pub fn agreed_leader_of(
+    st: &BTreeMap<u64, serde_json::Value>,
+    g: usize,
+    quorum: usize,
+) -> Option<u64> {
+    let named = |v: &serde_json::Value| -> Option<u64> {
+        if v["groups"].is_u64() {
+            v["group_leaders"]
+                .get(g)
+                .and_then(serde_json::Value::as_u64)
+        } else {
+            v["leader"].as_u64()
+        }
+    };
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for v in st.values() {
+        if let Some(l) = named(v) {
+            *votes.entry(l).or_default() += 1;
+        }
+    }
+    votes.into_iter().find_map(|(l, n)| {
+        let own = st.get(&l).and_then(named) == Some(l);
+        (own && n >= quorum).then_some(l)
+    })
+}
+
+/// Every group's agreed leader ([`agreed_leader_of`]), or what is missing.
+pub fn agreed_group_leaders(
+    st: &BTreeMap<u64, serde_json::Value>,
+    groups: u32,
+    quorum: usize,
+) -> Result<Vec<u64>, String> {
+    let mut leaders = Vec::with_capacity(groups as usize);
+    let mut without = Vec::new();
+    for g in 0..groups as usize {
+        match agreed_leader_of(st, g, quorum) {
+            Some(l) => leaders.push(l),
+            None => without.push(g),
+        }
+    }
+    if without.is_empty() {
+        return Ok(leaders);
+    }
+    let shown: Vec<_> = without.iter().take(10).collect();
+    Err(format!(
+        "{} of {groups} groups without an agreed leader ({} nodes answered), among them {shown:?}",
+        without.len(),
+        st.len()
+    ))
+}
+
+/// [`ChaosCluster::admin_until_done`] in group `group`, through `client`
+/// (see [`ChaosCluster::admin_client`]): asked until not refused with a
+/// transient answer, bounded by `limit` and 1 000 attempts 100 ms apart.
+pub async fn admin_until_done_in(
+    client: &Client,
+    group: u32,
+    req: AdminRequest,
+    limit: Duration,
+    transient: impl Fn(&str) -> bool,
+) -> Result<(serde_json::Value, u32)> {
+    let started = Instant::now();
+    let mut last = String::new();
+    for refusals in 0..1_000u32 {
+        if started.elapsed() > limit {
+            break;
+        }
+        match client.admin_in(group, req).await {
+            Ok(json) => {
+                let v = serde_json::from_str(&json)
+                    .with_context(|| format!("group {group}: admin answer {json:?} is no JSON"))?;
+                return Ok((v, refusals));
+            }
+            Err(ClientError::Node(m)) if m.starts_with("retry:") || transient(&m) => last = m,
+            Err(e) => bail!("group {group}: admin {req:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("group {group}: admin {req:?} still refused after {limit:?}; last answer: {last}")
 }
 
 /// What the read-back found wrong with one ledger key.

@@ -16,6 +16,7 @@
 //!     node_binary: paxos_chaos::harness::node_binary()?,
 //!     loopback_only: false,
 //!     keep_failed: true,
+//!     groups: 1,
 //! };
 //! let report = run(Scenario::KillLeader, 7, &options).await;
 //! if report.failed() {

@@ -27,6 +27,8 @@ pub struct Row {
     pub stalls: u64,
     /// Every recovery time measured.
     pub recoveries: Vec<Duration>,
+    /// Wall time of every run, summed.
+    pub elapsed: Duration,
 }
 
 /// The outcome of a schedule.
@@ -56,6 +58,7 @@ impl Summary {
         row.lost += r.lost.len() as u64;
         row.stalls += r.stalls.len() as u64 + u64::from(r.error.is_some());
         row.recoveries.extend(r.recoveries.iter().copied());
+        row.elapsed += r.elapsed;
         if r.failed() {
             self.failures.push(r.clone());
         }
@@ -69,8 +72,8 @@ impl Summary {
     /// The table, as Markdown.
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| scenario | runs | ops ok | ops failed | ops unknown | faults | violations | writes lost | stalls | recovery median | recovery max |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| scenario | runs | ops ok | ops failed | ops unknown | faults | violations | writes lost | stalls | recovery median | recovery max | wall time |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let mut total = Row::default();
         for (s, row) in &self.rows {
@@ -83,6 +86,7 @@ impl Summary {
             total.lost += row.lost;
             total.stalls += row.stalls;
             total.recoveries.extend(row.recoveries.iter().copied());
+            total.elapsed += row.elapsed;
         }
         out.push_str(&format_row("**all**", &total));
         for (s, why) in &self.skipped {
@@ -100,7 +104,7 @@ fn format_row(name: &str, row: &Row) -> String {
     let secs =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
     format!(
-        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |\n",
         row.runs,
         row.counts.ok,
         row.counts.failed,
@@ -110,7 +114,8 @@ fn format_row(name: &str, row: &Row) -> String {
         row.lost,
         row.stalls,
         secs(median),
-        secs(max)
+        secs(max),
+        row.elapsed.as_secs_f64()
     )
 }
 

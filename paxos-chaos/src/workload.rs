@@ -10,6 +10,10 @@
 //! - the *ledger*, one fresh key per write, written once: every
 //!   acknowledged ledger write must read back with its value at the end,
 //!   which is a check that needs no search.
+//!
+//! Against nodes of many groups the client routes each key to its group's
+//! leader: the registers fall in a few groups, the ledger's fresh keys
+//! spread over all of them, and both checks stay per key.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

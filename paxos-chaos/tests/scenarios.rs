@@ -15,11 +15,16 @@ use std::sync::Mutex;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn check(scenario: Scenario) {
+    check_with(scenario, 1);
+}
+
+fn check_with(scenario: Scenario, groups: u32) {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let options = RunOptions {
         node_binary: paxos_chaos::harness::node_binary().expect("the paxos-node binary"),
         loopback_only: false,
         keep_failed: true,
+        groups,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -33,7 +38,7 @@ fn check(scenario: Scenario) {
         return;
     }
     println!(
-        "{scenario}: {:?} calls, {} faults, recoveries {:?}, {:.1} s; {}",
+        "{scenario} ({groups} groups): {:?} calls, {} faults, recoveries {:?}, {:.1} s; {}",
         report.counts,
         report.faults,
         report.recoveries,
@@ -42,7 +47,7 @@ fn check(scenario: Scenario) {
     );
     assert!(
         report.passed(),
-        "{scenario} seed {seed} failed:\n{}replay: {}",
+        "{scenario} seed {seed} ({groups} groups) failed:\n{}replay: {}",
         report.problems(),
         report.replay_command()
     );
@@ -85,6 +90,15 @@ scenario_tests! {
     replace_killed_follower => Scenario::ReplaceKilledFollower,
     grow_and_shrink => Scenario::GrowAndShrink,
     transfer_under_load => Scenario::TransferUnderLoad,
+}
+
+/// A node's death with nodes of many groups: every group must commit
+/// again after the kill and after the restart, and the restarted node must
+/// follow or lead every group. A short run (tens of seconds); `cargo xtask
+/// chaos --groups N` runs every scenario so.
+#[test]
+fn kill_leader_with_many_groups() {
+    check_with(Scenario::KillLeader, 100);
 }
 
 /// Every scenario has a test above.

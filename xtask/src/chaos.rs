@@ -3,7 +3,8 @@
 //! crate). Arguments after `chaos` go to the runner unchanged:
 //! `--minutes N`, `--seed S`, `--scenario NAME` (repeatable; one scenario
 //! with a seed and no `--minutes` replays one run), `--list`,
-//! `--loopback-only`, `--table FILE`.
+//! `--loopback-only`, `--table FILE`, `--groups N` (every node hosts N
+//! Paxos groups: `cargo xtask chaos --minutes 5 --groups 1000`).
 
 use anyhow::{bail, Context, Result};
 use std::process::Command;

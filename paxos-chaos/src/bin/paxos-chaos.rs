@@ -41,6 +41,11 @@ struct Args {
     /// At most this many runs.
     #[arg(long, default_value_t = 100_000)]
     max_runs: u64,
+    /// Paxos groups every node hosts (`paxos-node run --groups`); with
+    /// more than 1, the workload's keys spread over the groups and every
+    /// recovery check needs a write committed in every group.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    groups: u32,
 }
 
 fn main() -> Result<()> {
@@ -74,6 +79,7 @@ fn main() -> Result<()> {
         node_binary,
         loopback_only: args.loopback_only,
         keep_failed: true,
+        groups: args.groups,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -87,9 +93,11 @@ fn main() -> Result<()> {
         s.add(&report);
         writeln!(
             out,
-            "{} seed {}: {}{}",
+            "{} seed {} ({} groups, {:.1} s): {}{}",
             report.scenario,
             report.seed,
+            report.groups,
+            report.elapsed.as_secs_f64(),
             if report.skipped.is_some() {
                 "skipped"
             } else if report.passed() {
