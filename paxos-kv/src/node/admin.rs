@@ -171,7 +171,15 @@ impl Driver {
             }
             Err(r) => {
                 let text = match &r.error {
-                    ChangeError::InProgress(_) | ChangeError::Transferring(_) => {
+                    // Transient: another change or a hand-over ends, and
+                    // followers come back in sync (a quiesced group's
+                    // leader has heard nobody since it went quiet; the
+                    // request woke it, and its heartbeats bring the answers
+                    // within an interval). A voter that stays down keeps
+                    // the refusal until the client gives up.
+                    ChangeError::InProgress(_)
+                    | ChangeError::Transferring(_)
+                    | ChangeError::WouldLoseQuorum { .. } => {
                         format!("retry: {}", r.error)
                     }
                     e => format!("membership change refused: {e}"),

@@ -236,6 +236,57 @@ async fn a_tight_election_admission_still_elects_every_group() {
     cluster.stop();
 }
 
+/// A membership change asked of a quiesced group goes through: the leader
+/// has heard nothing from its followers while quiet, so the check that a
+/// quorum of the new membership is in sync must wait for the wake's
+/// heartbeats (answered "retry:", which the client retries) rather than
+/// refuse the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_in_a_quiet_group_is_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.extra_node_args
+        .extend(["--quiesce-ms".into(), "200".into()]);
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let security = cluster.client_security();
+    let group = 1;
+    let leader = leader_status(&cluster, &security, group)
+        .await
+        .expect("group 1 has a leader");
+    let leader_id = leader["id"].as_u64().expect("the status names its node");
+    let follower = cluster
+        .members()
+        .keys()
+        .copied()
+        .find(|&id| id != leader_id)
+        .expect("a follower");
+    // Idle for ten quiescence periods: the group is quiet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ops = cluster.client_security_for("ops").expect("ops certificate");
+    let client = Client::new(cluster.client_addrs(), ops, 5, Duration::from_secs(10));
+    let answer = client
+        .admin_in(
+            group,
+            paxos_kv::client_proto::AdminRequest::Change {
+                change: paxos_kv::client_proto::AdminChange::Demote,
+                node: follower,
+                addrs: None,
+            },
+        )
+        .await;
+    assert!(
+        answer.is_ok(),
+        "demoting {follower} in quiet group {group}: {answer:?}"
+    );
+    cluster.stop();
+}
+
 /// A read-only principal's write wrapped in a group request is refused like
 /// a plain one (the client wraps every request once the cluster has many
 /// groups, so this is what a reader's `put` sends).
