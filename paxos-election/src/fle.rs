@@ -605,15 +605,22 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     /// A running leader a quorum of settled voters follows, the leader
-    /// itself reporting that it leads by election (ZooKeeper's out-of-election
-    /// votes).
-    fn running_leader(&self) -> Option<(Vote, u64)> {
+    /// itself reporting that it leads (ZooKeeper's out-of-election votes);
+    /// with whether the leader says it was elected.
+    ///
+    /// The leader need not have been elected: after a hand-over every
+    /// member takes the nominee from TAKEOVER and settles when its replica
+    /// is established, usually before any round decides, and such a
+    /// settled node reports its leader unlocked. A node that missed the
+    /// hand-over (down or cut off) finds no looking peer to vote with and
+    /// no locked report, so it must join on the reports alone or it looks
+    /// until the next election. The backing is the quorum of reports
+    /// itself: a node reports a leader only once it decided it or its
+    /// replica was established under it, and we count only voters of our
+    /// view, the leader's own LEADING report among them.
+    fn running_leader(&self) -> Option<(Vote, u64, bool)> {
         for (id, r) in &self.reports {
-            if r.state != PeerState::Leading
-                || !r.locked
-                || r.vote.leader != *id
-                || !self.may_lead(*id)
-            {
+            if r.state != PeerState::Leading || r.vote.leader != *id || !self.may_lead(*id) {
                 continue;
             }
             let mut ids = self
@@ -622,7 +629,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 .filter(|(_, o)| o.vote.leader == *id)
                 .map(|(i, _)| *i);
             if self.quorum.is_quorum(&mut ids) {
-                return Some((r.vote, r.round));
+                return Some((r.vote, r.round, r.locked));
             }
         }
         None
@@ -644,15 +651,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
             return;
         }
         if let Some(v) = self.lock_quorum() {
-            self.decide(v, self.round, "a quorum locked the vote");
+            self.decide(v, self.round, true, "a quorum locked the vote");
             return;
         }
-        if let Some((v, r)) = self.running_leader() {
-            self.decide(v, r, "a quorum follows a running leader");
+        if let Some((v, r, elected)) = self.running_leader() {
+            // We announce the leader as elected in its round only if it
+            // says so itself: an unlocked report names a leader no round
+            // decided, and our word must not count as a lock of that round.
+            self.decide(v, r, elected, "a quorum follows a running leader");
             return;
         }
         if let Some((v, r)) = self.vouched_leader(now) {
-            self.decide(v, r, "a connected leader reports its election");
+            self.decide(v, r, true, "a connected leader reports its election");
             return;
         }
         // A node that is no voter in its own view locks too (it never
@@ -709,7 +719,9 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.broadcast();
     }
 
-    fn decide(&mut self, vote: Vote, round: u64, why: &'static str) {
+    /// Settles on `vote`'s leader, announcing it as decided in `round`; as
+    /// elected there (a lock others may count) only if `elected`.
+    fn decide(&mut self, vote: Vote, round: u64, elected: bool, why: &'static str) {
         assert!(
             self.may_lead(vote.leader),
             "only a node that may lead is elected"
@@ -729,7 +741,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.settled = Some(Settled {
             vote: vote.with_nominated(false),
             round,
-            elected: true,
+            elected,
         });
         self.settle_deadline = None;
         self.retry_deadline = None;
@@ -1099,5 +1111,138 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             // Not started: nothing said yet, nothing to correct.
             Phase::Idle => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> Vec<NodeId> {
+        v.iter().copied().map(NodeId).collect()
+    }
+
+    fn elector(id: u64, voters: &[u64]) -> FastElection {
+        FastElection::new(ElectionConfig {
+            id: NodeId(id),
+            voters: ids(voters),
+            seed: id,
+            ..ElectionConfig::default()
+        })
+        .expect("valid config")
+    }
+
+    fn at(ms: u64) -> Time {
+        Time::ZERO + Duration::from_millis(ms)
+    }
+
+    fn info(epoch: u32, counter: u32) -> VoteInfo {
+        VoteInfo {
+            current_epoch: Epoch(epoch),
+            last_zxid: Zxid::new(Epoch(epoch), counter),
+        }
+    }
+
+    fn drain(e: &mut FastElection) -> Vec<(NodeId, Notification)> {
+        std::iter::from_fn(|| e.poll_transmit()).collect()
+    }
+
+    /// The looking node `asker` tells `peer` its current vote, and hears
+    /// every answer.
+    fn ask(now: Time, asker: &mut FastElection, peer: &mut FastElection) {
+        drain(asker);
+        peer.handle_message(now, asker.id(), asker.notification());
+        for (dest, n) in drain(peer) {
+            if dest == asker.id() {
+                asker.handle_message(now, peer.id(), n);
+            }
+        }
+    }
+
+    /// Nodes `ids` looked in one round, then took `leader` from a
+    /// hand-over (TAKEOVER) rather than from an election: each looked
+    /// again (the leader as the nominee) and settled when its replica was
+    /// established, before any round decided.
+    fn handed_over(ids: &[u64], voters: &[u64], leader: u64) -> Vec<FastElection> {
+        let mut out = Vec::new();
+        for &id in ids {
+            let mut e = elector(id, voters);
+            e.start_looking(at(0), info(1, 5));
+            if id == leader {
+                e.start_looking_nominated(at(1), info(1, 5));
+                e.settle(at(2), PeerState::Leading, NodeId(leader), Epoch(2));
+            } else {
+                e.start_looking(at(1), info(1, 5));
+                e.settle(at(2), PeerState::Following, NodeId(leader), Epoch(2));
+            }
+            drain(&mut e);
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn a_node_away_during_a_hand_over_joins_the_nominee_on_a_quorum_of_reports() {
+        // Nodes 1 and 2 handed over to 2 in round 2; node 3 was away and
+        // looks in round 1.
+        let mut settled = handed_over(&[1, 2], &[1, 2, 3], 2);
+        assert!(
+            settled.iter().all(|e| e.round() == 2),
+            "the hand-over round is ahead of the returning node's"
+        );
+        let mut back = elector(3, &[1, 2, 3]);
+        back.start_looking(at(10), info(1, 3));
+        assert_eq!(back.round(), 1);
+        // Node 3 hears node 1 first: one report is no quorum.
+        ask(at(11), &mut back, &mut settled[0]);
+        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
+        assert_eq!(back.state(), PeerState::Looking);
+        // The leader's own report completes the quorum: node 3 joins it,
+        // in the round the leader reports, although no round elected it.
+        ask(at(13), &mut back, &mut settled[1]);
+        let d = back.poll_decision().expect("a quorum reports the leader");
+        assert_eq!((d.leader, d.round), (NodeId(2), 2));
+        assert_eq!(back.state(), PeerState::Following);
+        // It announces the leader unlocked: it saw no round decide, so
+        // its word must not count as a lock of round 2.
+        let said = drain(&mut back);
+        assert!(!said.is_empty());
+        for (_, n) in said {
+            assert_eq!(n.state, PeerState::Following);
+            assert_eq!(n.vote.map(|v| v.leader), Some(NodeId(2)));
+            assert_eq!(n.round, 2);
+            assert!(!n.locked, "an unelected leader is never announced locked");
+        }
+    }
+
+    #[test]
+    fn an_unelected_leader_is_joined_only_with_its_own_report_and_a_quorum() {
+        let voters = [1, 2, 3, 4, 5];
+        let mut settled = handed_over(&[1, 2, 4, 5], &voters, 2);
+        let mut back = elector(3, &voters);
+        back.start_looking(at(10), info(1, 3));
+        // The leader alone: one of five.
+        ask(at(11), &mut back, &mut settled[1]);
+        assert_eq!(back.poll_decision(), None, "the leader alone is no quorum");
+        // The leader and one follower: two of five.
+        ask(at(13), &mut back, &mut settled[0]);
+        assert_eq!(back.poll_decision(), None, "two of five are no quorum");
+        // A third report makes the quorum.
+        ask(at(15), &mut back, &mut settled[2]);
+        assert_eq!(back.poll_decision().map(|d| d.leader), Some(NodeId(2)));
+
+        // Without the leader's own report, followers alone are never
+        // enough, however many.
+        let mut settled = handed_over(&[1, 2, 4, 5], &voters, 2);
+        let mut back = elector(3, &voters);
+        back.start_looking(at(10), info(1, 3));
+        for i in [0, 2, 3] {
+            ask(at(11), &mut back, &mut settled[i]);
+        }
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "followers cannot speak for the leader"
+        );
     }
 }

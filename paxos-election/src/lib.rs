@@ -68,7 +68,13 @@
 //!   and the round that elected it. A LOOKING node that hears a quorum of
 //!   settled voters name the same leader, that leader itself reporting that
 //!   it leads, joins it without a new round (ZooKeeper's out-of-election
-//!   votes): a restarted node joins the running leader.
+//!   votes): a restarted node joins the running leader. The leader need
+//!   not have been elected: after a hand-over the members take the nominee
+//!   from TAKEOVER and settle when their replicas are established, usually
+//!   before any round decides, so a node that was away meanwhile finds no
+//!   locked report and no looking peer; the quorum of reports is enough.
+//!   A node that joins a leader no round elected announces it unlocked, so
+//!   its word never counts as a lock of that round.
 //! - With no decision, the vote is re-sent after a randomised timeout that
 //!   doubles up to [`ElectionConfig::max_timeout`] (seeded: simulations
 //!   replay), so a LOOKING node is never silent for longer than

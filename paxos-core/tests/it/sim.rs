@@ -40,6 +40,14 @@ fn scenario(name: &str) {
     }
 }
 
+/// A voter away while the leader hands over follows the new leader once
+/// back (crashed and restarted, or cut off and reconnected).
+#[test]
+fn scenario_rejoin_after_hand_over() {
+    scenario("rejoin_after_hand_over_crashed");
+    scenario("rejoin_after_hand_over_isolated");
+}
+
 #[test]
 fn scenario_leader_crash_mid_broadcast() {
     scenario("leader_crash_mid_broadcast");

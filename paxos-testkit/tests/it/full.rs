@@ -81,6 +81,28 @@ fn full_stack_partial_connectivity_stalls_without_the_rule() {
     }
 }
 
+/// A voter away (crashed, or cut off) while the leader hands over must
+/// follow the new leader once back. Before the fix it looked for ever: the
+/// two others had taken the nominee from TAKEOVER, not from an election,
+/// so their reports said the leader was not elected, and the returning
+/// node's election counted no such report, nor found anyone to vote with.
+#[test]
+fn full_stack_voter_back_after_hand_over_follows() {
+    let mut failures = Vec::new();
+    for name in [
+        "rejoin_after_hand_over_crashed",
+        "rejoin_after_hand_over_isolated",
+    ] {
+        for seed in 0..6 {
+            match scenarios::run(name, &full_sim, seed).expect("known scenario") {
+                Ok(st) => println!("full {name} seed {seed}: {st:?}"),
+                Err(v) => failures.push(format!("{name}: {v}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn full_stack_random_schedules() {
     let seeds: u64 = std::env::var("PAXOS_SIM_SEEDS")
