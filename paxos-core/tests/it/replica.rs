@@ -1507,3 +1507,67 @@ fn a_follower_whose_leader_moved_to_a_newer_epoch_does_not_stay_in_the_old_one()
         );
     }
 }
+
+/// Found by the simulator's rejoin check (`simulate --full --seed 229`):
+/// a duplicate of the NEWEPOCH a follower had already taken arrived after
+/// NEWLEADER. The follower promised again, which forgot NEWLEADER, so it
+/// ignored the UPTODATE that followed and every ACCEPT, while it went on
+/// acknowledging heartbeats: the leader counted it synced and never sent
+/// NEWLEADER again, and the follower stayed in sync for ever. A copy of
+/// the round it already took changes nothing.
+#[test]
+fn a_duplicate_newepoch_after_newleader_does_not_undo_the_sync() {
+    let cfg = three();
+    let mut f = Replica::new(
+        NodeId(2),
+        cfg,
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let env = |msg| Envelope {
+        group: GroupId::default(),
+        from: NodeId(1),
+        to: NodeId(2),
+        msg,
+    };
+    f.handle_leader_decision(
+        Time::ZERO,
+        Decision {
+            leader: NodeId(1),
+            round: 1,
+            epoch_hint: Epoch::ZERO,
+        },
+    );
+    let e1 = Epoch(1);
+    let newepoch = Message::NewEpoch {
+        epoch: e1,
+        round: 1,
+        established: false,
+    };
+    let mut sent = Vec::new();
+    for msg in [
+        newepoch.clone(),
+        Message::NewLeader {
+            epoch: e1,
+            last_zxid: Zxid::ZERO,
+        },
+        newepoch,
+        Message::UpToDate {
+            epoch: e1,
+            commit: Zxid::ZERO,
+        },
+    ] {
+        f.handle_message(Time::ZERO, env(msg));
+        let rd = f.ready();
+        sent.extend(rd.persisted_messages.iter().map(|e| e.msg.name()));
+        f.persisted(Time::ZERO, rd.persist_marker());
+    }
+    assert_eq!(
+        f.established_epoch(),
+        Some(e1),
+        "the UPTODATE after a duplicate NEWEPOCH must establish the follower (sent {sent:?})"
+    );
+}
