@@ -87,7 +87,10 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     views: BTreeMap<NodeId, Option<Vote>>,
     /// Lock claims of other voters in `round`.
     locks: BTreeMap<NodeId, Vote>,
-    /// Latest report of each settled voter, whatever its round.
+    /// Latest report of each settled voter, whatever its round; and the
+    /// LEADING report of a member our view calls an observer (a voter
+    /// promoted in a view we have not caught up with yet), which only
+    /// ever counts as that leader's own word (see `running_leader`).
     reports: BTreeMap<NodeId, Report>,
     settle_deadline: Option<Time>,
     retry_deadline: Option<Time>,
@@ -327,6 +330,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             let vouches = r.state == PeerState::Leading
                 && r.locked
                 && r.vote.leader == *id
+                && self.quorum.is_voter(*id)
                 && self.may_lead(*id)
                 && r.vote.connected
                 && self.heard_recently(*id, now);
@@ -423,6 +427,23 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.locked = false;
         self.settle_deadline = None;
         self.retries_since_lock = 0;
+    }
+
+    /// A LOOKING member's notification whose vote names a node we do not
+    /// know (its view lags ours: say it adopted the vote of a node since
+    /// removed), without that vote: we can neither adopt nor count it, but
+    /// the sender must still hear from us whom we follow or propose, or it
+    /// may look for ever. A lock of that vote means nothing to us either.
+    fn strip_unknown_vote(&self, from: NodeId, mut msg: Notification) -> Notification {
+        let unknown = msg
+            .vote
+            .is_some_and(|v| !self.is_member(v.leader) && v.leader != self.id);
+        if unknown && msg.state == PeerState::Looking && self.is_member(from) && from != self.id {
+            tracing::debug!(node = %self.id, from = %from, vote = ?msg.vote, "looking peer votes for a node we do not know; taking its message without the vote");
+            msg.vote = None;
+            msg.locked = false;
+        }
+        msg
     }
 
     /// Why `msg` from `from` must be dropped, if it must.
@@ -623,10 +644,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
             if r.state != PeerState::Leading || r.vote.leader != *id || !self.may_lead(*id) {
                 continue;
             }
+            // Only voters of our view are counted (a weighted system may
+            // still weigh a former voter whose LEADING report we hold).
             let mut ids = self
                 .reports
                 .iter()
-                .filter(|(_, o)| o.vote.leader == *id)
+                .filter(|(i, o)| o.vote.leader == *id && self.quorum.is_voter(**i))
                 .map(|(i, _)| *i);
             if self.quorum.is_quorum(&mut ids) {
                 return Some((r.vote, r.round, r.locked));
@@ -895,6 +918,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Notification) {
+        let msg = self.strip_unknown_vote(from, msg);
         if let Some(reason) = self.reject_reason(from, &msg) {
             tracing::warn!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
             return;
@@ -917,6 +941,37 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 self.reply(from);
             }
             return;
+        }
+        if !self.quorum.is_voter(from) && !msg.abstain {
+            match msg.state {
+                // A member our view calls an observer says it leads: in
+                // its own view (and the group's, if we lag a promotion) it
+                // is a voter. Its report counts as the leader's own word
+                // only, next to a quorum of our voters following it
+                // (`running_leader`); never as a vote or a lock.
+                PeerState::Leading => {
+                    if let Some(vote) = msg.vote {
+                        self.reports.insert(
+                            from,
+                            Report {
+                                vote,
+                                round: msg.round,
+                                state: msg.state,
+                                locked: msg.locked,
+                            },
+                        );
+                        self.evaluate(now);
+                    }
+                    return;
+                }
+                // It looks again (unless this is a reordered older message).
+                PeerState::Looking => {
+                    if self.reports.get(&from).is_some_and(|r| r.round < msg.round) {
+                        self.reports.remove(&from);
+                    }
+                }
+                PeerState::Following | PeerState::Observing => {}
+            }
         }
         if !self.quorum.is_voter(from) || msg.abstain {
             // A peer we do not count (an observer in our view, whatever it
@@ -1239,6 +1294,109 @@ mod tests {
         for i in [0, 2, 3] {
             ask(at(11), &mut back, &mut settled[i]);
         }
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "followers cannot speak for the leader"
+        );
+    }
+
+    fn member(id: u64, voters: &[u64], observers: &[u64]) -> FastElection {
+        FastElection::new(ElectionConfig {
+            id: NodeId(id),
+            voters: ids(voters),
+            observers: ids(observers),
+            seed: id,
+            ..ElectionConfig::default()
+        })
+        .expect("valid config")
+    }
+
+    /// Node `id` of the view (`voters`, `observers`) settled on `leader`
+    /// by its replica (no round decided it).
+    fn settled_on(id: u64, voters: &[u64], observers: &[u64], leader: u64) -> FastElection {
+        let mut e = member(id, voters, observers);
+        e.start_looking(at(0), info(1, 5));
+        let state = if id == leader {
+            PeerState::Leading
+        } else {
+            PeerState::Following
+        };
+        e.settle(at(1), state, NodeId(leader), Epoch(2));
+        drain(&mut e);
+        e
+    }
+
+    /// Found by the simulator's rejoin check (`simulate --full --seed 43`):
+    /// node 100 was promoted and node 2 removed while 100 was down; back,
+    /// its elector still sees 100 as an observer of (1, 2, 3) and adopts
+    /// the removed node 2's vote. The members (1, 3, 100) dropped its whole
+    /// notification for naming a node they do not know, so they never told
+    /// it whom they follow and it looked for ever.
+    #[test]
+    fn a_settled_member_answers_a_looking_peer_whose_vote_names_an_unknown_node() {
+        let view = [1, 3, 100];
+        let mut leader = settled_on(1, &view, &[], 1);
+        let mut follower = settled_on(3, &view, &[], 1);
+        let mut back = member(100, &[1, 2, 3], &[100]);
+        back.start_looking(at(10), info(1, 3));
+        // The removed node 2, looking, stands for itself.
+        back.handle_message(
+            at(10),
+            NodeId(2),
+            Notification {
+                vote: Some(Vote::new(NodeId(2), info(1, 4))),
+                round: 3,
+                state: PeerState::Looking,
+                locked: false,
+                abstain: false,
+            },
+        );
+        assert_eq!(back.proposal().map(|v| v.leader), Some(NodeId(2)));
+        ask(at(11), &mut back, &mut leader);
+        ask(at(12), &mut back, &mut follower);
+        let d = back
+            .poll_decision()
+            .expect("the members answer, and their reports make a quorum of the stale view");
+        assert_eq!(d.leader, NodeId(1));
+        // Nothing of the unknown vote was taken: the members still settled.
+        assert_eq!(leader.leader(), Some(NodeId(1)));
+        assert_eq!(follower.leader(), Some(NodeId(1)));
+    }
+
+    /// Found by the simulator's rejoin check (`simulate --full --seed
+    /// 620`): node 3 missed the promotion of 100, which now leads; its
+    /// elector still sees 100 as an observer and ignored 100's own LEADING
+    /// report, so the voters' reports alone never let it join.
+    #[test]
+    fn a_leader_our_view_calls_an_observer_is_joined_on_its_report_and_a_quorum() {
+        let view = [1, 2, 100];
+        let mut leader = settled_on(100, &view, &[3], 100);
+        let mut f1 = settled_on(1, &view, &[3], 100);
+        let mut back = member(3, &[1, 2, 3], &[100]);
+        back.start_looking(at(10), info(1, 3));
+        ask(at(11), &mut back, &mut f1);
+        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
+        ask(at(12), &mut back, &mut leader);
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "the leader's report is not a voter's: still one of three"
+        );
+        let mut f2 = settled_on(2, &view, &[3], 100);
+        ask(at(13), &mut back, &mut f2);
+        let d = back
+            .poll_decision()
+            .expect("the leader's own report and a quorum of our voters following it");
+        assert_eq!(d.leader, NodeId(100));
+
+        // Without the leader's own report, the followers do not suffice.
+        let mut back = member(3, &[1, 2, 3], &[100]);
+        back.start_looking(at(20), info(1, 3));
+        let mut f1 = settled_on(1, &view, &[3], 100);
+        let mut f2 = settled_on(2, &view, &[3], 100);
+        ask(at(21), &mut back, &mut f1);
+        ask(at(22), &mut back, &mut f2);
         assert_eq!(
             back.poll_decision(),
             None,
