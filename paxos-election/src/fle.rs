@@ -87,7 +87,10 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     views: BTreeMap<NodeId, Option<Vote>>,
     /// Lock claims of other voters in `round`.
     locks: BTreeMap<NodeId, Vote>,
-    /// Latest report of each settled voter, whatever its round.
+    /// Latest report of each settled voter, whatever its round; and the
+    /// LEADING report of a member our view calls an observer (a voter
+    /// promoted in a view we have not caught up with yet), which only
+    /// ever counts as that leader's own word (see `running_leader`).
     reports: BTreeMap<NodeId, Report>,
     settle_deadline: Option<Time>,
     retry_deadline: Option<Time>,
@@ -327,11 +330,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
             let vouches = r.state == PeerState::Leading
                 && r.locked
                 && r.vote.leader == *id
+                && self.quorum.is_voter(*id)
                 && self.may_lead(*id)
                 && r.vote.connected
                 && self.heard_recently(*id, now);
             vouches.then_some((r.vote, r.round))
         })
+    }
+
+    /// Whether a running leader `id` may be joined: one that may lead in
+    /// our view, or a node our view does not know at all (added by changes
+    /// we have not received: our voters' reports and its own vouch for it,
+    /// and the kernel's discovery decides whether it really leads). A
+    /// voter of ours that may not lead is never joined.
+    fn may_join(&self, id: NodeId) -> bool {
+        self.may_lead(id) || !self.is_member(id)
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -380,9 +393,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.outbox.push_back((to, n));
         }
         debug_assert!(
-            self.outbox.len() <= self.quorum.voters().len() + self.observers.len(),
-            "the outbox holds at most one message per peer"
+            self.outbox.len() <= self.quorum.voters().len() + self.observers.len() + 1,
+            "the outbox holds at most one message per peer, and one to a node outside our view"
         );
+    }
+
+    /// Sends our notification to `to`, a node outside our view. At most
+    /// one such message waits in the outbox (a newer one replaces it), so
+    /// it stays bounded by our view's size.
+    fn ask_unknown(&mut self, to: NodeId) {
+        let n = self.notification();
+        let members: Vec<NodeId> = self.quorum.voters().to_vec();
+        let observers = &self.observers;
+        self.outbox
+            .retain(|(p, _)| *p == to || members.contains(p) || observers.binary_search(p).is_ok());
+        self.send(to, n);
     }
 
     fn reply(&mut self, to: NodeId) {
@@ -425,12 +450,35 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.retries_since_lock = 0;
     }
 
+    /// A LOOKING member's notification whose vote names a node we do not
+    /// know (its view lags ours: say it adopted the vote of a node since
+    /// removed), without that vote: we can neither adopt nor count it, but
+    /// the sender must still hear from us whom we follow or propose, or it
+    /// may look for ever. A lock of that vote means nothing to us either.
+    fn strip_unknown_vote(&self, from: NodeId, mut msg: Notification) -> Notification {
+        let unknown = msg
+            .vote
+            .is_some_and(|v| !self.is_member(v.leader) && v.leader != self.id);
+        if unknown && msg.state == PeerState::Looking && self.is_member(from) && from != self.id {
+            tracing::debug!(node = %self.id, from = %from, vote = ?msg.vote, "looking peer votes for a node we do not know; taking its message without the vote");
+            msg.vote = None;
+            msg.locked = false;
+        }
+        msg
+    }
+
     /// Why `msg` from `from` must be dropped, if it must.
     fn reject_reason(&self, from: NodeId, msg: &Notification) -> Option<&'static str> {
         if from == self.id {
             return Some("message claims to come from ourselves");
         }
-        if !self.is_member(from) {
+        // A node we do not know may still report that it leads (a member
+        // of a newer view than ours, which our voters may follow): kept as
+        // that leader's own word only (see `running_leader`).
+        let leads_unknown = msg.state == PeerState::Leading
+            && !msg.abstain
+            && msg.vote.is_some_and(|v| v.leader == from);
+        if !self.is_member(from) && !leads_unknown {
             return Some("sender is neither a voter nor an observer");
         }
         if msg.round >= MAX_ROUND {
@@ -443,8 +491,11 @@ impl<Q: QuorumSystem> FastElection<Q> {
         // a weightless voter) is a view that differs from ours, not bad
         // input: it is received but never adopted, locked or elected. A
         // vote for a node we do not know at all is dropped.
+        // A settled member's report of a leader we do not know is kept (a
+        // leader of a newer view our voters follow): see `running_leader`.
         if let Some(v) = msg.vote {
-            if !self.is_member(v.leader) && v.leader != self.id {
+            let report = msg.state != PeerState::Looking;
+            if !self.is_member(v.leader) && v.leader != self.id && !report {
                 return Some("vote for a node that is not a member");
             }
         }
@@ -562,8 +613,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round >= self.round {
             self.views.remove(&from);
         }
-        if msg.round == self.round && msg.locked {
+        if msg.round == self.round && msg.locked && self.is_member(vote.leader) {
             self.locks.insert(from, vote);
+        }
+        if self.phase == Phase::Looking
+            && !self.is_member(vote.leader)
+            && vote.leader != self.id
+            && !self.reports.contains_key(&vote.leader)
+        {
+            // A voter of ours follows a node we do not know (a member of a
+            // newer view): ask it, or we never hear its own report.
+            tracing::debug!(node = %self.id, from = %from, leader = %vote.leader, "a voter follows a leader our view does not know; asking it");
+            self.ask_unknown(vote.leader);
         }
         self.reports.insert(
             from,
@@ -605,24 +666,33 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     /// A running leader a quorum of settled voters follows, the leader
-    /// itself reporting that it leads by election (ZooKeeper's out-of-election
-    /// votes).
-    fn running_leader(&self) -> Option<(Vote, u64)> {
+    /// itself reporting that it leads (ZooKeeper's out-of-election votes);
+    /// with whether the leader says it was elected.
+    ///
+    /// The leader need not have been elected: after a hand-over every
+    /// member takes the nominee from TAKEOVER and settles when its replica
+    /// is established, usually before any round decides, and such a
+    /// settled node reports its leader unlocked. A node that missed the
+    /// hand-over (down or cut off) finds no looking peer to vote with and
+    /// no locked report, so it must join on the reports alone or it looks
+    /// until the next election. The backing is the quorum of reports
+    /// itself: a node reports a leader only once it decided it or its
+    /// replica was established under it, and we count only voters of our
+    /// view, the leader's own LEADING report among them.
+    fn running_leader(&self) -> Option<(Vote, u64, bool)> {
         for (id, r) in &self.reports {
-            if r.state != PeerState::Leading
-                || !r.locked
-                || r.vote.leader != *id
-                || !self.may_lead(*id)
-            {
+            if r.state != PeerState::Leading || r.vote.leader != *id || !self.may_join(*id) {
                 continue;
             }
+            // Only voters of our view are counted (a weighted system may
+            // still weigh a former voter whose LEADING report we hold).
             let mut ids = self
                 .reports
                 .iter()
-                .filter(|(_, o)| o.vote.leader == *id)
+                .filter(|(i, o)| o.vote.leader == *id && self.quorum.is_voter(**i))
                 .map(|(i, _)| *i);
             if self.quorum.is_quorum(&mut ids) {
-                return Some((r.vote, r.round));
+                return Some((r.vote, r.round, r.locked));
             }
         }
         None
@@ -644,15 +714,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
             return;
         }
         if let Some(v) = self.lock_quorum() {
-            self.decide(v, self.round, "a quorum locked the vote");
+            self.decide(v, self.round, true, "a quorum locked the vote");
             return;
         }
-        if let Some((v, r)) = self.running_leader() {
-            self.decide(v, r, "a quorum follows a running leader");
+        if let Some((v, r, elected)) = self.running_leader() {
+            // We announce the leader as elected in its round only if it
+            // says so itself: an unlocked report names a leader no round
+            // decided, and our word must not count as a lock of that round.
+            self.decide(v, r, elected, "a quorum follows a running leader");
             return;
         }
         if let Some((v, r)) = self.vouched_leader(now) {
-            self.decide(v, r, "a connected leader reports its election");
+            self.decide(v, r, true, "a connected leader reports its election");
             return;
         }
         // A node that is no voter in its own view locks too (it never
@@ -709,10 +782,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.broadcast();
     }
 
-    fn decide(&mut self, vote: Vote, round: u64, why: &'static str) {
+    /// Settles on `vote`'s leader, announcing it as decided in `round`; as
+    /// elected there (a lock others may count) only if `elected`.
+    fn decide(&mut self, vote: Vote, round: u64, elected: bool, why: &'static str) {
         assert!(
-            self.may_lead(vote.leader),
-            "only a node that may lead is elected"
+            self.may_join(vote.leader),
+            "only a node that may lead, or a running leader unknown to our view, is decided"
         );
         self.round = self.round.max(round);
         self.state = if vote.leader == self.id {
@@ -729,7 +804,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.settled = Some(Settled {
             vote: vote.with_nominated(false),
             round,
-            elected: true,
+            elected,
         });
         self.settle_deadline = None;
         self.retry_deadline = None;
@@ -883,12 +958,33 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Notification) {
+        let msg = self.strip_unknown_vote(from, msg);
         if let Some(reason) = self.reject_reason(from, &msg) {
             tracing::warn!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
             return;
         }
         if self.phase == Phase::Idle {
             tracing::debug!(node = %self.id, from = %from, "not started; dropping election message");
+            return;
+        }
+        if !self.is_member(from) {
+            // Validated: a node outside our view reporting that it leads.
+            // Kept, while we look, as that leader's own word only (see
+            // `running_leader`); not heard as a peer of ours.
+            if self.phase == Phase::Looking {
+                if let Some(vote) = msg.vote {
+                    self.reports.insert(
+                        from,
+                        Report {
+                            vote,
+                            round: msg.round,
+                            state: msg.state,
+                            locked: msg.locked,
+                        },
+                    );
+                    self.evaluate(now);
+                }
+            }
             return;
         }
         let new_link = self.note_heard(from, now, msg.abstain);
@@ -905,6 +1001,37 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 self.reply(from);
             }
             return;
+        }
+        if !self.quorum.is_voter(from) && !msg.abstain {
+            match msg.state {
+                // A member our view calls an observer says it leads: in
+                // its own view (and the group's, if we lag a promotion) it
+                // is a voter. Its report counts as the leader's own word
+                // only, next to a quorum of our voters following it
+                // (`running_leader`); never as a vote or a lock.
+                PeerState::Leading => {
+                    if let Some(vote) = msg.vote {
+                        self.reports.insert(
+                            from,
+                            Report {
+                                vote,
+                                round: msg.round,
+                                state: msg.state,
+                                locked: msg.locked,
+                            },
+                        );
+                        self.evaluate(now);
+                    }
+                    return;
+                }
+                // It looks again (unless this is a reordered older message).
+                PeerState::Looking => {
+                    if self.reports.get(&from).is_some_and(|r| r.round < msg.round) {
+                        self.reports.remove(&from);
+                    }
+                }
+                PeerState::Following | PeerState::Observing => {}
+            }
         }
         if !self.quorum.is_voter(from) || msg.abstain {
             // A peer we do not count (an observer in our view, whatever it
@@ -1099,5 +1226,296 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             // Not started: nothing said yet, nothing to correct.
             Phase::Idle => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> Vec<NodeId> {
+        v.iter().copied().map(NodeId).collect()
+    }
+
+    fn elector(id: u64, voters: &[u64]) -> FastElection {
+        FastElection::new(ElectionConfig {
+            id: NodeId(id),
+            voters: ids(voters),
+            seed: id,
+            ..ElectionConfig::default()
+        })
+        .expect("valid config")
+    }
+
+    fn at(ms: u64) -> Time {
+        Time::ZERO + Duration::from_millis(ms)
+    }
+
+    fn info(epoch: u32, counter: u32) -> VoteInfo {
+        VoteInfo {
+            current_epoch: Epoch(epoch),
+            last_zxid: Zxid::new(Epoch(epoch), counter),
+        }
+    }
+
+    fn drain(e: &mut FastElection) -> Vec<(NodeId, Notification)> {
+        std::iter::from_fn(|| e.poll_transmit()).collect()
+    }
+
+    /// The looking node `asker` tells `peer` its current vote, and hears
+    /// every answer.
+    fn ask(now: Time, asker: &mut FastElection, peer: &mut FastElection) {
+        drain(asker);
+        peer.handle_message(now, asker.id(), asker.notification());
+        for (dest, n) in drain(peer) {
+            if dest == asker.id() {
+                asker.handle_message(now, peer.id(), n);
+            }
+        }
+    }
+
+    /// Nodes `ids` looked in one round, then took `leader` from a
+    /// hand-over (TAKEOVER) rather than from an election: each looked
+    /// again (the leader as the nominee) and settled when its replica was
+    /// established, before any round decided.
+    fn handed_over(ids: &[u64], voters: &[u64], leader: u64) -> Vec<FastElection> {
+        let mut out = Vec::new();
+        for &id in ids {
+            let mut e = elector(id, voters);
+            e.start_looking(at(0), info(1, 5));
+            if id == leader {
+                e.start_looking_nominated(at(1), info(1, 5));
+                e.settle(at(2), PeerState::Leading, NodeId(leader), Epoch(2));
+            } else {
+                e.start_looking(at(1), info(1, 5));
+                e.settle(at(2), PeerState::Following, NodeId(leader), Epoch(2));
+            }
+            drain(&mut e);
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn a_node_away_during_a_hand_over_joins_the_nominee_on_a_quorum_of_reports() {
+        // Nodes 1 and 2 handed over to 2 in round 2; node 3 was away and
+        // looks in round 1.
+        let mut settled = handed_over(&[1, 2], &[1, 2, 3], 2);
+        assert!(
+            settled.iter().all(|e| e.round() == 2),
+            "the hand-over round is ahead of the returning node's"
+        );
+        let mut back = elector(3, &[1, 2, 3]);
+        back.start_looking(at(10), info(1, 3));
+        assert_eq!(back.round(), 1);
+        // Node 3 hears node 1 first: one report is no quorum.
+        ask(at(11), &mut back, &mut settled[0]);
+        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
+        assert_eq!(back.state(), PeerState::Looking);
+        // The leader's own report completes the quorum: node 3 joins it,
+        // in the round the leader reports, although no round elected it.
+        ask(at(13), &mut back, &mut settled[1]);
+        let d = back.poll_decision().expect("a quorum reports the leader");
+        assert_eq!((d.leader, d.round), (NodeId(2), 2));
+        assert_eq!(back.state(), PeerState::Following);
+        // It announces the leader unlocked: it saw no round decide, so
+        // its word must not count as a lock of round 2.
+        let said = drain(&mut back);
+        assert!(!said.is_empty());
+        for (_, n) in said {
+            assert_eq!(n.state, PeerState::Following);
+            assert_eq!(n.vote.map(|v| v.leader), Some(NodeId(2)));
+            assert_eq!(n.round, 2);
+            assert!(!n.locked, "an unelected leader is never announced locked");
+        }
+    }
+
+    #[test]
+    fn an_unelected_leader_is_joined_only_with_its_own_report_and_a_quorum() {
+        let voters = [1, 2, 3, 4, 5];
+        let mut settled = handed_over(&[1, 2, 4, 5], &voters, 2);
+        let mut back = elector(3, &voters);
+        back.start_looking(at(10), info(1, 3));
+        // The leader alone: one of five.
+        ask(at(11), &mut back, &mut settled[1]);
+        assert_eq!(back.poll_decision(), None, "the leader alone is no quorum");
+        // The leader and one follower: two of five.
+        ask(at(13), &mut back, &mut settled[0]);
+        assert_eq!(back.poll_decision(), None, "two of five are no quorum");
+        // A third report makes the quorum.
+        ask(at(15), &mut back, &mut settled[2]);
+        assert_eq!(back.poll_decision().map(|d| d.leader), Some(NodeId(2)));
+
+        // Without the leader's own report, followers alone are never
+        // enough, however many.
+        let mut settled = handed_over(&[1, 2, 4, 5], &voters, 2);
+        let mut back = elector(3, &voters);
+        back.start_looking(at(10), info(1, 3));
+        for i in [0, 2, 3] {
+            ask(at(11), &mut back, &mut settled[i]);
+        }
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "followers cannot speak for the leader"
+        );
+    }
+
+    fn member(id: u64, voters: &[u64], observers: &[u64]) -> FastElection {
+        FastElection::new(ElectionConfig {
+            id: NodeId(id),
+            voters: ids(voters),
+            observers: ids(observers),
+            seed: id,
+            ..ElectionConfig::default()
+        })
+        .expect("valid config")
+    }
+
+    /// Node `id` of the view (`voters`, `observers`) settled on `leader`
+    /// by its replica (no round decided it).
+    fn settled_on(id: u64, voters: &[u64], observers: &[u64], leader: u64) -> FastElection {
+        let mut e = member(id, voters, observers);
+        e.start_looking(at(0), info(1, 5));
+        let state = if id == leader {
+            PeerState::Leading
+        } else {
+            PeerState::Following
+        };
+        e.settle(at(1), state, NodeId(leader), Epoch(2));
+        drain(&mut e);
+        e
+    }
+
+    /// Found by the simulator's rejoin check (`simulate --full --seed 43`):
+    /// node 100 was promoted and node 2 removed while 100 was down; back,
+    /// its elector still sees 100 as an observer of (1, 2, 3) and adopts
+    /// the removed node 2's vote. The members (1, 3, 100) dropped its whole
+    /// notification for naming a node they do not know, so they never told
+    /// it whom they follow and it looked for ever.
+    #[test]
+    fn a_settled_member_answers_a_looking_peer_whose_vote_names_an_unknown_node() {
+        let view = [1, 3, 100];
+        let mut leader = settled_on(1, &view, &[], 1);
+        let mut follower = settled_on(3, &view, &[], 1);
+        let mut back = member(100, &[1, 2, 3], &[100]);
+        back.start_looking(at(10), info(1, 3));
+        // The removed node 2, looking, stands for itself.
+        back.handle_message(
+            at(10),
+            NodeId(2),
+            Notification {
+                vote: Some(Vote::new(NodeId(2), info(1, 4))),
+                round: 3,
+                state: PeerState::Looking,
+                locked: false,
+                abstain: false,
+            },
+        );
+        assert_eq!(back.proposal().map(|v| v.leader), Some(NodeId(2)));
+        ask(at(11), &mut back, &mut leader);
+        ask(at(12), &mut back, &mut follower);
+        let d = back
+            .poll_decision()
+            .expect("the members answer, and their reports make a quorum of the stale view");
+        assert_eq!(d.leader, NodeId(1));
+        // Nothing of the unknown vote was taken: the members still settled.
+        assert_eq!(leader.leader(), Some(NodeId(1)));
+        assert_eq!(follower.leader(), Some(NodeId(1)));
+    }
+
+    /// Found by the simulator's rejoin check (`simulate --full --seed
+    /// 620`): node 3 missed the promotion of 100, which now leads; its
+    /// elector still sees 100 as an observer and ignored 100's own LEADING
+    /// report, so the voters' reports alone never let it join.
+    #[test]
+    fn a_leader_our_view_calls_an_observer_is_joined_on_its_report_and_a_quorum() {
+        let view = [1, 2, 100];
+        let mut leader = settled_on(100, &view, &[3], 100);
+        let mut f1 = settled_on(1, &view, &[3], 100);
+        let mut back = member(3, &[1, 2, 3], &[100]);
+        back.start_looking(at(10), info(1, 3));
+        ask(at(11), &mut back, &mut f1);
+        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
+        ask(at(12), &mut back, &mut leader);
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "the leader's report is not a voter's: still one of three"
+        );
+        let mut f2 = settled_on(2, &view, &[3], 100);
+        ask(at(13), &mut back, &mut f2);
+        let d = back
+            .poll_decision()
+            .expect("the leader's own report and a quorum of our voters following it");
+        assert_eq!(d.leader, NodeId(100));
+
+        // Without the leader's own report, the followers do not suffice.
+        let mut back = member(3, &[1, 2, 3], &[100]);
+        back.start_looking(at(20), info(1, 3));
+        let mut f1 = settled_on(1, &view, &[3], 100);
+        let mut f2 = settled_on(2, &view, &[3], 100);
+        ask(at(21), &mut back, &mut f1);
+        ask(at(22), &mut back, &mut f2);
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "followers cannot speak for the leader"
+        );
+    }
+
+    /// Found by the simulator's rejoin check (`simulate --full --seed
+    /// 1772`): node 100 was added and now leads, and node 2, which missed
+    /// every change, does not know it at all. The voters it knows report
+    /// following 100, which it dropped as votes for an unknown node, and it
+    /// never asked 100, so it looked for ever. It must ask the leader its
+    /// voters name, and join it on that leader's own report and a quorum
+    /// of its voters' reports.
+    #[test]
+    fn a_leader_unknown_to_our_view_is_asked_and_joined_on_a_quorum_of_reports() {
+        let view = [1, 2, 3, 100];
+        let mut leader = settled_on(100, &view, &[], 100);
+        let mut f1 = settled_on(1, &view, &[], 100);
+        let mut f3 = settled_on(3, &view, &[], 100);
+        let mut back = member(2, &[1, 2, 3], &[]);
+        back.start_looking(at(10), info(1, 3));
+        ask(at(11), &mut back, &mut f1);
+        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
+        // Told that a voter follows 100, it asks 100 too.
+        let to_leader: Vec<Notification> = drain(&mut back)
+            .into_iter()
+            .filter(|(to, _)| *to == NodeId(100))
+            .map(|(_, n)| n)
+            .collect();
+        assert!(!to_leader.is_empty(), "the named leader is asked");
+        for n in to_leader {
+            leader.handle_message(at(12), NodeId(2), n);
+        }
+        for (to, n) in drain(&mut leader) {
+            if to == NodeId(2) {
+                back.handle_message(at(12), NodeId(100), n);
+            }
+        }
+        assert_eq!(back.poll_decision(), None, "still one follower of three");
+        ask(at(13), &mut back, &mut f3);
+        let d = back
+            .poll_decision()
+            .expect("the leader's own report and a quorum of our voters following it");
+        assert_eq!(d.leader, NodeId(100));
+        assert_eq!(back.state(), PeerState::Following);
+
+        // Reports of our voters alone, without the leader's word, are not
+        // enough.
+        let mut back = member(2, &[1, 2, 3], &[]);
+        back.start_looking(at(20), info(1, 3));
+        let mut f1 = settled_on(1, &view, &[], 100);
+        let mut f3 = settled_on(3, &view, &[], 100);
+        ask(at(21), &mut back, &mut f1);
+        ask(at(22), &mut back, &mut f3);
+        assert_eq!(
+            back.poll_decision(),
+            None,
+            "followers cannot speak for the leader"
+        );
     }
 }

@@ -68,7 +68,13 @@
 //!   and the round that elected it. A LOOKING node that hears a quorum of
 //!   settled voters name the same leader, that leader itself reporting that
 //!   it leads, joins it without a new round (ZooKeeper's out-of-election
-//!   votes): a restarted node joins the running leader.
+//!   votes): a restarted node joins the running leader. The leader need
+//!   not have been elected: after a hand-over the members take the nominee
+//!   from TAKEOVER and settle when their replicas are established, usually
+//!   before any round decides, so a node that was away meanwhile finds no
+//!   locked report and no looking peer; the quorum of reports is enough.
+//!   A node that joins a leader no round elected announces it unlocked, so
+//!   its word never counts as a lock of that round.
 //! - With no decision, the vote is re-sent after a randomised timeout that
 //!   doubles up to [`ElectionConfig::max_timeout`] (seeded: simulations
 //!   replay), so a LOOKING node is never silent for longer than
@@ -82,8 +88,10 @@
 //!   the voters, follow their rounds and tell the vote they adopted (which
 //!   counts only for a peer whose view makes them voters, see below).
 //! - Bad input is dropped with a `tracing` warning and changes nothing:
-//!   messages from ourselves or unknown ids, votes for nodes that are no
-//!   members, self-contradicting states (a lock without a vote, a settled
+//!   messages from ourselves or unknown ids (but for a node reporting that
+//!   it leads: see "Membership changes"), looking votes for nodes that are
+//!   no members (but for a member's, which its lagging view explains: it
+//!   is answered without the vote), self-contradicting states (a lock without a vote, a settled
 //!   node naming no leader, leading for another node, following itself, an
 //!   abstaining node leading), and *impossible rounds*: a
 //!   round at or beyond [`MAX_ROUND`] (2^48, never reached by a real
@@ -128,9 +136,19 @@
 //!   voters for good between it and a candidate of the lagging node (found
 //!   by the full-stack simulator). A vote for a voter that may not lead (a
 //!   weightless one) is never adopted, and one for a node that is no
-//!   member at all is dropped. A voter that is demoted or removed while a
-//!   node proposes it has that proposal withdrawn (a voter stands again in
-//!   a new round).
+//!   member at all is never adopted either: a looking member's
+//!   notification naming one is taken without its vote (so the sender is
+//!   still answered). A voter that is demoted or removed while a node
+//!   proposes it has that proposal withdrawn (a voter stands again in a
+//!   new round).
+//! - A node that lags the changes may not know the leader at all, or see
+//!   it as an observer. It joins a *running* leader on that leader's own
+//!   LEADING report and a quorum of its own view's voters reporting that
+//!   they follow it, wherever the leader stands in its view: it keeps the
+//!   LEADING report of an observer of its view or of a node outside it (as
+//!   the leader's word only, never as a vote, lock or follower), and asks
+//!   a leader outside its view that one of its voters reports following.
+//!   Such a leader is joined, never elected.
 //! - A node that is no voter in its own view still tells the vote it
 //!   adopted, follows the voters' rounds, and *locks* its vote like a voter
 //!   (when a quorum of its view's voters holds it for the settle wait, or

@@ -140,8 +140,15 @@ impl<S: Storage> Replica<S> {
                     self.lose_leader("refused NEWEPOCH");
                     return;
                 }
-                if round < f.round && f.epoch == epoch {
-                    return; // a stale round
+                if f.phase != FPhase::Discovery && f.epoch == epoch && round <= f.round {
+                    // A stale round, or a copy of the one we took: that
+                    // promise and its ACKEPOCH stand. Taking it again would
+                    // forget a NEWLEADER already taken, and the leader,
+                    // which counted our acknowledgement, would never send
+                    // it again: we would ignore UPTODATE and every ACCEPT.
+                    // (A new sync round of the leader comes with a higher
+                    // round.)
+                    return;
                 }
                 f.phase = FPhase::Sync;
                 f.epoch = epoch;

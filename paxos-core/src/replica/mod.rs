@@ -30,7 +30,7 @@ use crate::election::{Decision, VoteInfo};
 use crate::log::{Log, ReadError};
 use crate::membership::Membership;
 use crate::message::{Entry, Envelope, HardState, Message};
-use crate::ready::{Event, Persisted, Ready, Recovered};
+use crate::ready::{Event, Persisted, ReadState, Ready, Recovered};
 use crate::storage::{Storage, StorageError};
 use crate::sync::SyncPlanner;
 use crate::{Epoch, NodeId, Time, Zxid};
@@ -411,10 +411,45 @@ impl<S: Storage> Replica<S> {
             Role::Following(f) => {
                 // Follower messages from the node we follow do not count:
                 // it follows someone too (two nodes may each believe the
-                // other leads, and would keep each other waiting).
-                if f.leader == from && env.msg.is_from_leader() {
+                // other leads, and would keep each other waiting). Nor do
+                // leader messages of another epoch: they do not show that
+                // it still leads ours (a reply to a forwarded read of a
+                // newer epoch would keep us in a dead one for ever).
+                let epoch = leader_message_epoch(&env.msg);
+                let newer = f.leader == from
+                    && env.msg.is_from_leader()
+                    && f.phase != FPhase::Discovery
+                    && !matches!(env.msg, Message::NewEpoch { .. })
+                    && epoch.is_some_and(|e| e > f.epoch);
+                let counts = match f.phase {
+                    FPhase::Discovery => matches!(env.msg, Message::NewEpoch { .. }),
+                    FPhase::Sync | FPhase::Broadcast => {
+                        matches!(env.msg, Message::NewEpoch { .. }) || epoch == Some(f.epoch)
+                    }
+                };
+                if f.leader == from && env.msg.is_from_leader() && counts {
                     f.last_heard = now;
                     f.quiesced = false;
+                }
+                if newer {
+                    // Our leader leads an epoch we never promised: the one
+                    // we follow in is over. Ask to join the new one, as a
+                    // newly decided follower does; a NEWEPOCH answers with
+                    // every check of a first promise.
+                    let old = f.epoch;
+                    tracing::info!(id = %self.id, leader = %from, ?old, new = ?epoch, msg = env.msg.name(), "the leader leads a newer epoch without us; asking to join it");
+                    if let Message::ReadIndexResponse { ctx, zxid, .. } = env.msg {
+                        // The answer stands: the leader confirmed its reign
+                        // in its epoch, whatever ours.
+                        match zxid {
+                            Some(zxid) => self.out.read_states.push(ReadState { ctx, zxid }),
+                            None => self.out.events.push(Event::ReadAborted { ctx }),
+                        }
+                    }
+                    self.become_follower(now, from);
+                    self.sync_membership();
+                    self.advance_leader();
+                    return;
                 }
                 if let Message::Quiesce { epoch, commit } = env.msg {
                     self.on_quiesce(from, epoch, commit);
@@ -732,5 +767,27 @@ impl<S: Storage> Replica<S> {
         } else {
             Event::LostLeader(vote)
         });
+    }
+}
+
+/// The epoch a leader's message speaks for (`None` for follower messages).
+fn leader_message_epoch(msg: &Message) -> Option<Epoch> {
+    match msg {
+        Message::NewEpoch { epoch, .. }
+        | Message::Trunc { epoch, .. }
+        | Message::Diff { epoch, .. }
+        | Message::Snap { epoch, .. }
+        | Message::NewLeader { epoch, .. }
+        | Message::UpToDate { epoch, .. }
+        | Message::Accept { epoch, .. }
+        | Message::Commit { epoch, .. }
+        | Message::Heartbeat { epoch, .. }
+        | Message::ReadIndexResponse { epoch, .. }
+        | Message::FetchHistory { epoch, .. }
+        | Message::FetchSnapshot { epoch, .. }
+        | Message::Readmit { epoch }
+        | Message::TakeOver { epoch, .. }
+        | Message::Quiesce { epoch, .. } => Some(*epoch),
+        _ => None,
     }
 }

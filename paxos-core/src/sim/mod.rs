@@ -94,6 +94,16 @@ impl SyncPlanner for TestPlanner {
 /// reported as a busy loop (rounding of a drifting clock needs a few).
 const MAX_TIMER_FIRES_AT_ONE_INSTANT: u32 = 100;
 
+/// Once faults have stopped and a command has committed again, every live
+/// voter must follow (or be) the leader within this many election timeouts
+/// of that commit. An election with the slowest retry of `paxos-election`
+/// (its vote re-sent at most every 800 ms with the default timeouts, four
+/// election timeouts of the simulator) plus a sync by DIFF or SNAP takes a
+/// few; fifteen leaves room for a second failed round and still catches a
+/// node that never rejoins (it would wait for the next election, which a
+/// healthy group never holds).
+pub const REJOIN_ELECTION_TIMEOUTS: u32 = 15;
+
 /// Makes the elector of a node (given its id and the group's configuration).
 pub type ElectorFactory<E> = Box<dyn Fn(NodeId, &Config) -> E>;
 /// Makes a node's sync planner.
@@ -990,11 +1000,76 @@ impl<E: Elector> Sim<E> {
         let bound = self.cfg.liveness_bound;
         let ok = self.run_until(bound, |s| s.stats.recovery.is_some())?;
         match self.stats.recovery {
-            Some(d) if ok => Ok(d),
+            Some(d) if ok => {
+                self.check_rejoined()?;
+                Ok(d)
+            }
             _ => Err(self.violation(format!(
                 "liveness: no command committed within {bound:?} after faults stopped"
             ))),
         }
+    }
+
+    /// How long after the first commit that follows the end of faults
+    /// every live voter has to follow the leader
+    /// ([`REJOIN_ELECTION_TIMEOUTS`] election timeouts).
+    pub fn rejoin_bound(&self) -> Duration {
+        self.cfg.replica.election_timeout * REJOIN_ELECTION_TIMEOUTS
+    }
+
+    /// The live voters that do not follow the established leader: its
+    /// membership's voters that are up and cut off from nobody, and are not
+    /// established followers in the leader's epoch. `None` while no leader
+    /// is established.
+    pub fn voters_not_following(&self) -> Option<Vec<NodeId>> {
+        let l = self.leader()?;
+        let r = self.replica(l)?;
+        let epoch = r.established_epoch()?;
+        let cut_off = |v: NodeId| self.blocked.iter().any(|(a, b)| *a == v || *b == v);
+        let lagging = r
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != l && self.is_up(*v) && !cut_off(*v))
+            .filter(|v| {
+                self.replica(*v)
+                    .is_none_or(|f| f.leader() != Some(l) || f.established_epoch() != Some(epoch))
+            })
+            .collect();
+        Some(lagging)
+    }
+
+    /// The liveness check after recovery: runs until every live voter
+    /// follows the leader ([`voters_not_following`](Self::voters_not_following)
+    /// is empty), and fails if that does not happen within
+    /// [`rejoin_bound`](Self::rejoin_bound). Call once a command committed
+    /// after [`stop_faults`](Self::stop_faults).
+    pub fn check_rejoined(&mut self) -> Result<(), Violation> {
+        let bound = self.rejoin_bound();
+        let all_follow = |s: &Sim<E>| s.voters_not_following().is_some_and(|v| v.is_empty());
+        if self.run_until(bound, all_follow)? {
+            return Ok(());
+        }
+        let leader = self.leader();
+        let lagging = self.voters_not_following();
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match n.replica() {
+                Some(r) => format!(
+                    "{}: leader {:?} established {:?}",
+                    n.id,
+                    r.leader(),
+                    r.established_epoch()
+                ),
+                None => format!("{}: down", n.id),
+            })
+            .collect();
+        Err(self.violation(format!(
+            "liveness: live voters {lagging:?} do not follow the leader {leader:?} {bound:?} after the first commit since faults stopped ({})",
+            states.join("; ")
+        )))
     }
 
     /// Processes one event and checks the invariants.

@@ -41,6 +41,8 @@ pub const NAMES: &[&str] = &[
     "remove_from_two_node_cluster_while_other_fails",
     "member_down_during_change",
     "change_racing_leader_crash",
+    "rejoin_after_hand_over_crashed",
+    "rejoin_after_hand_over_isolated",
 ];
 
 /// Runs the scenario `name` with `seed` on simulations built by `mk`;
@@ -84,6 +86,8 @@ pub fn run<E: Elector>(
         }
         "member_down_during_change" => member_down_during_change(mk, seed),
         "change_racing_leader_crash" => change_racing_leader_crash(mk, seed),
+        "rejoin_after_hand_over_crashed" => rejoin_after_hand_over(mk, seed, Away::Crashed),
+        "rejoin_after_hand_over_isolated" => rejoin_after_hand_over(mk, seed, Away::Isolated),
         _ => return None,
     })
 }
@@ -121,6 +125,18 @@ fn finish<E: Elector>(mut sim: Sim<E>) -> Result<SimStats, Violation> {
     if !sim.run_until(bound, |s| s.stats().recovery.is_some())? {
         return Err(fail(&sim, "no commit after faults stopped"));
     }
+    Ok(sim.stats().clone())
+}
+
+/// [`finish`], then every live voter must follow the leader within
+/// [`Sim::rejoin_bound`] ([`Sim::check_rejoined`]).
+fn finish_rejoined<E: Elector>(mut sim: Sim<E>) -> Result<SimStats, Violation> {
+    sim.stop_faults();
+    let bound = sim.cfg.liveness_bound;
+    if !sim.run_until(bound, |s| s.stats().recovery.is_some())? {
+        return Err(fail(&sim, "no commit after faults stopped"));
+    }
+    sim.check_rejoined()?;
     Ok(sim.stats().clone())
 }
 
@@ -1698,4 +1714,80 @@ pub fn restart_after_changes_then_leader_lost<E: Elector>(
     wait_acked(&mut sim, acked + 20)?;
     sim.restart(l);
     finish(sim)
+}
+
+/// How the voter of [`rejoin_after_hand_over`] is away during the hand-over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Away {
+    /// Crashed, restarted after the hand-over.
+    Crashed,
+    /// Cut off from both others, reconnected after the hand-over.
+    Isolated,
+}
+
+/// Three voters: C is away (crashed or cut off) while the leader A hands
+/// over to B; once B leads and commits, C comes back and must follow B
+/// within [`Sim::rejoin_bound`], although A and B took B as leader from
+/// TAKEOVER rather than from an election C could join.
+pub fn rejoin_after_hand_over<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+    away: Away,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        ..SimConfig::default()
+    });
+    let a = wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    let others: Vec<NodeId> = sim
+        .config
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| *v != a)
+        .collect();
+    let (b, c) = match others.as_slice() {
+        [b, c] => (*b, *c),
+        _ => return Err(fail(&sim, "three voters expected")),
+    };
+    match away {
+        Away::Crashed => sim.crash(c),
+        Away::Isolated => sim.isolate(c),
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    // Ask again while the hand-over is refused or given up (B not yet in
+    // sync, or not caught up in time).
+    for _ in 0..20 {
+        if sim.leader() == Some(b) {
+            break;
+        }
+        if sim.leader() == Some(a) {
+            sim.transfer_leadership(a, b)?;
+        }
+        sim.run_until(Duration::from_secs(2), |s| s.leader() == Some(b))?;
+    }
+    if sim.leader() != Some(b) || sim.stats().handed_off == 0 {
+        return Err(fail(&sim, "the leader never handed over to B"));
+    }
+    let acked = sim.stats().acked;
+    wait_acked(&mut sim, acked + 20)?;
+    match away {
+        Away::Crashed => sim.restart(c),
+        Away::Isolated => sim.heal(),
+    }
+    let bound = sim.rejoin_bound();
+    let follows = |s: &Sim<E>| {
+        s.replica(c)
+            .is_some_and(|r| r.leader() == Some(b) && r.established_epoch().is_some())
+    };
+    if !sim.run_until(bound, follows)? {
+        let state = sim.replica(c).map(|r| (r.leader(), r.established_epoch()));
+        return Err(fail(
+            &sim,
+            &format!("{c} back after a hand-over from {a} to {b} does not follow {b} within {bound:?} (leader, established epoch: {state:?}; leader now {:?})", sim.leader()),
+        ));
+    }
+    finish_rejoined(sim)
 }

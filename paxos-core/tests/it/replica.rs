@@ -1393,3 +1393,181 @@ fn a_promoted_observer_counts_as_soon_as_the_change_is_appended() {
     assert!(c.nodes[0].replica().commit_zxid() >= x, "n9 now counts");
     assert_eq!(c.nodes[0].replica().membership_change_pending(), None);
 }
+
+/// A lone follower of node 1, established in epoch 1 (NEWEPOCH, NEWLEADER,
+/// UPTODATE handed over by hand, every `Ready` persisted at once).
+fn follower_established_in_epoch_one() -> Replica<MemStorage> {
+    let cfg = three();
+    let mut f = Replica::new(
+        NodeId(2),
+        cfg,
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let leader = NodeId(1);
+    let env = |msg| Envelope {
+        group: GroupId::default(),
+        from: leader,
+        to: NodeId(2),
+        msg,
+    };
+    let decide = Decision {
+        leader,
+        round: 1,
+        epoch_hint: Epoch::ZERO,
+    };
+    f.handle_leader_decision(Time::ZERO, decide);
+    let e1 = Epoch(1);
+    for msg in [
+        Message::NewEpoch {
+            epoch: e1,
+            round: 0,
+            established: false,
+        },
+        Message::NewLeader {
+            epoch: e1,
+            last_zxid: Zxid::ZERO,
+        },
+        Message::UpToDate {
+            epoch: e1,
+            commit: Zxid::ZERO,
+        },
+    ] {
+        f.handle_message(Time::ZERO, env(msg));
+        let rd = f.ready();
+        f.persisted(Time::ZERO, rd.persist_marker());
+    }
+    assert_eq!(f.established_epoch(), Some(e1), "established in epoch 1");
+    f
+}
+
+/// Found by the simulator's rejoin check (`simulate --full --seed 536`):
+/// a follower established in epoch 1 whose leader went on to lead epoch 2
+/// without it (its TAKEOVER lost) was kept "following" for ever by that
+/// leader's answers to its forwarded reads, which carry epoch 2. A message
+/// of another epoch does not show that the leader still leads ours: the
+/// follower must ask to join the newer epoch (FOLLOWERINFO) or look again,
+/// and never stay established in the dead epoch.
+#[test]
+fn a_follower_whose_leader_moved_to_a_newer_epoch_does_not_stay_in_the_old_one() {
+    let newer = |i: u64| {
+        [
+            Message::ReadIndexResponse {
+                epoch: Epoch(2),
+                ctx: Bytes::from(i.to_be_bytes().to_vec()),
+                zxid: Some(Zxid::ZERO),
+            },
+            Message::Heartbeat {
+                epoch: Epoch(2),
+                commit: Zxid::ZERO,
+                round: i,
+            },
+        ]
+    };
+    for kind in 0..2 {
+        let mut f = follower_established_in_epoch_one();
+        let cfg = three();
+        let end = Time::ZERO + cfg.election_timeout * 3;
+        let mut now = Time::ZERO;
+        let mut i = 0;
+        let mut asked_to_join = false;
+        // Bounded: three election timeouts in heartbeat steps.
+        while now < end && f.established_epoch() == Some(Epoch(1)) {
+            now += cfg.heartbeat_interval;
+            i += 1;
+            let msg = newer(i)[kind].clone();
+            f.handle_message(
+                now,
+                Envelope {
+                    group: GroupId::default(),
+                    from: NodeId(1),
+                    to: NodeId(2),
+                    msg,
+                },
+            );
+            f.handle_timeout(now);
+            let rd = f.ready();
+            asked_to_join |= rd
+                .messages
+                .iter()
+                .any(|e| matches!(e.msg, Message::FollowerInfo { .. }));
+            f.persisted(now, rd.persist_marker());
+        }
+        assert_ne!(
+            f.established_epoch(),
+            Some(Epoch(1)),
+            "message kind {kind}: still established in epoch 1 after three election timeouts of epoch-2 messages"
+        );
+        assert!(
+            asked_to_join || f.leader().is_none(),
+            "message kind {kind}: neither asked to join the newer epoch nor looked for a leader"
+        );
+    }
+}
+
+/// Found by the simulator's rejoin check (`simulate --full --seed 229`):
+/// a duplicate of the NEWEPOCH a follower had already taken arrived after
+/// NEWLEADER. The follower promised again, which forgot NEWLEADER, so it
+/// ignored the UPTODATE that followed and every ACCEPT, while it went on
+/// acknowledging heartbeats: the leader counted it synced and never sent
+/// NEWLEADER again, and the follower stayed in sync for ever. A copy of
+/// the round it already took changes nothing.
+#[test]
+fn a_duplicate_newepoch_after_newleader_does_not_undo_the_sync() {
+    let cfg = three();
+    let mut f = Replica::new(
+        NodeId(2),
+        cfg,
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let env = |msg| Envelope {
+        group: GroupId::default(),
+        from: NodeId(1),
+        to: NodeId(2),
+        msg,
+    };
+    f.handle_leader_decision(
+        Time::ZERO,
+        Decision {
+            leader: NodeId(1),
+            round: 1,
+            epoch_hint: Epoch::ZERO,
+        },
+    );
+    let e1 = Epoch(1);
+    let newepoch = Message::NewEpoch {
+        epoch: e1,
+        round: 1,
+        established: false,
+    };
+    let mut sent = Vec::new();
+    for msg in [
+        newepoch.clone(),
+        Message::NewLeader {
+            epoch: e1,
+            last_zxid: Zxid::ZERO,
+        },
+        newepoch,
+        Message::UpToDate {
+            epoch: e1,
+            commit: Zxid::ZERO,
+        },
+    ] {
+        f.handle_message(Time::ZERO, env(msg));
+        let rd = f.ready();
+        sent.extend(rd.persisted_messages.iter().map(|e| e.msg.name()));
+        f.persisted(Time::ZERO, rd.persist_marker());
+    }
+    assert_eq!(
+        f.established_epoch(),
+        Some(e1),
+        "the UPTODATE after a duplicate NEWEPOCH must establish the follower (sent {sent:?})"
+    );
+}

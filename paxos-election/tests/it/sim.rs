@@ -476,15 +476,13 @@ impl Sim {
                 )
             }
             3 => {
-                // A vote for a non-voter.
-                let v = {
-                    let l = self.cfg.voters as u64 + 1 + r.below(100);
-                    some_vote(r, l)
-                };
+                // A lock without a vote. (A member's vote for a node we do
+                // not know is no bad input: its view lags ours, and it is
+                // answered without its vote; see the elector's unit tests.)
                 (
                     known,
                     Notification {
-                        vote: Some(v),
+                        vote: None,
                         round: target_round,
                         state: PeerState::Looking,
                         locked: true,
