@@ -338,15 +338,6 @@ impl<Q: QuorumSystem> FastElection<Q> {
         })
     }
 
-    /// Whether a running leader `id` may be joined: one that may lead in
-    /// our view, or a node our view does not know at all (added by changes
-    /// we have not received: our voters' reports and its own vouch for it,
-    /// and the kernel's discovery decides whether it really leads). A
-    /// voter of ours that may not lead is never joined.
-    fn may_join(&self, id: NodeId) -> bool {
-        self.may_lead(id) || !self.is_member(id)
-    }
-
     fn is_member(&self, id: NodeId) -> bool {
         self.quorum.is_voter(id) || self.observers.binary_search(&id).is_ok()
     }
@@ -393,21 +384,9 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.outbox.push_back((to, n));
         }
         debug_assert!(
-            self.outbox.len() <= self.quorum.voters().len() + self.observers.len() + 1,
-            "the outbox holds at most one message per peer, and one to a node outside our view"
+            self.outbox.len() <= self.quorum.voters().len() + self.observers.len(),
+            "the outbox holds at most one message per peer"
         );
-    }
-
-    /// Sends our notification to `to`, a node outside our view. At most
-    /// one such message waits in the outbox (a newer one replaces it), so
-    /// it stays bounded by our view's size.
-    fn ask_unknown(&mut self, to: NodeId) {
-        let n = self.notification();
-        let members: Vec<NodeId> = self.quorum.voters().to_vec();
-        let observers = &self.observers;
-        self.outbox
-            .retain(|(p, _)| *p == to || members.contains(p) || observers.binary_search(p).is_ok());
-        self.send(to, n);
     }
 
     fn reply(&mut self, to: NodeId) {
@@ -472,13 +451,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if from == self.id {
             return Some("message claims to come from ourselves");
         }
-        // A node we do not know may still report that it leads (a member
-        // of a newer view than ours, which our voters may follow): kept as
-        // that leader's own word only (see `running_leader`).
-        let leads_unknown = msg.state == PeerState::Leading
-            && !msg.abstain
-            && msg.vote.is_some_and(|v| v.leader == from);
-        if !self.is_member(from) && !leads_unknown {
+        if !self.is_member(from) {
             return Some("sender is neither a voter nor an observer");
         }
         if msg.round >= MAX_ROUND {
@@ -491,11 +464,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
         // a weightless voter) is a view that differs from ours, not bad
         // input: it is received but never adopted, locked or elected. A
         // vote for a node we do not know at all is dropped.
-        // A settled member's report of a leader we do not know is kept (a
-        // leader of a newer view our voters follow): see `running_leader`.
         if let Some(v) = msg.vote {
-            let report = msg.state != PeerState::Looking;
-            if !self.is_member(v.leader) && v.leader != self.id && !report {
+            if !self.is_member(v.leader) && v.leader != self.id {
                 return Some("vote for a node that is not a member");
             }
         }
@@ -613,18 +583,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round >= self.round {
             self.views.remove(&from);
         }
-        if msg.round == self.round && msg.locked && self.is_member(vote.leader) {
+        if msg.round == self.round && msg.locked {
             self.locks.insert(from, vote);
-        }
-        if self.phase == Phase::Looking
-            && !self.is_member(vote.leader)
-            && vote.leader != self.id
-            && !self.reports.contains_key(&vote.leader)
-        {
-            // A voter of ours follows a node we do not know (a member of a
-            // newer view): ask it, or we never hear its own report.
-            tracing::debug!(node = %self.id, from = %from, leader = %vote.leader, "a voter follows a leader our view does not know; asking it");
-            self.ask_unknown(vote.leader);
         }
         self.reports.insert(
             from,
@@ -681,7 +641,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// view, the leader's own LEADING report among them.
     fn running_leader(&self) -> Option<(Vote, u64, bool)> {
         for (id, r) in &self.reports {
-            if r.state != PeerState::Leading || r.vote.leader != *id || !self.may_join(*id) {
+            if r.state != PeerState::Leading || r.vote.leader != *id || !self.may_lead(*id) {
                 continue;
             }
             // Only voters of our view are counted (a weighted system may
@@ -786,8 +746,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// elected there (a lock others may count) only if `elected`.
     fn decide(&mut self, vote: Vote, round: u64, elected: bool, why: &'static str) {
         assert!(
-            self.may_join(vote.leader),
-            "only a node that may lead, or a running leader unknown to our view, is decided"
+            self.may_lead(vote.leader),
+            "only a node that may lead is elected"
         );
         self.round = self.round.max(round);
         self.state = if vote.leader == self.id {
@@ -965,26 +925,6 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         }
         if self.phase == Phase::Idle {
             tracing::debug!(node = %self.id, from = %from, "not started; dropping election message");
-            return;
-        }
-        if !self.is_member(from) {
-            // Validated: a node outside our view reporting that it leads.
-            // Kept, while we look, as that leader's own word only (see
-            // `running_leader`); not heard as a peer of ours.
-            if self.phase == Phase::Looking {
-                if let Some(vote) = msg.vote {
-                    self.reports.insert(
-                        from,
-                        Report {
-                            vote,
-                            round: msg.round,
-                            state: msg.state,
-                            locked: msg.locked,
-                        },
-                    );
-                    self.evaluate(now);
-                }
-            }
             return;
         }
         let new_link = self.note_heard(from, now, msg.abstain);
@@ -1457,61 +1397,6 @@ mod tests {
         let mut f2 = settled_on(2, &view, &[3], 100);
         ask(at(21), &mut back, &mut f1);
         ask(at(22), &mut back, &mut f2);
-        assert_eq!(
-            back.poll_decision(),
-            None,
-            "followers cannot speak for the leader"
-        );
-    }
-
-    /// Found by the simulator's rejoin check (`simulate --full --seed
-    /// 1772`): node 100 was added and now leads, and node 2, which missed
-    /// every change, does not know it at all. The voters it knows report
-    /// following 100, which it dropped as votes for an unknown node, and it
-    /// never asked 100, so it looked for ever. It must ask the leader its
-    /// voters name, and join it on that leader's own report and a quorum
-    /// of its voters' reports.
-    #[test]
-    fn a_leader_unknown_to_our_view_is_asked_and_joined_on_a_quorum_of_reports() {
-        let view = [1, 2, 3, 100];
-        let mut leader = settled_on(100, &view, &[], 100);
-        let mut f1 = settled_on(1, &view, &[], 100);
-        let mut f3 = settled_on(3, &view, &[], 100);
-        let mut back = member(2, &[1, 2, 3], &[]);
-        back.start_looking(at(10), info(1, 3));
-        ask(at(11), &mut back, &mut f1);
-        assert_eq!(back.poll_decision(), None, "one follower is no quorum");
-        // Told that a voter follows 100, it asks 100 too.
-        let to_leader: Vec<Notification> = drain(&mut back)
-            .into_iter()
-            .filter(|(to, _)| *to == NodeId(100))
-            .map(|(_, n)| n)
-            .collect();
-        assert!(!to_leader.is_empty(), "the named leader is asked");
-        for n in to_leader {
-            leader.handle_message(at(12), NodeId(2), n);
-        }
-        for (to, n) in drain(&mut leader) {
-            if to == NodeId(2) {
-                back.handle_message(at(12), NodeId(100), n);
-            }
-        }
-        assert_eq!(back.poll_decision(), None, "still one follower of three");
-        ask(at(13), &mut back, &mut f3);
-        let d = back
-            .poll_decision()
-            .expect("the leader's own report and a quorum of our voters following it");
-        assert_eq!(d.leader, NodeId(100));
-        assert_eq!(back.state(), PeerState::Following);
-
-        // Reports of our voters alone, without the leader's word, are not
-        // enough.
-        let mut back = member(2, &[1, 2, 3], &[]);
-        back.start_looking(at(20), info(1, 3));
-        let mut f1 = settled_on(1, &view, &[], 100);
-        let mut f3 = settled_on(3, &view, &[], 100);
-        ask(at(21), &mut back, &mut f1);
-        ask(at(22), &mut back, &mut f3);
         assert_eq!(
             back.poll_decision(),
             None,

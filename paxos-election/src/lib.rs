@@ -88,10 +88,8 @@
 //!   the voters, follow their rounds and tell the vote they adopted (which
 //!   counts only for a peer whose view makes them voters, see below).
 //! - Bad input is dropped with a `tracing` warning and changes nothing:
-//!   messages from ourselves or unknown ids (but for a node reporting that
-//!   it leads: see "Membership changes"), looking votes for nodes that are
-//!   no members (but for a member's, which its lagging view explains: it
-//!   is answered without the vote), self-contradicting states (a lock without a vote, a settled
+//!   messages from ourselves or unknown ids, votes for nodes that are no
+//!   members, self-contradicting states (a lock without a vote, a settled
 //!   node naming no leader, leading for another node, following itself, an
 //!   abstaining node leading), and *impossible rounds*: a
 //!   round at or beyond [`MAX_ROUND`] (2^48, never reached by a real
@@ -136,19 +134,9 @@
 //!   voters for good between it and a candidate of the lagging node (found
 //!   by the full-stack simulator). A vote for a voter that may not lead (a
 //!   weightless one) is never adopted, and one for a node that is no
-//!   member at all is never adopted either: a looking member's
-//!   notification naming one is taken without its vote (so the sender is
-//!   still answered). A voter that is demoted or removed while a node
-//!   proposes it has that proposal withdrawn (a voter stands again in a
-//!   new round).
-//! - A node that lags the changes may not know the leader at all, or see
-//!   it as an observer. It joins a *running* leader on that leader's own
-//!   LEADING report and a quorum of its own view's voters reporting that
-//!   they follow it, wherever the leader stands in its view: it keeps the
-//!   LEADING report of an observer of its view or of a node outside it (as
-//!   the leader's word only, never as a vote, lock or follower), and asks
-//!   a leader outside its view that one of its voters reports following.
-//!   Such a leader is joined, never elected.
+//!   member at all is dropped. A voter that is demoted or removed while a
+//!   node proposes it has that proposal withdrawn (a voter stands again in
+//!   a new round).
 //! - A node that is no voter in its own view still tells the vote it
 //!   adopted, follows the voters' rounds, and *locks* its vote like a voter
 //!   (when a quorum of its view's voters holds it for the settle wait, or
