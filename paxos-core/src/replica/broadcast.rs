@@ -182,7 +182,9 @@ impl<S: Storage> Replica<S> {
         };
         // Per-follower retries.
         let epoch = l.epoch;
-        let established = l.phase >= LPhase::Fetching;
+        // See the FOLLOWERINFO case: a claim checked against the adopted
+        // membership only once discovery is over.
+        let established = l.phase >= LPhase::Sync;
         let progress_timeout = self.config.snapshot_progress_timeout;
         let mut resend = Vec::new();
         let mut snap_restarts = 0;

@@ -173,7 +173,12 @@ impl<S: Storage> Replica<S> {
                     self.lose_leader("a follower promised a higher epoch");
                     return;
                 }
-                let established = l.phase >= LPhase::Fetching;
+                // Only once discovery is over: its quorum is then checked
+                // against the adopted membership. While fetching, it is a
+                // quorum of this leader's own view, which may be changes
+                // behind: a node that led this same epoch under the newer
+                // membership would take the claim for a promise to us.
+                let established = l.phase >= LPhase::Sync;
                 let p = l
                     .peers
                     .entry(from)
