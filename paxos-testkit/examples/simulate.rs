@@ -19,6 +19,9 @@
 //! environment) adds wiping crashes to the mix: a voter loses its whole
 //! disk and restarts recovering. `--lease-reads` serves reads from leader
 //! leases (the read check then also covers the lease rules).
+//! `--check-rejoin` also fails a run in which a live voter does not follow
+//! the leader within 15 election timeouts of recovery (off by default in
+//! sweeps while a few known stragglers remain; the tests run it).
 //!
 //! `--groups G` runs the multi-group simulator instead: G groups on every
 //! host, sharing each host's write-ahead log and the network between hosts
@@ -209,6 +212,7 @@ fn run_one(
     full: bool,
     wipes: bool,
     lease: bool,
+    rejoin: bool,
     seed: u64,
     steps: u64,
     describe: bool,
@@ -230,6 +234,7 @@ fn run_one(
     let mut cfg = SimConfig::chaos(seed);
     cfg.wipes = wipes;
     cfg.replica.lease_reads |= lease;
+    cfg.check_rejoin = rejoin;
     if full {
         go(full_sim(cfg), steps, describe)
     } else {
@@ -253,7 +258,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full] [--wipes] [--lease-reads] [--groups G]"
+            "usage: simulate [--seeds N] [--steps M] [--seed S] [--first F] [--full] [--wipes] [--lease-reads] [--check-rejoin] [--groups G]"
         );
         return ExitCode::SUCCESS;
     }
@@ -262,6 +267,7 @@ fn main() -> ExitCode {
     let wipes = args.iter().any(|a| a == "--wipes")
         || std::env::var("PAXOS_SIM_WIPES").is_ok_and(|v| v == "1");
     let lease = args.iter().any(|a| a == "--lease-reads");
+    let rejoin = args.iter().any(|a| a == "--check-rejoin");
     let seeds: Vec<u64> = match parse(&args, "--seed") {
         Some(s) => vec![s],
         None => {
@@ -288,7 +294,7 @@ fn main() -> ExitCode {
     let (mut reconfigs, mut reconfigs_committed) = (0u64, 0u64);
     let (mut quiesces, mut wakes) = (0u64, 0u64);
     for (k, &seed) in seeds.iter().enumerate() {
-        let (r, st) = run_one(full, wipes, lease, seed, steps, seeds.len() == 1);
+        let (r, st) = run_one(full, wipes, lease, rejoin, seed, steps, seeds.len() == 1);
         match r {
             Ok(d) => worst = worst.max(d),
             Err(v) => {
