@@ -27,7 +27,7 @@ const SHARDS: usize = 256;
 /// key on the node's loop (a million keys took a pause of a few hundred
 /// milliseconds), the copying is spread over the writes that follow, one
 /// shard at a time, and a growing map resizes one small shard at a time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct ShardedMap {
     /// Picks a key's shard; the same for the life of the map.
     router: foldhash::fast::RandomState,
@@ -36,15 +36,6 @@ pub(super) struct ShardedMap {
     len: usize,
 }
 
-impl Default for ShardedMap {
-    fn default() -> Self {
-        ShardedMap {
-            router: foldhash::fast::RandomState::default(),
-            shards: Vec::new(),
-            len: 0,
-        }
-    }
-}
 
 impl ShardedMap {
     fn shard_of(&self, key: &[u8]) -> usize {
