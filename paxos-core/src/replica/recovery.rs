@@ -4,6 +4,14 @@
 //! Invariant: a leader readmits a follower only if its epoch was
 //! established without it, the follower durably holds that epoch's history,
 //! and other voters confirmed the epoch since (see `Replica::try_readmit`).
+//!
+//! Liveness: a leader whose epoch was established with the follower's
+//! forgotten promise can never readmit it, and nothing else would end that
+//! epoch while the group is healthy (a follower that lost its disk and came
+//! back within an election timeout leaves every leader in place). Such a
+//! leader hands its leadership to another voter that counts
+//! (`Replica::hand_over_for_readmission`): the successor's epoch is
+//! established without the recovering follower, which it then readmits.
 
 use crate::message::{Envelope, Message};
 use crate::ready::Event;
@@ -38,7 +46,9 @@ impl<S: Storage> Replica<S> {
     ///   incarnation of it in establishing its epoch, once it durably holds
     ///   that leader's history (ACKNEWLEADER) and a quorum of the *other*
     ///   voters has since confirmed the leader; it then durably clears the
-    ///   flag and reports [`Event::RecoveryComplete`].
+    ///   flag and reports [`Event::RecoveryComplete`]. A leader that did
+    ///   count an earlier incarnation hands its leadership to another
+    ///   counted voter, whose new epoch can readmit it.
     pub fn mark_recovering(&mut self) {
         if self.recovering && self.readmit.is_none() {
             return;
@@ -89,6 +99,60 @@ impl<S: Storage> Replica<S> {
         if armed {
             self.send_heartbeats(now);
         }
+        self.hand_over_for_readmission(now);
+    }
+
+    /// Established leader: if a live recovering follower, synced in this
+    /// epoch, helped establish it (an earlier incarnation's promise or
+    /// acknowledgement was counted), this leader can never readmit it.
+    /// Hands the leadership to the counted voter that holds the most of the
+    /// log (heard within an election timeout): its epoch is established
+    /// without the recovering follower (whose messages no discovery
+    /// counts), so it can readmit it. Called on the follower's ACKNEWLEADER
+    /// and again on every heartbeat acknowledgement, so a hand-over that
+    /// could not start (no such voter) or was aborted is tried again.
+    ///
+    /// Safety is untouched: a transfer is an ordinary hand-over (the
+    /// target must hold every entry before TAKEOVER, the election decides).
+    /// With no counted voter to hand over to, the leader stays: a new
+    /// election could not be won without the recovering follower anyway.
+    pub(super) fn hand_over_for_readmission(&mut self, now: Time) {
+        let me = self.id;
+        let alive = self.config.election_timeout;
+        let Role::Leading(l) = &self.role else {
+            return;
+        };
+        if l.phase != LPhase::Broadcast || l.transfer.is_some() {
+            return;
+        }
+        let heard = |p: &super::progress::Peer| {
+            now.saturating_since(p.last_heard.max(l.resumed_at)) <= alive
+        };
+        let Some((&stuck, _)) = l.peers.iter().find(|(n, p)| {
+            p.recovering && p.phase == PPhase::Broadcast && l.helped.contains(n) && heard(p)
+        }) else {
+            return;
+        };
+        let target = l
+            .peers
+            .iter()
+            .filter(|(n, p)| {
+                **n != me
+                    && self.config.is_voter(**n)
+                    && !p.recovering
+                    && p.phase == PPhase::Broadcast
+                    && heard(p)
+            })
+            .max_by_key(|(n, p)| (p.match_zxid, std::cmp::Reverse(**n)))
+            .map(|(n, _)| *n);
+        let Some(to) = target else {
+            return;
+        };
+        let epoch = l.epoch;
+        tracing::info!(leader = %me, follower = %stuck, %to, ?epoch, "a recovering follower helped establish this epoch and cannot be readmitted in it; handing the leadership over so that a new epoch can readmit it");
+        if let Err(e) = self.transfer_leadership(now, to) {
+            tracing::debug!(leader = %me, %to, error = %e, "hand-over for readmission not started");
+        }
     }
 
     /// Readmits the recovering followers whose readmission round a quorum
@@ -118,7 +182,18 @@ impl<S: Storage> Replica<S> {
     /// be recovering, which includes that other leader (it holds its higher
     /// epoch durably, so it never acknowledges this one): no gap, but no
     /// readmission while a voter is unreachable.
+    ///
+    /// Then, for a recovering follower this epoch can never readmit, tries
+    /// the hand-over of [`hand_over_for_readmission`](Self::hand_over_for_readmission).
     pub(super) fn try_readmit(&mut self) {
+        self.readmit_confirmed();
+        let now = self.now;
+        self.hand_over_for_readmission(now);
+    }
+
+    /// The readmissions proper of [`try_readmit`](Self::try_readmit) (its
+    /// invariant says why each is safe).
+    fn readmit_confirmed(&mut self) {
         let me = self.id;
         let Role::Leading(l) = &mut self.role else {
             return;

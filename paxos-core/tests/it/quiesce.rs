@@ -154,3 +154,54 @@ fn without_quiescence_an_idle_group_keeps_heartbeating() {
         .iter()
         .all(|&id| !sim.replica(id).expect("up").is_quiesced()));
 }
+
+/// A follower loses its disk and comes straight back (`--rejoin`), before
+/// anyone notices it was gone: the leader keeps its epoch, which may have
+/// been established with the follower's forgotten promise (then it cannot
+/// readmit it in that epoch). Whatever the case, the follower must be
+/// readmitted: a replica left recovering for good never counts in a quorum
+/// again.
+fn wiped_follower_is_readmitted(quiesce: bool) {
+    let mut stuck = Vec::new();
+    for seed in 0..12 {
+        let mut sim = if quiesce {
+            quiet_group(seed)
+        } else {
+            let mut sim = Sim::with_test_components(SimConfig {
+                seed,
+                ..SimConfig::default()
+            });
+            sim.run_for(Duration::from_secs(1)).expect("no violation");
+            sim
+        };
+        let leader = sim.leader().expect("a leader");
+        let f = sim
+            .node_ids()
+            .into_iter()
+            .find(|&n| n != leader)
+            .expect("a follower");
+        sim.wipe(f, true);
+        sim.restart(f);
+        sim.set_client_paused(false);
+        let readmitted = sim
+            .run_until(Duration::from_secs(10), |s| !s.is_recovering(f))
+            .expect("no violation");
+        if !readmitted {
+            stuck.push((seed, sim.leader()));
+        }
+    }
+    assert!(
+        stuck.is_empty(),
+        "wiped followers left recovering (seed, leader): {stuck:?}"
+    );
+}
+
+#[test]
+fn a_wiped_follower_of_a_quiet_group_is_readmitted() {
+    wiped_follower_is_readmitted(true);
+}
+
+#[test]
+fn a_wiped_follower_is_readmitted_without_quiescence() {
+    wiped_follower_is_readmitted(false);
+}

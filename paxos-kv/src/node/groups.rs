@@ -342,7 +342,17 @@ impl Groups {
         if now < self.next_host_heartbeat {
             return;
         }
+        // This node's own loop did not run for an election timeout (the
+        // process was paused or starved): its peers may have elected other
+        // leaders meanwhile, and their frames, already queued, arrive
+        // before this check could find them silent.
+        let stalled =
+            now.saturating_duration_since(self.next_host_heartbeat) > host.election_timeout;
         self.next_host_heartbeat = now + host.heartbeat;
+        if stalled {
+            self.wake_quiet_leaders();
+        }
+        let host = &self.groups[0].host;
         let peers: Vec<u64> = host
             .members
             .borrow()
@@ -381,6 +391,63 @@ impl Groups {
             woken += 1;
         }
         tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout: the quiesced groups it led look for a leader, those this node leads are woken");
+    }
+
+    /// Wakes every quiesced group this node leads, after this node's own
+    /// loop stalled for an election timeout: a leader that was away may
+    /// have been replaced, and nobody tells a quiesced leader (the new
+    /// leader never heard from it, so it sends it nothing). Awake, it
+    /// heartbeats; a replaced one fails its check-quorum and steps down.
+    fn wake_quiet_leaders(&mut self) {
+        let t = self.host().now();
+        let mut woken = 0usize;
+        for g in 0..self.groups.len() {
+            let r = self.groups[g].node.replica();
+            if r.is_leader() && r.is_quiesced() {
+                self.groups[g].node.wake(t);
+                self.mark(g);
+                woken += 1;
+            }
+        }
+        tracing::info!(
+            woken,
+            "this node's loop stalled for an election timeout (paused?): the quiesced groups it leads are woken"
+        );
+    }
+
+    /// With quiescence: a peer node found silent earlier is heard again.
+    /// Wakes the quiesced groups this node leads in which that peer is not
+    /// synced (their epoch was established while it was away), so that
+    /// they send it the epoch it missed: NEWEPOCH is re-sent only by an
+    /// awake leader, and a quiesced leader does not wait for a peer it
+    /// stopped hearing. Without this, a node that was paused or cut off
+    /// while leading quiesced groups keeps believing it leads those that
+    /// elected elsewhere meanwhile: it is quiesced too, so neither side
+    /// ever sends the other anything. Groups where the peer is synced stay
+    /// quiet (a peer that flaps wakes nothing it does not need).
+    fn peer_returned(&mut self, peer: u64) {
+        let t = self.host().now();
+        let mut woken = 0usize;
+        for g in 0..self.groups.len() {
+            let r = self.groups[g].node.replica();
+            if r.is_leader()
+                && r.is_quiesced()
+                && r.peer_progress()
+                    .iter()
+                    .any(|p| p.id.0 == peer && !p.in_broadcast)
+            {
+                self.groups[g].node.wake(t);
+                self.mark(g);
+                woken += 1;
+            }
+        }
+        if woken > 0 {
+            tracing::info!(
+                peer,
+                woken,
+                "peer node heard again: the quiesced groups this node leads that it missed are woken"
+            );
+        }
     }
 
     /// Spreads leaders evenly over the voter nodes that are up: every node
@@ -569,7 +636,14 @@ impl Groups {
     pub(super) fn on_frame(&mut self, peer: PeerId, frame: Bytes) {
         let host = &self.groups[0].host;
         if host.quiesce || host.balance {
-            self.peers.insert(peer.0, (Instant::now(), false));
+            let quiesce = host.quiesce;
+            let was_lost = self
+                .peers
+                .insert(peer.0, (Instant::now(), false))
+                .is_some_and(|(_, lost)| lost);
+            if was_lost && quiesce {
+                self.peer_returned(peer.0);
+            }
         }
         if frame.first() == Some(&TAG_HOST_HEARTBEAT) {
             return;
