@@ -36,7 +36,6 @@ pub(super) struct ShardedMap {
     len: usize,
 }
 
-
 impl ShardedMap {
     fn shard_of(&self, key: &[u8]) -> usize {
         use std::hash::BuildHasher;
