@@ -4,13 +4,14 @@
 //! must commit a write again, the node is restarted and must follow or
 //! lead every group, and every acknowledged write must read back.
 //!
-//! Ignored by default: it needs minutes on two cores (a node of 10 000
-//! groups takes tens of seconds to elect them all). Run it on a release
-//! build, alone:
+//! Ignored by default: it runs several 10 000-group processes (about 30 s
+//! on two cores, far longer on a debug build). Run it on a release
+//! build, alone (the binary path must be absolute: the test runs in the
+//! crate's directory):
 //!
 //! ```sh
 //! cargo build --release -p paxos-kv --bins
-//! PAXOS_NODE_BIN=target/release/paxos-node cargo test --release -p paxos-chaos \
+//! PAXOS_NODE_BIN=$PWD/target/release/paxos-node cargo test --release -p paxos-chaos \
 //!     --test many_groups -- --ignored --nocapture
 //! ```
 //!
