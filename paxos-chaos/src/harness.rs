@@ -639,15 +639,7 @@ impl ChaosCluster {
                 .await
                 .ok()
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-            let synced = st.is_some_and(|v| {
-                v["role"] == "leader"
-                    && v["peers"].as_array().is_some_and(|peers| {
-                        peers.iter().any(|p| {
-                            p["id"] == peer && p["connected"] == true && p["in_broadcast"] == true
-                        })
-                    })
-            });
-            if synced {
+            if st.is_some_and(|v| paxos_testkit::cluster::leader_has_in_sync(&v, peer)) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

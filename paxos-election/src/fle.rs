@@ -29,6 +29,18 @@ struct Report {
     locked: bool,
 }
 
+impl Report {
+    /// What `msg` reports, with `vote` (the message's, checked).
+    fn of(vote: Vote, msg: &Notification) -> Report {
+        Report {
+            vote,
+            round: msg.round,
+            state: msg.state,
+            locked: msg.locked,
+        }
+    }
+}
+
 /// The leader we settled on, as we announce it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Settled {
@@ -586,15 +598,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         if msg.round == self.round && msg.locked {
             self.locks.insert(from, vote);
         }
-        self.reports.insert(
-            from,
-            Report {
-                vote,
-                round: msg.round,
-                state: msg.state,
-                locked: msg.locked,
-            },
-        );
+        self.reports.insert(from, Report::of(vote, &msg));
     }
 
     /// A vote a quorum has locked in our round, counting our own lock.
@@ -951,15 +955,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 // (`running_leader`); never as a vote or a lock.
                 PeerState::Leading => {
                     if let Some(vote) = msg.vote {
-                        self.reports.insert(
-                            from,
-                            Report {
-                                vote,
-                                round: msg.round,
-                                state: msg.state,
-                                locked: msg.locked,
-                            },
-                        );
+                        self.reports.insert(from, Report::of(vote, &msg));
                         self.evaluate(now);
                     }
                     return;

@@ -741,15 +741,7 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let st = self.statuses().await;
-            let synced = st.get(&leader).is_some_and(|v| {
-                v["role"] == "leader"
-                    && v["peers"].as_array().is_some_and(|peers| {
-                        peers.iter().any(|p| {
-                            p["id"] == peer && p["connected"] == true && p["in_broadcast"] == true
-                        })
-                    })
-            });
-            if synced {
+            if st.get(&leader).is_some_and(|v| leader_has_in_sync(v, peer)) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -881,4 +873,15 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a node's status (one group's view) says it leads and has `peer`
+/// connected and in its broadcast phase.
+pub fn leader_has_in_sync(status: &serde_json::Value, peer: u64) -> bool {
+    status["role"] == "leader"
+        && status["peers"].as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["id"] == peer && p["connected"] == true && p["in_broadcast"] == true)
+        })
 }
