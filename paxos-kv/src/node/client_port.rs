@@ -206,8 +206,10 @@ pub(super) enum ClientAuth {
         acceptor: tokio_rustls::TlsAcceptor,
         handshake_timeout: Duration,
     },
-    /// Plain TCP; every connection is [`Principal::anonymous`].
-    InsecurePlaintext,
+    /// Plain TCP; every connection is [`Principal::anonymous`]. A
+    /// connection that opens with a TLS handshake within `sniff_timeout` is
+    /// told, in plaintext, that the port speaks plain TCP, and closed.
+    InsecurePlaintext { sniff_timeout: Duration },
 }
 
 /// TLS handshakes with connections over the limit at once, at most (each
@@ -294,7 +296,7 @@ fn refuse_client(
         tracing::warn!(%peer, limit, refused_total = refused, "client connections refused: at the connection limit");
     }
     match &**auth {
-        ClientAuth::InsecurePlaintext => {
+        ClientAuth::InsecurePlaintext { .. } => {
             let _ = stream.try_write(&frame);
             drop(stream);
         }
@@ -323,17 +325,10 @@ fn refuse_client(
 /// A client connection after its TLS handshake.
 type ClientTlsStream = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
 
-/// The TLS handshake of a client connection, and the principal its
-/// certificate names. A connection whose first byte is not a TLS handshake
-/// record (a plaintext client) is told so in a plaintext error frame.
-async fn tls_handshake(
-    acceptor: &tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
-) -> Result<(ClientTlsStream, Principal), String> {
-    // A TLS record header starts with the handshake type and a 3.x
-    // version; a plaintext frame starts with its length (little-endian),
-    // which only rarely looks like that. A peer that sent fewer bytes yet is
-    // asked again shortly (the handshake timeout bounds the wait).
+/// The first three bytes a client sent, waiting for them (`None`: it
+/// closed first). A peer that sent fewer bytes yet is asked again shortly;
+/// the caller bounds the wait.
+async fn peek_head(stream: &TcpStream) -> Result<Option<[u8; 3]>, String> {
     let mut head = [0u8; 3];
     loop {
         let n = stream
@@ -341,16 +336,60 @@ async fn tls_handshake(
             .await
             .map_err(|e| format!("reading the first bytes: {e}"))?;
         if n == 0 {
-            return Err("closed before the TLS handshake".to_string());
+            return Ok(None);
         }
         if n == head.len() || head[0] != crate::tls::TLS_HANDSHAKE_RECORD {
-            break;
+            return Ok(Some(head));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let looks_like_tls =
-        head[0] == crate::tls::TLS_HANDSHAKE_RECORD && head[1] == 0x03 && head[2] <= 0x04;
-    if !looks_like_tls {
+}
+
+/// Whether a connection's first bytes are a TLS handshake record header:
+/// the handshake type and a 3.x version. A plaintext frame starts with its
+/// length (little-endian), which looks like that only for lengths of
+/// 0x0?0316 bytes with a record version byte, never for a request under
+/// 64 KiB.
+fn looks_like_tls(head: [u8; 3]) -> bool {
+    head[0] == crate::tls::TLS_HANDSHAKE_RECORD && head[1] == 0x03 && head[2] <= 0x04
+}
+
+/// A plaintext port's answer to a client that opened with a TLS handshake:
+/// one plaintext error frame, which the client's TLS layer fails on at once
+/// (its first byte is no TLS record type), instead of both sides waiting
+/// for the other. The rest of the client's bytes are read (for a bounded
+/// time) before the socket closes, so that it sees the answer, not a reset.
+async fn refuse_tls_client(mut stream: TcpStream, wait: Duration) {
+    let mut frame = BytesMut::new();
+    Response::Error(
+        "this port speaks plain TCP (the node runs with --insecure-plaintext-clients) and \
+         the client began a TLS handshake; connect without TLS (paxos-client \
+         --insecure-plaintext)"
+            .to_string(),
+    )
+    .encode_frame(0, &mut frame);
+    let _ = tokio::time::timeout(wait, async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        // Until the client closes; bounded by `wait`.
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
+/// The TLS handshake of a client connection, and the principal its
+/// certificate names. A connection whose first byte is not a TLS handshake
+/// record (a plaintext client) is told so in a plaintext error frame.
+async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+) -> Result<(ClientTlsStream, Principal), String> {
+    let head = peek_head(&stream)
+        .await?
+        .ok_or_else(|| "closed before the TLS handshake".to_string())?;
+    if !looks_like_tls(head) {
         let mut frame = BytesMut::new();
         Response::Error(format!(
             "{TLS_REQUIRED_PREFIX} this port speaks TLS; connect with a client certificate \
@@ -402,7 +441,20 @@ async fn open_client(
     permit: OwnedSemaphorePermit,
 ) {
     match &*auth {
-        ClientAuth::InsecurePlaintext => {
+        ClientAuth::InsecurePlaintext { sniff_timeout } => {
+            // A client that sends nothing within the timeout is served (and
+            // then closed by the idle timeout, if any), as before.
+            let head = tokio::time::timeout(*sniff_timeout, peek_head(&stream)).await;
+            if let Ok(Ok(Some(head))) = head {
+                if looks_like_tls(head) {
+                    let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if n <= LOGGED_HANDSHAKE_FAILURES || n % 1024 == 0 {
+                        tracing::info!(%peer, failed_total = n, "client connection refused: a TLS handshake at the plaintext port; told so");
+                    }
+                    refuse_tls_client(stream, *sniff_timeout).await;
+                    return;
+                }
+            }
             let (rd, wr) = stream.into_split();
             let principal = Arc::new(Principal::anonymous());
             serve_client(rd, wr, peer, principal, to_driver, idle_timeout, permit).await;

@@ -320,7 +320,9 @@ pub async fn run_node(
             "--insecure-plaintext-clients: the client port speaks plain TCP without \
              authentication; anyone who reaches it can read and write every key"
         );
-        ClientAuth::InsecurePlaintext
+        ClientAuth::InsecurePlaintext {
+            sniff_timeout: opts.client_handshake_timeout,
+        }
     } else {
         let config = crate::tls::client_port_server_config(
             identity.chain().to_vec(),

@@ -10,7 +10,7 @@
 //!     installed the snapshot.
 
 use bytes::Bytes;
-use paxos_kv::client::{Client, Session};
+use paxos_kv::client::{Client, ClientError, Session};
 use paxos_kv::kv::KvOp;
 use paxos_kv::tls::ClientSecurity;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster};
@@ -43,6 +43,43 @@ fn spec(dir: &std::path::Path, keys: u64) -> ClusterSpec {
     spec
 }
 
+/// The two tests of this file write gigabytes each: run at once on a small
+/// CI machine, they starved each other's nodes of disk and CPU until
+/// leaders stepped down. One at a time, they test what they say.
+static LARGE_STATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long the leader may take to write its snapshot of the loaded
+/// state. The snapshot thread runs at the lowest priority (the loop comes
+/// first), so on a machine busy with other tests it can take minutes.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// How long a loading write may go on failing for want of a leader before
+/// the test gives up (a starved machine may need several elections).
+const LOAD_WRITE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Writes `op` in `session`, again while the failure is one a leader change
+/// explains (no leader, outcome unknown, a timeout), for at most
+/// [`LOAD_WRITE_PATIENCE`]. The writes here are puts of fixed values, so
+/// one applied twice leaves the same state.
+async fn write_patiently(client: &Client, session: &mut Session, op: KvOp, what: &str) {
+    let deadline = Instant::now() + LOAD_WRITE_PATIENCE;
+    let mut failures = 0u32;
+    loop {
+        match client.write_in(session, op.clone()).await {
+            Ok(_) => return,
+            Err(e)
+                if Instant::now() < deadline
+                    && !matches!(e, ClientError::Forbidden(_) | ClientError::Tls(_)) =>
+            {
+                failures += 1;
+                println!("{what}: attempt {failures} failed ({e}); again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e} ({failures} earlier failures)"),
+        }
+    }
+}
+
 /// Writes `keys` values of [`VALUE_BYTES`] under `prefix` through the
 /// nodes at `addrs`, with [`WRITERS`] sessions in parallel.
 async fn load(addrs: &[std::net::SocketAddr], security: &ClientSecurity, prefix: &str, keys: u64) {
@@ -58,16 +95,11 @@ async fn load(addrs: &[std::net::SocketAddr], security: &ClientSecurity, prefix:
             while i < keys {
                 let mut value = vec![b'a' + (i % 26) as u8; VALUE_BYTES];
                 value[..8].copy_from_slice(&i.to_le_bytes());
-                client
-                    .write_in(
-                        &mut session,
-                        KvOp::Put {
-                            key: Bytes::from(format!("{prefix}/{i}")),
-                            value: Bytes::from(value),
-                        },
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("load put {i}: {e}"));
+                let op = KvOp::Put {
+                    key: Bytes::from(format!("{prefix}/{i}")),
+                    value: Bytes::from(value),
+                };
+                write_patiently(&client, &mut session, op, &format!("load put {i}")).await;
                 i += WRITERS;
             }
         }));
@@ -153,6 +185,7 @@ fn sum(st: &BTreeMap<u64, serde_json::Value>, field: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_writes_go_on() {
+    let _one_at_a_time = LARGE_STATE.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = CATCH_UP_STATE_MIB * (1 << 20) / VALUE_BYTES as u64;
     let mut cluster = LocalCluster::start(spec(dir.path(), keys)).expect("cluster starts");
@@ -177,7 +210,7 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
     let started = Instant::now();
     load(&live, &cluster.client_security(), "big", keys).await;
     let loaded = started.elapsed();
-    wait_snapshot_taken(&cluster, leader, Duration::from_secs(120)).await;
+    wait_snapshot_taken(&cluster, leader, SNAPSHOT_PATIENCE).await;
 
     // Writes go on during the catch-up.
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,15 +220,14 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
         let security = cluster.client_security();
         tokio::spawn(async move {
             let client = Client::new(live, security, 7, Duration::from_secs(30));
+            let mut session = Session::new(7);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                client
-                    .put(
-                        Bytes::from(format!("during/{i}")),
-                        Bytes::from(vec![b'd'; 512]),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("write during the catch-up: {e}"));
+                let op = KvOp::Put {
+                    key: Bytes::from(format!("during/{i}")),
+                    value: Bytes::from(vec![b'd'; 512]),
+                };
+                write_patiently(&client, &mut session, op, "write during the catch-up").await;
                 i += 1;
                 written.store(i, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -273,6 +305,7 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_installed() {
+    let _one_at_a_time = LARGE_STATE.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = QUORUM_STATE_MIB * (1 << 20) / VALUE_BYTES as u64;
     let mut cluster = LocalCluster::start(spec(dir.path(), keys)).expect("cluster starts");
@@ -291,7 +324,7 @@ async fn a_quorum_that_needs_the_snapshotting_follower_is_writable_once_it_insta
         keys,
     )
     .await;
-    wait_snapshot_taken(&cluster, leader, Duration::from_secs(120)).await;
+    wait_snapshot_taken(&cluster, leader, SNAPSHOT_PATIENCE).await;
 
     // The other follower goes; the lagging one comes back with its old
     // log (a member, not recovering): the leader and it are the only
