@@ -50,6 +50,17 @@ pub struct ElectionConfig {
     pub initial_round: u64,
     /// Seed of the retry-timeout randomness (use a different one per node).
     pub seed: u64,
+    /// How the last tie between candidates is broken (see [`Vote`]): 0
+    /// (the default) prefers the highest node id; any other value ranks
+    /// node ids by a hash salted with it, a different order per salt.
+    /// Every elector of one group must use the same value. A host of many
+    /// groups gives each group its own (its group number), so that leaders
+    /// spread over the nodes at every election instead of all landing on
+    /// the highest id, and a node's failure leaves only its share of the
+    /// groups to elect.
+    ///
+    /// [`Vote`]: crate::Vote
+    pub tiebreak: u64,
     /// Whether this node's votes count. `false` for a node whose replica
     /// is recovering (it lost its durable state): it then abstains, i.e.
     /// never stands, never locks, and flags every notification so that
@@ -87,6 +98,7 @@ impl Default for ElectionConfig {
             max_round_lead: 1 << 32,
             initial_round: 0,
             seed: 0,
+            tiebreak: 0,
             voting: true,
             connectivity_rule: true,
             connectivity_window: Duration::from_millis(1600),

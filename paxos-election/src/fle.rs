@@ -41,6 +41,12 @@ impl Report {
     }
 }
 
+/// Whether vote `a` ranks above vote `b` under tie-break salt `salt` (see
+/// [`Vote::ranked`]); no vote ranks below any vote.
+fn vote_beats(salt: u64, a: Option<Vote>, b: Option<Vote>) -> bool {
+    a.map(|v| v.ranked(salt)) > b.map(|v| v.ranked(salt))
+}
+
 /// The leader we settled on, as we announce it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Settled {
@@ -64,6 +70,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     observers: Vec<NodeId>,
     /// We are a voter in our own view.
     voter: bool,
+    /// The tie-break salt of [`ElectionConfig::tiebreak`]: every vote
+    /// comparison goes through [`Self::beats`] with it.
+    tiebreak: u64,
     /// We abstain (our replica is recovering): we never stand nor lock,
     /// and flag our notifications so that nobody counts them, whatever
     /// their view of our role.
@@ -174,6 +183,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             quorum,
             observers,
             voter,
+            tiebreak: config.tiebreak,
             abstain: !config.voting,
             settle_wait: config.settle_wait,
             base_timeout: config.base_timeout,
@@ -517,7 +527,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         msg.round < self.round
             || (msg.round == self.round
                 && !msg.locked
-                && (msg.vote <= self.proposal || self.locked))
+                && (!self.beats(msg.vote, self.proposal) || self.locked))
     }
 
     fn on_looking(&mut self, now: Time, from: NodeId, msg: Notification) {
@@ -530,7 +540,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
             tracing::debug!(node = %self.id, from = %from, round = msg.round, "joining newer election round");
             self.enter_round(msg.round);
             let theirs = msg.vote.filter(|v| self.may_lead(v.leader));
-            self.proposal = self.self_vote(now).max(theirs);
+            let mine = self.self_vote(now);
+            self.proposal = if self.beats(theirs, mine) {
+                theirs
+            } else {
+                mine
+            };
             self.record(from, msg);
             self.broadcast();
         } else if msg.round < self.round {
@@ -541,14 +556,14 @@ impl<Q: QuorumSystem> FastElection<Q> {
         } else {
             // Replies go only to unlocked senders, which then either adopt
             // our vote or have a better one: two nodes never ping-pong.
-            if msg.vote < self.proposal {
+            if self.beats(self.proposal, msg.vote) {
                 if self.counts() && !msg.locked {
                     // It has not seen our better vote (it may have been
                     // settled when we broadcast it): tell it now rather
                     // than at our next retry.
                     self.reply(from);
                 }
-            } else if msg.vote > self.proposal {
+            } else if self.beats(msg.vote, self.proposal) {
                 if !msg.vote.is_some_and(|v| self.may_lead(v.leader)) {
                     // A vote for a voter of ours that may not lead (a
                     // weightless one): never adopted.
@@ -568,14 +583,21 @@ impl<Q: QuorumSystem> FastElection<Q> {
         }
     }
 
+    /// Whether vote `a` ranks above vote `b` in this election's order (no
+    /// vote ranks below any vote).
+    fn beats(&self, a: Option<Vote>, b: Option<Vote>) -> bool {
+        vote_beats(self.tiebreak, a, b)
+    }
+
     fn record(&mut self, from: NodeId, msg: Notification) {
         debug_assert_eq!(msg.round, self.round, "views hold the current round only");
         // Within a round a node's vote only ever improves, so a worse vote
         // than the one we hold for it is a reordered old message: keep ours
         // (otherwise a stale message breaks a quorum and restarts the
         // settle wait).
+        let salt = self.tiebreak;
         let seen = self.views.entry(from).or_insert(None);
-        if msg.vote > *seen {
+        if vote_beats(salt, msg.vote, *seen) {
             *seen = msg.vote;
         }
         if let (true, Some(v)) = (msg.locked, msg.vote) {
@@ -701,7 +723,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         // We may have become connected since we stood: say so (a vote only
         // improves within a round).
         if let Some(me) = self.self_vote(now) {
-            if Some(me) > self.proposal {
+            if self.beats(Some(me), self.proposal) {
                 tracing::debug!(node = %self.id, vote = ?me, "standing with a better vote of our own");
                 self.proposal = Some(me);
                 self.settle_deadline = None;

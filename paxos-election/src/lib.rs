@@ -1,5 +1,8 @@
 //! `paxos-election`: sans-IO, ZooKeeper-style fast leader election by
-//! `(current_epoch, last_zxid, node id)`.
+//! `(current_epoch, last_zxid, node id)`; the last tie can instead go by a
+//! per-group salted order of the ids
+//! ([`ElectionConfig::tiebreak`]), so that many groups on the same nodes
+//! spread their leaders.
 //!
 //! [`FastElection`] implements `paxos-core`'s [`Elector`] seam. It performs
 //! no IO and reads no clock: the caller feeds it messages and timeouts with

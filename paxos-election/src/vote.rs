@@ -10,7 +10,10 @@ use paxos_core::{Epoch, NodeId, PeerState, VoteInfo, Zxid};
 /// leader)`, highest wins: a candidate connected to a quorum is preferred
 /// to any other, then the node with the most recent history; among equally
 /// connected and equally recent candidates the nominee of a leader's
-/// hand-over wins, and the node id breaks the remaining ties.
+/// hand-over wins, and the node id breaks the remaining ties. That is the
+/// order of `Ord`; an elector configured with a
+/// [`tiebreak`](crate::ElectionConfig::tiebreak) salt breaks the last tie
+/// by a salted hash of the node id instead ([`Vote::ranked`]).
 ///
 /// The nomination ranks *after* connectivity and recency on purpose:
 ///
@@ -87,20 +90,39 @@ impl Vote {
         self.with_nominated(false) == other.with_nominated(false)
     }
 
-    fn key(&self) -> (bool, Epoch, Zxid, bool, NodeId) {
+    /// The vote's place in the order an elector with tie-break salt `salt`
+    /// uses (see [`ElectionConfig::tiebreak`](crate::ElectionConfig::tiebreak)):
+    /// `(connected, epoch, zxid, nominated, rank, leader)`, where `rank` is
+    /// the node id for salt 0 and a salted hash of it otherwise (the id
+    /// after it keeps the order total should two ids hash alike).
+    pub fn ranked(&self, salt: u64) -> (bool, Epoch, Zxid, bool, u64, NodeId) {
         (
             self.connected,
             self.epoch,
             self.zxid,
             self.nominated,
+            tiebreak_rank(salt, self.leader),
             self.leader,
         )
     }
 }
 
+/// A node id's rank among equally good candidates under tie-break salt
+/// `salt`: the id itself for 0, else a mix of both (splitmix64's
+/// finaliser), so that each salt orders the ids differently.
+fn tiebreak_rank(salt: u64, id: NodeId) -> u64 {
+    if salt == 0 {
+        return id.0;
+    }
+    let mut z = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(id.0);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 impl Ord for Vote {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
+        self.ranked(0).cmp(&other.ranked(0))
     }
 }
 

@@ -665,6 +665,10 @@ fn open_group(
         seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ std::process::id() as u64
             ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+        // Each group breaks election ties in its own order (group 0 by
+        // node id), so that leaders spread over the nodes as they are
+        // elected, and a node's failure leaves only its share to elect.
+        tiebreak: index as u64,
         ..ElectionConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;

@@ -22,6 +22,9 @@ fn full_sim_with(cfg: SimConfig, connectivity_rule: bool) -> Sim<FastElection> {
                 voters: c.voters.clone(),
                 observers: c.observers.clone(),
                 seed: seed.wrapping_mul(1_000_003) ^ id.0,
+                // Odd seeds break election ties by a salted order (as a
+                // host of many groups does), even ones by node id.
+                tiebreak: if seed % 2 == 1 { seed } else { 0 },
                 connectivity_rule,
                 ..ElectionConfig::default()
             })
@@ -208,6 +211,8 @@ fn full_multi(cfg: MultiConfig) -> MultiSim<FastElection> {
                 voters: c.voters.clone(),
                 observers: c.observers.clone(),
                 seed: seed.wrapping_mul(1_000_003) ^ id.0 ^ c.group.0.wrapping_mul(0x9E37_79B9),
+                // Each group its own tie-break order, as paxos-node does.
+                tiebreak: c.group.0,
                 ..ElectionConfig::default()
             })
             .expect("valid election config")
