@@ -265,6 +265,8 @@ pub struct Client {
     /// The principal this client authenticates as, named in every command
     /// (sessions belong to principals, see [`crate::kv`]).
     principal: Bytes,
+    /// Connections opened so far ([`Client::connections_opened`]).
+    opened: AtomicU64,
 }
 
 impl Client {
@@ -303,7 +305,16 @@ impl Client {
             start: AtomicUsize::new(0),
             session: tokio::sync::Mutex::new(session),
             timeout,
+            opened: AtomicU64::new(0),
         }
+    }
+
+    /// How many connections (TCP, and TLS unless plaintext) this client has
+    /// opened since it was made. A client keeps one per node it talks to
+    /// and replaces one only when it breaks; a count that keeps growing
+    /// means connections are being lost (or nodes restarting).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// Makes this client name `principal` in its commands instead of the
@@ -352,8 +363,22 @@ impl Client {
         let mut last = String::from("no address");
         let mut tls_failure = None;
         for addr in &order {
+            // A node this client holds a connection to (many groups: a
+            // leader of other groups) is asked over it.
+            let pooled = self
+                .pool
+                .lock()
+                .await
+                .get(addr)
+                .filter(|c| c.is_usable())
+                .cloned();
+            if let Some(c) = pooled {
+                *guard = Some(c.clone());
+                return Ok(c);
+            }
             match tokio::time::timeout(self.timeout, open(*addr, &self.security)).await {
                 Ok(Ok(conn)) => {
+                    self.opened.fetch_add(1, Ordering::Relaxed);
                     let conn = Arc::new(conn);
                     if self.routing.lock().groups > 1 {
                         // Kept for the groups this node leads.
@@ -487,7 +512,11 @@ impl Client {
                         self.routing.lock().set_leader(g, prefer);
                     }
                     self.skip_past(conn.addr);
-                    self.drop_conn(&conn).await;
+                    // The node answered: its connection is sound. It stops
+                    // being the current one (the next attempt goes on round
+                    // the cluster), but a pooled one (many groups) is kept
+                    // for the groups that node leads.
+                    self.leave_conn(&conn).await;
                     last = Some(ClientError::Node("no leader yet".into()));
                 }
                 Ok(Response::Error(e)) if e.starts_with("retry:") => {
@@ -554,6 +583,15 @@ impl Client {
     fn skip_past(&self, addr: SocketAddr) {
         if let Some(i) = self.addrs.iter().position(|a| *a == addr) {
             self.start.store(i + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// `conn` is no longer the current connection (it stays in the pool,
+    /// if it is there).
+    async fn leave_conn(&self, conn: &Arc<Conn>) {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *guard = None;
         }
     }
 
@@ -685,6 +723,14 @@ impl Client {
         let routing = Routing::from_status(&status)?;
         let groups = routing.groups;
         *self.routing.lock() = routing;
+        if groups > 1 {
+            // The connection that asked was opened before the client knew
+            // it would pool connections: pooled now, not opened again.
+            let current = self.conn.lock().await.clone();
+            if let Some(c) = current.filter(|c| c.is_usable()) {
+                self.pool.lock().await.entry(c.addr).or_insert(c);
+            }
+        }
         Ok(groups)
     }
 

@@ -404,3 +404,82 @@ async fn leaders_are_spread_and_spread_again_after_a_failure_heals() {
     wait_spread(&cluster, 4, Duration::from_secs(60)).await;
     cluster.stop();
 }
+
+/// A client of many groups keeps one connection per node while group
+/// leaders move: a "not the leader" answer says nothing against the node's
+/// connection (it leads other groups), so the client follows the redirect
+/// over the connections it holds. It used to close the connection on every
+/// redirect and open another for the next attempt, a TCP and TLS handshake
+/// per redirect: under an election storm the chaos harness's 256 probe
+/// writers opened ~800 connections a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_its_connections_while_group_leaders_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let security = cluster.client_security();
+    // One key per group.
+    let mut keys: Vec<Option<u32>> = vec![None; GROUPS as usize];
+    for i in 0..10_000u32 {
+        let g = group_of(&key(i), GROUPS) as usize;
+        if keys[g].is_none() {
+            keys[g] = Some(i);
+        }
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let keys: Vec<u32> = keys
+        .into_iter()
+        .map(|k| k.expect("a key per group"))
+        .collect();
+    let client = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        77,
+        Duration::from_secs(5),
+    );
+    let mut session = Session::new(77);
+    for &i in &keys {
+        write_all(&client, &mut session, i..i + 1).await;
+    }
+    // Every group's leader moves to another node (by an admin client of
+    // its own, so that only the writer's connections are counted).
+    let ops = cluster.client_security_for("ops").expect("ops certificate");
+    let admin = Client::new(cluster.client_addrs(), ops, 78, Duration::from_secs(10));
+    for g in 0..GROUPS {
+        let leader = leader_status(&cluster, &security, g)
+            .await
+            .and_then(|v| v["id"].as_u64())
+            .expect("the group has a leader");
+        let to = cluster
+            .ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("another node");
+        admin
+            .admin_in(
+                g,
+                paxos_kv::client_proto::AdminRequest::TransferLeader { to },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("group {g}: transfer to {to}: {e}"));
+    }
+    // The writer's routing now names the old leaders: each write is
+    // redirected once.
+    for &i in &keys {
+        write_all(&client, &mut session, i..i + 1).await;
+    }
+    assert!(
+        client.connections_opened() <= 3,
+        "{} connections opened for 3 nodes",
+        client.connections_opened()
+    );
+    cluster.stop();
+}
