@@ -736,14 +736,14 @@ impl ChaosCluster {
                 let queue = queue.clone();
                 let fresh = self.client_maker();
                 tokio::spawn(async move {
-                    let mut client = fresh();
+                    let mut client = ProbeClient::new(fresh);
                     let mut acked = Vec::new();
                     // Bounded by the queue's length.
                     for _ in 0..n {
                         let Some((i, (key, value, session))) = queue.lock().pop_front() else {
                             break;
                         };
-                        if probe_group(&mut client, &fresh, session, key, value, deadline).await {
+                        if probe_group(&mut client, session, key, value, deadline).await {
                             acked.push(i);
                         }
                     }
@@ -1033,18 +1033,62 @@ fn probe_keys(groups: u32) -> Vec<Bytes> {
         .collect()
 }
 
+/// The shortest time between two replacements of one probe worker's
+/// client. A fresh client learns every group's leader afresh but opens
+/// new connections (TCP and TLS); replaced after every failed attempt, 256
+/// workers over lossy links opened about a thousand connections a second,
+/// the harness's side kept ~49 000 of them in TIME_WAIT, and the kernel's
+/// search for a free port in `connect` took more than a core of the two
+/// (perf: `__inet_check_established`), starving the nodes under test
+/// (`lossy-links` with 1 000 groups: 534 groups without a write in 40 s).
+const PROBE_CLIENT_REFRESH: Duration = Duration::from_secs(2);
+
+/// The longest pause between two failed attempts of one probe write (the
+/// pause doubles from 50 ms).
+const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// A probe worker's client, replaced at most once per
+/// [`PROBE_CLIENT_REFRESH`].
+struct ProbeClient<F: Fn() -> Client> {
+    fresh: F,
+    client: Client,
+    made: Instant,
+}
+
+impl<F: Fn() -> Client> ProbeClient<F> {
+    fn new(fresh: F) -> Self {
+        let client = fresh();
+        ProbeClient {
+            fresh,
+            client,
+            made: Instant::now(),
+        }
+    }
+
+    /// After a failed attempt: a fresh client, unless this one is younger
+    /// than [`PROBE_CLIENT_REFRESH`].
+    fn after_failure(&mut self) {
+        if self.made.elapsed() >= PROBE_CLIENT_REFRESH {
+            self.client = (self.fresh)();
+            self.made = Instant::now();
+        }
+    }
+}
+
 /// Writes `value` to `key` in a fresh client-named session until one
 /// attempt is acknowledged (true) or `deadline` passes (false); after a
-/// failed attempt `client` is replaced by a `fresh` one.
-async fn probe_group(
-    client: &mut Client,
-    fresh: &impl Fn() -> Client,
+/// failed attempt the worker's client may be replaced
+/// ([`ProbeClient::after_failure`]) and the next attempt waits a little
+/// longer.
+async fn probe_group<F: Fn() -> Client>(
+    client: &mut ProbeClient<F>,
     session: u64,
     key: Bytes,
     value: Bytes,
     deadline: Instant,
 ) -> bool {
     let mut session = Session::new(session);
+    let mut pause = Duration::from_millis(50);
     // Bounded by the deadline; each attempt by the client's own timeout
     // and by 2 s.
     while Instant::now() < deadline {
@@ -1052,13 +1096,17 @@ async fn probe_group(
             key: key.clone(),
             value: value.clone(),
         };
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(2), client.write_in(&mut session, op)).await
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.client.write_in(&mut session, op),
+        )
+        .await
         {
             return true;
         }
-        *client = fresh();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.after_failure();
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PROBE_BACKOFF_MAX);
     }
     false
 }
