@@ -18,7 +18,8 @@
 //! Election admission ("no storms"): a group without an established
 //! leader runs its timers (vote re-sends, election and establishment
 //! timeouts) only once admitted, and at most `max_elections` groups are
-//! admitted at once; the others wait in order, still answering their
+//! admitted at once (fewer while elections run out of time: see
+//! `AdmissionWindow`); the others wait in order, still answering their
 //! peers' messages, so their elections go on wherever a peer drives them.
 //! They are admitted lowest group first: every node then works on the
 //! same groups at the same time (an election needs a quorum of nodes to
@@ -34,14 +35,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use paxos_core::{NodeId, Time};
+use paxos_core::{Envelope, GroupId, NodeId, Time};
 use paxos_election::Notification;
 use paxos_net_quic::PeerId;
 
 use super::client_port::ClientMsg;
 use super::{
-    Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION, TAG_ELECTION_IN,
-    TAG_HOST_HEARTBEAT,
+    heartbeats, Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION,
+    TAG_ELECTION_IN, TAG_HOST_HEARTBEAT,
 };
 use crate::client_proto::{Request, Response};
 use crate::kv::KvCommand;
@@ -106,6 +107,36 @@ impl Host {
         }
     }
 
+    /// Takes `env` into its peer's coalesced heartbeats if it is a
+    /// heartbeat or an acknowledgement (see [`super::heartbeats`]);
+    /// returns whether it did.
+    pub(super) fn coalesce_heartbeat(&self, env: &Envelope) -> bool {
+        let full = {
+            let mut all = self.heartbeats_out.borrow_mut();
+            let batch = all.entry(env.to.0).or_default();
+            if !batch.push(env.group.0, &env.msg) {
+                return false;
+            }
+            batch.len() >= heartbeats::FLUSH_BYTES
+        };
+        if full {
+            self.move_heartbeats(env.to.0);
+        }
+        true
+    }
+
+    /// Moves `peer`'s coalesced heartbeats into its batch.
+    fn move_heartbeats(&self, peer: u64) {
+        let frame = self
+            .heartbeats_out
+            .borrow_mut()
+            .get_mut(&peer)
+            .and_then(heartbeats::HeartbeatBatch::take);
+        if let Some(frame) = frame {
+            self.send(NodeId(peer), frame);
+        }
+    }
+
     fn flush_peer(&self, peer: u64) {
         let batch = self.out.borrow_mut().remove(&peer);
         if let Some(b) = batch {
@@ -115,10 +146,62 @@ impl Host {
 
     /// Sends every peer's batch.
     pub(super) fn flush(&self) {
+        let peers: Vec<u64> = self.heartbeats_out.borrow().keys().copied().collect();
+        for peer in peers {
+            self.move_heartbeats(peer);
+        }
         let out = std::mem::take(&mut *self.out.borrow_mut());
         for (peer, b) in out {
             self.send_now(NodeId(peer), b.freeze());
         }
+    }
+}
+
+/// How many elections a node admits at once: additive increase,
+/// multiplicative decrease, like a congestion window. It starts at the
+/// configured bound (`--max-elections`); a slot whose election ran out of
+/// time (two election timeouts without an established leader) halves it,
+/// at most once per such period, down to [`AdmissionWindow::FLOOR`]; each
+/// established group adds one, up to the bound. On a path that carries
+/// fewer elections' messages than the bound asks for (a lossy link whose
+/// congestion window is a few kilobytes), every admitted election timed
+/// out and started over; the window settles where elections finish.
+#[derive(Debug)]
+struct AdmissionWindow {
+    limit: usize,
+    max: usize,
+    last_cut: Option<Instant>,
+}
+
+impl AdmissionWindow {
+    /// The window never goes below this (or the bound, if lower).
+    const FLOOR: usize = 16;
+
+    fn new(max: usize) -> Self {
+        AdmissionWindow {
+            limit: max,
+            max,
+            last_cut: None,
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn on_established(&mut self, groups: usize) {
+        self.limit = self.limit.saturating_add(groups).min(self.max);
+    }
+
+    fn on_expired(&mut self, now: Instant, hold: Duration) {
+        if self
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < hold)
+        {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.limit = (self.limit / 2).max(Self::FLOOR.min(self.max));
     }
 }
 
@@ -143,8 +226,12 @@ pub(super) struct Groups {
     /// When the leader balancer next looks (see [`Groups::balance`]).
     next_balance: Instant,
     /// Election admission (module documentation): the groups admitted,
-    /// with when, at most `Host::max_elections` of them.
+    /// with when, at most `window.limit()` of them.
     admitted: BTreeMap<usize, Instant>,
+    /// How many elections are admitted at once now (at most
+    /// `Host::max_elections`): cut when elections expire, grown as they
+    /// succeed.
+    window: AdmissionWindow,
     /// Groups whose timers wait for a slot (admitted lowest first).
     waiting: BTreeSet<usize>,
     /// When the admission next looks for freed slots.
@@ -158,6 +245,7 @@ pub(super) struct Groups {
 impl Groups {
     pub(super) fn new(groups: Vec<Driver>) -> Groups {
         let n = groups.len();
+        let max_elections = groups.first().map_or(0, |d| d.host.max_elections);
         let mut g = Groups {
             groups,
             dirty: (0..n).collect(),
@@ -169,6 +257,7 @@ impl Groups {
             next_host_heartbeat: Instant::now(),
             next_balance: Instant::now() + BALANCE_EVERY,
             admitted: BTreeMap::new(),
+            window: AdmissionWindow::new(max_elections),
             waiting: BTreeSet::new(),
             next_admission: Instant::now(),
             logged_roles: (0, 0, 0),
@@ -269,17 +358,17 @@ impl Groups {
     /// leader, or it holds (or just got) an admission slot. Otherwise it
     /// joins the queue (once) and its timers wait for a slot.
     fn admit(&mut self, g: usize, now: Instant) -> bool {
-        let limit = self.host().max_elections;
-        if limit == 0
+        if self.host().max_elections == 0
             || self.admitted.contains_key(&g)
             || self.groups[g].node.replica().established_epoch().is_some()
         {
             return true;
         }
-        if self.admitted.len() >= limit {
+        if self.admitted.len() >= self.window.limit() {
             self.free_slots(now);
         }
-        if self.admitted.len() < limit && self.waiting.first().is_none_or(|&w| g < w) {
+        if self.admitted.len() < self.window.limit() && self.waiting.first().is_none_or(|&w| g < w)
+        {
             self.admitted.insert(g, now);
             return true;
         }
@@ -294,14 +383,36 @@ impl Groups {
     }
 
     /// Frees the slots of groups now established, or admitted two election
-    /// timeouts ago (whatever became of them, so the queue always moves).
+    /// timeouts ago (whatever became of them, so the queue always moves),
+    /// and moves the window: up by one per established group, halved when
+    /// elections ran out of time.
     fn free_slots(&mut self, now: Instant) {
         let hold = self.host().election_timeout * 2;
         let groups = &self.groups;
+        let (mut established, mut expired) = (0usize, 0usize);
         self.admitted.retain(|&g, at| {
-            now.saturating_duration_since(*at) < hold
-                && groups[g].node.replica().established_epoch().is_none()
+            if groups[g].node.replica().established_epoch().is_some() {
+                established += 1;
+                false
+            } else if now.saturating_duration_since(*at) >= hold {
+                expired += 1;
+                false
+            } else {
+                true
+            }
         });
+        let before = self.window.limit();
+        self.window.on_established(established);
+        if expired > 0 {
+            self.window.on_expired(now, hold);
+        }
+        if self.window.limit() != before && expired > 0 {
+            tracing::info!(
+                window = self.window.limit(),
+                expired,
+                "election admission: elections ran out of time; fewer at once"
+            );
+        }
     }
 
     /// Admits waiting groups into the slots freed since the last look, and
@@ -312,9 +423,8 @@ impl Groups {
         }
         self.next_admission = now + ADMISSION_EVERY;
         self.free_slots(now);
-        let limit = self.host().max_elections;
         // Bounded: each pass takes one group off the queue.
-        while self.admitted.len() < limit {
+        while self.admitted.len() < self.window.limit() {
             let Some(g) = self.waiting.pop_first() else {
                 tracing::info!("election admission: no group waits for a slot any more");
                 break;
@@ -696,6 +806,23 @@ impl Groups {
                     }
                 }
             }
+            Some(&heartbeats::TAG_HEARTBEATS) => match heartbeats::decode(&frame[1..]) {
+                Ok(entries) => {
+                    for (group, msg) in entries {
+                        let g = usize::try_from(group).unwrap_or(usize::MAX);
+                        self.with(g, |d| {
+                            let env = Envelope {
+                                group: GroupId(group),
+                                from: NodeId(peer.0),
+                                to: d.id,
+                                msg,
+                            };
+                            d.on_envelope(peer, env);
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "malformed heartbeats frame dropped"),
+            },
             _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
         }
     }
@@ -815,6 +942,7 @@ impl Groups {
             "recovering": recovering,
             "lagging": lagging,
             "election_queue": self.waiting.len(),
+            "election_window": self.window.limit(),
             "keys": keys,
             "group_leaders": leaders,
             "client_addrs": addrs,
@@ -851,5 +979,36 @@ fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
             reply,
             _budget,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admission_window_halves_once_per_period_of_expiries_and_grows_with_successes() {
+        let hold = Duration::from_millis(600);
+        let t0 = Instant::now();
+        let mut w = AdmissionWindow::new(256);
+        assert_eq!(w.limit(), 256);
+        // A burst of expiries in one period cuts once.
+        w.on_expired(t0, hold);
+        w.on_expired(t0 + Duration::from_millis(10), hold);
+        assert_eq!(w.limit(), 128);
+        // Each further period of expiries halves again, down to the floor.
+        for i in 1..10u32 {
+            w.on_expired(t0 + hold * i, hold);
+        }
+        assert_eq!(w.limit(), AdmissionWindow::FLOOR);
+        // Successes add one each, up to the bound.
+        w.on_established(10);
+        assert_eq!(w.limit(), AdmissionWindow::FLOOR + 10);
+        w.on_established(10_000);
+        assert_eq!(w.limit(), 256);
+        // A bound below the floor is kept.
+        let mut small = AdmissionWindow::new(4);
+        small.on_expired(t0, hold);
+        assert_eq!(small.limit(), 4);
     }
 }

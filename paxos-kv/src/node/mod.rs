@@ -67,6 +67,7 @@ mod admin;
 mod client_port;
 mod fault_file;
 mod groups;
+mod heartbeats;
 mod metrics;
 mod options;
 mod snapshots;
@@ -199,6 +200,10 @@ struct Host {
     buf: RefCell<BytesMut>,
     /// Each peer's batch of frames for this turn (many groups only).
     out: RefCell<BTreeMap<u64, BytesMut>>,
+    /// Each peer's heartbeats and acknowledgements of this turn, coalesced
+    /// into one inner frame of its batch (many groups only; see
+    /// [`heartbeats`]).
+    heartbeats_out: RefCell<BTreeMap<u64, heartbeats::HeartbeatBatch>>,
     /// Asks the sync thread for one sync of the group's log.
     sync_requests: std::sync::mpsc::Sender<(usize, SyncId)>,
     /// Where snapshot threads report.
@@ -400,6 +405,7 @@ pub async fn run_node(
         recovering_groups: Cell::new(0),
         buf: RefCell::new(BytesMut::with_capacity(1 << 20)),
         out: RefCell::new(BTreeMap::new()),
+        heartbeats_out: RefCell::new(BTreeMap::new()),
         sync_requests,
         snapshot_done_tx,
         install_done_tx,
@@ -922,6 +928,9 @@ impl Driver {
 
     fn send_envelope(&mut self, env: Envelope) {
         let host = &self.host;
+        if host.groups > 1 && host.coalesce_heartbeat(&env) {
+            return;
+        }
         let mut buf = host.buf.borrow_mut();
         buf.clear();
         buf.put_u8(TAG_CORE);

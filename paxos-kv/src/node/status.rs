@@ -44,6 +44,8 @@ impl Driver {
                     "queue_depth": m.queue_depth,
                     "reconnects": m.reconnects,
                     "dropped_full": m.dropped_full,
+                    "bytes_sent": m.bytes_sent,
+                    "bytes_received": m.bytes_received,
                     "rtt_us": m.path.map(|p| p.rtt_us),
                     "congestion_window_bytes": m.path.map(|p| p.congestion_window_bytes),
                     "lost_packets": m.path.map(|p| p.lost_packets),
