@@ -159,18 +159,22 @@ impl Host {
 
 /// How many elections a node admits at once: additive increase,
 /// multiplicative decrease, like a congestion window. It starts at the
-/// configured bound (`--max-elections`); a slot whose election ran out of
-/// time (two election timeouts without an established leader) halves it,
-/// at most once per such period, down to [`AdmissionWindow::FLOOR`]; each
-/// established group adds one, up to the bound. On a path that carries
-/// fewer elections' messages than the bound asks for (a lossy link whose
-/// congestion window is a few kilobytes), every admitted election timed
-/// out and started over; the window settles where elections finish.
+/// configured bound (`--max-elections`); each established group adds one,
+/// up to the bound; and over each period of two election timeouts in which
+/// more admitted elections ran out of time (no established leader within
+/// the period) than were established, it halves, down to
+/// [`AdmissionWindow::FLOOR`]. On a path that carries fewer elections'
+/// messages than the bound asks for (a lossy link whose congestion window
+/// is a few kilobytes), every admitted election timed out and started
+/// over; the window settles where elections finish. A storm on a sound
+/// network, where most elections finish, keeps the whole bound.
 #[derive(Debug)]
 struct AdmissionWindow {
     limit: usize,
     max: usize,
-    last_cut: Option<Instant>,
+    /// The current period: when it began, and the elections established
+    /// and expired in it.
+    period: Option<(Instant, usize, usize)>,
 }
 
 impl AdmissionWindow {
@@ -181,7 +185,7 @@ impl AdmissionWindow {
         AdmissionWindow {
             limit: max,
             max,
-            last_cut: None,
+            period: None,
         }
     }
 
@@ -189,19 +193,29 @@ impl AdmissionWindow {
         self.limit
     }
 
-    fn on_established(&mut self, groups: usize) {
-        self.limit = self.limit.saturating_add(groups).min(self.max);
-    }
-
-    fn on_expired(&mut self, now: Instant, hold: Duration) {
-        if self
-            .last_cut
-            .is_some_and(|t| now.saturating_duration_since(t) < hold)
-        {
-            return;
+    /// Slots freed at `now`: `established` groups got a leader, `expired`
+    /// ran out of time; `hold` is the period. Returns whether the window
+    /// was cut.
+    fn on_freed(
+        &mut self,
+        now: Instant,
+        hold: Duration,
+        established: usize,
+        expired: usize,
+    ) -> bool {
+        self.limit = self.limit.saturating_add(established).min(self.max);
+        let (start, est, exp) = self.period.get_or_insert((now, 0, 0));
+        *est += established;
+        *exp += expired;
+        if now.saturating_duration_since(*start) < hold {
+            return false;
         }
-        self.last_cut = Some(now);
-        self.limit = (self.limit / 2).max(Self::FLOOR.min(self.max));
+        let cut = *exp > *est;
+        self.period = None;
+        if cut {
+            self.limit = (self.limit / 2).max(Self::FLOOR.min(self.max));
+        }
+        cut
     }
 }
 
@@ -384,8 +398,7 @@ impl Groups {
 
     /// Frees the slots of groups now established, or admitted two election
     /// timeouts ago (whatever became of them, so the queue always moves),
-    /// and moves the window: up by one per established group, halved when
-    /// elections ran out of time.
+    /// and moves the window ([`AdmissionWindow`]).
     fn free_slots(&mut self, now: Instant) {
         let hold = self.host().election_timeout * 2;
         let groups = &self.groups;
@@ -401,16 +414,10 @@ impl Groups {
                 true
             }
         });
-        let before = self.window.limit();
-        self.window.on_established(established);
-        if expired > 0 {
-            self.window.on_expired(now, hold);
-        }
-        if self.window.limit() != before && expired > 0 {
+        if self.window.on_freed(now, hold, established, expired) {
             tracing::info!(
                 window = self.window.limit(),
-                expired,
-                "election admission: elections ran out of time; fewer at once"
+                "election admission: most elections of the last period ran out of time; fewer at once"
             );
         }
     }
@@ -987,28 +994,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_admission_window_halves_once_per_period_of_expiries_and_grows_with_successes() {
+    fn the_admission_window_halves_when_most_elections_expire_and_grows_with_successes() {
         let hold = Duration::from_millis(600);
         let t0 = Instant::now();
         let mut w = AdmissionWindow::new(256);
         assert_eq!(w.limit(), 256);
-        // A burst of expiries in one period cuts once.
-        w.on_expired(t0, hold);
-        w.on_expired(t0 + Duration::from_millis(10), hold);
+        // A period in which more elections expired than were established:
+        // one cut, at the period's end.
+        assert!(!w.on_freed(t0, hold, 0, 5));
+        assert!(!w.on_freed(t0 + Duration::from_millis(300), hold, 2, 5));
+        assert!(w.on_freed(t0 + hold, hold, 0, 1));
         assert_eq!(w.limit(), 128);
-        // Each further period of expiries halves again, down to the floor.
-        for i in 1..10u32 {
-            w.on_expired(t0 + hold * i, hold);
+        // A storm where most finish keeps the window.
+        assert!(!w.on_freed(t0 + hold * 2, hold, 100, 3));
+        assert!(!w.on_freed(t0 + hold * 3, hold, 0, 1));
+        assert_eq!(w.limit(), 228, "128 + the 100 established");
+        // Periods of expiries halve it down to the floor.
+        for i in 4..20u32 {
+            w.on_freed(t0 + hold * i, hold, 0, 10);
         }
         assert_eq!(w.limit(), AdmissionWindow::FLOOR);
         // Successes add one each, up to the bound.
-        w.on_established(10);
+        w.on_freed(t0 + hold * 30, hold, 10, 0);
         assert_eq!(w.limit(), AdmissionWindow::FLOOR + 10);
-        w.on_established(10_000);
+        w.on_freed(t0 + hold * 31, hold, 10_000, 0);
         assert_eq!(w.limit(), 256);
         // A bound below the floor is kept.
         let mut small = AdmissionWindow::new(4);
-        small.on_expired(t0, hold);
+        small.on_freed(t0, hold, 0, 3);
+        small.on_freed(t0 + hold, hold, 0, 3);
         assert_eq!(small.limit(), 4);
     }
 }
