@@ -117,10 +117,16 @@ async fn wait_snapshot_taken(cluster: &LocalCluster, id: u64, timeout: Duration)
         if log.contains("snapshot taken") {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} took no snapshot within {timeout:?}"
-        );
+        if Instant::now() >= deadline {
+            // What the nodes said of snapshots and errors (a full disk, a
+            // failed write), so that a failure says why.
+            let said: Vec<String> = ["snapshot", "ERROR", "WARN"]
+                .iter()
+                .flat_map(|w| log_lines(cluster, w))
+                .take(200)
+                .collect();
+            panic!("node {id} took no snapshot within {timeout:?}; the nodes logged: {said:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
