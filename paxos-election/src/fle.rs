@@ -775,6 +775,18 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.may_lead(vote.leader),
             "only a node that may lead is elected"
         );
+        // A node that is no voter in its own view never elects itself: the
+        // locks or reports that seem to elect it were made under another
+        // view (it locked itself as a voter, then reconfigured into an
+        // observer, and a peer's lock from that older view still names
+        // it). It keeps looking and follows a voter of its view instead.
+        // Found by arbitrary_views_never_panic_and_same_view_decisions_agree:
+        // such a node decided itself in the same round and view in which
+        // the view's only voter decided itself.
+        if vote.leader == self.id && !self.voter {
+            tracing::debug!(node = %self.id, round, why, "not deciding ourselves: no voter in our own view");
+            return;
+        }
         self.round = self.round.max(round);
         self.state = if vote.leader == self.id {
             PeerState::Leading
