@@ -27,3 +27,29 @@ pub(crate) async fn read_eventually(
         }
     }
 }
+
+/// A put of `value` under `key`, asked again (every 200 ms) while the
+/// cluster is between leaders or the outcome is unknown, until it commits
+/// or `within` has passed (then the test fails). A put of one value is
+/// idempotent, so asking again is safe.
+pub(crate) async fn put_eventually(
+    client: &Client,
+    key: &'static [u8],
+    value: &'static [u8],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match client
+            .put(Bytes::from_static(key), Bytes::from_static(value))
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "put retried");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no commit of {key:?} within {within:?}: {e}"),
+        }
+    }
+}
