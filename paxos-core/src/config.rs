@@ -73,6 +73,17 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Maximum payload bytes of committed entries handed out in one `Ready`.
     pub max_apply_bytes: usize,
+    /// Maximum payload bytes of ACCEPT or DIFF read for one follower
+    /// between two inputs of the replica (a message, a timeout, a
+    /// proposal), however many `Ready`s are taken in between; at least one
+    /// message still goes. The pipeline window fills over the following
+    /// turns, as acknowledgements come. Without
+    /// it a leader catching a far-behind follower up read, checked and
+    /// encoded a whole window (64 MiB with the defaults) in one turn, and
+    /// on a slow or busy machine that turn outlasted the election timeout:
+    /// the leader missed its heartbeats, lost its quorum, was elected
+    /// again and started the same burst over.
+    pub max_send_bytes_per_input: usize,
     /// Entries kept below the cleanup point so that a briefly lagging
     /// follower still gets DIFF rather than SNAP.
     pub retention_entries: u64,
@@ -138,6 +149,7 @@ impl Config {
             max_batch_entries: 1024,
             max_batch_bytes: 1 << 20,
             max_apply_bytes: 4 << 20,
+            max_send_bytes_per_input: 4 << 20,
             retention_entries: 10_000,
             follower_pin_timeout: Duration::from_secs(60),
             max_message_bytes: 16 << 20,
@@ -164,6 +176,7 @@ impl Config {
             ("max_batch_entries", self.max_batch_entries),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_apply_bytes", self.max_apply_bytes),
+            ("max_send_bytes_per_input", self.max_send_bytes_per_input),
             ("max_message_bytes", self.max_message_bytes),
             ("max_epoch_counter", self.max_epoch_counter as usize),
         ] {

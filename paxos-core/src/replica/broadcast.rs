@@ -28,6 +28,7 @@ impl<S: Storage> Replica<S> {
     /// is handed back otherwise. Returns the zxid it will commit at (if the
     /// leader stays in office).
     pub fn propose(&mut self, data: Bytes) -> Result<Zxid, ProposeError> {
+        self.inputs += 1;
         let max_bytes = self
             .config
             .max_message_bytes
@@ -334,6 +335,8 @@ impl<S: Storage> Replica<S> {
         };
         let window = self.config.pipeline_window;
         let (max_e, max_b) = (self.config.max_batch_entries, self.config.max_batch_bytes);
+        let max_send = self.config.max_send_bytes_per_input;
+        let inputs = self.inputs;
         let now = self.now;
         let mut restarts = Vec::new();
         let broadcast = l.phase == LPhase::Broadcast;
@@ -345,7 +348,15 @@ impl<S: Storage> Replica<S> {
             };
             let mut sent_commit = false;
             let mut guard = 0usize;
-            while p.inflight.len() < window && p.next_prev < target && guard < window {
+            if p.burst_input != inputs {
+                p.burst_input = inputs;
+                p.burst_bytes = 0;
+            }
+            while p.inflight.len() < window
+                && p.next_prev < target
+                && guard < window
+                && p.burst_bytes < max_send
+            {
                 guard += 1;
                 let mut batch = Vec::new();
                 match self.log.read(p.next_prev, target, max_e, max_b, &mut batch) {
@@ -362,6 +373,9 @@ impl<S: Storage> Replica<S> {
                 let Some(bl) = batch.last().map(|e| e.zxid) else {
                     break;
                 };
+                p.burst_bytes = p
+                    .burst_bytes
+                    .saturating_add(batch.iter().map(|e| e.data.len()).sum::<usize>());
                 let prev = p.next_prev;
                 p.next_prev = bl;
                 p.inflight.push_back((bl, now));

@@ -103,6 +103,11 @@ pub struct Replica<S: Storage> {
     /// epochs: a leader re-elected after losing its quorum resumes too.
     /// One entry per member at most.
     snap_resume: BTreeMap<NodeId, (Zxid, u64)>,
+    /// Counts the inputs that may let the leader send more (a message, a
+    /// timeout, a proposal): each follower's send bound
+    /// ([`Config::max_send_bytes_per_input`]) starts over with a new one,
+    /// however many `Ready`s are taken in between.
+    inputs: u64,
     /// The newest `Ready` reported persisted.
     persisted_seq: u64,
 }
@@ -188,6 +193,7 @@ impl<S: Storage> Replica<S> {
             hold_until: None,
             snap_restarts: 0,
             snap_resume: BTreeMap::new(),
+            inputs: 0,
             persisted_seq: 0,
         };
         // The log's membership (its newest change, or the snapshot's) is
@@ -373,6 +379,7 @@ impl<S: Storage> Replica<S> {
     /// A message from a peer. Messages for another group or node are dropped.
     pub fn handle_message(&mut self, now: Time, env: Envelope) {
         self.now = now;
+        self.inputs += 1;
         if env.group != self.config.group || env.to != self.id || env.from == self.id {
             tracing::debug!(?env.group, ?env.to, "dropping misrouted message");
             return;
@@ -467,6 +474,7 @@ impl<S: Storage> Replica<S> {
     /// (calling it early or late is harmless).
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = now;
+        self.inputs += 1;
         let timeout = self.config.election_timeout;
         let hb = self.config.heartbeat_interval;
         let mut lose = None;

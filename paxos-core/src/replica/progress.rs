@@ -61,6 +61,11 @@ pub(super) struct Peer {
     /// Readmitted in this epoch: READMIT rides along every heartbeat (the
     /// message is idempotent and may be lost).
     pub(super) readmitted: bool,
+    /// Payload bytes of ACCEPT and DIFF read for this follower since the
+    /// replica's input number `burst_input` (see
+    /// [`Config::max_send_bytes_per_input`](crate::Config::max_send_bytes_per_input)).
+    pub(super) burst_bytes: usize,
+    pub(super) burst_input: u64,
 }
 
 impl Peer {
@@ -88,6 +93,8 @@ impl Peer {
             recovering: false,
             readmit_round: None,
             readmitted: false,
+            burst_bytes: 0,
+            burst_input: 0,
         }
     }
 

@@ -133,6 +133,8 @@ struct Cluster {
     cut: Vec<NodeId>,
     events: Vec<(NodeId, NodeEvent<u32>)>,
     sent: Vec<Envelope>,
+    /// Each turn's share of `sent`: (node, first index, end index).
+    turns: Vec<(NodeId, usize, usize)>,
 }
 
 impl Cluster {
@@ -195,6 +197,7 @@ impl Cluster {
             cut: Vec::new(),
             events: Vec::new(),
             sent: Vec::new(),
+            turns: Vec::new(),
         }
     }
 
@@ -231,6 +234,7 @@ impl Cluster {
         let now = self.now;
         let n = &mut self.nodes[i];
         let id = n.replica().id();
+        let first = self.sent.len();
         n.process(now).unwrap();
         while let Some(sync) = n.poll_sync() {
             n.storage_mut().sync().unwrap();
@@ -248,6 +252,9 @@ impl Cluster {
         }
         while let Some(ev) = n.poll_event() {
             self.events.push((id, ev));
+        }
+        if self.sent.len() > first {
+            self.turns.push((id, first, self.sent.len()));
         }
     }
 
@@ -594,6 +601,78 @@ fn uncommitted_old_suffix_is_truncated() {
         out.into_iter().map(|e| e.zxid).collect()
     };
     assert_eq!(log3, vec![z(1, 1), z(1, 2), z(2, 1)]);
+}
+
+/// A leader catching up a far-behind follower sends it at most
+/// `max_send_bytes_per_input` of DIFF in one turn (plus the one batch that
+/// crosses the bound), and the rest over the following turns. It used to
+/// read and send a whole pipeline window in one turn (64 MiB with the
+/// defaults), which on a slow or busy machine outlasted the election
+/// timeout: the leader missed its heartbeats, lost its quorum, was elected
+/// again and repeated the burst (the paxos-kv test
+/// `a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_writes_go_on`
+/// went through 140 epochs that way).
+#[test]
+fn a_far_behind_follower_is_caught_up_a_bounded_burst_per_turn() {
+    const ENTRIES: u32 = 96;
+    const ENTRY_BYTES: usize = 256 * 1024;
+    let hs = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    let big = |c: u32| Entry {
+        kind: Default::default(),
+        zxid: z(1, c),
+        data: Bytes::from(vec![c as u8; ENTRY_BYTES]),
+    };
+    let log = || {
+        let mut s = MemStorage::new();
+        s.save_hard_state(hs).unwrap();
+        s.append(&(1..=ENTRIES).map(big).collect::<Vec<_>>())
+            .unwrap();
+        s
+    };
+    let config = three();
+    let bound = config.max_send_bytes_per_input;
+    let batch = config.max_batch_bytes;
+    assert!(
+        (ENTRIES as usize) * ENTRY_BYTES > 4 * bound,
+        "the follower's gap must span several turns' bounds"
+    );
+    let mut c = Cluster::new(config, vec![log(), log(), MemStorage::new()]);
+    c.decide(NodeId(1));
+    c.pump();
+    let diff_bytes = |e: &Envelope| match &e.msg {
+        Message::Diff { entries, .. } => entries.iter().map(|e| e.data.len()).sum::<usize>(),
+        _ => 0,
+    };
+    let mut most = 0usize;
+    let mut total = 0usize;
+    for &(id, first, end) in &c.turns {
+        if id != NodeId(1) {
+            continue;
+        }
+        let turn: usize = c.sent[first..end]
+            .iter()
+            .filter(|e| e.to == NodeId(3))
+            .map(diff_bytes)
+            .sum();
+        most = most.max(turn);
+        total += turn;
+    }
+    assert!(
+        most <= bound + batch,
+        "one turn sent {most} bytes of DIFF to the follower (bound {bound} plus one batch)"
+    );
+    assert!(
+        total >= (ENTRIES as usize) * ENTRY_BYTES,
+        "the whole gap was sent ({total} bytes)"
+    );
+    assert_eq!(
+        c.nodes[2].replica().last_zxid(),
+        z(1, ENTRIES),
+        "the follower caught up over the following turns"
+    );
 }
 
 /// Whether `t` is a follower's acknowledgement of an accepted entry.
