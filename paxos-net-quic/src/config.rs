@@ -39,8 +39,14 @@ pub struct NetConfig {
     /// Per-peer bound of the control frame queue (frames). When full,
     /// [`Transport::send`](crate::Transport::send) returns the frame in an error.
     pub send_queue_frames: usize,
+    /// Per-peer bound of the control frame queue in bytes (at least
+    /// `max_frame_bytes`). A peer that is down holds at most this much of
+    /// the sender's memory, whatever the frames' sizes.
+    pub send_queue_bytes: u64,
     /// Per-peer bound of the bulk queue (payloads).
     pub bulk_queue_payloads: usize,
+    /// Per-peer bound of the bulk queue in bytes (at least `max_bulk_bytes`).
+    pub bulk_queue_bytes: u64,
     /// Bound of the shared incoming frame channel. When the application does
     /// not drain it, readers stop reading and QUIC flow control pushes back on
     /// the senders: memory stays bounded, nothing is dropped.
@@ -107,7 +113,9 @@ impl NetConfig {
             max_frame_bytes: 16 * 1024 * 1024,
             max_bulk_bytes: 256 * 1024 * 1024,
             send_queue_frames: 8192,
+            send_queue_bytes: 128 * 1024 * 1024,
             bulk_queue_payloads: 16,
+            bulk_queue_bytes: 512 * 1024 * 1024,
             incoming_queue_frames: 16384,
             incoming_bulk_payloads: 4,
             backoff_initial_ms: 50,
@@ -171,6 +179,18 @@ impl NetConfig {
         }
         if self.max_frame_bytes == 0 || self.max_bulk_bytes == 0 {
             return bad("max_frame_bytes and max_bulk_bytes must be > 0".into());
+        }
+        if self.send_queue_bytes < u64::from(self.max_frame_bytes)
+            || self.bulk_queue_bytes < self.max_bulk_bytes
+        {
+            return bad(format!(
+                "send_queue_bytes ({}) must hold one max_frame_bytes ({}) frame and \
+                 bulk_queue_bytes ({}) one max_bulk_bytes ({}) payload",
+                self.send_queue_bytes,
+                self.max_frame_bytes,
+                self.bulk_queue_bytes,
+                self.max_bulk_bytes
+            ));
         }
         if self.send_queue_frames == 0
             || self.bulk_queue_payloads == 0

@@ -54,6 +54,23 @@ pub enum SendError {
         /// The payload that was not queued.
         payload: Bytes,
     },
+    /// The queue to the peer holds its bound in bytes
+    /// ([`NetConfig::send_queue_bytes`](crate::NetConfig::send_queue_bytes)
+    /// or `bulk_queue_bytes`): the payload was not queued. Counted in
+    /// [`PeerMetrics::dropped_full`](crate::PeerMetrics) like a full queue.
+    #[error("send queue to {peer} holds {queued_bytes} bytes; {len_bytes} more would pass its bound of {max_bytes}")]
+    QueueBytesFull {
+        /// The peer.
+        peer: PeerId,
+        /// Bytes queued when the payload was refused.
+        queued_bytes: u64,
+        /// Bytes of the refused payload.
+        len_bytes: u64,
+        /// The queue's bound in bytes.
+        max_bytes: u64,
+        /// The payload that was not queued.
+        payload: Bytes,
+    },
     /// The payload is longer than the configured maximum.
     #[error("payload of {len_bytes} bytes to {peer} exceeds the maximum of {max_bytes} bytes")]
     TooLarge {
@@ -87,6 +104,7 @@ impl SendError {
     pub fn into_payload(self) -> Bytes {
         match self {
             SendError::QueueFull { payload, .. }
+            | SendError::QueueBytesFull { payload, .. }
             | SendError::TooLarge { payload, .. }
             | SendError::UnknownPeer { payload, .. }
             | SendError::Closed { payload } => payload,

@@ -22,8 +22,11 @@
 //!   length-prefixed frames ([`frame`] module); every bulk payload
 //!   ([`Transport::send_bulk`]) goes on its own lower-priority stream with
 //!   its own flow-control window, so a snapshot never delays a heartbeat.
-//! - **Bounded memory**: per-peer send queues refuse (and hand back) frames
-//!   when full ([`SendError::QueueFull`]); the inbox is a bounded channel
+//! - **Bounded memory**: per-peer send queues are bounded in frames and in
+//!   bytes, and refuse (and hand back) what does not fit
+//!   ([`SendError::QueueFull`], [`SendError::QueueBytesFull`]), so a peer
+//!   that is down holds at most `send_queue_bytes` of the sender's memory;
+//!   the inbox is a bounded channel
 //!   that pushes back on senders through QUIC flow control; frame lengths are
 //!   checked before allocation; handshakes in flight are bounded in total and
 //!   per IP address.

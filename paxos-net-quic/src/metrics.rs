@@ -22,6 +22,10 @@ pub(crate) struct PeerCounters {
     pub(crate) disconnects: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) connected: AtomicBool,
+    /// Bytes of the frames in the send queue now.
+    pub(crate) queued_bytes: AtomicU64,
+    /// Bytes of the payloads in the bulk queue now.
+    pub(crate) queued_bulk_bytes: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -49,7 +53,8 @@ pub struct PeerMetrics {
     pub bulk_received: u64,
     /// Bytes of those payloads.
     pub bulk_bytes_received: u64,
-    /// Frames and bulk payloads refused because the queue was full.
+    /// Frames and bulk payloads refused because the queue was full (in
+    /// frames or in bytes).
     pub dropped_full: u64,
     /// Frames and bulk payloads taken from the queue but lost because the
     /// connection died (or shutdown timed out) before they were written.
@@ -66,6 +71,12 @@ pub struct PeerMetrics {
     pub queue_depth: u64,
     /// Bulk payloads waiting in the bulk queue now.
     pub bulk_queue_depth: u64,
+    /// Bytes of the frames waiting in the send queue now (bounded by
+    /// `NetConfig::send_queue_bytes`).
+    pub queue_bytes: u64,
+    /// Bytes of the payloads waiting in the bulk queue now (bounded by
+    /// `NetConfig::bulk_queue_bytes`).
+    pub bulk_queue_bytes: u64,
     /// Whether a connection is up now.
     pub connected: bool,
     /// Live path figures of the current connection (`None` when disconnected).
@@ -126,6 +137,8 @@ impl PeerCounters {
             protocol_errors: self.protocol_errors.load(Relaxed),
             queue_depth,
             bulk_queue_depth,
+            queue_bytes: self.queued_bytes.load(Relaxed),
+            bulk_queue_bytes: self.queued_bulk_bytes.load(Relaxed),
             connected: self.connected.load(Relaxed),
             path,
         }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -352,7 +352,14 @@ impl Transport {
                 payload: frame,
             });
         }
-        try_queue(slot, &slot.frames_tx, frame)
+        let max = self.shared.cfg.send_queue_bytes;
+        try_queue(
+            slot,
+            &slot.frames_tx,
+            &slot.counters.queued_bytes,
+            max,
+            frame,
+        )
     }
 
     /// Queues a bulk payload (snapshot chunk, catch-up batch) for `peer`
@@ -371,7 +378,14 @@ impl Transport {
                 payload,
             });
         }
-        try_queue(slot, &slot.bulk_tx, payload)
+        let max = self.shared.cfg.bulk_queue_bytes;
+        try_queue(
+            slot,
+            &slot.bulk_tx,
+            &slot.counters.queued_bulk_bytes,
+            max,
+            payload,
+        )
     }
 
     fn slot_for<'a>(
@@ -519,8 +533,36 @@ impl Drop for Transport {
     }
 }
 
-fn try_queue(slot: &PeerSlot, tx: &mpsc::Sender<Bytes>, payload: Bytes) -> Result<(), SendError> {
-    match tx.try_send(payload) {
+/// Queues `payload` if the queue has a free slot and `queued` (its bytes,
+/// taken off by the writer as it dequeues) stays within `max_bytes`.
+fn try_queue(
+    slot: &PeerSlot,
+    tx: &mpsc::Sender<Bytes>,
+    queued: &AtomicU64,
+    max_bytes: u64,
+    payload: Bytes,
+) -> Result<(), SendError> {
+    let len = payload.len() as u64;
+    // Reserve first, so that concurrent senders never pass the bound
+    // together (one may be refused that would have fitted: harmless).
+    let before = queued.fetch_add(len, Ordering::AcqRel);
+    if before.saturating_add(len) > max_bytes {
+        queued.fetch_sub(len, Ordering::AcqRel);
+        add(&slot.counters.dropped_full, 1);
+        debug!(peer = %slot.id, queued_bytes = before, "send queue full (bytes); payload refused");
+        return Err(SendError::QueueBytesFull {
+            peer: slot.id,
+            queued_bytes: before,
+            len_bytes: len,
+            max_bytes,
+            payload,
+        });
+    }
+    let sent = tx.try_send(payload);
+    if sent.is_err() {
+        queued.fetch_sub(len, Ordering::AcqRel);
+    }
+    match sent {
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(payload)) => {
             add(&slot.counters.dropped_full, 1);
@@ -826,10 +868,16 @@ async fn run_peer(
     let mut left = 0u64;
     frames_q.close();
     bulk_q.close();
-    while frames_q.try_recv().is_ok() {
+    while let Ok(f) = frames_q.try_recv() {
+        slot.counters
+            .queued_bytes
+            .fetch_sub(f.len() as u64, Ordering::AcqRel);
         left += 1;
     }
-    while bulk_q.try_recv().is_ok() {
+    while let Ok(p) = bulk_q.try_recv() {
+        slot.counters
+            .queued_bulk_bytes
+            .fetch_sub(p.len() as u64, Ordering::AcqRel);
         left += 1;
     }
     if left > 0 {
@@ -1009,6 +1057,9 @@ async fn control_writer(
         while let Some(f) = next {
             frames += 1;
             bytes += f.len() as u64;
+            slot.counters
+                .queued_bytes
+                .fetch_sub(f.len() as u64, Ordering::AcqRel);
             // Checked by Transport::send against max_frame_bytes (a u32).
             coalesce.put_u32(f.len() as u32);
             if f.len() <= COALESCE_MAX_FRAME_BYTES {
@@ -1085,6 +1136,9 @@ async fn bulk_writer(
             }
         };
         let len = payload.len() as u64;
+        slot.counters
+            .queued_bulk_bytes
+            .fetch_sub(len, Ordering::AcqRel);
         match send_bulk_stream(shared, conn, payload, draining).await {
             Ok(()) => {
                 add(&slot.counters.bulk_sent, 1);

@@ -45,48 +45,76 @@ async fn a_write_proposed_before_a_leader_change_is_reported_unknown_and_later_c
     );
     let cluster = LocalCluster::start(spec).expect("cluster starts");
     let security = cluster.client_security();
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader is elected");
-    let leader_addr = cluster.members()[&leader].client;
-    // A client that knows only the leader: it sees the leader's answer to
-    // the write, then the leader's redirects while no leader exists.
-    let client = Client::new(
-        vec![leader_addr],
-        security.clone(),
-        1,
-        Duration::from_secs(5),
-    );
-    let mut session = Session::new(77);
     let put = |v: &str| KvOp::Put {
         key: Bytes::from_static(b"x"),
         value: Bytes::copy_from_slice(v.as_bytes()),
     };
-    client
-        .write_in(&mut session, put("before"))
-        .await
-        .expect("a write with a quorum commits");
+    // The steps below need the node the client knows to lead when its
+    // followers are paused. On a loaded machine the leadership may move
+    // between finding the leader and pausing the others; then the write is
+    // refused rather than proposed, the followers resume, and the round is
+    // done again with the new leader (a few times).
+    const TRIES: u32 = 3;
+    let mut attempt = 0;
+    let (leader, client, mut session, paused) = loop {
+        attempt += 1;
+        let leader = cluster
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .expect("a leader is elected");
+        let leader_addr = cluster.members()[&leader].client;
+        // A client that knows only the leader: it sees the leader's answer
+        // to the write, then the leader's redirects while no leader exists.
+        let client = Client::new(
+            vec![leader_addr],
+            security.clone(),
+            u64::from(attempt),
+            Duration::from_secs(5),
+        );
+        let mut session = Session::new(76 + u64::from(attempt));
+        client
+            .write_in(&mut session, put("before"))
+            .await
+            .expect("a write with a quorum commits");
+        let followers: Vec<u32> = cluster
+            .ids()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .map(|id| cluster.pid(id).expect("the follower runs"))
+            .collect();
+        let paused = Paused::pause(followers);
+        let err = client
+            .write_in(&mut session, put("in-doubt"))
+            .await
+            .expect_err("no quorum: the write cannot complete while the followers are paused");
+        // The node the client knew proposed the write: it holds an entry
+        // past its commit point (its followers are paused, so nothing it
+        // proposed since can have committed). Otherwise the leadership had
+        // moved, and the client's "unknown" came from elsewhere.
+        let holds_it = cluster
+            .statuses()
+            .await
+            .get(&leader)
+            .is_some_and(|v| v["last_zxid"].is_string() && v["last_zxid"] != v["commit_zxid"]);
+        if err.is_outcome_unknown() && holds_it {
+            assert!(
+                matches!(err, ClientError::OutcomeUnknown { .. }),
+                "the write was proposed, so its outcome is unknown, not failed: {err:?}"
+            );
+            assert!(
+                err.to_string().contains("outcome unknown"),
+                "the message says so: {err}"
+            );
+            break (leader, client, session, paused);
+        }
+        drop(paused);
+        assert!(
+            attempt < TRIES,
+            "the write was never proposed by a leader with paused followers in {TRIES} rounds \
+             (last: {err:?})"
+        );
+    };
 
-    let followers: Vec<u32> = cluster
-        .ids()
-        .into_iter()
-        .filter(|&id| id != leader)
-        .map(|id| cluster.pid(id).expect("the follower runs"))
-        .collect();
-    let paused = Paused::pause(followers);
-    let err = client
-        .write_in(&mut session, put("in-doubt"))
-        .await
-        .expect_err("no quorum: the write cannot complete while the followers are paused");
-    assert!(
-        err.is_outcome_unknown() && matches!(err, ClientError::OutcomeUnknown { .. }),
-        "the write was proposed, so its outcome is unknown, not failed: {err:?}"
-    );
-    assert!(
-        err.to_string().contains("outcome unknown"),
-        "the message says so: {err}"
-    );
     // One follower resumes first. The old leader holds the write in its
     // log and the most recent history, so the follower votes for it and
     // no quorum of two can form without it: it is elected again and

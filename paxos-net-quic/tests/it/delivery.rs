@@ -407,6 +407,61 @@ async fn full_queue_refuses_and_hands_the_frame_back() {
     );
 }
 
+/// The queue to a peer is bounded in bytes as well as in frames: a leader
+/// that kept resending large ACCEPTs to a dead follower filled the 8 192
+/// frame slots with up to a MiB each (a CI run's leader held 8 GB of
+/// anonymous memory for its one dead peer, `queue_depth` 8 192).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_to_a_peer_is_bounded_in_bytes() {
+    init_tracing();
+    let all = ids(&[1, 2]);
+    let cluster = paxos_net_quic::certs::generate_cluster_in_memory(&all).expect("certs");
+    let mut cfg = config(
+        &cluster,
+        PeerId(1),
+        &all,
+        &BTreeMap::from([(PeerId(2), placeholder())]),
+    );
+    cfg.max_frame_bytes = 1 << 20;
+    cfg.send_queue_bytes = 4 << 20;
+    cfg.max_bulk_bytes = 1 << 20;
+    cfg.bulk_queue_bytes = 2 << 20;
+    let (t, _inbox) = Transport::bind(cfg).await.expect("bind");
+    let mib = Bytes::from(vec![7u8; 1 << 20]);
+    for _ in 0..4 {
+        t.send(PeerId(2), mib.clone()).expect("room in the queue");
+    }
+    match t.send(PeerId(2), mib.clone()) {
+        Err(paxos_net_quic::SendError::QueueBytesFull {
+            queued_bytes,
+            max_bytes,
+            payload,
+            ..
+        }) => {
+            assert_eq!((queued_bytes, max_bytes), (4 << 20, 4 << 20));
+            assert_eq!(payload.len(), 1 << 20);
+        }
+        other => panic!("expected QueueBytesFull, got {other:?}"),
+    }
+    // Small frames still fit in what is left of the frame slots only if
+    // the bytes allow: none do now.
+    assert!(t.send(PeerId(2), Bytes::from_static(b"x")).is_err());
+    for _ in 0..2 {
+        t.send_bulk(PeerId(2), mib.clone())
+            .expect("room in the bulk queue");
+    }
+    assert!(matches!(
+        t.send_bulk(PeerId(2), mib.clone()),
+        Err(paxos_net_quic::SendError::QueueBytesFull { .. })
+    ));
+    let m = t.peer_metrics(PeerId(2)).expect("metrics");
+    assert_eq!(
+        (m.queue_depth, m.queue_bytes, m.dropped_full),
+        (4, 4 << 20, 3)
+    );
+    t.shutdown().await;
+}
+
 /// A UDP relay on loopback that can silently stop forwarding (a peer that
 /// vanishes without a close: power loss, partition).
 async fn relay(
