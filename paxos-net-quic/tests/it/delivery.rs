@@ -348,18 +348,23 @@ async fn graceful_shutdown_flushes_queued_frames() {
     n2.transport.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_refuses_and_hands_the_frame_back() {
-    init_tracing();
-    // Node 1 knows node 2 at an address where nobody listens: frames queue up.
+/// Node 1's configuration, knowing node 2 at an address where nobody
+/// listens: frames to it queue up.
+fn unreachable_peer_config() -> paxos_net_quic::NetConfig {
     let all = ids(&[1, 2]);
     let cluster = paxos_net_quic::certs::generate_cluster_in_memory(&all).expect("certs");
-    let mut cfg = config(
+    config(
         &cluster,
         PeerId(1),
         &all,
         &BTreeMap::from([(PeerId(2), placeholder())]),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_refuses_and_hands_the_frame_back() {
+    init_tracing();
+    let mut cfg = unreachable_peer_config();
     cfg.send_queue_frames = 8;
     cfg.max_frame_bytes = 32;
     cfg.max_bulk_bytes = 128;
@@ -414,14 +419,7 @@ async fn full_queue_refuses_and_hands_the_frame_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_to_a_peer_is_bounded_in_bytes() {
     init_tracing();
-    let all = ids(&[1, 2]);
-    let cluster = paxos_net_quic::certs::generate_cluster_in_memory(&all).expect("certs");
-    let mut cfg = config(
-        &cluster,
-        PeerId(1),
-        &all,
-        &BTreeMap::from([(PeerId(2), placeholder())]),
-    );
+    let mut cfg = unreachable_peer_config();
     cfg.max_frame_bytes = 1 << 20;
     cfg.send_queue_bytes = 4 << 20;
     cfg.max_bulk_bytes = 1 << 20;
