@@ -125,6 +125,25 @@ impl Host {
         true
     }
 
+    /// A heartbeats frame from `peer` held entries this node could not
+    /// rebuild (`ask`: ask the peer for those in full) or asked for some
+    /// of ours in full (`forget`).
+    pub(super) fn heartbeats_out_of_step(
+        &self,
+        peer: u64,
+        ask: &[(heartbeats::Beat, u64)],
+        forget: &[(heartbeats::Beat, u64)],
+    ) {
+        let mut all = self.heartbeats_out.borrow_mut();
+        let batch = all.entry(peer).or_default();
+        for &(beat, group) in ask {
+            batch.ask_full(beat, group);
+        }
+        for &(beat, group) in forget {
+            batch.forget(beat, group);
+        }
+    }
+
     /// Moves `peer`'s coalesced heartbeats into its batch.
     fn move_heartbeats(&self, peer: u64) {
         let frame = self
@@ -254,6 +273,9 @@ pub(super) struct Groups {
     /// next counted (see [`Groups::log_roles`]).
     logged_roles: (usize, usize, usize),
     next_roles_log: Instant,
+    /// Per peer node, the heartbeats and acknowledgements last taken from
+    /// it, which its "next" entries refer to ([`super::heartbeats`]).
+    heartbeats_in: BTreeMap<u64, heartbeats::Memory>,
 }
 
 impl Groups {
@@ -276,6 +298,7 @@ impl Groups {
             next_admission: Instant::now(),
             logged_roles: (0, 0, 0),
             next_roles_log: Instant::now() + ROLES_LOG_EVERY,
+            heartbeats_in: BTreeMap::new(),
         };
         for i in 0..n {
             g.rearm(i);
@@ -813,23 +836,38 @@ impl Groups {
                     }
                 }
             }
-            Some(&heartbeats::TAG_HEARTBEATS) => match heartbeats::decode(&frame[1..]) {
-                Ok(entries) => {
-                    for (group, msg) in entries {
-                        let g = usize::try_from(group).unwrap_or(usize::MAX);
-                        self.with(g, |d| {
-                            let env = Envelope {
-                                group: GroupId(group),
-                                from: NodeId(peer.0),
-                                to: d.id,
-                                msg,
-                            };
-                            d.on_envelope(peer, env);
-                        });
+            Some(&heartbeats::TAG_HEARTBEATS) => {
+                let hosted = self.groups.len() as u64;
+                // Keyed by the authenticated peer: bounded by the members.
+                let memory = self.heartbeats_in.entry(peer.0).or_default();
+                match heartbeats::decode(&frame[1..], memory, hosted) {
+                    Ok(decoded) => {
+                        if !decoded.ask_full.is_empty() || !decoded.forget.is_empty() {
+                            tracing::debug!(%peer, asked = decoded.ask_full.len(), forgotten = decoded.forget.len(), "heartbeats out of step; full entries asked for");
+                            self.host().heartbeats_out_of_step(
+                                peer.0,
+                                &decoded.ask_full,
+                                &decoded.forget,
+                            );
+                        }
+                        for (group, msg) in decoded.messages {
+                            let g = usize::try_from(group).unwrap_or(usize::MAX);
+                            self.with(g, |d| {
+                                let env = Envelope {
+                                    group: GroupId(group),
+                                    from: NodeId(peer.0),
+                                    to: d.id,
+                                    msg,
+                                };
+                                d.on_envelope(peer, env);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "malformed heartbeats frame dropped")
                     }
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "malformed heartbeats frame dropped"),
-            },
+            }
             _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
         }
     }
