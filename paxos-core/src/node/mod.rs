@@ -389,6 +389,8 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     latest_snapshot: Option<Zxid>,
     applied_since_snapshot: u64,
     snapshot_due: bool,
+    /// [`Node::purge_log`] waits for the snapshot it asked for.
+    purge_pending: bool,
     /// Kernel messages to send, in order (moved in whole batches).
     core_out: VecDeque<Envelope>,
     /// Elector messages to send, in order.
@@ -450,6 +452,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             latest_snapshot,
             applied_since_snapshot: 0,
             snapshot_due: false,
+            purge_pending: false,
             core_out: VecDeque::new(),
             election_out: VecDeque::new(),
             election_held: None,
@@ -809,6 +812,35 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.snapshot_due = false;
         self.latest_snapshot = Some(self.latest_snapshot.map_or(zxid, |z| z.max(zxid)));
         self.replica.snapshot_taken(zxid);
+        if std::mem::take(&mut self.purge_pending) {
+            self.replica.compact_log_now();
+        }
+    }
+
+    /// The host wants this group's old log entries gone (a shared log's
+    /// segment is kept only for them: a quiet group written to long ago
+    /// holds back every segment written since). Asks for a local snapshot
+    /// ([`NodeEvent::SnapshotDue`]) if the state machine has applied past
+    /// the newest one, and once it is taken (at once if none is needed)
+    /// cuts the log as far as it safely can, without the usual retention
+    /// ([`Replica::compact_log_now`]). Returns whether a snapshot was
+    /// asked for.
+    pub fn purge_log(&mut self) -> bool {
+        let applied = self.sm.applied();
+        if self.latest_snapshot.is_some_and(|z| z >= applied) {
+            self.replica.compact_log_now();
+            return false;
+        }
+        self.purge_pending = true;
+        if self.snapshot_due {
+            // The snapshot under way serves.
+            return false;
+        }
+        tracing::info!(id = %self.replica.id(), ?applied, latest = ?self.latest_snapshot, "snapshot asked for to let the log go");
+        self.snapshot_due = true;
+        self.applied_since_snapshot = 0;
+        self.events.push_back(NodeEvent::SnapshotDue);
+        true
     }
 
     /// Changes how often a local snapshot is asked for (0: never).
@@ -820,6 +852,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
     /// entries again.
     pub fn snapshot_failed(&mut self) {
         self.snapshot_due = false;
+        self.purge_pending = false;
     }
 
     // ----- the driving loop -----

@@ -108,6 +108,9 @@ pub struct Replica<S: Storage> {
     /// ([`Config::max_send_bytes_per_input`]) starts over with a new one,
     /// however many `Ready`s are taken in between.
     inputs: u64,
+    /// The next compaction ignores [`Config::retention_entries`] (see
+    /// [`Replica::compact_log_now`]).
+    compact_now: bool,
     /// The newest `Ready` reported persisted.
     persisted_seq: u64,
 }
@@ -194,6 +197,7 @@ impl<S: Storage> Replica<S> {
             snap_restarts: 0,
             snap_resume: BTreeMap::new(),
             inputs: 0,
+            compact_now: false,
             persisted_seq: 0,
         };
         // The log's membership (its newest change, or the snapshot's) is
@@ -646,6 +650,7 @@ impl<S: Storage> Replica<S> {
             || self.recovering_write.is_some()
             || self.log.has_unsent()
             || self.apply_sent < self.commit
+            || self.compact_now
             || self.is_leader()
     }
 

@@ -240,8 +240,21 @@ impl<S: Storage> Replica<S> {
         true
     }
 
+    /// The next `Ready` cuts the log as far as it safely can: up to the
+    /// latest snapshot and what recently heard followers have applied (and
+    /// any snapshot still being sent), as always, but without keeping
+    /// [`Config::retention_entries`] behind. For a host whose log is
+    /// shared by many groups, to let a quiet group's few old entries go
+    /// ([`Node::purge_log`](crate::Node::purge_log) takes a snapshot
+    /// first); a follower that falls behind them later needs a snapshot
+    /// rather than a DIFF.
+    pub fn compact_log_now(&mut self) {
+        self.compact_now = true;
+    }
+
     /// Emits the log prefix the storage may drop.
     pub(super) fn maybe_compact(&mut self) {
+        let full = std::mem::take(&mut self.compact_now);
         let Some(snap) = self.snapshot else { return };
         let mut pin = self.applied.min(snap).min(self.log.durable_last());
         if let Role::Leading(l) = &self.role {
@@ -269,11 +282,20 @@ impl<S: Storage> Replica<S> {
         let Some(pin) = self.log.index.at_or_before(pin) else {
             return;
         };
-        let Some(c) = self.log.index.back_n(pin, self.config.retention_entries) else {
+        let keep = if full {
+            0
+        } else {
+            self.config.retention_entries
+        };
+        let Some(c) = self.log.index.back_n(pin, keep) else {
             return;
         };
         if self.log.index.first().is_some_and(|f| c >= f) && c <= snap {
-            tracing::debug!(id = %self.id, upto = ?c, "log cleanup");
+            if full {
+                tracing::info!(id = %self.id, upto = ?c, "log cut as far as it safely can (asked for)");
+            } else {
+                tracing::debug!(id = %self.id, upto = ?c, "log cleanup");
+            }
             self.log.compact(c);
         }
     }

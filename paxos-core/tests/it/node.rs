@@ -426,3 +426,73 @@ fn a_round_kept_in_the_log_is_synced_with_the_log_and_holds_the_votes_until_then
         "the held votes did not leave once the round was durable"
     );
 }
+
+/// A quiet group's few entries stay below the retention however long it
+/// waits, and in a log shared by many groups they keep every segment
+/// written since. `purge_log` asks for a snapshot; once it is taken, the
+/// next `Ready` cuts the log to it, retention or not. A node whose newest
+/// snapshot already covers what it applied cuts at once.
+#[test]
+fn purge_log_snapshots_then_cuts_the_log_past_the_retention() {
+    let mut g = Group::new(NodeConfig::default());
+    let l = g.leader();
+    for t in 0..5 {
+        g.nodes[l]
+            .propose(g.now, Bytes::from(format!("w{t}")), t)
+            .unwrap();
+    }
+    g.rounds(20);
+    let applied = g.nodes[l].state_machine().applied();
+    assert!((0..3).all(|i| g.nodes[i].state_machine().applied() == applied));
+    g.rounds(200);
+    for n in &g.nodes {
+        assert!(
+            n.storage().first_zxid().is_some(),
+            "retention keeps the entries without a purge"
+        );
+    }
+    for i in 0..3 {
+        g.events.clear();
+        assert!(g.nodes[i].purge_log(), "node {i}: a snapshot is asked for");
+        g.round().unwrap();
+        assert!(
+            g.events
+                .iter()
+                .any(|(j, ev)| *j == i && matches!(ev, NodeEvent::SnapshotDue)),
+            "node {i}: SnapshotDue"
+        );
+        assert!(
+            g.nodes[i].storage().first_zxid().is_some(),
+            "node {i}: nothing cut before the snapshot is taken"
+        );
+        g.nodes[i].snapshot_taken(applied);
+        g.rounds(3);
+        assert_eq!(
+            g.nodes[i].storage().first_zxid(),
+            None,
+            "node {i}: the log cut to the snapshot at {applied:?}"
+        );
+    }
+    // Written again, then purged again: the snapshot covers nothing new
+    // only once one is taken; with one that does, the cut is immediate.
+    g.nodes[l]
+        .propose(g.now, Bytes::from_static(b"again"), 9)
+        .unwrap();
+    g.rounds(20);
+    let applied = g.nodes[l].state_machine().applied();
+    g.nodes[l].snapshot_taken(applied);
+    g.rounds(3);
+    assert!(
+        g.nodes[l].storage().first_zxid().is_some(),
+        "retention again"
+    );
+    assert!(!g.nodes[l].purge_log(), "no new snapshot needed");
+    g.rounds(3);
+    assert_eq!(g.nodes[l].storage().first_zxid(), None);
+    // The group goes on.
+    g.nodes[l]
+        .propose(g.now, Bytes::from_static(b"after"), 10)
+        .unwrap();
+    g.rounds(20);
+    assert_eq!(g.written(10), Some(Bytes::from_static(b"7")));
+}

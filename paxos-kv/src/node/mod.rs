@@ -383,10 +383,20 @@ pub async fn run_node(
     let syncers = stores.syncers();
     let (sync_requests, sync_rx) = std::sync::mpsc::channel::<(usize, SyncId)>();
     let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(usize, SyncDone)>();
+    // The groups that keep the shared log's oldest segment, from the sync
+    // thread's compaction (one list per 10 s at most; two may wait).
+    let (purge_tx, purge_rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(2);
     std::thread::Builder::new()
         .name(format!("wal-sync-{}", opts.id))
         .spawn(move || {
-            storage::sync_loop(sync_rx, syncers, sync_faults, sync_metrics, sync_done_tx)
+            storage::sync_loop(
+                sync_rx,
+                syncers,
+                sync_faults,
+                sync_metrics,
+                sync_done_tx,
+                purge_tx,
+            )
         })
         .context("starting the WAL sync thread")?;
 
@@ -524,6 +534,11 @@ pub async fn run_node(
         }
         if let Ok((g, (zxid, result))) = snapshot_done.try_recv() {
             d.with(g, |g| g.on_snapshot_done(zxid, result));
+        }
+        if let Ok(keepers) = purge_rx.try_recv() {
+            for g in keepers {
+                d.with(g, Driver::purge_log);
+            }
         }
         // Timers too: under load some input is always ready, and the sleep
         // branch alone would never fire (heartbeats, check-quorum, the

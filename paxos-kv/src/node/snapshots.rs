@@ -268,6 +268,13 @@ impl Driver {
         });
     }
 
+    /// The shared log's oldest segment is kept for this group's entries:
+    /// snapshot if needed, then cut the log as far as it safely can
+    /// ([`paxos_core::Node::purge_log`]).
+    pub(super) fn purge_log(&mut self) {
+        self.node.purge_log();
+    }
+
     /// A snapshot thread finished: the log may now be cut up to its zxid.
     pub(super) fn on_snapshot_done(
         &mut self,

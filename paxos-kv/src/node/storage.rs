@@ -399,21 +399,46 @@ fn open_shared(opts: &NodeOptions, disk_identity: &mut Identity) -> Result<Share
 /// group needs any more (it runs between syncs, so never on the loop).
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reclaims what the groups' prefix truncations freed in the shared log.
-/// A failure is logged: the segments stay, and the next pass tries again
-/// (a failed flush poisons the log, which the next sync reports).
-fn compact(log: &SharedLog) {
+/// Segment files the shared log may keep before the node asks the groups
+/// that keep the oldest one to let it go (raft-engine's purge): with the
+/// default 64 MiB segments, 256 MiB of log. Below it, a group's old entries
+/// wait for its own snapshot schedule.
+pub(super) const PURGE_ABOVE_SEGMENTS: usize = 4;
+
+/// Reclaims what the groups' prefix truncations freed in the shared log,
+/// and returns the groups to ask to snapshot and cut their logs: those that
+/// keep the oldest segment, when the log holds more than
+/// [`PURGE_ABOVE_SEGMENTS`]. A failure is logged: the segments stay, and
+/// the next pass tries again (a failed flush poisons the log, which the
+/// next sync reports).
+fn compact(log: &SharedLog) -> Vec<usize> {
     match log.compact() {
         Ok(report) => {
             if report.segments_removed > 0 || !report.holders.is_empty() {
                 tracing::info!(
                     segments_removed = report.segments_removed,
+                    segments = report.segments,
                     held_by = ?report.holders,
                     "shared log compacted"
                 );
             }
+            if report.segments <= PURGE_ABOVE_SEGMENTS {
+                return Vec::new();
+            }
+            let Some(end) = report.oldest_segment_end else {
+                return Vec::new();
+            };
+            report
+                .holders
+                .iter()
+                .filter(|h| h.lsn < end)
+                .filter_map(|h| usize::try_from(h.group).ok())
+                .collect()
         }
-        Err(e) => tracing::warn!(error = %e, "shared log compaction failed; segments kept"),
+        Err(e) => {
+            tracing::warn!(error = %e, "shared log compaction failed; segments kept");
+            Vec::new()
+        }
     }
 }
 
@@ -429,24 +454,42 @@ pub(super) fn sync_loop(
     faults: Arc<Faults>,
     recorder: SyncRecorder,
     done: mpsc::UnboundedSender<(usize, SyncDone)>,
+    purge: std::sync::mpsc::SyncSender<Vec<usize>>,
 ) {
     let mut batch: Vec<(usize, SyncId)> = Vec::new();
     let mut last_compaction = Instant::now();
-    while let Ok(first) = requests.recv() {
+    loop {
+        // Idle too, compaction runs every COMPACT_EVERY: a node whose
+        // groups stopped writing still reclaims and asks for purges.
+        let wait = COMPACT_EVERY
+            .saturating_sub(last_compaction.elapsed())
+            .max(std::time::Duration::from_millis(1));
+        let first = match requests.recv_timeout(wait) {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if last_compaction.elapsed() >= COMPACT_EVERY {
+            last_compaction = Instant::now();
+            for syncer in syncers.iter().take(1) {
+                if let Syncer::Shared(log) = syncer {
+                    let keepers = compact(log);
+                    if !keepers.is_empty() {
+                        tracing::info!(groups = ?keepers, "the shared log's oldest segment is kept by these groups; asking them to snapshot and cut their logs");
+                        // A full channel: the loop has not taken the last
+                        // request yet; the next pass asks again.
+                        let _ = purge.try_send(keepers);
+                    }
+                }
+            }
+        }
+        let Some(first) = first else { continue };
         batch.clear();
         batch.push(first);
         while batch.len() < MAX_SYNCS_PER_PASS {
             match requests.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
-            }
-        }
-        if last_compaction.elapsed() >= COMPACT_EVERY {
-            last_compaction = Instant::now();
-            for syncer in syncers.iter().take(1) {
-                if let Syncer::Shared(log) = syncer {
-                    compact(log);
-                }
             }
         }
         // Each distinct log once, in the order first asked.

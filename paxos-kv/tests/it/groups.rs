@@ -483,3 +483,93 @@ async fn a_client_keeps_its_connections_while_group_leaders_move() {
     );
     cluster.stop();
 }
+
+/// The shared log's segment files under node `id`'s data directory.
+fn shared_log_segments(cluster: &LocalCluster, id: u64) -> usize {
+    let dir = cluster.data_dir(id).join("wal").join("log");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        .count()
+}
+
+/// A group written once and then left alone must not hold the shared log's
+/// old segments while the other groups write on (raft-engine's purge): a
+/// node asks a group that holds the oldest segment back to snapshot and
+/// cut its log, and the segment goes. Before, the quiet group's one entry
+/// kept every segment written since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_does_not_hold_the_shared_log_s_old_segments() {
+    const TWO: u32 = 2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.segment_mib = 1;
+    spec.snapshot_every = 50;
+    spec.extra_node_args = vec![
+        "--groups".into(),
+        TWO.to_string(),
+        "--retention-entries".into(),
+        "20".into(),
+    ];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let client = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(5),
+    );
+    let in_group = |g: u32| {
+        (0u32..)
+            .find(|&i| group_of(&key(i), TWO) == g)
+            .expect("a key")
+    };
+    let quiet = in_group(0);
+    let mut session = Session::new(11);
+    write_all(&client, &mut session, quiet..quiet + 1).await;
+    // About 12 MiB in the other group: twelve segments of 1 MiB.
+    let value = Bytes::from(vec![b'v'; 32 * 1024]);
+    let busy: Vec<Bytes> = (0u32..)
+        .map(key)
+        .filter(|k| group_of(k, TWO) == 1)
+        .take(384)
+        .collect();
+    for k in &busy {
+        let mut attempts = 0;
+        while let Err(e) = client.put(k.clone(), value.clone()).await {
+            attempts += 1;
+            assert!(attempts < 50, "put of {k:?} failed 50 times: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Compaction passes run every 10 s on each node.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let counts: Vec<usize> = cluster
+            .ids()
+            .into_iter()
+            .map(|id| shared_log_segments(&cluster, id))
+            .collect();
+        if counts.iter().all(|&c| c <= 5) || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        counts.iter().all(|&c| c <= 5),
+        "shared log segments per node {counts:?} after 12 MiB in the busy group; \
+         the quiet group's entry holds them"
+    );
+    // The quiet group still reads its write, and takes a new one.
+    read_back(&client, &[quiet]).await;
+    write_all(&client, &mut session, quiet + 1..quiet + 2).await;
+    cluster.stop();
+}

@@ -250,6 +250,12 @@ pub struct CompactReport {
     /// (at most [`MAX_HOLDERS_REPORTED`]): ask them to snapshot and
     /// truncate their prefix.
     pub holders: Vec<Holder>,
+    /// Segment files kept after this pass, the active one included.
+    pub segments: usize,
+    /// Where the oldest segment kept ends (the first LSN of the next one;
+    /// `None` when only the active segment is left): the holders with an
+    /// LSN below it are those that keep it.
+    pub oldest_segment_end: Option<u64>,
 }
 
 /// One group's part of the index.
@@ -894,12 +900,10 @@ impl SharedLog {
             self.sync()?;
             report.segments_removed = self.wal.truncate_prefix(report.reclaimed_below)?;
         }
-        let active = self
-            .wal
-            .segment_first_keys()
-            .last()
-            .copied()
-            .unwrap_or(u64::MAX);
+        let kept = self.wal.segment_first_keys();
+        report.segments = kept.len();
+        report.oldest_segment_end = kept.get(1).copied();
+        let active = kept.last().copied().unwrap_or(u64::MAX);
         let st = self.state.read();
         let mut holders: Vec<Holder> = st
             .groups

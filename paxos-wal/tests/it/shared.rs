@@ -192,6 +192,17 @@ fn reclaim_rewrites_idle_states_and_reports_holders() {
     assert_eq!(r.holders.len(), 2);
     assert_eq!((r.holders[0].group, r.holders[0].first_key), (2, 1));
     assert_eq!(r.holders[1].group, 3, "then group 3's retained entries");
+    // The report says where the oldest segment ends, so that a host asks
+    // only the groups that keep it: group 2 alone.
+    assert_eq!(r.segments, log.segment_count());
+    let end = r.oldest_segment_end.expect("more than one segment");
+    let keepers: Vec<u64> = r
+        .holders
+        .iter()
+        .filter(|h| h.lsn < end)
+        .map(|h| h.group)
+        .collect();
+    assert_eq!(keepers, [2], "{r:?}");
     // Group 2 snapshots and truncates: now only group 1's state is old.
     log.truncate_prefix(2, 1).unwrap();
     let segments = log.segment_count();
