@@ -50,7 +50,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client_proto::{next_frame, write_frames, AdminRequest, ReadMode, Request, Response};
+use crate::client_proto::{
+    next_frame, write_frames, AdminChange, AdminRequest, ReadMode, Request, Response,
+};
 use crate::kv::{KvCommand, KvOp, KvResult};
 use crate::shard::group_of;
 use crate::tls::{describe_tls_error, ClientSecurity, ClientTlsConfig};
@@ -819,6 +821,72 @@ impl Client {
         }
     }
 
+    /// Runs `req` in every group of the cluster, at most `parallel` groups
+    /// at a time, for an operator who adds, promotes, demotes or removes a
+    /// node in a cluster of many groups (each group has its own
+    /// membership). A group that answers that it cannot yet (a `retry:`
+    /// answer, a group between leaders, voters not yet back in sync, a
+    /// timeout) is asked again every 200 ms for up to `wait`; a group
+    /// whose membership already has the node in the role asked for counts
+    /// as done, so the same command run again finishes what an earlier
+    /// run left. `on_group` sees each group's outcome as it comes (for
+    /// progress). Fails only if the number of groups cannot be learned.
+    pub async fn admin_in_every_group(
+        self: &Arc<Self>,
+        req: AdminRequest,
+        parallel: usize,
+        wait: Duration,
+        on_group: impl Fn(u32, &Result<String, ClientError>) + Send + Sync + 'static,
+    ) -> Result<EveryGroup, ClientError> {
+        let groups = self.groups().await?;
+        let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let on_group = Arc::new(on_group);
+        let mut tasks = tokio::task::JoinSet::new();
+        for group in 0..groups {
+            let (client, gate, on_group) = (self.clone(), gate.clone(), on_group.clone());
+            tasks.spawn(async move {
+                // The gate is never closed while tasks hold it.
+                let _permit = gate.acquire_owned().await.ok();
+                let outcome = client.admin_until_settled(group, req, wait).await;
+                on_group(group, &outcome);
+                (group, outcome)
+            });
+        }
+        let mut every = EveryGroup::default();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((g, Ok(json))) => every.done.push((g, json)),
+                Ok((g, Err(e))) => every.failed.push((g, e)),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        every.done.sort_by_key(|(g, _)| *g);
+        every.failed.sort_by_key(|(g, _)| *g);
+        Ok(every)
+    }
+
+    /// [`admin_in`](Client::admin_in), asked again while the answer is
+    /// transient, for up to `wait` (bounded: one attempt per 200 ms).
+    async fn admin_until_settled(
+        &self,
+        group: u32,
+        req: AdminRequest,
+        wait: Duration,
+    ) -> Result<String, ClientError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.admin_in(group, req).await {
+                Err(e) if already_done(req, &e) => {
+                    return Ok(serde_json::json!({ "already": e.to_string() }).to_string())
+                }
+                Err(e) if admin_refusal_is_transient(&e) && started.elapsed() < wait => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The status JSON of the node at `addr` (no redirect). On a node
     /// hosting many groups it summarises them (see
     /// [`group_status_of`](Client::group_status_of) for one).
@@ -1033,4 +1101,45 @@ where
         closed,
         reason,
     }
+}
+
+/// What [`Client::admin_in_every_group`] got from each group.
+#[derive(Debug, Default)]
+pub struct EveryGroup {
+    /// The groups that answered, by group: the node's JSON answer, or
+    /// `{"already": ...}` where the node was already in the role asked for.
+    pub done: Vec<(u32, String)>,
+    /// The groups that did not, by group, with the last answer.
+    pub failed: Vec<(u32, ClientError)>,
+}
+
+/// Whether an administration request's refusal may pass if asked again:
+/// a `retry:` answer (a change in flight, an observer catching up, a
+/// hand-over), a group between leaders, voters not yet in sync (a quiet
+/// group's leader hears its followers again a heartbeat after the request
+/// woke it), or no answer in time.
+pub fn admin_refusal_is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Node(m) => {
+            m.starts_with("retry:")
+                || m.contains("no leader yet")
+                || m.contains("in sync with the leader")
+        }
+        ClientError::Timeout(_) | ClientError::Unreachable { .. } | ClientError::Io(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether `e` is the leader's answer that the node of a role change
+/// already has the role asked for (`cannot Promote node 4: it is a voter`).
+fn already_done(req: AdminRequest, e: &ClientError) -> bool {
+    let (AdminRequest::Change { change, node, .. }, ClientError::Node(m)) = (req, e) else {
+        return false;
+    };
+    let role = match change {
+        AdminChange::AddVoter | AdminChange::Promote => "a voter",
+        AdminChange::AddObserver | AdminChange::Demote => "an observer",
+        AdminChange::Remove => "not a member",
+    };
+    *m == format!("cannot {change:?} node {node}: it is {role}")
 }

@@ -107,8 +107,18 @@ enum Command {
     /// Cluster administration (needs role admin).
     Admin {
         /// The group to administer, in a cluster started with --groups.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "all_groups")]
         group: u32,
+        /// Make the change in every group (a node joins or leaves a cluster
+        /// of many groups in each of them). Groups that cannot yet are asked
+        /// again; a group already as asked counts as done, so running the
+        /// command again finishes what a failed run left. Prints a summary;
+        /// exit status 1 if any group failed.
+        #[arg(long)]
+        all_groups: bool,
+        /// With --all-groups: how many groups are changed at once.
+        #[arg(long, default_value_t = 16, requires = "all_groups")]
+        parallel: usize,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -276,7 +286,16 @@ async fn main() -> Result<()> {
                 other => bail!("unexpected result {other:?}"),
             }
         }
-        Command::Admin { group, command } => {
+        Command::Admin {
+            all_groups: true,
+            parallel,
+            command,
+            ..
+        } => {
+            let client = std::sync::Arc::new(client);
+            admin_every_group(&client, parallel, command).await?;
+        }
+        Command::Admin { group, command, .. } => {
             let change = |change, node| AdminRequest::Change {
                 change,
                 node,
@@ -353,6 +372,118 @@ async fn main() -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `paxos-client admin --all-groups`: the change in every group, with
+/// progress on stderr and a JSON summary on stdout.
+async fn admin_every_group(
+    client: &std::sync::Arc<Client>,
+    parallel: usize,
+    command: AdminCommand,
+) -> Result<()> {
+    let change = |change, node, addrs| AdminRequest::Change {
+        change,
+        node,
+        addrs,
+    };
+    // (step name, request, how long a group may keep answering "not yet")
+    let steps: Vec<(&str, AdminRequest, Duration)> = match command {
+        AdminCommand::AddVoter {
+            id,
+            addrs,
+            wait_secs,
+        } => vec![
+            (
+                "add-observer",
+                change(AdminChange::AddObserver, id, addrs),
+                Duration::from_secs(60),
+            ),
+            (
+                "promote",
+                change(AdminChange::Promote, id, None),
+                Duration::from_secs(wait_secs),
+            ),
+        ],
+        AdminCommand::AddObserver { id, addrs } => vec![(
+            "add-observer",
+            change(AdminChange::AddObserver, id, addrs),
+            Duration::from_secs(60),
+        )],
+        AdminCommand::Promote { id, wait_secs } => vec![(
+            "promote",
+            change(AdminChange::Promote, id, None),
+            Duration::from_secs(wait_secs),
+        )],
+        AdminCommand::Demote { id } => vec![(
+            "demote",
+            change(AdminChange::Demote, id, None),
+            Duration::from_secs(60),
+        )],
+        AdminCommand::Remove { id } => vec![(
+            "remove",
+            change(AdminChange::Remove, id, None),
+            Duration::from_secs(60),
+        )],
+        AdminCommand::Members => vec![("members", AdminRequest::Members, Duration::from_secs(30))],
+        AdminCommand::TransferLeader { .. } => {
+            bail!("transfer-leader names one group's new leader; use --group")
+        }
+    };
+    let groups = client.groups().await?;
+    let mut summary = serde_json::Map::new();
+    let mut failed_any = false;
+    for (name, req, wait) in steps {
+        let started = std::time::Instant::now();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = seen.clone();
+        let every = client
+            .admin_in_every_group(req, parallel, wait, move |g, outcome| {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if let Err(e) = outcome {
+                    eprintln!("{name}: group {g} failed: {e}");
+                }
+                if n % 100 == 0 || n == groups {
+                    eprintln!("{name}: {n} of {groups} groups answered");
+                }
+            })
+            .await?;
+        let failed: serde_json::Map<String, serde_json::Value> = every
+            .failed
+            .iter()
+            .map(|(g, e)| (g.to_string(), serde_json::Value::String(e.to_string())))
+            .collect();
+        let mut step = serde_json::json!({
+            "groups": groups,
+            "done": every.done.len(),
+            "already": every.done.iter().filter(|(_, j)| j.starts_with("{\"already\"")).count(),
+            "failed": failed,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        if matches!(req, AdminRequest::Members) {
+            // The distinct memberships, with how many groups have each.
+            let mut seen: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+            for (g, json) in &every.done {
+                let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+                let key = serde_json::json!({"voters": v["voters"], "observers": v["observers"]});
+                seen.entry(key.to_string()).or_default().push(*g);
+            }
+            step["memberships"] = seen
+                .into_iter()
+                .map(|(k, gs)| serde_json::json!({ "membership": serde_json::from_str::<serde_json::Value>(&k).unwrap_or_default(), "groups": gs.len(), "first_groups": &gs[..gs.len().min(10)] }))
+                .collect();
+        }
+        summary.insert(name.to_string(), step);
+        if !every.failed.is_empty() {
+            failed_any = true;
+            // A later step (promote after add-observer) needs this one.
+            break;
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if failed_any {
+        bail!("some groups failed; run the same command again to retry them");
     }
     Ok(())
 }

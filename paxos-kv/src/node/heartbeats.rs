@@ -101,12 +101,18 @@ pub(super) enum HeartbeatsError {
     },
 }
 
+/// Every heartbeat and acknowledgement looks its group up here, on both
+/// sides: a fast hasher rather than SipHash (the keys are group ids from
+/// this node or an authenticated peer, and the receiver keeps only the
+/// groups it hosts).
+type ByGroup<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
 /// The last heartbeat (epoch, round, commit) and acknowledgement (epoch,
 /// round) for each group, sent to or taken from one peer.
 #[derive(Default)]
 pub(super) struct Memory {
-    heartbeats: HashMap<u64, (Epoch, u64, Zxid)>,
-    acks: HashMap<u64, (Epoch, u64)>,
+    heartbeats: ByGroup<(Epoch, u64, Zxid)>,
+    acks: ByGroup<(Epoch, u64)>,
 }
 
 impl Memory {

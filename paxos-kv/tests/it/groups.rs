@@ -573,3 +573,103 @@ async fn a_quiet_group_does_not_hold_the_shared_log_s_old_segments() {
     write_all(&client, &mut session, quiet + 1..quiet + 2).await;
     cluster.stop();
 }
+
+/// A node joins a cluster of many groups with one call per step, as
+/// `paxos-client admin --all-groups` makes it: added as an observer in
+/// every group, then promoted in every group; the same call again finds
+/// every group done already (a rerun finishes what a failed run left);
+/// every group then counts it a voter, and a write in every group still
+/// commits; it leaves every group with one call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_leaves_every_group_with_one_admin_call() {
+    use paxos_kv::auth::Role;
+    use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients.push(("ops".into(), Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let ops = std::sync::Arc::new(Client::new(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        1,
+        Duration::from_secs(5),
+    ));
+    let wait = Duration::from_secs(60);
+    let joined = cluster.join_node(4).expect("the new machine starts");
+    let change = |change, addrs| AdminRequest::Change {
+        change,
+        node: 4,
+        addrs,
+    };
+    let addrs = Some(NodeAddrs {
+        peer: joined.peer,
+        client: joined.client,
+    });
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = seen.clone();
+    let added = ops
+        .admin_in_every_group(
+            change(AdminChange::AddObserver, addrs),
+            4,
+            wait,
+            move |_, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+        )
+        .await
+        .expect("groups learned");
+    assert!(added.failed.is_empty(), "{:?}", added.failed);
+    assert_eq!(added.done.len(), GROUPS as usize);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), GROUPS);
+    let promoted = ops
+        .admin_in_every_group(change(AdminChange::Promote, None), 4, wait, |_, _| {})
+        .await
+        .expect("groups learned");
+    assert!(promoted.failed.is_empty(), "{:?}", promoted.failed);
+    for (g, json) in &promoted.done {
+        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        assert_eq!(
+            v["voters"],
+            serde_json::json!([1, 2, 3, 4]),
+            "group {g}: {v}"
+        );
+    }
+    let again = ops
+        .admin_in_every_group(change(AdminChange::Promote, None), 4, wait, |_, _| {})
+        .await
+        .expect("groups learned");
+    assert!(again.failed.is_empty(), "{:?}", again.failed);
+    assert!(
+        again.done.iter().all(|(_, j)| j.contains("already")),
+        "a rerun finds every group done: {:?}",
+        again.done
+    );
+    let members = ops
+        .admin_in_every_group(AdminRequest::Members, 4, wait, |_, _| {})
+        .await
+        .expect("groups learned");
+    assert_eq!(members.done.len(), GROUPS as usize);
+    let client = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(5),
+    );
+    let mut session = Session::new(21);
+    let acked = write_all(&client, &mut session, 0..40).await;
+    read_back(&client, &acked).await;
+    let removed = ops
+        .admin_in_every_group(change(AdminChange::Remove, None), 4, wait, |_, _| {})
+        .await
+        .expect("groups learned");
+    assert!(removed.failed.is_empty(), "{:?}", removed.failed);
+    for (g, json) in &removed.done {
+        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        assert_eq!(v["voters"], serde_json::json!([1, 2, 3]), "group {g}: {v}");
+    }
+    cluster.stop();
+}
