@@ -40,6 +40,7 @@ use paxos_election::Notification;
 use paxos_net_quic::PeerId;
 
 use super::client_port::ClientMsg;
+use super::metrics::GroupCounts;
 use super::{
     heartbeats, Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION,
     TAG_ELECTION_IN, TAG_HOST_HEARTBEAT,
@@ -731,17 +732,8 @@ impl Groups {
             return;
         }
         self.next_roles_log = now + ROLES_LOG_EVERY;
-        let mut roles = (0, 0, 0);
-        for d in &self.groups {
-            let r = d.node.replica();
-            if r.is_leader() {
-                roles.0 += 1;
-            } else if r.leader().is_some() {
-                roles.1 += 1;
-            } else {
-                roles.2 += 1;
-            }
-        }
+        let c = self.counts();
+        let roles = (c.led, c.following, c.looking);
         if roles != self.logged_roles {
             self.logged_roles = roles;
             tracing::info!(
@@ -755,12 +747,40 @@ impl Groups {
         }
     }
 
-    /// The state gauges (of group 0 when the node hosts many).
+    /// The state gauges (of group 0 when the node hosts many: role,
+    /// epoch, positions, peers), and the counts of all groups.
     fn refresh_metrics_if_due(&self) {
         let host = &self.groups[0].host;
         if host.metrics_served && host.metrics.borrow_mut().refresh_due(Instant::now()) {
             self.groups[0].refresh_metrics();
+            host.metrics.borrow().set_groups(&self.counts());
         }
+    }
+
+    /// This node's groups by role and state (one pass over them).
+    fn counts(&self) -> GroupCounts {
+        let mut c = GroupCounts {
+            election_queue: self.waiting.len(),
+            election_window: self.window.limit(),
+            ..GroupCounts::default()
+        };
+        for d in &self.groups {
+            let r = d.node.replica();
+            if r.is_leader() {
+                c.led += 1;
+            } else if r.leader().is_some() {
+                c.following += 1;
+            } else {
+                c.looking += 1;
+            }
+            if r.is_recovering() {
+                c.recovering += 1;
+            }
+            if paxos_core::StateMachine::applied(d.node.state_machine()) < r.commit_zxid() {
+                c.lagging += 1;
+            }
+        }
+        c
     }
 
     pub(super) fn on_synced(&mut self, (g, done): (usize, SyncDone)) -> Result<()> {
@@ -946,30 +966,12 @@ impl Groups {
     /// (which is how a client learns where to send each group's requests).
     fn status_summary(&self) -> String {
         let host = self.host();
-        let mut led = 0usize;
-        let mut following = 0usize;
-        let mut looking = 0usize;
-        let mut recovering = 0usize;
-        let mut lagging = 0usize;
+        let c = self.counts();
         let mut keys = 0usize;
         let mut leaders: Vec<Option<u64>> = Vec::with_capacity(self.groups.len());
         for d in &self.groups {
-            let r = d.node.replica();
-            if r.is_leader() {
-                led += 1;
-            } else if r.leader().is_some() {
-                following += 1;
-            } else {
-                looking += 1;
-            }
-            if r.is_recovering() {
-                recovering += 1;
-            }
-            if paxos_core::StateMachine::applied(d.node.state_machine()) < r.commit_zxid() {
-                lagging += 1;
-            }
             keys += d.node.state_machine().len();
-            leaders.push(r.leader().map(|l| l.0));
+            leaders.push(d.node.replica().leader().map(|l| l.0));
         }
         let members = host.members.borrow();
         let addrs: BTreeMap<u64, String> = members
@@ -981,13 +983,13 @@ impl Groups {
             "pid": std::process::id(),
             "cluster": host.identity.borrow().cluster,
             "groups": self.groups.len(),
-            "led": led,
-            "following": following,
-            "looking": looking,
-            "recovering": recovering,
-            "lagging": lagging,
-            "election_queue": self.waiting.len(),
-            "election_window": self.window.limit(),
+            "led": c.led,
+            "following": c.following,
+            "looking": c.looking,
+            "recovering": c.recovering,
+            "lagging": c.lagging,
+            "election_queue": c.election_queue,
+            "election_window": c.election_window,
             "keys": keys,
             "group_leaders": leaders,
             "client_addrs": addrs,

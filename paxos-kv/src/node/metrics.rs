@@ -59,6 +59,33 @@ struct PeerLabels {
     peer: u64,
 }
 
+/// The label of the groups-by-role gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+/// How this node's groups stand, for the node-wide gauges (per-group
+/// series would be thousands per node: one group's view is
+/// `paxos-client status --group G`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct GroupCounts {
+    /// Groups this node leads.
+    pub(super) led: usize,
+    /// Groups in which it follows a known leader.
+    pub(super) following: usize,
+    /// Groups in which it looks for a leader.
+    pub(super) looking: usize,
+    /// Groups in which this replica is recovering (wiped or damaged log).
+    pub(super) recovering: usize,
+    /// Groups whose state machine has not applied all it knows committed.
+    pub(super) lagging: usize,
+    /// Leaderless groups waiting for an election slot.
+    pub(super) election_queue: usize,
+    /// Elections admitted at once now.
+    pub(super) election_window: usize,
+}
+
 /// The labels of a client request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -129,6 +156,11 @@ pub(super) struct NodeMetrics {
     sync: SyncRecorder,
     peer_lag: Family<PeerLabels, Gauge>,
     peer_connected: Family<PeerLabels, Gauge>,
+    groups: Family<RoleLabels, Gauge>,
+    groups_recovering: Gauge,
+    groups_lagging: Gauge,
+    election_queue: Gauge,
+    election_window: Gauge,
     elections: Counter,
     epoch_changes: Counter,
     membership_changes: Counter,
@@ -218,6 +250,36 @@ impl NodeMetrics {
             "peer_connected",
             "Whether the transport holds a connection to the peer (1) or not (0)",
             peer_connected.clone(),
+        );
+        let groups = Family::<RoleLabels, Gauge>::default();
+        r.register(
+            "groups",
+            "Paxos groups this node hosts, by its role in each (leader, follower, looking)",
+            groups.clone(),
+        );
+        let groups_recovering = Gauge::default();
+        r.register(
+            "groups_recovering",
+            "Groups in which this node's replica is recovering (its log was wiped or damaged) and does not vote",
+            groups_recovering.clone(),
+        );
+        let groups_lagging = Gauge::default();
+        r.register(
+            "groups_lagging",
+            "Groups whose state machine on this node has not applied everything it knows committed",
+            groups_lagging.clone(),
+        );
+        let election_queue = Gauge::default();
+        r.register(
+            "election_queue",
+            "Groups without a leader waiting for an election slot (many groups only)",
+            election_queue.clone(),
+        );
+        let election_window = Gauge::default();
+        r.register(
+            "election_window",
+            "Elections this node admits at once now (many groups only; adapts between 16 and --max-elections)",
+            election_window.clone(),
         );
         let elections = Counter::default();
         r.register(
@@ -335,6 +397,11 @@ impl NodeMetrics {
             sync,
             peer_lag,
             peer_connected,
+            groups,
+            groups_recovering,
+            groups_lagging,
+            election_queue,
+            election_window,
             elections,
             membership_changes,
             leader_transfers,
@@ -462,6 +529,24 @@ impl NodeMetrics {
         self.epoch.set(i64::from(s.epoch.0));
         self.commit_zxid.set(s.commit.as_u64());
         self.applied_zxid.set(s.applied.as_u64());
+    }
+
+    /// Copies the counts of this node's groups in.
+    pub(super) fn set_groups(&self, c: &GroupCounts) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (role, n) in [
+            ("leader", c.led),
+            ("follower", c.following),
+            ("looking", c.looking),
+        ] {
+            self.groups
+                .get_or_create(&RoleLabels { role })
+                .set(gauge(n));
+        }
+        self.groups_recovering.set(gauge(c.recovering));
+        self.groups_lagging.set(gauge(c.lagging));
+        self.election_queue.set(gauge(c.election_queue));
+        self.election_window.set(gauge(c.election_window));
     }
 
     /// Whether the transport is connected to `peer`.

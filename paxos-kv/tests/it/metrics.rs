@@ -258,3 +258,83 @@ async fn the_leader_serves_prometheus_metrics_and_survives_malformed_scrapes() {
         after.body
     );
 }
+
+/// With many groups the node-wide gauges count them: by role (the three
+/// nodes' leaders add up to the number of groups, and each node's roles
+/// to the groups it hosts), none recovering, and the election window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_many_groups_counts_them_by_role() {
+    const GROUPS: f64 = 8.0;
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.extra_node_args = vec![
+        "--groups".into(),
+        "8".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.{{id}}:{port}"),
+    ];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let role = |body: &str, r: &str| sample(body, &format!("paxos_groups{{role=\"{r}\"}}"));
+    // Refreshed on the node's timer, and leaders may still move: scrape
+    // until the counts agree (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bodies = loop {
+        let mut bodies = Vec::new();
+        for id in 1..=3u64 {
+            let addr: SocketAddr = format!("127.0.0.{id}:{port}").parse().expect("address");
+            if let Ok(s) = get_metrics(addr).await {
+                bodies.push(s.body);
+            }
+        }
+        let agreed = bodies.len() == 3
+            && bodies
+                .iter()
+                .map(|b| role(b, "leader").unwrap_or(0.0))
+                .sum::<f64>()
+                == GROUPS
+            && bodies.iter().all(|b| {
+                ["leader", "follower", "looking"]
+                    .iter()
+                    .map(|r| role(b, r).unwrap_or(-1.0))
+                    .sum::<f64>()
+                    == GROUPS
+            });
+        if agreed {
+            break bodies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes' group gauges never agreed: {:?}",
+            bodies
+                .iter()
+                .map(|b| b
+                    .lines()
+                    .filter(|l| l.starts_with("paxos_groups"))
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for b in &bodies {
+        assert_eq!(sample(b, "paxos_groups_recovering"), Some(0.0), "{b}");
+        assert!(sample(b, "paxos_groups_lagging").is_some(), "{b}");
+        assert!(sample(b, "paxos_election_queue").is_some(), "{b}");
+        assert!(
+            sample(b, "paxos_election_window").is_some_and(|w| w >= 16.0),
+            "{b}"
+        );
+    }
+    cluster.stop();
+}
