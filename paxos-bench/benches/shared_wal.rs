@@ -6,6 +6,9 @@
 //! `SharedLog`, the G entries in one batch, one sync. Every 2048 rounds the
 //! logs drop their old prefix (amortized in the figures).
 //!
+//! Group `shared_wal_read`: one group's newest entry read back from a
+//! group of 1 000 or 200 000 entries.
+//!
 //! Files live under the system temp dir when it is disk-backed, else under
 //! `target/bench-tmp`. `PAXOS_BENCH_QUICK=1` shortens the runs.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
@@ -110,5 +113,53 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Group `shared_wal_read`: reading one group's newest entry (what a
+/// leader's ACCEPT and the apply of a fresh commit read) from a group that
+/// holds `n` entries with zxid-like keys (one epoch, consecutive counters).
+fn bench_read(c: &mut Criterion) {
+    let root = tempfile::tempdir_in(scratch_root()).expect("scratch dir");
+    let mut g = c.benchmark_group("shared_wal_read");
+    g.sample_size(20);
+    let secs = if quick() { 1 } else { 3 };
+    g.measurement_time(Duration::from_secs(secs));
+    g.warm_up_time(Duration::from_millis(500));
+    for n in [1_000u64, 200_000] {
+        let dir = root.path().join(format!("read-{n}"));
+        let log = SharedLog::open(
+            dir,
+            WalOptions {
+                segment_bytes: 64 << 20,
+                ..opts()
+            },
+        )
+        .expect("open shared log")
+        .0;
+        let epoch = 1u64 << 32;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(1024) {
+            let ops: Vec<Op<'_>> = chunk
+                .iter()
+                .map(|&i| Op::Entry {
+                    group: 7,
+                    key: epoch | i,
+                    tagged: false,
+                    payload: &PAYLOAD,
+                })
+                .collect();
+            log.write(&ops).expect("write");
+        }
+        log.sync().expect("sync");
+        let newest = epoch | n;
+        g.bench_function(format!("newest_of_{n}"), |b| {
+            b.iter(|| {
+                let mut bytes = 0;
+                log.read(7, newest, 1, usize::MAX, |e| bytes += e.payload.len())
+                    .expect("read");
+                assert_eq!(bytes, PAYLOAD.len());
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_read);
 criterion_main!(benches);

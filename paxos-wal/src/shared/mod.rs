@@ -273,12 +273,30 @@ struct GroupIndex {
 impl GroupIndex {
     /// The position of the first entry with key >= `key`.
     fn position(&self, key: u64) -> usize {
-        self.entries.partition_point(|&(k, _)| k < key)
+        match self.dense_position(key) {
+            Some(i) => i,
+            None => self.entries.partition_point(|&(k, _)| k < key),
+        }
     }
 
     /// The position of the first entry with key > `key`.
     fn position_after(&self, key: u64) -> usize {
-        self.entries.partition_point(|&(k, _)| k <= key)
+        match self.dense_position(key) {
+            Some(i) => i + 1,
+            None => self.entries.partition_point(|&(k, _)| k <= key),
+        }
+    }
+
+    /// The position of the entry with exactly `key`, found without a
+    /// search when the keys from it to the newest are consecutive (a
+    /// consensus log's keys are zxids: consecutive within an epoch, and
+    /// reads mostly ask for the newest entries); `None` otherwise. Keys
+    /// strictly increase, so a match at the computed slot is the only one.
+    fn dense_position(&self, key: u64) -> Option<usize> {
+        let &(last, _) = self.entries.back()?;
+        let back = usize::try_from(last.checked_sub(key)?).ok()?;
+        let i = self.entries.len().checked_sub(1)?.checked_sub(back)?;
+        (self.entries.get(i)?.0 == key).then_some(i)
     }
 
     /// Gives most of a large, mostly empty capacity back after a truncation.
