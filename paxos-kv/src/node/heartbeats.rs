@@ -35,8 +35,6 @@
 //! and at worst it is late, which the protocol tolerates. The kernel sees
 //! the same messages, only the wire is smaller.
 
-use std::collections::HashMap;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{Epoch, Message, Zxid};
 
@@ -101,11 +99,75 @@ pub(super) enum HeartbeatsError {
     },
 }
 
-/// Every heartbeat and acknowledgement looks its group up here, on both
-/// sides: a fast hasher rather than SipHash (the keys are group ids from
-/// this node or an authenticated peer, and the receiver keeps only the
-/// groups it hosts).
-type ByGroup<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+/// Groups past this id are not remembered (their heartbeats always go in
+/// full): the shared log's own bound on a node's groups.
+const MAX_REMEMBERED_GROUP: u64 = 1 << 16;
+
+/// Per-group slots indexed by group id: every heartbeat and
+/// acknowledgement looks its group up here on both sides, and a node's
+/// groups are numbered from 0, so a vector (no hashing) serves. It grows
+/// to the largest group stored, at most [`MAX_REMEMBERED_GROUP`]; the
+/// receiver stores only groups it hosts.
+struct ByGroup<V> {
+    slots: Vec<Option<V>>,
+    len: usize,
+}
+
+impl<V> Default for ByGroup<V> {
+    fn default() -> Self {
+        ByGroup {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> ByGroup<V> {
+    fn index(group: u64) -> Option<usize> {
+        if group >= MAX_REMEMBERED_GROUP {
+            return None;
+        }
+        usize::try_from(group).ok()
+    }
+
+    /// Stores `v` for `group` (nothing past the bound); returns what was
+    /// there.
+    fn insert(&mut self, group: u64, v: V) -> Option<V> {
+        let i = Self::index(group)?;
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        let old = self.slots[i].replace(v);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn get_mut(&mut self, group: u64) -> Option<&mut V> {
+        self.slots.get_mut(Self::index(group)?)?.as_mut()
+    }
+
+    fn remove(&mut self, group: u64) -> Option<V> {
+        let old = self.slots.get_mut(Self::index(group)?)?.take();
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    fn contains_key(&self, group: u64) -> bool {
+        Self::index(group)
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(Option::is_some)
+    }
+}
 
 /// The last heartbeat (epoch, round, commit) and acknowledgement (epoch,
 /// round) for each group, sent to or taken from one peer.
@@ -119,10 +181,10 @@ impl Memory {
     fn forget(&mut self, beat: Beat, group: u64) {
         match beat {
             Beat::Heartbeat => {
-                self.heartbeats.remove(&group);
+                self.heartbeats.remove(group);
             }
             Beat::Ack => {
-                self.acks.remove(&group);
+                self.acks.remove(group);
             }
         }
     }
@@ -228,7 +290,9 @@ impl HeartbeatBatch {
         ] {
             if !run.is_empty() {
                 // Stable: a group twice in one turn keeps its order.
-                run.sort_by_key(|&(g, _)| g);
+                if !run.is_sorted_by_key(|&(g, _)| g) {
+                    run.sort_by_key(|&(g, _)| g);
+                }
                 self.buf.put_u8(kind);
                 put_varint(&mut self.buf, run.len() as u64);
                 let mut prev = 0;
@@ -304,7 +368,7 @@ pub(super) fn decode(
             }
             Entry::Next(beat, group, low) => {
                 let rebuilt = match beat {
-                    Beat::Heartbeat => memory.heartbeats.get_mut(&group).and_then(|m| {
+                    Beat::Heartbeat => memory.heartbeats.get_mut(group).and_then(|m| {
                         let round = m.1.checked_add(1).filter(|r| *r as u8 == low)?;
                         m.1 = round;
                         Some(Message::Heartbeat {
@@ -313,7 +377,7 @@ pub(super) fn decode(
                             round,
                         })
                     }),
-                    Beat::Ack => memory.acks.get_mut(&group).and_then(|m| {
+                    Beat::Ack => memory.acks.get_mut(group).and_then(|m| {
                         let round = m.1.checked_add(1).filter(|r| *r as u8 == low)?;
                         m.1 = round;
                         Some(Message::HeartbeatAck { epoch: m.0, round })
@@ -432,6 +496,7 @@ fn take_varint(body: &mut &[u8], entry: usize) -> Result<u64, HeartbeatsError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn hb(epoch: u32, round: u64, commit: u64) -> Message {
         Message::Heartbeat {
@@ -677,7 +742,7 @@ mod tests {
         let mut body = vec![KIND_HEARTBEAT, 2, 1, 1, 1];
         body.push(99);
         assert!(decode(&body, &mut memory, u64::MAX).is_err());
-        assert!(!memory.heartbeats.contains_key(&2));
+        assert!(!memory.heartbeats.contains_key(2));
     }
 
     fn message() -> impl Strategy<Value = Message> {
