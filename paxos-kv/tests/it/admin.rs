@@ -157,31 +157,48 @@ async fn an_admin_hands_the_leadership_over_under_load_and_nothing_is_lost() {
     };
     // A refusal because the target was not heard from lately is transient
     // (an operator would ask again); every other refusal fails the test.
-    let mut answer = None;
-    for _ in 0..20 {
-        match ops.admin(AdminRequest::TransferLeader { to: target }).await {
-            Ok(json) => {
-                answer = Some(json);
-                break;
+    // A hand-over whose nominee then loses its election (on a loaded
+    // machine another node may time out first: CI saw node 3 lead after a
+    // hand-over to 1) is asked for again, as an operator would, up to
+    // three times.
+    let mut led = None;
+    for _handover in 0..3 {
+        let mut answer = None;
+        for _ in 0..20 {
+            match ops.admin(AdminRequest::TransferLeader { to: target }).await {
+                Ok(json) => {
+                    answer = Some(json);
+                    break;
+                }
+                // So is an abort because the target did not catch up within
+                // an election timeout (the leader leads again): on a loaded
+                // machine a starved target falls that far behind.
+                Err(e)
+                    if e.to_string().contains("has not been heard from")
+                        || e.to_string().contains("did not catch up") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("transfer: {e}"),
             }
-            // So is an abort because the target did not catch up within
-            // an election timeout (the leader leads again): on a loaded
-            // machine a starved target falls that far behind.
-            Err(e)
-                if e.to_string().contains("has not been heard from")
-                    || e.to_string().contains("did not catch up") =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("transfer: {e}"),
         }
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer.expect("transfer accepted within 20 attempts"))
+                .expect("JSON");
+        if answer["note"] == "already the leader" {
+            led = Some(target);
+            break;
+        }
+        assert_eq!(answer["transferred"], true, "{answer}");
+        assert_eq!(answer["to"], target, "{answer}");
+        let now_leading = cluster.wait_for_leader(WAIT).await.expect("a leader");
+        if now_leading == target {
+            led = Some(now_leading);
+            break;
+        }
+        led = Some(now_leading);
     }
-    let answer: serde_json::Value =
-        serde_json::from_str(&answer.expect("transfer accepted within 20 attempts")).expect("JSON");
-    assert_eq!(answer["transferred"], true, "{answer}");
-    assert_eq!(answer["to"], target, "{answer}");
-    let now_leading = cluster.wait_for_leader(WAIT).await.expect("a leader");
-    assert_eq!(now_leading, target, "the nominee leads");
+    assert_eq!(led, Some(target), "the nominee leads");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
