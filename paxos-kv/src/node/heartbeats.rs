@@ -281,34 +281,8 @@ impl HeartbeatBatch {
             return (!self.buf.is_empty()).then(|| self.buf.split().freeze());
         }
         self.tag();
-        for (kind, mut run) in [
-            (
-                KIND_HEARTBEAT_RUN,
-                std::mem::take(&mut self.next_heartbeats),
-            ),
-            (KIND_ACK_RUN, std::mem::take(&mut self.next_acks)),
-        ] {
-            if !run.is_empty() {
-                // Stable: a group twice in one turn keeps its order.
-                if !run.is_sorted_by_key(|&(g, _)| g) {
-                    run.sort_by_key(|&(g, _)| g);
-                }
-                self.buf.put_u8(kind);
-                put_varint(&mut self.buf, run.len() as u64);
-                let mut prev = 0;
-                for &(group, round) in &run {
-                    put_varint(&mut self.buf, group - prev);
-                    self.buf.put_u8(round as u8);
-                    prev = group;
-                }
-                run.clear();
-            }
-            // Give the vector back to keep its capacity.
-            match kind {
-                KIND_HEARTBEAT_RUN => self.next_heartbeats = run,
-                _ => self.next_acks = run,
-            }
-        }
+        put_run(&mut self.buf, KIND_HEARTBEAT_RUN, &mut self.next_heartbeats);
+        put_run(&mut self.buf, KIND_ACK_RUN, &mut self.next_acks);
         Some(self.buf.split().freeze())
     }
 }
@@ -462,6 +436,27 @@ fn parse(mut body: &[u8]) -> Result<Vec<Entry>, HeartbeatsError> {
         }
     }
     Ok(out)
+}
+
+/// Encodes `run` (group, round) as a run entry of `kind`, groups
+/// ascending, and empties it (keeping its capacity); nothing if empty.
+fn put_run(buf: &mut BytesMut, kind: u8, run: &mut Vec<(u64, u64)>) {
+    if run.is_empty() {
+        return;
+    }
+    // Stable: a group twice in one turn keeps its order.
+    if !run.is_sorted_by_key(|&(g, _)| g) {
+        run.sort_by_key(|&(g, _)| g);
+    }
+    buf.put_u8(kind);
+    put_varint(buf, run.len() as u64);
+    let mut prev = 0;
+    for &(group, round) in run.iter() {
+        put_varint(buf, group - prev);
+        buf.put_u8(round as u8);
+        prev = group;
+    }
+    run.clear();
 }
 
 fn put_varint(buf: &mut BytesMut, mut v: u64) {
