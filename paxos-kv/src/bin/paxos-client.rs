@@ -436,8 +436,7 @@ async fn admin_every_group(
     let mut failed_any = false;
     for (name, req, wait) in steps {
         let started = std::time::Instant::now();
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = seen.clone();
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let every = client
             .admin_in_every_group(req, parallel, wait, move |g, outcome| {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -462,16 +461,20 @@ async fn admin_every_group(
             "seconds": started.elapsed().as_secs_f64(),
         });
         if matches!(req, AdminRequest::Members) {
-            // The distinct memberships, with how many groups have each.
-            let mut seen: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+            // The distinct memberships, with how many groups have each
+            // (a few at most: a linear search is enough).
+            let mut distinct: Vec<(serde_json::Value, Vec<u32>)> = Vec::new();
             for (g, json) in &every.done {
                 let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-                let key = serde_json::json!({"voters": v["voters"], "observers": v["observers"]});
-                seen.entry(key.to_string()).or_default().push(*g);
+                let m = serde_json::json!({"voters": v["voters"], "observers": v["observers"]});
+                match distinct.iter_mut().find(|(known, _)| *known == m) {
+                    Some((_, gs)) => gs.push(*g),
+                    None => distinct.push((m, vec![*g])),
+                }
             }
-            step["memberships"] = seen
+            step["memberships"] = distinct
                 .into_iter()
-                .map(|(k, gs)| serde_json::json!({ "membership": serde_json::from_str::<serde_json::Value>(&k).unwrap_or_default(), "groups": gs.len(), "first_groups": &gs[..gs.len().min(10)] }))
+                .map(|(m, gs)| serde_json::json!({ "membership": m, "groups": gs.len(), "first_groups": &gs[..gs.len().min(10)] }))
                 .collect();
         }
         summary.insert(name.to_string(), step);
