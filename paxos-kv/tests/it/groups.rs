@@ -653,6 +653,14 @@ async fn a_node_joins_and_leaves_every_group_with_one_admin_call() {
         .await
         .expect("groups learned");
     assert_eq!(members.done.len(), GROUPS as usize);
+    for (g, json) in &members.done {
+        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        assert_eq!(
+            v["voters"],
+            serde_json::json!([1, 2, 3, 4]),
+            "group {g}: {v}"
+        );
+    }
     let client = Client::with_session(
         cluster.client_addrs(),
         cluster.client_security(),
