@@ -9,6 +9,12 @@
 //! Group `shared_wal_read`: one group's newest entry read back from a
 //! group of 1 000 or 200 000 entries.
 //!
+//! Group `shared_wal_turn`: one pass of a host's loop over 256 groups, each
+//! writing its own batch (one 100-byte entry and its state record, as a
+//! group's `Ready` does). `direct`: each batch is its own positioned write.
+//! `combined`: write combining on (`SharedLog::set_combine_writes`), one
+//! flush at the end of the pass. Both sync every 64 passes (amortized).
+//!
 //! Files live under the system temp dir when it is disk-backed, else under
 //! `target/bench-tmp`. `PAXOS_BENCH_QUICK=1` shortens the runs.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
@@ -161,5 +167,56 @@ fn bench_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_read);
+/// Group `shared_wal_turn`: see the file's docs.
+fn bench_turn(c: &mut Criterion) {
+    const GROUPS: u64 = 256;
+    const SYNC_EVERY: u64 = 64;
+    let root = tempfile::tempdir_in(scratch_root()).expect("scratch dir");
+    let mut g = c.benchmark_group("shared_wal_turn");
+    g.throughput(Throughput::Elements(GROUPS));
+    g.sample_size(10);
+    let secs = if quick() { 1 } else { 5 };
+    g.measurement_time(Duration::from_secs(secs));
+    g.warm_up_time(Duration::from_millis(500));
+    let state = [0x33u8; 35];
+    for (name, combine) in [("direct", false), ("combined", true)] {
+        let dir = root.path().join(name);
+        let log = SharedLog::open(dir, opts()).expect("open shared log").0;
+        log.set_combine_writes(combine);
+        let mut key = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                key += 1;
+                for group in 0..GROUPS {
+                    log.write(&[
+                        Op::Entry {
+                            group,
+                            key,
+                            tagged: false,
+                            payload: &PAYLOAD,
+                        },
+                        Op::Meta {
+                            group,
+                            state: &state,
+                        },
+                    ])
+                    .expect("write");
+                }
+                log.flush().expect("flush");
+                if key % SYNC_EVERY == 0 {
+                    log.sync().expect("sync");
+                }
+                if key % CLEANUP_EVERY == 0 {
+                    for group in 0..GROUPS {
+                        log.truncate_prefix(group, key).expect("truncate");
+                    }
+                    log.compact().expect("compact");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_read, bench_turn);
 criterion_main!(benches);

@@ -308,6 +308,11 @@ pub(super) fn open_stores(
         });
     }
     let log = Arc::new(open_shared(opts, disk_identity)?);
+    // Each group's `Ready` is one batch; combined, the batches of a pass of
+    // the loop reach the file in one write, at the next sync (the sync
+    // thread's) or when a read needs them. Nothing waits on them before:
+    // a group's messages that need its writes wait for that sync anyway.
+    log.set_combine_writes(true);
     let mut stores = Vec::with_capacity(opts.groups as usize);
     for index in 0..u64::from(opts.groups) {
         let dir = group_dir(opts, index as usize);

@@ -71,6 +71,15 @@ pub enum SharedError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Records staged by write combining could not be written to the file
+    /// (see [`SharedLog::flush`](super::SharedLog::flush)): the index holds
+    /// records the log does not, so the handle refuses everything from now
+    /// on. Reopen the log: it recovers its last durable state.
+    #[error("shared log is fatal: {reason}")]
+    Unflushed {
+        /// Which records and why.
+        reason: String,
+    },
     /// The log has used up its sequence numbers (2^63 records).
     #[error("the shared log has no sequence number left after {last}")]
     LsnExhausted {

@@ -68,6 +68,25 @@
 //! group, records take effect in LSN order: a state (meta) record written
 //! after some entries is never durable without them.
 //!
+//! # Combining writes
+//!
+//! Each [`SharedLog::write`] is one positioned write (a system call). A
+//! host that writes for many groups in one pass of its loop can turn on
+//! [`SharedLog::set_combine_writes`]: a batch that fits the active segment
+//! is then encoded into a buffer in memory (readable through this handle at
+//! once) and reaches the file with the next [`SharedLog::flush`],
+//! [`SharedLog::sync`], or read of a record still in the buffer, all
+//! staged batches in one positioned write. The buffer is bounded
+//! ([`MAX_STAGED_BYTES`], [`MAX_STAGED_RECORDS`]: a batch past either
+//! flushes what is staged first). Durability is unchanged (a sync covers
+//! every batch written before it); a crash loses staged batches as it
+//! loses unsynced ones. A batch that needs a new segment is written at
+//! once, as without combining, so a full disk still refuses that write
+//! ([`crate::WalError`]s that leave the log intact) rather than a later
+//! flush. A flush that fails leaves batches the index has taken out of the
+//! file: the handle is then fatal ([`SharedError::Unflushed`]), as after a
+//! failed sync; reopen the log.
+//!
 //! [`SharedLog::open`] rebuilds every group's index in one pass over the
 //! log, applying records in LSN order (truncations drop what came before
 //! them; the latest state wins). A record whose payload is not a valid
@@ -108,6 +127,7 @@ mod record;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -128,6 +148,13 @@ pub const MAX_HOLDERS_REPORTED: usize = 64;
 
 /// Marks a tagged entry in the index: LSNs stay below 2^63.
 const TAG_BIT: u64 = 1 << 63;
+
+/// Most bytes (as written in the segment) held in the combining buffer; a
+/// batch that would pass it flushes what is staged first.
+pub const MAX_STAGED_BYTES: usize = 1 << 20;
+
+/// Most records held in the combining buffer.
+pub const MAX_STAGED_RECORDS: usize = 8192;
 
 /// One write to a [`SharedLog`]; a batch of them goes in one call of
 /// [`SharedLog::write`].
@@ -490,6 +517,30 @@ pub struct SharedLog {
     state: RwLock<State>,
     /// One compaction at a time.
     compacting: Mutex<()>,
+    /// Whether batches that fit the active segment are staged
+    /// ([`SharedLog::set_combine_writes`]).
+    combine: AtomicBool,
+    /// Batches written to the index but not yet to the file. Lock order:
+    /// `state`, then `staged`, then the `Wal`'s own locks.
+    staged: Mutex<Staged>,
+    /// The first staged LSN (`u64::MAX` when nothing is staged): a read of
+    /// a record at or above it flushes first.
+    staged_from: AtomicU64,
+    /// A flush failed: the index holds records the file does not.
+    unflushed: AtomicBool,
+}
+
+/// The combining buffer: whole `Wal` payloads (shared-log header and body)
+/// back to back, each with its LSN.
+#[derive(Default)]
+struct Staged {
+    buf: Vec<u8>,
+    /// Per record: its LSN and the end of its payload in `buf`.
+    records: Vec<(u64, usize)>,
+    /// Segment bytes the staged records take once written.
+    bytes: usize,
+    /// Why the handle is fatal, once a flush failed.
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for SharedLog {
@@ -557,6 +608,10 @@ impl SharedLog {
                 wal,
                 state: RwLock::new(state),
                 compacting: Mutex::new(()),
+                combine: AtomicBool::new(false),
+                staged: Mutex::new(Staged::default()),
+                staged_from: AtomicU64::new(u64::MAX),
+                unflushed: AtomicBool::new(false),
             },
             SharedOpenReport {
                 wal: report,
@@ -575,12 +630,132 @@ impl SharedLog {
     /// if an op is refused, nothing is written. If the `Wal` fails partway
     /// (a segment that cannot be created), the ops before the failure may
     /// stay written; the index holds exactly what the log holds.
+    ///
+    /// With [`set_combine_writes`](Self::set_combine_writes) on, a batch
+    /// that fits the active segment is staged in memory instead and
+    /// reaches the file with the next [`flush`](Self::flush) or sync (see
+    /// the [module docs](self#combining-writes)).
     pub fn write(&self, ops: &[Op<'_>]) -> Result<Option<u64>, SharedError> {
         if ops.is_empty() {
             return Ok(None);
         }
         let mut st = self.state.write();
         self.write_locked(&mut st, ops)
+    }
+
+    /// Turns write combining on or off (off when opened). Turning it off
+    /// does not flush: the next flush, sync or read does.
+    pub fn set_combine_writes(&self, on: bool) {
+        self.combine.store(on, Ordering::Relaxed);
+        tracing::info!(dir = %self.wal.dir().display(), on, "shared log write combining");
+    }
+
+    /// Writes every staged batch to the file, in one positioned write (a
+    /// no-op when nothing is staged). Durable only after a sync.
+    ///
+    /// Errors: [`SharedError::Unflushed`] when this or an earlier flush
+    /// failed (the handle is fatal: reopen the log).
+    pub fn flush(&self) -> Result<(), SharedError> {
+        let mut staged = self.staged.lock();
+        self.flush_locked(&mut staged)
+    }
+
+    fn flush_locked(&self, staged: &mut Staged) -> Result<(), SharedError> {
+        if let Some(reason) = &staged.failed {
+            return Err(SharedError::Unflushed {
+                reason: reason.clone(),
+            });
+        }
+        if staged.records.is_empty() {
+            return Ok(());
+        }
+        let Staged { buf, records, .. } = &*staged;
+        let written =
+            self.wal
+                .append_prefixed(records.iter().enumerate().map(|(i, &(lsn, end))| {
+                    let start = i.checked_sub(1).map_or(0, |p| records[p].1);
+                    (lsn, false, RecordPrefix::EMPTY, &buf[start..end])
+                }));
+        let count = records.len();
+        let (first, last) = (records[0].0, records[count - 1].0);
+        staged.buf.clear();
+        staged.records.clear();
+        staged.bytes = 0;
+        match written {
+            Ok(n) if n == count => {
+                self.staged_from.store(u64::MAX, Ordering::Release);
+                Ok(())
+            }
+            other => {
+                let reason = match other {
+                    Ok(n) => format!("{n} of {count} staged records were written"),
+                    Err(e) => e.to_string(),
+                };
+                let reason =
+                    format!("writing the staged records at lsn {first}..={last} failed: {reason}");
+                tracing::error!(dir = %self.wal.dir().display(), %reason,
+                    "shared log flush failed; the handle is fatal (reopen the log)");
+                staged.failed = Some(reason.clone());
+                self.unflushed.store(true, Ordering::Release);
+                // Reads of these records (and later ones) now meet the
+                // failure through `flush`; older ones are still served.
+                self.staged_from.store(first, Ordering::Release);
+                Err(SharedError::Unflushed { reason })
+            }
+        }
+    }
+
+    /// Stages `ops` (already applied to the index at LSNs from `first`)
+    /// when combining is on and they fit the buffer and the active segment
+    /// after what is staged; returns whether it did. When they do not fit,
+    /// flushes what is staged, so that the caller's direct write follows it.
+    fn stage(&self, first: u64, ops: &[Op<'_>]) -> Result<bool, SharedError> {
+        if !self.combine.load(Ordering::Relaxed) {
+            // Batches staged while combining was on still go first.
+            if self.staged_from.load(Ordering::Acquire) != u64::MAX {
+                self.flush()?;
+            }
+            return Ok(false);
+        }
+        let max_payload = self.wal.max_payload();
+        let mut bytes = 0usize;
+        for op in ops {
+            let len = HEADER_BYTES + op.body().len();
+            if len > max_payload {
+                // The direct write refuses it with the `Wal`'s error.
+                bytes = usize::MAX;
+                break;
+            }
+            bytes = bytes.saturating_add(Wal::record_bytes(len));
+        }
+        let mut staged = self.staged.lock();
+        if let Some(reason) = &staged.failed {
+            return Err(SharedError::Unflushed {
+                reason: reason.clone(),
+            });
+        }
+        let fits = |s: &Staged| {
+            s.records.len() + ops.len() <= MAX_STAGED_RECORDS
+                && s.bytes.saturating_add(bytes) <= MAX_STAGED_BYTES
+                && s.bytes.saturating_add(bytes) <= self.wal.active_room()
+        };
+        if !fits(&staged) {
+            self.flush_locked(&mut staged)?;
+            if !fits(&staged) {
+                return Ok(false);
+            }
+        }
+        if staged.records.is_empty() {
+            self.staged_from.store(first, Ordering::Release);
+        }
+        for (i, op) in ops.iter().enumerate() {
+            staged.buf.extend_from_slice(&op.header().encode());
+            staged.buf.extend_from_slice(op.body());
+            let end = staged.buf.len();
+            staged.records.push((first + i as u64, end));
+        }
+        staged.bytes += bytes;
+        Ok(true)
     }
 
     fn write_locked(&self, st: &mut State, ops: &[Op<'_>]) -> Result<Option<u64>, SharedError> {
@@ -593,6 +768,20 @@ impl SharedLog {
         undo.clear();
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = st.apply(first + i as u64, i, op.header(), op.body(), Some(&mut undo)) {
+                st.rollback(&mut undo, 0);
+                st.undo = undo;
+                return Err(e);
+            }
+        }
+        match self.stage(first, ops) {
+            Ok(true) => {
+                st.next_lsn = first + count;
+                undo.clear();
+                st.undo = undo;
+                return Ok(Some(first + count - 1));
+            }
+            Ok(false) => {}
+            Err(e) => {
                 st.rollback(&mut undo, 0);
                 st.undo = undo;
                 return Err(e);
@@ -681,6 +870,7 @@ impl SharedLog {
     /// writes go on (they land in the next sync). A failed flush is fatal
     /// for the log handle (see [`crate::WalError::SyncFailed`]).
     pub fn sync(&self) -> Result<Option<u64>, SharedError> {
+        self.flush()?;
         Ok(self.wal.sync()?)
     }
 
@@ -727,7 +917,7 @@ impl SharedLog {
         let Some(g) = st.groups.get(&group) else {
             return Ok(0);
         };
-        let reader = self.wal.reader();
+        let mut reader = self.wal.reader();
         let mut bytes = 0usize;
         let mut n = 0;
         for &(key, tl) in g.entries.range(g.position(from)..) {
@@ -742,6 +932,13 @@ impl SharedLog {
                 lsn,
                 reason,
             };
+            if lsn >= self.staged_from.load(Ordering::Acquire) {
+                // Staged: to the file first (the reader's guard would keep
+                // the flush out).
+                drop(reader);
+                self.flush()?;
+                reader = self.wal.reader();
+            }
             let rec = reader
                 .record(lsn)?
                 .ok_or_else(|| mismatch("the log holds no such record".into()))?;
@@ -844,9 +1041,10 @@ impl SharedLog {
         self.state.read().groups.len()
     }
 
-    /// The LSN of the last record written (durable or not).
+    /// The LSN of the last record written (durable or not, staged or not).
     pub fn last_lsn(&self) -> Option<u64> {
-        self.wal.last_key()
+        let next = self.state.read().next_lsn;
+        next.checked_sub(1).filter(|&l| l > 0)
     }
 
     /// The highest LSN made durable by a sync (or by recovery).
@@ -859,13 +1057,15 @@ impl SharedLog {
         self.wal.segment_count()
     }
 
-    /// Whether an earlier flush failure made the log handle fatal.
+    /// Whether an earlier failure (a sync, or a flush of staged records)
+    /// made the log handle fatal.
     pub fn is_poisoned(&self) -> bool {
-        self.wal.is_poisoned()
+        self.wal.is_poisoned() || self.unflushed.load(Ordering::Acquire)
     }
 
     /// The underlying log (for its statistics; writing to it directly
-    /// would break the shared log's records).
+    /// would break the shared log's records). Staged records are not in it
+    /// until a [`flush`](Self::flush).
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
@@ -952,6 +1152,7 @@ impl SharedLog {
 
     /// Syncs, then closes the log (see [`Wal::close`](crate::Wal::close)).
     pub fn close(self) -> Result<(), SharedError> {
+        self.flush()?;
         Ok(self.wal.close()?)
     }
 }

@@ -546,6 +546,31 @@ impl Wal {
         result.map(|()| n)
     }
 
+    /// Segment bytes a record of `payload_len` bytes takes (header and
+    /// padding included).
+    pub(crate) fn record_bytes(payload_len: usize) -> usize {
+        align_up(RECORD_HEADER_BYTES + payload_len)
+    }
+
+    /// Bytes the active segment can still take without a roll (0 when the
+    /// log has no segment yet or the handle is fatal): a batch of records
+    /// whose [`record_bytes`](Self::record_bytes) sum to at most this is
+    /// written with one positioned write and never creates a segment.
+    pub(crate) fn active_room(&self) -> usize {
+        let g = self.inner.read();
+        if g.poisoned.is_some() {
+            return 0;
+        }
+        g.segments
+            .last()
+            .map_or(0, |s| s.len().saturating_sub(s.write_pos))
+    }
+
+    /// The largest payload a record may carry.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
     pub(super) fn flush_dirty(&self, g: &Inner, from: (u64, usize)) -> Result<(), WalError> {
         for job in flush_jobs(g, from) {
             job.run(self.sync_method, self.faults.as_deref())?;

@@ -11,6 +11,7 @@ mod model;
 mod powerloss;
 mod scan;
 mod shared;
+mod shared_combine;
 mod shared_crash;
 mod shared_model;
 mod tagged;

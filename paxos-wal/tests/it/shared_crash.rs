@@ -19,6 +19,10 @@ use paxos_wal::shared::{Op, SharedLog};
 use paxos_wal::WalOptions;
 
 const CHILD_ENV: &str = "PAXOS_WAL_SHARED_CRASH_DIR";
+/// Set for odd rounds: the child combines writes
+/// (`SharedLog::set_combine_writes`) and flushes every few batches, as a
+/// host does at the end of its loop's pass.
+const COMBINE_ENV: &str = "PAXOS_WAL_SHARED_CRASH_COMBINE";
 const ROUNDS: usize = 12;
 const GROUPS: u64 = 6;
 
@@ -69,6 +73,8 @@ fn shared_crash_child() {
         return;
     };
     let (log, _) = SharedLog::open(&dir, opts()).unwrap();
+    let combine = std::env::var_os(COMBINE_ENV).is_some();
+    log.set_combine_writes(combine);
     let log = Arc::new(log);
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -165,6 +171,9 @@ fn shared_crash_child() {
             o.flush().unwrap();
         }
         batches += 1;
+        if combine && batches % 5 == 0 {
+            log.flush().unwrap();
+        }
         if batches % 40 == 0 {
             log.compact().unwrap();
         }
@@ -268,7 +277,11 @@ fn shared_log_survives_sigkill() {
     let mut base = Model::new();
     let mut durable_writes = 0usize;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if round % 2 == 1 {
+            cmd.env(COMBINE_ENV, "1");
+        }
+        let mut child = cmd
             .args([
                 "shared_crash::shared_crash_child",
                 "--exact",

@@ -42,6 +42,8 @@ enum Step {
         g: u64,
     },
     Sync,
+    /// Writes what is staged (with combining on; a no-op otherwise).
+    Flush,
     Compact,
     Reopen,
 }
@@ -56,6 +58,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (g.clone(), 0u8..60).prop_map(|(g, len)| Step::Meta { g, len }),
         1 => g.prop_map(|g| Step::Remove { g }),
         2 => Just(Step::Sync),
+        1 => Just(Step::Flush),
         2 => Just(Step::Compact),
         1 => Just(Step::Reopen),
     ]
@@ -110,14 +113,28 @@ fn expected(model: &BTreeMap<u64, Group>) -> BTreeMap<u64, Group> {
         .collect()
 }
 
-fn run(steps: Vec<Step>) {
+/// With `combine`, the log stages batches (`set_combine_writes`), and the
+/// model is compared only every third write (a read flushes what it
+/// needs), so that batches of several groups pile up staged in between.
+fn run(steps: Vec<Step>, combine: bool) {
     let dir = tempfile::tempdir().unwrap();
     let opts = small_opts(MIN_SEGMENT_BYTES);
-    let mut log = Some(SharedLog::open(dir.path(), opts.clone()).unwrap().0);
+    let open = |opts: &paxos_wal::WalOptions| {
+        let log = SharedLog::open(dir.path(), opts.clone()).unwrap().0;
+        log.set_combine_writes(combine);
+        log
+    };
+    let mut log = Some(open(&opts));
     let mut model: BTreeMap<u64, Group> = BTreeMap::new();
     let mut next_tag = 0u64;
     for (i, step) in steps.into_iter().enumerate() {
         let l = log.as_ref().unwrap();
+        let compare = !combine
+            || i % 3 == 2
+            || matches!(
+                step,
+                Step::Sync | Step::Flush | Step::Compact | Step::Reopen
+            );
         match step {
             Step::Append { g, n, gap, len } => {
                 let grp = model.entry(g).or_default();
@@ -205,6 +222,10 @@ fn run(steps: Vec<Step>) {
             Step::Sync => {
                 assert_eq!(l.sync().unwrap(), l.last_lsn());
             }
+            Step::Flush => {
+                l.flush().unwrap();
+                assert_eq!(l.wal().last_key(), l.last_lsn());
+            }
             Step::Compact => {
                 let r = l.compact().unwrap();
                 for w in r.holders.windows(2) {
@@ -213,11 +234,13 @@ fn run(steps: Vec<Step>) {
             }
             Step::Reopen => {
                 log.take().unwrap().close().unwrap();
-                log = Some(SharedLog::open(dir.path(), opts.clone()).unwrap().0);
+                log = Some(open(&opts));
             }
         }
-        let l = log.as_ref().unwrap();
-        assert_eq!(observed(l), expected(&model), "after step {i}");
+        if compare {
+            let l = log.as_ref().unwrap();
+            assert_eq!(observed(l), expected(&model), "after step {i}");
+        }
     }
     log.take().unwrap().close().unwrap();
     let (l, report) = SharedLog::open(dir.path(), opts).unwrap();
@@ -230,6 +253,11 @@ proptest! {
 
     #[test]
     fn shared_log_matches_a_per_group_model(steps in proptest::collection::vec(step(), 1..60)) {
-        run(steps);
+        run(steps, false);
+    }
+
+    #[test]
+    fn shared_log_combining_writes_matches_a_per_group_model(steps in proptest::collection::vec(step(), 1..60)) {
+        run(steps, true);
     }
 }
