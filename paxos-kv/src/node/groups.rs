@@ -779,6 +779,9 @@ impl Groups {
             if paxos_core::StateMachine::applied(d.node.state_machine()) < r.commit_zxid() {
                 c.lagging += 1;
             }
+            if d.node.is_stalled() {
+                c.storage_stalled += 1;
+            }
         }
         c
     }
@@ -988,6 +991,7 @@ impl Groups {
             "looking": c.looking,
             "recovering": c.recovering,
             "lagging": c.lagging,
+            "storage_stalled": c.storage_stalled,
             "election_queue": c.election_queue,
             "election_window": c.election_window,
             "keys": keys,

@@ -80,6 +80,9 @@ pub(super) struct GroupCounts {
     pub(super) recovering: usize,
     /// Groups whose state machine has not applied all it knows committed.
     pub(super) lagging: usize,
+    /// Groups whose writes this node's disk refused (a full disk): they
+    /// acknowledge nothing new until a retried write goes in.
+    pub(super) storage_stalled: usize,
     /// Leaderless groups waiting for an election slot.
     pub(super) election_queue: usize,
     /// Elections admitted at once now.
@@ -159,6 +162,7 @@ pub(super) struct NodeMetrics {
     groups: Family<RoleLabels, Gauge>,
     groups_recovering: Gauge,
     groups_lagging: Gauge,
+    groups_storage_stalled: Gauge,
     election_queue: Gauge,
     election_window: Gauge,
     elections: Counter,
@@ -268,6 +272,12 @@ impl NodeMetrics {
             "groups_lagging",
             "Groups whose state machine on this node has not applied everything it knows committed",
             groups_lagging.clone(),
+        );
+        let groups_storage_stalled = Gauge::default();
+        r.register(
+            "groups_storage_stalled",
+            "Groups whose writes this node's disk refused (full disk?): they acknowledge nothing new until a retried write goes in",
+            groups_storage_stalled.clone(),
         );
         let election_queue = Gauge::default();
         r.register(
@@ -400,6 +410,7 @@ impl NodeMetrics {
             groups,
             groups_recovering,
             groups_lagging,
+            groups_storage_stalled,
             election_queue,
             election_window,
             elections,
@@ -545,6 +556,7 @@ impl NodeMetrics {
         }
         self.groups_recovering.set(gauge(c.recovering));
         self.groups_lagging.set(gauge(c.lagging));
+        self.groups_storage_stalled.set(gauge(c.storage_stalled));
         self.election_queue.set(gauge(c.election_queue));
         self.election_window.set(gauge(c.election_window));
     }

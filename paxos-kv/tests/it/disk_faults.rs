@@ -455,3 +455,177 @@ async fn a_follower_whose_disk_fills_up_stalls_and_recovers_without_a_restart() 
         "{report:?}"
     );
 }
+
+/// The disk-full case on a node of many groups, whose groups share one log
+/// that combines their writes: the node's disk fills while it follows some
+/// groups; those groups stall on it (the node says how many) instead of the
+/// node exiting, the cluster keeps writing them, and once space returns the
+/// node catches up without a restart, with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_many_groups_whose_disk_fills_up_stalls_and_recovers_without_a_restart() {
+    const GROUPS: u32 = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        3,
+        dir.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_paxos-node")),
+    );
+    spec.segment_mib = 1;
+    spec.extra_node_args = vec!["--groups".into(), GROUPS.to_string()];
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    let security = cluster.client_security();
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group has a leader");
+    let f = 3;
+    cluster.kill(f).expect("stop the node");
+    let data = cluster.data_dir(f);
+    let aside = dir.path().join("aside");
+    copy_tree(&data, &aside);
+    std::fs::remove_dir_all(&data).expect("empty");
+    std::fs::create_dir_all(&data).expect("mount point");
+    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+        return;
+    };
+    copy_tree(&aside, &data);
+    cluster.start_node(f).expect("restart on the tmpfs");
+    let pid = cluster.pid(f).expect("runs");
+    // The groups the node leads now would stall with it: the writes go to
+    // the groups it follows (a leader on a full disk is another test's).
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group has a leader again");
+    let leaders = cluster
+        .statuses()
+        .await
+        .get(&1)
+        .map(|v| v["group_leaders"].clone())
+        .expect("node 1's summary");
+    let followed: Vec<u32> = (0..GROUPS)
+        .filter(|&g| leaders[g as usize].as_u64() != Some(f))
+        .collect();
+    assert!(
+        !followed.is_empty(),
+        "node {f} leads every group: {leaders}"
+    );
+    let keys: Vec<usize> = (0..100_000)
+        .filter(|&i| followed.contains(&paxos_kv::shard::group_of(&key(i), GROUPS)))
+        .take(3000)
+        .collect();
+    let client = Client::new(
+        cluster.client_addrs(),
+        security.clone(),
+        1,
+        Duration::from_secs(5),
+    );
+    let put = |i: usize| {
+        let client = &client;
+        async move {
+            client
+                .put(key(i), big_value(i))
+                .await
+                .unwrap_or_else(|e| panic!("write {i} with a quorum up: {e}"));
+        }
+    };
+    for &i in &keys[..10] {
+        put(i).await;
+    }
+    // Let the node prepare its spare segment, then take every free byte.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let filler = data.join("filler");
+    let filled = fill(&filler);
+    eprintln!("filler: {filled} bytes");
+
+    let stalled_groups = |st: &BTreeMap<u64, serde_json::Value>| {
+        st.get(&f)
+            .and_then(|v| v["storage_stalled"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut acked: Vec<usize> = keys[..10].to_vec();
+    let mut stalled = false;
+    let mut n = 10;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stalled && Instant::now() < deadline && n < 2000 {
+        put(keys[n]).await;
+        acked.push(keys[n]);
+        n += 1;
+        if n % 20 == 0 {
+            stalled = stalled_groups(&cluster.statuses().await) > 0;
+        }
+    }
+    assert!(
+        cluster.is_running(f),
+        "the node exited on a full disk; its log:\n{}",
+        std::fs::read_to_string(cluster.log_path(f)).unwrap_or_default()
+    );
+    assert!(stalled, "the node's disk never filled ({n} writes)");
+    for _ in 0..20 {
+        put(keys[n]).await;
+        acked.push(keys[n]);
+        n += 1;
+    }
+    assert!(stalled_groups(&cluster.statuses().await) > 0);
+
+    // Space returns: the node catches up without a restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = cluster.statuses().await;
+        if st.get(&f).is_some_and(|v| v["storage_stalled"] == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never resumed: {:?}",
+            st.get(&f)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        put(keys[n]).await;
+        acked.push(keys[n]);
+        n += 1;
+    }
+    assert_eq!(cluster.pid(f), Some(pid), "no restart");
+    let local = Client::new(
+        vec![cluster.members()[&f].client],
+        security.clone(),
+        7,
+        Duration::from_secs(5),
+    );
+    // Every acknowledged write reaches the node (it may still be applying
+    // what it missed: asked again until it has, within a bound).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &j in &acked {
+        loop {
+            let got = local
+                .get(key(j), ReadMode::Stale)
+                .await
+                .expect("stale read");
+            if got == Some(big_value(j)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "key {j} on node {f}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let st = cluster.statuses().await;
+    assert_eq!(st[&f]["pid"], pid, "the same process answers");
+    cluster.stop();
+    // Its shared log is intact: it opens cleanly.
+    let (_, report) = paxos_wal::shared::SharedLog::open(
+        data.join(paxos_kv::identity::WAL_DIR)
+            .join(paxos_wal::LOG_DIR),
+        paxos_wal::WalOptions {
+            segment_bytes: 1 << 20,
+            ..paxos_wal::WalOptions::default()
+        },
+    )
+    .expect("the node's shared log opens");
+    assert!(
+        report.wal.damaged.is_none() && report.wal.torn_tail.is_none(),
+        "{report:?}"
+    );
+}
