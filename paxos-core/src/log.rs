@@ -318,6 +318,14 @@ pub(crate) struct Log<S> {
     /// Entries not yet durable, each with the number of the `Ready` that
     /// handed it out (`UNSENT` if none yet).
     unstable: VecDeque<(Entry, u64)>,
+    /// Durable entries just before `unstable` (contiguous with it), kept
+    /// until handed out to be applied ([`Log::applying`]) or pushed out by
+    /// `recent_max_bytes`: reads find them without the storage.
+    recent: VecDeque<Entry>,
+    /// Payload bytes in `recent`.
+    recent_bytes: usize,
+    /// The bound on `recent_bytes` (`Config::apply_cache_bytes`).
+    recent_max_bytes: usize,
     pending_truncate: Option<Zxid>,
     pending_compact: Option<Zxid>,
     /// The memberships of the retained log.
@@ -359,6 +367,9 @@ impl<S: Storage> Log<S> {
             index,
             base: None,
             unstable: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_max_bytes: 0,
             pending_truncate: None,
             pending_compact: None,
             configs,
@@ -383,6 +394,35 @@ impl<S: Storage> Log<S> {
         }
         log.configs.changed = false;
         Ok(log)
+    }
+
+    /// Sets the bound on durable entries kept in memory
+    /// (`Config::apply_cache_bytes`); 0 keeps none.
+    pub(crate) fn set_recent_max_bytes(&mut self, max: usize) {
+        self.recent_max_bytes = max;
+        self.trim_recent();
+    }
+
+    /// Drops the oldest kept entries while over the bound.
+    fn trim_recent(&mut self) {
+        // Bounded by the entries kept.
+        while self.recent_bytes > self.recent_max_bytes {
+            let Some(e) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_bytes -= e.data.len();
+        }
+    }
+
+    /// Entries up to `z` were handed out to be applied: no read after a
+    /// commit needs them again (a lagging follower's catch-up reads the
+    /// storage).
+    pub(crate) fn applying(&mut self, z: Zxid) {
+        while self.recent.front().is_some_and(|e| e.zxid <= z) {
+            if let Some(e) = self.recent.pop_front() {
+                self.recent_bytes -= e.data.len();
+            }
+        }
     }
 
     /// The last zxid of the history: last entry, else the base.
@@ -424,6 +464,11 @@ impl<S: Storage> Log<S> {
         while self.unstable.back().is_some_and(|(e, _)| e.zxid > to) {
             self.unstable.pop_back();
         }
+        while self.recent.back().is_some_and(|e| e.zxid > to) {
+            if let Some(e) = self.recent.pop_back() {
+                self.recent_bytes -= e.data.len();
+            }
+        }
         self.pending_truncate = Some(self.pending_truncate.map_or(to, |t| t.min(to)));
     }
 
@@ -433,6 +478,8 @@ impl<S: Storage> Log<S> {
         self.configs.reset(membership);
         self.index.clear();
         self.unstable.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
         self.base = Some(s);
         self.pending_truncate = Some(Zxid::ZERO);
         self.pending_compact = None;
@@ -443,6 +490,7 @@ impl<S: Storage> Log<S> {
         debug_assert!(self.index.holds(upto), "compaction point must be held");
         self.configs.compact(upto);
         self.index.truncate_prefix(upto);
+        self.applying(upto);
         self.base = Some(upto);
         self.pending_compact = Some(upto);
     }
@@ -488,8 +536,14 @@ impl<S: Storage> Log<S> {
     /// The writes of every `Ready` up to `seq` are durable.
     pub(crate) fn persisted(&mut self, seq: u64) {
         while self.unstable.front().is_some_and(|(_, s)| *s <= seq) {
-            self.unstable.pop_front();
+            if let Some((e, _)) = self.unstable.pop_front() {
+                if self.recent_max_bytes > 0 {
+                    self.recent_bytes += e.data.len();
+                    self.recent.push_back(e);
+                }
+            }
         }
+        self.trim_recent();
     }
 
     /// Reads the entries following position `after`, up to `upto`
@@ -512,21 +566,27 @@ impl<S: Storage> Log<S> {
             return Ok(());
         }
         let out_start = out.len();
-        let unstable_from = self.unstable.front().map(|(e, _)| e.zxid);
+        // The entries held in memory: the durable ones kept, then those not
+        // yet durable (contiguous). The storage serves what comes before.
+        let memory_from = self
+            .recent
+            .front()
+            .or(self.unstable.front().map(|(e, _)| e))
+            .map(|e| e.zxid);
         let mut bytes = 0usize;
-        if unstable_from.is_none_or(|u| start < u) {
+        if memory_from.is_none_or(|u| start < u) {
             let n0 = out.len();
             self.storage
                 .entries(start, max_entries, max_bytes, out)
                 .map_err(ReadError::Storage)?;
-            // Keep only what is held and stable: the storage may still hold
-            // a suffix whose truncation is pending (above `upto`, or at or
-            // above the first unstable entry).
+            // Keep only what is held and before the entries in memory: the
+            // storage may still hold a suffix whose truncation is pending
+            // (above `upto`, or at or above the first entry in memory).
             let mut keep = n0;
             let mut prev = after;
             for (i, e) in out.iter().enumerate().skip(n0) {
                 let z = e.zxid;
-                if z <= prev || z > upto || unstable_from.is_some_and(|u| z >= u) {
+                if z <= prev || z > upto || memory_from.is_some_and(|u| z >= u) {
                     break;
                 }
                 debug_assert!(
@@ -545,14 +605,14 @@ impl<S: Storage> Log<S> {
                 Some(e) if out.len() > out_start => self.index.next_after(e.zxid),
                 _ => Some(start),
             };
-            if let (Some(next), Some(u)) = (next, unstable_from) {
+            if let (Some(next), Some(u)) = (next, memory_from) {
                 if next >= u {
-                    let skip = self
-                        .unstable
+                    let memory = self
+                        .recent
                         .iter()
-                        .position(|(e, _)| e.zxid >= next)
-                        .unwrap_or(self.unstable.len());
-                    for (e, _) in self.unstable.range(skip..) {
+                        .chain(self.unstable.iter().map(|(e, _)| e));
+                    // Bounded by the entries in memory.
+                    for e in memory.skip_while(|e| e.zxid < next) {
                         let n = out.len() - out_start;
                         if n >= max_entries
                             || e.zxid > upto
@@ -573,9 +633,66 @@ impl<S: Storage> Log<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn z(e: u32, c: u32) -> Zxid {
         Zxid::new(Epoch(e), c)
+    }
+
+    fn read_all(log: &Log<crate::MemStorage>, after: Zxid) -> Vec<u32> {
+        let mut out = Vec::new();
+        log.read(after, z(9, 9), usize::MAX, usize::MAX, &mut out)
+            .expect("a position of the log");
+        out.iter().map(|e| e.zxid.counter()).collect()
+    }
+
+    /// Durable entries are kept in memory until handed out to be applied.
+    /// The storage under this log is left empty on purpose: whatever a
+    /// read takes from it is missing from the answer.
+    #[test]
+    fn durable_entries_are_read_from_memory_until_handed_out_to_apply() {
+        let mut log =
+            Log::new(crate::MemStorage::new(), None, Membership::default()).expect("an empty log");
+        log.set_recent_max_bytes(1 << 20);
+        for c in 1..=4 {
+            log.append(Entry::command(z(1, c), Bytes::from(vec![c as u8; 10])));
+        }
+        let mut written = Vec::new();
+        log.take_writes(1, &mut written);
+        assert_eq!(written.len(), 4);
+        log.persisted(1);
+        assert_eq!(log.durable_last(), z(1, 4));
+        assert_eq!(read_all(&log, Zxid::ZERO), [1, 2, 3, 4], "all from memory");
+
+        // Handed out to apply: the storage serves them (and has nothing
+        // here), the rest still comes from memory, and a read never skips
+        // from the storage's part into memory's.
+        log.applying(z(1, 2));
+        assert_eq!(read_all(&log, Zxid::ZERO), Vec::<u32>::new());
+        assert_eq!(read_all(&log, z(1, 2)), [3, 4]);
+
+        // A new entry not yet durable follows the kept ones.
+        log.append(Entry::command(z(1, 5), Bytes::from_static(b"e")));
+        assert_eq!(read_all(&log, z(1, 2)), [3, 4, 5]);
+
+        // Past the bound the oldest kept entries go first.
+        log.set_recent_max_bytes(10);
+        assert_eq!(read_all(&log, z(1, 3)), [4, 5]);
+        assert_eq!(read_all(&log, z(1, 2)), Vec::<u32>::new());
+
+        // A truncation drops kept entries above it.
+        log.truncate_after(z(1, 3));
+        assert_eq!(read_all(&log, z(1, 3)), Vec::<u32>::new());
+        log.append(Entry::command(z(2, 1), Bytes::from_static(b"f")));
+        assert_eq!(read_all(&log, z(1, 3)), [z(2, 1).counter()]);
+
+        // With no bound, nothing is kept.
+        let mut log =
+            Log::new(crate::MemStorage::new(), None, Membership::default()).expect("an empty log");
+        log.append(Entry::command(z(1, 1), Bytes::from_static(b"a")));
+        log.take_writes(1, &mut written);
+        log.persisted(1);
+        assert_eq!(read_all(&log, Zxid::ZERO), Vec::<u32>::new());
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl<S: Storage> Replica<S> {
             }
             _ => start_membership.clone(),
         };
-        let log = Log::new(storage, recovered.snapshot, base)?;
+        let mut log = Log::new(storage, recovered.snapshot, base)?;
+        log.set_recent_max_bytes(config.apply_cache_bytes);
         let applied = recovered
             .applied
             .max(recovered.snapshot.unwrap_or(Zxid::ZERO));
@@ -268,6 +269,7 @@ impl<S: Storage> Replica<S> {
     }
     /// Replaces the configuration (membership change applied by the caller).
     pub fn set_config(&mut self, config: Config) {
+        self.log.set_recent_max_bytes(config.apply_cache_bytes);
         self.config = config;
     }
     /// The storage (reads).
@@ -694,6 +696,7 @@ impl<S: Storage> Replica<S> {
                 Ok(()) => {
                     if let Some(last) = buf.last() {
                         self.apply_sent = last.zxid;
+                        self.log.applying(last.zxid);
                     }
                     r.committed.append(&mut buf);
                 }
