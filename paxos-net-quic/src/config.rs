@@ -260,6 +260,13 @@ impl NetConfig {
     /// - **Congestion control**: Cubic (quinn's default, loss-based, fair with
     ///   TCP on shared links), initial window 10 packets of the initial MTU so
     ///   a large MTU also means a larger first flight.
+    /// - **Loss detection tolerates reordering**: a packet counts as lost
+    ///   once [`REORDER_PACKET_THRESHOLD`] later packets were acknowledged
+    ///   (quinn's default: 3), or once [`REORDER_TIME_THRESHOLD`] round
+    ///   trips passed after a later one was (default 9/8). On a link that
+    ///   reorders (jitter), the defaults take reordered packets for lost
+    ///   ones: spurious retransmissions, and each one shrinks the congestion
+    ///   window.
     /// - **Datagrams**: disabled (unused), so no receive buffer is kept for them.
     pub fn quinn_transport(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
@@ -275,6 +282,8 @@ impl NetConfig {
                 quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms)).ok(),
             )
             .initial_rtt(Duration::from_millis(100))
+            .packet_threshold(REORDER_PACKET_THRESHOLD)
+            .time_threshold(REORDER_TIME_THRESHOLD)
             .min_mtu(self.min_mtu_bytes)
             .initial_mtu(self.initial_mtu_bytes)
             .datagram_receive_buffer_size(None);
@@ -287,6 +296,14 @@ impl NetConfig {
         t
     }
 }
+
+/// Later packets acknowledged before an unacknowledged one counts as lost
+/// (see [`NetConfig::quinn_transport`]).
+pub const REORDER_PACKET_THRESHOLD: u32 = 32;
+
+/// Round trips after a later packet's acknowledgement before an
+/// unacknowledged one counts as lost (see [`NetConfig::quinn_transport`]).
+pub const REORDER_TIME_THRESHOLD: f32 = 1.5;
 
 fn varint(v: u64) -> quinn::VarInt {
     quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX)

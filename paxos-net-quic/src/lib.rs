@@ -100,7 +100,7 @@ pub mod tls;
 mod transport;
 
 pub use certs::{ClusterTrust, NodeIdentity};
-pub use config::{NetConfig, LOOPBACK_MTU_BYTES};
+pub use config::{NetConfig, LOOPBACK_MTU_BYTES, REORDER_PACKET_THRESHOLD, REORDER_TIME_THRESHOLD};
 pub use error::{CloseCode, NetError, SendError};
 pub use id::PeerId;
 pub use metrics::{EndpointMetrics, PathMetrics, PeerMetrics};
