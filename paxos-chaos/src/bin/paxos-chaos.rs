@@ -48,6 +48,25 @@ struct Args {
     groups: u32,
 }
 
+/// Runs `work` on `rt` until it finishes or the process is asked to stop
+/// (Ctrl-C, SIGTERM). On a signal the work is dropped, and with it the run's
+/// cluster and network: their `Drop` stops the nodes, deletes the
+/// namespaces and the link faults. Without this, a signal's default action
+/// ended the process without any of that, and the nodes kept running.
+fn interruptible<F: std::future::Future>(
+    rt: &tokio::runtime::Runtime,
+    work: F,
+) -> Result<F::Output> {
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            out = work => Ok(out),
+            _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT): the run's nodes, namespaces and link faults were cleaned up"),
+            _ = term.recv() => bail!("terminated (SIGTERM): the run's nodes, namespaces and link faults were cleaned up"),
+        }
+    })
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -88,7 +107,10 @@ fn main() -> Result<()> {
     // One named scenario and an explicit seed: replay exactly that run.
     let replay = only.len() == 1 && args.minutes.is_none();
     let summary = if replay {
-        let report = rt.block_on(paxos_chaos::scenario::run(only[0], args.seed, &run_options));
+        let report = interruptible(
+            &rt,
+            paxos_chaos::scenario::run(only[0], args.seed, &run_options),
+        )?;
         let mut s = paxos_chaos::schedule::Summary::default();
         s.add(&report);
         writeln!(
@@ -129,31 +151,34 @@ fn main() -> Result<()> {
             only,
             max_runs: args.max_runs,
         };
-        let summary = rt.block_on(run_schedule(&options, &run_options, |r, s| {
-            bar.set_position(started.elapsed().as_secs().min(duration.as_secs()));
-            let runs: u32 = s.rows.values().map(|r| r.runs).sum();
-            bar.set_message(format!(
-                "{runs} runs, {} failed; last {} {}",
-                s.failures.len(),
-                r.scenario,
-                if r.skipped.is_some() {
-                    "skipped"
-                } else if r.passed() {
-                    "ok"
-                } else {
-                    "FAILED"
-                }
-            ));
-            if r.failed() {
-                bar.println(format!(
-                    "FAILED {} seed {}:\n{}  replay: {}",
+        let summary = interruptible(
+            &rt,
+            run_schedule(&options, &run_options, |r, s| {
+                bar.set_position(started.elapsed().as_secs().min(duration.as_secs()));
+                let runs: u32 = s.rows.values().map(|r| r.runs).sum();
+                bar.set_message(format!(
+                    "{runs} runs, {} failed; last {} {}",
+                    s.failures.len(),
                     r.scenario,
-                    r.seed,
-                    r.problems(),
-                    r.replay_command()
+                    if r.skipped.is_some() {
+                        "skipped"
+                    } else if r.passed() {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    }
                 ));
-            }
-        }));
+                if r.failed() {
+                    bar.println(format!(
+                        "FAILED {} seed {}:\n{}  replay: {}",
+                        r.scenario,
+                        r.seed,
+                        r.problems(),
+                        r.replay_command()
+                    ));
+                }
+            }),
+        )?;
         bar.finish_and_clear();
         summary
     };

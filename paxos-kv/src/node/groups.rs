@@ -68,6 +68,22 @@ const ADMISSION_EVERY: Duration = Duration::from_millis(5);
 /// heartbeat interval (see [`Host::timer_grid`]).
 const TIMER_STEPS_PER_HEARTBEAT: u32 = 5;
 
+/// The last multiple of `step` (nanoseconds, at least 1) at or before `t`.
+fn grid_floor(t: Time, step: u64) -> Time {
+    let step = step.max(1);
+    Time::from_nanos(t.as_nanos() - t.as_nanos() % step)
+}
+
+/// The first multiple of `step` (nanoseconds, at least 1) at or after `t`.
+fn grid_ceil(t: Time, step: u64) -> Time {
+    let floor = grid_floor(t, step);
+    if floor == t {
+        t
+    } else {
+        Time::from_nanos(floor.as_nanos().saturating_add(step.max(1)))
+    }
+}
+
 /// Frames in one batch frame, at most (a peer's batch of more is refused).
 const MAX_FRAMES_PER_BATCH: usize = 64 * 1024;
 
@@ -92,18 +108,12 @@ impl Host {
 
     /// The last grid point at or before `t`.
     fn grid_floor(&self, t: Time) -> Time {
-        let step = self.timer_grid();
-        Time::from_nanos(t.as_nanos() - t.as_nanos() % step)
+        grid_floor(t, self.timer_grid())
     }
 
     /// The first grid point at or after `t`.
     fn grid_ceil(&self, t: Time) -> Time {
-        let floor = self.grid_floor(t);
-        if floor == t {
-            t
-        } else {
-            Time::from_nanos(floor.as_nanos().saturating_add(self.timer_grid()))
-        }
+        grid_ceil(t, self.timer_grid())
     }
 
     pub(super) fn to_instant(&self, t: Time) -> Instant {
@@ -1108,5 +1118,32 @@ mod tests {
         small.on_freed(t0, hold, 0, 3);
         small.on_freed(t0 + hold, hold, 0, 3);
         assert_eq!(small.limit(), 4);
+    }
+
+    /// A timer on the grid runs at the first grid point at or after its
+    /// deadline: never early, at most one step late, and timers due within
+    /// one step run together.
+    #[test]
+    fn the_timer_grid_never_runs_a_timer_early() {
+        let step = 10_000_000; // 10 ms
+        let ms = |m: u64| Time::from_nanos(m * 1_000_000);
+        assert_eq!(grid_ceil(ms(20), step), ms(20));
+        assert_eq!(grid_ceil(ms(21), step), ms(30));
+        assert_eq!(grid_floor(ms(29), step), ms(20));
+        for deadline in [ms(21), ms(25), Time::from_nanos(29_999_999)] {
+            let due_at = grid_ceil(deadline, step);
+            assert!(due_at >= deadline && due_at.as_nanos() - deadline.as_nanos() < step);
+            // Not due before that point, due from it on.
+            assert!(grid_floor(Time::from_nanos(due_at.as_nanos() - 1), step) < deadline);
+            assert!(grid_floor(due_at, step) >= deadline);
+        }
+        // Deadlines 21, 25 and 29 ms all become due at 30 ms: one turn.
+        let due: Vec<Time> = [ms(21), ms(25), ms(29)]
+            .into_iter()
+            .map(|t| grid_ceil(t, step))
+            .collect();
+        assert!(due.iter().all(|&t| t == ms(30)));
+        // A zero step is taken as 1 ns: no division by zero.
+        assert_eq!(grid_ceil(ms(3), 0), ms(3));
     }
 }
