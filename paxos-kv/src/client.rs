@@ -836,7 +836,7 @@ impl Client {
         req: AdminRequest,
         parallel: usize,
         wait: Duration,
-        on_group: impl Fn(u32, &Result<String, ClientError>) + Send + Sync + 'static,
+        on_group: impl Fn(u32, &GroupOutcome) + Send + Sync + 'static,
     ) -> Result<EveryGroup, ClientError> {
         let groups = self.groups().await?;
         let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
@@ -855,12 +855,14 @@ impl Client {
         let mut every = EveryGroup::default();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((g, Ok(json))) => every.done.push((g, json)),
-                Ok((g, Err(e))) => every.failed.push((g, e)),
+                Ok((g, GroupOutcome::Done(json))) => every.done.push((g, json)),
+                Ok((g, GroupOutcome::Already(answer))) => every.already.push((g, answer)),
+                Ok((g, GroupOutcome::Failed(e))) => every.failed.push((g, e)),
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
         every.done.sort_by_key(|(g, _)| *g);
+        every.already.sort_by_key(|(g, _)| *g);
         every.failed.sort_by_key(|(g, _)| *g);
         Ok(every)
     }
@@ -872,17 +874,16 @@ impl Client {
         group: u32,
         req: AdminRequest,
         wait: Duration,
-    ) -> Result<String, ClientError> {
+    ) -> GroupOutcome {
         let started = std::time::Instant::now();
         loop {
             match self.admin_in(group, req).await {
-                Err(e) if already_done(req, &e) => {
-                    return Ok(serde_json::json!({ "already": e.to_string() }).to_string())
-                }
+                Ok(json) => return GroupOutcome::Done(json),
+                Err(e) if already_done(req, &e) => return GroupOutcome::Already(e.to_string()),
                 Err(e) if admin_refusal_is_transient(&e) && started.elapsed() < wait => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                other => return other,
+                Err(e) => return GroupOutcome::Failed(e),
             }
         }
     }
@@ -1106,11 +1107,25 @@ where
 /// What [`Client::admin_in_every_group`] got from each group.
 #[derive(Debug, Default)]
 pub struct EveryGroup {
-    /// The groups that answered, by group: the node's JSON answer, or
-    /// `{"already": ...}` where the node was already in the role asked for.
+    /// The groups that did what was asked, by group, with the node's JSON
+    /// answer.
     pub done: Vec<(u32, String)>,
+    /// The groups whose membership already had the node in the role asked
+    /// for, by group, with the leader's answer saying so.
+    pub already: Vec<(u32, String)>,
     /// The groups that did not, by group, with the last answer.
     pub failed: Vec<(u32, ClientError)>,
+}
+
+/// One group's outcome in [`Client::admin_in_every_group`].
+#[derive(Debug)]
+pub enum GroupOutcome {
+    /// Done: the node's JSON answer.
+    Done(String),
+    /// Already as asked: the leader's answer saying so.
+    Already(String),
+    /// Not done: the last answer.
+    Failed(ClientError),
 }
 
 /// Whether an administration request's refusal may pass if asked again:

@@ -21,7 +21,7 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use paxos_kv::client::{Client, ClientError, Session};
+use paxos_kv::client::{Client, ClientError, GroupOutcome, Session};
 use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs, ReadMode};
 use paxos_kv::kv::KvResult;
 use paxos_kv::tls::{ClientSecurity, ClientTlsConfig};
@@ -440,7 +440,7 @@ async fn admin_every_group(
         let every = client
             .admin_in_every_group(req, parallel, wait, move |g, outcome| {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if let Err(e) = outcome {
+                if let GroupOutcome::Failed(e) = outcome {
                     eprintln!("{name}: group {g} failed: {e}");
                 }
                 if n % 100 == 0 || n == groups {
@@ -456,7 +456,7 @@ async fn admin_every_group(
         let mut step = serde_json::json!({
             "groups": groups,
             "done": every.done.len(),
-            "already": every.done.iter().filter(|(_, j)| j.starts_with("{\"already\"")).count(),
+            "already": every.already.len(),
             "failed": failed,
             "seconds": started.elapsed().as_secs_f64(),
         });

@@ -644,9 +644,15 @@ async fn a_node_joins_and_leaves_every_group_with_one_admin_call() {
         .expect("groups learned");
     assert!(again.failed.is_empty(), "{:?}", again.failed);
     assert!(
-        again.done.iter().all(|(_, j)| j.contains("already")),
-        "a rerun finds every group done: {:?}",
-        again.done
+        again.done.is_empty() && again.already.len() == GROUPS as usize,
+        "a rerun finds every group already as asked: done {:?}, already {:?}",
+        again.done,
+        again.already
+    );
+    assert!(
+        again.already.iter().all(|(_, a)| a.contains("voter")),
+        "{:?}",
+        again.already
     );
     let members = ops
         .admin_in_every_group(AdminRequest::Members, 4, wait, |_, _| {})
