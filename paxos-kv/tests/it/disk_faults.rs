@@ -279,6 +279,29 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Stops node `f`, moves its data directory onto a tmpfs of `mib` MiB and
+/// starts it again there; returns the mount (unmounted when dropped), the
+/// data directory and the node's new pid, or `None` (the node left
+/// stopped) when this machine does not let the test mount a tmpfs.
+fn restart_on_tmpfs(
+    cluster: &mut LocalCluster,
+    scratch: &Path,
+    f: u64,
+    mib: u64,
+) -> Option<(Tmpfs, PathBuf, u32)> {
+    cluster.kill(f).expect("stop the node");
+    let data = cluster.data_dir(f);
+    let aside = scratch.join("aside");
+    copy_tree(&data, &aside);
+    std::fs::remove_dir_all(&data).expect("empty");
+    std::fs::create_dir_all(&data).expect("mount point");
+    let tmpfs = Tmpfs::mount(&data, mib)?;
+    copy_tree(&aside, &data);
+    cluster.start_node(f).expect("restart on the tmpfs");
+    let pid = cluster.pid(f).expect("runs");
+    Some((tmpfs, data, pid))
+}
+
 /// Copies the files of `from` into `to`, recursively.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
@@ -333,18 +356,9 @@ async fn a_follower_whose_disk_fills_up_stalls_and_recovers_without_a_restart() 
         .find(|&i| i != leader)
         .expect("a follower");
     // The follower's data directory moves onto a small tmpfs.
-    cluster.kill(f).expect("stop the follower");
-    let data = cluster.data_dir(f);
-    let aside = dir.path().join("aside");
-    copy_tree(&data, &aside);
-    std::fs::remove_dir_all(&data).expect("empty");
-    std::fs::create_dir_all(&data).expect("mount point");
-    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+    let Some((_tmpfs, data, pid)) = restart_on_tmpfs(&mut cluster, dir.path(), f, 8) else {
         return;
     };
-    copy_tree(&aside, &data);
-    cluster.start_node(f).expect("restart on the tmpfs");
-    let pid = cluster.pid(f).expect("runs");
     let client = Client::new(
         cluster.client_addrs(),
         security.clone(),
@@ -456,8 +470,8 @@ async fn a_follower_whose_disk_fills_up_stalls_and_recovers_without_a_restart() 
     );
 }
 
-/// The disk-full case on a node of many groups, whose groups share one log
-/// that combines their writes: the node's disk fills while it follows some
+/// The disk-full case on a node of many groups, whose groups share one
+/// log: the node's disk fills while it follows some
 /// groups; those groups stall on it (the node says how many) instead of the
 /// node exiting, the cluster keeps writing them, and once space returns the
 /// node catches up without a restart, with every acknowledged write.
@@ -479,18 +493,9 @@ async fn a_node_of_many_groups_whose_disk_fills_up_stalls_and_recovers_without_a
         .await
         .expect("every group has a leader");
     let f = 3;
-    cluster.kill(f).expect("stop the node");
-    let data = cluster.data_dir(f);
-    let aside = dir.path().join("aside");
-    copy_tree(&data, &aside);
-    std::fs::remove_dir_all(&data).expect("empty");
-    std::fs::create_dir_all(&data).expect("mount point");
-    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+    let Some((_tmpfs, data, pid)) = restart_on_tmpfs(&mut cluster, dir.path(), f, 8) else {
         return;
     };
-    copy_tree(&aside, &data);
-    cluster.start_node(f).expect("restart on the tmpfs");
-    let pid = cluster.pid(f).expect("runs");
     // The groups the node leads now would stall with it: the writes go to
     // the groups it follows (a leader on a full disk is another test's).
     cluster
