@@ -403,26 +403,42 @@ impl<S: Storage> Log<S> {
         self.trim_recent();
     }
 
+    /// Drops kept entries from the front (`front`) or the back while
+    /// `drop` says so, keeping `recent_bytes` in step (bounded by the
+    /// entries kept).
+    fn drop_recent(&mut self, front: bool, mut drop: impl FnMut(&Entry, usize) -> bool) {
+        loop {
+            let end = if front {
+                self.recent.front()
+            } else {
+                self.recent.back()
+            };
+            match end {
+                Some(e) if drop(e, self.recent_bytes) => {}
+                _ => return,
+            }
+            let e = if front {
+                self.recent.pop_front()
+            } else {
+                self.recent.pop_back()
+            };
+            if let Some(e) = e {
+                self.recent_bytes -= e.data.len();
+            }
+        }
+    }
+
     /// Drops the oldest kept entries while over the bound.
     fn trim_recent(&mut self) {
-        // Bounded by the entries kept.
-        while self.recent_bytes > self.recent_max_bytes {
-            let Some(e) = self.recent.pop_front() else {
-                break;
-            };
-            self.recent_bytes -= e.data.len();
-        }
+        let max = self.recent_max_bytes;
+        self.drop_recent(true, |_, bytes| bytes > max);
     }
 
     /// Entries up to `z` were handed out to be applied: no read after a
     /// commit needs them again (a lagging follower's catch-up reads the
     /// storage).
     pub(crate) fn applying(&mut self, z: Zxid) {
-        while self.recent.front().is_some_and(|e| e.zxid <= z) {
-            if let Some(e) = self.recent.pop_front() {
-                self.recent_bytes -= e.data.len();
-            }
-        }
+        self.drop_recent(true, |e, _| e.zxid <= z);
     }
 
     /// The last zxid of the history: last entry, else the base.
@@ -464,11 +480,7 @@ impl<S: Storage> Log<S> {
         while self.unstable.back().is_some_and(|(e, _)| e.zxid > to) {
             self.unstable.pop_back();
         }
-        while self.recent.back().is_some_and(|e| e.zxid > to) {
-            if let Some(e) = self.recent.pop_back() {
-                self.recent_bytes -= e.data.len();
-            }
-        }
+        self.drop_recent(false, |e, _| e.zxid > to);
         self.pending_truncate = Some(self.pending_truncate.map_or(to, |t| t.min(to)));
     }
 
