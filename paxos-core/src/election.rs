@@ -90,6 +90,36 @@ pub trait Elector {
         let _ = (now, voters, observers);
     }
 
+    /// Like [`reconfigure`](Elector::reconfigure), with the voters of a
+    /// newer membership this node holds in force but does not know to be
+    /// committed (`pending`, empty when there is none): from now on a
+    /// quorum of `voters` *or* a quorum of `pending` decides, and the votes
+    /// of both sets count. The node layer calls this rather than
+    /// `reconfigure`.
+    ///
+    /// Why both: a leader may commit a change and be lost before any
+    /// survivor hears of the commit. If the change removed a voter that was
+    /// then shut down, the survivors are a quorum of the membership in
+    /// force (the committed one) but not of the one they know committed,
+    /// and counting only the latter, no election could ever decide. The
+    /// committed one is still needed: a lagging node's stale change, or a
+    /// newcomer not yet told that it votes, would keep elections counted
+    /// only under the membership in force from deciding.
+    ///
+    /// The default ignores `pending` (the caller passes its members among
+    /// `observers` too), which keeps the behaviour of an elector written
+    /// before this method existed.
+    fn reconfigure_with_pending(
+        &mut self,
+        now: Time,
+        voters: &[NodeId],
+        pending: &[NodeId],
+        observers: &[NodeId],
+    ) {
+        let _ = pending;
+        self.reconfigure(now, voters, observers);
+    }
+
     /// The replica has settled: it follows or leads `leader` in `epoch`.
     /// From now on the elector answers LOOKING peers with that leader.
     fn settle(&mut self, now: Time, state: PeerState, leader: NodeId, epoch: Epoch);

@@ -65,8 +65,12 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     id: NodeId,
     /// The voters of our current view (see [`Elector::reconfigure`]).
     quorum: Q,
+    /// The voters of a newer membership our replica holds, not known to be
+    /// committed: a quorum of them decides too (see
+    /// [`Elector::reconfigure_with_pending`]).
+    pending: Option<Q>,
     /// The other members of our view: sorted, distinct, disjoint from the
-    /// voters.
+    /// voters and the pending voters.
     observers: Vec<NodeId>,
     /// We are a voter in our own view.
     voter: bool,
@@ -181,6 +185,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
         Ok(FastElection {
             id: config.id,
             quorum,
+            pending: None,
             observers,
             voter,
             tiebreak: config.tiebreak,
@@ -255,6 +260,47 @@ impl<Q: QuorumSystem> FastElection<Q> {
         &self.quorum
     }
 
+    /// The quorum system of the pending voters, if our replica holds a
+    /// membership newer than the one it knows committed (see
+    /// [`Elector::reconfigure_with_pending`]).
+    pub fn pending_quorum(&self) -> Option<&Q> {
+        self.pending.as_ref()
+    }
+
+    /// Whether `id`'s vote, lock and report count: a voter of our view or
+    /// of the pending membership.
+    fn counted(&self, id: NodeId) -> bool {
+        self.quorum.is_voter(id) || self.pending.as_ref().is_some_and(|p| p.is_voter(id))
+    }
+
+    /// Whether `id` may be elected under our view or the pending
+    /// membership.
+    fn can_lead(&self, id: NodeId) -> bool {
+        self.quorum.can_lead(id) || self.pending.as_ref().is_some_and(|p| p.can_lead(id))
+    }
+
+    /// Whether `ids` form a quorum of our view or of the pending
+    /// membership.
+    fn is_quorum_of(&self, ids: impl Iterator<Item = NodeId>) -> bool {
+        let ids: Vec<NodeId> = ids.collect();
+        self.quorum.is_quorum(&mut ids.iter().copied())
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.is_quorum(&mut ids.iter().copied()))
+    }
+
+    /// Every member we talk to, in that order: the voters of our view, the
+    /// pending voters that are not among them, and the observers.
+    fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self.quorum.voters().to_vec();
+        if let Some(p) = &self.pending {
+            m.extend(p.voters().iter().filter(|v| !self.quorum.is_voter(**v)));
+        }
+        m.extend(&self.observers);
+        m
+    }
+
     /// The other members of our current view, sorted: they are talked to
     /// but never counted.
     pub fn observers(&self) -> &[NodeId] {
@@ -275,12 +321,12 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// Whether we stand as the nominee of a leader's hand-over: only a
     /// voter that counts and may lead ever claims it.
     pub fn is_nominated(&self) -> bool {
-        self.nominated && self.counts() && self.quorum.can_lead(self.id)
+        self.nominated && self.counts() && self.can_lead(self.id)
     }
 
     fn self_vote(&self, now: Time) -> Option<Vote> {
         match self.me {
-            Some(info) if self.counts() && self.quorum.can_lead(self.id) => Some(
+            Some(info) if self.counts() && self.can_lead(self.id) => Some(
                 Vote::new(self.id, info)
                     .with_connected(self.connectivity_rule && self.quorum_connected(now))
                     .with_nominated(self.nominated),
@@ -310,7 +356,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             .filter(|(p, (_, abstains))| !*abstains && self.heard_recently(**p, now))
             .map(|(p, _)| *p)
             .chain(std::iter::once(self.id));
-        self.quorum.is_quorum(&mut ids)
+        self.is_quorum_of(&mut ids)
     }
 
     /// Records that `from` was heard; true if it had not been heard within
@@ -352,7 +398,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             let vouches = r.state == PeerState::Leading
                 && r.locked
                 && r.vote.leader == *id
-                && self.quorum.is_voter(*id)
+                && self.counted(*id)
                 && self.may_lead(*id)
                 && r.vote.connected
                 && self.heard_recently(*id, now);
@@ -361,7 +407,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        self.quorum.is_voter(id) || self.observers.binary_search(&id).is_ok()
+        self.counted(id) || self.observers.binary_search(&id).is_ok()
     }
 
     /// Whether a vote for `id` may be adopted, locked and elected here: a
@@ -372,8 +418,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
     /// voters split between it and a candidate of ours forever. The kernel
     /// refuses to lead without being a voter of the membership in force.
     fn may_lead(&self, id: NodeId) -> bool {
-        if self.quorum.is_voter(id) {
-            self.quorum.can_lead(id)
+        if self.counted(id) {
+            self.can_lead(id)
         } else {
             self.is_member(id)
         }
@@ -406,7 +452,10 @@ impl<Q: QuorumSystem> FastElection<Q> {
             self.outbox.push_back((to, n));
         }
         debug_assert!(
-            self.outbox.len() <= self.quorum.voters().len() + self.observers.len(),
+            self.outbox.len()
+                <= self.quorum.voters().len()
+                    + self.pending.as_ref().map_or(0, |p| p.voters().len())
+                    + self.observers.len(),
             "the outbox holds at most one message per peer"
         );
     }
@@ -423,11 +472,8 @@ impl<Q: QuorumSystem> FastElection<Q> {
     fn broadcast(&mut self) {
         let n = self.notification();
         let peers: Vec<NodeId> = self
-            .quorum
-            .voters()
-            .iter()
-            .chain(self.observers.iter())
-            .copied()
+            .members()
+            .into_iter()
             .filter(|p| *p != self.id)
             .collect();
         for p in peers {
@@ -644,7 +690,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 .filter(|(_, v)| v.same_candidate(&c))
                 .map(|(id, _)| *id)
                 .chain(own_counts.then_some(self.id));
-            if self.quorum.is_quorum(&mut ids) {
+            if self.is_quorum_of(&mut ids) {
                 return Some(c);
             }
         }
@@ -675,9 +721,9 @@ impl<Q: QuorumSystem> FastElection<Q> {
             let mut ids = self
                 .reports
                 .iter()
-                .filter(|(i, o)| o.vote.leader == *id && self.quorum.is_voter(**i))
+                .filter(|(i, o)| o.vote.leader == *id && self.counted(**i))
                 .map(|(i, _)| *i);
-            if self.quorum.is_quorum(&mut ids) {
+            if self.is_quorum_of(&mut ids) {
                 return Some((r.vote, r.round, r.locked));
             }
         }
@@ -691,7 +737,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             .filter(|(_, p)| **p == Some(v))
             .map(|(id, _)| *id)
             .chain((self.counts() && self.proposal == Some(v)).then_some(self.id));
-        self.quorum.is_quorum(&mut ids)
+        self.is_quorum_of(&mut ids)
     }
 
     /// Re-examines what we know after any change while LOOKING.
@@ -980,7 +1026,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
             }
             return;
         }
-        if !self.quorum.is_voter(from) && !msg.abstain {
+        if !self.counted(from) && !msg.abstain {
             match msg.state {
                 // A member our view calls an observer says it leads: in
                 // its own view (and the group's, if we lag a promotion) it
@@ -1003,7 +1049,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 PeerState::Following | PeerState::Observing => {}
             }
         }
-        if !self.quorum.is_voter(from) || msg.abstain {
+        if !self.counted(from) || msg.abstain {
             // A peer we do not count (an observer in our view, whatever it
             // holds itself to be, or an abstaining node) asking: tell it
             // what we know if that helps it; its vote never counts here.
@@ -1087,14 +1133,36 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
     /// - Duplicates are ignored; our own id may be anywhere or nowhere (a
     ///   removed node still asks the members who leads).
     fn reconfigure(&mut self, now: Time, voters: &[NodeId], observers: &[NodeId]) {
+        self.reconfigure_with_pending(now, voters, &[], observers);
+    }
+
+    /// [`reconfigure`](Elector::reconfigure) with the voters of a newer
+    /// membership not known committed (`pending`, empty for none): from now
+    /// on a quorum of `voters` or of `pending` decides, and the votes,
+    /// locks and reports of both sets count. The pending system is built
+    /// with [`QuorumSystem::with_voters`] from the current one; if that
+    /// refuses, the error is logged and only `voters` decide.
+    fn reconfigure_with_pending(
+        &mut self,
+        now: Time,
+        voters: &[NodeId],
+        pending: &[NodeId],
+        observers: &[NodeId],
+    ) {
         let mut wanted = voters.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
+        let mut wanted_pending = pending.to_vec();
+        wanted_pending.sort_unstable();
+        wanted_pending.dedup();
+        if wanted_pending == wanted {
+            wanted_pending.clear();
+        }
         let before = self.quorum.voters().to_vec();
+        let pending_before: Option<Vec<NodeId>> =
+            self.pending.as_ref().map(|p| p.voters().to_vec());
         // Our proposal names a voter of the view we leave.
-        let for_voter = self
-            .proposal
-            .is_some_and(|p| self.quorum.is_voter(p.leader));
+        let for_voter = self.proposal.is_some_and(|p| self.counted(p.leader));
         if wanted != before {
             match self.quorum.with_voters(&wanted) {
                 Ok(q) => self.quorum = q,
@@ -1104,34 +1172,51 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
                 }
             }
         }
+        if pending_before.as_deref() != Some(wanted_pending.as_slice()) {
+            self.pending = if wanted_pending.is_empty() {
+                None
+            } else {
+                match self.quorum.with_voters(&wanted_pending) {
+                    Ok(q) => Some(q),
+                    Err(error) => {
+                        tracing::error!(node = %self.id, %error, pending = ?wanted_pending,
+                            "cannot build the quorum system of the pending membership; only the committed one decides");
+                        None
+                    }
+                }
+            };
+        }
         let mut others: Vec<NodeId> = voters
             .iter()
+            .chain(pending)
             .chain(observers)
             .copied()
-            .filter(|n| !self.quorum.is_voter(*n))
+            .filter(|n| !self.counted(*n))
             .collect();
         others.sort_unstable();
         others.dedup();
-        let voter = self.quorum.is_voter(self.id);
-        if others == self.observers && self.quorum.voters() == before.as_slice() {
+        let voter = self.counted(self.id);
+        let pending_now: Option<Vec<NodeId>> = self.pending.as_ref().map(|p| p.voters().to_vec());
+        if others == self.observers
+            && self.quorum.voters() == before.as_slice()
+            && pending_now == pending_before
+        {
             // Nothing we count or talk to changed.
             return;
         }
         self.observers = others;
         self.voter = voter;
-        tracing::info!(node = %self.id, voters = ?self.quorum.voters(), observers = ?self.observers, voter,
+        tracing::info!(node = %self.id, voters = ?self.quorum.voters(), pending = ?pending_now, observers = ?self.observers, voter,
             "election membership changed");
-        let quorum = &self.quorum;
-        self.views.retain(|n, _| quorum.is_voter(*n));
-        self.locks.retain(|n, _| quorum.is_voter(*n));
-        self.reports.retain(|n, _| quorum.is_voter(*n));
-        let members: Vec<NodeId> = self
-            .quorum
-            .voters()
-            .iter()
-            .chain(&self.observers)
-            .copied()
+        let counted: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|n| self.counted(*n))
             .collect();
+        self.views.retain(|n, _| counted.contains(n));
+        self.locks.retain(|n, _| counted.contains(n));
+        self.reports.retain(|n, _| counted.contains(n));
+        let members = self.members();
         self.heard.retain(|n, _| members.contains(n));
         self.outbox.retain(|(to, _)| members.contains(to));
         if self.phase != Phase::Looking {
@@ -1143,9 +1228,9 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         // that may not lead at all any more, is withdrawn (a vote for an
         // observer of ours adopted from a peer of another view is kept: it
         // may be a voter there).
-        let stale = self.proposal.is_some_and(|p| {
-            (for_voter && !self.quorum.is_voter(p.leader)) || !self.may_lead(p.leader)
-        });
+        let stale = self
+            .proposal
+            .is_some_and(|p| (for_voter && !self.counted(p.leader)) || !self.may_lead(p.leader));
         if stale && !self.locked {
             if self.counts() && self.round + 1 < MAX_ROUND {
                 tracing::info!(node = %self.id, round = self.round, "our proposal may no longer lead; standing again in a new round");

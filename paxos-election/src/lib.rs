@@ -104,9 +104,23 @@
 //! # Membership changes
 //!
 //! [`Elector::reconfigure`] gives the elector a new view of the membership:
-//! its voters and observers. `paxos-core`'s node layer passes the
-//! membership committed as far as this node knows as the voters, and every
-//! other member of the membership in force as an observer.
+//! its voters and observers. `paxos-core`'s node layer calls
+//! [`Elector::reconfigure_with_pending`] instead: it passes the membership
+//! committed as far as this node knows as the voters, the voters of a newer
+//! membership the node holds in force (not known committed) as *pending*,
+//! and every other member of the membership in force as an observer.
+//!
+//! - A quorum of the view's voters **or** of the pending voters decides
+//!   (locks, reports, decisions, the connectivity rule); the votes of both
+//!   sets count. A leader may commit a change and be lost before anyone
+//!   hears of the commit: if the change removed a voter that was then shut
+//!   down, the survivors are a quorum of the committed membership, not of
+//!   the one they know committed, and only the pending set lets them
+//!   elect. The committed set still decides too, so a lagging node's stale
+//!   change never keeps an election from deciding. The two are usually one
+//!   single-server change apart, so their quorums intersect under
+//!   [`Majority`]; where they do not, a decision is a liveness hint only
+//!   (see the safety note below).
 //!
 //! - From the call on, only the view's voters count (quorums, locks,
 //!   reports, decisions), and the elector talks to every member of the

@@ -417,8 +417,9 @@ pub struct Node<S: Storage, E: Elector, M: StateMachine, C> {
     stats: NodeStats,
     /// Set by a fatal error: the node takes no more input.
     failed: Option<NodeError>,
-    /// The membership the elector was last given (the committed one).
-    elector_membership: Option<Membership>,
+    /// The membership the elector was last given (the committed one), and
+    /// the pending voters given with it.
+    elector_membership: Option<(Membership, Vec<NodeId>)>,
     /// The newest committed membership change kept in storage
     /// ([`MetaKey::CommittedConfig`]), as a raw zxid.
     committed_config: u64,
@@ -986,7 +987,19 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             .copied()
             .filter(|&v| v != me || in_force.is_voter(me))
             .collect();
-        if let Some(given) = &self.elector_membership {
+        // The voters of a newer membership in force, not known committed:
+        // they decide too (see `Elector::reconfigure_with_pending`).
+        let mut pending: Vec<NodeId> = Vec::new();
+        if !committed.same_members(in_force) {
+            pending.clone_from(&in_force.voters);
+            pending.sort_unstable();
+            let mut known = committed.voters.clone();
+            known.sort_unstable();
+            if pending == known {
+                pending.clear();
+            }
+        }
+        if let Some((given, given_pending)) = &self.elector_membership {
             let observers_match = in_force
                 .voters
                 .iter()
@@ -998,7 +1011,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                     .observers
                     .iter()
                     .all(|o| committed.is_observer(*o) || in_force.is_member(*o));
-            if given.voters == voters && observers_match {
+            if given.voters == voters && observers_match && *given_pending == pending {
                 return;
             }
         }
@@ -1019,9 +1032,10 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
             observers,
             ..Membership::default()
         };
-        tracing::info!(id = %self.replica.id(), voters = ?m.voters, observers = ?m.observers, "the elector follows the committed membership");
-        self.elector.reconfigure(now, &m.voters, &m.observers);
-        self.elector_membership = Some(m);
+        tracing::info!(id = %self.replica.id(), voters = ?m.voters, pending = ?pending, observers = ?m.observers, "the elector follows the committed membership (and the one in force, if newer)");
+        self.elector
+            .reconfigure_with_pending(now, &m.voters, &pending, &m.observers);
+        self.elector_membership = Some((m, pending));
     }
 
     // ----- outputs -----

@@ -67,6 +67,9 @@ enum State {
 pub struct TestElector {
     id: NodeId,
     voters: Vec<NodeId>,
+    /// The voters of a membership in force not known committed (empty if
+    /// none): a quorum of them decides too.
+    pending: Vec<NodeId>,
     peers: Vec<NodeId>,
     state: State,
     round: u64,
@@ -87,6 +90,7 @@ impl TestElector {
         TestElector {
             id,
             voters,
+            pending: Vec::new(),
             peers,
             state: State::Idle,
             round: 0,
@@ -116,8 +120,9 @@ impl TestElector {
         }
     }
 
+    /// Whether `n`'s vote counts: a voter of either view.
     fn is_voter(&self, n: NodeId) -> bool {
-        self.voters.contains(&n)
+        self.voters.contains(&n) || self.pending.contains(&n)
     }
 
     /// Whether our own vote counts: a voter that does not abstain.
@@ -171,19 +176,37 @@ impl TestElector {
     }
 
     fn try_decide(&mut self) {
-        let quorum = self.voters.len() / 2 + 1;
-        let n = self
-            .voters
-            .iter()
-            .filter(|v| self.votes.get(v) == Some(&self.vote))
-            .count();
-        if n >= quorum {
+        let holds = |set: &[NodeId]| {
+            !set.is_empty()
+                && set
+                    .iter()
+                    .filter(|v| self.votes.get(v) == Some(&self.vote))
+                    .count()
+                    > set.len() / 2
+        };
+        if holds(&self.voters) || holds(&self.pending) {
             self.state = State::Decided;
             self.decision = Some(Decision {
                 leader: self.vote.candidate,
                 round: self.round,
                 epoch_hint: self.vote.info.current_epoch,
             });
+            if self.vote.candidate == self.id {
+                // The winner says so at once: a peer whose view cannot
+                // count this quorum (it has not heard of a newer
+                // membership) follows it and learns the membership from
+                // the new leader's sync.
+                let msg = TestElectionMsg::Settled {
+                    state: PeerState::Leading,
+                    leader: self.id,
+                    epoch: self.vote.info.current_epoch,
+                };
+                for p in &self.peers {
+                    if *p != self.id {
+                        self.out.push_back((*p, msg.clone()));
+                    }
+                }
+            }
         }
     }
 }
@@ -336,14 +359,31 @@ impl Elector for TestElector {
         Some(self.round)
     }
 
-    fn reconfigure(&mut self, _now: Time, voters: &[NodeId], observers: &[NodeId]) {
+    fn reconfigure(&mut self, now: Time, voters: &[NodeId], observers: &[NodeId]) {
+        self.reconfigure_with_pending(now, voters, &[], observers);
+    }
+
+    fn reconfigure_with_pending(
+        &mut self,
+        _now: Time,
+        voters: &[NodeId],
+        pending: &[NodeId],
+        observers: &[NodeId],
+    ) {
         self.voters = voters.to_vec();
-        self.peers = voters.iter().chain(observers).copied().collect();
+        self.pending = pending.to_vec();
+        self.peers.clear();
+        for n in voters.iter().chain(pending).chain(observers) {
+            if !self.peers.contains(n) {
+                self.peers.push(*n);
+            }
+        }
         if !self.peers.contains(&self.id) {
             // A removed node still asks the members who leads.
             self.peers.push(self.id);
         }
-        self.votes.retain(|n, _| voters.contains(n));
+        self.votes
+            .retain(|n, _| voters.contains(n) || pending.contains(n));
         if !self.counts() {
             self.votes.remove(&self.id);
         }

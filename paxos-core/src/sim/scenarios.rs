@@ -36,6 +36,7 @@ pub const NAMES: &[&str] = &[
     "leader_hands_over_then_is_removed",
     "change_during_a_partition",
     "restart_after_changes_then_leader_lost",
+    "removal_committed_unseen_then_leader_lost",
     "change_across_epochs",
     "concurrent_add_and_remove_same_node",
     "remove_from_two_node_cluster_while_other_fails",
@@ -78,6 +79,9 @@ pub fn run<E: Elector>(
         "change_during_a_partition" => change_during_a_partition(mk, seed),
         "restart_after_changes_then_leader_lost" => {
             restart_after_changes_then_leader_lost(mk, seed)
+        }
+        "removal_committed_unseen_then_leader_lost" => {
+            removal_committed_unseen_then_leader_lost(mk, seed)
         }
         "change_across_epochs" => change_across_epochs(mk, seed),
         "concurrent_add_and_remove_same_node" => concurrent_add_and_remove_same_node(mk, seed),
@@ -1712,6 +1716,75 @@ pub fn restart_after_changes_then_leader_lost<E: Elector>(
     let acked = sim.stats().acked;
     wait_leader(&mut sim, Some(l))?;
     wait_acked(&mut sim, acked + 20)?;
+    sim.restart(l);
+    finish(sim)
+}
+
+/// Four voters after the observer's promotion: the leader L removes a
+/// follower X and commits the removal, and is lost at once (cut off, then
+/// crashed), before any survivor hears that the removal committed; X is
+/// shut down as an operator does with a removed machine. The two
+/// survivors are a quorum of the membership in force (L, Y and the
+/// newcomer, committed) and must elect a leader and commit, although as
+/// far as they know the four-voter membership, of which only they are
+/// up, is the one committed.
+pub fn removal_committed_unseen_then_leader_lost<E: Elector>(
+    mk: MakeSim<'_, E>,
+    seed: u64,
+) -> Result<SimStats, Violation> {
+    let mut sim = mk(SimConfig {
+        seed,
+        observers: 1,
+        ..SimConfig::default()
+    });
+    let newcomer = NodeId(100);
+    wait_leader(&mut sim, None)?;
+    wait_acked(&mut sim, 20)?;
+    change_and_commit(&mut sim, |m| promote(m, newcomer), |m| m.is_voter(newcomer))?;
+    wait_agreed(&mut sim)?;
+    let (l, _) = propose_change(&mut sim, |l, m| {
+        if let Some(x) = m.voters.iter().copied().find(|v| *v != l && *v != newcomer) {
+            m.voters.retain(|v| *v != x);
+        }
+    })?;
+    let Some(x) = sim
+        .replica(l)
+        .and_then(|r| r.membership_change_pending().map(|_| r))
+        .and_then(|r| {
+            r.committed_membership()
+                .voters
+                .iter()
+                .copied()
+                .find(|v| !r.membership().is_member(*v))
+        })
+    else {
+        return Err(fail(&sim, "the removal is not pending on the leader"));
+    };
+    // The step in which L commits the removal is its last.
+    if !sim.run_until(Duration::from_secs(10), |s| {
+        s.replica(l)
+            .is_some_and(|r| !r.committed_membership().is_member(x))
+    })? {
+        return Err(fail(&sim, "the removal never committed"));
+    }
+    sim.isolate(l);
+    sim.crash(l);
+    sim.crash(x);
+    let unseen = sim
+        .node_ids()
+        .into_iter()
+        .filter(|n| *n != l && *n != x)
+        .all(|n| {
+            sim.replica(n)
+                .is_some_and(|r| r.committed_membership().is_member(x))
+        });
+    if !unseen {
+        return Err(fail(&sim, "a survivor already knew the removal committed"));
+    }
+    let acked = sim.stats().acked;
+    wait_leader(&mut sim, Some(l))?;
+    wait_acked(&mut sim, acked + 20)?;
+    sim.heal();
     sim.restart(l);
     finish(sim)
 }

@@ -243,6 +243,11 @@ fn scenario_restart_after_changes_then_leader_lost() {
 }
 
 #[test]
+fn scenario_removal_committed_unseen_then_leader_lost() {
+    scenario("removal_committed_unseen_then_leader_lost");
+}
+
+#[test]
 fn scenario_change_during_a_partition() {
     scenario("change_during_a_partition");
 }
@@ -308,6 +313,7 @@ fn membership_scenario_sweep() {
         "member_down_during_change",
         "change_racing_leader_crash",
         "restart_after_changes_then_leader_lost",
+        "removal_committed_unseen_then_leader_lost",
     ] {
         for seed in 3..seeds {
             match scenarios::run_with_test_components(name, seed) {

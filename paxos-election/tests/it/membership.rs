@@ -86,6 +86,15 @@ impl Net {
         self.after(i);
     }
 
+    /// Gives node `id` view `v` and the voters of a newer membership it
+    /// holds, not known committed.
+    fn reconfigure_pending(&mut self, id: u64, v: &View, pending: &[u64]) {
+        let i = (id - 1) as usize;
+        self.views[i] = v.clone();
+        self.nodes[i].reconfigure_with_pending(self.now, &v.voters, &ids(pending), &v.observers);
+        self.after(i);
+    }
+
     fn start_looking(&mut self, id: u64, counter: u32) {
         let i = (id - 1) as usize;
         self.nodes[i].start_looking(self.now, info(counter));
@@ -235,6 +244,50 @@ fn a_voter_that_does_not_know_it_was_promoted_still_helps_elect() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Four voters; the leader (node 1) removed node 3, committed the removal
+/// and was lost before anyone heard of the commit; node 3, removed, was
+/// shut down. Node 2 holds the removal (pending: {1, 2, 4}); node 4 holds
+/// it too if `both` (as recent a history), else not (an older one). Both
+/// count the four voters committed, of which only they are up. With the
+/// pending membership given they elect a leader; without it no election
+/// can decide.
+fn removal_committed_unseen(seed: u64, both: bool, give_pending: bool) -> Option<NodeId> {
+    let four = view(&[1, 2, 3, 4], &[]);
+    let mut net = Net::new(4, &four, seed);
+    let holders: &[u64] = if both { &[2, 4] } else { &[2] };
+    for id in holders {
+        let pending: &[u64] = if give_pending { &[1, 2, 4] } else { &[] };
+        net.reconfigure_pending(*id, &four, pending);
+    }
+    net.up[0] = false;
+    net.up[2] = false;
+    net.start_looking(2, 9);
+    net.start_looking(4, if both { 9 } else { 7 });
+    net.run_until(STEPS / 10, |n| n.agreed(&[2, 4]).is_some());
+    net.agreed(&[2, 4])
+}
+
+#[test]
+fn survivors_of_a_removal_they_never_saw_committed_elect_under_the_pending_membership() {
+    for seed in 0..SEEDS {
+        // Node 2 alone holds the newest history: it wins.
+        assert_eq!(
+            removal_committed_unseen(seed, false, true),
+            Some(NodeId(2)),
+            "seed {seed}"
+        );
+        // Both hold the same history: the tie goes by id.
+        assert_eq!(
+            removal_committed_unseen(seed, true, true),
+            Some(NodeId(4)),
+            "seed {seed}, both hold the removal"
+        );
+    }
+    // Without the pending membership the four committed voters are all
+    // they count: two of four is no quorum.
+    assert_eq!(removal_committed_unseen(0, true, false), None);
 }
 
 /// Case [ii]: node 3 holds a stale bigger view, where node 4 votes; nodes
