@@ -21,9 +21,15 @@
 //! admitted at once (fewer while elections run out of time: see
 //! `AdmissionWindow`); the others wait in order, still answering their
 //! peers' messages, so their elections go on wherever a peer drives them.
-//! They are admitted lowest group first: every node then works on the
-//! same groups at the same time (an election needs a quorum of nodes to
-//! run its timers: a vote waits for its settle timer to be decided).
+//! They are admitted in group order, cyclically from the group after the
+//! last one admitted (`AdmissionQueue`): every node then works on the
+//! same groups at about the same time (an election needs a quorum of nodes
+//! to run its timers: a vote waits for its settle timer to be decided),
+//! and a group whose election cannot finish (one this node is not a
+//! member of yet) comes back behind the others rather than before them.
+//! A group in which this node does not vote (an observer, or a new
+//! machine not yet added) never stands, so it is never held: its elector
+//! only asks the voters who leads.
 //! A slot frees when its group is established or has had two election
 //! timeouts. After a node's failure, thousands of groups then elect a few
 //! hundred at a time instead of all timing out, re-sending and giving up
@@ -69,6 +75,16 @@ const ADMISSION_EVERY: Duration = Duration::from_millis(5);
 const TIMER_STEPS_PER_HEARTBEAT: u32 = 5;
 
 /// The last multiple of `step` (nanoseconds, at least 1) at or before `t`.
+/// Runs `f` on the group inside its tracing span (see `group_span`); the
+/// span is moved out for the call rather than cloned (no reference count
+/// traffic on the hot path).
+fn in_span<R>(d: &mut Driver, f: impl FnOnce(&mut Driver) -> R) -> R {
+    let span = std::mem::replace(&mut d.span, tracing::Span::none());
+    let out = span.in_scope(|| f(d));
+    d.span = span;
+    out
+}
+
 fn grid_floor(t: Time, step: u64) -> Time {
     let step = step.max(1);
     Time::from_nanos(t.as_nanos() - t.as_nanos() % step)
@@ -283,6 +299,63 @@ impl AdmissionWindow {
     }
 }
 
+/// The groups waiting for an election slot, taken in group order
+/// cyclically: from the group after the last one taken, wrapping around.
+/// Every node takes the same groups at about the same time (lowest first
+/// would do that too), and none waits for ever: a group taken and back
+/// (its election expired) waits behind every group after it.
+#[derive(Debug, Default)]
+struct AdmissionQueue {
+    waiting: BTreeSet<usize>,
+    /// The group after the last one taken.
+    cursor: usize,
+}
+
+impl AdmissionQueue {
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Adds `g` (once).
+    fn insert(&mut self, g: usize) {
+        self.waiting.insert(g);
+    }
+
+    /// The group to take next.
+    fn next(&self) -> Option<usize> {
+        self.waiting
+            .range(self.cursor..)
+            .next()
+            .or_else(|| self.waiting.first())
+            .copied()
+    }
+
+    /// Takes the next group.
+    fn pop(&mut self) -> Option<usize> {
+        let g = self.next()?;
+        self.waiting.remove(&g);
+        self.cursor = g + 1;
+        Some(g)
+    }
+
+    /// Takes `g`, not waiting, if it comes before every waiting group in
+    /// the queue's order (so that it may take a free slot at once): the
+    /// cursor moves past it, as [`pop`](Self::pop) moves it. Returns
+    /// whether it did.
+    fn take_if_first(&mut self, g: usize) -> bool {
+        let rank = |x: usize| x.wrapping_sub(self.cursor);
+        let first = self.next().is_none_or(|w| rank(g) < rank(w));
+        if first {
+            self.cursor = g + 1;
+        }
+        first
+    }
+}
+
 /// The groups a node hosts and the bookkeeping that runs them.
 pub(super) struct Groups {
     pub(super) groups: Vec<Driver>,
@@ -310,8 +383,8 @@ pub(super) struct Groups {
     /// `Host::max_elections`): cut when elections expire, grown as they
     /// succeed.
     window: AdmissionWindow,
-    /// Groups whose timers wait for a slot (admitted lowest first).
-    waiting: BTreeSet<usize>,
+    /// Groups whose timers wait for a slot.
+    waiting: AdmissionQueue,
     /// When the admission next looks for freed slots.
     next_admission: Instant,
     /// The roles last logged (led, following, looking) and when they are
@@ -339,7 +412,7 @@ impl Groups {
             next_balance: Instant::now() + BALANCE_EVERY,
             admitted: BTreeMap::new(),
             window: AdmissionWindow::new(max_elections),
-            waiting: BTreeSet::new(),
+            waiting: AdmissionQueue::default(),
             next_admission: Instant::now(),
             logged_roles: (0, 0, 0),
             next_roles_log: Instant::now() + ROLES_LOG_EVERY,
@@ -366,7 +439,7 @@ impl Groups {
     /// Runs `f` on group `g` (if it exists) and gives it a turn.
     pub(super) fn with(&mut self, g: usize, f: impl FnOnce(&mut Driver)) {
         if let Some(d) = self.groups.get_mut(g) {
-            f(d);
+            in_span(d, f);
             self.mark(g);
         } else {
             tracing::warn!(
@@ -395,7 +468,7 @@ impl Groups {
         }
         let mut result = Ok(());
         for g in dirty {
-            match self.groups[g].turn() {
+            match in_span(&mut self.groups[g], Driver::turn) {
                 Ok(more) => {
                     if more {
                         // Its next turn comes in the next pass of the loop.
@@ -445,17 +518,18 @@ impl Groups {
     /// leader, or it holds (or just got) an admission slot. Otherwise it
     /// joins the queue (once) and its timers wait for a slot.
     fn admit(&mut self, g: usize, now: Instant) -> bool {
+        let r = self.groups[g].node.replica();
         if self.host().max_elections == 0
             || self.admitted.contains_key(&g)
-            || self.groups[g].node.replica().established_epoch().is_some()
+            || r.established_epoch().is_some()
+            || !r.config().is_voter(r.id())
         {
             return true;
         }
         if self.admitted.len() >= self.window.limit() {
             self.free_slots(now);
         }
-        if self.admitted.len() < self.window.limit() && self.waiting.first().is_none_or(|&w| g < w)
-        {
+        if self.admitted.len() < self.window.limit() && self.waiting.take_if_first(g) {
             self.admitted.insert(g, now);
             return true;
         }
@@ -505,14 +579,14 @@ impl Groups {
         self.free_slots(now);
         // Bounded: each pass takes one group off the queue.
         while self.admitted.len() < self.window.limit() {
-            let Some(g) = self.waiting.pop_first() else {
+            let Some(g) = self.waiting.pop() else {
                 tracing::info!("election admission: no group waits for a slot any more");
                 break;
             };
             if self.groups[g].node.replica().established_epoch().is_none() {
                 self.admitted.insert(g, now);
             }
-            self.groups[g].on_timeout();
+            in_span(&mut self.groups[g], Driver::on_timeout);
             self.mark(g);
         }
     }
@@ -762,12 +836,12 @@ impl Groups {
                     // Held: the queue runs its timers when a slot frees.
                     continue;
                 }
-                self.groups[g].on_timeout();
+                in_span(&mut self.groups[g], Driver::on_timeout);
                 self.mark(g);
             }
         }
         for g in self.busy.clone() {
-            self.groups[g].on_timeout();
+            in_span(&mut self.groups[g], Driver::on_timeout);
             self.mark(g);
         }
         self.refresh_metrics_if_due();
@@ -840,7 +914,7 @@ impl Groups {
         let Some(d) = self.groups.get_mut(g) else {
             anyhow::bail!("a sync completion for group {g}, which this node does not host (a bug)");
         };
-        d.on_synced(done)?;
+        in_span(d, |d| d.on_synced(done))?;
         self.mark(g);
         Ok(())
     }
@@ -1086,6 +1160,47 @@ fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Groups whose elections never finish (this node not yet a member)
+    /// come back to the queue each time their slot expires: every waiting
+    /// group still gets a slot within one sweep. Taken lowest first, the
+    /// same few low groups would hold the slots for ever (found in chaos
+    /// `grow-and-shrink` at 1 000 groups: a joining node's group waited
+    /// more than 60 s for a slot).
+    #[test]
+    fn the_admission_queue_reaches_every_group_while_earlier_ones_keep_coming_back() {
+        let mut q = AdmissionQueue::default();
+        for g in 0..10 {
+            q.insert(g);
+        }
+        let mut taken = BTreeSet::new();
+        for _ in 0..10 {
+            let g = q.pop().expect("a group waits");
+            taken.insert(g);
+            // Its election expires: it waits again.
+            q.insert(g);
+        }
+        assert_eq!(taken, (0..10).collect::<BTreeSet<_>>());
+        // The order is the groups' (every node sweeps the same way): the
+        // next sweep starts over from group 0.
+        assert_eq!(q.pop(), Some(0));
+        assert_eq!(q.pop(), Some(1));
+        // A group not waiting takes a free slot at once only if it comes
+        // before every waiting group from the cursor.
+        let mut q = AdmissionQueue::default();
+        for g in [3, 4, 7] {
+            q.insert(g);
+        }
+        assert!(!q.take_if_first(5), "3 and 4 wait before it");
+        assert!(q.take_if_first(2));
+        assert_eq!(q.pop(), Some(3));
+        assert_eq!(q.pop(), Some(4));
+        assert!(q.take_if_first(6), "6 comes before 7 from the cursor");
+        assert!(!q.take_if_first(1), "after the cursor's 7, 1 comes last");
+        assert_eq!(q.pop(), Some(7));
+        assert!(q.is_empty());
+        assert!(q.take_if_first(1));
+    }
 
     #[test]
     fn the_admission_window_halves_when_most_elections_expire_and_grows_with_successes() {

@@ -254,6 +254,8 @@ struct Driver {
     /// The flag: asked for a change of this node's own role (answered
     /// "retry" once handed over, for the new leader to make the change).
     pending_transfer: Option<(NodeId, client_port::Reply, bool)>,
+    /// Entered around the group's work (see [`group_span`]).
+    span: tracing::Span,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -434,7 +436,9 @@ pub async fn run_node(
     });
     let mut groups = Vec::with_capacity(stores.len());
     for (index, store) in stores.into_iter().enumerate() {
-        let g = open_group(&opts, index, store, host.clone())
+        let span = group_span(&opts, index);
+        let g = span
+            .in_scope(|| open_group(&opts, index, store, host.clone(), span.clone()))
             .with_context(|| format!("starting group {index}"))?;
         groups.push(g);
     }
@@ -587,6 +591,18 @@ fn quiesce_after(opts: &NodeOptions) -> Option<Duration> {
     }
 }
 
+/// The tracing span of group `index`: on a node hosting more than one
+/// group, every event a group's kernel, elector or driver logs carries
+/// `group=<index>` (entered around each of the group's turns); none on a
+/// single-group node.
+fn group_span(opts: &NodeOptions, index: usize) -> tracing::Span {
+    if opts.groups > 1 {
+        tracing::info_span!("group", group = index)
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// Starts group `index` over its opened storage: its state machine
 /// restored from its newest snapshot, its replica, elector and node layer.
 fn open_group(
@@ -594,6 +610,7 @@ fn open_group(
     index: usize,
     storage: NodeStorage,
     host: Rc<Host>,
+    span: tracing::Span,
 ) -> Result<Driver> {
     let id = host.id;
     let dir = storage::group_dir(opts, index);
@@ -728,6 +745,7 @@ fn open_group(
         dir,
         stats: Stats::default(),
         pending_transfer: None,
+        span,
     })
 }
 
