@@ -185,21 +185,24 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
                 f.trunc_done = true;
+                // A TRUNC below our commit point: the leader cannot tell
+                // where our log leaves its history (it holds nothing of our
+                // last epoch, and never truncates across an epoch boundary
+                // but to ZERO), and its DIFF starts there. Every committed
+                // entry is in every later leader's history, so we keep our
+                // committed prefix and drop only what follows it; the DIFF
+                // then overlaps what we keep (`follower_append` checks the
+                // overlap and skips it). A leader whose history lacked our
+                // commit point would be faulty: its DIFF would not hold our
+                // last entry and would be refused.
+                let to = if to < self.commit {
+                    tracing::info!(id = %self.id, %from, asked = ?to, commit = ?self.commit,
+                        "TRUNC below the commit point: keeping the committed prefix");
+                    self.commit
+                } else {
+                    to
+                };
                 if to >= self.log.last() {
-                    return;
-                }
-                if to < self.commit {
-                    // Only a faulty leader asks for this: a TRUNC never goes
-                    // below a commit point. Refuse it rather than lose
-                    // committed entries, and look for another leader.
-                    tracing::error!(
-                        id = %self.id,
-                        %from,
-                        ?to,
-                        commit = ?self.commit,
-                        "TRUNC below the commit point refused"
-                    );
-                    self.lose_leader("leader asked to drop committed entries");
                     return;
                 }
                 tracing::info!(id = %self.id, ?to, last = ?self.log.last(), "TRUNC: dropping uncommitted suffix");

@@ -1650,3 +1650,160 @@ fn a_duplicate_newepoch_after_newleader_does_not_undo_the_sync() {
         "the UPTODATE after a duplicate NEWEPOCH must establish the follower (sent {sent:?})"
     );
 }
+
+/// Found by chaos `flapping --seed 960151 --groups 1000` (group 433): a
+/// follower holding (1,1), committed, and (2,1) of a later epoch that
+/// never committed, synced by a leader whose history is (1,1), (3,1). The
+/// leader holds nothing of epoch 2, so the production planner
+/// (`paxos-snapshot`, ZooKeeper's rule: never TRUNC across an epoch
+/// boundary) asks for TRUNC to ZERO and a DIFF of the whole history. The
+/// follower refused a TRUNC below its commit point and looked for another
+/// leader, again and again: the group never settled. A committed entry is
+/// in every later leader's history, so the follower keeps its committed
+/// prefix (it truncates after its commit point instead) and takes the
+/// DIFF over it; nothing committed is dropped, even for a moment.
+#[test]
+fn a_trunc_below_the_commit_point_keeps_the_committed_prefix_and_syncs() {
+    let mut f = Replica::new(
+        NodeId(2),
+        three(),
+        MemStorage::new(),
+        Box::new(TestPlanner),
+        Recovered::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let mut round = 0u64;
+    let drive = |f: &mut Replica<MemStorage>, from: u64, msgs: Vec<Message>| {
+        for msg in msgs {
+            f.handle_message(
+                Time::ZERO,
+                Envelope {
+                    group: GroupId::default(),
+                    from: NodeId(from),
+                    to: NodeId(2),
+                    msg,
+                },
+            );
+            let rd = f.ready();
+            f.storage_mut().write_ready(&rd).unwrap();
+            f.persisted(Time::ZERO, rd.persist_marker());
+        }
+    };
+    let mut follow = |f: &mut Replica<MemStorage>, leader: u64| {
+        round += 1;
+        f.handle_leader_decision(
+            Time::ZERO,
+            Decision {
+                leader: NodeId(leader),
+                round,
+                epoch_hint: Epoch::ZERO,
+            },
+        );
+    };
+    // Epoch 1 (leader n1): (1,1) committed.
+    follow(&mut f, 1);
+    let e1 = Epoch(1);
+    drive(
+        &mut f,
+        1,
+        vec![
+            Message::NewEpoch {
+                epoch: e1,
+                round: 0,
+                established: false,
+            },
+            Message::NewLeader {
+                epoch: e1,
+                last_zxid: Zxid::ZERO,
+            },
+            Message::UpToDate {
+                epoch: e1,
+                commit: Zxid::ZERO,
+            },
+            Message::Accept {
+                epoch: e1,
+                prev: Zxid::ZERO,
+                commit: Zxid::ZERO,
+                entries: vec![entry(z(1, 1))],
+            },
+            Message::Commit {
+                epoch: e1,
+                commit: z(1, 1),
+            },
+        ],
+    );
+    assert_eq!(f.commit_zxid(), z(1, 1));
+    // Epoch 2 (leader n3): (2,1) appended, never committed.
+    follow(&mut f, 3);
+    let e2 = Epoch(2);
+    drive(
+        &mut f,
+        3,
+        vec![
+            Message::NewEpoch {
+                epoch: e2,
+                round: 0,
+                established: false,
+            },
+            Message::NewLeader {
+                epoch: e2,
+                last_zxid: z(1, 1),
+            },
+            Message::UpToDate {
+                epoch: e2,
+                commit: z(1, 1),
+            },
+            Message::Accept {
+                epoch: e2,
+                prev: z(1, 1),
+                commit: z(1, 1),
+                entries: vec![entry(z(2, 1))],
+            },
+        ],
+    );
+    assert_eq!(f.last_zxid(), z(2, 1));
+    assert_eq!(f.established_epoch(), Some(e2));
+    // Epoch 4 (leader n1, whose history is (1,1), (3,1)).
+    follow(&mut f, 1);
+    let e4 = Epoch(4);
+    drive(
+        &mut f,
+        1,
+        vec![
+            Message::NewEpoch {
+                epoch: e4,
+                round: 0,
+                established: false,
+            },
+            Message::Trunc {
+                epoch: e4,
+                round: 0,
+                to: Zxid::ZERO,
+            },
+            Message::Diff {
+                epoch: e4,
+                prev: Zxid::ZERO,
+                entries: vec![entry(z(1, 1)), entry(z(3, 1))],
+            },
+            Message::NewLeader {
+                epoch: e4,
+                last_zxid: z(3, 1),
+            },
+            Message::UpToDate {
+                epoch: e4,
+                commit: z(3, 1),
+            },
+        ],
+    );
+    assert_eq!(f.leader(), Some(NodeId(1)), "follows the leader of epoch 4");
+    assert_eq!(f.established_epoch(), Some(e4), "synced in epoch 4");
+    assert_eq!(f.last_zxid(), z(3, 1));
+    assert_eq!(f.commit_zxid(), z(3, 1));
+    let mut held = Vec::new();
+    f.storage()
+        .entries(z(1, 1), 10, usize::MAX, &mut held)
+        .unwrap();
+    let held: Vec<Zxid> = held.iter().map(|e| e.zxid).collect();
+    assert_eq!(held, vec![z(1, 1), z(3, 1)], "the leader's history");
+}
