@@ -313,7 +313,17 @@ async fn a_wiped_follower_catches_up_a_large_state_with_one_transfer_while_write
     );
     let restarts = restarted_syncs(&cluster).saturating_sub(restarts_before);
     assert_one_transfer(&cluster, &streams, restarts);
-    assert_eq!(sum(&st, "snapshot_transfer_restarts"), 0, "{st:#?}");
+    // A transfer the leader gave up for want of progress: none, unless the
+    // sync itself restarted meanwhile (a leader change on a loaded
+    // machine: the follower may still be installing the old leader's
+    // snapshot off its loop while the new leader streams its own, which
+    // then makes no progress for a while). Each restarted sync can cost
+    // one such give-up, no more.
+    let gave_up = sum(&st, "snapshot_transfer_restarts");
+    assert!(
+        gave_up <= restarts as u64,
+        "{gave_up} snapshot transfers given up for want of progress with {restarts} restarted syncs: {st:#?}"
+    );
     assert_eq!(sum(&st, "snapshot_chunks_dropped"), 0, "{st:#?}");
     assert_eq!(st[&follower]["snapshot_installs"].as_u64(), Some(1));
 }
