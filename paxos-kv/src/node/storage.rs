@@ -330,12 +330,14 @@ pub(super) fn open_stores(
 /// Whether the shared log combines the groups' writes
 /// (`SharedLog::set_combine_writes`: each group's `Ready` batch staged, the
 /// batches of a pass written with one `pwritev` at the sync thread's next
-/// sync). Off: with it on, chaos `grow-and-shrink --groups 1000 --seed
-/// 208257` fails on every try (4 of 4: a joining node's promote refused for
-/// 60 s in one group, "no leader yet"), and passes with it off; the cause
-/// is not found yet. On, it measured 1.09-1.11x the writes/s at 256 groups
-/// spread (1.23x with all leaders on one node).
-const COMBINE_WRITES: bool = false;
+/// sync): 1.09-1.11x the writes/s at 256 groups spread (1.23x with all
+/// leaders on one node). It was off for a while: with it on, chaos
+/// `grow-and-shrink --groups 1000 --seed 208257` failed on every try (a
+/// joining node's group not following its leader for minutes). The cause
+/// was not the log but the election admission, which starved the groups
+/// of a joining node (now fixed, `AdmissionQueue`); combining changed the
+/// timing enough to show it.
+const COMBINE_WRITES: bool = true;
 
 /// Opens the shared log of a node hosting many groups, with the damage
 /// rule of [`open_storage`]: damage in its synced part makes the node (all
