@@ -1004,6 +1004,16 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Notification) {
         let msg = self.strip_unknown_vote(from, msg);
         if let Some(reason) = self.reject_reason(from, &msg) {
+            if !self.is_member(from) && from != self.id {
+                // Expected while a membership changes (a new machine asks
+                // before it is added, a removed one keeps asking; the
+                // transport already refused any node it does not know),
+                // and with many groups per node it repeats in every group
+                // on every retry: thousands of warnings while a machine
+                // joins. Not a warning, then.
+                tracing::debug!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
+                return;
+            }
             tracing::warn!(node = %self.id, from = %from, ?msg, reason, "dropping election message");
             return;
         }

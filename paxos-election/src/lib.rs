@@ -91,7 +91,9 @@
 //!   the voters, follow their rounds and tell the vote they adopted (which
 //!   counts only for a peer whose view makes them voters, see below).
 //! - Bad input is dropped with a `tracing` warning and changes nothing:
-//!   messages from ourselves or unknown ids, votes for nodes that are no
+//!   messages from ourselves or unknown ids (a sender outside our view is
+//!   logged at debug only: a new machine asks before it is added, a removed
+//!   one keeps asking), votes for nodes that are no
 //!   members, self-contradicting states (a lock without a vote, a settled
 //!   node naming no leader, leading for another node, following itself, an
 //!   abstaining node leading), and *impossible rounds*: a
