@@ -21,15 +21,14 @@
 //! admitted at once (fewer while elections run out of time: see
 //! `AdmissionWindow`); the others wait in order, still answering their
 //! peers' messages, so their elections go on wherever a peer drives them.
-//! They are admitted in group order, cyclically from the group after the
-//! last one admitted (`AdmissionQueue`): every node then works on the
-//! same groups at about the same time (an election needs a quorum of nodes
-//! to run its timers: a vote waits for its settle timer to be decided),
-//! and a group whose election cannot finish (one this node is not a
-//! member of yet) comes back behind the others rather than before them.
-//! A group in which this node does not vote (an observer, or a new
-//! machine not yet added) never stands, so it is never held: its elector
-//! only asks the voters who leads.
+//! They are admitted lowest group first: every node then works on the
+//! same groups at the same time (an election needs a quorum of nodes to
+//! run its timers: a vote waits for its settle timer to be decided). A
+//! group in which this node does not vote (an observer, or a new machine
+//! not yet added) never stands, so it is never held: its elector only asks
+//! the voters who leads. (Held, a joining node's groups not yet added,
+//! whose elections never finish, came back first each time their slots
+//! expired, and the groups already added starved behind them.)
 //! A slot frees when its group is established or has had two election
 //! timeouts. After a node's failure, thousands of groups then elect a few
 //! hundred at a time instead of all timing out, re-sending and giving up
@@ -299,63 +298,6 @@ impl AdmissionWindow {
     }
 }
 
-/// The groups waiting for an election slot, taken in group order
-/// cyclically: from the group after the last one taken, wrapping around.
-/// Every node takes the same groups at about the same time (lowest first
-/// would do that too), and none waits for ever: a group taken and back
-/// (its election expired) waits behind every group after it.
-#[derive(Debug, Default)]
-struct AdmissionQueue {
-    waiting: BTreeSet<usize>,
-    /// The group after the last one taken.
-    cursor: usize,
-}
-
-impl AdmissionQueue {
-    fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Adds `g` (once).
-    fn insert(&mut self, g: usize) {
-        self.waiting.insert(g);
-    }
-
-    /// The group to take next.
-    fn next(&self) -> Option<usize> {
-        self.waiting
-            .range(self.cursor..)
-            .next()
-            .or_else(|| self.waiting.first())
-            .copied()
-    }
-
-    /// Takes the next group.
-    fn pop(&mut self) -> Option<usize> {
-        let g = self.next()?;
-        self.waiting.remove(&g);
-        self.cursor = g + 1;
-        Some(g)
-    }
-
-    /// Takes `g`, not waiting, if it comes before every waiting group in
-    /// the queue's order (so that it may take a free slot at once): the
-    /// cursor moves past it, as [`pop`](Self::pop) moves it. Returns
-    /// whether it did.
-    fn take_if_first(&mut self, g: usize) -> bool {
-        let rank = |x: usize| x.wrapping_sub(self.cursor);
-        let first = self.next().is_none_or(|w| rank(g) < rank(w));
-        if first {
-            self.cursor = g + 1;
-        }
-        first
-    }
-}
-
 /// The groups a node hosts and the bookkeeping that runs them.
 pub(super) struct Groups {
     pub(super) groups: Vec<Driver>,
@@ -383,8 +325,8 @@ pub(super) struct Groups {
     /// `Host::max_elections`): cut when elections expire, grown as they
     /// succeed.
     window: AdmissionWindow,
-    /// Groups whose timers wait for a slot.
-    waiting: AdmissionQueue,
+    /// Groups whose timers wait for a slot (admitted lowest first).
+    waiting: BTreeSet<usize>,
     /// When the admission next looks for freed slots.
     next_admission: Instant,
     /// The roles last logged (led, following, looking) and when they are
@@ -412,7 +354,7 @@ impl Groups {
             next_balance: Instant::now() + BALANCE_EVERY,
             admitted: BTreeMap::new(),
             window: AdmissionWindow::new(max_elections),
-            waiting: AdmissionQueue::default(),
+            waiting: BTreeSet::new(),
             next_admission: Instant::now(),
             logged_roles: (0, 0, 0),
             next_roles_log: Instant::now() + ROLES_LOG_EVERY,
@@ -529,7 +471,8 @@ impl Groups {
         if self.admitted.len() >= self.window.limit() {
             self.free_slots(now);
         }
-        if self.admitted.len() < self.window.limit() && self.waiting.take_if_first(g) {
+        if self.admitted.len() < self.window.limit() && self.waiting.first().is_none_or(|&w| g < w)
+        {
             self.admitted.insert(g, now);
             return true;
         }
@@ -579,7 +522,7 @@ impl Groups {
         self.free_slots(now);
         // Bounded: each pass takes one group off the queue.
         while self.admitted.len() < self.window.limit() {
-            let Some(g) = self.waiting.pop() else {
+            let Some(g) = self.waiting.pop_first() else {
                 tracing::info!("election admission: no group waits for a slot any more");
                 break;
             };
@@ -1160,47 +1103,6 @@ fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Groups whose elections never finish (this node not yet a member)
-    /// come back to the queue each time their slot expires: every waiting
-    /// group still gets a slot within one sweep. Taken lowest first, the
-    /// same few low groups would hold the slots for ever (found in chaos
-    /// `grow-and-shrink` at 1 000 groups: a joining node's group waited
-    /// more than 60 s for a slot).
-    #[test]
-    fn the_admission_queue_reaches_every_group_while_earlier_ones_keep_coming_back() {
-        let mut q = AdmissionQueue::default();
-        for g in 0..10 {
-            q.insert(g);
-        }
-        let mut taken = BTreeSet::new();
-        for _ in 0..10 {
-            let g = q.pop().expect("a group waits");
-            taken.insert(g);
-            // Its election expires: it waits again.
-            q.insert(g);
-        }
-        assert_eq!(taken, (0..10).collect::<BTreeSet<_>>());
-        // The order is the groups' (every node sweeps the same way): the
-        // next sweep starts over from group 0.
-        assert_eq!(q.pop(), Some(0));
-        assert_eq!(q.pop(), Some(1));
-        // A group not waiting takes a free slot at once only if it comes
-        // before every waiting group from the cursor.
-        let mut q = AdmissionQueue::default();
-        for g in [3, 4, 7] {
-            q.insert(g);
-        }
-        assert!(!q.take_if_first(5), "3 and 4 wait before it");
-        assert!(q.take_if_first(2));
-        assert_eq!(q.pop(), Some(3));
-        assert_eq!(q.pop(), Some(4));
-        assert!(q.take_if_first(6), "6 comes before 7 from the cursor");
-        assert!(!q.take_if_first(1), "after the cursor's 7, 1 comes last");
-        assert_eq!(q.pop(), Some(7));
-        assert!(q.is_empty());
-        assert!(q.take_if_first(1));
-    }
 
     #[test]
     fn the_admission_window_halves_when_most_elections_expire_and_grows_with_successes() {
