@@ -77,6 +77,11 @@ pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Resu
     }
     bar.finish();
     println!("{seeds} seeds x {steps} steps: {} failed", failed.len());
+    // The bar's own lines do not show when the output is not a terminal
+    // (CI's log): the failures are listed again here.
+    for line in &failed {
+        println!("{line}");
+    }
     if !failed.is_empty() {
         println!(
             "replay one with: cargo xtask sim --steps {steps} --seed <SEED>{}",

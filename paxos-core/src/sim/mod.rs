@@ -560,6 +560,9 @@ pub struct Sim<E: Elector> {
     make_planner: PlannerFactory,
     canonical: Canonical,
     acked: BTreeMap<Zxid, u64>,
+    /// The newest membership any running node has seen committed, with the
+    /// commit point it was seen at (see [`Sim::durability_memberships`]).
+    newest_committed: Option<(Zxid, Membership)>,
     proposed: BTreeMap<Zxid, u64>,
     client_counter: u64,
     /// The client sends nothing (no writes, no reads) while set.
@@ -657,6 +660,7 @@ impl<E: Elector> Sim<E> {
             make_planner,
             canonical: Rc::new(RefCell::new(Vec::new())),
             acked: BTreeMap::new(),
+            newest_committed: None,
             epoch_leaders: BTreeMap::new(),
             proposed: BTreeMap::new(),
             client_counter: 0,
@@ -1220,7 +1224,65 @@ impl<E: Elector> Sim<E> {
             return Err(v);
         }
         self.check_epoch_leaders()?;
+        self.note_committed_membership();
         self.check()
+    }
+
+    /// Records the membership in force at the highest commit point of any
+    /// running node, if that point is newer than the one recorded. A
+    /// committed change is never undone, so the newest one seen stays the
+    /// one that can act even when every node that knew it is down.
+    fn note_committed_membership(&mut self) {
+        let newest = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica())
+            .max_by_key(|r| r.commit_zxid())
+            .map(|r| (r.commit_zxid(), r.membership_at(r.commit_zxid())));
+        if let Some((z, m)) = newest {
+            if self
+                .newest_committed
+                .as_ref()
+                .is_none_or(|(seen, _)| z > *seen)
+            {
+                self.newest_committed = Some((z, m));
+            }
+        }
+    }
+
+    /// The memberships whose quorums must all hold every acknowledged
+    /// entry: the newest seen committed ([`Self::note_committed_membership`])
+    /// and each running leader's own (which may hold an uncommitted
+    /// change). Unlike [`Self::acting_memberships`] (which the fault budget
+    /// uses), a running node that restarted with an old log does not bring
+    /// back a membership that a later committed change replaced: its
+    /// quorums cannot act (a leader-elect's discovery proceeds only with a
+    /// quorum of the newest membership it adopts). Found by seed 2052: the
+    /// only node up had restarted knowing three voters {1, 2, 3} while
+    /// {1, 2, 100} was committed, and an entry held by 1 and 100 was
+    /// reported as not durable.
+    fn durability_memberships(&self) -> Vec<Membership> {
+        let mut out: Vec<Membership> = Vec::new();
+        let leaders = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica())
+            .filter(|r| r.is_leader())
+            .map(|r| r.membership().clone());
+        for m in self
+            .newest_committed
+            .iter()
+            .map(|(_, m)| m.clone())
+            .chain(leaders)
+        {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            out = self.acting_memberships();
+        }
+        out
     }
 
     /// At most one leader per epoch, whatever the membership: every
@@ -1788,7 +1850,7 @@ impl<E: Elector> Sim<E> {
         // committed one and a leader's pending one; checked against each.
         if let Some((&z, &h)) = self.acked.iter().next_back() {
             let lost_disks = self.stats.wipes + self.stats.corruptions;
-            for m in self.acting_memberships() {
+            for m in self.durability_memberships() {
                 let quorum = m.voters.len() / 2 + 1;
                 let mut holders = 0;
                 let mut counted_non_holders = 0;
