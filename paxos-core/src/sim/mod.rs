@@ -1262,27 +1262,10 @@ impl<E: Elector> Sim<E> {
     /// {1, 2, 100} was committed, and an entry held by 1 and 100 was
     /// reported as not durable.
     fn durability_memberships(&self) -> Vec<Membership> {
-        let mut out: Vec<Membership> = Vec::new();
-        let leaders = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.replica())
-            .filter(|r| r.is_leader())
-            .map(|r| r.membership().clone());
-        for m in self
-            .newest_committed
-            .iter()
-            .map(|(_, m)| m.clone())
-            .chain(leaders)
-        {
-            if !out.contains(&m) {
-                out.push(m);
-            }
+        match &self.newest_committed {
+            Some((_, m)) => self.with_leaders_memberships(Some(m.clone())),
+            None => self.acting_memberships(),
         }
-        if out.is_empty() {
-            out = self.acting_memberships();
-        }
-        out
     }
 
     /// At most one leader per epoch, whatever the membership: every
@@ -1797,13 +1780,19 @@ impl<E: Elector> Sim<E> {
     /// commit point of any running node, and each running leader's own
     /// (which may hold an uncommitted change).
     pub(super) fn acting_memberships(&self) -> Vec<Membership> {
-        let mut out: Vec<Membership> = Vec::new();
         let committed = self
             .nodes
             .iter()
             .filter_map(|n| n.replica())
             .max_by_key(|r| r.commit_zxid())
             .map(|r| r.membership_at(r.commit_zxid()));
+        self.with_leaders_memberships(committed)
+    }
+
+    /// `committed` and each running leader's own membership, without
+    /// duplicates; the configured one when there is none.
+    fn with_leaders_memberships(&self, committed: Option<Membership>) -> Vec<Membership> {
+        let mut out: Vec<Membership> = Vec::new();
         let leaders = self
             .nodes
             .iter()
