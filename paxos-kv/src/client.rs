@@ -41,7 +41,7 @@
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ use crate::client_proto::{
     next_frame, write_frames, AdminChange, AdminRequest, ReadMode, Request, Response,
 };
 use crate::kv::{KvCommand, KvOp, KvResult};
-use crate::shard::group_of;
+use crate::shard::{position, KeyRange, RoutingTable};
 use crate::tls::{describe_tls_error, ClientSecurity, ClientTlsConfig};
 
 /// A failed client call.
@@ -113,6 +113,15 @@ pub enum ClientError {
         /// The sequence number of the refused write.
         seq: u64,
     },
+    /// The group the write went to does not own its key (the key's range
+    /// was given to another group by a split, or is still moving): the
+    /// write was not applied. The client's view of the groups is out of
+    /// date; the same write may be sent to the group that owns the key.
+    #[error("wrong group: group {group} does not own the key (not applied)")]
+    WrongGroup {
+        /// The group that refused the write.
+        group: u32,
+    },
 }
 
 impl ClientError {
@@ -124,6 +133,19 @@ impl ClientError {
             self,
             ClientError::OutcomeUnknown { .. } | ClientError::SessionExpired { .. }
         )
+    }
+
+    /// True if the request went to a group that does not own its key (a
+    /// split moved it, or is moving it) and was not applied: it may be
+    /// sent again once the client has learned the ranges again.
+    pub fn is_misrouted(&self) -> bool {
+        match self {
+            ClientError::WrongGroup { .. } => true,
+            ClientError::Node(e) => {
+                e.starts_with("wrong group") || e.starts_with("retry: the key's range is moving")
+            }
+            _ => false,
+        }
     }
 }
 
@@ -634,15 +656,45 @@ impl Client {
     }
 
     /// Runs one replicated write in `session` and returns its result. An
-    /// assigned session not yet opened is opened first.
+    /// assigned session not yet opened is opened first. In a cluster of
+    /// many groups the write goes to the group that owns its key; when a
+    /// split moved the key (the group answers "wrong group", having
+    /// applied nothing) the client learns the ranges again and writes to
+    /// the new owner, and while the key's range is being moved it waits
+    /// (both for up to the client's timeout).
     pub async fn write_in(&self, session: &mut Session, op: KvOp) -> Result<KvResult, ClientError> {
-        let groups = self.groups().await?;
-        let group = match &op {
-            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => {
-                group_of(key, groups)
+        let started = std::time::Instant::now();
+        // Bounded by the timeout: each pass sleeps.
+        loop {
+            let groups = self.groups().await?;
+            let group = match op.key() {
+                None => Some(0),
+                Some(key) => self.routing.lock().group_of(key),
+            };
+            let result = match group {
+                Some(group) => self.write_once(session, group, groups, op.clone()).await,
+                None => Err(ClientError::Node(
+                    "retry: the key's range is moving between groups (a split)".into(),
+                )),
+            };
+            match result {
+                Err(e) if e.is_misrouted() && started.elapsed() < self.timeout => {
+                    self.routing.lock().forget();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
             }
-            KvOp::OpenSession => 0,
-        };
+        }
+    }
+
+    /// [`write_in`](Client::write_in) to `group`, once.
+    async fn write_once(
+        &self,
+        session: &mut Session,
+        group: u32,
+        groups: u32,
+        op: KvOp,
+    ) -> Result<KvResult, ClientError> {
         let id = match *session.slot(group).0 {
             Some(id) => id,
             None => {
@@ -698,6 +750,23 @@ impl Client {
                             seq,
                         })
                     }
+                    KvResult::WrongGroup => {
+                        if seq == 1 {
+                            // A first write refused this way opened no
+                            // session: go on in a cluster-assigned one.
+                            let (sid, next_seq) = session.slot(group);
+                            *sid = None;
+                            *next_seq = 1;
+                        }
+                        self.routing.lock().forget();
+                        Err(ClientError::WrongGroup { group })
+                    }
+                    other @ (KvResult::GroupAllocated { .. }
+                    | KvResult::SplitStarted { .. }
+                    | KvResult::Ingested { .. }
+                    | KvResult::Refused { .. }) => Err(ClientError::Unexpected(format!(
+                        "a write was answered {other:?}"
+                    ))),
                     result => Ok(result),
                 }
             }
@@ -736,6 +805,51 @@ impl Client {
         Ok(groups)
     }
 
+    /// Every group of the cluster, as a node's status lists them (the
+    /// groups it was created with and those splits made).
+    pub async fn group_ids(&self) -> Result<Vec<u32>, ClientError> {
+        self.groups().await?;
+        let ids = self.routing.lock().ids.clone();
+        Ok(if ids.is_empty() { vec![0] } else { ids })
+    }
+
+    /// Splits group `group`: a new group, with an id group 0 allocates,
+    /// takes the upper half of its range over (on every member of the
+    /// group, through its own log). Returns the new group's id once the
+    /// split committed; with `wait`, once the new group owns its range (or
+    /// fails when `wait` passes first). Needs role admin.
+    pub async fn split_group(
+        &self,
+        group: u32,
+        wait: Option<Duration>,
+    ) -> Result<(u32, String), ClientError> {
+        let allocated = self.admin_in(0, AdminRequest::AllocateGroup).await?;
+        let child = serde_json::from_str::<serde_json::Value>(&allocated)
+            .ok()
+            .and_then(|v| v["group"].as_u64())
+            .and_then(|g| u32::try_from(g).ok())
+            .ok_or_else(|| ClientError::Unexpected(format!("allocation answered {allocated}")))?;
+        let split = self.admin_in(group, AdminRequest::Split { child }).await?;
+        let Some(wait) = wait else {
+            return Ok((child, split));
+        };
+        let started = std::time::Instant::now();
+        // Bounded by `wait`: each pass sleeps.
+        loop {
+            self.routing.lock().forget();
+            self.groups().await?;
+            if self.routing.lock().table_has(child) {
+                return Ok((child, split));
+            }
+            if started.elapsed() >= wait {
+                return Err(ClientError::Node(format!(
+                    "group {child} did not own its range within {wait:?} (keys still moving)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs one replicated write in the default session.
     pub async fn write(&self, op: KvOp) -> Result<KvResult, ClientError> {
         let mut session = self.session.lock().await;
@@ -772,20 +886,47 @@ impl Client {
         self.write(KvOp::Cas { key, expected, new }).await
     }
 
-    /// Reads `key`.
+    /// Reads `key` (from the group that owns it; see
+    /// [`write_in`](Client::write_in) for keys a split moves).
     pub async fn get(&self, key: Bytes, mode: ReadMode) -> Result<Option<Bytes>, ClientError> {
-        let groups = self.groups().await?;
-        let group = group_of(&key, groups);
-        let req = in_group(group, groups, Request::Get { key, mode });
-        match self.call_to(Some(group), req).await? {
-            Response::Value(v) => Ok(v),
-            Response::Error(e) => {
-                if e.starts_with("wrong group") {
-                    self.routing.lock().forget();
+        let started = std::time::Instant::now();
+        // Bounded by the timeout: each pass sleeps.
+        loop {
+            let groups = self.groups().await?;
+            let group = self.routing.lock().group_of(&key);
+            let result = match group {
+                Some(group) => {
+                    let req = in_group(
+                        group,
+                        groups,
+                        Request::Get {
+                            key: key.clone(),
+                            mode,
+                        },
+                    );
+                    match self.call_to(Some(group), req).await? {
+                        Response::Value(v) => Ok(v),
+                        Response::Error(e) => Err(ClientError::Node(e)),
+                        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+                    }
                 }
-                Err(ClientError::Node(e))
+                None => Err(ClientError::Node(
+                    "retry: the key's range is moving between groups (a split)".into(),
+                )),
+            };
+            match result {
+                Err(e) if e.is_misrouted() && started.elapsed() < self.timeout => {
+                    self.routing.lock().forget();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    if e.is_misrouted() {
+                        self.routing.lock().forget();
+                    }
+                    return Err(e);
+                }
+                r => return r,
             }
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
@@ -803,9 +944,9 @@ impl Client {
     /// cluster's only one.
     pub async fn admin_in(&self, group: u32, req: AdminRequest) -> Result<String, ClientError> {
         let groups = self.groups().await?;
-        if group >= groups {
+        if groups <= 1 && group > 0 {
             return Err(ClientError::Node(format!(
-                "no group {group}: the cluster has {groups}"
+                "no group {group}: the cluster has one"
             )));
         }
         let resp = if groups > 1 {
@@ -838,11 +979,11 @@ impl Client {
         wait: Duration,
         on_group: impl Fn(u32, &GroupOutcome) + Send + Sync + 'static,
     ) -> Result<EveryGroup, ClientError> {
-        let groups = self.groups().await?;
+        let ids = self.group_ids().await?;
         let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         let on_group = Arc::new(on_group);
         let mut tasks = tokio::task::JoinSet::new();
-        for group in 0..groups {
+        for group in ids {
             let (client, gate, on_group) = (self.clone(), gate.clone(), on_group.clone());
             tasks.spawn(async move {
                 // The gate is never closed while tasks hold it.
@@ -946,17 +1087,26 @@ fn in_group(group: u32, groups: u32, req: Request) -> Request {
     }
 }
 
-/// What a client knows of the cluster's groups: how many (0: not asked
-/// yet) and where each one's leader was last seen.
+/// What a client knows of the cluster's groups: how many it was created
+/// with (0: not asked yet), which group owns which range of keys
+/// ([`crate::shard`]), and where each one's leader was last seen.
 #[derive(Debug, Default)]
 struct Routing {
     groups: u32,
-    leaders: Vec<Option<SocketAddr>>,
+    table: RoutingTable,
+    /// Every group the status named (those taking a range over included).
+    ids: Vec<u32>,
+    leaders: BTreeMap<u32, SocketAddr>,
 }
+
+/// Groups a status may name, at most (what a client keeps of it).
+const MAX_ROUTED_GROUPS: usize = 1 << 20;
 
 impl Routing {
     /// From a node's status JSON: `groups` (absent: one) and, for many,
-    /// each group's leader id and the members' client addresses.
+    /// every group's range and leader (`shards`; from a node that predates
+    /// splits, `group_leaders` by base group) and the members' client
+    /// addresses.
     fn from_status(status: &str) -> Result<Routing, ClientError> {
         let v: serde_json::Value = serde_json::from_str(status)
             .map_err(|e| ClientError::Unexpected(format!("status is not JSON: {e}")))?;
@@ -968,32 +1118,80 @@ impl Routing {
                 .filter(|&g| (1..=crate::node::MAX_GROUPS).contains(&g))
                 .ok_or_else(|| ClientError::Unexpected(format!("status names {g} groups")))?,
         };
-        let mut leaders = vec![None; if groups > 1 { groups as usize } else { 0 }];
-        if groups > 1 {
-            let addrs = v.get("client_addrs").and_then(|a| a.as_object());
-            if let (Some(ids), Some(addrs)) =
-                (v.get("group_leaders").and_then(|l| l.as_array()), addrs)
-            {
-                for (slot, id) in leaders.iter_mut().zip(ids) {
-                    *slot = id
-                        .as_u64()
-                        .and_then(|id| addrs.get(&id.to_string()))
-                        .and_then(|a| a.as_str())
-                        .and_then(|a| a.parse().ok());
+        let mut routing = Routing {
+            groups,
+            table: RoutingTable::of_base_groups(groups),
+            ids: (0..groups).collect(),
+            leaders: BTreeMap::new(),
+        };
+        if groups <= 1 {
+            return Ok(routing);
+        }
+        let addrs = v.get("client_addrs").and_then(|a| a.as_object());
+        let addr_of = |id: &serde_json::Value| -> Option<SocketAddr> {
+            addrs?
+                .get(&id.as_u64()?.to_string())?
+                .as_str()?
+                .parse()
+                .ok()
+        };
+        if let Some(shards) = v.get("shards").and_then(|s| s.as_array()) {
+            let mut ranges = Vec::with_capacity(shards.len().min(MAX_ROUTED_GROUPS));
+            routing.ids.clear();
+            for s in shards.iter().take(MAX_ROUTED_GROUPS) {
+                let Some(g) = s["group"].as_u64().and_then(|g| u32::try_from(g).ok()) else {
+                    continue;
+                };
+                let Some(r) = s["range"].as_str().and_then(KeyRange::from_hex) else {
+                    continue;
+                };
+                ranges.push((g, r));
+                routing.ids.push(g);
+                if let Some(a) = addr_of(&s["leader"]) {
+                    routing.leaders.insert(g, a);
+                }
+            }
+            routing.ids.sort_unstable();
+            routing.table = RoutingTable::new(ranges).ok_or_else(|| {
+                ClientError::Unexpected("the node's status names overlapping ranges".into())
+            })?;
+        } else if let Some(ids) = v.get("group_leaders").and_then(|l| l.as_array()) {
+            for (g, id) in (0..groups).zip(ids) {
+                if let Some(a) = addr_of(id) {
+                    routing.leaders.insert(g, a);
                 }
             }
         }
-        Ok(Routing { groups, leaders })
+        Ok(routing)
+    }
+
+    /// The group that owns `key` (`None` while its range moves between
+    /// groups).
+    fn group_of(&self, key: &[u8]) -> Option<u32> {
+        if self.groups <= 1 {
+            return Some(0);
+        }
+        self.table.group_at(position(key, self.groups))
     }
 
     fn leader(&self, group: u32) -> Option<SocketAddr> {
-        self.leaders.get(group as usize).copied().flatten()
+        self.leaders.get(&group).copied()
     }
 
     fn set_leader(&mut self, group: u32, addr: Option<SocketAddr>) {
-        if let Some(slot) = self.leaders.get_mut(group as usize) {
-            *slot = addr;
+        match addr {
+            Some(a) if self.leaders.len() < MAX_ROUTED_GROUPS => {
+                self.leaders.insert(group, a);
+            }
+            _ => {
+                self.leaders.remove(&group);
+            }
         }
+    }
+
+    /// Whether `group` owns a range in the table.
+    fn table_has(&self, group: u32) -> bool {
+        self.table.groups().any(|g| g == group)
     }
 
     /// Asks again before the next request (a node refused the routing).

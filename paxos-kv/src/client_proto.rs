@@ -84,6 +84,18 @@ pub enum AdminRequest {
         /// so every member can reach it).
         addrs: Option<NodeAddrs>,
     },
+    /// Allocate an id for a new group (sent to group 0's leader, which
+    /// counts the cluster's group ids): answered with `{"group": id}`.
+    AllocateGroup,
+    /// Split the group this request is sent to (its leader): the upper
+    /// half of its range goes to a new group `child` (an id from
+    /// [`AdminRequest::AllocateGroup`]), made on every member of the
+    /// group, which takes the keys over through its own log. Answered
+    /// once the split commits, with the two ranges; the keys move after.
+    Split {
+        /// The new group's id.
+        child: u32,
+    },
 }
 
 /// A node's two addresses, as `paxos-node run --members` gives them.
@@ -307,6 +319,11 @@ impl Request {
                             put(buf, a.to_string().as_bytes());
                         }
                     }
+                    AdminRequest::AllocateGroup => buf.put_u8(4),
+                    AdminRequest::Split { child } => {
+                        buf.put_u8(5);
+                        buf.put_u32_le(*child);
+                    }
                 }
             }
         }
@@ -393,6 +410,15 @@ impl Request {
                             change,
                             node,
                             addrs,
+                        }
+                    }
+                    4 => AdminRequest::AllocateGroup,
+                    5 => {
+                        if src.remaining() < 4 {
+                            return Err(ProtoError::Truncated);
+                        }
+                        AdminRequest::Split {
+                            child: src.get_u32_le(),
                         }
                     }
                     t => return Err(ProtoError::UnknownTag(t)),
@@ -639,6 +665,8 @@ mod tests {
         for (id, req) in [
             (4, Request::Admin(AdminRequest::TransferLeader { to: 3 })),
             (5, Request::Admin(AdminRequest::Members)),
+            (6, Request::Admin(AdminRequest::AllocateGroup)),
+            (7, Request::Admin(AdminRequest::Split { child: 70_000 })),
             (
                 6,
                 Request::Admin(AdminRequest::Change {

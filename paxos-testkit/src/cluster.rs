@@ -710,7 +710,12 @@ impl LocalCluster {
         let mut last = String::from("no status");
         while Instant::now() < deadline {
             let st = self.statuses().await;
-            let groups = st.values().filter_map(|v| v["groups"].as_u64()).max();
+            // Groups hosted (splits add some); "groups" from nodes that
+            // predate splits.
+            let groups = st
+                .values()
+                .filter_map(|v| v["hosted"].as_u64().or_else(|| v["groups"].as_u64()))
+                .max();
             if let Some(groups) = groups {
                 let led: BTreeMap<u64, u64> = st
                     .iter()

@@ -176,6 +176,15 @@ enum AdminCommand {
         /// The node id.
         id: u64,
     },
+    /// Split group --group G at run time: a new group (its id allocated by
+    /// group 0), hosted by G's members, takes the upper half of G's key
+    /// range over through its own log. Waits until the new group owns its
+    /// range, and prints the new group's id.
+    Split {
+        /// Seconds to wait for the keys to move (0: do not wait).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
 }
 
 /// The exit status when a write's outcome is unknown (it may or may not
@@ -347,6 +356,14 @@ async fn main() -> Result<()> {
                         .admin_in(group, change(AdminChange::Remove, id))
                         .await?
                 }
+                AdminCommand::Split { wait_secs } => {
+                    let wait = (wait_secs > 0).then(|| Duration::from_secs(wait_secs));
+                    let (child, split) = client.split_group(group, wait).await?;
+                    eprintln!(
+                        "group {group} split: group {child} owns the upper half of its range"
+                    );
+                    split
+                }
             };
             let v: serde_json::Value =
                 serde_json::from_str(&json).context("node sent bad admin JSON")?;
@@ -430,8 +447,9 @@ async fn admin_every_group(
         AdminCommand::TransferLeader { .. } => {
             bail!("transfer-leader names one group's new leader; use --group")
         }
+        AdminCommand::Split { .. } => bail!("split splits one group; use --group"),
     };
-    let groups = client.groups().await?;
+    let groups = client.group_ids().await?.len() as u32;
     let mut summary = serde_json::Map::new();
     let mut failed_any = false;
     for (name, req, wait) in steps {

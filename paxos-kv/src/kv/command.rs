@@ -7,9 +7,19 @@
 //! decoder refuses another format, trailing bytes, fields over
 //! [`MAX_KEY_BYTES`] / [`MAX_VALUE_BYTES`] / [`MAX_PRINCIPAL_BYTES`], and a
 //! client-named session id in the assigned range
-//! ([`ASSIGNED_SESSION_BIT`]); decoded keys and values are zero-copy
-//! slices of the input.
+//! ([`ASSIGNED_SESSION_BIT`]), an ingest batch of more than
+//! [`MAX_INGEST_PAIRS`] pairs, and a split whose membership is not a
+//! valid one (no voter, a list over [`MAX_SPLIT_MEMBERS`], an id named
+//! twice); decoded keys and values are zero-copy slices of the input.
+//!
+//! The operations that move key ranges between groups ([`KvOp::AllocateGroup`],
+//! [`KvOp::Split`], [`KvOp::Ingest`], [`KvOp::FinishMove`]) came after format
+//! 2 was fixed and did not change it: their tags (5 to 8) are new, and a
+//! build that predates them decodes such a command as malformed and applies
+//! it as a no-op, so every node of a group must run a build that knows them
+//! before any of them is proposed.
 
+use crate::shard::KeyRange;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Largest key accepted, in bytes.
@@ -23,8 +33,17 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const ASSIGNED_SESSION_BIT: u64 = 1 << 63;
 /// Longest principal name a command carries, in bytes.
 pub const MAX_PRINCIPAL_BYTES: usize = 128;
-/// First byte of every encoded command: the command format.
+/// First byte of every encoded command: the command format. The range
+/// moving operations (tags 5 to 8) were added within format 2: a build that
+/// does not know them refuses them as malformed commands (no-ops).
 pub const COMMAND_FORMAT: u8 = 2;
+/// Most pairs one [`KvOp::Ingest`] batch may carry.
+pub const MAX_INGEST_PAIRS: usize = 65_536;
+/// Longest reason a [`KvResult::Refused`] carries, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Most voters, and separately most observers, a [`KvOp::Split`] may name
+/// for the new group.
+pub const MAX_SPLIT_MEMBERS: usize = 1024;
 
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +74,90 @@ pub enum KvOp {
     /// [`KvResult::SessionOpened`]. The command's `client` and `seq` are
     /// ignored (send 0). Not deduplicated: each commit opens a new session.
     OpenSession,
+    /// Internal (proposed by a node, never by a client): hand out a group
+    /// id, the larger of the store's counter and `floor`, and count past
+    /// it. Answered with [`KvResult::GroupAllocated`].
+    AllocateGroup {
+        /// The smallest id to hand out (the node passes its base group
+        /// count, so that new ids never name a base group).
+        floor: u32,
+    },
+    /// Internal: give the positions from `at` to the end of this group's
+    /// range to the new group `child`, whose first membership is
+    /// `voters` and `observers`. Its keys stay here, frozen, until
+    /// [`KvOp::FinishMove`]. Answered with [`KvResult::SplitStarted`] or
+    /// [`KvResult::Refused`].
+    ///
+    /// The membership travels in the command so that every replica
+    /// creates the child with the same members, whatever happens to this
+    /// group's own membership afterwards: the proposing node copies this
+    /// group's configuration at the time it proposes.
+    Split {
+        /// The first position given away; strictly inside the range.
+        at: u128,
+        /// The new group's id.
+        child: u32,
+        /// Node ids of the new group's voters: at least one, at most
+        /// [`MAX_SPLIT_MEMBERS`].
+        voters: Vec<u64>,
+        /// Node ids of the new group's observers (non-voting members), at
+        /// most [`MAX_SPLIT_MEMBERS`]; none of them also a voter.
+        observers: Vec<u64>,
+    },
+    /// Internal: a batch of the pairs a new group takes over from `from`,
+    /// in increasing (position, key) order, following the pair `after` (the
+    /// last one of the previous batch; `None` for the first batch). A batch
+    /// that does not follow the store's cursor is refused unapplied, which
+    /// makes a duplicate or a stale batch harmless. Answered with
+    /// [`KvResult::Ingested`] or [`KvResult::Refused`].
+    Ingest {
+        /// The group the range comes from.
+        from: u32,
+        /// (position, key) of the last pair of the previous batch.
+        after: Option<(u128, Bytes)>,
+        /// The pairs, at most [`MAX_INGEST_PAIRS`] (a longer batch does
+        /// not decode). The whole command must also fit the log's entry
+        /// size, so a batch is best cut by bytes too.
+        pairs: Vec<(Bytes, Bytes)>,
+        /// True for the final batch: the group then owns the range.
+        last: bool,
+    },
+    /// Internal: the range given to `child` has been taken over; drop its
+    /// keys here. Answered with [`KvResult::Done`]`(None)` or
+    /// [`KvResult::Refused`].
+    FinishMove {
+        /// The group the range was given to.
+        child: u32,
+    },
+}
+
+impl KvOp {
+    /// True for the operations a node proposes to move ranges between
+    /// groups. They take no session (the command's `principal`, `client`
+    /// and `seq` are not looked at), so the store cannot tell who sent one:
+    /// a node must refuse a client's command for which this is true.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            KvOp::AllocateGroup { .. }
+                | KvOp::Split { .. }
+                | KvOp::Ingest { .. }
+                | KvOp::FinishMove { .. }
+        )
+    }
+
+    /// The key the operation writes (`None` for a keyless one: opening a
+    /// session, or an internal operation).
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => Some(key),
+            KvOp::OpenSession
+            | KvOp::AllocateGroup { .. }
+            | KvOp::Split { .. }
+            | KvOp::Ingest { .. }
+            | KvOp::FinishMove { .. } => None,
+        }
+    }
 }
 
 /// A command as it is replicated: an operation inside a client session.
@@ -110,6 +213,37 @@ pub enum KvResult {
         /// The session named by the command.
         session: u64,
     },
+    /// [`KvOp::AllocateGroup`] handed out this group id.
+    GroupAllocated {
+        /// The new group's id.
+        id: u32,
+    },
+    /// [`KvOp::Split`] gave `range` to `child`; its keys are frozen here
+    /// until [`KvOp::FinishMove`].
+    SplitStarted {
+        /// The new group.
+        child: u32,
+        /// The positions given to it.
+        range: KeyRange,
+    },
+    /// [`KvOp::Ingest`] took a batch in.
+    Ingested {
+        /// Pairs taken in so far, this batch included.
+        moved: u64,
+        /// True once the final batch is in: the group owns the range.
+        done: bool,
+    },
+    /// An internal operation did not fit the store's state (a duplicate,
+    /// a stale batch, a split already under way): not applied.
+    Refused {
+        /// Why, in words (at most [`MAX_REASON_BYTES`]).
+        reason: Bytes,
+    },
+    /// The key is not in the range this group owns (it never did, it was
+    /// given to another group by a split, or this group is still taking its
+    /// range over). Not applied, and the session's sequence is not
+    /// recorded: the write can go to the group that owns the key.
+    WrongGroup,
 }
 
 /// A malformed command or result encoding.
@@ -144,6 +278,13 @@ pub enum KvCodecError {
     /// Bytes follow the command.
     #[error("{0} bytes after the end of the kv command")]
     Trailing(usize),
+    /// A [`KvOp::Split`] names no voter for the new group.
+    #[error("a split names no voter for the new group")]
+    NoVoters,
+    /// A [`KvOp::Split`] names a node twice (in one list, or as both a
+    /// voter and an observer).
+    #[error("a split names node {0} twice in the new group's membership")]
+    DuplicateMember(u64),
 }
 
 pub(super) fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
@@ -163,6 +304,68 @@ fn get_bytes(src: &mut Bytes, max: usize, total: usize) -> Result<Bytes, KvCodec
         return Err(KvCodecError::Truncated(total - src.remaining()));
     }
     Ok(src.split_to(len))
+}
+
+/// Checks that `n` more bytes are there.
+fn need(src: &Bytes, n: usize, total: usize) -> Result<(), KvCodecError> {
+    if src.remaining() < n {
+        return Err(KvCodecError::Truncated(total - src.remaining()));
+    }
+    Ok(())
+}
+
+fn get_u32(src: &mut Bytes, total: usize) -> Result<u32, KvCodecError> {
+    need(src, 4, total)?;
+    Ok(src.get_u32_le())
+}
+
+fn get_u64(src: &mut Bytes, total: usize) -> Result<u64, KvCodecError> {
+    need(src, 8, total)?;
+    Ok(src.get_u64_le())
+}
+
+/// A list of node ids, `count u32 | id u64*`, of at most `max` ids.
+fn get_ids(src: &mut Bytes, max: usize, total: usize) -> Result<Vec<u64>, KvCodecError> {
+    let count = get_u32(src, total)? as usize;
+    if count > max {
+        return Err(KvCodecError::TooLong { len: count, max });
+    }
+    need(src, count.saturating_mul(8), total)?;
+    Ok((0..count).map(|_| src.get_u64_le()).collect())
+}
+
+fn put_ids(buf: &mut BytesMut, ids: &[u64]) {
+    buf.put_u32_le(ids.len() as u32);
+    for id in ids {
+        buf.put_u64_le(*id);
+    }
+}
+
+/// A u128 as 16 bytes little-endian (the low u64 first, then the high).
+fn get_u128(src: &mut Bytes, total: usize) -> Result<u128, KvCodecError> {
+    need(src, 16, total)?;
+    Ok(src.get_u128_le())
+}
+
+/// A flag byte: 0 or 1, anything else is refused.
+fn get_bool(src: &mut Bytes, total: usize) -> Result<bool, KvCodecError> {
+    need(src, 1, total)?;
+    match src.get_u8() {
+        0 => Ok(false),
+        1 => Ok(true),
+        t => Err(KvCodecError::UnknownTag(t)),
+    }
+}
+
+fn get_range(src: &mut Bytes, total: usize) -> Result<KeyRange, KvCodecError> {
+    let start = get_u128(src, total)?;
+    let end = get_u128(src, total)?;
+    Ok(KeyRange { start, end })
+}
+
+pub(super) fn put_range(buf: &mut BytesMut, r: &KeyRange) {
+    buf.put_u128_le(r.start);
+    buf.put_u128_le(r.end);
 }
 
 fn get_opt_bytes(src: &mut Bytes, max: usize, total: usize) -> Result<Option<Bytes>, KvCodecError> {
@@ -188,7 +391,18 @@ fn put_opt_bytes(buf: &mut BytesMut, b: Option<&Bytes>) {
 
 impl KvCommand {
     /// Encodes the command into `buf`: `format u8 | principal (u8 length |
-    /// bytes) | client u64 | seq u64 | op`.
+    /// bytes) | client u64 | seq u64 | op`, where `op` is a tag and its
+    /// fields: `1 key value` (put), `2 key` (delete), `3 key (u8 flag,
+    /// [expected]) new` (compare-and-set), `4` (open a session), `5 floor
+    /// u32` (allocate a group), `6 at u128 child u32 voters observers`
+    /// (split; each list `count u32 | id u64*`), `7 from u32 (u8 flag,
+    /// [position u128, key]) count u32 (key value)* last u8` (ingest), `8
+    /// child u32` (finish a move). Byte strings are `u32 length | bytes`,
+    /// integers little-endian (a u128 as 16 bytes).
+    ///
+    /// Encoding checks nothing about a split's membership: one that
+    /// [`KvCommand::decode`] would refuse (no voter, too many ids, an id
+    /// twice) is written as given and refused when decoded.
     ///
     /// # Panics
     /// If `principal` is longer than [`MAX_PRINCIPAL_BYTES`] (a caller's
@@ -220,6 +434,49 @@ impl KvCommand {
                 put_bytes(buf, new);
             }
             KvOp::OpenSession => buf.put_u8(4),
+            KvOp::AllocateGroup { floor } => {
+                buf.put_u8(5);
+                buf.put_u32_le(*floor);
+            }
+            KvOp::Split {
+                at,
+                child,
+                voters,
+                observers,
+            } => {
+                buf.put_u8(6);
+                buf.put_u128_le(*at);
+                buf.put_u32_le(*child);
+                put_ids(buf, voters);
+                put_ids(buf, observers);
+            }
+            KvOp::Ingest {
+                from,
+                after,
+                pairs,
+                last,
+            } => {
+                buf.put_u8(7);
+                buf.put_u32_le(*from);
+                match after {
+                    None => buf.put_u8(0),
+                    Some((position, key)) => {
+                        buf.put_u8(1);
+                        buf.put_u128_le(*position);
+                        put_bytes(buf, key);
+                    }
+                }
+                buf.put_u32_le(pairs.len() as u32);
+                for (k, v) in pairs {
+                    put_bytes(buf, k);
+                    put_bytes(buf, v);
+                }
+                buf.put_u8(u8::from(*last));
+            }
+            KvOp::FinishMove { child } => {
+                buf.put_u8(8);
+                buf.put_u32_le(*child);
+            }
         }
     }
 
@@ -238,6 +495,17 @@ impl KvCommand {
                 key.len() + new.len() + expected.as_ref().map_or(0, |e| e.len()) + 13
             }
             KvOp::OpenSession => 0,
+            KvOp::AllocateGroup { .. } | KvOp::FinishMove { .. } => 4,
+            KvOp::Split {
+                voters, observers, ..
+            } => 28 + 8 * (voters.len() + observers.len()),
+            KvOp::Ingest { after, pairs, .. } => {
+                10 + after.as_ref().map_or(0, |(_, k)| 20 + k.len())
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| 8 + k.len() + v.len())
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -262,13 +530,11 @@ impl KvCommand {
     }
 
     /// The key an encoded command writes (`None` for one without a key,
-    /// such as opening a session): what a node hosting many groups routes
-    /// by. Decodes the command (zero-copy), so a malformed one is an error.
+    /// such as opening a session or an internal operation): what a node
+    /// hosting many groups routes by. Decodes the command (zero-copy), so a
+    /// malformed one is an error.
     pub fn key_of(src: &Bytes) -> Result<Option<Bytes>, KvCodecError> {
-        Ok(match KvCommand::decode(src.clone())?.op {
-            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => Some(key),
-            KvOp::OpenSession => None,
-        })
+        Ok(KvCommand::decode(src.clone())?.op.key().cloned())
     }
 
     /// Decodes a command; keys and values are zero-copy slices of `src`.
@@ -296,6 +562,14 @@ impl KvCommand {
                 new: get_bytes(&mut src, MAX_VALUE_BYTES, total)?,
             },
             4 => KvOp::OpenSession,
+            5 => KvOp::AllocateGroup {
+                floor: get_u32(&mut src, total)?,
+            },
+            6 => decode_split(&mut src, total)?,
+            7 => decode_ingest(&mut src, total)?,
+            8 => KvOp::FinishMove {
+                child: get_u32(&mut src, total)?,
+            },
             t => return Err(KvCodecError::UnknownTag(t)),
         };
         if src.has_remaining() {
@@ -303,7 +577,12 @@ impl KvCommand {
         }
         // Sequence 1 opens a client-named session (see the module docs);
         // an id with the top bit would collide with an assigned one.
-        if seq == 1 && client & ASSIGNED_SESSION_BIT != 0 && op != KvOp::OpenSession {
+        // Internal operations and opens take no client-named session.
+        if seq == 1
+            && client & ASSIGNED_SESSION_BIT != 0
+            && op != KvOp::OpenSession
+            && !op.is_internal()
+        {
             return Err(KvCodecError::ReservedSessionId(client));
         }
         Ok(KvCommand {
@@ -315,8 +594,76 @@ impl KvCommand {
     }
 }
 
+/// The fields of [`KvOp::Split`] (after its tag), with the membership's
+/// bounds checked.
+fn decode_split(src: &mut Bytes, total: usize) -> Result<KvOp, KvCodecError> {
+    let at = get_u128(src, total)?;
+    let child = get_u32(src, total)?;
+    let voters = get_ids(src, MAX_SPLIT_MEMBERS, total)?;
+    let observers = get_ids(src, MAX_SPLIT_MEMBERS, total)?;
+    check_membership(&voters, &observers)?;
+    Ok(KvOp::Split {
+        at,
+        child,
+        voters,
+        observers,
+    })
+}
+
+/// Checks a split's membership: at least one voter and no id named twice
+/// across both lists (the list lengths are bounded by the decoder).
+pub(super) fn check_membership(voters: &[u64], observers: &[u64]) -> Result<(), KvCodecError> {
+    if voters.is_empty() {
+        return Err(KvCodecError::NoVoters);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(voters.len() + observers.len());
+    match voters.iter().chain(observers).find(|id| !seen.insert(**id)) {
+        Some(id) => Err(KvCodecError::DuplicateMember(*id)),
+        None => Ok(()),
+    }
+}
+
+/// The fields of [`KvOp::Ingest`] (after its tag).
+fn decode_ingest(src: &mut Bytes, total: usize) -> Result<KvOp, KvCodecError> {
+    let from = get_u32(src, total)?;
+    let after = if get_bool(src, total)? {
+        let position = get_u128(src, total)?;
+        Some((position, get_bytes(src, MAX_KEY_BYTES, total)?))
+    } else {
+        None
+    };
+    let count = get_u32(src, total)? as usize;
+    if count > MAX_INGEST_PAIRS {
+        return Err(KvCodecError::TooLong {
+            len: count,
+            max: MAX_INGEST_PAIRS,
+        });
+    }
+    // A pair takes at least 8 bytes: a count the input cannot hold is not
+    // trusted with an allocation.
+    let mut pairs = Vec::with_capacity(count.min(src.remaining() / 8));
+    for _ in 0..count {
+        let k = get_bytes(src, MAX_KEY_BYTES, total)?;
+        let v = get_bytes(src, MAX_VALUE_BYTES, total)?;
+        pairs.push((k, v));
+    }
+    let last = get_bool(src, total)?;
+    Ok(KvOp::Ingest {
+        from,
+        after,
+        pairs,
+        last,
+    })
+}
+
 impl KvResult {
-    /// Encodes the result.
+    /// Encodes the result: a tag and its fields (`1 (u8 flag, [previous])`
+    /// done, `2 swapped u8 (u8 flag, [current])` compare-and-set, `3 last
+    /// u64` stale, `4 session u64` opened, `5 session u64` expired, `6 id
+    /// u32` group allocated, `7 child u32 start u128 end u128` split
+    /// started, `8 moved u64 done u8` ingested, `9 reason` refused, `10`
+    /// wrong group). A [`KvResult::Refused`] reason longer than
+    /// [`MAX_REASON_BYTES`] is cut to that length.
     pub fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::new();
         match self {
@@ -341,46 +688,77 @@ impl KvResult {
                 buf.put_u8(5);
                 buf.put_u64_le(*session);
             }
+            KvResult::GroupAllocated { id } => {
+                buf.put_u8(6);
+                buf.put_u32_le(*id);
+            }
+            KvResult::SplitStarted { child, range } => {
+                buf.put_u8(7);
+                buf.put_u32_le(*child);
+                put_range(&mut buf, range);
+            }
+            KvResult::Ingested { moved, done } => {
+                buf.put_u8(8);
+                buf.put_u64_le(*moved);
+                buf.put_u8(u8::from(*done));
+            }
+            KvResult::Refused { reason } => {
+                buf.put_u8(9);
+                put_bytes(&mut buf, &reason[..reason.len().min(MAX_REASON_BYTES)]);
+            }
+            KvResult::WrongGroup => buf.put_u8(10),
         }
         buf.freeze()
     }
 
-    /// Decodes a result.
+    /// Decodes a result; bytes after it are refused.
     pub fn decode(mut src: Bytes) -> Result<KvResult, KvCodecError> {
         let total = src.len();
         if src.remaining() < 1 {
             return Err(KvCodecError::Truncated(0));
         }
         let tag = src.get_u8();
-        match tag {
-            1 => Ok(KvResult::Done(get_opt_bytes(
-                &mut src,
-                MAX_VALUE_BYTES,
-                total,
-            )?)),
+        let result = match tag {
+            1 => KvResult::Done(get_opt_bytes(&mut src, MAX_VALUE_BYTES, total)?),
             2 => {
                 if src.remaining() < 1 {
                     return Err(KvCodecError::Truncated(1));
                 }
                 let swapped = src.get_u8() != 0;
-                Ok(KvResult::Cas {
+                KvResult::Cas {
                     swapped,
                     current: get_opt_bytes(&mut src, MAX_VALUE_BYTES, total)?,
-                })
+                }
             }
             3..=5 => {
-                if src.remaining() < 8 {
-                    return Err(KvCodecError::Truncated(1));
-                }
-                let n = src.get_u64_le();
-                Ok(match tag {
+                let n = get_u64(&mut src, total)?;
+                match tag {
                     3 => KvResult::StaleSequence { last: n },
                     4 => KvResult::SessionOpened { session: n },
                     _ => KvResult::SessionExpired { session: n },
-                })
+                }
             }
-            t => Err(KvCodecError::UnknownTag(t)),
+            6 => KvResult::GroupAllocated {
+                id: get_u32(&mut src, total)?,
+            },
+            7 => KvResult::SplitStarted {
+                child: get_u32(&mut src, total)?,
+                range: get_range(&mut src, total)?,
+            },
+            8 => KvResult::Ingested {
+                moved: get_u64(&mut src, total)?,
+                done: get_bool(&mut src, total)?,
+            },
+            9 => KvResult::Refused {
+                reason: get_bytes(&mut src, MAX_REASON_BYTES, total)?,
+            },
+            10 => KvResult::WrongGroup,
+            t => return Err(KvCodecError::UnknownTag(t)),
+        };
+        if src.has_remaining() {
+            return Err(KvCodecError::Trailing(src.remaining()));
         }
+        Ok(result)
     }
 }
 
@@ -427,5 +805,312 @@ mod tests {
             op: KvOp::OpenSession,
         };
         assert_eq!(KvCommand::decode(c.to_bytes()), Ok(c));
+    }
+
+    #[test]
+    fn internal_ops_and_their_results_round_trip() {
+        let ops = [
+            KvOp::AllocateGroup { floor: 7 },
+            KvOp::Split {
+                at: u128::MAX - 3,
+                child: 70_000,
+                voters: vec![3, 1, u64::MAX],
+                observers: vec![0, 7],
+            },
+            KvOp::Split {
+                at: 1,
+                child: 0,
+                voters: (0..MAX_SPLIT_MEMBERS as u64).collect(),
+                observers: (0..MAX_SPLIT_MEMBERS as u64)
+                    .map(|i| i + MAX_SPLIT_MEMBERS as u64)
+                    .collect(),
+            },
+            KvOp::Ingest {
+                from: 2,
+                after: Some((1 << 100, Bytes::from_static(b"cursor"))),
+                pairs: vec![
+                    (Bytes::from_static(b"a"), Bytes::from_static(b"1")),
+                    (Bytes::new(), Bytes::new()),
+                ],
+                last: true,
+            },
+            KvOp::Ingest {
+                from: 0,
+                after: None,
+                pairs: Vec::new(),
+                last: false,
+            },
+            KvOp::FinishMove { child: 9 },
+        ];
+        for op in ops {
+            assert!(op.is_internal() && op.key().is_none());
+            // Internal operations take no session: a client-named id in the
+            // assigned range with sequence 1 is not refused for them.
+            let c = KvCommand {
+                principal: Bytes::new(),
+                client: ASSIGNED_SESSION_BIT | 1,
+                seq: 1,
+                op,
+            };
+            let b = c.to_bytes();
+            assert_eq!(KvCommand::key_of(&b), Ok(None));
+            assert_eq!(KvCommand::decode(b), Ok(c));
+        }
+        assert!(!put_op("k", "v").is_internal() && !KvOp::OpenSession.is_internal());
+        for r in [
+            KvResult::GroupAllocated { id: u32::MAX },
+            KvResult::SplitStarted {
+                child: 3,
+                range: KeyRange {
+                    start: 1,
+                    end: u128::MAX,
+                },
+            },
+            KvResult::Ingested {
+                moved: 12,
+                done: true,
+            },
+            KvResult::Refused {
+                reason: Bytes::from_static(b"no"),
+            },
+            KvResult::WrongGroup,
+        ] {
+            assert_eq!(KvResult::decode(r.to_bytes()), Ok(r));
+        }
+        // A reason over the bound is cut, so the result still decodes.
+        let long = KvResult::Refused {
+            reason: Bytes::from(vec![b'x'; MAX_REASON_BYTES + 10]),
+        };
+        assert!(matches!(
+            KvResult::decode(long.to_bytes()),
+            Ok(KvResult::Refused { reason }) if reason.len() == MAX_REASON_BYTES
+        ));
+        let mut trailing = BytesMut::from(&KvResult::WrongGroup.to_bytes()[..]);
+        trailing.put_u8(0);
+        assert_eq!(
+            KvResult::decode(trailing.freeze()),
+            Err(KvCodecError::Trailing(1))
+        );
+    }
+
+    #[test]
+    fn ingest_decoding_is_bounded() {
+        let batch = |count: u32| {
+            let mut b = BytesMut::from(&cmd(0, 0, KvOp::FinishMove { child: 0 })[..18]);
+            b.put_u8(7);
+            b.put_u32_le(1);
+            b.put_u8(0);
+            b.put_u32_le(count);
+            b
+        };
+        // A count over the bound is refused before any pair is read.
+        for count in [MAX_INGEST_PAIRS as u32 + 1, u32::MAX] {
+            assert_eq!(
+                KvCommand::decode(batch(count).freeze()),
+                Err(KvCodecError::TooLong {
+                    len: count as usize,
+                    max: MAX_INGEST_PAIRS
+                })
+            );
+        }
+        // A count within it that the input does not hold: truncated.
+        assert!(matches!(
+            KvCommand::decode(batch(MAX_INGEST_PAIRS as u32).freeze()),
+            Err(KvCodecError::Truncated(_))
+        ));
+        // A key over the bound.
+        let mut b = batch(1);
+        b.put_u32_le(MAX_KEY_BYTES as u32 + 1);
+        assert!(matches!(
+            KvCommand::decode(b.freeze()),
+            Err(KvCodecError::TooLong { .. })
+        ));
+        // A flag other than 0 or 1.
+        let mut b = batch(0);
+        b.put_u8(2);
+        assert_eq!(
+            KvCommand::decode(b.freeze()),
+            Err(KvCodecError::UnknownTag(2))
+        );
+        let mut b = batch(0);
+        b.put_u8(1);
+        let c = KvCommand::decode(b.freeze()).unwrap();
+        assert!(matches!(c.op, KvOp::Ingest { last: true, ref pairs, .. } if pairs.is_empty()));
+    }
+
+    #[test]
+    fn split_decoding_is_bounded_and_refuses_a_bad_membership() {
+        // A split command with the raw lists given, counts included.
+        let split = |voters: (u32, &[u64]), observers: (u32, &[u64])| {
+            let mut b = BytesMut::from(&cmd(0, 0, KvOp::FinishMove { child: 0 })[..18]);
+            b.put_u8(6);
+            b.put_u128_le(5);
+            b.put_u32_le(2);
+            for (count, ids) in [voters, observers] {
+                b.put_u32_le(count);
+                for id in ids {
+                    b.put_u64_le(*id);
+                }
+            }
+            KvCommand::decode(b.freeze())
+        };
+        assert_eq!(
+            split((2, &[1, 2]), (1, &[3])).map(|c| c.op),
+            Ok(KvOp::Split {
+                at: 5,
+                child: 2,
+                voters: vec![1, 2],
+                observers: vec![3],
+            })
+        );
+        // Counts over the bound are refused before any id is read.
+        let over = MAX_SPLIT_MEMBERS as u32 + 1;
+        for count in [over, u32::MAX] {
+            let too_long = Err(KvCodecError::TooLong {
+                len: count as usize,
+                max: MAX_SPLIT_MEMBERS,
+            });
+            assert_eq!(split((count, &[]), (0, &[])), too_long);
+            assert_eq!(split((1, &[1]), (count, &[])), too_long);
+        }
+        // A count within the bound that the input does not hold.
+        assert!(matches!(
+            split((MAX_SPLIT_MEMBERS as u32, &[1, 2]), (0, &[])),
+            Err(KvCodecError::Truncated(_))
+        ));
+        assert!(matches!(
+            split((1, &[1]), (2, &[2])),
+            Err(KvCodecError::Truncated(_))
+        ));
+        // No voter, even with observers.
+        assert_eq!(split((0, &[]), (0, &[])), Err(KvCodecError::NoVoters));
+        assert_eq!(split((0, &[]), (1, &[4])), Err(KvCodecError::NoVoters));
+        // An id twice: among the voters, among the observers, or in both.
+        assert_eq!(
+            split((3, &[1, 2, 1]), (0, &[])),
+            Err(KvCodecError::DuplicateMember(1))
+        );
+        assert_eq!(
+            split((1, &[1]), (2, &[9, 9])),
+            Err(KvCodecError::DuplicateMember(9))
+        );
+        assert_eq!(
+            split((2, &[1, 2]), (2, &[3, 2])),
+            Err(KvCodecError::DuplicateMember(2))
+        );
+        // The encoder writes a bad membership as given; decode refuses it.
+        for (voters, observers, e) in [
+            (vec![], vec![], KvCodecError::NoVoters),
+            (vec![4], vec![4], KvCodecError::DuplicateMember(4)),
+            (
+                vec![0; MAX_SPLIT_MEMBERS + 1],
+                vec![],
+                KvCodecError::TooLong {
+                    len: MAX_SPLIT_MEMBERS + 1,
+                    max: MAX_SPLIT_MEMBERS,
+                },
+            ),
+        ] {
+            let op = KvOp::Split {
+                at: 5,
+                child: 2,
+                voters,
+                observers,
+            };
+            assert_eq!(KvCommand::decode(cmd(0, 0, op)), Err(e));
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_result() -> impl Strategy<Value = KvResult> {
+            let bytes = prop::collection::vec(any::<u8>(), 0..16).prop_map(Bytes::from);
+            prop_oneof![
+                prop::option::of(bytes.clone()).prop_map(KvResult::Done),
+                any::<u64>().prop_map(|last| KvResult::StaleSequence { last }),
+                (any::<bool>(), prop::option::of(bytes.clone()))
+                    .prop_map(|(swapped, current)| KvResult::Cas { swapped, current }),
+                any::<u64>().prop_map(|session| KvResult::SessionOpened { session }),
+                any::<u64>().prop_map(|session| KvResult::SessionExpired { session }),
+                any::<u32>().prop_map(|id| KvResult::GroupAllocated { id }),
+                (any::<u32>(), any::<u128>(), any::<u128>()).prop_map(|(child, start, end)| {
+                    KvResult::SplitStarted {
+                        child,
+                        range: KeyRange { start, end },
+                    }
+                }),
+                (any::<u64>(), any::<bool>())
+                    .prop_map(|(moved, done)| KvResult::Ingested { moved, done }),
+                bytes.prop_map(|reason| KvResult::Refused { reason }),
+                Just(KvResult::WrongGroup),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// The decoders answer any bytes without panicking.
+            #[test]
+            fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let b = Bytes::from(bytes);
+                let _ = KvCommand::decode(b.clone());
+                let _ = KvCommand::key_of(&b);
+                let _ = KvCommand::peek_principal(&b);
+                let _ = KvResult::decode(b);
+            }
+
+            /// Every command decodes to itself (but a client-named session
+            /// id in the assigned range opened by a keyed write), a prefix
+            /// of it does not decode, and a changed byte does not panic.
+            #[test]
+            fn commands_round_trip_and_damage_is_refused(
+                op in arb_op(),
+                client in prop_oneof![0..3u64, any::<u64>()],
+                seq in 0..3u64,
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let c = KvCommand {
+                    principal: Bytes::from_static(b"p"),
+                    client,
+                    seq,
+                    op,
+                };
+                let enc = c.to_bytes();
+                let reserved = seq == 1
+                    && client & ASSIGNED_SESSION_BIT != 0
+                    && c.op.key().is_some();
+                match KvCommand::decode(enc.clone()) {
+                    Ok(d) => {
+                        prop_assert!(!reserved);
+                        prop_assert_eq!(KvCommand::key_of(&enc), Ok(c.op.key().cloned()));
+                        prop_assert_eq!(d, c);
+                    }
+                    Err(e) => prop_assert_eq!(e, KvCodecError::ReservedSessionId(client)),
+                }
+                let i = at.index(enc.len());
+                prop_assert!(KvCommand::decode(enc.slice(..i)).is_err());
+                let mut v = enc.to_vec();
+                v[i] = byte;
+                let _ = KvCommand::decode(Bytes::from(v));
+            }
+
+            /// Every result decodes to itself; damage does not panic.
+            #[test]
+            fn results_round_trip_and_damage_is_refused(
+                r in arb_result(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let enc = r.to_bytes();
+                prop_assert_eq!(KvResult::decode(enc.clone()), Ok(r));
+                let i = at.index(enc.len());
+                prop_assert!(KvResult::decode(enc.slice(..i)).is_err());
+                let mut v = enc.to_vec();
+                v[i] = byte;
+                let _ = KvResult::decode(Bytes::from(v));
+            }
+        }
     }
 }

@@ -63,27 +63,57 @@
 //!   the writer must never reuse an id after [`KvResult::SessionExpired`].
 //!
 //! Commands that do not decode are applied as no-ops on every replica alike.
+//!
+//! # Key ranges and splits
+//!
+//! A store is one group's state, and a group owns a range of key positions
+//! ([`crate::shard::position`], [`KvStore::range`]). A put, delete or
+//! compare-and-set of a key outside it is answered
+//! [`KvResult::WrongGroup`] and not applied. The check comes after the
+//! session's deduplication (a retry of a write applied before a split
+//! still gets its remembered answer) and before anything is recorded: the
+//! session's sequence does not advance, and a command that would open a
+//! client-named session (sequence 1) does not open it, so that the same
+//! write, sent again to the group that owns the key, opens the session
+//! there, and a copy that commits here later is refused again (a group's
+//! range never grows back once given away). A writer that does not know
+//! whether a write was applied must retry it in the same group and session
+//! until the answer is definite, the remembered result or `WrongGroup`
+//! (this group did not apply it), before it sends it to the new owner in
+//! another session: a write applied here just before the split moved with
+//! the key, and sending it elsewhere at once could apply it twice.
+//!
+//! Internal operations ([`KvOp::is_internal`]), proposed by the nodes,
+//! split a group's range and move the keys to the new group through that
+//! group's own log (see [`KvOp::Split`] and the steps it starts). They
+//! take no session, are never deduplicated by one, and are refused
+//! ([`KvResult::Refused`]) when they do not fit the store's state, which
+//! makes their duplicates no-ops.
 
 mod command;
 mod map;
 mod sessions;
 mod snapshot;
+mod split;
 #[cfg(test)]
 mod test_util;
 
 pub use command::{
-    KvCodecError, KvCommand, KvOp, KvResult, ASSIGNED_SESSION_BIT, COMMAND_FORMAT, MAX_KEY_BYTES,
-    MAX_PRINCIPAL_BYTES, MAX_VALUE_BYTES,
+    KvCodecError, KvCommand, KvOp, KvResult, ASSIGNED_SESSION_BIT, COMMAND_FORMAT,
+    MAX_INGEST_PAIRS, MAX_KEY_BYTES, MAX_PRINCIPAL_BYTES, MAX_REASON_BYTES, MAX_SPLIT_MEMBERS,
+    MAX_VALUE_BYTES,
 };
 pub use sessions::{
     KvConfigError, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES, MAX_SESSIONS_LIMIT,
     MIN_MAX_SESSION_BYTES, SESSION_OVERHEAD_BYTES,
 };
+pub use split::{Child, Incoming};
 
 use bytes::Bytes;
 use map::ShardedMap;
 use paxos_core::{StateMachine, Zxid};
 use sessions::SessionTable;
+use split::ShardState;
 use std::io;
 
 /// The replicated key-value map. Cloning it is cheap (a few hundred shared
@@ -100,6 +130,8 @@ pub struct KvStore {
     /// Order-independent digest of the map: the XOR of a hash of every pair,
     /// kept up to date on every change so replicas can be compared cheaply.
     digest: u64,
+    /// The key range this group owns and the splits it is part of.
+    shard: ShardState,
 }
 
 impl Default for KvStore {
@@ -109,6 +141,7 @@ impl Default for KvStore {
             sessions: SessionTable::new(DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES),
             applied: Zxid::ZERO,
             digest: 0,
+            shard: ShardState::default(),
         }
     }
 }
@@ -164,16 +197,25 @@ impl KvStore {
         })
     }
 
-    /// An empty store configured like this one (same session bounds): where
-    /// a snapshot is restored before it replaces the live state.
+    /// An empty store configured like this one: where a snapshot is
+    /// restored before it replaces the live state. It has the same session
+    /// bounds and the same shard state (base group count, range, moves
+    /// under way, children, group counter), no key and no session. A
+    /// snapshot of format 4 or later replaces the shard state (and must
+    /// have the same base group count); one of format 3 has none and keeps
+    /// this one.
     pub fn emptied(&self) -> KvStore {
         KvStore {
             sessions: SessionTable::new(self.sessions.max, self.sessions.max_bytes),
+            shard: self.shard.clone(),
             ..KvStore::default()
         }
     }
 
-    /// Reads a key (served by the node after a read-index round, or stale).
+    /// Reads a key (served by the node after a read-index round, or
+    /// stale), whether this group owns it or not: the node checks
+    /// [`KvStore::owns`] before it serves a client, and reads the frozen
+    /// keys' values to move them.
     pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
         self.map.get(key)
     }
@@ -293,8 +335,12 @@ impl KvStore {
                     }
                 }
             }
-            KvOp::OpenSession => {
-                unreachable!("invariant: apply opens sessions before it executes operations")
+            KvOp::OpenSession
+            | KvOp::AllocateGroup { .. }
+            | KvOp::Split { .. }
+            | KvOp::Ingest { .. }
+            | KvOp::FinishMove { .. } => {
+                unreachable!("invariant: apply handles keyless operations before keyed ones")
             }
         }
     }
@@ -345,9 +391,17 @@ impl StateMachine for KvStore {
             // replica alike (determinism), and the client is told.
             Err(_) => return Bytes::from_static(&[MALFORMED]),
         };
+        // Internal operations take no session: applied before any session
+        // handling, whatever the command's principal, client and sequence.
+        if let Some(r) = self.apply_internal(&cmd.op) {
+            return r.to_bytes();
+        }
         if cmd.op == KvOp::OpenSession {
             return self.open_assigned(&cmd.principal, zxid);
         }
+        // Whether the written key is this group's (every operation left
+        // has a key).
+        let owned = cmd.op.key().is_some_and(|key| self.owns(key));
         let slot = match self.sessions.touch(&cmd.principal, cmd.client, zxid) {
             Some(i) => {
                 let last = self.sessions.slot(i).seq;
@@ -360,6 +414,9 @@ impl StateMachine for KvStore {
                 }
                 i
             }
+            // A first command for a key elsewhere opens nothing: the
+            // session is opened by the group the write goes to instead.
+            None if cmd.seq == 1 && !owned => return KvResult::WrongGroup.to_bytes(),
             // The first command of a client-named session opens it (decode
             // refused ids in the assigned range, so this cannot collide).
             None if cmd.seq == 1 => {
@@ -378,6 +435,11 @@ impl StateMachine for KvStore {
                 .to_bytes()
             }
         };
+        if !owned {
+            // Not applied and not recorded: the session's sequence stays
+            // where it was, so the write can be sent to the owner instead.
+            return KvResult::WrongGroup.to_bytes();
+        }
         let result = self.execute(cmd.op).to_bytes();
         self.sessions.record(slot, cmd.seq, result.clone(), zxid);
         result
@@ -475,10 +537,11 @@ mod tests {
 
     mod props {
         use super::*;
+        use crate::shard::KeyRange;
         use proptest::prelude::*;
 
         /// Any bytes at all, or a well-formed command with arbitrary ids,
-        /// sequences, principals, keys and values.
+        /// sequences, principals and operations (internal ones included).
         fn command() -> impl Strategy<Value = Bytes> {
             let principal = prop_oneof![Just(&b""[..]), Just(&b"alice"[..]), Just(&b"bob"[..])];
             let client = prop_oneof![
@@ -489,37 +552,26 @@ mod tests {
                 any::<u64>(),
             ];
             let seq = prop_oneof![0..5u64, any::<u64>()];
-            let key = prop::collection::vec(any::<u8>(), 0..3).prop_map(Bytes::from);
-            let value = prop_oneof![
-                prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from),
-                (0..MAX_VALUE_BYTES).prop_map(|n| Bytes::from(vec![1u8; n % 300_000])),
-            ];
-            let op = prop_oneof![
-                (key.clone(), value.clone()).prop_map(|(key, value)| KvOp::Put { key, value }),
-                key.clone().prop_map(|key| KvOp::Delete { key }),
-                (key, prop::option::of(value.clone()), value)
-                    .prop_map(|(key, expected, new)| KvOp::Cas { key, expected, new }),
-                Just(KvOp::OpenSession),
-            ];
-            let well_formed = (principal, client, seq, op).prop_map(|(p, client, seq, op)| {
-                let mut b = BytesMut::new();
-                b.put_u8(COMMAND_FORMAT);
-                b.put_u8(p.len() as u8);
-                b.put_slice(p);
-                b.put_u64_le(client);
-                b.put_u64_le(seq);
-                // Encode without the decoder's checks (ids in the assigned
-                // range with sequence 1 included).
-                let c = KvCommand {
-                    principal: Bytes::new(),
-                    client: 0,
-                    seq: 0,
-                    op,
-                }
-                .to_bytes();
-                b.put_slice(&c[18..]);
-                b.freeze()
-            });
+            let well_formed =
+                (principal, client, seq, arb_op()).prop_map(|(p, client, seq, op)| {
+                    let mut b = BytesMut::new();
+                    b.put_u8(COMMAND_FORMAT);
+                    b.put_u8(p.len() as u8);
+                    b.put_slice(p);
+                    b.put_u64_le(client);
+                    b.put_u64_le(seq);
+                    // Encode without the decoder's checks (ids in the assigned
+                    // range with sequence 1 included).
+                    let c = KvCommand {
+                        principal: Bytes::new(),
+                        client: 0,
+                        seq: 0,
+                        op,
+                    }
+                    .to_bytes();
+                    b.put_slice(&c[18..]);
+                    b.freeze()
+                });
             prop_oneof![
                 6 => well_formed.clone(),
                 1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
@@ -534,33 +586,149 @@ mod tests {
             ]
         }
 
+        /// A step of a history: a command as generated, or one of the
+        /// steps of a split made to fit the store's state when it runs (so
+        /// that moves do happen, not only refusals).
+        #[derive(Clone, Debug)]
+        enum Step {
+            Raw(Bytes),
+            /// Split at the midpoint of the range, for `child`, with this
+            /// membership (not always a valid one).
+            SplitHalf {
+                child: u32,
+                voters: Vec<u64>,
+                observers: Vec<u64>,
+            },
+            /// The next ingest batch of these keys (those in the incoming
+            /// range and past the cursor), sorted unless `shuffled`.
+            IngestNext {
+                keys: Vec<Bytes>,
+                shuffled: bool,
+                last: bool,
+            },
+            /// Finish the move under way.
+            Finish,
+        }
+
+        /// A split's membership: mostly a valid one, sometimes lists of
+        /// ids from a small space that may be empty or share an id (such a
+        /// split does not decode: a no-op).
+        fn membership() -> impl Strategy<Value = (Vec<u64>, Vec<u64>)> {
+            let ids = || prop::collection::vec(0..6u64, 0..4);
+            prop_oneof![3 => arb_membership(), 1 => (ids(), ids())]
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let key = prop::collection::vec(any::<u8>(), 0..3).prop_map(Bytes::from);
+            prop_oneof![
+                8 => command().prop_map(Step::Raw),
+                1 => (0..4u32, membership()).prop_map(|(child, (voters, observers))| {
+                    Step::SplitHalf { child, voters, observers }
+                }),
+                2 => (prop::collection::vec(key, 0..6), prop::bool::weighted(0.1), any::<bool>())
+                    .prop_map(|(keys, shuffled, last)| Step::IngestNext { keys, shuffled, last }),
+                1 => Just(Step::Finish),
+            ]
+        }
+
+        /// The command a step stands for, given the store's state now.
+        fn resolve(s: &KvStore, step: &Step) -> Bytes {
+            match step {
+                Step::Raw(c) => c.clone(),
+                Step::SplitHalf {
+                    child,
+                    voters,
+                    observers,
+                } => internal(KvOp::Split {
+                    at: s.range().midpoint().unwrap_or(0),
+                    child: *child,
+                    voters: voters.clone(),
+                    observers: observers.clone(),
+                }),
+                Step::IngestNext {
+                    keys,
+                    shuffled,
+                    last,
+                } => {
+                    let (from, range, after) = match s.incoming() {
+                        Some(i) => (i.from, i.range, i.cursor.clone()),
+                        None => (0, KeyRange::EMPTY, None),
+                    };
+                    let base = s.base_groups();
+                    let mut keyed: Vec<(u128, Bytes)> = keys
+                        .iter()
+                        .map(|k| (crate::shard::position(k, base), k.clone()))
+                        .filter(|pk| range.contains(pk.0) && after.as_ref().is_none_or(|a| pk > a))
+                        .collect();
+                    keyed.sort();
+                    keyed.dedup();
+                    if *shuffled {
+                        keyed.reverse();
+                    }
+                    let pairs = keyed.into_iter().map(|(_, k)| (k.clone(), k)).collect();
+                    internal(KvOp::Ingest {
+                        from,
+                        after,
+                        pairs,
+                        last: *last,
+                    })
+                }
+                Step::Finish => internal(KvOp::FinishMove {
+                    child: s.outgoing().map_or(0, |(c, _)| c),
+                }),
+            }
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(128))]
             /// `apply` never panics on any command, and two replicas that
             /// apply the same commands (one restored from the other's
-            /// snapshot midway) end with equal state and answers.
+            /// snapshot midway) end with equal state and answers. The
+            /// shard invariants hold throughout.
             #[test]
             fn apply_never_panics_and_replicas_agree(
-                cmds in prop::collection::vec(command(), 1..60),
+                steps in prop::collection::vec(step(), 1..60),
                 max_sessions in 1usize..6,
                 cut in any::<prop::sample::Index>(),
+                start in 0..3u8,
+                fresh in any::<bool>(),
             ) {
                 let bound = MIN_MAX_SESSION_BYTES;
-                let mut a = KvStore::with_session_limits(max_sessions, bound).unwrap();
-                let mut b = KvStore::with_session_limits(max_sessions, bound).unwrap();
-                let cut = cut.index(cmds.len());
-                for (i, c) in cmds.iter().enumerate() {
+                let fresh_store = || KvStore::with_session_limits(max_sessions, bound).unwrap();
+                let upper = KeyRange {
+                    start: 1 << 63,
+                    end: 1 << 64,
+                };
+                // A single group, a base group of two, or a new group
+                // taking the upper half of group 0 over.
+                let configure = |s: KvStore| match start {
+                    0 => s,
+                    1 => s.with_shard(2, KeyRange::of_base_group(1)),
+                    _ => s.with_incoming(1, 0, upper),
+                };
+                let mut a = configure(fresh_store());
+                let mut b = configure(fresh_store());
+                let cut = cut.index(steps.len());
+                for (i, st) in steps.iter().enumerate() {
                     let zx = z(i as u32 + 1);
                     if i == cut {
                         let img = image(&a);
-                        b = a.emptied();
+                        b = if fresh {
+                            fresh_store().with_shard(a.base_groups(), KeyRange::EMPTY)
+                        } else {
+                            a.emptied()
+                        };
                         b.restore(a.applied(), &mut &img[..]).unwrap();
                     }
-                    let ra = a.apply(zx, c);
-                    let rb = b.apply(zx, c);
+                    let c = resolve(&a, st);
+                    let ra = a.apply(zx, &c);
+                    let rb = b.apply(zx, &c);
                     prop_assert_eq!(&ra, &rb);
+                    prop_assert!(ra[..] == [MALFORMED] || KvResult::decode(ra.clone()).is_ok());
                     prop_assert!(a.session_count() <= max_sessions);
                     prop_assert!(a.session_bytes() <= bound);
+                    prop_assert_eq!(a.shard.check(), Ok(()));
+                    prop_assert_eq!(split::check_keys(&a.shard, &a.map), Ok(()));
                 }
                 prop_assert_eq!(a.digest(), b.digest());
                 prop_assert_eq!(image(&a), image(&b));

@@ -1,20 +1,24 @@
-//! The snapshot format of [`KvStore`]: the map's pairs sorted by key, then
-//! the session table from the least to the most recently used, behind a
-//! magic and a version.
+//! The snapshot format of [`KvStore`]: the shard state, the map's pairs
+//! sorted by key, then the session table from the least to the most
+//! recently used, behind a magic and a version.
 //!
 //! Invariants: equal stores write identical bytes (pairs sorted, sessions
 //! in recency order, so a restored store evicts exactly like the original);
-//! a restore checks everything determinism rests on (the session bounds
-//! match this store's, recency order, counters in range, no duplicate key
-//! or session, no trailing byte) and replaces the state only once the
-//! whole snapshot has been read.
+//! a restore checks everything determinism rests on (the session bounds and
+//! the base group count match this store's, the shard state is consistent
+//! and every key lies in a range the group holds, recency order, counters
+//! in range, no duplicate key or session, no trailing byte) and replaces
+//! the state only once the whole snapshot has been read.
 
-use super::command::put_bytes;
+use super::command::{put_bytes, put_range};
 use super::map::ShardedMap;
 use super::sessions::{slot_bytes, SessionTable};
+use super::split::{check_keys, Child, Incoming, ShardState, MAX_CHILDREN};
 use super::{
-    pair_hash, KvStore, ASSIGNED_SESSION_BIT, MAX_KEY_BYTES, MAX_PRINCIPAL_BYTES, MAX_VALUE_BYTES,
+    pair_hash, KvStore, ASSIGNED_SESSION_BIT, MAX_KEY_BYTES, MAX_PRINCIPAL_BYTES,
+    MAX_SPLIT_MEMBERS, MAX_VALUE_BYTES,
 };
+use crate::shard::KeyRange;
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::Zxid;
 use std::io::{self, Read};
@@ -22,14 +26,34 @@ use std::io::{self, Read};
 /// First bytes of a kv snapshot (format 2 onwards). Format 1 had no header
 /// and began with the applied zxid.
 const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
-/// The snapshot layout written and read by this build:
+/// The snapshot layout written by this build:
 /// `magic | version u32 | applied u64 | max_sessions u64 | max_session_bytes
-/// u64 | next_assigned u64 | pairs u64 | (key, value)* | sessions u64 |
-/// (principal, id u64, seq u64, touched u64, result)*` with sessions from
-/// least to most recently used, and byte strings as `u32 length | bytes`,
-/// all integers little-endian. Format 3 added the byte bound and the
-/// sessions' principals.
-const SNAPSHOT_VERSION: u32 = 3;
+/// u64 | next_assigned u64 | base_groups u32 | range | outgoing | incoming |
+/// children | next_group u32 | pairs u64 | (key, value)* | sessions u64 |
+/// (principal, id u64, seq u64, touched u64, result)*` where
+///
+/// - a range is `start u128 | end u128`;
+/// - `outgoing` is `0`, or `1 | child u32 | range`;
+/// - `incoming` is `0`, or `1 | from u32 | range | cursor | moved u64`,
+///   with `cursor` `0`, or `1 | position u128 | key`;
+/// - `children` is `count u32 | (id u32 | range | voters | observers)*`,
+///   at most 1 000 000 children, where `voters` and `observers` are each
+///   `count u32 | id u64*`, at most [`MAX_SPLIT_MEMBERS`] ids;
+///
+/// flags are one byte (0 or 1), pairs are sorted by key, sessions go from
+/// least to most recently used, byte strings are `u32 length | bytes`, and
+/// all integers are little-endian (a u128 as 16 bytes).
+///
+/// Format 3 added the byte bound and the sessions' principals; format 4
+/// the shard state, from `base_groups` to `next_group`; format 5 the
+/// children's memberships. Formats 3 and 4 are still read. Format 3 has
+/// no shard state, so the store keeps the one it was configured with
+/// ([`KvStore::with_shard`]). Format 4 lists each child as `id u32 |
+/// range` only: such a child is restored with empty voter and observer
+/// lists, and the node makes it with the split group's current members.
+const SNAPSHOT_VERSION: u32 = 5;
+/// The oldest format this build reads.
+const OLDEST_VERSION: u32 = 3;
 
 impl KvStore {
     /// Writes the snapshot of the store to `out`.
@@ -41,6 +65,7 @@ impl KvStore {
         buf.put_u64_le(self.sessions.max as u64);
         buf.put_u64_le(self.sessions.max_bytes as u64);
         buf.put_u64_le(self.sessions.next_assigned);
+        write_shard(&mut buf, &self.shard);
         buf.put_u64_le(self.map.len() as u64);
         let mut pairs: Vec<(&Bytes, &Bytes)> = self.map.iter().collect();
         pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -72,9 +97,6 @@ impl KvStore {
     /// Replaces the store with the snapshot in `input`, taken at `zxid`;
     /// on any error the store is left as it was.
     pub(super) fn read_snapshot(&mut self, zxid: Zxid, input: &mut dyn io::Read) -> io::Result<()> {
-        let bad = |what: String| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("kv snapshot: {what}"))
-        };
         let mut r = io::BufReader::with_capacity(64 * 1024, input);
         let read_u64 = |r: &mut dyn io::Read| -> io::Result<u64> {
             let mut b = [0u8; 8];
@@ -100,15 +122,17 @@ impl KvStore {
         if magic != SNAPSHOT_MAGIC {
             return Err(bad(format!(
                 "no format header: written by an older build (format 1), and this build reads \
-                 format {SNAPSHOT_VERSION} only; rebuild this node's state from its peers"
+                 formats {OLDEST_VERSION} to {SNAPSHOT_VERSION} only; rebuild this node's \
+                 state from its peers"
             )));
         }
         let mut version = [0u8; 4];
         r.read_exact(&mut version)?;
         let version = u32::from_le_bytes(version);
-        if version != SNAPSHOT_VERSION {
+        if !(OLDEST_VERSION..=SNAPSHOT_VERSION).contains(&version) {
             return Err(bad(format!(
-                "format {version} is not supported (this build reads format {SNAPSHOT_VERSION})"
+                "format {version} is not supported (this build reads formats {OLDEST_VERSION} \
+                 to {SNAPSHOT_VERSION})"
             )));
         }
         let applied = Zxid(read_u64(&mut r)?);
@@ -139,6 +163,21 @@ impl KvStore {
                 "assigned-session counter {next_assigned} out of range"
             )));
         }
+        let shard = if version >= 4 {
+            let shard = read_shard(&mut r, version >= 5)?;
+            if shard.base_groups != self.shard.base_groups {
+                return Err(bad(format!(
+                    "written with base_groups = {}, but this store is configured with {}; \
+                     keys' positions depend on the cluster's base group count",
+                    shard.base_groups, self.shard.base_groups
+                )));
+            }
+            shard
+        } else {
+            // Format 3 knows no ranges: the configured ones stay.
+            self.shard.clone()
+        };
+        shard.check().map_err(bad)?;
         let mut map = ShardedMap::default();
         let pairs = read_u64(&mut r)?;
         for _ in 0..pairs {
@@ -148,6 +187,7 @@ impl KvStore {
                 return Err(bad("a key appears twice".into()));
             }
         }
+        check_keys(&shard, &map).map_err(bad)?;
         let mut sessions = SessionTable::new(self.sessions.max, self.sessions.max_bytes);
         sessions.next_assigned = next_assigned;
         let n = read_u64(&mut r)?;
@@ -202,8 +242,167 @@ impl KvStore {
         self.map = map;
         self.sessions = sessions;
         self.applied = applied;
+        self.shard = shard;
         Ok(())
     }
+}
+
+/// Writes the shard state, format 5 (see [`SNAPSHOT_VERSION`]).
+fn write_shard(buf: &mut BytesMut, s: &ShardState) {
+    buf.put_u32_le(s.base_groups);
+    put_range(buf, &s.range);
+    match &s.outgoing {
+        None => buf.put_u8(0),
+        Some((child, range)) => {
+            buf.put_u8(1);
+            buf.put_u32_le(*child);
+            put_range(buf, range);
+        }
+    }
+    match &s.incoming {
+        None => buf.put_u8(0),
+        Some(inc) => {
+            buf.put_u8(1);
+            buf.put_u32_le(inc.from);
+            put_range(buf, &inc.range);
+            match &inc.cursor {
+                None => buf.put_u8(0),
+                Some((p, key)) => {
+                    buf.put_u8(1);
+                    buf.put_u128_le(*p);
+                    put_bytes(buf, key);
+                }
+            }
+            buf.put_u64_le(inc.moved);
+        }
+    }
+    buf.put_u32_le(s.children.len() as u32);
+    for child in &s.children {
+        buf.put_u32_le(child.id);
+        put_range(buf, &child.range);
+        for ids in [&child.voters, &child.observers] {
+            buf.put_u32_le(ids.len() as u32);
+            for id in ids {
+                buf.put_u64_le(*id);
+            }
+        }
+    }
+    buf.put_u32_le(s.next_group);
+}
+
+fn bad(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("kv snapshot: {what}"))
+}
+
+fn read_array<const N: usize>(r: &mut dyn io::Read) -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    r.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn read_u32(r: &mut dyn io::Read) -> io::Result<u32> {
+    read_array(r).map(u32::from_le_bytes)
+}
+
+fn read_range(r: &mut dyn io::Read) -> io::Result<KeyRange> {
+    let start = u128::from_le_bytes(read_array(r)?);
+    let end = u128::from_le_bytes(read_array(r)?);
+    Ok(KeyRange { start, end })
+}
+
+fn read_flag(r: &mut dyn io::Read, what: &str) -> io::Result<bool> {
+    match read_array::<1>(r)?[0] {
+        0 => Ok(false),
+        1 => Ok(true),
+        f => Err(bad(format!("{what} flag {f} is neither 0 nor 1"))),
+    }
+}
+
+/// A child's list of node ids: `count u32 | id u64*`, at most
+/// [`MAX_SPLIT_MEMBERS`] ids.
+fn read_ids(r: &mut dyn io::Read, what: &str) -> io::Result<Vec<u64>> {
+    let count = read_u32(r)? as usize;
+    if count > MAX_SPLIT_MEMBERS {
+        return Err(bad(format!(
+            "{count} {what} exceed the maximum {MAX_SPLIT_MEMBERS}"
+        )));
+    }
+    (0..count)
+        .map(|_| read_array(r).map(u64::from_le_bytes))
+        .collect()
+}
+
+/// Reads the shard state, format 5, or format 4 if `memberships` is false
+/// (checked by the caller).
+fn read_shard(r: &mut dyn io::Read, memberships: bool) -> io::Result<ShardState> {
+    let base_groups = read_u32(r)?;
+    let range = read_range(r)?;
+    let outgoing = if read_flag(r, "outgoing")? {
+        let child = read_u32(r)?;
+        Some((child, read_range(r)?))
+    } else {
+        None
+    };
+    let incoming = if read_flag(r, "incoming")? {
+        let from = read_u32(r)?;
+        let range = read_range(r)?;
+        let cursor = if read_flag(r, "cursor")? {
+            let p = u128::from_le_bytes(read_array(r)?);
+            let len = read_u32(r)? as usize;
+            if len > MAX_KEY_BYTES {
+                return Err(bad(format!(
+                    "cursor key of {len} bytes exceeds the maximum {MAX_KEY_BYTES}"
+                )));
+            }
+            let mut key = vec![0u8; len];
+            r.read_exact(&mut key)?;
+            Some((p, Bytes::from(key)))
+        } else {
+            None
+        };
+        let moved = u64::from_le_bytes(read_array(r)?);
+        Some(Incoming {
+            from,
+            range,
+            cursor,
+            moved,
+        })
+    } else {
+        None
+    };
+    let count = read_u32(r)? as usize;
+    if count > MAX_CHILDREN {
+        return Err(bad(format!(
+            "{count} children exceed the maximum {MAX_CHILDREN}"
+        )));
+    }
+    // Grown as read: a count is not trusted with an allocation.
+    let mut children = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let id = read_u32(r)?;
+        let range = read_range(r)?;
+        // Format 4 kept no membership: the lists stay empty.
+        let (voters, observers) = if memberships {
+            (read_ids(r, "voters")?, read_ids(r, "observers")?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        children.push(Child {
+            id,
+            range,
+            voters,
+            observers,
+        });
+    }
+    let next_group = read_u32(r)?;
+    Ok(ShardState {
+        base_groups,
+        range,
+        outgoing,
+        incoming,
+        children,
+        next_group,
+    })
 }
 
 #[cfg(test)]
@@ -303,9 +502,9 @@ mod tests {
         let e = t.restore(z(1), &mut &old[..]).unwrap_err();
         assert!(e.to_string().contains("format 1"), "{e}");
         let mut future = img.clone();
-        future[8..12].copy_from_slice(&4u32.to_le_bytes());
+        future[8..12].copy_from_slice(&6u32.to_le_bytes());
         let e = t.restore(z(1), &mut &future[..]).unwrap_err();
-        assert!(e.to_string().contains("format 4"), "{e}");
+        assert!(e.to_string().contains("format 6"), "{e}");
         let mut previous = img.clone();
         previous[8..12].copy_from_slice(&2u32.to_le_bytes());
         let e = t.restore(z(1), &mut &previous[..]).unwrap_err();
@@ -320,5 +519,476 @@ mod tests {
         assert!(t.is_empty() && other.is_empty());
         t.restore(z(1), &mut &img[..]).unwrap();
         assert_eq!(value(&t, "k").as_deref(), Some("v"));
+    }
+
+    use super::super::split::{Incoming, ShardState};
+    use crate::shard::KeyRange;
+    use bytes::Bytes;
+
+    /// The shard state as the accessors show it.
+    fn shard_of(s: &KvStore) -> ShardState {
+        ShardState {
+            base_groups: s.base_groups(),
+            range: s.range(),
+            outgoing: s.outgoing(),
+            incoming: s.incoming().cloned(),
+            children: s.children().to_vec(),
+            next_group: s.next_group(),
+        }
+    }
+
+    /// Restores `s`'s snapshot into a fresh store of the same base group
+    /// count (whose own shard state differs) and checks it is `s` again.
+    fn round_trip(s: &KvStore) -> KvStore {
+        let img = image(s);
+        let mut t = KvStore::new().with_shard(s.base_groups(), KeyRange::EMPTY);
+        t.restore(s.applied(), &mut &img[..]).unwrap();
+        assert_eq!(shard_of(&t), shard_of(s));
+        assert_eq!(t.digest(), s.digest());
+        assert_eq!(image(&t), img);
+        t
+    }
+
+    #[test]
+    fn every_shard_field_round_trips_in_every_state() {
+        let base = 3;
+        let whole = KeyRange::of_base_group(1);
+        let at = whole.midpoint().unwrap();
+        let upper = KeyRange {
+            start: at,
+            end: whole.end,
+        };
+        let mut parent = KvStore::new().with_shard(base, whole);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            z(n)
+        };
+        for (i, k) in keys_in(whole, base, "k", 40).iter().enumerate() {
+            parent.apply(next(), &put_key(1, i as u64 + 1, k, "v"));
+        }
+        parent.apply(next(), &internal(KvOp::AllocateGroup { floor: 3 }));
+        round_trip(&parent);
+        parent.apply(next(), &internal(split_op(at, 3)));
+        assert!(parent.outgoing().is_some());
+        round_trip(&parent);
+
+        let mut child = KvStore::new().with_incoming(base, 1, upper);
+        let mut m = 0;
+        let mut cnext = || {
+            m += 1;
+            z(m)
+        };
+        child.apply(cnext(), &put_key(1, 1, b"x", "v"));
+        round_trip(&child);
+        let frozen = parent.frozen_keys();
+        let (first, rest) = frozen.split_at(frozen.len() / 2);
+        child.apply(cnext(), &internal(batch_of(&parent, 1, None, first, false)));
+        let cursor = child.incoming().and_then(|i| i.cursor.clone());
+        assert!(cursor.is_some());
+        // A restored child goes on with the next batch exactly like the
+        // original.
+        let mut restored = round_trip(&child);
+        let last = internal(batch_of(&parent, 1, cursor, rest, true));
+        let zx = cnext();
+        assert_eq!(child.apply(zx, &last), restored.apply(zx, &last));
+        assert_eq!(child.range(), upper);
+        round_trip(&child);
+        parent.apply(next(), &internal(KvOp::FinishMove { child: 3 }));
+        parent.apply(
+            next(),
+            &internal(KvOp::Split {
+                at: whole.start + 7,
+                child: 4,
+                voters: vec![u64::MAX, 0],
+                observers: Vec::new(),
+            }),
+        );
+        assert_eq!(parent.children().len(), 2);
+        assert_eq!(parent.children()[1].voters, [u64::MAX, 0]);
+        round_trip(&parent);
+    }
+
+    #[test]
+    fn a_format_3_snapshot_restores_into_the_configured_shard() {
+        let base = 4;
+        let whole = KeyRange::of_base_group(2);
+        let mut s = KvStore::new().with_shard(base, whole);
+        for (i, k) in keys_in(whole, base, "k", 20).iter().enumerate() {
+            s.apply(z(i as u32 + 1), &put_key(1, i as u64 + 1, k, "v"));
+        }
+        let old = v3_image(&s);
+        let mut t = KvStore::new().with_shard(base, whole);
+        t.restore(s.applied(), &mut &old[..]).unwrap();
+        assert_eq!(pairs_of(&t), pairs_of(&s));
+        assert_eq!(t.session_seq(b"", 1), Some(20));
+        assert_eq!(shard_of(&t), shard_of(&s));
+        // Written again, it is format 5, equal to the original's.
+        assert_eq!(image(&t), image(&s));
+        // The default store (one base group) restores a format 3 snapshot
+        // of a single-group cluster.
+        let mut single = KvStore::new();
+        for i in 0..10u32 {
+            single.apply(z(i + 1), &put(1, u64::from(i) + 1, &format!("k{i}"), "v"));
+        }
+        let mut u = KvStore::new();
+        u.restore(single.applied(), &mut &v3_image(&single)[..])
+            .unwrap();
+        assert_eq!(pairs_of(&u), pairs_of(&single));
+        // Configured as another group, the keys are not its own: refused.
+        let mut other = KvStore::new().with_shard(base, KeyRange::of_base_group(1));
+        let e = other.restore(s.applied(), &mut &old[..]).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        assert!(other.is_empty());
+    }
+
+    /// A format 4 snapshot (children without memberships) restores with
+    /// empty voter and observer lists, in every state a split goes
+    /// through, and is written again as format 5.
+    #[test]
+    fn a_format_4_snapshot_restores_children_without_memberships() {
+        let base = 2;
+        let whole = KeyRange::of_base_group(1);
+        let at = whole.midpoint().unwrap();
+        let upper = KeyRange {
+            start: at,
+            end: whole.end,
+        };
+        let lower = KeyRange {
+            start: whole.start,
+            end: at,
+        };
+        let mut parent = KvStore::new().with_shard(base, whole);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            z(n)
+        };
+        let keys = [keys_in(lower, base, "k", 15), keys_in(upper, base, "k", 15)].concat();
+        for (i, k) in keys.iter().enumerate() {
+            parent.apply(next(), &put_key(1, i as u64 + 1, k, "v"));
+        }
+        // No child yet: format 4 and 5 differ in the version only.
+        let old = v4_image(&parent);
+        let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+        t.restore(parent.applied(), &mut &old[..]).unwrap();
+        assert_eq!(image(&t), image(&parent));
+
+        // A split under way, then finished and followed by another.
+        parent.apply(next(), &internal(split_op(at, 3)));
+        let mut stages = vec![parent.clone()];
+        parent.apply(next(), &internal(KvOp::FinishMove { child: 3 }));
+        parent.apply(next(), &internal(split_op(whole.start + 9, 4)));
+        stages.push(parent.clone());
+        // A child partway through taking its range in, with no child of
+        // its own: its image has no membership to drop.
+        let mut child = KvStore::new().with_incoming(base, 1, upper);
+        let frozen = stages[0].frozen_keys();
+        child.apply(
+            z(1),
+            &internal(batch_of(&stages[0], 1, None, &frozen[..5], false)),
+        );
+        stages.push(child);
+        for s in &stages {
+            let old = v4_image(s);
+            assert_eq!(old[8..12], 4u32.to_le_bytes());
+            let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+            t.restore(s.applied(), &mut &old[..]).unwrap();
+            let without: Vec<Child> = s
+                .children()
+                .iter()
+                .map(|c| Child {
+                    voters: Vec::new(),
+                    observers: Vec::new(),
+                    ..c.clone()
+                })
+                .collect();
+            assert_eq!(
+                shard_of(&t),
+                ShardState {
+                    children: without,
+                    ..shard_of(s)
+                }
+            );
+            assert_eq!(pairs_of(&t), pairs_of(s));
+            assert_eq!(t.digest(), s.digest());
+            // Written again: format 5, and it restores to the same state.
+            let again = image(&t);
+            assert_eq!(again[8..12], 5u32.to_le_bytes());
+            round_trip(&t);
+        }
+        // The restored parent goes on like the original: its next split
+        // records the membership it names.
+        let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+        t.restore(parent.applied(), &mut &v4_image(&parent)[..])
+            .unwrap();
+        t.apply(next(), &internal(KvOp::FinishMove { child: 4 }));
+        let r = t.apply(next(), &internal(split_op(whole.start + 5, 5)));
+        assert!(matches!(result(r), KvResult::SplitStarted { child: 5, .. }));
+        assert_eq!(t.children()[1].voters, Vec::<u64>::new());
+        assert_eq!(
+            t.children()[2],
+            split_child(
+                5,
+                KeyRange {
+                    start: whole.start + 5,
+                    end: whole.start + 9
+                }
+            )
+        );
+        round_trip(&t);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_base_group_count_is_refused() {
+        let mut s = KvStore::new().with_shard(4, KeyRange::of_base_group(0));
+        s.apply(z(1), &internal(KvOp::AllocateGroup { floor: 4 }));
+        let img = image(&s);
+        let mut t = KvStore::new().with_shard(8, KeyRange::of_base_group(0));
+        let e = t.restore(s.applied(), &mut &img[..]).unwrap_err();
+        assert!(e.to_string().contains("base_groups = 4"), "{e}");
+        assert_eq!(t.next_group(), 0, "the store is left as it was");
+        KvStore::new()
+            .with_shard(4, KeyRange::EMPTY)
+            .restore(s.applied(), &mut &img[..])
+            .unwrap();
+    }
+
+    /// Shard states no sequence of commands can reach are refused, and so
+    /// are keys outside every range the group holds.
+    #[test]
+    fn inconsistent_shard_states_are_refused() {
+        let base = 1;
+        let whole = KeyRange::of_base_group(0);
+        let at = whole.midpoint().unwrap();
+        let lower = KeyRange {
+            start: whole.start,
+            end: at,
+        };
+        let upper = KeyRange {
+            start: at,
+            end: whole.end,
+        };
+        let mut s = KvStore::new();
+        let high = keys_in(upper, base, "h", 3);
+        for (i, k) in high.iter().enumerate() {
+            s.apply(z(i as u32 + 1), &put_key(1, i as u64 + 1, k, "v"));
+        }
+        let refuse = |shard: ShardState, what: &str| {
+            let mut bad = s.clone();
+            bad.shard = shard;
+            let img = image(&bad);
+            let mut t = KvStore::new();
+            let e = t.restore(bad.applied(), &mut &img[..]).unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+            assert!(t.is_empty());
+        };
+        let fine = shard_of(&s);
+        let incoming = Incoming {
+            from: 0,
+            range: upper,
+            cursor: None,
+            moved: 0,
+        };
+        refuse(
+            ShardState {
+                incoming: Some(incoming.clone()),
+                ..fine.clone()
+            },
+            "still takes",
+        );
+        refuse(
+            ShardState {
+                range: KeyRange::EMPTY,
+                incoming: Some(incoming.clone()),
+                ..fine.clone()
+            },
+            "outside",
+        );
+        refuse(
+            ShardState {
+                range: lower,
+                ..fine.clone()
+            },
+            "outside",
+        );
+        refuse(
+            ShardState {
+                range: KeyRange { start: 5, end: 4 },
+                ..fine.clone()
+            },
+            "reversed",
+        );
+        refuse(
+            ShardState {
+                range: lower,
+                outgoing: Some((
+                    2,
+                    KeyRange {
+                        start: at + 1,
+                        end: whole.end,
+                    },
+                )),
+                children: vec![split_child(
+                    2,
+                    KeyRange {
+                        start: at + 1,
+                        end: whole.end,
+                    },
+                )],
+                ..fine.clone()
+            },
+            "does not follow",
+        );
+        refuse(
+            ShardState {
+                range: lower,
+                outgoing: Some((2, upper)),
+                ..fine.clone()
+            },
+            "last split",
+        );
+        refuse(
+            ShardState {
+                children: vec![split_child(2, upper), split_child(3, upper)],
+                range: KeyRange { start: 0, end: 1 },
+                ..fine.clone()
+            },
+            "overlaps",
+        );
+        refuse(
+            ShardState {
+                children: vec![
+                    split_child(2, upper),
+                    split_child(2, KeyRange { start: 1, end: 2 }),
+                ],
+                range: KeyRange::EMPTY,
+                ..fine.clone()
+            },
+            "group 2 is recorded as a child twice",
+        );
+        // Memberships apply never records: observers without a voter, a
+        // node named twice.
+        let with_members = |voters: Vec<u64>, observers: Vec<u64>| ShardState {
+            range: lower,
+            outgoing: Some((2, upper)),
+            children: vec![Child {
+                voters,
+                observers,
+                ..split_child(2, upper)
+            }],
+            ..fine.clone()
+        };
+        refuse(with_members(Vec::new(), vec![1]), "no voter");
+        refuse(with_members(vec![3, 3], Vec::new()), "node 3 twice");
+        refuse(with_members(vec![1, 3], vec![2, 3]), "node 3 twice");
+        // A list longer than the bound is refused as it is read.
+        refuse(
+            with_members(vec![1; MAX_SPLIT_MEMBERS + 1], Vec::new()),
+            "voters exceed",
+        );
+        refuse(
+            with_members(vec![1], (2..MAX_SPLIT_MEMBERS as u64 + 3).collect()),
+            "observers exceed",
+        );
+        // Both lists empty: a child recorded before memberships were kept.
+        let mut unrecorded = s.clone();
+        unrecorded.shard = with_members(Vec::new(), Vec::new());
+        let img = image(&unrecorded);
+        KvStore::new()
+            .restore(unrecorded.applied(), &mut &img[..])
+            .unwrap();
+        refuse(
+            ShardState {
+                base_groups: 0,
+                ..fine.clone()
+            },
+            "base_groups",
+        );
+        // A cursor below some key: that key cannot have been taken in.
+        let p0 = crate::shard::position(&high[0], base);
+        let mut low_cursor = incoming.clone();
+        low_cursor.cursor = Some((upper.start, Bytes::new()));
+        if p0 > upper.start {
+            refuse(
+                ShardState {
+                    range: KeyRange::EMPTY,
+                    incoming: Some(low_cursor),
+                    ..fine.clone()
+                },
+                "outside",
+            );
+        }
+        // A flag byte other than 0 or 1.
+        let mut img = image(&s);
+        let flag = 8 + 4 + 4 * 8 + 4 + 32;
+        assert_eq!(img[flag], 0);
+        img[flag] = 2;
+        let e = KvStore::new()
+            .restore(s.applied(), &mut &img[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("flag"), "{e}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Stores in each shard state: a base group with a range going out,
+        /// a new group partway through taking its range in.
+        fn stores() -> Vec<KvStore> {
+            let whole = KeyRange::of_base_group(0);
+            let at = whole.midpoint().unwrap();
+            let lower = KeyRange {
+                start: whole.start,
+                end: at,
+            };
+            let upper = KeyRange {
+                start: at,
+                end: whole.end,
+            };
+            let mut parent = KvStore::new().with_shard(2, whole);
+            let keys = [keys_in(lower, 2, "k", 6), keys_in(upper, 2, "k", 6)].concat();
+            for (i, k) in keys.iter().enumerate() {
+                parent.apply(z(i as u32 + 1), &put_key(1, i as u64 + 1, k, "v"));
+            }
+            parent.apply(z(20), &internal(split_op(at, 2)));
+            let mut child = KvStore::new().with_incoming(2, 0, upper);
+            let frozen = parent.frozen_keys();
+            child.apply(
+                z(1),
+                &internal(batch_of(&parent, 0, None, &frozen[..2], false)),
+            );
+            vec![parent, child]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// A damaged or cut snapshot never makes restore panic, and a
+            /// refused one leaves the store as it was.
+            #[test]
+            fn damaged_snapshots_are_refused_without_panic(
+                which in any::<prop::sample::Index>(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<bool>(),
+            ) {
+                let all = stores();
+                let s = &all[which.index(all.len())];
+                let mut img = image(s);
+                let i = at.index(img.len());
+                if cut {
+                    img.truncate(i);
+                } else {
+                    img[i] = byte;
+                }
+                let mut t = KvStore::new().with_shard(2, KeyRange::EMPTY);
+                let before = image(&t);
+                match t.restore(s.applied(), &mut &img[..]) {
+                    Ok(()) => prop_assert!(!cut),
+                    Err(_) => prop_assert_eq!(image(&t), before),
+                }
+            }
+        }
     }
 }

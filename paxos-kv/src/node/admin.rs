@@ -19,11 +19,36 @@ use super::client_port::Reply;
 use super::options::{format_members, parse_members, Member};
 use super::{Driver, Waiter};
 use crate::client_proto::{AdminChange, AdminRequest, NodeAddrs, Response};
+use crate::kv::{KvCommand, KvOp, KvResult};
 
 /// A promotion waits until the observer is at most this many entries
 /// behind the leader (a node promoted far behind would leave the group a
 /// voter short until it caught up).
 pub(super) const MAX_PROMOTION_LAG_ENTRIES: u64 = 10_000;
+
+/// The answer to an administrator's command that the store applied
+/// (allocating a group id, a split): its result as JSON, or the store's
+/// refusal as an error.
+pub(super) fn kv_result_json(zxid: paxos_core::Zxid, result: Bytes) -> Response {
+    match KvResult::decode(result) {
+        Ok(KvResult::GroupAllocated { id }) => Response::Admin(
+            serde_json::json!({ "committed": format!("{zxid:?}"), "group": id }).to_string(),
+        ),
+        Ok(KvResult::SplitStarted { child, range }) => Response::Admin(
+            serde_json::json!({
+                "committed": format!("{zxid:?}"),
+                "new_group": child,
+                "range_given": range.to_hex(),
+            })
+            .to_string(),
+        ),
+        Ok(KvResult::Refused { reason }) => {
+            Response::Error(format!("refused: {}", String::from_utf8_lossy(&reason)))
+        }
+        Ok(other) => Response::Error(format!("unexpected result {other:?}")),
+        Err(e) => Response::Error(format!("a result that does not decode: {e}")),
+    }
+}
 
 impl Driver {
     pub(super) fn on_admin(&mut self, req: AdminRequest, reply: Reply) {
@@ -34,7 +59,135 @@ impl Driver {
                 change,
                 node,
                 addrs,
-            } => self.change_member(change, NodeId(node), addrs, reply),
+            } => {
+                let kv = self.node.state_machine();
+                if kv.outgoing().is_some() || kv.incoming().is_some() {
+                    // A split's new group starts with the members of the
+                    // group that split; they stay put until its keys moved.
+                    reply.send(Response::Error(format!(
+                        "retry: group {} is in a split (keys moving); membership changes wait \
+                         until the move is over",
+                        self.gid
+                    )));
+                    return;
+                }
+                self.change_member(change, NodeId(node), addrs, reply)
+            }
+            AdminRequest::AllocateGroup => self.allocate_group(reply),
+            AdminRequest::Split { child } => self.split(child, reply),
+        }
+    }
+
+    /// Proposes the allocation of a group id (group 0 counts them, from
+    /// the cluster's base group count up); answered with the store's
+    /// result (`GroupAllocated`).
+    fn allocate_group(&mut self, reply: Reply) {
+        if self.gid != 0 {
+            reply.send(Response::Error(format!(
+                "group ids are allocated by group 0, not group {}",
+                self.gid
+            )));
+            return;
+        }
+        if self.host.groups <= 1 {
+            reply.send(Response::Error(
+                "a node of one group cannot split: start the cluster with --groups N (N >= 2)"
+                    .into(),
+            ));
+            return;
+        }
+        if !self.node.replica().is_leader() {
+            reply.send(self.leader_hint());
+            return;
+        }
+        let op = KvOp::AllocateGroup {
+            floor: self.host.groups,
+        };
+        self.propose_admin(op, reply);
+    }
+
+    /// Proposes splitting this group at its range's midpoint, the upper
+    /// half to group `child`; answered with the store's result
+    /// (`SplitStarted`, or refused) once it commits.
+    fn split(&mut self, child: u32, reply: Reply) {
+        if self.host.groups <= 1 {
+            reply.send(Response::Error(
+                "a node of one group cannot split: start the cluster with --groups N (N >= 2)"
+                    .into(),
+            ));
+            return;
+        }
+        if child < self.host.groups || child >= super::MAX_GROUP_ID {
+            reply.send(Response::Error(format!(
+                "group id {child} cannot be a new group's: ids from {} to {} are, allocated by \
+                 group 0 (admin allocate-group)",
+                self.host.groups,
+                super::MAX_GROUP_ID - 1
+            )));
+            return;
+        }
+        let replica = self.node.replica();
+        if !replica.is_leader() {
+            reply.send(self.leader_hint());
+            return;
+        }
+        if replica.membership_change_pending().is_some() {
+            reply.send(Response::Error(format!(
+                "retry: group {} has a membership change in flight; a split takes the group's \
+                 members as they are",
+                self.gid
+            )));
+            return;
+        }
+        let kv = self.node.state_machine();
+        if kv.outgoing().is_some() || kv.incoming().is_some() {
+            reply.send(Response::Error(format!(
+                "retry: group {} is in a split already (keys moving); one at a time",
+                self.gid
+            )));
+            return;
+        }
+        let Some(at) = kv.range().midpoint() else {
+            reply.send(Response::Error(format!(
+                "group {} owns a range too small to split ({})",
+                self.gid,
+                kv.range()
+            )));
+            return;
+        };
+        let config = replica.config();
+        let op = KvOp::Split {
+            at,
+            child,
+            voters: config.voters.iter().map(|v| v.0).collect(),
+            observers: config.observers.iter().map(|o| o.0).collect(),
+        };
+        self.propose_admin(op, reply);
+    }
+
+    /// Proposes one of the node's own commands for an administrator, who
+    /// is answered with the store's result once it commits.
+    fn propose_admin(&mut self, op: KvOp, reply: Reply) {
+        let cmd = KvCommand {
+            principal: Bytes::new(),
+            client: 0,
+            seq: 0,
+            op,
+        }
+        .to_bytes();
+        let now = self.now();
+        let waiter = Waiter::AdminKv { reply };
+        if let Err(r) = self.node.propose(now, cmd, waiter) {
+            let msg = match r.error {
+                paxos_core::node::ProposeRejected::Kernel(
+                    paxos_core::ProposeError::NotLeader { .. },
+                ) => {
+                    r.token.answer(self.leader_hint());
+                    return;
+                }
+                e => format!("retry: {e:?}"),
+            };
+            r.token.answer(Response::Error(msg));
         }
     }
 

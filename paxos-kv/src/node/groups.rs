@@ -6,12 +6,20 @@
 //! - a peer frame names its group: a consensus envelope carries it, an
 //!   election frame of a group other than 0 is tagged with it, and a batch
 //!   frame carries frames of any groups (one per peer per turn);
-//! - a client's write or read goes to the group its key hashes to
-//!   ([`crate::shard::group_of`]); [`Request::InGroup`] names a group
-//!   (a keyless write such as opening a session, a group's status, an
-//!   administration command); a keyed request named for a group its key
-//!   does not hash to is refused, so a client with a wrong group count
-//!   can never put a key where a reader would not look for it;
+//! - a client's request goes to the group it names ([`Request::InGroup`]),
+//!   or, unnamed, to the group that owns its key here (the base group it
+//!   hashes to, or down the groups split off from it); a group's store
+//!   answers "wrong group" to a key it does not own (on apply for a write,
+//!   when answering for a read), so a client with an old view of the
+//!   ranges can never put a key where a reader would not look for it;
+//!
+//! Groups made at run time (splits, see [`crate::shard`]): when a group's
+//! store records a split whose new group this node does not host, the node
+//! makes it (after the group's turn, [`Groups::after_turn`]): its
+//! directory with an `ORIGIN` file, its share of the shared log, the next
+//! slot of the table. Its id (allocated by group 0) and its slot differ;
+//! peers and clients name groups by id. The leaders of the groups in a
+//! split drive the move ([`Groups::drive_moves`]).
 //! - timers: each group's next deadline sits in one heap; a turn wakes the
 //!   groups whose deadline passed, not all of them.
 //!
@@ -45,14 +53,20 @@ use paxos_election::Notification;
 use paxos_net_quic::PeerId;
 
 use super::client_port::ClientMsg;
+use super::fault_file::Faults;
 use super::metrics::GroupCounts;
+use super::options::NodeOptions;
+use super::storage;
 use super::{
     heartbeats, Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION,
     TAG_ELECTION_IN, TAG_HOST_HEARTBEAT,
 };
 use crate::client_proto::{Request, Response};
-use crate::kv::KvCommand;
-use crate::shard::group_of;
+use crate::kv::{Child, KvCommand, KvOp, KvStore};
+use crate::shard::position;
+use paxos_wal::shared::SharedLog;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// How often the leader balancer looks at the spread of leaders.
 const BALANCE_EVERY: Duration = Duration::from_secs(2);
@@ -298,9 +312,44 @@ impl AdmissionWindow {
     }
 }
 
+/// What a node of many groups needs to make a group at run time (a split's
+/// new group): the options every group is started with, the shared log,
+/// and the fault hooks.
+pub(super) struct Factory {
+    pub(super) opts: Rc<NodeOptions>,
+    pub(super) log: Arc<SharedLog>,
+    pub(super) faults: Arc<Faults>,
+}
+
+/// No slot: the group id is not hosted here.
+const NO_SLOT: u32 = u32::MAX;
+
+/// How often the leaders of groups in a split look whether their next
+/// step of the move (a batch of keys, the end) can be proposed.
+const MOVES_EVERY: Duration = Duration::from_millis(5);
+
+/// A batch of keys a new group takes over in one command, at most (in
+/// bytes of keys and values, and in pairs): well under the smallest
+/// command the kernel takes (half a WAL segment).
+const MOVE_BATCH_BYTES: usize = 256 * 1024;
+const MOVE_BATCH_PAIRS: usize = 4096;
+
 /// The groups a node hosts and the bookkeeping that runs them.
 pub(super) struct Groups {
     pub(super) groups: Vec<Driver>,
+    /// Group id -> slot in `groups` ([`NO_SLOT`]: not hosted), up to the
+    /// largest id hosted.
+    slot_of: Vec<u32>,
+    /// Makes groups at run time (`None` on a single-group node, which
+    /// cannot split).
+    factory: Option<Factory>,
+    /// Per slot, how many splits of the group's store were seen (a new
+    /// one makes its group here).
+    children_seen: Vec<usize>,
+    /// Slots whose group is in a split (giving or taking keys over).
+    moving: BTreeSet<usize>,
+    /// When the moves are next looked at.
+    next_moves: Instant,
     /// Groups given input since their last turn.
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
@@ -339,11 +388,24 @@ pub(super) struct Groups {
 }
 
 impl Groups {
-    pub(super) fn new(groups: Vec<Driver>) -> Groups {
+    pub(super) fn new(groups: Vec<Driver>, factory: Option<Factory>) -> Groups {
         let n = groups.len();
         let max_elections = groups.first().map_or(0, |d| d.host.max_elections);
+        let mut slot_of = Vec::new();
+        for (slot, d) in groups.iter().enumerate() {
+            let gid = d.gid as usize;
+            if slot_of.len() <= gid {
+                slot_of.resize(gid + 1, NO_SLOT);
+            }
+            slot_of[gid] = slot as u32;
+        }
         let mut g = Groups {
             groups,
+            slot_of,
+            factory,
+            children_seen: vec![0; n],
+            moving: BTreeSet::new(),
+            next_moves: Instant::now(),
             dirty: (0..n).collect(),
             is_dirty: vec![true; n],
             timers: BinaryHeap::new(),
@@ -364,6 +426,189 @@ impl Groups {
             g.rearm(i);
         }
         g
+    }
+
+    /// The slot of group `gid`, if this node hosts it.
+    fn slot(&self, gid: u64) -> Option<usize> {
+        let s = *self.slot_of.get(usize::try_from(gid).ok()?)?;
+        (s != NO_SLOT).then_some(s as usize)
+    }
+
+    /// Runs `f` on group `gid` (if hosted) and gives it a turn.
+    pub(super) fn with_gid(&mut self, gid: u64, f: impl FnOnce(&mut Driver)) {
+        match self.slot(gid) {
+            Some(g) => self.with(g, f),
+            None => tracing::debug!(
+                group = gid,
+                "input for a group this node does not host; dropped"
+            ),
+        }
+    }
+
+    /// After group `g`'s turn: makes the groups its splits created that
+    /// this node does not host yet, and tracks whether it is in a split.
+    fn after_turn(&mut self, g: usize) {
+        let kv = self.groups[g].node.state_machine();
+        let splits = kv.children().len();
+        if kv.outgoing().is_some() || kv.incoming().is_some() {
+            self.moving.insert(g);
+        } else if self.moving.remove(&g) {
+            // The move's key list, kept while taking keys over.
+            self.groups[g].move_keys = None;
+        }
+        if splits != self.children_seen[g] {
+            self.children_seen[g] = splits;
+            self.make_children(g);
+        }
+    }
+
+    /// Makes every group that group `g` split off and this node does not
+    /// host: empty, taking its range over from `g` (see [`crate::shard`]),
+    /// with `g`'s members. Every replica of `g` applies the split at the
+    /// same log position, so each makes the same group; one that catches
+    /// `g` up from a snapshot past the split makes it then.
+    fn make_children(&mut self, g: usize) {
+        let parent = self.groups[g].gid;
+        let children: Vec<Child> = self.groups[g].node.state_machine().children().to_vec();
+        // Bounded by the group's splits.
+        for c in children {
+            let child = c.id;
+            if self.slot(u64::from(child)).is_some() {
+                continue;
+            }
+            // The members the split recorded; a split from a snapshot of
+            // format 4 recorded none: the group's own, then.
+            let (voters, observers) = if c.voters.is_empty() {
+                let config = self.groups[g].node.replica().config();
+                (
+                    config.voters.iter().map(|v| v.0).collect(),
+                    config.observers.iter().map(|o| o.0).collect(),
+                )
+            } else {
+                (c.voters, c.observers)
+            };
+            let me = self.host().id.0;
+            if !voters.contains(&me) && !observers.contains(&me) {
+                continue;
+            }
+            let origin = storage::Origin {
+                from: parent,
+                range: c.range,
+                voters,
+                observers,
+            };
+            if let Err(e) = self.make_group(child, origin) {
+                tracing::error!(group = child, from = parent, error = %format!("{e:#}"), "could not make the group a split created; this node will not host it");
+            }
+        }
+    }
+
+    /// Makes group `gid` from `origin`, in the next slot.
+    fn make_group(&mut self, gid: u32, origin: storage::Origin) -> Result<()> {
+        let Some(f) = &self.factory else {
+            anyhow::bail!("a node of one group cannot host groups made by splits");
+        };
+        if gid as usize >= super::MAX_GROUP_ID as usize {
+            anyhow::bail!(
+                "group id {gid} is past the largest allowed ({})",
+                super::MAX_GROUP_ID - 1
+            );
+        }
+        if self.groups.len() >= super::MAX_GROUPS as usize {
+            anyhow::bail!(
+                "this node hosts {} groups already, the most it may",
+                self.groups.len()
+            );
+        }
+        let store = storage::create_child(&f.opts, &f.log, &f.faults, gid, &origin)?;
+        let index = self.groups.len();
+        let host = self.groups[0].host.clone();
+        let span = super::group_span(&f.opts, gid);
+        tracing::info!(group = gid, from = origin.from, range = %origin.range, voters = ?origin.voters, observers = ?origin.observers, "group made by a split: taking its keys over");
+        let d = span.in_scope(|| {
+            super::open_group(&f.opts, index, gid, store, Some(origin), host, span.clone())
+        })?;
+        self.groups.push(d);
+        if self.slot_of.len() <= gid as usize {
+            self.slot_of.resize(gid as usize + 1, NO_SLOT);
+        }
+        self.slot_of[gid as usize] = index as u32;
+        self.children_seen.push(0);
+        self.is_dirty.push(false);
+        self.armed.push(None);
+        self.mark(index);
+        self.rearm(index);
+        self.moving.insert(index);
+        Ok(())
+    }
+
+    /// The leaders' steps of the splits in progress: a new group's leader
+    /// proposes the next batch of the keys it takes over (read from its
+    /// own replica of the group that split, where they are frozen) and
+    /// then the end of the move; the split group's leader, once its own
+    /// replica of the new group owns the range, proposes dropping the
+    /// keys it gave. One step in flight per group; each is checked by the
+    /// stores on apply (a stale or repeated one is a no-op), so a change of
+    /// leader only makes the next leader redo a step.
+    fn drive_moves(&mut self, now: Instant) {
+        if self.moving.is_empty() || now < self.next_moves {
+            return;
+        }
+        self.next_moves = now + MOVES_EVERY;
+        let t = self.host().now();
+        for g in self.moving.clone() {
+            let d = &mut self.groups[g];
+            if !d.node.replica().is_leader() {
+                // A step proposed as leader comes back as superseded or of
+                // unknown outcome; whatever came of it, the next leader
+                // (this node again, perhaps) starts from the stores.
+                d.move_inflight = false;
+                continue;
+            }
+            if d.move_inflight || d.node.replica().established_epoch().is_none() {
+                continue;
+            }
+            let d = &self.groups[g];
+            let gid = d.gid;
+            let kv = d.node.state_machine();
+            let incoming = kv.incoming().map(|i| (i.from, i.range, i.cursor.clone()));
+            let outgoing = kv.outgoing();
+            let op = if let Some((from_gid, range, cursor)) = incoming {
+                let Some(from) = self.slot(u64::from(from_gid)) else {
+                    continue;
+                };
+                if self.groups[from].node.state_machine().outgoing() != Some((gid, range)) {
+                    // This node's replica of the group that split has not
+                    // applied the split yet (or has finished: then the
+                    // new group owns the range already).
+                    continue;
+                }
+                let mut keys = self.groups[g].move_keys.take();
+                let source = self.groups[from].node.state_machine();
+                let (pairs, last) = next_batch(&mut keys, source, cursor.as_ref());
+                self.groups[g].move_keys = keys;
+                KvOp::Ingest {
+                    from: from_gid,
+                    after: cursor,
+                    pairs,
+                    last,
+                }
+            } else if let Some((child, range)) = outgoing {
+                let Some(c) = self.slot(u64::from(child)) else {
+                    continue;
+                };
+                let ckv = self.groups[c].node.state_machine();
+                if ckv.incoming().is_some() || ckv.range() != range {
+                    continue;
+                }
+                KvOp::FinishMove { child }
+            } else {
+                continue;
+            };
+            let d = &mut self.groups[g];
+            in_span(d, |d| d.propose_move(t, op));
+            self.mark(g);
+        }
     }
 
     fn host(&self) -> &Host {
@@ -427,6 +672,7 @@ impl Groups {
             } else {
                 self.busy.remove(&g);
             }
+            self.after_turn(g);
             self.rearm(g);
         }
         self.host().flush();
@@ -767,6 +1013,7 @@ impl Groups {
         let instant = Instant::now();
         self.admit_waiting(instant);
         self.log_roles(instant);
+        self.drive_moves(instant);
         // Bounded by the heap's size: each pop removes an entry.
         while let Some(&Reverse((t, g))) = self.timers.peek() {
             if t > due {
@@ -907,10 +1154,7 @@ impl Groups {
     fn on_single_frame(&mut self, peer: PeerId, frame: Bytes) {
         match frame.first() {
             Some(&TAG_CORE) => match self.host().codec.decode(frame.slice(1..)) {
-                Ok(env) => {
-                    let g = usize::try_from(env.group.0).unwrap_or(usize::MAX);
-                    self.with(g, |d| d.on_envelope(peer, env));
-                }
+                Ok(env) => self.with_gid(env.group.0, |d| d.on_envelope(peer, env)),
                 Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
             },
             Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
@@ -918,18 +1162,21 @@ impl Groups {
                 Err(e) => tracing::warn!(%peer, error = %e, "malformed election frame dropped"),
             },
             Some(&TAG_ELECTION_IN) if frame.len() >= 5 => {
-                let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+                let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
                 match Notification::decode(&frame[5..]) {
-                    Ok(n) => self.with(g, |d| d.on_election(peer, n)),
+                    Ok(n) => self.with_gid(u64::from(g), |d| d.on_election(peer, n)),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "malformed election frame dropped")
                     }
                 }
             }
             Some(&heartbeats::TAG_HEARTBEATS) => {
-                let hosted = self.groups.len() as u64;
                 // Keyed by the authenticated peer: bounded by the members.
                 let memory = self.heartbeats_in.entry(peer.0).or_default();
+                let slot_of = &self.slot_of;
+                let hosted = |g: u64| {
+                    usize::try_from(g).is_ok_and(|g| slot_of.get(g).is_some_and(|&s| s != NO_SLOT))
+                };
                 match heartbeats::decode(&frame[1..], memory, hosted) {
                     Ok(decoded) => {
                         if !decoded.ask_full.is_empty() || !decoded.forget.is_empty() {
@@ -941,8 +1188,7 @@ impl Groups {
                             );
                         }
                         for (group, msg) in decoded.messages {
-                            let g = usize::try_from(group).unwrap_or(usize::MAX);
-                            self.with(g, |d| {
+                            self.with_gid(group, |d| {
                                 let env = Envelope {
                                     group: GroupId(group),
                                     from: NodeId(peer.0),
@@ -964,8 +1210,7 @@ impl Groups {
 
     /// A client request: to the group of its key, or the one it names.
     pub(super) fn on_client(&mut self, msg: ClientMsg) {
-        let groups = self.groups.len() as u32;
-        if groups == 1 {
+        if self.groups.len() == 1 && self.factory.is_none() {
             // One group: the request as it came (an InGroup must name 0).
             let msg = match unwrap_in_group(msg, 0) {
                 Ok(m) => m,
@@ -983,53 +1228,75 @@ impl Groups {
             Request::InGroup { group, inner } => (Some(*group), inner.as_ref()),
             other => (None, other),
         };
-        let keyed = match inner {
-            Request::Write(cmd) => KvCommand::key_of(cmd)
-                .ok()
-                .flatten()
-                .map(|k| group_of(&k, groups)),
-            Request::Get { key, .. } => Some(group_of(key, groups)),
-            Request::Status | Request::Admin(_) | Request::InGroup { .. } => None,
-        };
-        let target = match (named, keyed) {
-            (Some(n), Some(k)) if n != k => {
-                msg.reply.send(Response::Error(format!(
-                    "wrong group: the key belongs to group {k} of {groups}, not {n} (is the \
-                     client's group count {groups}?)"
-                )));
-                return;
-            }
-            (Some(n), _) => n,
-            (None, Some(k)) => k,
-            (None, None) => {
-                if matches!(inner, Request::Status) {
-                    let status = self.status_summary();
-                    msg.reply.send(Response::Status(status));
-                    return;
+        // A request named for a group goes to it: the group's store checks
+        // on apply (a write) or when it answers (a read) that it owns the
+        // key, and answers "wrong group" otherwise (the client then learns
+        // the ranges again). An unnamed one with a key goes to the group
+        // that owns it here.
+        let target = match named {
+            Some(n) => n,
+            None => {
+                let keyed = match inner {
+                    Request::Write(cmd) => KvCommand::key_of(cmd).ok().flatten(),
+                    Request::Get { key, .. } => Some(key.clone()),
+                    Request::Status | Request::Admin(_) | Request::InGroup { .. } => None,
+                };
+                match keyed {
+                    Some(k) => self.owner_of(&k),
+                    None if matches!(inner, Request::Status) => {
+                        let status = self.status_summary();
+                        msg.reply.send(Response::Status(status));
+                        return;
+                    }
+                    // Keyless and unnamed (a session opened by an older
+                    // client, an administration command): group 0.
+                    None => 0,
                 }
-                // Keyless and unnamed (a session opened by an older
-                // client, an administration command): group 0.
-                0
             }
         };
-        if target >= groups {
+        let Some(g) = self.slot(u64::from(target)) else {
             msg.reply.send(Response::Error(format!(
-                "no group {target}: this node hosts groups 0 to {}",
-                groups - 1
+                "wrong group: this node does not host group {target} (ask a node's status for \
+                 the groups and their ranges)"
             )));
             return;
-        }
+        };
         let msg = match unwrap_in_group(msg, target) {
             Ok(m) => m,
             Err(()) => return,
         };
-        let g = target as usize;
         if matches!(msg.req, Request::Status) {
             let status = self.groups[g].status_json();
             msg.reply.send(Response::Status(status));
             return;
         }
         self.with(g, |d| d.on_client(msg));
+    }
+
+    /// The group that owns `key` as this node's replicas see it: the base
+    /// group it hashes to, or down the chain of groups split off from it
+    /// (each split gives a range to a child) to the one whose range holds
+    /// it. A key in a range being moved goes to the group that gave it,
+    /// whose store answers "wrong group" until the move is over.
+    fn owner_of(&self, key: &[u8]) -> u32 {
+        let base = self.host().groups;
+        let p = position(key, base);
+        let mut gid = crate::shard::group_of(key, base);
+        // Bounded: each step goes to a group made later than the last.
+        for _ in 0..64 {
+            let Some(g) = self.slot(u64::from(gid)) else {
+                return gid;
+            };
+            let kv = self.groups[g].node.state_machine();
+            if kv.range().contains(p) {
+                return gid;
+            }
+            match kv.children().iter().find(|c| c.range.contains(p)) {
+                Some(c) => gid = c.id,
+                None => return gid,
+            }
+        }
+        gid
     }
 
     /// The node's view of all its groups: counts, and each group's leader
@@ -1039,9 +1306,22 @@ impl Groups {
         let c = self.counts();
         let mut keys = 0usize;
         let mut leaders: Vec<Option<u64>> = Vec::with_capacity(self.groups.len());
+        let mut shards = Vec::with_capacity(self.groups.len());
         for d in &self.groups {
-            keys += d.node.state_machine().len();
-            leaders.push(d.node.replica().leader().map(|l| l.0));
+            let kv = d.node.state_machine();
+            keys += kv.len();
+            let leader = d.node.replica().leader().map(|l| l.0);
+            // group_leaders lists the base groups (by id), as clients that
+            // predate splits read it; shards lists every group.
+            if d.gid < host.groups {
+                leaders.push(leader);
+            }
+            shards.push(serde_json::json!({
+                "group": d.gid,
+                "range": kv.range().to_hex(),
+                "leader": leader,
+                "moving": kv.incoming().is_some() || kv.outgoing().is_some(),
+            }));
         }
         let members = host.members.borrow();
         let addrs: BTreeMap<u64, String> = members
@@ -1052,7 +1332,11 @@ impl Groups {
             "id": host.id.0,
             "pid": std::process::id(),
             "cluster": host.identity.borrow().cluster,
-            "groups": self.groups.len(),
+            // The groups the cluster was created with (what keys hash to
+            // before any split; clients that predate splits route by it),
+            // and the groups this node hosts.
+            "groups": host.groups,
+            "hosted": self.groups.len(),
             "led": c.led,
             "following": c.following,
             "looking": c.looking,
@@ -1063,10 +1347,40 @@ impl Groups {
             "election_window": c.election_window,
             "keys": keys,
             "group_leaders": leaders,
+            "shards": shards,
             "client_addrs": addrs,
         })
         .to_string()
     }
+}
+
+/// The next batch of keys a new group takes over from `source` (the
+/// group that split), after `cursor`: whether it is the last. `keys` is the
+/// sorted list of the frozen keys, made once per move (they do not change
+/// while frozen) and kept between batches.
+fn next_batch(
+    keys: &mut Option<Vec<(u128, Bytes)>>,
+    source: &KvStore,
+    cursor: Option<&(u128, Bytes)>,
+) -> (Vec<(Bytes, Bytes)>, bool) {
+    let keys = keys.get_or_insert_with(|| source.frozen_keys());
+    let start = match cursor {
+        None => 0,
+        Some((p, k)) => keys.partition_point(|(kp, kk)| (kp, kk) <= (p, k)),
+    };
+    let mut pairs = Vec::new();
+    let mut bytes = 0usize;
+    let mut i = start;
+    // Bounded by the batch's limits.
+    while i < keys.len() && pairs.len() < MOVE_BATCH_PAIRS && bytes < MOVE_BATCH_BYTES {
+        let (_, k) = &keys[i];
+        if let Some(v) = source.get(k) {
+            bytes += k.len() + v.len();
+            pairs.push((k.clone(), v.clone()));
+        }
+        i += 1;
+    }
+    (pairs, i >= keys.len())
 }
 
 /// The request inside an [`Request::InGroup`] naming `group` (or the

@@ -306,14 +306,14 @@ enum Entry {
 }
 
 /// Decodes a heartbeats frame's body (after the tag) from a peer whose
-/// earlier entries `memory` holds, and updates it. Only groups below
-/// `hosted` are remembered (what the peer can make this node keep is
-/// bounded by the groups it hosts); the frame is checked whole before
-/// `memory` changes.
+/// earlier entries `memory` holds, and updates it. Only groups `hosted`
+/// says this node hosts are remembered (what the peer can make this node
+/// keep is bounded by the groups it hosts); the frame is checked whole
+/// before `memory` changes.
 pub(super) fn decode(
     body: &[u8],
     memory: &mut Memory,
-    hosted: u64,
+    hosted: impl Fn(u64) -> bool,
 ) -> Result<Decoded, HeartbeatsError> {
     let entries = parse(body)?;
     let mut out = Decoded {
@@ -323,7 +323,7 @@ pub(super) fn decode(
     for entry in entries {
         match entry {
             Entry::Full(group, msg) => {
-                if group < hosted {
+                if hosted(group) {
                     match msg {
                         Message::Heartbeat {
                             epoch,
@@ -359,7 +359,7 @@ pub(super) fn decode(
                 };
                 match rebuilt {
                     Some(msg) => out.messages.push((group, msg)),
-                    None if group < hosted => out.ask_full.push((beat, group)),
+                    None if hosted(group) => out.ask_full.push((beat, group)),
                     None => {}
                 }
             }
@@ -516,7 +516,7 @@ mod tests {
         let frame = batch.take().expect("a frame");
         assert_eq!(frame[0], TAG_HEARTBEATS);
         assert!(batch.take().is_none(), "taken: empty again");
-        decode(&frame[1..], memory, u64::MAX).expect("decodes")
+        decode(&frame[1..], memory, |_| true).expect("decodes")
     }
 
     /// The messages of a frame as decoded, grouped by group in the order
@@ -586,9 +586,9 @@ mod tests {
             }
             let (hb_frame, ack_frame) = (leader.take().unwrap(), follower.take().unwrap());
             let bytes = hb_frame.len() + ack_frame.len();
-            let got = decode(&hb_frame[1..], &mut at_follower, u64::MAX).unwrap();
+            let got = decode(&hb_frame[1..], &mut at_follower, |_| true).unwrap();
             assert_eq!(by_group(&got.messages), beats, "round {round}");
-            let got = decode(&ack_frame[1..], &mut at_leader, u64::MAX).unwrap();
+            let got = decode(&ack_frame[1..], &mut at_leader, |_| true).unwrap();
             assert_eq!(by_group(&got.messages), acks, "round {round}");
             if round == 41 {
                 full_bytes = bytes;
@@ -620,7 +620,7 @@ mod tests {
             let was_full = batch.buf.len() > 1;
             assert_eq!(was_full, full, "{msg:?}");
             let frame = batch.take().unwrap();
-            let got = decode(&frame[1..], &mut memory, u64::MAX).unwrap();
+            let got = decode(&frame[1..], &mut memory, |_| true).unwrap();
             assert_eq!(got.messages, vec![(5, msg)]);
         }
     }
@@ -637,7 +637,7 @@ mod tests {
         // it must not be taken as round 2.
         batch.push(9, &hb(3, 3, 50));
         let frame = batch.take().unwrap();
-        let got = decode(&frame[1..], &mut memory, u64::MAX).unwrap();
+        let got = decode(&frame[1..], &mut memory, |_| true).unwrap();
         assert!(got.messages.is_empty(), "{:?}", got.messages);
         assert_eq!(got.ask_full, vec![(Beat::Heartbeat, 9)]);
         // The request travels back in the receiver's own frame.
@@ -646,7 +646,7 @@ mod tests {
             reply.ask_full(beat, g);
         }
         let frame = reply.take().unwrap();
-        let asked = decode(&frame[1..], &mut Memory::default(), u64::MAX).unwrap();
+        let asked = decode(&frame[1..], &mut Memory::default(), |_| true).unwrap();
         assert_eq!(asked.forget, vec![(Beat::Heartbeat, 9)]);
         for (beat, g) in asked.forget {
             batch.forget(beat, g);
@@ -667,7 +667,7 @@ mod tests {
             batch.push(g, &hb(1, 1, 1));
         }
         let frame = batch.take().unwrap();
-        let got = decode(&frame[1..], &mut memory, 10).unwrap();
+        let got = decode(&frame[1..], &mut memory, |g| g < 10).unwrap();
         // Passed on (the host drops what it does not host), not kept.
         assert_eq!(got.messages.len(), 100);
         assert_eq!(memory.heartbeats.len(), 10);
@@ -675,7 +675,7 @@ mod tests {
             batch.push(g, &hb(1, 2, 1));
         }
         let frame = batch.take().unwrap();
-        let got = decode(&frame[1..], &mut memory, 10).unwrap();
+        let got = decode(&frame[1..], &mut memory, |g| g < 10).unwrap();
         assert_eq!(got.messages.len(), 10);
         assert!(got.ask_full.is_empty(), "no request for unhosted groups");
     }
@@ -683,7 +683,7 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_with_the_entry_named() {
         let mut m = Memory::default();
-        let mut decode = |body: &[u8]| decode(body, &mut m, u64::MAX).map(|d| d.messages);
+        let mut decode = |body: &[u8]| decode(body, &mut m, |_| true).map(|d| d.messages);
         assert_eq!(decode(&[]), Ok(vec![]));
         assert_eq!(
             decode(&[KIND_ACK, 1, 2]),
@@ -736,7 +736,7 @@ mod tests {
         // A valid full entry for group 2, then garbage.
         let mut body = vec![KIND_HEARTBEAT, 2, 1, 1, 1];
         body.push(99);
-        assert!(decode(&body, &mut memory, u64::MAX).is_err());
+        assert!(decode(&body, &mut memory, |_| true).is_err());
         assert!(!memory.heartbeats.contains_key(2));
     }
 
@@ -762,7 +762,7 @@ mod tests {
                 memory.heartbeats.insert(g, (Epoch(e), r, Zxid(r)));
                 memory.acks.insert(g, (Epoch(e), r));
             }
-            let _ = decode(&body, &mut memory, 8);
+            let _ = decode(&body, &mut memory, |g| g < 8);
         }
 
         #[test]
@@ -821,7 +821,7 @@ mod tests {
                     }
                     continue;
                 }
-                let got = decode(&frame[1..], &mut receiver, 6).expect("decodes");
+                let got = decode(&frame[1..], &mut receiver, |g| g < 6).expect("decodes");
                 for (g, m) in &got.messages {
                     prop_assert!(sent.contains(&(*g, m.clone())), "made up {:?} of {}", m, g);
                 }
@@ -838,7 +838,7 @@ mod tests {
                         reply.ask_full(beat, g);
                     }
                     if let Some(frame) = reply.take() {
-                        let asked = decode(&frame[1..], &mut Memory::default(), 6).expect("decodes");
+                        let asked = decode(&frame[1..], &mut Memory::default(), |g| g < 6).expect("decodes");
                         for (beat, g) in asked.forget {
                             sender.forget(beat, g);
                             in_step.insert(g, true);

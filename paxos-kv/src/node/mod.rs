@@ -62,6 +62,7 @@ use crate::budget::ByteBudget;
 use crate::client_proto::{ReadMode, Request, Response};
 use crate::identity::{self, Identity, Standing};
 use crate::kv::KvStore;
+use crate::shard::KeyRange;
 
 mod admin;
 mod client_port;
@@ -145,6 +146,12 @@ enum Waiter {
     Read { key: Bytes, reply: Reply },
     /// A membership change: answered once committed.
     Config { reply: Reply, to: Membership },
+    /// A step of a split the node proposed itself (no client waits).
+    Move,
+    /// One of the node's own commands asked for by an administrator
+    /// (allocating a group id, a split): answered with the store's result
+    /// as JSON.
+    AdminKv { reply: Reply },
 }
 
 /// The node layer as the reference node runs it.
@@ -234,8 +241,14 @@ struct Host {
 /// hosts, all on the loop's task, sharing the [`Host`].
 struct Driver {
     id: NodeId,
-    /// This group's index (its `GroupId`).
+    /// This group's slot in the node's table of groups (what the loop's
+    /// channels name it by).
     index: usize,
+    /// This group's id: its `GroupId` on the wire, its directory, its
+    /// election tie-break order. The same as `index` for the groups the
+    /// node started with; a group made by a split at run time has the id
+    /// group 0 allocated to it and the next free slot.
+    gid: u32,
     host: Rc<Host>,
     node: Core,
     snapshots: SnapshotStore,
@@ -256,6 +269,12 @@ struct Driver {
     pending_transfer: Option<(NodeId, client_port::Reply, bool)>,
     /// Entered around the group's work (see [`group_span`]).
     span: tracing::Span,
+    /// A step of a split proposed by this group's leader and not answered
+    /// yet ([`groups::Groups`]' moves: one at a time).
+    move_inflight: bool,
+    /// While this group takes keys over from a group that split: the
+    /// frozen keys, sorted, read once from this node's replica of it.
+    move_keys: Option<Vec<(u128, Bytes)>>,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -273,8 +292,11 @@ struct Stats {
     snapshot_chunks_dropped: u64,
 }
 
-/// Groups a node hosts, at most (`--groups`).
+/// Groups a node hosts, at most (`--groups`, and those splits add).
 pub const MAX_GROUPS: u32 = 65_536;
+
+/// Group ids are below this (group 0 allocates them for splits).
+pub const MAX_GROUP_ID: u32 = 1 << 20;
 
 /// Runs a node until `shutdown` resolves. Returns an error if the node
 /// cannot start, or stops on a fatal storage error (a failed flush, after
@@ -312,7 +334,7 @@ pub async fn run_node(
     let faults = Arc::new(Faults::default());
     // The logs, opened before anything listens: damage found here may mark
     // the node recovering (in its identity) before any group starts.
-    let stores = storage::open_stores(&opts, &faults, &mut disk_identity)?;
+    let mut stores = storage::open_stores(&opts, &faults, &mut disk_identity)?;
 
     // The transport.
     let identity = NodeIdentity::from_pem_files(PeerId(opts.id), &opts.cert, &opts.key)
@@ -434,12 +456,34 @@ pub async fn run_node(
         heartbeat: opts.heartbeat,
         election_timeout: opts.election_timeout,
     });
-    let mut groups = Vec::with_capacity(stores.len());
+    let mut groups = Vec::with_capacity(stores.len() + stores.children.len());
+    let shared = stores.shared.clone();
+    let children = std::mem::take(&mut stores.children);
     for (index, store) in stores.into_iter().enumerate() {
-        let span = group_span(&opts, index);
+        let gid = index as u32;
+        let span = group_span(&opts, gid);
         let g = span
-            .in_scope(|| open_group(&opts, index, store, host.clone(), span.clone()))
+            .in_scope(|| open_group(&opts, index, gid, store, None, host.clone(), span.clone()))
             .with_context(|| format!("starting group {index}"))?;
+        groups.push(g);
+    }
+    // Groups made by splits, after the base groups (ids and slots differ).
+    for (gid, origin, store) in children {
+        let index = groups.len();
+        let span = group_span(&opts, gid);
+        let g = span
+            .in_scope(|| {
+                open_group(
+                    &opts,
+                    index,
+                    gid,
+                    store,
+                    Some(origin),
+                    host.clone(),
+                    span.clone(),
+                )
+            })
+            .with_context(|| format!("starting group {gid} (made by a split)"))?;
         groups.push(g);
     }
     // Members added at run time are in the recovered memberships' address
@@ -473,7 +517,12 @@ pub async fn run_node(
     ));
     tracing::info!(id = %id, peer = %me.peer, client = %me.client, groups = opts.groups, "node started");
 
-    let mut d = Groups::new(groups);
+    let factory = shared.map(|log| groups::Factory {
+        opts: Rc::new(opts.clone()),
+        log,
+        faults: faults.clone(),
+    });
+    let mut d = Groups::new(groups, factory);
     tokio::pin!(shutdown);
     let result = 'run: loop {
         if let Err(e) = d.turn() {
@@ -540,8 +589,8 @@ pub async fn run_node(
             d.with(g, |g| g.on_snapshot_done(zxid, result));
         }
         if let Ok(keepers) = purge_rx.try_recv() {
-            for g in keepers {
-                d.with(g, Driver::purge_log);
+            for gid in keepers {
+                d.with_gid(gid as u64, Driver::purge_log);
             }
         }
         // Timers too: under load some input is always ready, and the sleep
@@ -595,38 +644,49 @@ fn quiesce_after(opts: &NodeOptions) -> Option<Duration> {
 /// group, every event a group's kernel, elector or driver logs carries
 /// `group=<index>` (entered around each of the group's turns); none on a
 /// single-group node.
-fn group_span(opts: &NodeOptions, index: usize) -> tracing::Span {
+fn group_span(opts: &NodeOptions, gid: u32) -> tracing::Span {
     if opts.groups > 1 {
-        tracing::info_span!("group", group = index)
+        tracing::info_span!("group", group = gid)
     } else {
         tracing::Span::none()
     }
 }
 
-/// Starts group `index` over its opened storage: its state machine
-/// restored from its newest snapshot, its replica, elector and node layer.
+/// Starts group `gid` in slot `index` over its opened storage: its state
+/// machine restored from its newest snapshot (or, when it has none, the
+/// initial state: a base group owning its base range, a group made by a
+/// split, `origin`, empty and taking its range over), its replica, elector
+/// and node layer.
+#[allow(clippy::too_many_arguments)]
 fn open_group(
     opts: &NodeOptions,
     index: usize,
+    gid: u32,
     storage: NodeStorage,
+    origin: Option<storage::Origin>,
     host: Rc<Host>,
     span: tracing::Span,
 ) -> Result<Driver> {
     let id = host.id;
-    let dir = storage::group_dir(opts, index);
+    let dir = storage::group_dir(opts, gid as usize);
     let snapshots = SnapshotStore::open(dir.join(identity::SNAPSHOT_DIR))
         .context("opening the snapshot store")?
         .with_chunk_bytes(SNAPSHOT_CHUNK_BYTES);
     check_poisoned(&dir, &opts.skip_entries)?;
     forget_skipped_poison(&dir, &opts.skip_entries);
-    let mut kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
+    let kv = KvStore::with_session_limits(opts.max_sessions, opts.max_session_bytes)
         .context("--max-sessions / --max-session-mib")?;
+    let base = opts.groups.max(1);
+    let mut kv = match &origin {
+        None => kv.with_shard(base, KeyRange::of_base_group(gid)),
+        Some(o) => kv.with_incoming(base, o.from, o.range),
+    };
     let mut recovered = Recovered::default();
     let latest = snapshots.latest().context("listing snapshots")?;
     let compacted = storage.meta(MetaKey::CompactionMark);
     if compacted > 0 && latest.as_ref().is_none_or(|s| s.zxid.as_u64() < compacted) {
         bail!(
-            "the log of group {index} in {} was compacted up to {} but no snapshot covers it \
+            "the log of group {gid} in {} was compacted up to {} but no snapshot covers it \
              (latest: {:?}): the state before the log's first entry is lost. If the snapshots \
              are gone, empty the data directory and start the node with --rejoin",
             opts.data_dir.display(),
@@ -638,7 +698,7 @@ fn open_group(
         let meta = snapshots
             .restore(latest.zxid, &mut kv)
             .with_context(|| format!("restoring snapshot {:?}", latest.zxid))?;
-        tracing::info!(group = index, zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
+        tracing::info!(group = gid, zxid = ?meta.zxid, keys = kv.len(), "state restored from snapshot");
         recovered = Recovered {
             applied: kv.applied(),
             snapshot: Some(meta.zxid),
@@ -657,14 +717,23 @@ fn open_group(
     )
     .context("opening the snapshot receiver")?;
 
-    let voters: Vec<NodeId> = opts
-        .members
-        .keys()
-        .filter(|i| !opts.observers.contains(i))
-        .map(|&i| NodeId(i))
-        .collect();
-    let observers: Vec<NodeId> = opts.observers.iter().map(|&i| NodeId(i)).collect();
-    let mut config = Config::new(GroupId(index as u64), voters.clone());
+    // A base group starts with the members the node was started with; a
+    // group made by a split with those of the group that split.
+    let (voters, observers): (Vec<NodeId>, Vec<NodeId>) = match &origin {
+        None => (
+            opts.members
+                .keys()
+                .filter(|i| !opts.observers.contains(i))
+                .map(|&i| NodeId(i))
+                .collect(),
+            opts.observers.iter().map(|&i| NodeId(i)).collect(),
+        ),
+        Some(o) => (
+            o.voters.iter().map(|&i| NodeId(i)).collect(),
+            o.observers.iter().map(|&i| NodeId(i)).collect(),
+        ),
+    };
+    let mut config = Config::new(GroupId(u64::from(gid)), voters.clone());
     config.observers = observers.clone();
     config.heartbeat_interval = opts.heartbeat;
     config.election_timeout = opts.election_timeout;
@@ -685,7 +754,7 @@ fn open_group(
     // an established leader has readmitted it; the kernel keeps the flag in
     // the hard state, so a restart mid-recovery stays recovering.
     if host.identity.borrow().standing == Standing::Recovering && !replica.is_recovering() {
-        tracing::warn!(id = %id, group = index, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
+        tracing::warn!(id = %id, group = gid, "rejoining after losing state (an empty data directory, or a damaged log): recovering until an established leader readmits this node");
         replica.mark_recovering();
     }
     if replica.is_recovering() {
@@ -702,11 +771,11 @@ fn open_group(
         voting: !replica.is_recovering(),
         seed: opts.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ std::process::id() as u64
-            ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+            ^ u64::from(gid).wrapping_mul(0xD6E8_FEB8_6659_FD93),
         // Each group breaks election ties in its own order (group 0 by
         // node id), so that leaders spread over the nodes as they are
         // elected, and a node's failure leaves only its share to elect.
-        tiebreak: index as u64,
+        tiebreak: u64::from(gid),
         ..ElectionConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("election configuration: {e}"))?;
@@ -735,6 +804,7 @@ fn open_group(
     Ok(Driver {
         id,
         index,
+        gid,
         host,
         node,
         snapshots,
@@ -746,6 +816,8 @@ fn open_group(
         stats: Stats::default(),
         pending_transfer: None,
         span,
+        move_inflight: false,
+        move_keys: None,
     })
 }
 
@@ -789,6 +861,39 @@ impl Driver {
     fn on_election(&mut self, peer: PeerId, n: Notification) {
         let now = self.now();
         self.node.handle_election_message(now, NodeId(peer.0), n);
+    }
+
+    /// A read's answer from the store: the value, or "wrong group" when
+    /// the group does not own the key (any more, or not yet: a split moved
+    /// it, or is moving it).
+    fn read_answer(&self, key: &[u8]) -> Response {
+        let kv = self.node.state_machine();
+        if kv.owns(key) {
+            Response::Value(kv.get(key).cloned())
+        } else {
+            Response::Error(format!(
+                "wrong group: group {} does not own this key (ranges moved by a split; ask a \
+                 node's status for the groups and their ranges)",
+                self.gid
+            ))
+        }
+    }
+
+    /// Proposes a step of a split (see [`groups::Groups`]' moves).
+    fn propose_move(&mut self, now: Time, op: crate::kv::KvOp) {
+        let cmd = crate::kv::KvCommand {
+            principal: Bytes::new(),
+            client: 0,
+            seq: 0,
+            op,
+        }
+        .to_bytes();
+        match self.node.propose(now, cmd, Waiter::Move) {
+            Ok(_) => self.move_inflight = true,
+            Err(r) => {
+                tracing::debug!(error = ?r.error, "split step not proposed; tried again later")
+            }
+        }
     }
 
     fn leader_hint(&self) -> Response {
@@ -852,12 +957,11 @@ impl Driver {
                 key,
                 mode: ReadMode::Stale,
             } => {
-                let v = self.node.state_machine().get(&key).cloned();
                 self.host
                     .metrics
                     .borrow()
                     .request(RequestKind::StaleRead, RequestResult::Accepted);
-                reply.send(Response::Value(v));
+                reply.send(self.read_answer(&key));
             }
             Request::Get {
                 key,
@@ -980,11 +1084,11 @@ impl Driver {
         let host = &self.host;
         let mut buf = host.buf.borrow_mut();
         buf.clear();
-        if self.index == 0 {
+        if self.gid == 0 {
             buf.put_u8(TAG_ELECTION);
         } else {
             buf.put_u8(TAG_ELECTION_IN);
-            buf.put_u32_le(self.index as u32);
+            buf.put_u32_le(self.gid);
         }
         n.encode(&mut *buf);
         let frame = buf.split().freeze();
@@ -1003,6 +1107,25 @@ impl Driver {
 
     fn on_event(&mut self, ev: NodeEvent<Waiter>) {
         match ev {
+            NodeEvent::Written {
+                token: Waiter::Move,
+                result,
+                zxid,
+            } => {
+                self.move_inflight = false;
+                tracing::debug!(?zxid, result = ?crate::kv::KvResult::decode(result), "split step applied");
+            }
+            NodeEvent::Written {
+                token: Waiter::AdminKv { reply },
+                result,
+                zxid,
+            } => reply.send(admin::kv_result_json(zxid, result)),
+            NodeEvent::Superseded {
+                token: Waiter::Move,
+            }
+            | NodeEvent::OutcomeUnknown {
+                token: Waiter::Move,
+            } => self.move_inflight = false,
             NodeEvent::Written {
                 token: Waiter::Config { reply, to },
                 zxid,
@@ -1028,13 +1151,14 @@ impl Driver {
                 "proposed, but leadership changed before it committed".into(),
             )),
             NodeEvent::ReadReady { token } => match token {
-                Waiter::Read { key, reply } => reply.send(Response::Value(
-                    self.node.state_machine().get(&key).cloned(),
-                )),
-                Waiter::Write { reply, .. } | Waiter::Config { reply, .. } => {
+                Waiter::Read { key, reply } => reply.send(self.read_answer(&key)),
+                Waiter::Write { reply, .. }
+                | Waiter::Config { reply, .. }
+                | Waiter::AdminKv { reply } => {
                     tracing::error!("a write's token came back as a read; answering retry");
                     reply.send(Response::Error("retry: internal".into()))
                 }
+                Waiter::Move => tracing::error!("a split step's token came back as a read"),
             },
             NodeEvent::ReadFailed { token, reason } => {
                 token.answer(Response::Error(format!("retry: {reason}")))
@@ -1095,7 +1219,9 @@ impl Waiter {
         match self {
             Waiter::Write { reply, .. }
             | Waiter::Read { reply, .. }
-            | Waiter::Config { reply, .. } => reply.send(resp),
+            | Waiter::Config { reply, .. }
+            | Waiter::AdminKv { reply } => reply.send(resp),
+            Waiter::Move => {}
         }
     }
 }

@@ -52,8 +52,18 @@ impl Driver {
                 })
             })
             .collect();
+        let incoming = kv.incoming().map(|i| {
+            serde_json::json!({ "from": i.from, "range": i.range.to_hex(), "keys_moved": i.moved })
+        });
+        let outgoing = kv
+            .outgoing()
+            .map(|(child, r)| serde_json::json!({ "to": child, "range": r.to_hex() }));
         serde_json::json!({
             "id": self.id.0,
+            "group": self.gid,
+            "range": kv.range().to_hex(),
+            "taking_over": incoming,
+            "giving_away": outgoing,
             "pid": std::process::id(),
             "role": role,
             "recovering": replica.is_recovering(),

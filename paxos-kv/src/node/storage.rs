@@ -19,6 +19,7 @@ use super::metrics::{self, SyncRecorder};
 use super::options::NodeOptions;
 use super::SyncDone;
 use crate::identity::{self, Identity, Standing};
+use crate::shard::KeyRange;
 
 /// The fault hooks' slow disk: every sync waits `sync_delay_ms` (none
 /// unless `--fault-file` sets it).
@@ -267,6 +268,12 @@ pub(super) fn group_dir(opts: &NodeOptions, index: usize) -> PathBuf {
 pub(super) struct Stores {
     stores: Vec<NodeStorage>,
     syncers: Vec<Syncer>,
+    /// The shared log (a node hosting many groups): where groups created
+    /// at run time keep their records.
+    pub(super) shared: Option<Arc<SharedLog>>,
+    /// Groups created at run time by splits (found by their
+    /// [`ORIGIN_FILE`]), by id, with their storage.
+    pub(super) children: Vec<(u32, Origin, NodeStorage)>,
 }
 
 impl Stores {
@@ -305,6 +312,8 @@ pub(super) fn open_stores(
                 hooks: SlowDisk(faults.clone()),
             }],
             syncers: vec![syncer],
+            shared: None,
+            children: Vec::new(),
         });
     }
     let log = Arc::new(open_shared(opts, disk_identity)?);
@@ -321,10 +330,170 @@ pub(super) fn open_stores(
             hooks: SlowDisk(faults.clone()),
         });
     }
+    let children = open_children(opts, &log, faults)?;
     Ok(Stores {
         stores,
-        syncers: vec![Syncer::Shared(log); opts.groups as usize],
+        syncers: vec![Syncer::Shared(log.clone()); opts.groups as usize],
+        shared: Some(log),
+        children,
     })
+}
+
+/// The file in a group's directory that says the group was made by a
+/// split: which group it takes its range from, the range, and the
+/// membership it started with (`from <id>\nrange <start>-<end>\nvoters
+/// <ids>\nobservers <ids>\n`, the range in hex, ids comma-separated). A
+/// base group has none. Its initial state (empty, taking the range over,
+/// with those members) is rebuilt from it at every start; everything
+/// after is in its log and snapshots.
+pub(super) const ORIGIN_FILE: &str = "ORIGIN";
+
+/// Where a group made by a split comes from (see [`ORIGIN_FILE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Origin {
+    /// The group that split.
+    pub(super) from: u32,
+    /// The range it gave.
+    pub(super) range: KeyRange,
+    /// The split group's voters and observers when it split: the new
+    /// group's first membership.
+    pub(super) voters: Vec<u64>,
+    pub(super) observers: Vec<u64>,
+}
+
+/// Members an origin file may list, at most.
+const MAX_ORIGIN_MEMBERS: usize = 1024;
+
+impl Origin {
+    fn encode(&self) -> String {
+        let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        format!(
+            "from {}\nrange {}\nvoters {}\nobservers {}\n",
+            self.from,
+            self.range.to_hex(),
+            ids(&self.voters),
+            ids(&self.observers)
+        )
+    }
+
+    fn parse(text: &str) -> Option<Origin> {
+        let ids = |s: &str| -> Option<Vec<u64>> {
+            if s.is_empty() {
+                return Some(Vec::new());
+            }
+            let v: Vec<u64> = s
+                .split(',')
+                .take(MAX_ORIGIN_MEMBERS + 1)
+                .map(|i| i.parse().ok())
+                .collect::<Option<_>>()?;
+            (v.len() <= MAX_ORIGIN_MEMBERS).then_some(v)
+        };
+        let mut lines = text.lines();
+        let from = lines.next()?.strip_prefix("from ")?.parse().ok()?;
+        let range = KeyRange::from_hex(lines.next()?.strip_prefix("range ")?)?;
+        let voters = ids(lines.next()?.strip_prefix("voters ")?)?;
+        let observers = ids(lines.next()?.strip_prefix("observers ")?)?;
+        if lines.next().is_some() || range.is_empty() || voters.is_empty() {
+            return None;
+        }
+        Some(Origin {
+            from,
+            range,
+            voters,
+            observers,
+        })
+    }
+}
+
+/// The groups under `groups/` made by splits: every directory named by a
+/// group id at or past `--groups` that holds an [`ORIGIN_FILE`], opened in
+/// the shared log (a directory without one is a creation that never
+/// finished: its group holds nothing and is not opened). Errors on an
+/// origin file that does not parse (the node would not know the group's
+/// range).
+fn open_children(
+    opts: &NodeOptions,
+    log: &Arc<SharedLog>,
+    faults: &Arc<Faults>,
+) -> Result<Vec<(u32, Origin, NodeStorage)>> {
+    let root = opts.data_dir.join(identity::GROUPS_DIR);
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))?;
+    // Bounded by the directory's entries.
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if id < opts.groups {
+            continue;
+        }
+        let path = entry.path().join(ORIGIN_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let origin = Origin::parse(&text).with_context(|| {
+            format!(
+                "{} does not say where group {id} comes from (damaged?)",
+                path.display()
+            )
+        })?;
+        found.push((id, origin));
+    }
+    found.sort_unstable_by_key(|(id, _)| *id);
+    found
+        .into_iter()
+        .map(|(id, origin)| Ok((id, origin, child_storage(log, faults, id)?)))
+        .collect()
+}
+
+/// Group `id`'s share of the shared log, with the fault hooks.
+fn child_storage(log: &Arc<SharedLog>, faults: &Arc<Faults>, id: u32) -> Result<NodeStorage> {
+    let inner = log
+        .group(GroupId(u64::from(id)))
+        .with_context(|| format!("opening group {id} in the shared log"))?;
+    Ok(NodeStorage {
+        inner: GroupLog::Shared(inner),
+        hooks: SlowDisk(faults.clone()),
+    })
+}
+
+/// Makes the directory of group `id`, created by a split, with its
+/// [`ORIGIN_FILE`] written durably (a temporary file renamed into place,
+/// then the directory synced), and opens its share of the shared log. The
+/// origin is durable before the group can log anything, so a restart
+/// always finds a group that may hold records.
+pub(super) fn create_child(
+    opts: &NodeOptions,
+    log: &Arc<SharedLog>,
+    faults: &Arc<Faults>,
+    id: u32,
+    origin: &Origin,
+) -> Result<NodeStorage> {
+    let dir = group_dir(opts, id as usize);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!("{ORIGIN_FILE}.tmp"));
+    let path = dir.join(ORIGIN_FILE);
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(origin.encode().as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    child_storage(log, faults, id)
 }
 
 /// Whether the shared log combines the groups' writes
@@ -508,7 +677,10 @@ pub(super) fn sync_loop(
         // Each distinct log once, in the order first asked.
         let mut synced: Vec<(usize, Result<(), StorageError>)> = Vec::new();
         for &(group, sync) in &batch {
-            let Some(wal) = syncers.get(group) else {
+            // A group made at run time has no entry of its own: every
+            // group of a node of many shares the one log.
+            let shared = syncers.first().filter(|s| matches!(s, Syncer::Shared(_)));
+            let Some(wal) = syncers.get(group).or(shared) else {
                 tracing::error!(group, "a sync asked for a group without a log (a bug)");
                 continue;
             };

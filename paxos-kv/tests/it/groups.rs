@@ -10,6 +10,7 @@ use paxos_kv::kv::KvOp;
 use paxos_kv::shard::group_of;
 use paxos_testkit::cluster::{ClusterSpec, LocalCluster, READER_CLIENT};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 const GROUPS: u32 = 8;
@@ -757,5 +758,140 @@ async fn a_joining_node_follows_the_group_it_was_added_to_while_its_other_groups
         status["leader"].is_u64() && status["epoch"].is_u64(),
         "node 4 follows group {last}'s leader within 30 s: {status}"
     );
+    cluster.stop();
+}
+
+/// A group split at run time (issue 16: groups added by an admin command):
+/// under a concurrent writer, group G's upper half of keys moves to a new
+/// group through its own log; every acknowledged write reads back through
+/// a client that learned the ranges before the split (it is told "wrong
+/// group" and learns them again) and through a new one; each node hosts
+/// the new group, also after a restart (it is rebuilt from its origin and
+/// log); and the new group splits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let security = cluster.client_security();
+    let client = Arc::new(Client::with_session(
+        cluster.client_addrs(),
+        security.clone(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    ));
+    let mut session = Session::new(11);
+    let before = write_all(&client, &mut session, 0..400).await;
+    let parent = group_of(&key(0), GROUPS);
+
+    // A writer keeps writing while the split runs.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut session = Session::assigned();
+            write_all(&client, &mut session, 1_000..1_400).await
+        })
+    };
+    let admin = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    let (child, answer) = admin
+        .split_group(parent, Some(Duration::from_secs(60)))
+        .await
+        .expect("the split commits and the new group takes its keys over");
+    assert!(child >= GROUPS, "a new id: {child} ({answer})");
+    let during = writer.await.expect("writer");
+    read_back(&client, &before).await;
+    read_back(&client, &during).await;
+    let fresh = Client::with_session(
+        cluster.client_addrs(),
+        security.clone(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    read_back(&fresh, &before).await;
+    read_back(&fresh, &during).await;
+
+    // Every node hosts the new group; the parent and the child share the
+    // parent's keys, none lost and none in both.
+    let parent_keys = before
+        .iter()
+        .chain(&during)
+        .filter(|&&i| group_of(&key(i), GROUPS) == parent)
+        .count() as u64;
+    let mut settled = false;
+    for _ in 0..200 {
+        let st = cluster.statuses().await;
+        let hosted_everywhere = st
+            .values()
+            .all(|v| v["hosted"].as_u64() == Some(u64::from(GROUPS) + 1));
+        let p = leader_status(&cluster, &security, parent).await;
+        let c = leader_status(&cluster, &security, child).await;
+        if let (true, Some(p), Some(c)) = (hosted_everywhere, p, c) {
+            let (pk, ck) = (p["keys"].as_u64(), c["keys"].as_u64());
+            if p["giving_away"].is_null() && c["taking_over"].is_null() {
+                assert_eq!(
+                    pk.zip(ck).map(|(a, b)| a + b),
+                    Some(parent_keys),
+                    "parent {p}\nchild {c}"
+                );
+                assert!(
+                    pk > Some(0) && ck > Some(0),
+                    "both halves hold keys: {pk:?} {ck:?}"
+                );
+                settled = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "the move finished on every node: {:?}",
+        cluster.statuses().await
+    );
+
+    // A restarted node rebuilds the new group from its origin and its log.
+    let victim = cluster.ids()[1];
+    cluster.kill(victim).expect("kill");
+    cluster.start_node(victim).expect("restart");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group, the new one included, has a leader");
+    let st = cluster.statuses().await;
+    assert_eq!(
+        st[&victim]["hosted"].as_u64(),
+        Some(u64::from(GROUPS) + 1),
+        "{}",
+        st[&victim]
+    );
+
+    // The new group splits again, and everything still reads back.
+    let (grandchild, _) = admin
+        .split_group(child, Some(Duration::from_secs(60)))
+        .await
+        .expect("the new group splits too");
+    assert!(grandchild > child);
+    let after = write_all(&client, &mut session, 2_000..2_100).await;
+    read_back(&client, &before).await;
+    read_back(&client, &during).await;
+    read_back(&client, &after).await;
+
+    // A writer may not send the node's own split commands as writes.
+    let forged = client
+        .write(KvOp::FinishMove { child: grandchild })
+        .await
+        .expect_err("an internal command from a client is refused");
+    assert!(matches!(forged, ClientError::Forbidden(_)), "{forged}");
     cluster.stop();
 }
