@@ -763,6 +763,8 @@ impl Client {
                     }
                     other @ (KvResult::GroupAllocated { .. }
                     | KvResult::SplitStarted { .. }
+                    | KvResult::Retiring { .. }
+                    | KvResult::Absorbing { .. }
                     | KvResult::Ingested { .. }
                     | KvResult::Refused { .. }) => Err(ClientError::Unexpected(format!(
                         "a write was answered {other:?}"
@@ -844,6 +846,66 @@ impl Client {
             if started.elapsed() >= wait {
                 return Err(ClientError::Node(format!(
                     "group {child} did not own its range within {wait:?} (keys still moving)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes group `group` by merging it into `into` (by default the
+    /// group owning the range next to its own, below it if any): `group`
+    /// freezes its keys, `into` takes them over through its own log, and
+    /// every member drops `group`. The two groups must have the same
+    /// members; group 0 is never removed. Returns `into` once the merge
+    /// started; with `wait`, once `group` owns nothing any more and `into`
+    /// owns its range (or fails when `wait` passes first). Needs role
+    /// admin.
+    pub async fn merge_group(
+        &self,
+        group: u32,
+        into: Option<u32>,
+        wait: Option<Duration>,
+    ) -> Result<u32, ClientError> {
+        self.routing.lock().forget();
+        self.groups().await?;
+        let (range, into) = {
+            let routing = self.routing.lock();
+            let range = routing.table.range_of(group).ok_or_else(|| {
+                ClientError::Node(format!(
+                    "group {group} owns no range (not a group of the cluster, or its keys are \
+                     moving)"
+                ))
+            })?;
+            let into = match into {
+                Some(i) => i,
+                None => routing.table.neighbour_of(&range).ok_or_else(|| {
+                    ClientError::Node(format!("no group owns a range next to group {group}'s"))
+                })?,
+            };
+            (range, into)
+        };
+        self.admin_in(group, AdminRequest::Merge { into }).await?;
+        let Some(wait) = wait else {
+            return Ok(into);
+        };
+        let started = std::time::Instant::now();
+        // Bounded by `wait`: each pass sleeps.
+        loop {
+            self.routing.lock().forget();
+            self.groups().await?;
+            {
+                let routing = self.routing.lock();
+                let absorbed = routing
+                    .table
+                    .range_of(into)
+                    .is_some_and(|r| r.covers(&range));
+                if absorbed && !routing.table_has(group) {
+                    return Ok(into);
+                }
+            }
+            if started.elapsed() >= wait {
+                return Err(ClientError::Node(format!(
+                    "group {into} did not take group {group}'s range over within {wait:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

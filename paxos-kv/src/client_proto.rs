@@ -96,6 +96,15 @@ pub enum AdminRequest {
         /// The new group's id.
         child: u32,
     },
+    /// Remove the group this request is sent to (its leader) by merging it
+    /// into group `into`, which owns the adjacent range and has the same
+    /// members: the group freezes its keys, `into` takes them over through
+    /// its own log, and every member then drops the group. Answered once
+    /// the freeze commits; the keys move after.
+    Merge {
+        /// The group that takes the range over.
+        into: u32,
+    },
 }
 
 /// A node's two addresses, as `paxos-node run --members` gives them.
@@ -324,6 +333,10 @@ impl Request {
                         buf.put_u8(5);
                         buf.put_u32_le(*child);
                     }
+                    AdminRequest::Merge { into } => {
+                        buf.put_u8(6);
+                        buf.put_u32_le(*into);
+                    }
                 }
             }
         }
@@ -419,6 +432,14 @@ impl Request {
                         }
                         AdminRequest::Split {
                             child: src.get_u32_le(),
+                        }
+                    }
+                    6 => {
+                        if src.remaining() < 4 {
+                            return Err(ProtoError::Truncated);
+                        }
+                        AdminRequest::Merge {
+                            into: src.get_u32_le(),
                         }
                     }
                     t => return Err(ProtoError::UnknownTag(t)),
@@ -667,6 +688,7 @@ mod tests {
             (5, Request::Admin(AdminRequest::Members)),
             (6, Request::Admin(AdminRequest::AllocateGroup)),
             (7, Request::Admin(AdminRequest::Split { child: 70_000 })),
+            (8, Request::Admin(AdminRequest::Merge { into: 3 })),
             (
                 6,
                 Request::Admin(AdminRequest::Change {

@@ -188,6 +188,19 @@ impl RoutingTable {
         r.contains(p).then_some(*g)
     }
 
+    /// The range group `g` owns, if it owns one.
+    pub fn range_of(&self, g: u32) -> Option<KeyRange> {
+        self.entries.iter().find(|(_, o)| *o == g).map(|(r, _)| *r)
+    }
+
+    /// The group owning the range just below `r` or just above it (the
+    /// one below first), if any: the neighbour a group merges into.
+    pub fn neighbour_of(&self, r: &KeyRange) -> Option<u32> {
+        let below = self.entries.iter().find(|(o, _)| o.end == r.start);
+        let above = self.entries.iter().find(|(o, _)| o.start == r.end);
+        below.or(above).map(|(_, g)| *g)
+    }
+
     /// The groups that own a range, in the ranges' order.
     pub fn groups(&self) -> impl Iterator<Item = u32> + '_ {
         self.entries.iter().map(|(_, g)| *g)

@@ -185,6 +185,19 @@ enum AdminCommand {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
     },
+    /// Remove group --group G at run time by merging it into a group that
+    /// owns the range next to G's and has the same members: G freezes its
+    /// keys, the other group takes them over through its own log, and
+    /// every member drops G. Group 0 is never removed.
+    Merge {
+        /// The group that takes G's range over (default: the neighbour
+        /// below G's range, else the one above).
+        #[arg(long)]
+        into: Option<u32>,
+        /// Seconds to wait for the keys to move (0: do not wait).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
 }
 
 /// The exit status when a write's outcome is unknown (it may or may not
@@ -364,6 +377,12 @@ async fn main() -> Result<()> {
                     );
                     split
                 }
+                AdminCommand::Merge { into, wait_secs } => {
+                    let wait = (wait_secs > 0).then(|| Duration::from_secs(wait_secs));
+                    let into = client.merge_group(group, into, wait).await?;
+                    eprintln!("group {group} merged into group {into}");
+                    serde_json::json!({ "removed": group, "into": into }).to_string()
+                }
             };
             let v: serde_json::Value =
                 serde_json::from_str(&json).context("node sent bad admin JSON")?;
@@ -448,6 +467,7 @@ async fn admin_every_group(
             bail!("transfer-leader names one group's new leader; use --group")
         }
         AdminCommand::Split { .. } => bail!("split splits one group; use --group"),
+        AdminCommand::Merge { .. } => bail!("merge removes one group; use --group"),
     };
     let groups = client.group_ids().await?.len() as u32;
     let mut summary = serde_json::Map::new();

@@ -13,11 +13,13 @@
 //! twice); decoded keys and values are zero-copy slices of the input.
 //!
 //! The operations that move key ranges between groups ([`KvOp::AllocateGroup`],
-//! [`KvOp::Split`], [`KvOp::Ingest`], [`KvOp::FinishMove`]) came after format
-//! 2 was fixed and did not change it: their tags (5 to 8) are new, and a
-//! build that predates them decodes such a command as malformed and applies
-//! it as a no-op, so every node of a group must run a build that knows them
-//! before any of them is proposed.
+//! [`KvOp::Split`], [`KvOp::Ingest`], [`KvOp::FinishMove`], and for merges
+//! [`KvOp::Retire`] and [`KvOp::Absorb`]) came after format 2 was fixed and
+//! did not change it: their tags (5 to 10) are new, and a build that
+//! predates them decodes such a command as malformed and applies it as a
+//! no-op, so every node of a group must run a build that knows them before
+//! any of them is proposed (tags 9 and 10 came later than 5 to 8: a build
+//! that knows splits but not merges treats them as malformed too).
 
 use crate::shard::KeyRange;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -34,8 +36,8 @@ pub const ASSIGNED_SESSION_BIT: u64 = 1 << 63;
 /// Longest principal name a command carries, in bytes.
 pub const MAX_PRINCIPAL_BYTES: usize = 128;
 /// First byte of every encoded command: the command format. The range
-/// moving operations (tags 5 to 8) were added within format 2: a build that
-/// does not know them refuses them as malformed commands (no-ops).
+/// moving operations (tags 5 to 10) were added within format 2: a build
+/// that does not know them refuses them as malformed commands (no-ops).
 pub const COMMAND_FORMAT: u8 = 2;
 /// Most pairs one [`KvOp::Ingest`] batch may carry.
 pub const MAX_INGEST_PAIRS: usize = 65_536;
@@ -129,6 +131,29 @@ pub enum KvOp {
         /// The group the range was given to.
         child: u32,
     },
+    /// Internal: the first step of merging this group into the adjacent
+    /// group `into`. This group gives its whole range away: the range is
+    /// recorded as going out to `into` (its keys stay here, frozen, until
+    /// [`KvOp::FinishMove`] names `into`), and the group is retired for
+    /// good ([`KvStore::retired_into`](crate::kv::KvStore::retired_into)):
+    /// it never owns a key again. Answered with [`KvResult::Retiring`] or
+    /// [`KvResult::Refused`].
+    Retire {
+        /// The group that takes this group's range over.
+        into: u32,
+    },
+    /// Internal: the second step of a merge, in the group that stays:
+    /// start taking `range`, adjacent to this group's own, over from the
+    /// retiring group `from` through [`KvOp::Ingest`] batches, while this
+    /// group goes on serving its own range. The final batch makes this
+    /// group's range the union of both. Answered with
+    /// [`KvResult::Absorbing`] or [`KvResult::Refused`].
+    Absorb {
+        /// The retiring group the range comes from.
+        from: u32,
+        /// The positions taken over: the retiring group's whole range.
+        range: KeyRange,
+    },
 }
 
 impl KvOp {
@@ -143,6 +168,8 @@ impl KvOp {
                 | KvOp::Split { .. }
                 | KvOp::Ingest { .. }
                 | KvOp::FinishMove { .. }
+                | KvOp::Retire { .. }
+                | KvOp::Absorb { .. }
         )
     }
 
@@ -155,7 +182,9 @@ impl KvOp {
             | KvOp::AllocateGroup { .. }
             | KvOp::Split { .. }
             | KvOp::Ingest { .. }
-            | KvOp::FinishMove { .. } => None,
+            | KvOp::FinishMove { .. }
+            | KvOp::Retire { .. }
+            | KvOp::Absorb { .. } => None,
         }
     }
 }
@@ -226,6 +255,21 @@ pub enum KvResult {
         /// The positions given to it.
         range: KeyRange,
     },
+    /// [`KvOp::Retire`] retired this group: its whole `range` now goes out
+    /// to `into`, frozen here until [`KvOp::FinishMove`].
+    Retiring {
+        /// The group taking the range over.
+        into: u32,
+        /// The positions given away (the group's whole range).
+        range: KeyRange,
+    },
+    /// [`KvOp::Absorb`] started taking `range` over from `from`.
+    Absorbing {
+        /// The retiring group the range comes from.
+        from: u32,
+        /// The positions coming in.
+        range: KeyRange,
+    },
     /// [`KvOp::Ingest`] took a batch in.
     Ingested {
         /// Pairs taken in so far, this batch included.
@@ -240,8 +284,8 @@ pub enum KvResult {
         reason: Bytes,
     },
     /// The key is not in the range this group owns (it never did, it was
-    /// given to another group by a split, or this group is still taking its
-    /// range over). Not applied, and the session's sequence is not
+    /// given to another group by a split or a merge, or this group is still
+    /// taking it over). Not applied, and the session's sequence is not
     /// recorded: the write can go to the group that owns the key.
     WrongGroup,
 }
@@ -397,7 +441,8 @@ impl KvCommand {
     /// u32` (allocate a group), `6 at u128 child u32 voters observers`
     /// (split; each list `count u32 | id u64*`), `7 from u32 (u8 flag,
     /// [position u128, key]) count u32 (key value)* last u8` (ingest), `8
-    /// child u32` (finish a move). Byte strings are `u32 length | bytes`,
+    /// child u32` (finish a move), `9 into u32` (retire), `10 from u32
+    /// start u128 end u128` (absorb). Byte strings are `u32 length | bytes`,
     /// integers little-endian (a u128 as 16 bytes).
     ///
     /// Encoding checks nothing about a split's membership: one that
@@ -477,6 +522,15 @@ impl KvCommand {
                 buf.put_u8(8);
                 buf.put_u32_le(*child);
             }
+            KvOp::Retire { into } => {
+                buf.put_u8(9);
+                buf.put_u32_le(*into);
+            }
+            KvOp::Absorb { from, range } => {
+                buf.put_u8(10);
+                buf.put_u32_le(*from);
+                put_range(buf, range);
+            }
         }
     }
 
@@ -495,7 +549,8 @@ impl KvCommand {
                 key.len() + new.len() + expected.as_ref().map_or(0, |e| e.len()) + 13
             }
             KvOp::OpenSession => 0,
-            KvOp::AllocateGroup { .. } | KvOp::FinishMove { .. } => 4,
+            KvOp::AllocateGroup { .. } | KvOp::FinishMove { .. } | KvOp::Retire { .. } => 4,
+            KvOp::Absorb { .. } => 36,
             KvOp::Split {
                 voters, observers, ..
             } => 28 + 8 * (voters.len() + observers.len()),
@@ -569,6 +624,13 @@ impl KvCommand {
             7 => decode_ingest(&mut src, total)?,
             8 => KvOp::FinishMove {
                 child: get_u32(&mut src, total)?,
+            },
+            9 => KvOp::Retire {
+                into: get_u32(&mut src, total)?,
+            },
+            10 => KvOp::Absorb {
+                from: get_u32(&mut src, total)?,
+                range: get_range(&mut src, total)?,
             },
             t => return Err(KvCodecError::UnknownTag(t)),
         };
@@ -662,7 +724,8 @@ impl KvResult {
     /// u64` stale, `4 session u64` opened, `5 session u64` expired, `6 id
     /// u32` group allocated, `7 child u32 start u128 end u128` split
     /// started, `8 moved u64 done u8` ingested, `9 reason` refused, `10`
-    /// wrong group). A [`KvResult::Refused`] reason longer than
+    /// wrong group, `11 into u32 start u128 end u128` retiring, `12 from
+    /// u32 start u128 end u128` absorbing). A [`KvResult::Refused`] reason longer than
     /// [`MAX_REASON_BYTES`] is cut to that length.
     pub fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::new();
@@ -707,6 +770,16 @@ impl KvResult {
                 put_bytes(&mut buf, &reason[..reason.len().min(MAX_REASON_BYTES)]);
             }
             KvResult::WrongGroup => buf.put_u8(10),
+            KvResult::Retiring { into, range } => {
+                buf.put_u8(11);
+                buf.put_u32_le(*into);
+                put_range(&mut buf, range);
+            }
+            KvResult::Absorbing { from, range } => {
+                buf.put_u8(12);
+                buf.put_u32_le(*from);
+                put_range(&mut buf, range);
+            }
         }
         buf.freeze()
     }
@@ -753,6 +826,14 @@ impl KvResult {
                 reason: get_bytes(&mut src, MAX_REASON_BYTES, total)?,
             },
             10 => KvResult::WrongGroup,
+            11 => KvResult::Retiring {
+                into: get_u32(&mut src, total)?,
+                range: get_range(&mut src, total)?,
+            },
+            12 => KvResult::Absorbing {
+                from: get_u32(&mut src, total)?,
+                range: get_range(&mut src, total)?,
+            },
             t => return Err(KvCodecError::UnknownTag(t)),
         };
         if src.has_remaining() {
@@ -841,6 +922,20 @@ mod tests {
                 last: false,
             },
             KvOp::FinishMove { child: 9 },
+            KvOp::Retire { into: u32::MAX },
+            KvOp::Absorb {
+                from: 4,
+                range: KeyRange {
+                    start: 1 << 64,
+                    end: u128::MAX,
+                },
+            },
+            // The decoder takes any range; the store refuses those that
+            // do not fit.
+            KvOp::Absorb {
+                from: 0,
+                range: KeyRange { start: 9, end: 2 },
+            },
         ];
         for op in ops {
             assert!(op.is_internal() && op.key().is_none());
@@ -869,6 +964,20 @@ mod tests {
             KvResult::Ingested {
                 moved: 12,
                 done: true,
+            },
+            KvResult::Retiring {
+                into: 8,
+                range: KeyRange {
+                    start: 0,
+                    end: 1 << 64,
+                },
+            },
+            KvResult::Absorbing {
+                from: u32::MAX,
+                range: KeyRange {
+                    start: u128::MAX - 1,
+                    end: u128::MAX,
+                },
             },
             KvResult::Refused {
                 reason: Bytes::from_static(b"no"),
@@ -936,6 +1045,62 @@ mod tests {
         b.put_u8(1);
         let c = KvCommand::decode(b.freeze()).unwrap();
         assert!(matches!(c.op, KvOp::Ingest { last: true, ref pairs, .. } if pairs.is_empty()));
+    }
+
+    /// A merge's operations and results decode only whole: every prefix
+    /// is refused as truncated, a byte more as trailing.
+    #[test]
+    fn merge_encodings_refuse_prefixes_and_trailing_bytes() {
+        let range = KeyRange {
+            start: 3 << 64,
+            end: 4 << 64,
+        };
+        for op in [KvOp::Retire { into: 5 }, KvOp::Absorb { from: 5, range }] {
+            let enc = cmd(0, 0, op.clone());
+            assert_eq!(KvCommand::decode(enc.clone()).map(|c| c.op), Ok(op));
+            for i in 0..enc.len() {
+                assert!(
+                    matches!(
+                        KvCommand::decode(enc.slice(..i)),
+                        Err(KvCodecError::Truncated(_))
+                    ),
+                    "prefix of {i} bytes"
+                );
+            }
+            let mut more = BytesMut::from(&enc[..]);
+            more.put_u8(0);
+            assert_eq!(
+                KvCommand::decode(more.freeze()),
+                Err(KvCodecError::Trailing(1))
+            );
+        }
+        for r in [
+            KvResult::Retiring { into: 5, range },
+            KvResult::Absorbing { from: 5, range },
+        ] {
+            let enc = r.to_bytes();
+            assert_eq!(enc.len(), 1 + 4 + 32);
+            for i in 0..enc.len() {
+                assert!(KvResult::decode(enc.slice(..i)).is_err(), "prefix {i}");
+            }
+            let mut more = BytesMut::from(&enc[..]);
+            more.put_u8(0);
+            assert_eq!(
+                KvResult::decode(more.freeze()),
+                Err(KvCodecError::Trailing(1))
+            );
+        }
+        // Tags past the last one are unknown.
+        assert_eq!(
+            KvResult::decode(Bytes::from_static(&[13])),
+            Err(KvCodecError::UnknownTag(13))
+        );
+        let mut b = BytesMut::from(&cmd(0, 0, KvOp::Retire { into: 0 })[..18]);
+        b.put_u8(11);
+        assert_eq!(
+            KvCommand::decode(b.freeze()),
+            Err(KvCodecError::UnknownTag(11))
+        );
     }
 
     #[test]
@@ -1043,6 +1208,18 @@ mod tests {
                 }),
                 (any::<u64>(), any::<bool>())
                     .prop_map(|(moved, done)| KvResult::Ingested { moved, done }),
+                (any::<u32>(), any::<u128>(), any::<u128>()).prop_map(|(into, start, end)| {
+                    KvResult::Retiring {
+                        into,
+                        range: KeyRange { start, end },
+                    }
+                }),
+                (any::<u32>(), any::<u128>(), any::<u128>()).prop_map(|(from, start, end)| {
+                    KvResult::Absorbing {
+                        from,
+                        range: KeyRange { start, end },
+                    }
+                }),
                 bytes.prop_map(|reason| KvResult::Refused { reason }),
                 Just(KvResult::WrongGroup),
             ]

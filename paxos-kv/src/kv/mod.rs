@@ -75,23 +75,48 @@
 //! session's sequence does not advance, and a command that would open a
 //! client-named session (sequence 1) does not open it, so that the same
 //! write, sent again to the group that owns the key, opens the session
-//! there, and a copy that commits here later is refused again (a group's
-//! range never grows back once given away). A writer that does not know
-//! whether a write was applied must retry it in the same group and session
-//! until the answer is definite, the remembered result or `WrongGroup`
-//! (this group did not apply it), before it sends it to the new owner in
-//! another session: a write applied here just before the split moved with
-//! the key, and sending it elsewhere at once could apply it twice.
+//! there, and a copy that commits here later is refused again (as long
+//! as the group does not own the key again: see merges below). A writer
+//! that does not know whether a write was applied must retry it in the
+//! same group and session until the answer is definite, the remembered
+//! result or `WrongGroup` (this group did not apply it), before it sends
+//! it to the new owner in another session: a write applied here just
+//! before the split moved with the key, and sending it elsewhere at once
+//! could apply it twice.
 //!
 //! Internal operations ([`KvOp::is_internal`]), proposed by the nodes,
 //! split a group's range and move the keys to the new group through that
-//! group's own log (see [`KvOp::Split`] and the steps it starts). They
+//! group's own log (see [`KvOp::Split`] and the steps it starts), or merge
+//! a group into an adjacent one (below). They
 //! take no session, are never deduplicated by one, and are refused
 //! ([`KvResult::Refused`]) when they do not fit the store's state, which
 //! makes their duplicates no-ops.
+//!
+//! # Merges
+//!
+//! The reverse of a split removes a group H by moving its whole range to
+//! an adjacent group G: H retires ([`KvOp::Retire`]: it owns nothing from
+//! then on, and [`KvStore::retired_into`] stays set for good), G takes the
+//! range in through its own log ([`KvOp::Absorb`], then [`KvOp::Ingest`]
+//! batches) while it goes on serving its own keys, and H drops the keys
+//! ([`KvOp::FinishMove`]). Two things a writer must know:
+//!
+//! - A write H answered [`KvResult::WrongGroup`] was not applied there, as
+//!   for a split. But once G owns the range, the range G gave away by an
+//!   earlier split may be its own again (a child merged back into its
+//!   parent): a copy of a write that G refused as `WrongGroup` and that
+//!   commits in G only after the merge is applied, if its session in G
+//!   has not moved past its sequence. The client advances a session's
+//!   sequence on every attempt, so any later write of the same session in
+//!   G closes that window; a writer that leaves a session idle must not
+//!   have a copy of a refused write still in flight that long.
+//! - Once H has dropped its keys it serves nothing more (a node removes
+//!   it): a write whose outcome in H is unknown can no longer be settled
+//!   by retrying it there, and must be treated like one that timed out.
 
 mod command;
 mod map;
+mod merge;
 mod sessions;
 mod snapshot;
 mod split;
@@ -200,10 +225,10 @@ impl KvStore {
     /// An empty store configured like this one: where a snapshot is
     /// restored before it replaces the live state. It has the same session
     /// bounds and the same shard state (base group count, range, moves
-    /// under way, children, group counter), no key and no session. A
-    /// snapshot of format 4 or later replaces the shard state (and must
-    /// have the same base group count); one of format 3 has none and keeps
-    /// this one.
+    /// under way, children, group counter, retirement), no key and no
+    /// session. A snapshot of format 4 or later replaces the shard state
+    /// (and must have the same base group count); one of format 3 has none
+    /// and keeps this one.
     pub fn emptied(&self) -> KvStore {
         KvStore {
             sessions: SessionTable::new(self.sessions.max, self.sessions.max_bytes),
@@ -339,7 +364,9 @@ impl KvStore {
             | KvOp::AllocateGroup { .. }
             | KvOp::Split { .. }
             | KvOp::Ingest { .. }
-            | KvOp::FinishMove { .. } => {
+            | KvOp::FinishMove { .. }
+            | KvOp::Retire { .. }
+            | KvOp::Absorb { .. } => {
                 unreachable!("invariant: apply handles keyless operations before keyed ones")
             }
         }
@@ -587,8 +614,10 @@ mod tests {
         }
 
         /// A step of a history: a command as generated, or one of the
-        /// steps of a split made to fit the store's state when it runs (so
-        /// that moves do happen, not only refusals).
+        /// steps of a split or a merge made to fit the store's state when
+        /// it runs (so that moves do happen, not only refusals). The
+        /// store plays either side of a merge: it may retire (and then
+        /// finish), or absorb a range beside its own (and then take it in).
         #[derive(Clone, Debug)]
         enum Step {
             Raw(Bytes),
@@ -608,6 +637,18 @@ mod tests {
             },
             /// Finish the move under way.
             Finish,
+            /// Retire into `into`.
+            Retire {
+                into: u32,
+            },
+            /// Absorb from `from` the range of `width` positions that
+            /// adjoins the store's range above it (or below, if `below`),
+            /// cut at the ends of the position space.
+            AbsorbBeside {
+                from: u32,
+                width: u128,
+                below: bool,
+            },
         }
 
         /// A split's membership: mostly a valid one, sometimes lists of
@@ -628,6 +669,13 @@ mod tests {
                 2 => (prop::collection::vec(key, 0..6), prop::bool::weighted(0.1), any::<bool>())
                     .prop_map(|(keys, shuffled, last)| Step::IngestNext { keys, shuffled, last }),
                 1 => Just(Step::Finish),
+                1 => (0..4u32).prop_map(|into| Step::Retire { into }),
+                1 => (
+                    0..4u32,
+                    prop_oneof![Just(1u128 << 63), Just(1u128 << 64), Just(2u128 << 64), 0..4u128],
+                    any::<bool>(),
+                )
+                    .prop_map(|(from, width, below)| Step::AbsorbBeside { from, width, below }),
             ]
         }
 
@@ -676,6 +724,22 @@ mod tests {
                 Step::Finish => internal(KvOp::FinishMove {
                     child: s.outgoing().map_or(0, |(c, _)| c),
                 }),
+                Step::Retire { into } => internal(KvOp::Retire { into: *into }),
+                Step::AbsorbBeside { from, width, below } => {
+                    let r = s.range();
+                    let range = if *below {
+                        KeyRange {
+                            start: r.start.saturating_sub(*width),
+                            end: r.start,
+                        }
+                    } else {
+                        KeyRange {
+                            start: r.end,
+                            end: r.end.saturating_add(*width),
+                        }
+                    };
+                    internal(KvOp::Absorb { from: *from, range })
+                }
             }
         }
 

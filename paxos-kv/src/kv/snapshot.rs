@@ -29,8 +29,8 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 /// The snapshot layout written by this build:
 /// `magic | version u32 | applied u64 | max_sessions u64 | max_session_bytes
 /// u64 | next_assigned u64 | base_groups u32 | range | outgoing | incoming |
-/// children | next_group u32 | pairs u64 | (key, value)* | sessions u64 |
-/// (principal, id u64, seq u64, touched u64, result)*` where
+/// children | next_group u32 | retired_into | pairs u64 | (key, value)* |
+/// sessions u64 | (principal, id u64, seq u64, touched u64, result)*` where
 ///
 /// - a range is `start u128 | end u128`;
 /// - `outgoing` is `0`, or `1 | child u32 | range`;
@@ -39,6 +39,8 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 /// - `children` is `count u32 | (id u32 | range | voters | observers)*`,
 ///   at most 1 000 000 children, where `voters` and `observers` are each
 ///   `count u32 | id u64*`, at most [`MAX_SPLIT_MEMBERS`] ids;
+/// - `retired_into` is `0`, or `1 | group u32` for a group merged into
+///   that group;
 ///
 /// flags are one byte (0 or 1), pairs are sorted by key, sessions go from
 /// least to most recently used, byte strings are `u32 length | bytes`, and
@@ -46,12 +48,15 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 ///
 /// Format 3 added the byte bound and the sessions' principals; format 4
 /// the shard state, from `base_groups` to `next_group`; format 5 the
-/// children's memberships. Formats 3 and 4 are still read. Format 3 has
-/// no shard state, so the store keeps the one it was configured with
-/// ([`KvStore::with_shard`]). Format 4 lists each child as `id u32 |
-/// range` only: such a child is restored with empty voter and observer
-/// lists, and the node makes it with the split group's current members.
-const SNAPSHOT_VERSION: u32 = 5;
+/// children's memberships; format 6 `retired_into` (merges). Formats 3 to
+/// 5 are still read. Format 3 has no shard state, so the store keeps the
+/// one it was configured with ([`KvStore::with_shard`]). Format 4 lists
+/// each child as `id u32 | range` only: such a child is restored with
+/// empty voter and observer lists, and the node makes it with the split
+/// group's current members. Formats 4 and 5 have no `retired_into`: their
+/// group is restored as not retired (no build that wrote them could
+/// retire a group).
+const SNAPSHOT_VERSION: u32 = 6;
 /// The oldest format this build reads.
 const OLDEST_VERSION: u32 = 3;
 
@@ -164,7 +169,7 @@ impl KvStore {
             )));
         }
         let shard = if version >= 4 {
-            let shard = read_shard(&mut r, version >= 5)?;
+            let shard = read_shard(&mut r, version)?;
             if shard.base_groups != self.shard.base_groups {
                 return Err(bad(format!(
                     "written with base_groups = {}, but this store is configured with {}; \
@@ -247,7 +252,7 @@ impl KvStore {
     }
 }
 
-/// Writes the shard state, format 5 (see [`SNAPSHOT_VERSION`]).
+/// Writes the shard state, format 6 (see [`SNAPSHOT_VERSION`]).
 fn write_shard(buf: &mut BytesMut, s: &ShardState) {
     buf.put_u32_le(s.base_groups);
     put_range(buf, &s.range);
@@ -288,6 +293,13 @@ fn write_shard(buf: &mut BytesMut, s: &ShardState) {
         }
     }
     buf.put_u32_le(s.next_group);
+    match s.retired_into {
+        None => buf.put_u8(0),
+        Some(into) => {
+            buf.put_u8(1);
+            buf.put_u32_le(into);
+        }
+    }
 }
 
 fn bad(what: String) -> io::Error {
@@ -332,9 +344,10 @@ fn read_ids(r: &mut dyn io::Read, what: &str) -> io::Result<Vec<u64>> {
         .collect()
 }
 
-/// Reads the shard state, format 5, or format 4 if `memberships` is false
-/// (checked by the caller).
-fn read_shard(r: &mut dyn io::Read, memberships: bool) -> io::Result<ShardState> {
+/// Reads the shard state of a snapshot of format `version` (4 to 6: the
+/// caller checked it).
+fn read_shard(r: &mut dyn io::Read, version: u32) -> io::Result<ShardState> {
+    let memberships = version >= 5;
     let base_groups = read_u32(r)?;
     let range = read_range(r)?;
     let outgoing = if read_flag(r, "outgoing")? {
@@ -395,6 +408,11 @@ fn read_shard(r: &mut dyn io::Read, memberships: bool) -> io::Result<ShardState>
         });
     }
     let next_group = read_u32(r)?;
+    let retired_into = if version >= 6 && read_flag(r, "retired")? {
+        Some(read_u32(r)?)
+    } else {
+        None
+    };
     Ok(ShardState {
         base_groups,
         range,
@@ -402,6 +420,7 @@ fn read_shard(r: &mut dyn io::Read, memberships: bool) -> io::Result<ShardState>
         incoming,
         children,
         next_group,
+        retired_into,
     })
 }
 
@@ -502,9 +521,9 @@ mod tests {
         let e = t.restore(z(1), &mut &old[..]).unwrap_err();
         assert!(e.to_string().contains("format 1"), "{e}");
         let mut future = img.clone();
-        future[8..12].copy_from_slice(&6u32.to_le_bytes());
+        future[8..12].copy_from_slice(&7u32.to_le_bytes());
         let e = t.restore(z(1), &mut &future[..]).unwrap_err();
-        assert!(e.to_string().contains("format 6"), "{e}");
+        assert!(e.to_string().contains("format 7"), "{e}");
         let mut previous = img.clone();
         previous[8..12].copy_from_slice(&2u32.to_le_bytes());
         let e = t.restore(z(1), &mut &previous[..]).unwrap_err();
@@ -534,6 +553,7 @@ mod tests {
             incoming: s.incoming().cloned(),
             children: s.children().to_vec(),
             next_group: s.next_group(),
+            retired_into: s.retired_into(),
         }
     }
 
@@ -623,7 +643,7 @@ mod tests {
         assert_eq!(pairs_of(&t), pairs_of(&s));
         assert_eq!(t.session_seq(b"", 1), Some(20));
         assert_eq!(shard_of(&t), shard_of(&s));
-        // Written again, it is format 5, equal to the original's.
+        // Written again, it is format 6, equal to the original's.
         assert_eq!(image(&t), image(&s));
         // The default store (one base group) restores a format 3 snapshot
         // of a single-group cluster.
@@ -644,7 +664,7 @@ mod tests {
 
     /// A format 4 snapshot (children without memberships) restores with
     /// empty voter and observer lists, in every state a split goes
-    /// through, and is written again as format 5.
+    /// through, and is written again as format 6.
     #[test]
     fn a_format_4_snapshot_restores_children_without_memberships() {
         let base = 2;
@@ -712,9 +732,9 @@ mod tests {
             );
             assert_eq!(pairs_of(&t), pairs_of(s));
             assert_eq!(t.digest(), s.digest());
-            // Written again: format 5, and it restores to the same state.
+            // Written again: format 6, and it restores to the same state.
             let again = image(&t);
-            assert_eq!(again[8..12], 5u32.to_le_bytes());
+            assert_eq!(again[8..12], super::SNAPSHOT_VERSION.to_le_bytes());
             round_trip(&t);
         }
         // The restored parent goes on like the original: its next split
@@ -737,6 +757,227 @@ mod tests {
             )
         );
         round_trip(&t);
+    }
+
+    /// Two adjacent base groups of a cluster of `base`, with keys, and
+    /// the stores of a merge of the upper (H, group 1) into the lower (G,
+    /// group 0) at each step, in this order: H before it retires, H
+    /// retiring, G absorbing before any batch, G partway, G done, H
+    /// retired (its keys dropped). Each store has its own log's zxids.
+    fn merge_stages(base: u32) -> Vec<KvStore> {
+        let (g_range, h_range) = (KeyRange::of_base_group(0), KeyRange::of_base_group(1));
+        let mut g = KvStore::new().with_shard(base, g_range);
+        let mut h = KvStore::new().with_shard(base, h_range);
+        let (mut gn, mut hn) = (0, 0);
+        for (i, k) in keys_in(g_range, base, "k", 12).iter().enumerate() {
+            gn += 1;
+            g.apply(z(gn), &put_key(1, i as u64 + 1, k, "g"));
+        }
+        for (i, k) in keys_in(h_range, base, "k", 14).iter().enumerate() {
+            hn += 1;
+            h.apply(z(hn), &put_key(1, i as u64 + 1, k, "h"));
+        }
+        let mut stages = vec![h.clone()];
+        hn += 1;
+        h.apply(z(hn), &internal(KvOp::Retire { into: 0 }));
+        stages.push(h.clone());
+        gn += 1;
+        let absorb = KvOp::Absorb {
+            from: 1,
+            range: h_range,
+        };
+        g.apply(z(gn), &internal(absorb));
+        stages.push(g.clone());
+        let frozen = h.frozen_keys();
+        let (a, b) = frozen.split_at(5);
+        gn += 1;
+        g.apply(z(gn), &internal(batch_of(&h, 1, None, a, false)));
+        assert!(g.incoming().is_some_and(|i| i.cursor.is_some()));
+        stages.push(g.clone());
+        gn += 1;
+        g.apply(
+            z(gn),
+            &internal(batch_of(&h, 1, a.last().cloned(), b, true)),
+        );
+        assert_eq!(g.range().end, h_range.end);
+        stages.push(g);
+        hn += 1;
+        h.apply(z(hn), &internal(KvOp::FinishMove { child: 0 }));
+        assert!(h.is_empty() && h.retired_into() == Some(0));
+        stages.push(h);
+        stages
+    }
+
+    /// Every state a merge goes through round trips, a restored store goes
+    /// on like the original, and the stores that are not retired restore
+    /// from format 5 too.
+    #[test]
+    fn every_merge_state_round_trips() {
+        let base = 2;
+        let stages = merge_stages(base);
+        for s in &stages {
+            let t = round_trip(s);
+            assert_eq!(t.retired_into(), s.retired_into());
+            if s.retired_into().is_none() {
+                let old = v5_image(s);
+                assert_eq!(old[8..12], 5u32.to_le_bytes());
+                let mut u = KvStore::new().with_shard(base, KeyRange::EMPTY);
+                u.restore(s.applied(), &mut &old[..]).unwrap();
+                assert_eq!(shard_of(&u), shard_of(s));
+                assert_eq!(image(&u), image(s));
+                // And format 4, which has no children here to strip.
+                let older = v4_image(s);
+                let mut w = KvStore::new().with_shard(base, KeyRange::EMPTY);
+                w.restore(s.applied(), &mut &older[..]).unwrap();
+                assert_eq!(image(&w), image(s));
+            }
+        }
+        // The retiring and retired stores write the flag and the group;
+        // a flag other than 0 or 1 is refused.
+        for (i, s) in stages.iter().enumerate() {
+            let img = image(s);
+            let at = retired_flag_at(&img);
+            if matches!(i, 1 | 5) {
+                assert_eq!(img[at..at + 5], [1, 0, 0, 0, 0]);
+            } else {
+                assert_eq!(img[at], 0);
+            }
+            let mut bad = img.clone();
+            bad[at] = 2;
+            let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+            let e = t.restore(s.applied(), &mut &bad[..]).unwrap_err();
+            assert!(e.to_string().contains("retired flag 2"), "{e}");
+        }
+        // The absorbing store partway, restored, takes the last batch in
+        // exactly like the original.
+        let mut g = stages[3].clone();
+        let mut t = round_trip(&g);
+        let h = &stages[1];
+        let cursor = g.incoming().and_then(|i| i.cursor.clone());
+        let rest: Vec<(u128, Bytes)> = h
+            .frozen_keys()
+            .into_iter()
+            .filter(|pk| cursor.as_ref().is_some_and(|c| pk > c))
+            .collect();
+        let last = internal(batch_of(h, 1, cursor, &rest, true));
+        let zx = z(100);
+        assert_eq!(g.apply(zx, &last), t.apply(zx, &last));
+        assert_eq!(image(&g), image(&t));
+        assert_eq!(g.range(), stages[4].range());
+    }
+
+    /// Merge states no sequence of commands can reach are refused.
+    #[test]
+    fn inconsistent_merge_states_are_refused() {
+        let base = 2;
+        let stages = merge_stages(base);
+        let (g_range, h_range) = (KeyRange::of_base_group(0), KeyRange::of_base_group(1));
+        let refuse = |s: &KvStore, shard: ShardState, what: &str| {
+            let mut bad = s.clone();
+            bad.shard = shard;
+            let img = image(&bad);
+            let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+            let e = t.restore(bad.applied(), &mut &img[..]).unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+            assert!(t.is_empty() && t.retired_into().is_none());
+        };
+        let (retiring, retired) = (&stages[1], &stages[5]);
+        let absorbing = &stages[3];
+        // A retired group that owns a range, takes one in, or gives its
+        // range to another group than the one it retired into.
+        refuse(
+            retired,
+            ShardState {
+                range: h_range,
+                ..shard_of(retired)
+            },
+            "retired into group 0 but owns",
+        );
+        refuse(
+            retired,
+            ShardState {
+                incoming: Some(Incoming {
+                    from: 0,
+                    range: g_range,
+                    cursor: None,
+                    moved: 0,
+                }),
+                ..shard_of(retired)
+            },
+            "retired into group 0 but takes",
+        );
+        refuse(
+            retiring,
+            ShardState {
+                outgoing: Some((3, h_range)),
+                ..shard_of(retiring)
+            },
+            "goes to group 3",
+        );
+        refuse(
+            retiring,
+            ShardState {
+                outgoing: Some((0, KeyRange::EMPTY)),
+                ..shard_of(retiring)
+            },
+            "is empty",
+        );
+        // Retired, yet holding keys: after FinishMove the group has none.
+        refuse(
+            retiring,
+            ShardState {
+                outgoing: None,
+                ..shard_of(retiring)
+            },
+            "outside",
+        );
+        // Frozen keys without the retirement: the outgoing range is then a
+        // split's, which must follow the group's range.
+        refuse(
+            retiring,
+            ShardState {
+                retired_into: None,
+                ..shard_of(retiring)
+            },
+            "does not follow",
+        );
+        // An incoming range beside the group's own that does not adjoin
+        // it, or overlaps it.
+        for range in [
+            KeyRange {
+                start: h_range.start + 1,
+                end: h_range.end,
+            },
+            KeyRange {
+                start: g_range.end - 1,
+                end: h_range.end,
+            },
+        ] {
+            let mut shard = shard_of(absorbing);
+            if let Some(inc) = shard.incoming.as_mut() {
+                inc.range = range;
+                inc.cursor = None;
+            }
+            refuse(absorbing, shard, "does not adjoin");
+        }
+        // A merge partway whose cursor is below keys it holds: those
+        // cannot have been taken in.
+        let mut shard = shard_of(absorbing);
+        if let Some(inc) = shard.incoming.as_mut() {
+            inc.cursor = Some((h_range.start, Bytes::new()));
+        }
+        refuse(absorbing, shard, "outside");
+        // Retired with a range going out and a split's child recorded: a
+        // history, accepted.
+        let mut with_child = retiring.clone();
+        with_child.shard.children = vec![split_child(
+            4,
+            KeyRange {
+                start: h_range.start + 5,
+                end: h_range.end,
+            },
+        )];
+        round_trip(&with_child);
     }
 
     #[test]
@@ -795,7 +1036,7 @@ mod tests {
                 incoming: Some(incoming.clone()),
                 ..fine.clone()
             },
-            "still takes",
+            "does not adjoin",
         );
         refuse(
             ShardState {
@@ -848,13 +1089,24 @@ mod tests {
             },
             "last split",
         );
+        // Children whose ranges overlap each other and the group's own:
+        // the history of a group whose children merged back into it.
+        let mut history = s.clone();
+        history.shard = ShardState {
+            children: vec![split_child(2, upper), split_child(3, upper)],
+            ..fine.clone()
+        };
+        KvStore::new()
+            .restore(history.applied(), &mut &image(&history)[..])
+            .unwrap();
+        // The same children, but the keys are not the group's.
         refuse(
             ShardState {
                 children: vec![split_child(2, upper), split_child(3, upper)],
                 range: KeyRange { start: 0, end: 1 },
                 ..fine.clone()
             },
-            "overlaps",
+            "outside",
         );
         refuse(
             ShardState {
@@ -935,7 +1187,8 @@ mod tests {
         use proptest::prelude::*;
 
         /// Stores in each shard state: a base group with a range going out,
-        /// a new group partway through taking its range in.
+        /// a new group partway through taking its range in, and every step
+        /// of a merge.
         fn stores() -> Vec<KvStore> {
             let whole = KeyRange::of_base_group(0);
             let at = whole.midpoint().unwrap();
@@ -959,7 +1212,9 @@ mod tests {
                 z(1),
                 &internal(batch_of(&parent, 0, None, &frozen[..2], false)),
             );
-            vec![parent, child]
+            let mut all = vec![parent, child];
+            all.extend(merge_stages(2));
+            all
         }
 
         proptest! {

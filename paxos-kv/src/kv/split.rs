@@ -1,5 +1,6 @@
 //! Which keys a group owns, and the operations that move a range of them
-//! to a new group (a split).
+//! to a new group (a split) or a whole group's range to an adjacent group
+//! (a merge, whose own steps are in `merge.rs`).
 //!
 //! A split runs in three steps, each a command in a replicated log:
 //!
@@ -18,18 +19,34 @@
 //! 3. [`KvOp::FinishMove`] in the parent's log: the frozen keys are
 //!    dropped.
 //!
-//! Invariants (checked again when a snapshot is restored): a group with a
-//! range coming in owns nothing yet and has none going out; a range going
-//! out starts where the group's own range ends and is the last child
-//! recorded; children's ranges are disjoint, each below the one before,
-//! and above the group's own range; a child's membership either names at
-//! least one voter and no node twice, or is empty (a child recorded by a
-//! build that did not keep memberships); every key of the map lies in the
-//! group's range, the outgoing one, or the incoming one up to the cursor.
+//! A merge of group H into the adjacent group G runs the same way, with
+//! [`KvOp::Retire`] in H's log in place of the split (H's whole range goes
+//! out, and H is retired for good) and [`KvOp::Absorb`] in G's log before
+//! the batches (G records the range coming in and goes on serving its own;
+//! the final batch makes its range the union of both).
+//!
+//! Invariants (checked again when a snapshot is restored): a range comes
+//! in only to a group that owns nothing or whose own range it adjoins,
+//! and never while one goes out; a range going out by a split starts where
+//! the group's own range ends and is the last child recorded; a retired
+//! group owns nothing, takes nothing in, and has at most its former range
+//! going out, to the group it retired into; children have distinct ids and
+//! non-empty ranges; a child's membership either names at least one voter
+//! and no node twice, or is empty (a child recorded by a build that did
+//! not keep memberships); every key of the map lies in the group's range,
+//! the outgoing one, or the incoming one up to the cursor.
+//!
+//! The children are a history, not a map of who owns what now: a group
+//! that split may later absorb the range it gave away (its child merged
+//! back into it) and split again, so a child's range may lie inside the
+//! group's range, and two children's ranges may overlap. Nothing orders
+//! them beyond the order they were recorded in.
+//!
 //! Every check and every change here depends only on the store's state and
 //! the command, so all replicas answer alike.
 
 use super::command::check_membership;
+use super::merge::joined;
 use super::{KvOp, KvResult, KvStore, ShardedMap, MAX_SPLIT_MEMBERS};
 use crate::shard::{position, KeyRange};
 use bytes::Bytes;
@@ -83,6 +100,9 @@ pub(super) struct ShardState {
     pub(super) children: Vec<Child>,
     /// The next group id [`KvOp::AllocateGroup`] hands out (at least).
     pub(super) next_group: u32,
+    /// The group this one was merged into ([`KvOp::Retire`]): once set,
+    /// never cleared.
+    pub(super) retired_into: Option<u32>,
 }
 
 impl Default for ShardState {
@@ -94,6 +114,7 @@ impl Default for ShardState {
             incoming: None,
             children: Vec::new(),
             next_group: 0,
+            retired_into: None,
         }
     }
 }
@@ -125,7 +146,30 @@ impl ShardState {
         if reversed(&self.range) {
             return Err(format!("range {} is reversed", self.range));
         }
-        if let Some((child, out)) = &self.outgoing {
+        if let Some(into) = self.retired_into {
+            if !self.range.is_empty() {
+                return Err(format!(
+                    "the group retired into group {into} but owns {}",
+                    self.range
+                ));
+            }
+            if let Some(inc) = &self.incoming {
+                return Err(format!(
+                    "the group retired into group {into} but takes {} over",
+                    inc.range
+                ));
+            }
+            if let Some((to, out)) = &self.outgoing {
+                if *to != into {
+                    return Err(format!(
+                        "the group retired into group {into} but its range goes to group {to}"
+                    ));
+                }
+                if out.is_empty() {
+                    return Err(format!("the range {out} given to group {to} is empty"));
+                }
+            }
+        } else if let Some((child, out)) = &self.outgoing {
             if out.is_empty() || self.range.is_empty() || out.start != self.range.end {
                 return Err(format!(
                     "outgoing range {out} does not follow the group's range {}",
@@ -146,14 +190,19 @@ impl ShardState {
             }
         }
         if let Some(inc) = &self.incoming {
-            if !self.range.is_empty() {
-                return Err(format!(
-                    "the group owns {} while it still takes {} over",
-                    self.range, inc.range
-                ));
-            }
             if inc.range.is_empty() {
                 return Err(format!("incoming range {} is empty", inc.range));
+            }
+            // Owning a range while taking another in: a merge, whose range
+            // adjoins the group's own (below or above it).
+            if !self.range.is_empty()
+                && inc.range.start != self.range.end
+                && inc.range.end != self.range.start
+            {
+                return Err(format!(
+                    "the group owns {} while it takes {} over, which does not adjoin it",
+                    self.range, inc.range
+                ));
             }
             if let Some((p, _)) = &inc.cursor {
                 if !inc.range.contains(*p) {
@@ -165,7 +214,6 @@ impl ShardState {
             }
         }
         let mut ids = std::collections::HashSet::with_capacity(self.children.len());
-        let mut below: Option<&KeyRange> = None;
         for Child {
             id,
             range: r,
@@ -179,11 +227,6 @@ impl ShardState {
             if r.is_empty() {
                 return Err(format!("the range {r} given to group {id} is empty"));
             }
-            if below.is_some_and(|prev| r.end > prev.start) {
-                return Err(format!(
-                    "the range {r} given to group {id} overlaps or is above an earlier split"
-                ));
-            }
             if voters.len() > MAX_SPLIT_MEMBERS || observers.len() > MAX_SPLIT_MEMBERS {
                 return Err(format!(
                     "group {id} has more than {MAX_SPLIT_MEMBERS} voters or observers"
@@ -194,22 +237,13 @@ impl ShardState {
                 check_membership(voters, observers)
                     .map_err(|e| format!("the membership of group {id}: {e}"))?;
             }
-            below = Some(r);
-        }
-        if let Some(lowest) = below {
-            if !self.range.is_empty() && self.range.end > lowest.start {
-                return Err(format!(
-                    "the group's range {} overlaps the range {lowest} it gave away",
-                    self.range
-                ));
-            }
         }
         Ok(())
     }
 }
 
 /// A refusal, with its reason.
-fn refused(reason: String) -> KvResult {
+pub(super) fn refused(reason: String) -> KvResult {
     KvResult::Refused {
         reason: Bytes::from(reason),
     }
@@ -254,8 +288,8 @@ impl KvStore {
         self.shard.base_groups
     }
 
-    /// The positions this group owns now (empty while it takes a range
-    /// over).
+    /// The positions this group owns now (empty while a new group takes
+    /// its first range over, and once the group is retired).
     pub fn range(&self) -> KeyRange {
         self.shard.range
     }
@@ -268,8 +302,8 @@ impl KvStore {
             .contains(position(key, self.shard.base_groups))
     }
 
-    /// A range given away by a split whose keys are still here, frozen,
-    /// with the child it went to.
+    /// A range given away by a split or a retirement whose keys are still
+    /// here, frozen, with the group it went to.
     pub fn outgoing(&self) -> Option<(u32, KeyRange)> {
         self.shard.outgoing
     }
@@ -290,10 +324,10 @@ impl KvStore {
         self.shard.next_group
     }
 
-    /// The keys frozen by a split (those of the outgoing range), with
-    /// their positions, sorted by (position, key): the order the child
-    /// takes them in. Empty when no range goes out. A pass over the whole
-    /// map.
+    /// The keys frozen by a split or a retirement (those of the outgoing
+    /// range), with their positions, sorted by (position, key): the order
+    /// the group taking them over takes them in. Empty when no range goes
+    /// out. A pass over the whole map.
     pub fn frozen_keys(&self) -> Vec<(u128, Bytes)> {
         let Some((_, out)) = self.shard.outgoing else {
             return Vec::new();
@@ -327,6 +361,8 @@ impl KvStore {
                 last,
             } => self.ingest(*from, after.as_ref(), pairs, *last),
             KvOp::FinishMove { child } => self.finish_move(*child),
+            KvOp::Retire { into } => self.retire(*into),
+            KvOp::Absorb { from, range } => self.absorb(*from, *range),
             KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Cas { .. } | KvOp::OpenSession => {
                 return None
             }
@@ -344,6 +380,9 @@ impl KvStore {
 
     fn split(&mut self, at: u128, child: u32, voters: &[u64], observers: &[u64]) -> KvResult {
         let s = &mut self.shard;
+        if let Some(into) = s.retired_into {
+            return refused(format!("the group is retired into group {into}"));
+        }
         if let Some((c, r)) = &s.outgoing {
             return refused(format!(
                 "a split is under way: range {r} still moves to group {c}"
@@ -430,7 +469,9 @@ impl KvStore {
         inc.moved = inc.moved.saturating_add(pairs.len() as u64);
         let moved = inc.moved;
         if last {
-            self.shard.range = inc.range;
+            // A new group's first range, or a merge's: the union of the
+            // group's range and the adjoining one taken in.
+            self.shard.range = joined(self.shard.range, inc.range);
             self.shard.incoming = None;
         }
         // Copied out of the command: a slice would pin the whole frame.

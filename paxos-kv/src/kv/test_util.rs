@@ -145,39 +145,42 @@ pub(super) fn batch_of(
 }
 
 /// The snapshot of `s` in format 3, which has no shard state (`s` must be
-/// in a base group's initial shard state: nothing moving, no child).
+/// in a base group's initial shard state: nothing moving, no child, not
+/// retired).
 pub(super) fn v3_image(s: &KvStore) -> Vec<u8> {
     assert!(s.outgoing().is_none() && s.incoming().is_none() && s.children().is_empty());
-    let v5 = image(s);
+    assert!(s.retired_into().is_none());
+    let v6 = image(s);
     // magic, version, applied, max_sessions, max_session_bytes,
     // next_assigned; then the shard state: base_groups, range, two
-    // flags, the child count, next_group.
+    // flags, the child count, next_group, the retired flag.
     let header = 8 + 4 + 4 * 8;
-    let shard = 4 + 32 + 1 + 1 + 4 + 4;
-    let mut v3 = v5[..header].to_vec();
+    let shard = 4 + 32 + 1 + 1 + 4 + 4 + 1;
+    let mut v3 = v6[..header].to_vec();
     v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-    v3.extend_from_slice(&v5[header + shard..]);
+    v3.extend_from_slice(&v6[header + shard..]);
     v3
 }
 
-/// The snapshot of `s` in format 4: its children listed without their
-/// memberships.
-pub(super) fn v4_image(s: &KvStore) -> Vec<u8> {
-    let v5 = image(s);
-    let u32_at = |i: usize| {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&v5[i..i + 4]);
-        u32::from_le_bytes(b) as usize
-    };
-    // The header, then base_groups and the range.
+/// A little-endian u32 of `img` at `i`, as a length.
+fn u32_at(img: &[u8], i: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&img[i..i + 4]);
+    u32::from_le_bytes(b) as usize
+}
+
+/// Where the children of a snapshot image of format 5 or 6 start: past
+/// the header, base_groups, the range, and the outgoing and incoming
+/// ranges.
+fn children_at(img: &[u8]) -> usize {
     let mut i = 8 + 4 + 4 * 8 + 4 + 32;
     // Outgoing: a flag, then child and range.
-    i += if v5[i] == 1 { 1 + 4 + 32 } else { 1 };
+    i += if img[i] == 1 { 1 + 4 + 32 } else { 1 };
     // Incoming: a flag, then from, range, cursor and moved.
-    if v5[i] == 1 {
+    if img[i] == 1 {
         i += 1 + 4 + 32;
-        i += if v5[i] == 1 {
-            1 + 16 + 4 + u32_at(i + 1 + 16)
+        i += if img[i] == 1 {
+            1 + 16 + 4 + u32_at(img, i + 1 + 16)
         } else {
             1
         };
@@ -185,7 +188,48 @@ pub(super) fn v4_image(s: &KvStore) -> Vec<u8> {
     } else {
         i += 1;
     }
-    let count = u32_at(i);
+    i
+}
+
+/// Where the `retired_into` flag of a format 6 snapshot image is: past
+/// the children and `next_group`.
+pub(super) fn retired_flag_at(img: &[u8]) -> usize {
+    let mut i = children_at(img);
+    let count = u32_at(img, i);
+    i += 4;
+    for _ in 0..count {
+        // Id and range, then the voter and observer lists.
+        i += 4 + 32;
+        for _ in 0..2 {
+            i += 4 + 8 * u32_at(img, i);
+        }
+    }
+    i + 4
+}
+
+/// The snapshot of `s` in format 5: no `retired_into` (`s` must not be
+/// retired).
+pub(super) fn v5_image(s: &KvStore) -> Vec<u8> {
+    assert!(
+        s.retired_into().is_none(),
+        "format 5 knows no retired group"
+    );
+    let v6 = image(s);
+    // The retired flag (0), which this format does not have.
+    let i = retired_flag_at(&v6);
+    assert_eq!(v6[i], 0);
+    let mut v5 = v6[..i].to_vec();
+    v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+    v5.extend_from_slice(&v6[i + 1..]);
+    v5
+}
+
+/// The snapshot of `s` in format 4: its children listed without their
+/// memberships, and no `retired_into` (`s` must not be retired).
+pub(super) fn v4_image(s: &KvStore) -> Vec<u8> {
+    let v5 = v5_image(s);
+    let mut i = children_at(&v5);
+    let count = u32_at(&v5, i);
     i += 4;
     let mut v4 = v5[..i].to_vec();
     v4[8..12].copy_from_slice(&4u32.to_le_bytes());
@@ -194,7 +238,7 @@ pub(super) fn v4_image(s: &KvStore) -> Vec<u8> {
         v4.extend_from_slice(&v5[i..i + 4 + 32]);
         i += 4 + 32;
         for _ in 0..2 {
-            i += 4 + 8 * u32_at(i);
+            i += 4 + 8 * u32_at(&v5, i);
         }
     }
     v4.extend_from_slice(&v5[i..]);
@@ -225,7 +269,8 @@ pub(super) fn arb_membership() -> proptest::strategy::BoxedStrategy<(Vec<u64>, V
 
 /// Any operation, internal ones included, with keys drawn from a small
 /// space (so that writes meet), values of any size up to 300 000 bytes,
-/// and positions around the base groups' boundaries.
+/// and positions around the base groups' boundaries (split points, and
+/// the ends of ranges to absorb).
 pub(super) fn arb_op() -> proptest::strategy::BoxedStrategy<KvOp> {
     use proptest::prelude::*;
     let key = prop::collection::vec(any::<u8>(), 0..3).prop_map(Bytes::from);
@@ -256,7 +301,7 @@ pub(super) fn arb_op() -> proptest::strategy::BoxedStrategy<KvOp> {
         }),
         (
             0..3u32,
-            prop::option::of((at, key.clone())),
+            prop::option::of((at.clone(), key.clone())),
             prop::collection::vec((key, small), 0..4),
             any::<bool>(),
         )
@@ -267,6 +312,11 @@ pub(super) fn arb_op() -> proptest::strategy::BoxedStrategy<KvOp> {
                 last,
             }),
         (0..4u32).prop_map(|child| KvOp::FinishMove { child }),
+        (0..4u32).prop_map(|into| KvOp::Retire { into }),
+        (0..3u32, at.clone(), at).prop_map(|(from, start, end)| KvOp::Absorb {
+            from,
+            range: KeyRange { start, end },
+        }),
     ]
     .boxed()
 }

@@ -42,6 +42,14 @@ pub(super) fn kv_result_json(zxid: paxos_core::Zxid, result: Bytes) -> Response 
             })
             .to_string(),
         ),
+        Ok(KvResult::Retiring { into, range }) => Response::Admin(
+            serde_json::json!({
+                "committed": format!("{zxid:?}"),
+                "merging_into": into,
+                "range": range.to_hex(),
+            })
+            .to_string(),
+        ),
         Ok(KvResult::Refused { reason }) => {
             Response::Error(format!("refused: {}", String::from_utf8_lossy(&reason)))
         }
@@ -75,7 +83,89 @@ impl Driver {
             }
             AdminRequest::AllocateGroup => self.allocate_group(reply),
             AdminRequest::Split { child } => self.split(child, reply),
+            // Routed by the groups' layer, which knows the other group.
+            AdminRequest::Merge { into } => self.merge(into, None, reply),
         }
+    }
+
+    /// Proposes retiring this group into group `into` (a merge: see
+    /// [`AdminRequest::Merge`]); answered with the store's result once it
+    /// commits. Group 0 is never removed (it allocates group ids). The
+    /// two groups must have the same members (the absorbing group's leader
+    /// reads the keys from its node's replica of this one), checked here
+    /// against this node's replicas; the stores check the ranges.
+    /// `other`: the other group's members (voters, observers, sorted) and
+    /// range on this node, if it hosts it.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn merge(
+        &mut self,
+        into: u32,
+        other: Option<((Vec<NodeId>, Vec<NodeId>), crate::shard::KeyRange)>,
+        reply: Reply,
+    ) {
+        if self.gid == 0 {
+            reply.send(Response::Error(
+                "group 0 is never removed (it allocates group ids); merge another group into it"
+                    .into(),
+            ));
+            return;
+        }
+        if into == self.gid {
+            reply.send(Response::Error(format!(
+                "group {into} cannot merge into itself"
+            )));
+            return;
+        }
+        let replica = self.node.replica();
+        if !replica.is_leader() {
+            reply.send(self.leader_hint());
+            return;
+        }
+        if replica.membership_change_pending().is_some() {
+            reply.send(Response::Error(format!(
+                "retry: group {} has a membership change in flight",
+                self.gid
+            )));
+            return;
+        }
+        let kv = self.node.state_machine();
+        if kv.outgoing().is_some() || kv.incoming().is_some() {
+            reply.send(Response::Error(format!(
+                "retry: group {} is in a split or a merge already (keys moving); one at a time",
+                self.gid
+            )));
+            return;
+        }
+        let Some(members) = other else {
+            reply.send(Response::Error(format!(
+                "group {into} is not hosted by this node (the groups of a merge have the same \
+                 members)"
+            )));
+            return;
+        };
+        let config = replica.config();
+        let mut mine = (config.voters.clone(), config.observers.clone());
+        mine.0.sort_unstable();
+        mine.1.sort_unstable();
+        if mine != members.0 {
+            reply.send(Response::Error(format!(
+                "group {into}'s members ({:?}, observers {:?}) differ from group {}'s ({:?}, \
+                 observers {:?}): change one group's membership first",
+                members.0 .0, members.0 .1, self.gid, mine.0, mine.1
+            )));
+            return;
+        }
+        if !(members.1.end == kv.range().start || members.1.start == kv.range().end) {
+            reply.send(Response::Error(format!(
+                "group {into} owns {} here, not adjacent to group {}'s {}: a group merges into \
+                 a neighbour",
+                members.1,
+                self.gid,
+                kv.range()
+            )));
+            return;
+        }
+        self.propose_admin(KvOp::Retire { into }, reply);
     }
 
     /// Proposes the allocation of a group id (group 0 counts them, from

@@ -61,7 +61,7 @@ use super::{
     heartbeats, Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION,
     TAG_ELECTION_IN, TAG_HOST_HEARTBEAT,
 };
-use crate::client_proto::{Request, Response};
+use crate::client_proto::{AdminRequest, Request, Response};
 use crate::kv::{Child, KvCommand, KvOp, KvStore};
 use crate::shard::position;
 use paxos_wal::shared::SharedLog;
@@ -346,8 +346,15 @@ pub(super) struct Groups {
     /// Per slot, how many splits of the group's store were seen (a new
     /// one makes its group here).
     children_seen: Vec<usize>,
-    /// Slots whose group is in a split (giving or taking keys over).
+    /// Slots whose group is in a split or a merge (giving or taking keys
+    /// over).
     moving: BTreeSet<usize>,
+    /// Per slot: the group was merged into another and removed here (its
+    /// driver stays in the slot, inert, until the process ends; its
+    /// directory is marked and its records are dropped at the next start).
+    retired: Vec<bool>,
+    /// Ids of the groups merged away on this node (never made again).
+    gone: BTreeSet<u32>,
     /// When the moves are next looked at.
     next_moves: Instant,
     /// Groups given input since their last turn.
@@ -388,7 +395,7 @@ pub(super) struct Groups {
 }
 
 impl Groups {
-    pub(super) fn new(groups: Vec<Driver>, factory: Option<Factory>) -> Groups {
+    pub(super) fn new(groups: Vec<Driver>, factory: Option<Factory>, gone: Vec<u32>) -> Groups {
         let n = groups.len();
         let max_elections = groups.first().map_or(0, |d| d.host.max_elections);
         let mut slot_of = Vec::new();
@@ -405,6 +412,8 @@ impl Groups {
             factory,
             children_seen: vec![0; n],
             moving: BTreeSet::new(),
+            retired: vec![false; n],
+            gone: gone.into_iter().collect(),
             next_moves: Instant::now(),
             dirty: (0..n).collect(),
             is_dirty: vec![true; n],
@@ -449,6 +458,10 @@ impl Groups {
     /// this node does not host yet, and tracks whether it is in a split.
     fn after_turn(&mut self, g: usize) {
         let kv = self.groups[g].node.state_machine();
+        if kv.retired_into().is_some() && kv.outgoing().is_none() {
+            self.retire(g);
+            return;
+        }
         let splits = kv.children().len();
         if kv.outgoing().is_some() || kv.incoming().is_some() {
             self.moving.insert(g);
@@ -462,6 +475,40 @@ impl Groups {
         }
     }
 
+    /// Removes group `g` from this node: it was merged into another group
+    /// and has given its keys away (its `FinishMove` applied here). Its
+    /// directory is marked [`storage::RETIRED_FILE`] (durably: a restart
+    /// never opens it again, and drops its records from the shared log),
+    /// its id is no longer routed, and its driver stays in its slot with
+    /// no timer and no input. A replica of it on a node that lags may stay
+    /// behind for good once the others are gone; it serves nothing.
+    fn retire(&mut self, g: usize) {
+        if self.retired[g] {
+            return;
+        }
+        let (gid, into) = {
+            let d = &self.groups[g];
+            (d.gid, d.node.state_machine().retired_into())
+        };
+        if let Err(e) = storage::mark_retired(&self.groups[g].dir) {
+            // Kept running rather than half removed: the next turn tries again.
+            tracing::error!(group = gid, error = %format!("{e:#}"), "could not mark the merged group's directory; it stays until that works");
+            return;
+        }
+        tracing::info!(group = gid, into = ?into, "group merged into another: removed from this node");
+        self.retired[g] = true;
+        self.gone.insert(gid);
+        if let Some(slot) = self.slot_of.get_mut(gid as usize) {
+            *slot = NO_SLOT;
+        }
+        self.armed[g] = None;
+        self.moving.remove(&g);
+        self.busy.remove(&g);
+        self.waiting.remove(&g);
+        self.admitted.remove(&g);
+        self.groups[g].move_keys = None;
+    }
+
     /// Makes every group that group `g` split off and this node does not
     /// host: empty, taking its range over from `g` (see [`crate::shard`]),
     /// with `g`'s members. Every replica of `g` applies the split at the
@@ -473,7 +520,7 @@ impl Groups {
         // Bounded by the group's splits.
         for c in children {
             let child = c.id;
-            if self.slot(u64::from(child)).is_some() {
+            if self.slot(u64::from(child)).is_some() || self.gone.contains(&child) {
                 continue;
             }
             // The members the split recorded; a split from a snapshot of
@@ -534,6 +581,7 @@ impl Groups {
         }
         self.slot_of[gid as usize] = index as u32;
         self.children_seen.push(0);
+        self.retired.push(false);
         self.is_dirty.push(false);
         self.armed.push(None);
         self.mark(index);
@@ -556,59 +604,87 @@ impl Groups {
         }
         self.next_moves = now + MOVES_EVERY;
         let t = self.host().now();
+        // (slot, step): collected first, proposed after (a step may be the
+        // business of another group than the one looked at: a merge's
+        // absorbing group is not itself in a move until it starts).
+        let mut steps: Vec<(usize, KvOp)> = Vec::new();
         for g in self.moving.clone() {
-            let d = &mut self.groups[g];
-            if !d.node.replica().is_leader() {
-                // A step proposed as leader comes back as superseded or of
-                // unknown outcome; whatever came of it, the next leader
-                // (this node again, perhaps) starts from the stores.
-                d.move_inflight = false;
-                continue;
-            }
-            if d.move_inflight || d.node.replica().established_epoch().is_none() {
-                continue;
-            }
-            let d = &self.groups[g];
-            let gid = d.gid;
-            let kv = d.node.state_machine();
+            let kv = self.groups[g].node.state_machine();
+            let gid = self.groups[g].gid;
             let incoming = kv.incoming().map(|i| (i.from, i.range, i.cursor.clone()));
             let outgoing = kv.outgoing();
-            let op = if let Some((from_gid, range, cursor)) = incoming {
+            let retiring = kv.retired_into();
+            if let (Some((into, range)), Some(r)) = (outgoing, retiring) {
+                // A merge: the absorbing group's leader starts taking the
+                // range over once its node's replica of this group froze it.
+                if let Some(a) = self.slot(u64::from(into)).filter(|_| r == into) {
+                    if self.may_step(a) {
+                        let akv = self.groups[a].node.state_machine();
+                        if akv.incoming().is_none() && !akv.range().covers(&range) {
+                            steps.push((a, KvOp::Absorb { from: gid, range }));
+                        }
+                    }
+                }
+            }
+            if !self.may_step(g) {
+                continue;
+            }
+            if let Some((from_gid, range, cursor)) = incoming {
                 let Some(from) = self.slot(u64::from(from_gid)) else {
                     continue;
                 };
                 if self.groups[from].node.state_machine().outgoing() != Some((gid, range)) {
-                    // This node's replica of the group that split has not
-                    // applied the split yet (or has finished: then the
-                    // new group owns the range already).
+                    // This node's replica of the group giving the range
+                    // has not frozen it yet (or has finished: then this
+                    // group owns the range already).
                     continue;
                 }
                 let mut keys = self.groups[g].move_keys.take();
                 let source = self.groups[from].node.state_machine();
                 let (pairs, last) = next_batch(&mut keys, source, cursor.as_ref());
                 self.groups[g].move_keys = keys;
-                KvOp::Ingest {
-                    from: from_gid,
-                    after: cursor,
-                    pairs,
-                    last,
-                }
+                steps.push((
+                    g,
+                    KvOp::Ingest {
+                        from: from_gid,
+                        after: cursor,
+                        pairs,
+                        last,
+                    },
+                ));
             } else if let Some((child, range)) = outgoing {
                 let Some(c) = self.slot(u64::from(child)) else {
                     continue;
                 };
                 let ckv = self.groups[c].node.state_machine();
-                if ckv.incoming().is_some() || ckv.range() != range {
-                    continue;
+                if ckv.incoming().is_none() && ckv.range().covers(&range) && !range.is_empty() {
+                    steps.push((g, KvOp::FinishMove { child }));
                 }
-                KvOp::FinishMove { child }
-            } else {
+            }
+        }
+        // Bounded by the groups moving (at most two steps each).
+        for (g, op) in steps {
+            if !self.may_step(g) {
                 continue;
-            };
+            }
             let d = &mut self.groups[g];
             in_span(d, |d| d.propose_move(t, op));
             self.mark(g);
         }
+    }
+
+    /// Whether group `g`'s replica here may propose a move's step now: it
+    /// leads an established epoch and has no step in flight. A replica
+    /// that does not lead forgets its step in flight (it comes back as
+    /// superseded or of unknown outcome; the next leader starts from the
+    /// stores).
+    fn may_step(&mut self, g: usize) -> bool {
+        let d = &mut self.groups[g];
+        if !d.node.replica().is_leader() {
+            d.move_inflight = false;
+            return false;
+        }
+        !d.move_inflight && d.node.replica().established_epoch().is_some()
     }
 
     fn host(&self) -> &Host {
@@ -617,6 +693,9 @@ impl Groups {
     }
 
     fn mark(&mut self, g: usize) {
+        if self.retired[g] {
+            return;
+        }
         if !self.is_dirty[g] {
             self.is_dirty[g] = true;
             self.dirty.push(g);
@@ -625,6 +704,10 @@ impl Groups {
 
     /// Runs `f` on group `g` (if it exists) and gives it a turn.
     pub(super) fn with(&mut self, g: usize, f: impl FnOnce(&mut Driver)) {
+        if self.retired.get(g).copied().unwrap_or(false) {
+            tracing::debug!(slot = g, "input for a group merged away; dropped");
+            return;
+        }
         if let Some(d) = self.groups.get_mut(g) {
             in_span(d, f);
             self.mark(g);
@@ -637,6 +720,10 @@ impl Groups {
     }
 
     fn rearm(&mut self, g: usize) {
+        if self.retired[g] {
+            self.armed[g] = None;
+            return;
+        }
         let t = self.groups[g].timer();
         if t != self.armed[g] {
             self.armed[g] = t;
@@ -831,6 +918,9 @@ impl Groups {
         let t = self.host().now();
         let mut woken = 0usize;
         for g in 0..self.groups.len() {
+            if self.retired[g] {
+                continue;
+            }
             let r = self.groups[g].node.replica();
             if !r.is_quiesced() {
                 continue;
@@ -855,6 +945,9 @@ impl Groups {
         let t = self.host().now();
         let mut woken = 0usize;
         for g in 0..self.groups.len() {
+            if self.retired[g] {
+                continue;
+            }
             let r = self.groups[g].node.replica();
             if r.is_leader() && r.is_quiesced() {
                 self.groups[g].node.wake(t);
@@ -882,6 +975,9 @@ impl Groups {
         let t = self.host().now();
         let mut woken = 0usize;
         for g in 0..self.groups.len() {
+            if self.retired[g] {
+                continue;
+            }
             let r = self.groups[g].node.replica();
             if r.is_leader()
                 && r.is_quiesced()
@@ -944,6 +1040,9 @@ impl Groups {
         let mut led: BTreeMap<NodeId, usize> = live.iter().map(|&v| (v, 0)).collect();
         let mut mine = Vec::new();
         for (g, d) in self.groups.iter().enumerate() {
+            if self.retired[g] {
+                continue;
+            }
             let r = d.node.replica();
             if let Some(l) = r.leader() {
                 if let Some(c) = led.get_mut(&l) {
@@ -954,7 +1053,8 @@ impl Groups {
                 }
             }
         }
-        let share = self.groups.len().div_ceil(live.len());
+        let hosted = self.retired.iter().filter(|r| !**r).count();
+        let share = hosted.div_ceil(live.len());
         let excess = led[&me].saturating_sub(share);
         if excess == 0 {
             return;
@@ -1078,7 +1178,10 @@ impl Groups {
             election_window: self.window.limit(),
             ..GroupCounts::default()
         };
-        for d in &self.groups {
+        for (g, d) in self.groups.iter().enumerate() {
+            if self.retired[g] {
+                continue;
+            }
             let r = d.node.replica();
             if r.is_leader() {
                 c.led += 1;
@@ -1265,6 +1368,20 @@ impl Groups {
             Ok(m) => m,
             Err(()) => return,
         };
+        if let Request::Admin(AdminRequest::Merge { into }) = msg.req {
+            let other = self.slot(u64::from(into)).map(|a| {
+                let d = &self.groups[a];
+                let c = d.node.replica().config();
+                let (mut v, mut o) = (c.voters.clone(), c.observers.clone());
+                v.sort_unstable();
+                o.sort_unstable();
+                ((v, o), d.node.state_machine().range())
+            });
+            let reply = msg.reply;
+            let _budget = msg._budget;
+            self.with(g, |d| d.merge(into, other, reply));
+            return;
+        }
         if matches!(msg.req, Request::Status) {
             let status = self.groups[g].status_json();
             msg.reply.send(Response::Status(status));
@@ -1285,13 +1402,22 @@ impl Groups {
         // Bounded: each step goes to a group made later than the last.
         for _ in 0..64 {
             let Some(g) = self.slot(u64::from(gid)) else {
-                return gid;
+                // Not hosted (merged away, say): any hosted group that
+                // owns the key (a linear look; rare).
+                return self
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .find(|(s, d)| !self.retired[*s] && d.node.state_machine().range().contains(p))
+                    .map_or(gid, |(_, d)| d.gid);
             };
             let kv = self.groups[g].node.state_machine();
             if kv.range().contains(p) {
                 return gid;
             }
-            match kv.children().iter().find(|c| c.range.contains(p)) {
+            // The newest split first: a range merged back and split again
+            // is in the history twice.
+            match kv.children().iter().rev().find(|c| c.range.contains(p)) {
                 Some(c) => gid = c.id,
                 None => return gid,
             }
@@ -1307,7 +1433,10 @@ impl Groups {
         let mut keys = 0usize;
         let mut leaders: Vec<Option<u64>> = Vec::with_capacity(self.groups.len());
         let mut shards = Vec::with_capacity(self.groups.len());
-        for d in &self.groups {
+        for (g, d) in self.groups.iter().enumerate() {
+            if self.retired[g] {
+                continue;
+            }
             let kv = d.node.state_machine();
             keys += kv.len();
             let leader = d.node.replica().leader().map(|l| l.0);
@@ -1336,7 +1465,7 @@ impl Groups {
             // before any split; clients that predate splits route by it),
             // and the groups this node hosts.
             "groups": host.groups,
-            "hosted": self.groups.len(),
+            "hosted": shards.len(),
             "led": c.led,
             "following": c.following,
             "looking": c.looking,

@@ -459,12 +459,13 @@ pub async fn run_node(
     let mut groups = Vec::with_capacity(stores.len() + stores.children.len());
     let shared = stores.shared.clone();
     let children = std::mem::take(&mut stores.children);
-    for (index, store) in stores.into_iter().enumerate() {
-        let gid = index as u32;
+    let gone = std::mem::take(&mut stores.gone);
+    for (gid, store) in stores {
+        let index = groups.len();
         let span = group_span(&opts, gid);
         let g = span
             .in_scope(|| open_group(&opts, index, gid, store, None, host.clone(), span.clone()))
-            .with_context(|| format!("starting group {index}"))?;
+            .with_context(|| format!("starting group {gid}"))?;
         groups.push(g);
     }
     // Groups made by splits, after the base groups (ids and slots differ).
@@ -522,7 +523,7 @@ pub async fn run_node(
         log,
         faults: faults.clone(),
     });
-    let mut d = Groups::new(groups, factory);
+    let mut d = Groups::new(groups, factory, gone);
     tokio::pin!(shutdown);
     let result = 'run: loop {
         if let Err(e) = d.turn() {

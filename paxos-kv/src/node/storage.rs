@@ -264,9 +264,10 @@ pub(super) fn group_dir(opts: &NodeOptions, index: usize) -> PathBuf {
     }
 }
 
-/// Every group's storage, opened, in group order.
+/// Every group's storage, opened, in group order: the base groups (by id)
+/// this node still hosts.
 pub(super) struct Stores {
-    stores: Vec<NodeStorage>,
+    stores: Vec<(u32, NodeStorage)>,
     syncers: Vec<Syncer>,
     /// The shared log (a node hosting many groups): where groups created
     /// at run time keep their records.
@@ -274,6 +275,8 @@ pub(super) struct Stores {
     /// Groups created at run time by splits (found by their
     /// [`ORIGIN_FILE`]), by id, with their storage.
     pub(super) children: Vec<(u32, Origin, NodeStorage)>,
+    /// Groups merged away (marked [`RETIRED_FILE`]): never made again.
+    pub(super) gone: Vec<u32>,
 }
 
 impl Stores {
@@ -288,8 +291,8 @@ impl Stores {
 }
 
 impl IntoIterator for Stores {
-    type Item = NodeStorage;
-    type IntoIter = std::vec::IntoIter<NodeStorage>;
+    type Item = (u32, NodeStorage);
+    type IntoIter = std::vec::IntoIter<(u32, NodeStorage)>;
     fn into_iter(self) -> Self::IntoIter {
         self.stores.into_iter()
     }
@@ -307,35 +310,49 @@ pub(super) fn open_stores(
         let inner = open_storage(opts, &opts.data_dir, disk_identity)?;
         let syncer = Syncer::Own(inner.wal_handle());
         return Ok(Stores {
-            stores: vec![NodeStorage {
-                inner: GroupLog::Own(inner),
-                hooks: SlowDisk(faults.clone()),
-            }],
+            stores: vec![(
+                0,
+                NodeStorage {
+                    inner: GroupLog::Own(inner),
+                    hooks: SlowDisk(faults.clone()),
+                },
+            )],
             syncers: vec![syncer],
             shared: None,
             children: Vec::new(),
+            gone: Vec::new(),
         });
     }
     let log = Arc::new(open_shared(opts, disk_identity)?);
     log.set_combine_writes(COMBINE_WRITES);
     let mut stores = Vec::with_capacity(opts.groups as usize);
+    let mut gone = Vec::new();
     for index in 0..u64::from(opts.groups) {
         let dir = group_dir(opts, index as usize);
+        if index > 0 && is_retired(&dir) {
+            drop_retired(&log, index as u32, &dir);
+            gone.push(index as u32);
+            continue;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let inner = log
             .group(GroupId(index))
             .with_context(|| format!("opening group {index} in the shared log"))?;
-        stores.push(NodeStorage {
-            inner: GroupLog::Shared(inner),
-            hooks: SlowDisk(faults.clone()),
-        });
+        stores.push((
+            index as u32,
+            NodeStorage {
+                inner: GroupLog::Shared(inner),
+                hooks: SlowDisk(faults.clone()),
+            },
+        ));
     }
-    let children = open_children(opts, &log, faults)?;
+    let children = open_children(opts, &log, faults, &mut gone)?;
     Ok(Stores {
         stores,
         syncers: vec![Syncer::Shared(log.clone()); opts.groups as usize],
         shared: Some(log),
         children,
+        gone,
     })
 }
 
@@ -347,6 +364,51 @@ pub(super) fn open_stores(
 /// with those members) is rebuilt from it at every start; everything
 /// after is in its log and snapshots.
 pub(super) const ORIGIN_FILE: &str = "ORIGIN";
+
+/// The file that marks a group merged into another and removed from this
+/// node: its directory is never opened again, and the next start drops its
+/// records from the shared log and deletes the directory.
+pub(super) const RETIRED_FILE: &str = "RETIRED";
+
+/// Marks the group in `dir` as removed ([`RETIRED_FILE`]), durably.
+pub(super) fn mark_retired(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join(RETIRED_FILE);
+    std::fs::File::create(&path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Whether the group in `dir` was merged away ([`RETIRED_FILE`]).
+pub(super) fn is_retired(dir: &std::path::Path) -> bool {
+    dir.join(RETIRED_FILE).exists()
+}
+
+/// Drops a merged-away group for good at a start: its records from the
+/// shared log, then its directory. A failure only leaves them for the
+/// next start (the mark stays).
+fn drop_retired(log: &SharedLog, id: u32, dir: &std::path::Path) {
+    if let Err(e) = log.remove_group(u64::from(id)) {
+        tracing::warn!(group = id, error = %e, "records of a merged-away group not dropped; tried again at the next start");
+        return;
+    }
+    // The records' removal must be durable before the mark goes.
+    if let Err(e) = log.sync() {
+        tracing::warn!(group = id, error = %e, "could not sync the removal of a merged-away group's records");
+        return;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(
+            group = id,
+            "merged-away group's records and directory dropped"
+        ),
+        Err(e) => {
+            tracing::warn!(group = id, dir = %dir.display(), error = %e, "could not delete a merged-away group's directory")
+        }
+    }
+}
 
 /// Where a group made by a split comes from (see [`ORIGIN_FILE`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -415,6 +477,7 @@ fn open_children(
     opts: &NodeOptions,
     log: &Arc<SharedLog>,
     faults: &Arc<Faults>,
+    gone: &mut Vec<u32>,
 ) -> Result<Vec<(u32, Origin, NodeStorage)>> {
     let root = opts.data_dir.join(identity::GROUPS_DIR);
     let mut found = Vec::new();
@@ -431,6 +494,11 @@ fn open_children(
             continue;
         };
         if id < opts.groups {
+            continue;
+        }
+        if is_retired(&entry.path()) {
+            drop_retired(log, id, &entry.path());
+            gone.push(id);
             continue;
         }
         let path = entry.path().join(ORIGIN_FILE);
@@ -478,6 +546,9 @@ pub(super) fn create_child(
     origin: &Origin,
 ) -> Result<NodeStorage> {
     let dir = group_dir(opts, id as usize);
+    if is_retired(&dir) {
+        anyhow::bail!("group {id} was merged away on this node; it is not made again");
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!("{ORIGIN_FILE}.tmp"));
     let path = dir.join(ORIGIN_FILE);

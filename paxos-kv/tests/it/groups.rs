@@ -895,3 +895,106 @@ async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_ke
     assert!(matches!(forged, ClientError::Forbidden(_)), "{forged}");
     cluster.stop();
 }
+
+/// A group removed at run time (issue 16: groups removed by an admin
+/// command): a group made by a split merges back into the group it came
+/// from under a concurrent writer; every acknowledged write reads back,
+/// every node stops hosting the removed group, also after a restart, and a
+/// base group merges into its neighbour too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowledged_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let client = Arc::new(Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    ));
+    let admin = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    let mut session = Session::new(12);
+    let before = write_all(&client, &mut session, 0..300).await;
+    let parent = group_of(&key(0), GROUPS);
+    let (child, _) = admin
+        .split_group(parent, Some(Duration::from_secs(60)))
+        .await
+        .expect("split");
+    let split = write_all(&client, &mut session, 300..400).await;
+
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut session = Session::assigned();
+            write_all(&client, &mut session, 1_000..1_300).await
+        })
+    };
+    let into = admin
+        .merge_group(child, None, Some(Duration::from_secs(60)))
+        .await
+        .expect("the new group merges back");
+    assert_eq!(
+        into, parent,
+        "the neighbour below the child's range is its parent"
+    );
+    let during = writer.await.expect("writer");
+    for keys in [&before, &split, &during] {
+        read_back(&client, keys).await;
+    }
+    let hosted = |st: &std::collections::BTreeMap<u64, serde_json::Value>, n: u32| {
+        st.values()
+            .all(|v| v["hosted"].as_u64() == Some(u64::from(n)))
+    };
+    let mut gone = false;
+    for _ in 0..100 {
+        if hosted(&cluster.statuses().await, GROUPS) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "every node dropped the merged group: {:?}",
+        cluster.statuses().await
+    );
+
+    // A restart does not bring it back.
+    let victim = cluster.ids()[2];
+    cluster.kill(victim).expect("kill");
+    cluster.start_node(victim).expect("restart");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group has a leader");
+    assert!(hosted(&cluster.statuses().await, GROUPS));
+
+    // A base group merges into its neighbour; group 0 is never removed.
+    let removed = GROUPS - 1;
+    let into = admin
+        .merge_group(removed, None, Some(Duration::from_secs(60)))
+        .await
+        .expect("a base group merges");
+    assert_eq!(into, removed - 1);
+    let refused = admin
+        .merge_group(0, None, None)
+        .await
+        .expect_err("group 0 stays");
+    assert!(refused.to_string().contains("never removed"), "{refused}");
+    let after = write_all(&client, &mut session, 2_000..2_200).await;
+    for keys in [&before, &split, &during, &after] {
+        read_back(&client, keys).await;
+    }
+    cluster.stop();
+}
