@@ -666,11 +666,7 @@ impl Client {
         let started = std::time::Instant::now();
         // Bounded by the timeout: each pass sleeps.
         loop {
-            let groups = self.groups().await?;
-            let group = match op.key() {
-                None => Some(0),
-                Some(key) => self.routing.lock().group_of(key),
-            };
+            let (groups, group) = self.route(op.key().map(|k| &k[..])).await?;
             let result = match group {
                 Some(group) => self.write_once(session, group, groups, op.clone()).await,
                 None => Err(ClientError::Node(
@@ -780,6 +776,20 @@ impl Client {
             }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The cluster's base group count and the group that owns `key` (group
+    /// 0 for none; `None` while its range moves), with one look at the
+    /// routing once it is known (the write path's).
+    async fn route(&self, key: Option<&[u8]>) -> Result<(u32, Option<u32>), ClientError> {
+        {
+            let routing = self.routing.lock();
+            if routing.groups > 0 {
+                return Ok((routing.groups, key.map_or(Some(0), |k| routing.group_of(k))));
+            }
+        }
+        let groups = self.groups().await?;
+        Ok((groups, key.map_or(Some(0), |k| self.routing.lock().group_of(k))))
     }
 
     /// The cluster's group count, asked of any node the first time.
@@ -954,8 +964,7 @@ impl Client {
         let started = std::time::Instant::now();
         // Bounded by the timeout: each pass sleeps.
         loop {
-            let groups = self.groups().await?;
-            let group = self.routing.lock().group_of(&key);
+            let (groups, group) = self.route(Some(&key)).await?;
             let result = match group {
                 Some(group) => {
                     let req = in_group(
@@ -1241,6 +1250,10 @@ impl Routing {
     }
 
     fn set_leader(&mut self, group: u32, addr: Option<SocketAddr>) {
+        if self.groups <= 1 {
+            // One group: the connection is the routing.
+            return;
+        }
         match addr {
             Some(a) if self.leaders.len() < MAX_ROUTED_GROUPS => {
                 self.leaders.insert(group, a);

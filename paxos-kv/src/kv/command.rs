@@ -433,6 +433,10 @@ fn put_opt_bytes(buf: &mut BytesMut, b: Option<&Bytes>) {
     }
 }
 
+/// The first operation tag of the node's own operations: every tag from
+/// it up is internal ([`KvCommand::peek_is_internal`]).
+const FIRST_INTERNAL_TAG: u8 = 5;
+
 impl KvCommand {
     /// Encodes the command into `buf`: `format u8 | principal (u8 length |
     /// bytes) | client u64 | seq u64 | op`, where `op` is a tag and its
@@ -562,6 +566,20 @@ impl KvCommand {
                         .sum::<usize>()
             }
         }
+    }
+
+    /// Whether an encoded command carries one of the node's own
+    /// operations ([`KvOp::is_internal`]), read from its operation tag
+    /// without decoding the rest (the client port refuses those from
+    /// clients on every write). False for bytes too short to hold a tag
+    /// (such a command is malformed, applied as a no-op).
+    pub fn peek_is_internal(src: &[u8]) -> bool {
+        let Ok(principal) = Self::peek_principal(src) else {
+            return false;
+        };
+        // format, principal length, principal, client u64, seq u64, tag.
+        src.get(2 + principal.len() + 16)
+            .is_some_and(|&tag| tag >= FIRST_INTERNAL_TAG)
     }
 
     /// The principal named by an encoded command, without decoding the
@@ -847,6 +865,24 @@ impl KvResult {
 mod tests {
     use super::*;
     use crate::kv::test_util::*;
+
+    #[test]
+    fn the_internal_tag_is_read_without_decoding() {
+        let cases = [
+            (put_op("k", "v"), false),
+            (KvOp::OpenSession, false),
+            (KvOp::AllocateGroup { floor: 2 }, true),
+            (KvOp::FinishMove { child: 9 }, true),
+            (KvOp::Retire { into: 1 }, true),
+        ];
+        for (op, internal) in cases {
+            assert_eq!(op.is_internal(), internal, "{op:?}");
+            let c = cmd_as(b"alice", 3, 4, op);
+            assert_eq!(KvCommand::peek_is_internal(&c), internal);
+        }
+        assert!(!KvCommand::peek_is_internal(&[]));
+        assert!(!KvCommand::peek_is_internal(&[COMMAND_FORMAT, 0, 1, 2]));
+    }
 
     #[test]
     fn commands_with_trailing_bytes_or_another_format_are_refused() {
