@@ -41,7 +41,7 @@
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -789,7 +789,10 @@ impl Client {
             }
         }
         let groups = self.groups().await?;
-        Ok((groups, key.map_or(Some(0), |k| self.routing.lock().group_of(k))))
+        Ok((
+            groups,
+            key.map_or(Some(0), |k| self.routing.lock().group_of(k)),
+        ))
     }
 
     /// The cluster's group count, asked of any node the first time.
@@ -1206,9 +1209,26 @@ impl Routing {
                 .parse()
                 .ok()
         };
+        // Every base group's leader, by id.
+        if let Some(ids) = v.get("group_leaders").and_then(|l| l.as_array()) {
+            for (g, id) in (0..groups).zip(ids) {
+                if let Some(a) = addr_of(id) {
+                    routing.leaders.insert(g, a);
+                }
+            }
+        }
+        // From a node that knows splits: the groups not as created, and the
+        // base groups merged away (the rest own their base ranges).
         if let Some(shards) = v.get("shards").and_then(|s| s.as_array()) {
-            let mut ranges = Vec::with_capacity(shards.len().min(MAX_ROUTED_GROUPS));
-            routing.ids.clear();
+            let gone: BTreeSet<u32> = v
+                .get("gone")
+                .and_then(|g| g.as_array())
+                .into_iter()
+                .flatten()
+                .take(MAX_ROUTED_GROUPS)
+                .filter_map(|g| g.as_u64().and_then(|g| u32::try_from(g).ok()))
+                .collect();
+            let mut listed: BTreeMap<u32, KeyRange> = BTreeMap::new();
             for s in shards.iter().take(MAX_ROUTED_GROUPS) {
                 let Some(g) = s["group"].as_u64().and_then(|g| u32::try_from(g).ok()) else {
                     continue;
@@ -1216,22 +1236,22 @@ impl Routing {
                 let Some(r) = s["range"].as_str().and_then(KeyRange::from_hex) else {
                     continue;
                 };
-                ranges.push((g, r));
-                routing.ids.push(g);
-                if let Some(a) = addr_of(&s["leader"]) {
-                    routing.leaders.insert(g, a);
-                }
+                listed.insert(g, r);
+                match addr_of(&s["leader"]) {
+                    Some(a) => routing.leaders.insert(g, a),
+                    None => routing.leaders.remove(&g),
+                };
             }
+            let mut all: Vec<(u32, KeyRange)> = (0..groups)
+                .filter(|g| !gone.contains(g) && !listed.contains_key(g))
+                .map(|g| (g, KeyRange::of_base_group(g)))
+                .collect();
+            all.extend(listed);
+            routing.ids = all.iter().map(|(g, _)| *g).collect();
             routing.ids.sort_unstable();
-            routing.table = RoutingTable::new(ranges).ok_or_else(|| {
+            routing.table = RoutingTable::new(all).ok_or_else(|| {
                 ClientError::Unexpected("the node's status names overlapping ranges".into())
             })?;
-        } else if let Some(ids) = v.get("group_leaders").and_then(|l| l.as_array()) {
-            for (g, id) in (0..groups).zip(ids) {
-                if let Some(a) = addr_of(id) {
-                    routing.leaders.insert(g, a);
-                }
-            }
         }
         Ok(routing)
     }

@@ -63,7 +63,7 @@ use super::{
 };
 use crate::client_proto::{AdminRequest, Request, Response};
 use crate::kv::{Child, KvCommand, KvOp, KvStore};
-use crate::shard::position;
+use crate::shard::{position, KeyRange};
 use paxos_wal::shared::SharedLog;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -1431,27 +1431,43 @@ impl Groups {
         let host = self.host();
         let c = self.counts();
         let mut keys = 0usize;
-        let mut leaders: Vec<Option<u64>> = Vec::with_capacity(self.groups.len());
-        let mut shards = Vec::with_capacity(self.groups.len());
+        // group_leaders: each base group's leader, by id (null for one not
+        // hosted here); shards: the groups whose range is not their base
+        // range as created (made by splits, split, merged into, or
+        // moving), so that the status stays small when nothing split (it
+        // travels in one client frame, with up to 65 536 groups); gone: the
+        // base groups merged away. A client's routing is the base ranges,
+        // less those gone and those in shards, plus the shards.
+        let mut leaders: Vec<Option<u64>> = vec![None; host.groups as usize];
+        let mut shards = Vec::new();
+        let mut hosted = 0usize;
         for (g, d) in self.groups.iter().enumerate() {
             if self.retired[g] {
                 continue;
             }
+            hosted += 1;
             let kv = d.node.state_machine();
             keys += kv.len();
             let leader = d.node.replica().leader().map(|l| l.0);
-            // group_leaders lists the base groups (by id), as clients that
-            // predate splits read it; shards lists every group.
-            if d.gid < host.groups {
-                leaders.push(leader);
+            let moving = kv.incoming().is_some() || kv.outgoing().is_some();
+            if let Some(slot) = leaders.get_mut(d.gid as usize) {
+                *slot = leader;
             }
-            shards.push(serde_json::json!({
-                "group": d.gid,
-                "range": kv.range().to_hex(),
-                "leader": leader,
-                "moving": kv.incoming().is_some() || kv.outgoing().is_some(),
-            }));
+            if d.gid >= host.groups || moving || kv.range() != KeyRange::of_base_group(d.gid) {
+                shards.push(serde_json::json!({
+                    "group": d.gid,
+                    "range": kv.range().to_hex(),
+                    "leader": leader,
+                    "moving": moving,
+                }));
+            }
         }
+        let gone: Vec<u32> = self
+            .gone
+            .iter()
+            .copied()
+            .filter(|&g| g < host.groups)
+            .collect();
         let members = host.members.borrow();
         let addrs: BTreeMap<u64, String> = members
             .iter()
@@ -1465,7 +1481,7 @@ impl Groups {
             // before any split; clients that predate splits route by it),
             // and the groups this node hosts.
             "groups": host.groups,
-            "hosted": shards.len(),
+            "hosted": hosted,
             "led": c.led,
             "following": c.following,
             "looking": c.looking,
@@ -1477,6 +1493,7 @@ impl Groups {
             "keys": keys,
             "group_leaders": leaders,
             "shards": shards,
+            "gone": gone,
             "client_addrs": addrs,
         })
         .to_string()
