@@ -181,12 +181,10 @@ fn forbidden(principal: &Principal, req: &Request) -> Option<String> {
         // Splitting and moving keys are the node's own commands (asked for
         // with admin requests); a client's write carrying one is refused
         // whatever its role, or a writer could give keys away or drop them.
-        Request::Write(cmd) if KvCommand::decode(cmd.clone()).is_ok_and(|c| c.op.is_internal()) => {
-            Some(format!(
-                "{FORBIDDEN_PREFIX} the command is one of the node's own (a split or a move of \
+        Request::Write(cmd) if KvCommand::peek_is_internal(cmd) => Some(format!(
+            "{FORBIDDEN_PREFIX} the command is one of the node's own (a split or a move of \
                  keys); ask for a split with an admin request"
-            ))
-        }
+        )),
         _ => None,
     }
 }

@@ -458,9 +458,21 @@ impl Groups {
     /// this node does not host yet, and tracks whether it is in a split.
     fn after_turn(&mut self, g: usize) {
         let kv = self.groups[g].node.state_machine();
-        if kv.retired_into().is_some() && kv.outgoing().is_none() {
-            self.retire(g);
-            return;
+        if let Some(into) = kv.retired_into() {
+            // Merged away: gone once its keys were dropped here, or once
+            // this node's replica of the group it merged into owns them
+            // (the absorb committed there: a replica that never hears of
+            // the drop, its peers gone, is not left behind for good).
+            let absorbed = kv.outgoing().is_none_or(|(_, r)| {
+                self.slot(u64::from(into)).is_some_and(|a| {
+                    let akv = self.groups[a].node.state_machine();
+                    akv.incoming().is_none() && akv.range().covers(&r)
+                })
+            });
+            if absorbed {
+                self.retire(g);
+                return;
+            }
         }
         let splits = kv.children().len();
         if kv.outgoing().is_some() || kv.incoming().is_some() {
@@ -609,8 +621,24 @@ impl Groups {
         // absorbing group is not itself in a move until it starts).
         let mut steps: Vec<(usize, KvOp)> = Vec::new();
         for g in self.moving.clone() {
+            if self.retired[g] {
+                continue;
+            }
             let kv = self.groups[g].node.state_machine();
             let gid = self.groups[g].gid;
+            if let (Some(into), Some((_, r))) = (kv.retired_into(), kv.outgoing()) {
+                // Merged away, and this node's replica of the group it went
+                // into owns its keys now (it may not hear of its own last
+                // step, nor have a turn: quiet).
+                let absorbed = self.slot(u64::from(into)).is_some_and(|a| {
+                    let akv = self.groups[a].node.state_machine();
+                    akv.incoming().is_none() && akv.range().covers(&r)
+                });
+                if absorbed {
+                    self.retire(g);
+                    continue;
+                }
+            }
             let incoming = kv.incoming().map(|i| (i.from, i.range, i.cursor.clone()));
             let outgoing = kv.outgoing();
             let retiring = kv.retired_into();
@@ -641,7 +669,7 @@ impl Groups {
                 }
                 let mut keys = self.groups[g].move_keys.take();
                 let source = self.groups[from].node.state_machine();
-                let (pairs, last) = next_batch(&mut keys, source, cursor.as_ref());
+                let (pairs, last) = next_batch(&mut keys, from_gid, range, source, cursor.as_ref());
                 self.groups[g].move_keys = keys;
                 steps.push((
                     g,
@@ -682,6 +710,10 @@ impl Groups {
         let d = &mut self.groups[g];
         if !d.node.replica().is_leader() {
             d.move_inflight = false;
+            d.move_keys = None;
+            return false;
+        }
+        if d.move_backoff.is_some_and(|t| Instant::now() < t) {
             return false;
         }
         !d.move_inflight && d.node.replica().established_epoch().is_some()
@@ -1368,6 +1400,12 @@ impl Groups {
             Ok(m) => m,
             Err(()) => return,
         };
+        if let Request::Admin(AdminRequest::Split { .. } | AdminRequest::Merge { .. }) = &msg.req {
+            if let Some(why) = self.move_blocked(target, &msg.req) {
+                msg.reply.send(Response::Error(why));
+                return;
+            }
+        }
         if let Request::Admin(AdminRequest::Merge { into }) = msg.req {
             let other = self.slot(u64::from(into)).map(|a| {
                 let d = &self.groups[a];
@@ -1388,6 +1426,73 @@ impl Groups {
             return;
         }
         self.with(g, |d| d.on_client(msg));
+    }
+
+    /// Why group `gid` may not start the split or merge `req` now, as this
+    /// node's replicas see the groups (`None`: it may). A group still
+    /// taking a range over, or not yet told by the group that gave it
+    /// that the move is over, neither splits nor merges: the giver's last
+    /// step waits for the receiver's range to cover what it gave. A
+    /// merge's other group must be settled too, and a split's new id
+    /// must be one group 0 allocated and no group here has or had.
+    fn move_blocked(&self, gid: u32, req: &Request) -> Option<String> {
+        let pending = |target: u32| -> Option<String> {
+            self.groups.iter().enumerate().find_map(|(s, d)| {
+                if self.retired[s] {
+                    return None;
+                }
+                let kv = d.node.state_machine();
+                match (kv.outgoing(), kv.retired_into()) {
+                    (Some((to, _)), None) if to == target => Some(format!(
+                        "retry: group {} has not dropped the keys it gave group {target} yet",
+                        d.gid
+                    )),
+                    (_, Some(into)) if into == target => Some(format!(
+                        "retry: group {} is merging into group {target}",
+                        d.gid
+                    )),
+                    _ => None,
+                }
+            })
+        };
+        if let Some(why) = pending(gid) {
+            return Some(why);
+        }
+        match req {
+            Request::Admin(AdminRequest::Split { child }) => {
+                if self.slot(u64::from(*child)).is_some() || self.gone.contains(child) {
+                    return Some(format!("group id {child} is (or was) a group's already"));
+                }
+                let next = self
+                    .slot(0)
+                    .map(|g0| self.groups[g0].node.state_machine().next_group());
+                if next.is_some_and(|n| *child >= n) {
+                    // Perhaps allocated a moment ago: this node's replica
+                    // of group 0 may not have applied it yet.
+                    return Some(format!(
+                        "retry: group id {child} was not allocated by group 0 as far as this \
+                         node knows (admin allocate-group)"
+                    ));
+                }
+                None
+            }
+            Request::Admin(AdminRequest::Merge { into }) => {
+                let Some(a) = self.slot(u64::from(*into)) else {
+                    return None; // the driver says it is not hosted
+                };
+                let kv = self.groups[a].node.state_machine();
+                if kv.outgoing().is_some() || kv.incoming().is_some() {
+                    return Some(format!(
+                        "retry: group {into} is in a split or a merge (keys moving)"
+                    ));
+                }
+                if kv.retired_into().is_some() {
+                    return Some(format!("group {into} was merged away"));
+                }
+                pending(*into)
+            }
+            _ => None,
+        }
     }
 
     /// The group that owns `key` as this node's replicas see it: the base
@@ -1505,11 +1610,21 @@ impl Groups {
 /// sorted list of the frozen keys, made once per move (they do not change
 /// while frozen) and kept between batches.
 fn next_batch(
-    keys: &mut Option<Vec<(u128, Bytes)>>,
+    keys: &mut Option<super::MoveKeys>,
+    from: u32,
+    range: KeyRange,
     source: &KvStore,
     cursor: Option<&(u128, Bytes)>,
 ) -> (Vec<(Bytes, Bytes)>, bool) {
-    let keys = keys.get_or_insert_with(|| source.frozen_keys());
+    if keys
+        .as_ref()
+        .is_some_and(|(f, r, _)| (*f, *r) != (from, range))
+    {
+        // A list of another move (this replica applied that move's end and
+        // the next move's start in one turn): never used for this one.
+        *keys = None;
+    }
+    let (_, _, keys) = keys.get_or_insert_with(|| (from, range, source.frozen_keys()));
     let start = match cursor {
         None => 0,
         Some((p, k)) => keys.partition_point(|(kp, kk)| (kp, kk) <= (p, k)),
@@ -1563,6 +1678,69 @@ fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store of base group 0 (of 2) holding `keys`, that split at its
+    /// midpoint to `child` (the upper keys frozen), or retired into
+    /// `child` (all frozen) when `retire`.
+    fn giving(keys: &[&str], child: u32, retire: bool) -> (KvStore, KeyRange) {
+        use crate::kv::KvCommand;
+        use paxos_core::{Epoch, StateMachine, Zxid};
+        let mut kv = KvStore::new().with_shard(2, KeyRange::of_base_group(0));
+        let mut n = 0;
+        let mut apply = |kv: &mut KvStore, op: KvOp| {
+            n += 1;
+            let cmd = KvCommand {
+                principal: Bytes::new(),
+                client: 7,
+                seq: n,
+                op,
+            };
+            kv.apply(Zxid::new(Epoch(1), n as u32), &cmd.to_bytes());
+        };
+        for k in keys {
+            if crate::shard::group_of(k.as_bytes(), 2) == 0 {
+                let op = KvOp::Put {
+                    key: Bytes::copy_from_slice(k.as_bytes()),
+                    value: Bytes::from_static(b"v"),
+                };
+                apply(&mut kv, op);
+            }
+        }
+        let op = if retire {
+            KvOp::Retire { into: child }
+        } else {
+            KvOp::Split {
+                at: KeyRange::of_base_group(0).midpoint().unwrap(),
+                child,
+                voters: vec![1],
+                observers: vec![],
+            }
+        };
+        apply(&mut kv, op);
+        let (_, range) = kv.outgoing().expect("giving a range");
+        (kv, range)
+    }
+
+    #[test]
+    fn a_batch_is_never_made_from_the_key_list_of_another_move() {
+        let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (first, r1) = giving(&keys[..100], 5, false);
+        let (second, r2) = giving(&keys[100..], 6, true);
+        let mut list = None;
+        let (pairs, _) = next_batch(&mut list, 0, r1, &first, None);
+        assert!(!pairs.is_empty());
+        // The same replica now takes another range over (its list of the
+        // first move was never cleared): the batch is the second's keys.
+        let (pairs, last) = next_batch(&mut list, 0, r2, &second, None);
+        let expected: Vec<Bytes> = second.frozen_keys().into_iter().map(|(_, k)| k).collect();
+        assert!(!expected.is_empty());
+        assert!(last);
+        assert_eq!(
+            pairs.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            expected
+        );
+    }
 
     #[test]
     fn the_admission_window_halves_when_most_elections_expire_and_grows_with_successes() {

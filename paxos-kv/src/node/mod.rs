@@ -272,9 +272,14 @@ struct Driver {
     /// A step of a split proposed by this group's leader and not answered
     /// yet ([`groups::Groups`]' moves: one at a time).
     move_inflight: bool,
-    /// While this group takes keys over from a group that split: the
-    /// frozen keys, sorted, read once from this node's replica of it.
-    move_keys: Option<Vec<(u128, Bytes)>>,
+    /// While this group takes keys over: the group and range they come
+    /// from, and the frozen keys, sorted, read once from this node's
+    /// replica of it (kept only for that move: a list of another would
+    /// make a batch of the wrong keys).
+    move_keys: Option<MoveKeys>,
+    /// A step of a move the store refused (a stale one, or one that does
+    /// not fit yet): none is proposed again before this.
+    move_backoff: Option<Instant>,
 }
 
 /// The snapshot IO's counters (the layer counts the rest).
@@ -294,6 +299,14 @@ struct Stats {
 
 /// Groups a node hosts, at most (`--groups`, and those splits add).
 pub const MAX_GROUPS: u32 = 65_536;
+
+/// A move's frozen keys as a taking group's leader reads them: the group
+/// and range they come from, and the keys, sorted by position.
+type MoveKeys = (u32, KeyRange, Vec<(u128, Bytes)>);
+
+/// How long a group waits after a move's step was refused before it
+/// proposes one again.
+const MOVE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Group ids are below this (group 0 allocates them for splits).
 pub const MAX_GROUP_ID: u32 = 1 << 20;
@@ -819,6 +832,7 @@ fn open_group(
         span,
         move_inflight: false,
         move_keys: None,
+        move_backoff: None,
     })
 }
 
@@ -1114,7 +1128,16 @@ impl Driver {
                 zxid,
             } => {
                 self.move_inflight = false;
-                tracing::debug!(?zxid, result = ?crate::kv::KvResult::decode(result), "split step applied");
+                match crate::kv::KvResult::decode(result) {
+                    Ok(crate::kv::KvResult::Refused { reason }) => {
+                        // Refused on apply: not proposed again for a while
+                        // (a step that cannot apply yet would otherwise be
+                        // logged every few milliseconds).
+                        tracing::info!(?zxid, reason = %String::from_utf8_lossy(&reason), "a move's step was refused; trying again in a second");
+                        self.move_backoff = Some(Instant::now() + MOVE_BACKOFF);
+                    }
+                    r => tracing::debug!(?zxid, result = ?r, "a move's step applied"),
+                }
             }
             NodeEvent::Written {
                 token: Waiter::AdminKv { reply },

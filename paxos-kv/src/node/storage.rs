@@ -367,7 +367,8 @@ pub(super) const ORIGIN_FILE: &str = "ORIGIN";
 
 /// The file that marks a group merged into another and removed from this
 /// node: its directory is never opened again, and the next start drops its
-/// records from the shared log and deletes the directory.
+/// records from the shared log and deletes its other files. The mark
+/// itself stays for good (the group is never made again).
 pub(super) const RETIRED_FILE: &str = "RETIRED";
 
 /// Marks the group in `dir` as removed ([`RETIRED_FILE`]), durably.
@@ -394,20 +395,40 @@ fn drop_retired(log: &SharedLog, id: u32, dir: &std::path::Path) {
         tracing::warn!(group = id, error = %e, "records of a merged-away group not dropped; tried again at the next start");
         return;
     }
-    // The records' removal must be durable before the mark goes.
+    // The records' removal is durable before the files go.
     if let Err(e) = log.sync() {
         tracing::warn!(group = id, error = %e, "could not sync the removal of a merged-away group's records");
         return;
     }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => tracing::info!(
-            group = id,
-            "merged-away group's records and directory dropped"
-        ),
+    // Everything but the mark, which stays for good: it is what keeps the
+    // group from being made again (a base group at the next start, a
+    // child from its parent's record of the split).
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
         Err(e) => {
-            tracing::warn!(group = id, dir = %dir.display(), error = %e, "could not delete a merged-away group's directory")
+            tracing::warn!(group = id, dir = %dir.display(), error = %e, "could not list a merged-away group's directory");
+            return;
+        }
+    };
+    // Bounded by the directory's entries.
+    for entry in entries.flatten() {
+        if entry.file_name() == RETIRED_FILE {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!(group = id, path = %path.display(), error = %e, "could not delete a merged-away group's file");
         }
     }
+    tracing::info!(
+        group = id,
+        "merged-away group's records and files dropped (its mark stays)"
+    );
 }
 
 /// Where a group made by a split comes from (see [`ORIGIN_FILE`]).

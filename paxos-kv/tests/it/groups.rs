@@ -996,5 +996,40 @@ async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowled
     for keys in [&before, &split, &during, &after] {
         read_back(&client, keys).await;
     }
+
+    // Restarted twice (the first start drops the merged groups' records
+    // and files, the second must still know them gone), a node comes back
+    // with neither merged group.
+    let mut settled = false;
+    for _ in 0..100 {
+        if hosted(&cluster.statuses().await, GROUPS - 1) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "every node dropped group {removed}: {:?}",
+        cluster.statuses().await
+    );
+    for _ in 0..2 {
+        cluster.kill(victim).expect("kill");
+        cluster.start_node(victim).expect("restart");
+        cluster
+            .wait_all_groups_led(Duration::from_secs(60))
+            .await
+            .expect("every group has a leader");
+        let st = cluster.statuses().await;
+        assert_eq!(
+            st[&victim]["hosted"].as_u64(),
+            Some(u64::from(GROUPS) - 1),
+            "no merged group is made again: {}",
+            st[&victim]
+        );
+    }
+    for keys in [&before, &split, &during, &after] {
+        read_back(&client, keys).await;
+    }
     cluster.stop();
 }
