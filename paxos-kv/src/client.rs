@@ -1247,6 +1247,15 @@ impl Routing {
                 .map(|g| (g, KeyRange::of_base_group(g)))
                 .collect();
             all.extend(listed);
+            // A range inside another group's is a replica left behind by
+            // a merge (the other group's range only grew by taking it
+            // over): the larger one is the owner.
+            let owners = all.clone();
+            all.retain(|(g, r)| {
+                !owners
+                    .iter()
+                    .any(|(o, big)| o != g && big.covers(r) && big != r && !r.is_empty())
+            });
             routing.ids = all.iter().map(|(g, _)| *g).collect();
             routing.ids.sort_unstable();
             routing.table = RoutingTable::new(all).ok_or_else(|| {
@@ -1450,4 +1459,84 @@ fn already_done(req: AdminRequest, e: &ClientError) -> bool {
         AdminChange::Remove => "not a member",
     };
     *m == format!("cannot {change:?} node {node}: it is {role}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(shards: serde_json::Value, gone: serde_json::Value) -> String {
+        serde_json::json!({
+            "groups": 4,
+            "group_leaders": [1, 2, 3, 1],
+            "client_addrs": { "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3" },
+            "shards": shards,
+            "gone": gone,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn routing_takes_base_ranges_shards_and_gone_groups() {
+        let r2 = KeyRange::of_base_group(2);
+        let at = r2.midpoint().unwrap();
+        let low = KeyRange {
+            start: r2.start,
+            end: at,
+        };
+        let high = KeyRange {
+            start: at,
+            end: r2.end,
+        };
+        let both = KeyRange {
+            start: KeyRange::of_base_group(0).start,
+            end: KeyRange::of_base_group(1).end,
+        };
+        let st = status(
+            serde_json::json!([
+                { "group": 2, "range": low.to_hex(), "leader": 3 },
+                { "group": 9, "range": high.to_hex(), "leader": 2 },
+                { "group": 0, "range": both.to_hex(), "leader": 1 },
+            ]),
+            serde_json::json!([1]),
+        );
+        let routing = Routing::from_status(&st).unwrap();
+        assert_eq!(routing.ids, vec![0, 2, 3, 9]);
+        assert_eq!(routing.table.group_at(low.start), Some(2));
+        assert_eq!(routing.table.group_at(high.start), Some(9));
+        assert_eq!(
+            routing.table.group_at(KeyRange::of_base_group(1).start),
+            Some(0)
+        );
+        assert_eq!(
+            routing.table.group_at(KeyRange::of_base_group(3).start),
+            Some(3)
+        );
+        assert_eq!(routing.leader(9), Some("127.0.0.1:2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_range_left_behind_by_a_merge_routes_to_the_group_that_took_it() {
+        // Group 1 merged into 0 on this node's replica of 0; its own replica
+        // here lags from before the merge (not gone, still its base range).
+        let both = KeyRange {
+            start: KeyRange::of_base_group(0).start,
+            end: KeyRange::of_base_group(1).end,
+        };
+        let st = status(
+            serde_json::json!([{ "group": 0, "range": both.to_hex(), "leader": 1 }]),
+            serde_json::json!([]),
+        );
+        let routing = Routing::from_status(&st).unwrap();
+        assert_eq!(
+            routing.table.group_at(KeyRange::of_base_group(1).start),
+            Some(0)
+        );
+        // Two groups claiming the same range are not guessed between.
+        let st = status(
+            serde_json::json!([{ "group": 7, "range": KeyRange::of_base_group(3).to_hex() }]),
+            serde_json::json!([]),
+        );
+        assert!(Routing::from_status(&st).is_err());
+    }
 }

@@ -1400,7 +1400,10 @@ impl Groups {
             Ok(m) => m,
             Err(()) => return,
         };
-        if let Request::Admin(AdminRequest::Split { .. } | AdminRequest::Merge { .. }) = &msg.req {
+        if let Request::Admin(
+            AdminRequest::Split { .. } | AdminRequest::Merge { .. } | AdminRequest::Change { .. },
+        ) = &msg.req
+        {
             if let Some(why) = self.move_blocked(target, &msg.req) {
                 msg.reply.send(Response::Error(why));
                 return;
@@ -1428,13 +1431,14 @@ impl Groups {
         self.with(g, |d| d.on_client(msg));
     }
 
-    /// Why group `gid` may not start the split or merge `req` now, as this
-    /// node's replicas see the groups (`None`: it may). A group still
-    /// taking a range over, or not yet told by the group that gave it
-    /// that the move is over, neither splits nor merges: the giver's last
-    /// step waits for the receiver's range to cover what it gave. A
-    /// merge's other group must be settled too, and a split's new id
-    /// must be one group 0 allocated and no group here has or had.
+    /// Why group `gid` may not start the split, merge or membership change
+    /// `req` now, as this node's replicas see the groups (`None`: it may).
+    /// A group still taking a range over, or not yet told by the group
+    /// that gave it that the move is over, neither splits nor merges nor
+    /// changes members: the giver's last step waits for the receiver's
+    /// range to cover what it gave, and the members must stay those that
+    /// host both. A merge's other group must be settled too, and a split's
+    /// new id must be one group 0 allocated and no group here has or had.
     fn move_blocked(&self, gid: u32, req: &Request) -> Option<String> {
         let pending = |target: u32| -> Option<String> {
             self.groups.iter().enumerate().find_map(|(s, d)| {
