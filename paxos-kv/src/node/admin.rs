@@ -116,26 +116,12 @@ impl Driver {
             )));
             return;
         }
+        if let Err(refusal) = self.may_start_move() {
+            reply.send(refusal);
+            return;
+        }
         let replica = self.node.replica();
-        if !replica.is_leader() {
-            reply.send(self.leader_hint());
-            return;
-        }
-        if replica.membership_change_pending().is_some() {
-            reply.send(Response::Error(format!(
-                "retry: group {} has a membership change in flight",
-                self.gid
-            )));
-            return;
-        }
         let kv = self.node.state_machine();
-        if kv.outgoing().is_some() || kv.incoming().is_some() {
-            reply.send(Response::Error(format!(
-                "retry: group {} is in a split or a merge already (keys moving); one at a time",
-                self.gid
-            )));
-            return;
-        }
         let Some(members) = other else {
             reply.send(Response::Error(format!(
                 "group {into} is not hosted by this node (the groups of a merge have the same \
@@ -216,27 +202,12 @@ impl Driver {
             )));
             return;
         }
+        if let Err(refusal) = self.may_start_move() {
+            reply.send(refusal);
+            return;
+        }
         let replica = self.node.replica();
-        if !replica.is_leader() {
-            reply.send(self.leader_hint());
-            return;
-        }
-        if replica.membership_change_pending().is_some() {
-            reply.send(Response::Error(format!(
-                "retry: group {} has a membership change in flight; a split takes the group's \
-                 members as they are",
-                self.gid
-            )));
-            return;
-        }
         let kv = self.node.state_machine();
-        if kv.outgoing().is_some() || kv.incoming().is_some() {
-            reply.send(Response::Error(format!(
-                "retry: group {} is in a split already (keys moving); one at a time",
-                self.gid
-            )));
-            return;
-        }
         let Some(at) = kv.range().midpoint() else {
             reply.send(Response::Error(format!(
                 "group {} owns a range too small to split ({})",
@@ -253,6 +224,32 @@ impl Driver {
             observers: config.observers.iter().map(|o| o.0).collect(),
         };
         self.propose_admin(op, reply);
+    }
+
+    /// Whether this group's replica may start a split or a merge: it
+    /// leads (else the answer is the leader hint), no membership change is
+    /// in flight (the move takes the members as they are), and no move is
+    /// under way (one at a time).
+    fn may_start_move(&self) -> Result<(), Response> {
+        let replica = self.node.replica();
+        if !replica.is_leader() {
+            return Err(self.leader_hint());
+        }
+        if replica.membership_change_pending().is_some() {
+            return Err(Response::Error(format!(
+                "retry: group {} has a membership change in flight; a split or merge takes the \
+                 group's members as they are",
+                self.gid
+            )));
+        }
+        let kv = self.node.state_machine();
+        if kv.outgoing().is_some() || kv.incoming().is_some() {
+            return Err(Response::Error(format!(
+                "retry: group {} is in a split or a merge already (keys moving); one at a time",
+                self.gid
+            )));
+        }
+        Ok(())
     }
 
     /// Proposes one of the node's own commands for an administrator, who

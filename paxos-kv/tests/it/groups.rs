@@ -761,6 +761,33 @@ async fn a_joining_node_follows_the_group_it_was_added_to_while_its_other_groups
     cluster.stop();
 }
 
+/// Kills node `id`, starts it again and waits until every group it and
+/// the others host has a leader.
+async fn restart(cluster: &mut LocalCluster, id: u64) {
+    cluster.kill(id).expect("kill");
+    cluster.start_node(id).expect("restart");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group has a leader after the restart");
+}
+
+/// Whether every node hosts `n` groups, asked until they do (bounded:
+/// 100 looks, 100 ms apart).
+async fn wait_hosted(cluster: &LocalCluster, n: u32) -> bool {
+    for _ in 0..100 {
+        let st = cluster.statuses().await;
+        if st
+            .values()
+            .all(|v| v["hosted"].as_u64() == Some(u64::from(n)))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A group split at run time (issue 16: groups added by an admin command):
 /// under a concurrent writer, group G's upper half of keys moves to a new
 /// group through its own log; every acknowledged write reads back through
@@ -862,12 +889,7 @@ async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_ke
 
     // A restarted node rebuilds the new group from its origin and its log.
     let victim = cluster.ids()[1];
-    cluster.kill(victim).expect("kill");
-    cluster.start_node(victim).expect("restart");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group, the new one included, has a leader");
+    restart(&mut cluster, victim).await;
     let st = cluster.statuses().await;
     assert_eq!(
         st[&victim]["hosted"].as_u64(),
@@ -952,33 +974,16 @@ async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowled
     for keys in [&before, &split, &during] {
         read_back(&client, keys).await;
     }
-    let hosted = |st: &std::collections::BTreeMap<u64, serde_json::Value>, n: u32| {
-        st.values()
-            .all(|v| v["hosted"].as_u64() == Some(u64::from(n)))
-    };
-    let mut gone = false;
-    for _ in 0..100 {
-        if hosted(&cluster.statuses().await, GROUPS) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        gone,
+        wait_hosted(&cluster, GROUPS).await,
         "every node dropped the merged group: {:?}",
         cluster.statuses().await
     );
 
     // A restart does not bring it back.
     let victim = cluster.ids()[2];
-    cluster.kill(victim).expect("kill");
-    cluster.start_node(victim).expect("restart");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group has a leader");
-    assert!(hosted(&cluster.statuses().await, GROUPS));
+    restart(&mut cluster, victim).await;
+    assert!(wait_hosted(&cluster, GROUPS).await);
 
     // A base group merges into its neighbour; group 0 is never removed.
     let removed = GROUPS - 1;
@@ -1000,26 +1005,13 @@ async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowled
     // Restarted twice (the first start drops the merged groups' records
     // and files, the second must still know them gone), a node comes back
     // with neither merged group.
-    let mut settled = false;
-    for _ in 0..100 {
-        if hosted(&cluster.statuses().await, GROUPS - 1) {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        settled,
+        wait_hosted(&cluster, GROUPS - 1).await,
         "every node dropped group {removed}: {:?}",
         cluster.statuses().await
     );
     for _ in 0..2 {
-        cluster.kill(victim).expect("kill");
-        cluster.start_node(victim).expect("restart");
-        cluster
-            .wait_all_groups_led(Duration::from_secs(60))
-            .await
-            .expect("every group has a leader");
+        restart(&mut cluster, victim).await;
         let st = cluster.statuses().await;
         assert_eq!(
             st[&victim]["hosted"].as_u64(),
