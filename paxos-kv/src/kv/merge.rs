@@ -471,6 +471,8 @@ mod tests {
         assert_eq!(pairs_of(&parent), original);
         assert!(child.is_empty() && child.retired_into() == Some(0));
         assert_eq!(parent.children(), &[split_child(7, upper)]);
+        assert_eq!(parent.taken(), &[(7, upper)]);
+        assert_eq!(child.taken(), &[(0, upper)]);
         assert_eq!(parent.shard.check(), Ok(()));
         // The old child's id stays taken; a new split may give away a
         // range that overlaps the one given before.
@@ -486,6 +488,111 @@ mod tests {
         t.restore(parent.applied(), &mut &image(&parent)[..])
             .unwrap();
         assert_eq!(image(&t), image(&parent));
+    }
+
+    /// The ambiguity the record of ranges taken over removes. Group G
+    /// splits its upper half off to H, H later merges back into G. A
+    /// replica of G left in the state from before the split (a clone
+    /// taken then, as a replica restored from an old snapshot would be)
+    /// owns H's range and takes nothing in, exactly like G once the merge
+    /// is done; only `has_taken` tells them apart. G records the merge
+    /// with its last batch, not with the absorb or an earlier batch, and
+    /// H keeps its own record of taking the range from G by the split.
+    #[test]
+    fn a_merge_is_recorded_as_taken_which_a_replica_from_before_the_split_is_not() {
+        let base = 1;
+        let whole = KeyRange::of_base_group(0);
+        let at = whole.midpoint().unwrap();
+        let upper = KeyRange {
+            start: at,
+            end: whole.end,
+        };
+        let (mut glog, mut hlog) = (Log(0), Log(0));
+        let mut g = store_with(base, whole, &keys_in(whole, base, "k", 40), &mut glog);
+        let before_split = g.clone();
+
+        // G splits H (group 7) off; H takes the upper half in.
+        glog.apply(&mut g, &internal(split_op(at, 7)));
+        let mut h = KvStore::new().with_incoming(base, 0, upper);
+        let frozen = g.frozen_keys();
+        hlog.apply(&mut h, &internal(batch_of(&g, 0, None, &frozen, true)));
+        glog.apply(&mut g, &internal(KvOp::FinishMove { child: 7 }));
+        assert_eq!(h.taken(), &[(0, upper)]);
+        assert!(g.taken().is_empty());
+
+        // H merges back into G.
+        hlog.apply(&mut h, &internal(KvOp::Retire { into: 0 }));
+        let absorb = KvOp::Absorb {
+            from: 7,
+            range: upper,
+        };
+        assert!(matches!(
+            glog.apply(&mut g, &internal(absorb)),
+            KvResult::Absorbing { from: 7, .. }
+        ));
+        assert!(!g.has_taken(7, upper), "absorbing is not having taken");
+        let frozen = h.frozen_keys();
+        let (a, b) = frozen.split_at(frozen.len() / 2);
+        glog.apply(&mut g, &internal(batch_of(&h, 7, None, a, false)));
+        assert!(!g.has_taken(7, upper) && g.taken().is_empty());
+        let r = glog.apply(
+            &mut g,
+            &internal(batch_of(&h, 7, a.last().cloned(), b, true)),
+        );
+        assert!(matches!(r, KvResult::Ingested { done: true, .. }), "{r:?}");
+        assert_eq!(g.taken(), &[(7, upper)]);
+        assert!(g.has_taken(7, upper));
+        assert!(!g.has_taken(0, upper) && !g.has_taken(7, whole));
+
+        // The old replica and the merged G look alike to the check the
+        // node used to make, but only G has taken H's range over.
+        for s in [&g, &before_split] {
+            assert!(s.incoming().is_none() && s.range().covers(&upper));
+        }
+        assert!(!before_split.has_taken(7, upper));
+        assert!(before_split.taken().is_empty());
+
+        // H, retired and emptied, keeps its record: a history.
+        hlog.apply(&mut h, &internal(KvOp::FinishMove { child: 0 }));
+        assert!(h.is_empty() && h.has_taken(0, upper));
+        // Both records survive a snapshot.
+        for s in [&g, &h] {
+            let mut t = s.emptied();
+            t.shard.taken.clear();
+            t.restore(s.applied(), &mut &image(s)[..]).unwrap();
+            assert_eq!(t.taken(), s.taken());
+        }
+    }
+
+    /// Two merges into the same group are recorded in the order they
+    /// finished: a range from above, then one from below.
+    #[test]
+    fn merges_are_recorded_in_the_order_they_finish() {
+        let base = 4;
+        let (r0, r1, r2) = (
+            KeyRange::of_base_group(0),
+            KeyRange::of_base_group(1),
+            KeyRange::of_base_group(2),
+        );
+        let mut glog = Log(0);
+        let mut g = store_with(base, r1, &keys_in(r1, base, "g", 5), &mut glog);
+        for (from, range) in [(2, r2), (0, r0)] {
+            let mut hlog = Log(0);
+            let mut h = store_with(base, range, &keys_in(range, base, "h", 5), &mut hlog);
+            hlog.apply(&mut h, &internal(KvOp::Retire { into: 1 }));
+            glog.apply(&mut g, &internal(KvOp::Absorb { from, range }));
+            let frozen = h.frozen_keys();
+            glog.apply(&mut g, &internal(batch_of(&h, from, None, &frozen, true)));
+        }
+        assert_eq!(g.taken(), &[(2, r2), (0, r0)]);
+        assert_eq!(
+            g.range(),
+            KeyRange {
+                start: r0.start,
+                end: r2.end
+            }
+        );
+        assert_eq!(g.shard.check(), Ok(()));
     }
 
     /// Each step refused when it does not fit, leaving no trace.

@@ -99,7 +99,11 @@
 //! then on, and [`KvStore::retired_into`] stays set for good), G takes the
 //! range in through its own log ([`KvOp::Absorb`], then [`KvOp::Ingest`]
 //! batches) while it goes on serving its own keys, and H drops the keys
-//! ([`KvOp::FinishMove`]). Two things a writer must know:
+//! ([`KvOp::FinishMove`]). The final batch of every move, a split's or a
+//! merge's, records in the taking group's state which range it took over
+//! and from which group ([`KvStore::has_taken`]): owning the range does not
+//! tell a finished merge from a replica left in the state from before the
+//! range was split off. Two things a writer must know:
 //!
 //! - A write H answered [`KvResult::WrongGroup`] was not applied there, as
 //!   for a split. But once G owns the range, the range G gave away by an
@@ -225,7 +229,8 @@ impl KvStore {
     /// An empty store configured like this one: where a snapshot is
     /// restored before it replaces the live state. It has the same session
     /// bounds and the same shard state (base group count, range, moves
-    /// under way, children, group counter, retirement), no key and no
+    /// under way, children, group counter, retirement, ranges taken
+    /// over), no key and no
     /// session. A snapshot of format 4 or later replaces the shard state
     /// (and must have the same base group count); one of format 3 has none
     /// and keeps this one.
@@ -795,6 +800,7 @@ mod tests {
                     prop_assert_eq!(split::check_keys(&a.shard, &a.map), Ok(()));
                 }
                 prop_assert_eq!(a.digest(), b.digest());
+                prop_assert_eq!(&a.shard, &b.shard);
                 prop_assert_eq!(image(&a), image(&b));
             }
         }

@@ -29,7 +29,8 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 /// The snapshot layout written by this build:
 /// `magic | version u32 | applied u64 | max_sessions u64 | max_session_bytes
 /// u64 | next_assigned u64 | base_groups u32 | range | outgoing | incoming |
-/// children | next_group u32 | retired_into | pairs u64 | (key, value)* |
+/// children | next_group u32 | retired_into | taken | pairs u64 | (key,
+/// value)* |
 /// sessions u64 | (principal, id u64, seq u64, touched u64, result)*` where
 ///
 /// - a range is `start u128 | end u128`;
@@ -41,6 +42,9 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 ///   `count u32 | id u64*`, at most [`MAX_SPLIT_MEMBERS`] ids;
 /// - `retired_into` is `0`, or `1 | group u32` for a group merged into
 ///   that group;
+/// - `taken` is `count u32 | (from u32 | range)*`, at most 1 000 000
+///   entries, each a range the group finished taking over and the group
+///   it came from, in the order the moves finished;
 ///
 /// flags are one byte (0 or 1), pairs are sorted by key, sessions go from
 /// least to most recently used, byte strings are `u32 length | bytes`, and
@@ -48,15 +52,20 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"PXKVSNAP";
 ///
 /// Format 3 added the byte bound and the sessions' principals; format 4
 /// the shard state, from `base_groups` to `next_group`; format 5 the
-/// children's memberships; format 6 `retired_into` (merges). Formats 3 to
-/// 5 are still read. Format 3 has no shard state, so the store keeps the
-/// one it was configured with ([`KvStore::with_shard`]). Format 4 lists
-/// each child as `id u32 | range` only: such a child is restored with
-/// empty voter and observer lists, and the node makes it with the split
-/// group's current members. Formats 4 and 5 have no `retired_into`: their
-/// group is restored as not retired (no build that wrote them could
-/// retire a group).
-const SNAPSHOT_VERSION: u32 = 6;
+/// children's memberships; format 6 `retired_into` (merges); format 7
+/// `taken`. Formats 3 to 6 are still read. Format 3 has no shard state, so
+/// the store keeps the one it was configured with
+/// ([`KvStore::with_shard`]). Format 4 lists each child as `id u32 |
+/// range` only: such a child is restored with empty voter and observer
+/// lists, and the node makes it with the split group's current members.
+/// Formats 4 and 5 have no `retired_into`: their group is restored as not
+/// retired (no build that wrote them could retire a group). Formats 4 to
+/// 6 have no `taken`: their group is restored with an empty record, so it
+/// has no trace of the moves it finished before, and
+/// [`KvStore::has_taken`] is false for them. A node restored that way
+/// cannot tell that a merge it finished before the upgrade is done. Only
+/// builds of a few days wrote format 6, and none was released.
+const SNAPSHOT_VERSION: u32 = 7;
 /// The oldest format this build reads.
 const OLDEST_VERSION: u32 = 3;
 
@@ -252,7 +261,8 @@ impl KvStore {
     }
 }
 
-/// Writes the shard state, format 6 (see [`SNAPSHOT_VERSION`]).
+/// Writes the shard state in the format of this build (see
+/// [`SNAPSHOT_VERSION`]).
 fn write_shard(buf: &mut BytesMut, s: &ShardState) {
     buf.put_u32_le(s.base_groups);
     put_range(buf, &s.range);
@@ -300,6 +310,11 @@ fn write_shard(buf: &mut BytesMut, s: &ShardState) {
             buf.put_u32_le(into);
         }
     }
+    buf.put_u32_le(s.taken.len() as u32);
+    for (from, range) in &s.taken {
+        buf.put_u32_le(*from);
+        put_range(buf, range);
+    }
 }
 
 fn bad(what: String) -> io::Error {
@@ -344,8 +359,28 @@ fn read_ids(r: &mut dyn io::Read, what: &str) -> io::Result<Vec<u64>> {
         .collect()
 }
 
-/// Reads the shard state of a snapshot of format `version` (4 to 6: the
-/// caller checked it).
+/// The ranges a group took over: `count u32 | (from u32 | range)*`, at
+/// most [`MAX_CHILDREN`] entries. Whether each range is empty is for
+/// [`ShardState::check`].
+fn read_taken(r: &mut dyn io::Read) -> io::Result<Vec<(u32, KeyRange)>> {
+    let count = read_u32(r)? as usize;
+    if count > MAX_CHILDREN {
+        return Err(bad(format!(
+            "{count} ranges taken over exceed the maximum {MAX_CHILDREN}"
+        )));
+    }
+    // Grown as read: a count is not trusted with an allocation.
+    let mut taken = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let from = read_u32(r)?;
+        taken.push((from, read_range(r)?));
+    }
+    Ok(taken)
+}
+
+/// Reads the shard state of a snapshot of format `version` (4 to
+/// [`SNAPSHOT_VERSION`]: the caller checked it). The caller checks the
+/// result's invariants ([`ShardState::check`]).
 fn read_shard(r: &mut dyn io::Read, version: u32) -> io::Result<ShardState> {
     let memberships = version >= 5;
     let base_groups = read_u32(r)?;
@@ -413,6 +448,12 @@ fn read_shard(r: &mut dyn io::Read, version: u32) -> io::Result<ShardState> {
     } else {
         None
     };
+    // Formats 4 to 6 kept no record of the ranges taken over.
+    let taken = if version >= 7 {
+        read_taken(r)?
+    } else {
+        Vec::new()
+    };
     Ok(ShardState {
         base_groups,
         range,
@@ -421,6 +462,7 @@ fn read_shard(r: &mut dyn io::Read, version: u32) -> io::Result<ShardState> {
         children,
         next_group,
         retired_into,
+        taken,
     })
 }
 
@@ -521,9 +563,9 @@ mod tests {
         let e = t.restore(z(1), &mut &old[..]).unwrap_err();
         assert!(e.to_string().contains("format 1"), "{e}");
         let mut future = img.clone();
-        future[8..12].copy_from_slice(&7u32.to_le_bytes());
+        future[8..12].copy_from_slice(&8u32.to_le_bytes());
         let e = t.restore(z(1), &mut &future[..]).unwrap_err();
-        assert!(e.to_string().contains("format 7"), "{e}");
+        assert!(e.to_string().contains("format 8"), "{e}");
         let mut previous = img.clone();
         previous[8..12].copy_from_slice(&2u32.to_le_bytes());
         let e = t.restore(z(1), &mut &previous[..]).unwrap_err();
@@ -554,6 +596,7 @@ mod tests {
             children: s.children().to_vec(),
             next_group: s.next_group(),
             retired_into: s.retired_into(),
+            taken: s.taken().to_vec(),
         }
     }
 
@@ -609,11 +652,13 @@ mod tests {
         // A restored child goes on with the next batch exactly like the
         // original.
         let mut restored = round_trip(&child);
+        assert!(restored.taken().is_empty());
         let last = internal(batch_of(&parent, 1, cursor, rest, true));
         let zx = cnext();
         assert_eq!(child.apply(zx, &last), restored.apply(zx, &last));
         assert_eq!(child.range(), upper);
-        round_trip(&child);
+        assert_eq!(restored.taken(), &[(1, upper)]);
+        assert!(round_trip(&child).has_taken(1, upper));
         parent.apply(next(), &internal(KvOp::FinishMove { child: 3 }));
         parent.apply(
             next(),
@@ -643,7 +688,8 @@ mod tests {
         assert_eq!(pairs_of(&t), pairs_of(&s));
         assert_eq!(t.session_seq(b"", 1), Some(20));
         assert_eq!(shard_of(&t), shard_of(&s));
-        // Written again, it is format 6, equal to the original's.
+        // Written again, it is in the current format, equal to the
+        // original's.
         assert_eq!(image(&t), image(&s));
         // The default store (one base group) restores a format 3 snapshot
         // of a single-group cluster.
@@ -664,7 +710,7 @@ mod tests {
 
     /// A format 4 snapshot (children without memberships) restores with
     /// empty voter and observer lists, in every state a split goes
-    /// through, and is written again as format 6.
+    /// through, and is written again in the current format.
     #[test]
     fn a_format_4_snapshot_restores_children_without_memberships() {
         let base = 2;
@@ -732,7 +778,8 @@ mod tests {
             );
             assert_eq!(pairs_of(&t), pairs_of(s));
             assert_eq!(t.digest(), s.digest());
-            // Written again: format 6, and it restores to the same state.
+            // Written again: the current format, and it restores to the
+            // same state.
             let again = image(&t);
             assert_eq!(again[8..12], super::SNAPSHOT_VERSION.to_le_bytes());
             round_trip(&t);
@@ -808,9 +855,18 @@ mod tests {
         stages
     }
 
+    /// `s` without its record of the ranges it took over: what a snapshot
+    /// of format 6 or older restores.
+    fn without_taken(s: &KvStore) -> KvStore {
+        let mut t = s.clone();
+        t.shard.taken.clear();
+        t
+    }
+
     /// Every state a merge goes through round trips, a restored store goes
-    /// on like the original, and the stores that are not retired restore
-    /// from format 5 too.
+    /// on like the original, every store restores from format 6 and the
+    /// stores that are not retired from format 5 too, all without the
+    /// record of the range taken over.
     #[test]
     fn every_merge_state_round_trips() {
         let base = 2;
@@ -818,19 +874,32 @@ mod tests {
         for s in &stages {
             let t = round_trip(s);
             assert_eq!(t.retired_into(), s.retired_into());
+            let forgot = without_taken(s);
+            let v6 = v6_image(s);
+            assert_eq!(v6[8..12], 6u32.to_le_bytes());
+            let mut v = KvStore::new().with_shard(base, KeyRange::EMPTY);
+            v.restore(s.applied(), &mut &v6[..]).unwrap();
+            assert_eq!(shard_of(&v), shard_of(&forgot));
+            assert_eq!(image(&v), image(&forgot));
             if s.retired_into().is_none() {
                 let old = v5_image(s);
                 assert_eq!(old[8..12], 5u32.to_le_bytes());
                 let mut u = KvStore::new().with_shard(base, KeyRange::EMPTY);
                 u.restore(s.applied(), &mut &old[..]).unwrap();
-                assert_eq!(shard_of(&u), shard_of(s));
-                assert_eq!(image(&u), image(s));
+                assert_eq!(shard_of(&u), shard_of(&forgot));
+                assert_eq!(image(&u), image(&forgot));
                 // And format 4, which has no children here to strip.
                 let older = v4_image(s);
                 let mut w = KvStore::new().with_shard(base, KeyRange::EMPTY);
                 w.restore(s.applied(), &mut &older[..]).unwrap();
-                assert_eq!(image(&w), image(s));
+                assert_eq!(image(&w), image(&forgot));
             }
+        }
+        // Only the absorbing group once done took anything over.
+        let h_range = KeyRange::of_base_group(1);
+        for (i, s) in stages.iter().enumerate() {
+            let expected: &[(u32, KeyRange)] = if i == 4 { &[(1, h_range)] } else { &[] };
+            assert_eq!(s.taken(), expected, "stage {i}");
         }
         // The retiring and retired stores write the flag and the group;
         // a flag other than 0 or 1 is refused.
@@ -1157,6 +1226,21 @@ mod tests {
             },
             "base_groups",
         );
+        // A range recorded as taken over is never empty: it was a range
+        // coming in. The same range taken from two groups is a history,
+        // accepted.
+        for r in [KeyRange { start: 7, end: 7 }, KeyRange { start: 8, end: 7 }] {
+            refuse(
+                ShardState {
+                    taken: vec![(4, upper), (3, r)],
+                    ..fine.clone()
+                },
+                "taken over from group 3 is empty",
+            );
+        }
+        let mut twice = s.clone();
+        twice.shard.taken = vec![(4, upper), (5, upper)];
+        round_trip(&twice);
         // A cursor below some key: that key cannot have been taken in.
         let p0 = crate::shard::position(&high[0], base);
         let mut low_cursor = incoming.clone();
@@ -1182,13 +1266,130 @@ mod tests {
         assert!(e.to_string().contains("flag"), "{e}");
     }
 
+    /// The absorbing group of [`merge_stages`] once done, with a longer
+    /// record of ranges taken over: an earlier one, the merge's, and the
+    /// merge's range again from another group (a record may repeat a
+    /// range: it is a history).
+    fn with_history(base: u32) -> KvStore {
+        let mut g = merge_stages(base).swap_remove(4);
+        let h_range = KeyRange::of_base_group(1);
+        let earlier = KeyRange {
+            start: 5,
+            end: u128::MAX,
+        };
+        g.shard.taken = vec![(9, earlier), (1, h_range), (u32::MAX, h_range)];
+        g
+    }
+
+    /// The record of ranges taken over round trips, in order and entry by
+    /// entry, with the encoding the format documents; a format 6 snapshot
+    /// of the same store restores with an empty record, which is the case
+    /// `has_taken` cannot answer: the restored group owns the range it
+    /// took over, yet has no record of taking it.
+    #[test]
+    fn taken_ranges_round_trip_and_a_format_6_snapshot_restores_none() {
+        let base = 2;
+        let h_range = KeyRange::of_base_group(1);
+        let g = with_history(base);
+        let t = round_trip(&g);
+        assert_eq!(t.taken(), g.taken());
+        assert!(t.has_taken(1, h_range) && t.has_taken(u32::MAX, h_range));
+        assert!(!t.has_taken(0, h_range) && !t.has_taken(1, KeyRange::of_base_group(0)));
+        // The bytes: the count, then each entry's group and range.
+        let img = image(&g);
+        let at = taken_at(&img);
+        let mut expected = 3u32.to_le_bytes().to_vec();
+        for (from, r) in g.taken() {
+            expected.extend_from_slice(&from.to_le_bytes());
+            expected.extend_from_slice(&r.start.to_le_bytes());
+            expected.extend_from_slice(&r.end.to_le_bytes());
+        }
+        assert_eq!(img[at..at + expected.len()], expected[..]);
+        // The pair count follows.
+        let pairs = at + expected.len();
+        assert_eq!(img[pairs..pairs + 8], (g.len() as u64).to_le_bytes());
+
+        // Format 6: no record, everything else as it was.
+        let v6 = v6_image(&g);
+        assert_eq!(v6.len(), img.len() - 3 * TAKEN_ENTRY_BYTES - 4);
+        let mut u = KvStore::new().with_shard(base, KeyRange::EMPTY);
+        u.restore(g.applied(), &mut &v6[..]).unwrap();
+        assert!(u.taken().is_empty());
+        assert_eq!(shard_of(&u), shard_of(&without_taken(&g)));
+        assert_eq!(pairs_of(&u), pairs_of(&g));
+        assert!(u.incoming().is_none() && u.range().covers(&h_range));
+        assert!(!u.has_taken(1, h_range), "format 6 kept no record");
+        // Written again, it is the current format with an empty record.
+        let again = image(&u);
+        assert_eq!(again[8..12], super::SNAPSHOT_VERSION.to_le_bytes());
+        assert_eq!(again[taken_at(&again)..][..4], 0u32.to_le_bytes());
+        round_trip(&u);
+    }
+
+    /// A record of ranges taken over that no store writes is refused with
+    /// an error, never a panic, and the store is left as it was: a count
+    /// past the bound, a count that does not match the entries, an empty
+    /// or reversed range, and a snapshot cut anywhere in the field.
+    #[test]
+    fn corrupt_taken_fields_are_refused() {
+        use super::super::split::MAX_CHILDREN;
+        let base = 2;
+        let g = with_history(base);
+        let img = image(&g);
+        let at = taken_at(&img);
+        let end = at + 4 + 3 * TAKEN_ENTRY_BYTES;
+        let refused = |bad: &[u8]| -> String {
+            let mut t = KvStore::new().with_shard(base, KeyRange::EMPTY);
+            let before = image(&t);
+            let e = t.restore(g.applied(), &mut &bad[..]).unwrap_err();
+            assert_eq!(image(&t), before, "a refused snapshot changes nothing");
+            e.to_string()
+        };
+        let with_count = |count: u32| {
+            let mut bad = img.clone();
+            bad[at..at + 4].copy_from_slice(&count.to_le_bytes());
+            bad
+        };
+        for count in [MAX_CHILDREN as u32 + 1, u32::MAX] {
+            let e = refused(&with_count(count));
+            assert!(e.contains("ranges taken over exceed the maximum"), "{e}");
+        }
+        // One entry more or fewer than written: the rest of the snapshot
+        // is read out of step, and something does not fit.
+        refused(&with_count(4));
+        refused(&with_count(2));
+        refused(&with_count(0));
+        // The second entry's range: empty (start = end), reversed, or the
+        // empty range of a group that owns nothing.
+        let range_at = at + 4 + TAKEN_ENTRY_BYTES + 4;
+        let h_range = KeyRange::of_base_group(1);
+        for (start, end) in [
+            (h_range.start, h_range.start),
+            (h_range.end, h_range.start),
+            (0, 0),
+        ] {
+            let mut bad = img.clone();
+            bad[range_at..range_at + 16].copy_from_slice(&start.to_le_bytes());
+            bad[range_at + 16..range_at + 32].copy_from_slice(&end.to_le_bytes());
+            let e = refused(&bad);
+            assert!(e.contains("taken over from group 1 is empty"), "{e}");
+        }
+        // Cut anywhere from the count to the last entry's end.
+        for cut in at..end {
+            refused(&img[..cut]);
+        }
+        // The image itself restores.
+        round_trip(&g);
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
 
         /// Stores in each shard state: a base group with a range going out,
-        /// a new group partway through taking its range in, and every step
-        /// of a merge.
+        /// a new group partway through taking its range in, every step of
+        /// a merge, and a group with a record of several ranges taken
+        /// over.
         fn stores() -> Vec<KvStore> {
             let whole = KeyRange::of_base_group(0);
             let at = whole.midpoint().unwrap();
@@ -1214,6 +1415,7 @@ mod tests {
             );
             let mut all = vec![parent, child];
             all.extend(merge_stages(2));
+            all.push(with_history(2));
             all
         }
 
@@ -1241,6 +1443,39 @@ mod tests {
                 let before = image(&t);
                 match t.restore(s.applied(), &mut &img[..]) {
                     Ok(()) => prop_assert!(!cut),
+                    Err(_) => prop_assert_eq!(image(&t), before),
+                }
+            }
+
+            /// The same, with the damage within the record of ranges taken
+            /// over (a byte of it replaced, or the snapshot cut in it): a
+            /// snapshot that still restores has only non-empty ranges in
+            /// its record, and one of the same length.
+            #[test]
+            fn damaged_taken_fields_are_refused_without_panic(
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<bool>(),
+            ) {
+                let s = with_history(2);
+                let mut img = image(&s);
+                let start = taken_at(&img);
+                let len = 4 + s.taken().len() * TAKEN_ENTRY_BYTES;
+                let i = start + at.index(len);
+                if cut {
+                    img.truncate(i);
+                } else {
+                    img[i] = byte;
+                }
+                let mut t = KvStore::new().with_shard(2, KeyRange::EMPTY);
+                let before = image(&t);
+                match t.restore(s.applied(), &mut &img[..]) {
+                    Ok(()) => {
+                        prop_assert!(!cut);
+                        prop_assert_eq!(t.taken().len(), s.taken().len());
+                        prop_assert!(t.taken().iter().all(|(_, r)| !r.is_empty()));
+                        prop_assert_eq!(pairs_of(&t), pairs_of(&s));
+                    }
                     Err(_) => prop_assert_eq!(image(&t), before),
                 }
             }

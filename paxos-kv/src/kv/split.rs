@@ -15,7 +15,8 @@
 //!    Each batch names the pair the previous one ended with; one that does
 //!    not continue the child's cursor is refused, so duplicates and stale
 //!    batches from an old leader are harmless. The child owns nothing
-//!    until the final batch, which hands it the range.
+//!    until the final batch, which hands it the range and records it as
+//!    taken over from the parent ([`KvStore::has_taken`]).
 //! 3. [`KvOp::FinishMove`] in the parent's log: the frozen keys are
 //!    dropped.
 //!
@@ -23,7 +24,8 @@
 //! [`KvOp::Retire`] in H's log in place of the split (H's whole range goes
 //! out, and H is retired for good) and [`KvOp::Absorb`] in G's log before
 //! the batches (G records the range coming in and goes on serving its own;
-//! the final batch makes its range the union of both).
+//! the final batch makes its range the union of both, and records H's
+//! range as taken over from H).
 //!
 //! Invariants (checked again when a snapshot is restored): a range comes
 //! in only to a group that owns nothing or whose own range it adjoins,
@@ -31,10 +33,11 @@
 //! the group's own range ends and is the last child recorded; a retired
 //! group owns nothing, takes nothing in, and has at most its former range
 //! going out, to the group it retired into; children have distinct ids and
-//! non-empty ranges; a child's membership either names at least one voter
-//! and no node twice, or is empty (a child recorded by a build that did
-//! not keep memberships); every key of the map lies in the group's range,
-//! the outgoing one, or the incoming one up to the cursor.
+//! non-empty ranges, and so do the ranges recorded as taken over; a
+//! child's membership either names at least one voter and no node twice,
+//! or is empty (a child recorded by a build that did not keep
+//! memberships); every key of the map lies in the group's range, the
+//! outgoing one, or the incoming one up to the cursor.
 //!
 //! The children are a history, not a map of who owns what now: a group
 //! that split may later absorb the range it gave away (its child merged
@@ -103,6 +106,12 @@ pub(super) struct ShardState {
     /// The group this one was merged into ([`KvOp::Retire`]): once set,
     /// never cleared.
     pub(super) retired_into: Option<u32>,
+    /// Every range this group finished taking over, with the group it came
+    /// from, in the order the final batches were applied: a split's child
+    /// records its parent's range, a merge's absorbing group the retired
+    /// group's. Only the final [`KvOp::Ingest`] batch adds to it, and at
+    /// most [`MAX_CHILDREN`] entries are kept (the oldest goes first).
+    pub(super) taken: Vec<(u32, KeyRange)>,
 }
 
 impl Default for ShardState {
@@ -115,11 +124,13 @@ impl Default for ShardState {
             children: Vec::new(),
             next_group: 0,
             retired_into: None,
+            taken: Vec::new(),
         }
     }
 }
 
-/// Most children a snapshot may list.
+/// Most children a snapshot may list, and most ranges a group keeps a
+/// record of having taken over.
 pub(super) const MAX_CHILDREN: usize = 1_000_000;
 
 impl ShardState {
@@ -238,6 +249,24 @@ impl ShardState {
                     .map_err(|e| format!("the membership of group {id}: {e}"))?;
             }
         }
+        if self.taken.len() > MAX_CHILDREN {
+            return Err(format!(
+                "{} ranges taken over exceed the maximum {MAX_CHILDREN}",
+                self.taken.len()
+            ));
+        }
+        // The same range may be taken over more than once, from different
+        // groups (a child merged back into its parent, which split the
+        // range off again to a new child that merged back too), so ranges
+        // need not be distinct; each one was an incoming range, which is
+        // never empty.
+        for (from, r) in &self.taken {
+            if r.is_empty() {
+                return Err(format!(
+                    "the range {r} taken over from group {from} is empty"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -322,6 +351,32 @@ impl KvStore {
     /// first membership each child was given.
     pub fn children(&self) -> &[Child] {
         &self.shard.children
+    }
+
+    /// Every range this group finished taking over, as (the group it came
+    /// from, the range), in the order it finished them: the parent's range
+    /// for a split's child, the retired group's for a merge. See
+    /// [`KvStore::has_taken`].
+    pub fn taken(&self) -> &[(u32, KeyRange)] {
+        &self.shard.taken
+    }
+
+    /// Whether this group finished taking `range` over from group `from`:
+    /// the final [`KvOp::Ingest`] batch of exactly that move was applied
+    /// here (an entry of [`KvStore::taken`] equal to `(from, range)`).
+    ///
+    /// This is the replicated record a node needs before the group the
+    /// range came from may drop its frozen keys. Owning the range is not
+    /// enough: a replica left behind (restored from a snapshot taken
+    /// before this group split the range off, say) owns it too, without
+    /// having taken anything in.
+    ///
+    /// False for a move finished before the store was restored from a
+    /// snapshot of format 6 or older (which kept no such record), and for
+    /// a move so old that a million later ones pushed it out of the
+    /// record (which keeps the newest million).
+    pub fn has_taken(&self, from: u32, range: KeyRange) -> bool {
+        self.shard.taken.contains(&(from, range))
     }
 
     /// The next group id [`KvOp::AllocateGroup`] hands out, at least.
@@ -476,8 +531,10 @@ impl KvStore {
         if last {
             // A new group's first range, or a merge's: the union of the
             // group's range and the adjoining one taken in.
-            self.shard.range = joined(self.shard.range, inc.range);
+            let (inc_from, inc_range) = (inc.from, inc.range);
+            self.shard.range = joined(self.shard.range, inc_range);
             self.shard.incoming = None;
+            record_taken(&mut self.shard.taken, (inc_from, inc_range));
         }
         // Copied out of the command: a slice would pin the whole frame.
         for (k, v) in pairs {
@@ -507,6 +564,19 @@ impl KvStore {
         self.shard.outgoing = None;
         KvResult::Done(None)
     }
+}
+
+/// Appends `entry` to the record of ranges taken over, keeping at most
+/// [`MAX_CHILDREN`] entries: past the bound, the oldest ones are dropped,
+/// so that a snapshot stays readable. Reaching it takes a million moves
+/// into one group, and a node only asks about the move it is finishing,
+/// which is the newest entry.
+fn record_taken(taken: &mut Vec<(u32, KeyRange)>, entry: (u32, KeyRange)) {
+    if taken.len() >= MAX_CHILDREN {
+        let excess = taken.len() + 1 - MAX_CHILDREN;
+        taken.drain(..excess);
+    }
+    taken.push(entry);
 }
 
 /// Checks that every key of `map` may sit in a store in `state`.
@@ -1071,6 +1141,107 @@ mod tests {
             KvResult::Done(Some(Bytes::from("v")))
         );
         assert_eq!(child.session_seq(b"", 9), Some(1));
+    }
+
+    /// The child records the range as taken over from its parent with its
+    /// last batch, and not before: not when it is created, not after a
+    /// batch that is not the last, and not for a last batch it refuses.
+    /// A duplicate of the last batch adds nothing, and the parent has
+    /// taken nothing over.
+    #[test]
+    fn a_childs_last_batch_records_the_range_taken_from_its_parent() {
+        let base = 2;
+        let whole = KeyRange::of_base_group(1);
+        let at = whole.midpoint().unwrap();
+        let upper = KeyRange {
+            start: at,
+            end: whole.end,
+        };
+        let mut plog = Log(0);
+        let mut parent = KvStore::new().with_shard(base, whole);
+        for (i, k) in keys_in(whole, base, "k", 30).iter().enumerate() {
+            plog.apply(&mut parent, &put_key(1, i as u64 + 1, k, "v"));
+        }
+        plog.apply(&mut parent, &internal(split_op(at, 5)));
+        let frozen = parent.frozen_keys();
+        let (a, b) = frozen.split_at(frozen.len() / 2);
+        assert!(!a.is_empty() && !b.is_empty());
+
+        let mut child = KvStore::new().with_incoming(base, 1, upper);
+        let mut clog = Log(0);
+        assert!(child.taken().is_empty() && !child.has_taken(1, upper));
+        let r = clog.apply(&mut child, &internal(batch_of(&parent, 1, None, a, false)));
+        assert!(matches!(r, KvResult::Ingested { done: false, .. }), "{r:?}");
+        assert!(child.taken().is_empty() && !child.has_taken(1, upper));
+        // A last batch that does not follow the cursor, or names another
+        // source: refused, nothing recorded.
+        for bad in [
+            batch_of(&parent, 1, None, b, true),
+            batch_of(&parent, 3, a.last().cloned(), b, true),
+        ] {
+            assert!(is_refused(&clog.apply(&mut child, &internal(bad))));
+            assert!(child.taken().is_empty());
+        }
+        let last = internal(batch_of(&parent, 1, a.last().cloned(), b, true));
+        assert!(matches!(
+            clog.apply(&mut child, &last),
+            KvResult::Ingested { done: true, .. }
+        ));
+        assert_eq!(child.taken(), &[(1, upper)]);
+        assert!(child.has_taken(1, upper));
+        // An exact match only: another source, or another range.
+        assert!(!child.has_taken(0, upper) && !child.has_taken(5, upper));
+        assert!(!child.has_taken(1, whole));
+        assert!(!child.has_taken(
+            1,
+            KeyRange {
+                start: at + 1,
+                end: whole.end
+            }
+        ));
+        // A duplicate of the last batch is refused and adds nothing.
+        assert!(is_refused(&clog.apply(&mut child, &last)));
+        assert_eq!(child.taken(), &[(1, upper)]);
+        assert_eq!(child.emptied().taken(), child.taken());
+        assert_eq!(child.shard.check(), Ok(()));
+
+        // The parent took nothing over, before or after the move ends.
+        assert!(parent.taken().is_empty() && !parent.has_taken(1, upper));
+        plog.apply(&mut parent, &internal(KvOp::FinishMove { child: 5 }));
+        assert!(parent.taken().is_empty());
+    }
+
+    /// The record keeps at most [`MAX_CHILDREN`] entries: a last batch
+    /// past the bound drops the oldest one and appends its own.
+    #[test]
+    fn the_record_of_ranges_taken_drops_the_oldest_past_the_bound() {
+        use super::MAX_CHILDREN;
+        let range = KeyRange::of_base_group(0);
+        let mut s = KvStore::new().with_incoming(1, 7, range);
+        let old = KeyRange { start: 1, end: 2 };
+        s.shard.taken = (0..MAX_CHILDREN as u32).map(|i| (i, old)).collect();
+        assert_eq!(s.shard.check(), Ok(()));
+        let last = internal(batch_of(&s, 7, None, &[], true));
+        let r = Log(0).apply(&mut s, &last);
+        assert_eq!(
+            r,
+            KvResult::Ingested {
+                moved: 0,
+                done: true
+            }
+        );
+        let taken = s.taken();
+        assert_eq!(taken.len(), MAX_CHILDREN);
+        assert_eq!(taken[0], (1, old), "the oldest entry went");
+        assert_eq!(taken[MAX_CHILDREN - 1], (7, range));
+        assert!(s.has_taken(7, range) && !s.has_taken(0, old));
+        assert_eq!(s.shard.check(), Ok(()));
+        // One more than the bound is not a state a store can be in.
+        s.shard.taken.push((8, old));
+        assert!(s
+            .shard
+            .check()
+            .is_err_and(|e| e.contains("exceed the maximum")));
     }
 
     #[test]

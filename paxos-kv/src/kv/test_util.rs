@@ -146,19 +146,20 @@ pub(super) fn batch_of(
 
 /// The snapshot of `s` in format 3, which has no shard state (`s` must be
 /// in a base group's initial shard state: nothing moving, no child, not
-/// retired).
+/// retired, nothing taken over).
 pub(super) fn v3_image(s: &KvStore) -> Vec<u8> {
     assert!(s.outgoing().is_none() && s.incoming().is_none() && s.children().is_empty());
-    assert!(s.retired_into().is_none());
-    let v6 = image(s);
+    assert!(s.retired_into().is_none() && s.taken().is_empty());
+    let now = image(s);
     // magic, version, applied, max_sessions, max_session_bytes,
     // next_assigned; then the shard state: base_groups, range, two
-    // flags, the child count, next_group, the retired flag.
+    // flags, the child count, next_group, the retired flag, the count of
+    // ranges taken over.
     let header = 8 + 4 + 4 * 8;
-    let shard = 4 + 32 + 1 + 1 + 4 + 4 + 1;
-    let mut v3 = v6[..header].to_vec();
+    let shard = 4 + 32 + 1 + 1 + 4 + 4 + 1 + 4;
+    let mut v3 = now[..header].to_vec();
     v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-    v3.extend_from_slice(&v6[header + shard..]);
+    v3.extend_from_slice(&now[header + shard..]);
     v3
 }
 
@@ -169,7 +170,7 @@ fn u32_at(img: &[u8], i: usize) -> usize {
     u32::from_le_bytes(b) as usize
 }
 
-/// Where the children of a snapshot image of format 5 or 6 start: past
+/// Where the children of a snapshot image of format 5, 6 or 7 start: past
 /// the header, base_groups, the range, and the outgoing and incoming
 /// ranges.
 fn children_at(img: &[u8]) -> usize {
@@ -191,8 +192,8 @@ fn children_at(img: &[u8]) -> usize {
     i
 }
 
-/// Where the `retired_into` flag of a format 6 snapshot image is: past
-/// the children and `next_group`.
+/// Where the `retired_into` flag of a format 6 or 7 snapshot image is:
+/// past the children and `next_group`.
 pub(super) fn retired_flag_at(img: &[u8]) -> usize {
     let mut i = children_at(img);
     let count = u32_at(img, i);
@@ -207,14 +208,42 @@ pub(super) fn retired_flag_at(img: &[u8]) -> usize {
     i + 4
 }
 
+/// Where the ranges taken over (their count, then the entries) of a
+/// format 7 snapshot image start: past the `retired_into` field.
+pub(super) fn taken_at(img: &[u8]) -> usize {
+    let i = retired_flag_at(img);
+    if img[i] == 1 {
+        i + 1 + 4
+    } else {
+        i + 1
+    }
+}
+
+/// The bytes one entry of the ranges taken over fills in a snapshot
+/// image: the group it came from and the range.
+pub(super) const TAKEN_ENTRY_BYTES: usize = 4 + 32;
+
+/// The snapshot of `s` in format 6: no record of the ranges taken over
+/// (any that `s` has are left out).
+pub(super) fn v6_image(s: &KvStore) -> Vec<u8> {
+    let v7 = image(s);
+    let i = taken_at(&v7);
+    let count = u32_at(&v7, i);
+    assert_eq!(count, s.taken().len());
+    let mut v6 = v7[..i].to_vec();
+    v6[8..12].copy_from_slice(&6u32.to_le_bytes());
+    v6.extend_from_slice(&v7[i + 4 + count * TAKEN_ENTRY_BYTES..]);
+    v6
+}
+
 /// The snapshot of `s` in format 5: no `retired_into` (`s` must not be
-/// retired).
+/// retired) and no record of the ranges taken over.
 pub(super) fn v5_image(s: &KvStore) -> Vec<u8> {
     assert!(
         s.retired_into().is_none(),
         "format 5 knows no retired group"
     );
-    let v6 = image(s);
+    let v6 = v6_image(s);
     // The retired flag (0), which this format does not have.
     let i = retired_flag_at(&v6);
     assert_eq!(v6[i], 0);
@@ -225,7 +254,8 @@ pub(super) fn v5_image(s: &KvStore) -> Vec<u8> {
 }
 
 /// The snapshot of `s` in format 4: its children listed without their
-/// memberships, and no `retired_into` (`s` must not be retired).
+/// memberships, no `retired_into` (`s` must not be retired), and no
+/// record of the ranges taken over.
 pub(super) fn v4_image(s: &KvStore) -> Vec<u8> {
     let v5 = v5_image(s);
     let mut i = children_at(&v5);

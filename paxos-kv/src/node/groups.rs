@@ -463,12 +463,10 @@ impl Groups {
             // this node's replica of the group it merged into owns them
             // (the absorb committed there: a replica that never hears of
             // the drop, its peers gone, is not left behind for good).
-            let absorbed = kv.outgoing().is_none_or(|(_, r)| {
-                self.slot(u64::from(into)).is_some_and(|a| {
-                    let akv = self.groups[a].node.state_machine();
-                    akv.incoming().is_none() && akv.range().covers(&r)
-                })
-            });
+            let gid = self.groups[g].gid;
+            let absorbed = kv
+                .outgoing()
+                .is_none_or(|(_, r)| self.taken_here(into, gid, r));
             if absorbed {
                 self.retire(g);
                 return;
@@ -630,10 +628,7 @@ impl Groups {
                 // Merged away, and this node's replica of the group it went
                 // into owns its keys now (it may not hear of its own last
                 // step, nor have a turn: quiet).
-                let absorbed = self.slot(u64::from(into)).is_some_and(|a| {
-                    let akv = self.groups[a].node.state_machine();
-                    akv.incoming().is_none() && akv.range().covers(&r)
-                });
+                let absorbed = self.taken_here(into, gid, r);
                 if absorbed {
                     self.retire(g);
                     continue;
@@ -645,10 +640,20 @@ impl Groups {
             if let (Some((into, range)), Some(r)) = (outgoing, retiring) {
                 // A merge: the absorbing group's leader starts taking the
                 // range over once its node's replica of this group froze it.
-                if let Some(a) = self.slot(u64::from(into)).filter(|_| r == into) {
-                    if self.may_step(a) {
+                // The group it retired into may have split since (the split
+                // committed before its node heard of the retirement): the
+                // positions next to this range are then a child's, and the
+                // child takes the range (the store refuses any group whose
+                // range does not adjoin it).
+                if r == into {
+                    for a in self.absorbers(into, range) {
                         let akv = self.groups[a].node.state_machine();
-                        if akv.incoming().is_none() && !akv.range().covers(&range) {
+                        if akv.incoming().is_none()
+                            && akv.outgoing().is_none()
+                            && akv.retired_into().is_none()
+                            && !akv.has_taken(gid, range)
+                            && self.may_step(a)
+                        {
                             steps.push((a, KvOp::Absorb { from: gid, range }));
                         }
                     }
@@ -681,11 +686,9 @@ impl Groups {
                     },
                 ));
             } else if let Some((child, range)) = outgoing {
-                let Some(c) = self.slot(u64::from(child)) else {
-                    continue;
-                };
-                let ckv = self.groups[c].node.state_machine();
-                if ckv.incoming().is_none() && ckv.range().covers(&range) && !range.is_empty() {
+                // The split's child, or for a merge the group retired into
+                // or one split off it since, recorded the move's last batch.
+                if !range.is_empty() && self.taken_here(child, gid, range) {
                     steps.push((g, KvOp::FinishMove { child }));
                 }
             }
@@ -699,6 +702,62 @@ impl Groups {
             in_span(d, |d| d.propose_move(t, op));
             self.mark(g);
         }
+    }
+
+    /// Whether a group hosted here recorded taking `range` over from group
+    /// `from` (see [`took_over`]): `into` (the split's child, or the group
+    /// a merged group retired into) first, then any other. Only the group
+    /// that took a range can have recorded it: a group gives a range by
+    /// a split (the upper part of its range, never its whole range) or
+    /// whole by retiring (once), so no two moves from `from` have the same
+    /// range. The group retired into may have split since, and a child of
+    /// it took the range.
+    fn taken_here(&self, into: u32, from: u32, range: KeyRange) -> bool {
+        if self
+            .slot(u64::from(into))
+            .is_some_and(|a| took_over(self.groups[a].node.state_machine(), from, range))
+        {
+            return true;
+        }
+        // Bounded by the groups hosted; only for groups in a move.
+        self.groups
+            .iter()
+            .any(|d| took_over(d.node.state_machine(), from, range))
+    }
+
+    /// The groups hosted here that may take over `range`, the whole range
+    /// of a group that retired into `into`: `into` if its range adjoins
+    /// it, else any group whose range adjoins it on `into`'s side (`into`
+    /// split after the merge began, and a child of it holds the positions
+    /// next to the range now; a group keeps the low end of its range when
+    /// it splits, so `into`'s start tells the side). The store refuses a
+    /// group whose committed range does not adjoin, and on one side only
+    /// one group's can.
+    fn absorbers(&self, into: u32, range: KeyRange) -> Vec<usize> {
+        let Some(a) = self.slot(u64::from(into)) else {
+            return Vec::new();
+        };
+        let ar = self.groups[a].node.state_machine().range();
+        if ar.is_empty() {
+            return Vec::new();
+        }
+        if ar.end == range.start || ar.start == range.end {
+            return vec![a];
+        }
+        let below = ar.start < range.start;
+        // Bounded by the groups hosted; only while a merge waits.
+        (0..self.groups.len())
+            .filter(|&s| !self.retired[s] && s != a)
+            .filter(|&s| {
+                let r = self.groups[s].node.state_machine().range();
+                !r.is_empty()
+                    && if below {
+                        r.end == range.start
+                    } else {
+                        r.start == range.end
+                    }
+            })
+            .collect()
     }
 
     /// Whether group `g`'s replica here may propose a move's step now: it
@@ -1679,9 +1738,69 @@ fn unwrap_in_group(msg: ClientMsg, group: u32) -> Result<ClientMsg, ()> {
     }
 }
 
+/// Whether `taker`'s replica here shows that it took `range` over from
+/// group `from` (so that `from` may drop the keys it froze): the
+/// replicated record of the move's last batch. Owning the range is no
+/// proof: a replica restored from before the split that made `from` owns
+/// it too.
+fn took_over(taker: &KvStore, from: u32, range: KeyRange) -> bool {
+    taker.has_taken(from, range)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica of the absorbing group restored from before the split
+    /// that made the merged group (a restart from an old snapshot) owns the
+    /// merged group's range without having taken its keys: that is no
+    /// proof, or a node would drop the merged group's keys before any
+    /// group held them. Only the replicated record of the move's last batch
+    /// is.
+    #[test]
+    fn a_replica_from_before_the_split_is_no_proof_that_a_merge_took_the_keys() {
+        use crate::kv::KvCommand;
+        use paxos_core::{Epoch, StateMachine, Zxid};
+        let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // Group 0 as it was before splitting group 5 off: it owns the range
+        // group 5 later gets, retires with, and merges back.
+        let (mut g, range) = giving(&keys, 5, false);
+        let before = KvStore::new().with_shard(2, KeyRange::of_base_group(0));
+        let mut n = 100;
+        let mut apply = |kv: &mut KvStore, op: KvOp| {
+            n += 1;
+            let cmd = KvCommand {
+                principal: Bytes::new(),
+                client: 9,
+                seq: n,
+                op,
+            };
+            kv.apply(Zxid::new(Epoch(1), n as u32), &cmd.to_bytes())
+        };
+        assert!(before.range().covers(&range) && before.incoming().is_none());
+        assert!(
+            !took_over(&before, 5, range),
+            "a replica from before the split took nothing over"
+        );
+        // The real group 0: the split's end, then group 5's range taken
+        // back through its log.
+        apply(&mut g, KvOp::FinishMove { child: 5 });
+        assert!(!took_over(&g, 5, range));
+        apply(&mut g, KvOp::Absorb { from: 5, range });
+        assert!(!took_over(&g, 5, range), "the move has not ended");
+        apply(
+            &mut g,
+            KvOp::Ingest {
+                from: 5,
+                after: None,
+                pairs: Vec::new(),
+                last: true,
+            },
+        );
+        assert!(took_over(&g, 5, range));
+        assert!(!took_over(&g, 6, range), "taken from group 5, not 6");
+    }
 
     /// A store of base group 0 (of 2) holding `keys`, that split at its
     /// midpoint to `child` (the upper keys frozen), or retired into
