@@ -73,6 +73,11 @@ fn shared_crash_child() {
         return;
     };
     let (log, _) = SharedLog::open(&dir, opts()).unwrap();
+    {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "\n{START}").unwrap();
+        o.flush().unwrap();
+    }
     let combine = std::env::var_os(COMBINE_ENV).is_some();
     log.set_combine_writes(combine);
     let log = Arc::new(log);
@@ -232,10 +237,26 @@ fn observed(log: &SharedLog) -> Model {
 /// A batch's writes, and its last LSN once the child printed it.
 type Batch = (Vec<W>, Option<u64>);
 
+/// The child's first line of its own: everything before it is the test
+/// harness's (whose `test <name> ... ` has no line break, so the child
+/// starts with one).
+const START: &str = "START";
+
+/// Parses the child's output from its [`START`] line on; panics when a
+/// child that wrote batches printed no start line (its first batch could
+/// have been glued to the harness's line and lost, and the model with it:
+/// a later check would then fail on a model missing writes the log holds).
 fn parse(lines: &[String]) -> (Vec<Batch>, u64) {
     let mut batches: Vec<Batch> = Vec::new();
     let mut durable = 0;
-    for line in lines {
+    let Some(start) = lines.iter().position(|l| l == START) else {
+        assert!(
+            !lines.iter().any(|l| l.starts_with("L ")),
+            "the child wrote batches but printed no start line"
+        );
+        return (batches, durable);
+    };
+    for line in &lines[start + 1..] {
         let f: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
         match (f.first().copied(), num(1), num(2)) {
@@ -262,6 +283,48 @@ fn parse(lines: &[String]) -> (Vec<Batch>, u64) {
         }
     }
     (batches, durable)
+}
+
+/// The child's stdout as the test harness leaves it: the harness prints
+/// `test <name> ... ` with no line break before the test's own output.
+#[test]
+fn the_childs_first_batch_is_parsed_after_the_harness_line() {
+    let out: Vec<String> = [
+        "",
+        "running 1 test",
+        "test shared_crash::shared_crash_child ... ",
+        START,
+        "B",
+        "E 5 1",
+        "E 5 2",
+        "L 2",
+        "D 2",
+        "B",
+        "E 3 1",
+    ]
+    .iter()
+    .map(|l| l.to_string())
+    .collect();
+    let (batches, durable) = parse(&out);
+    assert_eq!(
+        batches,
+        vec![
+            (vec![W::Entry(5, 1), W::Entry(5, 2)], Some(2)),
+            (vec![W::Entry(3, 1)], None)
+        ]
+    );
+    assert_eq!(durable, 2);
+    // Without its start line the output is not trusted: a batch glued to
+    // the harness line would be lost, and the model with it.
+    let glued: Vec<String> = [
+        "test shared_crash::shared_crash_child ... B",
+        "E 5 1",
+        "L 1",
+    ]
+    .iter()
+    .map(|l| l.to_string())
+    .collect();
+    assert!(std::panic::catch_unwind(|| parse(&glued)).is_err());
 }
 
 #[test]
