@@ -69,12 +69,14 @@ impl Driver {
                 addrs,
             } => {
                 let kv = self.node.state_machine();
-                if kv.outgoing().is_some() || kv.incoming().is_some() {
+                if kv.outgoing().is_some() || kv.incoming().is_some() || self.moves_proposed > 0 {
                     // A split's new group starts with the members of the
-                    // group that split; they stay put until its keys moved.
+                    // group that split (as the split recorded them); they
+                    // stay put until its keys moved, from the moment the
+                    // split is proposed.
                     reply.send(Response::Error(format!(
-                        "retry: group {} is in a split (keys moving); membership changes wait \
-                         until the move is over",
+                        "retry: group {} is in a split or a merge (proposed, or keys moving); \
+                         membership changes wait until the move is over",
                         self.gid
                     )));
                     return;
@@ -255,6 +257,7 @@ impl Driver {
     /// Proposes one of the node's own commands for an administrator, who
     /// is answered with the store's result once it commits.
     fn propose_admin(&mut self, op: KvOp, reply: Reply) {
+        let moves = matches!(op, KvOp::Split { .. } | KvOp::Retire { .. });
         let cmd = KvCommand {
             principal: Bytes::new(),
             client: 0,
@@ -263,18 +266,25 @@ impl Driver {
         }
         .to_bytes();
         let now = self.now();
-        let waiter = Waiter::AdminKv { reply };
-        if let Err(r) = self.node.propose(now, cmd, waiter) {
-            let msg = match r.error {
-                paxos_core::node::ProposeRejected::Kernel(
-                    paxos_core::ProposeError::NotLeader { .. },
-                ) => {
-                    r.token.answer(self.leader_hint());
-                    return;
+        let waiter = Waiter::AdminKv { reply, moves };
+        match self.node.propose(now, cmd, waiter) {
+            Ok(_) => {
+                if moves {
+                    self.moves_proposed += 1;
                 }
-                e => format!("retry: {e:?}"),
-            };
-            r.token.answer(Response::Error(msg));
+            }
+            Err(r) => {
+                let msg = match r.error {
+                    paxos_core::node::ProposeRejected::Kernel(
+                        paxos_core::ProposeError::NotLeader { .. },
+                    ) => {
+                        r.token.answer(self.leader_hint());
+                        return;
+                    }
+                    e => format!("retry: {e:?}"),
+                };
+                r.token.answer(Response::Error(msg));
+            }
         }
     }
 

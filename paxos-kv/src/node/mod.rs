@@ -150,8 +150,9 @@ enum Waiter {
     Move,
     /// One of the node's own commands asked for by an administrator
     /// (allocating a group id, a split): answered with the store's result
-    /// as JSON.
-    AdminKv { reply: Reply },
+    /// as JSON. `moves`: a split or a merge's retirement, counted in
+    /// [`Driver::moves_proposed`] until it is answered.
+    AdminKv { reply: Reply, moves: bool },
 }
 
 /// The node layer as the reference node runs it.
@@ -272,6 +273,11 @@ struct Driver {
     /// A step of a split proposed by this group's leader and not answered
     /// yet ([`groups::Groups`]' moves: one at a time).
     move_inflight: bool,
+    /// Splits and retirements this replica proposed as leader that have
+    /// not applied (or failed) yet: membership changes wait for them as
+    /// they wait for the move they start (the new group takes the members
+    /// the split recorded).
+    moves_proposed: u32,
     /// While this group takes keys over: the group and range they come
     /// from, and the frozen keys, sorted, read once from this node's
     /// replica of it (kept only for that move: a list of another would
@@ -831,6 +837,7 @@ fn open_group(
         pending_transfer: None,
         span,
         move_inflight: false,
+        moves_proposed: 0,
         move_keys: None,
         move_backoff: None,
     })
@@ -1121,6 +1128,19 @@ impl Driver {
     }
 
     fn on_event(&mut self, ev: NodeEvent<Waiter>) {
+        if let NodeEvent::Written {
+            token: Waiter::AdminKv { moves: true, .. },
+            ..
+        }
+        | NodeEvent::Superseded {
+            token: Waiter::AdminKv { moves: true, .. },
+        }
+        | NodeEvent::OutcomeUnknown {
+            token: Waiter::AdminKv { moves: true, .. },
+        } = &ev
+        {
+            self.moves_proposed = self.moves_proposed.saturating_sub(1);
+        }
         match ev {
             NodeEvent::Written {
                 token: Waiter::Move,
@@ -1140,7 +1160,7 @@ impl Driver {
                 }
             }
             NodeEvent::Written {
-                token: Waiter::AdminKv { reply },
+                token: Waiter::AdminKv { reply, .. },
                 result,
                 zxid,
             } => reply.send(admin::kv_result_json(zxid, result)),
@@ -1178,7 +1198,7 @@ impl Driver {
                 Waiter::Read { key, reply } => reply.send(self.read_answer(&key)),
                 Waiter::Write { reply, .. }
                 | Waiter::Config { reply, .. }
-                | Waiter::AdminKv { reply } => {
+                | Waiter::AdminKv { reply, .. } => {
                     tracing::error!("a write's token came back as a read; answering retry");
                     reply.send(Response::Error("retry: internal".into()))
                 }
@@ -1244,7 +1264,7 @@ impl Waiter {
             Waiter::Write { reply, .. }
             | Waiter::Read { reply, .. }
             | Waiter::Config { reply, .. }
-            | Waiter::AdminKv { reply } => reply.send(resp),
+            | Waiter::AdminKv { reply, .. } => reply.send(resp),
             Waiter::Move => {}
         }
     }

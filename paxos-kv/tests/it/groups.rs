@@ -918,6 +918,105 @@ async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_ke
     cluster.stop();
 }
 
+/// A membership change asked for while a split of the same group has been
+/// proposed but not yet applied waits, as one asked for during the move
+/// does: the new group starts with the members the split recorded, and
+/// both groups' members stay put until the keys moved. The change is sent
+/// a moment after the split, a few times (it may also land first, and then
+/// the split waits for it instead); at no attempt may both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_waits_for_a_split_that_is_proposed_but_not_applied() {
+    use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let admin = Arc::new(Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    ));
+    // An observer that never runs: adding it commits at once (observers
+    // do not count), and it changes the group's members.
+    let ghost = AdminRequest::Change {
+        change: AdminChange::AddObserver,
+        node: 9,
+        addrs: Some(NodeAddrs {
+            peer: "127.0.0.1:9".parse().expect("addr"),
+            client: "127.0.0.1:9".parse().expect("addr"),
+        }),
+    };
+    let mut raced = 0;
+    for (attempt, parent) in (1..GROUPS).enumerate() {
+        let allocated = admin
+            .admin_in(0, AdminRequest::AllocateGroup)
+            .await
+            .expect("an id");
+        let child = serde_json::from_str::<serde_json::Value>(&allocated).expect("json")["group"]
+            .as_u64()
+            .expect("a group id") as u32;
+        let split = {
+            let admin = admin.clone();
+            tokio::spawn(async move { admin.admin_in(parent, AdminRequest::Split { child }).await })
+        };
+        tokio::time::sleep(Duration::from_micros(500 * attempt as u64)).await;
+        let change = admin.admin_in(parent, ghost).await;
+        let split = split.await.expect("split task");
+        // Where each committed in the parent's log (`epoch.counter`). The
+        // client asks again while the node answers `retry:`, so a change
+        // that had to wait commits after the move's last step
+        // (`FinishMove`, in the parent's log); one that did not wait
+        // commits right after the split, with nothing between them (no
+        // one else writes here).
+        let at = |answer: &Result<String, ClientError>| -> Option<(u64, u64)> {
+            let json: serde_json::Value = serde_json::from_str(answer.as_ref().ok()?).ok()?;
+            let (e, c) = json["committed"].as_str()?.split_once('.')?;
+            Some((e.parse().ok()?, c.parse().ok()?))
+        };
+        let split_started = split.as_ref().is_ok_and(|a| a.contains("new_group"));
+        if let (true, Some((se, sc)), Some((ce, cc))) = (split_started, at(&split), at(&change)) {
+            assert!(
+                !(se == ce && cc == sc + 1),
+                "attempt {attempt}: group {parent}'s membership change committed at {ce}.{cc}, \
+                 right after its split to group {child} at {se}.{sc}, before the keys moved"
+            );
+            if cc > sc {
+                raced += 1;
+            }
+        }
+        // Back to three voters for the next attempt.
+        if change.is_ok() {
+            let remove = AdminRequest::Change {
+                change: AdminChange::Remove,
+                node: 9,
+                addrs: None,
+            };
+            let mut removed = false;
+            for _ in 0..100 {
+                match admin.admin_in(parent, remove).await {
+                    Ok(_) => {
+                        removed = true;
+                        break;
+                    }
+                    Err(e) if e.to_string().contains("not a member") => {
+                        removed = true;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            assert!(removed, "the ghost observer leaves group {parent}");
+        }
+    }
+    eprintln!("{raced} membership changes came after a split began and waited for it");
+}
+
 /// A group removed at run time (issue 16: groups removed by an admin
 /// command): a group made by a split merges back into the group it came
 /// from under a concurrent writer; every acknowledged write reads back,
