@@ -328,6 +328,10 @@ const NO_SLOT: u32 = u32::MAX;
 /// step of the move (a batch of keys, the end) can be proposed.
 const MOVES_EVERY: Duration = Duration::from_millis(5);
 
+/// How often a node tries again to make a group a split created that it
+/// could not make.
+const CHILD_RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// A batch of keys a new group takes over in one command, at most (in
 /// bytes of keys and values, and in pairs): well under the smallest
 /// command the kernel takes (half a WAL segment).
@@ -357,6 +361,12 @@ pub(super) struct Groups {
     gone: BTreeSet<u32>,
     /// When the moves are next looked at.
     next_moves: Instant,
+    /// Slots of groups with a split whose new group this node should host
+    /// but could not make (a disk error): tried again every
+    /// [`CHILD_RETRY_EVERY`].
+    child_retry: BTreeSet<usize>,
+    /// When `child_retry` is next tried.
+    next_child_retry: Instant,
     /// Groups given input since their last turn.
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
@@ -415,6 +425,8 @@ impl Groups {
             retired: vec![false; n],
             gone: gone.into_iter().collect(),
             next_moves: Instant::now(),
+            child_retry: BTreeSet::new(),
+            next_child_retry: Instant::now(),
             dirty: (0..n).collect(),
             is_dirty: vec![true; n],
             timers: BinaryHeap::new(),
@@ -481,7 +493,9 @@ impl Groups {
         }
         if splits != self.children_seen[g] {
             self.children_seen[g] = splits;
-            self.make_children(g);
+            if !self.make_children(g) {
+                self.child_retry.insert(g);
+            }
         }
     }
 
@@ -523,10 +537,12 @@ impl Groups {
     /// host: empty, taking its range over from `g` (see [`crate::shard`]),
     /// with `g`'s members. Every replica of `g` applies the split at the
     /// same log position, so each makes the same group; one that catches
-    /// `g` up from a snapshot past the split makes it then.
-    fn make_children(&mut self, g: usize) {
+    /// `g` up from a snapshot past the split makes it then. Returns false
+    /// when a group could not be made (see [`Groups::retry_children`]).
+    fn make_children(&mut self, g: usize) -> bool {
         let parent = self.groups[g].gid;
         let children: Vec<Child> = self.groups[g].node.state_machine().children().to_vec();
+        let mut made = true;
         // Bounded by the group's splits.
         for c in children {
             let child = c.id;
@@ -555,7 +571,26 @@ impl Groups {
                 observers,
             };
             if let Err(e) = self.make_group(child, origin) {
-                tracing::error!(group = child, from = parent, error = %format!("{e:#}"), "could not make the group a split created; this node will not host it");
+                tracing::error!(group = child, from = parent, error = %format!("{e:#}"), "could not make the group a split created; trying again in a second");
+                made = false;
+            }
+        }
+        made
+    }
+
+    /// Tries again to make the groups splits created that this node could
+    /// not make (a disk error when their directory or origin was written),
+    /// once a [`CHILD_RETRY_EVERY`]. The others members meanwhile run the
+    /// new group without this node (it is one member short).
+    fn retry_children(&mut self, now: Instant) {
+        if self.child_retry.is_empty() || now < self.next_child_retry {
+            return;
+        }
+        self.next_child_retry = now + CHILD_RETRY_EVERY;
+        // Bounded by the groups waiting for a retry.
+        for g in std::mem::take(&mut self.child_retry) {
+            if !self.retired[g] && !self.make_children(g) {
+                self.child_retry.insert(g);
             }
         }
     }
@@ -1205,6 +1240,7 @@ impl Groups {
         self.admit_waiting(instant);
         self.log_roles(instant);
         self.drive_moves(instant);
+        self.retry_children(instant);
         // Bounded by the heap's size: each pop removes an entry.
         while let Some(&Reverse((t, g))) = self.timers.peek() {
             if t > due {

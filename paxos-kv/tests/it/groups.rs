@@ -918,6 +918,82 @@ async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_ke
     cluster.stop();
 }
 
+/// A node that cannot make a split's new group (its directory cannot be
+/// created: a disk error, here a file in its way) tries again, and hosts
+/// the group once the error is gone, without a restart; meanwhile the
+/// other members carry the split through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_could_not_make_a_new_group_makes_it_once_it_can() {
+    use paxos_kv::client_proto::AdminRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(dir.path());
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let admin = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    let client = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    let mut session = Session::new(12);
+    let written = write_all(&client, &mut session, 0..200).await;
+    let allocated = admin
+        .admin_in(0, AdminRequest::AllocateGroup)
+        .await
+        .expect("an id");
+    let child = serde_json::from_str::<serde_json::Value>(&allocated).expect("json")["group"]
+        .as_u64()
+        .expect("a group id") as u32;
+    // Node 3 cannot make the group's directory: a file has its name.
+    let blocker = cluster.data_dir(3).join("groups").join(child.to_string());
+    std::fs::write(&blocker, b"in the way").expect("blocking file");
+    let parent = group_of(&key(0), GROUPS);
+    admin
+        .admin_in(parent, AdminRequest::Split { child })
+        .await
+        .expect("the split commits");
+    // Nodes 1 and 2 make the group; it takes its keys over without node 3.
+    let mut moved = false;
+    for _ in 0..300 {
+        let st = cluster.statuses().await;
+        let hosting = st
+            .values()
+            .filter(|v| v["hosted"].as_u64() == Some(u64::from(GROUPS) + 1))
+            .count();
+        if hosting >= 2 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "nodes 1 and 2 host group {child}");
+    let st = cluster.statuses().await;
+    assert!(
+        st.values()
+            .any(|v| v["hosted"].as_u64() == Some(u64::from(GROUPS))),
+        "node 3 could not make group {child}: {st:?}"
+    );
+    // The disk is fine again: node 3 makes the group, no restart.
+    std::fs::remove_file(&blocker).expect("unblock");
+    assert!(
+        wait_hosted(&cluster, GROUPS + 1).await,
+        "node 3 makes group {child} once it can"
+    );
+    read_back(&client, &written).await;
+    cluster.stop();
+}
+
 /// A membership change asked for while a split of the same group has been
 /// proposed but not yet applied waits, as one asked for during the move
 /// does: the new group starts with the members the split recorded, and
