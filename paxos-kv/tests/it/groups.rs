@@ -979,6 +979,18 @@ async fn a_node_that_could_not_make_a_new_group_makes_it_once_it_can() {
     }
     assert!(moved, "nodes 1 and 2 host group {child}");
     let st = cluster.statuses().await;
+    // A client that asks node 3 first learns from it a range no group
+    // owns (node 3 does not host the new group); it learns the ranges
+    // from the next node and reads every key the others serve.
+    let mut addrs = cluster.client_addrs();
+    addrs.rotate_left(2);
+    let via_3 = Client::with_session(
+        addrs,
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    read_back(&via_3, &written).await;
     assert!(
         st.values()
             .any(|v| v["hosted"].as_u64() == Some(u64::from(GROUPS))),
