@@ -472,9 +472,9 @@ impl Groups {
         let kv = self.groups[g].node.state_machine();
         if let Some(into) = kv.retired_into() {
             // Merged away: gone once its keys were dropped here, or once
-            // this node's replica of the group it merged into owns them
-            // (the absorb committed there: a replica that never hears of
-            // the drop, its peers gone, is not left behind for good).
+            // a group hosted here recorded taking them over (the last batch
+            // committed there: a replica that never hears of the drop, its
+            // peers gone, is not left behind for good).
             let gid = self.groups[g].gid;
             let absorbed = kv
                 .outgoing()
@@ -580,7 +580,7 @@ impl Groups {
 
     /// Tries again to make the groups splits created that this node could
     /// not make (a disk error when their directory or origin was written),
-    /// once a [`CHILD_RETRY_EVERY`]. The others members meanwhile run the
+    /// once a [`CHILD_RETRY_EVERY`]. The other members meanwhile run the
     /// new group without this node (it is one member short).
     fn retry_children(&mut self, now: Instant) {
         if self.child_retry.is_empty() || now < self.next_child_retry {
@@ -660,9 +660,9 @@ impl Groups {
             let kv = self.groups[g].node.state_machine();
             let gid = self.groups[g].gid;
             if let (Some(into), Some((_, r))) = (kv.retired_into(), kv.outgoing()) {
-                // Merged away, and this node's replica of the group it went
-                // into owns its keys now (it may not hear of its own last
-                // step, nor have a turn: quiet).
+                // Merged away, and a group hosted here recorded taking its
+                // keys over (it may not hear of its own last step, nor have
+                // a turn: quiet).
                 let absorbed = self.taken_here(into, gid, r);
                 if absorbed {
                     self.retire(g);
