@@ -45,6 +45,10 @@ pub const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 pub const ADMIN_LIMIT: Duration = Duration::from_secs(60);
 /// Leader hand-overs in [`Scenario::TransferUnderLoad`].
 pub const TRANSFERS: u32 = 5;
+/// Split-and-merge rounds in [`Scenario::SplitMerge`].
+pub const SPLIT_MERGE_ROUNDS: u32 = 3;
+/// Groups each node hosts at least in [`Scenario::SplitMerge`].
+pub const SPLIT_MERGE_GROUPS: u32 = 4;
 /// Administration commands in flight at once when a membership change is
 /// made in every group of a cluster of many groups.
 pub const ADMIN_IN_FLIGHT: usize = 16;
@@ -126,11 +130,15 @@ pub enum Scenario {
     GrowAndShrink,
     /// The leadership handed from follower to follower several times.
     TransferUnderLoad,
+    /// Nodes of several groups ([`Scenario::min_groups`]): a register's
+    /// group splits and the new group merges back, each a few times, with
+    /// a node SIGKILLed while the keys move and restarted.
+    SplitMerge,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 26] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -156,6 +164,7 @@ impl Scenario {
         Scenario::ReplaceKilledFollower,
         Scenario::GrowAndShrink,
         Scenario::TransferUnderLoad,
+        Scenario::SplitMerge,
     ];
 
     /// The scenario's name on the command line and in tables.
@@ -186,6 +195,7 @@ impl Scenario {
             Scenario::ReplaceKilledFollower => "replace-killed-follower",
             Scenario::GrowAndShrink => "grow-and-shrink",
             Scenario::TransferUnderLoad => "transfer-under-load",
+            Scenario::SplitMerge => "split-merge",
         }
     }
 
@@ -205,6 +215,15 @@ impl Scenario {
             | Scenario::ConstrainedCompacted
             | Scenario::Flapping => 5,
             _ => 3,
+        }
+    }
+
+    /// The fewest groups each node hosts in it: a run asked for fewer
+    /// hosts this many (a node of one group cannot split).
+    pub fn min_groups(self) -> u32 {
+        match self {
+            Scenario::SplitMerge => SPLIT_MERGE_GROUPS,
+            _ => 1,
         }
     }
 
@@ -382,7 +401,7 @@ pub fn skip_reason(scenario: Scenario, options: &RunOptions) -> Option<String> {
 /// finding is in the report.
 pub async fn run(scenario: Scenario, seed: u64, options: &RunOptions) -> Report {
     let started = Instant::now();
-    let mut report = Report::new(scenario, seed, options.groups.max(1));
+    let mut report = Report::new(scenario, seed, options.groups.max(scenario.min_groups()));
     if let Some(why) = skip_reason(scenario, options) {
         tracing::warn!(%scenario, "skipped: {why}");
         report.skipped = Some(why);
@@ -513,6 +532,28 @@ impl Ctx<'_> {
 
     fn restart(&mut self, id: u64) -> Result<()> {
         self.c.restart(id)
+    }
+
+    /// The node to kill while a group's keys move: `group`'s leader (it
+    /// proposes the move's last step, or takes the keys in) or, as often,
+    /// any node (drawn from the seed).
+    async fn move_victim(&mut self, group: u32) -> Result<u64> {
+        if self.rng.below(2) == 0 {
+            return self.c.group_leader(group, self.limit()).await;
+        }
+        let ids = self.c.ids();
+        self.pick(&ids)
+    }
+
+    /// SIGKILL of `id` 0 to 300 ms after a move began (while the new group
+    /// elects its leader or the keys move), kept down 0.5 to 2 s.
+    async fn kill_while_moving(&mut self, id: u64) -> Result<()> {
+        let d = Duration::from_millis(self.rng.range(0, 300));
+        self.hold(d).await;
+        self.kill(id)?;
+        let d = Duration::from_millis(self.rng.range(500, 2_000));
+        self.hold(d).await;
+        Ok(())
     }
 
     /// A finding that breaks what a membership scenario claims.
@@ -941,7 +982,7 @@ where
 fn cluster_options(scenario: Scenario, seed: u64, options: &RunOptions) -> ClusterOptions {
     let mut o = ClusterOptions::new(scenario.nodes(), options.node_binary.clone());
     o.seed = seed;
-    o.groups = options.groups.max(1);
+    o.groups = options.groups.max(scenario.min_groups());
     o.net = if scenario.needs_namespaces() {
         NetMode::Namespaces
     } else {
@@ -1457,6 +1498,99 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
             x.report.notes.push(format!(
                 "{answered} of {TRANSFERS} hand-overs answered \"transferred\": true; {failed} writes failed"
             ));
+        }
+        Scenario::SplitMerge => {
+            let admin = x.c.admin_client();
+            let groups = x.c.groups();
+            let registers = crate::workload::WorkloadConfig::default().registers;
+            for round in 1..=SPLIT_MERGE_ROUNDS {
+                // A register's group: keys the checker follows move.
+                let r = x.rng.below(registers.max(1) as u64) as usize;
+                let parent = paxos_kv::shard::group_of(&crate::workload::register_key(r), groups);
+                let (allocated, _) = admin_until_done_in(
+                    &admin,
+                    0,
+                    AdminRequest::AllocateGroup,
+                    ADMIN_LIMIT,
+                    |_| false,
+                )
+                .await?;
+                let child = allocated["group"]
+                    .as_u64()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .with_context(|| format!("group allocation answered {allocated}"))?;
+                admin_until_done_in(
+                    &admin,
+                    parent,
+                    AdminRequest::Split { child },
+                    ADMIN_LIMIT,
+                    |_| false,
+                )
+                .await?;
+                x.fault(format!(
+                    "round {round}: group {parent} (register {r}'s) split, new group {child}"
+                ));
+                // The new group elects its leader and its keys move now.
+                let victim = x.move_victim(parent).await?;
+                x.kill_while_moving(victim).await?;
+                x.restart(victim)?;
+                // The merge can start once the new group owns its range.
+                let started = Instant::now();
+                let mut last = String::new();
+                let mut merged = None;
+                // Bounded by ADMIN_LIMIT: each pass sleeps.
+                while started.elapsed() < ADMIN_LIMIT {
+                    match admin.merge_group(child, Some(parent), None).await {
+                        Ok(into) => {
+                            merged = Some(into);
+                            break;
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if merged.is_none() {
+                    x.report.stalls.push(format!(
+                        "round {round}: group {child} could not be merged back within {ADMIN_LIMIT:?} (its split's keys still moving?): {last}"
+                    ));
+                    break;
+                }
+                x.report.notes.push(format!(
+                    "round {round}: group {child} owned its range and started merging into {parent} {:.1} s after the split",
+                    started.elapsed().as_secs_f64()
+                ));
+                x.progress(&format!("round {round}: after the split")).await;
+                x.fault(format!(
+                    "round {round}: group {child} merges back into {parent}"
+                ));
+                let victim = x.move_victim(parent).await?;
+                x.kill_while_moving(victim).await?;
+                x.restart(victim)?;
+                x.progress(&format!("round {round}: after the merge")).await;
+                // Every node drops the merged group.
+                let started = Instant::now();
+                let mut hosted = std::collections::BTreeMap::new();
+                while started.elapsed() < ADMIN_LIMIT {
+                    hosted =
+                        x.c.statuses()
+                            .await
+                            .into_iter()
+                            .map(|(id, v)| (id, v["hosted"].as_u64()))
+                            .collect();
+                    if hosted.len() == x.c.ids().len()
+                        && hosted.values().all(|&h| h == Some(u64::from(groups)))
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if !hosted.values().all(|&h| h == Some(u64::from(groups))) {
+                    x.report.stalls.push(format!(
+                        "round {round}: group {child} was not dropped by every node within {ADMIN_LIMIT:?} after its merge (groups hosted per node: {hosted:?})"
+                    ));
+                    break;
+                }
+            }
         }
     }
     Ok(())

@@ -90,6 +90,7 @@ scenario_tests! {
     replace_killed_follower => Scenario::ReplaceKilledFollower,
     grow_and_shrink => Scenario::GrowAndShrink,
     transfer_under_load => Scenario::TransferUnderLoad,
+    split_merge => Scenario::SplitMerge,
 }
 
 /// A node's death with nodes of many groups: every group must commit

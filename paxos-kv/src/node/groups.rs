@@ -59,7 +59,7 @@ use super::options::NodeOptions;
 use super::storage;
 use super::{
     heartbeats, Driver, Host, SyncDone, MAX_BATCH_BYTES, TAG_BATCH, TAG_CORE, TAG_ELECTION,
-    TAG_ELECTION_IN, TAG_HOST_HEARTBEAT,
+    TAG_ELECTION_IN, TAG_GROUP_GONE, TAG_HOST_HEARTBEAT,
 };
 use crate::client_proto::{AdminRequest, Request, Response};
 use crate::kv::{Child, KvCommand, KvOp, KvStore};
@@ -331,6 +331,11 @@ const MOVES_EVERY: Duration = Duration::from_millis(5);
 /// How often a node tries again to make a group a split created that it
 /// could not make.
 const CHILD_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// A peer that sends input for a group merged away here is told so
+/// ([`TAG_GROUP_GONE`]) at most this often.
+const GONE_TELL_EVERY: Duration = Duration::from_secs(1);
+/// (Peer, group) pairs remembered for [`GONE_TELL_EVERY`].
+const MAX_GONE_TOLD: usize = 4096;
 
 /// A batch of keys a new group takes over in one command, at most (in
 /// bytes of keys and values, and in pairs): well under the smallest
@@ -402,6 +407,10 @@ pub(super) struct Groups {
     /// Per peer node, the heartbeats and acknowledgements last taken from
     /// it, which its "next" entries refer to ([`super::heartbeats`]).
     heartbeats_in: BTreeMap<u64, heartbeats::Memory>,
+    /// When each (peer, group merged away here) was last told so
+    /// ([`TAG_GROUP_GONE`]): at most once a second each, and at most
+    /// [`MAX_GONE_TOLD`] entries (the oldest forgotten first).
+    gone_told: BTreeMap<(u64, u32), Instant>,
 }
 
 impl Groups {
@@ -442,6 +451,7 @@ impl Groups {
             logged_roles: (0, 0, 0),
             next_roles_log: Instant::now() + ROLES_LOG_EVERY,
             heartbeats_in: BTreeMap::new(),
+            gone_told: BTreeMap::new(),
         };
         for i in 0..n {
             g.rearm(i);
@@ -721,9 +731,15 @@ impl Groups {
                     },
                 ));
             } else if let Some((child, range)) = outgoing {
-                // The split's child, or for a merge the group retired into
-                // or one split off it since, recorded the move's last batch.
-                if !range.is_empty() && self.taken_here(child, gid, range) {
+                // The split's new group, or for a merge the group retired
+                // into or one split off it since, recorded the move's last
+                // batch.
+                let taken = if retiring.is_some() {
+                    self.taken_here(child, gid, range)
+                } else {
+                    self.split_taken_here(child, gid, range)
+                };
+                if !range.is_empty() && taken {
                     steps.push((g, KvOp::FinishMove { child }));
                 }
             }
@@ -739,14 +755,27 @@ impl Groups {
         }
     }
 
-    /// Whether a group hosted here recorded taking `range` over from group
-    /// `from` (see [`took_over`]): `into` (the split's child, or the group
-    /// a merged group retired into) first, then any other. Only the group
-    /// that took a range can have recorded it: a group gives a range by
-    /// a split (the upper part of its range, never its whole range) or
-    /// whole by retiring (once), so no two moves from `from` have the same
-    /// range. The group retired into may have split since, and a child of
-    /// it took the range.
+    /// Whether the replica here of `child`, the new group of a split of
+    /// group `from`, recorded taking `range` over (see [`took_over`]).
+    /// Only that group's record counts: a group that split, took its new
+    /// group back by a merge and split again at the same point gives the
+    /// same range twice, and the first new group's replica (inert here
+    /// once merged away) still records having taken it. Taking that
+    /// record for the second split's dropped the keys before the second
+    /// new group had them (found by the chaos scenario `split-merge`;
+    /// `groups::a_group_that_splits_again_where_it_split_before_keeps_every_key`).
+    fn split_taken_here(&self, child: u32, from: u32, range: KeyRange) -> bool {
+        self.slot(u64::from(child))
+            .is_some_and(|c| took_over(self.groups[c].node.state_machine(), from, range))
+    }
+
+    /// Whether a group hosted here recorded taking `range`, the whole range
+    /// of group `from` that retired into `into`, over (see [`took_over`]):
+    /// `into` first, then any other (`into` may have split since, and a
+    /// child of it took the range). A group retires once, and its whole
+    /// range then never equals a range it gave by a split before (a split
+    /// gives the upper part, and a group's range never loses its low end),
+    /// so no other record of a move out of `from` has this range.
     fn taken_here(&self, into: u32, from: u32, range: KeyRange) -> bool {
         if self
             .slot(u64::from(into))
@@ -1384,6 +1413,7 @@ impl Groups {
     fn on_single_frame(&mut self, peer: PeerId, frame: Bytes) {
         match frame.first() {
             Some(&TAG_CORE) => match self.host().codec.decode(frame.slice(1..)) {
+                Ok(env) if self.tell_if_gone(peer, env.group.0) => {}
                 Ok(env) => self.with_gid(env.group.0, |d| d.on_envelope(peer, env)),
                 Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
             },
@@ -1393,6 +1423,9 @@ impl Groups {
             },
             Some(&TAG_ELECTION_IN) if frame.len() >= 5 => {
                 let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
+                if self.tell_if_gone(peer, u64::from(g)) {
+                    return;
+                }
                 match Notification::decode(&frame[5..]) {
                     Ok(n) => self.with_gid(u64::from(g), |d| d.on_election(peer, n)),
                     Err(e) => {
@@ -1434,8 +1467,73 @@ impl Groups {
                     }
                 }
             }
-            _ => tracing::warn!(%peer, "frame with an unknown tag dropped"),
+            Some(&TAG_GROUP_GONE) if frame.len() == 5 => {
+                let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
+                self.peer_dropped(peer, g);
+            }
+            _ => tracing::warn!(%peer, "frame with an unknown tag (or a malformed one) dropped"),
         }
+    }
+
+    /// Whether `gid` is a group merged away and removed here: then `peer`,
+    /// which sent it input, is told so (at most once a second per peer and
+    /// group) and the input is dropped.
+    fn tell_if_gone(&mut self, peer: PeerId, gid: u64) -> bool {
+        let Ok(g) = u32::try_from(gid) else {
+            return false;
+        };
+        if !self.gone.contains(&g) || self.slot(gid).is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .gone_told
+            .get(&(peer.0, g))
+            .is_some_and(|&at| now.saturating_duration_since(at) < GONE_TELL_EVERY)
+        {
+            return true;
+        }
+        if self.gone_told.len() >= MAX_GONE_TOLD {
+            // Bounded: forgets the oldest, which at worst is told again.
+            if let Some(oldest) = self
+                .gone_told
+                .iter()
+                .min_by_key(|(_, &at)| at)
+                .map(|(&k, _)| k)
+            {
+                self.gone_told.remove(&oldest);
+            }
+        }
+        self.gone_told.insert((peer.0, g), now);
+        tracing::debug!(%peer, group = g, "input for a group merged away here: the peer is told");
+        let mut frame = BytesMut::with_capacity(5);
+        frame.put_u8(TAG_GROUP_GONE);
+        frame.put_u32_le(g);
+        self.host().send(NodeId(peer.0), frame.freeze());
+        true
+    }
+
+    /// `peer` says group `gid` was merged away and removed there. A node
+    /// removes a merged group only once its keys are safe in the group
+    /// that took them over (a replica there recorded the move's last
+    /// batch, committed in that group), so the group's replica here, which
+    /// missed that (it was down), holds nothing that is still needed, and
+    /// it could never catch up once its peers are gone. Removed here too,
+    /// unless it leads here (then it has a quorum of replicas that still
+    /// host it, and finishes the merge itself).
+    fn peer_dropped(&mut self, peer: PeerId, gid: u32) {
+        let Some(g) = self.slot(u64::from(gid)) else {
+            return;
+        };
+        if self.retired[g] {
+            return;
+        }
+        if self.groups[g].node.replica().is_leader() {
+            tracing::warn!(%peer, group = gid, "a peer says this group was merged away, but it leads here; kept until its own merge ends");
+            return;
+        }
+        tracing::info!(%peer, group = gid, "a peer removed this group after it merged away (this replica missed the merge's end): removing it here too");
+        self.retire(g);
     }
 
     /// A client request: to the group of its key, or the one it names.

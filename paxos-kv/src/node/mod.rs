@@ -103,6 +103,11 @@ const TAG_HOST_HEARTBEAT: u8 = 4;
 /// peer: `(u32 length (LE) | frame)*`, each frame with its own tag (never
 /// another batch). A node hosting many groups sends one per peer per turn.
 const TAG_BATCH: u8 = 3;
+/// Tag of a peer frame telling a peer that a group it sent input for was
+/// merged away here and removed: `u32 group (LE)`. The peer's replica
+/// of that group may have missed the merge's last steps (it was down), and
+/// with every other replica gone it could never learn them from the group.
+const TAG_GROUP_GONE: u8 = 6;
 /// A batch is sent once it holds this many bytes, even mid-turn.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Inputs taken from one source before the loop lets the layer process.
