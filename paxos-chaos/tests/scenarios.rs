@@ -38,7 +38,8 @@ fn check_with(scenario: Scenario, groups: u32) {
         return;
     }
     println!(
-        "{scenario} ({groups} groups): {:?} calls, {} faults, recoveries {:?}, {:.1} s; {}",
+        "{scenario} ({} groups): {:?} calls, {} faults, recoveries {:?}, {:.1} s; {}",
+        report.groups,
         report.counts,
         report.faults,
         report.recoveries,
@@ -47,7 +48,8 @@ fn check_with(scenario: Scenario, groups: u32) {
     );
     assert!(
         report.passed(),
-        "{scenario} seed {seed} ({groups} groups) failed:\n{}replay: {}",
+        "{scenario} seed {seed} ({} groups) failed:\n{}replay: {}",
+        report.groups,
         report.problems(),
         report.replay_command()
     );
