@@ -131,8 +131,10 @@ pub enum Scenario {
     /// The leadership handed from follower to follower several times.
     TransferUnderLoad,
     /// Nodes of several groups ([`Scenario::min_groups`]): a register's
-    /// group splits and the new group merges back, each a few times, with
-    /// a node SIGKILLed while the keys move and restarted.
+    /// group splits and the new group merges back (half the rounds while
+    /// the group splits again, the new group of that split merged back
+    /// after), each a few times, with a node SIGKILLed while the keys move
+    /// and restarted.
     SplitMerge,
 }
 
@@ -1507,26 +1509,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                 // A register's group: keys the checker follows move.
                 let r = x.rng.below(registers.max(1) as u64) as usize;
                 let parent = paxos_kv::shard::group_of(&crate::workload::register_key(r), groups);
-                let (allocated, _) = admin_until_done_in(
-                    &admin,
-                    0,
-                    AdminRequest::AllocateGroup,
-                    ADMIN_LIMIT,
-                    |_| false,
-                )
-                .await?;
-                let child = allocated["group"]
-                    .as_u64()
-                    .and_then(|g| u32::try_from(g).ok())
-                    .with_context(|| format!("group allocation answered {allocated}"))?;
-                admin_until_done_in(
-                    &admin,
-                    parent,
-                    AdminRequest::Split { child },
-                    ADMIN_LIMIT,
-                    |_| false,
-                )
-                .await?;
+                let child = split_now(&admin, parent, |_| false).await?;
                 x.fault(format!(
                     "round {round}: group {parent} (register {r}'s) split, new group {child}"
                 ));
@@ -1534,40 +1517,60 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                 let victim = x.move_victim(parent).await?;
                 x.kill_while_moving(victim).await?;
                 x.restart(victim)?;
-                // The merge can start once the new group owns its range.
+                // Half the rounds, the parent splits again while the new
+                // group merges back into it: whichever commits first, the
+                // merge must end (if the parent's split comes first, the
+                // parent's new upper part takes the merged keys).
+                let race = x.rng.below(2) == 1;
+                let splitter = race.then(|| {
+                    let admin = x.c.admin_client();
+                    tokio::spawn(async move {
+                        split_now(&admin, parent, |m| m.starts_with("refused:")).await
+                    })
+                });
                 let started = Instant::now();
-                let mut last = String::new();
-                let mut merged = None;
-                // Bounded by ADMIN_LIMIT: each pass sleeps.
-                while started.elapsed() < ADMIN_LIMIT {
-                    match admin.merge_group(child, Some(parent), None).await {
-                        Ok(into) => {
-                            merged = Some(into);
-                            break;
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if merged.is_none() {
+                let Some(into) = merge_when_owned(&admin, child, (!race).then_some(parent)).await
+                else {
                     x.report.stalls.push(format!(
-                        "round {round}: group {child} could not be merged back within {ADMIN_LIMIT:?} (its split's keys still moving?): {last}"
+                        "round {round}: group {child} could not be merged within {ADMIN_LIMIT:?} (its split's keys still moving?)"
                     ));
                     break;
-                }
+                };
                 x.report.notes.push(format!(
-                    "round {round}: group {child} owned its range and started merging into {parent} {:.1} s after the split",
+                    "round {round}: group {child} owned its range and started merging into {into} {:.1} s after the split",
                     started.elapsed().as_secs_f64()
                 ));
                 x.progress(&format!("round {round}: after the split")).await;
                 x.fault(format!(
-                    "round {round}: group {child} merges back into {parent}"
+                    "round {round}: group {child} merges into {into}{}",
+                    if race {
+                        format!(" while group {parent} splits again")
+                    } else {
+                        String::new()
+                    }
                 ));
                 let victim = x.move_victim(parent).await?;
                 x.kill_while_moving(victim).await?;
                 x.restart(victim)?;
                 x.progress(&format!("round {round}: after the merge")).await;
-                // Every node drops the merged group.
+                if let Some(splitter) = splitter {
+                    let second = splitter.await.context("the splitting task")??;
+                    x.report.notes.push(format!(
+                        "round {round}: group {parent}'s second split made group {second}; {child} merged into {into}"
+                    ));
+                    // Taken back, so that every round ends with the groups
+                    // it began with.
+                    if merge_when_owned(&admin, second, Some(parent))
+                        .await
+                        .is_none()
+                    {
+                        x.report.stalls.push(format!(
+                            "round {round}: group {second} could not be merged back into {parent} within {ADMIN_LIMIT:?}"
+                        ));
+                        break;
+                    }
+                }
+                // Every node drops the merged groups.
                 let started = Instant::now();
                 let mut hosted = std::collections::BTreeMap::new();
                 while started.elapsed() < ADMIN_LIMIT {
@@ -1586,7 +1589,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                 }
                 if !hosted.values().all(|&h| h == Some(u64::from(groups))) {
                     x.report.stalls.push(format!(
-                        "round {round}: group {child} was not dropped by every node within {ADMIN_LIMIT:?} after its merge (groups hosted per node: {hosted:?})"
+                        "round {round}: the merged groups were not dropped by every node within {ADMIN_LIMIT:?} (groups hosted per node: {hosted:?})"
                     ));
                     break;
                 }
@@ -1594,6 +1597,61 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Allocates a group id and splits `group` with it (asked again while
+/// refused with a transient answer, without a leader, or with an answer
+/// `transient` accepts): the new
+/// group's id, once the split committed.
+async fn split_now(
+    admin: &paxos_kv::client::Client,
+    group: u32,
+    transient: impl Fn(&str) -> bool,
+) -> Result<u32> {
+    // A group without a leader yet (one was just killed) is asked again.
+    let leaderless = |m: &str| m.contains("no leader");
+    let (allocated, _) = admin_until_done_in(
+        admin,
+        0,
+        AdminRequest::AllocateGroup,
+        ADMIN_LIMIT,
+        leaderless,
+    )
+    .await?;
+    let child = allocated["group"]
+        .as_u64()
+        .and_then(|g| u32::try_from(g).ok())
+        .with_context(|| format!("group allocation answered {allocated}"))?;
+    admin_until_done_in(
+        admin,
+        group,
+        AdminRequest::Split { child },
+        ADMIN_LIMIT,
+        |m| leaderless(m) || transient(m),
+    )
+    .await?;
+    Ok(child)
+}
+
+/// Starts merging `group` into `into` (by default its neighbour below, else
+/// above) once it owns its range (its split's keys moved) and the merge is
+/// accepted, asking every 100 ms for [`ADMIN_LIMIT`]: the group merged
+/// into, once the merge committed; `None` if it never was.
+async fn merge_when_owned(
+    admin: &paxos_kv::client::Client,
+    group: u32,
+    into: Option<u32>,
+) -> Option<u32> {
+    let started = Instant::now();
+    // Bounded by ADMIN_LIMIT: each pass sleeps.
+    while started.elapsed() < ADMIN_LIMIT {
+        match admin.merge_group(group, into, None).await {
+            Ok(into) => return Some(into),
+            Err(e) => tracing::debug!(group, error = %e, "merge not started yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// The node ids of a JSON array (empty if it is none).

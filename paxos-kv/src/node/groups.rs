@@ -711,7 +711,7 @@ impl Groups {
                 let Some(from) = self.slot(u64::from(from_gid)) else {
                     continue;
                 };
-                if self.groups[from].node.state_machine().outgoing() != Some((gid, range)) {
+                if !frozen_for(self.groups[from].node.state_machine(), gid, range) {
                     // This node's replica of the group giving the range
                     // has not frozen it yet (or has finished: then this
                     // group owns the range already).
@@ -1806,6 +1806,21 @@ impl Groups {
 /// group that split), after `cursor`: whether it is the last. `keys` is the
 /// sorted list of the frozen keys, made once per move (they do not change
 /// while frozen) and kept between batches.
+/// Whether `source`, the store of a group giving `range` away, has frozen
+/// it for group `taker` to take over: a split's range for the new group
+/// it names; a retired group's whole range for whichever group committed
+/// taking it (`Absorb`, whose store checked that its range adjoins):
+/// the group it retired into, or, if that one split since and no longer
+/// adjoins it, the part of it that does. Before, only the named group
+/// read the keys, and a merge that a child of G absorbed left them frozen
+/// for good (found by the chaos scenario `split-merge`).
+fn frozen_for(source: &KvStore, taker: u32, range: KeyRange) -> bool {
+    match source.outgoing() {
+        Some((to, r)) if r == range => to == taker || source.retired_into() == Some(to),
+        _ => false,
+    }
+}
+
 fn next_batch(
     keys: &mut Option<super::MoveKeys>,
     from: u32,
@@ -1934,6 +1949,34 @@ mod tests {
         );
         assert!(took_over(&g, 5, range));
         assert!(!took_over(&g, 6, range), "taken from group 5, not 6");
+    }
+
+    /// A group retired into G whose range G no longer adjoins (G split
+    /// after the retirement committed, before G's node applied it) is
+    /// absorbed by the part of G next to it, a group split off G; that
+    /// group reads the keys from its node's replica of the retired group,
+    /// which names G as the group it retired into. A split's frozen keys
+    /// are for its new group only.
+    #[test]
+    fn a_retired_groups_keys_are_there_for_the_group_of_g_that_absorbs_it() {
+        let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (retired, range) = giving(&keys, 1, true);
+        assert!(
+            frozen_for(&retired, 1, range),
+            "for the group it retired into"
+        );
+        assert!(
+            frozen_for(&retired, 7, range),
+            "for a group split off the one it retired into"
+        );
+        let (split, upper) = giving(&keys, 5, false);
+        assert!(frozen_for(&split, 5, upper));
+        assert!(
+            !frozen_for(&split, 7, upper),
+            "a split's keys are for its new group only"
+        );
+        assert!(!frozen_for(&retired, 7, upper), "only the range it gives");
     }
 
     /// A store of base group 0 (of 2) holding `keys`, that split at its
