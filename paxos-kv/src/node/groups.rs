@@ -1479,10 +1479,15 @@ impl Groups {
     /// which sent it input, is told so (at most once a second per peer and
     /// group) and the input is dropped.
     fn tell_if_gone(&mut self, peer: PeerId, gid: u64) -> bool {
+        // A hosted group (every frame on the write path) is told apart
+        // by its slot, before any set is searched.
+        if self.slot(gid).is_some() {
+            return false;
+        }
         let Ok(g) = u32::try_from(gid) else {
             return false;
         };
-        if !self.gone.contains(&g) || self.slot(gid).is_some() {
+        if !self.gone.contains(&g) {
             return false;
         }
         let now = Instant::now();

@@ -30,6 +30,32 @@ fn key(i: u32) -> Bytes {
     Bytes::from(format!("key-{i}"))
 }
 
+/// A 3-node cluster of [`GROUPS`] groups with an administrator `ops`,
+/// every group led; with a client and an administration client.
+async fn start_with_admin(dir: &std::path::Path) -> (LocalCluster, Client, Client) {
+    let mut spec = spec(dir);
+    spec.clients
+        .push(("ops".into(), paxos_kv::auth::Role::Admin));
+    let cluster = LocalCluster::start(spec).expect("cluster starts");
+    cluster
+        .wait_all_groups_led(Duration::from_secs(60))
+        .await
+        .expect("every group elects a leader");
+    let client = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security(),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    let admin = Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    );
+    (cluster, client, admin)
+}
+
 /// Writes keys `range` in `session`, retrying each (same session and
 /// sequence) a bounded number of times; returns the keys acknowledged.
 async fn write_all(
@@ -926,26 +952,7 @@ async fn a_group_splits_at_run_time_under_writes_and_keeps_every_acknowledged_ke
 async fn a_node_that_could_not_make_a_new_group_makes_it_once_it_can() {
     use paxos_kv::client_proto::AdminRequest;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(dir.path());
-    spec.clients
-        .push(("ops".into(), paxos_kv::auth::Role::Admin));
-    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group elects a leader");
-    let admin = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
-    let client = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security(),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
+    let (mut cluster, client, admin) = start_with_admin(dir.path()).await;
     let mut session = Session::new(12);
     let written = write_all(&client, &mut session, 0..200).await;
     let allocated = admin
@@ -1016,20 +1023,8 @@ async fn a_node_that_could_not_make_a_new_group_makes_it_once_it_can() {
 async fn a_membership_change_waits_for_a_split_that_is_proposed_but_not_applied() {
     use paxos_kv::client_proto::{AdminChange, AdminRequest, NodeAddrs};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(dir.path());
-    spec.clients
-        .push(("ops".into(), paxos_kv::auth::Role::Admin));
-    let cluster = LocalCluster::start(spec).expect("cluster starts");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group elects a leader");
-    let admin = Arc::new(Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        Session::assigned(),
-        Duration::from_secs(10),
-    ));
+    let (_cluster, _, admin) = start_with_admin(dir.path()).await;
+    let admin = Arc::new(admin);
     // An observer that never runs: adding it commits at once (observers
     // do not count), and it changes the group's members.
     let ghost = AdminRequest::Change {
@@ -1113,26 +1108,8 @@ async fn a_membership_change_waits_for_a_split_that_is_proposed_but_not_applied(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowledged_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(dir.path());
-    spec.clients
-        .push(("ops".into(), paxos_kv::auth::Role::Admin));
-    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group elects a leader");
-    let client = Arc::new(Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security(),
-        Session::assigned(),
-        Duration::from_secs(10),
-    ));
-    let admin = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
+    let (mut cluster, client, admin) = start_with_admin(dir.path()).await;
+    let client = Arc::new(client);
     let mut session = Session::new(12);
     let before = write_all(&client, &mut session, 0..300).await;
     let parent = group_of(&key(0), GROUPS);
@@ -1223,26 +1200,7 @@ async fn a_group_merges_into_its_neighbour_at_run_time_and_keeps_every_acknowled
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_while_a_group_merges_away_drops_it_once_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(dir.path());
-    spec.clients
-        .push(("ops".into(), paxos_kv::auth::Role::Admin));
-    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group elects a leader");
-    let client = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security(),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
-    let admin = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
+    let (mut cluster, client, admin) = start_with_admin(dir.path()).await;
     let mut session = Session::new(13);
     let before = write_all(&client, &mut session, 0..200).await;
     let parent = group_of(&key(0), GROUPS);
@@ -1298,26 +1256,7 @@ async fn a_node_down_while_a_group_merges_away_drops_it_once_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_that_splits_again_where_it_split_before_keeps_every_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(dir.path());
-    spec.clients
-        .push(("ops".into(), paxos_kv::auth::Role::Admin));
-    let mut cluster = LocalCluster::start(spec).expect("cluster starts");
-    cluster
-        .wait_all_groups_led(Duration::from_secs(60))
-        .await
-        .expect("every group elects a leader");
-    let client = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security(),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
-    let admin = Client::with_session(
-        cluster.client_addrs(),
-        cluster.client_security_for("ops").expect("ops certificate"),
-        Session::assigned(),
-        Duration::from_secs(10),
-    );
+    let (mut cluster, client, admin) = start_with_admin(dir.path()).await;
     let mut session = Session::new(14);
     let before = write_all(&client, &mut session, 0..300).await;
     let parent = group_of(&key(0), GROUPS);
