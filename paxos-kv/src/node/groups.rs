@@ -1807,10 +1807,6 @@ impl Groups {
     }
 }
 
-/// The next batch of keys a new group takes over from `source` (the
-/// group that split), after `cursor`: whether it is the last. `keys` is the
-/// sorted list of the frozen keys, made once per move (they do not change
-/// while frozen) and kept between batches.
 /// Whether `source`, the store of a group giving `range` away, has frozen
 /// it for group `taker` to take over: a split's range for the new group
 /// it names; a retired group's whole range for whichever group committed
@@ -1826,6 +1822,10 @@ fn frozen_for(source: &KvStore, taker: u32, range: KeyRange) -> bool {
     }
 }
 
+/// The next batch of keys a new group takes over from `source` (the
+/// group that split), after `cursor`: whether it is the last. `keys` is the
+/// sorted list of the frozen keys, made once per move (they do not change
+/// while frozen) and kept between batches.
 fn next_batch(
     keys: &mut Option<super::MoveKeys>,
     from: u32,
