@@ -18,6 +18,7 @@
 //! A scenario's choices (which node, how long) come from its seed, so a
 //! failing run replays with `cargo xtask chaos --scenario NAME --seed S`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -556,6 +557,33 @@ impl Ctx<'_> {
         let d = Duration::from_millis(self.rng.range(500, 2_000));
         self.hold(d).await;
         Ok(())
+    }
+
+    /// Waits (for [`ADMIN_LIMIT`], 100 ms between looks) until every node
+    /// hosts `n` groups; else the groups each node hosted at the last look.
+    async fn wait_hosted(&self, n: u32) -> Result<(), BTreeMap<u64, Option<u64>>> {
+        let started = Instant::now();
+        let mut hosted = BTreeMap::new();
+        while started.elapsed() < ADMIN_LIMIT {
+            hosted = self
+                .c
+                .statuses()
+                .await
+                .into_iter()
+                .map(|(id, v)| (id, v["hosted"].as_u64()))
+                .collect();
+            if hosted.len() == self.c.ids().len()
+                && hosted.values().all(|&h| h == Some(u64::from(n)))
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if hosted.values().all(|&h| h == Some(u64::from(n))) {
+            Ok(())
+        } else {
+            Err(hosted)
+        }
     }
 
     /// A finding that breaks what a membership scenario claims.
@@ -1529,12 +1557,14 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     })
                 });
                 let started = Instant::now();
-                let Some(into) = merge_when_owned(&admin, child, (!race).then_some(parent)).await
-                else {
-                    x.report.stalls.push(format!(
-                        "round {round}: group {child} could not be merged within {ADMIN_LIMIT:?} (its split's keys still moving?)"
-                    ));
-                    break;
+                let into = match merge_when_owned(&admin, child, (!race).then_some(parent)).await {
+                    Ok(into) => into,
+                    Err(last) => {
+                        x.report.stalls.push(format!(
+                            "round {round}: group {child} could not be merged within {ADMIN_LIMIT:?} (its split's keys still moving?): {last}"
+                        ));
+                        break;
+                    }
                 };
                 x.report.notes.push(format!(
                     "round {round}: group {child} owned its range and started merging into {into} {:.1} s after the split",
@@ -1560,34 +1590,15 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
                     ));
                     // Taken back, so that every round ends with the groups
                     // it began with.
-                    if merge_when_owned(&admin, second, Some(parent))
-                        .await
-                        .is_none()
-                    {
+                    if let Err(last) = merge_when_owned(&admin, second, Some(parent)).await {
                         x.report.stalls.push(format!(
-                            "round {round}: group {second} could not be merged back into {parent} within {ADMIN_LIMIT:?}"
+                            "round {round}: group {second} could not be merged back into {parent} within {ADMIN_LIMIT:?}: {last}"
                         ));
                         break;
                     }
                 }
                 // Every node drops the merged groups.
-                let started = Instant::now();
-                let mut hosted = std::collections::BTreeMap::new();
-                while started.elapsed() < ADMIN_LIMIT {
-                    hosted =
-                        x.c.statuses()
-                            .await
-                            .into_iter()
-                            .map(|(id, v)| (id, v["hosted"].as_u64()))
-                            .collect();
-                    if hosted.len() == x.c.ids().len()
-                        && hosted.values().all(|&h| h == Some(u64::from(groups)))
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if !hosted.values().all(|&h| h == Some(u64::from(groups))) {
+                if let Err(hosted) = x.wait_hosted(groups).await {
                     x.report.stalls.push(format!(
                         "round {round}: the merged groups were not dropped by every node within {ADMIN_LIMIT:?} (groups hosted per node: {hosted:?})"
                     ));
@@ -1601,8 +1612,7 @@ async fn script(scenario: Scenario, x: &mut Ctx<'_>) -> Result<()> {
 
 /// Allocates a group id and splits `group` with it (asked again while
 /// refused with a transient answer, without a leader, or with an answer
-/// `transient` accepts): the new
-/// group's id, once the split committed.
+/// `transient` accepts): the new group's id, once the split committed.
 async fn split_now(
     admin: &paxos_kv::client::Client,
     group: u32,
@@ -1636,22 +1646,23 @@ async fn split_now(
 /// Starts merging `group` into `into` (by default its neighbour below, else
 /// above) once it owns its range (its split's keys moved) and the merge is
 /// accepted, asking every 100 ms for [`ADMIN_LIMIT`]: the group merged
-/// into, once the merge committed; `None` if it never was.
+/// into, once the merge committed; else the last refusal.
 async fn merge_when_owned(
     admin: &paxos_kv::client::Client,
     group: u32,
     into: Option<u32>,
-) -> Option<u32> {
+) -> Result<u32, String> {
     let started = Instant::now();
+    let mut last = String::from("not asked");
     // Bounded by ADMIN_LIMIT: each pass sleeps.
     while started.elapsed() < ADMIN_LIMIT {
         match admin.merge_group(group, into, None).await {
-            Ok(into) => return Some(into),
-            Err(e) => tracing::debug!(group, error = %e, "merge not started yet"),
+            Ok(into) => return Ok(into),
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
+    Err(last)
 }
 
 /// The node ids of a JSON array (empty if it is none).

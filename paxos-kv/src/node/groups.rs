@@ -1413,8 +1413,7 @@ impl Groups {
     fn on_single_frame(&mut self, peer: PeerId, frame: Bytes) {
         match frame.first() {
             Some(&TAG_CORE) => match self.host().codec.decode(frame.slice(1..)) {
-                Ok(env) if self.tell_if_gone(peer, env.group.0) => {}
-                Ok(env) => self.with_gid(env.group.0, |d| d.on_envelope(peer, env)),
+                Ok(env) => self.with_gid_from(peer, env.group.0, |d| d.on_envelope(peer, env)),
                 Err(e) => tracing::warn!(%peer, error = %e, "malformed consensus frame dropped"),
             },
             Some(&TAG_ELECTION) => match Notification::decode(&frame[1..]) {
@@ -1423,11 +1422,8 @@ impl Groups {
             },
             Some(&TAG_ELECTION_IN) if frame.len() >= 5 => {
                 let g = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
-                if self.tell_if_gone(peer, u64::from(g)) {
-                    return;
-                }
                 match Notification::decode(&frame[5..]) {
-                    Ok(n) => self.with_gid(u64::from(g), |d| d.on_election(peer, n)),
+                    Ok(n) => self.with_gid_from(peer, u64::from(g), |d| d.on_election(peer, n)),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "malformed election frame dropped")
                     }
@@ -1475,28 +1471,33 @@ impl Groups {
         }
     }
 
-    /// Whether `gid` is a group merged away and removed here: then `peer`,
-    /// which sent it input, is told so (at most once a second per peer and
-    /// group) and the input is dropped.
-    fn tell_if_gone(&mut self, peer: PeerId, gid: u64) -> bool {
-        // A hosted group (every frame on the write path) is told apart
-        // by its slot, before any set is searched.
-        if self.slot(gid).is_some() {
-            return false;
+    /// [`Groups::with_gid`] for input from `peer`: input for a group not
+    /// hosted here because it was merged away and removed is answered by
+    /// telling `peer` so ([`Groups::tell_gone`]).
+    fn with_gid_from(&mut self, peer: PeerId, gid: u64, f: impl FnOnce(&mut Driver)) {
+        match self.slot(gid) {
+            Some(g) => self.with(g, f),
+            None => match u32::try_from(gid) {
+                Ok(g) if self.gone.contains(&g) => self.tell_gone(peer, g),
+                _ => tracing::debug!(
+                    group = gid,
+                    "input for a group this node does not host; dropped"
+                ),
+            },
         }
-        let Ok(g) = u32::try_from(gid) else {
-            return false;
-        };
-        if !self.gone.contains(&g) {
-            return false;
-        }
+    }
+
+    /// Tells `peer`, which sent input for group `g`, merged away and
+    /// removed here, that it is gone (at most once a second per peer and
+    /// group).
+    fn tell_gone(&mut self, peer: PeerId, g: u32) {
         let now = Instant::now();
         if self
             .gone_told
             .get(&(peer.0, g))
             .is_some_and(|&at| now.saturating_duration_since(at) < GONE_TELL_EVERY)
         {
-            return true;
+            return;
         }
         if self.gone_told.len() >= MAX_GONE_TOLD {
             // Bounded: forgets the oldest, which at worst is told again.
@@ -1515,7 +1516,6 @@ impl Groups {
         frame.put_u8(TAG_GROUP_GONE);
         frame.put_u32_le(g);
         self.host().send(NodeId(peer.0), frame.freeze());
-        true
     }
 
     /// `peer` says group `gid` was merged away and removed there. A node
