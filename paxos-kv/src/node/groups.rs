@@ -791,27 +791,30 @@ impl Groups {
 
     /// The groups hosted here that may take over `range`, the whole range
     /// of a group that retired into `into`: `into` if its range adjoins
-    /// it, else any group whose range adjoins it on `into`'s side (`into`
-    /// split after the merge began, and a child of it holds the positions
-    /// next to the range now; a group keeps the low end of its range when
-    /// it splits, so `into`'s start tells the side). The store refuses a
+    /// it, else any group whose range adjoins it on `into`'s side. `into`
+    /// may have split after the merge began (a child of it holds the
+    /// positions next to the range now), or retired itself before it took
+    /// the range over (a retired group takes nothing; the group that took
+    /// `into`'s range over adjoins the range now). The store refuses a
     /// group whose committed range does not adjoin, and on one side only
     /// one group's can.
     fn absorbers(&self, into: u32, range: KeyRange) -> Vec<usize> {
-        let Some(a) = self.slot(u64::from(into)) else {
+        // `into`'s slot; none once it merged away itself and was dropped
+        // here.
+        let a = self.slot(u64::from(into));
+        if let Some(a) = a {
+            let ar = self.groups[a].node.state_machine().range();
+            if !ar.is_empty() && (ar.end == range.start || ar.start == range.end) {
+                return vec![a];
+            }
+        }
+        let Some(side) = self.a_range_of(a, into) else {
             return Vec::new();
         };
-        let ar = self.groups[a].node.state_machine().range();
-        if ar.is_empty() {
-            return Vec::new();
-        }
-        if ar.end == range.start || ar.start == range.end {
-            return vec![a];
-        }
-        let below = ar.start < range.start;
+        let below = side.start < range.start;
         // Bounded by the groups hosted; only while a merge waits.
         (0..self.groups.len())
-            .filter(|&s| !self.retired[s] && s != a)
+            .filter(|&s| !self.retired[s] && Some(s) != a)
             .filter(|&s| {
                 let r = self.groups[s].node.state_machine().range();
                 !r.is_empty()
@@ -822,6 +825,35 @@ impl Groups {
                     }
             })
             .collect()
+    }
+
+    /// A range group `into` (slot `a`, if still hosted) owns or owned, as
+    /// this node's replicas know it: its own range, else (retired) the
+    /// range it gave away when it retired, else (its move over, perhaps
+    /// dropped here) the record of the group that took that range. Any of
+    /// them tells on which side of a group that retired into `into` it
+    /// lies: `into` adjoined that group when the merge was asked, and a
+    /// group's ranges never cross another's.
+    fn a_range_of(&self, a: Option<usize>, into: u32) -> Option<KeyRange> {
+        if let Some(a) = a {
+            let akv = self.groups[a].node.state_machine();
+            let own = akv.range();
+            if !own.is_empty() {
+                return Some(own);
+            }
+            if let Some((_, r)) = akv.outgoing().filter(|(_, r)| !r.is_empty()) {
+                return Some(r);
+            }
+        }
+        // Bounded by the groups hosted and the records each keeps.
+        self.groups.iter().find_map(|d| {
+            d.node
+                .state_machine()
+                .taken()
+                .iter()
+                .find(|(from, r)| *from == into && !r.is_empty())
+                .map(|(_, r)| *r)
+        })
     }
 
     /// Whether group `g`'s replica here may propose a move's step now: it

@@ -1293,3 +1293,73 @@ async fn a_group_that_splits_again_where_it_split_before_keeps_every_key() {
     );
     cluster.stop();
 }
+
+/// Group H merges into G while G merges into F (G and H led from one node,
+/// H's request just before G's, so that both pass the node's checks before
+/// either retirement is applied). G retires before it took H's range over,
+/// and a retired group takes nothing: before the fix H's keys stayed
+/// frozen for good (unreadable, unwritable). The group that took G's range
+/// over (F) adjoins H's range on G's side now, and takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_merging_into_one_that_merges_away_meanwhile_is_taken_by_its_taker() {
+    use paxos_kv::client_proto::AdminRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, client, admin) = start_with_admin(dir.path()).await;
+    let mut session = Session::new(15);
+    let before = write_all(&client, &mut session, 0..300).await;
+    let (f, g, h) = (1u32, 2u32, 3u32);
+    let security = cluster.client_security_for(READER_CLIENT).expect("reader");
+    // Bounded: each pass moves one leader; leaders may move back while the
+    // nodes balance them.
+    let mut together = false;
+    for _ in 0..20 {
+        let lg = leader_status(&cluster, &security, g)
+            .await
+            .and_then(|v| v["id"].as_u64())
+            .expect("G has a leader");
+        let lh = leader_status(&cluster, &security, h)
+            .await
+            .and_then(|v| v["id"].as_u64())
+            .expect("H has a leader");
+        if lg == lh {
+            together = true;
+            break;
+        }
+        let _ = admin
+            .admin_in(h, AdminRequest::TransferLeader { to: lg })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(together, "groups {g} and {h} led from one node");
+    // A client that learns the leaders now (no redirect to delay H's
+    // request), and one connection to their node: the two requests
+    // arrive in the order sent.
+    let ops = Arc::new(Client::with_session(
+        cluster.client_addrs(),
+        cluster.client_security_for("ops").expect("ops certificate"),
+        Session::assigned(),
+        Duration::from_secs(10),
+    ));
+    ops.group_ids().await.expect("routing");
+    let first = {
+        let ops = ops.clone();
+        tokio::spawn(async move { ops.admin_in(h, AdminRequest::Merge { into: g }).await })
+    };
+    tokio::time::sleep(Duration::from_micros(300)).await;
+    let into_f = ops.admin_in(g, AdminRequest::Merge { into: f }).await;
+    let into_g = first.await.expect("first merge");
+    assert!(
+        into_g.is_ok() && into_f.is_ok(),
+        "both merges were proposed (the race this test needs): {into_g:?}, {into_f:?}"
+    );
+    assert!(
+        wait_hosted(&cluster, GROUPS - 2).await,
+        "both merged groups dropped on every node: {:?}",
+        cluster.statuses().await
+    );
+    let after = write_all(&client, &mut session, 300..400).await;
+    for keys in [&before, &after] {
+        read_back(&client, keys).await;
+    }
+    cluster.stop();
+}
