@@ -1632,15 +1632,25 @@ async fn split_now(
         .as_u64()
         .and_then(|g| u32::try_from(g).ok())
         .with_context(|| format!("group allocation answered {allocated}"))?;
-    admin_until_done_in(
+    match admin_until_done_in(
         admin,
         group,
         AdminRequest::Split { child },
         ADMIN_LIMIT,
         |m| leaderless(m) || transient(m),
     )
-    .await?;
-    Ok(child)
+    .await
+    {
+        Ok(_) => Ok(child),
+        // Asked again after a lost answer, and the first one committed.
+        Err(e)
+            if e.to_string()
+                .contains(&paxos_kv::client::already_child(child)) =>
+        {
+            Ok(child)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Starts merging `group` into `into` (by default its neighbour below, else

@@ -844,7 +844,15 @@ impl Client {
             .and_then(|v| v["group"].as_u64())
             .and_then(|g| u32::try_from(g).ok())
             .ok_or_else(|| ClientError::Unexpected(format!("allocation answered {allocated}")))?;
-        let split = self.admin_in(group, AdminRequest::Split { child }).await?;
+        let split = match self.admin_in(group, AdminRequest::Split { child }).await {
+            Ok(s) => s,
+            // Proposed twice (a retry after a lost answer) and applied
+            // before the second: the first one committed.
+            Err(ClientError::Node(m)) if m.contains(&already_child(child)) => {
+                serde_json::json!({ "new_group": child, "already_split": true }).to_string()
+            }
+            Err(e) => return Err(e),
+        };
         let Some(wait) = wait else {
             return Ok((child, split));
         };
@@ -1451,6 +1459,12 @@ fn already_done(req: AdminRequest, e: &ClientError) -> bool {
         AdminChange::Remove => "not a member",
     };
     *m == format!("cannot {change:?} node {node}: it is {role}")
+}
+
+/// The store's refusal of a split that names a child the group already
+/// split off (the split was proposed twice; the first one committed).
+pub fn already_child(child: u32) -> String {
+    format!("group {child} is already a child of this group")
 }
 
 /// Drops from `all` every range that lies inside another group's larger

@@ -440,6 +440,12 @@ impl KvStore {
 
     fn split(&mut self, at: u128, child: u32, voters: &[u64], observers: &[u64]) -> KvResult {
         let s = &mut self.shard;
+        // First, whatever the state: a split proposed twice (a retry whose
+        // first attempt committed) is told so, not refused for the move
+        // the first one started.
+        if s.children.iter().any(|c| c.id == child) {
+            return refused(crate::client::already_child(child));
+        }
         if let Some(into) = s.retired_into {
             return refused(format!("the group is retired into group {into}"));
         }
@@ -456,9 +462,6 @@ impl KvStore {
                 "split point {at:#x} is not strictly inside the range {}",
                 s.range
             ));
-        }
-        if s.children.iter().any(|c| c.id == child) {
-            return refused(format!("group {child} is already a child of this group"));
         }
         // The decoder refuses these; checked again so that the store never
         // records a membership its own invariants reject.
