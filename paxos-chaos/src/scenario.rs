@@ -1643,12 +1643,7 @@ async fn split_now(
     {
         Ok(_) => Ok(child),
         // Asked again after a lost answer, and the first one committed.
-        Err(e)
-            if e.to_string()
-                .contains(&paxos_kv::client::already_child(child)) =>
-        {
-            Ok(child)
-        }
+        Err(e) if e.to_string().contains(&paxos_kv::kv::already_child(child)) => Ok(child),
         Err(e) => Err(e),
     }
 }

@@ -848,7 +848,7 @@ impl Client {
             Ok(s) => s,
             // Proposed twice (a retry after a lost answer) and applied
             // before the second: the first one committed.
-            Err(ClientError::Node(m)) if m.contains(&already_child(child)) => {
+            Err(ClientError::Node(m)) if m.contains(&crate::kv::already_child(child)) => {
                 serde_json::json!({ "new_group": child, "already_split": true }).to_string()
             }
             Err(e) => return Err(e),
@@ -1459,12 +1459,6 @@ fn already_done(req: AdminRequest, e: &ClientError) -> bool {
         AdminChange::Remove => "not a member",
     };
     *m == format!("cannot {change:?} node {node}: it is {role}")
-}
-
-/// The store's refusal of a split that names a child the group already
-/// split off (the split was proposed twice; the first one committed).
-pub fn already_child(child: u32) -> String {
-    format!("group {child} is already a child of this group")
 }
 
 /// Drops from `all` every range that lies inside another group's larger

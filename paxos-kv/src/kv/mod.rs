@@ -136,7 +136,7 @@ pub use sessions::{
     KvConfigError, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSION_BYTES, MAX_SESSIONS_LIMIT,
     MIN_MAX_SESSION_BYTES, SESSION_OVERHEAD_BYTES,
 };
-pub use split::{Child, Incoming};
+pub use split::{already_child, Child, Incoming};
 
 use bytes::Bytes;
 use map::ShardedMap;

@@ -278,6 +278,13 @@ pub(super) fn refused(reason: String) -> KvResult {
     }
 }
 
+/// The store's refusal of a split that names a child the group already
+/// split off (the split was proposed twice, and the first one committed):
+/// callers that retried a split take it as done.
+pub fn already_child(child: u32) -> String {
+    format!("group {child} is already a child of this group")
+}
+
 impl KvStore {
     /// This store as a base group's initial state: the cluster has
     /// `base_groups` base groups (0 counts as 1) and this group owns
@@ -444,7 +451,7 @@ impl KvStore {
         // first attempt committed) is told so, not refused for the move
         // the first one started.
         if s.children.iter().any(|c| c.id == child) {
-            return refused(crate::client::already_child(child));
+            return refused(already_child(child));
         }
         if let Some(into) = s.retired_into {
             return refused(format!("the group is retired into group {into}"));

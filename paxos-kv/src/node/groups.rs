@@ -1630,28 +1630,28 @@ impl Groups {
             Ok(m) => m,
             Err(()) => return,
         };
-        if let Request::Admin(AdminRequest::Split { child }) = &msg.req {
-            // A split asked again (its answer was lost to a leader change
-            // or a timeout, and the client retried) is answered as done:
-            // this replica applied it, so it committed. Before, the retry
-            // was refused ("group id N is (or was) a group's already") and
-            // the caller took the split for failed (chaos `split-merge`,
-            // seed 988984).
-            let kv = self.groups[g].node.state_machine();
-            if let Some(c) = kv.children().iter().find(|c| c.id == *child) {
-                let answer = serde_json::json!({
-                    "new_group": child,
-                    "range_given": c.range.to_hex(),
-                    "already_split": true,
-                });
-                msg.reply.send(Response::Admin(answer.to_string()));
-                return;
-            }
-        }
         if let Request::Admin(
             AdminRequest::Split { .. } | AdminRequest::Merge { .. } | AdminRequest::Change { .. },
         ) = &msg.req
         {
+            if let Request::Admin(AdminRequest::Split { child }) = &msg.req {
+                // A split asked again (its answer was lost to a leader
+                // change or a timeout, and the client retried) is answered
+                // as done: this replica applied it, so it committed.
+                // Before, the retry was refused ("group id N is (or was) a
+                // group's already") and the caller took the split for
+                // failed (chaos `split-merge`, seed 988984).
+                let kv = self.groups[g].node.state_machine();
+                if let Some(c) = kv.children().iter().find(|c| c.id == *child) {
+                    let answer = serde_json::json!({
+                        "new_group": child,
+                        "range_given": c.range.to_hex(),
+                        "already_split": true,
+                    });
+                    msg.reply.send(Response::Admin(answer.to_string()));
+                    return;
+                }
+            }
             if let Some(why) = self.move_blocked(target, &msg.req) {
                 msg.reply.send(Response::Error(why));
                 return;
