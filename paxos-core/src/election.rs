@@ -162,4 +162,15 @@ pub trait Elector {
     fn set_voting(&mut self, now: Time, voting: bool) {
         let _ = (now, voting);
     }
+
+    /// The host's word on whether it can reach `node`: `false` once it
+    /// heard nothing from that node for an election timeout, `true` when
+    /// it hears it again. An elector may use it to stop waiting for the
+    /// votes of unreachable nodes; it must never count it as a vote.
+    ///
+    /// The default does nothing, which is always safe: the word only saves
+    /// time.
+    fn set_reachable(&mut self, now: Time, node: NodeId, reachable: bool) {
+        let _ = (now, node, reachable);
+    }
 }

@@ -128,6 +128,9 @@ pub struct FastElection<Q: QuorumSystem = Majority> {
     /// When each peer was last heard from since we last started looking,
     /// and whether it then abstained.
     heard: BTreeMap<NodeId, (Time, bool)>,
+    /// Members the host reports unreachable ([`Elector::set_reachable`]):
+    /// sorted, distinct, members of our view only (so bounded by it).
+    unreachable: Vec<NodeId>,
 }
 
 impl FastElection<Majority> {
@@ -217,6 +220,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
             outbox: VecDeque::new(),
             decision: None,
             heard: BTreeMap::new(),
+            unreachable: Vec::new(),
         })
     }
 
@@ -740,6 +744,29 @@ impl<Q: QuorumSystem> FastElection<Q> {
         self.is_quorum_of(&mut ids)
     }
 
+    /// Every voter (of our view and of the pending membership) holds `p`
+    /// in our round, save those the host reports unreachable: no better
+    /// vote can still come from a voter we can reach, so the settle wait
+    /// (which waits for one) has nothing left to wait for. After a node
+    /// fails this is the common case: its survivors' votes are all there
+    /// are, and without this each of its groups waited the whole settle
+    /// wait for a vote that never comes (10 000 groups of a killed node:
+    /// every group led 3.2 to 3.5 s after the kill with the wait, 1.2 to
+    /// 1.3 s without it). Locking early only ever costs a round: locks, not
+    /// the wait, keep a round's decision unique.
+    fn every_reachable_voter_holds(&self, p: Vote) -> bool {
+        if self.counts() && self.proposal != Some(p) {
+            return false;
+        }
+        let pending = self.pending.as_ref().map_or(&[][..], |q| q.voters());
+        self.quorum
+            .voters()
+            .iter()
+            .chain(pending)
+            .filter(|&&v| v != self.id && self.unreachable.binary_search(&v).is_err())
+            .all(|v| self.views.get(v).is_some_and(|w| *w == Some(p)))
+    }
+
     /// Re-examines what we know after any change while LOOKING.
     fn evaluate(&mut self, now: Time) {
         if self.phase != Phase::Looking {
@@ -782,7 +809,7 @@ impl<Q: QuorumSystem> FastElection<Q> {
                 self.evaluate(now);
             }
             Some(p) if self.lockable(p) && self.quorum_holds(p) => {
-                if self.settle_wait.is_zero() {
+                if self.settle_wait.is_zero() || self.every_reachable_voter_holds(p) {
                     self.lock_proposal();
                     self.evaluate(now);
                 } else if self.settle_deadline.is_none() {
@@ -961,6 +988,25 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.look(now, me, true);
     }
 
+    /// Remembers whether the host can reach `node` (a member of our view;
+    /// others are ignored). A looking node holding a quorum for its
+    /// proposal locks it at once when every voter it can reach holds it
+    /// too, instead of waiting the settle wait for the others.
+    fn set_reachable(&mut self, now: Time, node: NodeId, reachable: bool) {
+        if node == self.id {
+            return;
+        }
+        match self.unreachable.binary_search(&node) {
+            Ok(i) if reachable => {
+                self.unreachable.remove(i);
+            }
+            Err(i) if !reachable && self.is_member(node) => self.unreachable.insert(i, node),
+            _ => return,
+        }
+        tracing::debug!(node = %self.id, peer = %node, reachable, "the host's word on a peer's reachability");
+        self.evaluate(now);
+    }
+
     fn settle(&mut self, _now: Time, state: PeerState, leader: NodeId, epoch: Epoch) {
         // Following or observing is the replica's call, by the membership
         // in force, which may differ from our view while a change commits;
@@ -979,7 +1025,10 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         let settled = match self.settled {
             Some(s) if s.vote.leader == leader => s,
             _ => {
-                tracing::warn!(node = %self.id, leader = %leader, "settling on a leader this elector did not elect");
+                // The usual path after a leader's hand-over (the members
+                // take the nominee from TAKEOVER before any round decides),
+                // and for a node that joins a running leader.
+                tracing::debug!(node = %self.id, leader = %leader, "settling on a leader this elector did not elect");
                 Settled {
                     vote: Vote {
                         leader,
@@ -1228,6 +1277,7 @@ impl<Q: QuorumSystem> Elector for FastElection<Q> {
         self.reports.retain(|n, _| counted.contains(n));
         let members = self.members();
         self.heard.retain(|n, _| members.contains(n));
+        self.unreachable.retain(|n| members.contains(n));
         self.outbox.retain(|(to, _)| members.contains(to));
         if self.phase != Phase::Looking {
             // Settled (the decision is kept; askers are answered) or not

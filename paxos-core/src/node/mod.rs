@@ -560,6 +560,13 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         self.replica.leader_node_lost(now, node);
     }
 
+    /// The host's word on whether it can reach `node` (see
+    /// [`Elector::set_reachable`]): a looking elector need not wait for the
+    /// vote of a node the host cannot reach. Does not wake the group.
+    pub fn set_peer_reachable(&mut self, now: Time, node: NodeId, reachable: bool) {
+        self.elector.set_reachable(now, node, reachable);
+    }
+
     /// Whether the group is quiesced (no timers of its own run).
     pub fn is_quiesced(&self) -> bool {
         self.replica.is_quiesced()

@@ -1204,7 +1204,23 @@ impl<E: Elector> Sim<E> {
                                 && (self.blocked.contains(&(l, me))
                                     || self.nodes.iter().any(|x| x.id == l && x.node.is_none()))
                         });
+                    // And its word on every peer's reachability, which
+                    // the elector may use to stop waiting for votes.
+                    let words: Vec<(NodeId, bool)> = self
+                        .nodes
+                        .iter()
+                        .filter(|x| x.id != me)
+                        .map(|x| {
+                            (
+                                x.id,
+                                x.node.is_some() && !self.blocked.contains(&(x.id, me)),
+                            )
+                        })
+                        .collect();
                     if let Some(n) = self.nodes[i].node.as_mut() {
+                        for (peer, reachable) in words {
+                            n.set_peer_reachable(now, peer, reachable);
+                        }
                         match lost {
                             Some(l) => n.leader_node_lost(now, l),
                             None => n.wake(now),

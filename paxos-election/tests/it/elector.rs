@@ -66,16 +66,10 @@ fn at(ms: u64) -> Time {
 }
 
 #[test]
-fn a_single_voter_elects_itself_after_the_settle_wait() {
+fn a_single_voter_elects_itself_at_once() {
+    // Every voter (itself) holds its vote: nothing to wait for.
     let mut e = elector(1, &[1]);
     e.start_looking(at(0), info(1, 3));
-    assert_eq!(e.poll_decision(), None);
-    assert_eq!(
-        e.poll_timeout(),
-        Some(at(0) + SETTLE),
-        "settle before the retry"
-    );
-    e.handle_timeout(at(50));
     assert_eq!(
         e.poll_decision(),
         Some(Decision {
@@ -86,6 +80,90 @@ fn a_single_voter_elects_itself_after_the_settle_wait() {
     );
     assert_eq!(e.state(), PeerState::Leading);
     assert_eq!(e.poll_timeout(), None, "no timers once settled");
+}
+
+#[test]
+fn a_quorum_without_every_reachable_voter_settles_first() {
+    // Voter 3 has not answered and nothing says it is down: its vote may
+    // be better, so the quorum {1, 2} is held for the settle wait.
+    let mut e = legacy(1, &[1, 2, 3]);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(e.lock(), None);
+    assert_eq!(e.poll_timeout(), Some(at(1) + SETTLE));
+    e.handle_timeout(at(51));
+    assert_eq!(e.lock(), Some((1, vote(1, 1, 4))));
+}
+
+#[test]
+fn every_voter_holding_the_proposal_locks_it_at_once() {
+    let mut e = legacy(1, &[1, 2, 3]);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(e.lock(), None, "voter 3 may still bring a better vote");
+    e.handle_message(at(2), NodeId(3), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(
+        e.lock(),
+        Some((1, vote(1, 1, 4))),
+        "no voter is left to bring a better vote"
+    );
+    assert!(
+        drain(&mut e).iter().any(|(_, n)| n.locked),
+        "the lock is announced"
+    );
+}
+
+#[test]
+fn a_voter_the_host_cannot_reach_is_not_waited_for() {
+    let mut e = legacy(1, &[1, 2, 3]);
+    e.set_reachable(at(0), NodeId(3), false);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(
+        e.lock(),
+        Some((1, vote(1, 1, 4))),
+        "every reachable voter holds the proposal"
+    );
+    // A voter that holds a worse vote is still waited for: the better one
+    // must reach it first.
+    let mut e = legacy(1, &[1, 2, 3, 4, 5]);
+    e.set_reachable(at(0), NodeId(5), false);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    e.handle_message(at(1), NodeId(3), looking(Some(vote(1, 1, 4)), 1, false));
+    e.handle_message(at(1), NodeId(4), looking(Some(vote(4, 1, 1)), 1, false));
+    assert_eq!(e.lock(), None, "voter 4 does not hold it yet");
+    assert_eq!(e.poll_timeout(), Some(at(1) + SETTLE));
+    e.handle_message(at(2), NodeId(4), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(e.lock(), Some((1, vote(1, 1, 4))));
+}
+
+#[test]
+fn a_word_of_unreachability_while_waiting_ends_the_wait() {
+    let mut e = legacy(1, &[1, 2, 3]);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(e.poll_timeout(), Some(at(1) + SETTLE));
+    e.set_reachable(at(10), NodeId(3), false);
+    assert_eq!(
+        e.lock(),
+        Some((1, vote(1, 1, 4))),
+        "locked on the host's word"
+    );
+}
+
+#[test]
+fn a_voter_reachable_again_is_waited_for_again() {
+    let mut e = legacy(1, &[1, 2, 3]);
+    e.set_reachable(at(0), NodeId(3), false);
+    e.set_reachable(at(0), NodeId(3), true);
+    // Words about non-members and about itself are ignored.
+    e.set_reachable(at(0), NodeId(9), false);
+    e.set_reachable(at(0), NodeId(1), false);
+    e.start_looking(at(0), info(1, 4));
+    e.handle_message(at(1), NodeId(2), looking(Some(vote(1, 1, 4)), 1, false));
+    assert_eq!(e.lock(), None);
+    assert_eq!(e.poll_timeout(), Some(at(1) + SETTLE));
 }
 
 #[test]

@@ -182,6 +182,12 @@ enum Input {
     SetVoting {
         voting: bool,
     },
+    /// The host's word on a node's reachability (any node, even us or a
+    /// stranger, right or wrong).
+    SetReachable {
+        node: u64,
+        reachable: bool,
+    },
 }
 
 fn any_input() -> impl Strategy<Value = Input> {
@@ -198,6 +204,7 @@ fn any_input() -> impl Strategy<Value = Input> {
         )
             .prop_map(|(voters, observers)| Input::Reconfigure { voters, observers }),
         1 => any::<bool>().prop_map(|voting| Input::SetVoting { voting }),
+        1 => (0u64..8, any::<bool>()).prop_map(|(node, reachable)| Input::SetReachable { node, reachable }),
     ]
 }
 
@@ -254,6 +261,7 @@ proptest! {
                     e.reconfigure(now, &v, &o);
                 }
                 Input::SetVoting { voting } => e.set_voting(now, voting),
+                Input::SetReachable { node, reachable } => e.set_reachable(now, NodeId(node), reachable),
             }
             let members: Vec<NodeId> = e
                 .quorum()

@@ -696,6 +696,39 @@ impl Sim {
                 self.nodes[k].group = 0;
             }
         }
+        // The host's word on a peer's reachability (what a node of many
+        // groups tells its electors after a crash or a partition), and one
+        // time in ten a wrong one: a word only ever saves waiting, so no
+        // word may make two decisions of a round differ.
+        if self.rng.per_mille(100) {
+            let i = self.rng.below(n) as usize;
+            let k = self.rng.below(n) as usize;
+            if i != k && self.nodes[i].up {
+                let truth = self.nodes[k].up && self.connected(self.nodes[i].id, self.nodes[k].id);
+                let word = truth != self.rng.per_mille(100);
+                self.tell_reachable(i, k, word);
+            }
+        }
+    }
+
+    fn tell_reachable(&mut self, i: usize, k: usize, reachable: bool) {
+        let (now, peer) = (self.now, self.nodes[k].id);
+        self.nodes[i].elector.set_reachable(now, peer, reachable);
+        self.after_input(i);
+    }
+
+    /// Every up node told the truth about every peer (the stable phase's
+    /// host: no wrong word outlives the faults).
+    fn tell_the_truth(&mut self) {
+        for i in 0..self.nodes.len() {
+            for k in 0..self.nodes.len() {
+                if i != k && self.nodes[i].up {
+                    let truth =
+                        self.nodes[k].up && self.connected(self.nodes[i].id, self.nodes[k].id);
+                    self.tell_reachable(i, k, truth);
+                }
+            }
+        }
     }
 
     /// Runs until `until` or until `stop` says so (checked every tick).
@@ -711,6 +744,9 @@ impl Sim {
         } else {
             Faults::stable()
         };
+        if !chaos {
+            self.tell_the_truth();
+        }
         // Bound the number of steps: ~ messages per tick times ticks.
         let ticks = (until - self.now).as_nanos() / TICK.as_nanos() + 2;
         let max_steps = (ticks as u64) * 2_000;

@@ -627,9 +627,15 @@ impl Groups {
         let host = self.groups[0].host.clone();
         let span = super::group_span(&f.opts, gid);
         tracing::info!(group = gid, from = origin.from, range = %origin.range, voters = ?origin.voters, observers = ?origin.observers, "group made by a split: taking its keys over");
-        let d = span.in_scope(|| {
+        let mut d = span.in_scope(|| {
             super::open_group(&f.opts, index, gid, store, Some(origin), host, span.clone())
         })?;
+        let t = d.host.now();
+        for (&p, &(_, lost)) in &self.peers {
+            if lost {
+                d.node.set_peer_reachable(t, NodeId(p), false);
+            }
+        }
         self.groups.push(d);
         if self.slot_of.len() <= gid as usize {
             self.slot_of.resize(gid as usize + 1, NO_SLOT);
@@ -1108,6 +1114,7 @@ impl Groups {
             if self.retired[g] {
                 continue;
             }
+            self.set_reachable(g, t, &lost, false);
             let r = self.groups[g].node.replica();
             if !r.is_quiesced() {
                 continue;
@@ -1121,6 +1128,21 @@ impl Groups {
             woken += 1;
         }
         tracing::info!(lost = ?lost, woken, "peer node silent for an election timeout: the quiesced groups it led look for a leader, those this node leads are woken");
+    }
+
+    /// Tells group `g`'s elector whether this node can reach `peers` (see
+    /// [`paxos_core::Node::set_peer_reachable`]): a group looking for a
+    /// leader then locks its vote as soon as every reachable voter holds
+    /// it, instead of waiting the settle wait for a node that is down. A
+    /// group that may have locked is given a turn to send the lock.
+    fn set_reachable(&mut self, g: usize, t: Time, peers: &[u64], reachable: bool) {
+        let node = &mut self.groups[g].node;
+        for &p in peers {
+            node.set_peer_reachable(t, NodeId(p), reachable);
+        }
+        if !node.replica().is_quiesced() && node.replica().leader().is_none() {
+            self.mark(g);
+        }
     }
 
     /// Wakes every quiesced group this node leads, after this node's own
@@ -1165,6 +1187,7 @@ impl Groups {
             if self.retired[g] {
                 continue;
             }
+            self.set_reachable(g, t, &[peer], true);
             let r = self.groups[g].node.replica();
             if r.is_leader()
                 && r.is_quiesced()

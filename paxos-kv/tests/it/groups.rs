@@ -1347,7 +1347,15 @@ async fn a_group_merging_into_one_that_merges_away_meanwhile_is_taken_by_its_tak
     };
     tokio::time::sleep(Duration::from_micros(300)).await;
     let into_f = ops.admin_in(g, AdminRequest::Merge { into: f }).await;
-    let into_g = first.await.expect("first merge");
+    let into_g = match first.await.expect("first merge") {
+        // G merged away before H's request was taken (the order this test
+        // needs did not come up): a merge into a group no longer hosted is
+        // refused, and the user asks for the group that took G over.
+        Err(ClientError::Node(m)) if m.starts_with(&format!("group {g} is not hosted")) => {
+            ops.admin_in(h, AdminRequest::Merge { into: f }).await
+        }
+        other => other,
+    };
     assert!(
         into_g.is_ok() && into_f.is_ok(),
         "both merges are accepted (proposed at once, or H's retried until G absorbed it): \
