@@ -30,8 +30,9 @@
 //!   for [`ElectionConfig::settle_wait`] (ZooKeeper's finalize wait), we
 //!   *lock* it (at once, without the wait, when every voter we can reach
 //!   holds it already: no better vote is left to come; the host tells the
-//!   elector which members it cannot reach, [`Elector::set_reachable`]): we will not change our vote in this round any more, and we
-//!   tell everyone. A node decides when a quorum has locked the same vote.
+//!   elector which members it cannot reach, [`Elector::set_reachable`]):
+//!   we will not change our vote in this round any more, and we tell
+//!   everyone. A node decides when a quorum has locked the same vote.
 //!   Because a node locks at most one vote per round and quorums intersect,
 //!   **no two nodes that hold one view of the membership ever decide
 //!   different leaders in one round**, whatever the message delays (plain
