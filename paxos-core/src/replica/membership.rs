@@ -10,7 +10,9 @@
 //! - one change at a time: a leader proposes one only once every earlier
 //!   change is committed, and only once its epoch is established (its whole
 //!   starting history committed under its own epoch: the rule that keeps
-//!   two single-server changes from diverging across epochs);
+//!   two single-server changes from diverging across epochs), and once its
+//!   state machine applied that history (so an application that checks
+//!   its own state before a change has seen every older entry);
 //! - any majority of a membership and any majority of one that differs
 //!   from it by one voter intersect;
 //! - a leader-elect that adopted a history whose membership differs from
@@ -143,6 +145,17 @@ pub enum ChangeError {
     /// The epoch's counter is spent.
     #[error("zxid counter exhausted; the next leader can make the change")]
     EpochExhausted,
+    /// The leader's state machine has not applied its starting history
+    /// yet (committed, but applying is bounded per turn): a change waits
+    /// for it, so the application sees every earlier entry before it
+    /// decides on a change. Transient: ask again.
+    #[error("the leader has applied its history to {applied:?} of {history_end:?}; the change waits until it is applied")]
+    HistoryNotApplied {
+        /// Applied so far.
+        applied: Zxid,
+        /// The end of the history the leader started its epoch with.
+        history_end: Zxid,
+    },
 }
 
 impl<S: Storage> Replica<S> {
@@ -218,6 +231,16 @@ impl<S: Storage> Replica<S> {
             // Not yet established, or its starting history not yet known
             // committed: an older uncommitted change may still be decided.
             return Err(ChangeError::NotLeader { leader: None });
+        }
+        if self.applied < l.history_end {
+            // Committed, not yet applied: the application decides on a
+            // change (the reference service refuses one during a split)
+            // from its applied state, which must hold every entry of the
+            // older epochs (etcd's leader waits the same way).
+            return Err(ChangeError::HistoryNotApplied {
+                applied: self.applied,
+                history_end: l.history_end,
+            });
         }
         if let Some(t) = l.transfer {
             return Err(ChangeError::Transferring(t.to));

@@ -1807,3 +1807,69 @@ fn a_trunc_below_the_commit_point_keeps_the_committed_prefix_and_syncs() {
     let held: Vec<Zxid> = held.iter().map(|e| e.zxid).collect();
     assert_eq!(held, vec![z(1, 1), z(3, 1)], "the leader's history");
 }
+
+/// A new leader proposes no membership change until its state machine has
+/// applied its whole starting history (etcd's rule: a leader's first
+/// change waits for its log as of the election to be applied). The
+/// application checks its own state before a change (the reference
+/// service refuses one while a split it applied is moving keys); a change
+/// accepted while an older entry was committed but not applied could
+/// commit right after that entry, before the application ever saw it.
+/// Applying is bounded per turn, so a long history from an older epoch
+/// takes several turns after the epoch is established.
+#[test]
+fn a_new_leader_changes_no_membership_before_its_history_is_applied() {
+    let hs1 = HardState {
+        accepted_epoch: Epoch(1),
+        current_epoch: Epoch(1),
+    };
+    let history: Vec<Zxid> = (1..=1_000).map(|c| z(1, c)).collect();
+    let last = *history.last().expect("a history");
+    let mut cfg = three();
+    // One entry per `Ready`: a turn applies at most the node's bound of
+    // rounds, far fewer than the history holds.
+    cfg.max_apply_bytes = 1;
+    let storages = (0..3).map(|_| storage_with(hs1, &history)).collect();
+    let mut c = Cluster::new(cfg, storages);
+    c.decide(NodeId(1));
+    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
+    let mut refusals = 0;
+    for _ in 0..100_000 {
+        for i in 0..c.nodes.len() {
+            c.drive(i);
+        }
+        let leader = c.nodes[0].replica();
+        let (commit, applied) = (leader.commit_zxid(), leader.applied_zxid());
+        if applied >= last {
+            break;
+        }
+        if c.nodes[0].is_leader() && commit >= last {
+            let now = c.now;
+            assert_eq!(
+                refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3], &[9]), 1)),
+                Err(ChangeError::HistoryNotApplied {
+                    applied,
+                    history_end: last
+                }),
+                "committed to {commit:?}, applied to {applied:?}"
+            );
+            refusals += 1;
+        }
+        if let Some(env) = c.queue.pop_front() {
+            let i = c.idx(env.to);
+            let now = c.now;
+            c.nodes[i].handle_message(now, env);
+        }
+    }
+    assert!(
+        refusals > 0,
+        "the history was applied in the turn that committed it: the test shows nothing"
+    );
+    assert_eq!(c.nodes[0].replica().applied_zxid(), last);
+    c.pump();
+    let now = c.now;
+    let z = c.nodes[0]
+        .propose_membership(now, members(&[1, 2, 3], &[9]), 2)
+        .expect("the history is applied: the change is proposed");
+    assert!(z > last);
+}

@@ -429,7 +429,8 @@ impl Driver {
                     // the refusal until the client gives up.
                     ChangeError::InProgress(_)
                     | ChangeError::Transferring(_)
-                    | ChangeError::WouldLoseQuorum { .. } => {
+                    | ChangeError::WouldLoseQuorum { .. }
+                    | ChangeError::HistoryNotApplied { .. } => {
                         format!("retry: {}", r.error)
                     }
                     e => format!("membership change refused: {e}"),
