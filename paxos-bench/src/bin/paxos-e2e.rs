@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 mod groups;
 #[path = "../e2e/membership.rs"]
 mod membership;
+#[path = "../e2e/split.rs"]
+mod split;
 
 /// The group counts of the groups phase unless `--groups` says otherwise.
 const DEFAULT_GROUP_COUNTS: &str = "1,16,256,4096,10000";
@@ -99,8 +101,14 @@ struct Args {
     /// `--groups-node-arg=--inline-sync-bytes=0` (repeatable).
     #[arg(long, allow_hyphen_values = true)]
     groups_node_arg: Vec<String>,
+    /// Keys in the group that the split phase splits, one cluster per
+    /// size, comma-separated (`--only split`).
+    #[arg(long, default_value = "100000,1000000")]
+    split_keys: String,
     /// Run only this phase: `groups` skips the write points, the transfer,
-    /// failover, membership, catch-up and comparison phases.
+    /// failover, membership, catch-up and comparison phases; `split` runs
+    /// the split phase alone (it runs only so), its results in
+    /// `e2e-split.json`.
     #[arg(long, value_enum)]
     only: Option<Phase>,
     /// Where results go (default: $PAXOS_BENCH_RESULTS or target/bench-results).
@@ -113,6 +121,8 @@ struct Args {
 enum Phase {
     /// Many groups per node.
     Groups,
+    /// How long a split takes to move a large group's keys.
+    Split,
 }
 
 /// The group counts named by `--groups` (empty: skip the phase).
@@ -239,6 +249,38 @@ async fn run(args: Args) -> Result<()> {
     let mut plaintext_runs: Vec<Run> = Vec::new();
     let mut failovers: Vec<Value> = Vec::new();
     let mut run_id = 1u64;
+    if args.only == Some(Phase::Split) {
+        let sizes = args
+            .split_keys
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| (1..=100_000_000).contains(&n))
+                    .with_context(|| format!("--split-keys: {n:?} is not a key count (1 to 10^8)"))
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        let opts = split::SplitOptions {
+            sizes,
+            bound: Duration::from_secs(args.groups_elect_bound.max(1)),
+        };
+        let phase = split::split_phase(work.path(), &bin, run_id, &opts).await?;
+        let path = results.join("e2e-split.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&phase)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+        let lost: u64 = phase["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["lost"].as_u64().unwrap_or(0))
+            .sum();
+        if lost > 0 {
+            bail!("{lost} keys written before a split did not read back after it");
+        }
+        return Ok(());
+    }
     let group_counts = group_counts(&args.groups)?;
     let only_groups = args.only == Some(Phase::Groups);
     let nodes: &[u64] = if only_groups { &[] } else { &args.nodes };

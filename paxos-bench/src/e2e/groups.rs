@@ -174,7 +174,7 @@ fn led_counts(owner: &[Option<u64>]) -> BTreeMap<u64, u64> {
 /// (the nodes' own counts of the groups they lead add up to `groups`),
 /// every node of `alive` answers and none is looking for a leader; returns
 /// the time it took, or `None` after `bound`.
-async fn wait_led(
+pub(crate) async fn wait_led(
     cluster: &LocalCluster,
     alive: &[u64],
     groups: u32,
