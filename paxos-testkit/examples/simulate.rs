@@ -91,6 +91,8 @@ struct MultiRun {
     link_resets: u64,
     snap_installs: u64,
     truncs: u64,
+    transfers: u64,
+    reconfigs: u64,
 }
 
 /// Runs one multi-group seed; returns the worst recovery across groups or
@@ -137,10 +139,12 @@ fn run_multi(
             link_resets: st.link_resets,
             snap_installs: per_group.iter().map(|s| s.snap_installs).sum(),
             truncs: per_group.iter().map(|s| s.truncs).sum(),
+            transfers: per_group.iter().map(|s| s.transfers).sum(),
+            reconfigs: per_group.iter().map(|s| s.reconfigs).sum(),
         };
         (r, run)
     }
-    let mut cfg = MultiConfig::chaos(seed, groups);
+    let mut cfg = MultiConfig::chaos_with_changes(seed, groups);
     cfg.base.replica.lease_reads |= lease;
     if full {
         go(full_multi(cfg), steps, describe)
@@ -178,6 +182,8 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.link_resets += run.link_resets;
         total.snap_installs += run.snap_installs;
         total.truncs += run.truncs;
+        total.transfers += run.transfers;
+        total.reconfigs += run.reconfigs;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -186,7 +192,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         eprintln!();
     }
     println!(
-        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
+        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs, {} leader hand-overs and {} membership changes asked; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
         seeds.len(),
         steps,
         failed.len(),
@@ -200,6 +206,8 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.link_resets,
         total.truncs,
         total.snap_installs,
+        total.transfers,
+        total.reconfigs,
         worst,
         started.elapsed()
     );

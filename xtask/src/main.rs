@@ -47,6 +47,10 @@ enum Command {
         /// of the simulator's test elector and planner.
         #[arg(long)]
         full: bool,
+        /// Run the multi-group simulator: this many groups on every host,
+        /// sharing each host's log, network and crashes.
+        #[arg(long)]
+        groups: Option<u64>,
     },
     /// Run the checks CI runs: fmt, clippy (also with the kernel bench's
     /// raft-rs baseline), tests.
@@ -86,7 +90,8 @@ fn main() -> Result<()> {
             steps,
             seed,
             full,
-        } => sim::run(seeds, steps, seed, full),
+            groups,
+        } => sim::run(seeds, steps, seed, full, groups),
         Command::Cluster {
             nodes,
             base_port,

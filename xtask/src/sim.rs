@@ -9,8 +9,15 @@ use std::process::Command;
 
 use crate::util::{cargo, target_dir, workspace_root};
 
-/// Runs `seeds` seeds of `steps` steps (or the single `seed`).
-pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Result<()> {
+/// Runs `seeds` seeds of `steps` steps (or the single `seed`); with
+/// `groups`, the multi-group simulator (that many groups on shared hosts).
+pub(crate) fn run(
+    seeds: u64,
+    steps: u64,
+    seed: Option<u64>,
+    full: bool,
+    groups: Option<u64>,
+) -> Result<()> {
     cargo(
         &[
             "build",
@@ -29,6 +36,10 @@ pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Resu
     let mut base = vec!["--steps".to_string(), steps.to_string()];
     if full {
         base.push("--full".into());
+    }
+    if let Some(g) = groups {
+        base.push("--groups".into());
+        base.push(g.to_string());
     }
     if let Some(s) = seed {
         let status = Command::new(&bin)
@@ -84,8 +95,9 @@ pub(crate) fn run(seeds: u64, steps: u64, seed: Option<u64>, full: bool) -> Resu
     }
     if !failed.is_empty() {
         println!(
-            "replay one with: cargo xtask sim --steps {steps} --seed <SEED>{}",
-            if full { " --full" } else { "" }
+            "replay one with: cargo xtask sim --steps {steps} --seed <SEED>{}{}",
+            if full { " --full" } else { "" },
+            groups.map_or(String::new(), |g| format!(" --groups {g}"))
         );
         bail!("{} seeds failed", failed.len());
     }

@@ -859,11 +859,50 @@ impl<S: Storage> Replica<S> {
         let base = self.log.base;
         if !force_snap {
             let p = self.planner.plan(pos, &h);
-            if plan::valid(pos, &h, base, p) {
+            if !plan::valid(pos, &h, base, p) {
+                tracing::warn!(?pos, plan = ?p, "planner's plan is not executable; using the kernel's");
+            } else if let Some(shared) = self.truncates_shared_history(pos, &h, base, p) {
+                tracing::info!(?pos, plan = ?p, ?shared,
+                    "planner's TRUNC would drop history the follower shares with ours; using the kernel's plan");
+            } else {
                 return p;
             }
-            tracing::warn!(?pos, plan = ?p, "planner's plan is not executable; using the kernel's");
         }
         plan::builtin(pos, &h, base, force_snap)
+    }
+
+    /// Whether `p` truncates the follower below what it provably shares
+    /// with our history (returned). A follower whose current epoch is the
+    /// one whose history we adopted took that epoch's starting history as
+    /// we did, and holds only that epoch's proposals after it, which by
+    /// log matching agree with ours up to the last of ours it holds: it
+    /// shares our history up to our last position at or before its last
+    /// zxid. Truncating below that (ZooKeeper's rule truncates to ZERO
+    /// when we hold nothing of the follower's last epoch) drops entries,
+    /// committed ones among them, from its durable log until the DIFF
+    /// brings them back: meanwhile a committed entry may be durable on
+    /// fewer than a quorum (found by the multi-group simulator with leader
+    /// hand-overs, `simulate --full --groups 16 --seed 1047`). If the
+    /// follower's log is not what its epoch says (a sync of a later
+    /// leader cut it and stopped half-way), it does not hold the point:
+    /// its TRUNC keeps less and the DIFF's first batch is refused, which
+    /// restarts its sync from where it stands.
+    fn truncates_shared_history(
+        &self,
+        pos: FollowerPosition,
+        h: &LeaderHistory<'_>,
+        base: Option<Zxid>,
+        p: SyncPlan,
+    ) -> Option<Zxid> {
+        let (SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to }) = p else {
+            return None;
+        };
+        let Role::Leading(l) = &self.role else {
+            return None;
+        };
+        if pos.current_epoch != l.adopted_epoch {
+            return None;
+        }
+        plan::common_at_or_before(h, base, pos.last_zxid).filter(|shared| *shared > to)
     }
 }

@@ -294,7 +294,7 @@ impl<E: Elector> Sim<E> {
     /// that can act keeps a quorum: crashes take at most a minority of
     /// voters at once (a down or recovering node counts as lost, whatever
     /// it is).
-    fn may_lose_one_more(&self) -> bool {
+    pub(super) fn may_lose_one_more(&self) -> bool {
         let lost: Vec<NodeId> = self
             .node_ids()
             .into_iter()

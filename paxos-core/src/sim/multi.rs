@@ -29,9 +29,14 @@
 //! completeness, linearizable reads); a group no step touched has not
 //! changed. A violation names the seed and the group.
 //!
+//! Each group may also run its own schedule of leader hand-overs and
+//! single-node membership changes (`transfer_interval`,
+//! `reconfig_interval`), as in the single-group runs, while the hosts fail
+//! under it: a host crashes only while every membership of every group
+//! that can act keeps a quorum without it.
+//!
 //! Not modelled here yet (refused by [`MultiSim::new`]): wipes, disk
-//! faults (full disks, damaged logs, failed syncs), leader hand-overs and
-//! membership changes driven at random.
+//! faults (full disks, damaged logs, failed syncs) and quiescence.
 //!
 //! ```
 //! use paxos_core::sim::{MultiConfig, MultiSim};
@@ -110,6 +115,24 @@ impl MultiConfig {
             base.max_clock_drift_ppm = rng.range(0, 50_000);
         }
         MultiConfig { seed, groups, base }
+    }
+
+    /// [`chaos`](Self::chaos) (the same draws, so the same hosts and
+    /// faults), and in some seeds each group's own leader hand-overs,
+    /// membership changes, or both (with an observer host to promote, add
+    /// and remove). `simulate --groups` runs these; `chaos` alone keeps
+    /// the schedules its seeds were found with.
+    pub fn chaos_with_changes(seed: u64, groups: usize) -> MultiConfig {
+        let mut cfg = MultiConfig::chaos(seed, groups);
+        let mut rng = SimRng::new(seed ^ 0x6368_616E_6765_7321);
+        if rng.chance(0.3) {
+            cfg.base.transfer_interval = Some(Duration::from_millis(rng.range(100, 600)));
+        }
+        if rng.chance(0.3) {
+            cfg.base.reconfig_interval = Some(Duration::from_millis(rng.range(100, 600)));
+            cfg.base.observers = cfg.base.observers.max(1);
+        }
+        cfg
     }
 }
 
@@ -242,8 +265,6 @@ impl<E: Elector + 'static> MultiSim<E> {
         for (set, option) in [
             (b.wipes, "wipes"),
             (b.disk_faults, "disk_faults"),
-            (b.transfer_interval.is_some(), "transfer_interval"),
-            (b.reconfig_interval.is_some(), "reconfig_interval"),
             (b.unsafe_skip_lease_hold_off, "unsafe_skip_lease_hold_off"),
             // The hosts' wake of quiesced groups after a lost host or link
             // is modelled in the single-group simulator only.
@@ -293,6 +314,10 @@ impl<E: Elector + 'static> MultiSim<E> {
             );
             // Violations report the run's seed, not the group's.
             sim.cfg.seed = cfg.seed;
+            // The group's own hand-overs and membership changes run while
+            // the hosts' faults do (its `Ev::Fault` is never scheduled:
+            // crashes and cuts are the hosts').
+            sim.faults = b.transfer_interval.is_some() || b.reconfig_interval.is_some();
             groups.push(sim);
         }
         let hosts = groups[0].node_ids();
@@ -685,7 +710,12 @@ impl<E: Elector + 'static> MultiSim<E> {
 
     /// Whether one more host may go down with every group keeping a quorum
     /// of its voters (every down host counts, as in the single-group runs).
+    /// With membership changes, each group's memberships that can act
+    /// decide (a host down is a node down in every group).
     fn may_lose_one_more(&self) -> bool {
+        if self.cfg.base.reconfig_interval.is_some() {
+            return self.groups.iter().all(|g| g.may_lose_one_more());
+        }
         let voters = self.cfg.base.voters;
         let lost = self.down.iter().filter(|d| **d).count();
         lost < voters - (voters / 2 + 1)

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use paxos_core::sim::{MultiConfig, MultiSim, SharedLog, SimRng, SimStorage};
 use paxos_core::{Entry, Epoch, MemStorage, Storage, Zxid};
+use std::time::Duration;
 
 fn entry(k: u32) -> Entry {
     Entry::command(Zxid::new(Epoch(1), k), Bytes::from(vec![k as u8]))
@@ -157,6 +158,39 @@ fn a_host_crash_keeps_a_prefix_of_the_write_order_across_groups() {
         partial > 0,
         "some crash must keep one group's write and lose the next group's"
     );
+}
+
+/// Each group's own leader hand-overs and membership changes run while the
+/// hosts crash, are cut off and lose the unsynced tails of their shared
+/// logs: every group keeps every invariant after every step, changes
+/// members and hands over, and commits again once the faults stop.
+#[test]
+fn groups_hand_over_and_change_members_while_hosts_fail() {
+    let (mut transfers, mut committed_changes, mut crashes) = (0, 0, 0);
+    for seed in 0..6 {
+        let mut cfg = MultiConfig::chaos(seed, 8);
+        cfg.base.voters = 3;
+        cfg.base.observers = 1;
+        cfg.base.transfer_interval = Some(Duration::from_millis(200));
+        cfg.base.reconfig_interval = Some(Duration::from_millis(150));
+        let mut sim = MultiSim::with_test_components(cfg).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(v) = sim.run_steps_then_recover(30_000) {
+            panic!("{v}\n{}", sim.describe(0));
+        }
+        let acked = sim.acked_per_group();
+        assert!(
+            acked.iter().all(|a| *a > 0),
+            "seed {seed}: every group must acknowledge commands: {acked:?}"
+        );
+        for g in 0..acked.len() {
+            transfers += sim.group_stats(g).transfers;
+            committed_changes += sim.group_stats(g).reconfigs_committed;
+        }
+        crashes += sim.stats().host_crashes;
+    }
+    assert!(transfers > 0, "the schedules must hand leaderships over");
+    assert!(committed_changes > 0, "the schedules must change members");
+    assert!(crashes > 0, "the schedules must crash hosts");
 }
 
 #[test]

@@ -21,10 +21,10 @@ use paxos_core::node::{
 };
 use paxos_core::sim::TestPlanner;
 use paxos_core::{
-    ChangeError, Config, Decision, Elector, Entry, Envelope, Epoch, Event, GroupId, HardState,
-    MemStorage, Membership, Message, NodeId, PeerState, ProposeError, Recovered, Replica,
-    SnapChunk, StartError, StateMachine, Storage, StorageError, Time, TransferError, VoteInfo,
-    Zxid,
+    ChangeError, Config, Decision, Elector, Entry, Envelope, Epoch, Event, FollowerPosition,
+    GroupId, HardState, LeaderHistory, MemStorage, Membership, Message, NodeId, PeerState,
+    ProposeError, Recovered, Replica, SnapChunk, StartError, StateMachine, Storage, StorageError,
+    SyncPlan, SyncPlanner, Time, TransferError, VoteInfo, Zxid,
 };
 
 fn z(e: u32, c: u32) -> Zxid {
@@ -159,7 +159,21 @@ impl Cluster {
         storages: Vec<MemStorage>,
         recovered: Vec<Recovered>,
         node_cfg: NodeConfig,
+        prepare: impl FnMut(&mut Replica<MemStorage>),
+    ) -> Cluster {
+        Cluster::build_with(config, storages, recovered, node_cfg, prepare, &|| {
+            Box::new(TestPlanner)
+        })
+    }
+
+    /// [`Cluster::build`] with the sync planner `planner` makes.
+    fn build_with(
+        config: Config,
+        storages: Vec<MemStorage>,
+        recovered: Vec<Recovered>,
+        node_cfg: NodeConfig,
         mut prepare: impl FnMut(&mut Replica<MemStorage>),
+        planner: &dyn Fn() -> Box<dyn SyncPlanner + Send>,
     ) -> Cluster {
         let ids: Vec<NodeId> = config
             .voters
@@ -171,15 +185,8 @@ impl Cluster {
         let mut ballots = Vec::new();
         for (id, (s, rec)) in ids.iter().zip(storages.into_iter().zip(recovered)) {
             let sm = Recorder::at(rec.applied);
-            let mut replica = Replica::new(
-                *id,
-                config.clone(),
-                s,
-                Box::new(TestPlanner),
-                rec,
-                Time::ZERO,
-            )
-            .unwrap();
+            let mut replica =
+                Replica::new(*id, config.clone(), s, planner(), rec, Time::ZERO).unwrap();
             prepare(&mut replica);
             let ballot = Rc::new(Cell::new(None));
             let elector = Appointed {
@@ -1872,4 +1879,88 @@ fn a_new_leader_changes_no_membership_before_its_history_is_applied() {
         .propose_membership(now, members(&[1, 2, 3], &[9]), 2)
         .expect("the history is applied: the change is proposed");
     assert!(z > last);
+}
+
+/// Found by the multi-group simulator (seed 1130, 16 groups, full stack,
+/// with leader hand-overs): a follower whose last entries are of an epoch
+/// the new leader holds none of (its own proposals as the leader of epoch
+/// 2, never replicated) was sent TRUNC to ZERO, and dropped the epoch-1
+/// entries it shared with the leader, committed ones included (its commit
+/// point was lost in a restart, so its own guard did not keep them).
+/// Until the DIFF put them back, a committed entry was durable on one
+/// voter only. Both took the same history with epoch 2 (its current
+/// epoch is the one whose history the leader adopted): they share every
+/// entry the leader holds of the epochs before, so the truncation keeps
+/// them.
+#[test]
+fn a_follower_of_the_adopted_epoch_keeps_that_epochs_history_when_truncated() {
+    /// ZooKeeper's rule for a follower whose last zxid the leader does not
+    /// hold (paxos-snapshot's R4): TRUNC only within the follower's last
+    /// epoch, else to ZERO; a DIFF from a position the leader holds.
+    struct NeverAcrossAnEpoch;
+    impl SyncPlanner for NeverAcrossAnEpoch {
+        fn plan(&self, f: FollowerPosition, h: &LeaderHistory<'_>) -> SyncPlan {
+            let fl = f.last_zxid;
+            let held = |z: Zxid| {
+                z == Zxid::ZERO
+                    || h.epoch_ends
+                        .iter()
+                        .any(|e| e.epoch() == z.epoch() && z.counter() >= 1 && z <= *e)
+            };
+            if fl == h.last {
+                return SyncPlan::UpToDate;
+            }
+            if fl < h.last && held(fl) {
+                return SyncPlan::Diff { after: fl };
+            }
+            let to = h
+                .epoch_ends
+                .iter()
+                .find(|e| e.epoch() == fl.epoch() && **e < fl)
+                .copied()
+                .unwrap_or(Zxid::ZERO);
+            SyncPlan::TruncDiff { to }
+        }
+    }
+    let hs2 = HardState {
+        accepted_epoch: Epoch(2),
+        current_epoch: Epoch(2),
+    };
+    let history: Vec<Zxid> = (1..=12).map(|c| z(1, c)).collect();
+    // n1 led epoch 2 and logged three proposals nobody else got.
+    let mut with_own = history.clone();
+    with_own.extend([z(2, 1), z(2, 2), z(2, 3)]);
+    let s1 = storage_with(hs2, &with_own);
+    let s2 = storage_with(hs2, &history);
+    let s3 = MemStorage::new();
+    let mut c = Cluster::build_with(
+        three(),
+        vec![s1, s2, s3],
+        vec![Recovered::default(); 3],
+        NodeConfig::default(),
+        |_| {},
+        &|| Box::new(NeverAcrossAnEpoch),
+    );
+    // n2 and n3 make epoch 3 without n1, then n1 joins it.
+    c.cut = vec![NodeId(1)];
+    c.decide(NodeId(2));
+    c.pump();
+    assert!(c.nodes[1].is_leader());
+    c.cut.clear();
+    c.decide(NodeId(2));
+    c.pump();
+    let truncs: Vec<Zxid> = c
+        .sent
+        .iter()
+        .filter_map(|e| match e.msg {
+            Message::Trunc { to, .. } if e.to == NodeId(1) => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        truncs,
+        vec![z(1, 12)],
+        "n1 drops its own epoch-2 proposals only, not the epoch-1 history it shares"
+    );
+    assert_eq!(c.nodes[0].replica().last_zxid(), z(1, 12));
 }

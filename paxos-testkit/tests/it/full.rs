@@ -237,6 +237,25 @@ fn full_stack_many_groups_on_shared_hosts() {
     }
 }
 
+/// Found by the multi-group simulator once groups hand over and change
+/// members there (`simulate --full --groups 16 --seed 1047 --steps 20000`,
+/// group 10; seed 1294 likewise): a follower whose current epoch was the
+/// one whose history the new leader adopted, and whose last entries were
+/// proposals of that epoch the leader did not hold, got ZooKeeper's TRUNC
+/// to ZERO from the planner and dropped the committed history it shared
+/// with the leader; until the DIFF brought it back, acknowledged 2.2 was
+/// durable on one voter of three. The kernel now refuses a planner's TRUNC
+/// below what such a follower provably shares (this test failed before).
+#[test]
+fn full_stack_a_truncation_keeps_the_history_the_follower_shares() {
+    for seed in [1047, 1294] {
+        let mut sim = full_multi(MultiConfig::chaos_with_changes(seed, 16));
+        if let Err(v) = sim.run_steps_then_recover(20_000) {
+            panic!("{v}");
+        }
+    }
+}
+
 /// Found by the multi-group simulator (`simulate --full --groups 16 --seed
 /// 250 --steps 30000`, group 14): a read on a node that had just restarted
 /// was served at 4.30, below the acknowledged 4.32. The node layer numbers
