@@ -93,6 +93,8 @@ struct MultiRun {
     truncs: u64,
     transfers: u64,
     reconfigs: u64,
+    quiesces: u64,
+    wakes: u64,
 }
 
 /// Runs one multi-group seed; returns the worst recovery across groups or
@@ -141,6 +143,8 @@ fn run_multi(
             truncs: per_group.iter().map(|s| s.truncs).sum(),
             transfers: per_group.iter().map(|s| s.transfers).sum(),
             reconfigs: per_group.iter().map(|s| s.reconfigs).sum(),
+            quiesces: per_group.iter().map(|s| s.quiesces).sum(),
+            wakes: per_group.iter().map(|s| s.wakes).sum(),
         };
         (r, run)
     }
@@ -184,6 +188,8 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.truncs += run.truncs;
         total.transfers += run.transfers;
         total.reconfigs += run.reconfigs;
+        total.quiesces += run.quiesces;
+        total.wakes += run.wakes;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -192,7 +198,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         eprintln!();
     }
     println!(
-        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs, {} leader hand-overs and {} membership changes asked; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
+        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs, {} leader hand-overs and {} membership changes asked, {} groups gone quiet and {} host wakes; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
         seeds.len(),
         steps,
         failed.len(),
@@ -208,6 +214,8 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.snap_installs,
         total.transfers,
         total.reconfigs,
+        total.quiesces,
+        total.wakes,
         worst,
         started.elapsed()
     );

@@ -132,7 +132,7 @@ impl<E: Elector> Sim<E> {
     /// after an election timeout (as a transport's idle timeout would) and
     /// wake their quiesced groups. Nothing is scheduled otherwise, so runs
     /// without quiescence keep their schedules.
-    fn contact_lost(&mut self) {
+    pub(super) fn contact_lost(&mut self) {
         if self.cfg.replica.quiesce_after.is_some() {
             let after = self.cfg.replica.election_timeout;
             self.schedule(after, Ev::Wake);

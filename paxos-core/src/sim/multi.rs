@@ -35,8 +35,13 @@
 //! under it: a host crashes only while every membership of every group
 //! that can act keeps a quorum without it.
 //!
-//! Not modelled here yet (refused by [`MultiSim::new`]): wipes, disk
-//! faults (full disks, damaged logs, failed syncs) and quiescence.
+//! With quiescence on, idle groups go quiet; every group is told the
+//! hosts' cuts, and a lost host or link wakes its quiesced groups an
+//! election timeout later (the single-group runs' model of the host
+//! heartbeats).
+//!
+//! Not modelled here yet (refused by [`MultiSim::new`]): wipes and disk
+//! faults (full disks, damaged logs, failed syncs).
 //!
 //! ```
 //! use paxos_core::sim::{MultiConfig, MultiSim};
@@ -120,7 +125,8 @@ impl MultiConfig {
     /// [`chaos`](Self::chaos) (the same draws, so the same hosts and
     /// faults), and in some seeds each group's own leader hand-overs,
     /// membership changes, or both (with an observer host to promote, add
-    /// and remove). `simulate --groups` runs these; `chaos` alone keeps
+    /// and remove), and quiescence (idle groups go quiet; a lost host or
+    /// link wakes them an election timeout later, as host heartbeats do). `simulate --groups` runs these; `chaos` alone keeps
     /// the schedules its seeds were found with.
     pub fn chaos_with_changes(seed: u64, groups: usize) -> MultiConfig {
         let mut cfg = MultiConfig::chaos(seed, groups);
@@ -131,6 +137,9 @@ impl MultiConfig {
         if rng.chance(0.3) {
             cfg.base.reconfig_interval = Some(Duration::from_millis(rng.range(100, 600)));
             cfg.base.observers = cfg.base.observers.max(1);
+        }
+        if rng.chance(0.3) {
+            cfg.base.replica.quiesce_after = Some(Duration::from_millis(rng.range(100, 500)));
         }
         cfg
     }
@@ -266,9 +275,6 @@ impl<E: Elector + 'static> MultiSim<E> {
             (b.wipes, "wipes"),
             (b.disk_faults, "disk_faults"),
             (b.unsafe_skip_lease_hold_off, "unsafe_skip_lease_hold_off"),
-            // The hosts' wake of quiesced groups after a lost host or link
-            // is modelled in the single-group simulator only.
-            (b.replica.quiesce_after.is_some(), "replica.quiesce_after"),
         ] {
             if set {
                 return Err(MultiConfigError::Unsupported { option });
@@ -317,7 +323,11 @@ impl<E: Elector + 'static> MultiSim<E> {
             // The group's own hand-overs and membership changes run while
             // the hosts' faults do (its `Ev::Fault` is never scheduled:
             // crashes and cuts are the hosts').
-            sim.faults = b.transfer_interval.is_some() || b.reconfig_interval.is_some();
+            // With quiescence, its client pauses every other 2 s while
+            // the faults run, so that faults find quiet groups.
+            sim.faults = b.transfer_interval.is_some()
+                || b.reconfig_interval.is_some()
+                || b.replica.quiesce_after.is_some();
             groups.push(sim);
         }
         let hosts = groups[0].node_ids();
@@ -693,6 +703,27 @@ impl<E: Elector + 'static> MultiSim<E> {
             }
         }
         self.stats.isolations += 1;
+        self.cuts_changed(true);
+    }
+
+    /// Tells every group the hosts' cuts (as node pairs: its elector's and
+    /// its hosts' view of who is reachable) and, when a link was lost,
+    /// lets it notice as a host does: with quiescence on, an election
+    /// timeout later its quiesced groups wake (the single-group runs'
+    /// model of the host heartbeats).
+    fn cuts_changed(&mut self, lost: bool) {
+        let pairs: BTreeSet<(NodeId, NodeId)> = self
+            .blocked
+            .iter()
+            .map(|&(a, b)| (self.hosts[a], self.hosts[b]))
+            .collect();
+        for g in 0..self.groups.len() {
+            self.enter(g);
+            self.groups[g].blocked = pairs.clone();
+            if lost {
+                self.groups[g].contact_lost();
+            }
+        }
     }
 
     /// Resets the connection between hosts `a` and `b`: every packet in
@@ -705,7 +736,10 @@ impl<E: Elector + 'static> MultiSim<E> {
 
     /// Removes every partition and cut.
     pub fn heal(&mut self) {
-        self.blocked.clear();
+        if !self.blocked.is_empty() {
+            self.blocked.clear();
+            self.cuts_changed(false);
+        }
     }
 
     /// Whether one more host may go down with every group keeping a quorum
@@ -759,6 +793,7 @@ impl<E: Elector + 'static> MultiSim<E> {
                 let o = self.rng.index(n);
                 if o != h {
                     self.blocked.insert((h, o));
+                    self.cuts_changed(true);
                 }
             }
             6 => {

@@ -193,6 +193,30 @@ fn groups_hand_over_and_change_members_while_hosts_fail() {
     assert!(crashes > 0, "the schedules must crash hosts");
 }
 
+/// Quiescence on shared hosts: idle groups go quiet (each group's client
+/// pauses every other 2 s while the faults run), host crashes, cuts and
+/// lost tails find quiet groups, and the hosts wake them an election
+/// timeout after losing a host or a link: every invariant holds after
+/// every step, and every group commits again once the faults stop.
+#[test]
+fn quiet_groups_on_shared_hosts_wake_and_keep_every_invariant() {
+    let (mut quiesces, mut wakes) = (0, 0);
+    for seed in 0..6 {
+        let mut cfg = three_hosts(seed, 8);
+        cfg.base.replica.quiesce_after = Some(Duration::from_millis(150));
+        let mut sim = MultiSim::with_test_components(cfg).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(v) = sim.run_steps_then_recover(40_000) {
+            panic!("{v}\n{}", sim.describe(0));
+        }
+        for g in 0..sim.acked_per_group().len() {
+            quiesces += sim.group_stats(g).quiesces;
+            wakes += sim.group_stats(g).wakes;
+        }
+    }
+    assert!(quiesces > 0, "groups must go quiet");
+    assert!(wakes > 0, "the hosts must wake quiet groups after a loss");
+}
+
 #[test]
 fn unsupported_options_are_refused() {
     let mut cfg = three_hosts(0, 4);
