@@ -185,6 +185,15 @@ pub struct Decision {
 ///   whole history before that epoch.
 /// - An empty follower gets a DIFF from `ZERO` when the leader's log still
 ///   starts at the beginning of history and can serve it whole.
+///
+/// R4's TRUNC to `ZERO` drops entries the follower may share with the
+/// leader, committed ones among them, from its durable log until the DIFF
+/// brings them back; `paxos-core`'s leader therefore replaces a TRUNC below
+/// its highest position at or before the follower's last zxid with its own
+/// plan (TRUNC to that point; a follower that does not hold it refuses the
+/// DIFF and is synced again from where it stands). The rule stays here as
+/// ZooKeeper has it, for a host whose followers cannot truncate to a zxid
+/// they do not hold.
 pub fn plan_sync(follower_last: Zxid, leader: &LeaderLog<'_>, config: &PlannerConfig) -> Decision {
     debug_assert!(
         leader.epoch_ends.windows(2).all(|w| w[0] < w[1]),

@@ -26,7 +26,8 @@
 //! `--groups G` runs the multi-group simulator instead: G groups on every
 //! host, sharing each host's write-ahead log and the network between hosts
 //! (host crashes cut the shared log's unsynced tail, in every group at
-//! once). It takes `--full` and `--lease-reads` too, not `--wipes`.
+//! once). It takes `--full`, `--lease-reads` and `--wipes` (a host crash
+//! sometimes loses the host's whole disk; its groups restart recovering).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
@@ -95,12 +96,14 @@ struct MultiRun {
     reconfigs: u64,
     quiesces: u64,
     wakes: u64,
+    host_wipes: u64,
 }
 
 /// Runs one multi-group seed; returns the worst recovery across groups or
 /// the violation (with the failing group's state when `describe`).
 fn run_multi(
     full: bool,
+    wipes: bool,
     lease: bool,
     groups: usize,
     seed: u64,
@@ -113,11 +116,18 @@ fn run_multi(
         describe: bool,
     ) -> (Result<Duration, String>, MultiRun) {
         let r = sim.run_steps_then_recover(steps).map_err(|v: Violation| {
+            // "group G: ..." for a safety violation, "liveness: groups
+            // [G, ...] ..." for groups that did not recover.
             let group = v
                 .what
                 .strip_prefix("group ")
                 .and_then(|w| w.split(':').next())
-                .and_then(|g| g.parse::<usize>().ok());
+                .or_else(|| {
+                    v.what
+                        .strip_prefix("liveness: groups [")
+                        .and_then(|w| w.split([',', ']']).next())
+                })
+                .and_then(|g| g.trim().parse::<usize>().ok());
             match group {
                 Some(g) if describe => format!(
                     "{v}
@@ -145,11 +155,13 @@ fn run_multi(
             reconfigs: per_group.iter().map(|s| s.reconfigs).sum(),
             quiesces: per_group.iter().map(|s| s.quiesces).sum(),
             wakes: per_group.iter().map(|s| s.wakes).sum(),
+            host_wipes: st.host_wipes,
         };
         (r, run)
     }
     let mut cfg = MultiConfig::chaos_with_changes(seed, groups);
     cfg.base.replica.lease_reads |= lease;
+    cfg.base.wipes = wipes;
     if full {
         go(full_multi(cfg), steps, describe)
     } else {
@@ -160,7 +172,14 @@ fn run_multi(
 }
 
 /// The `--groups` sweep.
-fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64) -> ExitCode {
+fn multi_main(
+    full: bool,
+    wipes: bool,
+    lease: bool,
+    groups: usize,
+    seeds: &[u64],
+    steps: u64,
+) -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut worst) = (Vec::new(), Duration::ZERO);
     let mut total = MultiRun {
@@ -168,7 +187,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         ..MultiRun::default()
     };
     for (k, &seed) in seeds.iter().enumerate() {
-        let (r, run) = run_multi(full, lease, groups, seed, steps, seeds.len() == 1);
+        let (r, run) = run_multi(full, wipes, lease, groups, seed, steps, seeds.len() == 1);
         match r {
             Ok(d) => worst = worst.max(d),
             Err(v) => {
@@ -190,6 +209,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.reconfigs += run.reconfigs;
         total.quiesces += run.quiesces;
         total.wakes += run.wakes;
+        total.host_wipes += run.host_wipes;
         if seeds.len() > 1 && (k + 1) % 10 == 0 {
             eprint!("\r{}/{} seeds, {} failed", k + 1, seeds.len(), failed.len());
         }
@@ -198,7 +218,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         eprintln!();
     }
     println!(
-        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs, {} leader hand-overs and {} membership changes asked, {} groups gone quiet and {} host wakes; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
+        "{} seeds x {} steps x {groups} groups: {} failed; {} steps, {} commands acknowledged (fewest in one group of one seed: {}), {} linearizable reads checked, {} host crashes ({} wiping the disk) losing {} unsynced writes ({} cut inside the tail), {} connection resets, {} TRUNC, {} SNAP installs, {} leader hand-overs and {} membership changes asked, {} groups gone quiet and {} host wakes; worst recovery of any group after faults stopped: {:?} (simulated); wall time {:.1?}",
         seeds.len(),
         steps,
         failed.len(),
@@ -207,6 +227,7 @@ fn multi_main(full: bool, lease: bool, groups: usize, seeds: &[u64], steps: u64)
         total.min_group_acked,
         total.reads,
         total.host_crashes,
+        total.host_wipes,
         total.lost_writes,
         total.partial_tails,
         total.link_resets,
@@ -298,12 +319,8 @@ fn main() -> ExitCode {
         }
     };
     if let Some(groups) = parse(&args, "--groups") {
-        if wipes {
-            println!("--groups does not model wipes yet");
-            return ExitCode::FAILURE;
-        }
         let groups = usize::try_from(groups).unwrap_or(usize::MAX).max(1);
-        return multi_main(full, lease, groups, &seeds, steps);
+        return multi_main(full, wipes, lease, groups, &seeds, steps);
     }
     let started = Instant::now();
     let (mut failed, mut worst, mut total_acked, mut total_steps) =

@@ -95,7 +95,12 @@ pub(crate) fn run(
     }
     if !failed.is_empty() {
         println!(
-            "replay one with: cargo xtask sim --steps {steps} --seed <SEED>{}{}",
+            "replay one with: {}cargo xtask sim --steps {steps} --seed <SEED>{}{}",
+            if std::env::var_os("PAXOS_SIM_WIPES").is_some() {
+                "PAXOS_SIM_WIPES=1 "
+            } else {
+                ""
+            },
             if full { " --full" } else { "" },
             groups.map_or(String::new(), |g| format!(" --groups {g}"))
         );

@@ -862,8 +862,8 @@ impl<S: Storage> Replica<S> {
             if !plan::valid(pos, &h, base, p) {
                 tracing::warn!(?pos, plan = ?p, "planner's plan is not executable; using the kernel's");
             } else if let Some(shared) = self.truncates_shared_history(pos, &h, base, p) {
-                tracing::info!(?pos, plan = ?p, ?shared,
-                    "planner's TRUNC would drop history the follower shares with ours; using the kernel's plan");
+                tracing::debug!(?pos, plan = ?p, ?shared,
+                    "planner's TRUNC would drop history the follower may share with ours; using the kernel's plan");
             } else {
                 return p;
             }
@@ -871,22 +871,22 @@ impl<S: Storage> Replica<S> {
         plan::builtin(pos, &h, base, force_snap)
     }
 
-    /// Whether `p` truncates the follower below what it provably shares
-    /// with our history (returned). A follower whose current epoch is the
-    /// one whose history we adopted took that epoch's starting history as
-    /// we did, and holds only that epoch's proposals after it, which by
-    /// log matching agree with ours up to the last of ours it holds: it
-    /// shares our history up to our last position at or before its last
-    /// zxid. Truncating below that (ZooKeeper's rule truncates to ZERO
-    /// when we hold nothing of the follower's last epoch) drops entries,
-    /// committed ones among them, from its durable log until the DIFF
+    /// Whether `p` truncates the follower below our highest position at
+    /// or before its last zxid (returned): the most of our history it may
+    /// share. Truncating to that point never costs safety: a follower that
+    /// holds it holds our history up to it (log matching) and keeps
+    /// exactly that; one that does not keeps less (what it holds at or
+    /// before the point), the DIFF's first batch does not follow its log
+    /// and is refused, and its sync restarts from where it then stands.
+    /// Truncating lower (ZooKeeper's rule truncates to ZERO when we hold
+    /// nothing of the follower's last epoch) drops entries it shares with
+    /// us, committed ones among them, from its durable log until the DIFF
     /// brings them back: meanwhile a committed entry may be durable on
-    /// fewer than a quorum (found by the multi-group simulator with leader
-    /// hand-overs, `simulate --full --groups 16 --seed 1047`). If the
-    /// follower's log is not what its epoch says (a sync of a later
-    /// leader cut it and stopped half-way), it does not hold the point:
-    /// its TRUNC keeps less and the DIFF's first batch is refused, which
-    /// restarts its sync from where it stands.
+    /// fewer than a quorum, and the follower's own guard (it keeps what it
+    /// knows committed) does not help after a restart, which forgets the
+    /// commit point. Found by the multi-group simulator with leader
+    /// hand-overs and wiped disks (`simulate --full --groups 16`, seeds
+    /// 1047 and 21867).
     fn truncates_shared_history(
         &self,
         pos: FollowerPosition,
@@ -897,12 +897,6 @@ impl<S: Storage> Replica<S> {
         let (SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to }) = p else {
             return None;
         };
-        let Role::Leading(l) = &self.role else {
-            return None;
-        };
-        if pos.current_epoch != l.adopted_epoch {
-            return None;
-        }
         plan::common_at_or_before(h, base, pos.last_zxid).filter(|shared| *shared > to)
     }
 }

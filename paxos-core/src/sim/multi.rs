@@ -40,8 +40,12 @@
 //! election timeout later (the single-group runs' model of the host
 //! heartbeats).
 //!
-//! Not modelled here yet (refused by [`MultiSim::new`]): wipes and disk
-//! faults (full disks, damaged logs, failed syncs).
+//! With wipes on, a host crash sometimes loses the host's whole disk: every
+//! group's node on it restarts empty and recovering (as `--rejoin` does),
+//! and counts as lost until its group readmits it.
+//!
+//! Not modelled here yet (refused by [`MultiSim::new`]): disk faults (full
+//! disks, damaged logs, failed syncs).
 //!
 //! ```
 //! use paxos_core::sim::{MultiConfig, MultiSim};
@@ -191,6 +195,8 @@ pub struct MultiStats {
     pub link_resets: u64,
     /// Hosts cut off from every other host.
     pub isolations: u64,
+    /// Hosts that lost their whole disk (see [`MultiSim::wipe_host`]).
+    pub host_wipes: u64,
     /// After faults stopped: the longest any group took to commit again.
     pub recovery: Option<Duration>,
 }
@@ -272,7 +278,6 @@ impl<E: Elector + 'static> MultiSim<E> {
             });
         }
         for (set, option) in [
-            (b.wipes, "wipes"),
             (b.disk_faults, "disk_faults"),
             (b.unsafe_skip_lease_hold_off, "unsafe_skip_lease_hold_off"),
         ] {
@@ -743,16 +748,45 @@ impl<E: Elector + 'static> MultiSim<E> {
     }
 
     /// Whether one more host may go down with every group keeping a quorum
-    /// of its voters (every down host counts, as in the single-group runs).
-    /// With membership changes, each group's memberships that can act
-    /// decide (a host down is a node down in every group).
+    /// of its voters: each group decides as in the single-group runs (a
+    /// host down is a node down in every group, and a node recovering
+    /// from a wipe counts as lost; with membership changes, every
+    /// membership that can act must keep its quorum).
     fn may_lose_one_more(&self) -> bool {
-        if self.cfg.base.reconfig_interval.is_some() {
-            return self.groups.iter().all(|g| g.may_lose_one_more());
+        self.groups.iter().all(|g| g.may_lose_one_more())
+    }
+
+    /// Wipes host `h`: it crashes and loses its whole disk (the shared log
+    /// and every group's snapshot); its groups restart empty and marked
+    /// recovering, as a node started with `--rejoin` on a new data
+    /// directory does. Only a host that votes in every group's acting
+    /// memberships and recovers in none is wiped.
+    pub fn wipe_host(&mut self, h: usize) -> Result<(), Violation> {
+        self.crash_host(h)?;
+        let id = self.hosts[h];
+        tracing::info!(host = %id, "sim: host wiped (disk lost); its groups restart recovering");
+        self.stats.host_wipes += 1;
+        for g in 0..self.groups.len() {
+            let _span = tracing::info_span!("group", g).entered();
+            self.enter(g);
+            self.groups[g].wipe(id, true);
+            self.close(g)?;
         }
-        let voters = self.cfg.base.voters;
-        let lost = self.down.iter().filter(|d| **d).count();
-        lost < voters - (voters / 2 + 1)
+        Ok(())
+    }
+
+    /// Whether host `h` may be wiped: a voter of every group (as the
+    /// single-group runs wipe voters only) and recovering in none.
+    fn wipeable(&self, h: usize) -> bool {
+        let id = self.hosts[h];
+        self.groups.iter().all(|g| {
+            !g.is_recovering(id)
+                && if self.cfg.base.reconfig_interval.is_none() {
+                    g.config.is_voter(id)
+                } else {
+                    g.acting_memberships().iter().any(|m| m.is_voter(id))
+                }
+        })
     }
 
     fn down_time(&mut self) -> Duration {
@@ -762,10 +796,16 @@ impl<E: Elector + 'static> MultiSim<E> {
     fn random_fault(&mut self) -> Result<(), Violation> {
         let n = self.hosts.len();
         let h = self.rng.index(n);
+        // Drawn only with wipes on, so other runs keep their schedules.
+        let wipe = self.cfg.base.wipes && self.rng.chance(0.25);
         match self.rng.range(0, 9) {
             0..=2 => {
                 if self.may_lose_one_more() {
-                    self.crash_host(h)?;
+                    if wipe && self.wipeable(h) {
+                        self.wipe_host(h)?;
+                    } else {
+                        self.crash_host(h)?;
+                    }
                     let d = self.down_time();
                     self.schedule(d, HostEv::Restart { host: h });
                 }

@@ -1892,36 +1892,37 @@ fn a_new_leader_changes_no_membership_before_its_history_is_applied() {
 /// epoch is the one whose history the leader adopted): they share every
 /// entry the leader holds of the epochs before, so the truncation keeps
 /// them.
+/// ZooKeeper's rule for a follower whose last zxid the leader does not
+/// hold (paxos-snapshot's R4): TRUNC only within the follower's last
+/// epoch, else to ZERO; a DIFF from a position the leader holds.
+struct NeverAcrossAnEpoch;
+impl SyncPlanner for NeverAcrossAnEpoch {
+    fn plan(&self, f: FollowerPosition, h: &LeaderHistory<'_>) -> SyncPlan {
+        let fl = f.last_zxid;
+        let held = |z: Zxid| {
+            z == Zxid::ZERO
+                || h.epoch_ends
+                    .iter()
+                    .any(|e| e.epoch() == z.epoch() && z.counter() >= 1 && z <= *e)
+        };
+        if fl == h.last {
+            return SyncPlan::UpToDate;
+        }
+        if fl < h.last && held(fl) {
+            return SyncPlan::Diff { after: fl };
+        }
+        let to = h
+            .epoch_ends
+            .iter()
+            .find(|e| e.epoch() == fl.epoch() && **e < fl)
+            .copied()
+            .unwrap_or(Zxid::ZERO);
+        SyncPlan::TruncDiff { to }
+    }
+}
+
 #[test]
 fn a_follower_of_the_adopted_epoch_keeps_that_epochs_history_when_truncated() {
-    /// ZooKeeper's rule for a follower whose last zxid the leader does not
-    /// hold (paxos-snapshot's R4): TRUNC only within the follower's last
-    /// epoch, else to ZERO; a DIFF from a position the leader holds.
-    struct NeverAcrossAnEpoch;
-    impl SyncPlanner for NeverAcrossAnEpoch {
-        fn plan(&self, f: FollowerPosition, h: &LeaderHistory<'_>) -> SyncPlan {
-            let fl = f.last_zxid;
-            let held = |z: Zxid| {
-                z == Zxid::ZERO
-                    || h.epoch_ends
-                        .iter()
-                        .any(|e| e.epoch() == z.epoch() && z.counter() >= 1 && z <= *e)
-            };
-            if fl == h.last {
-                return SyncPlan::UpToDate;
-            }
-            if fl < h.last && held(fl) {
-                return SyncPlan::Diff { after: fl };
-            }
-            let to = h
-                .epoch_ends
-                .iter()
-                .find(|e| e.epoch() == fl.epoch() && **e < fl)
-                .copied()
-                .unwrap_or(Zxid::ZERO);
-            SyncPlan::TruncDiff { to }
-        }
-    }
     let hs2 = HardState {
         accepted_epoch: Epoch(2),
         current_epoch: Epoch(2),
@@ -1963,4 +1964,55 @@ fn a_follower_of_the_adopted_epoch_keeps_that_epochs_history_when_truncated() {
         "n1 drops its own epoch-2 proposals only, not the epoch-1 history it shares"
     );
     assert_eq!(c.nodes[0].replica().last_zxid(), z(1, 12));
+}
+
+/// Found by the multi-group simulator with wiped disks (`simulate --full
+/// --groups 16 --wipes --seed 21867`, group 9): the new leader adopted the
+/// history of epoch 2 (ending at 1.16, no proposal of its own epoch) while
+/// a follower had taken the history of epoch 3, a later epoch that never
+/// established (1.16 then the epoch-2 proposals its leader held, never
+/// committed). The follower's last epoch is one the leader holds nothing
+/// of, and ZooKeeper's rule sent it TRUNC to ZERO; it shares 1.1 to 1.16,
+/// and the leader's highest position at or before its last zxid is 1.16.
+#[test]
+fn a_follower_of_a_later_unestablished_epoch_keeps_the_history_it_shares() {
+    let hs = |e| HardState {
+        accepted_epoch: Epoch(e),
+        current_epoch: Epoch(e),
+    };
+    let history: Vec<Zxid> = (1..=16).map(|c| z(1, c)).collect();
+    let mut later = history.clone();
+    later.extend((1..=12).map(|c| z(2, c)));
+    let s1 = storage_with(hs(2), &history);
+    let s2 = storage_with(hs(2), &history);
+    let s3 = storage_with(hs(3), &later);
+    let mut c = Cluster::build_with(
+        three(),
+        vec![s1, s2, s3],
+        vec![Recovered::default(); 3],
+        NodeConfig::default(),
+        |_| {},
+        &|| Box::new(NeverAcrossAnEpoch),
+    );
+    c.cut = vec![NodeId(3)];
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.nodes[0].is_leader());
+    c.cut.clear();
+    c.decide(NodeId(1));
+    c.pump();
+    let truncs: Vec<Zxid> = c
+        .sent
+        .iter()
+        .filter_map(|e| match e.msg {
+            Message::Trunc { to, .. } if e.to == NodeId(3) => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        truncs,
+        vec![z(1, 16)],
+        "n3 drops the uncommitted epoch-2 proposals only"
+    );
+    assert_eq!(c.nodes[2].replica().last_zxid(), z(1, 16));
 }
