@@ -1881,6 +1881,41 @@ fn a_new_leader_changes_no_membership_before_its_history_is_applied() {
     assert!(z > last);
 }
 
+/// Node `leader` makes an epoch with the others while `late` is cut off,
+/// then `late` joins it; with ZooKeeper's planner rule
+/// ([`NeverAcrossAnEpoch`]). Returns the TRUNC points sent to `late`, and
+/// the cluster.
+fn truncations_when_joining(
+    storages: Vec<MemStorage>,
+    leader: NodeId,
+    late: NodeId,
+) -> (Vec<Zxid>, Cluster) {
+    let mut c = Cluster::build_with(
+        three(),
+        storages,
+        vec![Recovered::default(); 3],
+        NodeConfig::default(),
+        |_| {},
+        &|| Box::new(NeverAcrossAnEpoch),
+    );
+    c.cut = vec![late];
+    c.decide(leader);
+    c.pump();
+    assert!(c.nodes[c.idx(leader)].is_leader());
+    c.cut.clear();
+    c.decide(leader);
+    c.pump();
+    let truncs = c
+        .sent
+        .iter()
+        .filter_map(|e| match e.msg {
+            Message::Trunc { to, .. } if e.to == late => Some(to),
+            _ => None,
+        })
+        .collect();
+    (truncs, c)
+}
+
 /// Found by the multi-group simulator (seed 1130, 16 groups, full stack,
 /// with leader hand-overs): a follower whose last entries are of an epoch
 /// the new leader holds none of (its own proposals as the leader of epoch
@@ -1934,30 +1969,8 @@ fn a_follower_of_the_adopted_epoch_keeps_that_epochs_history_when_truncated() {
     let s1 = storage_with(hs2, &with_own);
     let s2 = storage_with(hs2, &history);
     let s3 = MemStorage::new();
-    let mut c = Cluster::build_with(
-        three(),
-        vec![s1, s2, s3],
-        vec![Recovered::default(); 3],
-        NodeConfig::default(),
-        |_| {},
-        &|| Box::new(NeverAcrossAnEpoch),
-    );
     // n2 and n3 make epoch 3 without n1, then n1 joins it.
-    c.cut = vec![NodeId(1)];
-    c.decide(NodeId(2));
-    c.pump();
-    assert!(c.nodes[1].is_leader());
-    c.cut.clear();
-    c.decide(NodeId(2));
-    c.pump();
-    let truncs: Vec<Zxid> = c
-        .sent
-        .iter()
-        .filter_map(|e| match e.msg {
-            Message::Trunc { to, .. } if e.to == NodeId(1) => Some(to),
-            _ => None,
-        })
-        .collect();
+    let (truncs, c) = truncations_when_joining(vec![s1, s2, s3], NodeId(2), NodeId(1));
     assert_eq!(
         truncs,
         vec![z(1, 12)],
@@ -1986,29 +1999,7 @@ fn a_follower_of_a_later_unestablished_epoch_keeps_the_history_it_shares() {
     let s1 = storage_with(hs(2), &history);
     let s2 = storage_with(hs(2), &history);
     let s3 = storage_with(hs(3), &later);
-    let mut c = Cluster::build_with(
-        three(),
-        vec![s1, s2, s3],
-        vec![Recovered::default(); 3],
-        NodeConfig::default(),
-        |_| {},
-        &|| Box::new(NeverAcrossAnEpoch),
-    );
-    c.cut = vec![NodeId(3)];
-    c.decide(NodeId(1));
-    c.pump();
-    assert!(c.nodes[0].is_leader());
-    c.cut.clear();
-    c.decide(NodeId(1));
-    c.pump();
-    let truncs: Vec<Zxid> = c
-        .sent
-        .iter()
-        .filter_map(|e| match e.msg {
-            Message::Trunc { to, .. } if e.to == NodeId(3) => Some(to),
-            _ => None,
-        })
-        .collect();
+    let (truncs, c) = truncations_when_joining(vec![s1, s2, s3], NodeId(1), NodeId(3));
     assert_eq!(
         truncs,
         vec![z(1, 16)],
