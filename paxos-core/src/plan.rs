@@ -85,6 +85,34 @@ pub(crate) fn builtin(
     }
 }
 
+/// Whether `plan` truncates follower `f` below the highest position of
+/// `h` at or before its last zxid (returned): the most of the history the
+/// follower may share. Truncating to that point never costs safety: a
+/// follower that holds it holds the history up to it (log matching) and
+/// keeps exactly that; one that does not keeps less (what it holds at or
+/// before the point), the DIFF's first batch does not follow its log and
+/// is refused, and its sync restarts from where it then stands.
+/// Truncating lower (ZooKeeper's rule truncates to ZERO when the leader
+/// holds nothing of the follower's last epoch) drops entries it shares
+/// with the leader, committed ones among them, from its durable log until
+/// the DIFF brings them back: meanwhile a committed entry may be durable on
+/// fewer than a quorum, and the follower's own guard (it keeps what it
+/// knows committed) does not help after a restart, which forgets the
+/// commit point. The leader refuses such a plan from its planner. Found by
+/// the multi-group simulator with leader hand-overs and wiped disks
+/// (`simulate --full --groups 16`, seeds 1047 and 21867).
+pub(crate) fn truncates_below_common(
+    f: FollowerPosition,
+    h: &LeaderHistory<'_>,
+    base: Option<Zxid>,
+    plan: SyncPlan,
+) -> Option<Zxid> {
+    let (SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to }) = plan else {
+        return None;
+    };
+    common_at_or_before(h, base, f.last_zxid).filter(|shared| *shared > to)
+}
+
 /// Whether executing `plan` for follower `f` is safe and complete.
 pub(crate) fn valid(
     f: FollowerPosition,

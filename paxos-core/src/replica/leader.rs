@@ -861,7 +861,7 @@ impl<S: Storage> Replica<S> {
             let p = self.planner.plan(pos, &h);
             if !plan::valid(pos, &h, base, p) {
                 tracing::warn!(?pos, plan = ?p, "planner's plan is not executable; using the kernel's");
-            } else if let Some(shared) = self.truncates_shared_history(pos, &h, base, p) {
+            } else if let Some(shared) = plan::truncates_below_common(pos, &h, base, p) {
                 tracing::debug!(?pos, plan = ?p, ?shared,
                     "planner's TRUNC would drop history the follower may share with ours; using the kernel's plan");
             } else {
@@ -869,34 +869,5 @@ impl<S: Storage> Replica<S> {
             }
         }
         plan::builtin(pos, &h, base, force_snap)
-    }
-
-    /// Whether `p` truncates the follower below our highest position at
-    /// or before its last zxid (returned): the most of our history it may
-    /// share. Truncating to that point never costs safety: a follower that
-    /// holds it holds our history up to it (log matching) and keeps
-    /// exactly that; one that does not keeps less (what it holds at or
-    /// before the point), the DIFF's first batch does not follow its log
-    /// and is refused, and its sync restarts from where it then stands.
-    /// Truncating lower (ZooKeeper's rule truncates to ZERO when we hold
-    /// nothing of the follower's last epoch) drops entries it shares with
-    /// us, committed ones among them, from its durable log until the DIFF
-    /// brings them back: meanwhile a committed entry may be durable on
-    /// fewer than a quorum, and the follower's own guard (it keeps what it
-    /// knows committed) does not help after a restart, which forgets the
-    /// commit point. Found by the multi-group simulator with leader
-    /// hand-overs and wiped disks (`simulate --full --groups 16`, seeds
-    /// 1047 and 21867).
-    fn truncates_shared_history(
-        &self,
-        pos: FollowerPosition,
-        h: &LeaderHistory<'_>,
-        base: Option<Zxid>,
-        p: SyncPlan,
-    ) -> Option<Zxid> {
-        let (SyncPlan::Trunc { to } | SyncPlan::TruncDiff { to }) = p else {
-            return None;
-        };
-        plan::common_at_or_before(h, base, pos.last_zxid).filter(|shared| *shared > to)
     }
 }

@@ -294,6 +294,16 @@ impl<E: Elector> Sim<E> {
     /// that can act keeps a quorum: crashes take at most a minority of
     /// voters at once (a down or recovering node counts as lost, whatever
     /// it is).
+    /// Whether `id` votes: in the fixed membership, or (with membership
+    /// changes) in any membership that can act.
+    pub(super) fn votes(&self, id: NodeId) -> bool {
+        if self.cfg.reconfig_interval.is_none() {
+            self.config.is_voter(id)
+        } else {
+            self.acting_memberships().iter().any(|m| m.is_voter(id))
+        }
+    }
+
     pub(super) fn may_lose_one_more(&self) -> bool {
         let lost: Vec<NodeId> = self
             .node_ids()
@@ -315,11 +325,7 @@ impl<E: Elector> Sim<E> {
         let n = self.nodes.len();
         let i = self.rng.index(n);
         let id = self.nodes[i].id;
-        let voter = if self.cfg.reconfig_interval.is_none() {
-            self.config.is_voter(id)
-        } else {
-            self.acting_memberships().iter().any(|m| m.is_voter(id))
-        };
+        let voter = self.votes(id);
         let wipe = self.cfg.wipes && voter && self.rng.chance(0.25);
         match self.rng.range(0, 9) {
             0..=3 => {

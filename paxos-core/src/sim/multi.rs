@@ -130,8 +130,9 @@ impl MultiConfig {
     /// faults), and in some seeds each group's own leader hand-overs,
     /// membership changes, or both (with an observer host to promote, add
     /// and remove), and quiescence (idle groups go quiet; a lost host or
-    /// link wakes them an election timeout later, as host heartbeats do). `simulate --groups` runs these; `chaos` alone keeps
-    /// the schedules its seeds were found with.
+    /// link wakes them an election timeout later, as host heartbeats do).
+    /// `simulate --groups` runs these; `chaos` alone keeps the schedules
+    /// its seeds were found with.
     pub fn chaos_with_changes(seed: u64, groups: usize) -> MultiConfig {
         let mut cfg = MultiConfig::chaos(seed, groups);
         let mut rng = SimRng::new(seed ^ 0x6368_616E_6765_7321);
@@ -326,10 +327,10 @@ impl<E: Elector + 'static> MultiSim<E> {
             // Violations report the run's seed, not the group's.
             sim.cfg.seed = cfg.seed;
             // The group's own hand-overs and membership changes run while
-            // the hosts' faults do (its `Ev::Fault` is never scheduled:
-            // crashes and cuts are the hosts').
-            // With quiescence, its client pauses every other 2 s while
-            // the faults run, so that faults find quiet groups.
+            // the hosts' faults do, and with quiescence its client pauses
+            // every other 2 s meanwhile so that faults find quiet groups
+            // (its `Ev::Fault` is never scheduled: crashes and cuts are
+            // the hosts').
             sim.faults = b.transfer_interval.is_some()
                 || b.reconfig_interval.is_some()
                 || b.replica.quiesce_after.is_some();
@@ -779,14 +780,9 @@ impl<E: Elector + 'static> MultiSim<E> {
     /// single-group runs wipe voters only) and recovering in none.
     fn wipeable(&self, h: usize) -> bool {
         let id = self.hosts[h];
-        self.groups.iter().all(|g| {
-            !g.is_recovering(id)
-                && if self.cfg.base.reconfig_interval.is_none() {
-                    g.config.is_voter(id)
-                } else {
-                    g.acting_memberships().iter().any(|m| m.is_voter(id))
-                }
-        })
+        self.groups
+            .iter()
+            .all(|g| !g.is_recovering(id) && g.votes(id))
     }
 
     fn down_time(&mut self) -> Duration {

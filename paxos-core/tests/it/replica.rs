@@ -1916,17 +1916,6 @@ fn truncations_when_joining(
     (truncs, c)
 }
 
-/// Found by the multi-group simulator (seed 1130, 16 groups, full stack,
-/// with leader hand-overs): a follower whose last entries are of an epoch
-/// the new leader holds none of (its own proposals as the leader of epoch
-/// 2, never replicated) was sent TRUNC to ZERO, and dropped the epoch-1
-/// entries it shared with the leader, committed ones included (its commit
-/// point was lost in a restart, so its own guard did not keep them).
-/// Until the DIFF put them back, a committed entry was durable on one
-/// voter only. Both took the same history with epoch 2 (its current
-/// epoch is the one whose history the leader adopted): they share every
-/// entry the leader holds of the epochs before, so the truncation keeps
-/// them.
 /// ZooKeeper's rule for a follower whose last zxid the leader does not
 /// hold (paxos-snapshot's R4): TRUNC only within the follower's last
 /// epoch, else to ZERO; a DIFF from a position the leader holds.
@@ -1956,6 +1945,17 @@ impl SyncPlanner for NeverAcrossAnEpoch {
     }
 }
 
+/// Found by the multi-group simulator (seed 1130, 16 groups, full stack,
+/// with leader hand-overs): a follower whose last entries are of an epoch
+/// the new leader holds none of (its own proposals as the leader of epoch
+/// 2, never replicated) was sent TRUNC to ZERO, and dropped the epoch-1
+/// entries it shared with the leader, committed ones included (its commit
+/// point was lost in a restart, so its own guard did not keep them).
+/// Until the DIFF put them back, a committed entry was durable on one
+/// voter only. Both took the same history with epoch 2 (its current
+/// epoch is the one whose history the leader adopted): they share every
+/// entry the leader holds of the epochs before, so the truncation keeps
+/// them.
 #[test]
 fn a_follower_of_the_adopted_epoch_keeps_that_epochs_history_when_truncated() {
     let hs2 = HardState {

@@ -179,8 +179,9 @@ impl Default for KvStore {
 /// block goes through a folded 128-bit multiply (the mixing step of
 /// wyhash and foldhash), the state in both factors so that no fixed block
 /// zeroes it. Not a defence against chosen pairs (neither was FNV-1a): the
-/// digest tells replicas that diverged by accident. Fixed constants, so every replica and every run
-/// of this build gives the same digest for the same pairs. Both lengths
+/// digest tells replicas that diverged by accident. Fixed constants, so
+/// every replica and every run of this build gives the same digest for the
+/// same pairs. Both lengths
 /// are mixed in first, so `("ab", "c")` and `("a", "bc")` differ, and so
 /// do a value and the same value with zero bytes after it (the last block
 /// of each part is padded with zeros).

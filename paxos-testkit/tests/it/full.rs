@@ -245,12 +245,13 @@ fn full_stack_many_groups_on_shared_hosts() {
 /// to ZERO from the planner and dropped the committed history it shared
 /// with the leader; until the DIFF brought it back, acknowledged 2.2 was
 /// durable on one voter of three. The kernel now refuses a planner's TRUNC
-/// below what such a follower provably shares (this test failed before).
+/// below its highest position at or before the follower's last zxid (this
+/// test failed before).
 ///
 /// Then, with wiped disks (seed 21867, `--wipes`, group 9), the same loss
 /// for a follower whose current epoch was later than the adopted one (an
-/// epoch that never established): the kernel's guard now covers every
-/// follower, whatever its epoch.
+/// epoch that never established), which a first guard covering only
+/// followers of the adopted epoch missed.
 #[test]
 fn full_stack_a_truncation_keeps_the_history_the_follower_shares() {
     for (seed, wipes) in [(1047, false), (1294, false), (21867, true)] {
