@@ -83,6 +83,10 @@ const ROLES_LOG_EVERY: Duration = Duration::from_secs(1);
 /// wait for one.
 const ADMISSION_EVERY: Duration = Duration::from_millis(5);
 
+/// A peer's batch starts with room for this many bytes (it grows as
+/// needed, and is sent at the end of the pass).
+const BATCH_START_BYTES: usize = 4096;
+
 /// Timers of a node of many groups run on a grid of this many steps per
 /// heartbeat interval (see [`Host::timer_grid`]).
 const TIMER_STEPS_PER_HEARTBEAT: u32 = 5;
@@ -160,7 +164,7 @@ impl Host {
         let full = {
             let mut out = self.out.borrow_mut();
             let batch = out.entry(to.0).or_insert_with(|| {
-                let mut b = BytesMut::with_capacity(frame.len() + 64);
+                let mut b = BytesMut::with_capacity((frame.len() + 64).max(BATCH_START_BYTES));
                 b.put_u8(TAG_BATCH);
                 b
             });
@@ -170,6 +174,34 @@ impl Host {
         };
         if full {
             self.flush_peer(to.0);
+        }
+    }
+
+    /// Encodes `env` as a kernel frame straight into its peer's batch (many
+    /// groups only): no frame of its own to copy in, as [`Host::send`]
+    /// would.
+    pub(super) fn send_envelope_batched(&self, env: &Envelope) {
+        let full = {
+            let mut out = self.out.borrow_mut();
+            let batch = out.entry(env.to.0).or_insert_with(|| {
+                let mut b = BytesMut::with_capacity(BATCH_START_BYTES);
+                b.put_u8(TAG_BATCH);
+                b
+            });
+            let at = batch.len();
+            let len = 1 + paxos_core::Codec::encoded_len(env);
+            batch.put_u32_le(len as u32);
+            batch.put_u8(TAG_CORE);
+            if let Err(e) = self.codec.encode(env, batch) {
+                batch.truncate(at);
+                tracing::error!(error = %e, msg = env.msg.name(), "could not encode a message; dropped");
+                return;
+            }
+            debug_assert_eq!(batch.len() - at - 4, len, "Codec::encoded_len is exact");
+            batch.len() >= MAX_BATCH_BYTES
+        };
+        if full {
+            self.flush_peer(env.to.0);
         }
     }
 
@@ -235,6 +267,18 @@ impl Host {
         if let Some(b) = batch {
             self.send_now(NodeId(peer), b.freeze());
         }
+    }
+
+    /// Sends the sync requests the groups made in this pass, in one
+    /// message; an error when the sync thread is gone.
+    pub(super) fn send_syncs(&self) -> Result<()> {
+        let mut asked = self.syncs_asked.borrow_mut();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        self.sync_requests
+            .send(std::mem::take(&mut *asked))
+            .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))
     }
 
     /// Sends every peer's batch.
@@ -955,8 +999,9 @@ impl Groups {
             self.after_turn(g);
             self.rearm(g);
         }
+        let sent = self.host().send_syncs();
         self.host().flush();
-        result
+        result.and(sent)
     }
 
     /// When the loop must wake up even without input.
@@ -1414,12 +1459,18 @@ impl Groups {
         c
     }
 
-    pub(super) fn on_synced(&mut self, (g, done): (usize, SyncDone)) -> Result<()> {
-        let Some(d) = self.groups.get_mut(g) else {
-            anyhow::bail!("a sync completion for group {g}, which this node does not host (a bug)");
-        };
-        in_span(d, |d| d.on_synced(done))?;
-        self.mark(g);
+    /// The sync thread's completions of one of its passes, one per group
+    /// that asked.
+    pub(super) fn on_synced(&mut self, done: Vec<(usize, SyncDone)>) -> Result<()> {
+        for (g, done) in done {
+            let Some(d) = self.groups.get_mut(g) else {
+                anyhow::bail!(
+                    "a sync completion for group {g}, which this node does not host (a bug)"
+                );
+            };
+            in_span(d, |d| d.on_synced(done))?;
+            self.mark(g);
+        }
         Ok(())
     }
 

@@ -217,8 +217,11 @@ struct Host {
     /// into one inner frame of its batch (many groups only; see
     /// [`heartbeats`]).
     heartbeats_out: RefCell<BTreeMap<u64, heartbeats::HeartbeatBatch>>,
-    /// Asks the sync thread for one sync of the group's log.
-    sync_requests: std::sync::mpsc::Sender<(usize, SyncId)>,
+    /// Asks the sync thread for syncs: the groups' requests of one pass of
+    /// the loop go in one message (see [`Host::send_syncs`]).
+    sync_requests: std::sync::mpsc::Sender<Vec<(usize, SyncId)>>,
+    /// The groups' sync requests of this pass, not sent yet.
+    syncs_asked: RefCell<Vec<(usize, SyncId)>>,
     /// Where snapshot threads report.
     snapshot_done_tx: mpsc::UnboundedSender<(usize, SnapshotDone)>,
     /// Where install tasks report.
@@ -429,8 +432,8 @@ pub async fn run_node(
     let sync_faults = faults.clone();
     let sync_metrics = metrics.sync_recorder();
     let syncers = stores.syncers();
-    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<(usize, SyncId)>();
-    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<(usize, SyncDone)>();
+    let (sync_requests, sync_rx) = std::sync::mpsc::channel::<Vec<(usize, SyncId)>>();
+    let (sync_done_tx, mut sync_done) = mpsc::unbounded_channel::<Vec<(usize, SyncDone)>>();
     // The groups that keep the shared log's oldest segment, from the sync
     // thread's compaction (one list per 10 s at most; two may wait).
     let (purge_tx, purge_rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(2);
@@ -465,6 +468,7 @@ pub async fn run_node(
         out: RefCell::new(BTreeMap::new()),
         heartbeats_out: RefCell::new(BTreeMap::new()),
         sync_requests,
+        syncs_asked: RefCell::new(Vec::new()),
         snapshot_done_tx,
         install_done_tx,
         metrics: RefCell::new(metrics),
@@ -1058,10 +1062,9 @@ impl Driver {
             }
         }
         if let Some(sync) = self.node.poll_sync() {
-            self.host
-                .sync_requests
-                .send((self.index, sync))
-                .map_err(|_| anyhow::anyhow!("WAL sync thread stopped"))?;
+            // Sent with the other groups' at the end of the pass
+            // (`Groups::turn`): one message, one wake of the sync thread.
+            self.host.syncs_asked.borrow_mut().push((self.index, sync));
         }
         let mut any = false;
         while let Some(ev) = self.node.poll_event() {
@@ -1092,7 +1095,10 @@ impl Driver {
 
     fn send_envelope(&mut self, env: Envelope) {
         let host = &self.host;
-        if host.groups > 1 && host.coalesce_heartbeat(&env) {
+        if host.groups > 1 {
+            if !host.coalesce_heartbeat(&env) {
+                host.send_envelope_batched(&env);
+            }
             return;
         }
         let mut buf = host.buf.borrow_mut();

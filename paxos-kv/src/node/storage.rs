@@ -723,11 +723,11 @@ const MAX_SYNCS_PER_PASS: usize = 64 * 1024;
 /// they name once (requests of groups sharing a log share its sync), and
 /// answers each. Ends when the node drops its request channel.
 pub(super) fn sync_loop(
-    requests: std::sync::mpsc::Receiver<(usize, SyncId)>,
+    requests: std::sync::mpsc::Receiver<Vec<(usize, SyncId)>>,
     syncers: Vec<Syncer>,
     faults: Arc<Faults>,
     recorder: SyncRecorder,
-    done: mpsc::UnboundedSender<(usize, SyncDone)>,
+    done: mpsc::UnboundedSender<Vec<(usize, SyncDone)>>,
     purge: std::sync::mpsc::SyncSender<Vec<usize>>,
 ) {
     let mut batch: Vec<(usize, SyncId)> = Vec::new();
@@ -759,13 +759,14 @@ pub(super) fn sync_loop(
         }
         let Some(first) = first else { continue };
         batch.clear();
-        batch.push(first);
+        batch.extend(first);
         while batch.len() < MAX_SYNCS_PER_PASS {
             match requests.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => batch.extend(r),
                 Err(_) => break,
             }
         }
+        let mut answers: Vec<(usize, SyncDone)> = Vec::with_capacity(batch.len());
         // Each distinct log once, in the order first asked.
         let mut synced: Vec<(usize, Result<(), StorageError>)> = Vec::new();
         for &(group, sync) in &batch {
@@ -798,9 +799,12 @@ pub(super) fn sync_loop(
                     r
                 }
             };
-            if done.send((group, (sync, result))).is_err() {
-                return;
-            }
+            answers.push((group, (sync, result)));
+        }
+        // One message for the pass: the loop takes every group's completion
+        // at once.
+        if done.send(answers).is_err() {
+            return;
         }
     }
 }
