@@ -860,6 +860,15 @@ impl<Q: QuorumSystem> FastElection<Q> {
             tracing::debug!(node = %self.id, round, why, "not deciding ourselves: no voter in our own view");
             return;
         }
+        // Nor does an abstaining (recovering) node: the locks that seem to
+        // elect it were made for the vote it had before it lost its state
+        // (it led; its peers locked it). Its replica would refuse to lead
+        // and look again, and the same locks would decide it again at
+        // once, without end (simulator seed 60343, multi-group, wipes).
+        if vote.leader == self.id && self.abstain {
+            tracing::debug!(node = %self.id, round, why, "not deciding ourselves: abstaining (recovering)");
+            return;
+        }
         self.round = self.round.max(round);
         self.state = if vote.leader == self.id {
             PeerState::Leading

@@ -158,3 +158,52 @@ fn abstaining_notifications_are_flagged_and_ignored() {
     // It is answered, so it learns what we know.
     assert!(std::iter::from_fn(|| a.poll_transmit()).any(|(to, _)| to == NodeId(2)));
 }
+
+/// A wiped node abstains while its peers still hold locks for the vote it
+/// had before it lost its disk (it led, and they locked it in that round).
+/// Those locks make a quorum for it, but it must not decide itself: its
+/// replica, recovering, refuses to lead and looks again, and the same
+/// locks decided it again at once, a loop without end at one instant (the
+/// multi-group simulator, seed 60343 of `--groups 8 --full --wipes
+/// --lease-reads`, spun so until it filled 11 GiB of memory). It keeps
+/// looking; the peers move on when their round runs out.
+#[test]
+fn an_abstaining_voter_never_decides_itself_on_locks_for_its_old_vote() {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut e = FastElection::new(ElectionConfig {
+        id: NodeId(3),
+        voters: ids,
+        seed: 3,
+        voting: false,
+        ..ElectionConfig::default()
+    })
+    .expect("valid config");
+    let wiped = VoteInfo {
+        current_epoch: Epoch(0),
+        last_zxid: Zxid::ZERO,
+    };
+    let before = paxos_election::Vote::new(NodeId(3), info(68));
+    for round in 0..3u64 {
+        let now = Time::ZERO + std::time::Duration::from_millis(round * 10);
+        e.start_looking(now, wiped);
+        for peer in [1, 2] {
+            e.handle_message(
+                now,
+                NodeId(peer),
+                Notification {
+                    vote: Some(before),
+                    round: 4,
+                    state: PeerState::Looking,
+                    locked: true,
+                    abstain: false,
+                },
+            );
+        }
+        assert_eq!(
+            e.poll_decision(),
+            None,
+            "an abstaining node decided itself on its old vote's locks"
+        );
+        assert_eq!(e.state(), PeerState::Looking);
+    }
+}
