@@ -142,6 +142,14 @@ pub enum ChangeError {
         /// A quorum of the new membership.
         needed: usize,
     },
+    /// The node the change makes a voter is not in sync with the leader
+    /// (a new member, or an observer behind, recovering or silent). Until
+    /// it held the change, it would neither vote nor stand, and the group
+    /// would count on a voter that cannot act: with one more voter lost,
+    /// no quorum could elect the leader that would bring it the change.
+    /// Add it as an observer, let it catch up, then promote it.
+    #[error("node {0} would become a voter while not in sync with the leader; add it as an observer, let it catch up, then promote it")]
+    NewVoterNotInSync(NodeId),
     /// The epoch's counter is spent.
     #[error("zxid counter exhausted; the next leader can make the change")]
     EpochExhausted,
@@ -268,18 +276,21 @@ impl<S: Storage> Replica<S> {
         // can act, and then no leader could even sync the newcomer).
         let now = self.now;
         let timeout = self.config.election_timeout;
-        let healthy = to
-            .voters
-            .iter()
-            .filter(|v| {
-                **v == me
-                    || l.peers.get(v).is_some_and(|p| {
-                        p.phase == PPhase::Broadcast
-                            && !p.recovering
-                            && now.saturating_since(p.last_heard) <= timeout
-                    })
-            })
-            .count();
+        let in_sync = |v: &NodeId| {
+            *v == me
+                || l.peers.get(v).is_some_and(|p| {
+                    p.phase == PPhase::Broadcast
+                        && !p.recovering
+                        && now.saturating_since(p.last_heard) <= timeout
+                })
+        };
+        // A node made a voter must itself be in sync (see the error).
+        if let Some(MembershipChange::AddVoter(n) | MembershipChange::Promote(n)) = change {
+            if !in_sync(&n) {
+                return Err(ChangeError::NewVoterNotInSync(n));
+            }
+        }
+        let healthy = to.voters.iter().filter(|v| in_sync(v)).count();
         let needed = to.voters.len() / 2 + 1;
         if healthy < needed {
             return Err(ChangeError::WouldLoseQuorum { healthy, needed });

@@ -1386,6 +1386,52 @@ fn members(voters: &[u64], observers: &[u64]) -> Membership {
     }
 }
 
+/// A node becomes a voter only while in sync with the leader: an observer
+/// cut off (or a node not yet a member, never synced) is refused, so the
+/// group never counts a voter that does not know it votes. Before the
+/// rule, promoting the cut observer was accepted (3 of the 4 new voters in
+/// sync made a quorum): it then neither voted nor stood, and with one more
+/// voter lost no quorum could elect the leader that would tell it (the
+/// multi-group simulator's seed 60593 stalled so).
+#[test]
+fn a_node_becomes_a_voter_only_while_in_sync_with_the_leader() {
+    let mut cfg = three();
+    cfg.observers = vec![NodeId(9)];
+    let mut c = Cluster::new(cfg, mem(4));
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.nodes[0].is_leader());
+    c.propose(0, Bytes::from_static(b"a"), 1).unwrap();
+    c.pump();
+    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
+    let now = c.now;
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 10], &[9]), 2)),
+        Err(ChangeError::NewVoterNotInSync(NodeId(10))),
+        "a node that is not a member yet is added as an observer first"
+    );
+    c.cut = vec![NodeId(9)];
+    for _ in 0..6 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(c.nodes[0].is_leader());
+    let now = c.now;
+    assert_eq!(
+        refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 9], &[]), 3)),
+        Err(ChangeError::NewVoterNotInSync(NodeId(9)))
+    );
+    // Heard again (it lost its leader meanwhile and follows n1 again) and
+    // in sync: promoted.
+    c.cut.clear();
+    c.advance(Duration::from_millis(100));
+    c.decide(NodeId(1));
+    c.pump();
+    let now = c.now;
+    c.nodes[0]
+        .propose_membership(now, members(&[1, 2, 3, 9], &[]), 4)
+        .expect("an observer in sync is promoted");
+}
+
 /// A single-server change: refused unless it is one node's role, proposed
 /// by an established leader, alone, and leaves a quorum in sync; once
 /// appended it is in force everywhere and the promoted observer counts.

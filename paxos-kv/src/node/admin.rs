@@ -425,12 +425,14 @@ impl Driver {
                     // followers come back in sync (a quiesced group's
                     // leader has heard nobody since it went quiet; the
                     // request woke it, and its heartbeats bring the answers
-                    // within an interval). A voter that stays down keeps
+                    // within an interval; so does a promoted observer's).
+                    // A voter that stays down keeps
                     // the refusal until the client gives up.
                     ChangeError::InProgress(_)
                     | ChangeError::Transferring(_)
                     | ChangeError::WouldLoseQuorum { .. }
-                    | ChangeError::HistoryNotApplied { .. } => {
+                    | ChangeError::HistoryNotApplied { .. }
+                    | ChangeError::NewVoterNotInSync(_) => {
                         format!("retry: {}", r.error)
                     }
                     e => format!("membership change refused: {e}"),
