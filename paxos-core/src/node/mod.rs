@@ -988,16 +988,11 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         // would be elected again and again while everyone waited for it).
         // It stays an observer in its own view, so it still locks for the
         // peers that count it, and stands again if the change is dropped.
-        let voters: Vec<NodeId> = committed
-            .voters
-            .iter()
-            .copied()
-            .filter(|&v| v != me || in_force.is_voter(me))
-            .collect();
+        let counted = |n: NodeId| committed.is_voter(n) && (n != me || in_force.is_voter(me));
         // The voters of a newer membership in force, not known committed:
         // they decide too (see `Elector::reconfigure_with_pending`).
         let mut pending: Vec<NodeId> = Vec::new();
-        if !committed.same_members(in_force) {
+        if !std::ptr::eq(committed, in_force) && !committed.same_members(in_force) {
             pending.clone_from(&in_force.voters);
             pending.sort_unstable();
             let mut known = committed.voters.clone();
@@ -1006,22 +1001,35 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
                 pending.clear();
             }
         }
+        // Checked without building anything: this runs in every round of
+        // every `process` (per group, per turn, on a node of many).
         if let Some((given, given_pending)) = &self.elector_membership {
+            let voters_match = given.voters.iter().copied().eq(committed
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| counted(v)));
             let observers_match = in_force
                 .voters
                 .iter()
                 .chain(&in_force.observers)
                 .chain(&committed.observers)
-                .filter(|n| !voters.contains(n))
+                .filter(|n| !counted(**n))
                 .all(|n| given.is_observer(*n))
                 && given
                     .observers
                     .iter()
                     .all(|o| committed.is_observer(*o) || in_force.is_member(*o));
-            if given.voters == voters && observers_match && *given_pending == pending {
+            if voters_match && observers_match && *given_pending == pending {
                 return;
             }
         }
+        let voters: Vec<NodeId> = committed
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| counted(v))
+            .collect();
         let mut observers: Vec<NodeId> = committed.observers.clone();
         let stood_down = committed.is_voter(me) && !voters.contains(&me);
         for n in in_force
