@@ -1386,6 +1386,24 @@ fn members(voters: &[u64], observers: &[u64]) -> Membership {
     }
 }
 
+/// Voters n1 to n3 and observer n9, n1 leading, one write committed.
+fn three_and_an_observer_led_by_n1() -> Cluster {
+    let mut cfg = three();
+    cfg.observers = vec![NodeId(9)];
+    let mut c = Cluster::new(cfg, mem(4));
+    c.decide(NodeId(1));
+    c.pump();
+    assert!(c.nodes[0].is_leader());
+    c.propose(0, Bytes::from_static(b"a"), 1).unwrap();
+    c.pump();
+    c
+}
+
+/// A membership change's refusal, without its token.
+fn refused(r: Result<Zxid, Rejection<ChangeError, u32>>) -> Result<Zxid, ChangeError> {
+    r.map_err(|r| r.error)
+}
+
 /// A node becomes a voter only while in sync with the leader: an observer
 /// cut off (or a node not yet a member, never synced) is refused, so the
 /// group never counts a voter that does not know it votes. Before the
@@ -1395,15 +1413,7 @@ fn members(voters: &[u64], observers: &[u64]) -> Membership {
 /// multi-group simulator's seed 60593 stalled so).
 #[test]
 fn a_node_becomes_a_voter_only_while_in_sync_with_the_leader() {
-    let mut cfg = three();
-    cfg.observers = vec![NodeId(9)];
-    let mut c = Cluster::new(cfg, mem(4));
-    c.decide(NodeId(1));
-    c.pump();
-    assert!(c.nodes[0].is_leader());
-    c.propose(0, Bytes::from_static(b"a"), 1).unwrap();
-    c.pump();
-    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
+    let mut c = three_and_an_observer_led_by_n1();
     let now = c.now;
     assert_eq!(
         refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 10], &[9]), 2)),
@@ -1437,16 +1447,8 @@ fn a_node_becomes_a_voter_only_while_in_sync_with_the_leader() {
 /// appended it is in force everywhere and the promoted observer counts.
 #[test]
 fn a_promoted_observer_counts_as_soon_as_the_change_is_appended() {
-    let mut cfg = three();
-    cfg.observers = vec![NodeId(9)];
-    let mut c = Cluster::new(cfg, mem(4));
-    c.decide(NodeId(1));
-    c.pump();
-    assert!(c.nodes[0].is_leader());
-    c.propose(0, Bytes::from_static(b"a"), 1).unwrap();
-    c.pump();
+    let mut c = three_and_an_observer_led_by_n1();
     let now = c.now;
-    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
     assert!(matches!(
         refused(c.nodes[1].propose_membership(now, members(&[1, 2, 3, 9], &[]), 2)),
         Err(ChangeError::NotLeader { .. })
@@ -1885,7 +1887,6 @@ fn a_new_leader_changes_no_membership_before_its_history_is_applied() {
     let storages = (0..3).map(|_| storage_with(hs1, &history)).collect();
     let mut c = Cluster::new(cfg, storages);
     c.decide(NodeId(1));
-    let refused = |r: Result<Zxid, Rejection<ChangeError, u32>>| r.map_err(|r| r.error);
     let mut refusals = 0;
     for _ in 0..100_000 {
         for i in 0..c.nodes.len() {
