@@ -992,7 +992,7 @@ impl<S: Storage, E: Elector, M: StateMachine, C> Node<S, E, M, C> {
         // The voters of a newer membership in force, not known committed:
         // they decide too (see `Elector::reconfigure_with_pending`).
         let mut pending: Vec<NodeId> = Vec::new();
-        if !std::ptr::eq(committed, in_force) && !committed.same_members(in_force) {
+        if !committed.same_members(in_force) {
             pending.clone_from(&in_force.voters);
             pending.sort_unstable();
             let mut known = committed.voters.clone();

@@ -1399,6 +1399,15 @@ fn three_and_an_observer_led_by_n1() -> Cluster {
     c
 }
 
+/// Cuts node `n` off for longer than an election timeout; n1 still leads.
+fn unheard_for_an_election_timeout(c: &mut Cluster, n: u64) {
+    c.cut = vec![NodeId(n)];
+    for _ in 0..6 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(c.nodes[0].is_leader());
+}
+
 /// A membership change's refusal, without its token.
 fn refused(r: Result<Zxid, Rejection<ChangeError, u32>>) -> Result<Zxid, ChangeError> {
     r.map_err(|r| r.error)
@@ -1420,11 +1429,7 @@ fn a_node_becomes_a_voter_only_while_in_sync_with_the_leader() {
         Err(ChangeError::NewVoterNotInSync(NodeId(10))),
         "a node that is not a member yet is added as an observer first"
     );
-    c.cut = vec![NodeId(9)];
-    for _ in 0..6 {
-        c.advance(Duration::from_millis(100));
-    }
-    assert!(c.nodes[0].is_leader());
+    unheard_for_an_election_timeout(&mut c, 9);
     let now = c.now;
     assert_eq!(
         refused(c.nodes[0].propose_membership(now, members(&[1, 2, 3, 9], &[]), 3)),
@@ -1471,11 +1476,7 @@ fn a_promoted_observer_counts_as_soon_as_the_change_is_appended() {
     ));
     // n2 unheard for an election timeout: removing n3 would leave {n1, n2}
     // with only n1 in sync, no quorum.
-    c.cut = vec![NodeId(2)];
-    for _ in 0..6 {
-        c.advance(Duration::from_millis(100));
-    }
-    assert!(c.nodes[0].is_leader());
+    unheard_for_an_election_timeout(&mut c, 2);
     let now = c.now;
     assert_eq!(
         refused(c.nodes[0].propose_membership(now, members(&[1, 2], &[9]), 2)),

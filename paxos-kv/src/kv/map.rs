@@ -50,12 +50,17 @@ pub(super) struct ShardedMap {
 
 impl ShardedMap {
     fn shard_of(&self, key: &[u8]) -> usize {
-        use std::hash::BuildHasher;
         if self.shards.len() == SHARDS {
-            (self.router.hash_one(key) >> 56) as usize % SHARDS
+            self.routed(key)
         } else {
             0
         }
+    }
+
+    /// The shard of `key` among `SHARDS`.
+    fn routed(&self, key: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.router.hash_one(key) >> 56) as usize % SHARDS
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Bytes> {
@@ -83,9 +88,7 @@ impl ShardedMap {
         let one = std::mem::take(&mut self.shards);
         // Bounded by the keys the map holds.
         for (k, v) in one.iter().flat_map(|s| s.iter()) {
-            use std::hash::BuildHasher;
-            let i = (self.router.hash_one(&k[..]) >> 56) as usize % SHARDS;
-            shards[i].insert(k.clone(), v.clone());
+            shards[self.routed(k)].insert(k.clone(), v.clone());
         }
         self.shards = shards.into_iter().map(std::sync::Arc::new).collect();
         assert_eq!(

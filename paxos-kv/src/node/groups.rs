@@ -87,6 +87,15 @@ const ADMISSION_EVERY: Duration = Duration::from_millis(5);
 /// needed, and is sent at the end of the pass).
 const BATCH_START_BYTES: usize = 4096;
 
+/// `peer`'s batch of this pass, begun if it has none yet.
+fn batch_for(out: &mut BTreeMap<u64, BytesMut>, peer: u64) -> &mut BytesMut {
+    out.entry(peer).or_insert_with(|| {
+        let mut b = BytesMut::with_capacity(BATCH_START_BYTES);
+        b.put_u8(TAG_BATCH);
+        b
+    })
+}
+
 /// Timers of a node of many groups run on a grid of this many steps per
 /// heartbeat interval (see [`Host::timer_grid`]).
 const TIMER_STEPS_PER_HEARTBEAT: u32 = 5;
@@ -163,11 +172,7 @@ impl Host {
         }
         let full = {
             let mut out = self.out.borrow_mut();
-            let batch = out.entry(to.0).or_insert_with(|| {
-                let mut b = BytesMut::with_capacity((frame.len() + 64).max(BATCH_START_BYTES));
-                b.put_u8(TAG_BATCH);
-                b
-            });
+            let batch = batch_for(&mut out, to.0);
             batch.put_u32_le(frame.len() as u32);
             batch.put_slice(&frame);
             batch.len() >= MAX_BATCH_BYTES
@@ -183,21 +188,18 @@ impl Host {
     pub(super) fn send_envelope_batched(&self, env: &Envelope) {
         let full = {
             let mut out = self.out.borrow_mut();
-            let batch = out.entry(env.to.0).or_insert_with(|| {
-                let mut b = BytesMut::with_capacity(BATCH_START_BYTES);
-                b.put_u8(TAG_BATCH);
-                b
-            });
+            let batch = batch_for(&mut out, env.to.0);
             let at = batch.len();
-            let len = 1 + paxos_core::Codec::encoded_len(env);
-            batch.put_u32_le(len as u32);
+            // The frame's length is written once it is known.
+            batch.put_u32_le(0);
             batch.put_u8(TAG_CORE);
             if let Err(e) = self.codec.encode(env, batch) {
                 batch.truncate(at);
                 tracing::error!(error = %e, msg = env.msg.name(), "could not encode a message; dropped");
                 return;
             }
-            debug_assert_eq!(batch.len() - at - 4, len, "Codec::encoded_len is exact");
+            let len = (batch.len() - at - 4) as u32;
+            batch[at..at + 4].copy_from_slice(&len.to_le_bytes());
             batch.len() >= MAX_BATCH_BYTES
         };
         if full {
